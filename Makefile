@@ -1,0 +1,52 @@
+# Two commands for a fresh Debian 12 machine (see README):
+#   make run   - set everything up, start Redis + the daemon, take a demo capture
+#   make test  - set everything up, run ruff, mypy and the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := redis-server libpcap-dev tcpdump tcpreplay bind9 bind9-dnsutils \
+	unbound fstrm-bin tshark iputils-ping iproute2 procps python3-venv gcc python3-dev
+
+.PHONY: setup system-packages venv run test lint typecheck pytest bench clean
+
+setup: system-packages venv
+
+# Installs only what is missing, so a second run costs a few dpkg queries.
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:" $$missing; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+run: setup
+	$(PY) scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(VENV)/bin/python -m pytest -q
+
+test: setup lint typecheck pytest
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache captures run

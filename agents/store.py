@@ -1,0 +1,217 @@
+"""The ShoDoHFlo Redis key schema, and the batched writer every agent uses.
+
+This is the one module that spells a key. Every write refreshes
+`EXPIRE key ttl` (ShoDoHFlo's TTL_GRACE, 900 s). Values written by `append`
+are `;member;` strings concatenated, each member present once.
+
+The writer holds at most `max_queue_ops` operations between the agents and
+Redis (worst case memory ~ max_queue_ops x (key + member) bytes); past that
+new operations are dropped and counted, never blocking the producer. While
+Redis is unreachable it retries the oldest batch with capped backoff.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger("pcapd.agents.store")
+
+DEFAULT_TTL_GRACE = 900
+DEFAULT_MAX_QUEUE_OPS = 200_000
+DEFAULT_BATCH_OPS = 1_000
+DEFAULT_FLUSH_INTERVAL = 0.05
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 5.0
+
+INCR = ""  # op marker: INCR the key; anything else is a member to append
+
+
+def client_key(client: str) -> str:
+    return f"client;{client}"
+
+
+def dns_key(client: str, address: str) -> str:
+    return f"{client};{address};dns"
+
+
+def cname_key(client: str, target: str) -> str:
+    return f"{client};{target};cname"
+
+
+def nx_key(client: str, qname: str) -> str:
+    return f"{client};{qname};nx"
+
+
+def flow_key(client: str, service: str, port: int) -> str:
+    return f"{client};{service};{port};flow"
+
+
+def peer_key(a: str, b: str) -> str:
+    return f"{a};{b};peer"
+
+
+def rst_key(dst: str, src: str, client_port: int, remote_port: int) -> str:
+    return f"{dst};{src};{client_port}:{remote_port};rst"
+
+
+def icmp_key(dst: str, bounce_dst: str, sport: int, dport: int, code: int) -> str:
+    return f"{dst};{bounce_dst};{sport}:{dport};{code};icmp"
+
+
+# One call per batch: KEYS[i] with ARGV[i+1] = "" (INCR) or the member to
+# append if absent; ARGV[1] is the TTL. Done server-side so append-if-absent is
+# atomic and a batch costs one round trip.
+_BATCH_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local member = ARGV[i + 1]
+  if member == '' then
+    redis.call('INCR', key)
+  else
+    local item = ';' .. member .. ';'
+    local value = redis.call('GET', key)
+    if not value or not string.find(value, item, 1, true) then
+      redis.call('APPEND', key, item)
+    end
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
+
+
+@dataclass(slots=True)
+class WriterStats:
+    queued_ops: int = 0
+    written_ops: int = 0
+    dropped_ops: int = 0
+    redis_errors: int = 0
+    batches: int = 0
+
+
+class RedisWriter:
+    """Buffers INCR / append-if-absent operations and writes them in batches.
+
+    Thread-safe producers call `incr` / `append`; a background thread sends.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], redis.Redis],
+        *,
+        ttl: int = DEFAULT_TTL_GRACE,
+        max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS,
+        batch_ops: int = DEFAULT_BATCH_OPS,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+    ) -> None:
+        self._connect = connect
+        self.ttl = ttl
+        self.max_queue_ops = max_queue_ops
+        self.batch_ops = batch_ops
+        self.flush_interval = flush_interval
+        self.stats = WriterStats()
+        self._lock = threading.Lock()
+        self._pending_keys: list[str] = []
+        self._pending_args: list[str] = []
+        self._batches: collections.deque[tuple[list[str], list[str]]] = collections.deque()
+        self._queued = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- producers -------------------------------------------------------
+    def incr(self, key: str) -> None:
+        self._add(key, INCR)
+
+    def append(self, key: str, member: str) -> None:
+        if not member:
+            raise ValueError("append needs a non-empty member")
+        self._add(key, member)
+
+    def _add(self, key: str, arg: str) -> None:
+        with self._lock:
+            self._pending_keys.append(key)
+            self._pending_args.append(arg)
+            if len(self._pending_keys) >= self.batch_ops:
+                self._seal_locked()
+
+    def _seal_locked(self) -> None:
+        keys, args = self._pending_keys, self._pending_args
+        if not keys:
+            return
+        self._pending_keys, self._pending_args = [], []
+        if self._queued + len(keys) > self.max_queue_ops:
+            self.stats.dropped_ops += len(keys)
+            return
+        self._batches.append((keys, args))
+        self._queued += len(keys)
+        self.stats.queued_ops += len(keys)
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._seal_locked()
+
+    @property
+    def queue_depth(self) -> int:
+        with self._lock:
+            return self._queued + len(self._pending_keys)
+
+    # -- sender ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Send what is queued (for at most `timeout` s), then stop."""
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while self.queue_depth and time.monotonic() < deadline and self._thread:
+            self._wake.set()
+            time.sleep(0.01)
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+
+    def _run(self) -> None:
+        client: redis.Redis | None = None
+        script = None
+        backoff = BACKOFF_INITIAL
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self.flush()
+            while self._batches and not self._stop.is_set():
+                keys, args = self._batches[0]
+                try:
+                    if client is None:
+                        client = self._connect()
+                        script = client.register_script(_BATCH_SCRIPT)
+                    assert script is not None
+                    script(keys=keys, args=[self.ttl, *args])
+                except redis.RedisError as exc:
+                    self.stats.redis_errors += 1
+                    log.warning(
+                        "event=redis_write_failed error=%r queued_ops=%d retry_in=%.1fs",
+                        str(exc),
+                        self.queue_depth,
+                        backoff,
+                    )
+                    client = None
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_INITIAL
+                with self._lock:
+                    self._batches.popleft()
+                    self._queued -= len(keys)
+                self.stats.written_ops += len(keys)
+                self.stats.batches += 1

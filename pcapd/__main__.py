@@ -1,0 +1,3 @@
+from pcapd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,646 @@
+"""The one typed config object, read from pcapdaemon-compatible TOML.
+
+pcapdaemon's sample config loads unchanged. Every bound is a named field with a
+default constant below; `parse_config` collects *every* problem, each naming
+the field (`general.maxpackets: ...`), and raises them together as one
+`ConfigError`, so `pcapd check-config` can print them all at once. Keys pcapd
+does not know are warnings, not errors, as pcapdaemon ignored them too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pcapd.secret import Secret
+
+# pcapdaemon's documented defaults (its own code never applied them).
+DEFAULT_MAXPACKETS = 50_000
+DEFAULT_LOCALDIR = "/tmp"
+DEFAULT_SNAPLENGTH = 262_144  # tcpdump's default: whole packets
+DEFAULT_TIMEOUT = 10
+DEFAULT_MAXTIMEOUT = 3_600
+DEFAULT_MAXDURATION = 3_600
+DEFAULT_MAXBYTES = 100_000_000
+# pcapd's own bounds.
+DEFAULT_DURATION = 60
+DEFAULT_MAX_CONCURRENT = 8
+DEFAULT_MAX_MEMORY = 512 * 1024 * 1024
+DEFAULT_BUFFER_SIZE = 8 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+MAX_SNAPLENGTH = 262_144
+FORMATS = ("pcap", "pcapng")
+LOG_FORMATS = ("kv", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_CHANNEL = "capture"
+DEFAULT_RESULTS_CHANNEL = "capture-results"
+DEFAULT_RESULTS_STREAM = "capture-results"
+DEFAULT_RESULTS_STREAM_MAXLEN = 10_000
+DEFAULT_REQUEST_STREAM = "capture-requests"
+DEFAULT_HEALTH_CHECK_INTERVAL = 15
+
+DEFAULT_SYSLOG_PRIORITY = 25  # LOG_DAEMON | LOG_ALERT, as pcapdaemon's sample
+DEFAULT_SYSLOG_TAG = "pcapd"
+
+DEFAULT_UPLOAD_ATTEMPTS = 4
+DEFAULT_BACKOFF_INITIAL = 0.5
+DEFAULT_BACKOFF_MAX = 30.0
+DEFAULT_UPLOAD_WORKERS = 4
+DEFAULT_SPOOL_DIR = "/var/spool/pcapd"
+DEFAULT_SPOOL_MAX_BYTES = 2 * 1024 * 1024 * 1024
+DEFAULT_DRAIN_INTERVAL = 30.0
+
+DEFAULT_CS_CONNECT_TIMEOUT = 5.0
+DEFAULT_CS_READ_TIMEOUT = 120.0
+DEFAULT_MULTIPART_THRESHOLD = 8 * 1024 * 1024
+
+DEFAULT_SQS_WAIT = 20
+DEFAULT_SQS_CHUNK = 10
+DEFAULT_SQS_VISIBILITY = 30
+NOT_FOR_ME = ("release", "delete")
+
+DEFAULT_MAX_SKEW = 300
+DEFAULT_DEDUP_WINDOW = 600
+SSE_MODES = ("AES256", "aws:kms")
+
+
+class ConfigError(Exception):
+    """Every problem found in one config; each line names its field."""
+
+    def __init__(self, errors: list[str], path: str | None = None) -> None:
+        self.errors = errors
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(errors))
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralConfig:
+    node: str
+    maxpackets: int = DEFAULT_MAXPACKETS
+    writelocal: bool = False
+    localdir: str = DEFAULT_LOCALDIR
+    snaplength: int = DEFAULT_SNAPLENGTH
+    defaulttimeout: int = DEFAULT_TIMEOUT
+    maxtimeout: int = DEFAULT_MAXTIMEOUT
+    maxduration: int = DEFAULT_MAXDURATION
+    maxbytes: int = DEFAULT_MAXBYTES
+    packetdebug: bool = False
+    defaultduration: int = DEFAULT_DURATION
+    format: str = "pcap"
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    # Worst case held by captures: max_memory bytes, since every capture
+    # reserves its `bytes` bound before it starts.
+    max_memory: int = DEFAULT_MAX_MEMORY
+    buffer_size: int = DEFAULT_BUFFER_SIZE
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    log_format: str = "kv"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    listen: bool = True
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_REDIS_PORT
+    channel: str = DEFAULT_CHANNEL
+    auth: Secret | None = None
+    username: str | None = None
+    db: int = 0
+    url: Secret | None = None  # redis://, rediss://, unix://; may hold a password
+    tls: bool = False
+    tls_ca: str | None = None
+    results_channel: str = DEFAULT_RESULTS_CHANNEL
+    results_stream: str = DEFAULT_RESULTS_STREAM
+    results_stream_maxlen: int = DEFAULT_RESULTS_STREAM_MAXLEN
+    health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL
+    stream_listen: bool = False
+    stream: str = DEFAULT_REQUEST_STREAM
+
+    def describe(self) -> str:
+        """Where Redis is, without any password: for logs and errors."""
+        if self.url is not None:
+            parts = urlsplit(self.url.reveal())
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+            return f"{parts.scheme}://{host}{port}{parts.path}"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogConfig:
+    enabled: bool = False
+    priority: int = DEFAULT_SYSLOG_PRIORITY
+    tag: str = DEFAULT_SYSLOG_TAG
+    address: str = "/dev/log"
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceConfig:
+    name: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CloudsharkConfig:
+    upload: bool = False
+    host: str = "localhost"
+    scheme: str = "https"
+    port: int | None = None
+    token: Secret | None = None
+    ca_bundle: str | None = None
+    connect_timeout: float = DEFAULT_CS_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_CS_READ_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    upload: bool = False
+    accessid: str | None = None
+    accesskey: Secret | None = None
+    endpoint: str | None = None
+    bucket: str | None = None
+    folder: str = ""
+    region: str | None = None
+    acl: str | None = None
+    encryption: bool = False
+    sse: str | None = None
+    kms_key_id: str | None = None
+    allowed_buckets: tuple[str, ...] = ()
+    allowed_endpoints: tuple[str, ...] = ()
+    allowed_acls: tuple[str, ...] = ()
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+
+
+@dataclass(frozen=True, slots=True)
+class SqsConfig:
+    listen: bool = False
+    region: str | None = None
+    accessid: str | None = None
+    accesskey: Secret | None = None
+    url: str | None = None
+    endpoint: str | None = None
+    waitseconds: int = DEFAULT_SQS_WAIT
+    chunksize: int = DEFAULT_SQS_CHUNK
+    visibility_timeout: int = DEFAULT_SQS_VISIBILITY
+    not_for_me: str = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    attempts: int = DEFAULT_UPLOAD_ATTEMPTS
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    upload_workers: int = DEFAULT_UPLOAD_WORKERS
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    drain_interval: float = DEFAULT_DRAIN_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    keys: Mapping[str, Secret] = field(default_factory=dict)
+    require_signed: bool = False
+    max_skew: int = DEFAULT_MAX_SKEW
+    dedup_window: int = DEFAULT_DEDUP_WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    general: GeneralConfig
+    redis: RedisConfig = RedisConfig()
+    syslog: SyslogConfig = SyslogConfig()
+    interfaces: tuple[InterfaceConfig, ...] = ()
+    cloudshark: CloudsharkConfig = CloudsharkConfig()
+    s3: S3Config = S3Config()
+    sqs: SqsConfig = SqsConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    security: SecurityConfig = SecurityConfig()
+    # [agents.*] tables, validated by each agent's own config module.
+    agents: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def aliases(self) -> dict[str, tuple[str, ...]]:
+        """alias -> interface names that carry it, in config order."""
+        found: dict[str, list[str]] = {}
+        for iface in self.interfaces:
+            for alias in iface.aliases:
+                found.setdefault(alias, []).append(iface.name)
+        return {alias: tuple(names) for alias, names in found.items()}
+
+    def serve_problems(self) -> list[str]:
+        """What stops `pcapd serve` from doing anything useful with this config."""
+        problems = []
+        if not (self.redis.listen or self.redis.stream_listen or self.sqs.listen):
+            problems.append(
+                "redis.listen, redis.stream_listen, sqs.listen: at least one request "
+                "source must be enabled"
+            )
+        if not (self.general.writelocal or self.s3.upload or self.cloudshark.upload):
+            problems.append(
+                "general.writelocal, s3.upload, cloudshark.upload: at least one "
+                "destination must be enabled"
+            )
+        return problems
+
+
+class _Section:
+    """Typed reads of one TOML table, appending errors instead of raising."""
+
+    def __init__(self, table: Any, name: str, errors: list[str], warnings: list[str]) -> None:
+        self.name = name
+        self.errors = errors
+        self.warnings = warnings
+        self.seen: set[str] = set()
+        if table is None:
+            table = {}
+        if not isinstance(table, dict):
+            errors.append(f"{name}: expected a table, got {type(table).__name__}")
+            table = {}
+        self.table: dict[str, Any] = table
+
+    @property
+    def present(self) -> bool:
+        return bool(self.table)
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.table.get(key)
+
+    def _bad(self, key: str, value: Any, rule: str) -> None:
+        self.errors.append(f"{self.name}.{key}: {rule}, got {value!r}")
+
+    def get_int(
+        self, key: str, default: int, *, minimum: int = 1, maximum: int | None = None
+    ) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._bad(key, value, "expected an integer")
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            self._bad(key, value, f"must be at least {minimum}{upper}")
+            return default
+        return value
+
+    def optional_int(self, key: str, *, maximum: int) -> int | None:
+        if self.table.get(key) is None:
+            self.seen.add(key)
+            return None
+        return self.get_int(key, 0, minimum=1, maximum=maximum)
+
+    def get_float(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self._bad(key, value, "expected a number")
+            return default
+        if value < minimum:
+            self._bad(key, value, f"must be at least {minimum}")
+            return default
+        return float(value)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self._bad(key, value, "expected true or false")
+            return default
+        return value
+
+    def get_str(self, key: str, default: str, *, choices: tuple[str, ...] = ()) -> str:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self._bad(key, value, "expected a string")
+            return default
+        if choices and value not in choices:
+            self._bad(key, value, "expected one of " + ", ".join(choices))
+            return default
+        return value
+
+    def optional_str(self, key: str, *, choices: tuple[str, ...] = ()) -> str | None:
+        value = self.get_str(key, "", choices=choices) if self.table.get(key) is not None else ""
+        self.seen.add(key)
+        return value or None
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self._bad(key, value, "expected a list of strings")
+            return ()
+        return tuple(value)
+
+    def secret(self, key: str) -> Secret | None:
+        value = self.optional_str(key)
+        if value is None:
+            return None
+        return self._resolve_secret(key, value)
+
+    def _resolve_secret(self, key: str, value: str) -> Secret | None:
+        """`env:NAME` and `file:/path` keep secrets out of the config file."""
+        if value.startswith("env:"):
+            var = value[4:]
+            if var not in os.environ:
+                self.errors.append(f"{self.name}.{key}: environment variable {var} is not set")
+                return None
+            return Secret(os.environ[var])
+        if value.startswith("file:"):
+            path = value[5:]
+            try:
+                return Secret(Path(path).read_text().strip())
+            except OSError as exc:
+                self.errors.append(f"{self.name}.{key}: cannot read {path}: {exc.strerror}")
+                return None
+        return Secret(value)
+
+    def secret_map(self, key: str) -> dict[str, Secret]:
+        value = self._get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            self.errors.append(f'{self.name}.{key}: expected a table of name = "secret"')
+            return {}
+        resolved = {name: self._resolve_secret(f"{key}.{name}", v) for name, v in value.items()}
+        return {name: s for name, s in resolved.items() if s is not None}
+
+    def finish(self) -> None:
+        for key in sorted(set(self.table) - self.seen):
+            self.warnings.append(f"{self.name}.{key}: unknown option, ignored")
+
+
+def _general(section: _Section, hostname: str) -> GeneralConfig:
+    s = section
+    maxbytes = s.get_int("maxbytes", DEFAULT_MAXBYTES, minimum=100)
+    max_memory = s.get_int("max_memory", DEFAULT_MAX_MEMORY, minimum=1024 * 1024)
+    maxtimeout = s.get_int("maxtimeout", DEFAULT_MAXTIMEOUT)
+    maxduration = s.get_int("maxduration", DEFAULT_MAXDURATION)
+    general = GeneralConfig(
+        node=s.get_str("node", hostname) or hostname,
+        maxpackets=s.get_int("maxpackets", DEFAULT_MAXPACKETS),
+        writelocal=s.get_bool("writelocal", False),
+        localdir=s.get_str("localdir", DEFAULT_LOCALDIR),
+        snaplength=s.get_int("snaplength", DEFAULT_SNAPLENGTH, maximum=MAX_SNAPLENGTH),
+        defaulttimeout=s.get_int("defaulttimeout", min(DEFAULT_TIMEOUT, maxtimeout)),
+        maxtimeout=maxtimeout,
+        maxduration=maxduration,
+        maxbytes=maxbytes,
+        packetdebug=s.get_bool("packetdebug", False),
+        defaultduration=s.get_int("defaultduration", min(DEFAULT_DURATION, maxduration)),
+        format=s.get_str("format", "pcap", choices=FORMATS),
+        max_concurrent=s.get_int("max_concurrent", DEFAULT_MAX_CONCURRENT, maximum=1024),
+        max_memory=max_memory,
+        buffer_size=s.get_int("buffer_size", DEFAULT_BUFFER_SIZE, minimum=65_536),
+        max_request_bytes=s.get_int(
+            "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES, minimum=1024, maximum=16 << 20
+        ),
+        log_format=s.get_str("log_format", "kv", choices=LOG_FORMATS),
+        log_level=s.get_str("log_level", "info", choices=LOG_LEVELS),
+    )
+    if general.defaulttimeout > general.maxtimeout:
+        s.errors.append(
+            f"general.defaulttimeout: {general.defaulttimeout} exceeds "
+            f"maxtimeout={general.maxtimeout}"
+        )
+    if general.defaultduration > general.maxduration:
+        s.errors.append(
+            f"general.defaultduration: {general.defaultduration} exceeds "
+            f"maxduration={general.maxduration}"
+        )
+    if general.maxbytes > general.max_memory:
+        s.errors.append(
+            f"general.maxbytes: {general.maxbytes} exceeds max_memory={general.max_memory}: "
+            "a capture of that size could never be admitted"
+        )
+    return general
+
+
+def _redis(s: _Section) -> RedisConfig:
+    url = s.secret("url")
+    if url is not None:
+        scheme = urlsplit(url.reveal()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            s.errors.append(
+                f"redis.url: scheme {scheme!r} is not one of redis://, rediss://, unix://"
+            )
+    return RedisConfig(
+        listen=s.get_bool("listen", True),
+        host=s.get_str("host", "127.0.0.1"),
+        port=s.get_int("port", DEFAULT_REDIS_PORT, maximum=65535),
+        channel=s.get_str("channel", DEFAULT_CHANNEL) or DEFAULT_CHANNEL,
+        auth=s.secret("auth"),
+        username=s.optional_str("username"),
+        db=s.get_int("db", 0, minimum=0),
+        url=url,
+        tls=s.get_bool("tls", False),
+        tls_ca=s.optional_str("tls_ca"),
+        results_channel=s.get_str("results_channel", DEFAULT_RESULTS_CHANNEL),
+        results_stream=s.get_str("results_stream", DEFAULT_RESULTS_STREAM),
+        results_stream_maxlen=s.get_int("results_stream_maxlen", DEFAULT_RESULTS_STREAM_MAXLEN),
+        health_check_interval=s.get_int("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL),
+        stream_listen=s.get_bool("stream_listen", False),
+        stream=s.get_str("stream", DEFAULT_REQUEST_STREAM),
+    )
+
+
+def _syslog(s: _Section) -> SyslogConfig:
+    return SyslogConfig(
+        enabled=s.get_bool("enabled", s.present),
+        priority=s.get_int("priority", DEFAULT_SYSLOG_PRIORITY, minimum=0, maximum=191),
+        tag=s.get_str("tag", DEFAULT_SYSLOG_TAG),
+        address=s.get_str("address", "/dev/log"),
+    )
+
+
+def _interfaces(raw: Any, errors: list[str], warnings: list[str]) -> tuple[InterfaceConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append("interface: expected [[interface]] tables")
+        return ()
+    found = []
+    names: set[str] = set()
+    for index, table in enumerate(raw):
+        s = _Section(table, f"interface[{index}]", errors, warnings)
+        name = s.get_str("name", "")
+        if not name:
+            errors.append(f"interface[{index}].name: required")
+        elif name in names:
+            errors.append(f"interface[{index}].name: {name!r} is defined twice")
+        names.add(name)
+        found.append(InterfaceConfig(name=name, aliases=s.str_list("alias")))
+        s.finish()
+    return tuple(found)
+
+
+def _cloudshark(s: _Section) -> CloudsharkConfig:
+    config = CloudsharkConfig(
+        upload=s.get_bool("upload", False),
+        host=s.get_str("host", "localhost"),
+        scheme=s.get_str("scheme", "https", choices=("http", "https")),
+        port=s.optional_int("port", maximum=65535),
+        token=s.secret("token"),
+        ca_bundle=s.optional_str("ca_bundle"),
+        connect_timeout=s.get_float("connect_timeout", DEFAULT_CS_CONNECT_TIMEOUT, minimum=0.1),
+        read_timeout=s.get_float("read_timeout", DEFAULT_CS_READ_TIMEOUT, minimum=0.1),
+    )
+    if config.upload and not config.token:
+        s.errors.append("cloudshark.token: required when cloudshark.upload = true")
+    return config
+
+
+def _s3(s: _Section) -> S3Config:
+    config = S3Config(
+        upload=s.get_bool("upload", False),
+        accessid=s.optional_str("accessid"),
+        accesskey=s.secret("accesskey"),
+        endpoint=s.optional_str("endpoint"),
+        bucket=s.optional_str("bucket"),
+        folder=s.get_str("folder", ""),
+        region=s.optional_str("region"),
+        acl=s.optional_str("acl"),
+        encryption=s.get_bool("encryption", False),
+        sse=s.optional_str("sse", choices=SSE_MODES),
+        kms_key_id=s.optional_str("kms_key_id"),
+        allowed_buckets=s.str_list("allowed_buckets"),
+        allowed_endpoints=s.str_list("allowed_endpoints"),
+        allowed_acls=s.str_list("allowed_acls"),
+        multipart_threshold=s.get_int(
+            "multipart_threshold", DEFAULT_MULTIPART_THRESHOLD, minimum=5 * 1024 * 1024
+        ),
+    )
+    if config.upload and not config.bucket:
+        s.errors.append("s3.bucket: required when s3.upload = true")
+    if bool(config.accessid) != bool(config.accesskey):
+        s.errors.append("s3.accessid, s3.accesskey: set both, or neither for boto3's chain")
+    if config.kms_key_id and config.sse != "aws:kms":
+        s.errors.append('s3.kms_key_id: only used with sse = "aws:kms"')
+    return config
+
+
+def _sqs(s: _Section) -> SqsConfig:
+    config = SqsConfig(
+        listen=s.get_bool("listen", False),
+        region=s.optional_str("region"),
+        accessid=s.optional_str("accessid"),
+        accesskey=s.secret("accesskey"),
+        url=s.optional_str("url"),
+        endpoint=s.optional_str("endpoint"),
+        waitseconds=s.get_int("waitseconds", DEFAULT_SQS_WAIT, minimum=0, maximum=20),
+        chunksize=s.get_int("chunksize", DEFAULT_SQS_CHUNK, maximum=10),
+        visibility_timeout=s.get_int("visibility_timeout", DEFAULT_SQS_VISIBILITY, maximum=43_200),
+        not_for_me=s.get_str("not_for_me", "release", choices=NOT_FOR_ME),
+    )
+    if config.listen and not config.url:
+        s.errors.append("sqs.url: required when sqs.listen = true")
+    if bool(config.accessid) != bool(config.accesskey):
+        s.errors.append("sqs.accessid, sqs.accesskey: set both, or neither for boto3's chain")
+    return config
+
+
+def _delivery(s: _Section) -> DeliveryConfig:
+    initial = s.get_float("backoff_initial", DEFAULT_BACKOFF_INITIAL, minimum=0.0)
+    config = DeliveryConfig(
+        attempts=s.get_int("attempts", DEFAULT_UPLOAD_ATTEMPTS, maximum=100),
+        backoff_initial=initial,
+        backoff_max=s.get_float("backoff_max", max(DEFAULT_BACKOFF_MAX, initial)),
+        upload_workers=s.get_int("upload_workers", DEFAULT_UPLOAD_WORKERS, maximum=64),
+        spool_dir=s.get_str("spool_dir", DEFAULT_SPOOL_DIR),
+        spool_max_bytes=s.get_int("spool_max_bytes", DEFAULT_SPOOL_MAX_BYTES, minimum=1024 * 1024),
+        drain_interval=s.get_float("drain_interval", DEFAULT_DRAIN_INTERVAL, minimum=0.1),
+    )
+    if config.backoff_max < config.backoff_initial:
+        s.errors.append(
+            f"delivery.backoff_max: {config.backoff_max} is below "
+            f"backoff_initial={config.backoff_initial}"
+        )
+    return config
+
+
+def _security(s: _Section) -> SecurityConfig:
+    config = SecurityConfig(
+        keys=s.secret_map("keys"),
+        require_signed=s.get_bool("require_signed", False),
+        max_skew=s.get_int("max_skew", DEFAULT_MAX_SKEW),
+        dedup_window=s.get_int("dedup_window", DEFAULT_DEDUP_WINDOW),
+    )
+    if config.require_signed and not config.keys:
+        s.errors.append("security.keys: required when security.require_signed = true")
+    return config
+
+
+def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    host = hostname or socket.gethostname()
+
+    def section(name: str) -> _Section:
+        return _Section(data.get(name), name, errors, warnings)
+
+    sections = {
+        "general": section("general"),
+        "redis": section("redis"),
+        "syslog": section("syslog"),
+        "cloudshark": section("cloudshark"),
+        "s3": section("s3"),
+        "sqs": section("sqs"),
+        "delivery": section("delivery"),
+        "security": section("security"),
+    }
+    agents = data.get("agents", {})
+    if not isinstance(agents, dict):
+        errors.append("agents: expected a table of [agents.<name>] tables")
+        agents = {}
+    config = Config(
+        general=_general(sections["general"], host),
+        redis=_redis(sections["redis"]),
+        syslog=_syslog(sections["syslog"]),
+        interfaces=_interfaces(data.get("interface"), errors, warnings),
+        cloudshark=_cloudshark(sections["cloudshark"]),
+        s3=_s3(sections["s3"]),
+        sqs=_sqs(sections["sqs"]),
+        delivery=_delivery(sections["delivery"]),
+        security=_security(sections["security"]),
+        agents=agents,
+    )
+    for s in sections.values():
+        s.finish()
+    known = set(sections) | {"interface", "agents"}
+    warnings.extend(f"{name}: unknown section, ignored" for name in sorted(set(data) - known))
+    if errors:
+        raise ConfigError(errors)
+    return replace(config, warnings=tuple(warnings))
+
+
+def load_config(path: str | os.PathLike[str], hostname: str | None = None) -> Config:
+    """Read and validate a TOML file; errors name the file and every bad field."""
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError([f"cannot read config: {exc.strerror}"], where) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], where) from exc
+    try:
+        return parse_config(data, hostname)
+    except ConfigError as exc:
+        raise ConfigError(exc.errors, where) from None

@@ -1,0 +1,155 @@
+"""Real servers and network namespaces for tests, started and ended by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces and veth")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll `predicate()` until true; fail the test with a clear message if not."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a free loopback port; `restart` keeps the port."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._ready, timeout=10)
+
+    def _ready(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, password: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(port=free_port(), workdir=workdir, password=password)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+@dataclass
+class VethPair:
+    """Two namespaces joined by a veth pair: `ns_a`/`dev_a` 10.200.x.1 <-> `ns_b` .2."""
+
+    ns_a: str
+    ns_b: str
+    dev_a: str
+    dev_b: str
+    addr_a: str
+    addr_b: str
+    addr6_a: str
+    addr6_b: str
+
+    def exec_a(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns_a, *args]
+
+    def exec_b(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns_b, *args]
+
+
+@contextlib.contextmanager
+def veth_pair(subnet: int = 1) -> Iterator[VethPair]:
+    """Namespaces that exist only for this test, with IPv4 and IPv6 addresses."""
+    tag = uuid.uuid4().hex[:6]
+    pair = VethPair(
+        ns_a=f"pcapd-a-{tag}", ns_b=f"pcapd-b-{tag}",
+        dev_a=f"va{tag}", dev_b=f"vb{tag}",
+        addr_a=f"10.200.{subnet}.1", addr_b=f"10.200.{subnet}.2",
+        addr6_a=f"fd00:200:{subnet}::1", addr6_b=f"fd00:200:{subnet}::2",
+    )  # fmt: skip
+    run("ip", "netns", "add", pair.ns_a)
+    run("ip", "netns", "add", pair.ns_b)
+    try:
+        run("ip", "link", "add", pair.dev_a, "netns", pair.ns_a, "type", "veth",
+            "peer", "name", pair.dev_b, "netns", pair.ns_b)  # fmt: skip
+        for ns, dev, addr, addr6 in (
+            (pair.ns_a, pair.dev_a, pair.addr_a, pair.addr6_a),
+            (pair.ns_b, pair.dev_b, pair.addr_b, pair.addr6_b),
+        ):
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            run("ip", "-n", ns, "-6", "addr", "add", f"{addr6}/64", "dev", dev, "nodad")
+            run("ip", "-n", ns, "link", "set", dev, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield pair
+    finally:
+        run("ip", "netns", "del", pair.ns_a, check=False)
+        run("ip", "netns", "del", pair.ns_b, check=False)

@@ -1,0 +1,42 @@
+"""What every request source yields: a `Delivery`, and how sources are shaped."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+def _noop() -> None:
+    pass
+
+
+def _noop_extend(seconds: float) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One request body and what to tell its source when it is done.
+
+    `ack` once the captures it caused are stored (uploaded or spooled) or it
+    was rejected with a result event; `release` to hand it back for another
+    consumer (SQS visibility 0); `extend` keeps it invisible while a capture
+    runs (SQS heartbeat). All are no-ops for pub/sub.
+    """
+
+    body: bytes
+    source: str
+    ack: Callable[[], None] = _noop
+    release: Callable[[], None] = _noop
+    extend: Callable[[float], None] = field(default=_noop_extend)
+    message_id: str | None = None
+
+
+class TriggerSource(Protocol):
+    """A request source; `deliveries` reconnects by itself until `stop` is set."""
+
+    name: str
+
+    def deliveries(self, stop: threading.Event) -> Iterator[Delivery]: ...

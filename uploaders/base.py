@@ -1,0 +1,62 @@
+"""What every sink shares: the capture to deliver, where it went, and errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pcapd.request import CaptureRequest
+
+
+class UploadError(Exception):
+    """A delivery attempt failed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A finished capture file held in memory, not copied for upload."""
+
+    data: bytes | bytearray | memoryview
+    filename: str  # unique: node, interface, UTC time to the ms, request id
+    format: str
+    sha256: str
+    request: CaptureRequest
+    node: str
+    interface: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def metadata(self) -> dict[str, str]:
+        """Plain-text facts sinks attach to the object (S3 metadata, tags)."""
+        meta = {
+            "request-id": self.request.id,
+            "node": self.node,
+            "interface": self.interface,
+            "sha256": self.sha256,
+        }
+        if self.request.alertid is not None:
+            meta["alertid"] = str(self.request.alertid)
+        if self.request.tags:
+            meta["tags"] = ",".join(self.request.tags)
+        if self.request.customer:
+            meta["customer"] = self.request.customer
+        return meta
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    kind: str  # "local" | "s3" | "cloudshark"
+    url: str  # a path, s3://bucket/key, or the CloudShark view URL
+
+
+class Uploader(Protocol):
+    name: str
+    remote: bool  # a remote sink's failures go to the spool
+
+    def upload(self, artifact: Artifact) -> Location: ...
