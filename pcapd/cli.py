@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
-from pcapd.config import ConfigError, load_config
+import redis
+
+from pcapd.config import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_CHANNEL,
+    DEFAULT_RESULTS_CHANNEL,
+    DEFAULT_RESULTS_STREAM,
+    FORMATS,
+    MAX_SNAPLENGTH,
+    ConfigError,
+    RedisConfig,
+    load_config,
+)
+from pcapd.secret import Secret
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+WAIT_MARGIN = 15.0  # seconds past a request's own bounds to wait for its results
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -27,22 +47,240 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from pcapd.daemon import serve
+
+    return serve(args.config)
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from pcapd.oneshot import run_capture
+
+    return run_capture(
+        args.interface,
+        " ".join(args.expression),
+        output=args.write,
+        packets=args.packets,
+        snap=args.snap,
+        max_bytes=args.bytes,
+        duration=args.duration,
+        timeout=args.timeout,
+        fmt=args.format,
+        buffer_size=args.buffer_size,
+    )
+
+
+def _redis_config(args: argparse.Namespace) -> RedisConfig:
+    """[redis] from -c FILE, overridden by --redis-url, else $PCAPD_REDIS_URL."""
+    if args.config:
+        base = load_config(args.config).redis
+    else:
+        url = os.environ.get("PCAPD_REDIS_URL", DEFAULT_REDIS_URL)
+        base = RedisConfig(url=Secret(url))
+    if args.redis_url:
+        base = replace(base, url=Secret(args.redis_url))
+    return base
+
+
+def _client(args: argparse.Namespace) -> tuple[redis.Redis, RedisConfig]:
+    from pcapd.redis_conn import connect
+
+    config = _redis_config(args)
+    return connect(config, socket_timeout=None), config
+
+
+def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.stdin:
+        text = sys.stdin.read()
+        try:
+            given = json.loads(text)
+        except ValueError as exc:
+            raise SystemExit(f"pcapd trigger: standard input is not JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise SystemExit("pcapd trigger: standard input must hold a JSON object")
+        return given
+    request: dict[str, Any] = {}
+    if args.nodere:
+        request["nodere"] = args.nodere
+    else:
+        request["node"] = args.node
+    if args.alias:
+        request["alias"] = args.alias
+    else:
+        request["interface"] = args.interface or ["any"]
+    request["bpf"] = " ".join(args.expression)
+    for name in ("packets", "bytes", "duration", "timeout", "snap", "alertid", "format"):
+        value = getattr(args, name)
+        if value is not None:
+            request[name] = value
+    if args.tags:
+        request["tags"] = args.tags
+    if args.customer:
+        request["customer"] = args.customer
+    return request
+
+
+def _trigger(args: argparse.Namespace) -> int:
+    from pcapd.client import new_request_id, print_events, publish_request, subscribe
+
+    request = _request_from_args(args)
+    request.setdefault("id", new_request_id())
+    client, config = _client(args)
+    channel = args.channel or config.channel
+    pubsub = None
+    try:
+        if args.wait is not None:
+            request.setdefault("reply_to", f"pcapd-reply-{request['id']}")
+            pubsub = subscribe(client, request["reply_to"])
+        body = json.dumps(request).encode()
+        receivers = publish_request(client, channel, body)
+    except redis.RedisError as exc:
+        print(f"pcapd trigger: Redis at {config.describe()}: {exc}", file=sys.stderr)
+        return 1
+    print(f"published request {request['id']} to {channel!r} ({receivers} subscribers)",
+          file=sys.stderr)  # fmt: skip
+    if pubsub is None:
+        return 0
+    wait = args.wait or (
+        int(request.get("duration", 60)) + int(request.get("timeout", 10)) + WAIT_MARGIN
+    )
+    got = print_events(
+        pubsub, timeout=wait, count=args.count, accept=lambda e: e.get("id") == request["id"]
+    )
+    if got == 0:
+        print(f"pcapd trigger: no result within {wait:.0f}s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from pcapd.client import follow_stream, print_events, subscribe
+
+    client, config = _client(args)
+    try:
+        if args.stream:
+            follow_stream(client, config.results_stream or DEFAULT_RESULTS_STREAM,
+                          from_start=args.from_start)  # fmt: skip
+            return 0
+        pubsub = subscribe(client, args.channel or config.results_channel)
+        print_events(pubsub, timeout=args.timeout, count=args.count)
+    except redis.RedisError as exc:
+        print(f"pcapd results: Redis at {config.describe()}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _agent(args: argparse.Namespace) -> int:
     if args.agent == "dnstap":
         from agents.dnstap.cli import main as dnstap_main
 
-        return dnstap_main(args.agent_args)
+        return int(dnstap_main(args.agent_args))
     from agents.flow.cli import main as flow_main
 
-    return flow_main(args.agent_args)
+    return int(flow_main(args.agent_args))
+
+
+def _add_redis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="take [redis] from this config")
+    parser.add_argument(
+        "--redis-url", metavar="URL",
+        help="redis://, rediss:// or unix:// URL "
+        f"(default: $PCAPD_REDIS_URL or {DEFAULT_REDIS_URL})",
+    )  # fmt: skip
+
+
+def _add_bounds(parser: argparse.ArgumentParser, *, one_shot: bool) -> None:
+    """Capture bounds: tcpdump's letters for `capture`, request field names for `trigger`."""
+    if one_shot:
+        parser.add_argument("-c", "--count", dest="packets", type=int, default=1000,
+                            metavar="N", help="stop after N packets (default 1000)")  # fmt: skip
+        parser.add_argument("-s", "--snaplen", dest="snap", type=int, default=MAX_SNAPLENGTH,
+                            metavar="SNAP", help="bytes kept of each packet")  # fmt: skip
+    else:
+        parser.add_argument("--packets", type=int, metavar="N", help="stop after N packets")
+        parser.add_argument("--snap", type=int, metavar="SNAP", help="bytes kept of each packet")
+    parser.add_argument("--bytes", type=int, default=100_000_000 if one_shot else None,
+                        metavar="N", help="stop before the file would exceed N bytes")  # fmt: skip
+    parser.add_argument("--duration", type=int, default=60 if one_shot else None, metavar="S",
+                        help="stop after S seconds")  # fmt: skip
+    parser.add_argument("--timeout", type=int, default=10 if one_shot else None, metavar="S",
+                        help="stop after S seconds without a packet")  # fmt: skip
+    parser.add_argument("--format", choices=FORMATS, default="pcap" if one_shot else None)
+    parser.add_argument("expression", nargs="*", help="BPF filter, as for tcpdump")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcapd",
-        description="On-demand bounded packet captures, and agents that feed Redis.",
+        description="On-demand bounded packet captures triggered over Redis, "
+        "and agents that record DNS answers and flows in Redis.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="run the capture daemon",
+        description="Listen for capture requests and serve them until SIGTERM. The first "
+        "SIGTERM/SIGINT ends running captures (stop=shutdown), delivers them and exits 0; "
+        "a second one exits at once.",
+    )  # fmt: skip
+    serve.add_argument("-c", "--config", required=True, metavar="FILE")
+    serve.set_defaults(func=_serve)
+
+    capture = sub.add_parser(
+        "capture", help="one bounded capture to a file, like tcpdump -w",
+        description="Capture on one interface until the first bound is reached, then write "
+        "the file. Needs no Redis and no config. Example: "
+        "pcapd capture -i lo -c 100 -w dns.pcap udp port 53",
+    )  # fmt: skip
+    capture.add_argument("-i", "--interface", required=True)
+    capture.add_argument("-w", "--write", metavar="FILE", help="output file, - for stdout")
+    capture.add_argument("-B", "--buffer-size", type=int, default=DEFAULT_BUFFER_SIZE,
+                         help="kernel buffer in bytes")  # fmt: skip
+    _add_bounds(capture, one_shot=True)
+    capture.set_defaults(func=_capture)
+
+    trigger = sub.add_parser(
+        "trigger", help="publish a capture request",
+        description="Publish a request built from the options, or read from stdin with "
+        "--stdin. With --wait, print the result events for it as JSON lines. Example: "
+        "pcapd trigger --node any -i lo --packets 10 --wait 30 icmp",
+    )  # fmt: skip
+    _add_redis_options(trigger)
+    trigger.add_argument("--channel", help=f"request channel (default [redis] channel, "
+                         f"{DEFAULT_CHANNEL})")  # fmt: skip
+    target = trigger.add_mutually_exclusive_group()
+    target.add_argument("--node", default="any", help="exact node name or 'any' (default)")
+    target.add_argument("--nodere", help="regular expression searched in node names")
+    where = trigger.add_mutually_exclusive_group()
+    where.add_argument("-i", "--interface", action="append", help="repeatable")
+    where.add_argument("--alias", action="append", help="interface alias, repeatable")
+    trigger.add_argument("--alertid", type=int)
+    trigger.add_argument("--tags", help="comma-separated tags")
+    trigger.add_argument("--customer")
+    trigger.add_argument("--stdin", action="store_true", help="read the request JSON from stdin")
+    trigger.add_argument(
+        "--wait", type=float, nargs="?", const=0.0, metavar="SECONDS",
+        help="print this request's results; stop after SECONDS (default: its bounds + 15 s)",
+    )  # fmt: skip
+    trigger.add_argument("--count", type=int, metavar="N", help="with --wait: stop after N results")
+    _add_bounds(trigger, one_shot=False)
+    trigger.set_defaults(func=_trigger)
+
+    results = sub.add_parser(
+        "results", help="follow result events",
+        description="Print result events as JSON lines from the results channel, or from "
+        "the capped results stream with --stream.",
+    )  # fmt: skip
+    _add_redis_options(results)
+    results.add_argument("--channel", help=f"(default [redis] results_channel, "
+                         f"{DEFAULT_RESULTS_CHANNEL})")  # fmt: skip
+    results.add_argument("--stream", action="store_true", help="read the results stream")
+    results.add_argument("--from-start", action="store_true", help="with --stream: from the oldest")
+    results.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    results.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    results.set_defaults(func=_results)
 
     check = sub.add_parser(
         "check-config", help="validate a config file, printing every error",
@@ -69,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"{exc.path}: error: {error}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -54,7 +55,7 @@ class ResultEvent:
         return json.dumps(self.as_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> ResultEvent:
+    def from_json(cls, text: str | builtins.bytes) -> ResultEvent:
         data = json.loads(text)
         data["warnings"] = tuple(data.get("warnings") or ())
         return cls(**data)

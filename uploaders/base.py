@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from pcapd.request import CaptureRequest
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class UploadError(Exception):
@@ -60,3 +64,13 @@ class Uploader(Protocol):
     remote: bool  # a remote sink's failures go to the spool
 
     def upload(self, artifact: Artifact) -> Location: ...
+
+
+def artifact_filename(node: str, interface: str, started: float, request_id: str, fmt: str) -> str:
+    """`<node>_<interface>_<UTC to the ms>_<request id>.<fmt>`: never collides, as
+    the request id is unique and one request captures an interface once."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started))
+    millis = int(started * 1000) % 1000
+    safe_node = _UNSAFE.sub("-", node)
+    safe_iface = _UNSAFE.sub("-", interface)
+    return f"{safe_node}_{safe_iface}_{stamp}.{millis:03d}Z_{request_id}.{fmt}"

@@ -1,0 +1,81 @@
+"""Client side: publish requests (`pcapd trigger`) and follow results (`pcapd results`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import redis
+
+POLL = 0.2
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def publish_request(client: redis.Redis, channel: str, body: bytes) -> int:
+    """PUBLISH; returns how many subscribers (nodes, result followers) got it."""
+    receivers: int = client.publish(channel, body)
+    return receivers
+
+
+def subscribe(client: redis.Redis, channel: str) -> Any:
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(channel)
+    # The subscription is confirmed before anything is published, so no
+    # result can slip past between publishing and listening.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=POLL)
+        if message and message.get("type") == "subscribe":
+            break
+    return pubsub
+
+
+def print_events(
+    pubsub: Any,
+    *,
+    timeout: float | None,
+    count: int | None,
+    accept: Callable[[dict[str, Any]], bool] = lambda _: True,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print matching events, one JSON per line, until `count` or `timeout`."""
+    seen = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while count is None or seen < count:
+        wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+        if wait <= 0:
+            break
+        message = pubsub.get_message(timeout=wait)
+        if not message or message.get("type") != "message":
+            continue
+        data = message["data"]
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict) and accept(parsed):
+            print(json.dumps(parsed), file=out, flush=True)
+            seen += 1
+    return seen
+
+
+def follow_stream(
+    client: redis.Redis, stream: str, *, from_start: bool, out: TextIO = sys.stdout
+) -> None:
+    last = "0" if from_start else "$"
+    while True:
+        entries: Any = client.xread({stream: last}, block=1000, count=100)
+        for _name, items in entries or []:
+            for entry_id, fields in items:
+                last = entry_id
+                body = fields.get(b"event") or fields.get("event")
+                if body is not None:
+                    text = body.decode() if isinstance(body, bytes) else str(body)
+                    print(text, file=out, flush=True)

@@ -1,0 +1,143 @@
+"""`pcapd serve`: bootstrap, signal handlers, source loops, warm shutdown.
+
+First SIGTERM/SIGINT: stop taking requests, end running captures with
+stop=shutdown, deliver them and publish their results, exit 0. A second
+signal exits at once (status 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import redis
+
+from pcapd import redis_conn
+from pcapd.config import Config, ConfigError, load_config
+from pcapd.controller import Controller
+from pcapd.engine import HandlePool, available_devices
+from pcapd.logs import event, setup_logging
+from pcapd.results import ResultPublisher
+from triggers.base import TriggerSource
+from triggers.redis_pubsub import RedisPubSubSource
+from uploaders.base import Uploader
+from uploaders.local import LocalUploader
+
+log = logging.getLogger("pcapd.daemon")
+
+SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
+
+
+def build_uploaders(config: Config) -> list[Uploader]:
+    uploaders: list[Uploader] = []
+    if config.general.writelocal:
+        uploaders.append(LocalUploader(config.general.localdir))
+    return uploaders
+
+
+def build_sources(config: Config, connect: Callable[[], redis.Redis]) -> list[TriggerSource]:
+    sources: list[TriggerSource] = []
+    if config.redis.listen:
+        sources.append(RedisPubSubSource(connect, config.redis.channel, config.redis.describe()))
+    return sources
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop_sources = threading.Event()
+        self._signals = 0
+
+        def connect() -> redis.Redis:
+            return redis_conn.connect(config.redis)
+
+        devices = available_devices()
+        configured = tuple(i.name for i in config.interfaces if i.name in devices)
+        self.pool = HandlePool(configured, config.general.buffer_size)
+        self.controller = Controller(
+            config,
+            publisher=ResultPublisher(connect, config.redis),
+            uploaders=build_uploaders(config),
+            pool=self.pool,
+        )
+        self.sources = build_sources(config, connect)
+        for missing in sorted({i.name for i in config.interfaces} - devices):
+            event(log, "interface_missing", logging.WARNING, interface=missing)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            event(log, "exit_now", logging.WARNING, signal=signal.Signals(signum).name)
+            os._exit(1)
+        event(log, "shutdown_requested", signal=signal.Signals(signum).name)
+        self.stop_sources.set()
+        self.controller.capture_stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _source_loop(self, source: TriggerSource) -> None:
+        # One failing source never stops the others; it restarts after a pause.
+        while not self.stop_sources.is_set():
+            try:
+                for delivery in source.deliveries(self.stop_sources):
+                    if self.stop_sources.is_set():
+                        delivery.release()
+                        break
+                    self.controller.handle(delivery)
+            except Exception:
+                log.exception("event=source_crashed source=%s", source.name)
+                self.stop_sources.wait(1.0)
+
+    def run(self) -> int:
+        general = self.config.general
+        event(
+            log, "starting", node=general.node, pid=os.getpid(),
+            sources=[s.name for s in self.sources],
+            uploaders=[u.name for u in self.controller.uploaders],
+            max_concurrent=general.max_concurrent, max_memory=general.max_memory,
+        )  # fmt: skip
+        self.pool.start()
+        threads = [
+            threading.Thread(target=self._source_loop, args=(s,), name=s.name, daemon=True)
+            for s in self.sources
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self.stop_sources.wait(0.5):
+                pass
+        finally:
+            self.stop_sources.set()
+            clean = self.controller.shutdown(timeout=SHUTDOWN_GRACE)
+            for thread in threads:
+                thread.join(timeout=2.0)
+            self.pool.stop()
+        event(log, "stopped", clean=clean)
+        return 0 if clean else 1
+
+
+def serve(config_path: str) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"{exc.path}: error: {error}", file=sys.stderr)
+        return 2
+    setup_logging(config.general, config.syslog)
+    for warning in config.warnings:
+        event(log, "config_warning", logging.WARNING, path=config_path, warning=warning)
+    problems = config.serve_problems()
+    if problems:
+        for problem in problems:
+            event(log, "config_error", logging.ERROR, path=config_path, error=problem)
+        return 2
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    return daemon.run()

@@ -1,0 +1,322 @@
+"""The capture engine: one bounded capture on one pypcap handle, into memory.
+
+pypcap facts this relies on (DESIGN.md): a blocking dispatch() holds the GIL
+and may never return, so handles are non-blocking and waited on with poll();
+immediate mode makes packets readable at once; opening a handle costs ~10 ms,
+so `HandlePool` keeps one opened ahead per configured interface.
+
+Handles are opened with the largest snaplen so that the kernel hands over
+whole packets: pypcap's callback gives no wire length, and this way the
+length of the packet *is* its wire length. The request's snap is applied
+while writing, and the file header carries that snap.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pcap
+
+from pcapd.config import MAX_SNAPLENGTH
+from pcapd.pcapfile import (
+    EPB_HEAD,
+    EPB_OVERHEAD,
+    PCAP_RECORD,
+    PCAPNG_EPB,
+    pcap_header,
+    pcapng_header,
+)
+
+log = logging.getLogger("pcapd.engine")
+
+PROMISC = True  # as tcpdump and pcapdaemon
+NOTHING_FILTER = "len < 0"  # what a spare handle holds until a request takes it
+MAX_POLL_WAIT = 0.1  # how often a waiting capture looks at the stop flag (s)
+REFILL_RETRY = 5.0
+
+
+class CaptureError(Exception):
+    """The interface could not be captured on; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureLimits:
+    snap: int
+    packets: int
+    bytes: int
+    duration: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOutcome:
+    data: bytearray  # the whole file, header included
+    packets: int
+    stop: str  # packets | bytes | duration | timeout | shutdown
+    kernel_dropped: int
+    started: float  # Unix time
+    ended: float
+    linktype: int
+    error: str | None = None  # the handle failed mid-capture; data holds what came
+
+
+def available_devices() -> set[str]:
+    """Interface names pcap can open; checked before any name reaches pcap_open."""
+    return set(pcap.findalldevs())
+
+
+def open_handle(interface: str, buffer_size: int) -> pcap.pcap:
+    """A non-blocking immediate handle that passes nothing until a filter is set."""
+    if interface not in available_devices():
+        # pcap_open on an unknown name would open a *file* of that name.
+        raise CaptureError(f"interface {interface!r}: no such device on this node")
+    try:
+        handle = pcap.pcap(
+            name=interface,
+            snaplen=MAX_SNAPLENGTH,
+            promisc=PROMISC,
+            immediate=True,
+            timestamp_in_ns=True,
+            buffer_size=buffer_size,
+        )
+        handle.setfilter(NOTHING_FILTER)
+        handle.setnonblock(True)
+        handle.dispatch(-1, _discard)
+    except OSError as exc:
+        raise CaptureError(f"interface {interface!r}: cannot open: {_text(exc)}") from exc
+    return handle
+
+
+def _discard(ts: int, pkt: bytes) -> None:
+    pass
+
+
+def _text(exc: BaseException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+
+
+def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
+    """Install the request's filter, then drop whatever the ring held before."""
+    try:
+        handle.setfilter(bpf)
+    except OSError as exc:
+        raise CaptureError(
+            f"bpf: {bpf!r} does not compile for {interface} "
+            f"(link type {handle.datalink()}): {_text(exc)}"
+        ) from exc
+    handle.dispatch(-1, _discard)
+
+
+def close_handle(handle: pcap.pcap) -> None:
+    # pypcap closes the descriptor when the object is collected; `close`
+    # exists only in newer releases.
+    closer = getattr(handle, "close", None)
+    if closer is not None:
+        closer()
+
+
+class HandlePool:
+    """One spare handle per configured interface, replaced in the background.
+
+    Worst case: one extra kernel ring (buffer_size bytes) per configured
+    interface, plus the rings of running captures.
+    """
+
+    def __init__(self, interfaces: tuple[str, ...], buffer_size: int) -> None:
+        self.buffer_size = buffer_size
+        self._spares: dict[str, pcap.pcap | None] = dict.fromkeys(interfaces)
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refill, name="handle-pool", daemon=True)
+
+    def start(self) -> None:
+        self._wanted.set()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wanted.set()
+        with self._lock:
+            for name, handle in self._spares.items():
+                if handle is not None:
+                    close_handle(handle)
+                self._spares[name] = None
+
+    def take(self, interface: str) -> pcap.pcap:
+        """The spare for `interface` if one is ready, else a freshly opened one."""
+        with self._lock:
+            handle = self._spares.get(interface)
+            if handle is not None:
+                self._spares[interface] = None
+                self._wanted.set()
+                return handle
+        return open_handle(interface, self.buffer_size)
+
+    def _refill(self) -> None:
+        while not self._stop.is_set():
+            self._wanted.wait()
+            self._wanted.clear()
+            for name in list(self._spares):
+                if self._stop.is_set() or self._spares.get(name) is not None:
+                    continue
+                try:
+                    handle = open_handle(name, self.buffer_size)
+                except CaptureError as exc:
+                    log.warning("event=spare_handle_failed interface=%s error=%r", name, str(exc))
+                    threading.Timer(REFILL_RETRY, self._wanted.set).start()
+                    continue
+                with self._lock:
+                    if self._stop.is_set():
+                        close_handle(handle)
+                        return
+                    self._spares[name] = handle
+
+
+@dataclass(slots=True)
+class CaptureProgress:
+    """Counters a running capture updates after each read (not per packet)."""
+
+    packets: int = 0
+    bytes: int = 0
+
+
+PacketDebug = Callable[[int, bytes], None]  # (ts_ns, packet as captured)
+
+
+def capture(
+    handle: pcap.pcap,
+    limits: CaptureLimits,
+    *,
+    fmt: str,
+    interface: str,
+    comments: Mapping[str, object],
+    stop: threading.Event,
+    packet_debug: PacketDebug | None = None,
+    on_start: Callable[[], None] | None = None,
+    progress: CaptureProgress | None = None,
+) -> CaptureOutcome:
+    """Capture until the first bound is reached; the handle's filter is already set.
+
+    Memory: the returned bytearray never exceeds `limits.bytes`.
+    """
+    linktype = handle.datalink()
+    snap = limits.snap
+    if fmt == "pcapng":
+        header = pcapng_header(linktype, snap, interface, comments)
+    else:
+        header = pcap_header(linktype, snap)
+    if len(header) > limits.bytes:
+        raise CaptureError(
+            f"bytes={limits.bytes} cannot hold even the {len(header)}-byte file header"
+        )
+    buf = bytearray(header)
+    extend = buf.extend
+    max_bytes = limits.bytes
+    max_packets = limits.packets
+    count = 0
+    size = len(buf)
+    stop_reason = ""
+
+    def on_pcap(ts: int, pkt: bytes) -> None:
+        nonlocal count, size, stop_reason
+        if stop_reason:
+            return
+        wire = len(pkt)
+        caplen = wire if wire <= snap else snap
+        new_size = size + 16 + caplen
+        if new_size > max_bytes:
+            stop_reason = "bytes"
+            return
+        sec, nsec = divmod(ts, 1_000_000_000)
+        extend(PCAP_RECORD.pack(sec, nsec, caplen, wire))
+        extend(pkt if wire <= snap else memoryview(pkt)[:snap])
+        size = new_size
+        count += 1
+        if packet_debug is not None:
+            packet_debug(ts, pkt)
+        if count >= max_packets:
+            stop_reason = "packets"
+
+    def on_pcapng(ts: int, pkt: bytes) -> None:
+        nonlocal count, size, stop_reason
+        if stop_reason:
+            return
+        wire = len(pkt)
+        caplen = wire if wire <= snap else snap
+        pad = -caplen & 3
+        block = EPB_OVERHEAD + caplen + pad
+        if size + block > max_bytes:
+            stop_reason = "bytes"
+            return
+        extend(EPB_HEAD.pack(PCAPNG_EPB, block, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, wire))
+        extend(pkt if wire <= snap else memoryview(pkt)[:snap])
+        extend(b"\0" * pad + block.to_bytes(4, "little"))
+        size += block
+        count += 1
+        if packet_debug is not None:
+            packet_debug(ts, pkt)
+        if count >= max_packets:
+            stop_reason = "packets"
+
+    callback = on_pcapng if fmt == "pcapng" else on_pcap
+    poller = select.poll()
+    poller.register(handle.fileno(), select.POLLIN)
+    drops_before = _drops(handle)
+    started = time.time()
+    begin = time.monotonic()
+    deadline = begin + limits.duration
+    last_packet = begin
+    error: str | None = None
+    if on_start is not None:
+        on_start()
+    while not stop_reason:
+        now = time.monotonic()
+        if stop.is_set():
+            stop_reason = "shutdown"
+            break
+        if now >= deadline:
+            stop_reason = "duration"
+            break
+        if now - last_packet >= limits.timeout:
+            stop_reason = "timeout"
+            break
+        wait = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT) - now
+        poller.poll(max(wait, 0.0) * 1000.0)
+        try:
+            got = handle.dispatch(max_packets - count, callback)
+        except OSError as exc:
+            error = f"capture on {interface} failed: {_text(exc)}"
+            stop_reason = "shutdown"
+            break
+        if got > 0:
+            last_packet = time.monotonic()
+            if progress is not None:
+                progress.packets, progress.bytes = count, size
+    ended = time.time()
+    return CaptureOutcome(
+        data=buf,
+        packets=count,
+        stop=stop_reason,
+        kernel_dropped=max(0, _drops(handle) - drops_before),
+        started=started,
+        ended=ended,
+        linktype=linktype,
+        error=error,
+    )
+
+
+def _drops(handle: pcap.pcap) -> int:
+    """Packets the kernel dropped (ps_drop + ps_ifdrop); ps_recv is not used as
+    it counts every packet twice on `lo`."""
+    try:
+        _received, dropped, if_dropped = handle.stats()
+    except OSError:
+        return 0
+    return int(dropped) + int(if_dropped)

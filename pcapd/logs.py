@@ -1,0 +1,95 @@
+"""One line per event, `key=value` or JSON, to stderr and (optionally) syslog.
+
+Call sites log `event(log, "capture_done", id=..., packets=...)`; the
+formatter renders the fields in the configured style.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import time
+from typing import Any
+
+from pcapd.config import GeneralConfig, SyslogConfig
+
+_FIELDS = "pcapd_fields"
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    logger.log(level, name, extra={_FIELDS: fields})
+
+
+def _kv_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text == "" or any(c in text for c in ' "=\n'):
+        return json.dumps(text)
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    def __init__(self, with_time: bool = True) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, _FIELDS, None) or {}
+        parts = []
+        if self.with_time:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            parts.append(f"ts={stamp}.{int(record.msecs):03d}Z")
+        parts.append(f"level={record.levelname.lower()}")
+        message = record.getMessage()
+        parts.append(f"event={message}" if fields or "=" not in message else message)
+        parts.extend(f"{key}={_kv_value(value)}" for key, value in fields.items())
+        if record.exc_info:
+            parts.append(f"exception={_kv_value(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, _FIELDS, None) or {}
+        data: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event" if fields else "msg": record.getMessage(),
+            "logger": record.name,
+        }
+        data.update(fields)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup_logging(general: GeneralConfig, syslog: SyslogConfig) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(general.log_level.upper())
+    formatter: logging.Formatter = (
+        JsonFormatter() if general.log_format == "json" else KeyValueFormatter()
+    )
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(formatter)
+    root.addHandler(stderr)
+    if syslog.enabled:
+        if syslog.address.startswith("/") and not os.path.exists(syslog.address):
+            logging.getLogger("pcapd").warning(
+                "event=syslog_unavailable address=%s (logging to stderr only)", syslog.address
+            )
+            return
+        # pcapdaemon's priority is facility | severity; the severity of each
+        # line comes from its level, so only the facility is taken from it.
+        handler = logging.handlers.SysLogHandler(
+            address=syslog.address, facility=syslog.priority >> 3
+        )
+        handler.ident = f"{syslog.tag}[{os.getpid()}]: "
+        handler.setFormatter(
+            JsonFormatter() if general.log_format == "json" else KeyValueFormatter(False)
+        )
+        root.addHandler(handler)

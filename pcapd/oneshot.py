@@ -1,0 +1,99 @@
+"""`pcapd capture`: one bounded capture from the command line, tcpdump-style."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from pcapd.config import MAX_SNAPLENGTH
+from pcapd.engine import (
+    CaptureError,
+    CaptureLimits,
+    CaptureProgress,
+    capture,
+    close_handle,
+    open_handle,
+    set_filter,
+)
+from pcapd.events import iso_utc
+from uploaders.local import write_atomic
+
+PROGRESS_INTERVAL = 0.5
+
+
+def run_capture(
+    interface: str,
+    bpf: str,
+    *,
+    output: str | None,
+    packets: int,
+    snap: int,
+    max_bytes: int,
+    duration: float,
+    timeout: float,
+    fmt: str,
+    buffer_size: int,
+) -> int:
+    if not 0 < snap <= MAX_SNAPLENGTH:
+        print(f"pcapd capture: -s {snap}: must be 1..{MAX_SNAPLENGTH}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        handle = open_handle(interface, buffer_size)
+        set_filter(handle, interface, bpf)
+    except CaptureError as exc:
+        print(f"pcapd capture: {exc}", file=sys.stderr)
+        return 1
+    limits = CaptureLimits(snap, packets, max_bytes, duration, timeout)
+    done = threading.Event()
+    progress = CaptureProgress()
+    if sys.stderr.isatty():
+        threading.Thread(target=_progress, args=(done, progress), daemon=True).start()
+    print(f"pcapd capture: listening on {interface}, {fmt}, snaplen {snap}", file=sys.stderr)
+    try:
+        outcome = capture(
+            handle, limits, fmt=fmt, interface=interface,
+            comments={"bpf": bpf, "interface": interface}, stop=stop, progress=progress,
+        )  # fmt: skip
+    finally:
+        done.set()
+        close_handle(handle)
+    if output == "-":
+        sys.stdout.buffer.write(outcome.data)
+        sys.stdout.flush()
+        where = "standard output"
+    else:
+        path = Path(output or f"pcapd_{interface}_{time.strftime('%Y%m%dT%H%M%S')}.{fmt}")
+        write_atomic(path, outcome.data, 0o644)
+        where = str(path)
+    print(
+        f"\r{outcome.packets} packets captured, {len(outcome.data)} bytes, "
+        f"{outcome.kernel_dropped} dropped by kernel, stopped by {outcome.stop} "
+        f"({iso_utc(outcome.started)} - {iso_utc(outcome.ended)}) -> {where}",
+        file=sys.stderr,
+    )
+    if outcome.error:
+        print(f"pcapd capture: {outcome.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(done: threading.Event, progress: CaptureProgress) -> None:
+    began = time.monotonic()
+    while not done.wait(PROGRESS_INTERVAL):
+        print(
+            f"\r{progress.packets} packets, {progress.bytes} bytes, "
+            f"{time.monotonic() - began:.1f}s",
+            end="",
+            file=sys.stderr,
+        )
