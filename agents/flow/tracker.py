@@ -1,0 +1,208 @@
+"""From parsed packets to Redis keys: rules, per-key suppression, bounded caches.
+
+Each distinct packet key (addresses + ports) is decided once by the rules and
+remembered: the verdict is either a drop reason (an int counter index) or an
+*entry* (`due` ns, `keys`) shared by every packet tuple that yields the same
+keys. A packet whose entry is due sends its keys (the event key plus the
+`client;` counter and, for flows, both `peer` keys) and pushes `due` one
+suppression window ahead, so each event key reaches Redis at most once per
+window however many packets carry it.
+
+Memory: at most `max_tracked` packet tuples per cache (flows, RSTs, ICMP) and
+`max_tracked` entries, roughly 300 bytes each; past a bound the cache is
+emptied and counted (`cache_resets`), which at worst sends a key early.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Sequence
+
+from agents import store
+from agents.flow.rules import Address, Network, RuleSet, Verdict, contains
+
+_PORTS = struct.Struct("!HH")
+NS_PER_S = 1_000_000_000
+
+# Tracker counter indexes (after the parser's, in their own list).
+EVENTS = 0
+SUPPRESSED = 1
+DROP_NO_NETWORK = 2
+DROP_NO_RULE = 3
+DROP_RULE = 4
+DROP_OWN_NETWORK = 5
+NOT_OURS = 6  # RST / ICMP whose destination is not in our_nets
+CACHE_RESETS = 7
+COUNTER_NAMES = (
+    "events",
+    "suppressed",
+    "drop_no_network",
+    "drop_no_rule",
+    "drop_rule",
+    "drop_own_network",
+    "not_ours",
+    "cache_resets",
+)
+_VERDICT_COUNTER = {
+    Verdict.NO_NETWORK: DROP_NO_NETWORK,
+    Verdict.NO_RULE: DROP_NO_RULE,
+    Verdict.DROP: DROP_RULE,
+}
+_FALL_THROUGH = -1  # RST not to our_nets: treated as a flow packet, as ShoDoHFlo does
+
+
+class Entry:
+    """The keys one event sends, and when they may be sent again."""
+
+    __slots__ = ("due", "keys")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.due = 0
+        self.keys = keys
+
+
+class Tracker:
+    """The `Sink` the packet handler feeds; sends keys through a RedisWriter."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        our_nets: Sequence[Network],
+        writer: store.RedisWriter,
+        *,
+        suppress_own_network: bool = True,
+        suppress_window: float = 30.0,
+        max_tracked: int = 200_000,
+    ) -> None:
+        self.rules = rules
+        self.our_nets = tuple(our_nets)
+        self.writer = writer
+        self.suppress_own_network = suppress_own_network
+        self.window = int(suppress_window * NS_PER_S)
+        self.max_tracked = max_tracked
+        self.counts = [0] * len(COUNTER_NAMES)
+        self._flows: dict[bytes, Entry | int] = {}
+        self._rsts: dict[bytes, Entry | int] = {}
+        self._icmps: dict[bytes, Entry | int] = {}
+        self._entries: dict[tuple[str, ...], Entry] = {}
+
+    # -- hot path ----------------------------------------------------------
+    def flow(self, ts: int, key: bytes, flags: int) -> None:
+        entry = self._flows.get(key)
+        if entry is None:
+            entry = self._remember(self._flows, key, self._decide_flow(key))
+        self._send(ts, entry)
+
+    def rst(self, ts: int, key: bytes, flags: int) -> None:
+        entry = self._rsts.get(key)
+        if entry is None:
+            entry = self._remember(self._rsts, key, self._decide_rst(key))
+        if entry == _FALL_THROUGH:
+            if not flags & 0x03:  # with SYN or FIN it is no payload packet
+                self.flow(ts, key, flags)
+            return
+        self._send(ts, entry)
+
+    def icmp(self, ts: int, key: bytes) -> None:
+        entry = self._icmps.get(key)
+        if entry is None:
+            entry = self._remember(self._icmps, key, self._decide_icmp(key))
+        self._send(ts, entry)
+
+    def _send(self, ts: int, entry: Entry | int) -> None:
+        if isinstance(entry, int):
+            self.counts[entry] += 1
+            return
+        due = entry.due
+        if ts >= due or ts < due - self.window:  # due, or the clock went back
+            entry.due = ts + self.window
+            self.counts[EVENTS] += 1
+            incr = self.writer.incr
+            for key in entry.keys:
+                incr(key)
+        else:
+            self.counts[SUPPRESSED] += 1
+
+    # -- slow path: once per new packet tuple ---------------------------------
+    def _remember(
+        self, cache: dict[bytes, Entry | int], key: bytes, verdict: Entry | int
+    ) -> Entry | int:
+        if len(cache) >= self.max_tracked:
+            cache.clear()
+            self.counts[CACHE_RESETS] += 1
+        cache[key] = verdict
+        return verdict
+
+    def _entry(self, keys: tuple[str, ...]) -> Entry:
+        entry = self._entries.get(keys)
+        if entry is None:
+            if len(self._entries) >= self.max_tracked:
+                # Cached verdicts point at entries: drop them together.
+                self._entries.clear()
+                self._flows.clear()
+                self._rsts.clear()
+                self._icmps.clear()
+                self.counts[CACHE_RESETS] += 1
+            entry = Entry(keys)
+            self._entries[keys] = entry
+        return entry
+
+    def _ours(self, address: Address) -> bool:
+        return contains(self.our_nets, address)
+
+    def _decide_flow(self, key: bytes) -> Entry | int:
+        src, dst, sport, dport = split_key(key)
+        if self.suppress_own_network and self._ours(src) and self._ours(dst):
+            return DROP_OWN_NETWORK
+        mapping = self.rules.match(src, sport, dst, dport)
+        if isinstance(mapping, Verdict):
+            return _VERDICT_COUNTER[mapping]
+        client = str(mapping.client)
+        if self.rules.ignored(src, sport, dst, dport):
+            # ShoDoHFlo still counts the client for an ignored flow.
+            return self._entry((store.client_key(client),))
+        return self._entry(
+            (
+                store.client_key(client),
+                store.flow_key(client, str(mapping.service), mapping.port),
+                store.peer_key(str(src), str(dst)),
+                store.peer_key(str(dst), str(src)),
+            )
+        )
+
+    def _decide_rst(self, key: bytes) -> Entry | int:
+        src, dst, sport, dport = split_key(key)
+        if not self._ours(dst):
+            return _FALL_THROUGH
+        client = str(dst)
+        return self._entry(
+            (store.client_key(client), store.rst_key(client, str(src), dport, sport))
+        )
+
+    def _decide_icmp(self, key: bytes) -> Entry | int:
+        size = 4 if len(key) == 13 else 16
+        dst = ipaddress.ip_address(key[:size])
+        if not self._ours(dst):
+            return NOT_OURS
+        bounce = ipaddress.ip_address(key[size : 2 * size])
+        sport, dport = _PORTS.unpack_from(key, 2 * size)
+        client = str(dst)
+        return self._entry(
+            (
+                store.client_key(client),
+                store.icmp_key(client, str(bounce), sport, dport, key[-1]),
+            )
+        )
+
+
+def split_key(key: bytes) -> tuple[Address, Address, int, int]:
+    """A flow/RST packet key back into (src, dst, sport, dport)."""
+    size = 4 if len(key) == 12 else 16
+    sport, dport = _PORTS.unpack_from(key, 2 * size)
+    return (
+        ipaddress.ip_address(key[:size]),
+        ipaddress.ip_address(key[size : 2 * size]),
+        sport,
+        dport,
+    )
