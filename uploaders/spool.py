@@ -1,0 +1,493 @@
+"""The spool: captures a remote sink could not take yet, kept on disk until it can.
+
+Each entry is two files in `delivery.spool_dir`, named by a sortable id
+(oldest first): `<id>.cap`, the capture bytes, and `<id>.json`, the sidecar
+holding the result event, the request and which sinks still need the file.
+Both are written under a temporary name, fsynced, then renamed, data first:
+an entry exists once its sidecar does, so a crash never leaves a half entry
+that looks whole. Entries outlive the process; a new `Spool` on the same
+directory sees them.
+
+The spool is bounded by `spool_max_bytes`. When a capture does not fit,
+`put` raises `SpoolFull` and the caller rejects *new* captures with that
+reason; spooled files are never deleted to make room.
+
+Several processes may share a spool (the daemon's drainer and `pcapd spool
+retry`): an entry is worked on only under an exclusive `flock` on its data
+file, taken without waiting.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pcapd.events import ResultEvent
+from pcapd.request import CaptureRequest
+from uploaders.base import Artifact, Uploader
+
+log = logging.getLogger("pcapd.uploaders.spool")
+
+SPOOL_VERSION = 1
+DATA_SUFFIX = ".cap"
+SIDECAR_SUFFIX = ".json"
+TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 3600  # a temp file this old belongs to a writer that died
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+READ_CHUNK = 4 * 1024 * 1024
+MAX_ERROR_LEN = 2000
+
+_TUPLE_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(CaptureRequest) if str(f.type).startswith("tuple")
+)
+_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(CaptureRequest))
+
+
+class SpoolError(Exception):
+    """The spool cannot store or hand back an entry."""
+
+
+class SpoolFull(SpoolError):
+    """No room for another capture: new captures are rejected with this message."""
+
+
+class SpoolCorrupt(SpoolError):
+    """An entry's files are unreadable or its bytes no longer match its sha256."""
+
+
+def request_to_dict(request: CaptureRequest) -> dict[str, Any]:
+    data = dataclasses.asdict(request)
+    for name in _TUPLE_FIELDS:
+        data[name] = list(data[name])
+    return data
+
+
+def request_from_dict(data: Mapping[str, Any]) -> CaptureRequest:
+    # Fields a newer or older pcapd added are dropped, not fatal.
+    values = {k: v for k, v in data.items() if k in _REQUEST_FIELDS}
+    for name in _TUPLE_FIELDS & values.keys():
+        values[name] = tuple(values[name] or ())
+    return CaptureRequest(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """What the sidecar holds: enough to re-deliver and to publish `delivered`."""
+
+    id: str
+    filename: str
+    format: str
+    sha256: str
+    size: int
+    node: str
+    interface: str
+    request: Mapping[str, Any]
+    pending: tuple[str, ...]  # uploader names that still need the file
+    locations: Mapping[str, str] = field(default_factory=dict)  # sinks already done
+    event: Mapping[str, Any] | None = None  # the result event as published (`spooled`)
+    spooled_at: float = 0.0
+    attempts: int = 0
+    last_error: str | None = None
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["pending"] = list(self.pending)
+        data["locations"] = dict(self.locations)
+        data["version"] = SPOOL_VERSION
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SpoolEntry:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("sidecar is not a JSON object")
+        data.pop("version", None)
+        data["pending"] = tuple(data.get("pending") or ())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def capture_request(self) -> CaptureRequest:
+        return request_from_dict(self.request)
+
+
+class Spool:
+    """A bounded directory of captures waiting for remote sinks; thread-safe."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        try:
+            self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"delivery.spool_dir: cannot create {self.directory}: {exc}") from exc
+        self._remove_stale_tmp()
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.directory)!r}, max_bytes={self.max_bytes})"
+
+    # -- paths and sizes ---------------------------------------------------
+    def data_path(self, entry_id: str) -> Path:
+        return self.directory / (entry_id + DATA_SUFFIX)
+
+    def sidecar_path(self, entry_id: str) -> Path:
+        return self.directory / (entry_id + SIDECAR_SUFFIX)
+
+    def used_bytes(self) -> int:
+        """Bytes on disk in the spool, read from the directory each time: another
+        process (`pcapd spool retry`) may have emptied it meanwhile."""
+        total = 0
+        with os.scandir(self.directory) as it:
+            for item in it:
+                with contextlib.suppress(FileNotFoundError):
+                    if item.is_file(follow_symlinks=False):
+                        total += item.stat(follow_symlinks=False).st_size
+        return total
+
+    def check_room(self, size: int) -> None:
+        """Raise SpoolFull unless a capture of `size` bytes would fit now."""
+        used = self.used_bytes()
+        if used + size > self.max_bytes:
+            raise SpoolFull(
+                f"spool full: {used} of {self.max_bytes} bytes used in {self.directory} "
+                f"(delivery.spool_max_bytes), no room for {size} more; spooled captures "
+                "are kept until delivered, so new captures are refused"
+            )
+
+    # -- writing -----------------------------------------------------------
+    def put(
+        self,
+        artifact: Artifact,
+        pending: Sequence[str],
+        *,
+        locations: Mapping[str, str] | None = None,
+        event: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> SpoolEntry:
+        """Store `artifact` for the sinks in `pending`; SpoolFull if it does not fit."""
+        if not pending:
+            raise ValueError("pending: a spool entry needs at least one sink")
+        self.check_room(artifact.size + len(json.dumps(event or {})))
+        entry = SpoolEntry(
+            id=f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}",
+            filename=artifact.filename,
+            format=artifact.format,
+            sha256=artifact.sha256,
+            size=artifact.size,
+            node=artifact.node,
+            interface=artifact.interface,
+            request=request_to_dict(artifact.request),
+            pending=tuple(pending),
+            locations=dict(locations or {}),
+            event=dict(event) if event is not None else None,
+            spooled_at=time.time(),
+            last_error=_clip(error),
+        )
+        try:
+            self._write_atomic(self.data_path(entry.id), artifact.data)
+            self._write_atomic(self.sidecar_path(entry.id), entry.to_json().encode())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.data_path(entry.id).unlink()
+            raise SpoolError(
+                f"cannot spool {artifact.filename} in {self.directory}: {exc}"
+            ) from exc
+        log.warning(
+            "spooled id=%s file=%s bytes=%d pending=%s error=%s",
+            entry.id, entry.filename, entry.size, ",".join(entry.pending), entry.last_error,
+        )  # fmt: skip
+        return entry
+
+    def update(self, entry: SpoolEntry) -> None:
+        """Rewrite an entry's sidecar (progress, attempts, last error)."""
+        self._write_atomic(self.sidecar_path(entry.id), entry.to_json().encode())
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Forget a delivered entry: sidecar first, so it is never listed half-gone."""
+        with contextlib.suppress(FileNotFoundError):
+            self.sidecar_path(entry.id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.data_path(entry.id).unlink()
+        self._fsync_dir()
+
+    def _write_atomic(self, path: Path, data: bytes | bytearray | memoryview) -> None:
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _remove_stale_tmp(self) -> None:
+        cutoff = time.time() - STALE_TMP_SECONDS
+        for path in self.directory.glob(TMP_PREFIX + "*"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+
+    # -- reading -----------------------------------------------------------
+    def list(self) -> list[SpoolEntry]:
+        """Every readable entry, oldest first; unreadable sidecars are logged."""
+        entries = []
+        for path in sorted(self.directory.glob("*" + SIDECAR_SUFFIX)):
+            if path.name.startswith(TMP_PREFIX):
+                continue
+            entry = self._read(path.name[: -len(SIDECAR_SUFFIX)])
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def get(self, entry_id: str) -> SpoolEntry | None:
+        return self._read(entry_id)
+
+    def _read(self, entry_id: str) -> SpoolEntry | None:
+        try:
+            return SpoolEntry.from_json(self.sidecar_path(entry_id).read_bytes())
+        except FileNotFoundError:
+            return None  # delivered meanwhile by another process
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("spool_entry_unreadable id=%s error=%s", entry_id, exc)
+            return None
+
+    def orphans(self) -> builtins.list[Path]:
+        """Data files without a sidecar: a writer died between the two renames."""
+        return [
+            path
+            for path in sorted(self.directory.glob("*" + DATA_SUFFIX))
+            if not path.name.startswith(TMP_PREFIX)
+            and not self.sidecar_path(path.name[: -len(DATA_SUFFIX)]).exists()
+        ]
+
+    def load(self, entry: SpoolEntry) -> Artifact:
+        """The entry's capture as an Artifact, its bytes checked against sha256."""
+        path = self.data_path(entry.id)
+        try:
+            with open(path, "rb") as handle:
+                data = bytearray(os.fstat(handle.fileno()).st_size)
+                view = memoryview(data)
+                offset = 0
+                while offset < len(data):
+                    got = handle.readinto(view[offset : offset + READ_CHUNK])
+                    if not got:
+                        break
+                    offset += got
+                view.release()
+        except OSError as exc:
+            raise SpoolCorrupt(f"spool entry {entry.id}: cannot read {path}: {exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256 or len(data) != entry.size:
+            raise SpoolCorrupt(
+                f"spool entry {entry.id}: {path} has sha256 {digest} ({len(data)} bytes), "
+                f"expected {entry.sha256} ({entry.size} bytes)"
+            )
+        return Artifact(
+            data=data,
+            filename=entry.filename,
+            format=entry.format,
+            sha256=entry.sha256,
+            request=entry.capture_request(),
+            node=entry.node,
+            interface=entry.interface,
+        )
+
+    @contextlib.contextmanager
+    def claim(self, entry_id: str) -> Iterator[bool]:
+        """Exclusive hold on one entry across threads and processes; yields False
+        when someone else holds it (or it is gone), without waiting."""
+        try:
+            fd = os.open(self.data_path(entry_id), os.O_RDONLY)
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+
+OnDelivered = Callable[[ResultEvent, dict[str, str]], object]
+DRAIN_JOIN_TIMEOUT = 30.0
+
+
+def delivered_event(entry: SpoolEntry, locations: Mapping[str, str]) -> ResultEvent:
+    """The `delivered` result for an entry: its spooled event, now with every location."""
+    if entry.event:
+        stored = dict(entry.event)
+        stored["warnings"] = tuple(stored.get("warnings") or ())
+        known = {f.name for f in dataclasses.fields(ResultEvent)}
+        base = ResultEvent(**{k: v for k, v in stored.items() if k in known})
+    else:
+        request = entry.capture_request()
+        base = ResultEvent(
+            id=request.id, node=entry.node, status="spooled", alertid=request.alertid,
+            interface=entry.interface, format=entry.format, sha256=entry.sha256,
+            bytes=entry.size,
+        )  # fmt: skip
+    return dataclasses.replace(base, status="delivered", error=None, locations=dict(locations))
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    delivered: tuple[str, ...] = ()  # entry ids delivered and removed
+    remaining: tuple[str, ...] = ()  # entry ids still pending (failed, busy or skipped)
+    errors: tuple[str, ...] = ()
+
+
+class SpoolDrainer:
+    """Retries spooled entries every `interval` seconds in a background thread.
+
+    One pass walks the entries oldest first and tries each pending sink once;
+    a sink that fails is not tried again for the rest of that pass, so a dead
+    S3 costs one timeout per pass, not one per entry. When an entry has
+    reached every sink it is removed and `on_delivered(event, locations)` is
+    called with a `delivered` ResultEvent. Memory: one entry's capture at a
+    time (at most `general.maxbytes`).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        uploaders: Mapping[str, Uploader] | Iterable[Uploader],
+        on_delivered: OnDelivered,
+        interval: float,
+    ) -> None:
+        self.spool = spool
+        self.uploaders: dict[str, Uploader] = (
+            dict(uploaders) if isinstance(uploaders, Mapping) else {u.name: u for u in uploaders}
+        )
+        self.on_delivered = on_delivered
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pass_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Begin draining now (entries left by a previous run go first), then every interval."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="pcapd-spool-drainer", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Drain now instead of at the next interval."""
+        self._wake.set()
+
+    def stop(self, timeout: float = DRAIN_JOIN_TIMEOUT) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.drain_once()
+            except Exception:
+                log.exception("spool_drain_failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def drain_once(self, ids: Iterable[str] | None = None) -> DrainReport:
+        """One pass over the spool (or over `ids`); safe to call from any thread."""
+        wanted = set(ids) if ids is not None else None
+        delivered: list[str] = []
+        remaining: list[str] = []
+        errors: list[str] = []
+        down: dict[str, str] = {}  # sink -> why it failed in this pass
+        with self._pass_lock:
+            for listed in self.spool.list():
+                if wanted is not None and listed.id not in wanted:
+                    continue
+                if self._stop.is_set() and self._thread is not None:
+                    remaining.append(listed.id)
+                    continue
+                done = self._drain_entry(listed.id, down, errors)
+                (delivered if done else remaining).append(listed.id)
+        return DrainReport(tuple(delivered), tuple(remaining), tuple(errors))
+
+    def _drain_entry(self, entry_id: str, down: dict[str, str], errors: list[str]) -> bool:
+        with self.spool.claim(entry_id) as held:
+            entry = self.spool.get(entry_id) if held else None
+            if entry is None:
+                return False  # busy in another process, or delivered meanwhile
+            if all(sink in down for sink in entry.pending):
+                return False
+            try:
+                artifact = self.spool.load(entry)
+            except SpoolCorrupt as exc:
+                errors.append(str(exc))
+                log.error("spool_entry_corrupt id=%s error=%s", entry.id, exc)
+                return False
+            locations = dict(entry.locations)
+            pending = list(entry.pending)
+            failures: list[str] = []
+            for sink in entry.pending:
+                if sink in down:
+                    continue
+                uploader = self.uploaders.get(sink)
+                if uploader is None:
+                    down[sink] = f"{sink}: no such uploader configured"
+                    failures.append(down[sink])
+                    continue
+                try:
+                    location = uploader.upload(artifact)
+                except Exception as exc:  # any failure keeps the entry; never the drainer
+                    down[sink] = f"{sink}: {exc}"
+                    failures.append(down[sink])
+                    continue
+                locations[location.kind] = location.url
+                pending.remove(sink)
+            del artifact
+            if pending:
+                entry = dataclasses.replace(
+                    entry, pending=tuple(pending), locations=locations,
+                    attempts=entry.attempts + 1, last_error=_clip("; ".join(failures)) or None,
+                )  # fmt: skip
+                self.spool.update(entry)
+                errors.extend(f"{entry.id}: {f}" for f in failures)
+                return False
+            self.spool.remove(entry)
+        log.info("spool_delivered id=%s file=%s locations=%s", entry.id, entry.filename, locations)
+        try:
+            self.on_delivered(delivered_event(entry, locations), locations)
+        except Exception:
+            log.exception("spool_on_delivered_failed id=%s", entry.id)
+        return True
+
+
+def _clip(error: str | None) -> str | None:
+    return error[:MAX_ERROR_LEN] if error else error
