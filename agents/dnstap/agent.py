@@ -1,0 +1,282 @@
+"""The dnstap agent: decoded responses to ShoDoHFlo's Redis keys.
+
+Per CLIENT_RESPONSE (by default) whose question is A or AAAA:
+`client;<c>` INCR; for NXDOMAIN `<c>;<qname>;nx` INCR; otherwise every CNAME
+link of the chain from the question gives `<c>;<target>;cname` += alias, and
+every final address `<c>;<address>;dns` += owner name. Keys come from
+`agents.store` only; writes go through its bounded, batched `RedisWriter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from agents import store
+from agents.dnstap.config import DnstapConfig, HostPort
+from agents.dnstap.dedup import Deduper
+from agents.dnstap.errors import MessageError
+from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
+from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, address_text, parse_response
+from agents.dnstap.server import ConnectionStats, DnstapServer
+
+log = logging.getLogger("pcapd.agents.dnstap")
+
+QTYPE_NAMES = {1: "A", 28: "AAAA"}
+# Distinct client addresses whose text form is kept; cleared when full.
+CLIENT_CACHE_ENTRIES = 65_536
+# Bad-input log lines per stats interval before they are only counted.
+MAX_ERROR_LOGS = 100
+
+
+@dataclass(slots=True)
+class AgentStats:
+    frames: int = 0
+    messages: Counter[str] = field(default_factory=Counter)
+    decode_errors: Counter[str] = field(default_factory=Counter)
+    responses: int = 0
+    nxdomain: int = 0
+    deduped: int = 0
+    ignored: int = 0
+    other_qtype: int = 0
+    other_rcode: int = 0
+    udp_sent: int = 0
+    udp_errors: int = 0
+
+
+class UdpOutput:
+    """ShoDoHFlo's JSON datagrams, one per final address (or per NXDOMAIN)."""
+
+    def __init__(self, target: HostPort, interface: str | None, ttl: int) -> None:
+        family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+        self.address = (target.host, target.port)
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        if family == socket.AF_INET:
+            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+            if interface:
+                self.sock.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
+                )
+        else:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+        self.next_id = 0
+
+    def send(self, datagram: dict[str, Any]) -> None:
+        self.next_id += 1
+        datagram["id"] = self.next_id
+        self.sock.sendto(json.dumps(datagram).encode(), self.address)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DnstapAgent:
+    """Turns data frames into Redis writes. Not thread-safe: one event loop."""
+
+    def __init__(
+        self,
+        config: DnstapConfig,
+        writer: store.RedisWriter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.stats = AgentStats()
+        self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
+        self.server = DnstapServer(config, self.handle)
+        self.udp = (
+            UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
+            if config.udp_output
+            else None
+        )
+        self._wanted = config.message_type_numbers
+        self._qtypes = config.record_type_numbers
+        self._ignore = config.ignore
+        self._ignore_dotted = tuple("." + s for s in config.ignore)
+        self._clients: dict[bytes, str] = {}
+        self._error_logs = 0
+
+    def handle(self, payload: bytes, conn: ConnectionStats) -> None:
+        stats = self.stats
+        stats.frames += 1
+        conn.frames += 1
+        try:
+            got = client_response(payload, self._wanted)
+            if type(got) is int:
+                stats.messages[MESSAGE_TYPE_NAMES.get(got, str(got))] += 1
+                return
+            kind, packed, wire = got  # type: ignore[misc]
+            stats.messages[MESSAGE_TYPE_NAMES[kind]] += 1
+            conn.messages += 1
+            resp = parse_response(wire)
+        except MessageError as exc:
+            self._bad(exc, conn)
+            return
+        qtype = resp.qtype
+        if qtype not in self._qtypes:
+            stats.other_qtype += 1
+            return
+        rcode = resp.rcode
+        if rcode != RCODE_NOERROR and rcode != RCODE_NXDOMAIN:
+            stats.other_rcode += 1
+            return
+        qname = resp.qname
+        if self._ignore and (qname in self._ignore or qname.endswith(self._ignore_dotted)):
+            stats.ignored += 1
+            return
+        client = self._clients.get(packed)
+        if client is None:
+            if len(self._clients) >= CLIENT_CACHE_ENTRIES:
+                self._clients.clear()
+            client = self._clients[packed] = address_text(packed)
+        if self.dedup.seen((client, qname, qtype)):
+            stats.deduped += 1
+            return
+        stats.responses += 1
+        writer = self.writer
+        writer.incr(store.client_key(client))
+        if rcode == RCODE_NXDOMAIN:
+            stats.nxdomain += 1
+            writer.incr(store.nx_key(client, qname))
+            if self.udp is not None:
+                self._send_udp(
+                    {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
+                     "status": "NXDOMAIN"}
+                )  # fmt: skip
+            return
+        chain = resp.chain
+        for i in range(1, len(chain)):
+            writer.append(store.cname_key(client, chain[i]), chain[i - 1])
+        owner = chain[-1]
+        for _rtype, address in resp.addresses:
+            writer.append(store.dns_key(client, address), owner)
+        if self.udp is not None:
+            reverse = list(reversed(chain))
+            for _rtype, address in resp.addresses:
+                self._send_udp(
+                    {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
+                     "status": "NOERROR", "address": address}
+                )  # fmt: skip
+
+    def _send_udp(self, datagram: dict[str, Any]) -> None:
+        assert self.udp is not None
+        try:
+            self.udp.send(datagram)
+            self.stats.udp_sent += 1
+        except OSError as exc:
+            self.stats.udp_errors += 1
+            if self.stats.udp_errors == 1:
+                log.warning("event=dnstap_udp_error target=%s error=%r", self.udp.address, str(exc))
+
+    def _bad(self, exc: MessageError, conn: ConnectionStats) -> None:
+        kind = type(exc).__name__
+        self.stats.decode_errors[kind] += 1
+        conn.errors += 1
+        if self._error_logs < MAX_ERROR_LOGS:
+            self._error_logs += 1
+            log.warning(
+                "event=dnstap_bad_message conn=%d peer=%s error=%s reason=%r",
+                conn.id, conn.peer, kind, str(exc),
+            )  # fmt: skip
+
+    # -- reporting ---------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter, for the stats line and the metrics endpoint."""
+        data = asdict(self.stats)
+        data["messages"] = dict(self.stats.messages)
+        data["decode_errors"] = dict(self.stats.decode_errors)
+        srv = self.server.stats
+        data["frame_errors"] = dict(srv.frame_errors)
+        data["connections_open"] = len(self.server.connections)
+        data["connections_opened"] = srv.connections_opened
+        data["connections_refused"] = srv.connections_refused
+        w = self.writer.stats
+        data["keys_written"] = w.written_ops
+        data["queue_depth"] = self.writer.queue_depth
+        data["dropped"] = w.dropped_ops
+        data["redis_errors"] = w.redis_errors
+        data["dedup_entries"] = len(self.dedup)
+        data["per_connection"] = [
+            {"conn": c.conn.id, "listener": c.conn.listener, "peer": c.conn.peer,
+             "frames": c.conn.frames, "messages": c.conn.messages, "errors": c.conn.errors}
+            for c in self.server.connections.values()
+            if c.conn is not None
+        ]  # fmt: skip
+        return data
+
+    def log_stats(self) -> None:
+        data = self.snapshot()
+        per_conn = data.pop("per_connection")
+        log.info("event=dnstap_stats %s", " ".join(f"{k}={json.dumps(v)}" for k, v in data.items()))
+        for c in per_conn:
+            log.info("event=dnstap_connection_stats %s", " ".join(f"{k}={v}" for k, v in c.items()))
+        self._error_logs = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    async def serve(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
+        """Listen until `stop` is set, logging stats every interval."""
+        await self.server.start()
+        if started is not None:
+            started()
+        interval = self.config.stats_interval
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval if interval > 0 else None)
+                if interval > 0:
+                    self.log_stats()
+        finally:
+            await self.server.close()
+            if self.udp is not None:
+                self.udp.close()
+
+
+def make_writer(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> store.RedisWriter:
+    return store.RedisWriter(
+        connect,
+        ttl=config.ttl_grace,
+        max_queue_ops=config.max_queue_ops,
+        batch_ops=config.batch_ops,
+        flush_interval=config.flush_interval,
+    )
+
+
+def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
+    """Serve until SIGTERM/SIGINT, then send what is queued and exit.
+    A second signal exits at once."""
+    writer = make_writer(config, connect)
+    writer.start()
+    agent = DnstapAgent(config, writer)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                raise SystemExit(1)
+            log.info("event=dnstap_stopping")
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await agent.serve(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        writer.stop()
+        agent.log_stats()
+    return 0

@@ -1,0 +1,99 @@
+"""`pcapd agent dnstap -c FILE [overrides]`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from typing import Any
+
+from pcapd.config import ConfigError, RedisConfig, load_config
+from pcapd.secret import Secret
+
+LOG_FORMAT = "ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s %(message)s"
+
+# command-line options that override the [agents.dnstap] key of the same name
+_OVERRIDES = (
+    "socket", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "redis_url",
+    "ttl_grace", "message_types", "record_types", "ignore", "dedup_window", "max_queue_ops",
+    "batch_ops", "stats_interval", "udp_output",
+)  # fmt: skip
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pcapd agent dnstap",
+        description="Read dnstap from BIND/Unbound (Frame Streams on a unix socket and/or "
+        "TCP/TLS) and write ShoDoHFlo's per-client DNS keys to Redis. Options override "
+        "[agents.dnstap] in the config file.",
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML with [redis], [agents.dnstap]")
+    p.add_argument("--socket", help="unix socket path; '' disables it")
+    p.add_argument("--socket-mode", help="octal mode of the socket file, e.g. 0660")
+    p.add_argument("--socket-group", help="group owning the socket file, e.g. bind")
+    p.add_argument("--listen", help="TCP ADDRESS:PORT for Unbound's dnstap-ip")
+    p.add_argument("--tls-cert", help="certificate (PEM) for TLS on --listen")
+    p.add_argument("--tls-key", help="private key (PEM) for TLS on --listen")
+    p.add_argument("--redis-url", help="redis://, rediss:// or unix:// (overrides [redis])")
+    p.add_argument("--ttl-grace", type=int, help="EXPIRE seconds on every key (900)")
+    p.add_argument("--message-types", type=_csv, help="comma list (CLIENT_RESPONSE)")
+    p.add_argument("--record-types", type=_csv, help="comma list of A, AAAA (A,AAAA)")
+    p.add_argument("--ignore", type=_csv, help="comma list of name suffixes to skip")
+    p.add_argument("--dedup-window", type=float, help="seconds per (client, name, type) (1)")
+    p.add_argument("--max-queue-ops", type=int, help="Redis operations held at most")
+    p.add_argument("--batch-ops", type=int, help="Redis operations per script call")
+    p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")
+    p.add_argument("--udp-output", help="ADDRESS:PORT for ShoDoHFlo JSON datagrams")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def _redis_config(base: RedisConfig, url: Secret | None) -> RedisConfig:
+    return base if url is None else dataclasses.replace(base, url=url)
+
+
+def main(argv: list[str]) -> int:
+    from agents.dnstap.agent import run
+    from agents.dnstap.config import parse_dnstap_config
+    from pcapd.redis_conn import connect
+
+    args = build_parser().parse_args(argv)
+    logging.Formatter.converter = time.gmtime
+    logging.basicConfig(
+        level=args.log_level.upper(), format=LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )  # fmt: skip
+    try:
+        if args.config:
+            config = load_config(args.config)
+            base_redis, raw = config.redis, dict(config.agents.get("dnstap", {}))
+        else:
+            base_redis, raw = RedisConfig(), {}
+        overrides: dict[str, Any] = {
+            key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None
+        }
+        raw.update(overrides)
+        cfg = parse_dnstap_config(raw)
+    except ConfigError as exc:
+        where = f"{exc.path}: " if exc.path else ""
+        for problem in exc.errors:
+            print(f"{where}error: {problem}", file=sys.stderr)
+        return 2
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    redis_cfg = _redis_config(base_redis, cfg.redis_url)
+    logging.getLogger("pcapd.agents.dnstap").info(
+        "event=dnstap_starting redis=%s socket=%s listen=%s",
+        redis_cfg.describe(), cfg.socket, cfg.listen,
+    )  # fmt: skip
+    try:
+        return run(cfg, lambda: connect(redis_cfg))
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 1

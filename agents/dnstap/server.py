@@ -1,0 +1,249 @@
+"""Frame Streams listeners: a unix socket and TCP (optionally TLS), many
+connections at once, one `FrameDecoder` per connection.
+
+Everything runs on one asyncio loop: decoding a frame and queueing its Redis
+writes never blocks (the writer's queue is bounded and drops when full), so
+a slow Redis never stalls a resolver. A bad frame closes only its own
+connection, with a logged reason and a counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import itertools
+import logging
+import os
+import socket
+import ssl
+import stat
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agents.dnstap import fstrm
+from agents.dnstap.config import DnstapConfig
+from agents.dnstap.errors import FrameError
+
+log = logging.getLogger("pcapd.agents.dnstap")
+
+Sink = Callable[[bytes, "ConnectionStats"], None]
+
+
+@dataclass(slots=True)
+class ConnectionStats:
+    id: int
+    listener: str
+    peer: str
+    opened: float = field(default_factory=time.time)
+    bytes: int = 0
+    frames: int = 0
+    messages: int = 0
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class ServerStats:
+    connections_opened: int = 0
+    connections_closed: int = 0
+    connections_refused: int = 0
+    frame_errors: Counter[str] = field(default_factory=Counter)
+
+
+class FstrmProtocol(asyncio.Protocol):
+    def __init__(self, server: DnstapServer, listener: str) -> None:
+        self.server = server
+        self.listener = listener
+        self.decoder = fstrm.FrameDecoder(max_frame=server.config.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.conn: ConnectionStats | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        srv = self.server
+        peer = transport.get_extra_info("peername")
+        text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (peer or "unix")
+        self.conn = ConnectionStats(next(srv.ids), self.listener, text)
+        if len(srv.connections) >= srv.config.max_connections:
+            srv.stats.connections_refused += 1
+            log.warning(
+                "event=dnstap_connection_refused listener=%s peer=%s reason=%s",
+                self.listener, text, f"max_connections={srv.config.max_connections} reached",
+            )  # fmt: skip
+            self._closing = True
+            transport.abort()
+            return
+        srv.connections[self.conn.id] = self
+        srv.stats.connections_opened += 1
+        self._timer = asyncio.get_running_loop().call_later(
+            srv.config.handshake_timeout, self._handshake_timeout
+        )
+        log.info(
+            "event=dnstap_connected conn=%d listener=%s peer=%s",
+            self.conn.id, self.listener, text,
+        )  # fmt: skip
+
+    def _handshake_timeout(self) -> None:
+        if self.decoder.phase in (fstrm.Phase.OPENING, fstrm.Phase.READY):
+            self._fail(
+                "handshake_timeout", f"no START within {self.server.config.handshake_timeout}s"
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        conn = self.conn
+        assert conn is not None and self.transport is not None
+        conn.bytes += len(data)
+        sink = self.server.sink
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as exc:
+            for item in exc.frames:
+                if isinstance(item, bytes):
+                    sink(item, conn)
+            self._fail(type(exc).__name__, str(exc))
+            return
+        for item in frames:
+            if type(item) is bytes:
+                sink(item, conn)
+            else:
+                self._control(item)  # type: ignore[arg-type]
+
+    def _control(self, control: fstrm.Control) -> None:
+        assert self.transport is not None
+        if control.kind == fstrm.CONTROL_READY:
+            self.transport.write(self.decoder.accept_frame())
+        elif control.kind == fstrm.CONTROL_START:
+            if self._timer is not None:
+                self._timer.cancel()
+        elif control.kind == fstrm.CONTROL_STOP:
+            if self.decoder.bidirectional:
+                self.transport.write(self.decoder.finish_frame())
+            self._closing = True
+            self.transport.close()
+
+    def _fail(self, kind: str, reason: str) -> None:
+        conn = self.conn
+        assert conn is not None and self.transport is not None
+        conn.errors += 1
+        self.server.stats.frame_errors[kind] += 1
+        log.warning(
+            "event=dnstap_connection_error conn=%d listener=%s peer=%s error=%s reason=%r",
+            conn.id, conn.listener, conn.peer, kind, reason,
+        )  # fmt: skip
+        self._closing = True
+        self.transport.abort()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        conn = self.conn
+        if conn is None or self.server.connections.pop(conn.id, None) is None:
+            return
+        self.server.stats.connections_closed += 1
+        if not self._closing and self.decoder.pending:
+            conn.errors += 1
+            self.server.stats.frame_errors["truncated"] += 1
+            log.warning(
+                "event=dnstap_connection_error conn=%d listener=%s peer=%s error=truncated "
+                "reason=%r",
+                conn.id, conn.listener, conn.peer,
+                f"closed inside a frame, {self.decoder.pending} bytes left over",
+            )  # fmt: skip
+        log.info(
+            "event=dnstap_disconnected conn=%d peer=%s frames=%d messages=%d errors=%d "
+            "clean=%s",
+            conn.id, conn.peer, conn.frames, conn.messages, conn.errors,
+            self.decoder.phase is fstrm.Phase.STOPPED,
+        )  # fmt: skip
+
+
+class DnstapServer:
+    """Listens where `config` says and hands each data frame to `sink`."""
+
+    def __init__(self, config: DnstapConfig, sink: Sink) -> None:
+        self.config = config
+        self.sink = sink
+        self.stats = ServerStats()
+        self.connections: dict[int, FstrmProtocol] = {}
+        self.ids = itertools.count(1)
+        self._servers: list[asyncio.Server] = []
+        self.tcp_address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        if cfg.socket:
+            sock = _unix_socket(cfg.socket, cfg.socket_mode, cfg.socket_group)
+            self._servers.append(
+                await loop.create_unix_server(lambda: FstrmProtocol(self, "unix"), sock=sock)
+            )
+            log.info("event=dnstap_listening listener=unix path=%s", cfg.socket)
+        if cfg.listen is not None:
+            context = None
+            if cfg.tls_cert and cfg.tls_key:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            name = "tls" if context else "tcp"
+            server = await loop.create_server(
+                lambda: FstrmProtocol(self, name), cfg.listen.host, cfg.listen.port,
+                ssl=context, reuse_address=True,
+            )  # fmt: skip
+            self._servers.append(server)
+            self.tcp_address = server.sockets[0].getsockname()[:2]
+            log.info("event=dnstap_listening listener=%s address=%s", name, cfg.listen)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for proto in list(self.connections.values()):
+            if proto.transport is not None:
+                proto.transport.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        if self.config.socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.socket)
+
+
+def _unix_socket(path: str, mode: int, group: str | None) -> socket.socket:
+    """Bind `path`, replacing a stale socket file (never any other file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"{path} exists and is not a socket: not replacing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: nobody listens
+        else:
+            raise OSError(f"{path}: another process is listening on it")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        if group is not None:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,156 @@
+"""Real BIND 9.18 and Unbound 1.17 for the dnstap tests, on free loopback
+ports, in the foreground, with a local zone only: nothing leaves 127.0.0.1.
+
+The config snippets here are the ones docs/dnstap.md quotes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import free_port, stop_process, wait_for
+
+ZONE = "example.test."
+ZONE_FILE = """$TTL 300
+@        IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 300
+@        IN NS  ns1.example.test.
+ns1      IN A   127.0.0.1
+www      IN A   192.0.2.10
+www      IN A   192.0.2.11
+www      IN AAAA 2001:db8::10
+alias    IN CNAME mid.example.test.
+mid      IN CNAME target.example.test.
+target   IN A   198.51.100.7
+target   IN AAAA 2001:db8:0:1::7
+MiXeD    IN A   203.0.113.5
+"""
+
+NAMED_CONF = """options {{
+    directory "{dir}";
+    pid-file "{dir}/named.pid";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+    dnstap {{ client response; }};
+    dnstap-output unix "{socket}";
+    dnstap-identity "bind-test";
+    fstrm-set-reopen-interval 1;
+}};
+controls {{ }};
+zone "example.test" {{
+    type primary;
+    file "{dir}/example.test.zone";
+}};
+"""
+
+UNBOUND_CONF = """server:
+    interface: 127.0.0.1@{port}
+    port: {port}
+    do-ip6: no
+    username: ""
+    chroot: ""
+    directory: "{dir}"
+    pidfile: "{dir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    num-threads: 1
+    module-config: "iterator"
+    qname-minimisation: no
+    do-not-query-localhost: no
+    local-zone: "." refuse
+    local-zone: "example.test." transparent
+    domain-insecure: "example.test."
+stub-zone:
+    name: "example.test."
+    stub-addr: 127.0.0.1@{bind_port}
+dnstap:
+    dnstap-enable: yes
+{dnstap_target}
+    dnstap-send-identity: yes
+    dnstap-identity: "unbound-test"
+    dnstap-log-client-response-messages: yes
+"""
+
+
+@dataclass
+class Resolver:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def dig(port: int, name: str, qtype: str = "A", source: str = "127.0.0.1") -> str:
+    out = subprocess.run(
+        ["dig", f"@127.0.0.1", "-p", str(port), "-b", source, name, qtype,
+         "+tries=1", "+time=2", "+short"],
+        capture_output=True, text=True, check=False, timeout=10,
+    )  # fmt: skip
+    return out.stdout
+
+
+def _answers(port: int) -> bool:
+    return bool(dig(port, "ns1.example.test").strip())
+
+
+@contextlib.contextmanager
+def bind(workdir: Path, socket_path: Path) -> Iterator[Resolver]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (workdir / "example.test.zone").write_text(ZONE_FILE)
+    conf = workdir / "named.conf"
+    conf.write_text(NAMED_CONF.format(dir=workdir, port=port, socket=socket_path))
+    log = workdir / "named.log"
+    named = shutil.which("named") or "/usr/sbin/named"
+    with log.open("wb") as out:
+        # -g: foreground, log to stderr, and stay root (no -u): it can write
+        # the temp dir; AppArmor confines named only when systemd starts it.
+        proc = subprocess.Popen([named, "-g", "-4", "-c", str(conf)], stdout=out, stderr=out)
+    resolver = Resolver("bind", port, proc, log)
+    try:
+        wait_for(lambda: proc.poll() is not None or _answers(port), timeout=20)
+        if proc.poll() is not None:
+            raise AssertionError(f"named exited: {log.read_text()[-2000:]}")
+        yield resolver
+    finally:
+        resolver.stop()
+
+
+@contextlib.contextmanager
+def unbound(
+    workdir: Path, bind_port: int, *, socket_path: Path | None = None, tcp_port: int | None = None
+) -> Iterator[Resolver]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    if socket_path is not None:
+        target = f'    dnstap-socket-path: "{socket_path}"'
+    else:
+        target = f'    dnstap-ip: "127.0.0.1@{tcp_port}"\n    dnstap-tls: no'
+    conf = workdir / "unbound.conf"
+    conf.write_text(
+        UNBOUND_CONF.format(dir=workdir, port=port, bind_port=bind_port, dnstap_target=target)
+    )
+    check = subprocess.run(["unbound-checkconf", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = workdir / "unbound.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=out, stderr=out)
+    resolver = Resolver("unbound", port, proc, log)
+    try:
+        wait_for(lambda: proc.poll() is not None or _answers(port), timeout=20)
+        if proc.poll() is not None:
+            raise AssertionError(f"unbound exited: {log.read_text()[-2000:]}")
+        yield resolver
+    finally:
+        resolver.stop()
