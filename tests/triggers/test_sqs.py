@@ -1,0 +1,392 @@
+"""SqsSource against a real moto_server through the real boto3 client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+
+from pcapd.config import SqsConfig
+from pcapd.secret import Secret
+from tests.helpers import stop_process, wait_for
+from tests.triggers.conftest import REGION, TEST_KEY_ID, TEST_SECRET, MotoServer
+from triggers.base import Delivery
+from triggers.sqs import SqsSource, _region_from_url, make_client, unwrap_sns
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.client import SQSClient
+
+REQUEST = b'{"node": "any", "interface": ["lo"], "id": "r1"}'
+
+
+def sqs_config(server: MotoServer, url: str, **overrides: Any) -> SqsConfig:
+    options: dict[str, Any] = {
+        "listen": True,
+        "region": REGION,
+        "accessid": TEST_KEY_ID,
+        "accesskey": Secret(TEST_SECRET),
+        "url": url,
+        "endpoint": server.endpoint,
+        "waitseconds": 1,
+        "chunksize": 10,
+        "visibility_timeout": 30,
+    }
+    options.update(overrides)
+    return SqsConfig(**options)
+
+
+class Consumer:
+    """Runs `deliveries` on a thread, as the controller does, collecting what comes."""
+
+    def __init__(self, source: SqsSource) -> None:
+        self.source = source
+        self.stop = threading.Event()
+        self.got: queue.Queue[Delivery] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for delivery in self.source.deliveries(self.stop):
+            self.got.put(delivery)
+
+    def take(self, timeout: float = 10.0) -> Delivery:
+        return self.got.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "deliveries() did not return after stop"
+        self.source.close()
+
+
+def counts(client: SQSClient, url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of the queue."""
+    attrs = client.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def counting_factory(event: str, seen: list[dict[str, Any]]) -> Callable[[SqsConfig], SQSClient]:
+    """The production client, with a botocore hook noting each ReceiveMessage."""
+
+    def factory(config: SqsConfig) -> SQSClient:
+        client = make_client(config)
+
+        def note(**kwargs: Any) -> None:
+            seen.append(dict(kwargs.get("params") or {}))
+
+        client.meta.events.register(f"{event}.sqs.ReceiveMessage", note)
+        return client
+
+    return factory
+
+
+def test_delivers_body_and_deletes_only_after_ack(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url)))
+    try:
+        delivery = consumer.take()
+        assert delivery.body == REQUEST
+        assert delivery.source == "sqs"
+        assert delivery.message_id
+        assert counts(client, url) == (0, 1), "received but not acked: still in the queue"
+        delivery.ack()
+        wait_for(lambda: counts(client, url) == (0, 0))
+        delivery.ack()  # a second ack is a no-op, not an error
+        delivery.release()
+    finally:
+        consumer.close()
+
+
+def test_unacked_message_comes_back_after_the_consumer_is_killed(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    script = (
+        "import sys, threading\n"
+        "from pcapd.config import SqsConfig\n"
+        "from pcapd.secret import Secret\n"
+        "from triggers.sqs import SqsSource\n"
+        "cfg = SqsConfig(listen=True, region=sys.argv[1], accessid=sys.argv[2],\n"
+        "    accesskey=Secret(sys.argv[3]), url=sys.argv[4], endpoint=sys.argv[5],\n"
+        "    waitseconds=1, visibility_timeout=2)\n"
+        "for d in SqsSource(cfg).deliveries(threading.Event()):\n"
+        "    print(d.body.decode(), flush=True)\n"
+        "    threading.Event().wait()\n"  # mid-capture, never acks
+    )
+    args = [REGION, TEST_KEY_ID, TEST_SECRET, url, moto_sqs.endpoint]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == REQUEST
+        time.sleep(2.5)  # past visibility_timeout: the subprocess's heartbeat holds it
+        assert counts(client, url) == (0, 1)
+        proc.kill()
+        proc.wait()
+        killed = time.monotonic()
+    finally:
+        stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert counts(client, url) == (0, 1), "still invisible right after the crash"
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url)))
+    try:
+        delivery = consumer.take()
+        assert delivery.body == REQUEST
+        assert time.monotonic() - killed > 1.0, "it waited for the visibility timeout"
+        delivery.ack()
+        wait_for(lambda: counts(client, url) == (0, 0))
+    finally:
+        consumer.close()
+
+
+def test_abandoned_generator_leaves_message_to_reappear(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    source = SqsSource(sqs_config(moto_sqs, url, visibility_timeout=1))
+    deliveries = source.deliveries(threading.Event())
+    assert next(deliveries).body == REQUEST
+    source.close()  # as if the process died: no heartbeat, no release
+    deliveries.close()
+    assert counts(client, url) == (0, 1)
+    wait_for(lambda: counts(client, url) == (1, 0), timeout=5)
+
+
+def test_heartbeat_keeps_message_invisible_past_visibility_timeout(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue(visibility=1)
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url, visibility_timeout=1)))
+    try:
+        delivery = consumer.take()
+        deadline = time.monotonic() + 3.5  # more than three visibility timeouts
+        while time.monotonic() < deadline:
+            stolen = client.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", [])
+            assert not stolen, "the message became visible while its capture ran"
+            time.sleep(0.2)
+        assert counts(client, url) == (0, 1)
+        delivery.ack()
+        wait_for(lambda: counts(client, url) == (0, 0))
+    finally:
+        consumer.close()
+
+
+def test_extend_sets_a_longer_visibility(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    source = SqsSource(sqs_config(moto_sqs, url, visibility_timeout=1))
+    deliveries = source.deliveries(threading.Event())
+    delivery = next(deliveries)
+    delivery.extend(4)
+    source.close()  # no heartbeat from here: only the extension holds it
+    deliveries.close()
+    time.sleep(2.0)
+    assert counts(client, url) == (0, 1)
+    wait_for(lambda: counts(client, url) == (1, 0), timeout=5)
+
+
+def test_release_makes_message_visible_at_once(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url)))
+    try:
+        delivery = consumer.take()
+        assert counts(client, url) == (0, 1)
+        delivery.release()  # visibility_timeout is 30 s: only the release shows it now
+        other = client.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", [])
+        assert [m["Body"] for m in other] == [REQUEST.decode()]
+        delivery.ack()  # after a release the message is no longer ours to delete
+        assert counts(client, url) == (0, 1)
+    finally:
+        consumer.close()
+
+
+def test_receives_only_as_many_as_free_slots(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    for n in range(5):
+        client.send_message(QueueUrl=url, MessageBody=f'{{"id": "m{n}"}}')
+    slots = [0]
+    calls: list[dict[str, Any]] = []
+    source = SqsSource(
+        sqs_config(moto_sqs, url),
+        counting_factory("provide-client-params", calls),
+        free_slots=lambda: slots[0] - source.in_flight(),
+    )
+    consumer = Consumer(source)
+    try:
+        time.sleep(0.5)
+        assert calls == [], "no free slot: no receive at all"
+        assert counts(client, url) == (5, 0)
+        slots[0] = 2
+        first = [consumer.take(), consumer.take()]
+        time.sleep(0.5)
+        assert consumer.got.empty(), "two slots, two messages in flight"
+        assert counts(client, url) == (3, 2)
+        assert all(call["MaxNumberOfMessages"] <= 2 for call in calls)
+        first[0].ack()
+        third = consumer.take()
+        assert third.body not in {d.body for d in first}
+        assert all(call["MaxNumberOfMessages"] <= 2 for call in calls)
+    finally:
+        consumer.close()
+
+
+def test_chunksize_caps_each_receive(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    for n in range(7):
+        client.send_message(QueueUrl=url, MessageBody=f'{{"id": "m{n}"}}')
+    calls: list[dict[str, Any]] = []
+    source = SqsSource(
+        sqs_config(moto_sqs, url, chunksize=3), counting_factory("provide-client-params", calls)
+    )
+    consumer = Consumer(source)
+    try:
+        bodies = {consumer.take().body for _ in range(7)}
+        assert len(bodies) == 7
+        assert calls and all(call["MaxNumberOfMessages"] == 3 for call in calls)
+    finally:
+        consumer.close()
+
+
+def backoff_run(
+    server: MotoServer, config: SqsConfig, seconds: float
+) -> tuple[list[dict[str, Any]], SqsSource]:
+    sent: list[dict[str, Any]] = []  # HTTP requests, botocore retries included
+    source = SqsSource(
+        config, counting_factory("before-send", sent), backoff_initial=0.2, backoff_max=0.8
+    )
+    consumer = Consumer(source)
+    time.sleep(seconds)
+    consumer.close()
+    return sent, source
+
+
+def test_bad_credentials_back_off(
+    moto_sqs_auth: MotoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{moto_sqs_auth.endpoint}/123456789012/no-such-queue"
+    config = sqs_config(moto_sqs_auth, url, accessid="AKIDBAD", accesskey=Secret("wrong-key"))
+    with caplog.at_level(logging.ERROR, logger="triggers.sqs"):
+        sent, source = backoff_run(moto_sqs_auth, config, 2.0)
+    # Retries at 0, 0.2, 0.6, 1.4 s (then every 0.8 s): a hot loop would send hundreds.
+    assert 2 <= len(sent) <= 6, len(sent)
+    assert source.receive_errors == len(sent)
+    lines = [r.getMessage() for r in caplog.records if "receive from" in r.getMessage()]
+    assert lines, caplog.text
+    assert "InvalidClientTokenId" in lines[0]
+    assert "check sqs.accessid/sqs.accesskey" in lines[0]
+    assert "retrying in 0.2 s (failure 1)" in lines[0]
+    assert "wrong-key" not in caplog.text
+
+
+def test_unknown_queue_backs_off(moto_sqs: MotoServer, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"{moto_sqs.endpoint}/123456789012/no-such-queue"
+    with caplog.at_level(logging.ERROR, logger="triggers.sqs"):
+        sent, _ = backoff_run(moto_sqs, sqs_config(moto_sqs, url), 2.0)
+    assert 2 <= len(sent) <= 6, len(sent)
+    lines = [r.getMessage() for r in caplog.records if "receive from" in r.getMessage()]
+    assert "NonExistentQueue" in lines[0] or "QueueDoesNotExist" in lines[0], lines[0]
+    assert "check sqs.url" in lines[0]
+
+
+def test_recovers_after_errors(moto_sqs: MotoServer, caplog: pytest.LogCaptureFixture) -> None:
+    client = moto_sqs.client()
+    name = "pcapd-late-queue"
+    url = f"{moto_sqs.endpoint}/123456789012/{name}"
+    source = SqsSource(sqs_config(moto_sqs, url), backoff_initial=0.1, backoff_max=0.2)
+    consumer = Consumer(source)
+    try:
+        wait_for(lambda: source.receive_errors >= 2)
+        real_url = client.create_queue(QueueName=name)["QueueUrl"]
+        client.send_message(QueueUrl=real_url, MessageBody=REQUEST.decode())
+        with caplog.at_level(logging.INFO, logger="triggers.sqs"):
+            assert consumer.take().body == REQUEST
+        assert "receiving from" in caplog.text and "again after" in caplog.text
+    finally:
+        consumer.close()
+
+
+def test_stop_returns_promptly_during_long_poll(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url, waitseconds=20)))
+    time.sleep(0.5)  # inside a 20 s long poll
+    started = time.monotonic()
+    consumer.close()
+    assert time.monotonic() - started < 1.0
+    # A message the abandoned long poll still takes is handed straight back.
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    wait_for(lambda: counts(client, url) == (1, 0), timeout=5)
+
+
+def test_sns_fan_out_reaches_every_node_queue(moto_sqs: MotoServer) -> None:
+    sqs = moto_sqs.client()
+    sns = boto3.client(
+        "sns",
+        region_name=REGION,
+        endpoint_url=moto_sqs.endpoint,
+        aws_access_key_id=TEST_KEY_ID,
+        aws_secret_access_key=TEST_SECRET,
+    )
+    topic = sns.create_topic(Name="pcapd-requests")["TopicArn"]
+    urls = [moto_sqs.new_queue(), moto_sqs.new_queue()]
+    raw = {urls[0]: "false", urls[1]: "true"}  # the envelope is unwrapped either way
+    for url in urls:
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="sqs",
+            Endpoint=arn["QueueArn"],
+            Attributes={"RawMessageDelivery": raw[url]},
+        )
+    sns.publish(TopicArn=topic, Message=REQUEST.decode())
+    consumers = [Consumer(SqsSource(sqs_config(moto_sqs, url))) for url in urls]
+    try:
+        for consumer in consumers:
+            delivery = consumer.take()
+            assert delivery.body == REQUEST
+            delivery.ack()
+    finally:
+        for consumer in consumers:
+            consumer.close()
+
+
+def test_unwrap_sns_leaves_other_bodies_alone() -> None:
+    envelope = json.dumps({"Type": "Notification", "TopicArn": "arn:x", "Message": "{}"})
+    assert unwrap_sns(envelope) == "{}"
+    assert unwrap_sns('{"TopicArn": "x", "Type": "Other"}') == '{"TopicArn": "x", "Type": "Other"}'
+    assert unwrap_sns('"TopicArn" not json') == '"TopicArn" not json'
+    assert unwrap_sns(REQUEST.decode()) == REQUEST.decode()
+
+
+def test_region_taken_from_queue_url() -> None:
+    assert _region_from_url("https://sqs.eu-west-1.amazonaws.com/1/q") == "eu-west-1"
+    assert _region_from_url("http://127.0.0.1:4566/1/q") is None
+    assert _region_from_url(None) is None
+
+
+def test_source_without_url_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"sqs\.url"):
+        SqsSource(SqsConfig(listen=True))
