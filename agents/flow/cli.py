@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from types import FrameType
 from urllib.parse import urlsplit
 
@@ -71,7 +72,10 @@ def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
         if scheme not in REDIS_SCHEMES:
             raise ConfigError([f"--redis: scheme {scheme!r} is not one of redis, rediss, unix"])
         redis_config = RedisConfig(url=Secret(args.redis))
-    flow = parse_flow_config(table)
+    try:
+        flow = parse_flow_config(table)
+    except ConfigError as exc:
+        raise ConfigError(exc.errors, args.config) from None
     positional = list(args.positional)
     limit = 1 if args.read else 2
     if len(positional) > limit:
@@ -86,8 +90,6 @@ def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
     if args.stats_interval is not None:
         overrides["stats_interval"] = max(0.1, args.stats_interval)
     if overrides:
-        from dataclasses import replace
-
         flow = replace(flow, **overrides)  # type: ignore[arg-type]
     if not flow.our_nets:
         raise ConfigError(

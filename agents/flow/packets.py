@@ -208,8 +208,8 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
             if end < l4 + ICMP_HEADER:
                 counts[TRUNCATED] += 1
                 return
-            counts[PARSED] += 1
             key = icmp4(buf[:end], off, l4)
+            counts[PARSED] += 1
             if key is None:
                 counts[ICMP_OTHER] += 1
             else:
@@ -234,8 +234,8 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
             if end < l4 + ICMP_HEADER:
                 counts[TRUNCATED] += 1
                 return
-            counts[PARSED] += 1
             key = icmp6(buf[:end], off, l4)
+            counts[PARSED] += 1
             if key is None:
                 counts[ICMP_OTHER] += 1
             else:
