@@ -105,7 +105,7 @@ class CloudsharkUploader:
             ).encode()
         )
         tail = f"\r\n--{boundary}--\r\n".encode()
-        where = f"cloudshark {self.base_url}{SHOWN_PATH}"
+        where = f"{self.base_url}{SHOWN_PATH}"
         try:
             conn = self._connect()
         except (OSError, http.client.HTTPException) as exc:

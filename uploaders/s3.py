@@ -200,14 +200,13 @@ class S3Uploader:
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             raise UploadError(
-                f"s3 {url}: {error.get('Code', 'error')} (HTTP {status}): "
-                f"{error.get('Message', exc)}",
+                f"{url}: {error.get('Code', 'error')} (HTTP {status}): {error.get('Message', exc)}",
                 retryable=status in RETRYABLE_STATUSES or status == 0,
             ) from exc
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise UploadError(f"s3 {url}: {exc}") from exc
+            raise UploadError(f"{url}: {exc}") from exc
         except Exception as exc:
             # s3transfer wraps failures of its part uploads in its own types.
-            raise UploadError(f"s3 {url}: {type(exc).__name__}: {exc}") from exc
+            raise UploadError(f"{url}: {type(exc).__name__}: {exc}") from exc
         log.info("uploaded sink=s3 url=%s bytes=%d", url, artifact.size)
         return Location("s3", url)

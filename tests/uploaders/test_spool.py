@@ -1,0 +1,306 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pcapd.events import ResultEvent
+from tests.helpers import free_port, wait_for
+from tests.uploaders.conftest import MotoS3, make_artifact, make_request
+from uploaders.base import Location, UploadError
+from uploaders.s3 import S3Uploader
+from uploaders.spool import (
+    Spool,
+    SpoolCorrupt,
+    SpoolDrainer,
+    SpoolFull,
+    delivered_event,
+)
+
+MB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Sink:
+    """An uploader that fails until told otherwise; counts what it received."""
+
+    def __init__(self, name: str, fail: bool = True) -> None:
+        self.name = name
+        self.remote = True
+        self.fail = fail
+        self.received: list[str] = []
+
+    def upload(self, artifact: object) -> Location:
+        from uploaders.base import Artifact
+
+        assert isinstance(artifact, Artifact)
+        if self.fail:
+            raise UploadError(f"{self.name} is down")
+        self.received.append(artifact.sha256)
+        return Location(self.name, f"{self.name}://{artifact.filename}")
+
+
+def spooled_event(artifact_id: str) -> dict[str, object]:
+    return ResultEvent(
+        id=artifact_id, node="node1", status="spooled", interface="lo", error="s3: down",
+        packets=3, bytes=4096, locations={"local": "/tmp/x.pcap"}, warnings=("w1",),
+    ).as_dict()  # fmt: skip
+
+
+def test_put_writes_an_entry_that_a_new_spool_reads_back(tmp_path: Path) -> None:
+    artifact = make_artifact(100_000, request=make_request(folder="team-a", bucket="b2"))
+    spool = Spool(tmp_path / "spool", 10 * MB)
+    entry = spool.put(
+        artifact, ["s3", "cloudshark"], locations={"local": "/cap/x.pcap"},
+        event=spooled_event(artifact.request.id), error="s3: down",
+    )  # fmt: skip
+
+    names = sorted(p.name for p in (tmp_path / "spool").iterdir())
+    assert names == [entry.id + ".cap", entry.id + ".json"]  # no temporary files left
+    for name in names:
+        assert stat.S_IMODE((tmp_path / "spool" / name).stat().st_mode) == 0o600
+    sidecar = json.loads((tmp_path / "spool" / f"{entry.id}.json").read_text())
+    assert sidecar["pending"] == ["s3", "cloudshark"]
+    assert sidecar["event"]["status"] == "spooled"
+    assert sidecar["request"]["folder"] == "team-a"
+
+    again = Spool(tmp_path / "spool", 10 * MB)  # as after a restart
+    [listed] = again.list()
+    assert listed == entry
+    loaded = again.load(listed)
+    assert bytes(loaded.data) == bytes(artifact.data)
+    assert loaded.request == artifact.request
+    assert (loaded.filename, loaded.node, loaded.interface) == (
+        artifact.filename, "node1", "lo",
+    )  # fmt: skip
+
+
+def test_full_spool_refuses_new_captures_and_keeps_old_ones(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 * MB)
+    first = spool.put(make_artifact(600_000), ["s3"])
+    with pytest.raises(SpoolFull) as info:
+        spool.put(make_artifact(600_000), ["s3"])
+    assert str(info.value).startswith(f"spool full: {spool.used_bytes()} of {MB} bytes used in ")
+    assert "delivery.spool_max_bytes" in str(info.value)
+    assert [e.id for e in spool.list()] == [first.id]
+    with pytest.raises(SpoolFull):
+        spool.check_room(500_000)
+    spool.check_room(100_000)
+
+
+def test_corrupt_entry_is_kept_and_reported(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    entry = spool.put(make_artifact(5000), ["s3"])
+    with open(spool.data_path(entry.id), "r+b") as handle:
+        handle.write(b"XXXX")
+    with pytest.raises(SpoolCorrupt, match=f"spool entry {entry.id}: .* has sha256"):
+        spool.load(entry)
+    sink = Sink("s3", fail=False)
+    report = SpoolDrainer(spool, [sink], lambda e, loc: None, 60).drain_once()
+    assert report.remaining == (entry.id,) and "has sha256" in report.errors[0]
+    assert sink.received == [] and spool.get(entry.id) is not None
+
+
+def test_unreadable_sidecar_and_orphans(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    good = spool.put(make_artifact(), ["s3"])
+    (tmp_path / "00000000000000000001-bad.json").write_text("{not json")
+    (tmp_path / "00000000000000000002-lost.cap").write_bytes(b"abc")
+    assert [e.id for e in spool.list()] == [good.id]
+    assert "spool_entry_unreadable id=00000000000000000001-bad" in caplog.text
+    assert [p.name for p in spool.orphans()] == ["00000000000000000002-lost.cap"]
+
+
+def test_claim_is_exclusive(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    entry = spool.put(make_artifact(), ["s3"])
+    with spool.claim(entry.id) as first:
+        assert first
+        with spool.claim(entry.id) as second:
+            assert not second
+        # The drainer skips what someone else holds (e.g. `pcapd spool retry`).
+        sink = Sink("s3", fail=False)
+        report = SpoolDrainer(spool, [sink], lambda e, loc: None, 60).drain_once()
+        assert report.remaining == (entry.id,) and sink.received == []
+    with spool.claim("no-such-entry") as missing:
+        assert not missing
+
+
+def test_drainer_delivers_partially_then_fully(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    artifact = make_artifact()
+    entry = spool.put(
+        artifact, ["s3", "cloudshark"], locations={"local": "/tmp/x.pcap"},
+        event=spooled_event(artifact.request.id),
+    )  # fmt: skip
+    s3, cs = Sink("s3", fail=False), Sink("cloudshark")
+    published: list[tuple[ResultEvent, dict[str, str]]] = []
+    drainer = SpoolDrainer(spool, [s3, cs], lambda e, loc: published.append((e, loc)), 60)
+
+    report = drainer.drain_once()
+    assert report.remaining == (entry.id,) and report.errors == (
+        f"{entry.id}: cloudshark: cloudshark is down",
+    )
+    after = spool.get(entry.id)
+    assert after is not None
+    assert after.pending == ("cloudshark",) and after.attempts == 1
+    assert after.locations == {"local": "/tmp/x.pcap", "s3": f"s3://{artifact.filename}"}
+    assert after.last_error == "cloudshark: cloudshark is down"
+
+    cs.fail = False
+    assert drainer.drain_once().delivered == (entry.id,)
+    assert s3.received == cs.received == [artifact.sha256]  # S3 was not sent it twice
+    assert spool.list() == [] and list(tmp_path.iterdir()) == []
+    [(event, locations)] = published
+    assert event.status == "delivered" and event.error is None
+    assert event.id == artifact.request.id and event.packets == 3 and event.warnings == ("w1",)
+    assert dict(event.locations) == locations == {
+        "local": "/tmp/x.pcap", "s3": f"s3://{artifact.filename}",
+        "cloudshark": f"cloudshark://{artifact.filename}",
+    }  # fmt: skip
+
+
+def test_a_down_sink_is_tried_once_per_pass(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    for _ in range(3):
+        spool.put(make_artifact(), ["s3"])
+    calls = []
+
+    class Counting(Sink):
+        def upload(self, artifact: object) -> Location:
+            calls.append(1)
+            return super().upload(artifact)
+
+    report = SpoolDrainer(spool, [Counting("s3")], lambda e, loc: None, 60).drain_once()
+    assert len(calls) == 1 and len(report.remaining) == 3
+
+
+def test_unknown_sink_and_failing_callback_do_not_stop_the_drainer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    orphaned = spool.put(make_artifact(), ["ftp"])
+    fine = spool.put(make_artifact(), ["s3"])
+
+    def explode(event: ResultEvent, locations: dict[str, str]) -> None:
+        raise RuntimeError("redis is down")
+
+    report = SpoolDrainer(spool, [Sink("s3", fail=False)], explode, 60).drain_once()
+    assert report.delivered == (fine.id,) and report.remaining == (orphaned.id,)
+    assert report.errors == (f"{orphaned.id}: ftp: no such uploader configured",)
+    assert "spool_on_delivered_failed" in caplog.text
+
+
+def test_delivered_event_without_a_stored_event(tmp_path: Path) -> None:
+    artifact = make_artifact()
+    entry = Spool(tmp_path, MB).put(artifact, ["s3"])
+    event = delivered_event(entry, {"s3": "s3://b/k"})
+    assert (event.id, event.status, event.sha256, event.bytes) == (
+        artifact.request.id, "delivered", artifact.sha256, artifact.size,
+    )  # fmt: skip
+
+
+def test_background_thread_drains_and_stops(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    sink = Sink("s3")
+    delivered: list[ResultEvent] = []
+    drainer = SpoolDrainer(spool, [sink], lambda e, loc: delivered.append(e), 0.05)
+    drainer.start()
+    try:
+        spool.put(make_artifact(), ["s3"])
+
+        def attempts() -> int:
+            entries = spool.list()
+            return entries[0].attempts if entries else 0
+
+        wait_for(lambda: attempts() >= 2)  # retried on its own, every interval
+        sink.fail = False
+        drainer.wake()
+        wait_for(lambda: len(delivered) == 1)
+    finally:
+        drainer.stop()
+    assert spool.list() == []
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pcapd.config import S3Config
+    from pcapd.secret import Secret
+    from tests.uploaders.conftest import make_artifact
+    from uploaders.deliver import Deliverer
+    from uploaders.retry import RetryPolicy
+    from uploaders.s3 import S3Uploader
+    from uploaders.spool import Spool, SpoolDrainer
+
+    spool_dir, dead_port = sys.argv[1], sys.argv[2]
+    s3 = S3Uploader(S3Config(upload=True, accessid="A", accesskey=Secret("k"),
+                    endpoint="http://127.0.0.1:" + dead_port, bucket="gone",
+                    region="us-east-1"))
+    spool = Spool(spool_dir, 64 << 20)
+    outcome = Deliverer([s3], RetryPolicy(2, 0.01, 0.02), spool).deliver(make_artifact(300_000))
+    print(outcome.status, outcome.spool_id, flush=True)
+    SpoolDrainer(spool, [s3], lambda e, l: None, 0.05).start()
+    time.sleep(60)  # the parent kills us here, drainer running, file still spooled
+    """
+)
+
+
+def test_killed_daemon_leaves_a_spool_that_the_next_one_delivers(
+    tmp_path: Path, moto_s3: MotoS3
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), str(free_port())],
+        stdout=subprocess.PIPE, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        status, spool_id = child.stdout.readline().decode().split()
+        assert status == "spooled"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+    spool = Spool(tmp_path, 64 * MB)  # the "restarted daemon"
+    [entry] = spool.list()
+    assert entry.id == spool_id and entry.pending == ("s3",)
+    assert (
+        entry.last_error is not None
+        and f"s3: s3://gone/{entry.filename}: Could not connect" in entry.last_error
+    )
+    bucket = moto_s3.new_bucket()
+    config = moto_s3.s3_config(bucket, folder="restarted")
+    delivered: list[dict[str, str]] = []
+    drainer = SpoolDrainer(spool, [S3Uploader(config)], lambda e, loc: delivered.append(loc), 0.05)
+    drainer.start()
+    try:
+        wait_for(lambda: delivered, timeout=20)
+    finally:
+        drainer.stop()
+    key = f"restarted/{entry.filename}"
+    assert delivered == [{"s3": f"s3://{bucket}/{key}"}]
+    body = moto_s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == entry.sha256
+    assert spool.list() == []
+
+
+def test_logging_of_spooling_names_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    artifact = make_artifact()
+    Spool(tmp_path, MB).put(artifact, ["s3"], error="s3: refused")
+    assert f"file={artifact.filename}" in caplog.text and "error=s3: refused" in caplog.text
