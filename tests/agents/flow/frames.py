@@ -29,9 +29,13 @@ def udp(sport: int, dport: int, payload: bytes = b"data") -> bytes:
     return bytes(dpkt.udp.UDP(sport=sport, dport=dport, data=payload, ulen=8 + len(payload)))
 
 
-def ip4(src: str, dst: str, proto: int, payload: bytes, *, frag_offset: int = 0) -> bytes:
+def ip4(
+    src: str, dst: str, proto: int, payload: bytes, *, frag_offset: int = 0, more: bool = False
+) -> bytes:
+    """`frag_offset` in 8-byte units; `more` sets the more-fragments flag."""
     packet = dpkt.ip.IP(src=_addr(src), dst=_addr(dst), p=proto, data=payload)
     packet.offset = frag_offset
+    packet.mf = int(more)
     packet.len = 20 + len(payload)
     return bytes(packet)
 
