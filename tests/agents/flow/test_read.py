@@ -1,0 +1,194 @@
+"""`--read`: crafted captures through parser, rules and suppression into a real redis-server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import dpkt
+import pytest
+import redis
+
+from agents.flow.agent import AgentError, FlowAgent, make_writer
+from agents.flow.config import parse_flow_config, parse_networks_arg, with_command_line
+from tests.agents.flow import frames as f
+from tests.helpers import RedisServer
+
+REPO = Path(__file__).resolve().parents[3]
+OURS = "10.200.1.0/24,fd00:200:1::/64"
+A4, A4b, B4 = "10.200.1.1", "10.200.1.9", "192.0.2.7"
+A6, B6 = "fd00:200:1::1", "2001:db8::7"
+ACK, RST, SYN = dpkt.tcp.TH_ACK, dpkt.tcp.TH_RST, dpkt.tcp.TH_SYN
+
+
+def all_keys(client: redis.Redis) -> dict[str, str]:
+    return {
+        key.decode(): client.get(key).decode()  # type: ignore[union-attr]
+        for key in client.scan_iter(count=1000)
+    }
+
+
+def read_in_process(
+    path: Path, server: RedisServer, table: dict[str, object] | None = None
+) -> dict[str, int]:
+    config = with_command_line(parse_flow_config(table or {}), None, parse_networks_arg(OURS))
+    writer = make_writer(server.client, config)
+    agent = FlowAgent(config, writer)
+    agent.open_file(str(path))
+    writer.start()
+    agent.run_file()
+    writer.stop(10)
+    return agent.stats()
+
+
+def write(path: Path, frames: Iterable[bytes]) -> Path:
+    f.write_pcap(path, [f.ether(frame) for frame in frames])
+    return path
+
+
+def test_flows_rst_icmp_both_versions(tmp_path: Path, redis_srv: RedisServer) -> None:
+    pcap = write(
+        tmp_path / "mixed.pcap",
+        [
+            f.ip4(B4, A4, 6, f.tcp(443, 50000, ACK)),
+            f.ip4(B4, A4, 6, f.tcp(443, 50000, ACK)),  # suppressed
+            f.ip4(B4, A4, 6, f.tcp(443, 50001, SYN | ACK)),  # handshake: not a flow
+            f.ip4(B4, A4, 6, f.tcp(9, 40001, RST | ACK)),
+            f.ip4(B4, A4, 1, f.icmp4_unreach(3, f.ip4(A4, B4, 17, f.udp(40002, 7777)))),
+            f.ip6(B6, A6, 17, f.udp(53, 40003)),
+            f.ip6(B6, A6, 6, f.tcp(22, 40004, RST)),
+            f.ip6(B6, A6, 58, f.icmp6_unreach(4, f.ip6(A6, B6, 6, f.tcp(40005, 8443)))),
+        ],
+    )
+    stats = read_in_process(pcap, redis_srv)
+    keys = all_keys(redis_srv.client())
+    assert keys == {
+        f"client;{A4}": "3",
+        f"{A4};{B4};443;flow": "1",
+        f"{A4};{B4};peer": "1",
+        f"{B4};{A4};peer": "1",
+        f"{A4};{B4};40001:9;rst": "1",
+        f"{A4};{B4};40002:7777;3;icmp": "1",
+        f"client;{A6}": "3",
+        f"{A6};{B6};53;flow": "1",
+        f"{A6};{B6};peer": "1",
+        f"{B6};{A6};peer": "1",
+        f"{A6};{B6};40004:22;rst": "1",
+        f"{A6};{B6};40005:8443;4;icmp": "1",
+    }
+    for key in keys:
+        assert 0 < redis_srv.client().ttl(key) <= 900
+    assert stats["packets"] == 8 and stats["parsed"] == 8
+    assert stats["events"] == 6 and stats["suppressed"] == 1 and stats["syn_fin"] == 1
+    assert stats["keys_written"] == 2 * 4 + 4 * 2 and stats["keys_dropped"] == 0
+
+
+def test_suppression_window_follows_packet_time(tmp_path: Path, redis_srv: RedisServer) -> None:
+    same = f.ip4(B4, A4, 17, f.udp(53, 4000))
+    path = tmp_path / "window.pcap"
+    # 0 s, 10 s, 31 s, 40 s, 62 s: a 30 s window lets through 0, 31 and 62.
+    with path.open("wb") as handle:
+        writer = dpkt.pcap.Writer(handle)
+        for seconds in (0, 10, 31, 40, 62):
+            writer.writepkt(f.ether(same), ts=1e9 + seconds)
+    stats = read_in_process(path, redis_srv)
+    assert redis_srv.client().get(f"{A4};{B4};53;flow") == b"3"
+    assert stats["events"] == 3 and stats["suppressed"] == 2
+
+
+def test_own_network_rules_and_ignore_flows(tmp_path: Path, redis_srv: RedisServer) -> None:
+    pcap = write(
+        tmp_path / "rules.pcap",
+        [
+            f.ip4(A4b, A4, 17, f.udp(53, 4000)),  # both ours: suppressed
+            f.ip4(A4b, A4, 6, f.tcp(80, 4000, RST)),  # RST between ours: recorded
+            f.ip4(B4, A4, 17, f.udp(53, 4001)),  # ignored flow: client counted only
+            f.ip4(B4, A4, 17, f.udp(8080, 4002)),  # dropped by rule
+            f.ip4(B4, "198.51.100.1", 17, f.udp(123, 4003)),  # in no network
+            f.ip4(A4, B4, 6, f.tcp(4004, 25, RST)),  # RST to outside: a flow by lower_port
+            f.ip4(A4, B4, 1, f.icmp4_unreach(1, f.ip4(B4, A4, 6, f.tcp(1, 2)))),  # not ours
+        ],
+    )
+    table = {
+        "networks": [
+            {"name": "our_nets"},
+            {"name": "v6", "cidr": "::/0"},
+            {"name": "web", "cidr": "192.0.2.0/24"},
+        ],
+        "rules": [
+            {"src": "web", "action": "port_match", "ports": [8080], "drop": True},
+            {"action": "lower_port"},
+        ],
+        "ignore_flows": [{"address": B4, "port": 53}],
+    }
+    stats = read_in_process(pcap, redis_srv, table)
+    assert all_keys(redis_srv.client()) == {
+        f"client;{A4}": "3",  # the RST, the ignored flow, the flow to port 25
+        f"{A4};{A4b};4000:80;rst": "1",
+        f"{A4};{B4};25;flow": "1",
+        f"{A4};{B4};peer": "1",
+        f"{B4};{A4};peer": "1",
+    }
+    assert stats["drop_own_network"] == 1
+    assert stats["drop_rule"] == 1 and stats["drop_no_network"] == 1
+    assert stats["not_ours"] == 1 and stats["dropped_by_rule"] == 2
+
+
+def test_cache_bound_restarts_suppression(tmp_path: Path, redis_srv: RedisServer) -> None:
+    frames = [f.ip4(B4, A4, 17, f.udp(1000 + i, 50000)) for i in range(250)]
+    pcap = write(tmp_path / "many.pcap", frames + frames)
+    stats = read_in_process(pcap, redis_srv, {"max_tracked": 100})
+    assert stats["cache_resets"] >= 2
+    # 250 distinct flow keys, each written at least once; resets re-send some.
+    flows = [k for k in all_keys(redis_srv.client()) if k.endswith(";flow")]
+    assert len(flows) == 250
+    assert 250 <= stats["events"] <= 500
+
+
+CORRUPT = [
+    f.ether(f.ip4(B4, A4, 6, f.tcp(443, 50000)))[:40],
+    b"\xff" * 5,
+    f.ether(b"\x4f" + f.ip4(B4, A4, 17, f.udp(1, 2))[1:])[:30],
+    f.ether(f.ip6(B6, A6, 0, f.udp(1, 2), ext=f.ext_header(0) * 12)),
+    f.MAC_B + f.MAC_A + b"\x81\x00",
+]
+
+
+def test_cli_read_counts_bad_packets_and_goes_on(tmp_path: Path, redis_srv: RedisServer) -> None:
+    good = [f.ether(f.ip4(B4, A4, 17, f.udp(53, 4000 + i))) for i in range(3)]
+    path = tmp_path / "corrupt.pcap"
+    f.write_pcap(path, [good[0], *CORRUPT, good[1], *CORRUPT, good[2]])
+    result = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "flow", "--read", str(path), OURS,
+         "--redis", redis_srv.url],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    done = re.search(r"event=flow_done (.*)", result.stderr)
+    assert done, result.stderr
+    stats = dict(pair.split("=") for pair in done.group(1).split())
+    assert stats["packets"] == "13" and stats["parsed"] == "3"
+    assert int(stats["truncated"]) + int(stats["malformed"]) == 10
+    assert stats["errors"] == "0" and stats["events"] == "1"
+    assert redis_srv.client().get(f"{A4};{B4};53;flow") == b"1"
+    assert redis_srv.client().get(f"client;{A4}") == b"1"
+
+
+def test_read_rejects_non_capture_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a pcap\n" * 10)
+    config = with_command_line(parse_flow_config({}), None, parse_networks_arg(OURS))
+    agent = FlowAgent(config, make_writer(lambda: redis.Redis(), config))
+    with pytest.raises(AgentError, match="not a capture file"):
+        agent.open_file(str(path))
+
+
+def test_sll_capture_file(tmp_path: Path, redis_srv: RedisServer) -> None:
+    path = tmp_path / "sll.pcap"
+    f.write_pcap(path, [f.sll(f.ip6(B6, A6, 17, f.udp(443, 50000)))], linktype=113)
+    stats = read_in_process(path, redis_srv)
+    assert stats["events"] == 1
+    assert redis_srv.client().get(f"{A6};{B6};443;flow") == b"1"
