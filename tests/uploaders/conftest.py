@@ -64,6 +64,15 @@ def make_artifact(size: int = 4096, *, request: CaptureRequest | None = None) ->
     )
 
 
+def s3_config(endpoint: str, bucket: str, **overrides: Any) -> S3Config:
+    fields: dict[str, Any] = {
+        "upload": True, "accessid": S3_KEY_ID, "accesskey": Secret(S3_SECRET),
+        "endpoint": endpoint, "bucket": bucket, "folder": "pcaps", "region": "us-east-1",
+    }  # fmt: skip
+    fields.update(overrides)
+    return S3Config(**fields)
+
+
 @dataclass
 class MotoS3:
     endpoint: str
@@ -73,13 +82,7 @@ class MotoS3:
         return boto3_client_factory(self.config)(self.endpoint, "us-east-1")
 
     def s3_config(self, bucket: str, **overrides: Any) -> S3Config:
-        fields: dict[str, Any] = {
-            "upload": True, "accessid": S3_KEY_ID, "accesskey": Secret(S3_SECRET),
-            "endpoint": self.endpoint, "bucket": bucket, "folder": "pcaps",
-            "region": "us-east-1",
-        }  # fmt: skip
-        fields.update(overrides)
-        return S3Config(**fields)
+        return s3_config(self.endpoint, bucket, **overrides)
 
     def new_bucket(self) -> str:
         name = "caps-" + uuid.uuid4().hex[:10]

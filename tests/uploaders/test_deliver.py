@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pcapd.events import ResultEvent
+from tests.helpers import wait_for
+from tests.uploaders.cloudshark_server import CloudsharkServer
+from tests.uploaders.conftest import (
+    MotoProcess,
+    MotoS3,
+    cs_config,
+    make_artifact,
+    make_request,
+    s3_config,
+)
+from uploaders.base import Artifact, Location, Uploader, UploadError
+from uploaders.cloudshark import CloudsharkUploader
+from uploaders.deliver import Deliverer, DeliveryOutcome, build_remote_uploaders
+from uploaders.local import LocalUploader
+from uploaders.retry import RetryPolicy
+from uploaders.s3 import S3Uploader, boto3_client_factory
+from uploaders.spool import Spool, SpoolDrainer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MB = 1024 * 1024
+
+
+def fast_retry(attempts: int = 3) -> RetryPolicy:
+    return RetryPolicy(attempts, 0.01, 0.02, rng=random.Random(3))
+
+
+def base_event(artifact: Artifact) -> ResultEvent:
+    return ResultEvent(
+        id=artifact.request.id, node=artifact.node, status="ok", interface="lo",
+        alertid=artifact.request.alertid, packets=12, bytes=artifact.size,
+        sha256=artifact.sha256, format="pcap", stop="packets",
+    )  # fmt: skip
+
+
+def test_every_sink_in_order_and_every_location(
+    tmp_path: Path, moto_s3: MotoS3, cloudshark: CloudsharkServer
+) -> None:
+    bucket = moto_s3.new_bucket()
+    order: list[str] = []
+
+    class Recording(LocalUploader):
+        def upload(self, artifact: Artifact) -> Location:
+            order.append("local")
+            return super().upload(artifact)
+
+    uploaders: list[Uploader] = [
+        Recording(tmp_path / "local"),
+        S3Uploader(moto_s3.s3_config(bucket)),
+        CloudsharkUploader(cs_config(cloudshark)),
+    ]
+    deliverer = Deliverer(uploaders, fast_retry(), Spool(tmp_path / "spool", 10 * MB))
+    artifact = make_artifact(50_000)
+    event = base_event(artifact)
+    outcome = deliverer.deliver(artifact, event)
+
+    assert outcome.status == "ok" and outcome.ok and outcome.durable and outcome.error is None
+    assert list(outcome.locations) == ["local", "s3", "cloudshark"]
+    assert outcome.locations["local"] == str(tmp_path / "local" / artifact.filename)
+    assert outcome.locations["s3"] == f"s3://{bucket}/pcaps/{artifact.filename}"
+    assert outcome.locations["cloudshark"].startswith(f"http://127.0.0.1:{cloudshark.port}/")
+    assert order == ["local"] and len(cloudshark.uploads) == 1
+    published = outcome.apply(event)
+    assert published.status == "ok" and dict(published.locations) == dict(outcome.locations)
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_cloudshark_500_then_200_is_retried_not_spooled(
+    tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    cloudshark.fail_next(500, ["api_error_internal"])
+    spool = Spool(tmp_path, 10 * MB)
+    deliverer = Deliverer([CloudsharkUploader(cs_config(cloudshark))], fast_retry(), spool)
+    outcome = deliverer.deliver(make_artifact())
+    assert outcome.status == "ok" and cloudshark.requests == 2
+    assert spool.list() == []
+
+
+def test_wrong_token_spools_without_retrying_and_hides_the_token(
+    tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    from pcapd.secret import Secret
+
+    spool = Spool(tmp_path, 10 * MB)
+    uploader = CloudsharkUploader(cs_config(cloudshark, token=Secret("tok-wrong-1234")))
+    artifact = make_artifact()
+    event = base_event(artifact)
+    outcome = Deliverer([uploader], fast_retry(), spool).deliver(artifact, event)
+    assert outcome.status == "spooled" and outcome.durable and cloudshark.requests == 1
+    assert outcome.error is not None and "HTTP 401: api_token_invalid" in outcome.error
+    assert "tok-wrong-1234" not in outcome.error
+    result = outcome.apply(event)
+    assert (result.status, result.error) == ("spooled", outcome.error)
+    [entry] = spool.list()
+    assert entry.id == outcome.spool_id and entry.pending == ("cloudshark",)
+    assert entry.event is not None and entry.event["status"] == "spooled"
+    assert "tok-wrong-1234" not in (tmp_path / f"{entry.id}.json").read_text()
+
+
+class Failing:
+    def __init__(self, name: str, remote: bool) -> None:
+        self.name = name
+        self.remote = remote
+
+    def upload(self, artifact: Artifact) -> Location:
+        raise UploadError(f"{self.name} refused", retryable=False)
+
+
+def test_spool_full_means_failed_with_both_reasons(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 * MB)
+    spool.put(make_artifact(900_000), ["s3"])
+    outcome = Deliverer([Failing("s3", True)], fast_retry(), spool).deliver(make_artifact(200_000))
+    assert outcome.status == "failed" and not outcome.durable
+    assert outcome.error is not None
+    assert outcome.error.startswith("s3: s3 refused; spool: spool full: ")
+    assert len(spool.list()) == 1  # the older capture is still there
+
+
+def test_no_spool_means_failed() -> None:
+    outcome = Deliverer([Failing("s3", True)], fast_retry(), None).deliver(make_artifact())
+    assert (outcome.status, outcome.error) == ("failed", "s3: s3 refused; spool: not configured")
+
+
+def test_local_failure_is_failed_but_remote_copies_are_listed(
+    tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    uploaders: list[Uploader] = [Failing("local", False), CloudsharkUploader(cs_config(cloudshark))]
+    outcome = Deliverer(uploaders, fast_retry(), Spool(tmp_path, MB)).deliver(make_artifact())
+    assert outcome.status == "failed" and outcome.durable
+    assert list(outcome.locations) == ["cloudshark"]
+    assert outcome.error == "local: local refused"
+
+
+def test_unexpected_exceptions_still_spool(tmp_path: Path) -> None:
+    class Buggy:
+        name = "s3"
+        remote = True
+
+        def upload(self, artifact: Artifact) -> Location:
+            raise KeyError("bug")
+
+    spool = Spool(tmp_path, MB)
+    outcome = Deliverer([Buggy()], fast_retry(), spool).deliver(make_artifact())
+    assert outcome.status == "spooled" and outcome.error == "s3: 'bug'"
+
+
+def test_outcome_and_deliverer_validation() -> None:
+    with pytest.raises(ValueError, match="status 'maybe'"):
+        DeliveryOutcome("maybe")
+    with pytest.raises(ValueError, match="duplicate names"):
+        Deliverer([Failing("s3", True), Failing("s3", True)], fast_retry(), None)
+
+
+def test_build_remote_uploaders(moto_s3: MotoS3, cloudshark: CloudsharkServer) -> None:
+    from pcapd.config import Config, GeneralConfig
+
+    config = Config(
+        general=GeneralConfig(node="n"),
+        s3=moto_s3.s3_config("b"),
+        cloudshark=cs_config(cloudshark),
+    )
+    assert [u.name for u in build_remote_uploaders(config)] == ["s3", "cloudshark"]
+    assert build_remote_uploaders(Config(general=GeneralConfig(node="n"))) == []
+
+
+def test_s3_killed_during_upload_is_spooled_then_delivered_identical(
+    tmp_path: Path, moto_proc: MotoProcess
+) -> None:
+    """The S3 server dies in the middle of a multipart upload; it comes back
+    later (empty, as moto keeps no state); the drainer delivers the same bytes."""
+    config = s3_config(moto_proc.endpoint, "caps", multipart_threshold=5 * MB)
+    make_client = boto3_client_factory(config)
+    make_client(moto_proc.endpoint, "us-east-1").create_bucket(Bucket="caps")
+    killed: list[str] = []
+
+    def kill_on_second_part(**kwargs: Any) -> None:
+        params = kwargs.get("params") or {}
+        if not killed and "partNumber=2" in str(params.get("url", "")):
+            killed.append("killed")
+            moto_proc.kill()
+
+    def factory(endpoint: str | None, region: str | None) -> S3Client:
+        client = make_client(endpoint, region)
+        client.meta.events.register("before-call.s3.UploadPart", kill_on_second_part)
+        return client
+
+    spool = Spool(tmp_path / "spool", 64 * MB)
+    uploader = S3Uploader(config, factory)
+    artifact = make_artifact(20 * MB, request=make_request(folder="mid"))
+    outcome = Deliverer([uploader], fast_retry(), spool).deliver(artifact, base_event(artifact))
+
+    assert killed == ["killed"]
+    assert outcome.status == "spooled", outcome.error
+    assert outcome.error is not None and outcome.error.startswith(
+        f"s3: s3://caps/mid/{artifact.filename}: "
+    )
+    [entry] = spool.list()
+    assert entry.pending == ("s3",)
+
+    moto_proc.start()  # same port, fresh state
+    make_client(moto_proc.endpoint, "us-east-1").create_bucket(Bucket="caps")
+    delivered: list[tuple[ResultEvent, dict[str, str]]] = []
+    drainer = SpoolDrainer(spool, [uploader], lambda e, loc: delivered.append((e, loc)), 0.1)
+    drainer.start()
+    try:
+        wait_for(lambda: delivered, timeout=30)
+    finally:
+        drainer.stop()
+    [(event, locations)] = delivered
+    key = f"mid/{artifact.filename}"
+    assert locations == {"s3": f"s3://caps/{key}"}
+    assert (event.status, event.id, event.sha256, event.error) == (
+        "delivered", artifact.request.id, artifact.sha256, None,
+    )  # fmt: skip
+    got = make_client(moto_proc.endpoint, "us-east-1").get_object(Bucket="caps", Key=key)
+    assert got["ETag"].strip('"').endswith("-4")
+    assert hashlib.sha256(got["Body"].read()).hexdigest() == artifact.sha256
+    assert spool.list() == [] and not any((tmp_path / "spool").iterdir())
