@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from pcapd.config import Config, GeneralConfig, SecurityConfig
+from pcapd.dedup import RecentIds
+from pcapd.request import RequestError, decode_body, parse_request
+from pcapd.secret import Secret
+from pcapd.signing import canonical, sign, signature, verify
+
+KEY = "s3cr3t-key-value"
+NOW = 1_700_000_000.0
+SECURITY = SecurityConfig(keys={"ops": Secret(KEY)}, require_signed=True, max_skew=300)
+REQUEST: dict[str, Any] = {
+    "id": "req-1",
+    "node": "any",
+    "interface": ["lo"],
+    "bpf": "host 10.200.0.1",
+    "packets": 10,
+    "customer": "Zürich",
+}
+
+
+def replay_cache(security: SecurityConfig = SECURITY) -> RecentIds:
+    return RecentIds(2 * security.max_skew + 1, clock=lambda: NOW)
+
+
+def rejected(fields: dict[str, Any], security: SecurityConfig = SECURITY, now: float = NOW) -> str:
+    with pytest.raises(RequestError) as info:
+        verify(fields, security, now, replay_cache(security))
+    message = str(info.value)
+    assert KEY not in message
+    return message
+
+
+def test_good_signature_verifies() -> None:
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW)
+    assert signed["ts"] == int(NOW) and signed["kid"] == "ops"
+    assert len(signed["sig"]) == 64
+    assert {k: v for k, v in signed.items() if k not in ("ts", "kid", "sig")} == REQUEST
+    verify(signed, SECURITY, NOW + 10, replay_cache())
+
+
+def test_signed_body_survives_the_wire_and_parse_request() -> None:
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW)
+    body = json.dumps(signed, indent=2).encode()  # any spacing, any order
+    fields = decode_body(body, 65536)
+    verify(fields, SECURITY, NOW, replay_cache())
+    request = parse_request(body, Config(general=GeneralConfig(node="web1")))
+    assert (request.ts, request.kid, request.sig) == (int(NOW), "ops", signed["sig"])
+    assert not request.warnings, "ts, kid and sig are known fields"
+
+
+def test_canonical_form_ignores_key_order_and_spacing() -> None:
+    reordered = dict(reversed(list(REQUEST.items())))
+    assert canonical(reordered) == canonical(REQUEST)
+    assert signature(reordered, Secret(KEY)) == signature(REQUEST, Secret(KEY))
+    assert canonical({"b": 1, "a": [1, 2], "é": "ü"}) == '{"a":[1,2],"b":1,"é":"ü"}'.encode()
+    assert canonical({"a": 1, "sig": "x"}) == b'{"a":1}', "sig is not signed"
+
+
+def test_tampered_field_is_a_bad_signature() -> None:
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW)
+    signed["bpf"] = "host 10.200.0.2"
+    assert rejected(signed) == "sig: does not match the request signed with kid='ops'"
+
+
+def test_wrong_key_is_a_bad_signature() -> None:
+    signed = sign(REQUEST, "ops", Secret("another-key"), NOW)
+    assert rejected(signed) == "sig: does not match the request signed with kid='ops'"
+
+
+def test_missing_signature_when_required() -> None:
+    message = rejected(dict(REQUEST))
+    assert message == "sig: missing; this node accepts only signed requests (require_signed)"
+
+
+def test_unsigned_request_passes_when_not_required() -> None:
+    optional = SecurityConfig(keys={"ops": Secret(KEY)}, require_signed=False)
+    verify(dict(REQUEST), optional, NOW, replay_cache(optional))
+
+
+def test_signed_request_must_verify_even_when_not_required() -> None:
+    optional = SecurityConfig(keys={"ops": Secret(KEY)}, require_signed=False)
+    signed = sign(REQUEST, "ops", Secret("wrong"), NOW)
+    assert "does not match" in rejected(signed, optional)
+
+
+def test_unknown_kid() -> None:
+    signed = sign(REQUEST, "other", Secret(KEY), NOW)
+    assert rejected(signed) == 'kid="other": not a key in this node\'s [security] keys'
+
+
+def test_missing_kid_and_missing_ts() -> None:
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW)
+    assert rejected({k: v for k, v in signed.items() if k != "kid"}) == (
+        "kid: missing; a signed request names its key in kid"
+    )
+    assert rejected({k: v for k, v in signed.items() if k != "ts"}) == (
+        "ts: missing; a signed request carries ts (Unix seconds)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("sig", "abc", 'sig: expected 64 hex digits (HMAC-SHA256), got "abc"'),
+        ("sig", 42, "sig: expected 64 hex digits (HMAC-SHA256), got 42"),
+        ("ts", "1700000000", 'ts: expected a JSON integer (Unix seconds), got "1700000000"'),
+        ("ts", 1.7e9, "ts: expected a JSON integer (Unix seconds), got 1700000000.0"),
+        ("kid", ["ops"], 'kid=["ops"]: not a key in this node\'s [security] keys'),
+    ],
+)
+def test_malformed_signing_fields(field: str, value: Any, expected: str) -> None:
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW)
+    signed[field] = value
+    assert rejected(signed) == expected
+
+
+def test_stale_request() -> None:
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW - 301)
+    assert rejected(signed) == "ts=1699999699: 301 s old; the limit is max_skew=300 s"
+    verify(sign(REQUEST, "ops", Secret(KEY), NOW - 300), SECURITY, NOW, replay_cache())
+
+
+def test_request_from_the_future() -> None:
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW + 400)
+    assert rejected(signed) == "ts=1700000400: 400 s in the future; the limit is max_skew=300 s"
+
+
+def test_replayed_signature() -> None:
+    replay = replay_cache()
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW)
+    verify(signed, SECURITY, NOW, replay)
+    with pytest.raises(RequestError) as info:
+        verify(dict(signed), SECURITY, NOW + 1, replay)
+    assert str(info.value) == "sig: replayed; this signature was already accepted within 601 s"
+    assert info.value.request_id == "req-1"
+
+
+def test_rejected_signature_is_not_remembered() -> None:
+    replay = replay_cache()
+    signed = sign(REQUEST, "ops", Secret(KEY), NOW)
+    with pytest.raises(RequestError, match="old"):
+        verify(signed, SECURITY, NOW + 1000, replay)
+    assert len(replay) == 0
+
+
+def test_error_carries_the_request_id() -> None:
+    with pytest.raises(RequestError) as info:
+        verify(dict(REQUEST), SECURITY, NOW, replay_cache())
+    assert info.value.request_id == "req-1"
+
+
+def test_secret_is_not_in_repr_of_config() -> None:
+    assert KEY not in repr(SECURITY)
+
+
+SHELL_SIGNER = r"""
+set -euo pipefail
+KEY=$(cat "$KEYFILE")
+body=$(jq -cS --argjson ts "$NOW" '. + {ts: $ts, kid: "ops"} | del(.sig)' "$REQUEST_FILE")
+sig=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$KEY" | sed 's/^.*= //')
+printf '%s' "$body" | jq -c --arg sig "$sig" '. + {sig: $sig}'
+"""
+
+
+@pytest.mark.skipif(
+    not (shutil.which("jq") and shutil.which("openssl")), reason="needs jq and openssl"
+)
+def test_shell_signing_with_jq_and_openssl_matches(tmp_path: Any) -> None:
+    """The shell recipe in docs/triggers.md produces what `verify` accepts."""
+    keyfile = tmp_path / "ops.key"
+    keyfile.write_text(KEY + "\n")
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(REQUEST, ensure_ascii=False), encoding="utf-8")
+    out = subprocess.run(
+        ["bash", "-c", SHELL_SIGNER],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "KEYFILE": str(keyfile),
+            "REQUEST_FILE": str(request_file),
+            "NOW": str(int(NOW)),
+        },
+        capture_output=True,
+        check=True,
+    ).stdout
+    fields = decode_body(out, 65536)
+    assert fields["sig"] == sign(REQUEST, "ops", Secret(KEY), NOW)["sig"]
+    verify(fields, SECURITY, NOW, replay_cache())
