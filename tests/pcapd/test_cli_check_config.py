@@ -1,0 +1,118 @@
+"""`pcapd check-config FILE`, run as a real process: exit status and every line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+RUN_TIMEOUT_S = 30
+NO_SOURCE = (
+    "redis.listen, redis.stream_listen, sqs.listen: at least one request source must be enabled"
+)
+NO_DESTINATION = (
+    "general.writelocal, s3.upload, cloudshark.upload: at least one destination must be enabled"
+)
+
+
+def check_config(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PCAPD_TEST_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pcapd", "check-config", str(path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        cwd=path.parent,
+        env=env,
+        check=False,
+    )
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pcapd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_pcapdaemon_sample_is_ok() -> None:
+    path = DATA / "pcapdaemon.toml"
+    done = check_config(path)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"{path}: ok (node {socket.gethostname()})\n"
+
+
+def test_every_error_is_printed_and_exit_is_1(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nmaxpackets = 0\nsnaplength = 'big'\nwritelocal = true\n"
+        "[redis]\nport = 70000\nurl = 'http://127.0.0.1'\nauth = 'env:PCAPD_TEST_UNSET'\n"
+        "[[interface]]\nname = 'eth0'\n[[interface]]\nname = 'eth0'\n",
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"{path}: error: general.maxpackets: must be at least 1, got 0",
+        f"{path}: error: general.snaplength: expected an integer, got 'big'",
+        f"{path}: error: redis.url: scheme 'http' is not one of redis://, rediss://, unix://",
+        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
+        f"{path}: error: redis.auth: environment variable PCAPD_TEST_UNSET is not set",
+        f"{path}: error: interface[1].name: 'eth0' is defined twice",
+    ]
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[general\n")
+    done = check_config(path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{path}: error: not valid TOML: ")
+    assert len(done.stderr.splitlines()) == 1
+
+    missing = tmp_path / "absent.toml"
+    done = check_config(missing)
+    assert done.returncode == 1
+    assert done.stderr == f"{missing}: error: cannot read config: No such file or directory\n"
+
+
+def test_serve_checks_no_listener_and_no_destination(tmp_path: Path) -> None:
+    path = write(tmp_path, "[redis]\nlisten = false\n")
+    done = check_config(path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        f"{path}: error: {NO_SOURCE}",
+        f"{path}: error: {NO_DESTINATION}",
+    ]
+
+
+def test_no_destination_alone(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    done = check_config(path)
+    assert (done.returncode, done.stderr) == (1, f"{path}: error: {NO_DESTINATION}\n")
+
+
+def test_agent_only_skips_the_serve_checks_but_not_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "[general]\nnode = 'agent-1'\n[redis]\nlisten = false\n")
+    done = check_config(path, "--agent-only")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"{path}: ok (node agent-1)\n"
+
+    bad = write(tmp_path, "[redis]\nlisten = 'no'\n")
+    done = check_config(bad, "--agent-only")
+    assert done.returncode == 1
+    assert done.stderr == f"{bad}: error: redis.listen: expected true or false, got 'no'\n"
+
+
+def test_warnings_are_printed_and_do_not_fail(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[general]\nnode = 'n1'\nwritelocal = true\nmaxpacket = 5\n[kafka]\nx = 1\n"
+    )
+    done = check_config(path)
+    assert done.returncode == 0
+    assert done.stdout == f"{path}: ok (node n1)\n"
+    assert done.stderr.splitlines() == [
+        f"{path}: warning: general.maxpacket: unknown option, ignored",
+        f"{path}: warning: kafka: unknown section, ignored",
+    ]

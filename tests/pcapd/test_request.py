@@ -1,0 +1,708 @@
+"""pcapd/request.py: pcapdaemon's message parses; every bad message is rejected
+with a message naming the field, the value and the rule."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcapd.config import MAX_SNAPLENGTH, Config, load_config, parse_config
+from pcapd.request import (
+    MAX_INTERFACES,
+    MAX_NODERE_LEN,
+    MAX_TEXT_LEN,
+    CaptureRequest,
+    RequestError,
+    parse_request,
+    resolve_interfaces,
+)
+
+DATA = Path(__file__).parent / "data"
+HOST = "web10"
+# Generous sanity bound for RE2 on a pathological pattern; backtracking engines
+# take minutes on the same input.
+REGEX_BOUND_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """pcapdaemon's sample config: eth0 = main, public; lo = local."""
+    return load_config(DATA / "pcapdaemon.toml", hostname=HOST)
+
+
+@pytest.fixture(scope="module")
+def seed_message() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((DATA / "pcapdaemon_message.json").read_text())
+    return data
+
+
+def body(**fields: Any) -> bytes:
+    """A valid minimal request with `fields` merged in (None removes a field)."""
+    data: dict[str, Any] = {"node": "any", "interface": ["lo"]}
+    data.update(fields)
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
+
+
+def with_raw(field: str, json_text: str) -> str:
+    """A valid minimal request plus `field` holding `json_text` exactly as written."""
+    return '{"node": "any", "interface": "lo", ' + json.dumps(field) + ": " + json_text + "}"
+
+
+def rejected(raw: bytes | str, config: Config) -> str:
+    with pytest.raises(RequestError) as info:
+        parse_request(raw, config)
+    return str(info.value)
+
+
+# --- pcapdaemon's example message ------------------------------------------------
+
+
+def test_seed_message_as_printed_breaks_its_own_node_rule(
+    config: Config, seed_message: dict[str, Any]
+) -> None:
+    """The README's example lists every field, node and nodere both, which its
+    own rules forbid ("Use either node or nodere but not both")."""
+    raw = (DATA / "pcapdaemon_message.json").read_bytes()
+    assert b"\t" in raw  # kept verbatim
+    assert rejected(raw, config) == "node and nodere are exclusive: send one of them"
+    one_node = dict(seed_message, nodere=None)
+    assert rejected(json.dumps(one_node), config) == (
+        "interface and alias are exclusive: send one of them"
+    )
+
+
+@pytest.mark.parametrize(
+    ("drop", "node", "nodere", "interfaces", "aliases"),
+    [
+        (("nodere", "alias"), "node name", None, ("bond1", "bond2"), ()),
+        (("nodere", "interface"), "node name", None, (), ("local", "public")),
+        (("node", "interface"), None, "node regex", (), ("local", "public")),
+        (("node", "alias"), None, "node regex", ("bond1", "bond2"), ()),
+    ],
+)
+def test_seed_message_parses_every_field(
+    config: Config,
+    seed_message: dict[str, Any],
+    drop: tuple[str, str],
+    node: str | None,
+    nodere: str | None,
+    interfaces: tuple[str, ...],
+    aliases: tuple[str, ...],
+) -> None:
+    message = {k: v for k, v in seed_message.items() if k not in drop}
+    request = parse_request(json.dumps(message).encode(), config)
+    assert (request.node, request.nodere) == (node, nodere)
+    assert (request.interfaces, request.aliases) == (interfaces, aliases)
+    assert request.tags == ("blah", "tagme", "stuff")
+    assert request.bpf == "dst ip 10.0.0.1"
+    assert request.customer == "importantcustomer"
+    assert (request.snap, request.packets, request.alertid) == (1500, 50, 655443)
+    assert (request.timeout, request.duration, request.bytes) == (15, 60, 1000)
+    assert request.packetdebug is False
+    assert (request.folder, request.bucket, request.acl) == ("myfolder", "mybucket", "public-read")
+    assert (request.region, request.endpoint, request.encryption) == (
+        "us-east-1",
+        "s3.amazonaws.com",
+        False,
+    )
+    assert request.format == "pcap"
+    assert request.warnings == ()
+    assert len(request.id) == 32 and int(request.id, 16) >= 0  # generated uuid4 hex
+
+
+def test_seed_aliases_resolve_through_the_sample_config(
+    config: Config, seed_message: dict[str, Any]
+) -> None:
+    message = {k: v for k, v in seed_message.items() if k not in ("nodere", "interface")}
+    request = parse_request(json.dumps(message), config)
+    assert resolve_interfaces(request, config, {"lo", "eth0"}) == (("lo", "eth0"), ())
+
+
+def test_generated_ids_differ_and_given_id_is_kept(config: Config) -> None:
+    first, second = parse_request(body(), config), parse_request(body(), config)
+    assert first.id != second.id
+    assert parse_request(body(id="req-1.a:b_c"), config).id == "req-1.a:b_c"
+
+
+def test_defaults_come_from_config(config: Config) -> None:
+    request = parse_request(body(), config)
+    g = config.general
+    assert (request.snap, request.packets, request.bytes) == (
+        g.snaplength,
+        g.maxpackets,
+        g.maxbytes,
+    )
+    assert (request.duration, request.timeout, request.format) == (
+        g.defaultduration,
+        g.defaulttimeout,
+        g.format,
+    )
+    assert (request.bpf, request.tags, request.alertid, request.reply_to) == ("", (), None, None)
+    assert (request.packetdebug, request.logrequest, request.encryption) == (False, False, None)
+
+
+# --- node / nodere, interface / alias ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"node": None}, "exactly one of node and nodere is required"),
+        ({"nodere": "web"}, "node and nodere are exclusive: send one of them"),
+        ({"interface": None}, "exactly one of interface and alias is required"),
+        ({"alias": ["local"]}, "interface and alias are exclusive: send one of them"),
+        ({"node": ""}, "node: must not be empty"),
+        ({"node": None, "nodere": ""}, "nodere: must not be empty"),
+        ({"node": 5}, "node: expected a string, got 5"),
+        ({"node": None, "nodere": ["web"]}, 'nodere: expected a string, got ["web"]'),
+        ({"node": "n" * 254}, "node: 254 characters; the limit is 253"),
+        (
+            {"node": None, "nodere": "a" * (MAX_NODERE_LEN + 1)},
+            f"nodere: {MAX_NODERE_LEN + 1} characters; the limit is {MAX_NODERE_LEN}",
+        ),
+        ({"interface": []}, "interface: expected a non-empty list of names, got []"),
+        ({"interface": None, "alias": []}, "alias: expected a non-empty list of names, got []"),
+        ({"interface": 7}, "interface: expected a non-empty list of names, got 7"),
+        ({"interface": {"lo": 1}}, 'interface: expected a non-empty list of names, got {"lo": 1}'),
+        (
+            {"interface": ["lo", 3]},
+            "interface: 3 is not a valid name (1-32 of A-Z a-z 0-9 _ . : @ -)",
+        ),
+        (
+            {"interface": [f"e{i}" for i in range(MAX_INTERFACES + 1)]},
+            f"interface: {MAX_INTERFACES + 1} names; the limit is {MAX_INTERFACES}",
+        ),
+    ],
+)
+def test_node_and_interface_rules(config: Config, fields: dict[str, Any], message: str) -> None:
+    assert rejected(body(**fields), config) == message
+
+
+def test_single_string_is_a_list_of_one_and_duplicates_collapse(config: Config) -> None:
+    assert parse_request(body(interface="eth0"), config).interfaces == ("eth0",)
+    request = parse_request(body(interface=None, alias="local"), config)
+    assert (request.interfaces, request.aliases) == ((), ("local",))
+    assert parse_request(body(interface=["lo", "eth0", "lo"]), config).interfaces == ("lo", "eth0")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        "capture.pcap/",
+        "/tmp/x.pcap",
+        "a/b",
+        "lo\x00",
+        "eth 0",
+        "x" * 33,
+        "",
+    ],
+)
+def test_interface_names_that_could_be_paths_are_rejected(config: Config, name: str) -> None:
+    """pypcap opens a *file* named like the interface if one exists."""
+    for field in ("interface", "alias"):
+        fields: dict[str, Any] = {"interface": None, field: [name]}
+        assert rejected(body(**fields), config) == (
+            f"{field}: {json.dumps(name)} is not a valid name (1-32 of A-Z a-z 0-9 _ . : @ -)"
+        )
+
+
+@pytest.mark.parametrize("name", ["eth0", "eth0.100", "enp0s25", "bond0:1", "veth-a@if3", "any"])
+def test_real_interface_names_are_accepted(config: Config, name: str) -> None:
+    assert parse_request(body(interface=[name]), config).interfaces == (name,)
+
+
+# --- numbers: strict JSON integers, positive, capped ----------------------------------
+
+NUMBER_CAPS = [
+    ("snap", "max snaplen", MAX_SNAPLENGTH),
+    ("packets", "maxpackets", 50_000),
+    ("bytes", "maxbytes", 100_000_000),
+    ("duration", "maxduration", 3600),
+    ("timeout", "maxtimeout", 3600),
+]
+NUMBER_FIELDS = [name for name, _, _ in NUMBER_CAPS]
+
+
+@pytest.mark.parametrize(("field", "cap_name", "cap"), NUMBER_CAPS)
+def test_over_a_cap_names_the_cap(config: Config, field: str, cap_name: str, cap: int) -> None:
+    assert (
+        rejected(body(**{field: cap + 1}), config) == f"{field}={cap + 1} exceeds {cap_name}={cap}"
+    )
+    huge = 10**30
+    assert rejected(body(**{field: huge}), config) == f"{field}={huge} exceeds {cap_name}={cap}"
+    assert getattr(parse_request(body(**{field: cap}), config), field) == cap
+
+
+def test_the_style_guide_example(config: Config) -> None:
+    assert rejected(body(packets=900_000), config) == "packets=900000 exceeds maxpackets=50000"
+
+
+@pytest.mark.parametrize("field", NUMBER_FIELDS)
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("true", "true"),
+        ("false", "false"),
+        ("1.5", "1.5"),
+        ("1.0", "1.0"),
+        ("1e3", "1000.0"),
+        ('"50"', '"50"'),
+        ("[50]", "[50]"),
+        ('{"n": 1}', '{"n": 1}'),
+    ],
+)
+def test_numbers_must_be_json_integers(config: Config, field: str, raw: str, shown: str) -> None:
+    text = with_raw(field, raw)
+    assert rejected(text, config) == f"{field}: expected a JSON integer, got {shown}"
+
+
+@pytest.mark.parametrize("field", ["snap", "packets", "duration", "timeout"])
+@pytest.mark.parametrize("value", [0, -1, -(10**30)])
+def test_zero_and_negative_are_rejected(config: Config, field: str, value: int) -> None:
+    assert rejected(body(**{field: value}), config) == f"{field}={value}: must be positive"
+
+
+@pytest.mark.parametrize("value", [0, -1, 99])
+def test_bytes_has_a_floor(config: Config, value: int) -> None:
+    assert rejected(body(bytes=value), config) == f"bytes={value}: must be at least 100"
+    assert parse_request(body(bytes=100), config).bytes == 100
+
+
+def test_caps_follow_the_config() -> None:
+    small = parse_config(
+        {"general": {"maxpackets": 10, "maxbytes": 5000, "maxduration": 7, "maxtimeout": 3}},
+        HOST,
+    )
+    assert rejected(body(packets=11), small) == "packets=11 exceeds maxpackets=10"
+    assert rejected(body(bytes=5001), small) == "bytes=5001 exceeds maxbytes=5000"
+    assert rejected(body(duration=8), small) == "duration=8 exceeds maxduration=7"
+    assert rejected(body(timeout=4), small) == "timeout=4 exceeds maxtimeout=3"
+    request = parse_request(body(), small)
+    assert (request.packets, request.bytes, request.duration, request.timeout) == (10, 5000, 7, 3)
+
+
+def test_a_number_too_long_to_convert_is_not_json(config: Config) -> None:
+    message = rejected(with_raw("packets", "9" * 5000), config)
+    assert message.startswith("request is not valid JSON: ")
+
+
+# --- not JSON, not an object, size, constants, nesting -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "request is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        (
+            b"capture lo please",
+            "request is not valid JSON: Expecting value: line 1 column 1 (char 0)",
+        ),
+        (
+            b'{"node": "any",',
+            "request is not valid JSON: Expecting property name enclosed in "
+            "double quotes: line 1 column 16 (char 15)",
+        ),
+        (b"[]", "request must be a JSON object, got list"),
+        (b'[{"node": "any", "interface": "lo"}]', "request must be a JSON object, got list"),
+        (b'"node any"', "request must be a JSON object, got str"),
+        (b"42", "request must be a JSON object, got int"),
+        (b"4.2", "request must be a JSON object, got float"),
+        (b"null", "request must be a JSON object, got NoneType"),
+        (b"true", "request must be a JSON object, got bool"),
+    ],
+)
+def test_not_json_or_not_an_object(config: Config, raw: bytes, message: str) -> None:
+    assert rejected(raw, config) == message
+
+
+def test_invalid_utf8_is_not_json(config: Config) -> None:
+    assert rejected(b'{"node": "\xff\xfe"}', config).startswith("request is not valid JSON: ")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_numbers(config: Config, constant: str) -> None:
+    raw = with_raw("packets", constant)
+    assert rejected(raw, config) == f"request is not valid JSON: {constant} is not a JSON number"
+
+
+def test_one_megabyte_message_is_rejected_by_size(config: Config) -> None:
+    raw = body(customer="x" * (1 << 20))
+    assert rejected(raw, config) == (
+        f"request is {len(raw)} bytes; the limit is 65536 (general.max_request_bytes)"
+    )
+
+
+def test_size_limit_follows_config() -> None:
+    small = parse_config({"general": {"max_request_bytes": 1024}}, HOST)
+    raw = body(customer="x" * 1100)
+    assert rejected(raw, small) == (
+        f"request is {len(raw)} bytes; the limit is 1024 (general.max_request_bytes)"
+    )
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_deep_nesting_is_rejected_not_a_crash(config: Config, opener: str) -> None:
+    raw = '{"node": "any", "interface": "lo", "x": ' + opener * 10_000
+    assert len(raw.encode()) < config.general.max_request_bytes
+    assert rejected(raw, config).startswith("request is not valid JSON: ")
+
+
+def test_deep_but_balanced_nesting_in_an_unknown_field(config: Config) -> None:
+    raw = '{"node": "any", "interface": "lo", "x": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    assert len(raw) < config.general.max_request_bytes
+    assert rejected(raw, config).startswith("request is not valid JSON: ")
+
+
+# --- nodere --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["(a*)*b", "(a|a)*c", "(x+x+)+y", "(.*a){12}"])
+def test_pathological_regex_is_fast(config: Config, pattern: str) -> None:
+    request = parse_request(body(node=None, nodere=pattern), config)
+    start = time.monotonic()
+    matched = request.matches_node("a" * 200)
+    assert time.monotonic() - start < REGEX_BOUND_S
+    assert matched is (pattern == "(.*a){12}")
+
+
+@pytest.mark.parametrize("pattern", ["(", "web[", "*web", "a{2,1}", "(?<!a)b"])
+def test_invalid_regex_is_rejected(config: Config, pattern: str) -> None:
+    message = rejected(body(node=None, nodere=pattern), config)
+    assert message.startswith(f"nodere: {pattern!r} is not a valid regular expression: ")
+
+
+def test_backreferences_are_rejected_as_re2_cannot_run_them(config: Config) -> None:
+    message = rejected(body(node=None, nodere=r"(a)\1"), config)
+    assert message.startswith("nodere: '(a)\\\\1' is not a valid regular expression: ")
+
+
+@pytest.mark.parametrize(
+    ("nodere", "node", "matches"),
+    [
+        ("web1", "web10", True),  # a search, as pcapdaemon's regexp.MatchString
+        ("web1", "xweb1y", True),
+        ("^web1$", "web10", False),
+        ("^web[0-9]+$", "web10", True),
+        ("db", "web10", False),
+        ("WEB", "web10", False),
+        ("(?i)WEB", "web10", True),
+    ],
+)
+def test_nodere_is_a_search(config: Config, nodere: str, node: str, matches: bool) -> None:
+    request = parse_request(body(node=None, nodere=nodere), config)
+    assert request.matches_node(node) is matches
+
+
+@pytest.mark.parametrize(
+    ("node", "host", "matches"),
+    [
+        ("any", "web10", True),
+        ("any", "db1", True),
+        ("web10", "web10", True),
+        ("web1", "web10", False),
+        ("WEB10", "web10", False),
+    ],
+)
+def test_node_is_exact_or_any(config: Config, node: str, host: str, matches: bool) -> None:
+    assert parse_request(body(node=node), config).matches_node(host) is matches
+
+
+# --- id, format, lookback, reply_to -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("", '""'),
+        ("has space", '"has space"'),
+        ("slash/id", '"slash/id"'),
+        ("x" * 129, '"' + "x" * 79),  # cut at 80 characters
+        ("line\n", '"line\\n"'),
+        (5, "5"),
+        (True, "true"),
+        (["a"], '["a"]'),
+    ],
+)
+def test_bad_id(config: Config, value: Any, shown: str) -> None:
+    assert rejected(body(id=value), config) == f"id: {shown} is not 1-128 of A-Z a-z 0-9 . _ : -"
+
+
+def test_format(config: Config) -> None:
+    assert parse_request(body(format="pcapng"), config).format == "pcapng"
+    assert parse_request(body(format="pcap"), config).format == "pcap"
+    ng = parse_config({"general": {"format": "pcapng"}}, HOST)
+    assert parse_request(body(), ng).format == "pcapng"
+    assert rejected(body(format="erf"), config) == "format='erf': expected one of pcap, pcapng"
+    assert rejected(body(format="PCAP"), config) == "format='PCAP': expected one of pcap, pcapng"
+    assert rejected(body(format=1), config) == "format: expected a string, got 1"
+
+
+@pytest.mark.parametrize("value", [30, 0, "30", None])
+def test_lookback_is_rejected(config: Config, value: Any) -> None:
+    raw = json.dumps({"node": "any", "interface": "lo", "lookback": value})
+    assert rejected(raw, config) == "lookback: this node keeps no lookback ring"
+
+
+def test_reply_to(config: Config) -> None:
+    assert parse_request(body(reply_to="pcapd-reply-42"), config).reply_to == "pcapd-reply-42"
+    channel_rule = "reply_to: expected 1-256 printable characters without spaces"
+    assert rejected(body(reply_to="has space"), config) == channel_rule
+    assert rejected(body(reply_to=""), config) == channel_rule
+    assert rejected(body(reply_to="tab\there"), config) == channel_rule
+    assert rejected(body(reply_to="x" * 257), config) == channel_rule
+    assert rejected(body(reply_to=7), config) == "reply_to: expected a string, got 7"
+
+
+# --- tags, alertid, text fields ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ("blah,tagme,stuff", ("blah", "tagme", "stuff")),
+        (" a , b ,,c, ", ("a", "b", "c")),
+        (["a", "b c"], ("a", "b c")),
+        ([], ()),
+        ("", ()),
+        ("single", ("single",)),
+    ],
+)
+def test_tags_string_or_list(config: Config, tags: Any, expected: tuple[str, ...]) -> None:
+    assert parse_request(body(tags=tags), config).tags == expected
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        (["a", 1], 'tags: expected a string, got ["a", 1]'),
+        (5, "tags: expected a string, got 5"),
+        ("t" * (MAX_TEXT_LEN + 1), f"tags: {MAX_TEXT_LEN + 1} characters; the limit is 1024"),
+        (["t" * 600, "u" * 600], "tags: 1201 characters; the limit is 1024"),
+    ],
+)
+def test_bad_tags(config: Config, tags: Any, message: str) -> None:
+    assert rejected(body(tags=tags), config) == message
+
+
+@pytest.mark.parametrize("alertid", [655443, 0, -3, "INC-42", "x" * 128])
+def test_alertid_int_or_string(config: Config, alertid: int | str) -> None:
+    assert parse_request(body(alertid=alertid), config).alertid == alertid
+
+
+@pytest.mark.parametrize(
+    ("alertid", "shown"),
+    [
+        (True, "true"),
+        (False, "false"),
+        (1.5, "1.5"),
+        (["a"], '["a"]'),
+        ({"a": 1}, '{"a": 1}'),
+        ("x" * 129, '"' + "x" * 79),
+    ],
+)
+def test_bad_alertid(config: Config, alertid: Any, shown: str) -> None:
+    assert rejected(body(alertid=alertid), config) == (
+        f"alertid: expected an integer or a short string, got {shown}"
+    )
+
+
+@pytest.mark.parametrize(
+    "field", ["customer", "bpf", "folder", "bucket", "acl", "region", "endpoint", "sig", "kid"]
+)
+def test_text_fields_must_be_strings(config: Config, field: str) -> None:
+    assert rejected(body(**{field: 12}), config) == f"{field}: expected a string, got 12"
+    assert rejected(body(**{field: [1]}), config) == f"{field}: expected a string, got [1]"
+
+
+def test_bpf_has_its_own_length_limit(config: Config) -> None:
+    assert parse_request(body(bpf="x" * 4096), config).bpf == "x" * 4096
+    assert rejected(body(bpf="x" * 4097), config) == "bpf: 4097 characters; the limit is 4096"
+    assert rejected(body(customer="c" * 1025), config) == (
+        "customer: 1025 characters; the limit is 1024"
+    )
+
+
+@pytest.mark.parametrize("field", ["packetdebug", "logrequest", "encryption"])
+def test_flags_must_be_booleans(config: Config, field: str) -> None:
+    assert rejected(body(**{field: 1}), config) == f"{field}: expected true or false, got 1"
+    assert rejected(body(**{field: "true"}), config) == (
+        f'{field}: expected true or false, got "true"'
+    )
+
+
+def test_ts_must_be_an_integer(config: Config) -> None:
+    assert parse_request(body(ts=1_700_000_000), config).ts == 1_700_000_000
+    assert rejected(body(ts=1.5), config) == "ts: expected a JSON integer (Unix seconds), got 1.5"
+    assert rejected(body(ts=True), config) == (
+        "ts: expected a JSON integer (Unix seconds), got true"
+    )
+
+
+# --- packetdebug, unknown fields -------------------------------------------------------
+
+
+def test_packetdebug_only_where_config_allows(config: Config) -> None:
+    assert config.general.packetdebug is False
+    request = parse_request(body(packetdebug=True), config)
+    assert request.packetdebug is False
+    assert request.warnings == (
+        "packetdebug: not allowed by this node's config (general.packetdebug)",
+    )
+    allowed = parse_config({"general": {"packetdebug": True}}, HOST)
+    request = parse_request(body(packetdebug=True), allowed)
+    assert (request.packetdebug, request.warnings) == (True, ())
+    assert parse_request(body(packetdebug=False), allowed).packetdebug is False
+
+
+def test_unknown_fields_are_warnings(config: Config) -> None:
+    request = parse_request(body(priority=5, Node="x", bpf="icmp"), config)
+    assert request.warnings == (
+        "Node: unknown field, ignored",
+        "priority: unknown field, ignored",
+    )
+    assert request.bpf == "icmp"
+
+
+def test_logrequest_and_s3_fields(config: Config) -> None:
+    request = parse_request(
+        body(logrequest=True, bucket="b", folder="f", encryption=True, sig="ab", kid="k1"), config
+    )
+    assert (request.logrequest, request.bucket, request.folder, request.encryption) == (
+        True,
+        "b",
+        "f",
+        True,
+    )
+    assert (request.sig, request.kid) == ("ab", "k1")
+
+
+def test_request_id_travels_with_errors_after_the_id_is_known(config: Config) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(body(id="r-7", packets=0), config)
+    assert info.value.request_id == "r-7"
+    with pytest.raises(RequestError) as info:
+        parse_request(b"[]", config)
+    assert info.value.request_id is None
+
+
+def test_summary(config: Config) -> None:
+    request = parse_request(body(id="r1", alertid=9, tags="a,b", customer="c", bpf="icmp"), config)
+    assert request.summary() == {
+        "id": "r1",
+        "alertid": 9,
+        "node": "any",
+        "nodere": None,
+        "bpf": "icmp",
+        "tags": "a,b",
+        "customer": "c",
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"node": None}, "exactly one of node and nodere"),
+        ({"nodere": "x"}, "exactly one of node and nodere"),
+        ({"interfaces": ()}, "one of interfaces and aliases"),
+        ({"packets": 0}, "packets must be positive"),
+        ({"bytes": -1}, "bytes must be positive"),
+    ],
+)
+def test_capture_request_validates_on_construction(
+    config: Config, changes: dict[str, Any], message: str
+) -> None:
+    fields: dict[str, Any] = {
+        "id": "r",
+        "node": "any",
+        "nodere": None,
+        "interfaces": ("lo",),
+        "aliases": (),
+        "bpf": "",
+        "snap": 1,
+        "packets": 1,
+        "bytes": 100,
+        "duration": 1,
+        "timeout": 1,
+        "format": "pcap",
+    }
+    fields.update(changes)
+    with pytest.raises(ValueError, match=message):
+        CaptureRequest(**fields)
+
+
+# --- resolve_interfaces ---------------------------------------------------------------
+
+
+def test_missing_interfaces_are_skipped_with_warnings(config: Config) -> None:
+    request = parse_request(body(interface=["eth0", "enp0s25", "lo"]), config)
+    assert resolve_interfaces(request, config, {"lo", "eth0"}) == (
+        ("eth0", "lo"),
+        ("interface 'enp0s25': no such device on this node",),
+    )
+
+
+def test_all_interfaces_missing_names_them(config: Config) -> None:
+    request = parse_request(body(id="r2", interface=["bond1", "bond2"]), config)
+    with pytest.raises(RequestError) as info:
+        resolve_interfaces(request, config, {"lo"})
+    assert str(info.value) == (
+        "interface: none of ['bond1', 'bond2'] exists on this node "
+        "(interface 'bond1': no such device on this node; "
+        "interface 'bond2': no such device on this node)"
+    )
+    assert info.value.request_id == "r2"
+
+
+def test_aliases_resolve_through_interface_tables(config: Config) -> None:
+    request = parse_request(body(interface=None, alias=["public", "main", "local"]), config)
+    # eth0 carries both public and main: captured once.
+    assert resolve_interfaces(request, config, {"lo", "eth0"}) == (("eth0", "lo"), ())
+    assert resolve_interfaces(request, config, {"lo"}) == (
+        ("lo",),
+        ("interface 'eth0': no such device on this node",),
+    )
+
+
+def test_unknown_alias(config: Config) -> None:
+    request = parse_request(body(interface=None, alias=["local", "dmz"]), config)
+    assert resolve_interfaces(request, config, {"lo"}) == (
+        ("lo",),
+        ("alias 'dmz': not configured on this node",),
+    )
+    only_unknown = parse_request(body(interface=None, alias="dmz"), config)
+    with pytest.raises(RequestError) as info:
+        resolve_interfaces(only_unknown, config, {"lo", "eth0"})
+    assert str(info.value) == (
+        "alias: none of ['dmz'] exists on this node (alias 'dmz': not configured on this node)"
+    )
+
+
+def test_alias_without_interface_tables() -> None:
+    bare = parse_config({}, HOST)
+    request = parse_request(body(interface=None, alias="local"), bare)
+    with pytest.raises(RequestError, match=r"alias: none of \['local'\] exists on this node"):
+        resolve_interfaces(request, bare, {"lo"})
+
+
+def test_a_file_named_like_an_interface_is_never_used(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pypcap would open ./eth9 as a savefile; only the host's devices count."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eth9").write_bytes(b"\xd4\xc3\xb2\xa1")  # a pcap magic number
+    devices = {name for _, name in socket.if_nameindex()}
+    assert "lo" in devices and "eth9" not in devices
+    request = parse_request(body(interface=["eth9", "lo"]), config)
+    assert resolve_interfaces(request, config, devices) == (
+        ("lo",),
+        ("interface 'eth9': no such device on this node",),
+    )
+    only_file = parse_request(body(interface="eth9"), config)
+    with pytest.raises(RequestError, match="none of \\['eth9'\\] exists"):
+        resolve_interfaces(only_file, config, devices)
