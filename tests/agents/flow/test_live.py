@@ -1,0 +1,117 @@
+"""Live capture on a veth pair between two namespaces, into a real redis-server.
+
+Redis listens on a unix socket in the test's temp dir: the agent runs inside
+namespace A (`ip netns exec`), where the root namespace's 127.0.0.1 is not
+reachable, but the file system (and so the socket) is shared.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.agents.flow import traffic
+from tests.helpers import needs_root, stop_process, veth_pair, wait_for
+
+REPO = Path(__file__).resolve().parents[3]
+TRAFFIC = Path(traffic.__file__)
+AGENT_EXIT_TIMEOUT = 15.0
+
+
+@pytest.fixture
+def unix_redis(tmp_path: Path) -> Iterator[Path]:
+    """A private redis-server on a unix socket only (no TCP port)."""
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", "0",
+         "--unixsocket", str(sock), "--unixsocketperm", "700", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(unix_socket_path=str(sock)).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(ready, timeout=10)
+        yield sock
+    finally:
+        stop_process(proc)
+
+
+def keys_and_values(client: redis.Redis) -> dict[str, int]:
+    return {key.decode(): int(client.get(key) or 0) for key in client.scan_iter(count=1000)}
+
+
+@needs_root
+def test_live_capture_both_versions(tmp_path: Path, unix_redis: Path) -> None:
+    client = redis.Redis(unix_socket_path=str(unix_redis))
+    with veth_pair(subnet=61) as pair:
+        a4, b4, a6, b6 = pair.addr_a, pair.addr_b, pair.addr6_a, pair.addr6_b
+        log = tmp_path / "agent.log"
+        with log.open("wb") as err:
+            agent = subprocess.Popen(
+                pair.exec_a(sys.executable, "-m", "pcapd", "agent", "flow",
+                            pair.dev_a, f"{a4}/32,{a6}/128",
+                            "--redis", f"unix://{unix_redis}", "--stats-interval", "0.5"),
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        server = subprocess.Popen(
+            pair.exec_b(sys.executable, str(TRAFFIC), "serve", b4, b6),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert server.stdout is not None
+            assert server.stdout.readline() == b"ready\n"
+            wait_for(lambda: b"event=flow_started" in log.read_bytes(), timeout=20)
+            result = subprocess.run(
+                pair.exec_a(sys.executable, str(TRAFFIC), "client", b4, b6),
+                capture_output=True,
+                timeout=30,
+            )
+            assert result.returncode == 0, result.stderr.decode()
+            expected = {
+                f"client;{a4}": 4,
+                f"{a4};{b4};{traffic.TCP_PORT};flow": 1,
+                f"{a4};{b4};{traffic.UDP_PORT};flow": 1,
+                f"{a4};{b4};peer": 2,
+                f"{b4};{a4};peer": 2,
+                f"{a4};{b4};{traffic.RST_PORT[socket.AF_INET]}:{traffic.CLOSED_TCP};rst": 1,
+                f"{a4};{b4};{traffic.ICMP_PORT[socket.AF_INET]}:{traffic.CLOSED_UDP};3;icmp": 1,
+                f"client;{a6}": 4,
+                f"{a6};{b6};{traffic.TCP_PORT};flow": 1,
+                f"{a6};{b6};{traffic.UDP_PORT};flow": 1,
+                f"{a6};{b6};peer": 2,
+                f"{b6};{a6};peer": 2,
+                f"{a6};{b6};{traffic.RST_PORT[socket.AF_INET6]}:{traffic.CLOSED_TCP};rst": 1,
+                f"{a6};{b6};{traffic.ICMP_PORT[socket.AF_INET6]}:{traffic.CLOSED_UDP};4;icmp": 1,
+            }
+            wait_for(lambda: set(expected) <= set(keys_and_values(client)), timeout=15)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(AGENT_EXIT_TIMEOUT)
+            finally:
+                stop_process(agent)
+                stop_process(server)
+                assert server.stdout is not None
+                server.stdout.close()
+        assert agent.returncode == 0, log.read_text()
+        assert keys_and_values(client) == expected
+        for key in expected:
+            assert 0 < client.ttl(key) <= 900
+        text = log.read_text()
+        assert "event=flow_stats" in text and "event=flow_done" in text
+        assert "Traceback" not in text
