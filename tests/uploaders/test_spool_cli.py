@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcapd.events import ResultEvent
+from tests.helpers import RedisServer
+from tests.uploaders.conftest import S3_KEY_ID, S3_SECRET, MotoS3, make_artifact, make_request
+from uploaders.spool import Spool
+from uploaders.spool_cli import main
+
+MB = 1024 * 1024
+
+
+def write_config(tmp_path: Path, endpoint: str, bucket: str, redis_port: int) -> Path:
+    path = tmp_path / "pcapd.toml"
+    path.write_text(
+        f"""
+[general]
+node = "node1"
+
+[redis]
+port = {redis_port}
+
+[s3]
+upload = true
+accessid = "{S3_KEY_ID}"
+accesskey = "{S3_SECRET}"
+endpoint = "{endpoint}"
+bucket = "{bucket}"
+folder = "pcaps"
+region = "us-east-1"
+
+[delivery]
+spool_dir = "{tmp_path / "spool"}"
+spool_max_bytes = {8 * MB}
+"""
+    )
+    return path
+
+
+def test_list_and_retry(
+    tmp_path: Path, moto_s3: MotoS3, redis_srv: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = moto_s3.new_bucket()
+    config = write_config(tmp_path, moto_s3.endpoint, bucket, redis_srv.port)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    artifact = make_artifact(3000, request=make_request(reply_to="mine"))
+    event = ResultEvent(id=artifact.request.id, node="node1", status="spooled", interface="lo")
+    entry = spool.put(artifact, ["s3"], event=event.as_dict(), error="s3: refused")
+    other = spool.put(make_artifact(1000), ["s3"], error="s3: refused")
+
+    assert main(["list", "-c", str(config)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{entry.id}  age=")
+    assert "bytes=3000  pending=s3  attempts=0" in out[0] and "last_error=s3: refused" in out[0]
+    assert out[1].startswith(other.id)
+    assert out[2].startswith("2 spooled, ") and f"of {8 * MB} bytes" in out[2]
+
+    assert main(["list", "--json", "-c", str(config)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == [entry.id, other.id] and rows[0]["bytes"] == 3000
+
+    client: Any = redis_srv.client()  # redis-py's pubsub/xrange are untyped
+    listener = client.pubsub()
+    listener.subscribe("mine")
+    assert main(["retry", "--id", entry.id, "-c", str(config)]) == 0
+    text = capsys.readouterr().out
+    key = f"pcaps/{artifact.filename}"
+    assert f"delivered {entry.id}: s3=s3://{bucket}/{key}" in text
+    assert "1 delivered, 0 still spooled" in text
+    body = moto_s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == artifact.sha256
+    [(_, fields)] = client.xrange("capture-results")
+    published = ResultEvent.from_json(fields[b"event"])
+    assert (published.id, published.status) == (artifact.request.id, "delivered")
+    assert dict(published.locations) == {"s3": f"s3://{bucket}/{key}"}
+    messages = [m for m in iter(lambda: listener.get_message(timeout=1), None)]
+    assert any(m["type"] == "message" for m in messages)  # reply_to got it too
+    listener.close()
+    assert [e.id for e in spool.list()] == [other.id]
+
+
+def test_retry_that_fails_keeps_the_entry_and_says_why(
+    tmp_path: Path, moto_s3: MotoS3, redis_srv: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, moto_s3.endpoint, "no-such-bucket-cli", redis_srv.port)
+    entry = Spool(tmp_path / "spool", 8 * MB).put(make_artifact(), ["s3"])
+    assert main(["retry", "--no-publish", "-c", str(config)]) == 1
+    captured = capsys.readouterr()
+    assert f"still spooled {entry.id}: s3: s3://no-such-bucket-cli/pcaps/" in captured.err
+    assert "NoSuchBucket" in captured.err
+    assert "0 delivered, 1 still spooled" in captured.out
+    assert S3_SECRET not in captured.out + captured.err
+    left = Spool(tmp_path / "spool", 8 * MB).get(entry.id)
+    assert left is not None and left.attempts == 1
+
+
+def test_bad_invocations(
+    tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, moto_s3.endpoint, "b", 1)
+    assert main(["retry", "--id", "nope", "-c", str(config)]) == 2
+    assert "error: nope: no such spool entry" in capsys.readouterr().err
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[general]\nnode = "n"\n[delivery]\nspool_max_bytes = 5\n')
+    assert main(["list", "-c", str(broken)]) == 2
+    assert "delivery.spool_max_bytes: must be at least 1048576, got 5" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as info:
+        main(["list"])
+    assert info.value.code == 2
+    assert "-c/--config" in capsys.readouterr().err

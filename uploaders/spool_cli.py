@@ -1,0 +1,141 @@
+"""`pcapd spool list|retry -c FILE`: see what waits in the spool, deliver it now.
+
+`list` prints one line per spooled capture (oldest first) and the space used
+against `delivery.spool_max_bytes`. `retry` tries every pending sink of every
+entry once, now, from this process (entries the daemon is working on at that
+moment are skipped and reported as busy), publishes a `delivered` result
+event for each one that went through, and exits 1 if anything is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from pcapd.config import Config, ConfigError, load_config
+from pcapd.events import ResultEvent
+from uploaders.deliver import build_remote_uploaders
+from uploaders.spool import Spool, SpoolDrainer, SpoolEntry, SpoolError
+
+EXIT_OK = 0
+EXIT_PENDING = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcapd spool",
+        description="Show and drive the spool of captures waiting for S3 or CloudShark.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = sub.add_parser("list", help="show spooled captures, oldest first")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    retry = sub.add_parser("retry", help="try every pending upload now")
+    retry.add_argument(
+        "--id", action="append", dest="ids", metavar="ID", help="only this entry (repeatable)"
+    )
+    retry.add_argument(
+        "--no-publish", action="store_true", help="do not publish `delivered` result events"
+    )
+    for command in (listing, retry):
+        command.add_argument("-c", "--config", required=True, metavar="FILE")
+    return parser
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _list(spool: Spool, as_json: bool) -> int:
+    entries = spool.list()
+    now = time.time()
+    for entry in entries:
+        if as_json:
+            row = {
+                "id": entry.id, "file": entry.filename, "bytes": entry.size,
+                "pending": list(entry.pending), "locations": dict(entry.locations),
+                "attempts": entry.attempts, "spooled_at": entry.spooled_at,
+                "last_error": entry.last_error,
+            }  # fmt: skip
+            print(json.dumps(row))
+        else:
+            print(
+                f"{entry.id}  age={_age(now - entry.spooled_at)}  bytes={entry.size}  "
+                f"pending={','.join(entry.pending)}  attempts={entry.attempts}  "
+                f"file={entry.filename}  last_error={entry.last_error or '-'}"
+            )
+    for orphan in spool.orphans():
+        print(f"warning: {orphan}: capture without its sidecar (kept)", file=sys.stderr)
+    used = spool.used_bytes()
+    percent = 100 * used / spool.max_bytes
+    print(
+        f"{len(entries)} spooled, {used} of {spool.max_bytes} bytes ({percent:.1f}%) "
+        f"in {spool.directory}",
+        file=sys.stderr if as_json else sys.stdout,
+    )
+    return EXIT_OK
+
+
+def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: bool) -> int:
+    uploaders = build_remote_uploaders(config)
+    entries = {e.id: e for e in spool.list()}
+    if ids:
+        unknown = sorted(set(ids) - entries.keys())
+        for entry_id in unknown:
+            print(f"error: {entry_id}: no such spool entry", file=sys.stderr)
+        if unknown:
+            return EXIT_USAGE
+    publisher = None
+    if publish:
+        from pcapd.redis_conn import connect
+        from pcapd.results import ResultPublisher
+
+        publisher = ResultPublisher(lambda: connect(config.redis), config.redis)
+    reply_to = {e.id: e.capture_request().reply_to for e in entries.values()}
+    by_request = {e.capture_request().id: e for e in entries.values()}
+
+    def delivered(event: ResultEvent, locations: dict[str, str]) -> None:
+        entry: SpoolEntry | None = by_request.get(event.id or "")
+        where = ", ".join(f"{kind}={url}" for kind, url in locations.items())
+        print(f"delivered {entry.id if entry else event.id}: {where}")
+        if publisher is not None and not publisher.publish(
+            event, reply_to.get(entry.id) if entry else None
+        ):
+            print(f"warning: could not publish the result to {config.redis.describe()}")
+
+    drainer = SpoolDrainer(spool, uploaders, delivered, config.delivery.drain_interval)
+    report = drainer.drain_once(ids)
+    for entry_id in report.remaining:
+        left = spool.get(entry_id)
+        why = left.last_error if left is not None else None
+        print(f"still spooled {entry_id}: {why or 'in use by another process'}", file=sys.stderr)
+    print(f"{len(report.delivered)} delivered, {len(report.remaining)} still spooled")
+    return EXIT_PENDING if report.remaining else EXIT_OK
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"{exc.path}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes)
+        if args.action == "list":
+            return _list(spool, args.json)
+        return _retry(config, spool, args.ids, not args.no_publish)
+    except (SpoolError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
