@@ -76,6 +76,10 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == f"{missing}: error: cannot read config: No such file or directory\n"
 
+    done = check_config(tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == f"{tmp_path}: error: cannot read config: Is a directory\n"
+
 
 def test_serve_checks_no_listener_and_no_destination(tmp_path: Path) -> None:
     path = write(tmp_path, "[redis]\nlisten = false\n")

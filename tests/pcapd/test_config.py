@@ -3,6 +3,7 @@ problem is reported with its field and value, secrets never print."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import tomllib
 from pathlib import Path
@@ -392,6 +393,19 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "absent.toml")
     assert info.value.errors == ["cannot read config: No such file or directory"]
+
+
+def test_interface_entries_must_be_tables() -> None:
+    assert errors_of({"interface": ["eth0"]}) == [
+        "interface[0]: expected a table, got str",
+        "interface[0].name: required",
+    ]
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config({}, HOST)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.general.maxpackets = 10**9  # type: ignore[misc]
 
 
 # --- warnings ------------------------------------------------------------------

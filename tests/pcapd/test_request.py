@@ -3,8 +3,8 @@ with a message naming the field, the value and the rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pcapd.config import MAX_SNAPLENGTH, Config, load_config, parse_config
+from pcapd.engine import available_devices
 from pcapd.request import (
     MAX_INTERFACES,
     MAX_NODERE_LEN,
@@ -591,6 +592,12 @@ def test_request_id_travels_with_errors_after_the_id_is_known(config: Config) ->
     assert info.value.request_id is None
 
 
+def test_request_is_frozen(config: Config) -> None:
+    request = parse_request(body(), config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.packets = 10**9  # type: ignore[misc]
+
+
 def test_summary(config: Config) -> None:
     request = parse_request(body(id="r1", alertid=9, tags="a,b", customer="c", bpf="icmp"), config)
     assert request.summary() == {
@@ -696,7 +703,7 @@ def test_a_file_named_like_an_interface_is_never_used(
     """pypcap would open ./eth9 as a savefile; only the host's devices count."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "eth9").write_bytes(b"\xd4\xc3\xb2\xa1")  # a pcap magic number
-    devices = {name for _, name in socket.if_nameindex()}
+    devices = available_devices()  # what the daemon passes: pcap's device list
     assert "lo" in devices and "eth9" not in devices
     request = parse_request(body(interface=["eth9", "lo"]), config)
     assert resolve_interfaces(request, config, devices) == (
