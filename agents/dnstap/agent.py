@@ -227,11 +227,11 @@ class DnstapAgent:
     # -- lifecycle ---------------------------------------------------------
     async def serve(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
         """Listen until `stop` is set, logging stats every interval."""
-        await self.server.start()
-        if started is not None:
-            started()
         interval = self.config.stats_interval
         try:
+            await self.server.start()
+            if started is not None:
+                started()
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval if interval > 0 else None)

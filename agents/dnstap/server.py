@@ -178,12 +178,14 @@ class DnstapServer:
         self.ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
         self.tcp_address: tuple[str, int] | None = None
+        self._bound_path: str | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         if cfg.socket:
             sock = _unix_socket(cfg.socket, cfg.socket_mode, cfg.socket_group)
+            self._bound_path = cfg.socket
             self._servers.append(
                 await loop.create_unix_server(lambda: FstrmProtocol(self, "unix"), sock=sock)
             )
@@ -211,9 +213,10 @@ class DnstapServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
-        if self.config.socket:
+        if self._bound_path is not None:  # only the file this server made
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.config.socket)
+                os.unlink(self._bound_path)
+            self._bound_path = None
 
 
 def _unix_socket(path: str, mode: int, group: str | None) -> socket.socket:

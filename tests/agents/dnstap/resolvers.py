@@ -93,7 +93,7 @@ class Resolver:
 
 def dig(port: int, name: str, qtype: str = "A", source: str = "127.0.0.1") -> str:
     out = subprocess.run(
-        ["dig", f"@127.0.0.1", "-p", str(port), "-b", source, name, qtype,
+        ["dig", "@127.0.0.1", "-p", str(port), "-b", source, name, qtype,
          "+tries=1", "+time=2", "+short"],
         capture_output=True, text=True, check=False, timeout=10,
     )  # fmt: skip

@@ -1,0 +1,280 @@
+"""The agent on its sockets, with a real redis-server: keys, dedup, filters,
+bad input, several connections, TLS, Redis outages, UDP output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import dns.rcode
+import pytest
+
+from agents.dnstap import fstrm
+from agents.dnstap.client import FrameWriter, read_control
+from tests.agents.dnstap.builders import response_wire, tap_payload
+from tests.agents.dnstap.harness import redis_dump, running_agent
+from tests.helpers import RedisServer, wait_for
+
+CHAIN = response_wire(
+    "Alias.example.test.", "A",
+    [("alias.example.test.", "CNAME", "mid.example.test."),
+     ("mid.example.test.", "CNAME", "target.example.test."),
+     ("target.example.test.", "A", "198.51.100.7"),
+     ("target.example.test.", "A", "198.51.100.8")],
+)  # fmt: skip
+AAAA = response_wire("www.example.test.", "AAAA", [("www.example.test.", "AAAA", "2001:db8::10")])
+NX = response_wire("nope.example.test.", "A", rcode=dns.rcode.NXDOMAIN)
+GOOD_KEYS = {"client;10.9.9.9": "1", "10.9.9.9;192.0.2.10;dns": ";www.example.test.;"}
+WWW = response_wire("www.example.test.", "A", [("www.example.test.", "A", "192.0.2.10")])
+GOOD = tap_payload(WWW, client="10.9.9.9")
+
+
+def test_keys_follow_the_schema(redis_srv: RedisServer, tmp_path: Path) -> None:
+    with running_agent(redis_srv.url, tmp_path / "tap.sock") as ra:
+        ra.send([tap_payload(CHAIN), tap_payload(AAAA, client="2001:db8::1"), tap_payload(NX)])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 9)
+        r = redis_srv.client()
+        assert redis_dump(r) == {
+            "client;127.0.0.1": "2",
+            "127.0.0.1;mid.example.test.;cname": ";alias.example.test.;",
+            "127.0.0.1;target.example.test.;cname": ";mid.example.test.;",
+            "127.0.0.1;198.51.100.7;dns": ";target.example.test.;",
+            "127.0.0.1;198.51.100.8;dns": ";target.example.test.;",
+            "127.0.0.1;nope.example.test.;nx": "1",
+            "client;2001:db8::1": "1",
+            "2001:db8::1;2001:db8::10;dns": ";www.example.test.;",
+        }
+        assert 890 < r.ttl("127.0.0.1;198.51.100.7;dns") <= 900
+        snap = ra.snapshot()
+        assert snap["messages"] == {"CLIENT_RESPONSE": 3}
+        assert (snap["responses"], snap["nxdomain"], snap["frames"]) == (3, 1, 3)
+
+
+def test_dedup_is_per_client_and_append_is_once(redis_srv: RedisServer, tmp_path: Path) -> None:
+    www = response_wire("www.example.test.", "A", [("www.example.test.", "A", "192.0.2.10")])
+    other = response_wire("www2.example.test.", "A", [("www2.example.test.", "A", "192.0.2.10")])
+    with running_agent(redis_srv.url, tmp_path / "tap.sock", dedup_window=30) as ra:
+        clients = [(www, "10.0.0.1"), (www, "10.0.0.2"), (www, "10.0.0.1"), (other, "10.0.0.1")]
+        ra.send([tap_payload(wire, client=client) for wire, client in clients])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 6)
+        dump = redis_dump(redis_srv.client())
+        assert dump["10.0.0.1;192.0.2.10;dns"] == ";www.example.test.;;www2.example.test.;"
+        assert dump["10.0.0.2;192.0.2.10;dns"] == ";www.example.test.;"
+        assert dump["client;10.0.0.1"] == "2"
+        assert ra.snapshot()["deduped"] == 1
+
+
+def test_filters_are_counted_not_written(redis_srv: RedisServer, tmp_path: Path) -> None:
+    mx = response_wire("example.test.", "MX", [("example.test.", "MX", "10 mx.example.test.")])
+    fail = response_wire("www.example.test.", "A", rcode=dns.rcode.SERVFAIL)
+    local = response_wire("printer.LOCAL.", "A", [("printer.local.", "A", "192.0.2.5")])
+    with running_agent(redis_srv.url, tmp_path / "tap.sock", ignore=["local"]) as ra:
+        ra.send([tap_payload(CHAIN, kind=5), tap_payload(mx), tap_payload(fail),
+                 tap_payload(local), GOOD])  # fmt: skip
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        snap = ra.snapshot()
+        assert snap["messages"] == {"CLIENT_QUERY": 1, "CLIENT_RESPONSE": 4}
+        assert (snap["other_qtype"], snap["other_rcode"], snap["ignored"]) == (1, 1, 1)
+        assert redis_dump(redis_srv.client()) == GOOD_KEYS
+
+
+def _raw(ra_socket: str, data: bytes, handshake: bool = True) -> bytes:
+    """Send `data` after READY/START, half-close, return what the agent sent."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(ra_socket)
+        if handshake:
+            FrameWriter(sock).start()
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+        return received
+
+
+BAD_INPUT = [
+    # name, bytes after the handshake (or the whole stream), handshake?, counter, log text
+    ("garbage", b"GET / HTTP/1.1\r\n\r\n", False, ("frame_errors", "UnexpectedFrame"),
+     "data frame while opening"),
+    ("truncated", b"\x00\x00\x01\x00" + b"x" * 10, True, ("frame_errors", "truncated"),
+     "closed inside a frame, 14 bytes left over"),
+    ("oversized", b"\x00\x10\x00\x00", True, ("frame_errors", "FrameTooLarge"),
+     "data frame of 1048576 bytes exceeds max_frame_bytes=262144"),
+    ("wrong content type", fstrm.encode_control(fstrm.CONTROL_READY, (b"protobuf:other",)),
+     False, ("frame_errors", "ContentTypeError"), "READY offers [protobuf:other]"),
+    ("bad protobuf", fstrm.encode_data(b"\xff\xfe\xfd"), True, ("decode_errors", "BadProtobuf"),
+     "not a dnstap protobuf"),
+    ("unparsable dns", fstrm.encode_data(tap_payload(b"\x00\x01\x81\x00\x00\x01")), True,
+     ("decode_errors", "DnsFormError"), "shorter than the DNS header"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "handshake", "counter", "text"),
+    [case[1:] for case in BAD_INPUT],
+    ids=[case[0] for case in BAD_INPUT],
+)
+def test_bad_input_is_counted_logged_and_survived(
+    redis_srv: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    data: bytes,
+    handshake: bool,
+    counter: tuple[str, str],
+    text: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.dnstap")
+    path = tmp_path / "tap.sock"
+    with running_agent(redis_srv.url, path) as ra:
+        _raw(str(path), data, handshake)
+        group, kind = counter
+        wait_for(lambda: ra.snapshot()[group].get(kind) == 1)
+        assert any(text in r.getMessage() for r in caplog.records), caplog.text
+        ra.send([GOOD])  # the next good connection is served
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        assert redis_dump(redis_srv.client()) == GOOD_KEYS
+
+
+def test_handshake_replies_and_unidirectional_tcp(redis_srv: RedisServer, tmp_path: Path) -> None:
+    with running_agent(redis_srv.url, None, listen="127.0.0.1:0") as ra:
+        with socket.create_connection(("127.0.0.1", ra.tcp_port), timeout=5) as sock:
+            sock.sendall(fstrm.encode_control(fstrm.CONTROL_READY, (b"x", fstrm.CONTENT_TYPE)))
+            assert read_control(sock) == fstrm.Control(fstrm.CONTROL_ACCEPT, (fstrm.CONTENT_TYPE,))
+            sock.sendall(fstrm.encode_control(fstrm.CONTROL_START, (fstrm.CONTENT_TYPE,)))
+            sock.sendall(fstrm.encode_data(GOOD) + fstrm.encode_control(fstrm.CONTROL_STOP))
+            assert read_control(sock) == fstrm.Control(fstrm.CONTROL_FINISH)
+            assert sock.recv(10) == b""  # and the agent closes
+        ra.send([tap_payload(AAAA)], bidirectional=False)
+        wait_for(lambda: ra.snapshot()["keys_written"] == 4)
+        assert ra.snapshot()["frame_errors"] == {}
+
+
+def test_many_connections_at_once(redis_srv: RedisServer, tmp_path: Path) -> None:
+    def sender(n: int) -> None:
+        payloads = [tap_payload(CHAIN, client=f"10.1.{n}.{i}") for i in range(200)]
+        ra.send(payloads)
+
+    with running_agent(redis_srv.url, tmp_path / "tap.sock") as ra:
+        threads = [threading.Thread(target=sender, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_for(lambda: ra.snapshot()["keys_written"] == 6 * 200 * 5)
+        assert ra.snapshot()["connections_opened"] == 6
+        assert redis_srv.client().get("10.1.5.199;198.51.100.8;dns") == b";target.example.test.;"
+
+
+def test_max_connections_and_handshake_timeout(
+    redis_srv: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tap.sock"
+    options = {"max_connections": 1, "handshake_timeout": 0.2}
+    with running_agent(redis_srv.url, path, **options) as ra:
+        idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        idle.connect(str(path))
+        wait_for(lambda: ra.snapshot()["connections_open"] == 1)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as second:
+            second.settimeout(5)
+            second.connect(str(path))
+            assert second.recv(10) == b""  # refused while the first is open
+        assert ra.snapshot()["connections_refused"] == 1
+        idle.settimeout(5)
+        assert idle.recv(10) == b""  # no START within 0.2 s
+        idle.close()
+        assert ra.snapshot()["frame_errors"] == {"handshake_timeout": 1}
+        assert "no START within 0.2s" in caplog.text
+        ra.send([GOOD])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+
+
+def test_tls_listener(redis_srv: RedisServer, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=dnstap",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    opts = {"listen": "127.0.0.1:0", "tls_cert": str(cert), "tls_key": str(key)}
+    with running_agent(redis_srv.url, None, **opts) as ra:
+        context = ssl.create_default_context(cafile=str(cert))
+        raw = socket.create_connection(("127.0.0.1", ra.tcp_port), timeout=5)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            writer = FrameWriter(sock)
+            writer.start()
+            writer.write([GOOD])
+            writer.stop()
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        assert redis_dump(redis_srv.client()) == GOOD_KEYS
+
+
+def test_redis_outage_drops_are_counted_and_writes_resume(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    opts = {"max_queue_ops": 100, "batch_ops": 10}
+    with running_agent(redis_srv.url, tmp_path / "tap.sock", **opts) as ra:
+        ra.send([tap_payload(AAAA, client="10.2.0.1")])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        redis_srv.stop()
+        # 300 lookups x 2 operations while Redis is down: the queue keeps 100.
+        ra.send([tap_payload(AAAA, client=f"10.2.1.{i}") for i in range(150)])
+        ra.send([tap_payload(AAAA, client=f"10.2.2.{i}") for i in range(150)])
+        wait_for(lambda: ra.snapshot()["dropped"] >= 200)
+        assert ra.snapshot()["redis_errors"] >= 1
+        assert ra.agent.writer.queue_depth <= 100
+        redis_srv.start()
+        wait_for(lambda: ra.flushed(), timeout=15)
+        ra.send([GOOD])
+        wait_for(lambda: redis_srv.client().get("client;10.9.9.9") == b"1", timeout=15)
+        snap = ra.snapshot()
+        assert snap["keys_written"] + snap["dropped"] == 2 + 600 + 2
+        assert redis_srv.client().get("10.9.9.9;192.0.2.10;dns") == b";www.example.test.;"
+
+
+def test_udp_json_datagrams(redis_srv: RedisServer, tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        target = f"127.0.0.1:{rx.getsockname()[1]}"
+        with running_agent(redis_srv.url, tmp_path / "tap.sock", udp_output=target) as ra:
+            ra.send([tap_payload(CHAIN), tap_payload(NX)])
+            got = [json.loads(rx.recv(65535)) for _ in range(3)]
+            assert ra.snapshot()["udp_sent"] == 3
+    chain = ["target.example.test.", "mid.example.test.", "alias.example.test."]
+    assert got == [
+        {"chain": chain, "client": "127.0.0.1", "qtype": "A", "status": "NOERROR",
+         "address": "198.51.100.7", "id": 1},
+        {"chain": chain, "client": "127.0.0.1", "qtype": "A", "status": "NOERROR",
+         "address": "198.51.100.8", "id": 2},
+        {"chain": ["nope.example.test."], "client": "127.0.0.1", "qtype": "A",
+         "status": "NXDOMAIN", "id": 3},
+    ]  # fmt: skip
+
+
+def test_stale_socket_is_replaced_other_files_are_not(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "tap.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens
+    with running_agent(redis_srv.url, path, socket_mode="0600") as ra:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        ra.send([GOOD])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+    assert not path.exists()
+    path.write_text("not a socket")
+    with (
+        pytest.raises(OSError, match="exists and is not a socket"),
+        running_agent(redis_srv.url, path),
+    ):
+        pass
+    assert path.read_text() == "not a socket"

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.dnstap.config import DnstapConfig, HostPort, parse_dnstap_config
+from pcapd.config import ConfigError, load_config
+
+
+def test_defaults() -> None:
+    cfg = parse_dnstap_config({})
+    assert cfg == DnstapConfig()
+    assert cfg.ttl_grace == 900 and cfg.dedup_window == 1.0
+    assert cfg.message_types == ("CLIENT_RESPONSE",) and cfg.record_types == ("A", "AAAA")
+    assert cfg.message_type_numbers == frozenset({6})
+    assert cfg.record_type_numbers == frozenset({1, 28})
+
+
+def test_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "pcapd.toml"
+    path.write_text(
+        '[redis]\nurl = "redis://127.0.0.1:6390/0"\n'
+        "[agents.dnstap]\n"
+        'socket = "/tmp/x.sock"\nsocket_mode = "0600"\nlisten = "[::1]:6000"\n'
+        'message_types = ["client_response", "CLIENT_QUERY"]\nrecord_types = ["A"]\n'
+        'ignore = ["Local", "in-addr.arpa."]\ndedup_window = 2\nsurprise = 1\n'
+    )
+    cfg = parse_dnstap_config(load_config(path).agents.get("dnstap", {}))
+    assert cfg.socket == "/tmp/x.sock" and cfg.socket_mode == 0o600
+    assert cfg.listen == HostPort("::1", 6000) and str(cfg.listen) == "[::1]:6000"
+    assert cfg.message_types == ("CLIENT_RESPONSE", "CLIENT_QUERY")
+    assert cfg.record_types == ("A",)
+    assert cfg.ignore == ("local.", "in-addr.arpa.")
+    assert cfg.dedup_window == 2.0
+    assert cfg.warnings == ("agents.dnstap.surprise: unknown option, ignored",)
+
+
+def test_every_error_names_its_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config(
+            {
+                "socket_mode": "rw-rw----",
+                "listen": "localhost:6000",
+                "ttl_grace": 0,
+                "message_types": ["CLIENT_RESPONSE", "NOPE"],
+                "record_types": "MX",
+                "dedup_window": "1s",
+                "batch_ops": 2_000,
+                "max_queue_ops": 1_000,
+                "tls_cert": str(tmp_path / "missing.pem"),
+                "redis_url": "http://x",
+                "udp_output": "127.0.0.1:99999",
+            }
+        )
+    assert info.value.errors == [
+        "agents.dnstap.redis_url: scheme is not one of redis://, rediss://, unix://",
+        "agents.dnstap.socket_mode: 'rw-rw----' is not an octal mode such as \"0660\"",
+        "agents.dnstap.listen: 'localhost:6000' is not ADDRESS:PORT with a literal IP address",
+        "agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
+        "agents.dnstap.message_types: NOPE not one of " + ", ".join(
+            ["AUTH_QUERY", "AUTH_RESPONSE", "RESOLVER_QUERY", "RESOLVER_RESPONSE",
+             "CLIENT_QUERY", "CLIENT_RESPONSE", "FORWARDER_QUERY", "FORWARDER_RESPONSE",
+             "STUB_QUERY", "STUB_RESPONSE", "TOOL_QUERY", "TOOL_RESPONSE", "UPDATE_QUERY",
+             "UPDATE_RESPONSE"]),
+        "agents.dnstap.record_types: MX not one of A, AAAA",
+        "agents.dnstap.dedup_window: expected a number, got '1s'",
+        "agents.dnstap.udp_output: '127.0.0.1:99999': port 99999 is outside 0..65535",
+        "agents.dnstap.batch_ops: 2000 exceeds max_queue_ops=1000",
+        "agents.dnstap.tls_cert: tls_cert and tls_key go together",
+        "agents.dnstap.tls_cert: TLS needs a TCP listener: set agents.dnstap.listen",
+        f"agents.dnstap.tls_cert: '{tmp_path / 'missing.pem'}' is not a readable file",
+    ]  # fmt: skip
+
+
+def test_no_listener_and_bad_modes() -> None:
+    with pytest.raises(ConfigError, match=r"agents\.dnstap\.socket: no listener"):
+        parse_dnstap_config({"socket": ""})
+    with pytest.raises(ConfigError, match=r"agents.dnstap.socket_mode: 4096 is not a mode"):
+        parse_dnstap_config({"socket_mode": 0o10000})
+    with pytest.raises(ConfigError, match=r"agents\.dnstap: expected a table"):
+        parse_dnstap_config([])  # type: ignore[arg-type]
+    assert parse_dnstap_config({"socket_mode": 0o640}).socket_mode == 0o640
