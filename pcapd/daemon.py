@@ -16,6 +16,8 @@ from collections.abc import Callable
 from types import FrameType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pcapd import redis_conn
 from pcapd.config import Config, ConfigError, load_config
@@ -43,7 +45,15 @@ def build_uploaders(config: Config) -> list[Uploader]:
 def build_sources(config: Config, connect: Callable[[], redis.Redis]) -> list[TriggerSource]:
     sources: list[TriggerSource] = []
     if config.redis.listen:
-        sources.append(RedisPubSubSource(connect, config.redis.channel, config.redis.describe()))
+
+        def connect_once() -> redis.Redis:
+            # No silent retries inside redis-py: the source's own loop logs the
+            # outage and backs off, so an operator sees Redis is down.
+            return redis_conn.connect(config.redis, retry=Retry(NoBackoff(), 0))
+
+        sources.append(
+            RedisPubSubSource(connect_once, config.redis.channel, config.redis.describe())
+        )
     return sources
 
 

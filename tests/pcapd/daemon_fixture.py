@@ -1,0 +1,156 @@
+"""`pcapd serve` as a real subprocess against a private redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.helpers import RedisServer, stop_process, wait_for
+
+BASE_CONFIG = """
+[general]
+node = "{node}"
+writelocal = true
+localdir = "{localdir}"
+maxpackets = 1000
+maxbytes = 10000000
+maxduration = 30
+maxtimeout = 30
+defaulttimeout = 5
+max_concurrent = {max_concurrent}
+max_memory = {max_memory}
+packetdebug = true
+{extra_general}
+
+[redis]
+port = {port}
+channel = "capture"
+results_channel = "capture-results"
+results_stream = "capture-results"
+
+[[interface]]
+name = "lo"
+alias = ["local", "loop"]
+
+[[interface]]
+name = "ghost0"
+alias = ["ghost"]
+"""
+
+
+class Results:
+    """Every event on the results channel, collected by a background subscriber."""
+
+    def __init__(self, server: RedisServer, channel: str = "capture-results") -> None:
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._server = server
+        self._channel = channel
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5), "results subscriber did not start"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pubsub = self._server.client().pubsub()  # type: ignore[no-untyped-call]
+                pubsub.subscribe(self._channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.1)
+                    if message and message["type"] == "subscribe":
+                        self._ready.set()
+                    elif message and message["type"] == "message":
+                        self.events.put(json.loads(message["data"]))
+            except (redis.RedisError, OSError):
+                time.sleep(0.1)
+
+    def next(self, timeout: float = 10.0) -> dict[str, Any]:
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no result event within {timeout}s") from None
+
+    def for_id(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.next(max(0.01, deadline - time.monotonic()))
+            if event.get("id") == request_id:
+                return event
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+class Daemon:
+    def __init__(
+        self,
+        server: RedisServer,
+        workdir: Path,
+        *,
+        node: str = "testnode",
+        max_concurrent: int = 8,
+        max_memory: int = 64 * 1024 * 1024,
+        extra_general: str = "",
+    ) -> None:
+        self.server = server
+        self.localdir = workdir / "captures"
+        self.config_path = workdir / "pcapd.toml"
+        self.config_path.write_text(
+            BASE_CONFIG.format(
+                node=node, localdir=self.localdir, port=server.port,
+                max_concurrent=max_concurrent, max_memory=max_memory,
+                extra_general=extra_general,
+            )
+        )  # fmt: skip
+        self.log_path = workdir / "pcapd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pcapd", "serve", "-c", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        wait_for(self.subscribed, timeout=15)
+
+    def subscribed(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"pcapd exited:\n{self.log()}"
+        try:
+            counts = self.server.client().pubsub_numsub("capture")
+        except redis.RedisError:
+            return False
+        return bool(counts and counts[0][1] >= 1)
+
+    def publish(self, request: dict[str, Any] | bytes | str) -> None:
+        body = request if isinstance(request, bytes | str) else json.dumps(request)
+        self.server.client().publish("capture", body)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
