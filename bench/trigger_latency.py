@@ -1,0 +1,471 @@
+"""PUBLISH -> capture active latency of `pcapd serve`, against tcpdump's start-up;
+and the daemon's peak RSS while it holds a 200 MB capture.
+
+"Active" is observed from outside: each request captures on `lo` with a BPF
+matching a UDP port of its own and packets=1. Right after PUBLISH the bench
+sends UDP probes to that port, each carrying its send time (CLOCK_REALTIME
+ns), until the result event arrives; it then reads the one captured packet
+from the written file. Latency = send time of that first captured probe -
+time just before PUBLISH. The probe before it was sent earlier and not
+captured, so the handle became active within one probe gap before that time
+(the gap is printed as the resolution). The peer is tcpdump measured the
+same way: exec -> first probe it captured.
+
+Peak RSS: /proc/PID/clear_refs resets VmHWM, one request with
+bytes=200_000_000 on `lo` is fed large UDP datagrams until it stops, then
+VmHWM is compared with 1.1 x file size + 40 MB.
+
+Run as root (capturing on lo): `.venv/bin/python bench/trigger_latency.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+REQUESTS = 1000
+QUICK_REQUESTS = 200
+WARMUP = 20  # requests not counted: imports, first handles, Redis connections
+PEER_RUNS = 50  # tcpdump start-ups
+QUICK_PEER_RUNS = 20
+TARGET_P50_MS = 5.0
+TARGET_P99_MS = 20.0
+REQUEST_GAP = 0.02  # s between requests: the pool reopens its spare handle (~10 ms)
+PROBE_SLEEP = 50e-6  # s between probes; the real gap is printed
+RESULT_TIMEOUT = 5.0  # s to wait for one request's result
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 30.0
+BASE_PORT = 30_000  # request i probes BASE_PORT + i; the peer uses PEER_BASE_PORT + j
+PEER_BASE_PORT = 45_000
+RSS_PORT = 29_999
+RSS_BYTES = 200_000_000
+RSS_TARGET_FACTOR = 1.1
+RSS_TARGET_EXTRA = 40 * 1024 * 1024
+RSS_DATAGRAM = 32_768  # payload per datagram on lo (MTU 65536: one packet each)
+RSS_DURATION = 60
+RSS_MAX_PACKETS = 1_000_000
+MAX_MEMORY = 512 * 1024 * 1024
+MAX_CONCURRENT = 64
+NODE = "pcapd-bench"
+CHANNEL = "pcapd-bench-capture"
+RESULTS = "pcapd-bench-results"
+PROBE = struct.Struct("!16sQ")  # request id, send time (ns)
+PCAP_GLOBAL = 24
+PCAP_RECORD = 16
+LO_HEADERS = 14 + 20 + 8  # Ethernet (lo) + IPv4 + UDP before the probe payload
+
+
+class BenchError(Exception):
+    """The setup failed; the message says which part."""
+
+
+# -- servers ------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(what: str, predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise BenchError(f"{what}: not ready within {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[redis.Redis]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until("redis-server", ping, READY_TIMEOUT)
+        yield client
+    finally:
+        client.close()
+        stop(proc)
+
+
+def write_config(path: Path, redis_port: int, localdir: Path) -> None:
+    path.write_text(
+        f"""[general]
+node = "{NODE}"
+writelocal = true
+localdir = "{localdir}"
+maxpackets = {RSS_MAX_PACKETS}
+maxbytes = {RSS_BYTES}
+maxduration = {RSS_DURATION}
+max_memory = {MAX_MEMORY}
+max_concurrent = {MAX_CONCURRENT}
+log_level = "warning"
+
+[redis]
+listen = true
+host = "127.0.0.1"
+port = {redis_port}
+channel = "{CHANNEL}"
+results_channel = "{RESULTS}"
+
+[[interface]]
+name = "lo"
+"""
+    )
+
+
+@contextmanager
+def daemon(client: redis.Redis, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    config = workdir / "pcapd.toml"
+    localdir = workdir / "captures"
+    port = client.connection_pool.connection_kwargs["port"]
+    write_config(config, port, localdir)
+    log = (workdir / "pcapd.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def subscribed() -> bool:
+        if proc.poll() is not None:
+            raise BenchError(f"pcapd serve exited {proc.returncode}; see {workdir}/pcapd.log")
+        counts = dict(client.pubsub_numsub(CHANNEL))
+        return int(counts.get(CHANNEL.encode(), 0)) > 0
+
+    try:
+        wait_until("pcapd serve", subscribed, READY_TIMEOUT)
+        yield proc
+    finally:
+        stop(proc)
+        log.close()
+
+
+# -- probes ---------------------------------------------------------------------
+def first_probe(path: Path) -> tuple[bytes, int]:
+    """(request id, send ns) of the first packet in a pcap file of probes on lo."""
+    data = path.read_bytes()
+    start = PCAP_GLOBAL + PCAP_RECORD + LO_HEADERS
+    if len(data) < start + PROBE.size:
+        raise BenchError(f"{path}: no probe in the file ({len(data)} bytes)")
+    tag, sent = PROBE.unpack_from(data, start)
+    return tag, sent
+
+
+@dataclass(slots=True)
+class Prober:
+    """Sends probes to one port until told to stop; keeps the mean gap."""
+
+    sock: socket.socket
+    probes: int = 0
+    busy: float = 0.0
+
+    def run(self, tag: bytes, port: int, done: Any) -> None:
+        """Probe until done() is true; done is checked after every probe."""
+        address = ("127.0.0.1", port)
+        begin = time.perf_counter()
+        count = 0
+        while not done():
+            self.sock.sendto(PROBE.pack(tag, time.time_ns()), address)
+            count += 1
+            time.sleep(PROBE_SLEEP)
+        self.busy += time.perf_counter() - begin
+        self.probes += count
+
+    @property
+    def gap_us(self) -> float:
+        return self.busy / self.probes * 1e6 if self.probes else 0.0
+
+
+# -- PUBLISH -> active ------------------------------------------------------------
+def result_waiter(pubsub: Any, request_id: str) -> tuple[Any, dict[str, Any]]:
+    """done() for the prober, and the dict that receives the result event."""
+    got: dict[str, Any] = {}
+    deadline = time.monotonic() + RESULT_TIMEOUT
+
+    def done() -> bool:
+        if time.monotonic() > deadline:
+            got["timeout"] = True
+            return True
+        message = pubsub.get_message(timeout=0)
+        if message and message.get("type") == "message":
+            event = json.loads(message["data"])
+            if event.get("id") == request_id:
+                got.update(event)
+                return True
+        return False
+
+    return done, got
+
+
+def measure_pcapd(client: redis.Redis, count: int, prober: Prober) -> tuple[list[float], list[str]]:
+    """Latencies in ms for `count` requests after WARMUP ones; and failures."""
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(RESULTS)
+    wait_until("results subscription", lambda: pubsub.get_message(timeout=0.1), READY_TIMEOUT)
+    latencies: list[float] = []
+    failures: list[str] = []
+    for index in range(WARMUP + count):
+        tag = uuid.uuid4().bytes
+        request_id = tag.hex()
+        port = BASE_PORT + index
+        body = json.dumps(
+            {"id": request_id, "node": NODE, "interface": "lo", "packets": 1,
+             "bpf": f"udp and dst port {port}", "duration": 10, "timeout": 10}
+        )  # fmt: skip
+        done, got = result_waiter(pubsub, request_id)
+        published = time.time_ns()
+        client.publish(CHANNEL, body)
+        prober.run(tag, port, done)
+        time.sleep(REQUEST_GAP)
+        if index < WARMUP:
+            continue
+        if got.get("timeout") or got.get("status") != "ok":
+            failures.append(f"{request_id}: {got.get('status', 'no result')} {got.get('error')}")
+            continue
+        path = Path(got["locations"]["local"])
+        probe_tag, sent = first_probe(path)
+        path.unlink()
+        Path(f"{path}.json").unlink(missing_ok=True)
+        if probe_tag != tag:
+            failures.append(f"{request_id}: captured another request's probe")
+            continue
+        latencies.append((sent - published) / 1e6)
+    pubsub.close()
+    return latencies, failures
+
+
+def measure_tcpdump(runs: int, workdir: Path, prober: Prober) -> list[float]:
+    """exec -> first probe captured by `tcpdump -c 1 --immediate-mode`, in ms."""
+    latencies: list[float] = []
+    for index in range(runs):
+        tag = uuid.uuid4().bytes
+        port = PEER_BASE_PORT + index
+        path = workdir / "tcpdump.pcap"
+        started = time.time_ns()
+        proc = subprocess.Popen(
+            ["tcpdump", "-i", "lo", "-n", "-c", "1", "--immediate-mode", "-U",
+             "-w", str(path), f"udp and dst port {port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + RESULT_TIMEOUT
+
+        def exited(proc: subprocess.Popen[bytes] = proc, deadline: float = deadline) -> bool:
+            return proc.poll() is not None or time.monotonic() > deadline
+
+        prober.run(tag, port, exited)
+        stop(proc)
+        probe_tag, sent = first_probe(path)
+        path.unlink()
+        if probe_tag == tag:
+            latencies.append((sent - started) / 1e6)
+        time.sleep(REQUEST_GAP)
+    return latencies
+
+
+# -- peak RSS ------------------------------------------------------------------------
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+def ring_rss(pid: int) -> int:
+    """Resident bytes of packet-socket mappings (libpcap's TPACKET rings)."""
+    total = 0
+    in_ring = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and not parts[0].endswith(":"):
+            in_ring = len(parts) > 5 and parts[5].startswith("socket:")
+        elif in_ring and parts and parts[0] == "Rss:":
+            total += int(parts[1]) * 1024
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class RssFigures:
+    baseline: int  # bytes, VmRSS before the request
+    baseline_rings: int  # bytes of it in pcap's mmapped kernel rings
+    peak: int  # bytes, VmHWM after it
+    file_size: int
+    stop: str
+    packets: int
+
+    @property
+    def limit(self) -> float:
+        return RSS_TARGET_FACTOR * self.file_size + RSS_TARGET_EXTRA
+
+
+def measure_rss(client: redis.Redis, pid: int) -> RssFigures:
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(RESULTS)
+    wait_until("results subscription", lambda: pubsub.get_message(timeout=0.1), READY_TIMEOUT)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    baseline = status_kb(pid, "VmRSS") * 1024
+    rings = ring_rss(pid)
+    request_id = uuid.uuid4().hex
+    client.publish(
+        CHANNEL,
+        json.dumps(
+            {"id": request_id, "node": NODE, "interface": "lo", "bytes": RSS_BYTES,
+             "packets": RSS_MAX_PACKETS, "bpf": f"udp and dst port {RSS_PORT}",
+             "duration": RSS_DURATION, "timeout": 10}
+        ),
+    )  # fmt: skip
+    finished = threading.Event()
+
+    def send() -> None:
+        payload = b"\xab" * RSS_DATAGRAM
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            while not finished.is_set():
+                sock.sendto(payload, ("127.0.0.1", RSS_PORT))
+                time.sleep(0)  # let the daemon's reader keep up a little
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    done, got = result_waiter(pubsub, request_id)
+    deadline = time.monotonic() + RSS_DURATION + 30
+    while not got and time.monotonic() < deadline:
+        if done():
+            break
+        time.sleep(0.01)
+    finished.set()
+    sender.join()
+    pubsub.close()
+    if got.get("status") != "ok":
+        raise BenchError(f"200 MB capture: {got.get('status', 'no result')} {got.get('error')}")
+    peak = status_kb(pid, "VmHWM") * 1024
+    path = Path(got["locations"]["local"])
+    size = path.stat().st_size
+    path.unlink()
+    return RssFigures(baseline, rings, peak, size, got["stop"], got["packets"])
+
+
+# -- report ----------------------------------------------------------------------------
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summary(name: str, values: list[float]) -> str:
+    return (
+        f"{name}: n={len(values)} p50={percentile(values, 0.5):.2f} ms "
+        f"p90={percentile(values, 0.9):.2f} ms p99={percentile(values, 0.99):.2f} ms "
+        f"max={max(values):.2f} ms mean={statistics.fmean(values):.2f} ms"
+    )
+
+
+def report_rss(rss: RssFigures) -> bool:
+    mib = 1024 * 1024
+    met = rss.peak <= rss.limit
+    print(f"peak RSS holding a {rss.file_size / 1e6:.1f} MB capture ({rss.packets} packets, "
+          f"stop={rss.stop}): {rss.peak / mib:.1f} MiB")  # fmt: skip
+    print(f"  idle before: {rss.baseline / mib:.1f} MiB, of which kernel capture rings "
+          f"{rss.baseline_rings / mib:.1f} MiB; growth {(rss.peak - rss.baseline) / mib:.1f} MiB "
+          f"= {(rss.peak - rss.baseline) / rss.file_size:.3f} x file")  # fmt: skip
+    print(f"  target <= 1.1 x file + 40 MiB = {rss.limit / mib:.1f} MiB: "
+          f"{'met' if met else 'MISSED'} (peak/file {rss.peak / rss.file_size:.3f})")  # fmt: skip
+    return met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests and peer runs")
+    parser.add_argument("-n", "--requests", type=int, help=f"default {REQUESTS}")
+    parser.add_argument("--no-rss", action="store_true", help="skip the 200 MB capture")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("trigger_latency: needs root (capturing on lo)", file=sys.stderr)
+        return 2
+    for tool in ("redis-server", "tcpdump"):
+        if shutil.which(tool) is None:
+            print(f"trigger_latency: {tool} not found on PATH", file=sys.stderr)
+            return 2
+    count = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)
+    peer_runs = QUICK_PEER_RUNS if args.quick else PEER_RUNS
+    # tmpfs, if there is one: the daemon fsyncs every file; that is not what is timed.
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    ok = True
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pcapd-bench-", dir=base) as tmp:
+        workdir = Path(tmp)
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+            redis_server(workdir) as client,
+            daemon(client, workdir) as proc,
+        ):
+            prober = Prober(sock)
+            latencies, failures = measure_pcapd(client, count, prober)
+            peer = measure_tcpdump(peer_runs, workdir, prober)
+            rss = None if args.no_rss else measure_rss(client, proc.pid)
+    print(f"{count} requests after {WARMUP} warm-up, {REQUEST_GAP * 1000:.0f} ms apart; "
+          f"probe gap (resolution) {prober.gap_us:.0f} us; {os.cpu_count()} CPUs")  # fmt: skip
+    if failures:
+        ok = False
+        print(f"FAILED requests: {len(failures)}; first: {failures[0]}")
+    if latencies:
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        print(summary("pcapd   PUBLISH -> active", latencies))
+        met = p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS
+        ok = ok and met
+        print(f"  target p50 <= {TARGET_P50_MS} ms, p99 <= {TARGET_P99_MS} ms: "
+              f"{'met' if met else 'MISSED'}")  # fmt: skip
+    if peer:
+        print(summary("tcpdump exec -> active   ", peer))
+    if latencies and peer:
+        print(f"  ratio pcapd/tcpdump: p50 {percentile(latencies, 0.5) / percentile(peer, 0.5):.3f}"
+              f", p99 {percentile(latencies, 0.99) / percentile(peer, 0.99):.3f}")  # fmt: skip
+    if rss is not None:
+        ok = report_rss(rss) and ok
+    print(f"total {time.monotonic() - began:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"trigger_latency: {exc}", file=sys.stderr)
+        sys.exit(2)
