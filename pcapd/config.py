@@ -130,6 +130,8 @@ class RedisConfig:
         if self.url is not None:
             parts = urlsplit(self.url.reveal())
             host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
             port = f":{parts.port}" if parts.port else ""
             return f"{parts.scheme}://{host}{port}{parts.path}"
         return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
@@ -440,6 +442,10 @@ def _redis(s: _Section) -> RedisConfig:
             s.errors.append(
                 f"redis.url: scheme {scheme!r} is not one of redis://, rediss://, unix://"
             )
+        try:
+            _ = urlsplit(url.reveal()).port  # raises on a bad or out-of-range port
+        except ValueError as exc:
+            s.errors.append(f"redis.url: {exc}")
     return RedisConfig(
         listen=s.get_bool("listen", True),
         host=s.get_str("host", "127.0.0.1"),
@@ -640,6 +646,10 @@ def load_config(path: str | os.PathLike[str], hostname: str | None = None) -> Co
         raise ConfigError([f"cannot read config: {exc.strerror}"], where) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], where) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"not UTF-8 text (TOML must be UTF-8): {exc.reason} at byte {exc.start}"], where
+        ) from exc
     try:
         return parse_config(data, hostname)
     except ConfigError as exc:

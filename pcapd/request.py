@@ -29,7 +29,7 @@ MIN_BYTES = 100  # below this not even a file header and one small packet fit
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Linux interface names (IFNAMSIZ 16) plus the `any` pseudo-device; no `/`, so
 # a name can never be mistaken for a path by pcap_open.
-_IFACE_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,32}")
+_IFACE_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,32}")
 _CHANNEL_RE = re.compile(r"[\x21-\x7e]{1,256}")
 
 KNOWN_FIELDS = frozenset(
@@ -40,6 +40,14 @@ KNOWN_FIELDS = frozenset(
         "id", "format", "lookback", "reply_to", "ts", "sig", "kid",
     }
 )  # fmt: skip
+
+
+def compile_nodere(pattern: str) -> re2._Regexp[str]:
+    """RE2, as Go's regexp in pcapdaemon: linear time whatever the pattern, so a
+    hostile `nodere` cannot stall the daemon. RE2's own stderr logging is off."""
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
 
 
 class RequestError(Exception):
@@ -95,7 +103,7 @@ class CaptureRequest:
         if self.node is not None:
             return self.node in ("any", node)
         assert self.nodere is not None
-        return re2.search(self.nodere, node) is not None
+        return compile_nodere(self.nodere).search(node) is not None
 
     def summary(self) -> dict[str, Any]:
         """The request as logged and written into pcapng comments."""
@@ -171,7 +179,7 @@ class _Fields:
 
 def decode_body(body: bytes | str, max_bytes: int) -> dict[str, Any]:
     """The JSON object in `body`, or RequestError saying why there is none."""
-    size = len(body)
+    size = len(body.encode() if isinstance(body, str) else body)
     if size > max_bytes:
         raise RequestError(
             f"request is {size} bytes; the limit is {max_bytes} (general.max_request_bytes)"
@@ -211,11 +219,14 @@ def parse_request(body: bytes | str, config: Config) -> CaptureRequest:
         raise f.fail(f"{'node' if node == '' else 'nodere'}: must not be empty")
     if nodere is not None:
         try:
-            re2.compile(nodere)
+            compile_nodere(nodere)
         except re2.error as exc:
-            raise f.fail(f"nodere: {nodere!r} is not a valid regular expression: {exc}") from None
+            reason = exc.args[0] if exc.args else exc
+            text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+            raise f.fail(f"nodere: {nodere!r} is not a valid regular expression: {text}") from None
 
-    has_iface, has_alias = "interface" in data, "alias" in data
+    has_iface = data.get("interface") is not None
+    has_alias = data.get("alias") is not None
     if has_iface == has_alias:
         raise f.fail(
             "exactly one of interface and alias is required"

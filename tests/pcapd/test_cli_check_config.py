@@ -120,3 +120,15 @@ def test_warnings_are_printed_and_do_not_fail(tmp_path: Path) -> None:
         f"{path}: warning: general.maxpacket: unknown option, ignored",
         f"{path}: warning: kafka: unknown section, ignored",
     ]
+
+
+def test_cli_config_not_utf8_is_one_error_line_not_a_traceback(tmp_path: Path) -> None:
+    from tests.pcapd.test_cli_check_config import check_config
+
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[general]\nlocaldir = "/tmp/caf\xe9"\n')
+    done = check_config(path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"{path}: error: ")

@@ -566,3 +566,34 @@ def test_serve_problems_name_the_fields() -> None:
         HOST,
     )
     assert sqs_only.serve_problems() == []
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:99999/0", "redis://127.0.0.1:abc/0"])
+def test_redis_url_bad_port_is_a_config_error(url: str) -> None:
+    """A bad port must be reported by check-config, not crash describe() later."""
+    (error,) = errors_of({"redis": {"url": url}})
+    assert error.startswith("redis.url: ")
+
+
+def test_redis_url_bad_port_error_never_shows_the_password() -> None:
+    (error,) = errors_of({"redis": {"url": "redis://:s3cret-pw@127.0.0.1:99999/0"}})
+    assert error.startswith("redis.url: ")
+    assert "s3cret" not in error
+
+
+def test_describe_keeps_ipv6_brackets() -> None:
+    redis = parse_config({"redis": {"url": "redis://:pw@[::1]:6380/1"}}, HOST).redis
+    assert redis.describe() == "redis://[::1]:6380/1"
+
+
+#      from pcapd.config import ConfigError, load_config) ---------------------
+
+
+def test_config_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[general]\nlocaldir = "/tmp/caf\xe9"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.path == str(path)
+    assert len(info.value.errors) == 1
+    assert "UTF-8" in info.value.errors[0] or "utf-8" in info.value.errors[0]

@@ -709,3 +709,42 @@ def test_a_file_named_like_an_interface_is_never_used(
     only_file = parse_request(body(interface="eth9"), config)
     with pytest.raises(RequestError, match="none of \\['eth9'\\] exists"):
         resolve_interfaces(only_file, config, devices)
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_dot_names_are_rejected(config: Config, name: str) -> None:
+    """ "." and ".." are directories, never interfaces (Linux forbids both names)."""
+    for field in ("interface", "alias"):
+        fields = {"interface": None, field: [name]}
+        assert rejected(body(**fields), config).startswith(f"{field}: {json.dumps(name)} ")
+
+
+def test_size_limit_counts_bytes_not_characters(config: Config) -> None:
+    """A str body is measured as UTF-8 on the wire, not as characters."""
+    text = with_raw("x", '"' + "é" * 40_000 + '"')
+    size = len(text.encode())
+    assert len(text) < 65536 < size
+    assert rejected(text, config) == (
+        f"request is {size} bytes; the limit is 65536 (general.max_request_bytes)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [("a**", "bad repetition operator: **"), ("a{1001}", "invalid repetition size: {1001}")],
+)
+def test_invalid_regex_reason_is_text_not_bytes_repr(
+    config: Config, pattern: str, reason: str
+) -> None:
+    assert rejected(body(node=None, nodere=pattern), config) == (
+        f"nodere: {pattern!r} is not a valid regular expression: {reason}"
+    )
+
+
+def test_invalid_regex_writes_nothing_to_stderr(
+    config: Config, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """RE2 logs parse errors to fd 2 itself, bypassing pcapd's one-line log format."""
+    capfd.readouterr()
+    rejected(body(node=None, nodere="web["), config)
+    assert capfd.readouterr().err == ""

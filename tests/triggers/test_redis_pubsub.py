@@ -1,0 +1,95 @@
+"""The pub/sub source against a real redis-server: deliveries, outage, resubscribe."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.helpers import RedisServer, wait_for
+from triggers.base import Delivery
+from triggers.redis_pubsub import RedisPubSubSource
+
+
+class Collector:
+    def __init__(self, source: RedisPubSubSource) -> None:
+        self.stop = threading.Event()
+        self.got: list[Delivery] = []
+        self.thread = threading.Thread(target=self._run, args=(source,), daemon=True)
+        self.thread.start()
+
+    def _run(self, source: RedisPubSubSource) -> None:
+        for delivery in source.deliveries(self.stop):
+            self.got.append(delivery)
+
+
+@pytest.fixture
+def source(redis_srv: RedisServer) -> Iterator[tuple[RedisPubSubSource, Collector]]:
+    def connect() -> redis.Redis:
+        return redis.Redis.from_url(redis_srv.url, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+
+    src = RedisPubSubSource(connect, "capture", "test")
+    collector = Collector(src)
+    assert src.subscribed.wait(5)
+    yield src, collector
+    collector.stop.set()
+    collector.thread.join(5)
+    assert not collector.thread.is_alive(), "the source must return promptly on stop"
+
+
+def test_yields_each_message_body_as_bytes(
+    source: tuple[RedisPubSubSource, Collector], redis_srv: RedisServer
+) -> None:
+    _, collector = source
+    redis_srv.client().publish("capture", b'{"node":"any"}')
+    redis_srv.client().publish("capture", "second")
+    wait_for(lambda: len(collector.got) == 2)
+    assert [d.body for d in collector.got] == [b'{"node":"any"}', b"second"]
+    assert collector.got[0].source == "redis-pubsub:capture"
+    collector.got[0].ack()  # no-ops for pub/sub, but callable
+    collector.got[0].release()
+
+
+def test_outage_is_noticed_and_the_source_resubscribes(
+    source: tuple[RedisPubSubSource, Collector],
+    redis_srv: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    src, collector = source
+    redis_srv.stop()
+    wait_for(lambda: not src.subscribed.is_set(), timeout=10)
+    time.sleep(0.5)
+    redis_srv.start()
+    assert src.subscribed.wait(15)
+    redis_srv.client().publish("capture", b"after")
+    wait_for(lambda: [d.body for d in collector.got] == [b"after"])
+    assert any("redis_unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_wrong_password_backs_off_instead_of_spinning(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from tests.helpers import redis_server
+
+    assert isinstance(tmp_path, Path)
+    attempts = 0
+    with redis_server(tmp_path, password="right") as server:
+
+        def connect() -> redis.Redis:
+            nonlocal attempts
+            attempts += 1
+            return redis.Redis(port=server.port, password="wrong", retry=Retry(NoBackoff(), 0))
+
+        src = RedisPubSubSource(connect, "capture", "test")
+        collector = Collector(src)
+        time.sleep(1.6)
+        collector.stop.set()
+        collector.thread.join(5)
+    # Backoff 0.2, 0.4, 0.8 ...: a handful of attempts, not thousands.
+    assert 2 <= attempts <= 6
+    assert not src.subscribed.is_set()
