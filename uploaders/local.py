@@ -39,7 +39,7 @@ class LocalUploader:
     remote = False
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()
 
     def upload(self, artifact: Artifact) -> Location:
         path = self.directory / artifact.filename
