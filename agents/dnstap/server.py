@@ -18,6 +18,7 @@ import os
 import socket
 import ssl
 import stat
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -67,7 +68,7 @@ class FstrmProtocol(asyncio.Protocol):
         self.transport = transport
         srv = self.server
         peer = transport.get_extra_info("peername")
-        text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (peer or "unix")
+        text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else _unix_peer(transport)
         self.conn = ConnectionStats(next(srv.ids), self.listener, text)
         if len(srv.connections) >= srv.config.max_connections:
             srv.stats.connections_refused += 1
@@ -217,6 +218,22 @@ class DnstapServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._bound_path)
             self._bound_path = None
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def _unix_peer(transport: asyncio.Transport) -> str:
+    """`unix:named[1234]`: which resolver process is on the other end."""
+    sock = transport.get_extra_info("socket")
+    try:
+        pid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )[0]
+        with open(f"/proc/{pid}/comm") as handle:
+            return f"unix:{handle.read().strip()}[{pid}]"
+    except (OSError, AttributeError):
+        return "unix"
 
 
 def _unix_socket(path: str, mode: int, group: str | None) -> socket.socket:

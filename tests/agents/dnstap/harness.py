@@ -17,6 +17,7 @@ import redis
 from agents.dnstap.agent import DnstapAgent, make_writer
 from agents.dnstap.client import FrameWriter
 from agents.dnstap.config import DnstapConfig, parse_dnstap_config
+from agents.dnstap.server import ConnectionStats
 from tests.helpers import wait_for
 
 
@@ -57,8 +58,9 @@ class RunningAgent:
 
 @contextlib.contextmanager
 def running_agent(
-    redis_url: str, socket_path: Path | None, **options: Any
+    redis_url: str, socket_path: Path | None, *, record: list[bytes] | None = None, **options: Any
 ) -> Iterator[RunningAgent]:
+    """`record`, if given, receives every data frame too (for reference checks)."""
     raw: dict[str, Any] = {"socket": str(socket_path) if socket_path else "",
                            "stats_interval": 0, "flush_interval": 0.01}  # fmt: skip
     raw.update(options)
@@ -66,6 +68,14 @@ def running_agent(
     writer = make_writer(config, lambda: redis.Redis.from_url(redis_url, socket_timeout=2))
     writer.start()
     agent = DnstapAgent(config, writer)
+    if record is not None:
+        handle = agent.handle
+
+        def recording(payload: bytes, conn: ConnectionStats) -> None:
+            record.append(payload)
+            handle(payload, conn)
+
+        agent.server.sink = recording
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()

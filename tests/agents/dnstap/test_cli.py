@@ -1,0 +1,80 @@
+"""`pcapd agent dnstap` as a process: config file plus overrides, resolvers
+started before it (they reconnect), a restart, SIGTERM, config errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.agents.dnstap.resolvers import bind, dig, unbound
+from tests.helpers import RedisServer, stop_process, wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _agent(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pcapd", "agent", "dnstap", "-c", str(config), *extra],
+            cwd=ROOT, stdout=out, stderr=out,
+        )  # fmt: skip
+
+
+def test_resolvers_first_then_agent_restarts(redis_srv: RedisServer, tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "dnstap.sock"
+    config = tmp_path / "pcapd.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_srv.url}"\n\n'
+        f'[agents.dnstap]\nsocket = "/nonexistent/overridden.sock"\nsocket_mode = "0666"\n'
+        "stats_interval = 0.5\n"
+    )
+    log = tmp_path / "agent.log"
+    r = redis_srv.client()
+    with (
+        bind(tmp_path / "bind", sock) as named,
+        unbound(tmp_path / "unbound", named.port, socket_path=sock) as ub,
+    ):
+        # Both resolvers run before the agent exists: they retry the socket.
+        agent = _agent(config, log, "--socket", str(sock))
+        try:
+
+            def probe(client: str) -> bool:
+                dig(named.port, "www.example.test", "A", client)
+                dig(ub.port, "alias.example.test", "A", client)
+                return (
+                    r.get(f"{client};192.0.2.10;dns") is not None
+                    and r.get(f"{client};198.51.100.7;dns") is not None
+                )
+
+            wait_for(lambda: probe("127.0.0.51"), timeout=20, interval=0.2)
+            assert os.stat(sock).st_mode & 0o777 == 0o666
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
+            assert not sock.exists()
+            agent = _agent(config, log, "--socket", str(sock))
+            wait_for(lambda: probe("127.0.0.52"), timeout=20, interval=0.2)
+            wait_for(lambda: "event=dnstap_stats" in log.read_text(), timeout=5)
+        finally:
+            stop_process(agent)
+    text = log.read_text()
+    assert text.count("event=dnstap_starting") == 2
+    assert "event=dnstap_stopping" in text
+    assert "keys_written=" in text and "event=dnstap_connection_stats" in text
+
+
+def test_config_errors_are_printed_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "pcapd.toml"
+    config.write_text('[agents.dnstap]\nsocket_mode = "xyz"\nrecord_types = ["MX"]\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "dnstap", "-c", str(config), "--ttl-grace", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
+        "error: agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
+        "error: agents.dnstap.record_types: MX not one of A, AAAA",
+    ]

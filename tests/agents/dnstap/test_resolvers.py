@@ -1,0 +1,107 @@
+"""Real BIND 9.18 and Unbound 1.17 sending dnstap to the agent, real dig,
+real redis-server. One set of servers for the module: each test queries
+from its own loopback source address (127.0.0.N) so keys do not mix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from agents.dnstap.message import decode_dnstap
+from agents.dnstap.response import parse_response
+from tests.agents.dnstap.builders import reference
+from tests.agents.dnstap.harness import RunningAgent, redis_dump, running_agent
+from tests.agents.dnstap.resolvers import Resolver, bind, dig, unbound
+from tests.helpers import RedisServer, redis_server, wait_for
+
+
+@dataclass
+class Site:
+    redis: RedisServer
+    agent: RunningAgent
+    bind: Resolver
+    unbound_unix: Resolver
+    unbound_tcp: Resolver
+    frames: list[bytes]
+
+    def keys_of(self, client: str) -> dict[str, str]:
+        dump = redis_dump(self.redis.client())
+        return {k: v for k, v in dump.items() if k.split(";")[0] == client or k.endswith(client)}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("dnstap-site")
+    sock = base / "dnstap.sock"
+    frames: list[bytes] = []
+    with (
+        redis_server(base) as rs,
+        running_agent(rs.url, sock, record=frames, listen="127.0.0.1:0") as ra,
+        bind(base / "bind", sock) as named,
+        unbound(base / "unbound-unix", named.port, socket_path=sock) as ub_unix,
+        unbound(base / "unbound-tcp", named.port, tcp_port=ra.tcp_port) as ub_tcp,
+    ):
+        yield Site(rs, ra, named, ub_unix, ub_tcp, frames)
+
+
+def _keys(client: str) -> dict[str, str]:
+    return {
+        f"client;{client}": "4",
+        f"{client};192.0.2.10;dns": ";www.example.test.;",
+        f"{client};192.0.2.11;dns": ";www.example.test.;",
+        f"{client};2001:db8::10;dns": ";www.example.test.;",
+        f"{client};mid.example.test.;cname": ";alias.example.test.;",
+        f"{client};target.example.test.;cname": ";mid.example.test.;",
+        f"{client};198.51.100.7;dns": ";target.example.test.;",
+        f"{client};nope.example.test.;nx": "1",
+    }
+
+
+def _lookups(port: int, client: str) -> None:
+    assert "192.0.2.10" in dig(port, "www.example.test", "A", client)
+    assert "2001:db8::10" in dig(port, "www.example.test", "AAAA", client)
+    assert "198.51.100.7" in dig(port, "alias.example.test", "A", client)
+    assert dig(port, "nope.example.test", "A", client) == ""
+
+
+@pytest.mark.parametrize(
+    ("resolver", "client"),
+    [("bind", "127.0.0.11"), ("unbound_unix", "127.0.0.12"), ("unbound_tcp", "127.0.0.13")],
+)
+def test_a_aaaa_cname_chain_and_nxdomain(site: Site, resolver: str, client: str) -> None:
+    server: Resolver = getattr(site, resolver)
+    _lookups(server.port, client)
+    expected = _keys(client)
+    wait_for(lambda: site.keys_of(client) == expected, timeout=10)
+    assert site.redis.client().ttl(f"{client};198.51.100.7;dns") > 890
+
+
+def test_two_clients_asking_the_same_name_both_get_keys(site: Site) -> None:
+    for client in ("127.0.0.21", "127.0.0.22"):
+        assert "203.0.113.5" in dig(site.bind.port, "MiXeD.example.test", "A", client)
+    for client in ("127.0.0.21", "127.0.0.22"):
+        want = {f"client;{client}": "1", f"{client};203.0.113.5;dns": ";mixed.example.test.;"}
+        wait_for(lambda c=client, w=want: site.keys_of(c) == w)
+
+
+def test_both_resolvers_connected_at_once(site: Site) -> None:
+    for server in (site.bind, site.unbound_unix, site.unbound_tcp):
+        dig(server.port, "www.example.test", "A", "127.0.0.31")
+    wait_for(lambda: site.agent.snapshot()["connections_open"] >= 3)
+    listeners = sorted(c["listener"] for c in site.agent.snapshot()["per_connection"])
+    assert listeners.count("unix") >= 2 and "tcp" in listeners
+    assert site.agent.snapshot()["frame_errors"] == {}
+
+
+def test_fast_parser_matches_dnspython_on_real_traffic(site: Site) -> None:
+    for name, qtype in [("alias.example.test", "AAAA"), ("www.example.test", "A"),
+                        ("nope.example.test", "AAAA"), ("example.test", "NS")]:  # fmt: skip
+        dig(site.unbound_unix.port, name, qtype, "127.0.0.41")
+        dig(site.bind.port, name, qtype, "127.0.0.41")
+    wait_for(lambda: len(site.frames) >= 8)
+    for payload in list(site.frames):
+        wire = decode_dnstap(payload).response_message
+        assert wire is not None
+        assert parse_response(wire) == reference(wire)
