@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import dns.rcode
 import pytest
@@ -176,7 +177,7 @@ def test_max_connections_and_handshake_timeout(
     redis_srv: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "tap.sock"
-    options = {"max_connections": 1, "handshake_timeout": 0.2}
+    options: dict[str, Any] = {"max_connections": 1, "handshake_timeout": 0.2}
     with running_agent(redis_srv.url, path, **options) as ra:
         idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         idle.connect(str(path))
@@ -203,7 +204,7 @@ def test_tls_listener(redis_srv: RedisServer, tmp_path: Path) -> None:
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
-    opts = {"listen": "127.0.0.1:0", "tls_cert": str(cert), "tls_key": str(key)}
+    opts: dict[str, Any] = {"listen": "127.0.0.1:0", "tls_cert": str(cert), "tls_key": str(key)}
     with running_agent(redis_srv.url, None, **opts) as ra:
         context = ssl.create_default_context(cafile=str(cert))
         raw = socket.create_connection(("127.0.0.1", ra.tcp_port), timeout=5)
@@ -219,7 +220,7 @@ def test_tls_listener(redis_srv: RedisServer, tmp_path: Path) -> None:
 def test_redis_outage_drops_are_counted_and_writes_resume(
     redis_srv: RedisServer, tmp_path: Path
 ) -> None:
-    opts = {"max_queue_ops": 100, "batch_ops": 10}
+    opts: dict[str, Any] = {"max_queue_ops": 100, "batch_ops": 10}
     with running_agent(redis_srv.url, tmp_path / "tap.sock", **opts) as ra:
         ra.send([tap_payload(AAAA, client="10.2.0.1")])
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
