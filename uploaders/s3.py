@@ -1,10 +1,12 @@
 """S3 sink: pcapdaemon's `[s3]` options, boto3, multipart straight from memory.
 
-The capture's bytearray is wrapped in a read-only seekable reader and handed
-to `upload_fileobj`: no temporary file, no whole-file copy. Below
-`multipart_threshold` it is one PutObject streamed from the buffer; above it,
-s3transfer reads one part at a time, so the extra memory per upload is at
-most `UPLOAD_CHUNKS_IN_MEMORY * multipart_threshold` (4 x 8 MiB by default).
+The capture is never copied, nor written to a temporary file. Below
+`multipart_threshold` it is one PutObject whose body is a read-only reader
+over the capture's buffer; above it, a multipart upload whose parts are
+views of that buffer, `UPLOAD_CONCURRENCY` in flight. So the memory an
+upload adds is a few socket buffers, whatever the capture's size. (boto3's
+`upload_fileobj` was the first design: s3transfer copies every part out of
+a file object, up to 10 parts held at once, ~80 MiB more; see bench/upload.py.)
 
 A message's `bucket`/`folder`/`acl`/`region`/`endpoint`/`encryption` are
 used here as given: `uploaders.policy.check_overrides` has already decided
@@ -13,16 +15,17 @@ whether the site allows them, before the capture was taken.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import boto3
 import botocore.config
 import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
 
 from pcapd.config import S3Config
 from uploaders.base import Artifact, Location, UploadError
@@ -30,13 +33,15 @@ from uploaders.policy import normalize_endpoint
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 else:
     S3Client = Any
+    CompletedPartTypeDef = dict
 
 log = logging.getLogger("pcapd.uploaders.s3")
 
-UPLOAD_CHUNKS_IN_MEMORY = 4  # parts s3transfer may hold at once (its default is 10)
-UPLOAD_CONCURRENCY = 4
+UPLOAD_CONCURRENCY = 4  # parts in flight per multipart upload
+MAX_PARTS = 10_000  # S3's limit: bigger captures get bigger parts
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0
 CONTENT_TYPES = {"pcap": "application/vnd.tcpdump.pcap", "pcapng": "application/x-pcapng"}
@@ -138,15 +143,6 @@ class S3Uploader:
         self._factory = client_factory or boto3_client_factory(config)
         self._clients: dict[tuple[str | None, str | None], S3Client] = {}
         self._lock = threading.Lock()
-        chunk = config.multipart_threshold
-        self._transfer = TransferConfig(
-            multipart_threshold=chunk,
-            multipart_chunksize=chunk,
-            max_concurrency=UPLOAD_CONCURRENCY,
-            use_threads=True,
-        )
-        # boto3's TransferConfig has no argument for this; s3transfer reads it.
-        self._transfer.max_in_memory_upload_chunks = UPLOAD_CHUNKS_IN_MEMORY
 
     def __repr__(self) -> str:
         return f"S3Uploader(bucket={self.config.bucket!r}, endpoint={self.config.endpoint!r})"
@@ -191,11 +187,15 @@ class S3Uploader:
         url = f"s3://{bucket}/{key}"
         try:
             client = self._client(endpoint, region)
-            with MemoryReader(artifact.data) as reader:
-                client.upload_fileobj(
-                    cast(IO[Any], reader), bucket, key, ExtraArgs=self.extra_args(artifact),
-                    Config=self._transfer,
-                )  # fmt: skip
+            extra = self.extra_args(artifact)
+            with memoryview(artifact.data).cast("B") as view:
+                if len(view) < self.config.multipart_threshold:
+                    with MemoryReader(view) as reader:
+                        client.put_object(
+                            Bucket=bucket, Key=key, Body=cast(IO[Any], reader), **extra
+                        )
+                else:
+                    self._multipart(client, bucket, key, view, extra)
         except botocore.exceptions.ClientError as exc:
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -205,8 +205,41 @@ class S3Uploader:
             ) from exc
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise UploadError(f"{url}: {exc}") from exc
-        except Exception as exc:
-            # s3transfer wraps failures of its part uploads in its own types.
-            raise UploadError(f"{url}: {type(exc).__name__}: {exc}") from exc
         log.info("uploaded sink=s3 url=%s bytes=%d", url, artifact.size)
         return Location("s3", url)
+
+    def _multipart(
+        self, client: S3Client, bucket: str, key: str, view: memoryview, extra: dict[str, Any]
+    ) -> None:
+        """Parts are views of the capture, sent `UPLOAD_CONCURRENCY` at a time:
+        no part is ever copied, so memory stays at the capture plus socket buffers."""
+        part_size = max(self.config.multipart_threshold, -(-len(view) // MAX_PARTS))
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+        try:
+            with ThreadPoolExecutor(UPLOAD_CONCURRENCY, thread_name_prefix="pcapd-s3") as pool:
+                futures = []
+                for number, offset in enumerate(range(0, len(view), part_size), start=1):
+                    chunk = view[offset : offset + part_size]
+                    futures.append(
+                        pool.submit(self._part, client, bucket, key, upload_id, number, chunk)
+                    )
+                parts = [future.result() for future in futures]
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            # Parts of an unfinished upload are billed until aborted; the peer may be gone.
+            with contextlib.suppress(Exception):
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    @staticmethod
+    def _part(
+        client: S3Client, bucket: str, key: str, upload_id: str, number: int, chunk: memoryview
+    ) -> CompletedPartTypeDef:
+        with MemoryReader(chunk) as reader:
+            answer = client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=cast(IO[Any], reader),
+            )  # fmt: skip
+        return {"PartNumber": number, "ETag": answer["ETag"]}
