@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -337,7 +338,7 @@ class SqsSource:
             state.next_beat = self._clock() + seconds * HEARTBEAT_FRACTION
         try:
             self._get_client().change_message_visibility(
-                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=int(seconds)
+                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
             )
         except (BotoCoreError, ClientError) as exc:
             log.warning("sqs: extending visibility on %s failed: %s", self.url, describe_error(exc))
@@ -378,7 +379,7 @@ class SqsSource:
                         log.warning("sqs: a message reached the 12 h visibility limit")
                         del self._in_flight[receipt]
                     elif state.next_beat <= now:
-                        due.append((receipt, int(state.visibility)))
+                        due.append((receipt, math.ceil(state.visibility)))
                         state.next_beat = now + state.visibility * HEARTBEAT_FRACTION
                         next_wake = min(next_wake, state.next_beat)
                     else:
@@ -422,6 +423,19 @@ class SqsSource:
                 receipts = list(self._in_flight)
             for receipt in receipts:
                 self._release(receipt)
+
+
+def not_for_me(delivery: Delivery, config: SqsConfig) -> None:
+    """Finish a delivery whose request names other nodes, from any source.
+
+    SQS: release it for the node it names (one queue shared by several nodes)
+    or delete it (one queue per node) as `sqs.not_for_me` says. Every other
+    source gives each node its own copy, so this node's copy is simply done.
+    """
+    if delivery.source == SOURCE and config.not_for_me == "release":
+        delivery.release()
+    else:
+        delivery.ack()
 
 
 class _Stopped(Exception):

@@ -19,8 +19,8 @@ from pcapd.config import SqsConfig
 from pcapd.secret import Secret
 from tests.helpers import stop_process, wait_for
 from tests.triggers.conftest import REGION, TEST_KEY_ID, TEST_SECRET, MotoServer
-from triggers.base import Delivery
-from triggers.sqs import SqsSource, _region_from_url, make_client, unwrap_sns
+from triggers.base import Delivery, TriggerSource
+from triggers.sqs import SqsSource, _region_from_url, make_client, not_for_me, unwrap_sns
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
@@ -172,12 +172,12 @@ def test_abandoned_generator_leaves_message_to_reappear(moto_sqs: MotoServer) ->
 
 def test_heartbeat_keeps_message_invisible_past_visibility_timeout(moto_sqs: MotoServer) -> None:
     client = moto_sqs.client()
-    url = moto_sqs.new_queue(visibility=1)
+    url = moto_sqs.new_queue(visibility=2)
     client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
-    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url, visibility_timeout=1)))
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url, visibility_timeout=2)))
     try:
         delivery = consumer.take()
-        deadline = time.monotonic() + 3.5  # more than three visibility timeouts
+        deadline = time.monotonic() + 4.5  # more than two visibility timeouts
         while time.monotonic() < deadline:
             stolen = client.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", [])
             assert not stolen, "the message became visible while its capture ran"
@@ -204,21 +204,53 @@ def test_extend_sets_a_longer_visibility(moto_sqs: MotoServer) -> None:
     wait_for(lambda: counts(client, url) == (1, 0), timeout=5)
 
 
-def test_release_makes_message_visible_at_once(moto_sqs: MotoServer) -> None:
+def test_message_for_another_node_is_released_and_taken_by_it(moto_sqs: MotoServer) -> None:
     client = moto_sqs.client()
     url = moto_sqs.new_queue()
     client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
-    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url)))
+    config = sqs_config(moto_sqs, url, not_for_me="release")
+    web1 = Consumer(SqsSource(config))
     try:
-        delivery = consumer.take()
+        delivery = web1.take()
         assert counts(client, url) == (0, 1)
-        delivery.release()  # visibility_timeout is 30 s: only the release shows it now
-        other = client.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", [])
-        assert [m["Body"] for m in other] == [REQUEST.decode()]
-        delivery.ack()  # after a release the message is no longer ours to delete
-        assert counts(client, url) == (0, 1)
+        web1.close()  # web1 takes nothing more; web2 reads the same queue
+        web2 = Consumer(SqsSource(config))
+        try:
+            # visibility_timeout is 30 s: only the release can show it to web2 now
+            not_for_me(delivery, config)
+            started = time.monotonic()
+            taken = web2.take()
+            assert taken.body == REQUEST and time.monotonic() - started < 5
+            delivery.ack()  # after a release the message is no longer web1's to delete
+            assert counts(client, url) == (0, 1)
+            taken.ack()
+            wait_for(lambda: counts(client, url) == (0, 0))
+        finally:
+            web2.close()
+    finally:
+        web1.close()
+
+
+def test_not_for_me_delete_with_one_queue_per_node(moto_sqs: MotoServer) -> None:
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    config = sqs_config(moto_sqs, url, not_for_me="delete")
+    consumer = Consumer(SqsSource(config))
+    try:
+        not_for_me(consumer.take(), config)
+        wait_for(lambda: counts(client, url) == (0, 0))
     finally:
         consumer.close()
+
+
+def test_not_for_me_acks_other_sources() -> None:
+    done: list[str] = []
+    delivery = Delivery(
+        b"{}", "redis-stream", ack=lambda: done.append("ack"), release=lambda: done.append("rel")
+    )
+    not_for_me(delivery, SqsConfig(not_for_me="release"))
+    assert done == ["ack"]
 
 
 def test_receives_only_as_many_as_free_slots(moto_sqs: MotoServer) -> None:
@@ -385,6 +417,11 @@ def test_region_taken_from_queue_url() -> None:
     assert _region_from_url("https://sqs.eu-west-1.amazonaws.com/1/q") == "eu-west-1"
     assert _region_from_url("http://127.0.0.1:4566/1/q") is None
     assert _region_from_url(None) is None
+
+
+def test_is_a_trigger_source(moto_sqs: MotoServer) -> None:
+    source: TriggerSource = SqsSource(sqs_config(moto_sqs, "http://127.0.0.1:1/1/q"))
+    assert source.name == "sqs"
 
 
 def test_source_without_url_is_refused() -> None:
