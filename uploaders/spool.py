@@ -134,6 +134,7 @@ class Spool:
             self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"delivery.spool_dir: cannot create {self.directory}: {exc}") from exc
+        self._put_lock = threading.Lock()  # check-then-write must not race another put
         self._remove_stale_tmp()
 
     def __repr__(self) -> str:
@@ -180,31 +181,32 @@ class Spool:
         """Store `artifact` for the sinks in `pending`; SpoolFull if it does not fit."""
         if not pending:
             raise ValueError("pending: a spool entry needs at least one sink")
-        self.check_room(artifact.size + len(json.dumps(event or {})))
-        entry = SpoolEntry(
-            id=f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}",
-            filename=artifact.filename,
-            format=artifact.format,
-            sha256=artifact.sha256,
-            size=artifact.size,
-            node=artifact.node,
-            interface=artifact.interface,
-            request=request_to_dict(artifact.request),
-            pending=tuple(pending),
-            locations=dict(locations or {}),
-            event=dict(event) if event is not None else None,
-            spooled_at=time.time(),
-            last_error=_clip(error),
-        )
-        try:
-            self._write_atomic(self.data_path(entry.id), artifact.data)
-            self._write_atomic(self.sidecar_path(entry.id), entry.to_json().encode())
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                self.data_path(entry.id).unlink()
-            raise SpoolError(
-                f"cannot spool {artifact.filename} in {self.directory}: {exc}"
-            ) from exc
+        with self._put_lock:
+            self.check_room(artifact.size + len(json.dumps(event or {})))
+            entry = SpoolEntry(
+                id=f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}",
+                filename=artifact.filename,
+                format=artifact.format,
+                sha256=artifact.sha256,
+                size=artifact.size,
+                node=artifact.node,
+                interface=artifact.interface,
+                request=request_to_dict(artifact.request),
+                pending=tuple(pending),
+                locations=dict(locations or {}),
+                event=dict(event) if event is not None else None,
+                spooled_at=time.time(),
+                last_error=_clip(error),
+            )
+            try:
+                self._write_atomic(self.data_path(entry.id), artifact.data)
+                self._write_atomic(self.sidecar_path(entry.id), entry.to_json().encode())
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    self.data_path(entry.id).unlink()
+                raise SpoolError(
+                    f"cannot spool {artifact.filename} in {self.directory}: {exc}"
+                ) from exc
         log.warning(
             "spooled id=%s file=%s bytes=%d pending=%s error=%s",
             entry.id, entry.filename, entry.size, ",".join(entry.pending), entry.last_error,

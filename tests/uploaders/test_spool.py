@@ -304,3 +304,26 @@ def test_logging_of_spooling_names_the_file(
     artifact = make_artifact()
     Spool(tmp_path, MB).put(artifact, ["s3"], error="s3: refused")
     assert f"file={artifact.filename}" in caplog.text and "error=s3: refused" in caplog.text
+
+
+def test_concurrent_puts_never_overfill(tmp_path: Path) -> None:
+    import threading
+
+    spool = Spool(tmp_path, 1 * MB)
+    artifacts = [make_artifact(300_000) for _ in range(8)]
+    outcomes: list[str] = []
+
+    def put(index: int) -> None:
+        try:
+            spool.put(artifacts[index], ["s3"])
+            outcomes.append("ok")
+        except SpoolFull:
+            outcomes.append("full")
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["full"] * 5 + ["ok"] * 3
+    assert spool.used_bytes() <= MB
