@@ -1,0 +1,101 @@
+"""Connecting from `[redis]`: ACL users, passwords, TLS, unix sockets; real servers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pcapd.config import RedisConfig
+from pcapd.redis_conn import connect
+from pcapd.secret import Secret
+from tests.helpers import RedisServer, free_port, redis_server, run, stop_process, wait_for
+
+
+@pytest.fixture
+def acl_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path, password="adminpw") as server:
+        server.client().acl_setuser(
+            "pcapd", enabled=True, passwords=["+capturepw"], commands=["+@all"], keys=["*"],
+            channels=["*"],
+        )  # fmt: skip
+        yield server
+
+
+def test_acl_user_by_url_and_by_fields(acl_server: RedisServer) -> None:
+    by_url = RedisConfig(url=Secret(f"redis://pcapd:capturepw@127.0.0.1:{acl_server.port}/0"))
+    by_fields = RedisConfig(port=acl_server.port, username="pcapd", auth=Secret("capturepw"))
+    for config in (by_url, by_fields):
+        client = connect(config)
+        assert client.acl_whoami() == "pcapd"
+
+
+def test_wrong_password_is_an_error_that_hides_the_password(acl_server: RedisServer) -> None:
+    config = RedisConfig(url=Secret(f"redis://pcapd:nope-secret@127.0.0.1:{acl_server.port}/0"))
+    with pytest.raises(redis.AuthenticationError) as info:
+        connect(config).ping()
+    assert "nope-secret" not in str(info.value)
+    assert "nope-secret" not in config.describe() and "nope-secret" not in repr(config)
+
+
+def test_unix_socket_url(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket", str(sock),
+         "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(sock.exists)
+        assert connect(RedisConfig(url=Secret(f"unix://{sock}"))).ping()
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    ca_key, ca, key, csr, cert = (
+        tmp_path / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
+    )
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+        "-out", str(ca), "-days", "1", "-subj", "/CN=pcapd test CA")  # fmt: skip
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=localhost")  # fmt: skip
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", "0", "--tls-port", str(port),
+         "--bind", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--save", "",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield port, ca
+    finally:
+        stop_process(proc)
+
+
+def test_tls_by_url_and_by_fields_verifies_the_server(tls_server: tuple[int, Path]) -> None:
+    port, ca = tls_server
+    by_url = RedisConfig(url=Secret(f"rediss://127.0.0.1:{port}/0"), tls_ca=str(ca))
+    by_fields = RedisConfig(port=port, tls=True, tls_ca=str(ca))
+
+    def ping(config: RedisConfig) -> bool:
+        try:
+            return bool(connect(config).ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(lambda: ping(by_url), timeout=10)
+    assert ping(by_fields)
+    # Without the CA the server's certificate is not trusted.
+    with pytest.raises(redis.ConnectionError):
+        connect(RedisConfig(port=port, tls=True)).ping()
