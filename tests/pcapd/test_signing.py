@@ -6,8 +6,10 @@ import subprocess
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pcapd.config import Config, GeneralConfig, SecurityConfig
+from pcapd.config import Config, GeneralConfig, SecurityConfig, parse_config
 from pcapd.dedup import RecentIds
 from pcapd.request import RequestError, decode_body, parse_request
 from pcapd.secret import Secret
@@ -193,3 +195,43 @@ def test_shell_signing_with_jq_and_openssl_matches(tmp_path: Any) -> None:
     fields = decode_body(out, 65536)
     assert fields["sig"] == sign(REQUEST, "ops", Secret(KEY), NOW)["sig"]
     verify(fields, SECURITY, NOW, replay_cache())
+
+
+def test_keys_from_file_and_environment_verify(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyfile = tmp_path / "ops.key"
+    keyfile.write_text(KEY + "\n")
+    monkeypatch.setenv("PCAPD_TEST_SIEM_KEY", "siem-key-value")
+    config = parse_config(
+        {
+            "general": {"node": "web1"},
+            "security": {
+                "keys": {"ops": f"file:{keyfile}", "siem": "env:PCAPD_TEST_SIEM_KEY"},
+                "require_signed": True,
+            },
+        }
+    )
+    security = config.security
+    verify(sign(REQUEST, "ops", Secret(KEY), NOW), security, NOW, replay_cache(security))
+    siem = sign(REQUEST, "siem", Secret("siem-key-value"), NOW)
+    verify(siem, security, NOW, replay_cache(security))
+    assert KEY not in repr(config) and "siem-key-value" not in repr(config)
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(max_size=10), json_values, max_size=8), st.randoms())
+def test_canonical_form_is_order_free_and_round_trips(fields: dict[str, Any], rnd: Any) -> None:
+    items = list(fields.items())
+    rnd.shuffle(items)
+    assert canonical(dict(items)) == canonical(fields)
+    assert json.loads(canonical(fields)) == {k: v for k, v in fields.items() if k != "sig"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +13,7 @@ import pytest
 import redis
 
 from pcapd.config import RedisConfig
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import RedisServer, stop_process, wait_for
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_stream import RedisStreamSource, publish_stream
 
@@ -241,3 +243,40 @@ def test_publish_stream_trims_to_about_maxlen(redis_srv: RedisServer) -> None:
 def test_is_a_trigger_source(redis_srv: RedisServer) -> None:
     source: TriggerSource = RedisStreamSource(stream_config(redis_srv), "web1")
     assert source.name == "redis-stream"
+
+
+def test_killed_consumer_process_entry_is_taken_after_restart(redis_srv: RedisServer) -> None:
+    client = redis_srv.client()
+    script = (
+        "import sys, threading\n"
+        "from pcapd.config import RedisConfig\n"
+        "from triggers.redis_stream import RedisStreamSource\n"
+        "config = RedisConfig(port=int(sys.argv[1]), stream=sys.argv[2])\n"
+        "for d in RedisStreamSource(config, 'web1').deliveries(threading.Event()):\n"
+        "    print(d.message_id, flush=True)\n"
+        "    threading.Event().wait()\n"  # mid-capture, never acks
+    )
+    entry = publish_stream(client, STREAM, b'{"id": "k"}', 1000)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(redis_srv.port), STREAM],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode().strip() == entry
+        proc.kill()
+        proc.wait()
+    finally:
+        stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert pending(client, "web1") == 1
+    restarted = start(redis_srv, "web1")
+    try:
+        delivery = restarted.take()
+        assert (delivery.message_id, delivery.body) == (entry, b'{"id": "k"}')
+        delivery.ack()
+        assert pending(client, "web1") == 0
+    finally:
+        restarted.close()
