@@ -41,6 +41,9 @@ BLOCK_MS = 500  # one blocking read; also how long `stop` may wait
 BACKPRESSURE_POLL = 0.05  # seconds between looks at free_slots() when none is free
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
+# What `pcapd trigger --stream` trims the request stream to (approximately): far
+# more than a node misses in a restart, small enough to cost little memory.
+DEFAULT_REQUEST_STREAM_MAXLEN = 10_000
 NEW_GROUP_LOOKBACK = 30.0  # seconds of the stream a brand-new group still takes
 # redis-py's own retries, for a blip; past them our logged backoff takes over.
 # Kept short so an ack while Redis is away costs the caller ~0.1 s, not seconds.
