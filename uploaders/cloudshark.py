@@ -131,7 +131,10 @@ class CloudsharkUploader:
         if status == 200:
             capture_id = answer.get("id")
             if not isinstance(capture_id, str | int) or not str(capture_id):
-                raise UploadError(f"{where}: HTTP 200 without a capture id: {_excerpt(body)}")
+                # It may have stored the file: trying again at once could duplicate it.
+                raise UploadError(
+                    f"{where}: HTTP 200 without a capture id: {_excerpt(body)}", retryable=False
+                )
             url = self.view_url(str(capture_id))
             log.info("uploaded sink=cloudshark url=%s bytes=%d", url, artifact.size)
             return Location("cloudshark", url)

@@ -42,6 +42,7 @@ class CloudsharkServer:
     uploads: list[Received] = field(default_factory=list)
     requests: int = 0
     failures: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    raw_answers: list[tuple[int, bytes]] = field(default_factory=list)  # not JSON at all
     hang: threading.Event | None = None  # set: answers wait until it is cleared
     release: threading.Event = field(default_factory=threading.Event)
     tls: ssl.SSLContext | None = None
@@ -105,6 +106,14 @@ def _handler(state: CloudsharkServer) -> type[http.server.BaseHTTPRequestHandler
                 return
             with state.lock:
                 failure = state.failures.pop(0) if state.failures else None
+                raw = state.raw_answers.pop(0) if state.raw_answers else None
+            if raw is not None:
+                self.send_response(raw[0])
+                self.send_header("Content-Length", str(len(raw[1])))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(raw[1])
+                return
             if failure is not None:
                 self._answer(*failure)
                 return

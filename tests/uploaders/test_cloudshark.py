@@ -152,3 +152,24 @@ def test_token_never_logged(cloudshark: CloudsharkServer, caplog: pytest.LogCapt
     for record in caplog.records:
         text = record.getMessage() + (record.exc_text or "")
         assert CS_TOKEN not in text, text
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message", "retryable"),
+    [
+        (200, b"<html>ok</html>", "HTTP 200 without a capture id: <html>ok</html>", False),
+        (200, b'{"filename": "x.pcap"}', 'HTTP 200 without a capture id: {"filename"', False),
+        (502, b"<h1>Bad Gateway</h1>", "HTTP 502: <h1>Bad Gateway</h1>", True),
+        (403, b"", "HTTP 403: (empty body)", False),
+    ],
+)
+def test_malformed_answers_are_errors_and_the_next_upload_works(
+    cloudshark: CloudsharkServer, status: int, body: bytes, message: str, retryable: bool
+) -> None:
+    cloudshark.raw_answers.append((status, body))
+    uploader = CloudsharkUploader(cs_config(cloudshark))
+    with pytest.raises(UploadError) as info:
+        uploader.upload(make_artifact())
+    assert message in str(info.value)
+    assert info.value.retryable is retryable
+    assert uploader.upload(make_artifact()).kind == "cloudshark"
