@@ -238,7 +238,9 @@ def result_waiter(pubsub: Any, request_id: str) -> tuple[Any, dict[str, Any]]:
     return done, got
 
 
-def measure_pcapd(client: redis.Redis, count: int, prober: Prober) -> tuple[list[float], list[str]]:
+def measure_pcapd(
+    client: redis.Redis, count: int, prober: Prober, gap: float
+) -> tuple[list[float], list[str]]:
     """Latencies in ms for `count` requests after WARMUP ones; and failures."""
     pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(RESULTS)
@@ -257,7 +259,7 @@ def measure_pcapd(client: redis.Redis, count: int, prober: Prober) -> tuple[list
         published = time.time_ns()
         client.publish(CHANNEL, body)
         prober.run(tag, port, done)
-        time.sleep(REQUEST_GAP)
+        time.sleep(gap)
         if index < WARMUP:
             continue
         if got.get("timeout") or got.get("status") != "ok":
@@ -414,6 +416,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and peer runs")
     parser.add_argument("-n", "--requests", type=int, help=f"default {REQUESTS}")
+    parser.add_argument(
+        "--gap", type=float, default=REQUEST_GAP,
+        help=f"seconds between one request's result and the next PUBLISH (default {REQUEST_GAP})",
+    )  # fmt: skip
     parser.add_argument("--no-rss", action="store_true", help="skip the 200 MB capture")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -437,10 +443,10 @@ def main() -> int:
             daemon(client, workdir) as proc,
         ):
             prober = Prober(sock)
-            latencies, failures = measure_pcapd(client, count, prober)
+            latencies, failures = measure_pcapd(client, count, prober, args.gap)
             peer = measure_tcpdump(peer_runs, workdir, prober)
             rss = None if args.no_rss else measure_rss(client, proc.pid)
-    print(f"{count} requests after {WARMUP} warm-up, {REQUEST_GAP * 1000:.0f} ms apart; "
+    print(f"{count} requests after {WARMUP} warm-up, {args.gap * 1000:.0f} ms apart; "
           f"probe gap (resolution) {prober.gap_us:.0f} us; {os.cpu_count()} CPUs")  # fmt: skip
     if failures:
         ok = False
