@@ -168,28 +168,6 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
             + (buf[l4 + 1 : l4 + 2])
         )
 
-    def transport(ts: int, buf: bytes, proto: int, l4: int, end: int, addrs: bytes) -> None:
-        if proto == PROTO_TCP:
-            if end < l4 + TCP_FLAGS_OFFSET + 1:
-                counts[TRUNCATED] += 1
-                return
-            flags = buf[l4 + TCP_FLAGS_OFFSET]
-            counts[PARSED] += 1
-            if flags & TH_RST:
-                rst(ts, addrs + buf[l4 : l4 + 4], flags)
-            elif flags & (TH_SYN | TH_FIN):
-                counts[SYN_FIN] += 1
-            else:
-                flow(ts, addrs + buf[l4 : l4 + 4], flags)
-        elif proto == PROTO_UDP:
-            if end < l4 + 4:
-                counts[TRUNCATED] += 1
-                return
-            counts[PARSED] += 1
-            flow(ts, addrs + buf[l4 : l4 + 4], 0)
-        else:
-            counts[OTHER_PROTO] += 1
-
     def ip4(ts: int, buf: bytes, off: int) -> None:
         b0 = buf[off]
         ihl = (b0 & 15) << 2
@@ -215,7 +193,27 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
             else:
                 icmp(ts, key)
             return
-        transport(ts, buf, proto, l4, end, buf[off + 12 : off + 20])
+        # TCP and UDP inline: this is the path nearly every packet takes.
+        if proto == PROTO_TCP:
+            if end < l4 + TCP_FLAGS_OFFSET + 1:
+                counts[TRUNCATED] += 1
+                return
+            flags = buf[l4 + TCP_FLAGS_OFFSET]
+            counts[PARSED] += 1
+            if not flags & (TH_RST | TH_SYN | TH_FIN):
+                flow(ts, buf[off + 12 : off + 20] + buf[l4 : l4 + 4], flags)
+            elif flags & TH_RST:
+                rst(ts, buf[off + 12 : off + 20] + buf[l4 : l4 + 4], flags)
+            else:
+                counts[SYN_FIN] += 1
+        elif proto == PROTO_UDP:
+            if end < l4 + 4:
+                counts[TRUNCATED] += 1
+                return
+            counts[PARSED] += 1
+            flow(ts, buf[off + 12 : off + 20] + buf[l4 : l4 + 4], 0)
+        else:
+            counts[OTHER_PROTO] += 1
 
     def ip6(ts: int, buf: bytes, off: int) -> None:
         if buf[off] >> 4 != 6:
@@ -241,10 +239,26 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
             else:
                 icmp(ts, key)
             return
-        if len(buf) < l4:
-            counts[TRUNCATED] += 1
-            return
-        transport(ts, buf, proto, l4, end, buf[off + 8 : off + 40])
+        if proto == PROTO_TCP:
+            if end < l4 + TCP_FLAGS_OFFSET + 1:
+                counts[TRUNCATED] += 1
+                return
+            flags = buf[l4 + TCP_FLAGS_OFFSET]
+            counts[PARSED] += 1
+            if not flags & (TH_RST | TH_SYN | TH_FIN):
+                flow(ts, buf[off + 8 : off + 40] + buf[l4 : l4 + 4], flags)
+            elif flags & TH_RST:
+                rst(ts, buf[off + 8 : off + 40] + buf[l4 : l4 + 4], flags)
+            else:
+                counts[SYN_FIN] += 1
+        elif proto == PROTO_UDP:
+            if end < l4 + 4:
+                counts[TRUNCATED] += 1
+                return
+            counts[PARSED] += 1
+            flow(ts, buf[off + 8 : off + 40] + buf[l4 : l4 + 4], 0)
+        else:
+            counts[OTHER_PROTO] += 1
 
     def by_version(ts: int, buf: bytes, off: int) -> None:
         version = buf[off] >> 4

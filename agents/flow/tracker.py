@@ -8,8 +8,8 @@ keys. A packet whose entry is due sends its keys (the event key plus the
 suppression window ahead, so each event key reaches Redis at most once per
 window however many packets carry it.
 
-Memory: at most `max_tracked` packet tuples per cache (flows, RSTs, ICMP) and
-`max_tracked` entries, roughly 300 bytes each; past a bound the cache is
+Memory: at most `max_tracked` packet tuples per cache (flows, RSTs, ICMP),
+`max_tracked` addresses and `max_tracked` entries, roughly 300 bytes each; past a bound the cache is
 emptied and counted (`cache_resets`), which at worst sends a key early.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agents import store
 from agents.flow.rules import Address, Network, RuleSet, Verdict, contains
@@ -86,13 +86,38 @@ class Tracker:
         self._rsts: dict[bytes, Entry | int] = {}
         self._icmps: dict[bytes, Entry | int] = {}
         self._entries: dict[tuple[str, ...], Entry] = {}
+        self._addresses: dict[bytes, tuple[Address, str, bool]] = {}
+        self.flow = self._flow_handler()
 
     # -- hot path ----------------------------------------------------------
-    def flow(self, ts: int, key: bytes, flags: int) -> None:
-        entry = self._flows.get(key)
-        if entry is None:
-            entry = self._remember(self._flows, key, self._decide_flow(key))
-        self._send(ts, entry)
+    def _flow_handler(self) -> Callable[[int, bytes, int], None]:
+        """`flow(ts, key, flags)` as a closure over the caches: the most frequent
+        call, so it avoids attribute lookups and a call to `_send`. The caches
+        are only ever cleared in place, so the closure never goes stale."""
+        flows = self._flows
+        counts = self.counts
+        window = self.window
+        remember = self._remember
+        decide = self._decide_flow
+        incr = self.writer.incr
+
+        def flow(ts: int, key: bytes, flags: int) -> None:
+            entry = flows.get(key)
+            if entry is None:
+                entry = remember(flows, key, decide(key))
+            if isinstance(entry, int):
+                counts[entry] += 1
+                return
+            due = entry.due
+            if ts >= due or ts < due - window:  # due, or the clock went back
+                entry.due = ts + window
+                counts[EVENTS] += 1
+                for name in entry.keys:
+                    incr(name)
+            else:
+                counts[SUPPRESSED] += 1
+
+        return flow
 
     def rst(self, ts: int, key: bytes, flags: int) -> None:
         entry = self._rsts.get(key)
@@ -151,58 +176,62 @@ class Tracker:
     def _ours(self, address: Address) -> bool:
         return contains(self.our_nets, address)
 
+    def _address(self, packed: bytes) -> tuple[Address, str, bool]:
+        """(address, str(address), in our_nets), memoised: a new flow mostly
+        involves addresses already seen, and str() is the dearest step."""
+        known = self._addresses.get(packed)
+        if known is None:
+            if len(self._addresses) >= self.max_tracked:
+                self._addresses.clear()
+            address = ipaddress.ip_address(packed)
+            known = (address, str(address), self._ours(address))
+            self._addresses[packed] = known
+        return known
+
     def _decide_flow(self, key: bytes) -> Entry | int:
-        src, dst, sport, dport = split_key(key)
-        if self.suppress_own_network and self._ours(src) and self._ours(dst):
+        size = 4 if len(key) == 12 else 16
+        src, src_text, src_ours = self._address(key[:size])
+        dst, dst_text, dst_ours = self._address(key[size : 2 * size])
+        sport, dport = _PORTS.unpack_from(key, 2 * size)
+        if self.suppress_own_network and src_ours and dst_ours:
             return DROP_OWN_NETWORK
         mapping = self.rules.match(src, sport, dst, dport)
         if isinstance(mapping, Verdict):
             return _VERDICT_COUNTER[mapping]
-        client = str(mapping.client)
+        client, service = (src_text, dst_text) if mapping.client is src else (dst_text, src_text)
         if self.rules.ignored(src, sport, dst, dport):
             # ShoDoHFlo still counts the client for an ignored flow.
             return self._entry((store.client_key(client),))
         return self._entry(
             (
                 store.client_key(client),
-                store.flow_key(client, str(mapping.service), mapping.port),
-                store.peer_key(str(src), str(dst)),
-                store.peer_key(str(dst), str(src)),
+                store.flow_key(client, service, mapping.port),
+                store.peer_key(src_text, dst_text),
+                store.peer_key(dst_text, src_text),
             )
         )
 
     def _decide_rst(self, key: bytes) -> Entry | int:
-        src, dst, sport, dport = split_key(key)
-        if not self._ours(dst):
+        size = 4 if len(key) == 12 else 16
+        _src, src_text, _ = self._address(key[:size])
+        _dst, dst_text, dst_ours = self._address(key[size : 2 * size])
+        sport, dport = _PORTS.unpack_from(key, 2 * size)
+        if not dst_ours:
             return _FALL_THROUGH
-        client = str(dst)
         return self._entry(
-            (store.client_key(client), store.rst_key(client, str(src), dport, sport))
+            (store.client_key(dst_text), store.rst_key(dst_text, src_text, dport, sport))
         )
 
     def _decide_icmp(self, key: bytes) -> Entry | int:
         size = 4 if len(key) == 13 else 16
-        dst = ipaddress.ip_address(key[:size])
-        if not self._ours(dst):
+        _dst, dst_text, dst_ours = self._address(key[:size])
+        if not dst_ours:
             return NOT_OURS
-        bounce = ipaddress.ip_address(key[size : 2 * size])
+        _bounce, bounce_text, _ = self._address(key[size : 2 * size])
         sport, dport = _PORTS.unpack_from(key, 2 * size)
-        client = str(dst)
         return self._entry(
             (
-                store.client_key(client),
-                store.icmp_key(client, str(bounce), sport, dport, key[-1]),
+                store.client_key(dst_text),
+                store.icmp_key(dst_text, bounce_text, sport, dport, key[-1]),
             )
         )
-
-
-def split_key(key: bytes) -> tuple[Address, Address, int, int]:
-    """A flow/RST packet key back into (src, dst, sport, dport)."""
-    size = 4 if len(key) == 12 else 16
-    sport, dport = _PORTS.unpack_from(key, 2 * size)
-    return (
-        ipaddress.ip_address(key[:size]),
-        ipaddress.ip_address(key[size : 2 * size]),
-        sport,
-        dport,
-    )
