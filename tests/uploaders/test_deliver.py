@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,9 +89,11 @@ def test_cloudshark_500_then_200_is_retried_not_spooled(
 
 
 def test_wrong_token_spools_without_retrying_and_hides_the_token(
-    tmp_path: Path, cloudshark: CloudsharkServer
+    tmp_path: Path, cloudshark: CloudsharkServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     from pcapd.secret import Secret
+
+    caplog.set_level(logging.DEBUG)
 
     spool = Spool(tmp_path, 10 * MB)
     uploader = CloudsharkUploader(cs_config(cloudshark, token=Secret("tok-wrong-1234")))
@@ -106,6 +109,8 @@ def test_wrong_token_spools_without_retrying_and_hides_the_token(
     assert entry.id == outcome.spool_id and entry.pending == ("cloudshark",)
     assert entry.event is not None and entry.event["status"] == "spooled"
     assert "tok-wrong-1234" not in (tmp_path / f"{entry.id}.json").read_text()
+    assert any("upload_failed sink=cloudshark" in r.getMessage() for r in caplog.records)
+    assert all("tok-wrong-1234" not in r.getMessage() for r in caplog.records)
 
 
 class Failing:
