@@ -40,6 +40,10 @@ class AgentError(Exception):
     """The agent cannot start: bad interface, unreadable file, unknown link type."""
 
 
+class CaptureError(AgentError):
+    """libpcap failed while capturing (e.g. the interface went away)."""
+
+
 class FlowAgent:
     """One capture source feeding Redis, with a stats line every interval.
 
@@ -121,6 +125,8 @@ class FlowAgent:
         callback = self._callback
         while not stop.is_set():
             count = dispatch(DISPATCH_BATCH, callback)
+            if count < 0:  # pypcap returns libpcap's -1 instead of raising
+                raise CaptureError(f"capture failed: {handle.geterr() or 'interface gone'}")
             self.seen += count
             now = time.monotonic()
             if now >= next_stats:
@@ -139,7 +145,9 @@ class FlowAgent:
         next_stats = time.monotonic() + interval
         while stop is None or not stop.is_set():
             count = handle.dispatch(DISPATCH_BATCH, callback)
-            if count <= 0:
+            if count < 0:
+                raise CaptureError(f"reading failed: {handle.geterr() or 'unknown error'}")
+            if count == 0:
                 break
             self.seen += count
             if time.monotonic() >= next_stats:

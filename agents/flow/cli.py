@@ -11,7 +11,7 @@ from dataclasses import replace
 from types import FrameType
 from urllib.parse import urlsplit
 
-from agents.flow.agent import AgentError, FlowAgent, make_writer
+from agents.flow.agent import AgentError, CaptureError, FlowAgent, make_writer
 from agents.flow.config import (
     DIRECTIONS,
     FlowConfig,
@@ -140,12 +140,18 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("event=flow_redis target=%s", redis_config.describe())
     writer.start()
+    status = 0
     try:
         if args.read:
             agent.run_file(stop)
         else:
             agent.run_live(stop)
+    except (CaptureError, OSError) as exc:
+        # The interface went away or libpcap failed: exit non-zero so that
+        # systemd restarts the agent, after sending what is queued.
+        log.error("event=flow_capture_failed error=%r", str(exc))
+        status = 1
     finally:
         writer.stop(FLUSH_TIMEOUT)
         agent.log_stats("flow_done")
-    return 0
+    return status

@@ -115,3 +115,27 @@ def test_live_capture_both_versions(tmp_path: Path, unix_redis: Path) -> None:
         text = log.read_text()
         assert "event=flow_stats" in text and "event=flow_done" in text
         assert "Traceback" not in text
+
+
+@needs_root
+def test_interface_going_away_ends_the_agent_with_an_error(
+    tmp_path: Path, unix_redis: Path
+) -> None:
+    with veth_pair(subnet=62) as pair:
+        log = tmp_path / "agent.log"
+        with log.open("wb") as err:
+            agent = subprocess.Popen(
+                pair.exec_a(sys.executable, "-m", "pcapd", "agent", "flow", pair.dev_a,
+                            f"{pair.addr_a}/32", "--redis", f"unix://{unix_redis}"),
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        try:
+            wait_for(lambda: b"event=flow_started" in log.read_bytes(), timeout=20)
+            subprocess.run(["ip", "-n", pair.ns_a, "link", "del", pair.dev_a], check=True)
+            agent.wait(AGENT_EXIT_TIMEOUT)
+        finally:
+            stop_process(agent)
+    text = log.read_text()
+    assert agent.returncode == 1, text
+    assert "event=flow_capture_failed" in text and "event=flow_done" in text
+    assert "Traceback" not in text
