@@ -126,7 +126,7 @@ class FlowAgent:
         while not stop.is_set():
             count = dispatch(DISPATCH_BATCH, callback)
             if count < 0:  # pypcap returns libpcap's -1 instead of raising
-                raise CaptureError(f"capture failed: {handle.geterr() or 'interface gone'}")
+                raise CaptureError(f"capture failed: {_error_text(handle)}")
             self.seen += count
             now = time.monotonic()
             if now >= next_stats:
@@ -146,7 +146,7 @@ class FlowAgent:
         while stop is None or not stop.is_set():
             count = handle.dispatch(DISPATCH_BATCH, callback)
             if count < 0:
-                raise CaptureError(f"reading failed: {handle.geterr() or 'unknown error'}")
+                raise CaptureError(f"reading failed: {_error_text(handle)}")
             if count == 0:
                 break
             self.seen += count
@@ -185,6 +185,13 @@ class FlowAgent:
 
     def log_stats(self, event: str = "flow_stats") -> None:
         log.info("event=%s %s", event, " ".join(f"{k}={v}" for k, v in self.stats().items()))
+
+
+def _error_text(handle: Any) -> str:
+    error = handle.geterr()
+    if isinstance(error, bytes):
+        error = error.decode("utf-8", "replace")
+    return str(error) or "unknown libpcap error"
 
 
 def make_writer(connect: Callable[[], Any], config: FlowConfig) -> store.RedisWriter:

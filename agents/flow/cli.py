@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -149,7 +150,7 @@ def main(argv: list[str]) -> int:
     except (CaptureError, OSError) as exc:
         # The interface went away or libpcap failed: exit non-zero so that
         # systemd restarts the agent, after sending what is queued.
-        log.error("event=flow_capture_failed error=%r", str(exc))
+        log.error("event=flow_capture_failed error=%s", json.dumps(str(exc)))
         status = 1
     finally:
         writer.stop(FLUSH_TIMEOUT)

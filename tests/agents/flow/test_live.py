@@ -137,5 +137,6 @@ def test_interface_going_away_ends_the_agent_with_an_error(
             stop_process(agent)
     text = log.read_text()
     assert agent.returncode == 1, text
-    assert "event=flow_capture_failed" in text and "event=flow_done" in text
+    assert 'event=flow_capture_failed error="capture failed: The interface disappeared"' in text
+    assert "event=flow_done" in text
     assert "Traceback" not in text
