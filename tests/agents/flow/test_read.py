@@ -192,3 +192,40 @@ def test_sll_capture_file(tmp_path: Path, redis_srv: RedisServer) -> None:
     stats = read_in_process(path, redis_srv)
     assert stats["events"] == 1
     assert redis_srv.client().get(f"{A6};{B6};443;flow") == b"1"
+
+
+def test_cli_config_file_only(tmp_path: Path, redis_srv: RedisServer) -> None:
+    """`-c FILE` alone: Redis from [redis], OUR-NETS and rules from [agents.flow]."""
+    path = tmp_path / "seed.pcap"
+    f.write_pcap(
+        path,
+        [
+            f.ether(f.ip4("203.0.113.53", "10.0.0.1", 17, f.udp(53, 40000))),  # dropped by rule
+            f.ether(f.ip4("203.0.113.9", "10.0.0.1", 6, f.tcp(51000, 22))),
+            f.ether(f.ip4("198.51.100.1", "192.168.1.10", 6, f.tcp(443, 50000))),
+        ],
+    )
+    seed = (REPO / "docs" / "flow.md").read_text().split("```toml\n# seed-001\n", 1)[1]
+    config = tmp_path / "site.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_srv.url}"\n\n'
+        + seed.split("```", 1)[0].replace(
+            "[agents.flow]\n", '[agents.flow]\nour_nets = ["192.168.0.0/16"]\n'
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "flow", "-c", str(config), "--read", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert all_keys(redis_srv.client()) == {
+        "client;203.0.113.9": "1",
+        "203.0.113.9;10.0.0.1;22;flow": "1",
+        "203.0.113.9;10.0.0.1;peer": "1",
+        "10.0.0.1;203.0.113.9;peer": "1",
+        "client;192.168.1.10": "1",
+        "192.168.1.10;198.51.100.1;443;flow": "1",
+        "192.168.1.10;198.51.100.1;peer": "1",
+        "198.51.100.1;192.168.1.10;peer": "1",
+    }
+    assert "drop_rule=1" in result.stderr

@@ -72,6 +72,8 @@ def client(addresses: list[str]) -> None:
             assert udp.recvfrom(4096)[0] == b"ping"
         with socket.socket(fam, socket.SOCK_STREAM) as probe:
             probe.settimeout(TIMEOUT)
+            # The earlier connection may have left this port in TIME_WAIT.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("", RST_PORT[fam]))
             try:
                 probe.connect((address, CLOSED_TCP))
