@@ -49,6 +49,7 @@ READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
 ENGINE_MAX_BYTES = 2_000_000_000  # high enough never to be the stop condition
 ENGINE_MAX_PACKETS = 1_000_000_000
+SENDER_SHORTFALL = 0.9  # below this fraction of the asked rate, say so
 PPS_MULTI = 10  # packets per timing tick: tcpreplay cannot pace 1 packet per 2.5 us
 V3_BLOCK_TIMEOUT_MS = 10  # --handle v3: how long a partly filled block waits
 ENGINE_DURATION = 600.0
@@ -289,6 +290,7 @@ def replay(link: Link, pcap: Path, rate: int | None, packets: int) -> Sent:
 @dataclass(frozen=True, slots=True)
 class Row:
     label: str
+    rate: int | None  # asked; None for --topspeed
     sent: Sent
     pcapd: Counts
     tcpdump: Counts
@@ -311,12 +313,17 @@ def measure(
     try:
         sent = replay(link, pcap, rate, packets)
         time.sleep(DRAIN)
-    finally:
-        tcpdump_counts = stop_tcpdump(tcpdump, dump)
-        engine_counts = stop_engine(engine)
+    except BaseException:
+        # `ip netns exec` execs in place: these PIDs are tcpdump and the engine.
+        for proc in (tcpdump, engine):
+            proc.kill()
+            proc.wait()
+        raise
+    tcpdump_counts = stop_tcpdump(tcpdump, dump)
+    engine_counts = stop_engine(engine)
     dump.unlink(missing_ok=True)
     label = "topspeed" if rate is None else f"{rate // 1000}k"
-    return Row(label, sent, engine_counts, tcpdump_counts)
+    return Row(label, rate, sent, engine_counts, tcpdump_counts)
 
 
 HEADER = (
@@ -348,6 +355,10 @@ def format_row(row: Row) -> str:
     )
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"capture_vs_tcpdump: stopped by signal {signum}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two rates, shorter replays")
@@ -368,6 +379,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"capture_vs_tcpdump: {tool} not found on PATH", file=sys.stderr)
             return 2
+    signal.signal(signal.SIGTERM, _terminate)  # so the namespaces are deleted
     rates = QUICK_RATES if args.quick else RATES
     seconds = QUICK_SECONDS_PER_RATE if args.quick else SECONDS_PER_RATE
     topspeed = QUICK_TOPSPEED_PACKETS if args.quick else TOPSPEED_PACKETS
@@ -390,6 +402,13 @@ def main() -> int:
             row = measure(link, pcap, workdir, rate, packets, args.handle)
             rows.append(row)
             print(format_row(row), flush=True)
+    slow = [
+        f"{row.label} ({row.sent.pps / 1000:.0f}k)"
+        for row in rows
+        if row.rate is not None and row.sent.pps < SENDER_SHORTFALL * row.rate
+    ]
+    if slow:
+        print(f"tcpreplay fell short of the asked rate (CPU is shared): {', '.join(slow)}")
     misses = [row.label for row in rows if verdict(row) == "MISS"]
     print(f"total {time.monotonic() - began:.0f} s; ", end="")
     if misses:

@@ -412,6 +412,10 @@ def report_rss(rss: RssFigures) -> bool:
     return met
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"trigger_latency: stopped by signal {signum}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and peer runs")
@@ -429,6 +433,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"trigger_latency: {tool} not found on PATH", file=sys.stderr)
             return 2
+    signal.signal(signal.SIGTERM, _terminate)  # so redis-server and pcapd are stopped
     count = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)
     peer_runs = QUICK_PEER_RUNS if args.quick else PEER_RUNS
     # tmpfs, if there is one: the daemon fsyncs every file; that is not what is timed.
