@@ -26,6 +26,7 @@ from pcapd.config import (
 from pcapd.secret import Secret
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+STREAM_MAXLEN = 100_000  # requests kept in the request stream
 WAIT_MARGIN = 15.0  # seconds past a request's own bounds to wait for its results
 
 
@@ -120,25 +121,57 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+def _signing_key(args: argparse.Namespace) -> Secret:
+    """--key (a secret, env:NAME or file:/path), else [security] keys[--kid] of -c."""
+    if args.key:
+        if args.key.startswith("env:"):
+            value = os.environ.get(args.key[4:])
+            if value is None:
+                raise SystemExit(f"pcapd trigger: --key: ${args.key[4:]} is not set")
+            return Secret(value)
+        if args.key.startswith("file:"):
+            try:
+                with open(args.key[5:]) as handle:
+                    return Secret(handle.read().strip())
+            except OSError as exc:
+                raise SystemExit(f"pcapd trigger: --key: {exc}") from None
+        return Secret(args.key)
+    keys = load_config(args.config).security.keys if args.config else {}
+    if args.kid not in keys:
+        raise SystemExit(f"pcapd trigger: --kid {args.kid}: give --key, or -c a config whose "
+                         "[security] keys has it")  # fmt: skip
+    return keys[args.kid]
+
+
 def _trigger(args: argparse.Namespace) -> int:
+    import time
+
     from pcapd.client import new_request_id, print_events, publish_request, subscribe
+    from pcapd.signing import sign
+    from triggers.redis_stream import publish_stream
 
     request = _request_from_args(args)
     request.setdefault("id", new_request_id())
     client, config = _client(args)
-    channel = args.channel or config.channel
+    channel = args.channel or (config.stream if args.stream else config.channel)
     pubsub = None
     try:
         if args.wait is not None:
             request.setdefault("reply_to", f"pcapd-reply-{request['id']}")
             pubsub = subscribe(client, request["reply_to"])
+        if args.kid:
+            request = sign(request, args.kid, _signing_key(args), time.time())
         body = json.dumps(request).encode()
-        receivers = publish_request(client, channel, body)
+        if args.stream:
+            entry = publish_stream(client, channel, body, STREAM_MAXLEN)
+            where = f"stream {channel!r} as {entry}"
+        else:
+            receivers = publish_request(client, channel, body)
+            where = f"{channel!r} ({receivers} subscribers)"
     except redis.RedisError as exc:
         print(f"pcapd trigger: Redis at {config.describe()}: {exc}", file=sys.stderr)
         return 1
-    print(f"published request {request['id']} to {channel!r} ({receivers} subscribers)",
-          file=sys.stderr)  # fmt: skip
+    print(f"published request {request['id']} to {where}", file=sys.stderr)
     if pubsub is None:
         return 0
     wait = args.wait or (
@@ -170,6 +203,12 @@ def _results(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from uploaders.spool_cli import main as spool_main
+
+    return int(spool_main(args.spool_args))
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -260,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--tags", help="comma-separated tags")
     trigger.add_argument("--customer")
     trigger.add_argument("--stdin", action="store_true", help="read the request JSON from stdin")
+    trigger.add_argument("--stream", action="store_true",
+                         help="XADD to [redis] stream instead of PUBLISH")  # fmt: skip
+    trigger.add_argument("--kid", metavar="NAME", help="sign the request with this key name")
+    trigger.add_argument("--key", metavar="SECRET",
+                         help="the key for --kid: env:NAME, file:/path or the secret itself "
+                         "(default: [security] keys of -c FILE)")  # fmt: skip
     trigger.add_argument(
         "--wait", type=float, nargs="?", const=0.0, metavar="SECONDS",
         help="print this request's results; stop after SECONDS (default: its bounds + 15 s)",
@@ -294,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     check.set_defaults(func=_check_config)
 
+    spool = sub.add_parser(
+        "spool", help="show or retry captures waiting in the spool",
+        description="`pcapd spool list -c FILE` shows spooled captures; `pcapd spool retry "
+        "-c FILE [ID...]` delivers them now. `pcapd spool --help` for details.",
+        add_help=False,
+    )  # fmt: skip
+    spool.add_argument("spool_args", nargs=argparse.REMAINDER, metavar="...")
+    spool.set_defaults(func=_spool)
+
     agent = sub.add_parser(
         "agent", help="run a collector that fills Redis (dnstap, flow)",
         description="Run a long-lived agent. `pcapd agent dnstap --help` and "
@@ -306,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["spool"]:
+        # The spool command parses its own options, --help included.
+        return _spool(argparse.Namespace(spool_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)

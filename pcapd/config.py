@@ -179,6 +179,7 @@ class S3Config:
     allowed_buckets: tuple[str, ...] = ()
     allowed_endpoints: tuple[str, ...] = ()
     allowed_acls: tuple[str, ...] = ()
+    allowed_regions: tuple[str, ...] = ()
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
 
 
@@ -528,6 +529,7 @@ def _s3(s: _Section) -> S3Config:
         allowed_buckets=s.str_list("allowed_buckets"),
         allowed_endpoints=s.str_list("allowed_endpoints"),
         allowed_acls=s.str_list("allowed_acls"),
+        allowed_regions=s.str_list("allowed_regions"),
         multipart_threshold=s.get_int(
             "multipart_threshold", DEFAULT_MULTIPART_THRESHOLD, minimum=5 * 1024 * 1024
         ),

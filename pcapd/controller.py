@@ -1,11 +1,16 @@
 """The controller: from a delivered request to stored files and result events.
 
 `handle(delivery)` is called by the trigger threads and returns quickly: it
-parses, matches the node, resolves interfaces, admits each capture under the
-global bounds and starts one worker thread per (request, interface). Nothing
-queues: over `max_concurrent` or `max_memory` the capture is rejected with the
-reason. Memory held by captures stays within `max_memory`, since each capture
-reserves its `bytes` bound before it starts and releases it once delivered.
+parses, matches the node, checks signature, duplicates and upload policy,
+resolves interfaces, admits each capture under the global bounds and starts
+one capture thread per (request, interface). Nothing queues: over
+`max_concurrent` or `max_memory` the capture is rejected with the reason.
+
+A finished capture frees its slot at once and is handed to a bounded pool of
+upload workers, so a slow sink never holds up capturing. Memory held by
+captures, running or waiting for upload, stays within `max_memory`: each
+capture reserves its `bytes` bound before it starts, keeps the size of its
+file once it ends, and releases it when the file is stored.
 """
 
 from __future__ import annotations
@@ -13,12 +18,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pcap
 
 from pcapd.config import Config
+from pcapd.dedup import RecentIds
 from pcapd.engine import (
     CaptureError,
     CaptureLimits,
@@ -32,18 +42,29 @@ from pcapd.engine import (
 from pcapd.events import ResultEvent, iso_utc
 from pcapd.logs import event
 from pcapd.packetdebug import packet_logger
-from pcapd.request import CaptureRequest, RequestError, parse_request, resolve_interfaces
+from pcapd.request import (
+    CaptureRequest,
+    RequestError,
+    decode_body,
+    parse_fields,
+    resolve_interfaces,
+)
 from pcapd.results import ResultPublisher
+from pcapd.signing import verify
 from triggers.base import Delivery
-from uploaders.base import Artifact, Location, Uploader, UploadError, artifact_filename
+from uploaders.base import Artifact, Location, artifact_filename
+from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
+from uploaders.policy import check_overrides
+from uploaders.spool import SpoolError
 
 log = logging.getLogger("pcapd.controller")
 
 
 @dataclass(slots=True)
 class _Job:
-    """The captures one delivery started; the delivery is acked when all end."""
+    """The captures one delivery started; the delivery is acked when all are
+    stored (uploaded or spooled) or reported."""
 
     delivery: Delivery
     remaining: int
@@ -63,20 +84,30 @@ class Controller:
         config: Config,
         *,
         publisher: ResultPublisher,
-        uploaders: Sequence[Uploader],
+        deliverer: Deliverer,
         pool: HandlePool,
         devices: Callable[[], set[str]] = available_devices,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.node = config.general.node
         self.publisher = publisher
-        self.uploaders = tuple(uploaders)
+        self.deliverer = deliverer
         self.pool = pool
         self.devices = devices
+        self.clock = clock
+        security = config.security
+        self.recent_ids = RecentIds(security.dedup_window)
+        # Signatures stay replayable for 2 x max_skew (a ts that far ahead is accepted).
+        self.recent_sigs = RecentIds(max(security.dedup_window, 2 * security.max_skew))
         self._lock = threading.Lock()
         self._active = 0
         self._reserved = 0
-        self._workers: set[threading.Thread] = set()
+        self._capturing: set[threading.Thread] = set()
+        self._uploads: set[Future[None]] = set()
+        self._upload_pool = ThreadPoolExecutor(
+            max_workers=config.delivery.upload_workers, thread_name_prefix="upload"
+        )
         self._accepting = True
         self.capture_stop = threading.Event()  # set on shutdown: captures end now
         self.capture_started = threading.Event()  # for tests and benchmarks
@@ -84,6 +115,8 @@ class Controller:
     # -- admission -------------------------------------------------------
     def free_slots(self) -> int:
         with self._lock:
+            if not self._accepting:
+                return 0
             return max(0, self.config.general.max_concurrent - self._active)
 
     @property
@@ -108,10 +141,10 @@ class Controller:
             self._reserved += request.bytes
         return None
 
-    def _release(self, request: CaptureRequest) -> None:
+    def _adjust(self, slots: int, reserved: int) -> None:
         with self._lock:
-            self._active -= 1
-            self._reserved -= request.bytes
+            self._active += slots
+            self._reserved += reserved
 
     # -- requests --------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
@@ -125,7 +158,8 @@ class Controller:
 
     def _handle(self, delivery: Delivery) -> None:
         try:
-            request = parse_request(delivery.body, self.config)
+            fields = decode_body(delivery.body, self.config.general.max_request_bytes)
+            request = parse_fields(fields, self.config, delivery.message_id)
         except RequestError as exc:
             event(
                 log, "request_rejected", logging.WARNING,
@@ -140,14 +174,30 @@ class Controller:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
         if not request.matches_node(self.node):
             event(log, "request_not_for_me", logging.DEBUG, id=request.id)
+            (delivery.not_for_me or delivery.ack)()
+            return
+        if request.id in self.recent_ids:
+            event(log, "request_duplicate", id=request.id, source=delivery.source)
+            self._publish(
+                ResultEvent(
+                    id=request.id, alertid=request.alertid, node=self.node, status="duplicate",
+                    error=f"request id {request.id} was already served within "
+                    f"dedup_window={self.config.security.dedup_window}s",
+                ),
+                request.reply_to,
+            )  # fmt: skip
             delivery.ack()
             return
         try:
+            verify(fields, self.config.security, self.clock(), self.recent_sigs)
+            check_overrides(request, self.config.s3)
+            self._check_spool_room(request)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
             self._reject(request, None, str(exc))
             delivery.ack()
             return
+        self.recent_ids.seen(request.id)
         warnings = request.warnings + skipped
         started = [self._start(request, name, warnings) for name in interfaces]
         workers = [worker for worker in started if worker is not None]
@@ -157,7 +207,24 @@ class Controller:
         job = _Job(delivery, len(workers))
         for worker in workers:
             worker.job = job
-            self._run_worker(worker)
+            thread = threading.Thread(
+                target=worker.run, name=f"capture-{request.id}-{worker.interface}"
+            )
+            worker.thread = thread
+            with self._lock:
+                self._capturing.add(thread)
+            thread.start()
+
+    def _check_spool_room(self, request: CaptureRequest) -> None:
+        """With remote sinks, a capture must fit the spool should they fail: the
+        spool never drops what it holds, so new captures are refused instead."""
+        spool = self.deliverer.spool
+        if spool is None or not self.deliverer.has_remote:
+            return
+        try:
+            spool.check_room(request.bytes)
+        except SpoolError as exc:
+            raise RequestError(str(exc), request.id) from None
 
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
@@ -173,25 +240,10 @@ class Controller:
         except CaptureError as exc:
             if handle is not None:
                 close_handle(handle)
-            self._release(request)
+            self._adjust(-1, -request.bytes)
             self._reject(request, interface, str(exc), warnings)
             return None
         return _Worker(self, request, interface, handle, warnings)
-
-    def _run_worker(self, worker: _Worker) -> None:
-        thread = threading.Thread(
-            target=worker.run, name=f"capture-{worker.request.id}-{worker.interface}"
-        )
-        with self._lock:
-            self._workers.add(thread)
-        worker.thread = thread
-        thread.start()
-
-    def _worker_finished(self, worker: _Worker) -> None:
-        self._release(worker.request)
-        with self._lock:
-            if worker.thread is not None:
-                self._workers.discard(worker.thread)
 
     def _reject(
         self,
@@ -206,63 +258,110 @@ class Controller:
         )  # fmt: skip
         self._publish(
             ResultEvent(
-                id=request.id,
-                alertid=request.alertid,
-                node=self.node,
-                interface=interface,
-                status="rejected",
-                error=error,
-                format=request.format,
+                id=request.id, alertid=request.alertid, node=self.node, interface=interface,
+                status="rejected", error=error, format=request.format,
                 warnings=warnings or request.warnings,
             ),
             request.reply_to,
-        )
+        )  # fmt: skip
 
     def _publish(self, result: ResultEvent, reply_to: str | None = None) -> None:
         self.publisher.publish(result, reply_to)
 
-    # -- delivery --------------------------------------------------------
-    def deliver(self, artifact: Artifact) -> tuple[dict[str, str], list[str]]:
-        """Run every uploader in order: (locations by kind, errors)."""
-        locations: dict[str, str] = {}
-        errors: list[str] = []
-        for uploader in self.uploaders:
-            try:
-                location: Location = uploader.upload(artifact)
-            except UploadError as exc:
-                errors.append(f"{uploader.name}: {exc}")
-                event(
-                    log, "upload_failed", logging.ERROR,
-                    id=artifact.request.id, sink=uploader.name, error=str(exc),
-                )  # fmt: skip
-                continue
-            locations[location.kind] = location.url
-        return locations, errors
+    # -- after the capture -------------------------------------------------
+    def _captured(self, worker: _Worker, outcome: CaptureOutcome, result: ResultEvent) -> None:
+        """Free the capture slot; keep memory for the file until it is stored."""
+        held = len(outcome.data) if outcome.packets else 0
+        self._adjust(-1, held - worker.request.bytes)
+        with self._lock:
+            if worker.thread is not None:
+                self._capturing.discard(worker.thread)
+        if not outcome.packets:
+            # As pcapdaemon: nothing captured, nothing to upload.
+            self._finish(worker, result, {}, held)
+            return
+        artifact = Artifact(
+            data=outcome.data,
+            filename=artifact_filename(
+                self.node, worker.interface, outcome.started, worker.request.id,
+                worker.request.format,
+            ),
+            format=worker.request.format,
+            sha256=result.sha256 or "",
+            request=worker.request,
+            node=self.node,
+            interface=worker.interface,
+        )  # fmt: skip
+        future = self._upload_pool.submit(self._store, worker, artifact, result, held)
+        with self._lock:
+            self._uploads.add(future)
+        future.add_done_callback(self._upload_done)
 
-    def write_sidecar(self, locations: dict[str, str], result: ResultEvent) -> None:
-        for uploader in self.uploaders:
-            if isinstance(uploader, LocalUploader) and "local" in locations:
+    def _upload_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._uploads.discard(future)
+
+    def _store(self, worker: _Worker, artifact: Artifact, result: ResultEvent, held: int) -> None:
+        try:
+            outcome = self.deliverer.deliver(artifact, result)
+            stored = outcome.apply(result)
+            if outcome.status == "ok" and result.error:
+                stored = replace(stored, error=result.error)
+            self._finish(worker, stored, dict(outcome.locations), held)
+        except Exception:
+            log.exception("event=store_crashed id=%s", worker.request.id)
+            self._adjust(0, -held)
+            if worker.job is not None:
+                worker.job.done()
+
+    def _finish(
+        self, worker: _Worker, result: ResultEvent, locations: Mapping[str, str], held: int
+    ) -> None:
+        try:
+            self._write_sidecar(locations, result)
+            event(
+                log, "capture_done", id=result.id, interface=result.interface,
+                status=result.status, stop=result.stop, packets=result.packets,
+                bytes=result.bytes, kernel_dropped=result.kernel_dropped,
+                locations=dict(locations), error=result.error,
+            )  # fmt: skip
+            self._publish(result, worker.request.reply_to)
+        finally:
+            self._adjust(0, -held)
+            if worker.job is not None:
+                worker.job.done()
+
+    def _write_sidecar(self, locations: Mapping[str, str], result: ResultEvent) -> None:
+        if "local" not in locations:
+            return
+        for uploader in self.deliverer.uploaders:
+            if isinstance(uploader, LocalUploader):
                 try:
                     uploader.write_sidecar(Location("local", locations["local"]), result.to_json())
                 except OSError as exc:
                     event(log, "sidecar_failed", logging.ERROR, id=result.id, error=str(exc))
 
     # -- lifecycle -------------------------------------------------------
-    def shutdown(self, timeout: float | None = None) -> bool:
+    def shutdown(self, timeout: float) -> bool:
         """Stop taking requests, end running captures (stop=shutdown), wait for
-        them to be delivered. True if every worker finished in time."""
+        them to be stored. True if everything finished within `timeout`."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._accepting = False
-            workers = list(self._workers)
+            capturing = list(self._capturing)
         self.capture_stop.set()
-        for thread in workers:
-            thread.join(timeout)
+        for thread in capturing:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            return not self._workers
+            uploads = list(self._uploads)
+        wait_futures(uploads, max(0.0, deadline - time.monotonic()))
+        self._upload_pool.shutdown(wait=False)
+        with self._lock:
+            return not self._capturing and not self._uploads
 
 
 class _Worker:
-    """One capture on one interface, then its delivery and result event."""
+    """One capture on one interface; its file then goes to the upload pool."""
 
     def __init__(
         self,
@@ -281,18 +380,39 @@ class _Worker:
         self.thread: threading.Thread | None = None
 
     def run(self) -> None:
+        ctl = self.controller
+        request = self.request
         try:
-            self._run()
-        except Exception:
-            log.exception(
-                "event=worker_crashed id=%s interface=%s", self.request.id, self.interface
-            )
-        finally:
-            self.controller._worker_finished(self)
+            outcome = self._capture()
+        except Exception as exc:
+            log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
+            ctl._adjust(-1, -request.bytes)
+            with ctl._lock:
+                if self.thread is not None:
+                    ctl._capturing.discard(self.thread)
+            ctl._publish(
+                ResultEvent(
+                    id=request.id, alertid=request.alertid, node=ctl.node,
+                    interface=self.interface, status="failed", error=f"capture failed: {exc}",
+                    format=request.format, warnings=self.warnings,
+                ),
+                request.reply_to,
+            )  # fmt: skip
             if self.job is not None:
                 self.job.done()
+            return
+        result = ResultEvent(
+            id=request.id, alertid=request.alertid, node=ctl.node, interface=self.interface,
+            status="ok" if outcome.packets else "empty", error=outcome.error, stop=outcome.stop,
+            packets=outcome.packets, bytes=len(outcome.data) if outcome.packets else 0,
+            kernel_dropped=outcome.kernel_dropped, started=iso_utc(outcome.started),
+            ended=iso_utc(outcome.ended), format=request.format,
+            sha256=hashlib.sha256(outcome.data).hexdigest() if outcome.packets else None,
+            warnings=self.warnings,
+        )  # fmt: skip
+        ctl._captured(self, outcome, result)
 
-    def _run(self) -> None:
+    def _capture(self) -> CaptureOutcome:
         ctl = self.controller
         request = self.request
         limits = CaptureLimits(
@@ -302,7 +422,7 @@ class _Worker:
             duration=request.duration,
             timeout=request.timeout,
         )
-        comments = {
+        comments: dict[str, Any] = {
             "request_id": request.id,
             "alertid": request.alertid,
             "node": ctl.node,
@@ -321,54 +441,10 @@ class _Worker:
             else None
         )
         try:
-            outcome = capture(
+            return capture(
                 self.handle, limits, fmt=request.format, interface=self.interface,
                 comments=comments, stop=ctl.capture_stop, packet_debug=debug,
                 on_start=ctl.capture_started.set,
             )  # fmt: skip
         finally:
             close_handle(self.handle)
-        self._finish(outcome)
-
-    def _finish(self, outcome: CaptureOutcome) -> None:
-        ctl = self.controller
-        request = self.request
-        result = ResultEvent(
-            id=request.id, alertid=request.alertid, node=ctl.node, interface=self.interface,
-            status="empty", error=outcome.error, stop=outcome.stop, packets=outcome.packets,
-            kernel_dropped=outcome.kernel_dropped, started=iso_utc(outcome.started),
-            ended=iso_utc(outcome.ended), format=request.format, warnings=self.warnings,
-        )  # fmt: skip
-        locations: dict[str, str] = {}
-        # As pcapdaemon: nothing captured, nothing to upload.
-        if outcome.packets:
-            digest = hashlib.sha256(outcome.data).hexdigest()
-            artifact = Artifact(
-                data=outcome.data,
-                filename=artifact_filename(
-                    ctl.node, self.interface, outcome.started, request.id, request.format
-                ),
-                format=request.format,
-                sha256=digest,
-                request=request,
-                node=ctl.node,
-                interface=self.interface,
-            )
-            locations, errors = ctl.deliver(artifact)
-            problems = [outcome.error] if outcome.error else []
-            problems += errors
-            result = replace(
-                result,
-                status="ok" if locations else "failed",
-                error="; ".join(problems) or None,
-                bytes=len(outcome.data),
-                sha256=digest,
-                locations=locations,
-            )
-            ctl.write_sidecar(locations, result)
-        event(
-            log, "capture_done", id=request.id, interface=self.interface, status=result.status,
-            stop=outcome.stop, packets=outcome.packets, bytes=result.bytes,
-            kernel_dropped=outcome.kernel_dropped, locations=locations, error=result.error,
-        )  # fmt: skip
-        ctl._publish(result, request.reply_to)

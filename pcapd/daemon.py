@@ -28,21 +28,29 @@ from pcapd.results import ResultPublisher
 from triggers.base import TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
+from uploaders.deliver import Deliverer, build_remote_uploaders
 from uploaders.local import LocalUploader
+from uploaders.retry import RetryPolicy
+from uploaders.spool import Spool, SpoolDrainer
 
 log = logging.getLogger("pcapd.daemon")
 
 SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
 
 
-def build_uploaders(config: Config) -> list[Uploader]:
+def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
+    """Local disk first (fast, durable), then S3, then CloudShark; a spool for
+    the remote ones."""
     uploaders: list[Uploader] = []
     if config.general.writelocal:
         uploaders.append(LocalUploader(config.general.localdir))
-    return uploaders
+    remote = build_remote_uploaders(config)
+    uploaders.extend(remote)
+    spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes) if remote else None
+    return Deliverer(uploaders, RetryPolicy.from_config(config.delivery, stop=stop), spool)
 
 
-def build_sources(config: Config, connect: Callable[[], redis.Redis]) -> list[TriggerSource]:
+def build_sources(config: Config, free_slots: Callable[[], int]) -> list[TriggerSource]:
     sources: list[TriggerSource] = []
     if config.redis.listen:
 
@@ -54,6 +62,14 @@ def build_sources(config: Config, connect: Callable[[], redis.Redis]) -> list[Tr
         sources.append(
             RedisPubSubSource(connect_once, config.redis.channel, config.redis.describe())
         )
+    if config.redis.stream_listen:
+        from triggers.redis_stream import RedisStreamSource
+
+        sources.append(RedisStreamSource(config.redis, config.general.node, free_slots=free_slots))
+    if config.sqs.listen:
+        from triggers.sqs import SqsSource
+
+        sources.append(SqsSource(config.sqs, free_slots=free_slots))
     return sources
 
 
@@ -69,13 +85,24 @@ class Daemon:
         devices = available_devices()
         configured = tuple(i.name for i in config.interfaces if i.name in devices)
         self.pool = HandlePool(configured, config.general.buffer_size)
+        self.publisher = ResultPublisher(connect, config.redis)
+        # Set at the first signal: retries stop waiting, what fails is spooled.
+        self.retry_stop = threading.Event()
+        deliverer = build_deliverer(config, self.retry_stop)
         self.controller = Controller(
-            config,
-            publisher=ResultPublisher(connect, config.redis),
-            uploaders=build_uploaders(config),
-            pool=self.pool,
+            config, publisher=self.publisher, deliverer=deliverer, pool=self.pool
         )
-        self.sources = build_sources(config, connect)
+        self.drainer = (
+            SpoolDrainer(
+                deliverer.spool,
+                [u for u in deliverer.uploaders if u.remote],
+                lambda result, _locations: self.publisher.publish(result),
+                config.delivery.drain_interval,
+            )
+            if deliverer.spool is not None
+            else None
+        )
+        self.sources = build_sources(config, self.controller.free_slots)
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
 
@@ -86,6 +113,7 @@ class Daemon:
             os._exit(1)
         event(log, "shutdown_requested", signal=signal.Signals(signum).name)
         self.stop_sources.set()
+        self.retry_stop.set()
         self.controller.capture_stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -110,10 +138,12 @@ class Daemon:
         event(
             log, "starting", node=general.node, pid=os.getpid(),
             sources=[s.name for s in self.sources],
-            uploaders=[u.name for u in self.controller.uploaders],
+            uploaders=[u.name for u in self.controller.deliverer.uploaders],
             max_concurrent=general.max_concurrent, max_memory=general.max_memory,
         )  # fmt: skip
         self.pool.start()
+        if self.drainer is not None:
+            self.drainer.start()
         threads = [
             threading.Thread(target=self._source_loop, args=(s,), name=s.name, daemon=True)
             for s in self.sources
@@ -128,6 +158,12 @@ class Daemon:
             clean = self.controller.shutdown(timeout=SHUTDOWN_GRACE)
             for thread in threads:
                 thread.join(timeout=2.0)
+            for source in self.sources:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+            if self.drainer is not None:
+                self.drainer.stop()
             self.pool.stop()
         event(log, "stopped", clean=clean)
         return 0 if clean else 1

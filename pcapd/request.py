@@ -198,12 +198,20 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_request(body: bytes | str, config: Config) -> CaptureRequest:
-    data = decode_body(body, config.general.max_request_bytes)
+    return parse_fields(decode_body(body, config.general.max_request_bytes), config)
+
+
+def parse_fields(
+    data: Mapping[str, Any], config: Config, default_id: str | None = None
+) -> CaptureRequest:
+    """A request from an already decoded JSON object. Without an `id`, it gets
+    `default_id` (a durable source's message id, so a redelivery keeps its id)
+    or a random one."""
     general = config.general
 
     raw_id = data.get("id")
     if raw_id is None:
-        request_id = uuid.uuid4().hex
+        request_id = default_id if default_id and _ID_RE.fullmatch(default_id) else uuid.uuid4().hex
     elif isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id):
         request_id = raw_id
     else:

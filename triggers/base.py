@@ -32,6 +32,8 @@ class Delivery:
     release: Callable[[], None] = _noop
     extend: Callable[[float], None] = field(default=_noop_extend)
     message_id: str | None = None
+    # What to do with a request for another node; None = ack (SQS may release).
+    not_for_me: Callable[[], None] | None = None
 
 
 class TriggerSource(Protocol):

@@ -49,8 +49,7 @@ def check_overrides(request: CaptureRequest, s3_config: S3Config) -> None:
 
     Rules: `folder` always allowed within its character rules; `bucket`,
     `endpoint`, `acl` only if listed in `allowed_buckets`, `allowed_endpoints`,
-    `allowed_acls`; `region` only if the config lists `allowed_regions` (read
-    with a default of none, as the config has no such field yet) or an
+    `allowed_acls`; `region` only if listed in `allowed_regions` or an
     allowed endpoint is being used, since a region picks the AWS endpoint;
     `encryption: true` always (it only adds protection), `encryption: false`
     only where the config does not encrypt. When S3 upload is off these
@@ -101,14 +100,18 @@ def check_overrides(request: CaptureRequest, s3_config: S3Config) -> None:
             rid,
         )
 
-    if request.region is not None and request.region != s3_config.region:
-        allowed_regions: tuple[str, ...] = getattr(s3_config, "allowed_regions", ())
-        if request.region not in allowed_regions and not endpoint_override:
-            raise RequestError(
-                f"region={request.region!r}: this site does not allow a region other than "
-                f"{s3_config.region!r} unless the message also names an allowed endpoint",
-                rid,
-            )
+    if (
+        request.region is not None
+        and request.region != s3_config.region
+        and request.region not in s3_config.allowed_regions
+        and not endpoint_override
+    ):
+        raise RequestError(
+            f"region={request.region!r}: this site does not allow that region "
+            f"(s3.allowed_regions: {_listed(s3_config.allowed_regions)}) unless the message "
+            "also names an allowed endpoint",
+            rid,
+        )
 
     encrypted = s3_config.encryption or s3_config.sse is not None
     if request.encryption is False and encrypted:
