@@ -45,6 +45,8 @@ alias = ["local", "loop"]
 [[interface]]
 name = "ghost0"
 alias = ["ghost"]
+
+{extra_sections}
 """
 
 
@@ -103,6 +105,7 @@ class Daemon:
         max_concurrent: int = 8,
         max_memory: int = 64 * 1024 * 1024,
         extra_general: str = "",
+        extra_sections: str = "",
     ) -> None:
         self.server = server
         self.localdir = workdir / "captures"
@@ -111,7 +114,7 @@ class Daemon:
             BASE_CONFIG.format(
                 node=node, localdir=self.localdir, port=server.port,
                 max_concurrent=max_concurrent, max_memory=max_memory,
-                extra_general=extra_general,
+                extra_general=extra_general, extra_sections=extra_sections,
             )
         )  # fmt: skip
         self.log_path = workdir / "pcapd.log"
