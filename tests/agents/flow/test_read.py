@@ -89,14 +89,15 @@ def test_flows_rst_icmp_both_versions(tmp_path: Path, redis_srv: RedisServer) ->
 def test_suppression_window_follows_packet_time(tmp_path: Path, redis_srv: RedisServer) -> None:
     same = f.ip4(B4, A4, 17, f.udp(53, 4000))
     path = tmp_path / "window.pcap"
-    # 0 s, 10 s, 31 s, 40 s, 62 s: a 30 s window lets through 0, 31 and 62.
+    # 0 s, 10 s, 31 s, 40 s, 62 s: a 30 s window lets through 0, 31 and 62;
+    # then the clock steps back 100 s: sent again rather than held for 100 s.
     with path.open("wb") as handle:
         writer = dpkt.pcap.Writer(handle)
-        for seconds in (0, 10, 31, 40, 62):
+        for seconds in (0, 10, 31, 40, 62, -100, -90):
             writer.writepkt(f.ether(same), ts=1e9 + seconds)
     stats = read_in_process(path, redis_srv)
-    assert redis_srv.client().get(f"{A4};{B4};53;flow") == b"3"
-    assert stats["events"] == 3 and stats["suppressed"] == 2
+    assert redis_srv.client().get(f"{A4};{B4};53;flow") == b"4"
+    assert stats["events"] == 4 and stats["suppressed"] == 3
 
 
 def test_own_network_rules_and_ignore_flows(tmp_path: Path, redis_srv: RedisServer) -> None:
