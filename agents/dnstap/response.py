@@ -30,8 +30,10 @@ MAX_LABEL = 63
 _HEADER = struct.Struct(">HHHHHH")
 _QUESTION_TAIL = struct.Struct(">HH")
 _RR_TAIL = struct.Struct(">HHIH")
-# Bytes dnspython escapes in a label's text form (`\X` or `\DDD`).
-_NEEDS_ESCAPE = re.compile(rb'[^\x21-\x7e]|["().;\\@$]')
+_POINTER_RR = struct.Struct(">HHHIH")
+# Bytes dnspython escapes in a label's text form (`\X` or `\DDD`), but for
+# the dot, checked apart since it also joins the labels.
+_NEEDS_ESCAPE = re.compile(rb'[^\x21-\x7e]|["();\\@$]')
 _ESCAPED = frozenset(b'"().;\\@$')
 
 
@@ -70,7 +72,6 @@ def read_name(wire: bytes, pos: int) -> tuple[str, int]:
     end = len(wire)
     after = -1
     limit = pos  # a pointer must go below every place already visited
-    size = 1
     while True:
         if pos >= end:
             raise DnsFormError(f"name at offset {pos} runs past the end of the message")
@@ -83,9 +84,6 @@ def read_name(wire: bytes, pos: int) -> tuple[str, int]:
             if stop > end:
                 raise DnsFormError(f"label at offset {pos} runs past the end of the message")
             labels.append(wire[pos + 1 : stop])
-            size += length + 1
-            if size > MAX_NAME_WIRE:
-                raise DnsFormError(f"name at offset {pos} is longer than {MAX_NAME_WIRE} bytes")
             pos = stop
         elif length >= 0xC0:
             if pos + 1 >= end:
@@ -98,14 +96,16 @@ def read_name(wire: bytes, pos: int) -> tuple[str, int]:
             limit = pos = target
         else:
             raise DnsFormError(f"label type 0x{length:02x} at offset {pos} is not supported")
+    if after < 0:
+        after = pos
     if not labels:
-        return ".", (after if after >= 0 else pos)
+        return ".", after
     raw = b".".join(labels).lower()
-    if _NEEDS_ESCAPE.search(raw) is None:
-        text = raw.decode("ascii") + "."
-    else:
-        text = ".".join(_escape_label(label.lower()) for label in labels) + "."
-    return text, (after if after >= 0 else pos)
+    if len(raw) + 2 > MAX_NAME_WIRE:
+        raise DnsFormError(f"name ending at offset {pos} is longer than {MAX_NAME_WIRE} bytes")
+    if _NEEDS_ESCAPE.search(raw) is None and raw.count(b".") == len(labels) - 1:
+        return raw.decode("ascii") + ".", after
+    return ".".join(_escape_label(label.lower()) for label in labels) + ".", after
 
 
 def address_text(packed: bytes) -> str:
@@ -135,25 +135,45 @@ def parse_response(wire: bytes) -> Response:
     end = len(wire)
     cnames: dict[str, str] = {}
     found: list[tuple[str, int, str]] = []
+    # Names already read, by offset: most owners are one pointer to one of them.
+    names = {HEADER_LENGTH: qname}
+    ntop = socket.inet_ntop
     for _ in range(ancount):
-        owner, pos = read_name(wire, pos)
-        if pos + 10 > end:
-            raise DnsFormError(f"answer record at offset {pos} is truncated")
-        rtype, _rclass, _ttl, rdlength = _RR_TAIL.unpack_from(wire, pos)
-        pos += 10
+        if pos + 12 <= end and wire[pos] >= 0xC0:  # pointer owner + RR header at once
+            pointer, rtype, _rclass, _ttl, rdlength = _POINTER_RR.unpack_from(wire, pos)
+            owner = names.get(pointer & 0x3FFF)
+            if owner is None:
+                owner, _after = read_name(wire, pos)
+            pos += 12
+        else:
+            start = pos
+            owner, pos = read_name(wire, pos)
+            names[start] = owner
+            if pos + 10 > end:
+                raise DnsFormError(f"answer record at offset {pos} is truncated")
+            rtype, _rclass, _ttl, rdlength = _RR_TAIL.unpack_from(wire, pos)
+            pos += 10
         rend = pos + rdlength
         if rend > end:
             raise DnsFormError(f"rdata at offset {pos} runs past the end of the message")
-        if rtype in (TYPE_A, TYPE_AAAA):
-            if rdlength != (4 if rtype == TYPE_A else 16):
-                raise DnsFormError(f"type {rtype} rdata of {rdlength} bytes at offset {pos}")
-            found.append((owner, rtype, address_text(wire[pos:rend])))
+        if rtype == TYPE_A:
+            if rdlength != 4:
+                raise DnsFormError(f"type 1 rdata of {rdlength} bytes at offset {pos}")
+            found.append((owner, TYPE_A, ntop(socket.AF_INET, wire[pos:rend])))
+        elif rtype == TYPE_AAAA:
+            if rdlength != 16:
+                raise DnsFormError(f"type 28 rdata of {rdlength} bytes at offset {pos}")
+            found.append((owner, TYPE_AAAA, address_text(wire[pos:rend])))
         elif rtype == TYPE_CNAME:
             target, after = read_name(wire, pos)
             if after != rend:
                 raise DnsFormError(f"CNAME rdata at offset {pos} has trailing bytes")
+            names[pos] = target
             cnames.setdefault(owner, target)
         pos = rend
+    if not cnames:
+        return Response(qname, qtype, flags & 0x000F, (qname,),
+                        tuple((t, a) for o, t, a in found if o == qname))  # fmt: skip
     chain = [qname]
     name = qname
     while name in cnames:
