@@ -129,14 +129,26 @@ def bind(workdir: Path, socket_path: Path) -> Iterator[Resolver]:
 
 @contextlib.contextmanager
 def unbound(
-    workdir: Path, bind_port: int, *, socket_path: Path | None = None, tcp_port: int | None = None
+    workdir: Path,
+    bind_port: int,
+    *,
+    socket_path: Path | None = None,
+    tcp_port: int | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> Iterator[Resolver]:
+    """dnstap to `socket_path`, or to TCP `tcp_port`, with TLS if `tls` is
+    (CA bundle, server name)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     if socket_path is not None:
         target = f'    dnstap-socket-path: "{socket_path}"'
-    else:
+    elif tls is None:
         target = f'    dnstap-ip: "127.0.0.1@{tcp_port}"\n    dnstap-tls: no'
+    else:
+        target = (
+            f'    dnstap-ip: "127.0.0.1@{tcp_port}"\n    dnstap-tls: yes\n'
+            f'    dnstap-tls-cert-bundle: "{tls[0]}"\n    dnstap-tls-server-name: "{tls[1]}"'
+        )
     conf = workdir / "unbound.conf"
     conf.write_text(
         UNBOUND_CONF.format(dir=workdir, port=port, bind_port=bind_port, dnstap_target=target)

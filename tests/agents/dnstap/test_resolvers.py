@@ -4,8 +4,11 @@ from its own loopback source address (127.0.0.N) so keys do not mix."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +108,26 @@ def test_fast_parser_matches_dnspython_on_real_traffic(site: Site) -> None:
         wire = decode_dnstap(payload).response_message
         assert wire is not None
         assert parse_response(wire) == reference(wire)
+
+
+def test_unbound_dnstap_tls(site: Site, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=dnstap.test", "-addext", "subjectAltName=DNS:dnstap.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls: dict[str, Any] = {"listen": "127.0.0.1:0", "tls_cert": str(cert), "tls_key": str(key)}
+    client = "127.0.0.61"
+    with (
+        running_agent(site.redis.url, None, **tls) as ra,
+        unbound(
+            tmp_path / "ub", site.bind.port, tcp_port=ra.tcp_port, tls=(str(cert), "dnstap.test")
+        ) as ub,  # fmt: skip
+    ):
+        assert "192.0.2.10" in dig(ub.port, "www.example.test", "A", client)
+        want = {f"client;{client}": "1", f"{client};192.0.2.10;dns": ";www.example.test.;",
+                f"{client};192.0.2.11;dns": ";www.example.test.;"}  # fmt: skip
+        wait_for(lambda: site.keys_of(client) == want)
+        assert [c["listener"] for c in ra.snapshot()["per_connection"]] == ["tls"]
