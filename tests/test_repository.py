@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pcapd.config import (
     CloudsharkConfig,
@@ -28,7 +29,7 @@ def test_config_example_loads_without_errors_or_warnings() -> None:
 
 def test_every_option_is_documented_in_the_example() -> None:
     text = (ROOT / "config.toml.example").read_text()
-    sections = {
+    sections: dict[str, Any] = {
         "general": GeneralConfig, "redis": RedisConfig, "syslog": SyslogConfig,
         "s3": S3Config, "cloudshark": CloudsharkConfig, "delivery": DeliveryConfig,
         "sqs": SqsConfig, "security": SecurityConfig,
