@@ -286,6 +286,9 @@ class SqsSource:
             release=partial(self._release, receipt),
             extend=partial(self._extend, receipt),
             message_id=message.get("MessageId"),
+            not_for_me=partial(
+                self._release if self.config.not_for_me == "release" else self._ack, receipt
+            ),
         )
 
     # -- what a delivery does ---------------------------------------------
@@ -432,7 +435,9 @@ def not_for_me(delivery: Delivery, config: SqsConfig) -> None:
     or delete it (one queue per node) as `sqs.not_for_me` says. Every other
     source gives each node its own copy, so this node's copy is simply done.
     """
-    if delivery.source == SOURCE and config.not_for_me == "release":
+    if delivery.not_for_me is not None:
+        delivery.not_for_me()  # an SQS delivery knows its queue's `not_for_me`
+    elif delivery.source == SOURCE and config.not_for_me == "release":
         delivery.release()
     else:
         delivery.ack()

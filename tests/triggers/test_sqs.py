@@ -235,10 +235,11 @@ def test_not_for_me_delete_with_one_queue_per_node(moto_sqs: MotoServer) -> None
     client = moto_sqs.client()
     url = moto_sqs.new_queue()
     client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
-    config = sqs_config(moto_sqs, url, not_for_me="delete")
-    consumer = Consumer(SqsSource(config))
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url, not_for_me="delete")))
     try:
-        not_for_me(consumer.take(), config)
+        delivery = consumer.take()
+        assert delivery.not_for_me is not None
+        delivery.not_for_me()  # as the controller calls it
         wait_for(lambda: counts(client, url) == (0, 0))
     finally:
         consumer.close()
