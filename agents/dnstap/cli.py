@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
         where = f"{exc.path}: " if exc.path else ""
         for problem in exc.errors:
             print(f"{where}error: {problem}", file=sys.stderr)
-        return 2
+        return 1
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     redis_cfg = _redis_config(base_redis, cfg.redis_url)

@@ -65,14 +65,14 @@ def test_resolvers_first_then_agent_restarts(redis_srv: RedisServer, tmp_path: P
     assert "keys_written=" in text and "event=dnstap_connection_stats" in text
 
 
-def test_config_errors_are_printed_and_exit_2(tmp_path: Path) -> None:
+def test_config_errors_are_printed_and_exit_1(tmp_path: Path) -> None:
     config = tmp_path / "pcapd.toml"
     config.write_text('[agents.dnstap]\nsocket_mode = "xyz"\nrecord_types = ["MX"]\n')
     out = subprocess.run(
         [sys.executable, "-m", "pcapd", "agent", "dnstap", "-c", str(config), "--ttl-grace", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert out.stderr.splitlines() == [
         "error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
         "error: agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
