@@ -15,7 +15,7 @@ import redis
 from agents.flow.agent import AgentError, FlowAgent, make_writer
 from agents.flow.config import parse_flow_config, parse_networks_arg, with_command_line
 from tests.agents.flow import frames as f
-from tests.helpers import RedisServer
+from tests.helpers import RedisServer, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 OURS = "10.200.1.0/24,fd00:200:1::/64"
@@ -230,3 +230,25 @@ def test_cli_config_file_only(tmp_path: Path, redis_srv: RedisServer) -> None:
         "198.51.100.1;192.168.1.10;peer": "1",
     }
     assert "drop_rule=1" in result.stderr
+
+
+def test_redis_outage_is_retried_and_counted(tmp_path: Path, redis_srv: RedisServer) -> None:
+    """Redis away while packets are processed: the agent goes on, the writer
+    retries with backoff, and the keys arrive once Redis is back."""
+    pcap = write(
+        tmp_path / "outage.pcap", [f.ip4(B4, A4, 17, f.udp(53, 4000 + i)) for i in range(3)]
+    )
+    config = with_command_line(parse_flow_config({}), None, parse_networks_arg(OURS))
+    writer = make_writer(redis_srv.client, config)
+    agent = FlowAgent(config, writer)
+    agent.open_file(str(pcap))
+    redis_srv.stop()
+    writer.start()
+    agent.run_file()
+    wait_for(lambda: writer.stats.redis_errors >= 1, timeout=10)
+    stats = agent.stats()
+    assert stats["events"] == 1 and stats["keys_written"] == 0 and stats["queue_depth"] == 4
+    redis_srv.start()
+    writer.stop(10)
+    assert writer.stats.written_ops == 4 and writer.stats.dropped_ops == 0
+    assert all_keys(redis_srv.client())[f"{A4};{B4};53;flow"] == "1"
