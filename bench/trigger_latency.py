@@ -129,7 +129,9 @@ def redis_server(workdir: Path) -> Iterator[redis.Redis]:
         stop(proc)
 
 
-def write_config(path: Path, redis_port: int, localdir: Path) -> None:
+def write_config(path: Path, redis_port: int, localdir: Path, buffer_size: int | None) -> None:
+    # Without --buffer-size the daemon runs with its default general.buffer_size.
+    buffer = "" if buffer_size is None else f"buffer_size = {buffer_size}\n"
     path.write_text(
         f"""[general]
 node = "{NODE}"
@@ -141,7 +143,7 @@ maxduration = {RSS_DURATION}
 max_memory = {MAX_MEMORY}
 max_concurrent = {MAX_CONCURRENT}
 log_level = "warning"
-
+{buffer}
 [redis]
 listen = true
 host = "127.0.0.1"
@@ -156,11 +158,13 @@ name = "lo"
 
 
 @contextmanager
-def daemon(client: redis.Redis, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(
+    client: redis.Redis, workdir: Path, buffer_size: int | None
+) -> Iterator[subprocess.Popen[bytes]]:
     config = workdir / "pcapd.toml"
     localdir = workdir / "captures"
     port = client.connection_pool.connection_kwargs["port"]
-    write_config(config, port, localdir)
+    write_config(config, port, localdir, buffer_size)
     log = (workdir / "pcapd.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
@@ -424,6 +428,10 @@ def main() -> int:
         "--gap", type=float, default=REQUEST_GAP,
         help=f"seconds between one request's result and the next PUBLISH (default {REQUEST_GAP})",
     )  # fmt: skip
+    parser.add_argument(
+        "--buffer-size", type=int, metavar="BYTES",
+        help="general.buffer_size for the daemon (default: pcapd's own default)",
+    )  # fmt: skip
     parser.add_argument("--no-rss", action="store_true", help="skip the 200 MB capture")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -445,7 +453,7 @@ def main() -> int:
         with (
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
             redis_server(workdir) as client,
-            daemon(client, workdir) as proc,
+            daemon(client, workdir, args.buffer_size) as proc,
         ):
             prober = Prober(sock)
             latencies, failures = measure_pcapd(client, count, prober, args.gap)
