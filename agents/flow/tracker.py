@@ -32,7 +32,7 @@ DROP_NO_NETWORK = 2
 DROP_NO_RULE = 3
 DROP_RULE = 4
 DROP_OWN_NETWORK = 5
-NOT_OURS = 6  # RST / ICMP whose destination is not in our_nets
+NOT_OURS = 6  # RST / ICMP not to our_nets (an RST without SYN/FIN goes on as a flow)
 CACHE_RESETS = 7
 COUNTER_NAMES = (
     "events",
@@ -124,7 +124,9 @@ class Tracker:
         if entry is None:
             entry = self._remember(self._rsts, key, self._decide_rst(key))
         if entry == _FALL_THROUGH:
-            if not flags & 0x03:  # with SYN or FIN it is no payload packet
+            if flags & 0x03:  # with SYN or FIN it is no payload packet either
+                self.counts[NOT_OURS] += 1
+            else:
                 self.flow(ts, key, flags)
             return
         self._send(ts, entry)
