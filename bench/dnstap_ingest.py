@@ -11,7 +11,8 @@ through a bidirectional Frame Streams writer on a unix socket:
 - into the peer, the Python `dnstap-receiver` (output to stdout, sent to
   /dev/null), in the same run: until its FINISH, i.e. every frame decoded.
 
-Run: .venv/bin/python bench/dnstap_ingest.py [--messages N]
+Run: .venv/bin/python bench/dnstap_ingest.py [--messages N] [--repeat 3]
+Each side's best of `--repeat` runs is kept (other load only slows a run).
 Targets (issue 5): >= 3x the peer's rate while writing Redis, >= 50,000/s.
 """
 
@@ -158,7 +159,7 @@ def run_agent(workdir: Path, payloads: list[bytes]) -> dict[str, float]:
         agent = subprocess.Popen(
             [sys.executable, "-m", "pcapd", "agent", "dnstap", "--socket", sock,
              "--redis-url", f"redis://127.0.0.1:{port}/0", "--stats-interval",
-             str(STATS_INTERVAL), "--max-queue-ops", "10000000", "--batch-ops", "2000"],
+             str(STATS_INTERVAL)],
             cwd=ROOT, stdout=out, stderr=out,
         )  # fmt: skip
     try:
@@ -217,15 +218,24 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
     parser.add_argument("--peer-messages", type=int, default=DEFAULT_MESSAGES // 4,
                         help="the peer is slower: replay this many to it")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the best of each is kept")
     args = parser.parse_args()
     payloads = build_payloads(args.messages)
     size = sum(len(p) for p in payloads)
     print(f"replay: {len(payloads)} messages, {size / len(payloads):.0f} bytes each, "
           f"{CLIENTS} clients, {RESPONSE_POOL} distinct responses")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="dnstap-bench-") as tmp:
-        work = Path(tmp)
-        ours = run_agent(work, payloads)
-        peer_s = run_peer(work, payloads[: args.peer_messages])
+    ours: dict[str, float] = {}
+    peer_s: float | None = None
+    for attempt in range(args.repeat):  # best of N: other work on the machine only slows
+        with tempfile.TemporaryDirectory(prefix="dnstap-bench-") as tmp:
+            work = Path(tmp)
+            run = run_agent(work, payloads)
+            print(f"  run {attempt + 1}: agent written in {run['written_s']:.2f} s", flush=True)
+            if not ours or run["written_s"] < ours["written_s"]:
+                ours = run
+            peer_run = run_peer(work, payloads[: args.peer_messages])
+            if peer_run is not None and (peer_s is None or peer_run < peer_s):
+                peer_s = peer_run
     decoded_rate = len(payloads) / ours["decoded_s"]
     written_rate = len(payloads) / ours["written_s"]
     print(f"pcapd agent dnstap: {decoded_rate:,.0f} msg/s decoded, "
