@@ -7,6 +7,7 @@ problem, each naming its field (`agents.dnstap.socket_mode: ...`).
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -250,6 +251,11 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
             t.error(key, f"{path!r} is not a readable file")
     if cfg.socket is None and cfg.listen is None:
         t.error("socket", "no listener: set socket, listen, or both")
+    if cfg.socket_group is not None:
+        try:
+            grp.getgrnam(cfg.socket_group)
+        except KeyError:
+            t.error("socket_group", f"no group named {cfg.socket_group!r}")
     if cfg.udp_interface is not None:
         try:
             ipaddress.ip_address(cfg.udp_interface)

@@ -3,6 +3,7 @@ bad input, several connections, TLS, Redis outages, UDP output."""
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
@@ -267,8 +268,10 @@ def test_stale_socket_is_replaced_other_files_are_not(
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens
-    with running_agent(redis_srv.url, path, socket_mode="0600") as ra:
+    group = grp.getgrgid(os.getgid()).gr_name
+    with running_agent(redis_srv.url, path, socket_mode="0600", socket_group=group) as ra:
         assert os.stat(path).st_mode & 0o777 == 0o600
+        assert os.stat(path).st_gid == os.getgid()
         ra.send([GOOD])
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
     assert not path.exists()

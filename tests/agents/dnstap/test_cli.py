@@ -78,3 +78,16 @@ def test_config_errors_are_printed_and_exit_1(tmp_path: Path) -> None:
         "error: agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
         "error: agents.dnstap.record_types: MX not one of A, AAAA",
     ]
+
+
+def test_a_regular_file_at_the_socket_path_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dnstap.sock"
+    path.write_text("keep me")
+    out = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "dnstap", "--socket", str(path),
+         "--redis-url", "redis://127.0.0.1:1/0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert f"error: cannot listen: {path} exists and is not a socket" in out.stderr
+    assert path.read_text() == "keep me"

@@ -53,6 +53,7 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
                 "tls_cert": str(tmp_path / "missing.pem"),
                 "redis_url": "http://x",
                 "udp_output": "127.0.0.1:99999",
+                "socket_group": "no-such-group-here",
             }
         )
     assert info.value.errors == [
@@ -72,6 +73,7 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
         "agents.dnstap.tls_cert: tls_cert and tls_key go together",
         "agents.dnstap.tls_cert: TLS needs a TCP listener: set agents.dnstap.listen",
         f"agents.dnstap.tls_cert: '{tmp_path / 'missing.pem'}' is not a readable file",
+        "agents.dnstap.socket_group: no group named 'no-such-group-here'",
     ]  # fmt: skip
 
 
