@@ -282,3 +282,18 @@ def test_stale_socket_is_replaced_other_files_are_not(
     ):
         pass
     assert path.read_text() == "not a socket"
+
+
+def test_a_bad_connection_leaves_the_others_open(redis_srv: RedisServer, tmp_path: Path) -> None:
+    path = tmp_path / "tap.sock"
+    with running_agent(redis_srv.url, path) as ra, socket.socket(socket.AF_UNIX) as good:
+        good.settimeout(5)
+        good.connect(str(path))
+        writer = FrameWriter(good)
+        writer.start()
+        _raw(str(path), b"\x00\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x09")  # bad control
+        wait_for(lambda: ra.snapshot()["frame_errors"] == {"ControlFrameError": 1})
+        writer.write([GOOD])
+        writer.stop()
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        assert redis_dump(redis_srv.client()) == GOOD_KEYS
