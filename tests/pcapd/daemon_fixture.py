@@ -37,6 +37,7 @@ port = {port}
 channel = "capture"
 results_channel = "capture-results"
 results_stream = "capture-results"
+{extra_redis}
 
 [[interface]]
 name = "lo"
@@ -106,8 +107,10 @@ class Daemon:
         max_memory: int = 64 * 1024 * 1024,
         extra_general: str = "",
         extra_sections: str = "",
+        extra_redis: str = "",
     ) -> None:
         self.server = server
+        workdir.mkdir(parents=True, exist_ok=True)
         self.localdir = workdir / "captures"
         self.config_path = workdir / "pcapd.toml"
         self.config_path.write_text(
@@ -115,6 +118,7 @@ class Daemon:
                 node=node, localdir=self.localdir, port=server.port,
                 max_concurrent=max_concurrent, max_memory=max_memory,
                 extra_general=extra_general, extra_sections=extra_sections,
+                extra_redis=extra_redis,
             )
         )  # fmt: skip
         self.log_path = workdir / "pcapd.log"
