@@ -31,6 +31,7 @@ from agents.dnstap.errors import FrameError
 log = logging.getLogger("pcapd.agents.dnstap")
 
 Sink = Callable[[bytes, "ConnectionStats"], None]
+LISTEN_BACKLOG = 128
 
 
 @dataclass(slots=True)
@@ -54,9 +55,13 @@ class ServerStats:
 
 
 class FstrmProtocol(asyncio.Protocol):
-    def __init__(self, server: DnstapServer, listener: str) -> None:
+    def __init__(
+        self, server: DnstapServer, listener: str, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.server = server
         self.listener = listener
+        self.tls = tls
+        self._tls_task: asyncio.Task[None] | None = None
         self.decoder = fstrm.FrameDecoder(max_frame=server.config.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.conn: ConnectionStats | None = None
@@ -81,13 +86,31 @@ class FstrmProtocol(asyncio.Protocol):
             return
         srv.connections[self.conn.id] = self
         srv.stats.connections_opened += 1
-        self._timer = asyncio.get_running_loop().call_later(
-            srv.config.handshake_timeout, self._handshake_timeout
-        )
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(srv.config.handshake_timeout, self._handshake_timeout)
+        if self.tls is not None:
+            # TLS is started here, not by the server, so that a failed
+            # handshake is counted and logged like any other bad input.
+            transport.pause_reading()
+            self._tls_task = loop.create_task(self._start_tls(transport, self.tls))
         log.info(
             "event=dnstap_connected conn=%d listener=%s peer=%s",
             self.conn.id, self.listener, text,
         )  # fmt: skip
+
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(
+                raw, self, context, server_side=True,
+                ssl_handshake_timeout=self.server.config.handshake_timeout,
+            )  # fmt: skip
+        except Exception as exc:  # any failure is the peer's: count it, keep serving
+            self._fail("tls_handshake", f"TLS handshake failed: {exc}")
+            return
+        if tls is None:  # closed meanwhile
+            return
+        self.transport = tls
 
     def _handshake_timeout(self) -> None:
         if self.decoder.phase in (fstrm.Phase.OPENING, fstrm.Phase.READY):
@@ -132,6 +155,8 @@ class FstrmProtocol(asyncio.Protocol):
     def _fail(self, kind: str, reason: str) -> None:
         conn = self.conn
         assert conn is not None and self.transport is not None
+        if self._closing:  # one reason per connection
+            return
         conn.errors += 1
         self.server.stats.frame_errors[kind] += 1
         log.warning(
@@ -198,8 +223,8 @@ class DnstapServer:
                 context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
             name = "tls" if context else "tcp"
             server = await loop.create_server(
-                lambda: FstrmProtocol(self, name), cfg.listen.host, cfg.listen.port,
-                ssl=context, reuse_address=True,
+                lambda: FstrmProtocol(self, name, context), cfg.listen.host, cfg.listen.port,
+                reuse_address=True, backlog=LISTEN_BACKLOG,
             )  # fmt: skip
             self._servers.append(server)
             self.tcp_address = server.sockets[0].getsockname()[:2]
@@ -261,7 +286,7 @@ def _unix_socket(path: str, mode: int, group: str | None) -> socket.socket:
         os.chmod(path, mode)
         if group is not None:
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
         raise

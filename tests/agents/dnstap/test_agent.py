@@ -197,7 +197,9 @@ def test_max_connections_and_handshake_timeout(
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
 
 
-def test_tls_listener(redis_srv: RedisServer, tmp_path: Path) -> None:
+def test_tls_listener(
+    redis_srv: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
@@ -207,6 +209,11 @@ def test_tls_listener(redis_srv: RedisServer, tmp_path: Path) -> None:
     )  # fmt: skip
     opts: dict[str, Any] = {"listen": "127.0.0.1:0", "tls_cert": str(cert), "tls_key": str(key)}
     with running_agent(redis_srv.url, None, **opts) as ra:
+        with socket.create_connection(("127.0.0.1", ra.tcp_port), timeout=5) as plain:
+            plain.sendall(fstrm.encode_control(fstrm.CONTROL_READY, (fstrm.CONTENT_TYPE,)))
+            assert plain.recv(100) == b""  # no TLS: closed
+        wait_for(lambda: ra.snapshot()["frame_errors"] == {"tls_handshake": 1})
+        assert "TLS handshake failed" in caplog.text
         context = ssl.create_default_context(cafile=str(cert))
         raw = socket.create_connection(("127.0.0.1", ra.tcp_port), timeout=5)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
