@@ -119,10 +119,10 @@ class DnstapAgent:
         conn.frames += 1
         try:
             got = client_response(payload, self._wanted)
-            if type(got) is int:
+            if isinstance(got, int):
                 stats.messages[MESSAGE_TYPE_NAMES.get(got, str(got))] += 1
                 return
-            kind, packed, wire = got  # type: ignore[misc]
+            kind, packed, wire = got
             stats.messages[MESSAGE_TYPE_NAMES[kind]] += 1
             conn.messages += 1
             resp = parse_response(wire)

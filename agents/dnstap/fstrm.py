@@ -125,7 +125,10 @@ class FrameDecoder:
         self.max_frame = max_frame
         self.phase = Phase.OPENING
         self.bidirectional = False
-        self._buf = b""
+        # An incomplete frame is gathered here and parsed only once `_need`
+        # bytes are in: a frame trickling in byte by byte costs linear time.
+        self._buf = bytearray()
+        self._need = 0
 
     @property
     def pending(self) -> int:
@@ -139,11 +142,18 @@ class FrameDecoder:
         return encode_control(CONTROL_FINISH)
 
     def feed(self, data: bytes) -> list[bytes | Control]:
-        view = self._buf + data if self._buf else data
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            view = bytes(self._buf)
+        else:
+            view = data
         out: list[bytes | Control] = []
         pos, end = 0, len(view)
         unpack = _U32.unpack_from
         max_frame = self.max_frame
+        need = 4  # bytes the next frame needs at least, once the loop stops
         try:
             while end - pos >= 4:
                 (length,) = unpack(view, pos)
@@ -158,11 +168,13 @@ class FrameDecoder:
                         )
                     stop = pos + 4 + length
                     if stop > end:
+                        need = stop - pos
                         break
                     out.append(view[pos + 4 : stop])
                     pos = stop
                     continue
                 if end - pos < 8:
+                    need = 8
                     break
                 (clen,) = unpack(view, pos + 4)
                 if clen > MAX_CONTROL_FRAME:
@@ -171,6 +183,7 @@ class FrameDecoder:
                     )
                 stop = pos + 8 + clen
                 if stop > end:
+                    need = stop - pos
                     break
                 control = parse_control(view[pos + 8 : stop])
                 self._advance(control)
@@ -178,9 +191,10 @@ class FrameDecoder:
                 pos = stop
         except FrameError as exc:
             exc.frames = out
-            self._buf = b""
+            self._buf = bytearray()
             raise
-        self._buf = view[pos:] if pos < end else b""
+        self._buf = bytearray(view[pos:]) if pos < end else bytearray()
+        self._need = need
         return out
 
     def _advance(self, control: Control) -> None:

@@ -134,10 +134,10 @@ class FstrmProtocol(asyncio.Protocol):
             self._fail(type(exc).__name__, str(exc))
             return
         for item in frames:
-            if type(item) is bytes:
+            if isinstance(item, bytes):
                 sink(item, conn)
             else:
-                self._control(item)  # type: ignore[arg-type]
+                self._control(item)
 
     def _control(self, control: fstrm.Control) -> None:
         assert self.transport is not None

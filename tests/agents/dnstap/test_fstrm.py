@@ -143,3 +143,13 @@ def test_random_frames_survive_random_splits(payloads: list[bytes], sizes: list[
         i += 1
     assert [x for x in out if isinstance(x, bytes)] == payloads
     assert dec.phase is fstrm.Phase.STOPPED
+
+
+def test_a_frame_trickling_in_byte_by_byte_is_gathered_not_reparsed() -> None:
+    payload = b"x" * 200_000
+    stream = h(START) + fstrm.encode_data(payload)
+    dec = fstrm.FrameDecoder()
+    out: list[bytes | fstrm.Control] = []
+    for i in range(len(stream)):
+        out += dec.feed(stream[i : i + 1])
+    assert out[1:] == [payload] and dec.pending == 0
