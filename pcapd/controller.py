@@ -214,6 +214,7 @@ class Controller:
             with self._lock:
                 self._capturing.add(thread)
             thread.start()
+        self.pool.replenish()
 
     def _check_spool_room(self, request: CaptureRequest) -> None:
         """With remote sinks, a capture must fit the spool should they fail: the

@@ -2,8 +2,15 @@
 
 pypcap facts this relies on (DESIGN.md): a blocking dispatch() holds the GIL
 and may never return, so handles are non-blocking and waited on with poll();
-immediate mode makes packets readable at once; opening a handle costs ~10 ms,
-so `HandlePool` keeps one opened ahead per configured interface.
+opening a handle costs ~10 ms, so `HandlePool` keeps one opened ahead per
+configured interface.
+
+Handles are *not* in immediate mode: libpcap then falls back to TPACKET_V2,
+whose ring has one maximum-size slot per packet, so an 8 MiB buffer holds
+64-128 packets and drops under load (measured: bench/capture_vs_tcpdump.py).
+With TPACKET_V3 the kernel hands over a block at most BLOCK_TIMEOUT_MS after
+its first packet; when a capture stops on time, a last read collects what
+the open block holds and keeps only the packets from before the stop.
 
 Handles are opened with the largest snaplen so that the kernel hands over
 whole packets: pypcap's callback gives no wire length, and this way the
@@ -13,6 +20,7 @@ while writing, and the file header carries that snap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import threading
@@ -35,6 +43,7 @@ from pcapd.pcapfile import (
 log = logging.getLogger("pcapd.engine")
 
 PROMISC = True  # as tcpdump and pcapdaemon
+BLOCK_TIMEOUT_MS = 10  # longest a packet waits in the kernel before it is readable
 NOTHING_FILTER = "len < 0"  # what a spare handle holds until a request takes it
 MAX_POLL_WAIT = 0.1  # how often a waiting capture looks at the stop flag (s)
 REFILL_RETRY = 5.0
@@ -80,7 +89,7 @@ def open_handle(interface: str, buffer_size: int) -> pcap.pcap:
             name=interface,
             snaplen=MAX_SNAPLENGTH,
             promisc=PROMISC,
-            immediate=True,
+            timeout_ms=BLOCK_TIMEOUT_MS,
             timestamp_in_ns=True,
             buffer_size=buffer_size,
         )
@@ -150,14 +159,21 @@ class HandlePool:
                 self._spares[name] = None
 
     def take(self, interface: str) -> pcap.pcap:
-        """The spare for `interface` if one is ready, else a freshly opened one."""
+        """The spare for `interface` if one is ready, else a freshly opened one.
+
+        The spare is not replaced until `replenish()`: opening a handle holds
+        the GIL for 8-70 ms, which must not delay the capture that took it.
+        """
         with self._lock:
             handle = self._spares.get(interface)
             if handle is not None:
                 self._spares[interface] = None
-                self._wanted.set()
                 return handle
         return open_handle(interface, self.buffer_size)
+
+    def replenish(self) -> None:
+        """Open replacements for the spares taken (in the background)."""
+        self._wanted.set()
 
     def _refill(self) -> None:
         while not self._stop.is_set():
@@ -223,16 +239,18 @@ def capture(
     count = 0
     size = len(buf)
     stop_reason = ""
+    full = False  # the packets or bytes bound was reached
+    cutoff_ns = 1 << 64  # packets stamped after this are not kept (a timed stop)
 
     def on_pcap(ts: int, pkt: bytes) -> None:
-        nonlocal count, size, stop_reason
-        if stop_reason:
+        nonlocal count, size, stop_reason, full
+        if full or ts > cutoff_ns:
             return
         wire = len(pkt)
         caplen = wire if wire <= snap else snap
         new_size = size + 16 + caplen
         if new_size > max_bytes:
-            stop_reason = "bytes"
+            stop_reason, full = "bytes", True
             return
         sec, nsec = divmod(ts, 1_000_000_000)
         extend(PCAP_RECORD.pack(sec, nsec, caplen, wire))
@@ -242,18 +260,18 @@ def capture(
         if packet_debug is not None:
             packet_debug(ts, pkt)
         if count >= max_packets:
-            stop_reason = "packets"
+            stop_reason, full = "packets", True
 
     def on_pcapng(ts: int, pkt: bytes) -> None:
-        nonlocal count, size, stop_reason
-        if stop_reason:
+        nonlocal count, size, stop_reason, full
+        if full or ts > cutoff_ns:
             return
         wire = len(pkt)
         caplen = wire if wire <= snap else snap
         pad = -caplen & 3
         block = EPB_OVERHEAD + caplen + pad
         if size + block > max_bytes:
-            stop_reason = "bytes"
+            stop_reason, full = "bytes", True
             return
         extend(EPB_HEAD.pack(PCAPNG_EPB, block, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, wire))
         extend(pkt if wire <= snap else memoryview(pkt)[:snap])
@@ -263,7 +281,7 @@ def capture(
         if packet_debug is not None:
             packet_debug(ts, pkt)
         if count >= max_packets:
-            stop_reason = "packets"
+            stop_reason, full = "packets", True
 
     callback = on_pcapng if fmt == "pcapng" else on_pcap
     poller = select.poll()
@@ -276,16 +294,20 @@ def capture(
     error: str | None = None
     if on_start is not None:
         on_start()
-    while not stop_reason:
+    while not full:
         now = time.monotonic()
         if stop.is_set():
             stop_reason = "shutdown"
-            break
-        if now >= deadline:
+        elif now >= deadline:
             stop_reason = "duration"
-            break
-        if now - last_packet >= limits.timeout:
+        elif now - last_packet >= limits.timeout:
             stop_reason = "timeout"
+        if stop_reason:
+            # What arrived before the stop may still sit in the open block.
+            cutoff_ns = time.time_ns()
+            poller.poll(BLOCK_TIMEOUT_MS * 1.5)
+            with contextlib.suppress(OSError):  # a failed handle: keep what came
+                handle.dispatch(max_packets - count, callback)
             break
         wait = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT) - now
         poller.poll(max(wait, 0.0) * 1000.0)

@@ -230,6 +230,7 @@ def test_pool_hands_out_a_ready_handle_then_replaces_it(port: int) -> None:
         outcome = run_capture(handle, packets=2)
         close_handle(handle)
         assert outcome.packets == 2
+        pool.replenish()
         while pool._spares.get("lo") is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert pool._spares.get("lo") is not None
