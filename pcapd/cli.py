@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +19,7 @@ from pcapd.config import (
     DEFAULT_RESULTS_STREAM,
     FORMATS,
     MAX_SNAPLENGTH,
+    Config,
     ConfigError,
     RedisConfig,
     load_config,
@@ -38,6 +39,7 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"{exc.path}: error: {error}", file=sys.stderr)
         return 1
     problems = [] if args.agent_only else config.serve_problems()
+    problems += _agent_problems(config)
     for warning in config.warnings:
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     for problem in problems:
@@ -46,6 +48,28 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.config}: ok (node {config.general.node})")
     return 0
+
+
+def _agent_problems(config: Config) -> list[str]:
+    """Errors in the [agents.*] sections, which each agent validates itself."""
+    checks: dict[str, Callable[[Any], object]] = {}
+    if "dnstap" in config.agents:
+        from agents.dnstap.config import parse_dnstap_config
+
+        checks["dnstap"] = parse_dnstap_config
+    if "flow" in config.agents:
+        from agents.flow.config import parse_flow_config
+
+        checks["flow"] = parse_flow_config
+    problems: list[str] = []
+    for name, check in checks.items():
+        try:
+            check(config.agents[name])
+        except ConfigError as exc:
+            problems.extend(exc.errors)
+    unknown = sorted(set(config.agents) - {"dnstap", "flow"})
+    problems.extend(f"agents.{name}: unknown agent (dnstap, flow)" for name in unknown)
+    return problems
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -132,3 +132,20 @@ def test_cli_config_not_utf8_is_one_error_line_not_a_traceback(tmp_path: Path) -
     assert "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(f"{path}: error: ")
+
+
+def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        '[agents.flow]\nrules = [{src = "nope", action = "lower_port"}]\n'
+        "[agents.dnstap]\nttl_grace = -1\n"
+        "[agents.foo]\nx = 1\n",
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"{path}: error: agents.dnstap.ttl_grace: -1 is outside 1..2147483647",
+        f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
+        f"{path}: error: agents.foo: unknown agent (dnstap, flow)",
+    ]
