@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -43,6 +44,8 @@ MAX_ERROR_LOGS = 100
 # Redis writer thread, woken by a reply, waits up to 5 ms for the decoding
 # thread: that alone capped writes near 140k operations/s here.
 GIL_SWITCH_INTERVAL = 0.0005
+# Seconds spent sending the Redis queue after the first SIGTERM.
+FLUSH_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
@@ -259,19 +262,22 @@ def make_writer(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> sto
 
 
 def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
-    """Serve until SIGTERM/SIGINT, then send what is queued and exit.
-    A second signal exits at once."""
+    """Serve until SIGTERM/SIGINT, then send what is queued (at most
+    `FLUSH_TIMEOUT` s) and exit 0. A second signal exits at once, status 1."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     writer = make_writer(config, connect)
     writer.start()
     agent = DnstapAgent(config, writer)
+    cold = False
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
+            nonlocal cold
             if stop.is_set():
+                cold = True
                 raise SystemExit(1)
             log.info("event=dnstap_stopping")
             stop.set()
@@ -280,9 +286,14 @@ def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
             loop.add_signal_handler(sig, on_signal)
         await agent.serve(stop)
 
+    def exit_now(_sig: int, _frame: object) -> None:
+        os._exit(1)
+
     try:
         asyncio.run(main())
     finally:
-        writer.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, exit_now)  # a signal while flushing: leave now
+        writer.stop(timeout=0.0 if cold else FLUSH_TIMEOUT)
         agent.log_stats()
     return 0

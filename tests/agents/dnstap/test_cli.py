@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from agents.dnstap.agent import FLUSH_TIMEOUT
+from agents.dnstap.client import FrameWriter
+from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.resolvers import bind, dig, unbound
-from tests.helpers import RedisServer, stop_process, wait_for
+from tests.helpers import RedisServer, free_port, stop_process, wait_for
+
+WIRE = response_wire("www.example.test.", "A", [("www.example.test.", "A", "192.0.2.10")])
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -91,3 +98,29 @@ def test_a_regular_file_at_the_socket_path_is_refused(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert f"error: cannot listen: {path} exists and is not a socket" in out.stderr
     assert path.read_text() == "keep me"
+
+
+def test_second_sigterm_exits_at_once_while_redis_is_down(tmp_path: Path) -> None:
+    sock = tmp_path / "dnstap.sock"
+    log = tmp_path / "agent.log"
+    config = tmp_path / "pcapd.toml"
+    config.write_text("[agents.dnstap]\nstats_interval = 0\n")
+    agent = _agent(config, log, "--socket", str(sock), "--redis-url",
+                   f"redis://127.0.0.1:{free_port()}/0")  # fmt: skip
+    try:
+        wait_for(sock.exists)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            writer = FrameWriter(s)
+            writer.start()
+            writer.write([tap_payload(WIRE, client=f"10.3.0.{i}") for i in range(50)])
+            writer.stop()
+        agent.send_signal(signal.SIGTERM)
+        wait_for(lambda: "event=dnstap_stopping" in log.read_text())
+        started = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(5) == 1
+        assert time.monotonic() - started < FLUSH_TIMEOUT
+    finally:
+        stop_process(agent)
+    assert "event=redis_write_failed" in log.read_text()
