@@ -62,6 +62,9 @@ class FstrmProtocol(asyncio.Protocol):
         self.listener = listener
         self.tls = tls
         self._tls_task: asyncio.Task[None] | None = None
+        # asyncio may deliver decrypted data before start_tls() hands over the
+        # TLS transport (to answer READY on): hold it until then.
+        self._held: list[bytes] | None = [] if tls is not None else None
         self.decoder = fstrm.FrameDecoder(max_frame=server.config.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.conn: ConnectionStats | None = None
@@ -111,6 +114,9 @@ class FstrmProtocol(asyncio.Protocol):
         if tls is None:  # closed meanwhile
             return
         self.transport = tls
+        held, self._held = self._held or [], None
+        for data in held:
+            self.data_received(data)
 
     def _handshake_timeout(self) -> None:
         if self.decoder.phase in (fstrm.Phase.OPENING, fstrm.Phase.READY):
@@ -120,6 +126,9 @@ class FstrmProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
+            return
+        if self._held is not None:
+            self._held.append(data)
             return
         conn = self.conn
         assert conn is not None and self.transport is not None

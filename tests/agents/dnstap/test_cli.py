@@ -115,6 +115,7 @@ def test_second_sigterm_exits_at_once_while_redis_is_down(tmp_path: Path) -> Non
             writer.start()
             writer.write([tap_payload(WIRE, client=f"10.3.0.{i}") for i in range(50)])
             writer.stop()
+        wait_for(lambda: "event=redis_write_failed" in log.read_text())
         agent.send_signal(signal.SIGTERM)
         wait_for(lambda: "event=dnstap_stopping" in log.read_text())
         started = time.monotonic()
@@ -123,4 +124,3 @@ def test_second_sigterm_exits_at_once_while_redis_is_down(tmp_path: Path) -> Non
         assert time.monotonic() - started < FLUSH_TIMEOUT
     finally:
         stop_process(agent)
-    assert "event=redis_write_failed" in log.read_text()
