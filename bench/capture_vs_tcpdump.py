@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pcapd.config import DEFAULT_BUFFER_SIZE
+
 RATES = (50_000, 100_000, 200_000, 300_000, 400_000, 500_000)
 QUICK_RATES = (100_000, 400_000)
 SECONDS_PER_RATE = 2.0  # replay length at each rate
@@ -43,7 +45,6 @@ QUICK_TOPSPEED_PACKETS = 300_000
 FRAME_SIZE = 64  # Ethernet frame without FCS
 DISTINCT_FRAMES = 1024  # frames in the generated pcap, looped by tcpreplay
 DST_PORT = 9999
-BUFFER_SIZE = 8 * 1024 * 1024  # pcapd's default general.buffer_size, and tcpdump -B
 DRAIN = 1.5  # s after the replay; > tcpdump's 1 s block timeout (it is not immediate)
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
@@ -51,7 +52,6 @@ ENGINE_MAX_BYTES = 2_000_000_000  # high enough never to be the stop condition
 ENGINE_MAX_PACKETS = 1_000_000_000
 SENDER_SHORTFALL = 0.9  # below this fraction of the asked rate, say so
 PPS_MULTI = 10  # packets per timing tick: tcpreplay cannot pace 1 packet per 2.5 us
-V3_BLOCK_TIMEOUT_MS = 10  # --handle v3: how long a partly filled block waits
 ENGINE_DURATION = 600.0
 SUBNET = "10.200.77"
 BPF = f"udp and dst port {DST_PORT}"
@@ -143,10 +143,10 @@ class Counts:
     cpu: float  # seconds
 
 
-def start_engine(ns: str, dev: str, variant: str) -> subprocess.Popen[str]:
+def start_engine(ns: str, dev: str, buffer_size: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__),
-         "--engine-child", dev, "--handle", variant],
+         "--engine-child", dev, "--buffer-size", str(buffer_size)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -167,23 +167,12 @@ def stop_engine(proc: subprocess.Popen[str]) -> Counts:
     return Counts(result["packets"], result["kernel_dropped"], result["cpu"])
 
 
-def engine_child(dev: str, variant: str) -> int:
+def engine_child(dev: str, buffer_size: int) -> int:
     """Runs inside the capture namespace: one capture until told to stop."""
     from pcapd.config import MAX_SNAPLENGTH
     from pcapd.engine import CaptureLimits, capture, close_handle, open_handle, set_filter
 
-    if variant == "v3":
-        # The proposed engine fix: not immediate, so libpcap uses TPACKET_V3,
-        # whose blocks pack packets densely, with a short block timeout.
-        import pcap
-
-        handle = pcap.pcap(
-            name=dev, snaplen=MAX_SNAPLENGTH, promisc=True, immediate=False,
-            timeout_ms=V3_BLOCK_TIMEOUT_MS, timestamp_in_ns=True, buffer_size=BUFFER_SIZE,
-        )  # fmt: skip
-        handle.setnonblock(True)
-    else:
-        handle = open_handle(dev, BUFFER_SIZE)
+    handle = open_handle(dev, buffer_size)
     set_filter(handle, dev, BPF)
     stop = threading.Event()
 
@@ -222,10 +211,10 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def start_tcpdump(ns: str, dev: str, path: Path) -> subprocess.Popen[str]:
+def start_tcpdump(ns: str, dev: str, path: Path, buffer_size: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, "tcpdump", "-n", "-i", dev, "-w", str(path),
-         "-B", str(BUFFER_SIZE // 1024), BPF],
+         "-B", str(buffer_size // 1024), BPF],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -301,12 +290,12 @@ class Row:
 
 
 def measure(
-    link: Link, pcap: Path, workdir: Path, rate: int | None, packets: int, variant: str
+    link: Link, pcap: Path, workdir: Path, rate: int | None, packets: int, buffer_size: int
 ) -> Row:
     dump = workdir / "tcpdump.pcap"
-    engine = start_engine(link.ns_capture, link.dev_capture, variant)
+    engine = start_engine(link.ns_capture, link.dev_capture, buffer_size)
     try:
-        tcpdump = start_tcpdump(link.ns_capture, link.dev_capture, dump)
+        tcpdump = start_tcpdump(link.ns_capture, link.dev_capture, dump, buffer_size)
     except BaseException:
         engine.kill()
         raise
@@ -362,15 +351,12 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two rates, shorter replays")
-    parser.add_argument(
-        "--handle", choices=("pcapd", "v3"), default="pcapd",
-        help="pcapd: the engine's own open_handle (default); v3: the proposed fix, a "
-        "non-immediate TPACKET_V3 handle with a short block timeout, same capture loop",
-    )  # fmt: skip
+    parser.add_argument("--buffer-size", type=int, default=DEFAULT_BUFFER_SIZE,
+                        help="kernel buffer of both capturers (default: pcapd's)")  # fmt: skip
     parser.add_argument("--engine-child", metavar="DEV", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_child:
-        return engine_child(args.engine_child, args.handle)
+        return engine_child(args.engine_child, args.buffer_size)
     if os.geteuid() != 0:
         print("capture_vs_tcpdump: needs root (network namespaces, veth, raw capture)",
               file=sys.stderr)  # fmt: skip
@@ -385,7 +371,7 @@ def main() -> int:
     topspeed = QUICK_TOPSPEED_PACKETS if args.quick else TOPSPEED_PACKETS
     plan: list[tuple[int | None, int]] = [(rate, int(rate * seconds)) for rate in rates]
     plan.append((None, topspeed))
-    print(f"64-byte UDP frames over veth, filter {BPF!r}, buffer {BUFFER_SIZE} bytes each; "
+    print(f"64-byte UDP frames over veth, filter {BPF!r}, buffer {args.buffer_size} bytes each; "
           f"{os.cpu_count()} CPUs")  # fmt: skip
     print("lost = sent - captured; kdrop = the capturer's own kernel drop count; "
           "cpu us/p = capturer CPU per captured packet")  # fmt: skip
@@ -399,7 +385,7 @@ def main() -> int:
             pcap, mac_of(link.ns_send, link.dev_send), mac_of(link.ns_capture, link.dev_capture)
         )
         for rate, packets in plan:
-            row = measure(link, pcap, workdir, rate, packets, args.handle)
+            row = measure(link, pcap, workdir, rate, packets, args.buffer_size)
             rows.append(row)
             print(format_row(row), flush=True)
     slow = [

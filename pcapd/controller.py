@@ -214,7 +214,6 @@ class Controller:
             with self._lock:
                 self._capturing.add(thread)
             thread.start()
-        self.pool.replenish()
 
     def _check_spool_room(self, request: CaptureRequest) -> None:
         """With remote sinks, a capture must fit the spool should they fail: the
@@ -234,17 +233,7 @@ class Controller:
         if refusal is not None:
             self._reject(request, interface, refusal, warnings)
             return None
-        handle: pcap.pcap | None = None
-        try:
-            handle = self.pool.take(interface)
-            set_filter(handle, interface, request.bpf)
-        except CaptureError as exc:
-            if handle is not None:
-                close_handle(handle)
-            self._adjust(-1, -request.bytes)
-            self._reject(request, interface, str(exc), warnings)
-            return None
-        return _Worker(self, request, interface, handle, warnings)
+        return _Worker(self, request, interface, warnings)
 
     def _reject(
         self,
@@ -274,9 +263,7 @@ class Controller:
         """Free the capture slot; keep memory for the file until it is stored."""
         held = len(outcome.data) if outcome.packets else 0
         self._adjust(-1, held - worker.request.bytes)
-        with self._lock:
-            if worker.thread is not None:
-                self._capturing.discard(worker.thread)
+        worker._forget()
         if not outcome.packets:
             # As pcapdaemon: nothing captured, nothing to upload.
             self._finish(worker, result, {}, held)
@@ -369,13 +356,11 @@ class _Worker:
         controller: Controller,
         request: CaptureRequest,
         interface: str,
-        handle: pcap.pcap,
         warnings: tuple[str, ...],
     ) -> None:
         self.controller = controller
         self.request = request
         self.interface = interface
-        self.handle = handle
         self.warnings = warnings
         self.job: _Job | None = None
         self.thread: threading.Thread | None = None
@@ -383,14 +368,29 @@ class _Worker:
     def run(self) -> None:
         ctl = self.controller
         request = self.request
+        # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
+        # the trigger thread, so requests keep being admitted or refused fast.
+        handle: pcap.pcap | None = None
         try:
-            outcome = self._capture()
+            handle = ctl.pool.take(self.interface)
+            set_filter(handle, self.interface, request.bpf)
+            ctl.pool.replenish()
+        except CaptureError as exc:
+            ctl.pool.replenish()
+            if handle is not None:
+                close_handle(handle)
+            ctl._adjust(-1, -request.bytes)
+            self._forget()
+            ctl._reject(request, self.interface, str(exc), self.warnings)
+            if self.job is not None:
+                self.job.done()
+            return
+        try:
+            outcome = self._capture(handle)
         except Exception as exc:
             log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
             ctl._adjust(-1, -request.bytes)
-            with ctl._lock:
-                if self.thread is not None:
-                    ctl._capturing.discard(self.thread)
+            self._forget()
             ctl._publish(
                 ResultEvent(
                     id=request.id, alertid=request.alertid, node=ctl.node,
@@ -413,7 +413,12 @@ class _Worker:
         )  # fmt: skip
         ctl._captured(self, outcome, result)
 
-    def _capture(self) -> CaptureOutcome:
+    def _forget(self) -> None:
+        with self.controller._lock:
+            if self.thread is not None:
+                self.controller._capturing.discard(self.thread)
+
+    def _capture(self, handle: pcap.pcap) -> CaptureOutcome:
         ctl = self.controller
         request = self.request
         limits = CaptureLimits(
@@ -437,15 +442,15 @@ class _Worker:
             bytes=request.bytes, duration=request.duration, timeout=request.timeout,
         )  # fmt: skip
         debug = (
-            packet_logger(request.id, self.interface, self.handle.datalink())
+            packet_logger(request.id, self.interface, handle.datalink())
             if request.packetdebug
             else None
         )
         try:
             return capture(
-                self.handle, limits, fmt=request.format, interface=self.interface,
+                handle, limits, fmt=request.format, interface=self.interface,
                 comments=comments, stop=ctl.capture_stop, packet_debug=debug,
                 on_start=ctl.capture_started.set,
             )  # fmt: skip
         finally:
-            close_handle(self.handle)
+            close_handle(handle)
