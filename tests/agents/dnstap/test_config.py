@@ -88,7 +88,7 @@ def test_no_listener_and_bad_modes() -> None:
 
 
 def test_documented_example_is_the_defaults_and_names_every_option() -> None:
-    example = Path(__file__).resolve().parents[3] / "docs" / "dnstap.config.toml"
+    example = Path(__file__).resolve().parents[3] / "config.toml.example"
     text = example.read_text()
     raw = tomllib.loads(text)["agents"]["dnstap"]
     cfg = parse_dnstap_config(raw)

@@ -135,8 +135,8 @@ def test_bad_our_nets_argument(text: str) -> None:
 
 
 def test_documented_example_section_loads() -> None:
-    """docs/flow.config.toml parses, equals the defaults, and mentions every option."""
-    text = (REPO / "docs" / "flow.config.toml").read_text()
+    """The [agents.flow] section of config.toml.example parses, equals the defaults, and mentions every option."""
+    text = (REPO / "config.toml.example").read_text()
     config = parse_flow_config(tomllib.loads(text)["agents"]["flow"])
     assert config == FlowConfig()
     for option in FlowConfig.__dataclass_fields__:
