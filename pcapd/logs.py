@@ -12,9 +12,10 @@ import logging.handlers
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
-from pcapd.config import GeneralConfig, SyslogConfig
+from pcapd.config import Config, GeneralConfig, SyslogConfig
 
 _FIELDS = "pcapd_fields"
 
@@ -93,3 +94,11 @@ def setup_logging(general: GeneralConfig, syslog: SyslogConfig) -> None:
             JsonFormatter() if general.log_format == "json" else KeyValueFormatter(False)
         )
         root.addHandler(handler)
+
+
+def setup_agent_logging(config: Config | None, level: str) -> None:
+    """An agent logs as the daemon does: [general] log_format and [syslog] of
+    its config file, at the level its command line asks for."""
+    general = config.general if config is not None else GeneralConfig(node="")
+    syslog = config.syslog if config is not None else SyslogConfig()
+    setup_logging(replace(general, log_level=level.lower()), syslog)

@@ -6,13 +6,11 @@ import argparse
 import dataclasses
 import logging
 import sys
-import time
 from typing import Any
 
 from pcapd.config import ConfigError, RedisConfig, load_config
+from pcapd.logs import setup_agent_logging
 from pcapd.secret import Secret
-
-LOG_FORMAT = "ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s %(message)s"
 
 # command-line options that override the [agents.dnstap] key of the same name
 _OVERRIDES = (
@@ -64,14 +62,10 @@ def main(argv: list[str]) -> int:
     from pcapd.redis_conn import connect
 
     args = build_parser().parse_args(argv)
-    logging.Formatter.converter = time.gmtime
-    logging.basicConfig(
-        level=args.log_level.upper(), format=LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )  # fmt: skip
     try:
-        if args.config:
-            config = load_config(args.config)
+        config = load_config(args.config) if args.config else None
+        setup_agent_logging(config, args.log_level)
+        if config is not None:
             base_redis, raw = config.redis, dict(config.agents.get("dnstap", {}))
         else:
             base_redis, raw = RedisConfig(), {}

@@ -21,11 +21,11 @@ from agents.flow.config import (
     with_command_line,
 )
 from pcapd.config import ConfigError, RedisConfig, load_config
+from pcapd.logs import setup_agent_logging
 from pcapd.redis_conn import connect
 from pcapd.secret import Secret
 
 FLUSH_TIMEOUT = 10.0  # s: how long a stopping agent keeps sending what is queued
-LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s %(message)s"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 log = logging.getLogger("pcapd.agents.flow")
@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
     redis_config = RedisConfig()
     table: object = {}
-    if args.config:
-        config = load_config(args.config)
+    config = load_config(args.config) if args.config else None
+    setup_agent_logging(config, args.log_level)
+    if config is not None:
         redis_config = config.redis
         table = config.agents.get("flow", {})
     if args.redis:
@@ -105,12 +106,6 @@ def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format=LOG_FORMAT,
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
     try:
         flow, redis_config = _settings(args)
     except ConfigError as exc:
