@@ -24,7 +24,7 @@ from pcapd.config import (
     RedisConfig,
     load_config,
 )
-from pcapd.secret import Secret
+from pcapd.secret import Secret, resolve_secret
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STREAM_MAXLEN = 100_000  # requests kept in the request stream
@@ -148,18 +148,10 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _signing_key(args: argparse.Namespace) -> Secret:
     """--key (a secret, env:NAME or file:/path), else [security] keys[--kid] of -c."""
     if args.key:
-        if args.key.startswith("env:"):
-            value = os.environ.get(args.key[4:])
-            if value is None:
-                raise SystemExit(f"pcapd trigger: --key: ${args.key[4:]} is not set")
-            return Secret(value)
-        if args.key.startswith("file:"):
-            try:
-                with open(args.key[5:]) as handle:
-                    return Secret(handle.read().strip())
-            except OSError as exc:
-                raise SystemExit(f"pcapd trigger: --key: {exc}") from None
-        return Secret(args.key)
+        try:
+            return resolve_secret(args.key)
+        except ValueError as exc:
+            raise SystemExit(f"pcapd trigger: --key: {exc}") from None
     keys = load_config(args.config).security.keys if args.config else {}
     if args.kid not in keys:
         raise SystemExit(f"pcapd trigger: --kid {args.kid}: give --key, or -c a config whose "

@@ -14,11 +14,10 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pcapd.secret import Secret
+from pcapd.secret import Secret, resolve_secret
 
 # pcapdaemon's documented defaults (its own code never applied them).
 DEFAULT_MAXPACKETS = 50_000
@@ -359,20 +358,11 @@ class _Section:
 
     def _resolve_secret(self, key: str, value: str) -> Secret | None:
         """`env:NAME` and `file:/path` keep secrets out of the config file."""
-        if value.startswith("env:"):
-            var = value[4:]
-            if var not in os.environ:
-                self.errors.append(f"{self.name}.{key}: environment variable {var} is not set")
-                return None
-            return Secret(os.environ[var])
-        if value.startswith("file:"):
-            path = value[5:]
-            try:
-                return Secret(Path(path).read_text().strip())
-            except OSError as exc:
-                self.errors.append(f"{self.name}.{key}: cannot read {path}: {exc.strerror}")
-                return None
-        return Secret(value)
+        try:
+            return resolve_secret(value)
+        except ValueError as exc:
+            self.errors.append(f"{self.name}.{key}: {exc}")
+            return None
 
     def secret_map(self, key: str) -> dict[str, Secret]:
         value = self._get(key)

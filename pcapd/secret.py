@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class Secret:
     """Wraps a secret string; `repr`/`str` hide it, `reveal()` returns it."""
@@ -27,3 +30,20 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+def resolve_secret(spec: str) -> Secret:
+    """`env:NAME` (an environment variable), `file:/path` (the file's text) or
+    the secret itself; ValueError says what is missing, never the secret."""
+    if spec.startswith("env:"):
+        name = spec[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return Secret(os.environ[name])
+    if spec.startswith("file:"):
+        path = spec[5:]
+        try:
+            return Secret(Path(path).read_text().strip())
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return Secret(spec)

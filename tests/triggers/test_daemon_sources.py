@@ -217,3 +217,38 @@ def test_storm_of_requests_gets_one_result_each_within_bounds(
         assert peak_kib < 200 * 1024, f"daemon peaked at {peak_kib} KiB"
     finally:
         daemon.stop()
+
+
+def test_trigger_cli_signs_and_publishes_to_the_stream(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    security = '[security]\nkeys = { ops = "file:KEYFILE" }\nrequire_signed = true\n'
+    keyfile = tmp_path / "ops.key"
+    keyfile.write_text("cli-k3y\n")
+    daemon = Daemon(redis_srv, tmp_path / "d", extra_redis=STREAM,
+                    extra_sections=security.replace("KEYFILE", str(keyfile)))  # fmt: skip
+    daemon.start()
+    wait_for(lambda: groups(redis_srv) == {"testnode"})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pcapd", "trigger", "-c", str(daemon.config_path),
+             "--stream", "--kid", "ops", "--key", f"file:{keyfile}", "--node", "testnode",
+             "-i", "lo", "--timeout", "1", "--wait", "15", "--count", "1",
+             "udp", "port", str(free_port())],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "to stream 'capture-requests'" in done.stderr
+        event = json.loads(done.stdout)
+        assert event["status"] == "empty", event
+        unsigned = subprocess.run(
+            [sys.executable, "-m", "pcapd", "trigger", "-c", str(daemon.config_path),
+             "--node", "testnode", "-i", "lo", "--wait", "10", "--count", "1"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert json.loads(unsigned.stdout)["error"].startswith("sig: missing")
+    finally:
+        daemon.stop()
