@@ -208,8 +208,9 @@ def _results(args: argparse.Namespace) -> int:
     client, config = _client(args)
     try:
         if args.stream:
-            follow_stream(client, config.results_stream or DEFAULT_RESULTS_STREAM,
-                          from_start=args.from_start)  # fmt: skip
+            stream = config.results_stream or DEFAULT_RESULTS_STREAM
+            follow_stream(client, stream, from_start=args.from_start, timeout=args.timeout,
+                          count=args.count)  # fmt: skip
             return 0
         pubsub = subscribe(client, args.channel or config.results_channel)
         print_events(pubsub, timeout=args.timeout, count=args.count)

@@ -67,11 +67,26 @@ def print_events(
 
 
 def follow_stream(
-    client: redis.Redis, stream: str, *, from_start: bool, out: TextIO = sys.stdout
-) -> None:
+    client: redis.Redis,
+    stream: str,
+    *,
+    from_start: bool,
+    timeout: float | None = None,
+    count: int | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print the stream's events (from the oldest kept, or from now on) until
+    `count` events or `timeout` seconds; returns how many were printed."""
     last = "0" if from_start else "$"
-    while True:
-        entries: Any = client.xread({stream: last}, block=1000, count=100)
+    seen = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while count is None or seen < count:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
+        wanted = 100 if count is None else count - seen
+        entries: Any = client.xread({stream: last}, block=block, count=wanted)
         for _name, items in entries or []:
             for entry_id, fields in items:
                 last = entry_id
@@ -79,3 +94,5 @@ def follow_stream(
                 if body is not None:
                     text = body.decode() if isinstance(body, bytes) else str(body)
                     print(text, file=out, flush=True)
+                    seen += 1
+    return seen

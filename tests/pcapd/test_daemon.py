@@ -313,3 +313,26 @@ def test_config_errors_stop_serve_with_every_field(tmp_path: Path) -> None:
     for field in ("general.maxpackets", "general.format", "redis.port"):
         assert field in done.stderr
     assert os.path.exists(bad)
+
+
+def test_results_cli_replays_the_stream_and_follows_the_channel(
+    daemon: Daemon, results: Results, redis_srv: RedisServer
+) -> None:
+    daemon.publish(udp_request(free_port(), id="past", timeout=1))
+    results.for_id("past")
+    replay = subprocess.run(
+        [sys.executable, "-m", "pcapd", "results", "--redis-url", redis_srv.url, "--stream",
+         "--from-start", "--count", "1", "--timeout", "10"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["id"] == "past"
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "pcapd", "results", "--redis-url", redis_srv.url,
+         "--count", "1", "--timeout", "20"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: redis_srv.client().pubsub_numsub("capture-results")[0][1] >= 2)
+    daemon.publish(udp_request(free_port(), id="live", timeout=1))
+    out, _ = follower.communicate(timeout=30)
+    assert json.loads(out)["id"] == "live"
