@@ -135,7 +135,7 @@ def test_bad_our_nets_argument(text: str) -> None:
 
 
 def test_documented_example_section_loads() -> None:
-    """The [agents.flow] section of config.toml.example parses, equals the defaults, and mentions every option."""
+    """config.toml.example's [agents.flow] parses, equals the defaults, names every option."""
     text = (REPO / "config.toml.example").read_text()
     config = parse_flow_config(tomllib.loads(text)["agents"]["flow"])
     assert config == FlowConfig()
