@@ -228,6 +228,8 @@ class Config:
     security: SecurityConfig = SecurityConfig()
     # [agents.*] tables, validated by each agent's own config module.
     agents: Mapping[str, Any] = field(default_factory=dict)
+    # Remote sinks in the order their sections appear in the file.
+    remote_order: tuple[str, ...] = ("s3", "cloudshark")
     warnings: tuple[str, ...] = ()
 
     def aliases(self) -> dict[str, tuple[str, ...]]:
@@ -618,6 +620,9 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         delivery=_delivery(sections["delivery"]),
         security=_security(sections["security"]),
         agents=agents,
+        remote_order=tuple(
+            dict.fromkeys([k for k in data if k in ("s3", "cloudshark")] + ["s3", "cloudshark"])
+        ),
     )
     for s in sections.values():
         s.finish()

@@ -39,8 +39,8 @@ SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
 
 
 def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
-    """Local disk first (fast, durable), then S3, then CloudShark; a spool for
-    the remote ones."""
+    """Local disk first (fast, durable), then S3 and CloudShark in the order
+    of their sections in the config file; a spool for the remote ones."""
     uploaders: list[Uploader] = []
     if config.general.writelocal:
         uploaders.append(LocalUploader(config.general.localdir))

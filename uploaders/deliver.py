@@ -143,15 +143,17 @@ class Deliverer:
 def build_remote_uploaders(
     config: Config, s3_client_factory: ClientFactory | None = None
 ) -> list[Uploader]:
-    """The remote sinks `config` enables, S3 then CloudShark (imports stay lazy:
-    boto3 costs ~0.3 s to import and a CloudShark-only site need not pay it)."""
+    """The remote sinks `config` enables, in the order their sections appear in
+    the config file. Imports stay lazy: boto3 costs ~0.3 s to import and a
+    CloudShark-only site need not pay it."""
     found: list[Uploader] = []
-    if config.s3.upload:
-        from uploaders.s3 import S3Uploader
+    for sink in config.remote_order:
+        if sink == "s3" and config.s3.upload:
+            from uploaders.s3 import S3Uploader
 
-        found.append(S3Uploader(config.s3, s3_client_factory))
-    if config.cloudshark.upload:
-        from uploaders.cloudshark import CloudsharkUploader
+            found.append(S3Uploader(config.s3, s3_client_factory))
+        elif sink == "cloudshark" and config.cloudshark.upload:
+            from uploaders.cloudshark import CloudsharkUploader
 
-        found.append(CloudsharkUploader(config.cloudshark))
+            found.append(CloudsharkUploader(config.cloudshark))
     return found

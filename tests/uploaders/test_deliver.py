@@ -232,3 +232,22 @@ def test_s3_killed_during_upload_is_spooled_then_delivered_identical(
     assert got["ETag"].strip('"').endswith("-4")
     assert hashlib.sha256(got["Body"].read()).hexdigest() == artifact.sha256
     assert spool.list() == [] and not any((tmp_path / "spool").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[s3]\nupload = true\nbucket = "b"\n[cloudshark]\nupload = true\ntoken = "t"\n',
+         ["s3", "cloudshark"]),
+        ('[cloudshark]\nupload = true\ntoken = "t"\n[s3]\nupload = true\nbucket = "b"\n',
+         ["cloudshark", "s3"]),
+        ('[cloudshark]\nupload = true\ntoken = "t"\n', ["cloudshark"]),
+    ],
+)  # fmt: skip
+def test_remote_sinks_run_in_the_order_of_their_sections(text: str, expected: list[str]) -> None:
+    import tomllib
+
+    from pcapd.config import parse_config
+
+    config = parse_config(tomllib.loads(text), hostname="n")
+    assert [u.name for u in build_remote_uploaders(config)] == expected
