@@ -210,6 +210,7 @@ class DnstapAgent:
         data["connections_open"] = len(self.server.connections)
         data["connections_opened"] = srv.connections_opened
         data["connections_refused"] = srv.connections_refused
+        data["connections_closed"] = srv.connections_closed
         w = self.writer.stats
         data["keys_written"] = w.written_ops
         data["queue_depth"] = self.writer.queue_depth

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from agents import store
 from agents.dnstap import fstrm
@@ -200,6 +201,11 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
     url = t.opt_str("redis_url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         t.error("redis_url", "scheme is not one of redis://, rediss://, unix://")
+    elif url is not None:
+        try:
+            _ = urlsplit(url).port  # raises on a port that is not a number within 0..65535
+        except ValueError as exc:
+            t.error("redis_url", f"bad port: {exc}")
     cfg = DnstapConfig(
         socket=t.opt_str("socket", DEFAULT_SOCKET),
         socket_mode=_mode(t),
@@ -258,9 +264,18 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
             t.error("socket_group", f"no group named {cfg.socket_group!r}")
     if cfg.udp_interface is not None:
         try:
-            ipaddress.ip_address(cfg.udp_interface)
+            interface = ipaddress.ip_address(cfg.udp_interface)
         except ValueError:
             t.error("udp_interface", f"{cfg.udp_interface!r} is not an IP address")
+        else:
+            output = cfg.udp_output
+            family = ipaddress.ip_address(output.host).version if output else interface.version
+            if family != interface.version:
+                t.error(
+                    "udp_interface",
+                    f"{cfg.udp_interface!r} is IPv{interface.version} but udp_output "
+                    f"{output} is IPv{family}",
+                )
     if t.errors:
         raise ConfigError(t.errors)
     unknown = sorted(set(raw) - t.seen)

@@ -18,8 +18,6 @@ from agents.dnstap.response import address_text
 
 MESSAGE_TYPES: dict[str, int] = dict(dnstap_pb2.Message.Type.items())
 MESSAGE_TYPE_NAMES: dict[int, str] = {v: k for k, v in MESSAGE_TYPES.items()}
-SOCKET_FAMILIES: dict[int, str] = {v: k for k, v in dnstap_pb2.SocketFamily.items()}
-SOCKET_PROTOCOLS: dict[int, str] = {v: k for k, v in dnstap_pb2.SocketProtocol.items()}
 NANOSECOND = 1e-9
 
 

@@ -90,12 +90,16 @@ class FstrmProtocol(asyncio.Protocol):
         srv.connections[self.conn.id] = self
         srv.stats.connections_opened += 1
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(srv.config.handshake_timeout, self._handshake_timeout)
         if self.tls is not None:
             # TLS is started here, not by the server, so that a failed
-            # handshake is counted and logged like any other bad input.
+            # handshake is counted and logged like any other bad input. The
+            # Frame Streams timer starts once TLS is up: ssl_handshake_timeout
+            # bounds the handshake, and aborting the raw transport under
+            # asyncio's TLS wrapper would never reach our connection_lost.
             transport.pause_reading()
             self._tls_task = loop.create_task(self._start_tls(transport, self.tls))
+        else:
+            self._arm_timer()
         log.info(
             "event=dnstap_connected conn=%d listener=%s peer=%s",
             self.conn.id, self.listener, text,
@@ -109,14 +113,32 @@ class FstrmProtocol(asyncio.Protocol):
                 ssl_handshake_timeout=self.server.config.handshake_timeout,
             )  # fmt: skip
         except Exception as exc:  # any failure is the peer's: count it, keep serving
-            self._fail("tls_handshake", f"TLS handshake failed: {exc}")
+            self._fail("tls_handshake", f"TLS handshake failed: {str(exc) or type(exc).__name__}")
+            self._release()  # the raw transport's connection_lost is not ours any more
             return
         if tls is None:  # closed meanwhile
+            self._release()
             return
         self.transport = tls
+        self._arm_timer()
         held, self._held = self._held or [], None
         for data in held:
             self.data_received(data)
+
+    def _arm_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.server.config.handshake_timeout, self._handshake_timeout)
+
+    def _release(self) -> ConnectionStats | None:
+        """Give the connection slot back, once: the stats if it was held."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
+        if conn is None or self.server.connections.pop(conn.id, None) is None:
+            return None
+        self.server.stats.connections_closed += 1
+        return conn
 
     def _handshake_timeout(self) -> None:
         if self.decoder.phase in (fstrm.Phase.OPENING, fstrm.Phase.READY):
@@ -179,12 +201,9 @@ class FstrmProtocol(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        conn = self.conn
-        if conn is None or self.server.connections.pop(conn.id, None) is None:
+        conn = self._release()
+        if conn is None:
             return
-        self.server.stats.connections_closed += 1
         if not self._closing and self.decoder.pending:
             conn.errors += 1
             self.server.stats.frame_errors["truncated"] += 1

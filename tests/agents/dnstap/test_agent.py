@@ -58,7 +58,7 @@ def test_keys_follow_the_schema(redis_srv: RedisServer, tmp_path: Path) -> None:
         assert (snap["responses"], snap["nxdomain"], snap["frames"]) == (3, 1, 3)
 
 
-def test_dedup_is_per_client_and_append_is_once(redis_srv: RedisServer, tmp_path: Path) -> None:
+def test_dedup_is_per_client(redis_srv: RedisServer, tmp_path: Path) -> None:
     www = response_wire("www.example.test.", "A", [("www.example.test.", "A", "192.0.2.10")])
     other = response_wire("www2.example.test.", "A", [("www2.example.test.", "A", "192.0.2.10")])
     with running_agent(redis_srv.url, tmp_path / "tap.sock", dedup_window=30) as ra:
@@ -70,6 +70,19 @@ def test_dedup_is_per_client_and_append_is_once(redis_srv: RedisServer, tmp_path
         assert dump["10.0.0.2;192.0.2.10;dns"] == ";www.example.test.;"
         assert dump["client;10.0.0.1"] == "2"
         assert ra.snapshot()["deduped"] == 1
+
+
+def test_append_adds_a_member_once(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """Without dedup, the same (client, name, address) twice reaches Redis
+    twice: the key still holds the name once, its counter counts both."""
+    with running_agent(redis_srv.url, tmp_path / "tap.sock", dedup_window=0) as ra:
+        ra.send([tap_payload(WWW, client="10.0.0.3"), tap_payload(WWW, client="10.0.0.3")])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 4)
+        assert ra.snapshot()["deduped"] == 0
+        assert redis_dump(redis_srv.client()) == {
+            "client;10.0.0.3": "2",
+            "10.0.0.3;192.0.2.10;dns": ";www.example.test.;",
+        }
 
 
 def test_filters_are_counted_not_written(redis_srv: RedisServer, tmp_path: Path) -> None:
@@ -174,25 +187,41 @@ def test_many_connections_at_once(redis_srv: RedisServer, tmp_path: Path) -> Non
         assert redis_srv.client().get("10.1.5.199;198.51.100.8;dns") == b";target.example.test.;"
 
 
-def test_max_connections_and_handshake_timeout(
+def test_max_connections_refuses_the_next_client(
     redis_srv: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "tap.sock"
-    options: dict[str, Any] = {"max_connections": 1, "handshake_timeout": 0.2}
+    # A long handshake timeout: the first client must still hold its slot
+    # when the second arrives, however loaded the machine is.
+    options: dict[str, Any] = {"max_connections": 1, "handshake_timeout": 30.0}
     with running_agent(redis_srv.url, path, **options) as ra:
-        idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        idle.connect(str(path))
-        wait_for(lambda: ra.snapshot()["connections_open"] == 1)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as second:
-            second.settimeout(5)
-            second.connect(str(path))
-            assert second.recv(10) == b""  # refused while the first is open
-        assert ra.snapshot()["connections_refused"] == 1
-        idle.settimeout(5)
-        assert idle.recv(10) == b""  # no START within 0.2 s
-        idle.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+            idle.connect(str(path))
+            wait_for(lambda: ra.snapshot()["connections_open"] == 1)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as second:
+                second.settimeout(5)
+                second.connect(str(path))
+                assert second.recv(10) == b""  # refused while the first is open
+            assert ra.snapshot()["connections_refused"] == 1
+            assert "max_connections=1 reached" in caplog.text
+        wait_for(lambda: ra.snapshot()["connections_open"] == 0)
+        ra.send([GOOD])  # the freed slot serves the next client
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        assert ra.snapshot()["frame_errors"] == {}
+
+
+def test_handshake_timeout_closes_a_silent_client(
+    redis_srv: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tap.sock"
+    with running_agent(redis_srv.url, path, handshake_timeout=0.3) as ra:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+            idle.settimeout(5)
+            idle.connect(str(path))
+            assert idle.recv(10) == b""  # no START within 0.3 s: closed
+        wait_for(lambda: ra.snapshot()["connections_open"] == 0)
         assert ra.snapshot()["frame_errors"] == {"handshake_timeout": 1}
-        assert "no START within 0.2s" in caplog.text
+        assert "no START within 0.3s" in caplog.text
         ra.send([GOOD])
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
 
@@ -303,4 +332,50 @@ def test_a_bad_connection_leaves_the_others_open(redis_srv: RedisServer, tmp_pat
         writer.write([GOOD])
         writer.stop()
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        assert redis_dump(redis_srv.client()) == GOOD_KEYS
+
+
+def test_silent_tls_clients_do_not_keep_their_slots(redis_srv: RedisServer, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=dnstap",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    opts: dict[str, Any] = {"listen": "127.0.0.1:0", "tls_cert": str(cert), "tls_key": str(key),
+                            "max_connections": 3, "handshake_timeout": 0.5}  # fmt: skip
+    with running_agent(redis_srv.url, None, **opts) as ra:
+        # Three clients that connect and never start TLS: each fills a slot
+        # until the handshake times out, then must give it back.
+        silent = [socket.create_connection(("127.0.0.1", ra.tcp_port)) for _ in range(3)]
+        try:
+            wait_for(lambda: ra.snapshot()["connections_opened"] == 3)
+            for sock in silent:
+                sock.settimeout(5)
+                assert sock.recv(10) == b""  # the agent hangs up
+            wait_for(lambda: ra.snapshot()["connections_open"] == 0)
+        finally:
+            for sock in silent:
+                sock.close()
+        assert ra.snapshot()["frame_errors"] == {"tls_handshake": 3}
+        assert ra.snapshot()["connections_closed"] == 3
+        context = ssl.create_default_context(cafile=str(cert))
+        # TLS up, then no Frame Streams START: the agent's own timer frees it.
+        raw = socket.create_connection(("127.0.0.1", ra.tcp_port), timeout=5)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as quiet:
+            assert quiet.recv(10) == b""
+        wait_for(lambda: ra.snapshot()["connections_open"] == 0)
+        assert ra.snapshot()["frame_errors"] == {"tls_handshake": 3, "handshake_timeout": 1}
+        raw = socket.create_connection(("127.0.0.1", ra.tcp_port), timeout=5)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            writer = FrameWriter(sock)
+            writer.start()
+            wait_for(lambda: ra.snapshot()["connections_open"] == 1)
+            writer.write([GOOD])
+            writer.stop()
+        wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+        wait_for(lambda: ra.snapshot()["connections_open"] == 0)
+        snap = ra.snapshot()
+        assert (snap["connections_refused"], snap["connections_closed"]) == (0, 5)
         assert redis_dump(redis_srv.client()) == GOOD_KEYS

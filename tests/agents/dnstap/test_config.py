@@ -96,3 +96,33 @@ def test_documented_example_is_the_defaults_and_names_every_option() -> None:
     for name in DnstapConfig.__dataclass_fields__:
         if name != "warnings":
             assert f"\n{name} = " in text or f"\n# {name} = " in text, name
+
+
+@pytest.mark.parametrize(
+    ("output", "interface", "error"),
+    [
+        ("127.0.0.1:5000", "::1", "'::1' is IPv6 but udp_output 127.0.0.1:5000 is IPv4"),
+        ("[::1]:5000", "127.0.0.1", "'127.0.0.1' is IPv4 but udp_output [::1]:5000 is IPv6"),
+    ],
+)
+def test_udp_interface_must_match_the_output_family(
+    output: str, interface: str, error: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({"udp_output": output, "udp_interface": interface})
+    assert info.value.errors == [f"agents.dnstap.udp_interface: {error}"]
+    same = output.rsplit(":", 1)[0].strip("[]")
+    assert parse_dnstap_config({"udp_output": output, "udp_interface": same}).udp_interface == same
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("redis://127.0.0.1:abc/0", "Port could not be cast to integer value as 'abc'"),
+        ("redis://127.0.0.1:70000/0", "Port out of range 0-65535"),
+    ],
+)
+def test_redis_url_with_a_bad_port(url: str, error: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({"redis_url": url})
+    assert info.value.errors == [f"agents.dnstap.redis_url: bad port: {error}"]
