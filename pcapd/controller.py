@@ -15,6 +15,7 @@ file once it ends, and releases it when the file is stored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -45,6 +46,7 @@ from pcapd.packetdebug import packet_logger
 from pcapd.request import (
     CaptureRequest,
     RequestError,
+    addressed_to,
     decode_body,
     parse_fields,
     resolve_interfaces,
@@ -63,19 +65,27 @@ log = logging.getLogger("pcapd.controller")
 
 @dataclass(slots=True)
 class _Job:
-    """The captures one delivery started; the delivery is acked when all are
-    stored (uploaded or spooled) or reported."""
+    """The captures one delivery started. The delivery is acked when every one
+    is stored (uploaded or spooled) or reported; if one was captured and then
+    stored nowhere, it is released instead, so a durable source delivers the
+    request again."""
 
     delivery: Delivery
     remaining: int
+    durable: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def done(self) -> None:
+    def done(self, durable: bool) -> None:
         with self.lock:
             self.remaining -= 1
+            self.durable = self.durable and durable
             finished = self.remaining == 0
-        if finished:
-            self.delivery.ack()
+        if not finished:
+            return
+        try:
+            (self.delivery.ack if self.durable else self.delivery.release)()
+        except Exception:  # the source logs its own trouble; a worker must not die
+            log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
 
 
 class Controller:
@@ -104,6 +114,7 @@ class Controller:
         self._active = 0
         self._reserved = 0
         self._capturing: set[threading.Thread] = set()
+        self._handling = 0  # handle() calls in progress
         self._uploads: set[Future[None]] = set()
         self._upload_pool = ThreadPoolExecutor(
             max_workers=config.delivery.upload_workers, thread_name_prefix="upload"
@@ -119,11 +130,6 @@ class Controller:
                 return 0
             return max(0, self.config.general.max_concurrent - self._active)
 
-    @property
-    def reserved_bytes(self) -> int:
-        with self._lock:
-            return self._reserved
-
     def _admit(self, request: CaptureRequest) -> str | None:
         """Reserve a slot and `request.bytes` of memory, or say why not."""
         general = self.config.general
@@ -135,30 +141,69 @@ class Controller:
             if self._reserved + request.bytes > general.max_memory:
                 return (
                     f"bytes={request.bytes} does not fit: {self._reserved} of "
-                    f"max_memory={general.max_memory} reserved by running captures"
+                    f"max_memory={general.max_memory} held by captures running or "
+                    "awaiting upload"
                 )
             self._active += 1
             self._reserved += request.bytes
         return None
 
-    def _adjust(self, slots: int, reserved: int) -> None:
+    def _hold(self, worker: _Worker, nbytes: int) -> None:
+        """Set what `worker` holds of max_memory; its slot is freed with 0 or less."""
         with self._lock:
-            self._active += slots
-            self._reserved += reserved
+            self._reserved += nbytes - worker.held
+            worker.held = nbytes
+
+    def _free_slot(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker.has_slot:
+                worker.has_slot = False
+                self._active -= 1
+            if worker.thread is not None:
+                self._capturing.discard(worker.thread)
+
+    def _settle(self, worker: _Worker, durable: bool) -> None:
+        """Release everything `worker` holds and tell its job, exactly once."""
+        self._free_slot(worker)
+        self._hold(worker, 0)
+        with self._lock:
+            if worker.settled:
+                return
+            worker.settled = True
+        if not durable:
+            self.recent_ids.forget(worker.request.id)
+        if worker.job is not None:
+            worker.job.done(durable)
 
     # -- requests --------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
         """Serve one delivery; never raises, whatever the body holds."""
+        with self._lock:
+            self._handling += 1
         try:
             self._handle(delivery)
         except Exception as exc:  # a bug must cost one request, not the daemon
             log.exception("event=request_crashed source=%s", delivery.source)
-            self._publish(ResultEvent(id=None, node=self.node, status="failed", error=str(exc)))
-            delivery.ack()
+            self._publish(
+                ResultEvent(
+                    id=None, node=self.node, status="failed",
+                    error=f"internal error (log event=request_crashed): {exc!r}",
+                )
+            )  # fmt: skip
+            with contextlib.suppress(Exception):
+                delivery.ack()
+        finally:
+            with self._lock:
+                self._handling -= 1
 
     def _handle(self, delivery: Delivery) -> None:
         try:
             fields = decode_body(delivery.body, self.config.general.max_request_bytes)
+            if not addressed_to(fields, self.node):
+                # Silent, even when other fields are bad: the named node reports.
+                event(log, "request_not_for_me", logging.DEBUG, id=fields.get("id"))
+                (delivery.not_for_me or delivery.ack)()
+                return
             request = parse_fields(fields, self.config, delivery.message_id)
         except RequestError as exc:
             event(
@@ -172,11 +217,9 @@ class Controller:
             return
         if request.logrequest:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
-        if not request.matches_node(self.node):
-            event(log, "request_not_for_me", logging.DEBUG, id=request.id)
-            (delivery.not_for_me or delivery.ack)()
-            return
-        if request.id in self.recent_ids:
+        # Recorded at once: the same request on two sources must not slip
+        # through twice; forgotten again if it is not served after all.
+        if self.recent_ids.seen(request.id):
             event(log, "request_duplicate", id=request.id, source=delivery.source)
             self._publish(
                 ResultEvent(
@@ -194,14 +237,15 @@ class Controller:
             self._check_spool_room(request)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
+            self.recent_ids.forget(request.id)
             self._reject(request, None, str(exc))
             delivery.ack()
             return
-        self.recent_ids.seen(request.id)
         warnings = request.warnings + skipped
         started = [self._start(request, name, warnings) for name in interfaces]
         workers = [worker for worker in started if worker is not None]
         if not workers:
+            self.recent_ids.forget(request.id)
             delivery.ack()
             return
         job = _Job(delivery, len(workers))
@@ -213,7 +257,11 @@ class Controller:
             worker.thread = thread
             with self._lock:
                 self._capturing.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had: report, free, go on
+                self._settle(worker, durable=True)
+                self._reject(request, worker.interface, f"cannot start a capture: {exc}")
 
     def _check_spool_room(self, request: CaptureRequest) -> None:
         """With remote sinks, a capture must fit the spool should they fail: the
@@ -233,7 +281,9 @@ class Controller:
         if refusal is not None:
             self._reject(request, interface, refusal, warnings)
             return None
-        return _Worker(self, request, interface, warnings)
+        worker = _Worker(self, request, interface, warnings)
+        worker.has_slot, worker.held = True, request.bytes
+        return worker
 
     def _reject(
         self,
@@ -261,13 +311,12 @@ class Controller:
     # -- after the capture -------------------------------------------------
     def _captured(self, worker: _Worker, outcome: CaptureOutcome, result: ResultEvent) -> None:
         """Free the capture slot; keep memory for the file until it is stored."""
-        held = len(outcome.data) if outcome.packets else 0
-        self._adjust(-1, held - worker.request.bytes)
-        worker._forget()
+        self._free_slot(worker)
         if not outcome.packets:
             # As pcapdaemon: nothing captured, nothing to upload.
-            self._finish(worker, result, {}, held)
+            self._finish(worker, result, {}, durable=True)
             return
+        self._hold(worker, len(outcome.data))
         artifact = Artifact(
             data=outcome.data,
             filename=artifact_filename(
@@ -280,7 +329,11 @@ class Controller:
             node=self.node,
             interface=worker.interface,
         )  # fmt: skip
-        future = self._upload_pool.submit(self._store, worker, artifact, result, held)
+        try:
+            future = self._upload_pool.submit(self._store, worker, artifact, result)
+        except RuntimeError:  # the pool is shut down: store from this thread
+            self._store(worker, artifact, result)
+            return
         with self._lock:
             self._uploads.add(future)
         future.add_done_callback(self._upload_done)
@@ -289,21 +342,21 @@ class Controller:
         with self._lock:
             self._uploads.discard(future)
 
-    def _store(self, worker: _Worker, artifact: Artifact, result: ResultEvent, held: int) -> None:
+    def _store(self, worker: _Worker, artifact: Artifact, result: ResultEvent) -> None:
         try:
             outcome = self.deliverer.deliver(artifact, result)
-            stored = outcome.apply(result)
-            if outcome.status == "ok" and result.error:
-                stored = replace(stored, error=result.error)
-            self._finish(worker, stored, dict(outcome.locations), held)
-        except Exception:
+        except Exception as exc:  # a bug or an OSError past the deliverer's own handling
             log.exception("event=store_crashed id=%s", worker.request.id)
-            self._adjust(0, -held)
-            if worker.job is not None:
-                worker.job.done()
+            failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
+            self._finish(worker, failed, {}, durable=False)
+            return
+        stored = outcome.apply(result)
+        if outcome.status == "ok" and result.error:
+            stored = replace(stored, error=result.error)
+        self._finish(worker, stored, dict(outcome.locations), durable=outcome.durable)
 
     def _finish(
-        self, worker: _Worker, result: ResultEvent, locations: Mapping[str, str], held: int
+        self, worker: _Worker, result: ResultEvent, locations: Mapping[str, str], durable: bool
     ) -> None:
         try:
             self._write_sidecar(locations, result)
@@ -315,9 +368,7 @@ class Controller:
             )  # fmt: skip
             self._publish(result, worker.request.reply_to)
         finally:
-            self._adjust(0, -held)
-            if worker.job is not None:
-                worker.job.done()
+            self._settle(worker, durable)
 
     def _write_sidecar(self, locations: Mapping[str, str], result: ResultEvent) -> None:
         if "local" not in locations:
@@ -336,10 +387,17 @@ class Controller:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._accepting = False
-            capturing = list(self._capturing)
         self.capture_stop.set()
-        for thread in capturing:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline:
+            # A handle() already past admission may still add a capture thread.
+            with self._lock:
+                capturing, handling = list(self._capturing), self._handling
+            if not capturing and not handling:
+                break
+            for thread in capturing:
+                thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
+            if not capturing:
+                time.sleep(0.01)
         with self._lock:
             uploads = list(self._uploads)
         wait_futures(uploads, max(0.0, deadline - time.monotonic()))
@@ -364,8 +422,31 @@ class _Worker:
         self.warnings = warnings
         self.job: _Job | None = None
         self.thread: threading.Thread | None = None
+        # What this worker holds, released exactly once by Controller._settle.
+        self.has_slot = False
+        self.held = 0
+        self.settled = False
 
     def run(self) -> None:
+        ctl = self.controller
+        request = self.request
+        try:
+            self._run()
+        except Exception as exc:
+            log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
+            if not self.settled:
+                ctl._publish(
+                    ResultEvent(
+                        id=request.id, alertid=request.alertid, node=ctl.node,
+                        interface=self.interface, status="failed",
+                        error=f"capture failed: {exc!r}", format=request.format,
+                        warnings=self.warnings,
+                    ),
+                    request.reply_to,
+                )  # fmt: skip
+            ctl._settle(self, durable=False)
+
+    def _run(self) -> None:
         ctl = self.controller
         request = self.request
         # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
@@ -374,34 +455,15 @@ class _Worker:
         try:
             handle = ctl.pool.take(self.interface)
             set_filter(handle, self.interface, request.bpf)
-            ctl.pool.replenish()
         except CaptureError as exc:
-            ctl.pool.replenish()
             if handle is not None:
                 close_handle(handle)
-            ctl._adjust(-1, -request.bytes)
-            self._forget()
             ctl._reject(request, self.interface, str(exc), self.warnings)
-            if self.job is not None:
-                self.job.done()
+            ctl._settle(self, durable=True)
             return
-        try:
-            outcome = self._capture(handle)
-        except Exception as exc:
-            log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
-            ctl._adjust(-1, -request.bytes)
-            self._forget()
-            ctl._publish(
-                ResultEvent(
-                    id=request.id, alertid=request.alertid, node=ctl.node,
-                    interface=self.interface, status="failed", error=f"capture failed: {exc}",
-                    format=request.format, warnings=self.warnings,
-                ),
-                request.reply_to,
-            )  # fmt: skip
-            if self.job is not None:
-                self.job.done()
-            return
+        finally:
+            ctl.pool.replenish()
+        outcome = self._capture(handle)
         result = ResultEvent(
             id=request.id, alertid=request.alertid, node=ctl.node, interface=self.interface,
             status="ok" if outcome.packets else "empty", error=outcome.error, stop=outcome.stop,
@@ -412,11 +474,6 @@ class _Worker:
             warnings=self.warnings,
         )  # fmt: skip
         ctl._captured(self, outcome, result)
-
-    def _forget(self) -> None:
-        with self.controller._lock:
-            if self.thread is not None:
-                self.controller._capturing.discard(self.thread)
 
     def _capture(self, handle: pcap.pcap) -> CaptureOutcome:
         ctl = self.controller

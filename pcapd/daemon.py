@@ -155,9 +155,10 @@ class Daemon:
                 pass
         finally:
             self.stop_sources.set()
-            clean = self.controller.shutdown(timeout=SHUTDOWN_GRACE)
+            # Sources first, so no request is admitted behind the controller's back.
             for thread in threads:
                 thread.join(timeout=2.0)
+            clean = self.controller.shutdown(timeout=SHUTDOWN_GRACE)
             for source in self.sources:
                 close = getattr(source, "close", None)
                 if close is not None:

@@ -57,6 +57,11 @@ class RecentIds:
                 self.evicted += 1
             return False
 
+    def forget(self, request_id: str) -> None:
+        """Drop `request_id`, so that a request that was not served can come again."""
+        with self._lock:
+            self._first_seen.pop(request_id, None)
+
     def __contains__(self, request_id: object) -> bool:
         """Seen within the window, without recording it (a peek)."""
         with self._lock:

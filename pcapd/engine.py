@@ -80,8 +80,12 @@ def available_devices() -> set[str]:
 
 
 def open_handle(interface: str, buffer_size: int) -> pcap.pcap:
-    """A non-blocking immediate handle that passes nothing until a filter is set."""
-    if interface not in available_devices():
+    """A non-blocking TPACKET_V3 handle that passes nothing until a filter is set."""
+    try:
+        devices = available_devices()
+    except OSError as exc:
+        raise CaptureError(f"cannot list interfaces: {_text(exc)}") from exc
+    if interface not in devices:
         # pcap_open on an unknown name would open a *file* of that name.
         raise CaptureError(f"interface {interface!r}: no such device on this node")
     try:
@@ -119,7 +123,10 @@ def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
             f"bpf: {bpf!r} does not compile for {interface} "
             f"(link type {handle.datalink()}): {_text(exc)}"
         ) from exc
-    handle.dispatch(-1, _discard)
+    try:
+        handle.dispatch(-1, _discard)
+    except OSError as exc:  # e.g. the interface went down under a spare handle
+        raise CaptureError(f"interface {interface!r}: cannot capture: {_text(exc)}") from exc
 
 
 def close_handle(handle: pcap.pcap) -> None:
@@ -176,17 +183,20 @@ class HandlePool:
         self._wanted.set()
 
     def _refill(self) -> None:
+        failed = False
         while not self._stop.is_set():
-            self._wanted.wait()
+            # After a failure, try again in REFILL_RETRY s even if nobody asks.
+            self._wanted.wait(REFILL_RETRY if failed else None)
             self._wanted.clear()
+            failed = False
             for name in list(self._spares):
                 if self._stop.is_set() or self._spares.get(name) is not None:
                     continue
                 try:
                     handle = open_handle(name, self.buffer_size)
-                except CaptureError as exc:
+                except Exception as exc:  # the refill thread must outlive any failure
                     log.warning("event=spare_handle_failed interface=%s error=%r", name, str(exc))
-                    threading.Timer(REFILL_RETRY, self._wanted.set).start()
+                    failed = True
                     continue
                 with self._lock:
                     if self._stop.is_set():

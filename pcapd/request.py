@@ -197,6 +197,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def addressed_to(data: Mapping[str, Any], node: str) -> bool:
+    """Whether a decoded request names `node`, judged from `node`/`nodere` alone.
+
+    Checked before anything else, so that a malformed request for another
+    node stays silent on this one. When the node fields themselves are
+    malformed, no node can tell: every node parses and rejects it.
+    """
+    name, pattern = data.get("node"), data.get("nodere")
+    if isinstance(name, str) and name and pattern is None:
+        return name in ("any", node)
+    if isinstance(pattern, str) and pattern and name is None and len(pattern) <= MAX_NODERE_LEN:
+        try:
+            return compile_nodere(pattern).search(node) is not None
+        except re2.error:
+            return True
+    return True
+
+
 def parse_request(body: bytes | str, config: Config) -> CaptureRequest:
     return parse_fields(decode_body(body, config.general.max_request_bytes), config)
 

@@ -232,8 +232,8 @@ def test_bounds_reject_with_the_reason_never_queue(
         second = results.for_id("mem-2")
         assert second["status"] == "rejected"
         assert second["error"] == (
-            "bytes=10000000 does not fit: 10000000 of max_memory=16777216 reserved by "
-            "running captures"
+            "bytes=10000000 does not fit: 10000000 of max_memory=16777216 held by "
+            "captures running or awaiting upload"
         )
         assert results.for_id("mem-1")["status"] == "empty"
     finally:

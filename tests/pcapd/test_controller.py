@@ -1,0 +1,185 @@
+"""The controller in-process, against a real redis-server, lo and local disk:
+what is acked or released, what is reported, and that every bound is given back."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcapd.config import Config, parse_config
+from pcapd.controller import Controller
+from pcapd.engine import HandlePool
+from pcapd.redis_conn import connect
+from pcapd.results import ResultPublisher
+from tests.helpers import RedisServer, free_port, wait_for
+from tests.pcapd.daemon_fixture import Results
+from tests.pcapd.test_engine import send_udp
+from triggers.base import Delivery
+from uploaders.deliver import Deliverer
+from uploaders.local import LocalUploader
+from uploaders.retry import RetryPolicy
+
+
+class Recorded:
+    """A delivery whose ack/release calls are counted, as a durable source sees them."""
+
+    def __init__(self, body: dict[str, Any] | bytes) -> None:
+        self.acks = 0
+        self.releases = 0
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.delivery = Delivery(
+            body=raw, source="test", ack=self._ack, release=self._release, message_id="m-1"
+        )
+
+    def _ack(self) -> None:
+        self.acks += 1
+
+    def _release(self) -> None:
+        self.releases += 1
+
+    @property
+    def settled(self) -> bool:
+        return self.acks + self.releases > 0
+
+
+def build(redis_srv: RedisServer, localdir: Path, **general: Any) -> Controller:
+    config: Config = parse_config(
+        {
+            "general": {"node": "n1", "writelocal": True, "localdir": str(localdir),
+                        "maxbytes": 1_000_000, "max_memory": 4_000_000, "defaulttimeout": 5,
+                        **general},
+            "redis": {"port": redis_srv.port},
+            "delivery": {"attempts": 1},
+        }
+    )  # fmt: skip
+    deliverer = Deliverer([LocalUploader(localdir)], RetryPolicy.from_config(config.delivery), None)
+    return Controller(
+        config,
+        publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
+        deliverer=deliverer,
+        pool=HandlePool((), config.general.buffer_size),
+    )
+
+
+@pytest.fixture
+def results(redis_srv: RedisServer) -> Iterator[Results]:
+    collector = Results(redis_srv)
+    yield collector
+    collector.close()
+
+
+def idle(ctl: Controller) -> bool:
+    """No slot taken and no byte of max_memory held."""
+    return ctl._active == 0 and ctl._reserved == 0
+
+
+def request(port: int, **fields: Any) -> dict[str, Any]:
+    return {"node": "n1", "interface": "lo", "bpf": f"udp and dst port {port}", **fields}
+
+
+def test_stored_capture_is_acked_and_every_bound_given_back(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    ctl = build(redis_srv, tmp_path / "caps")
+    port = free_port()
+    got = Recorded(request(port, id="r1", packets=3))
+    ctl.handle(got.delivery)
+    threading.Timer(0.3, send_udp, args=(port, 3, 0.01)).start()
+    assert results.for_id("r1")["status"] == "ok"
+    wait_for(lambda: got.settled and idle(ctl))
+    assert (got.acks, got.releases) == (1, 0)
+
+
+def test_capture_stored_nowhere_is_released_for_redelivery(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    ctl = build(redis_srv, blocker)
+    port = free_port()
+    got = Recorded(request(port, id="r2", packets=2))
+    ctl.handle(got.delivery)
+    threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+    event = results.for_id("r2")
+    assert event["status"] == "failed" and "cannot write" in event["error"]
+    wait_for(lambda: got.settled and idle(ctl))
+    assert (got.acks, got.releases) == (0, 1)
+    # Redelivered, it is captured again, not refused as a duplicate.
+    again = Recorded(request(port, id="r2", packets=2))
+    ctl.handle(again.delivery)
+    threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+    assert results.for_id("r2")["status"] == "failed"
+
+
+def test_bad_request_for_another_node_is_silent(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    ctl = build(redis_srv, tmp_path)
+    other = Recorded({"node": "n2", "interface": "lo", "packets": -1, "id": "other"})
+    other_re = Recorded({"nodere": "^web", "interface": 5, "id": "other-re"})
+    mine = Recorded({"node": "n1", "interface": "lo", "packets": -1, "id": "mine"})
+    for got in (other, other_re, mine):
+        ctl.handle(got.delivery)
+    event = results.next()
+    assert (event["id"], event["status"]) == ("mine", "rejected")
+    time.sleep(0.3)
+    assert results.events.empty()
+    assert other.acks == other_re.acks == mine.acks == 1
+
+
+def test_refused_request_can_be_retried_with_the_same_id(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    ctl = build(redis_srv, tmp_path, max_concurrent=1)
+    port = free_port()
+    first = Recorded(request(port, id="long", timeout=2))
+    ctl.handle(first.delivery)
+    refused = Recorded(request(port, id="retry", timeout=1))
+    ctl.handle(refused.delivery)
+    event = results.for_id("retry")
+    assert event["error"] == "max_concurrent=1 captures already running"
+    assert results.for_id("long")["status"] == "empty"
+    wait_for(lambda: idle(ctl))
+    ctl.handle(Recorded(request(port, id="retry", timeout=1)).delivery)
+    assert results.for_id("retry")["status"] == "empty"
+
+
+def test_the_same_request_on_two_sources_at_once_runs_once(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    ctl = build(redis_srv, tmp_path)
+    body = request(free_port(), id="twice", timeout=1)
+    deliveries = [Recorded(body), Recorded(body)]
+    threads = [threading.Thread(target=ctl.handle, args=(d.delivery,)) for d in deliveries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted([results.for_id("twice")["status"], results.for_id("twice")["status"]])
+    assert statuses == ["duplicate", "empty"]
+    wait_for(lambda: all(d.acks == 1 for d in deliveries) and idle(ctl))
+
+
+def test_shutdown_ends_and_stores_running_captures(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    ctl = build(redis_srv, tmp_path / "caps")
+    port = free_port()
+    got = Recorded(request(port, id="cut", duration=30, timeout=30))
+    ctl.handle(got.delivery)
+    threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+    wait_for(lambda: ctl.capture_started.is_set())
+    time.sleep(0.8)
+    assert ctl.shutdown(timeout=10)
+    event = results.for_id("cut")
+    assert (event["status"], event["stop"], event["packets"]) == ("ok", "shutdown", 2)
+    assert got.acks == 1 and idle(ctl)
+    refused = Recorded(request(port, id="late"))
+    ctl.handle(refused.delivery)
+    assert results.for_id("late")["error"] == "shutting down: not taking new captures"
