@@ -67,23 +67,30 @@ def icmp_key(dst: str, bounce_dst: str, sport: int, dport: int, code: int) -> st
 
 # One call per batch: KEYS[i] with ARGV[i+1] = "" (INCR) or the member to
 # append if absent; ARGV[1] is the TTL. Done server-side so append-if-absent is
-# atomic and a batch costs one round trip.
+# atomic and a batch costs one round trip. pcall: a key holding another type
+# (WRONGTYPE) costs that key, counted, never the rest of the batch.
 _BATCH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
+local failed = 0
 for i, key in ipairs(KEYS) do
   local member = ARGV[i + 1]
+  local reply
   if member == '' then
-    redis.call('INCR', key)
+    reply = redis.pcall('INCR', key)
   else
     local item = ';' .. member .. ';'
-    local value = redis.call('GET', key)
-    if not value or not string.find(value, item, 1, true) then
-      redis.call('APPEND', key, item)
+    reply = redis.pcall('GET', key)
+    if type(reply) ~= 'table' and (not reply or not string.find(reply, item, 1, true)) then
+      reply = redis.pcall('APPEND', key, item)
     end
   end
-  redis.call('EXPIRE', key, ttl)
+  if type(reply) == 'table' and reply.err then
+    failed = failed + 1
+  else
+    redis.pcall('EXPIRE', key, ttl)
+  end
 end
-return #KEYS
+return failed
 """
 
 
@@ -91,9 +98,9 @@ return #KEYS
 class WriterStats:
     queued_ops: int = 0
     written_ops: int = 0
-    dropped_ops: int = 0
+    dropped_ops: int = 0  # queue full, or still queued when the writer stopped
+    rejected_ops: int = 0  # refused by Redis (e.g. a key holding another type)
     redis_errors: int = 0
-    batches: int = 0
 
 
 class RedisWriter:
@@ -180,6 +187,16 @@ class RedisWriter:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        with self._lock:
+            left = self._queued + len(self._pending_keys)
+            self._batches.clear()
+            self._pending_keys, self._pending_args = [], []
+            self._queued = 0
+        if left:
+            self.stats.dropped_ops += left
+            log.error(
+                "event=redis_writes_lost ops=%d reason=%s", left, "stopped before Redis took them"
+            )
 
     def _run(self) -> None:
         client: redis.Redis | None = None
@@ -196,15 +213,19 @@ class RedisWriter:
                         client = self._connect()
                         script = client.register_script(_BATCH_SCRIPT)
                     assert script is not None
-                    script(keys=keys, args=[self.ttl, *args])
-                except redis.RedisError as exc:
+                    rejected = int(script(keys=keys, args=[self.ttl, *args]))
+                except redis.ResponseError as exc:
+                    # Redis answered and refused the whole batch: retrying would
+                    # only wedge the queue behind it.
+                    self.stats.rejected_ops += len(keys)
+                    log.error("event=redis_batch_refused ops=%d error=%r", len(keys), str(exc))
+                    rejected = -1
+                except Exception as exc:  # connection trouble, or a bug: back off, retry
                     self.stats.redis_errors += 1
                     log.warning(
                         "event=redis_write_failed error=%r queued_ops=%d retry_in=%.1fs",
-                        str(exc),
-                        self.queue_depth,
-                        backoff,
-                    )
+                        str(exc), self.queue_depth, backoff,
+                    )  # fmt: skip
                     client = None
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
@@ -213,5 +234,8 @@ class RedisWriter:
                 with self._lock:
                     self._batches.popleft()
                     self._queued -= len(keys)
-                self.stats.written_ops += len(keys)
-                self.stats.batches += 1
+                if rejected > 0:
+                    self.stats.rejected_ops += rejected
+                    log.warning("event=redis_keys_refused ops=%d (keys of another type?)", rejected)
+                if rejected >= 0:
+                    self.stats.written_ops += len(keys) - rejected
