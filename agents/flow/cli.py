@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 from agents.flow.agent import AgentError, CaptureError, FlowAgent, make_writer
 from agents.flow.config import (
     DIRECTIONS,
+    MAX_STATS_INTERVAL,
+    MIN_STATS_INTERVAL,
     FlowConfig,
     parse_flow_config,
     parse_networks_arg,
@@ -73,6 +76,10 @@ def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
         scheme = urlsplit(args.redis).scheme
         if scheme not in REDIS_SCHEMES:
             raise ConfigError([f"--redis: scheme {scheme!r} is not one of redis, rediss, unix"])
+        try:
+            _ = urlsplit(args.redis).port  # raises on a port that is not a number in 0..65535
+        except ValueError as exc:
+            raise ConfigError([f"--redis: bad port: {exc}"]) from None
         redis_config = RedisConfig(url=Secret(args.redis))
     try:
         flow = parse_flow_config(table)
@@ -90,7 +97,14 @@ def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
     if args.direction:
         overrides["direction"] = args.direction
     if args.stats_interval is not None:
-        overrides["stats_interval"] = max(0.1, args.stats_interval)
+        if not MIN_STATS_INTERVAL <= args.stats_interval <= MAX_STATS_INTERVAL:
+            rule = (
+                f"must be at least {MIN_STATS_INTERVAL} and at most {MAX_STATS_INTERVAL}"
+                if math.isfinite(args.stats_interval)
+                else "must be a finite number"
+            )
+            raise ConfigError([f"--stats-interval: {rule}, got {args.stats_interval!r}"])
+        overrides["stats_interval"] = args.stats_interval
     if overrides:
         flow = replace(flow, **overrides)  # type: ignore[arg-type]
     if not flow.our_nets:

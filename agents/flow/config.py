@@ -7,6 +7,7 @@ each naming its field: `agents.flow.rules[2].src: unknown network 'foo'`.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,13 +46,20 @@ MAX_SNAPLEN = 65_535
 DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024
 MIN_BUFFER_SIZE = 64 * 1024
 DIRECTIONS = ("in", "inout", "out")
+MAX_BUFFER_SIZE = 2**31 - 1  # libpcap's buffer size is a C int
 DEFAULT_SUPPRESS_WINDOW = 30.0
+MAX_SUPPRESS_WINDOW = 86_400.0
 DEFAULT_STATS_INTERVAL = 60.0
 MIN_STATS_INTERVAL = 0.1
+MAX_STATS_INTERVAL = 86_400.0
+MAX_TTL = 2**31 - 1  # Redis EXPIRE seconds, like agents.dnstap.ttl_grace
+MAX_QUEUE_OPS = 100_000_000
+MAX_BATCH_OPS = 100_000
 # Distinct keys and flow tuples remembered for suppression; each costs about
 # 300 bytes, so the default bounds the agent's caches near 120 MB worst case.
 DEFAULT_MAX_TRACKED = 200_000
 MIN_MAX_TRACKED = 100
+MAX_MAX_TRACKED = 10_000_000
 
 # Which options each action reads; any other is a config error (a typo would
 # otherwise silently change what is recorded).
@@ -142,7 +150,7 @@ class _Reader:
         self.errors.append(f"{self.where}.{key}: {rule}, got {value!r}")
 
     def number(
-        self, key: str, default: float, minimum: float, maximum: float | None, integer: bool
+        self, key: str, default: float, minimum: float, maximum: float, integer: bool
     ) -> Any:
         value: Any = self.table.get(key)
         if value is None:
@@ -154,18 +162,21 @@ class _Reader:
         ):
             self.bad(key, "expected an integer" if integer else "expected a number", value)
             return default
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            self.bad(key, f"must be at least {minimum}{upper}", value)
+        # inf overflows int() downstream; nan compares false to every bound
+        if isinstance(value, float) and not math.isfinite(value):
+            self.bad(key, "must be a finite number", value)
+            return default
+        if not minimum <= value <= maximum:
+            self.bad(key, f"must be at least {minimum} and at most {maximum}", value)
             return default
         return value if integer else float(value)
 
-    def integer(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
         result: int = self.number(key, default, minimum, maximum, integer=True)
         return result
 
-    def real(self, key: str, default: float, minimum: float) -> float:
-        result: float = self.number(key, default, minimum, None, integer=False)
+    def real(self, key: str, default: float, minimum: float, maximum: float) -> float:
+        result: float = self.number(key, default, minimum, maximum, integer=False)
         return result
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -333,18 +344,26 @@ def parse_flow_config(table: Any) -> FlowConfig:
         rules=rules,
         ignore_flows=_ignore_flows(table.get("ignore_flows"), errors),
         suppress_own_network=r.boolean("suppress_own_network", True),
-        suppress_window=r.real("suppress_window", DEFAULT_SUPPRESS_WINDOW, 0.0),
+        suppress_window=r.real(
+            "suppress_window", DEFAULT_SUPPRESS_WINDOW, 0.0, MAX_SUPPRESS_WINDOW
+        ),
         snaplen=r.integer("snaplen", DEFAULT_SNAPLEN, MIN_SNAPLEN, MAX_SNAPLEN),
         promisc=r.boolean("promisc", True),
         direction=r.string("direction", "in", DIRECTIONS) or "in",
-        buffer_size=r.integer("buffer_size", DEFAULT_BUFFER_SIZE, MIN_BUFFER_SIZE),
+        buffer_size=r.integer("buffer_size", DEFAULT_BUFFER_SIZE, MIN_BUFFER_SIZE, MAX_BUFFER_SIZE),
         bpf=r.string("bpf", "") or "",
-        ttl=r.integer("ttl", store.DEFAULT_TTL_GRACE, 1),
-        stats_interval=r.real("stats_interval", DEFAULT_STATS_INTERVAL, MIN_STATS_INTERVAL),
-        max_queue_ops=r.integer("max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1),
-        batch_ops=r.integer("batch_ops", store.DEFAULT_BATCH_OPS, 1),
-        max_tracked=r.integer("max_tracked", DEFAULT_MAX_TRACKED, MIN_MAX_TRACKED),
+        ttl=r.integer("ttl", store.DEFAULT_TTL_GRACE, 1, MAX_TTL),
+        stats_interval=r.real(
+            "stats_interval", DEFAULT_STATS_INTERVAL, MIN_STATS_INTERVAL, MAX_STATS_INTERVAL
+        ),
+        max_queue_ops=r.integer("max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, MAX_QUEUE_OPS),
+        batch_ops=r.integer("batch_ops", store.DEFAULT_BATCH_OPS, 1, MAX_BATCH_OPS),
+        max_tracked=r.integer("max_tracked", DEFAULT_MAX_TRACKED, MIN_MAX_TRACKED, MAX_MAX_TRACKED),
     )
+    if config.batch_ops > config.max_queue_ops:
+        r.bad(
+            "batch_ops", f"must be at most max_queue_ops={config.max_queue_ops}", config.batch_ops
+        )
     if errors:
         raise ConfigError(errors)
     return config

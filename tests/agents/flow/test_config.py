@@ -101,6 +101,19 @@ def test_full_table() -> None:
         ({"direction": "sideways"}, "agents.flow.direction: expected one of in, inout, out"),
         ({"suppress_window": "30s"}, "agents.flow.suppress_window: expected a number, got '30s'"),
         ({"snaplength": 128}, "agents.flow.snaplength: unknown option"),
+        ({"batch_ops": 2000, "max_queue_ops": 1000},
+         "agents.flow.batch_ops: must be at most max_queue_ops=1000, got 2000"),
+        ({"suppress_window": float("inf")},
+         "agents.flow.suppress_window: must be a finite number, got inf"),
+        ({"suppress_window": 1e9},
+         "agents.flow.suppress_window: must be at least 0.0 and at most 86400.0, got 1000000000.0"),
+        ({"stats_interval": float("nan")},
+         "agents.flow.stats_interval: must be a finite number, got nan"),
+        ({"ttl": 2**31},
+         "agents.flow.ttl: must be at least 1 and at most 2147483647, got 2147483648"),
+        ({"max_queue_ops": 10**12}, "agents.flow.max_queue_ops: must be at least 1 and at most "),
+        ({"buffer_size": 2**40}, "agents.flow.buffer_size: must be at least 65536 and at most "),
+        ({"max_tracked": 10**12}, "agents.flow.max_tracked: must be at least 100 and at most "),
     ],
 )  # fmt: skip
 def test_errors_name_the_field(table: dict[str, Any], expected: str) -> None:
@@ -173,6 +186,18 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
         (["lo", "10.0.0.0/40"], "OUR-NETS: '10.0.0.0/40' is not a network"),
         (["--read", "/nonexistent.pcap", "10.0.0.0/8"], "--read '/nonexistent.pcap': no such file"),
         (["--redis", "http://x", "lo", "10.0.0.0/8"], "--redis: scheme 'http'"),
+        (
+            ["--redis", "redis://127.0.0.1:abc/0", "lo", "10.0.0.0/8"],
+            "error: --redis: bad port: Port could not be cast to integer value as 'abc'",
+        ),
+        (
+            ["--stats-interval", "inf", "lo", "10.0.0.0/8"],
+            "error: --stats-interval: must be a finite number, got inf",
+        ),
+        (
+            ["--stats-interval", "nan", "lo", "10.0.0.0/8"],
+            "error: --stats-interval: must be a finite number, got nan",
+        ),
     ],
 )
 def test_cli_usage_errors(args: list[str], message: str) -> None:
@@ -180,3 +205,16 @@ def test_cli_usage_errors(args: list[str], message: str) -> None:
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_rejects_non_finite_numbers_in_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "flow.toml"
+    config.write_text("[agents.flow]\nsuppress_window = inf\nstats_interval = nan\n")
+    result = run_cli("-c", str(config), "lo", "127.0.0.0/8")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"pcapd agent flow: {config}: error: agents.flow.suppress_window: "
+        "must be a finite number, got inf",
+        f"pcapd agent flow: {config}: error: agents.flow.stats_interval: "
+        "must be a finite number, got nan",
+    ]
