@@ -63,7 +63,3 @@ def pcapng_header(
     )
     idb = _block(PCAPNG_IDB, struct.pack("<HHI", linktype, 0, snaplen) + idb_options)
     return shb + idb
-
-
-def pcapng_record_size(caplen: int) -> int:
-    return EPB_OVERHEAD + caplen + _pad4(caplen)

@@ -105,18 +105,6 @@ class CaptureRequest:
         assert self.nodere is not None
         return compile_nodere(self.nodere).search(node) is not None
 
-    def summary(self) -> dict[str, Any]:
-        """The request as logged and written into pcapng comments."""
-        return {
-            "id": self.id,
-            "alertid": self.alertid,
-            "node": self.node,
-            "nodere": self.nodere,
-            "bpf": self.bpf,
-            "tags": ",".join(self.tags),
-            "customer": self.customer,
-        }
-
 
 class _Fields:
     def __init__(self, data: Mapping[str, Any], request_id: str | None) -> None:

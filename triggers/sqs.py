@@ -428,21 +428,6 @@ class SqsSource:
                 self._release(receipt)
 
 
-def not_for_me(delivery: Delivery, config: SqsConfig) -> None:
-    """Finish a delivery whose request names other nodes, from any source.
-
-    SQS: release it for the node it names (one queue shared by several nodes)
-    or delete it (one queue per node) as `sqs.not_for_me` says. Every other
-    source gives each node its own copy, so this node's copy is simply done.
-    """
-    if delivery.not_for_me is not None:
-        delivery.not_for_me()  # an SQS delivery knows its queue's `not_for_me`
-    elif delivery.source == SOURCE and config.not_for_me == "release":
-        delivery.release()
-    else:
-        delivery.ack()
-
-
 class _Stopped(Exception):
     """`stop` was set while a receive was waiting."""
 

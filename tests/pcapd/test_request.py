@@ -596,19 +596,6 @@ def test_request_is_frozen(config: Config) -> None:
         request.packets = 10**9  # type: ignore[misc]
 
 
-def test_summary(config: Config) -> None:
-    request = parse_request(body(id="r1", alertid=9, tags="a,b", customer="c", bpf="icmp"), config)
-    assert request.summary() == {
-        "id": "r1",
-        "alertid": 9,
-        "node": "any",
-        "nodere": None,
-        "bpf": "icmp",
-        "tags": "a,b",
-        "customer": "c",
-    }
-
-
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
