@@ -208,6 +208,10 @@ def _results(args: argparse.Namespace) -> int:
     client, config = _client(args)
     try:
         if args.stream:
+            if args.config and not config.results_stream:
+                print(f"pcapd results: {args.config} sets results_stream = \"\": no stream "
+                      "is written; follow the channel instead", file=sys.stderr)  # fmt: skip
+                return 1
             stream = config.results_stream or DEFAULT_RESULTS_STREAM
             follow_stream(client, stream, from_start=args.from_start, timeout=args.timeout,
                           count=args.count)  # fmt: skip

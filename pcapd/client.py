@@ -66,6 +66,17 @@ def print_events(
     return seen
 
 
+def _last_id(client: redis.Redis, stream: str) -> str:
+    """The stream's newest id now, so that following misses nothing added later
+    ("$" on every XREAD would skip entries added between two reads)."""
+    try:
+        info: Any = client.xinfo_stream(stream)
+    except redis.ResponseError:  # no such stream yet
+        return "0"
+    last = info["last-generated-id"]
+    return last.decode() if isinstance(last, bytes) else str(last)
+
+
 def follow_stream(
     client: redis.Redis,
     stream: str,
@@ -77,7 +88,7 @@ def follow_stream(
 ) -> int:
     """Print the stream's events (from the oldest kept, or from now on) until
     `count` events or `timeout` seconds; returns how many were printed."""
-    last = "0" if from_start else "$"
+    last = "0" if from_start else _last_id(client, stream)
     seen = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     while count is None or seen < count:

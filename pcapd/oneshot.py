@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -41,6 +42,17 @@ def run_capture(
     if not 0 < snap <= MAX_SNAPLENGTH:
         print(f"pcapd capture: -s {snap}: must be 1..{MAX_SNAPLENGTH}", file=sys.stderr)
         return 2
+    path = None
+    if output != "-":
+        path = Path(output or f"pcapd_{interface}_{time.strftime('%Y%m%dT%H%M%S')}.{fmt}")
+        # Checked before capturing: a capture must not be taken only to be lost.
+        if not os.access(path.parent.absolute(), os.W_OK):
+            print(f"pcapd capture: -w {path}: directory {path.parent.absolute()} is not "
+                  "writable", file=sys.stderr)  # fmt: skip
+            return 2
+        if path.exists():
+            print(f"pcapd capture: -w {path}: exists; refusing to overwrite", file=sys.stderr)
+            return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -48,10 +60,13 @@ def run_capture(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    handle = None
     try:
         handle = open_handle(interface, buffer_size)
         set_filter(handle, interface, bpf)
     except CaptureError as exc:
+        if handle is not None:
+            close_handle(handle)
         print(f"pcapd capture: {exc}", file=sys.stderr)
         return 1
     limits = CaptureLimits(snap, packets, max_bytes, duration, timeout)
@@ -65,16 +80,22 @@ def run_capture(
             handle, limits, fmt=fmt, interface=interface,
             comments={"bpf": bpf, "interface": interface}, stop=stop, progress=progress,
         )  # fmt: skip
+    except CaptureError as exc:
+        print(f"pcapd capture: {exc}", file=sys.stderr)
+        return 2
     finally:
         done.set()
         close_handle(handle)
-    if output == "-":
+    if path is None:
         sys.stdout.buffer.write(outcome.data)
         sys.stdout.flush()
         where = "standard output"
     else:
-        path = Path(output or f"pcapd_{interface}_{time.strftime('%Y%m%dT%H%M%S')}.{fmt}")
-        write_atomic(path, outcome.data, 0o644)
+        try:
+            write_atomic(path, outcome.data, 0o644)
+        except OSError as exc:
+            print(f"pcapd capture: cannot write {path}: {exc.strerror}", file=sys.stderr)
+            return 1
         where = str(path)
     print(
         f"\r{outcome.packets} packets captured, {len(outcome.data)} bytes, "

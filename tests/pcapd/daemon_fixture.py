@@ -159,5 +159,9 @@ class Daemon:
         if self.proc is not None:
             stop_process(self.proc)
 
+    def started(self, request_id: str, times: int = 1) -> bool:
+        """The capture for `request_id` has started (`times` times in this log)."""
+        return self.log().count(f"event=capture_started id={request_id} ") >= times
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

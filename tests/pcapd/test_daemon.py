@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,18 @@ def udp_request(port: int, **fields: Any) -> dict[str, Any]:
     return request
 
 
-def traffic(port: int, count: int, interval: float = 0.01, delay: float = 0.3) -> None:
+def traffic(
+    port: int,
+    count: int,
+    interval: float = 0.01,
+    delay: float = 0.0,
+    ready: Callable[[], bool] | None = None,
+) -> None:
+    """Send `count` datagrams from a thread, once `ready()` says the capture runs."""
+
     def go() -> None:
+        if ready is not None:
+            wait_for(ready, timeout=20)
         time.sleep(delay)
         send_udp(port, count, interval)
 
@@ -56,7 +66,7 @@ def test_request_captures_to_local_disk_with_sidecar(
 ) -> None:
     port = free_port()
     daemon.publish(udp_request(port, id="req-1", packets=5, alertid=655443, tags="x,y"))
-    traffic(port, 10)
+    traffic(port, 10, ready=lambda: daemon.started("req-1"))
     event = results.for_id("req-1")
     assert event["status"] == "ok", event
     assert (event["stop"], event["packets"], event["node"], event["interface"]) == (
@@ -139,7 +149,7 @@ def test_every_bad_message_is_rejected_precisely_and_the_daemon_keeps_serving(
     daemon.publish({"nodere": "(x+x+)+y" * 3, "interface": "lo", "id": "redos"})
     port = free_port()
     daemon.publish(udp_request(port, id="after-bad", packets=2))
-    traffic(port, 5)
+    traffic(port, 5, ready=lambda: daemon.started("after-bad"))
     event = results.next()
     assert (event["id"], event["status"]) == ("after-bad", "ok")
     assert daemon.proc is not None and daemon.proc.poll() is None
@@ -169,7 +179,7 @@ def test_missing_interfaces_are_skipped_with_warnings_and_unknown_fields_listed(
 def test_packetdebug_logs_one_line_per_packet(daemon: Daemon, results: Results) -> None:
     port = free_port()
     daemon.publish(udp_request(port, id="dbg", packets=3, packetdebug=True))
-    traffic(port, 3)
+    traffic(port, 3, ready=lambda: daemon.started("dbg"))
     assert results.for_id("dbg")["packets"] == 3
     lines = [line for line in daemon.log().splitlines() if "event=packet " in line]
     assert len(lines) == 3
@@ -186,7 +196,7 @@ def test_reply_to_and_pcapng_with_request_comments(
             udp_request(port, id="ng", packets=4, format="pcapng", reply_to="my-replies",
                         alertid=7, tags="alpha,beta")
         )  # fmt: skip
-        traffic(port, 4)
+        traffic(port, 4, ready=lambda: daemon.started("ng"))
         event = reply.for_id("ng")
         assert event == results.for_id("ng")
     finally:
@@ -203,7 +213,7 @@ def test_two_captures_at_once_on_one_interface(daemon: Daemon, results: Results)
     port = free_port()
     daemon.publish(udp_request(port, id="twin-a", packets=6))
     daemon.publish(udp_request(port, id="twin-b", packets=6))
-    traffic(port, 6, delay=0.5)
+    traffic(port, 6, ready=lambda: daemon.started("twin-a") and daemon.started("twin-b"))
     got = {results.next()["id"]: None, results.next()["id"]: None}
     assert set(got) == {"twin-a", "twin-b"}
     for name in ("twin-a", "twin-b"):
@@ -245,7 +255,7 @@ def test_sigterm_ends_running_capture_writes_it_and_exits_zero(
 ) -> None:
     port = free_port()
     daemon.publish(udp_request(port, id="long", duration=30, timeout=30))
-    traffic(port, 3, delay=0.3)
+    traffic(port, 3, ready=lambda: daemon.started("long"))
     time.sleep(1.0)
     daemon.signal()
     event = results.for_id("long")
@@ -285,14 +295,14 @@ def test_redis_restart_resubscribes_and_serves_the_next_request(
     wait_for(daemon.subscribed, timeout=20)
     port = free_port()
     daemon.publish(udp_request(port, id="after-restart", packets=2))
-    traffic(port, 4)
+    traffic(port, 4, ready=lambda: daemon.started("after-restart"))
     assert results.for_id("after-restart", timeout=15)["status"] == "ok"
     assert "event=redis_unavailable" in daemon.log()
 
 
 def test_trigger_cli_waits_for_its_result(daemon: Daemon, redis_srv: RedisServer) -> None:
     port = free_port()
-    traffic(port, 5, delay=0.8)
+    traffic(port, 5, ready=lambda: "event=capture_started" in daemon.log())
     done = subprocess.run(
         [sys.executable, "-m", "pcapd", "trigger", "--redis-url", redis_srv.url,
          "--node", "testnode", "-i", "lo", "--packets", "3", "--wait", "15", "--count", "1",

@@ -79,7 +79,7 @@ def test_pending_entry_of_a_killed_daemon_is_captured_after_restart(
     restarted = Daemon(redis_srv, tmp_path, extra_redis=STREAM)
     restarted.start()
     try:
-        traffic(port, 3, delay=1.0)
+        traffic(port, 3, ready=lambda: restarted.started("crash", times=2))
         event = results.for_id("crash", timeout=20)
         assert (event["status"], event["packets"]) == ("ok", 2)
         wait_for(
@@ -133,7 +133,7 @@ def test_sqs_message_survives_a_daemon_killed_mid_capture(
     restarted = Daemon(redis_srv, tmp_path, extra_sections=config)
     restarted.start()
     try:
-        traffic(port, 3, delay=1.5)
+        traffic(port, 3, ready=lambda: restarted.started("sqs-1", times=2))
         event = results.for_id("sqs-1", timeout=20)
         assert (event["status"], event["packets"]) == ("ok", 2)
         wait_for(lambda: counts() == (0, 0), timeout=10)  # deleted once stored

@@ -82,7 +82,7 @@ def test_local_s3_and_cloudshark_all_get_the_capture(
     try:
         port = free_port()
         daemon.publish(udp_request(port, id="everywhere", packets=3, tags="t1", alertid=9))
-        traffic(port, 3)
+        traffic(port, 3, ready=lambda: daemon.started("everywhere"))
         event = results.for_id("everywhere", timeout=20)
     finally:
         daemon.stop()
@@ -109,7 +109,7 @@ def test_s3_down_spools_then_delivers_after_a_daemon_kill_and_restart(
     daemon.start()
     port = free_port()
     daemon.publish(udp_request(port, id="later", packets=3))
-    traffic(port, 3)
+    traffic(port, 3, ready=lambda: daemon.started("later"))
     spooled = results.for_id("later", timeout=20)
     assert spooled["status"] == "spooled", spooled
     assert "s3:" in spooled["error"] and "local" in spooled["locations"]
