@@ -38,8 +38,10 @@ log = logging.getLogger("pcapd.agents.dnstap")
 QTYPE_NAMES = {1: "A", 28: "AAAA"}
 # Distinct client addresses whose text form is kept; cleared when full.
 CLIENT_CACHE_ENTRIES = 65_536
-# Bad-input log lines per stats interval before they are only counted.
+# Bad-input log lines per ERROR_LOG_WINDOW seconds before they are only
+# counted; a window of its own, so it holds with stats_interval = 0 too.
 MAX_ERROR_LOGS = 100
+ERROR_LOG_WINDOW = 60.0
 # GIL hand-over interval for the agent process. With Python's 5 ms default the
 # Redis writer thread, woken by a reply, waits up to 5 ms for the decoding
 # thread: that alone capped writes near 140k operations/s here.
@@ -114,7 +116,9 @@ class DnstapAgent:
         self._ignore = config.ignore
         self._ignore_dotted = tuple("." + s for s in config.ignore)
         self._clients: dict[bytes, str] = {}
+        self._clock = clock
         self._error_logs = 0
+        self._error_window_end = clock() + ERROR_LOG_WINDOW
 
     def handle(self, payload: bytes, conn: ConnectionStats) -> None:
         stats = self.stats
@@ -192,6 +196,10 @@ class DnstapAgent:
         kind = type(exc).__name__
         self.stats.decode_errors[kind] += 1
         conn.errors += 1
+        now = self._clock()
+        if now >= self._error_window_end:
+            self._error_logs = 0
+            self._error_window_end = now + ERROR_LOG_WINDOW
         if self._error_logs < MAX_ERROR_LOGS:
             self._error_logs += 1
             log.warning(
@@ -231,7 +239,6 @@ class DnstapAgent:
         log.info("event=dnstap_stats %s", " ".join(f"{k}={json.dumps(v)}" for k, v in data.items()))
         for c in per_conn:
             log.info("event=dnstap_connection_stats %s", " ".join(f"{k}={v}" for k, v in c.items()))
-        self._error_logs = 0
 
     # -- lifecycle ---------------------------------------------------------
     async def serve(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:

@@ -16,9 +16,13 @@ from typing import Any
 
 import dns.rcode
 import pytest
+import redis
 
 from agents.dnstap import fstrm
+from agents.dnstap.agent import ERROR_LOG_WINDOW, MAX_ERROR_LOGS, DnstapAgent, make_writer
 from agents.dnstap.client import FrameWriter, read_control
+from agents.dnstap.config import parse_dnstap_config
+from agents.dnstap.server import ConnectionStats
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.harness import redis_dump, running_agent
 from tests.helpers import RedisServer, wait_for
@@ -379,3 +383,26 @@ def test_silent_tls_clients_do_not_keep_their_slots(redis_srv: RedisServer, tmp_
         snap = ra.snapshot()
         assert (snap["connections_refused"], snap["connections_closed"]) == (0, 5)
         assert redis_dump(redis_srv.client()) == GOOD_KEYS
+
+
+def test_bad_message_lines_are_rate_limited_without_stats(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stats_interval = 0 logs no stats; the log budget still renews each window."""
+    config = parse_dnstap_config({"socket": "", "listen": "127.0.0.1:0", "stats_interval": 0})
+    now = [1000.0]
+    writer = make_writer(config, lambda: redis.Redis.from_url(redis_srv.url))
+    agent = DnstapAgent(config, writer, clock=lambda: now[0])
+    conn = ConnectionStats(1, "tcp", "127.0.0.1:1")
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.dnstap")
+
+    def bad_lines() -> int:
+        return sum("event=dnstap_bad_message" in r.getMessage() for r in caplog.records)
+
+    for _ in range(MAX_ERROR_LOGS + 50):
+        agent.handle(b"\xff\xfe\xfd", conn)
+    assert bad_lines() == MAX_ERROR_LOGS
+    assert agent.snapshot()["decode_errors"] == {"BadProtobuf": MAX_ERROR_LOGS + 50}
+    now[0] += ERROR_LOG_WINDOW
+    agent.handle(b"\xff\xfe\xfd", conn)
+    assert bad_lines() == MAX_ERROR_LOGS + 1
