@@ -348,7 +348,7 @@ def test_silent_tls_clients_do_not_keep_their_slots(redis_srv: RedisServer, tmp_
         check=True, capture_output=True,
     )  # fmt: skip
     opts: dict[str, Any] = {"listen": "127.0.0.1:0", "tls_cert": str(cert), "tls_key": str(key),
-                            "max_connections": 3, "handshake_timeout": 0.5}  # fmt: skip
+                            "max_connections": 3, "handshake_timeout": 1.0}  # fmt: skip
     with running_agent(redis_srv.url, None, **opts) as ra:
         # Three clients that connect and never start TLS: each fills a slot
         # until the handshake times out, then must give it back.
