@@ -306,7 +306,7 @@ class Controller:
         )  # fmt: skip
 
     def _publish(self, result: ResultEvent, reply_to: str | None = None) -> None:
-        self.publisher.publish(result, reply_to)
+        self.publisher.submit(result, reply_to)
 
     # -- after the capture -------------------------------------------------
     def _captured(self, worker: _Worker, outcome: CaptureOutcome, result: ResultEvent) -> None:

@@ -36,6 +36,7 @@ from uploaders.spool import Spool, SpoolDrainer
 log = logging.getLogger("pcapd.daemon")
 
 SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
+RESULTS_GRACE = 10.0  # then seconds to send the results still queued
 
 
 def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
@@ -96,7 +97,7 @@ class Daemon:
             SpoolDrainer(
                 deliverer.spool,
                 [u for u in deliverer.uploaders if u.remote],
-                lambda result, _locations: self.publisher.publish(result),
+                lambda result, _locations: self.publisher.submit(result),
                 config.delivery.drain_interval,
             )
             if deliverer.spool is not None
@@ -141,6 +142,7 @@ class Daemon:
             uploaders=[u.name for u in self.controller.deliverer.uploaders],
             max_concurrent=general.max_concurrent, max_memory=general.max_memory,
         )  # fmt: skip
+        self.publisher.start()
         self.pool.start()
         if self.drainer is not None:
             self.drainer.start()
@@ -166,6 +168,7 @@ class Daemon:
             if self.drainer is not None:
                 self.drainer.stop()
             self.pool.stop()
+            clean = self.publisher.stop(RESULTS_GRACE) == 0 and clean
         event(log, "stopped", clean=clean)
         return 0 if clean else 1
 

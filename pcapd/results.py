@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -15,14 +16,24 @@ from pcapd.logs import event
 log = logging.getLogger("pcapd.results")
 
 PUBLISH_ATTEMPTS = 3
+MAX_PENDING = 10_000  # results held while Redis is away (~1 KB each)
+BACKOFF_INITIAL = 0.2
+BACKOFF_MAX = 10.0
+
+_Pending = tuple[ResultEvent, str | None]
 
 
 class ResultPublisher:
     """Sends each event to every place it belongs; Redis trouble costs a log line.
 
-    Publishing is serialised: it costs a fraction of a millisecond, and
-    redis-py 8 was seen to crash with AttributeError inside `connect()` when
-    two threads opened pooled connections at once.
+    `publish` sends at once and says whether it got through (the spool CLI
+    wants to know). The daemon uses `submit` instead: events queue (at most
+    MAX_PENDING, the oldest dropped and counted past that) and one thread
+    sends them, backing off while Redis is away, so no capture or trigger
+    thread ever waits on Redis to report.
+
+    Sending is serialised: redis-py 8 was seen to crash with AttributeError
+    inside `connect()` when two threads opened pooled connections at once.
     """
 
     def __init__(self, connect: Callable[[], redis.Redis], config: RedisConfig) -> None:
@@ -30,14 +41,29 @@ class ResultPublisher:
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
         self.config = config
+        self.dropped = 0
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
+    # -- synchronous -----------------------------------------------------
     def publish(self, result: ResultEvent, reply_to: str | None = None) -> bool:
-        with self._lock:
-            return self._publish(result, reply_to)
-
-    def _publish(self, result: ResultEvent, reply_to: str | None) -> bool:
-        body = result.to_json()
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            error = self._send(result, reply_to)
+            if error is None:
+                return True
+            event(
+                log, "result_publish_failed", logging.WARNING,
+                id=result.id, attempt=attempt, error=error,
+            )  # fmt: skip
+        event(log, "result_lost", logging.ERROR, id=result.id, result=result.to_json())
+        return False
+
+    def _send(self, result: ResultEvent, reply_to: str | None) -> str | None:
+        """None when sent, else the error."""
+        body = result.to_json()
+        with self._lock:
             try:
                 if self._client is None:
                     self._client = self._connect()
@@ -53,12 +79,66 @@ class ResultPublisher:
                 if reply_to:
                     pipe.publish(reply_to, body)
                 pipe.execute()
-                return True
+                return None
             except (redis.RedisError, OSError, AttributeError) as exc:
                 self._client = None
-                event(
-                    log, "result_publish_failed", logging.WARNING,
-                    id=result.id, attempt=attempt, error=str(exc),
-                )  # fmt: skip
-        event(log, "result_lost", logging.ERROR, id=result.id, result=body)
-        return False
+                return str(exc) or type(exc).__name__
+
+    # -- queued, for the daemon -----------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="results", daemon=True)
+        self._thread.start()
+
+    def submit(self, result: ResultEvent, reply_to: str | None = None) -> None:
+        """Queue `result`; never blocks. Without a running thread, send now."""
+        if self._thread is None:
+            self.publish(result, reply_to)
+            return
+        with self._wake:
+            if len(self._pending) >= MAX_PENDING:
+                lost, _ = self._pending.popleft()
+                self.dropped += 1
+                event(log, "result_lost", logging.ERROR, id=lost.id, result=lost.to_json(),
+                      reason=f"{MAX_PENDING} results waiting for Redis")  # fmt: skip
+            self._pending.append((result, reply_to))
+            self._wake.notify()
+
+    def stop(self, timeout: float) -> int:
+        """Send what is queued for at most `timeout` s; returns how many were left."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._wake:
+            left = list(self._pending)
+            self._pending.clear()
+        for result, _ in left:
+            event(log, "result_lost", logging.ERROR, id=result.id, result=result.to_json(),
+                  reason="Redis unreachable at shutdown")  # fmt: skip
+        self.dropped += len(left)
+        return len(left)
+
+    def _run(self) -> None:
+        backoff = BACKOFF_INITIAL
+        while True:
+            with self._wake:
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                result, reply_to = self._pending[0]
+            error = self._send(result, reply_to)
+            if error is None:
+                backoff = BACKOFF_INITIAL
+                with self._wake:
+                    if self._pending and self._pending[0][0] is result:
+                        self._pending.popleft()
+                continue
+            event(
+                log, "result_publish_failed", logging.WARNING, id=result.id, error=error,
+                waiting=len(self._pending), retry_in=round(backoff, 2),
+            )  # fmt: skip
+            with self._wake:
+                self._wake.wait(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)

@@ -4,8 +4,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.helpers import RedisServer, redis_server
+
+# The machine is shared and tests run beside real servers: a slow example is
+# not a failure (speed is measured by bench/, not by tests).
+settings.register_profile(
+    "pcapd", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("pcapd")
 
 
 @pytest.fixture
