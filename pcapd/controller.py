@@ -115,7 +115,8 @@ class Controller:
         self._reserved = 0
         self._capturing: set[threading.Thread] = set()
         self._handling = 0  # handle() calls in progress
-        self._uploads: set[Future[None]] = set()
+        # Stores under way, with what each holds: spooled if shutdown cannot wait.
+        self._uploads: dict[Future[None], tuple[_Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
             max_workers=config.delivery.upload_workers, thread_name_prefix="upload"
         )
@@ -335,12 +336,12 @@ class Controller:
             self._store(worker, artifact, result)
             return
         with self._lock:
-            self._uploads.add(future)
+            self._uploads[future] = (worker, artifact, result)
         future.add_done_callback(self._upload_done)
 
     def _upload_done(self, future: Future[None]) -> None:
         with self._lock:
-            self._uploads.discard(future)
+            self._uploads.pop(future, None)
 
     def _store(self, worker: _Worker, artifact: Artifact, result: ResultEvent) -> None:
         try:
@@ -402,8 +403,32 @@ class Controller:
             uploads = list(self._uploads)
         wait_futures(uploads, max(0.0, deadline - time.monotonic()))
         self._upload_pool.shutdown(wait=False)
+        self._spool_unfinished()
         with self._lock:
             return not self._capturing and not self._uploads
+
+    def _spool_unfinished(self) -> None:
+        """Uploads still hanging when shutdown can wait no longer: their captures
+        go to the spool (the drainer of the next run delivers them), not away
+        with the process."""
+        spool = self.deliverer.spool
+        with self._lock:
+            hanging = list(self._uploads.items())
+        remote = [u.name for u in self.deliverer.uploaders if u.remote]
+        for future, (worker, artifact, result) in hanging:
+            if future.done() or spool is None or not remote:
+                continue
+            error = "shutdown: upload still running, spooled for the next run"
+            spooled = replace(result, status="spooled", error=error)
+            try:
+                spool.put(artifact, remote, event=spooled.as_dict(), error=error)
+            except SpoolError as exc:
+                event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
+                continue
+            self._publish(spooled, worker.request.reply_to)
+            with self._lock:
+                self._uploads.pop(future, None)
+            self._settle(worker, durable=True)
 
 
 class _Worker:

@@ -1,0 +1,63 @@
+"""Shutdown that cannot wait for a hanging upload spools the capture instead."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pcapd.config import parse_config
+from pcapd.controller import Controller
+from pcapd.engine import HandlePool
+from pcapd.redis_conn import connect
+from pcapd.results import ResultPublisher
+from tests.helpers import RedisServer, free_port, wait_for
+from tests.pcapd.daemon_fixture import Results
+from tests.pcapd.test_controller import Recorded, request
+from tests.pcapd.test_engine import send_udp
+from tests.uploaders.cloudshark_server import CloudsharkServer
+from tests.uploaders.conftest import cs_config
+from uploaders.cloudshark import CloudsharkUploader
+from uploaders.deliver import Deliverer
+from uploaders.retry import RetryPolicy
+from uploaders.spool import Spool
+
+
+@pytest.fixture
+def results(redis_srv: RedisServer) -> Iterator[Results]:
+    collector = Results(redis_srv)
+    yield collector
+    collector.close()
+
+
+def test_hanging_upload_is_spooled_at_shutdown(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    cloudshark.hang = threading.Event()
+    cloudshark.hang.set()
+    config = parse_config(
+        {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 4_000_000},
+         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1}},
+    )  # fmt: skip
+    spool = Spool(tmp_path / "spool", 64 * 1024 * 1024)
+    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=30.0))
+    ctl = Controller(
+        config,
+        publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
+        deliverer=Deliverer([uploader], RetryPolicy.from_config(config.delivery), spool),
+        pool=HandlePool((), config.general.buffer_size),
+    )
+    port = free_port()
+    got = Recorded(request(port, id="hung", packets=2))
+    ctl.handle(got.delivery)
+    threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+    wait_for(lambda: cloudshark.requests >= 1)  # the upload is in flight, and hangs
+    assert ctl.shutdown(timeout=1.0)
+    event = results.for_id("hung")
+    assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+    [entry] = spool.list()
+    assert entry.pending == ("cloudshark",) and entry.sha256 == event["sha256"]
+    assert got.acks == 1  # stored durably: the source may forget it
+    cloudshark.release.set()
