@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import subprocess
 import sys
 import threading
@@ -14,7 +13,8 @@ import redis
 
 from pcapd.config import RedisConfig
 from tests.helpers import RedisServer, stop_process, wait_for
-from triggers.base import Delivery, TriggerSource
+from tests.triggers.consumer import Consumer
+from triggers.base import TriggerSource
 from triggers.redis_stream import RedisStreamSource, publish_stream
 
 STREAM = "capture-requests"
@@ -22,29 +22,6 @@ STREAM = "capture-requests"
 
 def stream_config(server: RedisServer) -> RedisConfig:
     return RedisConfig(port=server.port, stream_listen=True, stream=STREAM)
-
-
-class Consumer:
-    """Runs `deliveries` on a thread, as the controller does, collecting what comes."""
-
-    def __init__(self, source: RedisStreamSource) -> None:
-        self.source = source
-        self.stop = threading.Event()
-        self.got: queue.Queue[Delivery] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for delivery in self.source.deliveries(self.stop):
-            self.got.put(delivery)
-
-    def take(self, timeout: float = 10.0) -> Delivery:
-        return self.got.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "deliveries() did not return after stop"
 
 
 def pending(client: redis.Redis, group: str) -> int:
@@ -58,7 +35,7 @@ def group_ready(client: redis.Redis, group: str) -> bool:
         return False
 
 
-def start(server: RedisServer, node: str, backoff: float = 0.05) -> Consumer:
+def start(server: RedisServer, node: str, backoff: float = 0.05) -> Consumer[RedisStreamSource]:
     source = RedisStreamSource(
         stream_config(server), node, block_ms=100, backoff_initial=backoff, backoff_max=4 * backoff
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import subprocess
 import sys
 import threading
@@ -19,7 +18,8 @@ from pcapd.config import SqsConfig
 from pcapd.secret import Secret
 from tests.helpers import stop_process, wait_for
 from tests.triggers.conftest import REGION, TEST_KEY_ID, TEST_SECRET, MotoServer
-from triggers.base import Delivery, TriggerSource
+from tests.triggers.consumer import Consumer
+from triggers.base import TriggerSource
 from triggers.sqs import SqsSource, _region_from_url, make_client, unwrap_sns
 
 if TYPE_CHECKING:
@@ -42,30 +42,6 @@ def sqs_config(server: MotoServer, url: str, **overrides: Any) -> SqsConfig:
     }
     options.update(overrides)
     return SqsConfig(**options)
-
-
-class Consumer:
-    """Runs `deliveries` on a thread, as the controller does, collecting what comes."""
-
-    def __init__(self, source: SqsSource) -> None:
-        self.source = source
-        self.stop = threading.Event()
-        self.got: queue.Queue[Delivery] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for delivery in self.source.deliveries(self.stop):
-            self.got.put(delivery)
-
-    def take(self, timeout: float = 10.0) -> Delivery:
-        return self.got.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "deliveries() did not return after stop"
-        self.source.close()
 
 
 def counts(client: SQSClient, url: str) -> tuple[int, int]:
