@@ -42,7 +42,7 @@ def test_hanging_upload_is_spooled_at_shutdown(
          "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1}},
     )  # fmt: skip
     spool = Spool(tmp_path / "spool", 64 * 1024 * 1024)
-    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=30.0))
+    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=3.0))
     ctl = Controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
@@ -60,4 +60,6 @@ def test_hanging_upload_is_spooled_at_shutdown(
     [entry] = spool.list()
     assert entry.pending == ("cloudshark",) and entry.sha256 == event["sha256"]
     assert got.acks == 1  # stored durably: the source may forget it
+    # End the hanging upload inside the test, so no thread of it outlives the test.
     cloudshark.release.set()
+    ctl._upload_pool.shutdown(wait=True)
