@@ -115,6 +115,7 @@ class Controller:
         self._reserved = 0
         self._capturing: set[threading.Thread] = set()
         self._handling = 0  # handle() calls in progress
+        self._spool_promised = 0  # spool bytes admitted captures may still need
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[_Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
@@ -132,7 +133,8 @@ class Controller:
             return max(0, self.config.general.max_concurrent - self._active)
 
     def _admit(self, request: CaptureRequest) -> str | None:
-        """Reserve a slot and `request.bytes` of memory, or say why not."""
+        """Reserve a slot, `request.bytes` of memory and, with remote sinks,
+        as much spool space; or say why not."""
         general = self.config.general
         with self._lock:
             if not self._accepting:
@@ -145,8 +147,28 @@ class Controller:
                     f"max_memory={general.max_memory} held by captures running or "
                     "awaiting upload"
                 )
+            refusal = self._promise_spool(request.bytes)
+            if refusal is not None:
+                return refusal
             self._active += 1
             self._reserved += request.bytes
+        return None
+
+    def _promise_spool(self, nbytes: int) -> str | None:
+        """With remote sinks, every admitted capture must fit the spool should
+        they fail, alongside what running captures were promised: the spool
+        never drops what it holds, so new captures are refused instead.
+        Called with the lock held."""
+        spool = self.deliverer.spool
+        if spool is None or not self.deliverer.has_remote:
+            return None
+        try:
+            spool.check_room(nbytes + self._spool_promised)
+        except SpoolError as exc:
+            promised = self._spool_promised
+            return f"{exc}" + (f" ({promised} of them promised to running captures)"
+                               if promised else "")  # fmt: skip
+        self._spool_promised += nbytes
         return None
 
     def _hold(self, worker: _Worker, nbytes: int) -> None:
@@ -171,6 +193,8 @@ class Controller:
             if worker.settled:
                 return
             worker.settled = True
+            self._spool_promised -= worker.promised
+            worker.promised = 0
         if not durable:
             self.recent_ids.forget(worker.request.id)
         if worker.job is not None:
@@ -235,7 +259,6 @@ class Controller:
         try:
             verify(fields, self.config.security, self.clock(), self.recent_sigs)
             check_overrides(request, self.config.s3)
-            self._check_spool_room(request)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
             self.recent_ids.forget(request.id)
@@ -264,17 +287,6 @@ class Controller:
                 self._settle(worker, durable=True)
                 self._reject(request, worker.interface, f"cannot start a capture: {exc}")
 
-    def _check_spool_room(self, request: CaptureRequest) -> None:
-        """With remote sinks, a capture must fit the spool should they fail: the
-        spool never drops what it holds, so new captures are refused instead."""
-        spool = self.deliverer.spool
-        if spool is None or not self.deliverer.has_remote:
-            return
-        try:
-            spool.check_room(request.bytes)
-        except SpoolError as exc:
-            raise RequestError(str(exc), request.id) from None
-
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
     ) -> _Worker | None:
@@ -284,6 +296,8 @@ class Controller:
             return None
         worker = _Worker(self, request, interface, warnings)
         worker.has_slot, worker.held = True, request.bytes
+        if self.deliverer.spool is not None and self.deliverer.has_remote:
+            worker.promised = request.bytes
         return worker
 
     def _reject(
@@ -450,6 +464,7 @@ class _Worker:
         # What this worker holds, released exactly once by Controller._settle.
         self.has_slot = False
         self.held = 0
+        self.promised = 0  # spool space promised to this capture
         self.settled = False
 
     def run(self) -> None:

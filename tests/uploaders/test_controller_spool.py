@@ -1,4 +1,5 @@
-"""Shutdown that cannot wait for a hanging upload spools the capture instead."""
+"""The controller and the spool: space is promised at admission, and a
+shutdown that cannot wait for a hanging upload spools the capture instead."""
 
 from __future__ import annotations
 
@@ -63,3 +64,35 @@ def test_hanging_upload_is_spooled_at_shutdown(
     # End the hanging upload inside the test, so no thread of it outlives the test.
     cloudshark.release.set()
     ctl._upload_pool.shutdown(wait=True)
+
+
+def test_spool_space_is_promised_to_admitted_captures(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    config = parse_config(
+        {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 8_000_000},
+         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1},
+         "cloudshark": {"upload": True, "scheme": "http", "host": "127.0.0.1",
+                        "port": free_port(), "token": "t"}},
+    )  # fmt: skip
+    spool = Spool(tmp_path / "spool", 2_500_000)
+    ctl = Controller(
+        config,
+        publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
+        deliverer=Deliverer(
+            [CloudsharkUploader(config.cloudshark)], RetryPolicy.from_config(config.delivery),
+            spool,
+        ),
+        pool=HandlePool((), config.general.buffer_size),
+    )  # fmt: skip
+    port = free_port()
+    for name in ("p1", "p2", "p3"):
+        ctl.handle(Recorded(request(port, id=name, bytes=1_000_000, timeout=1)).delivery)
+    third = results.for_id("p3")
+    assert third["status"] == "rejected"
+    assert third["error"].startswith("spool full:")
+    assert third["error"].endswith("(2000000 of them promised to running captures)")
+    assert {results.for_id(n)["status"] for n in ("p1", "p2")} == {"empty"}
+    wait_for(lambda: ctl._spool_promised == 0)
+    ctl.handle(Recorded(request(port, id="p4", bytes=1_000_000, timeout=1)).delivery)
+    assert results.for_id("p4")["status"] == "empty"
