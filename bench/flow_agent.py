@@ -30,6 +30,8 @@ import time
 import uuid
 from pathlib import Path
 
+from benchlib import stop
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 PACKETS = 1_000_000
@@ -110,16 +112,6 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
             break
         time.sleep(0.02)
     return proc, sock
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def stats_of(text: str, event: str = "flow_done") -> dict[str, int]:

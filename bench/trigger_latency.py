@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from benchlib import BenchError, free_port, stop, wait_until
 
 REQUESTS = 1000
 QUICK_REQUESTS = 200
@@ -53,7 +54,6 @@ REQUEST_GAP = 0.02  # s between requests: the pool reopens its spare handle (~10
 PROBE_SLEEP = 50e-6  # s between probes; the real gap is printed
 RESULT_TIMEOUT = 5.0  # s to wait for one request's result
 READY_TIMEOUT = 15.0
-STOP_TIMEOUT = 30.0
 BASE_PORT = 30_000  # request i probes BASE_PORT + i; the peer uses PEER_BASE_PORT + j
 PEER_BASE_PORT = 45_000
 RSS_PORT = 29_999
@@ -74,37 +74,7 @@ PCAP_RECORD = 16
 LO_HEADERS = 14 + 20 + 8  # Ethernet (lo) + IPv4 + UDP before the probe payload
 
 
-class BenchError(Exception):
-    """The setup failed; the message says which part."""
-
-
 # -- servers ------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(what: str, predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise BenchError(f"{what}: not ready within {timeout} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextmanager
 def redis_server(workdir: Path) -> Iterator[redis.Redis]:
     port = free_port()

@@ -44,6 +44,7 @@ from typing import Any
 
 import boto3
 import redis
+from benchlib import BenchError, free_port, stop, wait_until
 
 from triggers.redis_stream import publish_stream
 
@@ -53,7 +54,6 @@ SEND_SECONDS = 1.0
 WARMUP = 5  # per source, not counted: connections, first handles
 RESULT_WAIT = 90.0  # s after the last send for every result to arrive
 READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 30.0
 MAX_CONCURRENT = 16
 MAX_MEMORY = 64 * 1024 * 1024
 REQUEST_BYTES = 65_536  # per capture: memory is not the bound here, slots are
@@ -71,38 +71,8 @@ CAPTURED = ("ok", "empty")
 SOURCES = ("pubsub", "stream", "sqs")
 
 
-class BenchError(Exception):
-    """The setup failed; the message says which part."""
-
-
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(f"trigger_storm: stopped by signal {signum}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise BenchError(f"{what}: not ready within {timeout} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager

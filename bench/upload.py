@@ -32,6 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
+from benchlib import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -42,13 +44,6 @@ TARGET_SLACK_MIB = 60
 STARTUP_TIMEOUT = 30.0
 KEY_ID, SECRET = "AKIABENCH", "bench-secret"
 VARIANTS = ("pcapd", "peer", "boto3")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_mib() -> float:

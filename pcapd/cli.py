@@ -32,12 +32,7 @@ WAIT_MARGIN = 15.0  # seconds past a request's own bounds to wait for its result
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for error in exc.errors:
-            print(f"{exc.path}: error: {error}", file=sys.stderr)
-        return 1
+    config = load_config(args.config)  # a ConfigError is printed by main()
     problems = [] if args.agent_only else config.serve_problems()
     problems += _agent_problems(config)
     for warning in config.warnings:
@@ -389,8 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
     except ConfigError as exc:
-        for error in exc.errors:
-            print(f"{exc.path}: error: {error}", file=sys.stderr)
+        for line in exc.lines():
+            print(line, file=sys.stderr)
         return 1
     return result
 

@@ -80,6 +80,11 @@ class ConfigError(Exception):
         where = f"{path}: " if path else ""
         super().__init__(where + "; ".join(errors))
 
+    def lines(self) -> list[str]:
+        """One `FILE: error: ...` line per problem, as every command prints them."""
+        where = f"{self.path}: " if self.path else ""
+        return [f"{where}error: {error}" for error in self.errors]
+
 
 @dataclass(frozen=True, slots=True)
 class GeneralConfig:

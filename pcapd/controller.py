@@ -115,6 +115,8 @@ class Controller:
         self._reserved = 0
         self._capturing: set[threading.Thread] = set()
         self._handling = 0  # handle() calls in progress
+        # The spool, when there are remote sinks whose failures it takes.
+        self._spool = deliverer.spool if deliverer.has_remote else None
         self._spool_promised = 0  # spool bytes admitted captures may still need
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[_Worker, Artifact, ResultEvent]] = {}
@@ -159,11 +161,10 @@ class Controller:
         they fail, alongside what running captures were promised: the spool
         never drops what it holds, so new captures are refused instead.
         Called with the lock held."""
-        spool = self.deliverer.spool
-        if spool is None or not self.deliverer.has_remote:
+        if self._spool is None:
             return None
         try:
-            spool.check_room(nbytes + self._spool_promised)
+            self._spool.check_room(nbytes + self._spool_promised)
         except SpoolError as exc:
             promised = self._spool_promised
             return f"{exc}" + (f" ({promised} of them promised to running captures)"
@@ -172,7 +173,7 @@ class Controller:
         return None
 
     def _hold(self, worker: _Worker, nbytes: int) -> None:
-        """Set what `worker` holds of max_memory; its slot is freed with 0 or less."""
+        """Set how much of max_memory `worker` holds (its file, once captured)."""
         with self._lock:
             self._reserved += nbytes - worker.held
             worker.held = nbytes
@@ -296,8 +297,7 @@ class Controller:
             return None
         worker = _Worker(self, request, interface, warnings)
         worker.has_slot, worker.held = True, request.bytes
-        if self.deliverer.spool is not None and self.deliverer.has_remote:
-            worker.promised = request.bytes
+        worker.promised = request.bytes if self._spool is not None else 0
         return worker
 
     def _reject(
@@ -425,17 +425,16 @@ class Controller:
         """Uploads still hanging when shutdown can wait no longer: their captures
         go to the spool (the drainer of the next run delivers them), not away
         with the process."""
-        spool = self.deliverer.spool
+        if self._spool is None:
+            return
         with self._lock:
-            hanging = list(self._uploads.items())
+            hanging = [item for item in self._uploads.items() if not item[0].done()]
         remote = [u.name for u in self.deliverer.uploaders if u.remote]
         for future, (worker, artifact, result) in hanging:
-            if future.done() or spool is None or not remote:
-                continue
             error = "shutdown: upload still running, spooled for the next run"
             spooled = replace(result, status="spooled", error=error)
             try:
-                spool.put(artifact, remote, event=spooled.as_dict(), error=error)
+                self._spool.put(artifact, remote, event=spooled.as_dict(), error=error)
             except SpoolError as exc:
                 event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
                 continue

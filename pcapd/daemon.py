@@ -177,8 +177,8 @@ def serve(config_path: str) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        for error in exc.errors:
-            print(f"{exc.path}: error: {error}", file=sys.stderr)
+        for line in exc.lines():
+            print(line, file=sys.stderr)
         return 2
     setup_logging(config.general, config.syslog)
     for warning in config.warnings:

@@ -64,16 +64,8 @@ def check_overrides(request: CaptureRequest, s3_config: S3Config) -> None:
     except RequestError as exc:
         raise RequestError(str(exc), rid) from None
 
-    if (
-        request.bucket is not None
-        and request.bucket != s3_config.bucket
-        and request.bucket not in s3_config.allowed_buckets
-    ):
-        raise RequestError(
-            f"bucket={request.bucket!r}: this site does not allow that bucket "
-            f"(s3.allowed_buckets: {_listed(s3_config.allowed_buckets)})",
-            rid,
-        )
+    _require_listed("bucket", "bucket", request.bucket, s3_config.bucket,
+                    s3_config.allowed_buckets, rid)  # fmt: skip
 
     endpoint_override = False
     if request.endpoint is not None:
@@ -89,16 +81,7 @@ def check_overrides(request: CaptureRequest, s3_config: S3Config) -> None:
                 )
             endpoint_override = True
 
-    if (
-        request.acl is not None
-        and request.acl != s3_config.acl
-        and request.acl not in s3_config.allowed_acls
-    ):
-        raise RequestError(
-            f"acl={request.acl!r}: this site does not allow that ACL "
-            f"(s3.allowed_acls: {_listed(s3_config.allowed_acls)})",
-            rid,
-        )
+    _require_listed("acl", "ACL", request.acl, s3_config.acl, s3_config.allowed_acls, rid)
 
     if (
         request.region is not None
@@ -119,6 +102,24 @@ def check_overrides(request: CaptureRequest, s3_config: S3Config) -> None:
             "encryption=false: this site requires server-side encryption (s3.encryption / s3.sse)",
             rid,
         )
+
+
+def _require_listed(
+    field: str,
+    what: str,
+    wanted: str | None,
+    configured: str | None,
+    allowed: tuple[str, ...],
+    request_id: str,
+) -> None:
+    """A message's value must be the configured one or listed in s3.allowed_<field>s."""
+    if wanted is None or wanted == configured or wanted in allowed:
+        return
+    raise RequestError(
+        f"{field}={wanted!r}: this site does not allow that {what} "
+        f"(s3.allowed_{field}s: {_listed(allowed)})",
+        request_id,
+    )
 
 
 def _listed(values: tuple[str, ...]) -> str:

@@ -124,8 +124,8 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        for error in exc.errors:
-            print(f"{exc.path}: error: {error}", file=sys.stderr)
+        for line in exc.lines():
+            print(line, file=sys.stderr)
         return EXIT_USAGE
     try:
         spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes)

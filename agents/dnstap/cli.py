@@ -75,9 +75,8 @@ def main(argv: list[str]) -> int:
         raw.update(overrides)
         cfg = parse_dnstap_config(raw)
     except ConfigError as exc:
-        where = f"{exc.path}: " if exc.path else ""
-        for problem in exc.errors:
-            print(f"{where}error: {problem}", file=sys.stderr)
+        for line in exc.lines():
+            print(line, file=sys.stderr)
         return 1
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)

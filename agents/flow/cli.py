@@ -123,9 +123,8 @@ def main(argv: list[str]) -> int:
     try:
         flow, redis_config = _settings(args)
     except ConfigError as exc:
-        where = f"{exc.path}: " if exc.path else ""
-        for error in exc.errors:
-            print(f"pcapd agent flow: {where}error: {error}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"pcapd agent flow: {line}", file=sys.stderr)
         return 1
     writer = make_writer(lambda: connect(redis_config), flow)
     try:

@@ -168,6 +168,25 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
             + (buf[l4 + 1 : l4 + 2])
         )
 
+    def unreachable(
+        ts: int,
+        buf: bytes,
+        end: int,
+        off: int,
+        l4: int,
+        parse: Callable[[bytes, int, int], bytes | None],
+    ) -> None:
+        """ICMP or ICMPv6: only "destination unreachable" quoting TCP/UDP is kept."""
+        if end < l4 + ICMP_HEADER:
+            counts[TRUNCATED] += 1
+            return
+        key = parse(buf[:end], off, l4)
+        counts[PARSED] += 1
+        if key is None:
+            counts[ICMP_OTHER] += 1
+        else:
+            icmp(ts, key)
+
     def ip4(ts: int, buf: bytes, off: int) -> None:
         b0 = buf[off]
         ihl = (b0 & 15) << 2
@@ -183,17 +202,10 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
         proto = buf[off + 9]
         l4 = off + ihl
         if proto == PROTO_ICMP:
-            if end < l4 + ICMP_HEADER:
-                counts[TRUNCATED] += 1
-                return
-            key = icmp4(buf[:end], off, l4)
-            counts[PARSED] += 1
-            if key is None:
-                counts[ICMP_OTHER] += 1
-            else:
-                icmp(ts, key)
+            unreachable(ts, buf, end, off, l4, icmp4)
             return
-        # TCP and UDP inline: this is the path nearly every packet takes.
+        # TCP and UDP inline: this is the path nearly every packet takes, so
+        # ip6 below repeats it (with IPv6 address offsets) rather than pay a call.
         if proto == PROTO_TCP:
             if end < l4 + TCP_FLAGS_OFFSET + 1:
                 counts[TRUNCATED] += 1
@@ -229,16 +241,9 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
                 counts[FRAGMENT] += 1
                 return
         if proto == PROTO_ICMP6:
-            if end < l4 + ICMP_HEADER:
-                counts[TRUNCATED] += 1
-                return
-            key = icmp6(buf[:end], off, l4)
-            counts[PARSED] += 1
-            if key is None:
-                counts[ICMP_OTHER] += 1
-            else:
-                icmp(ts, key)
+            unreachable(ts, buf, end, off, l4, icmp6)
             return
+        # The twin of ip4's TCP/UDP path, inline for the same reason.
         if proto == PROTO_TCP:
             if end < l4 + TCP_FLAGS_OFFSET + 1:
                 counts[TRUNCATED] += 1
