@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pcapd.config import DEFAULT_BUFFER_SIZE
+from pcapd.core.config import DEFAULT_BUFFER_SIZE
 
 RATES = (50_000, 100_000, 200_000, 300_000, 400_000, 500_000)
 QUICK_RATES = (100_000, 400_000)
@@ -169,7 +169,7 @@ def stop_engine(proc: subprocess.Popen[str]) -> Counts:
 
 def engine_child(dev: str, buffer_size: int) -> int:
     """Runs inside the capture namespace: one capture until told to stop."""
-    from pcapd.config import MAX_SNAPLENGTH
+    from pcapd.core.config import MAX_SNAPLENGTH
     from pcapd.engine import CaptureLimits, capture, close_handle, open_handle, set_filter
 
     handle = open_handle(dev, buffer_size)

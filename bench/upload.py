@@ -65,9 +65,9 @@ def capture(size: int) -> bytearray:
 def child(variant: str, endpoint: str, bucket: str, small: int, large_mib: int) -> None:
     from boto3.s3.transfer import TransferConfig
 
-    from pcapd.config import S3Config
-    from pcapd.request import CaptureRequest
-    from pcapd.secret import Secret
+    from pcapd.core.config import S3Config
+    from pcapd.core.request import CaptureRequest
+    from pcapd.core.secret import Secret
     from uploaders.base import Artifact
     from uploaders.s3 import S3Uploader, boto3_client_factory
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from pcapd.config import (
+from pcapd.core.config import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CHANNEL,
     DEFAULT_RESULTS_CHANNEL,
@@ -24,7 +24,7 @@ from pcapd.config import (
     RedisConfig,
     load_config,
 )
-from pcapd.secret import Secret, resolve_secret
+from pcapd.core.secret import Secret, resolve_secret
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STREAM_MAXLEN = 100_000  # requests kept in the request stream
@@ -103,7 +103,7 @@ def _redis_config(args: argparse.Namespace) -> RedisConfig:
 
 
 def _client(args: argparse.Namespace) -> tuple[redis.Redis, RedisConfig]:
-    from pcapd.redis_conn import connect
+    from pcapd.core.redis_conn import connect
 
     config = _redis_config(args)
     return connect(config, socket_timeout=None), config

@@ -28,7 +28,18 @@ from typing import Any
 
 import pcap
 
-from pcapd.config import Config
+from pcapd.core.config import Config
+from pcapd.core.events import ResultEvent, iso_utc
+from pcapd.core.logs import event
+from pcapd.core.request import (
+    CaptureRequest,
+    RequestError,
+    addressed_to,
+    decode_body,
+    parse_fields,
+    resolve_interfaces,
+)
+from pcapd.core.results import ResultPublisher
 from pcapd.dedup import RecentIds
 from pcapd.engine import (
     CaptureError,
@@ -40,18 +51,7 @@ from pcapd.engine import (
     close_handle,
     set_filter,
 )
-from pcapd.events import ResultEvent, iso_utc
-from pcapd.logs import event
 from pcapd.packetdebug import packet_logger
-from pcapd.request import (
-    CaptureRequest,
-    RequestError,
-    addressed_to,
-    decode_body,
-    parse_fields,
-    resolve_interfaces,
-)
-from pcapd.results import ResultPublisher
 from pcapd.signing import verify
 from triggers.base import Delivery
 from uploaders.base import Artifact, Location, artifact_filename

@@ -19,12 +19,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pcapd import redis_conn
-from pcapd.config import Config, ConfigError, load_config
 from pcapd.controller import Controller
+from pcapd.core import redis_conn
+from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.logs import event, setup_logging
+from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
-from pcapd.logs import event, setup_logging
-from pcapd.results import ResultPublisher
 from triggers.base import TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader

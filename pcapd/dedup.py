@@ -5,7 +5,7 @@ at most `max_ids` ids at once: past that the oldest is forgotten early (and
 counted in `evicted`), so a storm costs bounded memory, never the process.
 
 Memory bound: `max_ids` entries of one id string each. Request ids are at most
-128 ASCII characters (pcapd.request), HMAC signatures 64, so an entry costs
+128 ASCII characters (pcapd.core.request), HMAC signatures 64, so an entry costs
 about 300 bytes in CPython (string, float, dict slot); the default 100,000
 entries stay under ~30 MiB.
 """

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import pcap
 
-from pcapd.config import MAX_SNAPLENGTH
+from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.pcapfile import (
     EPB_HEAD,
     EPB_OVERHEAD,

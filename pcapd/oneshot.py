@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from pcapd.config import MAX_SNAPLENGTH
+from pcapd.core.config import MAX_SNAPLENGTH
+from pcapd.core.events import iso_utc
 from pcapd.engine import (
     CaptureError,
     CaptureLimits,
@@ -20,7 +21,6 @@ from pcapd.engine import (
     open_handle,
     set_filter,
 )
-from pcapd.events import iso_utc
 from uploaders.local import write_atomic
 
 PROGRESS_INTERVAL = 0.5

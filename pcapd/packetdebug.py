@@ -12,7 +12,7 @@ from typing import Any
 
 import dpkt
 
-from pcapd.logs import event
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.packetdebug")
 

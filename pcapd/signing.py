@@ -19,10 +19,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pcapd.config import SecurityConfig
+from pcapd.core.config import SecurityConfig
+from pcapd.core.request import RequestError
+from pcapd.core.secret import Secret
 from pcapd.dedup import RecentIds
-from pcapd.request import RequestError
-from pcapd.secret import Secret
 
 SIG_FIELD = "sig"
 TS_FIELD = "ts"

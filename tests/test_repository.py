@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pcapd.config import (
+from pcapd.core.config import (
     CloudsharkConfig,
     DeliveryConfig,
     GeneralConfig,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import redis
 
-from pcapd.logs import event
+from pcapd.core.logs import event
 from triggers.base import Delivery
 
 log = logging.getLogger("pcapd.triggers.pubsub")

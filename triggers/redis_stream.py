@@ -27,8 +27,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from pcapd.config import RedisConfig
-from pcapd.redis_conn import connect
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
 from triggers.base import Delivery
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def publish_stream(client: redis.Redis, stream: str, body: bytes, maxlen: int | 
 
 
 def connect_stream(config: RedisConfig) -> redis.Redis:
-    """`pcapd.redis_conn.connect` with few quick client retries (see CLIENT_RETRIES)."""
+    """`pcapd.core.redis_conn.connect` with few quick client retries (see CLIENT_RETRIES)."""
     backoff = ExponentialBackoff(cap=CLIENT_RETRY_CAP, base=CLIENT_RETRY_BASE)
     return connect(config, retry=Retry(backoff, CLIENT_RETRIES))
 

@@ -29,7 +29,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from pcapd.config import SqsConfig
+from pcapd.core.config import SqsConfig
 from triggers.base import Delivery
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from pcapd.request import CaptureRequest
+from pcapd.core.request import CaptureRequest
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

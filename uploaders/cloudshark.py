@@ -17,7 +17,7 @@ import ssl
 import uuid
 from typing import Any
 
-from pcapd.config import CloudsharkConfig
+from pcapd.core.config import CloudsharkConfig
 from uploaders.base import Artifact, Location, UploadError
 
 log = logging.getLogger("pcapd.uploaders.cloudshark")

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pcapd.config import Config
-from pcapd.events import ResultEvent
+from pcapd.core.config import Config
+from pcapd.core.events import ResultEvent
 from uploaders.base import Artifact, Uploader
 from uploaders.retry import RetryPolicy
 from uploaders.spool import Spool, SpoolError

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from pcapd.config import S3Config
-from pcapd.request import CaptureRequest, RequestError
+from pcapd.core.config import S3Config
+from pcapd.core.request import CaptureRequest, RequestError
 
 MAX_FOLDER_LEN = 512
 # Folder names become part of an object key: keep them to plain path characters.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pcapd.config import DeliveryConfig
+from pcapd.core.config import DeliveryConfig
 from uploaders.base import UploadError
 
 log = logging.getLogger("pcapd.uploaders.retry")

@@ -27,7 +27,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from pcapd.config import S3Config
+from pcapd.core.config import S3Config
 from uploaders.base import Artifact, Location, UploadError
 from uploaders.policy import normalize_endpoint
 

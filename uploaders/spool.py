@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pcapd.events import ResultEvent
-from pcapd.request import CaptureRequest
+from pcapd.core.events import ResultEvent
+from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Uploader
 
 log = logging.getLogger("pcapd.uploaders.spool")

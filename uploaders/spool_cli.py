@@ -15,8 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pcapd.config import Config, ConfigError, load_config
-from pcapd.events import ResultEvent
+from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.events import ResultEvent
 from uploaders.deliver import build_remote_uploaders
 from uploaders.spool import Spool, SpoolDrainer, SpoolEntry, SpoolError
 
@@ -93,8 +93,8 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
             return EXIT_USAGE
     publisher = None
     if publish:
-        from pcapd.redis_conn import connect
-        from pcapd.results import ResultPublisher
+        from pcapd.core.redis_conn import connect
+        from pcapd.core.results import ResultPublisher
 
         publisher = ResultPublisher(lambda: connect(config.redis), config.redis)
     reply_to = {e.id: e.capture_request().reply_to for e in entries.values()}

@@ -8,9 +8,9 @@ import logging
 import sys
 from typing import Any
 
-from pcapd.config import ConfigError, RedisConfig, load_config
-from pcapd.logs import setup_agent_logging
-from pcapd.secret import Secret
+from pcapd.core.config import ConfigError, RedisConfig, load_config
+from pcapd.core.logs import setup_agent_logging
+from pcapd.core.secret import Secret
 
 # command-line options that override the [agents.dnstap] key of the same name
 _OVERRIDES = (
@@ -59,7 +59,7 @@ def _redis_config(base: RedisConfig, url: Secret | None) -> RedisConfig:
 def main(argv: list[str]) -> int:
     from agents.dnstap.agent import run
     from agents.dnstap.config import parse_dnstap_config
-    from pcapd.redis_conn import connect
+    from pcapd.core.redis_conn import connect
 
     args = build_parser().parse_args(argv)
     try:

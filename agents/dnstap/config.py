@@ -1,7 +1,7 @@
 """`[agents.dnstap]`: every option, its default constant and its checks.
 
 `parse_dnstap_config(config.agents.get("dnstap", {}))` validates the raw
-table in one place and raises `pcapd.config.ConfigError` listing every
+table in one place and raises `pcapd.core.config.ConfigError` listing every
 problem, each naming its field (`agents.dnstap.socket_mode: ...`).
 """
 
@@ -19,8 +19,8 @@ from agents import store
 from agents.dnstap import fstrm
 from agents.dnstap.message import MESSAGE_TYPES
 from agents.dnstap.response import TYPE_A, TYPE_AAAA
-from pcapd.config import ConfigError
-from pcapd.secret import Secret
+from pcapd.core.config import ConfigError
+from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnstap"
 DEFAULT_SOCKET = "/run/pcapd/dnstap.sock"

@@ -23,10 +23,10 @@ from agents.flow.config import (
     parse_networks_arg,
     with_command_line,
 )
-from pcapd.config import ConfigError, RedisConfig, load_config
-from pcapd.logs import setup_agent_logging
-from pcapd.redis_conn import connect
-from pcapd.secret import Secret
+from pcapd.core.config import ConfigError, RedisConfig, load_config
+from pcapd.core.logs import setup_agent_logging
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
 
 FLUSH_TIMEOUT = 10.0  # s: how long a stopping agent keeps sending what is queued
 REDIS_SCHEMES = ("redis", "rediss", "unix")

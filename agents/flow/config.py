@@ -1,6 +1,6 @@
 """`[agents.flow]`: validated into one frozen `FlowConfig`.
 
-Every problem is collected and raised together as `pcapd.config.ConfigError`,
+Every problem is collected and raised together as `pcapd.core.config.ConfigError`,
 each naming its field: `agents.flow.rules[2].src: unknown network 'foo'`.
 """
 
@@ -31,7 +31,7 @@ from agents.flow.rules import (
     default_networks,
     default_rules,
 )
-from pcapd.config import ConfigError
+from pcapd.core.config import ConfigError
 
 SECTION = "agents.flow"
 

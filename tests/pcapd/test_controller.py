@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from pcapd.config import Config, parse_config
 from pcapd.controller import Controller
+from pcapd.core.config import Config, parse_config
+from pcapd.core.redis_conn import connect
+from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool
-from pcapd.redis_conn import connect
-from pcapd.results import ResultPublisher
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.test_engine import send_udp

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pcapd.config import Config, GeneralConfig, SecurityConfig, parse_config
+from pcapd.core.config import Config, GeneralConfig, SecurityConfig, parse_config
+from pcapd.core.request import RequestError, decode_body, parse_request
+from pcapd.core.secret import Secret
 from pcapd.dedup import RecentIds
-from pcapd.request import RequestError, decode_body, parse_request
-from pcapd.secret import Secret
 from pcapd.signing import canonical, sign, signature, verify
 
 KEY = "s3cr3t-key-value"

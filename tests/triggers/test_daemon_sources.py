@@ -144,7 +144,7 @@ def test_sqs_message_survives_a_daemon_killed_mid_capture(
 def test_signed_requests_and_duplicates(
     redis_srv: RedisServer, results: Results, tmp_path: Path
 ) -> None:
-    from pcapd.secret import Secret
+    from pcapd.core.secret import Secret
     from pcapd.signing import sign
 
     os.environ["PCAPD_TEST_KEY"] = "k3y-material"

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from pcapd.config import RedisConfig
+from pcapd.core.config import RedisConfig
 from tests.helpers import RedisServer, stop_process, wait_for
 from tests.triggers.consumer import Consumer
 from triggers.base import TriggerSource
@@ -226,7 +226,7 @@ def test_killed_consumer_process_entry_is_taken_after_restart(redis_srv: RedisSe
     client = redis_srv.client()
     script = (
         "import sys, threading\n"
-        "from pcapd.config import RedisConfig\n"
+        "from pcapd.core.config import RedisConfig\n"
         "from triggers.redis_stream import RedisStreamSource\n"
         "config = RedisConfig(port=int(sys.argv[1]), stream=sys.argv[2])\n"
         "for d in RedisStreamSource(config, 'web1').deliveries(threading.Event()):\n"

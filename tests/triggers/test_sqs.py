@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
-from pcapd.config import SqsConfig
-from pcapd.secret import Secret
+from pcapd.core.config import SqsConfig
+from pcapd.core.secret import Secret
 from tests.helpers import stop_process, wait_for
 from tests.triggers.conftest import REGION, TEST_KEY_ID, TEST_SECRET, MotoServer
 from tests.triggers.consumer import Consumer
@@ -95,8 +95,8 @@ def test_unacked_message_comes_back_after_the_consumer_is_killed(moto_sqs: MotoS
     client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
     script = (
         "import sys, threading\n"
-        "from pcapd.config import SqsConfig\n"
-        "from pcapd.secret import Secret\n"
+        "from pcapd.core.config import SqsConfig\n"
+        "from pcapd.core.secret import Secret\n"
         "from triggers.sqs import SqsSource\n"
         "cfg = SqsConfig(listen=True, region=sys.argv[1], accessid=sys.argv[2],\n"
         "    accesskey=Secret(sys.argv[3]), url=sys.argv[4], endpoint=sys.argv[5],\n"

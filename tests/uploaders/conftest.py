@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from moto.server import ThreadedMotoServer
 
-from pcapd.config import CloudsharkConfig, DeliveryConfig, S3Config
-from pcapd.request import CaptureRequest
-from pcapd.secret import Secret
+from pcapd.core.config import CloudsharkConfig, DeliveryConfig, S3Config
+from pcapd.core.request import CaptureRequest
+from pcapd.core.secret import Secret
 from tests.helpers import free_port, stop_process, wait_for
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from uploaders.base import Artifact

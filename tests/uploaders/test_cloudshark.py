@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pcapd.config import CloudsharkConfig
-from pcapd.secret import Secret
+from pcapd.core.config import CloudsharkConfig
+from pcapd.core.secret import Secret
 from tests.helpers import free_port
 from tests.uploaders.cloudshark_server import CloudsharkServer, self_signed
 from tests.uploaders.conftest import CS_TOKEN, cs_config, make_artifact, make_request

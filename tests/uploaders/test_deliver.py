@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pcapd.events import ResultEvent
+from pcapd.core.events import ResultEvent
 from tests.helpers import wait_for
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import (
@@ -91,7 +91,7 @@ def test_cloudshark_500_then_200_is_retried_not_spooled(
 def test_wrong_token_spools_without_retrying_and_hides_the_token(
     tmp_path: Path, cloudshark: CloudsharkServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pcapd.secret import Secret
+    from pcapd.core.secret import Secret
 
     caplog.set_level(logging.DEBUG)
 
@@ -168,7 +168,7 @@ def test_outcome_and_deliverer_validation() -> None:
 
 
 def test_build_remote_uploaders(moto_s3: MotoS3, cloudshark: CloudsharkServer) -> None:
-    from pcapd.config import Config, GeneralConfig
+    from pcapd.core.config import Config, GeneralConfig
 
     config = Config(
         general=GeneralConfig(node="n"),
@@ -247,7 +247,7 @@ def test_s3_killed_during_upload_is_spooled_then_delivered_identical(
 def test_remote_sinks_run_in_the_order_of_their_sections(text: str, expected: list[str]) -> None:
     import tomllib
 
-    from pcapd.config import parse_config
+    from pcapd.core.config import parse_config
 
     config = parse_config(tomllib.loads(text), hostname="n")
     assert [u.name for u in build_remote_uploaders(config)] == expected

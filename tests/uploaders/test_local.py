@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pcapd.config import parse_config
-from pcapd.request import parse_request
+from pcapd.core.config import parse_config
+from pcapd.core.request import parse_request
 from uploaders.base import Artifact, UploadError, artifact_filename
 from uploaders.local import LocalUploader, write_atomic
 

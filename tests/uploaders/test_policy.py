@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from pcapd.config import S3Config
-from pcapd.request import RequestError
+from pcapd.core.config import S3Config
+from pcapd.core.request import RequestError
 from tests.uploaders.conftest import make_request
 from uploaders.policy import check_overrides, normalize_endpoint
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from pcapd.config import DeliveryConfig
+from pcapd.core.config import DeliveryConfig
 from uploaders.base import UploadError
 from uploaders.retry import RetryPolicy
 

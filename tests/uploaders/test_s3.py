@@ -5,8 +5,8 @@ import io
 
 import pytest
 
-from pcapd.config import S3Config
-from pcapd.secret import Secret
+from pcapd.core.config import S3Config
+from pcapd.core.secret import Secret
 from tests.helpers import free_port
 from tests.uploaders.conftest import S3_SECRET, MotoS3, make_artifact, make_request
 from uploaders.base import UploadError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pcapd.events import ResultEvent
+from pcapd.core.events import ResultEvent
 from tests.helpers import free_port, wait_for
 from tests.uploaders.conftest import MotoS3, make_artifact, make_request
 from uploaders.base import Location, UploadError
@@ -234,8 +234,8 @@ def test_background_thread_drains_and_stops(tmp_path: Path) -> None:
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from pcapd.config import S3Config
-    from pcapd.secret import Secret
+    from pcapd.core.config import S3Config
+    from pcapd.core.secret import Secret
     from tests.uploaders.conftest import make_artifact
     from uploaders.deliver import Deliverer
     from uploaders.retry import RetryPolicy

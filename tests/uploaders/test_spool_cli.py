@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pcapd.events import ResultEvent
+from pcapd.core.events import ResultEvent
 from tests.helpers import RedisServer
 from tests.uploaders.conftest import S3_KEY_ID, S3_SECRET, MotoS3, make_artifact, make_request
 from uploaders.spool import Spool

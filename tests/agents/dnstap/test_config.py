@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agents.dnstap.config import DnstapConfig, HostPort, parse_dnstap_config
-from pcapd.config import ConfigError, load_config
+from pcapd.core.config import ConfigError, load_config
 
 
 def test_defaults() -> None:

@@ -18,7 +18,7 @@ from agents.flow.config import (
     parse_networks_arg,
     with_command_line,
 )
-from pcapd.config import ConfigError, load_config
+from pcapd.core.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[3]
 

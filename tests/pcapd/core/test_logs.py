@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from pcapd.config import GeneralConfig, SyslogConfig
-from pcapd.logs import JsonFormatter, KeyValueFormatter, event, setup_logging
+from pcapd.core.config import GeneralConfig, SyslogConfig
+from pcapd.core.logs import JsonFormatter, KeyValueFormatter, event, setup_logging
 
 
 def record(name: str, **fields: Any) -> logging.LogRecord:

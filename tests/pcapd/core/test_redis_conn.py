@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from pcapd.config import RedisConfig
-from pcapd.redis_conn import connect
-from pcapd.secret import Secret
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
 from tests.helpers import RedisServer, free_port, redis_server, run, stop_process, wait_for
 
 

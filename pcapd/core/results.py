@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import redis
 
-from pcapd.config import RedisConfig
-from pcapd.events import ResultEvent
-from pcapd.logs import event
+from pcapd.core.config import RedisConfig
+from pcapd.core.events import ResultEvent
+from pcapd.core.logs import event
 
-log = logging.getLogger("pcapd.results")
+log = logging.getLogger("pcapd.core.results")
 
 PUBLISH_ATTEMPTS = 3
 MAX_PENDING = 10_000  # results held while Redis is away (~1 KB each)

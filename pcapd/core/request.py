@@ -17,7 +17,7 @@ from typing import Any
 
 import re2
 
-from pcapd.config import FORMATS, MAX_SNAPLENGTH, Config
+from pcapd.core.config import FORMATS, MAX_SNAPLENGTH, Config
 
 MAX_NODE_LEN = 253
 MAX_NODERE_LEN = 256

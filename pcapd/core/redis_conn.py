@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from pcapd.config import RedisConfig
+from pcapd.core.config import RedisConfig
 
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0

@@ -1,4 +1,4 @@
-"""pcapd/request.py: pcapdaemon's message parses; every bad message is rejected
+"""pcapd/core/request.py: pcapdaemon's message parses; every bad message is rejected
 with a message naming the field, the value and the rule."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from pcapd.config import MAX_SNAPLENGTH, Config, load_config, parse_config
-from pcapd.engine import available_devices
-from pcapd.request import (
+from pcapd.core.config import MAX_SNAPLENGTH, Config, load_config, parse_config
+from pcapd.core.request import (
     MAX_INTERFACES,
     MAX_NODERE_LEN,
     MAX_TEXT_LEN,
@@ -22,8 +21,9 @@ from pcapd.request import (
     parse_request,
     resolve_interfaces,
 )
+from pcapd.engine import available_devices
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 HOST = "web10"
 # Generous sanity bound for RE2 on a pathological pattern; backtracking engines
 # take minutes on the same input.

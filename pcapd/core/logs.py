@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from pcapd.config import Config, GeneralConfig, SyslogConfig
+from pcapd.core.config import Config, GeneralConfig, SyslogConfig
 
 _FIELDS = "pcapd_fields"
 

@@ -7,11 +7,11 @@ import json
 import time
 from typing import Any
 
-from pcapd import results as results_module
-from pcapd.config import RedisConfig
-from pcapd.events import ResultEvent
-from pcapd.redis_conn import connect
-from pcapd.results import ResultPublisher
+from pcapd.core import results as results_module
+from pcapd.core.config import RedisConfig
+from pcapd.core.events import ResultEvent
+from pcapd.core.redis_conn import connect
+from pcapd.core.results import ResultPublisher
 from tests.helpers import RedisServer, wait_for
 from tests.pcapd.daemon_fixture import Results
 

@@ -1,4 +1,4 @@
-"""pcapd/config.py: pcapdaemon's sample loads unchanged, defaults apply, every
+"""pcapd/core/config.py: pcapdaemon's sample loads unchanged, defaults apply, every
 problem is reported with its field and value, secrets never print."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pcapd.config import (
+from pcapd.core.config import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CHANNEL,
     DEFAULT_DURATION,
@@ -36,9 +36,9 @@ from pcapd.config import (
     load_config,
     parse_config,
 )
-from pcapd.secret import Secret
+from pcapd.core.secret import Secret
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 SAMPLE = DATA / "pcapdaemon.toml"
 HOST = "testnode"
 
@@ -586,7 +586,7 @@ def test_describe_keeps_ipv6_brackets() -> None:
     assert redis.describe() == "redis://[::1]:6380/1"
 
 
-#      from pcapd.config import ConfigError, load_config) ---------------------
+#      from pcapd.core.config import ConfigError, load_config) ---------------------
 
 
 def test_config_not_utf8_is_a_config_error(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from pcapd.secret import Secret, resolve_secret
+from pcapd.core.secret import Secret, resolve_secret
 
 # pcapdaemon's documented defaults (its own code never applied them).
 DEFAULT_MAXPACKETS = 50_000
