@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from pcapd.core.atomic import write_atomic
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.core.events import iso_utc
 from pcapd.engine import (
@@ -21,7 +22,6 @@ from pcapd.engine import (
     open_handle,
     set_filter,
 )
-from uploaders.local import write_atomic
 
 PROGRESS_INTERVAL = 0.5
 

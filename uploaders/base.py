@@ -7,17 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from pcapd.core.errors import UploadError as UploadError  # part of the uploader interface
 from pcapd.core.request import CaptureRequest
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class UploadError(Exception):
-    """A delivery attempt failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from pcapd.core.errors import PcapdError
 from pcapd.core.secret import Secret, resolve_secret
 
 # pcapdaemon's documented defaults (its own code never applied them).
@@ -71,7 +72,7 @@ DEFAULT_DEDUP_WINDOW = 600
 SSE_MODES = ("AES256", "aws:kms")
 
 
-class ConfigError(Exception):
+class ConfigError(PcapdError):
     """Every problem found in one config; each line names its field."""
 
     def __init__(self, errors: list[str], path: str | None = None) -> None:
