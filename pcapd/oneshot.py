@@ -92,7 +92,16 @@ def run_capture(
         where = "standard output"
     else:
         try:
-            write_atomic(path, outcome.data, 0o644)
+            # The check above is minutes old: publish with link(), which fails
+            # rather than replace a file that appeared during the capture.
+            write_atomic(path, outcome.data, 0o644, overwrite=False)
+        except FileExistsError:
+            print(
+                f"pcapd capture: -w {path}: a file of that name appeared during the capture; "
+                "it was left alone and this capture was not written",
+                file=sys.stderr,
+            )
+            return 1
         except OSError as exc:
             print(f"pcapd capture: cannot write {path}: {exc.strerror}", file=sys.stderr)
             return 1
