@@ -149,7 +149,7 @@ def usage(prog: str) -> str:
     ]
     for name, flag in FLAGS.items():
         target = f"  ([{flag.target[0]}] {flag.target[1]})" if flag.target else ""
-        kind = "" if flag.kind is bool else f" {flag.kind.__name__}"
+        kind = {str: " string", int: " int", bool: ""}[flag.kind]  # as Go's usage spells them
         lines.append(f"  -{name}{kind}\n        {flag.help}{target}")
     return "\n".join(lines)
 
