@@ -5,7 +5,6 @@ capturing. The bpf of issue 9 used to abort the daemon inside pypcap."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from tests.helpers import RedisServer, free_port, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.test_controller import Recorded, build, idle, request
 from tests.pcapd.test_engine import send_udp
-
-
-@pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
 
 
 @pytest.mark.parametrize(

@@ -5,25 +5,16 @@ the next start."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.helpers import RedisServer, free_port
 from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.test_daemon import traffic, udp_request
+from tests.triggers.test_daemon_sources import STREAM
 from triggers.redis_stream import publish_stream
 
 POISON_BPF = b'{"id":"poison","node":"any","interface":"lo","bpf":"\\ud800"}'
 POISON_ERROR = 'bpf: "\\ud800" holds U+D800 at character 0; a filter is printable ASCII'
-
-
-@pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
 
 
 def captures_after(daemon: Daemon, results: Results, request_id: str) -> None:
@@ -58,8 +49,7 @@ def test_poisonous_requests_over_pubsub_leave_the_daemon_serving(
 def test_poisonous_stream_entry_is_acked_and_does_not_kill_the_next_start(
     redis_srv: RedisServer, results: Results, tmp_path: Path
 ) -> None:
-    stream = 'stream_listen = true\nstream = "capture-requests"'
-    daemon = Daemon(redis_srv, tmp_path, extra_redis=stream)
+    daemon = Daemon(redis_srv, tmp_path, extra_redis=STREAM)
     publish_stream(redis_srv.client(), "capture-requests", POISON_BPF, 1000)
     daemon.start()
     try:
@@ -68,7 +58,7 @@ def test_poisonous_stream_entry_is_acked_and_does_not_kill_the_next_start(
         captures_after(daemon, results, "first-run")
     finally:
         daemon.stop()
-    again = Daemon(redis_srv, tmp_path / "again", extra_redis=stream)
+    again = Daemon(redis_srv, tmp_path / "again", extra_redis=STREAM)
     again.start()
     try:
         captures_after(again, results, "second-run")
