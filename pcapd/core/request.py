@@ -87,8 +87,8 @@ def text_problem(value: str) -> str | None:
     if found is None:
         return None
     char = found.group()
-    kind = "a lone surrogate (not UTF-8 text)" if _SURROGATE_RE.match(char) else (
-        "a control character")  # fmt: skip
+    surrogate = _SURROGATE_RE.match(char) is not None
+    kind = "a lone surrogate (not UTF-8 text)" if surrogate else "a control character"
     return f"holds {kind} U+{ord(char):04X} at character {found.start()}"
 
 
