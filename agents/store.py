@@ -16,7 +16,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -63,6 +63,44 @@ def rst_key(dst: str, src: str, client_port: int, remote_port: int) -> str:
 
 def icmp_key(dst: str, bounce_dst: str, sport: int, dport: int, code: int) -> str:
     return f"{dst};{bounce_dst};{sport}:{dport};{code};icmp"
+
+
+def record_answer(
+    writer: RedisWriter, client: str, chain: Sequence[str], addresses: Sequence[str]
+) -> int:
+    """ShoDoHFlo's writes for one NOERROR answer; returns the addresses recorded.
+
+    `chain` starts at the question name and follows the CNAMEs; `addresses`
+    are the A/AAAA texts owned by its end. As in ShoDoHFlo (dnstap_agent's
+    `MyMapper.map_fields` sends one datagram per final address, dns_agent's
+    `answer_to_redis_` writes each): `client;<c>` gains 1 per distinct
+    address, and an answer without an address (NODATA, a CNAME chain that
+    ends nowhere) writes nothing at all, no `cname` key either. Shared by
+    every agent that turns DNS answers into keys.
+    """
+    if not addresses:
+        return 0
+    if len(addresses) > 1:  # dnspython's rrsets hold each address once
+        addresses = tuple(dict.fromkeys(addresses))
+    for i in range(1, len(chain)):
+        writer.append(cname_key(client, chain[i]), chain[i - 1])
+    owner = chain[-1]
+    counter = client_key(client)
+    for address in addresses:
+        writer.incr(counter)
+        writer.append(dns_key(client, address), owner)
+    return len(addresses)
+
+
+def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
+    """`client;<c>` and `<c>;<qname>;nx` INCR, for every NXDOMAIN (no dedup).
+
+    The name is dnspython's text form with `\\;` unescaped to `;`, the key
+    ShoDoHFlo's dns_agent `nx_to_redis` writes: a reader must take the client
+    from the left and `nx` from the right, as the name may hold `;`.
+    """
+    writer.incr(client_key(client))
+    writer.incr(nx_key(client, qname.replace("\\;", ";")))
 
 
 # One call per batch: KEYS[i] with ARGV[i+1] = "" (INCR) or the member to

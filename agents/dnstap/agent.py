@@ -1,10 +1,11 @@
 """The dnstap agent: decoded responses to ShoDoHFlo's Redis keys.
 
-Per CLIENT_RESPONSE (by default) whose question is A or AAAA:
-`client;<c>` INCR; for NXDOMAIN `<c>;<qname>;nx` INCR; otherwise every CNAME
-link of the chain from the question gives `<c>;<target>;cname` += alias, and
-every final address `<c>;<address>;dns` += owner name. Keys come from
-`agents.store` only; writes go through its bounded, batched `RedisWriter`.
+Per CLIENT_RESPONSE (by default) whose question is A or AAAA, ShoDoHFlo's
+values: NXDOMAIN gives `client;<c>` and `<c>;<qname>;nx` INCR, every time; an
+answer with final addresses gives, per address, `client;<c>` INCR and
+`<c>;<address>;dns` += owner name, and per CNAME link `<c>;<target>;cname` +=
+alias (`store.record_answer`); an answer without one writes nothing. Keys come
+from `agents.store` only; writes go through its bounded, batched `RedisWriter`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import redis
 
 from agents import store
-from agents.dnstap.config import DnstapConfig, HostPort
+from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
@@ -58,6 +59,7 @@ class AgentStats:
     responses: int = 0
     nxdomain: int = 0
     deduped: int = 0
+    no_address: int = 0  # NOERROR without a final address: nothing written
     ignored: int = 0
     other_qtype: int = 0
     other_rcode: int = 0
@@ -114,6 +116,7 @@ class DnstapAgent:
         self._wanted = config.message_type_numbers
         self._qtypes = config.record_type_numbers
         self._ignore = config.ignore
+        self._global_dedup = config.dedup_scope == DEDUP_GLOBAL
         self._ignore_dotted = tuple("." + s for s in config.ignore)
         self._clients: dict[bytes, str] = {}
         self._clock = clock
@@ -153,30 +156,32 @@ class DnstapAgent:
             if len(self._clients) >= CLIENT_CACHE_ENTRIES:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
-        if self.dedup.seen((client, qname, qtype)):
-            stats.deduped += 1
-            return
-        stats.responses += 1
         writer = self.writer
-        writer.incr(store.client_key(client))
         if rcode == RCODE_NXDOMAIN:
+            # Never deduplicated: ShoDoHFlo counts every NXDOMAIN (dnstap_agent's
+            # `MyMapper.filter` passes them before its dedup).
+            stats.responses += 1
             stats.nxdomain += 1
-            writer.incr(store.nx_key(client, qname))
+            store.record_nxdomain(writer, client, qname)
             if self.udp is not None:
                 self._send_udp(
                     {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
                      "status": "NXDOMAIN"}
                 )  # fmt: skip
             return
+        addresses = [address for _rtype, address in resp.addresses]
+        if not addresses:  # NODATA, or a chain ending without an address
+            stats.no_address += 1
+            return
+        if self.dedup.seen((qname, qtype) if self._global_dedup else (client, qname, qtype)):
+            stats.deduped += 1
+            return
+        stats.responses += 1
         chain = resp.chain
-        for i in range(1, len(chain)):
-            writer.append(store.cname_key(client, chain[i]), chain[i - 1])
-        owner = chain[-1]
-        for _rtype, address in resp.addresses:
-            writer.append(store.dns_key(client, address), owner)
+        store.record_answer(writer, client, chain, addresses)
         if self.udp is not None:
             reverse = list(reversed(chain))
-            for _rtype, address in resp.addresses:
+            for address in addresses:
                 self._send_udp(
                     {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
                      "status": "NOERROR", "address": address}

@@ -44,10 +44,12 @@ GOOD = tap_payload(WWW, client="10.9.9.9")
 def test_keys_follow_the_schema(redis_srv: RedisServer, tmp_path: Path) -> None:
     with running_agent(redis_srv.url, tmp_path / "tap.sock") as ra:
         ra.send([tap_payload(CHAIN), tap_payload(AAAA, client="2001:db8::1"), tap_payload(NX)])
-        wait_for(lambda: ra.snapshot()["keys_written"] == 9)
+        wait_for(lambda: ra.snapshot()["keys_written"] == 10)
         r = redis_srv.client()
         assert redis_dump(r) == {
-            "client;127.0.0.1": "2",
+            # +1 per final address (two) and +1 for the NXDOMAIN, as ShoDoHFlo's
+            # dns_agent `answer_to_redis_` (per datagram) and `nx_to_redis_`.
+            "client;127.0.0.1": "3",
             "127.0.0.1;mid.example.test.;cname": ";alias.example.test.;",
             "127.0.0.1;target.example.test.;cname": ";mid.example.test.;",
             "127.0.0.1;198.51.100.7;dns": ";target.example.test.;",
@@ -186,7 +188,7 @@ def test_many_connections_at_once(redis_srv: RedisServer, tmp_path: Path) -> Non
             t.start()
         for t in threads:
             t.join()
-        wait_for(lambda: ra.snapshot()["keys_written"] == 6 * 200 * 5)
+        wait_for(lambda: ra.snapshot()["keys_written"] == 6 * 200 * 6)
         assert ra.snapshot()["connections_opened"] == 6
         assert redis_srv.client().get("10.1.5.199;198.51.100.8;dns") == b";target.example.test.;"
 
