@@ -178,6 +178,30 @@ def test_cli_read_counts_bad_packets_and_goes_on(tmp_path: Path, redis_srv: Redi
     assert redis_srv.client().get(f"client;{A4}") == b"1"
 
 
+def test_cli_read_counts_a_flow_seen_both_ways_once(tmp_path: Path, redis_srv: RedisServer) -> None:
+    """ShoDoHFlo's pcap_agent `Server.process_data` suppresses by the flow key
+    (`self.recently.seen(k)`), and both directions map to the same key."""
+    path = tmp_path / "both-ways.pcap"
+    with path.open("wb") as handle:
+        writer = dpkt.pcap.Writer(handle)
+        there, back = f.tcp(443, 50000), f.tcp(50000, 443)
+        writer.writepkt(f.ether(f.ip4("10.0.0.5", "10.1.0.10", 6, there)), ts=1e9)
+        writer.writepkt(f.ether(f.ip4("10.1.0.10", "10.0.0.5", 6, back)), ts=1e9 + 0.01)
+    result = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "flow", "--read", str(path), "10.1.0.0/24",
+         "--redis", redis_srv.url],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert all_keys(redis_srv.client()) == {
+        "client;10.1.0.10": "1",
+        "10.1.0.10;10.0.0.5;443;flow": "1",
+        "10.1.0.10;10.0.0.5;peer": "1",
+        "10.0.0.5;10.1.0.10;peer": "1",
+    }
+    assert "events=1 suppressed=1" in result.stderr
+
+
 def test_read_rejects_non_capture_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("not a pcap\n" * 10)

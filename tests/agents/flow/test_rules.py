@@ -57,6 +57,8 @@ ACTION_CASES = [
     (Rule("port_match", ports=frozenset({80, 8080}), precedence="dst"),
      ("10.0.0.1", 8080, "10.0.0.2", 80), mapping("10.0.0.1", "10.0.0.2", 80)),
     (Rule("port_match", ports=frozenset({25})), ("10.0.0.1", 8080, "10.0.0.2", 80), None),
+    # no ports: never matches, as ShoDoHFlo's PortMatch(set())
+    (Rule("port_match", ports=frozenset()), ("10.0.0.1", 25, "10.0.0.2", 80), None),
     # assign: client side fixed; port side defaults to the service side.
     (Rule("assign", client="src"), ("10.0.0.1", 1, "10.0.0.2", 60000),
      mapping("10.0.0.1", "10.0.0.2", 60000)),
