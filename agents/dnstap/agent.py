@@ -4,7 +4,7 @@ Per CLIENT_RESPONSE (by default) whose question is A or AAAA, ShoDoHFlo's
 values: NXDOMAIN gives `client;<c>` and `<c>;<qname>;nx` INCR, every time; an
 answer with final addresses gives, per address, `client;<c>` INCR and
 `<c>;<address>;dns` += owner name, and per CNAME link `<c>;<target>;cname` +=
-alias (`store.record_answer`); an answer without one writes nothing. Keys come
+alias; an answer without one writes nothing (`record.Recorder`). Keys come
 from `agents.store` only; writes go through its bounded, batched `RedisWriter`.
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from agents import store
+from agents.dnstap import record
 from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
@@ -107,6 +108,7 @@ class DnstapAgent:
         self.writer = writer
         self.stats = AgentStats()
         self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
+        self.recorder = record.Recorder(writer, self.dedup, config.dedup_scope == DEDUP_GLOBAL)
         self.server = DnstapServer(config, self.handle)
         self.udp = (
             UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
@@ -116,7 +118,6 @@ class DnstapAgent:
         self._wanted = config.message_type_numbers
         self._qtypes = config.record_type_numbers
         self._ignore = config.ignore
-        self._global_dedup = config.dedup_scope == DEDUP_GLOBAL
         self._ignore_dotted = tuple("." + s for s in config.ignore)
         self._clients: dict[bytes, str] = {}
         self._clock = clock
@@ -156,36 +157,28 @@ class DnstapAgent:
             if len(self._clients) >= CLIENT_CACHE_ENTRIES:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
-        writer = self.writer
-        if rcode == RCODE_NXDOMAIN:
-            # Never deduplicated: ShoDoHFlo counts every NXDOMAIN (dnstap_agent's
-            # `MyMapper.filter` passes them before its dedup).
+        outcome = self.recorder.record(client, resp)
+        if outcome == record.NO_ADDRESS:
+            stats.no_address += 1
+        elif outcome == record.DEDUPED:
+            stats.deduped += 1
+        elif outcome == record.NXDOMAIN:
             stats.responses += 1
             stats.nxdomain += 1
-            store.record_nxdomain(writer, client, qname)
             if self.udp is not None:
                 self._send_udp(
                     {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
                      "status": "NXDOMAIN"}
                 )  # fmt: skip
-            return
-        addresses = [address for _rtype, address in resp.addresses]
-        if not addresses:  # NODATA, or a chain ending without an address
-            stats.no_address += 1
-            return
-        if self.dedup.seen((qname, qtype) if self._global_dedup else (client, qname, qtype)):
-            stats.deduped += 1
-            return
-        stats.responses += 1
-        chain = resp.chain
-        store.record_answer(writer, client, chain, addresses)
-        if self.udp is not None:
-            reverse = list(reversed(chain))
-            for address in addresses:
-                self._send_udp(
-                    {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
-                     "status": "NOERROR", "address": address}
-                )  # fmt: skip
+        else:
+            stats.responses += 1
+            if self.udp is not None:
+                reverse = list(reversed(resp.chain))
+                for _rtype, address in resp.addresses:
+                    self._send_udp(
+                        {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
+                         "status": "NOERROR", "address": address}
+                    )  # fmt: skip
 
     def _send_udp(self, datagram: dict[str, Any]) -> None:
         assert self.udp is not None
