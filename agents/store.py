@@ -31,6 +31,7 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 
 INCR = ""  # op marker: INCR the key; anything else is a member to append
+INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
 
 
 def client_key(client: str) -> str:
@@ -85,10 +86,9 @@ def record_answer(
     for i in range(1, len(chain)):
         writer.append(cname_key(client, chain[i]), chain[i - 1])
     owner = chain[-1]
-    counter = client_key(client)
     for address in addresses:
-        writer.incr(counter)
         writer.append(dns_key(client, address), owner)
+    writer.incr(client_key(client), len(addresses))  # one INCRBY, same value
     return len(addresses)
 
 
@@ -103,10 +103,11 @@ def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
     writer.incr(nx_key(client, qname.replace("\\;", ";")))
 
 
-# One call per batch: KEYS[i] with ARGV[i+1] = "" (INCR) or the member to
-# append if absent; ARGV[1] is the TTL. Done server-side so append-if-absent is
-# atomic and a batch costs one round trip. pcall: a key holding another type
-# (WRONGTYPE) costs that key, counted, never the rest of the batch.
+# One call per batch: KEYS[i] with ARGV[i+1] = "" (INCR), NUL + a number
+# (INCRBY) or the member to append if absent; ARGV[1] is the TTL. Done
+# server-side so append-if-absent is atomic and a batch costs one round trip.
+# pcall: a key holding another type (WRONGTYPE) costs that key, counted, never
+# the rest of the batch.
 _BATCH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local failed = 0
@@ -115,6 +116,8 @@ for i, key in ipairs(KEYS) do
   local reply
   if member == '' then
     reply = redis.pcall('INCR', key)
+  elseif string.byte(member, 1) == 0 then
+    reply = redis.pcall('INCRBY', key, string.sub(member, 2))
   else
     local item = ';' .. member .. ';'
     reply = redis.pcall('GET', key)
@@ -172,12 +175,12 @@ class RedisWriter:
         self._thread: threading.Thread | None = None
 
     # -- producers -------------------------------------------------------
-    def incr(self, key: str) -> None:
-        self._add(key, INCR)
+    def incr(self, key: str, amount: int = 1) -> None:
+        self._add(key, INCR if amount == 1 else f"{INCRBY}{amount}")
 
     def append(self, key: str, member: str) -> None:
-        if not member:
-            raise ValueError("append needs a non-empty member")
+        if not member or member[0] == INCRBY:
+            raise ValueError("append needs a non-empty member not starting with NUL")
         self._add(key, member)
 
     def _add(self, key: str, arg: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from agents.store import (
@@ -69,6 +70,17 @@ def test_recording_an_answer_and_an_nxdomain(redis_srv: RedisServer) -> None:
         "c;192.0.2.2;dns": b";b.example.;",
         "c;semi;colon.example.;nx": b"1",
     }
+
+
+def test_incr_by_an_amount_is_one_operation(redis_srv: RedisServer) -> None:
+    writer = writer_for(redis_srv.url)
+    writer.incr("client;c", 3)
+    writer.incr("client;c")
+    with pytest.raises(ValueError, match="not starting with NUL"):
+        writer.append("c;1.2.3.4;dns", "\0x")  # would read as INCRBY
+    writer.stop()
+    assert redis_srv.client().get("client;c") == b"4"
+    assert writer.stats.written_ops == 2
 
 
 def test_a_key_of_another_type_costs_that_key_not_the_batch(redis_srv: RedisServer) -> None:
