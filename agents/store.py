@@ -79,17 +79,18 @@ def record_answer(
     ends nowhere) writes nothing at all, no `cname` key either. Shared by
     every agent that turns DNS answers into keys.
     """
-    if not addresses:
+    count = len(addresses)
+    if not count:
         return 0
-    if len(addresses) > 1:  # dnspython's rrsets hold each address once
-        addresses = tuple(dict.fromkeys(addresses))
+    if count > 1:  # dnspython's rrsets hold each address once
+        count = len(set(addresses))
     for i in range(1, len(chain)):
         writer.append(cname_key(client, chain[i]), chain[i - 1])
     owner = chain[-1]
-    for address in addresses:
+    for address in addresses:  # a repeated address appends nothing
         writer.append(dns_key(client, address), owner)
-    writer.incr(client_key(client), len(addresses))  # one INCRBY, same value
-    return len(addresses)
+    writer.incr(client_key(client), count)  # one INCRBY, the same value as ShoDoHFlo's INCRs
+    return count
 
 
 def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
