@@ -4,7 +4,7 @@ Per CLIENT_RESPONSE (by default) whose question is A or AAAA, ShoDoHFlo's
 values: NXDOMAIN gives `client;<c>` and `<c>;<qname>;nx` INCR, every time; an
 answer with final addresses gives, per address, `client;<c>` INCR and
 `<c>;<address>;dns` += owner name, and per CNAME link `<c>;<target>;cname` +=
-alias; an answer without one writes nothing (`record.Recorder`). Keys come
+alias; an answer without one writes nothing (`agents.dnstap.record`). Keys come
 from `agents.store` only; writes go through its bounded, batched `RedisWriter`.
 """
 
@@ -27,11 +27,11 @@ from typing import Any
 import redis
 
 from agents import store
-from agents.dnstap import record
 from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
+from agents.dnstap.record import DEDUPED, NXDOMAIN, RECORDED, Recorder
 from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, address_text, parse_response
 from agents.dnstap.server import ConnectionStats, DnstapServer
 
@@ -108,7 +108,7 @@ class DnstapAgent:
         self.writer = writer
         self.stats = AgentStats()
         self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
-        self.recorder = record.Recorder(writer, self.dedup, config.dedup_scope == DEDUP_GLOBAL)
+        self.recorder = Recorder(writer, self.dedup, config.dedup_scope == DEDUP_GLOBAL)
         self.server = DnstapServer(config, self.handle)
         self.udp = (
             UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
@@ -158,19 +158,7 @@ class DnstapAgent:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
         outcome = self.recorder.record(client, resp)
-        if outcome == record.NO_ADDRESS:
-            stats.no_address += 1
-        elif outcome == record.DEDUPED:
-            stats.deduped += 1
-        elif outcome == record.NXDOMAIN:
-            stats.responses += 1
-            stats.nxdomain += 1
-            if self.udp is not None:
-                self._send_udp(
-                    {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
-                     "status": "NXDOMAIN"}
-                )  # fmt: skip
-        else:
+        if outcome == RECORDED:
             stats.responses += 1
             if self.udp is not None:
                 reverse = list(reversed(resp.chain))
@@ -179,6 +167,18 @@ class DnstapAgent:
                         {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
                          "status": "NOERROR", "address": address}
                     )  # fmt: skip
+        elif outcome == DEDUPED:
+            stats.deduped += 1
+        elif outcome == NXDOMAIN:
+            stats.responses += 1
+            stats.nxdomain += 1
+            if self.udp is not None:
+                self._send_udp(
+                    {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
+                     "status": "NXDOMAIN"}
+                )  # fmt: skip
+        else:
+            stats.no_address += 1
 
     def _send_udp(self, datagram: dict[str, Any]) -> None:
         assert self.udp is not None
