@@ -30,6 +30,11 @@ DEFAULT_MESSAGE_TYPES = ("CLIENT_RESPONSE",)
 DEFAULT_RECORD_TYPES = ("A", "AAAA")
 RECORD_TYPES = {"A": TYPE_A, "AAAA": TYPE_AAAA}
 DEFAULT_DEDUP_WINDOW = 1.0
+# What a repeat is: the same (client, name, type), or, as ShoDoHFlo's
+# dnstap_agent (`MyMapper.filter`), the same (name, type) from any client.
+DEDUP_CLIENT = "client"
+DEDUP_GLOBAL = "global"
+DEDUP_SCOPES = (DEDUP_CLIENT, DEDUP_GLOBAL)
 MAX_DEDUP_WINDOW = 3600.0
 # ~275 bytes per remembered (client, name, type) (tracemalloc: 200-250 B with
 # 30-50 character names, which each entry keeps alive): 100k entries ~ 28 MB.
@@ -74,6 +79,7 @@ class DnstapConfig:
     record_types: tuple[str, ...] = DEFAULT_RECORD_TYPES
     ignore: tuple[str, ...] = ()
     dedup_window: float = DEFAULT_DEDUP_WINDOW
+    dedup_scope: str = DEDUP_CLIENT
     dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
     max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
@@ -234,6 +240,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         record_types=t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
         ignore=_suffixes(t),
         dedup_window=float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
+        dedup_scope=t.opt_str("dedup_scope", DEDUP_CLIENT) or DEDUP_CLIENT,
         dedup_max_entries=t.number(
             "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
         ),
@@ -260,6 +267,8 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         udp_interface=t.opt_str("udp_interface"),
         udp_ttl=t.number("udp_ttl", DEFAULT_UDP_TTL, 0, 255, integer=True),
     )
+    if cfg.dedup_scope not in DEDUP_SCOPES:
+        t.error("dedup_scope", f"{cfg.dedup_scope!r} not one of {', '.join(DEDUP_SCOPES)}")
     if cfg.batch_ops > cfg.max_queue_ops:
         t.error("batch_ops", f"{cfg.batch_ops} exceeds max_queue_ops={cfg.max_queue_ops}")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import subprocess
 import sys
@@ -146,6 +147,17 @@ def test_our_nets_argument(text: str, expected: list[str]) -> None:
 def test_bad_our_nets_argument(text: str) -> None:
     with pytest.raises(ConfigError, match="OUR-NETS"):
         parse_networks_arg(text)
+
+
+def test_port_match_with_no_ports_is_accepted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ShoDoHFlo's `PortMatch(set())` is accepted (pcap_config checks only the
+    ports given) and never matches."""
+    with caplog.at_level(logging.WARNING, logger="pcapd.agents.flow"):
+        config = parse_flow_config({"rules": [{"action": "port_match", "ports": []}]})
+    assert config.rules[0].ports == frozenset()
+    assert "event=flow_rule_never_matches rule=agents.flow.rules[0].ports" in caplog.text
 
 
 def test_documented_example_section_loads() -> None:
