@@ -23,13 +23,6 @@ from tests.pcapd.test_engine import send_udp
 
 
 @pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
-
-
-@pytest.fixture
 def daemon(redis_srv: RedisServer, tmp_path: Path) -> Iterator[Daemon]:
     proc = Daemon(redis_srv, tmp_path)
     proc.start()
@@ -266,14 +259,14 @@ def test_sigterm_ends_running_capture_writes_it_and_exits_zero(
 
 
 def test_second_sigterm_exits_at_once(
-    daemon: Daemon, results: Results, redis_srv: RedisServer
+    daemon: Daemon, results: Results, private_redis: RedisServer
 ) -> None:
     daemon.publish(udp_request(free_port(), id="long2", duration=30, timeout=30))
     wait_for(lambda: "event=capture_started" in daemon.log())
     # A frozen Redis makes the warm stop hang on publishing the result, as a
     # partitioned network would; the second signal must not wait for it.
-    assert redis_srv.proc is not None
-    redis_srv.proc.send_signal(signal.SIGSTOP)
+    assert private_redis.proc is not None
+    private_redis.proc.send_signal(signal.SIGSTOP)
     try:
         daemon.signal()
         wait_for(lambda: "event=shutdown_requested" in daemon.log())
@@ -282,16 +275,16 @@ def test_second_sigterm_exits_at_once(
         daemon.signal()
         assert daemon.wait(5) == 1
     finally:
-        redis_srv.proc.send_signal(signal.SIGCONT)
+        private_redis.proc.send_signal(signal.SIGCONT)
     assert "event=exit_now" in daemon.log()
 
 
 def test_redis_restart_resubscribes_and_serves_the_next_request(
-    daemon: Daemon, results: Results, redis_srv: RedisServer
+    daemon: Daemon, results: Results, private_redis: RedisServer
 ) -> None:
-    redis_srv.stop()
+    private_redis.stop()
     time.sleep(2.0)  # long enough for redis-py's own reconnect attempts to give up
-    redis_srv.start()
+    private_redis.start()
     wait_for(daemon.subscribed, timeout=20)
     port = free_port()
     daemon.publish(udp_request(port, id="after-restart", packets=2))
