@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import RedisServer, redis_server, wait_for
 from triggers.base import Delivery
 from triggers.redis_pubsub import RedisPubSubSource
 
@@ -57,26 +58,21 @@ def test_yields_each_message_body_as_bytes(
 
 def test_outage_is_noticed_and_the_source_resubscribes(
     source: tuple[RedisPubSubSource, Collector],
-    redis_srv: RedisServer,
+    private_redis: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     src, collector = source
-    redis_srv.stop()
+    private_redis.stop()
     wait_for(lambda: not src.subscribed.is_set(), timeout=10)
     time.sleep(0.5)
-    redis_srv.start()
+    private_redis.start()
     assert src.subscribed.wait(15)
-    redis_srv.client().publish("capture", b"after")
+    private_redis.client().publish("capture", b"after")
     wait_for(lambda: [d.body for d in collector.got] == [b"after"])
     assert any("redis_unavailable" in r.getMessage() for r in caplog.records)
 
 
-def test_wrong_password_backs_off_instead_of_spinning(tmp_path: object) -> None:
-    from pathlib import Path
-
-    from tests.helpers import redis_server
-
-    assert isinstance(tmp_path, Path)
+def test_wrong_password_backs_off_instead_of_spinning(tmp_path: Path) -> None:
     attempts = 0
     with redis_server(tmp_path, password="right") as server:
 
