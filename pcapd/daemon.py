@@ -25,7 +25,7 @@ from pcapd.core.config import Config, ConfigError, load_config
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
-from triggers.base import TriggerSource
+from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
 from uploaders.deliver import Deliverer, build_remote_uploaders
@@ -51,7 +51,9 @@ def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
     return Deliverer(uploaders, RetryPolicy.from_config(config.delivery, stop=stop), spool)
 
 
-def build_sources(config: Config, free_slots: Callable[[], int]) -> list[TriggerSource]:
+def build_sources(
+    config: Config, free_slots: Callable[[], int], refuse: Callable[[Delivery, str], None]
+) -> list[TriggerSource]:
     sources: list[TriggerSource] = []
     if config.redis.listen:
 
@@ -61,7 +63,13 @@ def build_sources(config: Config, free_slots: Callable[[], int]) -> list[Trigger
             return redis_conn.connect(config.redis, retry=Retry(NoBackoff(), 0))
 
         sources.append(
-            RedisPubSubSource(connect_once, config.redis.channel, config.redis.describe())
+            RedisPubSubSource(
+                connect_once,
+                config.redis.channel,
+                config.redis.describe(),
+                queue_bytes=config.redis.pubsub_queue_bytes,
+                refuse=refuse,
+            )
         )
     if config.redis.stream_listen:
         from triggers.redis_stream import RedisStreamSource
@@ -103,7 +111,7 @@ class Daemon:
             if deliverer.spool is not None
             else None
         )
-        self.sources = build_sources(config, self.controller.free_slots)
+        self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
 

@@ -116,6 +116,10 @@ def _text(exc: BaseException) -> str:
 
 def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
     """Install the request's filter, then drop whatever the ring held before."""
+    if not (bpf.isascii() and bpf.isprintable()):
+        # pypcap cannot encode a lone surrogate, and freeing a handle after
+        # that failure aborts the process (double free): never hand it one.
+        raise CaptureError(f"bpf: {bpf[:80]!r} is not printable ASCII")
     try:
         handle.setfilter(bpf)
     except OSError as exc:
