@@ -7,6 +7,7 @@ signal exits at once (status 1).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -34,6 +35,16 @@ from uploaders.retry import RetryPolicy
 from uploaders.spool import Spool, SpoolDrainer
 
 log = logging.getLogger("pcapd.daemon")
+
+# glibc malloc: at most this many arenas (default 8 per core, one taken by
+# each thread that allocates: captures, uploads, sources); and blocks from
+# this size on are mmapped and given back when freed (glibc otherwise raises
+# the threshold after each freed 1 MB body, and keeps the next ones in a
+# heap it never shrinks). MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ in the
+# environment win. See README, "Memory".
+MALLOC_ARENAS = 2
+MALLOC_MMAP_THRESHOLD = 256 * 1024
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # from glibc's malloc.h
 
 SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
 RESULTS_GRACE = 10.0  # then seconds to send the results still queued
@@ -181,6 +192,18 @@ class Daemon:
         return 0 if clean else 1
 
 
+def bound_malloc() -> None:
+    """Apply MALLOC_ARENAS and MALLOC_MMAP_THRESHOLD; before any thread starts."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+
+
 def serve(config_path: str) -> int:
     try:
         config = load_config(config_path)
@@ -196,6 +219,7 @@ def serve(config_path: str) -> int:
         for problem in problems:
             event(log, "config_error", logging.ERROR, path=config_path, error=problem)
         return 2
+    bound_malloc()
     daemon = Daemon(config)
     daemon.install_signal_handlers()
     return daemon.run()

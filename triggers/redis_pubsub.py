@@ -104,6 +104,7 @@ class RedisPubSubSource:
         self.received = 0  # messages read off the socket
         self.overloaded = 0  # of them refused because the queue was full
         self.drops = 0  # times Redis closed the subscription while it was up
+        self._last_read = time.monotonic()  # when the subscription last gave bytes
 
     def deliveries(self, stop: threading.Event) -> Iterator[Delivery]:
         queue = _Queue(self.queue_bytes)
@@ -135,7 +136,9 @@ class RedisPubSubSource:
                 backoff = BACKOFF_INITIAL
             except (redis.RedisError, OSError) as exc:
                 if self.subscribed.is_set():
-                    deaf_since = time.monotonic()
+                    # Deaf from the last bytes read, a lower bound: Redis may
+                    # have closed the connection before the kernel's buffer ran dry.
+                    deaf_since = self._last_read
                 self.subscribed.clear()
                 why = self._why_lost(client, run_id)
                 event(
@@ -196,7 +199,7 @@ class RedisPubSubSource:
                         sock.sendall(PING)
                         pinged = now
                     continue
-                heard = now
+                heard = self._last_read = now
                 reader.feed(buffer, 0, size)
                 while (reply := reader.gets()) is not False:
                     if isinstance(reply, redis.ResponseError | hiredis.ReplyError):

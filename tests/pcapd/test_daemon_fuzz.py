@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import signal
 import socket
 import threading
 import time
@@ -96,7 +97,8 @@ class Corpus:
     def _base(self, i: int) -> dict[str, Any]:
         return {
             "id": f"{self.source}-{i}", "node": "testnode", "interface": "lo",
-            "bpf": f"udp and dst port {self.port}", "packets": 1, "timeout": 2, "duration": 2, "bytes": 65536,
+            "bpf": f"udp and dst port {self.port}", "packets": 1, "timeout": 2, "duration": 2,
+            "bytes": 65536,
         }  # fmt: skip
 
     def _one(self, i: int) -> tuple[bytes, str | None]:
@@ -262,3 +264,41 @@ def test_daemon_survives_and_answers_a_poisonous_flood_within_its_memory_bound(
     finally:
         replies.close()
         daemon.stop()
+
+
+def test_a_subscriber_dropped_by_redis_says_why_and_how_long_it_was_deaf(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    client = redis_srv.client()
+    client.config_set("client-output-buffer-limit", "pubsub 1048576 0 0")
+    daemon = Daemon(redis_srv, tmp_path)
+    results = Results(redis_srv)
+    try:
+        daemon.start()
+        assert daemon.proc is not None
+        # A frozen node reads nothing: Redis's buffer for it passes 1 MB.
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(40):
+                client.publish("capture", b"x" * 500_000)
+            wait_for(lambda: not daemon_subscribed(redis_srv), timeout=10)
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "deaf_seconds=" in daemon.log().partition("event=redis_unavailable")[2])
+        log = daemon.log()
+        assert 'cause="redis is up and did not restart, so it closed the subscription itself: ' \
+            "most likely its pub/sub client-output-buffer-limit (hard 1048576 bytes, soft 0 " \
+            'bytes for 0 s) was passed because requests arrived faster than this node read them"' \
+            in log  # fmt: skip
+        deaf = float(log.rsplit("deaf_seconds=", 1)[1].split()[0])
+        assert 0 < deaf < 10  # from the last bytes read to subscribed again
+        client.publish("capture", json.dumps({"id": "after", "node": "testnode", "alias": "nil"}))
+        assert results.for_id("after")["error"].startswith("alias: none of ['nil']")
+    finally:
+        results.close()
+        daemon.stop()
+
+
+def daemon_subscribed(server: RedisServer) -> bool:
+    counts: Any = server.client().pubsub_numsub("capture")
+    return bool(counts and counts[0][1])
