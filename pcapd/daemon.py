@@ -46,6 +46,12 @@ MALLOC_ARENAS = 2
 MALLOC_MMAP_THRESHOLD = 256 * 1024
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # from glibc's malloc.h
 
+# What the process may hold beyond its RSS when idle, captures (max_memory)
+# and the pub/sub queue: requests being parsed (up to 1 MB each unread),
+# queued result events (MAX_PENDING of ~1 KB), thread stacks touched, and
+# allocator slack. Measured by the daemon fuzz and bench/trigger_storm.py.
+MEMORY_OVERHEAD = 64 * 1024 * 1024
+
 SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
 RESULTS_GRACE = 10.0  # then seconds to send the results still queued
 
@@ -190,6 +196,12 @@ class Daemon:
             clean = self.publisher.stop(RESULTS_GRACE) == 0 and clean
         event(log, "stopped", clean=clean)
         return 0 if clean else 1
+
+
+def memory_bound(config: Config, idle_rss: int) -> int:
+    """The RSS the daemon stays under, whatever arrives (README, "Memory")."""
+    queue = config.redis.pubsub_queue_bytes if config.redis.listen else 0
+    return idle_rss + config.general.max_memory + queue + MEMORY_OVERHEAD
 
 
 def bound_malloc() -> None:

