@@ -549,7 +549,12 @@ class _Worker:
             return
         finally:
             ctl.pool.replenish()
-        outcome = self._capture(handle)
+        try:
+            outcome = self._capture(handle)
+        except CaptureError as exc:  # e.g. bytes cannot hold this pcapng header
+            ctl._reject(request, self.interface, str(exc), self.warnings)
+            ctl._settle(self, durable=True)
+            return
         result = ResultEvent(
             id=request.id, alertid=request.alertid, node=ctl.node, interface=self.interface,
             status="ok" if outcome.packets else "empty", error=outcome.error, stop=outcome.stop,

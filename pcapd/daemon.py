@@ -95,7 +95,13 @@ def build_sources(
     if config.sqs.listen:
         from triggers.sqs import SqsSource
 
-        sources.append(SqsSource(config.sqs, free_slots=free_slots))
+        sources.append(
+            SqsSource(
+                config.sqs,
+                free_slots=free_slots,
+                max_request_bytes=config.general.max_request_bytes,
+            )
+        )
     return sources
 
 

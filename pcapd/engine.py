@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import pcap
 
 from pcapd.core.config import MAX_SNAPLENGTH
+from pcapd.core.request import bpf_problem, show
 from pcapd.pcapfile import (
     EPB_HEAD,
     EPB_OVERHEAD,
@@ -115,11 +116,15 @@ def _text(exc: BaseException) -> str:
 
 
 def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
-    """Install the request's filter, then drop whatever the ring held before."""
-    if not (bpf.isascii() and bpf.isprintable()):
-        # pypcap cannot encode a lone surrogate, and freeing a handle after
-        # that failure aborts the process (double free): never hand it one.
-        raise CaptureError(f"bpf: {bpf[:80]!r} is not printable ASCII")
+    """Install the request's filter, then drop whatever the ring held before.
+
+    Every filter reaches libpcap through here, whoever sent it (a request, the
+    command line), so here it is checked: pypcap's setfilter, given text it
+    cannot encode, corrupts the heap and the process aborts later.
+    """
+    problem = bpf_problem(bpf)
+    if problem is not None:
+        raise CaptureError(f"bpf: {show(bpf)} {problem}")
     try:
         handle.setfilter(bpf)
     except OSError as exc:

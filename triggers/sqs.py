@@ -29,7 +29,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from pcapd.core.config import SqsConfig
+from pcapd.core.config import DEFAULT_MAX_REQUEST_BYTES, SqsConfig
 from triggers.base import Delivery
 
 if TYPE_CHECKING:
@@ -188,7 +188,9 @@ class SqsSource:
         clock: Callable[[], float] = time.monotonic,
         backoff_initial: float = RECEIVE_BACKOFF_INITIAL,
         backoff_max: float = RECEIVE_BACKOFF_MAX,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
+        self.max_request_bytes = max_request_bytes
         if not config.url:
             raise ValueError("sqs.url: required for the SQS source")
         self.config = config
@@ -280,7 +282,11 @@ class SqsSource:
     def _delivery(self, message: MessageTypeDef) -> Delivery:
         receipt = message["ReceiptHandle"]
         return Delivery(
-            body=unwrap_sns(message.get("Body", "")).encode("utf-8"),
+            # surrogatepass: a lone surrogate that an SNS envelope escaped goes on
+            # to the parser, which names the field; a strict encode raised here.
+            body=unwrap_sns(message.get("Body", ""), self.max_request_bytes).encode(
+                "utf-8", "surrogatepass"
+            ),
             source=self.name,
             ack=partial(self._ack, receipt),
             release=partial(self._release, receipt),
@@ -432,13 +438,15 @@ class _Stopped(Exception):
     """`stop` was set while a receive was waiting."""
 
 
-def unwrap_sns(body: str) -> str:
+def unwrap_sns(body: str, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> str:
     """The request inside an SNS notification envelope, or `body` unchanged.
 
     SNS delivers `{"Type": "Notification", "Message": "<request>", ...}` unless
-    the subscription has raw message delivery; accept both.
+    the subscription has raw message delivery; accept both. A body over
+    `max_bytes` is not parsed here but handed on as it is, for the parser to
+    reject by its size before any JSON is read.
     """
-    if '"TopicArn"' not in body:
+    if '"TopicArn"' not in body or len(body.encode(errors="surrogatepass")) > max_bytes:
         return body
     try:
         envelope = json.loads(body)

@@ -117,6 +117,14 @@ class _Table:
             return default
         return value or None
 
+    def opt_secret(self, key: str) -> str | None:
+        """A string that may hold a password: a bad value's type is named, never the value."""
+        value = self.get(key)
+        if value is not None and not isinstance(value, str):
+            self.error(key, f"expected a string, got {type(value).__name__} (value not shown)")
+            return None
+        return value or None
+
     def number(
         self, key: str, default: float, minimum: float, maximum: float, integer: bool = False
     ) -> Any:
@@ -201,7 +209,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
     t = _Table(raw)
-    url = t.opt_str("redis_url")
+    url = t.opt_secret("redis_url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         t.error("redis_url", "scheme is not one of redis://, rediss://, unix://")
     elif url is not None:

@@ -28,7 +28,8 @@ DEFAULT_MAXTIMEOUT = 3_600
 DEFAULT_MAXDURATION = 3_600
 DEFAULT_MAXBYTES = 100_000_000
 # pcapd's own bounds.
-DEFAULT_DURATION = 60
+# As pcapdaemon, a request without `duration` may capture for `maxduration`.
+DEFAULT_DURATION = DEFAULT_MAXDURATION
 DEFAULT_MAX_CONCURRENT = 8
 DEFAULT_MAX_MEMORY = 512 * 1024 * 1024
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024  # TPACKET_V3: no drops to 700k pps in bench/
@@ -268,6 +269,13 @@ class Config:
         return problems
 
 
+def _toml_type(value: Any) -> str:
+    """The TOML name of a value's type, for errors that must not show the value."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", list: "an array",
+             dict: "a table"}  # fmt: skip
+    return names.get(type(value), "a date or time")
+
+
 class _Section:
     """Typed reads of one TOML table, appending errors instead of raising."""
 
@@ -365,10 +373,17 @@ class _Section:
         return tuple(value)
 
     def secret(self, key: str) -> Secret | None:
-        value = self.optional_str(key)
+        """A secret string; whatever else is written there, the error names only
+        its type: `auth = 918273645` is a password too."""
+        value = self._get(key)
         if value is None:
             return None
-        return self._resolve_secret(key, value)
+        if not isinstance(value, str):
+            self.errors.append(
+                f"{self.name}.{key}: expected a string, got {_toml_type(value)} (value not shown)"
+            )
+            return None
+        return self._resolve_secret(key, value) if value else None
 
     def _resolve_secret(self, key: str, value: str) -> Secret | None:
         """`env:NAME` and `file:/path` keep secrets out of the config file."""
@@ -410,7 +425,7 @@ def _general(section: _Section, hostname: str) -> GeneralConfig:
         maxduration=maxduration,
         maxbytes=maxbytes,
         packetdebug=s.get_bool("packetdebug", False),
-        defaultduration=s.get_int("defaultduration", min(DEFAULT_DURATION, maxduration)),
+        defaultduration=s.get_int("defaultduration", maxduration),
         format=s.get_str("format", "pcap", choices=FORMATS),
         max_concurrent=s.get_int("max_concurrent", DEFAULT_MAX_CONCURRENT, maximum=1024),
         max_memory=max_memory,

@@ -149,3 +149,34 @@ def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
         f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
         f"{path}: error: agents.foo: unknown agent (dnstap, flow)",
     ]
+
+
+def test_a_secret_of_any_type_never_prints(tmp_path: Path) -> None:
+    """A password written as a bare integer (or any non-string) is still a password."""
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        "[redis]\nauth = 918273645\nurl = 7364519.25\n"
+        "[cloudshark]\ntoken = [5550123, 'tok-5550124']\n"
+        "[s3]\naccesskey = true\n"
+        "[sqs]\naccesskey = 1979-05-27T07:32:00Z\n"
+        "[security]\nkeys = { k1 = 4815162342 }\n",
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    for secret in ("918273645", "7364519", "5550123", "5550124", "4815162342", "true", "1979"):
+        assert secret not in done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}: error: redis.url: expected a string, got a float (value not shown)",
+        f"{path}: error: redis.auth: expected a string, got an integer (value not shown)",
+        f"{path}: error: cloudshark.token: expected a string, got an array (value not shown)",
+        f"{path}: error: s3.accesskey: expected a string, got a boolean (value not shown)",
+        f"{path}: error: sqs.accesskey: expected a string, got a date or time (value not shown)",
+        f'{path}: error: security.keys: expected a table of name = "secret"',
+    ]
+    agent = write(tmp_path, "[general]\nwritelocal = true\n[agents.dnstap]\nredis_url = 27182818\n")
+    done = check_config(agent)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"{agent}: error: agents.dnstap.redis_url: expected a string, got int (value not shown)\n"
+    )

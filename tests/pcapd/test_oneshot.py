@@ -59,3 +59,13 @@ def test_unknown_interface() -> None:
     done = capture("-i", "nosuch0", "-c", "1", "-w", "-")
     assert done.returncode == 1
     assert "interface 'nosuch0': no such device on this node" in done.stderr
+
+
+def test_filter_bytes_that_are_not_text_are_refused() -> None:
+    """A non-UTF-8 argument reaches Python as a lone surrogate (U+DCFF for 0xff)."""
+    done = capture("-i", "lo", "-c", "1", "-w", "-", "host", "\udcff")
+    assert done.returncode == 1
+    assert done.stderr == (
+        'pcapd capture: bpf: "host \\udcff" holds U+DCFF at character 5; '
+        "a filter is printable ASCII\n"
+    )

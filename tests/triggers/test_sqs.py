@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from pcapd.core.config import SqsConfig
+from pcapd.core.request import RequestError, decode_body
 from pcapd.core.secret import Secret
 from tests.helpers import stop_process, wait_for
 from tests.triggers.conftest import REGION, TEST_KEY_ID, TEST_SECRET, MotoServer
@@ -396,3 +397,29 @@ def test_is_a_trigger_source(moto_sqs: MotoServer) -> None:
 def test_source_without_url_is_refused() -> None:
     with pytest.raises(ValueError, match=r"sqs\.url"):
         SqsSource(SqsConfig(listen=True))
+
+
+def test_sns_envelope_over_the_size_limit_or_holding_a_surrogate(moto_sqs: MotoServer) -> None:
+    """max_request_bytes holds before any JSON is read: an SNS notification over
+    it is handed on as received, and the parser rejects it by its size. A
+    notification whose request holds a lone surrogate (escaped in the
+    envelope, raw once unwrapped) reaches the parser intact, rather than
+    killing the source's thread."""
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    big = json.dumps({"node": "any", "interface": "lo", "x": "y" * 3000})
+    envelope = json.dumps({"Type": "Notification", "TopicArn": "arn:t", "Message": big})
+    poison = json.dumps({"Type": "Notification", "TopicArn": "arn:t", "Message": '{"x":"\ud800"}'})
+    client.send_message(QueueUrl=url, MessageBody=envelope)
+    client.send_message(QueueUrl=url, MessageBody=poison)
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url), max_request_bytes=2048))
+    try:
+        bodies = sorted([consumer.take().body, consumer.take().body], key=len)
+    finally:
+        consumer.close()
+    assert bodies[1] == envelope.encode()
+    with pytest.raises(RequestError, match=f"request is {len(envelope)} bytes; the limit is 2048"):
+        decode_body(bodies[1], 2048)
+    # Intact, for the parser to reject naming the field (tests/pcapd/core).
+    assert decode_body(bodies[0], 2048) == {"x": "\ud800"}
+    assert unwrap_sns(envelope, max_bytes=len(envelope)) == big

@@ -307,7 +307,7 @@ BAD_VALUES = [
     ({"redis": {"port": "6379"}}, "redis.port: expected an integer, got '6379'"),
     ({"redis": {"listen": "true"}}, "redis.listen: expected true or false, got 'true'"),
     ({"redis": {"db": -1}}, "redis.db: must be at least 0, got -1"),
-    ({"redis": {"auth": 1234}}, "redis.auth: expected a string, got 1234"),
+    ({"redis": {"auth": 1234}}, "redis.auth: expected a string, got an integer (value not shown)"),
     ({"syslog": {"priority": 192}}, "syslog.priority: must be at least 0 and at most 191, got 192"),
     ({"redis": "localhost"}, "redis: expected a table, got str"),
     (
