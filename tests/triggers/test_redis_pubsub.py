@@ -108,10 +108,11 @@ def test_a_full_queue_refuses_as_overloaded_and_the_rest_arrives_in_order(
         connect, "capture", "test", queue_bytes=10 * (1000 + MESSAGE_OVERHEAD),
         refuse=lambda delivery, reason: refused.append((delivery.body, reason)),
     )  # fmt: skip
-    stop, got = threading.Event(), []
+    stop, got, holding = threading.Event(), [], threading.Event()
 
     def consume() -> None:
         for delivery in src.deliveries(stop):
+            holding.set()
             gate.wait(10)
             got.append(delivery.body)
 
@@ -119,8 +120,10 @@ def test_a_full_queue_refuses_as_overloaded_and_the_rest_arrives_in_order(
     thread.start()
     assert src.subscribed.wait(5)
     bodies = [b"%04d" % i + b"x" * 996 for i in range(30)]
+    redis_srv.client().publish("capture", bodies[0])
+    assert holding.wait(5)
     pipe = redis_srv.client().pipeline(transaction=False)
-    for body in bodies:
+    for body in bodies[1:]:
         pipe.publish("capture", body)
     pipe.execute()
     # One body is with the consumer, ten fill the queue, the rest are refused.
