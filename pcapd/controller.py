@@ -335,14 +335,14 @@ class Controller:
     def _answer_unparsed(
         self, body: bytes, request_id: str | None, reply_to: str | None, error: str
     ) -> None:
-        """A rejection for a body that did not become a request. Without an id
-        it carries the body's SHA-256, and goes to `reply_to` if that much of
-        the body was sound: the two ways a sender can still match it."""
-        digest = None if request_id is not None else hashlib.sha256(body).hexdigest()
+        """A rejection for a body that did not become a request. It carries the
+        body's SHA-256, since its id may be missing or a stream's entry id, and
+        goes to `reply_to` if that much of the body was sound: the ways a
+        sender can still match it."""
         self._publish(
             ResultEvent(
                 id=request_id, node=self.node, status="rejected", error=error,
-                request_sha256=digest,
+                request_sha256=hashlib.sha256(body).hexdigest(),
             ),
             reply_to,
         )  # fmt: skip

@@ -38,8 +38,8 @@ class ResultEvent:
     sha256: str | None = None
     locations: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
-    # SHA-256 (hex) of the request body as received, on answers to a body
-    # without a usable id: the sender matches it by hashing what it sent.
+    # SHA-256 (hex) of the request body as received, on rejections of a body
+    # that did not become a request: a sender matches it by hashing what it sent.
     request_sha256: str | None = None
 
     def __post_init__(self) -> None:

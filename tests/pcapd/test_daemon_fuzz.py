@@ -322,3 +322,32 @@ def test_a_subscriber_dropped_by_redis_says_why_and_how_long_it_was_deaf(
 def daemon_subscribed(server: RedisServer) -> bool:
     counts: Any = server.client().pubsub_numsub("capture")
     return bool(counts and counts[0][1])
+
+
+def test_a_body_without_a_usable_id_is_answered_with_its_digest_and_to_its_reply_to(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    daemon = Daemon(redis_srv, tmp_path)
+    results, replies = Results(redis_srv), Results(redis_srv, REPLIES)
+    try:
+        daemon.start()
+        daemon.publish(b"not json")
+        answer = results.next()
+        assert answer["id"] is None and answer["status"] == "rejected"
+        assert (
+            answer["error"]
+            == "request is not valid JSON: Expecting value: line 1 column 1 (char 0)"
+        )
+        assert answer["request_sha256"] == hashlib.sha256(b"not json").hexdigest()
+        body = json.dumps({"id": 5, "node": "testnode", "interface": "lo", "reply_to": REPLIES})
+        daemon.publish(body)
+        answer, replied = results.next(), replies.next()
+        assert answer == replied
+        assert answer["id"] is None
+        assert answer["error"].startswith("id: 5 is not 1-128 of")
+        assert answer["request_sha256"] == hashlib.sha256(body.encode()).hexdigest()
+        assert daemon.proc is not None and daemon.proc.poll() is None
+    finally:
+        results.close()
+        replies.close()
+        daemon.stop()
