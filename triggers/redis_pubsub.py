@@ -259,17 +259,26 @@ class RedisPubSubSource:
         if now_id != run_id:
             return "redis restarted (new run_id)"
         self.drops += 1
+        up = (
+            "redis is up and did not restart, so it closed the subscription itself"
+            if run_id
+            else "redis is up (INFO is not allowed, so a restart cannot be ruled out)"
+        )
         return (
-            "redis is up and did not restart, so it closed the subscription itself: "
-            f"most likely its pub/sub client-output-buffer-limit ({limit}) was passed "
-            "because requests arrived faster than this node read them"
+            f"{up}: most likely its pub/sub client-output-buffer-limit ({limit}) was "
+            "passed because requests arrived faster than this node read them"
         )
 
 
-def _run_id(client: redis.Redis) -> str | None:
-    info = client.info("server")
-    value = info.get("run_id") if isinstance(info, dict) else None
-    return None if value is None else str(value)
+def _run_id(client: redis.Redis) -> str:
+    """The server's run_id; "" when the ACL refuses INFO (subscribing still works)."""
+    try:
+        info = client.info("server")
+    except redis.ConnectionError:
+        raise
+    except redis.ResponseError:
+        return ""
+    return str(info.get("run_id", "")) if isinstance(info, dict) else ""
 
 
 def _pubsub_limit(client: redis.Redis) -> str:

@@ -153,3 +153,23 @@ def test_one_megabyte_messages_are_read_whole_and_fast(
     wait_for(lambda: len(collector.got) == 20, timeout=20)
     assert [d.body for d in collector.got] == bodies
     assert src.subscribed.is_set() and src.drops == 0
+
+
+def test_a_user_allowed_only_to_subscribe_still_subscribes(redis_srv: RedisServer) -> None:
+    redis_srv.client().acl_setuser(
+        "sub", enabled=True, passwords=["+pw"], channels=["capture"],
+        commands=["-@all", "+subscribe", "+ping"],
+    )  # fmt: skip
+
+    def connect() -> redis.Redis:
+        return redis.Redis(port=redis_srv.port, username="sub", password="pw", socket_timeout=5)
+
+    src = RedisPubSubSource(connect, "capture", "test")
+    collector = Collector(src)
+    try:
+        assert src.subscribed.wait(5)
+        redis_srv.client().publish("capture", b"allowed")
+        wait_for(lambda: [d.body for d in collector.got] == [b"allowed"])
+    finally:
+        collector.stop.set()
+        collector.thread.join(5)
