@@ -48,6 +48,11 @@ DEFAULT_RESULTS_STREAM = "capture-results"
 DEFAULT_RESULTS_STREAM_MAXLEN = 10_000
 DEFAULT_REQUEST_STREAM = "capture-requests"
 DEFAULT_HEALTH_CHECK_INTERVAL = 15
+# Requests read off the pub/sub socket and not yet handled: bytes of bodies
+# (plus a per-message overhead). What does not fit is answered "overloaded".
+DEFAULT_PUBSUB_QUEUE_BYTES = 16 * 1024 * 1024
+MIN_PUBSUB_QUEUE_BYTES = 1024 * 1024
+MAX_PUBSUB_QUEUE_BYTES = 1024 * 1024 * 1024
 
 NAMINGS = ("pcapd", "pcapdaemon")
 
@@ -143,6 +148,8 @@ class RedisConfig:
     health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL
     stream_listen: bool = False
     stream: str = DEFAULT_REQUEST_STREAM
+    # Worst case held by the pub/sub source between socket and controller.
+    pubsub_queue_bytes: int = DEFAULT_PUBSUB_QUEUE_BYTES
 
     def describe(self) -> str:
         """Where Redis is, without any password: for logs and errors."""
@@ -504,6 +511,12 @@ def _redis(s: _Section) -> RedisConfig:
         health_check_interval=s.get_int("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL),
         stream_listen=s.get_bool("stream_listen", False),
         stream=s.get_str("stream", DEFAULT_REQUEST_STREAM),
+        pubsub_queue_bytes=s.get_int(
+            "pubsub_queue_bytes",
+            DEFAULT_PUBSUB_QUEUE_BYTES,
+            minimum=MIN_PUBSUB_QUEUE_BYTES,
+            maximum=MAX_PUBSUB_QUEUE_BYTES,
+        ),
     )
 
 
