@@ -62,6 +62,8 @@ from uploaders.spool import SpoolError
 
 log = logging.getLogger("pcapd.controller")
 
+ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
+
 
 @dataclass(slots=True)
 class _Job:
@@ -415,7 +417,11 @@ class Controller:
                 time.sleep(0.01)
         with self._lock:
             uploads = list(self._uploads)
-        wait_futures(uploads, max(0.0, deadline - time.monotonic()))
+        _, hanging = wait_futures(uploads, max(0.0, deadline - time.monotonic()))
+        if hanging:
+            # Remote attempts give up now; their captures are in the spool already.
+            self.deliverer.abandon.set()
+            wait_futures(hanging, ABANDON_WAIT)
         self._upload_pool.shutdown(wait=False)
         self._spool_unfinished()
         with self._lock:
@@ -433,11 +439,12 @@ class Controller:
         for future, (worker, artifact, result) in hanging:
             error = "shutdown: upload still running, spooled for the next run"
             spooled = replace(result, status="spooled", error=error)
-            try:
-                self._spool.put(artifact, remote, event=spooled.as_dict(), error=error)
-            except SpoolError as exc:
-                event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
-                continue
+            if self.deliverer.spooled_ahead(artifact) is None:
+                try:
+                    self._spool.put(artifact, remote, event=spooled.as_dict(), error=error)
+                except SpoolError as exc:
+                    event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
+                    continue
             self._publish(spooled, worker.request.reply_to)
             with self._lock:
                 self._uploads.pop(future, None)

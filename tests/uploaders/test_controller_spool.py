@@ -43,7 +43,7 @@ def test_hanging_upload_is_spooled_at_shutdown(
          "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1}},
     )  # fmt: skip
     spool = Spool(tmp_path / "spool", 64 * 1024 * 1024)
-    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=3.0))
+    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=10.0))
     ctl = Controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
