@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -120,6 +121,12 @@ class Controller:
         # The spool, when there are remote sinks whose failures it takes.
         self._spool = deliverer.spool if deliverer.has_remote else None
         self._spool_promised = 0  # spool bytes admitted captures may still need
+        # Where a capture is written before it is stored, for the free-space check.
+        self._disk_targets: tuple[tuple[str, str], ...] = tuple(
+            ("local", str(u.directory)) for u in deliverer.uploaders if isinstance(u, LocalUploader)
+        ) + ((("spool", str(self._spool.directory)),) if self._spool is not None else ())
+        self._disk_free: dict[int, int] = {}  # st_dev -> bytes free at the last look
+        self._disk_promised: dict[int, int] = {}  # st_dev -> bytes promised, not yet stored
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[_Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
@@ -136,9 +143,10 @@ class Controller:
                 return 0
             return max(0, self.config.general.max_concurrent - self._active)
 
-    def _admit(self, request: CaptureRequest) -> str | None:
-        """Reserve a slot, `request.bytes` of memory and, with remote sinks,
-        as much spool space; or say why not."""
+    def _admit(self, request: CaptureRequest, worker: _Worker) -> str | None:
+        """Reserve for `worker` a slot, `request.bytes` of memory, as much room
+        on each disk it is written to and, with remote sinks, in the spool; or
+        say why not."""
         general = self.config.general
         with self._lock:
             if not self._accepting:
@@ -152,10 +160,14 @@ class Controller:
                     "awaiting upload"
                 )
             refusal = self._promise_spool(request.bytes)
+            if refusal is None:
+                refusal = self._promise_disk(request.bytes, worker)
             if refusal is not None:
                 return refusal
             self._active += 1
             self._reserved += request.bytes
+            worker.has_slot, worker.held = True, request.bytes
+            worker.promised = request.bytes if self._spool is not None else 0
         return None
 
     def _promise_spool(self, nbytes: int) -> str | None:
@@ -173,6 +185,41 @@ class Controller:
                                if promised else "")  # fmt: skip
         self._spool_promised += nbytes
         return None
+
+    def _promise_disk(self, nbytes: int, worker: _Worker) -> str | None:
+        """Real free space (statvfs) on each filesystem the capture would be
+        written to (local disk, spool), less what was promised to captures not
+        yet stored: a capture the node cannot keep is refused, not taken. One
+        stat and one statvfs per directory; no scan. Called with the lock held;
+        on refusal, undoes the spool promise `_promise_spool` just made."""
+        copies: dict[int, tuple[int, list[str]]] = {}
+        for label, directory in self._disk_targets:
+            dev, free = disk_space(directory)
+            count, names = copies.get(dev, (0, []))
+            copies[dev] = (count + 1, [*names, f"{directory} ({label})"])
+            self._disk_free[dev] = free
+        for dev, (count, names) in copies.items():
+            need = count * nbytes
+            free = self._disk_free[dev] - self._disk_promised.get(dev, 0)
+            if need > free:
+                if self._spool is not None:
+                    self._spool_promised -= nbytes
+                promised = self._disk_promised.get(dev, 0)
+                return (
+                    f"disk full: {self._disk_free[dev]} bytes free on the filesystem of "
+                    f"{', '.join(names)}, bytes={nbytes} needs {need}"
+                    + (f" ({promised} promised to captures not yet stored)" if promised else "")
+                )  # fmt: skip
+        worker.disk = tuple((dev, count) for dev, (count, _) in copies.items())
+        self._disk_each(worker, nbytes)
+        return None
+
+    def _disk_each(self, worker: _Worker, nbytes: int) -> None:
+        """Promise `nbytes` per copy `worker` writes on each disk. Lock held."""
+        for dev, count in worker.disk:
+            change = count * (nbytes - worker.disk_each)
+            self._disk_promised[dev] = self._disk_promised.get(dev, 0) + change
+        worker.disk_each = nbytes
 
     def _hold(self, worker: _Worker, nbytes: int) -> None:
         """Set how much of max_memory `worker` holds (its file, once captured)."""
@@ -198,6 +245,7 @@ class Controller:
             worker.settled = True
             self._spool_promised -= worker.promised
             worker.promised = 0
+            self._disk_each(worker, 0)
         if not durable:
             self.recent_ids.forget(worker.request.id)
         if worker.job is not None:
@@ -293,13 +341,11 @@ class Controller:
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
     ) -> _Worker | None:
-        refusal = self._admit(request)
+        worker = _Worker(self, request, interface, warnings)
+        refusal = self._admit(request, worker)
         if refusal is not None:
             self._reject(request, interface, refusal, warnings)
             return None
-        worker = _Worker(self, request, interface, warnings)
-        worker.has_slot, worker.held = True, request.bytes
-        worker.promised = request.bytes if self._spool is not None else 0
         return worker
 
     def _reject(
@@ -334,6 +380,8 @@ class Controller:
             self._finish(worker, result, {}, durable=True)
             return
         self._hold(worker, len(outcome.data))
+        with self._lock:
+            self._disk_each(worker, len(outcome.data))
         artifact = Artifact(
             data=outcome.data,
             filename=artifact_filename(
@@ -451,6 +499,22 @@ class Controller:
             self._settle(worker, durable=True)
 
 
+def disk_space(directory: str) -> tuple[int, int]:
+    """(st_dev, bytes free to unprivileged writers) for `directory`, or for its
+    nearest existing parent when it is not made yet (LocalUploader makes it)."""
+    path = os.path.abspath(directory)
+    while True:
+        try:
+            st, vfs = os.stat(path), os.statvfs(path)
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                raise
+            path = parent
+            continue
+        return st.st_dev, vfs.f_bavail * vfs.f_frsize
+
+
 class _Worker:
     """One capture on one interface; its file then goes to the upload pool."""
 
@@ -471,6 +535,10 @@ class _Worker:
         self.has_slot = False
         self.held = 0
         self.promised = 0  # spool space promised to this capture
+        # Copies this capture writes per filesystem (st_dev, count), each promised
+        # `disk_each` bytes: its `bytes` bound, then its file's size once captured.
+        self.disk: tuple[tuple[int, int], ...] = ()
+        self.disk_each = 0
         self.settled = False
 
     def run(self) -> None:

@@ -155,6 +155,26 @@ def silent_server() -> Iterator[SilentServer]:
         server.close()
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's syntax: "3m") at `path` for a full-disk test (root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        if run("umount", str(path), check=False).returncode != 0:
+            run("umount", "-l", str(path), check=False)
+
+
+def fill(directory: Path, leave: int) -> Path:
+    """Write a file that leaves `leave` bytes free on the filesystem of `directory`."""
+    vfs = os.statvfs(directory)
+    filler = directory / "filler"
+    filler.write_bytes(b"\0" * max(0, vfs.f_bavail * vfs.f_frsize - leave))
+    return filler
+
+
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True)
 
