@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pcap
+import redis
 
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent, iso_utc
@@ -41,7 +42,7 @@ from pcapd.core.request import (
     resolve_interfaces,
 )
 from pcapd.core.results import ResultPublisher
-from pcapd.dedup import RecentIds
+from pcapd.dedup import RecentIds, RedisSeen
 from pcapd.engine import (
     CaptureError,
     CaptureLimits,
@@ -101,7 +102,10 @@ class Controller:
         pool: HandlePool,
         devices: Callable[[], set[str]] = available_devices,
         clock: Callable[[], float] = time.time,
+        dedup_redis: redis.Redis | None = None,
     ) -> None:
+        """`dedup_redis`: where seen request ids and signatures are kept, so
+        they hold across restarts (memory only when None, or while it is away)."""
         self.config = config
         self.node = config.general.node
         self.publisher = publisher
@@ -110,9 +114,17 @@ class Controller:
         self.devices = devices
         self.clock = clock
         security = config.security
-        self.recent_ids = RecentIds(security.dedup_window)
         # Signatures stay replayable for 2 x max_skew (a ts that far ahead is accepted).
-        self.recent_sigs = RecentIds(max(security.dedup_window, 2 * security.max_skew))
+        windows = {"id": security.dedup_window,
+                   "sig": max(security.dedup_window, 2 * security.max_skew)}  # fmt: skip
+        self.recent_ids, self.recent_sigs = (
+            RecentIds(windows[kind]) if dedup_redis is None
+            else RedisSeen(
+                dedup_redis, prefix=security.dedup_prefix, kind=kind, node=self.node,
+                window_seconds=windows[kind],
+            )
+            for kind in ("id", "sig")
+        )  # fmt: skip
         self._lock = threading.Lock()
         self._active = 0
         self._reserved = 0

@@ -38,6 +38,7 @@ log = logging.getLogger("pcapd.daemon")
 
 RESULTS_GRACE = 10.0  # of delivery.shutdown_grace, at most, kept to send queued results
 SOURCE_JOIN = 2.0  # seconds for all trigger sources to stop together
+DEDUP_TIMEOUT = 1.0  # a request waits at most this on Redis for its dedup check
 
 
 def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
@@ -93,9 +94,16 @@ class Daemon:
         # Set at the first signal: retries stop waiting, what fails is spooled.
         self.retry_stop = threading.Event()
         deliverer = build_deliverer(config, self.retry_stop)
+        # Seen ids and signatures outlive this process; short timeouts and no
+        # retries, since a request waits on it (memory only while it is away).
+        dedup = redis_conn.connect(
+            config.redis, socket_timeout=DEDUP_TIMEOUT, socket_connect_timeout=DEDUP_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
         self.controller = Controller(
-            config, publisher=self.publisher, deliverer=deliverer, pool=self.pool
-        )
+            config, publisher=self.publisher, deliverer=deliverer, pool=self.pool,
+            dedup_redis=dedup,
+        )  # fmt: skip
         self.drainer = (
             SpoolDrainer(
                 deliverer.spool,

@@ -22,7 +22,7 @@ from typing import Any
 from pcapd.core.config import SecurityConfig
 from pcapd.core.request import RequestError
 from pcapd.core.secret import Secret
-from pcapd.dedup import RecentIds
+from pcapd.dedup import SeenSet
 
 SIG_FIELD = "sig"
 TS_FIELD = "ts"
@@ -53,7 +53,7 @@ def sign(fields: Mapping[str, Any], kid: str, key: Secret, now: float) -> dict[s
 
 
 def verify(
-    fields: Mapping[str, Any], security: SecurityConfig, now: float, replay: RecentIds
+    fields: Mapping[str, Any], security: SecurityConfig, now: float, replay: SeenSet
 ) -> None:
     """Accept `fields` or raise `RequestError` saying which rule it broke.
 
