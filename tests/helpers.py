@@ -132,18 +132,20 @@ class SilentServer:
 
     @staticmethod
     def _drain(conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
+        with conn, contextlib.suppress(OSError):
             while conn.recv(65536):
                 pass
 
     def close(self) -> None:
+        """Stop accepting, then end every connection (each `_drain` closes its own)."""
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()
+        self._thread.join(2)
         for conn in self._conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-        self._thread.join(2)
 
 
 @contextlib.contextmanager

@@ -8,9 +8,14 @@ an entry exists once its sidecar does, so a crash never leaves a half entry
 that looks whole. Entries outlive the process; a new `Spool` on the same
 directory sees them.
 
-The spool is bounded by `spool_max_bytes`. When a capture does not fit,
-`put` raises `SpoolFull` and the caller rejects *new* captures with that
-reason; spooled files are never deleted to make room.
+The deliverer writes each capture here *before* its first remote attempt
+(`put(hold=True)`) and removes it once delivered, so an upload cut short by
+a crash is found by the next run's drainer.
+
+The spool is bounded by `spool_max_bytes`, counted as files come and go.
+When a capture does not fit, `put` raises `SpoolFull` and the caller rejects
+*new* captures with that reason; spooled files are never deleted to make
+room.
 
 Several processes may share a spool (the daemon's drainer and `pcapd spool
 retry`): an entry is worked on only under an exclusive `flock` on its data
@@ -38,6 +43,7 @@ from typing import Any
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Uploader
+from uploaders.local import write_atomic
 
 log = logging.getLogger("pcapd.uploaders.spool")
 
@@ -265,24 +271,12 @@ class Spool:
         self._count(-size)
 
     def _write_atomic(self, path: Path, data: bytes | bytearray | memoryview) -> None:
-        tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                replaced = path.stat().st_size
-            except FileNotFoundError:
-                replaced = 0
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+            replaced = path.stat().st_size
+        except FileNotFoundError:
+            replaced = 0
+        write_atomic(path, data, FILE_MODE)
         self._count(memoryview(data).nbytes - replaced)
-        self._fsync_dir()
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
@@ -293,7 +287,7 @@ class Spool:
 
     def _remove_stale_tmp(self) -> None:
         cutoff = time.time() - STALE_TMP_SECONDS
-        for path in self.directory.glob(TMP_PREFIX + "*"):
+        for path in (*self.directory.glob(TMP_PREFIX + "*"), *self.directory.glob(".*.tmp")):
             with contextlib.suppress(OSError):
                 if path.stat().st_mtime < cutoff:
                     path.unlink()

@@ -7,7 +7,6 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -103,11 +102,22 @@ def test_spool_space_is_promised_to_admitted_captures(
     assert results.for_id("p4")["status"] == "empty"
 
 
-def disk_controller(redis_srv: RedisServer, disk: Path, **general: Any) -> Controller:
+@pytest.fixture
+def on_full_disk(redis_srv: RedisServer, tmp_path: Path) -> Iterator[tuple[Controller, Path]]:
+    """A controller with local disk and spool on a 3 MiB tmpfs; S3 refused."""
+    with tmpfs(tmp_path / "disk", "3m") as disk:
+        ctl = disk_controller(redis_srv, disk)
+        try:
+            yield ctl, disk
+        finally:
+            ctl.shutdown(5)
+
+
+def disk_controller(redis_srv: RedisServer, disk: Path) -> Controller:
     """Local disk and spool on `disk`; S3 on a port where nothing listens (refused)."""
     config = parse_config(
         {"general": {"node": "n1", "maxbytes": 2_000_000, "max_memory": 8_000_000,
-                     "writelocal": True, "localdir": str(disk / "local"), **general},
+                     "writelocal": True, "localdir": str(disk / "local")},
          "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1}},
     )  # fmt: skip
     (disk / "local").mkdir(exist_ok=True)
@@ -125,60 +135,52 @@ def disk_controller(redis_srv: RedisServer, disk: Path, **general: Any) -> Contr
 
 @needs_root
 def test_disk_filling_after_admission_reports_the_local_copy_and_why_nothing_was_spooled(
-    redis_srv: RedisServer, results: Results, tmp_path: Path
+    results: Results, on_full_disk: tuple[Controller, Path]
 ) -> None:
-    with tmpfs(tmp_path / "disk", "3m") as disk:
-        ctl = disk_controller(redis_srv, disk)
-        try:
-            port = free_port()
-            got = Recorded(request(port, id="full", packets=2, bytes=100_000))
-            ctl.handle(got.delivery)
-            wait_for(ctl.capture_started.is_set)
-            filler = fill(disk, leave=4096)  # someone else fills the disk meanwhile
-            send_udp(port, 2, 0.01)
-            event = results.for_id("full")
-            assert event["status"] == "partial", event
-            local = Path(event["locations"]["local"])
-            assert hashlib.sha256(local.read_bytes()).hexdigest() == event["sha256"]
-            error = event["error"]
-            assert error.startswith("s3: s3://caps/") and "; spool: cannot spool " in error
-            assert "No space left on device" in error
-            assert got.acks == 1  # stored durably on local disk
-            # Still serving: what it cannot keep now it refuses, saying why...
-            ctl.handle(Recorded(request(port, id="no-room", bytes=100_000)).delivery)
-            refused = results.for_id("no-room")
-            assert refused["status"] == "rejected" and refused["error"].startswith("disk full: ")
-            # ... and once there is room again, the next capture is spooled for S3.
-            filler.unlink()
-            ctl.handle(Recorded(request(port, id="room", packets=2, bytes=100_000)).delivery)
-            threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
-            assert results.for_id("room")["status"] == "spooled"
-        finally:
-            ctl.shutdown(5)
+    ctl, disk = on_full_disk
+    port = free_port()
+    got = Recorded(request(port, id="full", packets=2, bytes=100_000))
+    ctl.handle(got.delivery)
+    wait_for(ctl.capture_started.is_set)
+    filler = fill(disk, leave=4096)  # someone else fills the disk meanwhile
+    send_udp(port, 2, 0.01)
+    event = results.for_id("full")
+    assert event["status"] == "partial", event
+    local = Path(event["locations"]["local"])
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == event["sha256"]
+    error = event["error"]
+    assert error.startswith("s3: s3://caps/") and "; spool: cannot spool " in error
+    assert "No space left on device" in error
+    assert got.acks == 1  # stored durably on local disk
+    # Still serving: what it cannot keep now it refuses, saying why...
+    ctl.handle(Recorded(request(port, id="no-room", bytes=100_000)).delivery)
+    refused = results.for_id("no-room")
+    assert refused["status"] == "rejected" and refused["error"].startswith("disk full: ")
+    # ... and once there is room again, the next capture is spooled for S3.
+    filler.unlink()
+    ctl.handle(Recorded(request(port, id="room", packets=2, bytes=100_000)).delivery)
+    threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+    assert results.for_id("room")["status"] == "spooled"
 
 
 @needs_root
 def test_admission_checks_real_free_space_for_every_copy_and_what_was_promised(
-    redis_srv: RedisServer, results: Results, tmp_path: Path
+    results: Results, on_full_disk: tuple[Controller, Path]
 ) -> None:
-    with tmpfs(tmp_path / "disk", "3m") as disk:
-        ctl = disk_controller(redis_srv, disk)
-        try:
-            port = free_port()
-            ctl.handle(Recorded(request(port, id="big", bytes=2_000_000)).delivery)
-            big = results.for_id("big")
-            assert big["status"] == "rejected"
-            assert big["error"] == (
-                f"disk full: {3 << 20} bytes free on the filesystem of {disk}/local (local), "
-                f"{disk}/spool (spool), bytes=2000000 needs 4000000"
-            )
-            ctl.handle(Recorded(request(port, id="fits", bytes=1_000_000, timeout=2)).delivery)
-            wait_for(lambda: ctl._active == 1)
-            ctl.handle(Recorded(request(port, id="second", bytes=1_000_000)).delivery)
-            second = results.for_id("second")
-            assert second["status"] == "rejected"
-            assert second["error"].endswith("(2000000 promised to captures not yet stored)")
-            assert results.for_id("fits")["status"] == "empty"
-            wait_for(lambda: ctl._disk_promised == {next(iter(ctl._disk_promised)): 0})
-        finally:
-            ctl.shutdown(5)
+    ctl, disk = on_full_disk
+    port = free_port()
+    ctl.handle(Recorded(request(port, id="big", bytes=2_000_000)).delivery)
+    big = results.for_id("big")
+    assert big["status"] == "rejected"
+    assert big["error"] == (
+        f"disk full: {3 << 20} bytes free on the filesystem of {disk}/local (local), "
+        f"{disk}/spool (spool), bytes=2000000 needs 4000000"
+    )
+    ctl.handle(Recorded(request(port, id="fits", bytes=1_000_000, timeout=2)).delivery)
+    wait_for(lambda: ctl._active == 1)
+    ctl.handle(Recorded(request(port, id="second", bytes=1_000_000)).delivery)
+    second = results.for_id("second")
+    assert second["status"] == "rejected"
+    assert second["error"].endswith("(2000000 promised to captures not yet stored)")
+    assert results.for_id("fits")["status"] == "empty"
+    wait_for(lambda: ctl._disk_promised == {next(iter(ctl._disk_promised)): 0})

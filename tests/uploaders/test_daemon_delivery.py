@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,20 @@ def make_bucket(moto: MotoProcess, name: str) -> None:
     client.create_bucket(Bucket=name)
 
 
+def restart_until_delivered(
+    redis_srv: RedisServer, results: Results, workdir: Path, config: str, request_id: str
+) -> dict[str, Any]:
+    """Start a new daemon on `workdir` and return the `delivered` event its drainer sends."""
+    restarted = Daemon(redis_srv, workdir, extra_sections=config)
+    restarted.start()
+    try:
+        delivered = results.for_id(request_id, timeout=20)
+    finally:
+        restarted.stop()
+    assert delivered["status"] == "delivered", delivered
+    return delivered
+
+
 def test_local_s3_and_cloudshark_all_get_the_capture(
     redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess,
     cloudshark: CloudsharkServer,
@@ -128,13 +143,7 @@ def test_s3_down_spools_then_delivers_after_a_daemon_kill_and_restart(
     daemon.wait()
     moto_proc.start()
     make_bucket(moto_proc, "caps")
-    restarted = Daemon(redis_srv, tmp_path, extra_sections=config)
-    restarted.start()
-    try:
-        delivered = results.for_id("later", timeout=20)
-    finally:
-        restarted.stop()
-    assert delivered["status"] == "delivered", delivered
+    delivered = restart_until_delivered(redis_srv, results, tmp_path, config, "later")
     key = delivered["locations"]["s3"].removeprefix("s3://caps/")
     body, _ = s3_object(moto_proc, "caps", key)
     assert hashlib.sha256(body).hexdigest() == spooled["sha256"] == delivered["sha256"]
@@ -180,13 +189,8 @@ def test_hung_s3_then_sigkill_leaves_the_capture_spooled_and_a_restart_delivers_
     [entry] = Spool(spool, 64 << 20).list()
     assert entry.pending == ("s3",) and entry.request["id"] == "hung"
     make_bucket(moto_proc, "caps")
-    restarted = Daemon(redis_srv, tmp_path, extra_sections=sections(moto_proc, "caps", spool, None))
-    restarted.start()
-    try:
-        delivered = results.for_id("hung", timeout=20)
-    finally:
-        restarted.stop()
-    assert delivered["status"] == "delivered", delivered
+    config = sections(moto_proc, "caps", spool, None)
+    delivered = restart_until_delivered(redis_srv, results, tmp_path, config, "hung")
     key = delivered["locations"]["s3"].removeprefix("s3://caps/")
     body, metadata = s3_object(moto_proc, "caps", key)
     assert body == Path(delivered["locations"]["local"]).read_bytes()
