@@ -42,7 +42,7 @@ from pcapd.core.request import (
     resolve_interfaces,
 )
 from pcapd.core.results import ResultPublisher
-from pcapd.dedup import RecentIds, RedisSeen
+from pcapd.dedup import RecentIds, RedisSeen, SharedSeen
 from pcapd.engine import (
     CaptureError,
     CaptureLimits,
@@ -54,7 +54,7 @@ from pcapd.engine import (
     set_filter,
 )
 from pcapd.packetdebug import packet_logger
-from pcapd.signing import verify
+from pcapd.signing import replayed, verify
 from triggers.base import Delivery
 from uploaders.base import Artifact, Location, artifact_filename
 from uploaders.deliver import Deliverer
@@ -78,6 +78,7 @@ class _Job:
     remaining: int
     durable: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: Callable[[bool], None] | None = None  # called once, with `durable`
 
     def done(self, durable: bool) -> None:
         with self.lock:
@@ -90,6 +91,8 @@ class _Job:
             (self.delivery.ack if self.durable else self.delivery.release)()
         except Exception:  # the source logs its own trouble; a worker must not die
             log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
+        if self.finished is not None:
+            self.finished(self.durable)
 
 
 class Controller:
@@ -117,6 +120,8 @@ class Controller:
         # Signatures stay replayable for 2 x max_skew (a ts that far ahead is accepted).
         windows = {"id": security.dedup_window,
                    "sig": max(security.dedup_window, 2 * security.max_skew)}  # fmt: skip
+        self.recent_ids: SharedSeen
+        self.recent_sigs: SharedSeen
         self.recent_ids, self.recent_sigs = (
             RecentIds(windows[kind]) if dedup_redis is None
             else RedisSeen(
@@ -206,7 +211,12 @@ class Controller:
         on refusal, undoes the spool promise `_promise_spool` just made."""
         copies: dict[int, tuple[int, list[str]]] = {}
         for label, directory in self._disk_targets:
-            dev, free = disk_space(directory)
+            try:
+                dev, free = disk_space(directory)
+            except OSError as exc:  # what cannot be measured cannot be promised
+                if self._spool is not None:
+                    self._spool_promised -= nbytes
+                return f"cannot check free space in {directory} ({label}): {exc}"
             count, names = copies.get(dev, (0, []))
             copies[dev] = (count + 1, [*names, f"{directory} ({label})"])
             self._disk_free[dev] = free
@@ -305,26 +315,26 @@ class Controller:
             return
         if request.logrequest:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
-        # Recorded at once: the same request on two sources must not slip
-        # through twice; forgotten again if it is not served after all.
-        if self.recent_ids.seen(request.id):
-            event(log, "request_duplicate", id=request.id, source=delivery.source)
-            self._publish(
-                ResultEvent(
-                    id=request.id, alertid=request.alertid, node=self.node, status="duplicate",
-                    error=f"request id {request.id} was already served within "
-                    f"dedup_window={self.config.security.dedup_window}s",
-                ),
-                request.reply_to,
-            )  # fmt: skip
+        # Recorded in memory at once: the same request on two sources must not
+        # slip through twice; forgotten again if it is not served after all.
+        if self.recent_ids.here.seen(request.id):
+            self._duplicate(request, delivery)
+            return
+        sig = fields.get("sig")
+        sig = sig.lower() if isinstance(sig, str) else None
+        try:
+            verify(fields, self.config.security, self.clock(), self.recent_sigs.here)
+        except RequestError as exc:
+            # The signature is not forgotten: it may be a served request's.
+            self._not_served(request.id, None, claimed=False)
+            self._reject(request, None, str(exc))
             delivery.ack()
             return
         try:
-            verify(fields, self.config.security, self.clock(), self.recent_sigs)
             check_overrides(request, self.config.s3)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
-            self.recent_ids.forget(request.id)
+            self._not_served(request.id, sig, claimed=False)
             self._reject(request, None, str(exc))
             delivery.ack()
             return
@@ -332,10 +342,34 @@ class Controller:
         started = [self._start(request, name, warnings) for name in interfaces]
         workers = [worker for worker in started if worker is not None]
         if not workers:
-            self.recent_ids.forget(request.id)
+            self._not_served(request.id, sig, claimed=False)
             delivery.ack()
             return
-        job = _Job(delivery, len(workers))
+        # Admitted: now the claims that later runs of this node see (a Redis
+        # round trip each, so requests refused above cost none).
+        if self.recent_ids.claim(request.id):
+            for worker in workers:
+                self._settle(worker, durable=True)
+            self._duplicate(request, delivery)
+            return
+        if sig is not None and self.recent_sigs.claim(sig):
+            for worker in workers:
+                self._settle(worker, durable=True)
+            self._not_served(request.id, None, claimed=True)
+            self._reject(request, None, replayed(self.recent_sigs.window))
+            delivery.ack()
+            return
+
+        def finished(durable: bool) -> None:
+            # Served: a duplicate (or replay) for any later run of this node.
+            # Stored nowhere: the id was forgotten, and the signature is, too,
+            # so the source's redelivery is captured.
+            if durable:
+                self.recent_ids.served(request.id)
+            if sig is not None:
+                (self.recent_sigs.served if durable else self.recent_sigs.forget)(sig)
+
+        job = _Job(delivery, len(workers), finished=finished)
         for worker in workers:
             worker.job = job
             thread = threading.Thread(
@@ -349,6 +383,25 @@ class Controller:
             except RuntimeError as exc:  # no thread to be had: report, free, go on
                 self._settle(worker, durable=True)
                 self._reject(request, worker.interface, f"cannot start a capture: {exc}")
+
+    def _not_served(self, request_id: str, sig: str | None, *, claimed: bool) -> None:
+        """A request refused after its id (and verified signature) were recorded
+        may come again: forgotten in memory, and in Redis once `claimed`."""
+        for seen, key in ((self.recent_ids, request_id), (self.recent_sigs, sig)):
+            if key is not None:
+                (seen.forget if claimed else seen.here.forget)(key)
+
+    def _duplicate(self, request: CaptureRequest, delivery: Delivery) -> None:
+        event(log, "request_duplicate", id=request.id, source=delivery.source)
+        self._publish(
+            ResultEvent(
+                id=request.id, alertid=request.alertid, node=self.node, status="duplicate",
+                error=f"request id {request.id} was already served within "
+                f"dedup_window={self.config.security.dedup_window}s",
+            ),
+            request.reply_to,
+        )  # fmt: skip
+        delivery.ack()
 
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]

@@ -21,6 +21,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
@@ -36,12 +37,25 @@ REDIS_RETRY_AFTER = 5.0  # seconds of memory only after a Redis error, so no req
 
 
 class SeenSet(Protocol):
-    """What the controller and `signing.verify` need: record-and-test, and undo."""
+    """What `signing.verify` needs: record-and-test, and the window."""
 
     @property
     def window(self) -> float: ...
 
     def seen(self, key: str) -> bool: ...
+
+
+class SharedSeen(SeenSet, Protocol):
+    """What the controller needs besides: the in-memory part alone (`here`),
+    so a request refused anyway costs no Redis round trip; a claim in the
+    shared part once it is admitted; and the end of the story."""
+
+    @property
+    def here(self) -> RecentIds: ...
+
+    def claim(self, key: str) -> bool: ...
+
+    def served(self, key: str) -> None: ...
 
     def forget(self, key: str) -> None: ...
 
@@ -83,6 +97,17 @@ class RecentIds:
                 self.evicted += 1
             return False
 
+    @property
+    def here(self) -> RecentIds:
+        return self
+
+    def claim(self, request_id: str) -> bool:
+        """Nothing is shared beyond this process: never taken elsewhere."""
+        return False
+
+    def served(self, request_id: str) -> None:
+        """Nothing to do in memory: a process that dies forgets everything anyway."""
+
     def forget(self, request_id: str) -> None:
         """Drop `request_id`, so that a request that was not served can come again."""
         with self._lock:
@@ -109,6 +134,21 @@ class RecentIds:
             del self._first_seen[oldest]
 
 
+SERVED = "served"
+# Claim KEYS[1] for instance ARGV[1] with expiry ARGV[2] s; 1 if already taken
+# (served, or claimed by this instance), 0 if new or left by a dead instance.
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 0
+end
+if v == ARGV[3] or v == ARGV[1] then return 1 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return 0
+"""
+
+
 def seen_key(prefix: str, kind: str, node: str, value: str) -> str:
     """The one spelling of a dedup key: `<prefix><kind>:<node>:<value>`."""
     return f"{prefix}{kind}:{node}:{value}"
@@ -119,8 +159,14 @@ class RedisSeen:
 
     Keyed by node: two nodes capturing one request is what a fleet request
     asks for; one node capturing it twice (a restart, two sources, two
-    processes) is not. A key is `SET NX EX window`, so it expires by itself
-    and a repeat does not extend it, as in `RecentIds`.
+    processes) is not. A key is set once (`NX`) with the window as expiry, so
+    it expires by itself and a repeat does not extend it, as in `RecentIds`.
+
+    Its value says how far the request got: this process's `instance` token
+    while it is being served, then `served`. A request claimed by a process
+    that died before serving it (killed mid-capture: the stream or SQS
+    delivers it again) is taken over, not refused; one that was served is a
+    duplicate (or a replay) for the rest of the window.
 
     Every value is recorded in memory too, and a value counts as seen if
     either says so: while Redis is away (an error, or within
@@ -145,6 +191,8 @@ class RedisSeen:
         self.client = client
         self.prefix, self.kind, self.node = prefix, kind, node
         self._ttl = max(1, math.ceil(window_seconds))
+        self.instance = uuid.uuid4().hex  # this process's claims
+        self._claim = client.register_script(_CLAIM)
         self._clock = clock
         self._down_until: float | None = None  # set while Redis is taken as away
         self._lock = threading.Lock()
@@ -153,17 +201,39 @@ class RedisSeen:
     def window(self) -> float:
         return self.local.window
 
+    @property
+    def here(self) -> RecentIds:
+        return self.local
+
     def seen(self, key: str) -> bool:
+        """Record `key` in memory and claim it in Redis; True if either had it."""
         here = self.local.seen(key)
+        return self.claim(key) or here
+
+    def claim(self, key: str) -> bool:
+        """Claim `key` in Redis for this process; True if it was served, or is
+        being served by this process, already. False while Redis is away."""
         if not self._try_redis():
-            return here
+            return False
         try:
-            fresh = self.client.set(self._key(key), "1", nx=True, ex=self._ttl)
+            taken = self._claim(keys=[self._key(key)], args=[self.instance, self._ttl, SERVED])
         except redis.RedisError as exc:
             self._lost(exc)
-            return here
+            return False
         self._back()
-        return here or not fresh
+        return bool(taken == 1)
+
+    def served(self, key: str) -> None:
+        """The request was served (stored, or reported): a duplicate from now on,
+        whichever process of this node sees it next."""
+        if not self._try_redis():
+            return
+        try:
+            self.client.set(self._key(key), SERVED, xx=True, keepttl=True)
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return
+        self._back()
 
     def forget(self, key: str) -> None:
         self.local.forget(key)

@@ -102,9 +102,11 @@ def verify(
     if not hmac.compare_digest(expected, sig.lower()):
         raise fail(f"sig: does not match the request signed with kid={kid!r}")
     if replay.seen(sig.lower()):
-        raise fail(
-            f"sig: replayed; this signature was already accepted within {replay.window:.0f} s"
-        )
+        raise fail(replayed(replay.window))
+
+
+def replayed(window: float) -> str:
+    return f"sig: replayed; this signature was already accepted within {window:.0f} s"
 
 
 def _show(value: object) -> str:

@@ -183,7 +183,10 @@ class Deliverer:
         if ahead is None or self.spool is None:
             return None
         if not failed_remote:
-            self.spool.remove(ahead)
+            try:
+                self.spool.remove(ahead)
+            except OSError as exc:  # delivered all the same; the drainer resends it
+                log.error("spool_remove_failed id=%s error=%s", ahead.id, exc)
             return None
         error = "; ".join(errors)
         entry = dataclasses.replace(

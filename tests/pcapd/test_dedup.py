@@ -106,17 +106,34 @@ def redis_seen(
     return RedisSeen(client, prefix="t:seen:", kind=kind, node=node, window_seconds=window)
 
 
-def test_redis_seen_holds_across_instances_as_across_restarts(redis_srv: RedisServer) -> None:
-    assert redis_seen(redis_srv).seen("r1") is False
+def test_a_served_request_is_seen_by_the_next_run(redis_srv: RedisServer) -> None:
+    first = redis_seen(redis_srv)
+    assert first.seen("r1") is False
+    first.served("r1")
     restarted = redis_seen(redis_srv)  # a new process: empty memory, same Redis
     assert restarted.seen("r1") is True
+    assert redis_srv.client().get("t:seen:id:n1:r1") == b"served"
     assert 0 < redis_srv.client().ttl("t:seen:id:n1:r1") <= 60
+
+
+def test_a_request_claimed_by_a_run_that_died_is_taken_over_not_refused(
+    redis_srv: RedisServer,
+) -> None:
+    died = redis_seen(redis_srv)
+    assert died.seen("r1") is False  # claimed, then killed mid-capture
+    restarted = redis_seen(redis_srv)
+    assert restarted.seen("r1") is False  # the source's redelivery is captured
+    assert redis_srv.client().get("t:seen:id:n1:r1") == restarted.instance.encode()
+    assert restarted.seen("r1") is True and redis_seen(redis_srv).seen("r1") is False
+    restarted.served("r1")
+    assert redis_seen(redis_srv).seen("r1") is True
 
 
 def test_redis_seen_is_per_node_and_per_kind(redis_srv: RedisServer) -> None:
     n1, n2 = redis_seen(redis_srv, node="n1"), redis_seen(redis_srv, node="n2")
     sigs = redis_seen(redis_srv, kind="sig", node="n1")
     assert (n1.seen("r1"), n2.seen("r1"), sigs.seen("r1")) == (False, False, False)
+    n1.served("r1")
     assert (redis_seen(redis_srv, node="n1").seen("r1"), n2.seen("r1")) == (True, True)
     assert sorted(redis_srv.client().keys("t:seen:*")) == [
         b"t:seen:id:n1:r1", b"t:seen:id:n2:r1", b"t:seen:sig:n1:r1",
