@@ -56,7 +56,7 @@ from pcapd.engine import (
 from pcapd.packetdebug import packet_logger
 from pcapd.signing import replayed, verify
 from triggers.base import Delivery
-from uploaders.base import Artifact, Location, artifact_filename
+from uploaders.base import Artifact, FileNamer, Location
 from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
 from uploaders.policy import check_overrides
@@ -111,6 +111,7 @@ class Controller:
         they hold across restarts (memory only when None, or while it is away)."""
         self.config = config
         self.node = config.general.node
+        self._names = FileNamer(config.general.naming)
         self.publisher = publisher
         self.deliverer = deliverer
         self.pool = pool
@@ -295,6 +296,10 @@ class Controller:
                 self._handling -= 1
 
     def _handle(self, delivery: Delivery) -> None:
+        if self.config.general.logrequests:
+            # pcapdaemon's [general] logrequests: every body, before it is judged.
+            body = delivery.body[: self.config.general.max_request_bytes]
+            event(log, "request_body", source=delivery.source, body=body.decode(errors="replace"))
         try:
             fields = decode_body(delivery.body, self.config.general.max_request_bytes)
             if not addressed_to(fields, self.node):
@@ -313,7 +318,7 @@ class Controller:
             )
             delivery.ack()
             return
-        if request.logrequest:
+        if request.logrequest and not self.config.general.logrequests:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
         # Recorded in memory at once: the same request on two sources must not
         # slip through twice; forgotten again if it is not served after all.
@@ -449,7 +454,7 @@ class Controller:
             self._disk_each(worker, len(outcome.data))
         artifact = Artifact(
             data=outcome.data,
-            filename=artifact_filename(
+            filename=self._names(
                 self.node, worker.interface, outcome.started, worker.request.id,
                 worker.request.format,
             ),

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import redis
@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from pcapd.controller import Controller
 from pcapd.core import redis_conn
-from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.config import Config, ConfigError, Overrides, load_config
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
@@ -194,14 +194,22 @@ class Daemon:
         return 0 if clean else 1
 
 
-def serve(config_path: str) -> int:
+def serve(
+    config_path: str | None,
+    overrides: Overrides | None = None,
+    flag_warnings: Sequence[str] = (),
+) -> int:
+    """Run with the file at `config_path` (None: defaults), `overrides` from
+    the command line laid over it."""
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return 2
     setup_logging(config.general, config.syslog)
+    for warning in flag_warnings:
+        event(log, "flag_warning", logging.WARNING, warning=warning)
     for warning in config.warnings:
         event(log, "config_warning", logging.WARNING, path=config_path, warning=warning)
     problems = config.serve_problems()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import pcap
 
 from pcapd.core.config import MAX_SNAPLENGTH
+from pcapd.core.errors import CaptureError as CaptureError  # what capture() raises
 from pcapd.pcapfile import (
     EPB_HEAD,
     EPB_OVERHEAD,
@@ -47,10 +48,6 @@ BLOCK_TIMEOUT_MS = 10  # longest a packet waits in the kernel before it is reada
 NOTHING_FILTER = "len < 0"  # what a spare handle holds until a request takes it
 MAX_POLL_WAIT = 0.1  # how often a waiting capture looks at the stop flag (s)
 REFILL_RETRY = 5.0
-
-
-class CaptureError(Exception):
-    """The interface could not be captured on; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,10 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcapd.core.atomic import write_atomic
+from pcapd.core.errors import PcapdError
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Uploader
-from uploaders.local import write_atomic
 
 log = logging.getLogger("pcapd.uploaders.spool")
 
@@ -63,7 +64,7 @@ _TUPLE_FIELDS = frozenset(
 _REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(CaptureRequest))
 
 
-class SpoolError(Exception):
+class SpoolError(PcapdError):
     """The spool cannot store or hand back an entry."""
 
 

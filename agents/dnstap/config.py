@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -126,6 +127,9 @@ class _Table:
         numeric = isinstance(value, int) or (not integer and isinstance(value, float))
         if isinstance(value, bool) or not numeric:
             self.error(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            return default
+        if not math.isfinite(value):  # TOML allows nan and inf
+            self.error(key, f"must be a finite number, got {value!r}")
             return default
         if not minimum <= value <= maximum:
             self.error(key, f"{value} is outside {minimum}..{maximum}")

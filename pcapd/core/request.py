@@ -18,6 +18,7 @@ from typing import Any
 import re2
 
 from pcapd.core.config import FORMATS, MAX_SNAPLENGTH, Config
+from pcapd.core.errors import PcapdError
 
 MAX_NODE_LEN = 253
 MAX_NODERE_LEN = 256
@@ -50,7 +51,7 @@ def compile_nodere(pattern: str) -> re2._Regexp[str]:
     return re2.compile(pattern, options)
 
 
-class RequestError(Exception):
+class RequestError(PcapdError):
     """A request that cannot be served; the message is what the user sees."""
 
     def __init__(self, message: str, request_id: str | None = None) -> None:

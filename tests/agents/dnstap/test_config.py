@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -126,3 +127,30 @@ def test_redis_url_with_a_bad_port(url: str, error: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_dnstap_config({"redis_url": url})
     assert info.value.errors == [f"agents.dnstap.redis_url: bad port: {error}"]
+
+
+FLOATS = ["dedup_window", "flush_interval", "handshake_timeout", "stats_interval"]
+
+
+@pytest.mark.parametrize("key", FLOATS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_floats_must_be_finite(key: str, value: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({key: value})
+    assert info.value.errors == [f"agents.dnstap.{key}: must be a finite number, got {value!r}"]
+
+
+@pytest.mark.parametrize(
+    ("key", "low", "high"),
+    [
+        ("dedup_window", 0, 3600.0),
+        ("flush_interval", 0.001, 10.0),
+        ("handshake_timeout", 0.1, 3600.0),
+        ("stats_interval", 0, 86400.0),
+    ],
+)
+def test_floats_are_bounded(key: str, low: float, high: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({key: high + 1})
+    assert info.value.errors == [f"agents.dnstap.{key}: {high + 1} is outside {low}..{high}"]
+    assert getattr(parse_dnstap_config({key: high}), key) == high

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import subprocess
 import sys
 import tomllib
@@ -218,3 +219,14 @@ def test_cli_rejects_non_finite_numbers_in_the_file(tmp_path: Path) -> None:
         f"pcapd agent flow: {config}: error: agents.flow.stats_interval: "
         "must be a finite number, got nan",
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "low", "high"), [("suppress_window", 0.0, 86400.0), ("stats_interval", 0.1, 86400.0)]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_floats_are_finite_and_bounded(key: str, low: float, high: float, value: float) -> None:
+    assert errors_of({key: value}) == [f"agents.flow.{key}: must be a finite number, got {value!r}"]
+    rule = f"agents.flow.{key}: must be at least {low} and at most {high}"
+    assert errors_of({key: high * 2}) == [f"{rule}, got {high * 2!r}"]
+    assert getattr(parse_flow_config({key: high}), key) == high
