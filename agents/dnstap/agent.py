@@ -30,7 +30,13 @@ from agents.dnstap.config import DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
-from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, address_text, parse_response
+from agents.dnstap.response import (
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    Response,
+    address_text,
+    parse_response,
+)
 from agents.dnstap.server import ConnectionStats, DnstapServer
 
 log = logging.getLogger("pcapd.agents.dnstap")
@@ -51,10 +57,9 @@ FLUSH_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
-class AgentStats:
-    frames: int = 0
-    messages: Counter[str] = field(default_factory=Counter)
-    decode_errors: Counter[str] = field(default_factory=Counter)
+class RecordStats:
+    """What `Recorder` did with the responses it was given."""
+
     responses: int = 0
     nxdomain: int = 0
     deduped: int = 0
@@ -63,6 +68,13 @@ class AgentStats:
     other_rcode: int = 0
     udp_sent: int = 0
     udp_errors: int = 0
+
+
+@dataclass(slots=True)
+class AgentStats(RecordStats):
+    frames: int = 0
+    messages: Counter[str] = field(default_factory=Counter)
+    decode_errors: Counter[str] = field(default_factory=Counter)
 
 
 class UdpOutput:
@@ -92,50 +104,40 @@ class UdpOutput:
         self.sock.close()
 
 
-class DnstapAgent:
-    """Turns data frames into Redis writes. Not thread-safe: one event loop."""
+class Recorder:
+    """One parsed response -> ShoDoHFlo's keys. The one place that decides what
+    a response records: the dnstap agent and agents.dnswire (sniffed
+    responses, DNSFlow ingest) both call it, so the choice of source does not
+    change what a reader sees.
+
+    Memory: the client cache (`CLIENT_CACHE_ENTRIES` texts) and the deduper
+    (`dedup_max_entries` x ~275 bytes). Not thread-safe.
+    """
 
     def __init__(
         self,
-        config: DnstapConfig,
         writer: store.RedisWriter,
+        *,
+        record_types: frozenset[int],
+        ignore: tuple[str, ...],
+        dedup_window: float,
+        dedup_max_entries: int,
+        stats: RecordStats | None = None,
+        udp: UdpOutput | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
         self.writer = writer
-        self.stats = AgentStats()
-        self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
-        self.server = DnstapServer(config, self.handle)
-        self.udp = (
-            UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
-            if config.udp_output
-            else None
-        )
-        self._wanted = config.message_type_numbers
-        self._qtypes = config.record_type_numbers
-        self._ignore = config.ignore
-        self._ignore_dotted = tuple("." + s for s in config.ignore)
+        self.stats = stats if stats is not None else RecordStats()
+        self.dedup = Deduper(dedup_window, dedup_max_entries, clock)
+        self.udp = udp
+        self._qtypes = record_types
+        self._ignore = ignore
+        self._ignore_dotted = tuple("." + s for s in ignore)
         self._clients: dict[bytes, str] = {}
-        self._clock = clock
-        self._error_logs = 0
-        self._error_window_end = clock() + ERROR_LOG_WINDOW
 
-    def handle(self, payload: bytes, conn: ConnectionStats) -> None:
+    def record(self, packed: bytes, resp: Response) -> None:
+        """`packed`: the client's address, 4 or 16 bytes."""
         stats = self.stats
-        stats.frames += 1
-        conn.frames += 1
-        try:
-            got = client_response(payload, self._wanted)
-            if isinstance(got, int):
-                stats.messages[MESSAGE_TYPE_NAMES.get(got, str(got))] += 1
-                return
-            kind, packed, wire = got
-            stats.messages[MESSAGE_TYPE_NAMES[kind]] += 1
-            conn.messages += 1
-            resp = parse_response(wire)
-        except MessageError as exc:
-            self._bad(exc, conn)
-            return
         qtype = resp.qtype
         if qtype not in self._qtypes:
             stats.other_qtype += 1
@@ -191,6 +193,59 @@ class DnstapAgent:
             self.stats.udp_errors += 1
             if self.stats.udp_errors == 1:
                 log.warning("event=dnstap_udp_error target=%s error=%r", self.udp.address, str(exc))
+
+
+class DnstapAgent:
+    """Turns data frames into Redis writes. Not thread-safe: one event loop."""
+
+    def __init__(
+        self,
+        config: DnstapConfig,
+        writer: store.RedisWriter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.stats = AgentStats()
+        self.server = DnstapServer(config, self.handle)
+        self.udp = (
+            UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
+            if config.udp_output
+            else None
+        )
+        self.recorder = Recorder(
+            writer,
+            record_types=config.record_type_numbers,
+            ignore=config.ignore,
+            dedup_window=config.dedup_window,
+            dedup_max_entries=config.dedup_max_entries,
+            stats=self.stats,
+            udp=self.udp,
+            clock=clock,
+        )
+        self.dedup = self.recorder.dedup
+        self._wanted = config.message_type_numbers
+        self._clock = clock
+        self._error_logs = 0
+        self._error_window_end = clock() + ERROR_LOG_WINDOW
+
+    def handle(self, payload: bytes, conn: ConnectionStats) -> None:
+        stats = self.stats
+        stats.frames += 1
+        conn.frames += 1
+        try:
+            got = client_response(payload, self._wanted)
+            if isinstance(got, int):
+                stats.messages[MESSAGE_TYPE_NAMES.get(got, str(got))] += 1
+                return
+            kind, packed, wire = got
+            stats.messages[MESSAGE_TYPE_NAMES[kind]] += 1
+            conn.messages += 1
+            resp = parse_response(wire)
+        except MessageError as exc:
+            self._bad(exc, conn)
+            return
+        self.recorder.record(packed, resp)
 
     def _bad(self, exc: MessageError, conn: ConnectionStats) -> None:
         kind = type(exc).__name__

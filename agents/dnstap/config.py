@@ -96,13 +96,16 @@ class DnstapConfig:
 
 
 class _Table:
-    def __init__(self, raw: Mapping[str, Any]) -> None:
+    """Reads one `[agents.*]` table; agents.dnswire reads its own with it too."""
+
+    def __init__(self, raw: Mapping[str, Any], prefix: str = PREFIX) -> None:
         self.raw = raw
+        self.prefix = prefix
         self.errors: list[str] = []
         self.seen: set[str] = set()
 
     def error(self, key: str, message: str) -> None:
-        self.errors.append(f"{PREFIX}.{key}: {message}")
+        self.errors.append(f"{self.prefix}.{key}: {message}")
 
     def get(self, key: str) -> Any:
         self.seen.add(key)
@@ -197,10 +200,7 @@ def _suffixes(t: _Table) -> tuple[str, ...]:
     return tuple(v.lower().strip(".") + "." for v in value)
 
 
-def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
-    t = _Table(raw)
+def _redis_url(t: _Table) -> Secret | None:
     url = t.opt_str("redis_url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         t.error("redis_url", "scheme is not one of redis://, rediss://, unix://")
@@ -209,6 +209,14 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
             _ = urlsplit(url).port  # raises on a port that is not a number within 0..65535
         except ValueError as exc:
             t.error("redis_url", f"bad port: {exc}")
+    return Secret(url) if url else None
+
+
+def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
+    t = _Table(raw)
+    redis_url = _redis_url(t)
     cfg = DnstapConfig(
         socket=t.opt_str("socket", DEFAULT_SOCKET),
         socket_mode=_mode(t),
@@ -216,7 +224,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         listen=t.host_port("listen"),
         tls_cert=t.opt_str("tls_cert"),
         tls_key=t.opt_str("tls_key"),
-        redis_url=Secret(url) if url else None,
+        redis_url=redis_url,
         ttl_grace=t.number("ttl_grace", store.DEFAULT_TTL_GRACE, 1, 2**31 - 1, integer=True),
         message_types=t.names("message_types", DEFAULT_MESSAGE_TYPES, MESSAGE_TYPES),
         record_types=t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
