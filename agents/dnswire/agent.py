@@ -180,11 +180,7 @@ class WireAgent:
 
     # -- sources -------------------------------------------------------------
     def open_live(self, interface: str) -> None:
-        names = pcap.findalldevs()
-        if interface not in names:
-            raise AgentError(
-                f"interface {interface!r} not found; capture devices: {', '.join(names)}"
-            )
+        check_interface(interface)
         try:
             handle = pcap.pcap(
                 name=interface,
@@ -325,6 +321,12 @@ class WireAgent:
         self._error_logs = 0
         data = self.snapshot()
         log.info("event=%s %s", event, " ".join(f"{k}={json.dumps(v)}" for k, v in data.items()))
+
+
+def check_interface(interface: str) -> None:
+    names = pcap.findalldevs()
+    if interface not in names:
+        raise AgentError(f"interface {interface!r} not found; capture devices: {', '.join(names)}")
 
 
 def _error_text(handle: Any) -> str:

@@ -160,8 +160,11 @@ def _run(
         if problems:
             raise ConfigError(problems)
     except ConfigError as exc:
+        # A value typed on the command line is named by its flag; one from
+        # the config file keeps its key.
+        given = {k: flags[k] for k in flags if getattr(args, k, None) is not None}
         for line in exc.lines():
-            for key, flag in flags.items():
+            for key, flag in given.items():
                 line = line.replace(f"agents.dnswire.{key}:", f"{flag}:")
             print(f"{prog}: {line}", file=sys.stderr)
         return 1

@@ -34,7 +34,13 @@ from typing import Any
 import redis
 
 from agents.dnswire import export
-from agents.dnswire.agent import AgentError, CaptureError, WireAgent, make_writer
+from agents.dnswire.agent import (
+    AgentError,
+    CaptureError,
+    WireAgent,
+    check_interface,
+    make_writer,
+)
 from agents.dnswire.config import DnswireConfig
 
 log = logging.getLogger("pcapd.agents.dnswire")
@@ -45,6 +51,7 @@ CHILD_EXIT_TIMEOUT = 15.0  # s: after SIGTERM, then SIGKILL
 # Redis writer thread vs capture loop: see agents.dnstap.agent.GIL_SWITCH_INTERVAL.
 GIL_SWITCH_INTERVAL = 0.0005
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class PidFileBusy(AgentError):
@@ -137,7 +144,12 @@ def _child(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> 
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Until run_one installs its own handlers there is nothing to flush: a
+    # stop request ends the child at once. Signals were blocked across the
+    # fork (see supervise) so none hits the parent's handler in here.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: os._exit(0))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         code = run_one(config, connect)
     except AgentError as exc:
@@ -153,6 +165,8 @@ def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) 
     """Run `config.process_count` children, one slot each, until stopped
     (live) or until every child has read the file (-r)."""
     n = config.process_count
+    if config.interface is not None:
+        check_interface(config.interface)  # once here, not N times restarting
     ctx = multiprocessing.get_context("fork")
     children: dict[int, BaseProcess] = {}
     started: dict[int, float] = {}
@@ -161,7 +175,11 @@ def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) 
     def start(i: int) -> None:
         child_cfg = replace(config, slot=(i, n), processes=None, pidfile=None)
         proc = ctx.Process(target=_child, args=(child_cfg, connect), name=f"dnswire-{i}/{n}")
-        proc.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         children[i] = proc
         started[i] = time.monotonic()
         log.info("event=dnswire_child_started slot=%d/%d pid=%s", i, n, proc.pid)

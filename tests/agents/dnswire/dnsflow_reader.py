@@ -68,7 +68,9 @@ def read(packet: bytes) -> Packet:
             names.append(packet[start:pos])
         padding = packet[pos:names_end]
         at = names_end
-        ips = [str(ipaddress.IPv4Address(packet[at + 4 * i : at + 4 * i + 4])) for i in range(n_ips)]
+        ips = [
+            str(ipaddress.IPv4Address(packet[at + 4 * i : at + 4 * i + 4])) for i in range(n_ips)
+        ]
         at += 4 * n_ips
         ip6s = [str(ipaddress.IPv6Address(packet[at + 16 * i : at + 16 * i + 16]))
                 for i in range(n_ip6s)]  # fmt: skip

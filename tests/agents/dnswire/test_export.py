@@ -15,9 +15,9 @@ import dpkt
 import pytest
 
 from agents.dnswire import export
-from agents.dnswire.ingest import Ingest
 from agents.dnswire.agent import make_writer
 from agents.dnswire.config import parse_dnswire_config
+from agents.dnswire.ingest import Ingest
 from tests.agents.dnswire import dnsflow_reader as reader
 from tests.agents.dnswire import wire as w
 from tests.agents.flow import frames as f
@@ -185,7 +185,9 @@ def test_ingest_of_the_export_reproduces_the_keys(tmp_path: Path, redis_srv: Red
 
 
 @pytest.mark.parametrize("gap", [1, 5])
-def test_ingest_counts_sequence_gaps_and_keeps_sample_rate(redis_srv: RedisServer, gap: int) -> None:
+def test_ingest_counts_sequence_gaps_and_keeps_sample_rate(
+    redis_srv: RedisServer, gap: int
+) -> None:
     config = parse_dnswire_config({})
     writer = make_writer(config, redis_srv.client)
     ingest = Ingest(config, writer)
