@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -104,6 +104,28 @@ class UdpOutput:
         self.sock.close()
 
 
+class RecordSettings(Protocol):
+    """What a recording agent's config gives `Recorder` and `make_writer`
+    (DnstapConfig, agents.dnswire's DnswireConfig)."""
+
+    @property
+    def record_type_numbers(self) -> frozenset[int]: ...
+    @property
+    def ignore(self) -> tuple[str, ...]: ...
+    @property
+    def dedup_window(self) -> float: ...
+    @property
+    def dedup_max_entries(self) -> int: ...
+    @property
+    def ttl_grace(self) -> int: ...
+    @property
+    def max_queue_ops(self) -> int: ...
+    @property
+    def batch_ops(self) -> int: ...
+    @property
+    def flush_interval(self) -> float: ...
+
+
 class Recorder:
     """One parsed response -> ShoDoHFlo's keys. The one place that decides what
     a response records: the dnstap agent and agents.dnswire (sniffed
@@ -134,6 +156,27 @@ class Recorder:
         self._ignore = ignore
         self._ignore_dotted = tuple("." + s for s in ignore)
         self._clients: dict[bytes, str] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        writer: store.RedisWriter,
+        config: RecordSettings,
+        *,
+        stats: RecordStats | None = None,
+        udp: UdpOutput | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Recorder:
+        return cls(
+            writer,
+            record_types=config.record_type_numbers,
+            ignore=config.ignore,
+            dedup_window=config.dedup_window,
+            dedup_max_entries=config.dedup_max_entries,
+            stats=stats,
+            udp=udp,
+            clock=clock,
+        )
 
     def record(self, packed: bytes, resp: Response) -> None:
         """`packed`: the client's address, 4 or 16 bytes."""
@@ -213,15 +256,8 @@ class DnstapAgent:
             if config.udp_output
             else None
         )
-        self.recorder = Recorder(
-            writer,
-            record_types=config.record_type_numbers,
-            ignore=config.ignore,
-            dedup_window=config.dedup_window,
-            dedup_max_entries=config.dedup_max_entries,
-            stats=self.stats,
-            udp=self.udp,
-            clock=clock,
+        self.recorder = Recorder.from_config(
+            writer, config, stats=self.stats, udp=self.udp, clock=clock
         )
         self.dedup = self.recorder.dedup
         self._wanted = config.message_type_numbers
@@ -314,7 +350,7 @@ class DnstapAgent:
                 self.udp.close()
 
 
-def make_writer(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> store.RedisWriter:
+def make_writer(config: RecordSettings, connect: Callable[[], redis.Redis]) -> store.RedisWriter:
     return store.RedisWriter(
         connect,
         ttl=config.ttl_grace,

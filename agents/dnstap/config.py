@@ -212,6 +212,26 @@ def _redis_url(t: _Table) -> Secret | None:
     return Secret(url) if url else None
 
 
+def record_options(t: _Table) -> dict[str, Any]:
+    """The options that decide what a response records and how it is written
+    to Redis, read alike for every agent that records responses."""
+    return {
+        "record_types": t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
+        "ignore": _suffixes(t),
+        "dedup_window": float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
+        "dedup_max_entries": t.number(
+            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
+        ),
+        "max_queue_ops": t.number(
+            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, 100_000_000, integer=True
+        ),
+        "batch_ops": t.number("batch_ops", DEFAULT_BATCH_OPS, 1, 100_000, integer=True),
+        "flush_interval": float(
+            t.number("flush_interval", store.DEFAULT_FLUSH_INTERVAL, 0.001, 10.0)
+        ),
+    }
+
+
 def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
@@ -227,17 +247,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         redis_url=redis_url,
         ttl_grace=t.number("ttl_grace", store.DEFAULT_TTL_GRACE, 1, 2**31 - 1, integer=True),
         message_types=t.names("message_types", DEFAULT_MESSAGE_TYPES, MESSAGE_TYPES),
-        record_types=t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
-        ignore=_suffixes(t),
-        dedup_window=float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
-        dedup_max_entries=t.number(
-            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
-        ),
-        max_queue_ops=t.number(
-            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, 100_000_000, integer=True
-        ),
-        batch_ops=t.number("batch_ops", DEFAULT_BATCH_OPS, 1, 100_000, integer=True),
-        flush_interval=float(t.number("flush_interval", store.DEFAULT_FLUSH_INTERVAL, 0.001, 10.0)),
+        **record_options(t),
         max_frame_bytes=t.number(
             "max_frame_bytes",
             fstrm.DEFAULT_MAX_FRAME,

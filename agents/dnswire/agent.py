@@ -100,15 +100,7 @@ class WireAgent:
         self.other_slot = 0
         self.not_exported = 0
         self.recorder = (
-            Recorder(
-                writer,
-                record_types=config.record_type_numbers,
-                ignore=config.ignore,
-                dedup_window=config.dedup_window,
-                dedup_max_entries=config.dedup_max_entries,
-                stats=self.record_stats,
-                clock=clock,
-            )
+            Recorder.from_config(writer, config, stats=self.record_stats, clock=clock)
             if writer is not None
             else None
         )
@@ -334,13 +326,3 @@ def _error_text(handle: Any) -> str:
     if isinstance(error, bytes):
         error = error.decode("utf-8", "replace")
     return str(error) or "unknown libpcap error"
-
-
-def make_writer(config: DnswireConfig, connect: Callable[[], Any]) -> store.RedisWriter:
-    return store.RedisWriter(
-        connect,
-        ttl=config.ttl_grace,
-        max_queue_ops=config.max_queue_ops,
-        batch_ops=config.batch_ops,
-        flush_interval=config.flush_interval,
-    )

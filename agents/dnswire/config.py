@@ -20,11 +20,10 @@ from agents.dnstap.config import (
     DEFAULT_DEDUP_MAX_ENTRIES,
     DEFAULT_DEDUP_WINDOW,
     DEFAULT_RECORD_TYPES,
-    MAX_DEDUP_WINDOW,
     RECORD_TYPES,
     HostPort,
     _redis_url,
-    _suffixes,
+    record_options,
 )
 from agents.dnstap.config import _Table as Table
 from agents.dnswire import export, reassembly
@@ -211,17 +210,7 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         record=_bool(t, "record", True),
         redis_url=_redis_url(t),
         ttl_grace=t.number("ttl_grace", store.DEFAULT_TTL_GRACE, 1, 2**31 - 1, integer=True),
-        record_types=t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
-        ignore=_suffixes(t),
-        dedup_window=float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
-        dedup_max_entries=t.number(
-            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
-        ),
-        max_queue_ops=t.number(
-            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, 100_000_000, integer=True
-        ),
-        batch_ops=t.number("batch_ops", DEFAULT_BATCH_OPS, 1, 100_000, integer=True),
-        flush_interval=float(t.number("flush_interval", store.DEFAULT_FLUSH_INTERVAL, 0.001, 10.0)),
+        **record_options(t),
         stats_interval=float(t.number("stats_interval", DEFAULT_STATS_INTERVAL, 0, 86_400.0)),
         export_stats_interval=float(
             t.number("export_stats_interval", export.STATS_INTERVAL, 0.1, 86_400.0)

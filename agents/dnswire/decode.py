@@ -1,6 +1,6 @@
 """Packets -> DNS messages from a server port, on the hot path.
 
-Link layers as agents.flow.packets names them (Ethernet with up to two
+Link layers by agents.flow.packets.link_layer (Ethernet with up to two
 802.1Q/QinQ tags, Linux SLL/SLL2, raw IP, BSD loopback), then IPv4 or IPv6
 (extension headers walked, at most `MAX_EXT_HEADERS`), then:
 
@@ -25,32 +25,16 @@ from collections.abc import Callable
 from agents.dnswire import reassembly
 from agents.flow.packets import (
     DLT_EN10MB,
-    DLT_LINUX_SLL,
-    DLT_LINUX_SLL2,
-    DLT_LOOP,
-    DLT_NULL,
     DLT_RAW,
-    DLT_RAW_OPENBSD,
-    ETH_HEADER,
-    ETH_IP4,
-    ETH_IP6,
-    ETH_VLAN,
     EXT_AH,
     EXT_FRAGMENT,
     IP4_HEADER,
     IP6_EXTENSIONS,
     IP6_HEADER,
-    LINK_TYPES,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_RAW,
     MAX_EXT_HEADERS,
-    MAX_VLAN_TAGS,
-    NULL_HEADER,
     PROTO_TCP,
     PROTO_UDP,
-    SLL2_HEADER,
-    SLL_HEADER,
+    link_layer,
 )
 
 PCAP_RECORD_HEADER = 16  # struct pcap_sf_pkthdr, ahead of the frame in a -X datagram
@@ -267,75 +251,7 @@ def make_handler(
             return
         transport(ts, nh, src, dst, whole, at, len(whole))
 
-    def by_version(ts: float, buf: bytes, off: int) -> None:
-        version = buf[off] >> 4
-        if version == 4:
-            ip4(ts, buf, off)
-        elif version == 6:
-            ip6(ts, buf, off)
-        else:
-            counts[NOT_IP] += 1
-
-    def ethernet(ts: float, buf: bytes) -> None:
-        etype = buf[12] << 8 | buf[13]
-        off = ETH_HEADER
-        for _ in range(MAX_VLAN_TAGS):
-            if etype not in ETH_VLAN:
-                break
-            etype = buf[off + 2] << 8 | buf[off + 3]
-            off += 4
-        if etype == ETH_IP4:
-            ip4(ts, buf, off)
-        elif etype == ETH_IP6:
-            ip6(ts, buf, off)
-        else:
-            counts[NOT_IP] += 1
-
-    def sll(ts: float, buf: bytes) -> None:
-        etype = buf[14] << 8 | buf[15]
-        if etype == ETH_IP4:
-            ip4(ts, buf, SLL_HEADER)
-        elif etype == ETH_IP6:
-            ip6(ts, buf, SLL_HEADER)
-        else:
-            counts[NOT_IP] += 1
-
-    def sll2(ts: float, buf: bytes) -> None:
-        etype = buf[0] << 8 | buf[1]
-        if etype == ETH_IP4:
-            ip4(ts, buf, SLL2_HEADER)
-        elif etype == ETH_IP6:
-            ip6(ts, buf, SLL2_HEADER)
-        else:
-            counts[NOT_IP] += 1
-
-    def raw(ts: float, buf: bytes) -> None:
-        by_version(ts, buf, 0)
-
-    def null(ts: float, buf: bytes) -> None:
-        by_version(ts, buf, NULL_HEADER)
-
-    def v4(ts: float, buf: bytes) -> None:
-        ip4(ts, buf, 0)
-
-    def v6(ts: float, buf: bytes) -> None:
-        ip6(ts, buf, 0)
-
-    table: dict[int, Callable[[float, bytes], None]] = {
-        DLT_EN10MB: ethernet,
-        DLT_NULL: null,
-        DLT_LOOP: null,
-        DLT_RAW: raw,
-        DLT_RAW_OPENBSD: raw,
-        LINKTYPE_RAW: raw,
-        DLT_LINUX_SLL: sll,
-        DLT_LINUX_SLL2: sll2,
-        LINKTYPE_IPV4: v4,
-        LINKTYPE_IPV6: v6,
-    }
-    if linktype not in table:
-        raise ValueError(f"link type {linktype} is not supported (supported: {LINK_TYPES})")
-    inner = table[linktype]
+    inner = link_layer(linktype, ip4, ip6, counts, NOT_IP)
 
     # Short input raises IndexError: counted, and the capture loop never sees it.
     def handler(ts: float, buf: bytes) -> None:

@@ -31,11 +31,10 @@ from types import FrameType
 from typing import Any
 
 from agents import store
-from agents.dnstap.agent import Recorder, RecordStats
+from agents.dnstap.agent import Recorder, RecordStats, make_writer
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
 from agents.dnswire import export
-from agents.dnswire.agent import make_writer
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.logs import setup_agent_logging
@@ -146,14 +145,7 @@ class Ingest:
         self.stats = IngestStats()
         self.record_stats = RecordStats()
         self.sensors: dict[tuple[str, int], Sensor] = {}
-        self.recorder = Recorder(
-            writer,
-            record_types=config.record_type_numbers,
-            ignore=config.ignore,
-            dedup_window=config.dedup_window,
-            dedup_max_entries=config.dedup_max_entries,
-            stats=self.record_stats,
-        )
+        self.recorder = Recorder.from_config(writer, config, stats=self.record_stats)
 
     def handle(self, packet: bytes, peer: tuple[str, int]) -> None:
         stats = self.stats

@@ -33,13 +33,13 @@ from typing import Any
 
 import redis
 
+from agents.dnstap.agent import make_writer
 from agents.dnswire import export
 from agents.dnswire.agent import (
     AgentError,
     CaptureError,
     WireAgent,
     check_interface,
-    make_writer,
 )
 from agents.dnswire.config import DnswireConfig
 

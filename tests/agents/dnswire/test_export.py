@@ -14,8 +14,8 @@ import dns.rcode
 import dpkt
 import pytest
 
+from agents.dnstap.agent import make_writer
 from agents.dnswire import export
-from agents.dnswire.agent import make_writer
 from agents.dnswire.config import parse_dnswire_config
 from agents.dnswire.ingest import Ingest
 from tests.agents.dnswire import dnsflow_reader as reader

@@ -16,7 +16,8 @@ import dns.rcode
 import dns.rrset
 import redis
 
-from agents.dnswire.agent import WireAgent, make_writer
+from agents.dnstap.agent import make_writer
+from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import parse_dnswire_config
 from tests.agents.flow import frames as f
 
