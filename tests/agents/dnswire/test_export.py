@@ -4,6 +4,7 @@ the bytes field by field against dnsflow.c's layout."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import subprocess
@@ -21,7 +22,7 @@ from agents.dnswire.ingest import Ingest
 from tests.agents.dnswire import dnsflow_reader as reader
 from tests.agents.dnswire import wire as w
 from tests.agents.flow import frames as f
-from tests.helpers import RedisServer
+from tests.helpers import RedisServer, free_port, stop_process, wait_for
 
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
 
@@ -203,3 +204,36 @@ def test_ingest_counts_sequence_gaps_and_keeps_sample_rate(
     assert sensor.sample_rate == 8 and sensor.captured == 1 and sensor.ifdropped == 4
     assert ingest.stats.lost == sensor.lost == gap
     writer.stop(0)
+
+
+def test_dnsflow_ingest_process_records_what_a_sensor_sends(
+    tmp_path: Path, redis_srv: RedisServer
+) -> None:
+    path = tmp_path / "exportable.pcap"
+    f.write_pcap(path, [f.ether(w.udp_packet(m, v6=v6)) for m in (CHAIN, AAAA) for v6 in (0, 1)])
+    with w.file_agent(redis_srv.url, path):
+        direct = w.keys(redis_srv.client())
+    redis_srv.client().flushall()
+    port = free_port()
+    log = tmp_path / "ingest.log"
+    with log.open("wb") as err:
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "pcapd", "agent", "dnsflow-ingest", "--listen",
+             f"127.0.0.1:{port}", "--redis-url", redis_srv.url, "--stats-interval", "0.2"],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: b"event=dnsflow_ingest_started" in log.read_bytes(), timeout=20)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
+            junk.sendto(b"\x03\x00\x00\x00\x00\x00\x00\x01", ("127.0.0.1", port))  # version 3
+        done = run_dnsflow("-r", str(path), "-u", f"127.0.0.1:{port}")
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: w.keys(redis_srv.client()) == direct, timeout=10)
+        ingest.send_signal(signal.SIGTERM)
+        assert ingest.wait(15) == 0
+    finally:
+        stop_process(ingest)
+    text = log.read_text()
+    assert 'reason=version error="version 3, expected 4"' in text
+    assert 'bad={"version": 1}' in text and "sets=4" in text
+    assert "Traceback" not in text
