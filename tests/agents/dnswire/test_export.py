@@ -210,7 +210,9 @@ def test_dnsflow_ingest_process_records_what_a_sensor_sends(
     tmp_path: Path, redis_srv: RedisServer
 ) -> None:
     path = tmp_path / "exportable.pcap"
-    f.write_pcap(path, [f.ether(w.udp_packet(m, v6=v6)) for m in (CHAIN, AAAA) for v6 in (0, 1)])
+    f.write_pcap(
+        path, [f.ether(w.udp_packet(m, v6=v6)) for m in (CHAIN, AAAA) for v6 in (False, True)]
+    )
     with w.file_agent(redis_srv.url, path):
         direct = w.keys(redis_srv.client())
     redis_srv.client().flushall()
