@@ -29,6 +29,7 @@ import redis
 from tests.agents.dnstap.builders import reference
 from tests.agents.dnstap.harness import RunningAgent, redis_dump, running_agent
 from tests.agents.dnstap.resolvers import bind, dig, unbound
+from tests.agents.dnswire import dnsflow_reader as reader
 from tests.agents.dnswire import wire as w
 from tests.helpers import (
     RedisServer,
@@ -215,6 +216,54 @@ def test_recursive_answers_from_unbound(site: Site) -> None:
     }
     wait_for(lambda: site.wire_keys(c) == expected, timeout=15)
     assert site.tap_keys(c) == {}  # Unbound sends no dnstap here: only the wire saw it
+
+
+RECEIVER = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 0))
+print(sock.getsockname()[1], flush=True)
+while True:
+    print(sock.recv(65535).hex(), flush=True)
+"""
+
+
+def test_dnsflow_command_line_of_an_old_unit_keeps_working(site: Site, tmp_path: Path) -> None:
+    """`dnsflow -i IFACE -u ADDR -M 0` as DNSFlow's units run it; the v4
+    records of Unbound's (recursive) answers arrive, then a stats packet."""
+    p = site.pair
+    conf = tmp_path / "pcapd.toml"
+    conf.write_text("[agents.dnswire]\nrecord = false\nexport_stats_interval = 0.5\n")
+    receiver = subprocess.Popen(p.exec_a(sys.executable, "-c", RECEIVER, p.addr_a),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert receiver.stdout is not None
+    port = int(receiver.stdout.readline())
+    log = tmp_path / "dnsflow.log"
+    with log.open("wb") as err:
+        dnsflow = subprocess.Popen(
+            p.exec_a(str(Path(sys.executable).parent / "dnsflow"), "-i", p.dev_a,
+                     "-u", f"{p.addr_a}:{port}", "-M", "0", "--config", str(conf)),
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: b"event=dnswire_started" in log.read_bytes(), timeout=20)
+        assert "198.51.100.7" in site.ask("alias.example.test", server=UNBOUND4, source=CLIENT_U)
+        assert "192.0.2.10" in site.ask("www.example.test")  # BIND: RA clear, not exported
+        packets = []
+        while not any(x.flags & 1 for x in packets) or not any(x.sets for x in packets):
+            packets.append(reader.read(bytes.fromhex(receiver.stdout.readline().decode())))
+    finally:
+        stop_process(dnsflow)
+        stop_process(receiver)
+        receiver.stdout.close()
+    sets = [s for x in packets for s in x.sets]
+    assert [(s.client, s.resolver) for s in sets] == [(CLIENT_U, UNBOUND4)]
+    assert [reader.text(n) for n in sets[0].names] == [
+        "alias.example.test.", "mid.example.test.", "target.example.test."]  # fmt: skip
+    assert sets[0].ips == ["198.51.100.7"]
+    stats = next(x for x in packets if x.flags & 1)
+    assert stats.stats is not None and stats.stats[0] >= 2  # both answers captured
+    assert "Traceback" not in log.read_text()
 
 
 def test_sigterm_flushes_and_exits_cleanly(site: Site) -> None:
