@@ -249,7 +249,7 @@ def test_dnsflow_command_line_of_an_old_unit_keeps_working(site: Site, tmp_path:
         wait_for(lambda: b"event=dnswire_started" in log.read_bytes(), timeout=20)
         assert "198.51.100.7" in site.ask("alias.example.test", server=UNBOUND4, source=CLIENT_U)
         assert "192.0.2.10" in site.ask("www.example.test")  # BIND: RA clear, not exported
-        packets = []
+        packets: list[reader.Packet] = []
         while not any(x.flags & 1 for x in packets) or not any(x.sets for x in packets):
             packets.append(reader.read(bytes.fromhex(receiver.stdout.readline().decode())))
     finally:
