@@ -194,3 +194,19 @@ def test_pcap_record_and_jmirror_encapsulations(tmp_path: Path, redis_srv: Redis
     with w.file_agent(redis_srv.url, path, pcap_record_port=2055, jmirror_port=30030) as agent:
         assert agent.counts[6] == 2 and agent.counts[0] == 2
     assert w.keys(redis_srv.client()) == chain_keys(w.CLIENT4) | chain_keys(w.CLIENT6)
+
+
+def test_sampling_keeps_about_one_in_n_and_says_so(tmp_path: Path, redis_srv: RedisServer) -> None:
+    path = tmp_path / "many.pcap"
+    frames = []
+    for i in range(4000):
+        name = f"h{i}.example.test"
+        answer = w.response(name, "A", [(name, "A", "192.0.2.1")])
+        frames.append(f.ether(w.udp_packet(answer)))
+    f.write_pcap(path, frames)
+    with w.file_agent(redis_srv.url, path, sample_rate=4) as agent:
+        kept = agent.record_stats.responses
+        assert agent.sampled_out + kept == 4000
+        assert 800 <= kept <= 1200  # binomial(4000, 1/4): 1000 +- 5 sigma
+        assert agent.snapshot()["sample_rate"] == 4
+    assert w.keys(redis_srv.client())[f"client;{w.CLIENT4}"] == str(kept)
