@@ -87,6 +87,7 @@ class WireAgent:
         writer: store.RedisWriter | None,
         send: export.Send | None,
         clock: Callable[[], float] = time.monotonic,
+        export_stats: export.ExportStats | None = None,
     ) -> None:
         self.config = config
         self.writer = writer
@@ -104,7 +105,7 @@ class WireAgent:
             if writer is not None
             else None
         )
-        self.packer = export.Packer(send, clock) if send is not None else None
+        self.packer = export.Packer(send, clock, export_stats) if send is not None else None
         self.fragments = reassembly.Fragments(
             self.reassembly_counts,
             timeout=config.fragment_timeout,

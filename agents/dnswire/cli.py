@@ -17,12 +17,15 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import redis
 
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.logs import setup_agent_logging
+
+if TYPE_CHECKING:  # the agent's modules load only once the flags are read
+    from agents.dnswire.config import DnswireConfig
 
 log = logging.getLogger("pcapd.agents.dnswire")
 
@@ -118,7 +121,7 @@ _KEYS = (*DNSFLOW_FLAGS, "record", "stats_interval")
 
 def _settings(
     args: argparse.Namespace, config_path: str | None, record_default: bool
-) -> tuple[Any, RedisConfig]:
+) -> tuple[DnswireConfig, RedisConfig]:
     from agents.dnswire.config import parse_dnswire_config
 
     config = load_config(config_path) if config_path else None

@@ -109,10 +109,15 @@ Send = Callable[[bytes], None]
 class Packer:
     """Builds v4 packets and hands each finished one to `send`."""
 
-    def __init__(self, send: Send, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        send: Send,
+        clock: Callable[[], float] = time.monotonic,
+        stats: ExportStats | None = None,
+    ) -> None:
         self.send = send
         self.clock = clock
-        self.stats = ExportStats()
+        self.stats = stats if stats is not None else ExportStats()
         self.sequence = 1
         self._buf = bytearray()
         self._sets = 0

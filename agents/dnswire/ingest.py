@@ -225,7 +225,7 @@ def serve(ingest: Ingest, sock: socket.socket, should_stop: Callable[[], bool]) 
         try:
             packet, peer = sock.recvfrom(65_535)
         except TimeoutError:
-            packet = b""
+            pass
         else:
             ingest.handle(packet, peer[:2])
         if interval > 0 and time.monotonic() >= next_stats:

@@ -97,9 +97,7 @@ def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) ->
         for sender in senders:
             sender(packet)
 
-    agent = WireAgent(config, writer, send if senders else None)
-    if agent.packer is not None:
-        agent.packer.stats = export_stats
+    agent = WireAgent(config, writer, send if senders else None, export_stats=export_stats)
     if config.read:
         agent.open_file(config.read)
     else:
