@@ -16,9 +16,12 @@ import dns.rcode
 import dns.rrset
 import redis
 
-from agents.dnstap.agent import make_writer
+from agents.dnstap.agent import DnstapAgent, make_writer
+from agents.dnstap.config import parse_dnstap_config
+from agents.dnstap.server import ConnectionStats
 from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import parse_dnswire_config
+from tests.agents.dnstap.builders import tap_payload
 from tests.agents.flow import frames as f
 
 RESOLVER4, CLIENT4 = "10.200.9.53", "10.200.9.7"
@@ -136,3 +139,23 @@ def keys(client: redis.Redis) -> dict[str, str]:
         assert isinstance(key, bytes) and isinstance(value, bytes)
         out[key.decode()] = value.decode()
     return out
+
+
+def dnstap_view(redis_url: str, answers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    """What the dnstap agent records for the same (client, DNS message)
+    pairs: each sent through its decoder as a CLIENT_RESPONSE frame, into
+    database 1 of the same redis-server. The wire agent must match it."""
+    url = redis_url.rsplit("/", 1)[0] + "/1"
+    config = parse_dnstap_config({"socket": "/nonexistent/tap.sock", "flush_interval": 0.01})
+    writer = make_writer(config, lambda: redis.Redis.from_url(url, socket_timeout=5))
+    writer.start()
+    agent = DnstapAgent(config, writer)
+    conn = ConnectionStats(1, "test", "test")
+    for address, message in answers:
+        agent.handle(tap_payload(message, address), conn)
+    writer.stop(10)
+    db = redis.Redis.from_url(url)
+    try:
+        return keys(db)
+    finally:
+        db.flushdb()
