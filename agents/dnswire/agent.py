@@ -7,8 +7,9 @@ answer seen through dnstap records. DNSFlow's v4 export (`export.Packer`) is
 fed from the same parse.
 
 Live capture follows the engine facts in DESIGN.md: non-blocking handle,
-`immediate=True`, waits in `select` on its fd, never pypcap's iterator or
-`loop()`. Interface names are checked against `findalldevs()` first (pypcap
+waits in `select` on its fd, never pypcap's iterator or `loop()`; but not
+`immediate=True` (see `open_live`): telemetry can wait 50 ms, a full ring
+cannot. Interface names are checked against `findalldevs()` first (pypcap
 would open a *file* of that name).
 """
 
@@ -42,6 +43,7 @@ POLL_MAX = 0.2  # s: longest wait in select, so a stop request is seen quickly
 # s: after a short batch, let packets gather before the next dispatch: with
 # immediate mode every packet would otherwise wake select (see agents.flow).
 COALESCE = 0.002
+BLOCK_TIMEOUT_MS = 50  # longest a captured packet waits in the kernel's ring
 TICK = 0.5  # s between checks of the export's push and stats timers
 MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are counted
 
@@ -175,11 +177,15 @@ class WireAgent:
     def open_live(self, interface: str) -> None:
         check_interface(interface)
         try:
+            # Not immediate mode: there libpcap uses fixed ring slots of the
+            # snaplen (64 KiB for whole answers), so a 64 MiB ring held ~1,000
+            # packets and dropped under bursts. Without it, packets pack into
+            # blocks by their real size and arrive within BLOCK_TIMEOUT_MS.
             handle = pcap.pcap(
                 name=interface,
                 snaplen=self.config.snaplen,
                 promisc=self.config.promisc,
-                immediate=True,
+                timeout_ms=BLOCK_TIMEOUT_MS,
                 buffer_size=self.config.buffer_size,
             )
             handle.setdirection(pcap.PCAP_D_INOUT)
