@@ -38,14 +38,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
-from benchlib import BenchError, stop
+from benchlib import BenchError, stop, veth_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
@@ -285,29 +284,15 @@ def offline(pcap: Path, workdir: Path, sample: list[bytes], responses: int) -> b
     return rate_ok and scaling_ok
 
 
-def sh(*args: str, check: bool = True) -> None:
-    subprocess.run(args, check=check, capture_output=True)
-
-
 def live(pcap: Path, workdir: Path, rates: tuple[int, ...]) -> None:
-    tag = uuid.uuid4().hex[:6]
-    ns_a, ns_b, dev_a, dev_b = f"dwb-a-{tag}", f"dwb-b-{tag}", f"dwa{tag}", f"dwb{tag}"
-    sh("ip", "netns", "add", ns_a)
-    sh("ip", "netns", "add", ns_b)
-    redis_proc, sock = start_redis(workdir)
     results = []
-    try:
-        sh("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b,
-           "netns", ns_b)  # fmt: skip
-        for ns, dev, host in ((ns_a, dev_a, 1), (ns_b, dev_b, 2)):
-            sh("ip", "-n", ns, "addr", "add", f"10.200.{BENCH_SUBNET}.{host}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        for rate in rates:
-            results.append(live_step(pcap, workdir, sock, ns_a, ns_b, dev_a, dev_b, rate))
-    finally:
-        stop(redis_proc)
-        sh("ip", "netns", "del", ns_a, check=False)
-        sh("ip", "netns", "del", ns_b, check=False)
+    with veth_namespaces("dwbench", BENCH_SUBNET) as (ns_a, ns_b, dev_a, dev_b):
+        redis_proc, sock = start_redis(workdir)
+        try:
+            for rate in rates:
+                results.append(live_step(pcap, workdir, sock, ns_a, ns_b, dev_a, dev_b, rate))
+        finally:
+            stop(redis_proc)
     print(
         f"live: veth pair, {STEP_SECONDS} s per rate, the agent (into Redis) beside tcpdump;"
         " 'behind': seconds the agent took after the sender stopped to empty its ring"
