@@ -16,8 +16,8 @@ kernel drops for both.
     .venv/bin/python bench/dnswire.py --full       # 1M responses (generation ~30 s)
     .venv/bin/python bench/dnswire.py --no-live
 
-Peers missing (tcpdump, tcpreplay) are installed with apt-get; if that
-fails the benchmark fails rather than print half a comparison. Exit status
+A missing peer (tcpdump, tcpreplay; `make setup` installs them) fails the
+run rather than print half a comparison. Exit status
 1 when a target is missed (>= 150k responses/s recorded per process,
 >= 1.6x with -M 2).
 """
@@ -44,7 +44,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
-from benchlib import BenchError, stop, veth_namespaces
+from benchlib import BenchError, require, stop, veth_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
@@ -65,23 +65,13 @@ DRAIN_MAX_S = 60.0
 PY = sys.executable
 SENDER_SHORTFALL = 0.95
 BENCH_SUBNET = 251
-PEERS = {"tcpdump": "tcpdump", "tcpreplay": "tcpreplay", "redis-server": "redis-server"}
+PEERS = ("tcpdump", "tcpreplay", "redis-server", "redis-cli")
 
 ETH4 = bytes.fromhex("020000000001020000000002") + b"\x08\x00"
 ETH6 = bytes.fromhex("020000000001020000000002") + b"\x86\xdd"
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 RESOLVER4 = bytes((10, 200, BENCH_SUBNET, 2))
 RESOLVER6 = ipaddress.IPv6Address(f"fd00:200:{BENCH_SUBNET}::2").packed
-
-
-def ensure_peers() -> None:
-    missing = [pkg for tool, pkg in PEERS.items() if not shutil.which(tool)]
-    if missing:
-        print(f"installing peers: {' '.join(missing)}")
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=False)
-    still = [tool for tool in PEERS if not shutil.which(tool)]
-    if still:
-        raise BenchError(f"peers missing and not installable: {', '.join(still)}")
 
 
 def _reply(qname: str, qtype: str, answers: list[tuple[str, str, str]], nx: bool) -> bytes:
@@ -374,7 +364,7 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="1M responses, more live rates")
     parser.add_argument("--no-live", action="store_true", help="offline part only")
     args = parser.parse_args()
-    ensure_peers()
+    require(PEERS)
     responses = FULL_RESPONSES if args.full else QUICK_RESPONSES
     with tempfile.TemporaryDirectory(prefix="pcapd-bench-dnswire-") as tmp:
         workdir = Path(tmp)

@@ -44,7 +44,7 @@ from typing import Any
 
 import boto3
 import redis
-from benchlib import BenchError, free_port, stop, wait_until
+from benchlib import BenchError, free_port, require, stop, wait_until
 
 from triggers.redis_stream import publish_stream
 
@@ -322,9 +322,10 @@ def main() -> int:
     if os.geteuid() != 0:
         print("trigger_storm: needs root (capturing on lo)", file=sys.stderr)
         return 2
-    moto = Path(sys.executable).with_name("moto_server")
-    if shutil.which("redis-server") is None or not moto.exists():
-        print("trigger_storm: needs redis-server and moto_server", file=sys.stderr)
+    try:
+        moto = Path(require(("redis-server",), {"moto_server": "moto[server]"})["moto_server"])
+    except BenchError as exc:
+        print(f"trigger_storm: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     count = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)

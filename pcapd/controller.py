@@ -54,7 +54,7 @@ from pcapd.engine import (
 from pcapd.packetdebug import packet_logger
 from pcapd.signing import verify
 from triggers.base import Delivery
-from uploaders.base import Artifact, Location, artifact_filename
+from uploaders.base import Artifact, FileNamer, Location
 from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
 from uploaders.policy import check_overrides
@@ -101,6 +101,7 @@ class Controller:
     ) -> None:
         self.config = config
         self.node = config.general.node
+        self._names = FileNamer(config.general.naming)
         self.publisher = publisher
         self.deliverer = deliverer
         self.pool = pool
@@ -223,6 +224,10 @@ class Controller:
                 self._handling -= 1
 
     def _handle(self, delivery: Delivery) -> None:
+        if self.config.general.logrequests:
+            # pcapdaemon's [general] logrequests: every body, before it is judged.
+            body = delivery.body[: self.config.general.max_request_bytes]
+            event(log, "request_body", source=delivery.source, body=body.decode(errors="replace"))
         try:
             fields = decode_body(delivery.body, self.config.general.max_request_bytes)
             if not addressed_to(fields, self.node):
@@ -241,7 +246,7 @@ class Controller:
             )
             delivery.ack()
             return
-        if request.logrequest:
+        if request.logrequest and not self.config.general.logrequests:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
         # Recorded at once: the same request on two sources must not slip
         # through twice; forgotten again if it is not served after all.
@@ -334,7 +339,7 @@ class Controller:
         self._hold(worker, len(outcome.data))
         artifact = Artifact(
             data=outcome.data,
-            filename=artifact_filename(
+            filename=self._names(
                 self.node, worker.interface, outcome.started, worker.request.id,
                 worker.request.format,
             ),
@@ -502,7 +507,12 @@ class _Worker:
             return
         finally:
             ctl.pool.replenish()
-        outcome = self._capture(handle)
+        try:
+            outcome = self._capture(handle)
+        except CaptureError as exc:  # e.g. bytes cannot hold this pcapng header
+            ctl._reject(request, self.interface, str(exc), self.warnings)
+            ctl._settle(self, durable=True)
+            return
         result = ResultEvent(
             id=request.id, alertid=request.alertid, node=ctl.node, interface=self.interface,
             status="ok" if outcome.packets else "empty", error=outcome.error, stop=outcome.stop,

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import redis
@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from pcapd.controller import Controller
 from pcapd.core import redis_conn
-from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.config import Config, ConfigError, Overrides, load_config
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
@@ -70,7 +70,13 @@ def build_sources(config: Config, free_slots: Callable[[], int]) -> list[Trigger
     if config.sqs.listen:
         from triggers.sqs import SqsSource
 
-        sources.append(SqsSource(config.sqs, free_slots=free_slots))
+        sources.append(
+            SqsSource(
+                config.sqs,
+                free_slots=free_slots,
+                max_request_bytes=config.general.max_request_bytes,
+            )
+        )
     return sources
 
 
@@ -173,14 +179,22 @@ class Daemon:
         return 0 if clean else 1
 
 
-def serve(config_path: str) -> int:
+def serve(
+    config_path: str | None,
+    overrides: Overrides | None = None,
+    flag_warnings: Sequence[str] = (),
+) -> int:
+    """Run with the file at `config_path` (None: defaults), `overrides` from
+    the command line laid over it."""
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return 2
     setup_logging(config.general, config.syslog)
+    for warning in flag_warnings:
+        event(log, "flag_warning", logging.WARNING, warning=warning)
     for warning in config.warnings:
         event(log, "config_warning", logging.WARNING, path=config_path, warning=warning)
     problems = config.serve_problems()

@@ -1,10 +1,11 @@
 """The dnstap agent: decoded responses to ShoDoHFlo's Redis keys.
 
-Per CLIENT_RESPONSE (by default) whose question is A or AAAA:
-`client;<c>` INCR; for NXDOMAIN `<c>;<qname>;nx` INCR; otherwise every CNAME
-link of the chain from the question gives `<c>;<target>;cname` += alias, and
-every final address `<c>;<address>;dns` += owner name. Keys come from
-`agents.store` only; writes go through its bounded, batched `RedisWriter`.
+Per CLIENT_RESPONSE (by default) whose question is A or AAAA, ShoDoHFlo's
+values: NXDOMAIN gives `client;<c>` and `<c>;<qname>;nx` INCR, every time; an
+answer with final addresses gives, per address, `client;<c>` INCR and
+`<c>;<address>;dns` += owner name, and per CNAME link `<c>;<target>;cname` +=
+alias; an answer without one writes nothing (`agents.dnstap.record`). Keys come
+from `agents.store` only; writes go through its bounded, batched `RedisWriter`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any, Protocol
 import redis
 
 from agents import store
-from agents.dnstap.config import DnstapConfig, HostPort
+from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
+from agents.dnstap.record import DEDUPED, NXDOMAIN, RECORDED, Recorder
 from agents.dnstap.response import (
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
@@ -58,11 +60,12 @@ FLUSH_TIMEOUT = 5.0
 
 @dataclass(slots=True)
 class RecordStats:
-    """What `Recorder` did with the responses it was given."""
+    """What `ResponseRecorder` did with the responses it was given."""
 
     responses: int = 0
     nxdomain: int = 0
     deduped: int = 0
+    no_address: int = 0  # NOERROR without a final address: nothing written
     ignored: int = 0
     other_qtype: int = 0
     other_rcode: int = 0
@@ -105,8 +108,8 @@ class UdpOutput:
 
 
 class RecordSettings(Protocol):
-    """What a recording agent's config gives `Recorder` and `make_writer`
-    (DnstapConfig, agents.dnswire's DnswireConfig)."""
+    """What a recording agent's config gives `ResponseRecorder` and
+    `make_writer` (DnstapConfig, agents.dnswire's DnswireConfig)."""
 
     @property
     def record_type_numbers(self) -> frozenset[int]: ...
@@ -114,6 +117,8 @@ class RecordSettings(Protocol):
     def ignore(self) -> tuple[str, ...]: ...
     @property
     def dedup_window(self) -> float: ...
+    @property
+    def dedup_scope(self) -> str: ...
     @property
     def dedup_max_entries(self) -> int: ...
     @property
@@ -126,11 +131,12 @@ class RecordSettings(Protocol):
     def flush_interval(self) -> float: ...
 
 
-class Recorder:
-    """One parsed response -> ShoDoHFlo's keys. The one place that decides what
-    a response records: the dnstap agent and agents.dnswire (sniffed
-    responses, DNSFlow ingest) both call it, so the choice of source does not
-    change what a reader sees.
+class ResponseRecorder:
+    """One parsed response -> the agent's filters (question type, rcode,
+    ignored names) -> `record.Recorder`'s writes, with the counters and the
+    optional JSON datagrams. The dnstap agent and agents.dnswire (sniffed
+    responses, DNSFlow ingest) both call `record`, so the way an answer
+    arrived does not change what a reader sees.
 
     Memory: the client cache (`CLIENT_CACHE_ENTRIES` texts) and the deduper
     (`dedup_max_entries` x ~275 bytes). Not thread-safe.
@@ -139,44 +145,20 @@ class Recorder:
     def __init__(
         self,
         writer: store.RedisWriter,
-        *,
-        record_types: frozenset[int],
-        ignore: tuple[str, ...],
-        dedup_window: float,
-        dedup_max_entries: int,
-        stats: RecordStats | None = None,
-        udp: UdpOutput | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.writer = writer
-        self.stats = stats if stats is not None else RecordStats()
-        self.dedup = Deduper(dedup_window, dedup_max_entries, clock)
-        self.udp = udp
-        self._qtypes = record_types
-        self._ignore = ignore
-        self._ignore_dotted = tuple("." + s for s in ignore)
-        self._clients: dict[bytes, str] = {}
-
-    @classmethod
-    def from_config(
-        cls,
-        writer: store.RedisWriter,
         config: RecordSettings,
         *,
         stats: RecordStats | None = None,
         udp: UdpOutput | None = None,
         clock: Callable[[], float] = time.monotonic,
-    ) -> Recorder:
-        return cls(
-            writer,
-            record_types=config.record_type_numbers,
-            ignore=config.ignore,
-            dedup_window=config.dedup_window,
-            dedup_max_entries=config.dedup_max_entries,
-            stats=stats,
-            udp=udp,
-            clock=clock,
-        )
+    ) -> None:
+        self.stats = stats if stats is not None else RecordStats()
+        self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
+        self.recorder = Recorder(writer, self.dedup, config.dedup_scope == DEDUP_GLOBAL)
+        self.udp = udp
+        self._qtypes = config.record_type_numbers
+        self._ignore = config.ignore
+        self._ignore_dotted = tuple("." + s for s in config.ignore)
+        self._clients: dict[bytes, str] = {}
 
     def record(self, packed: bytes, resp: Response) -> None:
         """`packed`: the client's address, 4 or 16 bytes."""
@@ -198,34 +180,28 @@ class Recorder:
             if len(self._clients) >= CLIENT_CACHE_ENTRIES:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
-        if self.dedup.seen((client, qname, qtype)):
+        outcome = self.recorder.record(client, resp)
+        if outcome == RECORDED:
+            stats.responses += 1
+            if self.udp is not None:
+                reverse = list(reversed(resp.chain))
+                for _rtype, address in resp.addresses:
+                    self._send_udp(
+                        {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
+                         "status": "NOERROR", "address": address}
+                    )  # fmt: skip
+        elif outcome == DEDUPED:
             stats.deduped += 1
-            return
-        stats.responses += 1
-        writer = self.writer
-        writer.incr(store.client_key(client))
-        if rcode == RCODE_NXDOMAIN:
+        elif outcome == NXDOMAIN:
+            stats.responses += 1
             stats.nxdomain += 1
-            writer.incr(store.nx_key(client, qname))
             if self.udp is not None:
                 self._send_udp(
                     {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
                      "status": "NXDOMAIN"}
                 )  # fmt: skip
-            return
-        chain = resp.chain
-        for i in range(1, len(chain)):
-            writer.append(store.cname_key(client, chain[i]), chain[i - 1])
-        owner = chain[-1]
-        for _rtype, address in resp.addresses:
-            writer.append(store.dns_key(client, address), owner)
-        if self.udp is not None:
-            reverse = list(reversed(chain))
-            for _rtype, address in resp.addresses:
-                self._send_udp(
-                    {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
-                     "status": "NOERROR", "address": address}
-                )  # fmt: skip
+        else:
+            stats.no_address += 1
 
     def _send_udp(self, datagram: dict[str, Any]) -> None:
         assert self.udp is not None
@@ -256,10 +232,11 @@ class DnstapAgent:
             if config.udp_output
             else None
         )
-        self.recorder = Recorder.from_config(
+        self.responses = ResponseRecorder(
             writer, config, stats=self.stats, udp=self.udp, clock=clock
         )
-        self.dedup = self.recorder.dedup
+        self.dedup = self.responses.dedup
+        self.recorder = self.responses.recorder
         self._wanted = config.message_type_numbers
         self._clock = clock
         self._error_logs = 0
@@ -281,7 +258,7 @@ class DnstapAgent:
         except MessageError as exc:
             self._bad(exc, conn)
             return
-        self.recorder.record(packed, resp)
+        self.responses.record(packed, resp)
 
     def _bad(self, exc: MessageError, conn: ConnectionStats) -> None:
         kind = type(exc).__name__

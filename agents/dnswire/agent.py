@@ -2,7 +2,7 @@
 
 One pypcap handle (live or a file), the BPF filter from `filters`, packets
 decoded by `decode`, each message parsed by the dnstap agent's parser and
-given to its `Recorder`, so a sniffed answer records exactly what the same
+given to its `ResponseRecorder`, so a sniffed answer records exactly what the same
 answer seen through dnstap records. DNSFlow's v4 export (`export.Packer`) is
 fed from the same parse.
 
@@ -30,7 +30,7 @@ from typing import Any
 import pcap
 
 from agents import store
-from agents.dnstap.agent import Recorder, RecordStats
+from agents.dnstap.agent import RecordStats, ResponseRecorder
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import parse_response
 from agents.dnswire import decode, export, filters, reassembly
@@ -103,7 +103,7 @@ class WireAgent:
         self.other_slot = 0
         self.not_exported = 0
         self.recorder = (
-            Recorder.from_config(writer, config, stats=self.record_stats, clock=clock)
+            ResponseRecorder(writer, config, stats=self.record_stats, clock=clock)
             if writer is not None
             else None
         )

@@ -16,6 +16,8 @@ from typing import Any
 
 from agents import store
 from agents.dnstap.config import (
+    DEDUP_CLIENT,
+    DEDUP_SCOPES,
     DEFAULT_BATCH_OPS,
     DEFAULT_DEDUP_MAX_ENTRIES,
     DEFAULT_DEDUP_WINDOW,
@@ -75,6 +77,7 @@ class DnswireConfig:
     record_types: tuple[str, ...] = DEFAULT_RECORD_TYPES
     ignore: tuple[str, ...] = ()
     dedup_window: float = DEFAULT_DEDUP_WINDOW
+    dedup_scope: str = DEDUP_CLIENT
     dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
     max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
@@ -244,6 +247,8 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         t.error("write", "cannot write one file from several processes (processes/-M)")
     if cfg.processes is not None and cfg.slot != (1, 1):
         t.error("slot", "slot (-m) and processes (-M) exclude each other")
+    if cfg.dedup_scope not in DEDUP_SCOPES:
+        t.error("dedup_scope", f"{cfg.dedup_scope!r} not one of {', '.join(DEDUP_SCOPES)}")
     if cfg.batch_ops > cfg.max_queue_ops:
         t.error("batch_ops", f"{cfg.batch_ops} exceeds max_queue_ops={cfg.max_queue_ops}")
     cpus = os.cpu_count() or 1

@@ -2,7 +2,7 @@
 (dnsflow.c or `dnsflow`) into the same Redis keys, so a site can move its
 collectors first and its sensors later.
 
-Each data set becomes one response for the dnstap agent's `Recorder`:
+Each data set becomes one response for the dnstap agent's `ResponseRecorder`:
 names[0] is the question, names[1..] the CNAME chain, the addresses are
 owned by the last name; the question type is not in the format, so it is
 taken as A when the set holds IPv4 addresses, else AAAA. Stats packets keep
@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from agents import store
-from agents.dnstap.agent import Recorder, RecordStats, make_writer
+from agents.dnstap.agent import RecordStats, ResponseRecorder, make_writer
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
 from agents.dnswire import export
@@ -137,7 +137,7 @@ def parse_sets(
 
 
 class Ingest:
-    """Datagrams -> Recorder. Not thread-safe."""
+    """Datagrams -> ResponseRecorder. Not thread-safe."""
 
     def __init__(self, config: DnswireConfig, writer: store.RedisWriter) -> None:
         self.config = config
@@ -145,7 +145,7 @@ class Ingest:
         self.stats = IngestStats()
         self.record_stats = RecordStats()
         self.sensors: dict[tuple[str, int], Sensor] = {}
-        self.recorder = Recorder.from_config(writer, config, stats=self.record_stats)
+        self.recorder = ResponseRecorder(writer, config, stats=self.record_stats)
 
     def handle(self, packet: bytes, peer: tuple[str, int]) -> None:
         stats = self.stats

@@ -120,7 +120,7 @@ BAD_MESSAGES: list[tuple[bytes | dict[str, Any], str]] = [
      "bytes=1000000000 exceeds maxbytes=10000000"),
     (lo(duration=31), "duration=31 exceeds maxduration=30"),
     (lo(timeout=31), "timeout=31 exceeds maxtimeout=30"),
-    (lo(snap=300000), "snap=300000 exceeds max snaplen=262144"),
+    (lo(snap=-1), "snap=-1: must be positive"),
     (lo(packets=0), "packets=0: must be positive"),
     (lo(duration=-5), "duration=-5: must be positive"),
     (lo(packets=10**30),

@@ -141,6 +141,29 @@ def test_sqs_message_survives_a_daemon_killed_mid_capture(
         restarted.stop()
 
 
+def test_sqs_with_only_pcapdaemons_keys_reads_the_queue_its_url_names(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_sqs: MotoServer
+) -> None:
+    """pcapdaemon's [sqs] has no endpoint: the queue URL (moto_server's) says where."""
+    url = moto_sqs.new_queue()
+    config = (
+        f'[sqs]\nlisten = true\nregion = "{REGION}"\naccessid = "{TEST_KEY_ID}"\n'
+        f'accesskey = "{TEST_SECRET}"\nurl = "{url}"\nwaitseconds = 1\nchunksize = 10\n'
+    )
+    daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
+    daemon.start()
+    try:
+        port = free_port()
+        moto_sqs.client().send_message(
+            QueueUrl=url, MessageBody=json.dumps(udp_request(port, id="sqs-url", packets=2))
+        )
+        traffic(port, 3, ready=lambda: daemon.started("sqs-url"))
+        event = results.for_id("sqs-url", timeout=20)
+        assert (event["status"], event["packets"]) == ("ok", 2), event
+    finally:
+        daemon.stop()
+
+
 def test_signed_requests_and_duplicates(
     redis_srv: RedisServer, results: Results, tmp_path: Path
 ) -> None:

@@ -4,7 +4,9 @@ spooling when S3 is down and delivering after S3 (or the daemon) comes back."""
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +150,31 @@ def test_message_naming_a_bucket_the_site_does_not_allow_is_rejected(
     assert exfil["status"] == climb["status"] == "rejected"
     assert "bucket='attacker-bucket'" in exfil["error"]
     assert "folder" in climb["error"] and ".." in climb["error"]
+
+
+def test_pcapdaemon_naming_keeps_its_names_on_disk_s3_and_cloudshark(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess,
+    cloudshark: CloudsharkServer,
+) -> None:  # fmt: skip
+    make_bucket(moto_proc, "legacy")
+    config = sections(moto_proc, "legacy", tmp_path / "spool", cloudshark)
+    daemon = Daemon(
+        redis_srv, tmp_path, extra_general='naming = "pcapdaemon"', extra_sections=config
+    )
+    daemon.start()
+    began = int(time.time())
+    try:
+        port = free_port()
+        daemon.publish(udp_request(port, id="old-style", packets=2))
+        traffic(port, 3, ready=lambda: daemon.started("old-style"))
+        event = results.for_id("old-style", timeout=20)
+    finally:
+        daemon.stop()
+    assert event["status"] == "ok", event
+    name = Path(event["locations"]["local"]).name
+    found = re.fullmatch(r"testnode-lo-(\d+)\.pcap", name)
+    assert found and began <= int(found[1]) <= time.time(), name
+    assert event["locations"]["s3"] == f"s3://legacy/pcaps/{name}"
+    body, _ = s3_object(moto_proc, "legacy", f"pcaps/{name}")
+    assert body == Path(event["locations"]["local"]).read_bytes()
+    assert [upload.filename for upload in cloudshark.uploads] == [name]
