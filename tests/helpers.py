@@ -244,6 +244,31 @@ def fill(directory: Path, leave: int) -> Path:
     return filler
 
 
+@contextlib.contextmanager
+def unix_redis_server(workdir: Path) -> Iterator[Path]:
+    """A private redis-server on a unix socket only (no TCP port): reachable
+    from inside a test's network namespaces, which share the file system."""
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", "0",
+         "--unixsocket", str(sock), "--unixsocketperm", "700", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(unix_socket_path=str(sock)).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(ready, timeout=10)
+        yield sock
+    finally:
+        stop_process(proc)
+
+
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True)
 
