@@ -1,0 +1,52 @@
+"""`pcapd web`: the Flask app under waitress, a production WSGI server.
+
+waitress is pure Python (no compiler, no C extension), runs threads rather
+than forks (the Redis pool is shared), and is what Flask's deployment guide
+shows first. Each open live-results page holds one thread for at most
+max_duration + EVENT_MARGIN seconds, so `threads` bounds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import waitress
+
+from pcapd.core.config import Config, load_config
+from pcapd.core.logs import event, setup_logging
+from pcapd.core.redis_conn import connect
+from pcapd.correlator.web import create_app
+
+log = logging.getLogger("pcapd.correlator")
+
+
+def s3_client(config: Config) -> Any | None:
+    """A boto3 client for pre-signed links, when [s3] is configured."""
+    s3 = config.s3
+    if not (s3.upload or s3.bucket):
+        return None
+    import boto3
+
+    options: dict[str, Any] = {"region_name": s3.region, "endpoint_url": s3.endpoint}
+    if s3.accessid and s3.accesskey:
+        options["aws_access_key_id"] = s3.accessid
+        options["aws_secret_access_key"] = s3.accesskey.reveal()
+    return boto3.client("s3", **{k: v for k, v in options.items() if v is not None})
+
+
+def serve(path: str) -> int:
+    config = load_config(path)
+    setup_logging(config.general, config.syslog)
+    c = config.correlator
+    if config.security.require_signed and not c.kid:
+        print(f"{path}: error: correlator.kid: this site requires signed requests "
+              "(security.require_signed); name the correlator's key", file=sys.stderr)  # fmt: skip
+        return 1
+    app = create_app(config, connect(config.redis), s3_client(config))
+    event(log, "correlator_listening", host=c.host, port=c.port, read_only=c.read_only,
+          changes=c.token is not None and not c.read_only)  # fmt: skip
+    waitress.serve(app, host=c.host, port=c.port, threads=c.threads, ident="pcapd",
+                   channel_timeout=c.max_duration + 60)  # fmt: skip
+    return 0
