@@ -109,7 +109,7 @@ def _recon_marks(recon: list[Recon]) -> dict[str, list[str]]:
         text = "rst" if sign.kind == "rst" else f"icmp-{sign.code}"
         if text not in marks.setdefault(sign.remote, []):
             marks[sign.remote].append(text)
-    return marks
+    return {remote: sorted(found, key=lambda m: (m != "rst", m)) for remote, found in marks.items()}
 
 
 def _address_order(address: str) -> tuple[int, int, str]:
@@ -120,10 +120,13 @@ def _address_order(address: str) -> tuple[int, int, str]:
         return (9, 0, address)
 
 
-def build_view(own: ClientKeys, by: str = "fqdn", others: Sequence[ClientKeys] = ()) -> ClientView:
+def build_view(
+    own: ClientKeys, by: str = "fqdn", others: Sequence[ClientKeys] | None = None
+) -> ClientView:
+    """`others`: the other clients in the prefix, when their resolutions are wanted."""
     if by not in BY:
         raise ValueError(f"by: {by!r} is not one of {', '.join(BY)}")
-    maps = _Maps(own, others)
+    maps = _Maps(own, others or ())
     recon = _recon_marks(own.recon)
     ports: dict[str, list[tuple[int, int]]] = {}
     for (service, port), count in sorted(own.flows.items()):
@@ -191,8 +194,9 @@ def build_view(own: ClientKeys, by: str = "fqdn", others: Sequence[ClientKeys] =
     nxdomain = [] if by == "fqdn" else [
         Node(NXDOMAIN, name, count, marks=["nx"]) for name, count in sorted(own.nx.items())
     ]  # fmt: skip
-    return ClientView(own.client, by, bool(others), chains, no_dns, nxdomain, own.summary(),
-                      own.complete and all(o.complete for o in others))  # fmt: skip
+    complete = own.complete and all(o.complete for o in others or ())
+    return ClientView(own.client, by, others is not None, chains, no_dns, nxdomain, own.summary(),
+                      complete)  # fmt: skip
 
 
 def _reverse_chain(name: str, address: str, maps: _Maps, address_node: Any) -> Node:

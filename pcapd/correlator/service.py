@@ -75,7 +75,7 @@ class Correlator:
         if by not in BY:
             raise ReaderError(f"by: {by[:20]!r} is not one of {', '.join(BY)}")
         own = self.reader.read_client(client)
-        neighbours = []
+        neighbours = None
         if others:
             network = self._others_prefix(client, prefix)
             page = self.reader.clients_page(

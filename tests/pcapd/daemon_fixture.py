@@ -108,8 +108,11 @@ class Daemon:
         extra_general: str = "",
         extra_sections: str = "",
         extra_redis: str = "",
+        wrap: tuple[str, ...] = (),
     ) -> None:
+        """`wrap`: a command prefix, e.g. `ip netns exec NS` to serve inside a namespace."""
         self.server = server
+        self.wrap = wrap
         workdir.mkdir(parents=True, exist_ok=True)
         self.localdir = workdir / "captures"
         self.config_path = workdir / "pcapd.toml"
@@ -127,7 +130,7 @@ class Daemon:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pcapd", "serve", "-c", str(self.config_path)],
+                [*self.wrap, sys.executable, "-m", "pcapd", "serve", "-c", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

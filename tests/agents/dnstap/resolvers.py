@@ -38,6 +38,7 @@ NAMED_CONF = """options {{
     recursion no;
     dnssec-validation no;
     notify no;
+    check-names primary ignore;
     dnstap {{ client response; }};
     dnstap-output unix "{socket}";
     dnstap-identity "bind-test";
@@ -91,24 +92,30 @@ class Resolver:
         stop_process(self.proc)
 
 
-def dig(port: int, name: str, qtype: str = "A", source: str = "127.0.0.1") -> str:
+def dig(
+    port: int, name: str, qtype: str = "A", source: str = "127.0.0.1", netns: str | None = None
+) -> str:
+    wrap = ["ip", "netns", "exec", netns] if netns else []
     out = subprocess.run(
-        ["dig", "@127.0.0.1", "-p", str(port), "-b", source, name, qtype,
+        [*wrap, "dig", "@127.0.0.1", "-p", str(port), "-b", source, name, qtype,
          "+tries=1", "+time=2", "+short"],
         capture_output=True, text=True, check=False, timeout=10,
     )  # fmt: skip
     return out.stdout
 
 
-def _answers(port: int) -> bool:
-    return bool(dig(port, "ns1.example.test").strip())
+def _answers(port: int, netns: str | None = None) -> bool:
+    return bool(dig(port, "ns1.example.test", netns=netns).strip())
 
 
 @contextlib.contextmanager
-def bind(workdir: Path, socket_path: Path) -> Iterator[Resolver]:
+def bind(
+    workdir: Path, socket_path: Path, *, zone: str = ZONE_FILE, netns: str | None = None
+) -> Iterator[Resolver]:
+    """`netns`: run named inside that namespace (on its 127.0.0.1)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (workdir / "example.test.zone").write_text(ZONE_FILE)
+    (workdir / "example.test.zone").write_text(zone)
     conf = workdir / "named.conf"
     conf.write_text(NAMED_CONF.format(dir=workdir, port=port, socket=socket_path))
     log = workdir / "named.log"
@@ -116,10 +123,11 @@ def bind(workdir: Path, socket_path: Path) -> Iterator[Resolver]:
     with log.open("wb") as out:
         # -g: foreground, log to stderr, and stay root (no -u): it can write
         # the temp dir; AppArmor confines named only when systemd starts it.
-        proc = subprocess.Popen([named, "-g", "-4", "-c", str(conf)], stdout=out, stderr=out)
+        wrap = ["ip", "netns", "exec", netns] if netns else []
+        proc = subprocess.Popen([*wrap, named, "-g", "-4", "-c", str(conf)], stdout=out, stderr=out)
     resolver = Resolver("bind", port, proc, log)
     try:
-        wait_for(lambda: proc.poll() is not None or _answers(port), timeout=20)
+        wait_for(lambda: proc.poll() is not None or _answers(port, netns), timeout=20)
         if proc.poll() is not None:
             raise AssertionError(f"named exited: {log.read_text()[-2000:]}")
         yield resolver
