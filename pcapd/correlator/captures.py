@@ -116,12 +116,14 @@ def _number(
     return int(text)
 
 
-def publish(client: redis.Redis, config: Config, body: dict[str, Any]) -> int:
-    """Sign (when [correlator] kid is set) and PUBLISH as `pcapd trigger` does."""
+def publish(client: redis.Redis, config: Config, body: dict[str, Any]) -> dict[str, Any]:
+    """Sign (when [correlator] kid is set) and PUBLISH as `pcapd trigger` does;
+    returns what was sent."""
     kid = config.correlator.kid
     if kid:
         body = sign(body, kid, config.security.keys[kid], time.time())
-    return publish_request(client, config.redis.channel, json.dumps(body).encode())
+    publish_request(client, config.redis.channel, json.dumps(body).encode())
+    return body
 
 
 def flow_of(request_id: str) -> tuple[str, str, int | None] | None:

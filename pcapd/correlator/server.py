@@ -47,6 +47,10 @@ def serve(path: str) -> int:
     app = create_app(config, connect(config.redis), s3_client(config))
     event(log, "correlator_listening", host=c.host, port=c.port, read_only=c.read_only,
           changes=c.token is not None and not c.read_only)  # fmt: skip
-    waitress.serve(app, host=c.host, port=c.port, threads=c.threads, ident="pcapd",
-                   channel_timeout=c.max_duration + 60)  # fmt: skip
+    try:
+        waitress.serve(app, host=c.host, port=c.port, threads=c.threads, ident="pcapd",
+                       channel_timeout=c.max_duration + 60)  # fmt: skip
+    except OSError as exc:
+        print(f"pcapd web: cannot listen on {c.host}:{c.port}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0

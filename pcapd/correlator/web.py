@@ -193,9 +193,7 @@ def create_app(config: Config, redis_client: redis.Redis, s3: Any | None = None)
         return [decorate(e) for e in found]
 
     def _publish(form: captures.CaptureForm) -> dict[str, Any]:
-        body = form.request()
-        captures.publish(redis_client, config, body)
-        return body
+        return captures.publish(redis_client, config, form.request())
 
     return app
 
