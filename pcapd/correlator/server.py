@@ -23,17 +23,24 @@ log = logging.getLogger("pcapd.correlator")
 
 
 def s3_client(config: Config) -> Any | None:
-    """A boto3 client for pre-signed links, when [s3] is configured."""
+    """A boto3 client for pre-signed links, when [s3] is configured. Not the
+    uploader's client: links must be SigV4 (every region takes it; botocore
+    would otherwise pick SigV2 for some) and signing one makes no request."""
     s3 = config.s3
     if not (s3.upload or s3.bucket):
         return None
     import boto3
+    import botocore.config
 
-    options: dict[str, Any] = {"region_name": s3.region, "endpoint_url": s3.endpoint}
-    if s3.accessid and s3.accesskey:
-        options["aws_access_key_id"] = s3.accessid
-        options["aws_secret_access_key"] = s3.accesskey.reveal()
-    return boto3.client("s3", **{k: v for k, v in options.items() if v is not None})
+    from uploaders.s3 import endpoint_url
+
+    session = boto3.session.Session(
+        aws_access_key_id=s3.accessid,
+        aws_secret_access_key=s3.accesskey.reveal() if s3.accesskey else None,
+        region_name=s3.region,
+    )
+    return session.client("s3", endpoint_url=endpoint_url(s3.endpoint),
+                          config=botocore.config.Config(signature_version="s3v4"))  # fmt: skip
 
 
 def serve(path: str) -> int:

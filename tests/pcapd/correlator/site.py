@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -195,14 +196,10 @@ def site(base: Path) -> Iterator[Site]:
             web_config.write_text(WEB_CONFIG.format(port=rs.port, dev=pair.dev_a, key=SIGNING_KEY,
                                                     web_port=web_port, token=TOKEN))  # fmt: skip
             web_log = base / "web.log"
-            web = [sys.executable, "-m", "pcapd", "web", "-c", str(web_config)]
             daemon.start()
             try:
-                with _process(web, web_log, env={**os.environ, "PYTHONUNBUFFERED": "1"}):
-                    found = Site(rs, pair, named, dnstap, daemon, f"http://127.0.0.1:{web_port}",
-                                 web_config, web_log)  # fmt: skip
-                    wait_for(lambda: _up(found), timeout=20)
-                    yield found
+                with web_server(web_config, web_log) as url:
+                    yield Site(rs, pair, named, dnstap, daemon, url, web_config, web_log)
             finally:
                 daemon.stop()
 
@@ -232,8 +229,21 @@ def _keys(server: RedisServer) -> set[str]:
     return {k.decode() for k in server.client().scan_iter(count=1000)}
 
 
-def _up(found: Site) -> bool:
-    try:
-        return found.get("/")[0] == 200
-    except OSError:
-        return False
+@contextlib.contextmanager
+def web_server(config: Path, log: Path) -> Iterator[str]:
+    """`pcapd web -c config` as a subprocess; yields its base URL once it answers."""
+    port = int(re.search(r"\[correlator\]\nport = (\d+)", config.read_text())[1])  # type: ignore[index]
+    url = f"http://127.0.0.1:{port}"
+    web = [sys.executable, "-m", "pcapd", "web", "-c", str(config)]
+    with _process(web, log, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(url + "/", timeout=5) as answer:
+                    return bool(answer.status == 200)
+            except OSError:
+                return False
+
+        wait_for(up, timeout=20)
+        yield url

@@ -7,8 +7,6 @@ import contextlib
 import http.cookiejar
 import json
 import re
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -18,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.agents.dnstap.resolvers import dig
-from tests.helpers import free_port, run, stop_process, wait_for
-from tests.pcapd.correlator.site import NO_DNS, SIGNING_KEY, TOKEN, Site
+from tests.helpers import free_port, run, wait_for
+from tests.pcapd.correlator.site import NO_DNS, SIGNING_KEY, TOKEN, Site, web_server
 
 FORM = {"client": "10.200.73.1", "service": NO_DNS, "port": "9090", "packets": "1",
         "duration": "1", "bpf": "host 192.0.2.123"}  # fmt: skip
@@ -152,29 +150,12 @@ def test_clearing_a_client(corr_site: Site) -> None:
 @contextlib.contextmanager
 def another_web(site: Site, tmp_path: Path, change: str) -> Iterator[str]:
     """The site's web config with one line changed, served on another port."""
-    port = free_port()
-    text = re.sub(r"\[correlator\]\nport = \d+", f"[correlator]\nport = {port}",
+    text = re.sub(r"\[correlator\]\nport = \d+", f"[correlator]\nport = {free_port()}",
                   site.web_config.read_text())  # fmt: skip
     config = tmp_path / "web.toml"
     config.write_text(text.replace('kid = "correlator"', f'kid = "correlator"\n{change}'))
-    log = tmp_path / "web.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pcapd", "web", "-c", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return Client(base).send("/")[0] == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, timeout=20)
-        yield base
-    finally:
-        stop_process(proc)
+    with web_server(config, tmp_path / "web.log") as url:
+        yield url
 
 
 @pytest.mark.parametrize(
