@@ -59,10 +59,10 @@ class _Layout:
     def __init__(self) -> None:
         self.rows = 0
         self.depth = 0
-        # node, depth, row, parent's (depth, key in `ys`, box width)
-        self.placed: list[tuple[Node, int, float, tuple[int, float, int] | None]] = []
+        # node, depth, row, parent's (depth, key in `ys`)
+        self.placed: list[tuple[Node, int, float, tuple[int, float] | None]] = []
 
-    def place(self, node: Node, depth: int, parent: tuple[int, float, int] | None) -> float:
+    def place(self, node: Node, depth: int, parent: tuple[int, float] | None) -> float:
         if len(self.placed) >= MAX_NODES:
             return self.rows
         self.depth = max(self.depth, depth)
@@ -72,7 +72,7 @@ class _Layout:
             y = float(self.rows)
             self.rows += 1
         else:
-            me = (depth, -1.0 - index, _width(node.kind))
+            me = (depth, -1.0 - index)
             ys = [self.place(child, depth + 1, me) for child in node.children]
             y = (ys[0] + ys[-1]) / 2
         self.placed[index] = (node, depth, y, parent)
@@ -97,7 +97,8 @@ def draw(client: str, roots: Sequence[Node], title: str) -> Markup:
     for node, depth, y, parent in layout.placed:
         x, top = depth * COLUMN + PAD, y * ROW + PAD
         if parent is not None:
-            px, py = parent[0] * COLUMN + PAD + parent[2], ys[parent[1]] * ROW + PAD + ROW / 2
+            # From the end of the column, past the parent's "capture" link.
+            px, py = parent[0] * COLUMN + PAD + BOX, ys[parent[1]] * ROW + PAD + ROW / 2
             mid = top + ROW / 2
             parts.append(f'<path class="link" d="M{px:.0f},{py:.0f} C{px + 12:.0f},{py:.0f} '
                          f'{x - 12:.0f},{mid:.0f} {x:.0f},{mid:.0f}"/>')  # fmt: skip
