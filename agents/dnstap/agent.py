@@ -266,6 +266,7 @@ def make_writer(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> sto
         max_queue_ops=config.max_queue_ops,
         batch_ops=config.batch_ops,
         flush_interval=config.flush_interval,
+        index=config.client_index,
     )
 
 

@@ -84,6 +84,7 @@ class DnstapConfig:
     udp_output: HostPort | None = None
     udp_interface: str | None = None
     udp_ttl: int = DEFAULT_UDP_TTL
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -116,6 +117,15 @@ class _Table:
             self.error(key, f"expected a string, got {value!r}")
             return default
         return value or None
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"expected true or false, got {value!r}")
+            return default
+        return value
 
     def number(
         self, key: str, default: float, minimum: float, maximum: float, integer: bool = False
@@ -247,6 +257,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         udp_output=t.host_port("udp_output"),
         udp_interface=t.opt_str("udp_interface"),
         udp_ttl=t.number("udp_ttl", DEFAULT_UDP_TTL, 0, 255, integer=True),
+        client_index=t.flag("client_index", False),
     )
     if cfg.batch_ops > cfg.max_queue_ops:
         t.error("batch_ops", f"{cfg.batch_ops} exceeds max_queue_ops={cfg.max_queue_ops}")

@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 import redis
 
 from agents import store
+from agents.flow.agent import make_writer as make_flow_writer
+from agents.flow.config import parse_flow_config
 from agents.reader import ReaderError, StoreReader, parse_address, parse_network
-from tests.helpers import RedisServer
+from tests.agents.dnstap.builders import response_wire, tap_payload
+from tests.agents.dnstap.harness import running_agent
+from tests.helpers import RedisServer, wait_for
 
 C = "10.1.0.5"
 C6 = "2001:db8:1::5"
@@ -147,3 +152,24 @@ def test_addresses_and_networks_are_canonical() -> None:
     assert parse_network("10.1.2.3/8") == ipaddress.ip_network("10.0.0.0/8")
     with pytest.raises(ReaderError, match=r"prefix: '10\.0\.0\.0/33' is not"):
         parse_network("10.0.0.0/33")
+
+
+def test_agents_keep_the_index_when_configured(redis_srv: RedisServer, tmp_path: Path) -> None:
+    chain = response_wire(
+        "alias.example.test.", "A",
+        [("alias.example.test.", "CNAME", "target.example.test."),
+         ("target.example.test.", "A", "198.51.100.7")],
+    )  # fmt: skip
+    with running_agent(redis_srv.url, tmp_path / "tap.sock", client_index=True) as ra:
+        ra.send([tap_payload(chain, client=C)])
+        r = redis_srv.client()
+        wait_for(lambda: r.exists(store.index_key(C)) == 1)
+        wait_for(ra.flushed)
+    members = {m.decode() for m in r.smembers(store.index_key(C)) if isinstance(m, bytes)}
+    assert members == {store.dns_key(C, "198.51.100.7"), store.cname_key(C, "target.example.test.")}
+    assert 0 < r.ttl(store.index_key(C)) <= 900
+    data = StoreReader(r, budget=1).read_client(C)  # a budget too small to scan: the index it is
+    assert data.complete and data.dns == {"198.51.100.7": ["target.example.test."]}
+    flow = parse_flow_config({"client_index": True})
+    assert make_flow_writer(lambda: r, flow).index is True
+    assert make_flow_writer(lambda: r, parse_flow_config({})).index is False
