@@ -9,6 +9,8 @@ the escaping. Bad input answers 400 with the rule broken, on the page or as
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -20,6 +22,7 @@ from pcapd.core.config import Config
 from pcapd.correlator import captures, security, svg
 from pcapd.correlator.service import Correlator, clients_query
 
+LIVE_RESERVE = 2  # server threads never taken by live result streams
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -32,6 +35,7 @@ def create_app(config: Config, redis_client: redis.Redis, s3: Any | None = None)
     security.configure(app, config.correlator)
     correlator = Correlator(redis_client, config)
     c = config.correlator
+    live_slots = threading.BoundedSemaphore(max(1, c.threads - LIVE_RESERVE))
 
     def decorate(event: dict[str, Any]) -> dict[str, Any]:
         return {**event, "links": captures.links(event, config, s3)}
@@ -180,9 +184,19 @@ def create_app(config: Config, redis_client: redis.Redis, s3: Any | None = None)
     def api_capture_events(request_id: str) -> Response:
         if captures.flow_of(request_id) is None:
             abort(404, "not a request id this correlator made")
+        # Each live stream holds a server thread: keep two for everything else.
+        if not live_slots.acquire(blocking=False):
+            abort(503, f"{c.threads - LIVE_RESERVE} live result pages are open already; "
+                  "close one or raise [correlator] threads")  # fmt: skip
         wait = c.max_duration + captures.EVENT_MARGIN
-        stream = captures.live_events(redis_client, config, request_id, wait, decorate)
-        return Response(stream, mimetype="text/event-stream",
+
+        def stream() -> Iterator[str]:
+            try:
+                yield from captures.live_events(redis_client, config, request_id, wait, decorate)
+            finally:
+                live_slots.release()
+
+        return Response(stream(), mimetype="text/event-stream",
                         headers={"X-Accel-Buffering": "no"})  # fmt: skip
 
     def _events() -> list[dict[str, Any]]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import RedisServer, free_port
+from tests.pcapd.correlator.site import web_server
 
 
 def web(config: Path) -> subprocess.CompletedProcess[str]:
@@ -59,3 +63,25 @@ def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     done = web(config)
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_live_result_pages_are_bounded(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """threads = 3 leaves one thread for live streams; a second stream is refused."""
+    config = tmp_path / "web.toml"
+    limits = "threads = 3\nmax_duration = 5\n"
+    config.write_text(
+        f"[redis]\nport = {redis_srv.port}\n\n[correlator]\nport = {free_port()}\n{limits}"
+    )
+    events = "/api/captures/c_10.0.0.1_10.0.0.2_80_0123456789ab/events"
+    with web_server(config, tmp_path / "web.log") as url:
+        with urllib.request.urlopen(url + events, timeout=10) as first:
+            assert first.headers["Content-Type"].startswith("text/event-stream")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + events, timeout=10)
+            assert refused.value.code == 503
+            assert json.loads(refused.value.read()) == {"error": "1 live result pages are open "
+                "already; close one or raise [correlator] threads"}  # fmt: skip
+            assert b"event: end" in first.read()  # ends after max_duration + margin
+        # The slot came back with the first stream's end.
+        with urllib.request.urlopen(url + events, timeout=60) as again:
+            assert again.status == 200
