@@ -46,7 +46,9 @@ pytest: venv
 
 test: setup lint typecheck pytest
 
+# The benchmarks' Python peers (dnstap-receiver, ...): each fails without its peer.
 bench: setup
+	$(PY) -m pip install -q -e '.[bench]'
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

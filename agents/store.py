@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -38,6 +38,7 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 
 INCR = ""  # op marker: INCR the key; anything else is a member to append
+INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
 
 CLIENT = "client"
 DNS, CNAME, NX, FLOW, PEER, RST, ICMP = "dns", "cname", "nx", "flow", "peer", "rst", "icmp"
@@ -139,6 +140,9 @@ def parse_key(text: str) -> Key | None:
     if len(parts) == 2 and parts[0] == CLIENT:
         return Key(CLIENT, parts[1])
     kind = parts[-1]
+    if kind == NX and len(parts) > 3 and parts[0]:
+        # record_nxdomain stores `;` in the name unescaped, as ShoDoHFlo does.
+        return Key(kind, parts[0], (";".join(parts[1:-1]),))
     if _ARITY.get(kind) != len(parts) - 2 or not parts[0]:
         return None
     return Key(kind, parts[0], tuple(parts[1:-1]))
@@ -149,11 +153,49 @@ def members(value: str) -> list[str]:
     return [m for m in split_fields(value) if m]
 
 
-# One call per batch: KEYS[i] with ARGV[i+2] = "" (INCR) or the member to
-# append if absent; ARGV[1] is the TTL, ARGV[2] "1" to keep the client index.
-# Done server-side so append-if-absent is atomic and a batch costs one round
-# trip. pcall: a key holding another type (WRONGTYPE) costs that key, counted,
-# never the rest of the batch.
+def record_answer(
+    writer: RedisWriter, client: str, chain: Sequence[str], addresses: Sequence[str]
+) -> int:
+    """ShoDoHFlo's writes for one NOERROR answer; returns the addresses recorded.
+
+    `chain` starts at the question name and follows the CNAMEs; `addresses`
+    are the A/AAAA texts owned by its end. As in ShoDoHFlo (dnstap_agent's
+    `MyMapper.map_fields` sends one datagram per final address, dns_agent's
+    `answer_to_redis_` writes each): `client;<c>` gains 1 per distinct
+    address, and an answer without an address (NODATA, a CNAME chain that
+    ends nowhere) writes nothing at all, no `cname` key either. Shared by
+    every agent that turns DNS answers into keys.
+    """
+    count = len(addresses)
+    if not count:
+        return 0
+    if count > 1:  # dnspython's rrsets hold each address once
+        count = len(set(addresses))
+    for i in range(1, len(chain)):
+        writer.append(cname_key(client, chain[i]), chain[i - 1])
+    owner = chain[-1]
+    for address in addresses:  # a repeated address appends nothing
+        writer.append(dns_key(client, address), owner)
+    writer.incr(client_key(client), count)  # one INCRBY, the same value as ShoDoHFlo's INCRs
+    return count
+
+
+def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
+    """`client;<c>` and `<c>;<qname>;nx` INCR, for every NXDOMAIN (no dedup).
+
+    The name is dnspython's text form with `\\;` unescaped to `;`, the key
+    ShoDoHFlo's dns_agent `nx_to_redis` writes: a reader must take the client
+    from the left and `nx` from the right, as the name may hold `;`.
+    """
+    writer.incr(client_key(client))
+    writer.incr(nx_key(client, qname.replace("\\;", ";")))
+
+
+# One call per batch: KEYS[i] with ARGV[i+2] = "" (INCR), NUL + a number
+# (INCRBY) or the member to append if absent; ARGV[1] is the TTL, ARGV[2] "1"
+# to keep the client index. Done server-side so append-if-absent is atomic and
+# a batch costs one round trip. pcall: a key holding another type (WRONGTYPE)
+# costs that key, counted, never the rest of the batch.
 _BATCH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local indexed = ARGV[2] == '1'
@@ -165,6 +207,10 @@ for i, key in ipairs(KEYS) do
   if member == '' then
     reply = redis.pcall('INCR', key)
     created = reply == 1
+  elseif string.byte(member, 1) == 0 then
+    local by = tonumber(string.sub(member, 2))
+    reply = redis.pcall('INCRBY', key, by)
+    created = reply == by
   else
     local item = ';' .. member .. ';'
     reply = redis.pcall('GET', key)
@@ -230,12 +276,12 @@ class RedisWriter:
         self._thread: threading.Thread | None = None
 
     # -- producers -------------------------------------------------------
-    def incr(self, key: str) -> None:
-        self._add(key, INCR)
+    def incr(self, key: str, amount: int = 1) -> None:
+        self._add(key, INCR if amount == 1 else f"{INCRBY}{amount}")
 
     def append(self, key: str, member: str) -> None:
-        if not member:
-            raise ValueError("append needs a non-empty member")
+        if not member or member[0] == INCRBY:
+            raise ValueError("append needs a non-empty member not starting with NUL")
         self._add(key, member)
 
     def _add(self, key: str, arg: str) -> None:

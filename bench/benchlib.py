@@ -6,17 +6,51 @@ own directory first on sys.path, so `import benchlib` finds this file.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 STOP_TIMEOUT = 30.0
 
 
 class BenchError(Exception):
     """The setup failed; the message says which part."""
+
+
+def require(
+    tools: Sequence[str] = (), python_peers: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Paths of the programs a benchmark runs, or BenchError naming each missing one.
+
+    A figure without its peer is not the ratio it claims, so a missing peer
+    fails the run instead of skipping it. `tools` are looked up on PATH
+    (system packages, `make setup`); `python_peers` (console script -> pip
+    requirement) next to this interpreter, where `pip install -e '.[bench]'`
+    puts them.
+    """
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    for tool in tools:
+        path = shutil.which(tool)
+        if path is None:
+            missing.append(f"{tool} (not on PATH; `make setup` installs it)")
+        else:
+            found[tool] = path
+    here = str(Path(sys.executable).parent)
+    for script, requirement in (python_peers or {}).items():
+        path = shutil.which(script, path=here)
+        if path is None:
+            missing.append(f"{script} (pip install '{requirement}', or -e '.[bench]')")
+        else:
+            found[script] = path
+    if missing:
+        raise BenchError("missing " + "; ".join(missing))
+    return found
 
 
 def free_port() -> int:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import struct
 import subprocess
@@ -33,6 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchlib import BenchError, require
 
 from pcapd.core.config import DEFAULT_BUFFER_SIZE
 
@@ -361,10 +362,11 @@ def main() -> int:
         print("capture_vs_tcpdump: needs root (network namespaces, veth, raw capture)",
               file=sys.stderr)  # fmt: skip
         return 2
-    for tool in ("ip", "tcpdump", "tcpreplay"):
-        if shutil.which(tool) is None:
-            print(f"capture_vs_tcpdump: {tool} not found on PATH", file=sys.stderr)
-            return 2
+    try:
+        require(("ip", "tcpdump", "tcpreplay"))
+    except BenchError as exc:
+        print(f"capture_vs_tcpdump: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)  # so the namespaces are deleted
     rates = QUICK_RATES if args.quick else RATES
     seconds = QUICK_SECONDS_PER_RATE if args.quick else SECONDS_PER_RATE

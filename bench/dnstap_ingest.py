@@ -38,6 +38,8 @@ import dns.rrset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import BenchError, require  # noqa: E402
+
 from agents.dnstap import dnstap_pb2, fstrm  # noqa: E402
 from agents.dnstap.client import FrameWriter  # noqa: E402
 
@@ -197,11 +199,7 @@ output:
 """
 
 
-def run_peer(workdir: Path, payloads: list[bytes]) -> float | None:
-    exe = shutil.which("dnstap_receiver", path=str(Path(sys.executable).parent))
-    if exe is None:
-        print("peer: dnstap-receiver is not installed (pip install dnstap-receiver); skipped")
-        return None
+def run_peer(exe: str, workdir: Path, payloads: list[bytes]) -> float:
     sock = workdir / "peer.sock"
     conf = workdir / "peer.yml"
     conf.write_text(PEER_CONFIG.format(path=sock))
@@ -220,6 +218,13 @@ def main() -> int:
                         help="the peer is slower: replay this many to it")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best of each is kept")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
+    try:
+        peer = require(("redis-server",), {"dnstap_receiver": "dnstap-receiver"})
+    except BenchError as exc:
+        print(f"dnstap_ingest: {exc}", file=sys.stderr)
+        return 2
     payloads = build_payloads(args.messages)
     size = sum(len(p) for p in payloads)
     print(f"replay: {len(payloads)} messages, {size / len(payloads):.0f} bytes each, "
@@ -233,8 +238,8 @@ def main() -> int:
             print(f"  run {attempt + 1}: agent written in {run['written_s']:.2f} s", flush=True)
             if not ours or run["written_s"] < ours["written_s"]:
                 ours = run
-            peer_run = run_peer(work, payloads[: args.peer_messages])
-            if peer_run is not None and (peer_s is None or peer_run < peer_s):
+            peer_run = run_peer(peer["dnstap_receiver"], work, payloads[: args.peer_messages])
+            if peer_s is None or peer_run < peer_s:
                 peer_s = peer_run
     decoded_rate = len(payloads) / ours["decoded_s"]
     written_rate = len(payloads) / ours["written_s"]
@@ -242,11 +247,11 @@ def main() -> int:
           f"{written_rate:,.0f} msg/s written to Redis "
           f"({ours['keys_written']:,.0f} key writes, {ours['deduped']:,.0f} deduped, "
           f"{ours['dropped']:,.0f} dropped)")  # fmt: skip
-    if peer_s is not None:
-        peer_rate = args.peer_messages / peer_s
-        print(f"dnstap-receiver (peer, stdout to /dev/null): {peer_rate:,.0f} msg/s decoded")
-        print(f"ratio: {written_rate / peer_rate:.1f}x the peer while writing Redis "
-              f"(target >= 3x); {decoded_rate / peer_rate:.1f}x decode only")  # fmt: skip
+    assert peer_s is not None  # set by every run
+    peer_rate = args.peer_messages / peer_s
+    print(f"dnstap-receiver (peer, stdout to /dev/null): {peer_rate:,.0f} msg/s decoded")
+    print(f"ratio: {written_rate / peer_rate:.1f}x the peer while writing Redis "
+          f"(target >= 3x); {decoded_rate / peer_rate:.1f}x decode only")  # fmt: skip
     print(f"absolute: {written_rate:,.0f} msg/s into Redis (target >= 50,000)")
     return 0
 

@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchlib import stop
+from benchlib import BenchError, require, stop
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -276,6 +276,16 @@ def main() -> int:
     mode.add_argument("--full", action="store_true", help="more rates, bigger live steps")
     parser.add_argument("--no-live", action="store_true", help="offline part only")
     args = parser.parse_args()
+    try:
+        # The live part's peer is tcpdump on the same veth; --no-live asks for less.
+        require(
+            ("redis-server",) if args.no_live else ("redis-server", "ip", "tcpdump", "tcpreplay")
+        )
+        if not args.no_live and os.geteuid() != 0:
+            raise BenchError("the live part needs root (namespaces, veth); or pass --no-live")
+    except BenchError as exc:
+        print(f"flow_agent: {exc}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="pcapd-bench-flow-") as tmp:
         workdir = Path(tmp)
         pcap = workdir / "flows.pcap"
@@ -288,9 +298,6 @@ def main() -> int:
         )
         offline(pcap, workdir)
         if args.no_live:
-            return 0
-        if os.geteuid() != 0 or not shutil.which("tcpreplay"):
-            print("live: skipped (needs root and tcpreplay)")
             return 0
         live_pcap = workdir / "live.pcap"
         rates = FULL_RATES if args.full else QUICK_RATES

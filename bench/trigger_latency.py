@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from benchlib import BenchError, free_port, stop, wait_until
+from benchlib import BenchError, free_port, require, stop, wait_until
 
 REQUESTS = 1000
 QUICK_REQUESTS = 200
@@ -407,10 +407,11 @@ def main() -> int:
     if os.geteuid() != 0:
         print("trigger_latency: needs root (capturing on lo)", file=sys.stderr)
         return 2
-    for tool in ("redis-server", "tcpdump"):
-        if shutil.which(tool) is None:
-            print(f"trigger_latency: {tool} not found on PATH", file=sys.stderr)
-            return 2
+    try:
+        require(("redis-server", "tcpdump"))
+    except BenchError as exc:
+        print(f"trigger_latency: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)  # so redis-server and pcapd are stopped
     count = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)
     peer_runs = QUICK_PEER_RUNS if args.quick else PEER_RUNS

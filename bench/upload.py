@@ -24,7 +24,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchlib import free_port
+from benchlib import BenchError, free_port, require
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -121,8 +120,7 @@ def child(variant: str, endpoint: str, bucket: str, small: int, large_mib: int) 
     )
 
 
-def start_moto(port: int) -> subprocess.Popen[bytes]:
-    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
+def start_moto(exe: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [exe, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -148,9 +146,14 @@ def main() -> int:
         child(variant, endpoint, bucket, args.small, args.large_mib)
         return 0
 
+    try:
+        moto_server = require(python_peers={"moto_server": "moto[server]"})["moto_server"]
+    except BenchError as exc:
+        print(f"upload: {exc}", file=sys.stderr)
+        return 2
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    moto = start_moto(port)
+    moto = start_moto(moto_server, port)
     try:
         import boto3
 

@@ -69,9 +69,9 @@ def _agent_problems(config: Config) -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pcapd.daemon import serve
+    from pcapd.pcapdaemon import serve_main
 
-    return serve(args.config)
+    return serve_main(args.serve_args, "pcapd serve")
 
 
 def _capture(args: argparse.Namespace) -> int:
@@ -279,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the capture daemon",
         description="Listen for capture requests and serve them until SIGTERM. The first "
         "SIGTERM/SIGINT ends running captures (stop=shutdown), delivers them and exits 0; "
-        "a second one exits at once.",
+        "a second one exits at once. Takes pcapdaemon's flags: `pcapd serve -help`.",
+        add_help=False,
     )  # fmt: skip
-    serve.add_argument("-c", "--config", required=True, metavar="FILE")
+    serve.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="-c FILE ...")
     serve.set_defaults(func=_serve)
 
     capture = sub.add_parser(
@@ -385,6 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["spool"]:
         # The spool command parses its own options, --help included.
         return _spool(argparse.Namespace(spool_args=argv[1:]))
+    if argv[:1] == ["serve"]:
+        # pcapdaemon's Go-style flags, which argparse cannot spell (-upload=false).
+        return _serve(argparse.Namespace(serve_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)

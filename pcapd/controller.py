@@ -32,6 +32,8 @@ from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent, iso_utc
 from pcapd.core.logs import event
 from pcapd.core.request import (
+    _CHANNEL_RE,
+    _ID_RE,
     CaptureRequest,
     RequestError,
     addressed_to,
@@ -54,13 +56,18 @@ from pcapd.engine import (
 from pcapd.packetdebug import packet_logger
 from pcapd.signing import verify
 from triggers.base import Delivery
-from uploaders.base import Artifact, Location, artifact_filename
+from uploaders.base import Artifact, FileNamer, Location
 from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
 from uploaders.policy import check_overrides
 from uploaders.spool import SpoolError
 
 log = logging.getLogger("pcapd.controller")
+
+# Bodies up to this size are parsed for their id and reply_to when refused
+# unread (overloaded): a real request is a few hundred bytes, and parsing a
+# larger one would slow the thread that drains the source.
+SALVAGE_MAX_BYTES = 4096
 
 
 @dataclass(slots=True)
@@ -88,6 +95,12 @@ class _Job:
             log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
 
 
+def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
+    """The body's reply_to, when it is a valid channel name, whatever else is wrong."""
+    value = fields.get("reply_to") if fields else None
+    return value if isinstance(value, str) and _CHANNEL_RE.fullmatch(value) else None
+
+
 class Controller:
     def __init__(
         self,
@@ -101,6 +114,7 @@ class Controller:
     ) -> None:
         self.config = config
         self.node = config.general.node
+        self._names = FileNamer(config.general.naming)
         self.publisher = publisher
         self.deliverer = deliverer
         self.pool = pool
@@ -223,6 +237,11 @@ class Controller:
                 self._handling -= 1
 
     def _handle(self, delivery: Delivery) -> None:
+        fields: dict[str, Any] | None = None
+        if self.config.general.logrequests:
+            # pcapdaemon's [general] logrequests: every body, before it is judged.
+            body = delivery.body[: self.config.general.max_request_bytes]
+            event(log, "request_body", source=delivery.source, body=body.decode(errors="replace"))
         try:
             fields = decode_body(delivery.body, self.config.general.max_request_bytes)
             if not addressed_to(fields, self.node):
@@ -236,12 +255,10 @@ class Controller:
                 log, "request_rejected", logging.WARNING,
                 source=delivery.source, id=exc.request_id, error=str(exc),
             )  # fmt: skip
-            self._publish(
-                ResultEvent(id=exc.request_id, node=self.node, status="rejected", error=str(exc))
-            )
+            self._answer_unparsed(delivery.body, exc.request_id, _reply_to(fields), str(exc))
             delivery.ack()
             return
-        if request.logrequest:
+        if request.logrequest and not self.config.general.logrequests:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
         # Recorded at once: the same request on two sources must not slip
         # through twice; forgotten again if it is not served after all.
@@ -300,6 +317,41 @@ class Controller:
         worker.promised = request.bytes if self._spool is not None else 0
         return worker
 
+    def refuse(self, delivery: Delivery, reason: str) -> None:
+        """Answer a delivery its source could not hold ("overloaded"), unread.
+
+        Called by the source's reader thread, so it stays cheap: only a small
+        body is parsed, for its id and reply_to; nothing is logged per body
+        (the source logs a count)."""
+        request_id = reply_to = None
+        if len(delivery.body) <= SALVAGE_MAX_BYTES:
+            with contextlib.suppress(RequestError):
+                fields = decode_body(delivery.body, SALVAGE_MAX_BYTES)
+                if not addressed_to(fields, self.node):
+                    return
+                raw_id = fields.get("id")
+                if isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id):
+                    request_id = raw_id
+                reply_to = _reply_to(fields)
+        self._answer_unparsed(delivery.body, request_id, reply_to, reason)
+        with contextlib.suppress(Exception):
+            delivery.ack()
+
+    def _answer_unparsed(
+        self, body: bytes, request_id: str | None, reply_to: str | None, error: str
+    ) -> None:
+        """A rejection for a body that did not become a request. It carries the
+        body's SHA-256, since its id may be missing or a stream's entry id, and
+        goes to `reply_to` if that much of the body was sound: the ways a
+        sender can still match it."""
+        self._publish(
+            ResultEvent(
+                id=request_id, node=self.node, status="rejected", error=error,
+                request_sha256=hashlib.sha256(body).hexdigest(),
+            ),
+            reply_to,
+        )  # fmt: skip
+
     def _reject(
         self,
         request: CaptureRequest,
@@ -334,7 +386,7 @@ class Controller:
         self._hold(worker, len(outcome.data))
         artifact = Artifact(
             data=outcome.data,
-            filename=artifact_filename(
+            filename=self._names(
                 self.node, worker.interface, outcome.started, worker.request.id,
                 worker.request.format,
             ),
@@ -502,7 +554,12 @@ class _Worker:
             return
         finally:
             ctl.pool.replenish()
-        outcome = self._capture(handle)
+        try:
+            outcome = self._capture(handle)
+        except CaptureError as exc:  # e.g. bytes cannot hold this pcapng header
+            ctl._reject(request, self.interface, str(exc), self.warnings)
+            ctl._settle(self, durable=True)
+            return
         result = ResultEvent(
             id=request.id, alertid=request.alertid, node=ctl.node, interface=self.interface,
             status="ok" if outcome.packets else "empty", error=outcome.error, stop=outcome.stop,

@@ -7,12 +7,13 @@ signal exits at once (status 1).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import redis
@@ -21,11 +22,11 @@ from redis.retry import Retry
 
 from pcapd.controller import Controller
 from pcapd.core import redis_conn
-from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.config import Config, ConfigError, Overrides, load_config
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
-from triggers.base import TriggerSource
+from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
 from uploaders.deliver import Deliverer, build_remote_uploaders
@@ -34,6 +35,22 @@ from uploaders.retry import RetryPolicy
 from uploaders.spool import Spool, SpoolDrainer
 
 log = logging.getLogger("pcapd.daemon")
+
+# glibc malloc: at most this many arenas (default 8 per core, one taken by
+# each thread that allocates: captures, uploads, sources); and blocks from
+# this size on are mmapped and given back when freed (glibc otherwise raises
+# the threshold after each freed 1 MB body, and keeps the next ones in a
+# heap it never shrinks). MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ in the
+# environment win. See README, "Memory".
+MALLOC_ARENAS = 2
+MALLOC_MMAP_THRESHOLD = 256 * 1024
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # from glibc's malloc.h
+
+# What the process may hold beyond its RSS when idle, captures (max_memory)
+# and the pub/sub queue: requests being parsed (up to 1 MB each unread),
+# queued result events (MAX_PENDING of ~1 KB), thread stacks touched, and
+# allocator slack. Measured by the daemon fuzz and bench/trigger_storm.py.
+MEMORY_OVERHEAD = 64 * 1024 * 1024
 
 SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
 RESULTS_GRACE = 10.0  # then seconds to send the results still queued
@@ -51,7 +68,9 @@ def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
     return Deliverer(uploaders, RetryPolicy.from_config(config.delivery, stop=stop), spool)
 
 
-def build_sources(config: Config, free_slots: Callable[[], int]) -> list[TriggerSource]:
+def build_sources(
+    config: Config, free_slots: Callable[[], int], refuse: Callable[[Delivery, str], None]
+) -> list[TriggerSource]:
     sources: list[TriggerSource] = []
     if config.redis.listen:
 
@@ -61,7 +80,13 @@ def build_sources(config: Config, free_slots: Callable[[], int]) -> list[Trigger
             return redis_conn.connect(config.redis, retry=Retry(NoBackoff(), 0))
 
         sources.append(
-            RedisPubSubSource(connect_once, config.redis.channel, config.redis.describe())
+            RedisPubSubSource(
+                connect_once,
+                config.redis.channel,
+                config.redis.describe(),
+                queue_bytes=config.redis.pubsub_queue_bytes,
+                refuse=refuse,
+            )
         )
     if config.redis.stream_listen:
         from triggers.redis_stream import RedisStreamSource
@@ -70,7 +95,13 @@ def build_sources(config: Config, free_slots: Callable[[], int]) -> list[Trigger
     if config.sqs.listen:
         from triggers.sqs import SqsSource
 
-        sources.append(SqsSource(config.sqs, free_slots=free_slots))
+        sources.append(
+            SqsSource(
+                config.sqs,
+                free_slots=free_slots,
+                max_request_bytes=config.general.max_request_bytes,
+            )
+        )
     return sources
 
 
@@ -103,7 +134,7 @@ class Daemon:
             if deliverer.spool is not None
             else None
         )
-        self.sources = build_sources(config, self.controller.free_slots)
+        self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
 
@@ -173,14 +204,40 @@ class Daemon:
         return 0 if clean else 1
 
 
-def serve(config_path: str) -> int:
+def memory_bound(config: Config, idle_rss: int) -> int:
+    """The RSS the daemon stays under, whatever arrives (README, "Memory")."""
+    queue = config.redis.pubsub_queue_bytes if config.redis.listen else 0
+    return idle_rss + config.general.max_memory + queue + MEMORY_OVERHEAD
+
+
+def bound_malloc() -> None:
+    """Apply MALLOC_ARENAS and MALLOC_MMAP_THRESHOLD; before any thread starts."""
     try:
-        config = load_config(config_path)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+
+
+def serve(
+    config_path: str | None,
+    overrides: Overrides | None = None,
+    flag_warnings: Sequence[str] = (),
+) -> int:
+    """Run with the file at `config_path` (None: defaults), `overrides` from
+    the command line laid over it."""
+    try:
+        config = load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return 2
     setup_logging(config.general, config.syslog)
+    for warning in flag_warnings:
+        event(log, "flag_warning", logging.WARNING, warning=warning)
     for warning in config.warnings:
         event(log, "config_warning", logging.WARNING, path=config_path, warning=warning)
     problems = config.serve_problems()
@@ -188,6 +245,7 @@ def serve(config_path: str) -> int:
         for problem in problems:
             event(log, "config_error", logging.ERROR, path=config_path, error=problem)
         return 2
+    bound_malloc()
     daemon = Daemon(config)
     daemon.install_signal_handlers()
     return daemon.run()

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import pcap
 
 from pcapd.core.config import MAX_SNAPLENGTH
+from pcapd.core.errors import CaptureError as CaptureError  # what capture() raises
+from pcapd.core.request import bpf_problem, show
 from pcapd.pcapfile import (
     EPB_HEAD,
     EPB_OVERHEAD,
@@ -47,10 +49,6 @@ BLOCK_TIMEOUT_MS = 10  # longest a packet waits in the kernel before it is reada
 NOTHING_FILTER = "len < 0"  # what a spare handle holds until a request takes it
 MAX_POLL_WAIT = 0.1  # how often a waiting capture looks at the stop flag (s)
 REFILL_RETRY = 5.0
-
-
-class CaptureError(Exception):
-    """The interface could not be captured on; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +113,15 @@ def _text(exc: BaseException) -> str:
 
 
 def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
-    """Install the request's filter, then drop whatever the ring held before."""
+    """Install the request's filter, then drop whatever the ring held before.
+
+    Every filter reaches libpcap through here, whoever sent it (a request, the
+    command line), so here it is checked: pypcap's setfilter, given text it
+    cannot encode, corrupts the heap and the process aborts later.
+    """
+    problem = bpf_problem(bpf)
+    if problem is not None:
+        raise CaptureError(f"bpf: {show(bpf)} {problem}")
     try:
         handle.setfilter(bpf)
     except OSError as exc:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from pcapd.core.atomic import write_atomic
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.core.events import iso_utc
 from pcapd.engine import (
@@ -21,7 +22,6 @@ from pcapd.engine import (
     open_handle,
     set_filter,
 )
-from uploaders.local import write_atomic
 
 PROGRESS_INTERVAL = 0.5
 
@@ -92,7 +92,16 @@ def run_capture(
         where = "standard output"
     else:
         try:
-            write_atomic(path, outcome.data, 0o644)
+            # The check above is minutes old: publish with link(), which fails
+            # rather than replace a file that appeared during the capture.
+            write_atomic(path, outcome.data, 0o644, overwrite=False)
+        except FileExistsError:
+            print(
+                f"pcapd capture: -w {path}: a file of that name appeared during the capture; "
+                "it was left alone and this capture was not written",
+                file=sys.stderr,
+            )
+            return 1
         except OSError as exc:
             print(f"pcapd capture: cannot write {path}: {exc.strerror}", file=sys.stderr)
             return 1

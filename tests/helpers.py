@@ -7,10 +7,13 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -74,9 +77,9 @@ class RedisServer:
         if self.unixsocket:
             args += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._ready, timeout=10)
+        wait_for(self.ready, timeout=10)
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         try:
             return bool(self.client().ping())
         except redis.RedisError:
@@ -102,6 +105,70 @@ def redis_server(
     server = RedisServer(
         port=free_port(), workdir=workdir, password=password, unixsocket=unixsocket
     )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+MOTO_START_TIMEOUT = 30.0
+
+
+@dataclass
+class MotoProcess:
+    """`moto_server` (S3, SQS, ...) as a child process on a loopback port.
+
+    A child process, not a thread of the test run, so a test can kill it like a
+    lost peer and `start` it again on the same port, with fresh (empty) state.
+    `env` is added to the environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
+    makes it check credentials like AWS.
+    """
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("moto_server")
+        assert exe.exists(), f"moto_server is not installed in the virtualenv ({exe})"
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+        )  # fmt: skip
+        self.proc = proc
+        wait_for(lambda: self._up() or proc.poll() is not None, timeout=MOTO_START_TIMEOUT)
+        assert proc.poll() is None, f"moto_server exited with {proc.returncode}"
+
+    def _up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the peer vanishes mid-request, as a crashed or unreachable one."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def moto_process(env: dict[str, str] | None = None) -> Iterator[MotoProcess]:
+    """A started `MotoProcess` on a free port, stopped on exit."""
+    server = MotoProcess(port=free_port(), env=dict(env or {}))
     server.start()
     try:
         yield server

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import re
 import threading
 import time
@@ -24,12 +25,13 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from pcapd.core.config import SqsConfig
+from pcapd.core.config import DEFAULT_MAX_REQUEST_BYTES, SqsConfig
 from triggers.base import Delivery
 
 if TYPE_CHECKING:
@@ -68,16 +70,31 @@ _MISSING_QUEUE = frozenset(
 _XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]{0,500})</Message>")
 _MAX_MESSAGE = 300  # characters of an error message kept in a log line
+# boto3 builds these itself from the region: sqs.<region>.amazonaws.com[.cn],
+# and the legacy <region>.queue.amazonaws.com / queue.amazonaws.com.
+_AWS_SQS_HOST = re.compile(
+    r"(sqs\.[a-z0-9-]+|([a-z0-9-]+\.)?queue)\.amazonaws\.com(\.cn)?", re.IGNORECASE
+)
+_URL_REGION = re.compile(r"(?:^|\.)sqs\.([a-z]{2}(?:-[a-z]+)+-\d+)\.", re.IGNORECASE)
+DEFAULT_REGION = "us-east-1"
 _GONE = frozenset({"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.MessageNotInflight"})
 
 
 def make_client(config: SqsConfig) -> SQSClient:
-    """A boto3 SQS client for `[sqs]`: explicit keys if set, else boto3's chain."""
+    """A boto3 SQS client for `[sqs]`: explicit keys if set, else boto3's chain.
+
+    With no `endpoint`, calls go where `url` points unless it names AWS's own
+    regional SQS host (boto3's default): pcapdaemon's [sqs] has no endpoint
+    key, and a VPC endpoint or an SQS-compatible server is named in `url`.
+    """
+    endpoint = config.endpoint or endpoint_from_url(config.url)
     region = config.region or _region_from_url(config.url)
+    if region is None and endpoint is not None:
+        region = DEFAULT_REGION  # signing needs one; a non-AWS server ignores it
     client: SQSClient = boto3.client(
         "sqs",
         region_name=region,
-        endpoint_url=config.endpoint,
+        endpoint_url=endpoint,
         aws_access_key_id=config.accessid,
         aws_secret_access_key=config.accesskey.reveal() if config.accesskey else None,
         config=BotoConfig(
@@ -89,15 +106,21 @@ def make_client(config: SqsConfig) -> SQSClient:
     return client
 
 
-def _region_from_url(url: str | None) -> str | None:
-    """`https://sqs.eu-west-1.amazonaws.com/...` names its region; use it if none is set."""
+def endpoint_from_url(url: str | None) -> str | None:
+    """`scheme://host[:port]` of a queue URL, or None for AWS's regional SQS hosts."""
     if not url:
         return None
-    host = url.split("//", 1)[-1].split("/", 1)[0]
-    parts = host.split(".")
-    if len(parts) >= 3 and parts[0] == "sqs" and "-" in parts[1]:
-        return parts[1]
-    return None
+    parts = urlsplit(url)
+    if not parts.hostname or _AWS_SQS_HOST.fullmatch(parts.hostname):
+        return None
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _region_from_url(url: str | None) -> str | None:
+    """`https://sqs.eu-west-1.amazonaws.com/...` (or a VPC endpoint's
+    `vpce-....sqs.eu-west-1.vpce.amazonaws.com`) names its region."""
+    found = _URL_REGION.search(urlsplit(url).hostname or "") if url else None
+    return found.group(1) if found else None
 
 
 def describe_error(exc: Exception) -> str:
@@ -133,7 +156,7 @@ class _InFlight:
 
 
 class _Receive:
-    """One ReceiveMessage call on its own thread, so `stop` need not wait for a long poll."""
+    """One ReceiveMessage call, run on the source's receiver thread."""
 
     def __init__(self, call: Callable[[], list[MessageTypeDef]]) -> None:
         self.done = threading.Event()
@@ -143,9 +166,8 @@ class _Receive:
         self.on_abandoned: Callable[[list[MessageTypeDef]], None] | None = None
         self._lock = threading.Lock()
         self._call = call
-        threading.Thread(target=self._run, name="sqs-receive", daemon=True).start()
 
-    def _run(self) -> None:
+    def run(self) -> None:
         try:
             self.messages = self._call()
         except Exception as exc:  # handed to the caller, which logs and backs off
@@ -169,6 +191,35 @@ class _Receive:
             return True
 
 
+class _Receiver:
+    """The one thread that makes every ReceiveMessage call of a source, so
+    `stop` need not wait for a long poll, and no thread is started per call.
+    Calls run one at a time, in order; at most one is queued behind another
+    (a restarted `deliveries` while an abandoned poll finishes)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[_Receive | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], list[MessageTypeDef]]) -> _Receive:
+        pending = _Receive(call)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sqs-receive", daemon=True)
+                self._thread.start()
+        self._calls.put(pending)
+        return pending
+
+    def _run(self) -> None:
+        while (pending := self._calls.get()) is not None:
+            pending.run()
+
+    def close(self) -> None:
+        """The thread ends after the call it is making (at most waitseconds)."""
+        self._calls.put(None)
+
+
 class SqsSource:
     """Long-polls one queue; `deliveries` yields until `stop` is set.
 
@@ -188,7 +239,9 @@ class SqsSource:
         clock: Callable[[], float] = time.monotonic,
         backoff_initial: float = RECEIVE_BACKOFF_INITIAL,
         backoff_max: float = RECEIVE_BACKOFF_MAX,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
+        self.max_request_bytes = max_request_bytes
         if not config.url:
             raise ValueError("sqs.url: required for the SQS source")
         self.config = config
@@ -205,6 +258,7 @@ class SqsSource:
         self._closed = threading.Event()
         self._wake = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._receiver = _Receiver()
 
     # -- the receive loop -------------------------------------------------
 
@@ -264,7 +318,7 @@ class SqsSource:
             self._wake.set()
             return messages
 
-        pending = _Receive(call)
+        pending = self._receiver.submit(call)
         while not pending.done.wait(STOP_POLL):
             if stop.is_set() and pending.abandon(self._release_all):
                 raise _Stopped
@@ -280,7 +334,11 @@ class SqsSource:
     def _delivery(self, message: MessageTypeDef) -> Delivery:
         receipt = message["ReceiptHandle"]
         return Delivery(
-            body=unwrap_sns(message.get("Body", "")).encode("utf-8"),
+            # surrogatepass: a lone surrogate that an SNS envelope escaped goes on
+            # to the parser, which names the field; a strict encode raised here.
+            body=unwrap_sns(message.get("Body", ""), self.max_request_bytes).encode(
+                "utf-8", "surrogatepass"
+            ),
             source=self.name,
             ack=partial(self._ack, receipt),
             release=partial(self._release, receipt),
@@ -419,6 +477,7 @@ class SqsSource:
         """
         self._closed.set()
         self._wake.set()
+        self._receiver.close()
         if self._heartbeat is not None:
             self._heartbeat.join()
         if release_in_flight:
@@ -432,13 +491,15 @@ class _Stopped(Exception):
     """`stop` was set while a receive was waiting."""
 
 
-def unwrap_sns(body: str) -> str:
+def unwrap_sns(body: str, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> str:
     """The request inside an SNS notification envelope, or `body` unchanged.
 
     SNS delivers `{"Type": "Notification", "Message": "<request>", ...}` unless
-    the subscription has raw message delivery; accept both.
+    the subscription has raw message delivery; accept both. A body over
+    `max_bytes` is not parsed here but handed on as it is, for the parser to
+    reject by its size before any JSON is read.
     """
-    if '"TopicArn"' not in body:
+    if '"TopicArn"' not in body or len(body.encode(errors="surrogatepass")) > max_bytes:
         return body
     try:
         envelope = json.loads(body)

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from pcapd.core.errors import UploadError as UploadError  # part of the uploader interface
 from pcapd.core.request import CaptureRequest
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class UploadError(Exception):
-    """A delivery attempt failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +19,7 @@ class Artifact:
     """A finished capture file held in memory, not copied for upload."""
 
     data: bytes | bytearray | memoryview
-    filename: str  # unique: node, interface, UTC time to the ms, request id
+    filename: str  # unique, in the `[general] naming` pattern (FileNamer)
     format: str
     sha256: str
     request: CaptureRequest
@@ -74,3 +68,35 @@ def artifact_filename(node: str, interface: str, started: float, request_id: str
     safe_node = _UNSAFE.sub("-", node)
     safe_iface = _UNSAFE.sub("-", interface)
     return f"{safe_node}_{safe_iface}_{stamp}.{millis:03d}Z_{request_id}.{fmt}"
+
+
+def pcapdaemon_key(folder: str, filename: str) -> str:
+    """pcapdaemon's S3 key: `"/" + folder + "/" + name`, which its SDK cleaned
+    (empty and "." segments dropped) into `folder/name`, or `name` alone."""
+    return "/".join(part for part in f"{folder}/{filename}".split("/") if part not in ("", "."))
+
+
+class FileNamer:
+    """Names capture files in the configured pattern (`[general] naming`).
+
+    "pcapd": `artifact_filename`. "pcapdaemon": `<node>-<interface>-<unix
+    seconds>.<fmt>`, its time the capture's start. Those names have one-second
+    resolution, so two captures of one interface starting within one second
+    would share a name (pcapdaemon overwrote the first): the later one takes
+    the next free second instead, keeping the pattern. Holds one integer per
+    (node, interface).
+    """
+
+    def __init__(self, naming: str = "pcapd") -> None:
+        self.naming = naming
+        self._last: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, node: str, interface: str, started: float, request_id: str, fmt: str) -> str:
+        if self.naming != "pcapdaemon":
+            return artifact_filename(node, interface, started, request_id, fmt)
+        safe_node, safe_iface = _UNSAFE.sub("-", node), _UNSAFE.sub("-", interface)
+        with self._lock:
+            second = max(int(started), self._last.get((safe_node, safe_iface), -1) + 1)
+            self._last[safe_node, safe_iface] = second
+        return f"{safe_node}-{safe_iface}-{second}.{fmt}"

@@ -151,7 +151,7 @@ def build_remote_uploaders(
         if sink == "s3" and config.s3.upload:
             from uploaders.s3 import S3Uploader
 
-            found.append(S3Uploader(config.s3, s3_client_factory))
+            found.append(S3Uploader(config.s3, s3_client_factory, naming=config.general.naming))
         elif sink == "cloudshark" and config.cloudshark.upload:
             from uploaders.cloudshark import CloudsharkUploader
 

@@ -28,7 +28,7 @@ import botocore.config
 import botocore.exceptions
 
 from pcapd.core.config import S3Config
-from uploaders.base import Artifact, Location, UploadError
+from uploaders.base import Artifact, Location, UploadError, pcapdaemon_key
 from uploaders.policy import normalize_endpoint
 
 if TYPE_CHECKING:
@@ -136,10 +136,17 @@ class S3Uploader:
     name = "s3"
     remote = True
 
-    def __init__(self, config: S3Config, client_factory: ClientFactory | None = None) -> None:
+    def __init__(
+        self,
+        config: S3Config,
+        client_factory: ClientFactory | None = None,
+        *,
+        naming: str = "pcapd",
+    ) -> None:
         if not config.bucket:
             raise ValueError("s3.bucket: required for the S3 uploader")
         self.config = config
+        self.naming = naming  # [general] naming: "pcapdaemon" keeps its key layout
         self._factory = client_factory or boto3_client_factory(config)
         self._clients: dict[tuple[str | None, str | None], S3Client] = {}
         self._lock = threading.Lock()
@@ -159,7 +166,10 @@ class S3Uploader:
         request = artifact.request
         bucket = request.bucket or self.config.bucket
         assert bucket is not None
-        folder = (request.folder if request.folder is not None else self.config.folder).strip("/")
+        folder = request.folder if request.folder is not None else self.config.folder
+        if self.naming == "pcapdaemon":
+            return bucket, pcapdaemon_key(folder, artifact.filename)
+        folder = folder.strip("/")
         key = f"{folder}/{artifact.filename}" if folder else artifact.filename
         return bucket, key
 

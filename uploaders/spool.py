@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcapd.core.errors import PcapdError
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Uploader
@@ -57,7 +58,7 @@ _TUPLE_FIELDS = frozenset(
 _REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(CaptureRequest))
 
 
-class SpoolError(Exception):
+class SpoolError(PcapdError):
     """The spool cannot store or hand back an entry."""
 
 

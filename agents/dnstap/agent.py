@@ -1,10 +1,11 @@
 """The dnstap agent: decoded responses to ShoDoHFlo's Redis keys.
 
-Per CLIENT_RESPONSE (by default) whose question is A or AAAA:
-`client;<c>` INCR; for NXDOMAIN `<c>;<qname>;nx` INCR; otherwise every CNAME
-link of the chain from the question gives `<c>;<target>;cname` += alias, and
-every final address `<c>;<address>;dns` += owner name. Keys come from
-`agents.store` only; writes go through its bounded, batched `RedisWriter`.
+Per CLIENT_RESPONSE (by default) whose question is A or AAAA, ShoDoHFlo's
+values: NXDOMAIN gives `client;<c>` and `<c>;<qname>;nx` INCR, every time; an
+answer with final addresses gives, per address, `client;<c>` INCR and
+`<c>;<address>;dns` += owner name, and per CNAME link `<c>;<target>;cname` +=
+alias; an answer without one writes nothing (`agents.dnstap.record`). Keys come
+from `agents.store` only; writes go through its bounded, batched `RedisWriter`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any
 import redis
 
 from agents import store
-from agents.dnstap.config import DnstapConfig, HostPort
+from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
+from agents.dnstap.record import DEDUPED, NXDOMAIN, RECORDED, Recorder
 from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, address_text, parse_response
 from agents.dnstap.server import ConnectionStats, DnstapServer
 
@@ -58,6 +60,7 @@ class AgentStats:
     responses: int = 0
     nxdomain: int = 0
     deduped: int = 0
+    no_address: int = 0  # NOERROR without a final address: nothing written
     ignored: int = 0
     other_qtype: int = 0
     other_rcode: int = 0
@@ -105,6 +108,7 @@ class DnstapAgent:
         self.writer = writer
         self.stats = AgentStats()
         self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
+        self.recorder = Recorder(writer, self.dedup, config.dedup_scope == DEDUP_GLOBAL)
         self.server = DnstapServer(config, self.handle)
         self.udp = (
             UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
@@ -153,34 +157,28 @@ class DnstapAgent:
             if len(self._clients) >= CLIENT_CACHE_ENTRIES:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
-        if self.dedup.seen((client, qname, qtype)):
+        outcome = self.recorder.record(client, resp)
+        if outcome == RECORDED:
+            stats.responses += 1
+            if self.udp is not None:
+                reverse = list(reversed(resp.chain))
+                for _rtype, address in resp.addresses:
+                    self._send_udp(
+                        {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
+                         "status": "NOERROR", "address": address}
+                    )  # fmt: skip
+        elif outcome == DEDUPED:
             stats.deduped += 1
-            return
-        stats.responses += 1
-        writer = self.writer
-        writer.incr(store.client_key(client))
-        if rcode == RCODE_NXDOMAIN:
+        elif outcome == NXDOMAIN:
+            stats.responses += 1
             stats.nxdomain += 1
-            writer.incr(store.nx_key(client, qname))
             if self.udp is not None:
                 self._send_udp(
                     {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
                      "status": "NXDOMAIN"}
                 )  # fmt: skip
-            return
-        chain = resp.chain
-        for i in range(1, len(chain)):
-            writer.append(store.cname_key(client, chain[i]), chain[i - 1])
-        owner = chain[-1]
-        for _rtype, address in resp.addresses:
-            writer.append(store.dns_key(client, address), owner)
-        if self.udp is not None:
-            reverse = list(reversed(chain))
-            for _rtype, address in resp.addresses:
-                self._send_udp(
-                    {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
-                     "status": "NOERROR", "address": address}
-                )  # fmt: skip
+        else:
+            stats.no_address += 1
 
     def _send_udp(self, datagram: dict[str, Any]) -> None:
         assert self.udp is not None

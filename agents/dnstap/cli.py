@@ -15,8 +15,8 @@ from pcapd.core.secret import Secret
 # command-line options that override the [agents.dnstap] key of the same name
 _OVERRIDES = (
     "socket", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "redis_url",
-    "ttl_grace", "message_types", "record_types", "ignore", "dedup_window", "max_queue_ops",
-    "batch_ops", "stats_interval", "udp_output",
+    "ttl_grace", "message_types", "record_types", "ignore", "dedup_window", "dedup_scope",
+    "max_queue_ops", "batch_ops", "stats_interval", "udp_output",
 )  # fmt: skip
 
 
@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-types", type=_csv, help="comma list of A, AAAA (A,AAAA)")
     p.add_argument("--ignore", type=_csv, help="comma list of name suffixes to skip")
     p.add_argument("--dedup-window", type=float, help="seconds per (client, name, type) (1)")
+    p.add_argument(
+        "--dedup-scope", choices=("client", "global"),
+        help="a repeat is the same (client, name, type) or, as ShoDoHFlo, (name, type) (client)",
+    )  # fmt: skip
     p.add_argument("--max-queue-ops", type=int, help="Redis operations held at most")
     p.add_argument("--batch-ops", type=int, help="Redis operations per script call")
     p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -29,6 +30,11 @@ DEFAULT_MESSAGE_TYPES = ("CLIENT_RESPONSE",)
 DEFAULT_RECORD_TYPES = ("A", "AAAA")
 RECORD_TYPES = {"A": TYPE_A, "AAAA": TYPE_AAAA}
 DEFAULT_DEDUP_WINDOW = 1.0
+# What a repeat is: the same (client, name, type), or, as ShoDoHFlo's
+# dnstap_agent (`MyMapper.filter`), the same (name, type) from any client.
+DEDUP_CLIENT = "client"
+DEDUP_GLOBAL = "global"
+DEDUP_SCOPES = (DEDUP_CLIENT, DEDUP_GLOBAL)
 MAX_DEDUP_WINDOW = 3600.0
 # ~275 bytes per remembered (client, name, type) (tracemalloc: 200-250 B with
 # 30-50 character names, which each entry keeps alive): 100k entries ~ 28 MB.
@@ -73,6 +79,7 @@ class DnstapConfig:
     record_types: tuple[str, ...] = DEFAULT_RECORD_TYPES
     ignore: tuple[str, ...] = ()
     dedup_window: float = DEFAULT_DEDUP_WINDOW
+    dedup_scope: str = DEDUP_CLIENT
     dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
     max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
@@ -127,6 +134,14 @@ class _Table:
             return default
         return value
 
+    def opt_secret(self, key: str) -> str | None:
+        """A string that may hold a password: a bad value's type is named, never the value."""
+        value = self.get(key)
+        if value is not None and not isinstance(value, str):
+            self.error(key, f"expected a string, got {type(value).__name__} (value not shown)")
+            return None
+        return value or None
+
     def number(
         self, key: str, default: float, minimum: float, maximum: float, integer: bool = False
     ) -> Any:
@@ -136,6 +151,9 @@ class _Table:
         numeric = isinstance(value, int) or (not integer and isinstance(value, float))
         if isinstance(value, bool) or not numeric:
             self.error(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            return default
+        if not math.isfinite(value):  # TOML allows nan and inf
+            self.error(key, f"must be a finite number, got {value!r}")
             return default
         if not minimum <= value <= maximum:
             self.error(key, f"{value} is outside {minimum}..{maximum}")
@@ -211,7 +229,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
     t = _Table(raw)
-    url = t.opt_str("redis_url")
+    url = t.opt_secret("redis_url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         t.error("redis_url", "scheme is not one of redis://, rediss://, unix://")
     elif url is not None:
@@ -232,6 +250,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         record_types=t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
         ignore=_suffixes(t),
         dedup_window=float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
+        dedup_scope=t.opt_str("dedup_scope", DEDUP_CLIENT) or DEDUP_CLIENT,
         dedup_max_entries=t.number(
             "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
         ),
@@ -259,6 +278,8 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         udp_ttl=t.number("udp_ttl", DEFAULT_UDP_TTL, 0, 255, integer=True),
         client_index=t.flag("client_index", False),
     )
+    if cfg.dedup_scope not in DEDUP_SCOPES:
+        t.error("dedup_scope", f"{cfg.dedup_scope!r} not one of {', '.join(DEDUP_SCOPES)}")
     if cfg.batch_ops > cfg.max_queue_ops:
         t.error("batch_ops", f"{cfg.batch_ops} exceeds max_queue_ops={cfg.max_queue_ops}")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):

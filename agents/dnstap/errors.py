@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pcapd.core.errors import PcapdError
 
-class DnstapError(Exception):
+
+class DnstapError(PcapdError):
     """Root of the agent's own errors: only these leave the decoders."""
 
 

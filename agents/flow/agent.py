@@ -23,6 +23,8 @@ import pcap
 from agents import store
 from agents.flow import packets, tracker
 from agents.flow.config import FlowConfig
+from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
+from pcapd.core.errors import PcapdError
 
 log = logging.getLogger("pcapd.agents.flow")
 
@@ -36,12 +38,8 @@ COALESCE = 0.002
 DIRECTIONS = {"in": pcap.PCAP_D_IN, "inout": pcap.PCAP_D_INOUT, "out": pcap.PCAP_D_OUT}
 
 
-class AgentError(Exception):
+class AgentError(PcapdError):
     """The agent cannot start: bad interface, unreadable file, unknown link type."""
-
-
-class CaptureError(AgentError):
-    """libpcap failed while capturing (e.g. the interface went away)."""
 
 
 class FlowAgent:

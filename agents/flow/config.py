@@ -7,6 +7,7 @@ each naming its field: `agents.flow.rules[2].src: unknown network 'foo'`.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ from agents.flow.rules import (
 from pcapd.core.config import ConfigError
 
 SECTION = "agents.flow"
+log = logging.getLogger("pcapd.agents.flow")
 
 # Enough for Ethernet + 2 VLAN tags + IPv6 + a few extension headers + ICMPv6
 # + the embedded IPv6 header and ports of an unreachable; far below a packet.
@@ -291,6 +293,8 @@ def _rules(raw: Any, names: set[str], errors: list[str]) -> tuple[Rule, ...]:
         drop = r.boolean("drop", False)
         if len(errors) != before:
             continue
+        if action == PORT_MATCH and ports is not None and not ports:
+            log.warning("event=flow_rule_never_matches rule=%s.ports reason=empty list", where)
         try:
             rules.append(
                 Rule(action, sides["src"], sides["dst"], precedence, client, port, ports, drop)

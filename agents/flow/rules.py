@@ -72,8 +72,9 @@ class Rule:
     `precedence` (lower_port, port_match): which side is the service on a port
     tie (lower_port) or is checked first (port_match). `client` and `port`
     (assign): which side is the client, and whose port is the port of interest
-    (defaults to the service side). `ports`: required by port_match; for assign
-    the port of interest must be in it (any port when None).
+    (defaults to the service side). `ports`: required by port_match (an empty
+    set never matches); for assign the port of interest must be in it (any port
+    when None).
     """
 
     action: str
@@ -93,8 +94,10 @@ class Rule:
                 raise RuleError(f"{name}: expected 'src' or 'dst', got {getattr(self, name)!r}")
         if self.port is not None and self.port not in SIDES:
             raise RuleError(f"port: expected 'src' or 'dst', got {self.port!r}")
-        if self.action == PORT_MATCH and not self.ports:
-            raise RuleError("ports: port_match needs a non-empty list of ports")
+        # An empty list is allowed: ShoDoHFlo accepts PortMatch(set()), a rule
+        # that never matches (the config loader warns about it).
+        if self.action == PORT_MATCH and self.ports is None:
+            raise RuleError("ports: port_match needs a list of ports")
         for port in self.ports or ():
             if not MIN_PORT <= port <= MAX_PORT:
                 raise RuleError(f"ports: {port} is not in {MIN_PORT}..{MAX_PORT}")

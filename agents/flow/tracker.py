@@ -3,10 +3,12 @@
 Each distinct packet key (addresses + ports) is decided once by the rules and
 remembered: the verdict is either a drop reason (an int counter index) or an
 *entry* (`due` ns, `keys`) shared by every packet tuple that yields the same
-keys. A packet whose entry is due sends its keys (the event key plus the
-`client;` counter and, for flows, both `peer` keys) and pushes `due` one
-suppression window ahead, so each event key reaches Redis at most once per
-window however many packets carry it.
+event key (flow, rst or icmp key): both directions of a flow share one, as
+ShoDoHFlo's `Recent.seen(k)` suppresses by that key alone. A packet whose
+entry is due sends its keys (the event key plus the `client;` counter and,
+for flows, both `peer` keys) and pushes `due` one suppression window ahead,
+so each event key reaches Redis at most once per window however many packets
+carry it.
 
 Memory: at most `max_tracked` packet tuples per cache (flows, RSTs, ICMP; ~90
 bytes each), `max_tracked` addresses and `max_tracked` entries. A new flow
@@ -87,7 +89,7 @@ class Tracker:
         self._flows: dict[bytes, Entry | int] = {}
         self._rsts: dict[bytes, Entry | int] = {}
         self._icmps: dict[bytes, Entry | int] = {}
-        self._entries: dict[tuple[str, ...], Entry] = {}
+        self._entries: dict[str, Entry] = {}  # by event key
         self._addresses: dict[bytes, tuple[Address, str, bool]] = {}
         self.flow = self._flow_handler()
 
@@ -163,8 +165,10 @@ class Tracker:
         cache[key] = verdict
         return verdict
 
-    def _entry(self, keys: tuple[str, ...]) -> Entry:
-        entry = self._entries.get(keys)
+    def _entry(self, event: str, keys: tuple[str, ...]) -> Entry:
+        """The entry for `event`; its `keys` are those of the first packet
+        tuple seen (the other direction's peer keys are the same two keys)."""
+        entry = self._entries.get(event)
         if entry is None:
             if len(self._entries) >= self.max_tracked:
                 # Cached verdicts point at entries: drop them together.
@@ -174,7 +178,7 @@ class Tracker:
                 self._icmps.clear()
                 self.counts[CACHE_RESETS] += 1
             entry = Entry(keys)
-            self._entries[keys] = entry
+            self._entries[event] = entry
         return entry
 
     def _ours(self, address: Address) -> bool:
@@ -203,16 +207,18 @@ class Tracker:
         if isinstance(mapping, Verdict):
             return _VERDICT_COUNTER[mapping]
         client, service = (src_text, dst_text) if mapping.client is src else (dst_text, src_text)
+        flow = store.flow_key(client, service, mapping.port)
         if self.rules.ignored(src, sport, dst, dport):
             # ShoDoHFlo still counts the client for an ignored flow.
-            return self._entry((store.client_key(client),))
+            return self._entry(flow, (store.client_key(client),))
         return self._entry(
+            flow,
             (
                 store.client_key(client),
-                store.flow_key(client, service, mapping.port),
+                flow,
                 store.peer_key(src_text, dst_text),
                 store.peer_key(dst_text, src_text),
-            )
+            ),
         )
 
     def _decide_rst(self, key: bytes) -> Entry | int:
@@ -222,9 +228,8 @@ class Tracker:
         sport, dport = _PORTS.unpack_from(key, 2 * size)
         if not dst_ours:
             return _FALL_THROUGH
-        return self._entry(
-            (store.client_key(dst_text), store.rst_key(dst_text, src_text, dport, sport))
-        )
+        rst = store.rst_key(dst_text, src_text, dport, sport)
+        return self._entry(rst, (store.client_key(dst_text), rst))
 
     def _decide_icmp(self, key: bytes) -> Entry | int:
         size = 4 if len(key) == 13 else 16
@@ -233,9 +238,5 @@ class Tracker:
             return NOT_OURS
         _bounce, bounce_text, _ = self._address(key[size : 2 * size])
         sport, dport = _PORTS.unpack_from(key, 2 * size)
-        return self._entry(
-            (
-                store.client_key(dst_text),
-                store.icmp_key(dst_text, bounce_text, sport, dport, key[-1]),
-            )
-        )
+        icmp = store.icmp_key(dst_text, bounce_text, sport, dport, key[-1])
+        return self._entry(icmp, (store.client_key(dst_text), icmp))

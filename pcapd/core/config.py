@@ -9,6 +9,7 @@ does not know are warnings, not errors, as pcapdaemon ignored them too.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tomllib
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from pcapd.core.errors import PcapdError
 from pcapd.core.secret import Secret, resolve_secret
 
 # pcapdaemon's documented defaults (its own code never applied them).
@@ -28,7 +30,8 @@ DEFAULT_MAXTIMEOUT = 3_600
 DEFAULT_MAXDURATION = 3_600
 DEFAULT_MAXBYTES = 100_000_000
 # pcapd's own bounds.
-DEFAULT_DURATION = 60
+# As pcapdaemon, a request without `duration` may capture for `maxduration`.
+DEFAULT_DURATION = DEFAULT_MAXDURATION
 DEFAULT_MAX_CONCURRENT = 8
 DEFAULT_MAX_MEMORY = 512 * 1024 * 1024
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024  # TPACKET_V3: no drops to 700k pps in bench/
@@ -45,6 +48,13 @@ DEFAULT_RESULTS_STREAM = "capture-results"
 DEFAULT_RESULTS_STREAM_MAXLEN = 10_000
 DEFAULT_REQUEST_STREAM = "capture-requests"
 DEFAULT_HEALTH_CHECK_INTERVAL = 15
+# Requests read off the pub/sub socket and not yet handled: bytes of bodies
+# (plus a per-message overhead). What does not fit is answered "overloaded".
+DEFAULT_PUBSUB_QUEUE_BYTES = 16 * 1024 * 1024
+MIN_PUBSUB_QUEUE_BYTES = 1024 * 1024
+MAX_PUBSUB_QUEUE_BYTES = 1024 * 1024 * 1024
+
+NAMINGS = ("pcapd", "pcapdaemon")
 
 DEFAULT_SYSLOG_PRIORITY = 25  # LOG_DAEMON | LOG_ALERT, as pcapdaemon's sample
 DEFAULT_SYSLOG_TAG = "pcapd"
@@ -52,16 +62,24 @@ DEFAULT_SYSLOG_TAG = "pcapd"
 DEFAULT_UPLOAD_ATTEMPTS = 4
 DEFAULT_BACKOFF_INITIAL = 0.5
 DEFAULT_BACKOFF_MAX = 30.0
+MAX_BACKOFF = 3_600.0  # seconds: backoff_initial and backoff_max
 DEFAULT_UPLOAD_WORKERS = 4
 DEFAULT_SPOOL_DIR = "/var/spool/pcapd"
 DEFAULT_SPOOL_MAX_BYTES = 2 * 1024 * 1024 * 1024
 DEFAULT_DRAIN_INTERVAL = 30.0
+MIN_DRAIN_INTERVAL = 0.1
+MAX_DRAIN_INTERVAL = 86_400.0
 
 DEFAULT_CS_CONNECT_TIMEOUT = 5.0
 DEFAULT_CS_READ_TIMEOUT = 120.0
+MIN_CS_TIMEOUT = 0.1
+MAX_CS_CONNECT_TIMEOUT = 300.0
+MAX_CS_READ_TIMEOUT = 3_600.0
 DEFAULT_MULTIPART_THRESHOLD = 8 * 1024 * 1024
 
 DEFAULT_SQS_WAIT = 20
+MIN_SQS_WAIT = 1  # 0 is short polling: an empty reply at once, one billed call after another
+MAX_SQS_WAIT = 20  # SQS's own limit
 DEFAULT_SQS_CHUNK = 10
 DEFAULT_SQS_VISIBILITY = 30
 NOT_FOR_ME = ("release", "delete")
@@ -86,7 +104,7 @@ DEFAULT_DEDUP_WINDOW = 600
 SSE_MODES = ("AES256", "aws:kms")
 
 
-class ConfigError(Exception):
+class ConfigError(PcapdError):
     """Every problem found in one config; each line names its field."""
 
     def __init__(self, errors: list[str], path: str | None = None) -> None:
@@ -123,6 +141,8 @@ class GeneralConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_format: str = "kv"
     log_level: str = "info"
+    logrequests: bool = False  # log every request body as it arrives (pcapdaemon's option)
+    naming: str = "pcapd"  # file names and S3 keys: pcapd's, or pcapdaemon's host-iface-time
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +163,8 @@ class RedisConfig:
     health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL
     stream_listen: bool = False
     stream: str = DEFAULT_REQUEST_STREAM
+    # Worst case held by the pub/sub source between socket and controller.
+    pubsub_queue_bytes: int = DEFAULT_PUBSUB_QUEUE_BYTES
 
     def describe(self) -> str:
         """Where Redis is, without any password: for logs and errors."""
@@ -278,6 +300,8 @@ class Config:
     agents: Mapping[str, Any] = field(default_factory=dict)
     # Remote sinks in the order their sections appear in the file.
     remote_order: tuple[str, ...] = ("s3", "cloudshark")
+    # pcapdaemon's [kafka] listen = true: pcapd reads no Kafka, so it is no source.
+    kafka_listen: bool = False
     warnings: tuple[str, ...] = ()
 
     def aliases(self) -> dict[str, tuple[str, ...]]:
@@ -292,6 +316,12 @@ class Config:
         """What stops `pcapd serve` from doing anything useful with this config."""
         problems = []
         if not (self.redis.listen or self.redis.stream_listen or self.sqs.listen):
+            if self.kafka_listen:
+                problems.append(
+                    "kafka.listen: pcapd does not read Kafka, and no other request source "
+                    "is enabled: use [redis] listen (pub/sub), [redis] stream_listen "
+                    "(a stream) or [sqs] listen instead"
+                )
             problems.append(
                 "redis.listen, redis.stream_listen, sqs.listen: at least one request "
                 "source must be enabled"
@@ -302,6 +332,13 @@ class Config:
                 "destination must be enabled"
             )
         return problems
+
+
+def _toml_type(value: Any) -> str:
+    """The TOML name of a value's type, for errors that must not show the value."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", list: "an array",
+             dict: "a table"}  # fmt: skip
+    return names.get(type(value), "a date or time")
 
 
 class _Section:
@@ -351,15 +388,19 @@ class _Section:
             return None
         return self.get_int(key, 0, minimum=1, maximum=maximum)
 
-    def get_float(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+    def get_float(self, key: str, default: float, *, minimum: float, maximum: float) -> float:
         value = self._get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._bad(key, value, "expected a number")
             return default
-        if value < minimum:
-            self._bad(key, value, f"must be at least {minimum}")
+        # TOML allows nan and inf; nan passes every comparison as false.
+        if not math.isfinite(value):
+            self._bad(key, value, "must be a finite number")
+            return default
+        if not minimum <= value <= maximum:
+            self._bad(key, value, f"must be at least {minimum} and at most {maximum}")
             return default
         return float(value)
 
@@ -401,10 +442,17 @@ class _Section:
         return tuple(value)
 
     def secret(self, key: str) -> Secret | None:
-        value = self.optional_str(key)
+        """A secret string; whatever else is written there, the error names only
+        its type: `auth = 918273645` is a password too."""
+        value = self._get(key)
         if value is None:
             return None
-        return self._resolve_secret(key, value)
+        if not isinstance(value, str):
+            self.errors.append(
+                f"{self.name}.{key}: expected a string, got {_toml_type(value)} (value not shown)"
+            )
+            return None
+        return self._resolve_secret(key, value) if value else None
 
     def _resolve_secret(self, key: str, value: str) -> Secret | None:
         """`env:NAME` and `file:/path` keep secrets out of the config file."""
@@ -446,7 +494,7 @@ def _general(section: _Section, hostname: str) -> GeneralConfig:
         maxduration=maxduration,
         maxbytes=maxbytes,
         packetdebug=s.get_bool("packetdebug", False),
-        defaultduration=s.get_int("defaultduration", min(DEFAULT_DURATION, maxduration)),
+        defaultduration=s.get_int("defaultduration", maxduration),
         format=s.get_str("format", "pcap", choices=FORMATS),
         max_concurrent=s.get_int("max_concurrent", DEFAULT_MAX_CONCURRENT, maximum=1024),
         max_memory=max_memory,
@@ -456,6 +504,8 @@ def _general(section: _Section, hostname: str) -> GeneralConfig:
         ),
         log_format=s.get_str("log_format", "kv", choices=LOG_FORMATS),
         log_level=s.get_str("log_level", "info", choices=LOG_LEVELS),
+        logrequests=s.get_bool("logrequests", False),
+        naming=s.get_str("naming", "pcapd", choices=NAMINGS),
     )
     if general.defaulttimeout > general.maxtimeout:
         s.errors.append(
@@ -504,6 +554,12 @@ def _redis(s: _Section) -> RedisConfig:
         health_check_interval=s.get_int("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL),
         stream_listen=s.get_bool("stream_listen", False),
         stream=s.get_str("stream", DEFAULT_REQUEST_STREAM),
+        pubsub_queue_bytes=s.get_int(
+            "pubsub_queue_bytes",
+            DEFAULT_PUBSUB_QUEUE_BYTES,
+            minimum=MIN_PUBSUB_QUEUE_BYTES,
+            maximum=MAX_PUBSUB_QUEUE_BYTES,
+        ),
     )
 
 
@@ -538,6 +594,13 @@ def _interfaces(raw: Any, errors: list[str], warnings: list[str]) -> tuple[Inter
 
 
 def _cloudshark(s: _Section) -> CloudsharkConfig:
+    # pcapdaemon's `timeout` (seconds for the whole upload) is read_timeout's
+    # default here: the connect timeout stays separate and never exceeds it.
+    timeout = s.get_float(
+        "timeout", DEFAULT_CS_READ_TIMEOUT, minimum=MIN_CS_TIMEOUT, maximum=MAX_CS_READ_TIMEOUT
+    )
+    if "timeout" in s.table and "read_timeout" in s.table:
+        s.errors.append("cloudshark.timeout, cloudshark.read_timeout: set one, not both")
     config = CloudsharkConfig(
         upload=s.get_bool("upload", False),
         host=s.get_str("host", "localhost"),
@@ -545,9 +608,14 @@ def _cloudshark(s: _Section) -> CloudsharkConfig:
         port=s.optional_int("port", maximum=65535),
         token=s.secret("token"),
         ca_bundle=s.optional_str("ca_bundle"),
-        connect_timeout=s.get_float("connect_timeout", DEFAULT_CS_CONNECT_TIMEOUT, minimum=0.1),
-        read_timeout=s.get_float("read_timeout", DEFAULT_CS_READ_TIMEOUT, minimum=0.1),
-    )
+        connect_timeout=s.get_float(
+            "connect_timeout", min(DEFAULT_CS_CONNECT_TIMEOUT, timeout),
+            minimum=MIN_CS_TIMEOUT, maximum=MAX_CS_CONNECT_TIMEOUT,
+        ),
+        read_timeout=s.get_float(
+            "read_timeout", timeout, minimum=MIN_CS_TIMEOUT, maximum=MAX_CS_READ_TIMEOUT
+        ),
+    )  # fmt: skip
     if config.upload and not config.token:
         s.errors.append("cloudshark.token: required when cloudshark.upload = true")
     return config
@@ -584,6 +652,18 @@ def _s3(s: _Section) -> S3Config:
 
 
 def _sqs(s: _Section) -> SqsConfig:
+    waitseconds = DEFAULT_SQS_WAIT
+    if s.table.get("waitseconds") == 0 and s.table["waitseconds"] is not False:
+        s.seen.add("waitseconds")
+        s.errors.append(
+            "sqs.waitseconds: 0 turns long polling off, so every empty reply is followed at "
+            f"once by the next billed ReceiveMessage: use {MIN_SQS_WAIT}..{MAX_SQS_WAIT} "
+            f"(default {DEFAULT_SQS_WAIT})"
+        )
+    else:
+        waitseconds = s.get_int(
+            "waitseconds", DEFAULT_SQS_WAIT, minimum=MIN_SQS_WAIT, maximum=MAX_SQS_WAIT
+        )
     config = SqsConfig(
         listen=s.get_bool("listen", False),
         region=s.optional_str("region"),
@@ -591,7 +671,7 @@ def _sqs(s: _Section) -> SqsConfig:
         accesskey=s.secret("accesskey"),
         url=s.optional_str("url"),
         endpoint=s.optional_str("endpoint"),
-        waitseconds=s.get_int("waitseconds", DEFAULT_SQS_WAIT, minimum=0, maximum=20),
+        waitseconds=waitseconds,
         chunksize=s.get_int("chunksize", DEFAULT_SQS_CHUNK, maximum=10),
         visibility_timeout=s.get_int("visibility_timeout", DEFAULT_SQS_VISIBILITY, maximum=43_200),
         not_for_me=s.get_str("not_for_me", "release", choices=NOT_FOR_ME),
@@ -604,15 +684,24 @@ def _sqs(s: _Section) -> SqsConfig:
 
 
 def _delivery(s: _Section) -> DeliveryConfig:
-    initial = s.get_float("backoff_initial", DEFAULT_BACKOFF_INITIAL, minimum=0.0)
+    initial = s.get_float(
+        "backoff_initial", DEFAULT_BACKOFF_INITIAL, minimum=0.0, maximum=MAX_BACKOFF
+    )
     config = DeliveryConfig(
         attempts=s.get_int("attempts", DEFAULT_UPLOAD_ATTEMPTS, maximum=100),
         backoff_initial=initial,
-        backoff_max=s.get_float("backoff_max", max(DEFAULT_BACKOFF_MAX, initial)),
+        backoff_max=s.get_float(
+            "backoff_max", max(DEFAULT_BACKOFF_MAX, initial), minimum=0.0, maximum=MAX_BACKOFF
+        ),
         upload_workers=s.get_int("upload_workers", DEFAULT_UPLOAD_WORKERS, maximum=64),
         spool_dir=s.get_str("spool_dir", DEFAULT_SPOOL_DIR),
         spool_max_bytes=s.get_int("spool_max_bytes", DEFAULT_SPOOL_MAX_BYTES, minimum=1024 * 1024),
-        drain_interval=s.get_float("drain_interval", DEFAULT_DRAIN_INTERVAL, minimum=0.1),
+        drain_interval=s.get_float(
+            "drain_interval",
+            DEFAULT_DRAIN_INTERVAL,
+            minimum=MIN_DRAIN_INTERVAL,
+            maximum=MAX_DRAIN_INTERVAL,
+        ),
     )
     if config.backoff_max < config.backoff_initial:
         s.errors.append(
@@ -712,15 +801,47 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
     )
     for s in sections.values():
         s.finish()
-    known = set(sections) | {"interface", "agents"}
+    kafka = data.get("kafka")
+    if kafka is not None:
+        config = replace(
+            config, kafka_listen=isinstance(kafka, dict) and kafka.get("listen") is True
+        )
+        warnings.append(
+            "kafka: pcapd does not read Kafka; section ignored (use [redis] listen, "
+            "[redis] stream_listen or [sqs] listen)"
+        )
+    known = set(sections) | {"interface", "agents", "kafka"}
     warnings.extend(f"{name}: unknown section, ignored" for name in sorted(set(data) - known))
     if errors:
         raise ConfigError(errors)
     return replace(config, warnings=tuple(warnings))
 
 
-def load_config(path: str | os.PathLike[str], hostname: str | None = None) -> Config:
-    """Read and validate a TOML file; errors name the file and every bad field."""
+Overrides = Mapping[str, Mapping[str, Any]]
+
+
+def merge_overrides(data: Mapping[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """`data` with `{section: {key: value}}` laid over it (command-line flags win)."""
+    merged = dict(data)
+    for name, values in overrides.items():
+        table = merged.get(name)
+        merged[name] = {**(table if isinstance(table, dict) else {}), **values}
+    return merged
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    hostname: str | None = None,
+    overrides: Overrides | None = None,
+) -> Config:
+    """Read and validate a TOML file; errors name the file and every bad field.
+
+    `overrides` (section -> key -> value) are applied before validation, so a
+    value given on the command line is checked as if the file held it. With
+    no path, the config is the defaults plus the overrides.
+    """
+    if path is None:
+        return parse_config(merge_overrides({}, overrides or {}), hostname)
     where = os.fspath(path)
     try:
         with open(where, "rb") as handle:
@@ -734,6 +855,6 @@ def load_config(path: str | os.PathLike[str], hostname: str | None = None) -> Co
             [f"not UTF-8 text (TOML must be UTF-8): {exc.reason} at byte {exc.start}"], where
         ) from exc
     try:
-        return parse_config(data, hostname)
+        return parse_config(merge_overrides(data, overrides or {}), hostname)
     except ConfigError as exc:
         raise ConfigError(exc.errors, where) from None

@@ -38,6 +38,9 @@ class ResultEvent:
     sha256: str | None = None
     locations: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # SHA-256 (hex) of the request body as received, on rejections of a body
+    # that did not become a request: a sender matches it by hashing what it sent.
+    request_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

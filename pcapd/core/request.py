@@ -8,29 +8,52 @@ ignored, as pcapdaemon's JSON decoding ignored them, and reported as warnings.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import re2
 
 from pcapd.core.config import FORMATS, MAX_SNAPLENGTH, Config
+from pcapd.core.errors import PcapdError
 
 MAX_NODE_LEN = 253
 MAX_NODERE_LEN = 256
 MAX_BPF_LEN = 4096
 MAX_TEXT_LEN = 1024
 MAX_INTERFACES = 64
-MIN_BYTES = 100  # below this not even a file header and one small packet fit
+PCAP_HEADER_LEN = 24  # the smallest file pcapd writes: a pcap header alone
+MAX_SHOWN = 80  # characters of a bad value quoted back to the sender
 
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Linux interface names (IFNAMSIZ 16) plus the `any` pseudo-device; no `/`, so
 # a name can never be mistaken for a path by pcap_open.
 _IFACE_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,32}")
 _CHANNEL_RE = re.compile(r"[\x21-\x7e]{1,256}")
+_ENDPOINT_RE = re.compile(r"[\x21-\x7e]+")
+# What no field's text may hold: C0 and C1 controls, DEL, and lone surrogates
+# (JSON's "\ud800" decodes to one; it is not text, and encoding it to UTF-8
+# for libpcap, RE2, a pcapng comment or a signature raises).
+_BAD_CHAR_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+# libpcap's filter language is ASCII: nothing else reaches pcap_compile.
+_BPF_RE = re.compile(r"[\x20-\x7e]*")
+
+# pcapdaemon's Go struct fields. encoding/json matches a key to them case-
+# insensitively (Unicode simple folding: "Node", "BPF", even "\u212a" for k), an
+# exact-case key first; pcapd's own fields (id, format, sig, ...) are exact.
+GO_FIELDS = frozenset(
+    {
+        "node", "nodere", "interface", "alias", "tags", "bpf", "customer", "snap",
+        "packets", "alertid", "timeout", "duration", "bytes", "packetdebug",
+        "logrequest", "folder", "bucket", "acl", "region", "endpoint", "encryption",
+    }
+)  # fmt: skip
 
 KNOWN_FIELDS = frozenset(
     {
@@ -40,8 +63,92 @@ KNOWN_FIELDS = frozenset(
         "id", "format", "lookback", "reply_to", "ts", "sig", "kid",
     }
 )  # fmt: skip
+# Where pcapdaemon's code reads a zero as "not given" and uses its default.
+ZERO_IS_ABSENT = frozenset({"snap", "bytes", "duration", "timeout", "alertid"})
+# Fields whose empty value pcapdaemon's code reads as "not given".
+EMPTY_IS_ABSENT = frozenset(
+    {"node", "nodere", "interface", "alias", "tags", "customer", "folder", "bucket",
+     "acl", "region", "endpoint"}
+)  # fmt: skip
 
 
+def show(value: Any) -> str:
+    """`value` as JSON, cut to MAX_SHOWN characters: what an error quotes back.
+    ASCII only, so a surrogate or control character prints as its escape."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):  # nested deeper than json can write back
+        text = f"<{type(value).__name__}>"
+    return text[:MAX_SHOWN]
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` is not clean text (a lone surrogate, a control character), or None."""
+    found = _BAD_CHAR_RE.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    surrogate = _SURROGATE_RE.match(char) is not None
+    kind = "a lone surrogate (not UTF-8 text)" if surrogate else "a control character"
+    return f"holds {kind} U+{ord(char):04X} at character {found.start()}"
+
+
+def bpf_problem(bpf: str) -> str | None:
+    """Why libpcap must not be handed `bpf`, or None: filters are printable ASCII.
+    Checked by the parser and again by the engine, the one place that calls
+    setfilter: pypcap's setfilter fails on a surrogate after freeing memory it
+    frees again later, which aborts the process."""
+    if _BPF_RE.fullmatch(bpf):
+        return None
+    found = re.search(r"[^\x20-\x7e]", bpf)
+    assert found is not None
+    char = ord(found.group())
+    return f"holds U+{char:04X} at character {found.start()}; a filter is printable ASCII"
+
+
+def go_fold(key: str) -> str:
+    """The key as Go's encoding/json compares it to a field name; ASCII field
+    names fold only with their case pair, K with U+212A and s with U+017F."""
+    return key.replace("\u017f", "s").replace("\u212a", "k").lower()
+
+
+def fold_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`data` with pcapdaemon's fields under their own names, as Go reads them:
+    `Node` or `PACKETS` count as `node` or `packets`. An exact-case key wins
+    over a folded one; among folded keys, the last (Go keeps the last too).
+    Returns the fields and a warning per key shadowed."""
+    fields: dict[str, Any] = {}
+    chosen: dict[str, str] = {}
+    warnings = []
+    for key, value in data.items():
+        name = key if key in KNOWN_FIELDS else go_fold(key)
+        if key in KNOWN_FIELDS or name not in GO_FIELDS:
+            fields[key] = value
+            continue
+        if name in data:
+            warnings.append(f"{show(key)}: ignored, {name} is given")
+            continue
+        if name in chosen:
+            warnings.append(f"{show(chosen[name])}: ignored, {show(key)} comes later")
+        chosen[name] = key
+        fields[name] = value
+    return fields, warnings
+
+
+def _given(data: Mapping[str, Any], name: str) -> Any:
+    """The field's value, or None where pcapdaemon would not see one: null, and
+    (as Go's zero values) 0 and empty strings or lists where its code says so."""
+    value = data.get(name)
+    if value is None or value is True or value is False:
+        return value
+    if value == 0 and type(value) is int:
+        return None if name in ZERO_IS_ABSENT else value
+    if (value == "" or value == []) and name in EMPTY_IS_ABSENT:
+        return None
+    return value
+
+
+@functools.lru_cache(maxsize=256)  # addressed_to and parse_fields compile the same one
 def compile_nodere(pattern: str) -> re2._Regexp[str]:
     """RE2, as Go's regexp in pcapdaemon: linear time whatever the pattern, so a
     hostile `nodere` cannot stall the daemon. RE2's own stderr logging is off."""
@@ -50,7 +157,7 @@ def compile_nodere(pattern: str) -> re2._Regexp[str]:
     return re2.compile(pattern, options)
 
 
-class RequestError(Exception):
+class RequestError(PcapdError):
     """A request that cannot be served; the message is what the user sees."""
 
     def __init__(self, message: str, request_id: str | None = None) -> None:
@@ -98,13 +205,6 @@ class CaptureRequest:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
-    def matches_node(self, node: str) -> bool:
-        """pcapdaemon's rule: `node` exact or "any"; `nodere` a regex *search*."""
-        if self.node is not None:
-            return self.node in ("any", node)
-        assert self.nodere is not None
-        return compile_nodere(self.nodere).search(node) is not None
-
 
 class _Fields:
     def __init__(self, data: Mapping[str, Any], request_id: str | None) -> None:
@@ -114,60 +214,71 @@ class _Fields:
     def fail(self, message: str) -> RequestError:
         return RequestError(message, self.request_id)
 
-    def integer(self, name: str, default: int, cap: int, cap_name: str, minimum: int = 1) -> int:
-        value = self.data.get(name)
+    def value(self, name: str) -> Any:
+        return _given(self.data, name)
+
+    def integer(self, name: str, default: int, cap: int | None, cap_name: str = "") -> int:
+        value = self.value(name)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{name}: expected a JSON integer, got {json.dumps(value)}")
-        if value < minimum:
-            rule = "must be positive" if minimum == 1 else f"must be at least {minimum}"
-            raise self.fail(f"{name}={value}: {rule}")
-        if value > cap:
+            raise self.fail(f"{name}: expected a JSON integer, got {show(value)}")
+        if value < 1:
+            raise self.fail(f"{name}={value}: must be positive")
+        if cap is not None and value > cap:
             raise self.fail(f"{name}={value} exceeds {cap_name}={cap}")
         return value
 
-    def text(self, name: str, limit: int = MAX_TEXT_LEN) -> str | None:
-        value = self.data.get(name)
+    def check_text(
+        self, name: str, value: str, limit: int, rule: Callable[[str], str | None] = text_problem
+    ) -> str:
+        if len(value) > limit:
+            raise self.fail(f"{name}: {len(value)} characters; the limit is {limit}")
+        problem = rule(value)
+        if problem is not None:
+            raise self.fail(f"{name}: {show(value)} {problem}")
+        return value
+
+    def text(
+        self, name: str, limit: int = MAX_TEXT_LEN, rule: Callable[[str], str | None] = text_problem
+    ) -> str | None:
+        value = self.value(name)
         if value is None:
             return None
         if not isinstance(value, str):
-            raise self.fail(f"{name}: expected a string, got {json.dumps(value)[:80]}")
-        if len(value) > limit:
-            raise self.fail(f"{name}: {len(value)} characters; the limit is {limit}")
-        return value
+            raise self.fail(f"{name}: expected a string, got {show(value)}")
+        return self.check_text(name, value, limit, rule)
 
     def flag(self, name: str) -> bool | None:
-        value = self.data.get(name)
+        value = self.value(name)
         if value is None:
             return None
         if not isinstance(value, bool):
-            raise self.fail(f"{name}: expected true or false, got {json.dumps(value)[:80]}")
+            raise self.fail(f"{name}: expected true or false, got {show(value)}")
         return value
 
     def names(self, name: str) -> tuple[str, ...]:
         """A list of names; a single string is accepted as a list of one."""
-        value = self.data.get(name)
+        value = self.value(name)
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
-            raise self.fail(
-                f"{name}: expected a non-empty list of names, got {json.dumps(value)[:80]}"
-            )
+            raise self.fail(f"{name}: expected a non-empty list of names, got {show(value)}")
         if len(value) > MAX_INTERFACES:
             raise self.fail(f"{name}: {len(value)} names; the limit is {MAX_INTERFACES}")
         for item in value:
+            # ASCII only: no surrogate or control character passes this.
             if not isinstance(item, str) or not _IFACE_RE.fullmatch(item):
                 raise self.fail(
-                    f"{name}: {json.dumps(item)[:80]} is not a valid name "
-                    "(1-32 of A-Z a-z 0-9 _ . : @ -)"
+                    f"{name}: {show(item)} is not a valid name (1-32 of A-Z a-z 0-9 _ . : @ -)"
                 )
         return tuple(dict.fromkeys(value))
 
 
 def decode_body(body: bytes | str, max_bytes: int) -> dict[str, Any]:
-    """The JSON object in `body`, or RequestError saying why there is none."""
-    size = len(body.encode() if isinstance(body, str) else body)
+    """The JSON object in `body`, or RequestError saying why there is none.
+    The size is checked first, so an oversized body is never parsed."""
+    size = len(body.encode(errors="surrogatepass") if isinstance(body, str) else body)
     if size > max_bytes:
         raise RequestError(
             f"request is {size} bytes; the limit is {max_bytes} (general.max_request_bytes)"
@@ -186,16 +297,23 @@ def _reject_constant(name: str) -> Any:
 
 
 def addressed_to(data: Mapping[str, Any], node: str) -> bool:
-    """Whether a decoded request names `node`, judged from `node`/`nodere` alone.
+    """Whether a decoded request names `node`, judged from `node`/`nodere` alone,
+    read as `parse_fields` reads them (keys folded, empty values absent).
 
     Checked before anything else, so that a malformed request for another
     node stays silent on this one. When the node fields themselves are
     malformed, no node can tell: every node parses and rejects it.
     """
-    name, pattern = data.get("node"), data.get("nodere")
-    if isinstance(name, str) and name and pattern is None:
+    fields, _ = fold_keys(data)
+    name, pattern = _given(fields, "node"), _given(fields, "nodere")
+    if isinstance(name, str) and pattern is None:
         return name in ("any", node)
-    if isinstance(pattern, str) and pattern and name is None and len(pattern) <= MAX_NODERE_LEN:
+    if (
+        isinstance(pattern, str)
+        and name is None
+        and len(pattern) <= MAX_NODERE_LEN
+        and text_problem(pattern) is None
+    ):
         try:
             return compile_nodere(pattern).search(node) is not None
         except re2.error:
@@ -207,30 +325,86 @@ def parse_request(body: bytes | str, config: Config) -> CaptureRequest:
     return parse_fields(decode_body(body, config.general.max_request_bytes), config)
 
 
+def _request_id(data: Mapping[str, Any], default_id: str | None) -> str:
+    """The request's own id, else `default_id` (a durable source's message id, so
+    a redelivery keeps its id), else a random one. A bad id is rejected, the
+    rejection carrying `default_id` so that the sender can still find it."""
+    fallback = default_id if default_id and _ID_RE.fullmatch(default_id) else None
+    raw_id = data.get("id")
+    if raw_id is None:
+        return fallback or uuid.uuid4().hex
+    if isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id):
+        return raw_id
+    raise RequestError(f"id: {show(raw_id)} is not 1-128 of A-Z a-z 0-9 . _ : -", fallback)
+
+
+def _check_keys(data: Mapping[str, Any], f: _Fields) -> None:
+    for key in data:
+        problem = text_problem(key)
+        if problem is not None:
+            raise f.fail(f"field name {show(key)} {problem}")
+
+
+def _check_ignored(data: Mapping[str, Any], f: _Fields) -> None:
+    """No field pcapd ignores holds a lone surrogate either: the signature and
+    the request log encode the whole request. (Control characters there are
+    served, as pcapdaemon ignored such fields.) The fields read were checked."""
+    for key, value in data.items():
+        if key not in KNOWN_FIELDS and _holds_surrogate(value):
+            raise f.fail(f"{key}: holds a lone surrogate (not UTF-8 text) in a field pcapd ignores")
+
+
+def _holds_surrogate(value: Any) -> bool:
+    stack = [value]  # not recursive: json.loads allows deeper nesting than a Python call chain
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE_RE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    """Why `endpoint` is not a host or URL boto3 and the upload policy can use."""
+    if not _ENDPOINT_RE.fullmatch(endpoint):
+        return "expected a host name or URL of printable ASCII without spaces"
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+        _ = parts.port  # raises on a port that is not a number or out of range
+    except ValueError as exc:
+        return f"not a host name or URL: {exc}"
+    if not parts.hostname:
+        return "not a host name or URL: no host"
+    return None
+
+
 def parse_fields(
     data: Mapping[str, Any], config: Config, default_id: str | None = None
 ) -> CaptureRequest:
     """A request from an already decoded JSON object. Without an `id`, it gets
-    `default_id` (a durable source's message id, so a redelivery keeps its id)
-    or a random one."""
-    general = config.general
+    `default_id` (a durable source's message id) or a random one.
 
-    raw_id = data.get("id")
-    if raw_id is None:
-        request_id = default_id if default_id and _ID_RE.fullmatch(default_id) else uuid.uuid4().hex
-    elif isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id):
-        request_id = raw_id
-    else:
-        raise RequestError(f"id: {json.dumps(raw_id)[:80]} is not 1-128 of A-Z a-z 0-9 . _ : -")
+    Read as pcapdaemon's Go code reads it: keys match its fields whatever
+    their case; null, and a zero or empty value where pcapdaemon's code
+    treats it so, mean "not given" and take the default.
+    """
+    general = config.general
+    raw = data
+    data, warnings = fold_keys(raw)
+    request_id = _request_id(data, default_id)
     f = _Fields(data, request_id)
+    _check_keys(raw, f)
 
     node = f.text("node", MAX_NODE_LEN)
     nodere = f.text("nodere", MAX_NODERE_LEN)
     if (node is None) == (nodere is None):
         raise f.fail("exactly one of node and nodere is required" if node is None else
                      "node and nodere are exclusive: send one of them")  # fmt: skip
-    if node == "" or nodere == "":
-        raise f.fail(f"{'node' if node == '' else 'nodere'}: must not be empty")
     if nodere is not None:
         try:
             compile_nodere(nodere)
@@ -239,8 +413,8 @@ def parse_fields(
             text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
             raise f.fail(f"nodere: {nodere!r} is not a valid regular expression: {text}") from None
 
-    has_iface = data.get("interface") is not None
-    has_alias = data.get("alias") is not None
+    has_iface = f.value("interface") is not None
+    has_alias = f.value("alias") is not None
     if has_iface == has_alias:
         raise f.fail(
             "exactly one of interface and alias is required"
@@ -249,6 +423,8 @@ def parse_fields(
         )
     interfaces = f.names("interface") if has_iface else ()
     aliases = f.names("alias") if has_alias else ()
+
+    bpf = f.text("bpf", MAX_BPF_LEN, bpf_problem) or ""
 
     fmt = f.text("format") or general.format
     if fmt not in FORMATS:
@@ -259,27 +435,40 @@ def parse_fields(
     if reply_to is not None and not _CHANNEL_RE.fullmatch(reply_to):
         raise f.fail("reply_to: expected 1-256 printable characters without spaces")
 
-    tags_value = data.get("tags")
+    tags_value = f.value("tags")
     if isinstance(tags_value, list) and all(isinstance(t, str) for t in tags_value):
-        tags_value = ",".join(tags_value)
-    tags_text = f.text("tags") if not isinstance(tags_value, str) else tags_value
-    if tags_text is not None and len(tags_text) > MAX_TEXT_LEN:
-        raise f.fail(f"tags: {len(tags_text)} characters; the limit is {MAX_TEXT_LEN}")
+        tags_text: str | None = f.check_text("tags", ",".join(tags_value), MAX_TEXT_LEN)
+    else:
+        tags_text = f.text("tags")
     tags = tuple(t.strip() for t in (tags_text or "").split(",") if t.strip())
 
-    alertid = data.get("alertid")
+    alertid = f.value("alertid")
     if alertid is not None and (
         isinstance(alertid, bool) or not isinstance(alertid, int | str) or len(str(alertid)) > 128
     ):
-        raise f.fail(
-            f"alertid: expected an integer or a short string, got {json.dumps(alertid)[:80]}"
-        )
+        raise f.fail(f"alertid: expected an integer or a short string, got {show(alertid)}")
+    if isinstance(alertid, str):
+        f.check_text("alertid", alertid, 128)
 
     ts = data.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
-        raise f.fail(f"ts: expected a JSON integer (Unix seconds), got {json.dumps(ts)[:80]}")
+        raise f.fail(f"ts: expected a JSON integer (Unix seconds), got {show(ts)}")
 
-    warnings = [f"{name}: unknown field, ignored" for name in sorted(set(data) - KNOWN_FIELDS)]
+    endpoint = f.text("endpoint")
+    problem = None if endpoint is None else _endpoint_problem(endpoint)
+    if problem is not None:
+        raise f.fail(f"endpoint: {show(endpoint)}: {problem}")
+
+    snap = f.integer("snap", general.snaplength, None)
+    if snap > MAX_SNAPLENGTH:  # libpcap clamps a larger snaplen to its maximum too
+        warnings.append(f"snap={snap} exceeds libpcap's maximum; clamped to {MAX_SNAPLENGTH}")
+        snap = MAX_SNAPLENGTH
+    nbytes = f.integer("bytes", general.maxbytes, general.maxbytes, "maxbytes")
+    if nbytes < PCAP_HEADER_LEN:
+        raise f.fail(f"bytes={nbytes}: cannot hold the {PCAP_HEADER_LEN}-byte pcap file header")
+
+    _check_ignored(raw, f)
+    warnings.extend(f"{name}: unknown field, ignored" for name in sorted(set(data) - KNOWN_FIELDS))
     packetdebug = bool(f.flag("packetdebug"))
     if packetdebug and not general.packetdebug:
         warnings.append("packetdebug: not allowed by this node's config (general.packetdebug)")
@@ -291,10 +480,10 @@ def parse_fields(
         nodere=nodere,
         interfaces=interfaces,
         aliases=aliases,
-        bpf=f.text("bpf", MAX_BPF_LEN) or "",
-        snap=f.integer("snap", general.snaplength, MAX_SNAPLENGTH, "max snaplen"),
+        bpf=bpf,
+        snap=snap,
         packets=f.integer("packets", general.maxpackets, general.maxpackets, "maxpackets"),
-        bytes=f.integer("bytes", general.maxbytes, general.maxbytes, "maxbytes", MIN_BYTES),
+        bytes=nbytes,
         duration=f.integer("duration", general.defaultduration, general.maxduration, "maxduration"),
         timeout=f.integer("timeout", general.defaulttimeout, general.maxtimeout, "maxtimeout"),
         format=fmt,
@@ -308,8 +497,9 @@ def parse_fields(
         bucket=f.text("bucket"),
         acl=f.text("acl"),
         region=f.text("region"),
-        endpoint=f.text("endpoint"),
-        encryption=f.flag("encryption"),
+        endpoint=endpoint,
+        # As pcapdaemon: `false` leaves the site's setting, it never turns it off.
+        encryption=f.flag("encryption") or None,
         ts=ts,
         sig=f.text("sig"),
         kid=f.text("kid"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 
 from agents.store import (
@@ -15,6 +16,8 @@ from agents.store import (
     icmp_key,
     nx_key,
     peer_key,
+    record_answer,
+    record_nxdomain,
     rst_key,
 )
 from tests.helpers import RedisServer, free_port, wait_for
@@ -49,6 +52,37 @@ def test_incr_and_append_once_with_ttl(redis_srv: RedisServer) -> None:
     assert client.get("c;1.2.3.4;dns") == b";a.example.;;b.example.;"
     assert 890 <= client.ttl("client;c") <= 900 and 890 <= client.ttl("c;1.2.3.4;dns") <= 900
     assert (writer.stats.written_ops, writer.stats.dropped_ops) == (7, 0)
+
+
+def test_recording_an_answer_and_an_nxdomain(redis_srv: RedisServer) -> None:
+    """ShoDoHFlo's values: `client;` +1 per distinct address (dnspython's rrset
+    holds an address once; dns_agent `answer_to_redis_` runs per address),
+    nothing for a chain without one, `\\;` unescaped in `nx` (`nx_to_redis`)."""
+    writer = writer_for(redis_srv.url)
+    chain = ("a.example.", "b.example.")
+    assert record_answer(writer, "c", chain, ("192.0.2.1", "192.0.2.2", "192.0.2.1")) == 2
+    assert record_answer(writer, "c", ("dangling.example.", "x.invalid."), ()) == 0
+    record_nxdomain(writer, "c", "semi\\;colon.example.")
+    writer.stop()
+    client = redis_srv.client()
+    assert {key.decode(): client.get(key) for key in client.scan_iter()} == {
+        "client;c": b"3",
+        "c;b.example.;cname": b";a.example.;",
+        "c;192.0.2.1;dns": b";b.example.;",
+        "c;192.0.2.2;dns": b";b.example.;",
+        "c;semi;colon.example.;nx": b"1",
+    }
+
+
+def test_incr_by_an_amount_is_one_operation(redis_srv: RedisServer) -> None:
+    writer = writer_for(redis_srv.url)
+    writer.incr("client;c", 3)
+    writer.incr("client;c")
+    with pytest.raises(ValueError, match="not starting with NUL"):
+        writer.append("c;1.2.3.4;dns", "\0x")  # would read as INCRBY
+    writer.stop()
+    assert redis_srv.client().get("client;c") == b"4"
+    assert writer.stats.written_ops == 2
 
 
 def test_a_key_of_another_type_costs_that_key_not_the_batch(redis_srv: RedisServer) -> None:
@@ -89,13 +123,13 @@ def test_what_is_queued_when_stopping_with_redis_down_is_counted_as_lost() -> No
     assert writer.stats.redis_errors >= 1
 
 
-def test_writes_resume_after_redis_comes_back(redis_srv: RedisServer) -> None:
-    writer = writer_for(redis_srv.url)
-    redis_srv.stop()
+def test_writes_resume_after_redis_comes_back(private_redis: RedisServer) -> None:
+    writer = writer_for(private_redis.url)
+    private_redis.stop()
     writer.incr("client;late")
     writer.flush()
     wait_for(lambda: writer.stats.redis_errors >= 1)
-    redis_srv.start()
+    private_redis.start()
     wait_for(lambda: writer.stats.written_ops == 1, timeout=15)
     writer.stop()
-    assert redis_srv.client().get("client;late") == b"1"
+    assert private_redis.client().get("client;late") == b"1"

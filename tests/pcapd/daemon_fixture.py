@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +127,20 @@ class Daemon:
         )  # fmt: skip
         self.log_path = workdir / "pcapd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.channel = "capture"
 
-    def start(self) -> None:
+    def start(self, argv: Sequence[str] | None = None, channel: str = "capture") -> None:
+        """`pcapd serve -c FILE`, or `argv` (a command subscribing to `channel`)."""
+        self.channel = channel
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*self.wrap, sys.executable, "-m", "pcapd", "serve", "-c", str(self.config_path)],
+                [
+                    *self.wrap,
+                    *(
+                        argv
+                        or [sys.executable, "-m", "pcapd", "serve", "-c", str(self.config_path)]
+                    ),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -141,14 +151,14 @@ class Daemon:
         assert self.proc is not None
         assert self.proc.poll() is None, f"pcapd exited:\n{self.log()}"
         try:
-            counts = self.server.client().pubsub_numsub("capture")
+            counts = self.server.client().pubsub_numsub(self.channel)
         except redis.RedisError:
             return False
         return bool(counts and counts[0][1] >= 1)
 
     def publish(self, request: dict[str, Any] | bytes | str) -> None:
         body = request if isinstance(request, bytes | str) else json.dumps(request)
-        self.server.client().publish("capture", body)
+        self.server.client().publish(self.channel, body)
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None

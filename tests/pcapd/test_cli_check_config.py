@@ -111,15 +111,39 @@ def test_agent_only_skips_the_serve_checks_but_not_errors(tmp_path: Path) -> Non
 
 def test_warnings_are_printed_and_do_not_fail(tmp_path: Path) -> None:
     path = write(
-        tmp_path, "[general]\nnode = 'n1'\nwritelocal = true\nmaxpacket = 5\n[kafka]\nx = 1\n"
+        tmp_path,
+        "[general]\nnode = 'n1'\nwritelocal = true\nmaxpacket = 5\n[kafka]\nx = 1\n[foo]\n",
     )
     done = check_config(path)
     assert done.returncode == 0
     assert done.stdout == f"{path}: ok (node n1)\n"
     assert done.stderr.splitlines() == [
         f"{path}: warning: general.maxpacket: unknown option, ignored",
-        f"{path}: warning: kafka: unknown section, ignored",
+        f"{path}: warning: kafka: pcapd does not read Kafka; section ignored (use [redis] "
+        "listen, [redis] stream_listen or [sqs] listen)",
+        f"{path}: warning: foo: unknown section, ignored",
     ]
+
+
+def test_kafka_as_the_only_source_is_an_error_naming_the_alternatives(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n[redis]\nlisten = false\n"
+        "[kafka]\nlisten = true\nserver = ['k1:9092']\ntopic = 'capture'\n",
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[1:] == [
+        f"{path}: error: kafka.listen: pcapd does not read Kafka, and no other request source "
+        "is enabled: use [redis] listen (pub/sub), [redis] stream_listen (a stream) or "
+        "[sqs] listen instead",
+        f"{path}: error: {NO_SOURCE}",
+    ]
+    # Beside another source, [kafka] is only a warning.
+    path.write_text(path.read_text().replace("listen = false", "listen = true", 1))
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    assert "warning: kafka: pcapd does not read Kafka" in done.stderr
 
 
 def test_cli_config_not_utf8_is_one_error_line_not_a_traceback(tmp_path: Path) -> None:
@@ -149,3 +173,34 @@ def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
         f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
         f"{path}: error: agents.foo: unknown agent (dnstap, flow)",
     ]
+
+
+def test_a_secret_of_any_type_never_prints(tmp_path: Path) -> None:
+    """A password written as a bare integer (or any non-string) is still a password."""
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        "[redis]\nauth = 918273645\nurl = 7364519.25\n"
+        "[cloudshark]\ntoken = [5550123, 'tok-5550124']\n"
+        "[s3]\naccesskey = true\n"
+        "[sqs]\naccesskey = 1979-05-27T07:32:00Z\n"
+        "[security]\nkeys = { k1 = 4815162342 }\n",
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    for secret in ("918273645", "7364519", "5550123", "5550124", "4815162342", "true", "1979"):
+        assert secret not in done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}: error: redis.url: expected a string, got a float (value not shown)",
+        f"{path}: error: redis.auth: expected a string, got an integer (value not shown)",
+        f"{path}: error: cloudshark.token: expected a string, got an array (value not shown)",
+        f"{path}: error: s3.accesskey: expected a string, got a boolean (value not shown)",
+        f"{path}: error: sqs.accesskey: expected a string, got a date or time (value not shown)",
+        f'{path}: error: security.keys: expected a table of name = "secret"',
+    ]
+    agent = write(tmp_path, "[general]\nwritelocal = true\n[agents.dnstap]\nredis_url = 27182818\n")
+    done = check_config(agent)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"{agent}: error: agents.dnstap.redis_url: expected a string, got int (value not shown)\n"
+    )

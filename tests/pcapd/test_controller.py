@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from pcapd.controller import Controller
 from pcapd.core.config import Config, parse_config
@@ -65,13 +62,6 @@ def build(redis_srv: RedisServer, localdir: Path, **general: Any) -> Controller:
         deliverer=deliverer,
         pool=HandlePool((), config.general.buffer_size),
     )
-
-
-@pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
 
 
 def idle(ctl: Controller) -> bool:

@@ -282,3 +282,27 @@ def test_capture_cli_across_a_veth_pair(tmp_path: Path) -> None:
     # Echo requests and replies alternate; the first may be either.
     assert len(kinds) == 6 and all(a != b for a, b in itertools.pairwise(kinds))
     assert set(kinds) == {"0", "8"}
+
+
+def test_a_filter_pypcap_cannot_encode_never_reaches_it() -> None:
+    """pypcap's setfilter, given a lone surrogate, frees memory it frees again
+    later and the process aborts; set_filter refuses it and the handle works on."""
+    script = (
+        "from pcapd.engine import CaptureError, close_handle, open_handle, set_filter\n"
+        "handle = open_handle('lo', 1 << 20)\n"
+        "try:\n"
+        "    set_filter(handle, 'lo', 'host \\ud800')\n"
+        "except CaptureError as exc:\n"
+        "    print(exc)\n"
+        "set_filter(handle, 'lo', 'udp')\n"
+        "close_handle(handle)\n"
+        "print('alive')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        'bpf: "host \\ud800" holds U+D800 at character 5; a filter is printable ASCII',
+        "alive",
+    ]

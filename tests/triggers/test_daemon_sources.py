@@ -7,10 +7,9 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+import redis
 
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
@@ -21,17 +20,10 @@ from triggers.redis_stream import publish_stream
 STREAM = 'stream_listen = true\nstream = "capture-requests"'
 
 
-@pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
-
-
 def groups(server: RedisServer) -> set[str]:
     try:
         return {g["name"].decode() for g in server.client().xinfo_groups("capture-requests")}
-    except Exception:
+    except redis.ResponseError:  # no such key: nothing has created the stream yet
         return set()
 
 
@@ -139,6 +131,29 @@ def test_sqs_message_survives_a_daemon_killed_mid_capture(
         wait_for(lambda: counts() == (0, 0), timeout=10)  # deleted once stored
     finally:
         restarted.stop()
+
+
+def test_sqs_with_only_pcapdaemons_keys_reads_the_queue_its_url_names(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_sqs: MotoServer
+) -> None:
+    """pcapdaemon's [sqs] has no endpoint: the queue URL (moto_server's) says where."""
+    url = moto_sqs.new_queue()
+    config = (
+        f'[sqs]\nlisten = true\nregion = "{REGION}"\naccessid = "{TEST_KEY_ID}"\n'
+        f'accesskey = "{TEST_SECRET}"\nurl = "{url}"\nwaitseconds = 1\nchunksize = 10\n'
+    )
+    daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
+    daemon.start()
+    try:
+        port = free_port()
+        moto_sqs.client().send_message(
+            QueueUrl=url, MessageBody=json.dumps(udp_request(port, id="sqs-url", packets=2))
+        )
+        traffic(port, 3, ready=lambda: daemon.started("sqs-url"))
+        event = results.for_id("sqs-url", timeout=20)
+        assert (event["status"], event["packets"]) == ("ok", 2), event
+    finally:
+        daemon.stop()
 
 
 def test_signed_requests_and_duplicates(

@@ -15,12 +15,19 @@ import boto3
 import pytest
 
 from pcapd.core.config import SqsConfig
+from pcapd.core.request import RequestError, decode_body
 from pcapd.core.secret import Secret
 from tests.helpers import stop_process, wait_for
 from tests.triggers.conftest import REGION, TEST_KEY_ID, TEST_SECRET, MotoServer
 from tests.triggers.consumer import Consumer
 from triggers.base import TriggerSource
-from triggers.sqs import SqsSource, _region_from_url, make_client, unwrap_sns
+from triggers.sqs import (
+    SqsSource,
+    _region_from_url,
+    endpoint_from_url,
+    make_client,
+    unwrap_sns,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
@@ -384,8 +391,68 @@ def test_unwrap_sns_leaves_other_bodies_alone() -> None:
 
 def test_region_taken_from_queue_url() -> None:
     assert _region_from_url("https://sqs.eu-west-1.amazonaws.com/1/q") == "eu-west-1"
+    vpce = "https://vpce-0a1b2c-x1y2.sqs.ap-southeast-2.vpce.amazonaws.com/1/q"
+    assert _region_from_url(vpce) == "ap-southeast-2"
     assert _region_from_url("http://127.0.0.1:4566/1/q") is None
     assert _region_from_url(None) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("https://sqs.eu-west-1.amazonaws.com/1/q", None),
+        ("https://sqs.cn-north-1.amazonaws.com.cn/1/q", None),
+        ("https://queue.amazonaws.com/1/q", None),
+        ("https://us-west-2.queue.amazonaws.com/1/q", None),
+        ("https://vpce-0a1b2c-x1y2.sqs.us-east-1.vpce.amazonaws.com/1/q",
+         "https://vpce-0a1b2c-x1y2.sqs.us-east-1.vpce.amazonaws.com"),
+        ("http://127.0.0.1:4566/000000000000/q", "http://127.0.0.1:4566"),
+        ("http://user:pw@[::1]:9324/queue/q", "http://[::1]:9324"),
+        (None, None),
+    ],
+)  # fmt: skip
+def test_endpoint_taken_from_a_queue_url_that_is_not_aws(url: str | None, endpoint: str) -> None:
+    assert endpoint_from_url(url) == endpoint
+
+
+def test_pcapdaemon_keys_alone_reach_the_server_named_in_url(moto_sqs: MotoServer) -> None:
+    """No endpoint, no region: the queue URL says where (here moto_server)."""
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    assert url.startswith(moto_sqs.endpoint)
+    client.send_message(QueueUrl=url, MessageBody=REQUEST.decode())
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url, endpoint=None, region=None)))
+    try:
+        delivery = consumer.take()
+        assert delivery.body == REQUEST
+        delivery.ack()
+        wait_for(lambda: counts(client, url) == (0, 0))
+    finally:
+        consumer.close()
+
+
+def test_one_receiver_thread_for_every_receive_call(moto_sqs: MotoServer) -> None:
+    """Each ReceiveMessage is billed; each must not start a thread either."""
+    url = moto_sqs.new_queue()
+    calls: list[dict[str, Any]] = []
+    source = SqsSource(
+        sqs_config(moto_sqs, url, waitseconds=1), counting_factory("provide-client-params", calls)
+    )
+    # Other tests' sources may still be finishing a poll on their own threads.
+    before = {t for t in threading.enumerate() if t.name == "sqs-receive"}
+    consumer = Consumer(source)
+    receivers: set[threading.Thread] = set()
+    try:
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            receivers.update(t for t in threading.enumerate() if t.name == "sqs-receive")
+            time.sleep(0.02)
+        receivers -= before
+    finally:
+        consumer.close()
+    # An empty queue long-polls for waitseconds=1 per call: about three calls.
+    assert 3 <= len(calls) <= 5, calls
+    assert len(receivers) == 1, receivers
 
 
 def test_is_a_trigger_source(moto_sqs: MotoServer) -> None:
@@ -396,3 +463,29 @@ def test_is_a_trigger_source(moto_sqs: MotoServer) -> None:
 def test_source_without_url_is_refused() -> None:
     with pytest.raises(ValueError, match=r"sqs\.url"):
         SqsSource(SqsConfig(listen=True))
+
+
+def test_sns_envelope_over_the_size_limit_or_holding_a_surrogate(moto_sqs: MotoServer) -> None:
+    """max_request_bytes holds before any JSON is read: an SNS notification over
+    it is handed on as received, and the parser rejects it by its size. A
+    notification whose request holds a lone surrogate (escaped in the
+    envelope, raw once unwrapped) reaches the parser intact, rather than
+    killing the source's thread."""
+    client = moto_sqs.client()
+    url = moto_sqs.new_queue()
+    big = json.dumps({"node": "any", "interface": "lo", "x": "y" * 3000})
+    envelope = json.dumps({"Type": "Notification", "TopicArn": "arn:t", "Message": big})
+    poison = json.dumps({"Type": "Notification", "TopicArn": "arn:t", "Message": '{"x":"\ud800"}'})
+    client.send_message(QueueUrl=url, MessageBody=envelope)
+    client.send_message(QueueUrl=url, MessageBody=poison)
+    consumer = Consumer(SqsSource(sqs_config(moto_sqs, url), max_request_bytes=2048))
+    try:
+        bodies = sorted([consumer.take().body, consumer.take().body], key=len)
+    finally:
+        consumer.close()
+    assert bodies[1] == envelope.encode()
+    with pytest.raises(RequestError, match=f"request is {len(envelope)} bytes; the limit is 2048"):
+        decode_body(bodies[1], 2048)
+    # Intact, for the parser to reject naming the field (tests/pcapd/core).
+    assert decode_body(bodies[0], 2048) == {"x": "\ud800"}
+    assert unwrap_sns(envelope, max_bytes=len(envelope)) == big

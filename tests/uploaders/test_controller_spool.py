@@ -4,10 +4,7 @@ shutdown that cannot wait for a hanging upload spools the capture instead."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from pcapd.controller import Controller
 from pcapd.core.config import parse_config
@@ -24,13 +21,6 @@ from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer
 from uploaders.retry import RetryPolicy
 from uploaders.spool import Spool
-
-
-@pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
 
 
 def test_hanging_upload_is_spooled_at_shutdown(

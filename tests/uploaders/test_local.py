@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pcapd.core.atomic import write_atomic
 from pcapd.core.config import parse_config
 from pcapd.core.request import parse_request
 from uploaders.base import Artifact, UploadError, artifact_filename
-from uploaders.local import LocalUploader, write_atomic
+from uploaders.local import LocalUploader
 
 
 def artifact(data: bytes = b"pcap-bytes", request_id: str = "r1") -> Artifact:

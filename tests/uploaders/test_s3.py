@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 
@@ -91,6 +92,28 @@ def test_message_overrides_are_used(moto_s3: MotoS3) -> None:
     assert client.head_object(Bucket=other, Key=key)["ContentLength"] == artifact.size
     grants = client.get_object_acl(Bucket=other, Key=key)["Grants"]
     assert any(g["Grantee"].get("URI") == ALL_USERS for g in grants)
+
+
+@pytest.mark.parametrize(
+    ("naming", "folder", "filename", "key"),
+    [
+        ("pcapd", "pcaps", "node1_lo_20261122T001130.123Z_r.pcap",
+         "pcaps/node1_lo_20261122T001130.123Z_r.pcap"),
+        ("pcapd", "/a//b/", "n.pcap", "a//b/n.pcap"),
+        ("pcapdaemon", "pcaps", "node1-lo-1764547890.pcap", "pcaps/node1-lo-1764547890.pcap"),
+        ("pcapdaemon", "/a//b/", "node1-lo-1764547890.pcap", "a/b/node1-lo-1764547890.pcap"),
+        ("pcapdaemon", "", "node1-lo-1764547890.pcap", "node1-lo-1764547890.pcap"),
+    ],
+)  # fmt: skip
+def test_object_keys_in_both_namings(
+    moto_s3: MotoS3, naming: str, folder: str, filename: str, key: str
+) -> None:
+    bucket = moto_s3.new_bucket()
+    artifact = dataclasses.replace(make_artifact(), filename=filename)
+    uploader = S3Uploader(moto_s3.s3_config(bucket, folder=folder), naming=naming)
+    assert uploader.upload(artifact).url == f"s3://{bucket}/{key}"
+    listed = moto_s3.client().list_objects_v2(Bucket=bucket)["Contents"]
+    assert [entry["Key"] for entry in listed] == [key]
 
 
 def test_empty_folder_puts_the_file_at_the_top(moto_s3: MotoS3) -> None:

@@ -28,6 +28,8 @@ mid      IN CNAME target.example.test.
 target   IN A   198.51.100.7
 target   IN AAAA 2001:db8:0:1::7
 MiXeD    IN A   203.0.113.5
+v6only   IN AAAA 2001:db8::66
+away     IN CNAME elsewhere.invalid.
 """
 
 NAMED_CONF = """options {{

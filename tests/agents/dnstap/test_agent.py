@@ -44,10 +44,12 @@ GOOD = tap_payload(WWW, client="10.9.9.9")
 def test_keys_follow_the_schema(redis_srv: RedisServer, tmp_path: Path) -> None:
     with running_agent(redis_srv.url, tmp_path / "tap.sock") as ra:
         ra.send([tap_payload(CHAIN), tap_payload(AAAA, client="2001:db8::1"), tap_payload(NX)])
-        wait_for(lambda: ra.snapshot()["keys_written"] == 9)
+        wait_for(lambda: ra.snapshot()["keys_written"] == 9)  # client +2 is one INCRBY
         r = redis_srv.client()
         assert redis_dump(r) == {
-            "client;127.0.0.1": "2",
+            # +1 per final address (two) and +1 for the NXDOMAIN, as ShoDoHFlo's
+            # dns_agent `answer_to_redis_` (per datagram) and `nx_to_redis_`.
+            "client;127.0.0.1": "3",
             "127.0.0.1;mid.example.test.;cname": ";alias.example.test.;",
             "127.0.0.1;target.example.test.;cname": ";mid.example.test.;",
             "127.0.0.1;198.51.100.7;dns": ";target.example.test.;",
@@ -259,26 +261,26 @@ def test_tls_listener(
 
 
 def test_redis_outage_drops_are_counted_and_writes_resume(
-    redis_srv: RedisServer, tmp_path: Path
+    private_redis: RedisServer, tmp_path: Path
 ) -> None:
     opts: dict[str, Any] = {"max_queue_ops": 100, "batch_ops": 10}
-    with running_agent(redis_srv.url, tmp_path / "tap.sock", **opts) as ra:
+    with running_agent(private_redis.url, tmp_path / "tap.sock", **opts) as ra:
         ra.send([tap_payload(AAAA, client="10.2.0.1")])
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
-        redis_srv.stop()
+        private_redis.stop()
         # 300 lookups x 2 operations while Redis is down: the queue keeps 100.
         ra.send([tap_payload(AAAA, client=f"10.2.1.{i}") for i in range(150)])
         ra.send([tap_payload(AAAA, client=f"10.2.2.{i}") for i in range(150)])
         wait_for(lambda: ra.snapshot()["dropped"] >= 200)
         assert ra.snapshot()["redis_errors"] >= 1
         assert ra.agent.writer.queue_depth <= 100
-        redis_srv.start()
+        private_redis.start()
         wait_for(lambda: ra.flushed(), timeout=15)
         ra.send([GOOD])
-        wait_for(lambda: redis_srv.client().get("client;10.9.9.9") == b"1", timeout=15)
+        wait_for(lambda: private_redis.client().get("client;10.9.9.9") == b"1", timeout=15)
         snap = ra.snapshot()
         assert snap["keys_written"] + snap["dropped"] == 2 + 600 + 2
-        assert redis_srv.client().get("10.9.9.9;192.0.2.10;dns") == b";www.example.test.;"
+        assert private_redis.client().get("10.9.9.9;192.0.2.10;dns") == b";www.example.test.;"
 
 
 def test_udp_json_datagrams(redis_srv: RedisServer, tmp_path: Path) -> None:
@@ -406,3 +408,68 @@ def test_bad_message_lines_are_rate_limited_without_stats(
     now[0] += ERROR_LOG_WINDOW
     agent.handle(b"\xff\xfe\xfd", conn)
     assert bad_lines() == MAX_ERROR_LOGS + 1
+
+
+# ShoDoHFlo's values for the same input. Its dnstap_agent (`MyMapper.map_fields`)
+# sends one datagram per final address and dns_agent writes each
+# (`RedisHandler.answer_to_redis_`: `client;` INCR, then the chain); an
+# "address" that is no address (NODATA, a CNAME out of the zone) fails
+# `ip_address()` in `Consumer.process_message`, so nothing is written.
+THREE = response_wire(
+    "three.example.test.", "A",
+    [("three.example.test.", "A", "192.0.2.1"), ("three.example.test.", "A", "192.0.2.2"),
+     ("three.example.test.", "A", "192.0.2.3")],
+)  # fmt: skip
+NODATA = response_wire("v6only.example.test.", "A")
+DANGLING = response_wire(
+    "away.example.test.", "A", [("away.example.test.", "CNAME", "elsewhere.invalid.")]
+)
+
+
+def test_client_counts_each_address_and_nothing_without_one(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    with running_agent(redis_srv.url, tmp_path / "tap.sock") as ra:
+        ra.send([tap_payload(NODATA), tap_payload(DANGLING), tap_payload(THREE)])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 4)
+        assert redis_dump(redis_srv.client()) == {
+            "client;127.0.0.1": "3",
+            "127.0.0.1;192.0.2.1;dns": ";three.example.test.;",
+            "127.0.0.1;192.0.2.2;dns": ";three.example.test.;",
+            "127.0.0.1;192.0.2.3;dns": ";three.example.test.;",
+        }
+        snap = ra.snapshot()
+        assert (snap["responses"], snap["no_address"]) == (1, 2)
+
+
+def test_every_nxdomain_counts_and_its_key_unescapes_semicolons(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    """dns_agent's `nx_to_redis`: INCR every time, name with `\\;` made `;`."""
+    semi = response_wire("a\\;b.example.test.", "A", rcode=dns.rcode.NXDOMAIN)
+    with running_agent(redis_srv.url, tmp_path / "tap.sock", dedup_window=30) as ra:
+        ra.send([tap_payload(NX), tap_payload(NX), tap_payload(semi)])
+        wait_for(lambda: ra.snapshot()["keys_written"] == 6)
+        assert redis_dump(redis_srv.client()) == {
+            "client;127.0.0.1": "3",
+            "127.0.0.1;nope.example.test.;nx": "2",
+            "127.0.0.1;a;b.example.test.;nx": "1",
+        }
+        assert ra.snapshot()["deduped"] == 0
+
+
+def test_global_dedup_scope_is_shodohflos(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """dnstap_agent's `MyMapper.filter` remembers (qname, qtype) for any client."""
+    with running_agent(
+        redis_srv.url, tmp_path / "tap.sock", dedup_window=30, dedup_scope="global"
+    ) as ra:
+        ra.send([tap_payload(WWW, client="10.0.0.1"), tap_payload(WWW, client="10.0.0.2"),
+                 tap_payload(AAAA, client="10.0.0.2")])  # fmt: skip
+        wait_for(lambda: ra.snapshot()["keys_written"] == 4)
+        assert redis_dump(redis_srv.client()) == {
+            "client;10.0.0.1": "1",
+            "10.0.0.1;192.0.2.10;dns": ";www.example.test.;",
+            "client;10.0.0.2": "1",
+            "10.0.0.2;2001:db8::10;dns": ";www.example.test.;",
+        }
+        assert ra.snapshot()["deduped"] == 1

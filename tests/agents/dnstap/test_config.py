@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
                 "message_types": ["CLIENT_RESPONSE", "NOPE"],
                 "record_types": "MX",
                 "dedup_window": "1s",
+                "dedup_scope": "everyone",
                 "batch_ops": 2_000,
                 "max_queue_ops": 1_000,
                 "tls_cert": str(tmp_path / "missing.pem"),
@@ -69,6 +71,7 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
         "agents.dnstap.record_types: MX not one of A, AAAA",
         "agents.dnstap.dedup_window: expected a number, got '1s'",
         "agents.dnstap.udp_output: '127.0.0.1:99999': port 99999 is outside 0..65535",
+        "agents.dnstap.dedup_scope: 'everyone' not one of client, global",
         "agents.dnstap.batch_ops: 2000 exceeds max_queue_ops=1000",
         "agents.dnstap.tls_cert: tls_cert and tls_key go together",
         "agents.dnstap.tls_cert: TLS needs a TCP listener: set agents.dnstap.listen",
@@ -126,3 +129,30 @@ def test_redis_url_with_a_bad_port(url: str, error: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_dnstap_config({"redis_url": url})
     assert info.value.errors == [f"agents.dnstap.redis_url: bad port: {error}"]
+
+
+FLOATS = ["dedup_window", "flush_interval", "handshake_timeout", "stats_interval"]
+
+
+@pytest.mark.parametrize("key", FLOATS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_floats_must_be_finite(key: str, value: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({key: value})
+    assert info.value.errors == [f"agents.dnstap.{key}: must be a finite number, got {value!r}"]
+
+
+@pytest.mark.parametrize(
+    ("key", "low", "high"),
+    [
+        ("dedup_window", 0, 3600.0),
+        ("flush_interval", 0.001, 10.0),
+        ("handshake_timeout", 0.1, 3600.0),
+        ("stats_interval", 0, 86400.0),
+    ],
+)
+def test_floats_are_bounded(key: str, low: float, high: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({key: high + 1})
+    assert info.value.errors == [f"agents.dnstap.{key}: {high + 1} is outside {low}..{high}"]
+    assert getattr(parse_dnstap_config({key: high}), key) == high

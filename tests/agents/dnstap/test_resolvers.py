@@ -51,7 +51,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def _keys(client: str) -> dict[str, str]:
     return {
-        f"client;{client}": "4",
+        f"client;{client}": "5",  # +1 per address (www A holds two), +1 per NXDOMAIN
         f"{client};192.0.2.10;dns": ";www.example.test.;",
         f"{client};192.0.2.11;dns": ";www.example.test.;",
         f"{client};2001:db8::10;dns": ";www.example.test.;",
@@ -79,6 +79,30 @@ def test_a_aaaa_cname_chain_and_nxdomain(site: Site, resolver: str, client: str)
     expected = _keys(client)
     wait_for(lambda: site.keys_of(client) == expected, timeout=10)
     assert site.redis.client().ttl(f"{client};198.51.100.7;dns") > 890
+
+
+def test_bind_gives_shodohflos_values(site: Site) -> None:
+    """dig through BIND, values as ShoDoHFlo writes them: dnstap_agent's
+    `MyMapper.map_fields` sends a datagram per final address, which dns_agent's
+    `Consumer.process_message` drops when the "address" is no address (NODATA,
+    a CNAME out of the zone); `nx_to_redis` counts every NXDOMAIN and
+    unescapes `\\;`."""
+    client = "127.0.0.14"
+    port = site.bind.port
+    assert "192.0.2.11" in dig(port, "www.example.test", "A", client)
+    assert dig(port, "v6only.example.test", "A", client) == ""  # NODATA
+    assert "elsewhere.invalid." in dig(port, "away.example.test", "A", client)
+    for _ in range(2):  # within the 1 s dedup window: both count
+        assert dig(port, "nope.example.test", "A", client) == ""
+    assert dig(port, "semi\\;colon.example.test", "A", client) == ""
+    expected = {
+        f"client;{client}": "5",  # two addresses + three NXDOMAIN
+        f"{client};192.0.2.10;dns": ";www.example.test.;",
+        f"{client};192.0.2.11;dns": ";www.example.test.;",
+        f"{client};nope.example.test.;nx": "2",
+        f"{client};semi;colon.example.test.;nx": "1",
+    }
+    wait_for(lambda: site.keys_of(client) == expected, timeout=10)
 
 
 def test_two_clients_asking_the_same_name_both_get_keys(site: Site) -> None:
@@ -128,7 +152,7 @@ def test_unbound_dnstap_tls(site: Site, tmp_path: Path) -> None:
         ) as ub,  # fmt: skip
     ):
         assert "192.0.2.10" in dig(ub.port, "www.example.test", "A", client)
-        want = {f"client;{client}": "1", f"{client};192.0.2.10;dns": ";www.example.test.;",
+        want = {f"client;{client}": "2", f"{client};192.0.2.10;dns": ";www.example.test.;",
                 f"{client};192.0.2.11;dns": ";www.example.test.;"}  # fmt: skip
         wait_for(lambda: site.keys_of(client) == want)
         assert [c["listener"] for c in ra.snapshot()["per_connection"]] == ["tls"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+import math
 import subprocess
 import sys
 import tomllib
@@ -122,7 +124,11 @@ def test_errors_name_the_field(table: dict[str, Any], expected: str) -> None:
 
 def test_every_error_is_reported_at_once() -> None:
     errors = errors_of({"snaplen": 1, "rules": [{"src": "x", "dst": "y", "action": "lower_port"}]})
-    assert len(errors) == 3
+    assert sorted(errors) == [
+        "agents.flow.rules[0].dst: unknown network 'y'",
+        "agents.flow.rules[0].src: unknown network 'x'",
+        "agents.flow.snaplen: must be at least 64 and at most 65535, got 1",
+    ]
 
 
 def test_our_nets_entry_needs_our_nets() -> None:
@@ -145,6 +151,17 @@ def test_our_nets_argument(text: str, expected: list[str]) -> None:
 def test_bad_our_nets_argument(text: str) -> None:
     with pytest.raises(ConfigError, match="OUR-NETS"):
         parse_networks_arg(text)
+
+
+def test_port_match_with_no_ports_is_accepted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ShoDoHFlo's `PortMatch(set())` is accepted (pcap_config checks only the
+    ports given) and never matches."""
+    with caplog.at_level(logging.WARNING, logger="pcapd.agents.flow"):
+        config = parse_flow_config({"rules": [{"action": "port_match", "ports": []}]})
+    assert config.rules[0].ports == frozenset()
+    assert "event=flow_rule_never_matches rule=agents.flow.rules[0].ports" in caplog.text
 
 
 def test_documented_example_section_loads() -> None:
@@ -218,3 +235,14 @@ def test_cli_rejects_non_finite_numbers_in_the_file(tmp_path: Path) -> None:
         f"pcapd agent flow: {config}: error: agents.flow.stats_interval: "
         "must be a finite number, got nan",
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "low", "high"), [("suppress_window", 0.0, 86400.0), ("stats_interval", 0.1, 86400.0)]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_floats_are_finite_and_bounded(key: str, low: float, high: float, value: float) -> None:
+    assert errors_of({key: value}) == [f"agents.flow.{key}: must be a finite number, got {value!r}"]
+    rule = f"agents.flow.{key}: must be at least {low} and at most {high}"
+    assert errors_of({key: high * 2}) == [f"{rule}, got {high * 2!r}"]
+    assert getattr(parse_flow_config({key: high}), key) == high

@@ -44,6 +44,16 @@ def read_in_process(
     return agent.stats()
 
 
+def read_with_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`pcapd agent flow ARGS` as a process; it must exit 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "flow", *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def write(path: Path, frames: Iterable[bytes]) -> Path:
     f.write_pcap(path, [f.ether(frame) for frame in frames])
     return path
@@ -162,12 +172,7 @@ def test_cli_read_counts_bad_packets_and_goes_on(tmp_path: Path, redis_srv: Redi
     good = [f.ether(f.ip4(B4, A4, 17, f.udp(53, 4000 + i))) for i in range(3)]
     path = tmp_path / "corrupt.pcap"
     f.write_pcap(path, [good[0], *CORRUPT, good[1], *CORRUPT, good[2]])
-    result = subprocess.run(
-        [sys.executable, "-m", "pcapd", "agent", "flow", "--read", str(path), OURS,
-         "--redis", redis_srv.url],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = read_with_cli("--read", str(path), OURS, "--redis", redis_srv.url)
     done = re.search(r"event=flow_done (.*)", result.stderr)
     assert done, result.stderr
     stats = dict(pair.split("=") for pair in done.group(1).split())
@@ -176,6 +181,25 @@ def test_cli_read_counts_bad_packets_and_goes_on(tmp_path: Path, redis_srv: Redi
     assert stats["errors"] == "0" and stats["events"] == "1"
     assert redis_srv.client().get(f"{A4};{B4};53;flow") == b"1"
     assert redis_srv.client().get(f"client;{A4}") == b"1"
+
+
+def test_cli_read_counts_a_flow_seen_both_ways_once(tmp_path: Path, redis_srv: RedisServer) -> None:
+    """ShoDoHFlo's pcap_agent `Server.process_data` suppresses by the flow key
+    (`self.recently.seen(k)`), and both directions map to the same key."""
+    path = tmp_path / "both-ways.pcap"
+    with path.open("wb") as handle:
+        writer = dpkt.pcap.Writer(handle)
+        there, back = f.tcp(443, 50000), f.tcp(50000, 443)
+        writer.writepkt(f.ether(f.ip4("10.0.0.5", "10.1.0.10", 6, there)), ts=1e9)
+        writer.writepkt(f.ether(f.ip4("10.1.0.10", "10.0.0.5", 6, back)), ts=1e9 + 0.01)
+    result = read_with_cli("--read", str(path), "10.1.0.0/24", "--redis", redis_srv.url)
+    assert all_keys(redis_srv.client()) == {
+        "client;10.1.0.10": "1",
+        "10.1.0.10;10.0.0.5;443;flow": "1",
+        "10.1.0.10;10.0.0.5;peer": "1",
+        "10.0.0.5;10.1.0.10;peer": "1",
+    }
+    assert "events=1 suppressed=1" in result.stderr
 
 
 def test_read_rejects_non_capture_file(tmp_path: Path) -> None:
@@ -214,11 +238,7 @@ def test_cli_config_file_only(tmp_path: Path, redis_srv: RedisServer) -> None:
             "[agents.flow]\n", '[agents.flow]\nour_nets = ["192.168.0.0/16"]\n'
         )
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "pcapd", "agent", "flow", "-c", str(config), "--read", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = read_with_cli("-c", str(config), "--read", str(path))
     assert all_keys(redis_srv.client()) == {
         "client;203.0.113.9": "1",
         "203.0.113.9;10.0.0.1;22;flow": "1",
@@ -232,23 +252,23 @@ def test_cli_config_file_only(tmp_path: Path, redis_srv: RedisServer) -> None:
     assert "drop_rule=1" in result.stderr
 
 
-def test_redis_outage_is_retried_and_counted(tmp_path: Path, redis_srv: RedisServer) -> None:
+def test_redis_outage_is_retried_and_counted(tmp_path: Path, private_redis: RedisServer) -> None:
     """Redis away while packets are processed: the agent goes on, the writer
     retries with backoff, and the keys arrive once Redis is back."""
     pcap = write(
         tmp_path / "outage.pcap", [f.ip4(B4, A4, 17, f.udp(53, 4000 + i)) for i in range(3)]
     )
     config = with_command_line(parse_flow_config({}), None, parse_networks_arg(OURS))
-    writer = make_writer(redis_srv.client, config)
+    writer = make_writer(private_redis.client, config)
     agent = FlowAgent(config, writer)
     agent.open_file(str(pcap))
-    redis_srv.stop()
+    private_redis.stop()
     writer.start()
     agent.run_file()
     wait_for(lambda: writer.stats.redis_errors >= 1, timeout=10)
     stats = agent.stats()
     assert stats["events"] == 1 and stats["keys_written"] == 0 and stats["queue_depth"] == 4
-    redis_srv.start()
+    private_redis.start()
     writer.stop(10)
     assert writer.stats.written_ops == 4 and writer.stats.dropped_ops == 0
-    assert all_keys(redis_srv.client())[f"{A4};{B4};53;flow"] == "1"
+    assert all_keys(private_redis.client())[f"{A4};{B4};53;flow"] == "1"

@@ -57,6 +57,8 @@ ACTION_CASES = [
     (Rule("port_match", ports=frozenset({80, 8080}), precedence="dst"),
      ("10.0.0.1", 8080, "10.0.0.2", 80), mapping("10.0.0.1", "10.0.0.2", 80)),
     (Rule("port_match", ports=frozenset({25})), ("10.0.0.1", 8080, "10.0.0.2", 80), None),
+    # no ports: never matches, as ShoDoHFlo's PortMatch(set())
+    (Rule("port_match", ports=frozenset()), ("10.0.0.1", 25, "10.0.0.2", 80), None),
     # assign: client side fixed; port side defaults to the service side.
     (Rule("assign", client="src"), ("10.0.0.1", 1, "10.0.0.2", 60000),
      mapping("10.0.0.1", "10.0.0.2", 60000)),
@@ -110,7 +112,9 @@ def test_first_matching_network_wins_and_names_repeat() -> None:
 def test_address_in_no_network_is_dropped() -> None:
     rules = RuleSet([net("v4", "0.0.0.0/0")], [Rule("lower_port")])
     assert rules.match(ip("2001:db8::1"), 1, ip("2001:db8::2"), 2) is Verdict.NO_NETWORK
-    assert isinstance(rules.match(ip("192.0.2.1"), 1, ip("192.0.2.2"), 2), Mapping)
+    # Both IPv4 addresses are in the one network: the lower port is the service.
+    got = rules.match(ip("192.0.2.1"), 1, ip("192.0.2.2"), 2)
+    assert got == mapping("192.0.2.2", "192.0.2.1", 1)
 
 
 FALL_THROUGH = RuleSet(
@@ -156,7 +160,7 @@ def test_ignore_flows_by_address_and_port() -> None:
         ({"action": "nearest"}, "action: expected one of lower_port, port_match, assign"),
         ({"action": "lower_port", "precedence": "left"}, "precedence: expected 'src' or 'dst'"),
         ({"action": "assign", "client": "both"}, "client: expected 'src' or 'dst'"),
-        ({"action": "port_match"}, "ports: port_match needs a non-empty list"),
+        ({"action": "port_match"}, "ports: port_match needs a list of ports"),
         ({"action": "assign", "ports": frozenset({70000})}, "ports: 70000 is not in 1..65535"),
     ],
 )

@@ -4,6 +4,7 @@ problem is reported with its field and value, secrets never print."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 import tomllib
 from pathlib import Path
@@ -307,7 +308,7 @@ BAD_VALUES = [
     ({"redis": {"port": "6379"}}, "redis.port: expected an integer, got '6379'"),
     ({"redis": {"listen": "true"}}, "redis.listen: expected true or false, got 'true'"),
     ({"redis": {"db": -1}}, "redis.db: must be at least 0, got -1"),
-    ({"redis": {"auth": 1234}}, "redis.auth: expected a string, got 1234"),
+    ({"redis": {"auth": 1234}}, "redis.auth: expected a string, got an integer (value not shown)"),
     ({"syslog": {"priority": 192}}, "syslog.priority: must be at least 0 and at most 191, got 192"),
     ({"redis": "localhost"}, "redis: expected a table, got str"),
     (
@@ -323,7 +324,7 @@ BAD_VALUES = [
     ({"s3": {"sse": "des"}}, "s3.sse: expected one of AES256, aws:kms, got 'des'"),
     ({"sqs": {"listen": True}}, "sqs.url: required when sqs.listen = true"),
     ({"sqs": {"chunksize": 11}}, "sqs.chunksize: must be at least 1 and at most 10, got 11"),
-    ({"sqs": {"waitseconds": 21}}, "sqs.waitseconds: must be at least 0 and at most 20, got 21"),
+    ({"sqs": {"waitseconds": 21}}, "sqs.waitseconds: must be at least 1 and at most 20, got 21"),
     (
         {"security": {"require_signed": True}},
         "security.keys: required when security.require_signed = true",
@@ -340,6 +341,81 @@ BAD_VALUES = [
     ),
     ({"agents": "dnstap"}, "agents: expected a table of [agents.<name>] tables"),
 ]
+
+
+# Every float option of the daemon's sections, with its bounds.
+FLOATS = [
+    ("cloudshark", "timeout", 0.1, 3600.0),
+    ("cloudshark", "connect_timeout", 0.1, 300.0),
+    ("cloudshark", "read_timeout", 0.1, 3600.0),
+    ("delivery", "backoff_initial", 0.0, 3600.0),
+    ("delivery", "backoff_max", 0.0, 3600.0),
+    ("delivery", "drain_interval", 0.1, 86400.0),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "low", "high"), FLOATS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_floats_must_be_finite(
+    section: str, key: str, low: float, high: float, value: float
+) -> None:
+    assert errors_of({section: {key: value}}) == [
+        f"{section}.{key}: must be a finite number, got {value!r}"
+    ]
+
+
+@pytest.mark.parametrize(("section", "key", "low", "high"), FLOATS)
+def test_floats_are_bounded(section: str, key: str, low: float, high: float) -> None:
+    rule = f"{section}.{key}: must be at least {low} and at most {high}"
+    assert errors_of({section: {key: high * 2}}) == [f"{rule}, got {high * 2!r}"]
+    if low > 0:
+        assert errors_of({section: {key: low / 2}}) == [f"{rule}, got {low / 2!r}"]
+    else:
+        assert errors_of({section: {key: -1.0}}) == [f"{rule}, got -1.0"]
+    # The bounds themselves are accepted, as long as backoff_max >= backoff_initial.
+    bounds = {key: high}
+    if key == "backoff_initial":
+        bounds["backoff_max"] = high
+    parse_config({section: bounds}, HOST)
+
+
+def test_sqs_waitseconds_zero_is_refused_saying_why() -> None:
+    assert errors_of({"sqs": {"waitseconds": 0}}) == [
+        "sqs.waitseconds: 0 turns long polling off, so every empty reply is followed at once "
+        "by the next billed ReceiveMessage: use 1..20 (default 20)"
+    ]
+
+
+def test_pcapdaemon_options_once_ignored_are_read() -> None:
+    config = parse_config(
+        {"general": {"logrequests": True, "naming": "pcapdaemon"}, "cloudshark": {"timeout": 15}},
+        HOST,
+    )
+    assert (config.general.logrequests, config.general.naming) == (True, "pcapdaemon")
+    assert (config.cloudshark.connect_timeout, config.cloudshark.read_timeout) == (5.0, 15.0)
+    assert config.warnings == ()
+    short = parse_config({"cloudshark": {"timeout": 2}}, HOST).cloudshark
+    assert (short.connect_timeout, short.read_timeout) == (2.0, 2.0)
+    defaults = parse_config({}, HOST).general
+    assert (defaults.logrequests, defaults.naming) == (False, "pcapd")
+    assert errors_of({"general": {"naming": "go"}}) == [
+        "general.naming: expected one of pcapd, pcapdaemon, got 'go'"
+    ]
+    assert errors_of({"cloudshark": {"timeout": 15, "read_timeout": 30}}) == [
+        "cloudshark.timeout, cloudshark.read_timeout: set one, not both"
+    ]
+
+
+def test_overrides_win_over_the_file_and_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[redis]\nhost = 'file'\nport = 7000\n[general]\nmaxpackets = 10\n")
+    config = load_config(path, HOST, {"redis": {"port": 7001}, "cloudshark": {"host": "cs"}})
+    assert (config.redis.host, config.redis.port) == ("file", 7001)
+    assert (config.general.maxpackets, config.cloudshark.host) == (10, "cs")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, HOST, {"redis": {"port": 70000}})
+    assert info.value.errors == ["redis.port: must be at least 1 and at most 65535, got 70000"]
+    assert load_config(None, HOST, {"redis": {"port": 7002}}).redis.port == 7002
 
 
 @pytest.mark.parametrize(("data", "message"), BAD_VALUES)
@@ -424,7 +500,8 @@ def test_unknown_keys_and_sections_are_warnings_not_errors() -> None:
         "general.maxpacket: unknown option, ignored",
         "redis.hostname: unknown option, ignored",
         "interface[0].aliases: unknown option, ignored",
-        "kafka: unknown section, ignored",
+        "kafka: pcapd does not read Kafka; section ignored (use [redis] listen, "
+        "[redis] stream_listen or [sqs] listen)",
         "sylog: unknown section, ignored",
     }
     assert config.interfaces == (InterfaceConfig("lo", ()),)

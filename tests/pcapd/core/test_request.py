@@ -18,6 +18,8 @@ from pcapd.core.request import (
     MAX_TEXT_LEN,
     CaptureRequest,
     RequestError,
+    addressed_to,
+    decode_body,
     parse_request,
     resolve_interfaces,
 )
@@ -106,10 +108,11 @@ def test_seed_message_parses_every_field(
     assert (request.timeout, request.duration, request.bytes) == (15, 60, 1000)
     assert request.packetdebug is False
     assert (request.folder, request.bucket, request.acl) == ("myfolder", "mybucket", "public-read")
+    # `"encryption": false` leaves the site's setting, as in pcapdaemon.
     assert (request.region, request.endpoint, request.encryption) == (
         "us-east-1",
         "s3.amazonaws.com",
-        False,
+        None,
     )
     assert request.format == "pcap"
     assert request.warnings == ()
@@ -132,9 +135,10 @@ def test_generated_ids_differ_and_given_id_is_kept(config: Config) -> None:
 
 def test_defaults_come_from_config(config: Config) -> None:
     request = parse_request(body(), config)
-    # The sample's snaplength, maxpackets, maxbytes, defaulttimeout; pcapd's duration.
+    # The sample's snaplength, maxpackets, maxbytes, defaulttimeout, and (as in
+    # pcapdaemon, the sample having no defaultduration) maxduration.
     assert (request.snap, request.packets, request.bytes) == (500, 50_000, 100_000_000)
-    assert (request.duration, request.timeout, request.format) == (60, 10, "pcap")
+    assert (request.duration, request.timeout, request.format) == (3600, 10, "pcap")
     other = parse_config(
         {"general": {"snaplength": 96, "maxpackets": 7, "defaulttimeout": 3, "format": "pcapng"}},
         HOST,
@@ -155,8 +159,8 @@ def test_defaults_come_from_config(config: Config) -> None:
         ({"nodere": "web"}, "node and nodere are exclusive: send one of them"),
         ({"interface": None}, "exactly one of interface and alias is required"),
         ({"alias": ["local"]}, "interface and alias are exclusive: send one of them"),
-        ({"node": ""}, "node: must not be empty"),
-        ({"node": None, "nodere": ""}, "nodere: must not be empty"),
+        ({"node": ""}, "exactly one of node and nodere is required"),
+        ({"node": None, "nodere": ""}, "exactly one of node and nodere is required"),
         ({"node": 5}, "node: expected a string, got 5"),
         ({"node": None, "nodere": ["web"]}, 'nodere: expected a string, got ["web"]'),
         ({"node": "n" * 254}, "node: 254 characters; the limit is 253"),
@@ -164,8 +168,9 @@ def test_defaults_come_from_config(config: Config) -> None:
             {"node": None, "nodere": "a" * (MAX_NODERE_LEN + 1)},
             f"nodere: {MAX_NODERE_LEN + 1} characters; the limit is {MAX_NODERE_LEN}",
         ),
-        ({"interface": []}, "interface: expected a non-empty list of names, got []"),
-        ({"interface": None, "alias": []}, "alias: expected a non-empty list of names, got []"),
+        ({"interface": []}, "exactly one of interface and alias is required"),
+        ({"interface": None, "alias": []}, "exactly one of interface and alias is required"),
+        ({"interface": ""}, "exactly one of interface and alias is required"),
         ({"interface": 7}, "interface: expected a non-empty list of names, got 7"),
         ({"interface": {"lo": 1}}, 'interface: expected a non-empty list of names, got {"lo": 1}'),
         (
@@ -219,13 +224,12 @@ def test_real_interface_names_are_accepted(config: Config, name: str) -> None:
 # --- numbers: strict JSON integers, positive, capped ----------------------------------
 
 NUMBER_CAPS = [
-    ("snap", "max snaplen", MAX_SNAPLENGTH),
     ("packets", "maxpackets", 50_000),
     ("bytes", "maxbytes", 100_000_000),
     ("duration", "maxduration", 3600),
     ("timeout", "maxtimeout", 3600),
 ]
-NUMBER_FIELDS = [name for name, _, _ in NUMBER_CAPS]
+NUMBER_FIELDS = ["snap", *(name for name, _, _ in NUMBER_CAPS)]
 
 
 @pytest.mark.parametrize(("field", "cap_name", "cap"), NUMBER_CAPS)
@@ -261,16 +265,34 @@ def test_numbers_must_be_json_integers(config: Config, field: str, raw: str, sho
     assert rejected(text, config) == f"{field}: expected a JSON integer, got {shown}"
 
 
-@pytest.mark.parametrize("field", ["snap", "packets", "duration", "timeout"])
-@pytest.mark.parametrize("value", [0, -1, -(10**30)])
-def test_zero_and_negative_are_rejected(config: Config, field: str, value: int) -> None:
+@pytest.mark.parametrize("field", NUMBER_FIELDS)
+@pytest.mark.parametrize("value", [-1, -(10**30)])
+def test_negative_is_rejected(config: Config, field: str, value: int) -> None:
     assert rejected(body(**{field: value}), config) == f"{field}={value}: must be positive"
 
 
-@pytest.mark.parametrize("value", [0, -1, 99])
-def test_bytes_has_a_floor(config: Config, value: int) -> None:
-    assert rejected(body(bytes=value), config) == f"bytes={value}: must be at least 100"
-    assert parse_request(body(bytes=100), config).bytes == 100
+def test_zero_packets_is_rejected_as_pcapdaemon_rejects_it(config: Config) -> None:
+    assert rejected(body(packets=0), config) == "packets=0: must be positive"
+
+
+@pytest.mark.parametrize("value", [1, 23])
+def test_bytes_must_hold_the_file_header(config: Config, value: int) -> None:
+    assert rejected(body(bytes=value), config) == (
+        f"bytes={value}: cannot hold the 24-byte pcap file header"
+    )
+    assert parse_request(body(bytes=24), config).bytes == 24
+
+
+def test_snap_over_libpcaps_maximum_is_clamped_with_a_warning(config: Config) -> None:
+    request = parse_request(body(snap=MAX_SNAPLENGTH + 1), config)
+    assert request.snap == MAX_SNAPLENGTH
+    assert request.warnings == (
+        f"snap={MAX_SNAPLENGTH + 1} exceeds libpcap's maximum; clamped to {MAX_SNAPLENGTH}",
+    )
+    huge = parse_request(body(snap=10**30), config)
+    assert (huge.snap, len(huge.warnings)) == (MAX_SNAPLENGTH, 1)
+    exact = parse_request(body(snap=MAX_SNAPLENGTH), config)
+    assert (exact.snap, exact.warnings) == (MAX_SNAPLENGTH, ())
 
 
 def test_caps_follow_the_config() -> None:
@@ -364,8 +386,7 @@ def test_deep_but_balanced_nesting_in_an_unknown_field(config: Config) -> None:
 @pytest.mark.parametrize("pattern", ["(a*)*b", "(a|a)*c", "(x+x+)+y", "(.*a){12}"])
 def test_pathological_regex_is_fast(config: Config, pattern: str) -> None:
     start = time.monotonic()
-    request = parse_request(body(node=None, nodere=pattern), config)
-    matched = request.matches_node("a" * 5000)
+    matched = addressed_to(decode_body(body(node=None, nodere=pattern), 65536), "a" * 5000)
     assert time.monotonic() - start < REGEX_BOUND_S
     assert matched is (pattern == "(.*a){12}")
 
@@ -393,9 +414,8 @@ def test_backreferences_are_rejected_as_re2_cannot_run_them(config: Config) -> N
         ("(?i)WEB", "web10", True),
     ],
 )
-def test_nodere_is_a_search(config: Config, nodere: str, node: str, matches: bool) -> None:
-    request = parse_request(body(node=None, nodere=nodere), config)
-    assert request.matches_node(node) is matches
+def test_nodere_is_a_search(nodere: str, node: str, matches: bool) -> None:
+    assert addressed_to(decode_body(body(node=None, nodere=nodere), 65536), node) is matches
 
 
 @pytest.mark.parametrize(
@@ -408,8 +428,8 @@ def test_nodere_is_a_search(config: Config, nodere: str, node: str, matches: boo
         ("WEB10", "web10", False),
     ],
 )
-def test_node_is_exact_or_any(config: Config, node: str, host: str, matches: bool) -> None:
-    assert parse_request(body(node=node), config).matches_node(host) is matches
+def test_node_is_exact_or_any(node: str, host: str, matches: bool) -> None:
+    assert addressed_to(decode_body(body(node=node), 65536), host) is matches
 
 
 # --- id, format, lookback, reply_to -------------------------------------------------
@@ -453,7 +473,9 @@ def test_reply_to(config: Config) -> None:
     channel_rule = "reply_to: expected 1-256 printable characters without spaces"
     assert rejected(body(reply_to="has space"), config) == channel_rule
     assert rejected(body(reply_to=""), config) == channel_rule
-    assert rejected(body(reply_to="tab\there"), config) == channel_rule
+    assert rejected(body(reply_to="tab\there"), config) == (
+        'reply_to: "tab\\there" holds a control character U+0009 at character 3'
+    )
     assert rejected(body(reply_to="x" * 257), config) == channel_rule
     assert rejected(body(reply_to=7), config) == "reply_to: expected a string, got 7"
 
@@ -489,9 +511,13 @@ def test_bad_tags(config: Config, tags: Any, message: str) -> None:
     assert rejected(body(tags=tags), config) == message
 
 
-@pytest.mark.parametrize("alertid", [655443, 0, -3, "INC-42", "x" * 128])
+@pytest.mark.parametrize("alertid", [655443, -3, "INC-42", "x" * 128])
 def test_alertid_int_or_string(config: Config, alertid: int | str) -> None:
     assert parse_request(body(alertid=alertid), config).alertid == alertid
+
+
+def test_alertid_zero_is_none_as_pcapdaemon_omits_it(config: Config) -> None:
+    assert parse_request(body(alertid=0), config).alertid is None
 
 
 @pytest.mark.parametrize(
@@ -560,9 +586,9 @@ def test_packetdebug_only_where_config_allows(config: Config) -> None:
 
 
 def test_unknown_fields_are_warnings(config: Config) -> None:
-    request = parse_request(body(priority=5, Node="x", bpf="icmp"), config)
+    request = parse_request(body(priority=5, Nodes="x", bpf="icmp"), config)
     assert request.warnings == (
-        "Node: unknown field, ignored",
+        "Nodes: unknown field, ignored",
         "priority: unknown field, ignored",
     )
     assert request.bpf == "icmp"

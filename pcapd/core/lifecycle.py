@@ -1,0 +1,57 @@
+"""Run until signalled, the same way in the daemon and in every agent.
+
+The first SIGTERM or SIGINT asks for a warm stop: `stop` is set and each
+`on_warm` callback runs, so the process finishes what it holds (captures
+delivered or spooled, queued Redis writes sent) and exits `EXIT_OK`. A second
+signal is cold: the process leaves at once with `EXIT_COLD`, skipping every
+flush. A stop asked for over Redis should signal the process itself, so there
+is one shutdown path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from pcapd.core.logs import event
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the run ended badly: a failed capture handle, work lost at stop
+EXIT_COLD = 1  # a second signal: left at once, queued work not flushed
+EXIT_CONFIG = 2  # the config or command line cannot be run; nothing was started
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger("pcapd.lifecycle")
+
+
+class StopSignals:
+    """Installs the handlers; `stop` is the event every loop watches.
+
+    `on_warm` callbacks run in the signal handler (the main thread, between
+    bytecodes), so each must only set events or schedule work, never block.
+    """
+
+    def __init__(self, process: str, on_warm: tuple[Callable[[], object], ...] = ()) -> None:
+        self.process = process
+        self.stop = threading.Event()
+        self._on_warm = on_warm
+        self._count = 0
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self._count += 1
+        name = signal.Signals(signum).name
+        if self._count > 1:
+            event(log, "exit_now", logging.WARNING, process=self.process, signal=name)
+            os._exit(EXIT_COLD)
+        event(log, "shutdown_requested", process=self.process, signal=name)
+        self.stop.set()
+        for callback in self._on_warm:
+            callback()
