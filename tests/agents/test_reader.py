@@ -173,3 +173,13 @@ def test_agents_keep_the_index_when_configured(redis_srv: RedisServer, tmp_path:
     flow = parse_flow_config({"client_index": True})
     assert make_flow_writer(lambda: r, flow).index is True
     assert make_flow_writer(lambda: r, parse_flow_config({})).index is False
+
+
+def test_an_nx_name_holding_a_semicolon(redis_srv: RedisServer) -> None:
+    """record_nxdomain stores `;` unescaped, as ShoDoHFlo does: still one name."""
+    writer = store.RedisWriter(lambda: redis_srv.client(), flush_interval=0.01)
+    writer.start()
+    store.record_nxdomain(writer, C, "a\\;b.example.test.")
+    writer.stop()
+    assert redis_srv.client().exists(f"{C};a;b.example.test.;nx") == 1
+    assert StoreReader(redis_srv.client()).read_client(C).nx == {"a;b.example.test.": 1}
