@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -52,8 +53,9 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # from glibc's malloc.h
 # allocator slack. Measured by the daemon fuzz and bench/trigger_storm.py.
 MEMORY_OVERHEAD = 64 * 1024 * 1024
 
-SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
-RESULTS_GRACE = 10.0  # then seconds to send the results still queued
+RESULTS_GRACE = 10.0  # of delivery.shutdown_grace, at most, kept to send queued results
+SOURCE_JOIN = 2.0  # seconds for all trigger sources to stop together
+DEDUP_TIMEOUT = 1.0  # a request waits at most this on Redis for its dedup check
 
 
 def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
@@ -62,10 +64,12 @@ def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
     uploaders: list[Uploader] = []
     if config.general.writelocal:
         uploaders.append(LocalUploader(config.general.localdir))
-    remote = build_remote_uploaders(config)
+    abandon = threading.Event()
+    remote = build_remote_uploaders(config, abandon=abandon)
     uploaders.extend(remote)
     spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes) if remote else None
-    return Deliverer(uploaders, RetryPolicy.from_config(config.delivery, stop=stop), spool)
+    retry = RetryPolicy.from_config(config.delivery, stop=stop)
+    return Deliverer(uploaders, retry, spool, abandon)
 
 
 def build_sources(
@@ -121,9 +125,16 @@ class Daemon:
         # Set at the first signal: retries stop waiting, what fails is spooled.
         self.retry_stop = threading.Event()
         deliverer = build_deliverer(config, self.retry_stop)
+        # Seen ids and signatures outlive this process; short timeouts and no
+        # retries, since a request waits on it (memory only while it is away).
+        dedup = redis_conn.connect(
+            config.redis, socket_timeout=DEDUP_TIMEOUT, socket_connect_timeout=DEDUP_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
         self.controller = Controller(
-            config, publisher=self.publisher, deliverer=deliverer, pool=self.pool
-        )
+            config, publisher=self.publisher, deliverer=deliverer, pool=self.pool,
+            dedup_redis=dedup,
+        )  # fmt: skip
         self.drainer = (
             SpoolDrainer(
                 deliverer.spool,
@@ -187,19 +198,29 @@ class Daemon:
             while not self.stop_sources.wait(0.5):
                 pass
         finally:
+            # Everything below fits in shutdown_grace: a hung sink cannot keep
+            # the process past it (systemd would SIGKILL it; nothing would be lost
+            # even then, since uploads are written ahead to the spool).
+            grace = self.config.delivery.shutdown_grace
+            deadline = time.monotonic() + grace
             self.stop_sources.set()
             # Sources first, so no request is admitted behind the controller's back.
             for thread in threads:
-                thread.join(timeout=2.0)
-            clean = self.controller.shutdown(timeout=SHUTDOWN_GRACE)
+                thread.join(timeout=max(0.0, min(SOURCE_JOIN, deadline - time.monotonic())))
+            reserve = min(RESULTS_GRACE, grace / 4)
+            clean = self.controller.shutdown(
+                timeout=max(0.0, deadline - reserve - time.monotonic())
+            )
             for source in self.sources:
                 close = getattr(source, "close", None)
                 if close is not None:
                     close()
             if self.drainer is not None:
-                self.drainer.stop()
+                self.controller.deliverer.abandon.set()  # the drainer's attempt, too
+                self.drainer.stop(timeout=max(0.1, min(reserve / 2, deadline - time.monotonic())))
             self.pool.stop()
-            clean = self.publisher.stop(RESULTS_GRACE) == 0 and clean
+            left = max(0.1, deadline - time.monotonic())
+            clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)
         return 0 if clean else 1
 
@@ -248,4 +269,16 @@ def serve(
     bound_malloc()
     daemon = Daemon(config)
     daemon.install_signal_handlers()
-    return daemon.run()
+    code = daemon.run()
+    lingering = [
+        t.name for t in threading.enumerate() if t.is_alive() and not t.daemon
+        and t is not threading.current_thread()
+    ]  # fmt: skip
+    if lingering:
+        # An abandoned upload's helper threads (s3 parts) may sit in a socket
+        # read for botocore's 120 s, and the interpreter joins them at exit.
+        # Everything durable is done: leave now, as shutdown_grace promises.
+        event(log, "exit_abandoning", logging.WARNING, threads=lingering)
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -174,6 +175,80 @@ def moto_process(env: dict[str, str] | None = None) -> Iterator[MotoProcess]:
         yield server
     finally:
         server.stop()
+
+
+class SilentServer:
+    """A TCP server on loopback that accepts, reads whatever comes and never
+    answers: an S3 endpoint that hangs. `close()` ends it and its connections."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.accepted = 0
+        self._conns: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(conn)
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        """Stop accepting, then end every connection (each `_drain` closes its own)."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        self._thread.join(2)
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's syntax: "3m") at `path` for a full-disk test (root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        if run("umount", str(path), check=False).returncode != 0:
+            run("umount", "-l", str(path), check=False)
+
+
+def fill(directory: Path, leave: int) -> Path:
+    """Write a file that leaves `leave` bytes free on the filesystem of `directory`."""
+    vfs = os.statvfs(directory)
+    filler = directory / "filler"
+    filler.write_bytes(b"\0" * max(0, vfs.f_bavail * vfs.f_frsize - leave))
+    return filler
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

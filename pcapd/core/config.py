@@ -69,6 +69,12 @@ DEFAULT_SPOOL_MAX_BYTES = 2 * 1024 * 1024 * 1024
 DEFAULT_DRAIN_INTERVAL = 30.0
 MIN_DRAIN_INTERVAL = 0.1
 MAX_DRAIN_INTERVAL = 86_400.0
+DEFAULT_ATTEMPT_TIMEOUT = 60.0  # one remote attempt, connect to last byte
+MIN_ATTEMPT_TIMEOUT = 0.1
+MAX_ATTEMPT_TIMEOUT = 3_600.0
+DEFAULT_SHUTDOWN_GRACE = 60.0  # below systemd's TimeoutStopSec=90 in deploy/systemd
+MIN_SHUTDOWN_GRACE = 1.0
+MAX_SHUTDOWN_GRACE = 3_600.0
 
 DEFAULT_CS_CONNECT_TIMEOUT = 5.0
 DEFAULT_CS_READ_TIMEOUT = 120.0
@@ -101,6 +107,7 @@ DEFAULT_CAPTURES_SHOWN = 100
 
 DEFAULT_MAX_SKEW = 300
 DEFAULT_DEDUP_WINDOW = 600
+DEFAULT_DEDUP_PREFIX = "pcapd:seen:"
 SSE_MODES = ("AES256", "aws:kms")
 
 
@@ -247,6 +254,8 @@ class DeliveryConfig:
     spool_dir: str = DEFAULT_SPOOL_DIR
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     drain_interval: float = DEFAULT_DRAIN_INTERVAL
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +264,7 @@ class SecurityConfig:
     require_signed: bool = False
     max_skew: int = DEFAULT_MAX_SKEW
     dedup_window: int = DEFAULT_DEDUP_WINDOW
+    dedup_prefix: str = DEFAULT_DEDUP_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -702,6 +712,18 @@ def _delivery(s: _Section) -> DeliveryConfig:
             minimum=MIN_DRAIN_INTERVAL,
             maximum=MAX_DRAIN_INTERVAL,
         ),
+        attempt_timeout=s.get_float(
+            "attempt_timeout",
+            DEFAULT_ATTEMPT_TIMEOUT,
+            minimum=MIN_ATTEMPT_TIMEOUT,
+            maximum=MAX_ATTEMPT_TIMEOUT,
+        ),
+        shutdown_grace=s.get_float(
+            "shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            minimum=MIN_SHUTDOWN_GRACE,
+            maximum=MAX_SHUTDOWN_GRACE,
+        ),
     )
     if config.backoff_max < config.backoff_initial:
         s.errors.append(
@@ -717,7 +739,10 @@ def _security(s: _Section) -> SecurityConfig:
         require_signed=s.get_bool("require_signed", False),
         max_skew=s.get_int("max_skew", DEFAULT_MAX_SKEW),
         dedup_window=s.get_int("dedup_window", DEFAULT_DEDUP_WINDOW),
+        dedup_prefix=s.get_str("dedup_prefix", DEFAULT_DEDUP_PREFIX),
     )
+    if not config.dedup_prefix or len(config.dedup_prefix) > 64:
+        s.errors.append("security.dedup_prefix: must be 1 to 64 characters")
     if config.require_signed and not config.keys:
         s.errors.append("security.keys: required when security.require_signed = true")
     return config

@@ -11,6 +11,7 @@ from typing import Any
 
 STATUSES = (
     "ok", "empty", "rejected", "failed", "spooled", "delivered", "skipped", "duplicate",
+    "partial",  # stored in some sinks (local disk, say), not all, and not spooled
 )  # fmt: skip
 STOPS = ("packets", "bytes", "duration", "timeout", "shutdown")
 

@@ -4,23 +4,34 @@ spooling when S3 is down and delivering after S3 (or the daemon) comes back."""
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import RedisServer, free_port
+import pytest
+
+from tests.helpers import RedisServer, SilentServer, free_port, silent_server, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.test_daemon import traffic, udp_request
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import S3_KEY_ID, S3_SECRET, MotoProcess, MotoS3, s3_config
+from uploaders.spool import Spool
 
 
-def sections(endpoint: str, bucket: str, spool: Path, cloudshark: CloudsharkServer | None) -> str:
+def sections(
+    s3: MotoProcess | MotoS3 | SilentServer,
+    bucket: str,
+    spool: Path,
+    cloudshark: CloudsharkServer | None,
+    delivery: str = "",
+) -> str:
     text = f"""
 [s3]
 upload = true
-endpoint = "{endpoint}"
+endpoint = "{s3.endpoint}"
 bucket = "{bucket}"
 folder = "pcaps"
 region = "us-east-1"
@@ -33,6 +44,7 @@ backoff_initial = 0.05
 backoff_max = 0.1
 spool_dir = "{spool}"
 drain_interval = 0.3
+{delivery}
 """
     if cloudshark is not None:
         text += f"""
@@ -61,12 +73,26 @@ def make_bucket(endpoint: str, name: str) -> None:
     client.create_bucket(Bucket=name)
 
 
+def restart_until_delivered(
+    redis_srv: RedisServer, results: Results, workdir: Path, config: str, request_id: str
+) -> dict[str, Any]:
+    """Start a new daemon on `workdir` and return the `delivered` event its drainer sends."""
+    restarted = Daemon(redis_srv, workdir, extra_sections=config)
+    restarted.start()
+    try:
+        delivered = results.for_id(request_id, timeout=20)
+    finally:
+        restarted.stop()
+    assert delivered["status"] == "delivered", delivered
+    return delivered
+
+
 def test_local_s3_and_cloudshark_all_get_the_capture(
     redis_srv: RedisServer, results: Results, tmp_path: Path, moto_s3: MotoS3,
     cloudshark: CloudsharkServer,
 ) -> None:  # fmt: skip
     bucket = moto_s3.new_bucket()
-    config = sections(moto_s3.endpoint, bucket, tmp_path / "spool", cloudshark)
+    config = sections(moto_s3, bucket, tmp_path / "spool", cloudshark)
     daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
     daemon.start()
     try:
@@ -93,7 +119,7 @@ def test_s3_down_spools_then_delivers_after_a_daemon_kill_and_restart(
     redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess
 ) -> None:
     spool = tmp_path / "spool"
-    config = sections(moto_proc.endpoint, "caps", spool, None)
+    config = sections(moto_proc, "caps", spool, None)
     moto_proc.kill()
     daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
     daemon.start()
@@ -110,13 +136,7 @@ def test_s3_down_spools_then_delivers_after_a_daemon_kill_and_restart(
     daemon.wait()
     moto_proc.start()
     make_bucket(moto_proc.endpoint, "caps")
-    restarted = Daemon(redis_srv, tmp_path, extra_sections=config)
-    restarted.start()
-    try:
-        delivered = results.for_id("later", timeout=20)
-    finally:
-        restarted.stop()
-    assert delivered["status"] == "delivered", delivered
+    delivered = restart_until_delivered(redis_srv, results, tmp_path, config, "later")
     key = delivered["locations"]["s3"].removeprefix("s3://caps/")
     body, _ = s3_object(moto_proc.endpoint, "caps", key)
     assert hashlib.sha256(body).hexdigest() == spooled["sha256"] == delivered["sha256"]
@@ -126,7 +146,7 @@ def test_s3_down_spools_then_delivers_after_a_daemon_kill_and_restart(
 def test_message_naming_a_bucket_the_site_does_not_allow_is_rejected(
     redis_srv: RedisServer, results: Results, tmp_path: Path, moto_s3: MotoS3
 ) -> None:
-    config = sections(moto_s3.endpoint, "caps", tmp_path / "spool", None)
+    config = sections(moto_s3, "caps", tmp_path / "spool", None)
     daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
     daemon.start()
     try:
@@ -140,12 +160,74 @@ def test_message_naming_a_bucket_the_site_does_not_allow_is_rejected(
     assert "folder" in climb["error"] and ".." in climb["error"]
 
 
+def test_hung_s3_then_sigkill_leaves_the_capture_spooled_and_a_restart_delivers_it(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess
+) -> None:
+    spool = tmp_path / "spool"
+    with silent_server() as hung:
+        config = sections(hung, "caps", spool, None, "attempt_timeout = 60.0")
+        daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
+        daemon.start()
+        port = free_port()
+        daemon.publish(udp_request(port, id="hung", packets=3))
+        traffic(port, 3, ready=lambda: daemon.started("hung"))
+        wait_for(lambda: hung.accepted >= 1, timeout=20)  # the upload is under way, and hangs
+        time.sleep(1.0)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.wait()
+    with pytest.raises(queue.Empty):  # the killed daemon said nothing about it
+        while results.events.get(timeout=0.5).get("id") != "hung":
+            pass
+    [entry] = Spool(spool, 64 << 20).list()
+    assert entry.pending == ("s3",) and entry.request["id"] == "hung"
+    make_bucket(moto_proc.endpoint, "caps")
+    config = sections(moto_proc, "caps", spool, None)
+    delivered = restart_until_delivered(redis_srv, results, tmp_path, config, "hung")
+    key = delivered["locations"]["s3"].removeprefix("s3://caps/")
+    body, metadata = s3_object(moto_proc.endpoint, "caps", key)
+    assert body == Path(delivered["locations"]["local"]).read_bytes()
+    assert hashlib.sha256(body).hexdigest() == entry.sha256 == delivered["sha256"]
+    assert metadata["request-id"] == "hung"
+    assert list(spool.iterdir()) == []
+
+
+def test_sigterm_with_a_hung_upload_exits_within_shutdown_grace_having_spooled_it(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    with silent_server() as hung:
+        delivery = "attempt_timeout = 60.0\nshutdown_grace = 4.0"
+        daemon = Daemon(
+            redis_srv, tmp_path, extra_sections=sections(hung, "caps", spool, None, delivery)
+        )
+        daemon.start()
+        try:
+            port = free_port()
+            daemon.publish(udp_request(port, id="stuck", packets=3))
+            traffic(port, 3, ready=lambda: daemon.started("stuck"))
+            wait_for(lambda: hung.accepted >= 1, timeout=20)
+            start = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+            took = time.monotonic() - start
+        finally:
+            daemon.stop()
+    assert took < 4.0 + 1.5, f"exited {took:.1f} s after SIGTERM:\n{daemon.log()}"
+    event = results.for_id("stuck")
+    assert event["status"] == "spooled", event
+    assert "s3: abandoned after" in event["error"] and "local" in event["locations"]
+    [entry] = Spool(spool, 64 << 20).list()
+    assert entry.pending == ("s3",) and entry.sha256 == event["sha256"]
+    assert "event=stopped" in daemon.log()
+
+
 def test_pcapdaemon_naming_keeps_its_names_on_disk_s3_and_cloudshark(
     redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess,
     cloudshark: CloudsharkServer,
 ) -> None:  # fmt: skip
     make_bucket(moto_proc.endpoint, "legacy")
-    config = sections(moto_proc.endpoint, "legacy", tmp_path / "spool", cloudshark)
+    config = sections(moto_proc, "legacy", tmp_path / "spool", cloudshark)
     daemon = Daemon(
         redis_srv, tmp_path, extra_general='naming = "pcapdaemon"', extra_sections=config
     )
