@@ -807,7 +807,6 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
     if not isinstance(agents, dict):
         errors.append("agents: expected a table of [agents.<name>] tables")
         agents = {}
-    security = _security(sections["security"])
     config = Config(
         general=_general(sections["general"], host),
         redis=_redis(sections["redis"]),
@@ -817,13 +816,14 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         s3=_s3(sections["s3"]),
         sqs=_sqs(sections["sqs"]),
         delivery=_delivery(sections["delivery"]),
-        security=security,
-        correlator=_correlator(sections["correlator"], security),
+        security=_security(sections["security"]),
         agents=agents,
         remote_order=tuple(
             dict.fromkeys([k for k in data if k in ("s3", "cloudshark")] + ["s3", "cloudshark"])
         ),
     )
+    # After the rest, so errors keep the order of the sections above.
+    config = replace(config, correlator=_correlator(sections["correlator"], config.security))
     for s in sections.values():
         s.finish()
     kafka = data.get("kafka")
