@@ -91,6 +91,7 @@ class DnstapConfig:
     udp_output: HostPort | None = None
     udp_interface: str | None = None
     udp_ttl: int = DEFAULT_UDP_TTL
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -126,6 +127,15 @@ class _Table:
             self.error(key, f"expected a string, got {value!r}")
             return default
         return value or None
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"expected true or false, got {value!r}")
+            return default
+        return value
 
     def opt_secret(self, key: str) -> str | None:
         """A string that may hold a password: a bad value's type is named, never the value."""
@@ -248,6 +258,7 @@ def record_options(t: _Table) -> dict[str, Any]:
         "flush_interval": float(
             t.number("flush_interval", store.DEFAULT_FLUSH_INTERVAL, 0.001, 10.0)
         ),
+        "client_index": t.flag("client_index", False),
     }
 
 
