@@ -1,8 +1,8 @@
 """`pcapd serve`: bootstrap, signal handlers, source loops, warm shutdown.
 
-First SIGTERM/SIGINT: stop taking requests, end running captures with
-stop=shutdown, deliver them and publish their results, exit 0. A second
-signal exits at once (status 1).
+First SIGTERM/SIGINT (`pcapd.core.lifecycle`): stop taking requests, end
+running captures with stop=shutdown, deliver them and publish their results,
+exit 0. A second signal exits at once (status 1).
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 
 import redis
 from redis.backoff import NoBackoff
@@ -23,7 +20,8 @@ from redis.retry import Retry
 
 from pcapd.controller import Controller
 from pcapd.core import redis_conn
-from pcapd.core.config import Config, ConfigError, Overrides, load_config
+from pcapd.core.config import Config
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
@@ -112,8 +110,6 @@ def build_sources(
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.stop_sources = threading.Event()
-        self._signals = 0
 
         def connect() -> redis.Redis:
             return redis_conn.connect(config.redis)
@@ -146,22 +142,14 @@ class Daemon:
             else None
         )
         self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
+        # The first signal stops the sources; retries stop waiting and running
+        # captures end with stop=shutdown.
+        self.signals = StopSignals(
+            "serve", on_warm=(self.retry_stop.set, self.controller.capture_stop.set)
+        )
+        self.stop_sources = self.signals.stop
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            event(log, "exit_now", logging.WARNING, signal=signal.Signals(signum).name)
-            os._exit(1)
-        event(log, "shutdown_requested", signal=signal.Signals(signum).name)
-        self.stop_sources.set()
-        self.retry_stop.set()
-        self.controller.capture_stop.set()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
 
     def _source_loop(self, source: TriggerSource) -> None:
         # One failing source never stops the others; it restarts after a pause.
@@ -222,7 +210,7 @@ class Daemon:
             left = max(0.1, deadline - time.monotonic())
             clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)
-        return 0 if clean else 1
+        return EXIT_OK if clean else EXIT_FAILURE
 
 
 def memory_bound(config: Config, idle_rss: int) -> int:
@@ -243,19 +231,9 @@ def bound_malloc() -> None:
         mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
 
 
-def serve(
-    config_path: str | None,
-    overrides: Overrides | None = None,
-    flag_warnings: Sequence[str] = (),
-) -> int:
-    """Run with the file at `config_path` (None: defaults), `overrides` from
-    the command line laid over it."""
-    try:
-        config = load_config(config_path, overrides=overrides)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return 2
+def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] = ()) -> int:
+    """Run with `config`, loaded from `config_path` (None: defaults) and the
+    command line by `pcapd serve`, until signalled."""
     setup_logging(config.general, config.syslog)
     for warning in flag_warnings:
         event(log, "flag_warning", logging.WARNING, warning=warning)
@@ -265,10 +243,10 @@ def serve(
     if problems:
         for problem in problems:
             event(log, "config_error", logging.ERROR, path=config_path, error=problem)
-        return 2
+        return EXIT_CONFIG
     bound_malloc()
     daemon = Daemon(config)
-    daemon.install_signal_handlers()
+    daemon.signals.install()
     code = daemon.run()
     lingering = [
         t.name for t in threading.enumerate() if t.is_alive() and not t.daemon

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 from pcapd.core.atomic import write_atomic
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.core.events import iso_utc
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.engine import (
     CaptureError,
     CaptureLimits,
@@ -41,7 +40,7 @@ def run_capture(
 ) -> int:
     if not 0 < snap <= MAX_SNAPLENGTH:
         print(f"pcapd capture: -s {snap}: must be 1..{MAX_SNAPLENGTH}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     path = None
     if output != "-":
         path = Path(output or f"pcapd_{interface}_{time.strftime('%Y%m%dT%H%M%S')}.{fmt}")
@@ -49,17 +48,14 @@ def run_capture(
         if not os.access(path.parent.absolute(), os.W_OK):
             print(f"pcapd capture: -w {path}: directory {path.parent.absolute()} is not "
                   "writable", file=sys.stderr)  # fmt: skip
-            return 2
+            return EXIT_CONFIG
         if path.exists():
             print(f"pcapd capture: -w {path}: exists; refusing to overwrite", file=sys.stderr)
-            return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+            return EXIT_CONFIG
+    # The first signal ends the capture (stop=shutdown) and writes it; a
+    # second leaves at once, without the file.
+    signals = StopSignals("capture")
+    signals.install()
     handle = None
     try:
         handle = open_handle(interface, buffer_size)
@@ -68,7 +64,7 @@ def run_capture(
         if handle is not None:
             close_handle(handle)
         print(f"pcapd capture: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     limits = CaptureLimits(snap, packets, max_bytes, duration, timeout)
     done = threading.Event()
     progress = CaptureProgress()
@@ -78,11 +74,11 @@ def run_capture(
     try:
         outcome = capture(
             handle, limits, fmt=fmt, interface=interface,
-            comments={"bpf": bpf, "interface": interface}, stop=stop, progress=progress,
+            comments={"bpf": bpf, "interface": interface}, stop=signals.stop, progress=progress,
         )  # fmt: skip
     except CaptureError as exc:
         print(f"pcapd capture: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     finally:
         done.set()
         close_handle(handle)
@@ -101,10 +97,10 @@ def run_capture(
                 "it was left alone and this capture was not written",
                 file=sys.stderr,
             )
-            return 1
+            return EXIT_FAILURE
         except OSError as exc:
             print(f"pcapd capture: cannot write {path}: {exc.strerror}", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
         where = str(path)
     print(
         f"\r{outcome.packets} packets captured, {len(outcome.data)} bytes, "
@@ -114,8 +110,8 @@ def run_capture(
     )
     if outcome.error:
         print(f"pcapd capture: {outcome.error}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _progress(done: threading.Event, progress: CaptureProgress) -> None:

@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import socket
 import sys
 import time
@@ -40,6 +38,7 @@ from agents.dnstap.response import (
     parse_response,
 )
 from agents.dnstap.server import ConnectionStats, DnstapServer
+from pcapd.core.lifecycle import EXIT_OK, StopSignals
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
@@ -347,32 +346,24 @@ def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
     writer = make_writer(config, connect)
     writer.start()
     agent = DnstapAgent(config, writer)
-    cold = False
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
-        def on_signal() -> None:
-            nonlocal cold
-            if stop.is_set():
-                cold = True
-                raise SystemExit(1)
+        def on_warm() -> None:
+            # In the signal handler: only schedule the stop on the loop.
             log.info("event=dnstap_stopping")
-            stop.set()
+            loop.call_soon_threadsafe(stop.set)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
+        # Replaces the SIGINT handler asyncio.run adds, and stays in place
+        # while the queue is flushed, so a second signal there leaves at once.
+        StopSignals("dnstap", on_warm=(on_warm,)).install()
         await agent.serve(stop)
-
-    def exit_now(_sig: int, _frame: object) -> None:
-        os._exit(1)
 
     try:
         asyncio.run(main())
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, exit_now)  # a signal while flushing: leave now
-        writer.stop(timeout=0.0 if cold else FLUSH_TIMEOUT)
+        writer.stop(timeout=FLUSH_TIMEOUT)
         agent.log_stats()
-    return 0
+    return EXIT_OK

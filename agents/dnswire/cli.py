@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from pcapd.core.config import ConfigError, RedisConfig, load_config
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 from pcapd.core.logs import setup_agent_logging
 
 if TYPE_CHECKING:  # the agent's modules load only once the flags are read
@@ -84,13 +85,15 @@ def dnsflow_parser() -> argparse.ArgumentParser:
     return p
 
 
-def agent_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pcapd agent dnswire",
-        description="Sniff DNS responses and record ShoDoHFlo's per-client keys in Redis, as "
-        "the dnstap agent does; optionally export DNSFlow v4 records. Options override "
-        "[agents.dnswire] in the config file.",
-    )
+AGENT_DESCRIPTION = (
+    "Sniff DNS responses and record ShoDoHFlo's per-client keys in Redis, as the dnstap "
+    "agent does; optionally export DNSFlow v4 records. Options override [agents.dnswire] "
+    "in the config file."
+)
+
+
+def add_agent_arguments(p: argparse.ArgumentParser) -> None:
+    """`pcapd agent dnswire`'s long options (DNSFlow's flags spelt out)."""
     p.add_argument("-c", "--config", metavar="FILE", help="TOML with [redis], [agents.dnswire]")
     p.add_argument("--interface", help="capture live on this interface")
     p.add_argument("--read", metavar="FILE.pcap", help="read a capture file instead")
@@ -113,7 +116,6 @@ def agent_parser() -> argparse.ArgumentParser:
                    help="export only, record nothing in Redis")  # fmt: skip
     p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    return p
 
 
 _KEYS = (*DNSFLOW_FLAGS, "record", "stats_interval")
@@ -170,7 +172,7 @@ def _run(
             for key, flag in given.items():
                 line = line.replace(f"agents.dnswire.{key}:", f"{flag}:")
             print(f"{prog}: {line}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     for warning in cfg.warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     connector: Callable[[], redis.Redis] | None = (
@@ -186,7 +188,7 @@ def _run(
         return run_one(cfg, connector)
     except AgentError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
 
 
 def dnsflow_main(argv: list[str] | None = None) -> int:
@@ -196,9 +198,8 @@ def dnsflow_main(argv: list[str] | None = None) -> int:
     return _run("dnsflow", args, args.config, record, DNSFLOW_FLAGS)
 
 
-def main(argv: list[str]) -> int:
-    """`pcapd agent dnswire`."""
-    args = agent_parser().parse_args(argv)
+def agent_main(args: argparse.Namespace) -> int:
+    """`pcapd agent dnswire`, its arguments parsed by pcapd/cli/agent_dnswire.py."""
     return _run("pcapd agent dnswire", args, args.config, True, LONG_FLAGS)
 
 

@@ -20,14 +20,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
 import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 from agents import store
@@ -37,6 +35,7 @@ from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, re
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
 from pcapd.core.config import ConfigError, RedisConfig, load_config
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, StopSignals
 from pcapd.core.logs import setup_agent_logging
 
 log = logging.getLogger("pcapd.agents.dnswire.ingest")
@@ -241,25 +240,24 @@ def bind(config: DnswireConfig) -> socket.socket:
     return sock
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pcapd agent dnsflow-ingest",
-        description="Receive DNSFlow v4 UDP packets (from dnsflow.c or `dnsflow -u`) and "
-        "record them in Redis with the dnstap agent's keys. Options override "
-        "[agents.dnswire] in the config file.",
-    )
+DESCRIPTION = (
+    "Receive DNSFlow v4 UDP packets (from dnsflow.c or `dnsflow -u`) and record them in "
+    "Redis with the dnstap agent's keys. Options override [agents.dnswire] in the config file."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="FILE", help="TOML with [redis], [agents.dnswire]")
     p.add_argument("--listen", metavar="ADDR:PORT", help=f"UDP to listen on ({export.PORT})")
     p.add_argument("--redis-url", help="redis://, rediss:// or unix:// (overrides [redis])")
     p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    return p
 
 
-def main(argv: list[str]) -> int:
+def main(args: argparse.Namespace) -> int:
+    """`pcapd agent dnsflow-ingest`, its arguments parsed by pcapd/cli/agent_dnsflow_ingest.py."""
     from pcapd.core.redis_conn import connect
 
-    args = parser().parse_args(argv)
     try:
         config = load_config(args.config) if args.config else None
         setup_agent_logging(config, args.log_level)
@@ -273,7 +271,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         for line in exc.lines():
             print(f"pcapd agent dnsflow-ingest: {line}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     redis_cfg = base_redis if cfg.redis_url is None else dataclasses.replace(
         base_redis, url=cfg.redis_url
     )  # fmt: skip
@@ -282,22 +280,15 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"pcapd agent dnsflow-ingest: error: cannot listen on {cfg.listen}: {exc}",
               file=sys.stderr)  # fmt: skip
-        return 1
+        return EXIT_FAILURE
     writer = make_writer(cfg, lambda: connect(redis_cfg))
     ingest = Ingest(cfg, writer)
-    stopping: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stopping:
-            raise SystemExit(128 + signum)
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals("dnsflow-ingest")
+    signals.install()
     writer.start()
     log.info("event=dnsflow_ingest_started listen=%s redis=%s", cfg.listen, redis_cfg.describe())
     try:
-        serve(ingest, sock, lambda: bool(stopping))
+        serve(ingest, sock, signals.stop.is_set)
     finally:
         sock.close()
         writer.stop(FLUSH_TIMEOUT)

@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -42,6 +41,7 @@ from agents.dnswire.agent import (
     check_interface,
 )
 from agents.dnswire.config import DnswireConfig
+from pcapd.core.lifecycle import EXIT_COLD, StopSignals
 
 log = logging.getLogger("pcapd.agents.dnswire")
 
@@ -103,16 +103,9 @@ def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) ->
     else:
         assert config.interface is not None
         agent.open_live(config.interface)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)  # second signal: leave at once
-        log.info("event=dnswire_stopping signal=%d", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals("dnswire")
+    signals.install()
+    stop = signals.stop
     if writer is not None:
         writer.start()
     status = 0
@@ -188,7 +181,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) 
             for proc in children.values():
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, signal.SIGKILL)
-            os._exit(128 + signum)
+            os._exit(EXIT_COLD)
         stopping = True
         log.info("event=dnswire_stopping signal=%d children=%d", signum, len(children))
         for proc in children.values():

@@ -10,9 +10,11 @@ open a *file* of that name.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from agents.flow import packets, tracker
 from agents.flow.config import FlowConfig
 from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
 from pcapd.core.errors import PcapdError
+from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK, StopSignals
 
 log = logging.getLogger("pcapd.agents.flow")
 
@@ -35,6 +38,7 @@ POLL_MAX = 0.2  # s: longest wait in select, so a stop request is seen quickly
 # the wake-ups, not the parsing, would cost most. The ring (buffer_size)
 # holds far more than this many ms of traffic, and flows tolerate the delay.
 COALESCE = 0.002
+FLUSH_TIMEOUT = 10.0  # s: how long a stopping agent keeps sending what is queued
 DIRECTIONS = {"in": pcap.PCAP_D_IN, "inout": pcap.PCAP_D_INOUT, "out": pcap.PCAP_D_OUT}
 
 
@@ -200,3 +204,37 @@ def make_writer(connect: Callable[[], Any], config: FlowConfig) -> store.RedisWr
         batch_ops=config.batch_ops,
         index=config.client_index,
     )
+
+
+def run(config: FlowConfig, connect: Callable[[], Any], read: str | None = None) -> int:
+    """Capture (or read `read`) until done or signalled, then send what is
+    queued (at most `FLUSH_TIMEOUT` s). A second signal leaves at once."""
+    writer = make_writer(connect, config)
+    agent = FlowAgent(config, writer)
+    try:
+        if read:
+            agent.open_file(read)
+        else:
+            assert config.interface is not None
+            agent.open_live(config.interface)
+    except AgentError as exc:
+        print(f"pcapd agent flow: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    signals = StopSignals("flow")
+    signals.install()
+    writer.start()
+    status = EXIT_OK
+    try:
+        if read:
+            agent.run_file(signals.stop)
+        else:
+            agent.run_live(signals.stop)
+    except (CaptureError, OSError) as exc:
+        # The interface went away or libpcap failed: exit non-zero so that
+        # systemd restarts the agent, after sending what is queued.
+        log.error("event=flow_capture_failed error=%s", json.dumps(str(exc)))
+        status = EXIT_FAILURE
+    finally:
+        writer.stop(FLUSH_TIMEOUT)
+        agent.log_stats("flow_done")
+    return status

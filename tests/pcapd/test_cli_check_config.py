@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pcapd.core.lifecycle import EXIT_CONFIG
+
 DATA = Path(__file__).parent / "data"
 RUN_TIMEOUT_S = 30
 NO_SOURCE = (
@@ -44,7 +46,7 @@ def test_pcapdaemon_sample_is_ok() -> None:
     assert done.stdout == f"{path}: ok (node {socket.gethostname()})\n"
 
 
-def test_every_error_is_printed_and_exit_is_1(tmp_path: Path) -> None:
+def test_every_error_is_printed_and_exit_is_2(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "[general]\nmaxpackets = 0\nsnaplength = 'big'\nwritelocal = true\n"
@@ -52,7 +54,7 @@ def test_every_error_is_printed_and_exit_is_1(tmp_path: Path) -> None:
         "[[interface]]\nname = 'eth0'\n[[interface]]\nname = 'eth0'\n",
     )
     done = check_config(path)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{path}: error: general.maxpackets: must be at least 1, got 0",
@@ -67,24 +69,24 @@ def test_every_error_is_printed_and_exit_is_1(tmp_path: Path) -> None:
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[general\n")
     done = check_config(path)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert done.stderr.startswith(f"{path}: error: not valid TOML: ")
     assert len(done.stderr.splitlines()) == 1
 
     missing = tmp_path / "absent.toml"
     done = check_config(missing)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert done.stderr == f"{missing}: error: cannot read config: No such file or directory\n"
 
     done = check_config(tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert done.stderr == f"{tmp_path}: error: cannot read config: Is a directory\n"
 
 
 def test_serve_checks_no_listener_and_no_destination(tmp_path: Path) -> None:
     path = write(tmp_path, "[redis]\nlisten = false\n")
     done = check_config(path)
-    assert (done.returncode, done.stdout) == (1, "")
+    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
     assert done.stderr.splitlines() == [
         f"{path}: error: {NO_SOURCE}",
         f"{path}: error: {NO_DESTINATION}",
@@ -94,7 +96,7 @@ def test_serve_checks_no_listener_and_no_destination(tmp_path: Path) -> None:
 def test_no_destination_alone(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     done = check_config(path)
-    assert (done.returncode, done.stderr) == (1, f"{path}: error: {NO_DESTINATION}\n")
+    assert (done.returncode, done.stderr) == (EXIT_CONFIG, f"{path}: error: {NO_DESTINATION}\n")
 
 
 def test_agent_only_skips_the_serve_checks_but_not_errors(tmp_path: Path) -> None:
@@ -105,7 +107,7 @@ def test_agent_only_skips_the_serve_checks_but_not_errors(tmp_path: Path) -> Non
 
     bad = write(tmp_path, "[redis]\nlisten = 'no'\n")
     done = check_config(bad, "--agent-only")
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert done.stderr == f"{bad}: error: redis.listen: expected true or false, got 'no'\n"
 
 
@@ -132,7 +134,7 @@ def test_kafka_as_the_only_source_is_an_error_naming_the_alternatives(tmp_path: 
         "[kafka]\nlisten = true\nserver = ['k1:9092']\ntopic = 'capture'\n",
     )
     done = check_config(path)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert done.stderr.splitlines()[1:] == [
         f"{path}: error: kafka.listen: pcapd does not read Kafka, and no other request source "
         "is enabled: use [redis] listen (pub/sub), [redis] stream_listen (a stream) or "
@@ -152,7 +154,7 @@ def test_cli_config_not_utf8_is_one_error_line_not_a_traceback(tmp_path: Path) -
     path = tmp_path / "latin1.toml"
     path.write_bytes(b'[general]\nlocaldir = "/tmp/caf\xe9"\n')
     done = check_config(path)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(f"{path}: error: ")
@@ -167,7 +169,7 @@ def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
         "[agents.foo]\nx = 1\n",
     )
     done = check_config(path)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     assert done.stderr.splitlines() == [
         f"{path}: error: agents.dnstap.ttl_grace: -1 is outside 1..2147483647",
         f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
@@ -187,7 +189,7 @@ def test_a_secret_of_any_type_never_prints(tmp_path: Path) -> None:
         "[security]\nkeys = { k1 = 4815162342 }\n",
     )
     done = check_config(path)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_CONFIG
     for secret in ("918273645", "7364519", "5550123", "5550124", "4815162342", "true", "1979"):
         assert secret not in done.stdout + done.stderr
     assert done.stderr.splitlines() == [
@@ -200,7 +202,7 @@ def test_a_secret_of_any_type_never_prints(tmp_path: Path) -> None:
     ]
     agent = write(tmp_path, "[general]\nwritelocal = true\n[agents.dnstap]\nredis_url = 27182818\n")
     done = check_config(agent)
-    assert (done.returncode, done.stdout) == (1, "")
+    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
     assert done.stderr == (
         f"{agent}: error: agents.dnstap.redis_url: expected a string, got int (value not shown)\n"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pcapd.pcapdaemon import FlagError, ServeArgs, parse_flags
+from pcapd.cli.serve import FlagError, ServeArgs, parse_flags
 from tests.helpers import RedisServer, free_port, stop_process
 from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.test_daemon import traffic, udp_request

@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 
+from pcapd.cli import main as pcapd_main
 from pcapd.core.events import ResultEvent
 from tests.helpers import RedisServer
 from tests.uploaders.conftest import S3_KEY_ID, S3_SECRET, MotoS3, make_artifact, make_request
 from uploaders.spool import Spool
-from uploaders.spool_cli import main
 
 MB = 1024 * 1024
+
+
+def main(argv: list[str]) -> int:
+    return pcapd_main(["spool", *argv])
 
 
 def write_config(tmp_path: Path, endpoint: str, bucket: str, redis_port: int) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agents.dnstap.agent import FLUSH_TIMEOUT
 from agents.dnstap.client import FrameWriter
+from pcapd.core.lifecycle import EXIT_COLD, EXIT_CONFIG
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.resolvers import bind, dig, unbound
 from tests.helpers import RedisServer, free_port, stop_process, wait_for
@@ -73,18 +74,20 @@ def test_resolvers_first_then_agent_restarts(redis_srv: RedisServer, tmp_path: P
     assert "keys_written=" in text and "event=dnstap_connection_stats" in text
 
 
-def test_config_errors_are_printed_and_exit_1(tmp_path: Path) -> None:
+def test_config_errors_are_printed_and_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "pcapd.toml"
     config.write_text('[agents.dnstap]\nsocket_mode = "xyz"\nrecord_types = ["MX"]\n')
     out = subprocess.run(
         [sys.executable, "-m", "pcapd", "agent", "dnstap", "-c", str(config), "--ttl-grace", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
-    assert out.returncode == 1
+    # The file's path starts each line, as for every command (a command-line
+    # override is checked as if the file held it).
+    assert out.returncode == EXIT_CONFIG
     assert out.stderr.splitlines() == [
-        "error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
-        "error: agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
-        "error: agents.dnstap.record_types: MX not one of A, AAAA",
+        f"{config}: error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
+        f"{config}: error: agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
+        f"{config}: error: agents.dnstap.record_types: MX not one of A, AAAA",
     ]
 
 
@@ -124,7 +127,7 @@ def test_second_sigterm_exits_at_once_while_redis_is_down(tmp_path: Path) -> Non
         agent.send_signal(signal.SIGTERM)
         # Well inside the warm flush the first signal started, which Redis
         # being down would otherwise use up.
-        assert agent.wait(COLD_EXIT_WITHIN) == 1
+        assert agent.wait(COLD_EXIT_WITHIN) == EXIT_COLD
         assert time.monotonic() - started < COLD_EXIT_WITHIN
     finally:
         stop_process(agent)

@@ -21,6 +21,7 @@ from agents.flow.config import (
     with_command_line,
 )
 from pcapd.core.config import ConfigError, load_config
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -191,35 +192,46 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
     )
     load_config(config)  # the shared loader accepts it; the agent's parser does not
     result = run_cli("-c", str(config), "lo", "127.0.0.0/8")
-    assert result.returncode == 1
+    assert result.returncode == EXIT_CONFIG
     assert f"{config}: error: agents.flow.rules[2].src: unknown network 'foo'" in result.stderr
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "status", "message"),
     [
-        (["no-such-if0", "10.0.0.0/8"], "interface 'no-such-if0' not found"),
-        (["lo"], "OUR-NETS: required"),
-        (["lo", "10.0.0.0/40"], "OUR-NETS: '10.0.0.0/40' is not a network"),
-        (["--read", "/nonexistent.pcap", "10.0.0.0/8"], "--read '/nonexistent.pcap': no such file"),
-        (["--redis", "http://x", "lo", "10.0.0.0/8"], "--redis: scheme 'http'"),
+        (["no-such-if0", "10.0.0.0/8"], EXIT_FAILURE, "interface 'no-such-if0' not found"),
+        (["lo"], EXIT_CONFIG, "OUR-NETS: required"),
+        (["lo", "10.0.0.0/40"], EXIT_CONFIG, "OUR-NETS: '10.0.0.0/40' is not a network"),
+        (
+            ["--read", "/nonexistent.pcap", "10.0.0.0/8"],
+            EXIT_FAILURE,
+            "--read '/nonexistent.pcap': no such file",
+        ),
+        (["--redis", "http://x", "lo", "10.0.0.0/8"], EXIT_CONFIG, "--redis: scheme 'http'"),
         (
             ["--redis", "redis://127.0.0.1:abc/0", "lo", "10.0.0.0/8"],
+            EXIT_CONFIG,
             "error: --redis: bad port: Port could not be cast to integer value as 'abc'",
         ),
         (
             ["--stats-interval", "inf", "lo", "10.0.0.0/8"],
+            EXIT_CONFIG,
             "error: --stats-interval: must be a finite number, got inf",
         ),
         (
             ["--stats-interval", "nan", "lo", "10.0.0.0/8"],
+            EXIT_CONFIG,
             "error: --stats-interval: must be a finite number, got nan",
         ),
+        (["lo", "10.0.0.0/8", "extra"], EXIT_CONFIG, "too many arguments"),
+        (["--nosuch", "lo"], EXIT_CONFIG, "pcapd agent flow: error: unrecognized arguments"),
     ],
 )
-def test_cli_usage_errors(args: list[str], message: str) -> None:
+def test_cli_usage_errors(args: list[str], status: int, message: str) -> None:
+    """2 for what the command line or config gets wrong; 1 for what this node
+    lacks (an interface, a file), which a restart may find."""
     result = run_cli(*args)
-    assert result.returncode == 1
+    assert result.returncode == status
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -228,7 +240,7 @@ def test_cli_rejects_non_finite_numbers_in_the_file(tmp_path: Path) -> None:
     config = tmp_path / "flow.toml"
     config.write_text("[agents.flow]\nsuppress_window = inf\nstats_interval = nan\n")
     result = run_cli("-c", str(config), "lo", "127.0.0.0/8")
-    assert result.returncode == 1
+    assert result.returncode == EXIT_CONFIG
     assert result.stderr.splitlines() == [
         f"pcapd agent flow: {config}: error: agents.flow.suppress_window: "
         "must be a finite number, got inf",

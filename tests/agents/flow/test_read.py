@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import dpkt
 import pytest
 import redis
 
-from agents.flow.agent import AgentError, FlowAgent, make_writer
+from agents.flow.agent import FLUSH_TIMEOUT, AgentError, FlowAgent, make_writer
 from agents.flow.config import parse_flow_config, parse_networks_arg, with_command_line
+from pcapd.core.lifecycle import EXIT_COLD
 from tests.agents.flow import frames as f
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import RedisServer, free_port, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 OURS = "10.200.1.0/24,fd00:200:1::/64"
@@ -272,3 +275,31 @@ def test_redis_outage_is_retried_and_counted(tmp_path: Path, private_redis: Redi
     writer.stop(10)
     assert writer.stats.written_ops == 4 and writer.stats.dropped_ops == 0
     assert all_keys(private_redis.client())[f"{A4};{B4};53;flow"] == "1"
+
+
+def test_second_signal_leaves_at_once_while_redis_is_down(tmp_path: Path) -> None:
+    """The daemon's lifecycle: the first signal is warm (the queue is still
+    being sent), the second leaves at once with status 1, not 128+n."""
+    path = tmp_path / "one.pcap"
+    with path.open("wb") as handle:
+        dpkt.pcap.Writer(handle).writepkt(
+            f.ether(f.ip4("10.0.0.5", "10.1.0.10", 6, f.tcp(443, 50000))), ts=1e9
+        )
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "pcapd", "agent", "flow", "--read", str(path), "10.1.0.0/24",
+             "--redis", f"redis://127.0.0.1:{free_port()}/0"],
+            stderr=out, cwd=REPO,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "event=redis_write_failed" in log.read_text())
+        agent.send_signal(signal.SIGTERM)
+        wait_for(lambda: "event=shutdown_requested" in log.read_text())
+        started = time.monotonic()
+        agent.send_signal(signal.SIGINT)
+        assert agent.wait(FLUSH_TIMEOUT / 2) == EXIT_COLD
+        assert time.monotonic() - started < FLUSH_TIMEOUT / 2
+    finally:
+        stop_process(agent)
+    assert "event=exit_now" in log.read_text()

@@ -1,4 +1,4 @@
-"""`pcapd agent dnstap -c FILE [overrides]`."""
+"""`pcapd agent dnstap -c FILE [overrides]`; the agent itself is agents.dnstap.agent.run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import logging
 import sys
 from typing import Any
 
-from pcapd.core.config import ConfigError, RedisConfig, load_config
-from pcapd.core.logs import setup_agent_logging
-from pcapd.core.secret import Secret
+from agents.dnstap.config import parse_dnstap_config
+from pcapd.cli.common import Subparsers, add_command, add_log_level, agent_config, in_file
+from pcapd.core.config import RedisConfig
+from pcapd.core.lifecycle import EXIT_FAILURE
+
+SECTION = "dnstap"
+check_section = parse_dnstap_config
 
 # command-line options that override the [agents.dnstap] key of the same name
 _OVERRIDES = (
@@ -24,13 +28,38 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pcapd agent dnstap",
+def _run(args: argparse.Namespace) -> int:
+    from agents.dnstap.agent import run
+    from pcapd.core.redis_conn import connect
+
+    overrides: dict[str, Any] = {
+        key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None
+    }
+    config, table = agent_config(args.config, SECTION, args.log_level, overrides)
+    cfg = in_file(args.config, parse_dnstap_config, table)
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    base = config.redis if config is not None else RedisConfig()
+    redis_cfg = base if cfg.redis_url is None else dataclasses.replace(base, url=cfg.redis_url)
+    logging.getLogger("pcapd.agents.dnstap").info(
+        "event=dnstap_starting redis=%s socket=%s listen=%s",
+        redis_cfg.describe(), cfg.socket, cfg.listen,
+    )  # fmt: skip
+    try:
+        return run(cfg, lambda: connect(redis_cfg))
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def register(subparsers: Subparsers) -> None:
+    p = add_command(
+        subparsers, "dnstap", _run, help="dnstap from BIND/Unbound into Redis",
         description="Read dnstap from BIND/Unbound (Frame Streams on a unix socket and/or "
         "TCP/TLS) and write ShoDoHFlo's per-client DNS keys to Redis. Options override "
-        "[agents.dnstap] in the config file.",
-    )
+        "[agents.dnstap] in the config file. The first SIGTERM/SIGINT sends what is queued "
+        "and exits 0; a second one exits at once, status 1.",
+    )  # fmt: skip
     p.add_argument("-c", "--config", metavar="FILE", help="TOML with [redis], [agents.dnstap]")
     p.add_argument("--socket", help="unix socket path; '' disables it")
     p.add_argument("--socket-mode", help="octal mode of the socket file, e.g. 0660")
@@ -52,45 +81,4 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-ops", type=int, help="Redis operations per script call")
     p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")
     p.add_argument("--udp-output", help="ADDRESS:PORT for ShoDoHFlo JSON datagrams")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    return p
-
-
-def _redis_config(base: RedisConfig, url: Secret | None) -> RedisConfig:
-    return base if url is None else dataclasses.replace(base, url=url)
-
-
-def main(argv: list[str]) -> int:
-    from agents.dnstap.agent import run
-    from agents.dnstap.config import parse_dnstap_config
-    from pcapd.core.redis_conn import connect
-
-    args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config) if args.config else None
-        setup_agent_logging(config, args.log_level)
-        if config is not None:
-            base_redis, raw = config.redis, dict(config.agents.get("dnstap", {}))
-        else:
-            base_redis, raw = RedisConfig(), {}
-        overrides: dict[str, Any] = {
-            key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None
-        }
-        raw.update(overrides)
-        cfg = parse_dnstap_config(raw)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return 1
-    for warning in cfg.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    redis_cfg = _redis_config(base_redis, cfg.redis_url)
-    logging.getLogger("pcapd.agents.dnstap").info(
-        "event=dnstap_starting redis=%s socket=%s listen=%s",
-        redis_cfg.describe(), cfg.socket, cfg.listen,
-    )  # fmt: skip
-    try:
-        return run(cfg, lambda: connect(redis_cfg))
-    except OSError as exc:
-        print(f"error: cannot listen: {exc}", file=sys.stderr)
-        return 1
+    add_log_level(p)

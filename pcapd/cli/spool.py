@@ -4,7 +4,8 @@
 against `delivery.spool_max_bytes`. `retry` tries every pending sink of every
 entry once, now, from this process (entries the daemon is working on at that
 moment are skipped and reported as busy), publishes a `delivered` result
-event for each one that went through, and exits 1 if anything is left.
+event for each one that went through, and exits 1 if anything is left (2
+for an unknown `--id`).
 """
 
 from __future__ import annotations
@@ -15,34 +16,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.cli.common import Subparsers, UsageError, add_command
+from pcapd.core.config import Config, load_config
 from pcapd.core.events import ResultEvent
+from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
 from uploaders.deliver import build_remote_uploaders
 from uploaders.spool import Spool, SpoolDrainer, SpoolEntry, SpoolError
 
-EXIT_OK = 0
-EXIT_PENDING = 1
-EXIT_USAGE = 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pcapd spool",
-        description="Show and drive the spool of captures waiting for S3 or CloudShark.",
-    )
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = sub.add_parser("list", help="show spooled captures, oldest first")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    retry = sub.add_parser("retry", help="try every pending upload now")
-    retry.add_argument(
-        "--id", action="append", dest="ids", metavar="ID", help="only this entry (repeatable)"
-    )
-    retry.add_argument(
-        "--no-publish", action="store_true", help="do not publish `delivered` result events"
-    )
-    for command in (listing, retry):
-        command.add_argument("-c", "--config", required=True, metavar="FILE")
-    return parser
+EXIT_PENDING = EXIT_FAILURE  # something is still spooled
 
 
 def _age(seconds: float) -> str:
@@ -87,10 +68,9 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
     entries = {e.id: e for e in spool.list()}
     if ids:
         unknown = sorted(set(ids) - entries.keys())
-        for entry_id in unknown:
-            print(f"error: {entry_id}: no such spool entry", file=sys.stderr)
         if unknown:
-            return EXIT_USAGE
+            raise UsageError("\n".join(f"error: {entry_id}: no such spool entry"
+                                       for entry_id in unknown))  # fmt: skip
     publisher = None
     if publish:
         from pcapd.core.redis_conn import connect
@@ -119,23 +99,33 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
     return EXIT_PENDING if report.remaining else EXIT_OK
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return EXIT_USAGE
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
     try:
         spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes)
         if args.action == "list":
             return _list(spool, args.json)
         return _retry(config, spool, args.ids, not args.no_publish)
     except (SpoolError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"error: {exc}") from None
 
 
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+def register(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "spool", _run, help="show or retry captures waiting in the spool",
+        description="Show and drive the spool of captures waiting for S3 or CloudShark.",
+    )  # fmt: skip
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="show spooled captures, oldest first")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    retry = actions.add_parser("retry", help="try every pending upload now")
+    retry.add_argument(
+        "--id", action="append", dest="ids", metavar="ID", help="only this entry (repeatable)"
+    )
+    retry.add_argument(
+        "--no-publish", action="store_true", help="do not publish `delivered` result events"
+    )
+    for command in (listing, retry):
+        command.add_argument("-c", "--config", required=True, metavar="FILE")
+        # argparse errors name the parser they come from: `pcapd spool list`.
+        command.set_defaults(parser=command)

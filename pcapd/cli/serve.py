@@ -1,4 +1,5 @@
-"""pcapdaemon's command line, so its init scripts and units start pcapd unchanged.
+"""`pcapd serve` and pcapdaemon's command line, so its init scripts and units
+start pcapd unchanged.
 
 `pcapdaemon -config FILE [flags]` (the `pcapdaemon` console script) and
 `pcapd serve` take the same flags, parsed as Go's `flag` package does:
@@ -11,11 +12,16 @@ Flags win over the file; they are validated with it, as if the file held them.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pcapd.cli.common import Subparsers, add_command, guarded
+from pcapd.core.config import load_config
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_OK
 
 HELP = ("h", "help")
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")  # strconv.ParseBool's spellings
@@ -160,19 +166,32 @@ def serve_main(argv: Sequence[str], prog: str) -> int:
         args = parse_flags(argv)
     except FlagError as exc:
         print(f"{prog}: {exc}\nRun '{prog} -help' for the flags.", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.help:
         print(usage(prog))
-        return 0
+        return EXIT_OK
     from pcapd.daemon import serve
 
-    return serve(args.config, args.overrides, args.warnings)
+    config = load_config(args.config, overrides=args.overrides)
+    return serve(config, args.config, args.warnings)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run(args: argparse.Namespace) -> int:
+    return serve_main(args.rest, "pcapd serve")
+
+
+def register(subparsers: Subparsers) -> None:
+    # Go-style flags (-upload=false) are not argparse's: they come as args.rest.
+    add_command(
+        subparsers, "serve", _run, takes_rest=True, add_help=False,
+        usage="pcapd serve -c FILE [-flag value ...]", help="run the capture daemon",
+        description="Listen for capture requests and serve them until SIGTERM. The first "
+        "SIGTERM/SIGINT ends running captures (stop=shutdown), delivers them and exits 0; "
+        "a second one exits at once, status 1. Takes pcapdaemon's flags: `pcapd serve -help`.",
+    )  # fmt: skip
+
+
+def pcapdaemon(argv: Sequence[str] | None = None) -> int:
     """The `pcapdaemon` console script."""
-    return serve_main(sys.argv[1:] if argv is None else argv, "pcapdaemon")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    given = sys.argv[1:] if argv is None else argv
+    return guarded(lambda: serve_main(given, "pcapdaemon"))

@@ -1,0 +1,55 @@
+"""`pcapd check-config FILE`: every problem `serve` and the agents would refuse."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pcapd.cli.common import Subparsers, add_command
+from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.lifecycle import EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    problems = [] if args.agent_only else config.serve_problems()
+    problems += _agent_problems(config)
+    for warning in config.warnings:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
+    if problems:
+        # The status `serve` would exit with at start-up, through the same path.
+        raise ConfigError(problems, args.config)
+    print(f"{args.config}: ok (node {config.general.node})")
+    return EXIT_OK
+
+
+def _agent_problems(config: Config) -> list[str]:
+    """Errors in the [agents.*] sections, which each agent validates itself."""
+    from pcapd.cli import AGENTS
+
+    known = {agent.SECTION: agent for agent in AGENTS}
+    problems: list[str] = []
+    for name, agent in known.items():
+        if name not in config.agents:
+            continue
+        try:
+            agent.check_section(dict(config.agents[name]))
+        except ConfigError as exc:
+            problems.extend(exc.errors)
+    unknown = sorted(set(config.agents) - known.keys())
+    names = ", ".join(known)
+    problems.extend(f"agents.{name}: unknown agent ({names})" for name in unknown)
+    return problems
+
+
+def register(subparsers: Subparsers) -> None:
+    check = add_command(
+        subparsers, "check-config", _run, help="validate a config file, printing every error",
+        description="Validate a config file. Prints every error, each naming its field; "
+        "exits 2 if there is any, as `pcapd serve` would with that file.",
+    )  # fmt: skip
+    check.add_argument("config", metavar="FILE")
+    check.add_argument(
+        "--agent-only", action="store_true",
+        help="the file only configures agents: skip the checks for `serve`",
+    )  # fmt: skip

@@ -1,0 +1,63 @@
+"""`pcapd correlate --clients | CLIENT`: the correlator's views in a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+
+import redis
+
+from agents.reader import ReaderError
+from pcapd.cli.common import Subparsers, UsageError, add_command, add_redis_options, redis_config
+from pcapd.core.config import load_config, parse_config
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pcapd.core.redis_conn import connect
+    from pcapd.correlator.service import Correlator, clients_query
+    from pcapd.correlator.text import render_clients, render_view
+
+    if not args.clients and not args.client:
+        raise UsageError("give a CLIENT address, or --clients")
+    base = load_config(args.config) if args.config else parse_config({})
+    config = replace(base, redis=redis_config(args))
+    correlator = Correlator(connect(config.redis), config)
+    try:
+        if args.clients:
+            fields = {"prefix": args.cidr or "", "q": args.search or "", "cursor": args.cursor,
+                      "limit": args.limit or ""}  # fmt: skip
+            page = correlator.clients(clients_query(fields, config))
+            print(json.dumps(page, indent=1) if args.json else render_clients(page))
+            return EXIT_OK
+        view = correlator.client_view(args.client, args.by, args.others, args.cidr)
+    except ReaderError as exc:
+        print(f"pcapd correlate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except redis.RedisError as exc:
+        print(f"pcapd correlate: Redis at {config.redis.describe()}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(view.as_dict(), indent=1) if args.json else render_view(view))
+    return EXIT_OK
+
+
+def register(subparsers: Subparsers) -> None:
+    p = add_command(
+        subparsers, "correlate", _run, prefix="pcapd correlate: ",
+        help="show clients, or one client's chains name → address → flow",
+        description="`pcapd correlate --clients [--prefix P] [--search TEXT]` lists clients; "
+        "`pcapd correlate CLIENT [--by address|fqdn]` prints its chains as a tree.",
+    )  # fmt: skip
+    add_redis_options(p)
+    p.add_argument("client", nargs="?", help="the client address")
+    p.add_argument("--clients", action="store_true", help="list clients")
+    p.add_argument("--prefix", dest="cidr", help="clients in this CIDR (IPv4 or IPv6)")
+    p.add_argument("--search", help="clients with a name or address containing TEXT")
+    p.add_argument("--cursor", default="0", help="go on from this SCAN cursor")
+    p.add_argument("--limit", help="clients per page")
+    p.add_argument("--by", choices=("fqdn", "address"), default="fqdn")
+    p.add_argument("--others", action="store_true",
+                   help="use resolutions from other clients in the prefix")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON, as the web API")

@@ -1,0 +1,150 @@
+"""`pcapd trigger`: publish a capture request; `--wait` prints its results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pcapd.cli.common import (
+    Subparsers,
+    UsageError,
+    add_bounds,
+    add_command,
+    add_redis_options,
+    redis_config,
+)
+from pcapd.core.config import DEFAULT_CHANNEL, load_config
+from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
+from pcapd.core.secret import Secret, resolve_secret
+
+STREAM_MAXLEN = 100_000  # requests kept in the request stream
+WAIT_MARGIN = 15.0  # seconds past a request's own bounds to wait for its results
+
+
+def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.stdin:
+        text = sys.stdin.read()
+        try:
+            given = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"pcapd trigger: standard input is not JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise UsageError("pcapd trigger: standard input must hold a JSON object")
+        return given
+    request: dict[str, Any] = {}
+    if args.nodere:
+        request["nodere"] = args.nodere
+    else:
+        request["node"] = args.node
+    if args.alias:
+        request["alias"] = args.alias
+    else:
+        request["interface"] = args.interface or ["any"]
+    request["bpf"] = " ".join(args.expression)
+    for name in ("packets", "bytes", "duration", "timeout", "snap", "alertid", "format"):
+        value = getattr(args, name)
+        if value is not None:
+            request[name] = value
+    if args.tags:
+        request["tags"] = args.tags
+    if args.customer:
+        request["customer"] = args.customer
+    return request
+
+
+def _signing_key(args: argparse.Namespace) -> Secret:
+    """--key (a secret, env:NAME or file:/path), else [security] keys[--kid] of -c."""
+    if args.key:
+        try:
+            return resolve_secret(args.key)
+        except ValueError as exc:
+            raise UsageError(f"pcapd trigger: --key: {exc}") from None
+    keys = load_config(args.config).security.keys if args.config else {}
+    if args.kid not in keys:
+        raise UsageError(f"pcapd trigger: --kid {args.kid}: give --key, or -c a config whose "
+                         "[security] keys has it")  # fmt: skip
+    return keys[args.kid]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    from pcapd.client import new_request_id, print_events, publish_request, subscribe
+    from pcapd.signing import sign
+    from triggers.redis_stream import publish_stream
+
+    request = _request_from_args(args)
+    request.setdefault("id", new_request_id())
+    from pcapd.core.redis_conn import connect
+
+    config = redis_config(args)
+    client = connect(config, socket_timeout=None)
+    channel = args.channel or (config.stream if args.stream else config.channel)
+    pubsub = None
+    try:
+        if args.wait is not None:
+            request.setdefault("reply_to", f"pcapd-reply-{request['id']}")
+            pubsub = subscribe(client, request["reply_to"])
+        if args.kid:
+            request = sign(request, args.kid, _signing_key(args), time.time())
+        body = json.dumps(request).encode()
+        if args.stream:
+            entry = publish_stream(client, channel, body, STREAM_MAXLEN)
+            where = f"stream {channel!r} as {entry}"
+        else:
+            receivers = publish_request(client, channel, body)
+            where = f"{channel!r} ({receivers} subscribers)"
+    except redis.RedisError as exc:
+        print(f"pcapd trigger: Redis at {config.describe()}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"published request {request['id']} to {where}", file=sys.stderr)
+    if pubsub is None:
+        return EXIT_OK
+    wait = args.wait or (
+        int(request.get("duration", 60)) + int(request.get("timeout", 10)) + WAIT_MARGIN
+    )
+    got = print_events(
+        pubsub, timeout=wait, count=args.count, accept=lambda e: e.get("id") == request["id"]
+    )
+    if got == 0:
+        print(f"pcapd trigger: no result within {wait:.0f}s", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def register(subparsers: Subparsers) -> None:
+    trigger = add_command(
+        subparsers, "trigger", _run, help="publish a capture request",
+        description="Publish a request built from the options, or read from stdin with "
+        "--stdin. With --wait, print the result events for it as JSON lines. Example: "
+        "pcapd trigger --node any -i lo --packets 10 --wait 30 icmp",
+    )  # fmt: skip
+    add_redis_options(trigger)
+    trigger.add_argument("--channel", help=f"request channel (default [redis] channel, "
+                         f"{DEFAULT_CHANNEL})")  # fmt: skip
+    target = trigger.add_mutually_exclusive_group()
+    target.add_argument("--node", default="any", help="exact node name or 'any' (default)")
+    target.add_argument("--nodere", help="regular expression searched in node names")
+    where = trigger.add_mutually_exclusive_group()
+    where.add_argument("-i", "--interface", action="append", help="repeatable")
+    where.add_argument("--alias", action="append", help="interface alias, repeatable")
+    trigger.add_argument("--alertid", type=int)
+    trigger.add_argument("--tags", help="comma-separated tags")
+    trigger.add_argument("--customer")
+    trigger.add_argument("--stdin", action="store_true", help="read the request JSON from stdin")
+    trigger.add_argument("--stream", action="store_true",
+                         help="XADD to [redis] stream instead of PUBLISH")  # fmt: skip
+    trigger.add_argument("--kid", metavar="NAME", help="sign the request with this key name")
+    trigger.add_argument("--key", metavar="SECRET",
+                         help="the key for --kid: env:NAME, file:/path or the secret itself "
+                         "(default: [security] keys of -c FILE)")  # fmt: skip
+    trigger.add_argument(
+        "--wait", type=float, nargs="?", const=0.0, metavar="SECONDS",
+        help="print this request's results; stop after SECONDS (default: its bounds + 15 s)",
+    )  # fmt: skip
+    trigger.add_argument("--count", type=int, metavar="N", help="with --wait: stop after N results")
+    add_bounds(trigger, one_shot=False)
