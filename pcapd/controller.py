@@ -409,14 +409,9 @@ class Controller:
 
     def _duplicate(self, request: CaptureRequest, delivery: Delivery) -> None:
         event(log, "request_duplicate", id=request.id, source=delivery.source)
-        self._publish(
-            ResultEvent(
-                id=request.id, alertid=request.alertid, node=self.node, status="duplicate",
-                error=f"request id {request.id} was already served within "
-                f"dedup_window={self.config.security.dedup_window}s",
-            ),
-            request.reply_to,
-        )  # fmt: skip
+        window = self.config.security.dedup_window
+        error = f"request id {request.id} was already served within dedup_window={window}s"
+        self._tell(request, "duplicate", error=error)
         delivery.ack()
 
     def _start(
@@ -475,14 +470,12 @@ class Controller:
             log, "request_rejected", logging.WARNING,
             id=request.id, alertid=request.alertid, interface=interface, error=error,
         )  # fmt: skip
-        self._publish(
-            ResultEvent(
-                id=request.id, alertid=request.alertid, node=self.node, interface=interface,
-                status="rejected", error=error, format=request.format,
-                warnings=warnings or request.warnings,
-            ),
-            request.reply_to,
-        )  # fmt: skip
+        self._tell(request, "rejected", interface=interface, error=error, warnings=warnings)
+
+    def _tell(self, request: CaptureRequest, status: str, **rest: Any) -> None:
+        """Publish the event about `request` (ResultEvent.for_request) to the
+        results channel and stream, and to its reply_to."""
+        self._publish(ResultEvent.for_request(request, self.node, status, **rest), request.reply_to)
 
     def _publish(self, result: ResultEvent, reply_to: str | None = None) -> None:
         self.publisher.submit(result, reply_to)
@@ -665,14 +658,9 @@ class _Worker:
         except Exception as exc:
             log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
             if not self.settled:
-                ctl._publish(
-                    ResultEvent(
-                        id=request.id, alertid=request.alertid, node=ctl.node,
-                        interface=self.interface, status="failed",
-                        error=f"capture failed: {exc!r}", format=request.format,
-                        warnings=self.warnings,
-                    ),
-                    request.reply_to,
+                ctl._tell(
+                    request, "failed", interface=self.interface,
+                    error=f"capture failed: {exc!r}", warnings=self.warnings,
                 )  # fmt: skip
             ctl._settle(self, durable=False)
 
@@ -699,14 +687,13 @@ class _Worker:
             ctl._reject(request, self.interface, str(exc), self.warnings)
             ctl._settle(self, durable=True)
             return
-        result = ResultEvent(
-            id=request.id, alertid=request.alertid, node=ctl.node, interface=self.interface,
-            status="ok" if outcome.packets else "empty", error=outcome.error, stop=outcome.stop,
+        result = ResultEvent.for_request(
+            request, ctl.node, "ok" if outcome.packets else "empty", warnings=self.warnings,
+            interface=self.interface, error=outcome.error, stop=outcome.stop,
             packets=outcome.packets, bytes=len(outcome.data) if outcome.packets else 0,
             kernel_dropped=outcome.kernel_dropped, started=iso_utc(outcome.started),
-            ended=iso_utc(outcome.ended), format=request.format,
+            ended=iso_utc(outcome.ended),
             sha256=hashlib.sha256(outcome.data).hexdigest() if outcome.packets else None,
-            warnings=self.warnings,
         )  # fmt: skip
         ctl._captured(self, outcome, result)
 

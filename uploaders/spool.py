@@ -385,16 +385,11 @@ DRAIN_JOIN_TIMEOUT = 30.0
 def delivered_event(entry: SpoolEntry, locations: Mapping[str, str]) -> ResultEvent:
     """The `delivered` result for an entry: its spooled event, now with every location."""
     if entry.event:
-        stored = dict(entry.event)
-        stored["warnings"] = tuple(stored.get("warnings") or ())
-        known = {f.name for f in dataclasses.fields(ResultEvent)}
-        base = ResultEvent(**{k: v for k, v in stored.items() if k in known})
+        base = ResultEvent.from_dict(entry.event)
     else:
-        request = entry.capture_request()
-        base = ResultEvent(
-            id=request.id, node=entry.node, status="spooled", alertid=request.alertid,
-            interface=entry.interface, format=entry.format, sha256=entry.sha256,
-            bytes=entry.size,
+        base = ResultEvent.for_request(
+            entry.capture_request(), entry.node, "spooled", interface=entry.interface,
+            sha256=entry.sha256, bytes=entry.size,
         )  # fmt: skip
     return dataclasses.replace(base, status="delivered", error=None, locations=dict(locations))
 
