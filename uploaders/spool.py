@@ -58,11 +58,6 @@ FILE_MODE = 0o600
 READ_CHUNK = 4 * 1024 * 1024
 MAX_ERROR_LEN = 2000
 
-_TUPLE_FIELDS = frozenset(
-    f.name for f in dataclasses.fields(CaptureRequest) if str(f.type).startswith("tuple")
-)
-_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(CaptureRequest))
-
 
 class SpoolError(PcapdError):
     """The spool cannot store or hand back an entry."""
@@ -74,21 +69,6 @@ class SpoolFull(SpoolError):
 
 class SpoolCorrupt(SpoolError):
     """An entry's files are unreadable or its bytes no longer match its sha256."""
-
-
-def request_to_dict(request: CaptureRequest) -> dict[str, Any]:
-    data = dataclasses.asdict(request)
-    for name in _TUPLE_FIELDS:
-        data[name] = list(data[name])
-    return data
-
-
-def request_from_dict(data: Mapping[str, Any]) -> CaptureRequest:
-    # Fields a newer or older pcapd added are dropped, not fatal.
-    values = {k: v for k, v in data.items() if k in _REQUEST_FIELDS}
-    for name in _TUPLE_FIELDS & values.keys():
-        values[name] = tuple(values[name] or ())
-    return CaptureRequest(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +108,7 @@ class SpoolEntry:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def capture_request(self) -> CaptureRequest:
-        return request_from_dict(self.request)
+        return CaptureRequest.from_dict(self.request)
 
 
 class Spool:
@@ -220,7 +200,7 @@ class Spool:
                 size=artifact.size,
                 node=artifact.node,
                 interface=artifact.interface,
-                request=request_to_dict(artifact.request),
+                request=artifact.request.to_dict(),
                 pending=tuple(pending),
                 locations=dict(locations or {}),
                 event=dict(event) if event is not None else None,
