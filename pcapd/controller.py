@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any
 import pcap
 import redis
 
+from pcapd.admission import Admission, Refused, Reservation
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent, iso_utc
 from pcapd.core.logs import event
@@ -144,143 +144,30 @@ class Controller:
             for kind in ("id", "sig")
         )  # fmt: skip
         self._lock = threading.Lock()
-        self._active = 0
-        self._reserved = 0
         self._capturing: set[threading.Thread] = set()
         self._handling = 0  # handle() calls in progress
         # The spool, when there are remote sinks whose failures it takes.
         self._spool = deliverer.spool if deliverer.has_remote else None
-        self._spool_promised = 0  # spool bytes admitted captures may still need
-        # Where a capture is written before it is stored, for the free-space check.
-        self._disk_targets: tuple[tuple[str, str], ...] = tuple(
-            ("local", str(u.directory)) for u in deliverer.uploaders if isinstance(u, LocalUploader)
-        ) + ((("spool", str(self._spool.directory)),) if self._spool is not None else ())
-        self._disk_free: dict[int, int] = {}  # st_dev -> bytes free at the last look
-        self._disk_promised: dict[int, int] = {}  # st_dev -> bytes promised, not yet stored
+        self.admission = Admission(config.general, self._spool, deliverer.disk_targets())
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[_Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
             max_workers=config.delivery.upload_workers, thread_name_prefix="upload"
         )
-        self._accepting = True
         self.capture_stop = threading.Event()  # set on shutdown: captures end now
         self.capture_started = threading.Event()  # for tests and benchmarks
 
     # -- admission -------------------------------------------------------
     def free_slots(self) -> int:
-        with self._lock:
-            if not self._accepting:
-                return 0
-            return max(0, self.config.general.max_concurrent - self._active)
-
-    def _admit(self, request: CaptureRequest, worker: _Worker) -> str | None:
-        """Reserve for `worker` a slot, `request.bytes` of memory, as much room
-        on each disk it is written to and, with remote sinks, in the spool; or
-        say why not."""
-        general = self.config.general
-        with self._lock:
-            if not self._accepting:
-                return "shutting down: not taking new captures"
-            if self._active >= general.max_concurrent:
-                return f"max_concurrent={general.max_concurrent} captures already running"
-            if self._reserved + request.bytes > general.max_memory:
-                return (
-                    f"bytes={request.bytes} does not fit: {self._reserved} of "
-                    f"max_memory={general.max_memory} held by captures running or "
-                    "awaiting upload"
-                )
-            refusal = self._promise_spool(request.bytes)
-            if refusal is None:
-                refusal = self._promise_disk(request.bytes, worker)
-            if refusal is not None:
-                return refusal
-            self._active += 1
-            self._reserved += request.bytes
-            worker.has_slot, worker.held = True, request.bytes
-            worker.promised = request.bytes if self._spool is not None else 0
-        return None
-
-    def _promise_spool(self, nbytes: int) -> str | None:
-        """With remote sinks, every admitted capture must fit the spool should
-        they fail, alongside what running captures were promised: the spool
-        never drops what it holds, so new captures are refused instead.
-        Called with the lock held."""
-        if self._spool is None:
-            return None
-        try:
-            self._spool.check_room(nbytes + self._spool_promised)
-        except SpoolError as exc:
-            promised = self._spool_promised
-            return f"{exc}" + (f" ({promised} of them promised to running captures)"
-                               if promised else "")  # fmt: skip
-        self._spool_promised += nbytes
-        return None
-
-    def _promise_disk(self, nbytes: int, worker: _Worker) -> str | None:
-        """Real free space (statvfs) on each filesystem the capture would be
-        written to (local disk, spool), less what was promised to captures not
-        yet stored: a capture the node cannot keep is refused, not taken. One
-        stat and one statvfs per directory; no scan. Called with the lock held;
-        on refusal, undoes the spool promise `_promise_spool` just made."""
-        copies: dict[int, tuple[int, list[str]]] = {}
-        for label, directory in self._disk_targets:
-            try:
-                dev, free = disk_space(directory)
-            except OSError as exc:  # what cannot be measured cannot be promised
-                if self._spool is not None:
-                    self._spool_promised -= nbytes
-                return f"cannot check free space in {directory} ({label}): {exc}"
-            count, names = copies.get(dev, (0, []))
-            copies[dev] = (count + 1, [*names, f"{directory} ({label})"])
-            self._disk_free[dev] = free
-        for dev, (count, names) in copies.items():
-            need = count * nbytes
-            free = self._disk_free[dev] - self._disk_promised.get(dev, 0)
-            if need > free:
-                if self._spool is not None:
-                    self._spool_promised -= nbytes
-                promised = self._disk_promised.get(dev, 0)
-                return (
-                    f"disk full: {self._disk_free[dev]} bytes free on the filesystem of "
-                    f"{', '.join(names)}, bytes={nbytes} needs {need}"
-                    + (f" ({promised} promised to captures not yet stored)" if promised else "")
-                )  # fmt: skip
-        worker.disk = tuple((dev, count) for dev, (count, _) in copies.items())
-        self._disk_each(worker, nbytes)
-        return None
-
-    def _disk_each(self, worker: _Worker, nbytes: int) -> None:
-        """Promise `nbytes` per copy `worker` writes on each disk. Lock held."""
-        for dev, count in worker.disk:
-            change = count * (nbytes - worker.disk_each)
-            self._disk_promised[dev] = self._disk_promised.get(dev, 0) + change
-        worker.disk_each = nbytes
-
-    def _hold(self, worker: _Worker, nbytes: int) -> None:
-        """Set how much of max_memory `worker` holds (its file, once captured)."""
-        with self._lock:
-            self._reserved += nbytes - worker.held
-            worker.held = nbytes
-
-    def _free_slot(self, worker: _Worker) -> None:
-        with self._lock:
-            if worker.has_slot:
-                worker.has_slot = False
-                self._active -= 1
-            if worker.thread is not None:
-                self._capturing.discard(worker.thread)
+        return self.admission.free_slots()
 
     def _settle(self, worker: _Worker, durable: bool) -> None:
         """Release everything `worker` holds and tell its job, exactly once."""
-        self._free_slot(worker)
-        self._hold(worker, 0)
         with self._lock:
-            if worker.settled:
-                return
-            worker.settled = True
-            self._spool_promised -= worker.promised
-            worker.promised = 0
-            self._disk_each(worker, 0)
+            if worker.thread is not None:
+                self._capturing.discard(worker.thread)
+        if not worker.reservation.release():
+            return
         if not durable:
             self.recent_ids.forget(worker.request.id)
         if worker.job is not None:
@@ -417,12 +304,12 @@ class Controller:
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
     ) -> _Worker | None:
-        worker = _Worker(self, request, interface, warnings)
-        refusal = self._admit(request, worker)
-        if refusal is not None:
-            self._reject(request, interface, refusal, warnings)
+        try:
+            reservation = self.admission.reserve(request.bytes)
+        except Refused as exc:
+            self._reject(request, interface, str(exc), warnings)
             return None
-        return worker
+        return _Worker(self, request, interface, warnings, reservation)
 
     def refuse(self, delivery: Delivery, reason: str) -> None:
         """Answer a delivery its source could not hold ("overloaded"), unread.
@@ -482,15 +369,16 @@ class Controller:
 
     # -- after the capture -------------------------------------------------
     def _captured(self, worker: _Worker, outcome: CaptureOutcome, result: ResultEvent) -> None:
-        """Free the capture slot; keep memory for the file until it is stored."""
-        self._free_slot(worker)
+        """Free the capture slot; keep memory and disk for the file until it is stored."""
+        worker.reservation.free_slot()
+        with self._lock:
+            if worker.thread is not None:
+                self._capturing.discard(worker.thread)
         if not outcome.packets:
             # As pcapdaemon: nothing captured, nothing to upload.
             self._finish(worker, result, {}, durable=True)
             return
-        self._hold(worker, len(outcome.data))
-        with self._lock:
-            self._disk_each(worker, len(outcome.data))
+        worker.reservation.keep(len(outcome.data))
         artifact = Artifact(
             data=outcome.data,
             filename=self._names(
@@ -559,8 +447,7 @@ class Controller:
         """Stop taking requests, end running captures (stop=shutdown), wait for
         them to be stored. True if everything finished within `timeout`."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            self._accepting = False
+        self.admission.close()
         self.capture_stop.set()
         while time.monotonic() < deadline:
             # A handle() already past admission may still add a capture thread.
@@ -608,22 +495,6 @@ class Controller:
             self._settle(worker, durable=True)
 
 
-def disk_space(directory: str) -> tuple[int, int]:
-    """(st_dev, bytes free to unprivileged writers) for `directory`, or for its
-    nearest existing parent when it is not made yet (LocalUploader makes it)."""
-    path = os.path.abspath(directory)
-    while True:
-        try:
-            st, vfs = os.stat(path), os.statvfs(path)
-        except FileNotFoundError:
-            parent = os.path.dirname(path)
-            if parent == path:
-                raise
-            path = parent
-            continue
-        return st.st_dev, vfs.f_bavail * vfs.f_frsize
-
-
 class _Worker:
     """One capture on one interface; its file then goes to the upload pool."""
 
@@ -633,22 +504,15 @@ class _Worker:
         request: CaptureRequest,
         interface: str,
         warnings: tuple[str, ...],
+        reservation: Reservation,
     ) -> None:
         self.controller = controller
         self.request = request
         self.interface = interface
         self.warnings = warnings
+        self.reservation = reservation  # released exactly once, by Controller._settle
         self.job: _Job | None = None
         self.thread: threading.Thread | None = None
-        # What this worker holds, released exactly once by Controller._settle.
-        self.has_slot = False
-        self.held = 0
-        self.promised = 0  # spool space promised to this capture
-        # Copies this capture writes per filesystem (st_dev, count), each promised
-        # `disk_each` bytes: its `bytes` bound, then its file's size once captured.
-        self.disk: tuple[tuple[int, int], ...] = ()
-        self.disk_each = 0
-        self.settled = False
 
     def run(self) -> None:
         ctl = self.controller
@@ -657,7 +521,7 @@ class _Worker:
             self._run()
         except Exception as exc:
             log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
-            if not self.settled:
+            if not self.reservation.released:
                 ctl._tell(
                     request, "failed", interface=self.interface,
                     error=f"capture failed: {exc!r}", warnings=self.warnings,

@@ -90,6 +90,18 @@ class Deliverer:
     def has_remote(self) -> bool:
         return any(u.remote for u in self.uploaders)
 
+    def disk_targets(self) -> tuple[tuple[str, str], ...]:
+        """(label, directory) for every place on this node a capture is written
+        before it is stored: local sinks, and the spool when remote sinks may
+        fail into it. Admission checks their free space."""
+        from uploaders.local import LocalUploader
+
+        local = tuple(
+            ("local", str(u.directory)) for u in self.uploaders if isinstance(u, LocalUploader)
+        )
+        spool = (("spool", str(self.spool.directory)),) if self.spool and self.has_remote else ()
+        return local + spool
+
     def deliver(self, artifact: Artifact, event: ResultEvent | None = None) -> DeliveryOutcome:
         """Upload to every sink; spool for remote sinks that still fail.
 
