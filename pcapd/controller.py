@@ -58,10 +58,8 @@ from pcapd.engine import (
 from pcapd.packetdebug import packet_logger
 from pcapd.signing import replayed, verify
 from triggers.base import Delivery
-from uploaders.base import Artifact, FileNamer, Location
+from uploaders.base import Artifact, FileNamer
 from uploaders.deliver import Deliverer
-from uploaders.local import LocalUploader
-from uploaders.policy import check_overrides
 from uploaders.spool import SpoolError
 
 log = logging.getLogger("pcapd.controller")
@@ -234,7 +232,7 @@ class Controller:
             delivery.ack()
             return
         try:
-            check_overrides(request, self.config.s3)
+            self.deliverer.check(request)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
             self._not_served(request.id, sig, claimed=False)
@@ -412,16 +410,12 @@ class Controller:
             failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
             self._finish(worker, failed, {}, durable=False)
             return
-        stored = outcome.apply(result)
-        if outcome.status == "ok" and result.error:
-            stored = replace(stored, error=result.error)
-        self._finish(worker, stored, dict(outcome.locations), durable=outcome.durable)
+        self._finish(worker, outcome.apply(result), outcome.locations, durable=outcome.durable)
 
     def _finish(
         self, worker: _Worker, result: ResultEvent, locations: Mapping[str, str], durable: bool
     ) -> None:
         try:
-            self._write_sidecar(locations, result)
             event(
                 log, "capture_done", id=result.id, interface=result.interface,
                 status=result.status, stop=result.stop, packets=result.packets,
@@ -431,16 +425,6 @@ class Controller:
             self._publish(result, worker.request.reply_to)
         finally:
             self._settle(worker, durable)
-
-    def _write_sidecar(self, locations: Mapping[str, str], result: ResultEvent) -> None:
-        if "local" not in locations:
-            return
-        for uploader in self.deliverer.uploaders:
-            if isinstance(uploader, LocalUploader):
-                try:
-                    uploader.write_sidecar(Location("local", locations["local"]), result.to_json())
-                except OSError as exc:
-                    event(log, "sidecar_failed", logging.ERROR, id=result.id, error=str(exc))
 
     # -- lifecycle -------------------------------------------------------
     def shutdown(self, timeout: float) -> bool:

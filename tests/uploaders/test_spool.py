@@ -17,6 +17,7 @@ from pcapd.core.events import ResultEvent
 from tests.helpers import free_port, wait_for
 from tests.uploaders.conftest import MotoS3, make_artifact, make_request
 from uploaders.base import Location, UploadError
+from uploaders.base import Sink as SinkDefaults
 from uploaders.s3 import S3Uploader
 from uploaders.spool import (
     Spool,
@@ -30,7 +31,7 @@ MB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Sink:
+class Sink(SinkDefaults):
     """An uploader that fails until told otherwise; counts what it received."""
 
     def __init__(self, name: str, fail: bool = True) -> None:
