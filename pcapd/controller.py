@@ -23,15 +23,14 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-import pcap
 import redis
 
-from pcapd.admission import Admission, Refused, Reservation
+from pcapd.admission import Admission, Refused
 from pcapd.core.config import Config
-from pcapd.core.events import ResultEvent, iso_utc
+from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
 from pcapd.core.request import (
     _CHANNEL_RE,
@@ -46,17 +45,11 @@ from pcapd.core.request import (
 from pcapd.core.results import ResultPublisher
 from pcapd.dedup import RecentIds, RedisSeen, SharedSeen
 from pcapd.engine import (
-    CaptureError,
-    CaptureLimits,
-    CaptureOutcome,
     HandlePool,
     available_devices,
-    capture,
-    close_handle,
-    set_filter,
 )
-from pcapd.packetdebug import packet_logger
 from pcapd.signing import replayed, verify
+from pcapd.worker import Job, Worker
 from triggers.base import Delivery
 from uploaders.base import Artifact, FileNamer
 from uploaders.deliver import Deliverer
@@ -69,34 +62,6 @@ log = logging.getLogger("pcapd.controller")
 # larger one would slow the thread that drains the source.
 SALVAGE_MAX_BYTES = 4096
 ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
-
-
-@dataclass(slots=True)
-class _Job:
-    """The captures one delivery started. The delivery is acked when every one
-    is stored (uploaded or spooled) or reported; if one was captured and then
-    stored nowhere, it is released instead, so a durable source delivers the
-    request again."""
-
-    delivery: Delivery
-    remaining: int
-    durable: bool = True
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    finished: Callable[[bool], None] | None = None  # called once, with `durable`
-
-    def done(self, durable: bool) -> None:
-        with self.lock:
-            self.remaining -= 1
-            self.durable = self.durable and durable
-            finished = self.remaining == 0
-        if not finished:
-            return
-        try:
-            (self.delivery.ack if self.durable else self.delivery.release)()
-        except Exception:  # the source logs its own trouble; a worker must not die
-            log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
-        if self.finished is not None:
-            self.finished(self.durable)
 
 
 def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
@@ -121,7 +86,7 @@ class Controller:
         they hold across restarts (memory only when None, or while it is away)."""
         self.config = config
         self.node = config.general.node
-        self._names = FileNamer(config.general.naming)
+        self.names = FileNamer(config.general.naming)
         self.publisher = publisher
         self.deliverer = deliverer
         self.pool = pool
@@ -148,7 +113,7 @@ class Controller:
         self._spool = deliverer.spool if deliverer.has_remote else None
         self.admission = Admission(config.general, self._spool, deliverer.disk_targets())
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
-        self._uploads: dict[Future[None], tuple[_Worker, Artifact, ResultEvent]] = {}
+        self._uploads: dict[Future[None], tuple[Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
             max_workers=config.delivery.upload_workers, thread_name_prefix="upload"
         )
@@ -159,17 +124,11 @@ class Controller:
     def free_slots(self) -> int:
         return self.admission.free_slots()
 
-    def _settle(self, worker: _Worker, durable: bool) -> None:
-        """Release everything `worker` holds and tell its job, exactly once."""
+    def untrack(self, worker: Worker) -> None:
+        """`worker`'s capture thread has ended (or never started)."""
         with self._lock:
             if worker.thread is not None:
                 self._capturing.discard(worker.thread)
-        if not worker.reservation.release():
-            return
-        if not durable:
-            self.recent_ids.forget(worker.request.id)
-        if worker.job is not None:
-            worker.job.done(durable)
 
     # -- requests --------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
@@ -180,7 +139,7 @@ class Controller:
             self._handle(delivery)
         except Exception as exc:  # a bug must cost one request, not the daemon
             log.exception("event=request_crashed source=%s", delivery.source)
-            self._publish(
+            self.publish(
                 ResultEvent(
                     id=None, node=self.node, status="failed",
                     error=f"internal error (log event=request_crashed): {exc!r}",
@@ -228,7 +187,7 @@ class Controller:
         except RequestError as exc:
             # The signature is not forgotten: it may be a served request's.
             self._not_served(request.id, None, claimed=False)
-            self._reject(request, None, str(exc))
+            self.reject(request, None, str(exc))
             delivery.ack()
             return
         try:
@@ -236,7 +195,7 @@ class Controller:
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
             self._not_served(request.id, sig, claimed=False)
-            self._reject(request, None, str(exc))
+            self.reject(request, None, str(exc))
             delivery.ack()
             return
         warnings = request.warnings + skipped
@@ -250,14 +209,14 @@ class Controller:
         # round trip each, so requests refused above cost none).
         if self.recent_ids.claim(request.id):
             for worker in workers:
-                self._settle(worker, durable=True)
+                worker.settle(durable=True)
             self._duplicate(request, delivery)
             return
         if sig is not None and self.recent_sigs.claim(sig):
             for worker in workers:
-                self._settle(worker, durable=True)
+                worker.settle(durable=True)
             self._not_served(request.id, None, claimed=True)
-            self._reject(request, None, replayed(self.recent_sigs.window))
+            self.reject(request, None, replayed(self.recent_sigs.window))
             delivery.ack()
             return
 
@@ -270,7 +229,7 @@ class Controller:
             if sig is not None:
                 (self.recent_sigs.served if durable else self.recent_sigs.forget)(sig)
 
-        job = _Job(delivery, len(workers), finished=finished)
+        job = Job(delivery, len(workers), finished=finished)
         for worker in workers:
             worker.job = job
             thread = threading.Thread(
@@ -282,8 +241,8 @@ class Controller:
             try:
                 thread.start()
             except RuntimeError as exc:  # no thread to be had: report, free, go on
-                self._settle(worker, durable=True)
-                self._reject(request, worker.interface, f"cannot start a capture: {exc}")
+                worker.settle(durable=True)
+                self.reject(request, worker.interface, f"cannot start a capture: {exc}")
 
     def _not_served(self, request_id: str, sig: str | None, *, claimed: bool) -> None:
         """A request refused after its id (and verified signature) were recorded
@@ -296,18 +255,18 @@ class Controller:
         event(log, "request_duplicate", id=request.id, source=delivery.source)
         window = self.config.security.dedup_window
         error = f"request id {request.id} was already served within dedup_window={window}s"
-        self._tell(request, "duplicate", error=error)
+        self.tell(request, "duplicate", error=error)
         delivery.ack()
 
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
-    ) -> _Worker | None:
+    ) -> Worker | None:
         try:
             reservation = self.admission.reserve(request.bytes)
         except Refused as exc:
-            self._reject(request, interface, str(exc), warnings)
+            self.reject(request, interface, str(exc), warnings)
             return None
-        return _Worker(self, request, interface, warnings, reservation)
+        return Worker(self, request, interface, warnings, reservation)
 
     def refuse(self, delivery: Delivery, reason: str) -> None:
         """Answer a delivery its source could not hold ("overloaded"), unread.
@@ -336,7 +295,7 @@ class Controller:
         body's SHA-256, since its id may be missing or a stream's entry id, and
         goes to `reply_to` if that much of the body was sound: the ways a
         sender can still match it."""
-        self._publish(
+        self.publish(
             ResultEvent(
                 id=request_id, node=self.node, status="rejected", error=error,
                 request_sha256=hashlib.sha256(body).hexdigest(),
@@ -344,7 +303,7 @@ class Controller:
             reply_to,
         )  # fmt: skip
 
-    def _reject(
+    def reject(
         self,
         request: CaptureRequest,
         interface: str | None,
@@ -355,44 +314,24 @@ class Controller:
             log, "request_rejected", logging.WARNING,
             id=request.id, alertid=request.alertid, interface=interface, error=error,
         )  # fmt: skip
-        self._tell(request, "rejected", interface=interface, error=error, warnings=warnings)
+        self.tell(request, "rejected", interface=interface, error=error, warnings=warnings)
 
-    def _tell(self, request: CaptureRequest, status: str, **rest: Any) -> None:
+    def tell(self, request: CaptureRequest, status: str, **rest: Any) -> None:
         """Publish the event about `request` (ResultEvent.for_request) to the
         results channel and stream, and to its reply_to."""
-        self._publish(ResultEvent.for_request(request, self.node, status, **rest), request.reply_to)
+        self.publish(ResultEvent.for_request(request, self.node, status, **rest), request.reply_to)
 
-    def _publish(self, result: ResultEvent, reply_to: str | None = None) -> None:
+    def publish(self, result: ResultEvent, reply_to: str | None = None) -> None:
         self.publisher.submit(result, reply_to)
 
     # -- after the capture -------------------------------------------------
-    def _captured(self, worker: _Worker, outcome: CaptureOutcome, result: ResultEvent) -> None:
-        """Free the capture slot; keep memory and disk for the file until it is stored."""
-        worker.reservation.free_slot()
-        with self._lock:
-            if worker.thread is not None:
-                self._capturing.discard(worker.thread)
-        if not outcome.packets:
-            # As pcapdaemon: nothing captured, nothing to upload.
-            self._finish(worker, result, {}, durable=True)
-            return
-        worker.reservation.keep(len(outcome.data))
-        artifact = Artifact(
-            data=outcome.data,
-            filename=self._names(
-                self.node, worker.interface, outcome.started, worker.request.id,
-                worker.request.format,
-            ),
-            format=worker.request.format,
-            sha256=result.sha256 or "",
-            request=worker.request,
-            node=self.node,
-            interface=worker.interface,
-        )  # fmt: skip
+    def submit(self, worker: Worker, artifact: Artifact, result: ResultEvent) -> None:
+        """Hand a captured file to the bounded upload pool, so a slow sink
+        never holds up capturing; tracked until stored, for shutdown."""
         try:
-            future = self._upload_pool.submit(self._store, worker, artifact, result)
+            future = self._upload_pool.submit(worker.store, artifact, result)
         except RuntimeError:  # the pool is shut down: store from this thread
-            self._store(worker, artifact, result)
+            worker.store(artifact, result)
             return
         with self._lock:
             self._uploads[future] = (worker, artifact, result)
@@ -401,30 +340,6 @@ class Controller:
     def _upload_done(self, future: Future[None]) -> None:
         with self._lock:
             self._uploads.pop(future, None)
-
-    def _store(self, worker: _Worker, artifact: Artifact, result: ResultEvent) -> None:
-        try:
-            outcome = self.deliverer.deliver(artifact, result)
-        except Exception as exc:  # a bug or an OSError past the deliverer's own handling
-            log.exception("event=store_crashed id=%s", worker.request.id)
-            failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
-            self._finish(worker, failed, {}, durable=False)
-            return
-        self._finish(worker, outcome.apply(result), outcome.locations, durable=outcome.durable)
-
-    def _finish(
-        self, worker: _Worker, result: ResultEvent, locations: Mapping[str, str], durable: bool
-    ) -> None:
-        try:
-            event(
-                log, "capture_done", id=result.id, interface=result.interface,
-                status=result.status, stop=result.stop, packets=result.packets,
-                bytes=result.bytes, kernel_dropped=result.kernel_dropped,
-                locations=dict(locations), error=result.error,
-            )  # fmt: skip
-            self._publish(result, worker.request.reply_to)
-        finally:
-            self._settle(worker, durable)
 
     # -- lifecycle -------------------------------------------------------
     def shutdown(self, timeout: float) -> bool:
@@ -473,111 +388,7 @@ class Controller:
                 except SpoolError as exc:
                     event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
                     continue
-            self._publish(spooled, worker.request.reply_to)
+            self.publish(spooled, worker.request.reply_to)
             with self._lock:
                 self._uploads.pop(future, None)
-            self._settle(worker, durable=True)
-
-
-class _Worker:
-    """One capture on one interface; its file then goes to the upload pool."""
-
-    def __init__(
-        self,
-        controller: Controller,
-        request: CaptureRequest,
-        interface: str,
-        warnings: tuple[str, ...],
-        reservation: Reservation,
-    ) -> None:
-        self.controller = controller
-        self.request = request
-        self.interface = interface
-        self.warnings = warnings
-        self.reservation = reservation  # released exactly once, by Controller._settle
-        self.job: _Job | None = None
-        self.thread: threading.Thread | None = None
-
-    def run(self) -> None:
-        ctl = self.controller
-        request = self.request
-        try:
-            self._run()
-        except Exception as exc:
-            log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
-            if not self.reservation.released:
-                ctl._tell(
-                    request, "failed", interface=self.interface,
-                    error=f"capture failed: {exc!r}", warnings=self.warnings,
-                )  # fmt: skip
-            ctl._settle(self, durable=False)
-
-    def _run(self) -> None:
-        ctl = self.controller
-        request = self.request
-        # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
-        # the trigger thread, so requests keep being admitted or refused fast.
-        handle: pcap.pcap | None = None
-        try:
-            handle = ctl.pool.take(self.interface)
-            set_filter(handle, self.interface, request.bpf)
-        except CaptureError as exc:
-            if handle is not None:
-                close_handle(handle)
-            ctl._reject(request, self.interface, str(exc), self.warnings)
-            ctl._settle(self, durable=True)
-            return
-        finally:
-            ctl.pool.replenish()
-        try:
-            outcome = self._capture(handle)
-        except CaptureError as exc:  # e.g. bytes cannot hold this pcapng header
-            ctl._reject(request, self.interface, str(exc), self.warnings)
-            ctl._settle(self, durable=True)
-            return
-        result = ResultEvent.for_request(
-            request, ctl.node, "ok" if outcome.packets else "empty", warnings=self.warnings,
-            interface=self.interface, error=outcome.error, stop=outcome.stop,
-            packets=outcome.packets, bytes=len(outcome.data) if outcome.packets else 0,
-            kernel_dropped=outcome.kernel_dropped, started=iso_utc(outcome.started),
-            ended=iso_utc(outcome.ended),
-            sha256=hashlib.sha256(outcome.data).hexdigest() if outcome.packets else None,
-        )  # fmt: skip
-        ctl._captured(self, outcome, result)
-
-    def _capture(self, handle: pcap.pcap) -> CaptureOutcome:
-        ctl = self.controller
-        request = self.request
-        limits = CaptureLimits(
-            snap=request.snap,
-            packets=request.packets,
-            bytes=request.bytes,
-            duration=request.duration,
-            timeout=request.timeout,
-        )
-        comments: dict[str, Any] = {
-            "request_id": request.id,
-            "alertid": request.alertid,
-            "node": ctl.node,
-            "tags": ",".join(request.tags),
-            "customer": request.customer,
-            "bpf": request.bpf,
-        }
-        event(
-            log, "capture_started", id=request.id, alertid=request.alertid,
-            interface=self.interface, bpf=request.bpf, packets=request.packets,
-            bytes=request.bytes, duration=request.duration, timeout=request.timeout,
-        )  # fmt: skip
-        debug = (
-            packet_logger(request.id, self.interface, handle.datalink())
-            if request.packetdebug
-            else None
-        )
-        try:
-            return capture(
-                handle, limits, fmt=request.format, interface=self.interface,
-                comments=comments, stop=ctl.capture_stop, packet_debug=debug,
-                on_start=ctl.capture_started.set,
-            )  # fmt: skip
-        finally:
-            close_handle(handle)
+            worker.settle(durable=True)
