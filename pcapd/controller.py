@@ -1,16 +1,24 @@
 """The controller: from a delivered request to stored files and result events.
 
-`handle(delivery)` is called by the trigger threads and returns quickly: it
-parses, matches the node, checks signature, duplicates and upload policy,
-resolves interfaces, admits each capture under the global bounds and starts
-one capture thread per (request, interface). Nothing queues: over
-`max_concurrent` or `max_memory` the capture is rejected with the reason.
+It runs DESIGN.md's "One capture, step by step" for each delivery that a
+trigger thread hands to `handle`, which returns quickly:
 
-A finished capture frees its slot at once and is handed to a bounded pool of
-upload workers, so a slow sink never holds up capturing. Memory held by
-captures, running or waiting for upload, stays within `max_memory`: each
-capture reserves its `bytes` bound before it starts, keeps the size of its
-file once it ends, and releases it when the file is stored.
+1-2. the body is decoded and parsed (`parse_fields`); a rejection is
+     published with the body's SHA-256, never raised;
+3.   a node the request does not name stays silent; then duplicates and the
+     signature (pcapd.dedup, pcapd.signing), what the sinks allow
+     (`Deliverer.check`) and the interfaces (`resolve_interfaces`);
+4.   each capture is admitted under the global bounds (pcapd.admission:
+     slots, memory, spool, disk) or rejected with the reason; nothing
+     queues. Admitted, the id and signature are claimed in Redis;
+5-7. one `Worker` thread per (request, interface) captures, then hands its
+     file to a bounded pool of upload workers (`submit`), so a slow sink
+     never holds up capturing; the worker publishes the result and settles.
+
+The delivery is acked once every capture is stored or reported (`Job`).
+Memory held by captures, running or waiting for upload, stays within
+`max_memory`: each reserves its `bytes` bound, keeps its file's size once
+captured, and gives it back when the file is stored.
 """
 
 from __future__ import annotations
@@ -44,16 +52,12 @@ from pcapd.core.request import (
 )
 from pcapd.core.results import ResultPublisher
 from pcapd.dedup import RecentIds, RedisSeen, SharedSeen
-from pcapd.engine import (
-    HandlePool,
-    available_devices,
-)
+from pcapd.engine import HandlePool, available_devices
 from pcapd.signing import replayed, verify
 from pcapd.worker import Job, Worker
 from triggers.base import Delivery
 from uploaders.base import Artifact, FileNamer
 from uploaders.deliver import Deliverer
-from uploaders.spool import SpoolError
 
 log = logging.getLogger("pcapd.controller")
 
@@ -109,9 +113,10 @@ class Controller:
         self._lock = threading.Lock()
         self._capturing: set[threading.Thread] = set()
         self._handling = 0  # handle() calls in progress
-        # The spool, when there are remote sinks whose failures it takes.
-        self._spool = deliverer.spool if deliverer.has_remote else None
-        self.admission = Admission(config.general, self._spool, deliverer.disk_targets())
+        self.admission = Admission(
+            config.general, deliverer.spool if deliverer.has_remote else None,
+            deliverer.disk_targets(),
+        )  # fmt: skip
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
@@ -374,20 +379,13 @@ class Controller:
         """Uploads still hanging when shutdown can wait no longer: their captures
         go to the spool (the drainer of the next run delivers them), not away
         with the process."""
-        if self._spool is None:
-            return
         with self._lock:
             hanging = [item for item in self._uploads.items() if not item[0].done()]
-        remote = [u.name for u in self.deliverer.uploaders if u.remote]
+        error = "shutdown: upload still running, spooled for the next run"
         for future, (worker, artifact, result) in hanging:
-            error = "shutdown: upload still running, spooled for the next run"
             spooled = replace(result, status="spooled", error=error)
-            if self.deliverer.spooled_ahead(artifact) is None:
-                try:
-                    self._spool.put(artifact, remote, event=spooled.as_dict(), error=error)
-                except SpoolError as exc:
-                    event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
-                    continue
+            if not self.deliverer.spool_unfinished(artifact, spooled):
+                continue
             self.publish(spooled, worker.request.reply_to)
             with self._lock:
                 self._uploads.pop(future, None)

@@ -92,6 +92,11 @@ class Deliverer:
     def has_remote(self) -> bool:
         return any(u.remote for u in self.uploaders)
 
+    @property
+    def remote_names(self) -> list[str]:
+        """The sinks a spool entry waits for."""
+        return [u.name for u in self.uploaders if u.remote]
+
     def check(self, request: CaptureRequest) -> None:
         """RequestError from the first sink that will not take `request` as
         asked (a message's S3 fields the site does not allow)."""
@@ -183,6 +188,22 @@ class Deliverer:
         with self._lock:
             return self._ahead.get(artifact.filename)
 
+    def spool_unfinished(self, artifact: Artifact, event: ResultEvent) -> bool:
+        """An upload shutdown cannot wait for: True once the capture is in the
+        spool for every remote sink (written ahead already, or now, with
+        `event`, its `spooled` result); False, logged, when there is no spool
+        or it cannot take the capture."""
+        if self.spool is None or not self.has_remote:
+            return False
+        if self.spooled_ahead(artifact) is not None:
+            return True
+        try:
+            self.spool.put(artifact, self.remote_names, event=event.as_dict(), error=event.error)
+        except SpoolError as exc:
+            logs.event(log, "capture_lost", logging.ERROR, id=event.id, error=str(exc))
+            return False
+        return True
+
     def _write_ahead(
         self, artifact: Artifact, locations: dict[str, str], event: ResultEvent | None
     ) -> tuple[SpoolEntry | None, str | None]:
@@ -190,11 +211,10 @@ class Deliverer:
         the upload, it only means nothing is left if the upload fails too."""
         if self.spool is None:
             return None, "not configured"
-        remote = [u.name for u in self.uploaders if u.remote]
         error = "write-ahead: upload under way (the process stopped before it finished)"
         try:
             entry = self.spool.put(
-                artifact, remote, locations=locations, error=error, hold=True,
+                artifact, self.remote_names, locations=locations, error=error, hold=True,
                 event=self._spooled(event, error, locations),
             )  # fmt: skip
         except SpoolError as exc:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -321,3 +322,20 @@ def test_check_asks_every_sink(moto_s3: MotoS3) -> None:
     deliverer.check(make_request(folder="ok/here"))
     with pytest.raises(RequestError, match=r"^bucket='other': this site does not allow"):
         deliverer.check(make_request(bucket="other"))
+
+
+def test_spool_unfinished_puts_what_was_not_written_ahead(tmp_path: Path) -> None:
+    artifact = make_artifact()
+    spooled = dataclasses.replace(base_event(artifact), status="spooled", error="shutdown: x")
+    assert not Deliverer([Failing("s3", True)], fast_retry(), None).spool_unfinished(
+        artifact, spooled
+    )
+    spool = Spool(tmp_path, MB)
+    assert Deliverer([Failing("s3", True)], fast_retry(), spool).spool_unfinished(artifact, spooled)
+    [entry] = spool.list()
+    assert entry.pending == ("s3",) and entry.event == spooled.as_dict()
+    assert entry.last_error == "shutdown: x"
+    full = Spool(tmp_path / "full", 10)
+    assert not Deliverer([Failing("s3", True)], fast_retry(), full).spool_unfinished(
+        artifact, spooled
+    )
