@@ -24,7 +24,6 @@ captured, and gives it back when the file is stored.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -51,7 +50,7 @@ from pcapd.core.request import (
     resolve_interfaces,
 )
 from pcapd.core.results import ResultPublisher
-from pcapd.dedup import RecentIds, RedisSeen, SharedSeen
+from pcapd.dedup import seen_ids_and_sigs
 from pcapd.engine import HandlePool, available_devices
 from pcapd.signing import replayed, verify
 from pcapd.worker import Job, Worker
@@ -96,20 +95,9 @@ class Controller:
         self.pool = pool
         self.devices = devices
         self.clock = clock
-        security = config.security
-        # Signatures stay replayable for 2 x max_skew (a ts that far ahead is accepted).
-        windows = {"id": security.dedup_window,
-                   "sig": max(security.dedup_window, 2 * security.max_skew)}  # fmt: skip
-        self.recent_ids: SharedSeen
-        self.recent_sigs: SharedSeen
-        self.recent_ids, self.recent_sigs = (
-            RecentIds(windows[kind]) if dedup_redis is None
-            else RedisSeen(
-                dedup_redis, prefix=security.dedup_prefix, kind=kind, node=self.node,
-                window_seconds=windows[kind],
-            )
-            for kind in ("id", "sig")
-        )  # fmt: skip
+        self.recent_ids, self.recent_sigs = seen_ids_and_sigs(
+            config.security, self.node, dedup_redis
+        )
         self._lock = threading.Lock()
         self._capturing: set[threading.Thread] = set()
         self._handling = 0  # handle() calls in progress
@@ -144,12 +132,8 @@ class Controller:
             self._handle(delivery)
         except Exception as exc:  # a bug must cost one request, not the daemon
             log.exception("event=request_crashed source=%s", delivery.source)
-            self.publish(
-                ResultEvent(
-                    id=None, node=self.node, status="failed",
-                    error=f"internal error (log event=request_crashed): {exc!r}",
-                )
-            )  # fmt: skip
+            error = f"internal error (log event=request_crashed): {exc!r}"
+            self.publish(ResultEvent.for_body(self.node, "failed", error))
             with contextlib.suppress(Exception):
                 delivery.ack()
         finally:
@@ -157,31 +141,12 @@ class Controller:
                 self._handling -= 1
 
     def _handle(self, delivery: Delivery) -> None:
-        fields: dict[str, Any] | None = None
-        if self.config.general.logrequests:
-            # pcapdaemon's [general] logrequests: every body, before it is judged.
-            body = delivery.body[: self.config.general.max_request_bytes]
-            event(log, "request_body", source=delivery.source, body=body.decode(errors="replace"))
-        try:
-            fields = decode_body(delivery.body, self.config.general.max_request_bytes)
-            if not addressed_to(fields, self.node):
-                # Silent, even when other fields are bad: the named node reports.
-                event(log, "request_not_for_me", logging.DEBUG, id=fields.get("id"))
-                (delivery.not_for_me or delivery.ack)()
-                return
-            request = parse_fields(fields, self.config, delivery.message_id)
-        except RequestError as exc:
-            event(
-                log, "request_rejected", logging.WARNING,
-                source=delivery.source, id=exc.request_id, error=str(exc),
-            )  # fmt: skip
-            self._answer_unparsed(delivery.body, exc.request_id, _reply_to(fields), str(exc))
-            delivery.ack()
+        parsed = self._parse(delivery)  # steps 1-2
+        if parsed is None:
             return
-        if request.logrequest and not self.config.general.logrequests:
-            event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
-        # Recorded in memory at once: the same request on two sources must not
-        # slip through twice; forgotten again if it is not served after all.
+        request, fields = parsed
+        # Step 3. Recorded in memory at once: the same request on two sources
+        # must not slip through twice; forgotten again if it is not served.
         if self.recent_ids.here.seen(request.id):
             self._duplicate(request, delivery)
             return
@@ -191,18 +156,15 @@ class Controller:
             verify(fields, self.config.security, self.clock(), self.recent_sigs.here)
         except RequestError as exc:
             # The signature is not forgotten: it may be a served request's.
-            self._not_served(request.id, None, claimed=False)
-            self.reject(request, None, str(exc))
-            delivery.ack()
+            self._turn_away(request, delivery, str(exc), sig=None)
             return
         try:
             self.deliverer.check(request)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
-            self._not_served(request.id, sig, claimed=False)
-            self.reject(request, None, str(exc))
-            delivery.ack()
+            self._turn_away(request, delivery, str(exc), sig=sig)
             return
+        # Step 4: each interface admitted or rejected (saying why) on its own.
         warnings = request.warnings + skipped
         started = [self._start(request, name, warnings) for name in interfaces]
         workers = [worker for worker in started if worker is not None]
@@ -220,10 +182,43 @@ class Controller:
         if sig is not None and self.recent_sigs.claim(sig):
             for worker in workers:
                 worker.settle(durable=True)
-            self._not_served(request.id, None, claimed=True)
-            self.reject(request, None, replayed(self.recent_sigs.window))
-            delivery.ack()
+            self._turn_away(request, delivery, replayed(self.recent_sigs.window), claimed=True)
             return
+        self._launch(request, sig, delivery, workers)  # steps 5-7
+
+    def _parse(self, delivery: Delivery) -> tuple[CaptureRequest, dict[str, Any]] | None:
+        """The request and its raw fields, or None when it was for another
+        node (silent) or rejected (answered and acked here)."""
+        general = self.config.general
+        fields: dict[str, Any] | None = None
+        if general.logrequests:
+            # pcapdaemon's [general] logrequests: every body, before it is judged.
+            body = delivery.body[: general.max_request_bytes]
+            event(log, "request_body", source=delivery.source, body=body.decode(errors="replace"))
+        try:
+            fields = decode_body(delivery.body, general.max_request_bytes)
+            if not addressed_to(fields, self.node):
+                # Silent, even when other fields are bad: the named node reports.
+                event(log, "request_not_for_me", logging.DEBUG, id=fields.get("id"))
+                (delivery.not_for_me or delivery.ack)()
+                return None
+            request = parse_fields(fields, self.config, delivery.message_id)
+        except RequestError as exc:
+            event(
+                log, "request_rejected", logging.WARNING,
+                source=delivery.source, id=exc.request_id, error=str(exc),
+            )  # fmt: skip
+            self._answer_unparsed(delivery.body, exc.request_id, _reply_to(fields), str(exc))
+            delivery.ack()
+            return None
+        if request.logrequest and not general.logrequests:
+            event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
+        return request, fields
+
+    def _launch(
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker]
+    ) -> None:
+        """One capture thread per admitted worker, all under one `Job`."""
 
         def finished(durable: bool) -> None:
             # Served: a duplicate (or replay) for any later run of this node.
@@ -248,6 +243,21 @@ class Controller:
             except RuntimeError as exc:  # no thread to be had: report, free, go on
                 worker.settle(durable=True)
                 self.reject(request, worker.interface, f"cannot start a capture: {exc}")
+
+    def _turn_away(
+        self,
+        request: CaptureRequest,
+        delivery: Delivery,
+        error: str,
+        *,
+        sig: str | None = None,
+        claimed: bool = False,
+    ) -> None:
+        """Reject a parsed request as a whole, forgetting what was recorded of
+        it (`_not_served`) so it may come again, and ack it."""
+        self._not_served(request.id, sig, claimed=claimed)
+        self.reject(request, None, error)
+        delivery.ack()
 
     def _not_served(self, request_id: str, sig: str | None, *, claimed: bool) -> None:
         """A request refused after its id (and verified signature) were recorded
@@ -296,17 +306,9 @@ class Controller:
     def _answer_unparsed(
         self, body: bytes, request_id: str | None, reply_to: str | None, error: str
     ) -> None:
-        """A rejection for a body that did not become a request. It carries the
-        body's SHA-256, since its id may be missing or a stream's entry id, and
-        goes to `reply_to` if that much of the body was sound: the ways a
-        sender can still match it."""
-        self.publish(
-            ResultEvent(
-                id=request_id, node=self.node, status="rejected", error=error,
-                request_sha256=hashlib.sha256(body).hexdigest(),
-            ),
-            reply_to,
-        )  # fmt: skip
+        """A rejection for a body that did not become a request (with its
+        SHA-256), to `reply_to` too if that much of the body was sound."""
+        self.publish(ResultEvent.for_body(self.node, "rejected", error, body, request_id), reply_to)
 
     def reject(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -69,6 +70,21 @@ class ResultEvent:
             id=request.id, alertid=request.alertid, node=node, status=status,
             format=request.format, warnings=warnings or request.warnings, **rest,
         )  # fmt: skip
+
+    @classmethod
+    def for_body(
+        cls,
+        node: str,
+        status: str,
+        error: str,
+        body: builtins.bytes | None = None,
+        request_id: str | None = None,
+    ) -> ResultEvent:
+        """The event about a body that did not become a request. Given the
+        body, it carries its SHA-256, since its id may be missing or a
+        stream's entry id: the way a sender can still match it."""
+        digest = hashlib.sha256(body).hexdigest() if body is not None else None
+        return cls(id=request_id, node=node, status=status, error=error, request_sha256=digest)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResultEvent:
