@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pcapd.core.config import Config, ConfigError, load_config
 from pcapd.core.events import ResultEvent
 from uploaders.deliver import build_remote_uploaders
-from uploaders.spool import Spool, SpoolDrainer, SpoolEntry, SpoolError
+from uploaders.drain import SpoolDrainer
+from uploaders.spool import Spool, SpoolEntry, SpoolError
 
 EXIT_OK = 0
 EXIT_PENDING = 1

@@ -24,10 +24,11 @@ from tests.uploaders.conftest import (
 from uploaders.base import Artifact, Location, Sink, Uploader, UploadError
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer, DeliveryOutcome, build_remote_uploaders
+from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader, boto3_client_factory
-from uploaders.spool import Spool, SpoolDrainer
+from uploaders.spool import Spool
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

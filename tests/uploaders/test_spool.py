@@ -18,13 +18,12 @@ from tests.helpers import free_port, wait_for
 from tests.uploaders.conftest import MotoS3, make_artifact, make_request
 from uploaders.base import Location, UploadError
 from uploaders.base import Sink as SinkDefaults
+from uploaders.drain import SpoolDrainer, delivered_event
 from uploaders.s3 import S3Uploader
 from uploaders.spool import (
     Spool,
     SpoolCorrupt,
-    SpoolDrainer,
     SpoolFull,
-    delivered_event,
 )
 
 MB = 1024 * 1024
@@ -241,7 +240,8 @@ CHILD = textwrap.dedent(
     from uploaders.deliver import Deliverer
     from uploaders.retry import RetryPolicy
     from uploaders.s3 import S3Uploader
-    from uploaders.spool import Spool, SpoolDrainer
+    from uploaders.drain import SpoolDrainer
+    from uploaders.spool import Spool
 
     spool_dir, dead_port = sys.argv[1], sys.argv[2]
     s3 = S3Uploader(S3Config(upload=True, accessid="A", accesskey=Secret("k"),
