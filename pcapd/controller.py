@@ -99,7 +99,7 @@ class Controller:
             config.security, self.node, dedup_redis
         )
         self._lock = threading.Lock()
-        self._capturing: set[threading.Thread] = set()
+        self._capturing: set[threading.Thread] = set()  # capture threads, for shutdown
         self._handling = 0  # handle() calls in progress
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
@@ -113,8 +113,10 @@ class Controller:
         self.capture_stop = threading.Event()  # set on shutdown: captures end now
         self.capture_started = threading.Event()  # for tests and benchmarks
 
-    # -- admission -------------------------------------------------------
+    # -- bounds and threads ------------------------------------------------
     def free_slots(self) -> int:
+        """Captures that would be admitted now (0 once shutting down): what
+        durable sources take from their queue at most."""
         return self.admission.free_slots()
 
     def untrack(self, worker: Worker) -> None:
