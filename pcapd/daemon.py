@@ -29,9 +29,10 @@ from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
 from uploaders.deliver import Deliverer, build_remote_uploaders
+from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
-from uploaders.spool import Spool, SpoolDrainer
+from uploaders.spool import Spool
 
 log = logging.getLogger("pcapd.daemon")
 

@@ -28,6 +28,7 @@ from typing import Protocol
 
 import redis
 
+from pcapd.core.config import SecurityConfig
 from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.dedup")
@@ -269,3 +270,24 @@ class RedisSeen:
             self._down_until = None
         if was_down:
             event(log, "dedup_redis_back", kind=self.kind)
+
+
+def seen_ids_and_sigs(
+    security: SecurityConfig, node: str, client: redis.Redis | None
+) -> tuple[SharedSeen, SharedSeen]:
+    """The controller's two sets: request ids for `dedup_window`, signatures
+    for at least 2 x `max_skew` (a ts that far ahead is accepted, so a
+    signature stays replayable that long). In Redis when `client` is given,
+    so they hold across restarts; in memory only otherwise."""
+    windows = {"id": security.dedup_window,
+               "sig": max(security.dedup_window, 2 * security.max_skew)}  # fmt: skip
+
+    def one(kind: str) -> SharedSeen:
+        if client is None:
+            return RecentIds(windows[kind])
+        return RedisSeen(
+            client, prefix=security.dedup_prefix, kind=kind, node=node,
+            window_seconds=windows[kind],
+        )  # fmt: skip
+
+    return one("id"), one("sig")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pcapd.core.errors import UploadError as UploadError  # part of the uploader interface
+from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -54,10 +55,40 @@ class Location:
 
 
 class Uploader(Protocol):
+    """A sink. `upload` is the whole job; the other three let a sink have its
+    say before and after, so the controller never asks which sink is which."""
+
     name: str
     remote: bool  # a remote sink's failures go to the spool
 
     def upload(self, artifact: Artifact) -> Location: ...
+
+    def check(self, request: CaptureRequest) -> None:
+        """Raise RequestError, naming the field, if this sink will not take
+        what `request` asks of it (S3 overrides the site does not allow).
+        Called before the capture is taken; no I/O."""
+
+    def writes_to(self) -> str | None:
+        """The directory on this node the sink writes captures to (admission
+        checks its free space), or None for a remote sink."""
+
+    def stored(self, location: Location, result: ResultEvent) -> None:
+        """`result` is final and `location` is this sink's copy: keep anything
+        beside it (the local sink's sidecar). OSError is logged, not fatal."""
+
+
+class Sink:
+    """The defaults of `Uploader`'s optional steps: nothing to check, nothing
+    on this node's disk, nothing kept beside the file."""
+
+    def check(self, request: CaptureRequest) -> None:
+        return None
+
+    def writes_to(self) -> str | None:
+        return None
+
+    def stored(self, location: Location, result: ResultEvent) -> None:
+        return None
 
 
 def artifact_filename(node: str, interface: str, started: float, request_id: str, fmt: str) -> str:

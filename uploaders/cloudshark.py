@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from pcapd.core.config import CloudsharkConfig
-from uploaders.base import Artifact, Location, UploadError
+from uploaders.base import Artifact, Location, Sink, UploadError
 
 log = logging.getLogger("pcapd.uploaders.cloudshark")
 
@@ -50,7 +50,7 @@ def _field(boundary: str, name: str, value: str) -> bytes:
     ).encode()
 
 
-class CloudsharkUploader:
+class CloudsharkUploader(Sink):
     """`upload(artifact)` -> the capture's view URL; one connection per upload."""
 
     name = "cloudshark"

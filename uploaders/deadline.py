@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any
 
+from pcapd.core.events import ResultEvent
+from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Location, Uploader, UploadError
 
 POLL = 0.1  # seconds between looks at `abandon` while an attempt runs
@@ -37,6 +39,15 @@ class Deadlined:
     def __getattr__(self, name: str) -> Any:
         # Sink-specific helpers (S3Uploader.target, ...) stay reachable.
         return getattr(self.inner, name)
+
+    def check(self, request: CaptureRequest) -> None:
+        self.inner.check(request)
+
+    def writes_to(self) -> str | None:
+        return self.inner.writes_to()
+
+    def stored(self, location: Location, result: ResultEvent) -> None:
+        self.inner.stored(location, result)
 
     def upload(self, artifact: Artifact) -> Location:
         if self.abandon.is_set():

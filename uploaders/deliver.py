@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pcapd.core import logs
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
-from uploaders.base import Artifact, Uploader
+from pcapd.core.request import CaptureRequest
+from uploaders.base import Artifact, Location, Uploader
 from uploaders.deadline import Deadlined
 from uploaders.retry import RetryPolicy
 from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
@@ -90,6 +92,27 @@ class Deliverer:
     def has_remote(self) -> bool:
         return any(u.remote for u in self.uploaders)
 
+    @property
+    def remote_names(self) -> list[str]:
+        """The sinks a spool entry waits for."""
+        return [u.name for u in self.uploaders if u.remote]
+
+    def check(self, request: CaptureRequest) -> None:
+        """RequestError from the first sink that will not take `request` as
+        asked (a message's S3 fields the site does not allow)."""
+        for uploader in self.uploaders:
+            uploader.check(request)
+
+    def disk_targets(self) -> tuple[tuple[str, str], ...]:
+        """(label, directory) for every place on this node a capture is written
+        before it is stored: sinks on local disk, and the spool when remote
+        sinks may fail into it. Admission checks their free space."""
+        local = tuple(
+            (u.name, directory) for u in self.uploaders if (directory := u.writes_to()) is not None
+        )
+        spool = (("spool", str(self.spool.directory)),) if self.spool and self.has_remote else ()
+        return local + spool
+
     def deliver(self, artifact: Artifact, event: ResultEvent | None = None) -> DeliveryOutcome:
         """Upload to every sink; spool for remote sinks that still fail.
 
@@ -99,9 +122,10 @@ class Deliverer:
         removed once every remote sink has the file, or rewritten with what is
         still pending. `event` is the result the controller is about to
         publish; it is stored with the entry so the drainer can publish it as
-        `delivered`.
+        `delivered`, and, final, handed to each sink that has a copy (`stored`).
         """
         locations: dict[str, str] = {}
+        copies: list[tuple[Uploader, Location]] = []
         errors: list[str] = []
         failed_remote: list[str] = []
         ahead: SpoolEntry | None = None
@@ -125,6 +149,7 @@ class Deliverer:
                         failed_remote.append(uploader.name)
                     continue
                 locations[location.kind] = location.url
+                copies.append((uploader, location))
             spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event)
         finally:
             if ahead is not None:
@@ -133,21 +158,51 @@ class Deliverer:
                 assert self.spool is not None
                 self.spool.release(ahead.id)
         if not errors:
-            return DeliveryOutcome("ok", locations)
-        if failed_remote and spool_error is not None:
-            errors.append(f"spool: {spool_error}")
-        if spool_id is not None:
-            status = "spooled"
-        elif locations:
-            status = "partial"  # stored somewhere, not everywhere, and not spooled
+            outcome = DeliveryOutcome("ok", locations)
         else:
-            status = "failed"
-        return DeliveryOutcome(status, locations, "; ".join(errors), spool_id)
+            if failed_remote and spool_error is not None:
+                errors.append(f"spool: {spool_error}")
+            if spool_id is not None:
+                status = "spooled"
+            elif locations:
+                status = "partial"  # stored somewhere, not everywhere, and not spooled
+            else:
+                status = "failed"
+            outcome = DeliveryOutcome(status, locations, "; ".join(errors), spool_id)
+        if event is not None:
+            self._stored(copies, outcome.apply(event))
+        return outcome
+
+    @staticmethod
+    def _stored(copies: Sequence[tuple[Uploader, Location]], result: ResultEvent) -> None:
+        """Each sink that has a copy keeps what it keeps beside it (the local
+        sidecar); a failure there costs a log line, not the capture."""
+        for uploader, location in copies:
+            try:
+                uploader.stored(location, result)
+            except OSError as exc:
+                logs.event(log, "sidecar_failed", logging.ERROR, id=result.id, error=str(exc))
 
     def spooled_ahead(self, artifact: Artifact) -> SpoolEntry | None:
         """The write-ahead entry of an upload still under way, if it has one."""
         with self._lock:
             return self._ahead.get(artifact.filename)
+
+    def spool_unfinished(self, artifact: Artifact, event: ResultEvent) -> bool:
+        """An upload shutdown cannot wait for: True once the capture is in the
+        spool for every remote sink (written ahead already, or now, with
+        `event`, its `spooled` result); False, logged, when there is no spool
+        or it cannot take the capture."""
+        if self.spool is None or not self.has_remote:
+            return False
+        if self.spooled_ahead(artifact) is not None:
+            return True
+        try:
+            self.spool.put(artifact, self.remote_names, event=event.as_dict(), error=event.error)
+        except SpoolError as exc:
+            logs.event(log, "capture_lost", logging.ERROR, id=event.id, error=str(exc))
+            return False
+        return True
 
     def _write_ahead(
         self, artifact: Artifact, locations: dict[str, str], event: ResultEvent | None
@@ -156,11 +211,10 @@ class Deliverer:
         the upload, it only means nothing is left if the upload fails too."""
         if self.spool is None:
             return None, "not configured"
-        remote = [u.name for u in self.uploaders if u.remote]
         error = "write-ahead: upload under way (the process stopped before it finished)"
         try:
             entry = self.spool.put(
-                artifact, remote, locations=locations, error=error, hold=True,
+                artifact, self.remote_names, locations=locations, error=error, hold=True,
                 event=self._spooled(event, error, locations),
             )  # fmt: skip
         except SpoolError as exc:

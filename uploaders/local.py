@@ -1,4 +1,5 @@
-"""Local disk: atomic writes (temporary name, fsync, rename), mode 0640."""
+"""Local disk: atomic writes (temporary name, fsync, rename), mode 0640, and
+beside each capture `<file>.json`, its final result event."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import os
 from pathlib import Path
 
 from pcapd.core.atomic import write_atomic
-from uploaders.base import Artifact, Location, UploadError
+from pcapd.core.events import ResultEvent
+from uploaders.base import Artifact, Location, Sink, UploadError
 
 DIR_MODE = 0o750
 
 
-class LocalUploader:
+class LocalUploader(Sink):
     name = "local"
     remote = False
 
@@ -32,6 +34,9 @@ class LocalUploader:
             raise UploadError(f"cannot write {path}: {exc.strerror}") from exc
         return Location("local", str(path))
 
-    def write_sidecar(self, location: Location, result_json: str) -> None:
+    def writes_to(self) -> str:
+        return str(self.directory)
+
+    def stored(self, location: Location, result: ResultEvent) -> None:
         """`<file>.json` beside the capture, holding its result event."""
-        write_atomic(Path(location.url + ".json"), (result_json + "\n").encode())
+        write_atomic(Path(location.url + ".json"), (result.to_json() + "\n").encode())

@@ -9,8 +9,8 @@ upload adds is a few socket buffers, whatever the capture's size. (boto3's
 a file object, up to 10 parts held at once, ~80 MiB more; see bench/upload.py.)
 
 A message's `bucket`/`folder`/`acl`/`region`/`endpoint`/`encryption` are
-used here as given: `uploaders.policy.check_overrides` has already decided
-whether the site allows them, before the capture was taken.
+used here as given: `S3Uploader.check` (`uploaders.policy`) has already
+decided whether the site allows them, before the capture was taken.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import botocore.config
 import botocore.exceptions
 
 from pcapd.core.config import S3Config
-from uploaders.base import Artifact, Location, UploadError, pcapdaemon_key
-from uploaders.policy import normalize_endpoint
+from pcapd.core.request import CaptureRequest
+from uploaders.base import Artifact, Location, Sink, UploadError, pcapdaemon_key
+from uploaders.policy import check_overrides, normalize_endpoint
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -130,7 +131,7 @@ def boto3_client_factory(config: S3Config) -> ClientFactory:
     return make
 
 
-class S3Uploader:
+class S3Uploader(Sink):
     """`upload(artifact)` -> `s3://bucket/folder/filename`; thread-safe."""
 
     name = "s3"
@@ -160,6 +161,10 @@ class S3Uploader:
             if key not in self._clients:
                 self._clients[key] = self._factory(endpoint, region)
             return self._clients[key]
+
+    def check(self, request: CaptureRequest) -> None:
+        """The message's S3 fields within what `[s3]` allows (uploaders.policy)."""
+        check_overrides(request, self.config)
 
     def target(self, artifact: Artifact) -> tuple[str, str]:
         """(bucket, key) for this artifact, message overrides applied."""

@@ -35,16 +35,15 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pcapd.core.atomic import write_atomic
 from pcapd.core.errors import PcapdError
-from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
-from uploaders.base import Artifact, Uploader
+from uploaders.base import Artifact
 
 log = logging.getLogger("pcapd.uploaders.spool")
 
@@ -58,11 +57,6 @@ FILE_MODE = 0o600
 READ_CHUNK = 4 * 1024 * 1024
 MAX_ERROR_LEN = 2000
 
-_TUPLE_FIELDS = frozenset(
-    f.name for f in dataclasses.fields(CaptureRequest) if str(f.type).startswith("tuple")
-)
-_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(CaptureRequest))
-
 
 class SpoolError(PcapdError):
     """The spool cannot store or hand back an entry."""
@@ -74,21 +68,6 @@ class SpoolFull(SpoolError):
 
 class SpoolCorrupt(SpoolError):
     """An entry's files are unreadable or its bytes no longer match its sha256."""
-
-
-def request_to_dict(request: CaptureRequest) -> dict[str, Any]:
-    data = dataclasses.asdict(request)
-    for name in _TUPLE_FIELDS:
-        data[name] = list(data[name])
-    return data
-
-
-def request_from_dict(data: Mapping[str, Any]) -> CaptureRequest:
-    # Fields a newer or older pcapd added are dropped, not fatal.
-    values = {k: v for k, v in data.items() if k in _REQUEST_FIELDS}
-    for name in _TUPLE_FIELDS & values.keys():
-        values[name] = tuple(values[name] or ())
-    return CaptureRequest(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +107,7 @@ class SpoolEntry:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def capture_request(self) -> CaptureRequest:
-        return request_from_dict(self.request)
+        return CaptureRequest.from_dict(self.request)
 
 
 class Spool:
@@ -220,12 +199,12 @@ class Spool:
                 size=artifact.size,
                 node=artifact.node,
                 interface=artifact.interface,
-                request=request_to_dict(artifact.request),
+                request=artifact.request.to_dict(),
                 pending=tuple(pending),
                 locations=dict(locations or {}),
                 event=dict(event) if event is not None else None,
                 spooled_at=time.time(),
-                last_error=_clip(error),
+                last_error=clip_error(error),
             )
             try:
                 self._write_atomic(self.data_path(entry.id), artifact.data)
@@ -378,158 +357,6 @@ class Spool:
             os.close(fd)
 
 
-OnDelivered = Callable[[ResultEvent, dict[str, str]], object]
-DRAIN_JOIN_TIMEOUT = 30.0
-
-
-def delivered_event(entry: SpoolEntry, locations: Mapping[str, str]) -> ResultEvent:
-    """The `delivered` result for an entry: its spooled event, now with every location."""
-    if entry.event:
-        stored = dict(entry.event)
-        stored["warnings"] = tuple(stored.get("warnings") or ())
-        known = {f.name for f in dataclasses.fields(ResultEvent)}
-        base = ResultEvent(**{k: v for k, v in stored.items() if k in known})
-    else:
-        request = entry.capture_request()
-        base = ResultEvent(
-            id=request.id, node=entry.node, status="spooled", alertid=request.alertid,
-            interface=entry.interface, format=entry.format, sha256=entry.sha256,
-            bytes=entry.size,
-        )  # fmt: skip
-    return dataclasses.replace(base, status="delivered", error=None, locations=dict(locations))
-
-
-@dataclass(frozen=True, slots=True)
-class DrainReport:
-    delivered: tuple[str, ...] = ()  # entry ids delivered and removed
-    remaining: tuple[str, ...] = ()  # entry ids still pending (failed, busy or skipped)
-    errors: tuple[str, ...] = ()
-
-
-class SpoolDrainer:
-    """Retries spooled entries every `interval` seconds in a background thread.
-
-    One pass walks the entries oldest first and tries each pending sink once;
-    a sink that fails is not tried again for the rest of that pass, so a dead
-    S3 costs one timeout per pass, not one per entry. When an entry has
-    reached every sink it is removed and `on_delivered(event, locations)` is
-    called with a `delivered` ResultEvent. Memory: one entry's capture at a
-    time (at most `general.maxbytes`).
-    """
-
-    def __init__(
-        self,
-        spool: Spool,
-        uploaders: Mapping[str, Uploader] | Iterable[Uploader],
-        on_delivered: OnDelivered,
-        interval: float,
-    ) -> None:
-        self.spool = spool
-        self.uploaders: dict[str, Uploader] = (
-            dict(uploaders) if isinstance(uploaders, Mapping) else {u.name: u for u in uploaders}
-        )
-        self.on_delivered = on_delivered
-        self.interval = interval
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pass_lock = threading.Lock()
-
-    def start(self) -> None:
-        """Begin draining now (entries left by a previous run go first), then every interval."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="pcapd-spool-drainer", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Drain now instead of at the next interval."""
-        self._wake.set()
-
-    def stop(self, timeout: float = DRAIN_JOIN_TIMEOUT) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.drain_once()
-            except Exception:
-                log.exception("spool_drain_failed")
-            self._wake.wait(self.interval)
-            self._wake.clear()
-
-    def drain_once(self, ids: Iterable[str] | None = None) -> DrainReport:
-        """One pass over the spool (or over `ids`); safe to call from any thread."""
-        wanted = set(ids) if ids is not None else None
-        delivered: list[str] = []
-        remaining: list[str] = []
-        errors: list[str] = []
-        down: dict[str, str] = {}  # sink -> why it failed in this pass
-        with self._pass_lock:
-            self.spool.refresh()  # here, off any caller's lock
-            for listed in self.spool.list():
-                if wanted is not None and listed.id not in wanted:
-                    continue
-                if self._stop.is_set() and self._thread is not None:
-                    remaining.append(listed.id)
-                    continue
-                done = self._drain_entry(listed.id, down, errors)
-                (delivered if done else remaining).append(listed.id)
-        return DrainReport(tuple(delivered), tuple(remaining), tuple(errors))
-
-    def _drain_entry(self, entry_id: str, down: dict[str, str], errors: list[str]) -> bool:
-        with self.spool.claim(entry_id) as held:
-            entry = self.spool.get(entry_id) if held else None
-            if entry is None:
-                return False  # busy in another process, or delivered meanwhile
-            if all(sink in down for sink in entry.pending):
-                return False
-            try:
-                artifact = self.spool.load(entry)
-            except SpoolCorrupt as exc:
-                errors.append(str(exc))
-                log.error("spool_entry_corrupt id=%s error=%s", entry.id, exc)
-                return False
-            locations = dict(entry.locations)
-            pending = list(entry.pending)
-            failures: list[str] = []
-            for sink in entry.pending:
-                if sink in down:
-                    continue
-                uploader = self.uploaders.get(sink)
-                if uploader is None:
-                    down[sink] = f"{sink}: no such uploader configured"
-                    failures.append(down[sink])
-                    continue
-                try:
-                    location = uploader.upload(artifact)
-                except Exception as exc:  # any failure keeps the entry; never the drainer
-                    down[sink] = f"{sink}: {exc}"
-                    failures.append(down[sink])
-                    continue
-                locations[location.kind] = location.url
-                pending.remove(sink)
-            del artifact
-            if pending:
-                entry = dataclasses.replace(
-                    entry, pending=tuple(pending), locations=locations,
-                    attempts=entry.attempts + 1, last_error=_clip("; ".join(failures)) or None,
-                )  # fmt: skip
-                self.spool.update(entry)
-                errors.extend(f"{entry.id}: {f}" for f in failures)
-                return False
-            self.spool.remove(entry)
-        log.info("spool_delivered id=%s file=%s locations=%s", entry.id, entry.filename, locations)
-        try:
-            self.on_delivered(delivered_event(entry, locations), locations)
-        except Exception:
-            log.exception("spool_on_delivered_failed id=%s", entry.id)
-        return True
-
-
-def _clip(error: str | None) -> str | None:
+def clip_error(error: str | None) -> str | None:
+    """An error as a sidecar keeps it: at most MAX_ERROR_LEN characters."""
     return error[:MAX_ERROR_LEN] if error else error

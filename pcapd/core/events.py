@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pcapd.core.request import CaptureRequest
 
 STATUSES = (
     "ok", "empty", "rejected", "failed", "spooled", "delivered", "skipped", "duplicate",
@@ -49,6 +53,47 @@ class ResultEvent:
         if self.stop is not None and self.stop not in STOPS:
             raise ValueError(f"stop {self.stop!r} not one of {STOPS}")
 
+    @classmethod
+    def for_request(
+        cls,
+        request: CaptureRequest,
+        node: str,
+        status: str,
+        *,
+        warnings: tuple[str, ...] | None = None,
+        **rest: Any,
+    ) -> ResultEvent:
+        """The event about `request` on `node`: its id, alertid and format
+        filled in, and its parse warnings unless the caller has a longer list
+        (skipped interfaces); `rest` are the other fields (interface, error, ...)."""
+        return cls(
+            id=request.id, alertid=request.alertid, node=node, status=status,
+            format=request.format, warnings=warnings or request.warnings, **rest,
+        )  # fmt: skip
+
+    @classmethod
+    def for_body(
+        cls,
+        node: str,
+        status: str,
+        error: str,
+        body: builtins.bytes | None = None,
+        request_id: str | None = None,
+    ) -> ResultEvent:
+        """The event about a body that did not become a request. Given the
+        body, it carries its SHA-256, since its id may be missing or a
+        stream's entry id: the way a sender can still match it."""
+        digest = hashlib.sha256(body).hexdigest() if body is not None else None
+        return cls(id=request_id, node=node, status=status, error=error, request_sha256=digest)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResultEvent:
+        """An event from its `as_dict()` form; keys a newer or older pcapd
+        wrote that this one does not know are dropped, not fatal."""
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        known["warnings"] = tuple(known.get("warnings") or ())
+        return cls(**known)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["locations"] = dict(self.locations)
@@ -61,5 +106,9 @@ class ResultEvent:
     @classmethod
     def from_json(cls, text: str | builtins.bytes) -> ResultEvent:
         data = json.loads(text)
-        data["warnings"] = tuple(data.get("warnings") or ())
-        return cls(**data)
+        if not isinstance(data, dict):
+            raise ValueError("a result event is a JSON object")
+        return cls.from_dict(data)
+
+
+_FIELDS = frozenset(f.name for f in fields(ResultEvent))

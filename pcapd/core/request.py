@@ -8,6 +8,7 @@ ignored, as pcapdaemon's JSON decoding ignored them, and reported as warnings.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -204,6 +205,29 @@ class CaptureRequest:
         for name in ("snap", "packets", "bytes", "duration", "timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (tuples as lists): how the spool keeps a request."""
+        data = dataclasses.asdict(self)
+        for name in _TUPLE_FIELDS:
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaptureRequest:
+        """The inverse of `to_dict`. Fields a newer or older pcapd wrote that
+        this one does not know are dropped, not fatal: spool entries outlive
+        upgrades."""
+        values = {k: v for k, v in data.items() if k in _REQUEST_FIELDS}
+        for name in _TUPLE_FIELDS & values.keys():
+            values[name] = tuple(values[name] or ())
+        return cls(**values)
+
+
+_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(CaptureRequest))
+_TUPLE_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(CaptureRequest) if str(f.type).startswith("tuple")
+)
 
 
 class _Fields:

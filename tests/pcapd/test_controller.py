@@ -72,8 +72,8 @@ def build(
 
 
 def idle(ctl: Controller) -> bool:
-    """No slot taken and no byte of max_memory held."""
-    return ctl._active == 0 and ctl._reserved == 0
+    """No slot taken, no byte of max_memory held, nothing promised on disk."""
+    return ctl.admission.idle
 
 
 def request(port: int, **fields: Any) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def test_spool_space_is_promised_to_admitted_captures(
     assert third["error"].startswith("spool full:")
     assert third["error"].endswith("(2000000 of them promised to running captures)")
     assert {results.for_id(n)["status"] for n in ("p1", "p2")} == {"empty"}
-    wait_for(lambda: ctl._spool_promised == 0)
+    wait_for(lambda: ctl.admission.spool_promised == 0)
     ctl.handle(Recorded(request(port, id="p4", bytes=1_000_000, timeout=1)).delivery)
     assert results.for_id("p4")["status"] == "empty"
 
@@ -170,10 +170,10 @@ def test_admission_checks_real_free_space_for_every_copy_and_what_was_promised(
         f"{disk}/spool (spool), bytes=2000000 needs 4000000"
     )
     ctl.handle(Recorded(request(port, id="fits", bytes=1_000_000, timeout=2)).delivery)
-    wait_for(lambda: ctl._active == 1)
+    wait_for(lambda: ctl.admission.active == 1)
     ctl.handle(Recorded(request(port, id="second", bytes=1_000_000)).delivery)
     second = results.for_id("second")
     assert second["status"] == "rejected"
     assert second["error"].endswith("(2000000 promised to captures not yet stored)")
     assert results.for_id("fits")["status"] == "empty"
-    wait_for(lambda: ctl._disk_promised == {next(iter(ctl._disk_promised)): 0})
+    wait_for(lambda: ctl.admission.idle)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pcapd.core.events import ResultEvent
+from pcapd.core.request import RequestError
 from tests.helpers import wait_for
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import (
@@ -19,13 +21,14 @@ from tests.uploaders.conftest import (
     make_request,
     s3_config,
 )
-from uploaders.base import Artifact, Location, Uploader, UploadError
+from uploaders.base import Artifact, Location, Sink, Uploader, UploadError
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer, DeliveryOutcome, build_remote_uploaders
+from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader, boto3_client_factory
-from uploaders.spool import Spool, SpoolDrainer
+from uploaders.spool import Spool
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -75,6 +78,9 @@ def test_every_sink_in_order_and_every_location(
     published = outcome.apply(event)
     assert published.status == "ok" and dict(published.locations) == dict(outcome.locations)
     assert list((tmp_path / "spool").iterdir()) == []
+    # The local sink keeps the final event, every sink's location in it, beside its copy.
+    sidecar = Path(outcome.locations["local"] + ".json")
+    assert ResultEvent.from_json(sidecar.read_bytes()) == published
 
 
 def test_cloudshark_500_then_200_is_retried_not_spooled(
@@ -113,7 +119,7 @@ def test_wrong_token_spools_without_retrying_and_hides_the_token(
     assert all("tok-wrong-1234" not in r.getMessage() for r in caplog.records)
 
 
-class Failing:
+class Failing(Sink):
     def __init__(self, name: str, remote: bool) -> None:
         self.name = name
         self.remote = remote
@@ -150,7 +156,7 @@ def test_local_failure_is_partial_and_remote_copies_are_listed(
 
 
 def test_unexpected_exceptions_still_spool(tmp_path: Path) -> None:
-    class Buggy:
+    class Buggy(Sink):
         name = "s3"
         remote = True
 
@@ -255,7 +261,7 @@ def test_remote_sinks_run_in_the_order_of_their_sections(text: str, expected: li
     assert [u.name for u in build_remote_uploaders(config)] == expected
 
 
-class Watching:
+class Watching(Sink):
     """A remote sink that looks at the spool while its upload is under way."""
 
     name = "s3"
@@ -294,3 +300,43 @@ def test_full_spool_still_uploads_and_a_failure_then_is_partial(tmp_path: Path) 
     assert outcome.error.startswith("s3: s3 refused; spool: spool full: ")
     ok = Deliverer([Watching(spool)], fast_retry(), spool).deliver(make_artifact(200_000))
     assert ok.status == "ok"  # no room to write ahead costs the safety net, not the upload
+
+
+def test_sidecar_holds_a_partial_outcome_and_its_failure_is_only_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uploaders: list[Uploader] = [LocalUploader(tmp_path / "local"), Failing("s3", True)]
+    artifact = make_artifact()
+    outcome = Deliverer(uploaders, fast_retry(), None).deliver(artifact, base_event(artifact))
+    sidecar = Path(outcome.locations["local"] + ".json")
+    assert ResultEvent.from_json(sidecar.read_bytes()).status == "partial"
+    # A sidecar that cannot be written is logged; the capture is stored all the same.
+    (tmp_path / "other" / (artifact.filename + ".json")).mkdir(parents=True)
+    again = Deliverer([LocalUploader(tmp_path / "other")], fast_retry(), None)
+    assert again.deliver(artifact, base_event(artifact)).status == "ok"
+    assert any("sidecar_failed" in r.getMessage() for r in caplog.records)
+
+
+def test_check_asks_every_sink(moto_s3: MotoS3) -> None:
+    config = moto_s3.s3_config(moto_s3.new_bucket())
+    deliverer = Deliverer([Failing("local", False), S3Uploader(config)], fast_retry(), None)
+    deliverer.check(make_request(folder="ok/here"))
+    with pytest.raises(RequestError, match=r"^bucket='other': this site does not allow"):
+        deliverer.check(make_request(bucket="other"))
+
+
+def test_spool_unfinished_puts_what_was_not_written_ahead(tmp_path: Path) -> None:
+    artifact = make_artifact()
+    spooled = dataclasses.replace(base_event(artifact), status="spooled", error="shutdown: x")
+    assert not Deliverer([Failing("s3", True)], fast_retry(), None).spool_unfinished(
+        artifact, spooled
+    )
+    spool = Spool(tmp_path, MB)
+    assert Deliverer([Failing("s3", True)], fast_retry(), spool).spool_unfinished(artifact, spooled)
+    [entry] = spool.list()
+    assert entry.pending == ("s3",) and entry.event == spooled.as_dict()
+    assert entry.last_error == "shutdown: x"
+    full = Spool(tmp_path / "full", 10)
+    assert not Deliverer([Failing("s3", True)], fast_retry(), full).spool_unfinished(
+        artifact, spooled
+    )

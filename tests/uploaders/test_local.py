@@ -11,6 +11,7 @@ import pytest
 
 from pcapd.core.atomic import write_atomic
 from pcapd.core.config import parse_config
+from pcapd.core.events import ResultEvent
 from pcapd.core.request import parse_request
 from uploaders.base import Artifact, UploadError, artifact_filename
 from uploaders.local import LocalUploader
@@ -66,8 +67,9 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
 def test_sidecar_holds_the_result(tmp_path: Path) -> None:
     uploader = LocalUploader(tmp_path)
     location = uploader.upload(artifact())
-    uploader.write_sidecar(location, '{"status":"ok"}')
-    assert json.loads(Path(location.url + ".json").read_text()) == {"status": "ok"}
+    uploader.stored(location, ResultEvent(id="r1", node="n1", status="ok"))
+    assert json.loads(Path(location.url + ".json").read_text())["status"] == "ok"
+    assert uploader.writes_to() == str(tmp_path)
 
 
 def test_failed_atomic_write_leaves_nothing(tmp_path: Path) -> None:

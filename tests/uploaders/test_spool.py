@@ -17,20 +17,20 @@ from pcapd.core.events import ResultEvent
 from tests.helpers import free_port, wait_for
 from tests.uploaders.conftest import MotoS3, make_artifact, make_request
 from uploaders.base import Location, UploadError
+from uploaders.base import Sink as SinkDefaults
+from uploaders.drain import SpoolDrainer, delivered_event
 from uploaders.s3 import S3Uploader
 from uploaders.spool import (
     Spool,
     SpoolCorrupt,
-    SpoolDrainer,
     SpoolFull,
-    delivered_event,
 )
 
 MB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Sink:
+class Sink(SinkDefaults):
     """An uploader that fails until told otherwise; counts what it received."""
 
     def __init__(self, name: str, fail: bool = True) -> None:
@@ -240,7 +240,8 @@ CHILD = textwrap.dedent(
     from uploaders.deliver import Deliverer
     from uploaders.retry import RetryPolicy
     from uploaders.s3 import S3Uploader
-    from uploaders.spool import Spool, SpoolDrainer
+    from uploaders.drain import SpoolDrainer
+    from uploaders.spool import Spool
 
     spool_dir, dead_port = sys.argv[1], sys.argv[2]
     s3 = S3Uploader(S3Config(upload=True, accessid="A", accesskey=Secret("k"),

@@ -761,3 +761,12 @@ def test_invalid_regex_writes_nothing_to_stderr(
     capfd.readouterr()
     rejected(body(node=None, nodere="web["), config)
     assert capfd.readouterr().err == ""
+
+
+def test_request_round_trips_through_plain_json_and_drops_unknown_fields(config: Config) -> None:
+    message = {"node": HOST, "interface": ["lo", "eth0"], "bpf": "udp", "tags": ["a", "b"]}
+    request = parse_request(json.dumps(message), config)
+    stored = json.loads(json.dumps(request.to_dict()))  # what a spool sidecar holds
+    assert stored["interfaces"] == ["lo", "eth0"] and stored["tags"] == ["a", "b"]
+    assert CaptureRequest.from_dict(stored) == request
+    assert CaptureRequest.from_dict({**stored, "added_later": 1}) == request

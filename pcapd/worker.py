@@ -1,0 +1,226 @@
+"""One capture on one interface, from its reservation to its result event.
+
+A `Worker` runs steps 5 to 7 of DESIGN.md's "One capture, step by step" for
+one (request, interface): take a handle and set the filter, capture under
+the request's bounds, hand the file to the controller's upload pool, store
+it (`Deliverer.deliver`), publish the result, and release its `Reservation`
+and tell its `Job`, exactly once, whichever way it ends. Its memory is the
+capture's file (at most the request's `bytes`) until the file is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import pcap
+
+from pcapd.admission import Reservation
+from pcapd.core.events import ResultEvent, iso_utc
+from pcapd.core.logs import event
+from pcapd.core.request import CaptureRequest
+from pcapd.engine import (
+    CaptureError,
+    CaptureLimits,
+    CaptureOutcome,
+    capture,
+    close_handle,
+    set_filter,
+)
+from pcapd.packetdebug import packet_logger
+from triggers.base import Delivery
+from uploaders.base import Artifact
+
+if TYPE_CHECKING:
+    from pcapd.controller import Controller
+
+# The controller's logger: these lines were its own, and operators filter on it.
+log = logging.getLogger("pcapd.controller")
+
+
+@dataclass(slots=True)
+class Job:
+    """The captures one delivery started. The delivery is acked when every one
+    is stored (uploaded or spooled) or reported; if one was captured and then
+    stored nowhere, it is released instead, so a durable source delivers the
+    request again."""
+
+    delivery: Delivery
+    remaining: int
+    durable: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: Callable[[bool], None] | None = None  # called once, with `durable`
+
+    def done(self, durable: bool) -> None:
+        with self.lock:
+            self.remaining -= 1
+            self.durable = self.durable and durable
+            finished = self.remaining == 0
+        if not finished:
+            return
+        try:
+            (self.delivery.ack if self.durable else self.delivery.release)()
+        except Exception:  # the source logs its own trouble; a worker must not die
+            log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
+        if self.finished is not None:
+            self.finished(self.durable)
+
+
+class Worker:
+    """One capture on one interface; its file then goes to the upload pool."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        request: CaptureRequest,
+        interface: str,
+        warnings: tuple[str, ...],
+        reservation: Reservation,
+    ) -> None:
+        self.controller = controller
+        self.request = request
+        self.interface = interface
+        self.warnings = warnings
+        self.reservation = reservation  # released exactly once, by settle()
+        self.job: Job | None = None
+        self.thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """The capture thread's body; never raises."""
+        try:
+            self._run()
+        except Exception as exc:
+            log.exception(
+                "event=capture_crashed id=%s interface=%s", self.request.id, self.interface
+            )
+            if not self.reservation.released:
+                self.controller.tell(
+                    self.request, "failed", interface=self.interface,
+                    error=f"capture failed: {exc!r}", warnings=self.warnings,
+                )  # fmt: skip
+            self.settle(durable=False)
+
+    def _run(self) -> None:
+        ctl = self.controller
+        # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
+        # the trigger thread, so requests keep being admitted or refused fast.
+        handle: pcap.pcap | None = None
+        try:
+            handle = ctl.pool.take(self.interface)
+            set_filter(handle, self.interface, self.request.bpf)
+        except CaptureError as exc:
+            if handle is not None:
+                close_handle(handle)
+            self.refused(str(exc))
+            return
+        finally:
+            ctl.pool.replenish()
+        try:
+            outcome = self._capture(handle)
+        except CaptureError as exc:  # e.g. bytes cannot hold this pcapng header
+            self.refused(str(exc))
+            return
+        self._captured(outcome)
+
+    def refused(self, error: str) -> None:
+        """Rejected before anything was captured: nothing to store."""
+        self.controller.reject(self.request, self.interface, error, self.warnings)
+        self.settle(durable=True)
+
+    def _capture(self, handle: pcap.pcap) -> CaptureOutcome:
+        ctl = self.controller
+        request = self.request
+        limits = CaptureLimits(
+            snap=request.snap, packets=request.packets, bytes=request.bytes,
+            duration=request.duration, timeout=request.timeout,
+        )  # fmt: skip
+        comments: dict[str, Any] = {
+            "request_id": request.id, "alertid": request.alertid, "node": ctl.node,
+            "tags": ",".join(request.tags), "customer": request.customer, "bpf": request.bpf,
+        }  # fmt: skip
+        event(
+            log, "capture_started", id=request.id, alertid=request.alertid,
+            interface=self.interface, bpf=request.bpf, packets=request.packets,
+            bytes=request.bytes, duration=request.duration, timeout=request.timeout,
+        )  # fmt: skip
+        debug = (
+            packet_logger(request.id, self.interface, handle.datalink())
+            if request.packetdebug
+            else None
+        )
+        try:
+            return capture(
+                handle, limits, fmt=request.format, interface=self.interface,
+                comments=comments, stop=ctl.capture_stop, packet_debug=debug,
+                on_start=ctl.capture_started.set,
+            )  # fmt: skip
+        finally:
+            close_handle(handle)
+
+    def _captured(self, outcome: CaptureOutcome) -> None:
+        """Free the slot at once; keep memory and disk for the file until it
+        is stored, by the upload pool."""
+        ctl = self.controller
+        packets, data = outcome.packets, outcome.data
+        result = ResultEvent.for_request(
+            self.request, ctl.node, "ok" if packets else "empty", warnings=self.warnings,
+            interface=self.interface, error=outcome.error, stop=outcome.stop,
+            packets=packets, bytes=len(data) if packets else 0,
+            kernel_dropped=outcome.kernel_dropped, started=iso_utc(outcome.started),
+            ended=iso_utc(outcome.ended),
+            sha256=hashlib.sha256(data).hexdigest() if packets else None,
+        )  # fmt: skip
+        self.reservation.free_slot()
+        ctl.untrack(self)
+        if not packets:
+            # As pcapdaemon: nothing captured, nothing to upload.
+            self.finish(result, {}, durable=True)
+            return
+        self.reservation.keep(len(data))
+        artifact = Artifact(
+            data=data,
+            filename=ctl.names(ctl.node, self.interface, outcome.started, self.request.id,
+                               self.request.format),
+            format=self.request.format, sha256=result.sha256 or "", request=self.request,
+            node=ctl.node, interface=self.interface,
+        )  # fmt: skip
+        ctl.submit(self, artifact, result)
+
+    def store(self, artifact: Artifact, result: ResultEvent) -> None:
+        """Deliver to every sink (an upload worker's job), then finish."""
+        try:
+            outcome = self.controller.deliverer.deliver(artifact, result)
+        except Exception as exc:  # a bug or an OSError past the deliverer's own handling
+            log.exception("event=store_crashed id=%s", self.request.id)
+            failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
+            self.finish(failed, {}, durable=False)
+            return
+        self.finish(outcome.apply(result), outcome.locations, durable=outcome.durable)
+
+    def finish(self, result: ResultEvent, locations: Mapping[str, str], durable: bool) -> None:
+        """Log and publish the final result, then settle."""
+        try:
+            event(
+                log, "capture_done", id=result.id, interface=result.interface,
+                status=result.status, stop=result.stop, packets=result.packets,
+                bytes=result.bytes, kernel_dropped=result.kernel_dropped,
+                locations=dict(locations), error=result.error,
+            )  # fmt: skip
+            self.controller.publish(result, self.request.reply_to)
+        finally:
+            self.settle(durable)
+
+    def settle(self, durable: bool) -> None:
+        """Release everything this capture holds and tell its job, exactly
+        once; a capture stored nowhere has its id forgotten, so it may come again."""
+        self.controller.untrack(self)
+        if not self.reservation.release():
+            return
+        if not durable:
+            self.controller.recent_ids.forget(self.request.id)
+        if self.job is not None:
+            self.job.done(durable)

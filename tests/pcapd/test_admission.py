@@ -1,0 +1,117 @@
+"""pcapd/admission.py: every bound refuses with its reason, and a reservation
+gives back what it holds exactly once, whichever path releases it first."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+
+from pcapd.admission import Admission, DiskSpace, Refused, disk_space
+from pcapd.core.config import parse_config
+from uploaders.spool import Spool
+
+# Bounds far below what a config allows, so the arithmetic is easy to read.
+GENERAL = dataclasses.replace(
+    parse_config({"general": {"node": "n1"}}).general, max_memory=2_500, max_concurrent=2
+)
+
+
+def space(free: int) -> DiskSpace:
+    """Every directory on one filesystem (st_dev 7) with `free` bytes."""
+    return lambda directory: (7, free)
+
+
+def test_slots_and_memory_refuse_with_the_bound_and_come_back_on_release() -> None:
+    adm = Admission(GENERAL, None, ())
+    first, second = adm.reserve(1_000), adm.reserve(1_000)
+    assert adm.free_slots() == 0
+    with pytest.raises(Refused, match=r"^max_concurrent=2 captures already running$"):
+        adm.reserve(1)
+    first.free_slot()  # captured: the slot goes, the memory stays
+    with pytest.raises(Refused, match=r"^bytes=1000 does not fit: 2000 of max_memory=2500 "):
+        adm.reserve(1_000)
+    first.keep(300)  # the file is smaller than its bound
+    third = adm.reserve(1_000)
+    for reservation in (first, second, third):
+        assert reservation.release()
+    assert adm.idle and adm.free_slots() == 2
+
+
+def test_release_happens_once_however_many_paths_reach_it() -> None:
+    adm = Admission(GENERAL, None, ())
+    reservation = adm.reserve(1_000)
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(reservation.release()))
+               for _ in range(8)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
+    reservation.keep(500)  # a late path after release changes nothing
+    reservation.free_slot()
+    assert adm.idle and (adm.active, adm.reserved) == (0, 0)
+
+
+def test_release_in_finally_survives_an_exception() -> None:
+    adm = Admission(GENERAL, None, ())
+    with pytest.raises(RuntimeError):
+        reservation = adm.reserve(1_000)
+        try:
+            raise RuntimeError("capture crashed")
+        finally:
+            reservation.release()
+    assert not reservation.release() and adm.idle
+
+
+def test_disk_counts_every_copy_and_what_was_promised(tmp_path: Path) -> None:
+    targets = (("local", str(tmp_path / "a")), ("spool", str(tmp_path / "b")))
+    adm = Admission(GENERAL, None, targets, space(3_000))
+    with pytest.raises(Refused) as refused:
+        Admission(GENERAL, None, targets, space(1_999)).reserve(1_000)
+    assert str(refused.value) == (
+        f"disk full: 1999 bytes free on the filesystem of {tmp_path}/a (local), "
+        f"{tmp_path}/b (spool), bytes=1000 needs 2000"
+    )
+    held = adm.reserve(1_000)
+    assert adm.disk_promised == {7: 2_000}
+    with pytest.raises(Refused, match=r"\(2000 promised to captures not yet stored\)$"):
+        adm.reserve(1_000)
+    held.keep(100)
+    assert adm.disk_promised == {7: 200}
+    assert held.release() and adm.idle
+
+
+def test_refused_on_disk_promises_nothing_in_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", 1_500)
+    targets = (("spool", str(tmp_path / "spool")),)
+    adm = Admission(GENERAL, spool, targets, space(500))
+    with pytest.raises(Refused, match=r"^disk full: "):
+        adm.reserve(1_000)
+    assert adm.idle
+    roomy = Admission(GENERAL, spool, targets)
+    held = roomy.reserve(1_000)
+    with pytest.raises(Refused, match=r"^spool full: .*\(1000 of them promised to running"):
+        roomy.reserve(1_000)
+    assert held.release() and roomy.idle
+
+
+def test_closed_admission_refuses_and_unmeasurable_disk_refuses(tmp_path: Path) -> None:
+    adm = Admission(GENERAL, None, ())
+    adm.close()
+    assert adm.free_slots() == 0
+    with pytest.raises(Refused, match=r"^shutting down: not taking new captures$"):
+        adm.reserve(1)
+
+    def broken(directory: str) -> tuple[int, int]:
+        raise PermissionError("denied")
+
+    with pytest.raises(Refused, match=r"^cannot check free space in /x \(local\): denied$"):
+        Admission(GENERAL, None, (("local", "/x"),), broken).reserve(1)
+
+
+def test_disk_space_looks_at_the_nearest_existing_parent(tmp_path: Path) -> None:
+    assert disk_space(str(tmp_path / "not" / "made")) == disk_space(str(tmp_path))
