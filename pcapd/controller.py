@@ -38,10 +38,9 @@ import redis
 from pcapd.admission import Admission, Refused
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
+from pcapd.core.fields import CHANNEL_RE, ID_RE
 from pcapd.core.logs import event
 from pcapd.core.request import (
-    _CHANNEL_RE,
-    _ID_RE,
     CaptureRequest,
     RequestError,
     addressed_to,
@@ -70,7 +69,7 @@ ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
 def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
     """The body's reply_to, when it is a valid channel name, whatever else is wrong."""
     value = fields.get("reply_to") if fields else None
-    return value if isinstance(value, str) and _CHANNEL_RE.fullmatch(value) else None
+    return value if isinstance(value, str) and CHANNEL_RE.fullmatch(value) else None
 
 
 class Controller:
@@ -298,7 +297,7 @@ class Controller:
                 if not addressed_to(fields, self.node):
                     return
                 raw_id = fields.get("id")
-                if isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id):
+                if isinstance(raw_id, str) and ID_RE.fullmatch(raw_id):
                     request_id = raw_id
                 reply_to = _reply_to(fields)
         self._answer_unparsed(delivery.body, request_id, reply_to, reason)

@@ -32,7 +32,7 @@ import pcap
 
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.core.errors import CaptureError as CaptureError  # what capture() raises
-from pcapd.core.request import bpf_problem, show
+from pcapd.core.fields import bpf_problem, show
 from pcapd.pcapfile import (
     EPB_HEAD,
     EPB_OVERHEAD,

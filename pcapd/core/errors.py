@@ -8,6 +8,14 @@ class PcapdError(Exception):
     """Something pcapd reports to a user; the message names what and why."""
 
 
+class RequestError(PcapdError):
+    """A request that cannot be served; the message is what the user sees."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
 class CaptureError(PcapdError):
     """A capture could not be opened, filtered or read (interface, BPF, libpcap)."""
 

@@ -11,142 +11,33 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import re2
 
 from pcapd.core.config import FORMATS, MAX_SNAPLENGTH, Config
-from pcapd.core.errors import PcapdError
-
-MAX_NODE_LEN = 253
-MAX_NODERE_LEN = 256
-MAX_BPF_LEN = 4096
-MAX_TEXT_LEN = 1024
-MAX_INTERFACES = 64
-PCAP_HEADER_LEN = 24  # the smallest file pcapd writes: a pcap header alone
-MAX_SHOWN = 80  # characters of a bad value quoted back to the sender
-
-_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Linux interface names (IFNAMSIZ 16) plus the `any` pseudo-device; no `/`, so
-# a name can never be mistaken for a path by pcap_open.
-_IFACE_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,32}")
-_CHANNEL_RE = re.compile(r"[\x21-\x7e]{1,256}")
-_ENDPOINT_RE = re.compile(r"[\x21-\x7e]+")
-# What no field's text may hold: C0 and C1 controls, DEL, and lone surrogates
-# (JSON's "\ud800" decodes to one; it is not text, and encoding it to UTF-8
-# for libpcap, RE2, a pcapng comment or a signature raises).
-_BAD_CHAR_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
-# libpcap's filter language is ASCII: nothing else reaches pcap_compile.
-_BPF_RE = re.compile(r"[\x20-\x7e]*")
-
-# pcapdaemon's Go struct fields. encoding/json matches a key to them case-
-# insensitively (Unicode simple folding: "Node", "BPF", even "\u212a" for k), an
-# exact-case key first; pcapd's own fields (id, format, sig, ...) are exact.
-GO_FIELDS = frozenset(
-    {
-        "node", "nodere", "interface", "alias", "tags", "bpf", "customer", "snap",
-        "packets", "alertid", "timeout", "duration", "bytes", "packetdebug",
-        "logrequest", "folder", "bucket", "acl", "region", "endpoint", "encryption",
-    }
-)  # fmt: skip
-
-KNOWN_FIELDS = frozenset(
-    {
-        "node", "nodere", "interface", "alias", "bpf", "snap", "packets", "bytes",
-        "duration", "timeout", "tags", "customer", "alertid", "packetdebug",
-        "logrequest", "folder", "bucket", "acl", "region", "endpoint", "encryption",
-        "id", "format", "lookback", "reply_to", "ts", "sig", "kid",
-    }
-)  # fmt: skip
-# Where pcapdaemon's code reads a zero as "not given" and uses its default.
-ZERO_IS_ABSENT = frozenset({"snap", "bytes", "duration", "timeout", "alertid"})
-# Fields whose empty value pcapdaemon's code reads as "not given".
-EMPTY_IS_ABSENT = frozenset(
-    {"node", "nodere", "interface", "alias", "tags", "customer", "folder", "bucket",
-     "acl", "region", "endpoint"}
-)  # fmt: skip
-
-
-def show(value: Any) -> str:
-    """`value` as JSON, cut to MAX_SHOWN characters: what an error quotes back.
-    ASCII only, so a surrogate or control character prints as its escape."""
-    try:
-        text = json.dumps(value)
-    except (ValueError, RecursionError):  # nested deeper than json can write back
-        text = f"<{type(value).__name__}>"
-    return text[:MAX_SHOWN]
-
-
-def text_problem(value: str) -> str | None:
-    """Why `value` is not clean text (a lone surrogate, a control character), or None."""
-    found = _BAD_CHAR_RE.search(value)
-    if found is None:
-        return None
-    char = found.group()
-    surrogate = _SURROGATE_RE.match(char) is not None
-    kind = "a lone surrogate (not UTF-8 text)" if surrogate else "a control character"
-    return f"holds {kind} U+{ord(char):04X} at character {found.start()}"
-
-
-def bpf_problem(bpf: str) -> str | None:
-    """Why libpcap must not be handed `bpf`, or None: filters are printable ASCII.
-    Checked by the parser and again by the engine, the one place that calls
-    setfilter: pypcap's setfilter fails on a surrogate after freeing memory it
-    frees again later, which aborts the process."""
-    if _BPF_RE.fullmatch(bpf):
-        return None
-    found = re.search(r"[^\x20-\x7e]", bpf)
-    assert found is not None
-    char = ord(found.group())
-    return f"holds U+{char:04X} at character {found.start()}; a filter is printable ASCII"
-
-
-def go_fold(key: str) -> str:
-    """The key as Go's encoding/json compares it to a field name; ASCII field
-    names fold only with their case pair, K with U+212A and s with U+017F."""
-    return key.replace("\u017f", "s").replace("\u212a", "k").lower()
-
-
-def fold_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """`data` with pcapdaemon's fields under their own names, as Go reads them:
-    `Node` or `PACKETS` count as `node` or `packets`. An exact-case key wins
-    over a folded one; among folded keys, the last (Go keeps the last too).
-    Returns the fields and a warning per key shadowed."""
-    fields: dict[str, Any] = {}
-    chosen: dict[str, str] = {}
-    warnings = []
-    for key, value in data.items():
-        name = key if key in KNOWN_FIELDS else go_fold(key)
-        if key in KNOWN_FIELDS or name not in GO_FIELDS:
-            fields[key] = value
-            continue
-        if name in data:
-            warnings.append(f"{show(key)}: ignored, {name} is given")
-            continue
-        if name in chosen:
-            warnings.append(f"{show(chosen[name])}: ignored, {show(key)} comes later")
-        chosen[name] = key
-        fields[name] = value
-    return fields, warnings
-
-
-def _given(data: Mapping[str, Any], name: str) -> Any:
-    """The field's value, or None where pcapdaemon would not see one: null, and
-    (as Go's zero values) 0 and empty strings or lists where its code says so."""
-    value = data.get(name)
-    if value is None or value is True or value is False:
-        return value
-    if value == 0 and type(value) is int:
-        return None if name in ZERO_IS_ABSENT else value
-    if (value == "" or value == []) and name in EMPTY_IS_ABSENT:
-        return None
-    return value
+from pcapd.core.errors import RequestError as RequestError  # what parse_request raises
+from pcapd.core.fields import (
+    CHANNEL_RE,
+    ID_RE,
+    KNOWN_FIELDS,
+    MAX_BPF_LEN,
+    MAX_NODE_LEN,
+    MAX_NODERE_LEN,
+    MAX_TEXT_LEN,
+    PCAP_HEADER_LEN,
+    Fields,
+    bpf_problem,
+    endpoint_problem,
+    fold_keys,
+    given,
+    holds_surrogate,
+    show,
+    text_problem,
+)
 
 
 @functools.lru_cache(maxsize=256)  # addressed_to and parse_fields compile the same one
@@ -156,14 +47,6 @@ def compile_nodere(pattern: str) -> re2._Regexp[str]:
     options = re2.Options()
     options.log_errors = False
     return re2.compile(pattern, options)
-
-
-class RequestError(PcapdError):
-    """A request that cannot be served; the message is what the user sees."""
-
-    def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,75 +113,6 @@ _TUPLE_FIELDS = frozenset(
 )
 
 
-class _Fields:
-    def __init__(self, data: Mapping[str, Any], request_id: str | None) -> None:
-        self.data = data
-        self.request_id = request_id
-
-    def fail(self, message: str) -> RequestError:
-        return RequestError(message, self.request_id)
-
-    def value(self, name: str) -> Any:
-        return _given(self.data, name)
-
-    def integer(self, name: str, default: int, cap: int | None, cap_name: str = "") -> int:
-        value = self.value(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{name}: expected a JSON integer, got {show(value)}")
-        if value < 1:
-            raise self.fail(f"{name}={value}: must be positive")
-        if cap is not None and value > cap:
-            raise self.fail(f"{name}={value} exceeds {cap_name}={cap}")
-        return value
-
-    def check_text(
-        self, name: str, value: str, limit: int, rule: Callable[[str], str | None] = text_problem
-    ) -> str:
-        if len(value) > limit:
-            raise self.fail(f"{name}: {len(value)} characters; the limit is {limit}")
-        problem = rule(value)
-        if problem is not None:
-            raise self.fail(f"{name}: {show(value)} {problem}")
-        return value
-
-    def text(
-        self, name: str, limit: int = MAX_TEXT_LEN, rule: Callable[[str], str | None] = text_problem
-    ) -> str | None:
-        value = self.value(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.fail(f"{name}: expected a string, got {show(value)}")
-        return self.check_text(name, value, limit, rule)
-
-    def flag(self, name: str) -> bool | None:
-        value = self.value(name)
-        if value is None:
-            return None
-        if not isinstance(value, bool):
-            raise self.fail(f"{name}: expected true or false, got {show(value)}")
-        return value
-
-    def names(self, name: str) -> tuple[str, ...]:
-        """A list of names; a single string is accepted as a list of one."""
-        value = self.value(name)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value:
-            raise self.fail(f"{name}: expected a non-empty list of names, got {show(value)}")
-        if len(value) > MAX_INTERFACES:
-            raise self.fail(f"{name}: {len(value)} names; the limit is {MAX_INTERFACES}")
-        for item in value:
-            # ASCII only: no surrogate or control character passes this.
-            if not isinstance(item, str) or not _IFACE_RE.fullmatch(item):
-                raise self.fail(
-                    f"{name}: {show(item)} is not a valid name (1-32 of A-Z a-z 0-9 _ . : @ -)"
-                )
-        return tuple(dict.fromkeys(value))
-
-
 def decode_body(body: bytes | str, max_bytes: int) -> dict[str, Any]:
     """The JSON object in `body`, or RequestError saying why there is none.
     The size is checked first, so an oversized body is never parsed."""
@@ -329,7 +143,7 @@ def addressed_to(data: Mapping[str, Any], node: str) -> bool:
     malformed, no node can tell: every node parses and rejects it.
     """
     fields, _ = fold_keys(data)
-    name, pattern = _given(fields, "node"), _given(fields, "nodere")
+    name, pattern = given(fields, "node"), given(fields, "nodere")
     if isinstance(name, str) and pattern is None:
         return name in ("any", node)
     if (
@@ -353,58 +167,29 @@ def _request_id(data: Mapping[str, Any], default_id: str | None) -> str:
     """The request's own id, else `default_id` (a durable source's message id, so
     a redelivery keeps its id), else a random one. A bad id is rejected, the
     rejection carrying `default_id` so that the sender can still find it."""
-    fallback = default_id if default_id and _ID_RE.fullmatch(default_id) else None
+    fallback = default_id if default_id and ID_RE.fullmatch(default_id) else None
     raw_id = data.get("id")
     if raw_id is None:
         return fallback or uuid.uuid4().hex
-    if isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id):
+    if isinstance(raw_id, str) and ID_RE.fullmatch(raw_id):
         return raw_id
     raise RequestError(f"id: {show(raw_id)} is not 1-128 of A-Z a-z 0-9 . _ : -", fallback)
 
 
-def _check_keys(data: Mapping[str, Any], f: _Fields) -> None:
+def _check_keys(data: Mapping[str, Any], f: Fields) -> None:
     for key in data:
         problem = text_problem(key)
         if problem is not None:
             raise f.fail(f"field name {show(key)} {problem}")
 
 
-def _check_ignored(data: Mapping[str, Any], f: _Fields) -> None:
+def _check_ignored(data: Mapping[str, Any], f: Fields) -> None:
     """No field pcapd ignores holds a lone surrogate either: the signature and
     the request log encode the whole request. (Control characters there are
     served, as pcapdaemon ignored such fields.) The fields read were checked."""
     for key, value in data.items():
-        if key not in KNOWN_FIELDS and _holds_surrogate(value):
+        if key not in KNOWN_FIELDS and holds_surrogate(value):
             raise f.fail(f"{key}: holds a lone surrogate (not UTF-8 text) in a field pcapd ignores")
-
-
-def _holds_surrogate(value: Any) -> bool:
-    stack = [value]  # not recursive: json.loads allows deeper nesting than a Python call chain
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE_RE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-def _endpoint_problem(endpoint: str) -> str | None:
-    """Why `endpoint` is not a host or URL boto3 and the upload policy can use."""
-    if not _ENDPOINT_RE.fullmatch(endpoint):
-        return "expected a host name or URL of printable ASCII without spaces"
-    try:
-        parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
-        _ = parts.port  # raises on a port that is not a number or out of range
-    except ValueError as exc:
-        return f"not a host name or URL: {exc}"
-    if not parts.hostname:
-        return "not a host name or URL: no host"
-    return None
 
 
 def parse_fields(
@@ -421,7 +206,7 @@ def parse_fields(
     raw = data
     data, warnings = fold_keys(raw)
     request_id = _request_id(data, default_id)
-    f = _Fields(data, request_id)
+    f = Fields(data, request_id)
     _check_keys(raw, f)
 
     node = f.text("node", MAX_NODE_LEN)
@@ -456,7 +241,7 @@ def parse_fields(
     if "lookback" in data:
         raise f.fail("lookback: this node keeps no lookback ring")
     reply_to = f.text("reply_to")
-    if reply_to is not None and not _CHANNEL_RE.fullmatch(reply_to):
+    if reply_to is not None and not CHANNEL_RE.fullmatch(reply_to):
         raise f.fail("reply_to: expected 1-256 printable characters without spaces")
 
     tags_value = f.value("tags")
@@ -479,7 +264,7 @@ def parse_fields(
         raise f.fail(f"ts: expected a JSON integer (Unix seconds), got {show(ts)}")
 
     endpoint = f.text("endpoint")
-    problem = None if endpoint is None else _endpoint_problem(endpoint)
+    problem = None if endpoint is None else endpoint_problem(endpoint)
     if problem is not None:
         raise f.fail(f"endpoint: {show(endpoint)}: {problem}")
 

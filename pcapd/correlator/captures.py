@@ -25,7 +25,7 @@ from pcapd.core.config import Config
 from pcapd.signing import sign
 
 ID_PREFIX = "c"
-_ID_RE = re.compile(r"c_([0-9a-fA-F.:]+)_([0-9a-fA-F.:]+)_(\d+|any)_[0-9a-f]{12}")
+ID_RE = re.compile(r"c_([0-9a-fA-F.:]+)_([0-9a-fA-F.:]+)_(\d+|any)_[0-9a-f]{12}")
 _ALIAS_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 EVENT_POLL = 1.0  # seconds between keep-alives on a live results stream
 EVENT_MARGIN = 20  # seconds past a capture's own bounds to keep listening
@@ -128,7 +128,7 @@ def publish(client: redis.Redis, config: Config, body: dict[str, Any]) -> dict[s
 
 def flow_of(request_id: str) -> tuple[str, str, int | None] | None:
     """(client, service, port) from a correlator's request id."""
-    match = _ID_RE.fullmatch(request_id or "")
+    match = ID_RE.fullmatch(request_id or "")
     if match is None:
         return None
     port = None if match[3] == "any" else int(match[3])

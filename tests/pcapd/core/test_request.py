@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 
 from pcapd.core.config import MAX_SNAPLENGTH, Config, load_config, parse_config
+from pcapd.core.fields import MAX_INTERFACES, MAX_NODERE_LEN, MAX_TEXT_LEN
 from pcapd.core.request import (
-    MAX_INTERFACES,
-    MAX_NODERE_LEN,
-    MAX_TEXT_LEN,
     CaptureRequest,
     RequestError,
     addressed_to,

@@ -17,15 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcapd.core.config import MAX_SNAPLENGTH, Config, load_config
+from pcapd.core.fields import KNOWN_FIELDS, text_problem
 from pcapd.core.request import (
-    KNOWN_FIELDS,
     CaptureRequest,
     RequestError,
     addressed_to,
     decode_body,
     parse_fields,
     parse_request,
-    text_problem,
 )
 from pcapd.pcapfile import pcapng_header
 from pcapd.signing import canonical
