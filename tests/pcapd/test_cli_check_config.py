@@ -55,7 +55,7 @@ def test_every_error_is_printed_and_exit_is_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        f"{path}: error: general.maxpackets: must be at least 1, got 0",
+        f"{path}: error: general.maxpackets: must be at least 1 and at most 2147483647, got 0",
         f"{path}: error: general.snaplength: expected an integer, got 'big'",
         f"{path}: error: redis.url: scheme 'http' is not one of redis://, rediss://, unix://",
         f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
