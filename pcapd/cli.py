@@ -34,8 +34,9 @@ WAIT_MARGIN = 15.0  # seconds past a request's own bounds to wait for its result
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # a ConfigError is printed by main()
     problems = [] if args.agent_only else config.serve_problems()
-    problems += _agent_problems(config)
-    for warning in config.warnings:
+    agent_problems, agent_warnings = _agent_checks(config)
+    problems += agent_problems
+    for warning in [*config.warnings, *agent_warnings]:
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"{args.config}: error: {problem}", file=sys.stderr)
@@ -45,9 +46,9 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agent_problems(config: Config) -> list[str]:
-    """Errors in the [agents.*] sections, which each agent validates itself."""
-    checks: dict[str, Callable[[Any], object]] = {}
+def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
+    """Errors and warnings in the [agents.*] sections, which each agent validates itself."""
+    checks: dict[str, Callable[[Any], Any]] = {}
     if "dnstap" in config.agents:
         from agents.dnstap.config import parse_dnstap_config
 
@@ -57,14 +58,15 @@ def _agent_problems(config: Config) -> list[str]:
 
         checks["flow"] = parse_flow_config
     problems: list[str] = []
+    warnings: list[str] = []
     for name, check in checks.items():
         try:
-            check(config.agents[name])
+            warnings.extend(check(config.agents[name]).warnings)
         except ConfigError as exc:
             problems.extend(exc.errors)
     unknown = sorted(set(config.agents) - {"dnstap", "flow"})
     problems.extend(f"agents.{name}: unknown agent (dnstap, flow)" for name in unknown)
-    return problems
+    return problems, warnings
 
 
 def _serve(args: argparse.Namespace) -> int:

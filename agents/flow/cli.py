@@ -126,6 +126,9 @@ def main(argv: list[str]) -> int:
         for line in exc.lines():
             print(f"pcapd agent flow: {line}", file=sys.stderr)
         return 1
+    where = f"{args.config}: " if args.config else ""
+    for warning in flow.warnings:
+        print(f"pcapd agent flow: {where}warning: {warning}", file=sys.stderr)
     writer = make_writer(lambda: connect(redis_config), flow)
     try:
         agent = FlowAgent(flow, writer)

@@ -128,9 +128,7 @@ class Table:
         return value
 
     def optional_int(self, key: str, *, maximum: int) -> int | None:
-        if self.get(key) is None:
-            return None
-        return self.get_int(key, 0, minimum=1, maximum=maximum)
+        return self.get_int(key, 0, minimum=1, maximum=maximum) or None  # 0: absent or bad
 
     def get_float(self, key: str, default: float, *, minimum: float, maximum: float) -> float:
         value = self.get(key)
@@ -236,7 +234,7 @@ class Table:
         if value is None:
             return []
         if not isinstance(value, list):
-            self.error(key, "expected a list of tables")
+            self.bad(key, value, "expected a list of tables")
             return []
         where = f"{self.name}.{key}"
         return [Table(t, f"{where}[{i}]", self.errors, self.warnings) for i, t in enumerate(value)]
