@@ -21,6 +21,7 @@ from agents.dnstap import fstrm
 from agents.dnstap.message import MESSAGE_TYPES
 from agents.dnstap.response import TYPE_A, TYPE_AAAA
 from pcapd.core.configread import ConfigError, Table
+from pcapd.core.configread import HostPort as HostPort  # agent.py and tests import it here
 from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnstap"
@@ -51,19 +52,9 @@ MIN_FRAME_BYTES = 1024
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 DEFAULT_UDP_TTL = 1
 MAX_UDP_TTL = 255
-MAX_PORT = 65_535
 # Twice agents.store's default: a resolver's burst fills it within ms, and
 # fewer, larger script calls kept Redis ahead of decoding in bench/.
 DEFAULT_BATCH_OPS = 2_000
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,24 +98,6 @@ class DnstapConfig:
     @property
     def record_type_numbers(self) -> frozenset[int]:
         return frozenset(RECORD_TYPES[name] for name in self.record_types)
-
-
-def _host_port(t: Table, key: str) -> HostPort | None:
-    text = t.optional_str(key)
-    if text is None:
-        return None
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        t.error(key, f"{text!r} is not ADDRESS:PORT with a literal IP address")
-        return None
-    if not sep or not 0 <= number <= MAX_PORT:
-        t.error(key, f"{text!r}: port {port} is outside 0..{MAX_PORT}")
-        return None
-    return HostPort(host, number)
 
 
 def _mode(t: Table) -> int:
@@ -175,7 +148,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         socket=t.get_str("socket", DEFAULT_SOCKET) or None,
         socket_mode=_mode(t),
         socket_group=t.optional_str("socket_group"),
-        listen=_host_port(t, "listen"),
+        listen=t.host_port("listen"),
         tls_cert=t.optional_str("tls_cert"),
         tls_key=t.optional_str("tls_key"),
         ttl_grace=t.get_int("ttl_grace", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
@@ -217,7 +190,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         stats_interval=t.get_float(
             "stats_interval", DEFAULT_STATS_INTERVAL, minimum=0.0, maximum=MAX_STATS_INTERVAL
         ),
-        udp_output=_host_port(t, "udp_output"),
+        udp_output=t.host_port("udp_output"),
         udp_interface=t.optional_str("udp_interface"),
         udp_ttl=t.get_int("udp_ttl", DEFAULT_UDP_TTL, minimum=0, maximum=MAX_UDP_TTL),
     )

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from pcapd.core.configread import MAX_PORT, Table
 from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
-from pcapd.core.configread import Table
 from pcapd.core.secret import Secret
 
 # pcapdaemon's documented defaults (its own code never applied them).
@@ -52,7 +52,6 @@ LOG_FORMATS = ("kv", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DEFAULT_REDIS_PORT = 6379
-MAX_PORT = 65_535
 MAX_REDIS_DB = 2**31 - 1  # Redis' `databases` is a C int
 DEFAULT_CHANNEL = "capture"
 DEFAULT_RESULTS_CHANNEL = "capture-results"

@@ -35,8 +35,10 @@ reader, about 200 lines.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pcapd.core.errors import PcapdError
@@ -44,6 +46,18 @@ from pcapd.core.secret import Secret, resolve_secret
 
 # The cap on an integer read without its own maximum: what TOML itself allows.
 MAX_INT = 2**63 - 1
+MAX_PORT = 65_535
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A literal IP address and a port, as `host_port` reads it."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 class ConfigError(PcapdError):
@@ -198,6 +212,24 @@ class Table:
         elif not names and len(self.errors) == before:
             self.error(key, "must name at least one of " + ", ".join(choices))
         return names if len(self.errors) == before else default
+
+    def host_port(self, key: str) -> HostPort | None:
+        """`ADDRESS:PORT` with a literal IP address (`[::1]:6000` for IPv6), or None."""
+        text = self.optional_str(key)
+        if text is None:
+            return None
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            number = int(port)
+        except ValueError:
+            self.error(key, f"{text!r} is not ADDRESS:PORT with a literal IP address")
+            return None
+        if not sep or not 0 <= number <= MAX_PORT:
+            self.error(key, f"{text!r}: port {port} is outside 0..{MAX_PORT}")
+            return None
+        return HostPort(host, number)
 
     def secret(self, key: str) -> Secret | None:
         """A secret string; whatever else is written there, the error names only

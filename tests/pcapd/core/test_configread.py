@@ -54,6 +54,10 @@ def read(table: Any, call: str, *args: Any, **kwargs: Any) -> tuple[Any, list[st
          "agents.x.k: expected a string, got an integer (value not shown)"),
         ({"k": {"a": 4815162342}}, "secret_map", ("k",), {},
          'agents.x.k: expected a table of name = "secret"'),
+        ({"h": "localhost:6000"}, "host_port", ("h",), {},
+         "agents.x.h: 'localhost:6000' is not ADDRESS:PORT with a literal IP address"),
+        ({"h": "[::1]:70000"}, "host_port", ("h",), {},
+         "agents.x.h: '[::1]:70000': port 70000 is outside 0..65535"),
         ({"t": "x"}, "tables", ("t",), {}, "agents.x.t: expected a list of tables, got 'x'"),
     ],
 )  # fmt: skip
@@ -74,6 +78,7 @@ def test_good_values() -> None:
     assert t.optional_str("s") is None  # TOML has no null: "" is unset
     secret = t.secret("k")
     assert secret is not None and secret.reveal() == "pw" and "pw" not in repr(secret)
+    assert str(Table({"h": "[::1]:6000"}, "x").host_port("h")) == "[::1]:6000"
     assert t.errors == []
 
 
