@@ -46,6 +46,7 @@ MAX_SNAPLEN = 65_535
 # ~100k packets at the default snaplen.
 DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024
 MIN_BUFFER_SIZE = 64 * 1024
+DEFAULT_DIRECTION = "in"  # ShoDoHFlo: only traffic arriving at the interface
 DIRECTIONS = ("in", "inout", "out")
 MAX_BUFFER_SIZE = 2**31 - 1  # libpcap's buffer size is a C int
 DEFAULT_SUPPRESS_WINDOW = 30.0
@@ -91,7 +92,7 @@ class FlowConfig:
     suppress_window: float = DEFAULT_SUPPRESS_WINDOW
     snaplen: int = DEFAULT_SNAPLEN
     promisc: bool = True
-    direction: str = "in"
+    direction: str = DEFAULT_DIRECTION
     buffer_size: int = DEFAULT_BUFFER_SIZE
     bpf: str = ""
     ttl: int = store.DEFAULT_TTL_GRACE
@@ -280,7 +281,7 @@ def parse_flow_config(table: Any) -> FlowConfig:
         ),
         snaplen=t.get_int("snaplen", DEFAULT_SNAPLEN, minimum=MIN_SNAPLEN, maximum=MAX_SNAPLEN),
         promisc=t.get_bool("promisc", True),
-        direction=t.get_str("direction", "in", choices=DIRECTIONS),
+        direction=t.get_str("direction", DEFAULT_DIRECTION, choices=DIRECTIONS),
         buffer_size=t.get_int(
             "buffer_size", DEFAULT_BUFFER_SIZE, minimum=MIN_BUFFER_SIZE, maximum=MAX_BUFFER_SIZE
         ),

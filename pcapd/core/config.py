@@ -47,10 +47,14 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
 MIN_MAX_REQUEST_BYTES = 1024
 MAX_MAX_REQUEST_BYTES = 16 << 20
 MAX_SNAPLENGTH = 262_144
+DEFAULT_FORMAT = "pcap"
 FORMATS = ("pcap", "pcapng")
+DEFAULT_LOG_FORMAT = "kv"
 LOG_FORMATS = ("kv", "json")
+DEFAULT_LOG_LEVEL = "info"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+DEFAULT_REDIS_HOST = "127.0.0.1"
 DEFAULT_REDIS_PORT = 6379
 MAX_REDIS_DB = 2**31 - 1  # Redis' `databases` is a C int
 DEFAULT_CHANNEL = "capture"
@@ -62,11 +66,13 @@ DEFAULT_REQUEST_STREAM = "capture-requests"
 DEFAULT_HEALTH_CHECK_INTERVAL = 15
 MAX_HEALTH_CHECK_INTERVAL = 3_600
 
+DEFAULT_NAMING = "pcapd"
 NAMINGS = ("pcapd", "pcapdaemon")
 
 DEFAULT_SYSLOG_PRIORITY = 25  # LOG_DAEMON | LOG_ALERT, as pcapdaemon's sample
 MAX_SYSLOG_PRIORITY = 191  # facility local7 | severity debug
 DEFAULT_SYSLOG_TAG = "pcapd"
+DEFAULT_SYSLOG_ADDRESS = "/dev/log"
 
 DEFAULT_UPLOAD_ATTEMPTS = 4
 MAX_UPLOAD_ATTEMPTS = 100
@@ -83,6 +89,9 @@ DEFAULT_DRAIN_INTERVAL = 30.0
 MIN_DRAIN_INTERVAL = 0.1
 MAX_DRAIN_INTERVAL = 86_400.0
 
+DEFAULT_CS_HOST = "localhost"
+DEFAULT_CS_SCHEME = "https"
+CS_SCHEMES = ("http", "https")
 DEFAULT_CS_CONNECT_TIMEOUT = 5.0
 DEFAULT_CS_READ_TIMEOUT = 120.0
 MIN_CS_TIMEOUT = 0.1
@@ -99,6 +108,7 @@ DEFAULT_SQS_CHUNK = 10
 MAX_SQS_CHUNK = 10  # SQS's own limit
 DEFAULT_SQS_VISIBILITY = 30
 MAX_SQS_VISIBILITY = 43_200  # SQS's own limit: 12 hours
+DEFAULT_NOT_FOR_ME = "release"
 NOT_FOR_ME = ("release", "delete")
 
 DEFAULT_MAX_SKEW = 300
@@ -120,23 +130,23 @@ class GeneralConfig:
     maxbytes: int = DEFAULT_MAXBYTES
     packetdebug: bool = False
     defaultduration: int = DEFAULT_DURATION
-    format: str = "pcap"
+    format: str = DEFAULT_FORMAT
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     # Worst case held by captures: max_memory bytes, since every capture
     # reserves its `bytes` bound before it starts.
     max_memory: int = DEFAULT_MAX_MEMORY
     buffer_size: int = DEFAULT_BUFFER_SIZE
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    log_format: str = "kv"
-    log_level: str = "info"
+    log_format: str = DEFAULT_LOG_FORMAT
+    log_level: str = DEFAULT_LOG_LEVEL
     logrequests: bool = False  # log every request body as it arrives (pcapdaemon's option)
-    naming: str = "pcapd"  # file names and S3 keys: pcapd's, or pcapdaemon's host-iface-time
+    naming: str = DEFAULT_NAMING  # file names and S3 keys: pcapd's, or pcapdaemon's host-iface-time
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     listen: bool = True
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_REDIS_HOST
     port: int = DEFAULT_REDIS_PORT
     channel: str = DEFAULT_CHANNEL
     auth: Secret | None = None
@@ -169,7 +179,7 @@ class SyslogConfig:
     enabled: bool = False
     priority: int = DEFAULT_SYSLOG_PRIORITY
     tag: str = DEFAULT_SYSLOG_TAG
-    address: str = "/dev/log"
+    address: str = DEFAULT_SYSLOG_ADDRESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +191,8 @@ class InterfaceConfig:
 @dataclass(frozen=True, slots=True)
 class CloudsharkConfig:
     upload: bool = False
-    host: str = "localhost"
-    scheme: str = "https"
+    host: str = DEFAULT_CS_HOST
+    scheme: str = DEFAULT_CS_SCHEME
     port: int | None = None
     token: Secret | None = None
     ca_bundle: str | None = None
@@ -221,7 +231,7 @@ class SqsConfig:
     waitseconds: int = DEFAULT_SQS_WAIT
     chunksize: int = DEFAULT_SQS_CHUNK
     visibility_timeout: int = DEFAULT_SQS_VISIBILITY
-    not_for_me: str = "release"
+    not_for_me: str = DEFAULT_NOT_FOR_ME
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +328,7 @@ def _general(section: Table, hostname: str) -> GeneralConfig:
         maxbytes=maxbytes,
         packetdebug=s.get_bool("packetdebug", False),
         defaultduration=s.get_int("defaultduration", maxduration, maximum=MAX_SECONDS),
-        format=s.get_str("format", "pcap", choices=FORMATS),
+        format=s.get_str("format", DEFAULT_FORMAT, choices=FORMATS),
         max_concurrent=s.get_int("max_concurrent", DEFAULT_MAX_CONCURRENT, maximum=MAX_CONCURRENT),
         max_memory=max_memory,
         buffer_size=s.get_int(
@@ -330,10 +340,10 @@ def _general(section: Table, hostname: str) -> GeneralConfig:
             minimum=MIN_MAX_REQUEST_BYTES,
             maximum=MAX_MAX_REQUEST_BYTES,
         ),
-        log_format=s.get_str("log_format", "kv", choices=LOG_FORMATS),
-        log_level=s.get_str("log_level", "info", choices=LOG_LEVELS),
+        log_format=s.get_str("log_format", DEFAULT_LOG_FORMAT, choices=LOG_FORMATS),
+        log_level=s.get_str("log_level", DEFAULT_LOG_LEVEL, choices=LOG_LEVELS),
         logrequests=s.get_bool("logrequests", False),
-        naming=s.get_str("naming", "pcapd", choices=NAMINGS),
+        naming=s.get_str("naming", DEFAULT_NAMING, choices=NAMINGS),
     )
     if general.defaulttimeout > general.maxtimeout:
         s.exceeds("defaulttimeout", general.defaulttimeout, "maxtimeout", general.maxtimeout)
@@ -361,7 +371,7 @@ def _redis(s: Table) -> RedisConfig:
             s.errors.append(f"redis.url: {exc}")
     return RedisConfig(
         listen=s.get_bool("listen", True),
-        host=s.get_str("host", "127.0.0.1"),
+        host=s.get_str("host", DEFAULT_REDIS_HOST),
         port=s.get_int("port", DEFAULT_REDIS_PORT, maximum=MAX_PORT),
         channel=s.get_str("channel", DEFAULT_CHANNEL) or DEFAULT_CHANNEL,
         auth=s.secret("auth"),
@@ -394,7 +404,7 @@ def _syslog(s: Table) -> SyslogConfig:
             "priority", DEFAULT_SYSLOG_PRIORITY, minimum=0, maximum=MAX_SYSLOG_PRIORITY
         ),
         tag=s.get_str("tag", DEFAULT_SYSLOG_TAG),
-        address=s.get_str("address", "/dev/log"),
+        address=s.get_str("address", DEFAULT_SYSLOG_ADDRESS),
     )
 
 
@@ -429,8 +439,8 @@ def _cloudshark(s: Table) -> CloudsharkConfig:
         s.errors.append("cloudshark.timeout, cloudshark.read_timeout: set one, not both")
     config = CloudsharkConfig(
         upload=s.get_bool("upload", False),
-        host=s.get_str("host", "localhost"),
-        scheme=s.get_str("scheme", "https", choices=("http", "https")),
+        host=s.get_str("host", DEFAULT_CS_HOST),
+        scheme=s.get_str("scheme", DEFAULT_CS_SCHEME, choices=CS_SCHEMES),
         port=s.optional_int("port", maximum=MAX_PORT),
         token=s.secret("token"),
         ca_bundle=s.optional_str("ca_bundle"),
@@ -505,7 +515,7 @@ def _sqs(s: Table) -> SqsConfig:
         visibility_timeout=s.get_int(
             "visibility_timeout", DEFAULT_SQS_VISIBILITY, maximum=MAX_SQS_VISIBILITY
         ),
-        not_for_me=s.get_str("not_for_me", "release", choices=NOT_FOR_ME),
+        not_for_me=s.get_str("not_for_me", DEFAULT_NOT_FOR_ME, choices=NOT_FOR_ME),
     )
     if config.listen and not config.url:
         s.errors.append("sqs.url: required when sqs.listen = true")
