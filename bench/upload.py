@@ -7,8 +7,14 @@ RSS against the largest capture. Target (issue 3): peak RSS <= 1.2 x the
 largest capture + 60 MiB, i.e. the capture is not copied again for upload.
 
   pcapd  S3Uploader: PutObject / multipart parts straight from the capture's buffer
+  wal    pcapd's whole hand-off: Deliverer with a spool, so each capture is
+         written ahead (data + sidecar, fsynced, renamed) before the upload
+         and removed after it; the spool is on the disk under /tmp
   peer   what a straightforward port does: put_object(Body=bytes(capture))
   boto3  boto3's managed transfer: upload_fileobj(io.BytesIO(capture)), 8 MiB parts
+
+The write-ahead cost per capture is the difference of the 1 MiB times of
+wal and pcapd, in the same run.
 
 moto assembles multipart uploads slowly, so on loopback a single PutObject
 (peer) often has the higher large-file MB/s; boto3 is the like-for-like peer.
@@ -24,9 +30,11 @@ import io
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,7 +50,7 @@ TARGET_FACTOR = 1.2
 TARGET_SLACK_MIB = 60
 STARTUP_TIMEOUT = 30.0
 KEY_ID, SECRET = "AKIABENCH", "bench-secret"
-VARIANTS = ("pcapd", "peer", "boto3")
+VARIANTS = ("pcapd", "wal", "peer", "boto3")
 
 
 def rss_mib() -> float:
@@ -68,7 +76,10 @@ def child(variant: str, endpoint: str, bucket: str, small: int, large_mib: int) 
     from pcapd.core.request import CaptureRequest
     from pcapd.core.secret import Secret
     from uploaders.base import Artifact
+    from uploaders.deliver import Deliverer
+    from uploaders.retry import RetryPolicy
     from uploaders.s3 import S3Uploader, boto3_client_factory
+    from uploaders.spool import Spool
 
     config = S3Config(
         upload=True, accessid=KEY_ID, accesskey=Secret(SECRET), endpoint=endpoint,
@@ -76,18 +87,23 @@ def child(variant: str, endpoint: str, bucket: str, small: int, large_mib: int) 
     )  # fmt: skip
     uploader = S3Uploader(config)
     client = boto3_client_factory(config)(endpoint, "us-east-1")
+    spool_dir = Path(tempfile.mkdtemp(prefix="pcapd-bench-spool-"))
+    deliverer = Deliverer([uploader], RetryPolicy(1, 0.0, 0.0), Spool(spool_dir, 1 << 40))
     request = CaptureRequest(
         id="bench", node="any", nodere=None, interfaces=("lo",), aliases=(), bpf="",
         snap=65535, packets=1, bytes=1000, duration=1, timeout=1, format="pcap",
     )  # fmt: skip
 
     def send(data: bytearray, name: str) -> None:
-        if variant == "pcapd":
+        if variant in ("pcapd", "wal"):
             artifact = Artifact(
                 data=data, filename=name, format="pcap",
                 sha256=hashlib.sha256(data).hexdigest(), request=request, node="n", interface="lo",
             )  # fmt: skip
-            uploader.upload(artifact)
+            if variant == "pcapd":
+                uploader.upload(artifact)
+            elif deliverer.deliver(artifact).status != "ok":
+                raise SystemExit(f"wal: {name} was not delivered")
         elif variant == "peer":
             client.put_object(Bucket=bucket, Key=f"{variant}/{name}", Body=bytes(data))
         else:
@@ -108,9 +124,11 @@ def child(variant: str, endpoint: str, bucket: str, small: int, large_mib: int) 
     send(large, "large.pcap")
     large_seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shutil.rmtree(spool_dir)
     print(
         json.dumps(
             {
+                "small_ms": small_seconds / small * 1000,
                 "small_mbps": small * SMALL_SIZE / MIB / small_seconds,
                 "large_mbps": large_mib / large_seconds,
                 "baseline_mib": baseline,
@@ -183,7 +201,14 @@ def main() -> int:
             f"{r['baseline_mib']:8.0f}M {r['peak_mib']:8.0f}M"
         )
     ours = results["pcapd"]
-    for name in VARIANTS[1:]:
+    wal = results["wal"]
+    print(
+        f"write-ahead: {wal['small_ms'] - ours['small_ms']:.1f} ms per 1 MiB capture "
+        f"({wal['small_ms']:.1f} vs {ours['small_ms']:.1f} ms, ratio wal/pcapd "
+        f"{wal['small_ms'] / ours['small_ms']:.2f}x); peak RSS {wal['peak_mib']:.0f} MiB "
+        f"vs {ours['peak_mib']:.0f} MiB"
+    )
+    for name in VARIANTS[2:]:
         peer = results[name]
         print(
             f"ratio pcapd/{name}: peak RSS {ours['peak_mib'] / peer['peak_mib']:.2f}x, "

@@ -57,6 +57,10 @@ def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
         from agents.flow.config import parse_flow_config
 
         checks["flow"] = parse_flow_config
+    if "dnswire" in config.agents:
+        from agents.dnswire.config import parse_dnswire_config
+
+        checks["dnswire"] = parse_dnswire_config
     problems: list[str] = []
     warnings: list[str] = []
     for name, check in checks.items():
@@ -64,8 +68,8 @@ def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
             warnings.extend(check(config.agents[name]).warnings)
         except ConfigError as exc:
             problems.extend(exc.errors)
-    unknown = sorted(set(config.agents) - {"dnstap", "flow"})
-    problems.extend(f"agents.{name}: unknown agent (dnstap, flow)" for name in unknown)
+    unknown = sorted(set(config.agents) - {"dnstap", "flow", "dnswire"})
+    problems.extend(f"agents.{name}: unknown agent (dnstap, flow, dnswire)" for name in unknown)
     return problems, warnings
 
 
@@ -234,6 +238,14 @@ def _agent(args: argparse.Namespace) -> int:
         from agents.dnstap.cli import main as dnstap_main
 
         return int(dnstap_main(args.agent_args))
+    if args.agent == "dnswire":
+        from agents.dnswire.cli import main as dnswire_main
+
+        return int(dnswire_main(args.agent_args))
+    if args.agent == "dnsflow-ingest":
+        from agents.dnswire.ingest import main as ingest_main
+
+        return int(ingest_main(args.agent_args))
     from agents.flow.cli import main as flow_main
 
     return int(flow_main(args.agent_args))
@@ -368,11 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     spool.set_defaults(func=_spool)
 
     agent = sub.add_parser(
-        "agent", help="run a collector that fills Redis (dnstap, flow)",
+        "agent", help="run a collector that fills Redis (dnstap, flow, dnswire, dnsflow-ingest)",
         description="Run a long-lived agent. `pcapd agent dnstap --help` and "
         "`pcapd agent flow --help` describe each.",
     )  # fmt: skip
-    agent.add_argument("agent", choices=("dnstap", "flow"))
+    agent.add_argument("agent", choices=("dnstap", "flow", "dnswire", "dnsflow-ingest"))
     agent.add_argument("agent_args", nargs=argparse.REMAINDER, metavar="...")
     agent.set_defaults(func=_agent)
     return parser

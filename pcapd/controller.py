@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,11 +28,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pcap
+import redis
 
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent, iso_utc
 from pcapd.core.logs import event
 from pcapd.core.request import (
+    _CHANNEL_RE,
+    _ID_RE,
     CaptureRequest,
     RequestError,
     addressed_to,
@@ -40,7 +44,7 @@ from pcapd.core.request import (
     resolve_interfaces,
 )
 from pcapd.core.results import ResultPublisher
-from pcapd.dedup import RecentIds
+from pcapd.dedup import RecentIds, RedisSeen, SharedSeen
 from pcapd.engine import (
     CaptureError,
     CaptureLimits,
@@ -52,7 +56,7 @@ from pcapd.engine import (
     set_filter,
 )
 from pcapd.packetdebug import packet_logger
-from pcapd.signing import verify
+from pcapd.signing import replayed, verify
 from triggers.base import Delivery
 from uploaders.base import Artifact, FileNamer, Location
 from uploaders.deliver import Deliverer
@@ -61,6 +65,12 @@ from uploaders.policy import check_overrides
 from uploaders.spool import SpoolError
 
 log = logging.getLogger("pcapd.controller")
+
+# Bodies up to this size are parsed for their id and reply_to when refused
+# unread (overloaded): a real request is a few hundred bytes, and parsing a
+# larger one would slow the thread that drains the source.
+SALVAGE_MAX_BYTES = 4096
+ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
 
 
 @dataclass(slots=True)
@@ -74,6 +84,7 @@ class _Job:
     remaining: int
     durable: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: Callable[[bool], None] | None = None  # called once, with `durable`
 
     def done(self, durable: bool) -> None:
         with self.lock:
@@ -86,6 +97,14 @@ class _Job:
             (self.delivery.ack if self.durable else self.delivery.release)()
         except Exception:  # the source logs its own trouble; a worker must not die
             log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
+        if self.finished is not None:
+            self.finished(self.durable)
+
+
+def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
+    """The body's reply_to, when it is a valid channel name, whatever else is wrong."""
+    value = fields.get("reply_to") if fields else None
+    return value if isinstance(value, str) and _CHANNEL_RE.fullmatch(value) else None
 
 
 class Controller:
@@ -98,7 +117,10 @@ class Controller:
         pool: HandlePool,
         devices: Callable[[], set[str]] = available_devices,
         clock: Callable[[], float] = time.time,
+        dedup_redis: redis.Redis | None = None,
     ) -> None:
+        """`dedup_redis`: where seen request ids and signatures are kept, so
+        they hold across restarts (memory only when None, or while it is away)."""
         self.config = config
         self.node = config.general.node
         self._names = FileNamer(config.general.naming)
@@ -108,9 +130,19 @@ class Controller:
         self.devices = devices
         self.clock = clock
         security = config.security
-        self.recent_ids = RecentIds(security.dedup_window)
         # Signatures stay replayable for 2 x max_skew (a ts that far ahead is accepted).
-        self.recent_sigs = RecentIds(max(security.dedup_window, 2 * security.max_skew))
+        windows = {"id": security.dedup_window,
+                   "sig": max(security.dedup_window, 2 * security.max_skew)}  # fmt: skip
+        self.recent_ids: SharedSeen
+        self.recent_sigs: SharedSeen
+        self.recent_ids, self.recent_sigs = (
+            RecentIds(windows[kind]) if dedup_redis is None
+            else RedisSeen(
+                dedup_redis, prefix=security.dedup_prefix, kind=kind, node=self.node,
+                window_seconds=windows[kind],
+            )
+            for kind in ("id", "sig")
+        )  # fmt: skip
         self._lock = threading.Lock()
         self._active = 0
         self._reserved = 0
@@ -119,6 +151,12 @@ class Controller:
         # The spool, when there are remote sinks whose failures it takes.
         self._spool = deliverer.spool if deliverer.has_remote else None
         self._spool_promised = 0  # spool bytes admitted captures may still need
+        # Where a capture is written before it is stored, for the free-space check.
+        self._disk_targets: tuple[tuple[str, str], ...] = tuple(
+            ("local", str(u.directory)) for u in deliverer.uploaders if isinstance(u, LocalUploader)
+        ) + ((("spool", str(self._spool.directory)),) if self._spool is not None else ())
+        self._disk_free: dict[int, int] = {}  # st_dev -> bytes free at the last look
+        self._disk_promised: dict[int, int] = {}  # st_dev -> bytes promised, not yet stored
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[_Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
@@ -135,9 +173,10 @@ class Controller:
                 return 0
             return max(0, self.config.general.max_concurrent - self._active)
 
-    def _admit(self, request: CaptureRequest) -> str | None:
-        """Reserve a slot, `request.bytes` of memory and, with remote sinks,
-        as much spool space; or say why not."""
+    def _admit(self, request: CaptureRequest, worker: _Worker) -> str | None:
+        """Reserve for `worker` a slot, `request.bytes` of memory, as much room
+        on each disk it is written to and, with remote sinks, in the spool; or
+        say why not."""
         general = self.config.general
         with self._lock:
             if not self._accepting:
@@ -151,10 +190,14 @@ class Controller:
                     "awaiting upload"
                 )
             refusal = self._promise_spool(request.bytes)
+            if refusal is None:
+                refusal = self._promise_disk(request.bytes, worker)
             if refusal is not None:
                 return refusal
             self._active += 1
             self._reserved += request.bytes
+            worker.has_slot, worker.held = True, request.bytes
+            worker.promised = request.bytes if self._spool is not None else 0
         return None
 
     def _promise_spool(self, nbytes: int) -> str | None:
@@ -172,6 +215,46 @@ class Controller:
                                if promised else "")  # fmt: skip
         self._spool_promised += nbytes
         return None
+
+    def _promise_disk(self, nbytes: int, worker: _Worker) -> str | None:
+        """Real free space (statvfs) on each filesystem the capture would be
+        written to (local disk, spool), less what was promised to captures not
+        yet stored: a capture the node cannot keep is refused, not taken. One
+        stat and one statvfs per directory; no scan. Called with the lock held;
+        on refusal, undoes the spool promise `_promise_spool` just made."""
+        copies: dict[int, tuple[int, list[str]]] = {}
+        for label, directory in self._disk_targets:
+            try:
+                dev, free = disk_space(directory)
+            except OSError as exc:  # what cannot be measured cannot be promised
+                if self._spool is not None:
+                    self._spool_promised -= nbytes
+                return f"cannot check free space in {directory} ({label}): {exc}"
+            count, names = copies.get(dev, (0, []))
+            copies[dev] = (count + 1, [*names, f"{directory} ({label})"])
+            self._disk_free[dev] = free
+        for dev, (count, names) in copies.items():
+            need = count * nbytes
+            free = self._disk_free[dev] - self._disk_promised.get(dev, 0)
+            if need > free:
+                if self._spool is not None:
+                    self._spool_promised -= nbytes
+                promised = self._disk_promised.get(dev, 0)
+                return (
+                    f"disk full: {self._disk_free[dev]} bytes free on the filesystem of "
+                    f"{', '.join(names)}, bytes={nbytes} needs {need}"
+                    + (f" ({promised} promised to captures not yet stored)" if promised else "")
+                )  # fmt: skip
+        worker.disk = tuple((dev, count) for dev, (count, _) in copies.items())
+        self._disk_each(worker, nbytes)
+        return None
+
+    def _disk_each(self, worker: _Worker, nbytes: int) -> None:
+        """Promise `nbytes` per copy `worker` writes on each disk. Lock held."""
+        for dev, count in worker.disk:
+            change = count * (nbytes - worker.disk_each)
+            self._disk_promised[dev] = self._disk_promised.get(dev, 0) + change
+        worker.disk_each = nbytes
 
     def _hold(self, worker: _Worker, nbytes: int) -> None:
         """Set how much of max_memory `worker` holds (its file, once captured)."""
@@ -197,6 +280,7 @@ class Controller:
             worker.settled = True
             self._spool_promised -= worker.promised
             worker.promised = 0
+            self._disk_each(worker, 0)
         if not durable:
             self.recent_ids.forget(worker.request.id)
         if worker.job is not None:
@@ -224,6 +308,7 @@ class Controller:
                 self._handling -= 1
 
     def _handle(self, delivery: Delivery) -> None:
+        fields: dict[str, Any] | None = None
         if self.config.general.logrequests:
             # pcapdaemon's [general] logrequests: every body, before it is judged.
             body = delivery.body[: self.config.general.max_request_bytes]
@@ -241,33 +326,31 @@ class Controller:
                 log, "request_rejected", logging.WARNING,
                 source=delivery.source, id=exc.request_id, error=str(exc),
             )  # fmt: skip
-            self._publish(
-                ResultEvent(id=exc.request_id, node=self.node, status="rejected", error=str(exc))
-            )
+            self._answer_unparsed(delivery.body, exc.request_id, _reply_to(fields), str(exc))
             delivery.ack()
             return
         if request.logrequest and not self.config.general.logrequests:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
-        # Recorded at once: the same request on two sources must not slip
-        # through twice; forgotten again if it is not served after all.
-        if self.recent_ids.seen(request.id):
-            event(log, "request_duplicate", id=request.id, source=delivery.source)
-            self._publish(
-                ResultEvent(
-                    id=request.id, alertid=request.alertid, node=self.node, status="duplicate",
-                    error=f"request id {request.id} was already served within "
-                    f"dedup_window={self.config.security.dedup_window}s",
-                ),
-                request.reply_to,
-            )  # fmt: skip
+        # Recorded in memory at once: the same request on two sources must not
+        # slip through twice; forgotten again if it is not served after all.
+        if self.recent_ids.here.seen(request.id):
+            self._duplicate(request, delivery)
+            return
+        sig = fields.get("sig")
+        sig = sig.lower() if isinstance(sig, str) else None
+        try:
+            verify(fields, self.config.security, self.clock(), self.recent_sigs.here)
+        except RequestError as exc:
+            # The signature is not forgotten: it may be a served request's.
+            self._not_served(request.id, None, claimed=False)
+            self._reject(request, None, str(exc))
             delivery.ack()
             return
         try:
-            verify(fields, self.config.security, self.clock(), self.recent_sigs)
             check_overrides(request, self.config.s3)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
-            self.recent_ids.forget(request.id)
+            self._not_served(request.id, sig, claimed=False)
             self._reject(request, None, str(exc))
             delivery.ack()
             return
@@ -275,10 +358,34 @@ class Controller:
         started = [self._start(request, name, warnings) for name in interfaces]
         workers = [worker for worker in started if worker is not None]
         if not workers:
-            self.recent_ids.forget(request.id)
+            self._not_served(request.id, sig, claimed=False)
             delivery.ack()
             return
-        job = _Job(delivery, len(workers))
+        # Admitted: now the claims that later runs of this node see (a Redis
+        # round trip each, so requests refused above cost none).
+        if self.recent_ids.claim(request.id):
+            for worker in workers:
+                self._settle(worker, durable=True)
+            self._duplicate(request, delivery)
+            return
+        if sig is not None and self.recent_sigs.claim(sig):
+            for worker in workers:
+                self._settle(worker, durable=True)
+            self._not_served(request.id, None, claimed=True)
+            self._reject(request, None, replayed(self.recent_sigs.window))
+            delivery.ack()
+            return
+
+        def finished(durable: bool) -> None:
+            # Served: a duplicate (or replay) for any later run of this node.
+            # Stored nowhere: the id was forgotten, and the signature is, too,
+            # so the source's redelivery is captured.
+            if durable:
+                self.recent_ids.served(request.id)
+            if sig is not None:
+                (self.recent_sigs.served if durable else self.recent_sigs.forget)(sig)
+
+        job = _Job(delivery, len(workers), finished=finished)
         for worker in workers:
             worker.job = job
             thread = threading.Thread(
@@ -293,17 +400,69 @@ class Controller:
                 self._settle(worker, durable=True)
                 self._reject(request, worker.interface, f"cannot start a capture: {exc}")
 
+    def _not_served(self, request_id: str, sig: str | None, *, claimed: bool) -> None:
+        """A request refused after its id (and verified signature) were recorded
+        may come again: forgotten in memory, and in Redis once `claimed`."""
+        for seen, key in ((self.recent_ids, request_id), (self.recent_sigs, sig)):
+            if key is not None:
+                (seen.forget if claimed else seen.here.forget)(key)
+
+    def _duplicate(self, request: CaptureRequest, delivery: Delivery) -> None:
+        event(log, "request_duplicate", id=request.id, source=delivery.source)
+        self._publish(
+            ResultEvent(
+                id=request.id, alertid=request.alertid, node=self.node, status="duplicate",
+                error=f"request id {request.id} was already served within "
+                f"dedup_window={self.config.security.dedup_window}s",
+            ),
+            request.reply_to,
+        )  # fmt: skip
+        delivery.ack()
+
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
     ) -> _Worker | None:
-        refusal = self._admit(request)
+        worker = _Worker(self, request, interface, warnings)
+        refusal = self._admit(request, worker)
         if refusal is not None:
             self._reject(request, interface, refusal, warnings)
             return None
-        worker = _Worker(self, request, interface, warnings)
-        worker.has_slot, worker.held = True, request.bytes
-        worker.promised = request.bytes if self._spool is not None else 0
         return worker
+
+    def refuse(self, delivery: Delivery, reason: str) -> None:
+        """Answer a delivery its source could not hold ("overloaded"), unread.
+
+        Called by the source's reader thread, so it stays cheap: only a small
+        body is parsed, for its id and reply_to; nothing is logged per body
+        (the source logs a count)."""
+        request_id = reply_to = None
+        if len(delivery.body) <= SALVAGE_MAX_BYTES:
+            with contextlib.suppress(RequestError):
+                fields = decode_body(delivery.body, SALVAGE_MAX_BYTES)
+                if not addressed_to(fields, self.node):
+                    return
+                raw_id = fields.get("id")
+                if isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id):
+                    request_id = raw_id
+                reply_to = _reply_to(fields)
+        self._answer_unparsed(delivery.body, request_id, reply_to, reason)
+        with contextlib.suppress(Exception):
+            delivery.ack()
+
+    def _answer_unparsed(
+        self, body: bytes, request_id: str | None, reply_to: str | None, error: str
+    ) -> None:
+        """A rejection for a body that did not become a request. It carries the
+        body's SHA-256, since its id may be missing or a stream's entry id, and
+        goes to `reply_to` if that much of the body was sound: the ways a
+        sender can still match it."""
+        self._publish(
+            ResultEvent(
+                id=request_id, node=self.node, status="rejected", error=error,
+                request_sha256=hashlib.sha256(body).hexdigest(),
+            ),
+            reply_to,
+        )  # fmt: skip
 
     def _reject(
         self,
@@ -337,6 +496,8 @@ class Controller:
             self._finish(worker, result, {}, durable=True)
             return
         self._hold(worker, len(outcome.data))
+        with self._lock:
+            self._disk_each(worker, len(outcome.data))
         artifact = Artifact(
             data=outcome.data,
             filename=self._names(
@@ -420,7 +581,11 @@ class Controller:
                 time.sleep(0.01)
         with self._lock:
             uploads = list(self._uploads)
-        wait_futures(uploads, max(0.0, deadline - time.monotonic()))
+        _, hanging = wait_futures(uploads, max(0.0, deadline - time.monotonic()))
+        if hanging:
+            # Remote attempts give up now; their captures are in the spool already.
+            self.deliverer.abandon.set()
+            wait_futures(hanging, ABANDON_WAIT)
         self._upload_pool.shutdown(wait=False)
         self._spool_unfinished()
         with self._lock:
@@ -438,15 +603,32 @@ class Controller:
         for future, (worker, artifact, result) in hanging:
             error = "shutdown: upload still running, spooled for the next run"
             spooled = replace(result, status="spooled", error=error)
-            try:
-                self._spool.put(artifact, remote, event=spooled.as_dict(), error=error)
-            except SpoolError as exc:
-                event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
-                continue
+            if self.deliverer.spooled_ahead(artifact) is None:
+                try:
+                    self._spool.put(artifact, remote, event=spooled.as_dict(), error=error)
+                except SpoolError as exc:
+                    event(log, "capture_lost", logging.ERROR, id=result.id, error=str(exc))
+                    continue
             self._publish(spooled, worker.request.reply_to)
             with self._lock:
                 self._uploads.pop(future, None)
             self._settle(worker, durable=True)
+
+
+def disk_space(directory: str) -> tuple[int, int]:
+    """(st_dev, bytes free to unprivileged writers) for `directory`, or for its
+    nearest existing parent when it is not made yet (LocalUploader makes it)."""
+    path = os.path.abspath(directory)
+    while True:
+        try:
+            st, vfs = os.stat(path), os.statvfs(path)
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                raise
+            path = parent
+            continue
+        return st.st_dev, vfs.f_bavail * vfs.f_frsize
 
 
 class _Worker:
@@ -469,6 +651,10 @@ class _Worker:
         self.has_slot = False
         self.held = 0
         self.promised = 0  # spool space promised to this capture
+        # Copies this capture writes per filesystem (st_dev, count), each promised
+        # `disk_each` bytes: its `bytes` bound, then its file's size once captured.
+        self.disk: tuple[tuple[int, int], ...] = ()
+        self.disk_each = 0
         self.settled = False
 
     def run(self) -> None:

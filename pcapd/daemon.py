@@ -7,11 +7,13 @@ signal exits at once (status 1).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -25,7 +27,7 @@ from pcapd.core.config import Config, ConfigError, Overrides, load_config
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
-from triggers.base import TriggerSource
+from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
 from uploaders.deliver import Deliverer, build_remote_uploaders
@@ -35,8 +37,25 @@ from uploaders.spool import Spool, SpoolDrainer
 
 log = logging.getLogger("pcapd.daemon")
 
-SHUTDOWN_GRACE = 60.0  # seconds to deliver captures ended by shutdown
-RESULTS_GRACE = 10.0  # then seconds to send the results still queued
+# glibc malloc: at most this many arenas (default 8 per core, one taken by
+# each thread that allocates: captures, uploads, sources); and blocks from
+# this size on are mmapped and given back when freed (glibc otherwise raises
+# the threshold after each freed 1 MB body, and keeps the next ones in a
+# heap it never shrinks). MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ in the
+# environment win. See README, "Memory".
+MALLOC_ARENAS = 2
+MALLOC_MMAP_THRESHOLD = 256 * 1024
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # from glibc's malloc.h
+
+# What the process may hold beyond its RSS when idle, captures (max_memory)
+# and the pub/sub queue: requests being parsed (up to 1 MB each unread),
+# queued result events (MAX_PENDING of ~1 KB), thread stacks touched, and
+# allocator slack. Measured by the daemon fuzz and bench/trigger_storm.py.
+MEMORY_OVERHEAD = 64 * 1024 * 1024
+
+RESULTS_GRACE = 10.0  # of delivery.shutdown_grace, at most, kept to send queued results
+SOURCE_JOIN = 2.0  # seconds for all trigger sources to stop together
+DEDUP_TIMEOUT = 1.0  # a request waits at most this on Redis for its dedup check
 
 
 def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
@@ -45,13 +64,17 @@ def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
     uploaders: list[Uploader] = []
     if config.general.writelocal:
         uploaders.append(LocalUploader(config.general.localdir))
-    remote = build_remote_uploaders(config)
+    abandon = threading.Event()
+    remote = build_remote_uploaders(config, abandon=abandon)
     uploaders.extend(remote)
     spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes) if remote else None
-    return Deliverer(uploaders, RetryPolicy.from_config(config.delivery, stop=stop), spool)
+    retry = RetryPolicy.from_config(config.delivery, stop=stop)
+    return Deliverer(uploaders, retry, spool, abandon)
 
 
-def build_sources(config: Config, free_slots: Callable[[], int]) -> list[TriggerSource]:
+def build_sources(
+    config: Config, free_slots: Callable[[], int], refuse: Callable[[Delivery, str], None]
+) -> list[TriggerSource]:
     sources: list[TriggerSource] = []
     if config.redis.listen:
 
@@ -61,7 +84,13 @@ def build_sources(config: Config, free_slots: Callable[[], int]) -> list[Trigger
             return redis_conn.connect(config.redis, retry=Retry(NoBackoff(), 0))
 
         sources.append(
-            RedisPubSubSource(connect_once, config.redis.channel, config.redis.describe())
+            RedisPubSubSource(
+                connect_once,
+                config.redis.channel,
+                config.redis.describe(),
+                queue_bytes=config.redis.pubsub_queue_bytes,
+                refuse=refuse,
+            )
         )
     if config.redis.stream_listen:
         from triggers.redis_stream import RedisStreamSource
@@ -96,9 +125,16 @@ class Daemon:
         # Set at the first signal: retries stop waiting, what fails is spooled.
         self.retry_stop = threading.Event()
         deliverer = build_deliverer(config, self.retry_stop)
+        # Seen ids and signatures outlive this process; short timeouts and no
+        # retries, since a request waits on it (memory only while it is away).
+        dedup = redis_conn.connect(
+            config.redis, socket_timeout=DEDUP_TIMEOUT, socket_connect_timeout=DEDUP_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
         self.controller = Controller(
-            config, publisher=self.publisher, deliverer=deliverer, pool=self.pool
-        )
+            config, publisher=self.publisher, deliverer=deliverer, pool=self.pool,
+            dedup_redis=dedup,
+        )  # fmt: skip
         self.drainer = (
             SpoolDrainer(
                 deliverer.spool,
@@ -109,7 +145,7 @@ class Daemon:
             if deliverer.spool is not None
             else None
         )
-        self.sources = build_sources(config, self.controller.free_slots)
+        self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
 
@@ -162,21 +198,49 @@ class Daemon:
             while not self.stop_sources.wait(0.5):
                 pass
         finally:
+            # Everything below fits in shutdown_grace: a hung sink cannot keep
+            # the process past it (systemd would SIGKILL it; nothing would be lost
+            # even then, since uploads are written ahead to the spool).
+            grace = self.config.delivery.shutdown_grace
+            deadline = time.monotonic() + grace
             self.stop_sources.set()
             # Sources first, so no request is admitted behind the controller's back.
             for thread in threads:
-                thread.join(timeout=2.0)
-            clean = self.controller.shutdown(timeout=SHUTDOWN_GRACE)
+                thread.join(timeout=max(0.0, min(SOURCE_JOIN, deadline - time.monotonic())))
+            reserve = min(RESULTS_GRACE, grace / 4)
+            clean = self.controller.shutdown(
+                timeout=max(0.0, deadline - reserve - time.monotonic())
+            )
             for source in self.sources:
                 close = getattr(source, "close", None)
                 if close is not None:
                     close()
             if self.drainer is not None:
-                self.drainer.stop()
+                self.controller.deliverer.abandon.set()  # the drainer's attempt, too
+                self.drainer.stop(timeout=max(0.1, min(reserve / 2, deadline - time.monotonic())))
             self.pool.stop()
-            clean = self.publisher.stop(RESULTS_GRACE) == 0 and clean
+            left = max(0.1, deadline - time.monotonic())
+            clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)
         return 0 if clean else 1
+
+
+def memory_bound(config: Config, idle_rss: int) -> int:
+    """The RSS the daemon stays under, whatever arrives (README, "Memory")."""
+    queue = config.redis.pubsub_queue_bytes if config.redis.listen else 0
+    return idle_rss + config.general.max_memory + queue + MEMORY_OVERHEAD
+
+
+def bound_malloc() -> None:
+    """Apply MALLOC_ARENAS and MALLOC_MMAP_THRESHOLD; before any thread starts."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
 
 
 def serve(
@@ -202,6 +266,19 @@ def serve(
         for problem in problems:
             event(log, "config_error", logging.ERROR, path=config_path, error=problem)
         return 2
+    bound_malloc()
     daemon = Daemon(config)
     daemon.install_signal_handlers()
-    return daemon.run()
+    code = daemon.run()
+    lingering = [
+        t.name for t in threading.enumerate() if t.is_alive() and not t.daemon
+        and t is not threading.current_thread()
+    ]  # fmt: skip
+    if lingering:
+        # An abandoned upload's helper threads (s3 parts) may sit in a socket
+        # read for botocore's 120 s, and the interpreter joins them at exit.
+        # Everything durable is done: leave now, as shutdown_grace promises.
+        event(log, "exit_abandoning", logging.WARNING, threads=lingering)
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -1,5 +1,10 @@
 """Ids seen recently: a request redelivered, or sent on two sources, runs once.
 
+`RedisSeen` keeps them in Redis as well (`SET NX` with the window as expiry),
+so they hold across restarts and for every process of a node; `RecentIds`
+keeps them in memory, and is what `RedisSeen` falls back to while Redis is
+away.
+
 `RecentIds` remembers each id for `window_seconds` after it was first seen, and
 at most `max_ids` ids at once: past that the oldest is forgotten early (and
 counted in `evicted`), so a storm costs bounded memory, never the process.
@@ -12,12 +17,47 @@ entries stay under ~30 MiB.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
+
+import redis
+
+from pcapd.core.logs import event
+
+log = logging.getLogger("pcapd.dedup")
 
 DEFAULT_MAX_IDS = 100_000
+REDIS_RETRY_AFTER = 5.0  # seconds of memory only after a Redis error, so no request waits on it
+
+
+class SeenSet(Protocol):
+    """What `signing.verify` needs: record-and-test, and the window."""
+
+    @property
+    def window(self) -> float: ...
+
+    def seen(self, key: str) -> bool: ...
+
+
+class SharedSeen(SeenSet, Protocol):
+    """What the controller needs besides: the in-memory part alone (`here`),
+    so a request refused anyway costs no Redis round trip; a claim in the
+    shared part once it is admitted; and the end of the story."""
+
+    @property
+    def here(self) -> RecentIds: ...
+
+    def claim(self, key: str) -> bool: ...
+
+    def served(self, key: str) -> None: ...
+
+    def forget(self, key: str) -> None: ...
 
 
 class RecentIds:
@@ -57,6 +97,17 @@ class RecentIds:
                 self.evicted += 1
             return False
 
+    @property
+    def here(self) -> RecentIds:
+        return self
+
+    def claim(self, request_id: str) -> bool:
+        """Nothing is shared beyond this process: never taken elsewhere."""
+        return False
+
+    def served(self, request_id: str) -> None:
+        """Nothing to do in memory: a process that dies forgets everything anyway."""
+
     def forget(self, request_id: str) -> None:
         """Drop `request_id`, so that a request that was not served can come again."""
         with self._lock:
@@ -81,3 +132,140 @@ class RecentIds:
             if when > cutoff:
                 break
             del self._first_seen[oldest]
+
+
+SERVED = "served"
+# Claim KEYS[1] for instance ARGV[1] with expiry ARGV[2] s; 1 if already taken
+# (served, or claimed by this instance), 0 if new or left by a dead instance.
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 0
+end
+if v == ARGV[3] or v == ARGV[1] then return 1 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return 0
+"""
+
+
+def seen_key(prefix: str, kind: str, node: str, value: str) -> str:
+    """The one spelling of a dedup key: `<prefix><kind>:<node>:<value>`."""
+    return f"{prefix}{kind}:{node}:{value}"
+
+
+class RedisSeen:
+    """Seen ids (or signatures) of one node, in Redis and in memory.
+
+    Keyed by node: two nodes capturing one request is what a fleet request
+    asks for; one node capturing it twice (a restart, two sources, two
+    processes) is not. A key is set once (`NX`) with the window as expiry, so
+    it expires by itself and a repeat does not extend it, as in `RecentIds`.
+
+    Its value says how far the request got: this process's `instance` token
+    while it is being served, then `served`. A request claimed by a process
+    that died before serving it (killed mid-capture: the stream or SQS
+    delivers it again) is taken over, not refused; one that was served is a
+    duplicate (or a replay) for the rest of the window.
+
+    Every value is recorded in memory too, and a value counts as seen if
+    either says so: while Redis is away (an error, or within
+    `REDIS_RETRY_AFTER` of one) the node keeps its in-memory window, saying so
+    once in the log, and what it saw meanwhile stays a duplicate after Redis
+    returns. What it does not know then is what it saw before a restart.
+    Memory: as `RecentIds` (`max_ids`); Redis: one key per value, for `window`.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        kind: str,
+        node: str,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_ids: int = DEFAULT_MAX_IDS,
+    ) -> None:
+        self.local = RecentIds(window_seconds, clock, max_ids)
+        self.client = client
+        self.prefix, self.kind, self.node = prefix, kind, node
+        self._ttl = max(1, math.ceil(window_seconds))
+        self.instance = uuid.uuid4().hex  # this process's claims
+        self._claim = client.register_script(_CLAIM)
+        self._clock = clock
+        self._down_until: float | None = None  # set while Redis is taken as away
+        self._lock = threading.Lock()
+
+    @property
+    def window(self) -> float:
+        return self.local.window
+
+    @property
+    def here(self) -> RecentIds:
+        return self.local
+
+    def seen(self, key: str) -> bool:
+        """Record `key` in memory and claim it in Redis; True if either had it."""
+        here = self.local.seen(key)
+        return self.claim(key) or here
+
+    def claim(self, key: str) -> bool:
+        """Claim `key` in Redis for this process; True if it was served, or is
+        being served by this process, already. False while Redis is away."""
+        if not self._try_redis():
+            return False
+        try:
+            taken = self._claim(keys=[self._key(key)], args=[self.instance, self._ttl, SERVED])
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return False
+        self._back()
+        return bool(taken == 1)
+
+    def served(self, key: str) -> None:
+        """The request was served (stored, or reported): a duplicate from now on,
+        whichever process of this node sees it next."""
+        if not self._try_redis():
+            return
+        try:
+            self.client.set(self._key(key), SERVED, xx=True, keepttl=True)
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return
+        self._back()
+
+    def forget(self, key: str) -> None:
+        self.local.forget(key)
+        if not self._try_redis():
+            return
+        try:
+            self.client.delete(self._key(key))
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return
+        self._back()
+
+    def _key(self, value: str) -> str:
+        return seen_key(self.prefix, self.kind, self.node, value)
+
+    def _try_redis(self) -> bool:
+        with self._lock:
+            return self._down_until is None or self._clock() >= self._down_until
+
+    def _lost(self, exc: Exception) -> None:
+        with self._lock:
+            first = self._down_until is None
+            self._down_until = self._clock() + REDIS_RETRY_AFTER
+        if first:
+            event(
+                log, "dedup_redis_unavailable", logging.WARNING, kind=self.kind,
+                error=str(exc), fallback=f"memory only, window {self.window:.0f} s",
+            )  # fmt: skip
+
+    def _back(self) -> None:
+        with self._lock:
+            was_down = self._down_until is not None
+            self._down_until = None
+        if was_down:
+            event(log, "dedup_redis_back", kind=self.kind)

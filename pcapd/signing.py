@@ -22,7 +22,7 @@ from typing import Any
 from pcapd.core.config import SecurityConfig
 from pcapd.core.request import RequestError
 from pcapd.core.secret import Secret
-from pcapd.dedup import RecentIds
+from pcapd.dedup import SeenSet
 
 SIG_FIELD = "sig"
 TS_FIELD = "ts"
@@ -53,7 +53,7 @@ def sign(fields: Mapping[str, Any], kid: str, key: Secret, now: float) -> dict[s
 
 
 def verify(
-    fields: Mapping[str, Any], security: SecurityConfig, now: float, replay: RecentIds
+    fields: Mapping[str, Any], security: SecurityConfig, now: float, replay: SeenSet
 ) -> None:
     """Accept `fields` or raise `RequestError` saying which rule it broke.
 
@@ -102,9 +102,11 @@ def verify(
     if not hmac.compare_digest(expected, sig.lower()):
         raise fail(f"sig: does not match the request signed with kid={kid!r}")
     if replay.seen(sig.lower()):
-        raise fail(
-            f"sig: replayed; this signature was already accepted within {replay.window:.0f} s"
-        )
+        raise fail(replayed(replay.window))
+
+
+def replayed(window: float) -> str:
+    return f"sig: replayed; this signature was already accepted within {window:.0f} s"
 
 
 def _show(value: object) -> str:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import RedisServer, redis_server
+from tests.helpers import MotoProcess, RedisServer, free_port, moto_process, redis_server
 from tests.pcapd.daemon_fixture import Results
 
 # The machine is shared and tests run beside real servers: a slow example is
@@ -17,16 +19,111 @@ settings.register_profile(
 settings.load_profile("pcapd")
 
 
+@dataclass
+class SharedRedis(RedisServer):
+    """The run's one redis-server, with the settings it started with."""
+
+    baseline: dict[str, str] = field(default_factory=dict)
+
+
+def _text_client(server: RedisServer) -> redis.Redis:
+    return redis.Redis(port=server.port, socket_timeout=5, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRedis]:
+    """The one redis-server of the run; tests get it through `redis_srv`."""
+    server = SharedRedis(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        with _text_client(server) as client:
+            server.baseline = client.config_get("*")
+        yield server
+    finally:
+        server.stop()
+
+
+def _replace_process(server: RedisServer) -> None:
+    """Start the server afresh on its port, however the last test left it (even SIGSTOPped)."""
+    if server.proc is not None:
+        server.proc.kill()
+        server.proc.wait()
+        server.proc = None
+    server.start()
+
+
+def reset_redis(server: SharedRedis) -> None:
+    """Make a used server look like a new one to the next test.
+
+    Drops every key, script and function, every other connection (with it
+    their subscriptions, client names and selected db), any ACL user, and puts
+    back any setting a test changed with CONFIG SET. A server that is down,
+    paused or now asks for a password is started afresh instead.
+    """
+    alive = server.proc is not None and server.proc.poll() is None
+    if not (alive and server.ready()):
+        _replace_process(server)
+    client = _text_client(server)
+    try:
+        client.client_kill_filter(_type="normal", skipme=True)
+        client.client_kill_filter(_type="pubsub")
+        client.flushall()
+        client.script_flush()
+        client.function_flush()
+        for user in client.acl_users():
+            name = user if isinstance(user, str) else user.decode()
+            if name != "default":
+                client.acl_deluser(name)
+        current = client.config_get("*")
+        for name, value in server.baseline.items():
+            if current.get(name) != value:
+                client.config_set(name, value)
+        client.config_resetstat()
+    except redis.RedisError:
+        # A setting that cannot be put back at run time: a new process can.
+        _replace_process(server)
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server for one test, on a free loopback port."""
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free loopback port.
+
+    Ask for it in a test that stops, restarts, pauses or reconfigures Redis.
+    While a test asks for it, `redis_srv` (and so every fixture built on it,
+    such as the daemon's) is this same server.
+    """
     with redis_server(tmp_path) as server:
         yield server
 
 
 @pytest.fixture
+def redis_srv(request: pytest.FixtureRequest) -> RedisServer:
+    """A redis-server on a loopback port, empty and with default settings.
+
+    It is the session's one server, flushed and reset before each test
+    (`reset_redis`), or the test's `private_redis` if it asks for one.
+    """
+    if "private_redis" in request.fixturenames:
+        private: RedisServer = request.getfixturevalue("private_redis")
+        return private
+    server: SharedRedis = request.getfixturevalue("shared_redis")
+    reset_redis(server)
+    return server
+
+
+@pytest.fixture
 def results(redis_srv: RedisServer) -> Iterator[Results]:
-    """Every result event published on `redis_srv`'s results channel."""
+    """Every event on the results channel of `redis_srv`, from before the test acts."""
     collector = Results(redis_srv)
     yield collector
     collector.close()
+
+
+@pytest.fixture(scope="session")
+def moto_session() -> Iterator[MotoProcess]:
+    """One `moto_server` for the run, shared by the S3 and SQS fixtures: each
+    test makes its own bucket or queue, so tests do not see each other's."""
+    with moto_process() as server:
+        yield server

@@ -7,10 +7,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -71,9 +75,9 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._ready, timeout=10)
+        wait_for(self.ready, timeout=10)
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         try:
             return bool(self.client().ping())
         except redis.RedisError:
@@ -100,6 +104,169 @@ def redis_server(workdir: Path, password: str | None = None) -> Iterator[RedisSe
         yield server
     finally:
         server.stop()
+
+
+MOTO_START_TIMEOUT = 30.0
+
+
+@dataclass
+class MotoProcess:
+    """`moto_server` (S3, SQS, ...) as a child process on a loopback port.
+
+    A child process, not a thread of the test run, so a test can kill it like a
+    lost peer and `start` it again on the same port, with fresh (empty) state.
+    `env` is added to the environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
+    makes it check credentials like AWS.
+    """
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("moto_server")
+        assert exe.exists(), f"moto_server is not installed in the virtualenv ({exe})"
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+        )  # fmt: skip
+        self.proc = proc
+        wait_for(lambda: self._up() or proc.poll() is not None, timeout=MOTO_START_TIMEOUT)
+        assert proc.poll() is None, f"moto_server exited with {proc.returncode}"
+
+    def _up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the peer vanishes mid-request, as a crashed or unreachable one."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def moto_process(env: dict[str, str] | None = None) -> Iterator[MotoProcess]:
+    """A started `MotoProcess` on a free port, stopped on exit."""
+    server = MotoProcess(port=free_port(), env=dict(env or {}))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class SilentServer:
+    """A TCP server on loopback that accepts, reads whatever comes and never
+    answers: an S3 endpoint that hangs. `close()` ends it and its connections."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.accepted = 0
+        self._conns: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(conn)
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        """Stop accepting, then end every connection (each `_drain` closes its own)."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        self._thread.join(2)
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's syntax: "3m") at `path` for a full-disk test (root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        if run("umount", str(path), check=False).returncode != 0:
+            run("umount", "-l", str(path), check=False)
+
+
+def fill(directory: Path, leave: int) -> Path:
+    """Write a file that leaves `leave` bytes free on the filesystem of `directory`."""
+    vfs = os.statvfs(directory)
+    filler = directory / "filler"
+    filler.write_bytes(b"\0" * max(0, vfs.f_bavail * vfs.f_frsize - leave))
+    return filler
+
+
+@contextlib.contextmanager
+def unix_redis_server(workdir: Path) -> Iterator[Path]:
+    """A private redis-server on a unix socket only (no TCP port): reachable
+    from inside a test's network namespaces, which share the file system."""
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", "0",
+         "--unixsocket", str(sock), "--unixsocketperm", "700", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(unix_socket_path=str(sock)).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(ready, timeout=10)
+        yield sock
+    finally:
+        stop_process(proc)
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

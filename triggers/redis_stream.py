@@ -11,8 +11,10 @@ seconds back by Redis's clock, not at the stream's start: requests published
 while the node was reconnecting are taken, history is not replayed.
 
 Bounds: entries are read only when a capture slot is free, at most
-min(batch, free_slots()) per read; pending entries of an earlier run are
-claimed `CLAIM_BATCH` at a time.
+min(batch, free_slots()) per read, and pending entries of an earlier run are
+claimed as many at a time. So however long the stream or its pending list,
+the node holds at most `batch` (10) entries' bodies that it has not handed
+on; a backlog waits in Redis, never in this process.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 SOURCE = "redis-stream"
 BODY_FIELD = "body"
 DEFAULT_BATCH = 10
-CLAIM_BATCH = 50
 BLOCK_MS = 500  # one blocking read; also how long `stop` may wait
 BACKPRESSURE_POLL = 0.05  # seconds between looks at free_slots() when none is free
 BACKOFF_INITIAL = 0.5

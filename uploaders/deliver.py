@@ -1,11 +1,13 @@
 """One capture to every configured sink, in order, with retries and the spool.
 
 `Deliverer.deliver(artifact, event)` runs each uploader in the configured
-order under the retry policy. If a remote sink still fails, the capture and
-its `spooled` result go to the spool for the drainer; only if that is not
-possible either (spool full, disk error) is the result `failed`. A capture
-that was taken is never dropped silently: the outcome always says where it
-is, or why it is nowhere.
+order under the retry policy. The capture is written ahead to the spool
+before the first remote attempt; if a remote sink still fails, it stays
+there with its `spooled` result for the drainer. Without a spool entry
+(spool full, disk full) the outcome is `partial` when some sink has the file
+(local disk, say) and `failed` when none has. A capture that was taken is
+never dropped silently: the outcome always says where it is, or why it is
+nowhere.
 """
 
 from __future__ import annotations
@@ -13,27 +15,29 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from uploaders.base import Artifact, Uploader
+from uploaders.deadline import Deadlined
 from uploaders.retry import RetryPolicy
-from uploaders.spool import Spool, SpoolError
+from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
 
 if TYPE_CHECKING:
     from uploaders.s3 import ClientFactory
 
 log = logging.getLogger("pcapd.uploaders.deliver")
 
-OUTCOMES = ("ok", "spooled", "failed")
+OUTCOMES = ("ok", "spooled", "partial", "failed")
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryOutcome:
-    status: str  # "ok" | "spooled" | "failed"
+    status: str  # one of OUTCOMES
     locations: Mapping[str, str] = field(default_factory=dict)  # kind -> path/URI/URL
     error: str | None = None  # every sink's failure, `sink: reason; ...`
     spool_id: str | None = None
@@ -65,7 +69,11 @@ class Deliverer:
     controller calls `deliver` from its bounded pool of upload workers."""
 
     def __init__(
-        self, uploaders: Sequence[Uploader], retry: RetryPolicy, spool: Spool | None
+        self,
+        uploaders: Sequence[Uploader],
+        retry: RetryPolicy,
+        spool: Spool | None,
+        abandon: threading.Event | None = None,
     ) -> None:
         names = [u.name for u in uploaders]
         if len(set(names)) != len(names):
@@ -73,6 +81,10 @@ class Deliverer:
         self.uploaders = tuple(uploaders)
         self.retry = retry
         self.spool = spool
+        # Set when shutdown can wait no longer: Deadlined attempts give up at once.
+        self.abandon = abandon if abandon is not None else threading.Event()
+        self._ahead: dict[str, SpoolEntry] = {}  # filename -> write-ahead entry, in flight
+        self._lock = threading.Lock()
 
     @property
     def has_remote(self) -> bool:
@@ -81,71 +93,138 @@ class Deliverer:
     def deliver(self, artifact: Artifact, event: ResultEvent | None = None) -> DeliveryOutcome:
         """Upload to every sink; spool for remote sinks that still fail.
 
-        `event` is the result the controller is about to publish; it is stored
-        with a spooled capture so the drainer can publish it as `delivered`.
+        Before the first remote attempt the capture is written ahead to the
+        spool (held, so the drainer leaves it alone): a process killed while
+        an upload hangs leaves an entry the next run's drainer delivers. It is
+        removed once every remote sink has the file, or rewritten with what is
+        still pending. `event` is the result the controller is about to
+        publish; it is stored with the entry so the drainer can publish it as
+        `delivered`.
         """
         locations: dict[str, str] = {}
         errors: list[str] = []
         failed_remote: list[str] = []
-        failed_local = False
-        for uploader in self.uploaders:
-            try:
-                location = self.retry.run(
-                    functools.partial(uploader.upload, artifact),
-                    f"{uploader.name}:{artifact.filename}",
-                )
-            except Exception as exc:  # any failure: spool it, never lose the capture
-                errors.append(f"{uploader.name}: {exc}")
-                log.warning(
-                    "upload_failed sink=%s file=%s error=%s", uploader.name, artifact.filename, exc
-                )
-                if uploader.remote:
-                    failed_remote.append(uploader.name)
-                else:
-                    failed_local = True
-                continue
-            locations[location.kind] = location.url
+        ahead: SpoolEntry | None = None
+        spool_error: str | None = None
+        try:
+            for uploader in self.uploaders:
+                if uploader.remote and ahead is None and spool_error is None:
+                    ahead, spool_error = self._write_ahead(artifact, locations, event)
+                try:
+                    location = self.retry.run(
+                        functools.partial(uploader.upload, artifact),
+                        f"{uploader.name}:{artifact.filename}",
+                    )
+                except Exception as exc:  # any failure: spool it, never lose the capture
+                    errors.append(f"{uploader.name}: {exc}")
+                    log.warning(
+                        "upload_failed sink=%s file=%s error=%s",
+                        uploader.name, artifact.filename, exc,
+                    )  # fmt: skip
+                    if uploader.remote:
+                        failed_remote.append(uploader.name)
+                    continue
+                locations[location.kind] = location.url
+            spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event)
+        finally:
+            if ahead is not None:
+                with self._lock:
+                    self._ahead.pop(artifact.filename, None)
+                assert self.spool is not None
+                self.spool.release(ahead.id)
         if not errors:
             return DeliveryOutcome("ok", locations)
-
-        error = "; ".join(errors)
-        spool_id = None
-        if failed_remote:
-            if self.spool is None:
-                errors.append("spool: not configured")
-            else:
-                try:
-                    spool_id = self._spool(artifact, failed_remote, locations, error, event)
-                except SpoolError as exc:
-                    errors.append(f"spool: {exc}")
-                    log.error("spool_failed file=%s error=%s", artifact.filename, exc)
-        status = "spooled" if spool_id is not None and not failed_local else "failed"
+        if failed_remote and spool_error is not None:
+            errors.append(f"spool: {spool_error}")
+        if spool_id is not None:
+            status = "spooled"
+        elif locations:
+            status = "partial"  # stored somewhere, not everywhere, and not spooled
+        else:
+            status = "failed"
         return DeliveryOutcome(status, locations, "; ".join(errors), spool_id)
 
-    def _spool(
+    def spooled_ahead(self, artifact: Artifact) -> SpoolEntry | None:
+        """The write-ahead entry of an upload still under way, if it has one."""
+        with self._lock:
+            return self._ahead.get(artifact.filename)
+
+    def _write_ahead(
+        self, artifact: Artifact, locations: dict[str, str], event: ResultEvent | None
+    ) -> tuple[SpoolEntry | None, str | None]:
+        """(entry, None) or (None, why not): a full or failing spool does not stop
+        the upload, it only means nothing is left if the upload fails too."""
+        if self.spool is None:
+            return None, "not configured"
+        remote = [u.name for u in self.uploaders if u.remote]
+        error = "write-ahead: upload under way (the process stopped before it finished)"
+        try:
+            entry = self.spool.put(
+                artifact, remote, locations=locations, error=error, hold=True,
+                event=self._spooled(event, error, locations),
+            )  # fmt: skip
+        except SpoolError as exc:
+            log.error("spool_failed file=%s error=%s", artifact.filename, exc)
+            return None, str(exc)
+        with self._lock:
+            self._ahead[artifact.filename] = entry
+        return entry, None
+
+    def _settle_ahead(
         self,
-        artifact: Artifact,
-        pending: list[str],
+        ahead: SpoolEntry | None,
+        failed_remote: list[str],
         locations: dict[str, str],
-        error: str,
+        errors: list[str],
         event: ResultEvent | None,
-    ) -> str:
-        assert self.spool is not None
-        stored = None
-        if event is not None:
-            stored = dataclasses.replace(
-                event, status="spooled", error=error, locations=dict(locations)
-            ).as_dict()
-        entry = self.spool.put(artifact, pending, locations=locations, event=stored, error=error)
+    ) -> str | None:
+        """Remove the write-ahead entry, or rewrite it with the sinks still pending;
+        the spool id of what is left, if anything."""
+        if ahead is None or self.spool is None:
+            return None
+        if not failed_remote:
+            try:
+                self.spool.remove(ahead)
+            except OSError as exc:  # delivered all the same; the drainer resends it
+                log.error("spool_remove_failed id=%s error=%s", ahead.id, exc)
+            return None
+        error = "; ".join(errors)
+        entry = dataclasses.replace(
+            ahead, pending=tuple(failed_remote), locations=dict(locations),
+            event=self._spooled(event, error, locations), last_error=error[:MAX_ERROR_LEN],
+        )  # fmt: skip
+        try:
+            self.spool.update(entry)
+        except OSError as exc:
+            # The write-ahead sidecar still stands (every remote sink pending):
+            # the drainer sends the file again to the sinks that have it.
+            log.error("spool_update_failed id=%s error=%s", ahead.id, exc)
+        log.warning(
+            "spooled id=%s file=%s pending=%s error=%s",
+            entry.id, entry.filename, ",".join(entry.pending), error,
+        )  # fmt: skip
         return entry.id
+
+    @staticmethod
+    def _spooled(
+        event: ResultEvent | None, error: str, locations: Mapping[str, str]
+    ) -> dict[str, Any] | None:
+        if event is None:
+            return None
+        return dataclasses.replace(
+            event, status="spooled", error=error, locations=dict(locations)
+        ).as_dict()
 
 
 def build_remote_uploaders(
-    config: Config, s3_client_factory: ClientFactory | None = None
+    config: Config,
+    s3_client_factory: ClientFactory | None = None,
+    abandon: threading.Event | None = None,
 ) -> list[Uploader]:
     """The remote sinks `config` enables, in the order their sections appear in
-    the config file. Imports stay lazy: boto3 costs ~0.3 s to import and a
-    CloudShark-only site need not pay it."""
+    the config file, each attempt bounded by `delivery.attempt_timeout` (and
+    given up when `abandon` is set). Imports stay lazy: boto3 costs ~0.3 s to
+    import and a CloudShark-only site need not pay it."""
     found: list[Uploader] = []
     for sink in config.remote_order:
         if sink == "s3" and config.s3.upload:
@@ -156,4 +235,5 @@ def build_remote_uploaders(
             from uploaders.cloudshark import CloudsharkUploader
 
             found.append(CloudsharkUploader(config.cloudshark))
-    return found
+    stop = abandon if abandon is not None else threading.Event()
+    return [Deadlined(u, config.delivery.attempt_timeout, stop) for u in found]

@@ -8,9 +8,14 @@ an entry exists once its sidecar does, so a crash never leaves a half entry
 that looks whole. Entries outlive the process; a new `Spool` on the same
 directory sees them.
 
-The spool is bounded by `spool_max_bytes`. When a capture does not fit,
-`put` raises `SpoolFull` and the caller rejects *new* captures with that
-reason; spooled files are never deleted to make room.
+The deliverer writes each capture here *before* its first remote attempt
+(`put(hold=True)`) and removes it once delivered, so an upload cut short by
+a crash is found by the next run's drainer.
+
+The spool is bounded by `spool_max_bytes`, counted as files come and go.
+When a capture does not fit, `put` raises `SpoolFull` and the caller rejects
+*new* captures with that reason; spooled files are never deleted to make
+room.
 
 Several processes may share a spool (the daemon's drainer and `pcapd spool
 retry`): an entry is worked on only under an exclusive `flock` on its data
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcapd.core.atomic import write_atomic
 from pcapd.core.errors import PcapdError
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
@@ -136,7 +142,11 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"delivery.spool_dir: cannot create {self.directory}: {exc}") from exc
         self._put_lock = threading.Lock()  # check-then-write must not race another put
+        self._count_lock = threading.Lock()
+        self._used = 0
+        self._held: dict[str, int] = {}  # entry id -> fd holding its flock (`hold=True`)
         self._remove_stale_tmp()
+        self.refresh()
 
     def __repr__(self) -> str:
         return f"Spool({str(self.directory)!r}, max_bytes={self.max_bytes})"
@@ -149,15 +159,28 @@ class Spool:
         return self.directory / (entry_id + SIDECAR_SUFFIX)
 
     def used_bytes(self) -> int:
-        """Bytes on disk in the spool, read from the directory each time: another
-        process (`pcapd spool retry`) may have emptied it meanwhile."""
+        """Bytes on disk in the spool: a running count, so admission costs no
+        directory scan. Another process (`pcapd spool retry`) may empty the
+        spool meanwhile; the count then errs high (refusing early, never
+        overfilling) until the next `refresh()`, which the drainer runs each pass."""
+        with self._count_lock:
+            return self._used
+
+    def refresh(self) -> int:
+        """Recount from the directory (a stat per file); returns the new count."""
         total = 0
         with os.scandir(self.directory) as it:
             for item in it:
                 with contextlib.suppress(FileNotFoundError):
                     if item.is_file(follow_symlinks=False):
                         total += item.stat(follow_symlinks=False).st_size
+        with self._count_lock:
+            self._used = total
         return total
+
+    def _count(self, delta: int) -> None:
+        with self._count_lock:
+            self._used = max(0, self._used + delta)
 
     def check_room(self, size: int) -> None:
         """Raise SpoolFull unless a capture of `size` bytes would fit now."""
@@ -178,8 +201,13 @@ class Spool:
         locations: Mapping[str, str] | None = None,
         event: Mapping[str, Any] | None = None,
         error: str | None = None,
+        hold: bool = False,
     ) -> SpoolEntry:
-        """Store `artifact` for the sinks in `pending`; SpoolFull if it does not fit."""
+        """Store `artifact` for the sinks in `pending`; SpoolFull if it does not fit.
+
+        With `hold`, the entry is claimed (its flock taken) before its sidecar
+        makes it visible, so no drainer works on it until `release(entry.id)`:
+        the write-ahead entry of an upload still under way."""
         if not pending:
             raise ValueError("pending: a spool entry needs at least one sink")
         with self._put_lock:
@@ -201,18 +229,29 @@ class Spool:
             )
             try:
                 self._write_atomic(self.data_path(entry.id), artifact.data)
+                if hold:
+                    fd = os.open(self.data_path(entry.id), os.O_RDONLY)
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # new file: nobody else can hold it
+                    self._held[entry.id] = fd
                 self._write_atomic(self.sidecar_path(entry.id), entry.to_json().encode())
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    self.data_path(entry.id).unlink()
+                self.release(entry.id)
+                self._unlink(self.data_path(entry.id))
                 raise SpoolError(
                     f"cannot spool {artifact.filename} in {self.directory}: {exc}"
                 ) from exc
-        log.warning(
+        log.log(
+            logging.DEBUG if hold else logging.WARNING,
             "spooled id=%s file=%s bytes=%d pending=%s error=%s",
             entry.id, entry.filename, entry.size, ",".join(entry.pending), entry.last_error,
         )  # fmt: skip
         return entry
+
+    def release(self, entry_id: str) -> None:
+        """Let go of an entry taken with `put(hold=True)`; the drainer may take it."""
+        fd = self._held.pop(entry_id, None)
+        if fd is not None:
+            os.close(fd)
 
     def update(self, entry: SpoolEntry) -> None:
         """Rewrite an entry's sidecar (progress, attempts, last error)."""
@@ -220,26 +259,25 @@ class Spool:
 
     def remove(self, entry: SpoolEntry) -> None:
         """Forget a delivered entry: sidecar first, so it is never listed half-gone."""
-        with contextlib.suppress(FileNotFoundError):
-            self.sidecar_path(entry.id).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.data_path(entry.id).unlink()
+        self._unlink(self.sidecar_path(entry.id))
+        self._unlink(self.data_path(entry.id))
         self._fsync_dir()
 
-    def _write_atomic(self, path: Path, data: bytes | bytearray | memoryview) -> None:
-        tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    def _unlink(self, path: Path) -> None:
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        self._fsync_dir()
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return  # removed by another process; its count is fixed by refresh()
+        self._count(-size)
+
+    def _write_atomic(self, path: Path, data: bytes | bytearray | memoryview) -> None:
+        try:
+            replaced = path.stat().st_size
+        except FileNotFoundError:
+            replaced = 0
+        write_atomic(path, data, FILE_MODE)
+        self._count(memoryview(data).nbytes - replaced)
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
@@ -250,7 +288,7 @@ class Spool:
 
     def _remove_stale_tmp(self) -> None:
         cutoff = time.time() - STALE_TMP_SECONDS
-        for path in self.directory.glob(TMP_PREFIX + "*"):
+        for path in (*self.directory.glob(TMP_PREFIX + "*"), *self.directory.glob(".*.tmp")):
             with contextlib.suppress(OSError):
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
@@ -432,6 +470,7 @@ class SpoolDrainer:
         errors: list[str] = []
         down: dict[str, str] = {}  # sink -> why it failed in this pass
         with self._pass_lock:
+            self.spool.refresh()  # here, off any caller's lock
             for listed in self.spool.list():
                 if wanted is not None and listed.id not in wanted:
                     continue

@@ -141,6 +141,32 @@ def _redis_url(t: Table) -> Secret | None:
     return url
 
 
+def record_options(t: Table) -> dict[str, Any]:
+    """The options that decide what a response records and how it is written
+    to Redis, read alike for every agent that records responses."""
+    return {
+        "record_types": t.name_list("record_types", DEFAULT_RECORD_TYPES, choices=RECORD_TYPES),
+        "ignore": _suffixes(t),
+        "dedup_window": t.get_float(
+            "dedup_window", DEFAULT_DEDUP_WINDOW, minimum=0.0, maximum=MAX_DEDUP_WINDOW
+        ),
+        "dedup_scope": t.get_str("dedup_scope", DEDUP_CLIENT, choices=DEDUP_SCOPES),
+        "dedup_max_entries": t.get_int(
+            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, maximum=MAX_DEDUP_MAX_ENTRIES
+        ),
+        "max_queue_ops": t.get_int(
+            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, maximum=store.MAX_QUEUE_OPS
+        ),
+        "batch_ops": t.get_int("batch_ops", DEFAULT_BATCH_OPS, maximum=store.MAX_BATCH_OPS),
+        "flush_interval": t.get_float(
+            "flush_interval",
+            store.DEFAULT_FLUSH_INTERVAL,
+            minimum=store.MIN_FLUSH_INTERVAL,
+            maximum=store.MAX_FLUSH_INTERVAL,
+        ),
+    }
+
+
 def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
     t = Table(raw, PREFIX)
     cfg = DnstapConfig(
@@ -153,25 +179,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         tls_key=t.optional_str("tls_key"),
         ttl_grace=t.get_int("ttl_grace", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
         message_types=t.name_list("message_types", DEFAULT_MESSAGE_TYPES, choices=MESSAGE_TYPES),
-        record_types=t.name_list("record_types", DEFAULT_RECORD_TYPES, choices=RECORD_TYPES),
-        ignore=_suffixes(t),
-        dedup_window=t.get_float(
-            "dedup_window", DEFAULT_DEDUP_WINDOW, minimum=0.0, maximum=MAX_DEDUP_WINDOW
-        ),
-        dedup_scope=t.get_str("dedup_scope", DEDUP_CLIENT, choices=DEDUP_SCOPES),
-        dedup_max_entries=t.get_int(
-            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, maximum=MAX_DEDUP_MAX_ENTRIES
-        ),
-        max_queue_ops=t.get_int(
-            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, maximum=store.MAX_QUEUE_OPS
-        ),
-        batch_ops=t.get_int("batch_ops", DEFAULT_BATCH_OPS, maximum=store.MAX_BATCH_OPS),
-        flush_interval=t.get_float(
-            "flush_interval",
-            store.DEFAULT_FLUSH_INTERVAL,
-            minimum=store.MIN_FLUSH_INTERVAL,
-            maximum=store.MAX_FLUSH_INTERVAL,
-        ),
+        **record_options(t),
         max_frame_bytes=t.get_int(
             "max_frame_bytes",
             fstrm.DEFAULT_MAX_FRAME,

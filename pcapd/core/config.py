@@ -65,6 +65,11 @@ MAX_RESULTS_STREAM_MAXLEN = 100_000_000
 DEFAULT_REQUEST_STREAM = "capture-requests"
 DEFAULT_HEALTH_CHECK_INTERVAL = 15
 MAX_HEALTH_CHECK_INTERVAL = 3_600
+# Requests read off the pub/sub socket and not yet handled: bytes of bodies
+# (plus a per-message overhead). What does not fit is answered "overloaded".
+DEFAULT_PUBSUB_QUEUE_BYTES = 16 * 1024 * 1024
+MIN_PUBSUB_QUEUE_BYTES = 1024 * 1024
+MAX_PUBSUB_QUEUE_BYTES = 1024 * 1024 * 1024
 
 DEFAULT_NAMING = "pcapd"
 NAMINGS = ("pcapd", "pcapdaemon")
@@ -88,6 +93,12 @@ MAX_SPOOL_MAX_BYTES = 1 << 50
 DEFAULT_DRAIN_INTERVAL = 30.0
 MIN_DRAIN_INTERVAL = 0.1
 MAX_DRAIN_INTERVAL = 86_400.0
+DEFAULT_ATTEMPT_TIMEOUT = 60.0  # one remote attempt, connect to last byte
+MIN_ATTEMPT_TIMEOUT = 0.1
+MAX_ATTEMPT_TIMEOUT = 3_600.0
+DEFAULT_SHUTDOWN_GRACE = 60.0  # below systemd's TimeoutStopSec=90 in deploy/systemd
+MIN_SHUTDOWN_GRACE = 1.0
+MAX_SHUTDOWN_GRACE = 3_600.0
 
 DEFAULT_CS_HOST = "localhost"
 DEFAULT_CS_SCHEME = "https"
@@ -114,6 +125,7 @@ NOT_FOR_ME = ("release", "delete")
 DEFAULT_MAX_SKEW = 300
 MAX_SKEW = 86_400
 DEFAULT_DEDUP_WINDOW = 600
+DEFAULT_DEDUP_PREFIX = "pcapd:seen:"
 SSE_MODES = ("AES256", "aws:kms")
 
 
@@ -161,6 +173,8 @@ class RedisConfig:
     health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL
     stream_listen: bool = False
     stream: str = DEFAULT_REQUEST_STREAM
+    # Worst case held by the pub/sub source between socket and controller.
+    pubsub_queue_bytes: int = DEFAULT_PUBSUB_QUEUE_BYTES
 
     def describe(self) -> str:
         """Where Redis is, without any password: for logs and errors."""
@@ -243,6 +257,8 @@ class DeliveryConfig:
     spool_dir: str = DEFAULT_SPOOL_DIR
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     drain_interval: float = DEFAULT_DRAIN_INTERVAL
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +267,7 @@ class SecurityConfig:
     require_signed: bool = False
     max_skew: int = DEFAULT_MAX_SKEW
     dedup_window: int = DEFAULT_DEDUP_WINDOW
+    dedup_prefix: str = DEFAULT_DEDUP_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +411,12 @@ def _redis(s: Table) -> RedisConfig:
         ),
         stream_listen=s.get_bool("stream_listen", False),
         stream=s.get_str("stream", DEFAULT_REQUEST_STREAM),
+        pubsub_queue_bytes=s.get_int(
+            "pubsub_queue_bytes",
+            DEFAULT_PUBSUB_QUEUE_BYTES,
+            minimum=MIN_PUBSUB_QUEUE_BYTES,
+            maximum=MAX_PUBSUB_QUEUE_BYTES,
+        ),
     )
 
 
@@ -550,6 +573,18 @@ def _delivery(s: Table) -> DeliveryConfig:
             minimum=MIN_DRAIN_INTERVAL,
             maximum=MAX_DRAIN_INTERVAL,
         ),
+        attempt_timeout=s.get_float(
+            "attempt_timeout",
+            DEFAULT_ATTEMPT_TIMEOUT,
+            minimum=MIN_ATTEMPT_TIMEOUT,
+            maximum=MAX_ATTEMPT_TIMEOUT,
+        ),
+        shutdown_grace=s.get_float(
+            "shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            minimum=MIN_SHUTDOWN_GRACE,
+            maximum=MAX_SHUTDOWN_GRACE,
+        ),
     )
     if config.backoff_max < config.backoff_initial:
         s.errors.append(
@@ -565,7 +600,10 @@ def _security(s: Table) -> SecurityConfig:
         require_signed=s.get_bool("require_signed", False),
         max_skew=s.get_int("max_skew", DEFAULT_MAX_SKEW, maximum=MAX_SKEW),
         dedup_window=s.get_int("dedup_window", DEFAULT_DEDUP_WINDOW, maximum=MAX_SECONDS),
+        dedup_prefix=s.get_str("dedup_prefix", DEFAULT_DEDUP_PREFIX),
     )
+    if not config.dedup_prefix or len(config.dedup_prefix) > 64:
+        s.errors.append("security.dedup_prefix: must be 1 to 64 characters")
     if config.require_signed and not config.keys:
         s.errors.append("security.keys: required when security.require_signed = true")
     return config

@@ -11,6 +11,7 @@ from typing import Any
 
 STATUSES = (
     "ok", "empty", "rejected", "failed", "spooled", "delivered", "skipped", "duplicate",
+    "partial",  # stored in some sinks (local disk, say), not all, and not spooled
 )  # fmt: skip
 STOPS = ("packets", "bytes", "duration", "timeout", "shutdown")
 
@@ -38,6 +39,9 @@ class ResultEvent:
     sha256: str | None = None
     locations: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # SHA-256 (hex) of the request body as received, on rejections of a body
+    # that did not become a request: a sender matches it by hashing what it sent.
+    request_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

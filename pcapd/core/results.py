@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ log = logging.getLogger("pcapd.core.results")
 
 PUBLISH_ATTEMPTS = 3
 MAX_PENDING = 10_000  # results held while Redis is away (~1 KB each)
+SEND_BATCH = 200  # queued results sent in one pipeline: a flood's answers keep up
 BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 10.0
 
@@ -62,22 +64,26 @@ class ResultPublisher:
 
     def _send(self, result: ResultEvent, reply_to: str | None) -> str | None:
         """None when sent, else the error."""
-        body = result.to_json()
+        return self._send_all([(result, reply_to)])
+
+    def _send_all(self, batch: list[_Pending]) -> str | None:
         with self._lock:
             try:
                 if self._client is None:
                     self._client = self._connect()
                 pipe = self._client.pipeline(transaction=False)
-                pipe.publish(self.config.results_channel, body)
-                if self.config.results_stream:
-                    pipe.xadd(
-                        self.config.results_stream,
-                        {"event": body},
-                        maxlen=self.config.results_stream_maxlen,
-                        approximate=True,
-                    )
-                if reply_to:
-                    pipe.publish(reply_to, body)
+                for result, reply_to in batch:
+                    body = result.to_json()
+                    pipe.publish(self.config.results_channel, body)
+                    if self.config.results_stream:
+                        pipe.xadd(
+                            self.config.results_stream,
+                            {"event": body},
+                            maxlen=self.config.results_stream_maxlen,
+                            approximate=True,
+                        )
+                    if reply_to:
+                        pipe.publish(reply_to, body)
                 pipe.execute()
                 return None
             except (redis.RedisError, OSError, AttributeError) as exc:
@@ -127,16 +133,18 @@ class ResultPublisher:
                     self._wake.wait()
                 if not self._pending:
                     return
-                result, reply_to = self._pending[0]
-            error = self._send(result, reply_to)
+                batch = list(itertools.islice(self._pending, SEND_BATCH))
+            error = self._send_all(batch)
             if error is None:
                 backoff = BACKOFF_INITIAL
                 with self._wake:
-                    if self._pending and self._pending[0][0] is result:
-                        self._pending.popleft()
+                    # What submit() dropped meanwhile went from the front.
+                    for item in batch:
+                        if self._pending and self._pending[0] is item:
+                            self._pending.popleft()
                 continue
             event(
-                log, "result_publish_failed", logging.WARNING, id=result.id, error=error,
+                log, "result_publish_failed", logging.WARNING, id=batch[0][0].id, error=error,
                 waiting=len(self._pending), retry_in=round(backoff, 2),
             )  # fmt: skip
             with self._wake:

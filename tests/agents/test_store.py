@@ -121,13 +121,13 @@ def test_what_is_queued_when_stopping_with_redis_down_is_counted_as_lost() -> No
     assert writer.stats.redis_errors >= 1
 
 
-def test_writes_resume_after_redis_comes_back(redis_srv: RedisServer) -> None:
-    writer = writer_for(redis_srv.url)
-    redis_srv.stop()
+def test_writes_resume_after_redis_comes_back(private_redis: RedisServer) -> None:
+    writer = writer_for(private_redis.url)
+    private_redis.stop()
     writer.incr("client;late")
     writer.flush()
     wait_for(lambda: writer.stats.redis_errors >= 1)
-    redis_srv.start()
+    private_redis.start()
     wait_for(lambda: writer.stats.written_ops == 1, timeout=15)
     writer.stop()
-    assert redis_srv.client().get("client;late") == b"1"
+    assert private_redis.client().get("client;late") == b"1"

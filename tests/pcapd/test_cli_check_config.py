@@ -172,7 +172,7 @@ def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
         f"{path}: error: agents.dnstap.ttl_grace: must be at least 1 and at most 2147483647, "
         "got -1",
         f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
-        f"{path}: error: agents.foo: unknown agent (dnstap, flow)",
+        f"{path}: error: agents.foo: unknown agent (dnstap, flow, dnswire)",
     ]
 
 

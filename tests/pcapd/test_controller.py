@@ -4,13 +4,14 @@ what is acked or released, what is reported, and that every bound is given back.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from pcapd.controller import Controller
 from pcapd.core.config import Config, parse_config
@@ -48,7 +49,9 @@ class Recorded:
         return self.acks + self.releases > 0
 
 
-def build(redis_srv: RedisServer, localdir: Path, **general: Any) -> Controller:
+def build(
+    redis_srv: RedisServer, localdir: Path, dedup: redis.Redis | None = None, **general: Any
+) -> Controller:
     config: Config = parse_config(
         {
             "general": {"node": "n1", "writelocal": True, "localdir": str(localdir),
@@ -64,14 +67,8 @@ def build(redis_srv: RedisServer, localdir: Path, **general: Any) -> Controller:
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
         deliverer=deliverer,
         pool=HandlePool((), config.general.buffer_size),
+        dedup_redis=dedup,
     )
-
-
-@pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
 
 
 def idle(ctl: Controller) -> bool:
@@ -183,3 +180,19 @@ def test_shutdown_ends_and_stores_running_captures(
     refused = Recorded(request(port, id="late"))
     ctl.handle(refused.delivery)
     assert results.for_id("late")["error"] == "shutting down: not taking new captures"
+
+
+def test_with_redis_away_duplicates_are_caught_in_memory_and_the_log_says_so(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    away = redis.Redis(port=free_port(), socket_timeout=0.5, socket_connect_timeout=0.5)
+    ctl = build(redis_srv, tmp_path / "caps", dedup=away)
+    port = free_port()
+    with caplog.at_level(logging.WARNING, logger="pcapd.dedup"):
+        ctl.handle(Recorded(request(port, id="d1", packets=2)).delivery)
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        assert results.for_id("d1")["status"] == "ok"
+        ctl.handle(Recorded(request(port, id="d1", packets=2)).delivery)
+        assert results.for_id("d1")["status"] == "duplicate"
+    logged = [r.getMessage() for r in caplog.records if r.name == "pcapd.dedup"]
+    assert logged == ["dedup_redis_unavailable"]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
+import redis
 
-from pcapd.dedup import DEFAULT_MAX_IDS, RecentIds
+from pcapd.dedup import DEFAULT_MAX_IDS, REDIS_RETRY_AFTER, RecentIds, RedisSeen
+from tests.helpers import RedisServer
 
 
 class Clock:
@@ -94,3 +97,75 @@ def test_concurrent_sightings_record_each_id_once() -> None:
 def test_bad_bounds_are_refused(window: float, max_ids: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         RecentIds(window, max_ids=max_ids)
+
+
+def redis_seen(
+    server: RedisServer | redis.Redis, kind: str = "id", node: str = "n1", window: float = 60
+) -> RedisSeen:
+    client = server if isinstance(server, redis.Redis) else server.client()
+    return RedisSeen(client, prefix="t:seen:", kind=kind, node=node, window_seconds=window)
+
+
+def test_a_served_request_is_seen_by_the_next_run(redis_srv: RedisServer) -> None:
+    first = redis_seen(redis_srv)
+    assert first.seen("r1") is False
+    first.served("r1")
+    restarted = redis_seen(redis_srv)  # a new process: empty memory, same Redis
+    assert restarted.seen("r1") is True
+    assert redis_srv.client().get("t:seen:id:n1:r1") == b"served"
+    assert 0 < redis_srv.client().ttl("t:seen:id:n1:r1") <= 60
+
+
+def test_a_request_claimed_by_a_run_that_died_is_taken_over_not_refused(
+    redis_srv: RedisServer,
+) -> None:
+    died = redis_seen(redis_srv)
+    assert died.seen("r1") is False  # claimed, then killed mid-capture
+    restarted = redis_seen(redis_srv)
+    assert restarted.seen("r1") is False  # the source's redelivery is captured
+    assert redis_srv.client().get("t:seen:id:n1:r1") == restarted.instance.encode()
+    assert restarted.seen("r1") is True and redis_seen(redis_srv).seen("r1") is False
+    restarted.served("r1")
+    assert redis_seen(redis_srv).seen("r1") is True
+
+
+def test_redis_seen_is_per_node_and_per_kind(redis_srv: RedisServer) -> None:
+    n1, n2 = redis_seen(redis_srv, node="n1"), redis_seen(redis_srv, node="n2")
+    sigs = redis_seen(redis_srv, kind="sig", node="n1")
+    assert (n1.seen("r1"), n2.seen("r1"), sigs.seen("r1")) == (False, False, False)
+    n1.served("r1")
+    assert (redis_seen(redis_srv, node="n1").seen("r1"), n2.seen("r1")) == (True, True)
+    assert sorted(redis_srv.client().keys("t:seen:*")) == [
+        b"t:seen:id:n1:r1", b"t:seen:id:n2:r1", b"t:seen:sig:n1:r1",
+    ]  # fmt: skip
+
+
+def test_redis_seen_forget_lets_it_come_again_after_a_restart(redis_srv: RedisServer) -> None:
+    seen = redis_seen(redis_srv)
+    seen.seen("r1")
+    seen.forget("r1")
+    assert redis_seen(redis_srv).seen("r1") is False
+
+
+def test_redis_away_falls_back_to_memory_says_so_and_comes_back(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    seen = RedisSeen(
+        redis.Redis(port=redis_srv.port, socket_timeout=1, socket_connect_timeout=1),
+        prefix="t:seen:", kind="id", node="n1", window_seconds=60, clock=clock,
+    )  # fmt: skip
+    redis_srv.stop()
+    with caplog.at_level(logging.WARNING, logger="pcapd.dedup"):
+        assert seen.seen("r1") is False
+        assert seen.seen("r1") is True  # the in-memory window still holds
+    [record] = caplog.records  # once per outage, not once per request
+    fields = getattr(record, "pcapd_fields", {})
+    assert (record.getMessage(), fields["kind"]) == ("dedup_redis_unavailable", "id")
+    assert (
+        fields["fallback"] == "memory only, window 60 s" and str(redis_srv.port) in fields["error"]
+    )
+    redis_srv.start()
+    clock.now += REDIS_RETRY_AFTER
+    assert seen.seen("r2") is False and seen.seen("r1") is True  # what memory saw still counts
+    assert redis_srv.client().exists("t:seen:id:n1:r2") == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from pcapd.core.request import RequestError, decode_body, parse_request
 from pcapd.core.secret import Secret
 from pcapd.dedup import RecentIds
 from pcapd.signing import canonical, sign, signature, verify
+from tests.helpers import RedisServer
+from tests.pcapd.daemon_fixture import Daemon, Results
 
 KEY = "s3cr3t-key-value"
 NOW = 1_700_000_000.0
@@ -163,38 +166,61 @@ def test_secret_is_not_in_repr_of_config() -> None:
     assert KEY not in repr(SECURITY)
 
 
-SHELL_SIGNER = r"""
-set -euo pipefail
-KEY=$(cat "$KEYFILE")
-body=$(jq -cS --argjson ts "$NOW" '. + {ts: $ts, kid: "ops"} | del(.sig)' "$REQUEST_FILE")
-sig=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$KEY" | sed 's/^.*= //')
-printf '%s' "$body" | jq -c --arg sig "$sig" '. + {sig: $sig}'
-"""
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "triggers.md"
+DOC_KEY_PATH = "/etc/pcapd/keys/ops"
 
 
-@pytest.mark.skipif(
-    not (shutil.which("jq") and shutil.which("openssl")), reason="needs jq and openssl"
-)
-def test_shell_signing_with_jq_and_openssl_matches(tmp_path: Any) -> None:
-    """The shell recipe in docs/triggers.md produces what `verify` accepts."""
+def documented_shell_recipe() -> str:
+    """The fenced shell block under "Signing in shell" in docs/triggers.md."""
+    section = DOCS.read_text().split("### Signing in shell (jq and openssl)\n", 1)[1]
+    recipe = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert recipe.count(DOC_KEY_PATH) == 1 and "request.json" in recipe, recipe
+    return recipe
+
+
+def test_documented_shell_recipe_signs_what_the_daemon_accepts(
+    tmp_path: Path, redis_srv: RedisServer, results: Results
+) -> None:
+    """Run the doc's jq/openssl/redis-cli recipe as written (only the key's
+    path differs) against a daemon that accepts only signed requests."""
     keyfile = tmp_path / "ops.key"
     keyfile.write_text(KEY + "\n")
-    request_file = tmp_path / "request.json"
-    request_file.write_text(json.dumps(REQUEST, ensure_ascii=False), encoding="utf-8")
-    out = subprocess.run(
-        ["bash", "-c", SHELL_SIGNER],
-        env={
-            "PATH": "/usr/bin:/bin",
-            "KEYFILE": str(keyfile),
-            "REQUEST_FILE": str(request_file),
-            "NOW": str(int(NOW)),
-        },
-        capture_output=True,
-        check=True,
-    ).stdout
-    fields = decode_body(out, 65536)
-    assert fields["sig"] == sign(REQUEST, "ops", Secret(KEY), NOW)["sig"]
-    verify(fields, SECURITY, NOW, replay_cache())
+    daemon = Daemon(
+        redis_srv, tmp_path / "daemon",
+        extra_sections=f'[security]\nkeys = {{ ops = "file:{keyfile}" }}\nrequire_signed = true\n',
+    )  # fmt: skip
+    daemon.start()
+    try:
+        request = {**REQUEST, "id": "shell-signed", "node": "testnode", "timeout": 1}
+        (tmp_path / "request.json").write_text(json.dumps(request, ensure_ascii=False))
+        # `redis-cli` as the recipe calls it, pointed at this test's Redis; it
+        # keeps a copy of what it was asked to publish.
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        published = tmp_path / "published.json"
+        shim = bindir / "redis-cli"
+        shim.write_text(
+            f"#!/bin/sh\ntee {published} | exec {shutil.which('redis-cli')} "
+            f'-p {redis_srv.port} "$@"\n'
+        )
+        shim.chmod(0o755)
+        recipe = documented_shell_recipe().replace(DOC_KEY_PATH, str(keyfile))
+        done = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", recipe], cwd=tmp_path,
+            env={"PATH": f"{bindir}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "1", "one subscriber, the daemon, got it"
+        fields = decode_body(published.read_bytes(), 65536)
+        assert fields["sig"] == sign(request, "ops", Secret(KEY), fields["ts"])["sig"]
+        event = results.for_id("shell-signed")
+        assert (event["status"], event["error"]) == ("empty", None), event
+        daemon.publish({**request, "id": "unsigned"})  # the same, unsigned: refused
+        assert results.for_id("unsigned")["error"] == (
+            "sig: missing; this node accepts only signed requests (require_signed)"
+        )
+    finally:
+        daemon.stop()
 
 
 def test_keys_from_file_and_environment_verify(

@@ -1,24 +1,19 @@
-"""A real `moto_server` subprocess on a free loopback port, for SQS through boto3."""
+"""SQS through boto3 against a real `moto_server` (started by `tests.helpers.moto_process`)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
-from tests.helpers import free_port, stop_process, wait_for
+from tests.helpers import MotoProcess, moto_process
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
@@ -26,7 +21,6 @@ if TYPE_CHECKING:
 REGION = "us-east-1"
 TEST_KEY_ID = "testing"
 TEST_SECRET = "testing-secret"
-MOTO_START_TIMEOUT = 30.0
 
 
 @dataclass
@@ -54,41 +48,18 @@ class MotoServer:
         return reply["QueueUrl"]
 
 
-def _moto_server_bin() -> str:
-    return str(Path(sys.executable).with_name("moto_server"))
-
-
-def _up(endpoint: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
 def moto_server(env: dict[str, str] | None = None) -> Iterator[MotoServer]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [_moto_server_bin(), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _up(endpoint) or proc.poll() is not None, timeout=MOTO_START_TIMEOUT)
-        assert proc.poll() is None, f"moto_server exited with {proc.returncode}"
-        yield MotoServer(endpoint, proc)
-    finally:
-        stop_process(proc)
+    with moto_process(env) as server:
+        assert server.proc is not None
+        yield MotoServer(server.endpoint, server.proc)
 
 
 @pytest.fixture(scope="session")
-def moto_sqs() -> Iterator[MotoServer]:
-    """One moto_server for the session; each test makes its own queue."""
-    with moto_server() as server:
-        yield server
+def moto_sqs(moto_session: MotoProcess) -> MotoServer:
+    """SQS on the session's `moto_server`; each test makes its own queue."""
+    assert moto_session.proc is not None
+    return MotoServer(moto_session.endpoint, moto_session.proc)
 
 
 @pytest.fixture(scope="session")

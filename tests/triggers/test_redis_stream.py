@@ -106,34 +106,34 @@ def test_entry_pending_for_another_consumer_name_is_claimed(redis_srv: RedisServ
 
 
 def test_reconnects_after_redis_restart(
-    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    consumer = start(redis_srv, "web1")
+    consumer = start(private_redis, "web1")
     try:
         with caplog.at_level(logging.INFO, logger="triggers.redis_stream"):
-            redis_srv.stop()  # no persistence: stream and group are gone
+            private_redis.stop()  # no persistence: stream and group are gone
             wait_for(lambda: consumer.source.read_errors >= 2)
-            redis_srv.start()
+            private_redis.start()
             # Published possibly before the group exists again: still taken.
-            publish_stream(redis_srv.client(), STREAM, b'{"id": "after"}', 1000)
+            publish_stream(private_redis.client(), STREAM, b'{"id": "after"}', 1000)
             delivery = consumer.take()
         assert delivery.body == b'{"id": "after"}'
         delivery.ack()
-        assert pending(redis_srv.client(), "web1") == 0
+        assert pending(private_redis.client(), "web1") == 0
         assert "failed" in caplog.text and "retrying in" in caplog.text
     finally:
         consumer.close()
 
 
-def test_ack_while_redis_is_away_is_sent_after_reconnect(redis_srv: RedisServer) -> None:
-    consumer = start(redis_srv, "web1")
+def test_ack_while_redis_is_away_is_sent_after_reconnect(private_redis: RedisServer) -> None:
+    consumer = start(private_redis, "web1")
     try:
-        publish_stream(redis_srv.client(), STREAM, b'{"id": "a"}', 1000)
+        publish_stream(private_redis.client(), STREAM, b'{"id": "a"}', 1000)
         delivery = consumer.take()
-        redis_srv.stop()
+        private_redis.stop()
         delivery.ack()  # fails now; kept and sent again
         assert consumer.source.in_flight() == 1
-        redis_srv.start()
+        private_redis.start()
         wait_for(lambda: consumer.source.in_flight() == 0, timeout=10)
     finally:
         consumer.close()

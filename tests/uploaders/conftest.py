@@ -1,12 +1,8 @@
-"""Real S3 (moto's server, spoken to by boto3 over loopback) and CloudShark fixtures."""
+"""Real S3 (`moto_server`, spoken to by boto3 over loopback) and CloudShark fixtures."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from pcapd.core.config import CloudsharkConfig, DeliveryConfig, S3Config
 from pcapd.core.request import CaptureRequest
 from pcapd.core.secret import Secret
-from tests.helpers import free_port, stop_process, wait_for
+from tests.helpers import MotoProcess as MotoProcess  # re-exported: tests import it from here
+from tests.helpers import moto_process
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from uploaders.base import Artifact
 from uploaders.s3 import boto3_client_factory
@@ -91,68 +87,20 @@ class MotoS3:
 
 
 @pytest.fixture(scope="session")
-def moto_s3() -> Iterator[MotoS3]:
-    """moto's S3 server in this process on a free loopback port, for the session."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+def moto_s3(moto_session: MotoProcess) -> MotoS3:
+    """S3 on the session's `moto_server`; each test makes its own bucket."""
     base = S3Config(
-        upload=True, accessid=S3_KEY_ID, accesskey=Secret(S3_SECRET), endpoint=endpoint,
-        bucket="unused", region="us-east-1",
+        upload=True, accessid=S3_KEY_ID, accesskey=Secret(S3_SECRET),
+        endpoint=moto_session.endpoint, bucket="unused", region="us-east-1",
     )  # fmt: skip
-    try:
-        yield MotoS3(endpoint, base)
-    finally:
-        server.stop()
-
-
-@dataclass
-class MotoProcess:
-    """`moto_server` as a child process, so a test can kill it like a lost peer."""
-
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        exe = shutil.which("moto_server", path=os.path.dirname(sys.executable))
-        assert exe, "moto_server is not installed in the virtualenv"
-        self.proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(self._ready, timeout=20)
-
-    def _ready(self) -> bool:
-        import socket
-
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
+    return MotoS3(moto_session.endpoint, base)
 
 
 @pytest.fixture
 def moto_proc() -> Iterator[MotoProcess]:
-    server = MotoProcess(port=free_port())
-    server.start()
-    try:
+    """A `moto_server` of this test's own, for tests that kill and restart it."""
+    with moto_process() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

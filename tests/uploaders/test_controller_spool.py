@@ -3,6 +3,7 @@ shutdown that cannot wait for a hanging upload spools the capture instead."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,23 +15,19 @@ from pcapd.core.config import parse_config
 from pcapd.core.redis_conn import connect
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool
-from tests.helpers import RedisServer, free_port, wait_for
+from tests.helpers import RedisServer, fill, free_port, needs_root, tmpfs, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.test_controller import Recorded, request
 from tests.pcapd.test_engine import send_udp
 from tests.uploaders.cloudshark_server import CloudsharkServer
-from tests.uploaders.conftest import cs_config
+from tests.uploaders.conftest import cs_config, s3_config
+from uploaders.base import Uploader
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer
+from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
+from uploaders.s3 import S3Uploader
 from uploaders.spool import Spool
-
-
-@pytest.fixture
-def results(redis_srv: RedisServer) -> Iterator[Results]:
-    collector = Results(redis_srv)
-    yield collector
-    collector.close()
 
 
 def test_hanging_upload_is_spooled_at_shutdown(
@@ -43,7 +40,7 @@ def test_hanging_upload_is_spooled_at_shutdown(
          "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1}},
     )  # fmt: skip
     spool = Spool(tmp_path / "spool", 64 * 1024 * 1024)
-    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=3.0))
+    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=10.0))
     ctl = Controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
@@ -96,3 +93,87 @@ def test_spool_space_is_promised_to_admitted_captures(
     wait_for(lambda: ctl._spool_promised == 0)
     ctl.handle(Recorded(request(port, id="p4", bytes=1_000_000, timeout=1)).delivery)
     assert results.for_id("p4")["status"] == "empty"
+
+
+@pytest.fixture
+def on_full_disk(redis_srv: RedisServer, tmp_path: Path) -> Iterator[tuple[Controller, Path]]:
+    """A controller with local disk and spool on a 3 MiB tmpfs; S3 refused."""
+    with tmpfs(tmp_path / "disk", "3m") as disk:
+        ctl = disk_controller(redis_srv, disk)
+        try:
+            yield ctl, disk
+        finally:
+            ctl.shutdown(5)
+
+
+def disk_controller(redis_srv: RedisServer, disk: Path) -> Controller:
+    """Local disk and spool on `disk`; S3 on a port where nothing listens (refused)."""
+    config = parse_config(
+        {"general": {"node": "n1", "maxbytes": 2_000_000, "max_memory": 8_000_000,
+                     "writelocal": True, "localdir": str(disk / "local")},
+         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1}},
+    )  # fmt: skip
+    (disk / "local").mkdir(exist_ok=True)
+    s3 = S3Uploader(s3_config(f"http://127.0.0.1:{free_port()}", "caps"))
+    uploaders: list[Uploader] = [LocalUploader(disk / "local"), s3]
+    return Controller(
+        config,
+        publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
+        deliverer=Deliverer(
+            uploaders, RetryPolicy.from_config(config.delivery), Spool(disk / "spool", 64 << 20)
+        ),
+        pool=HandlePool((), config.general.buffer_size),
+    )
+
+
+@needs_root
+def test_disk_filling_after_admission_reports_the_local_copy_and_why_nothing_was_spooled(
+    results: Results, on_full_disk: tuple[Controller, Path]
+) -> None:
+    ctl, disk = on_full_disk
+    port = free_port()
+    got = Recorded(request(port, id="full", packets=2, bytes=100_000))
+    ctl.handle(got.delivery)
+    wait_for(ctl.capture_started.is_set)
+    filler = fill(disk, leave=4096)  # someone else fills the disk meanwhile
+    send_udp(port, 2, 0.01)
+    event = results.for_id("full")
+    assert event["status"] == "partial", event
+    local = Path(event["locations"]["local"])
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == event["sha256"]
+    error = event["error"]
+    assert error.startswith("s3: s3://caps/") and "; spool: cannot spool " in error
+    assert "No space left on device" in error
+    wait_for(lambda: got.acks == 1)  # stored durably on local disk
+    # Still serving: what it cannot keep now it refuses, saying why...
+    ctl.handle(Recorded(request(port, id="no-room", bytes=100_000)).delivery)
+    refused = results.for_id("no-room")
+    assert refused["status"] == "rejected" and refused["error"].startswith("disk full: ")
+    # ... and once there is room again, the next capture is spooled for S3.
+    filler.unlink()
+    ctl.handle(Recorded(request(port, id="room", packets=2, bytes=100_000)).delivery)
+    threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+    assert results.for_id("room")["status"] == "spooled"
+
+
+@needs_root
+def test_admission_checks_real_free_space_for_every_copy_and_what_was_promised(
+    results: Results, on_full_disk: tuple[Controller, Path]
+) -> None:
+    ctl, disk = on_full_disk
+    port = free_port()
+    ctl.handle(Recorded(request(port, id="big", bytes=2_000_000)).delivery)
+    big = results.for_id("big")
+    assert big["status"] == "rejected"
+    assert big["error"] == (
+        f"disk full: {3 << 20} bytes free on the filesystem of {disk}/local (local), "
+        f"{disk}/spool (spool), bytes=2000000 needs 4000000"
+    )
+    ctl.handle(Recorded(request(port, id="fits", bytes=1_000_000, timeout=2)).delivery)
+    wait_for(lambda: ctl._active == 1)
+    ctl.handle(Recorded(request(port, id="second", bytes=1_000_000)).delivery)
+    second = results.for_id("second")
+    assert second["status"] == "rejected"
+    assert second["error"].endswith("(2000000 promised to captures not yet stored)")
+    assert results.for_id("fits")["status"] == "empty"
+    wait_for(lambda: ctl._disk_promised == {next(iter(ctl._disk_promised)): 0})

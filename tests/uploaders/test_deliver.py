@@ -137,12 +137,14 @@ def test_no_spool_means_failed() -> None:
     assert (outcome.status, outcome.error) == ("failed", "s3: s3 refused; spool: not configured")
 
 
-def test_local_failure_is_failed_but_remote_copies_are_listed(
+def test_local_failure_is_partial_and_remote_copies_are_listed(
     tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
     uploaders: list[Uploader] = [Failing("local", False), CloudsharkUploader(cs_config(cloudshark))]
-    outcome = Deliverer(uploaders, fast_retry(), Spool(tmp_path, MB)).deliver(make_artifact())
-    assert outcome.status == "failed" and outcome.durable
+    spool = Spool(tmp_path, MB)
+    outcome = Deliverer(uploaders, fast_retry(), spool).deliver(make_artifact())
+    assert outcome.status == "partial" and outcome.durable
+    assert spool.list() == [] and spool.used_bytes() == 0  # the write-ahead entry went
     assert list(outcome.locations) == ["cloudshark"]
     assert outcome.error == "local: local refused"
 
@@ -251,3 +253,44 @@ def test_remote_sinks_run_in_the_order_of_their_sections(text: str, expected: li
 
     config = parse_config(tomllib.loads(text), hostname="n")
     assert [u.name for u in build_remote_uploaders(config)] == expected
+
+
+class Watching:
+    """A remote sink that looks at the spool while its upload is under way."""
+
+    name = "s3"
+    remote = True
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.seen: list[tuple[str, tuple[str, ...], bool]] = []
+
+    def upload(self, artifact: Artifact) -> Location:
+        for entry in self.spool.list():
+            with self.spool.claim(entry.id) as free:
+                self.seen.append((entry.filename, entry.pending, free))
+        return Location("s3", f"s3://b/{artifact.filename}")
+
+
+def test_capture_is_written_ahead_and_held_while_its_upload_runs(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", 10 * MB)
+    sink = Watching(spool)
+    deliverer = Deliverer([LocalUploader(tmp_path / "local"), sink], fast_retry(), spool)
+    artifact = make_artifact(20_000)
+    outcome = deliverer.deliver(artifact, base_event(artifact))
+    # During the upload the entry existed, pending for s3, and no drainer could take it.
+    assert sink.seen == [(artifact.filename, ("s3",), False)]
+    assert outcome.status == "ok" and set(outcome.locations) == {"local", "s3"}
+    assert spool.list() == [] and spool.used_bytes() == 0 == spool.refresh()
+
+
+def test_full_spool_still_uploads_and_a_failure_then_is_partial(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", 1 * MB)
+    spool.put(make_artifact(900_000), ["s3"])
+    uploaders: list[Uploader] = [LocalUploader(tmp_path / "local"), Failing("s3", True)]
+    outcome = Deliverer(uploaders, fast_retry(), spool).deliver(make_artifact(200_000))
+    assert outcome.status == "partial" and outcome.durable and list(outcome.locations) == ["local"]
+    assert outcome.error is not None
+    assert outcome.error.startswith("s3: s3 refused; spool: spool full: ")
+    ok = Deliverer([Watching(spool)], fast_retry(), spool).deliver(make_artifact(200_000))
+    assert ok.status == "ok"  # no room to write ahead costs the safety net, not the upload

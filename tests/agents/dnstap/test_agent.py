@@ -261,26 +261,26 @@ def test_tls_listener(
 
 
 def test_redis_outage_drops_are_counted_and_writes_resume(
-    redis_srv: RedisServer, tmp_path: Path
+    private_redis: RedisServer, tmp_path: Path
 ) -> None:
     opts: dict[str, Any] = {"max_queue_ops": 100, "batch_ops": 10}
-    with running_agent(redis_srv.url, tmp_path / "tap.sock", **opts) as ra:
+    with running_agent(private_redis.url, tmp_path / "tap.sock", **opts) as ra:
         ra.send([tap_payload(AAAA, client="10.2.0.1")])
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
-        redis_srv.stop()
+        private_redis.stop()
         # 300 lookups x 2 operations while Redis is down: the queue keeps 100.
         ra.send([tap_payload(AAAA, client=f"10.2.1.{i}") for i in range(150)])
         ra.send([tap_payload(AAAA, client=f"10.2.2.{i}") for i in range(150)])
         wait_for(lambda: ra.snapshot()["dropped"] >= 200)
         assert ra.snapshot()["redis_errors"] >= 1
         assert ra.agent.writer.queue_depth <= 100
-        redis_srv.start()
+        private_redis.start()
         wait_for(lambda: ra.flushed(), timeout=15)
         ra.send([GOOD])
-        wait_for(lambda: redis_srv.client().get("client;10.9.9.9") == b"1", timeout=15)
+        wait_for(lambda: private_redis.client().get("client;10.9.9.9") == b"1", timeout=15)
         snap = ra.snapshot()
         assert snap["keys_written"] + snap["dropped"] == 2 + 600 + 2
-        assert redis_srv.client().get("10.9.9.9;192.0.2.10;dns") == b";www.example.test.;"
+        assert private_redis.client().get("10.9.9.9;192.0.2.10;dns") == b";www.example.test.;"
 
 
 def test_udp_json_datagrams(redis_srv: RedisServer, tmp_path: Path) -> None:

@@ -139,7 +139,11 @@ def test_unknown_options_are_warnings_naming_their_path() -> None:
 
 def test_every_error_is_reported_at_once() -> None:
     errors = errors_of({"snaplen": 1, "rules": [{"src": "x", "dst": "y", "action": "lower_port"}]})
-    assert len(errors) == 3
+    assert sorted(errors) == [
+        "agents.flow.rules[0].dst: unknown network 'y'",
+        "agents.flow.rules[0].src: unknown network 'x'",
+        "agents.flow.snaplen: must be at least 64 and at most 65535, got 1",
+    ]
 
 
 def test_our_nets_entry_needs_our_nets() -> None:

@@ -252,23 +252,23 @@ def test_cli_config_file_only(tmp_path: Path, redis_srv: RedisServer) -> None:
     assert "drop_rule=1" in result.stderr
 
 
-def test_redis_outage_is_retried_and_counted(tmp_path: Path, redis_srv: RedisServer) -> None:
+def test_redis_outage_is_retried_and_counted(tmp_path: Path, private_redis: RedisServer) -> None:
     """Redis away while packets are processed: the agent goes on, the writer
     retries with backoff, and the keys arrive once Redis is back."""
     pcap = write(
         tmp_path / "outage.pcap", [f.ip4(B4, A4, 17, f.udp(53, 4000 + i)) for i in range(3)]
     )
     config = with_command_line(parse_flow_config({}), None, parse_networks_arg(OURS))
-    writer = make_writer(redis_srv.client, config)
+    writer = make_writer(private_redis.client, config)
     agent = FlowAgent(config, writer)
     agent.open_file(str(pcap))
-    redis_srv.stop()
+    private_redis.stop()
     writer.start()
     agent.run_file()
     wait_for(lambda: writer.stats.redis_errors >= 1, timeout=10)
     stats = agent.stats()
     assert stats["events"] == 1 and stats["keys_written"] == 0 and stats["queue_depth"] == 4
-    redis_srv.start()
+    private_redis.start()
     writer.stop(10)
     assert writer.stats.written_ops == 4 and writer.stats.dropped_ops == 0
-    assert all_keys(redis_srv.client())[f"{A4};{B4};53;flow"] == "1"
+    assert all_keys(private_redis.client())[f"{A4};{B4};53;flow"] == "1"

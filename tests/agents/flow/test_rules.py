@@ -112,7 +112,9 @@ def test_first_matching_network_wins_and_names_repeat() -> None:
 def test_address_in_no_network_is_dropped() -> None:
     rules = RuleSet([net("v4", "0.0.0.0/0")], [Rule("lower_port")])
     assert rules.match(ip("2001:db8::1"), 1, ip("2001:db8::2"), 2) is Verdict.NO_NETWORK
-    assert isinstance(rules.match(ip("192.0.2.1"), 1, ip("192.0.2.2"), 2), Mapping)
+    # Both IPv4 addresses are in the one network: the lower port is the service.
+    got = rules.match(ip("192.0.2.1"), 1, ip("192.0.2.2"), 2)
+    assert got == mapping("192.0.2.2", "192.0.2.1", 1)
 
 
 FALL_THROUGH = RuleSet(

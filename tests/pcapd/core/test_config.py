@@ -686,3 +686,36 @@ def test_config_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     assert info.value.path == str(path)
     assert len(info.value.errors) == 1
     assert "UTF-8" in info.value.errors[0] or "utf-8" in info.value.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"delivery": {"attempt_timeout": 7200.0}},
+            "delivery.attempt_timeout: must be at least 0.1 and at most 3600.0, got 7200.0",
+        ),
+        (
+            {"delivery": {"shutdown_grace": 4000}},
+            "delivery.shutdown_grace: must be at least 1.0 and at most 3600.0, got 4000",
+        ),
+        ({"security": {"dedup_prefix": ""}}, "security.dedup_prefix: must be 1 to 64 characters"),
+    ],
+)
+def test_delivery_deadlines_and_dedup_prefix_are_bounded(
+    data: dict[str, Any], message: str
+) -> None:
+    assert errors_of(data) == [message]
+
+
+def test_delivery_deadlines_and_dedup_prefix_are_read() -> None:
+    config = parse_config(
+        {"delivery": {"attempt_timeout": 5, "shutdown_grace": 20.5},
+         "security": {"dedup_prefix": "site1:seen:"}},
+        HOST,
+    )  # fmt: skip
+    assert (config.delivery.attempt_timeout, config.delivery.shutdown_grace) == (5.0, 20.5)
+    assert config.security.dedup_prefix == "site1:seen:"
+    assert errors_of({"delivery": {"attempt_timeout": 0.0}})[0].startswith(
+        "delivery.attempt_timeout: "
+    )
