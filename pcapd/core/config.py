@@ -319,10 +319,6 @@ class Config:
         return problems
 
 
-# H2's and H3's branches add builders typed `_Section`; drop this once they are merged.
-_Section = Table
-
-
 def _general(section: Table, hostname: str) -> GeneralConfig:
     s = section
     maxbytes = s.get_int("maxbytes", DEFAULT_MAXBYTES, minimum=MIN_MAXBYTES, maximum=MAX_MEMORY)
