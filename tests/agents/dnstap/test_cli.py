@@ -83,8 +83,8 @@ def test_config_errors_are_printed_and_exit_1(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.splitlines() == [
         "error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
-        "error: agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
-        "error: agents.dnstap.record_types: MX not one of A, AAAA",
+        "error: agents.dnstap.ttl_grace: must be at least 1 and at most 2147483647, got 0",
+        "error: agents.dnstap.record_types: expected one of A, AAAA, got 'MX'",
     ]
 
 
