@@ -1,4 +1,5 @@
-"""`pcapd` command line: serve, capture, trigger, results, check-config, agent."""
+"""`pcapd` command line: serve, capture, trigger, results, check-config, agent,
+correlate, web."""
 
 from __future__ import annotations
 
@@ -387,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("agent", choices=("dnstap", "flow", "dnswire", "dnsflow-ingest"))
     agent.add_argument("agent_args", nargs=argparse.REMAINDER, metavar="...")
     agent.set_defaults(func=_agent)
+
+    from pcapd.correlator.command import add_commands
+
+    add_commands(sub, _add_redis_options, _redis_config)
     return parser
 
 

@@ -60,6 +60,7 @@ class RedisServer:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     password: str | None = None
+    unixsocket: Path | None = None  # also listen here (for agents inside namespaces)
 
     @property
     def url(self) -> str:
@@ -74,6 +75,8 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.unixsocket:
+            args += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ready, timeout=10)
 
@@ -97,8 +100,12 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, password: str | None = None) -> Iterator[RedisServer]:
-    server = RedisServer(port=free_port(), workdir=workdir, password=password)
+def redis_server(
+    workdir: Path, password: str | None = None, unixsocket: Path | None = None
+) -> Iterator[RedisServer]:
+    server = RedisServer(
+        port=free_port(), workdir=workdir, password=password, unixsocket=unixsocket
+    )
     server.start()
     try:
         yield server

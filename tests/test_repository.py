@@ -15,6 +15,7 @@ from agents.dnswire.config import DnswireConfig, parse_dnswire_config
 from agents.flow.config import FlowConfig, parse_flow_config
 from pcapd.core.config import (
     CloudsharkConfig,
+    CorrelatorConfig,
     DeliveryConfig,
     GeneralConfig,
     RedisConfig,
@@ -33,7 +34,7 @@ EXAMPLE = ROOT / "config.toml.example"
 SECTIONS: dict[str, Any] = {
     "general": GeneralConfig, "redis": RedisConfig, "syslog": SyslogConfig,
     "s3": S3Config, "cloudshark": CloudsharkConfig, "delivery": DeliveryConfig,
-    "sqs": SqsConfig, "security": SecurityConfig,
+    "sqs": SqsConfig, "security": SecurityConfig, "correlator": CorrelatorConfig,
     "agents.dnstap": DnstapConfig, "agents.flow": FlowConfig, "agents.dnswire": DnswireConfig,
 }  # fmt: skip
 AGENTS = {"agents.dnstap", "agents.flow", "agents.dnswire"}

@@ -129,6 +129,8 @@ class RecordSettings(Protocol):
     def batch_ops(self) -> int: ...
     @property
     def flush_interval(self) -> float: ...
+    @property
+    def client_index(self) -> bool: ...
 
 
 class ResponseRecorder:
@@ -334,6 +336,7 @@ def make_writer(config: RecordSettings, connect: Callable[[], redis.Redis]) -> s
         max_queue_ops=config.max_queue_ops,
         batch_ops=config.batch_ops,
         flush_interval=config.flush_interval,
+        index=config.client_index,
     )
 
 

@@ -89,6 +89,7 @@ class DnstapConfig:
     udp_output: HostPort | None = None
     udp_interface: str | None = None
     udp_ttl: int = DEFAULT_UDP_TTL
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -164,6 +165,7 @@ def record_options(t: Table) -> dict[str, Any]:
             minimum=store.MIN_FLUSH_INTERVAL,
             maximum=store.MAX_FLUSH_INTERVAL,
         ),
+        "client_index": t.get_bool("client_index", False),
     }
 
 

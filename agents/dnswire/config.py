@@ -92,6 +92,7 @@ class DnswireConfig:
     max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
     flush_interval: float = store.DEFAULT_FLUSH_INTERVAL
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     stats_interval: float = DEFAULT_STATS_INTERVAL
     export_stats_interval: float = export.STATS_INTERVAL
     snaplen: int = DEFAULT_SNAPLEN

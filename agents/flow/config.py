@@ -100,6 +100,7 @@ class FlowConfig:
     max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = store.DEFAULT_BATCH_OPS
     max_tracked: int = DEFAULT_MAX_TRACKED
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     warnings: tuple[str, ...] = ()
 
     def ruleset(self) -> RuleSet:
@@ -300,6 +301,7 @@ def parse_flow_config(table: Any) -> FlowConfig:
         max_tracked=t.get_int(
             "max_tracked", DEFAULT_MAX_TRACKED, minimum=MIN_MAX_TRACKED, maximum=MAX_MAX_TRACKED
         ),
+        client_index=t.get_bool("client_index", False),
     )
     if config.batch_ops > config.max_queue_ops:
         t.exceeds("batch_ops", config.batch_ops, "max_queue_ops", config.max_queue_ops)

@@ -41,6 +41,7 @@ NAMED_CONF = """options {{
     recursion no;
     dnssec-validation no;
     notify no;
+    check-names primary ignore;
     dnstap {{ client response; }};
     dnstap-output unix "{socket}";
     dnstap-identity "bind-test";
@@ -129,12 +130,13 @@ def bind(
     port: int | None = None,
     netns: str | None = None,
     extra: str = "",
+    zone: str = ZONE_FILE,
 ) -> Iterator[Resolver]:
     """By default on a free loopback port; `netns`, `listen` (and `listen6`,
     `port`) put it inside a test's namespace. `extra`: more options lines."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    (workdir / "example.test.zone").write_text(ZONE_FILE)
+    (workdir / "example.test.zone").write_text(zone)
     conf = workdir / "named.conf"
     conf.write_text(
         NAMED_CONF.format(dir=workdir, port=port, socket=socket_path, listen=listen,
