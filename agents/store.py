@@ -30,10 +30,16 @@ import redis
 
 log = logging.getLogger("pcapd.agents.store")
 
+# Each agent's config reads these with the bounds beside them.
 DEFAULT_TTL_GRACE = 900
+MAX_TTL_GRACE = 2**31 - 1  # Redis EXPIRE seconds
 DEFAULT_MAX_QUEUE_OPS = 200_000
+MAX_QUEUE_OPS = 100_000_000
 DEFAULT_BATCH_OPS = 1_000
+MAX_BATCH_OPS = 100_000
 DEFAULT_FLUSH_INTERVAL = 0.05
+MIN_FLUSH_INTERVAL = 0.001
+MAX_FLUSH_INTERVAL = 10.0
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 

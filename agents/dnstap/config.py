@@ -1,15 +1,15 @@
 """`[agents.dnstap]`: every option, its default constant and its checks.
 
 `parse_dnstap_config(config.agents.get("dnstap", {}))` validates the raw
-table in one place and raises `pcapd.core.config.ConfigError` listing every
-problem, each naming its field (`agents.dnstap.socket_mode: ...`).
+table with the one reader (`pcapd.core.configread.Table`) and raises
+`ConfigError` listing every problem, each naming its field
+(`agents.dnstap.socket_mode: ...`); unknown keys are warnings.
 """
 
 from __future__ import annotations
 
 import grp
 import ipaddress
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -20,7 +20,8 @@ from agents import store
 from agents.dnstap import fstrm
 from agents.dnstap.message import MESSAGE_TYPES
 from agents.dnstap.response import TYPE_A, TYPE_AAAA
-from pcapd.core.config import ConfigError
+from pcapd.core.configread import ConfigError, Table
+from pcapd.core.configread import HostPort as HostPort  # agent.py and tests import it here
 from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnstap"
@@ -39,24 +40,21 @@ MAX_DEDUP_WINDOW = 3600.0
 # ~275 bytes per remembered (client, name, type) (tracemalloc: 200-250 B with
 # 30-50 character names, which each entry keeps alive): 100k entries ~ 28 MB.
 DEFAULT_DEDUP_MAX_ENTRIES = 100_000
+MAX_DEDUP_MAX_ENTRIES = 10_000_000
 DEFAULT_MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 10_000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-DEFAULT_STATS_INTERVAL = 60.0
+MIN_HANDSHAKE_TIMEOUT = 0.1
+MAX_HANDSHAKE_TIMEOUT = 3600.0
+DEFAULT_STATS_INTERVAL = 60.0  # 0: only at exit
+MAX_STATS_INTERVAL = 86_400.0
 MIN_FRAME_BYTES = 1024
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 DEFAULT_UDP_TTL = 1
+MAX_UDP_TTL = 255
 # Twice agents.store's default: a resolver's burst fills it within ms, and
 # fewer, larger script calls kept Redis ahead of decoding in bench/.
 DEFAULT_BATCH_OPS = 2_000
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,106 +101,7 @@ class DnstapConfig:
         return frozenset(RECORD_TYPES[name] for name in self.record_types)
 
 
-class _Table:
-    """Reads one `[agents.*]` table; agents.dnswire reads its own with it too."""
-
-    def __init__(self, raw: Mapping[str, Any], prefix: str = PREFIX) -> None:
-        self.raw = raw
-        self.prefix = prefix
-        self.errors: list[str] = []
-        self.seen: set[str] = set()
-
-    def error(self, key: str, message: str) -> None:
-        self.errors.append(f"{self.prefix}.{key}: {message}")
-
-    def get(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.raw.get(key)
-
-    def opt_str(self, key: str, default: str | None = None) -> str | None:
-        value = self.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.error(key, f"expected a string, got {value!r}")
-            return default
-        return value or None
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.error(key, f"expected true or false, got {value!r}")
-            return default
-        return value
-
-    def opt_secret(self, key: str) -> str | None:
-        """A string that may hold a password: a bad value's type is named, never the value."""
-        value = self.get(key)
-        if value is not None and not isinstance(value, str):
-            self.error(key, f"expected a string, got {type(value).__name__} (value not shown)")
-            return None
-        return value or None
-
-    def number(
-        self, key: str, default: float, minimum: float, maximum: float, integer: bool = False
-    ) -> Any:
-        value: Any = self.get(key)
-        if value is None:
-            return default
-        numeric = isinstance(value, int) or (not integer and isinstance(value, float))
-        if isinstance(value, bool) or not numeric:
-            self.error(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
-            return default
-        if not math.isfinite(value):  # TOML allows nan and inf
-            self.error(key, f"must be a finite number, got {value!r}")
-            return default
-        if not minimum <= value <= maximum:
-            self.error(key, f"{value} is outside {minimum}..{maximum}")
-            return default
-        return value
-
-    def names(
-        self, key: str, default: tuple[str, ...], choices: Mapping[str, int]
-    ) -> tuple[str, ...]:
-        value = self.get(key)
-        if value is None:
-            return default
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.error(key, f"expected a list of strings, got {value!r}")
-            return default
-        names = tuple(dict.fromkeys(v.upper() for v in value))
-        bad = [n for n in names if n not in choices]
-        if bad:
-            self.error(key, f"{', '.join(bad)} not one of {', '.join(choices)}")
-            return default
-        if not names:
-            self.error(key, "must name at least one type")
-            return default
-        return names
-
-    def host_port(self, key: str) -> HostPort | None:
-        text = self.opt_str(key)
-        if text is None:
-            return None
-        host, sep, port = text.rpartition(":")
-        host = host.strip("[]")
-        try:
-            ipaddress.ip_address(host)
-            number = int(port)
-        except ValueError:
-            self.error(key, f"{text!r} is not ADDRESS:PORT with a literal IP address")
-            return None
-        if not sep or not 0 <= number <= 65535:
-            self.error(key, f"{text!r}: port {port} is outside 0..65535")
-            return None
-        return HostPort(host, number)
-
-
-def _mode(t: _Table) -> int:
+def _mode(t: Table) -> int:
     value = t.get("socket_mode")
     if value is None:
         return DEFAULT_SOCKET_MODE
@@ -218,88 +117,95 @@ def _mode(t: _Table) -> int:
     return value
 
 
-def _suffixes(t: _Table) -> tuple[str, ...]:
+def _suffixes(t: Table) -> tuple[str, ...]:
     value = t.get("ignore")
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        t.error("ignore", f"expected a list of name suffixes, got {value!r}")
+        t.bad("ignore", value, "expected a list of name suffixes")
         return ()
     return tuple(v.lower().strip(".") + "." for v in value)
 
 
-def _redis_url(t: _Table) -> Secret | None:
-    url = t.opt_secret("redis_url")
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+def _redis_url(t: Table) -> Secret | None:
+    url = t.secret("redis_url")
+    if url is None:
+        return None
+    if not url.reveal().startswith(("redis://", "rediss://", "unix://")):
         t.error("redis_url", "scheme is not one of redis://, rediss://, unix://")
-    elif url is not None:
-        try:
-            _ = urlsplit(url).port  # raises on a port that is not a number within 0..65535
-        except ValueError as exc:
-            t.error("redis_url", f"bad port: {exc}")
-    return Secret(url) if url else None
+        return None
+    try:
+        _ = urlsplit(url.reveal()).port  # raises on a port that is not a number within 0..65535
+    except ValueError as exc:
+        t.error("redis_url", f"bad port: {exc}")
+        return None
+    return url
 
 
-def record_options(t: _Table) -> dict[str, Any]:
+def record_options(t: Table) -> dict[str, Any]:
     """The options that decide what a response records and how it is written
     to Redis, read alike for every agent that records responses."""
     return {
-        "record_types": t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
+        "record_types": t.name_list("record_types", DEFAULT_RECORD_TYPES, choices=RECORD_TYPES),
         "ignore": _suffixes(t),
-        "dedup_window": float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
-        "dedup_scope": t.opt_str("dedup_scope", DEDUP_CLIENT) or DEDUP_CLIENT,
-        "dedup_max_entries": t.number(
-            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
+        "dedup_window": t.get_float(
+            "dedup_window", DEFAULT_DEDUP_WINDOW, minimum=0.0, maximum=MAX_DEDUP_WINDOW
         ),
-        "max_queue_ops": t.number(
-            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, 100_000_000, integer=True
+        "dedup_scope": t.get_str("dedup_scope", DEDUP_CLIENT, choices=DEDUP_SCOPES),
+        "dedup_max_entries": t.get_int(
+            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, maximum=MAX_DEDUP_MAX_ENTRIES
         ),
-        "batch_ops": t.number("batch_ops", DEFAULT_BATCH_OPS, 1, 100_000, integer=True),
-        "flush_interval": float(
-            t.number("flush_interval", store.DEFAULT_FLUSH_INTERVAL, 0.001, 10.0)
+        "max_queue_ops": t.get_int(
+            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, maximum=store.MAX_QUEUE_OPS
         ),
-        "client_index": t.flag("client_index", False),
+        "batch_ops": t.get_int("batch_ops", DEFAULT_BATCH_OPS, maximum=store.MAX_BATCH_OPS),
+        "flush_interval": t.get_float(
+            "flush_interval",
+            store.DEFAULT_FLUSH_INTERVAL,
+            minimum=store.MIN_FLUSH_INTERVAL,
+            maximum=store.MAX_FLUSH_INTERVAL,
+        ),
+        "client_index": t.get_bool("client_index", False),
     }
 
 
 def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
-    t = _Table(raw)
-    redis_url = _redis_url(t)
+    t = Table(raw, PREFIX)
     cfg = DnstapConfig(
-        socket=t.opt_str("socket", DEFAULT_SOCKET),
+        redis_url=_redis_url(t),
+        socket=t.get_str("socket", DEFAULT_SOCKET) or None,
         socket_mode=_mode(t),
-        socket_group=t.opt_str("socket_group"),
+        socket_group=t.optional_str("socket_group"),
         listen=t.host_port("listen"),
-        tls_cert=t.opt_str("tls_cert"),
-        tls_key=t.opt_str("tls_key"),
-        redis_url=redis_url,
-        ttl_grace=t.number("ttl_grace", store.DEFAULT_TTL_GRACE, 1, 2**31 - 1, integer=True),
-        message_types=t.names("message_types", DEFAULT_MESSAGE_TYPES, MESSAGE_TYPES),
+        tls_cert=t.optional_str("tls_cert"),
+        tls_key=t.optional_str("tls_key"),
+        ttl_grace=t.get_int("ttl_grace", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
+        message_types=t.name_list("message_types", DEFAULT_MESSAGE_TYPES, choices=MESSAGE_TYPES),
         **record_options(t),
-        max_frame_bytes=t.number(
+        max_frame_bytes=t.get_int(
             "max_frame_bytes",
             fstrm.DEFAULT_MAX_FRAME,
-            MIN_FRAME_BYTES,
-            MAX_FRAME_BYTES,
-            integer=True,
+            minimum=MIN_FRAME_BYTES,
+            maximum=MAX_FRAME_BYTES,
         ),
-        max_connections=t.number(
-            "max_connections", DEFAULT_MAX_CONNECTIONS, 1, 10_000, integer=True
+        max_connections=t.get_int(
+            "max_connections", DEFAULT_MAX_CONNECTIONS, maximum=MAX_CONNECTIONS
         ),
-        handshake_timeout=float(
-            t.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, 0.1, 3600.0)
+        handshake_timeout=t.get_float(
+            "handshake_timeout",
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            minimum=MIN_HANDSHAKE_TIMEOUT,
+            maximum=MAX_HANDSHAKE_TIMEOUT,
         ),
-        stats_interval=float(t.number("stats_interval", DEFAULT_STATS_INTERVAL, 0, 86_400.0)),
+        stats_interval=t.get_float(
+            "stats_interval", DEFAULT_STATS_INTERVAL, minimum=0.0, maximum=MAX_STATS_INTERVAL
+        ),
         udp_output=t.host_port("udp_output"),
-        udp_interface=t.opt_str("udp_interface"),
-        udp_ttl=t.number("udp_ttl", DEFAULT_UDP_TTL, 0, 255, integer=True),
+        udp_interface=t.optional_str("udp_interface"),
+        udp_ttl=t.get_int("udp_ttl", DEFAULT_UDP_TTL, minimum=0, maximum=MAX_UDP_TTL),
     )
-    if cfg.dedup_scope not in DEDUP_SCOPES:
-        t.error("dedup_scope", f"{cfg.dedup_scope!r} not one of {', '.join(DEDUP_SCOPES)}")
     if cfg.batch_ops > cfg.max_queue_ops:
-        t.error("batch_ops", f"{cfg.batch_ops} exceeds max_queue_ops={cfg.max_queue_ops}")
+        t.exceeds("batch_ops", cfg.batch_ops, "max_queue_ops", cfg.max_queue_ops)
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         t.error("tls_cert", "tls_cert and tls_key go together")
     if cfg.tls_cert is not None and cfg.listen is None:
@@ -331,6 +237,5 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
                 )
     if t.errors:
         raise ConfigError(t.errors)
-    unknown = sorted(set(raw) - t.seen)
-    warnings = tuple(f"{PREFIX}.{key}: unknown option, ignored" for key in unknown)
-    return replace(cfg, warnings=warnings)
+    t.finish()
+    return replace(cfg, warnings=tuple(t.warnings))

@@ -1,7 +1,8 @@
 """`[agents.dnswire]`: every option, its default constant and its checks.
 
-Read with the dnstap agent's table reader, so the rules and the messages
-(`agents.dnswire.sample_rate: 70000 is outside 0..65535`) are the same. The
+Read with the one reader (`pcapd.core.configread.Table`), so the rules and the
+messages (`agents.dnswire.sample_rate: must be at least 0 and at most 65535,
+got 70000`) are those of every other section; unknown keys are warnings. The
 options that decide what a response records (`record_types`, `ignore`,
 `dedup_*`, `ttl_grace`) mean what they mean for the dnstap agent.
 """
@@ -17,7 +18,6 @@ from typing import Any
 from agents import store
 from agents.dnstap.config import (
     DEDUP_CLIENT,
-    DEDUP_SCOPES,
     DEFAULT_BATCH_OPS,
     DEFAULT_DEDUP_MAX_ENTRIES,
     DEFAULT_DEDUP_WINDOW,
@@ -27,9 +27,8 @@ from agents.dnstap.config import (
     _redis_url,
     record_options,
 )
-from agents.dnstap.config import _Table as Table
 from agents.dnswire import export, reassembly
-from pcapd.core.config import ConfigError
+from pcapd.core.configread import MAX_PORT, ConfigError, Table
 from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnswire"
@@ -43,7 +42,18 @@ DEFAULT_SNAPLEN = 65_535  # whole answers: the DNS message is the point
 DEFAULT_BUFFER_SIZE = 64 * 1024 * 1024
 MIN_BUFFER_SIZE = 64 * 1024
 MAX_BUFFER_SIZE = 2**31 - 1
-DEFAULT_STATS_INTERVAL = 60.0
+DEFAULT_STATS_INTERVAL = 60.0  # 0: only at exit
+MAX_STATS_INTERVAL = 86_400.0
+MIN_EXPORT_STATS_INTERVAL = 0.1
+MIN_SNAPLEN = 128
+MAX_SNAPLEN = 262_144
+MIN_FRAGMENT_BYTES = 65_536
+MAX_FRAGMENT_BYTES = 2**31 - 1
+MIN_TCP_BYTES = 262_144
+MAX_TCP_BYTES = 2**31 - 1
+MAX_TCP_STREAMS = 10_000_000
+MIN_TIMEOUT = 0.1  # fragment_timeout and tcp_idle, seconds
+MAX_TIMEOUT = 3600.0
 
 
 DEFAULT_LISTEN = HostPort("0.0.0.0", export.PORT)
@@ -116,34 +126,14 @@ class DnswireConfig:
         return self.processes
 
 
-def _bool(t: Table, key: str, default: bool) -> bool:
-    value = t.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        t.error(key, f"expected true or false, got {value!r}")
-        return default
-    return value
-
-
-def _port(t: Table, key: str) -> int | None:
-    value = t.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        t.error(key, f"{value!r} is not a port within 1..65535")
-        return None
-    return value
-
-
 def _ports(t: Table) -> tuple[int, ...]:
     value = t.get("ports")
     if value is None:
         return ()
     if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535 for v in value
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_PORT for v in value
     ):
-        t.error("ports", f"expected a list of ports within 1..65535, got {value!r}")
+        t.bad("ports", value, f"expected a list of ports within 1..{MAX_PORT}")
         return ()
     return tuple(dict.fromkeys(value))
 
@@ -167,7 +157,7 @@ def _destinations(t: Table) -> tuple[HostPort, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        t.error("udp_dst", f"expected a list of IPv4 ADDRESS[:PORT], got {value!r}")
+        t.bad("udp_dst", value, "expected a list of IPv4 ADDRESS[:PORT]")
         return ()
     if len(value) > export.MAX_DESTINATIONS:
         t.error("udp_dst", f"{len(value)} destinations, at most {export.MAX_DESTINATIONS}")
@@ -181,64 +171,74 @@ def _destinations(t: Table) -> tuple[HostPort, ...]:
         except ValueError:
             t.error("udp_dst", f"{text!r} is not an IPv4 ADDRESS[:PORT]")
             continue
-        if not 1 <= number <= 65535:
-            t.error("udp_dst", f"{text!r}: port {number} is outside 1..65535")
+        if not 1 <= number <= MAX_PORT:
+            t.error("udp_dst", f"{text!r}: port {number} is outside 1..{MAX_PORT}")
             continue
         out.append(HostPort(host, number))
     return tuple(out)
 
 
 def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
     t = Table(raw, PREFIX)
-    processes = t.get("processes")
-    if processes is not None:
-        processes = t.number("processes", 1, 0, MAX_PROCESSES, integer=True)
+    processes = None
+    if t.get("processes") is not None:
+        processes = t.get_int("processes", 1, minimum=0, maximum=MAX_PROCESSES)
     cfg = DnswireConfig(
-        interface=t.opt_str("interface"),
-        read=t.opt_str("read"),
-        bpf=t.opt_str("bpf"),
+        interface=t.optional_str("interface"),
+        read=t.optional_str("read"),
+        bpf=t.optional_str("bpf"),
         slot=_slot(t),
         processes=processes,
-        promisc=_bool(t, "promisc", True),
-        pidfile=t.opt_str("pidfile"),
-        sample_rate=t.number("sample_rate", 0, 0, MAX_SAMPLE_RATE, integer=True),
+        promisc=t.get_bool("promisc", True),
+        pidfile=t.optional_str("pidfile"),
+        sample_rate=t.get_int("sample_rate", 0, minimum=0, maximum=MAX_SAMPLE_RATE),
         udp_dst=_destinations(t),
-        write=t.opt_str("write"),
-        pcap_record_port=_port(t, "pcap_record_port"),
-        jmirror_port=_port(t, "jmirror_port"),
-        mdns=_bool(t, "mdns", False),
+        write=t.optional_str("write"),
+        pcap_record_port=t.optional_int("pcap_record_port", maximum=MAX_PORT),
+        jmirror_port=t.optional_int("jmirror_port", maximum=MAX_PORT),
+        mdns=t.get_bool("mdns", False),
         ports=_ports(t),
-        checksum_slots=_bool(t, "checksum_slots", False),
-        record=_bool(t, "record", True),
+        checksum_slots=t.get_bool("checksum_slots", False),
+        record=t.get_bool("record", True),
         redis_url=_redis_url(t),
-        ttl_grace=t.number("ttl_grace", store.DEFAULT_TTL_GRACE, 1, 2**31 - 1, integer=True),
+        ttl_grace=t.get_int("ttl_grace", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
         **record_options(t),
-        stats_interval=float(t.number("stats_interval", DEFAULT_STATS_INTERVAL, 0, 86_400.0)),
-        export_stats_interval=float(
-            t.number("export_stats_interval", export.STATS_INTERVAL, 0.1, 86_400.0)
+        stats_interval=t.get_float(
+            "stats_interval", DEFAULT_STATS_INTERVAL, minimum=0.0, maximum=MAX_STATS_INTERVAL
         ),
-        snaplen=t.number("snaplen", DEFAULT_SNAPLEN, 128, 262_144, integer=True),
-        buffer_size=t.number(
-            "buffer_size", DEFAULT_BUFFER_SIZE, MIN_BUFFER_SIZE, MAX_BUFFER_SIZE, integer=True
+        export_stats_interval=t.get_float(
+            "export_stats_interval",
+            export.STATS_INTERVAL,
+            minimum=MIN_EXPORT_STATS_INTERVAL,
+            maximum=MAX_STATS_INTERVAL,
         ),
-        fragment_timeout=float(
-            t.number("fragment_timeout", reassembly.DEFAULT_FRAGMENT_TIMEOUT, 0.1, 3600.0)
+        snaplen=t.get_int("snaplen", DEFAULT_SNAPLEN, minimum=MIN_SNAPLEN, maximum=MAX_SNAPLEN),
+        buffer_size=t.get_int(
+            "buffer_size", DEFAULT_BUFFER_SIZE, minimum=MIN_BUFFER_SIZE, maximum=MAX_BUFFER_SIZE
         ),
-        fragment_max_bytes=t.number(
+        fragment_timeout=t.get_float(
+            "fragment_timeout",
+            reassembly.DEFAULT_FRAGMENT_TIMEOUT,
+            minimum=MIN_TIMEOUT,
+            maximum=MAX_TIMEOUT,
+        ),
+        fragment_max_bytes=t.get_int(
             "fragment_max_bytes",
             reassembly.DEFAULT_FRAGMENT_BYTES,
-            65_536,
-            2**31 - 1,
-            integer=True,
+            minimum=MIN_FRAGMENT_BYTES,
+            maximum=MAX_FRAGMENT_BYTES,
         ),
-        tcp_idle=float(t.number("tcp_idle", reassembly.DEFAULT_TCP_IDLE, 0.1, 3600.0)),
-        tcp_max_bytes=t.number(
-            "tcp_max_bytes", reassembly.DEFAULT_TCP_TOTAL_BYTES, 262_144, 2**31 - 1, integer=True
+        tcp_idle=t.get_float(
+            "tcp_idle", reassembly.DEFAULT_TCP_IDLE, minimum=MIN_TIMEOUT, maximum=MAX_TIMEOUT
         ),
-        tcp_max_streams=t.number(
-            "tcp_max_streams", reassembly.DEFAULT_TCP_STREAMS, 1, 10_000_000, integer=True
+        tcp_max_bytes=t.get_int(
+            "tcp_max_bytes",
+            reassembly.DEFAULT_TCP_TOTAL_BYTES,
+            minimum=MIN_TCP_BYTES,
+            maximum=MAX_TCP_BYTES,
+        ),
+        tcp_max_streams=t.get_int(
+            "tcp_max_streams", reassembly.DEFAULT_TCP_STREAMS, maximum=MAX_TCP_STREAMS
         ),
         listen=t.host_port("listen") or DEFAULT_LISTEN,
     )
@@ -248,10 +248,8 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         t.error("write", "cannot write one file from several processes (processes/-M)")
     if cfg.processes is not None and cfg.slot != (1, 1):
         t.error("slot", "slot (-m) and processes (-M) exclude each other")
-    if cfg.dedup_scope not in DEDUP_SCOPES:
-        t.error("dedup_scope", f"{cfg.dedup_scope!r} not one of {', '.join(DEDUP_SCOPES)}")
     if cfg.batch_ops > cfg.max_queue_ops:
-        t.error("batch_ops", f"{cfg.batch_ops} exceeds max_queue_ops={cfg.max_queue_ops}")
+        t.exceeds("batch_ops", cfg.batch_ops, "max_queue_ops", cfg.max_queue_ops)
     cpus = os.cpu_count() or 1
     if cfg.process_count > cpus:
         t.error(
@@ -261,6 +259,5 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         )
     if t.errors:
         raise ConfigError(t.errors)
-    unknown = sorted(set(raw) - t.seen)
-    warnings = tuple(f"{PREFIX}.{key}: unknown option, ignored" for key in unknown)
-    return replace(cfg, warnings=warnings)
+    t.finish()
+    return replace(cfg, warnings=tuple(t.warnings))

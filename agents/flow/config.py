@@ -1,15 +1,14 @@
 """`[agents.flow]`: validated into one frozen `FlowConfig`.
 
-Every problem is collected and raised together as `pcapd.core.config.ConfigError`,
-each naming its field: `agents.flow.rules[2].src: unknown network 'foo'`.
+Read with the one reader (`pcapd.core.configread.Table`): every problem is
+collected and raised together as `ConfigError`, each naming its field
+(`agents.flow.rules[2].src: unknown network 'foo'`); unknown keys are warnings.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +31,7 @@ from agents.flow.rules import (
     default_networks,
     default_rules,
 )
-from pcapd.core.config import ConfigError
+from pcapd.core.configread import ConfigError, Table
 
 SECTION = "agents.flow"
 log = logging.getLogger("pcapd.agents.flow")
@@ -47,6 +46,7 @@ MAX_SNAPLEN = 65_535
 # ~100k packets at the default snaplen.
 DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024
 MIN_BUFFER_SIZE = 64 * 1024
+DEFAULT_DIRECTION = "in"  # ShoDoHFlo: only traffic arriving at the interface
 DIRECTIONS = ("in", "inout", "out")
 MAX_BUFFER_SIZE = 2**31 - 1  # libpcap's buffer size is a C int
 DEFAULT_SUPPRESS_WINDOW = 30.0
@@ -54,9 +54,6 @@ MAX_SUPPRESS_WINDOW = 86_400.0
 DEFAULT_STATS_INTERVAL = 60.0
 MIN_STATS_INTERVAL = 0.1
 MAX_STATS_INTERVAL = 86_400.0
-MAX_TTL = 2**31 - 1  # Redis EXPIRE seconds, like agents.dnstap.ttl_grace
-MAX_QUEUE_OPS = 100_000_000
-MAX_BATCH_OPS = 100_000
 # Distinct keys, addresses and flow tuples remembered for suppression, per
 # cache. tracemalloc: a new flow from a new client costs 0.9-1.0 KB (IPv4-IPv6)
 # across the caches, a new tuple of a known flow ~90 bytes; budgeting 1.2 KB,
@@ -65,14 +62,13 @@ DEFAULT_MAX_TRACKED = 200_000
 MIN_MAX_TRACKED = 100
 MAX_MAX_TRACKED = 10_000_000
 
-# Which options each action reads; any other is a config error (a typo would
-# otherwise silently change what is recorded).
+# Which options each action reads; any other is warned about as unknown (so a
+# typo, which would change what is recorded, is said).
 _ACTION_OPTIONS = {
     LOWER_PORT: {"precedence"},
     PORT_MATCH: {"precedence", "ports"},
     ASSIGN: {"client", "port", "ports"},
 }
-_RULE_COMMON = {"src", "dst", "action", "drop"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +92,7 @@ class FlowConfig:
     suppress_window: float = DEFAULT_SUPPRESS_WINDOW
     snaplen: int = DEFAULT_SNAPLEN
     promisc: bool = True
-    direction: str = "in"
+    direction: str = DEFAULT_DIRECTION
     buffer_size: int = DEFAULT_BUFFER_SIZE
     bpf: str = ""
     ttl: int = store.DEFAULT_TTL_GRACE
@@ -105,6 +101,7 @@ class FlowConfig:
     batch_ops: int = store.DEFAULT_BATCH_OPS
     max_tracked: int = DEFAULT_MAX_TRACKED
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
+    warnings: tuple[str, ...] = ()
 
     def ruleset(self) -> RuleSet:
         """Networks with `our_nets` filled in, compiled with the rules."""
@@ -143,182 +140,118 @@ def parse_networks_arg(text: str) -> tuple[Network, ...]:
     return tuple(nets)
 
 
-class _Reader:
-    """Typed reads of one table, appending `field: rule, got value` errors."""
+def _network(t: Table, key: str, value: Any) -> Network | None:
+    if not isinstance(value, str):
+        t.bad(key, value, "expected a CIDR string")
+        return None
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        t.bad(key, value, "not an IPv4 or IPv6 network")
+        return None
 
-    def __init__(self, table: dict[str, Any], where: str, errors: list[str]) -> None:
-        self.table = table
-        self.where = where
-        self.errors = errors
 
-    def bad(self, key: str, rule: str, value: Any) -> None:
-        self.errors.append(f"{self.where}.{key}: {rule}, got {value!r}")
-
-    def number(
-        self, key: str, default: float, minimum: float, maximum: float, integer: bool
-    ) -> Any:
-        value: Any = self.table.get(key)
-        if value is None:
-            return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (integer and not isinstance(value, int))
-        ):
-            self.bad(key, "expected an integer" if integer else "expected a number", value)
-            return default
-        # inf overflows int() downstream; nan compares false to every bound
-        if isinstance(value, float) and not math.isfinite(value):
-            self.bad(key, "must be a finite number", value)
-            return default
-        if not minimum <= value <= maximum:
-            self.bad(key, f"must be at least {minimum} and at most {maximum}", value)
-            return default
-        return value if integer else float(value)
-
-    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
-        result: int = self.number(key, default, minimum, maximum, integer=True)
-        return result
-
-    def real(self, key: str, default: float, minimum: float, maximum: float) -> float:
-        result: float = self.number(key, default, minimum, maximum, integer=False)
-        return result
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            self.bad(key, "expected true or false", value)
-            return default
-        return value
-
-    def string(self, key: str, default: str | None, choices: Sequence[str] = ()) -> str | None:
-        value = self.table.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.bad(key, "expected a string", value)
-            return default
-        if choices and value not in choices:
-            self.bad(key, "expected one of " + ", ".join(choices), value)
-            return default
-        return value
-
-    def network(self, key: str, value: Any) -> Network | None:
-        if not isinstance(value, str):
-            self.bad(key, "expected a CIDR string", value)
+def _ports(t: Table, key: str) -> frozenset[int] | None:
+    value = t.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) for p in value
+    ):
+        t.bad(key, value, "expected a list of port numbers")
+        return None
+    for port in value:
+        if not MIN_PORT <= port <= MAX_PORT:
+            t.bad(key, value, f"port {port} is not in {MIN_PORT}..{MAX_PORT}")
             return None
-        try:
-            return ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            self.bad(key, "not an IPv4 or IPv6 network", value)
-            return None
-
-    def ports(self, key: str) -> frozenset[int] | None:
-        value = self.table.get(key)
-        if value is None:
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list) or not all(
-            isinstance(p, int) and not isinstance(p, bool) for p in value
-        ):
-            self.bad(key, "expected a list of port numbers", value)
-            return None
-        for port in value:
-            if not MIN_PORT <= port <= MAX_PORT:
-                self.bad(key, f"port {port} is not in {MIN_PORT}..{MAX_PORT}", value)
-                return None
-        return frozenset(value)
-
-    def unknown(self, known: set[str]) -> None:
-        for key in sorted(set(self.table) - known):
-            self.errors.append(f"{self.where}.{key}: unknown option")
+    return frozenset(value)
 
 
-def _tables(raw: Any, where: str, errors: list[str]) -> list[dict[str, Any]]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        errors.append(f"{where}: expected a list of tables, got {raw!r}")
-        return []
-    return raw
+def _network_spec(t: Table) -> NetworkSpec | None:
+    name = t.optional_str("name")
+    raw_cidr = t.get("cidr")
+    if not name:
+        if t.get("name") is None:
+            t.error("name", "required: a network name")
+        return None
+    if raw_cidr is None:
+        if name != OUR_NETS:
+            t.error("cidr", "required (only 'our_nets' may omit it)")
+        return NetworkSpec(name)
+    values = raw_cidr if isinstance(raw_cidr, list) else [raw_cidr]
+    cidrs = tuple(n for n in (_network(t, "cidr", v) for v in values) if n is not None)
+    return NetworkSpec(name, cidrs) if len(cidrs) == len(values) else None
 
 
-def _networks(raw: Any, errors: list[str]) -> tuple[NetworkSpec, ...]:
+def _networks(t: Table) -> tuple[NetworkSpec, ...]:
     specs = []
-    for index, table in enumerate(_tables(raw, f"{SECTION}.networks", errors)):
-        r = _Reader(table, f"{SECTION}.networks[{index}]", errors)
-        r.unknown({"name", "cidr"})
-        name = r.string("name", None)
-        if not name:
-            r.bad("name", "required: a network name", table.get("name"))
-            continue
-        raw_cidr = table.get("cidr")
-        values = raw_cidr if isinstance(raw_cidr, list) else [raw_cidr]
-        if raw_cidr is None:
-            if name != OUR_NETS:
-                r.bad("cidr", "required (only 'our_nets' may omit it)", None)
-            specs.append(NetworkSpec(name))
-            continue
-        cidrs = tuple(n for n in (r.network("cidr", v) for v in values) if n is not None)
-        if len(cidrs) == len(values):
-            specs.append(NetworkSpec(name, cidrs))
+    for entry in t.tables("networks"):
+        spec = _network_spec(entry)
+        entry.finish()
+        if spec is not None:
+            specs.append(spec)
     return tuple(specs)
 
 
-def _rules(raw: Any, names: set[str], errors: list[str]) -> tuple[Rule, ...]:
+def _rule(t: Table, names: set[str]) -> Rule | None:
+    before = len(t.errors)
+    action = t.optional_str("action", choices=ACTIONS)
+    if action is None:
+        if t.get("action") is None:
+            t.error("action", f"required, one of {', '.join(ACTIONS)}")
+        t.seen.update(t.table)  # without an action no option is known or unknown
+        return None
+    options = _ACTION_OPTIONS[action]
+    sides = {}
+    for key in ("src", "dst"):
+        name = t.optional_str(key)
+        if name is not None and name not in names:
+            t.error(key, f"unknown network {name!r}")
+        sides[key] = name
+    precedence = t.get_str("precedence", "src", choices=SIDES) if "precedence" in options else "src"
+    client = t.get_str("client", "src", choices=SIDES) if "client" in options else "src"
+    port = t.optional_str("port", choices=SIDES) if "port" in options else None
+    ports = _ports(t, "ports") if "ports" in options else None
+    if action == PORT_MATCH and t.get("ports") is None:
+        t.error("ports", "required by port_match")
+    drop = t.get_bool("drop", False)
+    if len(t.errors) != before:
+        return None
+    if action == PORT_MATCH and ports is not None and not ports:
+        log.warning("event=flow_rule_never_matches rule=%s.ports reason=empty list", t.name)
+    try:
+        return Rule(action, sides["src"], sides["dst"], precedence, client, port, ports, drop)
+    except RuleError as exc:
+        t.errors.append(f"{t.name}.{exc}")
+        return None
+
+
+def _rules(t: Table, names: set[str]) -> tuple[Rule, ...]:
     rules = []
-    for index, table in enumerate(_tables(raw, f"{SECTION}.rules", errors)):
-        where = f"{SECTION}.rules[{index}]"
-        r = _Reader(table, where, errors)
-        before = len(errors)
-        action = r.string("action", None, ACTIONS)
-        if action is None:
-            if "action" not in table:
-                errors.append(f"{where}.action: required, one of {', '.join(ACTIONS)}")
-            continue
-        r.unknown(_RULE_COMMON | _ACTION_OPTIONS[action])
-        sides = {}
-        for key in ("src", "dst"):
-            name = r.string(key, None)
-            if name is not None and name not in names:
-                errors.append(f"{where}.{key}: unknown network {name!r}")
-            sides[key] = name
-        precedence = r.string("precedence", "src", SIDES) or "src"
-        client = r.string("client", "src", SIDES) or "src"
-        port = r.string("port", None, SIDES)
-        ports = r.ports("ports")
-        if action == PORT_MATCH and ports is None and "ports" not in table:
-            errors.append(f"{where}.ports: required by port_match")
-        drop = r.boolean("drop", False)
-        if len(errors) != before:
-            continue
-        if action == PORT_MATCH and ports is not None and not ports:
-            log.warning("event=flow_rule_never_matches rule=%s.ports reason=empty list", where)
-        try:
-            rules.append(
-                Rule(action, sides["src"], sides["dst"], precedence, client, port, ports, drop)
-            )
-        except RuleError as exc:
-            errors.append(f"{where}.{exc}")
+    for entry in t.tables("rules"):
+        rule = _rule(entry, names)
+        entry.finish()
+        if rule is not None:
+            rules.append(rule)
     return tuple(rules)
 
 
-def _ignore_flows(raw: Any, errors: list[str]) -> tuple[tuple[Address, int], ...]:
+def _ignore_flows(t: Table) -> tuple[tuple[Address, int], ...]:
     flows = []
-    for index, table in enumerate(_tables(raw, f"{SECTION}.ignore_flows", errors)):
-        r = _Reader(table, f"{SECTION}.ignore_flows[{index}]", errors)
-        r.unknown({"address", "port"})
-        value = table.get("address")
+    for entry in t.tables("ignore_flows"):
+        value = entry.get("address")
         try:
             address = ipaddress.ip_address(value) if isinstance(value, str) else None
         except ValueError:
             address = None
         if address is None:
-            r.bad("address", "expected an IPv4 or IPv6 address", value)
-        port = r.integer("port", 0, MIN_PORT, MAX_PORT)
-        if "port" not in table:
-            r.bad("port", "required", None)
+            entry.bad("address", value, "expected an IPv4 or IPv6 address")
+        port = entry.get_int("port", 0, minimum=MIN_PORT, maximum=MAX_PORT)
+        if entry.get("port") is None:
+            entry.error("port", "required")
+        entry.finish()
         if address is not None and port:
             flows.append((address, port))
     return tuple(flows)
@@ -326,55 +259,56 @@ def _ignore_flows(raw: Any, errors: list[str]) -> tuple[tuple[Address, int], ...
 
 def parse_flow_config(table: Any) -> FlowConfig:
     """Validate the raw `[agents.flow]` table; raise ConfigError naming every bad field."""
-    if table is None:
-        table = {}
-    if not isinstance(table, dict):
-        raise ConfigError([f"{SECTION}: expected a table, got {table!r}"])
-    errors: list[str] = []
-    r = _Reader(table, SECTION, errors)
-    r.unknown(set(FlowConfig.__dataclass_fields__))
+    t = Table(table, SECTION)
     defaults = FlowConfig()
     our_nets: list[Network] = []
-    raw_our = table.get("our_nets", [])
+    raw_our = t.get("our_nets") or []
     for value in raw_our if isinstance(raw_our, list) else [raw_our]:
-        net = r.network("our_nets", value)
+        net = _network(t, "our_nets", value)
         if net is not None:
             our_nets.append(net)
-    networks = _networks(table["networks"], errors) if "networks" in table else defaults.networks
+    networks = _networks(t) if t.get("networks") is not None else defaults.networks
     names = {spec.name for spec in networks}
-    rules = _rules(table["rules"], names, errors) if "rules" in table else defaults.rules
-    interface = r.string("interface", None)
+    rules = _rules(t, names) if t.get("rules") is not None else defaults.rules
     config = FlowConfig(
-        interface=interface or None,
+        interface=t.optional_str("interface"),
         our_nets=tuple(our_nets),
         networks=networks,
         rules=rules,
-        ignore_flows=_ignore_flows(table.get("ignore_flows"), errors),
-        suppress_own_network=r.boolean("suppress_own_network", True),
-        suppress_window=r.real(
-            "suppress_window", DEFAULT_SUPPRESS_WINDOW, 0.0, MAX_SUPPRESS_WINDOW
+        ignore_flows=_ignore_flows(t),
+        suppress_own_network=t.get_bool("suppress_own_network", True),
+        suppress_window=t.get_float(
+            "suppress_window", DEFAULT_SUPPRESS_WINDOW, minimum=0.0, maximum=MAX_SUPPRESS_WINDOW
         ),
-        snaplen=r.integer("snaplen", DEFAULT_SNAPLEN, MIN_SNAPLEN, MAX_SNAPLEN),
-        promisc=r.boolean("promisc", True),
-        direction=r.string("direction", "in", DIRECTIONS) or "in",
-        buffer_size=r.integer("buffer_size", DEFAULT_BUFFER_SIZE, MIN_BUFFER_SIZE, MAX_BUFFER_SIZE),
-        bpf=r.string("bpf", "") or "",
-        ttl=r.integer("ttl", store.DEFAULT_TTL_GRACE, 1, MAX_TTL),
-        stats_interval=r.real(
-            "stats_interval", DEFAULT_STATS_INTERVAL, MIN_STATS_INTERVAL, MAX_STATS_INTERVAL
+        snaplen=t.get_int("snaplen", DEFAULT_SNAPLEN, minimum=MIN_SNAPLEN, maximum=MAX_SNAPLEN),
+        promisc=t.get_bool("promisc", True),
+        direction=t.get_str("direction", DEFAULT_DIRECTION, choices=DIRECTIONS),
+        buffer_size=t.get_int(
+            "buffer_size", DEFAULT_BUFFER_SIZE, minimum=MIN_BUFFER_SIZE, maximum=MAX_BUFFER_SIZE
         ),
-        max_queue_ops=r.integer("max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, MAX_QUEUE_OPS),
-        batch_ops=r.integer("batch_ops", store.DEFAULT_BATCH_OPS, 1, MAX_BATCH_OPS),
-        max_tracked=r.integer("max_tracked", DEFAULT_MAX_TRACKED, MIN_MAX_TRACKED, MAX_MAX_TRACKED),
-        client_index=r.boolean("client_index", False),
+        bpf=t.get_str("bpf", ""),
+        ttl=t.get_int("ttl", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
+        stats_interval=t.get_float(
+            "stats_interval",
+            DEFAULT_STATS_INTERVAL,
+            minimum=MIN_STATS_INTERVAL,
+            maximum=MAX_STATS_INTERVAL,
+        ),
+        max_queue_ops=t.get_int(
+            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, maximum=store.MAX_QUEUE_OPS
+        ),
+        batch_ops=t.get_int("batch_ops", store.DEFAULT_BATCH_OPS, maximum=store.MAX_BATCH_OPS),
+        max_tracked=t.get_int(
+            "max_tracked", DEFAULT_MAX_TRACKED, minimum=MIN_MAX_TRACKED, maximum=MAX_MAX_TRACKED
+        ),
+        client_index=t.get_bool("client_index", False),
     )
     if config.batch_ops > config.max_queue_ops:
-        r.bad(
-            "batch_ops", f"must be at most max_queue_ops={config.max_queue_ops}", config.batch_ops
-        )
-    if errors:
-        raise ConfigError(errors)
-    return config
+        t.exceeds("batch_ops", config.batch_ops, "max_queue_ops", config.max_queue_ops)
+    if t.errors:
+        raise ConfigError(t.errors)
+    t.finish()
+    return replace(config, warnings=tuple(t.warnings))
 
 
 def with_command_line(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -80,6 +81,9 @@ def _run(args: argparse.Namespace) -> int:
     from pcapd.core.redis_conn import connect
 
     flow, redis_config = _settings(args)
+    where = f"{args.config}: " if args.config else ""
+    for warning in flow.warnings:
+        print(f"pcapd agent flow: {where}warning: {warning}", file=sys.stderr)
     log.info("event=flow_redis target=%s", redis_config.describe())
     return run(flow, lambda: connect(redis_config), args.read)
 

@@ -13,8 +13,9 @@ from pcapd.core.lifecycle import EXIT_OK
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     problems = [] if args.agent_only else config.serve_problems()
-    problems += _agent_problems(config)
-    for warning in config.warnings:
+    agent_problems, agent_warnings = _agent_checks(config)
+    problems += agent_problems
+    for warning in [*config.warnings, *agent_warnings]:
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if problems:
         # The status `serve` would exit with at start-up, through the same path.
@@ -23,23 +24,24 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _agent_problems(config: Config) -> list[str]:
-    """Errors in the [agents.*] sections, which each agent validates itself."""
+def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
+    """Errors and warnings in the [agents.*] sections, which each agent validates itself."""
     from pcapd.cli import AGENTS
 
     known = {agent.SECTION: agent for agent in AGENTS}
     problems: list[str] = []
+    warnings: list[str] = []
     for name, agent in known.items():
         if name not in config.agents:
             continue
         try:
-            agent.check_section(dict(config.agents[name]))
+            warnings.extend(agent.check_section(dict(config.agents[name])).warnings)
         except ConfigError as exc:
             problems.extend(exc.errors)
     unknown = sorted(set(config.agents) - known.keys())
     names = ", ".join(known)
     problems.extend(f"agents.{name}: unknown agent ({names})" for name in unknown)
-    return problems
+    return problems, warnings
 
 
 def register(subparsers: Subparsers) -> None:

@@ -33,12 +33,19 @@ class Command(Protocol):
     def register(self, subparsers: Subparsers) -> None: ...
 
 
+class CheckedSection(Protocol):
+    """What an agent's config parser returns: at least its warnings."""
+
+    @property
+    def warnings(self) -> tuple[str, ...]: ...
+
+
 class AgentCommand(Command, Protocol):
     """A module for `pcapd agent <name>`, configured by `[agents.<SECTION>]`."""
 
     SECTION: str
 
-    def check_section(self, table: dict[str, Any]) -> object: ...
+    def check_section(self, table: dict[str, Any]) -> CheckedSection: ...
 
 
 class UsageError(Exception):

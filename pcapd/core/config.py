@@ -9,7 +9,6 @@ does not know are warnings, not errors, as pcapdaemon ignored them too.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import tomllib
@@ -18,54 +17,79 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from pcapd.core.errors import PcapdError
-from pcapd.core.secret import Secret, resolve_secret
+from pcapd.core.configread import MAX_PORT, Table
+from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
+from pcapd.core.secret import Secret
 
 # pcapdaemon's documented defaults (its own code never applied them).
 DEFAULT_MAXPACKETS = 50_000
+MAX_PACKETS = 2**31 - 1
 DEFAULT_LOCALDIR = "/tmp"
 DEFAULT_SNAPLENGTH = 262_144  # tcpdump's default: whole packets
 DEFAULT_TIMEOUT = 10
 DEFAULT_MAXTIMEOUT = 3_600
 DEFAULT_MAXDURATION = 3_600
+MAX_SECONDS = 7 * 86_400  # timeouts, durations and windows: a week
 DEFAULT_MAXBYTES = 100_000_000
+MIN_MAXBYTES = 100
 # pcapd's own bounds.
 # As pcapdaemon, a request without `duration` may capture for `maxduration`.
 DEFAULT_DURATION = DEFAULT_MAXDURATION
 DEFAULT_MAX_CONCURRENT = 8
+MAX_CONCURRENT = 1024
 DEFAULT_MAX_MEMORY = 512 * 1024 * 1024
+MIN_MAX_MEMORY = 1024 * 1024
+MAX_MEMORY = 1 << 40  # also maxbytes' cap: a capture never holds more
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024  # TPACKET_V3: no drops to 700k pps in bench/
+MIN_BUFFER_SIZE = 65_536
+MAX_BUFFER_SIZE = 2**31 - 1  # libpcap's buffer size is a C int
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+MIN_MAX_REQUEST_BYTES = 1024
+MAX_MAX_REQUEST_BYTES = 16 << 20
 MAX_SNAPLENGTH = 262_144
+DEFAULT_FORMAT = "pcap"
 FORMATS = ("pcap", "pcapng")
+DEFAULT_LOG_FORMAT = "kv"
 LOG_FORMATS = ("kv", "json")
+DEFAULT_LOG_LEVEL = "info"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+DEFAULT_REDIS_HOST = "127.0.0.1"
 DEFAULT_REDIS_PORT = 6379
+MAX_REDIS_DB = 2**31 - 1  # Redis' `databases` is a C int
 DEFAULT_CHANNEL = "capture"
 DEFAULT_RESULTS_CHANNEL = "capture-results"
 DEFAULT_RESULTS_STREAM = "capture-results"
 DEFAULT_RESULTS_STREAM_MAXLEN = 10_000
+MAX_RESULTS_STREAM_MAXLEN = 100_000_000
 DEFAULT_REQUEST_STREAM = "capture-requests"
 DEFAULT_HEALTH_CHECK_INTERVAL = 15
+MAX_HEALTH_CHECK_INTERVAL = 3_600
 # Requests read off the pub/sub socket and not yet handled: bytes of bodies
 # (plus a per-message overhead). What does not fit is answered "overloaded".
 DEFAULT_PUBSUB_QUEUE_BYTES = 16 * 1024 * 1024
 MIN_PUBSUB_QUEUE_BYTES = 1024 * 1024
 MAX_PUBSUB_QUEUE_BYTES = 1024 * 1024 * 1024
 
+DEFAULT_NAMING = "pcapd"
 NAMINGS = ("pcapd", "pcapdaemon")
 
 DEFAULT_SYSLOG_PRIORITY = 25  # LOG_DAEMON | LOG_ALERT, as pcapdaemon's sample
+MAX_SYSLOG_PRIORITY = 191  # facility local7 | severity debug
 DEFAULT_SYSLOG_TAG = "pcapd"
+DEFAULT_SYSLOG_ADDRESS = "/dev/log"
 
 DEFAULT_UPLOAD_ATTEMPTS = 4
+MAX_UPLOAD_ATTEMPTS = 100
 DEFAULT_BACKOFF_INITIAL = 0.5
 DEFAULT_BACKOFF_MAX = 30.0
 MAX_BACKOFF = 3_600.0  # seconds: backoff_initial and backoff_max
 DEFAULT_UPLOAD_WORKERS = 4
+MAX_UPLOAD_WORKERS = 64
 DEFAULT_SPOOL_DIR = "/var/spool/pcapd"
 DEFAULT_SPOOL_MAX_BYTES = 2 * 1024 * 1024 * 1024
+MIN_SPOOL_MAX_BYTES = 1024 * 1024
+MAX_SPOOL_MAX_BYTES = 1 << 50
 DEFAULT_DRAIN_INTERVAL = 30.0
 MIN_DRAIN_INTERVAL = 0.1
 MAX_DRAIN_INTERVAL = 86_400.0
@@ -76,18 +100,26 @@ DEFAULT_SHUTDOWN_GRACE = 60.0  # below systemd's TimeoutStopSec=90 in deploy/sys
 MIN_SHUTDOWN_GRACE = 1.0
 MAX_SHUTDOWN_GRACE = 3_600.0
 
+DEFAULT_CS_HOST = "localhost"
+DEFAULT_CS_SCHEME = "https"
+CS_SCHEMES = ("http", "https")
 DEFAULT_CS_CONNECT_TIMEOUT = 5.0
 DEFAULT_CS_READ_TIMEOUT = 120.0
 MIN_CS_TIMEOUT = 0.1
 MAX_CS_CONNECT_TIMEOUT = 300.0
 MAX_CS_READ_TIMEOUT = 3_600.0
 DEFAULT_MULTIPART_THRESHOLD = 8 * 1024 * 1024
+MIN_MULTIPART_THRESHOLD = 5 * 1024 * 1024  # S3's smallest part
+MAX_MULTIPART_THRESHOLD = 5 * 1024**3  # S3's largest part
 
 DEFAULT_SQS_WAIT = 20
 MIN_SQS_WAIT = 1  # 0 is short polling: an empty reply at once, one billed call after another
 MAX_SQS_WAIT = 20  # SQS's own limit
 DEFAULT_SQS_CHUNK = 10
+MAX_SQS_CHUNK = 10  # SQS's own limit
 DEFAULT_SQS_VISIBILITY = 30
+MAX_SQS_VISIBILITY = 43_200  # SQS's own limit: 12 hours
+DEFAULT_NOT_FOR_ME = "release"
 NOT_FOR_ME = ("release", "delete")
 
 DEFAULT_CORRELATOR_PORT = 3047  # ShoDoHFlo's
@@ -106,24 +138,10 @@ DEFAULT_WEB_THREADS = 8
 DEFAULT_CAPTURES_SHOWN = 100
 
 DEFAULT_MAX_SKEW = 300
+MAX_SKEW = 86_400
 DEFAULT_DEDUP_WINDOW = 600
 DEFAULT_DEDUP_PREFIX = "pcapd:seen:"
 SSE_MODES = ("AES256", "aws:kms")
-
-
-class ConfigError(PcapdError):
-    """Every problem found in one config; each line names its field."""
-
-    def __init__(self, errors: list[str], path: str | None = None) -> None:
-        self.errors = errors
-        self.path = path
-        where = f"{path}: " if path else ""
-        super().__init__(where + "; ".join(errors))
-
-    def lines(self) -> list[str]:
-        """One `FILE: error: ...` line per problem, as every command prints them."""
-        where = f"{self.path}: " if self.path else ""
-        return [f"{where}error: {error}" for error in self.errors]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,23 +157,23 @@ class GeneralConfig:
     maxbytes: int = DEFAULT_MAXBYTES
     packetdebug: bool = False
     defaultduration: int = DEFAULT_DURATION
-    format: str = "pcap"
+    format: str = DEFAULT_FORMAT
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     # Worst case held by captures: max_memory bytes, since every capture
     # reserves its `bytes` bound before it starts.
     max_memory: int = DEFAULT_MAX_MEMORY
     buffer_size: int = DEFAULT_BUFFER_SIZE
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    log_format: str = "kv"
-    log_level: str = "info"
+    log_format: str = DEFAULT_LOG_FORMAT
+    log_level: str = DEFAULT_LOG_LEVEL
     logrequests: bool = False  # log every request body as it arrives (pcapdaemon's option)
-    naming: str = "pcapd"  # file names and S3 keys: pcapd's, or pcapdaemon's host-iface-time
+    naming: str = DEFAULT_NAMING  # file names and S3 keys: pcapd's, or pcapdaemon's host-iface-time
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     listen: bool = True
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_REDIS_HOST
     port: int = DEFAULT_REDIS_PORT
     channel: str = DEFAULT_CHANNEL
     auth: Secret | None = None
@@ -190,7 +208,7 @@ class SyslogConfig:
     enabled: bool = False
     priority: int = DEFAULT_SYSLOG_PRIORITY
     tag: str = DEFAULT_SYSLOG_TAG
-    address: str = "/dev/log"
+    address: str = DEFAULT_SYSLOG_ADDRESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +220,8 @@ class InterfaceConfig:
 @dataclass(frozen=True, slots=True)
 class CloudsharkConfig:
     upload: bool = False
-    host: str = "localhost"
-    scheme: str = "https"
+    host: str = DEFAULT_CS_HOST
+    scheme: str = DEFAULT_CS_SCHEME
     port: int | None = None
     token: Secret | None = None
     ca_bundle: str | None = None
@@ -242,7 +260,7 @@ class SqsConfig:
     waitseconds: int = DEFAULT_SQS_WAIT
     chunksize: int = DEFAULT_SQS_CHUNK
     visibility_timeout: int = DEFAULT_SQS_VISIBILITY
-    not_for_me: str = "release"
+    not_for_me: str = DEFAULT_NOT_FOR_ME
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,198 +362,58 @@ class Config:
         return problems
 
 
-def _toml_type(value: Any) -> str:
-    """The TOML name of a value's type, for errors that must not show the value."""
-    names = {bool: "a boolean", int: "an integer", float: "a float", list: "an array",
-             dict: "a table"}  # fmt: skip
-    return names.get(type(value), "a date or time")
-
-
-class _Section:
-    """Typed reads of one TOML table, appending errors instead of raising."""
-
-    def __init__(self, table: Any, name: str, errors: list[str], warnings: list[str]) -> None:
-        self.name = name
-        self.errors = errors
-        self.warnings = warnings
-        self.seen: set[str] = set()
-        if table is None:
-            table = {}
-        if not isinstance(table, dict):
-            errors.append(f"{name}: expected a table, got {type(table).__name__}")
-            table = {}
-        self.table: dict[str, Any] = table
-
-    @property
-    def present(self) -> bool:
-        return bool(self.table)
-
-    def _get(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.table.get(key)
-
-    def _bad(self, key: str, value: Any, rule: str) -> None:
-        self.errors.append(f"{self.name}.{key}: {rule}, got {value!r}")
-
-    def get_int(
-        self, key: str, default: int, *, minimum: int = 1, maximum: int | None = None
-    ) -> int:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self._bad(key, value, "expected an integer")
-            return default
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            self._bad(key, value, f"must be at least {minimum}{upper}")
-            return default
-        return value
-
-    def optional_int(self, key: str, *, maximum: int) -> int | None:
-        if self.table.get(key) is None:
-            self.seen.add(key)
-            return None
-        return self.get_int(key, 0, minimum=1, maximum=maximum)
-
-    def get_float(self, key: str, default: float, *, minimum: float, maximum: float) -> float:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self._bad(key, value, "expected a number")
-            return default
-        # TOML allows nan and inf; nan passes every comparison as false.
-        if not math.isfinite(value):
-            self._bad(key, value, "must be a finite number")
-            return default
-        if not minimum <= value <= maximum:
-            self._bad(key, value, f"must be at least {minimum} and at most {maximum}")
-            return default
-        return float(value)
-
-    def get_bool(self, key: str, default: bool) -> bool:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self._bad(key, value, "expected true or false")
-            return default
-        return value
-
-    def get_str(self, key: str, default: str, *, choices: tuple[str, ...] = ()) -> str:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self._bad(key, value, "expected a string")
-            return default
-        if choices and value not in choices:
-            self._bad(key, value, "expected one of " + ", ".join(choices))
-            return default
-        return value
-
-    def optional_str(self, key: str, *, choices: tuple[str, ...] = ()) -> str | None:
-        value = self.get_str(key, "", choices=choices) if self.table.get(key) is not None else ""
-        self.seen.add(key)
-        return value or None
-
-    def str_list(self, key: str) -> tuple[str, ...]:
-        value = self._get(key)
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self._bad(key, value, "expected a list of strings")
-            return ()
-        return tuple(value)
-
-    def secret(self, key: str) -> Secret | None:
-        """A secret string; whatever else is written there, the error names only
-        its type: `auth = 918273645` is a password too."""
-        value = self._get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.errors.append(
-                f"{self.name}.{key}: expected a string, got {_toml_type(value)} (value not shown)"
-            )
-            return None
-        return self._resolve_secret(key, value) if value else None
-
-    def _resolve_secret(self, key: str, value: str) -> Secret | None:
-        """`env:NAME` and `file:/path` keep secrets out of the config file."""
-        try:
-            return resolve_secret(value)
-        except ValueError as exc:
-            self.errors.append(f"{self.name}.{key}: {exc}")
-            return None
-
-    def secret_map(self, key: str) -> dict[str, Secret]:
-        value = self._get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            self.errors.append(f'{self.name}.{key}: expected a table of name = "secret"')
-            return {}
-        resolved = {name: self._resolve_secret(f"{key}.{name}", v) for name, v in value.items()}
-        return {name: s for name, s in resolved.items() if s is not None}
-
-    def finish(self) -> None:
-        for key in sorted(set(self.table) - self.seen):
-            self.warnings.append(f"{self.name}.{key}: unknown option, ignored")
-
-
-def _general(section: _Section, hostname: str) -> GeneralConfig:
+def _general(section: Table, hostname: str) -> GeneralConfig:
     s = section
-    maxbytes = s.get_int("maxbytes", DEFAULT_MAXBYTES, minimum=100)
-    max_memory = s.get_int("max_memory", DEFAULT_MAX_MEMORY, minimum=1024 * 1024)
-    maxtimeout = s.get_int("maxtimeout", DEFAULT_MAXTIMEOUT)
-    maxduration = s.get_int("maxduration", DEFAULT_MAXDURATION)
+    maxbytes = s.get_int("maxbytes", DEFAULT_MAXBYTES, minimum=MIN_MAXBYTES, maximum=MAX_MEMORY)
+    max_memory = s.get_int(
+        "max_memory", DEFAULT_MAX_MEMORY, minimum=MIN_MAX_MEMORY, maximum=MAX_MEMORY
+    )
+    maxtimeout = s.get_int("maxtimeout", DEFAULT_MAXTIMEOUT, maximum=MAX_SECONDS)
+    maxduration = s.get_int("maxduration", DEFAULT_MAXDURATION, maximum=MAX_SECONDS)
     general = GeneralConfig(
         node=s.get_str("node", hostname) or hostname,
-        maxpackets=s.get_int("maxpackets", DEFAULT_MAXPACKETS),
+        maxpackets=s.get_int("maxpackets", DEFAULT_MAXPACKETS, maximum=MAX_PACKETS),
         writelocal=s.get_bool("writelocal", False),
         localdir=s.get_str("localdir", DEFAULT_LOCALDIR),
         snaplength=s.get_int("snaplength", DEFAULT_SNAPLENGTH, maximum=MAX_SNAPLENGTH),
-        defaulttimeout=s.get_int("defaulttimeout", min(DEFAULT_TIMEOUT, maxtimeout)),
+        defaulttimeout=s.get_int(
+            "defaulttimeout", min(DEFAULT_TIMEOUT, maxtimeout), maximum=MAX_SECONDS
+        ),
         maxtimeout=maxtimeout,
         maxduration=maxduration,
         maxbytes=maxbytes,
         packetdebug=s.get_bool("packetdebug", False),
-        defaultduration=s.get_int("defaultduration", maxduration),
-        format=s.get_str("format", "pcap", choices=FORMATS),
-        max_concurrent=s.get_int("max_concurrent", DEFAULT_MAX_CONCURRENT, maximum=1024),
+        defaultduration=s.get_int("defaultduration", maxduration, maximum=MAX_SECONDS),
+        format=s.get_str("format", DEFAULT_FORMAT, choices=FORMATS),
+        max_concurrent=s.get_int("max_concurrent", DEFAULT_MAX_CONCURRENT, maximum=MAX_CONCURRENT),
         max_memory=max_memory,
-        buffer_size=s.get_int("buffer_size", DEFAULT_BUFFER_SIZE, minimum=65_536),
-        max_request_bytes=s.get_int(
-            "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES, minimum=1024, maximum=16 << 20
+        buffer_size=s.get_int(
+            "buffer_size", DEFAULT_BUFFER_SIZE, minimum=MIN_BUFFER_SIZE, maximum=MAX_BUFFER_SIZE
         ),
-        log_format=s.get_str("log_format", "kv", choices=LOG_FORMATS),
-        log_level=s.get_str("log_level", "info", choices=LOG_LEVELS),
+        max_request_bytes=s.get_int(
+            "max_request_bytes",
+            DEFAULT_MAX_REQUEST_BYTES,
+            minimum=MIN_MAX_REQUEST_BYTES,
+            maximum=MAX_MAX_REQUEST_BYTES,
+        ),
+        log_format=s.get_str("log_format", DEFAULT_LOG_FORMAT, choices=LOG_FORMATS),
+        log_level=s.get_str("log_level", DEFAULT_LOG_LEVEL, choices=LOG_LEVELS),
         logrequests=s.get_bool("logrequests", False),
-        naming=s.get_str("naming", "pcapd", choices=NAMINGS),
+        naming=s.get_str("naming", DEFAULT_NAMING, choices=NAMINGS),
     )
     if general.defaulttimeout > general.maxtimeout:
-        s.errors.append(
-            f"general.defaulttimeout: {general.defaulttimeout} exceeds "
-            f"maxtimeout={general.maxtimeout}"
-        )
+        s.exceeds("defaulttimeout", general.defaulttimeout, "maxtimeout", general.maxtimeout)
     if general.defaultduration > general.maxduration:
-        s.errors.append(
-            f"general.defaultduration: {general.defaultduration} exceeds "
-            f"maxduration={general.maxduration}"
-        )
+        s.exceeds("defaultduration", general.defaultduration, "maxduration", general.maxduration)
     if general.maxbytes > general.max_memory:
-        s.errors.append(
-            f"general.maxbytes: {general.maxbytes} exceeds max_memory={general.max_memory}: "
-            "a capture of that size could never be admitted"
-        )
+        s.exceeds(
+            "maxbytes", general.maxbytes, "max_memory", general.max_memory,
+            "a capture of that size could never be admitted",
+        )  # fmt: skip
     return general
 
 
-def _redis(s: _Section) -> RedisConfig:
+def _redis(s: Table) -> RedisConfig:
     url = s.secret("url")
     if url is not None:
         scheme = urlsplit(url.reveal()).scheme
@@ -549,19 +427,27 @@ def _redis(s: _Section) -> RedisConfig:
             s.errors.append(f"redis.url: {exc}")
     return RedisConfig(
         listen=s.get_bool("listen", True),
-        host=s.get_str("host", "127.0.0.1"),
-        port=s.get_int("port", DEFAULT_REDIS_PORT, maximum=65535),
+        host=s.get_str("host", DEFAULT_REDIS_HOST),
+        port=s.get_int("port", DEFAULT_REDIS_PORT, maximum=MAX_PORT),
         channel=s.get_str("channel", DEFAULT_CHANNEL) or DEFAULT_CHANNEL,
         auth=s.secret("auth"),
         username=s.optional_str("username"),
-        db=s.get_int("db", 0, minimum=0),
+        db=s.get_int("db", 0, minimum=0, maximum=MAX_REDIS_DB),
         url=url,
         tls=s.get_bool("tls", False),
         tls_ca=s.optional_str("tls_ca"),
         results_channel=s.get_str("results_channel", DEFAULT_RESULTS_CHANNEL),
         results_stream=s.get_str("results_stream", DEFAULT_RESULTS_STREAM),
-        results_stream_maxlen=s.get_int("results_stream_maxlen", DEFAULT_RESULTS_STREAM_MAXLEN),
-        health_check_interval=s.get_int("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL),
+        results_stream_maxlen=s.get_int(
+            "results_stream_maxlen",
+            DEFAULT_RESULTS_STREAM_MAXLEN,
+            maximum=MAX_RESULTS_STREAM_MAXLEN,
+        ),
+        health_check_interval=s.get_int(
+            "health_check_interval",
+            DEFAULT_HEALTH_CHECK_INTERVAL,
+            maximum=MAX_HEALTH_CHECK_INTERVAL,
+        ),
         stream_listen=s.get_bool("stream_listen", False),
         stream=s.get_str("stream", DEFAULT_REQUEST_STREAM),
         pubsub_queue_bytes=s.get_int(
@@ -573,12 +459,14 @@ def _redis(s: _Section) -> RedisConfig:
     )
 
 
-def _syslog(s: _Section) -> SyslogConfig:
+def _syslog(s: Table) -> SyslogConfig:
     return SyslogConfig(
         enabled=s.get_bool("enabled", s.present),
-        priority=s.get_int("priority", DEFAULT_SYSLOG_PRIORITY, minimum=0, maximum=191),
+        priority=s.get_int(
+            "priority", DEFAULT_SYSLOG_PRIORITY, minimum=0, maximum=MAX_SYSLOG_PRIORITY
+        ),
         tag=s.get_str("tag", DEFAULT_SYSLOG_TAG),
-        address=s.get_str("address", "/dev/log"),
+        address=s.get_str("address", DEFAULT_SYSLOG_ADDRESS),
     )
 
 
@@ -591,7 +479,7 @@ def _interfaces(raw: Any, errors: list[str], warnings: list[str]) -> tuple[Inter
     found = []
     names: set[str] = set()
     for index, table in enumerate(raw):
-        s = _Section(table, f"interface[{index}]", errors, warnings)
+        s = Table(table, f"interface[{index}]", errors, warnings)
         name = s.get_str("name", "")
         if not name:
             errors.append(f"interface[{index}].name: required")
@@ -603,7 +491,7 @@ def _interfaces(raw: Any, errors: list[str], warnings: list[str]) -> tuple[Inter
     return tuple(found)
 
 
-def _cloudshark(s: _Section) -> CloudsharkConfig:
+def _cloudshark(s: Table) -> CloudsharkConfig:
     # pcapdaemon's `timeout` (seconds for the whole upload) is read_timeout's
     # default here: the connect timeout stays separate and never exceeds it.
     timeout = s.get_float(
@@ -613,9 +501,9 @@ def _cloudshark(s: _Section) -> CloudsharkConfig:
         s.errors.append("cloudshark.timeout, cloudshark.read_timeout: set one, not both")
     config = CloudsharkConfig(
         upload=s.get_bool("upload", False),
-        host=s.get_str("host", "localhost"),
-        scheme=s.get_str("scheme", "https", choices=("http", "https")),
-        port=s.optional_int("port", maximum=65535),
+        host=s.get_str("host", DEFAULT_CS_HOST),
+        scheme=s.get_str("scheme", DEFAULT_CS_SCHEME, choices=CS_SCHEMES),
+        port=s.optional_int("port", maximum=MAX_PORT),
         token=s.secret("token"),
         ca_bundle=s.optional_str("ca_bundle"),
         connect_timeout=s.get_float(
@@ -631,7 +519,7 @@ def _cloudshark(s: _Section) -> CloudsharkConfig:
     return config
 
 
-def _s3(s: _Section) -> S3Config:
+def _s3(s: Table) -> S3Config:
     config = S3Config(
         upload=s.get_bool("upload", False),
         accessid=s.optional_str("accessid"),
@@ -649,7 +537,10 @@ def _s3(s: _Section) -> S3Config:
         allowed_acls=s.str_list("allowed_acls"),
         allowed_regions=s.str_list("allowed_regions"),
         multipart_threshold=s.get_int(
-            "multipart_threshold", DEFAULT_MULTIPART_THRESHOLD, minimum=5 * 1024 * 1024
+            "multipart_threshold",
+            DEFAULT_MULTIPART_THRESHOLD,
+            minimum=MIN_MULTIPART_THRESHOLD,
+            maximum=MAX_MULTIPART_THRESHOLD,
         ),
     )
     if config.upload and not config.bucket:
@@ -661,7 +552,7 @@ def _s3(s: _Section) -> S3Config:
     return config
 
 
-def _sqs(s: _Section) -> SqsConfig:
+def _sqs(s: Table) -> SqsConfig:
     waitseconds = DEFAULT_SQS_WAIT
     if s.table.get("waitseconds") == 0 and s.table["waitseconds"] is not False:
         s.seen.add("waitseconds")
@@ -682,9 +573,11 @@ def _sqs(s: _Section) -> SqsConfig:
         url=s.optional_str("url"),
         endpoint=s.optional_str("endpoint"),
         waitseconds=waitseconds,
-        chunksize=s.get_int("chunksize", DEFAULT_SQS_CHUNK, maximum=10),
-        visibility_timeout=s.get_int("visibility_timeout", DEFAULT_SQS_VISIBILITY, maximum=43_200),
-        not_for_me=s.get_str("not_for_me", "release", choices=NOT_FOR_ME),
+        chunksize=s.get_int("chunksize", DEFAULT_SQS_CHUNK, maximum=MAX_SQS_CHUNK),
+        visibility_timeout=s.get_int(
+            "visibility_timeout", DEFAULT_SQS_VISIBILITY, maximum=MAX_SQS_VISIBILITY
+        ),
+        not_for_me=s.get_str("not_for_me", DEFAULT_NOT_FOR_ME, choices=NOT_FOR_ME),
     )
     if config.listen and not config.url:
         s.errors.append("sqs.url: required when sqs.listen = true")
@@ -693,19 +586,26 @@ def _sqs(s: _Section) -> SqsConfig:
     return config
 
 
-def _delivery(s: _Section) -> DeliveryConfig:
+def _delivery(s: Table) -> DeliveryConfig:
     initial = s.get_float(
         "backoff_initial", DEFAULT_BACKOFF_INITIAL, minimum=0.0, maximum=MAX_BACKOFF
     )
     config = DeliveryConfig(
-        attempts=s.get_int("attempts", DEFAULT_UPLOAD_ATTEMPTS, maximum=100),
+        attempts=s.get_int("attempts", DEFAULT_UPLOAD_ATTEMPTS, maximum=MAX_UPLOAD_ATTEMPTS),
         backoff_initial=initial,
         backoff_max=s.get_float(
             "backoff_max", max(DEFAULT_BACKOFF_MAX, initial), minimum=0.0, maximum=MAX_BACKOFF
         ),
-        upload_workers=s.get_int("upload_workers", DEFAULT_UPLOAD_WORKERS, maximum=64),
+        upload_workers=s.get_int(
+            "upload_workers", DEFAULT_UPLOAD_WORKERS, maximum=MAX_UPLOAD_WORKERS
+        ),
         spool_dir=s.get_str("spool_dir", DEFAULT_SPOOL_DIR),
-        spool_max_bytes=s.get_int("spool_max_bytes", DEFAULT_SPOOL_MAX_BYTES, minimum=1024 * 1024),
+        spool_max_bytes=s.get_int(
+            "spool_max_bytes",
+            DEFAULT_SPOOL_MAX_BYTES,
+            minimum=MIN_SPOOL_MAX_BYTES,
+            maximum=MAX_SPOOL_MAX_BYTES,
+        ),
         drain_interval=s.get_float(
             "drain_interval",
             DEFAULT_DRAIN_INTERVAL,
@@ -733,12 +633,12 @@ def _delivery(s: _Section) -> DeliveryConfig:
     return config
 
 
-def _security(s: _Section) -> SecurityConfig:
+def _security(s: Table) -> SecurityConfig:
     config = SecurityConfig(
         keys=s.secret_map("keys"),
         require_signed=s.get_bool("require_signed", False),
-        max_skew=s.get_int("max_skew", DEFAULT_MAX_SKEW),
-        dedup_window=s.get_int("dedup_window", DEFAULT_DEDUP_WINDOW),
+        max_skew=s.get_int("max_skew", DEFAULT_MAX_SKEW, maximum=MAX_SKEW),
+        dedup_window=s.get_int("dedup_window", DEFAULT_DEDUP_WINDOW, maximum=MAX_SECONDS),
         dedup_prefix=s.get_str("dedup_prefix", DEFAULT_DEDUP_PREFIX),
     )
     if not config.dedup_prefix or len(config.dedup_prefix) > 64:
@@ -748,7 +648,7 @@ def _security(s: _Section) -> SecurityConfig:
     return config
 
 
-def _correlator(s: _Section, security: SecurityConfig) -> CorrelatorConfig:
+def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
     max_packets = s.get_int("max_packets", DEFAULT_CAPTURE_MAX_PACKETS)
     max_duration = s.get_int("max_duration", DEFAULT_CAPTURE_MAX_DURATION)
     config = CorrelatorConfig(
@@ -789,8 +689,8 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
     warnings: list[str] = []
     host = hostname or socket.gethostname()
 
-    def section(name: str) -> _Section:
-        return _Section(data.get(name), name, errors, warnings)
+    def section(name: str) -> Table:
+        return Table(data.get(name), name, errors, warnings)
 
     sections = {
         "general": section("general"),

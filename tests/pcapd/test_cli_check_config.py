@@ -57,7 +57,7 @@ def test_every_error_is_printed_and_exit_is_2(tmp_path: Path) -> None:
     assert done.returncode == EXIT_CONFIG
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        f"{path}: error: general.maxpackets: must be at least 1, got 0",
+        f"{path}: error: general.maxpackets: must be at least 1 and at most 2147483647, got 0",
         f"{path}: error: general.snaplength: expected an integer, got 'big'",
         f"{path}: error: redis.url: scheme 'http' is not one of redis://, rediss://, unix://",
         f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
@@ -171,7 +171,8 @@ def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
     done = check_config(path)
     assert done.returncode == EXIT_CONFIG
     assert done.stderr.splitlines() == [
-        f"{path}: error: agents.dnstap.ttl_grace: -1 is outside 1..2147483647",
+        f"{path}: error: agents.dnstap.ttl_grace: must be at least 1 and at most 2147483647, "
+        "got -1",
         f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
         f"{path}: error: agents.foo: unknown agent (dnstap, flow, dnswire)",
     ]
@@ -204,5 +205,24 @@ def test_a_secret_of_any_type_never_prints(tmp_path: Path) -> None:
     done = check_config(agent)
     assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
     assert done.stderr == (
-        f"{agent}: error: agents.dnstap.redis_url: expected a string, got int (value not shown)\n"
+        f"{agent}: error: agents.dnstap.redis_url: expected a string, got an integer "
+        "(value not shown)\n"
     )
+
+
+def test_agent_unknown_options_are_warnings_with_their_path(tmp_path: Path) -> None:
+    """One unknown-key policy for the daemon's sections and every agent's."""
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\nmaxpacket = 5\n"
+        "[agents.dnstap]\nsoket = '/run/x.sock'\n"
+        '[agents.flow]\nsnaplength = 128\nrules = [{action = "lower_port", ports = [80]}]\n',
+    )
+    done = check_config(path)
+    assert (done.returncode, done.stdout) == (0, f"{path}: ok (node {socket.gethostname()})\n")
+    assert done.stderr.splitlines() == [
+        f"{path}: warning: general.maxpacket: unknown option, ignored",
+        f"{path}: warning: agents.dnstap.soket: unknown option, ignored",
+        f"{path}: warning: agents.flow.rules[0].ports: unknown option, ignored",
+        f"{path}: warning: agents.flow.snaplength: unknown option, ignored",
+    ]

@@ -114,7 +114,10 @@ def test_bad_invocations(
     broken = tmp_path / "broken.toml"
     broken.write_text('[general]\nnode = "n"\n[delivery]\nspool_max_bytes = 5\n')
     assert main(["list", "-c", str(broken)]) == 2
-    assert "delivery.spool_max_bytes: must be at least 1048576, got 5" in capsys.readouterr().err
+    assert (
+        "delivery.spool_max_bytes: must be at least 1048576 and at most 1125899906842624, got 5"
+        in capsys.readouterr().err
+    )
 
     with pytest.raises(SystemExit) as info:
         main(["list"])

@@ -86,8 +86,9 @@ def test_config_errors_are_printed_and_exit_2(tmp_path: Path) -> None:
     assert out.returncode == EXIT_CONFIG
     assert out.stderr.splitlines() == [
         f"{config}: error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
-        f"{config}: error: agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
-        f"{config}: error: agents.dnstap.record_types: MX not one of A, AAAA",
+        f"{config}: error: agents.dnstap.ttl_grace: "
+        "must be at least 1 and at most 2147483647, got 0",
+        f"{config}: error: agents.dnstap.record_types: expected one of A, AAAA, got 'MX'",
     ]
 
 

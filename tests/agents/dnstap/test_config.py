@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import math
-import tomllib
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,16 +60,16 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
         "agents.dnstap.redis_url: scheme is not one of redis://, rediss://, unix://",
         "agents.dnstap.socket_mode: 'rw-rw----' is not an octal mode such as \"0660\"",
         "agents.dnstap.listen: 'localhost:6000' is not ADDRESS:PORT with a literal IP address",
-        "agents.dnstap.ttl_grace: 0 is outside 1..2147483647",
-        "agents.dnstap.message_types: NOPE not one of " + ", ".join(
+        "agents.dnstap.ttl_grace: must be at least 1 and at most 2147483647, got 0",
+        "agents.dnstap.message_types: expected one of " + ", ".join(
             ["AUTH_QUERY", "AUTH_RESPONSE", "RESOLVER_QUERY", "RESOLVER_RESPONSE",
              "CLIENT_QUERY", "CLIENT_RESPONSE", "FORWARDER_QUERY", "FORWARDER_RESPONSE",
              "STUB_QUERY", "STUB_RESPONSE", "TOOL_QUERY", "TOOL_RESPONSE", "UPDATE_QUERY",
-             "UPDATE_RESPONSE"]),
-        "agents.dnstap.record_types: MX not one of A, AAAA",
+             "UPDATE_RESPONSE"]) + ", got 'NOPE'",
+        "agents.dnstap.record_types: expected one of A, AAAA, got 'MX'",
         "agents.dnstap.dedup_window: expected a number, got '1s'",
+        "agents.dnstap.dedup_scope: expected one of client, global, got 'everyone'",
         "agents.dnstap.udp_output: '127.0.0.1:99999': port 99999 is outside 0..65535",
-        "agents.dnstap.dedup_scope: 'everyone' not one of client, global",
         "agents.dnstap.batch_ops: 2000 exceeds max_queue_ops=1000",
         "agents.dnstap.tls_cert: tls_cert and tls_key go together",
         "agents.dnstap.tls_cert: TLS needs a TCP listener: set agents.dnstap.listen",
@@ -85,20 +83,10 @@ def test_no_listener_and_bad_modes() -> None:
         parse_dnstap_config({"socket": ""})
     with pytest.raises(ConfigError, match=r"agents.dnstap.socket_mode: 4096 is not a mode"):
         parse_dnstap_config({"socket_mode": 0o10000})
-    with pytest.raises(ConfigError, match=r"agents\.dnstap: expected a table"):
+    with pytest.raises(ConfigError) as info:
         parse_dnstap_config([])  # type: ignore[arg-type]
+    assert info.value.errors == ["agents.dnstap: expected a table, got an array"]
     assert parse_dnstap_config({"socket_mode": 0o640}).socket_mode == 0o640
-
-
-def test_documented_example_is_the_defaults_and_names_every_option() -> None:
-    example = Path(__file__).resolve().parents[3] / "config.toml.example"
-    text = example.read_text()
-    raw = tomllib.loads(text)["agents"]["dnstap"]
-    cfg = parse_dnstap_config(raw)
-    assert replace(cfg, warnings=()) == DnstapConfig()
-    for name in DnstapConfig.__dataclass_fields__:
-        if name != "warnings":
-            assert f"\n{name} = " in text or f"\n# {name} = " in text, name
 
 
 @pytest.mark.parametrize(
@@ -145,14 +133,15 @@ def test_floats_must_be_finite(key: str, value: float) -> None:
 @pytest.mark.parametrize(
     ("key", "low", "high"),
     [
-        ("dedup_window", 0, 3600.0),
+        ("dedup_window", 0.0, 3600.0),
         ("flush_interval", 0.001, 10.0),
         ("handshake_timeout", 0.1, 3600.0),
-        ("stats_interval", 0, 86400.0),
+        ("stats_interval", 0.0, 86400.0),
     ],
 )
 def test_floats_are_bounded(key: str, low: float, high: float) -> None:
     with pytest.raises(ConfigError) as info:
         parse_dnstap_config({key: high + 1})
-    assert info.value.errors == [f"agents.dnstap.{key}: {high + 1} is outside {low}..{high}"]
+    rule = f"agents.dnstap.{key}: must be at least {low} and at most {high}"
+    assert info.value.errors == [f"{rule}, got {high + 1!r}"]
     assert getattr(parse_dnstap_config({key: high}), key) == high

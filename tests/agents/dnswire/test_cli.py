@@ -52,10 +52,11 @@ def test_help_lists_dnsflows_flags() -> None:
         (["-i", "lo", "-u", "127.0.0.1", "-m", "3/2"],
          "dnsflow: error: -m: '3/2' is not I/N with 1 <= I <= N <= 64"),
         (["-i", "lo", "-u", "127.0.0.1", "-s", "70000"],
-         "dnsflow: error: -s: 70000 is outside 0..65535"),
+         "dnsflow: error: -s: must be at least 0 and at most 65535, got 70000"),
         (["-i", "lo", "-M", "2", "-w", "x.pcap"],
          "dnsflow: error: -w: cannot write one file from several processes (processes/-M)"),
-        (["-i", "lo", "-u", "127.0.0.1", "-M", "65"], "dnsflow: error: -M: 65 is outside 0..64"),
+        (["-i", "lo", "-u", "127.0.0.1", "-M", "65"],
+         "dnsflow: error: -M: must be at least 0 and at most 64, got 65"),
         (["-i", "lo", "-u", "127.0.0.1", "-M", "2", "-m", "1/2"],
          "dnsflow: error: -m: slot (-m) and processes (-M) exclude each other"),
         (["-i", "lo", "-r", "x.pcap", "-u", "127.0.0.1"],
@@ -96,7 +97,10 @@ def test_long_options_of_pcapd_agent_dnswire(capture: Path) -> None:
         "pcapd agent dnswire: error: --udp-dst: 'foo' is not an IPv4 ADDRESS[:PORT]" in done.stderr
     )
     done = run(*AGENT, "--read", str(capture), "--no-redis", "--sample-rate", "-1")
-    assert "pcapd agent dnswire: error: --sample-rate: -1 is outside 0..65535" in done.stderr
+    assert (
+        "pcapd agent dnswire: error: --sample-rate: must be at least 0 and at most 65535, got -1"
+        in done.stderr
+    )
     done = run(*AGENT, "--read", str(capture), "--no-redis")
     assert "output dst missing: give --udp-dst, --write or a Redis" in done.stderr
 

@@ -272,8 +272,14 @@ def test_alias_may_be_a_single_string_and_aliases_span_interfaces() -> None:
 
 BAD_VALUES = [
     ({"general": {"maxpackets": "lots"}}, "general.maxpackets: expected an integer, got 'lots'"),
-    ({"general": {"maxpackets": 0}}, "general.maxpackets: must be at least 1, got 0"),
-    ({"general": {"maxpackets": -5}}, "general.maxpackets: must be at least 1, got -5"),
+    (
+        {"general": {"maxpackets": 0}},
+        "general.maxpackets: must be at least 1 and at most 2147483647, got 0",
+    ),
+    (
+        {"general": {"maxpackets": -5}},
+        "general.maxpackets: must be at least 1 and at most 2147483647, got -5",
+    ),
     ({"general": {"maxpackets": True}}, "general.maxpackets: expected an integer, got True"),
     ({"general": {"maxpackets": 1.5}}, "general.maxpackets: expected an integer, got 1.5"),
     ({"general": {"writelocal": "yes"}}, "general.writelocal: expected true or false, got 'yes'"),
@@ -283,14 +289,20 @@ BAD_VALUES = [
         {"general": {"snaplength": 300_000}},
         "general.snaplength: must be at least 1 and at most 262144, got 300000",
     ),
-    ({"general": {"maxbytes": 99}}, "general.maxbytes: must be at least 100, got 99"),
+    (
+        {"general": {"maxbytes": 99}},
+        "general.maxbytes: must be at least 100 and at most 1099511627776, got 99",
+    ),
     ({"general": {"format": "erf"}}, "general.format: expected one of pcap, pcapng, got 'erf'"),
     ({"general": {"log_format": "xml"}}, "general.log_format: expected one of kv, json, got 'xml'"),
     (
         {"general": {"max_concurrent": 5000}},
         "general.max_concurrent: must be at least 1 and at most 1024, got 5000",
     ),
-    ({"general": {"buffer_size": 1000}}, "general.buffer_size: must be at least 65536, got 1000"),
+    (
+        {"general": {"buffer_size": 1000}},
+        "general.buffer_size: must be at least 65536 and at most 2147483647, got 1000",
+    ),
     (
         {"general": {"defaulttimeout": 100, "maxtimeout": 50}},
         "general.defaulttimeout: 100 exceeds maxtimeout=50",
@@ -307,10 +319,10 @@ BAD_VALUES = [
     ({"redis": {"port": 70000}}, "redis.port: must be at least 1 and at most 65535, got 70000"),
     ({"redis": {"port": "6379"}}, "redis.port: expected an integer, got '6379'"),
     ({"redis": {"listen": "true"}}, "redis.listen: expected true or false, got 'true'"),
-    ({"redis": {"db": -1}}, "redis.db: must be at least 0, got -1"),
+    ({"redis": {"db": -1}}, "redis.db: must be at least 0 and at most 2147483647, got -1"),
     ({"redis": {"auth": 1234}}, "redis.auth: expected a string, got an integer (value not shown)"),
     ({"syslog": {"priority": 192}}, "syslog.priority: must be at least 0 and at most 191, got 192"),
-    ({"redis": "localhost"}, "redis: expected a table, got str"),
+    ({"redis": "localhost"}, "redis: expected a table, got a string"),
     (
         {"cloudshark": {"scheme": "ftp"}},
         "cloudshark.scheme: expected one of http, https, got 'ftp'",
@@ -433,7 +445,7 @@ def test_several_errors_are_reported_together() -> None:
         }
     )
     assert errors == [
-        "general.maxpackets: must be at least 1, got 0",
+        "general.maxpackets: must be at least 1 and at most 2147483647, got 0",
         "general.snaplength: expected an integer, got 'big'",
         "general.format: expected one of pcap, pcapng, got 'erf'",
         "redis.url: scheme 'http' is not one of redis://, rediss://, unix://",
@@ -450,8 +462,8 @@ def test_load_config_names_the_file_and_keeps_every_error(tmp_path: Path) -> Non
         load_config(path, hostname=HOST)
     assert info.value.path == str(path)
     assert info.value.errors == [
-        "general.maxbytes: must be at least 100, got 1",
-        "general.maxpackets: must be at least 1, got 0",
+        "general.maxbytes: must be at least 100 and at most 1099511627776, got 1",
+        "general.maxpackets: must be at least 1 and at most 2147483647, got 0",
     ]
     assert str(info.value) == f"{path}: " + "; ".join(info.value.errors)
 
@@ -473,7 +485,7 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 def test_interface_entries_must_be_tables() -> None:
     assert errors_of({"interface": ["eth0"]}) == [
-        "interface[0]: expected a table, got str",
+        "interface[0]: expected a table, got a string",
         "interface[0].name: required",
     ]
 
