@@ -96,7 +96,13 @@ class _Job:
         try:
             (self.delivery.ack if self.durable else self.delivery.release)()
         except Exception:  # the source logs its own trouble; a worker must not die
-            log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
+            event(
+                log,
+                "delivery_settle_failed",
+                logging.ERROR,
+                exc_info=True,
+                source=self.delivery.source,
+            )
         if self.finished is not None:
             self.finished(self.durable)
 
@@ -294,7 +300,7 @@ class Controller:
         try:
             self._handle(delivery)
         except Exception as exc:  # a bug must cost one request, not the daemon
-            log.exception("event=request_crashed source=%s", delivery.source)
+            event(log, "request_crashed", logging.ERROR, exc_info=True, source=delivery.source)
             self._publish(
                 ResultEvent(
                     id=None, node=self.node, status="failed",
@@ -527,7 +533,7 @@ class Controller:
         try:
             outcome = self.deliverer.deliver(artifact, result)
         except Exception as exc:  # a bug or an OSError past the deliverer's own handling
-            log.exception("event=store_crashed id=%s", worker.request.id)
+            event(log, "store_crashed", logging.ERROR, exc_info=True, id=worker.request.id)
             failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
             self._finish(worker, failed, {}, durable=False)
             return
@@ -663,7 +669,14 @@ class _Worker:
         try:
             self._run()
         except Exception as exc:
-            log.exception("event=capture_crashed id=%s interface=%s", request.id, self.interface)
+            event(
+                log,
+                "capture_crashed",
+                logging.ERROR,
+                exc_info=True,
+                id=request.id,
+                interface=self.interface,
+            )
             if not self.settled:
                 ctl._publish(
                     ResultEvent(

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcapd.core import logs
 from pcapd.core.atomic import write_atomic
 from pcapd.core.errors import PcapdError
 from pcapd.core.events import ResultEvent
@@ -240,10 +241,10 @@ class Spool:
                 raise SpoolError(
                     f"cannot spool {artifact.filename} in {self.directory}: {exc}"
                 ) from exc
-        log.log(
-            logging.DEBUG if hold else logging.WARNING,
-            "spooled id=%s file=%s bytes=%d pending=%s error=%s",
-            entry.id, entry.filename, entry.size, ",".join(entry.pending), entry.last_error,
+        logs.event(
+            log, "spooled", logging.DEBUG if hold else logging.WARNING, id=entry.id,
+            file=entry.filename, bytes=entry.size, pending=",".join(entry.pending),
+            error=entry.last_error,
         )  # fmt: skip
         return entry
 
@@ -314,7 +315,7 @@ class Spool:
         except FileNotFoundError:
             return None  # delivered meanwhile by another process
         except (OSError, ValueError, TypeError) as exc:
-            log.error("spool_entry_unreadable id=%s error=%s", entry_id, exc)
+            logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=str(exc))
             return None
 
     def orphans(self) -> builtins.list[Path]:
@@ -458,7 +459,7 @@ class SpoolDrainer:
             try:
                 self.drain_once()
             except Exception:
-                log.exception("spool_drain_failed")
+                logs.event(log, "spool_drain_failed", logging.ERROR, exc_info=True)
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -492,7 +493,7 @@ class SpoolDrainer:
                 artifact = self.spool.load(entry)
             except SpoolCorrupt as exc:
                 errors.append(str(exc))
-                log.error("spool_entry_corrupt id=%s error=%s", entry.id, exc)
+                logs.event(log, "spool_entry_corrupt", logging.ERROR, id=entry.id, error=str(exc))
                 return False
             locations = dict(entry.locations)
             pending = list(entry.pending)
@@ -523,11 +524,11 @@ class SpoolDrainer:
                 errors.extend(f"{entry.id}: {f}" for f in failures)
                 return False
             self.spool.remove(entry)
-        log.info("spool_delivered id=%s file=%s locations=%s", entry.id, entry.filename, locations)
+        logs.event(log, "spool_delivered", id=entry.id, file=entry.filename, locations=locations)
         try:
             self.on_delivered(delivered_event(entry, locations), locations)
         except Exception:
-            log.exception("spool_on_delivered_failed id=%s", entry.id)
+            logs.event(log, "spool_on_delivered_failed", logging.ERROR, exc_info=True, id=entry.id)
         return True
 
 

@@ -34,6 +34,7 @@ from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
 from agents.dnstap.record import DEDUPED, NXDOMAIN, RECORDED, Recorder
 from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, address_text, parse_response
 from agents.dnstap.server import ConnectionStats, DnstapServer
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
@@ -188,7 +189,13 @@ class DnstapAgent:
         except OSError as exc:
             self.stats.udp_errors += 1
             if self.stats.udp_errors == 1:
-                log.warning("event=dnstap_udp_error target=%s error=%r", self.udp.address, str(exc))
+                event(
+                    log,
+                    "dnstap_udp_error",
+                    logging.WARNING,
+                    target=self.udp.address,
+                    error=str(exc),
+                )
 
     def _bad(self, exc: MessageError, conn: ConnectionStats) -> None:
         kind = type(exc).__name__
@@ -200,9 +207,9 @@ class DnstapAgent:
             self._error_window_end = now + ERROR_LOG_WINDOW
         if self._error_logs < MAX_ERROR_LOGS:
             self._error_logs += 1
-            log.warning(
-                "event=dnstap_bad_message conn=%d peer=%s error=%s reason=%r",
-                conn.id, conn.peer, kind, str(exc),
+            event(
+                log, "dnstap_bad_message", logging.WARNING, conn=conn.id, peer=conn.peer,
+                error=kind, reason=str(exc),
             )  # fmt: skip
 
     # -- reporting ---------------------------------------------------------
@@ -234,9 +241,9 @@ class DnstapAgent:
     def log_stats(self) -> None:
         data = self.snapshot()
         per_conn = data.pop("per_connection")
-        log.info("event=dnstap_stats %s", " ".join(f"{k}={json.dumps(v)}" for k, v in data.items()))
+        event(log, "dnstap_stats", **data)
         for c in per_conn:
-            log.info("event=dnstap_connection_stats %s", " ".join(f"{k}={v}" for k, v in c.items()))
+            event(log, "dnstap_connection_stats", **c)
 
     # -- lifecycle ---------------------------------------------------------
     async def serve(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
@@ -285,7 +292,7 @@ def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
             if stop.is_set():
                 cold = True
                 raise SystemExit(1)
-            log.info("event=dnstap_stopping")
+            event(log, "dnstap_stopping")
             stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):

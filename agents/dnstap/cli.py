@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from pcapd.core.config import ConfigError, RedisConfig, load_config
-from pcapd.core.logs import setup_agent_logging
+from pcapd.core.logs import event, setup_agent_logging
 from pcapd.core.secret import Secret
 
 # command-line options that override the [agents.dnstap] key of the same name
@@ -85,9 +85,9 @@ def main(argv: list[str]) -> int:
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     redis_cfg = _redis_config(base_redis, cfg.redis_url)
-    logging.getLogger("pcapd.agents.dnstap").info(
-        "event=dnstap_starting redis=%s socket=%s listen=%s",
-        redis_cfg.describe(), cfg.socket, cfg.listen,
+    event(
+        logging.getLogger("pcapd.agents.dnstap"), "dnstap_starting",
+        redis=redis_cfg.describe(), socket=cfg.socket, listen=cfg.listen,
     )  # fmt: skip
     try:
         return run(cfg, lambda: connect(redis_cfg))

@@ -25,6 +25,7 @@ from agents.flow import packets, tracker
 from agents.flow.config import FlowConfig
 from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
 from pcapd.core.errors import PcapdError
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.flow")
 
@@ -106,12 +107,10 @@ class FlowAgent:
         except ValueError as exc:
             raise AgentError(f"{source}: {exc}") from exc
         self._handle = handle
-        log.info(
-            "event=flow_started source=%s linktype=%d our_nets=%s",
-            source,
-            handle.datalink(),
-            ",".join(str(n) for n in self.config.our_nets) or "-",
-        )
+        event(
+            log, "flow_started", source=source, linktype=handle.datalink(),
+            our_nets=",".join(str(n) for n in self.config.our_nets) or "-",
+        )  # fmt: skip
 
     # -- loops ---------------------------------------------------------------
     def run_live(self, stop: threading.Event) -> None:
@@ -181,8 +180,9 @@ class FlowAgent:
         )
         return result
 
-    def log_stats(self, event: str = "flow_stats") -> None:
-        log.info("event=%s %s", event, " ".join(f"{k}={v}" for k, v in self.stats().items()))
+    def log_stats(self, name: str = "flow_stats") -> None:
+        fields: dict[str, Any] = self.stats()
+        event(log, name, **fields)
 
 
 def _error_text(handle: Any) -> str:

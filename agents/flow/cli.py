@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import signal
@@ -24,7 +23,7 @@ from agents.flow.config import (
     with_command_line,
 )
 from pcapd.core.config import ConfigError, RedisConfig, load_config
-from pcapd.core.logs import setup_agent_logging
+from pcapd.core.logs import event, setup_agent_logging
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
 
@@ -142,12 +141,12 @@ def main(argv: list[str]) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
             raise SystemExit(128 + signum)  # second signal: leave at once
-        log.info("event=flow_stopping signal=%d", signum)
+        event(log, "flow_stopping", signal=signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("event=flow_redis target=%s", redis_config.describe())
+    event(log, "flow_redis", target=redis_config.describe())
     writer.start()
     status = 0
     try:
@@ -158,9 +157,13 @@ def main(argv: list[str]) -> int:
     except (CaptureError, OSError) as exc:
         # The interface went away or libpcap failed: exit non-zero so that
         # systemd restarts the agent, after sending what is queued.
-        log.error("event=flow_capture_failed error=%s", json.dumps(str(exc)))
+        event(log, "flow_capture_failed", logging.ERROR, error=str(exc))
         status = 1
     finally:
         writer.stop(FLUSH_TIMEOUT)
         agent.log_stats("flow_done")
+    if args.read and writer.stats.dropped_ops and not status:
+        # A file is read once: keys Redis never took are lost, so say so.
+        event(log, "flow_keys_dropped", logging.ERROR, keys=writer.stats.dropped_ops)
+        status = 1
     return status

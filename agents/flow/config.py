@@ -33,6 +33,7 @@ from agents.flow.rules import (
     default_rules,
 )
 from pcapd.core.config import ConfigError
+from pcapd.core.logs import event
 
 SECTION = "agents.flow"
 log = logging.getLogger("pcapd.agents.flow")
@@ -293,7 +294,13 @@ def _rules(raw: Any, names: set[str], errors: list[str]) -> tuple[Rule, ...]:
         if len(errors) != before:
             continue
         if action == PORT_MATCH and ports is not None and not ports:
-            log.warning("event=flow_rule_never_matches rule=%s.ports reason=empty list", where)
+            event(
+                log,
+                "flow_rule_never_matches",
+                logging.WARNING,
+                rule=f"{where}.ports",
+                reason="empty list",
+            )
         try:
             rules.append(
                 Rule(action, sides["src"], sides["dst"], precedence, client, port, ports, drop)
