@@ -4,6 +4,12 @@ This is the one module that spells a key. Every write refreshes
 `EXPIRE key ttl` (ShoDoHFlo's TTL_GRACE, 900 s). Values written by `append`
 are `;member;` strings concatenated, each member present once.
 
+Readers (agents/reader.py) take their patterns and key parsing from here too.
+With `index=True` the writer also keeps, per client, a set `<client>;index`
+of the keys it created for that client (SADD only when a key is new, so the
+cost is one command per new key, not per write). ShoDoHFlo's app ignores the
+suffix; ShoDoHFlo's own agents do not write it, so readers must work without.
+
 The writer holds at most `max_queue_ops` operations between the agents and
 Redis (worst case memory ~ max_queue_ops x (key + member) bytes); past that
 new operations are dropped and counted, never blocking the producer. While
@@ -15,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +42,13 @@ DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most th
 
 INCR = ""  # op marker: INCR the key; anything else is a member to append
 INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
+
+CLIENT = "client"
+DNS, CNAME, NX, FLOW, PEER, RST, ICMP = "dns", "cname", "nx", "flow", "peer", "rst", "icmp"
+INDEX = "index"
+# Fields between the client and the kind, per kind.
+_ARITY = {DNS: 1, CNAME: 1, NX: 1, FLOW: 2, PEER: 1, RST: 2, ICMP: 3, INDEX: 0}
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 def client_key(client: str) -> str:
@@ -67,6 +81,79 @@ def rst_key(dst: str, src: str, client_port: int, remote_port: int) -> str:
 
 def icmp_key(dst: str, bounce_dst: str, sport: int, dport: int, code: int) -> str:
     return f"{dst};{bounce_dst};{sport}:{dport};{code};icmp"
+
+
+def index_key(client: str) -> str:
+    return f"{client};{INDEX}"
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally by SCAN MATCH (names may hold `*`, `?`, `[`)."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def clients_pattern() -> str:
+    return client_key("*")
+
+
+def client_keys_pattern(client: str) -> str:
+    return f"{glob_escape(client)};*"
+
+
+def kind_pattern(kind: str, *fields: str) -> str:
+    """Keys of `kind` whose fields after the client start with `fields`."""
+    middle = "".join(f";{glob_escape(f)}" for f in fields)
+    rest = ";*" * (_ARITY[kind] - len(fields))
+    return f"*{middle}{rest};{kind}"
+
+
+def split_fields(text: str) -> list[str]:
+    """Split on `;`, keeping `\\;` (an escaped `;` inside a DNS name) whole."""
+    if "\\" not in text:
+        return text.split(";")
+    fields, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ";":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A parsed key: `kind`, the client it belongs to, and the fields between."""
+
+    kind: str
+    client: str
+    fields: tuple[str, ...] = ()
+
+
+def parse_key(text: str) -> Key | None:
+    """None for keys outside the schema (other applications share the Redis)."""
+    parts = split_fields(text)
+    if len(parts) == 2 and parts[0] == CLIENT:
+        return Key(CLIENT, parts[1])
+    kind = parts[-1]
+    if kind == NX and len(parts) > 3 and parts[0]:
+        # record_nxdomain stores `;` in the name unescaped, as ShoDoHFlo does.
+        return Key(kind, parts[0], (";".join(parts[1:-1]),))
+    if _ARITY.get(kind) != len(parts) - 2 or not parts[0]:
+        return None
+    return Key(kind, parts[0], tuple(parts[1:-1]))
+
+
+def members(value: str) -> list[str]:
+    """The members of an append-if-absent value `;a;;b;`."""
+    return [m for m in split_fields(value) if m]
 
 
 def record_answer(
@@ -107,26 +194,33 @@ def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
     writer.incr(nx_key(client, qname.replace("\\;", ";")))
 
 
-# One call per batch: KEYS[i] with ARGV[i+1] = "" (INCR), NUL + a number
-# (INCRBY) or the member to append if absent; ARGV[1] is the TTL. Done
-# server-side so append-if-absent is atomic and a batch costs one round trip.
-# pcall: a key holding another type (WRONGTYPE) costs that key, counted, never
-# the rest of the batch. Returns {keys refused, the first refusal's message}.
+# One call per batch: KEYS[i] with ARGV[i+2] = "" (INCR), NUL + a number
+# (INCRBY) or the member to append if absent; ARGV[1] is the TTL, ARGV[2] "1"
+# to keep the client index. Done server-side so append-if-absent is atomic and
+# a batch costs one round trip. pcall: a key holding another type (WRONGTYPE)
+# costs that key, counted, never the rest of the batch. Returns {keys refused,
+# the first refusal's message}.
 _BATCH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
+local indexed = ARGV[2] == '1'
 local failed = 0
 local first = ''
 for i, key in ipairs(KEYS) do
-  local member = ARGV[i + 1]
+  local member = ARGV[i + 2]
   local reply
+  local created = false
   if member == '' then
     reply = redis.pcall('INCR', key)
+    created = reply == 1
   elseif string.byte(member, 1) == 0 then
-    reply = redis.pcall('INCRBY', key, string.sub(member, 2))
+    local by = tonumber(string.sub(member, 2))
+    reply = redis.pcall('INCRBY', key, by)
+    created = reply == by
   else
     local item = ';' .. member .. ';'
     reply = redis.pcall('GET', key)
     if type(reply) ~= 'table' and (not reply or not string.find(reply, item, 1, true)) then
+      created = not reply
       reply = redis.pcall('APPEND', key, item)
     end
   end
@@ -135,6 +229,11 @@ for i, key in ipairs(KEYS) do
     failed = failed + 1
   else
     redis.pcall('EXPIRE', key, ttl)
+    if indexed and created and string.sub(key, 1, 7) ~= 'client;' then
+      local index = string.match(key, '^([^;]+);') .. ';index'
+      redis.pcall('SADD', index, key)
+      redis.pcall('EXPIRE', index, ttl)
+    end
   end
 end
 return {failed, first}
@@ -166,8 +265,10 @@ class RedisWriter:
         max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS,
         batch_ops: int = DEFAULT_BATCH_OPS,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        index: bool = False,
     ) -> None:
         self._connect = connect
+        self.index = index
         self.ttl = ttl
         self.max_queue_ops = max_queue_ops
         self.batch_ops = batch_ops
@@ -289,7 +390,7 @@ class RedisWriter:
                         client = self._connect()
                         script = client.register_script(_BATCH_SCRIPT)
                     assert script is not None
-                    rejected, first = script(keys=keys, args=[self.ttl, *args])
+                    rejected, first = script(keys=keys, args=[self.ttl, int(self.index), *args])
                     rejected = int(rejected)
                 except redis.ResponseError as exc:
                     # Redis answered and refused the whole batch (a read-only
@@ -315,6 +416,16 @@ class RedisWriter:
                     self._refused(_cause(_text(first)), rejected, _text(first))
                 if rejected >= 0:
                     self.stats.written_ops += len(keys) - rejected
+
+
+def dropped_status(writer: RedisWriter, agent: str) -> int:
+    """Exit status for an agent that read a file, once `writer` has stopped: 1
+    (and a line saying so) if keys never reached Redis, as the file is read
+    once and they are lost."""
+    if not writer.stats.dropped_ops:
+        return 0
+    event(log, "keys_dropped", logging.ERROR, agent=agent, keys=writer.stats.dropped_ops)
+    return 1
 
 
 def _cause(error: str, exc: Exception | None = None) -> str:

@@ -6,13 +6,15 @@ own directory first on sys.path, so `import benchlib` finds this file.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 STOP_TIMEOUT = 30.0
@@ -80,3 +82,28 @@ def stop(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def sh(*args: str, check: bool = True) -> None:
+    subprocess.run(args, check=check, capture_output=True)
+
+
+@contextlib.contextmanager
+def veth_namespaces(prefix: str, subnet: int) -> Iterator[tuple[str, str, str, str]]:
+    """(ns_a, ns_b, dev_a, dev_b): two namespaces of this run joined by a veth
+    pair, 10.200.`subnet`.1 and .2; deleted on the way out."""
+    tag = uuid.uuid4().hex[:6]
+    ns_a, ns_b = f"{prefix}-a-{tag}", f"{prefix}-b-{tag}"
+    dev_a, dev_b = f"{prefix[:3]}a{tag}", f"{prefix[:3]}b{tag}"
+    sh("ip", "netns", "add", ns_a)
+    sh("ip", "netns", "add", ns_b)
+    try:
+        sh("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b,
+           "netns", ns_b)  # fmt: skip
+        for ns, dev, host in ((ns_a, dev_a, 1), (ns_b, dev_b, 2)):
+            sh("ip", "-n", ns, "addr", "add", f"10.200.{subnet}.{host}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        yield ns_a, ns_b, dev_a, dev_b
+    finally:
+        sh("ip", "netns", "del", ns_a, check=False)
+        sh("ip", "netns", "del", ns_b, check=False)

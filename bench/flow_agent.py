@@ -27,10 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from benchlib import BenchError, require, stop
+from benchlib import BenchError, require, stop, veth_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -174,30 +173,16 @@ def dpkt_decode_rate(pcap: Path) -> float:
     return len(records) / (time.perf_counter() - started)
 
 
-def sh(*args: str, check: bool = True) -> None:
-    subprocess.run(args, check=check, capture_output=True)
-
-
 def live(pcap: Path, workdir: Path, rates: tuple[int, ...], seconds: int) -> None:
-    tag = uuid.uuid4().hex[:6]
-    ns_a, ns_b, dev_a, dev_b = f"flowb-a-{tag}", f"flowb-b-{tag}", f"fba{tag}", f"fbb{tag}"
-    sh("ip", "netns", "add", ns_a)
-    sh("ip", "netns", "add", ns_b)
-    redis_proc, sock = start_redis(workdir)
     results = []
-    try:
-        sh("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b,
-           "netns", ns_b)  # fmt: skip
-        for ns, dev, host in ((ns_a, dev_a, 1), (ns_b, dev_b, 2)):
-            sh("ip", "-n", ns, "addr", "add", f"10.200.{BENCH_SUBNET}.{host}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        for rate in rates:
-            step = rate * seconds
-            results.append(live_step(pcap, workdir, sock, ns_a, ns_b, dev_a, dev_b, rate, step))
-    finally:
-        stop(redis_proc)
-        sh("ip", "netns", "del", ns_a, check=False)
-        sh("ip", "netns", "del", ns_b, check=False)
+    with veth_namespaces("flowb", BENCH_SUBNET) as (ns_a, ns_b, dev_a, dev_b):
+        redis_proc, sock = start_redis(workdir)
+        try:
+            for rate in rates:
+                step = rate * seconds
+                results.append(live_step(pcap, workdir, sock, ns_a, ns_b, dev_a, dev_b, rate, step))
+        finally:
+            stop(redis_proc)
     print(f"live: veth pair, {seconds} s per rate, agent and tcpdump capturing together")
     print(f"  {'asked pps':>10} {'sent pps':>10} | {'agent seen':>10} {'drops':>7} | "
           f"{'tcpdump seen':>12} {'drops':>7}")  # fmt: skip

@@ -1,4 +1,5 @@
-"""`pcapd` command line: serve, capture, trigger, results, check-config, agent."""
+"""`pcapd` command line: serve, capture, trigger, results, check-config, agent,
+correlate, web."""
 
 from __future__ import annotations
 
@@ -56,14 +57,18 @@ def _agent_problems(config: Config) -> list[str]:
         from agents.flow.config import parse_flow_config
 
         checks["flow"] = parse_flow_config
+    if "dnswire" in config.agents:
+        from agents.dnswire.config import parse_dnswire_config
+
+        checks["dnswire"] = parse_dnswire_config
     problems: list[str] = []
     for name, check in checks.items():
         try:
             check(config.agents[name])
         except ConfigError as exc:
             problems.extend(exc.errors)
-    unknown = sorted(set(config.agents) - {"dnstap", "flow"})
-    problems.extend(f"agents.{name}: unknown agent (dnstap, flow)" for name in unknown)
+    unknown = sorted(set(config.agents) - {"dnstap", "flow", "dnswire"})
+    problems.extend(f"agents.{name}: unknown agent (dnstap, flow, dnswire)" for name in unknown)
     return problems
 
 
@@ -232,6 +237,14 @@ def _agent(args: argparse.Namespace) -> int:
         from agents.dnstap.cli import main as dnstap_main
 
         return int(dnstap_main(args.agent_args))
+    if args.agent == "dnswire":
+        from agents.dnswire.cli import main as dnswire_main
+
+        return int(dnswire_main(args.agent_args))
+    if args.agent == "dnsflow-ingest":
+        from agents.dnswire.ingest import main as ingest_main
+
+        return int(ingest_main(args.agent_args))
     from agents.flow.cli import main as flow_main
 
     return int(flow_main(args.agent_args))
@@ -366,13 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     spool.set_defaults(func=_spool)
 
     agent = sub.add_parser(
-        "agent", help="run a collector that fills Redis (dnstap, flow)",
+        "agent", help="run a collector that fills Redis (dnstap, flow, dnswire, dnsflow-ingest)",
         description="Run a long-lived agent. `pcapd agent dnstap --help` and "
         "`pcapd agent flow --help` describe each.",
     )  # fmt: skip
-    agent.add_argument("agent", choices=("dnstap", "flow"))
+    agent.add_argument("agent", choices=("dnstap", "flow", "dnswire", "dnsflow-ingest"))
     agent.add_argument("agent_args", nargs=argparse.REMAINDER, metavar="...")
     agent.set_defaults(func=_agent)
+
+    from pcapd.correlator.command import add_commands
+
+    add_commands(sub, _add_redis_options, _redis_config)
     return parser
 
 

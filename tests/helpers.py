@@ -60,6 +60,7 @@ class RedisServer:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     password: str | None = None
+    unixsocket: Path | None = None  # also listen here (for agents inside namespaces)
 
     @property
     def url(self) -> str:
@@ -74,6 +75,8 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.unixsocket:
+            args += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ready, timeout=10)
 
@@ -97,8 +100,12 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, password: str | None = None) -> Iterator[RedisServer]:
-    server = RedisServer(port=free_port(), workdir=workdir, password=password)
+def redis_server(
+    workdir: Path, password: str | None = None, unixsocket: Path | None = None
+) -> Iterator[RedisServer]:
+    server = RedisServer(
+        port=free_port(), workdir=workdir, password=password, unixsocket=unixsocket
+    )
     server.start()
     try:
         yield server
@@ -242,6 +249,31 @@ def fill(directory: Path, leave: int) -> Path:
     filler = directory / "filler"
     filler.write_bytes(b"\0" * max(0, vfs.f_bavail * vfs.f_frsize - leave))
     return filler
+
+
+@contextlib.contextmanager
+def unix_redis_server(workdir: Path) -> Iterator[Path]:
+    """A private redis-server on a unix socket only (no TCP port): reachable
+    from inside a test's network namespaces, which share the file system."""
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", "0",
+         "--unixsocket", str(sock), "--unixsocketperm", "700", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(unix_socket_path=str(sock)).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(ready, timeout=10)
+        yield sock
+    finally:
+        stop_process(proc)
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ import pytest
 
 from pcapd.core.config import (
     CloudsharkConfig,
+    CorrelatorConfig,
     DeliveryConfig,
     GeneralConfig,
     RedisConfig,
@@ -36,7 +37,7 @@ def test_every_option_is_documented_in_the_example() -> None:
     sections: dict[str, Any] = {
         "general": GeneralConfig, "redis": RedisConfig, "syslog": SyslogConfig,
         "s3": S3Config, "cloudshark": CloudsharkConfig, "delivery": DeliveryConfig,
-        "sqs": SqsConfig, "security": SecurityConfig,
+        "sqs": SqsConfig, "security": SecurityConfig, "correlator": CorrelatorConfig,
     }  # fmt: skip
     for section, cls in sections.items():
         body = text.split(f"\n[{section}]\n", 1)[1].split("\n[", 1)[0]

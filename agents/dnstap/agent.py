@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -32,7 +32,13 @@ from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
 from agents.dnstap.record import DEDUPED, NXDOMAIN, RECORDED, Recorder
-from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, address_text, parse_response
+from agents.dnstap.response import (
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    Response,
+    address_text,
+    parse_response,
+)
 from agents.dnstap.server import ConnectionStats, DnstapServer
 from pcapd.core.logs import event
 
@@ -54,10 +60,9 @@ FLUSH_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
-class AgentStats:
-    frames: int = 0
-    messages: Counter[str] = field(default_factory=Counter)
-    decode_errors: Counter[str] = field(default_factory=Counter)
+class RecordStats:
+    """What `ResponseRecorder` did with the responses it was given."""
+
     responses: int = 0
     nxdomain: int = 0
     deduped: int = 0
@@ -67,6 +72,13 @@ class AgentStats:
     other_rcode: int = 0
     udp_sent: int = 0
     udp_errors: int = 0
+
+
+@dataclass(slots=True)
+class AgentStats(RecordStats):
+    frames: int = 0
+    messages: Counter[str] = field(default_factory=Counter)
+    decode_errors: Counter[str] = field(default_factory=Counter)
 
 
 class UdpOutput:
@@ -96,51 +108,64 @@ class UdpOutput:
         self.sock.close()
 
 
-class DnstapAgent:
-    """Turns data frames into Redis writes. Not thread-safe: one event loop."""
+class RecordSettings(Protocol):
+    """What a recording agent's config gives `ResponseRecorder` and
+    `make_writer` (DnstapConfig, agents.dnswire's DnswireConfig)."""
+
+    @property
+    def record_type_numbers(self) -> frozenset[int]: ...
+    @property
+    def ignore(self) -> tuple[str, ...]: ...
+    @property
+    def dedup_window(self) -> float: ...
+    @property
+    def dedup_scope(self) -> str: ...
+    @property
+    def dedup_max_entries(self) -> int: ...
+    @property
+    def ttl_grace(self) -> int: ...
+    @property
+    def max_queue_ops(self) -> int: ...
+    @property
+    def batch_ops(self) -> int: ...
+    @property
+    def flush_interval(self) -> float: ...
+    @property
+    def client_index(self) -> bool: ...
+
+
+class ResponseRecorder:
+    """One parsed response -> the agent's filters (question type, rcode,
+    ignored names) -> `record.Recorder`'s writes, with the counters and the
+    optional JSON datagrams. The dnstap agent and agents.dnswire (sniffed
+    responses, DNSFlow ingest) both call `record`, so the way an answer
+    arrived does not change what a reader sees.
+
+    Memory: the client cache (`CLIENT_CACHE_ENTRIES` texts) and the deduper
+    (`dedup_max_entries` x ~275 bytes). Not thread-safe.
+    """
 
     def __init__(
         self,
-        config: DnstapConfig,
         writer: store.RedisWriter,
+        config: RecordSettings,
+        *,
+        stats: RecordStats | None = None,
+        udp: UdpOutput | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
-        self.writer = writer
-        self.stats = AgentStats()
+        self.stats = stats if stats is not None else RecordStats()
         self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
         self.recorder = Recorder(writer, self.dedup, config.dedup_scope == DEDUP_GLOBAL)
-        self.server = DnstapServer(config, self.handle)
-        self.udp = (
-            UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
-            if config.udp_output
-            else None
-        )
-        self._wanted = config.message_type_numbers
+        self.udp = udp
         self._qtypes = config.record_type_numbers
         self._ignore = config.ignore
         self._ignore_dotted = tuple("." + s for s in config.ignore)
         self._clients: dict[bytes, str] = {}
-        self._clock = clock
-        self._error_logs = 0
-        self._error_window_end = clock() + ERROR_LOG_WINDOW
 
-    def handle(self, payload: bytes, conn: ConnectionStats) -> None:
+    def record(self, packed: bytes, resp: Response) -> None:
+        """`packed`: the client's address, 4 or 16 bytes."""
         stats = self.stats
-        stats.frames += 1
-        conn.frames += 1
-        try:
-            got = client_response(payload, self._wanted)
-            if isinstance(got, int):
-                stats.messages[MESSAGE_TYPE_NAMES.get(got, str(got))] += 1
-                return
-            kind, packed, wire = got
-            stats.messages[MESSAGE_TYPE_NAMES[kind]] += 1
-            conn.messages += 1
-            resp = parse_response(wire)
-        except MessageError as exc:
-            self._bad(exc, conn)
-            return
         qtype = resp.qtype
         if qtype not in self._qtypes:
             stats.other_qtype += 1
@@ -196,6 +221,53 @@ class DnstapAgent:
                     target=self.udp.address,
                     error=str(exc),
                 )
+
+
+class DnstapAgent:
+    """Turns data frames into Redis writes. Not thread-safe: one event loop."""
+
+    def __init__(
+        self,
+        config: DnstapConfig,
+        writer: store.RedisWriter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.stats = AgentStats()
+        self.server = DnstapServer(config, self.handle)
+        self.udp = (
+            UdpOutput(config.udp_output, config.udp_interface, config.udp_ttl)
+            if config.udp_output
+            else None
+        )
+        self.responses = ResponseRecorder(
+            writer, config, stats=self.stats, udp=self.udp, clock=clock
+        )
+        self.dedup = self.responses.dedup
+        self.recorder = self.responses.recorder
+        self._wanted = config.message_type_numbers
+        self._clock = clock
+        self._error_logs = 0
+        self._error_window_end = clock() + ERROR_LOG_WINDOW
+
+    def handle(self, payload: bytes, conn: ConnectionStats) -> None:
+        stats = self.stats
+        stats.frames += 1
+        conn.frames += 1
+        try:
+            got = client_response(payload, self._wanted)
+            if isinstance(got, int):
+                stats.messages[MESSAGE_TYPE_NAMES.get(got, str(got))] += 1
+                return
+            kind, packed, wire = got
+            stats.messages[MESSAGE_TYPE_NAMES[kind]] += 1
+            conn.messages += 1
+            resp = parse_response(wire)
+        except MessageError as exc:
+            self._bad(exc, conn)
+            return
+        self.responses.record(packed, resp)
 
     def _bad(self, exc: MessageError, conn: ConnectionStats) -> None:
         kind = type(exc).__name__
@@ -264,13 +336,14 @@ class DnstapAgent:
                 self.udp.close()
 
 
-def make_writer(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> store.RedisWriter:
+def make_writer(config: RecordSettings, connect: Callable[[], redis.Redis]) -> store.RedisWriter:
     return store.RedisWriter(
         connect,
         ttl=config.ttl_grace,
         max_queue_ops=config.max_queue_ops,
         batch_ops=config.batch_ops,
         flush_interval=config.flush_interval,
+        index=config.client_index,
     )
 
 

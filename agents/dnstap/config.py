@@ -91,6 +91,7 @@ class DnstapConfig:
     udp_output: HostPort | None = None
     udp_interface: str | None = None
     udp_ttl: int = DEFAULT_UDP_TTL
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -103,13 +104,16 @@ class DnstapConfig:
 
 
 class _Table:
-    def __init__(self, raw: Mapping[str, Any]) -> None:
+    """Reads one `[agents.*]` table; agents.dnswire reads its own with it too."""
+
+    def __init__(self, raw: Mapping[str, Any], prefix: str = PREFIX) -> None:
         self.raw = raw
+        self.prefix = prefix
         self.errors: list[str] = []
         self.seen: set[str] = set()
 
     def error(self, key: str, message: str) -> None:
-        self.errors.append(f"{PREFIX}.{key}: {message}")
+        self.errors.append(f"{self.prefix}.{key}: {message}")
 
     def get(self, key: str) -> Any:
         self.seen.add(key)
@@ -123,6 +127,15 @@ class _Table:
             self.error(key, f"expected a string, got {value!r}")
             return default
         return value or None
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"expected true or false, got {value!r}")
+            return default
+        return value
 
     def opt_secret(self, key: str) -> str | None:
         """A string that may hold a password: a bad value's type is named, never the value."""
@@ -215,10 +228,7 @@ def _suffixes(t: _Table) -> tuple[str, ...]:
     return tuple(v.lower().strip(".") + "." for v in value)
 
 
-def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
-    t = _Table(raw)
+def _redis_url(t: _Table) -> Secret | None:
     url = t.opt_secret("redis_url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         t.error("redis_url", "scheme is not one of redis://, rediss://, unix://")
@@ -227,6 +237,36 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
             _ = urlsplit(url).port  # raises on a port that is not a number within 0..65535
         except ValueError as exc:
             t.error("redis_url", f"bad port: {exc}")
+    return Secret(url) if url else None
+
+
+def record_options(t: _Table) -> dict[str, Any]:
+    """The options that decide what a response records and how it is written
+    to Redis, read alike for every agent that records responses."""
+    return {
+        "record_types": t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
+        "ignore": _suffixes(t),
+        "dedup_window": float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
+        "dedup_scope": t.opt_str("dedup_scope", DEDUP_CLIENT) or DEDUP_CLIENT,
+        "dedup_max_entries": t.number(
+            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
+        ),
+        "max_queue_ops": t.number(
+            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, 100_000_000, integer=True
+        ),
+        "batch_ops": t.number("batch_ops", DEFAULT_BATCH_OPS, 1, 100_000, integer=True),
+        "flush_interval": float(
+            t.number("flush_interval", store.DEFAULT_FLUSH_INTERVAL, 0.001, 10.0)
+        ),
+        "client_index": t.flag("client_index", False),
+    }
+
+
+def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
+    t = _Table(raw)
+    redis_url = _redis_url(t)
     cfg = DnstapConfig(
         socket=t.opt_str("socket", DEFAULT_SOCKET),
         socket_mode=_mode(t),
@@ -234,21 +274,10 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         listen=t.host_port("listen"),
         tls_cert=t.opt_str("tls_cert"),
         tls_key=t.opt_str("tls_key"),
-        redis_url=Secret(url) if url else None,
+        redis_url=redis_url,
         ttl_grace=t.number("ttl_grace", store.DEFAULT_TTL_GRACE, 1, 2**31 - 1, integer=True),
         message_types=t.names("message_types", DEFAULT_MESSAGE_TYPES, MESSAGE_TYPES),
-        record_types=t.names("record_types", DEFAULT_RECORD_TYPES, RECORD_TYPES),
-        ignore=_suffixes(t),
-        dedup_window=float(t.number("dedup_window", DEFAULT_DEDUP_WINDOW, 0, MAX_DEDUP_WINDOW)),
-        dedup_scope=t.opt_str("dedup_scope", DEDUP_CLIENT) or DEDUP_CLIENT,
-        dedup_max_entries=t.number(
-            "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, 1, 10_000_000, integer=True
-        ),
-        max_queue_ops=t.number(
-            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, 100_000_000, integer=True
-        ),
-        batch_ops=t.number("batch_ops", DEFAULT_BATCH_OPS, 1, 100_000, integer=True),
-        flush_interval=float(t.number("flush_interval", store.DEFAULT_FLUSH_INTERVAL, 0.001, 10.0)),
+        **record_options(t),
         max_frame_bytes=t.number(
             "max_frame_bytes",
             fstrm.DEFAULT_MAX_FRAME,

@@ -198,4 +198,5 @@ def make_writer(connect: Callable[[], Any], config: FlowConfig) -> store.RedisWr
         ttl=config.ttl,
         max_queue_ops=config.max_queue_ops,
         batch_ops=config.batch_ops,
+        index=config.client_index,
     )

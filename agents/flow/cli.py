@@ -22,6 +22,7 @@ from agents.flow.config import (
     parse_networks_arg,
     with_command_line,
 )
+from agents.store import dropped_status
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.logs import event, setup_agent_logging
 from pcapd.core.redis_conn import connect
@@ -162,8 +163,6 @@ def main(argv: list[str]) -> int:
     finally:
         writer.stop(FLUSH_TIMEOUT)
         agent.log_stats("flow_done")
-    if args.read and writer.stats.dropped_ops and not status:
-        # A file is read once: keys Redis never took are lost, so say so.
-        event(log, "flow_keys_dropped", logging.ERROR, keys=writer.stats.dropped_ops)
-        status = 1
+    if args.read and not status:
+        status = dropped_status(writer, "flow")
     return status

@@ -105,6 +105,7 @@ class FlowConfig:
     max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = store.DEFAULT_BATCH_OPS
     max_tracked: int = DEFAULT_MAX_TRACKED
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
 
     def ruleset(self) -> RuleSet:
         """Networks with `our_nets` filled in, compiled with the rules."""
@@ -372,6 +373,7 @@ def parse_flow_config(table: Any) -> FlowConfig:
         max_queue_ops=r.integer("max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, 1, MAX_QUEUE_OPS),
         batch_ops=r.integer("batch_ops", store.DEFAULT_BATCH_OPS, 1, MAX_BATCH_OPS),
         max_tracked=r.integer("max_tracked", DEFAULT_MAX_TRACKED, MIN_MAX_TRACKED, MAX_MAX_TRACKED),
+        client_index=r.boolean("client_index", False),
     )
     if config.batch_ops > config.max_queue_ops:
         r.bad(

@@ -17,7 +17,7 @@ truncated and malformed packets, which never raise out of the handler.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 # Link types (DLT_* as pcap_datalink() reports them, plus LINKTYPE_* values
 # a savefile may carry).
@@ -265,15 +265,6 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
         else:
             counts[OTHER_PROTO] += 1
 
-    def by_version(ts: int, buf: bytes, off: int) -> None:
-        version = buf[off] >> 4
-        if version == 4:
-            ip4(ts, buf, off)
-        elif version == 6:
-            ip6(ts, buf, off)
-        else:
-            counts[NOT_IP] += 1
-
     def guard(inner: Callable[[int, bytes], None]) -> Handler:
         # Short input raises IndexError (or ValueError from a runaway header
         # chain): counted, and the capture loop never sees it.
@@ -289,55 +280,9 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
 
         return handler
 
-    def ethernet(ts: int, buf: bytes) -> None:
-        etype = buf[12] << 8 | buf[13]
-        off = ETH_HEADER
-        if etype == ETH_IP4:
-            ip4(ts, buf, off)
-            return
-        for _ in range(MAX_VLAN_TAGS):
-            if etype not in ETH_VLAN:
-                break
-            etype = buf[off + 2] << 8 | buf[off + 3]
-            off += 4
-        if etype == ETH_IP4:
-            ip4(ts, buf, off)
-        elif etype == ETH_IP6:
-            ip6(ts, buf, off)
-        else:
-            counts[NOT_IP] += 1
-
-    def sll(ts: int, buf: bytes) -> None:
-        etype = buf[14] << 8 | buf[15]
-        if etype == ETH_IP4:
-            ip4(ts, buf, SLL_HEADER)
-        elif etype == ETH_IP6:
-            ip6(ts, buf, SLL_HEADER)
-        else:
-            counts[NOT_IP] += 1
-
-    def sll2(ts: int, buf: bytes) -> None:
-        etype = buf[0] << 8 | buf[1]
-        if etype == ETH_IP4:
-            ip4(ts, buf, SLL2_HEADER)
-        elif etype == ETH_IP6:
-            ip6(ts, buf, SLL2_HEADER)
-        else:
-            counts[NOT_IP] += 1
-
-    def raw(ts: int, buf: bytes) -> None:
-        by_version(ts, buf, 0)
-
-    def null(ts: int, buf: bytes) -> None:
-        by_version(ts, buf, NULL_HEADER)
-
-    def v4(ts: int, buf: bytes) -> None:
-        ip4(ts, buf, 0)
-
-    def v6(ts: int, buf: bytes) -> None:
-        ip6(ts, buf, 0)
-
     if linktype == DLT_EN10MB:
+        ethernet = link_layer(DLT_EN10MB, ip4, ip6, counts, NOT_IP)
+
         # Ethernet is the hot case: inline the guard rather than add a call.
         def eth_handler(ts: int, buf: bytes) -> None:
             try:
@@ -354,7 +299,67 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
                 counts[ERRORS] += 1
 
         return eth_handler
-    table: dict[int, Callable[[int, bytes], None]] = {
+    return guard(link_layer(linktype, ip4, ip6, counts, NOT_IP))
+
+
+IpHandler = Callable[[Any, bytes, int], None]
+
+
+def link_layer(
+    linktype: int, ip4: IpHandler, ip6: IpHandler, counts: list[int], not_ip: int
+) -> Callable[[Any, bytes], None]:
+    """`(ts, frame)` -> `ip4` / `ip6(ts, frame, offset)` for one link type;
+    anything that is not IP counts `counts[not_ip]`. Shared with
+    agents.dnswire, which hands in its own IP handlers. Raises ValueError
+    for a link type not in LINK_TYPES."""
+
+    def by_version(ts: Any, buf: bytes, off: int) -> None:
+        version = buf[off] >> 4
+        if version == 4:
+            ip4(ts, buf, off)
+        elif version == 6:
+            ip6(ts, buf, off)
+        else:
+            counts[not_ip] += 1
+
+    def by_ethertype(ts: Any, buf: bytes, etype: int, off: int) -> None:
+        if etype == ETH_IP4:
+            ip4(ts, buf, off)
+        elif etype == ETH_IP6:
+            ip6(ts, buf, off)
+        else:
+            counts[not_ip] += 1
+
+    def ethernet(ts: Any, buf: bytes) -> None:
+        etype = buf[12] << 8 | buf[13]
+        off = ETH_HEADER
+        for _ in range(MAX_VLAN_TAGS):
+            if etype not in ETH_VLAN:
+                break
+            etype = buf[off + 2] << 8 | buf[off + 3]
+            off += 4
+        by_ethertype(ts, buf, etype, off)
+
+    def sll(ts: Any, buf: bytes) -> None:
+        by_ethertype(ts, buf, buf[14] << 8 | buf[15], SLL_HEADER)
+
+    def sll2(ts: Any, buf: bytes) -> None:
+        by_ethertype(ts, buf, buf[0] << 8 | buf[1], SLL2_HEADER)
+
+    def raw(ts: Any, buf: bytes) -> None:
+        by_version(ts, buf, 0)
+
+    def null(ts: Any, buf: bytes) -> None:
+        by_version(ts, buf, NULL_HEADER)
+
+    def v4(ts: Any, buf: bytes) -> None:
+        ip4(ts, buf, 0)
+
+    def v6(ts: Any, buf: bytes) -> None:
+        ip6(ts, buf, 0)
+
+    table: dict[int, Callable[[Any, bytes], None]] = {
+        DLT_EN10MB: ethernet,
         DLT_NULL: null,
         DLT_LOOP: null,
         DLT_RAW: raw,
@@ -367,4 +372,4 @@ def make_handler(linktype: int, sink: Sink, counts: list[int]) -> Handler:
     }
     if linktype not in table:
         raise ValueError(f"link type {linktype} is not supported (supported: {LINK_TYPES})")
-    return guard(table[linktype])
+    return table[linktype]

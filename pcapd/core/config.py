@@ -90,6 +90,21 @@ DEFAULT_SQS_CHUNK = 10
 DEFAULT_SQS_VISIBILITY = 30
 NOT_FOR_ME = ("release", "delete")
 
+DEFAULT_CORRELATOR_PORT = 3047  # ShoDoHFlo's
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_SCAN_COUNT = 250  # keys per SCAN call: each command stays ~1 ms
+DEFAULT_SCAN_BUDGET = 200_000
+DEFAULT_MAX_CLIENT_KEYS = 20_000
+DEFAULT_MAX_PREFIX_CLIENTS = 64
+DEFAULT_CAPTURE_PACKETS = 100
+DEFAULT_CAPTURE_DURATION = 30
+DEFAULT_CAPTURE_MAX_PACKETS = 10_000
+DEFAULT_CAPTURE_MAX_DURATION = 300
+DEFAULT_S3_URL_EXPIRY = 3600
+DEFAULT_WEB_THREADS = 8
+DEFAULT_CAPTURES_SHOWN = 100
+
 DEFAULT_MAX_SKEW = 300
 DEFAULT_DEDUP_WINDOW = 600
 DEFAULT_DEDUP_PREFIX = "pcapd:seen:"
@@ -253,6 +268,33 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CorrelatorConfig:
+    """`pcapd web` and `pcapd correlate`. Each request reads at most
+    `scan_budget` keys and `max_client_keys` per client; each open live-results
+    page holds one of `threads` server threads."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_CORRELATOR_PORT
+    token: Secret | None = None  # without it, nothing can be changed
+    read_only: bool = False
+    kid: str | None = None  # sign requests with [security] keys[kid]
+    page_size: int = DEFAULT_PAGE_SIZE
+    scan_count: int = DEFAULT_SCAN_COUNT
+    scan_budget: int = DEFAULT_SCAN_BUDGET
+    max_client_keys: int = DEFAULT_MAX_CLIENT_KEYS
+    max_prefix_clients: int = DEFAULT_MAX_PREFIX_CLIENTS
+    nodere: tuple[str, ...] = ()  # offered besides "any" in the capture form
+    aliases: tuple[str, ...] = ()  # offered interface aliases; default: [[interface]]'s
+    default_packets: int = DEFAULT_CAPTURE_PACKETS
+    max_packets: int = DEFAULT_CAPTURE_MAX_PACKETS
+    default_duration: int = DEFAULT_CAPTURE_DURATION
+    max_duration: int = DEFAULT_CAPTURE_MAX_DURATION
+    s3_url_expiry: int = DEFAULT_S3_URL_EXPIRY
+    threads: int = DEFAULT_WEB_THREADS
+    captures_shown: int = DEFAULT_CAPTURES_SHOWN
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     general: GeneralConfig
     redis: RedisConfig = RedisConfig()
@@ -263,6 +305,7 @@ class Config:
     sqs: SqsConfig = SqsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     security: SecurityConfig = SecurityConfig()
+    correlator: CorrelatorConfig = CorrelatorConfig()
     # [agents.*] tables, validated by each agent's own config module.
     agents: Mapping[str, Any] = field(default_factory=dict)
     # Remote sinks in the order their sections appear in the file.
@@ -705,6 +748,41 @@ def _security(s: _Section) -> SecurityConfig:
     return config
 
 
+def _correlator(s: _Section, security: SecurityConfig) -> CorrelatorConfig:
+    max_packets = s.get_int("max_packets", DEFAULT_CAPTURE_MAX_PACKETS)
+    max_duration = s.get_int("max_duration", DEFAULT_CAPTURE_MAX_DURATION)
+    config = CorrelatorConfig(
+        host=s.get_str("host", "127.0.0.1") or "127.0.0.1",
+        port=s.get_int("port", DEFAULT_CORRELATOR_PORT, maximum=65535),
+        token=s.secret("token"),
+        read_only=s.get_bool("read_only", False),
+        kid=s.optional_str("kid"),
+        page_size=s.get_int("page_size", DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE),
+        scan_count=s.get_int("scan_count", DEFAULT_SCAN_COUNT, minimum=10, maximum=100_000),
+        scan_budget=s.get_int("scan_budget", DEFAULT_SCAN_BUDGET, minimum=100),
+        max_client_keys=s.get_int("max_client_keys", DEFAULT_MAX_CLIENT_KEYS, minimum=10),
+        max_prefix_clients=s.get_int("max_prefix_clients", DEFAULT_MAX_PREFIX_CLIENTS),
+        nodere=s.str_list("nodere"),
+        aliases=s.str_list("aliases"),
+        default_packets=s.get_int("default_packets", min(DEFAULT_CAPTURE_PACKETS, max_packets)),
+        max_packets=max_packets,
+        default_duration=s.get_int("default_duration", min(DEFAULT_CAPTURE_DURATION, max_duration)),
+        max_duration=max_duration,
+        s3_url_expiry=s.get_int("s3_url_expiry", DEFAULT_S3_URL_EXPIRY, maximum=604_800),
+        threads=s.get_int("threads", DEFAULT_WEB_THREADS, maximum=256),
+        captures_shown=s.get_int("captures_shown", DEFAULT_CAPTURES_SHOWN, maximum=10_000),
+    )
+    if config.kid and config.kid not in security.keys:
+        s.errors.append(f"correlator.kid: {config.kid!r} is not a key in [security] keys")
+    if config.default_packets > config.max_packets:
+        s.errors.append(f"correlator.default_packets: {config.default_packets} exceeds "
+                        f"max_packets={config.max_packets}")  # fmt: skip
+    if config.default_duration > config.max_duration:
+        s.errors.append(f"correlator.default_duration: {config.default_duration} exceeds "
+                        f"max_duration={config.max_duration}")  # fmt: skip
+    return config
+
+
 def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     errors: list[str] = []
@@ -723,6 +801,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         "sqs": section("sqs"),
         "delivery": section("delivery"),
         "security": section("security"),
+        "correlator": section("correlator"),
     }
     agents = data.get("agents", {})
     if not isinstance(agents, dict):
@@ -743,6 +822,8 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
             dict.fromkeys([k for k in data if k in ("s3", "cloudshark")] + ["s3", "cloudshark"])
         ),
     )
+    # After the rest, so errors keep the order of the sections above.
+    config = replace(config, correlator=_correlator(sections["correlator"], config.security))
     for s in sections.values():
         s.finish()
     kafka = data.get("kafka")

@@ -41,10 +41,17 @@ def _is_event(record: logging.LogRecord) -> bool:
 
 
 def _kv_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if text == "" or any(c in text for c in ' "=\n'):
-        return json.dumps(text)
-    return text
+    """One token: a bare word, compact JSON for numbers, flags and containers
+    (`bad={"truncated":1}`), else a JSON string (`error="no route"`)."""
+    if value is None or isinstance(value, bool | int | float | list | tuple | dict):
+        text = json.dumps(value, default=str, separators=(",", ":"))
+        if not any(c in text for c in " \n"):
+            return text
+    else:
+        text = str(value)  # an address, a path: its text, not a JSON string of it
+        if text != "" and not any(c in text for c in ' "=\n'):
+            return text
+    return json.dumps(text)
 
 
 class KeyValueFormatter(logging.Formatter):

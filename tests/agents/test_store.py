@@ -24,7 +24,7 @@ from agents.store import (
 from tests.helpers import RedisServer, free_port, wait_for
 
 
-def writer_for(url: str, **options: int) -> RedisWriter:
+def writer_for(url: str, **options: Any) -> RedisWriter:
     writer = RedisWriter(lambda: redis.Redis.from_url(url, socket_timeout=2), ttl=900, **options)
     writer.start()
     return writer

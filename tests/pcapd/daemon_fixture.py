@@ -109,8 +109,11 @@ class Daemon:
         extra_general: str = "",
         extra_sections: str = "",
         extra_redis: str = "",
+        wrap: tuple[str, ...] = (),
     ) -> None:
+        """`wrap`: a command prefix, e.g. `ip netns exec NS` to serve inside a namespace."""
         self.server = server
+        self.wrap = wrap
         workdir.mkdir(parents=True, exist_ok=True)
         self.localdir = workdir / "captures"
         self.config_path = workdir / "pcapd.toml"
@@ -131,7 +134,13 @@ class Daemon:
         self.channel = channel
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                list(argv or [sys.executable, "-m", "pcapd", "serve", "-c", str(self.config_path)]),
+                [
+                    *self.wrap,
+                    *(
+                        argv
+                        or [sys.executable, "-m", "pcapd", "serve", "-c", str(self.config_path)]
+                    ),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -171,7 +171,7 @@ def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"{path}: error: agents.dnstap.ttl_grace: -1 is outside 1..2147483647",
         f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
-        f"{path}: error: agents.foo: unknown agent (dnstap, flow)",
+        f"{path}: error: agents.foo: unknown agent (dnstap, flow, dnswire)",
     ]
 
 

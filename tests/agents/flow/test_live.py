@@ -7,7 +7,6 @@ reachable, but the file system (and so the socket) is shared.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 import redis
 
 from tests.agents.flow import traffic
-from tests.helpers import needs_root, stop_process, veth_pair, wait_for
+from tests.helpers import needs_root, stop_process, unix_redis_server, veth_pair, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 TRAFFIC = Path(traffic.__file__)
@@ -29,25 +28,8 @@ AGENT_EXIT_TIMEOUT = 15.0
 @pytest.fixture
 def unix_redis(tmp_path: Path) -> Iterator[Path]:
     """A private redis-server on a unix socket only (no TCP port)."""
-    sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", "0",
-         "--unixsocket", str(sock), "--unixsocketperm", "700", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-    def ready() -> bool:
-        try:
-            return bool(redis.Redis(unix_socket_path=str(sock)).ping())
-        except redis.RedisError:
-            return False
-
-    try:
-        wait_for(ready, timeout=10)
+    with unix_redis_server(tmp_path) as sock:
         yield sock
-    finally:
-        stop_process(proc)
 
 
 def keys_and_values(client: redis.Redis) -> dict[str, int]:

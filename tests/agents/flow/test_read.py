@@ -197,7 +197,7 @@ def test_cli_read_exits_non_zero_when_keys_were_dropped(
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "event=redis_writes_refused cause=READONLY" in result.stderr
-    assert re.search(r"event=flow_keys_dropped keys=[1-9]", result.stderr), result.stderr
+    assert re.search(r"event=keys_dropped agent=flow keys=[1-9]", result.stderr), result.stderr
     assert re.search(r"event=flow_done .*keys_dropped=[1-9]", result.stderr), result.stderr
 
 

@@ -1,0 +1,332 @@
+"""The dnswire agent: sniffed DNS responses -> Redis keys and DNSFlow's export.
+
+One pypcap handle (live or a file), the BPF filter from `filters`, packets
+decoded by `decode`, each message parsed by the dnstap agent's parser and
+given to its `ResponseRecorder`, so a sniffed answer records exactly what the same
+answer seen through dnstap records. DNSFlow's v4 export (`export.Packer`) is
+fed from the same parse.
+
+Live capture follows the engine facts in DESIGN.md: non-blocking handle,
+waits in `select` on its fd, never pypcap's iterator or `loop()`; but not
+`immediate=True` (see `open_live`): telemetry can wait 50 ms, a full ring
+cannot. Interface names are checked against `findalldevs()` first (pypcap
+would open a *file* of that name).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import pcap
+
+from agents import store
+from agents.dnstap.agent import RecordStats, ResponseRecorder
+from agents.dnstap.errors import DnsFormError
+from agents.dnstap.response import parse_response
+from agents.dnswire import decode, export, filters, reassembly
+from agents.dnswire.config import DnswireConfig
+from pcapd.core.logs import event
+
+log = logging.getLogger("pcapd.agents.dnswire")
+
+DISPATCH_BATCH = 10_000  # packets per dispatch() before the clock is checked
+POLL_MAX = 0.2  # s: longest wait in select, so a stop request is seen quickly
+# s: after a short batch, let packets gather before the next dispatch: with
+# immediate mode every packet would otherwise wake select (see agents.flow).
+COALESCE = 0.002
+BLOCK_TIMEOUT_MS = 50  # longest a captured packet waits in the kernel's ring
+TICK = 0.5  # s between checks of the export's push and stats timers
+MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are counted
+
+# What the shared parser's messages mean, for counting bad messages by reason.
+_REASONS = (
+    ("does not point back", "bad_pointer"),
+    ("pointer", "truncated"),
+    ("shorter than the DNS header", "short_header"),
+    ("QR=0", "query"),
+    ("qdcount", "question_count"),
+    ("label type", "bad_label"),
+    ("longer than", "long_name"),
+    ("rdata of", "bad_rdata"),
+    ("trailing bytes", "bad_rdata"),
+    ("truncated", "truncated"),
+    ("past the end", "truncated"),
+)
+
+
+def reason(exc: DnsFormError) -> str:
+    text = str(exc)
+    for needle, name in _REASONS:
+        if needle in text:
+            return name
+    return "other"
+
+
+class AgentError(Exception):
+    """The agent cannot start: bad interface, unreadable file, bad filter."""
+
+
+class CaptureError(AgentError):
+    """libpcap failed while capturing (e.g. the interface went away)."""
+
+
+class WireAgent:
+    """One capture source; records into Redis (`writer`) and/or exports
+    (`send`). Not thread-safe: one capture loop."""
+
+    def __init__(
+        self,
+        config: DnswireConfig,
+        writer: store.RedisWriter | None,
+        send: export.Send | None,
+        clock: Callable[[], float] = time.monotonic,
+        export_stats: export.ExportStats | None = None,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.clock = clock
+        self.counts = decode.new_counts()
+        self.reassembly_counts = reassembly.new_counts()
+        self.dns_errors: Counter[str] = Counter()
+        self.record_stats = RecordStats()
+        self.captured = 0
+        self.sampled_out = 0
+        self.other_slot = 0
+        self.not_exported = 0
+        self.recorder = (
+            ResponseRecorder(writer, config, stats=self.record_stats, clock=clock)
+            if writer is not None
+            else None
+        )
+        self.packer = export.Packer(send, clock, export_stats) if send is not None else None
+        self.fragments = reassembly.Fragments(
+            self.reassembly_counts,
+            timeout=config.fragment_timeout,
+            max_bytes=config.fragment_max_bytes,
+        )
+        self.streams = reassembly.TcpStreams(
+            self.reassembly_counts,
+            idle=config.tcp_idle,
+            max_total_bytes=config.tcp_max_bytes,
+            max_streams=config.tcp_max_streams,
+        )
+        rate = config.sample_rate
+        self._keep = 1.0 / rate if rate > 1 else 1.0
+        self._random = random.random
+        self._error_logs = 0
+        self._handle: Any = None
+        self._callback: decode.Handler | None = None
+        self.filter = ""
+
+    # -- one message ---------------------------------------------------------
+    def on_message(self, client: bytes, resolver: bytes, message: bytes) -> None:
+        if self._keep < 1.0 and self._random() >= self._keep:
+            self.sampled_out += 1
+            return
+        try:
+            resp = parse_response(message)
+        except DnsFormError as exc:
+            why = reason(exc)
+            self.dns_errors[why] += 1
+            if self._error_logs < MAX_ERROR_LOGS:
+                self._error_logs += 1
+                event(log, "dnswire_bad_message", logging.WARNING, reason=why, error=str(exc))
+            return
+        if self.recorder is not None:
+            self.recorder.record(client, resp)
+        if self.packer is not None:
+            if export.exportable(message, resp):
+                self.packer.add(client, resolver, resp)
+            else:
+                self.not_exported += 1
+
+    def _inner_message(self, client: bytes, resolver: bytes, message: bytes) -> None:
+        i, n = self.config.slot
+        if n > 1 and filters.slot_of(client, n) != i - 1:
+            self.other_slot += 1
+            return
+        self.on_message(client, resolver, message)
+
+    def handler(self, linktype: int) -> decode.Handler:
+        cfg = self.config
+        decoder = decode.make_handler(
+            linktype,
+            self.on_message,
+            self.counts,
+            ports=cfg.port_set,
+            fragments=self.fragments,
+            streams=self.streams,
+            pcap_record_port=cfg.pcap_record_port,
+            jmirror_port=cfg.jmirror_port,
+            inner_sink=self._inner_message,
+        )
+        return decoder
+
+    # -- sources -------------------------------------------------------------
+    def open_live(self, interface: str) -> None:
+        check_interface(interface)
+        try:
+            # Not immediate mode: there libpcap uses fixed ring slots of the
+            # snaplen (64 KiB for whole answers), so a 64 MiB ring held ~1,000
+            # packets and dropped under bursts. Without it, packets pack into
+            # blocks by their real size and arrive within BLOCK_TIMEOUT_MS.
+            handle = pcap.pcap(
+                name=interface,
+                snaplen=self.config.snaplen,
+                promisc=self.config.promisc,
+                timeout_ms=BLOCK_TIMEOUT_MS,
+                buffer_size=self.config.buffer_size,
+            )
+            handle.setdirection(pcap.PCAP_D_INOUT)
+            handle.setnonblock(True)
+        except OSError as exc:
+            raise AgentError(f"cannot capture on {interface!r}: {exc}") from exc
+        self._prepare(handle, interface)
+
+    def open_file(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise AgentError(f"-r {path!r}: no such file")
+        try:
+            handle = pcap.pcap(name=path)
+        except OSError as exc:
+            raise AgentError(f"-r {path!r}: not a capture file: {exc}") from exc
+        self._prepare(handle, path)
+
+    def _prepare(self, handle: Any, source: str) -> None:
+        cfg = self.config
+        linktype = handle.datalink()
+        try:
+            self._callback = self.handler(linktype)
+        except ValueError as exc:
+            raise AgentError(f"{source}: {exc}") from exc
+        self.filter = cfg.bpf or filters.build_filter(
+            linktype=linktype,
+            ports=cfg.port_set,
+            slot=cfg.slot,
+            checksum4=cfg.checksum_slots,
+            pcap_record_port=cfg.pcap_record_port,
+            jmirror_port=cfg.jmirror_port,
+        )
+        try:
+            handle.setfilter(self.filter)
+        except OSError as exc:
+            raise AgentError(f"-f {self.filter!r}: {exc}") from exc
+        self._handle = handle
+        event(
+            log, "dnswire_started", source=source, linktype=linktype,
+            slot=f"{cfg.slot[0]}/{cfg.slot[1]}", sample_rate=cfg.sample_rate, filter=self.filter,
+        )  # fmt: skip
+
+    # -- loops ---------------------------------------------------------------
+    def run_live(self, stop: threading.Event) -> None:
+        handle = self._handle
+        fd = handle.fileno()
+        dispatch = handle.dispatch
+        callback = self._callback
+        now = self.clock()
+        next_stats = now + self.config.stats_interval
+        next_export_stats = now + self.config.export_stats_interval + random.random()
+        next_tick = now + TICK
+        while not stop.is_set():
+            count = dispatch(DISPATCH_BATCH, callback)
+            if count < 0:  # pypcap returns libpcap's -1 instead of raising
+                raise CaptureError(f"capture failed: {_error_text(handle)}")
+            self.captured += count
+            now = self.clock()
+            if now >= next_tick:
+                next_tick = now + TICK
+                if self.packer is not None:
+                    self.packer.tick()
+                    if now >= next_export_stats:
+                        next_export_stats = now + self.config.export_stats_interval
+                        self.send_export_stats()
+                if self.config.stats_interval > 0 and now >= next_stats:
+                    next_stats = now + self.config.stats_interval
+                    self.log_stats()
+            if count == 0:
+                select.select([fd], [], [], min(POLL_MAX, max(0.0, next_tick - now)))
+            elif count < DISPATCH_BATCH:
+                time.sleep(COALESCE)
+
+    def run_file(self, stop: threading.Event | None = None) -> None:
+        handle = self._handle
+        callback = self._callback
+        while stop is None or not stop.is_set():
+            count = handle.dispatch(DISPATCH_BATCH, callback)
+            if count < 0:
+                raise CaptureError(f"reading failed: {_error_text(handle)}")
+            if count == 0:
+                break
+            self.captured += count
+
+    def finish(self) -> None:
+        """Send the part-filled export packet (the writer is flushed by its owner)."""
+        if self.packer is not None:
+            self.packer.flush()
+
+    # -- stats ---------------------------------------------------------------
+    def kernel_stats(self) -> tuple[int, int, int]:
+        """(received, dropped, ifdropped) from libpcap; zeros for a file."""
+        if self.config.read is not None or self._handle is None:
+            return 0, 0, 0
+        try:
+            received, dropped, ifdropped = self._handle.stats()
+        except (OSError, AttributeError):
+            return 0, 0, 0
+        return int(received), int(dropped), int(ifdropped)
+
+    def send_export_stats(self) -> None:
+        assert self.packer is not None
+        received, dropped, ifdropped = self.kernel_stats()
+        rate = self.config.sample_rate
+        self.packer.send_stats(self.captured, received, dropped, ifdropped, rate if rate > 1 else 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"packets": self.captured}
+        data.update(zip(decode.COUNTER_NAMES, self.counts, strict=True))
+        data.update(zip(reassembly.COUNTER_NAMES, self.reassembly_counts, strict=True))
+        data["bad_messages"] = dict(self.dns_errors)
+        data["sample_rate"] = self.config.sample_rate
+        data["sampled_out"] = self.sampled_out
+        data["other_slot"] = self.other_slot
+        data.update(asdict(self.record_stats))
+        received, dropped, ifdropped = self.kernel_stats()
+        data.update(kernel_received=received, kernel_dropped=dropped, if_dropped=ifdropped)
+        if self.writer is not None:
+            w = self.writer.stats
+            data.update(
+                keys_written=w.written_ops,
+                keys_dropped=w.dropped_ops,
+                redis_errors=w.redis_errors,
+                queue_depth=self.writer.queue_depth,
+            )
+        if self.packer is not None:
+            data.update({f"export_{k}": v for k, v in asdict(self.packer.stats).items()})
+            data["not_exported"] = self.not_exported
+        return data
+
+    def log_stats(self, name: str = "dnswire_stats") -> None:
+        self._error_logs = 0
+        event(log, name, **self.snapshot())
+
+
+def check_interface(interface: str) -> None:
+    names = pcap.findalldevs()
+    if interface not in names:
+        raise AgentError(f"interface {interface!r} not found; capture devices: {', '.join(names)}")
+
+
+def _error_text(handle: Any) -> str:
+    error = handle.geterr()
+    if isinstance(error, bytes):
+        error = error.decode("utf-8", "replace")
+    return str(error) or "unknown libpcap error"

@@ -1,0 +1,266 @@
+"""`[agents.dnswire]`: every option, its default constant and its checks.
+
+Read with the dnstap agent's table reader, so the rules and the messages
+(`agents.dnswire.sample_rate: 70000 is outside 0..65535`) are the same. The
+options that decide what a response records (`record_types`, `ignore`,
+`dedup_*`, `ttl_grace`) mean what they mean for the dnstap agent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agents import store
+from agents.dnstap.config import (
+    DEDUP_CLIENT,
+    DEDUP_SCOPES,
+    DEFAULT_BATCH_OPS,
+    DEFAULT_DEDUP_MAX_ENTRIES,
+    DEFAULT_DEDUP_WINDOW,
+    DEFAULT_RECORD_TYPES,
+    RECORD_TYPES,
+    HostPort,
+    _redis_url,
+    record_options,
+)
+from agents.dnstap.config import _Table as Table
+from agents.dnswire import export, reassembly
+from pcapd.core.config import ConfigError
+from pcapd.core.secret import Secret
+
+PREFIX = "agents.dnswire"
+DNS_PORT = 53
+MDNS_PORT = 5353
+MAX_PROCESSES = 64  # dnsflow.c's MAX_MPROC_CHILDREN
+MAX_SAMPLE_RATE = 65_535  # dnsflow.c keeps it in 16 bits
+DEFAULT_SNAPLEN = 65_535  # whole answers: the DNS message is the point
+# dnsflow.c asks for 125 MB ("1 s of GigE"); 64 MiB absorbs the bursts seen
+# in bench/ at a fraction of the memory. Raise it on busy links.
+DEFAULT_BUFFER_SIZE = 64 * 1024 * 1024
+MIN_BUFFER_SIZE = 64 * 1024
+MAX_BUFFER_SIZE = 2**31 - 1
+DEFAULT_STATS_INTERVAL = 60.0
+
+
+DEFAULT_LISTEN = HostPort("0.0.0.0", export.PORT)
+
+
+@dataclass(frozen=True, slots=True)
+class DnswireConfig:
+    """Worst-case memory: the kernel ring (`buffer_size`), the fragment and
+    TCP bounds (`fragment_max_bytes` + `tcp_max_bytes`, see reassembly), the
+    Redis queue (`max_queue_ops` x key+member) and the deduper
+    (`dedup_max_entries` x ~275 bytes); per process with `processes`."""
+
+    interface: str | None = None
+    read: str | None = None
+    bpf: str | None = None
+    slot: tuple[int, int] = (1, 1)
+    processes: int | None = None  # None: one process; 0: half the CPUs
+    promisc: bool = True
+    pidfile: str | None = None
+    sample_rate: int = 0
+    udp_dst: tuple[HostPort, ...] = ()
+    write: str | None = None
+    pcap_record_port: int | None = None
+    jmirror_port: int | None = None
+    mdns: bool = False
+    ports: tuple[int, ...] = ()
+    checksum_slots: bool = False
+    record: bool = True  # into Redis
+    redis_url: Secret | None = None
+    ttl_grace: int = store.DEFAULT_TTL_GRACE
+    record_types: tuple[str, ...] = DEFAULT_RECORD_TYPES
+    ignore: tuple[str, ...] = ()
+    dedup_window: float = DEFAULT_DEDUP_WINDOW
+    dedup_scope: str = DEDUP_CLIENT
+    dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
+    max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
+    batch_ops: int = DEFAULT_BATCH_OPS
+    flush_interval: float = store.DEFAULT_FLUSH_INTERVAL
+    client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
+    stats_interval: float = DEFAULT_STATS_INTERVAL
+    export_stats_interval: float = export.STATS_INTERVAL
+    snaplen: int = DEFAULT_SNAPLEN
+    buffer_size: int = DEFAULT_BUFFER_SIZE
+    fragment_timeout: float = reassembly.DEFAULT_FRAGMENT_TIMEOUT
+    fragment_max_bytes: int = reassembly.DEFAULT_FRAGMENT_BYTES
+    tcp_idle: float = reassembly.DEFAULT_TCP_IDLE
+    tcp_max_bytes: int = reassembly.DEFAULT_TCP_TOTAL_BYTES
+    tcp_max_streams: int = reassembly.DEFAULT_TCP_STREAMS
+    listen: HostPort = DEFAULT_LISTEN  # dnsflow-ingest
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def record_type_numbers(self) -> frozenset[int]:
+        return frozenset(RECORD_TYPES[name] for name in self.record_types)
+
+    @property
+    def port_set(self) -> frozenset[int]:
+        ports = {DNS_PORT, *self.ports}
+        if self.mdns:
+            ports.add(MDNS_PORT)
+        return frozenset(ports)
+
+    @property
+    def process_count(self) -> int:
+        """-M: 0 means half the CPUs (at least one), as in dnsflow.c."""
+        if self.processes is None:
+            return 1
+        if self.processes == 0:
+            return max(1, min(MAX_PROCESSES, (os.cpu_count() or 1) // 2))
+        return self.processes
+
+
+def _bool(t: Table, key: str, default: bool) -> bool:
+    value = t.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        t.error(key, f"expected true or false, got {value!r}")
+        return default
+    return value
+
+
+def _port(t: Table, key: str) -> int | None:
+    value = t.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        t.error(key, f"{value!r} is not a port within 1..65535")
+        return None
+    return value
+
+
+def _ports(t: Table) -> tuple[int, ...]:
+    value = t.get("ports")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535 for v in value
+    ):
+        t.error("ports", f"expected a list of ports within 1..65535, got {value!r}")
+        return ()
+    return tuple(dict.fromkeys(value))
+
+
+def _slot(t: Table) -> tuple[int, int]:
+    value = t.get("slot")
+    if value is None:
+        return (1, 1)
+    text = str(value)
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit()) or not 1 <= int(i) <= int(n) <= MAX_PROCESSES:
+        t.error("slot", f"{text!r} is not I/N with 1 <= I <= N <= {MAX_PROCESSES}")
+        return (1, 1)
+    return int(i), int(n)
+
+
+def _destinations(t: Table) -> tuple[HostPort, ...]:
+    value = t.get("udp_dst")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        t.error("udp_dst", f"expected a list of IPv4 ADDRESS[:PORT], got {value!r}")
+        return ()
+    if len(value) > export.MAX_DESTINATIONS:
+        t.error("udp_dst", f"{len(value)} destinations, at most {export.MAX_DESTINATIONS}")
+        return ()
+    out = []
+    for text in value:
+        host, sep, port = text.partition(":")
+        try:
+            ipaddress.IPv4Address(host)
+            number = int(port) if sep else export.PORT
+        except ValueError:
+            t.error("udp_dst", f"{text!r} is not an IPv4 ADDRESS[:PORT]")
+            continue
+        if not 1 <= number <= 65535:
+            t.error("udp_dst", f"{text!r}: port {number} is outside 1..65535")
+            continue
+        out.append(HostPort(host, number))
+    return tuple(out)
+
+
+def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{PREFIX}: expected a table, got {raw!r}"])
+    t = Table(raw, PREFIX)
+    processes = t.get("processes")
+    if processes is not None:
+        processes = t.number("processes", 1, 0, MAX_PROCESSES, integer=True)
+    cfg = DnswireConfig(
+        interface=t.opt_str("interface"),
+        read=t.opt_str("read"),
+        bpf=t.opt_str("bpf"),
+        slot=_slot(t),
+        processes=processes,
+        promisc=_bool(t, "promisc", True),
+        pidfile=t.opt_str("pidfile"),
+        sample_rate=t.number("sample_rate", 0, 0, MAX_SAMPLE_RATE, integer=True),
+        udp_dst=_destinations(t),
+        write=t.opt_str("write"),
+        pcap_record_port=_port(t, "pcap_record_port"),
+        jmirror_port=_port(t, "jmirror_port"),
+        mdns=_bool(t, "mdns", False),
+        ports=_ports(t),
+        checksum_slots=_bool(t, "checksum_slots", False),
+        record=_bool(t, "record", True),
+        redis_url=_redis_url(t),
+        ttl_grace=t.number("ttl_grace", store.DEFAULT_TTL_GRACE, 1, 2**31 - 1, integer=True),
+        **record_options(t),
+        stats_interval=float(t.number("stats_interval", DEFAULT_STATS_INTERVAL, 0, 86_400.0)),
+        export_stats_interval=float(
+            t.number("export_stats_interval", export.STATS_INTERVAL, 0.1, 86_400.0)
+        ),
+        snaplen=t.number("snaplen", DEFAULT_SNAPLEN, 128, 262_144, integer=True),
+        buffer_size=t.number(
+            "buffer_size", DEFAULT_BUFFER_SIZE, MIN_BUFFER_SIZE, MAX_BUFFER_SIZE, integer=True
+        ),
+        fragment_timeout=float(
+            t.number("fragment_timeout", reassembly.DEFAULT_FRAGMENT_TIMEOUT, 0.1, 3600.0)
+        ),
+        fragment_max_bytes=t.number(
+            "fragment_max_bytes",
+            reassembly.DEFAULT_FRAGMENT_BYTES,
+            65_536,
+            2**31 - 1,
+            integer=True,
+        ),
+        tcp_idle=float(t.number("tcp_idle", reassembly.DEFAULT_TCP_IDLE, 0.1, 3600.0)),
+        tcp_max_bytes=t.number(
+            "tcp_max_bytes", reassembly.DEFAULT_TCP_TOTAL_BYTES, 262_144, 2**31 - 1, integer=True
+        ),
+        tcp_max_streams=t.number(
+            "tcp_max_streams", reassembly.DEFAULT_TCP_STREAMS, 1, 10_000_000, integer=True
+        ),
+        listen=t.host_port("listen") or DEFAULT_LISTEN,
+    )
+    if cfg.interface is not None and cfg.read is not None:
+        t.error("read", "interface and read exclude each other: capture live or read a file")
+    if cfg.write is not None and cfg.process_count > 1:
+        t.error("write", "cannot write one file from several processes (processes/-M)")
+    if cfg.processes is not None and cfg.slot != (1, 1):
+        t.error("slot", "slot (-m) and processes (-M) exclude each other")
+    if cfg.dedup_scope not in DEDUP_SCOPES:
+        t.error("dedup_scope", f"{cfg.dedup_scope!r} not one of {', '.join(DEDUP_SCOPES)}")
+    if cfg.batch_ops > cfg.max_queue_ops:
+        t.error("batch_ops", f"{cfg.batch_ops} exceeds max_queue_ops={cfg.max_queue_ops}")
+    cpus = os.cpu_count() or 1
+    if cfg.process_count > cpus:
+        t.error(
+            "processes",
+            f"{cfg.process_count} processes on {cpus} CPUs: more than the CPUs only slows "
+            "every process (dnsflow.c refuses it too)",
+        )
+    if t.errors:
+        raise ConfigError(t.errors)
+    unknown = sorted(set(raw) - t.seen)
+    warnings = tuple(f"{PREFIX}.{key}: unknown option, ignored" for key in unknown)
+    return replace(cfg, warnings=warnings)

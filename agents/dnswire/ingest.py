@@ -1,0 +1,302 @@
+"""`pcapd agent dnsflow-ingest`: DNSFlow v4 packets from existing sensors
+(dnsflow.c or `dnsflow`) into the same Redis keys, so a site can move its
+collectors first and its sensors later.
+
+Each data set becomes one response for the dnstap agent's `ResponseRecorder`:
+names[0] is the question, names[1..] the CNAME chain, the addresses are
+owned by the last name; the question type is not in the format, so it is
+taken as A when the set holds IPv4 addresses, else AAAA. Stats packets keep
+each sensor's `sample_rate` (DNSFlow's own reader drops it) and counters;
+sequence numbers are followed per sensor (address and port: each dnsflow
+process numbers its own packets), and a gap is counted as lost packets.
+
+Memory: one datagram at a time, plus one small entry per sensor (at most
+`MAX_SENSORS`; past that the table is cleared and counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from agents import store
+from agents.dnstap.agent import RecordStats, ResponseRecorder, make_writer
+from agents.dnstap.errors import DnsFormError
+from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
+from agents.dnswire import export
+from agents.dnswire.config import DnswireConfig, parse_dnswire_config
+from pcapd.core.config import ConfigError, RedisConfig, load_config
+from pcapd.core.logs import event, setup_agent_logging
+
+log = logging.getLogger("pcapd.agents.dnswire.ingest")
+
+MAX_SENSORS = 4_096
+MAX_ERROR_LOGS = 100  # bad packets logged; all are counted
+RECV_BUFFER = 4 * 1024 * 1024  # kernel socket buffer: bursts of a busy sensor
+POLL = 0.2  # s: longest wait in recv, so a stop request is seen quickly
+FLUSH_TIMEOUT = 10.0
+_SEQ_WINDOW = 1 << 20  # a jump forward further than this is a restart, not a loss
+
+
+class BadPacket(Exception):
+    """A datagram that is not a DNSFlow v4 packet, or lies about its sizes;
+    `reason` is the counter it goes to."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Sensor:
+    next_sequence: int = -1
+    sample_rate: int = 0
+    captured: int = 0
+    received: int = 0
+    dropped: int = 0
+    ifdropped: int = 0
+    packets: int = 0
+    lost: int = 0
+
+
+@dataclass(slots=True)
+class IngestStats:
+    datagrams: int = 0
+    sets: int = 0
+    stats_packets: int = 0
+    bad: Counter[str] = field(default_factory=Counter)
+    lost: int = 0  # by sequence gaps
+    restarts: int = 0  # sequence went back: a sensor restarted (or reordered)
+    sensors_cleared: int = 0
+
+
+def parse_sets(
+    packet: bytes,
+) -> tuple[int, int, list[tuple[int, bytes, bytes, list[str], list[bytes]]]]:
+    """(flags, sequence, sets) of a data packet; each set is (ip_vers,
+    client, resolver, names, addresses). Raises BadPacket."""
+    if len(packet) < export.HEADER.size:
+        raise BadPacket("short", f"{len(packet)} bytes, shorter than the 8-byte header")
+    version, count, flags, sequence = export.HEADER.unpack_from(packet, 0)
+    if version != export.VERSION:
+        raise BadPacket("version", f"version {version}, expected {export.VERSION}")
+    sets: list[tuple[int, bytes, bytes, list[str], list[bytes]]] = []
+    pos = export.HEADER.size
+    if flags & export.FLAG_STATS:
+        return flags, sequence, sets
+    for index in range(count):
+        if pos + export.SET_HEADER.size > len(packet):
+            raise BadPacket("truncated", f"set {index} header runs past the end")
+        vers, names_count, ips, ip6s, names_len, client, resolver = export.SET_HEADER.unpack_from(
+            packet, pos
+        )
+        if vers not in (4, 6):
+            raise BadPacket("ip_vers", f"set {index}: ip_vers {vers}, expected 4 or 6")
+        pos += export.SET_HEADER.size
+        names_end = pos + names_len
+        addr_end = names_end + 4 * ips + 16 * ip6s
+        if names_len % 4 or addr_end > len(packet):
+            raise BadPacket(
+                "counts", f"set {index}: names_len {names_len} and counts run past the end"
+            )
+        names: list[str] = []
+        at = pos
+        # Names end within names_len; read_name follows pointers only backwards,
+        # and sets carry none, so one is refused where it starts.
+        blob = packet[:names_end]
+        try:
+            for _ in range(names_count):
+                if at >= names_end or blob[at] >= 0xC0:
+                    raise BadPacket(
+                        "names", f"set {index}: name {len(names)} missing or compressed"
+                    )
+                name, at = read_name(blob, at)
+                names.append(name)
+        except DnsFormError as exc:
+            raise BadPacket("names", f"set {index}: names: {exc}") from None
+        if not names:
+            raise BadPacket("names", f"set {index}: no names")
+        addresses = [packet[i : i + 4] for i in range(names_end, names_end + 4 * ips, 4)]
+        base = names_end + 4 * ips
+        addresses += [packet[i : i + 16] for i in range(base, base + 16 * ip6s, 16)]
+        width = 4 if vers == 4 else 16
+        sets.append((vers, client[:width], resolver[:width], names, addresses))
+        pos = addr_end
+    return flags, sequence, sets
+
+
+class Ingest:
+    """Datagrams -> ResponseRecorder. Not thread-safe."""
+
+    def __init__(self, config: DnswireConfig, writer: store.RedisWriter) -> None:
+        self.config = config
+        self.writer = writer
+        self.stats = IngestStats()
+        self.record_stats = RecordStats()
+        self.sensors: dict[tuple[str, int], Sensor] = {}
+        self.recorder = ResponseRecorder(writer, config, stats=self.record_stats)
+
+    def handle(self, packet: bytes, peer: tuple[str, int]) -> None:
+        stats = self.stats
+        stats.datagrams += 1
+        try:
+            flags, sequence, sets = parse_sets(packet)
+        except BadPacket as exc:
+            stats.bad[exc.reason] += 1
+            if sum(stats.bad.values()) <= MAX_ERROR_LOGS:
+                event(log, "dnsflow_bad_packet", logging.WARNING, peer=f"{peer[0]}:{peer[1]}",
+                      reason=exc.reason, error=str(exc))  # fmt: skip
+            return
+        sensor = self.sensors.get(peer)
+        if sensor is None:
+            if len(self.sensors) >= MAX_SENSORS:
+                self.sensors.clear()
+                stats.sensors_cleared += 1
+            sensor = self.sensors[peer] = Sensor()
+        self._sequence(sensor, sequence)
+        sensor.packets += 1
+        if flags & export.FLAG_STATS:
+            stats.stats_packets += 1
+            if len(packet) >= export.HEADER.size + export.STATS.size:
+                counters = export.STATS.unpack_from(packet, export.HEADER.size)
+                (sensor.captured, sensor.received, sensor.dropped, sensor.ifdropped,
+                 sensor.sample_rate) = counters  # fmt: skip
+            else:  # DNSFlow before sample_rate sent four counters
+                stats.bad["short_stats"] += 1
+            return
+        for _vers, client, _resolver, names, addresses in sets:
+            stats.sets += 1
+            typed = tuple(
+                (TYPE_A if len(a) == 4 else TYPE_AAAA, address_text(a)) for a in addresses
+            )
+            qtype = TYPE_A if any(len(a) == 4 for a in addresses) or not addresses else TYPE_AAAA
+            resp = Response(names[0], qtype, 0, tuple(names), typed)
+            self.recorder.record(client, resp)
+
+    def _sequence(self, sensor: Sensor, sequence: int) -> None:
+        expected = sensor.next_sequence
+        sensor.next_sequence = (sequence + 1) & 0xFFFFFFFF
+        if expected < 0 or sequence == expected:
+            return
+        gap = (sequence - expected) & 0xFFFFFFFF
+        if gap < _SEQ_WINDOW:
+            sensor.lost += gap
+            self.stats.lost += gap
+        else:
+            self.stats.restarts += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        data: dict[str, Any] = dataclasses.asdict(self.stats)
+        data["bad"] = dict(self.stats.bad)
+        data.update(dataclasses.asdict(self.record_stats))
+        w = self.writer.stats
+        data.update(keys_written=w.written_ops, keys_dropped=w.dropped_ops,
+                    redis_errors=w.redis_errors, queue_depth=self.writer.queue_depth)  # fmt: skip
+        return data
+
+    def log_stats(self, name: str = "dnsflow_ingest_stats") -> None:
+        event(log, name, **self.snapshot())
+        for (host, port), s in self.sensors.items():
+            event(
+                log, "dnsflow_sensor", sensor=f"{host}:{port}", packets=s.packets, lost=s.lost,
+                sample_rate=s.sample_rate, captured=s.captured, received=s.received,
+                dropped=s.dropped, ifdropped=s.ifdropped,
+            )  # fmt: skip
+
+
+def serve(ingest: Ingest, sock: socket.socket, should_stop: Callable[[], bool]) -> None:
+    interval = ingest.config.stats_interval
+    next_stats = time.monotonic() + interval
+    sock.settimeout(POLL)
+    while not should_stop():
+        try:
+            packet, peer = sock.recvfrom(65_535)
+        except TimeoutError:
+            pass
+        else:
+            ingest.handle(packet, peer[:2])
+        if interval > 0 and time.monotonic() >= next_stats:
+            next_stats = time.monotonic() + interval
+            ingest.log_stats()
+
+
+def bind(config: DnswireConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+    sock.bind((config.listen.host, config.listen.port))
+    return sock
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pcapd agent dnsflow-ingest",
+        description="Receive DNSFlow v4 UDP packets (from dnsflow.c or `dnsflow -u`) and "
+        "record them in Redis with the dnstap agent's keys. Options override "
+        "[agents.dnswire] in the config file.",
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML with [redis], [agents.dnswire]")
+    p.add_argument("--listen", metavar="ADDR:PORT", help=f"UDP to listen on ({export.PORT})")
+    p.add_argument("--redis-url", help="redis://, rediss:// or unix:// (overrides [redis])")
+    p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from pcapd.core.redis_conn import connect
+
+    args = parser().parse_args(argv)
+    try:
+        config = load_config(args.config) if args.config else None
+        setup_agent_logging(config, args.log_level)
+        base_redis, raw = RedisConfig(), {}
+        if config is not None:
+            base_redis, raw = config.redis, dict(config.agents.get("dnswire", {}))
+        for key in ("listen", "redis_url", "stats_interval"):
+            if getattr(args, key) is not None:
+                raw[key] = getattr(args, key)
+        cfg = parse_dnswire_config(raw)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(f"pcapd agent dnsflow-ingest: {line}", file=sys.stderr)
+        return 1
+    redis_cfg = base_redis if cfg.redis_url is None else dataclasses.replace(
+        base_redis, url=cfg.redis_url
+    )  # fmt: skip
+    try:
+        sock = bind(cfg)
+    except OSError as exc:
+        print(f"pcapd agent dnsflow-ingest: error: cannot listen on {cfg.listen}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    writer = make_writer(cfg, lambda: connect(redis_cfg))
+    ingest = Ingest(cfg, writer)
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping:
+            raise SystemExit(128 + signum)
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    writer.start()
+    event(log, "dnsflow_ingest_started", listen=cfg.listen, redis=redis_cfg.describe())
+    try:
+        serve(ingest, sock, lambda: bool(stopping))
+    finally:
+        sock.close()
+        writer.stop(FLUSH_TIMEOUT)
+        ingest.log_stats("dnsflow_ingest_done")
+    return 0

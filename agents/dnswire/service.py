@@ -1,0 +1,228 @@
+"""Running the agent: one process, or DNSFlow's -M N supervised processes.
+
+One process: bootstrap -> signal handlers -> capture loop -> `finally`
+send what is queued. The first SIGTERM/SIGINT is a warm stop (the export's
+last packet and the Redis queue are sent, at most `FLUSH_TIMEOUT` s), the
+second leaves at once.
+
+-M N: the parent holds the PID file and forks N children, child i taking
+slot i/N (its BPF keeps 1/N of the responses, see `filters`). A child that
+dies is logged and started again (at most once per `RESTART_DELAY` s per
+slot); SIGTERM to the parent is passed to every child, which flush and
+exit, then the parent exits. Children get SIGTERM if the parent dies
+(Linux's PR_SET_PDEATHSIG, as dnsflow.c does).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+import redis
+
+from agents.dnstap.agent import make_writer
+from agents.dnswire import export
+from agents.dnswire.agent import (
+    AgentError,
+    CaptureError,
+    WireAgent,
+    check_interface,
+)
+from agents.dnswire.config import DnswireConfig
+from agents.store import dropped_status
+from pcapd.core.logs import event
+
+log = logging.getLogger("pcapd.agents.dnswire")
+
+FLUSH_TIMEOUT = 10.0  # s: how long a stopping agent keeps sending what is queued
+RESTART_DELAY = 1.0  # s: a slot whose child keeps dying restarts at most this often
+CHILD_EXIT_TIMEOUT = 15.0  # s: after SIGTERM, then SIGKILL
+# Redis writer thread vs capture loop: see agents.dnstap.agent.GIL_SWITCH_INTERVAL.
+GIL_SWITCH_INTERVAL = 0.0005
+PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class PidFileBusy(AgentError):
+    pass
+
+
+def hold_pidfile(path: str) -> int:
+    """Lock `path` (flock, as dnsflow.c) and write our PID; the descriptor is
+    kept open for the life of the process, children included."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise AgentError(f"-P {path!r}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise PidFileBusy(f"dnsflow already running: {path} is locked by PID {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.fsync(fd)
+    return fd
+
+
+def _senders(config: DnswireConfig, stats: export.ExportStats) -> list[Any]:
+    out: list[Any] = []
+    if config.udp_dst:
+        out.append(export.UdpSender([(d.host, d.port) for d in config.udp_dst], stats))
+    if config.write:
+        out.append(export.PcapWriter(config.write))
+    return out
+
+
+def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> int:
+    """Capture until the file ends or SIGTERM/SIGINT; 0, or 1 on a capture failure."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    writer = make_writer(config, connect) if config.record and connect is not None else None
+    export_stats = export.ExportStats()
+    senders = _senders(config, export_stats)
+
+    def send(packet: bytes) -> None:
+        for sender in senders:
+            sender(packet)
+
+    agent = WireAgent(config, writer, send if senders else None, export_stats=export_stats)
+    if config.read:
+        agent.open_file(config.read)
+    else:
+        assert config.interface is not None
+        agent.open_live(config.interface)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)  # second signal: leave at once
+        event(log, "dnswire_stopping", signal=signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if writer is not None:
+        writer.start()
+    status = 0
+    try:
+        if config.read:
+            agent.run_file(stop)
+        else:
+            agent.run_live(stop)
+    except (CaptureError, OSError) as exc:
+        # The interface went away or libpcap failed: non-zero, so the
+        # supervisor (or systemd) starts it again, after sending what is queued.
+        event(log, "dnswire_capture_failed", logging.ERROR, error=str(exc))
+        status = 1
+    finally:
+        agent.finish()
+        if writer is not None:
+            writer.stop(FLUSH_TIMEOUT)
+        agent.log_stats("dnswire_done")
+        for sender in senders:
+            sender.close()
+    if config.read and writer is not None and not status:
+        status = dropped_status(writer, "dnswire")
+    return status
+
+
+def _child(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    # Until run_one installs its own handlers there is nothing to flush: a
+    # stop request ends the child at once. Signals were blocked across the
+    # fork (see supervise) so none hits the parent's handler in here.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: os._exit(0))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    try:
+        code = run_one(config, connect)
+    except AgentError as exc:
+        event(log, "dnswire_child_failed", logging.ERROR, slot=f"{config.slot[0]}/{config.slot[1]}",
+              error=str(exc))  # fmt: skip
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> int:
+    """Run `config.process_count` children, one slot each, until stopped
+    (live) or until every child has read the file (-r)."""
+    n = config.process_count
+    if config.interface is not None:
+        check_interface(config.interface)  # once here, not N times restarting
+    ctx = multiprocessing.get_context("fork")
+    children: dict[int, BaseProcess] = {}
+    started: dict[int, float] = {}
+    stopping = False
+
+    def start(i: int) -> None:
+        child_cfg = replace(config, slot=(i, n), processes=None, pidfile=None)
+        proc = ctx.Process(target=_child, args=(child_cfg, connect), name=f"dnswire-{i}/{n}")
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        children[i] = proc
+        started[i] = time.monotonic()
+        event(log, "dnswire_child_started", slot=f"{i}/{n}", pid=proc.pid)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            for proc in children.values():
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, signal.SIGKILL)
+            os._exit(128 + signum)
+        stopping = True
+        event(log, "dnswire_stopping", signal=signum, children=len(children))
+        for proc in children.values():
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for i in range(1, n + 1):
+        start(i)
+    status = 0
+    while children:
+        for i, proc in list(children.items()):
+            proc.join(0.1)
+            if proc.exitcode is None:
+                continue
+            del children[i]
+            code = proc.exitcode
+            status = max(status, 1 if code else 0)
+            if stopping or (config.read and code == 0):
+                event(log, "dnswire_child_done", slot=f"{i}/{n}", status=code)
+                continue
+            restart = not config.read  # a file is not read twice
+            event(log, "dnswire_child_exited", logging.ERROR, slot=f"{i}/{n}", status=code,
+                  restarting=restart)  # fmt: skip
+            if not restart:
+                continue
+            time.sleep(max(0.0, started[i] + RESTART_DELAY - time.monotonic()))
+            if not stopping:
+                start(i)
+    deadline = time.monotonic() + CHILD_EXIT_TIMEOUT
+    for proc in children.values():
+        proc.join(max(0.0, deadline - time.monotonic()))
+    return 0 if stopping else status

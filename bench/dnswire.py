@@ -1,0 +1,386 @@
+"""dnswire throughput, offline and live, against peers measured in the same run.
+
+Offline: a generated pcap of DNS responses with a realistic mix (Zipf over
+50k names, 10k clients of which 10% IPv6, 20% of names behind CNAME chains,
+25% AAAA, 5% NXDOMAIN) read by `dnsflow -r` in one process into a private
+redis-server (unix socket), then into the DNSFlow v4 UDP export, then both
+with -M 2; peers are `tcpdump -n -r` (C, decodes DNS to text) and a
+dnspython `from_wire` loop over the same messages.
+
+Live (root): two namespaces joined by a veth pair; `tcpreplay` sends the
+responses at rising rates while `dnsflow -i` (recording into Redis) and
+tcpdump capture them on the receiving end; per rate: responses seen and
+kernel drops for both.
+
+    .venv/bin/python bench/dnswire.py              # 200k responses, ~2 minutes
+    .venv/bin/python bench/dnswire.py --full       # 1M responses (generation ~30 s)
+    .venv/bin/python bench/dnswire.py --no-live
+
+A missing peer (tcpdump, tcpreplay; `make setup` installs them) fails the
+run rather than print half a comparison. Exit status
+1 when a target is missed (>= 150k responses/s recorded per process,
+>= 1.6x with -M 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+from benchlib import BenchError, require, stop, veth_namespaces
+
+REPO = Path(__file__).resolve().parents[1]
+DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
+QUICK_RESPONSES = 200_000
+FULL_RESPONSES = 1_000_000
+NAMES = 50_000
+NX_NAMES = 5_000
+CLIENTS = 10_000
+ZIPF_S = 1.0
+DNSPYTHON_SAMPLE = 20_000
+TARGET_RATE = 150_000  # responses/s per process, recorded
+TARGET_SCALING = 1.6  # -M 2 over one process
+QUICK_RATES = (20_000, 50_000, 100_000, 150_000)
+FULL_RATES = (20_000, 50_000, 100_000, 150_000, 200_000, 300_000)
+STEP_SECONDS = 3
+STATS_S = 0.5  # the live agent's stats interval, to see it catch up
+DRAIN_MAX_S = 60.0
+PY = sys.executable
+SENDER_SHORTFALL = 0.95
+BENCH_SUBNET = 251
+PEERS = ("tcpdump", "tcpreplay", "redis-server", "redis-cli")
+
+ETH4 = bytes.fromhex("020000000001020000000002") + b"\x08\x00"
+ETH6 = bytes.fromhex("020000000001020000000002") + b"\x86\xdd"
+PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+RESOLVER4 = bytes((10, 200, BENCH_SUBNET, 2))
+RESOLVER6 = ipaddress.IPv6Address(f"fd00:200:{BENCH_SUBNET}::2").packed
+
+
+def _reply(qname: str, qtype: str, answers: list[tuple[str, str, str]], nx: bool) -> bytes:
+    query = dns.message.make_query(qname, qtype)
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.RA
+    if nx:
+        reply.set_rcode(dns.rcode.NXDOMAIN)
+    for owner, rtype, value in answers:
+        reply.answer.append(dns.rrset.from_text(owner, 300, "IN", rtype, value))
+    wire: bytes = reply.to_wire()
+    return wire
+
+
+def templates(rng: random.Random) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """DNS replies per name: A, AAAA, and NXDOMAIN ones."""
+    a, aaaa = [], []
+    for k in range(NAMES):
+        name = f"host{k}.site{k % 997}.example."
+        chain: list[tuple[str, str, str]] = []
+        owner = name
+        if k % 5 == 0:  # a CNAME chain of one or two links
+            for depth in range(1 + k % 2):
+                target = f"edge{k}-{depth}.cdn{k % 31}.example."
+                chain.append((owner, "CNAME", target))
+                owner = target
+        v4 = [(owner, "A", f"198.{18 + k % 2}.{k >> 8 & 255}.{k & 255}")]
+        if k % 3 == 0:
+            v4.append((owner, "A", f"203.0.{k >> 8 & 255}.{k & 255}"))
+        a.append(_reply(name, "A", chain + v4, False))
+        aaaa.append(_reply(name, "AAAA", [*chain, (owner, "AAAA", f"2001:db8::{k:x}")], False))
+    nx = [_reply(f"missing{j}.example.", "A", [], True) for j in range(NX_NAMES)]
+    return a, aaaa, nx
+
+
+def generate(path: Path, responses: int, seed: int = 7) -> list[bytes]:
+    """The pcap of `responses` frames; returns a sample of the DNS messages."""
+    rng = random.Random(seed)
+    a, aaaa, nx = templates(rng)
+    weights = [1 / (k + 1) ** ZIPF_S for k in range(NAMES)]
+    picks = rng.choices(range(NAMES), weights=weights, k=responses)
+    clients4 = [bytes((10, 10, c >> 8, c & 255)) for c in range(CLIENTS)]
+    clients6 = [
+        ipaddress.IPv6Address(0xFD00_0000_0000_0001 << 64 | c).packed for c in range(CLIENTS)
+    ]
+    pack = struct.Struct("<IIII").pack
+    sample: list[bytes] = []
+    with path.open("wb") as out:
+        out.write(PCAP_HEADER)
+        chunk: list[bytes] = []
+        for n, k in enumerate(picks):
+            roll = rng.random()
+            if roll < 0.05:
+                message = nx[k % NX_NAMES]
+            elif roll < 0.30:
+                message = aaaa[k]
+            else:
+                message = a[k]
+            c = rng.randrange(CLIENTS)
+            dport = 1024 + n % 60000
+            udp = struct.pack("!HHHH", 53, dport, 8 + len(message), 0) + message
+            if c % 10 == 0:
+                ip = struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + RESOLVER6 + clients6[c]
+                frame = ETH6 + ip + udp
+            else:
+                ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0)
+                frame = ETH4 + ip + RESOLVER4 + clients4[c] + udp
+            usec = n * 10
+            chunk.append(pack(1_700_000_000 + usec // 1_000_000, usec % 1_000_000,
+                              len(frame), len(frame)))  # fmt: skip
+            chunk.append(frame)
+            if len(sample) < DNSPYTHON_SAMPLE:
+                sample.append(message)
+            if len(chunk) >= 20_000:
+                out.write(b"".join(chunk))
+                chunk.clear()
+        out.write(b"".join(chunk))
+    return sample
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket",
+         str(sock), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(250):
+        if sock.exists():
+            return proc, sock
+        time.sleep(0.02)
+    stop(proc)
+    raise BenchError("redis-server did not start")
+
+
+def done_stats(text: str) -> list[dict[str, int]]:
+    """The integer counters of every `dnswire_done` line (one per process)."""
+    out = []
+    for line in text.splitlines():
+        if "event=dnswire_done" in line:
+            out.append({m[1]: int(m[2]) for m in re.finditer(r" (\w+)=(\d+)(?= |$)", line)})
+    if not out:
+        raise BenchError(f"no dnswire_done line in the agent's output:\n{text[-2000:]}")
+    return out
+
+
+class Counter:
+    """Counts datagrams arriving on a UDP socket, in a thread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.3)
+        self.packets = 0
+        self.sets = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop = threading.Event()
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        host, port = self.sock.getsockname()
+        return f"{host}:{port}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.packets += 1
+            self.sets += data[1]
+
+    def close(self) -> None:
+        time.sleep(0.5)
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def timed_dnsflow(*args: str) -> tuple[float, list[dict[str, int]]]:
+    started = time.perf_counter()
+    result = subprocess.run([DNSFLOW, *args], capture_output=True, text=True, cwd=REPO)
+    took = time.perf_counter() - started
+    if result.returncode != 0:
+        raise BenchError(f"dnsflow {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return took, done_stats(result.stderr)
+
+
+def offline(pcap: Path, workdir: Path, sample: list[bytes], responses: int) -> bool:
+    """Prints the figures; True if both targets are met."""
+    redis_proc, sock = start_redis(workdir)
+    url = f"unix://{sock}"
+    try:
+        rows = []
+        for label, extra in (("one process", ()), ("-M 2", ("-M", "2"))):
+            took, stats = timed_dnsflow("-r", str(pcap), "--redis", url, *extra)
+            messages = sum(s["messages"] for s in stats)
+            written = sum(s["keys_written"] for s in stats)
+            dropped = sum(s["keys_dropped"] for s in stats)
+            rows.append((f"Redis, {label}", messages / took, took,
+                         f"keys_written={written:,} keys_dropped={dropped}"))  # fmt: skip
+            subprocess.run(["redis-cli", "-s", str(sock), "flushall"], capture_output=True)
+        for label, extra in (("one process", ()), ("-M 2", ("-M", "2"))):
+            counter = Counter()
+            took, stats = timed_dnsflow("-r", str(pcap), "-u", counter.address, *extra)
+            counter.close()
+            messages = sum(s["messages"] for s in stats)
+            exported = sum(s["export_sets"] for s in stats)
+            rows.append((f"UDP export, {label}", messages / took, took,
+                         f"sets sent={exported:,} received={counter.sets:,}"))  # fmt: skip
+    finally:
+        stop(redis_proc)
+    started = time.perf_counter()
+    subprocess.run(["tcpdump", "-n", "-r", str(pcap)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)  # fmt: skip
+    tcpdump_rate = responses / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for message in sample:
+        dns.message.from_wire(message)
+    dnspython_rate = len(sample) / (time.perf_counter() - started)
+    print(f"offline: {responses:,} responses, wall time incl. start-up and the final flush")
+    for label, rate, took, note in rows:
+        print(f"  dnsflow -r -> {label:<22}: {rate:>10,.0f} responses/s ({took:.1f} s; {note})")
+    print(f"  tcpdump -n -r (C, DNS to text)      : {tcpdump_rate:>10,.0f} responses/s")
+    print(f"  dnspython from_wire loop            : {dnspython_rate:>10,.0f} responses/s")
+    one, two = rows[0][1], rows[1][1]
+    print(
+        f"  Redis, one process / tcpdump = {one / tcpdump_rate:.2f};"
+        f" / dnspython = {one / dnspython_rate:.1f}x;"
+        f" -M 2 / one = {two / one:.2f}x (Redis), {rows[3][1] / rows[2][1]:.2f}x (export)"
+    )
+    rate_ok, scaling_ok = one >= TARGET_RATE, two / one >= TARGET_SCALING
+    print(
+        f"  target >= {TARGET_RATE:,} responses/s recorded per process: "
+        f"{'meets' if rate_ok else 'MISSES'}; "
+        f">= {TARGET_SCALING}x with -M 2: {'meets' if scaling_ok else 'MISSES'}"
+    )
+    return rate_ok and scaling_ok
+
+
+def live(pcap: Path, workdir: Path, rates: tuple[int, ...]) -> None:
+    results = []
+    with veth_namespaces("dwbench", BENCH_SUBNET) as (ns_a, ns_b, dev_a, dev_b):
+        redis_proc, sock = start_redis(workdir)
+        try:
+            for rate in rates:
+                results.append(live_step(pcap, workdir, sock, ns_a, ns_b, dev_a, dev_b, rate))
+        finally:
+            stop(redis_proc)
+    print(
+        f"live: veth pair, {STEP_SECONDS} s per rate, the agent (into Redis) beside tcpdump;"
+        " 'behind': seconds the agent took after the sender stopped to empty its ring"
+    )
+    print(f"  {'asked pps':>10} {'sent pps':>10} | {'agent seen':>10} {'drops':>7} {'behind':>6} | "
+          f"{'tcpdump seen':>12} {'drops':>7}")  # fmt: skip
+    for rate, sent, seen, drops, t_seen, t_drop, drain in results:
+        short = "  (sender fell short)" if not sent >= rate * SENDER_SHORTFALL else ""
+        print(f"  {rate:>10,} {sent:>10,.0f} | {seen:>10,} {drops:>7,} {drain:>5.1f}s | "
+              f"{t_seen:>12,} {t_drop:>7,}{short}")  # fmt: skip
+
+
+def live_step(
+    pcap: Path, workdir: Path, sock: Path, ns_a: str, ns_b: str, dev_a: str, dev_b: str,
+    rate: int,
+) -> tuple[int, float, int, int, int, int, float]:  # fmt: skip
+    log = workdir / f"dnsflow-{rate}.log"
+    with log.open("wb") as err:
+        agent = subprocess.Popen(
+            ["ip", "netns", "exec", ns_a, PY, "-m", "pcapd", "agent", "dnswire", "--interface",
+             dev_a, "--redis-url", f"unix://{sock}", "--stats-interval", str(STATS_S)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    tcpdump = subprocess.Popen(
+        ["ip", "netns", "exec", ns_a, "tcpdump", "-i", dev_a, "-s", "0", "-B", "65536",
+         "-w", "/dev/null", "--immediate-mode", "udp src port 53"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while b"event=dnswire_started" not in log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    replay = subprocess.run(
+        ["ip", "netns", "exec", ns_b, "tcpreplay", "-i", dev_b, f"--pps={rate}",
+         f"--limit={rate * STEP_SECONDS}", "--preload-pcap", str(pcap)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    # What the ring still holds is not lost: let the agent work through it
+    # (its stats lines stop changing), and report how long that took.
+    sent_packets = rate * STEP_SECONDS
+    drained_at = time.monotonic()
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 3 * STATS_S and time.monotonic() - drained_at < DRAIN_MAX_S:
+        time.sleep(STATS_S)
+        lines = [x for x in log.read_text().splitlines() if "event=dnswire_stats" in x]
+        seen = int(re.findall(r" messages=(\d+)", lines[-1])[0]) if lines else 0
+        if seen != last:
+            last, since = seen, time.monotonic()
+        if seen >= sent_packets:
+            break
+    drain = time.monotonic() - drained_at
+    stop(agent)
+    stop(tcpdump, signal.SIGINT)
+    assert tcpdump.stderr is not None
+    tcpdump_err = tcpdump.stderr.read().decode()
+    tcpdump.stderr.close()
+    stats = done_stats(log.read_text())[0]
+    sent = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", replay.stdout)
+    t_seen = re.search(r"(\d+) packets received by filter", tcpdump_err)
+    t_drop = re.search(r"(\d+) packets dropped by kernel", tcpdump_err)
+    return (
+        rate,
+        float(sent.group(1)) if sent else float("nan"),
+        stats["messages"],
+        stats["kernel_dropped"],
+        int(t_seen.group(1)) if t_seen else -1,
+        int(t_drop.group(1)) if t_drop else -1,
+        drain,
+    )
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks: namespaces, servers
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="1M responses, more live rates")
+    parser.add_argument("--no-live", action="store_true", help="offline part only")
+    args = parser.parse_args()
+    require(PEERS)
+    responses = FULL_RESPONSES if args.full else QUICK_RESPONSES
+    with tempfile.TemporaryDirectory(prefix="pcapd-bench-dnswire-") as tmp:
+        workdir = Path(tmp)
+        pcap = workdir / "responses.pcap"
+        started = time.perf_counter()
+        sample = generate(pcap, responses)
+        took = time.perf_counter() - started
+        print(f"generated {responses:,} responses ({pcap.stat().st_size / 1e6:.0f} MB) "
+              f"in {took:.1f} s")  # fmt: skip
+        met = offline(pcap, workdir, sample, responses)
+        if not args.no_live:
+            if os.geteuid() != 0:
+                raise BenchError("live part needs root (namespaces); use --no-live")
+            live(pcap, workdir, FULL_RATES if args.full else QUICK_RATES)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

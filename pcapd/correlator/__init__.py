@@ -1,0 +1,1 @@
+"""The correlator: per client, name → CNAME → address → flow, and capture that flow."""

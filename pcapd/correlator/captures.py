@@ -1,0 +1,240 @@
+""" "Capture this flow": building, signing and publishing the request, and
+reading result events back from the results stream and reply channels.
+
+The request id carries the client and the flow (`c_<client>_<service>_<port>_<hex>`),
+so the captures view can filter result events by client or address without
+keeping any state of its own: result events echo the id, not the BPF.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+from agents.reader import ReaderError, parse_address
+from pcapd.client import publish_request, subscribe
+from pcapd.core.config import Config
+from pcapd.signing import sign
+
+ID_PREFIX = "c"
+_ID_RE = re.compile(r"c_([0-9a-fA-F.:]+)_([0-9a-fA-F.:]+)_(\d+|any)_[0-9a-f]{12}")
+_ALIAS_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+EVENT_POLL = 1.0  # seconds between keep-alives on a live results stream
+EVENT_MARGIN = 20  # seconds past a capture's own bounds to keep listening
+
+
+class CaptureFormError(ValueError):
+    """A capture form field that cannot be sent; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureForm:
+    client: str
+    service: str
+    port: int | None
+    node: str  # "any" or one of [correlator] nodere
+    alias: str | None
+    packets: int
+    duration: int
+    bpf: str
+
+    def request(self) -> dict[str, Any]:
+        port = "any" if self.port is None else str(self.port)
+        body: dict[str, Any] = {
+            "id": f"{ID_PREFIX}_{self.client}_{self.service}_{port}_{uuid.uuid4().hex[:12]}",
+            "bpf": self.bpf, "packets": self.packets, "duration": self.duration,
+        }  # fmt: skip
+        if self.node == "any":
+            body["node"] = "any"
+        else:
+            body["nodere"] = self.node
+        if self.alias:
+            body["alias"] = [self.alias]
+        else:
+            body["interface"] = ["any"]
+        body["reply_to"] = reply_channel(body["id"])
+        return body
+
+
+def reply_channel(request_id: str) -> str:
+    return f"pcapd-reply-{request_id}"
+
+
+def default_bpf(client: str, service: str, port: int | None) -> str:
+    bpf = f"host {client} and host {service}"
+    return bpf if port is None else f"{bpf} and port {port}"
+
+
+def aliases(config: Config) -> tuple[str, ...]:
+    return config.correlator.aliases or tuple(config.aliases())
+
+
+def parse_form(fields: Mapping[str, str], config: Config) -> CaptureForm:
+    """Check every field against the config; the BPF itself is compiled by the node."""
+    c = config.correlator
+    client = _address(fields, "client")
+    service = _address(fields, "service")
+    port = _number(fields, "port", None, 1, 65535)
+    node = fields.get("node", "any") or "any"
+    if node != "any" and node not in c.nodere:
+        raise CaptureFormError(f"node: {node[:80]!r} is not 'any' or one of [correlator] nodere")
+    alias = fields.get("alias", "") or None
+    if alias is not None and (not _ALIAS_RE.fullmatch(alias) or alias not in aliases(config)):
+        raise CaptureFormError(f"alias: {alias[:80]!r} is not a configured interface alias")
+    packets = _number(fields, "packets", c.default_packets, 1, c.max_packets)
+    duration = _number(fields, "duration", c.default_duration, 1, c.max_duration)
+    bpf = " ".join((fields.get("bpf") or default_bpf(client, service, port)).split())
+    if len(bpf) > 1024:
+        raise CaptureFormError(f"bpf: {len(bpf)} characters; the limit is 1024")
+    assert packets is not None and duration is not None
+    return CaptureForm(client, service, port, node, alias, packets, duration, bpf)
+
+
+def _address(fields: Mapping[str, str], name: str) -> str:
+    try:
+        return parse_address(fields.get(name, ""), name)
+    except ReaderError as exc:
+        raise CaptureFormError(str(exc)) from None
+
+
+def _number(
+    fields: Mapping[str, str], name: str, default: int | None, low: int, high: int
+) -> int | None:
+    text = (fields.get(name) or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise CaptureFormError(f"{name}: {text[:20]!r} is not a whole number from {low} to {high}")
+    return int(text)
+
+
+def publish(client: redis.Redis, config: Config, body: dict[str, Any]) -> dict[str, Any]:
+    """Sign (when [correlator] kid is set) and PUBLISH as `pcapd trigger` does;
+    returns what was sent."""
+    kid = config.correlator.kid
+    if kid:
+        body = sign(body, kid, config.security.keys[kid], time.time())
+    publish_request(client, config.redis.channel, json.dumps(body).encode())
+    return body
+
+
+def flow_of(request_id: str) -> tuple[str, str, int | None] | None:
+    """(client, service, port) from a correlator's request id."""
+    match = _ID_RE.fullmatch(request_id or "")
+    if match is None:
+        return None
+    port = None if match[3] == "any" else int(match[3])
+    return match[1], match[2], port
+
+
+def recent(
+    client: redis.Redis, config: Config, filters: Mapping[str, str], count: int
+) -> list[dict[str, Any]]:
+    """The newest result events (at most `count` read), matching every filter:
+    client, address, node, alertid, id."""
+    stream = config.redis.results_stream
+    if not stream:
+        return []
+    shown = []
+    entries: Any = client.xrevrange(stream, count=count)
+    for _entry, fields in entries:
+        raw = fields.get(b"event") or fields.get("event")
+        try:
+            event = json.loads(raw) if raw else None
+        except ValueError:
+            continue
+        if isinstance(event, dict) and _matches(event, filters):
+            shown.append(event)
+    return shown
+
+
+def _matches(event: dict[str, Any], filters: Mapping[str, str]) -> bool:
+    flow = flow_of(str(event.get("id") or ""))
+    for name, wanted in filters.items():
+        if not wanted:
+            continue
+        if name == "client" and (flow is None or flow[0] != wanted):
+            return False
+        if name == "address" and (flow is None or wanted not in flow[:2]):
+            return False
+        if name in ("node", "id") and str(event.get(name)) != wanted:
+            return False
+        if name == "alertid" and str(event.get("alertid")) != wanted:
+            return False
+    return True
+
+
+def links(event: Mapping[str, Any], config: Config, s3: Any | None) -> dict[str, str]:
+    """Where the file is: local path, S3 pre-signed URL, CloudShark view URL."""
+    found: dict[str, str] = {}
+    locations = event.get("locations") or {}
+    if not isinstance(locations, dict):
+        return found
+    if isinstance(locations.get("local"), str):
+        found["local"] = locations["local"]
+    uri = locations.get("s3")
+    if isinstance(uri, str) and uri.startswith("s3://"):
+        found["s3"] = uri
+        if s3 is not None:
+            parts = urlsplit(uri)
+            found["s3_url"] = s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": parts.netloc, "Key": parts.path.lstrip("/")},
+                ExpiresIn=config.correlator.s3_url_expiry,
+            )
+    view = locations.get("cloudshark")
+    if isinstance(view, str) and view.startswith(("http://", "https://")):
+        found["cloudshark"] = view
+    return found
+
+
+def live_events(
+    client: redis.Redis,
+    config: Config,
+    request_id: str,
+    wait: float,
+    decorate: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Iterator[str]:
+    """Server-sent events for one request: what already reached the results
+    stream, then what arrives on its reply channel, until `wait` seconds pass.
+
+    Subscribing first and reading the stream second means no event can fall
+    between the two; an event seen both ways is sent once.
+    """
+    pubsub = subscribe(client, reply_channel(request_id))
+    sent: set[str] = set()
+    try:
+        shown = config.correlator.captures_shown
+        for event in reversed(recent(client, config, {"id": request_id}, shown)):
+            yield _sse(decorate(event), sent)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=EVENT_POLL)
+            if message and message.get("type") == "message":
+                try:
+                    event = json.loads(message["data"])
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("id") == request_id:
+                    yield _sse(decorate(event), sent)
+            else:
+                yield ": keep-alive\n\n"
+        yield "event: end\ndata: {}\n\n"
+    finally:
+        pubsub.close()
+
+
+def _sse(event: dict[str, Any], sent: set[str]) -> str:
+    text = json.dumps(event, sort_keys=True)
+    if text in sent:
+        return ""
+    sent.add(text)
+    return f"data: {text}\n\n"

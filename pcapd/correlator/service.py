@@ -1,0 +1,123 @@
+"""The correlator's views as plain data: the web page, the JSON API and
+`pcapd correlate` all call these, so they show the same thing."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from agents.reader import Network, Page, ReaderError, StoreReader, parse_address, parse_network
+from pcapd.core.config import MAX_PAGE_SIZE, Config
+from pcapd.correlator.chains import BY, ClientView, build_view
+
+MAX_SEARCH = 253  # the longest DNS name
+# Without a prefix, "other clients" are those in the client's /24 or /64.
+OTHERS_PREFIX = {4: 24, 6: 64}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientsQuery:
+    prefix: Network | None
+    search: str | None
+    cursor: int
+    limit: int
+
+
+def _cursor(text: str | None) -> int:
+    text = (text or "0").strip()
+    if not text.isdigit() or len(text) > 20:
+        raise ReaderError(f"cursor: {text[:24]!r} is not a SCAN cursor (a whole number)")
+    return int(text)
+
+
+def clients_query(args: Mapping[str, str], config: Config) -> ClientsQuery:
+    """Query parameters `prefix`, `q`, `cursor`, `limit`, checked."""
+    prefix = parse_network(args["prefix"]) if (args.get("prefix") or "").strip() else None
+    search = (args.get("q") or "").strip() or None
+    if search is not None and len(search) > MAX_SEARCH:
+        raise ReaderError(f"q: {len(search)} characters; the limit is {MAX_SEARCH}")
+    limit_text = (args.get("limit") or str(config.correlator.page_size)).strip()
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+        raise ReaderError(
+            f"limit: {limit_text[:20]!r} is not a whole number from 1 to {MAX_PAGE_SIZE}"
+        )
+    return ClientsQuery(prefix, search, _cursor(args.get("cursor")), int(limit_text))
+
+
+class Correlator:
+    def __init__(self, redis_client: redis.Redis, config: Config) -> None:
+        c = config.correlator
+        self.config = config
+        self.redis = redis_client
+        self.reader = StoreReader(
+            redis_client, scan_count=c.scan_count, budget=c.scan_budget,
+            max_client_keys=c.max_client_keys,
+        )  # fmt: skip
+
+    def clients(self, query: ClientsQuery) -> dict[str, Any]:
+        page = self.reader.clients_page(
+            query.cursor, limit=query.limit, prefix=query.prefix, search=query.search
+        )
+        return {
+            "clients": [c.summary() for c in page.items],
+            "cursor": page.cursor, "scanned": page.scanned, "complete": page.complete,
+            "prefix": str(query.prefix) if query.prefix else None, "q": query.search,
+        }  # fmt: skip
+
+    def client_view(
+        self, client: str, by: str = "fqdn", others: bool = False, prefix: str | None = None
+    ) -> ClientView:
+        client = parse_address(client)
+        if by not in BY:
+            raise ReaderError(f"by: {by[:20]!r} is not one of {', '.join(BY)}")
+        own = self.reader.read_client(client)
+        neighbours = None
+        if others:
+            network = self._others_prefix(client, prefix)
+            page = self.reader.clients_page(
+                0, limit=self.config.correlator.max_prefix_clients, prefix=network
+            )
+            neighbours = [c for c in page.items if c.client != client]
+        return build_view(own, by, neighbours)
+
+    @staticmethod
+    def _others_prefix(client: str, prefix: str | None) -> Network:
+        if prefix and prefix.strip():
+            return parse_network(prefix)
+        address = ipaddress.ip_address(client)
+        return ipaddress.ip_network(f"{address}/{OTHERS_PREFIX[address.version]}", strict=False)
+
+    def who_resolved(self, name: str, cursor: str | None = None) -> dict[str, Any]:
+        name = name.strip().lower()
+        if not name or len(name) > MAX_SEARCH + 1:
+            raise ReaderError(f"name: give a DNS name of 1 to {MAX_SEARCH} characters")
+        if not name.endswith("."):
+            name += "."
+        page = self.reader.resolvers_of(name, _cursor(cursor))
+        found = [{"client": c, "how": how} for c, how in page.items]
+        return {"name": name, "clients": found, **_paging(page)}
+
+    def who_talked(
+        self, address: str, port: str | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        address = parse_address(address, "address")
+        number = None
+        if port and port.strip():
+            if not port.strip().isdigit() or not 0 <= int(port) <= 65535:
+                raise ReaderError(f"port: {port[:20]!r} is not a port number (0-65535)")
+            number = int(port)
+        page = self.reader.talkers_to(address, number, _cursor(cursor))
+        flows = [{"client": c, "port": p, "count": n} for c, p, n in page.items]
+        return {"address": address, "port": number, "flows": flows, **_paging(page)}
+
+    def clear(self, client: str) -> dict[str, Any]:
+        removed, complete = self.reader.clear_client(parse_address(client))
+        return {"client": client, "removed": removed, "complete": complete}
+
+
+def _paging(page: Page) -> dict[str, Any]:
+    return {"cursor": page.cursor, "scanned": page.scanned, "complete": page.complete}

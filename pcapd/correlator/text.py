@@ -1,0 +1,62 @@
+"""`pcapd correlate` output: the chains as an indented tree, one node a line.
+
+Names are printed as the agents stored them (dnspython's escaped text), so a
+hostile name cannot carry terminal control bytes: those are `\\DDD` already.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pcapd.correlator.chains import FLOW, ClientView, Node
+
+
+def _line(node: Node) -> str:
+    text = node.label
+    if node.kind == FLOW:
+        text = f"{node.service}:{node.port}"
+    if node.count is not None:
+        text += f" ×{node.count}"
+    if node.marks:
+        text += " [" + ", ".join(node.marks) + "]"
+    return text
+
+
+def _tree(node: Node, prefix: str, last: bool, out: list[str], top: bool) -> None:
+    if top:
+        out.append(_line(node))
+        child_prefix = ""
+    else:
+        out.append(f"{prefix}{'└─ ' if last else '├─ '}{_line(node)}")
+        child_prefix = prefix + ("   " if last else "│  ")
+    for index, child in enumerate(node.children):
+        _tree(child, child_prefix, index == len(node.children) - 1, out, False)
+
+
+def render_view(view: ClientView) -> str:
+    s = view.summary
+    out = [
+        f"client {view.client}: activity {s['activity']}, {s['names']} names, "
+        f"{s['addresses']} addresses, {s['flows']} flows, {s['nx']} NXDOMAIN, "
+        f"{s['recon']} recon signs (by {view.by})"
+    ]
+    if not view.complete:
+        out.append("(partial: the scan budget ran out; raise [correlator] scan_budget)")
+    for title, nodes in (("chains", view.chains), ("flows with no DNS behind them", view.no_dns),
+                         ("NXDOMAIN", view.nxdomain)):  # fmt: skip
+        if nodes:
+            out.append(f"\n{title}:")
+            for node in nodes:
+                _tree(node, "", True, out, True)
+    return "\n".join(out)
+
+
+def render_clients(page: dict[str, Any]) -> str:
+    out = [f"{'client':<40} {'activity':>8} {'names':>6} {'addrs':>6} {'flows':>6} "
+           f"{'nx':>4} {'recon':>5}"]  # fmt: skip
+    for c in page["clients"]:
+        out.append(f"{c['client']:<40} {c['activity']:>8} {c['names']:>6} {c['addresses']:>6} "
+                   f"{c['flows']:>6} {c['nx']:>4} {c['recon']:>5}")  # fmt: skip
+    if not page["complete"]:
+        out.append(f"(more: --cursor {page['cursor']})")
+    return "\n".join(out)

@@ -1,0 +1,150 @@
+"""The `dnsflow` console script and `pcapd agent dnswire`: DNSFlow's flags,
+what a user sees for each bad one, and the PID file."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.agents.dnswire import wire as w
+from tests.agents.flow import frames as f
+from tests.helpers import RedisServer, free_port
+
+REPO = Path(__file__).resolve().parents[3]
+DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
+AGENT = (sys.executable, "-m", "pcapd", "agent", "dnswire")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Path:
+    path = tmp_path / "one.pcap"
+    answer = w.response("www.example.test", "A", [("www.example.test", "A", "192.0.2.10")])
+    f.write_pcap(path, [f.ether(w.udp_packet(answer))])
+    return path
+
+
+def test_help_lists_dnsflows_flags() -> None:
+    done = run(DNSFLOW, "-h")
+    assert done.returncode == 0
+    for flag in ("-i", "-r", "-f", "-m", "-M", "-p", "-P", "-s", "-u", "-w", "-X", "-J", "-Y",
+                 "-d", "-c"):  # fmt: skip
+        assert f"{flag} " in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-i", "lo"], "dnsflow: error: output dst missing: give -u, -w or a Redis to record into"),
+        (["-u", "127.0.0.1"], "dnsflow: error: -i or -r: give an interface or a file"),
+        (["-i", "lo", "-u", "foo"], "dnsflow: error: -u: 'foo' is not an IPv4 ADDRESS[:PORT]"),
+        (["-i", "lo", "-u", "::1"], "dnsflow: error: -u: '::1' is not an IPv4 ADDRESS[:PORT]"),
+        (["-i", "lo", *["-u", "127.0.0.1"] * 11],
+         "dnsflow: error: -u: 11 destinations, at most 10"),
+        (["-i", "lo", "-u", "127.0.0.1", "-m", "3/2"],
+         "dnsflow: error: -m: '3/2' is not I/N with 1 <= I <= N <= 64"),
+        (["-i", "lo", "-u", "127.0.0.1", "-s", "70000"],
+         "dnsflow: error: -s: 70000 is outside 0..65535"),
+        (["-i", "lo", "-M", "2", "-w", "x.pcap"],
+         "dnsflow: error: -w: cannot write one file from several processes (processes/-M)"),
+        (["-i", "lo", "-u", "127.0.0.1", "-M", "65"], "dnsflow: error: -M: 65 is outside 0..64"),
+        (["-i", "lo", "-u", "127.0.0.1", "-M", "2", "-m", "1/2"],
+         "dnsflow: error: -m: slot (-m) and processes (-M) exclude each other"),
+        (["-i", "lo", "-r", "x.pcap", "-u", "127.0.0.1"],
+         "dnsflow: error: -r: interface and read exclude each other"),
+        (["-i", "nosuchif0", "-u", "127.0.0.1"], "dnsflow: error: interface 'nosuchif0' not found"),
+        (["-r", "/nonexistent.pcap", "-u", "127.0.0.1"],
+         "dnsflow: error: -r '/nonexistent.pcap': no such file"),
+        (["-i", "lo", "-u", "127.0.0.1", "--redis", "http://x"],
+         "dnsflow: error: --redis: scheme is not one of redis://, rediss://, unix://"),
+    ],
+)  # fmt: skip
+def test_bad_flags_say_what_is_wrong(args: list[str], message: str) -> None:
+    done = run(DNSFLOW, *args)
+    assert done.returncode == 1
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_more_processes_than_cpus_is_refused() -> None:
+    cpus = os.cpu_count() or 1
+    done = run(DNSFLOW, "-i", "lo", "-u", "127.0.0.1", "-M", str(cpus + 1))
+    assert done.returncode == 1
+    assert f"dnsflow: error: -M: {cpus + 1} processes on {cpus} CPUs" in done.stderr
+
+
+def test_bad_filter_is_reported(capture: Path) -> None:
+    done = run(DNSFLOW, "-r", str(capture), "-u", "127.0.0.1:9", "-f", "udp and ((")
+    assert done.returncode == 1
+    assert "dnsflow: error: -f 'udp and ((':" in done.stderr
+
+
+def test_long_options_of_pcapd_agent_dnswire(capture: Path) -> None:
+    done = run(*AGENT, "--read", str(capture), "--udp-dst", "foo")
+    assert done.returncode == 1
+    assert (
+        "pcapd agent dnswire: error: --udp-dst: 'foo' is not an IPv4 ADDRESS[:PORT]" in done.stderr
+    )
+    done = run(*AGENT, "--read", str(capture), "--no-redis", "--sample-rate", "-1")
+    assert "pcapd agent dnswire: error: --sample-rate: -1 is outside 0..65535" in done.stderr
+    done = run(*AGENT, "--read", str(capture), "--no-redis")
+    assert "output dst missing: give --udp-dst, --write or a Redis" in done.stderr
+
+
+def test_config_section_is_read_and_checked(tmp_path: Path, capture: Path) -> None:
+    conf = tmp_path / "pcapd.toml"
+    conf.write_text('[agents.dnswire]\nsample_rate = "often"\nbogus = 1\n')
+    done = run(*AGENT, "-c", str(conf), "--read", str(capture))
+    assert done.returncode == 1
+    assert f"{conf}: error: agents.dnswire.sample_rate: expected an integer, got 'often'" in (
+        done.stderr
+    )
+    done = run(sys.executable, "-m", "pcapd", "check-config", "--agent-only", str(conf))
+    assert (
+        "agents.dnswire.sample_rate: expected an integer, got 'often'" in done.stderr + done.stdout
+    )
+    conf.write_text(f'[agents.dnswire]\nread = "{capture}"\nrecord = false\nbogus = 1\n')
+    done = run(*AGENT, "-c", str(conf), "--write", str(tmp_path / "out.pcap"))
+    assert done.returncode == 0, done.stderr
+    assert "warning: agents.dnswire.bogus: unknown option, ignored" in done.stderr
+    assert (tmp_path / "out.pcap").stat().st_size > 24
+
+
+def test_reading_a_file_exits_non_zero_when_keys_were_dropped(
+    capture: Path, private_redis: RedisServer
+) -> None:
+    """Keys a Redis refused (a read-only replica here) are lost with a file
+    read once: the exit status says so."""
+    private_redis.client().replicaof("127.0.0.1", free_port())
+    done = run(*AGENT, "--read", str(capture), "--redis-url", private_redis.url)
+    assert done.returncode == 1, done.stderr
+    assert "event=redis_writes_refused cause=READONLY" in done.stderr
+    assert re.search(r"event=keys_dropped agent=dnswire keys=[1-9]", done.stderr), done.stderr
+
+
+def test_pid_file_refuses_a_second_instance(tmp_path: Path, capture: Path) -> None:
+    pidfile = tmp_path / "dnsflow.pid"
+    fd = os.open(pidfile, os.O_CREAT | os.O_RDWR)
+    os.write(fd, b"4242\n")
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        done = run(DNSFLOW, "-r", str(capture), "-u", "127.0.0.1:9", "-P", str(pidfile))
+    finally:
+        os.close(fd)
+    assert done.returncode == 1
+    assert (
+        f"dnsflow: error: dnsflow already running: {pidfile} is locked by PID 4242" in done.stderr
+    )
+    done = run(DNSFLOW, "-r", str(capture), "-u", "127.0.0.1:9", "-P", str(pidfile))
+    assert done.returncode == 0, done.stderr
+    assert pidfile.read_text().strip().isdigit()
+    assert pidfile.read_text().strip() != "4242"

@@ -1,0 +1,185 @@
+"""The reader against a real redis-server, keys written by the agents' writer
+(with and without the client index, as pcapd's and ShoDoHFlo's agents)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+import redis
+
+from agents import store
+from agents.flow.agent import make_writer as make_flow_writer
+from agents.flow.config import parse_flow_config
+from agents.reader import ReaderError, StoreReader, parse_address, parse_network
+from tests.agents.dnstap.builders import response_wire, tap_payload
+from tests.agents.dnstap.harness import running_agent
+from tests.helpers import RedisServer, wait_for
+
+C = "10.1.0.5"
+C6 = "2001:db8:1::5"
+
+
+def fill(url: str, *, index: bool) -> None:
+    writer = store.RedisWriter(lambda: redis.Redis.from_url(url), index=index, flush_interval=0.01)
+    writer.start()
+    for client in (C, C6):
+        writer.incr(store.client_key(client))
+        writer.append(store.cname_key(client, "mid.example.test."), "alias.example.test.")
+        writer.append(store.dns_key(client, "198.51.100.7"), "mid.example.test.")
+        writer.append(store.dns_key(client, "2001:db8::7"), "mid.example.test.")
+        writer.incr(store.nx_key(client, "nope.example.test."))
+        writer.incr(store.flow_key(client, "198.51.100.7", 443))
+        writer.incr(store.flow_key(client, "203.0.113.9", 853))
+        writer.incr(store.rst_key(client, "203.0.113.9", 40000, 22))
+        writer.incr(store.icmp_key(client, "203.0.113.9", 40001, 7777, 3))
+        writer.incr(store.peer_key(client, "203.0.113.9"))
+    # A name holding `;` and glob characters: the agents escape `;` as `\;`.
+    writer.append(store.dns_key(C, "192.0.2.1"), "we\\;ird*[x].example.test.")
+    writer.stop()
+    assert writer.stats.written_ops == 21
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["index", "scan"])
+def test_a_client_read_back(redis_srv: RedisServer, index: bool) -> None:
+    fill(redis_srv.url, index=index)
+    r = redis_srv.client()
+    assert (r.type(store.index_key(C)) == b"set") is index
+    data = StoreReader(r, scan_count=10).read_client(C)
+    assert data.complete
+    assert data.activity == 1
+    assert data.cname == {"mid.example.test.": ["alias.example.test."]}
+    assert data.dns == {
+        "198.51.100.7": ["mid.example.test."],
+        "2001:db8::7": ["mid.example.test."],
+        "192.0.2.1": ["we\\;ird*[x].example.test."],
+    }
+    assert data.nx == {"nope.example.test.": 1}
+    assert data.flows == {("198.51.100.7", 443): 1, ("203.0.113.9", 853): 1}
+    assert {(x.kind, x.remote, x.client_port, x.remote_port, x.code) for x in data.recon} == {
+        ("rst", "203.0.113.9", 40000, 22, None),
+        ("icmp", "203.0.113.9", 40001, 7777, 3),
+    }
+    assert data.summary() == {
+        "client": C, "activity": 1, "names": 4, "addresses": 4, "flows": 2, "nx": 1,
+        "recon": 2, "complete": True,
+    }  # fmt: skip
+
+
+def test_clients_page_prefix_search_and_cursor(redis_srv: RedisServer) -> None:
+    fill(redis_srv.url, index=False)
+    r = redis_srv.client()
+    for n in range(30):
+        r.set(store.client_key(f"10.9.0.{n}"), 1)
+    reader = StoreReader(r, scan_count=10)
+    page = reader.clients_page(limit=500)
+    assert page.complete and page.cursor == 0
+    assert len(page.items) == 32
+    v6 = reader.clients_page(limit=50, prefix=parse_network("2001:db8::/32"))
+    assert [c.client for c in v6.items] == [C6]
+    v4 = reader.clients_page(limit=50, prefix=parse_network("10.1.0.0/16"))
+    assert [c.client for c in v4.items] == [C]
+    # A small budget ends a page early with a cursor to go on from.
+    small = StoreReader(r, scan_count=10, budget=10)
+    seen: set[str] = set()
+    cursor, pages = 0, 0
+    while True:
+        part = small.clients_page(cursor, limit=50)
+        seen |= {c.client for c in part.items}
+        pages += 1
+        if part.cursor == 0:
+            break
+        cursor = part.cursor
+    assert pages > 1 and len(seen) == 32
+    # Search covers names stored in values, names in keys and addresses.
+    for needle, want in (("alias.example", {C, C6}), ("we\\;ird", {C}), ("2001:db8::7", {C, C6}),
+                         ("NOPE.EXAMPLE", {C, C6}), ("nothing-here", set())):  # fmt: skip
+        found = reader.clients_page(limit=50, search=needle)
+        assert {c.client for c in found.items} == want, needle
+
+
+def test_pivots(redis_srv: RedisServer) -> None:
+    fill(redis_srv.url, index=True)
+    reader = StoreReader(redis_srv.client(), scan_count=7)
+    assert set(reader.resolvers_of("mid.example.test.").items) == {
+        (c, how) for c in (C, C6)
+        for how in ("address 198.51.100.7", "address 2001:db8::7", "cname target")
+    }  # fmt: skip
+    assert set(reader.resolvers_of("alias.example.test.").items) == {
+        (C, "alias of mid.example.test."), (C6, "alias of mid.example.test.")
+    }  # fmt: skip
+    assert reader.resolvers_of("we\\;ird*[x].example.test.").items == ((C, "address 192.0.2.1"),)
+    assert reader.talkers_to("203.0.113.9").items == ((C, 853, 1), (C6, 853, 1))
+    assert reader.talkers_to("203.0.113.9", 853).items == ((C, 853, 1), (C6, 853, 1))
+    assert reader.talkers_to("203.0.113.9", 80).items == ()
+
+
+def test_clear_a_client(redis_srv: RedisServer) -> None:
+    fill(redis_srv.url, index=True)
+    r = redis_srv.client()
+    removed, complete = StoreReader(r).clear_client(C)
+    assert complete and removed == 12  # 10 keys, the counter and the index
+    assert not [k for k in r.scan_iter(count=100) if k.startswith(C.encode() + b";")]
+    assert StoreReader(r).read_client(C6).flows  # the other client is untouched
+
+
+def test_keys_of_another_type_are_skipped(redis_srv: RedisServer) -> None:
+    r = redis_srv.client()
+    r.set(store.client_key(C), 3)
+    r.rpush(store.dns_key(C, "192.0.2.9"), "x")  # not ours: a list under a schema name
+    r.set(store.flow_key(C, "192.0.2.9", 80), 2)
+    r.set("someone-else;key", "x")
+    data = StoreReader(r).read_client(C)
+    assert data.flows == {("192.0.2.9", 80): 2} and data.dns == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.0.0.300", "client: '10.0.0.300' is not an IPv4 or IPv6 address"),
+        ("<script>", "client: '<script>' is not an IPv4 or IPv6 address"),
+    ],
+)
+def test_bad_addresses(text: str, message: str) -> None:
+    with pytest.raises(ReaderError) as caught:
+        parse_address(text)
+    assert str(caught.value) == message
+
+
+def test_addresses_and_networks_are_canonical() -> None:
+    assert parse_address(" 2001:DB8:0::1 ") == "2001:db8::1"
+    assert parse_network("10.1.2.3/8") == ipaddress.ip_network("10.0.0.0/8")
+    with pytest.raises(ReaderError, match=r"prefix: '10\.0\.0\.0/33' is not"):
+        parse_network("10.0.0.0/33")
+
+
+def test_agents_keep_the_index_when_configured(redis_srv: RedisServer, tmp_path: Path) -> None:
+    chain = response_wire(
+        "alias.example.test.", "A",
+        [("alias.example.test.", "CNAME", "target.example.test."),
+         ("target.example.test.", "A", "198.51.100.7")],
+    )  # fmt: skip
+    with running_agent(redis_srv.url, tmp_path / "tap.sock", client_index=True) as ra:
+        ra.send([tap_payload(chain, client=C)])
+        r = redis_srv.client()
+        wait_for(lambda: r.exists(store.index_key(C)) == 1)
+        wait_for(ra.flushed)
+    members = {m.decode() for m in r.smembers(store.index_key(C)) if isinstance(m, bytes)}
+    assert members == {store.dns_key(C, "198.51.100.7"), store.cname_key(C, "target.example.test.")}
+    assert 0 < r.ttl(store.index_key(C)) <= 900
+    data = StoreReader(r, budget=1).read_client(C)  # a budget too small to scan: the index it is
+    assert data.complete and data.dns == {"198.51.100.7": ["target.example.test."]}
+    flow = parse_flow_config({"client_index": True})
+    assert make_flow_writer(lambda: r, flow).index is True
+    assert make_flow_writer(lambda: r, parse_flow_config({})).index is False
+
+
+def test_an_nx_name_holding_a_semicolon(redis_srv: RedisServer) -> None:
+    """record_nxdomain stores `;` unescaped, as ShoDoHFlo does: still one name."""
+    writer = store.RedisWriter(lambda: redis_srv.client(), flush_interval=0.01)
+    writer.start()
+    store.record_nxdomain(writer, C, "a\\;b.example.test.")
+    writer.stop()
+    assert redis_srv.client().exists(f"{C};a;b.example.test.;nx") == 1
+    assert StoreReader(redis_srv.client()).read_client(C).nx == {"a;b.example.test.": 1}

@@ -1,0 +1,100 @@
+"""The captures view: result events published by pcapd's own ResultPublisher,
+read back from the stream, filtered, with local, S3 (pre-signed) and
+CloudShark links, on the page of a real `pcapd web`."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import redis
+
+from pcapd.core.config import parse_config
+from pcapd.core.events import ResultEvent
+from pcapd.core.results import ResultPublisher
+from pcapd.correlator import captures
+from pcapd.correlator.server import s3_client
+from tests.helpers import RedisServer, free_port
+from tests.pcapd.correlator.site import web_server
+
+CLIENT, SERVICE = "10.1.2.3", "2001:db8::53"
+OURS = f"c_{CLIENT}_{SERVICE}_853_0123456789ab"
+HOSTILE_ID = "<img src=x onerror=alert(1)>"
+
+
+def publish_events(server: RedisServer) -> None:
+    config = parse_config({"redis": {"port": server.port}}).redis
+    publisher = ResultPublisher(lambda: redis.Redis.from_url(server.url), config)
+    events = [
+        ResultEvent(OURS, "edge1", "ok", interface="eth0", packets=12,
+                    locations={"local": "/var/tmp/x.pcap", "s3": "s3://caps/edge1/x.pcap",
+                               "cloudshark": "https://cs.example/captures/abc"}),
+        ResultEvent("alert-run-7", "edge2", "failed", alertid=7, error="no such bucket"),
+        ResultEvent(HOSTILE_ID, "edge2", "rejected", error='"><script>alert(1)</script>'),
+    ]  # fmt: skip
+    for event in events:
+        assert publisher.publish(event)
+
+
+def test_recent_filters_and_links(redis_srv: RedisServer) -> None:
+    publish_events(redis_srv)
+    config = parse_config({"redis": {"port": redis_srv.port},
+                           "correlator": {"s3_url_expiry": 600}})  # fmt: skip
+    r = redis_srv.client()
+
+    def ids(**filters: str) -> list[str]:
+        return [e["id"] for e in captures.recent(r, config, filters, 100)]
+
+    assert ids() == [HOSTILE_ID, "alert-run-7", OURS]  # newest first
+    assert ids(client=CLIENT) == ids(address=SERVICE) == ids(address=CLIENT) == [OURS]
+    assert ids(client=SERVICE) == []
+    assert ids(node="edge2") == [HOSTILE_ID, "alert-run-7"]
+    assert ids(alertid="7") == ["alert-run-7"]
+    assert captures.flow_of(OURS) == (CLIENT, SERVICE, 853)
+    assert captures.flow_of("alert-run-7") is None
+    s3 = s3_client(parse_config({"s3": {"bucket": "caps", "region": "eu-west-1",
+                   "accessid": "AKIDEXAMPLE", "accesskey": "not-a-real-secret"}}))  # fmt: skip
+    event = captures.recent(r, config, {"client": CLIENT}, 100)[0]
+    found = captures.links(event, config, s3)
+    assert found["local"] == "/var/tmp/x.pcap"
+    assert found["cloudshark"] == "https://cs.example/captures/abc"
+    url = urllib.parse.urlsplit(found["s3_url"])
+    query = urllib.parse.parse_qs(url.query)
+    assert url.path.endswith("/edge1/x.pcap") and "caps" in (url.netloc + url.path)
+    assert query["X-Amz-Expires"] == ["600"] and "X-Amz-Signature" in query
+    assert "not-a-real-secret" not in found["s3_url"]
+    # Without S3 configured the URI is shown as it is.
+    assert "s3_url" not in captures.links(event, config, None)
+    # A location that is not a link is not turned into one.
+    assert captures.links({"locations": {"cloudshark": "javascript:alert(1)"}}, config, None) == {}
+
+
+def test_captures_page(redis_srv: RedisServer, tmp_path: Path) -> None:
+    publish_events(redis_srv)
+    config = tmp_path / "web.toml"
+    config.write_text(
+        f'[redis]\nport = {redis_srv.port}\n\n[s3]\nbucket = "caps"\nregion = "eu-west-1"\n'
+        'accessid = "AKIDEXAMPLE"\naccesskey = "not-a-real-secret"\n\n'
+        f"[correlator]\nport = {free_port()}\n"
+    )
+    with web_server(config, tmp_path / "web.log") as url:
+        with urllib.request.urlopen(f"{url}/captures?client={CLIENT}", timeout=10) as answer:
+            page = answer.read().decode()
+        with urllib.request.urlopen(f"{url}/captures", timeout=10) as answer:
+            everything = answer.read().decode()
+        with urllib.request.urlopen(f"{url}/api/captures?node=edge2", timeout=10) as answer:
+            api = json.loads(answer.read())
+    rows = re.findall(r"<tr class=\"status-(\w+)\">", page)
+    assert rows == ["ok"]
+    assert '<code class="local">/var/tmp/x.pcap</code>' in page
+    assert '<a href="https://cs.example/captures/abc">CloudShark</a>' in page
+    presigned = re.search(r'<a href="([^"]+)">S3 \(pre-signed\)</a>', page)
+    assert presigned and "X-Amz-Signature=" in html.unescape(presigned[1])
+    assert "not-a-real-secret" not in page + everything
+    assert "<script>alert(1)</script>" not in everything and "<img src=x" not in everything
+    assert "&lt;img src=x onerror=alert(1)&gt;" in everything
+    assert [e["id"] for e in api["captures"]] == [HOSTILE_ID, "alert-run-7"]

@@ -1,0 +1,87 @@
+"""`pcapd web` refuses to start, in one line, when it could not do its job."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import RedisServer, free_port
+from tests.pcapd.correlator.site import web_server
+
+
+def web(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pcapd", "web", "-c", str(config)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "web.toml"
+        config.write_text(f"[redis]\nport = {free_port()}\n\n[correlator]\nport = {port}\n")
+        done = web(config)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(
+        f"pcapd web: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[security]\nkeys = { ops = "k" }\nrequire_signed = true\n',
+            "error: correlator.kid: this site requires signed requests",
+        ),
+        (
+            '[security]\nkeys = { ops = "k" }\n\n[correlator]\nkid = "nope"\n',
+            "error: correlator.kid: 'nope' is not a key in [security] keys",
+        ),
+        (
+            "[correlator]\nmax_packets = 10\ndefault_packets = 50\n",
+            "error: correlator.default_packets: 50 exceeds max_packets=10",
+        ),
+        (
+            "[correlator]\nport = 70000\n",
+            "error: correlator.port: must be at least 1 and at most 65535",
+        ),
+    ],
+)
+def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "web.toml"
+    config.write_text(text)
+    done = web(config)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_live_result_pages_are_bounded(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """threads = 3 leaves one thread for live streams; a second stream is refused."""
+    config = tmp_path / "web.toml"
+    limits = "threads = 3\nmax_duration = 5\n"
+    config.write_text(
+        f"[redis]\nport = {redis_srv.port}\n\n[correlator]\nport = {free_port()}\n{limits}"
+    )
+    events = "/api/captures/c_10.0.0.1_10.0.0.2_80_0123456789ab/events"
+    with web_server(config, tmp_path / "web.log") as url:
+        with urllib.request.urlopen(url + events, timeout=10) as first:
+            assert first.headers["Content-Type"].startswith("text/event-stream")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + events, timeout=10)
+            assert refused.value.code == 503
+            assert json.loads(refused.value.read()) == {"error": "1 live result pages are open "
+                "already; close one or raise [correlator] threads"}  # fmt: skip
+            assert b"event: end" in first.read()  # ends after max_duration + margin
+        # The slot came back with the first stream's end.
+        with urllib.request.urlopen(url + events, timeout=60) as again:
+            assert again.status == 200
