@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import re
 import threading
 import time
@@ -27,6 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
+
+from pcapd.core.backoff import Backoff
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -40,8 +44,7 @@ MAX_BATCH_OPS = 100_000
 DEFAULT_FLUSH_INTERVAL = 0.05
 MIN_FLUSH_INTERVAL = 0.001
 MAX_FLUSH_INTERVAL = 10.0
-BACKOFF_INITIAL = 0.1
-BACKOFF_MAX = 5.0
+DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 
 INCR = ""  # op marker: INCR the key; anything else is a member to append
 INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
@@ -201,11 +204,13 @@ def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
 # (INCRBY) or the member to append if absent; ARGV[1] is the TTL, ARGV[2] "1"
 # to keep the client index. Done server-side so append-if-absent is atomic and
 # a batch costs one round trip. pcall: a key holding another type (WRONGTYPE)
-# costs that key, counted, never the rest of the batch.
+# costs that key, counted, never the rest of the batch. Returns {keys refused,
+# the first refusal's message}.
 _BATCH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local indexed = ARGV[2] == '1'
 local failed = 0
+local first = ''
 for i, key in ipairs(KEYS) do
   local member = ARGV[i + 2]
   local reply
@@ -226,6 +231,7 @@ for i, key in ipairs(KEYS) do
     end
   end
   if type(reply) == 'table' and reply.err then
+    if failed == 0 then first = reply.err end
     failed = failed + 1
   else
     redis.pcall('EXPIRE', key, ttl)
@@ -236,7 +242,7 @@ for i, key in ipairs(KEYS) do
     end
   end
 end
-return failed
+return {failed, first}
 """
 
 
@@ -244,8 +250,10 @@ return failed
 class WriterStats:
     queued_ops: int = 0
     written_ops: int = 0
-    dropped_ops: int = 0  # queue full, or still queued when the writer stopped
-    rejected_ops: int = 0  # refused by Redis (e.g. a key holding another type)
+    # Never written: queue full, still queued when the writer stopped, or
+    # refused by Redis (the agents' keys_dropped).
+    dropped_ops: int = 0
+    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, READONLY, NOPERM, ...)
     redis_errors: int = 0
 
 
@@ -280,6 +288,8 @@ class RedisWriter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # cause -> (when last logged, ops dropped since): the writer thread's own.
+        self._drop_log: dict[str, tuple[float, int]] = {}
 
     # -- producers -------------------------------------------------------
     def incr(self, key: str, amount: int = 1) -> None:
@@ -342,14 +352,39 @@ class RedisWriter:
             self._queued = 0
         if left:
             self.stats.dropped_ops += left
-            log.error(
-                "event=redis_writes_lost ops=%d reason=%s", left, "stopped before Redis took them"
-            )
+            event(
+                log, "redis_writes_lost", logging.ERROR, ops=left,
+                reason="stopped before Redis took them",
+            )  # fmt: skip
+        for cause, (_, held) in self._drop_log.items():  # what the rate limit held back
+            if held:
+                self._log_refused(cause, held, "")
+        self._drop_log.clear()
+
+    def _refused(self, cause: str, ops: int, error: str) -> None:
+        """Count `ops` writes Redis refused; log each cause (the error's code,
+        e.g. WRONGTYPE, READONLY, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
+        with the ops refused since the last line."""
+        self.stats.rejected_ops += ops
+        self.stats.dropped_ops += ops
+        now = time.monotonic()
+        last, held = self._drop_log.get(cause, (-math.inf, 0))
+        if now - last >= DROP_LOG_INTERVAL:
+            self._log_refused(cause, held + ops, error)
+            self._drop_log[cause] = (now, 0)
+        else:
+            self._drop_log[cause] = (last, held + ops)
+
+    def _log_refused(self, cause: str, ops: int, error: str) -> None:
+        event(
+            log, "redis_writes_refused", logging.ERROR, cause=cause, ops=ops, error=error,
+            dropped_total=self.stats.dropped_ops,
+        )  # fmt: skip
 
     def _run(self) -> None:
         client: redis.Redis | None = None
         script = None
-        backoff = BACKOFF_INITIAL
+        backoff = Backoff().tracker()
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
@@ -361,29 +396,52 @@ class RedisWriter:
                         client = self._connect()
                         script = client.register_script(_BATCH_SCRIPT)
                     assert script is not None
-                    rejected = int(script(keys=keys, args=[self.ttl, int(self.index), *args]))
+                    rejected, first = script(keys=keys, args=[self.ttl, int(self.index), *args])
+                    rejected = int(rejected)
                 except redis.ResponseError as exc:
-                    # Redis answered and refused the whole batch: retrying would
+                    # Redis answered and refused the whole batch (a read-only
+                    # replica, an ACL, a cluster's CROSSSLOT): retrying would
                     # only wedge the queue behind it.
-                    self.stats.rejected_ops += len(keys)
-                    log.error("event=redis_batch_refused ops=%d error=%r", len(keys), str(exc))
+                    self._refused(_cause(str(exc), exc), len(keys), str(exc))
                     rejected = -1
                 except Exception as exc:  # connection trouble, or a bug: back off, retry
                     self.stats.redis_errors += 1
-                    log.warning(
-                        "event=redis_write_failed error=%r queued_ops=%d retry_in=%.1fs",
-                        str(exc), self.queue_depth, backoff,
+                    wait = backoff.failed()
+                    event(
+                        log, "redis_write_failed", logging.WARNING, error=str(exc),
+                        queued_ops=self.queue_depth, retry_in=round(wait, 2),
                     )  # fmt: skip
                     client = None
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    self._stop.wait(wait)
                     continue
-                backoff = BACKOFF_INITIAL
+                backoff.succeeded()
                 with self._lock:
                     self._batches.popleft()
                     self._queued -= len(keys)
                 if rejected > 0:
-                    self.stats.rejected_ops += rejected
-                    log.warning("event=redis_keys_refused ops=%d (keys of another type?)", rejected)
+                    self._refused(_cause(_text(first)), rejected, _text(first))
                 if rejected >= 0:
                     self.stats.written_ops += len(keys) - rejected
+
+
+def dropped_status(writer: RedisWriter, agent: str) -> int:
+    """Exit status for an agent that read a file, once `writer` has stopped: 1
+    (and a line saying so) if keys never reached Redis, as the file is read
+    once and they are lost."""
+    if not writer.stats.dropped_ops:
+        return 0
+    event(log, "keys_dropped", logging.ERROR, agent=agent, keys=writer.stats.dropped_ops)
+    return 1
+
+
+def _cause(error: str, exc: Exception | None = None) -> str:
+    """A Redis error's code, its first word (`WRONGTYPE Operation against...`),
+    or redis-py's class for it where redis-py cut the code off (NOPERM)."""
+    code = error.split(" ", 1)[0]
+    if code.isalpha() and code.isupper():
+        return code
+    return type(exc).__name__ if exc is not None else "unknown"
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

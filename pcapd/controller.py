@@ -132,7 +132,7 @@ class Controller:
         try:
             self._handle(delivery)
         except Exception as exc:  # a bug must cost one request, not the daemon
-            log.exception("event=request_crashed source=%s", delivery.source)
+            event(log, "request_crashed", logging.ERROR, exc_info=True, source=delivery.source)
             error = f"internal error (log event=request_crashed): {exc!r}"
             self.publish(ResultEvent.for_body(self.node, "failed", error))
             with contextlib.suppress(Exception):

@@ -162,7 +162,7 @@ class Daemon:
                         break
                     self.controller.handle(delivery)
             except Exception:
-                log.exception("event=source_crashed source=%s", source.name)
+                event(log, "source_crashed", logging.ERROR, exc_info=True, source=source.name)
                 self.stop_sources.wait(1.0)
 
     def run(self) -> int:

@@ -33,6 +33,7 @@ import pcap
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.core.errors import CaptureError as CaptureError  # what capture() raises
 from pcapd.core.fields import bpf_problem, show
+from pcapd.core.logs import event
 from pcapd.pcapfile import (
     EPB_HEAD,
     EPB_OVERHEAD,
@@ -201,7 +202,9 @@ class HandlePool:
                 try:
                     handle = open_handle(name, self.buffer_size)
                 except Exception as exc:  # the refill thread must outlive any failure
-                    log.warning("event=spare_handle_failed interface=%s error=%r", name, str(exc))
+                    event(
+                        log, "spare_handle_failed", logging.WARNING, interface=name, error=str(exc)
+                    )
                     failed = True
                     continue
                 with self._lock:

@@ -65,7 +65,13 @@ class Job:
         try:
             (self.delivery.ack if self.durable else self.delivery.release)()
         except Exception:  # the source logs its own trouble; a worker must not die
-            log.exception("event=delivery_settle_failed source=%s", self.delivery.source)
+            event(
+                log,
+                "delivery_settle_failed",
+                logging.ERROR,
+                exc_info=True,
+                source=self.delivery.source,
+            )
         if self.finished is not None:
             self.finished(self.durable)
 
@@ -94,9 +100,10 @@ class Worker:
         try:
             self._run()
         except Exception as exc:
-            log.exception(
-                "event=capture_crashed id=%s interface=%s", self.request.id, self.interface
-            )
+            event(
+                log, "capture_crashed", logging.ERROR, exc_info=True,
+                id=self.request.id, interface=self.interface,
+            )  # fmt: skip
             if not self.reservation.released:
                 self.controller.tell(
                     self.request, "failed", interface=self.interface,
@@ -195,7 +202,7 @@ class Worker:
         try:
             outcome = self.controller.deliverer.deliver(artifact, result)
         except Exception as exc:  # a bug or an OSError past the deliverer's own handling
-            log.exception("event=store_crashed id=%s", self.request.id)
+            event(log, "store_crashed", logging.ERROR, exc_info=True, id=self.request.id)
             failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
             self.finish(failed, {}, durable=False)
             return

@@ -8,6 +8,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
+from pcapd.core.logs import KeyValueFormatter
 from tests.helpers import MotoProcess, RedisServer, free_port, moto_process, redis_server
 from tests.pcapd.daemon_fixture import Results
 
@@ -17,6 +18,13 @@ settings.register_profile(
     "pcapd", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile("pcapd")
+
+
+@pytest.fixture(autouse=True)
+def _caplog_as_pcapd_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """`caplog.text` in pcapd's own key=value form, fields included: every log
+    line is an event (issue 11), and tests read its fields as a user would."""
+    caplog.handler.setFormatter(KeyValueFormatter(with_time=False))
 
 
 @dataclass

@@ -30,13 +30,12 @@ from typing import Any
 import hiredis
 import redis
 
+from pcapd.core.backoff import Backoff
 from pcapd.core.logs import event
 from triggers.base import Delivery
 
 log = logging.getLogger("pcapd.triggers.pubsub")
 
-BACKOFF_INITIAL = 0.2
-BACKOFF_MAX = 10.0
 POLL_INTERVAL = 0.5  # how often the loops look at the stop flag (s)
 MESSAGE_OVERHEAD = 256  # bytes counted per queued message besides its body
 OVERLOAD_LOG_INTERVAL = 1.0  # s; refusals are logged as one summary line per interval
@@ -124,7 +123,7 @@ class RedisPubSubSource:
 
     # -- the reader thread ---------------------------------------------------
     def _read(self, stop: threading.Event, done: threading.Event, queue: _Queue) -> None:
-        backoff = BACKOFF_INITIAL
+        backoff = Backoff().tracker()
         deaf_since: float | None = None  # when the last subscription was lost
         run_id: str | None = None  # the server's, to tell a drop from a restart
         while not (stop.is_set() or done.is_set()):
@@ -133,7 +132,7 @@ class RedisPubSubSource:
                 client = self._connect()
                 run_id = _run_id(client)
                 self._listen(client, stop, done, queue, deaf_since)
-                backoff = BACKOFF_INITIAL
+                backoff.succeeded()
             except (redis.RedisError, OSError) as exc:
                 if self.subscribed.is_set():
                     # Deaf from the last bytes read, a lower bound: Redis may
@@ -141,13 +140,13 @@ class RedisPubSubSource:
                     deaf_since = self._last_read
                 self.subscribed.clear()
                 why = self._why_lost(client, run_id)
+                wait = backoff.failed()
                 event(
                     log, "redis_unavailable", logging.WARNING,
                     channel=self.channel, redis=self.where, error=str(exc) or type(exc).__name__,
-                    cause=why, queued=len(queue), retry_in=round(backoff, 2),
+                    cause=why, queued=len(queue), retry_in=round(wait, 2),
                 )  # fmt: skip
-                stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                stop.wait(wait)
             finally:
                 if client is not None:
                     with contextlib.suppress(redis.RedisError, OSError):

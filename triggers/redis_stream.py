@@ -29,7 +29,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from pcapd.core.backoff import RECONNECT_INITIAL, RECONNECT_MAX, Backoff
 from pcapd.core.config import RedisConfig
+from pcapd.core.logs import event
 from pcapd.core.redis_conn import connect
 from triggers.base import Delivery
 
@@ -40,8 +42,6 @@ BODY_FIELD = "body"
 DEFAULT_BATCH = 10
 BLOCK_MS = 500  # one blocking read; also how long `stop` may wait
 BACKPRESSURE_POLL = 0.05  # seconds between looks at free_slots() when none is free
-BACKOFF_INITIAL = 0.5
-BACKOFF_MAX = 30.0
 # What `pcapd trigger --stream` trims the request stream to (approximately): far
 # more than a node misses in a restart, small enough to cost little memory.
 DEFAULT_REQUEST_STREAM_MAXLEN = 10_000
@@ -81,8 +81,8 @@ class RedisStreamSource:
         *,
         batch: int = DEFAULT_BATCH,
         block_ms: int = BLOCK_MS,
-        backoff_initial: float = BACKOFF_INITIAL,
-        backoff_max: float = BACKOFF_MAX,
+        backoff_initial: float = RECONNECT_INITIAL,
+        backoff_max: float = RECONNECT_MAX,
     ) -> None:
         self.config = config
         self.stream = config.stream
@@ -94,8 +94,7 @@ class RedisStreamSource:
         self._free_slots = free_slots
         self._batch = batch
         self._block_ms = block_ms
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._schedule = Backoff(backoff_initial, backoff_max)
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
         # Entry ids handed out and not yet acked or released; a claim after a
@@ -127,8 +126,8 @@ class RedisStreamSource:
                         backlog = self._read(client, want)
             except redis.ResponseError as exc:
                 if str(exc).startswith("NOGROUP"):
-                    log.warning("redis-stream: group %s on %s vanished; creating it again",
-                                self.group, self.stream)  # fmt: skip
+                    event(log, "stream_group_vanished", logging.WARNING, group=self.group,
+                          stream=self.stream, action="creating it again")  # fmt: skip
                     ready, backlog = False, []
                     continue
                 failures = self._backoff(stop, failures, exc)
@@ -139,7 +138,7 @@ class RedisStreamSource:
                 ready, backlog = False, []
                 continue
             if failures:
-                log.info("redis-stream: reading %s again after %d failures", self.stream, failures)
+                event(log, "stream_reading_again", stream=self.stream, failures=failures)
                 failures = 0
             while backlog and not stop.is_set():
                 if self._free_slots() <= 0:
@@ -152,10 +151,11 @@ class RedisStreamSource:
     def _backoff(self, stop: threading.Event, failures: int, exc: Exception) -> int:
         failures += 1
         self.read_errors += 1
-        delay = min(self._backoff_initial * 2 ** (failures - 1), self._backoff_max)
-        log.error(
-            "redis-stream: reading %s from %s failed: %s: %s; retrying in %.1f s (failure %d)",
-            self.stream, self.config.describe(), type(exc).__name__, exc, delay, failures,
+        delay = self._schedule.delay(failures)
+        event(
+            log, "stream_read_failed", logging.ERROR, stream=self.stream,
+            redis=self.config.describe(), error=f"{type(exc).__name__}: {exc}",
+            retry_in=round(delay, 2), failures=failures,
         )  # fmt: skip
         stop.wait(delay)
         return failures
@@ -170,7 +170,7 @@ class RedisStreamSource:
         start_ms = max(0, int((seconds + micros / 1e6 - NEW_GROUP_LOOKBACK) * 1000))
         try:
             client.xgroup_create(self.stream, self.group, id=f"{start_ms}-0", mkstream=True)
-            log.info("redis-stream: created group %s on %s", self.group, self.stream)
+            event(log, "stream_group_created", group=self.group, stream=self.stream)
         except redis.ResponseError as exc:
             if not str(exc).startswith("BUSYGROUP"):
                 raise
@@ -188,7 +188,7 @@ class RedisStreamSource:
                 if _text(entry_id) not in self._in_flight
             ]
         if entries:
-            log.info("redis-stream: claimed %d pending entries of %s", len(entries), self.stream)
+            event(log, "stream_claimed", entries=len(entries), stream=self.stream)
         return (None if next_cursor == "0-0" else next_cursor), entries
 
     def _read(self, client: redis.Redis, want: int) -> list[Entry]:
@@ -208,9 +208,9 @@ class RedisStreamSource:
         if body is None:
             self.malformed += 1
             names = ", ".join(sorted(_text(k) for k in fields or {})) or "none"
-            log.warning(
-                "redis-stream: entry %s of %s has no %r field (fields: %s); acked and skipped",
-                entry_id, self.stream, BODY_FIELD, names,
+            event(
+                log, "stream_entry_malformed", logging.WARNING, id=entry_id, stream=self.stream,
+                missing=BODY_FIELD, fields=names, action="acked and skipped",
             )  # fmt: skip
             self._ack(entry_id)
             return None
@@ -230,8 +230,8 @@ class RedisStreamSource:
         try:
             self._get_client().xack(self.stream, self.group, entry_id)
         except redis.RedisError as exc:
-            log.warning("redis-stream: XACK %s failed (%s); sent again after reconnect",
-                        entry_id, exc)  # fmt: skip
+            event(log, "stream_ack_failed", logging.WARNING, id=entry_id, error=str(exc),
+                  action="sent again after reconnect")  # fmt: skip
             with self._lock:
                 self._unacked.add(entry_id)
             return

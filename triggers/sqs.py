@@ -31,7 +31,9 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from pcapd.core.backoff import RECONNECT_INITIAL, RECONNECT_MAX, Backoff
 from pcapd.core.config import DEFAULT_MAX_REQUEST_BYTES, SqsConfig
+from pcapd.core.logs import event
 from triggers.base import Delivery
 
 if TYPE_CHECKING:
@@ -45,8 +47,6 @@ MAX_BATCH = 10  # SQS's limit for ReceiveMessage and the *Batch calls
 MAX_VISIBILITY = 43_200  # SQS keeps a message invisible at most 12 h after receipt
 BACKPRESSURE_POLL = 0.05  # seconds between looks at free_slots() when none is free
 STOP_POLL = 0.05  # seconds between looks at `stop` while a long poll runs
-RECEIVE_BACKOFF_INITIAL = 1.0
-RECEIVE_BACKOFF_MAX = 60.0
 # Extend when this share of the visibility timeout has passed, leaving two
 # thirds of it for the call to succeed (or be retried) before the message shows.
 HEARTBEAT_FRACTION = 1 / 3
@@ -237,8 +237,8 @@ class SqsSource:
         free_slots: Callable[[], int] = lambda: MAX_BATCH,
         *,
         clock: Callable[[], float] = time.monotonic,
-        backoff_initial: float = RECEIVE_BACKOFF_INITIAL,
-        backoff_max: float = RECEIVE_BACKOFF_MAX,
+        backoff_initial: float = RECONNECT_INITIAL,
+        backoff_max: float = RECONNECT_MAX,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.max_request_bytes = max_request_bytes
@@ -250,8 +250,7 @@ class SqsSource:
         self._factory = client_factory
         self._free_slots = free_slots
         self._clock = clock
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self._client: SQSClient | None = None
         self._in_flight: dict[str, _InFlight] = {}  # receipt handle -> heartbeat state
         self._lock = threading.Lock()
@@ -279,15 +278,15 @@ class SqsSource:
                 except (BotoCoreError, ClientError) as exc:
                     failures += 1
                     self.receive_errors += 1
-                    delay = min(self._backoff_initial * 2 ** (failures - 1), self._backoff_max)
-                    log.error(
-                        "sqs: receive from %s failed: %s; retrying in %.1f s (failure %d)",
-                        self.url, describe_error(exc), delay, failures,
+                    delay = self._backoff.delay(failures)
+                    event(
+                        log, "sqs_receive_failed", logging.ERROR, url=self.url,
+                        error=describe_error(exc), retry_in=round(delay, 2), failures=failures,
                     )  # fmt: skip
                     stop.wait(delay)
                     continue
                 if failures:
-                    log.info("sqs: receiving from %s again after %d failures", self.url, failures)
+                    event(log, "sqs_receiving_again", url=self.url, failures=failures)
                     failures = 0
                 waiting.extend(messages)
                 while waiting and not stop.is_set():
@@ -361,10 +360,10 @@ class SqsSource:
                 return
             except (BotoCoreError, ClientError) as exc:
                 if attempt == ACK_ATTEMPTS:
-                    log.error(
-                        "sqs: delete from %s failed: %s; the message will be delivered again "
-                        "after its visibility timeout and dropped as a duplicate",
-                        self.url, describe_error(exc),
+                    event(
+                        log, "sqs_delete_failed", logging.ERROR, url=self.url,
+                        error=describe_error(exc), note="delivered again after its "
+                        "visibility timeout and dropped as a duplicate",
                     )  # fmt: skip
                     return
                 time.sleep(ACK_RETRY_DELAY * attempt)
@@ -378,10 +377,9 @@ class SqsSource:
                 QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=0
             )
         except (BotoCoreError, ClientError) as exc:
-            log.warning(
-                "sqs: release on %s failed: %s; the message shows again after its "
-                "visibility timeout",
-                self.url, describe_error(exc),
+            event(
+                log, "sqs_release_failed", logging.WARNING, url=self.url,
+                error=describe_error(exc), note="shows again after its visibility timeout",
             )  # fmt: skip
 
     def _release_all(self, messages: list[MessageTypeDef]) -> None:
@@ -402,7 +400,9 @@ class SqsSource:
                 QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
             )
         except (BotoCoreError, ClientError) as exc:
-            log.warning("sqs: extending visibility on %s failed: %s", self.url, describe_error(exc))
+            event(
+                log, "sqs_extend_failed", logging.WARNING, url=self.url, error=describe_error(exc)
+            )
 
     def _track(self, receipt: str, visibility: float, now: float) -> None:
         self._in_flight[receipt] = _InFlight(visibility, now + visibility * HEARTBEAT_FRACTION, now)
@@ -437,7 +437,7 @@ class SqsSource:
                 for receipt, state in list(self._in_flight.items()):
                     if now - state.received + state.visibility > MAX_VISIBILITY:
                         # SQS refuses to hide a message longer; let it go back.
-                        log.warning("sqs: a message reached the 12 h visibility limit")
+                        event(log, "sqs_visibility_limit", logging.WARNING, seconds=MAX_VISIBILITY)
                         del self._in_flight[receipt]
                     elif state.next_beat <= now:
                         due.append((receipt, math.ceil(state.visibility)))
@@ -459,15 +459,21 @@ class SqsSource:
                 QueueUrl=self.url, Entries=entries
             )
         except (BotoCoreError, ClientError) as exc:
-            log.warning("sqs: heartbeat on %s failed: %s", self.url, describe_error(exc))
+            event(
+                log,
+                "sqs_heartbeat_failed",
+                logging.WARNING,
+                url=self.url,
+                error=describe_error(exc),
+            )
             return
         for failed in reply.get("Failed", []):
             receipt = batch[int(failed["Id"])][0]
             if failed.get("Code") in _GONE:
                 self._untrack(receipt)  # deleted or already visible: nothing to keep
-            log.warning(
-                "sqs: heartbeat on %s: %s: %s",
-                self.url, failed.get("Code"), failed.get("Message", ""),
+            event(
+                log, "sqs_heartbeat_failed", logging.WARNING, url=self.url,
+                code=failed.get("Code"), error=failed.get("Message", ""),
             )  # fmt: skip
 
     def close(self, release_in_flight: bool = False) -> None:

@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 from pcapd.core.config import CloudsharkConfig
+from pcapd.core.logs import event
 from uploaders.base import Artifact, Location, Sink, UploadError
 
 log = logging.getLogger("pcapd.uploaders.cloudshark")
@@ -136,7 +137,7 @@ class CloudsharkUploader(Sink):
                     f"{where}: HTTP 200 without a capture id: {_excerpt(body)}", retryable=False
                 )
             url = self.view_url(str(capture_id))
-            log.info("uploaded sink=cloudshark url=%s bytes=%d", url, artifact.size)
+            event(log, "uploaded", sink="cloudshark", url=url, bytes=artifact.size)
             return Location("cloudshark", url)
         exceptions = answer.get("exceptions")
         detail = (

@@ -141,9 +141,9 @@ class Deliverer:
                     )
                 except Exception as exc:  # any failure: spool it, never lose the capture
                     errors.append(f"{uploader.name}: {exc}")
-                    log.warning(
-                        "upload_failed sink=%s file=%s error=%s",
-                        uploader.name, artifact.filename, exc,
+                    logs.event(
+                        log, "upload_failed", logging.WARNING, sink=uploader.name,
+                        file=artifact.filename, error=str(exc),
                     )  # fmt: skip
                     if uploader.remote:
                         failed_remote.append(uploader.name)
@@ -218,7 +218,7 @@ class Deliverer:
                 event=self._spooled(event, error, locations),
             )  # fmt: skip
         except SpoolError as exc:
-            log.error("spool_failed file=%s error=%s", artifact.filename, exc)
+            logs.event(log, "spool_failed", logging.ERROR, file=artifact.filename, error=str(exc))
             return None, str(exc)
         with self._lock:
             self._ahead[artifact.filename] = entry
@@ -240,7 +240,7 @@ class Deliverer:
             try:
                 self.spool.remove(ahead)
             except OSError as exc:  # delivered all the same; the drainer resends it
-                log.error("spool_remove_failed id=%s error=%s", ahead.id, exc)
+                logs.event(log, "spool_remove_failed", logging.ERROR, id=ahead.id, error=str(exc))
             return None
         error = "; ".join(errors)
         entry = dataclasses.replace(
@@ -252,10 +252,10 @@ class Deliverer:
         except OSError as exc:
             # The write-ahead sidecar still stands (every remote sink pending):
             # the drainer sends the file again to the sinks that have it.
-            log.error("spool_update_failed id=%s error=%s", ahead.id, exc)
-        log.warning(
-            "spooled id=%s file=%s pending=%s error=%s",
-            entry.id, entry.filename, ",".join(entry.pending), error,
+            logs.event(log, "spool_update_failed", logging.ERROR, id=ahead.id, error=str(exc))
+        logs.event(
+            log, "spooled", logging.WARNING, id=entry.id, file=entry.filename,
+            pending=",".join(entry.pending), error=error,
         )  # fmt: skip
         return entry.id
 

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pcapd.core.events import ResultEvent
+from pcapd.core.logs import event
 from uploaders.base import Uploader
 from uploaders.spool import Spool, SpoolCorrupt, SpoolEntry, clip_error
 
 # The spool's logger: these lines were its own, and operators filter on it.
-log = logging.getLogger("pcapd.uploaders.spool")
+log = logging.getLogger("pcapd.uploaders.spool")  # the drainer logs as the spool
 
 OnDelivered = Callable[[ResultEvent, dict[str, str]], object]
 DRAIN_JOIN_TIMEOUT = 30.0
@@ -95,7 +96,7 @@ class SpoolDrainer:
             try:
                 self.drain_once()
             except Exception:
-                log.exception("spool_drain_failed")
+                event(log, "spool_drain_failed", logging.ERROR, exc_info=True)
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -129,7 +130,7 @@ class SpoolDrainer:
                 artifact = self.spool.load(entry)
             except SpoolCorrupt as exc:
                 errors.append(str(exc))
-                log.error("spool_entry_corrupt id=%s error=%s", entry.id, exc)
+                event(log, "spool_entry_corrupt", logging.ERROR, id=entry.id, error=str(exc))
                 return False
             locations = dict(entry.locations)
             pending = list(entry.pending)
@@ -160,9 +161,9 @@ class SpoolDrainer:
                 errors.extend(f"{entry.id}: {f}" for f in failures)
                 return False
             self.spool.remove(entry)
-        log.info("spool_delivered id=%s file=%s locations=%s", entry.id, entry.filename, locations)
+        event(log, "spool_delivered", id=entry.id, file=entry.filename, locations=locations)
         try:
             self.on_delivered(delivered_event(entry, locations), locations)
         except Exception:
-            log.exception("spool_on_delivered_failed id=%s", entry.id)
+            event(log, "spool_on_delivered_failed", logging.ERROR, exc_info=True, id=entry.id)
         return True

@@ -1,9 +1,6 @@
-"""Capped exponential backoff with jitter for one sink's upload attempts.
-
-Attempt n (from 0) waits `min(backoff_max, backoff_initial * 2**n)` halved,
-plus a random part up to the other half ("equal jitter"): retries from many
-nodes spread out, yet never collapse to zero. The clock is injectable so
-tests run without sleeping.
+"""Retries of one sink's upload attempts, waiting as pcapd.core.backoff says
+with [delivery] backoff_initial/backoff_max. The clock is injectable so tests
+run without sleeping.
 """
 
 from __future__ import annotations
@@ -15,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from pcapd.core.backoff import Backoff
 from pcapd.core.config import DeliveryConfig
+from pcapd.core.logs import event
 from uploaders.base import UploadError
 
 log = logging.getLogger("pcapd.uploaders.retry")
 
 T = TypeVar("T")
-BACKOFF_FACTOR = 2.0
 
 
 def _no_stop() -> threading.Event:
@@ -40,11 +38,16 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"attempts={self.attempts}: must be at least 1")
-        if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
+        try:
+            self.backoff()
+        except ValueError as exc:  # say it with the config's names
             raise ValueError(
                 f"backoff_initial={self.backoff_initial}, backoff_max={self.backoff_max}: "
                 "need 0 <= backoff_initial <= backoff_max"
-            )
+            ) from exc
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_initial, self.backoff_max, self.rng)
 
     @classmethod
     def from_config(
@@ -64,8 +67,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt `attempt` (0-based)."""
-        cap = min(self.backoff_max, self.backoff_initial * BACKOFF_FACTOR**attempt)
-        return cap / 2 + self.rng.uniform(0, cap / 2)
+        return self.backoff().delay(attempt + 1)
 
     def _wait(self, seconds: float) -> None:
         if self.sleep is not None:
@@ -87,9 +89,10 @@ class RetryPolicy:
                 if not exc.retryable or last:
                     raise
                 wait = self.delay(attempt)
-                log.warning(
-                    "upload attempt failed what=%s attempt=%d/%d retry_in=%.2fs error=%s",
-                    what, attempt + 1, self.attempts, wait, exc,
+                event(
+                    log, "upload_attempt_failed", logging.WARNING, what=what,
+                    attempt=attempt + 1, attempts=self.attempts, retry_in=round(wait, 2),
+                    error=str(exc),
                 )  # fmt: skip
                 self._wait(wait)
                 if self.stop.is_set():

@@ -28,6 +28,7 @@ import botocore.config
 import botocore.exceptions
 
 from pcapd.core.config import S3Config
+from pcapd.core.logs import event
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Location, Sink, UploadError, pcapdaemon_key
 from uploaders.policy import check_overrides, normalize_endpoint
@@ -220,7 +221,7 @@ class S3Uploader(Sink):
             ) from exc
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise UploadError(f"{url}: {exc}") from exc
-        log.info("uploaded sink=s3 url=%s bytes=%d", url, artifact.size)
+        event(log, "uploaded", sink="s3", url=url, bytes=artifact.size)
         return Location("s3", url)
 
     def _multipart(

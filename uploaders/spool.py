@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcapd.core import logs
 from pcapd.core.atomic import write_atomic
 from pcapd.core.errors import PcapdError
 from pcapd.core.request import CaptureRequest
@@ -219,10 +220,10 @@ class Spool:
                 raise SpoolError(
                     f"cannot spool {artifact.filename} in {self.directory}: {exc}"
                 ) from exc
-        log.log(
-            logging.DEBUG if hold else logging.WARNING,
-            "spooled id=%s file=%s bytes=%d pending=%s error=%s",
-            entry.id, entry.filename, entry.size, ",".join(entry.pending), entry.last_error,
+        logs.event(
+            log, "spooled", logging.DEBUG if hold else logging.WARNING, id=entry.id,
+            file=entry.filename, bytes=entry.size, pending=",".join(entry.pending),
+            error=entry.last_error,
         )  # fmt: skip
         return entry
 
@@ -293,7 +294,7 @@ class Spool:
         except FileNotFoundError:
             return None  # delivered meanwhile by another process
         except (OSError, ValueError, TypeError) as exc:
-            log.error("spool_entry_unreadable id=%s error=%s", entry_id, exc)
+            logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=str(exc))
             return None
 
     def orphans(self) -> builtins.list[Path]:

@@ -39,6 +39,7 @@ from agents.dnstap.response import (
 )
 from agents.dnstap.server import ConnectionStats, DnstapServer
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
@@ -212,7 +213,13 @@ class ResponseRecorder:
         except OSError as exc:
             self.stats.udp_errors += 1
             if self.stats.udp_errors == 1:
-                log.warning("event=dnstap_udp_error target=%s error=%r", self.udp.address, str(exc))
+                event(
+                    log,
+                    "dnstap_udp_error",
+                    logging.WARNING,
+                    target=self.udp.address,
+                    error=str(exc),
+                )
 
 
 class DnstapAgent:
@@ -271,9 +278,9 @@ class DnstapAgent:
             self._error_window_end = now + ERROR_LOG_WINDOW
         if self._error_logs < MAX_ERROR_LOGS:
             self._error_logs += 1
-            log.warning(
-                "event=dnstap_bad_message conn=%d peer=%s error=%s reason=%r",
-                conn.id, conn.peer, kind, str(exc),
+            event(
+                log, "dnstap_bad_message", logging.WARNING, conn=conn.id, peer=conn.peer,
+                error=kind, reason=str(exc),
             )  # fmt: skip
 
     # -- reporting ---------------------------------------------------------
@@ -305,9 +312,9 @@ class DnstapAgent:
     def log_stats(self) -> None:
         data = self.snapshot()
         per_conn = data.pop("per_connection")
-        log.info("event=dnstap_stats %s", " ".join(f"{k}={json.dumps(v)}" for k, v in data.items()))
+        event(log, "dnstap_stats", **data)
         for c in per_conn:
-            log.info("event=dnstap_connection_stats %s", " ".join(f"{k}={v}" for k, v in c.items()))
+            event(log, "dnstap_connection_stats", **c)
 
     # -- lifecycle ---------------------------------------------------------
     async def serve(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
@@ -353,7 +360,7 @@ def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
 
         def on_warm() -> None:
             # In the signal handler: only schedule the stop on the loop.
-            log.info("event=dnstap_stopping")
+            event(log, "dnstap_stopping")
             loop.call_soon_threadsafe(stop.set)
 
         # Replaces the SIGINT handler asyncio.run adds, and stays in place

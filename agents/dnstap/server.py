@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from agents.dnstap import fstrm
 from agents.dnstap.config import DnstapConfig
 from agents.dnstap.errors import FrameError
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
@@ -80,9 +81,9 @@ class FstrmProtocol(asyncio.Protocol):
         self.conn = ConnectionStats(next(srv.ids), self.listener, text)
         if len(srv.connections) >= srv.config.max_connections:
             srv.stats.connections_refused += 1
-            log.warning(
-                "event=dnstap_connection_refused listener=%s peer=%s reason=%s",
-                self.listener, text, f"max_connections={srv.config.max_connections} reached",
+            event(
+                log, "dnstap_connection_refused", logging.WARNING, listener=self.listener,
+                peer=text, reason=f"max_connections={srv.config.max_connections} reached",
             )  # fmt: skip
             self._closing = True
             transport.abort()
@@ -100,10 +101,7 @@ class FstrmProtocol(asyncio.Protocol):
             self._tls_task = loop.create_task(self._start_tls(transport, self.tls))
         else:
             self._arm_timer()
-        log.info(
-            "event=dnstap_connected conn=%d listener=%s peer=%s",
-            self.conn.id, self.listener, text,
-        )  # fmt: skip
+        event(log, "dnstap_connected", conn=self.conn.id, listener=self.listener, peer=text)
 
     async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
@@ -190,9 +188,9 @@ class FstrmProtocol(asyncio.Protocol):
             return
         conn.errors += 1
         self.server.stats.frame_errors[kind] += 1
-        log.warning(
-            "event=dnstap_connection_error conn=%d listener=%s peer=%s error=%s reason=%r",
-            conn.id, conn.listener, conn.peer, kind, reason,
+        event(
+            log, "dnstap_connection_error", logging.WARNING, conn=conn.id,
+            listener=conn.listener, peer=conn.peer, error=kind, reason=reason,
         )  # fmt: skip
         self._closing = True
         self.transport.abort()
@@ -207,17 +205,15 @@ class FstrmProtocol(asyncio.Protocol):
         if not self._closing and self.decoder.pending:
             conn.errors += 1
             self.server.stats.frame_errors["truncated"] += 1
-            log.warning(
-                "event=dnstap_connection_error conn=%d listener=%s peer=%s error=truncated "
-                "reason=%r",
-                conn.id, conn.listener, conn.peer,
-                f"closed inside a frame, {self.decoder.pending} bytes left over",
+            event(
+                log, "dnstap_connection_error", logging.WARNING, conn=conn.id,
+                listener=conn.listener, peer=conn.peer, error="truncated",
+                reason=f"closed inside a frame, {self.decoder.pending} bytes left over",
             )  # fmt: skip
-        log.info(
-            "event=dnstap_disconnected conn=%d peer=%s frames=%d messages=%d errors=%d "
-            "clean=%s",
-            conn.id, conn.peer, conn.frames, conn.messages, conn.errors,
-            self.decoder.phase is fstrm.Phase.STOPPED,
+        event(
+            log, "dnstap_disconnected", conn=conn.id, peer=conn.peer, frames=conn.frames,
+            messages=conn.messages, errors=conn.errors,
+            clean=self.decoder.phase is fstrm.Phase.STOPPED,
         )  # fmt: skip
 
 
@@ -243,7 +239,7 @@ class DnstapServer:
             self._servers.append(
                 await loop.create_unix_server(lambda: FstrmProtocol(self, "unix"), sock=sock)
             )
-            log.info("event=dnstap_listening listener=unix path=%s", cfg.socket)
+            event(log, "dnstap_listening", listener="unix", path=cfg.socket)
         if cfg.listen is not None:
             context = None
             if cfg.tls_cert and cfg.tls_key:
@@ -256,7 +252,7 @@ class DnstapServer:
             )  # fmt: skip
             self._servers.append(server)
             self.tcp_address = server.sockets[0].getsockname()[:2]
-            log.info("event=dnstap_listening listener=%s address=%s", name, cfg.listen)
+            event(log, "dnstap_listening", listener=name, address=cfg.listen)
 
     async def close(self) -> None:
         for server in self._servers:

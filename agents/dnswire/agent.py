@@ -15,7 +15,6 @@ would open a *file* of that name).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -35,6 +34,7 @@ from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import parse_response
 from agents.dnswire import decode, export, filters, reassembly
 from agents.dnswire.config import DnswireConfig
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnswire")
 
@@ -139,9 +139,7 @@ class WireAgent:
             self.dns_errors[why] += 1
             if self._error_logs < MAX_ERROR_LOGS:
                 self._error_logs += 1
-                log.warning(
-                    "event=dnswire_bad_message reason=%s error=%s", why, json.dumps(str(exc))
-                )
+                event(log, "dnswire_bad_message", logging.WARNING, reason=why, error=str(exc))
             return
         if self.recorder is not None:
             self.recorder.record(client, resp)
@@ -223,9 +221,9 @@ class WireAgent:
         except OSError as exc:
             raise AgentError(f"-f {self.filter!r}: {exc}") from exc
         self._handle = handle
-        log.info(
-            "event=dnswire_started source=%s linktype=%d slot=%d/%d sample_rate=%d filter=%s",
-            source, linktype, *cfg.slot, cfg.sample_rate, json.dumps(self.filter),
+        event(
+            log, "dnswire_started", source=source, linktype=linktype,
+            slot=f"{cfg.slot[0]}/{cfg.slot[1]}", sample_rate=cfg.sample_rate, filter=self.filter,
         )  # fmt: skip
 
     # -- loops ---------------------------------------------------------------
@@ -316,10 +314,9 @@ class WireAgent:
             data["not_exported"] = self.not_exported
         return data
 
-    def log_stats(self, event: str = "dnswire_stats") -> None:
+    def log_stats(self, name: str = "dnswire_stats") -> None:
         self._error_logs = 0
-        data = self.snapshot()
-        log.info("event=%s %s", event, " ".join(f"{k}={json.dumps(v)}" for k, v in data.items()))
+        event(log, name, **self.snapshot())
 
 
 def check_interface(interface: str) -> None:

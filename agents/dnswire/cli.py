@@ -23,7 +23,7 @@ import redis
 
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
-from pcapd.core.logs import setup_agent_logging
+from pcapd.core.logs import event, setup_agent_logging
 
 if TYPE_CHECKING:  # the agent's modules load only once the flags are read
     from agents.dnswire.config import DnswireConfig
@@ -179,7 +179,7 @@ def _run(
         (lambda: connect(redis_cfg)) if cfg.record else None
     )
     if cfg.record:
-        log.info("event=dnswire_redis target=%s", redis_cfg.describe())
+        event(log, "dnswire_redis", target=redis_cfg.describe())
     try:
         if cfg.pidfile:
             hold_pidfile(cfg.pidfile)

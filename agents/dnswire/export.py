@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import dns.name
 
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnswire")
 
@@ -211,7 +212,13 @@ class UdpSender:
             except OSError as exc:
                 self.stats.send_errors += 1
                 if self.stats.send_errors == 1:
-                    log.warning("event=dnswire_send_failed dst=%s:%d error=%r", *dst, str(exc))
+                    event(
+                        log,
+                        "dnswire_send_failed",
+                        logging.WARNING,
+                        dst=f"{dst[0]}:{dst[1]}",
+                        error=str(exc),
+                    )
 
     def close(self) -> None:
         self.sock.close()

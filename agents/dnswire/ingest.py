@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import socket
 import sys
@@ -36,7 +35,7 @@ from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, StopSignals
-from pcapd.core.logs import setup_agent_logging
+from pcapd.core.logs import event, setup_agent_logging
 
 log = logging.getLogger("pcapd.agents.dnswire.ingest")
 
@@ -154,8 +153,8 @@ class Ingest:
         except BadPacket as exc:
             stats.bad[exc.reason] += 1
             if sum(stats.bad.values()) <= MAX_ERROR_LOGS:
-                log.warning("event=dnsflow_bad_packet peer=%s:%d reason=%s error=%s", *peer,
-                            exc.reason, json.dumps(str(exc)))  # fmt: skip
+                event(log, "dnsflow_bad_packet", logging.WARNING, peer=f"{peer[0]}:{peer[1]}",
+                      reason=exc.reason, error=str(exc))  # fmt: skip
             return
         sensor = self.sensors.get(peer)
         if sensor is None:
@@ -204,15 +203,13 @@ class Ingest:
                     redis_errors=w.redis_errors, queue_depth=self.writer.queue_depth)  # fmt: skip
         return data
 
-    def log_stats(self, event: str = "dnsflow_ingest_stats") -> None:
-        data = self.snapshot()
-        log.info("event=%s %s", event, " ".join(f"{k}={json.dumps(v)}" for k, v in data.items()))
+    def log_stats(self, name: str = "dnsflow_ingest_stats") -> None:
+        event(log, name, **self.snapshot())
         for (host, port), s in self.sensors.items():
-            log.info(
-                "event=dnsflow_sensor sensor=%s:%d packets=%d lost=%d sample_rate=%d "
-                "captured=%d received=%d dropped=%d ifdropped=%d",
-                host, port, s.packets, s.lost, s.sample_rate, s.captured, s.received,
-                s.dropped, s.ifdropped,
+            event(
+                log, "dnsflow_sensor", sensor=f"{host}:{port}", packets=s.packets, lost=s.lost,
+                sample_rate=s.sample_rate, captured=s.captured, received=s.received,
+                dropped=s.dropped, ifdropped=s.ifdropped,
             )  # fmt: skip
 
 
@@ -286,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
     signals = StopSignals("dnsflow-ingest")
     signals.install()
     writer.start()
-    log.info("event=dnsflow_ingest_started listen=%s redis=%s", cfg.listen, redis_cfg.describe())
+    event(log, "dnsflow_ingest_started", listen=cfg.listen, redis=redis_cfg.describe())
     try:
         serve(ingest, sock, signals.stop.is_set)
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
 import logging
 import multiprocessing
 import os
@@ -41,7 +40,9 @@ from agents.dnswire.agent import (
     check_interface,
 )
 from agents.dnswire.config import DnswireConfig
+from agents.store import dropped_status
 from pcapd.core.lifecycle import EXIT_COLD, StopSignals
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnswire")
 
@@ -117,7 +118,7 @@ def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) ->
     except (CaptureError, OSError) as exc:
         # The interface went away or libpcap failed: non-zero, so the
         # supervisor (or systemd) starts it again, after sending what is queued.
-        log.error("event=dnswire_capture_failed error=%s", json.dumps(str(exc)))
+        event(log, "dnswire_capture_failed", logging.ERROR, error=str(exc))
         status = 1
     finally:
         agent.finish()
@@ -126,6 +127,8 @@ def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) ->
         agent.log_stats("dnswire_done")
         for sender in senders:
             sender.close()
+    if config.read and writer is not None and not status:
+        status = dropped_status(writer, "dnswire")
     return status
 
 
@@ -144,8 +147,8 @@ def _child(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> 
     try:
         code = run_one(config, connect)
     except AgentError as exc:
-        log.error("event=dnswire_child_failed slot=%d/%d error=%s", *config.slot,
-                  json.dumps(str(exc)))  # fmt: skip
+        event(log, "dnswire_child_failed", logging.ERROR, slot=f"{config.slot[0]}/{config.slot[1]}",
+              error=str(exc))  # fmt: skip
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
@@ -173,7 +176,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) 
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         children[i] = proc
         started[i] = time.monotonic()
-        log.info("event=dnswire_child_started slot=%d/%d pid=%s", i, n, proc.pid)
+        event(log, "dnswire_child_started", slot=f"{i}/{n}", pid=proc.pid)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -183,7 +186,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) 
                     os.kill(proc.pid, signal.SIGKILL)
             os._exit(EXIT_COLD)
         stopping = True
-        log.info("event=dnswire_stopping signal=%d children=%d", signum, len(children))
+        event(log, "dnswire_stopping", signal=signum, children=len(children))
         for proc in children.values():
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
@@ -202,11 +205,11 @@ def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) 
             code = proc.exitcode
             status = max(status, 1 if code else 0)
             if stopping or (config.read and code == 0):
-                log.info("event=dnswire_child_done slot=%d/%d status=%d", i, n, code)
+                event(log, "dnswire_child_done", slot=f"{i}/{n}", status=code)
                 continue
             restart = not config.read  # a file is not read twice
-            log.error("event=dnswire_child_exited slot=%d/%d status=%d restarting=%s",
-                      i, n, code, str(restart).lower())  # fmt: skip
+            event(log, "dnswire_child_exited", logging.ERROR, slot=f"{i}/{n}", status=code,
+                  restarting=restart)  # fmt: skip
             if not restart:
                 continue
             time.sleep(max(0.0, started[i] + RESTART_DELAY - time.monotonic()))

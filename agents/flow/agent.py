@@ -10,7 +10,6 @@ open a *file* of that name.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -28,6 +27,7 @@ from agents.flow.config import FlowConfig
 from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
 from pcapd.core.errors import PcapdError
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK, StopSignals
+from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.flow")
 
@@ -110,12 +110,10 @@ class FlowAgent:
         except ValueError as exc:
             raise AgentError(f"{source}: {exc}") from exc
         self._handle = handle
-        log.info(
-            "event=flow_started source=%s linktype=%d our_nets=%s",
-            source,
-            handle.datalink(),
-            ",".join(str(n) for n in self.config.our_nets) or "-",
-        )
+        event(
+            log, "flow_started", source=source, linktype=handle.datalink(),
+            our_nets=",".join(str(n) for n in self.config.our_nets) or "-",
+        )  # fmt: skip
 
     # -- loops ---------------------------------------------------------------
     def run_live(self, stop: threading.Event) -> None:
@@ -185,8 +183,9 @@ class FlowAgent:
         )
         return result
 
-    def log_stats(self, event: str = "flow_stats") -> None:
-        log.info("event=%s %s", event, " ".join(f"{k}={v}" for k, v in self.stats().items()))
+    def log_stats(self, name: str = "flow_stats") -> None:
+        fields: dict[str, Any] = self.stats()
+        event(log, name, **fields)
 
 
 def _error_text(handle: Any) -> str:
@@ -232,9 +231,11 @@ def run(config: FlowConfig, connect: Callable[[], Any], read: str | None = None)
     except (CaptureError, OSError) as exc:
         # The interface went away or libpcap failed: exit non-zero so that
         # systemd restarts the agent, after sending what is queued.
-        log.error("event=flow_capture_failed error=%s", json.dumps(str(exc)))
+        event(log, "flow_capture_failed", logging.ERROR, error=str(exc))
         status = EXIT_FAILURE
     finally:
         writer.stop(FLUSH_TIMEOUT)
         agent.log_stats("flow_done")
+    if read and status == EXIT_OK:
+        status = store.dropped_status(writer, "flow")  # a file read whole, some keys lost
     return status

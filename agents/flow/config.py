@@ -32,6 +32,7 @@ from agents.flow.rules import (
     default_rules,
 )
 from pcapd.core.configread import ConfigError, Table
+from pcapd.core.logs import event
 
 SECTION = "agents.flow"
 log = logging.getLogger("pcapd.agents.flow")
@@ -220,7 +221,10 @@ def _rule(t: Table, names: set[str]) -> Rule | None:
     if len(t.errors) != before:
         return None
     if action == PORT_MATCH and ports is not None and not ports:
-        log.warning("event=flow_rule_never_matches rule=%s.ports reason=empty list", t.name)
+        event(
+            log, "flow_rule_never_matches", logging.WARNING,
+            rule=f"{t.name}.ports", reason="empty list",
+        )  # fmt: skip
     try:
         return Rule(action, sides["src"], sides["dst"], precedence, client, port, ports, drop)
     except RuleError as exc:

@@ -12,6 +12,7 @@ from agents.dnstap.config import parse_dnstap_config
 from pcapd.cli.common import Subparsers, add_command, add_log_level, agent_config, in_file
 from pcapd.core.config import RedisConfig
 from pcapd.core.lifecycle import EXIT_FAILURE
+from pcapd.core.logs import event
 
 SECTION = "dnstap"
 check_section = parse_dnstap_config
@@ -41,9 +42,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     base = config.redis if config is not None else RedisConfig()
     redis_cfg = base if cfg.redis_url is None else dataclasses.replace(base, url=cfg.redis_url)
-    logging.getLogger("pcapd.agents.dnstap").info(
-        "event=dnstap_starting redis=%s socket=%s listen=%s",
-        redis_cfg.describe(), cfg.socket, cfg.listen,
+    event(
+        logging.getLogger("pcapd.agents.dnstap"), "dnstap_starting",
+        redis=redis_cfg.describe(), socket=cfg.socket, listen=cfg.listen,
     )  # fmt: skip
     try:
         return run(cfg, lambda: connect(redis_cfg))

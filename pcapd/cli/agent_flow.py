@@ -21,6 +21,7 @@ from agents.flow.config import (
 )
 from pcapd.cli.common import Subparsers, add_command, add_log_level, agent_config, in_file
 from pcapd.core.config import ConfigError, RedisConfig
+from pcapd.core.logs import event
 from pcapd.core.secret import Secret
 
 SECTION = "flow"
@@ -84,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     where = f"{args.config}: " if args.config else ""
     for warning in flow.warnings:
         print(f"pcapd agent flow: {where}warning: {warning}", file=sys.stderr)
-    log.info("event=flow_redis target=%s", redis_config.describe())
+    event(log, "flow_redis", target=redis_config.describe())
     return run(flow, lambda: connect(redis_config), args.read)
 
 

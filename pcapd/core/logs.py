@@ -20,15 +20,38 @@ from pcapd.core.config import Config, GeneralConfig, SyslogConfig
 _FIELDS = "pcapd_fields"
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    logger.log(level, name, extra={_FIELDS: fields})
+def event(
+    logger: logging.Logger,
+    name: str,
+    level: int = logging.INFO,
+    *,
+    exc_info: bool = False,
+    **fields: Any,
+) -> None:
+    """The one way pcapd logs (tests/test_source.py holds every module to it).
+
+    `exc_info=True`, inside an `except`, adds the traceback as `exception`.
+    """
+    # stacklevel 2: the record names the caller's line, not this one.
+    logger.log(level, name, exc_info=exc_info, stacklevel=2, extra={_FIELDS: fields})
+
+
+def _is_event(record: logging.LogRecord) -> bool:
+    return hasattr(record, _FIELDS)
 
 
 def _kv_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if text == "" or any(c in text for c in ' "=\n'):
-        return json.dumps(text)
-    return text
+    """One token: a bare word, compact JSON for numbers, flags and containers
+    (`bad={"truncated":1}`), else a JSON string (`error="no route"`)."""
+    if value is None or isinstance(value, bool | int | float | list | tuple | dict):
+        text = json.dumps(value, default=str, separators=(",", ":"))
+        if not any(c in text for c in " \n"):
+            return text
+    else:
+        text = str(value)  # an address, a path: its text, not a JSON string of it
+        if text != "" and not any(c in text for c in ' "=\n'):
+            return text
+    return json.dumps(text)
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -44,7 +67,8 @@ class KeyValueFormatter(logging.Formatter):
             parts.append(f"ts={stamp}.{int(record.msecs):03d}Z")
         parts.append(f"level={record.levelname.lower()}")
         message = record.getMessage()
-        parts.append(f"event={message}" if fields or "=" not in message else message)
+        # A library's own line (botocore, asyncio) is no event: shown as it is.
+        parts.append(f"event={message}" if _is_event(record) else message)
         parts.extend(f"{key}={_kv_value(value)}" for key, value in fields.items())
         if record.exc_info:
             parts.append(f"exception={_kv_value(self.formatException(record.exc_info))}")
@@ -58,7 +82,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "event" if fields else "msg": record.getMessage(),
+            "event" if _is_event(record) else "msg": record.getMessage(),
             "logger": record.name,
         }
         data.update(fields)
@@ -80,9 +104,10 @@ def setup_logging(general: GeneralConfig, syslog: SyslogConfig) -> None:
     root.addHandler(stderr)
     if syslog.enabled:
         if syslog.address.startswith("/") and not os.path.exists(syslog.address):
-            logging.getLogger("pcapd").warning(
-                "event=syslog_unavailable address=%s (logging to stderr only)", syslog.address
-            )
+            event(
+                logging.getLogger("pcapd"), "syslog_unavailable", logging.WARNING,
+                address=syslog.address, note="logging to stderr only",
+            )  # fmt: skip
             return
         # pcapdaemon's priority is facility | severity; the severity of each
         # line comes from its level, so only the facility is taken from it.

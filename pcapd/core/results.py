@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import redis
 
+from pcapd.core.backoff import Backoff
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
@@ -19,8 +20,6 @@ log = logging.getLogger("pcapd.core.results")
 PUBLISH_ATTEMPTS = 3
 MAX_PENDING = 10_000  # results held while Redis is away (~1 KB each)
 SEND_BATCH = 200  # queued results sent in one pipeline: a flood's answers keep up
-BACKOFF_INITIAL = 0.2
-BACKOFF_MAX = 10.0
 
 _Pending = tuple[ResultEvent, str | None]
 
@@ -126,7 +125,7 @@ class ResultPublisher:
         return len(left)
 
     def _run(self) -> None:
-        backoff = BACKOFF_INITIAL
+        backoff = Backoff().tracker()
         while True:
             with self._wake:
                 while not self._pending and not self._stopping:
@@ -136,17 +135,17 @@ class ResultPublisher:
                 batch = list(itertools.islice(self._pending, SEND_BATCH))
             error = self._send_all(batch)
             if error is None:
-                backoff = BACKOFF_INITIAL
+                backoff.succeeded()
                 with self._wake:
                     # What submit() dropped meanwhile went from the front.
                     for item in batch:
                         if self._pending and self._pending[0] is item:
                             self._pending.popleft()
                 continue
+            wait = backoff.failed()
             event(
                 log, "result_publish_failed", logging.WARNING, id=batch[0][0].id, error=error,
-                waiting=len(self._pending), retry_in=round(backoff, 2),
+                waiting=len(self._pending), retry_in=round(wait, 2),
             )  # fmt: skip
             with self._wake:
-                self._wake.wait(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+                self._wake.wait(wait)

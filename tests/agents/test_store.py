@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -85,7 +86,10 @@ def test_incr_by_an_amount_is_one_operation(redis_srv: RedisServer) -> None:
     assert writer.stats.written_ops == 2
 
 
-def test_a_key_of_another_type_costs_that_key_not_the_batch(redis_srv: RedisServer) -> None:
+def test_a_key_of_another_type_costs_that_key_not_the_batch(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
     client = redis_srv.client()
     client.rpush("c;9.9.9.9;dns", "a list, not a string")
     client.set("client;x", "not a number")
@@ -96,10 +100,56 @@ def test_a_key_of_another_type_costs_that_key_not_the_batch(redis_srv: RedisServ
     writer.stop()
     assert client.get("client;c") == b"1"
     assert (writer.stats.rejected_ops, writer.stats.written_ops) == (2, 1)
+    assert writer.stats.dropped_ops == 2  # refused is dropped: the agents' keys_dropped
+    (line,) = refusals(caplog)  # one line for the cause, however many keys
+    assert (line["cause"], line["ops"]) == ("WRONGTYPE", 2)
     again = writer_for(redis_srv.url)  # the queue is not wedged behind them
     again.incr("client;c")
     again.stop()
     assert client.get("client;c") == b"2"
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [
+        getattr(r, "pcapd_fields", {}) for r in caplog.records
+        if r.getMessage() == "redis_writes_refused"
+    ]  # fmt: skip
+
+
+def test_a_read_only_replica_refuses_every_batch_counted_logged_once(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that refuses writes (here a read-only replica of nothing) costs
+    each batch, counted as dropped; the cause is logged once per interval and
+    what the rate limit held back is summed up at stop."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    private_redis.client().replicaof("127.0.0.1", free_port())
+    writer = writer_for(private_redis.url, batch_ops=2)
+    for index in range(6):
+        writer.incr(f"client;{index}")
+    wait_for(lambda: writer.stats.dropped_ops == 6)
+    assert len(refusals(caplog)) == 1
+    writer.stop()
+    assert (writer.stats.rejected_ops, writer.stats.written_ops) == (6, 0)
+    first, held = refusals(caplog)
+    assert first["cause"] == held["cause"] == "READONLY" and "read only replica" in first["error"]
+    assert first["ops"] + held["ops"] == 6 and held["dropped_total"] == 6
+
+
+def test_an_acl_denying_a_command_drops_the_keys(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    admin = private_redis.client()
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-evalsha", "-eval"])  # fmt: skip
+    port = admin.connection_pool.connection_kwargs["port"]
+    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
+    writer.incr("client;c")
+    writer.stop()
+    assert writer.stats.dropped_ops == 1 and admin.get("client;c") is None
+    (line,) = refusals(caplog)
+    assert line["cause"] == "NoPermissionError"  # redis-py drops the NOPERM code
 
 
 def test_full_queue_drops_and_counts_never_blocks() -> None:

@@ -120,7 +120,7 @@ def test_reconnects_after_redis_restart(
         assert delivery.body == b'{"id": "after"}'
         delivery.ack()
         assert pending(private_redis.client(), "web1") == 0
-        assert "failed" in caplog.text and "retrying in" in caplog.text
+        assert "event=stream_read_failed" in caplog.text and "retry_in=" in caplog.text
     finally:
         consumer.close()
 
@@ -150,9 +150,10 @@ def test_entry_without_body_is_logged_acked_and_skipped(
             bad = added.decode() if isinstance(added, bytes) else added
             publish_stream(client, STREAM, b'{"id": "good"}', 1000)
             assert consumer.take().body == b'{"id": "good"}'
-        assert f"entry {bad} of {STREAM} has no 'body' field (fields: interface, node)" in (
-            caplog.text
-        )
+        assert (
+            f"event=stream_entry_malformed id={bad} stream={STREAM} missing=body "
+            'fields="interface, node"'
+        ) in caplog.text
         assert consumer.source.malformed == 1
         assert pending(client, "web1") == 1  # only the good one, not yet acked
     finally:

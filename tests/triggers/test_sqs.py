@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -291,6 +292,12 @@ def backoff_run(
     return sent, source
 
 
+def receive_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        caplog.handler.format(r) for r in caplog.records if r.getMessage() == "sqs_receive_failed"
+    ]
+
+
 def test_bad_credentials_back_off(
     moto_sqs_auth: MotoServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -298,14 +305,15 @@ def test_bad_credentials_back_off(
     config = sqs_config(moto_sqs_auth, url, accessid="AKIDBAD", accesskey=Secret("wrong-key"))
     with caplog.at_level(logging.ERROR, logger="triggers.sqs"):
         sent, source = backoff_run(moto_sqs_auth, config, 2.0)
-    # Retries at 0, 0.2, 0.6, 1.4 s (then every 0.8 s): a hot loop would send hundreds.
-    assert 2 <= len(sent) <= 6, len(sent)
+    # Waits of 0.2, 0.4, then 0.8 s, each down to half by the jitter: retries
+    # at 0, 0.1-0.2, 0.3-0.6, 0.7-1.4 s, ...; a hot loop would send hundreds.
+    assert 2 <= len(sent) <= 7, len(sent)
     assert source.receive_errors == len(sent)
-    lines = [r.getMessage() for r in caplog.records if "receive from" in r.getMessage()]
+    lines = receive_failures(caplog)
     assert lines, caplog.text
     assert "InvalidClientTokenId" in lines[0]
     assert "check sqs.accessid/sqs.accesskey" in lines[0]
-    assert "retrying in 0.2 s (failure 1)" in lines[0]
+    assert re.search(r" retry_in=0\.(1\d*|2) failures=1$", lines[0]), lines[0]
     assert "wrong-key" not in caplog.text
 
 
@@ -313,8 +321,8 @@ def test_unknown_queue_backs_off(moto_sqs: MotoServer, caplog: pytest.LogCapture
     url = f"{moto_sqs.endpoint}/123456789012/no-such-queue"
     with caplog.at_level(logging.ERROR, logger="triggers.sqs"):
         sent, _ = backoff_run(moto_sqs, sqs_config(moto_sqs, url), 2.0)
-    assert 2 <= len(sent) <= 6, len(sent)
-    lines = [r.getMessage() for r in caplog.records if "receive from" in r.getMessage()]
+    assert 2 <= len(sent) <= 7, len(sent)
+    lines = receive_failures(caplog)
     assert "NonExistentQueue" in lines[0] or "QueueDoesNotExist" in lines[0], lines[0]
     assert "check sqs.url" in lines[0]
 
@@ -331,7 +339,7 @@ def test_recovers_after_errors(moto_sqs: MotoServer, caplog: pytest.LogCaptureFi
         client.send_message(QueueUrl=real_url, MessageBody=REQUEST.decode())
         with caplog.at_level(logging.INFO, logger="triggers.sqs"):
             assert consumer.take().body == REQUEST
-        assert "receiving from" in caplog.text and "again after" in caplog.text
+        assert "event=sqs_receiving_again" in caplog.text
     finally:
         consumer.close()
 

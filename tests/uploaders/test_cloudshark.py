@@ -150,7 +150,7 @@ def test_token_never_logged(cloudshark: CloudsharkServer, caplog: pytest.LogCapt
 
     assert len(caplog.records) >= 3  # uploads and the retry warning were logged
     for record in caplog.records:
-        text = record.getMessage() + (record.exc_text or "")
+        text = caplog.handler.format(record)  # the event's fields and any traceback
         assert CS_TOKEN not in text, text
 
 

@@ -304,7 +304,7 @@ def test_logging_of_spooling_names_the_file(
     caplog.set_level(logging.INFO)
     artifact = make_artifact()
     Spool(tmp_path, MB).put(artifact, ["s3"], error="s3: refused")
-    assert f"file={artifact.filename}" in caplog.text and "error=s3: refused" in caplog.text
+    assert f"file={artifact.filename}" in caplog.text and 'error="s3: refused"' in caplog.text
 
 
 def test_concurrent_puts_never_overfill(tmp_path: Path) -> None:

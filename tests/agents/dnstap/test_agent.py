@@ -157,7 +157,7 @@ def test_bad_input_is_counted_logged_and_survived(
         _raw(str(path), data, handshake)
         group, kind = counter
         wait_for(lambda: ra.snapshot()[group].get(kind) == 1)
-        assert any(text in r.getMessage() for r in caplog.records), caplog.text
+        assert any(text in caplog.handler.format(r) for r in caplog.records), caplog.text
         ra.send([GOOD])  # the next good connection is served
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
         assert redis_dump(redis_srv.client()) == GOOD_KEYS
@@ -399,7 +399,7 @@ def test_bad_message_lines_are_rate_limited_without_stats(
     caplog.set_level(logging.WARNING, logger="pcapd.agents.dnstap")
 
     def bad_lines() -> int:
-        return sum("event=dnstap_bad_message" in r.getMessage() for r in caplog.records)
+        return sum("event=dnstap_bad_message" in caplog.handler.format(r) for r in caplog.records)
 
     for _ in range(MAX_ERROR_LOGS + 50):
         agent.handle(b"\xff\xfe\xfd", conn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 from tests.agents.dnswire import wire as w
 from tests.agents.flow import frames as f
+from tests.helpers import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[3]
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
@@ -122,6 +124,18 @@ def test_config_section_is_read_and_checked(tmp_path: Path, capture: Path) -> No
     assert done.returncode == 0, done.stderr
     assert "warning: agents.dnswire.bogus: unknown option, ignored" in done.stderr
     assert (tmp_path / "out.pcap").stat().st_size > 24
+
+
+def test_reading_a_file_exits_non_zero_when_keys_were_dropped(
+    capture: Path, private_redis: RedisServer
+) -> None:
+    """Keys a Redis refused (a read-only replica here) are lost with a file
+    read once: the exit status says so."""
+    private_redis.client().replicaof("127.0.0.1", free_port())
+    done = run(*AGENT, "--read", str(capture), "--redis-url", private_redis.url)
+    assert done.returncode == 1, done.stderr
+    assert "event=redis_writes_refused cause=READONLY" in done.stderr
+    assert re.search(r"event=keys_dropped agent=dnswire keys=[1-9]", done.stderr), done.stderr
 
 
 def test_pid_file_refuses_a_second_instance(tmp_path: Path, capture: Path) -> None:

@@ -237,5 +237,5 @@ def test_dnsflow_ingest_process_records_what_a_sensor_sends(
         stop_process(ingest)
     text = log.read_text()
     assert 'reason=version error="version 3, expected 4"' in text
-    assert 'bad={"version": 1}' in text and "sets=4" in text
+    assert 'bad={"version":1}' in text and "sets=4" in text
     assert "Traceback" not in text

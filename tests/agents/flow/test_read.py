@@ -186,6 +186,24 @@ def test_cli_read_counts_bad_packets_and_goes_on(tmp_path: Path, redis_srv: Redi
     assert redis_srv.client().get(f"client;{A4}") == b"1"
 
 
+def test_cli_read_exits_non_zero_when_keys_were_dropped(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    """A file is read once: keys a Redis refused (a read-only replica here) are
+    lost, and the exit status says so."""
+    private_redis.client().replicaof("127.0.0.1", free_port())
+    pcap = write(tmp_path / "one.pcap", [f.ip4(B4, A4, 17, f.udp(53, 4000))])
+    result = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "flow", "--read", str(pcap), OURS,
+         "--redis", private_redis.url],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "event=redis_writes_refused cause=READONLY" in result.stderr
+    assert re.search(r"event=keys_dropped agent=flow keys=[1-9]", result.stderr), result.stderr
+    assert re.search(r"event=flow_done .*keys_dropped=[1-9]", result.stderr), result.stderr
+
+
 def test_cli_read_counts_a_flow_seen_both_ways_once(tmp_path: Path, redis_srv: RedisServer) -> None:
     """ShoDoHFlo's pcap_agent `Server.process_data` suppresses by the flow key
     (`self.recently.seen(k)`), and both directions map to the same key."""

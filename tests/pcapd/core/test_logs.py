@@ -14,9 +14,12 @@ import pytest
 
 from pcapd.core.config import GeneralConfig, SyslogConfig
 from pcapd.core.logs import JsonFormatter, KeyValueFormatter, event, setup_logging
+from uploaders.base import UploadError
+from uploaders.retry import RetryPolicy
 
 
-def record(name: str, **fields: Any) -> logging.LogRecord:
+def record(name: str, level: int = logging.INFO, **fields: Any) -> logging.LogRecord:
+    """The record `event()` makes, logged from inside an `except` (for exc_info)."""
     logger = logging.getLogger("test.logs")
     captured: list[logging.LogRecord] = []
 
@@ -28,7 +31,10 @@ def record(name: str, **fields: Any) -> logging.LogRecord:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        event(logger, name, **fields)
+        try:
+            raise RuntimeError("bug")
+        except RuntimeError:
+            event(logger, name, level, **fields)
     finally:
         logger.removeHandler(handler)
     return captured[0]
@@ -87,3 +93,43 @@ def test_missing_syslog_socket_leaves_stderr_logging(tmp_path: Path) -> None:
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
+
+
+def test_a_converted_call_site_renders_as_an_event(caplog: pytest.LogCaptureFixture) -> None:
+    """What a retrying upload logs: `event=... key=value` in kv mode, fields in
+    JSON (it was `upload attempt failed what=... retry_in=0.42s` and a bare
+    `msg` before issue 11)."""
+
+    def fail() -> None:
+        raise UploadError("503 slow down")
+
+    retry = RetryPolicy(2, 1.0, 1.0, sleep=lambda _: None)
+    caplog.set_level(logging.WARNING, logger="pcapd.uploaders.retry")
+    with pytest.raises(UploadError):
+        retry.run(fail, "s3:bucket")
+    (rec,) = caplog.records
+    line = KeyValueFormatter(with_time=False).format(rec)
+    assert line.startswith("level=warning event=upload_attempt_failed what=s3:bucket attempt=1 ")
+    assert 'error="503 slow down"' in line
+    data = json.loads(JsonFormatter().format(rec))
+    assert (data["event"], data["what"], data["attempts"], data["error"]) == (
+        "upload_attempt_failed", "s3:bucket", 2, "503 slow down",
+    )  # fmt: skip
+    assert "msg" not in data and 0.5 <= data["retry_in"] <= 1.0
+
+
+def test_an_event_with_exc_info_keeps_the_traceback() -> None:
+    rec = record("source_crashed", logging.ERROR, exc_info=True, source="sqs")
+    assert rec.pathname == __file__  # stacklevel=2: the caller's line, not logs.py's
+    line = KeyValueFormatter(with_time=False).format(rec)
+    assert line.startswith("level=error event=source_crashed source=sqs exception=")
+    assert "RuntimeError: bug" in line
+    data = json.loads(JsonFormatter().format(rec))
+    assert data["event"] == "source_crashed" and "Traceback" in data["exception"]
+
+
+def test_an_event_without_fields_is_still_an_event() -> None:
+    data = json.loads(JsonFormatter().format(record("dnstap_stopping")))
+    assert data["event"] == "dnstap_stopping" and "msg" not in data
+    plain = logging.LogRecord("botocore", logging.INFO, __file__, 1, "a library's a=b", (), None)
+    assert KeyValueFormatter(with_time=False).format(plain) == "level=info a library's a=b"
