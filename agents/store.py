@@ -302,6 +302,11 @@ class RedisWriter:
 
     def _add(self, key: str, arg: str) -> None:
         with self._lock:
+            # The bound counts the batch being filled too, so what is held never
+            # passes max_queue_ops, sealed or not.
+            if self._queued + len(self._pending_keys) >= self.max_queue_ops:
+                self.stats.dropped_ops += 1
+                return
             self._pending_keys.append(key)
             self._pending_args.append(arg)
             if len(self._pending_keys) >= self.batch_ops:

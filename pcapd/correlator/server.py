@@ -14,7 +14,8 @@ from typing import Any
 
 import waitress
 
-from pcapd.core.config import Config, load_config
+from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.redis_conn import connect
 from pcapd.correlator.web import create_app
@@ -48,9 +49,10 @@ def serve(path: str) -> int:
     setup_logging(config.general, config.syslog)
     c = config.correlator
     if config.security.require_signed and not c.kid:
-        print(f"{path}: error: correlator.kid: this site requires signed requests "
-              "(security.require_signed); name the correlator's key", file=sys.stderr)  # fmt: skip
-        return 1
+        raise ConfigError(
+            ["correlator.kid: this site requires signed requests (security.require_signed); "
+             "name the correlator's key"], path,
+        )  # fmt: skip
     app = create_app(config, connect(config.redis), s3_client(config))
     event(log, "correlator_listening", host=c.host, port=c.port, read_only=c.read_only,
           changes=c.token is not None and not c.read_only)  # fmt: skip
@@ -59,5 +61,5 @@ def serve(path: str) -> int:
                        channel_timeout=c.max_duration + 60)  # fmt: skip
     except OSError as exc:
         print(f"pcapd web: cannot listen on {c.host}:{c.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILURE
+    return EXIT_OK

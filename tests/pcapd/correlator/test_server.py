@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 from tests.helpers import RedisServer, free_port
 from tests.pcapd.correlator.site import web_server
 
@@ -29,7 +30,7 @@ def test_port_in_use(tmp_path: Path) -> None:
         config = tmp_path / "web.toml"
         config.write_text(f"[redis]\nport = {free_port()}\n\n[correlator]\nport = {port}\n")
         done = web(config)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_FAILURE
     assert done.stderr.strip().endswith(
         f"pcapd web: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
@@ -61,7 +62,7 @@ def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     config = tmp_path / "web.toml"
     config.write_text(text)
     done = web(config)
-    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert done.returncode == EXIT_CONFIG and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
