@@ -22,13 +22,8 @@ from tests.helpers import stop_process, wait_for
 from tests.triggers.conftest import REGION, TEST_KEY_ID, TEST_SECRET, MotoServer
 from tests.triggers.consumer import Consumer
 from triggers.base import TriggerSource
-from triggers.sqs import (
-    SqsSource,
-    _region_from_url,
-    endpoint_from_url,
-    make_client,
-    unwrap_sns,
-)
+from triggers.sqs import SqsSource
+from triggers.sqs_client import endpoint_from_url, make_client, region_from_url, unwrap_sns
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
@@ -398,11 +393,11 @@ def test_unwrap_sns_leaves_other_bodies_alone() -> None:
 
 
 def test_region_taken_from_queue_url() -> None:
-    assert _region_from_url("https://sqs.eu-west-1.amazonaws.com/1/q") == "eu-west-1"
+    assert region_from_url("https://sqs.eu-west-1.amazonaws.com/1/q") == "eu-west-1"
     vpce = "https://vpce-0a1b2c-x1y2.sqs.ap-southeast-2.vpce.amazonaws.com/1/q"
-    assert _region_from_url(vpce) == "ap-southeast-2"
-    assert _region_from_url("http://127.0.0.1:4566/1/q") is None
-    assert _region_from_url(None) is None
+    assert region_from_url(vpce) == "ap-southeast-2"
+    assert region_from_url("http://127.0.0.1:4566/1/q") is None
+    assert region_from_url(None) is None
 
 
 @pytest.mark.parametrize(
