@@ -1,0 +1,301 @@
+"""What each config section holds: its fields, each default next to its
+bounds as named constants (the example and the readers use these names)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
+from pcapd.core.secret import Secret
+
+# pcapdaemon's documented defaults (its own code never applied them).
+DEFAULT_MAXPACKETS = 50_000
+MAX_PACKETS = 2**31 - 1
+DEFAULT_LOCALDIR = "/tmp"
+DEFAULT_SNAPLENGTH = 262_144  # tcpdump's default: whole packets
+DEFAULT_TIMEOUT = 10
+DEFAULT_MAXTIMEOUT = 3_600
+DEFAULT_MAXDURATION = 3_600
+MAX_SECONDS = 7 * 86_400  # timeouts, durations and windows: a week
+DEFAULT_MAXBYTES = 100_000_000
+MIN_MAXBYTES = 100
+# pcapd's own bounds.
+# As pcapdaemon, a request without `duration` may capture for `maxduration`.
+DEFAULT_DURATION = DEFAULT_MAXDURATION
+DEFAULT_MAX_CONCURRENT = 8
+MAX_CONCURRENT = 1024
+DEFAULT_MAX_MEMORY = 512 * 1024 * 1024
+MIN_MAX_MEMORY = 1024 * 1024
+MAX_MEMORY = 1 << 40  # also maxbytes' cap: a capture never holds more
+DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024  # TPACKET_V3: no drops to 700k pps in bench/
+MIN_BUFFER_SIZE = 65_536
+MAX_BUFFER_SIZE = 2**31 - 1  # libpcap's buffer size is a C int
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+MIN_MAX_REQUEST_BYTES = 1024
+MAX_MAX_REQUEST_BYTES = 16 << 20
+MAX_SNAPLENGTH = 262_144
+DEFAULT_FORMAT = "pcap"
+FORMATS = ("pcap", "pcapng")
+DEFAULT_LOG_FORMAT = "kv"
+LOG_FORMATS = ("kv", "json")
+DEFAULT_LOG_LEVEL = "info"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_REDIS_HOST = "127.0.0.1"
+DEFAULT_REDIS_PORT = 6379
+MAX_REDIS_DB = 2**31 - 1  # Redis' `databases` is a C int
+DEFAULT_CHANNEL = "capture"
+DEFAULT_RESULTS_CHANNEL = "capture-results"
+DEFAULT_RESULTS_STREAM = "capture-results"
+DEFAULT_RESULTS_STREAM_MAXLEN = 10_000
+MAX_RESULTS_STREAM_MAXLEN = 100_000_000
+DEFAULT_REQUEST_STREAM = "capture-requests"
+DEFAULT_HEALTH_CHECK_INTERVAL = 15
+MAX_HEALTH_CHECK_INTERVAL = 3_600
+# Requests read off the pub/sub socket and not yet handled: bytes of bodies
+# (plus a per-message overhead). What does not fit is answered "overloaded".
+DEFAULT_PUBSUB_QUEUE_BYTES = 16 * 1024 * 1024
+MIN_PUBSUB_QUEUE_BYTES = 1024 * 1024
+MAX_PUBSUB_QUEUE_BYTES = 1024 * 1024 * 1024
+
+DEFAULT_NAMING = "pcapd"
+NAMINGS = ("pcapd", "pcapdaemon")
+
+DEFAULT_SYSLOG_PRIORITY = 25  # LOG_DAEMON | LOG_ALERT, as pcapdaemon's sample
+MAX_SYSLOG_PRIORITY = 191  # facility local7 | severity debug
+DEFAULT_SYSLOG_TAG = "pcapd"
+DEFAULT_SYSLOG_ADDRESS = "/dev/log"
+
+DEFAULT_UPLOAD_ATTEMPTS = 4
+MAX_UPLOAD_ATTEMPTS = 100
+DEFAULT_BACKOFF_INITIAL = 0.5
+DEFAULT_BACKOFF_MAX = 30.0
+MAX_BACKOFF = 3_600.0  # seconds: backoff_initial and backoff_max
+DEFAULT_UPLOAD_WORKERS = 4
+MAX_UPLOAD_WORKERS = 64
+DEFAULT_SPOOL_DIR = "/var/spool/pcapd"
+DEFAULT_SPOOL_MAX_BYTES = 2 * 1024 * 1024 * 1024
+MIN_SPOOL_MAX_BYTES = 1024 * 1024
+MAX_SPOOL_MAX_BYTES = 1 << 50
+DEFAULT_DRAIN_INTERVAL = 30.0
+MIN_DRAIN_INTERVAL = 0.1
+MAX_DRAIN_INTERVAL = 86_400.0
+DEFAULT_ATTEMPT_TIMEOUT = 60.0  # one remote attempt, connect to last byte
+MIN_ATTEMPT_TIMEOUT = 0.1
+MAX_ATTEMPT_TIMEOUT = 3_600.0
+DEFAULT_SHUTDOWN_GRACE = 60.0  # below systemd's TimeoutStopSec=90 in deploy/systemd
+MIN_SHUTDOWN_GRACE = 1.0
+MAX_SHUTDOWN_GRACE = 3_600.0
+
+DEFAULT_CS_HOST = "localhost"
+DEFAULT_CS_SCHEME = "https"
+CS_SCHEMES = ("http", "https")
+DEFAULT_CS_CONNECT_TIMEOUT = 5.0
+DEFAULT_CS_READ_TIMEOUT = 120.0
+MIN_CS_TIMEOUT = 0.1
+MAX_CS_CONNECT_TIMEOUT = 300.0
+MAX_CS_READ_TIMEOUT = 3_600.0
+DEFAULT_MULTIPART_THRESHOLD = 8 * 1024 * 1024
+MIN_MULTIPART_THRESHOLD = 5 * 1024 * 1024  # S3's smallest part
+MAX_MULTIPART_THRESHOLD = 5 * 1024**3  # S3's largest part
+
+DEFAULT_SQS_WAIT = 20
+MIN_SQS_WAIT = 1  # 0 is short polling: an empty reply at once, one billed call after another
+MAX_SQS_WAIT = 20  # SQS's own limit
+DEFAULT_SQS_CHUNK = 10
+MAX_SQS_CHUNK = 10  # SQS's own limit
+DEFAULT_SQS_VISIBILITY = 30
+MAX_SQS_VISIBILITY = 43_200  # SQS's own limit: 12 hours
+DEFAULT_NOT_FOR_ME = "release"
+NOT_FOR_ME = ("release", "delete")
+
+DEFAULT_CORRELATOR_PORT = 3047  # ShoDoHFlo's
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_SCAN_COUNT = 250  # keys per SCAN call: each command stays ~1 ms
+DEFAULT_SCAN_BUDGET = 200_000
+DEFAULT_MAX_CLIENT_KEYS = 20_000
+DEFAULT_MAX_PREFIX_CLIENTS = 64
+DEFAULT_CAPTURE_PACKETS = 100
+DEFAULT_CAPTURE_DURATION = 30
+DEFAULT_CAPTURE_MAX_PACKETS = 10_000
+DEFAULT_CAPTURE_MAX_DURATION = 300
+DEFAULT_S3_URL_EXPIRY = 3600
+DEFAULT_WEB_THREADS = 8
+DEFAULT_CAPTURES_SHOWN = 100
+
+DEFAULT_MAX_SKEW = 300
+MAX_SKEW = 86_400
+DEFAULT_DEDUP_WINDOW = 600
+DEFAULT_DEDUP_PREFIX = "pcapd:seen:"
+SSE_MODES = ("AES256", "aws:kms")
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralConfig:
+    node: str
+    maxpackets: int = DEFAULT_MAXPACKETS
+    writelocal: bool = False
+    localdir: str = DEFAULT_LOCALDIR
+    snaplength: int = DEFAULT_SNAPLENGTH
+    defaulttimeout: int = DEFAULT_TIMEOUT
+    maxtimeout: int = DEFAULT_MAXTIMEOUT
+    maxduration: int = DEFAULT_MAXDURATION
+    maxbytes: int = DEFAULT_MAXBYTES
+    packetdebug: bool = False
+    defaultduration: int = DEFAULT_DURATION
+    format: str = DEFAULT_FORMAT
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    # Worst case held by captures: max_memory bytes, since every capture
+    # reserves its `bytes` bound before it starts.
+    max_memory: int = DEFAULT_MAX_MEMORY
+    buffer_size: int = DEFAULT_BUFFER_SIZE
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    log_format: str = DEFAULT_LOG_FORMAT
+    log_level: str = DEFAULT_LOG_LEVEL
+    logrequests: bool = False  # log every request body as it arrives (pcapdaemon's option)
+    naming: str = DEFAULT_NAMING  # file names and S3 keys: pcapd's, or pcapdaemon's host-iface-time
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    listen: bool = True
+    host: str = DEFAULT_REDIS_HOST
+    port: int = DEFAULT_REDIS_PORT
+    channel: str = DEFAULT_CHANNEL
+    auth: Secret | None = None
+    username: str | None = None
+    db: int = 0
+    url: Secret | None = None  # redis://, rediss://, unix://; may hold a password
+    tls: bool = False
+    tls_ca: str | None = None
+    results_channel: str = DEFAULT_RESULTS_CHANNEL
+    results_stream: str = DEFAULT_RESULTS_STREAM
+    results_stream_maxlen: int = DEFAULT_RESULTS_STREAM_MAXLEN
+    health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL
+    stream_listen: bool = False
+    stream: str = DEFAULT_REQUEST_STREAM
+    # Worst case held by the pub/sub source between socket and controller.
+    pubsub_queue_bytes: int = DEFAULT_PUBSUB_QUEUE_BYTES
+
+    def describe(self) -> str:
+        """Where Redis is, without any password: for logs and errors."""
+        if self.url is not None:
+            parts = urlsplit(self.url.reveal())
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            port = f":{parts.port}" if parts.port else ""
+            return f"{parts.scheme}://{host}{port}{parts.path}"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogConfig:
+    enabled: bool = False
+    priority: int = DEFAULT_SYSLOG_PRIORITY
+    tag: str = DEFAULT_SYSLOG_TAG
+    address: str = DEFAULT_SYSLOG_ADDRESS
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceConfig:
+    name: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CloudsharkConfig:
+    upload: bool = False
+    host: str = DEFAULT_CS_HOST
+    scheme: str = DEFAULT_CS_SCHEME
+    port: int | None = None
+    token: Secret | None = None
+    ca_bundle: str | None = None
+    connect_timeout: float = DEFAULT_CS_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_CS_READ_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    upload: bool = False
+    accessid: str | None = None
+    accesskey: Secret | None = None
+    endpoint: str | None = None
+    bucket: str | None = None
+    folder: str = ""
+    region: str | None = None
+    acl: str | None = None
+    encryption: bool = False
+    sse: str | None = None
+    kms_key_id: str | None = None
+    allowed_buckets: tuple[str, ...] = ()
+    allowed_endpoints: tuple[str, ...] = ()
+    allowed_acls: tuple[str, ...] = ()
+    allowed_regions: tuple[str, ...] = ()
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+
+
+@dataclass(frozen=True, slots=True)
+class SqsConfig:
+    listen: bool = False
+    region: str | None = None
+    accessid: str | None = None
+    accesskey: Secret | None = None
+    url: str | None = None
+    endpoint: str | None = None
+    waitseconds: int = DEFAULT_SQS_WAIT
+    chunksize: int = DEFAULT_SQS_CHUNK
+    visibility_timeout: int = DEFAULT_SQS_VISIBILITY
+    not_for_me: str = DEFAULT_NOT_FOR_ME
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    attempts: int = DEFAULT_UPLOAD_ATTEMPTS
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    upload_workers: int = DEFAULT_UPLOAD_WORKERS
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    drain_interval: float = DEFAULT_DRAIN_INTERVAL
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    keys: Mapping[str, Secret] = field(default_factory=dict)
+    require_signed: bool = False
+    max_skew: int = DEFAULT_MAX_SKEW
+    dedup_window: int = DEFAULT_DEDUP_WINDOW
+    dedup_prefix: str = DEFAULT_DEDUP_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class CorrelatorConfig:
+    """`pcapd web` and `pcapd correlate`. Each request reads at most
+    `scan_budget` keys and `max_client_keys` per client; each open live-results
+    page holds one of `threads` server threads."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_CORRELATOR_PORT
+    token: Secret | None = None  # without it, nothing can be changed
+    read_only: bool = False
+    kid: str | None = None  # sign requests with [security] keys[kid]
+    page_size: int = DEFAULT_PAGE_SIZE
+    scan_count: int = DEFAULT_SCAN_COUNT
+    scan_budget: int = DEFAULT_SCAN_BUDGET
+    max_client_keys: int = DEFAULT_MAX_CLIENT_KEYS
+    max_prefix_clients: int = DEFAULT_MAX_PREFIX_CLIENTS
+    nodere: tuple[str, ...] = ()  # offered besides "any" in the capture form
+    aliases: tuple[str, ...] = ()  # offered interface aliases; default: [[interface]]'s
+    default_packets: int = DEFAULT_CAPTURE_PACKETS
+    max_packets: int = DEFAULT_CAPTURE_MAX_PACKETS
+    default_duration: int = DEFAULT_CAPTURE_DURATION
+    max_duration: int = DEFAULT_CAPTURE_MAX_DURATION
+    s3_url_expiry: int = DEFAULT_S3_URL_EXPIRY
+    threads: int = DEFAULT_WEB_THREADS
+    captures_shown: int = DEFAULT_CAPTURES_SHOWN
