@@ -1,4 +1,4 @@
-"""pcapd/core/config.py: pcapdaemon's sample loads unchanged, defaults apply, every
+"""pcapd/core/config/: pcapdaemon's sample loads unchanged, defaults apply, every
 problem is reported with its field and value, secrets never print."""
 
 from __future__ import annotations
