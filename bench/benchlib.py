@@ -107,3 +107,27 @@ def veth_namespaces(prefix: str, subnet: int) -> Iterator[tuple[str, str, str, s
     finally:
         sh("ip", "netns", "del", ns_a, check=False)
         sh("ip", "netns", "del", ns_b, check=False)
+
+
+def stop_on_sigterm(script: str) -> None:
+    """SIGTERM raises SystemExit, so the script's finally blocks end what it
+    started (servers, namespaces) instead of leaving them behind."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(f"{script}: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value `fraction` of the way up `values` (0.0 when there are none)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A /proc/<pid>/status figure in kB (VmRSS now, VmHWM the peak); 0 if absent."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import BenchError, require
+from benchlib import BenchError, require, stop_on_sigterm
 
 from pcapd.core.config import DEFAULT_BUFFER_SIZE
 
@@ -345,10 +345,6 @@ def format_row(row: Row) -> str:
     )
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(f"capture_vs_tcpdump: stopped by signal {signum}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two rates, shorter replays")
@@ -367,7 +363,7 @@ def main() -> int:
     except BenchError as exc:
         print(f"capture_vs_tcpdump: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)  # so the namespaces are deleted
+    stop_on_sigterm("capture_vs_tcpdump")
     rates = QUICK_RATES if args.quick else RATES
     seconds = QUICK_SECONDS_PER_RATE if args.quick else SECONDS_PER_RATE
     topspeed = QUICK_TOPSPEED_PACKETS if args.quick else TOPSPEED_PACKETS

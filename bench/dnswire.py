@@ -44,7 +44,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
-from benchlib import BenchError, require, stop, veth_namespaces
+from benchlib import BenchError, require, stop, stop_on_sigterm, veth_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
@@ -354,12 +354,8 @@ def live_step(
     )
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # run the finally blocks: namespaces, servers
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm("dnswire")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="1M responses, more live rates")
     parser.add_argument("--no-live", action="store_true", help="offline part only")

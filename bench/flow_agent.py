@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import BenchError, require, stop, veth_namespaces
+from benchlib import BenchError, require, stop, stop_on_sigterm, veth_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -249,12 +249,8 @@ def live_step(
     )
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # run the finally blocks: namespaces, servers
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm("flow_agent")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", default=True, help="default: ~1-2 min")

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -41,7 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from benchlib import BenchError, free_port, require, stop, wait_until
+from benchlib import (
+    BenchError,
+    free_port,
+    percentile,
+    proc_status_kb,
+    require,
+    stop,
+    stop_on_sigterm,
+    wait_until,
+)
 
 REQUESTS = 1000
 QUICK_REQUESTS = 200
@@ -280,13 +288,6 @@ def measure_tcpdump(runs: int, workdir: Path, prober: Prober) -> list[float]:
 
 
 # -- peak RSS ------------------------------------------------------------------------
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise BenchError(f"/proc/{pid}/status has no {field}")
-
-
 def ring_rss(pid: int) -> int:
     """Resident bytes of packet-socket mappings (libpcap's TPACKET rings)."""
     total = 0
@@ -319,7 +320,7 @@ def measure_rss(client: redis.Redis, pid: int) -> RssFigures:
     pubsub.subscribe(RESULTS)
     wait_until("results subscription", lambda: pubsub.get_message(timeout=0.1), READY_TIMEOUT)
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    baseline = status_kb(pid, "VmRSS") * 1024
+    baseline = proc_status_kb(pid, "VmRSS") * 1024
     rings = ring_rss(pid)
     request_id = uuid.uuid4().hex
     client.publish(
@@ -352,7 +353,7 @@ def measure_rss(client: redis.Redis, pid: int) -> RssFigures:
     pubsub.close()
     if got.get("status") != "ok":
         raise BenchError(f"200 MB capture: {got.get('status', 'no result')} {got.get('error')}")
-    peak = status_kb(pid, "VmHWM") * 1024
+    peak = proc_status_kb(pid, "VmHWM") * 1024
     path = Path(got["locations"]["local"])
     size = path.stat().st_size
     path.unlink()
@@ -360,11 +361,6 @@ def measure_rss(client: redis.Redis, pid: int) -> RssFigures:
 
 
 # -- report ----------------------------------------------------------------------------
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def summary(name: str, values: list[float]) -> str:
     return (
         f"{name}: n={len(values)} p50={percentile(values, 0.5):.2f} ms "
@@ -384,10 +380,6 @@ def report_rss(rss: RssFigures) -> bool:
     print(f"  target <= 1.1 x file + 40 MiB = {rss.limit / mib:.1f} MiB: "
           f"{'met' if met else 'MISSED'} (peak/file {rss.peak / rss.file_size:.3f})")  # fmt: skip
     return met
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(f"trigger_latency: stopped by signal {signum}")
 
 
 def main() -> int:
@@ -412,7 +404,7 @@ def main() -> int:
     except BenchError as exc:
         print(f"trigger_latency: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)  # so redis-server and pcapd are stopped
+    stop_on_sigterm("trigger_latency")
     count = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)
     peer_runs = QUICK_PEER_RUNS if args.quick else PEER_RUNS
     # tmpfs, if there is one: the daemon fsyncs every file; that is not what is timed.

@@ -28,7 +28,6 @@ import collections
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,16 @@ from typing import Any
 
 import boto3
 import redis
-from benchlib import BenchError, free_port, require, stop, wait_until
+from benchlib import (
+    BenchError,
+    free_port,
+    percentile,
+    proc_status_kb,
+    require,
+    stop,
+    stop_on_sigterm,
+    wait_until,
+)
 
 from pcapd.core.config import load_config
 from pcapd.daemon import MEMORY_OVERHEAD, memory_bound
@@ -72,10 +80,6 @@ STREAM = "pcapd-storm-requests"
 RESULTS = "pcapd-storm-results"
 CAPTURED = ("ok", "empty")
 SOURCES = ("pubsub", "stream", "sqs")
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(f"trigger_storm: stopped by signal {signum}")
 
 
 @contextmanager
@@ -281,19 +285,6 @@ def run_source(
     return figures
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
-
-
-def rss_bytes(pid: int, field: str = "VmRSS") -> int:
-    """VmRSS now, or VmHWM (the peak), from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def report(all_figures: list[Figures]) -> bool:
     ok = True
     print(f"{'source':8} {'sent':>5} {'acc':>5} {'rej':>5} {'dup':>4} {'miss':>5} {'extra':>5} "
@@ -331,7 +322,7 @@ def main() -> int:
     except BenchError as exc:
         print(f"trigger_storm: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm("trigger_storm")
     count = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)
     chosen = [s for s in args.sources.split(",") if s]
     if unknown := set(chosen) - set(SOURCES):
@@ -381,7 +372,7 @@ def main() -> int:
                     [sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
                     subscribed, "pcapd serve", work / "pcapd.log",
                 ) as pid:  # fmt: skip
-                    idle = rss_bytes(pid)
+                    idle = proc_status_kb(pid, "VmRSS") * 1024
                     bound = memory_bound(load_config(str(config)), idle)
                     send = senders(client, sqs, queue_url)
                     figures = [
@@ -389,9 +380,9 @@ def main() -> int:
                         for name in chosen
                     ]
                     alive = Path(f"/proc/{pid}").exists()
-                    peak = rss_bytes(pid, "VmHWM")
+                    peak = proc_status_kb(pid, "VmHWM") * 1024
                     time.sleep(SETTLE)
-                    after = rss_bytes(pid)
+                    after = proc_status_kb(pid, "VmRSS") * 1024
             finally:
                 stop_threads.set()
                 for thread in threads:
