@@ -7,9 +7,11 @@ own directory first on sys.path, so `import benchlib` finds this file.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -17,7 +19,11 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import redis
+
 STOP_TIMEOUT = 30.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+READY_TIMEOUT = 20.0  # seconds for a server the script starts to answer
 
 
 class BenchError(Exception):
@@ -131,3 +137,92 @@ def proc_status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, timeout: float = READY_TIMEOUT) -> Iterator[redis.Redis]:
+    """A private redis-server on a free loopback port, and a client of it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until("redis-server", ping, timeout)
+        yield client
+    finally:
+        client.close()
+        stop(proc)
+
+
+@contextlib.contextmanager
+def process(
+    args: list[str], ready: Callable[[], bool], what: str, log: Path, timeout: float = READY_TIMEOUT
+) -> Iterator[int]:
+    """Start `args` (output to `log`), wait until `ready()`, yield its pid, stop it."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        try:
+
+            def up() -> bool:
+                if proc.poll() is not None:
+                    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                    raise BenchError(f"{what} exited {proc.returncode}: " + " | ".join(tail))
+                return ready()
+
+            wait_until(what, up, timeout)
+            yield proc.pid
+        finally:
+            stop(proc)
+
+
+def redis_ok(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ring_rss(pid: int) -> int:
+    """Resident bytes of packet-socket mappings (libpcap's TPACKET rings)."""
+    total = 0
+    in_ring = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and not parts[0].endswith(":"):
+            in_ring = len(parts) > 5 and parts[5].startswith("socket:")
+        elif in_ring and parts and parts[0] == "Rss:":
+            total += int(parts[1]) * 1024
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system time of a live process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def summary(name: str, values: list[float]) -> str:
+    """One line of latency percentiles, in ms."""
+    return (
+        f"{name}: n={len(values)} p50={percentile(values, 0.5):.2f} ms "
+        f"p90={percentile(values, 0.9):.2f} ms p99={percentile(values, 0.99):.2f} ms "
+        f"max={max(values):.2f} ms mean={statistics.fmean(values):.2f} ms"
+    )

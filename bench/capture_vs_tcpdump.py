@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import BenchError, require, stop_on_sigterm
+from benchlib import BenchError, cpu_seconds, require, stop_on_sigterm
 
 from pcapd.core.config import DEFAULT_BUFFER_SIZE
 
@@ -56,7 +56,6 @@ PPS_MULTI = 10  # packets per timing tick: tcpreplay cannot pace 1 packet per 2.
 ENGINE_DURATION = 600.0
 SUBNET = "10.200.77"
 BPF = f"udp and dst port {DST_PORT}"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- traffic ----------------------------------------------------------------
@@ -131,12 +130,6 @@ def veth_link() -> Iterator[Link]:
 
 
 # -- the two capturers ------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """user + system time of a live process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 @dataclass(frozen=True, slots=True)
 class Counts:
     captured: int

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -42,12 +40,14 @@ from typing import Any
 import redis
 from benchlib import (
     BenchError,
-    free_port,
     percentile,
     proc_status_kb,
+    redis_server,
     require,
+    ring_rss,
     stop,
     stop_on_sigterm,
+    summary,
     wait_until,
 )
 
@@ -83,30 +83,6 @@ LO_HEADERS = 14 + 20 + 8  # Ethernet (lo) + IPv4 + UDP before the probe payload
 
 
 # -- servers ------------------------------------------------------------------
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[redis.Redis]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
-
-    def ping() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    try:
-        wait_until("redis-server", ping, READY_TIMEOUT)
-        yield client
-    finally:
-        client.close()
-        stop(proc)
-
-
 def write_config(path: Path, redis_port: int, localdir: Path, buffer_size: int | None) -> None:
     # Without --buffer-size the daemon runs with its default general.buffer_size.
     buffer = "" if buffer_size is None else f"buffer_size = {buffer_size}\n"
@@ -288,19 +264,6 @@ def measure_tcpdump(runs: int, workdir: Path, prober: Prober) -> list[float]:
 
 
 # -- peak RSS ------------------------------------------------------------------------
-def ring_rss(pid: int) -> int:
-    """Resident bytes of packet-socket mappings (libpcap's TPACKET rings)."""
-    total = 0
-    in_ring = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        parts = line.split()
-        if parts and "-" in parts[0] and not parts[0].endswith(":"):
-            in_ring = len(parts) > 5 and parts[5].startswith("socket:")
-        elif in_ring and parts and parts[0] == "Rss:":
-            total += int(parts[1]) * 1024
-    return total
-
-
 @dataclass(frozen=True, slots=True)
 class RssFigures:
     baseline: int  # bytes, VmRSS before the request
@@ -361,14 +324,6 @@ def measure_rss(client: redis.Redis, pid: int) -> RssFigures:
 
 
 # -- report ----------------------------------------------------------------------------
-def summary(name: str, values: list[float]) -> str:
-    return (
-        f"{name}: n={len(values)} p50={percentile(values, 0.5):.2f} ms "
-        f"p90={percentile(values, 0.9):.2f} ms p99={percentile(values, 0.99):.2f} ms "
-        f"max={max(values):.2f} ms mean={statistics.fmean(values):.2f} ms"
-    )
-
-
 def report_rss(rss: RssFigures) -> bool:
     mib = 1024 * 1024
     met = rss.peak <= rss.limit

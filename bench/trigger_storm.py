@@ -29,14 +29,12 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +44,12 @@ import redis
 from benchlib import (
     BenchError,
     free_port,
+    http_ok,
     percentile,
     proc_status_kb,
+    process,
+    redis_ok,
     require,
-    stop,
     stop_on_sigterm,
     wait_until,
 )
@@ -80,39 +80,6 @@ STREAM = "pcapd-storm-requests"
 RESULTS = "pcapd-storm-results"
 CAPTURED = ("ok", "empty")
 SOURCES = ("pubsub", "stream", "sqs")
-
-
-@contextmanager
-def process(args: list[str], ready: Callable[[], bool], what: str, log: Path) -> Iterator[int]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        try:
-
-            def up() -> bool:
-                if proc.poll() is not None:
-                    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-                    raise BenchError(f"{what} exited {proc.returncode}: " + " | ".join(tail))
-                return ready()
-
-            wait_until(what, up, READY_TIMEOUT)
-            yield proc.pid
-        finally:
-            stop(proc)
-
-
-def redis_ok(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def write_config(path: Path, redis_port: int, queue_url: str, endpoint: str, out: Path) -> None:
