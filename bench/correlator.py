@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from agents import store  # noqa: E402
 from agents.reader import StoreReader  # noqa: E402
+from agents.redis_writer import RedisWriter  # noqa: E402
 from pcapd.core.config import parse_config  # noqa: E402
 from pcapd.correlator.service import Correlator, clients_query  # noqa: E402
 
@@ -60,7 +61,7 @@ def client_address(n: int) -> str:
     return f"10.{n // 65536}.{(n // 256) % 256}.{n % 256}"
 
 
-def fill(writer: store.RedisWriter, clients: int, rng: random.Random) -> None:
+def fill(writer: RedisWriter, clients: int, rng: random.Random) -> None:
     """KEYS_PER_CLIENT keys per client: counter, 4 dns, 2 cname, 1 nx, 8 flows,
     2 peers, 1 rst, 1 icmp."""
     for n in range(clients):
@@ -165,7 +166,7 @@ def main() -> int:
         wait_until("redis-server", lambda: _ping(r), 10)
         rng = random.Random(13)
         url = f"redis://127.0.0.1:{port}/0"
-        writer = store.RedisWriter(lambda: redis.Redis.from_url(url, socket_timeout=60),
+        writer = RedisWriter(lambda: redis.Redis.from_url(url, socket_timeout=60),
                                    index=True, max_queue_ops=4 * QUEUE_HIGH)  # fmt: skip
         writer.start()
         r.slowlog_reset()

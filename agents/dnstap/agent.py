@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import redis
 
-from agents import store
 from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
@@ -38,6 +37,7 @@ from agents.dnstap.response import (
     parse_response,
 )
 from agents.dnstap.server import ConnectionStats, DnstapServer
+from agents.redis_writer import RedisWriter
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
 from pcapd.core.logs import event
 
@@ -146,7 +146,7 @@ class ResponseRecorder:
 
     def __init__(
         self,
-        writer: store.RedisWriter,
+        writer: RedisWriter,
         config: RecordSettings,
         *,
         stats: RecordStats | None = None,
@@ -228,7 +228,7 @@ class DnstapAgent:
     def __init__(
         self,
         config: DnstapConfig,
-        writer: store.RedisWriter,
+        writer: RedisWriter,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -335,8 +335,8 @@ class DnstapAgent:
                 self.udp.close()
 
 
-def make_writer(config: RecordSettings, connect: Callable[[], redis.Redis]) -> store.RedisWriter:
-    return store.RedisWriter(
+def make_writer(config: RecordSettings, connect: Callable[[], redis.Redis]) -> RedisWriter:
+    return RedisWriter(
         connect,
         ttl=config.ttl_grace,
         max_queue_ops=config.max_queue_ops,

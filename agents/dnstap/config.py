@@ -16,10 +16,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from agents import store
 from agents.dnstap import fstrm
 from agents.dnstap.message import MESSAGE_TYPES
 from agents.dnstap.response import TYPE_A, TYPE_AAAA
+from agents.redis_writer import (
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_QUEUE_OPS,
+    DEFAULT_TTL_GRACE,
+    MAX_BATCH_OPS,
+    MAX_FLUSH_INTERVAL,
+    MAX_QUEUE_OPS,
+    MAX_TTL_GRACE,
+    MIN_FLUSH_INTERVAL,
+)
 from pcapd.core.configread import ConfigError, Table
 from pcapd.core.configread import HostPort as HostPort  # agent.py and tests import it here
 from pcapd.core.secret import Secret
@@ -72,16 +81,16 @@ class DnstapConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     redis_url: Secret | None = None
-    ttl_grace: int = store.DEFAULT_TTL_GRACE
+    ttl_grace: int = DEFAULT_TTL_GRACE
     message_types: tuple[str, ...] = DEFAULT_MESSAGE_TYPES
     record_types: tuple[str, ...] = DEFAULT_RECORD_TYPES
     ignore: tuple[str, ...] = ()
     dedup_window: float = DEFAULT_DEDUP_WINDOW
     dedup_scope: str = DEDUP_CLIENT
     dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
-    max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
+    max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
-    flush_interval: float = store.DEFAULT_FLUSH_INTERVAL
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
     max_frame_bytes: int = fstrm.DEFAULT_MAX_FRAME
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
@@ -155,15 +164,13 @@ def record_options(t: Table) -> dict[str, Any]:
         "dedup_max_entries": t.get_int(
             "dedup_max_entries", DEFAULT_DEDUP_MAX_ENTRIES, maximum=MAX_DEDUP_MAX_ENTRIES
         ),
-        "max_queue_ops": t.get_int(
-            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, maximum=store.MAX_QUEUE_OPS
-        ),
-        "batch_ops": t.get_int("batch_ops", DEFAULT_BATCH_OPS, maximum=store.MAX_BATCH_OPS),
+        "max_queue_ops": t.get_int("max_queue_ops", DEFAULT_MAX_QUEUE_OPS, maximum=MAX_QUEUE_OPS),
+        "batch_ops": t.get_int("batch_ops", DEFAULT_BATCH_OPS, maximum=MAX_BATCH_OPS),
         "flush_interval": t.get_float(
             "flush_interval",
-            store.DEFAULT_FLUSH_INTERVAL,
-            minimum=store.MIN_FLUSH_INTERVAL,
-            maximum=store.MAX_FLUSH_INTERVAL,
+            DEFAULT_FLUSH_INTERVAL,
+            minimum=MIN_FLUSH_INTERVAL,
+            maximum=MAX_FLUSH_INTERVAL,
         ),
         "client_index": t.get_bool("client_index", False),
     }
@@ -179,7 +186,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         listen=t.host_port("listen"),
         tls_cert=t.optional_str("tls_cert"),
         tls_key=t.optional_str("tls_key"),
-        ttl_grace=t.get_int("ttl_grace", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
+        ttl_grace=t.get_int("ttl_grace", DEFAULT_TTL_GRACE, maximum=MAX_TTL_GRACE),
         message_types=t.name_list("message_types", DEFAULT_MESSAGE_TYPES, choices=MESSAGE_TYPES),
         **record_options(t),
         max_frame_bytes=t.get_int(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from agents import store
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.response import RCODE_NXDOMAIN, Response
+from agents.redis_writer import RedisWriter
 
 # What `record` did, for the caller's counters.
 RECORDED = 0
@@ -28,7 +29,7 @@ class Recorder:
 
     __slots__ = ("_global", "dedup", "writer")
 
-    def __init__(self, writer: store.RedisWriter, dedup: Deduper, global_dedup: bool) -> None:
+    def __init__(self, writer: RedisWriter, dedup: Deduper, global_dedup: bool) -> None:
         self.writer = writer
         self.dedup = dedup
         self._global = global_dedup

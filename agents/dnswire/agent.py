@@ -28,12 +28,12 @@ from typing import Any
 
 import pcap
 
-from agents import store
 from agents.dnstap.agent import RecordStats, ResponseRecorder
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import parse_response
 from agents.dnswire import decode, export, filters, reassembly
 from agents.dnswire.config import DnswireConfig
+from agents.redis_writer import RedisWriter
 from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnswire")
@@ -86,7 +86,7 @@ class WireAgent:
     def __init__(
         self,
         config: DnswireConfig,
-        writer: store.RedisWriter | None,
+        writer: RedisWriter | None,
         send: export.Send | None,
         clock: Callable[[], float] = time.monotonic,
         export_stats: export.ExportStats | None = None,

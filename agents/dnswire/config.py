@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agents import store
 from agents.dnstap.config import (
     DEDUP_CLIENT,
     DEFAULT_BATCH_OPS,
@@ -28,6 +27,12 @@ from agents.dnstap.config import (
     record_options,
 )
 from agents.dnswire import export, reassembly
+from agents.redis_writer import (
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_QUEUE_OPS,
+    DEFAULT_TTL_GRACE,
+    MAX_TTL_GRACE,
+)
 from pcapd.core.configread import MAX_PORT, ConfigError, Table
 from pcapd.core.secret import Secret
 
@@ -83,15 +88,15 @@ class DnswireConfig:
     checksum_slots: bool = False
     record: bool = True  # into Redis
     redis_url: Secret | None = None
-    ttl_grace: int = store.DEFAULT_TTL_GRACE
+    ttl_grace: int = DEFAULT_TTL_GRACE
     record_types: tuple[str, ...] = DEFAULT_RECORD_TYPES
     ignore: tuple[str, ...] = ()
     dedup_window: float = DEFAULT_DEDUP_WINDOW
     dedup_scope: str = DEDUP_CLIENT
     dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
-    max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
+    max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
-    flush_interval: float = store.DEFAULT_FLUSH_INTERVAL
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     stats_interval: float = DEFAULT_STATS_INTERVAL
     export_stats_interval: float = export.STATS_INTERVAL
@@ -201,7 +206,7 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         checksum_slots=t.get_bool("checksum_slots", False),
         record=t.get_bool("record", True),
         redis_url=_redis_url(t),
-        ttl_grace=t.get_int("ttl_grace", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
+        ttl_grace=t.get_int("ttl_grace", DEFAULT_TTL_GRACE, maximum=MAX_TTL_GRACE),
         **record_options(t),
         stats_interval=t.get_float(
             "stats_interval", DEFAULT_STATS_INTERVAL, minimum=0.0, maximum=MAX_STATS_INTERVAL

@@ -27,12 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents import store
 from agents.dnstap.agent import RecordStats, ResponseRecorder, make_writer
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
+from agents.redis_writer import RedisWriter
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, StopSignals
 from pcapd.core.logs import event, setup_agent_logging
@@ -137,7 +137,7 @@ def parse_sets(
 class Ingest:
     """Datagrams -> ResponseRecorder. Not thread-safe."""
 
-    def __init__(self, config: DnswireConfig, writer: store.RedisWriter) -> None:
+    def __init__(self, config: DnswireConfig, writer: RedisWriter) -> None:
         self.config = config
         self.writer = writer
         self.stats = IngestStats()

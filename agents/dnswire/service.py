@@ -40,7 +40,7 @@ from agents.dnswire.agent import (
     check_interface,
 )
 from agents.dnswire.config import DnswireConfig
-from agents.store import dropped_status
+from agents.redis_writer import dropped_status
 from pcapd.core.lifecycle import EXIT_COLD, StopSignals
 from pcapd.core.logs import event
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import pcap
 
-from agents import store
 from agents.flow import packets, tracker
 from agents.flow.config import FlowConfig
+from agents.redis_writer import RedisWriter, dropped_status
 from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
 from pcapd.core.errors import PcapdError
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK, StopSignals
@@ -53,7 +53,7 @@ class FlowAgent:
     (`max_queue_ops`); the kernel ring is `buffer_size` bytes.
     """
 
-    def __init__(self, config: FlowConfig, writer: store.RedisWriter) -> None:
+    def __init__(self, config: FlowConfig, writer: RedisWriter) -> None:
         self.config = config
         self.writer = writer
         self.tracker = tracker.Tracker(
@@ -195,8 +195,8 @@ def _error_text(handle: Any) -> str:
     return str(error) or "unknown libpcap error"
 
 
-def make_writer(connect: Callable[[], Any], config: FlowConfig) -> store.RedisWriter:
-    return store.RedisWriter(
+def make_writer(connect: Callable[[], Any], config: FlowConfig) -> RedisWriter:
+    return RedisWriter(
         connect,
         ttl=config.ttl,
         max_queue_ops=config.max_queue_ops,
@@ -237,5 +237,5 @@ def run(config: FlowConfig, connect: Callable[[], Any], read: str | None = None)
         writer.stop(FLUSH_TIMEOUT)
         agent.log_stats("flow_done")
     if read and status == EXIT_OK:
-        status = store.dropped_status(writer, "flow")  # a file read whole, some keys lost
+        status = dropped_status(writer, "flow")  # a file read whole, some keys lost
     return status

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agents import store
 from agents.flow.rules import (
     ACTIONS,
     ASSIGN,
@@ -30,6 +29,14 @@ from agents.flow.rules import (
     RuleSet,
     default_networks,
     default_rules,
+)
+from agents.redis_writer import (
+    DEFAULT_BATCH_OPS,
+    DEFAULT_MAX_QUEUE_OPS,
+    DEFAULT_TTL_GRACE,
+    MAX_BATCH_OPS,
+    MAX_QUEUE_OPS,
+    MAX_TTL_GRACE,
 )
 from pcapd.core.configread import ConfigError, Table
 from pcapd.core.logs import event
@@ -96,10 +103,10 @@ class FlowConfig:
     direction: str = DEFAULT_DIRECTION
     buffer_size: int = DEFAULT_BUFFER_SIZE
     bpf: str = ""
-    ttl: int = store.DEFAULT_TTL_GRACE
+    ttl: int = DEFAULT_TTL_GRACE
     stats_interval: float = DEFAULT_STATS_INTERVAL
-    max_queue_ops: int = store.DEFAULT_MAX_QUEUE_OPS
-    batch_ops: int = store.DEFAULT_BATCH_OPS
+    max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS
+    batch_ops: int = DEFAULT_BATCH_OPS
     max_tracked: int = DEFAULT_MAX_TRACKED
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     warnings: tuple[str, ...] = ()
@@ -291,17 +298,15 @@ def parse_flow_config(table: Any) -> FlowConfig:
             "buffer_size", DEFAULT_BUFFER_SIZE, minimum=MIN_BUFFER_SIZE, maximum=MAX_BUFFER_SIZE
         ),
         bpf=t.get_str("bpf", ""),
-        ttl=t.get_int("ttl", store.DEFAULT_TTL_GRACE, maximum=store.MAX_TTL_GRACE),
+        ttl=t.get_int("ttl", DEFAULT_TTL_GRACE, maximum=MAX_TTL_GRACE),
         stats_interval=t.get_float(
             "stats_interval",
             DEFAULT_STATS_INTERVAL,
             minimum=MIN_STATS_INTERVAL,
             maximum=MAX_STATS_INTERVAL,
         ),
-        max_queue_ops=t.get_int(
-            "max_queue_ops", store.DEFAULT_MAX_QUEUE_OPS, maximum=store.MAX_QUEUE_OPS
-        ),
-        batch_ops=t.get_int("batch_ops", store.DEFAULT_BATCH_OPS, maximum=store.MAX_BATCH_OPS),
+        max_queue_ops=t.get_int("max_queue_ops", DEFAULT_MAX_QUEUE_OPS, maximum=MAX_QUEUE_OPS),
+        batch_ops=t.get_int("batch_ops", DEFAULT_BATCH_OPS, maximum=MAX_BATCH_OPS),
         max_tracked=t.get_int(
             "max_tracked", DEFAULT_MAX_TRACKED, minimum=MIN_MAX_TRACKED, maximum=MAX_MAX_TRACKED
         ),

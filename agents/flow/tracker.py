@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 from agents import store
 from agents.flow.rules import Address, Network, RuleSet, Verdict, contains
+from agents.redis_writer import RedisWriter
 
 _PORTS = struct.Struct("!HH")
 NS_PER_S = 1_000_000_000
@@ -73,7 +74,7 @@ class Tracker:
         self,
         rules: RuleSet,
         our_nets: Sequence[Network],
-        writer: store.RedisWriter,
+        writer: RedisWriter,
         *,
         suppress_own_network: bool = True,
         suppress_window: float = 30.0,

@@ -13,6 +13,7 @@ from agents import store
 from agents.flow.agent import make_writer as make_flow_writer
 from agents.flow.config import parse_flow_config
 from agents.reader import ReaderError, StoreReader, parse_address, parse_network
+from agents.redis_writer import RedisWriter
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.harness import running_agent
 from tests.helpers import RedisServer, wait_for
@@ -22,7 +23,7 @@ C6 = "2001:db8:1::5"
 
 
 def fill(url: str, *, index: bool) -> None:
-    writer = store.RedisWriter(lambda: redis.Redis.from_url(url), index=index, flush_interval=0.01)
+    writer = RedisWriter(lambda: redis.Redis.from_url(url), index=index, flush_interval=0.01)
     writer.start()
     for client in (C, C6):
         writer.incr(store.client_key(client))
@@ -177,7 +178,7 @@ def test_agents_keep_the_index_when_configured(redis_srv: RedisServer, tmp_path:
 
 def test_an_nx_name_holding_a_semicolon(redis_srv: RedisServer) -> None:
     """record_nxdomain stores `;` unescaped, as ShoDoHFlo does: still one name."""
-    writer = store.RedisWriter(lambda: redis_srv.client(), flush_interval=0.01)
+    writer = RedisWriter(lambda: redis_srv.client(), flush_interval=0.01)
     writer.start()
     store.record_nxdomain(writer, C, "a\\;b.example.test.")
     writer.stop()

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import redis
 
+from agents.redis_writer import RedisWriter
 from agents.store import (
-    RedisWriter,
     client_key,
     cname_key,
     dns_key,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import dns.rcode
 import redis
 
-from agents import store
 from agents.dnstap import record
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.response import parse_response
+from agents.redis_writer import RedisWriter
 from tests.agents.dnstap.builders import response_wire
 from tests.agents.dnstap.harness import redis_dump
 from tests.helpers import RedisServer
@@ -22,7 +22,7 @@ NX = parse_response(response_wire("nope.example.test.", "A", rcode=dns.rcode.NXD
 
 
 def _recorder(url: str, global_dedup: bool) -> record.Recorder:
-    writer = store.RedisWriter(lambda: redis.Redis.from_url(url, socket_timeout=2))
+    writer = RedisWriter(lambda: redis.Redis.from_url(url, socket_timeout=2))
     writer.start()
     return record.Recorder(writer, Deduper(30, 1000), global_dedup)
 

@@ -1,0 +1,248 @@
+"""The batched writer every agent uses: INCR, INCRBY and append-if-absent
+operations, queued in bounded batches and sent as one script call each.
+
+The writer holds at most `max_queue_ops` operations between the agents and
+Redis (worst case memory ~ max_queue_ops x (key + member) bytes); past that
+new operations are dropped and counted, never blocking the producer. While
+Redis is unreachable it retries the oldest batch with capped backoff. What it
+writes, and the script that writes it, are spelled in agents/store.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from agents.store import BATCH_SCRIPT
+from pcapd.core.backoff import Backoff
+from pcapd.core.logs import event
+
+log = logging.getLogger("pcapd.agents.store")
+
+# Each agent's config reads these with the bounds beside them.
+DEFAULT_TTL_GRACE = 900
+MAX_TTL_GRACE = 2**31 - 1  # Redis EXPIRE seconds
+DEFAULT_MAX_QUEUE_OPS = 200_000
+MAX_QUEUE_OPS = 100_000_000
+DEFAULT_BATCH_OPS = 1_000
+MAX_BATCH_OPS = 100_000
+DEFAULT_FLUSH_INTERVAL = 0.05
+MIN_FLUSH_INTERVAL = 0.001
+MAX_FLUSH_INTERVAL = 10.0
+DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
+
+INCR = ""  # op marker: INCR the key; anything else is a member to append
+INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
+
+
+@dataclass(slots=True)
+class WriterStats:
+    queued_ops: int = 0
+    written_ops: int = 0
+    # Never written: queue full, still queued when the writer stopped, or
+    # refused by Redis (the agents' keys_dropped).
+    dropped_ops: int = 0
+    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, READONLY, NOPERM, ...)
+    redis_errors: int = 0
+
+
+class RedisWriter:
+    """Buffers INCR / append-if-absent operations and writes them in batches.
+
+    Thread-safe producers call `incr` / `append`; a background thread sends.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], redis.Redis],
+        *,
+        ttl: int = DEFAULT_TTL_GRACE,
+        max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS,
+        batch_ops: int = DEFAULT_BATCH_OPS,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        index: bool = False,
+    ) -> None:
+        self._connect = connect
+        self.index = index
+        self.ttl = ttl
+        self.max_queue_ops = max_queue_ops
+        self.batch_ops = batch_ops
+        self.flush_interval = flush_interval
+        self.stats = WriterStats()
+        self._lock = threading.Lock()
+        self._pending_keys: list[str] = []
+        self._pending_args: list[str] = []
+        self._batches: collections.deque[tuple[list[str], list[str]]] = collections.deque()
+        self._queued = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # cause -> (when last logged, ops dropped since): the writer thread's own.
+        self._drop_log: dict[str, tuple[float, int]] = {}
+
+    # -- producers -------------------------------------------------------
+    def incr(self, key: str, amount: int = 1) -> None:
+        self._add(key, INCR if amount == 1 else f"{INCRBY}{amount}")
+
+    def append(self, key: str, member: str) -> None:
+        if not member or member[0] == INCRBY:
+            raise ValueError("append needs a non-empty member not starting with NUL")
+        self._add(key, member)
+
+    def _add(self, key: str, arg: str) -> None:
+        with self._lock:
+            # The bound counts the batch being filled too, so what is held never
+            # passes max_queue_ops, sealed or not.
+            if self._queued + len(self._pending_keys) >= self.max_queue_ops:
+                self.stats.dropped_ops += 1
+                return
+            self._pending_keys.append(key)
+            self._pending_args.append(arg)
+            if len(self._pending_keys) >= self.batch_ops:
+                self._seal_locked()
+
+    def _seal_locked(self) -> None:
+        keys, args = self._pending_keys, self._pending_args
+        if not keys:
+            return
+        self._pending_keys, self._pending_args = [], []
+        if self._queued + len(keys) > self.max_queue_ops:
+            self.stats.dropped_ops += len(keys)
+            return
+        self._batches.append((keys, args))
+        self._queued += len(keys)
+        self.stats.queued_ops += len(keys)
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._seal_locked()
+
+    @property
+    def queue_depth(self) -> int:
+        with self._lock:
+            return self._queued + len(self._pending_keys)
+
+    # -- sender ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Send what is queued (for at most `timeout` s), then stop."""
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while self.queue_depth and time.monotonic() < deadline and self._thread:
+            self._wake.set()
+            time.sleep(0.01)
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        with self._lock:
+            left = self._queued + len(self._pending_keys)
+            self._batches.clear()
+            self._pending_keys, self._pending_args = [], []
+            self._queued = 0
+        if left:
+            self.stats.dropped_ops += left
+            event(
+                log, "redis_writes_lost", logging.ERROR, ops=left,
+                reason="stopped before Redis took them",
+            )  # fmt: skip
+        for cause, (_, held) in self._drop_log.items():  # what the rate limit held back
+            if held:
+                self._log_refused(cause, held, "")
+        self._drop_log.clear()
+
+    def _refused(self, cause: str, ops: int, error: str) -> None:
+        """Count `ops` writes Redis refused; log each cause (the error's code,
+        e.g. WRONGTYPE, READONLY, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
+        with the ops refused since the last line."""
+        self.stats.rejected_ops += ops
+        self.stats.dropped_ops += ops
+        now = time.monotonic()
+        last, held = self._drop_log.get(cause, (-math.inf, 0))
+        if now - last >= DROP_LOG_INTERVAL:
+            self._log_refused(cause, held + ops, error)
+            self._drop_log[cause] = (now, 0)
+        else:
+            self._drop_log[cause] = (last, held + ops)
+
+    def _log_refused(self, cause: str, ops: int, error: str) -> None:
+        event(
+            log, "redis_writes_refused", logging.ERROR, cause=cause, ops=ops, error=error,
+            dropped_total=self.stats.dropped_ops,
+        )  # fmt: skip
+
+    def _run(self) -> None:
+        client: redis.Redis | None = None
+        script = None
+        backoff = Backoff().tracker()
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self.flush()
+            while self._batches and not self._stop.is_set():
+                keys, args = self._batches[0]
+                try:
+                    if client is None:
+                        client = self._connect()
+                        script = client.register_script(BATCH_SCRIPT)
+                    assert script is not None
+                    rejected, first = script(keys=keys, args=[self.ttl, int(self.index), *args])
+                    rejected = int(rejected)
+                except redis.ResponseError as exc:
+                    # Redis answered and refused the whole batch (a read-only
+                    # replica, an ACL, a cluster's CROSSSLOT): retrying would
+                    # only wedge the queue behind it.
+                    self._refused(_cause(str(exc), exc), len(keys), str(exc))
+                    rejected = -1
+                except Exception as exc:  # connection trouble, or a bug: back off, retry
+                    self.stats.redis_errors += 1
+                    wait = backoff.failed()
+                    event(
+                        log, "redis_write_failed", logging.WARNING, error=str(exc),
+                        queued_ops=self.queue_depth, retry_in=round(wait, 2),
+                    )  # fmt: skip
+                    client = None
+                    self._stop.wait(wait)
+                    continue
+                backoff.succeeded()
+                with self._lock:
+                    self._batches.popleft()
+                    self._queued -= len(keys)
+                if rejected > 0:
+                    self._refused(_cause(_text(first)), rejected, _text(first))
+                if rejected >= 0:
+                    self.stats.written_ops += len(keys) - rejected
+
+
+def dropped_status(writer: RedisWriter, agent: str) -> int:
+    """Exit status for an agent that read a file, once `writer` has stopped: 1
+    (and a line saying so) if keys never reached Redis, as the file is read
+    once and they are lost."""
+    if not writer.stats.dropped_ops:
+        return 0
+    event(log, "keys_dropped", logging.ERROR, agent=agent, keys=writer.stats.dropped_ops)
+    return 1
+
+
+def _cause(error: str, exc: Exception | None = None) -> str:
+    """A Redis error's code, its first word (`WRONGTYPE Operation against...`),
+    or redis-py's class for it where redis-py cut the code off (NOPERM)."""
+    code = error.split(" ", 1)[0]
+    if code.isalpha() and code.isupper():
+        return code
+    return type(exc).__name__ if exc is not None else "unknown"
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
