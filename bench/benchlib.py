@@ -7,6 +7,7 @@ own directory first on sys.path, so `import benchlib` finds this file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -226,3 +228,26 @@ def summary(name: str, values: list[float]) -> str:
         f"p90={percentile(values, 0.9):.2f} ms p99={percentile(values, 0.99):.2f} ms "
         f"max={max(values):.2f} ms mean={statistics.fmean(values):.2f} ms"
     )
+
+
+def result_waiter(
+    pubsub: Any, request_id: str, timeout: float
+) -> tuple[Callable[[], bool], dict[str, Any]]:
+    """done() that is true once `request_id`'s result event came on `pubsub`
+    (or `timeout` passed: then the dict holds timeout=True), and that dict."""
+    got: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+
+    def done() -> bool:
+        if time.monotonic() > deadline:
+            got["timeout"] = True
+            return True
+        message = pubsub.get_message(timeout=0)
+        if message and message.get("type") == "message":
+            event = json.loads(message["data"])
+            if event.get("id") == request_id:
+                got.update(event)
+                return True
+        return False
+
+    return done, got

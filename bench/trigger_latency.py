@@ -44,6 +44,7 @@ from benchlib import (
     proc_status_kb,
     redis_server,
     require,
+    result_waiter,
     ring_rss,
     stop,
     stop_on_sigterm,
@@ -176,26 +177,6 @@ class Prober:
 
 
 # -- PUBLISH -> active ------------------------------------------------------------
-def result_waiter(pubsub: Any, request_id: str) -> tuple[Any, dict[str, Any]]:
-    """done() for the prober, and the dict that receives the result event."""
-    got: dict[str, Any] = {}
-    deadline = time.monotonic() + RESULT_TIMEOUT
-
-    def done() -> bool:
-        if time.monotonic() > deadline:
-            got["timeout"] = True
-            return True
-        message = pubsub.get_message(timeout=0)
-        if message and message.get("type") == "message":
-            event = json.loads(message["data"])
-            if event.get("id") == request_id:
-                got.update(event)
-                return True
-        return False
-
-    return done, got
-
-
 def measure_pcapd(
     client: redis.Redis, count: int, prober: Prober, gap: float
 ) -> tuple[list[float], list[str]]:
@@ -213,7 +194,7 @@ def measure_pcapd(
             {"id": request_id, "node": NODE, "interface": "lo", "packets": 1,
              "bpf": f"udp and dst port {port}", "duration": 10, "timeout": 10}
         )  # fmt: skip
-        done, got = result_waiter(pubsub, request_id)
+        done, got = result_waiter(pubsub, request_id, RESULT_TIMEOUT)
         published = time.time_ns()
         client.publish(CHANNEL, body)
         prober.run(tag, port, done)
@@ -305,7 +286,7 @@ def measure_rss(client: redis.Redis, pid: int) -> RssFigures:
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    done, got = result_waiter(pubsub, request_id)
+    done, got = result_waiter(pubsub, request_id, RESULT_TIMEOUT)
     deadline = time.monotonic() + RSS_DURATION + 30
     while not got and time.monotonic() < deadline:
         if done():
