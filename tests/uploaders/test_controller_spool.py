@@ -7,6 +7,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,11 +86,17 @@ def test_spool_space_is_promised_to_admitted_captures(
     port = free_port()
     for name in ("p1", "p2", "p3"):
         ctl.handle(Recorded(request(port, id=name, bytes=1_000_000, timeout=1)).delivery)
-    third = results.for_id("p3")
+    # Collected by id: under load p1's result may come before p3's refusal,
+    # and for_id would pass over it.
+    events: dict[str, dict[str, Any]] = {}
+    while len(events) < 3:
+        event = results.next(20)
+        events[event["id"]] = event
+    third = events["p3"]
     assert third["status"] == "rejected"
     assert third["error"].startswith("spool full:")
     assert third["error"].endswith("(2000000 of them promised to running captures)")
-    assert {results.for_id(n)["status"] for n in ("p1", "p2")} == {"empty"}
+    assert {events[n]["status"] for n in ("p1", "p2")} == {"empty"}
     wait_for(lambda: ctl.admission.spool_promised == 0)
     ctl.handle(Recorded(request(port, id="p4", bytes=1_000_000, timeout=1)).delivery)
     assert results.for_id("p4")["status"] == "empty"
