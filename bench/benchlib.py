@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -251,3 +252,20 @@ def result_waiter(
         return False
 
     return done, got
+
+
+def peer_figures(tcpdump: subprocess.Popen[bytes], replay_stdout: str) -> tuple[float, int, int]:
+    """After tcpdump (stopped) and tcpreplay: the rate tcpreplay reached (pps,
+    nan if it printed none) and tcpdump's received and dropped counts (-1 if
+    absent)."""
+    assert tcpdump.stderr is not None
+    err = tcpdump.stderr.read().decode()
+    tcpdump.stderr.close()
+    sent = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", replay_stdout)
+    seen = re.search(r"(\d+) packets received by filter", err)
+    dropped = re.search(r"(\d+) packets dropped by kernel", err)
+    return (
+        float(sent.group(1)) if sent else float("nan"),
+        int(seen.group(1)) if seen else -1,
+        int(dropped.group(1)) if dropped else -1,
+    )

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import BenchError, require, stop, stop_on_sigterm, veth_namespaces
+from benchlib import BenchError, peer_figures, require, stop, stop_on_sigterm, veth_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -232,21 +232,9 @@ def live_step(
     time.sleep(SETTLE_S)
     stop(agent)
     stop(tcpdump, signal.SIGINT)
-    assert tcpdump.stderr is not None
-    tcpdump_err = tcpdump.stderr.read().decode()
-    tcpdump.stderr.close()
     stats = stats_of(log.read_text())
-    sent = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", replay.stdout)
-    t_seen = re.search(r"(\d+) packets received by filter", tcpdump_err)
-    t_drop = re.search(r"(\d+) packets dropped by kernel", tcpdump_err)
-    return (
-        rate,
-        float(sent.group(1)) if sent else float("nan"),
-        stats["packets"],
-        stats["kernel_dropped"],
-        int(t_seen.group(1)) if t_seen else -1,
-        int(t_drop.group(1)) if t_drop else -1,
-    )
+    sent_pps, t_seen, t_drop = peer_figures(tcpdump, replay.stdout)
+    return rate, sent_pps, stats["packets"], stats["kernel_dropped"], t_seen, t_drop
 
 
 def main() -> int:
