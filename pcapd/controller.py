@@ -45,7 +45,7 @@ from pcapd.core.request import (
     RequestError,
     addressed_to,
     decode_body,
-    parse_fields,
+    request_for,
     resolve_interfaces,
 )
 from pcapd.core.results import ResultPublisher
@@ -117,6 +117,11 @@ class Controller:
         """Captures that would be admitted now (0 once shutting down): what
         durable sources take from their queue at most."""
         return self.admission.free_slots()
+
+    def running(self) -> int:
+        """Captures under way now (for the heartbeat)."""
+        with self._lock:
+            return len(self._capturing)
 
     def untrack(self, worker: Worker) -> None:
         """`worker`'s capture thread has ended (or never started)."""
@@ -198,12 +203,12 @@ class Controller:
             event(log, "request_body", source=delivery.source, body=body.decode(errors="replace"))
         try:
             fields = decode_body(delivery.body, general.max_request_bytes)
-            if not addressed_to(fields, self.node):
+            request = request_for(fields, self.config, delivery.message_id)
+            if request is None:
                 # Silent, even when other fields are bad: the named node reports.
                 event(log, "request_not_for_me", logging.DEBUG, id=fields.get("id"))
                 (delivery.not_for_me or delivery.ack)()
                 return None
-            request = parse_fields(fields, self.config, delivery.message_id)
         except RequestError as exc:
             event(
                 log, "request_rejected", logging.WARNING,

@@ -25,6 +25,7 @@ from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool, available_devices
+from pcapd.fleet import Heartbeat, NodeState, node_state
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
@@ -145,12 +146,34 @@ class Daemon:
         self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
         # The first signal stops the sources; retries stop waiting and running
         # captures end with stop=shutdown.
+        self.started = time.time()
+        self.heartbeat = Heartbeat(
+            lambda: redis_conn.connect(
+                config.redis, retry=Retry(NoBackoff(), 0),
+                socket_timeout=min(redis_conn.SOCKET_TIMEOUT, config.fleet.heartbeat_interval),
+                socket_connect_timeout=min(
+                    redis_conn.CONNECT_TIMEOUT, config.fleet.heartbeat_interval
+                ),
+            ),
+            config.fleet, config.general.node, self._node_state,
+        )  # fmt: skip
         self.signals = StopSignals(
             "serve", on_warm=(self.retry_stop.set, self.controller.capture_stop.set)
         )
         self.stop_sources = self.signals.stop
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
+
+    def _node_state(self) -> NodeState:
+        """What the heartbeat says (pcapd/fleet.py): read in its own thread."""
+        spool = self.controller.deliverer.spool
+        return node_state(
+            self.config, instance=self.heartbeat.instance, started=self.started,
+            devices=available_devices(), linktypes=self.pool.linktypes(),
+            sources=[s.name for s in self.sources], captures=self.controller.running(),
+            spool_files=spool.depth() if spool is not None else 0,
+            spool_bytes=spool.used_bytes() if spool is not None else 0,
+        )  # fmt: skip
 
     def _source_loop(self, source: TriggerSource) -> None:
         # One failing source never stops the others; it restarts after a pause.
@@ -183,6 +206,7 @@ class Daemon:
         ]
         for thread in threads:
             thread.start()
+        self.heartbeat.start()
         try:
             while not self.stop_sources.wait(0.5):
                 pass
@@ -193,6 +217,8 @@ class Daemon:
             grace = self.config.delivery.shutdown_grace
             deadline = time.monotonic() + grace
             self.stop_sources.set()
+            # The node takes no more requests: it leaves the fleet view now.
+            self.heartbeat.stop()
             # Sources first, so no request is admitted behind the controller's back.
             for thread in threads:
                 thread.join(timeout=max(0.0, min(SOURCE_JOIN, deadline - time.monotonic())))

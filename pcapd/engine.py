@@ -154,6 +154,7 @@ class HandlePool:
     def __init__(self, interfaces: tuple[str, ...], buffer_size: int) -> None:
         self.buffer_size = buffer_size
         self._spares: dict[str, pcap.pcap | None] = dict.fromkeys(interfaces)
+        self._linktypes: dict[str, int] = {}  # DLT of each interface, once opened
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._stop = threading.Event()
@@ -185,6 +186,11 @@ class HandlePool:
                 return handle
         return open_handle(interface, self.buffer_size)
 
+    def linktypes(self) -> dict[str, int]:
+        """The link type (DLT) of each configured interface a handle was opened on."""
+        with self._lock:
+            return dict(self._linktypes)
+
     def replenish(self) -> None:
         """Open replacements for the spares taken (in the background)."""
         self._wanted.set()
@@ -212,6 +218,7 @@ class HandlePool:
                         close_handle(handle)
                         return
                     self._spares[name] = handle
+                    self._linktypes[name] = handle.datalink()
 
 
 @dataclass(slots=True)

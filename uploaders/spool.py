@@ -146,6 +146,11 @@ class Spool:
         with self._count_lock:
             return self._used
 
+    def depth(self) -> int:
+        """Captures waiting in the spool (one directory scan, no file read)."""
+        with os.scandir(self.directory) as it:
+            return sum(1 for item in it if item.name.endswith(DATA_SUFFIX))
+
     def refresh(self) -> int:
         """Recount from the directory (a stat per file); returns the new count."""
         total = 0

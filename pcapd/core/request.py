@@ -159,6 +159,21 @@ def addressed_to(data: Mapping[str, Any], node: str) -> bool:
     return True
 
 
+def request_for(
+    fields: Mapping[str, Any], config: Config, default_id: str | None = None
+) -> CaptureRequest | None:
+    """The request in decoded `fields` if it names this node (`addressed_to`),
+    parsed with this node's bounds; None when it names another node.
+
+    The one judgement of "is it for me, and is it sound" that both the
+    controller and `pcapd nodes --match` (pcapd/fleet.py) make; the second
+    half is `resolve_interfaces`. Raises RequestError as `parse_fields` does.
+    """
+    if not addressed_to(fields, config.general.node):
+        return None
+    return parse_fields(fields, config, default_id)
+
+
 def parse_request(body: bytes | str, config: Config) -> CaptureRequest:
     return parse_fields(decode_body(body, config.general.max_request_bytes), config)
 

@@ -21,6 +21,7 @@ from pcapd.core.config.read import (
     _cloudshark,
     _correlator,
     _delivery,
+    _fleet,
     _general,
     _interfaces,
     _redis,
@@ -48,6 +49,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     security: SecurityConfig = SecurityConfig()
     correlator: CorrelatorConfig = CorrelatorConfig()
+    fleet: FleetConfig = FleetConfig()
     # [agents.*] tables, validated by each agent's own config module.
     agents: Mapping[str, Any] = field(default_factory=dict)
     # Remote sinks in the order their sections appear in the file.
@@ -105,6 +107,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         "delivery": section("delivery"),
         "security": section("security"),
         "correlator": section("correlator"),
+        "fleet": section("fleet"),
     }
     agents = data.get("agents", {})
     if not isinstance(agents, dict):
@@ -120,6 +123,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         sqs=_sqs(sections["sqs"]),
         delivery=_delivery(sections["delivery"]),
         security=_security(sections["security"]),
+        fleet=_fleet(sections["fleet"]),
         agents=agents,
         remote_order=tuple(
             dict.fromkeys([k for k in data if k in ("s3", "cloudshark")] + ["s3", "cloudshark"])

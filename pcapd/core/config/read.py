@@ -289,10 +289,23 @@ def _security(s: Table) -> SecurityConfig:
         dedup_window=s.get_int("dedup_window", DEFAULT_DEDUP_WINDOW, maximum=MAX_SECONDS),
         dedup_prefix=s.get_str("dedup_prefix", DEFAULT_DEDUP_PREFIX),
     )
-    if not config.dedup_prefix or len(config.dedup_prefix) > 64:
-        s.errors.append("security.dedup_prefix: must be 1 to 64 characters")
+    if not config.dedup_prefix or len(config.dedup_prefix) > MAX_PREFIX_LEN:
+        s.errors.append(f"security.dedup_prefix: must be 1 to {MAX_PREFIX_LEN} characters")
     if config.require_signed and not config.keys:
         s.errors.append("security.keys: required when security.require_signed = true")
+    return config
+
+
+def _fleet(s: Table) -> FleetConfig:
+    config = FleetConfig(
+        prefix=s.get_str("prefix", DEFAULT_FLEET_PREFIX),
+        heartbeat_interval=s.get_float(
+            "heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL,
+            minimum=MIN_HEARTBEAT_INTERVAL, maximum=MAX_HEARTBEAT_INTERVAL,
+        ),
+    )  # fmt: skip
+    if not config.prefix or len(config.prefix) > MAX_PREFIX_LEN:
+        s.errors.append(f"fleet.prefix: {config.prefix!r} must be 1 to {MAX_PREFIX_LEN} characters")
     return config
 
 

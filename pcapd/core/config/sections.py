@@ -130,6 +130,14 @@ DEFAULT_MAX_SKEW = 300
 MAX_SKEW = 86_400
 DEFAULT_DEDUP_WINDOW = 600
 DEFAULT_DEDUP_PREFIX = "pcapd:seen:"
+MAX_PREFIX_LEN = 64  # dedup_prefix, fleet.prefix
+
+# Heartbeat: one Redis hash per node, expiring after HEARTBEATS_MISSED beats.
+DEFAULT_FLEET_PREFIX = "pcapd:node:"
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+MIN_HEARTBEAT_INTERVAL = 0.5
+MAX_HEARTBEAT_INTERVAL = 3_600.0
+HEARTBEATS_MISSED = 3
 SSE_MODES = ("AES256", "aws:kms")
 
 
@@ -272,6 +280,16 @@ class SecurityConfig:
     max_skew: int = DEFAULT_MAX_SKEW
     dedup_window: int = DEFAULT_DEDUP_WINDOW
     dedup_prefix: str = DEFAULT_DEDUP_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """The node's heartbeat (pcapd/fleet.py): the hash `<prefix><node>`,
+    rewritten every `heartbeat_interval` s and expiring after
+    HEARTBEATS_MISSED missed beats. Read by `pcapd nodes`."""
+
+    prefix: str = DEFAULT_FLEET_PREFIX
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
