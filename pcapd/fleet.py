@@ -356,8 +356,9 @@ CAPTURE, REJECTED, SILENT = "capture", "rejected", "silent"
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What `node` would do with a request: capture on `interfaces`, answer
-    `rejected` with `error` (what its result event would say; `stage` is
+    """What `node` would do with a request: capture on `interfaces` (with the
+    `warnings` its result events would carry), answer `rejected` with `error`
+    (what its result event would say; `stage` is
     "request" for what the request holds, "interfaces" when the node lacks
     what it names), or stay silent (the request names another node)."""
 
@@ -389,7 +390,5 @@ def judge(body: bytes | str, node: NodeState) -> Verdict:
     try:
         interfaces, skipped = resolve_interfaces(request, config, node.devices)
     except RequestError as exc:
-        return Verdict(
-            node.node, REJECTED, warnings=request.warnings, error=str(exc), stage="interfaces"
-        )
+        return Verdict(node.node, REJECTED, error=str(exc), stage="interfaces")
     return Verdict(node.node, CAPTURE, interfaces, request.warnings + skipped)

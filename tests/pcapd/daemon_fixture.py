@@ -40,6 +40,12 @@ results_channel = "capture-results"
 results_stream = "capture-results"
 {extra_redis}
 
+{interfaces}
+
+{extra_sections}
+"""
+
+DEFAULT_INTERFACES = """
 [[interface]]
 name = "lo"
 alias = ["local", "loop"]
@@ -47,8 +53,6 @@ alias = ["local", "loop"]
 [[interface]]
 name = "ghost0"
 alias = ["ghost"]
-
-{extra_sections}
 """
 
 
@@ -109,9 +113,11 @@ class Daemon:
         extra_general: str = "",
         extra_sections: str = "",
         extra_redis: str = "",
+        interfaces: str = DEFAULT_INTERFACES,
         wrap: tuple[str, ...] = (),
     ) -> None:
-        """`wrap`: a command prefix, e.g. `ip netns exec NS` to serve inside a namespace."""
+        """`wrap`: a command prefix, e.g. `ip netns exec NS` to serve inside a
+        namespace; `interfaces`: the [[interface]] tables."""
         self.server = server
         self.wrap = wrap
         workdir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,7 @@ class Daemon:
                 node=node, localdir=self.localdir, port=server.port,
                 max_concurrent=max_concurrent, max_memory=max_memory,
                 extra_general=extra_general, extra_sections=extra_sections,
-                extra_redis=extra_redis,
+                extra_redis=extra_redis, interfaces=interfaces,
             )
         )  # fmt: skip
         self.log_path = workdir / "pcapd.log"

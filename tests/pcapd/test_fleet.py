@@ -1,0 +1,303 @@
+"""The fleet view: three real `pcapd serve` daemons (one on the host, two in
+network namespaces joined by a veth pair) beat into one private redis-server,
+and `pcapd nodes` (a subprocess) lists them and judges requests, which the
+daemons then really serve."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcapd.core.config import ConfigError, parse_config
+from pcapd.fleet import node_key
+from tests.helpers import RedisServer, VethPair, needs_root, redis_server, veth_pair, wait_for
+from tests.pcapd.daemon_fixture import Daemon, Results
+
+PREFIX = "pcapd:node:"
+SUBNET = 60  # this file's veth subnet: 10.200.60.0/24
+
+
+def nodes_cli(server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pcapd", "nodes", "--redis-url", server.url, *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def listed(server: RedisServer) -> dict[str, dict[str, Any]]:
+    done = nodes_cli(server, "--json")
+    assert done.returncode == 0, done.stderr
+    return {node["node"]: node for node in json.loads(done.stdout)}
+
+
+def match(server: RedisServer, request: dict[str, Any] | str) -> tuple[int, Any, str]:
+    body = request if isinstance(request, str) else json.dumps(request)
+    done = nodes_cli(server, "--json", "--match", body)
+    verdicts = json.loads(done.stdout) if done.stdout.strip() else None
+    return done.returncode, verdicts, done.stderr
+
+
+@dataclass
+class Fleet:
+    server: RedisServer
+    veth: VethPair
+    daemons: dict[str, Daemon]
+    results: Results
+
+
+def interfaces(*tables: tuple[str, list[str]]) -> str:
+    return "\n".join(
+        f'[[interface]]\nname = "{name}"\nalias = {json.dumps(aliases)}\n'
+        for name, aliases in tables
+    )
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    sock = tmp_path / "redis.sock"
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis", unixsocket=sock) as server, veth_pair(SUBNET) as veth:
+        unix = f'url = "unix://{sock}"'
+        # fleet-c beats slowly, so that "gone at once" cannot be its expiry.
+        specs = {
+            "fleet-a": ((), "", interfaces(("lo", ["local", "loop"]), ("ghost0", ["ghost"])), 1),
+            "fleet-b": (("ip", "netns", "exec", veth.ns_a), unix,
+                        interfaces(("lo", ["local"]), (veth.dev_a, ["public"])), 1),
+            "fleet-c": (("ip", "netns", "exec", veth.ns_b), unix,
+                        interfaces((veth.dev_b, ["public"]), ("lo", ["loop"])), 5),
+        }  # fmt: skip
+        daemons: dict[str, Daemon] = {}
+        results = Results(server)
+        try:
+            for count, (node, (wrap, redis_extra, ifaces, interval)) in enumerate(specs.items(), 1):
+                daemon = Daemon(
+                    server, tmp_path / node, node=node, wrap=wrap, extra_redis=redis_extra,
+                    interfaces=ifaces,
+                    extra_sections=f"[fleet]\nheartbeat_interval = {interval}\n",
+                )  # fmt: skip
+                daemons[node] = daemon
+                daemon.start()
+                client = server.client()
+                wait_for(
+                    lambda n=count, c=client: c.pubsub_numsub("capture")[0][1] >= n, timeout=30
+                )
+            yield Fleet(server, veth, daemons, results)
+        finally:
+            results.close()
+            for daemon in daemons.values():
+                daemon.stop()
+
+
+BARRIER_ERROR = 'packets: expected a JSON integer, got "barrier"'
+
+
+def served(fleet: Fleet, request: dict[str, Any] | str, request_id: str) -> dict[str, Any]:
+    """What the daemons really did with `request`: {(node, interface): status}
+    for captures, {node: error} for rejections, warnings by node.
+
+    A barrier request after it, which every node rejects at once, tells when
+    each has handled it (one pub/sub connection each, served in order); the
+    captures it started are then in their logs, and their results awaited."""
+    alive = {n for n, d in fleet.daemons.items() if d.proc is not None and d.proc.poll() is None}
+    marks = {node: len(fleet.daemons[node].log()) for node in alive}
+    body = request if isinstance(request, str) else json.dumps(request)
+    fleet.server.client().publish("capture", body)
+    barrier = f"barrier-{request_id}"
+    fleet.server.client().publish(
+        "capture", json.dumps({"id": barrier, "node": "any", "interface": "lo",
+                               "packets": "barrier"}),
+    )  # fmt: skip
+    events: list[dict[str, Any]] = []
+    barriers: set[str] = set()
+    deadline = time.monotonic() + 30
+    while barriers != alive:
+        event = fleet.results.next(max(0.1, deadline - time.monotonic()))
+        if event["id"] == barrier:
+            assert event["error"] == BARRIER_ERROR
+            barriers.add(event["node"])
+        else:
+            events.append(event)
+    started = set()
+    for node in alive:
+        text = fleet.daemons[node].log()[marks[node] :]
+        for found in re.finditer(rf"event=capture_started id={re.escape(request_id)} .*?"
+                                 r"interface=(\S+)", text):  # fmt: skip
+            started.add((node, found.group(1)))
+    captured = {(e["node"], e["interface"]): e for e in events if e["status"] != "rejected"}
+    while not started <= captured.keys():
+        event = fleet.results.next(max(0.1, deadline - time.monotonic()))
+        if event["status"] != "rejected":
+            captured[(event["node"], event["interface"])] = event
+    rejected = {e["node"]: e for e in events if e["status"] == "rejected"}
+    for event in [*captured.values(), *rejected.values()]:
+        assert event["id"] == request_id or request_id == "", event
+    return {
+        "captured": set(captured),
+        "rejected": {node: e["error"] for node, e in rejected.items()},
+        "warnings": {e["node"]: sorted(e["warnings"]) for e in [*captured.values(),
+                                                                *rejected.values()]},
+    }  # fmt: skip
+
+
+def predicted(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "captured": {(v["node"], i) for v in verdicts if v["verdict"] == "capture"
+                     for i in v["interfaces"]},
+        "rejected": {v["node"]: v["error"] for v in verdicts if v["verdict"] == "rejected"},
+        "warnings": {v["node"]: sorted(v["warnings"]) for v in verdicts
+                     if v["verdict"] != "silent"},
+    }  # fmt: skip
+
+
+@needs_root
+@pytest.mark.timeout(300)
+def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
+    server, veth = fleet.server, fleet.veth
+    wait_for(lambda: set(listed(server)) == set(fleet.daemons), timeout=30)
+    nodes = listed(server)
+    a, b, c = nodes["fleet-a"], nodes["fleet-b"], nodes["fleet-c"]
+    assert a["interfaces"] == [
+        {"name": "lo", "aliases": ["local", "loop"], "linktype": 1, "present": True},
+        {"name": "ghost0", "aliases": ["ghost"], "linktype": None, "present": False},
+    ]
+    assert b["interfaces"] == [
+        {"name": "lo", "aliases": ["local"], "linktype": 1, "present": True},
+        {"name": veth.dev_a, "aliases": ["public"], "linktype": 1, "present": True},
+    ]
+    assert [i["name"] for i in c["interfaces"]] == [veth.dev_b, "lo"]
+    assert veth.dev_a in b["devices"] and veth.dev_a not in a["devices"] + c["devices"]
+    for name, node in nodes.items():
+        assert node["sources"] == ["redis-pubsub:capture"]
+        assert node["version"] == "0.1.0" and node["captures"] == 0
+        assert node["pid"] == fleet.daemons[name].proc.pid  # type: ignore[union-attr]
+        assert node["started"] <= node["last_seen"] <= time.time() + 1
+        assert node["general"]["node"] == name and node["general"]["maxpackets"] == 1000
+    ttl = server.client().pttl(node_key(PREFIX, "fleet-a"))
+    assert 0 < ttl <= 3000, "three missed beats of 1 s"
+    table = nodes_cli(server)
+    assert table.returncode == 0
+    assert re.search(r"fleet-a .*redis-pubsub:capture\s+lo\[local,loop\]/dlt1 ghost0\[ghost\]"
+                     r"\(missing\)", table.stdout), table.stdout  # fmt: skip
+
+    # --match agrees with what the daemons then do, request by request.
+    bounds = {"timeout": 1, "duration": 2, "bpf": "udp port 9"}
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({"node": "fleet-b", "alias": "public"}, 0),
+        ({"nodere": "^fleet-[ac]$", "interface": ["lo"]}, 0),
+        ({"node": "any", "alias": "loop"}, 0),  # fleet-b has no such alias
+        ({"node": "any", "interface": [veth.dev_a, veth.dev_b, "lo", "eth9"]}, 0),
+        ({"node": "any", "interface": [veth.dev_a]}, 0),  # one node has it
+        ({"node": "fleet-a", "interface": "eth9"}, 1),  # nobody has it
+        ({"node": "nobody", "interface": "lo"}, 1),  # names no node
+        ({"node": "any", "interface": "lo", "packets": "many"}, 2),  # malformed
+        ({"node": "any", "interface": "lo", "packets": 5000}, 2),  # over maxpackets=1000
+        ({"nodere": "(", "interface": "lo"}, 2),
+    ]
+    for number, (fields, status) in enumerate(cases):
+        request = {**bounds, **fields, "id": f"req-{number}"}
+        code, verdicts, stderr = match(server, request)
+        assert code == status, (request, verdicts, stderr)
+        assert {v["node"] for v in verdicts} == set(fleet.daemons)
+        assert served(fleet, request, request["id"]) == predicted(verdicts), request
+    code, verdicts, stderr = match(server, {**bounds, "node": "any", "alias": "loop", "id": "x"})
+    assert {v["node"]: v["verdict"] for v in verdicts} == {
+        "fleet-a": "capture", "fleet-b": "rejected", "fleet-c": "capture"}  # fmt: skip
+    assert verdicts[1]["error"] == (
+        "alias: none of ['loop'] exists on this node (alias 'loop': not configured on this node)"
+    )
+    # Not a JSON object: the message each daemon answers, and status 2.
+    for body in ("[1, 2]", "{not json"):
+        code, verdicts, stderr = match(server, body)
+        assert code == 2 and verdicts is None
+        answer = served(fleet, body, "")
+        assert set(answer["rejected"]) == set(fleet.daemons)
+        assert f"pcapd nodes: --match: {answer['rejected']['fleet-a']}\n" == stderr
+    table = nodes_cli(server, "--match", json.dumps({"node": "any", "alias": "public"}))
+    assert table.returncode == 0
+    assert re.search(r"fleet-a\s+rejected\s+-\s+alias: none of \['public'\]", table.stdout)
+    assert re.search(rf"fleet-c\s+capture\s+{veth.dev_b}\s*\n", table.stdout), table.stdout
+
+    # Redis restarts (and forgets everything): every node beats again, and
+    # says so once for the outage and once when it is back.
+    server.stop()
+    for daemon in fleet.daemons.values():
+        wait_for(lambda d=daemon: "event=heartbeat_failed" in d.log(), timeout=30)
+    time.sleep(3)  # an outage of several beats (and backoffs), logged once
+    server.start()
+    wait_for(lambda: set(listed(server)) == set(fleet.daemons), timeout=30)
+    for daemon in fleet.daemons.values():
+        wait_for(lambda d=daemon: "event=heartbeat_resumed" in d.log(), timeout=30)
+        assert daemon.log().count("event=heartbeat_failed") == 1, daemon.log()
+
+    # SIGTERM: gone at once (fleet-c's hash would live 15 s).
+    c_daemon = fleet.daemons["fleet-c"]
+    assert server.client().pttl(node_key(PREFIX, "fleet-c")) > 5000
+    signalled = time.monotonic()
+    c_daemon.signal(signal.SIGTERM)
+    wait_for(lambda: "fleet-c" not in listed(server), timeout=30)
+    assert time.monotonic() - signalled < 5, "deleted, not expired"
+    assert c_daemon.wait(30) == 0
+    assert "event=heartbeat_removed key=pcapd:node:fleet-c" in c_daemon.log()
+
+    # SIGKILL: still listed, then gone once three beats are missed.
+    b_daemon = fleet.daemons["fleet-b"]
+    b_daemon.signal(signal.SIGKILL)
+    b_daemon.wait(10)
+    assert "fleet-b" in listed(server)
+    wait_for(lambda: "fleet-b" not in listed(server), timeout=15)
+    assert set(listed(server)) == {"fleet-a"}
+
+
+def test_an_unreadable_heartbeat_is_reported_and_the_rest_listed(redis_srv: RedisServer) -> None:
+    client = redis_srv.client()
+    client.hset(node_key(PREFIX, "broken"), mapping={"node": "broken", "interfaces": "[1"})
+    client.set(node_key(PREFIX, "a-string"), "not a hash")
+    done = nodes_cli(redis_srv, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout) == []
+    assert done.stderr == (
+        "pcapd nodes: warning: pcapd:node:broken: not a heartbeat this version reads: "
+        "Expecting ',' delimiter: line 1 column 3 (char 2)\n"
+    )
+    done = nodes_cli(redis_srv, "--match", '{"node": "any", "interface": "lo"}')
+    assert done.returncode == 1 and "no node has a heartbeat" in done.stderr
+
+
+def test_nodes_help_states_the_exit_statuses() -> None:
+    done = subprocess.run([sys.executable, "-m", "pcapd", "nodes", "--help"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0
+    assert "exit status: 0 listed (with --match: at least one node would capture);" in done.stdout
+    assert "2 a malformed request" in done.stdout
+
+
+def test_nodes_says_when_redis_is_away(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        url = server.url
+    done = subprocess.run([sys.executable, "-m", "pcapd", "nodes", "--redis-url", url],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"pcapd nodes: Redis at {url}: Error 111 connecting")
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ({"heartbeat_interval": 0.1},
+         "fleet.heartbeat_interval: must be at least 0.5 and at most 3600.0, got 0.1"),
+        ({"prefix": ""}, "fleet.prefix: '' must be 1 to 64 characters"),
+    ],
+)  # fmt: skip
+def test_fleet_config_errors_name_the_field(table: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"fleet": table}, hostname="n")
+    assert caught.value.errors == [error]
