@@ -17,6 +17,7 @@ from pcapd.core.config import (
     CloudsharkConfig,
     CorrelatorConfig,
     DeliveryConfig,
+    FleetConfig,
     GeneralConfig,
     RedisConfig,
     S3Config,
@@ -34,7 +35,8 @@ EXAMPLE = ROOT / "config.toml.example"
 SECTIONS: dict[str, Any] = {
     "general": GeneralConfig, "redis": RedisConfig, "syslog": SyslogConfig,
     "s3": S3Config, "cloudshark": CloudsharkConfig, "delivery": DeliveryConfig,
-    "sqs": SqsConfig, "security": SecurityConfig, "correlator": CorrelatorConfig,
+    "sqs": SqsConfig, "security": SecurityConfig, "fleet": FleetConfig,
+    "correlator": CorrelatorConfig,
     "agents.dnstap": DnstapConfig, "agents.flow": FlowConfig, "agents.dnswire": DnswireConfig,
 }  # fmt: skip
 AGENTS = {"agents.dnstap", "agents.flow", "agents.dnswire"}

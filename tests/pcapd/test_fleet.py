@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from pcapd.core.config import ConfigError, parse_config
-from pcapd.fleet import node_key
+from pcapd.core.config import DEFAULT_FLEET_PREFIX, ConfigError, parse_config
+from pcapd.fleet import node_key, node_state
 from tests.helpers import RedisServer, VethPair, needs_root, redis_server, veth_pair, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
 
-PREFIX = "pcapd:node:"
+PREFIX = DEFAULT_FLEET_PREFIX
 SUBNET = 60  # this file's veth subnet: 10.200.60.0/24
 
 
@@ -270,6 +270,39 @@ def test_an_unreadable_heartbeat_is_reported_and_the_rest_listed(redis_srv: Redi
     )
     done = nodes_cli(redis_srv, "--match", '{"node": "any", "interface": "lo"}')
     assert done.returncode == 1 and "no node has a heartbeat" in done.stderr
+
+
+def test_nodes_takes_redis_and_prefix_from_the_config(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    """`-c FILE`: its [redis] and [fleet] prefix, glob characters and all."""
+    prefix = "lab[1]:"
+    table = {"general": {"node": "n1", "maxpackets": 10}, "fleet": {"prefix": prefix},
+             "interface": [{"name": "lo", "alias": ["local"]}]}  # fmt: skip
+    state = node_state(
+        parse_config(table, "n1"), instance="i1", started=1.0, devices={"lo", "eth0"},
+        linktypes={"lo": 1}, sources=["sqs"], captures=2, spool_files=1, spool_bytes=90,
+    )  # fmt: skip
+    client = redis_srv.client()
+    client.hset(node_key(prefix, "n1"), mapping=state.to_hash())  # type: ignore[arg-type]
+    client.hset(node_key("lab1:", "n2"), mapping=state.to_hash())  # type: ignore[arg-type]
+    config = tmp_path / "pcapd.toml"
+    config.write_text(f'[redis]\nurl = "{redis_srv.url}"\n[fleet]\nprefix = "{prefix}"\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pcapd", "nodes", "-c", str(config), *args],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    done = run("--json")
+    assert done.returncode == 0, done.stderr
+    [node] = json.loads(done.stdout)
+    assert node == json.loads(json.dumps(state.to_json()))
+    assert (node["captures"], node["spool_files"], node["sources"]) == (2, 1, ["sqs"])
+    done = run("--match", '{"node": "n1", "alias": "local"}')
+    assert done.returncode == 0 and re.search(r"n1\s+capture\s+lo", done.stdout), done.stdout
+    done = run("--json", "--match", '{"node": "n1", "interface": "lo", "packets": 11}')
+    assert done.returncode == 2
+    assert json.loads(done.stdout)[0]["error"] == "packets=11 exceeds maxpackets=10"
 
 
 def test_nodes_help_states_the_exit_statuses() -> None:
