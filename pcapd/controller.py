@@ -3,8 +3,9 @@
 It runs DESIGN.md's "One capture, step by step" for each delivery that a
 trigger thread hands to `handle`, which returns quickly:
 
-1-2. the body is decoded and parsed (`parse_fields`); a rejection is
-     published with the body's SHA-256, never raised;
+1-2. the body is decoded, and parsed if it names this node (`request_for`,
+     which `pcapd nodes --match` runs too); a rejection is published with
+     the body's SHA-256, never raised;
 3.   a node the request does not name stays silent; then duplicates and the
      signature (pcapd.dedup, pcapd.signing), what the sinks allow
      (`Deliverer.check`) and the interfaces (`resolve_interfaces`);

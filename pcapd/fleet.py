@@ -216,7 +216,6 @@ class Heartbeat:
         self._backoff = Backoff(RECONNECT_INITIAL, max(RECONNECT_INITIAL, self.interval))
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._client: redis.Redis | None = None
-        self.beats = 0  # written, for tests
 
     def start(self) -> None:
         self._thread.start()
@@ -228,31 +227,31 @@ class Heartbeat:
 
     def _run(self) -> None:
         tracker = self._backoff.tracker()
-        failing: str | None = None
-        other: str | None = None
+        failing = False
+        other: str | None = None  # the other instance last warned about
         while not self._stop.is_set():
             try:
                 previous = self._beat()
             except (redis.RedisError, OSError) as exc:
-                if failing is None:
+                if not failing:
                     event(log, "heartbeat_failed", logging.WARNING, key=self.key, error=str(exc))
-                failing = str(exc)
+                failing = True
                 self._drop_client()
                 wait = tracker.failed()
             except Exception:  # a bug in state() must not end the beat
                 event(log, "heartbeat_crashed", logging.ERROR, exc_info=True, key=self.key)
                 wait = self.interval
             else:
-                if failing is not None:
+                if failing:
                     event(log, "heartbeat_resumed", key=self.key)
-                    failing = None
-                if previous not in (None, self.instance) and previous != other:
+                    failing = False
+                if previous not in (None, self.instance, other):
                     event(
                         log, "node_name_conflict", logging.WARNING, key=self.key,
                         other_instance=previous,
                         hint="two daemons beat under one node name: set [general] node",
                     )  # fmt: skip
-                other = previous if previous != self.instance else other
+                    other = previous
                 tracker.succeeded()
                 wait = self.interval
             self._stop.wait(wait)
@@ -278,13 +277,14 @@ class Heartbeat:
         pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
         pipe.pexpire(self.key, self.expire_ms)
         previous = pipe.execute()[0]
-        self.beats += 1
         return previous.decode() if isinstance(previous, bytes) else None
 
     def _remove(self) -> None:
         try:
-            self._client_now().eval(_DELETE_OWN, 1, self.key, self.instance)
-            event(log, "heartbeat_removed", key=self.key)
+            if self._client_now().eval(_DELETE_OWN, 1, self.key, self.instance):
+                event(log, "heartbeat_removed", key=self.key)
+            else:
+                event(log, "heartbeat_kept", key=self.key, reason="another instance wrote it last")
         except (redis.RedisError, OSError) as exc:
             # It expires on its own within HEARTBEATS_MISSED intervals.
             event(log, "heartbeat_remove_failed", logging.WARNING, key=self.key, error=str(exc))

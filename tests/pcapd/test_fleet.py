@@ -6,6 +6,7 @@ daemons then really serve."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from pcapd.core.config import DEFAULT_FLEET_PREFIX, ConfigError, parse_config
-from pcapd.fleet import node_key, node_state
+from pcapd.fleet import Heartbeat, NodeState, node_key, node_state
 from tests.helpers import RedisServer, VethPair, needs_root, redis_server, veth_pair, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
 
@@ -74,7 +75,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             "fleet-b": (("ip", "netns", "exec", veth.ns_a), unix,
                         interfaces(("lo", ["local"]), (veth.dev_a, ["public"])), 1),
             "fleet-c": (("ip", "netns", "exec", veth.ns_b), unix,
-                        interfaces((veth.dev_b, ["public"]), ("lo", ["loop"])), 5),
+                        interfaces((veth.dev_b, ["public"]), ("lo", ["loop"])), 8),
         }  # fmt: skip
         daemons: dict[str, Daemon] = {}
         results = Results(server)
@@ -239,13 +240,14 @@ def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
         wait_for(lambda d=daemon: "event=heartbeat_resumed" in d.log(), timeout=30)
         assert daemon.log().count("event=heartbeat_failed") == 1, daemon.log()
 
-    # SIGTERM: gone at once (fleet-c's hash would live 15 s).
-    c_daemon = fleet.daemons["fleet-c"]
-    assert server.client().pttl(node_key(PREFIX, "fleet-c")) > 5000
-    signalled = time.monotonic()
+    # SIGTERM: gone at once, long before its hash (three beats of 8 s) expires.
+    c_daemon, c_key, client = fleet.daemons["fleet-c"], node_key(PREFIX, "fleet-c"), server.client()
+    signalled, ttl = time.monotonic(), client.pttl(c_key) / 1000
+    assert ttl > 8
     c_daemon.signal(signal.SIGTERM)
-    wait_for(lambda: "fleet-c" not in listed(server), timeout=30)
-    assert time.monotonic() - signalled < 5, "deleted, not expired"
+    wait_for(lambda: not client.exists(c_key), timeout=30)
+    assert time.monotonic() - signalled < ttl, "deleted, not expired"
+    assert "fleet-c" not in listed(server)
     assert c_daemon.wait(30) == 0
     assert "event=heartbeat_removed key=pcapd:node:fleet-c" in c_daemon.log()
 
@@ -334,3 +336,39 @@ def test_fleet_config_errors_name_the_field(table: dict[str, Any], error: str) -
     with pytest.raises(ConfigError) as caught:
         parse_config({"fleet": table}, hostname="n")
     assert caught.value.errors == [error]
+
+
+def test_two_daemons_with_one_node_name_are_told_and_keep_the_last_beat(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second finds the first's instance in the hash and says so; the
+    first, stopping, does not delete the hash the second wrote last."""
+    caplog.set_level(logging.INFO, logger="pcapd.fleet")
+    config = parse_config({"fleet": {"heartbeat_interval": 600}}, "twin")  # one beat each
+
+    def beat() -> Heartbeat:
+        heartbeat = Heartbeat(redis_srv.client, config.fleet, "twin", lambda: state(heartbeat))
+        return heartbeat
+
+    def state(heartbeat: Heartbeat) -> NodeState:
+        return node_state(config, instance=heartbeat.instance, started=0.0, devices={"lo"},
+                          linktypes={}, sources=[], captures=0)  # fmt: skip
+
+    key = node_key(PREFIX, "twin")
+    client = redis_srv.client()
+    first, second = beat(), beat()
+    try:
+        first.start()
+        wait_for(lambda: client.hget(key, "instance") == first.instance.encode())
+        second.start()
+        wait_for(lambda: client.hget(key, "instance") == second.instance.encode())
+        wait_for(lambda: "event=node_name_conflict" in caplog.text)
+        assert f"other_instance={first.instance}" in caplog.text
+        assert 1_790_000 < client.pttl(key) <= 1_800_000, "three beats of 600 s"
+        first.stop()
+        assert client.hget(key, "instance") == second.instance.encode()
+        assert "event=heartbeat_kept key=pcapd:node:twin" in caplog.text
+    finally:
+        second.stop()
+        first.stop()
+    assert client.exists(key) == 0
