@@ -9,8 +9,9 @@ one node, what a request would capture there, with the controller's own
 code (`request_for`, `resolve_interfaces`) and that node's bounds, which the
 heartbeat carries.
 
-What `judge` does not see: signatures and replays (the keys stay on the
-node), duplicates, what the sinks allow (buckets, endpoints) and admission
+What `judge` does not see: whether a signature verifies, and replays (the
+keys stay on the node; an unsigned request to a node that requires
+signatures is judged), duplicates, what the sinks allow (buckets, endpoints) and admission
 (free slots, memory, spool, disk), which depend on the moment.
 """
 
@@ -39,11 +40,14 @@ from pcapd.core.config import (
     Config,
     ConfigError,
     FleetConfig,
+    SecurityConfig,
     parse_config,
 )
 from pcapd.core.errors import RequestError
 from pcapd.core.logs import event
 from pcapd.core.request import decode_body, request_for, resolve_interfaces
+from pcapd.dedup import RecentIds
+from pcapd.signing import SIG_FIELD, verify
 
 log = logging.getLogger("pcapd.fleet")
 
@@ -106,6 +110,7 @@ class NodeState:
     started: float
     last_seen: float
     general: Mapping[str, Any]
+    require_signed: bool  # [security] require_signed (its keys stay on the node)
     config: Config = dataclasses.field(compare=False, repr=False)
 
     def to_hash(self) -> dict[str, str]:
@@ -125,6 +130,7 @@ class NodeState:
             "started": repr(self.started),
             "last_seen": repr(self.last_seen),
             "general": json.dumps(dict(self.general)),
+            "require_signed": "1" if self.require_signed else "0",
         }
 
     @classmethod
@@ -158,6 +164,7 @@ class NodeState:
                 started=float(text.get("started", "0")),
                 last_seen=float(text["last_seen"]),
                 general=general,
+                require_signed=text.get("require_signed") == "1",
                 config=_request_config(node, general, interfaces),
             )
         except KeyError as exc:
@@ -316,7 +323,8 @@ def node_state(
         devices=tuple(sorted(devices)), sources=tuple(sources), captures=captures,
         spool_files=spool_files, spool_bytes=spool_bytes, started=started,
         last_seen=time.time() if now is None else now,
-        general=dataclasses.asdict(config.general), config=config,
+        general=dataclasses.asdict(config.general),
+        require_signed=config.security.require_signed, config=config,
     )  # fmt: skip
 
 
@@ -376,9 +384,10 @@ class Verdict:
 
 
 def judge(body: bytes | str, node: NodeState) -> Verdict:
-    """The controller's steps 1-3 for `body` on `node`: decoded within its
-    max_request_bytes, addressed and parsed (`request_for`) with its bounds,
-    interfaces resolved (`resolve_interfaces`) against its devices."""
+    """The controller's steps 1-3 for `body` on `node`, in its order: decoded
+    within its max_request_bytes, addressed and parsed (`request_for`) with
+    its bounds, an unsigned request refused if it requires signed ones
+    (`verify`), interfaces resolved (`resolve_interfaces`) against its devices."""
     config = node.config
     try:
         fields = decode_body(body, config.general.max_request_bytes)
@@ -387,6 +396,13 @@ def judge(body: bytes | str, node: NodeState) -> Verdict:
         return Verdict(node.node, REJECTED, error=str(exc), stage="request")
     if request is None:
         return Verdict(node.node, SILENT)
+    try:
+        if fields.get(SIG_FIELD) is None:
+            # Unsigned: `verify` needs no key to judge it, only require_signed.
+            security = SecurityConfig(require_signed=node.require_signed)
+            verify(fields, security, time.time(), RecentIds(security.max_skew))
+    except RequestError as exc:
+        return Verdict(node.node, REJECTED, error=str(exc), stage="request")
     try:
         interfaces, skipped = resolve_interfaces(request, config, node.devices)
     except RequestError as exc:

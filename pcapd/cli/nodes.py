@@ -31,8 +31,8 @@ exit status: 0 listed (with --match: at least one node would capture);
 1 no node would capture, or Redis cannot be read; 2 a malformed request
 (not a JSON object, or rejected for what it holds by every node it names),
 a bad config or command line. --match checks what the daemon checks before
-capturing, with each node's own bounds and devices, except signatures,
-duplicates, what the sinks allow and free capacity.
+capturing, with each node's own bounds and devices, except whether a
+signature verifies, duplicates, what the sinks allow and free capacity.
 """
 
 

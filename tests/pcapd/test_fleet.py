@@ -242,11 +242,11 @@ def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
 
     # SIGTERM: gone at once, long before its hash (three beats of 8 s) expires.
     c_daemon, c_key, client = fleet.daemons["fleet-c"], node_key(PREFIX, "fleet-c"), server.client()
-    signalled, ttl = time.monotonic(), client.pttl(c_key) / 1000
-    assert ttl > 8
+    signalled, left = time.monotonic(), client.pttl(c_key) / 1000
+    assert left > 8
     c_daemon.signal(signal.SIGTERM)
     wait_for(lambda: not client.exists(c_key), timeout=30)
-    assert time.monotonic() - signalled < ttl, "deleted, not expired"
+    assert time.monotonic() - signalled < left, "deleted, not expired"
     assert "fleet-c" not in listed(server)
     assert c_daemon.wait(30) == 0
     assert "event=heartbeat_removed key=pcapd:node:fleet-c" in c_daemon.log()
@@ -280,7 +280,8 @@ def test_nodes_takes_redis_and_prefix_from_the_config(
     """`-c FILE`: its [redis] and [fleet] prefix, glob characters and all."""
     prefix = "lab[1]:"
     table = {"general": {"node": "n1", "maxpackets": 10}, "fleet": {"prefix": prefix},
-             "interface": [{"name": "lo", "alias": ["local"]}]}  # fmt: skip
+             "interface": [{"name": "lo", "alias": ["local"]}],
+             "security": {"require_signed": True, "keys": {"ops": "k" * 32}}}  # fmt: skip
     state = node_state(
         parse_config(table, "n1"), instance="i1", started=1.0, devices={"lo", "eth0"},
         linktypes={"lo": 1}, sources=["sqs"], captures=2, spool_files=1, spool_bytes=90,
@@ -300,8 +301,14 @@ def test_nodes_takes_redis_and_prefix_from_the_config(
     [node] = json.loads(done.stdout)
     assert node == json.loads(json.dumps(state.to_json()))
     assert (node["captures"], node["spool_files"], node["sources"]) == (2, 1, ["sqs"])
-    done = run("--match", '{"node": "n1", "alias": "local"}')
+    signed = {"node": "n1", "alias": "local", "ts": 1, "kid": "ops", "sig": "0" * 64}
+    done = run("--match", json.dumps(signed))  # (whether the signature holds: not judged)
     assert done.returncode == 0 and re.search(r"n1\s+capture\s+lo", done.stdout), done.stdout
+    done = run("--json", "--match", '{"node": "n1", "alias": "local"}')
+    assert done.returncode == 2
+    assert json.loads(done.stdout)[0]["error"] == (
+        "sig: missing; this node accepts only signed requests (require_signed)"
+    )
     done = run("--json", "--match", '{"node": "n1", "interface": "lo", "packets": 11}')
     assert done.returncode == 2
     assert json.loads(done.stdout)[0]["error"] == "packets=11 exceeds maxpackets=10"
