@@ -23,7 +23,9 @@ from pcapd.core import redis_conn
 from pcapd.core.config import Config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.core.logs import event, setup_logging
+from pcapd.core.metrics import MetricsError, MetricsServer, serve_metrics
 from pcapd.core.results import ResultPublisher
+from pcapd.daemon_metrics import DaemonCollector, daemon_checks
 from pcapd.engine import HandlePool, available_devices
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
@@ -128,10 +130,12 @@ class Daemon:
             config.redis, socket_timeout=DEDUP_TIMEOUT, socket_connect_timeout=DEDUP_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
+        self.dedup = dedup
         self.controller = Controller(
             config, publisher=self.publisher, deliverer=deliverer, pool=self.pool,
             dedup_redis=dedup,
         )  # fmt: skip
+        deliverer.observe = self.controller.metrics.uploaded
         self.drainer = (
             SpoolDrainer(
                 deliverer.spool,
@@ -142,6 +146,8 @@ class Daemon:
             if deliverer.spool is not None
             else None
         )
+        if self.drainer is not None:
+            self.drainer.observe = self.controller.metrics.uploaded
         self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
         # The first signal stops the sources; retries stop waiting and running
         # captures end with stop=shutdown.
@@ -151,6 +157,18 @@ class Daemon:
         self.stop_sources = self.signals.stop
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
+
+    def start_metrics(self) -> MetricsServer | None:
+        """/metrics, /healthz, /readyz on `[metrics] listen` (None: off);
+        MetricsError naming the field if it cannot listen."""
+        collectors = [
+            *self.controller.metrics.collectors(),
+            DaemonCollector(self.controller, self.sources, self.pool),
+        ]
+        return serve_metrics(
+            self.config.metrics.listen, "metrics.listen", collectors,
+            lambda: daemon_checks(self.controller, self.sources, self.dedup),
+        )  # fmt: skip
 
     def _source_loop(self, source: TriggerSource) -> None:
         # One failing source never stops the others; it restarts after a pause.
@@ -247,8 +265,18 @@ def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] 
         return EXIT_CONFIG
     bound_malloc()
     daemon = Daemon(config)
+    try:
+        metrics = daemon.start_metrics()
+    except MetricsError as exc:
+        for problem in exc.errors:
+            event(log, "config_error", logging.ERROR, path=config_path, error=problem)
+        return EXIT_CONFIG
     daemon.signals.install()
-    code = daemon.run()
+    try:
+        code = daemon.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
     lingering = [
         t.name for t in threading.enumerate() if t.is_alive() and not t.daemon
         and t is not threading.current_thread()

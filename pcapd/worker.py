@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,7 @@ class Worker:
         self.reservation = reservation  # released exactly once, by settle()
         self.job: Job | None = None
         self.thread: threading.Thread | None = None
+        self.admitted = time.monotonic()  # trigger-to-active latency starts here
 
     def run(self) -> None:
         """The capture thread's body; never raises."""
@@ -163,15 +165,21 @@ class Worker:
             return capture(
                 handle, limits, fmt=request.format, interface=self.interface,
                 comments=comments, stop=ctl.capture_stop, packet_debug=debug,
-                on_start=ctl.capture_started.set,
+                on_start=self._active,
             )  # fmt: skip
         finally:
             close_handle(handle)
+
+    def _active(self) -> None:
+        """The capture polls its handle: the request is being served."""
+        self.controller.metrics.active(time.monotonic() - self.admitted)
+        self.controller.capture_started.set()
 
     def _captured(self, outcome: CaptureOutcome) -> None:
         """Free the slot at once; keep memory and disk for the file until it
         is stored, by the upload pool."""
         ctl = self.controller
+        ctl.metrics.captured(outcome)
         packets, data = outcome.packets, outcome.data
         result = ResultEvent.for_request(
             self.request, ctl.node, "ok" if packets else "empty", warnings=self.warnings,

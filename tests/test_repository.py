@@ -18,6 +18,7 @@ from pcapd.core.config import (
     CorrelatorConfig,
     DeliveryConfig,
     GeneralConfig,
+    MetricsConfig,
     RedisConfig,
     S3Config,
     SecurityConfig,
@@ -35,6 +36,7 @@ SECTIONS: dict[str, Any] = {
     "general": GeneralConfig, "redis": RedisConfig, "syslog": SyslogConfig,
     "s3": S3Config, "cloudshark": CloudsharkConfig, "delivery": DeliveryConfig,
     "sqs": SqsConfig, "security": SecurityConfig, "correlator": CorrelatorConfig,
+    "metrics": MetricsConfig,
     "agents.dnstap": DnstapConfig, "agents.flow": FlowConfig, "agents.dnswire": DnswireConfig,
 }  # fmt: skip
 AGENTS = {"agents.dnstap", "agents.flow", "agents.dnswire"}

@@ -42,3 +42,13 @@ class TriggerSource(Protocol):
     name: str
 
     def deliveries(self, stop: threading.Event) -> Iterator[Delivery]: ...
+
+    @property
+    def connected(self) -> bool:
+        """Subscribed, or the last poll worked: what readiness reports."""
+        ...
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection failed and was tried again after a backoff."""
+        ...

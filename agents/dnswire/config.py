@@ -108,6 +108,8 @@ class DnswireConfig:
     tcp_max_bytes: int = reassembly.DEFAULT_TCP_TOTAL_BYTES
     tcp_max_streams: int = reassembly.DEFAULT_TCP_STREAMS
     listen: HostPort = DEFAULT_LISTEN  # dnsflow-ingest
+    # /metrics, /healthz, /readyz; with N processes, process i serves port + i - 1.
+    metrics_listen: HostPort | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -246,6 +248,7 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
             "tcp_max_streams", reassembly.DEFAULT_TCP_STREAMS, maximum=MAX_TCP_STREAMS
         ),
         listen=t.host_port("listen") or DEFAULT_LISTEN,
+        metrics_listen=t.listen("metrics_listen"),
     )
     if cfg.interface is not None and cfg.read is not None:
         t.error("read", "interface and read exclude each other: capture live or read a file")

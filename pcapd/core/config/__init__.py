@@ -23,6 +23,7 @@ from pcapd.core.config.read import (
     _delivery,
     _general,
     _interfaces,
+    _metrics,
     _redis,
     _s3,
     _security,
@@ -48,6 +49,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     security: SecurityConfig = SecurityConfig()
     correlator: CorrelatorConfig = CorrelatorConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # [agents.*] tables, validated by each agent's own config module.
     agents: Mapping[str, Any] = field(default_factory=dict)
     # Remote sinks in the order their sections appear in the file.
@@ -105,6 +107,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         "delivery": section("delivery"),
         "security": section("security"),
         "correlator": section("correlator"),
+        "metrics": section("metrics"),
     }
     agents = data.get("agents", {})
     if not isinstance(agents, dict):
@@ -120,6 +123,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         sqs=_sqs(sections["sqs"]),
         delivery=_delivery(sections["delivery"]),
         security=_security(sections["security"]),
+        metrics=_metrics(sections["metrics"]),
         agents=agents,
         remote_order=tuple(
             dict.fromkeys([k for k in data if k in ("s3", "cloudshark")] + ["s3", "cloudshark"])
