@@ -44,7 +44,9 @@ def get(url: str, wrap: Sequence[str] = ()) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def samples(base: str, wrap: Sequence[str] = ()) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def samples(
+    base: str, wrap: Sequence[str] = ()
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """(sample name, labels) -> value from `base`/metrics."""
     code, text = get(base + "/metrics", wrap)
     assert code == 200, text
@@ -55,7 +57,9 @@ def samples(base: str, wrap: Sequence[str] = ()) -> dict[tuple[str, frozenset[tu
     return found
 
 
-def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     """The sum of `name`'s samples whose labels include `labels` (0 if none)."""
     want = set(labels.items())
     return sum(v for (n, ls), v in found.items() if n == name and want <= ls)
