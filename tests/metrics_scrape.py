@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+Found = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
 SCRAPE_TIMEOUT = 10.0
 
 # Run inside a network namespace (`ip netns exec NS python -c ...`), where
@@ -50,7 +52,7 @@ def samples(
     """(sample name, labels) -> value from `base`/metrics."""
     code, text = get(base + "/metrics", wrap)
     assert code == 200, text
-    found = {}
+    found: Found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             found[sample.name, frozenset(sample.labels.items())] = sample.value

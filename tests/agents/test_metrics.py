@@ -98,11 +98,11 @@ metrics_listen = "127.0.0.1:{wire_port}"
             # Redis goes away: both unready, naming Redis; back: ready again.
             private_redis.stop()
             for base in (tap, wire):
-                wait_for(lambda b=base: ready(b)[0] == 503, timeout=30)  # type: ignore[misc]
+                wait_for(lambda b=base: ready(b)[0] == 503, timeout=30)
                 assert ready(base)[1]["checks"]["redis"]["ok"] is False
             private_redis.start()
             for base in (tap, wire):
-                wait_for(lambda b=base: ready(b)[0] == 200, timeout=40)  # type: ignore[misc]
+                wait_for(lambda b=base: ready(b)[0] == 200, timeout=40)
 
 
 def _answers(base: str) -> bool:

@@ -102,12 +102,12 @@ def test_readyz_follows_redis_away_and_back(
     daemon.start()
     try:
         wait_for(lambda: ready(base)[0] == 200, timeout=20)
-        code, report = ready(base)
+        _, report = ready(base)
         assert report["ready"] is True
         assert set(report["checks"]) == {f"source:{SOURCE}", "redis", "disk:local"}
         private_redis.stop()
         wait_for(lambda: ready(base)[0] == 503, timeout=30)
-        code, report = ready(base)
+        _, report = ready(base)
         assert report["ready"] is False
         assert report["checks"][f"source:{SOURCE}"]["ok"] is False
         assert report["checks"]["redis"]["ok"] is False
