@@ -256,6 +256,13 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         t.error("write", "cannot write one file from several processes (processes/-M)")
     if cfg.processes is not None and cfg.slot != (1, 1):
         t.error("slot", "slot (-m) and processes (-M) exclude each other")
+    metrics = cfg.metrics_listen
+    if metrics is not None and metrics.port + cfg.process_count - 1 > MAX_PORT:
+        t.error(
+            "metrics_listen",
+            f"{metrics}: with processes={cfg.process_count}, process i listens on port + i - 1, "
+            f"past {MAX_PORT}",
+        )
     if cfg.batch_ops > cfg.max_queue_ops:
         t.exceeds("batch_ops", cfg.batch_ops, "max_queue_ops", cfg.max_queue_ops)
     cpus = os.cpu_count() or 1

@@ -1,6 +1,7 @@
-"""deploy/grafana/pcapd.json: every PromQL expression parses, and every
-metric it names is one a real process exports (a daemon and the three
-agents, started here and scraped over HTTP)."""
+"""deploy/grafana/pcapd.json and the alerting rules in docs/operations.md:
+every PromQL expression parses, and every metric it names is one a real
+process exports (a daemon and the three agents, started here and scraped
+over HTTP)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.agents.test_metrics import agent_process
 from tests.helpers import RedisServer, free_port, wait_for
@@ -20,6 +22,8 @@ from tests.pcapd.daemon_fixture import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "pcapd.json"
+OPERATIONS = ROOT / "docs" / "operations.md"
+BUILTIN = {"up"}  # series Prometheus itself makes for every target
 
 # PromQL's functions and aggregations the dashboard may call.
 FUNCTIONS = {
@@ -97,6 +101,16 @@ def expressions() -> Iterator[str]:
     yield from walk(json.loads(DASHBOARD.read_text())["panels"])
 
 
+def rule_expressions() -> list[str]:
+    """The `expr` of every alerting rule in docs/operations.md's YAML blocks."""
+    found: list[str] = []
+    for block in OPERATIONS.read_text().split("```yaml\n")[1:]:
+        document = yaml.safe_load(block.split("```", 1)[0])
+        for group in document.get("groups", []):
+            found.extend(rule["expr"] for rule in group["rules"])
+    return found
+
+
 def series_names(text: str) -> set[str]:
     """Every series name the exposition can carry, samples or not: counters
     as `<name>_total`, histograms with their bucket, sum and count."""
@@ -123,10 +137,12 @@ def test_the_parser_finds_names_and_refuses_what_is_not_promql() -> None:
             metric_names(bad)
 
 
-def test_every_dashboard_metric_is_exported(redis_srv: RedisServer, tmp_path: Path) -> None:
-    exprs = list(expressions())
-    assert len(exprs) >= 20
-    wanted = set().union(*(metric_names(e) for e in exprs))
+def test_every_dashboard_and_alert_metric_is_exported(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    exprs, rules = list(expressions()), rule_expressions()
+    assert len(exprs) >= 20 and len(rules) >= 8
+    wanted = set().union(*(metric_names(e) for e in exprs + rules)) - BUILTIN
     ports = {name: free_port() for name in ("serve", "dnstap", "flow", "dnswire")}
     daemon = Daemon(
         redis_srv, tmp_path / "serve",
@@ -173,7 +189,7 @@ metrics_listen = "127.0.0.1:{ports["dnswire"]}"
     finally:
         daemon.stop()
     missing = sorted(wanted - exported)
-    assert not missing, f"the dashboard names metrics no process exports: {missing}"
+    assert not missing, f"the dashboard or the alerts name metrics no process exports: {missing}"
 
 
 def _up(base: str) -> bool:
