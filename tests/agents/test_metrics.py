@@ -6,6 +6,7 @@ into `pcapd agent flow`."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -170,3 +171,21 @@ def _answers_in(base: str, wrap: Sequence[str]) -> bool:
         return ready(base, wrap)[0] in (200, 503)
     except (OSError, AssertionError):
         return False
+
+
+def test_an_agent_metrics_port_in_use_names_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "agents.toml"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config.write_text(
+            f'[agents.dnstap]\nsocket = "{tmp_path / "s.sock"}"\n'
+            f'metrics_listen = "127.0.0.1:{port}"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "pcapd", "agent", "dnstap", "-c", str(config)],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    message = f"agents.dnstap.metrics_listen: cannot listen on 127.0.0.1:{port}: Address already"
+    assert message in done.stderr
+    assert not (tmp_path / "s.sock").exists()  # refused before it listened for dnstap
