@@ -28,6 +28,7 @@ from pcapd.core.metrics import (
 SNAPSHOT_TRIES = 3  # a counter dict resized mid-copy by the agent's thread: copy again
 
 Snapshot = Callable[[], Mapping[str, Any]]
+Family = Callable[..., Metric]  # pcapd.core.metrics.counter or gauge
 
 
 def _stable(snapshot: Snapshot) -> Mapping[str, Any]:
@@ -40,114 +41,69 @@ def _stable(snapshot: Snapshot) -> Mapping[str, Any]:
     return snapshot()
 
 
+def _each(agent: str, rows: Iterable[tuple[Family, str, str, float]]) -> list[Metric]:
+    """One family per (counter or gauge, name, help, value), labelled `agent`."""
+    return [make(name, doc, {(agent,): v}, ("agent",)) for make, name, doc, v in rows]
+
+
 def writer_families(agent: str, writer: RedisWriter | None) -> list[Metric]:
     """What reached Redis, and what never will."""
     if writer is None:
         return []
-    a = (agent,)
     w = writer.stats
-    return [
-        counter("agent_keys_written", "Redis operations written", {a: w.written_ops}, ("agent",)),
-        counter(
-            "agent_keys_dropped",
-            "Redis operations never written: queue full, refused by Redis, or left at exit",
-            {a: w.dropped_ops},
-            ("agent",),
-        ),
-        counter(
-            "agent_keys_rejected",
-            "Of the dropped operations, those Redis refused",
-            {a: w.rejected_ops},
-            ("agent",),
-        ),
-        gauge(
-            "agent_queue_depth",
-            "Redis operations queued for the writer",
-            {a: writer.queue_depth},
-            ("agent",),
-        ),
-        gauge(
-            "agent_queue_limit",
-            "Most Redis operations the writer holds (max_queue_ops)",
-            {a: writer.max_queue_ops},
-            ("agent",),
-        ),
-        counter(
-            "agent_redis_errors",
-            "Failed round trips to Redis (each retried after a backoff)",
-            {a: w.redis_errors},
-            ("agent",),
-        ),
-        gauge(
-            "agent_redis_connected",
-            "1 while the last round trip to Redis worked",
-            {a: int(writer.connected)},
-            ("agent",),
-        ),
-    ]
+    return _each(agent, [
+        (counter, "agent_keys_written", "Redis operations written", w.written_ops),
+        (counter, "agent_keys_dropped",
+         "Redis operations never written: queue full, refused by Redis, or left at exit",
+         w.dropped_ops),
+        (counter, "agent_keys_rejected", "Of the dropped operations, those Redis refused",
+         w.rejected_ops),
+        (gauge, "agent_queue_depth", "Redis operations queued for the writer",
+         writer.queue_depth),
+        (gauge, "agent_queue_limit", "Most Redis operations the writer holds (max_queue_ops)",
+         writer.max_queue_ops),
+        (counter, "agent_redis_errors",
+         "Failed round trips to Redis (each retried after a backoff)", w.redis_errors),
+        (gauge, "agent_redis_connected", "1 while the last round trip to Redis worked",
+         int(writer.connected)),
+    ])  # fmt: skip
 
 
 def common_families(agent: str, data: Mapping[str, Any], bad: Mapping[str, int]) -> list[Metric]:
-    """Responses recorded, deduplicated, kernel drops and bad input by reason."""
-    a = (agent,)
-    found = [
-        counter(
-            "agent_bad",
-            "Input that could not be used, by reason",
-            {(agent, reason): n for reason, n in bad.items()},
-            ("agent", "reason"),
-        ),
-    ]
+    """Bad input by reason; kernel drops, responses recorded and deduplicated
+    where the agent has them."""
+    rows: list[tuple[Family, str, str, float]] = []
     if "kernel_dropped" in data:
-        found.append(
-            counter(
-                "agent_kernel_dropped",
-                "Packets the kernel dropped before the agent read them",
-                {a: data["kernel_dropped"]},
-                ("agent",),
-            )
-        )
+        rows.append((counter, "agent_kernel_dropped",
+                     "Packets the kernel dropped before the agent read them",
+                     data["kernel_dropped"]))  # fmt: skip
     if "responses" in data:
-        found += [
-            counter(
-                "agent_responses",
-                "DNS responses recorded (NXDOMAIN included)",
-                {a: data["responses"]},
-                ("agent",),
-            ),
-            counter(
-                "agent_deduplicated",
-                "DNS responses skipped as repeats within dedup_window",
-                {a: data["deduped"]},
-                ("agent",),
-            ),
-        ]
-    return found
+        rows += [
+            (counter, "agent_responses", "DNS responses recorded (NXDOMAIN included)",
+             data["responses"]),
+            (counter, "agent_deduplicated",
+             "DNS responses skipped as repeats within dedup_window", data["deduped"]),
+        ]  # fmt: skip
+    reasons = {(agent, reason): n for reason, n in bad.items()}
+    return [
+        counter("agent_bad", "Input that could not be used, by reason", reasons,
+                ("agent", "reason")),
+        *_each(agent, rows),
+    ]  # fmt: skip
 
 
 def dnstap_families(data: Mapping[str, Any]) -> list[Metric]:
     bad = {**data["decode_errors"], **{f"frame_{k}": v for k, v in data["frame_errors"].items()}}
+    messages = {("dnstap", kind): n for kind, n in data["messages"].items()}
     return [
-        counter(
-            "agent_frames",
-            "Frame Streams data frames read",
-            {("dnstap",): data["frames"]},
-            ("agent",),
-        ),
-        counter(
-            "agent_messages",
-            "dnstap messages read, by message type",
-            {("dnstap", kind): n for kind, n in data["messages"].items()},
-            ("agent", "type"),
-        ),
-        gauge(
-            "agent_connections",
-            "Resolver connections open",
-            {("dnstap",): data["connections_open"]},
-            ("agent",),
-        ),
+        counter("agent_messages", "dnstap messages read, by message type", messages,
+                ("agent", "type")),
+        *_each("dnstap", [
+            (counter, "agent_frames", "Frame Streams data frames read", data["frames"]),
+            (gauge, "agent_connections", "Resolver connections open", data["connections_open"]),
+        ]),
         *common_families("dnstap", data, bad),
-    ]
+    ]  # fmt: skip
 
 
 def flow_families(data: Mapping[str, Any]) -> list[Metric]:
@@ -156,36 +112,25 @@ def flow_families(data: Mapping[str, Any]) -> list[Metric]:
     # packets.COUNTER_NAMES: "parsed" and "syn_fin" are fine packets, the rest are not.
     bad = {k: data[k] for k in packets.COUNTER_NAMES if k not in ("parsed", "syn_fin")}
     return [
-        counter("agent_packets", "Packets read", {("flow",): data["packets"]}, ("agent",)),
-        counter(
-            "agent_flow_events",
-            "Flow, RST and ICMP events recorded",
-            {("flow",): data["events"]},
-            ("agent",),
-        ),
-        counter(
-            "agent_deduplicated",
-            "Flow events suppressed as repeats",
-            {("flow",): data["suppressed"]},
-            ("agent",),
-        ),
+        *_each("flow", [
+            (counter, "agent_packets", "Packets read", data["packets"]),
+            (counter, "agent_flow_events", "Flow, RST and ICMP events recorded", data["events"]),
+            (counter, "agent_deduplicated", "Flow events suppressed as repeats",
+             data["suppressed"]),
+        ]),
         *common_families("flow", data, bad),
-    ]
+    ]  # fmt: skip
 
 
 def dnswire_families(data: Mapping[str, Any]) -> list[Metric]:
     bad = {k: data[k] for k in ("truncated", "malformed", "errors", "fragments_bad")}
     bad.update(data["bad_messages"])
     return [
-        counter("agent_packets", "Packets read", {("dnswire",): data["packets"]}, ("agent",)),
-        counter(
-            "agent_messages",
-            "DNS messages decoded off the wire",
-            {("dnswire", "dns"): data["messages"]},
-            ("agent", "type"),
-        ),
+        counter("agent_messages", "DNS messages decoded off the wire",
+                {("dnswire", "dns"): data["messages"]}, ("agent", "type")),
+        *_each("dnswire", [(counter, "agent_packets", "Packets read", data["packets"])]),
         *common_families("dnswire", data, bad),
-    ]
+    ]  # fmt: skip
 
 
 def agent_collector(

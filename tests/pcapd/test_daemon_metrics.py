@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import RedisServer, free_port, wait_for
+from tests.helpers import RedisServer, free_port, silent_server, wait_for
 from tests.metrics_scrape import get, ready, samples, value
 from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.test_daemon import traffic, udp_request
-from tests.uploaders.conftest import S3_KEY_ID, S3_SECRET
+from tests.uploaders.test_daemon_delivery import sections
 
 SOURCE = "redis-pubsub:capture"
 
@@ -23,74 +23,56 @@ def metrics_section(port: int) -> str:
     return f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
 
 
-def dead_s3(spool: Path) -> str:
-    """S3 on a loopback port nobody listens on: every upload fails at once."""
-    return f"""
-[s3]
-upload = true
-endpoint = "http://127.0.0.1:{free_port()}"
-bucket = "caps"
-region = "us-east-1"
-accessid = "{S3_KEY_ID}"
-accesskey = "{S3_SECRET}"
-
-[delivery]
-attempts = 2
-backoff_initial = 0.05
-backoff_max = 0.1
-spool_dir = "{spool}"
-drain_interval = 60
-"""
-
-
 def test_metrics_move_with_captures_rejections_and_failed_uploads(
     redis_srv: RedisServer, results: Results, tmp_path: Path
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    daemon = Daemon(
-        redis_srv, tmp_path, extra_sections=metrics_section(port) + dead_s3(tmp_path / "spool")
-    )
-    daemon.start()
-    try:
-        code, body = get(base + "/healthz")
-        assert (code, json.loads(body)) == (200, {"alive": True})
-        before = samples(base)
-        assert value(before, "pcapd_memory_limit_bytes") == 64 * 1024 * 1024
-        assert value(before, "pcapd_spool_entries") == 0
-        assert value(before, "pcapd_source_connected", source=SOURCE) == 1
+    with silent_server() as hung:
+        s3 = sections(hung, "caps", tmp_path / "spool", None, "attempt_timeout = 0.5")
+        daemon = Daemon(redis_srv, tmp_path, extra_sections=metrics_section(port) + s3)
+        daemon.start()
+        try:
+            code, body = get(base + "/healthz")
+            assert (code, json.loads(body)) == (200, {"alive": True})
+            before = samples(base)
+            assert value(before, "pcapd_memory_limit_bytes") == 64 * 1024 * 1024
+            assert value(before, "pcapd_spool_entries") == 0
+            assert value(before, "pcapd_source_connected", source=SOURCE) == 1
 
-        # A bad request: counted as rejected, the daemon keeps serving.
-        daemon.publish(b'{"node": "testnode", "interface": "lo", "packets": "many"}')
-        wait_for(
-            lambda: value(samples(base), "pcapd_requests_total", status="rejected") == 1,
-            timeout=20,
-        )
+            # A bad request: counted as rejected, the daemon keeps serving.
+            daemon.publish(b'{"node": "testnode", "interface": "lo", "packets": "many"}')
+            wait_for(
+                lambda: value(samples(base), "pcapd_requests_total", status="rejected") == 1,
+                timeout=20,
+            )
 
-        # A capture on lo whose S3 upload fails: kept on disk and in the spool.
-        udp = free_port()
-        daemon.publish(udp_request(udp, id="m-1", packets=5))
-        traffic(udp, 10, ready=lambda: daemon.started("m-1"))
-        event = results.for_id("m-1", timeout=30)
-        assert event["status"] == "spooled", event
-        after = samples(base)
-        assert value(after, "pcapd_requests_total", source=SOURCE, status="admitted") == 1
-        assert value(after, "pcapd_captures_total", stop="packets") == 1
-        assert value(after, "pcapd_packets_captured_total") == 5
-        assert value(after, "pcapd_captured_bytes_total") == event["bytes"] > 0
-        assert value(after, "pcapd_capture_duration_seconds_count") == 1
-        assert value(after, "pcapd_trigger_latency_seconds_count") == 1
-        assert value(after, "pcapd_uploads_total", sink="s3", outcome="failed") == 1
-        assert value(after, "pcapd_uploads_total", sink="local", outcome="ok") == 1
-        assert value(after, "pcapd_upload_duration_seconds_count", sink="s3") == 1
-        assert value(after, "pcapd_spool_entries") == 1
-        assert value(after, "pcapd_spool_bytes") >= event["bytes"]
-        assert value(after, "pcapd_spool_oldest_age_seconds") >= 0
-        assert value(after, "pcapd_memory_reserved_bytes") == 0  # stored: given back
-        assert value(after, "pcapd_spare_handles", interface="lo") in (0, 1)
-        assert value(after, "pcapd_results_dropped_total") == 0
-    finally:
-        daemon.stop()
+            # A capture on lo whose S3 upload fails: kept on disk and in the spool.
+            udp = free_port()
+            daemon.publish(udp_request(udp, id="m-1", packets=5))
+            traffic(udp, 10, ready=lambda: daemon.started("m-1"))
+            event = results.for_id("m-1", timeout=30)
+            assert event["status"] == "spooled", event
+            after = samples(base)
+            assert value(after, "pcapd_requests_total", source=SOURCE, status="admitted") == 1
+            assert value(after, "pcapd_captures_total", stop="packets") == 1
+            assert value(after, "pcapd_packets_captured_total") == 5
+            assert value(after, "pcapd_captured_bytes_total") == event["bytes"] > 0
+            assert value(after, "pcapd_capture_duration_seconds_count") == 1
+            assert value(after, "pcapd_trigger_latency_seconds_count") == 1
+            # The upload and then the drainer's retries, each given up after 0.5 s.
+            assert value(after, "pcapd_uploads_total", sink="s3", outcome="failed") >= 1
+            assert value(after, "pcapd_uploads_total", sink="s3", outcome="ok") == 0
+            assert value(after, "pcapd_uploads_total", sink="local", outcome="ok") == 1
+            assert value(after, "pcapd_upload_duration_seconds_sum", sink="s3") >= 0.5
+            assert value(after, "pcapd_spool_entries") == 1
+            assert value(after, "pcapd_spool_bytes") >= event["bytes"]
+            assert value(after, "pcapd_spool_oldest_age_seconds") >= 0
+            assert value(after, "pcapd_memory_reserved_bytes") == 0  # stored: given back
+            assert value(after, "pcapd_spare_handles", interface="lo") in (0, 1)
+            assert value(after, "pcapd_results_dropped_total") == 0
+        finally:
+            daemon.stop()
 
 
 def test_readyz_follows_redis_away_and_back(
