@@ -59,7 +59,7 @@ class CaptureMetrics:
         )  # fmt: skip
         self.trigger_latency = Histogram(
             "pcapd_trigger_latency_seconds",
-            "From a request's admission to its capture being active",
+            "From a request leaving its source to its capture being active",
             buckets=LATENCY_BUCKETS, registry=None,
         )  # fmt: skip
         self.uploads = Counter(

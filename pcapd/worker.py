@@ -95,7 +95,6 @@ class Worker:
         self.reservation = reservation  # released exactly once, by settle()
         self.job: Job | None = None
         self.thread: threading.Thread | None = None
-        self.admitted = time.monotonic()  # trigger-to-active latency starts here
 
     def run(self) -> None:
         """The capture thread's body; never raises."""
@@ -172,7 +171,8 @@ class Worker:
 
     def _active(self) -> None:
         """The capture polls its handle: the request is being served."""
-        self.controller.metrics.active(time.monotonic() - self.admitted)
+        if self.job is not None:
+            self.controller.metrics.active(time.monotonic() - self.job.delivery.received)
         self.controller.capture_started.set()
 
     def _captured(self, outcome: CaptureOutcome) -> None:
