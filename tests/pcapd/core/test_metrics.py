@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import Histogram
@@ -173,3 +174,13 @@ def test_a_port_in_use_is_an_error_naming_the_field() -> None:
     assert caught.value.errors == [
         f"metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_a_directory_that_cannot_take_files_fails_its_check(tmp_path: Path) -> None:
+    from pcapd.daemon_metrics import _writable
+
+    assert _writable(str(tmp_path)) is None
+    assert _writable(str(tmp_path / "not" / "made" / "yet")) is None  # the sink makes it
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _writable(str(blocker / "spool")) == f"{blocker} is not a directory"
