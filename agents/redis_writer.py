@@ -19,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from prometheus_client import Histogram
 
 from agents.store import BATCH_SCRIPT
-from pcapd.core.backoff import Backoff
+from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
+from pcapd.core.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -37,6 +39,8 @@ DEFAULT_FLUSH_INTERVAL = 0.05
 MIN_FLUSH_INTERVAL = 0.001
 MAX_FLUSH_INTERVAL = 10.0
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
+# s: an idle writer PINGs Redis this often, so `connected` (readiness) stays true
+PING_INTERVAL = 5.0
 
 INCR = ""  # op marker: INCR the key; anything else is a member to append
 INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
@@ -76,6 +80,13 @@ class RedisWriter:
         self.batch_ops = batch_ops
         self.flush_interval = flush_interval
         self.stats = WriterStats()
+        # True while the last round trip to Redis (a batch or an idle PING) worked.
+        self.connected = False
+        # One script call, sent to answered; registered by the agent's metrics, if on.
+        self.write_seconds = Histogram(
+            "pcapd_agent_redis_write_seconds", "Time of one batched write to Redis",
+            buckets=LATENCY_BUCKETS, registry=None,
+        )  # fmt: skip
         self._lock = threading.Lock()
         self._pending_keys: list[str] = []
         self._pending_args: list[str] = []
@@ -186,18 +197,24 @@ class RedisWriter:
         client: redis.Redis | None = None
         script = None
         backoff = Backoff().tracker()
+        last_contact = -math.inf
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             self.flush()
+            if not self._batches and time.monotonic() - last_contact >= PING_INTERVAL:
+                client = self._ping(client, backoff)
+                last_contact = time.monotonic()
             while self._batches and not self._stop.is_set():
                 keys, args = self._batches[0]
                 try:
-                    if client is None:
-                        client = self._connect()
+                    if client is None or script is None:
+                        client = client or self._connect()
                         script = client.register_script(BATCH_SCRIPT)
                     assert script is not None
+                    began = time.monotonic()
                     rejected, first = script(keys=keys, args=[self.ttl, int(self.index), *args])
+                    self.write_seconds.observe(time.monotonic() - began)
                     rejected = int(rejected)
                 except redis.ResponseError as exc:
                     # Redis answered and refused the whole batch (a read-only
@@ -207,6 +224,7 @@ class RedisWriter:
                     rejected = -1
                 except Exception as exc:  # connection trouble, or a bug: back off, retry
                     self.stats.redis_errors += 1
+                    self.connected = False
                     wait = backoff.failed()
                     event(
                         log, "redis_write_failed", logging.WARNING, error=str(exc),
@@ -216,6 +234,8 @@ class RedisWriter:
                     self._stop.wait(wait)
                     continue
                 backoff.succeeded()
+                self.connected = True
+                last_contact = time.monotonic()
                 with self._lock:
                     self._batches.popleft()
                     self._queued -= len(keys)
@@ -223,6 +243,23 @@ class RedisWriter:
                     self._refused(_cause(_text(first)), rejected, _text(first))
                 if rejected >= 0:
                     self.stats.written_ops += len(keys) - rejected
+
+    def _ping(self, client: redis.Redis | None, backoff: BackoffTracker) -> redis.Redis | None:
+        """PING while idle; the client to use next (None after a failure, which
+        waits out the backoff as a failed batch does)."""
+        try:
+            if client is None:
+                client = self._connect()
+            client.ping()
+        except Exception as exc:
+            if self.connected:
+                event(log, "redis_unreachable", logging.WARNING, error=str(exc))
+            self.connected = False
+            self._stop.wait(backoff.failed())
+            return None
+        backoff.succeeded()
+        self.connected = True
+        return client
 
 
 def dropped_status(writer: RedisWriter, agent: str) -> int:

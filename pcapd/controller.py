@@ -24,6 +24,7 @@ captured, and gives it back when the file is stored.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -50,6 +51,7 @@ from pcapd.core.request import (
     resolve_interfaces,
 )
 from pcapd.core.results import ResultPublisher
+from pcapd.daemon_metrics import CaptureMetrics
 from pcapd.dedup import seen_ids_and_sigs
 from pcapd.engine import HandlePool, available_devices
 from pcapd.signing import replayed, verify
@@ -101,6 +103,9 @@ class Controller:
         self._lock = threading.Lock()
         self._capturing: set[threading.Thread] = set()  # capture threads, for shutdown
         self._handling = 0  # handle() calls in progress
+        # (source, status) -> requests: what became of each delivery (/metrics).
+        self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.metrics = CaptureMetrics()
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
             deliverer.disk_targets(),
@@ -135,8 +140,9 @@ class Controller:
         """Serve one delivery; never raises, whatever the body holds."""
         with self._lock:
             self._handling += 1
+        status = "failed"
         try:
-            self._handle(delivery)
+            status = self._handle(delivery)
         except Exception as exc:  # a bug must cost one request, not the daemon
             event(log, "request_crashed", logging.ERROR, exc_info=True, source=delivery.source)
             error = f"internal error (log event=request_crashed): {exc!r}"
@@ -146,17 +152,26 @@ class Controller:
         finally:
             with self._lock:
                 self._handling -= 1
+                self._requests[delivery.source, status] += 1
 
-    def _handle(self, delivery: Delivery) -> None:
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """(source, status) -> requests so far; status: admitted (a capture
+        started), rejected, refused (no interface admitted), duplicate,
+        ignored (for another node), overloaded (refused unread), failed (a bug)."""
+        with self._lock:
+            return dict(self._requests)
+
+    def _handle(self, delivery: Delivery) -> str:
+        """Serve `delivery`; what became of it (see `request_counts`)."""
         parsed = self._parse(delivery)  # steps 1-2
-        if parsed is None:
-            return
+        if isinstance(parsed, str):
+            return parsed
         request, fields = parsed
         # Step 3. Recorded in memory at once: the same request on two sources
         # must not slip through twice; forgotten again if it is not served.
         if self.recent_ids.here.seen(request.id):
             self._duplicate(request, delivery)
-            return
+            return "duplicate"
         sig = fields.get("sig")
         sig = sig.lower() if isinstance(sig, str) else None
         try:
@@ -164,13 +179,13 @@ class Controller:
         except RequestError as exc:
             # The signature is not forgotten: it may be a served request's.
             self._turn_away(request, delivery, str(exc), sig=None)
-            return
+            return "rejected"
         try:
             self.deliverer.check(request)
             interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
         except RequestError as exc:
             self._turn_away(request, delivery, str(exc), sig=sig)
-            return
+            return "rejected"
         # Step 4: each interface admitted or rejected (saying why) on its own.
         warnings = request.warnings + skipped
         started = [self._start(request, name, warnings) for name in interfaces]
@@ -178,24 +193,25 @@ class Controller:
         if not workers:
             self._not_served(request.id, sig, claimed=False)
             delivery.ack()
-            return
+            return "refused"
         # Admitted: now the claims that later runs of this node see (a Redis
         # round trip each, so requests refused above cost none).
         if self.recent_ids.claim(request.id):
             for worker in workers:
                 worker.settle(durable=True)
             self._duplicate(request, delivery)
-            return
+            return "duplicate"
         if sig is not None and self.recent_sigs.claim(sig):
             for worker in workers:
                 worker.settle(durable=True)
             self._turn_away(request, delivery, replayed(self.recent_sigs.window), claimed=True)
-            return
+            return "rejected"
         self._launch(request, sig, delivery, workers)  # steps 5-7
+        return "admitted"
 
-    def _parse(self, delivery: Delivery) -> tuple[CaptureRequest, dict[str, Any]] | None:
-        """The request and its raw fields, or None when it was for another
-        node (silent) or rejected (answered and acked here)."""
+    def _parse(self, delivery: Delivery) -> tuple[CaptureRequest, dict[str, Any]] | str:
+        """The request and its raw fields, or "ignored" when it was for another
+        node (silent) or "rejected" (answered and acked here)."""
         general = self.config.general
         fields: dict[str, Any] | None = None
         if general.logrequests:
@@ -209,7 +225,7 @@ class Controller:
                 # Silent, even when other fields are bad: the named node reports.
                 event(log, "request_not_for_me", logging.DEBUG, id=fields.get("id"))
                 (delivery.not_for_me or delivery.ack)()
-                return None
+                return "ignored"
         except RequestError as exc:
             event(
                 log, "request_rejected", logging.WARNING,
@@ -217,7 +233,7 @@ class Controller:
             )  # fmt: skip
             self._answer_unparsed(delivery.body, exc.request_id, _reply_to(fields), str(exc))
             delivery.ack()
-            return None
+            return "rejected"
         if request.logrequest and not general.logrequests:
             event(log, "request_body", id=request.id, body=delivery.body.decode(errors="replace"))
         return request, fields
@@ -296,6 +312,8 @@ class Controller:
         Called by the source's reader thread, so it stays cheap: only a small
         body is parsed, for its id and reply_to; nothing is logged per body
         (the source logs a count)."""
+        with self._lock:
+            self._requests[delivery.source, "overloaded"] += 1
         request_id = reply_to = None
         if len(delivery.body) <= SALVAGE_MAX_BYTES:
             with contextlib.suppress(RequestError):

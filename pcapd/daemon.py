@@ -23,7 +23,9 @@ from pcapd.core import redis_conn
 from pcapd.core.config import Config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.core.logs import event, setup_logging
+from pcapd.core.metrics import MetricsError, MetricsServer, serve_metrics
 from pcapd.core.results import ResultPublisher
+from pcapd.daemon_metrics import DaemonCollector, daemon_checks
 from pcapd.engine import HandlePool, available_devices
 from pcapd.fleet import Heartbeat, NodeState, node_state
 from triggers.base import Delivery, TriggerSource
@@ -129,10 +131,12 @@ class Daemon:
             config.redis, socket_timeout=DEDUP_TIMEOUT, socket_connect_timeout=DEDUP_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
+        self.dedup = dedup
         self.controller = Controller(
             config, publisher=self.publisher, deliverer=deliverer, pool=self.pool,
             dedup_redis=dedup,
         )  # fmt: skip
+        deliverer.observe = self.controller.metrics.uploaded
         self.drainer = (
             SpoolDrainer(
                 deliverer.spool,
@@ -143,6 +147,8 @@ class Daemon:
             if deliverer.spool is not None
             else None
         )
+        if self.drainer is not None:
+            self.drainer.observe = self.controller.metrics.uploaded
         self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
         # The first signal stops the sources; retries stop waiting and running
         # captures end with stop=shutdown.
@@ -171,8 +177,20 @@ class Daemon:
             self.config, instance=self.heartbeat.instance, started=self.started,
             devices=available_devices(), linktypes=self.pool.linktypes(),
             sources=[s.name for s in self.sources], captures=self.controller.running(),
-            spool_files=spool.depth() if spool is not None else 0,
+            spool_files=spool.depth()[0] if spool is not None else 0,
             spool_bytes=spool.used_bytes() if spool is not None else 0,
+        )  # fmt: skip
+
+    def start_metrics(self) -> MetricsServer | None:
+        """/metrics, /healthz, /readyz on `[metrics] listen` (None: off);
+        MetricsError naming the field if it cannot listen."""
+        collectors = [
+            *self.controller.metrics.collectors(),
+            DaemonCollector(self.controller, self.sources, self.pool),
+        ]
+        return serve_metrics(
+            self.config.metrics.listen, "metrics.listen", collectors,
+            lambda: daemon_checks(self.controller, self.sources, self.dedup),
         )  # fmt: skip
 
     def _source_loop(self, source: TriggerSource) -> None:
@@ -273,8 +291,18 @@ def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] 
         return EXIT_CONFIG
     bound_malloc()
     daemon = Daemon(config)
+    try:
+        metrics = daemon.start_metrics()
+    except MetricsError as exc:
+        for problem in exc.errors:
+            event(log, "config_error", logging.ERROR, path=config_path, error=problem)
+        return EXIT_CONFIG
     daemon.signals.install()
-    code = daemon.run()
+    try:
+        code = daemon.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
     lingering = [
         t.name for t in threading.enumerate() if t.is_alive() and not t.daemon
         and t is not threading.current_thread()

@@ -191,6 +191,11 @@ class HandlePool:
         with self._lock:
             return dict(self._linktypes)
 
+    def spares(self) -> dict[str, bool]:
+        """interface -> whether a spare handle is ready for it now."""
+        with self._lock:
+            return {name: handle is not None for name, handle in self._spares.items()}
+
     def replenish(self) -> None:
         """Open replacements for the spares taken (in the background)."""
         self._wanted.set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -163,15 +164,22 @@ class Worker:
             return capture(
                 handle, limits, fmt=request.format, interface=self.interface,
                 comments=comments, stop=ctl.capture_stop, packet_debug=debug,
-                on_start=ctl.capture_started.set,
+                on_start=self._active,
             )  # fmt: skip
         finally:
             close_handle(handle)
+
+    def _active(self) -> None:
+        """The capture polls its handle: the request is being served."""
+        if self.job is not None:
+            self.controller.metrics.active(time.monotonic() - self.job.delivery.received)
+        self.controller.capture_started.set()
 
     def _captured(self, outcome: CaptureOutcome) -> None:
         """Free the slot at once; keep memory and disk for the file until it
         is stored, by the upload pool."""
         ctl = self.controller
+        ctl.metrics.captured(outcome)
         packets, data = outcome.packets, outcome.data
         result = ResultEvent.for_request(
             self.request, ctl.node, "ok" if packets else "empty", warnings=self.warnings,

@@ -19,6 +19,7 @@ from pcapd.core.config import (
     DeliveryConfig,
     FleetConfig,
     GeneralConfig,
+    MetricsConfig,
     RedisConfig,
     S3Config,
     SecurityConfig,
@@ -36,7 +37,7 @@ SECTIONS: dict[str, Any] = {
     "general": GeneralConfig, "redis": RedisConfig, "syslog": SyslogConfig,
     "s3": S3Config, "cloudshark": CloudsharkConfig, "delivery": DeliveryConfig,
     "sqs": SqsConfig, "security": SecurityConfig, "fleet": FleetConfig,
-    "correlator": CorrelatorConfig,
+    "correlator": CorrelatorConfig, "metrics": MetricsConfig,
     "agents.dnstap": DnstapConfig, "agents.flow": FlowConfig, "agents.dnswire": DnswireConfig,
 }  # fmt: skip
 AGENTS = {"agents.dnstap", "agents.flow", "agents.dnswire"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,6 +35,8 @@ class Delivery:
     message_id: str | None = None
     # What to do with a request for another node; None = ack (SQS may release).
     not_for_me: Callable[[], None] | None = None
+    # time.monotonic() when the source handed it over: trigger latency starts here.
+    received: float = field(default_factory=time.monotonic)
 
 
 class TriggerSource(Protocol):
@@ -42,3 +45,13 @@ class TriggerSource(Protocol):
     name: str
 
     def deliveries(self, stop: threading.Event) -> Iterator[Delivery]: ...
+
+    @property
+    def connected(self) -> bool:
+        """Subscribed, or the last poll worked: what readiness reports."""
+        ...
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection failed and was tried again after a backoff."""
+        ...

@@ -103,7 +103,12 @@ class RedisPubSubSource:
         self.received = 0  # messages read off the socket
         self.overloaded = 0  # of them refused because the queue was full
         self.drops = 0  # times Redis closed the subscription while it was up
+        self.reconnects = 0  # connections lost or refused, each retried after a backoff
         self._last_read = time.monotonic()  # when the subscription last gave bytes
+
+    @property
+    def connected(self) -> bool:
+        return self.subscribed.is_set()
 
     def deliveries(self, stop: threading.Event) -> Iterator[Delivery]:
         queue = _Queue(self.queue_bytes)
@@ -139,6 +144,7 @@ class RedisPubSubSource:
                     # have closed the connection before the kernel's buffer ran dry.
                     deaf_since = self._last_read
                 self.subscribed.clear()
+                self.reconnects += 1
                 why = self._why_lost(client, run_id)
                 wait = backoff.failed()
                 event(

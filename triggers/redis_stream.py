@@ -90,6 +90,7 @@ class RedisStreamSource:
         self.consumer = node
         self.malformed = 0  # entries without a body, acked and skipped
         self.read_errors = 0  # failed reads (Redis away or refusing), for metrics
+        self.connected = False  # the last call to Redis worked (readiness)
         self._factory = client_factory
         self._free_slots = free_slots
         self._batch = batch
@@ -102,6 +103,10 @@ class RedisStreamSource:
         self._in_flight: set[str] = set()
         self._unacked: set[str] = set()  # acks that failed; sent again on reconnect
 
+    @property
+    def reconnects(self) -> int:
+        return self.read_errors
+
     def deliveries(self, stop: threading.Event) -> Generator[Delivery, None, None]:
         failures = 0
         claim_from: str | None = None  # XAUTOCLAIM cursor while recovering
@@ -113,6 +118,7 @@ class RedisStreamSource:
                 if not ready:
                     self._ensure_group(client)
                     claim_from, ready = "0-0", True
+                    self.connected = True
                 if self._unacked:
                     self._resend_acks(client)
                 if not backlog:
@@ -137,6 +143,7 @@ class RedisStreamSource:
                 failures = self._backoff(stop, failures, exc)
                 ready, backlog = False, []
                 continue
+            self.connected = True
             if failures:
                 event(log, "stream_reading_again", stream=self.stream, failures=failures)
                 failures = 0
@@ -151,6 +158,7 @@ class RedisStreamSource:
     def _backoff(self, stop: threading.Event, failures: int, exc: Exception) -> int:
         failures += 1
         self.read_errors += 1
+        self.connected = False
         delay = self._schedule.delay(failures)
         event(
             log, "stream_read_failed", logging.ERROR, stream=self.stream,

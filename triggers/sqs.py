@@ -86,6 +86,7 @@ class SqsSource:
         self.config = config
         self.url: str = config.url
         self.receive_errors = 0  # failed receive calls, for metrics
+        self.connected = False  # the last receive call worked (readiness)
         self._factory = client_factory
         self._free_slots = free_slots
         self._clock = clock
@@ -99,6 +100,10 @@ class SqsSource:
         self._receiver = Receiver()
 
     # -- the receive loop -------------------------------------------------
+
+    @property
+    def reconnects(self) -> int:
+        return self.receive_errors
 
     def deliveries(self, stop: threading.Event) -> Generator[Delivery, None, None]:
         self._start_heartbeat()
@@ -117,6 +122,7 @@ class SqsSource:
                 except (BotoCoreError, ClientError) as exc:
                     failures += 1
                     self.receive_errors += 1
+                    self.connected = False
                     delay = self._backoff.delay(failures)
                     event(
                         log, "sqs_receive_failed", logging.ERROR, url=self.url,
@@ -124,6 +130,7 @@ class SqsSource:
                     )  # fmt: skip
                     stop.wait(delay)
                     continue
+                self.connected = True
                 if failures:
                     event(log, "sqs_receiving_again", url=self.url, failures=failures)
                     failures = 0

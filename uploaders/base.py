@@ -5,12 +5,22 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from pcapd.core.errors import UploadError as UploadError  # part of the uploader interface
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
+
+# Told of every upload to a sink, retries included: (sink, "ok" | "failed",
+# seconds). The daemon's metrics count them; nothing else needs to.
+UploadObserver = Callable[[str, str, float], None]
+
+
+def ignore_upload(sink: str, outcome: str, seconds: float) -> None:
+    pass
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from pcapd.core import logs
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
-from uploaders.base import Artifact, Location, Uploader
+from uploaders.base import Artifact, Location, Uploader, UploadObserver, ignore_upload
 from uploaders.deadline import Deadlined
 from uploaders.retry import RetryPolicy
 from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
@@ -87,6 +88,7 @@ class Deliverer:
         self.abandon = abandon if abandon is not None else threading.Event()
         self._ahead: dict[str, SpoolEntry] = {}  # filename -> write-ahead entry, in flight
         self._lock = threading.Lock()
+        self.observe: UploadObserver = ignore_upload
 
     @property
     def has_remote(self) -> bool:
@@ -134,12 +136,14 @@ class Deliverer:
             for uploader in self.uploaders:
                 if uploader.remote and ahead is None and spool_error is None:
                     ahead, spool_error = self._write_ahead(artifact, locations, event)
+                began = time.monotonic()
                 try:
                     location = self.retry.run(
                         functools.partial(uploader.upload, artifact),
                         f"{uploader.name}:{artifact.filename}",
                     )
                 except Exception as exc:  # any failure: spool it, never lose the capture
+                    self.observe(uploader.name, "failed", time.monotonic() - began)
                     errors.append(f"{uploader.name}: {exc}")
                     logs.event(
                         log, "upload_failed", logging.WARNING, sink=uploader.name,
@@ -148,6 +152,7 @@ class Deliverer:
                     if uploader.remote:
                         failed_remote.append(uploader.name)
                     continue
+                self.observe(uploader.name, "ok", time.monotonic() - began)
                 locations[location.kind] = location.url
                 copies.append((uploader, location))
             spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from uploaders.base import Uploader
+from uploaders.base import Uploader, UploadObserver, ignore_upload
 from uploaders.spool import Spool, SpoolCorrupt, SpoolEntry, clip_error
 
 # The spool's logger: these lines were its own, and operators filter on it.
@@ -72,6 +73,7 @@ class SpoolDrainer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pass_lock = threading.Lock()
+        self.observe: UploadObserver = ignore_upload
 
     def start(self) -> None:
         """Begin draining now (entries left by a previous run go first), then every interval."""
@@ -143,12 +145,15 @@ class SpoolDrainer:
                     down[sink] = f"{sink}: no such uploader configured"
                     failures.append(down[sink])
                     continue
+                began = time.monotonic()
                 try:
                     location = uploader.upload(artifact)
                 except Exception as exc:  # any failure keeps the entry; never the drainer
+                    self.observe(sink, "failed", time.monotonic() - began)
                     down[sink] = f"{sink}: {exc}"
                     failures.append(down[sink])
                     continue
+                self.observe(sink, "ok", time.monotonic() - began)
                 locations[location.kind] = location.url
                 pending.remove(sink)
             del artifact

@@ -146,11 +146,6 @@ class Spool:
         with self._count_lock:
             return self._used
 
-    def depth(self) -> int:
-        """Captures waiting in the spool (one directory scan, no file read)."""
-        with os.scandir(self.directory) as it:
-            return sum(1 for item in it if item.name.endswith(DATA_SUFFIX))
-
     def refresh(self) -> int:
         """Recount from the directory (a stat per file); returns the new count."""
         total = 0
@@ -301,6 +296,20 @@ class Spool:
         except (OSError, ValueError, TypeError) as exc:
             logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=str(exc))
             return None
+
+    def depth(self) -> tuple[int, float | None]:
+        """(entries waiting, when the oldest was captured: its file's mtime, or
+        None when empty), from one directory scan: what /metrics shows."""
+        count, oldest = 0, None
+        with os.scandir(self.directory) as it:
+            for item in it:
+                if item.name.startswith(TMP_PREFIX) or not item.name.endswith(DATA_SUFFIX):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    mtime = item.stat(follow_symlinks=False).st_mtime
+                    count += 1
+                    oldest = mtime if oldest is None else min(oldest, mtime)
+        return count, oldest
 
     def orphans(self) -> builtins.list[Path]:
         """Data files without a sidecar: a writer died between the two renames."""

@@ -37,9 +37,11 @@ from agents.dnstap.response import (
     parse_response,
 )
 from agents.dnstap.server import ConnectionStats, DnstapServer
+from agents.metrics import dnstap_families, serve_agent_metrics
 from agents.redis_writer import RedisWriter
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
 from pcapd.core.logs import event
+from pcapd.core.metrics import Check
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
@@ -309,6 +311,13 @@ class DnstapAgent:
         ]  # fmt: skip
         return data
 
+    def input_check(self) -> Check:
+        """Ready once a resolver is connected: without one the agent hears nothing."""
+        n = len(self.server.connections)
+        if n:
+            return Check("input", True, f"{n} resolver connection(s) open")
+        return Check("input", False, "no resolver connected to the dnstap socket or listener")
+
     def log_stats(self) -> None:
         data = self.snapshot()
         per_conn = data.pop("per_connection")
@@ -351,8 +360,11 @@ def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
     `FLUSH_TIMEOUT` s) and exit 0. A second signal exits at once, status 1."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     writer = make_writer(config, connect)
-    writer.start()
     agent = DnstapAgent(config, writer)
+    metrics = serve_agent_metrics(
+        "dnstap", config.metrics_listen, agent.snapshot, dnstap_families, writer, agent.input_check
+    )
+    writer.start()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -373,4 +385,6 @@ def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
     finally:
         writer.stop(timeout=FLUSH_TIMEOUT)
         agent.log_stats()
+        if metrics is not None:
+            metrics.stop()
     return EXIT_OK

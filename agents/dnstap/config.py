@@ -99,6 +99,7 @@ class DnstapConfig:
     udp_interface: str | None = None
     udp_ttl: int = DEFAULT_UDP_TTL
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
+    metrics_listen: HostPort | None = None  # /metrics, /healthz, /readyz (docs/operations.md)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -208,6 +209,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
             "stats_interval", DEFAULT_STATS_INTERVAL, minimum=0.0, maximum=MAX_STATS_INTERVAL
         ),
         udp_output=t.host_port("udp_output"),
+        metrics_listen=t.listen("metrics_listen"),
         udp_interface=t.optional_str("udp_interface"),
         udp_ttl=t.get_int("udp_ttl", DEFAULT_UDP_TTL, minimum=0, maximum=MAX_UDP_TTL),
     )

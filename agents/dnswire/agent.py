@@ -35,6 +35,7 @@ from agents.dnswire import decode, export, filters, reassembly
 from agents.dnswire.config import DnswireConfig
 from agents.redis_writer import RedisWriter
 from pcapd.core.logs import event
+from pcapd.core.metrics import Check
 
 log = logging.getLogger("pcapd.agents.dnswire")
 
@@ -313,6 +314,11 @@ class WireAgent:
             data.update({f"export_{k}": v for k, v in asdict(self.packer.stats).items()})
             data["not_exported"] = self.not_exported
         return data
+
+    def input_check(self) -> Check:
+        if self._handle is None:
+            return Check("input", False, "no capture open")
+        return Check("input", True, f"capturing, {self.captured} packets read")
 
     def log_stats(self, name: str = "dnswire_stats") -> None:
         self._error_logs = 0

@@ -108,6 +108,8 @@ class DnswireConfig:
     tcp_max_bytes: int = reassembly.DEFAULT_TCP_TOTAL_BYTES
     tcp_max_streams: int = reassembly.DEFAULT_TCP_STREAMS
     listen: HostPort = DEFAULT_LISTEN  # dnsflow-ingest
+    # /metrics, /healthz, /readyz; with N processes, process i serves port + i - 1.
+    metrics_listen: HostPort | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -246,6 +248,7 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
             "tcp_max_streams", reassembly.DEFAULT_TCP_STREAMS, maximum=MAX_TCP_STREAMS
         ),
         listen=t.host_port("listen") or DEFAULT_LISTEN,
+        metrics_listen=t.listen("metrics_listen"),
     )
     if cfg.interface is not None and cfg.read is not None:
         t.error("read", "interface and read exclude each other: capture live or read a file")
@@ -253,6 +256,13 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         t.error("write", "cannot write one file from several processes (processes/-M)")
     if cfg.processes is not None and cfg.slot != (1, 1):
         t.error("slot", "slot (-m) and processes (-M) exclude each other")
+    metrics = cfg.metrics_listen
+    if metrics is not None and metrics.port + cfg.process_count - 1 > MAX_PORT:
+        t.error(
+            "metrics_listen",
+            f"{metrics}: with processes={cfg.process_count}, process i listens on port + i - 1, "
+            f"past {MAX_PORT}",
+        )
     if cfg.batch_ops > cfg.max_queue_ops:
         t.exceeds("batch_ops", cfg.batch_ops, "max_queue_ops", cfg.max_queue_ops)
     cpus = os.cpu_count() or 1

@@ -40,6 +40,7 @@ from agents.dnswire.agent import (
     check_interface,
 )
 from agents.dnswire.config import DnswireConfig
+from agents.metrics import dnswire_families, serve_agent_metrics
 from agents.redis_writer import dropped_status
 from pcapd.core.lifecycle import EXIT_COLD, StopSignals
 from pcapd.core.logs import event
@@ -104,6 +105,10 @@ def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) ->
     else:
         assert config.interface is not None
         agent.open_live(config.interface)
+    metrics = serve_agent_metrics(
+        "dnswire", config.metrics_listen, agent.snapshot, dnswire_families, writer,
+        agent.input_check,
+    )  # fmt: skip
     signals = StopSignals("dnswire")
     signals.install()
     stop = signals.stop
@@ -127,6 +132,8 @@ def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) ->
         agent.log_stats("dnswire_done")
         for sender in senders:
             sender.close()
+        if metrics is not None:
+            metrics.stop()
     if config.read and writer is not None and not status:
         status = dropped_status(writer, "dnswire")
     return status
@@ -167,7 +174,12 @@ def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) 
     stopping = False
 
     def start(i: int) -> None:
-        child_cfg = replace(config, slot=(i, n), processes=None, pidfile=None)
+        child_cfg = replace(
+            config, slot=(i, n), processes=None, pidfile=None,
+            metrics_listen=config.metrics_listen and replace(
+                config.metrics_listen, port=config.metrics_listen.port + i - 1
+            ),
+        )  # fmt: skip
         proc = ctx.Process(target=_child, args=(child_cfg, connect), name=f"dnswire-{i}/{n}")
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:

@@ -23,11 +23,13 @@ import pcap
 
 from agents.flow import packets, tracker
 from agents.flow.config import FlowConfig
+from agents.metrics import flow_families, serve_agent_metrics
 from agents.redis_writer import RedisWriter, dropped_status
 from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
 from pcapd.core.errors import PcapdError
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.core.logs import event
+from pcapd.core.metrics import Check
 
 log = logging.getLogger("pcapd.agents.flow")
 
@@ -183,6 +185,11 @@ class FlowAgent:
         )
         return result
 
+    def input_check(self) -> Check:
+        if self._handle is None:
+            return Check("input", False, "no capture open")
+        return Check("input", True, f"capturing, {self.seen} packets read")
+
     def log_stats(self, name: str = "flow_stats") -> None:
         fields: dict[str, Any] = self.stats()
         event(log, name, **fields)
@@ -219,6 +226,9 @@ def run(config: FlowConfig, connect: Callable[[], Any], read: str | None = None)
     except AgentError as exc:
         print(f"pcapd agent flow: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    metrics = serve_agent_metrics(
+        "flow", config.metrics_listen, agent.stats, flow_families, writer, agent.input_check
+    )
     signals = StopSignals("flow")
     signals.install()
     writer.start()
@@ -236,6 +246,8 @@ def run(config: FlowConfig, connect: Callable[[], Any], read: str | None = None)
     finally:
         writer.stop(FLUSH_TIMEOUT)
         agent.log_stats("flow_done")
+        if metrics is not None:
+            metrics.stop()
     if read and status == EXIT_OK:
         status = dropped_status(writer, "flow")  # a file read whole, some keys lost
     return status

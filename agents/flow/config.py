@@ -38,7 +38,7 @@ from agents.redis_writer import (
     MAX_QUEUE_OPS,
     MAX_TTL_GRACE,
 )
-from pcapd.core.configread import ConfigError, Table
+from pcapd.core.configread import ConfigError, HostPort, Table
 from pcapd.core.logs import event
 
 SECTION = "agents.flow"
@@ -109,6 +109,7 @@ class FlowConfig:
     batch_ops: int = DEFAULT_BATCH_OPS
     max_tracked: int = DEFAULT_MAX_TRACKED
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
+    metrics_listen: HostPort | None = None  # /metrics, /healthz, /readyz (docs/operations.md)
     warnings: tuple[str, ...] = ()
 
     def ruleset(self) -> RuleSet:
@@ -283,6 +284,7 @@ def parse_flow_config(table: Any) -> FlowConfig:
     rules = _rules(t, names) if t.get("rules") is not None else defaults.rules
     config = FlowConfig(
         interface=t.optional_str("interface"),
+        metrics_listen=t.listen("metrics_listen"),
         our_nets=tuple(our_nets),
         networks=networks,
         rules=rules,

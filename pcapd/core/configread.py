@@ -231,6 +231,17 @@ class Table:
             return None
         return HostPort(host, number)
 
+    def listen(self, key: str) -> HostPort | None:
+        """A listener's `ADDRESS:PORT`, or None when absent or empty (off).
+        Port 0 is refused: an operator must know where to connect."""
+        if not self.get(key):
+            return None
+        address = self.host_port(key)
+        if address is not None and address.port == 0:
+            self.error(key, f"{address!s}: port 0 is not a fixed port to connect to")
+            return None
+        return address
+
     def secret(self, key: str) -> Secret | None:
         """A secret string; whatever else is written there, the error names only
         its type: `auth = 918273645` is a password too."""

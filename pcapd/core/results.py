@@ -90,6 +90,11 @@ class ResultPublisher:
                 return str(exc) or type(exc).__name__
 
     # -- queued, for the daemon -----------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        with self._wake:
+            return len(self._pending)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="results", daemon=True)
         self._thread.start()

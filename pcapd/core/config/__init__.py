@@ -24,6 +24,7 @@ from pcapd.core.config.read import (
     _fleet,
     _general,
     _interfaces,
+    _metrics,
     _redis,
     _s3,
     _security,
@@ -50,6 +51,7 @@ class Config:
     security: SecurityConfig = SecurityConfig()
     correlator: CorrelatorConfig = CorrelatorConfig()
     fleet: FleetConfig = FleetConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # [agents.*] tables, validated by each agent's own config module.
     agents: Mapping[str, Any] = field(default_factory=dict)
     # Remote sinks in the order their sections appear in the file.
@@ -108,6 +110,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         "security": section("security"),
         "correlator": section("correlator"),
         "fleet": section("fleet"),
+        "metrics": section("metrics"),
     }
     agents = data.get("agents", {})
     if not isinstance(agents, dict):
@@ -124,6 +127,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         delivery=_delivery(sections["delivery"]),
         security=_security(sections["security"]),
         fleet=_fleet(sections["fleet"]),
+        metrics=_metrics(sections["metrics"]),
         agents=agents,
         remote_order=tuple(
             dict.fromkeys([k for k in data if k in ("s3", "cloudshark")] + ["s3", "cloudshark"])

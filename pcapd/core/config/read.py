@@ -342,3 +342,7 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
         s.errors.append(f"correlator.default_duration: {config.default_duration} exceeds "
                         f"max_duration={config.max_duration}")  # fmt: skip
     return config
+
+
+def _metrics(s: Table) -> MetricsConfig:
+    return MetricsConfig(listen=s.listen("listen"))

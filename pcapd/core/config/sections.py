@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
+from pcapd.core.configread import HostPort
 from pcapd.core.secret import Secret
 
 # pcapdaemon's documented defaults (its own code never applied them).
@@ -317,3 +318,11 @@ class CorrelatorConfig:
     s3_url_expiry: int = DEFAULT_S3_URL_EXPIRY
     threads: int = DEFAULT_WEB_THREADS
     captures_shown: int = DEFAULT_CAPTURES_SHOWN
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """`pcapd serve`'s Prometheus /metrics, /healthz and /readyz (docs/operations.md);
+    off unless `listen` is set. Each agent has its own `metrics_listen`."""
+
+    listen: HostPort | None = None

@@ -1,0 +1,175 @@
+"""The agents' Prometheus families and readiness checks, read at scrape time
+from the counters each agent keeps already (`snapshot()` / `stats()` and the
+writer's `WriterStats`): nothing is counted twice.
+
+Every family carries `agent` ("dnstap", "flow", "dnswire"), so one dashboard
+sums them across sensors. Names and meanings: docs/operations.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from agents.redis_writer import RedisWriter
+from pcapd.core.configread import HostPort
+from pcapd.core.metrics import (
+    Check,
+    FunctionCollector,
+    MetricsServer,
+    counter,
+    gauge,
+    serve_metrics,
+)
+
+SNAPSHOT_TRIES = 3  # a counter dict resized mid-copy by the agent's thread: copy again
+
+Snapshot = Callable[[], Mapping[str, Any]]
+Family = Callable[..., Metric]  # pcapd.core.metrics.counter or gauge
+
+
+def _stable(snapshot: Snapshot) -> Mapping[str, Any]:
+    """`snapshot()`, copied again if the agent's thread changed a dict meanwhile."""
+    for _ in range(SNAPSHOT_TRIES - 1):
+        try:
+            return snapshot()
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
+    return snapshot()
+
+
+def _each(agent: str, rows: Iterable[tuple[Family, str, str, float]]) -> list[Metric]:
+    """One family per (counter or gauge, name, help, value), labelled `agent`."""
+    return [make(name, doc, {(agent,): v}, ("agent",)) for make, name, doc, v in rows]
+
+
+def writer_families(agent: str, writer: RedisWriter | None) -> list[Metric]:
+    """What reached Redis, and what never will."""
+    if writer is None:
+        return []
+    w = writer.stats
+    return _each(agent, [
+        (counter, "agent_keys_written", "Redis operations written", w.written_ops),
+        (counter, "agent_keys_dropped",
+         "Redis operations never written: queue full, refused by Redis, or left at exit",
+         w.dropped_ops),
+        (counter, "agent_keys_rejected", "Of the dropped operations, those Redis refused",
+         w.rejected_ops),
+        (gauge, "agent_queue_depth", "Redis operations queued for the writer",
+         writer.queue_depth),
+        (gauge, "agent_queue_limit", "Most Redis operations the writer holds (max_queue_ops)",
+         writer.max_queue_ops),
+        (counter, "agent_redis_errors",
+         "Failed round trips to Redis (each retried after a backoff)", w.redis_errors),
+        (gauge, "agent_redis_connected", "1 while the last round trip to Redis worked",
+         int(writer.connected)),
+    ])  # fmt: skip
+
+
+def common_families(agent: str, data: Mapping[str, Any], bad: Mapping[str, int]) -> list[Metric]:
+    """Bad input by reason; kernel drops, responses recorded and deduplicated
+    where the agent has them."""
+    rows: list[tuple[Family, str, str, float]] = []
+    if "kernel_dropped" in data:
+        rows.append((counter, "agent_kernel_dropped",
+                     "Packets the kernel dropped before the agent read them",
+                     data["kernel_dropped"]))  # fmt: skip
+    if "responses" in data:
+        rows += [
+            (counter, "agent_responses", "DNS responses recorded (NXDOMAIN included)",
+             data["responses"]),
+            (counter, "agent_deduplicated",
+             "DNS responses skipped as repeats within dedup_window", data["deduped"]),
+        ]  # fmt: skip
+    reasons = {(agent, reason): n for reason, n in bad.items()}
+    return [
+        counter("agent_bad", "Input that could not be used, by reason", reasons,
+                ("agent", "reason")),
+        *_each(agent, rows),
+    ]  # fmt: skip
+
+
+def dnstap_families(data: Mapping[str, Any]) -> list[Metric]:
+    bad = {**data["decode_errors"], **{f"frame_{k}": v for k, v in data["frame_errors"].items()}}
+    messages = {("dnstap", kind): n for kind, n in data["messages"].items()}
+    return [
+        counter("agent_messages", "dnstap messages read, by message type", messages,
+                ("agent", "type")),
+        *_each("dnstap", [
+            (counter, "agent_frames", "Frame Streams data frames read", data["frames"]),
+            (gauge, "agent_connections", "Resolver connections open", data["connections_open"]),
+        ]),
+        *common_families("dnstap", data, bad),
+    ]  # fmt: skip
+
+
+def flow_families(data: Mapping[str, Any]) -> list[Metric]:
+    from agents.flow import packets
+
+    # packets.COUNTER_NAMES: "parsed" and "syn_fin" are fine packets, the rest are not.
+    bad = {k: data[k] for k in packets.COUNTER_NAMES if k not in ("parsed", "syn_fin")}
+    return [
+        *_each("flow", [
+            (counter, "agent_packets", "Packets read", data["packets"]),
+            (counter, "agent_flow_events", "Flow, RST and ICMP events recorded", data["events"]),
+            (counter, "agent_deduplicated", "Flow events suppressed as repeats",
+             data["suppressed"]),
+        ]),
+        *common_families("flow", data, bad),
+    ]  # fmt: skip
+
+
+def dnswire_families(data: Mapping[str, Any]) -> list[Metric]:
+    bad = {k: data[k] for k in ("truncated", "malformed", "errors", "fragments_bad")}
+    bad.update(data["bad_messages"])
+    return [
+        counter("agent_messages", "DNS messages decoded off the wire",
+                {("dnswire", "dns"): data["messages"]}, ("agent", "type")),
+        *_each("dnswire", [(counter, "agent_packets", "Packets read", data["packets"])]),
+        *common_families("dnswire", data, bad),
+    ]  # fmt: skip
+
+
+def agent_collector(
+    agent: str,
+    snapshot: Snapshot,
+    families: Callable[[Mapping[str, Any]], list[Metric]],
+    writer: RedisWriter | None,
+) -> Collector:
+    def collect() -> Iterator[Metric]:
+        yield from families(_stable(snapshot))
+        yield from writer_families(agent, writer)
+
+    return FunctionCollector(collect)
+
+
+def writer_check(writer: RedisWriter | None) -> Iterable[Check]:
+    if writer is None:
+        return ()
+    if writer.connected:
+        return (Check("redis", True, "reachable"),)
+    detail = f"unreachable ({writer.stats.redis_errors} failed round trips); writes are queued"
+    return (Check("redis", False, detail),)
+
+
+def serve_agent_metrics(
+    agent: str,
+    address: HostPort | None,
+    snapshot: Snapshot,
+    families: Callable[[Mapping[str, Any]], list[Metric]],
+    writer: RedisWriter | None,
+    input_check: Callable[[], Check],
+) -> MetricsServer | None:
+    """The agent's /metrics, /healthz, /readyz on `address` (None: off)."""
+    collectors: list[Collector] = [agent_collector(agent, snapshot, families, writer)]
+    if writer is not None:
+        collectors.append(writer.write_seconds)
+
+    def checks() -> Iterator[Check]:
+        yield input_check()
+        yield from writer_check(writer)
+
+    return serve_metrics(address, f"agents.{agent}.metrics_listen", collectors, checks)

@@ -1,0 +1,134 @@
+"""`pcapd serve` with `[metrics] listen`: scraped with a real HTTP client while
+it captures on `lo`, rejects a bad request, fails an upload into the spool,
+and while its (private) Redis goes away and comes back."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import RedisServer, free_port, silent_server, wait_for
+from tests.metrics_scrape import get, ready, samples, value
+from tests.pcapd.daemon_fixture import Daemon, Results
+from tests.pcapd.test_daemon import traffic, udp_request
+from tests.uploaders.test_daemon_delivery import sections
+
+SOURCE = "redis-pubsub:capture"
+
+
+def metrics_section(port: int) -> str:
+    return f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+
+
+def test_metrics_move_with_captures_rejections_and_failed_uploads(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with silent_server() as hung:
+        s3 = sections(hung, "caps", tmp_path / "spool", None, "attempt_timeout = 0.5")
+        daemon = Daemon(redis_srv, tmp_path, extra_sections=metrics_section(port) + s3)
+        daemon.start()
+        try:
+            code, body = get(base + "/healthz")
+            assert (code, json.loads(body)) == (200, {"alive": True})
+            before = samples(base)
+            assert value(before, "pcapd_memory_limit_bytes") == 64 * 1024 * 1024
+            assert value(before, "pcapd_spool_entries") == 0
+            assert value(before, "pcapd_source_connected", source=SOURCE) == 1
+
+            # A bad request: counted as rejected, the daemon keeps serving.
+            daemon.publish(b'{"node": "testnode", "interface": "lo", "packets": "many"}')
+            wait_for(
+                lambda: value(samples(base), "pcapd_requests_total", status="rejected") == 1,
+                timeout=20,
+            )
+
+            # A capture on lo whose S3 upload fails: kept on disk and in the spool.
+            udp = free_port()
+            daemon.publish(udp_request(udp, id="m-1", packets=5))
+            traffic(udp, 10, ready=lambda: daemon.started("m-1"))
+            event = results.for_id("m-1", timeout=30)
+            assert event["status"] == "spooled", event
+            after = samples(base)
+            assert value(after, "pcapd_requests_total", source=SOURCE, status="admitted") == 1
+            assert value(after, "pcapd_captures_total", stop="packets") == 1
+            assert value(after, "pcapd_packets_captured_total") == 5
+            assert value(after, "pcapd_captured_bytes_total") == event["bytes"] > 0
+            assert value(after, "pcapd_capture_duration_seconds_count") == 1
+            assert value(after, "pcapd_trigger_latency_seconds_count") == 1
+            # The upload and then the drainer's retries, each given up after 0.5 s.
+            assert value(after, "pcapd_uploads_total", sink="s3", outcome="failed") >= 1
+            assert value(after, "pcapd_uploads_total", sink="s3", outcome="ok") == 0
+            assert value(after, "pcapd_uploads_total", sink="local", outcome="ok") == 1
+            assert value(after, "pcapd_upload_duration_seconds_sum", sink="s3") >= 0.5
+            assert value(after, "pcapd_spool_entries") == 1
+            assert value(after, "pcapd_spool_bytes") >= event["bytes"]
+            assert value(after, "pcapd_spool_oldest_age_seconds") >= 0
+            assert value(after, "pcapd_memory_reserved_bytes") == 0  # stored: given back
+            assert value(after, "pcapd_spare_handles", interface="lo") in (0, 1)
+            assert value(after, "pcapd_results_dropped_total") == 0
+        finally:
+            daemon.stop()
+
+
+def test_readyz_follows_redis_away_and_back(
+    private_redis: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    daemon = Daemon(private_redis, tmp_path, extra_sections=metrics_section(port))
+    daemon.start()
+    try:
+        wait_for(lambda: ready(base)[0] == 200, timeout=20)
+        _, report = ready(base)
+        assert report["ready"] is True
+        assert set(report["checks"]) == {f"source:{SOURCE}", "redis", "disk:local"}
+        private_redis.stop()
+        wait_for(lambda: ready(base)[0] == 503, timeout=30)
+        _, report = ready(base)
+        assert report["ready"] is False
+        assert report["checks"][f"source:{SOURCE}"]["ok"] is False
+        assert report["checks"]["redis"]["ok"] is False
+        assert "unreachable" in report["checks"]["redis"]["detail"]
+        assert report["checks"]["disk:local"]["ok"] is True
+        assert get(base + "/healthz")[0] == 200  # alive all the same
+        private_redis.start()
+        wait_for(lambda: ready(base)[0] == 200, timeout=40)
+        reconnects = value(samples(base), "pcapd_source_reconnects_total", source=SOURCE)
+        assert reconnects >= 1
+    finally:
+        daemon.stop()
+
+
+def _serve(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_bad_listen_address_names_the_field(redis_srv: RedisServer, tmp_path: Path) -> None:
+    daemon = Daemon(redis_srv, tmp_path, extra_sections='\n[metrics]\nlisten = "localhost:x"\n')
+    done = _serve(daemon.config_path)
+    assert done.returncode == 2
+    assert "metrics.listen: 'localhost:x' is not ADDRESS:PORT with a literal IP address" in (
+        done.stderr
+    )
+    daemon = Daemon(redis_srv, tmp_path, extra_sections='\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    done = _serve(daemon.config_path)
+    assert done.returncode == 2
+    assert "metrics.listen: 127.0.0.1:0: port 0 is not a fixed port" in done.stderr
+
+
+def test_a_port_in_use_names_the_field(redis_srv: RedisServer, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        daemon = Daemon(redis_srv, tmp_path, extra_sections=metrics_section(port))
+        done = _serve(daemon.config_path)
+    assert done.returncode == 2
+    output = done.stdout + done.stderr
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use" in output
