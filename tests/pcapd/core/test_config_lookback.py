@@ -68,7 +68,8 @@ def test_a_ring_is_read() -> None:
         ({"lookback": 10, "lookback_bpf": "host \u00e9"},
          "interface[0].lookback_bpf: holds U+00E9 at character 5; a filter is printable "
          "ASCII, got 'host \u00e9'"),
-        ({"lookback": 10, "lookback_bpf": 7}, "interface[0].lookback_bpf: expected a string, got 7"),
+        ({"lookback": 10, "lookback_bpf": 7},
+         "interface[0].lookback_bpf: expected a string, got 7"),
         ({"lookback_bytes": 8 << 20},
          "interface[0].lookback_bytes: only used with lookback > 0 (seconds the ring keeps)"),
         ({"lookback_bpf": "udp"},

@@ -4,9 +4,9 @@ with a message naming the field, the value and the rule."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import replace
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -485,9 +485,7 @@ def test_lookback_is_read(config: Config, value: Any, seconds: int) -> None:
 
 
 def test_lookback_needs_a_ring_that_holds_it() -> None:
-    config = parse_config(
-        {"interface": [{"name": "eth0"}, {"name": "eth1", "lookback": 20}]}, HOST
-    )
+    config = parse_config({"interface": [{"name": "eth0"}, {"name": "eth1", "lookback": 20}]}, HOST)
     ask = parse_request(body(interface=["eth0", "eth1"], lookback=30), config)
     assert lookback_problem(ask, "eth0", config) == (
         "lookback: interface 'eth0' keeps no lookback ring (no [[interface]] lookback)"
