@@ -71,6 +71,7 @@ class CaptureOutcome:
     ended: float
     linktype: int
     error: str | None = None  # the handle failed mid-capture; data holds what came
+    lookback: float | None = None  # seconds from before the start, from a ring
 
 
 def available_devices() -> set[str]:
