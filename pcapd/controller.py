@@ -45,12 +45,14 @@ from pcapd.core.request import (
     RequestError,
     addressed_to,
     decode_body,
+    lookback_problem,
     parse_fields,
     resolve_interfaces,
 )
 from pcapd.core.results import ResultPublisher
 from pcapd.dedup import seen_ids_and_sigs
 from pcapd.engine import HandlePool, available_devices
+from pcapd.ring import Ring
 from pcapd.signing import replayed, verify
 from pcapd.worker import Job, Worker
 from triggers.base import Delivery
@@ -83,9 +85,12 @@ class Controller:
         devices: Callable[[], set[str]] = available_devices,
         clock: Callable[[], float] = time.time,
         dedup_redis: redis.Redis | None = None,
+        rings: Mapping[str, Ring] | None = None,
     ) -> None:
         """`dedup_redis`: where seen request ids and signatures are kept, so
-        they hold across restarts (memory only when None, or while it is away)."""
+        they hold across restarts (memory only when None, or while it is away).
+        `rings`: the running lookback rings by interface; captures there are
+        served from the ring, not from `pool`."""
         self.config = config
         self.node = config.general.node
         self.names = FileNamer(config.general.naming)
@@ -94,6 +99,7 @@ class Controller:
         self.pool = pool
         self.devices = devices
         self.clock = clock
+        self.rings: Mapping[str, Ring] = rings or {}
         self.recent_ids, self.recent_sigs = seen_ids_and_sigs(
             config.security, self.node, dedup_redis
         )
@@ -102,7 +108,7 @@ class Controller:
         self._handling = 0  # handle() calls in progress
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
-            deliverer.disk_targets(),
+            deliverer.disk_targets(), rings=sum(r.memory for r in self.rings.values()),
         )  # fmt: skip
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[Worker, Artifact, ResultEvent]] = {}
@@ -277,6 +283,12 @@ class Controller:
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
     ) -> Worker | None:
+        problem = lookback_problem(request, interface, self.config)
+        if problem is None and request.lookback and interface not in self.rings:
+            problem = f"lookback: the ring on {interface!r} is not running on this node"
+        if problem is not None:
+            self.reject(request, interface, problem, warnings)
+            return None
         try:
             reservation = self.admission.reserve(request.bytes)
         except Refused as exc:

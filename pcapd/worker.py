@@ -32,6 +32,7 @@ from pcapd.engine import (
     set_filter,
 )
 from pcapd.packetdebug import packet_logger
+from pcapd.ring import Ring
 from triggers.base import Delivery
 from uploaders.base import Artifact
 
@@ -113,6 +114,16 @@ class Worker:
 
     def _run(self) -> None:
         ctl = self.controller
+        ring = ctl.rings.get(self.interface)
+        if ring is not None:
+            # The ring's handle serves it: no socket to open, no spare taken.
+            try:
+                outcome = self._capture(ring)
+            except CaptureError as exc:
+                self.refused(str(exc))
+                return
+            self._captured(outcome)
+            return
         # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
         # the trigger thread, so requests keep being admitted or refused fast.
         handle: pcap.pcap | None = None
@@ -138,7 +149,8 @@ class Worker:
         self.controller.reject(self.request, self.interface, error, self.warnings)
         self.settle(durable=True)
 
-    def _capture(self, handle: pcap.pcap) -> CaptureOutcome:
+    def _capture(self, source: pcap.pcap | Ring) -> CaptureOutcome:
+        """On the handle taken (closed after), or from the interface's ring."""
         ctl = self.controller
         request = self.request
         limits = CaptureLimits(
@@ -153,12 +165,17 @@ class Worker:
             log, "capture_started", id=request.id, alertid=request.alertid,
             interface=self.interface, bpf=request.bpf, packets=request.packets,
             bytes=request.bytes, duration=request.duration, timeout=request.timeout,
+            lookback=request.lookback or None,
         )  # fmt: skip
-        debug = (
-            packet_logger(request.id, self.interface, handle.datalink())
-            if request.packetdebug
-            else None
-        )
+        linktype = source.linktype if isinstance(source, Ring) else source.datalink()
+        debug = packet_logger(request.id, self.interface, linktype) if request.packetdebug else None
+        if isinstance(source, Ring):
+            return source.capture(
+                limits, fmt=request.format, bpf=request.bpf, lookback=request.lookback,
+                comments=comments, stop=ctl.capture_stop, packet_debug=debug,
+                on_start=ctl.capture_started.set,
+            )  # fmt: skip
+        handle = source
         try:
             return capture(
                 handle, limits, fmt=request.format, interface=self.interface,
@@ -180,6 +197,7 @@ class Worker:
             kernel_dropped=outcome.kernel_dropped, started=iso_utc(outcome.started),
             ended=iso_utc(outcome.ended),
             sha256=hashlib.sha256(data).hexdigest() if packets else None,
+            lookback=outcome.lookback,
         )  # fmt: skip
         self.reservation.free_slot()
         ctl.untrack(self)

@@ -94,7 +94,7 @@ def test_bad_maxlookback(value: Any, error: str) -> None:
 
 
 def test_rings_must_leave_room_for_a_capture_of_maxbytes() -> None:
-    data = {
+    data: dict[str, Any] = {
         "general": {"max_memory": 100 << 20, "maxbytes": 40 << 20},
         "interface": [
             {"name": "eth0", "lookback": 10, "lookback_bytes": 32 << 20},
