@@ -4,8 +4,6 @@ and read by a ring in the other; files read back with dpkt and tshark."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import io
 import os
 import socket
@@ -21,32 +19,13 @@ import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
 from pcapd.ring import MIN_CHUNK, Ring, chunk_layout
-from tests.helpers import VethPair, needs_root, run, veth_pair, wait_for
+from tests.helpers import VethPair, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
 
 PORT = 40_080
 PAYLOAD = 200
-CLONE_NEWNET = 0x40000000
 FAR = 3600  # seconds: a bound that never ends a capture here
-
-
-@contextlib.contextmanager
-def netns(name: str) -> Iterator[None]:
-    """This thread in network namespace `name`; sockets and pcap handles made
-    here stay bound to it after the thread goes back."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    there = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        assert libc.setns(there, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
-        try:
-            yield
-        finally:
-            assert libc.setns(home, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
-    finally:
-        os.close(home)
-        os.close(there)
 
 
 @dataclass
