@@ -27,7 +27,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import replace
@@ -72,6 +72,28 @@ def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
     """The body's reply_to, when it is a valid channel name, whatever else is wrong."""
     value = fields.get("reply_to") if fields else None
     return value if isinstance(value, str) and CHANNEL_RE.fullmatch(value) else None
+
+
+class _KnownDevices(Collection[str]):
+    """Names that exist: the rings', else the device list, read once if asked."""
+
+    def __init__(self, rings: Mapping[str, Ring], devices: Callable[[], set[str]]) -> None:
+        self._rings, self._devices = rings, devices
+        self._listed: set[str] | None = None
+
+    def _all(self) -> set[str]:
+        if self._listed is None:
+            self._listed = self._devices() | set(self._rings)
+        return self._listed
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rings or name in self._all()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 class Controller:
@@ -130,6 +152,11 @@ class Controller:
             if worker.thread is not None:
                 self._capturing.discard(worker.thread)
 
+    def _devices(self) -> Collection[str]:
+        """The devices a request may name: ring interfaces are open, so they
+        exist; the device list (~0.4 ms) is read only for another name."""
+        return _KnownDevices(self.rings, self.devices)
+
     # -- requests --------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
         """Serve one delivery; never raises, whatever the body holds."""
@@ -167,7 +194,7 @@ class Controller:
             return
         try:
             self.deliverer.check(request)
-            interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
+            interfaces, skipped = resolve_interfaces(request, self.config, self._devices())
         except RequestError as exc:
             self._turn_away(request, delivery, str(exc), sig=sig)
             return
