@@ -63,10 +63,12 @@ from pcapd.pcapfile import (
 log = logging.getLogger("pcapd.ring")
 
 RECORD = struct.Struct("<qI")  # ts_ns, length; the packet's bytes follow
+_HEAD, _pack_head = RECORD.size, RECORD.pack_into  # the hot path's names
 CHUNK_TARGET = 4 * 1024 * 1024  # bytes per chunk, for rings large enough
 MIN_CHUNKS = 4  # so that an overflow drops at most a quarter of the ring
 MIN_CHUNK = MAX_SNAPLENGTH + RECORD.size  # every chunk holds the largest packet
 RING_BUFFER_SIZE = 32 * 1024 * 1024  # kernel buffer of a ring's handle, at least
+DISPATCH_BATCH = 4096  # packets read per turn under the lock, so registrations get it between
 READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at the clock
 EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
 STOP_FLUSH = BLOCK_TIMEOUT_MS * 1.5 / 1000  # s: the open kernel block, read after a timed stop
@@ -254,16 +256,19 @@ class Ring:
         evicted_at = 0.0
         while not self._stop.is_set():
             poller.poll(READ_WAIT * 1000)
-            with self._lock:
-                try:
-                    handle.dispatch(-1, on_packet)
-                except OSError as exc:
-                    self._failed(exc)
-                    return
-                now = time.monotonic()
-                if now - evicted_at >= EVICT_EVERY:
-                    evicted_at = now
-                    self._evict_old(time.time_ns() - self.seconds * NS)
+            got = DISPATCH_BATCH
+            while got >= DISPATCH_BATCH:
+                with self._lock:
+                    try:
+                        got = handle.dispatch(DISPATCH_BATCH, on_packet)
+                    except OSError as exc:
+                        self._failed(exc)
+                        return
+                    now = time.monotonic()
+                    if now - evicted_at >= EVICT_EVERY:
+                        evicted_at = now
+                        self._evict_old(time.time_ns() - self.seconds * NS)
+                time.sleep(0)  # a capture waiting to register takes the lock now
 
     def _failed(self, exc: OSError) -> None:
         """The handle failed: every capture ends with what it holds. Lock held."""
@@ -278,19 +283,20 @@ class Ring:
     def _on_packet(self, ts: int, pkt: bytes) -> None:
         """The hot path: one record appended, then offered to each capture."""
         n = len(pkt)
-        end = self._pos + RECORD.size + n
+        head = self._pos
+        end = head + _HEAD + n
         if end > self._size:
             self._next_chunk()
-            end = RECORD.size + n
-        start = end - n
+            head, end = 0, _HEAD + n
         buf = self._buf
-        RECORD.pack_into(buf, start - RECORD.size, ts, n)
-        buf[start:end] = pkt
+        _pack_head(buf, head, ts, n)
+        buf[head + _HEAD : end] = pkt
         self._pos = end
         self._count += 1
         self._last = ts
-        for offer in self._feeds:
-            offer(ts, pkt)
+        if self._feeds:
+            for offer in self._feeds:
+                offer(ts, pkt)
 
     def _sync(self) -> None:
         """The current chunk's state into the per-chunk lists. Lock held."""
