@@ -201,7 +201,9 @@ class Controller:
         # Step 4: each interface admitted or rejected (saying why) on its own.
         warnings = request.warnings + skipped
         started = [self._start(request, name, warnings) for name in interfaces]
-        workers = [worker for worker in started if worker is not None]
+        # A ring capture starts here, before the Redis claims: it costs no
+        # socket, and a duplicate found below just drops it.
+        workers = [worker for worker in started if worker is not None and self._ready(worker)]
         if not workers:
             self._not_served(request.id, sig, claimed=False)
             delivery.ack()
@@ -322,6 +324,12 @@ class Controller:
             self.reject(request, interface, str(exc), warnings)
             return None
         return Worker(self, request, interface, warnings, reservation)
+
+    def _ready(self, worker: Worker) -> bool:
+        """A capture on a ring interface is registered with the ring now
+        (False: refused, already answered); any other one is ready as it is."""
+        ring = self.rings.get(worker.interface)
+        return ring is None or worker.register(ring)
 
     def refuse(self, delivery: Delivery, reason: str) -> None:
         """Answer a delivery its source could not hold ("overloaded"), unread.

@@ -407,10 +407,32 @@ class Ring:
         on_start: Callable[[], None] | None = None,
     ) -> CaptureOutcome:
         """One capture from the ring, as `engine.capture` on a handle of its
-        own would make it, plus `lookback` seconds from before it started.
-        Bounds count the whole file; `duration` runs from the start.
+        own would make it, plus `lookback` seconds from before it started:
+        `register`, then `RingCapture.finish`."""
+        served = self.register(
+            limits, fmt=fmt, bpf=bpf, lookback=lookback, comments=comments,
+            packet_debug=packet_debug,
+        )  # fmt: skip
+        if on_start is not None:
+            on_start()
+        return served.finish(stop)
 
-        Memory: the returned bytearray never exceeds `limits.bytes`.
+    def register(
+        self,
+        limits: CaptureLimits,
+        *,
+        fmt: str,
+        bpf: str,
+        lookback: int,
+        comments: Mapping[str, object],
+        packet_debug: PacketDebug | None = None,
+    ) -> RingCapture:
+        """Start a capture: from now on (and `lookback` seconds back) it gets
+        every packet that matches `bpf`, until `finish` or `cancel`. Bounds
+        count the whole file; `duration` runs from now. Raises CaptureError
+        (a bad filter, a failed ring) before anything is registered.
+
+        Memory: the capture's bytearray never exceeds `limits.bytes`.
         """
         match = self._compile(bpf)
         trigger = time.time_ns()
@@ -431,22 +453,15 @@ class Ring:
                 self._replay(since, feed)
             self._live.add(feed)
             self._feeds = (*self._feeds, feed.offer)
-        started = trigger / NS
-        if on_start is not None:
-            on_start()
-        try:
-            stop_reason = self._wait(feed, limits, stop)
-        finally:
-            with self._lock:
-                self._live.discard(feed)
-                self._feeds = tuple(f for f in self._feeds if f != feed.offer)
-                drops = max(0, self._drops() - drops_before)
-                error = self.error
-        return CaptureOutcome(
-            data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
-            kernel_dropped=drops, started=started, ended=time.time(), linktype=self.linktype,
-            error=error, lookback=round((trigger - span_start) / NS, 3) if lookback else None,
-        )  # fmt: skip
+        delivered = round((trigger - span_start) / NS, 3) if lookback else None
+        return RingCapture(self, feed, limits, drops_before, delivered)
+
+    def _unregister(self, feed: _Feed) -> tuple[int, str | None]:
+        """No more packets for `feed`: (kernel drops so far, the ring's error)."""
+        with self._lock:
+            self._live.discard(feed)
+            self._feeds = tuple(f for f in self._feeds if f != feed.offer)
+            return self._drops(), self.error
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
         """The request's filter for the ring's link type; None matches all.
@@ -485,11 +500,53 @@ class Ring:
             }
         return pcapng_header(self.linktype, snap, self.interface, comments)
 
-    def _wait(self, feed: _Feed, limits: CaptureLimits, stop: threading.Event) -> str:
-        """Until the capture is full or a timed bound or shutdown ends it."""
-        begin = time.monotonic()
-        deadline = begin + limits.duration
-        last_packet, seen = begin, feed.count
+
+class RingCapture:
+    """One capture registered with a ring: `finish` waits for its bounds and
+    returns its file; `cancel` drops it (a duplicate, a refusal). Either
+    unregisters it, once."""
+
+    def __init__(
+        self,
+        ring: Ring,
+        feed: _Feed,
+        limits: CaptureLimits,
+        drops_before: int,
+        lookback: float | None,
+    ) -> None:
+        self._ring = ring
+        self._feed = feed
+        self._limits = limits
+        self._drops_before = drops_before
+        self.lookback = lookback  # seconds the ring gave; None without a lookback
+        self.started = feed.trigger / NS
+        self._begin = time.monotonic()
+        self.done = False
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            self._ring._unregister(self._feed)
+
+    def finish(self, stop: threading.Event) -> CaptureOutcome:
+        feed = self._feed
+        try:
+            stop_reason = self._wait(stop)
+        finally:
+            self.done = True
+            drops, error = self._ring._unregister(feed)
+        return CaptureOutcome(
+            data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
+            kernel_dropped=max(0, drops - self._drops_before), started=self.started,
+            ended=time.time(), linktype=self._ring.linktype, error=error,
+            lookback=self.lookback,
+        )  # fmt: skip
+
+    def _wait(self, stop: threading.Event) -> str:
+        """Until the capture is full, or a timed bound or shutdown ends it."""
+        feed, limits = self._feed, self._limits
+        deadline = self._begin + limits.duration
+        last_packet, seen = self._begin, feed.count
         reason = ""
         while not feed.full:
             now = time.monotonic()
