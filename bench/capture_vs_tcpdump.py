@@ -199,7 +199,8 @@ def engine_child(dev: str, buffer_size: int, ring_mode: bool) -> int:
     before = _own_cpu()
     print("ready", flush=True)
     if ring is not None:
-        outcome = ring.capture(limits, fmt="pcap", bpf="", lookback=0, comments={}, stop=stop)
+        served = ring.register(limits, fmt="pcap", bpf="", lookback=0, comments={})
+        outcome = served.finish(stop)
         ring.stop()
     else:
         outcome = capture(handle, limits, fmt="pcap", interface=dev, comments={}, stop=stop)

@@ -49,6 +49,7 @@ from pcapd.engine import (
     close_handle,
     open_handle,
     set_filter,
+    timed_stop,
 )
 from pcapd.pcapfile import (
     EPB_HEAD,
@@ -394,29 +395,6 @@ class Ring:
             )  # fmt: skip
 
     # -- captures -------------------------------------------------------------
-    def capture(
-        self,
-        limits: CaptureLimits,
-        *,
-        fmt: str,
-        bpf: str,
-        lookback: int,
-        comments: Mapping[str, object],
-        stop: threading.Event,
-        packet_debug: PacketDebug | None = None,
-        on_start: Callable[[], None] | None = None,
-    ) -> CaptureOutcome:
-        """One capture from the ring, as `engine.capture` on a handle of its
-        own would make it, plus `lookback` seconds from before it started:
-        `register`, then `RingCapture.finish`."""
-        served = self.register(
-            limits, fmt=fmt, bpf=bpf, lookback=lookback, comments=comments,
-            packet_debug=packet_debug,
-        )  # fmt: skip
-        if on_start is not None:
-            on_start()
-        return served.finish(stop)
-
     def register(
         self,
         limits: CaptureLimits,
@@ -427,7 +405,8 @@ class Ring:
         comments: Mapping[str, object],
         packet_debug: PacketDebug | None = None,
     ) -> RingCapture:
-        """Start a capture: from now on (and `lookback` seconds back) it gets
+        """Start a capture, as `engine.capture` on a handle of its own would
+        make it: from now on (and `lookback` seconds back) it gets
         every packet that matches `bpf`, until `finish` or `cancel`. Bounds
         count the whole file; `duration` runs from now. Raises CaptureError
         (a bad filter, a failed ring) before anything is registered.
@@ -547,17 +526,11 @@ class RingCapture:
         feed, limits = self._feed, self._limits
         deadline = self._begin + limits.duration
         last_packet, seen = self._begin, feed.count
-        reason = ""
         while not feed.full:
             now = time.monotonic()
             if feed.count != seen:
                 seen, last_packet = feed.count, now
-            if stop.is_set():
-                reason = "shutdown"
-            elif now >= deadline:
-                reason = "duration"
-            elif now - last_packet >= limits.timeout:
-                reason = "timeout"
+            reason = timed_stop(stop, now, deadline, last_packet, limits.timeout)
             if reason:
                 # Packets stamped before now may still sit in the kernel's block.
                 feed.cutoff = time.time_ns()

@@ -69,11 +69,11 @@ def limits(packets: int = 100_000, size: int = 50_000_000, duration: float = FAR
 
 def capture(ring: Ring, *, bpf: str = "", lookback: int = 0, fmt: str = "pcap",
             stop: threading.Event | None = None, **bounds: float) -> CaptureOutcome:  # fmt: skip
-    return ring.capture(
+    served = ring.register(
         limits(**bounds),  # type: ignore[arg-type]
         fmt=fmt, bpf=bpf, lookback=lookback, comments={"request_id": "t"},
-        stop=stop or threading.Event(),
     )  # fmt: skip
+    return served.finish(stop or threading.Event())
 
 
 def numbers(outcome: CaptureOutcome) -> list[tuple[int, int]]:
