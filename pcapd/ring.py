@@ -240,6 +240,13 @@ class Ring:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
+        if self._handle is not None:
+            stats = self.stats()
+            event(
+                log, "ring_stopped", interface=self.interface, packets=stats.packets,
+                evicted_overflow=stats.evicted_overflow, evicted_age=stats.evicted_age,
+                kernel_dropped=stats.kernel_dropped,
+            )  # fmt: skip
         with self._lock:
             for feed in self._live:
                 if not feed.full:
