@@ -172,3 +172,23 @@ def test_ring_memory_is_reserved_and_sigterm_ends_ring_captures(tmp_path: Path) 
         assert counters(event["locations"]["local"]) == [0, 1, 2]
         assert s.daemon.wait() == 0
         assert "event=stopped clean=true" in s.daemon.log()
+
+
+def test_a_lookback_bpf_the_link_type_refuses_stops_the_start(tmp_path: Path) -> None:
+    """Checked for Ethernet at load, compiled again for the real link type
+    when the ring opens: `any` is Linux cooked capture, with no Ethernet header."""
+    with redis_server(tmp_path) as server, veth_pair(subnet=83) as pair:
+        daemon = Daemon(
+            server, tmp_path / "daemon",
+            extra_sections='[[interface]]\nname = "any"\nlookback = 5\nlookback_bytes = 4194304\n'
+            'lookback_bpf = "ether host 01:02:03:04:05:06"\n',
+        )  # fmt: skip
+        done = subprocess.run(
+            pair.exec_a(sys.executable, "-m", "pcapd", "serve", "-c", str(daemon.config_path)),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "event=ring_failed error=\"lookback_bpf of any: bpf: 'ether host 01:02:03:04:05:06' "
+        "does not compile for any (link type 113)"
+    ) in done.stdout + done.stderr
