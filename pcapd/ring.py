@@ -430,6 +430,10 @@ class Ring:
             oldest = self._oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
             header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
+            if len(header) > limits.bytes:
+                raise CaptureError(
+                    f"bytes={limits.bytes} cannot hold even the {len(header)}-byte file header"
+                )
             feed = _Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
                 trigger=trigger, debug=packet_debug,

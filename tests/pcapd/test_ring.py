@@ -244,6 +244,8 @@ def test_a_bad_request_filter_is_refused_and_the_ring_serves_on(link: Link) -> N
             capture(ring, bpf="host")
         with pytest.raises(CaptureError, match=r"holds U\+D800 at character 5"):
             capture(ring, bpf="host \ud800")
+        with pytest.raises(CaptureError, match=r"^bytes=100 cannot hold even the \d+-byte file "):
+            capture(ring, fmt="pcapng", size=100)
         link.send(3)
         held(ring, 3)
         assert len(numbers(capture(ring, lookback=5, timeout=0.3))) == 3
