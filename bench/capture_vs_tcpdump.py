@@ -10,7 +10,13 @@ each, and the ratio pcapd/tcpdump of packets captured.
 Target (issue 2): wherever tcpdump loses nothing, pcapd loses nothing either
 (ratio 1.00), up to at least 400k pps.
 
-Run as root: `.venv/bin/python bench/capture_vs_tcpdump.py [--quick]`.
+`--ring`: pcapd captures through a lookback ring instead (pcapd/ring.py: the
+ring's one handle keeps everything the filter passes, and one live capture
+is served from it, as a request on a ring interface is); target (issue 14):
+ratio 1.00 wherever tcpdump loses nothing, up to at least 300k pps.
+`--subnet N` moves the veth pair to 10.200.N.0/24.
+
+Run as root: `.venv/bin/python bench/capture_vs_tcpdump.py [--quick] [--ring]`.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ ENGINE_MAX_PACKETS = 1_000_000_000
 SENDER_SHORTFALL = 0.9  # below this fraction of the asked rate, say so
 PPS_MULTI = 10  # packets per timing tick: tcpreplay cannot pace 1 packet per 2.5 us
 ENGINE_DURATION = 600.0
+RING_SECONDS = 60  # the ring's lookback in --ring mode
+RING_BYTES = 64 * 1024 * 1024  # and its memory: the default lookback_bytes
 SUBNET = "10.200.77"
 BPF = f"udp and dst port {DST_PORT}"
 
@@ -137,10 +145,11 @@ class Counts:
     cpu: float  # seconds
 
 
-def start_engine(ns: str, dev: str, buffer_size: int) -> subprocess.Popen[str]:
+def start_engine(ns: str, dev: str, buffer_size: int, ring: bool) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__),
-         "--engine-child", dev, "--buffer-size", str(buffer_size)],
+         "--engine-child", dev, "--buffer-size", str(buffer_size),
+         *(["--ring"] if ring else [])],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -161,13 +170,18 @@ def stop_engine(proc: subprocess.Popen[str]) -> Counts:
     return Counts(result["packets"], result["kernel_dropped"], result["cpu"])
 
 
-def engine_child(dev: str, buffer_size: int) -> int:
+def engine_child(dev: str, buffer_size: int, ring_mode: bool) -> int:
     """Runs inside the capture namespace: one capture until told to stop."""
     from pcapd.core.config import MAX_SNAPLENGTH
     from pcapd.engine import CaptureLimits, capture, close_handle, open_handle, set_filter
+    from pcapd.ring import Ring
 
-    handle = open_handle(dev, buffer_size)
-    set_filter(handle, dev, BPF)
+    ring = Ring(dev, RING_SECONDS, RING_BYTES, BPF, buffer_size) if ring_mode else None
+    if ring is not None:
+        ring.start()
+    else:
+        handle = open_handle(dev, buffer_size)
+        set_filter(handle, dev, BPF)
     stop = threading.Event()
 
     def wait_stop() -> None:
@@ -184,8 +198,13 @@ def engine_child(dev: str, buffer_size: int) -> int:
     )
     before = _own_cpu()
     print("ready", flush=True)
-    outcome = capture(handle, limits, fmt="pcap", interface=dev, comments={}, stop=stop)
-    close_handle(handle)
+    if ring is not None:
+        served = ring.register(limits, fmt="pcap", bpf="", lookback=0, comments={})
+        outcome = served.finish(stop)
+        ring.stop()
+    else:
+        outcome = capture(handle, limits, fmt="pcap", interface=dev, comments={}, stop=stop)
+        close_handle(handle)
     print(
         json.dumps(
             {
@@ -284,10 +303,16 @@ class Row:
 
 
 def measure(
-    link: Link, pcap: Path, workdir: Path, rate: int | None, packets: int, buffer_size: int
+    link: Link,
+    pcap: Path,
+    workdir: Path,
+    rate: int | None,
+    packets: int,
+    buffer_size: int,
+    ring: bool = False,
 ) -> Row:
     dump = workdir / "tcpdump.pcap"
-    engine = start_engine(link.ns_capture, link.dev_capture, buffer_size)
+    engine = start_engine(link.ns_capture, link.dev_capture, buffer_size, ring)
     try:
         tcpdump = start_tcpdump(link.ns_capture, link.dev_capture, dump, buffer_size)
     except BaseException:
@@ -343,10 +368,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="two rates, shorter replays")
     parser.add_argument("--buffer-size", type=int, default=DEFAULT_BUFFER_SIZE,
                         help="kernel buffer of both capturers (default: pcapd's)")  # fmt: skip
+    parser.add_argument("--ring", action="store_true",
+                        help="pcapd captures through a lookback ring (pcapd/ring.py)")  # fmt: skip
+    parser.add_argument("--subnet", type=int, default=77, help="veth pair in 10.200.N.0/24")
     parser.add_argument("--engine-child", metavar="DEV", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SUBNET
+    SUBNET = f"10.200.{args.subnet}"
     if args.engine_child:
-        return engine_child(args.engine_child, args.buffer_size)
+        return engine_child(args.engine_child, args.buffer_size, args.ring)
     if os.geteuid() != 0:
         print("capture_vs_tcpdump: needs root (network namespaces, veth, raw capture)",
               file=sys.stderr)  # fmt: skip
@@ -362,8 +392,9 @@ def main() -> int:
     topspeed = QUICK_TOPSPEED_PACKETS if args.quick else TOPSPEED_PACKETS
     plan: list[tuple[int | None, int]] = [(rate, int(rate * seconds)) for rate in rates]
     plan.append((None, topspeed))
+    mode = f"through a lookback ring ({RING_SECONDS} s, {RING_BYTES} bytes)" if args.ring else ""
     print(f"64-byte UDP frames over veth, filter {BPF!r}, buffer {args.buffer_size} bytes each; "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+          f"{os.cpu_count()} CPUs; pcapd {mode or 'on its own handle'}")  # fmt: skip
     print("lost = sent - captured; kdrop = the capturer's own kernel drop count; "
           "cpu us/p = capturer CPU per captured packet")  # fmt: skip
     print(HEADER)
@@ -376,7 +407,7 @@ def main() -> int:
             pcap, mac_of(link.ns_send, link.dev_send), mac_of(link.ns_capture, link.dev_capture)
         )
         for rate, packets in plan:
-            row = measure(link, pcap, workdir, rate, packets, args.buffer_size)
+            row = measure(link, pcap, workdir, rate, packets, args.buffer_size, args.ring)
             rows.append(row)
             print(format_row(row), flush=True)
     slow = [

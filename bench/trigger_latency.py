@@ -15,7 +15,11 @@ Peak RSS: /proc/PID/clear_refs resets VmHWM, one request with
 bytes=200_000_000 on `lo` is fed large UDP datagrams until it stops, then
 VmHWM is compared with 1.1 x file size + 40 MB.
 
-Run as root (capturing on lo): `.venv/bin/python bench/trigger_latency.py [--quick]`.
+`--ring`: `lo` keeps a lookback ring (pcapd/ring.py) and every request is
+served from its handle: PUBLISH -> registered with the ring, no socket opened
+(issue 14's target: p50 <= 1 ms). The 200 MB capture is skipped then.
+
+Run as root (capturing on lo): `.venv/bin/python bench/trigger_latency.py [--quick] [--ring]`.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ PEER_RUNS = 50  # tcpdump start-ups
 QUICK_PEER_RUNS = 20
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 20.0
+TARGET_RING_P50_MS = 1.0
+RING_BYTES = 32 * 1024 * 1024
 REQUEST_GAP = 0.02  # s between requests: the pool reopens its spare handle (~10 ms)
 PROBE_SLEEP = 50e-6  # s between probes; the real gap is printed
 RESULT_TIMEOUT = 5.0  # s to wait for one request's result
@@ -84,9 +90,17 @@ LO_HEADERS = 14 + 20 + 8  # Ethernet (lo) + IPv4 + UDP before the probe payload
 
 
 # -- servers ------------------------------------------------------------------
-def write_config(path: Path, redis_port: int, localdir: Path, buffer_size: int | None) -> None:
+def write_config(
+    path: Path, redis_port: int, localdir: Path, buffer_size: int | None, ring: bool
+) -> None:
     # Without --buffer-size the daemon runs with its default general.buffer_size.
     buffer = "" if buffer_size is None else f"buffer_size = {buffer_size}\n"
+    # The ring keeps only the probes: lo carries everyone's traffic.
+    ring_fields = (
+        f'lookback = 5\nlookback_bytes = {RING_BYTES}\n'
+        f'lookback_bpf = "udp and dst portrange {BASE_PORT}-{PEER_BASE_PORT - 1}"\n'
+        if ring else ""
+    )  # fmt: skip
     path.write_text(
         f"""[general]
 node = "{NODE}"
@@ -108,18 +122,18 @@ results_channel = "{RESULTS}"
 
 [[interface]]
 name = "lo"
-"""
+{ring_fields}"""
     )
 
 
 @contextmanager
 def daemon(
-    client: redis.Redis, workdir: Path, buffer_size: int | None
+    client: redis.Redis, workdir: Path, buffer_size: int | None, ring: bool = False
 ) -> Iterator[subprocess.Popen[bytes]]:
     config = workdir / "pcapd.toml"
     localdir = workdir / "captures"
     port = client.connection_pool.connection_kwargs["port"]
-    write_config(config, port, localdir, buffer_size)
+    write_config(config, port, localdir, buffer_size, ring)
     log = (workdir / "pcapd.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
@@ -331,6 +345,7 @@ def main() -> int:
         help="general.buffer_size for the daemon (default: pcapd's own default)",
     )  # fmt: skip
     parser.add_argument("--no-rss", action="store_true", help="skip the 200 MB capture")
+    parser.add_argument("--ring", action="store_true", help="lo keeps a lookback ring")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("trigger_latency: needs root (capturing on lo)", file=sys.stderr)
@@ -352,12 +367,12 @@ def main() -> int:
         with (
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
             redis_server(workdir) as client,
-            daemon(client, workdir, args.buffer_size) as proc,
+            daemon(client, workdir, args.buffer_size, args.ring) as proc,
         ):
             prober = Prober(sock)
             latencies, failures = measure_pcapd(client, count, prober, args.gap)
             peer = measure_tcpdump(peer_runs, workdir, prober)
-            rss = None if args.no_rss else measure_rss(client, proc.pid)
+            rss = None if args.no_rss or args.ring else measure_rss(client, proc.pid)
     print(f"{count} requests after {WARMUP} warm-up, {args.gap * 1000:.0f} ms apart; "
           f"probe gap (resolution) {prober.gap_us:.0f} us; {os.cpu_count()} CPUs")  # fmt: skip
     if failures:
@@ -365,10 +380,11 @@ def main() -> int:
         print(f"FAILED requests: {len(failures)}; first: {failures[0]}")
     if latencies:
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-        print(summary("pcapd   PUBLISH -> active", latencies))
-        met = p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS
+        print(summary(f"pcapd   PUBLISH -> active{' (ring)' if args.ring else ''}", latencies))
+        target = TARGET_RING_P50_MS if args.ring else TARGET_P50_MS
+        met = p50 <= target and p99 <= TARGET_P99_MS
         ok = ok and met
-        print(f"  target p50 <= {TARGET_P50_MS} ms, p99 <= {TARGET_P99_MS} ms: "
+        print(f"  target p50 <= {target} ms, p99 <= {TARGET_P99_MS} ms: "
               f"{'met' if met else 'MISSED'}")  # fmt: skip
     if peer:
         print(summary("tcpdump exec -> active   ", peer))

@@ -6,7 +6,8 @@ the last room cannot both get it:
 
 - slots: at most `general.max_concurrent` captures running;
 - memory: the `bytes` bound of every capture running, and the size of every
-  file awaiting upload, within `general.max_memory`;
+  file awaiting upload, within `general.max_memory` less what the lookback
+  rings hold (reserved once, at start);
 - spool: with remote sinks, each admitted capture must fit the spool should
   they fail, alongside what running captures were promised (the spool never
   drops what it holds, so new captures are refused instead);
@@ -66,9 +67,15 @@ class Admission:
         spool: Spool | None,
         targets: Sequence[tuple[str, str]],
         space: DiskSpace = disk_space,
+        rings: int = 0,
     ) -> None:
+        """`rings`: bytes the lookback rings hold for good, out of max_memory."""
+        if rings > general.max_memory:
+            raise Refused(f"lookback rings need {rings} bytes, more than "
+                          f"max_memory={general.max_memory}")  # fmt: skip
         self.max_concurrent = general.max_concurrent
         self.max_memory = general.max_memory
+        self.rings = rings
         self.spool = spool
         self.targets = tuple(targets)
         self._space = space
@@ -106,11 +113,12 @@ class Admission:
                 raise Refused("shutting down: not taking new captures")
             if self.active >= self.max_concurrent:
                 raise Refused(f"max_concurrent={self.max_concurrent} captures already running")
-            if self.reserved + nbytes > self.max_memory:
+            if self.rings + self.reserved + nbytes > self.max_memory:
+                rings = f" and {self.rings} by lookback rings" if self.rings else ""
                 raise Refused(
                     f"bytes={nbytes} does not fit: {self.reserved} of "
                     f"max_memory={self.max_memory} held by captures running or "
-                    "awaiting upload"
+                    f"awaiting upload{rings}"
                 )
             self._check_spool(nbytes)
             disk = self._check_disk(nbytes)

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import replace
@@ -47,6 +47,7 @@ from pcapd.core.request import (
     RequestError,
     addressed_to,
     decode_body,
+    lookback_problem,
     request_for,
     resolve_interfaces,
 )
@@ -54,6 +55,7 @@ from pcapd.core.results import ResultPublisher
 from pcapd.daemon_metrics import CaptureMetrics
 from pcapd.dedup import seen_ids_and_sigs
 from pcapd.engine import HandlePool, available_devices
+from pcapd.ring import Ring
 from pcapd.signing import replayed, verify
 from pcapd.worker import Job, Worker
 from triggers.base import Delivery
@@ -75,6 +77,28 @@ def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
     return value if isinstance(value, str) and CHANNEL_RE.fullmatch(value) else None
 
 
+class _KnownDevices(Collection[str]):
+    """Names that exist: the rings', else the device list, read once if asked."""
+
+    def __init__(self, rings: Mapping[str, Ring], devices: Callable[[], set[str]]) -> None:
+        self._rings, self._devices = rings, devices
+        self._listed: set[str] | None = None
+
+    def _all(self) -> set[str]:
+        if self._listed is None:
+            self._listed = self._devices() | set(self._rings)
+        return self._listed
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rings or name in self._all()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
 class Controller:
     def __init__(
         self,
@@ -86,9 +110,12 @@ class Controller:
         devices: Callable[[], set[str]] = available_devices,
         clock: Callable[[], float] = time.time,
         dedup_redis: redis.Redis | None = None,
+        rings: Mapping[str, Ring] | None = None,
     ) -> None:
         """`dedup_redis`: where seen request ids and signatures are kept, so
-        they hold across restarts (memory only when None, or while it is away)."""
+        they hold across restarts (memory only when None, or while it is away).
+        `rings`: the running lookback rings by interface; captures there are
+        served from the ring, not from `pool`."""
         self.config = config
         self.node = config.general.node
         self.names = FileNamer(config.general.naming)
@@ -97,6 +124,7 @@ class Controller:
         self.pool = pool
         self.devices = devices
         self.clock = clock
+        self.rings: Mapping[str, Ring] = rings or {}
         self.recent_ids, self.recent_sigs = seen_ids_and_sigs(
             config.security, self.node, dedup_redis
         )
@@ -108,7 +136,7 @@ class Controller:
         self.metrics = CaptureMetrics()
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
-            deliverer.disk_targets(),
+            deliverer.disk_targets(), rings=sum(r.memory for r in self.rings.values()),
         )  # fmt: skip
         # Stores under way, with what each holds: spooled if shutdown cannot wait.
         self._uploads: dict[Future[None], tuple[Worker, Artifact, ResultEvent]] = {}
@@ -134,6 +162,11 @@ class Controller:
         with self._lock:
             if worker.thread is not None:
                 self._capturing.discard(worker.thread)
+
+    def _devices(self) -> Collection[str]:
+        """The devices a request may name: ring interfaces are open, so they
+        exist; the device list (~0.4 ms) is read only for another name."""
+        return _KnownDevices(self.rings, self.devices)
 
     # -- requests --------------------------------------------------------
     def handle(self, delivery: Delivery) -> None:
@@ -182,14 +215,16 @@ class Controller:
             return "rejected"
         try:
             self.deliverer.check(request)
-            interfaces, skipped = resolve_interfaces(request, self.config, self.devices())
+            interfaces, skipped = resolve_interfaces(request, self.config, self._devices())
         except RequestError as exc:
             self._turn_away(request, delivery, str(exc), sig=sig)
             return "rejected"
         # Step 4: each interface admitted or rejected (saying why) on its own.
         warnings = request.warnings + skipped
         started = [self._start(request, name, warnings) for name in interfaces]
-        workers = [worker for worker in started if worker is not None]
+        # A ring capture starts here, before the Redis claims: it costs no
+        # socket, and a duplicate found below just drops it.
+        workers = [worker for worker in started if worker is not None and self._ready(worker)]
         if not workers:
             self._not_served(request.id, sig, claimed=False)
             delivery.ack()
@@ -299,12 +334,24 @@ class Controller:
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
     ) -> Worker | None:
+        problem = lookback_problem(request, interface, self.config)
+        if problem is None and request.lookback and interface not in self.rings:
+            problem = f"lookback: the ring on {interface!r} is not running on this node"
+        if problem is not None:
+            self.reject(request, interface, problem, warnings)
+            return None
         try:
             reservation = self.admission.reserve(request.bytes)
         except Refused as exc:
             self.reject(request, interface, str(exc), warnings)
             return None
         return Worker(self, request, interface, warnings, reservation)
+
+    def _ready(self, worker: Worker) -> bool:
+        """A capture on a ring interface is registered with the ring now
+        (False: refused, already answered); any other one is ready as it is."""
+        ring = self.rings.get(worker.interface)
+        return ring is None or worker.register(ring)
 
     def refuse(self, delivery: Delivery, reason: str) -> None:
         """Answer a delivery its source could not hold ("overloaded"), unread.

@@ -26,8 +26,9 @@ from pcapd.core.logs import event, setup_logging
 from pcapd.core.metrics import MetricsError, MetricsServer, serve_metrics
 from pcapd.core.results import ResultPublisher
 from pcapd.daemon_metrics import DaemonCollector, daemon_checks
-from pcapd.engine import HandlePool, available_devices
+from pcapd.engine import CaptureError, HandlePool, available_devices
 from pcapd.fleet import Heartbeat, NodeState, node_state
+from pcapd.ring import Ring
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
@@ -119,7 +120,16 @@ class Daemon:
             return redis_conn.connect(config.redis)
 
         devices = available_devices()
-        configured = tuple(i.name for i in config.interfaces if i.name in devices)
+        # Interfaces with a lookback ring read its one handle; the rest keep
+        # a spare handle each.
+        self.rings = {
+            i.name: Ring(i.name, i.lookback, i.lookback_bytes, i.lookback_bpf,
+                         config.general.buffer_size)
+            for i in config.interfaces if i.lookback and i.name in devices
+        }  # fmt: skip
+        configured = tuple(
+            i.name for i in config.interfaces if i.name in devices and i.name not in self.rings
+        )
         self.pool = HandlePool(configured, config.general.buffer_size)
         self.publisher = ResultPublisher(connect, config.redis)
         # Set at the first signal: retries stop waiting, what fails is spooled.
@@ -134,7 +144,7 @@ class Daemon:
         self.dedup = dedup
         self.controller = Controller(
             config, publisher=self.publisher, deliverer=deliverer, pool=self.pool,
-            dedup_redis=dedup,
+            dedup_redis=dedup, rings=self.rings,
         )  # fmt: skip
         deliverer.observe = self.controller.metrics.uploaded
         self.drainer = (
@@ -214,6 +224,14 @@ class Daemon:
             uploaders=[u.name for u in self.controller.deliverer.uploaders],
             max_concurrent=general.max_concurrent, max_memory=general.max_memory,
         )  # fmt: skip
+        try:
+            for ring in self.rings.values():
+                ring.start()
+        except CaptureError as exc:
+            event(log, "ring_failed", logging.ERROR, error=str(exc))
+            for ring in self.rings.values():
+                ring.stop()
+            return EXIT_FAILURE
         self.publisher.start()
         self.pool.start()
         if self.drainer is not None:
@@ -252,6 +270,8 @@ class Daemon:
                 self.controller.deliverer.abandon.set()  # the drainer's attempt, too
                 self.drainer.stop(timeout=max(0.1, min(reserve / 2, deadline - time.monotonic())))
             self.pool.stop()
+            for ring in self.rings.values():
+                ring.stop()
             left = max(0.1, deadline - time.monotonic())
             clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)

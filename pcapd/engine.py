@@ -71,6 +71,7 @@ class CaptureOutcome:
     ended: float
     linktype: int
     error: str | None = None  # the handle failed mid-capture; data holds what came
+    lookback: float | None = None  # seconds from before the start, from a ring
 
 
 def available_devices() -> set[str]:
@@ -327,12 +328,7 @@ def capture(
         on_start()
     while not full:
         now = time.monotonic()
-        if stop.is_set():
-            stop_reason = "shutdown"
-        elif now >= deadline:
-            stop_reason = "duration"
-        elif now - last_packet >= limits.timeout:
-            stop_reason = "timeout"
+        stop_reason = timed_stop(stop, now, deadline, last_packet, limits.timeout)
         if stop_reason:
             # What arrived before the stop may still sit in the open block.
             cutoff_ns = time.time_ns()
@@ -363,6 +359,19 @@ def capture(
         linktype=linktype,
         error=error,
     )
+
+
+def timed_stop(
+    stop: threading.Event, now: float, deadline: float, last_packet: float, timeout: float
+) -> str:
+    """Which of shutdown, duration and timeout ends a capture now, or ""."""
+    if stop.is_set():
+        return "shutdown"
+    if now >= deadline:
+        return "duration"
+    if now - last_packet >= timeout:
+        return "timeout"
+    return ""
 
 
 def _drops(handle: pcap.pcap) -> int:

@@ -63,3 +63,8 @@ def pcapng_header(
     )
     idb = _block(PCAPNG_IDB, struct.pack("<HHI", linktype, 0, snaplen) + idb_options)
     return shb + idb
+
+
+# Options of an EPB for a packet from the lookback ring (from before the
+# request): a comment, then the end of options.
+LOOKBACK_EPB_OPTIONS = _option(OPT_COMMENT, b"lookback") + _option(OPT_END, b"")

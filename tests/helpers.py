@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import socket
@@ -327,3 +328,24 @@ def veth_pair(subnet: int = 1) -> Iterator[VethPair]:
     finally:
         run("ip", "netns", "del", pair.ns_a, check=False)
         run("ip", "netns", "del", pair.ns_b, check=False)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """This thread in network namespace `name`; sockets and pcap handles made
+    here stay bound to it after the thread goes back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        assert libc.setns(there, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+        try:
+            yield
+        finally:
+            assert libc.setns(home, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(home)
+        os.close(there)

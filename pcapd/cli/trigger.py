@@ -43,7 +43,8 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     else:
         request["interface"] = args.interface or ["any"]
     request["bpf"] = " ".join(args.expression)
-    for name in ("packets", "bytes", "duration", "timeout", "snap", "alertid", "format"):
+    for name in ("packets", "bytes", "duration", "timeout", "snap", "alertid", "format",
+                 "lookback"):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             request[name] = value
@@ -147,4 +148,7 @@ def register(subparsers: Subparsers) -> None:
         help="print this request's results; stop after SECONDS (default: its bounds + 15 s)",
     )  # fmt: skip
     trigger.add_argument("--count", type=int, metavar="N", help="with --wait: stop after N results")
+    trigger.add_argument("--lookback", type=int, metavar="S",
+                         help="start with the last S seconds from the interface's lookback "
+                         "ring (an [[interface]] with lookback)")  # fmt: skip
     add_bounds(trigger, one_shot=False)

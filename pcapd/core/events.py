@@ -46,6 +46,9 @@ class ResultEvent:
     # SHA-256 (hex) of the request body as received, on rejections of a body
     # that did not become a request: a sender matches it by hashing what it sent.
     request_sha256: str | None = None
+    # Seconds of packets from before the request that the ring delivered, on
+    # captures that asked for a lookback.
+    lookback: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -57,8 +57,9 @@ KNOWN_FIELDS = frozenset(
         "id", "format", "lookback", "reply_to", "ts", "sig", "kid",
     }
 )  # fmt: skip
-# Where pcapdaemon's code reads a zero as "not given" and uses its default.
-ZERO_IS_ABSENT = frozenset({"snap", "bytes", "duration", "timeout", "alertid"})
+# Where pcapdaemon's code reads a zero as "not given" and uses its default
+# (and pcapd's own lookback: 0 seconds is none).
+ZERO_IS_ABSENT = frozenset({"snap", "bytes", "duration", "timeout", "alertid", "lookback"})
 # Fields whose empty value pcapdaemon's code reads as "not given".
 EMPTY_IS_ABSENT = frozenset(
     {"node", "nodere", "interface", "alias", "tags", "customer", "folder", "bucket",

@@ -78,6 +78,7 @@ class CaptureRequest:
     ts: int | None = None
     sig: str | None = None
     kid: str | None = None
+    lookback: int = 0  # seconds of packets from before the request, from a ring
     warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -88,6 +89,8 @@ class CaptureRequest:
         for name in ("snap", "packets", "bytes", "duration", "timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.lookback < 0:
+            raise ValueError("lookback must not be negative")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples as lists): how the spool keeps a request."""
@@ -253,8 +256,8 @@ def parse_fields(
     fmt = f.text("format") or general.format
     if fmt not in FORMATS:
         raise f.fail(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
-    if "lookback" in data:
-        raise f.fail("lookback: this node keeps no lookback ring")
+    # Seconds from the interface's ring; whether it has one is asked per interface.
+    lookback = f.integer("lookback", 0, general.maxlookback, "maxlookback")
     reply_to = f.text("reply_to")
     if reply_to is not None and not CHANNEL_RE.fullmatch(reply_to):
         raise f.fail("reply_to: expected 1-256 printable characters without spaces")
@@ -327,8 +330,22 @@ def parse_fields(
         ts=ts,
         sig=f.text("sig"),
         kid=f.text("kid"),
+        lookback=lookback,
         warnings=tuple(warnings),
     )
+
+
+def lookback_problem(request: CaptureRequest, interface: str, config: Config) -> str | None:
+    """Why `request`'s lookback cannot be served on `interface`, or None."""
+    if not request.lookback:
+        return None
+    for index, iface in enumerate(config.interfaces):
+        if iface.name == interface and iface.lookback:
+            if request.lookback > iface.lookback:
+                return (f"lookback={request.lookback} exceeds what the ring on {interface} "
+                        f"holds (interface[{index}].lookback={iface.lookback})")  # fmt: skip
+            return None
+    return f"lookback: interface {interface!r} keeps no lookback ring (no [[interface]] lookback)"
 
 
 def resolve_interfaces(

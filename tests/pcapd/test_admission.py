@@ -115,3 +115,23 @@ def test_closed_admission_refuses_and_unmeasurable_disk_refuses(tmp_path: Path) 
 
 def test_disk_space_looks_at_the_nearest_existing_parent(tmp_path: Path) -> None:
     assert disk_space(str(tmp_path / "not" / "made")) == disk_space(str(tmp_path))
+
+
+def test_ring_memory_is_held_for_good_and_captures_get_the_rest() -> None:
+    adm = Admission(GENERAL, None, (), rings=1_200)
+    first = adm.reserve(1_000)
+    with pytest.raises(
+        Refused,
+        match=r"^bytes=500 does not fit: 1000 of max_memory=2500 held "
+        r"by captures running or awaiting upload and 1200 by lookback rings$",
+    ):
+        adm.reserve(500)  # fmt: skip
+    assert first.release()
+    adm.reserve(1_300).release()  # the capture's memory came back; the rings' stays
+    assert adm.idle and (adm.reserved, adm.rings) == (0, 1_200)
+    with pytest.raises(
+        Refused,
+        match=r"^lookback rings need 2501 bytes, more than "
+        r"max_memory=2500$",
+    ):
+        Admission(GENERAL, None, (), rings=2_501)  # fmt: skip

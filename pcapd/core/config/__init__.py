@@ -30,6 +30,7 @@ from pcapd.core.config.read import (
     _security,
     _sqs,
     _syslog,
+    check_rings,
 )
 
 # Every section value and named default or bound, importable from here as before.
@@ -133,6 +134,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
             dict.fromkeys([k for k in data if k in ("s3", "cloudshark")] + ["s3", "cloudshark"])
         ),
     )
+    errors.extend(check_rings(config.general, config.interfaces))
     # After the rest, so errors keep the order of the sections above.
     config = replace(config, correlator=_correlator(sections["correlator"], config.security))
     for s in sections.values():

@@ -61,6 +61,14 @@ DEFAULT_PUBSUB_QUEUE_BYTES = 16 * 1024 * 1024
 MIN_PUBSUB_QUEUE_BYTES = 1024 * 1024
 MAX_PUBSUB_QUEUE_BYTES = 1024 * 1024 * 1024
 
+# The lookback ring ([[interface]] lookback, lookback_bytes, lookback_bpf;
+# [general] maxlookback): seconds and bytes of packets kept per interface.
+DEFAULT_LOOKBACK = 0  # no ring
+MAX_LOOKBACK = 86_400  # a day: longer history is Stenographer's or Arkime's job
+DEFAULT_LOOKBACK_BYTES = 64 * 1024 * 1024
+MIN_LOOKBACK_BYTES = 2 * 1024 * 1024  # a few chunks, each holding the largest packet
+DEFAULT_MAXLOOKBACK = 300
+
 DEFAULT_NAMING = "pcapd"
 NAMINGS = ("pcapd", "pcapdaemon")
 
@@ -166,6 +174,7 @@ class GeneralConfig:
     log_level: str = DEFAULT_LOG_LEVEL
     logrequests: bool = False  # log every request body as it arrives (pcapdaemon's option)
     naming: str = DEFAULT_NAMING  # file names and S3 keys: pcapd's, or pcapdaemon's host-iface-time
+    maxlookback: int = DEFAULT_MAXLOOKBACK  # a request's `lookback` cap, in seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +220,15 @@ class SyslogConfig:
 
 @dataclass(frozen=True, slots=True)
 class InterfaceConfig:
+    """With `lookback` > 0 the interface keeps a ring of its last `lookback`
+    seconds of packets matching `lookback_bpf`, in at most `lookback_bytes`
+    (reserved against general.max_memory at start)."""
+
     name: str
     aliases: tuple[str, ...] = ()
+    lookback: int = DEFAULT_LOOKBACK
+    lookback_bytes: int = DEFAULT_LOOKBACK_BYTES
+    lookback_bpf: str = ""  # what the ring keeps: everything by default
 
 
 @dataclass(frozen=True, slots=True)

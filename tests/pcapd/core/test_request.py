@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pcapd.core.request import (
     RequestError,
     addressed_to,
     decode_body,
+    lookback_problem,
     parse_request,
     resolve_interfaces,
 )
@@ -460,10 +462,39 @@ def test_format(config: Config) -> None:
     assert rejected(body(format=1), config) == "format: expected a string, got 1"
 
 
-@pytest.mark.parametrize("value", [30, 0, "30", None])
-def test_lookback_is_rejected(config: Config, value: Any) -> None:
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("30", 'lookback: expected a JSON integer, got "30"'),
+        (1.5, "lookback: expected a JSON integer, got 1.5"),
+        (True, "lookback: expected a JSON integer, got true"),
+        (-1, "lookback=-1: must be positive"),
+        (301, "lookback=301 exceeds maxlookback=300"),
+        (10**30, f"lookback={10**30} exceeds maxlookback=300"),
+    ],
+)
+def test_bad_lookback_is_rejected(config: Config, value: Any, error: str) -> None:
     raw = json.dumps({"node": "any", "interface": "lo", "lookback": value})
-    assert rejected(raw, config) == "lookback: this node keeps no lookback ring"
+    assert rejected(raw, config) == error
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(30, 30), (0, 0), (None, 0), (300, 300)])
+def test_lookback_is_read(config: Config, value: Any, seconds: int) -> None:
+    raw = json.dumps({"node": "any", "interface": "lo", "lookback": value})
+    assert parse_request(raw, config).lookback == seconds
+
+
+def test_lookback_needs_a_ring_that_holds_it() -> None:
+    config = parse_config({"interface": [{"name": "eth0"}, {"name": "eth1", "lookback": 20}]}, HOST)
+    ask = parse_request(body(interface=["eth0", "eth1"], lookback=30), config)
+    assert lookback_problem(ask, "eth0", config) == (
+        "lookback: interface 'eth0' keeps no lookback ring (no [[interface]] lookback)"
+    )
+    assert lookback_problem(ask, "eth1", config) == (
+        "lookback=30 exceeds what the ring on eth1 holds (interface[1].lookback=20)"
+    )
+    assert lookback_problem(replace(ask, lookback=20), "eth1", config) is None
+    assert lookback_problem(replace(ask, lookback=0), "eth0", config) is None
 
 
 def test_reply_to(config: Config) -> None:

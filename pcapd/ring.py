@@ -1,0 +1,552 @@
+"""The lookback ring: one long-lived handle per ring interface, its last
+seconds of packets in memory, and every capture on that interface served
+from it.
+
+One reader thread per ring waits on the handle's fd with poll() (the handle
+is non-blocking, TPACKET_V3, as the engine's: DESIGN.md's capture engine
+facts) and appends each packet to large chunks preallocated at start: a
+12-byte record head (timestamp in ns, length) and the packet, no Python
+object kept per packet. Chunks are reused in turn; reusing the oldest one
+drops its records (an overflow, counted), and records older than `seconds`
+are dropped as the clock passes them (counted apart).
+
+A capture on the ring interface registers under the ring's lock: its BPF is
+compiled once for the ring's link type (`pcap.bpf(...).filter`, in user
+space); with a lookback it first copies the ring's records from trigger -
+lookback that match; then the reader offers it every packet appended after
+that, under the same lock, so the seam has no gap and no duplicate. Captures
+take no socket and no spare handle, so they start in well under a
+millisecond.
+
+Memory: `memory` bytes (the chunks, at most `max_bytes`), reserved from
+max_memory at start; a capture's file is its own `bytes` bound, as in the
+engine; the per-chunk bookkeeping is a few integers.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pcap
+
+from pcapd.core.config import MAX_SNAPLENGTH
+from pcapd.core.events import iso_utc
+from pcapd.core.fields import bpf_problem, show
+from pcapd.core.logs import event
+from pcapd.engine import (
+    BLOCK_TIMEOUT_MS,
+    MAX_POLL_WAIT,
+    CaptureError,
+    CaptureLimits,
+    CaptureOutcome,
+    PacketDebug,
+    close_handle,
+    open_handle,
+    set_filter,
+    timed_stop,
+)
+from pcapd.pcapfile import (
+    EPB_HEAD,
+    EPB_OVERHEAD,
+    LOOKBACK_EPB_OPTIONS,
+    PCAP_RECORD,
+    PCAPNG_EPB,
+    pcap_header,
+    pcapng_header,
+)
+
+log = logging.getLogger("pcapd.ring")
+
+RECORD = struct.Struct("<qI")  # ts_ns, length; the packet's bytes follow
+_HEAD, _pack_head = RECORD.size, RECORD.pack_into  # the hot path's names
+CHUNK_TARGET = 4 * 1024 * 1024  # bytes per chunk, for rings large enough
+MIN_CHUNKS = 4  # so that an overflow drops at most a quarter of the ring
+MIN_CHUNK = MAX_SNAPLENGTH + RECORD.size  # every chunk holds the largest packet
+RING_BUFFER_SIZE = 32 * 1024 * 1024  # kernel buffer of a ring's handle, at least
+DISPATCH_BATCH = 4096  # packets read per turn under the lock, so registrations get it between
+READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at the clock
+EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
+STOP_FLUSH = BLOCK_TIMEOUT_MS * 1.5 / 1000  # s: the open kernel block, read after a timed stop
+NS = 1_000_000_000
+
+
+def chunk_layout(max_bytes: int) -> tuple[int, int]:
+    """(chunks, bytes each) for a ring of at most `max_bytes` (>= 2 MiB)."""
+    count = max(MIN_CHUNKS, max_bytes // CHUNK_TARGET)
+    if max_bytes // count < MIN_CHUNK:
+        count = max(2, max_bytes // MIN_CHUNK)
+    return count, max_bytes // count
+
+
+@dataclass(frozen=True, slots=True)
+class RingStats:
+    interface: str
+    packets: int  # held now
+    bytes: int  # of packets held now (record heads included)
+    oldest: float | None  # Unix time of the oldest packet held
+    evicted_overflow: int  # packets dropped to make room (lookback_bytes reached)
+    evicted_age: int  # packets dropped for being older than lookback seconds
+    kernel_dropped: int  # by the kernel on the ring's handle, since it opened
+    captures: int  # being served now
+
+
+class _Feed:
+    """One capture being served from the ring: appends the packets offered
+    that match its BPF to its file, and marks itself full at its bounds.
+    `offer` runs on the reader thread, under the ring's lock."""
+
+    __slots__ = (
+        "buf", "count", "cutoff", "debug", "done", "full", "match", "max_bytes",
+        "max_packets", "pcapng", "since", "size", "snap", "stop", "trigger",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        header: bytes,
+        limits: CaptureLimits,
+        *,
+        pcapng: bool,
+        match: Callable[[bytes | memoryview], bool] | None,
+        since: int,
+        trigger: int,
+        debug: PacketDebug | None,
+    ) -> None:
+        self.buf = bytearray(header)
+        self.size = len(header)
+        self.count = 0
+        self.full = False
+        self.stop = ""
+        self.since = since  # ns: packets stamped before this are not kept
+        self.cutoff = 1 << 64  # ns: nor after this (a timed stop)
+        self.trigger = trigger  # ns: packets before it came from the lookback
+        self.match = match
+        self.snap = limits.snap
+        self.max_bytes = limits.bytes
+        self.max_packets = limits.packets
+        self.pcapng = pcapng
+        self.debug = debug
+        self.done = threading.Event()
+
+    def _end(self, reason: str) -> None:
+        self.stop, self.full = reason, True
+        self.done.set()
+
+    def offer(self, ts: int, pkt: bytes | memoryview) -> None:
+        if self.full or ts < self.since or ts > self.cutoff:
+            return
+        match = self.match
+        if match is not None and not match(pkt):
+            return
+        wire = len(pkt)
+        snap = self.snap
+        caplen = wire if wire <= snap else snap
+        data = pkt if wire <= snap else memoryview(pkt)[:snap]
+        buf = self.buf
+        if self.pcapng:
+            pad = -caplen & 3
+            marked = ts < self.trigger
+            block = EPB_OVERHEAD + caplen + pad + (len(LOOKBACK_EPB_OPTIONS) if marked else 0)
+            if self.size + block > self.max_bytes:
+                self._end("bytes")
+                return
+            buf += EPB_HEAD.pack(PCAPNG_EPB, block, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, wire)
+            buf += data
+            if pad:
+                buf += b"\0" * pad
+            if marked:
+                buf += LOOKBACK_EPB_OPTIONS
+            buf += block.to_bytes(4, "little")
+        else:
+            block = PCAP_RECORD.size + caplen
+            if self.size + block > self.max_bytes:
+                self._end("bytes")
+                return
+            sec, nsec = divmod(ts, NS)
+            buf += PCAP_RECORD.pack(sec, nsec, caplen, wire)
+            buf += data
+        self.size += block
+        self.count += 1
+        if self.debug is not None:
+            self.debug(ts, bytes(pkt))
+        if self.count >= self.max_packets:
+            self._end("packets")
+
+
+class Ring:
+    """The ring of one interface. `start()` opens its handle (raises
+    CaptureError), `capture()` serves one capture, `stop()` closes it."""
+
+    def __init__(
+        self,
+        interface: str,
+        seconds: int,
+        max_bytes: int,
+        bpf: str = "",
+        buffer_size: int = RING_BUFFER_SIZE,
+    ) -> None:
+        self.interface = interface
+        self.seconds = seconds
+        self.bpf = bpf
+        self.buffer_size = max(buffer_size, RING_BUFFER_SIZE)
+        count, size = chunk_layout(max_bytes)
+        self.memory = count * size  # what the chunks hold, reserved from max_memory
+        self._size = size
+        self._chunks = [bytearray(size) for _ in range(count)]
+        self._used = [0] * count  # bytes written in each chunk
+        self._counts = [0] * count  # records in each chunk
+        self._last_ts = [0] * count  # newest record of each chunk
+        self._cur = 0  # chunk written now: its state is in the fields below
+        self._buf = self._chunks[0]
+        self._pos = 0
+        self._count = 0
+        self._last = 0
+        self._tail = 0  # oldest chunk holding records; they start at _tail_pos
+        self._tail_pos = 0
+        self._tail_skip = 0  # records before _tail_pos in the tail chunk
+        self.evicted_overflow = 0
+        self.evicted_age = 0
+        self._feeds: tuple[Callable[[int, bytes | memoryview], None], ...] = ()
+        self._live: set[_Feed] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._handle: pcap.pcap | None = None
+        self.linktype = 0
+        self.error: str | None = None  # the handle failed; the ring serves no more
+        self._thread = threading.Thread(target=self._read, name=f"ring-{interface}", daemon=True)
+
+    # -- the handle and the reader ------------------------------------------
+    def start(self) -> None:
+        handle = open_handle(self.interface, self.buffer_size)
+        try:
+            set_filter(handle, self.interface, self.bpf)
+        except CaptureError as exc:
+            close_handle(handle)
+            raise CaptureError(f"lookback_bpf of {self.interface}: {exc}") from None
+        self._handle = handle
+        self.linktype = handle.datalink()
+        self._thread.start()
+        event(
+            log, "ring_started", interface=self.interface, seconds=self.seconds,
+            bytes=self.memory, chunks=len(self._chunks), bpf=self.bpf, linktype=self.linktype,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        if self._handle is not None:
+            stats = self.stats()
+            event(
+                log, "ring_stopped", interface=self.interface, packets=stats.packets,
+                evicted_overflow=stats.evicted_overflow, evicted_age=stats.evicted_age,
+                kernel_dropped=stats.kernel_dropped,
+            )  # fmt: skip
+        with self._lock:
+            for feed in self._live:
+                if not feed.full:
+                    feed._end("shutdown")
+            if self._handle is not None:
+                close_handle(self._handle)
+                self._handle = None
+
+    def _read(self) -> None:
+        handle = self._handle
+        assert handle is not None
+        poller = select.poll()
+        poller.register(handle.fileno(), select.POLLIN)
+        on_packet = self._on_packet
+        evicted_at = 0.0
+        while not self._stop.is_set():
+            poller.poll(READ_WAIT * 1000)
+            got = DISPATCH_BATCH
+            while got >= DISPATCH_BATCH:
+                with self._lock:
+                    try:
+                        got = handle.dispatch(DISPATCH_BATCH, on_packet)
+                    except OSError as exc:
+                        self._failed(exc)
+                        return
+                    now = time.monotonic()
+                    if now - evicted_at >= EVICT_EVERY:
+                        evicted_at = now
+                        self._evict_old(time.time_ns() - self.seconds * NS)
+                time.sleep(0)  # a capture waiting to register takes the lock now
+
+    def _failed(self, exc: OSError) -> None:
+        """The handle failed: every capture ends with what it holds. Lock held."""
+        arg = exc.args[0] if exc.args else exc
+        text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+        self.error = f"lookback ring on {self.interface} failed: {text}"
+        event(log, "ring_failed", logging.ERROR, interface=self.interface, error=self.error)
+        for feed in self._live:
+            if not feed.full:
+                feed._end("shutdown")
+
+    def _on_packet(self, ts: int, pkt: bytes) -> None:
+        """The hot path: one record appended, then offered to each capture."""
+        n = len(pkt)
+        head = self._pos
+        end = head + _HEAD + n
+        if end > self._size:
+            self._next_chunk()
+            head, end = 0, _HEAD + n
+        buf = self._buf
+        _pack_head(buf, head, ts, n)
+        buf[head + _HEAD : end] = pkt
+        self._pos = end
+        self._count += 1
+        self._last = ts
+        if self._feeds:
+            for offer in self._feeds:
+                offer(ts, pkt)
+
+    def _sync(self) -> None:
+        """The current chunk's state into the per-chunk lists. Lock held."""
+        cur = self._cur
+        self._used[cur], self._counts[cur], self._last_ts[cur] = self._pos, self._count, self._last
+
+    def _next_chunk(self) -> None:
+        """Write on in the next chunk; if it is the oldest, its records go."""
+        self._sync()
+        nxt = (self._cur + 1) % len(self._chunks)
+        if nxt == self._tail:
+            self.evicted_overflow += self._counts[nxt] - self._tail_skip
+            self._tail = (nxt + 1) % len(self._chunks)
+            self._tail_pos = self._tail_skip = 0
+        self._cur, self._buf = nxt, self._chunks[nxt]
+        self._pos = self._count = self._last = 0
+        self._used[nxt] = self._counts[nxt] = self._last_ts[nxt] = 0
+
+    def _evict_old(self, cutoff: int) -> None:
+        """Drop the records stamped before `cutoff` (ns). Lock held."""
+        self._sync()
+        while True:
+            tail = self._tail
+            if tail != self._cur and self._last_ts[tail] < cutoff:
+                self.evicted_age += self._counts[tail] - self._tail_skip
+                self._tail = (tail + 1) % len(self._chunks)
+                self._tail_pos = self._tail_skip = 0
+                continue
+            buf, pos, limit = self._chunks[tail], self._tail_pos, self._used[tail]
+            while pos < limit:
+                ts, n = RECORD.unpack_from(buf, pos)
+                if ts >= cutoff:
+                    break
+                pos += RECORD.size + n
+                self._tail_skip += 1
+                self.evicted_age += 1
+            self._tail_pos = pos
+            return
+
+    def _order(self) -> list[int]:
+        """The chunks holding records, oldest first. Lock held."""
+        self._sync()
+        order, chunk = [self._tail], self._tail
+        while chunk != self._cur:
+            chunk = (chunk + 1) % len(self._chunks)
+            order.append(chunk)
+        return order
+
+    def _oldest(self) -> int | None:
+        """The oldest record's timestamp (ns), None when the ring is empty. Lock held."""
+        for chunk in self._order():
+            pos = self._tail_pos if chunk == self._tail else 0
+            if pos < self._used[chunk]:
+                ts: int = RECORD.unpack_from(self._chunks[chunk], pos)[0]
+                return ts
+        return None
+
+    def _replay(self, since: int, feed: _Feed) -> None:
+        """Offer `feed` every record stamped at `since` or later, oldest first. Lock held."""
+        offer = feed.offer
+        for chunk in self._order():
+            pos, end = (self._tail_pos if chunk == self._tail else 0), self._used[chunk]
+            if pos >= end or self._last_ts[chunk] < since:
+                continue
+            buf = self._chunks[chunk]
+            view = memoryview(buf)
+            while pos < end and not feed.full:
+                ts, n = RECORD.unpack_from(buf, pos)
+                start = pos + RECORD.size
+                pos = start + n
+                if ts >= since:
+                    offer(ts, view[start:pos])
+
+    def _drops(self) -> int:
+        """Kernel drops on the handle so far; the reader is not in it (lock held)."""
+        if self._handle is None:
+            return 0
+        try:
+            _received, dropped, if_dropped = self._handle.stats()
+        except OSError:
+            return 0
+        return int(dropped) + int(if_dropped)
+
+    def stats(self) -> RingStats:
+        with self._lock:
+            order = self._order()
+            held = sum(self._used[c] for c in order) - self._tail_pos
+            packets = sum(self._counts[c] for c in order) - self._tail_skip
+            oldest = self._oldest()
+            return RingStats(
+                interface=self.interface, packets=packets, bytes=held,
+                oldest=None if oldest is None else oldest / NS,
+                evicted_overflow=self.evicted_overflow, evicted_age=self.evicted_age,
+                kernel_dropped=self._drops(), captures=len(self._live),
+            )  # fmt: skip
+
+    # -- captures -------------------------------------------------------------
+    def register(
+        self,
+        limits: CaptureLimits,
+        *,
+        fmt: str,
+        bpf: str,
+        lookback: int,
+        comments: Mapping[str, object],
+        packet_debug: PacketDebug | None = None,
+    ) -> RingCapture:
+        """Start a capture, as `engine.capture` on a handle of its own would
+        make it: from now on (and `lookback` seconds back) it gets
+        every packet that matches `bpf`, until `finish` or `cancel`. Bounds
+        count the whole file; `duration` runs from now. Raises CaptureError
+        (a bad filter, a failed ring) before anything is registered.
+
+        Memory: the capture's bytearray never exceeds `limits.bytes`.
+        """
+        match = self._compile(bpf)
+        trigger = time.time_ns()
+        since = trigger - lookback * NS
+        with self._lock:
+            if self.error is not None or self._handle is None:
+                why = self.error or f"lookback ring on {self.interface} is not running"
+                raise CaptureError(why)
+            oldest = self._oldest() if lookback else None
+            span_start = trigger if oldest is None else max(since, oldest)
+            header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
+            if len(header) > limits.bytes:
+                raise CaptureError(
+                    f"bytes={limits.bytes} cannot hold even the {len(header)}-byte file header"
+                )
+            feed = _Feed(
+                header, limits, pcapng=fmt == "pcapng", match=match, since=since,
+                trigger=trigger, debug=packet_debug,
+            )  # fmt: skip
+            drops_before = self._drops()
+            if lookback:
+                self._replay(since, feed)
+            self._live.add(feed)
+            self._feeds = (*self._feeds, feed.offer)
+        delivered = round((trigger - span_start) / NS, 3) if lookback else None
+        return RingCapture(self, feed, limits, drops_before, delivered)
+
+    def _unregister(self, feed: _Feed) -> tuple[int, str | None]:
+        """No more packets for `feed`: (kernel drops so far, the ring's error)."""
+        with self._lock:
+            self._live.discard(feed)
+            self._feeds = tuple(f for f in self._feeds if f != feed.offer)
+            return self._drops(), self.error
+
+    def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
+        """The request's filter for the ring's link type; None matches all.
+        Checked as `set_filter` checks it: nothing unchecked reaches libpcap."""
+        if not bpf:
+            return None
+        problem = bpf_problem(bpf)
+        if problem is not None:
+            raise CaptureError(f"bpf: {show(bpf)} {problem}")
+        try:
+            program = pcap.bpf(bpf.encode(), self.linktype)
+        except OSError as exc:
+            raise CaptureError(
+                f"bpf: {bpf!r} does not compile for {self.interface} "
+                f"(link type {self.linktype}): {exc}"
+            ) from None
+        filter_: Callable[[bytes | memoryview], bool] = program.filter
+        return filter_
+
+    def _header(
+        self,
+        fmt: str,
+        snap: int,
+        comments: Mapping[str, object],
+        lookback: int,
+        span_start: int,
+        trigger: int,
+    ) -> bytes:
+        if fmt != "pcapng":
+            return pcap_header(self.linktype, snap)
+        if lookback:
+            comments = {
+                **comments,
+                "lookback": f"{lookback}s asked; ring packets from {iso_utc(span_start / NS)} "
+                f"to {iso_utc(trigger / NS)} (each marked with the comment 'lookback')",
+            }
+        return pcapng_header(self.linktype, snap, self.interface, comments)
+
+
+class RingCapture:
+    """One capture registered with a ring: `finish` waits for its bounds and
+    returns its file; `cancel` drops it (a duplicate, a refusal). Either
+    unregisters it, once."""
+
+    def __init__(
+        self,
+        ring: Ring,
+        feed: _Feed,
+        limits: CaptureLimits,
+        drops_before: int,
+        lookback: float | None,
+    ) -> None:
+        self._ring = ring
+        self._feed = feed
+        self._limits = limits
+        self._drops_before = drops_before
+        self.lookback = lookback  # seconds the ring gave; None without a lookback
+        self.started = feed.trigger / NS
+        self._begin = time.monotonic()
+        self.done = False
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            self._ring._unregister(self._feed)
+
+    def finish(self, stop: threading.Event) -> CaptureOutcome:
+        feed = self._feed
+        try:
+            stop_reason = self._wait(stop)
+        finally:
+            self.done = True
+            drops, error = self._ring._unregister(feed)
+        return CaptureOutcome(
+            data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
+            kernel_dropped=max(0, drops - self._drops_before), started=self.started,
+            ended=time.time(), linktype=self._ring.linktype, error=error,
+            lookback=self.lookback,
+        )  # fmt: skip
+
+    def _wait(self, stop: threading.Event) -> str:
+        """Until the capture is full, or a timed bound or shutdown ends it."""
+        feed, limits = self._feed, self._limits
+        deadline = self._begin + limits.duration
+        last_packet, seen = self._begin, feed.count
+        while not feed.full:
+            now = time.monotonic()
+            if feed.count != seen:
+                seen, last_packet = feed.count, now
+            reason = timed_stop(stop, now, deadline, last_packet, limits.timeout)
+            if reason:
+                # Packets stamped before now may still sit in the kernel's block.
+                feed.cutoff = time.time_ns()
+                feed.done.wait(STOP_FLUSH)
+                return reason
+            wake = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT)
+            feed.done.wait(max(0.0, wake - now))
+        return feed.stop

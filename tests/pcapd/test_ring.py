@@ -1,0 +1,265 @@
+"""The lookback ring on a veth pair between namespaces this test creates:
+packets numbered by a counter in their UDP payload, sent from one namespace
+and read by a ring in the other; files read back with dpkt and tshark."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
+from pcapd.ring import MIN_CHUNK, Ring, chunk_layout
+from tests.helpers import VethPair, needs_root, netns, run, veth_pair, wait_for
+
+pytestmark = needs_root
+
+PORT = 40_080
+PAYLOAD = 200
+FAR = 3600  # seconds: a bound that never ends a capture here
+
+
+@dataclass
+class Link:
+    pair: VethPair
+    sock: socket.socket  # in ns_b, sending to ns_a
+    sent: int = 0
+
+    def send(self, count: int, interval: float = 0.0, size: int = PAYLOAD) -> None:
+        """Packets numbered self.sent, self.sent + 1, ...; each `interval` s apart."""
+        for _ in range(count):
+            body = struct.pack("!I", self.sent).ljust(size, b"x")
+            self.sock.sendto(body, (self.pair.addr_a, PORT))
+            self.sent += 1
+            if interval:
+                time.sleep(interval)
+
+    def ring(self, seconds: int = 30, max_bytes: int = 8 << 20, bpf: str = "") -> Ring:
+        ring = Ring(self.pair.dev_a, seconds, max_bytes, bpf or f"udp and dst port {PORT}")
+        with netns(self.pair.ns_a):
+            ring.start()
+        return ring
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    with veth_pair(subnet=80) as pair:
+        # Learn the neighbour first, so no numbered packet waits on ARP.
+        run(*pair.exec_b("ping", "-c", "1", "-W", "2", pair.addr_a))
+        with netns(pair.ns_b):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            yield Link(pair, sock)
+
+
+def limits(packets: int = 100_000, size: int = 50_000_000, duration: float = FAR,
+           timeout: float = FAR) -> CaptureLimits:  # fmt: skip
+    return CaptureLimits(snap=262_144, packets=packets, bytes=size, duration=duration,
+                         timeout=timeout)  # fmt: skip
+
+
+def capture(ring: Ring, *, bpf: str = "", lookback: int = 0, fmt: str = "pcap",
+            stop: threading.Event | None = None, **bounds: float) -> CaptureOutcome:  # fmt: skip
+    served = ring.register(
+        limits(**bounds),  # type: ignore[arg-type]
+        fmt=fmt, bpf=bpf, lookback=lookback, comments={"request_id": "t"},
+    )  # fmt: skip
+    return served.finish(stop or threading.Event())
+
+
+def numbers(outcome: CaptureOutcome) -> list[tuple[int, int]]:
+    """(counter, ts_ns) of every packet in the file, in file order."""
+    data = io.BytesIO(bytes(outcome.data))
+    reader = dpkt.pcapng.Reader(data) if outcome.data[:4] == b"\n\r\r\n" else dpkt.pcap.Reader(data)
+    found = []
+    for ts, frame in reader:
+        udp = dpkt.ethernet.Ethernet(frame).data.data
+        found.append((struct.unpack("!I", udp.data[:4])[0], int(ts * 1_000_000_000)))
+    return found
+
+
+def held(ring: Ring, count: int) -> None:
+    wait_for(lambda: ring.stats().packets >= count, timeout=20)
+
+
+def in_thread(target: object) -> tuple[threading.Thread, list[CaptureOutcome]]:
+    out: list[CaptureOutcome] = []
+    assert callable(target)
+    thread = threading.Thread(target=lambda: out.append(target()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_chunks_hold_the_largest_packet_and_stay_within_the_cap() -> None:
+    for cap in (2 << 20, 3 << 20, 64 << 20, 1 << 30):
+        count, size = chunk_layout(cap)
+        assert count >= 4 and size >= MIN_CHUNK and count * size <= cap
+
+
+def test_lookback_then_live_each_packet_once_in_order_across_the_seam(link: Link) -> None:
+    """Packets flow steadily while two captures start: one with lookback 1
+    (even numbers only), one with lookback 3 (everything, longer than the
+    traffic so far). Each file is exactly its window, in order, no gap or
+    duplicate where the ring's part meets the live part."""
+    ring = link.ring()
+    try:
+        sender = threading.Thread(target=link.send, args=(1500, 0.002), daemon=True)
+        sender.start()
+        wait_for(lambda: link.sent >= 700, timeout=30)  # > 1 s of traffic held
+        even_t, even = in_thread(lambda: capture(ring, bpf="udp[8:4] & 1 = 0", lookback=1,
+                                                 duration=1, fmt="pcapng"))  # fmt: skip
+        all_t, every = in_thread(lambda: capture(ring, lookback=3, duration=1))
+        for thread in (even_t, all_t):
+            thread.join(30)
+        sender.join(60)
+    finally:
+        ring.stop()
+    (a,), (b,) = even, every
+    got_a, got_b = numbers(a), numbers(b)
+    # The long lookback reaches the first packet; then every one, once, in order.
+    assert [n for n, _ in got_b] == list(range(len(got_b)))
+    assert len(got_b) > 700 and b.stop == "duration" and b.lookback is not None
+    # The short one: its window's even numbers, contiguous across the seam.
+    first = got_a[0][0]
+    assert [n for n, _ in got_a] == list(range(first, first + 2 * len(got_a), 2))
+    assert a.stop == "duration" and 0.9 <= (a.lookback or 0) <= 1.0
+    since = int(a.started * 1e9) - 1_000_000_000
+    stamps = dict(got_b)
+    assert stamps[first] >= since > stamps[first - 2]  # the window is exact
+    before = [n for n, ts in got_a if ts < int(a.started * 1e9)]
+    after = [n for n, ts in got_a if ts >= int(a.started * 1e9)]
+    assert before and after, "the capture must span the seam"
+    # pcapng marks the ring's packets and states the span (tshark reads both).
+    path = Path(f"/tmp/pcapd-ring-{os.getpid()}.pcapng")
+    path.write_bytes(a.data)
+    try:
+        fields = run("tshark", "-r", str(path), "-T", "fields", "-e", "frame.comment").stdout
+        comments = run("capinfos", "-k", str(path)).stdout
+    finally:
+        path.unlink()
+    marked = fields.splitlines()
+    assert marked == ["lookback"] * len(before) + [""] * len(after)
+    assert "lookback=1s asked; ring packets from" in comments
+
+
+def test_lookback_is_its_window_only(link: Link) -> None:
+    """Packets older than the lookback are not in the file, even though the ring holds them."""
+    ring = link.ring()
+    try:
+        link.send(20)
+        held(ring, 20)
+        time.sleep(1.5)
+        link.send(10)
+        held(ring, 30)
+        got = numbers(capture(ring, lookback=1, timeout=0.5))
+    finally:
+        ring.stop()
+    assert [n for n, _ in got] == list(range(20, 30))
+
+
+def test_overflow_keeps_the_newest_and_counts_what_it_dropped(link: Link) -> None:
+    ring = link.ring(max_bytes=2 << 20)
+    try:
+        link.send(6000, size=1000)  # ~6.3 MB through a 2 MiB ring
+        wait_for(lambda: ring.stats().packets + ring.stats().evicted_overflow >= 6000, timeout=30)
+        stats = ring.stats()
+        got = numbers(capture(ring, lookback=30, timeout=0.5))
+    finally:
+        ring.stop()
+    assert stats.evicted_overflow > 3000 and stats.evicted_age == 0
+    assert stats.packets + stats.evicted_overflow == 6000
+    assert stats.bytes <= ring.memory <= 2 << 20
+    assert [n for n, _ in got] == list(range(6000 - stats.packets, 6000))
+
+
+def test_concurrent_captures_with_different_filters_get_exactly_theirs(link: Link) -> None:
+    ring = link.ring()
+    try:
+        started = [
+            in_thread(lambda r=r: capture(ring, bpf=f"udp[8:4] % 3 = {r}", packets=100))
+            for r in range(3)
+        ]
+        wait_for(lambda: ring.stats().captures == 3, timeout=10)
+        link.send(400, 0.0005)
+        for thread, _ in started:
+            thread.join(30)
+    finally:
+        ring.stop()
+    for r, (_, (outcome,)) in enumerate(started):
+        assert outcome.stop == "packets" and outcome.lookback is None
+        assert [n for n, _ in numbers(outcome)] == list(range(r, r + 300, 3))
+
+
+def test_packets_and_bytes_bounds_end_inside_the_lookback_part(link: Link) -> None:
+    ring = link.ring()
+    try:
+        link.send(200)
+        held(ring, 200)
+        begin = time.monotonic()
+        by_packets = capture(ring, lookback=30, packets=50)
+        record = 16 + 14 + 20 + 8 + PAYLOAD
+        by_bytes = capture(ring, lookback=30, size=24 + 31 * record - 1)
+        took = time.monotonic() - begin
+    finally:
+        ring.stop()
+    assert by_packets.stop == "packets" and [n for n, _ in numbers(by_packets)] == list(range(50))
+    assert by_bytes.stop == "bytes" and [n for n, _ in numbers(by_bytes)] == list(range(30))
+    assert len(by_bytes.data) == 24 + 30 * record
+    assert took < 5, "a capture full from the ring ends at once"
+
+
+def test_shutdown_ends_captures_with_what_they_hold(link: Link) -> None:
+    ring = link.ring()
+    stop = threading.Event()
+    try:
+        link.send(10)
+        held(ring, 10)
+        thread, out = in_thread(lambda: capture(ring, lookback=30, stop=stop))
+        wait_for(lambda: ring.stats().captures == 1, timeout=10)
+        link.send(5)
+        wait_for(lambda: ring.stats().packets >= 15, timeout=10)
+        stop.set()
+        thread.join(10)
+    finally:
+        ring.stop()
+    (outcome,) = out
+    assert outcome.stop == "shutdown" and [n for n, _ in numbers(outcome)] == list(range(15))
+    assert outcome.kernel_dropped == 0
+
+
+def test_a_bad_request_filter_is_refused_and_the_ring_serves_on(link: Link) -> None:
+    ring = link.ring()
+    try:
+        with pytest.raises(CaptureError, match=r"bpf: 'host' does not compile for va\w+ "
+                                               r"\(link type 1\)"):  # fmt: skip
+            capture(ring, bpf="host")
+        with pytest.raises(CaptureError, match=r"holds U\+D800 at character 5"):
+            capture(ring, bpf="host \ud800")
+        with pytest.raises(CaptureError, match=r"^bytes=100 cannot hold even the \d+-byte file "):
+            capture(ring, fmt="pcapng", size=100)
+        link.send(3)
+        held(ring, 3)
+        assert len(numbers(capture(ring, lookback=5, timeout=0.3))) == 3
+    finally:
+        ring.stop()
+
+
+def test_the_ring_keeps_only_what_lookback_bpf_matches(link: Link) -> None:
+    ring = link.ring(bpf=f"udp and dst port {PORT} and udp[8:4] < 5")
+    try:
+        link.send(10)
+        link.sock.sendto(b"\0\0\0\1", (link.pair.addr_a, PORT + 1))
+        time.sleep(0.3)
+        wait_for(lambda: ring.stats().packets >= 5, timeout=10)
+        assert ring.stats().packets == 5
+    finally:
+        ring.stop()
