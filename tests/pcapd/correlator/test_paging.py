@@ -128,6 +128,17 @@ def test_bad_cursor_is_refused_and_the_server_keeps_serving(
     assert get_json(f"{url}/api/pivot/name?name=x.test")[0] == 200
 
 
+def test_clients_page_says_how_far_it_got(paged_site: tuple[str, Path, set[str]]) -> None:
+    url = paged_site[0]
+    status, first = get_json(f"{url}/api/clients")
+    assert status == 200 and not first["complete"] and 0 < first["progress"] < 1
+    with urllib.request.urlopen(f"{url}/", timeout=30) as answer:
+        html = answer.read().decode()
+    assert "the scan has covered about" in html
+    more = f"/?prefix=&amp;q=&amp;cursor={first['cursor']}"
+    assert f'<a id="next" href="{more}">Next page</a>' in html
+
+
 RANGE = "must be at least {} and at most {}, got {}"
 
 
