@@ -157,3 +157,14 @@ def test_bounds_are_validated(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"correlator": fields})
     assert any(e.startswith(message) for e in caught.value.errors), caught.value.errors
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("--clients", "--resolved", "x.test"), ("10.0.0.1", "--talked", "10.0.0.2")]
+)
+def test_cli_wants_one_view(args: tuple[str, ...], redis_srv: RedisServer) -> None:
+    done = subprocess.run([sys.executable, "-m", "pcapd", "correlate", "--redis-url", redis_srv.url,
+                           *args], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("pcapd correlate: give one of: a CLIENT address, --clients, "
+                                   "--resolved NAME, --talked ADDRESS")  # fmt: skip
