@@ -1,20 +1,28 @@
 """Reading the ShoDoHFlo key schema back: what the correlator shows.
 
-Keys are spelled and parsed by agents/store.py only. Every read is bounded:
-SCAN (never KEYS) with `scan_count` per call and at most `budget` keys
-examined per request, values by pipelined MGET in chunks of `MGET_CHUNK`,
-at most `max_client_keys` keys per client. A request that runs out of budget
-says so (`complete=False`) and hands back a cursor to go on from; it never
-runs one long command that would stall Redis for everyone else.
+Keys are spelled and parsed by agents/store.py only. Every Redis command is
+small and every request's work is bounded, so a read never holds Redis for
+long nor outlives its HTTP request:
+
+- SCAN/SSCAN with COUNT `scan_count`: one call walks about that many keys
+  whatever its MATCH, so a sparse pattern takes many calls, not a big one;
+- per request at most `budget` keys examined and `seconds` spent scanning;
+  a request that stops early says so (`complete=False`) and hands back the
+  SCAN cursor to go on from (SCAN's guarantee: every key present for the
+  whole walk is returned, one written meanwhile may or may not be);
+- values by MGET of `keys_per_command` keys, pipelined `keys_per_pipeline`
+  keys a round trip (Redis serves a pipeline without serving others between);
+- at most `max_client_keys` keys per client; no HGETALL/LRANGE/KEYS at all.
 
 A client's keys come from its `<client>;index` set when pcapd's writer keeps
-one; otherwise (ShoDoHFlo's agents) from one SCAN pass over the keyspace.
-Worst-case memory per request: ~budget x key length, plus the values read.
+one and `read_index` is on; otherwise (ShoDoHFlo's agents) from a SCAN of the
+keyspace. Worst-case memory per request: ~budget x key length, plus values.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +30,16 @@ from typing import Any
 import redis
 
 from agents import store
-from pcapd.core.config import DEFAULT_MAX_CLIENT_KEYS, DEFAULT_SCAN_BUDGET, DEFAULT_SCAN_COUNT
+from pcapd.core.config import (
+    DEFAULT_KEYS_PER_COMMAND,
+    DEFAULT_KEYS_PER_PIPELINE,
+    DEFAULT_MAX_CLIENT_KEYS,
+    DEFAULT_SCAN_BUDGET,
+    DEFAULT_SCAN_COUNT,
+    DEFAULT_SCAN_SECONDS,
+)
 
-# Small commands: on a loaded 2-core machine a SCAN of 1000 keys of a 2M-key
-# Redis took 5 ms on average and spiked past 10 ms (bench/correlator.py).
-MGET_CHUNK = 100
-DELETE_CHUNK = 100
+CURSOR_BITS = 64  # Redis's SCAN cursor is an unsigned 64-bit number
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -105,12 +117,28 @@ class ClientKeys:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One bounded page: `cursor` 0 means the scan is over."""
+    """One bounded page: `cursor` 0 means the scan is over; `scanned` keys
+    were examined for this page."""
 
     items: tuple[Any, ...]
     cursor: int
     scanned: int
     complete: bool
+
+    @property
+    def progress(self) -> float:
+        return scan_progress(self.cursor)
+
+
+def scan_progress(cursor: int) -> float:
+    """How much of the keyspace a SCAN walk that is now at `cursor` has covered
+    (0 to 1). Redis walks its hash table in reversed-bit order, so the cursor
+    read backwards is the fraction of buckets done, whatever the table's size
+    (exact unless the table was resized during the walk)."""
+    if cursor == 0:
+        return 1.0
+    reversed_bits = int(f"{cursor:0{CURSOR_BITS}b}"[::-1], 2)
+    return reversed_bits / float(1 << CURSOR_BITS)
 
 
 def _text(value: bytes | str) -> str:
@@ -141,54 +169,59 @@ class StoreReader:
         *,
         scan_count: int = DEFAULT_SCAN_COUNT,
         budget: int = DEFAULT_SCAN_BUDGET,
+        seconds: float = DEFAULT_SCAN_SECONDS,
+        keys_per_command: int = DEFAULT_KEYS_PER_COMMAND,
+        keys_per_pipeline: int = DEFAULT_KEYS_PER_PIPELINE,
         max_client_keys: int = DEFAULT_MAX_CLIENT_KEYS,
+        read_index: bool = True,
     ) -> None:
         self.redis = redis_client
         self.scan_count = scan_count
         self.budget = budget
+        self.seconds = seconds
+        self.keys_per_command = keys_per_command
+        self.keys_per_pipeline = max(keys_per_pipeline, keys_per_command)
         self.max_client_keys = max_client_keys
+        self.read_index = read_index
 
     # -- raw ---------------------------------------------------------------
-    def scan(self, cursor: int, match: str | None, budget: int | None = None) -> Iterator[Any]:
-        """SCAN from `cursor`, yielding (next_cursor, keys) per call, until the
-        keyspace ends or about `budget` keys were examined."""
-        left = self.budget if budget is None else budget
+    def scan(self, cursor: int, match: str | None) -> Iterator[tuple[int, list[str]]]:
+        """SCAN from `cursor`, one small call at a time, yielding (next_cursor,
+        keys) per call, until the keyspace ends, about `budget` keys were
+        examined or `seconds` went by (the caller's work between calls
+        counts: it is the request's time)."""
+        left = self.budget
+        deadline = time.monotonic() + self.seconds
         while left > 0:
             count = min(self.scan_count, left)
             cursor, keys = self.redis.scan(cursor, match=match, count=count)
             left -= count
             yield int(cursor), [_text(k) for k in keys]
-            if int(cursor) == 0:
+            if int(cursor) == 0 or time.monotonic() >= deadline:
                 return
 
     def mget(self, keys: Sequence[str]) -> list[str | None]:
-        pipe = self.redis.pipeline(transaction=False)
-        for start in range(0, len(keys), MGET_CHUNK):
-            pipe.mget(keys[start : start + MGET_CHUNK])
+        """Values of `keys`, None for a missing key or one of another type."""
         values: list[str | None] = []
-        for chunk in pipe.execute(raise_on_error=False):
-            if isinstance(chunk, Exception):  # another type under a schema name
-                chunk = [None] * min(MGET_CHUNK, len(keys) - len(values))
-            values.extend(None if v is None else _text(v) for v in chunk)
+        for part in _chunks(keys, self.keys_per_pipeline):
+            pipe = self.redis.pipeline(transaction=False)
+            chunks = list(_chunks(part, self.keys_per_command))
+            for chunk in chunks:
+                pipe.mget(chunk)
+            for chunk, reply in zip(chunks, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, Exception):  # another type under a schema name
+                    reply = [None] * len(chunk)
+                values.extend(None if v is None else _text(v) for v in reply)
         return values
 
     # -- clients -----------------------------------------------------------
     def keys_of(self, clients: Collection[str]) -> tuple[dict[str, list[str]], bool]:
         """Each client's keys (index, else one shared SCAN), and whether the
         answer is complete."""
-        pipe = self.redis.pipeline(transaction=False)
-        for client in clients:
-            pipe.sscan(store.index_key(client), 0, count=self.max_client_keys)
         found: dict[str, list[str]] = {}
-        unindexed: set[str] = set()
-        complete = True
-        for client, reply in zip(clients, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(reply, Exception) or not reply[1]:
-                unindexed.add(client)
-                continue
-            cursor, members = reply
-            found[client] = [_text(m) for m in members]
-            complete &= int(cursor) == 0
+        unindexed, complete = set(clients), True
+        if self.read_index:
+            found, unindexed, complete = self._indexed(clients)
         if unindexed:
             match = (
                 store.client_keys_pattern(next(iter(unindexed))) if len(unindexed) == 1 else None
@@ -207,12 +240,41 @@ class StoreReader:
                 complete = False
         return found, complete
 
+    def _indexed(self, clients: Collection[str]) -> tuple[dict[str, list[str]], set[str], bool]:
+        """Members of each client's index: one pipelined SSCAN call per client
+        (small sets answer whole), then further calls for a big set until
+        `max_client_keys`. Clients without an index come back in the set."""
+        found: dict[str, list[str]] = {}
+        unindexed: set[str] = set()
+        going: dict[str, int] = {}
+        for chunk in _chunks(list(clients), self.keys_per_pipeline // self.scan_count or 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for client in chunk:
+                pipe.sscan(store.index_key(client), 0, count=self.scan_count)
+            for client, reply in zip(chunk, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, Exception) or not reply[1]:
+                    unindexed.add(client)
+                    continue
+                found[client] = [_text(m) for m in reply[1]]
+                if int(reply[0]):
+                    going[client] = int(reply[0])
+        for client, cursor in going.items():
+            while cursor and len(found[client]) < self.max_client_keys:
+                next_cursor, members = self.redis.sscan(
+                    store.index_key(client), cursor, count=self.scan_count
+                )
+                found[client].extend(_text(m) for m in members)
+                cursor = int(next_cursor)
+            going[client] = cursor
+        return found, unindexed, not any(going.values())
+
     def read_clients(self, clients: Sequence[str]) -> list[ClientKeys]:
         """Every client's artifacts, read with one key listing and pipelined MGETs."""
         keys_by_client, complete = self.keys_of(clients)
         flat = [store.client_key(c) for c in clients]
         for client in clients:
             flat.extend(keys_by_client.get(client, ()))
+        flat = list(dict.fromkeys(flat))  # SCAN may return a key twice
         values = self.mget(flat)
         result = {c: ClientKeys(c, complete=complete) for c in clients}
         for key, value in zip(flat, values, strict=True):
@@ -320,6 +382,7 @@ class StoreReader:
             scanned += len(keys)
             found.extend(keys)
         flows = []
+        found = list(dict.fromkeys(found))  # SCAN may return a key twice
         for text, value in zip(found, self.mget(found), strict=True):
             key = store.parse_key(text)
             if key is None or key.kind != store.FLOW or key.fields[0] != address:
@@ -336,9 +399,14 @@ class StoreReader:
         keys = [store.client_key(client), store.index_key(client)]
         keys += keys_by_client.get(client, [])
         removed = 0
-        for start in range(0, len(keys), DELETE_CHUNK):
-            removed += int(self.redis.unlink(*keys[start : start + DELETE_CHUNK]))
+        for chunk in _chunks(keys, self.keys_per_command):
+            removed += int(self.redis.unlink(*chunk))
         return removed, complete
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _add(result: dict[str, ClientKeys], text: str, value: str) -> None:

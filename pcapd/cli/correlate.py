@@ -18,10 +18,13 @@ from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 def _run(args: argparse.Namespace) -> int:
     from pcapd.core.redis_conn import connect
     from pcapd.correlator.service import Correlator, clients_query
-    from pcapd.correlator.text import render_clients, render_view
+    from pcapd.correlator.text import render_clients, render_pivot, render_view
 
-    if not args.clients and not args.client:
-        raise UsageError("give a CLIENT address, or --clients")
+    asked = [bool(args.clients), bool(args.client), args.resolved is not None,
+             args.talked is not None]  # fmt: skip
+    if sum(asked) != 1:
+        raise UsageError("give one of: a CLIENT address, --clients, --resolved NAME, "
+                         "--talked ADDRESS")  # fmt: skip
     base = load_config(args.config) if args.config else parse_config({})
     config = replace(base, redis=redis_config(args))
     correlator = Correlator(connect(config.redis), config)
@@ -31,6 +34,14 @@ def _run(args: argparse.Namespace) -> int:
                       "limit": args.limit or ""}  # fmt: skip
             page = correlator.clients(clients_query(fields, config))
             print(json.dumps(page, indent=1) if args.json else render_clients(page))
+            return EXIT_OK
+        if args.resolved is not None or args.talked is not None:
+            found = (
+                correlator.who_resolved(args.resolved, args.cursor)
+                if args.resolved is not None
+                else correlator.who_talked(args.talked, args.port, args.cursor)
+            )
+            print(json.dumps(found, indent=1) if args.json else render_pivot(found))
             return EXIT_OK
         view = correlator.client_view(args.client, args.by, args.others, args.cidr)
     except ReaderError as exc:
@@ -48,13 +59,18 @@ def register(subparsers: Subparsers) -> None:
         subparsers, "correlate", _run, prefix="pcapd correlate: ",
         help="show clients, or one client's chains name → address → flow",
         description="`pcapd correlate --clients [--prefix P] [--search TEXT]` lists clients; "
-        "`pcapd correlate CLIENT [--by address|fqdn]` prints its chains as a tree.",
+        "`pcapd correlate CLIENT [--by address|fqdn]` prints its chains as a tree; "
+        "`--resolved NAME` and `--talked ADDRESS [--port P]` are the pivots, one bounded "
+        "page at a time (go on with --cursor).",
     )  # fmt: skip
     add_redis_options(p)
     p.add_argument("client", nargs="?", help="the client address")
     p.add_argument("--clients", action="store_true", help="list clients")
     p.add_argument("--prefix", dest="cidr", help="clients in this CIDR (IPv4 or IPv6)")
     p.add_argument("--search", help="clients with a name or address containing TEXT")
+    p.add_argument("--resolved", metavar="NAME", help="pivot: who resolved NAME")
+    p.add_argument("--talked", metavar="ADDRESS", help="pivot: who talked to ADDRESS")
+    p.add_argument("--port", help="with --talked: only flows to this port")
     p.add_argument("--cursor", default="0", help="go on from this SCAN cursor")
     p.add_argument("--limit", help="clients per page")
     p.add_argument("--by", choices=("fqdn", "address"), default="fqdn")

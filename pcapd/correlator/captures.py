@@ -139,12 +139,22 @@ def recent(
     client: redis.Redis, config: Config, filters: Mapping[str, str], count: int
 ) -> list[dict[str, Any]]:
     """The newest result events (at most `count` read), matching every filter:
-    client, address, node, alertid, id."""
+    client, address, node, alertid, id. Read newest first, `keys_per_command`
+    entries per XREVRANGE, so no one command copies much of the stream."""
     stream = config.redis.results_stream
     if not stream:
         return []
+    entries: list[Any] = []
+    newest = "+"
+    while len(entries) < count:
+        step = min(config.correlator.keys_per_command, count - len(entries))
+        part: Any = client.xrevrange(stream, max=newest, count=step)
+        entries.extend(part)
+        if len(part) < step:
+            break
+        last = part[-1][0]
+        newest = "(" + (last.decode() if isinstance(last, bytes) else str(last))
     shown = []
-    entries: Any = client.xrevrange(stream, count=count)
     for _entry, fields in entries:
         raw = fields.get(b"event") or fields.get("event")
         try:

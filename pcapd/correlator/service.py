@@ -55,7 +55,9 @@ class Correlator:
         self.redis = redis_client
         self.reader = StoreReader(
             redis_client, scan_count=c.scan_count, budget=c.scan_budget,
-            max_client_keys=c.max_client_keys,
+            seconds=c.scan_seconds, keys_per_command=c.keys_per_command,
+            keys_per_pipeline=c.keys_per_pipeline, max_client_keys=c.max_client_keys,
+            read_index=c.read_index,
         )  # fmt: skip
 
     def clients(self, query: ClientsQuery) -> dict[str, Any]:
@@ -63,8 +65,7 @@ class Correlator:
             query.cursor, limit=query.limit, prefix=query.prefix, search=query.search
         )
         return {
-            "clients": [c.summary() for c in page.items],
-            "cursor": page.cursor, "scanned": page.scanned, "complete": page.complete,
+            "clients": [c.summary() for c in page.items], **_paging(page),
             "prefix": str(query.prefix) if query.prefix else None, "q": query.search,
         }  # fmt: skip
 
@@ -120,4 +121,7 @@ class Correlator:
 
 
 def _paging(page: Page) -> dict[str, Any]:
-    return {"cursor": page.cursor, "scanned": page.scanned, "complete": page.complete}
+    """`cursor` to go on from (0: done), keys examined for this page, and the
+    share of the keyspace the walk has covered so far."""
+    return {"cursor": page.cursor, "scanned": page.scanned, "complete": page.complete,
+            "progress": round(page.progress, 4)}  # fmt: skip

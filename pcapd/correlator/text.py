@@ -58,5 +58,26 @@ def render_clients(page: dict[str, Any]) -> str:
         out.append(f"{c['client']:<40} {c['activity']:>8} {c['names']:>6} {c['addresses']:>6} "
                    f"{c['flows']:>6} {c['nx']:>4} {c['recon']:>5}")  # fmt: skip
     if not page["complete"]:
-        out.append(f"(more: --cursor {page['cursor']})")
+        out.append(_more(page))
     return "\n".join(out)
+
+
+def render_pivot(found: dict[str, Any]) -> str:
+    """Who resolved a name (`clients`) or who talked to an address (`flows`)."""
+    if "clients" in found:
+        out = [f"{'client':<40} how"]
+        out += [f"{c['client']:<40} {c['how']}" for c in found["clients"]]
+    else:
+        out = [f"{'client':<40} {'port':>5} {'flows':>6}"]
+        out += [f"{f['client']:<40} {f['port']:>5} {f['count']:>6}" for f in found["flows"]]
+    if not found["complete"]:
+        out.append(_more(found))
+    return "\n".join(out)
+
+
+def _more(page: dict[str, Any]) -> str:
+    """An unfinished walk: how far it got (as the page says) and how to go on."""
+    return (
+        f"(examined {page['scanned']} keys; the scan has covered about "
+        f"{page['progress'] * 100:.1f} % of the keyspace; more: --cursor {page['cursor']})"
+    )

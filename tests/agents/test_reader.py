@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -184,3 +185,122 @@ def test_an_nx_name_holding_a_semicolon(redis_srv: RedisServer) -> None:
     writer.stop()
     assert redis_srv.client().exists(f"{C};a;b.example.test.;nx") == 1
     assert StoreReader(redis_srv.client()).read_client(C).nx == {"a;b.example.test.": 1}
+
+
+# -- bounded pages ----------------------------------------------------------
+SERVICE = "198.51.100.80"
+
+
+def write_flows(r: redis.Redis, first: int, n: int, *, filler: int = 3) -> set[tuple[str, int]]:
+    """`n` clients with a flow to SERVICE:443 (and `filler` other keys each),
+    spelled by store.py; returns the (client, port) pairs written."""
+    pipe = r.pipeline(transaction=False)
+    written = set()
+    for k in range(first, first + n):
+        client = f"10.7.{k // 256}.{k % 256}"
+        pipe.set(store.flow_key(client, SERVICE, 443), k % 5 + 1)
+        pipe.set(store.dns_key(client, SERVICE), "svc.example.test.")
+        for j in range(filler):
+            pipe.set(store.flow_key(client, f"192.0.2.{j}", 80), 1)
+        written.add((client, 443))
+    pipe.execute()
+    return written
+
+
+def walk(page_of: Any, between: Any = None) -> tuple[list[Any], list[float], int]:
+    """Follow the cursor to the end: every item, the progress after each page,
+    and the number of pages."""
+    items: list[Any] = []
+    progress: list[float] = []
+    cursor, pages = 0, 0
+    while True:
+        page = page_of(cursor)
+        items.extend(page.items)
+        progress.append(page.progress)
+        pages += 1
+        assert page.complete == (page.cursor == 0)
+        if page.complete:
+            return items, progress, pages
+        cursor = page.cursor
+        if between is not None:
+            between(pages)
+        assert pages < 10_000
+
+
+def test_pivot_pages_find_every_key_once(redis_srv: RedisServer) -> None:
+    """Small pages with a cursor: each flow exactly once, the counts intact,
+    even though keys are written between pages (enough to make Redis grow
+    its table mid-walk); new ones may or may not be found, never twice."""
+    r = redis_srv.client()
+    before = write_flows(r, 0, 1500)
+    added: set[tuple[str, int]] = set()
+
+    def write_more(pages: int) -> None:
+        if pages % 5 == 0 and len(added) < 6000:
+            added.update(write_flows(r, 1500 + len(added), 600))
+
+    reader = StoreReader(r, scan_count=10, budget=200)
+    items, progress, pages = walk(lambda c: reader.talkers_to(SERVICE, 443, c), write_more)
+    assert len(added) >= 6000 and pages > 20
+    pairs = [(client, port) for client, port, _ in items]
+    assert len(pairs) == len(set(pairs)), "a flow was found twice"
+    assert before <= set(pairs) <= before | added
+    assert sum(n for c, _, n in items if (c, 443) in before) == sum(
+        int(r.get(store.flow_key(c, SERVICE, 443)) or 0) for c, _ in before
+    )
+    assert progress == sorted(progress) and progress[-1] == 1.0 and progress[0] < 0.2
+
+
+def test_name_pivot_pages_find_every_client_once(redis_srv: RedisServer) -> None:
+    r = redis_srv.client()
+    written = {c for c, _ in write_flows(r, 0, 800)}
+    reader = StoreReader(r, scan_count=10, budget=300)
+    items, _, pages = walk(lambda c: reader.resolvers_of("svc.example.test.", c))
+    assert pages > 10
+    assert sorted(items) == sorted((c, f"address {SERVICE}") for c in written)
+
+
+def test_a_page_stops_after_scan_seconds(redis_srv: RedisServer) -> None:
+    """A budget of keys Redis could walk for a long while: the time bound ends
+    the page first, with a cursor to go on from."""
+    r = redis_srv.client()
+    write_flows(r, 0, 10_000)  # 50,000 keys
+    reader = StoreReader(r, scan_count=10, budget=1_000_000, seconds=0.02)
+    page = reader.talkers_to(SERVICE, 443)
+    assert not page.complete and page.cursor != 0
+    assert 0 < page.scanned < 50_000 and 0 < page.progress < 1
+
+
+def test_values_are_read_in_bounded_commands(redis_srv: RedisServer) -> None:
+    """keys_per_command and keys_per_pipeline split the reads; a big index
+    (a hash-table set, so SSCAN pages it) is followed to its end or to
+    max_client_keys."""
+    r = redis_srv.client()
+    pipe = r.pipeline(transaction=False)
+    for port in range(300):
+        key = store.flow_key(C, "192.0.2.1", port)
+        pipe.set(key, port + 1)
+        pipe.sadd(store.index_key(C), key)
+    pipe.execute()
+    assert r.object("encoding", store.index_key(C)) == b"hashtable"
+    r.config_resetstat()
+    reader = StoreReader(r, scan_count=10, keys_per_command=7, keys_per_pipeline=20)
+    data = reader.read_client(C)
+    assert data.complete and data.flows == {("192.0.2.1", p): p + 1 for p in range(300)}
+    stats: Any = r.info("commandstats")
+    assert stats["cmdstat_mget"]["calls"] >= 301 // 7
+    assert stats["cmdstat_sscan"]["calls"] >= 10  # COUNT is a hint: about 10 a call
+    capped = StoreReader(r, scan_count=10, max_client_keys=100).read_client(C)
+    assert not capped.complete and 100 <= len(capped.flows) < 300
+
+
+def test_read_index_off_finds_keys_an_unindexed_writer_added(redis_srv: RedisServer) -> None:
+    """A client indexed by pcapd's writer, with one more key from a writer that
+    does not index (a ShoDoHFlo agent): the index alone misses it."""
+    fill(redis_srv.url, index=True)
+    r = redis_srv.client()
+    r.set(store.flow_key(C, "192.0.2.50", 8080), 4)
+    assert ("192.0.2.50", 8080) not in StoreReader(r).read_client(C).flows
+    data = StoreReader(r, read_index=False).read_client(C)
+    assert data.complete and data.flows[("192.0.2.50", 8080)] == 4
+    assert len(data.flows) == 3

@@ -377,8 +377,16 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
         read_only=s.get_bool("read_only", False),
         kid=s.optional_str("kid"),
         page_size=s.get_int("page_size", DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE),
-        scan_count=s.get_int("scan_count", DEFAULT_SCAN_COUNT, minimum=10, maximum=100_000),
+        scan_count=s.get_int("scan_count", DEFAULT_SCAN_COUNT, minimum=10, maximum=MAX_SCAN_COUNT),
         scan_budget=s.get_int("scan_budget", DEFAULT_SCAN_BUDGET, minimum=100),
+        scan_seconds=s.get_float(
+            "scan_seconds", DEFAULT_SCAN_SECONDS, minimum=0.01, maximum=MAX_SCAN_SECONDS
+        ),
+        keys_per_command=s.get_int(
+            "keys_per_command", DEFAULT_KEYS_PER_COMMAND, maximum=MAX_KEYS_PER_COMMAND
+        ),
+        keys_per_pipeline=s.get_int("keys_per_pipeline", DEFAULT_KEYS_PER_PIPELINE),
+        read_index=s.get_bool("read_index", True),
         max_client_keys=s.get_int("max_client_keys", DEFAULT_MAX_CLIENT_KEYS, minimum=10),
         max_prefix_clients=s.get_int("max_prefix_clients", DEFAULT_MAX_PREFIX_CLIENTS),
         nodere=s.str_list("nodere"),
@@ -393,6 +401,9 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
     )
     if config.kid and config.kid not in security.keys:
         s.errors.append(f"correlator.kid: {config.kid!r} is not a key in [security] keys")
+    if config.keys_per_pipeline < config.keys_per_command:
+        s.exceeds("keys_per_command", config.keys_per_command, "keys_per_pipeline",
+                  config.keys_per_pipeline, "a pipeline holds at least one command")  # fmt: skip
     if config.default_packets > config.max_packets:
         s.errors.append(f"correlator.default_packets: {config.default_packets} exceeds "
                         f"max_packets={config.max_packets}")  # fmt: skip

@@ -123,8 +123,17 @@ NOT_FOR_ME = ("release", "delete")
 DEFAULT_CORRELATOR_PORT = 3047  # ShoDoHFlo's
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-DEFAULT_SCAN_COUNT = 250  # keys per SCAN call: each command stays ~1 ms
-DEFAULT_SCAN_BUDGET = 200_000
+# Every Redis command the correlator sends is small (bench/correlator.py: SCAN
+# COUNT 100 and MGET of 100 keys average well under 1 ms on 2.1M keys); the
+# work per HTTP request is bounded by keys examined and by seconds.
+DEFAULT_SCAN_COUNT = 100  # keys per SCAN/SSCAN call
+MAX_SCAN_COUNT = 1000  # ~5 ms a call on 2M keys: past it one call nears 10 ms
+DEFAULT_SCAN_BUDGET = 200_000  # keys examined per request
+DEFAULT_SCAN_SECONDS = 1.0  # SCAN time per request; then a cursor to go on from
+MAX_SCAN_SECONDS = 60.0
+DEFAULT_KEYS_PER_COMMAND = 100  # keys per MGET or UNLINK
+MAX_KEYS_PER_COMMAND = 1000
+DEFAULT_KEYS_PER_PIPELINE = 1000  # Redis serves one pipeline without serving others
 DEFAULT_MAX_CLIENT_KEYS = 20_000
 DEFAULT_MAX_PREFIX_CLIENTS = 64
 DEFAULT_CAPTURE_PACKETS = 100
@@ -311,8 +320,10 @@ class FleetConfig:
 
 @dataclass(frozen=True, slots=True)
 class CorrelatorConfig:
-    """`pcapd web` and `pcapd correlate`. Each request reads at most
-    `scan_budget` keys and `max_client_keys` per client; each open live-results
+    """`pcapd web` and `pcapd correlate`. Each request examines at most
+    `scan_budget` keys for at most `scan_seconds`, `scan_count` per SCAN,
+    reads values `keys_per_command` per MGET and `keys_per_pipeline` per round
+    trip, and at most `max_client_keys` per client; each open live-results
     page holds one of `threads` server threads."""
 
     host: str = "127.0.0.1"
@@ -323,6 +334,10 @@ class CorrelatorConfig:
     page_size: int = DEFAULT_PAGE_SIZE
     scan_count: int = DEFAULT_SCAN_COUNT
     scan_budget: int = DEFAULT_SCAN_BUDGET
+    scan_seconds: float = DEFAULT_SCAN_SECONDS
+    keys_per_command: int = DEFAULT_KEYS_PER_COMMAND
+    keys_per_pipeline: int = DEFAULT_KEYS_PER_PIPELINE
+    read_index: bool = True  # false: find a client's keys by SCAN even if it has an index
     max_client_keys: int = DEFAULT_MAX_CLIENT_KEYS
     max_prefix_clients: int = DEFAULT_MAX_PREFIX_CLIENTS
     nodere: tuple[str, ...] = ()  # offered besides "any" in the capture form

@@ -190,7 +190,8 @@ def test_cli_shows_what_the_api_shows(corr_site: Site) -> None:
     [
         (("10.0.0.999",), "pcapd correlate: client: '10.0.0.999' is not an IPv4 or IPv6 address"),
         (("--clients", "--prefix", "nope"), "pcapd correlate: prefix: 'nope' is not an IPv4"),
-        ((), "pcapd correlate: give a CLIENT address, or --clients"),
+        ((), "pcapd correlate: give one of: a CLIENT address, --clients, --resolved NAME"),
+        (("--clients", "--resolved", "x.test"), "pcapd correlate: give one of: a CLIENT"),
     ],
 )
 def test_cli_bad_input(corr_site: Site, args: tuple[str, ...], message: str) -> None:

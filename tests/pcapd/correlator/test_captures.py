@@ -10,6 +10,7 @@ import re
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -71,6 +72,23 @@ def test_recent_filters_and_links(redis_srv: RedisServer) -> None:
     assert "s3_url" not in captures.links(event, config, None)
     # A location that is not a link is not turned into one.
     assert captures.links({"locations": {"cloudshark": "javascript:alert(1)"}}, config, None) == {}
+
+
+def test_recent_reads_the_stream_in_small_commands(redis_srv: RedisServer) -> None:
+    """25 events read 4 per XREVRANGE: the newest `count`, each once, in order."""
+    config = parse_config({"redis": {"port": redis_srv.port},
+                           "correlator": {"keys_per_command": 4}})  # fmt: skip
+    publisher = ResultPublisher(lambda: redis.Redis.from_url(redis_srv.url), config.redis)
+    for n in range(25):
+        assert publisher.publish(ResultEvent(f"run-{n}", "edge1", "ok"))
+    r = redis_srv.client()
+    r.config_resetstat()
+    assert [e["id"] for e in captures.recent(r, config, {}, 10)] == [
+        f"run-{n}" for n in range(24, 14, -1)
+    ]
+    stats: Any = r.info("commandstats")
+    assert stats["cmdstat_xrevrange"]["calls"] == 3  # 4 + 4 + 2
+    assert len(captures.recent(r, config, {}, 100)) == 25
 
 
 def test_captures_page(redis_srv: RedisServer, tmp_path: Path) -> None:

@@ -53,6 +53,10 @@ def test_port_in_use(tmp_path: Path) -> None:
             "error: correlator.default_packets: 50 exceeds max_packets=10",
         ),
         (
+            "[correlator]\nscan_count = 100000\n",
+            "error: correlator.scan_count: must be at least 10 and at most 1000, got 100000",
+        ),
+        (
             "[correlator]\nport = 70000\n",
             "error: correlator.port: must be at least 1 and at most 65535",
         ),
