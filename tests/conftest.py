@@ -9,7 +9,14 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from pcapd.core.logs import KeyValueFormatter
-from tests.helpers import MotoProcess, RedisServer, free_port, moto_process, redis_server
+from tests.helpers import (
+    MotoProcess,
+    RedisCluster,
+    RedisServer,
+    free_port,
+    moto_process,
+    redis_server,
+)
 from tests.pcapd.daemon_fixture import Results
 
 # The machine is shared and tests run beside real servers: a slow example is
@@ -104,6 +111,36 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """
     with redis_server(tmp_path) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """The run's one 3-primary Redis Cluster; tests get it through `redis_cluster`."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(shared_cluster: RedisCluster) -> RedisCluster:
+    """A 3-primary Redis Cluster on loopback ports, emptied before each test."""
+    shared_cluster.reset()
+    return shared_cluster
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A 3-primary cluster of this test's own, each write fsynced to an AOF:
+    for tests that kill and restart a primary."""
+    cluster = RedisCluster(tmp_path / "cluster", durable=True)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -19,8 +19,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import redis
-
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 from pcapd.core.logs import event, setup_agent_logging
@@ -152,7 +150,7 @@ def _run(
 ) -> int:
     from agents.dnswire.agent import AgentError
     from agents.dnswire.service import hold_pidfile, run_one, supervise
-    from pcapd.core.redis_conn import connect
+    from pcapd.core.redis_conn import Client, connect
 
     try:
         cfg, redis_cfg = _settings(args, config_path, record_default)
@@ -175,9 +173,7 @@ def _run(
         return EXIT_CONFIG
     for warning in cfg.warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
-    connector: Callable[[], redis.Redis] | None = (
-        (lambda: connect(redis_cfg)) if cfg.record else None
-    )
+    connector: Callable[[], Client] | None = (lambda: connect(redis_cfg)) if cfg.record else None
     if cfg.record:
         event(log, "dnswire_redis", target=redis_cfg.describe())
     try:
