@@ -1,8 +1,9 @@
 """Reading the ShoDoHFlo key schema back: what the correlator shows.
 
 Keys are spelled and parsed by agents/store.py only. Every read is bounded:
-SCAN (never KEYS) with `scan_count` per call and at most `budget` keys
-examined per request, values by pipelined MGET in chunks of `MGET_CHUNK`,
+SCAN (never KEYS; each primary of a cluster in turn) with `scan_count` per
+call and at most `budget` keys examined per request, values by pipelined MGET
+(per slot on a cluster) in chunks of `MGET_CHUNK`,
 at most `max_client_keys` keys per client. A request that runs out of budget
 says so (`complete=False`) and hands back a cursor to go on from; it never
 runs one long command that would stall Redis for everyone else.
@@ -23,6 +24,7 @@ import redis
 
 from agents import store
 from pcapd.core.config import DEFAULT_MAX_CLIENT_KEYS, DEFAULT_SCAN_BUDGET, DEFAULT_SCAN_COUNT
+from pcapd.core.redis_conn import Client, is_cluster, primaries
 
 # Small commands: on a loaded 2-core machine a SCAN of 1000 keys of a 2M-key
 # Redis took 5 ms on average and spiked past 10 ms (bench/correlator.py).
@@ -137,7 +139,7 @@ class StoreReader:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: Client,
         *,
         scan_count: int = DEFAULT_SCAN_COUNT,
         budget: int = DEFAULT_SCAN_BUDGET,
@@ -151,21 +153,46 @@ class StoreReader:
     # -- raw ---------------------------------------------------------------
     def scan(self, cursor: int, match: str | None, budget: int | None = None) -> Iterator[Any]:
         """SCAN from `cursor`, yielding (next_cursor, keys) per call, until the
-        keyspace ends or about `budget` keys were examined."""
+        keyspace ends or about `budget` keys were examined.
+
+        On a cluster the keyspaces of the primaries are walked one after the
+        other, and the cursor says where: `node cursor x primaries + the
+        primary's place` (the primaries in name order), 0 when all are done;
+        on one server it is the server's own cursor."""
+        nodes = self._primaries()
+        count_nodes = len(nodes)
+        index, node_cursor = cursor % count_nodes, cursor // count_nodes
         left = self.budget if budget is None else budget
         while left > 0:
             count = min(self.scan_count, left)
-            cursor, keys = self.redis.scan(cursor, match=match, count=count)
+            node_cursor, keys = nodes[index].scan(node_cursor, match=match, count=count)
+            node_cursor = int(node_cursor)
             left -= count
-            yield int(cursor), [_text(k) for k in keys]
-            if int(cursor) == 0:
+            if node_cursor == 0:
+                index += 1
+            done = index == count_nodes
+            yield 0 if done else node_cursor * count_nodes + index, [_text(k) for k in keys]
+            if done:
                 return
 
+    def _primaries(self) -> list[redis.Redis]:
+        nodes = list(primaries(self.redis))
+        if len(nodes) > 1:
+            nodes.sort(key=lambda n: str(n.connection_pool.connection_kwargs.get("port", "")))
+            nodes.sort(key=lambda n: str(n.connection_pool.connection_kwargs.get("host", "")))
+        return nodes
+
     def mget(self, keys: Sequence[str]) -> list[str | None]:
+        if is_cluster(self.redis):  # MGET per slot, the slots' nodes pipelined by redis-py
+            values: list[str | None] = []
+            for start in range(0, len(keys), MGET_CHUNK):
+                chunk = self.redis.mget_nonatomic(keys[start : start + MGET_CHUNK])
+                values.extend(None if v is None else _text(v) for v in chunk)
+            return values
         pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(keys), MGET_CHUNK):
             pipe.mget(keys[start : start + MGET_CHUNK])
-        values: list[str | None] = []
+        values = []
         for chunk in pipe.execute(raise_on_error=False):
             if isinstance(chunk, Exception):  # another type under a schema name
                 chunk = [None] * min(MGET_CHUNK, len(keys) - len(values))
