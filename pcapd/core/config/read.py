@@ -65,11 +65,8 @@ def _redis(s: Table) -> RedisConfig:
     url = s.secret("url")
     if url is not None:
         scheme = urlsplit(url.reveal()).scheme
-        if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
-            s.errors.append(
-                f"redis.url: scheme {scheme!r} is not one of redis://, rediss://, unix://, "
-                "redis+cluster://, rediss+cluster://"
-            )
+        if scheme not in REDIS_URL_SCHEMES:
+            s.errors.append(f"redis.url: scheme {scheme!r} is not one of {REDIS_URL_SCHEMES_TEXT}")
         try:
             _ = urlsplit(url.reveal()).port  # raises on a bad or out-of-range port
         except ValueError as exc:

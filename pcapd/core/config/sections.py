@@ -49,6 +49,8 @@ MAX_REDIS_DB = 2**31 - 1  # Redis' `databases` is a C int
 # pcapd's URL spelling for a cluster seed (redis-py has none: RedisCluster
 # takes redis:// or rediss:// and is chosen by the caller).
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+REDIS_URL_SCHEMES_TEXT = ", ".join(f"{scheme}://" for scheme in REDIS_URL_SCHEMES)
 MAX_CLUSTER_NODES = 1_000  # seed nodes; one answering is enough to find the rest
 DEFAULT_CHANNEL = "capture"
 DEFAULT_RESULTS_CHANNEL = "capture-results"
