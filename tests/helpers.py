@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -145,8 +146,13 @@ class RedisCluster:
     workdir: Path
     size: int = 3
     durable: bool = False
+    netns: str | None = None  # run inside this network namespace (its own loopback)
     ports: list[int] = field(default_factory=list)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def _wrap(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     @property
     def nodes(self) -> list[str]:
@@ -161,8 +167,8 @@ class RedisCluster:
         self.ports = [free_cluster_port() for _ in range(self.size)]
         for port in self.ports:
             self.start_node(port)
-        run(shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster", "create",
-            *self.nodes, "--cluster-replicas", "0", "--cluster-yes")  # fmt: skip
+        run(*self._wrap, shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster",
+            "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes")  # fmt: skip
         wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
 
     def start_node(self, port: int) -> None:
@@ -172,7 +178,8 @@ class RedisCluster:
         persist = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
             "--appendonly", "no"]  # fmt: skip
         self.procs[port] = subprocess.Popen(
-            [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+            [*self._wrap, shutil.which("redis-server") or "/usr/bin/redis-server",
+             "--port", str(port),
              "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(workdir / "nodes.conf"),
              "--cluster-node-timeout", "2000", "--save", "", *persist,
@@ -189,7 +196,14 @@ class RedisCluster:
     def node(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=5, decode_responses=True)
 
+    def cli(self, port: int, *args: str) -> str:
+        done = run(*self._wrap, shutil.which("redis-cli") or "/usr/bin/redis-cli", "-p",
+                   str(port), *args, check=False)  # fmt: skip
+        return done.stdout
+
     def _ping(self, port: int) -> bool:
+        if self.netns:
+            return self.cli(port, "PING").strip() == "PONG"
         try:
             with self.node(port) as client:
                 return bool(client.ping())
@@ -198,6 +212,8 @@ class RedisCluster:
 
     def ok(self) -> bool:
         """Every node up and saying cluster_state:ok."""
+        if self.netns:
+            return all("cluster_state:ok" in self.cli(p, "CLUSTER", "INFO") for p in self.ports)
         try:
             for port in self.ports:
                 with self.node(port) as client:
@@ -237,6 +253,15 @@ class RedisCluster:
     def keyspace(self) -> dict[str, tuple[str, object]]:
         """Every key of every primary: its type and value, to compare with a
         single server's."""
+        if self.netns:  # read from inside the namespace, as JSON
+            script = ("import json, sys, pathlib; from tests.helpers import RedisCluster; "
+                      "c = RedisCluster(pathlib.Path(), ports=[int(p) for p in sys.argv[1:]]); "
+                      "print(json.dumps(c.keyspace()))")  # fmt: skip
+            out = subprocess.run(
+                [*self._wrap, sys.executable, "-c", script, *map(str, self.ports)],
+                capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+            ).stdout  # fmt: skip
+            return {k: (kind, value) for k, (kind, value) in json.loads(out).items()}
         found: dict[str, tuple[str, object]] = {}
         for port in self.ports:
             with self.node(port) as client:
