@@ -275,7 +275,11 @@ def keyspace(client: redis.Redis) -> dict[str, tuple[str, object]]:
     key: str
     for key in client.scan_iter(count=1000):
         kind = str(client.type(key))
-        value: object = client.get(key) if kind == "string" else sorted(client.smembers(key))
+        value: object = None  # streams and the rest: the type only
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "set":
+            value = sorted(client.smembers(key))
         found[key] = (kind, value)
     return found
 
