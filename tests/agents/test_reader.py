@@ -14,6 +14,9 @@ from agents.flow.agent import make_writer as make_flow_writer
 from agents.flow.config import parse_flow_config
 from agents.reader import ReaderError, StoreReader, parse_address, parse_network
 from agents.redis_writer import RedisWriter
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.harness import running_agent
 from tests.helpers import RedisServer, wait_for
@@ -23,7 +26,8 @@ C6 = "2001:db8:1::5"
 
 
 def fill(url: str, *, index: bool) -> None:
-    writer = RedisWriter(lambda: redis.Redis.from_url(url), index=index, flush_interval=0.01)
+    config = RedisConfig(url=Secret(url))  # one server, or a cluster seed
+    writer = RedisWriter(lambda: connect(config), index=index, flush_interval=0.01)
     writer.start()
     for client in (C, C6):
         writer.incr(store.client_key(client))
