@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from agents.store import BATCH_SCRIPT, index_of
 from pcapd.core.backoff import Backoff
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client, is_cluster
+from pcapd.core.redis_conn import Client, is_cluster, send_by_slot
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -252,12 +253,13 @@ class RedisWriter:
                     self.stats.written_ops += len(keys) - rejected
 
     def _send_slots(
-        self, client: Client, sha: str, keys: list[str], args: list[str]
+        self, client: RedisCluster, sha: str, keys: list[str], args: list[str]
     ) -> tuple[list[str], list[str]] | None:
-        """One script call per hash slot, pipelined per node by redis-py (which
-        follows MOVED and ASK); counts what each slot wrote or refused. Returns
-        the operations of the slots that got no answer (node down, failover),
-        to be sent again, or None when every slot answered."""
+        """One script call per hash slot, pipelined per node
+        (`redis_conn.send_by_slot`, which follows MOVED and ASK); counts what
+        each slot wrote or refused. Returns the operations of the slots that
+        got no answer (node down, failover), to be sent again, or None when
+        every slot answered."""
         slots: dict[int, tuple[list[str], list[str]]] = {}
         for key, arg in zip(keys, args, strict=True):
             group = slots.setdefault(key_slot(key.encode()), ([], []))
@@ -268,15 +270,13 @@ class RedisWriter:
         retry_args: list[str] = []
         created: list[str] = []
         for attempt in range(2):  # a second only to load the script where it is missing
-            pipe = client.pipeline(transaction=False)
-            groups = list(slots.values())
-            for group_keys, group_args in groups:
-                pipe.execute_command(
-                    "EVALSHA", sha, len(group_keys), *group_keys, self.ttl, mode, *group_args
-                )
+            commands = [
+                (slot, ("EVALSHA", sha, len(group[0]), *group[0], self.ttl, mode, *group[1]))
+                for slot, group in slots.items()
+            ]
             missing: dict[int, tuple[list[str], list[str]]] = {}
             for (slot, group), reply in zip(
-                slots.items(), pipe.execute(raise_on_error=False), strict=True
+                slots.items(), send_by_slot(client, commands), strict=True
             ):
                 if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
                     missing[slot] = group
@@ -300,14 +300,15 @@ class RedisWriter:
             self._index(client, created)
         return (retry_keys, retry_args) if retry_keys else None
 
-    def _index(self, client: Client, created: list[str]) -> None:
+    def _index(self, client: RedisCluster, created: list[str]) -> None:
         """SADD new keys to their clients' index sets (best effort: the index
         only speeds the correlator up, which falls back to SCAN without it)."""
-        pipe = client.pipeline(transaction=False)
+        commands = []
         for key in created:
-            pipe.sadd(index_of(key), key)
-            pipe.expire(index_of(key), self.ttl)
-        pipe.execute(raise_on_error=False)
+            index = index_of(key)
+            slot = key_slot(index.encode())
+            commands += [(slot, ("SADD", index, key)), (slot, ("EXPIRE", index, self.ttl))]
+        send_by_slot(client, commands)
 
 
 def dropped_status(writer: RedisWriter, agent: str) -> int:

@@ -9,13 +9,16 @@ primary for SCAN.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from pcapd.core.config import CLUSTER_SCHEMES, RedisConfig
 
@@ -119,6 +122,103 @@ def publish(client: Any, channel: str, body: bytes | str, *, sharded: bool) -> A
     """PUBLISH, or SPUBLISH to the shard that owns `channel`, on a client or a
     pipeline: the receivers, or the pipeline to execute."""
     return client.spublish(channel, body) if sharded else client.publish(channel, body)
+
+
+REDIRECT_ROUNDS = 3  # MOVED/ASK followed this many times per command, then its error stands
+
+
+def send_by_slot(
+    client: RedisCluster, commands: Sequence[tuple[int, tuple[Any, ...]]]
+) -> list[Any]:
+    """Send each `(slot, command)` to the primary owning the slot: one pipeline
+    per node, written to every node before any is read; the replies, or the
+    exception of each, in order.
+
+    redis-py's cluster pipeline asks the server for each command's keys
+    (COMMAND GETKEYS, a round trip per command: measured 0.6 ms per EVALSHA
+    here); callers that know their slots go this way instead. MOVED refreshes
+    the slot map and sends the command to the new owner; ASK sends it to the
+    importing node after ASKING, as redis-py does; a node that does not
+    answer leaves ConnectionError as the reply, for the caller to send again
+    later (and the slot map is read afresh then).
+    """
+    replies: list[Any] = [None] * len(commands)  # None: not answered yet
+    pending = list(range(len(commands)))
+    asking: dict[int, ClusterNode] = {}
+    for _ in range(REDIRECT_ROUNDS):
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i in pending:
+            node = asking.get(i) or client.nodes_manager.get_node_from_slot(commands[i][0])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        sent = []
+        for node, indices in by_node.values():
+            packed = b"".join(
+                hiredis.pack_command(("ASKING",)) + hiredis.pack_command(commands[i][1])
+                if i in asking
+                else hiredis.pack_command(commands[i][1])
+                for i in indices
+            )
+            sent.append((node, indices, _send_packed(client, node, packed)))
+        asked = set(asking)
+        asking, pending, stale = {}, [], False
+        for node, indices, conn in sent:
+            pool = client.get_redis_connection(node).connection_pool
+            try:
+                if isinstance(conn, Exception):
+                    raise conn
+                for i in indices:
+                    if i in asked:
+                        _read_reply(conn)  # ASKING's OK
+                    replies[i] = _read_reply(conn)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                stale = True
+                for i in indices:
+                    if replies[i] is None or i in asked:
+                        replies[i] = exc
+                if not isinstance(conn, Exception):
+                    conn.disconnect()
+            finally:
+                if not isinstance(conn, Exception):
+                    pool.release(conn)
+            for i in indices:
+                reply = replies[i]
+                if isinstance(reply, redis.exceptions.MovedError):
+                    stale = True
+                    pending.append(i)
+                elif isinstance(reply, redis.exceptions.AskError):
+                    known = client.nodes_manager.get_node(reply.host, reply.port)
+                    asking[i] = known or ClusterNode(reply.host, reply.port)  # type: ignore[no-untyped-call]
+                    pending.append(i)
+        if stale:
+            with contextlib.suppress(redis.RedisError, RedisClusterException):
+                client.nodes_manager.initialize()
+        if not pending:
+            break
+    return replies
+
+
+def _send_packed(client: RedisCluster, node: ClusterNode, packed: bytes) -> Any:
+    """A connection of `node` with `packed` written to it, or the exception."""
+    pool = client.get_redis_connection(node).connection_pool
+    try:
+        conn = pool.get_connection()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        return exc
+    try:
+        conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        pool.release(conn)
+        return exc
+    return conn
+
+
+def _read_reply(conn: Any) -> Any:
+    """One reply; an error reply is returned as its exception, not raised."""
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
 
 
 def primaries(client: Client) -> Iterator[redis.Redis]:

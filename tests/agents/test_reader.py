@@ -7,7 +7,6 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-import redis
 
 from agents import store
 from agents.flow.agent import make_writer as make_flow_writer

@@ -15,7 +15,7 @@ from agents.reader import StoreReader
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
-from tests.agents.test_reader import C, C6, fill
+from tests.agents.test_reader import C6, C, fill
 from tests.helpers import RedisCluster, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
