@@ -146,8 +146,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-_STATS = re.compile(rb"event=dnstap_stats frames=(\d+) .*?deduped=(\d+).*?keys_written=(\d+) "
-                    rb"queue_depth=(\d+) dropped=(\d+)")  # fmt: skip
+_FIELD = re.compile(rb"(\w+)=(\d+)(?=\s|$)")  # the stats line's numbers, in any order
 
 
 def run_agent(workdir: Path, payloads: list[bytes], cluster: bool = False) -> dict[str, float]:
@@ -183,19 +182,22 @@ def _run_agent(workdir: Path, payloads: list[bytes], url: str) -> dict[str, floa
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             for line in log.read_bytes().splitlines():
-                found = _STATS.search(line)
-                if found and int(found[1]) == len(payloads) and int(found[4]) == 0:
+                if b"event=dnstap_stats" not in line:
+                    continue
+                found = {k.decode(): int(v) for k, v in _FIELD.findall(line)}
+                if found.get("frames") == len(payloads) and found.get("queue_depth") == 0:
                     stamp = re.search(rb"ts=(\S+)Z", line)
                     assert stamp is not None
                     when = time.mktime(time.strptime(stamp[1][:19].decode(), "%Y-%m-%dT%H:%M:%S"))
                     when += float(stamp[1][19:]) - time.timezone
                     return {
                         "decoded_s": decoded, "written_s": max(when - start, decoded),
-                        "deduped": int(found[2]), "keys_written": int(found[3]),
-                        "dropped": int(found[5]),
+                        "deduped": found["deduped"], "keys_written": found["keys_written"],
+                        "dropped": found["dropped"],
                     }  # fmt: skip
             time.sleep(STATS_INTERVAL)
-        raise RuntimeError(f"agent never finished writing; see {log}")
+        last = [line for line in log.read_bytes().splitlines() if b"dnstap_stats" in line][-1:]
+        raise RuntimeError(f"agent never finished writing; its last stats: {last}")
     finally:
         _stop(agent)
 
