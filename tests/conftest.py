@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,15 +114,20 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """The run's one 3-primary Redis Cluster; tests get it through `redis_cluster`."""
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+@contextlib.contextmanager
+def started(cluster: RedisCluster) -> Iterator[RedisCluster]:
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """The run's one 3-primary Redis Cluster; tests get it through `redis_cluster`."""
+    with started(RedisCluster(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -135,12 +141,8 @@ def redis_cluster(shared_cluster: RedisCluster) -> RedisCluster:
 def private_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """A 3-primary cluster of this test's own, each write fsynced to an AOF:
     for tests that kill and restart a primary."""
-    cluster = RedisCluster(tmp_path / "cluster", durable=True)
-    try:
-        cluster.start()
+    with started(RedisCluster(tmp_path / "cluster", durable=True)) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

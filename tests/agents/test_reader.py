@@ -45,6 +45,20 @@ def fill(url: str, *, index: bool) -> None:
     assert writer.stats.written_ops == 21
 
 
+def walk_pages(reader: StoreReader) -> tuple[int, set[str]]:
+    """Every clients page from cursor 0 until the cursor is 0 again: how many
+    pages, and the clients seen."""
+    seen: set[str] = set()
+    cursor, pages = 0, 0
+    while True:
+        part = reader.clients_page(cursor, limit=50)
+        seen |= {c.client for c in part.items}
+        pages += 1
+        if part.cursor == 0:
+            return pages, seen
+        cursor = part.cursor
+
+
 @pytest.mark.parametrize("index", [True, False], ids=["index", "scan"])
 def test_a_client_read_back(redis_srv: RedisServer, index: bool) -> None:
     fill(redis_srv.url, index=index)
@@ -85,16 +99,7 @@ def test_clients_page_prefix_search_and_cursor(redis_srv: RedisServer) -> None:
     v4 = reader.clients_page(limit=50, prefix=parse_network("10.1.0.0/16"))
     assert [c.client for c in v4.items] == [C]
     # A small budget ends a page early with a cursor to go on from.
-    small = StoreReader(r, scan_count=10, budget=10)
-    seen: set[str] = set()
-    cursor, pages = 0, 0
-    while True:
-        part = small.clients_page(cursor, limit=50)
-        seen |= {c.client for c in part.items}
-        pages += 1
-        if part.cursor == 0:
-            break
-        cursor = part.cursor
+    pages, seen = walk_pages(StoreReader(r, scan_count=10, budget=10))
     assert pages > 1 and len(seen) == 32
     # Search covers names stored in values, names in keys and addresses.
     for needle, want in (("alias.example", {C, C6}), ("we\\;ird", {C}), ("2001:db8::7", {C, C6}),

@@ -15,7 +15,7 @@ from agents.reader import StoreReader
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
-from tests.agents.test_reader import C6, C, fill
+from tests.agents.test_reader import C6, C, fill, walk_pages
 from tests.helpers import RedisCluster, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,16 +59,7 @@ def test_pages_walk_every_primary(redis_cluster: RedisCluster) -> None:
     admin = redis_cluster.client()
     for n in range(30):
         admin.set(store.client_key(f"10.9.0.{n}"), 1)
-    reader = cluster_reader(redis_cluster, scan_count=10, budget=10)
-    seen: set[str] = set()
-    cursor, pages = 0, 0
-    while True:
-        part = reader.clients_page(cursor, limit=50)
-        seen |= {c.client for c in part.items}
-        pages += 1
-        if part.cursor == 0:
-            break
-        cursor = part.cursor
+    pages, seen = walk_pages(cluster_reader(redis_cluster, scan_count=10, budget=10))
     assert pages >= 3 and len(seen) == 32
     found = cluster_reader(redis_cluster).clients_page(limit=50, search="alias.example")
     assert {c.client for c in found.items} == {C, C6}

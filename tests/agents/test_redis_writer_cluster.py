@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from agents.redis_writer import RedisWriter
 from agents.store import client_key, record_answer, record_nxdomain
@@ -191,3 +192,43 @@ def test_what_a_dead_primary_never_took_is_counted_as_dropped(
     writer.stop(1)
     assert writer.stats.written_ops + writer.stats.dropped_ops == 100
     assert writer.stats.dropped_ops > 0
+
+
+def _node_id(cluster: RedisCluster, port: int) -> str:
+    return str(cluster.node(port).cluster("MYID"))
+
+
+def test_a_slot_moved_or_migrating_is_followed(redis_cluster: RedisCluster) -> None:
+    """MOVED (the slot went to another primary after the writer read the
+    slot map) and ASK (the slot is being migrated and the key is new) both
+    land the write on the node that now owns the key."""
+    writer = cluster_writer(redis_cluster.url)
+    moved, asked = client_key("10.200.74.1"), client_key("10.200.74.2")
+    writer.incr(moved)
+    writer.incr(asked)
+    writer.flush()
+    wait_for(lambda: writer.stats.written_ops == 2, timeout=20)
+    admin = redis_cluster.client()
+    for key in (moved, asked):
+        slot = key_slot(key.encode())
+        source = admin.get_node_from_key(key).port  # type: ignore[no-untyped-call]
+        target = next(p for p in redis_cluster.ports if p != source)
+        ids = {port: _node_id(redis_cluster, port) for port in (source, target)}
+        redis_cluster.node(target).cluster("SETSLOT", slot, "IMPORTING", ids[source])
+        redis_cluster.node(source).cluster("SETSLOT", slot, "MIGRATING", ids[target])
+        if key == moved:  # finish the move: the key and the slot go to the target
+            redis_cluster.node(source).migrate("127.0.0.1", target, [key], 0, 5000)
+            for port in redis_cluster.ports:
+                redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[target])
+            writer.incr(key)
+        else:  # mid-migration: the key already went, so the source answers ASK
+            redis_cluster.node(source).migrate("127.0.0.1", target, [key], 0, 5000)
+            writer.incr(key)
+        writer.flush()
+        wait_for(lambda k=key: writer.stats.written_ops >= 3 + (k == asked), timeout=20)
+        if key == asked:  # end the migration: the shared cluster stays whole
+            for port in redis_cluster.ports:
+                redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[target])
+        assert redis_cluster.node(target).get(key) == "2"
+    writer.stop(10)
+    assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == 4
