@@ -4,7 +4,7 @@ bounds as named constants (the example and the readers use these names)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
@@ -190,6 +190,11 @@ class RedisConfig:
     stream: str = DEFAULT_REQUEST_STREAM
     # Worst case held by the pub/sub source between socket and controller.
     pubsub_queue_bytes: int = DEFAULT_PUBSUB_QUEUE_BYTES
+
+    def with_url(self, url: Secret) -> RedisConfig:
+        """This config pointed at `url` instead (an agent's `redis_url`,
+        `--redis-url`): the URL alone says whether it is a cluster."""
+        return replace(self, url=url, cluster=False, nodes=())
 
     @property
     def clustered(self) -> bool:

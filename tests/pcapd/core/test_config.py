@@ -722,3 +722,13 @@ def test_delivery_deadlines_and_dedup_prefix_are_read() -> None:
     assert errors_of({"delivery": {"attempt_timeout": 0.0}})[0].startswith(
         "delivery.attempt_timeout: "
     )
+
+
+def test_a_cluster_config_pointed_at_another_url_is_what_the_url_says() -> None:
+    """An agent's redis_url or --redis-url replaces [redis]'s cluster seeds."""
+    base = parse_config({"redis": {"cluster": True, "nodes": ["10.0.0.1:7000"]}}, HOST).redis
+    assert base.clustered and base.describe() == "redis+cluster://10.0.0.1:7000"
+    single = base.with_url(Secret("redis://127.0.0.1:6379/0"))
+    assert not single.clustered and single.nodes == ()
+    seed = base.with_url(Secret("rediss+cluster://u:pw@10.0.0.2:7000"))
+    assert seed.clustered and seed.describe() == "rediss+cluster://10.0.0.2:7000"
