@@ -6,12 +6,14 @@ long nor outlives its HTTP request:
 
 - SCAN/SSCAN with COUNT `scan_count`: one call walks about that many keys
   whatever its MATCH, so a sparse pattern takes many calls, not a big one;
+  on a cluster each primary is walked in turn;
 - per request at most `budget` keys examined and `seconds` spent scanning;
   a request that stops early says so (`complete=False`) and hands back the
   SCAN cursor to go on from (SCAN's guarantee: every key present for the
   whole walk is returned, one written meanwhile may or may not be);
-- values by MGET of `keys_per_command` keys, pipelined `keys_per_pipeline`
-  keys a round trip (Redis serves a pipeline without serving others between);
+- values by MGET of `keys_per_command` keys (per slot on a cluster),
+  pipelined `keys_per_pipeline` keys a round trip (Redis serves a pipeline
+  without serving others between);
 - at most `max_client_keys` keys per client; no HGETALL/LRANGE/KEYS at all.
 
 A client's keys come from its `<client>;index` set when pcapd's writer keeps
@@ -38,6 +40,7 @@ from pcapd.core.config import (
     DEFAULT_SCAN_COUNT,
     DEFAULT_SCAN_SECONDS,
 )
+from pcapd.core.redis_conn import Client, is_cluster, primaries
 
 CURSOR_BITS = 64  # Redis's SCAN cursor is an unsigned 64-bit number
 
@@ -124,21 +127,26 @@ class Page:
     cursor: int
     scanned: int
     complete: bool
+    primaries: int = 1
 
     @property
     def progress(self) -> float:
-        return scan_progress(self.cursor)
+        return scan_progress(self.cursor, self.primaries)
 
 
-def scan_progress(cursor: int) -> float:
+def scan_progress(cursor: int, primaries: int = 1) -> float:
     """How much of the keyspace a SCAN walk that is now at `cursor` has covered
     (0 to 1). Redis walks its hash table in reversed-bit order, so the cursor
     read backwards is the fraction of buckets done, whatever the table's size
-    (exact unless the table was resized during the walk)."""
+    (exact unless the table was resized during the walk). On a cluster the
+    primaries done count whole (see `StoreReader.scan` for the cursor's shape)."""
     if cursor == 0:
         return 1.0
-    reversed_bits = int(f"{cursor:0{CURSOR_BITS}b}"[::-1], 2)
-    return reversed_bits / float(1 << CURSOR_BITS)
+    done, node_cursor = cursor % primaries, cursor // primaries
+    if node_cursor == 0:
+        return done / primaries
+    reversed_bits = int(f"{node_cursor:0{CURSOR_BITS}b}"[::-1], 2)
+    return (done + reversed_bits / float(1 << CURSOR_BITS)) / primaries
 
 
 def _text(value: bytes | str) -> str:
@@ -165,7 +173,7 @@ class StoreReader:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: Client,
         *,
         scan_count: int = DEFAULT_SCAN_COUNT,
         budget: int = DEFAULT_SCAN_BUDGET,
@@ -189,20 +197,45 @@ class StoreReader:
         """SCAN from `cursor`, one small call at a time, yielding (next_cursor,
         keys) per call, until the keyspace ends, about `budget` keys were
         examined or `seconds` went by (the caller's work between calls
-        counts: it is the request's time)."""
+        counts: it is the request's time).
+
+        On a cluster the keyspaces of the primaries are walked one after the
+        other, and the cursor says where: `node cursor x primaries + the
+        primary's place` (the primaries in name order), 0 when all are done;
+        on one server it is the server's own cursor."""
+        nodes = self._primaries()
+        count_nodes = len(nodes)
+        index, node_cursor = cursor % count_nodes, cursor // count_nodes
         left = self.budget
         deadline = time.monotonic() + self.seconds
         while left > 0:
             count = min(self.scan_count, left)
-            cursor, keys = self.redis.scan(cursor, match=match, count=count)
+            node_cursor, keys = nodes[index].scan(node_cursor, match=match, count=count)
+            node_cursor = int(node_cursor)
             left -= count
-            yield int(cursor), [_text(k) for k in keys]
-            if int(cursor) == 0 or time.monotonic() >= deadline:
+            if node_cursor == 0:
+                index += 1
+            done = index == count_nodes
+            yield 0 if done else node_cursor * count_nodes + index, [_text(k) for k in keys]
+            if done or time.monotonic() >= deadline:
                 return
+
+    def _primaries(self) -> list[redis.Redis]:
+        nodes = list(primaries(self.redis))
+        if len(nodes) > 1:
+            nodes.sort(key=lambda n: str(n.connection_pool.connection_kwargs.get("port", "")))
+            nodes.sort(key=lambda n: str(n.connection_pool.connection_kwargs.get("host", "")))
+        return nodes
 
     def mget(self, keys: Sequence[str]) -> list[str | None]:
         """Values of `keys`, None for a missing key or one of another type."""
         values: list[str | None] = []
+        if is_cluster(self.redis):  # MGET per slot, the slots' nodes pipelined by redis-py
+            for chunk in _chunks(keys, self.keys_per_command):
+                values.extend(
+                    None if v is None else _text(v) for v in self.redis.mget_nonatomic(chunk)
+                )
+            return values
         for part in _chunks(keys, self.keys_per_pipeline):
             pipe = self.redis.pipeline(transaction=False)
             chunks = list(_chunks(part, self.keys_per_command))
@@ -315,7 +348,13 @@ class StoreReader:
             if len(chosen) >= limit:
                 break
         clients = sorted(chosen, key=_address_order)
-        return Page(tuple(self.read_clients(clients)), next_cursor, scanned, next_cursor == 0)
+        return Page(
+            tuple(self.read_clients(clients)),
+            next_cursor,
+            scanned,
+            next_cursor == 0,
+            len(self._primaries()),
+        )
 
     @staticmethod
     def _client_names(keys: Iterable[str]) -> list[str]:
@@ -367,7 +406,9 @@ class StoreReader:
                 if value is not None and name in store.members(value):
                     kind = "address" if key.kind == store.DNS else "alias of"
                     hits.append((key.client, f"{kind} {key.fields[0]}"))
-        return Page(tuple(sorted(set(hits))), next_cursor, scanned, next_cursor == 0)
+        return Page(
+            tuple(sorted(set(hits))), next_cursor, scanned, next_cursor == 0, len(self._primaries())
+        )
 
     def talkers_to(self, address: str, port: int | None = None, cursor: int = 0) -> Page:
         """Clients with a flow to `address` (and `port`): (client, port, count)."""
@@ -389,7 +430,9 @@ class StoreReader:
                 continue
             if value is not None and (port is None or _port(key.fields[1]) == port):
                 flows.append((key.client, _port(key.fields[1]), _int(value)))
-        return Page(tuple(sorted(flows)), next_cursor, scanned, next_cursor == 0)
+        return Page(
+            tuple(sorted(flows)), next_cursor, scanned, next_cursor == 0, len(self._primaries())
+        )
 
     # -- changes -------------------------------------------------------------
     def clear_client(self, client: str) -> tuple[int, bool]:

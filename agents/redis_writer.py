@@ -20,11 +20,14 @@ from dataclasses import dataclass
 
 import redis
 from prometheus_client import Histogram
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
-from agents.store import BATCH_SCRIPT
+from agents.store import BATCH_SCRIPT, index_of
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
+from pcapd.core.redis_conn import Client, is_cluster, send_by_slot
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -41,6 +44,13 @@ MAX_FLUSH_INTERVAL = 10.0
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 # s: an idle writer PINGs Redis this often, so `connected` (readiness) stays true
 PING_INTERVAL = 5.0
+
+# Cluster replies that say "not now" rather than "no": sent again after backoff.
+_TRANSIENT = (
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN: a primary is away
+    redis.exceptions.TryAgainError,  # a slot migrating
+    redis.exceptions.AskError,  # and MOVED, once redis-py's own redirections ran out
+)
 
 INCR = ""  # op marker: INCR the key; anything else is a member to append
 INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
@@ -65,7 +75,7 @@ class RedisWriter:
 
     def __init__(
         self,
-        connect: Callable[[], redis.Redis],
+        connect: Callable[[], Client],
         *,
         ttl: int = DEFAULT_TTL_GRACE,
         max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS,
@@ -97,6 +107,7 @@ class RedisWriter:
         self._thread: threading.Thread | None = None
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
+        self._last_error = ""  # why a cluster slot's write was not answered
 
     # -- producers -------------------------------------------------------
     def incr(self, key: str, amount: int = 1) -> None:
@@ -194,7 +205,7 @@ class RedisWriter:
         )  # fmt: skip
 
     def _run(self) -> None:
-        client: redis.Redis | None = None
+        client: Client | None = None
         script = None
         backoff = Backoff().tracker()
         last_contact = -math.inf
@@ -207,19 +218,24 @@ class RedisWriter:
                 last_contact = time.monotonic()
             while self._batches and not self._stop.is_set():
                 keys, args = self._batches[0]
+                left: tuple[list[str], list[str]] | None = None
                 try:
                     if client is None or script is None:
                         client = client or self._connect()
                         script = client.register_script(BATCH_SCRIPT)
                     assert script is not None
                     began = time.monotonic()
-                    rejected, first = script(keys=keys, args=[self.ttl, int(self.index), *args])
+                    if is_cluster(client):
+                        left = self._send_slots(client, script.sha, keys, args)
+                        rejected = -1  # counted per slot group
+                    else:
+                        rejected, first = script(keys=keys, args=[self.ttl, int(self.index), *args])
+                        rejected = int(rejected)
                     self.write_seconds.observe(time.monotonic() - began)
-                    rejected = int(rejected)
                 except redis.ResponseError as exc:
                     # Redis answered and refused the whole batch (a read-only
-                    # replica, an ACL, a cluster's CROSSSLOT): retrying would
-                    # only wedge the queue behind it.
+                    # replica, an ACL): retrying would only wedge the queue
+                    # behind it.
                     self._refused(_cause(str(exc), exc), len(keys), str(exc))
                     rejected = -1
                 except Exception as exc:  # connection trouble, or a bug: back off, retry
@@ -233,6 +249,18 @@ class RedisWriter:
                     client = None
                     self._stop.wait(wait)
                     continue
+                if left is not None:  # some slots' nodes did not answer: only those again
+                    with self._lock:
+                        self._batches[0] = left
+                        self._queued -= len(keys) - len(left[0])
+                    self.stats.redis_errors += 1
+                    wait = backoff.failed()
+                    event(
+                        log, "redis_write_failed", logging.WARNING, error=self._last_error,
+                        queued_ops=self.queue_depth, retry_in=round(wait, 2),
+                    )  # fmt: skip
+                    self._stop.wait(wait)
+                    continue
                 backoff.succeeded()
                 self.connected = True
                 last_contact = time.monotonic()
@@ -244,7 +272,7 @@ class RedisWriter:
                 if rejected >= 0:
                     self.stats.written_ops += len(keys) - rejected
 
-    def _ping(self, client: redis.Redis | None, backoff: BackoffTracker) -> redis.Redis | None:
+    def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
         """PING while idle; the client to use next (None after a failure, which
         waits out the backoff as a failed batch does)."""
         try:
@@ -260,6 +288,64 @@ class RedisWriter:
         backoff.succeeded()
         self.connected = True
         return client
+
+    def _send_slots(
+        self, client: RedisCluster, sha: str, keys: list[str], args: list[str]
+    ) -> tuple[list[str], list[str]] | None:
+        """One script call per hash slot, pipelined per node
+        (`redis_conn.send_by_slot`, which follows MOVED and ASK); counts what
+        each slot wrote or refused. Returns the operations of the slots that
+        got no answer (node down, failover), to be sent again, or None when
+        every slot answered."""
+        slots: dict[int, tuple[list[str], list[str]]] = {}
+        for key, arg in zip(keys, args, strict=True):
+            group = slots.setdefault(key_slot(key.encode()), ([], []))
+            group[0].append(key)
+            group[1].append(arg)
+        mode = 2 if self.index else 0
+        retry_keys: list[str] = []
+        retry_args: list[str] = []
+        created: list[str] = []
+        for attempt in range(2):  # a second only to load the script where it is missing
+            commands = [
+                (slot, ("EVALSHA", sha, len(group[0]), *group[0], self.ttl, mode, *group[1]))
+                for slot, group in slots.items()
+            ]
+            missing: dict[int, tuple[list[str], list[str]]] = {}
+            for (slot, group), reply in zip(
+                slots.items(), send_by_slot(client, commands), strict=True
+            ):
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                    missing[slot] = group
+                elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
+                    self._refused(_cause(str(reply), reply), len(group[0]), str(reply))
+                elif isinstance(reply, Exception):
+                    self._last_error = str(reply) or type(reply).__name__
+                    retry_keys.extend(group[0])
+                    retry_args.extend(group[1])
+                else:
+                    refused = int(reply[0])
+                    if refused:
+                        self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
+                    self.stats.written_ops += len(group[0]) - refused
+                    created.extend(_text(k) for k in reply[2:])
+            if not missing:
+                break
+            client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
+            slots = missing
+        if created:
+            self._index(client, created)
+        return (retry_keys, retry_args) if retry_keys else None
+
+    def _index(self, client: RedisCluster, created: list[str]) -> None:
+        """SADD new keys to their clients' index sets (best effort: the index
+        only speeds the correlator up, which falls back to SCAN without it)."""
+        commands = []
+        for key in created:
+            index = index_of(key)
+            slot = key_slot(index.encode())
+            commands += [(slot, ("SADD", index, key)), (slot, ("EXPIRE", index, self.ttl))]
+        send_by_slot(client, commands)
 
 
 def dropped_status(writer: RedisWriter, agent: str) -> int:

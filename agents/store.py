@@ -68,6 +68,11 @@ def index_key(client: str) -> str:
     return f"{client};{INDEX}"
 
 
+def index_of(key: str) -> str:
+    """The index set of the client a key belongs to (its first field)."""
+    return index_key(key.split(";", 1)[0])
+
+
 def glob_escape(text: str) -> str:
     """`text` matched literally by SCAN MATCH (names may hold `*`, `?`, `[`)."""
     return _GLOB_SPECIAL.sub(r"\\\1", text)
@@ -180,12 +185,17 @@ def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
 # to keep the client index. Done server-side so append-if-absent is atomic and
 # a batch costs one round trip. pcall: a key holding another type (WRONGTYPE)
 # costs that key, counted, never the rest of the batch. Returns {keys refused,
-# the first refusal's message}.
+# the first refusal's message}. On a Redis Cluster the writer calls it once per
+# hash slot with that slot's keys only (a script may touch only keys of its
+# own slot), and ARGV[2] "2" returns the keys it created after those two, for
+# the writer to SADD to their clients' index sets, which live in other slots.
 BATCH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local indexed = ARGV[2] == '1'
+local report = ARGV[2] == '2'
 local failed = 0
 local first = ''
+local result = {0, ''}
 for i, key in ipairs(KEYS) do
   local member = ARGV[i + 2]
   local reply
@@ -214,8 +224,12 @@ for i, key in ipairs(KEYS) do
       local index = string.match(key, '^([^;]+);') .. ';index'
       redis.pcall('SADD', index, key)
       redis.pcall('EXPIRE', index, ttl)
+    elseif report and created and string.sub(key, 1, 7) ~= 'client;' then
+      result[#result + 1] = key
     end
   end
 end
-return {failed, first}
+result[1] = failed
+result[2] = first
+return result
 """

@@ -168,6 +168,24 @@ def redis_server(workdir: Path, timeout: float = READY_TIMEOUT) -> Iterator[redi
 
 
 @contextlib.contextmanager
+def redis_cluster(workdir: Path, size: int = 3) -> Iterator[str]:
+    """A Redis Cluster of `size` primaries (no replicas) on free loopback
+    ports, started as the tests start theirs (tests/helpers.py); yields the
+    seed URL pcapd takes (`redis+cluster://`)."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.helpers import RedisCluster
+
+    cluster = RedisCluster(workdir / "cluster", size=size)
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@contextlib.contextmanager
 def process(
     args: list[str], ready: Callable[[], bool], what: str, log: Path, timeout: float = READY_TIMEOUT
 ) -> Iterator[int]:

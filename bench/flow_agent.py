@@ -2,7 +2,8 @@
 
 Offline: a generated pcap of 1M packets over 20k flows (IPv4 and IPv6, TCP and
 UDP, incoming to our networks) through `pcapd agent flow --read` into a
-private redis-server on a unix socket; peers are `tcpdump -r` (C, reads only)
+private redis-server on a unix socket, then into a 3-primary Redis Cluster on
+loopback (the ratio cluster/single printed beside); peers are `tcpdump -r` (C, reads only)
 and a dpkt + ipaddress per-packet decode as ShoDoHFlo's agent does.
 
 Live (root): two namespaces joined by a veth pair; `tcpreplay` sends the
@@ -29,7 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import BenchError, peer_figures, require, stop, stop_on_sigterm, veth_namespaces
+from benchlib import (
+    BenchError,
+    peer_figures,
+    redis_cluster,
+    require,
+    stop,
+    stop_on_sigterm,
+    veth_namespaces,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -120,19 +129,24 @@ def stats_of(text: str, event: str = "flow_done") -> dict[str, int]:
     return {k: int(v) for k, v in (pair.split("=") for pair in match.group(1).split())}
 
 
+def read_into(pcap: Path, url: str) -> tuple[dict[str, int], float]:
+    """`pcapd agent flow --read` into `url`: its flow_done counts and wall seconds."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [PY, "-m", "pcapd", "agent", "flow", "--read", str(pcap), OUR_NETS, "--redis", url],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    return stats_of(result.stderr), time.perf_counter() - started
+
+
 def offline(pcap: Path, workdir: Path) -> None:
     redis_proc, sock = start_redis(workdir)
     try:
-        started = time.perf_counter()
-        result = subprocess.run(
-            [PY, "-m", "pcapd", "agent", "flow", "--read", str(pcap), OUR_NETS,
-             "--redis", f"unix://{sock}"],
-            capture_output=True, text=True, cwd=REPO, check=False,
-        )  # fmt: skip
-        agent_s = time.perf_counter() - started
+        stats, agent_s = read_into(pcap, f"unix://{sock}")
     finally:
         stop(redis_proc)
-    stats = stats_of(result.stderr)
+    with redis_cluster(workdir) as url:
+        on_cluster, cluster_s = read_into(pcap, url)
     started = time.perf_counter()
     subprocess.run(["tcpdump", "-r", str(pcap), "-w", "/dev/null"], capture_output=True, check=True)
     tcpdump_s = time.perf_counter() - started
@@ -150,6 +164,13 @@ def offline(pcap: Path, workdir: Path) -> None:
     print(
         f"  dpkt decode (ShoDoHFlo) : {dpkt_rate:>12,.0f} packets/s  "
         f"-> agent/dpkt = {agent_rate / dpkt_rate:.1f}x"
+    )
+    cluster_rate = on_cluster["packets"] / cluster_s
+    print(
+        f"  same into a 3-primary cluster (TCP loopback): {cluster_rate:,.0f} packets/s "
+        f"({cluster_s:.2f} s wall; keys_written={on_cluster['keys_written']:,} "
+        f"keys_dropped={on_cluster['keys_dropped']}) -> cluster/single = "
+        f"{cluster_rate / agent_rate:.2f}"
     )
     target = "meets" if agent_rate >= 200_000 else "MISSES"
     print(f"  target >= 200,000 packets/s offline: {target}")

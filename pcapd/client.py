@@ -11,30 +11,44 @@ from typing import Any, TextIO
 
 import redis
 
+from pcapd.core.redis_conn import Client, node_for_channel, publish
+
 POLL = 0.2
+MESSAGE_TYPES = ("message", "smessage")
 
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def publish_request(client: redis.Redis, channel: str, body: bytes) -> int:
-    """PUBLISH; returns how many subscribers (nodes, result followers) got it."""
-    receivers: int = client.publish(channel, body)
-    return receivers
+def publish_request(client: Client, channel: str, body: bytes, *, sharded: bool = False) -> int:
+    """PUBLISH (SPUBLISH when `sharded`); returns how many subscribers (nodes,
+    result followers) got it: on a cluster, those of the node or shard that
+    took it."""
+    return int(publish(client, channel, body, sharded=sharded))
 
 
-def subscribe(client: redis.Redis, channel: str) -> Any:
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe(channel)
+def subscribe(client: Client, channel: str, *, sharded: bool = False) -> Any:
+    """A subscription to `channel`, on the node it belongs on (a cluster's
+    shard for a sharded channel), confirmed before returning."""
+    pubsub = node_for_channel(client, channel, sharded=sharded).pubsub()  # type: ignore[no-untyped-call]
+    if sharded:
+        pubsub.ssubscribe(channel)
+    else:
+        pubsub.subscribe(channel)
     # The subscription is confirmed before anything is published, so no
     # result can slip past between publishing and listening.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=POLL)
-        if message and message.get("type") == "subscribe":
+        if message and message.get("type") in ("subscribe", "ssubscribe"):
             break
     return pubsub
+
+
+def is_message(message: dict[str, Any] | None) -> bool:
+    """A published message (plain or sharded), not a subscription notice."""
+    return bool(message) and message is not None and message.get("type") in MESSAGE_TYPES
 
 
 def print_events(
@@ -53,7 +67,7 @@ def print_events(
         if wait <= 0:
             break
         message = pubsub.get_message(timeout=wait)
-        if not message or message.get("type") != "message":
+        if not is_message(message):
             continue
         data = message["data"]
         try:
@@ -66,7 +80,7 @@ def print_events(
     return seen
 
 
-def _last_id(client: redis.Redis, stream: str) -> str:
+def _last_id(client: Client, stream: str) -> str:
     """The stream's newest id now, so that following misses nothing added later
     ("$" on every XREAD would skip entries added between two reads)."""
     try:
@@ -78,7 +92,7 @@ def _last_id(client: redis.Redis, stream: str) -> str:
 
 
 def follow_stream(
-    client: redis.Redis,
+    client: Client,
     stream: str,
     *,
     from_start: bool,

@@ -35,13 +35,12 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import replace
 from typing import Any
 
-import redis
-
 from pcapd.admission import Admission, Refused
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.fields import CHANNEL_RE, ID_RE
 from pcapd.core.logs import event
+from pcapd.core.redis_conn import Client
 from pcapd.core.request import (
     CaptureRequest,
     RequestError,
@@ -109,7 +108,7 @@ class Controller:
         pool: HandlePool,
         devices: Callable[[], set[str]] = available_devices,
         clock: Callable[[], float] = time.time,
-        dedup_redis: redis.Redis | None = None,
+        dedup_redis: Client | None = None,
         rings: Mapping[str, Ring] | None = None,
     ) -> None:
         """`dedup_redis`: where seen request ids and signatures are kept, so

@@ -83,8 +83,12 @@ def build_sources(
 
         def connect_once() -> redis.Redis:
             # No silent retries inside redis-py: the source's own loop logs the
-            # outage and backs off, so an operator sees Redis is down.
-            return redis_conn.connect(config.redis, retry=Retry(NoBackoff(), 0))
+            # outage and backs off, so an operator sees Redis is down. On a
+            # cluster: the node the subscription belongs on.
+            client = redis_conn.connect(config.redis, retry=Retry(NoBackoff(), 0))
+            return redis_conn.node_for_channel(
+                client, config.redis.channel, sharded=config.redis.sharded_pubsub
+            )
 
         sources.append(
             RedisPubSubSource(
@@ -93,6 +97,7 @@ def build_sources(
                 config.redis.describe(),
                 queue_bytes=config.redis.pubsub_queue_bytes,
                 refuse=refuse,
+                sharded=config.redis.sharded_pubsub,
             )
         )
     if config.redis.stream_listen:
@@ -116,7 +121,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-        def connect() -> redis.Redis:
+        def connect() -> redis_conn.Client:
             return redis_conn.connect(config.redis)
 
         devices = available_devices()

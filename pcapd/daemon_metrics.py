@@ -30,6 +30,7 @@ from pcapd.core.metrics import (
     counter,
     gauge,
 )
+from pcapd.core.redis_conn import Client
 
 if TYPE_CHECKING:
     from pcapd.controller import Controller
@@ -162,7 +163,7 @@ def _writable(directory: str) -> str | None:
 
 
 def daemon_checks(
-    controller: Controller, sources: Sequence[TriggerSource], ping: redis.Redis
+    controller: Controller, sources: Sequence[TriggerSource], ping: Client
 ) -> Iterator[Check]:
     """Every source connected, Redis answering, every directory captures are
     written to writable. `ping` is a client with short timeouts and no retries."""

@@ -30,6 +30,7 @@ import redis
 
 from pcapd.core.config import SecurityConfig
 from pcapd.core.logs import event
+from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.dedup")
 
@@ -179,7 +180,7 @@ class RedisSeen:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         prefix: str,
         kind: str,
@@ -273,7 +274,7 @@ class RedisSeen:
 
 
 def seen_ids_and_sigs(
-    security: SecurityConfig, node: str, client: redis.Redis | None
+    security: SecurityConfig, node: str, client: Client | None
 ) -> tuple[SharedSeen, SharedSeen]:
     """The controller's two sets: request ids for `dedup_window`, signatures
     for at least 2 x `max_skew` (a ts that far ahead is accepted, so a

@@ -45,6 +45,7 @@ from pcapd.core.config import (
 )
 from pcapd.core.errors import RequestError
 from pcapd.core.logs import event
+from pcapd.core.redis_conn import Client, primaries
 from pcapd.core.request import decode_body, request_for, resolve_interfaces
 from pcapd.dedup import RecentIds
 from pcapd.signing import SIG_FIELD, verify
@@ -208,7 +209,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        connect: Callable[[], redis.Redis],
+        connect: Callable[[], Client],
         fleet: FleetConfig,
         node: str,
         state: Callable[[], NodeState],
@@ -222,7 +223,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._backoff = Backoff(RECONNECT_INITIAL, max(RECONNECT_INITIAL, self.interval))
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -264,7 +265,7 @@ class Heartbeat:
             self._stop.wait(wait)
         self._remove()
 
-    def _client_now(self) -> redis.Redis:
+    def _client_now(self) -> Client:
         if self._client is None:
             self._client = self._connect()
         return self._client
@@ -335,12 +336,17 @@ class Unreadable:
     error: str
 
 
-def read_fleet(client: redis.Redis, prefix: str) -> tuple[list[NodeState], list[Unreadable]]:
+def read_fleet(client: Client, prefix: str) -> tuple[list[NodeState], list[Unreadable]]:
     """Every node's heartbeat under `prefix`, by node name; and the hashes
-    that could not be read (another version's, or not a heartbeat)."""
+    that could not be read (another version's, or not a heartbeat). On a
+    cluster each primary's keyspace is walked."""
     nodes: list[NodeState] = []
     bad: list[Unreadable] = []
-    keys = list(client.scan_iter(match=_glob(prefix), count=SCAN_COUNT, _type="HASH"))
+    keys = [
+        key
+        for primary in primaries(client)
+        for key in primary.scan_iter(match=_glob(prefix), count=SCAN_COUNT, _type="HASH")
+    ]
     for start in range(0, len(keys), SCAN_COUNT):
         batch = keys[start : start + SCAN_COUNT]
         pipe = client.pipeline(transaction=False)

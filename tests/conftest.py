@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,14 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from pcapd.core.logs import KeyValueFormatter
-from tests.helpers import MotoProcess, RedisServer, free_port, moto_process, redis_server
+from tests.helpers import (
+    MotoProcess,
+    RedisCluster,
+    RedisServer,
+    free_port,
+    moto_process,
+    redis_server,
+)
 from tests.pcapd.daemon_fixture import Results
 
 # The machine is shared and tests run beside real servers: a slow example is
@@ -104,6 +112,37 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """
     with redis_server(tmp_path) as server:
         yield server
+
+
+@contextlib.contextmanager
+def started(cluster: RedisCluster) -> Iterator[RedisCluster]:
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """The run's one 3-primary Redis Cluster; tests get it through `redis_cluster`."""
+    with started(RedisCluster(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(shared_cluster: RedisCluster) -> RedisCluster:
+    """A 3-primary Redis Cluster on loopback ports, emptied before each test."""
+    shared_cluster.reset()
+    return shared_cluster
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A 3-primary cluster of this test's own, each write fsynced to an AOF:
+    for tests that kill and restart a primary."""
+    with started(RedisCluster(tmp_path / "cluster", durable=True)) as cluster:
+        yield cluster
 
 
 @pytest.fixture

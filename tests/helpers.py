@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster as RedisClusterClient
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces and veth")
@@ -112,6 +115,174 @@ def redis_server(
         yield server
     finally:
         server.stop()
+
+
+CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster's bus listens on port + 10000
+CLUSTER_READY_TIMEOUT = 60.0
+
+
+def free_cluster_port() -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class RedisCluster:
+    """Redis Cluster of `size` primaries (no replicas) on free loopback ports.
+
+    Each node keeps its cluster config file and, with `durable`, an AOF
+    fsynced on every write, so `kill` then `start_node` brings a primary back
+    with its slots and every write it acknowledged.
+    """
+
+    workdir: Path
+    size: int = 3
+    durable: bool = False
+    netns: str | None = None  # run inside this network namespace (its own loopback)
+    ports: list[int] = field(default_factory=list)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def _wrap(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def url(self) -> str:
+        """pcapd's spelling of a cluster seed."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> None:
+        self.ports = [free_cluster_port() for _ in range(self.size)]
+        for port in self.ports:
+            self.start_node(port)
+        run(*self._wrap, shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster",
+            "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes")  # fmt: skip
+        wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
+
+    def start_node(self, port: int) -> None:
+        """Start (or start again) the node on `port`, with its config file."""
+        workdir = self.workdir / str(port)
+        workdir.mkdir(parents=True, exist_ok=True)
+        persist = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
+            "--appendonly", "no"]  # fmt: skip
+        self.procs[port] = subprocess.Popen(
+            [*self._wrap, shutil.which("redis-server") or "/usr/bin/redis-server",
+             "--port", str(port),
+             "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(workdir / "nodes.conf"),
+             "--cluster-node-timeout", "2000", "--save", "", *persist,
+             "--dir", str(workdir), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: self._ping(port), timeout=10)
+
+    def kill(self, port: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(port)
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5, decode_responses=True)
+
+    def cli(self, port: int, *args: str) -> str:
+        done = run(*self._wrap, shutil.which("redis-cli") or "/usr/bin/redis-cli", "-p",
+                   str(port), *args, check=False)  # fmt: skip
+        return done.stdout
+
+    def _ping(self, port: int) -> bool:
+        if self.netns:
+            return self.cli(port, "PING").strip() == "PONG"
+        try:
+            with self.node(port) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def ok(self) -> bool:
+        """Every node up and saying cluster_state:ok."""
+        if self.netns:
+            return all("cluster_state:ok" in self.cli(p, "CLUSTER", "INFO") for p in self.ports)
+        try:
+            for port in self.ports:
+                with self.node(port) as client:
+                    if client.cluster("INFO").get("cluster_state") != "ok":
+                        return False
+        except (redis.RedisError, AttributeError):
+            return False
+        return True
+
+    def client(self) -> RedisClusterClient:
+        return RedisClusterClient(host="127.0.0.1", port=self.ports[0], decode_responses=True,
+                                  socket_timeout=5)  # fmt: skip
+
+    def reset(self) -> None:
+        """Empty, as new: keys, scripts, other clients, ACL users; a node that
+        is down is started again."""
+        for port in self.ports:
+            proc = self.procs.get(port)
+            if proc is None or proc.poll() is not None:
+                self.start_node(port)
+        wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
+        for port in self.ports:
+            with self.node(port) as client:
+                client.client_kill_filter(_type="normal", skipme=True)
+                client.client_kill_filter(_type="pubsub")
+                client.flushall()
+                client.script_flush()
+                for user in client.acl_users():
+                    if user != "default":
+                        client.acl_deluser(user)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_process(proc)
+        self.procs.clear()
+
+    def keyspace(self) -> dict[str, tuple[str, object]]:
+        """Every key of every primary: its type and value, to compare with a
+        single server's."""
+        if self.netns:  # read from inside the namespace, as JSON
+            script = ("import json, sys, pathlib; from tests.helpers import RedisCluster; "
+                      "c = RedisCluster(pathlib.Path(), ports=[int(p) for p in sys.argv[1:]]); "
+                      "print(json.dumps(c.keyspace()))")  # fmt: skip
+            out = subprocess.run(
+                [*self._wrap, sys.executable, "-c", script, *map(str, self.ports)],
+                capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+            ).stdout  # fmt: skip
+            return {k: (kind, value) for k, (kind, value) in json.loads(out).items()}
+        found: dict[str, tuple[str, object]] = {}
+        for port in self.ports:
+            with self.node(port) as client:
+                found.update(keyspace(client))
+        return found
+
+
+def keyspace(client: redis.Redis) -> dict[str, tuple[str, object]]:
+    """Every key of one server (a text client): its type and value."""
+    found: dict[str, tuple[str, object]] = {}
+    key: str
+    for key in client.scan_iter(count=1000):
+        kind = str(client.type(key))
+        value: object = None  # streams and the rest: the type only
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        found[key] = (kind, value)
+    return found
 
 
 MOTO_START_TIMEOUT = 30.0

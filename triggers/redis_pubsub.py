@@ -92,8 +92,12 @@ class RedisPubSubSource:
         *,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         refuse: Callable[[Delivery, str], None] = _refuse_unanswered,
+        sharded: bool = False,
     ) -> None:
+        # `connect` gives the server to subscribe on: on a cluster, the shard
+        # owning the channel when `sharded` (SSUBSCRIBE), else any node.
         self._connect = connect
+        self.sharded = sharded
         self.channel = channel
         self.where = where
         self.name = f"redis-pubsub:{channel}"
@@ -177,7 +181,8 @@ class RedisPubSubSource:
         conn = client.connection_pool.get_connection()
         refused, logged_at = 0, time.monotonic()
         try:
-            conn.send_command("SUBSCRIBE", self.channel)  # type: ignore[no-untyped-call]
+            command = "SSUBSCRIBE" if self.sharded else "SUBSCRIBE"
+            conn.send_command(command, self.channel)  # type: ignore[no-untyped-call]
             sock = conn._sock
             if sock is None:
                 raise redis.ConnectionError("no socket after connecting")
@@ -210,13 +215,15 @@ class RedisPubSubSource:
                     if isinstance(reply, redis.ResponseError | hiredis.ReplyError):
                         raise redis.ResponseError(str(reply))
                     kind = reply[0] if isinstance(reply, list) and len(reply) == 3 else None
-                    if kind == b"subscribe":
+                    if kind in (b"subscribe", b"ssubscribe"):
                         self.subscribed.set()
                         deaf = None if deaf_since is None else round(now - deaf_since, 3)
                         event(log, "subscribed", channel=self.channel, redis=self.where,
                               deaf_seconds=deaf)  # fmt: skip
-                    elif kind == b"message":
+                    elif kind in (b"message", b"smessage"):
                         refused += self._take(reply[2], queue)
+                    elif kind == b"sunsubscribe":  # the channel's slot moved to another shard
+                        raise redis.ConnectionError("the shard gave up the channel's slot")
         finally:
             if refused:
                 self._log_overload(refused, queue)

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from pcapd.core.backoff import RECONNECT_INITIAL, RECONNECT_MAX, Backoff
 from pcapd.core.config import RedisConfig
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import connect
+from pcapd.core.redis_conn import Client, connect
 from triggers.base import Delivery
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,13 @@ CLIENT_RETRY_CAP = 0.1
 Entry = tuple[str, Mapping[Any, Any] | None]
 
 
-def publish_stream(client: redis.Redis, stream: str, body: bytes, maxlen: int | None) -> str:
+def publish_stream(client: Client, stream: str, body: bytes, maxlen: int | None) -> str:
     """XADD one request; the stream is trimmed to about `maxlen` entries."""
     entry_id = client.xadd(stream, {BODY_FIELD: body}, maxlen=maxlen, approximate=True)
     return _text(entry_id)
 
 
-def connect_stream(config: RedisConfig) -> redis.Redis:
+def connect_stream(config: RedisConfig) -> Client:
     """`pcapd.core.redis_conn.connect` with few quick client retries (see CLIENT_RETRIES)."""
     backoff = ExponentialBackoff(cap=CLIENT_RETRY_CAP, base=CLIENT_RETRY_BASE)
     return connect(config, retry=Retry(backoff, CLIENT_RETRIES))
@@ -76,7 +76,7 @@ class RedisStreamSource:
         self,
         config: RedisConfig,
         node: str,
-        client_factory: Callable[[RedisConfig], redis.Redis] = connect_stream,
+        client_factory: Callable[[RedisConfig], Client] = connect_stream,
         free_slots: Callable[[], int] = lambda: DEFAULT_BATCH,
         *,
         batch: int = DEFAULT_BATCH,
@@ -96,7 +96,7 @@ class RedisStreamSource:
         self._batch = batch
         self._block_ms = block_ms
         self._schedule = Backoff(backoff_initial, backoff_max)
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
         self._lock = threading.Lock()
         # Entry ids handed out and not yet acked or released; a claim after a
         # reconnect skips them so a capture still running is not started twice.
@@ -168,12 +168,12 @@ class RedisStreamSource:
         stop.wait(delay)
         return failures
 
-    def _get_client(self) -> redis.Redis:
+    def _get_client(self) -> Client:
         if self._client is None:
             self._client = self._factory(self.config)
         return self._client
 
-    def _ensure_group(self, client: redis.Redis) -> None:
+    def _ensure_group(self, client: Client) -> None:
         seconds, micros = client.time()
         start_ms = max(0, int((seconds + micros / 1e6 - NEW_GROUP_LOOKBACK) * 1000))
         try:
@@ -183,7 +183,7 @@ class RedisStreamSource:
             if not str(exc).startswith("BUSYGROUP"):
                 raise
 
-    def _claim(self, client: redis.Redis, cursor: str, want: int) -> tuple[str | None, list[Entry]]:
+    def _claim(self, client: Client, cursor: str, want: int) -> tuple[str | None, list[Entry]]:
         """Pending entries of the group (an earlier run's), `want` at a time."""
         reply: Any = client.xautoclaim(
             self.stream, self.group, self.consumer, min_idle_time=0, start_id=cursor, count=want
@@ -199,7 +199,7 @@ class RedisStreamSource:
             event(log, "stream_claimed", entries=len(entries), stream=self.stream)
         return (None if next_cursor == "0-0" else next_cursor), entries
 
-    def _read(self, client: redis.Redis, want: int) -> list[Entry]:
+    def _read(self, client: Client, want: int) -> list[Entry]:
         reply: Any = client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=want, block=self._block_ms
         )
@@ -251,7 +251,7 @@ class RedisStreamSource:
         with self._lock:
             self._in_flight.discard(entry_id)
 
-    def _resend_acks(self, client: redis.Redis) -> None:
+    def _resend_acks(self, client: Client) -> None:
         with self._lock:
             ids = sorted(self._unacked)
         if ids:

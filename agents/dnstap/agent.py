@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import redis
-
 from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
@@ -42,6 +40,7 @@ from agents.redis_writer import RedisWriter
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check
+from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
@@ -344,7 +343,7 @@ class DnstapAgent:
                 self.udp.close()
 
 
-def make_writer(config: RecordSettings, connect: Callable[[], redis.Redis]) -> RedisWriter:
+def make_writer(config: RecordSettings, connect: Callable[[], Client]) -> RedisWriter:
     return RedisWriter(
         connect,
         ttl=config.ttl_grace,
@@ -355,7 +354,7 @@ def make_writer(config: RecordSettings, connect: Callable[[], redis.Redis]) -> R
     )
 
 
-def run(config: DnstapConfig, connect: Callable[[], redis.Redis]) -> int:
+def run(config: DnstapConfig, connect: Callable[[], Client]) -> int:
     """Serve until SIGTERM/SIGINT, then send what is queued (at most
     `FLUSH_TIMEOUT` s) and exit 0. A second signal exits at once, status 1."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)

@@ -29,6 +29,7 @@ from agents.redis_writer import (
     MAX_TTL_GRACE,
     MIN_FLUSH_INTERVAL,
 )
+from pcapd.core.config import REDIS_URL_SCHEMES, REDIS_URL_SCHEMES_TEXT
 from pcapd.core.configread import ConfigError, Table
 from pcapd.core.configread import HostPort as HostPort  # agent.py and tests import it here
 from pcapd.core.secret import Secret
@@ -141,8 +142,8 @@ def _redis_url(t: Table) -> Secret | None:
     url = t.secret("redis_url")
     if url is None:
         return None
-    if not url.reveal().startswith(("redis://", "rediss://", "unix://")):
-        t.error("redis_url", "scheme is not one of redis://, rediss://, unix://")
+    if urlsplit(url.reveal()).scheme not in REDIS_URL_SCHEMES:
+        t.error("redis_url", f"scheme is not one of {REDIS_URL_SCHEMES_TEXT}")
         return None
     try:
         _ = urlsplit(url.reveal()).port  # raises on a port that is not a number within 0..65535

@@ -13,13 +13,10 @@ option the user typed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import redis
 
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
@@ -111,7 +108,9 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mdns", action="store_true", default=None, help="add port 5353")
     p.add_argument("--port", dest="ports", action="append", type=_port, help="DNS source port")
     p.add_argument("--checksum-slots", action="store_true", default=None)
-    p.add_argument("--redis-url", help="redis://, rediss:// or unix:// (overrides [redis])")
+    p.add_argument(
+        "--redis-url", help="redis://, rediss://, unix://, or redis+cluster:// (overrides [redis])"
+    )
     p.add_argument("--no-redis", dest="record", action="store_false", default=None,
                    help="export only, record nothing in Redis")  # fmt: skip
     p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")
@@ -137,9 +136,7 @@ def _settings(
         cfg = parse_dnswire_config(raw)
     except ConfigError as exc:
         raise ConfigError(exc.errors, config_path) from None
-    redis_cfg = base_redis if cfg.redis_url is None else dataclasses.replace(
-        base_redis, url=cfg.redis_url
-    )  # fmt: skip
+    redis_cfg = base_redis if cfg.redis_url is None else base_redis.with_url(cfg.redis_url)
     return cfg, redis_cfg
 
 
@@ -152,7 +149,7 @@ def _run(
 ) -> int:
     from agents.dnswire.agent import AgentError
     from agents.dnswire.service import hold_pidfile, run_one, supervise
-    from pcapd.core.redis_conn import connect
+    from pcapd.core.redis_conn import Client, connect
 
     try:
         cfg, redis_cfg = _settings(args, config_path, record_default)
@@ -175,9 +172,7 @@ def _run(
         return EXIT_CONFIG
     for warning in cfg.warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
-    connector: Callable[[], redis.Redis] | None = (
-        (lambda: connect(redis_cfg)) if cfg.record else None
-    )
+    connector: Callable[[], Client] | None = (lambda: connect(redis_cfg)) if cfg.record else None
     if cfg.record:
         event(log, "dnswire_redis", target=redis_cfg.describe())
     try:

@@ -29,8 +29,6 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-import redis
-
 from agents.dnstap.agent import make_writer
 from agents.dnswire import export
 from agents.dnswire.agent import (
@@ -44,6 +42,7 @@ from agents.metrics import dnswire_families, serve_agent_metrics
 from agents.redis_writer import dropped_status
 from pcapd.core.lifecycle import EXIT_COLD, StopSignals
 from pcapd.core.logs import event
+from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.agents.dnswire")
 
@@ -88,7 +87,7 @@ def _senders(config: DnswireConfig, stats: export.ExportStats) -> list[Any]:
     return out
 
 
-def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> int:
+def run_one(config: DnswireConfig, connect: Callable[[], Client] | None) -> int:
     """Capture until the file ends or SIGTERM/SIGINT; 0, or 1 on a capture failure."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     writer = make_writer(config, connect) if config.record and connect is not None else None
@@ -139,7 +138,7 @@ def run_one(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) ->
     return status
 
 
-def _child(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> None:
+def _child(config: DnswireConfig, connect: Callable[[], Client] | None) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -162,7 +161,7 @@ def _child(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> 
     os._exit(code)
 
 
-def supervise(config: DnswireConfig, connect: Callable[[], redis.Redis] | None) -> int:
+def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> int:
     """Run `config.process_count` children, one slot each, until stopped
     (live) or until every child has read the file (-r)."""
     n = config.process_count

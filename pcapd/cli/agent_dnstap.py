@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from typing import Any
@@ -41,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     base = config.redis if config is not None else RedisConfig()
-    redis_cfg = base if cfg.redis_url is None else dataclasses.replace(base, url=cfg.redis_url)
+    redis_cfg = base if cfg.redis_url is None else base.with_url(cfg.redis_url)
     event(
         logging.getLogger("pcapd.agents.dnstap"), "dnstap_starting",
         redis=redis_cfg.describe(), socket=cfg.socket, listen=cfg.listen,
@@ -68,7 +67,9 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--listen", help="TCP ADDRESS:PORT for Unbound's dnstap-ip")
     p.add_argument("--tls-cert", help="certificate (PEM) for TLS on --listen")
     p.add_argument("--tls-key", help="private key (PEM) for TLS on --listen")
-    p.add_argument("--redis-url", help="redis://, rediss:// or unix:// (overrides [redis])")
+    p.add_argument(
+        "--redis-url", help="redis://, rediss://, unix://, or redis+cluster:// (overrides [redis])"
+    )
     p.add_argument("--ttl-grace", type=int, help="EXPIRE seconds on every key (900)")
     p.add_argument("--message-types", type=_csv, help="comma list (CLIENT_RESPONSE)")
     p.add_argument("--record-types", type=_csv, help="comma list of A, AAAA (A,AAAA)")

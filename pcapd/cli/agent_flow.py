@@ -20,13 +20,12 @@ from agents.flow.config import (
     with_command_line,
 )
 from pcapd.cli.common import Subparsers, add_command, add_log_level, agent_config, in_file
-from pcapd.core.config import ConfigError, RedisConfig
+from pcapd.core.config import REDIS_URL_SCHEMES, REDIS_URL_SCHEMES_TEXT, ConfigError, RedisConfig
 from pcapd.core.logs import event
 from pcapd.core.secret import Secret
 
 SECTION = "flow"
 check_section = parse_flow_config
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 log = logging.getLogger("pcapd.agents.flow")
 
@@ -36,8 +35,10 @@ def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
     redis_config = config.redis if config is not None else RedisConfig()
     if args.redis:
         scheme = urlsplit(args.redis).scheme
-        if scheme not in REDIS_SCHEMES:
-            raise ConfigError([f"--redis: scheme {scheme!r} is not one of redis, rediss, unix"])
+        if scheme not in REDIS_URL_SCHEMES:
+            raise ConfigError(
+                [f"--redis: scheme {scheme!r} is not one of {REDIS_URL_SCHEMES_TEXT}"]
+            )
         try:
             _ = urlsplit(args.redis).port  # raises on a port that is not a number in 0..65535
         except ValueError as exc:

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Protocol, TypeAlias
 
 from pcapd.core.config import (
@@ -106,7 +105,7 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="take [redis] from this config")
     parser.add_argument(
         "--redis-url", metavar="URL",
-        help="redis://, rediss:// or unix:// URL "
+        help="redis://, rediss://, unix:// or redis+cluster:// URL "
         f"(default: $PCAPD_REDIS_URL or {DEFAULT_REDIS_URL})",
     )  # fmt: skip
 
@@ -119,7 +118,7 @@ def redis_config(args: argparse.Namespace) -> RedisConfig:
         url = os.environ.get("PCAPD_REDIS_URL", DEFAULT_REDIS_URL)
         base = RedisConfig(url=Secret(url))
     if args.redis_url:
-        base = replace(base, url=Secret(args.redis_url))
+        base = base.with_url(Secret(args.redis_url))
     return base
 
 

@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
             follow_stream(client, stream, from_start=args.from_start, timeout=args.timeout,
                           count=args.count)  # fmt: skip
             return EXIT_OK
-        pubsub = subscribe(client, args.channel or config.results_channel)
+        channel = args.channel or config.results_channel
+        pubsub = subscribe(client, channel, sharded=config.sharded_pubsub)
         print_events(pubsub, timeout=args.timeout, count=args.count)
     except redis.RedisError as exc:
         print(f"pcapd results: Redis at {config.describe()}: {exc}", file=sys.stderr)

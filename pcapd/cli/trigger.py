@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.wait is not None:
             request.setdefault("reply_to", f"pcapd-reply-{request['id']}")
-            pubsub = subscribe(client, request["reply_to"])
+            pubsub = subscribe(client, request["reply_to"], sharded=config.sharded_pubsub)
         if args.kid:
             request = sign(request, args.kid, _signing_key(args), time.time())
         body = json.dumps(request).encode()
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
             entry = publish_stream(client, channel, body, STREAM_MAXLEN)
             where = f"stream {channel!r} as {entry}"
         else:
-            receivers = publish_request(client, channel, body)
+            receivers = publish_request(client, channel, body, sharded=config.sharded_pubsub)
             where = f"{channel!r} ({receivers} subscribers)"
     except redis.RedisError as exc:
         print(f"pcapd trigger: Redis at {config.describe()}: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from pcapd.core.backoff import Backoff
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
+from pcapd.core.redis_conn import Client, is_cluster, publish
 
 log = logging.getLogger("pcapd.core.results")
 
@@ -37,9 +38,9 @@ class ResultPublisher:
     inside `connect()` when two threads opened pooled connections at once.
     """
 
-    def __init__(self, connect: Callable[[], redis.Redis], config: RedisConfig) -> None:
+    def __init__(self, connect: Callable[[], Client], config: RedisConfig) -> None:
         self._connect = connect
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
         self._lock = threading.Lock()
         self.config = config
         self.dropped = 0
@@ -70,10 +71,14 @@ class ResultPublisher:
             try:
                 if self._client is None:
                     self._client = self._connect()
-                pipe = self._client.pipeline(transaction=False)
+                # redis-py's cluster pipeline refuses PUBLISH: one command at
+                # a time there (results are few; the single server keeps its pipeline).
+                pipe = self._client if is_cluster(self._client) else self._client.pipeline(
+                    transaction=False)  # fmt: skip
+                sharded = self.config.sharded_pubsub
                 for result, reply_to in batch:
                     body = result.to_json()
-                    pipe.publish(self.config.results_channel, body)
+                    publish(pipe, self.config.results_channel, body, sharded=sharded)
                     if self.config.results_stream:
                         pipe.xadd(
                             self.config.results_stream,
@@ -82,8 +87,9 @@ class ResultPublisher:
                             approximate=True,
                         )
                     if reply_to:
-                        pipe.publish(reply_to, body)
-                pipe.execute()
+                        publish(pipe, reply_to, body, sharded=sharded)
+                if isinstance(pipe, redis.client.Pipeline):
+                    pipe.execute()
                 return None
             except (redis.RedisError, OSError, AttributeError) as exc:
                 self._client = None

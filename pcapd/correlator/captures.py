@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
-
 from agents.reader import ReaderError, parse_address
-from pcapd.client import publish_request, subscribe
+from pcapd.client import is_message, publish_request, subscribe
 from pcapd.core.config import Config
+from pcapd.core.redis_conn import Client
 from pcapd.signing import sign
 
 ID_PREFIX = "c"
@@ -116,13 +115,16 @@ def _number(
     return int(text)
 
 
-def publish(client: redis.Redis, config: Config, body: dict[str, Any]) -> dict[str, Any]:
+def publish(client: Client, config: Config, body: dict[str, Any]) -> dict[str, Any]:
     """Sign (when [correlator] kid is set) and PUBLISH as `pcapd trigger` does;
     returns what was sent."""
     kid = config.correlator.kid
     if kid:
         body = sign(body, kid, config.security.keys[kid], time.time())
-    publish_request(client, config.redis.channel, json.dumps(body).encode())
+    publish_request(
+        client, config.redis.channel, json.dumps(body).encode(),
+        sharded=config.redis.sharded_pubsub,
+    )  # fmt: skip
     return body
 
 
@@ -136,7 +138,7 @@ def flow_of(request_id: str) -> tuple[str, str, int | None] | None:
 
 
 def recent(
-    client: redis.Redis, config: Config, filters: Mapping[str, str], count: int
+    client: Client, config: Config, filters: Mapping[str, str], count: int
 ) -> list[dict[str, Any]]:
     """The newest result events (at most `count` read), matching every filter:
     client, address, node, alertid, id. Read newest first, `keys_per_command`
@@ -207,7 +209,7 @@ def links(event: Mapping[str, Any], config: Config, s3: Any | None) -> dict[str,
 
 
 def live_events(
-    client: redis.Redis,
+    client: Client,
     config: Config,
     request_id: str,
     wait: float,
@@ -219,7 +221,7 @@ def live_events(
     Subscribing first and reading the stream second means no event can fall
     between the two; an event seen both ways is sent once.
     """
-    pubsub = subscribe(client, reply_channel(request_id))
+    pubsub = subscribe(client, reply_channel(request_id), sharded=config.redis.sharded_pubsub)
     sent: set[str] = set()
     try:
         shown = config.correlator.captures_shown
@@ -228,7 +230,7 @@ def live_events(
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=EVENT_POLL)
-            if message and message.get("type") == "message":
+            if is_message(message):
                 try:
                     event = json.loads(message["data"])
                 except ValueError:

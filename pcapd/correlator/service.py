@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from agents.reader import Network, Page, ReaderError, StoreReader, parse_address, parse_network
 from pcapd.core.config import MAX_PAGE_SIZE, Config
+from pcapd.core.redis_conn import Client
 from pcapd.correlator.chains import BY, ClientView, build_view
 
 MAX_SEARCH = 253  # the longest DNS name
@@ -27,9 +26,13 @@ class ClientsQuery:
     limit: int
 
 
+# A Redis cursor is 64 bits (20 digits); a cluster's also counts the primaries.
+MAX_CURSOR_DIGITS = 24
+
+
 def _cursor(text: str | None) -> int:
     text = (text or "0").strip()
-    if not text.isdigit() or len(text) > 20:
+    if not text.isdigit() or len(text) > MAX_CURSOR_DIGITS:
         raise ReaderError(f"cursor: {text[:24]!r} is not a SCAN cursor (a whole number)")
     return int(text)
 
@@ -49,7 +52,7 @@ def clients_query(args: Mapping[str, str], config: Config) -> ClientsQuery:
 
 
 class Correlator:
-    def __init__(self, redis_client: redis.Redis, config: Config) -> None:
+    def __init__(self, redis_client: Client, config: Config) -> None:
         c = config.correlator
         self.config = config
         self.redis = redis_client

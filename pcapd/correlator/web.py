@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from agents.reader import ReaderError
 from pcapd.core.config import Config
+from pcapd.core.redis_conn import Client
 from pcapd.correlator import captures, security, svg
 from pcapd.correlator.service import Correlator, clients_query
 
@@ -29,7 +30,7 @@ CSP = (
 )
 
 
-def create_app(config: Config, redis_client: redis.Redis, s3: Any | None = None) -> Flask:
+def create_app(config: Config, redis_client: Client, s3: Any | None = None) -> Flask:
     """`s3`: a boto3 S3 client for pre-signed links, or None to show s3:// URIs."""
     app = Flask(__name__)
     security.configure(app, config.correlator)

@@ -15,6 +15,9 @@ from agents.flow.agent import make_writer as make_flow_writer
 from agents.flow.config import parse_flow_config
 from agents.reader import ReaderError, StoreReader, parse_address, parse_network
 from agents.redis_writer import RedisWriter
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.harness import running_agent
 from tests.helpers import RedisServer, wait_for
@@ -24,7 +27,8 @@ C6 = "2001:db8:1::5"
 
 
 def fill(url: str, *, index: bool) -> None:
-    writer = RedisWriter(lambda: redis.Redis.from_url(url), index=index, flush_interval=0.01)
+    config = RedisConfig(url=Secret(url))  # one server, or a cluster seed
+    writer = RedisWriter(lambda: connect(config), index=index, flush_interval=0.01)
     writer.start()
     for client in (C, C6):
         writer.incr(store.client_key(client))
@@ -41,6 +45,20 @@ def fill(url: str, *, index: bool) -> None:
     writer.append(store.dns_key(C, "192.0.2.1"), "we\\;ird*[x].example.test.")
     writer.stop()
     assert writer.stats.written_ops == 21
+
+
+def walk_pages(reader: StoreReader) -> tuple[int, set[str]]:
+    """Every clients page from cursor 0 until the cursor is 0 again: how many
+    pages, and the clients seen."""
+    seen: set[str] = set()
+    cursor, pages = 0, 0
+    while True:
+        part = reader.clients_page(cursor, limit=50)
+        seen |= {c.client for c in part.items}
+        pages += 1
+        if part.cursor == 0:
+            return pages, seen
+        cursor = part.cursor
 
 
 @pytest.mark.parametrize("index", [True, False], ids=["index", "scan"])
@@ -83,16 +101,7 @@ def test_clients_page_prefix_search_and_cursor(redis_srv: RedisServer) -> None:
     v4 = reader.clients_page(limit=50, prefix=parse_network("10.1.0.0/16"))
     assert [c.client for c in v4.items] == [C]
     # A small budget ends a page early with a cursor to go on from.
-    small = StoreReader(r, scan_count=10, budget=10)
-    seen: set[str] = set()
-    cursor, pages = 0, 0
-    while True:
-        part = small.clients_page(cursor, limit=50)
-        seen |= {c.client for c in part.items}
-        pages += 1
-        if part.cursor == 0:
-            break
-        cursor = part.cursor
+    pages, seen = walk_pages(StoreReader(r, scan_count=10, budget=10))
     assert pages > 1 and len(seen) == 32
     # Search covers names stored in values, names in keys and addresses.
     for needle, want in (("alias.example", {C, C6}), ("we\\;ird", {C}), ("2001:db8::7", {C, C6}),

@@ -59,7 +59,8 @@ def test_every_error_is_printed_and_exit_is_2(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"{path}: error: general.maxpackets: must be at least 1 and at most 2147483647, got 0",
         f"{path}: error: general.snaplength: expected an integer, got 'big'",
-        f"{path}: error: redis.url: scheme 'http' is not one of redis://, rediss://, unix://",
+        f"{path}: error: redis.url: scheme 'http' is not one of redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://",
         f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
         f"{path}: error: redis.auth: environment variable PCAPD_TEST_UNSET is not set",
         f"{path}: error: interface[1].name: 'eth0' is defined twice",
@@ -226,3 +227,53 @@ def test_agent_unknown_options_are_warnings_with_their_path(tmp_path: Path) -> N
         f"{path}: warning: agents.flow.rules[0].ports: unknown option, ignored",
         f"{path}: warning: agents.flow.snaplength: unknown option, ignored",
     ]
+
+
+def test_cluster_config_errors_name_their_field(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        "[redis]\ncluster = 'yes'\nnodes = ['127.0.0.1:7000', 'redis-a:99999']\n",
+    )
+    done = check_config(path)
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.splitlines() == [
+        f"{path}: error: redis.cluster: expected true or false, got 'yes'",
+        f"{path}: error: redis.nodes: each node must be HOST:PORT with a port in 1..65535, "
+        "got 'redis-a:99999'",
+    ]
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n[redis]\nnodes = ['127.0.0.1:7000']\n",
+    )
+    assert check_config(path).stderr.splitlines() == [
+        f"{path}: error: redis.nodes: seed nodes are for a cluster: set cluster = true as well"
+    ]
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n[redis]\ncluster = true\ndb = 2\n"
+        "url = 'unix:///run/redis.sock'\n",
+    )
+    assert check_config(path).stderr.splitlines() == [
+        f"{path}: error: redis.url: a cluster is reached over TCP: unix:// cannot be a cluster "
+        "seed",
+        f"{path}: error: redis.db: a Redis Cluster has only database 0, got 2",
+    ]
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n[redis]\nurl = 'redis+cluster://:pw@10.0.0.1:7000/3'\n",
+    )
+    assert check_config(path).stderr.splitlines() == [
+        f"{path}: error: redis.url: a Redis Cluster has only database 0 (path /0 or none), got '/3'"
+    ]
+
+
+def test_a_cluster_config_is_ok(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n[redis]\ncluster = true\nsharded_pubsub = true\n"
+        "nodes = ['10.0.0.1:7000', 'redis-b.example:7001', '[::1]:7002']\n"
+        "username = 'pcapd'\nauth = 'pw'\ntls = true\n",
+    )
+    done = check_config(path)
+    assert (done.returncode, done.stderr) == (0, "")

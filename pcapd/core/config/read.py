@@ -69,15 +69,13 @@ def _redis(s: Table) -> RedisConfig:
     url = s.secret("url")
     if url is not None:
         scheme = urlsplit(url.reveal()).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            s.errors.append(
-                f"redis.url: scheme {scheme!r} is not one of redis://, rediss://, unix://"
-            )
+        if scheme not in REDIS_URL_SCHEMES:
+            s.errors.append(f"redis.url: scheme {scheme!r} is not one of {REDIS_URL_SCHEMES_TEXT}")
         try:
             _ = urlsplit(url.reveal()).port  # raises on a bad or out-of-range port
         except ValueError as exc:
             s.errors.append(f"redis.url: {exc}")
-    return RedisConfig(
+    config = RedisConfig(
         listen=s.get_bool("listen", True),
         host=s.get_str("host", DEFAULT_REDIS_HOST),
         port=s.get_int("port", DEFAULT_REDIS_PORT, maximum=MAX_PORT),
@@ -108,7 +106,42 @@ def _redis(s: Table) -> RedisConfig:
             minimum=MIN_PUBSUB_QUEUE_BYTES,
             maximum=MAX_PUBSUB_QUEUE_BYTES,
         ),
+        cluster=s.get_bool("cluster", False),
+        nodes=_cluster_nodes(s),
+        sharded_pubsub=s.get_bool("sharded_pubsub", False),
     )
+    _check_cluster(s, config)
+    return config
+
+
+def _cluster_nodes(s: Table) -> tuple[str, ...]:
+    """`HOST:PORT` seeds (`[::1]:7000` for IPv6), each checked."""
+    nodes = s.str_list("nodes")
+    if len(nodes) > MAX_CLUSTER_NODES:
+        s.bad("nodes", f"{len(nodes)} nodes", f"at most {MAX_CLUSTER_NODES} seed nodes")
+        return ()
+    for node in nodes:
+        host, sep, port = node.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+            s.bad("nodes", node, f"each node must be HOST:PORT with a port in 1..{MAX_PORT}")
+            return ()
+    return nodes
+
+
+def _check_cluster(s: Table, config: RedisConfig) -> None:
+    """What a cluster cannot do, named by the field that asks for it."""
+    if config.nodes and not config.cluster:
+        s.error("nodes", "seed nodes are for a cluster: set cluster = true as well")
+    if not config.clustered:
+        return
+    url = config.url.reveal() if config.url is not None else None
+    unix = url is not None and urlsplit(url).scheme == "unix"
+    if unix:
+        s.error("url", "a cluster is reached over TCP: unix:// cannot be a cluster seed")
+    if config.db != 0:
+        s.bad("db", config.db, "a Redis Cluster has only database 0")
+    if url is not None and not unix and urlsplit(url).path.strip("/") not in ("", "0"):
+        s.bad("url", urlsplit(url).path, "a Redis Cluster has only database 0 (path /0 or none)")
 
 
 def _syslog(s: Table) -> SyslogConfig:

@@ -4,7 +4,7 @@ bounds as named constants (the example and the readers use these names)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
@@ -47,6 +47,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_REDIS_HOST = "127.0.0.1"
 DEFAULT_REDIS_PORT = 6379
 MAX_REDIS_DB = 2**31 - 1  # Redis' `databases` is a C int
+# pcapd's URL spelling for a cluster seed (redis-py has none: RedisCluster
+# takes redis:// or rediss:// and is chosen by the caller).
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+REDIS_URL_SCHEMES_TEXT = ", ".join(f"{scheme}://" for scheme in REDIS_URL_SCHEMES)
+MAX_CLUSTER_NODES = 1_000  # seed nodes; one answering is enough to find the rest
 DEFAULT_CHANNEL = "capture"
 DEFAULT_RESULTS_CHANNEL = "capture-results"
 DEFAULT_RESULTS_STREAM = "capture-results"
@@ -196,6 +202,11 @@ class RedisConfig:
     username: str | None = None
     db: int = 0
     url: Secret | None = None  # redis://, rediss://, unix://; may hold a password
+    # Redis Cluster: seeds from `nodes`, else `url` (redis+cluster:// or
+    # rediss+cluster:// say so alone), else host/port.
+    cluster: bool = False
+    nodes: tuple[str, ...] = ()  # "HOST:PORT" seeds of a cluster
+    sharded_pubsub: bool = False  # SSUBSCRIBE/SPUBLISH for requests, results, reply_to
     tls: bool = False
     tls_ca: str | None = None
     results_channel: str = DEFAULT_RESULTS_CHANNEL
@@ -207,8 +218,23 @@ class RedisConfig:
     # Worst case held by the pub/sub source between socket and controller.
     pubsub_queue_bytes: int = DEFAULT_PUBSUB_QUEUE_BYTES
 
+    def with_url(self, url: Secret) -> RedisConfig:
+        """This config pointed at `url` instead (an agent's `redis_url`,
+        `--redis-url`): the URL alone says whether it is a cluster."""
+        return replace(self, url=url, cluster=False, nodes=())
+
+    @property
+    def clustered(self) -> bool:
+        """A Redis Cluster: `cluster = true`, or a redis+cluster:// URL."""
+        return self.cluster or (
+            self.url is not None and urlsplit(self.url.reveal()).scheme in CLUSTER_SCHEMES
+        )
+
     def describe(self) -> str:
         """Where Redis is, without any password: for logs and errors."""
+        if self.clustered and self.nodes:
+            scheme = "rediss" if self.tls else "redis"
+            return f"{scheme}+cluster://{','.join(self.nodes)}"
         if self.url is not None:
             parts = urlsplit(self.url.reveal())
             host = parts.hostname or ""

@@ -18,6 +18,9 @@ from agents.dnstap.agent import DnstapAgent, make_writer
 from agents.dnstap.client import FrameWriter
 from agents.dnstap.config import DnstapConfig, parse_dnstap_config
 from agents.dnstap.server import ConnectionStats
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
 from tests.helpers import wait_for
 
 
@@ -65,7 +68,8 @@ def running_agent(
                            "stats_interval": 0, "flush_interval": 0.01}  # fmt: skip
     raw.update(options)
     config = parse_dnstap_config(raw)
-    writer = make_writer(config, lambda: redis.Redis.from_url(redis_url, socket_timeout=2))
+    redis_config = RedisConfig(url=Secret(redis_url))  # one server, or a redis+cluster:// seed
+    writer = make_writer(config, lambda: connect(redis_config, socket_timeout=2))
     writer.start()
     agent = DnstapAgent(config, writer)
     if record is not None:

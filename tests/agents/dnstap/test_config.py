@@ -57,7 +57,8 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
             }
         )
     assert info.value.errors == [
-        "agents.dnstap.redis_url: scheme is not one of redis://, rediss://, unix://",
+        "agents.dnstap.redis_url: scheme is not one of redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://",
         "agents.dnstap.socket_mode: 'rw-rw----' is not an octal mode such as \"0660\"",
         "agents.dnstap.listen: 'localhost:6000' is not ADDRESS:PORT with a literal IP address",
         "agents.dnstap.ttl_grace: must be at least 1 and at most 2147483647, got 0",

@@ -67,7 +67,8 @@ def test_help_lists_dnsflows_flags() -> None:
         (["-r", "/nonexistent.pcap", "-u", "127.0.0.1"],
          "dnsflow: error: -r '/nonexistent.pcap': no such file"),
         (["-i", "lo", "-u", "127.0.0.1", "--redis", "http://x"],
-         "dnsflow: error: --redis: scheme is not one of redis://, rediss://, unix://"),
+         "dnsflow: error: --redis: scheme is not one of redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://"),
     ],
 )  # fmt: skip
 def test_bad_flags_say_what_is_wrong(args: list[str], message: str) -> None:

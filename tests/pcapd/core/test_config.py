@@ -448,7 +448,8 @@ def test_several_errors_are_reported_together() -> None:
         "general.maxpackets: must be at least 1 and at most 2147483647, got 0",
         "general.snaplength: expected an integer, got 'big'",
         "general.format: expected one of pcap, pcapng, got 'erf'",
-        "redis.url: scheme 'http' is not one of redis://, rediss://, unix://",
+        "redis.url: scheme 'http' is not one of redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://",
         "redis.port: must be at least 1 and at most 65535, got 0",
         "interface[1].name: 'eth0' is defined twice",
         "sqs.url: required when sqs.listen = true",
@@ -555,7 +556,8 @@ def test_redis_url_schemes_and_describe_hides_password(url: str, described: str)
 )
 def test_redis_url_bad_scheme(url: str, scheme: str) -> None:
     assert errors_of({"redis": {"url": url}}) == [
-        f"redis.url: scheme {scheme!r} is not one of redis://, rediss://, unix://"
+        f"redis.url: scheme {scheme!r} is not one of redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://"
     ]
 
 
@@ -595,7 +597,8 @@ def test_env_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_env_url_scheme_is_checked_after_resolving(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PCAPD_TEST_URL", "http://127.0.0.1")
     assert errors_of({"redis": {"url": "env:PCAPD_TEST_URL"}}) == [
-        "redis.url: scheme 'http' is not one of redis://, rediss://, unix://"
+        "redis.url: scheme 'http' is not one of redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://"
     ]
 
 
@@ -719,3 +722,13 @@ def test_delivery_deadlines_and_dedup_prefix_are_read() -> None:
     assert errors_of({"delivery": {"attempt_timeout": 0.0}})[0].startswith(
         "delivery.attempt_timeout: "
     )
+
+
+def test_a_cluster_config_pointed_at_another_url_is_what_the_url_says() -> None:
+    """An agent's redis_url or --redis-url replaces [redis]'s cluster seeds."""
+    base = parse_config({"redis": {"cluster": True, "nodes": ["10.0.0.1:7000"]}}, HOST).redis
+    assert base.clustered and base.describe() == "redis+cluster://10.0.0.1:7000"
+    single = base.with_url(Secret("redis://127.0.0.1:6379/0"))
+    assert not single.clustered and single.nodes == ()
+    seed = base.with_url(Secret("rediss+cluster://u:pw@10.0.0.2:7000"))
+    assert seed.clustered and seed.describe() == "rediss+cluster://10.0.0.2:7000"

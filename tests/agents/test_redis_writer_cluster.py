@@ -1,0 +1,234 @@
+"""The batched writer on a real 3-primary Redis Cluster: the same keys as on one
+server, refusals counted, a primary killed and started again mid-run."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from agents.redis_writer import RedisWriter
+from agents.store import client_key, record_answer, record_nxdomain
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
+from tests.agents.flow import frames as f
+from tests.agents.test_store import refusals
+from tests.helpers import RedisCluster, RedisServer, keyspace, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cluster_writer(url: str, **options: Any) -> RedisWriter:
+    writer = RedisWriter(lambda: connect(RedisConfig(url=Secret(url))), ttl=900, **options)
+    writer.start()
+    return writer
+
+
+def owners(cluster: RedisCluster, keys: list[str]) -> set[int]:
+    """The ports of the primaries holding `keys`."""
+    found = set()
+    for port in cluster.ports:
+        with cluster.node(port) as node:
+            if set(node.scan_iter(count=1000)) & set(keys):
+                found.add(port)
+    return found
+
+
+def fill(writer: RedisWriter, clients: int) -> None:
+    """What the dnstap and flow agents write, for `clients` clients."""
+    for index in range(clients):
+        client = f"10.200.70.{index}"
+        record_answer(writer, client, ("www.example.", "cdn.example."), ("192.0.2.1", "192.0.2.2"))
+        record_nxdomain(writer, client, "nope.example.")
+        writer.incr(f"{client};192.0.2.1;443;flow")
+        writer.append(f"{client};192.0.2.1;dns", "other.example.")
+
+
+def test_the_cluster_holds_the_same_keys_and_values_as_one_server(
+    redis_cluster: RedisCluster, redis_srv: RedisServer
+) -> None:
+    for index in (False, True):
+        single = RedisWriter(lambda: connect(RedisConfig(port=redis_srv.port)), index=index)
+        clustered = cluster_writer(redis_cluster.url, index=index, batch_ops=50)
+        single.start()
+        fill(single, 40)
+        fill(clustered, 40)
+        single.stop(30)
+        clustered.stop(30)
+        with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
+            plain_text = keyspace(plain)
+        assert redis_cluster.keyspace() == plain_text
+        assert len(plain_text) == 40 * (6 + index)
+        assert clustered.stats.written_ops == single.stats.written_ops == 40 * 8
+        assert clustered.stats.dropped_ops == 0
+        assert len(owners(redis_cluster, list(plain_text))) == 3
+        redis_cluster.reset()
+        with redis_srv.client() as plain:
+            plain.flushall()
+
+
+def test_a_key_of_another_type_costs_that_key_on_a_cluster(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    admin = redis_cluster.client()
+    admin.rpush("c;9.9.9.9;dns", "a list, not a string")
+    writer = cluster_writer(redis_cluster.url)
+    writer.append("c;9.9.9.9;dns", "a.example.")
+    for index in range(20):
+        writer.incr(client_key(f"10.0.0.{index}"))
+    writer.stop(30)
+    assert (writer.stats.rejected_ops, writer.stats.written_ops) == (1, 20)
+    assert writer.stats.dropped_ops == 1
+    (line,) = refusals(caplog)
+    assert (line["cause"], line["ops"]) == ("WRONGTYPE", 1)
+
+
+def deny_scripts(cluster: RedisCluster) -> str:
+    """An ACL user on every node that may not run scripts; its seed URL."""
+    for port in cluster.ports:
+        with cluster.node(port) as node:
+            node.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                             commands=["+@all", "-evalsha", "-eval"])  # fmt: skip
+    return f"redis+cluster://agent:pw@127.0.0.1:{cluster.ports[0]}"
+
+
+def test_a_write_the_cluster_refuses_is_counted_and_logged_once(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    writer = cluster_writer(deny_scripts(redis_cluster))
+    for index in range(30):
+        writer.incr(client_key(f"10.0.0.{index}"))
+    writer.stop(30)
+    assert (writer.stats.dropped_ops, writer.stats.written_ops) == (30, 0)
+    assert writer.stats.rejected_ops == 30
+    lines = refusals(caplog)
+    assert {line["cause"] for line in lines} == {"NoPermissionError"}
+    assert sum(line["ops"] for line in lines) == 30 and len(lines) <= 2  # first, then the rest
+
+
+def test_flow_read_into_a_refusing_cluster_exits_1(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """The issue's case: a file read into a cluster that wrote none of it
+    must say so and exit non-zero."""
+    url = deny_scripts(redis_cluster)
+    pcap = tmp_path / "one.pcap"
+    packets = [f.ip4("192.0.2.7", f"10.200.71.{i}", 17, f.udp(53, 4000 + i)) for i in range(30)]
+    f.write_pcap(pcap, [f.ether(frame) for frame in packets])
+    result = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "flow", "--read", str(pcap), "10.200.71.0/24",
+         "--redis", url],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "event=redis_writes_refused cause=NoPermissionError" in result.stderr
+    assert "event=keys_dropped agent=flow keys=" in result.stderr
+    assert "keys_written=0" in result.stderr
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_primary_restarted_mid_run_loses_nothing_acknowledged(
+    private_cluster: RedisCluster, how: signal.Signals
+) -> None:
+    """Writes go on while one primary is killed and started again with its
+    cluster config and AOF: every write the writer counted as written is in
+    the cluster, and it writes to the primary again once it is back."""
+    keys = [client_key(f"10.200.72.{i}") for i in range(200)]
+    victim = private_cluster.ports[1]
+    writer = cluster_writer(private_cluster.url, batch_ops=100, flush_interval=0.01)
+    rounds, done = 60, threading.Event()
+
+    def produce() -> None:
+        for _ in range(rounds):
+            for key in keys:
+                writer.incr(key)
+            time.sleep(0.05)
+        done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_for(lambda: writer.stats.written_ops > 2_000, timeout=60)
+    private_cluster.kill(victim, how)
+    time.sleep(3)  # past cluster-node-timeout: the cluster says CLUSTERDOWN meanwhile
+    private_cluster.start_node(victim)
+    wait_for(private_cluster.ok, timeout=60, interval=0.1)
+    producer.join(120)
+    assert done.is_set()
+    writer.stop(60)
+    total = rounds * len(keys)
+    assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == total
+    assert writer.stats.redis_errors > 0  # it did see the primary go
+    admin = private_cluster.client()
+    values = [int(admin.get(key) or 0) for key in keys]
+    # Nothing acknowledged is lost; a write sent as the primary died may have
+    # landed without its answer and been sent again.
+    assert total <= sum(values) <= total + 100
+    assert len(owners(private_cluster, keys)) == 3
+
+
+@pytest.mark.timeout(120)
+def test_what_a_dead_primary_never_took_is_counted_as_dropped(
+    private_cluster: RedisCluster,
+) -> None:
+    writer = cluster_writer(private_cluster.url)
+    private_cluster.kill(private_cluster.ports[0])
+    keys = [client_key(f"10.200.73.{i}") for i in range(100)]
+    for key in keys:
+        writer.incr(key)
+    time.sleep(2)
+    writer.stop(1)
+    assert writer.stats.written_ops + writer.stats.dropped_ops == 100
+    assert writer.stats.dropped_ops > 0
+
+
+def _node_id(cluster: RedisCluster, port: int) -> str:
+    return str(cluster.node(port).cluster("MYID"))
+
+
+def test_a_slot_moved_or_migrating_is_followed(redis_cluster: RedisCluster) -> None:
+    """MOVED (the slot went to another primary after the writer read the
+    slot map) and ASK (the slot is being migrated and the key is new) both
+    land the write on the node that now owns the key."""
+    writer = cluster_writer(redis_cluster.url)
+    moved, asked = client_key("10.200.74.1"), client_key("10.200.74.2")
+    writer.incr(moved)
+    writer.incr(asked)
+    writer.flush()
+    wait_for(lambda: writer.stats.written_ops == 2, timeout=20)
+    admin = redis_cluster.client()
+    for key in (moved, asked):
+        slot = key_slot(key.encode())
+        source = admin.get_node_from_key(key).port  # type: ignore[no-untyped-call]
+        target = next(p for p in redis_cluster.ports if p != source)
+        ids = {port: _node_id(redis_cluster, port) for port in (source, target)}
+        redis_cluster.node(target).cluster("SETSLOT", slot, "IMPORTING", ids[source])
+        redis_cluster.node(source).cluster("SETSLOT", slot, "MIGRATING", ids[target])
+        if key == moved:  # finish the move: the key and the slot go to the target
+            redis_cluster.node(source).migrate("127.0.0.1", target, [key], 0, 5000)
+            for port in redis_cluster.ports:
+                redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[target])
+            writer.incr(key)
+        else:  # mid-migration: the key already went, so the source answers ASK
+            redis_cluster.node(source).migrate("127.0.0.1", target, [key], 0, 5000)
+            writer.incr(key)
+        writer.flush()
+        wait_for(lambda k=key: writer.stats.written_ops >= 3 + (k == asked), timeout=20)
+        if key == asked:  # end the migration: the shared cluster stays whole
+            for port in redis_cluster.ports:
+                redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[target])
+        assert redis_cluster.node(target).get(key) == "2"
+    writer.stop(10)
+    assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == 4

@@ -1,0 +1,80 @@
+"""Connecting to a real 3-primary Redis Cluster from `[redis]`: seeds, URL, ACL."""
+
+from __future__ import annotations
+
+import redis
+from redis.cluster import RedisCluster as ClusterClient
+
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect, node_for_channel, primaries, publish
+from pcapd.core.secret import Secret
+from tests.helpers import RedisCluster
+
+
+def test_every_spelling_of_a_cluster_reaches_all_three_primaries(
+    redis_cluster: RedisCluster,
+) -> None:
+    port = redis_cluster.ports[0]
+    spellings = [
+        RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes)),
+        RedisConfig(cluster=True, host="127.0.0.1", port=port),
+        RedisConfig(url=Secret(redis_cluster.url)),
+        RedisConfig(cluster=True, url=Secret(f"redis://127.0.0.1:{port}/0")),
+        # A dead seed first: the next one answers.
+        RedisConfig(cluster=True, nodes=("127.0.0.1:1", *redis_cluster.nodes)),
+    ]
+    for config in spellings:
+        client = connect(config)
+        assert isinstance(client, ClusterClient), config.describe()
+        assert len(list(primaries(client))) == 3
+        for i in range(30):  # keys on every primary, through MOVED-free routing
+            client.set(f"k{i}", i)
+        assert sum(int(node.dbsize()) for node in primaries(client)) == 30
+        client.flushall()
+        client.close()
+
+
+def test_a_single_server_stays_a_plain_client(redis_srv: object) -> None:
+    port = redis_srv.port  # type: ignore[attr-defined]
+    client = connect(RedisConfig(port=port))
+    assert isinstance(client, redis.Redis)
+    assert list(primaries(client)) == [client]
+    assert node_for_channel(client, "capture", sharded=True) is client
+
+
+def test_acl_user_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    for port in redis_cluster.ports:
+        redis_cluster.node(port).acl_setuser(
+            "agent", enabled=True, passwords=["+agentpw"], commands=["+@all"], keys=["*"],
+            channels=["*"],
+        )  # fmt: skip
+    by_fields = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), username="agent",
+                            auth=Secret("agentpw"))  # fmt: skip
+    port = redis_cluster.ports[1]
+    by_url = RedisConfig(url=Secret(f"redis+cluster://agent:agentpw@127.0.0.1:{port}"))
+    for config in (by_fields, by_url):
+        client = connect(config)
+        assert {node.acl_whoami() for node in primaries(client)} == {"agent"}
+        assert "agentpw" not in config.describe()
+
+
+def test_sharded_channel_lives_on_the_primary_owning_its_slot(
+    redis_cluster: RedisCluster,
+) -> None:
+    client = connect(RedisConfig(url=Secret(redis_cluster.url)))
+    assert isinstance(client, ClusterClient)
+    owner = client.get_node_from_key("capture")  # type: ignore[no-untyped-call]
+    node = node_for_channel(client, "capture", sharded=True)
+    assert node.connection_pool.connection_kwargs["port"] == owner.port
+    pubsub = node.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.ssubscribe("capture")
+    assert pubsub.get_message(timeout=5)["type"] == "ssubscribe"
+    assert publish(client, "capture", b"hello", sharded=True) == 1
+    message = pubsub.get_message(timeout=5)
+    assert message["type"] == "smessage" and message["data"] == b"hello"
+    # A plain channel reaches a subscriber on any node, from any node.
+    plain = node_for_channel(client, "capture-results", sharded=False).pubsub()  # type: ignore[no-untyped-call]
+    plain.subscribe("capture-results")
+    assert plain.get_message(timeout=5)["type"] == "subscribe"
+    publish(client, "capture-results", b"done", sharded=False)
+    assert plain.get_message(timeout=5)["data"] == b"done"
