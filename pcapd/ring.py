@@ -84,6 +84,10 @@ def chunk_layout(max_bytes: int) -> tuple[int, int]:
     return count, max_bytes // count
 
 
+class RingFilterError(CaptureError):
+    """lookback_bpf does not compile for the ring's link type: a config error."""
+
+
 @dataclass(frozen=True, slots=True)
 class RingStats:
     interface: str
@@ -227,7 +231,7 @@ class Ring:
             set_filter(handle, self.interface, self.bpf)
         except CaptureError as exc:
             close_handle(handle)
-            raise CaptureError(f"lookback_bpf of {self.interface}: {exc}") from None
+            raise RingFilterError(f"lookback_bpf of {self.interface}: {exc}") from None
         self._handle = handle
         self.linktype = handle.datalink()
         self._thread.start()
@@ -529,7 +533,7 @@ class RingCapture:
             data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
             kernel_dropped=max(0, drops - self._drops_before), started=self.started,
             ended=time.time(), linktype=self._ring.linktype, error=error,
-            lookback=self.lookback,
+            lookback=self.lookback, ring=True,
         )  # fmt: skip
 
     def _wait(self, stop: threading.Event) -> str:
