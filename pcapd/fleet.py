@@ -88,6 +88,7 @@ class NodeInterface:
     linktype: int | None = None  # pcap DLT; None until a handle was opened
     present: bool = True  # the device exists on the node
     lookback: int = 0  # seconds its ring keeps ([[interface]] lookback; 0: no ring)
+    lookback_bytes: int = 0  # the ring's bound (so the config reader checks it as the node did)
     ring: bool = False  # its lookback ring was started on the node
     ring_error: str | None = None  # why that ring failed since (it serves no more)
 
@@ -149,6 +150,7 @@ class NodeState:
                     i.get("linktype"),
                     bool(i.get("present", True)),
                     int(i.get("lookback", 0)),
+                    int(i.get("lookback_bytes", 0)),
                     bool(i.get("ring", False)),
                     None if i.get("ring_error") is None else str(i["ring_error"]),
                 )
@@ -198,7 +200,7 @@ def _request_config(node: str, general: Any, interfaces: Sequence[NodeInterface]
         "general": general,
         "interface": [
             {"name": i.name, "alias": list(i.aliases)}
-            | ({"lookback": i.lookback} if i.lookback else {})
+            | ({"lookback": i.lookback, "lookback_bytes": i.lookback_bytes} if i.lookback else {})
             for i in interfaces
         ],
     }
@@ -333,7 +335,7 @@ def node_state(
     interfaces = tuple(
         NodeInterface(
             i.name, i.aliases, linktypes.get(i.name), i.name in devices, i.lookback,
-            i.name in rings, rings.get(i.name),
+            i.lookback_bytes if i.lookback else 0, i.name in rings, rings.get(i.name),
         )
         for i in config.interfaces
     )  # fmt: skip

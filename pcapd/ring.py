@@ -276,6 +276,9 @@ class Ring:
                     except OSError as exc:
                         self._failed(exc)
                         return
+                    if got < 0:  # pypcap returns PCAP_ERROR (an interface gone) unraised
+                        self._failed(OSError(handle.geterr() or "dispatch failed"))
+                        return
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
