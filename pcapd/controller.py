@@ -189,10 +189,10 @@ class Controller:
 
     def request_counts(self) -> dict[tuple[str, str], int]:
         """(source, status) -> requests so far; status: admitted (a capture
-        started), rejected (the request itself, or every interface for what
-        it asks, e.g. a lookback), refused (no interface admitted: a bound or a
-        failed ring), duplicate,
-        ignored (for another node), overloaded (refused unread), failed (a bug)."""
+        started), rejected (the request itself, or every interface turned it
+        down for what it asks: a lookback), refused (no interface admitted: a
+        bound, or a failed ring), duplicate, ignored (for another node),
+        overloaded (refused unread), failed (a bug)."""
         with self._lock:
             return dict(self._requests)
 
