@@ -46,7 +46,7 @@ from pcapd.core.request import (
     RequestError,
     addressed_to,
     decode_body,
-    lookback_problem,
+    interface_problem,
     request_for,
     resolve_interfaces,
 )
@@ -188,8 +188,10 @@ class Controller:
 
     def request_counts(self) -> dict[tuple[str, str], int]:
         """(source, status) -> requests so far; status: admitted (a capture
-        started), rejected, refused (no interface admitted), duplicate,
-        ignored (for another node), overloaded (refused unread), failed (a bug)."""
+        started), rejected (the request itself, or every interface turned it
+        down for what it asks: a lookback), refused (no interface admitted: a
+        bound, or a failed ring), duplicate, ignored (for another node),
+        overloaded (refused unread), failed (a bug)."""
         with self._lock:
             return dict(self._requests)
 
@@ -223,11 +225,14 @@ class Controller:
         started = [self._start(request, name, warnings) for name in interfaces]
         # A ring capture starts here, before the Redis claims: it costs no
         # socket, and a duplicate found below just drops it.
-        workers = [worker for worker in started if worker is not None and self._ready(worker)]
+        workers = [w for w in started if isinstance(w, Worker) and self._ready(w)]
         if not workers:
             self._not_served(request.id, sig, claimed=False)
             delivery.ack()
-            return "refused"
+            # Refused: a bound (admission) said no; rejected: the request's own
+            # asks (a lookback no interface here can give) did.
+            rejected = all(outcome == "rejected" for outcome in started)
+            return "rejected" if rejected else "refused"
         # Admitted: now the claims that later runs of this node see (a Redis
         # round trip each, so requests refused above cost none).
         if self.recent_ids.claim(request.id):
@@ -332,18 +337,23 @@ class Controller:
 
     def _start(
         self, request: CaptureRequest, interface: str, warnings: tuple[str, ...]
-    ) -> Worker | None:
-        problem = lookback_problem(request, interface, self.config)
-        if problem is None and request.lookback and interface not in self.rings:
-            problem = f"lookback: the ring on {interface!r} is not running on this node"
+    ) -> Worker | str:
+        """The worker admitted on `interface`, or what became of the request
+        there: "rejected" (what it asks cannot be had on this interface) or
+        "refused" (a bound, or a failed ring, said no). Answered either way."""
+        ring = self.rings.get(interface)
+        ring_error = None if ring is None else ring.error
+        problem = interface_problem(
+            request, interface, self.config, ring=ring is not None, ring_error=ring_error
+        )
         if problem is not None:
             self.reject(request, interface, problem, warnings)
-            return None
+            return "refused" if ring_error is not None else "rejected"
         try:
             reservation = self.admission.reserve(request.bytes)
         except Refused as exc:
             self.reject(request, interface, str(exc), warnings)
-            return None
+            return "refused"
         return Worker(self, request, interface, warnings, reservation)
 
     def _ready(self, worker: Worker) -> bool:

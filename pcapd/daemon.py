@@ -28,7 +28,7 @@ from pcapd.core.results import ResultPublisher
 from pcapd.daemon_metrics import DaemonCollector, daemon_checks
 from pcapd.engine import CaptureError, HandlePool, available_devices
 from pcapd.fleet import Heartbeat, NodeState, node_state
-from pcapd.ring import Ring
+from pcapd.ring import Ring, RingFilterError
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
@@ -168,6 +168,10 @@ class Daemon:
         # The first signal stops the sources; retries stop waiting and running
         # captures end with stop=shutdown.
         self.started = time.time()
+        # The heartbeat's last readings, kept when a later one fails.
+        self._devices_seen = devices
+        self._spool_files = 0
+        self._state_problem: str | None = None
         self.heartbeat = Heartbeat(
             lambda: redis_conn.connect(
                 config.redis, retry=Retry(NoBackoff(), 0),
@@ -186,14 +190,36 @@ class Daemon:
             event(log, "interface_missing", logging.WARNING, interface=missing)
 
     def _node_state(self) -> NodeState:
-        """What the heartbeat says (pcapd/fleet.py): read in its own thread."""
+        """What the heartbeat says (pcapd/fleet.py): read in its own thread.
+        A part that cannot be read (the device list, the spool directory)
+        keeps its last value, logged once per reason: the node still beats."""
         spool = self.controller.deliverer.spool
+        problems: list[str] = []
+        try:
+            self._devices_seen = available_devices()
+        except OSError as exc:
+            problems.append(f"devices: {exc}")
+        spool_files = self._spool_files
+        if spool is not None:
+            try:
+                spool_files = self._spool_files = spool.depth()[0]
+            except OSError as exc:
+                problems.append(f"spool: {exc}")
+        reason = "; ".join(problems) or None
+        if reason != self._state_problem:
+            if reason is not None:
+                event(log, "heartbeat_partial", logging.WARNING, error=reason)
+            self._state_problem = reason
+        # Ring interfaces are not in the pool: their link type is the ring's;
+        # and they are devices to the controller even once gone (`_KnownDevices`).
+        linktypes = {**self.pool.linktypes(), **{n: r.linktype for n, r in self.rings.items()}}
         return node_state(
             self.config, instance=self.heartbeat.instance, started=self.started,
-            devices=available_devices(), linktypes=self.pool.linktypes(),
+            devices=self._devices_seen | set(self.rings), linktypes=linktypes,
             sources=[s.name for s in self.sources], captures=self.controller.running(),
-            spool_files=spool.depth()[0] if spool is not None else 0,
+            spool_files=spool_files,
             spool_bytes=spool.used_bytes() if spool is not None else 0,
+            rings={name: ring.error for name, ring in self.rings.items()},
         )  # fmt: skip
 
     def start_metrics(self) -> MetricsServer | None:
@@ -236,7 +262,9 @@ class Daemon:
             event(log, "ring_failed", logging.ERROR, error=str(exc))
             for ring in self.rings.values():
                 ring.stop()
-            return EXIT_FAILURE
+            # A filter the link type refuses fails every start: systemd must
+            # not restart it (RestartPreventExitStatus=2).
+            return EXIT_CONFIG if isinstance(exc, RingFilterError) else EXIT_FAILURE
         self.publisher.start()
         self.pool.start()
         if self.drainer is not None:

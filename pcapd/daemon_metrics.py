@@ -12,9 +12,11 @@ Two kinds, so nothing is counted twice:
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import redis
@@ -22,6 +24,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from pcapd.core.logs import event
 from pcapd.core.metrics import (
     DURATION_BUCKETS,
     LATENCY_BUCKETS,
@@ -32,9 +35,12 @@ from pcapd.core.metrics import (
 )
 from pcapd.core.redis_conn import Client
 
+log = logging.getLogger("pcapd.daemon_metrics")
+
 if TYPE_CHECKING:
     from pcapd.controller import Controller
     from pcapd.engine import CaptureOutcome, HandlePool
+    from pcapd.ring import Ring
     from triggers.base import TriggerSource
 
 
@@ -51,9 +57,9 @@ class CaptureMetrics:
             "pcapd_captured_bytes", "Bytes of capture files written (headers included)",
             registry=None,
         )  # fmt: skip
-        self.kernel_dropped = Counter(
-            "pcapd_kernel_dropped", "Packets the kernel dropped during captures", registry=None
-        )
+        # Engine captures' drops; the collector adds the rings' own (see above).
+        self._lock = threading.Lock()
+        self.engine_dropped = 0
         self.duration = Histogram(
             "pcapd_capture_duration_seconds", "Capture length, first to last poll",
             buckets=DURATION_BUCKETS, registry=None,
@@ -74,7 +80,7 @@ class CaptureMetrics:
 
     def collectors(self) -> list[Collector]:
         return [
-            self.captures, self.packets, self.bytes, self.kernel_dropped, self.duration,
+            self.captures, self.packets, self.bytes, self.duration,
             self.trigger_latency, self.uploads, self.upload_seconds,
         ]  # fmt: skip
 
@@ -82,7 +88,9 @@ class CaptureMetrics:
         self.captures.labels(outcome.stop).inc()
         self.packets.inc(outcome.packets)
         self.bytes.inc(len(outcome.data) if outcome.packets else 0)
-        self.kernel_dropped.inc(outcome.kernel_dropped)
+        if not outcome.ring:
+            with self._lock:
+                self.engine_dropped += outcome.kernel_dropped
         self.duration.observe(max(0.0, outcome.ended - outcome.started))
 
     def active(self, seconds: float) -> None:
@@ -105,6 +113,10 @@ class DaemonCollector(Collector):
         self.controller = controller
         self.sources = tuple(sources)
         self.pool = pool
+        # Highest drop count seen per ring: a failed handle answers no stats,
+        # and a counter must not go back.
+        self._ring_drops: dict[str, int] = {}
+        self._unreadable: str | None = None  # the last reason logged
 
     def collect(self) -> Iterator[Metric]:
         ctl = self.controller
@@ -137,16 +149,68 @@ class DaemonCollector(Collector):
             "spare_handles", "Capture handles opened ahead, by interface",
             {(name,): int(ready) for name, ready in self.pool.spares().items()}, ("interface",),
         )  # fmt: skip
+        yield from self._rings(ctl.rings, adm.rings, ctl.metrics.engine_dropped)
         spool = ctl.deliverer.spool
         if spool is not None:
-            entries, oldest = spool.depth()
-            yield gauge("spool_entries", "Captures in the spool waiting for a sink", entries)
             yield gauge("spool_bytes", "Bytes on disk in the spool", spool.used_bytes())
             yield gauge("spool_limit_bytes", "spool_max_bytes", spool.max_bytes)
+            try:
+                entries, oldest = spool.depth()
+            except OSError as exc:
+                self._cannot_read("spool", exc)
+                return
+            yield gauge("spool_entries", "Captures in the spool waiting for a sink", entries)
             yield gauge(
                 "spool_oldest_age_seconds", "Age of the oldest spooled capture (0: empty)",
                 max(0.0, time.time() - oldest) if oldest is not None else 0.0,
             )  # fmt: skip
+        self._unreadable = None
+
+    def _rings(
+        self, rings: Mapping[str, Ring], reserved: int, engine_dropped: int
+    ) -> Iterator[Metric]:
+        """Each ring's state from `Ring.stats()`, and the kernel drops counted once."""
+        yield gauge("lookback_reserved_bytes",
+                    "Bytes of max_memory the lookback rings hold for good", reserved)  # fmt: skip
+        stats = {name: ring.stats() for name, ring in rings.items()}
+        for name, st in stats.items():
+            self._ring_drops[name] = max(self._ring_drops.get(name, 0), st.kernel_dropped)
+        yield counter(
+            "kernel_dropped", "Packets the kernel dropped: during engine captures, and on "
+            "each lookback ring's handle (counted once, however many captures it serves)",
+            engine_dropped + sum(self._ring_drops.values()),
+        )  # fmt: skip
+        yield gauge(
+            "ring_up", "1 while a lookback ring reads its interface, 0 once it failed",
+            {(n,): int(r.error is None) for n, r in rings.items()}, ("interface",),
+        )  # fmt: skip
+        yield gauge("ring_packets", "Packets a lookback ring holds now",
+                    {(n,): st.packets for n, st in stats.items()}, ("interface",))  # fmt: skip
+        yield gauge("ring_bytes", "Bytes of packets a lookback ring holds now (record heads too)",
+                    {(n,): st.bytes for n, st in stats.items()}, ("interface",))  # fmt: skip
+        now = time.time()
+        yield gauge(
+            "ring_oldest_age_seconds", "Age of the oldest packet a lookback ring holds (0: empty)",
+            {(n,): 0.0 if st.oldest is None else max(0.0, now - st.oldest)
+             for n, st in stats.items()}, ("interface",),
+        )  # fmt: skip
+        yield counter(
+            "ring_evicted", "Packets a lookback ring dropped, by cause: overflow (lookback_bytes "
+            "full) or age (older than lookback)",
+            {key: value for n, st in stats.items() for key, value in
+             (((n, "overflow"), st.evicted_overflow), ((n, "age"), st.evicted_age))},
+            ("interface", "cause"),
+        )  # fmt: skip
+        yield counter(
+            "ring_kernel_dropped", "Packets the kernel dropped on a lookback ring's handle",
+            {(n,): self._ring_drops[n] for n in stats}, ("interface",),
+        )  # fmt: skip
+
+    def _cannot_read(self, part: str, exc: OSError) -> None:
+        reason = f"{part}: {exc}"
+        if reason != self._unreadable:
+            event(log, "metrics_partial", logging.WARNING, part=part, error=str(exc))
+            self._unreadable = reason
 
 
 def _writable(directory: str) -> str | None:
@@ -165,8 +229,9 @@ def _writable(directory: str) -> str | None:
 def daemon_checks(
     controller: Controller, sources: Sequence[TriggerSource], ping: Client
 ) -> Iterator[Check]:
-    """Every source connected, Redis answering, every directory captures are
-    written to writable. `ping` is a client with short timeouts and no retries."""
+    """Every source connected, Redis answering, every lookback ring reading
+    (a failed one refuses every capture on its interface), every directory
+    captures are written to writable. `ping` is a client with short timeouts and no retries."""
     for source in sources:
         yield Check(
             f"source:{source.name}", source.connected,
@@ -178,6 +243,8 @@ def daemon_checks(
         yield Check("redis", True, "reachable")
     except (redis.RedisError, OSError) as exc:
         yield Check("redis", False, f"unreachable: {exc}")
+    for name, ring in controller.rings.items():
+        yield Check(f"ring:{name}", ring.error is None, ring.error or "reading its interface")
     for label, directory in controller.deliverer.disk_targets():
         why = _writable(directory)
         yield Check(f"disk:{label}", why is None, why or f"{directory} writable")

@@ -72,6 +72,7 @@ class CaptureOutcome:
     linktype: int
     error: str | None = None  # the handle failed mid-capture; data holds what came
     lookback: float | None = None  # seconds from before the start, from a ring
+    ring: bool = False  # served by a lookback ring: its drops are the ring handle's
 
 
 def available_devices() -> set[str]:

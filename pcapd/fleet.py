@@ -46,7 +46,7 @@ from pcapd.core.config import (
 from pcapd.core.errors import RequestError
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client, primaries
-from pcapd.core.request import decode_body, request_for, resolve_interfaces
+from pcapd.core.request import decode_body, interface_problem, request_for, resolve_interfaces
 from pcapd.dedup import RecentIds
 from pcapd.signing import SIG_FIELD, verify
 
@@ -88,6 +88,10 @@ class NodeInterface:
     aliases: tuple[str, ...] = ()
     linktype: int | None = None  # pcap DLT; None until a handle was opened
     present: bool = True  # the device exists on the node
+    lookback: int = 0  # seconds its ring keeps ([[interface]] lookback; 0: no ring)
+    lookback_bytes: int = 0  # the ring's bound (so the config reader checks it as the node did)
+    ring: bool = False  # its lookback ring was started on the node
+    ring_error: str | None = None  # why that ring failed since (it serves no more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,10 @@ class NodeState:
                     tuple(map(str, i.get("aliases", ()))),
                     i.get("linktype"),
                     bool(i.get("present", True)),
+                    int(i.get("lookback", 0)),
+                    int(i.get("lookback_bytes", 0)),
+                    bool(i.get("ring", False)),
+                    None if i.get("ring_error") is None else str(i["ring_error"]),
                 )
                 for i in json.loads(text["interfaces"])
             )
@@ -191,7 +199,11 @@ def _request_config(node: str, general: Any, interfaces: Sequence[NodeInterface]
     (so a hash another version wrote is checked as a file would be)."""
     table = {
         "general": general,
-        "interface": [{"name": i.name, "alias": list(i.aliases)} for i in interfaces],
+        "interface": [
+            {"name": i.name, "alias": list(i.aliases)}
+            | ({"lookback": i.lookback, "lookback_bytes": i.lookback_bytes} if i.lookback else {})
+            for i in interfaces
+        ],
     }
     return parse_config(table, hostname=node)
 
@@ -239,16 +251,21 @@ class Heartbeat:
         other: str | None = None  # the other instance last warned about
         while not self._stop.is_set():
             try:
-                previous = self._beat()
+                # Built before Redis is touched: a failure here is not Redis's
+                # (`state()` falls back to partial values itself).
+                fields = self._state().to_hash()
+            except Exception:  # a bug in state() must not end the beat
+                event(log, "heartbeat_crashed", logging.ERROR, exc_info=True, key=self.key)
+                self._stop.wait(self.interval)
+                continue
+            try:
+                previous = self._beat(fields)
             except (redis.RedisError, OSError) as exc:
                 if not failing:
                     event(log, "heartbeat_failed", logging.WARNING, key=self.key, error=str(exc))
                 failing = True
                 self._drop_client()
                 wait = tracker.failed()
-            except Exception:  # a bug in state() must not end the beat
-                event(log, "heartbeat_crashed", logging.ERROR, exc_info=True, key=self.key)
-                wait = self.interval
             else:
                 if failing:
                     event(log, "heartbeat_resumed", key=self.key)
@@ -275,10 +292,9 @@ class Heartbeat:
             self._client.close()
             self._client = None
 
-    def _beat(self) -> str | None:
+    def _beat(self, fields: Mapping[str, str]) -> str | None:
         """Write the hash as one transaction (readers never see half of it);
         returns the instance that wrote it before, if any."""
-        fields = self._state().to_hash()
         pipe = self._client_now().pipeline(transaction=True)
         pipe.hget(self.key, "instance")
         pipe.delete(self.key)
@@ -308,16 +324,22 @@ def node_state(
     devices: Collection[str],
     linktypes: Mapping[str, int],
     sources: Sequence[str],
+    rings: Mapping[str, str | None] | None = None,
     captures: int,
     spool_files: int = 0,
     spool_bytes: int = 0,
     now: float | None = None,
 ) -> NodeState:
-    """The heartbeat of a daemon running `config` (pcapd/daemon.py fills in the rest)."""
+    """The heartbeat of a daemon running `config` (pcapd/daemon.py fills in the
+    rest); `rings`: the interfaces whose ring was started -> its error (None: reading)."""
+    rings = rings or {}
     interfaces = tuple(
-        NodeInterface(i.name, i.aliases, linktypes.get(i.name), i.name in devices)
+        NodeInterface(
+            i.name, i.aliases, linktypes.get(i.name), i.name in devices, i.lookback,
+            i.lookback_bytes if i.lookback else 0, i.name in rings, rings.get(i.name),
+        )
         for i in config.interfaces
-    )
+    )  # fmt: skip
     return NodeState(
         node=config.general.node, version=version(), hostname=socket.gethostname(),
         pid=os.getpid(), instance=instance, interfaces=interfaces,
@@ -374,7 +396,10 @@ class Verdict:
     `warnings` its result events would carry), answer `rejected` with `error`
     (what its result event would say; `stage` is
     "request" for what the request holds, "interfaces" when the node lacks
-    what it names), or stay silent (the request names another node)."""
+    what it names, or every interface it names refuses it: a lookback its
+    ring cannot give, a failed ring), or stay silent (the request names
+    another node). `rejected`: the interfaces refused, each with the error its
+    result event would carry (the controller's `interface_problem`)."""
 
     node: str
     verdict: str
@@ -382,10 +407,12 @@ class Verdict:
     warnings: tuple[str, ...] = ()
     error: str | None = None
     stage: str | None = None
+    rejected: tuple[tuple[str, str], ...] = ()  # (interface, error) for each one refused
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["interfaces"], data["warnings"] = list(self.interfaces), list(self.warnings)
+        data["rejected"] = {name: error for name, error in self.rejected}
         return data
 
 
@@ -393,7 +420,8 @@ def judge(body: bytes | str, node: NodeState) -> Verdict:
     """The controller's steps 1-3 for `body` on `node`, in its order: decoded
     within its max_request_bytes, addressed and parsed (`request_for`) with
     its bounds, an unsigned request refused if it requires signed ones
-    (`verify`), interfaces resolved (`resolve_interfaces`) against its devices."""
+    (`verify`), interfaces resolved (`resolve_interfaces`) against its devices,
+    then each checked (`interface_problem`) against its beaten state."""
     config = node.config
     try:
         fields = decode_body(body, config.general.max_request_bytes)
@@ -413,4 +441,22 @@ def judge(body: bytes | str, node: NodeState) -> Verdict:
         interfaces, skipped = resolve_interfaces(request, config, node.devices)
     except RequestError as exc:
         return Verdict(node.node, REJECTED, error=str(exc), stage="interfaces")
-    return Verdict(node.node, CAPTURE, interfaces, request.warnings + skipped)
+    # The controller's per-interface check, on the interface's state as beaten.
+    state = {i.name: i for i in node.interfaces}
+    refused: list[tuple[str, str]] = []
+    capturing: list[str] = []
+    for name in interfaces:
+        iface = state.get(name)
+        problem = interface_problem(
+            request, name, config, ring=iface is not None and iface.ring,
+            ring_error=None if iface is None else iface.ring_error,
+        )  # fmt: skip
+        if problem is None:
+            capturing.append(name)
+        else:
+            refused.append((name, problem))
+    warnings = request.warnings + skipped
+    if not capturing:
+        return Verdict(node.node, REJECTED, (), warnings, refused[-1][1], "interfaces",
+                       tuple(refused))  # fmt: skip
+    return Verdict(node.node, CAPTURE, tuple(capturing), warnings, rejected=tuple(refused))

@@ -84,6 +84,10 @@ def chunk_layout(max_bytes: int) -> tuple[int, int]:
     return count, max_bytes // count
 
 
+class RingFilterError(CaptureError):
+    """lookback_bpf does not compile for the ring's link type: a config error."""
+
+
 @dataclass(frozen=True, slots=True)
 class RingStats:
     interface: str
@@ -227,7 +231,7 @@ class Ring:
             set_filter(handle, self.interface, self.bpf)
         except CaptureError as exc:
             close_handle(handle)
-            raise CaptureError(f"lookback_bpf of {self.interface}: {exc}") from None
+            raise RingFilterError(f"lookback_bpf of {self.interface}: {exc}") from None
         self._handle = handle
         self.linktype = handle.datalink()
         self._thread.start()
@@ -271,6 +275,9 @@ class Ring:
                         got = handle.dispatch(DISPATCH_BATCH, on_packet)
                     except OSError as exc:
                         self._failed(exc)
+                        return
+                    if got < 0:  # pypcap returns PCAP_ERROR (an interface gone) unraised
+                        self._failed(OSError(handle.geterr() or "dispatch failed"))
                         return
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
@@ -529,7 +536,7 @@ class RingCapture:
             data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
             kernel_dropped=max(0, drops - self._drops_before), started=self.started,
             ended=time.time(), linktype=self._ring.linktype, error=error,
-            lookback=self.lookback,
+            lookback=self.lookback, ring=True,
         )  # fmt: skip
 
     def _wait(self, stop: threading.Event) -> str:

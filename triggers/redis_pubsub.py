@@ -47,33 +47,35 @@ PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 class _Queue:
-    """A FIFO of bodies bounded by their bytes; `put` refuses, never blocks."""
+    """A FIFO of bodies bounded by their bytes; `put` refuses, never blocks.
+    Each body keeps when it was read off the socket (monotonic), so trigger
+    latency counts its time in the queue."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.nbytes = 0
-        self._items: collections.deque[bytes] = collections.deque()
+        self._items: collections.deque[tuple[bytes, float]] = collections.deque()
         self._ready = threading.Condition()
 
-    def put(self, body: bytes) -> bool:
+    def put(self, body: bytes, received: float) -> bool:
         cost = len(body) + MESSAGE_OVERHEAD
         with self._ready:
             if self.nbytes + cost > self.limit:
                 return False
-            self._items.append(body)
+            self._items.append((body, received))
             self.nbytes += cost
             self._ready.notify()
         return True
 
-    def get(self, timeout: float) -> bytes | None:
+    def get(self, timeout: float) -> tuple[bytes, float] | None:
         with self._ready:
             if not self._items and not self._ready.wait(timeout):
                 return None
             if not self._items:
                 return None
-            body = self._items.popleft()
+            body, received = self._items.popleft()
             self.nbytes -= len(body) + MESSAGE_OVERHEAD
-            return body
+            return body, received
 
     def __len__(self) -> int:
         return len(self._items)
@@ -123,9 +125,9 @@ class RedisPubSubSource:
         reader.start()
         try:
             while not stop.is_set():
-                body = queue.get(POLL_INTERVAL)
-                if body is not None:
-                    yield Delivery(body=body, source=self.name)
+                item = queue.get(POLL_INTERVAL)
+                if item is not None:
+                    yield Delivery(body=item[0], source=self.name, received=item[1])
         finally:
             done.set()
             reader.join(POLL_INTERVAL * 4)
@@ -234,7 +236,7 @@ class RedisPubSubSource:
         """Queue one message body, or refuse it; 1 if refused."""
         body = data if isinstance(data, bytes) else str(data).encode()
         self.received += 1
-        if queue.put(body):
+        if queue.put(body, time.monotonic()):
             return 0
         self.overloaded += 1
         self._refuse(

@@ -48,6 +48,12 @@ def _interfaces_text(node: NodeState) -> str:
             text += f"[{','.join(iface.aliases)}]"
         if iface.linktype is not None:
             text += f"/dlt{iface.linktype}"
+        if iface.lookback:
+            text += f"/lookback{iface.lookback}s"
+            if not iface.ring:
+                text += "(ring not running)"
+            elif iface.ring_error is not None:
+                text += "(ring failed)"
         if not iface.present:
             text += "(missing)"
         parts.append(text)
@@ -95,7 +101,8 @@ def _match(body: str, nodes: list[NodeState], as_json: bool) -> int:
     elif verdicts:
         rows = [["NODE", "VERDICT", "INTERFACES", "WHY"]]
         for v in verdicts:
-            why = v.error or "; ".join(v.warnings) or ("not named" if v.verdict == SILENT else "")
+            notes = [*v.warnings, *(f"{name}: {error}" for name, error in v.rejected)]
+            why = v.error or "; ".join(notes) or ("not named" if v.verdict == SILENT else "")
             rows.append([v.node, v.verdict, ",".join(v.interfaces) or "-", why])
         _table(rows)
     else:

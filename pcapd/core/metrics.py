@@ -12,7 +12,10 @@ read at scrape time by a `Collector` built from a function, so nothing is
 counted twice; only what nobody counted before (latency histograms, say)
 uses prometheus_client's own metric objects.
 
-Memory: the registry's metrics, plus one thread per scrape in progress.
+Memory: the registry's metrics, plus one thread per connection, at most
+MAX_HANDLERS of them; a connection over that is closed at once, and one that
+sends nothing for HANDLER_TIMEOUT seconds is dropped (idle connections must
+not pile up threads).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +48,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 UPLOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 SERVER_JOIN = 2.0  # s: stopping waits at most this for the listener thread
+HANDLER_TIMEOUT = 5.0  # s: a connection silent this long (reading or writing) is closed
+MAX_HANDLERS = 16  # connections served at once; more are closed unanswered
 
 
 class MetricsError(ConfigError):
@@ -99,6 +105,33 @@ class FunctionCollector(Collector):
 # -- the listener ---------------------------------------------------------------
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper never holds up shutdown
+    block_on_close = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handlers = threading.BoundedSemaphore(MAX_HANDLERS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection if one of MAX_HANDLERS is free; else closed now."""
+        if not self._handlers.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._handlers.release()
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # a client timed out or went: not news
+            return
+        super().handle_error(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._handlers.release()
 
 
 class _Server6(_Server):
@@ -106,6 +139,8 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = HANDLER_TIMEOUT  # socket timeout: an idle client is let go
+
     def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
         pass
 

@@ -348,6 +348,28 @@ def lookback_problem(request: CaptureRequest, interface: str, config: Config) ->
     return f"lookback: interface {interface!r} keeps no lookback ring (no [[interface]] lookback)"
 
 
+def interface_problem(
+    request: CaptureRequest,
+    interface: str,
+    config: Config,
+    *,
+    ring: bool,
+    ring_error: str | None = None,
+) -> str | None:
+    """Why `request` cannot be served on `interface` (None: it may be, as far
+    as the request and the interface's state go; admission comes after).
+
+    `ring`: a lookback ring was started on `interface`; `ring_error`: it has
+    failed since (every capture there is refused with that). The controller
+    runs this per interface, and `pcapd nodes --match` on a node's heartbeat."""
+    if ring and ring_error is not None:
+        return ring_error
+    problem = lookback_problem(request, interface, config)
+    if problem is None and request.lookback and not ring:
+        problem = f"lookback: the ring on {interface!r} is not running on this node"
+    return problem
+
+
 def resolve_interfaces(
     request: CaptureRequest, config: Config, available: Collection[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:

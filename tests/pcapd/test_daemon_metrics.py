@@ -5,11 +5,16 @@ and while its (private) Redis goes away and comes back."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from pcapd.core.config import DEFAULT_FLEET_PREFIX
+from pcapd.core.metrics import HANDLER_TIMEOUT, MAX_HANDLERS
+from pcapd.fleet import node_key
 from tests.helpers import RedisServer, free_port, silent_server, wait_for
 from tests.metrics_scrape import get, ready, samples, value
 from tests.pcapd.daemon_fixture import Daemon, Results
@@ -132,3 +137,86 @@ def test_a_port_in_use_names_the_field(redis_srv: RedisServer, tmp_path: Path) -
     assert done.returncode == 2
     output = done.stdout + done.stderr
     assert f"metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use" in output
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_idle_connections_neither_pile_up_threads_nor_stop_scrapes(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    daemon = Daemon(redis_srv, tmp_path, extra_sections=metrics_section(port))
+    daemon.start()
+    assert daemon.proc is not None
+    idle: list[socket.socket] = []
+    try:
+        wait_for(lambda: get(base + "/healthz")[0] == 200, timeout=20)
+        before = _threads(daemon.proc.pid)
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1.0)  # the listener accepts them all meanwhile
+        # At most MAX_HANDLERS of them hold a thread; the rest were closed.
+        assert _threads(daemon.proc.pid) <= before + MAX_HANDLERS
+        # Once the held ones time out (HANDLER_TIMEOUT), scrapes answer again,
+        # while all 300 sockets are still open on this side.
+
+        def scraped() -> bool:
+            try:
+                return get(base + "/metrics")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(scraped, timeout=HANDLER_TIMEOUT * 4, interval=0.2)
+        pid = daemon.proc.pid
+        wait_for(lambda: _threads(pid) <= before + 1, timeout=HANDLER_TIMEOUT * 4)
+    finally:
+        for sock in idle:
+            sock.close()
+        daemon.stop()
+
+
+def test_a_removed_spool_directory_leaves_the_node_listed_and_metrics_served(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    spool = tmp_path / "spool"
+    with silent_server() as hung:
+        s3 = sections(hung, "caps", spool, None, "attempt_timeout = 0.5")
+        daemon = Daemon(
+            redis_srv, tmp_path / "d",
+            extra_sections=metrics_section(port) + s3 + "\n[fleet]\nheartbeat_interval = 1\n",
+        )  # fmt: skip
+        daemon.start()
+        try:
+            key = node_key(DEFAULT_FLEET_PREFIX, "testnode")
+            client = redis_srv.client()
+            wait_for(lambda: client.exists(key) == 1, timeout=20)
+            assert value(samples(base), "pcapd_spool_entries") == 0
+            shutil.rmtree(spool)
+            removed = time.time()
+            # The beat goes on (a partial one, logged once), Redis is not blamed.
+            wait_for(lambda: float(client.hget(key, "last_seen") or 0) > removed + 1, timeout=20)
+            wait_for(lambda: "event=heartbeat_partial" in daemon.log(), timeout=10)
+            code, text = get(base + "/metrics")
+            assert code == 200, text
+            found = samples(base)
+            assert value(found, "pcapd_memory_limit_bytes") == 64 * 1024 * 1024
+            assert ("pcapd_spool_entries", frozenset()) not in found
+            assert "event=metrics_partial part=spool" in daemon.log()
+            assert "event=heartbeat_failed" not in daemon.log()
+            assert daemon.log().count("event=heartbeat_partial") == 1
+            # Still serving: a bad request is answered and counted.
+            daemon.publish(b'{"node": "testnode", "interface": "lo", "packets": "many"}')
+            wait_for(
+                lambda: value(samples(base), "pcapd_requests_total", status="rejected") == 1,
+                timeout=20,
+            )
+        finally:
+            daemon.stop()

@@ -187,7 +187,7 @@ def test_a_lookback_bpf_the_link_type_refuses_stops_the_start(tmp_path: Path) ->
             pair.exec_a(sys.executable, "-m", "pcapd", "serve", "-c", str(daemon.config_path)),
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr  # EXIT_CONFIG: not restarted
     assert (
         "event=ring_failed error=\"lookback_bpf of any: bpf: 'ether host 01:02:03:04:05:06' "
         "does not compile for any (link type 113)"

@@ -167,13 +167,14 @@ def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
     wait_for(lambda: set(listed(server)) == set(fleet.daemons), timeout=30)
     nodes = listed(server)
     a, b, c = nodes["fleet-a"], nodes["fleet-b"], nodes["fleet-c"]
+    no_ring = {"lookback": 0, "lookback_bytes": 0, "ring": False, "ring_error": None}
     assert a["interfaces"] == [
-        {"name": "lo", "aliases": ["local", "loop"], "linktype": 1, "present": True},
-        {"name": "ghost0", "aliases": ["ghost"], "linktype": None, "present": False},
+        {"name": "lo", "aliases": ["local", "loop"], "linktype": 1, "present": True, **no_ring},
+        {"name": "ghost0", "aliases": ["ghost"], "linktype": None, "present": False, **no_ring},
     ]
     assert b["interfaces"] == [
-        {"name": "lo", "aliases": ["local"], "linktype": 1, "present": True},
-        {"name": veth.dev_a, "aliases": ["public"], "linktype": 1, "present": True},
+        {"name": "lo", "aliases": ["local"], "linktype": 1, "present": True, **no_ring},
+        {"name": veth.dev_a, "aliases": ["public"], "linktype": 1, "present": True, **no_ring},
     ]
     assert [i["name"] for i in c["interfaces"]] == [veth.dev_b, "lo"]
     assert veth.dev_a in b["devices"] and veth.dev_a not in a["devices"] + c["devices"]

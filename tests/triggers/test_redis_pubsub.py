@@ -169,3 +169,33 @@ def test_a_user_allowed_only_to_subscribe_still_subscribes(redis_srv: RedisServe
     finally:
         collector.stop.set()
         collector.thread.join(5)
+
+
+def test_received_is_stamped_off_the_socket_so_queue_time_counts(redis_srv: RedisServer) -> None:
+    """Trigger latency runs from `received`: a body that waited in the queue
+    behind a busy consumer carries the time it was read, not dequeued."""
+    gate = threading.Event()
+    src = RedisPubSubSource(lambda: redis.Redis.from_url(redis_srv.url, socket_timeout=5),
+                            "capture", "test")  # fmt: skip
+    stop, got, holding = threading.Event(), [], threading.Event()
+
+    def consume() -> None:
+        for delivery in src.deliveries(stop):
+            holding.set()
+            gate.wait(10)
+            got.append(delivery)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    assert src.subscribed.wait(5)
+    redis_srv.client().publish("capture", b"first")
+    assert holding.wait(5)
+    redis_srv.client().publish("capture", b"second")
+    wait_for(lambda: src.received == 2)
+    read_by = time.monotonic()
+    time.sleep(1.0)  # "second" waits in the queue
+    gate.set()
+    wait_for(lambda: len(got) == 2)
+    stop.set()
+    thread.join(5)
+    assert got[1].body == b"second" and got[1].received <= read_by
