@@ -4,6 +4,7 @@ and read by a ring in the other; files read back with dpkt and tshark."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -18,8 +19,8 @@ import dpkt
 import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
-from pcapd.ring import MIN_CHUNK, Ring, chunk_layout
-from tests.helpers import VethPair, needs_root, netns, run, veth_pair, wait_for
+from pcapd.ring import MIN_CHUNK, RECORD, Ring, chunk_layout
+from tests.helpers import VethPair, free_port, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
 
@@ -50,15 +51,21 @@ class Link:
         return ring
 
 
-@pytest.fixture
-def link() -> Iterator[Link]:
-    with veth_pair(subnet=80) as pair:
+@contextlib.contextmanager
+def linked(subnet: int) -> Iterator[Link]:
+    with veth_pair(subnet=subnet) as pair:
         # Learn the neighbour first, so no numbered packet waits on ARP.
         run(*pair.exec_b("ping", "-c", "1", "-W", "2", pair.addr_a))
         with netns(pair.ns_b):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:
             yield Link(pair, sock)
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    with linked(80) as made:
+        yield made
 
 
 def limits(packets: int = 100_000, size: int = 50_000_000, duration: float = FAR,
@@ -263,3 +270,126 @@ def test_the_ring_keeps_only_what_lookback_bpf_matches(link: Link) -> None:
         assert ring.stats().packets == 5
     finally:
         ring.stop()
+
+
+HISTORY = 1_000_000  # counters of the packets tcpreplay sends start here
+HISTORY_FILE = 1000  # distinct packets in its file, looped
+
+
+def history_file(path: Path, pair: VethPair) -> None:
+    """HISTORY_FILE numbered 100-byte UDP frames to pair.addr_a:PORT, for tcpreplay."""
+    with path.open("wb") as out:
+        writer = dpkt.pcap.Writer(out)
+        for n in range(HISTORY_FILE):
+            udp = dpkt.udp.UDP(
+                sport=PORT, dport=PORT, data=struct.pack("!I", HISTORY + n).ljust(58, b"x")
+            )
+            udp.ulen = len(udp)
+            ip = dpkt.ip.IP(src=socket.inet_aton(pair.addr_b), dst=socket.inet_aton(pair.addr_a),
+                            p=dpkt.ip.IP_PROTO_UDP, data=udp)  # fmt: skip
+            ip.len = len(ip)
+            eth = dpkt.ethernet.Ethernet(src=b"\x02\0\0\0\0\2", dst=b"\x02\0\0\0\0\1", data=ip)
+            writer.writepkt(bytes(eth))
+
+
+def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
+    """A 64 MiB ring of ~500k packets: a lookback capture whose filter matches
+    a few of them registers at once, and while it copies the ring, a live
+    capture on the same ring gets its packets. The lookback file is its
+    matches from the ring, then exactly the live packets that came meanwhile."""
+    with linked(100) as link:
+        ring = link.ring(max_bytes=64 << 20)
+        try:
+            path = tmp_path / "history.pcap"
+            history_file(path, link.pair)
+            for _ in range(30):
+                if ring.stats().packets >= 400_000:
+                    break
+                run(*link.pair.exec_b("tcpreplay", "-q", "-i", link.pair.dev_b, "--topspeed",
+                                      "-l", "100", str(path)))  # fmt: skip
+                time.sleep(0.2)
+            assert ring.stats().packets >= 400_000
+            live_t, live = in_thread(lambda: capture(ring, bpf=f"udp[8:4] < {HISTORY}", packets=20))
+            wait_for(lambda: ring.stats().captures == 1, timeout=10)
+            registered = threading.Event()
+            copied: list[CaptureOutcome] = []
+
+            def lookback() -> None:
+                served = ring.register(
+                    limits(timeout=1), fmt="pcap", bpf=f"udp[8:4] = {HISTORY + 7} or "
+                    f"udp[8:4] < {HISTORY}", lookback=30, comments={},
+                )  # fmt: skip
+                registered.set()
+                copied.append(served.finish(threading.Event()))
+
+            copy_t = threading.Thread(target=lookback, daemon=True)
+            copy_t.start()
+            wait_for(registered.is_set, timeout=30)
+            assert ring.stats().replaying == 1, "registered before its lookback is copied"
+            link.send(20)
+            live_t.join(30)
+            # The live capture had its 20 while the lookback was still being copied.
+            assert live and ring.stats().replaying == 1
+            copy_t.join(60)
+        finally:
+            ring.stop()
+    (got,), (back,) = live, copied
+    assert [n for n, _ in numbers(got)] == list(range(20)) and got.stop == "packets"
+    found = [n for n, _ in numbers(back)]
+    assert found[-20:] == list(range(20)), "the live part: each once, in order"
+    assert found[:-20] and set(found[:-20]) == {HISTORY + 7}
+    assert back.stop == "timeout" and back.lookback is not None
+
+
+def held_records(ring: Ring) -> list[tuple[int, int]]:
+    """(counter, ts_ns) of every UDP packet the ring holds now, oldest first."""
+    found = []
+    with ring._lock:
+        for chunk in ring._order():
+            buf, end = ring._chunks[chunk], ring._used[chunk]
+            pos = ring._tail_pos if chunk == ring._tail else 0
+            while pos < end:
+                ts, n = RECORD.unpack_from(buf, pos)
+                found.append((struct.unpack_from("!I", buf, pos + RECORD.size + 42)[0], ts))
+                pos += RECORD.size + n
+    return found
+
+
+def test_a_live_capture_misses_nothing_stamped_after_its_start_under_a_flood() -> None:
+    """A flood on lo from a thread of this process (so registrations wait for
+    the GIL and the lock, as in the daemon) while 60 live captures start, one
+    after the other: each holds every packet the ring holds from its
+    `started` on, none missing before its first, none skipped between."""
+    port = free_port()
+    ring = Ring("lo", 10, 8 << 20, f"udp and dst port {port}")
+    ring.start()
+    stop = threading.Event()
+
+    def flood() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            n = 0
+            while not stop.is_set():
+                sock.sendto(struct.pack("!I", n).ljust(64, b"x"), ("127.0.0.1", port))
+                n += 1
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    missed: list[tuple[int, list[int]]] = []
+    try:
+        held(ring, 10_000)
+        for trial in range(60):
+            live = capture(ring, packets=50, duration=10)
+            got = numbers(live)
+            assert len(got) == 50 and live.stop == "packets"
+            ring_now = held_records(ring)
+            first = ring_now.index(got[0])  # counters are unique: the flood never wraps them
+            assert [n for n, _ in ring_now[first : first + 50]] == [n for n, _ in got], trial
+            begin = int(live.started * 1e9) + 2000  # the file's stamps go through a float
+            early = [n for n, ts in ring_now[:first] if ts >= begin]
+            if early:
+                missed.append((trial, early[:5]))
+    finally:
+        stop.set()
+        sender.join(10)
+        ring.stop()
+    assert not missed, f"(trial, packets stamped after its start but not in it): {missed}"
