@@ -293,10 +293,10 @@ def history_file(path: Path, pair: VethPair) -> None:
 
 
 def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
-    """A 64 MiB ring of ~500k packets: a lookback capture whose filter matches
-    a few of them registers at once, and while it copies the ring, a live
-    capture on the same ring gets its packets. The lookback file is its
-    matches from the ring, then exactly the live packets that came meanwhile."""
+    """A 64 MiB ring of ~500k packets: lookback captures register at once, and
+    while they copy the ring a live capture on the same ring gets its
+    packets. A lookback file is its matches from the ring, then exactly the
+    live packets that came meanwhile, up to its bounds."""
     with linked(100) as link:
         ring = link.ring(max_bytes=64 << 20)
         try:
@@ -309,35 +309,49 @@ def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
                                       "-l", "100", str(path)))  # fmt: skip
                 time.sleep(0.2)
             assert ring.stats().packets >= 400_000
-            live_t, live = in_thread(lambda: capture(ring, bpf=f"udp[8:4] < {HISTORY}", packets=20))
+            live_only = f"udp[8:4] < {HISTORY}"
+            live_t, live = in_thread(lambda: capture(ring, bpf=live_only, packets=20))
             wait_for(lambda: ring.stats().captures == 1, timeout=10)
-            registered = threading.Event()
-            copied: list[CaptureOutcome] = []
+            record = 16 + 14 + 20 + 8 + PAYLOAD
+            # The matches of the ring, then the live ones; and two whose
+            # bounds end inside the live packets that wait for their copy.
+            asked = [
+                (f"udp[8:4] = {HISTORY + 7} or {live_only}", limits(timeout=1)),
+                (live_only, limits(packets=10)),
+                (live_only, limits(size=24 + 7 * record + 100)),
+            ]
+            registered = [threading.Event() for _ in asked]
+            copied: dict[int, CaptureOutcome] = {}
 
-            def lookback() -> None:
-                served = ring.register(
-                    limits(timeout=1), fmt="pcap", bpf=f"udp[8:4] = {HISTORY + 7} or "
-                    f"udp[8:4] < {HISTORY}", lookback=30, comments={},
-                )  # fmt: skip
-                registered.set()
-                copied.append(served.finish(threading.Event()))
+            def lookback(i: int) -> None:
+                bpf, bounds = asked[i]
+                served = ring.register(bounds, fmt="pcap", bpf=bpf, lookback=30, comments={})
+                registered[i].set()
+                copied[i] = served.finish(threading.Event())
 
-            copy_t = threading.Thread(target=lookback, daemon=True)
-            copy_t.start()
-            wait_for(registered.is_set, timeout=30)
-            assert ring.stats().replaying == 1, "registered before its lookback is copied"
+            copying = [threading.Thread(target=lookback, args=(i,), daemon=True)
+                       for i in range(len(asked))]  # fmt: skip
+            for thread in copying:
+                thread.start()
+            wait_for(lambda: all(e.is_set() for e in registered), timeout=30)
+            assert ring.stats().replaying == 3, "registered before their lookback is copied"
             link.send(20)
             live_t.join(30)
-            # The live capture had its 20 while the lookback was still being copied.
-            assert live and ring.stats().replaying == 1
-            copy_t.join(60)
+            # The live capture had its 20 while the lookbacks were still being copied.
+            assert live and ring.stats().replaying == 3
+            for thread in copying:
+                thread.join(60)
         finally:
             ring.stop()
-    (got,), (back,) = live, copied
+    (got,), back = live, copied[0]
     assert [n for n, _ in numbers(got)] == list(range(20)) and got.stop == "packets"
     found = [n for n, _ in numbers(back)]
     assert found[-20:] == list(range(20)), "the live part: each once, in order"
     assert found[:-20] and set(found[:-20]) == {HISTORY + 7}
+    by_packets, by_bytes = copied[1], copied[2]
+    assert by_packets.stop == "packets" and [n for n, _ in numbers(by_packets)] == list(range(10))
+    assert by_bytes.stop == "bytes" and [n for n, _ in numbers(by_bytes)] == list(range(7))
+    assert len(by_bytes.data) == 24 + 7 * record
     assert back.stop == "timeout" and back.lookback is not None
 
 
