@@ -129,8 +129,8 @@ class Daemon:
         # a spare handle each.
         self.rings = {
             i.name: Ring(i.name, i.lookback, i.lookback_bytes, i.lookback_bpf,
-                         config.general.buffer_size)
-            for i in config.interfaces if i.lookback and i.name in devices
+                         config.general.buffer_size, origin=f"interface[{index}]")
+            for index, i in enumerate(config.interfaces) if i.lookback and i.name in devices
         }  # fmt: skip
         configured = tuple(
             i.name for i in config.interfaces if i.name in devices and i.name not in self.rings

@@ -12,15 +12,21 @@ are dropped as the clock passes them (counted apart).
 
 A capture on the ring interface registers under the ring's lock: its BPF is
 compiled once for the ring's link type (`pcap.bpf(...).filter`, in user
-space); with a lookback it first copies the ring's records from trigger -
-lookback that match; then the reader offers it every packet appended after
-that, under the same lock, so the seam has no gap and no duplicate. Captures
-take no socket and no spare handle, so they start in well under a
+space); its trigger is read and the ring's records noted there, and from
+the next record on the reader offers it every packet, under the same lock.
+So the seam is a record index: no gap, no duplicate, whatever the
+timestamps. With a lookback, the records noted (those from trigger -
+lookback) are copied and filtered later, in the capture's own thread and
+without the lock, while the reader keeps reading: live packets wait in the
+capture's tail meanwhile, and a chunk the writer reuses during the copy is
+detected by its generation number (its records are lost, and said so).
+Captures take no socket and no spare handle, so they start in well under a
 millisecond.
 
 Memory: `memory` bytes (the chunks, at most `max_bytes`), reserved from
-max_memory at start; a capture's file is its own `bytes` bound, as in the
-engine; the per-chunk bookkeeping is a few integers.
+max_memory at start; a capture's file and its tail together stay within its
+own `bytes` bound, as in the engine, plus one `REPLAY_SLICE` while its
+lookback is copied; the per-chunk bookkeeping is a few integers.
 """
 
 from __future__ import annotations
@@ -74,6 +80,12 @@ READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at th
 EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
 STOP_FLUSH = BLOCK_TIMEOUT_MS * 1.5 / 1000  # s: the open kernel block, read after a timed stop
 NS = 1_000_000_000
+# Bytes of a chunk copied at a time by a lookback replay, then checked against
+# the chunk's generation: whole records, as every record fits in MIN_CHUNK.
+REPLAY_SLICE = MIN_CHUNK
+# A tail this small is moved into the file under the ring's lock (one copy);
+# a larger one outside it, until what came meanwhile is this small.
+TAIL_UNDER_LOCK = 64 * 1024
 
 
 def chunk_layout(max_bytes: int) -> tuple[int, int]:
@@ -98,16 +110,32 @@ class RingStats:
     evicted_age: int  # packets dropped for being older than lookback seconds
     kernel_dropped: int  # by the kernel on the ring's handle, since it opened
     captures: int  # being served now
+    replaying: int  # of those, still copying their lookback from the ring
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """The records of one chunk a lookback replay reads (noted under the lock)."""
+
+    chunk: int
+    start: int  # byte offsets in the chunk
+    end: int
+    records: int
+    generation: int  # the chunk's, then: another means it was reused
 
 
 class _Feed:
     """One capture being served from the ring: appends the packets offered
     that match its BPF to its file, and marks itself full at its bounds.
-    `offer` runs on the reader thread, under the ring's lock."""
+    `offer` runs on the reader thread, under the ring's lock. While its
+    lookback is copied (by `offer`, in the capture's thread), the reader
+    calls `hold` instead, which frames the live packets into `tail`; `merge`
+    moves the tail into the file after the lookback part."""
 
     __slots__ = (
         "buf", "count", "cutoff", "debug", "done", "full", "match", "max_bytes",
-        "max_packets", "pcapng", "since", "size", "snap", "stop", "trigger",
+        "max_packets", "over", "pcapng", "since", "size", "snap", "stop", "tail",
+        "tail_count", "trigger",
     )  # fmt: skip
 
     def __init__(
@@ -136,6 +164,9 @@ class _Feed:
         self.pcapng = pcapng
         self.debug = debug
         self.done = threading.Event()
+        self.tail = bytearray()  # live records framed while the lookback is copied
+        self.tail_count = 0
+        self.over = False  # a live packet did not fit beside the tail: the file is full
 
     def _end(self, reason: str) -> None:
         self.stop, self.full = reason, True
@@ -147,18 +178,43 @@ class _Feed:
         match = self.match
         if match is not None and not match(pkt):
             return
+        block = self._frame(self.buf, self.max_bytes - self.size, ts, pkt)
+        if not block:
+            self._end("bytes")
+            return
+        self.size += block
+        self.count += 1
+        if self.count >= self.max_packets:
+            self._end("packets")
+
+    def hold(self, ts: int, pkt: bytes | memoryview) -> None:
+        """`offer` while the lookback is copied: into the tail. A packet is
+        dropped only when it can never fit: `size` and `count` only grow."""
+        if self.full or self.over or ts < self.since:
+            return
+        if self.count + self.tail_count >= self.max_packets:
+            return
+        match = self.match
+        if match is not None and not match(pkt):
+            return
+        tail = self.tail
+        if self._frame(tail, self.max_bytes - self.size - len(tail), ts, pkt):
+            self.tail_count += 1
+        else:
+            self.over = True
+
+    def _frame(self, buf: bytearray, room: int, ts: int, pkt: bytes | memoryview) -> int:
+        """Append `pkt`'s record to `buf`: its size, or 0 when over `room` bytes."""
         wire = len(pkt)
         snap = self.snap
         caplen = wire if wire <= snap else snap
         data = pkt if wire <= snap else memoryview(pkt)[:snap]
-        buf = self.buf
         if self.pcapng:
             pad = -caplen & 3
             marked = ts < self.trigger
             block = EPB_OVERHEAD + caplen + pad + (len(LOOKBACK_EPB_OPTIONS) if marked else 0)
-            if self.size + block > self.max_bytes:
-                self._end("bytes")
-                return
+            if block > room:
+                return 0
             buf += EPB_HEAD.pack(PCAPNG_EPB, block, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, wire)
             buf += data
             if pad:
@@ -168,18 +224,48 @@ class _Feed:
             buf += block.to_bytes(4, "little")
         else:
             block = PCAP_RECORD.size + caplen
-            if self.size + block > self.max_bytes:
-                self._end("bytes")
-                return
+            if block > room:
+                return 0
             sec, nsec = divmod(ts, NS)
             buf += PCAP_RECORD.pack(sec, nsec, caplen, wire)
             buf += data
-        self.size += block
-        self.count += 1
         if self.debug is not None:
-            self.debug(ts, bytes(pkt))
-        if self.count >= self.max_packets:
-            self._end("packets")
+            self.debug(ts, bytes(data))
+        return block
+
+    def merge(self, tail: bytearray, records: int, over: bool) -> None:
+        """Append `tail` (`records` framed by `hold`) to the file, up to the
+        bounds, as `offer` would have; `over`: the last tail, and a packet
+        after it did not fit."""
+        if self.full:
+            return
+        room, left = self.max_bytes - self.size, self.max_packets - self.count
+        take, taken, reason = len(tail), records, "bytes" if over else ""
+        if take > room or records >= left:
+            take = taken = 0
+            reason = ""
+            while taken < records:
+                length = self._record_length(tail, take)
+                if take + length > room:
+                    reason = "bytes"
+                    break
+                take, taken = take + length, taken + 1
+                if taken >= left:
+                    reason = "packets"
+                    break
+        self.buf += memoryview(tail)[:take]
+        self.size += take
+        self.count += taken
+        if reason:
+            self._end(reason)
+
+    def _record_length(self, buf: bytearray, at: int) -> int:
+        """The length of the record framed at `at` in `buf`."""
+        if self.pcapng:
+            length: int = EPB_HEAD.unpack_from(buf, at)[1]
+            return length
+        caplen: int = PCAP_RECORD.unpack_from(buf, at)[2]
+        return PCAP_RECORD.size + caplen
 
 
 class Ring:
@@ -193,10 +279,12 @@ class Ring:
         max_bytes: int,
         bpf: str = "",
         buffer_size: int = RING_BUFFER_SIZE,
+        origin: str = "interface",
     ) -> None:
         self.interface = interface
         self.seconds = seconds
         self.bpf = bpf
+        self.origin = origin  # the config table it comes from, for messages: interface[1]
         self.buffer_size = max(buffer_size, RING_BUFFER_SIZE)
         count, size = chunk_layout(max_bytes)
         self.memory = count * size  # what the chunks hold, reserved from max_memory
@@ -205,6 +293,7 @@ class Ring:
         self._used = [0] * count  # bytes written in each chunk
         self._counts = [0] * count  # records in each chunk
         self._last_ts = [0] * count  # newest record of each chunk
+        self._gens = [0] * count  # times each chunk was reused: a replay's guard
         self._cur = 0  # chunk written now: its state is in the fields below
         self._buf = self._chunks[0]
         self._pos = 0
@@ -217,6 +306,7 @@ class Ring:
         self.evicted_age = 0
         self._feeds: tuple[Callable[[int, bytes | memoryview], None], ...] = ()
         self._live: set[_Feed] = set()
+        self._replaying: set[_Feed] = set()  # copying their lookback, fed by `hold`
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
@@ -326,6 +416,7 @@ class Ring:
             self.evicted_overflow += self._counts[nxt] - self._tail_skip
             self._tail = (nxt + 1) % len(self._chunks)
             self._tail_pos = self._tail_skip = 0
+        self._gens[nxt] += 1  # before anything is written there: see _replay
         self._cur, self._buf = nxt, self._chunks[nxt]
         self._pos = self._count = self._last = 0
         self._used[nxt] = self._counts[nxt] = self._last_ts[nxt] = 0
@@ -369,21 +460,61 @@ class Ring:
                 return ts
         return None
 
-    def _replay(self, since: int, feed: _Feed) -> None:
-        """Offer `feed` every record stamped at `since` or later, oldest first. Lock held."""
-        offer = feed.offer
+    def _spans(self, since: int) -> tuple[_Span, ...]:
+        """The records held now that a replay from `since` reads, oldest
+        first; whole chunks older than `since` are skipped. Lock held."""
+        spans = []
         for chunk in self._order():
-            pos, end = (self._tail_pos if chunk == self._tail else 0), self._used[chunk]
-            if pos >= end or self._last_ts[chunk] < since:
-                continue
-            buf = self._chunks[chunk]
-            view = memoryview(buf)
-            while pos < end and not feed.full:
-                ts, n = RECORD.unpack_from(buf, pos)
-                start = pos + RECORD.size
-                pos = start + n
-                if ts >= since:
-                    offer(ts, view[start:pos])
+            tail = chunk == self._tail
+            pos, end = (self._tail_pos if tail else 0), self._used[chunk]
+            if pos < end and self._last_ts[chunk] >= since:
+                records = self._counts[chunk] - (self._tail_skip if tail else 0)
+                spans.append(_Span(chunk, pos, end, records, self._gens[chunk]))
+        return tuple(spans)
+
+    def _replay(self, spans: tuple[_Span, ...], feed: _Feed) -> int:
+        """Offer `feed` the records of `spans`, oldest first, without the lock
+        (the capture's thread): a slice is copied, then read only if its
+        chunk was not reused meanwhile. Records lost that way (at most)."""
+        lost = 0
+        offer, gens, since, unpack = feed.offer, self._gens, feed.since, RECORD.unpack_from
+        for span in spans:
+            view, pos, read = memoryview(self._chunks[span.chunk]), span.start, 0
+            while pos < span.end and not feed.full:
+                piece = bytes(view[pos : min(span.end, pos + REPLAY_SLICE)])
+                if gens[span.chunk] != span.generation:
+                    lost += span.records - read
+                    break
+                records, at, size = memoryview(piece), 0, len(piece)
+                while at + _HEAD <= size:
+                    ts, n = unpack(piece, at)
+                    start = at + _HEAD
+                    if start + n > size:
+                        break  # cut by the slice: the next one starts with it
+                    at = start + n
+                    read += 1
+                    if ts >= since:
+                        offer(ts, records[start:at])
+                pos += at
+        return lost
+
+    def _go_live(self, feed: _Feed) -> None:
+        """The lookback is in the file: the tail follows it, then the reader
+        offers `feed` its packets itself. A large tail is moved without the
+        lock, the last small one under it."""
+        while True:
+            with self._lock:
+                tail, records, over = feed.tail, feed.tail_count, feed.over
+                feed.tail, feed.tail_count = bytearray(), 0
+                if over or feed.full or len(tail) <= TAIL_UNDER_LOCK:
+                    feed.merge(tail, records, over)
+                    self._replaying.discard(feed)
+                    if feed in self._live:
+                        self._feeds = tuple(
+                            feed.offer if f == feed.hold else f for f in self._feeds
+                        )
+                    return
+            feed.merge(tail, records, over=False)
 
     def _drops(self) -> int:
         """Kernel drops on the handle so far; the reader is not in it (lock held)."""
@@ -406,6 +537,7 @@ class Ring:
                 oldest=None if oldest is None else oldest / NS,
                 evicted_overflow=self.evicted_overflow, evicted_age=self.evicted_age,
                 kernel_dropped=self._drops(), captures=len(self._live),
+                replaying=len(self._replaying),
             )  # fmt: skip
 
     # -- captures -------------------------------------------------------------
@@ -428,12 +560,15 @@ class Ring:
         Memory: the capture's bytearray never exceeds `limits.bytes`.
         """
         match = self._compile(bpf)
-        trigger = time.time_ns()
-        since = trigger - lookback * NS
         with self._lock:
             if self.error is not None or self._handle is None:
                 why = self.error or f"lookback ring on {self.interface} is not running"
                 raise CaptureError(why)
+            # Read under the lock: every record held now is older, and the
+            # reader offers every later one; the lookback is those held.
+            trigger = time.time_ns()
+            since = trigger - lookback * NS
+            spans = self._spans(since)
             oldest = self._oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
             header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
@@ -446,18 +581,19 @@ class Ring:
                 trigger=trigger, debug=packet_debug,
             )  # fmt: skip
             drops_before = self._drops()
-            if lookback:
-                self._replay(since, feed)
             self._live.add(feed)
-            self._feeds = (*self._feeds, feed.offer)
+            if spans:
+                self._replaying.add(feed)
+            self._feeds = (*self._feeds, feed.hold if spans else feed.offer)
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
-        return RingCapture(self, feed, limits, drops_before, delivered)
+        return RingCapture(self, feed, limits, drops_before, delivered, spans)
 
     def _unregister(self, feed: _Feed) -> tuple[int, str | None]:
         """No more packets for `feed`: (kernel drops so far, the ring's error)."""
         with self._lock:
             self._live.discard(feed)
-            self._feeds = tuple(f for f in self._feeds if f != feed.offer)
+            self._replaying.discard(feed)
+            self._feeds = tuple(f for f in self._feeds if f not in (feed.offer, feed.hold))
             return self._drops(), self.error
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
@@ -499,9 +635,9 @@ class Ring:
 
 
 class RingCapture:
-    """One capture registered with a ring: `finish` waits for its bounds and
-    returns its file; `cancel` drops it (a duplicate, a refusal). Either
-    unregisters it, once."""
+    """One capture registered with a ring: `finish` copies its lookback,
+    waits for its bounds and returns its file; `cancel` drops it (a
+    duplicate, a refusal). Either unregisters it, once."""
 
     def __init__(
         self,
@@ -510,15 +646,40 @@ class RingCapture:
         limits: CaptureLimits,
         drops_before: int,
         lookback: float | None,
+        spans: tuple[_Span, ...],
     ) -> None:
         self._ring = ring
         self._feed = feed
         self._limits = limits
         self._drops_before = drops_before
+        self._spans = spans  # the lookback still to copy
         self.lookback = lookback  # seconds the ring gave; None without a lookback
         self.started = feed.trigger / NS
         self._begin = time.monotonic()
         self.done = False
+        self.warnings = self._ring_warnings()  # for its result; more after `finish`
+
+    def _ring_warnings(self) -> tuple[str, ...]:
+        ring = self._ring
+        if not ring.bpf:
+            return ()
+        # Live captures too: they get only what the ring's handle passes.
+        return (f"ring on {ring.interface} keeps only {show(ring.bpf)} "
+                f"({ring.origin}.lookback_bpf)",)  # fmt: skip
+
+    def _copy_lookback(self) -> None:
+        """The ring's records from before the trigger into the file, then the
+        live ones that came meanwhile: in this thread, not the ring's lock."""
+        ring, feed = self._ring, self._feed
+        lost = ring._replay(self._spans, feed)
+        self._spans = ()
+        ring._go_live(feed)
+        if lost:
+            self.warnings += (
+                f"lookback: up to {lost} packets of the ring on {ring.interface} were "
+                f"overwritten by newer ones before they were copied "
+                f"({ring.origin}.lookback_bytes is too small for this traffic)",
+            )
 
     def cancel(self) -> None:
         if not self.done:
@@ -528,6 +689,8 @@ class RingCapture:
     def finish(self, stop: threading.Event) -> CaptureOutcome:
         feed = self._feed
         try:
+            if self._spans:
+                self._copy_lookback()
             stop_reason = self._wait(stop)
         finally:
             self.done = True

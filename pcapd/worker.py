@@ -97,6 +97,7 @@ class Worker:
         self.job: Job | None = None
         self.thread: threading.Thread | None = None
         self.served: RingCapture | None = None  # registered with the interface's ring
+        self.registered = 0.0  # monotonic time it was, for the trigger latency
 
     def register(self, ring: Ring) -> bool:
         """Start the capture on `ring` now, in the caller's thread (it costs
@@ -116,6 +117,7 @@ class Worker:
         except CaptureError as exc:
             self.refused(str(exc))
             return False
+        self.registered = time.monotonic()
         self._log_started()
         self.controller.capture_started.set()
         return True
@@ -138,13 +140,14 @@ class Worker:
 
     def _run(self) -> None:
         ctl = self.controller
-        ring = ctl.rings.get(self.interface)
-        if ring is not None:
-            # The ring's handle serves it: no socket to open, no spare taken.
-            if self.served is None and not self.register(ring):
-                return
-            assert self.served is not None
-            self._captured(self.served.finish(ctl.capture_stop))
+        served = self.served
+        if served is not None:
+            # Registered with the ring by the controller (`_ready`): no socket
+            # to open, no spare taken. Active since then; the job is known now.
+            self._observe_active(self.registered)
+            outcome = served.finish(ctl.capture_stop)
+            self.warnings = (*self.warnings, *served.warnings)
+            self._captured(outcome)
             return
         # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
         # the trigger thread, so requests keep being admitted or refused fast.
@@ -214,9 +217,13 @@ class Worker:
 
     def _active(self) -> None:
         """The capture polls its handle: the request is being served."""
-        if self.job is not None:
-            self.controller.metrics.active(time.monotonic() - self.job.delivery.received)
+        self._observe_active(time.monotonic())
         self.controller.capture_started.set()
+
+    def _observe_active(self, at: float) -> None:
+        """Trigger to active (`at`, monotonic), for pcapd_trigger_latency_seconds."""
+        if self.job is not None:
+            self.controller.metrics.active(at - self.job.delivery.received)
 
     def _captured(self, outcome: CaptureOutcome) -> None:
         """Free the slot at once; keep memory and disk for the file until it

@@ -21,12 +21,14 @@ import pytest
 from tests.helpers import (
     RedisServer,
     VethPair,
+    free_port,
     needs_root,
     netns,
     redis_server,
     veth_pair,
     wait_for,
 )
+from tests.metrics_scrape import get, samples, value
 from tests.pcapd.daemon_fixture import Daemon, Results
 
 pytestmark = [needs_root, pytest.mark.timeout(180)]
@@ -76,7 +78,7 @@ class Site:
 
 
 @contextlib.contextmanager
-def site(base: Path, subnet: int) -> Iterator[Site]:
+def site(base: Path, subnet: int, extra: str = "") -> Iterator[Site]:
     sock_path = base / "redis.sock"
     with (
         redis_server(base, unixsocket=sock_path) as server,
@@ -85,7 +87,7 @@ def site(base: Path, subnet: int) -> Iterator[Site]:
         daemon = Daemon(
             server, base / "daemon", wrap=("ip", "netns", "exec", pair.ns_a),
             max_memory=MAX_MEMORY, extra_redis=f'url = "unix://{sock_path}"',
-            extra_sections=RING.format(dev=pair.dev_a, ring_bytes=RING_BYTES),
+            extra_sections=RING.format(dev=pair.dev_a, ring_bytes=RING_BYTES) + extra,
         )  # fmt: skip
         results = Results(server)
         with netns(pair.ns_b):
@@ -192,3 +194,29 @@ def test_a_lookback_bpf_the_link_type_refuses_stops_the_start(tmp_path: Path) ->
         "event=ring_failed error=\"lookback_bpf of any: bpf: 'ether host 01:02:03:04:05:06' "
         "does not compile for any (link type 113)"
     ) in done.stdout + done.stderr
+
+
+def test_ring_captures_say_what_lookback_bpf_keeps_and_count_their_trigger_latency(
+    tmp_path: Path,
+) -> None:
+    """The ring keeps only "udp": a live and a lookback capture each carry a
+    warning naming the interface and the ring's filter, and both are counted
+    in pcapd_trigger_latency_seconds (scraped inside the daemon's namespace)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with site(tmp_path, 102, f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n') as s:
+        wrap = ("ip", "netns", "exec", s.pair.ns_a)
+        wait_for(lambda: "event=ring_started" in s.daemon.log(), timeout=15)
+        wait_for(lambda: get(base + "/healthz", wrap)[0] == 200, timeout=15)
+        before = value(samples(base, wrap), "pcapd_trigger_latency_seconds_count")
+        s.send(5)
+        (back,) = s.trigger("--lookback", "5", "--packets", "5")
+        s.daemon.publish(s.request(id="live", packets=1))
+        wait_for(lambda: s.daemon.started("live"), timeout=10)
+        s.send(1)
+        live = s.results.for_id("live", timeout=30)
+        warning = f'ring on {s.pair.dev_a} keeps only "udp" (interface[2].lookback_bpf)'
+        for event in (back, live):
+            assert (event["status"], event["warnings"]) == ("ok", [warning]), event
+        after = value(samples(base, wrap), "pcapd_trigger_latency_seconds_count")
+        assert after - before == 2

@@ -4,6 +4,7 @@ and read by a ring in the other; files read back with dpkt and tshark."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -18,8 +19,8 @@ import dpkt
 import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
-from pcapd.ring import MIN_CHUNK, Ring, chunk_layout
-from tests.helpers import VethPair, needs_root, netns, run, veth_pair, wait_for
+from pcapd.ring import MIN_CHUNK, RECORD, Ring, chunk_layout
+from tests.helpers import VethPair, free_port, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
 
@@ -50,15 +51,21 @@ class Link:
         return ring
 
 
-@pytest.fixture
-def link() -> Iterator[Link]:
-    with veth_pair(subnet=80) as pair:
+@contextlib.contextmanager
+def linked(subnet: int) -> Iterator[Link]:
+    with veth_pair(subnet=subnet) as pair:
         # Learn the neighbour first, so no numbered packet waits on ARP.
         run(*pair.exec_b("ping", "-c", "1", "-W", "2", pair.addr_a))
         with netns(pair.ns_b):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:
             yield Link(pair, sock)
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    with linked(80) as made:
+        yield made
 
 
 def limits(packets: int = 100_000, size: int = 50_000_000, duration: float = FAR,
@@ -263,3 +270,140 @@ def test_the_ring_keeps_only_what_lookback_bpf_matches(link: Link) -> None:
         assert ring.stats().packets == 5
     finally:
         ring.stop()
+
+
+HISTORY = 1_000_000  # counters of the packets tcpreplay sends start here
+HISTORY_FILE = 1000  # distinct packets in its file, looped
+
+
+def history_file(path: Path, pair: VethPair) -> None:
+    """HISTORY_FILE numbered 100-byte UDP frames to pair.addr_a:PORT, for tcpreplay."""
+    with path.open("wb") as out:
+        writer = dpkt.pcap.Writer(out)
+        for n in range(HISTORY_FILE):
+            udp = dpkt.udp.UDP(
+                sport=PORT, dport=PORT, data=struct.pack("!I", HISTORY + n).ljust(58, b"x")
+            )
+            udp.ulen = len(udp)
+            ip = dpkt.ip.IP(src=socket.inet_aton(pair.addr_b), dst=socket.inet_aton(pair.addr_a),
+                            p=dpkt.ip.IP_PROTO_UDP, data=udp)  # fmt: skip
+            ip.len = len(ip)
+            eth = dpkt.ethernet.Ethernet(src=b"\x02\0\0\0\0\2", dst=b"\x02\0\0\0\0\1", data=ip)
+            writer.writepkt(bytes(eth))
+
+
+def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
+    """A 64 MiB ring of ~500k packets: lookback captures register at once, and
+    while they copy the ring a live capture on the same ring gets its
+    packets. A lookback file is its matches from the ring, then exactly the
+    live packets that came meanwhile, up to its bounds."""
+    with linked(100) as link:
+        ring = link.ring(max_bytes=64 << 20)
+        try:
+            path = tmp_path / "history.pcap"
+            history_file(path, link.pair)
+            for _ in range(30):
+                if ring.stats().packets >= 400_000:
+                    break
+                run(*link.pair.exec_b("tcpreplay", "-q", "-i", link.pair.dev_b, "--topspeed",
+                                      "-l", "100", str(path)))  # fmt: skip
+                time.sleep(0.2)
+            assert ring.stats().packets >= 400_000
+            live_only = f"udp[8:4] < {HISTORY}"
+            live_t, live = in_thread(lambda: capture(ring, bpf=live_only, packets=20))
+            wait_for(lambda: ring.stats().captures == 1, timeout=10)
+            record = 16 + 14 + 20 + 8 + PAYLOAD
+            # The matches of the ring, then the live ones; and two whose
+            # bounds end inside the live packets that wait for their copy.
+            asked = [
+                (f"udp[8:4] = {HISTORY + 7} or {live_only}", limits(timeout=1)),
+                (live_only, limits(packets=10)),
+                (live_only, limits(size=24 + 7 * record + 100)),
+            ]
+            registered = [threading.Event() for _ in asked]
+            copied: dict[int, CaptureOutcome] = {}
+
+            def lookback(i: int) -> None:
+                bpf, bounds = asked[i]
+                served = ring.register(bounds, fmt="pcap", bpf=bpf, lookback=30, comments={})
+                registered[i].set()
+                copied[i] = served.finish(threading.Event())
+
+            copying = [threading.Thread(target=lookback, args=(i,), daemon=True)
+                       for i in range(len(asked))]  # fmt: skip
+            for thread in copying:
+                thread.start()
+            wait_for(lambda: all(e.is_set() for e in registered), timeout=30)
+            assert ring.stats().replaying == 3, "registered before their lookback is copied"
+            link.send(20)
+            live_t.join(30)
+            # The live capture had its 20 while the lookbacks were still being copied.
+            assert live and ring.stats().replaying == 3
+            for thread in copying:
+                thread.join(60)
+        finally:
+            ring.stop()
+    (got,), back = live, copied[0]
+    assert [n for n, _ in numbers(got)] == list(range(20)) and got.stop == "packets"
+    found = [n for n, _ in numbers(back)]
+    assert found[-20:] == list(range(20)), "the live part: each once, in order"
+    assert found[:-20] and set(found[:-20]) == {HISTORY + 7}
+    by_packets, by_bytes = copied[1], copied[2]
+    assert by_packets.stop == "packets" and [n for n, _ in numbers(by_packets)] == list(range(10))
+    assert by_bytes.stop == "bytes" and [n for n, _ in numbers(by_bytes)] == list(range(7))
+    assert len(by_bytes.data) == 24 + 7 * record
+    assert back.stop == "timeout" and back.lookback is not None
+
+
+def held_records(ring: Ring) -> list[tuple[int, int]]:
+    """(counter, ts_ns) of every UDP packet the ring holds now, oldest first."""
+    found = []
+    with ring._lock:
+        for chunk in ring._order():
+            buf, end = ring._chunks[chunk], ring._used[chunk]
+            pos = ring._tail_pos if chunk == ring._tail else 0
+            while pos < end:
+                ts, n = RECORD.unpack_from(buf, pos)
+                found.append((struct.unpack_from("!I", buf, pos + RECORD.size + 42)[0], ts))
+                pos += RECORD.size + n
+    return found
+
+
+def test_a_live_capture_misses_nothing_stamped_after_its_start_under_a_flood() -> None:
+    """A flood on lo from a thread of this process (so registrations wait for
+    the GIL and the lock, as in the daemon) while 60 live captures start, one
+    after the other: each holds every packet the ring holds from its
+    `started` on, none missing before its first, none skipped between."""
+    port = free_port()
+    ring = Ring("lo", 10, 8 << 20, f"udp and dst port {port}")
+    ring.start()
+    stop = threading.Event()
+
+    def flood() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            n = 0
+            while not stop.is_set():
+                sock.sendto(struct.pack("!I", n).ljust(64, b"x"), ("127.0.0.1", port))
+                n += 1
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    missed: list[tuple[int, list[int]]] = []
+    try:
+        held(ring, 10_000)
+        for trial in range(60):
+            live = capture(ring, packets=50, duration=10)
+            got = numbers(live)
+            assert len(got) == 50 and live.stop == "packets"
+            ring_now = held_records(ring)
+            first = ring_now.index(got[0])  # counters are unique: the flood never wraps them
+            assert [n for n, _ in ring_now[first : first + 50]] == [n for n, _ in got], trial
+            begin = int(live.started * 1e9) + 2000  # the file's stamps go through a float
+            early = [n for n, ts in ring_now[:first] if ts >= begin]
+            if early:
+                missed.append((trial, early[:5]))
+    finally:
+        stop.set()
+        sender.join(10)
+        ring.stop()
+    assert not missed, f"(trial, packets stamped after its start but not in it): {missed}"
