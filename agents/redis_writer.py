@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import redis
 
-from agents.store import BATCH_SCRIPT
+from agents.store import BATCH_SCRIPT, INCR, INCRBY
 from pcapd.core.backoff import Backoff
 from pcapd.core.logs import event
 
@@ -37,9 +37,6 @@ DEFAULT_FLUSH_INTERVAL = 0.05
 MIN_FLUSH_INTERVAL = 0.001
 MAX_FLUSH_INTERVAL = 10.0
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
-
-INCR = ""  # op marker: INCR the key; anything else is a member to append
-INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
 
 
 @dataclass(slots=True)
@@ -95,6 +92,23 @@ class RedisWriter:
         if not member or member[0] == INCRBY:
             raise ValueError("append needs a non-empty member not starting with NUL")
         self._add(key, member)
+
+    def extend(self, keys: list[str], args: list[str]) -> None:
+        """Queue several operations under one lock: `args[i]` is `INCR`, `INCRBY`
+        + a number, or a member to append (non-empty, not starting with NUL;
+        not checked here: agents/store.py builds them). Past the bound the
+        ones that do not fit are dropped and counted, as `_add` drops them."""
+        with self._lock:
+            room = self.max_queue_ops - self._queued - len(self._pending_keys)
+            if room < len(keys):
+                self.stats.dropped_ops += len(keys) - max(room, 0)
+                if room <= 0:
+                    return
+                keys, args = keys[:room], args[:room]
+            self._pending_keys += keys
+            self._pending_args += args
+            if len(self._pending_keys) >= self.batch_ops:
+                self._seal_locked()
 
     def _add(self, key: str, arg: str) -> None:
         with self._lock:

@@ -164,6 +164,19 @@ def test_full_queue_drops_and_counts_never_blocks() -> None:
     assert writer.queue_depth == 10
 
 
+def test_extend_queues_what_fits_and_counts_the_rest() -> None:
+    writer = RedisWriter(
+        lambda: redis.Redis(port=free_port(), socket_timeout=0.2),
+        max_queue_ops=10, batch_ops=4,
+    )  # fmt: skip
+    writer.extend(["a", "b", "c"], ["", "x", "\x002"])
+    writer.extend([f"k{i}" for i in range(9)], ["y"] * 9)  # 7 fit
+    writer.extend(["z"], [""])  # full: all dropped
+    writer.flush()
+    assert writer.stats.dropped_ops == 3
+    assert writer.queue_depth == 10 and writer.stats.queued_ops == 10
+
+
 def test_what_is_queued_when_stopping_with_redis_down_is_counted_as_lost() -> None:
     writer = writer_for(f"redis://127.0.0.1:{free_port()}/0")
     for index in range(7):
