@@ -36,6 +36,7 @@ MAX_BATCH_OPS = 100_000
 DEFAULT_FLUSH_INTERVAL = 0.05
 MIN_FLUSH_INTERVAL = 0.001
 MAX_FLUSH_INTERVAL = 10.0
+ROOM_POLL = 0.002  # s between looks at the queue in wait_for_room
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 
 
@@ -138,6 +139,26 @@ class RedisWriter:
     def flush(self) -> None:
         with self._lock:
             self._seal_locked()
+
+    def wait_for_room(self, ops: int, patience: float) -> bool:
+        """Block until `ops` more operations fit in the queue: for a producer
+        that can wait (a file read), where dropping would lose what waiting
+        keeps. False once the queue has not shrunk for `patience` s (Redis
+        down): the caller goes on, and what does not fit is dropped and
+        counted as ever."""
+        ops = min(ops, self.max_queue_ops)
+        last, since = self.queue_depth, time.monotonic()
+        while True:
+            depth = self.queue_depth
+            if depth + ops <= self.max_queue_ops:
+                return True
+            now = time.monotonic()
+            if depth < last:
+                last, since = depth, now
+            elif now - since >= patience:
+                return False
+            self._wake.set()  # seal what is pending and send it now
+            time.sleep(ROOM_POLL)
 
     @property
     def queue_depth(self) -> int:

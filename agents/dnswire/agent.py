@@ -46,6 +46,11 @@ POLL_MAX = 0.2  # s: longest wait in select, so a stop request is seen quickly
 # immediate mode every packet would otherwise wake select (see agents.flow).
 COALESCE = 0.002
 BLOCK_TIMEOUT_MS = 50  # longest a captured packet waits in the kernel's ring
+# Reading a file: packets per batch are chosen so that this many operations
+# per response fit in half the writer's queue, and a batch waits at most
+# WRITER_PATIENCE s for the queue to shrink (Redis down: then drop and count).
+FILE_OPS_PER_RESPONSE = 16
+WRITER_PATIENCE = 10.0
 TICK = 0.5  # s between checks of the export's push and stats timers
 MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are counted
 # Parsed responses kept by their bytes after the ID: a popular name's answer
@@ -294,10 +299,19 @@ class WireAgent:
                 time.sleep(COALESCE)
 
     def run_file(self, stop: threading.Event | None = None) -> None:
+        """A file can wait for Redis, a live ring cannot: before each batch of
+        packets, wait until the writer's queue has room for what it can write
+        (`FILE_OPS_PER_RESPONSE` each), so nothing is dropped while Redis is
+        merely slower than the reading."""
         handle = self._handle
         callback = self._callback
+        writer = self.writer
+        room = self.config.max_queue_ops // 2
+        batch = max(1, min(DISPATCH_BATCH, room // FILE_OPS_PER_RESPONSE))
         while stop is None or not stop.is_set():
-            count = handle.dispatch(DISPATCH_BATCH, callback)
+            if writer is not None:
+                writer.wait_for_room(room, WRITER_PATIENCE)
+            count = handle.dispatch(batch, callback)
             if count < 0:
                 raise CaptureError(f"reading failed: {_error_text(handle)}")
             if count == 0:
