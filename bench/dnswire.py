@@ -165,7 +165,7 @@ def generate(path: Path, responses: int, seed: int = 7) -> list[bytes]:
             c = rng.randrange(CLIENTS)
             dport = 1024 + n % 60000
             length = 8 + len(message)
-            if c % 10 == 0:
+            if c // 2 % 10 == 0:  # a tenth of the clients, of either parity (-M slots)
                 udp = _udp(RESOLVER6, clients6[c], dport, message)
                 ip = struct.pack("!IHBB", 6 << 28, length, 17, 64) + RESOLVER6 + clients6[c]
                 frame = ETH6 + ip + udp
@@ -328,6 +328,8 @@ def offline(pcap: Path, workdir: Path, sample: list[bytes], responses: int, runs
         rate = run.total("messages") / run.wall
         rates.append(rate)
         hits = run.total("parse_cache_hits") / max(1, run.total("messages"))
+        if len(run.stats) > 1:  # how the -M slots split the responses
+            note += "; per process " + "/".join(f"{s['messages']:,}" for s in run.stats)
         print(f"  dnsflow -r -> {label:<21}: {rate:>9,.0f} responses/s ({run.wall:.1f} s;"
               f" CPU dnsflow {run.cpu:.1f} s, redis {run.redis_cpu:.1f} s;"
               f" parse cache hits {hits:.0%}; {note})")  # fmt: skip
