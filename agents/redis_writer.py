@@ -23,7 +23,7 @@ from prometheus_client import Histogram
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from agents.store import BATCH_SCRIPT, index_of
+from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_of
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
@@ -41,6 +41,7 @@ MAX_BATCH_OPS = 100_000
 DEFAULT_FLUSH_INTERVAL = 0.05
 MIN_FLUSH_INTERVAL = 0.001
 MAX_FLUSH_INTERVAL = 10.0
+ROOM_POLL = 0.002  # s between looks at the queue in wait_for_room
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 # s: an idle writer PINGs Redis this often, so `connected` (readiness) stays true
 PING_INTERVAL = 5.0
@@ -51,9 +52,6 @@ _TRANSIENT = (
     redis.exceptions.TryAgainError,  # a slot migrating
     redis.exceptions.AskError,  # and MOVED, once redis-py's own redirections ran out
 )
-
-INCR = ""  # op marker: INCR the key; anything else is a member to append
-INCRBY = "\0"  # op marker prefix: INCRBY the key by the decimal number after it
 
 
 @dataclass(slots=True)
@@ -118,6 +116,23 @@ class RedisWriter:
             raise ValueError("append needs a non-empty member not starting with NUL")
         self._add(key, member)
 
+    def extend(self, keys: list[str], args: list[str]) -> None:
+        """Queue several operations under one lock: `args[i]` is `INCR`, `INCRBY`
+        + a number, or a member to append (non-empty, not starting with NUL;
+        not checked here: agents/store.py builds them). Past the bound the
+        ones that do not fit are dropped and counted, as `_add` drops them."""
+        with self._lock:
+            room = self.max_queue_ops - self._queued - len(self._pending_keys)
+            if room < len(keys):
+                self.stats.dropped_ops += len(keys) - max(room, 0)
+                if room <= 0:
+                    return
+                keys, args = keys[:room], args[:room]
+            self._pending_keys += keys
+            self._pending_args += args
+            if len(self._pending_keys) >= self.batch_ops:
+                self._seal_locked()
+
     def _add(self, key: str, arg: str) -> None:
         with self._lock:
             # The bound counts the batch being filled too, so what is held never
@@ -146,6 +161,26 @@ class RedisWriter:
     def flush(self) -> None:
         with self._lock:
             self._seal_locked()
+
+    def wait_for_room(self, ops: int, patience: float) -> bool:
+        """Block until `ops` more operations fit in the queue: for a producer
+        that can wait (a file read), where dropping would lose what waiting
+        keeps. False once the queue has not shrunk for `patience` s (Redis
+        down): the caller goes on, and what does not fit is dropped and
+        counted as ever."""
+        ops = min(ops, self.max_queue_ops)
+        last, since = self.queue_depth, time.monotonic()
+        while True:
+            depth = self.queue_depth
+            if depth + ops <= self.max_queue_ops:
+                return True
+            now = time.monotonic()
+            if depth < last:
+                last, since = depth, now
+            elif now - since >= patience:
+                return False
+            self._wake.set()  # seal what is pending and send it now
+            time.sleep(ROOM_POLL)
 
     @property
     def queue_depth(self) -> int:

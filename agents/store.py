@@ -24,6 +24,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the writer imports BATCH_SCRIPT from here
     from agents.redis_writer import RedisWriter
 
+# The writer's op markers (agents.redis_writer reads the same values):
+# INCR the key, or INCRBY the number after the NUL; anything else is a
+# member to append if absent.
+INCR = ""
+INCRBY = "\0"
+
 CLIENT = "client"
 DNS, CNAME, NX, FLOW, PEER, RST, ICMP = "dns", "cname", "nx", "flow", "peer", "rst", "icmp"
 INDEX = "index"
@@ -142,10 +148,20 @@ def members(value: str) -> list[str]:
     return [m for m in split_fields(value) if m]
 
 
-def record_answer(
-    writer: RedisWriter, client: str, chain: Sequence[str], addresses: Sequence[str]
-) -> int:
-    """ShoDoHFlo's writes for one NOERROR answer; returns the addresses recorded.
+@dataclass(frozen=True, slots=True)
+class AnswerWrites:
+    """What one NOERROR answer writes, for any client: each key's text after
+    the client (`dns_key("", address)`), its member, and the client's count.
+    Made once per distinct answer (agents.dnswire keeps them with its parse
+    cache), written per client by `record_writes`."""
+
+    suffixes: tuple[str, ...]
+    members: tuple[str, ...]
+    count: int
+
+
+def answer_writes(chain: Sequence[str], addresses: Sequence[str]) -> AnswerWrites | None:
+    """ShoDoHFlo's writes for one NOERROR answer, None for none at all.
 
     `chain` starts at the question name and follows the CNAMEs; `addresses`
     are the A/AAAA texts owned by its end. As in ShoDoHFlo (dnstap_agent's
@@ -157,16 +173,34 @@ def record_answer(
     """
     count = len(addresses)
     if not count:
-        return 0
+        return None
     if count > 1:  # dnspython's rrsets hold each address once
         count = len(set(addresses))
-    for i in range(1, len(chain)):
-        writer.append(cname_key(client, chain[i]), chain[i - 1])
-    owner = chain[-1]
-    for address in addresses:  # a repeated address appends nothing
-        writer.append(dns_key(client, address), owner)
-    writer.incr(client_key(client), count)  # one INCRBY, the same value as ShoDoHFlo's INCRs
-    return count
+    suffixes = [cname_key("", target) for target in chain[1:]]
+    members = list(chain[:-1])
+    suffixes += [dns_key("", address) for address in addresses]  # a repeat appends nothing
+    members += [chain[-1]] * len(addresses)
+    return AnswerWrites(tuple(suffixes), tuple(members), count)
+
+
+def record_writes(writer: RedisWriter, client: str, writes: AnswerWrites) -> None:
+    """`writes` for `client`: queued with one call (one lock), as this runs
+    once per response on the capture path."""
+    keys = [client + suffix for suffix in writes.suffixes]
+    keys.append(client_key(client))  # one INCRBY, the same value as ShoDoHFlo's INCRs
+    count = writes.count
+    writer.extend(keys, [*writes.members, INCR if count == 1 else f"{INCRBY}{count}"])
+
+
+def record_answer(
+    writer: RedisWriter, client: str, chain: Sequence[str], addresses: Sequence[str]
+) -> int:
+    """`answer_writes` for `client`; returns the addresses recorded."""
+    writes = answer_writes(chain, addresses)
+    if writes is None:
+        return 0
+    record_writes(writer, client, writes)
+    return writes.count
 
 
 def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
@@ -176,8 +210,7 @@ def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
     ShoDoHFlo's dns_agent `nx_to_redis` writes: a reader must take the client
     from the left and `nx` from the right, as the name may hold `;`.
     """
-    writer.incr(client_key(client))
-    writer.incr(nx_key(client, qname.replace("\\;", ";")))
+    writer.extend([client_key(client), nx_key(client, qname.replace("\\;", ";"))], [INCR, INCR])
 
 
 # One call per batch: KEYS[i] with ARGV[i+2] = "" (INCR), NUL + a number

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from agents import store
 from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
@@ -163,8 +164,10 @@ class ResponseRecorder:
         self._ignore_dotted = tuple("." + s for s in config.ignore)
         self._clients: dict[bytes, str] = {}
 
-    def record(self, packed: bytes, resp: Response) -> None:
-        """`packed`: the client's address, 4 or 16 bytes."""
+    def record(
+        self, packed: bytes, resp: Response, writes: store.AnswerWrites | None = None
+    ) -> None:
+        """`packed`: the client's address, 4 or 16 bytes; `writes`: see `Recorder.record`."""
         stats = self.stats
         qtype = resp.qtype
         if qtype not in self._qtypes:
@@ -183,7 +186,7 @@ class ResponseRecorder:
             if len(self._clients) >= CLIENT_CACHE_ENTRIES:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
-        outcome = self.recorder.record(client, resp)
+        outcome = self.recorder.record(client, resp, writes)
         if outcome == RECORDED:
             stats.responses += 1
             if self.udp is not None:

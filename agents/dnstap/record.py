@@ -34,9 +34,10 @@ class Recorder:
         self.dedup = dedup
         self._global = global_dedup
 
-    def record(self, client: str, resp: Response) -> int:
+    def record(self, client: str, resp: Response, writes: store.AnswerWrites | None = None) -> int:
         """Write the keys for a NOERROR or NXDOMAIN `resp` asked by `client`
-        (its `str(ipaddress)`); returns one of the outcomes above.
+        (its `str(ipaddress)`); returns one of the outcomes above. `writes`:
+        `answer_writes(resp)` made earlier (agents.dnswire caches them).
 
         NXDOMAIN is never deduplicated: ShoDoHFlo's filter passes it before its
         dedup, so each one counts. An answer without an address is dropped
@@ -50,6 +51,14 @@ class Recorder:
         key = (resp.qname, resp.qtype) if self._global else (client, resp.qname, resp.qtype)
         if self.dedup.seen(key):
             return DEDUPED
-        addresses = [address for _rtype, address in resp.addresses]
-        store.record_answer(self.writer, client, resp.chain, addresses)
+        if writes is None:
+            writes = answer_writes(resp)
+            if writes is None:  # not reached: resp.addresses is not empty
+                return NO_ADDRESS
+        store.record_writes(self.writer, client, writes)
         return RECORDED
+
+
+def answer_writes(resp: Response) -> store.AnswerWrites | None:
+    """What a NOERROR `resp` writes for any client (None: nothing)."""
+    return store.answer_writes(resp.chain, [address for _rtype, address in resp.addresses])

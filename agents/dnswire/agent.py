@@ -28,9 +28,11 @@ from typing import Any
 
 import pcap
 
+from agents import store
 from agents.dnstap.agent import RecordStats, ResponseRecorder
 from agents.dnstap.errors import DnsFormError
-from agents.dnstap.response import parse_response
+from agents.dnstap.record import answer_writes
+from agents.dnstap.response import Response, parse_response
 from agents.dnswire import decode, export, filters, reassembly
 from agents.dnswire.config import DnswireConfig
 from agents.redis_writer import RedisWriter
@@ -45,8 +47,24 @@ POLL_MAX = 0.2  # s: longest wait in select, so a stop request is seen quickly
 # immediate mode every packet would otherwise wake select (see agents.flow).
 COALESCE = 0.002
 BLOCK_TIMEOUT_MS = 50  # longest a captured packet waits in the kernel's ring
+# Reading a file: packets per batch are chosen so that this many operations
+# per response fit in half the writer's queue, and a batch waits at most
+# WRITER_PATIENCE s for the queue to shrink (Redis down: then drop and count).
+FILE_OPS_PER_RESPONSE = 16
+WRITER_PATIENCE = 10.0
 TICK = 0.5  # s between checks of the export's push and stats timers
 MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are counted
+# Parsed responses kept by their bytes after the ID: a popular name's answer
+# repeats byte for byte (the resolver's cache gives the same TTLs within a
+# second) and a hit skips the parse and the key building, half of a
+# response's cost (see docs/performance.md). Two generations of at most
+# PARSE_CACHE_ENTRIES each: when the new one fills it becomes the old one,
+# and a hit there moves back, so the popular answers survive the turnover.
+# Messages over PARSE_CACHE_MAX_MESSAGE bytes are not kept. Worst case
+# ~ 2 x PARSE_CACHE_ENTRIES x 2 KiB (message, names as text, key suffixes);
+# ~ 2 x 300 bytes typical.
+PARSE_CACHE_ENTRIES = 32_768
+PARSE_CACHE_MAX_MESSAGE = 512
 
 # What the shared parser's messages mean, for counting bad messages by reason.
 _REASONS = (
@@ -124,6 +142,9 @@ class WireAgent:
         self._keep = 1.0 / rate if rate > 1 else 1.0
         self._random = random.random
         self._error_logs = 0
+        self._parsed: dict[bytes, tuple[Response, store.AnswerWrites | None]] = {}
+        self._parsed_old: dict[bytes, tuple[Response, store.AnswerWrites | None]] = {}
+        self.parse_hits = 0
         self._handle: Any = None
         self._callback: decode.Handler | None = None
         self.filter = ""
@@ -133,22 +154,42 @@ class WireAgent:
         if self._keep < 1.0 and self._random() >= self._keep:
             self.sampled_out += 1
             return
-        try:
-            resp = parse_response(message)
-        except DnsFormError as exc:
-            why = reason(exc)
-            self.dns_errors[why] += 1
-            if self._error_logs < MAX_ERROR_LOGS:
-                self._error_logs += 1
-                event(log, "dnswire_bad_message", logging.WARNING, reason=why, error=str(exc))
-            return
+        # The parser never reads the ID: the rest of the message decides the parse.
+        key = message[2:]
+        parsed = self._parsed.get(key)
+        if parsed is None and self._parsed_old:
+            parsed = self._parsed_old.get(key)
+            if parsed is not None:
+                self._remember(key, parsed)
+        if parsed is not None:
+            self.parse_hits += 1
+            resp, writes = parsed
+        else:
+            try:
+                resp = parse_response(message)
+            except DnsFormError as exc:
+                why = reason(exc)
+                self.dns_errors[why] += 1
+                if self._error_logs < MAX_ERROR_LOGS:
+                    self._error_logs += 1
+                    event(log, "dnswire_bad_message", logging.WARNING, reason=why, error=str(exc))
+                return
+            writes = answer_writes(resp) if self.recorder is not None and resp.addresses else None
+            if len(message) <= PARSE_CACHE_MAX_MESSAGE:
+                self._remember(key, (resp, writes))
         if self.recorder is not None:
-            self.recorder.record(client, resp)
+            self.recorder.record(client, resp, writes)
         if self.packer is not None:
             if export.exportable(message, resp):
                 self.packer.add(client, resolver, resp)
             else:
                 self.not_exported += 1
+
+    def _remember(self, key: bytes, parsed: tuple[Response, store.AnswerWrites | None]) -> None:
+        if len(self._parsed) >= PARSE_CACHE_ENTRIES:
+            self._parsed_old = self._parsed
+            self._parsed = {}
+        self._parsed[key] = parsed
 
     def _inner_message(self, client: bytes, resolver: bytes, message: bytes) -> None:
         i, n = self.config.slot
@@ -259,10 +300,19 @@ class WireAgent:
                 time.sleep(COALESCE)
 
     def run_file(self, stop: threading.Event | None = None) -> None:
+        """A file can wait for Redis, a live ring cannot: before each batch of
+        packets, wait until the writer's queue has room for what it can write
+        (`FILE_OPS_PER_RESPONSE` each), so nothing is dropped while Redis is
+        merely slower than the reading."""
         handle = self._handle
         callback = self._callback
+        writer = self.writer
+        room = self.config.max_queue_ops // 2
+        batch = max(1, min(DISPATCH_BATCH, room // FILE_OPS_PER_RESPONSE))
         while stop is None or not stop.is_set():
-            count = handle.dispatch(DISPATCH_BATCH, callback)
+            if writer is not None:
+                writer.wait_for_room(room, WRITER_PATIENCE)
+            count = handle.dispatch(batch, callback)
             if count < 0:
                 raise CaptureError(f"reading failed: {_error_text(handle)}")
             if count == 0:
@@ -297,6 +347,7 @@ class WireAgent:
         data.update(zip(reassembly.COUNTER_NAMES, self.reassembly_counts, strict=True))
         data["bad_messages"] = dict(self.dns_errors)
         data["sample_rate"] = self.config.sample_rate
+        data["parse_cache_hits"] = self.parse_hits
         data["sampled_out"] = self.sampled_out
         data["other_slot"] = self.other_slot
         data.update(asdict(self.record_stats))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -162,6 +163,31 @@ def test_full_queue_drops_and_counts_never_blocks() -> None:
     writer.flush()
     assert writer.stats.dropped_ops == 30
     assert writer.queue_depth == 10
+
+
+def test_extend_queues_what_fits_and_counts_the_rest() -> None:
+    writer = RedisWriter(
+        lambda: redis.Redis(port=free_port(), socket_timeout=0.2),
+        max_queue_ops=10, batch_ops=4,
+    )  # fmt: skip
+    writer.extend(["a", "b", "c"], ["", "x", "\x002"])
+    writer.extend([f"k{i}" for i in range(9)], ["y"] * 9)  # 7 fit
+    writer.extend(["z"], [""])  # full: all dropped
+    writer.flush()
+    assert writer.stats.dropped_ops == 3
+    assert writer.queue_depth == 10 and writer.stats.queued_ops == 10
+
+
+def test_waiting_for_room_gives_up_when_redis_is_down() -> None:
+    writer = RedisWriter(
+        lambda: redis.Redis(port=free_port(), socket_timeout=0.2),
+        max_queue_ops=10, batch_ops=5,
+    )  # fmt: skip
+    writer.extend([f"k{i}" for i in range(10)], [""] * 10)
+    assert writer.wait_for_room(0, patience=5.0)  # nothing more needed: at once
+    started = time.monotonic()
+    assert not writer.wait_for_room(5, patience=0.3)  # no writer thread: never shrinks
+    assert 0.3 <= time.monotonic() - started < 5.0
 
 
 def test_what_is_queued_when_stopping_with_redis_down_is_counted_as_lost() -> None:

@@ -223,3 +223,22 @@ def test_sampling_keeps_about_one_in_n_and_says_so(tmp_path: Path, redis_srv: Re
         assert 800 <= kept <= 1200  # binomial(4000, 1/4): 1000 +- 5 sigma
         assert agent.snapshot()["sample_rate"] == 4
     assert w.keys(redis_srv.client())[f"client;{w.CLIENT4}"] == str(kept)
+
+
+def test_a_file_waits_for_a_slower_redis_and_loses_nothing(
+    tmp_path: Path, redis_srv: RedisServer
+) -> None:
+    # 2,000 distinct answers, ~3 operations each, through a queue of 1,000:
+    # a live capture would drop what does not fit, a file read waits.
+    messages = [
+        w.response(f"h{i}.test", "A", [(f"h{i}.test", "A", f"198.18.{i >> 8}.{i & 255}")])
+        for i in range(2000)
+    ]
+    path = tmp_path / "many.pcap"
+    f.write_pcap(path, [f.ether(w.udp_packet(m)) for m in messages])
+    with w.file_agent(redis_srv.url, path, max_queue_ops=1000, batch_ops=100) as agent:
+        pass
+    assert agent.writer is not None and agent.writer.stats.dropped_ops == 0
+    client = redis_srv.client()
+    assert client.get(f"client;{w.CLIENT4}") == b"2000"
+    assert client.get(f"{w.CLIENT4};198.18.7.207;dns") == b";h1999.test.;"
