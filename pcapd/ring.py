@@ -25,6 +25,7 @@ engine; the per-chunk bookkeeping is a few integers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import struct
@@ -74,6 +75,20 @@ READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at th
 EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
 STOP_FLUSH = BLOCK_TIMEOUT_MS * 1.5 / 1000  # s: the open kernel block, read after a timed stop
 NS = 1_000_000_000
+# Compiled request filters kept, by (expression, link type): a storm of one
+# alert's requests compiles its filter once. Each program is at most 4,096
+# instructions of 8 bytes, so the cache holds at most ~4 MiB (typically a few KiB).
+BPF_CACHE_ENTRIES = 128
+
+
+@functools.lru_cache(maxsize=BPF_CACHE_ENTRIES)
+def compiled_filter(bpf: str, linktype: int) -> Callable[[bytes | memoryview], bool]:
+    """`bpf` compiled for `linktype`, applied in user space; raises OSError
+    when it does not compile (not cached). A program only reads itself as it
+    filters, so one serves every capture and ring of that link type. pypcap
+    compiles for a fixed snaplen, so the request's snap does not enter."""
+    filter_: Callable[[bytes | memoryview], bool] = pcap.bpf(bpf.encode(), linktype).filter
+    return filter_
 
 
 def chunk_layout(max_bytes: int) -> tuple[int, int]:
@@ -462,14 +477,12 @@ class Ring:
         if problem is not None:
             raise CaptureError(f"bpf: {show(bpf)} {problem}")
         try:
-            program = pcap.bpf(bpf.encode(), self.linktype)
+            return compiled_filter(bpf, self.linktype)
         except OSError as exc:
             raise CaptureError(
                 f"bpf: {bpf!r} does not compile for {self.interface} "
                 f"(link type {self.linktype}): {exc}"
             ) from None
-        filter_: Callable[[bytes | memoryview], bool] = program.filter
-        return filter_
 
     def _header(
         self,

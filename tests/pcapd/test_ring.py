@@ -18,7 +18,7 @@ import dpkt
 import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
-from pcapd.ring import MIN_CHUNK, Ring, chunk_layout
+from pcapd.ring import MIN_CHUNK, Ring, chunk_layout, compiled_filter
 from tests.helpers import VethPair, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
@@ -263,3 +263,24 @@ def test_the_ring_keeps_only_what_lookback_bpf_matches(link: Link) -> None:
         assert ring.stats().packets == 5
     finally:
         ring.stop()
+
+
+def test_the_filter_cache_never_serves_a_program_compiled_for_another_link_type() -> None:
+    ip = dpkt.ip.IP(src=b"\x0a\x00\x00\x01", dst=b"\x0a\x00\x00\x02", p=17,
+                    data=dpkt.udp.UDP(sport=1, dport=53, data=b"q"))  # fmt: skip
+    ip.len = len(bytes(ip))
+    ether = bytes(dpkt.ethernet.Ethernet(dst=b"\1" * 6, src=b"\2" * 6, type=0x0800, data=ip))
+    # Linux cooked (DLT_LINUX_SLL, 113): 16 bytes, protocol in the last two.
+    cooked = struct.pack("!HHH8sH", 0, 1, 6, b"\2" * 6, 0x0800) + bytes(ip)
+    compiled_filter.cache_clear()
+    on_ether, on_cooked = compiled_filter("udp port 53", 1), compiled_filter("udp port 53", 113)
+    assert (on_ether(ether), on_ether(cooked)) == (True, False)
+    assert (on_cooked(cooked), on_cooked(ether)) == (True, False)
+    # The same expression again is served from the cache, for its own link type.
+    assert compiled_filter("udp port 53", 113) is on_cooked
+    assert compiled_filter.cache_info().hits == 1
+    # What does not compile is refused each time, never cached as a program.
+    for _ in range(2):
+        with pytest.raises(OSError):
+            compiled_filter("udp port", 1)
+    assert compiled_filter.cache_info().currsize == 2
