@@ -12,9 +12,9 @@ trigger thread hands to `handle`, which returns quickly:
 4.   each capture is admitted under the global bounds (pcapd.admission:
      slots, memory, spool, disk) or rejected with the reason; nothing
      queues. A capture on a ring interface is registered with the ring now.
-     Admitted, the request goes to a pool of capture threads, so the
-     trigger thread takes the next one at once; there its id and signature
-     are claimed in Redis (a duplicate drops its captures unanswered);
+     Admitted, the id and signature are claimed in Redis (a duplicate drops
+     its captures before any of them answers): for ring captures on the
+     capture thread, so the trigger thread takes the next request at once;
 5-7. one `Worker` per (request, interface) captures on a thread of that
      pool, then hands its file to a bounded pool of upload workers
      (`submit`), so a slow sink never holds up capturing; the worker
@@ -245,7 +245,15 @@ class Controller:
             self._not_served(request.id, sig, claimed=False)
             delivery.ack()
             return "refused"
-        return self._launch(request, sig, delivery, workers)  # steps 5-7
+        if all(worker.served is not None for worker in workers):
+            # All registered with rings: the claims are made on the capture thread.
+            return self._launch(request, sig, delivery, workers, claimed=False)  # steps 5-7
+        # A capture takes a handle of its own, opened in 8-16 ms anyway: claims
+        # here, so requests take the spare handles in the order they came.
+        status = self._claimed(request, sig, delivery, workers)
+        if status != "admitted":
+            return status
+        return self._launch(request, sig, delivery, workers, claimed=True) or status
 
     def _claimed(
         self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker]
@@ -296,44 +304,56 @@ class Controller:
         return request, fields
 
     def _launch(
-        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker]
+        self,
+        request: CaptureRequest,
+        sig: str | None,
+        delivery: Delivery,
+        workers: list[Worker],
+        *,
+        claimed: bool,
     ) -> str | None:
-        """Claim, then capture, on a capture thread, so this thread goes on to
-        the next request while Redis answers. None: that thread counts the
-        request; else what became of it (no thread to be had)."""
+        """The captures (and the claims, unless `claimed`) on a capture
+        thread, so this thread goes on to the next request. None: that thread
+        counts the request; else what became of it (no thread to be had)."""
         with self._lock:
             self._capturing.update(workers)
         try:
-            self._capture_pool.submit(self._claim_and_run, request, sig, delivery, workers)
+            self._capture_pool.submit(self._claim_and_run, request, sig, delivery, workers, claimed)
         except RuntimeError as exc:  # shut down: report, free, go on
             for worker in workers:
                 worker.settle(durable=True)
                 self.reject(request, worker.interface, f"cannot start a capture: {exc}")
-            self._not_served(request.id, sig, claimed=False)
+            self._not_served(request.id, sig, claimed=claimed)
             delivery.ack()
             return "refused"
         return None
 
     def _claim_and_run(
-        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker]
+        self,
+        request: CaptureRequest,
+        sig: str | None,
+        delivery: Delivery,
+        workers: list[Worker],
+        claimed: bool,
     ) -> None:
-        """A capture thread's first task: the claims (`_claimed`), then one
-        capture here and each other interface's on a thread of its own, all
-        under one `Job`. Never raises."""
-        try:
-            status = self._claimed(request, sig, delivery, workers)
-        except Exception as exc:  # a bug must cost one request, not the thread
-            event(log, "request_crashed", logging.ERROR, exc_info=True, source=delivery.source)
-            for worker in workers:
-                worker.settle(durable=True)
-            self.publish(ResultEvent.for_body(self.node, "failed", f"internal error: {exc!r}"))
-            with contextlib.suppress(Exception):
-                delivery.ack()
-            status = "failed"
-        with self._lock:
-            self._requests[delivery.source, status] += 1
-        if status != "admitted":
-            return
+        """A capture thread's first task: the claims (`_claimed`) unless
+        `claimed` already, then one capture here and each other interface's
+        on a thread of its own, all under one `Job`. Never raises."""
+        if not claimed:
+            try:
+                status = self._claimed(request, sig, delivery, workers)
+            except Exception as exc:  # a bug must cost one request, not the thread
+                event(log, "request_crashed", logging.ERROR, exc_info=True, source=delivery.source)
+                for worker in workers:
+                    worker.settle(durable=True)
+                self.publish(ResultEvent.for_body(self.node, "failed", f"internal error: {exc!r}"))
+                with contextlib.suppress(Exception):
+                    delivery.ack()
+                status = "failed"
+            with self._lock:
+                self._requests[delivery.source, status] += 1
+            if status != "admitted":
+                return
 
         def finished(durable: bool) -> None:
             # Served: a duplicate (or replay) for any later run of this node.
