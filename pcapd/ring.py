@@ -118,7 +118,7 @@ class _Feed:
 
     __slots__ = (
         "buf", "count", "cutoff", "debug", "done", "full", "match", "max_bytes",
-        "max_packets", "pcapng", "since", "size", "snap", "stop", "trigger",
+        "max_packets", "on_full", "pcapng", "since", "size", "snap", "stop", "trigger",
     )  # fmt: skip
 
     def __init__(
@@ -131,6 +131,7 @@ class _Feed:
         since: int,
         trigger: int,
         debug: PacketDebug | None,
+        on_full: Callable[[], None] | None = None,
     ) -> None:
         self.buf = bytearray(header)
         self.size = len(header)
@@ -147,10 +148,15 @@ class _Feed:
         self.pcapng = pcapng
         self.debug = debug
         self.done = threading.Event()
+        # Called once, as the capture ends on the reader thread (its slot is
+        # free at once, not when its thread next runs; it must not block).
+        self.on_full = on_full
 
     def _end(self, reason: str) -> None:
         self.stop, self.full = reason, True
         self.done.set()
+        if self.on_full is not None:
+            self.on_full()
 
     def offer(self, ts: int, pkt: bytes | memoryview) -> None:
         if self.full or ts < self.since or ts > self.cutoff:
@@ -426,12 +432,15 @@ class Ring:
         lookback: int,
         comments: Mapping[str, object],
         packet_debug: PacketDebug | None = None,
+        on_full: Callable[[], None] | None = None,
     ) -> RingCapture:
         """Start a capture, as `engine.capture` on a handle of its own would
         make it: from now on (and `lookback` seconds back) it gets
         every packet that matches `bpf`, until `finish` or `cancel`. Bounds
         count the whole file; `duration` runs from now. Raises CaptureError
         (a bad filter, a failed ring) before anything is registered.
+        `on_full` is called (under the ring's lock, on the thread that ends
+        it) when a bound or shutdown ends the capture before `finish` does.
 
         Memory: the capture's bytearray never exceeds `limits.bytes`.
         """
@@ -451,7 +460,7 @@ class Ring:
                 )
             feed = _Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
-                trigger=trigger, debug=packet_debug,
+                trigger=trigger, debug=packet_debug, on_full=on_full,
             )  # fmt: skip
             drops_before = self._drops()
             if lookback:

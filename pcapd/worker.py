@@ -111,6 +111,9 @@ class Worker:
             self.served = ring.register(
                 limits, fmt=request.format, bpf=request.bpf, lookback=request.lookback,
                 comments=comments, packet_debug=debug,
+                # Full: the slot goes to the next capture now (its file is
+                # still held against max_memory until stored).
+                on_full=self.reservation.free_slot,
             )  # fmt: skip
         except CaptureError as exc:
             self.refused(str(exc))

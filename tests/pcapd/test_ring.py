@@ -19,7 +19,7 @@ import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
 from pcapd.ring import MIN_CHUNK, Ring, chunk_layout, compiled_filter
-from tests.helpers import VethPair, needs_root, netns, run, veth_pair, wait_for
+from tests.helpers import VethPair, free_port, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
 
@@ -284,3 +284,34 @@ def test_the_filter_cache_never_serves_a_program_compiled_for_another_link_type(
         with pytest.raises(OSError):
             compiled_filter("udp port", 1)
     assert compiled_filter.cache_info().currsize == 2
+
+
+def test_on_full_is_called_once_on_the_reader_thread_when_a_bound_ends_the_capture() -> None:
+    """What frees the capture's slot as its last packet arrives; a capture
+    ended by a timed bound in `finish` does not call it."""
+    port = free_port()
+    ring = Ring("lo", 5, 2 * 1024 * 1024, f"udp and dst port {port}")
+    ring.start()
+    try:
+        calls: list[str] = []
+
+        def full() -> None:
+            calls.append(threading.current_thread().name)
+
+        served = ring.register(
+            limits(packets=2), fmt="pcap", bpf="", lookback=0, comments={}, on_full=full
+        )
+        waiting = ring.register(
+            limits(timeout=0.3), fmt="pcap", bpf="udp[8:4] = 7", lookback=0, comments={},
+            on_full=lambda: calls.append("timed"),
+        )  # fmt: skip
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for index in range(5):
+                sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
+        wait_for(lambda: calls, timeout=10)
+        outcome = served.finish(threading.Event())
+        assert (outcome.stop, outcome.packets) == ("packets", 2)
+        assert waiting.finish(threading.Event()).stop == "timeout"
+        assert calls == ["ring-lo"]
+    finally:
+        ring.stop()
