@@ -304,21 +304,17 @@ class Controller:
         return request, fields
 
     def _launch(
-        self,
-        request: CaptureRequest,
-        sig: str | None,
-        delivery: Delivery,
-        workers: list[Worker],
-        *,
-        claimed: bool,
-    ) -> str | None:
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker],
+        *, claimed: bool,
+    ) -> str | None:  # fmt: skip
         """The captures (and the claims, unless `claimed`) on a capture
         thread, so this thread goes on to the next request. None: that thread
         counts the request; else what became of it (no thread to be had)."""
         with self._lock:
             self._capturing.update(workers)
+        args = (request, sig, delivery, workers, claimed)
         try:
-            self._capture_pool.submit(self._claim_and_run, request, sig, delivery, workers, claimed)
+            self._capture_pool.submit(self._claim_and_run, *args)
         except RuntimeError as exc:  # shut down: report, free, go on
             for worker in workers:
                 worker.settle(durable=True)
@@ -329,13 +325,9 @@ class Controller:
         return None
 
     def _claim_and_run(
-        self,
-        request: CaptureRequest,
-        sig: str | None,
-        delivery: Delivery,
-        workers: list[Worker],
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker],
         claimed: bool,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """A capture thread's first task: the claims (`_claimed`) unless
         `claimed` already, then one capture here and each other interface's
         on a thread of its own, all under one `Job`. Never raises."""
