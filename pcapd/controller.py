@@ -11,10 +11,14 @@ trigger thread hands to `handle`, which returns quickly:
      (`Deliverer.check`) and the interfaces (`resolve_interfaces`);
 4.   each capture is admitted under the global bounds (pcapd.admission:
      slots, memory, spool, disk) or rejected with the reason; nothing
-     queues. Admitted, the id and signature are claimed in Redis;
-5-7. one `Worker` thread per (request, interface) captures, then hands its
-     file to a bounded pool of upload workers (`submit`), so a slow sink
-     never holds up capturing; the worker publishes the result and settles.
+     queues. A capture on a ring interface is registered with the ring now.
+     Admitted, the id and signature are claimed in Redis (a duplicate drops
+     its captures before any of them answers): for ring captures on the
+     capture thread, so the trigger thread takes the next request at once;
+5-7. one `Worker` per (request, interface) captures on a thread of that
+     pool, then hands its file to a bounded pool of upload workers
+     (`submit`), so a slow sink never holds up capturing; the worker
+     publishes the result and settles.
 
 The delivery is acked once every capture is stored or reported (`Job`).
 Memory held by captures, running or waiting for upload, stays within
@@ -68,6 +72,10 @@ log = logging.getLogger("pcapd.controller")
 # larger one would slow the thread that drains the source.
 SALVAGE_MAX_BYTES = 4096
 ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
+# Capture threads kept beyond max_concurrent: a capture frees its slot just
+# before its thread is free, so the next admitted one never waits for a thread.
+CAPTURE_THREADS_SPARE = 4
+SHUTDOWN_POLL = 0.01  # s between looks at the captures still running, on shutdown
 
 
 def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
@@ -128,7 +136,7 @@ class Controller:
             config.security, self.node, dedup_redis
         )
         self._lock = threading.Lock()
-        self._capturing: set[threading.Thread] = set()  # capture threads, for shutdown
+        self._capturing: set[Worker] = set()  # admitted, not yet captured: for shutdown
         self._handling = 0  # handle() calls in progress
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -141,6 +149,13 @@ class Controller:
         self._uploads: dict[Future[None], tuple[Worker, Artifact, ResultEvent]] = {}
         self._upload_pool = ThreadPoolExecutor(
             max_workers=config.delivery.upload_workers, thread_name_prefix="upload"
+        )
+        # Captures run on reused threads: starting a thread costs the trigger
+        # thread ~0.3-1 ms (it waits for the new thread to run), a submit ~20 us.
+        # At most max_concurrent captures hold a slot, so one is always free.
+        self._capture_pool = ThreadPoolExecutor(
+            max_workers=config.general.max_concurrent + CAPTURE_THREADS_SPARE,
+            thread_name_prefix="capture",
         )
         self.capture_stop = threading.Event()  # set on shutdown: captures end now
         self.capture_started = threading.Event()  # for tests and benchmarks
@@ -157,10 +172,9 @@ class Controller:
             return len(self._capturing)
 
     def untrack(self, worker: Worker) -> None:
-        """`worker`'s capture thread has ended (or never started)."""
+        """`worker`'s capture has ended (or never started)."""
         with self._lock:
-            if worker.thread is not None:
-                self._capturing.discard(worker.thread)
+            self._capturing.discard(worker)
 
     def _devices(self) -> Collection[str]:
         """The devices a request may name: ring interfaces are open, so they
@@ -172,7 +186,7 @@ class Controller:
         """Serve one delivery; never raises, whatever the body holds."""
         with self._lock:
             self._handling += 1
-        status = "failed"
+        status: str | None = "failed"
         try:
             status = self._handle(delivery)
         except Exception as exc:  # a bug must cost one request, not the daemon
@@ -184,7 +198,8 @@ class Controller:
         finally:
             with self._lock:
                 self._handling -= 1
-                self._requests[delivery.source, status] += 1
+                if status is not None:  # None: the capture thread counts it
+                    self._requests[delivery.source, status] += 1
 
     def request_counts(self) -> dict[tuple[str, str], int]:
         """(source, status) -> requests so far; status: admitted (a capture
@@ -195,8 +210,9 @@ class Controller:
         with self._lock:
             return dict(self._requests)
 
-    def _handle(self, delivery: Delivery) -> str:
-        """Serve `delivery`; what became of it (see `request_counts`)."""
+    def _handle(self, delivery: Delivery) -> str | None:
+        """Serve `delivery`; what became of it (see `request_counts`), or None
+        when a capture thread decides it (`_claim_and_run`)."""
         parsed = self._parse(delivery)  # steps 1-2
         if isinstance(parsed, str):
             return parsed
@@ -224,7 +240,7 @@ class Controller:
         warnings = request.warnings + skipped
         started = [self._start(request, name, warnings) for name in interfaces]
         # A ring capture starts here, before the Redis claims: it costs no
-        # socket, and a duplicate found below just drops it.
+        # socket, and a duplicate found by the claim just drops it.
         workers = [w for w in started if isinstance(w, Worker) and self._ready(w)]
         if not workers:
             self._not_served(request.id, sig, claimed=False)
@@ -233,8 +249,23 @@ class Controller:
             # asks (a lookback no interface here can give) did.
             rejected = all(outcome == "rejected" for outcome in started)
             return "rejected" if rejected else "refused"
-        # Admitted: now the claims that later runs of this node see (a Redis
-        # round trip each, so requests refused above cost none).
+        if all(worker.served is not None for worker in workers):
+            # All registered with rings: the claims are made on the capture thread.
+            return self._launch(request, sig, delivery, workers, claimed=False)  # steps 5-7
+        # A capture takes a handle of its own, opened in 8-16 ms anyway: claims
+        # here, so requests take the spare handles in the order they came.
+        status = self._claimed(request, sig, delivery, workers)
+        if status != "admitted":
+            return status
+        return self._launch(request, sig, delivery, workers, claimed=True) or status
+
+    def _claimed(
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker]
+    ) -> str:
+        """The claims that later runs of this node see (a Redis round trip
+        each, so requests refused earlier cost none): "admitted", or the
+        request was answered here ("duplicate", "rejected") and its captures
+        dropped before any result of theirs."""
         if self.recent_ids.claim(request.id):
             for worker in workers:
                 worker.settle(durable=True)
@@ -245,7 +276,6 @@ class Controller:
                 worker.settle(durable=True)
             self._turn_away(request, delivery, replayed(self.recent_sigs.window), claimed=True)
             return "rejected"
-        self._launch(request, sig, delivery, workers)  # steps 5-7
         return "admitted"
 
     def _parse(self, delivery: Delivery) -> tuple[CaptureRequest, dict[str, Any]] | str:
@@ -278,9 +308,48 @@ class Controller:
         return request, fields
 
     def _launch(
-        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker]
-    ) -> None:
-        """One capture thread per admitted worker, all under one `Job`."""
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker],
+        *, claimed: bool,
+    ) -> str | None:  # fmt: skip
+        """The captures (and the claims, unless `claimed`) on a capture
+        thread, so this thread goes on to the next request. None: that thread
+        counts the request; else what became of it (no thread to be had)."""
+        with self._lock:
+            self._capturing.update(workers)
+        args = (request, sig, delivery, workers, claimed)
+        try:
+            self._capture_pool.submit(self._claim_and_run, *args)
+        except RuntimeError as exc:  # shut down: report, free, go on
+            for worker in workers:
+                worker.settle(durable=True)
+                self.reject(request, worker.interface, f"cannot start a capture: {exc}")
+            self._not_served(request.id, sig, claimed=claimed)
+            delivery.ack()
+            return "refused"
+        return None
+
+    def _claim_and_run(
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker],
+        claimed: bool,
+    ) -> None:  # fmt: skip
+        """A capture thread's first task: the claims (`_claimed`) unless
+        `claimed` already, then one capture here and each other interface's
+        on a thread of its own, all under one `Job`. Never raises."""
+        if not claimed:
+            try:
+                status = self._claimed(request, sig, delivery, workers)
+            except Exception as exc:  # a bug must cost one request, not the thread
+                event(log, "request_crashed", logging.ERROR, exc_info=True, source=delivery.source)
+                for worker in workers:
+                    worker.settle(durable=True)
+                self.publish(ResultEvent.for_body(self.node, "failed", f"internal error: {exc!r}"))
+                with contextlib.suppress(Exception):
+                    delivery.ack()
+                status = "failed"
+            with self._lock:
+                self._requests[delivery.source, status] += 1
+            if status != "admitted":
+                return
 
         def finished(durable: bool) -> None:
             # Served: a duplicate (or replay) for any later run of this node.
@@ -294,17 +363,13 @@ class Controller:
         job = Job(delivery, len(workers), finished=finished)
         for worker in workers:
             worker.job = job
-            thread = threading.Thread(
-                target=worker.run, name=f"capture-{request.id}-{worker.interface}"
-            )
-            worker.thread = thread
-            with self._lock:
-                self._capturing.add(thread)
+        for worker in workers[1:]:
             try:
-                thread.start()
-            except RuntimeError as exc:  # no thread to be had: report, free, go on
+                self._capture_pool.submit(worker.run)
+            except RuntimeError as exc:  # shut down meanwhile: report, free, go on
                 worker.settle(durable=True)
                 self.reject(request, worker.interface, f"cannot start a capture: {exc}")
+        workers[0].run()
 
     def _turn_away(
         self,
@@ -437,15 +502,16 @@ class Controller:
         self.admission.close()
         self.capture_stop.set()
         while time.monotonic() < deadline:
-            # A handle() already past admission may still add a capture thread.
+            # A handle() already past admission may still add a capture.
             with self._lock:
-                capturing, handling = list(self._capturing), self._handling
-            if not capturing and not handling:
-                break
-            for thread in capturing:
-                thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
-            if not capturing:
-                time.sleep(0.01)
+                if not self._capturing and not self._handling:
+                    break
+            time.sleep(SHUTDOWN_POLL)
+        with self._lock:
+            captured = not self._capturing
+        # Idle capture threads end now; busy ones (a capture that would not
+        # stop) are left to the process's exit.
+        self._capture_pool.shutdown(wait=captured)
         with self._lock:
             uploads = list(self._uploads)
         _, hanging = wait_futures(uploads, max(0.0, deadline - time.monotonic()))

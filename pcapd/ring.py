@@ -31,6 +31,7 @@ lookback is copied; the per-chunk bookkeeping is a few integers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import struct
@@ -87,6 +88,21 @@ REPLAY_SLICE = MIN_CHUNK
 # a larger one outside it, until what came meanwhile is this small.
 TAIL_UNDER_LOCK = 64 * 1024
 
+# Compiled request filters kept, by (expression, link type): a storm of one
+# alert's requests compiles its filter once. Each program is at most 4,096
+# instructions of 8 bytes, so the cache holds at most ~4 MiB (typically a few KiB).
+BPF_CACHE_ENTRIES = 128
+
+
+@functools.lru_cache(maxsize=BPF_CACHE_ENTRIES)
+def compiled_filter(bpf: str, linktype: int) -> Callable[[bytes | memoryview], bool]:
+    """`bpf` compiled for `linktype`, applied in user space; raises OSError
+    when it does not compile (not cached). A program only reads itself as it
+    filters, so one serves every capture and ring of that link type. pypcap
+    compiles for a fixed snaplen, so the request's snap does not enter."""
+    filter_: Callable[[bytes | memoryview], bool] = pcap.bpf(bpf.encode(), linktype).filter
+    return filter_
+
 
 def chunk_layout(max_bytes: int) -> tuple[int, int]:
     """(chunks, bytes each) for a ring of at most `max_bytes` (>= 2 MiB)."""
@@ -134,8 +150,8 @@ class _Feed:
 
     __slots__ = (
         "buf", "count", "cutoff", "debug", "done", "full", "match", "max_bytes",
-        "max_packets", "over", "pcapng", "since", "size", "snap", "stop", "tail",
-        "tail_count", "trigger",
+        "max_packets", "on_full", "over", "pcapng", "since", "size", "snap", "stop",
+        "tail", "tail_count", "trigger",
     )  # fmt: skip
 
     def __init__(
@@ -148,6 +164,7 @@ class _Feed:
         since: int,
         trigger: int,
         debug: PacketDebug | None,
+        on_full: Callable[[], None] | None = None,
     ) -> None:
         self.buf = bytearray(header)
         self.size = len(header)
@@ -167,10 +184,15 @@ class _Feed:
         self.tail = bytearray()  # live records framed while the lookback is copied
         self.tail_count = 0
         self.over = False  # a live packet did not fit beside the tail: the file is full
+        # Called once, as the capture ends on the reader thread (its slot is
+        # free at once, not when its thread next runs; it must not block).
+        self.on_full = on_full
 
     def _end(self, reason: str) -> None:
         self.stop, self.full = reason, True
         self.done.set()
+        if self.on_full is not None:
+            self.on_full()
 
     def offer(self, ts: int, pkt: bytes | memoryview) -> None:
         if self.full or ts < self.since or ts > self.cutoff:
@@ -550,12 +572,15 @@ class Ring:
         lookback: int,
         comments: Mapping[str, object],
         packet_debug: PacketDebug | None = None,
+        on_full: Callable[[], None] | None = None,
     ) -> RingCapture:
         """Start a capture, as `engine.capture` on a handle of its own would
         make it: from now on (and `lookback` seconds back) it gets
         every packet that matches `bpf`, until `finish` or `cancel`. Bounds
         count the whole file; `duration` runs from now. Raises CaptureError
         (a bad filter, a failed ring) before anything is registered.
+        `on_full` is called (under the ring's lock, on the thread that ends
+        it) when a bound or shutdown ends the capture before `finish` does.
 
         Memory: the capture's bytearray never exceeds `limits.bytes`.
         """
@@ -578,7 +603,7 @@ class Ring:
                 )
             feed = _Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
-                trigger=trigger, debug=packet_debug,
+                trigger=trigger, debug=packet_debug, on_full=on_full,
             )  # fmt: skip
             drops_before = self._drops()
             self._live.add(feed)
@@ -605,14 +630,12 @@ class Ring:
         if problem is not None:
             raise CaptureError(f"bpf: {show(bpf)} {problem}")
         try:
-            program = pcap.bpf(bpf.encode(), self.linktype)
+            return compiled_filter(bpf, self.linktype)
         except OSError as exc:
             raise CaptureError(
                 f"bpf: {bpf!r} does not compile for {self.interface} "
                 f"(link type {self.linktype}): {exc}"
             ) from None
-        filter_: Callable[[bytes | memoryview], bool] = program.filter
-        return filter_
 
     def _header(
         self,

@@ -17,7 +17,9 @@ from pcapd.controller import Controller
 from pcapd.core.config import Config, parse_config
 from pcapd.core.redis_conn import connect
 from pcapd.core.results import ResultPublisher
+from pcapd.dedup import SERVED, seen_key
 from pcapd.engine import HandlePool
+from pcapd.ring import Ring
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.test_engine import send_udp
@@ -50,7 +52,11 @@ class Recorded:
 
 
 def build(
-    redis_srv: RedisServer, localdir: Path, dedup: redis.Redis | None = None, **general: Any
+    redis_srv: RedisServer,
+    localdir: Path,
+    dedup: redis.Redis | None = None,
+    rings: dict[str, Ring] | None = None,
+    **general: Any,
 ) -> Controller:
     config: Config = parse_config(
         {
@@ -68,6 +74,7 @@ def build(
         deliverer=deliverer,
         pool=HandlePool((), config.general.buffer_size),
         dedup_redis=dedup,
+        rings=rings,
     )
 
 
@@ -196,3 +203,48 @@ def test_with_redis_away_duplicates_are_caught_in_memory_and_the_log_says_so(
         assert results.for_id("d1")["status"] == "duplicate"
     logged = [r.getMessage() for r in caplog.records if r.name == "pcapd.dedup"]
     assert logged == ["dedup_redis_unavailable"]
+
+
+def test_a_burst_on_a_ring_with_duplicates_found_by_the_claims_answers_each_once(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    """Ring captures are registered before their Redis claims, which run on
+    the capture threads: a request already served (by an earlier run of
+    this node) is dropped there, answered `duplicate` once, its ring capture
+    cancelled; the others are captured, each answered once."""
+    ring = Ring("lo", 5, 2 * 1024 * 1024, "udp")
+    ring.start()
+    dedup = redis_srv.client()
+    ctl = build(
+        redis_srv, tmp_path / "caps", dedup, {"lo": ring}, max_memory=16_000_000, max_concurrent=32
+    )
+    try:
+        port = free_port()
+        served = [f"served-{i}" for i in range(10)]
+        for request_id in served:
+            dedup.set(seen_key(ctl.config.security.dedup_prefix, "id", "n1", request_id), SERVED)
+        fresh = [f"fresh-{i}" for i in range(10)]
+        sent = {
+            i: Recorded(request(port, id=i, packets=1, bytes=65_536, timeout=5))
+            for i in served + fresh
+        }
+        for got in sent.values():
+            ctl.handle(got.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 3, 0.05)).start()
+        seen: dict[str, list[str]] = {}
+        while len(seen) < len(sent):
+            event = results.next()
+            seen.setdefault(event["id"], []).append(event["status"])
+        time.sleep(0.5)  # any second answer shows itself
+        while not results.events.empty():
+            event = results.events.get()
+            seen.setdefault(event["id"], []).append(event["status"])
+        assert {i: seen[i] for i in served} == {i: ["duplicate"] for i in served}
+        assert {i: seen[i] for i in fresh} == {i: ["ok"] for i in fresh}
+        wait_for(lambda: idle(ctl) and all(got.acks == 1 for got in sent.values()))
+        assert ring.stats().captures == 0 and ctl.running() == 0
+        counts = ctl.request_counts()
+        assert (counts["test", "duplicate"], counts["test", "admitted"]) == (10, 10)
+    finally:
+        ctl.shutdown(5)
+        ring.stop()

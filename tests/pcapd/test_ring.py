@@ -19,7 +19,7 @@ import dpkt
 import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
-from pcapd.ring import MIN_CHUNK, RECORD, Ring, chunk_layout
+from pcapd.ring import MIN_CHUNK, RECORD, Ring, chunk_layout, compiled_filter
 from tests.helpers import VethPair, free_port, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
@@ -407,3 +407,55 @@ def test_a_live_capture_misses_nothing_stamped_after_its_start_under_a_flood() -
         sender.join(10)
         ring.stop()
     assert not missed, f"(trial, packets stamped after its start but not in it): {missed}"
+
+
+def test_the_filter_cache_never_serves_a_program_compiled_for_another_link_type() -> None:
+    ip = dpkt.ip.IP(src=b"\x0a\x00\x00\x01", dst=b"\x0a\x00\x00\x02", p=17,
+                    data=dpkt.udp.UDP(sport=1, dport=53, data=b"q"))  # fmt: skip
+    ip.len = len(bytes(ip))
+    ether = bytes(dpkt.ethernet.Ethernet(dst=b"\1" * 6, src=b"\2" * 6, type=0x0800, data=ip))
+    # Linux cooked (DLT_LINUX_SLL, 113): 16 bytes, protocol in the last two.
+    cooked = struct.pack("!HHH8sH", 0, 1, 6, b"\2" * 6, 0x0800) + bytes(ip)
+    compiled_filter.cache_clear()
+    on_ether, on_cooked = compiled_filter("udp port 53", 1), compiled_filter("udp port 53", 113)
+    assert (on_ether(ether), on_ether(cooked)) == (True, False)
+    assert (on_cooked(cooked), on_cooked(ether)) == (True, False)
+    # The same expression again is served from the cache, for its own link type.
+    assert compiled_filter("udp port 53", 113) is on_cooked
+    assert compiled_filter.cache_info().hits == 1
+    # What does not compile is refused each time, never cached as a program.
+    for _ in range(2):
+        with pytest.raises(OSError):
+            compiled_filter("udp port", 1)
+    assert compiled_filter.cache_info().currsize == 2
+
+
+def test_on_full_is_called_once_on_the_reader_thread_when_a_bound_ends_the_capture() -> None:
+    """What frees the capture's slot as its last packet arrives; a capture
+    ended by a timed bound in `finish` does not call it."""
+    port = free_port()
+    ring = Ring("lo", 5, 2 * 1024 * 1024, f"udp and dst port {port}")
+    ring.start()
+    try:
+        calls: list[str] = []
+
+        def full() -> None:
+            calls.append(threading.current_thread().name)
+
+        served = ring.register(
+            limits(packets=2), fmt="pcap", bpf="", lookback=0, comments={}, on_full=full
+        )
+        waiting = ring.register(
+            limits(timeout=0.3), fmt="pcap", bpf="udp[8:4] = 7", lookback=0, comments={},
+            on_full=lambda: calls.append("timed"),
+        )  # fmt: skip
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for index in range(5):
+                sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
+        wait_for(lambda: calls, timeout=10)
+        outcome = served.finish(threading.Event())
+        assert (outcome.stop, outcome.packets) == ("packets", 2)
+        assert waiting.finish(threading.Event()).stop == "timeout"
+        assert calls == ["ring-lo"]
+    finally:
+        ring.stop()
