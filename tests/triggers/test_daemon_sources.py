@@ -191,6 +191,19 @@ def test_signed_requests_and_duplicates(
         del os.environ["PCAPD_TEST_KEY"]
 
 
+def most_at_once(events: list[dict[str, str]]) -> int:
+    """The most captures running at one instant, from their started/ended
+    stamps (an end and a start in the same millisecond do not overlap: a
+    slot is freed only after its capture ended)."""
+    edges = sorted([(e["started"], 1) for e in events] + [(e["ended"], -1) for e in events],
+                   key=lambda edge: (edge[0], edge[1]))  # fmt: skip
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
 def test_storm_of_requests_gets_one_result_each_within_bounds(
     redis_srv: RedisServer, results: Results, tmp_path: Path
 ) -> None:
@@ -220,9 +233,13 @@ def test_storm_of_requests_gets_one_result_each_within_bounds(
             assert event["id"] not in seen, f"two results for {event['id']}"
             seen[event["id"]] = event
         rejected = [e for e in seen.values() if e["status"] == "rejected"]
-        assert len(rejected) >= published - 8
+        # How many 1 s captures fit while the burst is read depends on the
+        # machine's load; that never more than 4 ran at once does not.
+        assert len(rejected) >= published // 2
         assert {e["error"] for e in rejected} == {"max_concurrent=4 captures already running"}
         served = {i for i, e in seen.items() if e["status"] == "empty"}
+        assert len(served) + len(rejected) == streamed + published
+        assert most_at_once([seen[i] for i in served]) <= 4
         assert {f"storm-{i}" for i in range(streamed)} <= served
         assert daemon.proc is not None and daemon.proc.poll() is None
         status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
