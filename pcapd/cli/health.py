@@ -56,7 +56,8 @@ def _base_url(args: argparse.Namespace) -> str:
         field, who = f"agents.{args.agent}.metrics_listen", f"pcapd agent {args.agent}"
     if address is None:
         raise NoListener(
-            f"pcapd health: {field} is empty: {who} serves no health checks; set it (docs/operations.md)"
+            f"pcapd health: {field} is empty: {who} serves no health checks; "
+            "set it (docs/operations.md)"
         )
     return f"http://{address}"
 
