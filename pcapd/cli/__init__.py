@@ -23,6 +23,7 @@ from pcapd.cli import (
     capture,
     check_config,
     correlate,
+    health,
     nodes,
     results,
     serve,
@@ -33,7 +34,7 @@ from pcapd.cli import (
 from pcapd.cli.common import AgentCommand, Command, guarded
 
 COMMANDS: tuple[Command, ...] = (
-    serve, capture, trigger, results, nodes, check_config, spool, correlate, web,
+    serve, capture, trigger, results, nodes, health, check_config, spool, correlate, web,
 )  # fmt: skip
 AGENTS: tuple[AgentCommand, ...] = (agent_dnstap, agent_flow, agent_dnswire, agent_dnsflow_ingest)
 

@@ -64,3 +64,15 @@ def test_a_missing_script_fails(tmp_path: Path) -> None:
     text = (UNITS / "pcapd.service").read_text().replace("bin/pcapd serve", "bin/pcapdd serve")
     said = verify(text, "pcapd.service", tmp_path)
     assert any("pcapdd is not executable: No such file or directory" in line for line in said)
+
+
+@pytest.mark.parametrize("unit", units(), ids=lambda p: p.name)
+def test_unit_waits_for_liveness_on_the_config_it_starts_with(unit: Path) -> None:
+    lines = unit.read_text().splitlines()
+    start = next(line for line in lines if line.startswith("ExecStart="))
+    post = next(line for line in lines if line.startswith("ExecStartPost="))
+    config = start.split(" -c ", 1)[1].split()[0]
+    assert f"{INSTALLED_BIN}pcapd health -c {config} " in post
+    assert post.endswith(" --live --wait 30 --optional")
+    agent = start.split(" agent ", 1)[1].split()[0] if " agent " in start else None
+    assert (f" --agent {agent} " in post) if agent else ("--agent" not in post)
