@@ -146,6 +146,14 @@ def private_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 
 
 @pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """3 primaries with a replica each and a 1 s node timeout, this test's
+    own: for tests that kill a primary and see its replica take over."""
+    with started(RedisCluster(tmp_path / "cluster", replicas=1)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
 def redis_srv(request: pytest.FixtureRequest) -> RedisServer:
     """A redis-server on a loopback port, empty and with default settings.
 

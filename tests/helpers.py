@@ -119,6 +119,9 @@ def redis_server(
 
 CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster's bus listens on port + 10000
 CLUSTER_READY_TIMEOUT = 60.0
+CLUSTER_NODE_TIMEOUT_MS = 2000
+# ms: with replicas, a dead primary is failed over ~1-3 s after this
+CLUSTER_FAILOVER_NODE_TIMEOUT_MS = 1000
 
 
 def free_cluster_port() -> int:
@@ -137,16 +140,19 @@ def free_cluster_port() -> int:
 
 @dataclass
 class RedisCluster:
-    """Redis Cluster of `size` primaries (no replicas) on free loopback ports.
+    """Redis Cluster of `size` primaries, each with `replicas` replicas, on free
+    loopback ports.
 
     Each node keeps its cluster config file and, with `durable`, an AOF
     fsynced on every write, so `kill` then `start_node` brings a primary back
-    with its slots and every write it acknowledged.
+    with its slots and every write it acknowledged. With replicas the node
+    timeout is short, so a killed primary's replica takes over in seconds.
     """
 
     workdir: Path
     size: int = 3
     durable: bool = False
+    replicas: int = 0
     netns: str | None = None  # run inside this network namespace (its own loopback)
     ports: list[int] = field(default_factory=list)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -165,11 +171,12 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def start(self) -> None:
-        self.ports = [free_cluster_port() for _ in range(self.size)]
+        self.ports = [free_cluster_port() for _ in range(self.size * (1 + self.replicas))]
         for port in self.ports:
             self.start_node(port)
         run(*self._wrap, shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster",
-            "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes")  # fmt: skip
+            "create", *self.nodes, "--cluster-replicas", str(self.replicas),
+            "--cluster-yes")  # fmt: skip
         wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
 
     def start_node(self, port: int) -> None:
@@ -183,11 +190,15 @@ class RedisCluster:
              "--port", str(port),
              "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(workdir / "nodes.conf"),
-             "--cluster-node-timeout", "2000", "--save", "", *persist,
+             "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", *persist,
              "--dir", str(workdir), "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for(lambda: self._ping(port), timeout=10)
+
+    @property
+    def node_timeout_ms(self) -> int:
+        return CLUSTER_FAILOVER_NODE_TIMEOUT_MS if self.replicas else CLUSTER_NODE_TIMEOUT_MS
 
     def kill(self, port: int, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(port)
@@ -224,8 +235,62 @@ class RedisCluster:
             return False
         return True
 
+    def live(self) -> list[int]:
+        return [port for port, proc in self.procs.items() if proc.poll() is None]
+
+    def slots_of(self, port: int) -> set[int]:
+        """The slots the primary on `port` serves, as a live node sees it."""
+        with self.node(self.live()[0]) as client:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        return {
+            slot
+            for first, last, primary, *_ in ranges
+            if int(primary[1]) == port
+            for slot in range(first, last + 1)
+        }
+
+    def replicas_of(self, port: int) -> list[int]:
+        """The ports of the replicas of the primary on `port`."""
+        with self.node(port) as client:
+            info = client.info("replication")
+        return [int(info[f"slave{i}"]["port"]) for i in range(int(info["connected_slaves"]))]
+
+    def replicated(self, port: int) -> bool:
+        """Every replica of the primary on `port` has applied all it was sent
+        (its slave_repl_offset is the primary's master_repl_offset)."""
+        replicas = self.replicas_of(port)
+        with self.node(port) as client:
+            offset = client.info("replication")["master_repl_offset"]
+        for replica in replicas:
+            with self.node(replica) as client:
+                if client.info("replication").get("slave_repl_offset") != offset:
+                    return False
+        return bool(replicas)
+
+    def primaries(self) -> list[int]:
+        """The ports of the primaries serving slots now, as a live node sees it."""
+        with self.node(self.live()[0]) as client:
+            slots = client.execute_command("CLUSTER SLOTS")
+        return sorted({int(primary[1]) for _, _, primary, *_ in slots})
+
+    def promoted(self, dead: int, replicas: list[int]) -> int | None:
+        """Once one of `replicas` (the dead primary's, read before it died)
+        took over its slots and every live node says cluster_state:ok: that
+        replica's port."""
+        try:
+            for port in self.live():
+                with self.node(port) as client:
+                    if client.cluster("INFO").get("cluster_state") != "ok":
+                        return None
+            primaries = self.primaries()
+        except (redis.RedisError, AttributeError):
+            return None
+        new = set(primaries) & set(replicas)
+        return new.pop() if dead not in primaries and len(new) == 1 else None
+
     def client(self) -> RedisClusterClient:
-        return RedisClusterClient(host="127.0.0.1", port=self.ports[0], decode_responses=True,
+        seed = (self.live() or self.ports)[0]  # a node that is up, after a failover
+        return RedisClusterClient(host="127.0.0.1", port=seed, decode_responses=True,
                                   socket_timeout=5)  # fmt: skip
 
     def reset(self) -> None:
