@@ -61,6 +61,7 @@ class Results:
 
     def __init__(self, server: RedisServer, channel: str = "capture-results") -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._kept: dict[str, list[dict[str, Any]]] = {}
         self._stop = threading.Event()
         self._server = server
         self._channel = channel
@@ -90,11 +91,17 @@ class Results:
             raise AssertionError(f"no result event within {timeout}s") from None
 
     def for_id(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next event for `request_id`; events for other ids that arrive
+        first are kept for their own `for_id` (captures may end in any order)."""
         deadline = time.monotonic() + timeout
         while True:
+            kept = self._kept.get(request_id)
+            if kept:
+                return kept.pop(0)
             event = self.next(max(0.01, deadline - time.monotonic()))
             if event.get("id") == request_id:
                 return event
+            self._kept.setdefault(str(event.get("id")), []).append(event)
 
     def close(self) -> None:
         self._stop.set()

@@ -150,7 +150,10 @@ def test_every_bad_message_is_rejected_precisely_and_the_daemon_keeps_serving(
 def test_request_for_another_node_is_silent(daemon: Daemon, results: Results) -> None:
     daemon.publish({"node": "othernode", "interface": "lo", "id": "not-mine"})
     daemon.publish({"nodere": "^web[0-9]+$", "interface": "lo", "id": "not-mine-re"})
-    daemon.publish({"nodere": "stnod", "interface": "lo", "id": "mine-re", "timeout": 1})
+    # A filter nothing sends to: other loopback traffic must not keep it open.
+    nothing = f"udp and dst port {free_port()}"
+    daemon.publish({"nodere": "stnod", "interface": "lo", "id": "mine-re", "timeout": 1,
+                    "bpf": nothing})  # fmt: skip
     assert results.next()["id"] == "mine-re"
     assert results.events.empty()
 
