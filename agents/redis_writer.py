@@ -23,11 +23,11 @@ from prometheus_client import Histogram
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_of
+from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_commands
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
-from pcapd.core.redis_conn import Client, is_cluster, send_by_slot
+from pcapd.core.redis_conn import Client, group_by_slot, is_cluster, send_by_slot
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -332,11 +332,7 @@ class RedisWriter:
         each slot wrote or refused. Returns the operations of the slots that
         got no answer (node down, failover), to be sent again, or None when
         every slot answered."""
-        slots: dict[int, tuple[list[str], list[str]]] = {}
-        for key, arg in zip(keys, args, strict=True):
-            group = slots.setdefault(key_slot(key.encode()), ([], []))
-            group[0].append(key)
-            group[1].append(arg)
+        slots = group_by_slot(keys, args)
         mode = 2 if self.index else 0
         retry_keys: list[str] = []
         retry_args: list[str] = []
@@ -375,11 +371,8 @@ class RedisWriter:
     def _index(self, client: RedisCluster, created: list[str]) -> None:
         """SADD new keys to their clients' index sets (best effort: the index
         only speeds the correlator up, which falls back to SCAN without it)."""
-        commands = []
-        for key in created:
-            index = index_of(key)
-            slot = key_slot(index.encode())
-            commands += [(slot, ("SADD", index, key)), (slot, ("EXPIRE", index, self.ttl))]
+        commands = [(key_slot(index.encode()), command)
+                    for index, command in index_commands(created, self.ttl)]  # fmt: skip
         send_by_slot(client, commands)
 
 

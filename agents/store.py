@@ -266,3 +266,13 @@ result[1] = failed
 result[2] = first
 return result
 """
+
+
+def index_commands(created: list[str], ttl: int) -> list[tuple[str, tuple[str | int, ...]]]:
+    """(index key, command) adding each newly created key to its client's
+    index set and refreshing the set's expiry."""
+    commands: list[tuple[str, tuple[str | int, ...]]] = []
+    for key in created:
+        index = index_of(key)
+        commands += [(index, ("SADD", index, key)), (index, ("EXPIRE", index, ttl))]
+    return commands

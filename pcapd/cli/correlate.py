@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import redis
 
-from agents.reader import ReaderError
+from agents.reader_values import ReaderError
 from pcapd.cli.common import Subparsers, UsageError, add_command, add_redis_options, redis_config
 from pcapd.core.config import load_config, parse_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK

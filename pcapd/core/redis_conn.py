@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import hiredis
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from pcapd.core.config import CLUSTER_SCHEMES, RedisConfig
@@ -249,3 +250,14 @@ def primaries(client: Client) -> Iterator[redis.Redis]:
     for node in client.get_primaries():  # type: ignore[no-untyped-call]
         if node.redis_connection is not None:
             yield node.redis_connection
+
+
+def group_by_slot(keys: list[str], args: list[str]) -> dict[int, tuple[list[str], list[str]]]:
+    """(keys, args) of each hash slot, in first-seen order: what one
+    single-slot command per slot carries on a cluster."""
+    slots: dict[int, tuple[list[str], list[str]]] = {}
+    for key, arg in zip(keys, args, strict=True):
+        group = slots.setdefault(key_slot(key.encode()), ([], []))
+        group[0].append(key)
+        group[1].append(arg)
+    return slots

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from agents.reader import ReaderError, parse_address
+from agents.reader_values import ReaderError, parse_address
 from pcapd.client import is_message, publish_request, subscribe
 from pcapd.core.config import Config
 from pcapd.core.redis_conn import Client

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.reader import ClientKeys, Recon
+from agents.reader_values import ClientKeys, Recon
 
 MAX_DEPTH = 12
 BY = ("fqdn", "address")

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agents.reader import Network, Page, ReaderError, StoreReader, parse_address, parse_network
+from agents.reader import StoreReader
+from agents.reader_values import Network, Page, ReaderError, parse_address, parse_network
 from pcapd.core.config import MAX_PAGE_SIZE, Config
 from pcapd.core.redis_conn import Client
 from pcapd.correlator.chains import BY, ClientView, build_view

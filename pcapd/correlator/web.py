@@ -17,7 +17,7 @@ import redis
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session
 from werkzeug.exceptions import HTTPException
 
-from agents.reader import ReaderError
+from agents.reader_values import ReaderError
 from pcapd.core.config import Config
 from pcapd.core.redis_conn import Client
 from pcapd.correlator import captures, security, svg

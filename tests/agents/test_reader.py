@@ -13,7 +13,8 @@ import redis
 from agents import store
 from agents.flow.agent import make_writer as make_flow_writer
 from agents.flow.config import parse_flow_config
-from agents.reader import ReaderError, StoreReader, parse_address, parse_network
+from agents.reader import StoreReader
+from agents.reader_values import ReaderError, parse_address, parse_network
 from agents.redis_writer import RedisWriter
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect

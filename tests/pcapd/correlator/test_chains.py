@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.reader import ClientKeys, Recon
+from agents.reader_values import ClientKeys, Recon
 from pcapd.correlator import svg
 from pcapd.correlator.chains import MAX_DEPTH, Node, build_view
 
