@@ -93,6 +93,17 @@ def stop(
             proc.wait()
 
 
+def internet_checksum(data: bytes) -> int:
+    """The one's-complement sum of RFC 1071 (IPv4 header, UDP with its
+    pseudo-header), in host order, ready for struct "!H"."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(memoryview(data).cast("H"))  # native order; swapped back below
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return socket.ntohs(~total & 0xFFFF)
+
+
 def sh(*args: str, check: bool = True) -> None:
     subprocess.run(args, check=check, capture_output=True)
 
@@ -112,6 +123,7 @@ def veth_namespaces(prefix: str, subnet: int) -> Iterator[tuple[str, str, str, s
         for ns, dev, host in ((ns_a, dev_a, 1), (ns_b, dev_b, 2)):
             sh("ip", "-n", ns, "addr", "add", f"10.200.{subnet}.{host}/24", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
         yield ns_a, ns_b, dev_a, dev_b
     finally:
         sh("ip", "netns", "del", ns_a, check=False)

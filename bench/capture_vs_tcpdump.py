@@ -33,13 +33,17 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import BenchError, cpu_seconds, require, stop_on_sigterm
+from benchlib import (
+    BenchError,
+    cpu_seconds,
+    internet_checksum,
+    require,
+    stop_on_sigterm,
+    veth_namespaces,
+)
 
 from pcapd.core.config import DEFAULT_BUFFER_SIZE
 
@@ -67,13 +71,6 @@ BPF = f"udp and dst port {DST_PORT}"
 
 
 # -- traffic ----------------------------------------------------------------
-def _checksum(header: bytes) -> int:
-    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def build_pcap(path: Path, src_mac: bytes, dst_mac: bytes) -> None:
     """DISTINCT_FRAMES 64-byte UDP frames to DST_PORT, source ports varying."""
     payload_len = FRAME_SIZE - 14 - 20 - 8
@@ -84,7 +81,7 @@ def build_pcap(path: Path, src_mac: bytes, dst_mac: bytes) -> None:
         ip = struct.pack(
             "!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + payload_len, index, 0, 64, 17, 0, src_ip, dst_ip
         )
-        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
         udp = struct.pack("!HHHH", 40_000 + index, DST_PORT, 8 + payload_len, 0)
         payload = struct.pack("!I", index).ljust(payload_len, b"\0")
         frame = dst_mac + src_mac + b"\x08\x00" + ip + udp + payload
@@ -102,39 +99,10 @@ class Link:
     dev_capture: str
 
 
-def sh(*args: str) -> str:
-    done = subprocess.run(args, check=True, capture_output=True, text=True)
-    return done.stdout
-
-
 def mac_of(ns: str, dev: str) -> bytes:
-    info = json.loads(sh("ip", "-n", ns, "-j", "link", "show", dev))
-    return bytes.fromhex(info[0]["address"].replace(":", ""))
-
-
-@contextmanager
-def veth_link() -> Iterator[Link]:
-    """Two namespaces of our own, deleted at the end whatever happens."""
-    tag = uuid.uuid4().hex[:6]
-    link = Link(f"pcapd-bench-s-{tag}", f"pcapd-bench-c-{tag}", f"bs{tag}", f"bc{tag}")
-    created: list[str] = []
-    try:
-        for ns in (link.ns_send, link.ns_capture):
-            sh("ip", "netns", "add", ns)
-            created.append(ns)
-        sh("ip", "link", "add", link.dev_send, "netns", link.ns_send, "type", "veth",
-           "peer", "name", link.dev_capture, "netns", link.ns_capture)  # fmt: skip
-        for ns, dev, host in (
-            (link.ns_send, link.dev_send, 1),
-            (link.ns_capture, link.dev_capture, 2),
-        ):
-            sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{host}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        yield link
-    finally:
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+    shown = subprocess.run(["ip", "-n", ns, "-j", "link", "show", dev], check=True,
+                           capture_output=True, text=True).stdout  # fmt: skip
+    return bytes.fromhex(json.loads(shown)[0]["address"].replace(":", ""))
 
 
 # -- the two capturers ------------------------------------------------------
@@ -400,7 +368,11 @@ def main() -> int:
     print(HEADER)
     rows: list[Row] = []
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="pcapd-bench-") as tmp, veth_link() as link:
+    with (
+        tempfile.TemporaryDirectory(prefix="pcapd-bench-") as tmp,
+        veth_namespaces("pcapd-bench", args.subnet) as names,
+    ):
+        link = Link(*names)
         workdir = Path(tmp)
         pcap = workdir / "udp64.pcap"
         build_pcap(

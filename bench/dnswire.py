@@ -56,6 +56,7 @@ import dns.rrset
 from benchlib import (
     BenchError,
     cpu_seconds,
+    internet_checksum,
     peer_figures,
     require,
     stop,
@@ -130,12 +131,7 @@ def _udp(src: bytes, dst: bytes, dport: int, message: bytes) -> bytes:
     does, so a zero one would put every IPv6 answer in one slot."""
     length = 8 + len(message)
     data = src + dst + struct.pack("!HHHHHH", 17, length, 53, dport, length, 0) + message
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(memoryview(data).cast("H"))  # native order; swapped back below
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    checksum = socket.ntohs(~total & 0xFFFF) or 0xFFFF
+    checksum = internet_checksum(data) or 0xFFFF  # 0 means "none" in UDP
     return struct.pack("!HHHH", 53, dport, length, checksum) + message
 
 
