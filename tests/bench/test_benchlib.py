@@ -12,7 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from benchlib import BenchError, require  # noqa: E402
+from benchlib import BenchError, internet_checksum, require  # noqa: E402
 
 
 def test_require_finds_tools_and_python_peers() -> None:
@@ -57,3 +57,11 @@ def test_a_benchmark_without_its_peers_fails_before_measuring(
     assert done.stdout == ""
     name = script.removesuffix(".py")
     assert done.stderr.startswith(f"{name}: {missing or 'missing moto_server'}"), done.stderr
+
+
+def test_internet_checksum_of_a_known_ipv4_header() -> None:
+    # The worked example of an IPv4 header, checksum field zeroed: 0xB861.
+    header = bytes.fromhex("450000730000400040110000c0a80001c0a800c7")
+    assert internet_checksum(header) == 0xB861
+    # An odd length is padded with a zero byte, as RFC 1071 says.
+    assert internet_checksum(b"\x01") == internet_checksum(b"\x01\x00")
