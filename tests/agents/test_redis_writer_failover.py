@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.agents.dnstap.builders import response_wire
-from tests.agents.test_metrics import agent_process
+from tests.agents.test_metrics import _answers, agent_process
 from tests.agents.test_redis_writer_cluster import cluster_writer
 from tests.helpers import RedisCluster, free_port, needs_root, wait_for
 from tests.metrics_scrape import get, ready, samples, value
@@ -155,7 +153,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
 
     argv = [sys.executable, "-m", "pcapd", "agent", "dnswire", "-c", str(config)]
     sender = threading.Thread(target=answer, daemon=True)
-    with agent_process(argv, tmp_path / "dnswire.log") as proc:
+    with agent_process(argv, tmp_path / "dnswire.log"):
         sender.start()
         try:
 
@@ -165,7 +163,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
                 return code == 200 and check == {
                     "ok": True, "detail": "every hash slot written to answered"}  # fmt: skip
 
-            wait_for(_answers(base, proc), timeout=20)
+            wait_for(lambda: _answers(base), timeout=20)
             wait_for(slots_ok, timeout=30)
             victim = cluster.primaries()[1]
             # Its replica in step with it, so that the replica may take over.
@@ -201,14 +199,3 @@ metrics_listen = "127.0.0.1:{metrics_port}"
         finally:
             stop.set()
             sender.join(10)
-
-
-def _answers(base: str, proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
-    def answering() -> bool:
-        assert proc.poll() is None, "the agent exited"
-        try:
-            return ready(base)[0] in (200, 503)
-        except OSError:
-            return False
-
-    return answering

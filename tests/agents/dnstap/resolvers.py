@@ -117,6 +117,8 @@ def dig(
     return out.stdout
 
 
+# dig's options for the status line and the answer section (not +short)
+STATUS_AND_ANSWER = ("+noshort", "+noall", "+comments", "+answer")
 PROBE_ANSWER = re.compile(r"^ns1\.example\.test\.\s+\d+\s+IN\s+A\s+127\.0\.0\.1$", re.M)
 
 
@@ -126,7 +128,7 @@ def serves_zone(port: int, server: str = "127.0.0.1", netns: str | None = None) 
     error" before the port listens, and is empty for the SERVFAIL a fresh
     named gives while it still loads the zone."""
     out = dig(port, "ns1.example.test", source=server, server=server, netns=netns,
-              options=("+noshort", "+noall", "+comments", "+answer"))  # fmt: skip
+              options=STATUS_AND_ANSWER)  # fmt: skip
     return "status: NOERROR," in out and PROBE_ANSWER.search(out) is not None
 
 

@@ -16,7 +16,14 @@ from agents.dnstap.message import decode_dnstap
 from agents.dnstap.response import parse_response
 from tests.agents.dnstap.builders import reference
 from tests.agents.dnstap.harness import RunningAgent, redis_dump, running_agent
-from tests.agents.dnstap.resolvers import Resolver, bind, dig, serves_zone, unbound
+from tests.agents.dnstap.resolvers import (
+    STATUS_AND_ANSWER,
+    Resolver,
+    bind,
+    dig,
+    serves_zone,
+    unbound,
+)
 from tests.helpers import RedisServer, free_port, redis_server, wait_for
 
 
@@ -172,6 +179,5 @@ def test_a_fresh_bind_answers_its_first_query(tmp_path: Path) -> None:
     a client it has not seen, is answered NOERROR with the address."""
     for start in range(FRESH_STARTS):
         with bind(tmp_path / f"bind{start}", tmp_path / "nobody.sock") as named:
-            out = dig(named.port, "www.example.test", "A", "127.0.0.91",
-                      options=("+noshort", "+noall", "+comments", "+answer"))  # fmt: skip
+            out = dig(named.port, "www.example.test", "A", "127.0.0.91", options=STATUS_AND_ANSWER)
             assert "status: NOERROR," in out and "192.0.2.10" in out, (start, out)
