@@ -8,6 +8,7 @@ sums them across sensors. Names and meanings: docs/operations.md.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -66,6 +67,9 @@ def writer_families(agent: str, writer: RedisWriter | None) -> list[Metric]:
          "Failed round trips to Redis (each retried after a backoff)", w.redis_errors),
         (gauge, "agent_redis_connected", "1 while the last round trip to Redis worked",
          int(writer.connected)),
+        (gauge, "agent_redis_slots_unanswered",
+         "Cluster hash slots whose last write got no answer (a node down, a failover)",
+         len(writer.unanswered or ())),
     ])  # fmt: skip
 
 
@@ -147,12 +151,31 @@ def agent_collector(
 
 
 def writer_check(writer: RedisWriter | None) -> Iterable[Check]:
+    """`redis`; with a cluster also `redis_slots`, failing while some slots'
+    primaries do not answer (a failover under way) though the rest do."""
     if writer is None:
         return ()
+    checks = []
     if writer.connected:
-        return (Check("redis", True, "reachable"),)
-    detail = f"unreachable ({writer.stats.redis_errors} failed round trips); writes are queued"
-    return (Check("redis", False, detail),)
+        checks.append(Check("redis", True, "reachable"))
+    else:
+        detail = f"unreachable ({writer.stats.redis_errors} failed round trips); writes are queued"
+        checks.append(Check("redis", False, detail))
+    unanswered = writer.unanswered
+    if unanswered is not None:
+        checks.append(_slots_check(unanswered))
+    return checks
+
+
+def _slots_check(unanswered: Mapping[int, str]) -> Check:
+    if not unanswered:
+        return Check("redis_slots", True, "every hash slot written to answered")
+    per_node = collections.Counter(unanswered.values())
+    nodes = ", ".join(f"{n} slot(s) on {node}" for node, n in sorted(per_node.items()))
+    return Check(
+        "redis_slots", False,
+        f"degraded: no answer for writes to {nodes}; they wait in the queue and are retried",
+    )  # fmt: skip
 
 
 def serve_agent_metrics(

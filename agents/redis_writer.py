@@ -22,6 +22,7 @@ import redis
 from prometheus_client import Histogram
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_commands
 from pcapd.core.backoff import Backoff, BackoffTracker
@@ -106,6 +107,10 @@ class RedisWriter:
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
         self._last_error = ""  # why a cluster slot's write was not answered
+        # Cluster only (None otherwise): hash slot -> the primary owning it now,
+        # for each slot whose last write got no answer (a node down, a
+        # failover); read by readiness while `connected` stays true.
+        self.unanswered: dict[int, str] | None = None
 
     # -- producers -------------------------------------------------------
     def incr(self, key: str, amount: int = 1) -> None:
@@ -337,6 +342,7 @@ class RedisWriter:
         retry_keys: list[str] = []
         retry_args: list[str] = []
         created: list[str] = []
+        unanswered: dict[int, str] = {}
         for attempt in range(2):  # a second only to load the script where it is missing
             commands = [
                 (slot, ("EVALSHA", sha, len(group[0]), *group[0], self.ttl, mode, *group[1]))
@@ -352,6 +358,7 @@ class RedisWriter:
                     self._refused(_cause(str(reply), reply), len(group[0]), str(reply))
                 elif isinstance(reply, Exception):
                     self._last_error = str(reply) or type(reply).__name__
+                    unanswered[slot] = _owner(client, slot)
                     retry_keys.extend(group[0])
                     retry_args.extend(group[1])
                 else:
@@ -364,6 +371,7 @@ class RedisWriter:
                 break
             client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
             slots = missing
+        self.unanswered = unanswered
         if created:
             self._index(client, created)
         return (retry_keys, retry_args) if retry_keys else None
@@ -384,6 +392,14 @@ def dropped_status(writer: RedisWriter, agent: str) -> int:
         return 0
     event(log, "keys_dropped", logging.ERROR, agent=agent, keys=writer.stats.dropped_ops)
     return 1
+
+
+def _owner(client: RedisCluster, slot: int) -> str:
+    """The primary the slot map names for `slot` now (refreshed after a failure)."""
+    try:
+        return str(client.nodes_manager.get_node_from_slot(slot).name)
+    except (redis.RedisError, RedisClusterException):
+        return "no primary known"
 
 
 def _cause(error: str, exc: Exception | None = None) -> str:

@@ -432,19 +432,22 @@ class Controller:
 
         Called by the source's reader thread, so it stays cheap: only a small
         body is parsed, for its id and reply_to; nothing is logged per body
-        (the source logs a count)."""
-        with self._lock:
-            self._requests[delivery.source, "overloaded"] += 1
+        (the source logs a count). One for another node stays silent and
+        is counted `ignored`, as if it had been read."""
         request_id = reply_to = None
         if len(delivery.body) <= SALVAGE_MAX_BYTES:
             with contextlib.suppress(RequestError):
                 fields = decode_body(delivery.body, SALVAGE_MAX_BYTES)
                 if not addressed_to(fields, self.node):
+                    with self._lock:
+                        self._requests[delivery.source, "ignored"] += 1
                     return
                 raw_id = fields.get("id")
                 if isinstance(raw_id, str) and ID_RE.fullmatch(raw_id):
                     request_id = raw_id
                 reply_to = _reply_to(fields)
+        with self._lock:
+            self._requests[delivery.source, "overloaded"] += 1
         self._answer_unparsed(delivery.body, request_id, reply_to, reason)
         with contextlib.suppress(Exception):
             delivery.ack()

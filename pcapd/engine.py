@@ -341,6 +341,8 @@ def capture(
         poller.poll(max(wait, 0.0) * 1000.0)
         try:
             got = handle.dispatch(max_packets - count, callback)
+            if got < 0:  # pypcap returns PCAP_ERROR (an interface gone) unraised
+                raise OSError(handle.geterr() or "dispatch failed")
         except OSError as exc:
             error = f"capture on {interface} failed: {_text(exc)}"
             stop_reason = "shutdown"

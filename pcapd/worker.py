@@ -233,8 +233,11 @@ class Worker:
         ctl = self.controller
         ctl.metrics.captured(outcome)
         packets, data = outcome.packets, outcome.data
+        # A handle that failed mid-capture (its interface went away) fails the
+        # capture; what came before it is stored all the same.
+        status = "failed" if outcome.error else "ok" if packets else "empty"
         result = ResultEvent.for_request(
-            self.request, ctl.node, "ok" if packets else "empty", warnings=self.warnings,
+            self.request, ctl.node, status, warnings=self.warnings,
             interface=self.interface, error=outcome.error, stop=outcome.stop,
             packets=packets, bytes=len(data) if packets else 0,
             kernel_dropped=outcome.kernel_dropped, started=iso_utc(outcome.started),

@@ -295,21 +295,28 @@ class RedisCluster:
 
     def reset(self) -> None:
         """Empty, as new: keys, scripts, other clients, ACL users; a node that
-        is down is started again."""
+        is down is started again. Keys are flushed on the primaries only (a
+        replica refuses FLUSHALL: READONLY), and their replicas waited for."""
         for port in self.ports:
             proc = self.procs.get(port)
             if proc is None or proc.poll() is not None:
                 self.start_node(port)
         wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
+        flushed = []
         for port in self.ports:
             with self.node(port) as client:
                 client.client_kill_filter(_type="normal", skipme=True)
                 client.client_kill_filter(_type="pubsub")
-                client.flushall()
+                if client.info("replication")["role"] == "master":
+                    client.flushall()
+                    flushed.append(port)
                 client.script_flush()
                 for user in client.acl_users():
                     if user != "default":
                         client.acl_deluser(user)
+        if self.replicas:
+            for port in flushed:
+                wait_for(lambda p=port: self.replicated(p), timeout=CLUSTER_READY_TIMEOUT)
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -59,12 +59,19 @@ class DeliveryOutcome:
         return bool(self.locations) or self.spool_id is not None
 
     def apply(self, event: ResultEvent) -> ResultEvent:
-        """`event` with this outcome's locations, and status/error unless all went well."""
+        """`event` with this outcome's locations, and status/error unless all
+        went well (after the capture's own error, if it failed mid-way)."""
         if self.ok:
             return dataclasses.replace(event, locations=dict(self.locations))
         return dataclasses.replace(
-            event, status=self.status, error=self.error, locations=dict(self.locations)
-        )
+            event, status=self.status, error=_after(event, self.error),
+            locations=dict(self.locations),
+        )  # fmt: skip
+
+
+def _after(event: ResultEvent, error: str | None) -> str | None:
+    """The event's own error (a capture that failed mid-way), then the sinks'."""
+    return "; ".join(e for e in (event.error, error) if e) or None
 
 
 class Deliverer:
@@ -271,7 +278,7 @@ class Deliverer:
         if event is None:
             return None
         return dataclasses.replace(
-            event, status="spooled", error=error, locations=dict(locations)
+            event, status="spooled", error=_after(event, error), locations=dict(locations)
         ).as_dict()
 
 

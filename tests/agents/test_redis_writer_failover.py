@@ -1,16 +1,25 @@
 """The batched writer through a real failover: a primary of a 3-primary,
 3-replica Redis Cluster is killed and its replica promoted while the writer
-goes on, never restarted."""
+goes on, never restarted; and what an agent's /readyz says meanwhile."""
 
 from __future__ import annotations
 
+import json
+import re
+import socket
+import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
 
+from tests.agents.dnstap.builders import response_wire
+from tests.agents.test_metrics import _answers, agent_process
 from tests.agents.test_redis_writer_cluster import cluster_writer
-from tests.helpers import RedisCluster, wait_for
+from tests.helpers import RedisCluster, free_port, needs_root, wait_for
+from tests.metrics_scrape import get, ready, samples, value
 
 FAILOVER_TIMEOUT = 20.0  # s; a 1 s node timeout fails over in ~2-4 s
 
@@ -96,3 +105,97 @@ def test_a_replica_promoted_mid_run_keeps_the_writer_going(
         for n in moved:
             pipe.get(_key(n))
         assert all(pipe.execute())
+
+
+RESPONSES_PER_TICK = 20  # DNS answers sniffed every 20 ms: ~1,000/s, over ~1,000 slots
+
+
+@needs_root
+@pytest.mark.timeout(120)
+def test_readyz_names_the_slots_a_failover_leaves_unanswered(
+    replicated_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """`pcapd agent dnswire` sniffing answers on `lo` into a 3+3 cluster: a
+    primary is killed, and until its replica took over /readyz fails on
+    `redis_slots`, naming it, while `redis` (the rest answers) and /healthz
+    stay fine; then it is ready again by itself."""
+    cluster = replicated_cluster
+    dns_port, metrics_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{metrics_port}"
+    config = tmp_path / "dnswire.toml"
+    config.write_text(f"""
+[redis]
+cluster = true
+nodes = {json.dumps(cluster.nodes)}
+
+[agents.dnswire]
+interface = "lo"
+ports = [{dns_port}]
+stats_interval = 0
+batch_ops = 100
+flush_interval = 0.01
+metrics_listen = "127.0.0.1:{metrics_port}"
+""")
+    stop = threading.Event()
+
+    def answer() -> None:
+        # From a resolver's port on lo to clients: each answer a new address.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.bind(("127.0.0.53", dns_port))
+            n = 0
+            while not stop.is_set():
+                for _ in range(RESPONSES_PER_TICK):
+                    n += 1
+                    address = f"198.18.{n // 250 % 250}.{n % 250 + 1}"
+                    wire = response_wire(f"h{n}.example.", "A", [(f"h{n}.example.", "A", address)])
+                    out.sendto(wire, ("127.0.0.61", 40_000))
+                stop.wait(0.02)
+
+    argv = [sys.executable, "-m", "pcapd", "agent", "dnswire", "-c", str(config)]
+    sender = threading.Thread(target=answer, daemon=True)
+    with agent_process(argv, tmp_path / "dnswire.log"):
+        sender.start()
+        try:
+
+            def slots_ok() -> bool:
+                code, report = ready(base)
+                check = report["checks"].get("redis_slots")
+                return code == 200 and check == {
+                    "ok": True, "detail": "every hash slot written to answered"}  # fmt: skip
+
+            wait_for(lambda: _answers(base), timeout=20)
+            wait_for(slots_ok, timeout=30)
+            victim = cluster.primaries()[1]
+            # Its replica in step with it, so that the replica may take over.
+            wait_for(lambda: cluster.replicated(victim), timeout=30, interval=0.05)
+            heirs = cluster.replicas_of(victim)
+            cluster.kill(victim)
+            seen: list[dict[str, Any]] = []
+
+            def degraded() -> bool:
+                code, report = ready(base)
+                seen[:] = [report]
+                return code == 503 and not report["checks"]["redis_slots"]["ok"]
+
+            wait_for(degraded, timeout=FAILOVER_TIMEOUT, interval=0.05)
+            checks = seen[0]["checks"]
+            detail = checks["redis_slots"]["detail"]
+            assert re.fullmatch(
+                rf"degraded: no answer for writes to \d+ slot\(s\) on 127\.0\.0\.1:{victim}; "
+                "they wait in the queue and are retried", detail,
+            ), detail  # fmt: skip
+            # Not dead: the other primaries answer, the capture goes on.
+            assert checks["redis"] == {"ok": True, "detail": "reachable"}
+            assert checks["input"]["ok"] is True
+            assert get(base + "/healthz")[0] == 200
+            found = samples(base)
+            assert value(found, "pcapd_agent_redis_connected", agent="dnswire") == 1
+            assert value(found, "pcapd_agent_redis_slots_unanswered", agent="dnswire") > 0
+
+            wait_for(lambda: cluster.promoted(victim, heirs) is not None,
+                     timeout=FAILOVER_TIMEOUT, interval=0.1)  # fmt: skip
+            wait_for(slots_ok, timeout=40, interval=0.1)
+            assert value(samples(base), "pcapd_agent_redis_slots_unanswered") == 0
+        finally:
+            stop.set()
+            sender.join(10)

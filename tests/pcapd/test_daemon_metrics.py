@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -220,3 +221,54 @@ def test_a_removed_spool_directory_leaves_the_node_listed_and_metrics_served(
             )
         finally:
             daemon.stop()
+
+
+OTHERS = 1_500  # requests for another node in one burst, 4 KB each: ~6 MB
+OTHER_PAD = 3_900  # each body stays under the 4096 bytes a refused one is read for
+
+
+def test_an_overflowing_burst_for_another_node_is_ignored_not_overloaded(
+    private_redis: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    """Requests for another node that the full pub/sub queue refuses unread
+    stay silent and count as `ignored`, as they would have read."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    daemon = Daemon(
+        private_redis, tmp_path, extra_sections=metrics_section(port),
+        extra_redis=f"pubsub_queue_bytes = {1024 * 1024}",  # the least: ~240 of them
+        extra_general="logrequests = true",  # each body logged: handled slower than read
+    )  # fmt: skip
+    daemon.start()
+    assert daemon.proc is not None
+    client = private_redis.client()
+    # The burst waits in Redis for the stopped daemon, all of it.
+    client.config_set("client-output-buffer-limit", "pubsub 0 0 0")
+    try:
+        wait_for(lambda: get(base + "/healthz")[0] == 200, timeout=20)
+        daemon.signal(signal.SIGSTOP)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for index in range(OTHERS):
+                body = {"node": "othernode", "interface": "lo", "id": f"other-{index}",
+                        "pad": "x" * OTHER_PAD}  # fmt: skip
+                pipe.publish("capture", json.dumps(body))
+            pipe.execute()
+        finally:
+            daemon.signal(signal.SIGCONT)
+        # Read off the socket faster than handled: the queue overflowed.
+        wait_for(lambda: "event=requests_overloaded" in daemon.log(), timeout=30, interval=0.5)
+
+        def counts() -> dict[str, float]:
+            found = samples(base)
+            return {s: value(found, "pcapd_requests_total", source=SOURCE, status=s)
+                    for s in ("ignored", "overloaded")}  # fmt: skip
+
+        wait_for(lambda: sum(counts().values()) == OTHERS, timeout=60)
+        assert counts() == {"ignored": OTHERS, "overloaded": 0}
+        # Still serving, and what it answered was only this node's request.
+        daemon.publish(b'{"node": "testnode", "interface": "lo", "packets": "many", "id": "mine"}')
+        assert results.next(timeout=20)["id"] == "mine"
+        assert results.events.empty()
+    finally:
+        daemon.stop()

@@ -138,6 +138,21 @@ def test_spool_full_means_failed_with_both_reasons(tmp_path: Path) -> None:
     assert len(spool.list()) == 1  # the older capture is still there
 
 
+def test_a_failed_capture_keeps_its_error_before_the_sinks(tmp_path: Path) -> None:
+    """A capture whose interface went away mid-way is stored like any other;
+    when a sink fails too, the result says both, the capture's first."""
+    spool = Spool(tmp_path, MB)
+    artifact = make_artifact()
+    gone = "capture on veth0 failed: The interface disappeared"
+    event = dataclasses.replace(base_event(artifact), status="failed", error=gone, stop="shutdown")
+    outcome = Deliverer([Failing("s3", True)], fast_retry(), spool).deliver(artifact, event)
+    assert outcome.status == "spooled" and outcome.error == "s3: s3 refused"
+    result = outcome.apply(event)
+    assert (result.status, result.error) == ("spooled", f"{gone}; s3: s3 refused")
+    [entry] = spool.list()
+    assert entry.event is not None and entry.event["error"] == result.error
+
+
 def test_no_spool_means_failed() -> None:
     outcome = Deliverer([Failing("s3", True)], fast_retry(), None).deliver(make_artifact())
     assert (outcome.status, outcome.error) == ("failed", "s3: s3 refused; spool: not configured")

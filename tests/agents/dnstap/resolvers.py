@@ -7,6 +7,7 @@ The config snippets here are the ones docs/dnstap.md quotes.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -116,8 +117,19 @@ def dig(
     return out.stdout
 
 
-def _answers(port: int, server: str = "127.0.0.1", netns: str | None = None) -> bool:
-    return bool(dig(port, "ns1.example.test", source=server, server=server, netns=netns).strip())
+# dig's options for the status line and the answer section (not +short)
+STATUS_AND_ANSWER = ("+noshort", "+noall", "+comments", "+answer")
+PROBE_ANSWER = re.compile(r"^ns1\.example\.test\.\s+\d+\s+IN\s+A\s+127\.0\.0\.1$", re.M)
+
+
+def serves_zone(port: int, server: str = "127.0.0.1", netns: str | None = None) -> bool:
+    """The resolver serves the zone: a name in it is answered NOERROR with
+    its address. `+short` output is no proof: it holds dig's ";; communications
+    error" before the port listens, and is empty for the SERVFAIL a fresh
+    named gives while it still loads the zone."""
+    out = dig(port, "ns1.example.test", source=server, server=server, netns=netns,
+              options=STATUS_AND_ANSWER)  # fmt: skip
+    return "status: NOERROR," in out and PROBE_ANSWER.search(out) is not None
 
 
 @contextlib.contextmanager
@@ -154,7 +166,7 @@ def bind(
         )
     resolver = Resolver("bind", port, proc, log)
     try:
-        wait_for(lambda: proc.poll() is not None or _answers(port, listen, netns), timeout=20)
+        wait_for(lambda: proc.poll() is not None or serves_zone(port, listen, netns), timeout=20)
         if proc.poll() is not None:
             raise AssertionError(f"named exited: {log.read_text()[-2000:]}")
         yield resolver
@@ -205,7 +217,7 @@ def unbound(
         proc = subprocess.Popen([*wrap, "unbound", "-d", "-c", str(conf)], stdout=out, stderr=out)
     resolver = Resolver("unbound", port, proc, log)
     try:
-        wait_for(lambda: proc.poll() is not None or _answers(port, listen, netns), timeout=20)
+        wait_for(lambda: proc.poll() is not None or serves_zone(port, listen, netns), timeout=20)
         if proc.poll() is not None:
             raise AssertionError(f"unbound exited: {log.read_text()[-2000:]}")
         yield resolver

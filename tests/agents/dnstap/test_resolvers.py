@@ -16,8 +16,15 @@ from agents.dnstap.message import decode_dnstap
 from agents.dnstap.response import parse_response
 from tests.agents.dnstap.builders import reference
 from tests.agents.dnstap.harness import RunningAgent, redis_dump, running_agent
-from tests.agents.dnstap.resolvers import Resolver, bind, dig, unbound
-from tests.helpers import RedisServer, redis_server, wait_for
+from tests.agents.dnstap.resolvers import (
+    STATUS_AND_ANSWER,
+    Resolver,
+    bind,
+    dig,
+    serves_zone,
+    unbound,
+)
+from tests.helpers import RedisServer, free_port, redis_server, wait_for
 
 
 @dataclass
@@ -156,3 +163,21 @@ def test_unbound_dnstap_tls(site: Site, tmp_path: Path) -> None:
                 f"{client};192.0.2.11;dns": ";www.example.test.;"}  # fmt: skip
         wait_for(lambda: site.keys_of(client) == want)
         assert [c["listener"] for c in ra.snapshot()["per_connection"]] == ["tls"]
+
+
+FRESH_STARTS = 8  # a fresh named SERVFAILed its first query in about 1 start of 3
+
+
+def test_the_readiness_probe_wants_an_answer_not_dig_output() -> None:
+    """Before anything listens, dig prints ";; communications error" on
+    stdout, even with +short: the probe must not take that for an answer."""
+    assert not serves_zone(free_port())
+
+
+def test_a_fresh_bind_answers_its_first_query(tmp_path: Path) -> None:
+    """Once `bind()` returns, named has loaded the zone: the first query, from
+    a client it has not seen, is answered NOERROR with the address."""
+    for start in range(FRESH_STARTS):
+        with bind(tmp_path / f"bind{start}", tmp_path / "nobody.sock") as named:
+            out = dig(named.port, "www.example.test", "A", "127.0.0.91", options=STATUS_AND_ANSWER)
+            assert "status: NOERROR," in out and "192.0.2.10" in out, (start, out)
