@@ -10,7 +10,7 @@ each, and the ratio pcapd/tcpdump of packets captured.
 Target (issue 2): wherever tcpdump loses nothing, pcapd loses nothing either
 (ratio 1.00), up to at least 400k pps.
 
-`--ring`: pcapd captures through a lookback ring instead (pcapd/ring.py: the
+`--ring`: pcapd captures through a lookback ring instead (pcapd/ring/: the
 ring's one handle keeps everything the filter passes, and one live capture
 is served from it, as a request on a ring interface is); target (issue 14):
 ratio 1.00 wherever tcpdump loses nothing, up to at least 300k pps.
@@ -337,7 +337,7 @@ def main() -> int:
     parser.add_argument("--buffer-size", type=int, default=DEFAULT_BUFFER_SIZE,
                         help="kernel buffer of both capturers (default: pcapd's)")  # fmt: skip
     parser.add_argument("--ring", action="store_true",
-                        help="pcapd captures through a lookback ring (pcapd/ring.py)")  # fmt: skip
+                        help="pcapd captures through a lookback ring (pcapd/ring/)")  # fmt: skip
     parser.add_argument("--subnet", type=int, default=77, help="veth pair in 10.200.N.0/24")
     parser.add_argument("--engine-child", metavar="DEV", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -19,7 +19,7 @@ import dpkt
 import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
-from pcapd.ring import MIN_CHUNK, RECORD, Ring, chunk_layout, compiled_filter
+from pcapd.ring import MIN_CHUNK, Ring, chunk_layout, compiled_filter
 from tests.helpers import VethPair, free_port, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
@@ -357,16 +357,8 @@ def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
 
 def held_records(ring: Ring) -> list[tuple[int, int]]:
     """(counter, ts_ns) of every UDP packet the ring holds now, oldest first."""
-    found = []
-    with ring._lock:
-        for chunk in ring._order():
-            buf, end = ring._chunks[chunk], ring._used[chunk]
-            pos = ring._tail_pos if chunk == ring._tail else 0
-            while pos < end:
-                ts, n = RECORD.unpack_from(buf, pos)
-                found.append((struct.unpack_from("!I", buf, pos + RECORD.size + 42)[0], ts))
-                pos += RECORD.size + n
-    return found
+    with ring.lock:
+        return [(struct.unpack_from("!I", pkt, 42)[0], ts) for ts, pkt in ring.store.records()]
 
 
 def test_a_live_capture_misses_nothing_stamped_after_its_start_under_a_flood() -> None:
