@@ -5,17 +5,19 @@ from it.
 One reader thread per ring waits on the handle's fd with poll() (the handle
 is non-blocking, TPACKET_V3, as the engine's: DESIGN.md's capture engine
 facts) and appends each packet to large chunks preallocated at start: a
-12-byte record head (timestamp in ns, length) and the packet, no Python
-object kept per packet. Chunks are reused in turn; reusing the oldest one
-drops its records (an overflow, counted), and records older than `seconds`
-are dropped as the clock passes them (counted apart).
+16-byte pcap record head and the packet, no Python object kept per packet.
+Chunks are reused in turn; reusing the oldest one drops its records (an
+overflow, counted), and records older than `seconds` are dropped as the
+clock passes them (counted apart).
 
 A capture on the ring interface registers under the ring's lock: its BPF is
 compiled once for the ring's link type (`pcap.bpf(...).filter`, in user
 space); its trigger is read and the ring's records noted there, and from
-the next record on the reader offers it every packet, under the same lock.
-So the seam is a record index: no gap, no duplicate, whatever the
-timestamps. With a lookback, the records noted (those from trigger -
+the next record on the reader hands it every run of records it appends
+(once per read, not per packet), under the same lock. So the seam is a
+record index: no gap, no duplicate. A capture that keeps every packet
+whole, in pcap, takes a run in one copy: the ring's records are already
+pcap records. With a lookback, the records noted (those from trigger -
 lookback) are copied and filtered later, in the capture's own thread and
 without the lock, while the reader keeps reading: live packets wait in the
 capture's tail meanwhile, and a chunk the writer reuses during the copy is

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from pcapd.core.fields import show
 from pcapd.engine import BLOCK_TIMEOUT_MS, MAX_POLL_WAIT, CaptureLimits, CaptureOutcome, timed_stop
-from pcapd.ring.feed import NS, Feed
-from pcapd.ring.store import Span
+from pcapd.ring.feed import Feed
+from pcapd.ring.store import NS, Span
 
 if TYPE_CHECKING:
     from pcapd.ring.reader import Ring

@@ -6,7 +6,7 @@ non-blocking, TPACKET_V3, as the engine's: DESIGN.md's capture engine
 facts) and reads DISPATCH_BATCH packets at a time under the ring's lock. A
 capture registers under the same lock, between two reads: its trigger is
 read and the ring's records noted there, and from the next record on the
-reader offers it every packet. So the seam is a record index.
+reader hands it each run of records it appends. So the seam is a record index.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pcapd.engine import (
 )
 from pcapd.pcapfile import pcap_header, pcapng_header
 from pcapd.ring.capture import RingCapture
-from pcapd.ring.feed import NS, Feed, compiled_filter
-from pcapd.ring.store import ChunkStore, Span
+from pcapd.ring.feed import Feed, compiled_filter
+from pcapd.ring.store import NS, ChunkStore, Span, record_ts
 
 log = logging.getLogger("pcapd.ring")
 
@@ -90,9 +90,9 @@ class Ring:
         self.buffer_size = max(buffer_size, RING_BUFFER_SIZE)
         self.store = ChunkStore(max_bytes)
         self.memory = self.store.memory
-        self._feeds: tuple[Callable[[int, bytes | memoryview], None], ...] = ()
+        self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
         self._live: set[Feed] = set()
-        self._replaying: set[Feed] = set()  # copying their lookback, fed by `hold`
+        self._replaying: set[Feed] = set()  # copying their lookback, live records held
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
@@ -140,7 +140,7 @@ class Ring:
         assert handle is not None
         poller = select.poll()
         poller.register(handle.fileno(), select.POLLIN)
-        on_packet = self._on_packet
+        on_packet, settle = self.store.writer(self._segment)
         evicted_at = 0.0
         while not self._stop.is_set():
             poller.poll(READ_WAIT * 1000)
@@ -150,15 +150,18 @@ class Ring:
                     try:
                         got = handle.dispatch(DISPATCH_BATCH, on_packet)
                     except OSError as exc:
+                        settle()
                         self._failed(exc)
                         return
+                    settle()
                     if got < 0:  # pypcap returns PCAP_ERROR (an interface gone) unraised
                         self._failed(OSError(handle.geterr() or "dispatch failed"))
                         return
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
-                        self.store.evict_old(time.time_ns() - self.seconds * NS)
+                        # Whole chunks: the rest when counted (`stats`).
+                        self.store.evict_old(self._cutoff(), records=False)
                 time.sleep(0)  # a capture waiting to register takes the lock now
 
     def _failed(self, exc: OSError) -> None:
@@ -171,16 +174,22 @@ class Ring:
             if not feed.full:
                 feed.end("shutdown")
 
-    def _on_packet(self, ts: int, pkt: bytes) -> None:
-        """The hot path: one record appended, then offered to each capture."""
-        self.store.append(ts, pkt)
+    def _segment(self, data: memoryview, start: int, end: int, records: int) -> None:
+        """The records one read appended (or those of a chunk the writer
+        leaves), handed to every capture: once per read, not per packet,
+        and nothing at all when none is served. Lock held."""
         if self._feeds:
-            for offer in self._feeds:
-                offer(ts, pkt)
+            first = record_ts(data, start)
+            for feed in self._feeds:
+                feed.take(data, start, end, records, first)
+
+    def _cutoff(self) -> int:
+        """ns: records stamped before this are older than the ring keeps."""
+        return time.time_ns() - self.seconds * NS
 
     def replay(self, spans: tuple[Span, ...], feed: Feed) -> int:
-        """Offer `feed` the records of `spans` without the lock: records lost."""
-        return self.store.replay(spans, feed.offer, feed.since, lambda: feed.full)
+        """Hand `feed` the records of `spans` without the lock: records lost."""
+        return self.store.replay(spans, feed.replay, lambda: feed.full)
 
     def go_live(self, feed: Feed) -> None:
         """The lookback is in the file: the tail follows it, then the reader
@@ -193,10 +202,7 @@ class Ring:
                 if over or feed.full or len(tail) <= TAIL_UNDER_LOCK:
                     feed.merge(tail, records, over)
                     self._replaying.discard(feed)
-                    if feed in self._live:
-                        self._feeds = tuple(
-                            feed.offer if f == feed.hold else f for f in self._feeds
-                        )
+                    feed.holding = False
                     return
             feed.merge(tail, records, over=False)
 
@@ -212,6 +218,7 @@ class Ring:
 
     def stats(self) -> RingStats:
         with self.lock:
+            self.store.evict_old(self._cutoff())
             packets, held = self.store.held()
             oldest = self.store.oldest()
             return RingStats(
@@ -253,6 +260,8 @@ class Ring:
             # reader offers every later one; the lookback is those held.
             trigger = time.time_ns()
             since = trigger - lookback * NS
+            if lookback:
+                self.store.evict_old(self._cutoff())
             spans = self.store.spans(since)
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
@@ -263,13 +272,13 @@ class Ring:
                 )
             feed = Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
-                trigger=trigger, debug=packet_debug, on_full=on_full,
+                trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
             )  # fmt: skip
             drops_before = self._drops()
             self._live.add(feed)
             if spans:
                 self._replaying.add(feed)
-            self._feeds = (*self._feeds, feed.hold if spans else feed.offer)
+            self._feeds = (*self._feeds, feed)
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
         return RingCapture(self, feed, limits, drops_before, delivered, spans)
 
@@ -278,7 +287,7 @@ class Ring:
         with self.lock:
             self._live.discard(feed)
             self._replaying.discard(feed)
-            self._feeds = tuple(f for f in self._feeds if f not in (feed.offer, feed.hold))
+            self._feeds = tuple(f for f in self._feeds if f is not feed)
             return self._drops(), self.error
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
