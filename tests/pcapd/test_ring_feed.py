@@ -104,7 +104,8 @@ def test_a_filter_sees_each_packet_and_keeps_the_record_whole() -> None:
 
     def odd(pkt: bytes | memoryview) -> bool:
         seen.append(bytes(pkt))
-        return struct.unpack("!I", bytes(pkt[:4]))[0] % 2 == 1
+        counter: int = struct.unpack("!I", bytes(pkt[:4]))[0]
+        return counter % 2 == 1
 
     got = feed(since=T0, match=odd)
     got.take(run, 0, len(run), 30, stamps[0])
