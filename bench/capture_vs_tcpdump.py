@@ -10,7 +10,7 @@ each, and the ratio pcapd/tcpdump of packets captured.
 Target (issue 2): wherever tcpdump loses nothing, pcapd loses nothing either
 (ratio 1.00), up to at least 400k pps.
 
-`--ring`: pcapd captures through a lookback ring instead (pcapd/ring.py: the
+`--ring`: pcapd captures through a lookback ring instead (pcapd/ring/: the
 ring's one handle keeps everything the filter passes, and one live capture
 is served from it, as a request on a ring interface is); target (issue 14):
 ratio 1.00 wherever tcpdump loses nothing, up to at least 300k pps.
@@ -62,11 +62,21 @@ STOP_TIMEOUT = 30.0
 ENGINE_MAX_BYTES = 2_000_000_000  # high enough never to be the stop condition
 ENGINE_MAX_PACKETS = 1_000_000_000
 SENDER_SHORTFALL = 0.9  # below this fraction of the asked rate, say so
-PPS_MULTI = 10  # packets per timing tick: tcpreplay cannot pace 1 packet per 2.5 us
+# tcpreplay paces bursts of rate x PPS_TICK packets: it cannot pace one
+# packet per 2.5 us, and a wake-up that comes late on a loaded machine is
+# time it never makes up (bursts of 10 reached 52k of 100k pps at load 6).
+# A 1 ms burst of 300 frames is far within either capturer's kernel buffer.
+PPS_TICK = 0.001
 ENGINE_DURATION = 600.0
 RING_SECONDS = 60  # the ring's lookback in --ring mode
 RING_BYTES = 64 * 1024 * 1024  # and its memory: the default lookback_bytes
 SUBNET = "10.200.77"
+# The frames' destination: no host on the link. Both capturers are
+# promiscuous, so they see every frame, and the receiving stack drops each at
+# once (not for this host) instead of routing it to a closed UDP port and
+# answering ICMP port unreachable: that cost the sender ~4 us of kernel time
+# per frame, which kept tcpreplay far below the asked rates.
+NOBODY_MAC = bytes.fromhex("020000000077")
 BPF = f"udp and dst port {DST_PORT}"
 
 
@@ -235,25 +245,37 @@ class Sent:
     packets: int
     seconds: float
     pps: float
+    cpu: float  # seconds tcpreplay ran, the kernel's send and receive paths included
 
 
 def replay(link: Link, pcap: Path, rate: int | None, packets: int) -> Sent:
     """rate None: --topspeed."""
-    speed = ["--topspeed"] if rate is None else [f"--pps={rate}", f"--pps-multi={PPS_MULTI}"]
+    burst = max(1, round((rate or 0) * PPS_TICK))
+    speed = ["--topspeed"] if rate is None else [f"--pps={rate}", f"--pps-multi={burst}"]
     loops = packets // DISTINCT_FRAMES + 1
+    before = _children_cpu()
     done = subprocess.run(
         ["ip", "netns", "exec", link.ns_send, "tcpreplay", "-q", f"--intf1={link.dev_send}",
          *speed, "--preload-pcap", f"--loop={loops}", f"--limit={packets}", str(pcap)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
+    cpu = _children_cpu() - before  # `ip netns exec` execs tcpreplay in place
     text = done.stdout + done.stderr
     actual = re.search(r"Actual: (\d+) packets .* sent in ([\d.]+) seconds", text)
     rated = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", text)
     if actual is None:
         raise SystemExit(f"cannot read tcpreplay's summary:\n{text}")
     return Sent(
-        int(actual.group(1)), float(actual.group(2)), float(rated.group(1)) if rated else 0.0
+        int(actual.group(1)),
+        float(actual.group(2)),
+        float(rated.group(1)) if rated else 0.0,
+        cpu,
     )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- one row ----------------------------------------------------------------
@@ -303,8 +325,9 @@ def measure(
 
 
 HEADER = (
-    f"{'rate':>9} {'sent':>9} {'sent pps':>9} | {'pcapd':>9} {'lost':>7} {'kdrop':>7} "
-    f"{'cpu us/p':>8} | {'tcpdump':>9} {'lost':>7} {'kdrop':>7} {'cpu us/p':>8} | "
+    f"{'rate':>9} {'sent':>9} {'sent pps':>9} {'snd us/p':>8} | "
+    f"{'pcapd':>9} {'lost':>7} {'kdrop':>7} {'cpu us/p':>8} | "
+    f"{'tcpdump':>9} {'lost':>7} {'kdrop':>7} {'cpu us/p':>8} | "
     f"{'ratio':>6} verdict"
 )
 
@@ -322,7 +345,8 @@ def format_row(row: Row) -> str:
         return counts.cpu / counts.captured * 1e6 if counts.captured else 0.0
 
     return (
-        f"{row.label:>9} {row.sent.packets:>9} {row.sent.pps:>9.0f} | "
+        f"{row.label:>9} {row.sent.packets:>9} {row.sent.pps:>9.0f} "
+        f"{row.sent.cpu / row.sent.packets * 1e6 if row.sent.packets else 0.0:>8.2f} | "
         f"{row.pcapd.captured:>9} {row.sent.packets - row.pcapd.captured:>7} "
         f"{row.pcapd.dropped:>7} {per_packet(row.pcapd):>8.2f} | "
         f"{row.tcpdump.captured:>9} {row.sent.packets - row.tcpdump.captured:>7} "
@@ -337,7 +361,7 @@ def main() -> int:
     parser.add_argument("--buffer-size", type=int, default=DEFAULT_BUFFER_SIZE,
                         help="kernel buffer of both capturers (default: pcapd's)")  # fmt: skip
     parser.add_argument("--ring", action="store_true",
-                        help="pcapd captures through a lookback ring (pcapd/ring.py)")  # fmt: skip
+                        help="pcapd captures through a lookback ring (pcapd/ring/)")  # fmt: skip
     parser.add_argument("--subnet", type=int, default=77, help="veth pair in 10.200.N.0/24")
     parser.add_argument("--engine-child", metavar="DEV", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -364,7 +388,8 @@ def main() -> int:
     print(f"64-byte UDP frames over veth, filter {BPF!r}, buffer {args.buffer_size} bytes each; "
           f"{os.cpu_count()} CPUs; pcapd {mode or 'on its own handle'}")  # fmt: skip
     print("lost = sent - captured; kdrop = the capturer's own kernel drop count; "
-          "cpu us/p = capturer CPU per captured packet")  # fmt: skip
+          "cpu us/p = capturer CPU per captured packet; snd us/p = tcpreplay's CPU per "
+          "packet sent (the receiving kernel path runs in it too)")  # fmt: skip
     print(HEADER)
     rows: list[Row] = []
     began = time.monotonic()
@@ -375,9 +400,7 @@ def main() -> int:
         link = Link(*names)
         workdir = Path(tmp)
         pcap = workdir / "udp64.pcap"
-        build_pcap(
-            pcap, mac_of(link.ns_send, link.dev_send), mac_of(link.ns_capture, link.dev_capture)
-        )
+        build_pcap(pcap, mac_of(link.ns_send, link.dev_send), NOBODY_MAC)
         for rate, packets in plan:
             row = measure(link, pcap, workdir, rate, packets, args.buffer_size, args.ring)
             rows.append(row)
@@ -388,7 +411,8 @@ def main() -> int:
         if row.rate is not None and row.sent.pps < SENDER_SHORTFALL * row.rate
     ]
     if slow:
-        print(f"tcpreplay fell short of the asked rate (CPU is shared): {', '.join(slow)}")
+        print(f"tcpreplay fell short of the asked rate: {', '.join(slow)}; one core sends at "
+              f"most 1e6 / (snd us/p) pps, less on a shared machine")  # fmt: skip
     misses = [row.label for row in rows if verdict(row) == "MISS"]
     print(f"total {time.monotonic() - began:.0f} s; ", end="")
     if misses:

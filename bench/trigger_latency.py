@@ -15,7 +15,7 @@ Peak RSS: /proc/PID/clear_refs resets VmHWM, one request with
 bytes=200_000_000 on `lo` is fed large UDP datagrams until it stops, then
 VmHWM is compared with 1.1 x file size + 40 MB.
 
-`--ring`: `lo` keeps a lookback ring (pcapd/ring.py) and every request is
+`--ring`: `lo` keeps a lookback ring (pcapd/ring/) and every request is
 served from its handle: PUBLISH -> registered with the ring, no socket opened
 (issue 14's target: p50 <= 1 ms). The 200 MB capture is skipped then.
 

@@ -18,7 +18,7 @@ also given as a ratio against the first (pub/sub by default: pcapdaemon's
 only Redis source), measured in the same run against the same daemon. At
 the end: the daemon's peak RSS and whether it survived the storm.
 
-`--ring`: `lo` keeps a lookback ring (pcapd/ring.py), so captures are served
+`--ring`: `lo` keeps a lookback ring (pcapd/ring/), so captures are served
 from its one handle and open no socket (issue 14's target: >= 500 captures
 started per second; each capture opening its own handle manages ~27).
 

@@ -19,7 +19,7 @@ import dpkt
 import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
-from pcapd.ring import MIN_CHUNK, RECORD, Ring, chunk_layout, compiled_filter
+from pcapd.ring import MIN_CHUNK, Ring, chunk_layout, compiled_filter
 from tests.helpers import VethPair, free_port, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
@@ -357,16 +357,8 @@ def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
 
 def held_records(ring: Ring) -> list[tuple[int, int]]:
     """(counter, ts_ns) of every UDP packet the ring holds now, oldest first."""
-    found = []
-    with ring._lock:
-        for chunk in ring._order():
-            buf, end = ring._chunks[chunk], ring._used[chunk]
-            pos = ring._tail_pos if chunk == ring._tail else 0
-            while pos < end:
-                ts, n = RECORD.unpack_from(buf, pos)
-                found.append((struct.unpack_from("!I", buf, pos + RECORD.size + 42)[0], ts))
-                pos += RECORD.size + n
-    return found
+    with ring.lock:
+        return [(struct.unpack_from("!I", pkt, 42)[0], ts) for ts, pkt in ring.store.records()]
 
 
 def test_a_live_capture_misses_nothing_stamped_after_its_start_under_a_flood() -> None:
@@ -459,3 +451,28 @@ def test_on_full_is_called_once_on_the_reader_thread_when_a_bound_ends_the_captu
         assert calls == ["ring-lo"]
     finally:
         ring.stop()
+
+
+def test_records_older_than_the_ring_keeps_are_counted_evicted_when_counted() -> None:
+    """The reader drops whole chunks by age; the oldest chunk's records go
+    one by one as `stats` counts them: what it says is exact either way."""
+    port = free_port()
+    ring = Ring("lo", 2, 2 * 1024 * 1024, f"udp and dst port {port}")
+    ring.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for index in range(10):
+                sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
+            held(ring, 10)
+            time.sleep(2.3)
+            for index in range(10, 15):
+                sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
+            wait_for(lambda: ring.stats().evicted_age == 10 and ring.stats().packets == 5,
+                     timeout=10)  # fmt: skip
+        assert [struct.unpack_from("!I", pkt, 42)[0] for _, pkt in ring.store.records()] == list(
+            range(10, 15)
+        )
+        got = numbers(capture(ring, lookback=2, timeout=0.3))
+    finally:
+        ring.stop()
+    assert [n for n, _ in got] == list(range(10, 15))

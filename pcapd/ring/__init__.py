@@ -1,0 +1,80 @@
+"""The lookback ring: one long-lived handle per ring interface, its last
+seconds of packets in memory, and every capture on that interface served
+from it.
+
+One reader thread per ring waits on the handle's fd with poll() (the handle
+is non-blocking, TPACKET_V3, as the engine's: DESIGN.md's capture engine
+facts) and appends each packet to large chunks preallocated at start: a
+16-byte pcap record head and the packet, no Python object kept per packet.
+Chunks are reused in turn; reusing the oldest one drops its records (an
+overflow, counted), and records older than `seconds` are dropped as the
+clock passes them (counted apart).
+
+A capture on the ring interface registers under the ring's lock: its BPF is
+compiled once for the ring's link type (`pcap.bpf(...).filter`, in user
+space); its trigger is read and the ring's records noted there, and from
+the next record on the reader hands it every run of records it appends
+(once per read, not per packet), under the same lock. So the seam is a
+record index: no gap, no duplicate. A capture that keeps every packet
+whole, in pcap, takes a run in one copy: the ring's records are already
+pcap records. With a lookback, the records noted (those from trigger -
+lookback) are copied and filtered later, in the capture's own thread and
+without the lock, while the reader keeps reading: live packets wait in the
+capture's tail meanwhile, and a chunk the writer reuses during the copy is
+detected by its generation number (its records are lost, and said so).
+Captures take no socket and no spare handle, so they start in well under a
+millisecond.
+
+Memory: `memory` bytes (the chunks, at most `max_bytes`), reserved from
+max_memory at start; a capture's file and its tail together stay within its
+own `bytes` bound, as in the engine, plus one `REPLAY_SLICE` while its
+lookback is copied; the per-chunk bookkeeping is a few integers.
+
+Modules: `store` (the chunks), `feed` (one capture's framing and filter),
+`reader` (`Ring`: the handle, the reader thread, registration), `capture`
+(`RingCapture`: one capture's lookback copy and wait).
+"""
+
+from pcapd.ring.capture import STOP_FLUSH, RingCapture
+from pcapd.ring.feed import BPF_CACHE_ENTRIES, compiled_filter
+from pcapd.ring.reader import (
+    DISPATCH_BATCH,
+    EVICT_EVERY,
+    READ_WAIT,
+    RING_BUFFER_SIZE,
+    TAIL_UNDER_LOCK,
+    Ring,
+    RingFilterError,
+    RingStats,
+)
+from pcapd.ring.store import (
+    CHUNK_TARGET,
+    MIN_CHUNK,
+    MIN_CHUNKS,
+    RECORD,
+    REPLAY_SLICE,
+    ChunkStore,
+    chunk_layout,
+)
+
+__all__ = [
+    "BPF_CACHE_ENTRIES",
+    "CHUNK_TARGET",
+    "DISPATCH_BATCH",
+    "EVICT_EVERY",
+    "MIN_CHUNK",
+    "MIN_CHUNKS",
+    "READ_WAIT",
+    "RECORD",
+    "REPLAY_SLICE",
+    "RING_BUFFER_SIZE",
+    "STOP_FLUSH",
+    "TAIL_UNDER_LOCK",
+    "ChunkStore",
+    "Ring",
+    "RingCapture",
+    "RingFilterError",
+    "RingStats",
+    "chunk_layout",
+    "compiled_filter",
+]

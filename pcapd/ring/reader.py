@@ -1,0 +1,326 @@
+"""The ring of one interface: its handle, the reader thread that fills the
+chunk store, and the registration of captures (the seam).
+
+The reader waits on the handle's fd with poll() (the handle is
+non-blocking, TPACKET_V3, as the engine's: DESIGN.md's capture engine
+facts) and reads DISPATCH_BATCH packets at a time under the ring's lock. A
+capture registers under the same lock, between two reads: its trigger is
+read and the ring's records noted there, and from the next record on the
+reader hands it each run of records it appends. So the seam is a record index.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pcap
+
+from pcapd.core.events import iso_utc
+from pcapd.core.fields import bpf_problem, show
+from pcapd.core.logs import event
+from pcapd.engine import (
+    CaptureError,
+    CaptureLimits,
+    PacketDebug,
+    close_handle,
+    open_handle,
+    set_filter,
+)
+from pcapd.pcapfile import pcap_header, pcapng_header
+from pcapd.ring.capture import RingCapture
+from pcapd.ring.feed import Feed, compiled_filter
+from pcapd.ring.store import NS, ChunkStore, Span, record_ts
+
+log = logging.getLogger("pcapd.ring")
+
+RING_BUFFER_SIZE = 32 * 1024 * 1024  # kernel buffer of a ring's handle, at least
+DISPATCH_BATCH = 4096  # packets read per turn under the lock, so registrations get it between
+READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at the clock
+EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
+# A tail this small is moved into the file under the ring's lock (one copy);
+# a larger one outside it, until what came meanwhile is this small.
+TAIL_UNDER_LOCK = 64 * 1024
+
+
+class RingFilterError(CaptureError):
+    """lookback_bpf does not compile for the ring's link type: a config error."""
+
+
+@dataclass(frozen=True, slots=True)
+class RingStats:
+    interface: str
+    packets: int  # held now
+    bytes: int  # of packets held now (record heads included)
+    oldest: float | None  # Unix time of the oldest packet held
+    evicted_overflow: int  # packets dropped to make room (lookback_bytes reached)
+    evicted_age: int  # packets dropped for being older than lookback seconds
+    kernel_dropped: int  # by the kernel on the ring's handle, since it opened
+    captures: int  # being served now
+    replaying: int  # of those, still copying their lookback from the ring
+
+
+class Ring:
+    """The ring of one interface. `start()` opens its handle (raises
+    CaptureError), `register()` serves one capture, `stop()` closes it.
+
+    Memory: `memory` bytes (the chunks, at most `max_bytes`), reserved from
+    max_memory at start; a capture's file and its tail together stay within
+    its own `bytes` bound, as in the engine, plus one `REPLAY_SLICE` while
+    its lookback is copied.
+    """
+
+    def __init__(
+        self,
+        interface: str,
+        seconds: int,
+        max_bytes: int,
+        bpf: str = "",
+        buffer_size: int = RING_BUFFER_SIZE,
+        origin: str = "interface",
+    ) -> None:
+        self.interface = interface
+        self.seconds = seconds
+        self.bpf = bpf
+        self.origin = origin  # the config table it comes from, for messages: interface[1]
+        self.buffer_size = max(buffer_size, RING_BUFFER_SIZE)
+        self.store = ChunkStore(max_bytes)
+        self.memory = self.store.memory
+        self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
+        self._live: set[Feed] = set()
+        self._replaying: set[Feed] = set()  # copying their lookback, live records held
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._handle: pcap.pcap | None = None
+        self.linktype = 0
+        self.error: str | None = None  # the handle failed; the ring serves no more
+        self._thread = threading.Thread(target=self._read, name=f"ring-{interface}", daemon=True)
+
+    # -- the handle and the reader ------------------------------------------
+    def start(self) -> None:
+        handle = open_handle(self.interface, self.buffer_size)
+        try:
+            set_filter(handle, self.interface, self.bpf)
+        except CaptureError as exc:
+            close_handle(handle)
+            raise RingFilterError(f"lookback_bpf of {self.interface}: {exc}") from None
+        self._handle = handle
+        self.linktype = handle.datalink()
+        self._thread.start()
+        event(
+            log, "ring_started", interface=self.interface, seconds=self.seconds,
+            bytes=self.memory, chunks=self.store.chunks, bpf=self.bpf, linktype=self.linktype,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        if self._handle is not None:
+            stats = self.stats()
+            event(
+                log, "ring_stopped", interface=self.interface, packets=stats.packets,
+                evicted_overflow=stats.evicted_overflow, evicted_age=stats.evicted_age,
+                kernel_dropped=stats.kernel_dropped,
+            )  # fmt: skip
+        with self.lock:
+            for feed in self._live:
+                if not feed.full:
+                    feed.end("shutdown")
+            if self._handle is not None:
+                close_handle(self._handle)
+                self._handle = None
+
+    def _read(self) -> None:
+        handle = self._handle
+        assert handle is not None
+        poller = select.poll()
+        poller.register(handle.fileno(), select.POLLIN)
+        on_packet, settle = self.store.writer(self._segment)
+        evicted_at = 0.0
+        while not self._stop.is_set():
+            poller.poll(READ_WAIT * 1000)
+            got = DISPATCH_BATCH
+            while got >= DISPATCH_BATCH:
+                with self.lock:
+                    try:
+                        got = handle.dispatch(DISPATCH_BATCH, on_packet)
+                    except OSError as exc:
+                        settle()
+                        self._failed(exc)
+                        return
+                    settle()
+                    if got < 0:  # pypcap returns PCAP_ERROR (an interface gone) unraised
+                        self._failed(OSError(handle.geterr() or "dispatch failed"))
+                        return
+                    now = time.monotonic()
+                    if now - evicted_at >= EVICT_EVERY:
+                        evicted_at = now
+                        # Whole chunks: the rest when counted (`stats`).
+                        self.store.evict_old(self._cutoff(), records=False)
+                time.sleep(0)  # a capture waiting to register takes the lock now
+
+    def _failed(self, exc: OSError) -> None:
+        """The handle failed: every capture ends with what it holds. Lock held."""
+        arg = exc.args[0] if exc.args else exc
+        text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+        self.error = f"lookback ring on {self.interface} failed: {text}"
+        event(log, "ring_failed", logging.ERROR, interface=self.interface, error=self.error)
+        for feed in self._live:
+            if not feed.full:
+                feed.end("shutdown")
+
+    def _segment(self, data: memoryview, start: int, end: int, records: int) -> None:
+        """The records one read appended (or those of a chunk the writer
+        leaves), handed to every capture: once per read, not per packet,
+        and nothing at all when none is served. Lock held."""
+        if self._feeds:
+            first = record_ts(data, start)
+            for feed in self._feeds:
+                feed.take(data, start, end, records, first)
+
+    def _cutoff(self) -> int:
+        """ns: records stamped before this are older than the ring keeps."""
+        return time.time_ns() - self.seconds * NS
+
+    def replay(self, spans: tuple[Span, ...], feed: Feed) -> int:
+        """Hand `feed` the records of `spans` without the lock: records lost."""
+        return self.store.replay(spans, feed.replay, lambda: feed.full)
+
+    def go_live(self, feed: Feed) -> None:
+        """The lookback is in the file: the tail follows it, then the reader
+        offers `feed` its packets itself. A large tail is moved without the
+        lock, the last small one under it."""
+        while True:
+            with self.lock:
+                tail, records, over = feed.tail, feed.tail_count, feed.over
+                feed.tail, feed.tail_count = bytearray(), 0
+                if over or feed.full or len(tail) <= TAIL_UNDER_LOCK:
+                    feed.merge(tail, records, over)
+                    self._replaying.discard(feed)
+                    feed.holding = False
+                    return
+            feed.merge(tail, records, over=False)
+
+    def _drops(self) -> int:
+        """Kernel drops on the handle so far; the reader is not in it (lock held)."""
+        if self._handle is None:
+            return 0
+        try:
+            _received, dropped, if_dropped = self._handle.stats()
+        except OSError:
+            return 0
+        return int(dropped) + int(if_dropped)
+
+    def stats(self) -> RingStats:
+        with self.lock:
+            self.store.evict_old(self._cutoff())
+            packets, held = self.store.held()
+            oldest = self.store.oldest()
+            return RingStats(
+                interface=self.interface, packets=packets, bytes=held,
+                oldest=None if oldest is None else oldest / NS,
+                evicted_overflow=self.store.evicted_overflow,
+                evicted_age=self.store.evicted_age, kernel_dropped=self._drops(),
+                captures=len(self._live), replaying=len(self._replaying),
+            )  # fmt: skip
+
+    # -- captures -------------------------------------------------------------
+    def register(
+        self,
+        limits: CaptureLimits,
+        *,
+        fmt: str,
+        bpf: str,
+        lookback: int,
+        comments: Mapping[str, object],
+        packet_debug: PacketDebug | None = None,
+        on_full: Callable[[], None] | None = None,
+    ) -> RingCapture:
+        """Start a capture, as `engine.capture` on a handle of its own would
+        make it: from now on (and `lookback` seconds back) it gets
+        every packet that matches `bpf`, until `finish` or `cancel`. Bounds
+        count the whole file; `duration` runs from now. Raises CaptureError
+        (a bad filter, a failed ring) before anything is registered.
+        `on_full` is called (under the ring's lock, on the thread that ends
+        it) when a bound or shutdown ends the capture before `finish` does.
+
+        Memory: the capture's bytearray never exceeds `limits.bytes`.
+        """
+        match = self._compile(bpf)
+        with self.lock:
+            if self.error is not None or self._handle is None:
+                why = self.error or f"lookback ring on {self.interface} is not running"
+                raise CaptureError(why)
+            # Read under the lock: every record held now is older, and the
+            # reader offers every later one; the lookback is those held.
+            trigger = time.time_ns()
+            since = trigger - lookback * NS
+            if lookback:
+                self.store.evict_old(self._cutoff())
+            spans = self.store.spans(since)
+            oldest = self.store.oldest() if lookback else None
+            span_start = trigger if oldest is None else max(since, oldest)
+            header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
+            if len(header) > limits.bytes:
+                raise CaptureError(
+                    f"bytes={limits.bytes} cannot hold even the {len(header)}-byte file header"
+                )
+            feed = Feed(
+                header, limits, pcapng=fmt == "pcapng", match=match, since=since,
+                trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
+            )  # fmt: skip
+            drops_before = self._drops()
+            self._live.add(feed)
+            if spans:
+                self._replaying.add(feed)
+            self._feeds = (*self._feeds, feed)
+        delivered = round((trigger - span_start) / NS, 3) if lookback else None
+        return RingCapture(self, feed, limits, drops_before, delivered, spans)
+
+    def unregister(self, feed: Feed) -> tuple[int, str | None]:
+        """No more packets for `feed`: (kernel drops so far, the ring's error)."""
+        with self.lock:
+            self._live.discard(feed)
+            self._replaying.discard(feed)
+            self._feeds = tuple(f for f in self._feeds if f is not feed)
+            return self._drops(), self.error
+
+    def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
+        """The request's filter for the ring's link type; None matches all.
+        Checked as `set_filter` checks it: nothing unchecked reaches libpcap."""
+        if not bpf:
+            return None
+        problem = bpf_problem(bpf)
+        if problem is not None:
+            raise CaptureError(f"bpf: {show(bpf)} {problem}")
+        try:
+            return compiled_filter(bpf, self.linktype)
+        except OSError as exc:
+            raise CaptureError(
+                f"bpf: {bpf!r} does not compile for {self.interface} "
+                f"(link type {self.linktype}): {exc}"
+            ) from None
+
+    def _header(
+        self,
+        fmt: str,
+        snap: int,
+        comments: Mapping[str, object],
+        lookback: int,
+        span_start: int,
+        trigger: int,
+    ) -> bytes:
+        if fmt != "pcapng":
+            return pcap_header(self.linktype, snap)
+        if lookback:
+            comments = {
+                **comments,
+                "lookback": f"{lookback}s asked; ring packets from {iso_utc(span_start / NS)} "
+                f"to {iso_utc(trigger / NS)} (each marked with the comment 'lookback')",
+            }
+        return pcapng_header(self.linktype, snap, self.interface, comments)

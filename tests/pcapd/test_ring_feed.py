@@ -1,0 +1,155 @@
+"""The ring's chunk store and feeds on bytes: runs of records as the reader
+hands them over, framed into files read back with dpkt (the reference)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import dpkt
+
+from pcapd.engine import CaptureLimits
+from pcapd.pcapfile import pcap_header
+from pcapd.ring.feed import SEAM_SLACK, Feed
+from pcapd.ring.store import HEAD, NS, RECORD, ChunkStore
+
+T0 = 1_800_000_000 * NS  # ns: the stamp of the first record
+GAP = 1_000  # ns between records
+
+
+def frame(counter: int, size: int = 60) -> bytes:
+    """A packet whose first 4 bytes number it."""
+    return struct.pack("!I", counter).ljust(size, b"x")
+
+
+def records(stamps: list[int], sizes: list[int] | None = None) -> memoryview:
+    """Ring records (pcap heads, whole packets) numbered 0, 1, ..."""
+    out = bytearray()
+    for index, ts in enumerate(stamps):
+        pkt = frame(index, sizes[index] if sizes else 60)
+        out += RECORD.pack(ts // NS, ts % NS, len(pkt), len(pkt)) + pkt
+    return memoryview(bytes(out))
+
+
+def feed(*, since: int, packets: int = 1_000, size: int = 1 << 20, match: object = None,
+         holding: bool = False) -> Feed:  # fmt: skip
+    limits = CaptureLimits(snap=262_144, packets=packets, bytes=size, duration=60, timeout=60)
+    return Feed(pcap_header(1, 262_144), limits, pcapng=False, match=match,  # type: ignore[arg-type]
+                since=since, trigger=since, debug=None, holding=holding)  # fmt: skip
+
+
+def read(data: bytearray) -> list[tuple[int, int]]:
+    """(counter, ts_ns) of each packet in a pcap file."""
+    return [
+        (struct.unpack("!I", pkt[:4])[0], round(ts * NS))
+        for ts, pkt in dpkt.pcap.Reader(io.BytesIO(bytes(data)))
+    ]
+
+
+def test_a_run_past_the_seam_is_taken_in_one_copy_as_dpkt_reads_it() -> None:
+    stamps = [T0 + SEAM_SLACK + i * GAP for i in range(50)]
+    run = records(stamps)
+    got = feed(since=T0)
+    got.take(run, 0, len(run), 50, stamps[0])
+    assert got.buf == pcap_header(1, 262_144) + run
+    assert (got.count, got.size, got.full) == (50, len(got.buf), False)
+    assert [n for n, _ in read(got.buf)] == list(range(50))
+    assert abs(read(got.buf)[7][1] - stamps[7]) < 1_000  # dpkt gives float seconds
+
+
+def test_bounds_end_inside_a_run_as_record_by_record() -> None:
+    stamps = [T0 + SEAM_SLACK + i * GAP for i in range(20)]
+    run = records(stamps)
+    by_packets = feed(since=T0, packets=7)
+    by_packets.take(run, 0, len(run), 20, stamps[0])
+    assert by_packets.stop == "packets" and [n for n, _ in read(by_packets.buf)] == list(range(7))
+    record = HEAD + 60
+    by_bytes = feed(since=T0, size=24 + 5 * record - 1)
+    by_bytes.take(run, 0, len(run), 20, stamps[0])
+    assert by_bytes.stop == "bytes" and [n for n, _ in read(by_bytes.buf)] == list(range(4))
+    exact = feed(since=T0, packets=20)  # the run ends the capture exactly
+    exact.take(run, 0, len(run), 20, stamps[0])
+    assert exact.stop == "packets" and exact.count == 20
+
+
+def test_near_the_seam_each_stamp_is_checked_beyond_it_the_run_is_whole() -> None:
+    """Within SEAM_SLACK of `since` a record stamped before it is left out,
+    wherever it sits in the run; past it, the kernel's order is trusted."""
+    since = T0 + 10 * GAP
+    near = [T0 + 5 * GAP, since, since + GAP, T0 + 9 * GAP, since + 2 * GAP]
+    run = records(near)
+    got = feed(since=since)
+    got.take(run, 0, len(run), len(near), near[0])
+    assert [n for n, _ in read(got.buf)] == [1, 2, 4]
+    far = [since + SEAM_SLACK + GAP, since + SEAM_SLACK + 2 * GAP]
+    run = records(far)
+    got = feed(since=since)
+    got.take(run, 0, len(run), 2, far[0])
+    assert [n for n, _ in read(got.buf)] == [0, 1]
+
+
+def test_a_timed_stop_keeps_only_what_was_stamped_before_it() -> None:
+    stamps = [T0 + SEAM_SLACK + i * GAP for i in range(10)]
+    run = records(stamps)
+    got = feed(since=T0)
+    got.cutoff = stamps[5]
+    got.take(run, 0, len(run), 10, stamps[0])
+    assert [n for n, _ in read(got.buf)] == list(range(6))
+
+
+def test_a_filter_sees_each_packet_and_keeps_the_record_whole() -> None:
+    stamps = [T0 + SEAM_SLACK + i * GAP for i in range(30)]
+    run = records(stamps, sizes=[60 + i for i in range(30)])
+    seen: list[bytes] = []
+
+    def odd(pkt: bytes | memoryview) -> bool:
+        seen.append(bytes(pkt))
+        counter: int = struct.unpack("!I", bytes(pkt[:4]))[0]
+        return counter % 2 == 1
+
+    got = feed(since=T0, match=odd)
+    got.take(run, 0, len(run), 30, stamps[0])
+    assert [len(pkt) for pkt in seen] == [60 + i for i in range(30)]
+    found = list(dpkt.pcap.Reader(io.BytesIO(bytes(got.buf))))
+    assert [struct.unpack("!I", pkt[:4])[0] for _, pkt in found] == list(range(1, 30, 2))
+    assert [len(pkt) for _, pkt in found] == [60 + i for i in range(1, 30, 2)]
+
+
+def test_records_held_while_the_lookback_is_copied_follow_it_once_merged() -> None:
+    stamps = [T0 + SEAM_SLACK + i * GAP for i in range(12)]
+    run = records(stamps)
+    cut = (HEAD + 60) * 8  # the first 8 records: the lookback; the rest came live
+    got = feed(since=T0, packets=10, holding=True)
+    got.take(run, cut, len(run), 4, stamps[8])
+    assert got.count == 0 and got.tail_count == 4 and len(got.tail) == len(run) - cut
+    assert got.replay(run[:cut]) == (cut, 8)
+    got.merge(got.tail, got.tail_count, got.over)
+    assert got.stop == "packets" and [n for n, _ in read(got.buf)] == list(range(10))
+
+
+def test_the_writer_hands_on_every_record_once_across_chunks_and_overwrites() -> None:
+    """3,000 packets of ~1 kB in one read through a 2 MiB store (four
+    chunks): each run is handed on before its chunk is left, so none is
+    lost even where the store overwrote it later in the same read."""
+    store = ChunkStore(2 << 20)
+    assert store.chunks == 4
+    handed: list[int] = []
+
+    def segment(data: memoryview, start: int, end: int, count: int) -> None:
+        at, before = start, len(handed)
+        while at < end:
+            n = RECORD.unpack_from(data, at)[2]
+            handed.append(struct.unpack_from("!I", data, at + HEAD)[0])
+            at += HEAD + n
+        assert at == end and len(handed) - before == count
+
+    append, settle = store.writer(segment)
+    for index in range(3000):
+        append(T0 + index * GAP, frame(index, 1000))
+    settle()
+    assert handed == list(range(3000))
+    packets, _held = store.held()
+    assert packets + store.evicted_overflow == 3000 and store.evicted_overflow > 0
+    assert [struct.unpack("!I", pkt[:4])[0] for _, pkt in store.records()] == list(
+        range(3000 - packets, 3000)
+    )
