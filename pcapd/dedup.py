@@ -373,9 +373,7 @@ class _ClaimBatcher:
     (the keys' slots differ). Memory: one small object per waiting claim, and
     each waiting thread has one (at most the capture threads)."""
 
-    def __init__(
-        self, client: Client, script: Any, instance: str, ttl: int, name: str
-    ) -> None:
+    def __init__(self, client: Client, script: Any, instance: str, ttl: int, name: str) -> None:
         self._client, self._script = client, script
         self._instance, self._ttl, self._name = instance, ttl, name
         self._pending: list[_Claim] = []
