@@ -259,8 +259,16 @@ class RedisSeen:
     def claim(self, key: str) -> bool:
         """Claim `key` in Redis for this process; True if it was served, or is
         being served by this process, already. False while Redis is away.
-        Claims made meanwhile by other threads share one round trip."""
-        return self.claim_soon(key).wait()
+        Sent from this thread: it waits for the answer anyway."""
+        if not self._try_redis():
+            return False
+        try:
+            taken = self._batcher.now(self._key(key))
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return False
+        self._back()
+        return taken
 
     def claim_soon(self, key: str) -> Ticket:
         """`claim`, answered later: sent with the other threads' claims."""
@@ -364,7 +372,8 @@ class _RedisTicket:
 
 
 class _ClaimBatcher:
-    """Sends the claims of every waiting thread in one pipeline, from one thread.
+    """Sends the claims of every waiting thread in one pipeline, from one thread
+    (`send`); or one claim from the caller's thread, which waits anyway (`now`).
 
     A claim is `SET key instance NX EX ttl GET` (Redis >= 7.0): a new key is
     ours; `served` or our own instance is taken. Only a key left by another
@@ -379,6 +388,11 @@ class _ClaimBatcher:
         self._pending: list[_Claim] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+
+    def now(self, key: str) -> bool:
+        """One claim from the calling thread (a round trip, no hand-off)."""
+        return self._taken(key, self._client.set(key, self._instance, ex=self._ttl, nx=True,
+                                                 get=True))  # fmt: skip
 
     def send(self, key: str) -> _Claim:
         """Queue a claim of `key`: answered (`done`) once its batch is."""

@@ -183,7 +183,7 @@ def test_claims_of_many_threads_share_round_trips_and_keep_their_answers(
 
     def claim(key: str) -> None:
         go.wait()
-        answers[key] = seen.claim(key)
+        answers[key] = seen.claim_soon(key).wait()
 
     threads = [threading.Thread(target=claim, args=(key,)) for key in keys]
     for thread in threads:
@@ -196,6 +196,7 @@ def test_claims_of_many_threads_share_round_trips_and_keep_their_answers(
     assert 0 < client.ttl("t:seen:id:n1:k7") <= 60
     ticket = seen.claim_soon("k7")  # this process's own claim: taken
     assert ticket.wait() is True and ticket.taken_now() is True
+    assert seen.claim("k7") is True and seen.claim("k41") is False  # from this thread
 
 
 def test_served_marks_can_wait_for_the_results_pipeline(redis_srv: RedisServer) -> None:
