@@ -76,6 +76,7 @@ ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
 # before its thread is free, so the next admitted one never waits for a thread.
 CAPTURE_THREADS_SPARE = 4
 SHUTDOWN_POLL = 0.01  # s between looks at the captures still running, on shutdown
+STOP_POLL = 0.05  # s between looks at a claim's answer, for a capture waiting on its stop
 
 
 def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
@@ -107,7 +108,8 @@ class _KnownDevices(Collection[str]):
 
 
 class _StopOr(threading.Event):
-    """What a ring capture polls to end early: `stop` (shutdown), or `also()`."""
+    """What a ring capture polls to end early: `stop` (shutdown), or `also()`
+    (nothing sets it, so `wait` polls)."""
 
     def __init__(self, stop: threading.Event, also: Callable[[], bool]) -> None:
         super().__init__()
@@ -115,6 +117,15 @@ class _StopOr(threading.Event):
 
     def is_set(self) -> bool:
         return self._stop.is_set() or self._also()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = STOP_POLL if end is None else min(STOP_POLL, end - time.monotonic())
+            if left <= 0:
+                return False
+            self._stop.wait(left)
+        return True
 
 
 class ClaimGate:
