@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,13 +55,6 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # from glibc's malloc.h
 # queued result events (MAX_PENDING of ~1 KB), thread stacks touched, and
 # allocator slack. Measured by the daemon fuzz and bench/trigger_storm.py.
 MEMORY_OVERHEAD = 64 * 1024 * 1024
-
-# s a thread runs Python before one waiting for the GIL gets it (Python's
-# default: 5 ms). A thread back from a system call (the ring's reader, the
-# pub/sub reader, a Redis reply) waits that long whenever another thread is
-# busy; under a storm of ring captures a shorter one was measured to keep
-# slots for less (bench/trigger_storm.py, docs/performance.md).
-GIL_SWITCH_INTERVAL = 0.0005
 
 RESULTS_GRACE = 10.0  # of delivery.shutdown_grace, at most, kept to send queued results
 SOURCE_JOIN = 2.0  # seconds for all trigger sources to stop together
@@ -351,7 +343,6 @@ def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] 
             event(log, "config_error", logging.ERROR, path=config_path, error=problem)
         return EXIT_CONFIG
     bound_malloc()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     daemon = Daemon(config)
     try:
         metrics = daemon.start_metrics()
