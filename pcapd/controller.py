@@ -283,7 +283,7 @@ class Controller:
 
     def _handle(self, delivery: Delivery) -> str | None:
         """Serve `delivery`; what became of it (see `request_counts`), or None
-        when a capture thread decides it (`_claim_and_run`)."""
+        when a capture thread decides it (`ClaimGate`)."""
         parsed = self._parse(delivery)  # steps 1-2
         if isinstance(parsed, str):
             return parsed
@@ -321,7 +321,7 @@ class Controller:
             rejected = all(outcome == "rejected" for outcome in started)
             return "rejected" if rejected else "refused"
         if all(worker.served is not None for worker in workers):
-            # All registered with rings: the claims are made on the capture thread.
+            # All registered with rings: the claims are answered while they capture.
             return self._launch(request, sig, delivery, workers, claimed=False)  # steps 5-7
         # A capture takes a handle of its own, opened in 8-16 ms anyway: claims
         # here, so requests take the spare handles in the order they came.

@@ -94,7 +94,7 @@ class Worker:
         self.interface = interface
         self.warnings = warnings
         self.reservation = reservation  # released exactly once, by settle()
-        self.job: Job | None = None  # set once its request's claims are made
+        self.job: Job | None = None  # set before it runs (after the claims, off a ring)
         self.gate: ClaimGate | None = None  # claims still to be answered before a result
         self.served: RingCapture | None = None  # registered with the interface's ring
         self.registered = 0.0  # monotonic time it was, for the trigger latency
