@@ -375,24 +375,23 @@ class _ClaimBatcher:
     """Sends the claims of every waiting thread in one pipeline, from one thread
     (`send`); or one claim from the caller's thread, which waits anyway (`now`).
 
-    A claim is `SET key instance NX EX ttl GET` (Redis >= 7.0): a new key is
-    ours; `served` or our own instance is taken. Only a key left by another
-    instance (a process that died mid-capture) goes to the `_CLAIM` script,
-    which takes it over atomically. On a cluster each claim is sent alone
-    (the keys' slots differ). Memory: one small object per waiting claim, and
-    each waiting thread has one (at most the capture threads)."""
+    A claim is the `_CLAIM` script (EVALSHA; loaded again if Redis lost it),
+    as it was before claims were batched, so any Redis that served them still
+    does. On a cluster each claim is sent alone (the keys' slots differ).
+    Memory: one small object per waiting claim, and each waiting thread has
+    one (at most the capture threads)."""
 
     def __init__(self, client: Client, script: Any, instance: str, ttl: int, name: str) -> None:
         self._client, self._script = client, script
-        self._instance, self._ttl, self._name = instance, ttl, name
+        self._args = (instance, ttl, SERVED)
+        self._name = name
         self._pending: list[_Claim] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def now(self, key: str) -> bool:
         """One claim from the calling thread (a round trip, no hand-off)."""
-        return self._taken(key, self._client.set(key, self._instance, ex=self._ttl, nx=True,
-                                                 get=True))  # fmt: skip
+        return bool(self._script(keys=[key], args=list(self._args)) == 1)
 
     def send(self, key: str) -> _Claim:
         """Queue a claim of `key`: answered (`done`) once its batch is."""
@@ -413,9 +412,8 @@ class _ClaimBatcher:
                 batch = self._pending[:CLAIM_BATCH]
                 del self._pending[:CLAIM_BATCH]
             try:
-                olds = self._send(batch)
-                for item, old in zip(batch, olds, strict=True):
-                    item.taken = self._taken(item.key, old)
+                for item, taken in zip(batch, self._send(batch), strict=True):
+                    item.taken = taken
             except redis.RedisError as exc:
                 for item in batch:
                     item.error = exc
@@ -425,24 +423,20 @@ class _ClaimBatcher:
             for item in batch:
                 item.done.set()
 
-    def _send(self, batch: list[_Claim]) -> list[Any]:
-        """The value each key held before (None: it is ours now)."""
-        ex, instance = self._ttl, self._instance
+    def _send(self, batch: list[_Claim]) -> list[bool]:
         if is_cluster(self._client):
-            return [self._client.set(i.key, instance, ex=ex, nx=True, get=True) for i in batch]
-        pipe = self._client.pipeline(transaction=False)
-        for item in batch:
-            pipe.set(item.key, instance, ex=ex, nx=True, get=True)
-        return list(pipe.execute())
-
-    def _taken(self, key: str, old: Any) -> bool:
-        if old is None:
-            return False
-        if (old.decode() if isinstance(old, bytes) else str(old)) in (SERVED, self._instance):
-            return True
-        # Left by another instance: taken over unless served meanwhile.
-        taken = self._script(keys=[key], args=[self._instance, self._ttl, SERVED])
-        return bool(taken == 1)
+            return [self.now(item.key) for item in batch]
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for item in batch:
+                pipe.evalsha(self._script.sha, 1, item.key, *self._args)
+            try:
+                return [answer == 1 for answer in pipe.execute()]
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._client.script_load(_CLAIM)  # a restarted or flushed Redis
+        raise AssertionError("unreachable")
 
 
 def seen_ids_and_sigs(

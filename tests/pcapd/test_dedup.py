@@ -176,8 +176,11 @@ def test_claims_of_many_threads_share_round_trips_and_keep_their_answers(
     redis_srv: RedisServer,
 ) -> None:
     seen = redis_seen(redis_srv)
-    redis_srv.client().set("t:seen:id:n1:old", "served", ex=60)
-    keys = [f"k{n}" for n in range(40)] + ["old"]
+    client = redis_srv.client()
+    client.set("t:seen:id:n1:old", "served", ex=60)
+    client.set("t:seen:id:n1:dead", "an-instance-that-died", ex=60)
+    client.script_flush()  # as after a Redis restart: the batch loads the script again
+    keys = [f"k{n}" for n in range(40)] + ["dead", "old"]
     answers: dict[str, bool] = {}
     go = threading.Barrier(len(keys))
 
@@ -191,7 +194,7 @@ def test_claims_of_many_threads_share_round_trips_and_keep_their_answers(
     for thread in threads:
         thread.join(30)
     assert answers == {**dict.fromkeys(keys[:-1], False), "old": True}
-    client = redis_srv.client()
+    assert client.get("t:seen:id:n1:dead") == seen.instance.encode()  # taken over
     assert client.get("t:seen:id:n1:k7") == seen.instance.encode()
     assert 0 < client.ttl("t:seen:id:n1:k7") <= 60
     ticket = seen.claim_soon("k7")  # this process's own claim: taken
