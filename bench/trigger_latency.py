@@ -1,5 +1,5 @@
 """PUBLISH -> capture active latency of `pcapd serve`, against tcpdump's start-up;
-and the daemon's peak RSS while it holds a 200 MB capture.
+and the daemon's peak RSS while it holds a 200 MB capture (bench/capture_rss.py).
 
 "Active" is observed from outside: each request captures on `lo` with a BPF
 matching a UDP port of its own and packets=1. Right after PUBLISH the bench
@@ -11,9 +11,7 @@ captured, so the handle became active within one probe gap before that time
 (the gap is printed as the resolution). The peer is tcpdump measured the
 same way: exec -> first probe it captured.
 
-Peak RSS: /proc/PID/clear_refs resets VmHWM, one request with
-bytes=200_000_000 on `lo` is fed large UDP datagrams until it stops, then
-VmHWM is compared with 1.1 x file size + 40 MB.
+Peak RSS: see bench/capture_rss.py (1.1 x file size + 40 MB).
 
 `--ring`: `lo` keeps a lookback ring (pcapd/ring/) and every request is
 served from its handle: PUBLISH -> registered with the ring, no socket opened
@@ -32,7 +30,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,16 +42,15 @@ import redis
 from benchlib import (
     BenchError,
     percentile,
-    proc_status_kb,
     redis_server,
     require,
     result_waiter,
-    ring_rss,
     stop,
     stop_on_sigterm,
     summary,
     wait_until,
 )
+from capture_rss import RSS_BYTES, RSS_DURATION, RSS_MAX_PACKETS, measure_rss, report_rss
 
 REQUESTS = 1000
 QUICK_REQUESTS = 200
@@ -71,13 +67,6 @@ RESULT_TIMEOUT = 5.0  # s to wait for one request's result
 READY_TIMEOUT = 15.0
 BASE_PORT = 30_000  # request i probes BASE_PORT + i; the peer uses PEER_BASE_PORT + j
 PEER_BASE_PORT = 45_000
-RSS_PORT = 29_999
-RSS_BYTES = 200_000_000
-RSS_TARGET_FACTOR = 1.1
-RSS_TARGET_EXTRA = 40 * 1024 * 1024
-RSS_DATAGRAM = 32_768  # payload per datagram on lo (MTU 65536: one packet each)
-RSS_DURATION = 60
-RSS_MAX_PACKETS = 1_000_000
 MAX_MEMORY = 512 * 1024 * 1024
 MAX_CONCURRENT = 64
 NODE = "pcapd-bench"
@@ -258,80 +247,7 @@ def measure_tcpdump(runs: int, workdir: Path, prober: Prober) -> list[float]:
     return latencies
 
 
-# -- peak RSS ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class RssFigures:
-    baseline: int  # bytes, VmRSS before the request
-    baseline_rings: int  # bytes of it in pcap's mmapped kernel rings
-    peak: int  # bytes, VmHWM after it
-    file_size: int
-    stop: str
-    packets: int
-
-    @property
-    def limit(self) -> float:
-        return RSS_TARGET_FACTOR * self.file_size + RSS_TARGET_EXTRA
-
-
-def measure_rss(client: redis.Redis, pid: int) -> RssFigures:
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe(RESULTS)
-    wait_until("results subscription", lambda: pubsub.get_message(timeout=0.1), READY_TIMEOUT)
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    baseline = proc_status_kb(pid, "VmRSS") * 1024
-    rings = ring_rss(pid)
-    request_id = uuid.uuid4().hex
-    client.publish(
-        CHANNEL,
-        json.dumps(
-            {"id": request_id, "node": NODE, "interface": "lo", "bytes": RSS_BYTES,
-             "packets": RSS_MAX_PACKETS, "bpf": f"udp and dst port {RSS_PORT}",
-             "duration": RSS_DURATION, "timeout": 10}
-        ),
-    )  # fmt: skip
-    finished = threading.Event()
-
-    def send() -> None:
-        payload = b"\xab" * RSS_DATAGRAM
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            while not finished.is_set():
-                sock.sendto(payload, ("127.0.0.1", RSS_PORT))
-                time.sleep(0)  # let the daemon's reader keep up a little
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    done, got = result_waiter(pubsub, request_id, RESULT_TIMEOUT)
-    deadline = time.monotonic() + RSS_DURATION + 30
-    while not got and time.monotonic() < deadline:
-        if done():
-            break
-        time.sleep(0.01)
-    finished.set()
-    sender.join()
-    pubsub.close()
-    if got.get("status") != "ok":
-        raise BenchError(f"200 MB capture: {got.get('status', 'no result')} {got.get('error')}")
-    peak = proc_status_kb(pid, "VmHWM") * 1024
-    path = Path(got["locations"]["local"])
-    size = path.stat().st_size
-    path.unlink()
-    return RssFigures(baseline, rings, peak, size, got["stop"], got["packets"])
-
-
 # -- report ----------------------------------------------------------------------------
-def report_rss(rss: RssFigures) -> bool:
-    mib = 1024 * 1024
-    met = rss.peak <= rss.limit
-    print(f"peak RSS holding a {rss.file_size / 1e6:.1f} MB capture ({rss.packets} packets, "
-          f"stop={rss.stop}): {rss.peak / mib:.1f} MiB")  # fmt: skip
-    print(f"  idle before: {rss.baseline / mib:.1f} MiB, of which kernel capture rings "
-          f"{rss.baseline_rings / mib:.1f} MiB; growth {(rss.peak - rss.baseline) / mib:.1f} MiB "
-          f"= {(rss.peak - rss.baseline) / rss.file_size:.3f} x file")  # fmt: skip
-    print(f"  target <= 1.1 x file + 40 MiB = {rss.limit / mib:.1f} MiB: "
-          f"{'met' if met else 'MISSED'} (peak/file {rss.peak / rss.file_size:.3f})")  # fmt: skip
-    return met
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and peer runs")
@@ -372,7 +288,11 @@ def main() -> int:
             prober = Prober(sock)
             latencies, failures = measure_pcapd(client, count, prober, args.gap)
             peer = measure_tcpdump(peer_runs, workdir, prober)
-            rss = None if args.no_rss or args.ring else measure_rss(client, proc.pid)
+            rss = (
+                None
+                if args.no_rss or args.ring
+                else measure_rss(client, proc.pid, node=NODE, channel=CHANNEL, results=RESULTS)
+            )
     print(f"{count} requests after {WARMUP} warm-up, {args.gap * 1000:.0f} ms apart; "
           f"probe gap (resolution) {prober.gap_us:.0f} us; {os.cpu_count()} CPUs")  # fmt: skip
     if failures:

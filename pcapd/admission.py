@@ -13,6 +13,10 @@ the last room cannot both get it:
   drops what it holds, so new captures are refused instead);
 - disk: real free space (statvfs) on each filesystem the capture is written
   to (local disk, spool), less what was promised to captures not yet stored.
+  The free space is looked at most every `DISK_LOOK_INTERVAL` (two syscalls
+  per target, each a wait for the GIL under a storm); in between, what
+  captures released (stored, so written) counts as gone, and a refusal is
+  made only on a fresh look.
 
 Nothing queues: over a bound, `reserve` raises `Refused` with the reason the
 sender reads. A `Reservation` is released exactly once, whichever of the
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from pcapd.core.config import GeneralConfig
@@ -33,6 +38,8 @@ from uploaders.spool import Spool, SpoolError
 
 # (st_dev, bytes free) for a directory: `disk_space`, or a stand-in in tests.
 DiskSpace = Callable[[str], tuple[int, int]]
+
+DISK_LOOK_INTERVAL = 0.25  # s between looks at a target's free space
 
 
 class Refused(PcapdError):
@@ -68,6 +75,7 @@ class Admission:
         targets: Sequence[tuple[str, str]],
         space: DiskSpace = disk_space,
         rings: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`rings`: bytes the lookback rings hold for good, out of max_memory."""
         if rings > general.max_memory:
@@ -86,6 +94,10 @@ class Admission:
         self.spool_promised = 0  # spool bytes admitted captures may still need
         self.disk_promised: dict[int, int] = {}  # st_dev -> bytes promised, not yet stored
         self._disk_free: dict[int, int] = {}  # st_dev -> bytes free at the last look
+        self._clock = clock
+        self._looked: dict[str, tuple[float, int]] = {}  # directory -> (when, st_dev)
+        # st_dev -> bytes released since its last look: promised, so maybe written.
+        self._disk_since: dict[int, int] = {}
 
     def free_slots(self) -> int:
         with self._lock:
@@ -143,25 +155,47 @@ class Admission:
 
     def _check_disk(self, nbytes: int) -> tuple[tuple[int, int], ...]:
         """(st_dev, copies) for every filesystem written to, each with room for
-        its copies; Refused when one has not. Lock held."""
+        its copies; Refused when one has not, on a fresh look. Lock held."""
+        copies = self._copies(fresh=False)
+        if self._disk_short(copies, nbytes) is not None:
+            copies = self._copies(fresh=True)
+            if (short := self._disk_short(copies, nbytes)) is not None:
+                raise Refused(short)
+        return tuple((dev, count) for dev, (count, _) in copies.items())
+
+    def _copies(self, *, fresh: bool) -> dict[int, tuple[int, list[str]]]:
+        """st_dev -> (copies, target names) of every target, each filesystem's
+        free space looked at again if `fresh` or last seen too long ago."""
         copies: dict[int, tuple[int, list[str]]] = {}
+        now = self._clock()
         for label, directory in self.targets:
-            try:
-                dev, free = self._space(directory)
-            except OSError as exc:  # what cannot be measured cannot be promised
-                raise Refused(f"cannot check free space in {directory} ({label}): {exc}") from None
+            when, dev = self._looked.get(directory, (None, 0))
+            if fresh or when is None or now - when >= DISK_LOOK_INTERVAL:
+                try:
+                    dev, free = self._space(directory)
+                except OSError as exc:  # what cannot be measured cannot be promised
+                    raise Refused(
+                        f"cannot check free space in {directory} ({label}): {exc}"
+                    ) from None
+                self._looked[directory] = (now, dev)
+                self._disk_free[dev] = free
+                self._disk_since[dev] = 0
             count, names = copies.get(dev, (0, []))
             copies[dev] = (count + 1, [*names, f"{directory} ({label})"])
-            self._disk_free[dev] = free
+        return copies
+
+    def _disk_short(self, copies: dict[int, tuple[int, list[str]]], nbytes: int) -> str | None:
+        """Why one filesystem of `copies` has no room for `nbytes` a copy; None: all have."""
         for dev, (count, names) in copies.items():
             need, promised = count * nbytes, self.disk_promised.get(dev, 0)
-            if need > self._disk_free[dev] - promised:
-                raise Refused(
-                    f"disk full: {self._disk_free[dev]} bytes free on the filesystem of "
+            free = self._disk_free[dev] - self._disk_since.get(dev, 0)
+            if need > free - promised:
+                return (
+                    f"disk full: {free} bytes free on the filesystem of "
                     f"{', '.join(names)}, bytes={nbytes} needs {need}"
                     + (f" ({promised} promised to captures not yet stored)" if promised else "")
                 )  # fmt: skip
-        return tuple((dev, count) for dev, (count, _) in copies.items())
+        return None
 
     def _promise_disk(self, reservation: Reservation, nbytes: int) -> None:
         """Promise `nbytes` per copy on each disk of `reservation`. Lock held."""
@@ -215,6 +249,9 @@ class Reservation:
             self.released = True
             admission.reserved -= self.held
             admission.spool_promised -= self.spool
+            for dev, count in self.disk:  # written now, unless it was never stored
+                since = admission._disk_since
+                since[dev] = since.get(dev, 0) + count * self.disk_each
             admission._promise_disk(self, 0)
             self.held = self.spool = 0
         return True

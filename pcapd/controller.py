@@ -13,8 +13,8 @@ trigger thread hands to `handle`, which returns quickly:
      slots, memory, spool, disk) or rejected with the reason; nothing
      queues. A capture on a ring interface is registered with the ring now.
      Admitted, the id and signature are claimed in Redis (a duplicate drops
-     its captures before any of them answers): for ring captures on the
-     capture thread, so the trigger thread takes the next request at once;
+     its captures before any of them answers): for ring captures while they
+     run (`ClaimGate`), so the trigger thread takes the next request at once;
 5-7. one `Worker` per (request, interface) captures on a thread of that
      pool, then hands its file to a bounded pool of upload workers
      (`submit`), so a slow sink never holds up capturing; the worker
@@ -76,6 +76,7 @@ ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
 # before its thread is free, so the next admitted one never waits for a thread.
 CAPTURE_THREADS_SPARE = 4
 SHUTDOWN_POLL = 0.01  # s between looks at the captures still running, on shutdown
+STOP_POLL = 0.05  # s between looks at a claim's answer, for a capture waiting on its stop
 
 
 def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
@@ -106,6 +107,76 @@ class _KnownDevices(Collection[str]):
         return len(self._all())
 
 
+class _StopOr(threading.Event):
+    """What a ring capture polls to end early: `stop` (shutdown), or `also()`
+    (nothing sets it, so `wait` polls)."""
+
+    def __init__(self, stop: threading.Event, also: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stop, self._also = stop, also
+
+    def is_set(self) -> bool:
+        return self._stop.is_set() or self._also()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = STOP_POLL if end is None else min(STOP_POLL, end - time.monotonic())
+            if left <= 0:
+                return False
+            self._stop.wait(left)
+        return True
+
+
+class ClaimGate:
+    """The Redis claims of a request whose ring captures run already (they
+    share the round trip with other threads' claims, `pcapd.dedup`). A
+    capture stops (`stop`) once a claim is answered taken; its result waits
+    for `passed`. The first capture to ask answers a duplicate or a replay,
+    once, and counts the request; the captures' own results are dropped."""
+
+    def __init__(
+        self, controller: Controller, request: CaptureRequest, sig: str | None, delivery: Delivery
+    ) -> None:
+        self._ctl, self._request, self._sig, self._delivery = controller, request, sig, delivery
+        self._ids = controller.recent_ids.claim_soon(request.id)
+        self._sigs = None if sig is None else controller.recent_sigs.claim_soon(sig)
+        self.stop = _StopOr(controller.capture_stop, self._taken_now)
+        self._lock = threading.Lock()
+        self._passed: bool | None = None
+
+    def _taken_now(self) -> bool:
+        return self._ids.taken_now() or (self._sigs is not None and self._sigs.taken_now())
+
+    def passed(self) -> bool:
+        """Neither claim was taken (waits for their answers)."""
+        with self._lock:
+            if self._passed is None:
+                self._passed = self._decide()
+            return self._passed
+
+    def _decide(self) -> bool:
+        ctl, request, delivery, sig = self._ctl, self._request, self._delivery, self._sig
+        status = "failed"
+        try:
+            id_taken = self._ids.wait()
+            sig_taken = self._sigs is not None and self._sigs.wait()
+            if id_taken:
+                if sig is not None and not sig_taken:  # claimed for nothing
+                    ctl.recent_sigs.forget(sig)
+                ctl._duplicate(request, delivery)
+                status = "duplicate"
+            elif sig_taken:
+                ctl._turn_away(request, delivery, replayed(ctl.recent_sigs.window), claimed=True)
+                status = "rejected"
+            else:
+                status = "admitted"
+        finally:
+            with ctl._lock:
+                ctl._requests[delivery.source, status] += 1
+        return status == "admitted"
+
+
 class Controller:
     def __init__(
         self,
@@ -133,7 +204,7 @@ class Controller:
         self.clock = clock
         self.rings: Mapping[str, Ring] = rings or {}
         self.recent_ids, self.recent_sigs = seen_ids_and_sigs(
-            config.security, self.node, dedup_redis
+            config.security, self.node, dedup_redis, later=publisher.later
         )
         self._lock = threading.Lock()
         self._capturing: set[Worker] = set()  # admitted, not yet captured: for shutdown
@@ -212,7 +283,7 @@ class Controller:
 
     def _handle(self, delivery: Delivery) -> str | None:
         """Serve `delivery`; what became of it (see `request_counts`), or None
-        when a capture thread decides it (`_claim_and_run`)."""
+        when a capture thread decides it (`ClaimGate`)."""
         parsed = self._parse(delivery)  # steps 1-2
         if isinstance(parsed, str):
             return parsed
@@ -250,7 +321,7 @@ class Controller:
             rejected = all(outcome == "rejected" for outcome in started)
             return "rejected" if rejected else "refused"
         if all(worker.served is not None for worker in workers):
-            # All registered with rings: the claims are made on the capture thread.
+            # All registered with rings: the claims are answered while they capture.
             return self._launch(request, sig, delivery, workers, claimed=False)  # steps 5-7
         # A capture takes a handle of its own, opened in 8-16 ms anyway: claims
         # here, so requests take the spare handles in the order they came.
@@ -332,24 +403,12 @@ class Controller:
         self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker],
         claimed: bool,
     ) -> None:  # fmt: skip
-        """A capture thread's first task: the claims (`_claimed`) unless
-        `claimed` already, then one capture here and each other interface's
-        on a thread of its own, all under one `Job`. Never raises."""
-        if not claimed:
-            try:
-                status = self._claimed(request, sig, delivery, workers)
-            except Exception as exc:  # a bug must cost one request, not the thread
-                event(log, "request_crashed", logging.ERROR, exc_info=True, source=delivery.source)
-                for worker in workers:
-                    worker.settle(durable=True)
-                self.publish(ResultEvent.for_body(self.node, "failed", f"internal error: {exc!r}"))
-                with contextlib.suppress(Exception):
-                    delivery.ack()
-                status = "failed"
-            with self._lock:
-                self._requests[delivery.source, status] += 1
-            if status != "admitted":
-                return
+        """A capture thread's first task: one capture here and each other
+        interface's on a thread of its own, all under one `Job`. Unless
+        `claimed` already (all on rings, registered), the claims go out now
+        and are answered while the captures run: each result waits for the
+        answer (`ClaimGate`), so a full capture leaves the ring at once, and
+        a duplicate or replay stops them all and is answered once. Never raises."""
 
         def finished(durable: bool) -> None:
             # Served: a duplicate (or replay) for any later run of this node.
@@ -361,8 +420,9 @@ class Controller:
                 (self.recent_sigs.served if durable else self.recent_sigs.forget)(sig)
 
         job = Job(delivery, len(workers), finished=finished)
+        gate = None if claimed else ClaimGate(self, request, sig, delivery)
         for worker in workers:
-            worker.job = job
+            worker.job, worker.gate = job, gate
         for worker in workers[1:]:
             try:
                 self._capture_pool.submit(worker.run)

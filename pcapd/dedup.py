@@ -9,6 +9,10 @@ away.
 at most `max_ids` ids at once: past that the oldest is forgotten early (and
 counted in `evicted`), so a storm costs bounded memory, never the process.
 
+Under a storm the Redis round trips are shared: claims made at once by many
+capture threads go out in one pipeline (`_ClaimBatcher`, one thread per set),
+and `served` marks are queued with the result events (`later`).
+
 Memory bound: `max_ids` entries of one id string each. Request ids are at most
 128 ASCII characters (pcapd.core.request), HMAC signatures 64, so an entry costs
 about 300 bytes in CPython (string, float, dict slot); the default 100,000
@@ -24,18 +28,23 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import redis
 
 from pcapd.core.config import SecurityConfig
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client
+from pcapd.core.redis_conn import Client, is_cluster
 
 log = logging.getLogger("pcapd.dedup")
 
 DEFAULT_MAX_IDS = 100_000
 REDIS_RETRY_AFTER = 5.0  # seconds of memory only after a Redis error, so no request waits on it
+CLAIM_BATCH = 64  # claims sent in one pipeline at most
+# s a claim waits for its batch's reply: beyond the dedup client's socket
+# timeout, so its own error (then memory only) comes first.
+CLAIM_WAIT = 5.0
 
 
 class SeenSet(Protocol):
@@ -57,9 +66,36 @@ class SharedSeen(SeenSet, Protocol):
 
     def claim(self, key: str) -> bool: ...
 
+    def claim_soon(self, key: str) -> Ticket: ...
+
     def served(self, key: str) -> None: ...
 
     def forget(self, key: str) -> None: ...
+
+
+class Ticket(Protocol):
+    """A claim on its way (`claim_soon`): a capture runs meanwhile."""
+
+    def taken_now(self) -> bool:
+        """Answered already, and taken: whatever runs for it may stop."""
+        ...
+
+    def wait(self) -> bool:
+        """The answer, as `claim` gives it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A ticket answered at once."""
+
+    taken: bool
+
+    def taken_now(self) -> bool:
+        return self.taken
+
+    def wait(self) -> bool:
+        return self.taken
 
 
 class RecentIds:
@@ -106,6 +142,9 @@ class RecentIds:
     def claim(self, request_id: str) -> bool:
         """Nothing is shared beyond this process: never taken elsewhere."""
         return False
+
+    def claim_soon(self, request_id: str) -> Ticket:
+        return Answered(False)
 
     def served(self, request_id: str) -> None:
         """Nothing to do in memory: a process that dies forgets everything anyway."""
@@ -188,13 +227,18 @@ class RedisSeen:
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         max_ids: int = DEFAULT_MAX_IDS,
+        later: Callable[[Callable[[Any], None]], None] | None = None,
     ) -> None:
+        """`later`: queues a write for the results' pipeline (`ResultPublisher.later`)."""
         self.local = RecentIds(window_seconds, clock, max_ids)
         self.client = client
         self.prefix, self.kind, self.node = prefix, kind, node
         self._ttl = max(1, math.ceil(window_seconds))
         self.instance = uuid.uuid4().hex  # this process's claims
-        self._claim = client.register_script(_CLAIM)
+        self._batcher = _ClaimBatcher(
+            client, client.register_script(_CLAIM), self.instance, self._ttl, f"dedup-{kind}"
+        )
+        self._later = later
         self._clock = clock
         self._down_until: float | None = None  # set while Redis is taken as away
         self._lock = threading.Lock()
@@ -214,25 +258,48 @@ class RedisSeen:
 
     def claim(self, key: str) -> bool:
         """Claim `key` in Redis for this process; True if it was served, or is
-        being served by this process, already. False while Redis is away."""
+        being served by this process, already. False while Redis is away.
+        Sent from this thread: it waits for the answer anyway."""
         if not self._try_redis():
             return False
         try:
-            taken = self._claim(keys=[self._key(key)], args=[self.instance, self._ttl, SERVED])
+            taken = self._batcher.now(self._key(key))
         except redis.RedisError as exc:
             self._lost(exc)
             return False
         self._back()
-        return bool(taken == 1)
+        return taken
+
+    def claim_soon(self, key: str) -> Ticket:
+        """`claim`, answered later: sent with the other threads' claims."""
+        if not self._try_redis():
+            return Answered(False)
+        return _RedisTicket(self, self._batcher.send(self._key(key)))
+
+    def _answer(self, item: _Claim) -> bool:
+        """`item`'s answer, waited for; False (memory only) if Redis failed."""
+        if not item.done.wait(CLAIM_WAIT):
+            self._lost(TimeoutError(f"no answer from Redis to a claim within {CLAIM_WAIT} s"))
+            return False
+        if item.error is not None:
+            self._lost(item.error)
+            return False
+        self._back()
+        return item.taken
 
     def served(self, key: str) -> None:
         """The request was served (stored, or reported): a duplicate from now on,
-        whichever process of this node sees it next."""
+        whichever process of this node sees it next. Queued with the results
+        when `later` was given (this thread does not wait for Redis)."""
         if not self._try_redis():
             return
+        mark = _Served(self._key(key))
         try:
-            self.client.set(self._key(key), SERVED, xx=True, keepttl=True)
-        except redis.RedisError as exc:
+            if self._later is not None:
+                self._later(mark)
+                return
+            mark(self.client)
+        except (redis.RedisError, OSError) as exc:
             self._lost(exc)
             return
         self._back()
@@ -273,13 +340,116 @@ class RedisSeen:
             event(log, "dedup_redis_back", kind=self.kind)
 
 
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """A claim becomes `served`, keeping its expiry (a pipeline's command)."""
+
+    key: str
+
+    def __call__(self, pipe: Any) -> None:
+        pipe.set(self.key, SERVED, xx=True, keepttl=True)
+
+
+@dataclass(slots=True)
+class _Claim:
+    key: str
+    done: threading.Event = field(default_factory=threading.Event)
+    taken: bool = False
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _RedisTicket:
+    seen: RedisSeen
+    item: _Claim
+
+    def taken_now(self) -> bool:
+        item = self.item
+        return item.done.is_set() and item.error is None and item.taken
+
+    def wait(self) -> bool:
+        return self.seen._answer(self.item)
+
+
+class _ClaimBatcher:
+    """Sends the claims of every waiting thread in one pipeline, from one thread
+    (`send`); or one claim from the caller's thread, which waits anyway (`now`).
+
+    A claim is the `_CLAIM` script (EVALSHA; loaded again if Redis lost it),
+    as it was before claims were batched, so any Redis that served them still
+    does. On a cluster each claim is sent alone (the keys' slots differ).
+    Memory: one small object per waiting claim, and each waiting thread has
+    one (at most the capture threads)."""
+
+    def __init__(self, client: Client, script: Any, instance: str, ttl: int, name: str) -> None:
+        self._client, self._script = client, script
+        self._args = (instance, ttl, SERVED)
+        self._name = name
+        self._pending: list[_Claim] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def now(self, key: str) -> bool:
+        """One claim from the calling thread (a round trip, no hand-off)."""
+        return bool(self._script(keys=[key], args=list(self._args)) == 1)
+
+    def send(self, key: str) -> _Claim:
+        """Queue a claim of `key`: answered (`done`) once its batch is."""
+        item = _Claim(key)
+        with self._wake:
+            self._pending.append(item)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return item
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending:
+                    self._wake.wait()
+                batch = self._pending[:CLAIM_BATCH]
+                del self._pending[:CLAIM_BATCH]
+            try:
+                for item, taken in zip(batch, self._send(batch), strict=True):
+                    item.taken = taken
+            except redis.RedisError as exc:
+                for item in batch:
+                    item.error = exc
+            except Exception as exc:  # a bug must not leave threads waiting
+                for item in batch:
+                    item.error = redis.RedisError(f"claim failed: {exc!r}")
+            for item in batch:
+                item.done.set()
+
+    def _send(self, batch: list[_Claim]) -> list[bool]:
+        if is_cluster(self._client):
+            return [self.now(item.key) for item in batch]
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for item in batch:
+                pipe.evalsha(self._script.sha, 1, item.key, *self._args)
+            try:
+                return [answer == 1 for answer in pipe.execute()]
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._client.script_load(_CLAIM)  # a restarted or flushed Redis
+        raise AssertionError("unreachable")
+
+
 def seen_ids_and_sigs(
-    security: SecurityConfig, node: str, client: Client | None
+    security: SecurityConfig,
+    node: str,
+    client: Client | None,
+    later: Callable[[Callable[[Any], None]], None] | None = None,
 ) -> tuple[SharedSeen, SharedSeen]:
     """The controller's two sets: request ids for `dedup_window`, signatures
     for at least 2 x `max_skew` (a ts that far ahead is accepted, so a
     signature stays replayable that long). In Redis when `client` is given,
-    so they hold across restarts; in memory only otherwise."""
+    so they hold across restarts; in memory only otherwise. `later` queues
+    the `served` marks with the results (`ResultPublisher.later`)."""
     windows = {"id": security.dedup_window,
                "sig": max(security.dedup_window, 2 * security.max_skew)}  # fmt: skip
 
@@ -288,7 +458,7 @@ def seen_ids_and_sigs(
             return RecentIds(windows[kind])
         return RedisSeen(
             client, prefix=security.dedup_prefix, kind=kind, node=node,
-            window_seconds=windows[kind],
+            window_seconds=windows[kind], later=later,
         )  # fmt: skip
 
     return one("id"), one("sig")

@@ -38,7 +38,7 @@ from triggers.base import Delivery
 from uploaders.base import Artifact
 
 if TYPE_CHECKING:
-    from pcapd.controller import Controller
+    from pcapd.controller import ClaimGate, Controller
 
 # The controller's logger: these lines were its own, and operators filter on it.
 log = logging.getLogger("pcapd.controller")
@@ -94,14 +94,16 @@ class Worker:
         self.interface = interface
         self.warnings = warnings
         self.reservation = reservation  # released exactly once, by settle()
-        self.job: Job | None = None  # set once its request's claims are made
+        self.job: Job | None = None  # set before it runs (after the claims, off a ring)
+        self.gate: ClaimGate | None = None  # claims still to be answered before a result
         self.served: RingCapture | None = None  # registered with the interface's ring
         self.registered = 0.0  # monotonic time it was, for the trigger latency
 
     def register(self, ring: Ring) -> bool:
         """Start the capture on `ring` now, in the caller's thread (it costs
         no socket, ~0.2 ms), so it is active before the claims. False
-        when refused (already answered and settled)."""
+        when refused (already answered and settled). `capture_started` is
+        logged by the capture thread (`run`): a log write can wait."""
         request = self.request
         limits, comments = self._framing()
         debug = (
@@ -120,7 +122,6 @@ class Worker:
             self.refused(str(exc))
             return False
         self.registered = time.monotonic()
-        self._log_started()
         self.controller.capture_started.set()
         return True
 
@@ -145,9 +146,16 @@ class Worker:
         served = self.served
         if served is not None:
             # Registered with the ring by the controller (`_ready`): no socket
-            # to open, no spare taken. Active since then; the job is known now.
+            # to open, no spare taken. Active since then (logged here, not on
+            # the trigger thread); the job is known now.
+            self._log_started()
             self._observe_active(self.registered)
-            outcome = served.finish(ctl.capture_stop)
+            gate = self.gate
+            outcome = served.finish(ctl.capture_stop if gate is None else gate.stop)
+            if gate is not None and not gate.passed():
+                self.job = None  # a duplicate or a replay: the gate answered it
+                self.settle(durable=True)
+                return
             self.warnings = (*self.warnings, *served.warnings)
             self._captured(outcome)
             return

@@ -7,6 +7,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -22,7 +23,10 @@ PUBLISH_ATTEMPTS = 3
 MAX_PENDING = 10_000  # results held while Redis is away (~1 KB each)
 SEND_BATCH = 200  # queued results sent in one pipeline: a flood's answers keep up
 
-_Pending = tuple[ResultEvent, str | None]
+# Commands for the same pipeline, in order with the results (dedup marks):
+# called with the pipeline (or, on a cluster, the client) to add them.
+Commands = Callable[[Any], None]
+_Pending = tuple[ResultEvent | Commands, str | None]
 
 
 class ResultPublisher:
@@ -33,6 +37,9 @@ class ResultPublisher:
     MAX_PENDING, the oldest dropped and counted past that) and one thread
     sends them, backing off while Redis is away, so no capture or trigger
     thread ever waits on Redis to report.
+
+    `later` queues other writes that must not hold up a thread either (a
+    request's `served` mark): they go in the same pipelines, in order.
 
     Sending is serialised: redis-py 8 was seen to crash with AttributeError
     inside `connect()` when two threads opened pooled connections at once.
@@ -77,6 +84,9 @@ class ResultPublisher:
                     transaction=False)  # fmt: skip
                 sharded = self.config.sharded_pubsub
                 for result, reply_to in batch:
+                    if not isinstance(result, ResultEvent):
+                        result(pipe)
+                        continue
                     body = result.to_json()
                     publish(pipe, self.config.results_channel, body, sharded=sharded)
                     if self.config.results_stream:
@@ -110,30 +120,45 @@ class ResultPublisher:
         if self._thread is None:
             self.publish(result, reply_to)
             return
+        self._queue((result, reply_to))
+
+    def later(self, commands: Commands) -> None:
+        """Queue `commands` behind the results queued so far; never blocks.
+        Without a running thread, run them now (once; Redis errors are the
+        caller's). Lost, like a result, past MAX_PENDING."""
+        if self._thread is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect()
+                commands(self._client)
+            return
+        self._queue((commands, None))
+
+    def _queue(self, item: _Pending) -> None:
         with self._wake:
             if len(self._pending) >= MAX_PENDING:
                 lost, _ = self._pending.popleft()
                 self.dropped += 1
-                event(log, "result_lost", logging.ERROR, id=lost.id, result=lost.to_json(),
-                      reason=f"{MAX_PENDING} results waiting for Redis")  # fmt: skip
-            self._pending.append((result, reply_to))
+                _log_lost(lost, f"{MAX_PENDING} results waiting for Redis")
+            self._pending.append(item)
             self._wake.notify()
 
     def stop(self, timeout: float) -> int:
-        """Send what is queued for at most `timeout` s; returns how many were left."""
+        """Send what is queued for at most `timeout` s; returns how many
+        results were left (queued commands left are logged, not counted)."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
         with self._wake:
-            left = list(self._pending)
+            left = [item for item, _ in self._pending]
             self._pending.clear()
-        for result, _ in left:
-            event(log, "result_lost", logging.ERROR, id=result.id, result=result.to_json(),
-                  reason="Redis unreachable at shutdown")  # fmt: skip
-        self.dropped += len(left)
-        return len(left)
+        for item in left:
+            _log_lost(item, "Redis unreachable at shutdown")
+        lost = sum(isinstance(item, ResultEvent) for item in left)
+        self.dropped += lost
+        return lost
 
     def _run(self) -> None:
         backoff = Backoff().tracker()
@@ -154,9 +179,18 @@ class ResultPublisher:
                             self._pending.popleft()
                 continue
             wait = backoff.failed()
+            first = batch[0][0]
             event(
-                log, "result_publish_failed", logging.WARNING, id=batch[0][0].id, error=error,
+                log, "result_publish_failed", logging.WARNING, error=error,
+                id=first.id if isinstance(first, ResultEvent) else None,
                 waiting=len(self._pending), retry_in=round(wait, 2),
             )  # fmt: skip
             with self._wake:
                 self._wake.wait(wait)
+
+
+def _log_lost(item: ResultEvent | Commands, reason: str) -> None:
+    if isinstance(item, ResultEvent):
+        event(log, "result_lost", logging.ERROR, id=item.id, result=item.to_json(), reason=reason)
+    else:
+        event(log, "redis_write_lost", logging.WARNING, what=repr(item), reason=reason)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pcapd.admission import Admission, DiskSpace, Refused, disk_space
+from pcapd.admission import DISK_LOOK_INTERVAL, Admission, DiskSpace, Refused, disk_space
 from pcapd.core.config import parse_config
 from uploaders.spool import Spool
 
@@ -135,3 +135,37 @@ def test_ring_memory_is_held_for_good_and_captures_get_the_rest() -> None:
         r"max_memory=2500$",
     ):
         Admission(GENERAL, None, (), rings=2_501)  # fmt: skip
+
+
+def test_free_space_is_looked_at_once_per_interval_and_afresh_before_a_refusal(
+    tmp_path: Path,
+) -> None:
+    looks: list[str] = []
+    free = {"now": 5_000}
+
+    def counted(directory: str) -> tuple[int, int]:
+        looks.append(directory)
+        return 7, free["now"]
+
+    now = {"t": 100.0}
+    roomy = dataclasses.replace(GENERAL, max_memory=100_000, max_concurrent=4)
+    adm = Admission(roomy, None, (("local", str(tmp_path)),), counted, clock=lambda: now["t"])
+    first = adm.reserve(2_000)
+    assert first.release()  # stored, maybe: counts as written until the next look
+    held = adm.reserve(2_000)  # 5000 - 2000 written leaves room: no second statvfs
+    assert len(looks) == 1
+    # 3000 - 2000 promised is short of 2000: a fresh look decides, and the
+    # message gives what the disk says now.
+    free["now"] = 2_500
+    with pytest.raises(Refused) as refused:
+        adm.reserve(2_000)
+    assert str(refused.value) == (
+        f"disk full: 2500 bytes free on the filesystem of {tmp_path} (local), bytes=2000 "
+        "needs 2000 (2000 promised to captures not yet stored)"
+    )
+    assert len(looks) == 2
+    free["now"] = 10_000  # room made meanwhile: the look before refusing sees it
+    assert adm.reserve(2_000).release() and len(looks) == 3
+    now["t"] += DISK_LOOK_INTERVAL  # and the interval's end, too
+    assert adm.reserve(2_000).release() and len(looks) == 4
+    assert held.release() and adm.idle

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import pytest
 import redis
@@ -169,3 +170,48 @@ def test_redis_away_falls_back_to_memory_says_so_and_comes_back(
     clock.now += REDIS_RETRY_AFTER
     assert seen.seen("r2") is False and seen.seen("r1") is True  # what memory saw still counts
     assert redis_srv.client().exists("t:seen:id:n1:r2") == 1
+
+
+def test_claims_of_many_threads_share_round_trips_and_keep_their_answers(
+    redis_srv: RedisServer,
+) -> None:
+    seen = redis_seen(redis_srv)
+    client = redis_srv.client()
+    client.set("t:seen:id:n1:old", "served", ex=60)
+    client.set("t:seen:id:n1:dead", "an-instance-that-died", ex=60)
+    client.script_flush()  # as after a Redis restart: the batch loads the script again
+    keys = [f"k{n}" for n in range(40)] + ["dead", "old"]
+    answers: dict[str, bool] = {}
+    go = threading.Barrier(len(keys))
+
+    def claim(key: str) -> None:
+        go.wait()
+        answers[key] = seen.claim_soon(key).wait()
+
+    threads = [threading.Thread(target=claim, args=(key,)) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == {**dict.fromkeys(keys[:-1], False), "old": True}
+    assert client.get("t:seen:id:n1:dead") == seen.instance.encode()  # taken over
+    assert client.get("t:seen:id:n1:k7") == seen.instance.encode()
+    assert 0 < client.ttl("t:seen:id:n1:k7") <= 60
+    ticket = seen.claim_soon("k7")  # this process's own claim: taken
+    assert ticket.wait() is True and ticket.taken_now() is True
+    assert seen.claim("k7") is True and seen.claim("k41") is False  # from this thread
+
+
+def test_served_marks_can_wait_for_the_results_pipeline(redis_srv: RedisServer) -> None:
+    queued: list[Any] = []
+    client = redis_srv.client()
+    seen = RedisSeen(client, prefix="t:seen:", kind="id", node="n1", window_seconds=60,
+                     later=queued.append)  # fmt: skip
+    assert seen.claim("r1") is False
+    seen.served("r1")
+    assert client.get("t:seen:id:n1:r1") == seen.instance.encode()  # not yet
+    [mark] = queued
+    mark(client)
+    assert client.get("t:seen:id:n1:r1") == b"served"
+    assert 0 < client.ttl("t:seen:id:n1:r1") <= 60
+    assert redis_seen(redis_srv).seen("r1") is True

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -72,3 +73,30 @@ def test_queue_is_bounded_and_losses_are_counted(
         pub.submit(result(n))
     assert pub.stop(0.5) == 5  # the newest MAX_PENDING were kept until the end
     assert pub.dropped == 12
+
+
+def push(value: str, pipe: Any) -> None:
+    pipe.rpush("order", value)
+
+
+def test_later_commands_go_in_order_with_the_results(redis_srv: RedisServer) -> None:
+    client = redis_srv.client()
+    pub = publisher(redis_srv)
+    pub.later(functools.partial(push, "unthreaded"))  # no thread: sent now
+    assert client.lrange("order", 0, -1) == [b"unthreaded"]
+    pub.start()
+    try:
+        channel = Results(redis_srv)
+        try:
+            for n in range(3):
+                pub.submit(result(n))
+                pub.later(functools.partial(push, f"after r{n}"))
+            wait_for(lambda: client.llen("order") == 4, timeout=10)
+            assert [channel.next()["id"] for _ in range(3)] == ["r0", "r1", "r2"]
+        finally:
+            channel.close()
+    finally:
+        assert pub.stop(5) == 0
+    assert client.lrange("order", 1, -1) == [b"after r0", b"after r1", b"after r2"]
+    stream: Any = client.xrange("capture-results")
+    assert [json.loads(fields[b"event"])["id"] for _, fields in stream] == ["r0", "r1", "r2"]
