@@ -144,6 +144,12 @@ class Daemon:
 
     def start(self, argv: Sequence[str] | None = None, channel: str = "capture") -> None:
         """`pcapd serve -c FILE`, or `argv` (a command subscribing to `channel`)."""
+        self.launch(argv, channel)
+        wait_for(self.subscribed, timeout=15)
+
+    def launch(self, argv: Sequence[str] | None = None, channel: str = "capture") -> None:
+        """`start` without waiting for the subscription: several daemons then
+        start side by side (the caller waits for them)."""
         self.channel = channel
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -158,7 +164,6 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        wait_for(self.subscribed, timeout=15)
 
     def subscribed(self) -> bool:
         assert self.proc is not None
