@@ -103,6 +103,16 @@ class Results:
                 return event
             self._kept.setdefault(str(event.get("id")), []).append(event)
 
+    def unclaimed(self) -> list[dict[str, Any]]:
+        """Every event received and not yet taken by `next` or `for_id`
+        (those `for_id` kept for other ids included)."""
+        found = [event for kept in self._kept.values() for event in kept]
+        while True:
+            try:
+                found.append(self.events.get_nowait())
+            except queue.Empty:
+                return found
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
