@@ -27,6 +27,9 @@ from tests.pcapd.daemon_fixture import Daemon, Results
 
 PREFIX = DEFAULT_FLEET_PREFIX
 SUBNET = 60  # this file's veth subnet: 10.200.60.0/24
+# s: fleet-c's heartbeat_interval; its hash outlives a SIGTERM's deletion by
+# over 2 beats, and the outage below waits for its next beat
+SLOW_BEAT = 4
 MATCH_WORKERS = 4  # `pcapd nodes` commands at once: their start-up is CPU, on 2 cores
 
 
@@ -86,7 +89,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             "fleet-b": (("ip", "netns", "exec", veth.ns_a), unix,
                         interfaces(("lo", ["local"]), (veth.dev_a, ["public"])), 1),
             "fleet-c": (("ip", "netns", "exec", veth.ns_b), unix,
-                        interfaces((veth.dev_b, ["public"]), ("lo", ["loop"])), 8),
+                        interfaces((veth.dev_b, ["public"]), ("lo", ["loop"])), SLOW_BEAT),
         }  # fmt: skip
         daemons: dict[str, Daemon] = {}
         results = Results(server)
@@ -291,10 +294,10 @@ def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
         wait_for(lambda d=daemon: "event=heartbeat_resumed" in d.log(), timeout=30)
         assert daemon.log().count("event=heartbeat_failed") == 1, daemon.log()
 
-    # SIGTERM: gone at once, long before its hash (three beats of 8 s) expires.
+    # SIGTERM: gone at once, long before its hash (three slow beats) expires.
     c_daemon, c_key, client = fleet.daemons["fleet-c"], node_key(PREFIX, "fleet-c"), server.client()
     signalled, left = time.monotonic(), client.pttl(c_key) / 1000
-    assert left > 8
+    assert left > SLOW_BEAT
     c_daemon.signal(signal.SIGTERM)
     wait_for(lambda: not client.exists(c_key), timeout=30)
     assert time.monotonic() - signalled < left, "deleted, not expired"
