@@ -10,7 +10,6 @@ While its lookback is copied, live packets wait in its tail, within its own
 from __future__ import annotations
 
 import functools
-import struct
 import threading
 from collections.abc import Callable
 
@@ -18,7 +17,7 @@ import pcap
 
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.engine import CaptureLimits, PacketDebug
-from pcapd.pcapfile import EPB_HEAD, EPB_OVERHEAD, LOOKBACK_EPB_OPTIONS, PCAP_RECORD, PCAPNG_EPB
+from pcapd.pcapfile import EPB_HEAD, EPB_OVERHEAD, LOOKBACK_EPB_OPTIONS, PCAPNG_EPB
 from pcapd.ring.store import HEAD, NS, RECORD, record_ts
 
 NO_CUTOFF = 1 << 64  # a feed's cutoff until a timed stop sets one
@@ -28,7 +27,6 @@ NO_CUTOFF = 1 << 64  # a feed's cutoff until a timed stop sets one
 # between CPUs, so none of the run can be stamped before `since`. Nearer the
 # seam each record's stamp is checked.
 SEAM_SLACK = 50_000_000
-_caplen = struct.Struct("<8xI").unpack_from  # a record head's caplen, alone
 
 # Compiled request filters kept, by (expression, link type): a storm of one
 # alert's requests compiles its filter once. Each program is at most 4,096
@@ -158,43 +156,15 @@ class Feed:
         """Frame the records of data[start:end] this feed keeps into `out`,
         one by one, within `room` bytes and `left` packets: (where it
         stopped, records read, records and bytes appended, the bound reached
-        or ""). A record cut by `end` is left for the next slice."""
-        since, cutoff = self.since, self.cutoff
+        or ""). A record cut by `end` is left for the next slice. Stamps are
+        checked only near the seam and after a timed stop; records are
+        framed anew only for pcapng, packet debug or a shorter snap."""
         if start + HEAD > end:
             return start, 0, 0, 0, ""
-        if (
-            self.pcapng or self.debug is not None or self.snap < MAX_SNAPLENGTH
-            or cutoff != NO_CUTOFF or record_ts(data, start) - SEAM_SLACK < since
-        ):  # fmt: skip
-            return self._walk_stamps(out, room, left, data, start, end)
-        # Past the seam, records kept whole: only the filter is applied.
-        match, caplen = self.match, _caplen
-        at, read, taken, used = start, 0, 0, 0
-        while at + HEAD <= end:
-            nxt = at + HEAD + caplen(data, at)[0]
-            if nxt > end:
-                break
-            read += 1
-            if match is None or match(data[at + HEAD : nxt]):
-                block = nxt - at
-                if block > room:
-                    return at, read - 1, taken, used, "bytes"
-                out += data[at:nxt]
-                room -= block
-                used += block
-                taken += 1
-                if taken >= left:
-                    return nxt, read, taken, used, "packets"
-            at = nxt
-        return at, read, taken, used, ""
-
-    def _walk_stamps(
-        self, out: bytearray, room: int, left: int, data: memoryview, start: int, end: int
-    ) -> tuple[int, int, int, int, str]:
-        """`_walk` reading each record's stamp: near the seam, after a timed
-        stop, and for pcapng's framing, packet debug or a shorter snap."""
         unpack, match, snap = RECORD.unpack_from, self.match, self.snap
-        since, cutoff, whole = self.since, self.cutoff, not self.pcapng and self.debug is None
+        since, cutoff = self.since, self.cutoff
+        whole = not self.pcapng and self.debug is None
+        check = cutoff != NO_CUTOFF or not whole or record_ts(data, start) - SEAM_SLACK < since
         at, read, taken, used = start, 0, 0, 0
         while at + HEAD <= end:
             sec, nsec, n, _wire = unpack(data, at)
@@ -204,9 +174,10 @@ class Feed:
                 break
             here, at = at, nxt
             read += 1
-            ts = sec * NS + nsec
-            if ts < since or ts > cutoff:
-                continue
+            if check:
+                ts = sec * NS + nsec
+                if ts < since or ts > cutoff:
+                    continue
             if match is not None and not match(data[body:nxt]):
                 continue
             if whole and n <= snap:
@@ -215,7 +186,7 @@ class Feed:
                     return here, read - 1, taken, used, "bytes"
                 out += data[here:nxt]
             else:
-                block = self._frame(out, room, ts, data[body:nxt])
+                block = self._frame(out, room, sec * NS + nsec, data[body:nxt])
                 if not block:
                     return here, read - 1, taken, used, "bytes"
             room -= block
@@ -245,11 +216,11 @@ class Feed:
                 buf += LOOKBACK_EPB_OPTIONS
             buf += block.to_bytes(4, "little")
         else:
-            block = PCAP_RECORD.size + caplen
+            block = RECORD.size + caplen
             if block > room:
                 return 0
             sec, nsec = divmod(ts, NS)
-            buf += PCAP_RECORD.pack(sec, nsec, caplen, wire)
+            buf += RECORD.pack(sec, nsec, caplen, wire)
             buf += data
         if self.debug is not None:
             self.debug(ts, bytes(data))
@@ -286,5 +257,5 @@ class Feed:
         if self.pcapng:
             length: int = EPB_HEAD.unpack_from(buf, at)[1]
             return length
-        caplen: int = PCAP_RECORD.unpack_from(buf, at)[2]
-        return PCAP_RECORD.size + caplen
+        caplen: int = RECORD.unpack_from(buf, at)[2]
+        return RECORD.size + caplen
