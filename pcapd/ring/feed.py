@@ -54,7 +54,7 @@ class Feed:
     the file after the lookback part."""
 
     __slots__ = (
-        "buf", "count", "cutoff", "debug", "done", "full", "holding", "match", "max_bytes",
+        "buf", "count", "cutoff", "debug", "done", "full", "holding", "lock", "match", "max_bytes",
         "max_packets", "on_full", "over", "pcapng", "since", "size", "snap", "stop",
         "tail", "tail_count", "trigger", "whole",
     )  # fmt: skip
@@ -71,6 +71,7 @@ class Feed:
         debug: PacketDebug | None,
         on_full: Callable[[], None] | None = None,
         holding: bool = False,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.buf = bytearray(header)
         self.size = len(header)
@@ -97,6 +98,7 @@ class Feed:
         # Called once, as the capture ends on the reader thread (its slot is
         # free at once, not when its thread next runs; it must not block).
         self.on_full = on_full
+        self.lock = lock or threading.Lock()  # the ring's: `take` runs under it
 
     def end(self, reason: str) -> None:
         self.stop, self.full = reason, True
@@ -141,14 +143,39 @@ class Feed:
     def replay(self, data: memoryview) -> tuple[int, int]:
         """Records from the ring's past (a copied slice, whole records from
         its start) into the file: (bytes, records) read. Runs in the capture's
-        thread while the reader may `take` into the tail."""
+        thread while the reader may `take` into the tail. The file is in time
+        order, lookback first: when the lookback needs room the tail holds,
+        the capture is full (`over`) and the tail's newest records go, so the
+        file and the tail together never pass `bytes`."""
+        out = bytearray()  # the slice's records framed, before they are counted
         room, left = self.max_bytes - self.size, self.max_packets - self.count
-        at, read, taken, used, reason = self._walk(self.buf, room, left, data, 0, len(data))
-        self.size += used
-        self.count += taken
+        at, read, taken, used, reason = self._walk(out, room, left, data, 0, len(data))
+        with self.lock:  # counted where `take` reads them; no take is midway
+            self.size += used
+            self.count += taken
+            over = self.size + len(self.tail) > self.max_bytes
+            if over:
+                self.over = True  # the tail is frozen from here on
+            if reason:
+                self.end(reason)
         if reason:
-            self.end(reason)
+            self.tail, self.tail_count = bytearray(), 0  # never merged now
+        elif over:
+            self._trim_tail(self.max_bytes - self.size)
+        self.buf += out
         return at, read
+
+    def _trim_tail(self, room: int) -> None:
+        """Keep the tail's oldest records that fit in `room` bytes (the tail
+        is frozen: `over` is set)."""
+        tail, keep, kept = self.tail, 0, 0
+        while kept < self.tail_count:
+            length = self._record_length(tail, keep)
+            if keep + length > room:
+                break
+            keep, kept = keep + length, kept + 1
+        del tail[keep:]
+        self.tail_count = kept
 
     def _walk(
         self, out: bytearray, room: int, left: int, data: memoryview, start: int, end: int
@@ -227,11 +254,17 @@ class Feed:
         return block
 
     def merge(self, tail: bytearray, records: int, over: bool) -> None:
-        """Append `tail` (`records` framed by `take` while holding) to the file, up to the
-        bounds, as `offer` would have; `over`: the last tail, and a packet
-        after it did not fit."""
+        """Append `tail` (`records` framed by `take` while holding) to the
+        file, up to the bounds, as `take` would have; `over`: the last tail,
+        and a packet after it did not fit."""
+        self.buf += memoryview(tail)[: self.count_tail(tail, records, over)]
+
+    def count_tail(self, tail: bytearray, records: int, over: bool) -> int:
+        """Count into the file what of `tail` its bounds keep (ending the
+        capture at one): the bytes of it to append. Under the ring's lock
+        when the reader may be taking, so `take` sees the room left."""
         if self.full:
-            return
+            return 0
         room, left = self.max_bytes - self.size, self.max_packets - self.count
         take, taken, reason = len(tail), records, "bytes" if over else ""
         if take > room or records >= left:
@@ -246,11 +279,11 @@ class Feed:
                 if taken >= left:
                     reason = "packets"
                     break
-        self.buf += memoryview(tail)[:take]
         self.size += take
         self.count += taken
         if reason:
             self.end(reason)
+        return take
 
     def _record_length(self, buf: bytearray, at: int) -> int:
         """The length of the record framed at `at` in `buf`."""

@@ -67,11 +67,7 @@ class RingStats:
 class Ring:
     """The ring of one interface. `start()` opens its handle (raises
     CaptureError), `register()` serves one capture, `stop()` closes it.
-
-    Memory: `memory` bytes (the chunks, at most `max_bytes`), reserved from
-    max_memory at start; a capture's file and its tail together stay within
-    its own `bytes` bound, as in the engine, plus one `REPLAY_SLICE` while
-    its lookback is copied.
+    Memory: see `pcapd.ring`.
     """
 
     def __init__(
@@ -204,7 +200,9 @@ class Ring:
                     self._replaying.discard(feed)
                     feed.holding = False
                     return
-            feed.merge(tail, records, over=False)
+                # Counted here, copied below: `take` sees the room it leaves.
+                take = feed.count_tail(tail, records, over=False)
+            feed.buf += memoryview(tail)[:take]
 
     def _drops(self) -> int:
         """Kernel drops on the handle so far; the reader is not in it (lock held)."""
@@ -248,8 +246,7 @@ class Ring:
         (a bad filter, a failed ring) before anything is registered.
         `on_full` is called (under the ring's lock, on the thread that ends
         it) when a bound or shutdown ends the capture before `finish` does.
-
-        Memory: the capture's bytearray never exceeds `limits.bytes`.
+        Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
         match = self._compile(bpf)
         with self.lock:
@@ -273,6 +270,7 @@ class Ring:
             feed = Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
                 trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
+                lock=self.lock,
             )  # fmt: skip
             drops_before = self._drops()
             self._live.add(feed)

@@ -9,9 +9,7 @@ are dropped as the clock passes them (counted apart): whole chunks by the
 reader, the rest of the oldest chunk when they are counted (`stats`). Every
 method runs under the ring's lock except `replay`, which copies records out
 while the writer goes on and detects a reused chunk by its generation number.
-
-Memory: `memory` bytes (the chunks); the per-chunk bookkeeping is a few
-integers.
+Memory: see `pcapd.ring`.
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@ def frame(counter: int, size: int = 60) -> bytes:
     return struct.pack("!I", counter).ljust(size, b"x")
 
 
-def records(stamps: list[int], sizes: list[int] | None = None) -> memoryview:
-    """Ring records (pcap heads, whole packets) numbered 0, 1, ..."""
+def records(stamps: list[int], sizes: list[int] | None = None, first: int = 0) -> memoryview:
+    """Ring records (pcap heads, whole packets) numbered first, first + 1, ..."""
     out = bytearray()
     for index, ts in enumerate(stamps):
-        pkt = frame(index, sizes[index] if sizes else 60)
+        pkt = frame(first + index, sizes[index] if sizes else 60)
         out += RECORD.pack(ts // NS, ts % NS, len(pkt), len(pkt)) + pkt
     return memoryview(bytes(out))
 
@@ -125,6 +125,37 @@ def test_records_held_while_the_lookback_is_copied_follow_it_once_merged() -> No
     assert got.replay(run[:cut]) == (cut, 8)
     got.merge(got.tail, got.tail_count, got.over)
     assert got.stop == "packets" and [n for n, _ in read(got.buf)] == list(range(10))
+
+
+def test_file_and_tail_never_pass_bytes_the_lookback_first_the_tails_newest_go() -> None:
+    """Live records wait in the tail while the lookback is copied; when the
+    lookback needs the room they hold, the newest of them go (the file is in
+    time order), and file + tail stay within `bytes` at every step."""
+    bound, size = 1_000_000, 1_000
+    record = HEAD + size
+
+    def copied(lookback: int) -> tuple[Feed, list[int]]:
+        got = feed(since=T0, packets=100_000, size=bound, holding=True)
+        live = records([T0 + 10 * NS + i * GAP for i in range(600)], [size] * 600, first=5000)
+        got.take(live, 0, len(live), 600, T0 + 10 * NS)
+        assert (got.tail_count, len(got.tail)) == (600, 600 * record)
+        past = records([T0 + SEAM_SLACK + i * GAP for i in range(lookback)], [size] * lookback)
+        held = []
+        for at in range(0, len(past), 200 * record):  # slices, as the store hands them
+            if got.full:
+                break
+            got.replay(past[at : at + 200 * record])
+            held.append(len(got.buf) + len(got.tail))
+        got.merge(got.tail, got.tail_count, got.over)
+        return got, held
+
+    fits = (bound - 24) // record
+    filled, held = copied(1200)  # the lookback alone fills the file
+    assert max(held) <= bound and filled.stop == "bytes"
+    assert [n for n, _ in read(filled.buf)] == list(range(fits))
+    shared, held = copied(500)  # the lookback, then the tail's oldest
+    assert max(held) <= bound and shared.over and shared.stop == "bytes"
+    assert [n for n, _ in read(shared.buf)] == [*range(500), *range(5000, 5000 + fits - 500)]
 
 
 def test_the_writer_hands_on_every_record_once_across_chunks_and_overwrites() -> None:
