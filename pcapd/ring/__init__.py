@@ -52,6 +52,7 @@ from pcapd.ring.reader import (
 )
 from pcapd.ring.store import (
     CHUNK_TARGET,
+    EVICT_WALK,
     MIN_CHUNK,
     MIN_CHUNKS,
     RECORD,
@@ -65,6 +66,7 @@ __all__ = [
     "CHUNK_TARGET",
     "DISPATCH_BATCH",
     "EVICT_EVERY",
+    "EVICT_WALK",
     "MIN_CHUNK",
     "MIN_CHUNKS",
     "READ_WAIT",

@@ -156,8 +156,7 @@ class Ring:
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
-                        # Whole chunks: the rest when counted (`stats`).
-                        self.store.evict_old(self._cutoff(), records=False)
+                        self.store.evict_old(self._cutoff())
                 time.sleep(0)  # a capture waiting to register takes the lock now
 
     def _failed(self, exc: OSError) -> None:
@@ -258,7 +257,9 @@ class Ring:
             trigger = time.time_ns()
             since = trigger - lookback * NS
             if lookback:
-                self.store.evict_old(self._cutoff())
+                # Whole chunks only: lookback <= seconds, so since >= the
+                # cutoff, and the replay skips older records by their stamps.
+                self.store.evict_old(self._cutoff(), walk=0)
             spans = self.store.spans(since)
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)

@@ -453,6 +453,16 @@ def test_on_full_is_called_once_on_the_reader_thread_when_a_bound_ends_the_captu
         ring.stop()
 
 
+def prefill(ring: Ring, stamps: list[int], size: int) -> None:
+    """Records of `size` bytes with these stamps (ns) written into the
+    ring's store before it starts: its reader writes on after them. They
+    are no packet (no BPF matches them) and the test chose their age."""
+    append, settle = ring.store.writer(lambda *_: None)
+    for stamp in stamps:
+        append(stamp, b"\xff" * size)
+    settle()
+
+
 def test_records_older_than_the_ring_keeps_are_counted_evicted_when_counted() -> None:
     """The reader drops whole chunks by age; the oldest chunk's records go
     one by one as `stats` counts them: what it says is exact either way."""
@@ -476,3 +486,33 @@ def test_records_older_than_the_ring_keeps_are_counted_evicted_when_counted() ->
     finally:
         ring.stop()
     assert [n for n, _ in got] == list(range(10, 15))
+
+
+def test_registering_and_counting_hold_the_lock_briefly_beside_a_chunk_of_old_small_records() -> (
+    None
+):
+    """A 4 MiB chunk of 64-byte records (~52k), all but its last older than
+    the ring keeps: walking them all under the lock took ~180 ms. A
+    registration walks none (its replay skips them by their stamps), `stats`
+    at most EVICT_WALK; the reader drops them a bounded walk at a time."""
+    port = free_port()
+    ring = Ring("lo", 30, 16 << 20, f"udp and dst port {port}")  # 4 chunks of 4 MiB
+    per_chunk = chunk_layout(16 << 20)[1] // (16 + 64)
+    now = time.time_ns()
+    old = now - 3600 * 1_000_000_000
+    prefill(ring, [*(old + i * 1000 for i in range(per_chunk - 1)), now, now], 64)
+    assert ring.store.order() == [0, 1]
+    ring.start()
+    try:
+        begin = time.monotonic()
+        served = ring.register(limits(), fmt="pcap", bpf="", lookback=30, comments={})
+        registered = time.monotonic() - begin
+        begin = time.monotonic()
+        stats = ring.stats()
+        counted = time.monotonic() - begin
+        served.cancel()
+        assert registered < 0.1 and counted < 0.1, (registered, counted)  # ~1 ms idle
+        assert stats.evicted_age < per_chunk - 1  # not all at once
+        wait_for(lambda: ring.stats().evicted_age == per_chunk - 1, timeout=60)
+    finally:
+        ring.stop()

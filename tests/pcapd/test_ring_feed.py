@@ -11,7 +11,7 @@ import dpkt
 from pcapd.engine import CaptureLimits
 from pcapd.pcapfile import pcap_header
 from pcapd.ring.feed import SEAM_SLACK, Feed
-from pcapd.ring.store import HEAD, NS, RECORD, ChunkStore
+from pcapd.ring.store import EVICT_WALK, HEAD, NS, RECORD, ChunkStore
 
 T0 = 1_800_000_000 * NS  # ns: the stamp of the first record
 GAP = 1_000  # ns between records
@@ -184,3 +184,31 @@ def test_the_writer_hands_on_every_record_once_across_chunks_and_overwrites() ->
     assert [struct.unpack("!I", pkt[:4])[0] for _, pkt in store.records()] == list(
         range(3000 - packets, 3000)
     )
+
+
+def test_one_eviction_walks_at_most_evict_walk_records_of_the_oldest_chunk() -> None:
+    """A 4 MiB chunk of 64-byte packets holds ~52k records: walking them all
+    under the ring's lock took ~180 ms. Each call walks EVICT_WALK at most;
+    `walk=0` drops whole chunks only; repeated calls drop every old record."""
+    store = ChunkStore(16 << 20)
+    append, settle = store.writer(lambda *_: None)
+    stamp = T0
+    while store.order() != [0, 1]:  # the first chunk full, the writer past it
+        append(stamp, frame(0, 64))
+        stamp += GAP
+    settle()
+    first = store.held()[0] - 1  # records in the first chunk
+    assert first > 10 * EVICT_WALK
+    cutoff = T0 + (first - 1) * GAP  # all but the first chunk's last are older
+    store.evict_old(cutoff, walk=0)
+    assert store.evicted_age == 0
+    calls = 0
+    while store.evicted_age < first - 1:
+        before = store.evicted_age
+        store.evict_old(cutoff)
+        assert 0 < store.evicted_age - before <= EVICT_WALK
+        calls += 1
+    assert store.evicted_age == first - 1 and calls == -(-(first - 1) // EVICT_WALK)
+    assert store.held()[0] == 2 and store.oldest() == cutoff
+    store.evict_old(stamp - GAP)  # all the first chunk is older now: dropped at once
+    assert (store.evicted_age, store.held()[0]) == (first, 1)
