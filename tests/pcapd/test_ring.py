@@ -463,29 +463,32 @@ def prefill(ring: Ring, stamps: list[int], size: int) -> None:
     settle()
 
 
-def test_records_older_than_the_ring_keeps_are_counted_evicted_when_counted() -> None:
-    """The reader drops whole chunks by age; the oldest chunk's records go
-    one by one as `stats` counts them: what it says is exact either way."""
+def test_records_older_than_the_ring_keeps_go_whole_chunks_then_one_by_one() -> None:
+    """Records an hour old, more than a chunk of them, beside live packets:
+    the reader drops the first chunk whole and the rest of the old ones one
+    by one, and `stats` says exactly what went. No sleep races the ring's
+    clock: the old records' age is written, the live ones have 30 s."""
     port = free_port()
-    ring = Ring("lo", 2, 2 * 1024 * 1024, f"udp and dst port {port}")
+    ring = Ring("lo", 30, 2 << 20, f"udp and dst port {port}")  # 4 chunks of 512 KiB
+    per_chunk = chunk_layout(2 << 20)[1] // (16 + 1000)
+    old = time.time_ns() - 3600 * 1_000_000_000
+    prefill(ring, [old + i * 1000 for i in range(per_chunk + 100)], 1000)
+    assert ring.store.order() == [0, 1]
     ring.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for index in range(10):
+            for index in range(5):
                 sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
-            held(ring, 10)
-            time.sleep(2.3)
-            for index in range(10, 15):
-                sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
-            wait_for(lambda: ring.stats().evicted_age == 10 and ring.stats().packets == 5,
-                     timeout=10)  # fmt: skip
+        wait_for(lambda: ring.stats().evicted_age == per_chunk + 100 and ring.stats().packets == 5,
+                 timeout=30)  # fmt: skip
+        assert ring.store.order() == [1] and ring.stats().evicted_overflow == 0
         assert [struct.unpack_from("!I", pkt, 42)[0] for _, pkt in ring.store.records()] == list(
-            range(10, 15)
+            range(5)
         )
-        got = numbers(capture(ring, lookback=2, timeout=0.3))
+        got = numbers(capture(ring, lookback=30, timeout=0.3))
     finally:
         ring.stop()
-    assert [n for n, _ in got] == list(range(10, 15))
+    assert [n for n, _ in got] == list(range(5))
 
 
 def test_registering_and_counting_hold_the_lock_briefly_beside_a_chunk_of_old_small_records() -> (

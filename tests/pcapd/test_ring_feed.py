@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 
 import dpkt
 
 from pcapd.engine import CaptureLimits
 from pcapd.pcapfile import pcap_header
+from pcapd.ring import Ring, RingCapture, chunk_layout
 from pcapd.ring.feed import SEAM_SLACK, Feed
 from pcapd.ring.store import EVICT_WALK, HEAD, NS, RECORD, ChunkStore
 
@@ -212,3 +214,52 @@ def test_one_eviction_walks_at_most_evict_walk_records_of_the_oldest_chunk() -> 
     assert store.held()[0] == 2 and store.oldest() == cutoff
     store.evict_old(stamp - GAP)  # all the first chunk is older now: dropped at once
     assert (store.evicted_age, store.held()[0]) == (first, 1)
+
+
+def test_a_chunk_reused_mid_copy_is_lost_and_said_so_and_the_rest_kept_once() -> None:
+    """The writer wraps round the store while a lookback is copied (after
+    its first slice): the reused chunk's records not yet copied are lost and
+    the result says so; kept + lost = the records noted, none twice, in order."""
+    ring = Ring("lo", 30, 2 << 20)  # not started: the test writes its store
+    append, settle = ring.store.writer(lambda *_: None)
+    sent = 0
+
+    def fill(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            append(T0 + sent * GAP, frame(sent, 1000))
+            sent += 1
+        settle()
+
+    fill(1500)  # three of the four chunks
+    spans = ring.store.spans(T0)
+    noted = sum(span.records for span in spans)
+    assert noted == 1500 and ring.store.chunks == 4
+
+    class Overwriting(Feed):
+        slices = 0
+
+        def replay(self, data: memoryview) -> tuple[int, int]:
+            got = super().replay(data)
+            Overwriting.slices += 1
+            if Overwriting.slices == 1:
+                fill(1000)  # past the fourth chunk into the first, being copied
+            return got
+
+    limits = CaptureLimits(snap=262_144, packets=100_000, bytes=1 << 30, duration=60, timeout=60)
+    copying = Overwriting(
+        pcap_header(1, 262_144), limits, pcapng=False, match=None, since=T0,
+        trigger=T0 + sent * GAP, debug=None, holding=True, lock=ring.lock,
+    )  # fmt: skip
+    served = RingCapture(ring, copying, limits, 0, 30.0, spans)
+    stop = threading.Event()
+    stop.set()  # no live part: the lookback only
+    outcome = served.finish(stop)
+    kept = [n for n, _ in read(outcome.data)]
+    lost = noted - len(kept)
+    assert ring.store.evicted_overflow > 0 and 0 < lost < ring.store.evicted_overflow
+    first = chunk_layout(2 << 20)[1] // (HEAD + 1000)  # records in the reused chunk
+    copied = first - lost  # its slices copied before it was reused
+    assert kept == [*range(copied), *range(first, 1500)]  # once each, in order
+    (warning,) = served.warnings
+    assert f"up to {lost} packets of the ring on lo were overwritten" in warning
