@@ -54,9 +54,9 @@ class Feed:
     the file after the lookback part."""
 
     __slots__ = (
-        "buf", "count", "cutoff", "debug", "done", "full", "holding", "lock", "match", "max_bytes",
-        "max_packets", "on_full", "over", "pcapng", "since", "size", "snap", "stop",
-        "tail", "tail_count", "trigger", "whole",
+        "buf", "count", "cutoff", "debug", "done", "error", "full", "holding", "lock", "match",
+        "max_bytes", "max_packets", "on_full", "over", "pcapng", "since", "size", "snap",
+        "stop", "tail", "tail_count", "trigger", "whole",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +78,7 @@ class Feed:
         self.count = 0
         self.full = False
         self.stop = ""
+        self.error: str | None = None  # the ring's failure, when that is what ended it
         self.since = since  # ns: packets stamped before this are not kept
         self.cutoff = NO_CUTOFF  # ns: nor after this (a timed stop)
         self.trigger = trigger  # ns: packets before it came from the lookback
@@ -100,8 +101,8 @@ class Feed:
         self.on_full = on_full
         self.lock = lock or threading.Lock()  # the ring's: `take` runs under it
 
-    def end(self, reason: str) -> None:
-        self.stop, self.full = reason, True
+    def end(self, reason: str, error: str | None = None) -> None:
+        self.stop, self.full, self.error = reason, True, error
         self.done.set()
         if self.on_full is not None:
             self.on_full()

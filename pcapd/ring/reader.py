@@ -166,8 +166,8 @@ class Ring:
         self.error = f"lookback ring on {self.interface} failed: {text}"
         event(log, "ring_failed", logging.ERROR, interface=self.interface, error=self.error)
         for feed in self._live:
-            if not feed.full:
-                feed.end("shutdown")
+            if not feed.full:  # one its own bound ended already is no failure
+                feed.end("shutdown", self.error)
 
     def _segment(self, data: memoryview, start: int, end: int, records: int) -> None:
         """The records one read appended (or those of a chunk the writer
@@ -281,13 +281,13 @@ class Ring:
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
         return RingCapture(self, feed, limits, drops_before, delivered, spans)
 
-    def unregister(self, feed: Feed) -> tuple[int, str | None]:
-        """No more packets for `feed`: (kernel drops so far, the ring's error)."""
+    def unregister(self, feed: Feed) -> int:
+        """No more packets for `feed`: the kernel's drops so far."""
         with self.lock:
             self._live.discard(feed)
             self._replaying.discard(feed)
             self._feeds = tuple(f for f in self._feeds if f is not feed)
-            return self._drops(), self.error
+            return self._drops()
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
         """The request's filter for the ring's link type; None matches all.

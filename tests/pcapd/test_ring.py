@@ -243,6 +243,30 @@ def test_shutdown_ends_captures_with_what_they_hold(link: Link) -> None:
     assert outcome.kernel_dropped == 0
 
 
+def test_a_ring_failure_fails_only_the_captures_it_ended() -> None:
+    """The veth goes (the ring's handle fails) after one capture was already
+    ended by its packets bound and while another waits: only the waiting
+    one carries the ring's error; the full one is as any full capture."""
+    with linked(170) as link:
+        ring = link.ring()
+        try:
+            ended = threading.Event()
+            full = ring.register(limits(packets=3), fmt="pcap", bpf="", lookback=0,
+                                 comments={}, on_full=ended.set)  # fmt: skip
+            waiting = ring.register(limits(), fmt="pcap", bpf="", lookback=0, comments={})
+            link.send(3)
+            assert ended.wait(20)
+            run("ip", "-n", link.pair.ns_a, "link", "del", link.pair.dev_a)
+            wait_for(lambda: ring.error is not None, timeout=20)
+            done, failed = full.finish(threading.Event()), waiting.finish(threading.Event())
+        finally:
+            ring.stop()
+    assert (done.stop, done.error, done.packets) == ("packets", None, 3)
+    assert [n for n, _ in numbers(done)] == [0, 1, 2]
+    assert (failed.stop, failed.error, failed.packets) == ("shutdown", ring.error, 3)
+    assert ring.error == f"lookback ring on {link.pair.dev_a} failed: The interface disappeared"
+
+
 def test_a_bad_request_filter_is_refused_and_the_ring_serves_on(link: Link) -> None:
     ring = link.ring()
     try:
