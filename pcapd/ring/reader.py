@@ -84,7 +84,7 @@ class Ring:
         self.bpf = bpf
         self.origin = origin  # the config table it comes from, for messages: interface[1]
         self.buffer_size = max(buffer_size, RING_BUFFER_SIZE)
-        self.store = ChunkStore(max_bytes)
+        self.store = ChunkStore(max_bytes, seconds)
         self.memory = self.store.memory
         self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
         self._live: set[Feed] = set()
@@ -156,7 +156,7 @@ class Ring:
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
-                        self.store.evict_old(self._cutoff())
+                        self.store.evict_old(self.store.cutoff())
                 time.sleep(0)  # a capture waiting to register takes the lock now
 
     def _failed(self, exc: OSError) -> None:
@@ -177,10 +177,6 @@ class Ring:
             first = record_ts(data, start)
             for feed in self._feeds:
                 feed.take(data, start, end, records, first)
-
-    def _cutoff(self) -> int:
-        """ns: records stamped before this are older than the ring keeps."""
-        return time.time_ns() - self.seconds * NS
 
     def replay(self, spans: tuple[Span, ...], feed: Feed) -> int:
         """Hand `feed` the records of `spans` without the lock: records lost."""
@@ -215,7 +211,7 @@ class Ring:
 
     def stats(self) -> RingStats:
         with self.lock:
-            self.store.evict_old(self._cutoff())
+            self.store.evict_old(self.store.cutoff())
             packets, held = self.store.held()
             oldest = self.store.oldest()
             return RingStats(
@@ -259,7 +255,7 @@ class Ring:
             if lookback:
                 # Whole chunks only: lookback <= seconds, so since >= the
                 # cutoff, and the replay skips older records by their stamps.
-                self.store.evict_old(self._cutoff(), walk=0)
+                self.store.evict_old(self.store.cutoff(), walk=0)
             spans = self.store.spans(since)
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
+import time
 
 import dpkt
 
@@ -263,3 +264,24 @@ def test_a_chunk_reused_mid_copy_is_lost_and_said_so_and_the_rest_kept_once() ->
     assert kept == [*range(copied), *range(first, 1500)]  # once each, in order
     (warning,) = served.warnings
     assert f"up to {lost} packets of the ring on lo were overwritten" in warning
+
+
+def test_a_chunk_reused_when_all_its_records_are_too_old_counts_them_by_age() -> None:
+    """A burst wraps round the store before the reader's eviction dropped
+    the oldest chunk: records older than the ring keeps are counted as age
+    (not overflow: there was room); a chunk with newer records, overflow."""
+    store = ChunkStore(2 << 20, seconds=30)
+    append, settle = store.writer(lambda *_: None)
+    per_chunk = chunk_layout(2 << 20)[1] // (HEAD + 1000)
+    old = time.time_ns() - 3600 * NS
+    for index in range(per_chunk):  # the first chunk: an hour old
+        append(old + index * GAP, frame(index, 1000))
+    now = time.time_ns()
+    for index in range(4 * per_chunk):  # the others and the first again: new
+        append(now + index * GAP, frame(index, 1000))
+    settle()
+    assert (store.evicted_age, store.evicted_overflow) == (per_chunk, 0)
+    for index in range(per_chunk):  # the second chunk, new, reused
+        append(now + index * GAP, frame(index, 1000))
+    settle()
+    assert (store.evicted_age, store.evicted_overflow) == (per_chunk, per_chunk)
