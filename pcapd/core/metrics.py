@@ -50,6 +50,10 @@ DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 36
 SERVER_JOIN = 2.0  # s: stopping waits at most this for the listener thread
 HANDLER_TIMEOUT = 5.0  # s: a connection silent this long (reading or writing) is closed
 MAX_HANDLERS = 16  # connections served at once; more are closed unanswered
+# Connections the kernel queues before they are accepted: socketserver's 5
+# drops the SYNs of a burst of scrapers and health checks, each then waiting
+# a 1 s retransmit.
+LISTEN_BACKLOG = 128
 
 
 class MetricsError(ConfigError):
@@ -106,6 +110,7 @@ class FunctionCollector(Collector):
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper never holds up shutdown
     block_on_close = False
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

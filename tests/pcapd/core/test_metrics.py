@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from agents.flow.config import parse_flow_config
 from pcapd.core.config import ConfigError, parse_config
 from pcapd.core.configread import HostPort
 from pcapd.core.metrics import (
+    LISTEN_BACKLOG,
     Check,
     FunctionCollector,
     MetricsError,
@@ -127,6 +129,17 @@ def test_metrics_are_read_at_each_scrape(served: tuple[str, Box]) -> None:
     assert value(found, "pcapd_test_seconds_count") == 1
     box.count = 7
     assert value(samples(base), "pcapd_test_things_total") == 7
+
+
+def test_the_listener_queues_a_burst_of_connections(served: tuple[str, Box]) -> None:
+    """The kernel's accept queue holds LISTEN_BACKLOG connections (ss shows a
+    listener's backlog as Send-Q), not socketserver's 5."""
+    port = served[0].rsplit(":", 1)[1]
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert listing[0] == "LISTEN"
+    assert int(listing[2]) == LISTEN_BACKLOG
 
 
 def test_health_and_readiness_say_what_is_wrong(served: tuple[str, Box]) -> None:
