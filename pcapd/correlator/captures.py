@@ -27,7 +27,6 @@ ID_PREFIX = "c"
 ID_RE = re.compile(r"c_([0-9a-fA-F.:]+)_([0-9a-fA-F.:]+)_(\d+|any)_[0-9a-f]{12}")
 _ALIAS_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 EVENT_POLL = 1.0  # seconds between keep-alives on a live results stream
-EVENT_MARGIN = 20  # seconds past a capture's own bounds to keep listening
 
 
 class CaptureFormError(ValueError):

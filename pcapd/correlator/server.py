@@ -3,7 +3,7 @@
 waitress is pure Python (no compiler, no C extension), runs threads rather
 than forks (the Redis pool is shared), and is what Flask's deployment guide
 shows first. Each open live-results page holds one thread for at most
-max_duration + EVENT_MARGIN seconds, so `threads` bounds them.
+max_duration + result_wait seconds, so `threads` bounds them.
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def create_app(config: Config, redis_client: Client, s3: Any | None = None) -> F
         if not live_slots.acquire(blocking=False):
             abort(503, f"{c.threads - LIVE_RESERVE} live result pages are open already; "
                   "close one or raise [correlator] threads")  # fmt: skip
-        wait = c.max_duration + captures.EVENT_MARGIN
+        wait = c.max_duration + c.result_wait
 
         def stream() -> Iterator[str]:
             try:

@@ -431,6 +431,7 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
         s3_url_expiry=s.get_int("s3_url_expiry", DEFAULT_S3_URL_EXPIRY, maximum=604_800),
         threads=s.get_int("threads", DEFAULT_WEB_THREADS, maximum=256),
         captures_shown=s.get_int("captures_shown", DEFAULT_CAPTURES_SHOWN, maximum=10_000),
+        result_wait=s.get_int("result_wait", DEFAULT_RESULT_WAIT, maximum=MAX_RESULT_WAIT),
     )
     if config.kid and config.kid not in security.keys:
         s.errors.append(f"correlator.kid: {config.kid!r} is not a key in [security] keys")

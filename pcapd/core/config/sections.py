@@ -149,6 +149,10 @@ DEFAULT_CAPTURE_MAX_DURATION = 300
 DEFAULT_S3_URL_EXPIRY = 3600
 DEFAULT_WEB_THREADS = 8
 DEFAULT_CAPTURES_SHOWN = 100
+# Seconds a live results page waits past the capture's max_duration (uploads,
+# retries, a spool) before it ends.
+DEFAULT_RESULT_WAIT = 20
+MAX_RESULT_WAIT = 3600
 
 DEFAULT_MAX_SKEW = 300
 MAX_SKEW = 86_400
@@ -375,6 +379,7 @@ class CorrelatorConfig:
     s3_url_expiry: int = DEFAULT_S3_URL_EXPIRY
     threads: int = DEFAULT_WEB_THREADS
     captures_shown: int = DEFAULT_CAPTURES_SHOWN
+    result_wait: int = DEFAULT_RESULT_WAIT
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,7 @@ RANGE = "must be at least {} and at most {}, got {}"
         ({"keys_per_pipeline": 50}, "correlator.keys_per_command: 100 exceeds "
          "keys_per_pipeline=50: a pipeline holds at least one command"),
         ({"read_index": "no"}, "correlator.read_index: expected true or false"),
+        ({"result_wait": 7200}, "correlator.result_wait: " + RANGE.format(1, 3600, 7200)),
     ],
 )  # fmt: skip
 def test_bounds_are_validated(fields: dict[str, Any], message: str) -> None:

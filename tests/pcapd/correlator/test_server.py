@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -73,8 +74,8 @@ def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
 def test_live_result_pages_are_bounded(redis_srv: RedisServer, tmp_path: Path) -> None:
     """threads = 3 leaves one thread for live streams; a second stream is refused."""
     config = tmp_path / "web.toml"
-    # The smallest max_duration: a stream still lasts it + EVENT_MARGIN (20 s).
-    limits = "threads = 3\nmax_duration = 1\n"
+    # A stream lasts max_duration + result_wait: 2 s here.
+    limits = "threads = 3\nmax_duration = 1\nresult_wait = 1\n"
     config.write_text(
         f"[redis]\nport = {redis_srv.port}\n\n[correlator]\nport = {free_port()}\n{limits}"
     )
@@ -87,7 +88,9 @@ def test_live_result_pages_are_bounded(redis_srv: RedisServer, tmp_path: Path) -
             assert refused.value.code == 503
             assert json.loads(refused.value.read()) == {"error": "1 live result pages are open "
                 "already; close one or raise [correlator] threads"}  # fmt: skip
-            assert b"event: end" in first.read()  # ends after max_duration + margin
+            started = time.monotonic()
+            assert b"event: end" in first.read()  # ends after max_duration + result_wait
+            assert time.monotonic() - started < 10
         # The slot came back with the first stream's end.
         with urllib.request.urlopen(url + events, timeout=60) as again:
             assert again.status == 200
