@@ -15,8 +15,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 from prometheus_client import Histogram
@@ -24,6 +25,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_commands
+from agents.write_window import Batch, Window
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
@@ -65,6 +67,34 @@ class WriterStats:
     redis_errors: int = 0
 
 
+class OpSink(Protocol):
+    """Where agents.store queues operations: the RedisWriter, or an OpBuffer."""
+
+    def extend(self, keys: list[str], args: Sequence[str]) -> None: ...
+
+
+class OpBuffer:
+    """Operations gathered by one capture loop without a lock, handed to the
+    writer in one `extend` per batch of packets (`hand_off`): one lock per
+    dispatch, not per response. Holds at most one batch's operations."""
+
+    __slots__ = ("args", "keys", "writer")
+
+    def __init__(self, writer: RedisWriter) -> None:
+        self.writer = writer
+        self.keys: list[str] = []
+        self.args: list[str] = []
+
+    def extend(self, keys: list[str], args: Sequence[str]) -> None:
+        self.keys += keys
+        self.args += args
+
+    def hand_off(self) -> None:
+        if self.keys:
+            self.writer.extend(self.keys, self.args)
+            self.keys, self.args = [], []
+
+
 class RedisWriter:
     """Buffers INCR / append-if-absent operations and writes them in batches.
 
@@ -96,10 +126,11 @@ class RedisWriter:
             buckets=LATENCY_BUCKETS, registry=None,
         )  # fmt: skip
         self._lock = threading.Lock()
-        self._pending_keys: list[str] = []
-        self._pending_args: list[str] = []
-        self._batches: collections.deque[tuple[list[str], list[str]]] = collections.deque()
-        self._queued = 0
+        self._window = Window()
+        self._batches: collections.deque[Batch] = collections.deque()
+        self._queued = 0  # entries in _batches
+        # The window wakes the sender early once it holds this many entries.
+        self._wake_at = max(1, max_queue_ops // 2)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,58 +140,45 @@ class RedisWriter:
 
     # -- producers -------------------------------------------------------
     def incr(self, key: str, amount: int = 1) -> None:
-        self._add(key, INCR if amount == 1 else f"{INCRBY}{amount}")
+        self.extend([key], [INCR if amount == 1 else f"{INCRBY}{amount}"])
 
     def append(self, key: str, member: str) -> None:
         if not member or member[0] == INCRBY:
             raise ValueError("append needs a non-empty member not starting with NUL")
-        self._add(key, member)
+        self.extend([key], [member])
 
-    def extend(self, keys: list[str], args: list[str]) -> None:
+    def extend(self, keys: list[str], args: Sequence[str]) -> None:
         """Queue several operations under one lock: `args[i]` is `INCR`, `INCRBY`
         + a number, or a member to append (non-empty, not starting with NUL;
-        not checked here: agents/store.py builds them). Past the bound the
-        ones that do not fit are dropped and counted, as `_add` drops them."""
+        not checked here: agents/store.py builds them). They are merged into
+        the current window (agents/write_window.py); past the bound, the ones
+        that would need a new entry are dropped and counted."""
         with self._lock:
-            room = self.max_queue_ops - self._queued - len(self._pending_keys)
-            if room < len(keys):
-                self.stats.dropped_ops += len(keys) - max(room, 0)
-                if room <= 0:
-                    return
-                keys, args = keys[:room], args[:room]
-            self._pending_keys += keys
-            self._pending_args += args
-            if len(self._pending_keys) >= self.batch_ops:
-                self._seal_locked()
-
-    def _add(self, key: str, arg: str) -> None:
-        with self._lock:
-            # The bound counts the batch being filled too, so what is held never
-            # passes max_queue_ops, sealed or not.
-            if self._queued + len(self._pending_keys) >= self.max_queue_ops:
-                self.stats.dropped_ops += 1
-                return
-            self._pending_keys.append(key)
-            self._pending_args.append(arg)
-            if len(self._pending_keys) >= self.batch_ops:
-                self._seal_locked()
+            window = self._window
+            at, n = 0, len(keys)
+            while True:
+                # The bound counts the window too, so what is held never passes
+                # max_queue_ops entries, sealed or not.
+                at, dropped = window.add(keys, args, at, self.max_queue_ops - self._queued)
+                self.stats.dropped_ops += dropped
+                if at == n:
+                    break
+                self._seal_locked()  # a key of both kinds: keep its order
+            if window.held >= self._wake_at:
+                self._wake.set()
 
     def _seal_locked(self) -> None:
-        keys, args = self._pending_keys, self._pending_args
-        if not keys:
+        window = self._window
+        if not window.held:
             return
-        self._pending_keys, self._pending_args = [], []
-        if self._queued + len(keys) > self.max_queue_ops:
-            self.stats.dropped_ops += len(keys)
-            return
-        self._batches.append((keys, args))
-        self._queued += len(keys)
-        self.stats.queued_ops += len(keys)
-        self._wake.set()
+        self.stats.queued_ops += window.ops
+        self._queued += window.held
+        self._batches.extend(window.seal(self.batch_ops))
 
     def flush(self) -> None:
         with self._lock:
             self._seal_locked()
+        self._wake.set()
 
     def wait_for_room(self, ops: int, patience: float) -> bool:
         """Block until `ops` more operations fit in the queue: for a producer
@@ -184,8 +202,9 @@ class RedisWriter:
 
     @property
     def queue_depth(self) -> int:
+        """Entries held (merged operations), sealed or not."""
         with self._lock:
-            return self._queued + len(self._pending_keys)
+            return self._queued + self._window.held
 
     # -- sender ----------------------------------------------------------
     def start(self) -> None:
@@ -204,9 +223,9 @@ class RedisWriter:
         if self._thread:
             self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
         with self._lock:
-            left = self._queued + len(self._pending_keys)
+            left = sum(batch.ops for batch in self._batches) + self._window.ops
             self._batches.clear()
-            self._pending_keys, self._pending_args = [], []
+            self._window = Window()
             self._queued = 0
         if left:
             self.stats.dropped_ops += left
@@ -244,16 +263,23 @@ class RedisWriter:
         script = None
         backoff = Backoff().tracker()
         last_contact = -math.inf
+        sealed = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
+            # A window lasts flush_interval, or as long as the last send took
+            # when Redis is the slower side: then it merges more, on its own.
+            wait = sealed + self.flush_interval - time.monotonic()
+            if wait > 0:
+                self._wake.wait(wait)
             self._wake.clear()
-            self.flush()
-            if not self._batches and time.monotonic() - last_contact >= PING_INTERVAL:
+            with self._lock:
+                self._seal_locked()
+            sealed = time.monotonic()
+            if not self._batches and sealed - last_contact >= PING_INTERVAL:
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
             while self._batches and not self._stop.is_set():
-                keys, args = self._batches[0]
-                left: tuple[list[str], list[str]] | None = None
+                batch = self._batches[0]
+                left: Batch | None = None
                 try:
                     if client is None or script is None:
                         client = client or self._connect()
@@ -261,17 +287,19 @@ class RedisWriter:
                     assert script is not None
                     began = time.monotonic()
                     if is_cluster(client):
-                        left = self._send_slots(client, script.sha, keys, args)
+                        left = self._send_slots(client, script.sha, batch)
                         rejected = -1  # counted per slot group
                     else:
-                        rejected, first = script(keys=keys, args=[self.ttl, int(self.index), *args])
-                        rejected = int(rejected)
+                        failed, first = script(
+                            keys=batch.keys, args=[self.ttl, int(self.index), *batch.args]
+                        )
+                        rejected = sum(batch.weights[i - 1] for i in failed)
                     self.write_seconds.observe(time.monotonic() - began)
                 except redis.ResponseError as exc:
                     # Redis answered and refused the whole batch (a read-only
                     # replica, an ACL): retrying would only wedge the queue
                     # behind it.
-                    self._refused(_cause(str(exc), exc), len(keys), str(exc))
+                    self._refused(_cause(str(exc), exc), batch.ops, str(exc))
                     rejected = -1
                 except Exception as exc:  # connection trouble, or a bug: back off, retry
                     self.stats.redis_errors += 1
@@ -287,7 +315,7 @@ class RedisWriter:
                 if left is not None:  # some slots' nodes did not answer: only those again
                     with self._lock:
                         self._batches[0] = left
-                        self._queued -= len(keys) - len(left[0])
+                        self._queued -= len(batch.keys) - len(left.keys)
                     self.stats.redis_errors += 1
                     wait = backoff.failed()
                     event(
@@ -301,11 +329,11 @@ class RedisWriter:
                 last_contact = time.monotonic()
                 with self._lock:
                     self._batches.popleft()
-                    self._queued -= len(keys)
+                    self._queued -= len(batch.keys)
                 if rejected > 0:
                     self._refused(_cause(_text(first)), rejected, _text(first))
                 if rejected >= 0:
-                    self.stats.written_ops += len(keys) - rejected
+                    self.stats.written_ops += batch.ops - rejected
 
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
         """PING while idle; the client to use next (None after a failure, which
@@ -324,41 +352,37 @@ class RedisWriter:
         self.connected = True
         return client
 
-    def _send_slots(
-        self, client: RedisCluster, sha: str, keys: list[str], args: list[str]
-    ) -> tuple[list[str], list[str]] | None:
+    def _send_slots(self, client: RedisCluster, sha: str, batch: Batch) -> Batch | None:
         """One script call per hash slot, pipelined per node
         (`redis_conn.send_by_slot`, which follows MOVED and ASK); counts what
-        each slot wrote or refused. Returns the operations of the slots that
+        each slot wrote or refused. Returns the entries of the slots that
         got no answer (node down, failover), to be sent again, or None when
         every slot answered."""
-        slots = group_by_slot(keys, args)
+        slots = {slot: batch.part(at) for slot, at in group_by_slot(batch.keys).items()}
         mode = 2 if self.index else 0
-        retry_keys: list[str] = []
-        retry_args: list[str] = []
+        retry: list[Batch] = []
         created: list[str] = []
         for attempt in range(2):  # a second only to load the script where it is missing
             commands = [
-                (slot, ("EVALSHA", sha, len(group[0]), *group[0], self.ttl, mode, *group[1]))
-                for slot, group in slots.items()
+                (slot, ("EVALSHA", sha, len(part.keys), *part.keys, self.ttl, mode, *part.args))
+                for slot, part in slots.items()
             ]
-            missing: dict[int, tuple[list[str], list[str]]] = {}
-            for (slot, group), reply in zip(
+            missing: dict[int, Batch] = {}
+            for (slot, part), reply in zip(
                 slots.items(), send_by_slot(client, commands), strict=True
             ):
                 if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing[slot] = group
+                    missing[slot] = part
                 elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
-                    self._refused(_cause(str(reply), reply), len(group[0]), str(reply))
+                    self._refused(_cause(str(reply), reply), part.ops, str(reply))
                 elif isinstance(reply, Exception):
                     self._last_error = str(reply) or type(reply).__name__
-                    retry_keys.extend(group[0])
-                    retry_args.extend(group[1])
+                    retry.append(part)
                 else:
-                    refused = int(reply[0])
+                    refused = sum(part.weights[i - 1] for i in reply[0])
                     if refused:
                         self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
-                    self.stats.written_ops += len(group[0]) - refused
+                    self.stats.written_ops += part.ops - refused
                     created.extend(_text(k) for k in reply[2:])
             if not missing:
                 break
@@ -366,7 +390,11 @@ class RedisWriter:
             slots = missing
         if created:
             self._index(client, created)
-        return (retry_keys, retry_args) if retry_keys else None
+        if not retry:
+            return None
+        return Batch([k for part in retry for k in part.keys],
+                     [a for part in retry for a in part.args],
+                     [w for part in retry for w in part.weights])  # fmt: skip
 
     def _index(self, client: RedisCluster, created: list[str]) -> None:
         """SADD new keys to their clients' index sets (best effort: the index
