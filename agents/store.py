@@ -199,8 +199,7 @@ def nxdomain_writes(qname: str) -> AnswerWrites:
 def record_writes(writer: OpSink, client: str, writes: AnswerWrites) -> None:
     """`writes` for `client`, queued with one call, as this runs once per
     response on the capture path."""
-    keys = [client + suffix for suffix in writes.suffixes]
-    keys.append(client_key(client))
+    keys = [*map(client.__add__, writes.suffixes), client_key(client)]  # no frame per call
     writer.extend(keys, writes.args)
 
 
