@@ -298,10 +298,13 @@ class RedisWriter:
                         script = client.register_script(BATCH_SCRIPT)
                     assert script is not None
                     began = time.monotonic()
+                    done = list(itertools.islice(self._batches, PIPELINE_CALLS))
                     if isinstance(client, RedisCluster):
+                        # Per slot, calls are small already: one round trip
+                        # per primary for all of `done`.
+                        batch = Batch.joined(done)
                         left = self._send_slots(client, script.sha, batch)  # counts per slot
                     else:
-                        done = list(itertools.islice(self._batches, PIPELINE_CALLS))
                         self._send_plain(client, script, done)  # counts per call
                     self.write_seconds.observe(time.monotonic() - began)
                 except redis.ResponseError as exc:
@@ -322,7 +325,9 @@ class RedisWriter:
                     continue
                 if left is not None:  # some slots' nodes did not answer: only those again
                     with self._lock:
-                        self._batches[0] = left
+                        for _ in done:
+                            self._batches.popleft()
+                        self._batches.appendleft(left)
                         self._queued -= len(batch.keys) - len(left.keys)
                     self.stats.redis_errors += 1
                     wait = backoff.failed()
@@ -417,11 +422,7 @@ class RedisWriter:
             slots = missing
         if created:
             self._index(client, created)
-        if not retry:
-            return None
-        return Batch([k for part in retry for k in part.keys],
-                     [a for part in retry for a in part.args],
-                     [w for part in retry for w in part.weights])  # fmt: skip
+        return Batch.joined(retry) if retry else None
 
     def _index(self, client: RedisCluster, created: list[str]) -> None:
         """SADD new keys to their clients' index sets (best effort: the index

@@ -39,6 +39,13 @@ class Batch:
     def ops(self) -> int:
         return sum(self.weights)
 
+    @staticmethod
+    def joined(batches: list[Batch]) -> Batch:
+        if len(batches) == 1:
+            return batches[0]
+        return Batch([k for b in batches for k in b.keys], [a for b in batches for a in b.args],
+                     [w for b in batches for w in b.weights])  # fmt: skip
+
     def part(self, indexes: list[int]) -> Batch:
         """The entries at `indexes` (ascending), in their order."""
         keys, args, weights = self.keys, self.args, self.weights

@@ -55,7 +55,8 @@ TICK = 0.5  # s between checks of the export's push and stats timers
 MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are counted
 # Parsed responses kept by their bytes after the ID: a popular name's answer
 # repeats byte for byte (the resolver's cache gives the same TTLs within a
-# second) and a hit skips the parse and the key building, half of a
+# second) and a hit skips the parse, the recorder's filters and the key
+# building (`ResponseRecorder.prepare`, kept beside the parse), half of a
 # response's cost (see docs/performance.md). Two generations of at most
 # PARSE_CACHE_ENTRIES each: when the new one fills it becomes the old one,
 # and a hit there moves back, so the popular answers survive the turnover.
