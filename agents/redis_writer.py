@@ -1,11 +1,16 @@
 """The batched writer every agent uses: INCR, INCRBY and append-if-absent
-operations, queued in bounded batches and sent as one script call each.
+operations, merged per window (agents/write_window.py) and sent in script
+calls of at most `batch_ops` entries, `PIPELINE_CALLS` per round trip.
 
-The writer holds at most `max_queue_ops` operations between the agents and
-Redis (worst case memory ~ max_queue_ops x (key + member) bytes); past that
-new operations are dropped and counted, never blocking the producer. While
-Redis is unreachable it retries the oldest batch with capped backoff. What it
-writes, and the script that writes it, are spelled in agents/store.py.
+The writer holds at most `max_queue_ops` entries (distinct INCR keys and
+distinct (key, member) appends) between the agents and Redis (worst case
+memory ~ max_queue_ops x (key + member + ~200) bytes); past that, writes
+that would need a new entry are dropped and counted, never blocking the
+producer, while a repeat still merges. Counts are per write, merged or not.
+While Redis is unreachable it retries the oldest batches with capped
+backoff (a round trip lost after Redis ran it is sent again, as a single
+call's was). What it writes, and the script that writes it, are spelled in
+agents/store.py.
 """
 
 from __future__ import annotations
