@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the writer imports BATCH_SCRIPT from here
-    from agents.redis_writer import RedisWriter
+    from agents.redis_writer import OpSink
 
 # The writer's op markers (agents.redis_writer reads the same values):
 # INCR the key, or INCRBY the number after the NUL; anything else is a
@@ -150,13 +150,14 @@ def members(value: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class AnswerWrites:
-    """What one NOERROR answer writes, for any client: each key's text after
-    the client (`dns_key("", address)`), its member, and the client's count.
-    Made once per distinct answer (agents.dnswire keeps them with its parse
-    cache), written per client by `record_writes`."""
+    """What one answer (or NXDOMAIN) writes, for any client: each key's text
+    after the client (`dns_key("", address)`), then the ops (`args`): one
+    per suffix, the last for `client;<c>`. Made once per distinct answer
+    (agents.dnswire keeps them with its parse cache), written per client by
+    `record_writes`."""
 
     suffixes: tuple[str, ...]
-    members: tuple[str, ...]
+    args: tuple[str, ...]
     count: int
 
 
@@ -180,20 +181,30 @@ def answer_writes(chain: Sequence[str], addresses: Sequence[str]) -> AnswerWrite
     members = list(chain[:-1])
     suffixes += [dns_key("", address) for address in addresses]  # a repeat appends nothing
     members += [chain[-1]] * len(addresses)
+    # One INCRBY, the same value as ShoDoHFlo's INCRs.
+    members.append(INCR if count == 1 else f"{INCRBY}{count}")
     return AnswerWrites(tuple(suffixes), tuple(members), count)
 
 
-def record_writes(writer: RedisWriter, client: str, writes: AnswerWrites) -> None:
-    """`writes` for `client`: queued with one call (one lock), as this runs
-    once per response on the capture path."""
-    keys = [client + suffix for suffix in writes.suffixes]
-    keys.append(client_key(client))  # one INCRBY, the same value as ShoDoHFlo's INCRs
-    count = writes.count
-    writer.extend(keys, [*writes.members, INCR if count == 1 else f"{INCRBY}{count}"])
+def nxdomain_writes(qname: str) -> AnswerWrites:
+    """`client;<c>` and `<c>;<qname>;nx` INCR, for every NXDOMAIN (no dedup).
+
+    The name is dnspython's text form with `\\;` unescaped to `;`, the key
+    ShoDoHFlo's dns_agent `nx_to_redis` writes: a reader must take the client
+    from the left and `nx` from the right, as the name may hold `;`.
+    """
+    return AnswerWrites((nx_key("", qname.replace("\\;", ";")),), (INCR, INCR), 1)
+
+
+def record_writes(writer: OpSink, client: str, writes: AnswerWrites) -> None:
+    """`writes` for `client`, queued with one call, as this runs once per
+    response on the capture path."""
+    keys = [*map(client.__add__, writes.suffixes), client_key(client)]  # no frame per call
+    writer.extend(keys, writes.args)
 
 
 def record_answer(
-    writer: RedisWriter, client: str, chain: Sequence[str], addresses: Sequence[str]
+    writer: OpSink, client: str, chain: Sequence[str], addresses: Sequence[str]
 ) -> int:
     """`answer_writes` for `client`; returns the addresses recorded."""
     writes = answer_writes(chain, addresses)
@@ -203,34 +214,38 @@ def record_answer(
     return writes.count
 
 
-def record_nxdomain(writer: RedisWriter, client: str, qname: str) -> None:
-    """`client;<c>` and `<c>;<qname>;nx` INCR, for every NXDOMAIN (no dedup).
-
-    The name is dnspython's text form with `\\;` unescaped to `;`, the key
-    ShoDoHFlo's dns_agent `nx_to_redis` writes: a reader must take the client
-    from the left and `nx` from the right, as the name may hold `;`.
-    """
-    writer.extend([client_key(client), nx_key(client, qname.replace("\\;", ";"))], [INCR, INCR])
+def record_nxdomain(writer: OpSink, client: str, qname: str) -> None:
+    record_writes(writer, client, nxdomain_writes(qname))
 
 
 # One call per batch: KEYS[i] with ARGV[i+2] = "" (INCR), NUL + a number
 # (INCRBY) or the member to append if absent; ARGV[1] is the TTL, ARGV[2] "1"
 # to keep the client index. Done server-side so append-if-absent is atomic and
-# a batch costs one round trip. pcall: a key holding another type (WRONGTYPE)
-# costs that key, counted, never the rest of the batch. Returns {keys refused,
-# the first refusal's message}. On a Redis Cluster the writer calls it once per
-# hash slot with that slot's keys only (a script may touch only keys of its
-# own slot), and ARGV[2] "2" returns the keys it created after those two, for
-# the writer to SADD to their clients' index sets, which live in other slots.
+# a batch costs one round trip. The writer merges a window's writes first
+# (agents/write_window.py): each key comes once, its members adjacent, so the
+# script GETs it once, APPENDs what is absent in one call and EXPIREs once
+# (`SET ... EX` for a new key costs Redis more here than APPEND + EXPIRE);
+# each member is still looked for in the value as the ones before it left
+# it, so the result is what one append at a time gives. pcall: a key holding
+# another type (WRONGTYPE) costs that key's entries, counted, never the rest
+# of the batch. Returns {the refused entries' indexes, the first refusal's
+# message}. On a Redis Cluster the writer calls it once per hash slot with
+# that slot's keys only (a script may touch only keys of its own slot), and
+# ARGV[2] "2" returns the keys it created after those two, for the writer to
+# SADD to their clients' index sets, which live in other slots.
 BATCH_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local indexed = ARGV[2] == '1'
 local report = ARGV[2] == '2'
-local failed = 0
+local failed = {}
 local first = ''
-local result = {0, ''}
-for i, key in ipairs(KEYS) do
+local result = {failed, ''}
+local n = #KEYS
+local i = 1
+while i <= n do
+  local key = KEYS[i]
   local member = ARGV[i + 2]
+  local last = i
   local reply
   local created = false
   if member == '' then
@@ -241,28 +256,41 @@ for i, key in ipairs(KEYS) do
     reply = redis.pcall('INCRBY', key, by)
     created = reply == by
   else
-    local item = ';' .. member .. ';'
+    while last < n and KEYS[last + 1] == key do last = last + 1 end
     reply = redis.pcall('GET', key)
-    if type(reply) ~= 'table' and (not reply or not string.find(reply, item, 1, true)) then
-      created = not reply
-      reply = redis.pcall('APPEND', key, item)
+    if type(reply) ~= 'table' then
+      local value = reply or ''
+      local added = {}
+      for k = i + 2, last + 2 do
+        local item = ';' .. ARGV[k] .. ';'
+        if not string.find(value, item, 1, true) then
+          value = value .. item
+          added[#added + 1] = item
+        end
+      end
+      if #added > 0 then
+        created = not reply
+        reply = redis.pcall('APPEND', key, table.concat(added))
+      end
     end
   end
   if type(reply) == 'table' and reply.err then
-    if failed == 0 then first = reply.err end
-    failed = failed + 1
+    if #failed == 0 then first = reply.err end
+    for k = i, last do failed[#failed + 1] = k end
   else
     redis.pcall('EXPIRE', key, ttl)
-    if indexed and created and string.sub(key, 1, 7) ~= 'client;' then
-      local index = string.match(key, '^([^;]+);') .. ';index'
-      redis.pcall('SADD', index, key)
-      redis.pcall('EXPIRE', index, ttl)
-    elseif report and created and string.sub(key, 1, 7) ~= 'client;' then
-      result[#result + 1] = key
+    if created and (indexed or report) and string.sub(key, 1, 7) ~= 'client;' then
+      if indexed then
+        local index = string.match(key, '^([^;]+);') .. ';index'
+        redis.pcall('SADD', index, key)
+        redis.pcall('EXPIRE', index, ttl)
+      else
+        result[#result + 1] = key
+      end
     end
   end
+  i = last + 1
 end
-result[1] = failed
 result[2] = first
 return result
 """

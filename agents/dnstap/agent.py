@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from agents import store
 from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
-from agents.dnstap.record import DEDUPED, NXDOMAIN, RECORDED, Recorder
+from agents.dnstap.record import DEDUPED, NO_ADDRESS, RECORDED, Prepared, Recorder
 from agents.dnstap.response import (
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
@@ -37,7 +36,7 @@ from agents.dnstap.response import (
 )
 from agents.dnstap.server import ConnectionStats, DnstapServer
 from agents.metrics import dnstap_families, serve_agent_metrics
-from agents.redis_writer import RedisWriter
+from agents.redis_writer import OpSink, RedisWriter
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check
@@ -46,6 +45,10 @@ from pcapd.core.redis_conn import Client
 log = logging.getLogger("pcapd.agents.dnstap")
 
 QTYPE_NAMES = {1: "A", 28: "AAAA"}
+# What ResponseRecorder's own filters drop (Prepared.outcome, beside record's).
+OTHER_QTYPE = 10
+OTHER_RCODE = 11
+IGNORED = 12
 # Distinct client addresses whose text form is kept; cleared when full.
 CLIENT_CACHE_ENTRIES = 65_536
 # Bad-input log lines per ERROR_LOG_WINDOW seconds before they are only
@@ -148,7 +151,7 @@ class ResponseRecorder:
 
     def __init__(
         self,
-        writer: RedisWriter,
+        writer: OpSink,
         config: RecordSettings,
         *,
         stats: RecordStats | None = None,
@@ -164,50 +167,59 @@ class ResponseRecorder:
         self._ignore_dotted = tuple("." + s for s in config.ignore)
         self._clients: dict[bytes, str] = {}
 
-    def record(
-        self, packed: bytes, resp: Response, writes: store.AnswerWrites | None = None
-    ) -> None:
-        """`packed`: the client's address, 4 or 16 bytes; `writes`: see `Recorder.record`."""
-        stats = self.stats
-        qtype = resp.qtype
-        if qtype not in self._qtypes:
-            stats.other_qtype += 1
-            return
+    def prepare(self, resp: Response) -> Prepared:
+        """What recording `resp` does for any client: the filters here (type,
+        rcode, ignored names) and then `Recorder.prepare`."""
+        if resp.qtype not in self._qtypes:
+            return Prepared(OTHER_QTYPE, (resp.qname, resp.qtype), None)
         rcode = resp.rcode
         if rcode != RCODE_NOERROR and rcode != RCODE_NXDOMAIN:
-            stats.other_rcode += 1
-            return
+            return Prepared(OTHER_RCODE, (resp.qname, resp.qtype), None)
         qname = resp.qname
         if self._ignore and (qname in self._ignore or qname.endswith(self._ignore_dotted)):
-            stats.ignored += 1
+            return Prepared(IGNORED, (resp.qname, resp.qtype), None)
+        return Recorder.prepare(resp)
+
+    def record(self, packed: bytes, resp: Response, prepared: Prepared | None = None) -> None:
+        """`packed`: the client's address, 4 or 16 bytes; `prepared`:
+        `prepare(resp)` made earlier (agents.dnswire caches them)."""
+        prep = prepared or self.prepare(resp)
+        stats = self.stats
+        if prep.writes is None:
+            if prep.outcome == NO_ADDRESS:
+                stats.no_address += 1
+            elif prep.outcome == OTHER_QTYPE:
+                stats.other_qtype += 1
+            elif prep.outcome == OTHER_RCODE:
+                stats.other_rcode += 1
+            else:
+                stats.ignored += 1
             return
         client = self._clients.get(packed)
         if client is None:
             if len(self._clients) >= CLIENT_CACHE_ENTRIES:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
-        outcome = self.recorder.record(client, resp, writes)
+        outcome = self.recorder.record(client, resp, prep)
         if outcome == RECORDED:
             stats.responses += 1
             if self.udp is not None:
                 reverse = list(reversed(resp.chain))
                 for _rtype, address in resp.addresses:
                     self._send_udp(
-                        {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[qtype],
+                        {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[resp.qtype],
                          "status": "NOERROR", "address": address}
                     )  # fmt: skip
         elif outcome == DEDUPED:
             stats.deduped += 1
-        elif outcome == NXDOMAIN:
+        else:
             stats.responses += 1
             stats.nxdomain += 1
             if self.udp is not None:
                 self._send_udp(
-                    {"chain": [qname], "client": client, "qtype": QTYPE_NAMES[qtype],
+                    {"chain": [resp.qname], "client": client, "qtype": QTYPE_NAMES[resp.qtype],
                      "status": "NXDOMAIN"}
                 )  # fmt: skip
-        else:
-            stats.no_address += 1
 
     def _send_udp(self, datagram: dict[str, Any]) -> None:
         assert self.udp is not None

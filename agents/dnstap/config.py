@@ -20,6 +20,7 @@ from agents.dnstap import fstrm
 from agents.dnstap.message import MESSAGE_TYPES
 from agents.dnstap.response import TYPE_A, TYPE_AAAA
 from agents.redis_writer import (
+    DEFAULT_BATCH_OPS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,
     DEFAULT_TTL_GRACE,
@@ -62,9 +63,6 @@ MIN_FRAME_BYTES = 1024
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 DEFAULT_UDP_TTL = 1
 MAX_UDP_TTL = 255
-# Twice agents.store's default: a resolver's burst fills it within ms, and
-# fewer, larger script calls kept Redis ahead of decoding in bench/.
-DEFAULT_BATCH_OPS = 2_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,12 @@ names), so the same response gives the same keys whichever way it arrived.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agents import store
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.response import RCODE_NXDOMAIN, Response
-from agents.redis_writer import RedisWriter
+from agents.redis_writer import OpSink
 
 # What `record` did, for the caller's counters.
 RECORDED = 0
@@ -19,44 +21,60 @@ DEDUPED = 2
 NO_ADDRESS = 3  # NOERROR without a final address: nothing written
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What recording a response does for any client, worked out once:
+    `outcome` (RECORDED before dedup, NXDOMAIN or NO_ADDRESS, or the caller's
+    own codes for what its filters drop), the (name, type) dedup key, and
+    the writes (None: nothing to write). agents.dnswire keeps these with its
+    parse cache, so a repeated answer skips all of it."""
+
+    outcome: int
+    name: tuple[str, int]
+    writes: store.AnswerWrites | None
+
+
 class Recorder:
     """Not thread-safe: one per capture loop.
 
     `global_dedup`: a repeat is the same (name, type) from any client, as
     ShoDoHFlo's dnstap_agent (`MyMapper.filter`) remembered it; otherwise the
-    same (client, name, type).
+    same (client, name, type). `writer`: the RedisWriter, or an OpBuffer
+    handed to it per batch.
     """
 
     __slots__ = ("_global", "dedup", "writer")
 
-    def __init__(self, writer: RedisWriter, dedup: Deduper, global_dedup: bool) -> None:
+    def __init__(self, writer: OpSink, dedup: Deduper, global_dedup: bool) -> None:
         self.writer = writer
         self.dedup = dedup
         self._global = global_dedup
 
-    def record(self, client: str, resp: Response, writes: store.AnswerWrites | None = None) -> int:
-        """Write the keys for a NOERROR or NXDOMAIN `resp` asked by `client`
-        (its `str(ipaddress)`); returns one of the outcomes above. `writes`:
-        `answer_writes(resp)` made earlier (agents.dnswire caches them).
-
-        NXDOMAIN is never deduplicated: ShoDoHFlo's filter passes it before its
-        dedup, so each one counts. An answer without an address is dropped
-        before dedup, as ShoDoHFlo drops an empty answer section first.
-        """
+    @staticmethod
+    def prepare(resp: Response) -> Prepared:
+        """NXDOMAIN is never deduplicated: ShoDoHFlo's filter passes it before
+        its dedup, so each one counts. An answer without an address is
+        dropped before dedup, as ShoDoHFlo drops an empty answer section first."""
+        name = (resp.qname, resp.qtype)
         if resp.rcode == RCODE_NXDOMAIN:
-            store.record_nxdomain(self.writer, client, resp.qname)
-            return NXDOMAIN
-        if not resp.addresses:
-            return NO_ADDRESS
-        key = (resp.qname, resp.qtype) if self._global else (client, resp.qname, resp.qtype)
-        if self.dedup.seen(key):
-            return DEDUPED
+            return Prepared(NXDOMAIN, name, store.nxdomain_writes(resp.qname))
+        writes = answer_writes(resp)
+        return Prepared(NO_ADDRESS if writes is None else RECORDED, name, writes)
+
+    def record(self, client: str, resp: Response, prepared: Prepared | None = None) -> int:
+        """Write the keys for a NOERROR or NXDOMAIN `resp` asked by `client`
+        (its `str(ipaddress)`); returns one of the outcomes above.
+        `prepared`: `prepare(resp)` made earlier (agents.dnswire caches them)."""
+        prep = prepared or self.prepare(resp)
+        writes = prep.writes
         if writes is None:
-            writes = answer_writes(resp)
-            if writes is None:  # not reached: resp.addresses is not empty
-                return NO_ADDRESS
+            return prep.outcome
+        if prep.outcome == RECORDED and self.dedup.seen(
+            prep.name if self._global else (client, prep.name)
+        ):
+            return DEDUPED
         store.record_writes(self.writer, client, writes)
-        return RECORDED
+        return prep.outcome
 
 
 def answer_writes(resp: Response) -> store.AnswerWrites | None:

@@ -28,14 +28,13 @@ from typing import Any
 
 import pcap
 
-from agents import store
 from agents.dnstap.agent import RecordStats, ResponseRecorder
 from agents.dnstap.errors import DnsFormError
-from agents.dnstap.record import answer_writes
+from agents.dnstap.record import Prepared
 from agents.dnstap.response import Response, parse_response
 from agents.dnswire import decode, export, filters, reassembly
 from agents.dnswire.config import DnswireConfig
-from agents.redis_writer import RedisWriter
+from agents.redis_writer import OpBuffer, RedisWriter
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check
 
@@ -56,7 +55,8 @@ TICK = 0.5  # s between checks of the export's push and stats timers
 MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are counted
 # Parsed responses kept by their bytes after the ID: a popular name's answer
 # repeats byte for byte (the resolver's cache gives the same TTLs within a
-# second) and a hit skips the parse and the key building, half of a
+# second) and a hit skips the parse, the recorder's filters and the key
+# building (`ResponseRecorder.prepare`, kept beside the parse), half of a
 # response's cost (see docs/performance.md). Two generations of at most
 # PARSE_CACHE_ENTRIES each: when the new one fills it becomes the old one,
 # and a hit there moves back, so the popular answers survive the turnover.
@@ -121,9 +121,12 @@ class WireAgent:
         self.sampled_out = 0
         self.other_slot = 0
         self.not_exported = 0
+        # The recorder queues into `ops`, handed to the writer once per
+        # dispatch (`hand_off`): one lock per batch of packets.
+        self.ops = OpBuffer(writer) if writer is not None else None
         self.recorder = (
-            ResponseRecorder(writer, config, stats=self.record_stats, clock=clock)
-            if writer is not None
+            ResponseRecorder(self.ops, config, stats=self.record_stats, clock=clock)
+            if self.ops is not None
             else None
         )
         self.packer = export.Packer(send, clock, export_stats) if send is not None else None
@@ -142,8 +145,8 @@ class WireAgent:
         self._keep = 1.0 / rate if rate > 1 else 1.0
         self._random = random.random
         self._error_logs = 0
-        self._parsed: dict[bytes, tuple[Response, store.AnswerWrites | None]] = {}
-        self._parsed_old: dict[bytes, tuple[Response, store.AnswerWrites | None]] = {}
+        self._parsed: dict[bytes, tuple[Response, Prepared | None]] = {}
+        self._parsed_old: dict[bytes, tuple[Response, Prepared | None]] = {}
         self.parse_hits = 0
         self._handle: Any = None
         self._callback: decode.Handler | None = None
@@ -163,7 +166,7 @@ class WireAgent:
                 self._remember(key, parsed)
         if parsed is not None:
             self.parse_hits += 1
-            resp, writes = parsed
+            resp, prepared = parsed
         else:
             try:
                 resp = parse_response(message)
@@ -174,18 +177,18 @@ class WireAgent:
                     self._error_logs += 1
                     event(log, "dnswire_bad_message", logging.WARNING, reason=why, error=str(exc))
                 return
-            writes = answer_writes(resp) if self.recorder is not None and resp.addresses else None
+            prepared = self.recorder.prepare(resp) if self.recorder is not None else None
             if len(message) <= PARSE_CACHE_MAX_MESSAGE:
-                self._remember(key, (resp, writes))
+                self._remember(key, (resp, prepared))
         if self.recorder is not None:
-            self.recorder.record(client, resp, writes)
+            self.recorder.record(client, resp, prepared)
         if self.packer is not None:
             if export.exportable(message, resp):
                 self.packer.add(client, resolver, resp)
             else:
                 self.not_exported += 1
 
-    def _remember(self, key: bytes, parsed: tuple[Response, store.AnswerWrites | None]) -> None:
+    def _remember(self, key: bytes, parsed: tuple[Response, Prepared | None]) -> None:
         if len(self._parsed) >= PARSE_CACHE_ENTRIES:
             self._parsed_old = self._parsed
             self._parsed = {}
@@ -274,12 +277,15 @@ class WireAgent:
         fd = handle.fileno()
         dispatch = handle.dispatch
         callback = self._callback
+        ops = self.ops
         now = self.clock()
         next_stats = now + self.config.stats_interval
         next_export_stats = now + self.config.export_stats_interval + random.random()
         next_tick = now + TICK
         while not stop.is_set():
             count = dispatch(DISPATCH_BATCH, callback)
+            if ops is not None:
+                ops.hand_off()
             if count < 0:  # pypcap returns libpcap's -1 instead of raising
                 raise CaptureError(f"capture failed: {_error_text(handle)}")
             self.captured += count
@@ -313,6 +319,8 @@ class WireAgent:
             if writer is not None:
                 writer.wait_for_room(room, WRITER_PATIENCE)
             count = handle.dispatch(batch, callback)
+            if self.ops is not None:
+                self.ops.hand_off()
             if count < 0:
                 raise CaptureError(f"reading failed: {_error_text(handle)}")
             if count == 0:
@@ -320,7 +328,10 @@ class WireAgent:
             self.captured += count
 
     def finish(self) -> None:
-        """Send the part-filled export packet (the writer is flushed by its owner)."""
+        """Hand what is gathered to the writer (flushed by its owner) and send
+        the part-filled export packet."""
+        if self.ops is not None:
+            self.ops.hand_off()
         if self.packer is not None:
             self.packer.flush()
 

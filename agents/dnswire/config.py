@@ -17,7 +17,6 @@ from typing import Any
 
 from agents.dnstap.config import (
     DEDUP_CLIENT,
-    DEFAULT_BATCH_OPS,
     DEFAULT_DEDUP_MAX_ENTRIES,
     DEFAULT_DEDUP_WINDOW,
     DEFAULT_RECORD_TYPES,
@@ -28,6 +27,7 @@ from agents.dnstap.config import (
 )
 from agents.dnswire import export, reassembly
 from agents.redis_writer import (
+    DEFAULT_BATCH_OPS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,
     DEFAULT_TTL_GRACE,

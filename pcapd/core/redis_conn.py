@@ -252,12 +252,10 @@ def primaries(client: Client) -> Iterator[redis.Redis]:
             yield node.redis_connection
 
 
-def group_by_slot(keys: list[str], args: list[str]) -> dict[int, tuple[list[str], list[str]]]:
-    """(keys, args) of each hash slot, in first-seen order: what one
-    single-slot command per slot carries on a cluster."""
-    slots: dict[int, tuple[list[str], list[str]]] = {}
-    for key, arg in zip(keys, args, strict=True):
-        group = slots.setdefault(key_slot(key.encode()), ([], []))
-        group[0].append(key)
-        group[1].append(arg)
+def group_by_slot(keys: list[str]) -> dict[int, list[int]]:
+    """The indexes into `keys` of each hash slot's keys, in first-seen order:
+    what one single-slot command per slot carries on a cluster."""
+    slots: dict[int, list[int]] = {}
+    for at, key in enumerate(keys):
+        slots.setdefault(key_slot(key.encode()), []).append(at)
     return slots

@@ -21,20 +21,20 @@ NODATA = parse_response(response_wire("v6only.example.test.", "A"))
 NX = parse_response(response_wire("nope.example.test.", "A", rcode=dns.rcode.NXDOMAIN))
 
 
-def _recorder(url: str, global_dedup: bool) -> record.Recorder:
+def _recorder(url: str, global_dedup: bool) -> tuple[record.Recorder, RedisWriter]:
     writer = RedisWriter(lambda: redis.Redis.from_url(url, socket_timeout=2))
     writer.start()
-    return record.Recorder(writer, Deduper(30, 1000), global_dedup)
+    return record.Recorder(writer, Deduper(30, 1000), global_dedup), writer
 
 
 def test_outcomes_per_client(redis_srv: RedisServer) -> None:
-    rec = _recorder(redis_srv.url, global_dedup=False)
+    rec, writer = _recorder(redis_srv.url, global_dedup=False)
     got = [rec.record(c, r) for c, r in
            [("10.0.0.1", WWW), ("10.0.0.2", WWW), ("10.0.0.1", WWW), ("10.0.0.1", NODATA),
             ("10.0.0.1", NX), ("10.0.0.1", NX)]]  # fmt: skip
     assert got == [record.RECORDED, record.RECORDED, record.DEDUPED, record.NO_ADDRESS,
                    record.NXDOMAIN, record.NXDOMAIN]  # fmt: skip
-    rec.writer.stop()
+    writer.stop()
     assert redis_dump(redis_srv.client()) == {
         "client;10.0.0.1": "3",
         "10.0.0.1;192.0.2.10;dns": ";www.example.test.;",
@@ -45,8 +45,8 @@ def test_outcomes_per_client(redis_srv: RedisServer) -> None:
 
 
 def test_global_dedup_ignores_the_client(redis_srv: RedisServer) -> None:
-    rec = _recorder(redis_srv.url, global_dedup=True)
+    rec, writer = _recorder(redis_srv.url, global_dedup=True)
     assert [rec.record(c, WWW) for c in ("10.0.0.1", "10.0.0.2")] == [
         record.RECORDED, record.DEDUPED,
     ]  # fmt: skip
-    rec.writer.stop()
+    writer.stop()

@@ -85,6 +85,7 @@ def run(url: str, packets: Traffic) -> tuple[dict[str, str], dict[str, Any], Wir
     writer.start()
     for client, message in packets:
         agent.on_message(client, b"\x0a\x00\x00\x35", message)
+    agent.finish()  # hands what the recorder gathered to the writer
     writer.stop(30)
     stats = agent.snapshot()
     for volatile in ("parse_cache_hits", "queue_depth"):
@@ -113,7 +114,7 @@ def test_what_the_cache_holds_is_what_dnspython_reads(redis_srv: RedisServer) ->
     held = {**agent._parsed_old, **agent._parsed}
     good = {t[2:] for t in templates()}
     checked = 0
-    for key, (resp, _writes) in held.items():
+    for key, (resp, _prepared) in held.items():
         message = b"\x00\x00" + key
         if key not in good:
             continue  # a mutation the narrow parser accepts: dnspython may read more
