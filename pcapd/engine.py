@@ -113,6 +113,17 @@ def _discard(ts: int, pkt: bytes) -> None:
     pass
 
 
+def _first_dispatch(handle: pcap.pcap) -> str | None:
+    """A spare's first read (it passes nothing yet): None, or why it failed.
+    pypcap returns PCAP_ERROR (an interface gone) unraised."""
+    try:
+        if handle.dispatch(-1, _discard) >= 0:
+            return None
+    except OSError as exc:
+        return _text(exc)
+    return _text(OSError(handle.geterr() or "dispatch failed"))
+
+
 def _text(exc: BaseException) -> str:
     arg = exc.args[0] if exc.args else exc
     return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
@@ -135,10 +146,9 @@ def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
             f"bpf: {bpf!r} does not compile for {interface} "
             f"(link type {handle.datalink()}): {_text(exc)}"
         ) from exc
-    try:
-        handle.dispatch(-1, _discard)
-    except OSError as exc:  # e.g. the interface went down under a spare handle
-        raise CaptureError(f"interface {interface!r}: cannot capture: {_text(exc)}") from exc
+    error = _first_dispatch(handle)  # e.g. the interface went down under a spare handle
+    if error is not None:
+        raise CaptureError(f"interface {interface!r}: cannot capture: {error}")
 
 
 def close_handle(handle: pcap.pcap) -> None:
@@ -183,12 +193,21 @@ class HandlePool:
 
         The spare is not replaced until `replenish()`: opening a handle holds
         the GIL for 8-70 ms, which must not delay the capture that took it.
+        A spare opened before its interface was deleted and made again is
+        bound to the old one: its first dispatch fails (then libpcap's filter
+        change says "Network is down"), so it is closed and a handle opened
+        afresh, once.
         """
         with self._lock:
             handle = self._spares.get(interface)
             if handle is not None:
                 self._spares[interface] = None
+        if handle is not None:
+            error = _first_dispatch(handle)
+            if error is None:
                 return handle
+            event(log, "spare_handle_stale", logging.WARNING, interface=interface, error=error)
+            close_handle(handle)
         return open_handle(interface, self.buffer_size)
 
     def linktypes(self) -> dict[str, int]:

@@ -25,10 +25,13 @@ detected by its generation number (its records are lost, and said so).
 Captures take no socket and no spare handle, so they start in well under a
 millisecond.
 
-Memory: `memory` bytes (the chunks, at most `max_bytes`), reserved from
-max_memory at start; a capture's file and its tail together stay within its
-own `bytes` bound, as in the engine, plus one `REPLAY_SLICE` while its
-lookback is copied; the per-chunk bookkeeping is a few integers.
+Memory (said here only): `memory` bytes (the chunks, at most `max_bytes`),
+reserved from max_memory at start; the per-chunk bookkeeping is a few
+integers. A capture's file and its tail together stay within its own
+`bytes` bound, as in the engine: the file is in time order, lookback first,
+so when the lookback needs room the tail holds, the tail's newest packets go
+and the capture is full. While its lookback is copied, a capture also holds
+one `REPLAY_SLICE` copied from the ring and that slice framed.
 
 Modules: `store` (the chunks), `feed` (one capture's framing and filter),
 `reader` (`Ring`: the handle, the reader thread, registration), `capture`
@@ -49,6 +52,7 @@ from pcapd.ring.reader import (
 )
 from pcapd.ring.store import (
     CHUNK_TARGET,
+    EVICT_WALK,
     MIN_CHUNK,
     MIN_CHUNKS,
     RECORD,
@@ -62,6 +66,7 @@ __all__ = [
     "CHUNK_TARGET",
     "DISPATCH_BATCH",
     "EVICT_EVERY",
+    "EVICT_WALK",
     "MIN_CHUNK",
     "MIN_CHUNKS",
     "READ_WAIT",

@@ -84,11 +84,11 @@ class RingCapture:
             stop_reason = self._wait(stop)
         finally:
             self.done = True
-            drops, error = self._ring.unregister(feed)
+            drops = self._ring.unregister(feed)
         return CaptureOutcome(
             data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
             kernel_dropped=max(0, drops - self._drops_before), started=self.started,
-            ended=time.time(), linktype=self._ring.linktype, error=error,
+            ended=time.time(), linktype=self._ring.linktype, error=feed.error,
             lookback=self.lookback, ring=True,
         )  # fmt: skip
 

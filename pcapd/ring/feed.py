@@ -10,7 +10,6 @@ While its lookback is copied, live packets wait in its tail, within its own
 from __future__ import annotations
 
 import functools
-import struct
 import threading
 from collections.abc import Callable
 
@@ -18,7 +17,7 @@ import pcap
 
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.engine import CaptureLimits, PacketDebug
-from pcapd.pcapfile import EPB_HEAD, EPB_OVERHEAD, LOOKBACK_EPB_OPTIONS, PCAP_RECORD, PCAPNG_EPB
+from pcapd.pcapfile import EPB_HEAD, EPB_OVERHEAD, LOOKBACK_EPB_OPTIONS, PCAPNG_EPB
 from pcapd.ring.store import HEAD, NS, RECORD, record_ts
 
 NO_CUTOFF = 1 << 64  # a feed's cutoff until a timed stop sets one
@@ -28,7 +27,6 @@ NO_CUTOFF = 1 << 64  # a feed's cutoff until a timed stop sets one
 # between CPUs, so none of the run can be stamped before `since`. Nearer the
 # seam each record's stamp is checked.
 SEAM_SLACK = 50_000_000
-_caplen = struct.Struct("<8xI").unpack_from  # a record head's caplen, alone
 
 # Compiled request filters kept, by (expression, link type): a storm of one
 # alert's requests compiles its filter once. Each program is at most 4,096
@@ -56,9 +54,9 @@ class Feed:
     the file after the lookback part."""
 
     __slots__ = (
-        "buf", "count", "cutoff", "debug", "done", "full", "holding", "match", "max_bytes",
-        "max_packets", "on_full", "over", "pcapng", "since", "size", "snap", "stop",
-        "tail", "tail_count", "trigger", "whole",
+        "buf", "count", "cutoff", "debug", "done", "error", "full", "holding", "lock", "match",
+        "max_bytes", "max_packets", "on_full", "over", "pcapng", "since", "size", "snap",
+        "stop", "tail", "tail_count", "trigger", "whole",
     )  # fmt: skip
 
     def __init__(
@@ -73,12 +71,14 @@ class Feed:
         debug: PacketDebug | None,
         on_full: Callable[[], None] | None = None,
         holding: bool = False,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.buf = bytearray(header)
         self.size = len(header)
         self.count = 0
         self.full = False
         self.stop = ""
+        self.error: str | None = None  # the ring's failure, when that is what ended it
         self.since = since  # ns: packets stamped before this are not kept
         self.cutoff = NO_CUTOFF  # ns: nor after this (a timed stop)
         self.trigger = trigger  # ns: packets before it came from the lookback
@@ -99,9 +99,10 @@ class Feed:
         # Called once, as the capture ends on the reader thread (its slot is
         # free at once, not when its thread next runs; it must not block).
         self.on_full = on_full
+        self.lock = lock or threading.Lock()  # the ring's: `take` runs under it
 
-    def end(self, reason: str) -> None:
-        self.stop, self.full = reason, True
+    def end(self, reason: str, error: str | None = None) -> None:
+        self.stop, self.full, self.error = reason, True, error
         self.done.set()
         if self.on_full is not None:
             self.on_full()
@@ -143,14 +144,39 @@ class Feed:
     def replay(self, data: memoryview) -> tuple[int, int]:
         """Records from the ring's past (a copied slice, whole records from
         its start) into the file: (bytes, records) read. Runs in the capture's
-        thread while the reader may `take` into the tail."""
+        thread while the reader may `take` into the tail. The file is in time
+        order, lookback first: when the lookback needs room the tail holds,
+        the capture is full (`over`) and the tail's newest records go, so the
+        file and the tail together never pass `bytes`."""
+        out = bytearray()  # the slice's records framed, before they are counted
         room, left = self.max_bytes - self.size, self.max_packets - self.count
-        at, read, taken, used, reason = self._walk(self.buf, room, left, data, 0, len(data))
-        self.size += used
-        self.count += taken
+        at, read, taken, used, reason = self._walk(out, room, left, data, 0, len(data))
+        with self.lock:  # counted where `take` reads them; no take is midway
+            self.size += used
+            self.count += taken
+            over = self.size + len(self.tail) > self.max_bytes
+            if over:
+                self.over = True  # the tail is frozen from here on
+            if reason:
+                self.end(reason)
         if reason:
-            self.end(reason)
+            self.tail, self.tail_count = bytearray(), 0  # never merged now
+        elif over:
+            self._trim_tail(self.max_bytes - self.size)
+        self.buf += out
         return at, read
+
+    def _trim_tail(self, room: int) -> None:
+        """Keep the tail's oldest records that fit in `room` bytes (the tail
+        is frozen: `over` is set)."""
+        tail, keep, kept = self.tail, 0, 0
+        while kept < self.tail_count:
+            length = self._record_length(tail, keep)
+            if keep + length > room:
+                break
+            keep, kept = keep + length, kept + 1
+        del tail[keep:]
+        self.tail_count = kept
 
     def _walk(
         self, out: bytearray, room: int, left: int, data: memoryview, start: int, end: int
@@ -158,43 +184,15 @@ class Feed:
         """Frame the records of data[start:end] this feed keeps into `out`,
         one by one, within `room` bytes and `left` packets: (where it
         stopped, records read, records and bytes appended, the bound reached
-        or ""). A record cut by `end` is left for the next slice."""
-        since, cutoff = self.since, self.cutoff
+        or ""). A record cut by `end` is left for the next slice. Stamps are
+        checked only near the seam and after a timed stop; records are
+        framed anew only for pcapng, packet debug or a shorter snap."""
         if start + HEAD > end:
             return start, 0, 0, 0, ""
-        if (
-            self.pcapng or self.debug is not None or self.snap < MAX_SNAPLENGTH
-            or cutoff != NO_CUTOFF or record_ts(data, start) - SEAM_SLACK < since
-        ):  # fmt: skip
-            return self._walk_stamps(out, room, left, data, start, end)
-        # Past the seam, records kept whole: only the filter is applied.
-        match, caplen = self.match, _caplen
-        at, read, taken, used = start, 0, 0, 0
-        while at + HEAD <= end:
-            nxt = at + HEAD + caplen(data, at)[0]
-            if nxt > end:
-                break
-            read += 1
-            if match is None or match(data[at + HEAD : nxt]):
-                block = nxt - at
-                if block > room:
-                    return at, read - 1, taken, used, "bytes"
-                out += data[at:nxt]
-                room -= block
-                used += block
-                taken += 1
-                if taken >= left:
-                    return nxt, read, taken, used, "packets"
-            at = nxt
-        return at, read, taken, used, ""
-
-    def _walk_stamps(
-        self, out: bytearray, room: int, left: int, data: memoryview, start: int, end: int
-    ) -> tuple[int, int, int, int, str]:
-        """`_walk` reading each record's stamp: near the seam, after a timed
-        stop, and for pcapng's framing, packet debug or a shorter snap."""
         unpack, match, snap = RECORD.unpack_from, self.match, self.snap
-        since, cutoff, whole = self.since, self.cutoff, not self.pcapng and self.debug is None
+        since, cutoff = self.since, self.cutoff
+        whole = not self.pcapng and self.debug is None
+        check = cutoff != NO_CUTOFF or not whole or record_ts(data, start) - SEAM_SLACK < since
         at, read, taken, used = start, 0, 0, 0
         while at + HEAD <= end:
             sec, nsec, n, _wire = unpack(data, at)
@@ -204,9 +202,10 @@ class Feed:
                 break
             here, at = at, nxt
             read += 1
-            ts = sec * NS + nsec
-            if ts < since or ts > cutoff:
-                continue
+            if check:
+                ts = sec * NS + nsec
+                if ts < since or ts > cutoff:
+                    continue
             if match is not None and not match(data[body:nxt]):
                 continue
             if whole and n <= snap:
@@ -215,7 +214,7 @@ class Feed:
                     return here, read - 1, taken, used, "bytes"
                 out += data[here:nxt]
             else:
-                block = self._frame(out, room, ts, data[body:nxt])
+                block = self._frame(out, room, sec * NS + nsec, data[body:nxt])
                 if not block:
                     return here, read - 1, taken, used, "bytes"
             room -= block
@@ -245,22 +244,28 @@ class Feed:
                 buf += LOOKBACK_EPB_OPTIONS
             buf += block.to_bytes(4, "little")
         else:
-            block = PCAP_RECORD.size + caplen
+            block = RECORD.size + caplen
             if block > room:
                 return 0
             sec, nsec = divmod(ts, NS)
-            buf += PCAP_RECORD.pack(sec, nsec, caplen, wire)
+            buf += RECORD.pack(sec, nsec, caplen, wire)
             buf += data
         if self.debug is not None:
             self.debug(ts, bytes(data))
         return block
 
     def merge(self, tail: bytearray, records: int, over: bool) -> None:
-        """Append `tail` (`records` framed by `take` while holding) to the file, up to the
-        bounds, as `offer` would have; `over`: the last tail, and a packet
-        after it did not fit."""
+        """Append `tail` (`records` framed by `take` while holding) to the
+        file, up to the bounds, as `take` would have; `over`: the last tail,
+        and a packet after it did not fit."""
+        self.buf += memoryview(tail)[: self.count_tail(tail, records, over)]
+
+    def count_tail(self, tail: bytearray, records: int, over: bool) -> int:
+        """Count into the file what of `tail` its bounds keep (ending the
+        capture at one): the bytes of it to append. Under the ring's lock
+        when the reader may be taking, so `take` sees the room left."""
         if self.full:
-            return
+            return 0
         room, left = self.max_bytes - self.size, self.max_packets - self.count
         take, taken, reason = len(tail), records, "bytes" if over else ""
         if take > room or records >= left:
@@ -275,16 +280,16 @@ class Feed:
                 if taken >= left:
                     reason = "packets"
                     break
-        self.buf += memoryview(tail)[:take]
         self.size += take
         self.count += taken
         if reason:
             self.end(reason)
+        return take
 
     def _record_length(self, buf: bytearray, at: int) -> int:
         """The length of the record framed at `at` in `buf`."""
         if self.pcapng:
             length: int = EPB_HEAD.unpack_from(buf, at)[1]
             return length
-        caplen: int = PCAP_RECORD.unpack_from(buf, at)[2]
-        return PCAP_RECORD.size + caplen
+        caplen: int = RECORD.unpack_from(buf, at)[2]
+        return RECORD.size + caplen

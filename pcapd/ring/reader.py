@@ -67,11 +67,7 @@ class RingStats:
 class Ring:
     """The ring of one interface. `start()` opens its handle (raises
     CaptureError), `register()` serves one capture, `stop()` closes it.
-
-    Memory: `memory` bytes (the chunks, at most `max_bytes`), reserved from
-    max_memory at start; a capture's file and its tail together stay within
-    its own `bytes` bound, as in the engine, plus one `REPLAY_SLICE` while
-    its lookback is copied.
+    Memory: see `pcapd.ring`.
     """
 
     def __init__(
@@ -88,7 +84,7 @@ class Ring:
         self.bpf = bpf
         self.origin = origin  # the config table it comes from, for messages: interface[1]
         self.buffer_size = max(buffer_size, RING_BUFFER_SIZE)
-        self.store = ChunkStore(max_bytes)
+        self.store = ChunkStore(max_bytes, seconds)
         self.memory = self.store.memory
         self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
         self._live: set[Feed] = set()
@@ -160,8 +156,7 @@ class Ring:
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
-                        # Whole chunks: the rest when counted (`stats`).
-                        self.store.evict_old(self._cutoff(), records=False)
+                        self.store.evict_old(self.store.cutoff())
                 time.sleep(0)  # a capture waiting to register takes the lock now
 
     def _failed(self, exc: OSError) -> None:
@@ -171,8 +166,8 @@ class Ring:
         self.error = f"lookback ring on {self.interface} failed: {text}"
         event(log, "ring_failed", logging.ERROR, interface=self.interface, error=self.error)
         for feed in self._live:
-            if not feed.full:
-                feed.end("shutdown")
+            if not feed.full:  # one its own bound ended already is no failure
+                feed.end("shutdown", self.error)
 
     def _segment(self, data: memoryview, start: int, end: int, records: int) -> None:
         """The records one read appended (or those of a chunk the writer
@@ -182,10 +177,6 @@ class Ring:
             first = record_ts(data, start)
             for feed in self._feeds:
                 feed.take(data, start, end, records, first)
-
-    def _cutoff(self) -> int:
-        """ns: records stamped before this are older than the ring keeps."""
-        return time.time_ns() - self.seconds * NS
 
     def replay(self, spans: tuple[Span, ...], feed: Feed) -> int:
         """Hand `feed` the records of `spans` without the lock: records lost."""
@@ -204,7 +195,9 @@ class Ring:
                     self._replaying.discard(feed)
                     feed.holding = False
                     return
-            feed.merge(tail, records, over=False)
+                # Counted here, copied below: `take` sees the room it leaves.
+                take = feed.count_tail(tail, records, over=False)
+            feed.buf += memoryview(tail)[:take]
 
     def _drops(self) -> int:
         """Kernel drops on the handle so far; the reader is not in it (lock held)."""
@@ -218,7 +211,7 @@ class Ring:
 
     def stats(self) -> RingStats:
         with self.lock:
-            self.store.evict_old(self._cutoff())
+            self.store.evict_old(self.store.cutoff())
             packets, held = self.store.held()
             oldest = self.store.oldest()
             return RingStats(
@@ -248,8 +241,7 @@ class Ring:
         (a bad filter, a failed ring) before anything is registered.
         `on_full` is called (under the ring's lock, on the thread that ends
         it) when a bound or shutdown ends the capture before `finish` does.
-
-        Memory: the capture's bytearray never exceeds `limits.bytes`.
+        Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
         match = self._compile(bpf)
         with self.lock:
@@ -261,7 +253,9 @@ class Ring:
             trigger = time.time_ns()
             since = trigger - lookback * NS
             if lookback:
-                self.store.evict_old(self._cutoff())
+                # Whole chunks only: lookback <= seconds, so since >= the
+                # cutoff, and the replay skips older records by their stamps.
+                self.store.evict_old(self.store.cutoff(), walk=0)
             spans = self.store.spans(since)
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
@@ -273,6 +267,7 @@ class Ring:
             feed = Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
                 trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
+                lock=self.lock,
             )  # fmt: skip
             drops_before = self._drops()
             self._live.add(feed)
@@ -282,13 +277,13 @@ class Ring:
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
         return RingCapture(self, feed, limits, drops_before, delivered, spans)
 
-    def unregister(self, feed: Feed) -> tuple[int, str | None]:
-        """No more packets for `feed`: (kernel drops so far, the ring's error)."""
+    def unregister(self, feed: Feed) -> int:
+        """No more packets for `feed`: the kernel's drops so far."""
         with self.lock:
             self._live.discard(feed)
             self._replaying.discard(feed)
             self._feeds = tuple(f for f in self._feeds if f is not feed)
-            return self._drops(), self.error
+            return self._drops()
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
         """The request's filter for the ring's link type; None matches all.

@@ -3,19 +3,20 @@
 Each record is a pcap record head (seconds, nanoseconds, length, length:
 the handle keeps whole packets) and the packet, so a run of records is
 already a pcap file's body and a capture that keeps them all takes it in one
-copy. No Python object is kept per packet. Reusing the oldest chunk drops
-its records (an overflow, counted); records older than the ring's seconds
-are dropped as the clock passes them (counted apart): whole chunks by the
-reader, the rest of the oldest chunk when they are counted (`stats`). Every
-method runs under the ring's lock except `replay`, which copies records out
-while the writer goes on and detects a reused chunk by its generation number.
-
-Memory: `memory` bytes (the chunks); the per-chunk bookkeeping is a few
-integers.
+copy. No Python object is kept per packet. Records older than the ring's
+seconds are dropped as the clock passes them (counted as age): whole
+chunks, and at most EVICT_WALK records of the oldest chunk per call, by the
+reader every EVICT_EVERY and by `stats`. Reusing the oldest chunk drops the
+records it still holds (counted as overflow; as age when even its newest is
+older than the ring keeps, its records are not walked there). Every method
+runs under the ring's lock except `replay`, which copies records out while
+the writer goes on and detects a reused chunk by its generation number.
+Memory: see `pcapd.ring`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ MIN_CHUNK = MAX_SNAPLENGTH + RECORD.size  # every chunk holds the largest packet
 # Bytes of a chunk copied at a time by a lookback replay, then checked against
 # the chunk's generation: whole records, as every record fits in MIN_CHUNK.
 REPLAY_SLICE = MIN_CHUNK
+# Records of the oldest chunk one eviction walks at most (~1 µs each) under
+# the ring's lock; a 4 MiB chunk of 64-byte packets holds ~52k.
+EVICT_WALK = 2048
 
 # What the reader hands on after each read, and before it leaves a chunk:
 # (the chunk, first byte, end, records), the records appended since the last.
@@ -65,8 +69,9 @@ class Span:
 class ChunkStore:
     """The chunks of one ring, oldest to newest from `_tail` to `_cur`."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, seconds: int | None = None) -> None:
         count, size = chunk_layout(max_bytes)
+        self._keep = None if seconds is None else seconds * NS  # None: no record is too old
         self.memory = count * size  # what the chunks hold, reserved from max_memory
         self._size = size
         self._chunks = [bytearray(size) for _ in range(count)]
@@ -132,7 +137,15 @@ class ChunkStore:
         self._sync()
         nxt = (self._cur + 1) % len(self._chunks)
         if nxt == self._tail:
-            self.evicted_overflow += self._counts[nxt] - self._tail_skip
+            # Reused before the reader's eviction reached it: a chunk whose
+            # newest record is older than the ring keeps goes by age; one
+            # with newer records too counts the rest of it overflow (it is
+            # not walked here, in the writer's path).
+            left = self._counts[nxt] - self._tail_skip
+            if self._last_ts[nxt] < self.cutoff():
+                self.evicted_age += left
+            else:
+                self.evicted_overflow += left
             self._tail = (nxt + 1) % len(self._chunks)
             self._tail_pos = self._tail_skip = 0
         self._gens[nxt] += 1  # before anything is written there: see replay
@@ -140,26 +153,31 @@ class ChunkStore:
         self._pos = self._count = self._last = 0
         self._used[nxt] = self._counts[nxt] = self._last_ts[nxt] = 0
 
-    def evict_old(self, cutoff: int, *, records: bool = True) -> None:
+    def cutoff(self) -> int:
+        """ns: records stamped before this are older than the ring keeps."""
+        return 0 if self._keep is None else time.time_ns() - self._keep
+
+    def evict_old(self, cutoff: int, walk: int = EVICT_WALK) -> None:
         """Drop the records stamped before `cutoff` (ns): whole chunks, then
-        (`records`) those of the oldest chunk, one by one."""
+        at most `walk` of the oldest chunk's, one by one (so that no call
+        holds the ring's lock long)."""
         self._sync()
-        while True:
-            tail = self._tail
-            if tail != self._cur and self._last_ts[tail] < cutoff:
-                self.evicted_age += self._counts[tail] - self._tail_skip
-                self._tail = (tail + 1) % len(self._chunks)
-                self._tail_pos = self._tail_skip = 0
-                continue
-            if not records:
-                return
-            view, pos, limit = self._views[tail], self._tail_pos, self._used[tail]
-            while pos < limit and record_ts(view, pos) < cutoff:
-                pos += HEAD + RECORD.unpack_from(view, pos)[2]
-                self._tail_skip += 1
-                self.evicted_age += 1
-            self._tail_pos = pos
-            return
+        chunks, counts, last_ts = len(self._chunks), self._counts, self._last_ts
+        while self._tail != self._cur and last_ts[self._tail] < cutoff:
+            self.evicted_age += counts[self._tail] - self._tail_skip
+            self._tail = (self._tail + 1) % chunks
+            self._tail_pos = self._tail_skip = 0
+        view, pos, limit = self._views[self._tail], self._tail_pos, self._used[self._tail]
+        unpack, walked = RECORD.unpack_from, 0
+        while walked < walk and pos < limit:
+            sec, nsec, n, _wire = unpack(view, pos)
+            if sec * NS + nsec >= cutoff:
+                break
+            pos += HEAD + n
+            walked += 1
+        self._tail_pos = pos
+        self._tail_skip += walked
+        self.evicted_age += walked
 
     def order(self) -> list[int]:
         """The chunks holding records, oldest first."""

@@ -103,6 +103,16 @@ class Results:
                 return event
             self._kept.setdefault(str(event.get("id")), []).append(event)
 
+    def unclaimed(self) -> list[dict[str, Any]]:
+        """Every event received and not yet taken by `next` or `for_id`
+        (those `for_id` kept for other ids included)."""
+        found = [event for kept in self._kept.values() for event in kept]
+        while True:
+            try:
+                found.append(self.events.get_nowait())
+            except queue.Empty:
+                return found
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
@@ -144,6 +154,12 @@ class Daemon:
 
     def start(self, argv: Sequence[str] | None = None, channel: str = "capture") -> None:
         """`pcapd serve -c FILE`, or `argv` (a command subscribing to `channel`)."""
+        self.launch(argv, channel)
+        wait_for(self.subscribed, timeout=15)
+
+    def launch(self, argv: Sequence[str] | None = None, channel: str = "capture") -> None:
+        """`start` without waiting for the subscription: several daemons then
+        start side by side (the caller waits for them)."""
         self.channel = channel
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -158,7 +174,6 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        wait_for(self.subscribed, timeout=15)
 
     def subscribed(self) -> bool:
         assert self.proc is not None

@@ -4,7 +4,10 @@ and while its (private) Redis goes away and comes back."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import selectors
 import shutil
 import signal
 import socket
@@ -147,6 +150,40 @@ def _threads(pid: int) -> int:
     raise AssertionError("no Threads line")
 
 
+IDLE_CONNECTIONS = 300
+
+
+def connect_all(port: int, count: int, timeout: float = 30.0) -> list[socket.socket]:
+    """`count` connections to `port` on loopback, opened at once (non-blocking).
+
+    One by one, each connect that meets the listener's full backlog waits a
+    1 s SYN retransmit; opened together, those retransmits overlap."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.setblocking(False)
+            assert sock.connect_ex(("127.0.0.1", port)) in (0, errno.EINPROGRESS)
+        with selectors.DefaultSelector() as selector:
+            for sock in socks:
+                selector.register(sock, selectors.EVENT_WRITE)
+            deadline = time.monotonic() + timeout
+            while selector.get_map():
+                ready = selector.select(max(0.0, deadline - time.monotonic()))
+                assert ready, f"{len(selector.get_map())} of {count} connects still pending"
+                for key, _ in ready:
+                    sock = key.fileobj  # type: ignore[assignment]
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    assert error == 0, os.strerror(error)
+                    selector.unregister(sock)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 def test_idle_connections_neither_pile_up_threads_nor_stop_scrapes(
     redis_srv: RedisServer, tmp_path: Path
 ) -> None:
@@ -159,13 +196,12 @@ def test_idle_connections_neither_pile_up_threads_nor_stop_scrapes(
     try:
         wait_for(lambda: get(base + "/healthz")[0] == 200, timeout=20)
         before = _threads(daemon.proc.pid)
-        for _ in range(300):
-            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        idle = connect_all(port, IDLE_CONNECTIONS)
         time.sleep(1.0)  # the listener accepts them all meanwhile
         # At most MAX_HANDLERS of them hold a thread; the rest were closed.
         assert _threads(daemon.proc.pid) <= before + MAX_HANDLERS
         # Once the held ones time out (HANDLER_TIMEOUT), scrapes answer again,
-        # while all 300 sockets are still open on this side.
+        # while all of them are still open on this side.
 
         def scraped() -> bool:
             try:

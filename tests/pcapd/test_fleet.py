@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from tests.pcapd.daemon_fixture import Daemon, Results
 
 PREFIX = DEFAULT_FLEET_PREFIX
 SUBNET = 60  # this file's veth subnet: 10.200.60.0/24
+# s: fleet-c's heartbeat_interval; its hash outlives a SIGTERM's deletion by
+# over 2 beats, and the outage below waits for its next beat
+SLOW_BEAT = 4
+MATCH_WORKERS = 4  # `pcapd nodes` commands at once: their start-up is CPU, on 2 cores
 
 
 def nodes_cli(server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,11 +46,20 @@ def listed(server: RedisServer) -> dict[str, dict[str, Any]]:
     return {node["node"]: node for node in json.loads(done.stdout)}
 
 
-def match(server: RedisServer, request: dict[str, Any] | str) -> tuple[int, Any, str]:
-    body = request if isinstance(request, str) else json.dumps(request)
-    done = nodes_cli(server, "--json", "--match", body)
-    verdicts = json.loads(done.stdout) if done.stdout.strip() else None
-    return done.returncode, verdicts, done.stderr
+def match_all(
+    server: RedisServer, requests: list[dict[str, Any] | str]
+) -> list[tuple[int, Any, str]]:
+    """`pcapd nodes --json --match` for each request, the commands run side by
+    side (each spends most of its second starting Python)."""
+
+    def match(request: dict[str, Any] | str) -> tuple[int, Any, str]:
+        body = request if isinstance(request, str) else json.dumps(request)
+        done = nodes_cli(server, "--json", "--match", body)
+        verdicts = json.loads(done.stdout) if done.stdout.strip() else None
+        return done.returncode, verdicts, done.stderr
+
+    with ThreadPoolExecutor(min(len(requests), MATCH_WORKERS)) as pool:
+        return list(pool.map(match, requests))
 
 
 @dataclass
@@ -75,23 +89,27 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             "fleet-b": (("ip", "netns", "exec", veth.ns_a), unix,
                         interfaces(("lo", ["local"]), (veth.dev_a, ["public"])), 1),
             "fleet-c": (("ip", "netns", "exec", veth.ns_b), unix,
-                        interfaces((veth.dev_b, ["public"]), ("lo", ["loop"])), 8),
+                        interfaces((veth.dev_b, ["public"]), ("lo", ["loop"])), SLOW_BEAT),
         }  # fmt: skip
         daemons: dict[str, Daemon] = {}
         results = Results(server)
+        client = server.client()
+
+        def all_subscribed() -> bool:  # (each `subscribed` fails at once if its daemon exited)
+            return all(d.subscribed() for d in daemons.values()) and (
+                client.pubsub_numsub("capture")[0][1] >= len(specs)
+            )
+
         try:
-            for count, (node, (wrap, redis_extra, ifaces, interval)) in enumerate(specs.items(), 1):
+            for node, (wrap, redis_extra, ifaces, interval) in specs.items():
                 daemon = Daemon(
                     server, tmp_path / node, node=node, wrap=wrap, extra_redis=redis_extra,
                     interfaces=ifaces,
                     extra_sections=f"[fleet]\nheartbeat_interval = {interval}\n",
                 )  # fmt: skip
                 daemons[node] = daemon
-                daemon.start()
-                client = server.client()
-                wait_for(
-                    lambda n=count, c=client: c.pubsub_numsub("capture")[0][1] >= n, timeout=30
-                )
+                daemon.launch()  # the three start side by side
+            wait_for(all_subscribed, timeout=45)
             yield Fleet(server, veth, daemons, results)
         finally:
             results.close()
@@ -103,51 +121,78 @@ BARRIER_ERROR = 'packets: expected a JSON integer, got "barrier"'
 
 
 def served(fleet: Fleet, request: dict[str, Any] | str, request_id: str) -> dict[str, Any]:
-    """What the daemons really did with `request`: {(node, interface): status}
-    for captures, {node: error} for rejections, warnings by node.
+    """What the daemons really did with `request` (`request_id` "" for a body
+    with no id to read); see `served_all`."""
+    return served_all(fleet, [(request, request_id)])[request_id]
 
-    A barrier request after it, which every node rejects at once, tells when
-    each has handled it (one pub/sub connection each, served in order); the
-    captures it started are then in their logs, and their results awaited."""
+
+def served_all(
+    fleet: Fleet, requests: list[tuple[dict[str, Any] | str, str]]
+) -> dict[str, dict[str, Any]]:
+    """What the daemons really did with each request, by id:
+    {(node, interface): status} for captures, {node: error} for rejections,
+    warnings by node.
+
+    The requests go out together, so their captures run side by side; a
+    barrier request after them, which every node rejects at once, tells when
+    each has handled them all (one pub/sub connection each, served in order);
+    the captures they started are then in the logs, and their results awaited.
+    Events are told apart by id, so only a lone request may have none."""
+    ids = [request_id for _, request_id in requests]
+    assert len(set(ids)) == len(ids) and (len(ids) == 1 or all(ids)), ids
     alive = {n for n, d in fleet.daemons.items() if d.proc is not None and d.proc.poll() is None}
     marks = {node: len(fleet.daemons[node].log()) for node in alive}
-    body = request if isinstance(request, str) else json.dumps(request)
-    fleet.server.client().publish("capture", body)
-    barrier = f"barrier-{request_id}"
-    fleet.server.client().publish(
+    client = fleet.server.client()
+    for request, _ in requests:
+        client.publish("capture", request if isinstance(request, str) else json.dumps(request))
+    barrier = f"barrier-{ids[0]}"
+    client.publish(
         "capture", json.dumps({"id": barrier, "node": "any", "interface": "lo",
                                "packets": "barrier"}),
     )  # fmt: skip
-    events: list[dict[str, Any]] = []
+
+    def owner(event: dict[str, Any]) -> str:
+        if len(ids) == 1:
+            assert event["id"] == ids[0] or ids[0] == "", event
+            return ids[0]
+        assert event["id"] in ids, event
+        return str(event["id"])
+
+    events: dict[str, list[dict[str, Any]]] = {request_id: [] for request_id in ids}
     barriers: set[str] = set()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while barriers != alive:
         event = fleet.results.next(max(0.1, deadline - time.monotonic()))
         if event["id"] == barrier:
             assert event["error"] == BARRIER_ERROR
             barriers.add(event["node"])
         else:
-            events.append(event)
-    started = set()
+            events[owner(event)].append(event)
+    started: dict[str, set[tuple[str, str]]] = {request_id: set() for request_id in ids}
     for node in alive:
         text = fleet.daemons[node].log()[marks[node] :]
-        for found in re.finditer(rf"event=capture_started id={re.escape(request_id)} .*?"
-                                 r"interface=(\S+)", text):  # fmt: skip
-            started.add((node, found.group(1)))
-    captured = {(e["node"], e["interface"]): e for e in events if e["status"] != "rejected"}
-    while not started <= captured.keys():
+        for request_id in ids:
+            for found in re.finditer(rf"event=capture_started id={re.escape(request_id)} .*?"
+                                     r"interface=(\S+)", text):  # fmt: skip
+                started[request_id].add((node, found.group(1)))
+    captured = {
+        request_id: {(e["node"], e["interface"]): e for e in got if e["status"] != "rejected"}
+        for request_id, got in events.items()
+    }
+    while any(not started[i] <= captured[i].keys() for i in ids):
         event = fleet.results.next(max(0.1, deadline - time.monotonic()))
         if event["status"] != "rejected":
-            captured[(event["node"], event["interface"])] = event
-    rejected = {e["node"]: e for e in events if e["status"] == "rejected"}
-    for event in [*captured.values(), *rejected.values()]:
-        assert event["id"] == request_id or request_id == "", event
-    return {
-        "captured": set(captured),
-        "rejected": {node: e["error"] for node, e in rejected.items()},
-        "warnings": {e["node"]: sorted(e["warnings"]) for e in [*captured.values(),
-                                                                *rejected.values()]},
-    }  # fmt: skip
+            captured[owner(event)][(event["node"], event["interface"])] = event
+    answers = {}
+    for request_id in ids:
+        rejected = {e["node"]: e for e in events[request_id] if e["status"] == "rejected"}
+        answered = [*captured[request_id].values(), *rejected.values()]
+        answers[request_id] = {
+            "captured": set(captured[request_id]),
+            "rejected": {node: e["error"] for node, e in rejected.items()},
+            "warnings": {e["node"]: sorted(e["warnings"]) for e in answered},
+        }
+    return answers
 
 
 def predicted(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,7 +236,8 @@ def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
     assert re.search(r"fleet-a .*redis-pubsub:capture\s+lo\[local,loop\]/dlt1 ghost0\[ghost\]"
                      r"\(missing\)", table.stdout), table.stdout  # fmt: skip
 
-    # --match agrees with what the daemons then do, request by request.
+    # --match agrees with what the daemons then do, request by request (all
+    # judged side by side, then all served together).
     bounds = {"timeout": 1, "duration": 2, "bpf": "udp port 9"}
     cases: list[tuple[dict[str, Any], int]] = [
         ({"node": "fleet-b", "alias": "public"}, 0),
@@ -205,21 +251,28 @@ def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
         ({"node": "any", "interface": "lo", "packets": 5000}, 2),  # over maxpackets=1000
         ({"nodere": "(", "interface": "lo"}, 2),
     ]
-    for number, (fields, status) in enumerate(cases):
-        request = {**bounds, **fields, "id": f"req-{number}"}
-        code, verdicts, stderr = match(server, request)
+    requests: list[dict[str, Any] | str] = [
+        {**bounds, **fields, "id": f"req-{number}"} for number, (fields, _) in enumerate(cases)
+    ]
+    not_objects = ["[1, 2]", "{not json"]
+    loop = {**bounds, "node": "any", "alias": "loop", "id": "x"}
+    judged = match_all(server, [*requests, *not_objects, loop])
+    answers = served_all(fleet, [(r, r["id"]) for r in requests if isinstance(r, dict)])
+    for (_, status), request, (code, verdicts, stderr) in zip(
+        cases, requests, judged[: len(cases)], strict=True
+    ):
+        assert isinstance(request, dict)
         assert code == status, (request, verdicts, stderr)
         assert {v["node"] for v in verdicts} == set(fleet.daemons)
-        assert served(fleet, request, request["id"]) == predicted(verdicts), request
-    code, verdicts, stderr = match(server, {**bounds, "node": "any", "alias": "loop", "id": "x"})
+        assert answers[request["id"]] == predicted(verdicts), request
+    code, verdicts, stderr = judged[-1]
     assert {v["node"]: v["verdict"] for v in verdicts} == {
         "fleet-a": "capture", "fleet-b": "rejected", "fleet-c": "capture"}  # fmt: skip
     assert verdicts[1]["error"] == (
         "alias: none of ['loop'] exists on this node (alias 'loop': not configured on this node)"
     )
     # Not a JSON object: the message each daemon answers, and status 2.
-    for body in ("[1, 2]", "{not json"):
-        code, verdicts, stderr = match(server, body)
+    for body, (code, verdicts, stderr) in zip(not_objects, judged[len(cases) : -1], strict=True):
         assert code == 2 and verdicts is None
         answer = served(fleet, body, "")
         assert set(answer["rejected"]) == set(fleet.daemons)
@@ -241,10 +294,10 @@ def test_fleet_lists_matches_and_forgets_nodes(fleet: Fleet) -> None:
         wait_for(lambda d=daemon: "event=heartbeat_resumed" in d.log(), timeout=30)
         assert daemon.log().count("event=heartbeat_failed") == 1, daemon.log()
 
-    # SIGTERM: gone at once, long before its hash (three beats of 8 s) expires.
+    # SIGTERM: gone at once, long before its hash (three slow beats) expires.
     c_daemon, c_key, client = fleet.daemons["fleet-c"], node_key(PREFIX, "fleet-c"), server.client()
     signalled, left = time.monotonic(), client.pttl(c_key) / 1000
-    assert left > 8
+    assert left > SLOW_BEAT
     c_daemon.signal(signal.SIGTERM)
     wait_for(lambda: not client.exists(c_key), timeout=30)
     assert time.monotonic() - signalled < left, "deleted, not expired"

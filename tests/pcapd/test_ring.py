@@ -243,6 +243,30 @@ def test_shutdown_ends_captures_with_what_they_hold(link: Link) -> None:
     assert outcome.kernel_dropped == 0
 
 
+def test_a_ring_failure_fails_only_the_captures_it_ended() -> None:
+    """The veth goes (the ring's handle fails) after one capture was already
+    ended by its packets bound and while another waits: only the waiting
+    one carries the ring's error; the full one is as any full capture."""
+    with linked(170) as link:
+        ring = link.ring()
+        try:
+            ended = threading.Event()
+            full = ring.register(limits(packets=3), fmt="pcap", bpf="", lookback=0,
+                                 comments={}, on_full=ended.set)  # fmt: skip
+            waiting = ring.register(limits(), fmt="pcap", bpf="", lookback=0, comments={})
+            link.send(3)
+            assert ended.wait(20)
+            run("ip", "-n", link.pair.ns_a, "link", "del", link.pair.dev_a)
+            wait_for(lambda: ring.error is not None, timeout=20)
+            done, failed = full.finish(threading.Event()), waiting.finish(threading.Event())
+        finally:
+            ring.stop()
+    assert (done.stop, done.error, done.packets) == ("packets", None, 3)
+    assert [n for n, _ in numbers(done)] == [0, 1, 2]
+    assert (failed.stop, failed.error, failed.packets) == ("shutdown", ring.error, 3)
+    assert ring.error == f"lookback ring on {link.pair.dev_a} failed: The interface disappeared"
+
+
 def test_a_bad_request_filter_is_refused_and_the_ring_serves_on(link: Link) -> None:
     ring = link.ring()
     try:
@@ -453,26 +477,69 @@ def test_on_full_is_called_once_on_the_reader_thread_when_a_bound_ends_the_captu
         ring.stop()
 
 
-def test_records_older_than_the_ring_keeps_are_counted_evicted_when_counted() -> None:
-    """The reader drops whole chunks by age; the oldest chunk's records go
-    one by one as `stats` counts them: what it says is exact either way."""
+def prefill(ring: Ring, stamps: list[int], size: int) -> None:
+    """Records of `size` bytes with these stamps (ns) written into the
+    ring's store before it starts: its reader writes on after them. They
+    are no packet (no BPF matches them) and the test chose their age."""
+    append, settle = ring.store.writer(lambda *_: None)
+    for stamp in stamps:
+        append(stamp, b"\xff" * size)
+    settle()
+
+
+def test_records_older_than_the_ring_keeps_go_whole_chunks_then_one_by_one() -> None:
+    """Records an hour old, more than a chunk of them, beside live packets:
+    the reader drops the first chunk whole and the rest of the old ones one
+    by one, and `stats` says exactly what went. No sleep races the ring's
+    clock: the old records' age is written, the live ones have 30 s."""
     port = free_port()
-    ring = Ring("lo", 2, 2 * 1024 * 1024, f"udp and dst port {port}")
+    ring = Ring("lo", 30, 2 << 20, f"udp and dst port {port}")  # 4 chunks of 512 KiB
+    per_chunk = chunk_layout(2 << 20)[1] // (16 + 1000)
+    old = time.time_ns() - 3600 * 1_000_000_000
+    prefill(ring, [old + i * 1000 for i in range(per_chunk + 100)], 1000)
+    assert ring.store.order() == [0, 1]
     ring.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for index in range(10):
+            for index in range(5):
                 sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
-            held(ring, 10)
-            time.sleep(2.3)
-            for index in range(10, 15):
-                sock.sendto(struct.pack("!I", index), ("127.0.0.1", port))
-            wait_for(lambda: ring.stats().evicted_age == 10 and ring.stats().packets == 5,
-                     timeout=10)  # fmt: skip
+        wait_for(lambda: ring.stats().evicted_age == per_chunk + 100 and ring.stats().packets == 5,
+                 timeout=30)  # fmt: skip
+        assert ring.store.order() == [1] and ring.stats().evicted_overflow == 0
         assert [struct.unpack_from("!I", pkt, 42)[0] for _, pkt in ring.store.records()] == list(
-            range(10, 15)
+            range(5)
         )
-        got = numbers(capture(ring, lookback=2, timeout=0.3))
+        got = numbers(capture(ring, lookback=30, timeout=0.3))
     finally:
         ring.stop()
-    assert [n for n, _ in got] == list(range(10, 15))
+    assert [n for n, _ in got] == list(range(5))
+
+
+def test_registering_and_counting_hold_the_lock_briefly_beside_a_chunk_of_old_small_records() -> (
+    None
+):
+    """A 4 MiB chunk of 64-byte records (~52k), all but its last older than
+    the ring keeps: walking them all under the lock took ~180 ms. A
+    registration walks none (its replay skips them by their stamps), `stats`
+    at most EVICT_WALK; the reader drops them a bounded walk at a time."""
+    port = free_port()
+    ring = Ring("lo", 30, 16 << 20, f"udp and dst port {port}")  # 4 chunks of 4 MiB
+    per_chunk = chunk_layout(16 << 20)[1] // (16 + 64)
+    now = time.time_ns()
+    old = now - 3600 * 1_000_000_000
+    prefill(ring, [*(old + i * 1000 for i in range(per_chunk - 1)), now, now], 64)
+    assert ring.store.order() == [0, 1]
+    ring.start()
+    try:
+        begin = time.monotonic()
+        served = ring.register(limits(), fmt="pcap", bpf="", lookback=30, comments={})
+        registered = time.monotonic() - begin
+        begin = time.monotonic()
+        stats = ring.stats()
+        counted = time.monotonic() - begin
+        served.cancel()
+        assert registered < 0.1 and counted < 0.1, (registered, counted)  # ~1 ms idle
+        assert stats.evicted_age < per_chunk - 1  # not all at once
+        wait_for(lambda: ring.stats().evicted_age == per_chunk - 1, timeout=60)
+    finally:
+        ring.stop()

@@ -40,14 +40,18 @@ def test_three_nodes_on_one_stream_nodere_matches_two(
     ]
     try:
         for daemon in fleet:
-            daemon.start()
+            daemon.launch()  # side by side
+        wait_for(lambda: all(d.subscribed() for d in fleet), timeout=30)
         wait_for(lambda: groups(redis_srv) == {"web1", "web2", "db1"})
         xadd(redis_srv, {"nodere": "^web[0-9]+$", "interface": "lo", "id": "fleet", "timeout": 1,
                          "bpf": f"udp port {free_port()}"})  # fmt: skip
+        # db1 reads its group in order: once it answers this, it has passed "fleet".
+        xadd(redis_srv, {"node": "db1", "interface": "lo", "id": "db1-after", "packets": "x"})
         first, second = results.for_id("fleet"), results.for_id("fleet")
         assert sorted([first["node"], second["node"]]) == ["web1", "web2"]
-        time.sleep(1.5)
-        assert results.events.empty(), "db1 must stay silent"
+        after = results.for_id("db1-after")
+        assert (after["node"], after["status"]) == ("db1", "rejected"), after
+        assert results.unclaimed() == [], "db1 must stay silent"
         pending = redis_srv.client().xpending("capture-requests", "web1")
         assert pending["pending"] == 0  # acked once stored
     finally:

@@ -96,6 +96,9 @@ def _handler(state: CloudsharkServer) -> type[http.server.BaseHTTPRequestHandler
                 state.requests += 1
             if state.hang is not None and state.hang.is_set():
                 state.release.wait(30)
+                # Released: hang up, unanswered, so the client's read ends now
+                # (kept open, it would wait out its read_timeout).
+                self.close_connection = True
                 return
             parts = self.path.strip("/").split("/")
             if len(parts) != 4 or parts[:2] != ["api", "v1"] or parts[3] != "upload":

@@ -161,11 +161,11 @@ def test_message_naming_a_bucket_the_site_does_not_allow_is_rejected(
 
 
 def test_hung_s3_then_sigkill_leaves_the_capture_spooled_and_a_restart_delivers_it(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess
+    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_s3: MotoS3
 ) -> None:
-    spool = tmp_path / "spool"
+    spool, bucket = tmp_path / "spool", moto_s3.new_bucket()
     with silent_server() as hung:
-        config = sections(hung, "caps", spool, None, "attempt_timeout = 60.0")
+        config = sections(hung, bucket, spool, None, "attempt_timeout = 60.0")
         daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
         daemon.start()
         port = free_port()
@@ -181,11 +181,10 @@ def test_hung_s3_then_sigkill_leaves_the_capture_spooled_and_a_restart_delivers_
             pass
     [entry] = Spool(spool, 64 << 20).list()
     assert entry.pending == ("s3",) and entry.request["id"] == "hung"
-    make_bucket(moto_proc.endpoint, "caps")
-    config = sections(moto_proc, "caps", spool, None)
+    config = sections(moto_s3, bucket, spool, None)
     delivered = restart_until_delivered(redis_srv, results, tmp_path, config, "hung")
-    key = delivered["locations"]["s3"].removeprefix("s3://caps/")
-    body, metadata = s3_object(moto_proc.endpoint, "caps", key)
+    key = delivered["locations"]["s3"].removeprefix(f"s3://{bucket}/")
+    body, metadata = s3_object(moto_s3.endpoint, bucket, key)
     assert body == Path(delivered["locations"]["local"]).read_bytes()
     assert hashlib.sha256(body).hexdigest() == entry.sha256 == delivered["sha256"]
     assert metadata["request-id"] == "hung"
@@ -223,11 +222,11 @@ def test_sigterm_with_a_hung_upload_exits_within_shutdown_grace_having_spooled_i
 
 
 def test_pcapdaemon_naming_keeps_its_names_on_disk_s3_and_cloudshark(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess,
+    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_s3: MotoS3,
     cloudshark: CloudsharkServer,
 ) -> None:  # fmt: skip
-    make_bucket(moto_proc.endpoint, "legacy")
-    config = sections(moto_proc, "legacy", tmp_path / "spool", cloudshark)
+    bucket = moto_s3.new_bucket()
+    config = sections(moto_s3, bucket, tmp_path / "spool", cloudshark)
     daemon = Daemon(
         redis_srv, tmp_path, extra_general='naming = "pcapdaemon"', extra_sections=config
     )
@@ -244,7 +243,7 @@ def test_pcapdaemon_naming_keeps_its_names_on_disk_s3_and_cloudshark(
     name = Path(event["locations"]["local"]).name
     found = re.fullmatch(r"testnode-lo-(\d+)\.pcap", name)
     assert found and began <= int(found[1]) <= time.time(), name
-    assert event["locations"]["s3"] == f"s3://legacy/pcaps/{name}"
-    body, _ = s3_object(moto_proc.endpoint, "legacy", f"pcaps/{name}")
+    assert event["locations"]["s3"] == f"s3://{bucket}/pcaps/{name}"
+    body, _ = s3_object(moto_s3.endpoint, bucket, f"pcaps/{name}")
     assert body == Path(event["locations"]["local"]).read_bytes()
     assert [upload.filename for upload in cloudshark.uploads] == [name]

@@ -73,7 +73,8 @@ def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
 def test_live_result_pages_are_bounded(redis_srv: RedisServer, tmp_path: Path) -> None:
     """threads = 3 leaves one thread for live streams; a second stream is refused."""
     config = tmp_path / "web.toml"
-    limits = "threads = 3\nmax_duration = 5\n"
+    # The smallest max_duration: a stream still lasts it + EVENT_MARGIN (20 s).
+    limits = "threads = 3\nmax_duration = 1\n"
     config.write_text(
         f"[redis]\nport = {redis_srv.port}\n\n[correlator]\nport = {free_port()}\n{limits}"
     )
