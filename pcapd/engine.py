@@ -80,11 +80,8 @@ def available_devices() -> set[str]:
     return set(pcap.findalldevs())
 
 
-def open_handle(
-    interface: str, buffer_size: int, block_timeout_ms: int = BLOCK_TIMEOUT_MS
-) -> pcap.pcap:
-    """A non-blocking TPACKET_V3 handle that passes nothing until a filter is
-    set; a packet waits at most `block_timeout_ms` in the kernel."""
+def open_handle(interface: str, buffer_size: int) -> pcap.pcap:
+    """A non-blocking TPACKET_V3 handle that passes nothing until a filter is set."""
     try:
         devices = available_devices()
     except OSError as exc:
@@ -97,7 +94,7 @@ def open_handle(
             name=interface,
             snaplen=MAX_SNAPLENGTH,
             promisc=PROMISC,
-            timeout_ms=block_timeout_ms,
+            timeout_ms=BLOCK_TIMEOUT_MS,
             timestamp_in_ns=True,
             buffer_size=buffer_size,
         )

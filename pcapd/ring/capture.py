@@ -8,20 +8,14 @@ import time
 from typing import TYPE_CHECKING
 
 from pcapd.core.fields import show
-from pcapd.engine import MAX_POLL_WAIT, CaptureLimits, CaptureOutcome, timed_stop
+from pcapd.engine import BLOCK_TIMEOUT_MS, MAX_POLL_WAIT, CaptureLimits, CaptureOutcome, timed_stop
 from pcapd.ring.feed import Feed
 from pcapd.ring.store import NS, Span
 
 if TYPE_CHECKING:
     from pcapd.ring.reader import Ring
 
-# A ring capture holds its max_concurrent slot until its last packet leaves
-# the kernel, which hands packets over a block at a time: a shorter block
-# timeout than the engine's frees a storm's slots sooner (bench/trigger_storm.py).
-# The ring's kernel buffer is sized so that its blocks still cover a reader
-# stall of RING_BUFFER_SIZE / block size x this (~0.25 s) on a quiet link.
-RING_BLOCK_TIMEOUT_MS = 2
-STOP_FLUSH = RING_BLOCK_TIMEOUT_MS * 1.5 / 1000  # s: the open kernel block, read after a timed stop
+STOP_FLUSH = BLOCK_TIMEOUT_MS * 1.5 / 1000  # s: the open kernel block, read after a timed stop
 
 
 class RingCapture:

@@ -32,13 +32,13 @@ from pcapd.engine import (
     set_filter,
 )
 from pcapd.pcapfile import pcap_header, pcapng_header
-from pcapd.ring.capture import RING_BLOCK_TIMEOUT_MS, RingCapture
+from pcapd.ring.capture import RingCapture
 from pcapd.ring.feed import Feed, compiled_filter
 from pcapd.ring.store import NS, ChunkStore, Span, record_ts
 
 log = logging.getLogger("pcapd.ring")
 
-RING_BUFFER_SIZE = 64 * 1024 * 1024  # kernel buffer of a ring's handle, at least: 256 blocks of 256 KiB
+RING_BUFFER_SIZE = 32 * 1024 * 1024  # kernel buffer of a ring's handle, at least
 DISPATCH_BATCH = 4096  # packets read per turn under the lock, so registrations get it between
 READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at the clock
 EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
@@ -98,7 +98,7 @@ class Ring:
 
     # -- the handle and the reader ------------------------------------------
     def start(self) -> None:
-        handle = open_handle(self.interface, self.buffer_size, RING_BLOCK_TIMEOUT_MS)
+        handle = open_handle(self.interface, self.buffer_size)
         try:
             set_filter(handle, self.interface, self.bpf)
         except CaptureError as exc:
