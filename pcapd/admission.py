@@ -224,15 +224,22 @@ class Reservation:
     def free_slot(self) -> None:
         """The capture ended: its slot goes to the next one (idempotent)."""
         with self._admission._lock:
-            if self.has_slot:
-                self.has_slot = False
-                self._admission.active -= 1
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        """Lock held. Each method takes the lock once: under a storm a taken
+        lock costs the caller a wait for the GIL too."""
+        if self.has_slot:
+            self.has_slot = False
+            self._admission.active -= 1
 
     def keep(self, nbytes: int) -> None:
-        """The capture's file is `nbytes`: hold that much memory and disk from
-        now on, not its `bytes` bound. No effect once released."""
+        """The capture ended with a file of `nbytes`: its slot is free, and it
+        holds that much memory and disk from now on, not its `bytes` bound.
+        Only the slot once released."""
         admission = self._admission
         with admission._lock:
+            self._free_slot()
             if self.released:
                 return
             admission.reserved += nbytes - self.held
@@ -241,9 +248,9 @@ class Reservation:
 
     def release(self) -> bool:
         """Give everything back; True only for the call that did (exactly once)."""
-        self.free_slot()
         admission = self._admission
         with admission._lock:
+            self._free_slot()
             if self.released:
                 return False
             self.released = True

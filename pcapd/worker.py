@@ -253,13 +253,13 @@ class Worker:
             sha256=hashlib.sha256(data).hexdigest() if packets else None,
             lookback=outcome.lookback,
         )  # fmt: skip
-        self.reservation.free_slot()
         ctl.untrack(self)
         if not packets:
             # As pcapdaemon: nothing captured, nothing to upload.
+            self.reservation.free_slot()
             self.finish(result, {}, durable=True)
             return
-        self.reservation.keep(len(data))
+        self.reservation.keep(len(data))  # the slot is free now, the file held
         artifact = Artifact(
             data=data,
             filename=ctl.names(ctl.node, self.interface, outcome.started, self.request.id,

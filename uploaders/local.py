@@ -23,13 +23,15 @@ class LocalUploader(Sink):
     def upload(self, artifact: Artifact) -> Location:
         path = self.directory / artifact.filename
         try:
-            self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             try:
                 write_atomic(path, artifact.data, overwrite=False)
-            except FileExistsError:
-                raise UploadError(
-                    f"{path} exists: refusing to overwrite", retryable=False
-                ) from None
+            except FileNotFoundError:
+                # Made when first missing (or removed meanwhile), not looked
+                # at before every file: two system calls a capture in a storm.
+                self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                write_atomic(path, artifact.data, overwrite=False)
+        except FileExistsError:
+            raise UploadError(f"{path} exists: refusing to overwrite", retryable=False) from None
         except OSError as exc:
             raise UploadError(f"cannot write {path}: {exc.strerror}") from exc
         return Location("local", str(path))

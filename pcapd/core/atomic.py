@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
+import random
 from pathlib import Path
 
 FILE_MODE = 0o640
 TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
 
+# The temporary name's random part: seeded once from the system, so a name
+# costs no system call (uuid4 reads urandom each time; a storm writes two
+# files per capture). O_EXCL refuses a name in use all the same.
+_names = random.Random()
+
 
 def temporary_name(path: Path) -> Path:
     """Hidden, unique per writer, and recognisable as unfinished (`*.tmp`)."""
     return path.with_name(
-        f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+        f"{TMP_PREFIX}{path.name}.{os.getpid()}.{_names.getrandbits(32):08x}{TMP_SUFFIX}"
     )
 
 
@@ -35,11 +40,14 @@ def write_atomic(
     tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # O_CREAT's mode is reduced by the umask
+        try:
+            # On the descriptor, no file object: each system call lets go of
+            # the GIL, and under load every one costs a wait to get it back.
+            _write_all(fd, data)
+            os.fchmod(fd, mode)  # O_CREAT's mode is reduced by the umask
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if overwrite:
             os.rename(tmp, path)
         else:
@@ -50,6 +58,13 @@ def write_atomic(
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """All of `data`: a regular file takes it in one write, a short one goes on."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(directory: Path) -> None:

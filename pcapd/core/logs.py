@@ -40,16 +40,22 @@ def _is_event(record: logging.LogRecord) -> bool:
     return hasattr(record, _FIELDS)
 
 
+# Made once: json.dumps with options builds an encoder per call, and a
+# capture's two lines hold ~20 values (it was half of their cost).
+_COMPACT = json.JSONEncoder(default=str, separators=(",", ":"))
+_JSON = json.JSONEncoder(default=str)
+
+
 def _kv_value(value: Any) -> str:
     """One token: a bare word, compact JSON for numbers, flags and containers
     (`bad={"truncated":1}`), else a JSON string (`error="no route"`)."""
     if value is None or isinstance(value, bool | int | float | list | tuple | dict):
-        text = json.dumps(value, default=str, separators=(",", ":"))
-        if not any(c in text for c in " \n"):
+        text = _COMPACT.encode(value)
+        if " " not in text and "\n" not in text:
             return text
     else:
         text = str(value)  # an address, a path: its text, not a JSON string of it
-        if text != "" and not any(c in text for c in ' "=\n'):
+        if text and not (" " in text or '"' in text or "=" in text or "\n" in text):
             return text
     return json.dumps(text)
 
@@ -88,7 +94,7 @@ class JsonFormatter(logging.Formatter):
         data.update(fields)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        return _JSON.encode(data)
 
 
 def setup_logging(general: GeneralConfig, syslog: SyslogConfig) -> None:

@@ -40,6 +40,21 @@ def test_slots_and_memory_refuse_with_the_bound_and_come_back_on_release() -> No
     assert adm.idle and adm.free_slots() == 2
 
 
+def test_keeping_the_file_frees_the_slot_in_the_same_step() -> None:
+    # A capture's end takes the admission's lock once: the slot and the
+    # file's size together (a storm pays a GIL wait per lock taken).
+    adm = Admission(GENERAL, None, ())
+    first, _second = adm.reserve(1_000), adm.reserve(1_000)
+    first.keep(300)
+    assert adm.free_slots() == 1 and adm.reserved == 1_300
+    third = adm.reserve(1_000)
+    assert adm.free_slots() == 0 and adm.reserved == 2_300
+    first.keep(200)  # said again: the slot stays given back once
+    assert adm.active == 2 and adm.reserved == 2_200
+    third.release()
+    assert adm.active == 1
+
+
 def test_release_happens_once_however_many_paths_reach_it() -> None:
     adm = Admission(GENERAL, None, ())
     reservation = adm.reserve(1_000)

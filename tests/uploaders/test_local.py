@@ -49,6 +49,18 @@ def test_upload_creates_directory_and_writes_0640(tmp_path: Path) -> None:
     assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_a_directory_removed_between_captures_is_made_again(tmp_path: Path) -> None:
+    # It is made when a write finds it missing, not looked at before each one.
+    target = tmp_path / "captures"
+    uploader = LocalUploader(target)
+    first = Path(uploader.upload(artifact(b"one", "r1")).url)
+    first.unlink()
+    target.rmdir()
+    second = Path(uploader.upload(artifact(b"two" * 100_000, "r2")).url)
+    assert second.read_bytes() == b"two" * 100_000
+    assert [p.name for p in target.iterdir()] == [second.name]
+
+
 def test_never_overwrites_an_existing_capture(tmp_path: Path) -> None:
     uploader = LocalUploader(tmp_path)
     uploader.upload(artifact(b"first"))

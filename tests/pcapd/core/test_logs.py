@@ -47,6 +47,23 @@ def test_key_value_lines_quote_what_needs_quoting() -> None:
     assert line == 'level=info event=capture_done id=r1 bpf="udp port 53" packets=5 error=null'
 
 
+def test_every_kind_of_value_renders_as_one_token() -> None:
+    # The encoders are made once (not per value): the same text as before.
+    line = KeyValueFormatter(with_time=False).format(
+        record(
+            "x", n=0, f=1.5, on=True, none=None, empty="", path=Path("/a b"), eq="a=b",
+            q='say "hi"', nl="a\nb", bare="eth0:1", tags=["a", "b c"],
+            d={"k": [1], "p": Path("/x")},
+        )
+    )  # fmt: skip
+    assert line == (
+        'level=info event=x n=0 f=1.5 on=true none=null empty="" path="/a b" eq="a=b" '
+        'q="say \\"hi\\"" nl="a\\nb" bare=eth0:1 tags="[\\"a\\",\\"b c\\"]" d={"k":[1],"p":"/x"}'
+    )
+    data = json.loads(JsonFormatter().format(record("x", path=Path("/p"), n=1)))
+    assert (data["path"], data["n"]) == ("/p", 1)
+
+
 def test_json_lines_carry_every_field() -> None:
     data = json.loads(JsonFormatter().format(record("capture_done", id="r1", packets=5)))
     assert (data["event"], data["id"], data["packets"], data["level"]) == (
