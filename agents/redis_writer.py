@@ -8,14 +8,18 @@ memory ~ max_queue_ops x (key + member + ~200) bytes); past that, writes
 that would need a new entry are dropped and counted, never blocking the
 producer, while a repeat still merges. Counts are per write, merged or not.
 While Redis is unreachable it retries the oldest batches with capped
-backoff (a round trip lost after Redis ran it is sent again, as a single
-call's was). What it writes, and the script that writes it, are spelled in
-agents/store.py.
+backoff. Delivery is at least once, not exactly once: redis-py's own
+retries are off (`_client`), so each attempt sends each call once, but a
+call whose reply was lost after Redis ran it (a timeout, a cut connection)
+is sent again, and its INCRs count twice (appends are idempotent). On a
+cluster only the slots that got no answer are sent again. What it writes,
+and the script that writes it, are spelled in agents/store.py.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -27,10 +31,12 @@ from typing import Protocol
 
 import redis
 from prometheus_client import Histogram
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_commands
 from agents.write_window import Batch, Window
@@ -304,7 +310,7 @@ class RedisWriter:
                 left: Batch | None = None
                 try:
                     if client is None or script is None:
-                        client = client or self._connect()
+                        client = client or self._client()
                         script = client.register_script(BATCH_SCRIPT)
                     assert script is not None
                     began = time.monotonic()
@@ -377,12 +383,20 @@ class RedisWriter:
                 self._refused(_cause(_text(first)), refused, _text(first))
             self.stats.written_ops += batch.ops - refused
 
+    def _client(self) -> Client:
+        """A new client with redis-py's own retries off (redis-py 8 resends a
+        command up to 10 times on a timeout, and Redis runs each copy): the
+        writer's backoff is the only retry, one call per attempt."""
+        client = self._connect()
+        client.set_retry(Retry(NoBackoff(), 0))  # type: ignore[no-untyped-call]
+        return client
+
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
         """PING while idle; the client to use next (None after a failure, which
         waits out the backoff as a failed batch does)."""
         try:
             if client is None:
-                client = self._connect()
+                client = self._client()
             client.ping()
         except Exception as exc:
             if self.connected:
@@ -398,8 +412,9 @@ class RedisWriter:
         """One script call per hash slot, pipelined per node
         (`redis_conn.send_by_slot`, which follows MOVED and ASK); counts what
         each slot wrote or refused. Returns the entries of the slots that
-        got no answer (node down, failover), to be sent again, or None when
-        every slot answered."""
+        got no answer (node down, failover, the script not loaded), to be
+        sent again, or None when every slot answered; once a slot's reply is
+        counted it does not raise, so a written slot is never sent again."""
         slots = {slot: batch.part(at) for slot, at in group_by_slot(batch.keys).items()}
         mode = 2 if self.index else 0
         retry: list[Batch] = []
@@ -430,11 +445,24 @@ class RedisWriter:
                     created.extend(_text(k) for k in reply[2:])
             if not missing:
                 break
-            client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
+            try:
+                client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
+            except (redis.RedisError, RedisClusterException) as exc:
+                # Other slots were written and counted: only these are refused
+                # (Redis said no) or sent again (no answer), never the rest.
+                for slot, part in missing.items():
+                    if isinstance(exc, redis.ResponseError) and not isinstance(exc, _TRANSIENT):
+                        self._refused(_cause(str(exc), exc), part.ops, str(exc))
+                    else:
+                        self._last_error = str(exc) or type(exc).__name__
+                        unanswered[slot] = _owner(client, slot)
+                        retry.append(part)
+                break
             slots = missing
         self.unanswered = unanswered
         if created:
-            self._index(client, created)
+            with contextlib.suppress(redis.RedisError, RedisClusterException):
+                self._index(client, created)  # best effort, and the writes stand
         return Batch.joined(retry) if retry else None
 
     def _index(self, client: RedisCluster, created: list[str]) -> None:
