@@ -244,11 +244,12 @@ def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
         for key in keys:
             writer.incr(key)
         wait_for(lambda: writer.stats.written_ops == 30, timeout=30)
-        on_flushed = {key for key in keys if key_slot(key.encode()) in slots_of(redis_cluster, flushed)}
+        theirs = slots_of(redis_cluster, flushed)
+        on_flushed = {key for key in keys if key_slot(key.encode()) in theirs}
         with redis_cluster.node(flushed) as node:
             node.script_flush()  # its slots answer NOSCRIPT: the writer loads the script
-        with redis_cluster.node(loads_denied) as node:
-            node.execute_command("ACL", "SETUSER", "default", "-script|load")  # and that load is refused
+        with redis_cluster.node(loads_denied) as node:  # and the load is refused here
+            node.execute_command("ACL", "SETUSER", "default", "-script|load")
         for key in keys:
             writer.incr(key)
         wait_for(lambda: writer.stats.written_ops + writer.stats.rejected_ops >= 60, timeout=30)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from agents.redis_writer import RedisWriter
-from agents.store import INCR, INCRBY
+from agents.store import BATCH_SCRIPT, INCR, INCRBY
 from agents.write_window import Window
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
@@ -164,3 +164,14 @@ def test_merged_writes_on_a_cluster_leave_what_one_server_does(
     assert redis_cluster.keyspace() == expected
     assert (writer.stats.written_ops, writer.stats.rejected_ops) == (len(ops) - refused, refused)
     redis_cluster.reset()
+
+
+def test_an_incr_after_a_keys_members_is_no_member(redis_cluster: RedisCluster) -> None:
+    """Joined batches (a cluster slot's call) can put an append entry and an
+    INCR entry of one key side by side: the script stops the key's members
+    at the INCR, which Redis refuses on the appended value, as one at a time."""
+    key = "k;a;dns"
+    client = redis_cluster.client()
+    reply = client.eval(BATCH_SCRIPT, 3, key, key, key, TTL, 0, "x.", INCR, f"{INCRBY}3")
+    assert client.get(key) == ";x.;"
+    assert reply[0] == [2, 3] and "not an integer" in reply[1]
