@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -33,7 +34,6 @@ import redis
 from prometheus_client import Histogram
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
@@ -70,6 +70,8 @@ PING_INTERVAL = 5.0
 # server: Redis stays busy while the client packs and reads, and still runs
 # other clients' commands between two calls.
 PIPELINE_CALLS = 8
+
+_SHA = hashlib.sha1(BATCH_SCRIPT.encode()).hexdigest()  # what EVALSHA names
 
 # Cluster replies that say "not now" rather than "no": sent again after backoff.
 _TRANSIENT = (
@@ -287,7 +289,6 @@ class RedisWriter:
 
     def _run(self) -> None:
         client: Client | None = None
-        script = None
         backoff = Backoff().tracker()
         last_contact = -math.inf
         sealed = time.monotonic()
@@ -307,26 +308,21 @@ class RedisWriter:
             while self._batches and not self._stop.is_set():
                 batch = self._batches[0]
                 done = [batch]
-                left: Batch | None = None
+                left: list[Batch] | None = None
                 try:
-                    if client is None or script is None:
-                        client = client or self._client()
-                        script = client.register_script(BATCH_SCRIPT)
-                    assert script is not None
+                    client = client or self._client()
                     began = time.monotonic()
                     done = list(itertools.islice(self._batches, PIPELINE_CALLS))
                     if isinstance(client, RedisCluster):
                         # Per slot, calls are small already: one round trip
                         # per primary for all of `done`.
                         batch = Batch.joined(done)
-                        left = self._send_slots(client, script.sha, batch)  # counts per slot
+                        left = self._send_slots(client, batch)  # counts per slot
                     else:
-                        self._send_plain(client, script, done)  # counts per call
+                        left = self._send_plain(client, done)  # counts per call
                     self.write_seconds.observe(time.monotonic() - began)
                 except redis.ResponseError as exc:
-                    # Redis answered and refused the whole batch (a read-only
-                    # replica, an ACL): retrying would only wedge the queue
-                    # behind it.
+                    # A refusal no reply carried: refused as `_count` refuses a call.
                     self._refused(_cause(str(exc), exc), sum(b.ops for b in done), str(exc))
                 except Exception as exc:  # connection trouble, or a bug: back off, retry
                     self.stats.redis_errors += 1
@@ -339,12 +335,13 @@ class RedisWriter:
                     client = None
                     self._stop.wait(wait)
                     continue
-                if left is not None:  # some slots' nodes did not answer: only those again
+                if left is not None:  # some calls got no answer: only those again
                     with self._lock:
                         for _ in done:
                             self._batches.popleft()
-                        self._batches.appendleft(left)
-                        self._queued -= len(batch.keys) - len(left.keys)
+                        self._batches.extendleft(reversed(left))
+                        self._queued -= sum(len(b.keys) for b in done)
+                        self._queued += sum(len(b.keys) for b in left)
                     self.stats.redis_errors += 1
                     wait = backoff.failed()
                     event(
@@ -361,22 +358,50 @@ class RedisWriter:
                         self._batches.popleft()
                         self._queued -= len(sent.keys)
 
-    def _send_plain(self, client: redis.Redis, script: Script, batches: list[Batch]) -> None:
-        """`batches` in one round trip, one script call each: Redis runs each
-        call whole but lets other clients in between, so no one call holds it
-        longer than `batch_ops` entries take. Counts what each wrote or refused;
-        a connection failure raises, and all of them are sent again."""
+    def _send_plain(self, client: redis.Redis, batches: list[Batch]) -> list[Batch] | None:
+        """`batches` in one round trip, one EVALSHA each: Redis runs each call
+        whole but lets other clients in between, so no one call holds it
+        longer than `batch_ops` entries take. Counts what each wrote or
+        refused. A call Redis lacks the script for (a restart, SCRIPT FLUSH)
+        is sent again after SCRIPT LOAD; the ones of those that then got no
+        answer are returned, to be sent again (None when all were). A
+        connection failure before any reply raises, and all are sent again."""
+        replies = self._evalsha(client, batches)
+        missing = [b for b, r in zip(batches, replies, strict=True) if _no_script(r)]
+        self._count(batches, replies)
+        if not missing:
+            return None
+        try:
+            client.script_load(BATCH_SCRIPT)
+            replies = self._evalsha(client, missing)
+        except redis.ResponseError as exc:  # refused (an ACL): those calls only
+            for batch in missing:
+                self._refused(_cause(str(exc), exc), batch.ops, str(exc))
+            return None
+        except redis.RedisError as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            return missing
+        self._count(missing, replies)
+        return None
+
+    def _evalsha(self, client: redis.Redis, batches: list[Batch]) -> list[object]:
+        """EVALSHA straight on the pipeline: redis-py's Script object would
+        first ask SCRIPT EXISTS, a round trip more per send."""
         pipe = client.pipeline(transaction=False)
         for batch in batches:
-            script(keys=batch.keys, args=[self.ttl, int(self.index), *batch.args], client=pipe)
-        for batch, reply in zip(batches, pipe.execute(raise_on_error=False), strict=True):
+            pipe.evalsha(_SHA, len(batch.keys), *batch.keys, self.ttl, int(self.index), *batch.args)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _count(self, batches: list[Batch], replies: list[object]) -> None:
+        """What each call wrote, or refused (Redis refused a whole call: a
+        read-only replica, an ACL; retrying would only wedge the queue)."""
+        for batch, reply in zip(batches, replies, strict=True):
+            if _no_script(reply):
+                continue
             if isinstance(reply, redis.ResponseError):
-                # Redis answered and refused the whole call (a read-only
-                # replica, an ACL): retrying would only wedge the queue.
                 self._refused(_cause(str(reply), reply), batch.ops, str(reply))
                 continue
-            if isinstance(reply, Exception):
-                raise reply
+            assert isinstance(reply, list)
             failed, first = reply[0], reply[1]
             refused = sum(batch.weights[i - 1] for i in failed)
             if refused:
@@ -388,7 +413,7 @@ class RedisWriter:
         command up to 10 times on a timeout, and Redis runs each copy): the
         writer's backoff is the only retry, one call per attempt."""
         client = self._connect()
-        client.set_retry(Retry(NoBackoff(), 0))  # type: ignore[no-untyped-call]
+        client.set_retry(Retry(NoBackoff(), 0))
         return client
 
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
@@ -408,7 +433,7 @@ class RedisWriter:
         self.connected = True
         return client
 
-    def _send_slots(self, client: RedisCluster, sha: str, batch: Batch) -> Batch | None:
+    def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
         """One script call per hash slot, pipelined per node
         (`redis_conn.send_by_slot`, which follows MOVED and ASK); counts what
         each slot wrote or refused. Returns the entries of the slots that
@@ -422,7 +447,7 @@ class RedisWriter:
         unanswered: dict[int, str] = {}
         for attempt in range(2):  # a second only to load the script where it is missing
             commands = [
-                (slot, ("EVALSHA", sha, len(part.keys), *part.keys, self.ttl, mode, *part.args))
+                (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, mode, *part.args))
                 for slot, part in slots.items()
             ]
             missing: dict[int, Batch] = {}
@@ -463,7 +488,7 @@ class RedisWriter:
         if created:
             with contextlib.suppress(redis.RedisError, RedisClusterException):
                 self._index(client, created)  # best effort, and the writes stand
-        return Batch.joined(retry) if retry else None
+        return [Batch.joined(retry)] if retry else None
 
     def _index(self, client: RedisCluster, created: list[str]) -> None:
         """SADD new keys to their clients' index sets (best effort: the index
@@ -498,6 +523,10 @@ def _cause(error: str, exc: Exception | None = None) -> str:
     if code.isalpha() and code.isupper():
         return code
     return type(exc).__name__ if exc is not None else "unknown"
+
+
+def _no_script(reply: object) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)
 
 
 def _text(value: object) -> str:

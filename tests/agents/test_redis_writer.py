@@ -41,3 +41,30 @@ def test_a_timed_out_call_is_sent_once_per_attempt(private_redis: RedisServer) -
     assert 1 <= sent <= attempts
     assert int(admin.get("client;10.0.0.1") or 0) == 100 * sent
     admin.close()
+
+
+def test_a_send_is_evalsha_alone_and_a_missing_script_is_loaded(
+    private_redis: RedisServer,
+) -> None:
+    """No SCRIPT EXISTS before each send (redis-py's Script object asks it):
+    one SCRIPT LOAD when Redis lacks the script, at the start and after a
+    SCRIPT FLUSH, and the call that met NOSCRIPT sent again."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=5),
+                         flush_interval=0.01)  # fmt: skip
+    writer.start()
+    try:
+        for rounds in (1, 2):
+            for send in range(10):
+                writer.extend([f"c;{rounds};{send};{i};nx" for i in range(300)], [""] * 300)
+                writer.flush()
+                want = 300 * (10 * rounds - 9 + send)
+                wait_for(lambda want=want: writer.stats.written_ops == want)
+            assert calls(admin, "script|load") == rounds  # once per load needed
+            assert calls(admin, "script|exists") == 0
+            admin.script_flush()
+    finally:
+        writer.stop(5)
+    assert writer.stats.written_ops == 6000 and writer.stats.dropped_ops == 0
+    assert int(admin.get("c;2;9;299;nx") or 0) == 1
+    admin.close()
