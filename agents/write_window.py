@@ -80,7 +80,9 @@ class Window:
         at most `limit` entries are held; a repeat always merges, as it costs
         no room. Returns (where it stopped, ops dropped for want of room):
         it stops early, at `i < len(keys)`, only where `keys[i]` has an
-        entry of the other kind, for the caller to seal and go on from `i`."""
+        entry of the other kind, for the caller to seal and go on from `i`.
+        An INCRBY marker without a number raises ValueError, the ops before
+        it merged and counted, nothing of it kept."""
         entries = self._entries
         get = entries.get
         held = self.held
@@ -91,6 +93,16 @@ class Window:
             arg = args[i]
             entry = get(key)
             if not arg or arg[0] == INCRBY:
+                by = 1
+                if arg:  # parsed before anything changes, so a bad one leaves all as it was
+                    try:
+                        by = int(arg[1:])
+                    except ValueError:
+                        self.ops += i - start - dropped
+                        self.held = held
+                        raise ValueError(
+                            f"INCRBY of {key!r} needs a whole number after the NUL, not {arg[1:]!r}"
+                        ) from None
                 if entry is None:
                     if held >= limit:
                         dropped += 1
@@ -101,8 +113,8 @@ class Window:
                     entries[key] = entry + 1
                 else:
                     break
-                if arg:
-                    self._extra[key] = self._extra.get(key, 0) + int(arg[1:]) - 1
+                if by != 1:
+                    self._extra[key] = self._extra.get(key, 0) + by - 1
             elif entry is None:
                 if held >= limit:
                     dropped += 1

@@ -175,3 +175,26 @@ def test_an_incr_after_a_keys_members_is_no_member(redis_cluster: RedisCluster) 
     reply = client.eval(BATCH_SCRIPT, 3, key, key, key, TTL, 0, "x.", INCR, f"{INCRBY}3")
     assert client.get(key) == ";x.;"
     assert reply[0] == [2, 3] and "not an integer" in reply[1]
+
+
+def test_an_incrby_without_a_number_is_refused_and_the_window_stays_whole(
+    redis_srv: RedisServer,
+) -> None:
+    window = Window()
+    with pytest.raises(ValueError, match=r"INCRBY of 'c;k;nx' needs a whole number .* not ''"):
+        window.add(["client;c", "c;k;nx", "c;j;nx"], [INCR, INCRBY, INCR], 0, 10)
+    assert (window.held, window.ops) == (1, 1)  # what came before it, nothing of it
+    window.add(["c;k;nx"], [f"{INCRBY}2"], 0, 10)
+    assert [(b.keys, b.args) for b in window.seal(10)] == [
+        (["client;c", "c;k;nx"], [INCR, f"{INCRBY}2"])
+    ]
+    # The writer goes on serving after refusing it.
+    writer = RedisWriter(lambda: redis.Redis(port=redis_srv.port, socket_timeout=5))
+    writer.start()
+    with pytest.raises(ValueError, match="needs a whole number"):
+        writer.extend(["c;k;nx"], [f"{INCRBY}x"])
+    writer.incr("c;k;nx", 3)
+    writer.stop(10)
+    assert writer.stats.written_ops == 1 and writer.queue_depth == 0
+    with redis.Redis(port=redis_srv.port) as plain:
+        assert plain.get("c;k;nx") == b"3"
