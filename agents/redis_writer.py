@@ -1,12 +1,14 @@
 """The batched writer every agent uses: INCR, INCRBY and append-if-absent
 operations, merged per window (agents/write_window.py) and sent in script
-calls of at most `batch_ops` entries, `PIPELINE_CALLS` per round trip.
+calls of at most `batch_ops` entries (on a cluster, of one hash slot's
+entries each), `PIPELINE_CALLS` batches per round trip.
 
 The writer holds at most `max_queue_ops` entries (distinct INCR keys and
 distinct (key, member) appends) between the agents and Redis (worst case
-memory ~ max_queue_ops x (key + member + ~200) bytes); past that, writes
-that would need a new entry are dropped and counted, never blocking the
-producer, while a repeat still merges. Counts are per write, merged or not.
+memory ~ max_queue_ops x (key + member + ~350) bytes: ~245 B an entry
+beyond its text, measured, ~125 B more while a window is sealed); past
+that, writes that would need a new entry are dropped and counted, never
+blocking the producer, while a repeat still merges. Counts are per write, merged or not.
 While Redis is unreachable it retries the oldest batches with capped
 backoff. Delivery is at least once, not exactly once: redis-py's own
 retries are off (`_client`), so each attempt sends each call once, but a
@@ -434,13 +436,20 @@ class RedisWriter:
         return client
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
-        """One script call per hash slot, pipelined per node
-        (`redis_conn.send_by_slot`, which follows MOVED and ASK); counts what
-        each slot wrote or refused. Returns the entries of the slots that
-        got no answer (node down, failover, the script not loaded), to be
-        sent again, or None when every slot answered; once a slot's reply is
-        counted it does not raise, so a written slot is never sent again."""
-        slots = {slot: batch.part(at) for slot, at in group_by_slot(batch.keys).items()}
+        """Script calls of one hash slot's entries each, at most `batch_ops`
+        of them (a slot's share of up to PIPELINE_CALLS joined batches can be
+        more), pipelined per node (`redis_conn.send_by_slot`, which follows
+        MOVED and ASK); counts what each call wrote or refused. Returns the
+        entries of the calls that got no answer (node down, failover, the
+        script not loaded), to be sent again, or None when every call was
+        answered; once a call's reply is counted it does not raise, so a
+        written call is never sent again."""
+        step = max(1, self.batch_ops)
+        calls = [
+            (slot, batch.part(at[i : i + step]))
+            for slot, at in group_by_slot(batch.keys).items()
+            for i in range(0, len(at), step)
+        ]
         mode = 2 if self.index else 0
         retry: list[Batch] = []
         created: list[str] = []
@@ -448,14 +457,12 @@ class RedisWriter:
         for attempt in range(2):  # a second only to load the script where it is missing
             commands = [
                 (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, mode, *part.args))
-                for slot, part in slots.items()
+                for slot, part in calls
             ]
-            missing: dict[int, Batch] = {}
-            for (slot, part), reply in zip(
-                slots.items(), send_by_slot(client, commands), strict=True
-            ):
-                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing[slot] = part
+            missing: list[tuple[int, Batch]] = []
+            for (slot, part), reply in zip(calls, send_by_slot(client, commands), strict=True):
+                if _no_script(reply) and attempt == 0:
+                    missing.append((slot, part))
                 elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
                     self._refused(_cause(str(reply), reply), part.ops, str(reply))
                 elif isinstance(reply, Exception):
@@ -475,7 +482,7 @@ class RedisWriter:
             except (redis.RedisError, RedisClusterException) as exc:
                 # Other slots were written and counted: only these are refused
                 # (Redis said no) or sent again (no answer), never the rest.
-                for slot, part in missing.items():
+                for slot, part in missing:
                     if isinstance(exc, redis.ResponseError) and not isinstance(exc, _TRANSIENT):
                         self._refused(_cause(str(exc), exc), part.ops, str(exc))
                     else:
@@ -483,7 +490,7 @@ class RedisWriter:
                         unanswered[slot] = _owner(client, slot)
                         retry.append(part)
                 break
-            slots = missing
+            calls = missing
         self.unanswered = unanswered
         if created:
             with contextlib.suppress(redis.RedisError, RedisClusterException):

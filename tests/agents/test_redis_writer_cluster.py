@@ -17,7 +17,7 @@ import redis
 from redis.crc import key_slot
 
 from agents.redis_writer import RedisWriter
-from agents.store import client_key, record_answer, record_nxdomain
+from agents.store import BATCH_SCRIPT, INCR, client_key, record_answer, record_nxdomain
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
@@ -272,3 +272,19 @@ def slots_of(cluster: RedisCluster, port: int) -> set[int]:
         if int(primary[1]) == port:
             found.update(range(int(start), int(end) + 1))
     return found
+
+
+def test_a_slots_call_carries_at_most_batch_ops_entries(redis_cluster: RedisCluster) -> None:
+    """A round trip joins up to 8 batches; one slot's share of them still goes
+    in calls of at most `batch_ops` entries, so none holds its node longer."""
+    keys = [f"{{10.0.2.1}};{index};nx" for index in range(80)]  # one hash slot
+    slot = key_slot(keys[0].encode())
+    (port,) = [p for p in redis_cluster.ports if slot in slots_of(redis_cluster, p)]
+    with redis_cluster.node(port) as node:
+        node.script_load(BATCH_SCRIPT)
+        node.config_resetstat()
+        writer = cluster_writer(redis_cluster.url, batch_ops=10, flush_interval=30.0)
+        writer.extend(keys, [INCR] * 80)
+        writer.stop(30)
+        assert writer.stats.written_ops == 80
+        assert int(node.info("commandstats")["cmdstat_evalsha"]["calls"]) == 8
