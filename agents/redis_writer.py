@@ -1,21 +1,28 @@
 """The batched writer every agent uses: INCR, INCRBY and append-if-absent
 operations, merged per window (agents/write_window.py) and sent in script
-calls of at most `batch_ops` entries, `PIPELINE_CALLS` per round trip.
+calls of at most `batch_ops` entries (on a cluster, of one hash slot's
+entries each), `PIPELINE_CALLS` batches per round trip.
 
 The writer holds at most `max_queue_ops` entries (distinct INCR keys and
 distinct (key, member) appends) between the agents and Redis (worst case
-memory ~ max_queue_ops x (key + member + ~200) bytes); past that, writes
-that would need a new entry are dropped and counted, never blocking the
-producer, while a repeat still merges. Counts are per write, merged or not.
+memory ~ max_queue_ops x (key + member + ~350) bytes: ~245 B an entry
+beyond its text, measured, ~125 B more while a window is sealed); past
+that, writes that would need a new entry are dropped and counted, never
+blocking the producer, while a repeat still merges. Counts are per write, merged or not.
 While Redis is unreachable it retries the oldest batches with capped
-backoff (a round trip lost after Redis ran it is sent again, as a single
-call's was). What it writes, and the script that writes it, are spelled in
-agents/store.py.
+backoff. Delivery is at least once, not exactly once: redis-py's own
+retries are off (`_client`), so each attempt sends each call once, but a
+call whose reply was lost after Redis ran it (a timeout, a cut connection)
+is sent again, and its INCRs count twice (appends are idempotent). On a
+cluster only the slots that got no answer are sent again. What it writes,
+and the script that writes it, are spelled in agents/store.py.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -27,10 +34,11 @@ from typing import Protocol
 
 import redis
 from prometheus_client import Histogram
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_commands
 from agents.write_window import Batch, Window
@@ -64,6 +72,8 @@ PING_INTERVAL = 5.0
 # server: Redis stays busy while the client packs and reads, and still runs
 # other clients' commands between two calls.
 PIPELINE_CALLS = 8
+
+_SHA = hashlib.sha1(BATCH_SCRIPT.encode()).hexdigest()  # what EVALSHA names
 
 # Cluster replies that say "not now" rather than "no": sent again after backoff.
 _TRANSIENT = (
@@ -281,7 +291,6 @@ class RedisWriter:
 
     def _run(self) -> None:
         client: Client | None = None
-        script = None
         backoff = Backoff().tracker()
         last_contact = -math.inf
         sealed = time.monotonic()
@@ -301,26 +310,21 @@ class RedisWriter:
             while self._batches and not self._stop.is_set():
                 batch = self._batches[0]
                 done = [batch]
-                left: Batch | None = None
+                left: list[Batch] | None = None
                 try:
-                    if client is None or script is None:
-                        client = client or self._connect()
-                        script = client.register_script(BATCH_SCRIPT)
-                    assert script is not None
+                    client = client or self._client()
                     began = time.monotonic()
                     done = list(itertools.islice(self._batches, PIPELINE_CALLS))
                     if isinstance(client, RedisCluster):
                         # Per slot, calls are small already: one round trip
                         # per primary for all of `done`.
                         batch = Batch.joined(done)
-                        left = self._send_slots(client, script.sha, batch)  # counts per slot
+                        left = self._send_slots(client, batch)  # counts per slot
                     else:
-                        self._send_plain(client, script, done)  # counts per call
+                        left = self._send_plain(client, done)  # counts per call
                     self.write_seconds.observe(time.monotonic() - began)
                 except redis.ResponseError as exc:
-                    # Redis answered and refused the whole batch (a read-only
-                    # replica, an ACL): retrying would only wedge the queue
-                    # behind it.
+                    # A refusal no reply carried: refused as `_count` refuses a call.
                     self._refused(_cause(str(exc), exc), sum(b.ops for b in done), str(exc))
                 except Exception as exc:  # connection trouble, or a bug: back off, retry
                     self.stats.redis_errors += 1
@@ -333,12 +337,13 @@ class RedisWriter:
                     client = None
                     self._stop.wait(wait)
                     continue
-                if left is not None:  # some slots' nodes did not answer: only those again
+                if left is not None:  # some calls got no answer: only those again
                     with self._lock:
                         for _ in done:
                             self._batches.popleft()
-                        self._batches.appendleft(left)
-                        self._queued -= len(batch.keys) - len(left.keys)
+                        self._batches.extendleft(reversed(left))
+                        self._queued -= sum(len(b.keys) for b in done)
+                        self._queued += sum(len(b.keys) for b in left)
                     self.stats.redis_errors += 1
                     wait = backoff.failed()
                     event(
@@ -355,34 +360,70 @@ class RedisWriter:
                         self._batches.popleft()
                         self._queued -= len(sent.keys)
 
-    def _send_plain(self, client: redis.Redis, script: Script, batches: list[Batch]) -> None:
-        """`batches` in one round trip, one script call each: Redis runs each
-        call whole but lets other clients in between, so no one call holds it
-        longer than `batch_ops` entries take. Counts what each wrote or refused;
-        a connection failure raises, and all of them are sent again."""
+    def _send_plain(self, client: redis.Redis, batches: list[Batch]) -> list[Batch] | None:
+        """`batches` in one round trip, one EVALSHA each: Redis runs each call
+        whole but lets other clients in between, so no one call holds it
+        longer than `batch_ops` entries take. Counts what each wrote or
+        refused. A call Redis lacks the script for (a restart, SCRIPT FLUSH)
+        is sent again after SCRIPT LOAD; the ones of those that then got no
+        answer are returned, to be sent again (None when all were). A
+        connection failure before any reply raises, and all are sent again."""
+        replies = self._evalsha(client, batches)
+        missing = [b for b, r in zip(batches, replies, strict=True) if _no_script(r)]
+        self._count(batches, replies)
+        if not missing:
+            return None
+        try:
+            client.script_load(BATCH_SCRIPT)
+            replies = self._evalsha(client, missing)
+        except redis.ResponseError as exc:  # refused (an ACL): those calls only
+            for batch in missing:
+                self._refused(_cause(str(exc), exc), batch.ops, str(exc))
+            return None
+        except redis.RedisError as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            return missing
+        self._count(missing, replies)
+        return None
+
+    def _evalsha(self, client: redis.Redis, batches: list[Batch]) -> list[object]:
+        """EVALSHA straight on the pipeline: redis-py's Script object would
+        first ask SCRIPT EXISTS, a round trip more per send."""
         pipe = client.pipeline(transaction=False)
         for batch in batches:
-            script(keys=batch.keys, args=[self.ttl, int(self.index), *batch.args], client=pipe)
-        for batch, reply in zip(batches, pipe.execute(raise_on_error=False), strict=True):
+            pipe.evalsha(_SHA, len(batch.keys), *batch.keys, self.ttl, int(self.index), *batch.args)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _count(self, batches: list[Batch], replies: list[object]) -> None:
+        """What each call wrote, or refused (Redis refused a whole call: a
+        read-only replica, an ACL; retrying would only wedge the queue)."""
+        for batch, reply in zip(batches, replies, strict=True):
+            if _no_script(reply):
+                continue
             if isinstance(reply, redis.ResponseError):
-                # Redis answered and refused the whole call (a read-only
-                # replica, an ACL): retrying would only wedge the queue.
                 self._refused(_cause(str(reply), reply), batch.ops, str(reply))
                 continue
-            if isinstance(reply, Exception):
-                raise reply
+            assert isinstance(reply, list)
             failed, first = reply[0], reply[1]
             refused = sum(batch.weights[i - 1] for i in failed)
             if refused:
                 self._refused(_cause(_text(first)), refused, _text(first))
             self.stats.written_ops += batch.ops - refused
 
+    def _client(self) -> Client:
+        """A new client with redis-py's own retries off (redis-py 8 resends a
+        command up to 10 times on a timeout, and Redis runs each copy): the
+        writer's backoff is the only retry, one call per attempt."""
+        client = self._connect()
+        client.set_retry(Retry(NoBackoff(), 0))
+        return client
+
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
         """PING while idle; the client to use next (None after a failure, which
         waits out the backoff as a failed batch does)."""
         try:
             if client is None:
-                client = self._connect()
+                client = self._client()
             client.ping()
         except Exception as exc:
             if self.connected:
@@ -394,28 +435,34 @@ class RedisWriter:
         self.connected = True
         return client
 
-    def _send_slots(self, client: RedisCluster, sha: str, batch: Batch) -> Batch | None:
-        """One script call per hash slot, pipelined per node
-        (`redis_conn.send_by_slot`, which follows MOVED and ASK); counts what
-        each slot wrote or refused. Returns the entries of the slots that
-        got no answer (node down, failover), to be sent again, or None when
-        every slot answered."""
-        slots = {slot: batch.part(at) for slot, at in group_by_slot(batch.keys).items()}
+    def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
+        """Script calls of one hash slot's entries each, at most `batch_ops`
+        of them (a slot's share of up to PIPELINE_CALLS joined batches can be
+        more), pipelined per node (`redis_conn.send_by_slot`, which follows
+        MOVED and ASK); counts what each call wrote or refused. Returns the
+        entries of the calls that got no answer (node down, failover, the
+        script not loaded), to be sent again, or None when every call was
+        answered; once a call's reply is counted it does not raise, so a
+        written call is never sent again."""
+        step = max(1, self.batch_ops)
+        calls = [
+            (slot, batch.part(at[i : i + step]))
+            for slot, at in group_by_slot(batch.keys).items()
+            for i in range(0, len(at), step)
+        ]
         mode = 2 if self.index else 0
         retry: list[Batch] = []
         created: list[str] = []
         unanswered: dict[int, str] = {}
         for attempt in range(2):  # a second only to load the script where it is missing
             commands = [
-                (slot, ("EVALSHA", sha, len(part.keys), *part.keys, self.ttl, mode, *part.args))
-                for slot, part in slots.items()
+                (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, mode, *part.args))
+                for slot, part in calls
             ]
-            missing: dict[int, Batch] = {}
-            for (slot, part), reply in zip(
-                slots.items(), send_by_slot(client, commands), strict=True
-            ):
-                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing[slot] = part
+            missing: list[tuple[int, Batch]] = []
+            for (slot, part), reply in zip(calls, send_by_slot(client, commands), strict=True):
+                if _no_script(reply) and attempt == 0:
+                    missing.append((slot, part))
                 elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
                     self._refused(_cause(str(reply), reply), part.ops, str(reply))
                 elif isinstance(reply, Exception):
@@ -430,12 +477,25 @@ class RedisWriter:
                     created.extend(_text(k) for k in reply[2:])
             if not missing:
                 break
-            client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
-            slots = missing
+            try:
+                client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
+            except (redis.RedisError, RedisClusterException) as exc:
+                # Other slots were written and counted: only these are refused
+                # (Redis said no) or sent again (no answer), never the rest.
+                for slot, part in missing:
+                    if isinstance(exc, redis.ResponseError) and not isinstance(exc, _TRANSIENT):
+                        self._refused(_cause(str(exc), exc), part.ops, str(exc))
+                    else:
+                        self._last_error = str(exc) or type(exc).__name__
+                        unanswered[slot] = _owner(client, slot)
+                        retry.append(part)
+                break
+            calls = missing
         self.unanswered = unanswered
         if created:
-            self._index(client, created)
-        return Batch.joined(retry) if retry else None
+            with contextlib.suppress(redis.RedisError, RedisClusterException):
+                self._index(client, created)  # best effort, and the writes stand
+        return [Batch.joined(retry)] if retry else None
 
     def _index(self, client: RedisCluster, created: list[str]) -> None:
         """SADD new keys to their clients' index sets (best effort: the index
@@ -470,6 +530,10 @@ def _cause(error: str, exc: Exception | None = None) -> str:
     if code.isalpha() and code.isupper():
         return code
     return type(exc).__name__ if exc is not None else "unknown"
+
+
+def _no_script(reply: object) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)
 
 
 def _text(value: object) -> str:

@@ -256,7 +256,10 @@ while i <= n do
     reply = redis.pcall('INCRBY', key, by)
     created = reply == by
   else
-    while last < n and KEYS[last + 1] == key do last = last + 1 end
+    -- The key's run of members only: joined batches (a cluster slot's call)
+    -- may put an INCR of it next, which is no member.
+    while last < n and KEYS[last + 1] == key and ARGV[last + 3] ~= ''
+      and string.byte(ARGV[last + 3], 1) ~= 0 do last = last + 1 end
     reply = redis.pcall('GET', key)
     if type(reply) ~= 'table' then
       local value = reply or ''

@@ -70,7 +70,8 @@ class DnstapConfig:
     """Worst-case memory: `max_connections` x (3 x `max_frame_bytes` + socket
     buffers: a frame that arrives in pieces is held, copied whole for
     decoding, and its payload sliced out), plus the Redis queue
-    (`max_queue_ops` x key+member, see agents.store) and `dedup_max_entries`
+    (`max_queue_ops` x (key + member + ~350 bytes), see agents.redis_writer)
+    and `dedup_max_entries`
     x ~275 bytes of remembered lookups."""
 
     socket: str | None = DEFAULT_SOCKET

@@ -68,7 +68,8 @@ DEFAULT_LISTEN = HostPort("0.0.0.0", export.PORT)
 class DnswireConfig:
     """Worst-case memory: the kernel ring (`buffer_size`), the fragment and
     TCP bounds (`fragment_max_bytes` + `tcp_max_bytes`, see reassembly), the
-    Redis queue (`max_queue_ops` x key+member) and the deduper
+    Redis queue (`max_queue_ops` x (key + member + ~350 bytes), see
+    agents.redis_writer) and the deduper
     (`dedup_max_entries` x ~275 bytes); per process with `processes`."""
 
     interface: str | None = None

@@ -142,7 +142,8 @@ def send_by_slot(
     the slot map and sends the command to the new owner; ASK sends it to the
     importing node after ASKING, as redis-py does; a node that does not
     answer leaves ConnectionError as the reply, for the caller to send again
-    later (and the slot map is read afresh then).
+    later (and the slot map is read afresh then), as does a slot no primary
+    is known for: the replies read are returned, never lost to a raise.
     """
     replies: list[Any] = [None] * len(commands)  # None: not answered yet
     pending = list(range(len(commands)))
@@ -150,7 +151,13 @@ def send_by_slot(
     for _ in range(REDIRECT_ROUNDS):
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
         for i in pending:
-            node = asking.get(i) or client.nodes_manager.get_node_from_slot(commands[i][0])
+            try:
+                node = asking.get(i) or client.nodes_manager.get_node_from_slot(commands[i][0])
+            except (redis.RedisError, RedisClusterException) as exc:
+                # No primary known for the slot (a map read mid-failover):
+                # its error stands, and the replies already read are kept.
+                replies[i] = exc
+                continue
             by_node.setdefault(node.name, (node, []))[1].append(i)
         sent = []
         for node, indices in by_node.values():

@@ -17,7 +17,7 @@ import redis
 from redis.crc import key_slot
 
 from agents.redis_writer import RedisWriter
-from agents.store import client_key, record_answer, record_nxdomain
+from agents.store import BATCH_SCRIPT, INCR, client_key, record_answer, record_nxdomain
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
@@ -232,3 +232,59 @@ def test_a_slot_moved_or_migrating_is_followed(redis_cluster: RedisCluster) -> N
         assert redis_cluster.node(target).get(key) == "2"
     writer.stop(10)
     assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == 4
+
+
+def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
+    redis_cluster: RedisCluster,
+) -> None:
+    keys = [client_key(f"10.0.1.{index}") for index in range(30)]
+    loads_denied, flushed = redis_cluster.ports[1], redis_cluster.ports[0]
+    writer = cluster_writer(redis_cluster.url)
+    try:
+        for key in keys:
+            writer.incr(key)
+        wait_for(lambda: writer.stats.written_ops == 30, timeout=30)
+        theirs = slots_of(redis_cluster, flushed)
+        on_flushed = {key for key in keys if key_slot(key.encode()) in theirs}
+        with redis_cluster.node(flushed) as node:
+            node.script_flush()  # its slots answer NOSCRIPT: the writer loads the script
+        with redis_cluster.node(loads_denied) as node:  # and the load is refused here
+            node.execute_command("ACL", "SETUSER", "default", "-script|load")
+        for key in keys:
+            writer.incr(key)
+        wait_for(lambda: writer.stats.written_ops + writer.stats.rejected_ops >= 60, timeout=30)
+    finally:
+        writer.stop(10)
+        with redis_cluster.node(loads_denied) as node:
+            node.execute_command("ACL", "SETUSER", "default", "+script|load")
+    # The other slots' writes stand, applied and counted once.
+    values = {key: int(redis_cluster.client().get(key) or 0) for key in keys}
+    assert values == {key: 1 if key in on_flushed else 2 for key in keys}
+    assert writer.stats.rejected_ops == len(on_flushed) > 0
+    assert writer.stats.written_ops == 60 - len(on_flushed)
+
+
+def slots_of(cluster: RedisCluster, port: int) -> set[int]:
+    with cluster.node(port) as node:
+        ranges = node.execute_command("CLUSTER", "SLOTS")
+    found: set[int] = set()
+    for start, end, primary, *_ in ranges:
+        if int(primary[1]) == port:
+            found.update(range(int(start), int(end) + 1))
+    return found
+
+
+def test_a_slots_call_carries_at_most_batch_ops_entries(redis_cluster: RedisCluster) -> None:
+    """A round trip joins up to 8 batches; one slot's share of them still goes
+    in calls of at most `batch_ops` entries, so none holds its node longer."""
+    keys = [f"{{10.0.2.1}};{index};nx" for index in range(80)]  # one hash slot
+    slot = key_slot(keys[0].encode())
+    (port,) = [p for p in redis_cluster.ports if slot in slots_of(redis_cluster, p)]
+    with redis_cluster.node(port) as node:
+        node.script_load(BATCH_SCRIPT)
+        node.config_resetstat()
+        writer = cluster_writer(redis_cluster.url, batch_ops=10, flush_interval=30.0)
+        writer.extend(keys, [INCR] * 80)
+        writer.stop(30)
+        assert writer.stats.written_ops == 80
+        assert int(node.info("commandstats")["cmdstat_evalsha"]["calls"]) == 8

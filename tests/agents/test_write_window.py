@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from agents.redis_writer import RedisWriter
-from agents.store import INCR, INCRBY
+from agents.store import BATCH_SCRIPT, INCR, INCRBY
 from agents.write_window import Window
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
@@ -164,3 +164,37 @@ def test_merged_writes_on_a_cluster_leave_what_one_server_does(
     assert redis_cluster.keyspace() == expected
     assert (writer.stats.written_ops, writer.stats.rejected_ops) == (len(ops) - refused, refused)
     redis_cluster.reset()
+
+
+def test_an_incr_after_a_keys_members_is_no_member(redis_cluster: RedisCluster) -> None:
+    """Joined batches (a cluster slot's call) can put an append entry and an
+    INCR entry of one key side by side: the script stops the key's members
+    at the INCR, which Redis refuses on the appended value, as one at a time."""
+    key = "k;a;dns"
+    client = redis_cluster.client()
+    reply = client.eval(BATCH_SCRIPT, 3, key, key, key, TTL, 0, "x.", INCR, f"{INCRBY}3")
+    assert client.get(key) == ";x.;"
+    assert reply[0] == [2, 3] and "not an integer" in reply[1]
+
+
+def test_an_incrby_without_a_number_is_refused_and_the_window_stays_whole(
+    redis_srv: RedisServer,
+) -> None:
+    window = Window()
+    with pytest.raises(ValueError, match=r"INCRBY of 'c;k;nx' needs a whole number .* not ''"):
+        window.add(["client;c", "c;k;nx", "c;j;nx"], [INCR, INCRBY, INCR], 0, 10)
+    assert (window.held, window.ops) == (1, 1)  # what came before it, nothing of it
+    window.add(["c;k;nx"], [f"{INCRBY}2"], 0, 10)
+    assert [(b.keys, b.args) for b in window.seal(10)] == [
+        (["client;c", "c;k;nx"], [INCR, f"{INCRBY}2"])
+    ]
+    # The writer goes on serving after refusing it.
+    writer = RedisWriter(lambda: redis.Redis(port=redis_srv.port, socket_timeout=5))
+    writer.start()
+    with pytest.raises(ValueError, match="needs a whole number"):
+        writer.extend(["c;k;nx"], [f"{INCRBY}x"])
+    writer.incr("c;k;nx", 3)
+    writer.stop(10)
+    assert writer.stats.written_ops == 1 and writer.queue_depth == 0
+    with redis.Redis(port=redis_srv.port) as plain:
+        assert plain.get("c;k;nx") == b"3"
