@@ -8,20 +8,16 @@ single server listens on a unix socket in the test's temp dir.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
 from tests.agents.flow import traffic
-from tests.agents.flow.test_live import AGENT_EXIT_TIMEOUT, REPO, TRAFFIC
+from tests.agents.flow.test_live import TRAFFIC, flow_agent
 from tests.helpers import (
     RedisCluster,
-    VethPair,
     keyspace,
     needs_root,
     stop_process,
@@ -29,26 +25,6 @@ from tests.helpers import (
     veth_pair,
     wait_for,
 )
-
-
-@contextlib.contextmanager
-def flow_agent(pair: VethPair, url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    ours = f"{pair.addr_a}/32,{pair.addr6_a}/128"
-    with log.open("wb") as err:
-        agent = subprocess.Popen(
-            pair.exec_a(sys.executable, "-m", "pcapd", "agent", "flow", pair.dev_a, ours,
-                        "--redis", url, "--stats-interval", "0.5"),
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: b"event=flow_started" in log.read_bytes(), timeout=30)
-        yield agent
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(AGENT_EXIT_TIMEOUT)
-        finally:
-            stop_process(agent)
 
 
 @needs_root
