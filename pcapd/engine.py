@@ -85,7 +85,7 @@ def open_handle(interface: str, buffer_size: int) -> pcap.pcap:
     try:
         devices = available_devices()
     except OSError as exc:
-        raise CaptureError(f"cannot list interfaces: {_text(exc)}") from exc
+        raise CaptureError(f"cannot list interfaces: {error_text(exc)}") from exc
     if interface not in devices:
         # pcap_open on an unknown name would open a *file* of that name.
         raise CaptureError(f"interface {interface!r}: no such device on this node")
@@ -102,7 +102,7 @@ def open_handle(interface: str, buffer_size: int) -> pcap.pcap:
         handle.setnonblock(True)
         handle.dispatch(-1, _discard)
     except OSError as exc:
-        raise CaptureError(f"interface {interface!r}: cannot open: {_text(exc)}") from exc
+        raise CaptureError(f"interface {interface!r}: cannot open: {error_text(exc)}") from exc
     return handle
 
 
@@ -110,20 +110,41 @@ def _discard(ts: int, pkt: bytes) -> None:
     pass
 
 
+def dispatch(handle: pcap.pcap, count: int, callback: Callable[[int, bytes], None]) -> int:
+    """`handle.dispatch`, raising OSError for the PCAP_ERROR pypcap returns
+    unraised (an interface gone), so every caller sees one kind of failure."""
+    got = handle.dispatch(count, callback)
+    if got < 0:
+        raise OSError(handle.geterr() or "dispatch failed")
+    return int(got)
+
+
 def _first_dispatch(handle: pcap.pcap) -> str | None:
-    """A spare's first read (it passes nothing yet): None, or why it failed.
-    pypcap returns PCAP_ERROR (an interface gone) unraised."""
+    """A spare's first read (it passes nothing yet): None, or why it failed."""
     try:
-        if handle.dispatch(-1, _discard) >= 0:
-            return None
+        dispatch(handle, -1, _discard)
     except OSError as exc:
-        return _text(exc)
-    return _text(OSError(handle.geterr() or "dispatch failed"))
+        return error_text(exc)
+    return None
 
 
-def _text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """pypcap's message (bytes or text) of `exc`, as text."""
     arg = exc.args[0] if exc.args else exc
     return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+
+
+def check_bpf(bpf: str) -> None:
+    """Refuse a filter text that must not reach libpcap (see set_filter)."""
+    problem = bpf_problem(bpf)
+    if problem is not None:
+        raise CaptureError(f"bpf: {show(bpf)} {problem}")
+
+
+def bpf_compile_error(bpf: str, interface: str, linktype: int, exc: OSError) -> CaptureError:
+    return CaptureError(
+        f"bpf: {bpf!r} does not compile for {interface} (link type {linktype}): {error_text(exc)}"
+    )
 
 
 def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
@@ -133,16 +154,11 @@ def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
     command line), so here it is checked: pypcap's setfilter, given text it
     cannot encode, corrupts the heap and the process aborts later.
     """
-    problem = bpf_problem(bpf)
-    if problem is not None:
-        raise CaptureError(f"bpf: {show(bpf)} {problem}")
+    check_bpf(bpf)
     try:
         handle.setfilter(bpf)
     except OSError as exc:
-        raise CaptureError(
-            f"bpf: {bpf!r} does not compile for {interface} "
-            f"(link type {handle.datalink()}): {_text(exc)}"
-        ) from exc
+        raise bpf_compile_error(bpf, interface, handle.datalink(), exc) from exc
     error = _first_dispatch(handle)  # e.g. the interface went down under a spare handle
     if error is not None:
         raise CaptureError(f"interface {interface!r}: cannot capture: {error}")
@@ -338,7 +354,7 @@ def capture(
     callback = on_pcapng if fmt == "pcapng" else on_pcap
     poller = select.poll()
     poller.register(handle.fileno(), select.POLLIN)
-    drops_before = _drops(handle)
+    drops_before = kernel_drops(handle)
     started = time.time()
     begin = time.monotonic()
     deadline = begin + limits.duration
@@ -359,11 +375,9 @@ def capture(
         wait = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT) - now
         poller.poll(max(wait, 0.0) * 1000.0)
         try:
-            got = handle.dispatch(max_packets - count, callback)
-            if got < 0:  # pypcap returns PCAP_ERROR (an interface gone) unraised
-                raise OSError(handle.geterr() or "dispatch failed")
+            got = dispatch(handle, max_packets - count, callback)
         except OSError as exc:
-            error = f"capture on {interface} failed: {_text(exc)}"
+            error = f"capture on {interface} failed: {error_text(exc)}"
             stop_reason = "shutdown"
             break
         if got > 0:
@@ -375,7 +389,7 @@ def capture(
         data=buf,
         packets=count,
         stop=stop_reason,
-        kernel_dropped=max(0, _drops(handle) - drops_before),
+        kernel_dropped=max(0, kernel_drops(handle) - drops_before),
         started=started,
         ended=ended,
         linktype=linktype,
@@ -396,7 +410,7 @@ def timed_stop(
     return ""
 
 
-def _drops(handle: pcap.pcap) -> int:
+def kernel_drops(handle: pcap.pcap) -> int:
     """Packets the kernel dropped (ps_drop + ps_ifdrop); ps_recv is not used as
     it counts every packet twice on `lo`."""
     try:

@@ -21,13 +21,17 @@ from dataclasses import dataclass
 import pcap
 
 from pcapd.core.events import iso_utc
-from pcapd.core.fields import bpf_problem, show
 from pcapd.core.logs import event
 from pcapd.engine import (
     CaptureError,
     CaptureLimits,
     PacketDebug,
+    bpf_compile_error,
+    check_bpf,
     close_handle,
+    dispatch,
+    error_text,
+    kernel_drops,
     open_handle,
     set_filter,
 )
@@ -87,7 +91,6 @@ class Ring:
         self.store = ChunkStore(max_bytes, seconds)
         self.memory = self.store.memory
         self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
-        self._live: set[Feed] = set()
         self._replaying: set[Feed] = set()  # copying their lookback, live records held
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -124,7 +127,7 @@ class Ring:
                 kernel_dropped=stats.kernel_dropped,
             )  # fmt: skip
         with self.lock:
-            for feed in self._live:
+            for feed in self._feeds:
                 if not feed.full:
                     feed.end("shutdown")
             if self._handle is not None:
@@ -144,15 +147,12 @@ class Ring:
             while got >= DISPATCH_BATCH:
                 with self.lock:
                     try:
-                        got = handle.dispatch(DISPATCH_BATCH, on_packet)
+                        got = dispatch(handle, DISPATCH_BATCH, on_packet)
                     except OSError as exc:
                         settle()
                         self._failed(exc)
                         return
                     settle()
-                    if got < 0:  # pypcap returns PCAP_ERROR (an interface gone) unraised
-                        self._failed(OSError(handle.geterr() or "dispatch failed"))
-                        return
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
@@ -161,11 +161,9 @@ class Ring:
 
     def _failed(self, exc: OSError) -> None:
         """The handle failed: every capture ends with what it holds. Lock held."""
-        arg = exc.args[0] if exc.args else exc
-        text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
-        self.error = f"lookback ring on {self.interface} failed: {text}"
+        self.error = f"lookback ring on {self.interface} failed: {error_text(exc)}"
         event(log, "ring_failed", logging.ERROR, interface=self.interface, error=self.error)
-        for feed in self._live:
+        for feed in self._feeds:
             if not feed.full:  # one its own bound ended already is no failure
                 feed.end("shutdown", self.error)
 
@@ -201,13 +199,7 @@ class Ring:
 
     def _drops(self) -> int:
         """Kernel drops on the handle so far; the reader is not in it (lock held)."""
-        if self._handle is None:
-            return 0
-        try:
-            _received, dropped, if_dropped = self._handle.stats()
-        except OSError:
-            return 0
-        return int(dropped) + int(if_dropped)
+        return 0 if self._handle is None else kernel_drops(self._handle)
 
     def stats(self) -> RingStats:
         with self.lock:
@@ -219,7 +211,7 @@ class Ring:
                 oldest=None if oldest is None else oldest / NS,
                 evicted_overflow=self.store.evicted_overflow,
                 evicted_age=self.store.evicted_age, kernel_dropped=self._drops(),
-                captures=len(self._live), replaying=len(self._replaying),
+                captures=len(self._feeds), replaying=len(self._replaying),
             )  # fmt: skip
 
     # -- captures -------------------------------------------------------------
@@ -270,7 +262,6 @@ class Ring:
                 lock=self.lock,
             )  # fmt: skip
             drops_before = self._drops()
-            self._live.add(feed)
             if spans:
                 self._replaying.add(feed)
             self._feeds = (*self._feeds, feed)
@@ -280,7 +271,6 @@ class Ring:
     def unregister(self, feed: Feed) -> int:
         """No more packets for `feed`: the kernel's drops so far."""
         with self.lock:
-            self._live.discard(feed)
             self._replaying.discard(feed)
             self._feeds = tuple(f for f in self._feeds if f is not feed)
             return self._drops()
@@ -290,16 +280,11 @@ class Ring:
         Checked as `set_filter` checks it: nothing unchecked reaches libpcap."""
         if not bpf:
             return None
-        problem = bpf_problem(bpf)
-        if problem is not None:
-            raise CaptureError(f"bpf: {show(bpf)} {problem}")
+        check_bpf(bpf)
         try:
             return compiled_filter(bpf, self.linktype)
         except OSError as exc:
-            raise CaptureError(
-                f"bpf: {bpf!r} does not compile for {self.interface} "
-                f"(link type {self.linktype}): {exc}"
-            ) from None
+            raise bpf_compile_error(bpf, self.interface, self.linktype, exc) from None
 
     def _header(
         self,
