@@ -44,6 +44,7 @@ from benchlib import (
     stop_on_sigterm,
     veth_namespaces,
 )
+from capture_table import HEADER, Counts, Row, Sent, format_row, verdict
 
 from pcapd.core.config import DEFAULT_BUFFER_SIZE
 
@@ -116,13 +117,6 @@ def mac_of(ns: str, dev: str) -> bytes:
 
 
 # -- the two capturers ------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Counts:
-    captured: int
-    dropped: int  # as the capturer's kernel stats report it
-    cpu: float  # seconds
-
-
 def start_engine(ns: str, dev: str, buffer_size: int, ring: bool) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__),
@@ -240,14 +234,6 @@ def count_records(path: Path) -> int:
 
 
 # -- the sender -------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Sent:
-    packets: int
-    seconds: float
-    pps: float
-    cpu: float  # seconds tcpreplay ran, the kernel's send and receive paths included
-
-
 def replay(link: Link, pcap: Path, rate: int | None, packets: int) -> Sent:
     """rate None: --topspeed."""
     burst = max(1, round((rate or 0) * PPS_TICK))
@@ -279,19 +265,6 @@ def _children_cpu() -> float:
 
 
 # -- one row ----------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Row:
-    label: str
-    rate: int | None  # asked; None for --topspeed
-    sent: Sent
-    pcapd: Counts
-    tcpdump: Counts
-
-    @property
-    def ratio(self) -> float:
-        return self.pcapd.captured / self.tcpdump.captured if self.tcpdump.captured else 0.0
-
-
 def measure(
     link: Link,
     pcap: Path,
@@ -322,37 +295,6 @@ def measure(
     dump.unlink(missing_ok=True)
     label = "topspeed" if rate is None else f"{rate // 1000}k"
     return Row(label, rate, sent, engine_counts, tcpdump_counts)
-
-
-HEADER = (
-    f"{'rate':>9} {'sent':>9} {'sent pps':>9} {'snd us/p':>8} | "
-    f"{'pcapd':>9} {'lost':>7} {'kdrop':>7} {'cpu us/p':>8} | "
-    f"{'tcpdump':>9} {'lost':>7} {'kdrop':>7} {'cpu us/p':>8} | "
-    f"{'ratio':>6} verdict"
-)
-
-
-def verdict(row: Row) -> str:
-    pcapd_lost = row.sent.packets - row.pcapd.captured
-    tcpdump_lost = row.sent.packets - row.tcpdump.captured
-    if tcpdump_lost > 0:
-        return "tcpdump loses too" if pcapd_lost > 0 else "ok (tcpdump loses)"
-    return "ok" if pcapd_lost == 0 else "MISS"
-
-
-def format_row(row: Row) -> str:
-    def per_packet(counts: Counts) -> float:
-        return counts.cpu / counts.captured * 1e6 if counts.captured else 0.0
-
-    return (
-        f"{row.label:>9} {row.sent.packets:>9} {row.sent.pps:>9.0f} "
-        f"{row.sent.cpu / row.sent.packets * 1e6 if row.sent.packets else 0.0:>8.2f} | "
-        f"{row.pcapd.captured:>9} {row.sent.packets - row.pcapd.captured:>7} "
-        f"{row.pcapd.dropped:>7} {per_packet(row.pcapd):>8.2f} | "
-        f"{row.tcpdump.captured:>9} {row.sent.packets - row.tcpdump.captured:>7} "
-        f"{row.tcpdump.dropped:>7} {per_packet(row.tcpdump):>8.2f} | "
-        f"{row.ratio:>6.3f} {verdict(row)}"
-    )
 
 
 def main() -> int:

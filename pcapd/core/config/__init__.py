@@ -1,10 +1,11 @@
 """The one typed config object, read from pcapdaemon-compatible TOML.
 
 pcapdaemon's sample config loads unchanged. Every bound is a named field with
-a default constant in `sections.py`, and each section has its reader in
-`read.py`; `parse_config` collects *every* problem, each naming the field
-(`general.maxpackets: ...`), and raises them together as one `ConfigError`,
-so `pcapd check-config` can print them all at once. Keys pcapd does not know
+a default constant in `sections.py`, and each section has its reader in the
+module of its family (`general.py`, `sources.py`, `interfaces.py`,
+`delivery.py`, `correlator.py`). `parse_config` collects *every* problem,
+each naming the field (`general.maxpackets: ...`), and raises them together
+as one `ConfigError`, so `pcapd check-config` can print them all at once. Keys pcapd does not know
 are warnings, not errors, as pcapdaemon ignored them too.
 """
 
@@ -17,24 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pcapd.core.config.read import (
-    _cloudshark,
-    _correlator,
-    _delivery,
-    _fleet,
-    _general,
-    _interfaces,
-    _metrics,
-    _redis,
-    _s3,
-    _security,
-    _sqs,
-    _syslog,
-    check_rings,
-)
+from pcapd.core.config.correlator import _correlator
+from pcapd.core.config.delivery import _cloudshark, _delivery, _s3
+from pcapd.core.config.general import _fleet, _general, _metrics, _syslog
+from pcapd.core.config.interfaces import _interfaces, check_rings
 
 # Every section value and named default or bound, importable from here as before.
 from pcapd.core.config.sections import *
+from pcapd.core.config.sources import _redis, _security, _sqs
 from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
 from pcapd.core.configread import Table
 
