@@ -172,7 +172,7 @@ def test_redis_away_falls_back_to_memory_says_so_and_comes_back(
     assert redis_srv.client().exists("t:seen:id:n1:r2") == 1
 
 
-def test_claims_of_many_threads_share_round_trips_and_keep_their_answers(
+def test_claims_from_many_threads_at_once_each_get_their_own_answer(
     redis_srv: RedisServer,
 ) -> None:
     seen = redis_seen(redis_srv)
