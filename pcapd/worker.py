@@ -38,7 +38,8 @@ from triggers.base import Delivery
 from uploaders.base import Artifact
 
 if TYPE_CHECKING:
-    from pcapd.controller import ClaimGate, Controller
+    from pcapd.controller import Controller
+    from pcapd.controller.claims import ClaimGate
 
 # The controller's logger: these lines were its own, and operators filter on it.
 log = logging.getLogger("pcapd.controller")

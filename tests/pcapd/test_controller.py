@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from pcapd.controller import Controller, _StopOr
+from pcapd.controller import Controller
 from pcapd.core.config import Config, parse_config
 from pcapd.core.redis_conn import connect
 from pcapd.core.results import ResultPublisher
@@ -248,15 +248,3 @@ def test_a_burst_on_a_ring_with_duplicates_found_by_the_claims_answers_each_once
     finally:
         ctl.shutdown(5)
         ring.stop()
-
-
-def test_a_gated_capture_stops_on_shutdown_or_on_a_taken_claim_even_when_waited_on() -> None:
-    stop, taken = threading.Event(), threading.Event()
-    either = _StopOr(stop, taken.is_set)
-    assert not either.is_set() and either.wait(0.05) is False
-    threading.Timer(0.1, taken.set).start()  # the claim's answer comes while it waits
-    began = time.monotonic()
-    assert either.wait(10) is True and time.monotonic() - began < 5
-    shutdown = _StopOr(stop, lambda: False)
-    threading.Timer(0.1, stop.set).start()
-    assert shutdown.wait() is True and shutdown.is_set()

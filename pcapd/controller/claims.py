@@ -1,0 +1,93 @@
+"""The claims of ring captures, answered while the captures run.
+
+A request whose captures are all on rings starts them before its id and
+signature are claimed in Redis (`pcapd.dedup`); `ClaimGate` holds each
+result until the claims are answered, and `_StopOr` ends the captures early
+once a claim is answered taken (or on shutdown).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pcapd.core.request import CaptureRequest
+from pcapd.signing import replayed
+from triggers.base import Delivery
+
+if TYPE_CHECKING:
+    from pcapd.controller import Controller
+
+STOP_POLL = 0.05  # s between looks at a claim's answer, for a capture waiting on its stop
+
+
+class _StopOr(threading.Event):
+    """What a ring capture polls to end early: `stop` (shutdown), or `also()`
+    (nothing sets it, so `wait` polls)."""
+
+    def __init__(self, stop: threading.Event, also: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stop, self._also = stop, also
+
+    def is_set(self) -> bool:
+        return self._stop.is_set() or self._also()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = STOP_POLL if end is None else min(STOP_POLL, end - time.monotonic())
+            if left <= 0:
+                return False
+            self._stop.wait(left)
+        return True
+
+
+class ClaimGate:
+    """The Redis claims of a request whose ring captures run already (they
+    share the round trip with other threads' claims, `pcapd.dedup`). A
+    capture stops (`stop`) once a claim is answered taken; its result waits
+    for `passed`. The first capture to ask answers a duplicate or a replay,
+    once, and counts the request; the captures' own results are dropped."""
+
+    def __init__(
+        self, controller: Controller, request: CaptureRequest, sig: str | None, delivery: Delivery
+    ) -> None:
+        self._ctl, self._request, self._sig, self._delivery = controller, request, sig, delivery
+        self._ids = controller.recent_ids.claim_soon(request.id)
+        self._sigs = None if sig is None else controller.recent_sigs.claim_soon(sig)
+        self.stop = _StopOr(controller.capture_stop, self._taken_now)
+        self._lock = threading.Lock()
+        self._passed: bool | None = None
+
+    def _taken_now(self) -> bool:
+        return self._ids.taken_now() or (self._sigs is not None and self._sigs.taken_now())
+
+    def passed(self) -> bool:
+        """Neither claim was taken (waits for their answers)."""
+        with self._lock:
+            if self._passed is None:
+                self._passed = self._decide()
+            return self._passed
+
+    def _decide(self) -> bool:
+        ctl, request, delivery, sig = self._ctl, self._request, self._delivery, self._sig
+        status = "failed"
+        try:
+            id_taken = self._ids.wait()
+            sig_taken = self._sigs is not None and self._sigs.wait()
+            if id_taken:
+                if sig is not None and not sig_taken:  # claimed for nothing
+                    ctl.recent_sigs.forget(sig)
+                ctl._duplicate(request, delivery)
+                status = "duplicate"
+            elif sig_taken:
+                ctl._turn_away(request, delivery, replayed(ctl.recent_sigs.window), claimed=True)
+                status = "rejected"
+            else:
+                status = "admitted"
+        finally:
+            with ctl._lock:
+                ctl._requests[delivery.source, status] += 1
+        return status == "admitted"

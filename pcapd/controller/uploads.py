@@ -1,0 +1,82 @@
+"""After the capture: the bounded upload pool, and shutdown (captures ended,
+uploads waited for, the ones still hanging spooled for the next run)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import replace
+
+from pcapd.controller.state import ControllerState
+from pcapd.core.events import ResultEvent
+from pcapd.worker import Worker
+from uploaders.base import Artifact
+
+ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
+SHUTDOWN_POLL = 0.01  # s between looks at the captures still running, on shutdown
+
+
+class Uploads(ControllerState):
+    # -- after the capture -------------------------------------------------
+    def submit(self, worker: Worker, artifact: Artifact, result: ResultEvent) -> None:
+        """Hand a captured file to the bounded upload pool, so a slow sink
+        never holds up capturing; tracked until stored, for shutdown."""
+        try:
+            future = self._upload_pool.submit(worker.store, artifact, result)
+        except RuntimeError:  # the pool is shut down: store from this thread
+            worker.store(artifact, result)
+            return
+        with self._lock:
+            self._uploads[future] = (worker, artifact, result)
+        future.add_done_callback(self._upload_done)
+
+    def _upload_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._uploads.pop(future, None)
+
+    # -- lifecycle -------------------------------------------------------
+    def shutdown(self, timeout: float) -> bool:
+        """Stop taking requests, end running captures (stop=shutdown), wait for
+        them to be stored. True if everything finished within `timeout`."""
+        deadline = time.monotonic() + timeout
+        self.admission.close()
+        self.capture_stop.set()
+        while time.monotonic() < deadline:
+            # A handle() already past admission may still add a capture.
+            with self._lock:
+                if not self._capturing and not self._handling:
+                    break
+            time.sleep(SHUTDOWN_POLL)
+        with self._lock:
+            captured = not self._capturing
+        # Idle capture threads end now; busy ones (a capture that would not
+        # stop) are left to the process's exit.
+        self._capture_pool.shutdown(wait=captured)
+        with self._lock:
+            uploads = list(self._uploads)
+        _, hanging = wait_futures(uploads, max(0.0, deadline - time.monotonic()))
+        if hanging:
+            # Remote attempts give up now; their captures are in the spool already.
+            self.deliverer.abandon.set()
+            wait_futures(hanging, ABANDON_WAIT)
+        self._upload_pool.shutdown(wait=False)
+        self._spool_unfinished()
+        with self._lock:
+            return not self._capturing and not self._uploads
+
+    def _spool_unfinished(self) -> None:
+        """Uploads still hanging when shutdown can wait no longer: their captures
+        go to the spool (the drainer of the next run delivers them), not away
+        with the process."""
+        with self._lock:
+            hanging = [item for item in self._uploads.items() if not item[0].done()]
+        error = "shutdown: upload still running, spooled for the next run"
+        for future, (worker, artifact, result) in hanging:
+            spooled = replace(result, status="spooled", error=error)
+            if not self.deliverer.spool_unfinished(artifact, spooled):
+                continue
+            self.publish(spooled, worker.request.reply_to)
+            with self._lock:
+                self._uploads.pop(future, None)
+            worker.settle(durable=True)
