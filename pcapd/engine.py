@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import pcap
 
@@ -281,7 +282,7 @@ def capture(
     fmt: str,
     interface: str,
     comments: Mapping[str, object],
-    stop: threading.Event,
+    stop: StopSignal,
     packet_debug: PacketDebug | None = None,
     on_start: Callable[[], None] | None = None,
     progress: CaptureProgress | None = None,
@@ -397,8 +398,15 @@ def capture(
     )
 
 
+class StopSignal(Protocol):
+    """What a capture polls for shutdown: a threading.Event, or anything
+    else that answers is_set() (a ring capture's claims, pcapd.controller)."""
+
+    def is_set(self) -> bool: ...
+
+
 def timed_stop(
-    stop: threading.Event, now: float, deadline: float, last_packet: float, timeout: float
+    stop: StopSignal, now: float, deadline: float, last_packet: float, timeout: float
 ) -> str:
     """Which of shutdown, duration and timeout ends a capture now, or ""."""
     if stop.is_set():

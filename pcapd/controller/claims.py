@@ -9,39 +9,27 @@ once a claim is answered taken (or on shutdown).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pcapd.core.request import CaptureRequest
+from pcapd.engine import StopSignal
 from pcapd.signing import replayed
 from triggers.base import Delivery
 
 if TYPE_CHECKING:
     from pcapd.controller import Controller
 
-STOP_POLL = 0.05  # s between looks at a claim's answer, for a capture waiting on its stop
 
+class _StopOr:
+    """What a ring capture polls to end early (a `StopSignal`): `stop`
+    (shutdown), or `also()`."""
 
-class _StopOr(threading.Event):
-    """What a ring capture polls to end early: `stop` (shutdown), or `also()`
-    (nothing sets it, so `wait` polls)."""
-
-    def __init__(self, stop: threading.Event, also: Callable[[], bool]) -> None:
-        super().__init__()
+    def __init__(self, stop: StopSignal, also: Callable[[], bool]) -> None:
         self._stop, self._also = stop, also
 
     def is_set(self) -> bool:
         return self._stop.is_set() or self._also()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        end = None if timeout is None else time.monotonic() + timeout
-        while not self.is_set():
-            left = STOP_POLL if end is None else min(STOP_POLL, end - time.monotonic())
-            if left <= 0:
-                return False
-            self._stop.wait(left)
-        return True
 
 
 class ClaimGate:

@@ -3,12 +3,18 @@ thread, then its live packets until a bound, a timed stop or shutdown."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING
 
 from pcapd.core.fields import show
-from pcapd.engine import BLOCK_TIMEOUT_MS, MAX_POLL_WAIT, CaptureLimits, CaptureOutcome, timed_stop
+from pcapd.engine import (
+    BLOCK_TIMEOUT_MS,
+    MAX_POLL_WAIT,
+    CaptureLimits,
+    CaptureOutcome,
+    StopSignal,
+    timed_stop,
+)
 from pcapd.ring.feed import Feed
 from pcapd.ring.store import NS, Span
 
@@ -70,7 +76,7 @@ class RingCapture:
             self.done = True
             self._ring.unregister(self._feed)
 
-    def finish(self, stop: threading.Event) -> CaptureOutcome:
+    def finish(self, stop: StopSignal) -> CaptureOutcome:
         feed = self._feed
         try:
             if self._spans:
@@ -86,7 +92,7 @@ class RingCapture:
             lookback=self.lookback, ring=True,
         )  # fmt: skip
 
-    def _wait(self, stop: threading.Event) -> str:
+    def _wait(self, stop: StopSignal) -> str:
         """Until the capture is full, or a timed bound or shutdown ends it."""
         feed, limits = self._feed, self._limits
         deadline = self._begin + limits.duration
