@@ -15,37 +15,34 @@ retries are off (`_client`), so each attempt sends each call once, but a
 call whose reply was lost after Redis ran it (a timeout, a cut connection)
 is sent again, and its INCRs count twice (appends are idempotent). On a
 cluster only the slots that got no answer are sent again. What it writes,
-and the script that writes it, are spelled in agents/store.py.
+and the script that writes it, are spelled in agents/store.py; how one
+round trip is sent and its replies counted, in agents/redis_send.py.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import hashlib
 import itertools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import redis
 from prometheus_client import Histogram
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from agents.store import BATCH_SCRIPT, INCR, INCRBY, index_commands
+from agents.redis_send import BatchSender, WriterStats, _cause
+from agents.store import INCR, INCRBY
 from agents.write_window import Batch, Window
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
-from pcapd.core.redis_conn import Client, group_by_slot, send_by_slot
+from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -65,33 +62,12 @@ DEFAULT_FLUSH_INTERVAL = 0.05
 MIN_FLUSH_INTERVAL = 0.001
 MAX_FLUSH_INTERVAL = 10.0
 ROOM_POLL = 0.002  # s between looks at the queue in wait_for_room
-DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 # s: an idle writer PINGs Redis this often, so `connected` (readiness) stays true
 PING_INTERVAL = 5.0
 # Script calls (of at most batch_ops entries each) sent per round trip to one
 # server: Redis stays busy while the client packs and reads, and still runs
 # other clients' commands between two calls.
 PIPELINE_CALLS = 8
-
-_SHA = hashlib.sha1(BATCH_SCRIPT.encode()).hexdigest()  # what EVALSHA names
-
-# Cluster replies that say "not now" rather than "no": sent again after backoff.
-_TRANSIENT = (
-    redis.exceptions.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN: a primary is away
-    redis.exceptions.TryAgainError,  # a slot migrating
-    redis.exceptions.AskError,  # and MOVED, once redis-py's own redirections ran out
-)
-
-
-@dataclass(slots=True)
-class WriterStats:
-    queued_ops: int = 0
-    written_ops: int = 0
-    # Never written: queue full, still queued when the writer stopped, or
-    # refused by Redis (the agents' keys_dropped).
-    dropped_ops: int = 0
-    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, READONLY, NOPERM, ...)
-    redis_errors: int = 0
 
 
 class OpSink(Protocol):
@@ -122,7 +98,7 @@ class OpBuffer:
             self.keys, self.args = [], []
 
 
-class RedisWriter:
+class RedisWriter(BatchSender):
     """Buffers INCR / append-if-absent operations and writes them in batches.
 
     Thread-safe producers call `incr` / `append`; a background thread sends.
@@ -269,26 +245,6 @@ class RedisWriter:
                 self._log_refused(cause, held, "")
         self._drop_log.clear()
 
-    def _refused(self, cause: str, ops: int, error: str) -> None:
-        """Count `ops` writes Redis refused; log each cause (the error's code,
-        e.g. WRONGTYPE, READONLY, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
-        with the ops refused since the last line."""
-        self.stats.rejected_ops += ops
-        self.stats.dropped_ops += ops
-        now = time.monotonic()
-        last, held = self._drop_log.get(cause, (-math.inf, 0))
-        if now - last >= DROP_LOG_INTERVAL:
-            self._log_refused(cause, held + ops, error)
-            self._drop_log[cause] = (now, 0)
-        else:
-            self._drop_log[cause] = (last, held + ops)
-
-    def _log_refused(self, cause: str, ops: int, error: str) -> None:
-        event(
-            log, "redis_writes_refused", logging.ERROR, cause=cause, ops=ops, error=error,
-            dropped_total=self.stats.dropped_ops,
-        )  # fmt: skip
-
     def _run(self) -> None:
         client: Client | None = None
         backoff = Backoff().tracker()
@@ -360,56 +316,6 @@ class RedisWriter:
                         self._batches.popleft()
                         self._queued -= len(sent.keys)
 
-    def _send_plain(self, client: redis.Redis, batches: list[Batch]) -> list[Batch] | None:
-        """`batches` in one round trip, one EVALSHA each: Redis runs each call
-        whole but lets other clients in between, so no one call holds it
-        longer than `batch_ops` entries take. Counts what each wrote or
-        refused. A call Redis lacks the script for (a restart, SCRIPT FLUSH)
-        is sent again after SCRIPT LOAD; the ones of those that then got no
-        answer are returned, to be sent again (None when all were). A
-        connection failure before any reply raises, and all are sent again."""
-        replies = self._evalsha(client, batches)
-        missing = [b for b, r in zip(batches, replies, strict=True) if _no_script(r)]
-        self._count(batches, replies)
-        if not missing:
-            return None
-        try:
-            client.script_load(BATCH_SCRIPT)
-            replies = self._evalsha(client, missing)
-        except redis.ResponseError as exc:  # refused (an ACL): those calls only
-            for batch in missing:
-                self._refused(_cause(str(exc), exc), batch.ops, str(exc))
-            return None
-        except redis.RedisError as exc:
-            self._last_error = str(exc) or type(exc).__name__
-            return missing
-        self._count(missing, replies)
-        return None
-
-    def _evalsha(self, client: redis.Redis, batches: list[Batch]) -> list[object]:
-        """EVALSHA straight on the pipeline: redis-py's Script object would
-        first ask SCRIPT EXISTS, a round trip more per send."""
-        pipe = client.pipeline(transaction=False)
-        for batch in batches:
-            pipe.evalsha(_SHA, len(batch.keys), *batch.keys, self.ttl, int(self.index), *batch.args)
-        return list(pipe.execute(raise_on_error=False))
-
-    def _count(self, batches: list[Batch], replies: list[object]) -> None:
-        """What each call wrote, or refused (Redis refused a whole call: a
-        read-only replica, an ACL; retrying would only wedge the queue)."""
-        for batch, reply in zip(batches, replies, strict=True):
-            if _no_script(reply):
-                continue
-            if isinstance(reply, redis.ResponseError):
-                self._refused(_cause(str(reply), reply), batch.ops, str(reply))
-                continue
-            assert isinstance(reply, list)
-            failed, first = reply[0], reply[1]
-            refused = sum(batch.weights[i - 1] for i in failed)
-            if refused:
-                self._refused(_cause(_text(first)), refused, _text(first))
-            self.stats.written_ops += batch.ops - refused
-
     def _client(self) -> Client:
         """A new client with redis-py's own retries off (redis-py 8 resends a
         command up to 10 times on a timeout, and Redis runs each copy): the
@@ -435,75 +341,6 @@ class RedisWriter:
         self.connected = True
         return client
 
-    def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
-        """Script calls of one hash slot's entries each, at most `batch_ops`
-        of them (a slot's share of up to PIPELINE_CALLS joined batches can be
-        more), pipelined per node (`redis_conn.send_by_slot`, which follows
-        MOVED and ASK); counts what each call wrote or refused. Returns the
-        entries of the calls that got no answer (node down, failover, the
-        script not loaded), to be sent again, or None when every call was
-        answered; once a call's reply is counted it does not raise, so a
-        written call is never sent again."""
-        step = max(1, self.batch_ops)
-        calls = [
-            (slot, batch.part(at[i : i + step]))
-            for slot, at in group_by_slot(batch.keys).items()
-            for i in range(0, len(at), step)
-        ]
-        mode = 2 if self.index else 0
-        retry: list[Batch] = []
-        created: list[str] = []
-        unanswered: dict[int, str] = {}
-        for attempt in range(2):  # a second only to load the script where it is missing
-            commands = [
-                (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, mode, *part.args))
-                for slot, part in calls
-            ]
-            missing: list[tuple[int, Batch]] = []
-            for (slot, part), reply in zip(calls, send_by_slot(client, commands), strict=True):
-                if _no_script(reply) and attempt == 0:
-                    missing.append((slot, part))
-                elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
-                    self._refused(_cause(str(reply), reply), part.ops, str(reply))
-                elif isinstance(reply, Exception):
-                    self._last_error = str(reply) or type(reply).__name__
-                    unanswered[slot] = _owner(client, slot)
-                    retry.append(part)
-                else:
-                    refused = sum(part.weights[i - 1] for i in reply[0])
-                    if refused:
-                        self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
-                    self.stats.written_ops += part.ops - refused
-                    created.extend(_text(k) for k in reply[2:])
-            if not missing:
-                break
-            try:
-                client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
-            except (redis.RedisError, RedisClusterException) as exc:
-                # Other slots were written and counted: only these are refused
-                # (Redis said no) or sent again (no answer), never the rest.
-                for slot, part in missing:
-                    if isinstance(exc, redis.ResponseError) and not isinstance(exc, _TRANSIENT):
-                        self._refused(_cause(str(exc), exc), part.ops, str(exc))
-                    else:
-                        self._last_error = str(exc) or type(exc).__name__
-                        unanswered[slot] = _owner(client, slot)
-                        retry.append(part)
-                break
-            calls = missing
-        self.unanswered = unanswered
-        if created:
-            with contextlib.suppress(redis.RedisError, RedisClusterException):
-                self._index(client, created)  # best effort, and the writes stand
-        return [Batch.joined(retry)] if retry else None
-
-    def _index(self, client: RedisCluster, created: list[str]) -> None:
-        """SADD new keys to their clients' index sets (best effort: the index
-        only speeds the correlator up, which falls back to SCAN without it)."""
-        commands = [(key_slot(index.encode()), command)
-                    for index, command in index_commands(created, self.ttl)]  # fmt: skip
-        send_by_slot(client, commands)
-
 
 def dropped_status(writer: RedisWriter, agent: str) -> int:
     """Exit status for an agent that read a file, once `writer` has stopped: 1
@@ -513,28 +350,3 @@ def dropped_status(writer: RedisWriter, agent: str) -> int:
         return 0
     event(log, "keys_dropped", logging.ERROR, agent=agent, keys=writer.stats.dropped_ops)
     return 1
-
-
-def _owner(client: RedisCluster, slot: int) -> str:
-    """The primary the slot map names for `slot` now (refreshed after a failure)."""
-    try:
-        return str(client.nodes_manager.get_node_from_slot(slot).name)
-    except (redis.RedisError, RedisClusterException):
-        return "no primary known"
-
-
-def _cause(error: str, exc: Exception | None = None) -> str:
-    """A Redis error's code, its first word (`WRONGTYPE Operation against...`),
-    or redis-py's class for it where redis-py cut the code off (NOPERM)."""
-    code = error.split(" ", 1)[0]
-    if code.isalpha() and code.isupper():
-        return code
-    return type(exc).__name__ if exc is not None else "unknown"
-
-
-def _no_script(reply: object) -> bool:
-    return isinstance(reply, redis.exceptions.NoScriptError)
-
-
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

@@ -6,37 +6,33 @@ answer with final addresses gives, per address, `client;<c>` INCR and
 `<c>;<address>;dns` += owner name, and per CNAME link `<c>;<target>;cname` +=
 alias; an answer without one writes nothing (`agents.dnstap.record`). Keys come
 from `agents.store` only; writes go through its bounded, batched `RedisWriter`.
+The filters and counters per response live in `agents.dnstap.response_recorder`,
+shared with agents.dnswire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from agents.dnstap.config import DEDUP_GLOBAL, DnstapConfig, HostPort
-from agents.dnstap.dedup import Deduper
+from agents.dnstap.config import DnstapConfig
 from agents.dnstap.errors import MessageError
 from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
-from agents.dnstap.record import DEDUPED, NO_ADDRESS, RECORDED, Prepared, Recorder
 from agents.dnstap.response import (
-    RCODE_NOERROR,
-    RCODE_NXDOMAIN,
-    Response,
-    address_text,
     parse_response,
 )
+from agents.dnstap.response_recorder import RecordStats, ResponseRecorder, make_writer
 from agents.dnstap.server import ConnectionStats, DnstapServer
+from agents.dnstap.udp import UdpOutput
 from agents.metrics import dnstap_families, serve_agent_metrics
-from agents.redis_writer import OpSink, RedisWriter
+from agents.redis_writer import RedisWriter
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check
@@ -44,13 +40,6 @@ from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
-QTYPE_NAMES = {1: "A", 28: "AAAA"}
-# What ResponseRecorder's own filters drop (Prepared.outcome, beside record's).
-OTHER_QTYPE = 10
-OTHER_RCODE = 11
-IGNORED = 12
-# Distinct client addresses whose text form is kept; cleared when full.
-CLIENT_CACHE_ENTRIES = 65_536
 # Bad-input log lines per ERROR_LOG_WINDOW seconds before they are only
 # counted; a window of its own, so it holds with stats_interval = 0 too.
 MAX_ERROR_LOGS = 100
@@ -64,178 +53,10 @@ FLUSH_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
-class RecordStats:
-    """What `ResponseRecorder` did with the responses it was given."""
-
-    responses: int = 0
-    nxdomain: int = 0
-    deduped: int = 0
-    no_address: int = 0  # NOERROR without a final address: nothing written
-    ignored: int = 0
-    other_qtype: int = 0
-    other_rcode: int = 0
-    udp_sent: int = 0
-    udp_errors: int = 0
-
-
-@dataclass(slots=True)
 class AgentStats(RecordStats):
     frames: int = 0
     messages: Counter[str] = field(default_factory=Counter)
     decode_errors: Counter[str] = field(default_factory=Counter)
-
-
-class UdpOutput:
-    """ShoDoHFlo's JSON datagrams, one per final address (or per NXDOMAIN)."""
-
-    def __init__(self, target: HostPort, interface: str | None, ttl: int) -> None:
-        family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
-        self.address = (target.host, target.port)
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        if family == socket.AF_INET:
-            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
-            if interface:
-                self.sock.setsockopt(
-                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
-                )
-        else:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
-        self.next_id = 0
-
-    def send(self, datagram: dict[str, Any]) -> None:
-        self.next_id += 1
-        datagram["id"] = self.next_id
-        self.sock.sendto(json.dumps(datagram).encode(), self.address)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class RecordSettings(Protocol):
-    """What a recording agent's config gives `ResponseRecorder` and
-    `make_writer` (DnstapConfig, agents.dnswire's DnswireConfig)."""
-
-    @property
-    def record_type_numbers(self) -> frozenset[int]: ...
-    @property
-    def ignore(self) -> tuple[str, ...]: ...
-    @property
-    def dedup_window(self) -> float: ...
-    @property
-    def dedup_scope(self) -> str: ...
-    @property
-    def dedup_max_entries(self) -> int: ...
-    @property
-    def ttl_grace(self) -> int: ...
-    @property
-    def max_queue_ops(self) -> int: ...
-    @property
-    def batch_ops(self) -> int: ...
-    @property
-    def flush_interval(self) -> float: ...
-    @property
-    def client_index(self) -> bool: ...
-
-
-class ResponseRecorder:
-    """One parsed response -> the agent's filters (question type, rcode,
-    ignored names) -> `record.Recorder`'s writes, with the counters and the
-    optional JSON datagrams. The dnstap agent and agents.dnswire (sniffed
-    responses, DNSFlow ingest) both call `record`, so the way an answer
-    arrived does not change what a reader sees.
-
-    Memory: the client cache (`CLIENT_CACHE_ENTRIES` texts) and the deduper
-    (`dedup_max_entries` x ~275 bytes). Not thread-safe.
-    """
-
-    def __init__(
-        self,
-        writer: OpSink,
-        config: RecordSettings,
-        *,
-        stats: RecordStats | None = None,
-        udp: UdpOutput | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stats = stats if stats is not None else RecordStats()
-        self.dedup = Deduper(config.dedup_window, config.dedup_max_entries, clock)
-        self.recorder = Recorder(writer, self.dedup, config.dedup_scope == DEDUP_GLOBAL)
-        self.udp = udp
-        self._qtypes = config.record_type_numbers
-        self._ignore = config.ignore
-        self._ignore_dotted = tuple("." + s for s in config.ignore)
-        self._clients: dict[bytes, str] = {}
-
-    def prepare(self, resp: Response) -> Prepared:
-        """What recording `resp` does for any client: the filters here (type,
-        rcode, ignored names) and then `Recorder.prepare`."""
-        if resp.qtype not in self._qtypes:
-            return Prepared(OTHER_QTYPE, (resp.qname, resp.qtype), None)
-        rcode = resp.rcode
-        if rcode != RCODE_NOERROR and rcode != RCODE_NXDOMAIN:
-            return Prepared(OTHER_RCODE, (resp.qname, resp.qtype), None)
-        qname = resp.qname
-        if self._ignore and (qname in self._ignore or qname.endswith(self._ignore_dotted)):
-            return Prepared(IGNORED, (resp.qname, resp.qtype), None)
-        return Recorder.prepare(resp)
-
-    def record(self, packed: bytes, resp: Response, prepared: Prepared | None = None) -> None:
-        """`packed`: the client's address, 4 or 16 bytes; `prepared`:
-        `prepare(resp)` made earlier (agents.dnswire caches them)."""
-        prep = prepared or self.prepare(resp)
-        stats = self.stats
-        if prep.writes is None:
-            if prep.outcome == NO_ADDRESS:
-                stats.no_address += 1
-            elif prep.outcome == OTHER_QTYPE:
-                stats.other_qtype += 1
-            elif prep.outcome == OTHER_RCODE:
-                stats.other_rcode += 1
-            else:
-                stats.ignored += 1
-            return
-        client = self._clients.get(packed)
-        if client is None:
-            if len(self._clients) >= CLIENT_CACHE_ENTRIES:
-                self._clients.clear()
-            client = self._clients[packed] = address_text(packed)
-        outcome = self.recorder.record(client, resp, prep)
-        if outcome == RECORDED:
-            stats.responses += 1
-            if self.udp is not None:
-                reverse = list(reversed(resp.chain))
-                for _rtype, address in resp.addresses:
-                    self._send_udp(
-                        {"chain": reverse, "client": client, "qtype": QTYPE_NAMES[resp.qtype],
-                         "status": "NOERROR", "address": address}
-                    )  # fmt: skip
-        elif outcome == DEDUPED:
-            stats.deduped += 1
-        else:
-            stats.responses += 1
-            stats.nxdomain += 1
-            if self.udp is not None:
-                self._send_udp(
-                    {"chain": [resp.qname], "client": client, "qtype": QTYPE_NAMES[resp.qtype],
-                     "status": "NXDOMAIN"}
-                )  # fmt: skip
-
-    def _send_udp(self, datagram: dict[str, Any]) -> None:
-        assert self.udp is not None
-        try:
-            self.udp.send(datagram)
-            self.stats.udp_sent += 1
-        except OSError as exc:
-            self.stats.udp_errors += 1
-            if self.stats.udp_errors == 1:
-                event(
-                    log,
-                    "dnstap_udp_error",
-                    logging.WARNING,
-                    target=self.udp.address,
-                    error=str(exc),
-                )
 
 
 class DnstapAgent:
@@ -356,17 +177,6 @@ class DnstapAgent:
             await self.server.close()
             if self.udp is not None:
                 self.udp.close()
-
-
-def make_writer(config: RecordSettings, connect: Callable[[], Client]) -> RedisWriter:
-    return RedisWriter(
-        connect,
-        ttl=config.ttl_grace,
-        max_queue_ops=config.max_queue_ops,
-        batch_ops=config.batch_ops,
-        flush_interval=config.flush_interval,
-        index=config.client_index,
-    )
 
 
 def run(config: DnstapConfig, connect: Callable[[], Client]) -> int:

@@ -28,10 +28,10 @@ from typing import Any
 
 import pcap
 
-from agents.dnstap.agent import RecordStats, ResponseRecorder
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.record import Prepared
 from agents.dnstap.response import Response, parse_response
+from agents.dnstap.response_recorder import RecordStats, ResponseRecorder
 from agents.dnswire import decode, export, filters, reassembly
 from agents.dnswire.config import DnswireConfig
 from agents.redis_writer import OpBuffer, RedisWriter

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.dnstap.agent import RecordStats, ResponseRecorder, make_writer
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
+from agents.dnstap.response_recorder import RecordStats, ResponseRecorder, make_writer
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
 from agents.redis_writer import RedisWriter

@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from agents.dnstap.agent import make_writer
+from agents.dnstap.response_recorder import make_writer
 from agents.dnswire import export
 from agents.dnswire.agent import (
     AgentError,

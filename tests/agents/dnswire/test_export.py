@@ -15,7 +15,7 @@ import dns.rcode
 import dpkt
 import pytest
 
-from agents.dnstap.agent import make_writer
+from agents.dnstap.response_recorder import make_writer
 from agents.dnswire import export
 from agents.dnswire.config import parse_dnswire_config
 from agents.dnswire.ingest import Ingest

@@ -13,7 +13,7 @@ import dns.rcode
 import pytest
 import redis
 
-from agents.dnstap.agent import make_writer
+from agents.dnstap.response_recorder import make_writer
 from agents.dnswire import agent as wire_agent
 from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import parse_dnswire_config

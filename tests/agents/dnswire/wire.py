@@ -16,8 +16,9 @@ import dns.rcode
 import dns.rrset
 import redis
 
-from agents.dnstap.agent import DnstapAgent, make_writer
+from agents.dnstap.agent import DnstapAgent
 from agents.dnstap.config import parse_dnstap_config
+from agents.dnstap.response_recorder import make_writer
 from agents.dnstap.server import ConnectionStats
 from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import parse_dnswire_config
