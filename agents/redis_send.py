@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
@@ -127,11 +128,15 @@ class BatchSender:
                 self._refused(_cause(str(reply), reply), batch.ops, str(reply))
                 continue
             assert isinstance(reply, list)
-            failed, first = reply[0], reply[1]
-            refused = sum(batch.weights[i - 1] for i in failed)
-            if refused:
-                self._refused(_cause(_text(first)), refused, _text(first))
-            self.stats.written_ops += batch.ops - refused
+            self._count_answer(batch, reply)
+
+    def _count_answer(self, batch: Batch, reply: list[Any]) -> None:
+        """The script's answer for `batch`: {refused entries' indexes, the
+        first refusal's message, ...}; each entry counts the writes it merged."""
+        refused = sum(batch.weights[i - 1] for i in reply[0])
+        if refused:
+            self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
+        self.stats.written_ops += batch.ops - refused
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
         """Script calls of one hash slot's entries each, at most `batch_ops`
@@ -168,10 +173,7 @@ class BatchSender:
                     unanswered[slot] = _owner(client, slot)
                     retry.append(part)
                 else:
-                    refused = sum(part.weights[i - 1] for i in reply[0])
-                    if refused:
-                        self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
-                    self.stats.written_ops += part.ops - refused
+                    self._count_answer(part, reply)
                     created.extend(_text(k) for k in reply[2:])
             if not missing:
                 break

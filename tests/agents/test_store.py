@@ -190,6 +190,21 @@ def test_waiting_for_room_gives_up_when_redis_is_down() -> None:
     assert 0.3 <= time.monotonic() - started < 5.0
 
 
+def test_waiting_for_room_returns_once_a_live_writer_has_sent(redis_srv: RedisServer) -> None:
+    """A full queue, a flush interval an hour long: the waiting producer is
+    let go once the sender has drained the queue, and nothing is dropped."""
+    writer = writer_for(redis_srv.url, max_queue_ops=10, batch_ops=5, flush_interval=3600)
+    writer.extend([f"room:k{i}" for i in range(10)], [""] * 10)
+    started = time.monotonic()
+    assert writer.wait_for_room(5, patience=10.0)
+    assert time.monotonic() - started < 5.0
+    writer.extend([f"room:k{i}" for i in range(5)], [""] * 5)
+    writer.stop()
+    assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == 15
+    client = redis_srv.client()
+    assert [client.get(f"room:k{i}") for i in (0, 9)] == [b"2", b"1"]
+
+
 def test_what_is_queued_when_stopping_with_redis_down_is_counted_as_lost() -> None:
     writer = writer_for(f"redis://127.0.0.1:{free_port()}/0")
     for index in range(7):
