@@ -93,6 +93,10 @@ class Ring:
         self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
         self._replaying: set[Feed] = set()  # copying their lookback, live records held
         self.lock = threading.Lock()
+        # libpcap adds the kernel's counters (read and reset by getsockopt)
+        # into its own on each read: one reader at a time, but not the
+        # ring's lock, which the reader holds for a whole dispatch.
+        self._drops_lock = threading.Lock()
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
         self.linktype = 0
@@ -130,9 +134,10 @@ class Ring:
             for feed in self._feeds:
                 if not feed.full:
                     feed.end("shutdown")
-            if self._handle is not None:
-                close_handle(self._handle)
-                self._handle = None
+            with self._drops_lock:  # no counter read on a closed handle
+                if self._handle is not None:
+                    close_handle(self._handle)
+                    self._handle = None
 
     def _read(self) -> None:
         handle = self._handle
@@ -198,8 +203,12 @@ class Ring:
             feed.buf += memoryview(tail)[:take]
 
     def _drops(self) -> int:
-        """Kernel drops on the handle so far; the reader is not in it (lock held)."""
-        return 0 if self._handle is None else kernel_drops(self._handle)
+        """Kernel drops on the handle so far. Not under the ring's lock: the
+        callers read it just before a capture's window opens and just after
+        it closes, so the window's count is never short."""
+        with self._drops_lock:
+            handle = self._handle
+            return 0 if handle is None else kernel_drops(handle)
 
     def stats(self) -> RingStats:
         with self.lock:
@@ -236,6 +245,7 @@ class Ring:
         Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
         match = self._compile(bpf)
+        drops_before = self._drops()
         with self.lock:
             if self.error is not None or self._handle is None:
                 why = self.error or f"lookback ring on {self.interface} is not running"
@@ -261,7 +271,6 @@ class Ring:
                 trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
                 lock=self.lock,
             )  # fmt: skip
-            drops_before = self._drops()
             if spans:
                 self._replaying.add(feed)
             self._feeds = (*self._feeds, feed)
@@ -273,7 +282,7 @@ class Ring:
         with self.lock:
             self._replaying.discard(feed)
             self._feeds = tuple(f for f in self._feeds if f is not feed)
-            return self._drops()
+        return self._drops()
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
         """The request's filter for the ring's link type; None matches all.
