@@ -35,7 +35,7 @@ from typing import Any
 
 from pcapd.admission import Refused
 from pcapd.controller.answers import Answers, _reply_to
-from pcapd.controller.claims import ClaimGate
+from pcapd.controller.claims import ClaimGate, answer_claims, claims_verdict
 from pcapd.controller.uploads import Uploads
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
@@ -48,7 +48,7 @@ from pcapd.core.request import (
     resolve_interfaces,
 )
 from pcapd.ring import Ring
-from pcapd.signing import replayed, verify
+from pcapd.signing import verify
 from pcapd.worker import Job, Worker
 from triggers.base import Delivery
 
@@ -172,17 +172,13 @@ class Controller(Answers, Uploads):
         each, so requests refused earlier cost none): "admitted", or the
         request was answered here ("duplicate", "rejected") and its captures
         dropped before any result of theirs."""
-        if self.recent_ids.claim(request.id):
+        id_taken = self.recent_ids.claim(request.id)
+        # The signature is claimed only for a request not served already.
+        sig_taken = None if id_taken or sig is None else self.recent_sigs.claim(sig)
+        if claims_verdict(id_taken, sig_taken) != "admitted":
             for worker in workers:
                 worker.settle(durable=True)
-            self._duplicate(request, delivery)
-            return "duplicate"
-        if sig is not None and self.recent_sigs.claim(sig):
-            for worker in workers:
-                worker.settle(durable=True)
-            self._turn_away(request, delivery, replayed(self.recent_sigs.window), claimed=True)
-            return "rejected"
-        return "admitted"
+        return answer_claims(self, request, sig, delivery, id_taken, sig_taken)
 
     def _parse(self, delivery: Delivery) -> tuple[CaptureRequest, dict[str, Any]] | str:
         """The request and its raw fields, or "ignored" when it was for another
