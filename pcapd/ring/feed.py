@@ -102,7 +102,9 @@ class Feed:
         self.lock = lock or threading.Lock()  # the ring's: `take` runs under it
 
     def end(self, reason: str, error: str | None = None) -> None:
-        self.stop, self.full, self.error = reason, True, error
+        # `full` last: a thread that sees it set reads the others as set.
+        self.stop, self.error = reason, error
+        self.full = True
         self.done.set()
         if self.on_full is not None:
             self.on_full()

@@ -93,10 +93,13 @@ class Ring:
         self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
         self._replaying: set[Feed] = set()  # copying their lookback, live records held
         self.lock = threading.Lock()
-        # libpcap adds the kernel's counters (read and reset by getsockopt)
-        # into its own on each read: one reader at a time, but not the
-        # ring's lock, which the reader holds for a whole dispatch.
-        self._drops_lock = threading.Lock()
+        # Who may change _feeds and _replaying: the ring's lock is not needed
+        # to drop a full feed (the reader passes it by), only this one.
+        self._feeds_lock = threading.Lock()
+        # Kernel drops on the handle so far, read by the reader after each
+        # dispatch (under the ring's lock): a capture's are those reported
+        # by the reads that offered it packets, at no system call of its own.
+        self.dropped = 0
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
         self.linktype = 0
@@ -134,10 +137,9 @@ class Ring:
             for feed in self._feeds:
                 if not feed.full:
                     feed.end("shutdown")
-            with self._drops_lock:  # no counter read on a closed handle
-                if self._handle is not None:
-                    close_handle(self._handle)
-                    self._handle = None
+            if self._handle is not None:
+                close_handle(self._handle)
+                self._handle = None
 
     def _read(self) -> None:
         handle = self._handle
@@ -157,6 +159,9 @@ class Ring:
                         settle()
                         self._failed(exc)
                         return
+                    # Before the read's last records go out: a capture they
+                    # fill sees the drops reported with them.
+                    self.dropped = kernel_drops(handle)
                     settle()
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
@@ -195,20 +200,14 @@ class Ring:
                 feed.tail, feed.tail_count = bytearray(), 0
                 if over or feed.full or len(tail) <= TAIL_UNDER_LOCK:
                     feed.merge(tail, records, over)
-                    self._replaying.discard(feed)
+                    with self._feeds_lock:
+                        self._replaying.discard(feed)
                     feed.holding = False
                     return
                 # Counted here, copied below: `take` sees the room it leaves.
                 take = feed.count_tail(tail, records, over=False)
             feed.buf += memoryview(tail)[:take]
 
-    def _drops(self) -> int:
-        """Kernel drops on the handle so far. Not under the ring's lock: the
-        callers read it just before a capture's window opens and just after
-        it closes, so the window's count is never short."""
-        with self._drops_lock:
-            handle = self._handle
-            return 0 if handle is None else kernel_drops(handle)
 
     def stats(self) -> RingStats:
         with self.lock:
@@ -219,7 +218,7 @@ class Ring:
                 interface=self.interface, packets=packets, bytes=held,
                 oldest=None if oldest is None else oldest / NS,
                 evicted_overflow=self.store.evicted_overflow,
-                evicted_age=self.store.evicted_age, kernel_dropped=self._drops(),
+                evicted_age=self.store.evicted_age, kernel_dropped=self.dropped,
                 captures=len(self._feeds), replaying=len(self._replaying),
             )  # fmt: skip
 
@@ -245,7 +244,6 @@ class Ring:
         Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
         match = self._compile(bpf)
-        drops_before = self._drops()
         with self.lock:
             if self.error is not None or self._handle is None:
                 why = self.error or f"lookback ring on {self.interface} is not running"
@@ -271,18 +269,29 @@ class Ring:
                 trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
                 lock=self.lock,
             )  # fmt: skip
-            if spans:
-                self._replaying.add(feed)
-            self._feeds = (*self._feeds, feed)
+            drops_before = self.dropped
+            with self._feeds_lock:
+                if spans:
+                    self._replaying.add(feed)
+                self._feeds = (*self._feeds, feed)
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
         return RingCapture(self, feed, limits, drops_before, delivered, spans)
 
     def unregister(self, feed: Feed) -> int:
-        """No more packets for `feed`: the kernel's drops so far."""
-        with self.lock:
+        """No more packets for `feed`: the kernel's drops so far. A full
+        feed takes nothing more (`Feed.take`), so it is dropped without
+        waiting for the reader's read to end; any other under the ring's lock."""
+        if feed.full:
+            self._forget(feed)
+        else:
+            with self.lock:
+                self._forget(feed)
+        return self.dropped
+
+    def _forget(self, feed: Feed) -> None:
+        with self._feeds_lock:
             self._replaying.discard(feed)
             self._feeds = tuple(f for f in self._feeds if f is not feed)
-        return self._drops()
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
         """The request's filter for the ring's link type; None matches all.
