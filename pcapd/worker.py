@@ -254,9 +254,9 @@ class Worker:
             sha256=hashlib.sha256(data).hexdigest() if packets else None,
             lookback=outcome.lookback,
         )  # fmt: skip
-        ctl.untrack(self)
         if not packets:
             # As pcapdaemon: nothing captured, nothing to upload.
+            ctl.untrack(self)
             self.reservation.free_slot()
             self.finish(result, {}, durable=True)
             return
@@ -268,6 +268,15 @@ class Worker:
             format=self.request.format, sha256=result.sha256 or "", request=self.request,
             node=ctl.node, interface=self.interface,
         )  # fmt: skip
+        if self.served is not None and not ctl.deliverer.has_remote:
+            # A ring capture bound for local disk only is stored by its own
+            # thread: no hand-off to an upload worker (a wake-up and a turn
+            # at the GIL each). Its thread is not needed to capture (the
+            # ring's reader does that), and shutdown waits for it, tracked
+            # until it settles.
+            self.store(artifact, result)
+            return
+        ctl.untrack(self)
         ctl.submit(self, artifact, result)
 
     def store(self, artifact: Artifact, result: ResultEvent) -> None:
