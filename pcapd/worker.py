@@ -34,6 +34,7 @@ from pcapd.engine import (
 )
 from pcapd.packetdebug import packet_logger
 from pcapd.ring import Ring, RingCapture
+from pcapd.ring.watch import Watcher
 from triggers.base import Delivery
 from uploaders.base import Artifact
 
@@ -104,7 +105,8 @@ class Worker:
         """Start the capture on `ring` now, in the caller's thread (it costs
         no socket, ~0.2 ms), so it is active before the claims. False
         when refused (already answered and settled). `capture_started` is
-        logged by the capture thread (`run`): a log write can wait."""
+        logged later, by `watch` or the capture thread (`run`): a log write
+        can wait."""
         request = self.request
         limits, comments = self._framing()
         debug = (
@@ -115,9 +117,7 @@ class Worker:
             self.served = ring.register(
                 limits, fmt=request.format, bpf=request.bpf, lookback=request.lookback,
                 comments=comments, packet_debug=debug,
-                # Full: the slot goes to the next capture now (its file is
-                # still held against max_memory until stored).
-                on_full=self.reservation.free_slot,
+                on_full=self._full,
             )  # fmt: skip
         except CaptureError as exc:
             self.refused(str(exc))
@@ -126,21 +126,70 @@ class Worker:
         self.controller.capture_started.set()
         return True
 
+    def _full(self) -> None:
+        """Its feed ended, on the ring's reader thread: the slot goes to the
+        next capture now (its file is still held against max_memory until
+        stored), and a watched capture is handed over."""
+        self.reservation.free_slot()
+        served = self.served
+        if served is not None:
+            served.filled()
+
+    def watch(self, watcher: Watcher) -> None:
+        """Serve a ring capture with no lookback to copy without a thread of
+        its own: the ring's reader or `watcher` hands it over when it is
+        over, and a capture thread takes it from there (`_over`). The job
+        and the gate are set before."""
+        served = self.served
+        assert served is not None
+        self._log_started()
+        self._observe_active(self.registered)
+        gate = self.gate
+        watcher.watch(served, self.controller.capture_stop if gate is None else gate.stop,
+                      self._over)  # fmt: skip
+
+    def _over(self, reason: str) -> None:
+        """Handed over, on the reader's or the watcher's thread (it must not
+        block): the rest on a capture thread."""
+        self.controller.on_capture_thread(self._complete, reason)
+
+    def _complete(self, reason: str) -> None:
+        """A watched capture is over: take it, as `run` would; never raises."""
+        try:
+            assert self.served is not None
+            self._ring_done(self.served.outcome(reason))
+        except Exception as exc:
+            self._crashed(exc)
+
     def run(self) -> None:
         """The capture thread's body; never raises."""
         try:
             self._run()
         except Exception as exc:
-            event(
-                log, "capture_crashed", logging.ERROR, exc_info=True,
-                id=self.request.id, interface=self.interface,
+            self._crashed(exc)
+
+    def _crashed(self, exc: Exception) -> None:
+        event(
+            log, "capture_crashed", logging.ERROR, exc_info=True,
+            id=self.request.id, interface=self.interface,
+        )  # fmt: skip
+        if not self.reservation.released:
+            self.controller.tell(
+                self.request, "failed", interface=self.interface,
+                error=f"capture failed: {exc!r}", warnings=self.warnings,
             )  # fmt: skip
-            if not self.reservation.released:
-                self.controller.tell(
-                    self.request, "failed", interface=self.interface,
-                    error=f"capture failed: {exc!r}", warnings=self.warnings,
-                )  # fmt: skip
-            self.settle(durable=False)
+        self.settle(durable=False)
+
+    def _ring_done(self, outcome: CaptureOutcome) -> None:
+        """A ring capture's end: its result, unless its claims found it taken."""
+        gate = self.gate
+        if gate is not None and not gate.passed():
+            self.job = None  # a duplicate or a replay: the gate answered it
+            self.settle(durable=True)
+            return
+        assert self.served is not None
+        self.warnings = (*self.warnings, *self.served.warnings)
+        self._captured(outcome)
 
     def _run(self) -> None:
         ctl = self.controller
@@ -152,13 +201,7 @@ class Worker:
             self._log_started()
             self._observe_active(self.registered)
             gate = self.gate
-            outcome = served.finish(ctl.capture_stop if gate is None else gate.stop)
-            if gate is not None and not gate.passed():
-                self.job = None  # a duplicate or a replay: the gate answered it
-                self.settle(durable=True)
-                return
-            self.warnings = (*self.warnings, *served.warnings)
-            self._captured(outcome)
+            self._ring_done(served.finish(ctl.capture_stop if gate is None else gate.stop))
             return
         # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
         # the trigger thread, so requests keep being admitted or refused fast.

@@ -208,7 +208,6 @@ class Ring:
                 take = feed.count_tail(tail, records, over=False)
             feed.buf += memoryview(tail)[:take]
 
-
     def stats(self) -> RingStats:
         with self.lock:
             self.store.evict_old(self.store.cutoff())
