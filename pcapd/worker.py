@@ -117,7 +117,9 @@ class Worker:
             self.served = ring.register(
                 limits, fmt=request.format, bpf=request.bpf, lookback=request.lookback,
                 comments=comments, packet_debug=debug,
-                on_full=self._full,
+                # Full: the slot goes to the next capture now (its file is
+                # still held against max_memory until stored).
+                on_full=self.reservation.free_slot,
             )  # fmt: skip
         except CaptureError as exc:
             self.refused(str(exc))
@@ -125,15 +127,6 @@ class Worker:
         self.registered = time.monotonic()
         self.controller.capture_started.set()
         return True
-
-    def _full(self) -> None:
-        """Its feed ended, on the ring's reader thread: the slot goes to the
-        next capture now (its file is still held against max_memory until
-        stored), and a watched capture is handed over."""
-        self.reservation.free_slot()
-        served = self.served
-        if served is not None:
-            served.filled()
 
     def watch(self, watcher: Watcher) -> None:
         """Serve a ring capture with no lookback to copy without a thread of

@@ -92,6 +92,11 @@ class RingCapture:
             self._ring.unregister(self._feed)
 
     @property
+    def full(self) -> bool:
+        """A bound, or the ring's end, has ended it: no more packets for it."""
+        return self._feed.full
+
+    @property
     def copying(self) -> bool:
         """It has a lookback to copy: `finish` must run, in a thread of its own."""
         return bool(self._spans)
@@ -113,7 +118,7 @@ class RingCapture:
         that ends the capture (the ring's reader, or the watcher): then its
         `outcome` is to be taken. True: over already, `over` called here."""
         self._stop, self._over = stop, over
-        return self._feed.full and self._hand_over("")
+        return self.full and self._hand_over("")
 
     def filled(self) -> None:
         """Its feed ended (a bound, the ring's stop or failure): the reader's

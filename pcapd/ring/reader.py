@@ -235,14 +235,23 @@ class Ring:
     ) -> RingCapture:
         """Start a capture, as `engine.capture` on a handle of its own would
         make it: from now on (and `lookback` seconds back) it gets
-        every packet that matches `bpf`, until `finish` or `cancel`. Bounds
-        count the whole file; `duration` runs from now. Raises CaptureError
-        (a bad filter, a failed ring) before anything is registered.
-        `on_full` is called (under the ring's lock, on the thread that ends
-        it) when a bound or shutdown ends the capture before `finish` does.
+        every packet that matches `bpf`, until `finish` or `cancel` (or,
+        watched, its `outcome`). Bounds count the whole file; `duration`
+        runs from now. Raises CaptureError (a bad filter, a failed ring)
+        before anything is registered. `on_full` is called (under the ring's
+        lock, on the thread that ends it) when a bound or shutdown ends the
+        capture before `finish` does; a watched capture is handed over then.
         Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
         match = self._compile(bpf)
+        made: list[RingCapture] = []  # the capture, once made: told when its feed ends
+
+        def ended() -> None:
+            if on_full is not None:
+                on_full()
+            if made:  # else it is not watched yet: `watched` sees the feed full
+                made[0].filled()
+
         with self.lock:
             if self.error is not None or self._handle is None:
                 why = self.error or f"lookback ring on {self.interface} is not running"
@@ -265,7 +274,7 @@ class Ring:
                 )
             feed = Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
-                trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
+                trigger=trigger, debug=packet_debug, on_full=ended, holding=bool(spans),
                 lock=self.lock,
             )  # fmt: skip
             drops_before = self.dropped
@@ -274,7 +283,8 @@ class Ring:
                     self._replaying.add(feed)
                 self._feeds = (*self._feeds, feed)
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
-        return RingCapture(self, feed, limits, drops_before, delivered, spans)
+        made.append(RingCapture(self, feed, limits, drops_before, delivered, spans))
+        return made[0]
 
     def unregister(self, feed: Feed) -> int:
         """No more packets for `feed`: the kernel's drops so far. A full
