@@ -125,7 +125,9 @@ def decode_body(body: bytes | str, max_bytes: int) -> dict[str, Any]:
             f"request is {size} bytes; the limit is {max_bytes} (general.max_request_bytes)"
         )
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        if not isinstance(body, str):  # as json.loads reads bytes
+            body = body.decode(json.detect_encoding(body), "surrogatepass")
+        data = _DECODER.decode(body)
     except (ValueError, RecursionError) as exc:
         raise RequestError(f"request is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -135,6 +137,10 @@ def decode_body(body: bytes | str, max_bytes: int) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# Made once: json.loads with an option builds a decoder (and its scanner) per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def addressed_to(data: Mapping[str, Any], node: str) -> bool:

@@ -175,6 +175,9 @@ class RingCapture:
     def _wait(self, stop: StopSignal) -> str:
         """Until the capture is full, or a timed bound or shutdown ends it."""
         feed, limits = self._feed, self._limits
+        # Made before `full` is read: an end after that sets it, and one
+        # before it is seen as `full` (set before `end` looks at `done`).
+        done = feed.done = threading.Event()
         deadline = self._begin + limits.duration
         last_packet, seen = self._begin, feed.count
         while not feed.full:
@@ -185,8 +188,8 @@ class RingCapture:
             if reason:
                 # Packets stamped before now may still sit in the kernel's block.
                 feed.cutoff = time.time_ns()
-                feed.done.wait(STOP_FLUSH)
+                done.wait(STOP_FLUSH)
                 return reason
             wake = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT)
-            feed.done.wait(max(0.0, wake - now))
+            done.wait(max(0.0, wake - now))
         return feed.stop
