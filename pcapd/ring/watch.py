@@ -28,7 +28,7 @@ class Watcher:
         self._name = name
         self._cond = threading.Condition()
         self._watched: dict[RingCapture, None] = {}  # in the order they came
-        self._added = False  # watched since the thread last listed them
+        self._idle = False  # the thread sleeps until a capture is watched
         self._thread: threading.Thread | None = None
 
     def watch(self, capture: RingCapture, stop: StopSignal, over: Callable[[str], None]) -> None:
@@ -39,11 +39,14 @@ class Watcher:
             return
         with self._cond:
             self._watched[capture] = None
-            self._added = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Else the thread looks at it within MAX_POLL_WAIT: its bounds are
+            # whole seconds away, and a wake-up per capture would cost a
+            # turn at the GIL each under a storm.
+            if self._idle:
+                self._cond.notify()
 
     def __len__(self) -> int:
         with self._cond:
@@ -53,9 +56,10 @@ class Watcher:
         while True:
             with self._cond:
                 while not self._watched:
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
                 captures = list(self._watched)
-                self._added = False
             now = time.monotonic()
             wake = now + MAX_POLL_WAIT
             over = []
@@ -68,5 +72,4 @@ class Watcher:
             with self._cond:
                 for capture in over:
                     self._watched.pop(capture, None)
-                if not self._added:  # one watched meanwhile is looked at at once
-                    self._cond.wait(max(0.0, wake - time.monotonic()))
+                self._cond.wait(max(0.0, wake - time.monotonic()))
