@@ -28,8 +28,8 @@ class LocalUploader(Sink):
             try:
                 self._dir.write(artifact.filename, artifact.data, overwrite=False)
             except FileNotFoundError:
-                # Made when first missing (or removed meanwhile), not looked
-                # at before every file: two system calls a capture in a storm.
+                # Made when a write finds it missing (first, or removed
+                # meanwhile: the open descriptor's check sees that).
                 self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
                 self._dir.write(artifact.filename, artifact.data, overwrite=False)
         except FileExistsError:
