@@ -13,7 +13,7 @@ from pcapd.core import results as results_module
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
-from pcapd.core.results import ResultPublisher, with_event_id
+from pcapd.core.results import ResultPublisher, event_mark_key, with_event_id
 from tests.helpers import RedisCluster, RedisServer, reply_cutter, wait_for
 from tests.pcapd.daemon_fixture import Results
 
@@ -193,3 +193,25 @@ def test_a_resend_on_a_cluster_adds_the_event_once(redis_cluster: RedisCluster) 
         assert pub.publish(result(2))
         client = redis_cluster.client()
         assert [e["id"] for _, e in stream_events(client, stream)] == ["r1", "r2"]
+
+
+def resent(
+    server: RedisServer, event: ResultEvent, reply_to: str | None = None, *, expired: bool = False
+) -> ResultEvent:
+    """`event` published, then sent again as after a lost reply (its marker
+    gone first when `expired`, so the stream holds it twice): what readers
+    of results must show once. Returns it with its event_id."""
+    config = RedisConfig(port=server.port)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    event = with_event_id(event)
+    assert pub._send_all([(event, reply_to)]) is None
+    if expired:
+        server.client().delete(event_mark_key(config.results_stream, str(event.event_id)))
+    assert pub._send_all([(event, reply_to)]) is None
+    return event
+
+
+def test_a_resend_after_the_marker_expired_is_in_the_stream_twice(redis_srv: RedisServer) -> None:
+    """What the window bounds (readers drop the second: tests of each reader)."""
+    event = resent(redis_srv, result(1), expired=True)
+    assert stream_events(redis_srv.client()) == [(event.event_id, event.as_dict())] * 2
