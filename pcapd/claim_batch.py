@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
-from pcapd.core.redis_conn import Client, is_cluster
+from pcapd.core.redis_conn import Client, is_cluster, send_by_slot
 
 CLAIM_BATCH = 64  # claims sent in one pipeline at most
 
@@ -45,7 +47,8 @@ class ClaimBatcher:
 
     A claim is the `CLAIM` script (EVALSHA; loaded again if Redis lost it),
     as it was before claims were batched, so any Redis that served them still
-    does. On a cluster each claim is sent alone (the keys' slots differ).
+    does. On a cluster the claims go by hash slot (`send_by_slot`: one
+    pipeline per primary), and each gets its own reply or error.
     Memory: one small object per waiting claim, and each waiting thread has
     one (at most the capture threads)."""
 
@@ -80,8 +83,11 @@ class ClaimBatcher:
                 batch = self._pending[:CLAIM_BATCH]
                 del self._pending[:CLAIM_BATCH]
             try:
-                for item, taken in zip(batch, self._send(batch), strict=True):
-                    item.taken = taken
+                for item, answer in zip(batch, self._send(batch), strict=True):
+                    if isinstance(answer, Exception):
+                        item.error = answer
+                    else:
+                        item.taken = answer
             except redis.RedisError as exc:
                 for item in batch:
                     item.error = exc
@@ -91,9 +97,9 @@ class ClaimBatcher:
             for item in batch:
                 item.done.set()
 
-    def _send(self, batch: list[Claim]) -> list[bool]:
+    def _send(self, batch: list[Claim]) -> list[bool | Exception]:
         if is_cluster(self._client):
-            return [self.now(item.key) for item in batch]
+            return self._send_by_slot(self._client, batch)
         for attempt in (1, 2):
             pipe = self._client.pipeline(transaction=False)
             for item in batch:
@@ -105,3 +111,24 @@ class ClaimBatcher:
                     raise
                 self._client.script_load(CLAIM)  # a restarted or flushed Redis
         raise AssertionError("unreachable")
+
+    def _send_by_slot(self, client: RedisCluster, batch: list[Claim]) -> list[bool | Exception]:
+        """Each claim to its slot's primary, pipelined per primary; the claims a
+        primary answered NOSCRIPT sent again once the script is loaded (SCRIPT
+        LOAD goes to every primary). A claim that got no answer has its error."""
+        commands = [
+            (key_slot(item.key.encode()), ("EVALSHA", self._script.sha, 1, item.key, *self._args))
+            for item in batch
+        ]
+        replies = send_by_slot(client, commands)
+        again = [
+            i
+            for i, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        if again:
+            client.script_load(CLAIM)  # a restarted or flushed primary
+            for i, reply in zip(again, send_by_slot(client, [commands[i] for i in again]),
+                                strict=True):  # fmt: skip
+                replies[i] = reply
+        return [reply if isinstance(reply, Exception) else reply == 1 for reply in replies]

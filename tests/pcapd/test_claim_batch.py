@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 
-from tests.helpers import RedisServer
+from pcapd.dedup import RedisSeen
+from tests.helpers import RedisCluster, RedisServer
 from tests.pcapd.test_dedup import redis_seen
 
 
@@ -38,3 +39,60 @@ def test_claims_from_many_threads_at_once_each_get_their_own_answer(
     ticket = seen.claim_soon("k7")  # this process's own claim: taken
     assert ticket.wait() is True and ticket.taken_now() is True
     assert seen.claim("k7") is True and seen.claim("k41") is False  # from this thread
+
+
+def cluster_seen(cluster: RedisCluster) -> RedisSeen:
+    return RedisSeen(cluster.client(), prefix="t:seen:", kind="id", node="n1", window_seconds=60)
+
+
+def test_a_batch_across_slots_answers_as_one_by_one(redis_cluster: RedisCluster) -> None:
+    """On a 3-primary cluster, claims of keys on every primary, some served,
+    some left by a dead instance, some this process's own, in batches from
+    many threads, after the scripts were flushed: each answer, and what
+    Redis holds after, is what claiming them one at a time gives."""
+    keys = [f"k{n}" for n in range(30)] + [f"old{n}" for n in range(6)] + [
+        f"dead{n}" for n in range(6)
+    ]  # fmt: skip
+    client = redis_cluster.client()
+    assert {client.cluster_keyslot(f"t:seen:id:n1:{key}") // 5462 for key in keys} == {0, 1, 2}
+    seen = {"batch": cluster_seen(redis_cluster), "one by one": cluster_seen(redis_cluster)}
+
+    def prepare(instance: str) -> None:
+        client.flushall()
+        client.script_flush()  # as after a restart: the batch loads it again
+        for n in range(6):
+            client.set(f"t:seen:id:n1:old{n}", "served", ex=60)
+            client.set(f"t:seen:id:n1:dead{n}", "an-instance-that-died", ex=60)
+        for n in range(0, 30, 3):
+            client.set(f"t:seen:id:n1:k{n}", instance, ex=60)  # claimed by this process
+
+    answers: dict[str, dict[str, bool]] = {"batch": {}, "one by one": {}}
+    held: dict[str, dict[str, object]] = {}
+    prepare(seen["batch"].instance)
+    go = threading.Barrier(len(keys))
+
+    def claim(key: str) -> None:
+        go.wait()
+        answers["batch"][key] = seen["batch"].claim_soon(key).wait()
+
+    threads = [threading.Thread(target=claim, args=(key,)) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    held["batch"] = {key: client.get(f"t:seen:id:n1:{key}") for key in keys}
+    prepare(seen["one by one"].instance)
+    for key in keys:
+        answers["one by one"][key] = seen["one by one"].claim(key)
+    held["one by one"] = {key: client.get(f"t:seen:id:n1:{key}") for key in keys}
+    assert answers["batch"] == answers["one by one"]
+    assert sorted(k for k, taken in answers["batch"].items() if taken) == sorted(
+        [f"old{n}" for n in range(6)] + [f"k{n}" for n in range(0, 30, 3)]
+    )
+
+    def mine(values: dict[str, object], instance: str) -> dict[str, object]:
+        return {k: "mine" if v == instance else v for k, v in values.items()}
+
+    assert mine(held["batch"], seen["batch"].instance) == mine(
+        held["one by one"], seen["one by one"].instance
+    )
