@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import RedisServer, free_port, run, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
-from tests.pcapd.test_engine import send_udp
+from tests.pcapd.engine.test_capture import send_udp
 
 
 @pytest.fixture
