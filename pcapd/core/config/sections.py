@@ -347,7 +347,7 @@ class SecurityConfig:
 
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
-    """The node's heartbeat (pcapd/fleet.py): the hash `<prefix><node>`,
+    """The node's heartbeat (pcapd/fleet/): the hash `<prefix><node>`,
     rewritten every `heartbeat_interval` s and expiring after
     HEARTBEATS_MISSED missed beats. Read by `pcapd nodes`."""
 
