@@ -114,8 +114,9 @@ class ClaimBatcher:
 
     def _send_by_slot(self, client: RedisCluster, batch: list[Claim]) -> list[bool | Exception]:
         """Each claim to its slot's primary, pipelined per primary; the claims a
-        primary answered NOSCRIPT sent again once the script is loaded (SCRIPT
-        LOAD goes to every primary). A claim that got no answer has its error."""
+        primary answered NOSCRIPT sent again once the script is loaded there
+        (there only: a primary that is down must fail its own claims alone).
+        A claim that got no answer has its error."""
         commands = [
             (key_slot(item.key.encode()), ("EVALSHA", self._script.sha, 1, item.key, *self._args))
             for item in batch
@@ -127,7 +128,10 @@ class ClaimBatcher:
             if isinstance(reply, redis.exceptions.NoScriptError)
         ]
         if again:
-            client.script_load(CLAIM)  # a restarted or flushed primary
+            lost = {client.nodes_manager.get_node_from_slot(commands[i][0]).name for i in again}
+            nodes = [node for node in client.get_primaries() if node.name in lost]  # type: ignore[no-untyped-call]
+            # It was lost by a restart or SCRIPT FLUSH.
+            client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=nodes)  # type: ignore[no-untyped-call]
             for i, reply in zip(again, send_by_slot(client, [commands[i] for i in again]),
                                 strict=True):  # fmt: skip
                 replies[i] = reply

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+from pcapd.claim_batch import CLAIM, SERVED, ClaimBatcher
 from pcapd.dedup import RedisSeen
 from tests.helpers import RedisCluster, RedisServer
 from tests.pcapd.test_dedup import redis_seen
@@ -96,3 +97,26 @@ def test_a_batch_across_slots_answers_as_one_by_one(redis_cluster: RedisCluster)
     assert mine(held["batch"], seen["batch"].instance) == mine(
         held["one by one"], seen["one by one"].instance
     )
+
+
+def test_a_primary_that_does_not_answer_fails_only_its_own_claims(
+    private_cluster: RedisCluster,
+) -> None:
+    """Claims across all three primaries, one of them killed: its claims get
+    an error (the seen set then falls back to memory), the others their
+    answers, served ones taken."""
+    client = private_cluster.client()
+    batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+    dead = private_cluster.ports[2]
+    on_dead = private_cluster.slots_of(dead)
+    keys = [f"t:seen:id:n1:k{n}" for n in range(30)]
+    for key in keys:
+        client.set(key, SERVED, ex=60)
+    lost = {key for key in keys if client.cluster_keyslot(key) in on_dead}
+    assert lost and len(lost) < len(keys)
+    private_cluster.kill(dead)
+    claims = [batcher.send(key) for key in keys]
+    for claim in claims:
+        assert claim.done.wait(30)
+    assert {c.key for c in claims if c.error is not None} == lost
+    assert all(c.taken for c in claims if c.key not in lost)
