@@ -10,6 +10,7 @@ primary for SCAN.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import random
 from collections.abc import Iterator, Sequence
@@ -269,11 +270,12 @@ def group_by_slot(keys: list[str]) -> dict[int, list[int]]:
     return slots
 
 
+@functools.lru_cache(maxsize=64)  # a few names, each asked once per event
 def same_slot_prefix(key: str) -> str:
     """A prefix for keys that must share `key`'s hash slot (one script writes
     both on a cluster): `key` itself when a hash tag (`{...}`) decides its
     slot, else `{key}`; for a name with a stray `}`, the first `{n}` whose
-    slot is `key`'s (found among a few thousand numbers, once)."""
+    slot is `key`'s (found among a few thousand numbers, once per name)."""
     start = key.find("{")
     if start >= 0 and key.find("}", start + 1) > start + 1:
         return key

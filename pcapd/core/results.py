@@ -125,12 +125,13 @@ class ResultPublisher:
                     if not isinstance(result, ResultEvent):
                         result(pipe)
                         continue
-                    body = result.to_json()
+                    body, event_id = result.to_json(), result.event_id
+                    assert event_id is not None, "given its id by publish() or submit()"
                     publish(pipe, self.config.results_channel, body, sharded=sharded)
                     if stream:
                         pipe.eval(
-                            _ADD_ONCE, 2, stream, event_mark_key(stream, str(result.event_id)),
-                            str(result.event_id), self.config.results_stream_maxlen, body,
+                            _ADD_ONCE, 2, stream, event_mark_key(stream, event_id), event_id,
+                            self.config.results_stream_maxlen, body,
                             self.config.results_dedup_window,
                         )  # fmt: skip
                     if reply_to:

@@ -4,7 +4,10 @@ would give."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+
+from redis.cluster import RedisCluster as ClusterClient
 
 from pcapd.claim_batch import CLAIM, SERVED, ClaimBatcher
 from pcapd.dedup import RedisSeen
@@ -42,8 +45,8 @@ def test_claims_from_many_threads_at_once_each_get_their_own_answer(
     assert seen.claim("k7") is True and seen.claim("k41") is False  # from this thread
 
 
-def cluster_seen(cluster: RedisCluster) -> RedisSeen:
-    return RedisSeen(cluster.client(), prefix="t:seen:", kind="id", node="n1", window_seconds=60)
+def cluster_seen(client: ClusterClient) -> RedisSeen:
+    return RedisSeen(client, prefix="t:seen:", kind="id", node="n1", window_seconds=60)
 
 
 def test_a_batch_across_slots_answers_as_one_by_one(redis_cluster: RedisCluster) -> None:
@@ -54,9 +57,18 @@ def test_a_batch_across_slots_answers_as_one_by_one(redis_cluster: RedisCluster)
     keys = [f"k{n}" for n in range(30)] + [f"old{n}" for n in range(6)] + [
         f"dead{n}" for n in range(6)
     ]  # fmt: skip
-    client = redis_cluster.client()
-    assert {client.cluster_keyslot(f"t:seen:id:n1:{key}") // 5462 for key in keys} == {0, 1, 2}
-    seen = {"batch": cluster_seen(redis_cluster), "one by one": cluster_seen(redis_cluster)}
+    with contextlib.ExitStack() as clients:
+        client, batched, alone = (clients.enter_context(redis_cluster.client()) for _ in range(3))
+        slots = {client.cluster_keyslot(f"t:seen:id:n1:{key}") for key in keys}
+        assert all(slots & redis_cluster.slots_of(port) for port in redis_cluster.ports)
+        across_slots(
+            client, keys, {"batch": cluster_seen(batched), "one by one": cluster_seen(alone)}
+        )
+
+
+def across_slots(client: ClusterClient, keys: list[str], seen: dict[str, RedisSeen]) -> None:
+    """The same state prepared twice: claimed in batches by `seen["batch"]`,
+    one at a time by `seen["one by one"]`."""
 
     def prepare(instance: str) -> None:
         client.flushall()
@@ -105,18 +117,18 @@ def test_a_primary_that_does_not_answer_fails_only_its_own_claims(
     """Claims across all three primaries, one of them killed: its claims get
     an error (the seen set then falls back to memory), the others their
     answers, served ones taken."""
-    client = private_cluster.client()
-    batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
     dead = private_cluster.ports[2]
     on_dead = private_cluster.slots_of(dead)
     keys = [f"t:seen:id:n1:k{n}" for n in range(30)]
-    for key in keys:
-        client.set(key, SERVED, ex=60)
-    lost = {key for key in keys if client.cluster_keyslot(key) in on_dead}
-    assert lost and len(lost) < len(keys)
-    private_cluster.kill(dead)
-    claims = [batcher.send(key) for key in keys]
-    for claim in claims:
-        assert claim.done.wait(30)
+    with private_cluster.client() as client:
+        batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+        for key in keys:
+            client.set(key, SERVED, ex=60)
+        lost = {key for key in keys if client.cluster_keyslot(key) in on_dead}
+        assert lost and len(lost) < len(keys)
+        private_cluster.kill(dead)
+        claims = [batcher.send(key) for key in keys]
+        for claim in claims:
+            assert claim.done.wait(30)
     assert {c.key for c in claims if c.error is not None} == lost
     assert all(c.taken for c in claims if c.key not in lost)

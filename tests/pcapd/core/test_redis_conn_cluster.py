@@ -86,5 +86,8 @@ def test_same_slot_prefix_keeps_the_keys_slot(redis_cluster: RedisCluster, key: 
     """As the servers count slots (CLUSTER KEYSLOT), not only as redis-py does."""
     client = redis_cluster.client()
     prefix = same_slot_prefix(key)
-    for suffix in (":event:1", ":event:ffff"):
-        assert client.cluster_keyslot(prefix + suffix) == client.cluster_keyslot(key)
+    try:
+        for suffix in (":event:1", ":event:ffff"):
+            assert client.cluster_keyslot(prefix + suffix) == client.cluster_keyslot(key)
+    finally:
+        client.close()

@@ -184,15 +184,22 @@ def test_redis_py_does_not_resend_behind_the_publisher(redis_srv: RedisServer) -
 def test_a_resend_on_a_cluster_adds_the_event_once(redis_cluster: RedisCluster) -> None:
     """The marker shares the stream's slot (no CROSSSLOT), also for a stream
     name whose braces are no hash tag."""
-    for stream in ("capture-results", "res}ults"):
-        config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream)
-        pub = ResultPublisher(functools.partial(connect, config), config)
-        event = with_event_id(result(1))
-        assert pub._send_all([(event, None)]) is None
-        assert pub._send_all([(event, None)]) is None  # the resend
-        assert pub.publish(result(2))
-        client = redis_cluster.client()
-        assert [e["id"] for _, e in stream_events(client, stream)] == ["r1", "r2"]
+    clients: list[Any] = [redis_cluster.client()]
+    try:
+        for stream in ("capture-results", "res}ults"):
+            config = RedisConfig(
+                cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream
+            )
+            clients.append(connect(config))
+            pub = ResultPublisher(functools.partial(lambda c: c, clients[-1]), config)
+            event = with_event_id(result(1))
+            assert pub._send_all([(event, None)]) is None
+            assert pub._send_all([(event, None)]) is None  # the resend
+            assert pub.publish(result(2))
+            assert [e["id"] for _, e in stream_events(clients[0], stream)] == ["r1", "r2"]
+    finally:
+        for client in clients:
+            client.close()
 
 
 def resent(
