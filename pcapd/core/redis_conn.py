@@ -10,6 +10,8 @@ primary for SCAN.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias, TypeGuard
@@ -266,3 +268,18 @@ def group_by_slot(keys: list[str]) -> dict[int, list[int]]:
     for at, key in enumerate(keys):
         slots.setdefault(key_slot(key.encode()), []).append(at)
     return slots
+
+
+@functools.lru_cache(maxsize=64)  # a few names, each asked once per event
+def same_slot_prefix(key: str) -> str:
+    """A prefix for keys that must share `key`'s hash slot (one script writes
+    both on a cluster): `key` itself when a hash tag (`{...}`) decides its
+    slot, else `{key}`; for a name with a stray `}`, the first `{n}` whose
+    slot is `key`'s (found among a few thousand numbers, once per name)."""
+    start = key.find("{")
+    if start >= 0 and key.find("}", start + 1) > start + 1:
+        return key
+    if "}" not in key:
+        return "{" + key + "}"
+    slot = key_slot(key.encode())
+    return next(f"{{{n}}}" for n in itertools.count() if key_slot(str(n).encode()) == slot)
