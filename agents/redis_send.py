@@ -420,8 +420,12 @@ def _owner(client: RedisCluster, slot: int) -> str:
 
 
 def _cause(error: str, exc: Exception | None = None) -> str:
-    """A Redis error's code, its first word (`WRONGTYPE Operation against...`),
-    or redis-py's class for it where redis-py cut the code off (NOPERM)."""
+    """A Redis error's code: its first word (`WRONGTYPE Operation against...`),
+    or the code redis-py cut off its message and kept beside it (READONLY,
+    NOPERM, ERR), else redis-py's class for it."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
     code = error.split(" ", 1)[0]
     if code.isalpha() and code.isupper():
         return code

@@ -1,6 +1,7 @@
 """Write-combining: what the merged writes leave in a real redis-server (and a
 real cluster) is what the same writes give one at a time, applied here by
-plain commands, independently of the writer's script."""
+plain commands, independently of the writer's script; and with combining
+off, the writes reach Redis as queued and leave the same."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ from typing import Any
 import pytest
 import redis
 
+from agents.redis_send import APPENDS, COUNTERS, _calls
 from agents.redis_writer import RedisWriter
-from agents.store import BATCH_SCRIPT, INCR, INCRBY
-from agents.write_window import Window
+from agents.store import INCR, Op
+from agents.write_window import Batch, Window
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster, RedisServer, keyspace
 
 TTL = 900
-Ops = list[tuple[str, str]]
+Ops = list[tuple[str, Op]]
 
 
 def workload(seed: int, n: int = 3000) -> Ops:
@@ -35,7 +37,7 @@ def workload(seed: int, n: int = 3000) -> Ops:
             ops.append(
                 (
                     f"client;{client}",
-                    INCR if rng.random() < 0.7 else f"{INCRBY}{rng.randrange(1, 4)}",
+                    INCR if rng.random() < 0.7 else rng.randrange(1, 4),
                 )
             )
         elif roll < 0.45:
@@ -61,8 +63,8 @@ def one_at_a_time(client: redis.Redis, ops: Ops) -> int:
     refused = 0
     for key, arg in ops:
         try:
-            if not arg or arg[0] == INCRBY:
-                client.incrby(key, int(arg[1:]) if arg else 1)
+            if isinstance(arg, int):
+                client.incrby(key, arg)
             else:
                 value = client.get(key) or ""
                 item = f";{arg};"
@@ -117,14 +119,14 @@ def test_merged_writes_leave_what_one_at_a_time_leaves(redis_srv: RedisServer, s
 def test_merging_sends_fewer_entries_than_writes() -> None:
     window = Window()
     keys = ["client;c", "c;k;dns", "client;c", "c;k;dns", "c;k;dns", "client;c"]
-    args = [INCR, "a.", f"{INCRBY}3", "b.", "a.", INCR]
+    args: list[Op] = [INCR, "a.", 3, "b.", "a.", INCR]
     assert window.add(keys, args, 0, 100) == (6, 0)
     assert (window.held, window.ops) == (3, 6)
     (batch,) = window.seal(10)
     # First-seen order; INCR + INCRBY 3 + INCR = INCRBY 5 for 3 writes; the
     # repeated append is one entry standing for 2.
     assert batch.keys == ["client;c", "c;k;dns", "c;k;dns"]
-    assert batch.args == [f"{INCRBY}5", "a.", "b."]
+    assert batch.args == [5, "a.", "b."]
     assert batch.weights == [3, 2, 1]
     assert window.held == window.ops == 0
 
@@ -166,35 +168,74 @@ def test_merged_writes_on_a_cluster_leave_what_one_server_does(
     redis_cluster.reset()
 
 
-def test_an_incr_after_a_keys_members_is_no_member(redis_cluster: RedisCluster) -> None:
-    """Joined batches (a cluster slot's call) can put an append entry and an
-    INCR entry of one key side by side: the script stops the key's members
-    at the INCR, which Redis refuses on the appended value, as one at a time."""
-    key = "k;a;dns"
-    client = redis_cluster.client()
-    reply = client.eval(BATCH_SCRIPT, 3, key, key, key, TTL, 0, "x.", INCR, f"{INCRBY}3")
-    assert client.get(key) == ";x.;"
-    assert reply[0] == [2, 3] and "not an integer" in reply[1]
+def test_a_key_of_both_kinds_keeps_its_order_across_calls() -> None:
+    """Unmerged writes (and a cluster slot's joined batches) can count and
+    append to one key: the calls cut where a key comes as the other kind,
+    so Redis sees its writes in their order; other keys ride along."""
+    batch = Batch(["k", "a", "k", "b", "k"], ["x.", 1, 2, "y.", 3], [1] * 5)
+    calls = [(kind, part.keys, part.args) for kind, part in _calls(batch, range(5), 10, True)]
+    assert calls == [
+        (COUNTERS, ["a"], [1]), (APPENDS, ["k"], ["x."]),
+        (COUNTERS, ["k", "k"], [2, 3]), (APPENDS, ["b"], ["y."]),
+    ]  # fmt: skip
+    # A merged window's batch holds a key of one kind only: counters first.
+    calls = [(kind, part.keys) for kind, part in _calls(batch, range(5), 1, False)]
+    assert calls == [(COUNTERS, ["a", "k", "k"]), (APPENDS, ["k"]), (APPENDS, ["b"])]
 
 
-def test_an_incrby_without_a_number_is_refused_and_the_window_stays_whole(
-    redis_srv: RedisServer,
+def commands(client: redis.Redis, name: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_unmerged_writes_reach_redis_as_queued_and_leave_the_same(
+    redis_srv: RedisServer, seed: int
 ) -> None:
-    window = Window()
-    with pytest.raises(ValueError, match=r"INCRBY of 'c;k;nx' needs a whole number .* not ''"):
-        window.add(["client;c", "c;k;nx", "c;j;nx"], [INCR, INCRBY, INCR], 0, 10)
-    assert (window.held, window.ops) == (1, 1)  # what came before it, nothing of it
-    window.add(["c;k;nx"], [f"{INCRBY}2"], 0, 10)
-    assert [(b.keys, b.args) for b in window.seal(10)] == [
-        (["client;c", "c;k;nx"], [INCR, f"{INCRBY}2"])
-    ]
-    # The writer goes on serving after refusing it.
-    writer = RedisWriter(lambda: redis.Redis(port=redis_srv.port, socket_timeout=5))
+    """`write_combining = false`: one INCRBY per counter write, the appends
+    as they came, keys of both kinds in the mix; the key space (values,
+    TTLs) is what one at a time gives, and the counts are per write."""
+    ops = workload(seed)
+    ops += [("client;both", INCR), ("client;both", "m."), ("client;both", 2)]  # order matters
+    with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
+        seed_wrong_types(plain)
+        refused = one_at_a_time(plain, ops)
+        expected = keyspace(plain)
+        plain.flushall()
+        seed_wrong_types(plain)
+        plain.config_resetstat()
+        writer = RedisWriter(
+            lambda: redis.Redis(port=redis_srv.port, socket_timeout=5),
+            ttl=TTL, flush_interval=30.0, batch_ops=7, combine=False,
+        )  # fmt: skip
+        writer.start()
+        merged(writer, ops, chunk=50)
+        writer.stop(30)
+        assert keyspace(plain) == expected
+        assert ttls_set(plain)
+        assert commands(plain, "incrby") == sum(isinstance(arg, int) for _key, arg in ops)
+    stats = writer.stats
+    assert (stats.written_ops, stats.rejected_ops) == (len(ops) - refused, refused)
+
+
+@pytest.mark.timeout(300)
+def test_unmerged_writes_on_a_cluster_leave_what_one_server_does(
+    redis_cluster: RedisCluster, redis_srv: RedisServer
+) -> None:
+    ops = workload(7, n=1500)
+    with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
+        seed_wrong_types(plain)
+        refused = one_at_a_time(plain, ops)
+        expected = keyspace(plain)
+        plain.flushall()
+    with redis.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0]) as nodes:
+        nodes.rpush("wrong;list;dns", "a list, not a string")
+        nodes.set("client;not-a-number", "text")
+    url = Secret(redis_cluster.url)
+    writer = RedisWriter(lambda: connect(RedisConfig(url=url)), ttl=TTL, flush_interval=30.0,
+                         batch_ops=11, combine=False)  # fmt: skip
     writer.start()
-    with pytest.raises(ValueError, match="needs a whole number"):
-        writer.extend(["c;k;nx"], [f"{INCRBY}x"])
-    writer.incr("c;k;nx", 3)
-    writer.stop(10)
-    assert writer.stats.written_ops == 1 and writer.queue_depth == 0
-    with redis.Redis(port=redis_srv.port) as plain:
-        assert plain.get("c;k;nx") == b"3"
+    merged(writer, ops, chunk=40)
+    writer.stop(60)
+    assert redis_cluster.keyspace() == expected
+    assert (writer.stats.written_ops, writer.stats.rejected_ops) == (len(ops) - refused, refused)
+    redis_cluster.reset()
