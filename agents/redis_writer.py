@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from prometheus_client import Histogram
@@ -41,6 +41,7 @@ from agents.redis_send import BatchSender, WriterStats, _cause
 from agents.store import INCR, Op
 from agents.write_window import Batch, Window
 from pcapd.core.backoff import Backoff, BackoffTracker
+from pcapd.core.configread import Table
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
 from pcapd.core.redis_conn import Client
@@ -71,6 +72,20 @@ DEFAULT_WRITE_COMBINING = True
 # server: Redis stays busy while the client packs and reads, and still runs
 # other clients' commands between two calls.
 PIPELINE_CALLS = 8
+
+
+def writer_switches(t: Table) -> dict[str, Any]:
+    """`write_combining` and `ping_interval`, read alike in every agent's
+    section (beside its other writer bounds)."""
+    return {
+        "write_combining": t.get_bool("write_combining", DEFAULT_WRITE_COMBINING),
+        "ping_interval": t.get_float(
+            "ping_interval",
+            DEFAULT_PING_INTERVAL,
+            minimum=MIN_PING_INTERVAL,
+            maximum=MAX_PING_INTERVAL,
+        ),
+    }
 
 
 class OpSink(Protocol):

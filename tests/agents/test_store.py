@@ -222,6 +222,20 @@ def test_what_is_queued_when_stopping_with_redis_down_is_counted_as_lost() -> No
     assert writer.stats.redis_errors >= 1
 
 
+def test_an_idle_writer_pings_every_ping_interval(private_redis: RedisServer) -> None:
+    """Readiness follows Redis within a ping_interval while nothing is
+    written (the default, 5 s, would outlast the 3 s allowed here)."""
+    writer = writer_for(private_redis.url, ping_interval=0.1)
+    try:
+        wait_for(lambda: writer.connected, timeout=10)
+        private_redis.stop()
+        wait_for(lambda: not writer.connected, timeout=3)
+        private_redis.start()
+        wait_for(lambda: writer.connected, timeout=15)
+    finally:
+        writer.stop()
+
+
 def test_writes_resume_after_redis_comes_back(private_redis: RedisServer) -> None:
     writer = writer_for(private_redis.url)
     private_redis.stop()
