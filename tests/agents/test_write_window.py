@@ -179,8 +179,8 @@ def test_a_key_of_both_kinds_keeps_its_order_across_calls() -> None:
         (COUNTERS, ["k", "k"], [2, 3]), (APPENDS, ["b"], ["y."]),
     ]  # fmt: skip
     # A merged window's batch holds a key of one kind only: counters first.
-    calls = [(kind, part.keys) for kind, part in _calls(batch, range(5), 1, False)]
-    assert calls == [(COUNTERS, ["a", "k", "k"]), (APPENDS, ["k"]), (APPENDS, ["b"])]
+    kinds = [(kind, part.keys) for kind, part in _calls(batch, range(5), 1, False)]
+    assert kinds == [(COUNTERS, ["a", "k", "k"]), (APPENDS, ["k"]), (APPENDS, ["b"])]
 
 
 def commands(client: redis.Redis, name: str) -> int:
