@@ -186,16 +186,18 @@ class BatchSender:
         script calls that met NOSCRIPT."""
         missing: list[Call] = []
         at = 0
+        index = self.index
         for call in calls:
             slot, kind, part = call
             if kind == COUNTERS:
                 keys, args, weights = part.keys, part.args, part.weights
+                took = 0
                 for i in range(len(keys)):
                     reply = replies[at + i]
                     if isinstance(reply, int):
                         written.append(keys[i])
-                        self.stats.written_ops += weights[i]
-                        if self.index and reply == args[i] and not keys[i].startswith(_CLIENT):
+                        took += weights[i]
+                        if index and reply == args[i] and not keys[i].startswith(_CLIENT):
                             created.append(keys[i])
                     elif isinstance(reply, redis.ResponseError) and not isinstance(
                         reply, _TRANSIENT
@@ -203,6 +205,7 @@ class BatchSender:
                         self._refused(_cause(str(reply), reply), weights[i], str(reply))
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
+                self.stats.written_ops += took
                 at += len(keys)
                 continue
             reply = replies[at]
@@ -261,17 +264,21 @@ class BatchSender:
         """The counters' EXPIREs and the index, in a second round trip. If it
         gets no answer the EXPIREs are kept for the next one (the index is
         best effort: the correlator falls back to SCAN without it)."""
-        commands = self._follow_up_commands(written, created)
-        if not commands:
+        expire = self._expires
+        expire.update(dict.fromkeys(written))
+        if not expire and not created:
             return
-        packed = b"".join([_pack_command(c) for _k, c in commands])
+        packed = _pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
+        index = index_commands(created, self.ttl) if created else []
+        if index:
+            packed += b"".join([_pack_command(command) for _key, command in index])
         try:
-            _exchange(client, packed, len(commands))
+            _exchange(client, packed, len(expire) + len(index))
         except (redis.RedisError, OSError) as exc:
             self._last_error = str(exc) or type(exc).__name__
             self._bound_expires()
             return
-        self._expires.clear()
+        expire.clear()
 
     def _bound_expires(self) -> None:
         """At most `max_queue_ops` EXPIREs wait (Redis away for long): past
@@ -384,15 +391,19 @@ def _calls(batch: Batch, at: Sequence[int], step: int, ordered: bool) -> list[tu
 
 
 def _pack_counters(part: Batch) -> bytes:
-    """INCRBY per entry in RESP, built as text (0.3 us a command here, against
-    0.8 through hiredis.pack_command); a key that is not ASCII takes hiredis."""
-    text = "".join([f"*3\r\n$6\r\nINCRBY\r\n${len(k)}\r\n{k}\r\n${len(n)}\r\n{n}\r\n"
-                    for k, n in zip(part.keys, map(str, part.args), strict=True)])  # fmt: skip
+    return _pack_pairs("INCRBY", part.keys, [str(n) for n in part.args])
+
+
+def _pack_pairs(command: str, keys: Sequence[str], values: Sequence[str]) -> bytes:
+    """`command key value` per key in RESP, built as text (0.3 us a command
+    here, against 0.8 through hiredis.pack_command); keys that are not
+    ASCII (where a length in characters is not one in bytes) take hiredis."""
+    head = f"*3\r\n${len(command)}\r\n{command}\r\n$"
+    text = "".join([f"{head}{len(k)}\r\n{k}\r\n${len(v)}\r\n{v}\r\n"
+                    for k, v in zip(keys, values, strict=True)])  # fmt: skip
     if text.isascii():
         return text.encode()
-    return b"".join(
-        [_pack_command(("INCRBY", k, n)) for k, n in zip(part.keys, part.args, strict=True)]
-    )
+    return b"".join([_pack_command((command, k, v)) for k, v in zip(keys, values, strict=True)])
 
 
 def _exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
