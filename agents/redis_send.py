@@ -120,12 +120,16 @@ class BatchSender:
         after SCRIPT LOAD; the ones of those that then got no answer are
         returned, to be sent again (None when all were). A connection
         failure before the replies are read raises, and all are sent again."""
-        ordered = not self.combine
-        calls = [
-            (0, kind, part)
-            for batch in batches
-            for kind, part in _calls(batch, range(len(batch.keys)), self.batch_ops, ordered)
-        ]
+        step = max(1, self.batch_ops)
+        calls: list[Call] = []
+        for batch in batches:
+            counted, n = batch.counters, len(batch.keys)
+            if counted < 0:  # unmerged: cut by kind, in order
+                calls += [(0, kind, part) for kind, part in _calls(batch, range(n), step)]
+                continue
+            if counted:
+                calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
+            calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
         replies = _exchange(client, *self._pack(calls))
         written: list[str] = []
         created: list[str] = []
@@ -301,7 +305,7 @@ class BatchSender:
         calls = [
             (slot, kind, part)
             for slot, at in group_by_slot(batch.keys).items()
-            for kind, part in _calls(batch, at, self.batch_ops, True)
+            for kind, part in _calls(batch, at, self.batch_ops)
         ]
         retry: list[tuple[int, Batch]] = []
         written: list[str] = []
@@ -347,38 +351,33 @@ class BatchSender:
         self._bound_expires()
 
 
-def _calls(batch: Batch, at: Sequence[int], step: int, ordered: bool) -> list[tuple[str, Batch]]:
+def _calls(batch: Batch, at: Sequence[int], step: int) -> list[tuple[str, Batch]]:
     """The entries of `batch` at `at` (ascending) as calls: (COUNTERS, the
     counters, one INCRBY each) and (APPENDS, at most `step` members, one
-    script call). `ordered`: a key may be counted and appended to among
-    them (unmerged writes; joined batches): the calls then keep each key's
-    order, cutting where a key comes as the other kind. Otherwise (a merged
-    window's batch) a key is of one kind, and its counters go first."""
+    script call). A key may be counted and appended to among them
+    (unmerged writes; joined batches): the calls keep each key's order,
+    cutting where a key comes as the other kind."""
     keys, args = batch.keys, batch.args
     groups: list[tuple[list[int], list[int]]] = []
-    if ordered:
-        counters: list[int] = []
-        appends: list[int] = []
-        counted: set[str] = set()
-        appended: set[str] = set()
-        for i in at:
-            key = keys[i]
-            if isinstance(args[i], int):
-                if key in appended:
-                    groups.append((counters, appends))
-                    counters, appends, counted, appended = [], [], set(), set()
-                counters.append(i)
-                counted.add(key)
-            else:
-                if key in counted:
-                    groups.append((counters, appends))
-                    counters, appends, counted, appended = [], [], set(), set()
-                appends.append(i)
-                appended.add(key)
-        groups.append((counters, appends))
-    else:
-        groups.append(([i for i in at if isinstance(args[i], int)],
-                       [i for i in at if not isinstance(args[i], int)]))  # fmt: skip
+    counters: list[int] = []
+    appends: list[int] = []
+    counted: set[str] = set()
+    appended: set[str] = set()
+    for i in at:
+        key = keys[i]
+        if isinstance(args[i], int):
+            if key in appended:
+                groups.append((counters, appends))
+                counters, appends, counted, appended = [], [], set(), set()
+            counters.append(i)
+            counted.add(key)
+        else:
+            if key in counted:
+                groups.append((counters, appends))
+                counters, appends, counted, appended = [], [], set(), set()
+            appends.append(i)
+            appended.add(key)
+    groups.append((counters, appends))
     calls: list[tuple[str, Batch]] = []
     step = max(1, step)
     for counters, appends in groups:

@@ -40,6 +40,10 @@ class Batch:
     keys: list[str]
     args: list[Op]
     weights: list[int]
+    # A merged window's batch: its first `counters` entries are the
+    # counters, the rest appends, no key of both. -1: not known (unmerged
+    # writes, joined or picked entries), to be cut by kind in order.
+    counters: int = -1
 
     @property
     def ops(self) -> int:
@@ -51,6 +55,9 @@ class Batch:
             return batches[0]
         return Batch([k for b in batches for k in b.keys], [a for b in batches for a in b.args],
                      [w for b in batches for w in b.weights])  # fmt: skip
+
+    def slice(self, start: int, stop: int) -> Batch:
+        return Batch(self.keys[start:stop], self.args[start:stop], self.weights[start:stop])
 
     def part(self, indexes: list[int]) -> Batch:
         """The entries at `indexes` (ascending), in their order."""
@@ -154,16 +161,22 @@ class Window:
             return [Batch(keys_[at : at + step], args_[at : at + step],
                           [1] * len(keys_[at : at + step]))
                     for at in range(0, len(keys_), step)]  # fmt: skip
+        # The counters first, then the appends (no key is both in a window,
+        # so only their order among their own kind counts).
         keys: list[str] = []
         args: list[Op] = []
         weights: list[int] = []
+        ckeys: list[str] = []
+        cargs: list[Op] = []
+        cweights: list[int] = []
         extra, more, repeats = self._extra, self._more, self._repeats
         for key, entry in self._entries.items():
-            keys.append(key)
             if isinstance(entry, int):
-                args.append(entry + extra.get(key, 0) if extra else entry)
-                weights.append(entry)
+                ckeys.append(key)
+                cargs.append(entry + extra.get(key, 0) if extra else entry)
+                cweights.append(entry)
                 continue
+            keys.append(key)
             args.append(entry)
             weights.append(1 + repeats.get((key, entry), 0) if repeats else 1)
             for other in more.get(key, ()):
@@ -171,7 +184,10 @@ class Window:
                 args.append(other)
                 weights.append(1 + repeats.get((key, other), 0))
         self._reset()
+        counted = len(ckeys)
+        keys, args, weights = ckeys + keys, cargs + args, cweights + weights
         return [
-            Batch(keys[at : at + step], args[at : at + step], weights[at : at + step])
+            Batch(keys[at : at + step], args[at : at + step], weights[at : at + step],
+                  max(0, min(step, counted - at)))
             for at in range(0, len(keys), step)
-        ]
+        ]  # fmt: skip

@@ -173,14 +173,21 @@ def test_a_key_of_both_kinds_keeps_its_order_across_calls() -> None:
     append to one key: the calls cut where a key comes as the other kind,
     so Redis sees its writes in their order; other keys ride along."""
     batch = Batch(["k", "a", "k", "b", "k"], ["x.", 1, 2, "y.", 3], [1] * 5)
-    calls = [(kind, part.keys, part.args) for kind, part in _calls(batch, range(5), 10, True)]
+    calls = [(kind, part.keys, part.args) for kind, part in _calls(batch, range(5), 10)]
     assert calls == [
         (COUNTERS, ["a"], [1]), (APPENDS, ["k"], ["x."]),
         (COUNTERS, ["k", "k"], [2, 3]), (APPENDS, ["b"], ["y."]),
     ]  # fmt: skip
-    # A merged window's batch holds a key of one kind only: counters first.
-    kinds = [(kind, part.keys) for kind, part in _calls(batch, range(5), 1, False)]
-    assert kinds == [(COUNTERS, ["a", "k", "k"]), (APPENDS, ["k"]), (APPENDS, ["b"])]
+
+
+def test_a_merged_window_seals_its_counters_first() -> None:
+    """No key is of both kinds in one window: its batches lead with the
+    counters (`counters` of them), which go as INCRBYs, the rest to the script."""
+    window = Window()
+    window.add(["c;a;dns", "client;c", "c;b;dns", "c;n;nx"], ["a.", 1, "b.", 1], 0, 100)
+    first, second = window.seal(3)
+    assert (first.keys, first.counters) == (["client;c", "c;n;nx", "c;a;dns"], 2)
+    assert (second.keys, second.counters) == (["c;b;dns"], 0)
 
 
 def commands(client: redis.Redis, name: str) -> int:
