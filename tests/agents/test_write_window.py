@@ -92,28 +92,46 @@ def ttls_set(client: redis.Redis) -> bool:
     )
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_merged_writes_leave_what_one_at_a_time_leaves(redis_srv: RedisServer, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "combine"), [(1, True), (2, True), (3, True), (5, False),
+                                               (6, False)])  # fmt: skip
+def test_merged_writes_leave_what_one_at_a_time_leaves(
+    redis_srv: RedisServer, seed: int, combine: bool
+) -> None:
+    """And `write_combining = false`: one INCRBY per counter write, the
+    appends as they came, a key of both kinds in the mix (in its order),
+    the same key space."""
     ops = workload(seed)
+    if not combine:
+        ops += [("client;both", INCR), ("client;both", "m."), ("client;both", 2)]
     with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
         seed_wrong_types(plain)
         refused = one_at_a_time(plain, ops)
         expected = keyspace(plain)
         plain.flushall()
         seed_wrong_types(plain)
+        plain.config_resetstat()
         writer = RedisWriter(
             lambda: redis.Redis(port=redis_srv.port, socket_timeout=5),
-            ttl=TTL, flush_interval=30.0, batch_ops=7,
+            ttl=TTL, flush_interval=30.0, batch_ops=7, combine=combine,
         )  # fmt: skip
         writer.start()
         merged(writer, ops, chunk=50)
         writer.stop(30)
         assert keyspace(plain) == expected
         assert ttls_set(plain)
+        counters = sum(isinstance(arg, int) for _key, arg in ops)
+        if combine:
+            assert commands(plain, "incrby") < counters
+        else:
+            assert commands(plain, "incrby") == counters
     # Counted per write, as if nothing had been merged.
     stats = writer.stats
     assert (stats.written_ops, stats.rejected_ops) == (len(ops) - refused, refused)
     assert stats.queued_ops == len(ops) and stats.dropped_ops == refused > 0
+
+
+def commands(client: redis.Redis, name: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
 
 
 def test_merging_sends_fewer_entries_than_writes() -> None:
@@ -145,11 +163,14 @@ def test_a_full_window_still_merges_repeats() -> None:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("combine", [True, False])
 def test_merged_writes_on_a_cluster_leave_what_one_server_does(
-    redis_cluster: RedisCluster, redis_srv: RedisServer
+    redis_cluster: RedisCluster, redis_srv: RedisServer, combine: bool
 ) -> None:
-    ops = workload(4, n=2000)
-    options: dict[str, Any] = {"ttl": TTL, "flush_interval": 30.0, "batch_ops": 11}
+    """And unmerged (write_combining off): the same key space."""
+    ops = workload(4 if combine else 7, n=2000)
+    options: dict[str, Any] = {"ttl": TTL, "flush_interval": 30.0, "batch_ops": 11,
+                               "combine": combine}  # fmt: skip
     with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
         seed_wrong_types(plain)
         refused = one_at_a_time(plain, ops)
@@ -188,61 +209,3 @@ def test_a_merged_window_seals_its_counters_first() -> None:
     first, second = window.seal(3)
     assert (first.keys, first.counters) == (["client;c", "c;n;nx", "c;a;dns"], 2)
     assert (second.keys, second.counters) == (["c;b;dns"], 0)
-
-
-def commands(client: redis.Redis, name: str) -> int:
-    return int(client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
-
-
-@pytest.mark.parametrize("seed", [5, 6])
-def test_unmerged_writes_reach_redis_as_queued_and_leave_the_same(
-    redis_srv: RedisServer, seed: int
-) -> None:
-    """`write_combining = false`: one INCRBY per counter write, the appends
-    as they came, keys of both kinds in the mix; the key space (values,
-    TTLs) is what one at a time gives, and the counts are per write."""
-    ops = workload(seed)
-    ops += [("client;both", INCR), ("client;both", "m."), ("client;both", 2)]  # order matters
-    with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
-        seed_wrong_types(plain)
-        refused = one_at_a_time(plain, ops)
-        expected = keyspace(plain)
-        plain.flushall()
-        seed_wrong_types(plain)
-        plain.config_resetstat()
-        writer = RedisWriter(
-            lambda: redis.Redis(port=redis_srv.port, socket_timeout=5),
-            ttl=TTL, flush_interval=30.0, batch_ops=7, combine=False,
-        )  # fmt: skip
-        writer.start()
-        merged(writer, ops, chunk=50)
-        writer.stop(30)
-        assert keyspace(plain) == expected
-        assert ttls_set(plain)
-        assert commands(plain, "incrby") == sum(isinstance(arg, int) for _key, arg in ops)
-    stats = writer.stats
-    assert (stats.written_ops, stats.rejected_ops) == (len(ops) - refused, refused)
-
-
-@pytest.mark.timeout(300)
-def test_unmerged_writes_on_a_cluster_leave_what_one_server_does(
-    redis_cluster: RedisCluster, redis_srv: RedisServer
-) -> None:
-    ops = workload(7, n=1500)
-    with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
-        seed_wrong_types(plain)
-        refused = one_at_a_time(plain, ops)
-        expected = keyspace(plain)
-        plain.flushall()
-    with redis.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0]) as nodes:
-        nodes.rpush("wrong;list;dns", "a list, not a string")
-        nodes.set("client;not-a-number", "text")
-    url = Secret(redis_cluster.url)
-    writer = RedisWriter(lambda: connect(RedisConfig(url=url)), ttl=TTL, flush_interval=30.0,
-                         batch_ops=11, combine=False)  # fmt: skip
-    writer.start()
-    merged(writer, ops, chunk=40)
-    writer.stop(60)
-    assert redis_cluster.keyspace() == expected
-    assert (writer.stats.written_ops, writer.stats.rejected_ops) == (len(ops) - refused, refused)
-    redis_cluster.reset()
