@@ -71,7 +71,8 @@ class WriterStats:
     dropped_ops: int = 0
     rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, READONLY, NOPERM, ...)
     redis_errors: int = 0
-    # Counters written whose EXPIRE was given up (Redis away past the bound).
+    # Counters written whose EXPIRE was refused or given up (Redis away
+    # past the bound): they stand without their TTL.
     expires_lost: int = 0
 
 
@@ -88,6 +89,7 @@ class BatchSender:
     # Counters written whose EXPIRE got no answer yet, sent with the next
     # round trip (at most max_queue_ops).
     _expires: dict[str, None]
+    _expire_logged: float  # when an EXPIRE refusal was last logged
     _drop_log: dict[str, tuple[float, int]]
     _last_error: str
     unanswered: dict[int, str] | None
@@ -277,12 +279,27 @@ class BatchSender:
         if index:
             packed += b"".join([_pack_command(command) for _key, command in index])
         try:
-            _exchange(client, packed, len(expire) + len(index))
+            replies = _exchange(client, packed, len(expire) + len(index))
         except (redis.RedisError, OSError) as exc:
             self._last_error = str(exc) or type(exc).__name__
             self._bound_expires()
             return
+        self._expires_refused([r for r in replies[: len(expire)] if isinstance(r, Exception)])
         expire.clear()
+
+    def _expires_refused(self, errors: list[Exception]) -> None:
+        """EXPIREs Redis answered with an error (an ACL, a read-only
+        replica): the counters stand without their TTL; counted in
+        `expires_lost`, logged at most once per DROP_LOG_INTERVAL."""
+        if not errors:
+            return
+        self.stats.expires_lost += len(errors)
+        now = time.monotonic()
+        if now - self._expire_logged >= DROP_LOG_INTERVAL:
+            self._expire_logged = now
+            event(log, "redis_expires_refused", logging.ERROR, keys=len(errors),
+                  cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
+                  expires_lost=self.stats.expires_lost)  # fmt: skip
 
     def _bound_expires(self) -> None:
         """At most `max_queue_ops` EXPIREs wait (Redis away for long): past
@@ -292,6 +309,8 @@ class BatchSender:
             for key in list(itertools.islice(self._expires, over)):
                 del self._expires[key]
             self.stats.expires_lost += over
+            event(log, "redis_expires_lost", logging.ERROR, keys=over,
+                  reason="more EXPIREs waiting for Redis than max_queue_ops")  # fmt: skip
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
         """Per hash slot, its counters as INCRBY commands and its appends in
@@ -345,9 +364,16 @@ class BatchSender:
             self._last_error = str(exc) or type(exc).__name__
             self._bound_expires()
             return
+        refused: list[Exception] = []
         for (key, command), reply in zip(commands, replies, strict=True):
-            if command[0] == "EXPIRE" and not isinstance(reply, Exception):
-                self._expires.pop(key, None)
+            if command[0] != "EXPIRE" or key not in self._expires:
+                continue  # the index's: best effort
+            if isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
+                refused.append(reply)
+            elif isinstance(reply, Exception):
+                continue  # no answer: kept for the next round trip
+            del self._expires[key]
+        self._expires_refused(refused)
         self._bound_expires()
 
 

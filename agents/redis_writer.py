@@ -154,6 +154,7 @@ class RedisWriter(BatchSender):
         # Notified (under the lock) whenever sent batches leave the queue.
         self._drained = threading.Condition(self._lock)
         self._expires: dict[str, None] = {}
+        self._expire_logged = -math.inf
         self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
         self._queued = 0  # entries in _batches

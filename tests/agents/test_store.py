@@ -161,6 +161,26 @@ def test_an_acl_denying_a_command_drops_the_keys(
     assert sum(line["ops"] for line in lines) == 2
 
 
+def test_a_refused_expire_is_counted_and_logged(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A counter Redis took but whose EXPIRE it refused stands without its
+    TTL: counted (expires_lost) and logged, never silent."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    admin = private_redis.client()
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-expire"])  # fmt: skip
+    port = admin.connection_pool.connection_kwargs["port"]
+    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
+    writer.incr("client;c")
+    writer.stop()
+    assert admin.get("client;c") == b"1" and admin.ttl("client;c") == -1
+    assert writer.stats.written_ops == 1 and writer.stats.expires_lost == 1
+    (line,) = [getattr(r, "pcapd_fields", {}) for r in caplog.records
+               if r.getMessage() == "redis_expires_refused"]  # fmt: skip
+    assert (line["cause"], line["keys"]) == ("NOPERM", 1)
+
+
 def test_full_queue_drops_and_counts_never_blocks() -> None:
     writer = RedisWriter(
         lambda: redis.Redis(port=free_port(), socket_timeout=0.2),
