@@ -36,9 +36,7 @@ from redis.exceptions import RedisClusterException
 from agents.store import APPEND_SCRIPT, client_key, index_commands
 from agents.write_window import Batch
 from pcapd.core.logs import event
-
-# _read_replies: the hiredis reader the cluster path uses, for one server too.
-from pcapd.core.redis_conn import _read_replies, group_by_slot, send_by_slot
+from pcapd.core.redis_conn import group_by_slot, read_replies, send_by_slot
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -439,7 +437,7 @@ def _exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
     conn = pool.get_connection()
     try:
         conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
-        return _read_replies(conn, count)
+        return read_replies(conn, count)
     except BaseException:
         conn.disconnect()  # type: ignore[no-untyped-call]
         raise

@@ -177,7 +177,7 @@ def send_by_slot(
             try:
                 if isinstance(conn, Exception):
                     raise conn
-                answers = iter(_read_replies(conn, len(indices) + len(asked & set(indices))))
+                answers = iter(read_replies(conn, len(indices) + len(asked & set(indices))))
                 for i in indices:
                     if i in asked:
                         next(answers)  # ASKING's OK
@@ -225,7 +225,7 @@ def _send_packed(client: RedisCluster, node: ClusterNode, packed: bytes) -> Any:
     return conn
 
 
-def _read_replies(conn: Any, count: int) -> list[Any]:
+def read_replies(conn: Any, count: int) -> list[Any]:
     """`count` replies straight off the socket into a hiredis reader (redis-py
     costs ~25 us a reply in its wrappers); error replies become redis-py's
     exceptions (MovedError, NoScriptError, ...), returned, not raised."""
