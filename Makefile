@@ -41,8 +41,13 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# Test files run side by side in PYTEST_WORKERS processes (pytest-xdist; a
+# file's tests stay together, in order): they mostly wait on servers, packets
+# and subprocesses, so 3 on 2 cores finish in about 2/3 of the time of one.
+# `make pytest PYTEST_WORKERS=0` runs them all in one process.
+PYTEST_WORKERS ?= 3
 pytest: venv
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: setup lint typecheck pytest
 

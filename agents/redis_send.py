@@ -1,37 +1,56 @@
 """What the agents' writer (agents/redis_writer.py) sends in one round trip,
-and how it counts the replies: one EVALSHA per batch on a plain server, or
-calls of one hash slot's entries each, at most `batch_ops` of them, on a
-cluster; a missing script is loaded and only those calls are sent again.
-Each call is counted once, as written or as refused by Redis (the cause
-logged at most once per DROP_LOG_INTERVAL); the calls that got no answer are
-handed back to the writer, to be sent again after its backoff.
+and how it counts the replies.
+
+Counters (INCR, INCRBY) go as plain INCRBY commands, appends through
+`store.APPEND_SCRIPT` in calls of at most `batch_ops` entries, pipelined
+over one connection on a plain server, per hash slot (`send_by_slot`) on a
+cluster. Once the counters are answered, a second, small round trip sends
+EXPIRE for the counters Redis took (not before: an EXPIRE beside a refused
+INCRBY would put a TTL on another application's key) and, with the client
+index, SADDs the keys created to their clients' index sets. A missing
+script is loaded and only those calls are sent again. Each write is counted
+once, as written or as refused by Redis (the cause logged at most once per
+DROP_LOG_INTERVAL); what got no answer is handed back to the writer, to be
+sent again after its backoff. Commands are packed and replies read here
+(hiredis), not through redis-py's pipeline, whose wrappers cost more per
+reply than Redis spends on the command; and nothing is retried unseen.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from agents.store import BATCH_SCRIPT, index_commands
+from agents.store import APPEND_SCRIPT, client_key, index_commands
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import group_by_slot, send_by_slot
+from pcapd.core.redis_conn import group_by_slot, read_replies, send_by_slot
 
 log = logging.getLogger("pcapd.agents.store")
 
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 
-_SHA = hashlib.sha1(BATCH_SCRIPT.encode()).hexdigest()  # what EVALSHA names
+_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()  # what EVALSHA names
+# hiredis's stub takes one-element tuples only; it packs any command.
+_pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+_CLIENT = client_key("")  # counters that go in no client's index
+
+# What a call is: (slot, kind, its entries).
+COUNTERS = "counters"  # one INCRBY per entry
+APPENDS = "appends"  # one script call
+Call = tuple[int, str, Batch]
 
 # Cluster replies that say "not now" rather than "no": sent again after backoff.
 _TRANSIENT = (
@@ -50,6 +69,9 @@ class WriterStats:
     dropped_ops: int = 0
     rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, READONLY, NOPERM, ...)
     redis_errors: int = 0
+    # Counters written whose EXPIRE was refused or given up (Redis away
+    # past the bound): they stand without their TTL.
+    expires_lost: int = 0
 
 
 class BatchSender:
@@ -60,6 +82,12 @@ class BatchSender:
     ttl: int
     index: bool
     batch_ops: int
+    max_queue_ops: int
+    combine: bool
+    # Counters written whose EXPIRE got no answer yet, sent with the next
+    # round trip (at most max_queue_ops).
+    _expires: dict[str, None]
+    _expire_logged: float  # when an EXPIRE refusal was last logged
     _drop_log: dict[str, tuple[float, int]]
     _last_error: str
     unanswered: dict[int, str] | None
@@ -85,50 +113,125 @@ class BatchSender:
         )  # fmt: skip
 
     def _send_plain(self, client: redis.Redis, batches: list[Batch]) -> list[Batch] | None:
-        """`batches` in one round trip, one EVALSHA each: Redis runs each call
-        whole but lets other clients in between, so no one call holds it
-        longer than `batch_ops` entries take. Counts what each wrote or
-        refused. A call Redis lacks the script for (a restart, SCRIPT FLUSH)
-        is sent again after SCRIPT LOAD; the ones of those that then got no
-        answer are returned, to be sent again (None when all were). A
-        connection failure before any reply raises, and all are sent again."""
-        replies = self._evalsha(client, batches)
-        missing = [b for b, r in zip(batches, replies, strict=True) if _no_script(r)]
-        self._count(batches, replies)
-        if not missing:
-            return None
-        try:
-            client.script_load(BATCH_SCRIPT)
-            replies = self._evalsha(client, missing)
-        except redis.ResponseError as exc:  # refused (an ACL): those calls only
-            for batch in missing:
-                self._refused(_cause(str(exc), exc), batch.ops, str(exc))
-            return None
-        except redis.RedisError as exc:
-            self._last_error = str(exc) or type(exc).__name__
-            return missing
-        self._count(missing, replies)
-        return None
-
-    def _evalsha(self, client: redis.Redis, batches: list[Batch]) -> list[object]:
-        """EVALSHA straight on the pipeline: redis-py's Script object would
-        first ask SCRIPT EXISTS, a round trip more per send."""
-        pipe = client.pipeline(transaction=False)
+        """`batches` in one round trip: Redis runs each script call whole but
+        lets other clients in between, so no one call holds it longer than
+        `batch_ops` entries take. Counts what each wrote or refused. A call
+        Redis lacks the script for (a restart, SCRIPT FLUSH) is sent again
+        after SCRIPT LOAD; the ones of those that then got no answer are
+        returned, to be sent again (None when all were). A connection
+        failure before the replies are read raises, and all are sent again."""
+        step = max(1, self.batch_ops)
+        calls: list[Call] = []
         for batch in batches:
-            pipe.evalsha(_SHA, len(batch.keys), *batch.keys, self.ttl, int(self.index), *batch.args)
-        return list(pipe.execute(raise_on_error=False))
+            counted, n = batch.counters, len(batch.keys)
+            if counted < 0:  # unmerged: cut by kind, in order
+                calls += [(0, kind, part) for kind, part in _calls(batch, range(n), step)]
+                continue
+            if counted:
+                calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
+            calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
+        replies = _exchange(client, *self._pack(calls))
+        written: list[str] = []
+        created: list[str] = []
+        missing = self._count_calls(calls, replies, written, created, None)
+        left: list[Batch] | None = None
+        if missing:
+            try:
+                client.script_load(APPEND_SCRIPT)
+                replies = _exchange(client, *self._pack(missing))
+            except redis.ResponseError as exc:  # refused (an ACL): those calls only
+                for _slot, _kind, part in missing:
+                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
+            except redis.RedisError as exc:
+                self._last_error = str(exc) or type(exc).__name__
+                left = [part for _slot, _kind, part in missing]
+            else:
+                self._count_calls(missing, replies, written, created, None)
+        self._follow_up(client, written, created)
+        return left
 
-    def _count(self, batches: list[Batch], replies: list[object]) -> None:
-        """What each call wrote, or refused (Redis refused a whole call: a
-        read-only replica, an ACL; retrying would only wedge the queue)."""
-        for batch, reply in zip(batches, replies, strict=True):
+    def _pack(self, calls: list[Call]) -> tuple[bytes, int]:
+        """The calls' commands packed for one pipeline, and how many: a
+        counter part is one INCRBY per entry, an append part one EVALSHA."""
+        ttl, mode = self.ttl, int(self.index)
+        packed = [_pack_counters(part) if kind == COUNTERS else _pack_command(
+                      ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args))
+                  for _slot, kind, part in calls]  # fmt: skip
+        count = sum(len(part.keys) if kind == COUNTERS else 1 for _slot, kind, part in calls)
+        return b"".join(packed), count
+
+    def _commands(self, calls: list[Call]) -> list[tuple[int, tuple[Any, ...]]]:
+        """The calls' commands with their slots, for `send_by_slot`."""
+        ttl, mode = self.ttl, int(self.index)
+        commands: list[tuple[int, tuple[Any, ...]]] = []
+        for slot, kind, part in calls:
+            if kind == COUNTERS:
+                commands += [
+                    (slot, ("INCRBY", k, n)) for k, n in zip(part.keys, part.args, strict=True)
+                ]
+            else:
+                commands.append(
+                    (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args))
+                )
+        return commands
+
+    def _count_calls(
+        self,
+        calls: list[Call],
+        replies: list[Any],
+        written: list[str],
+        created: list[str],
+        unanswered: list[tuple[int, Batch]] | None,
+    ) -> list[Call]:
+        """Count each call's replies (in `replies`, a counter part's one per
+        entry); adds the counters Redis took to `written` and the keys made
+        to `created`, and each call that got no answer to `unanswered` (on a
+        plain server, None: a failure there raised before). Returns the
+        script calls that met NOSCRIPT."""
+        missing: list[Call] = []
+        at = 0
+        index = self.index
+        for call in calls:
+            slot, kind, part = call
+            if kind == COUNTERS:
+                keys, args, weights = part.keys, part.args, part.weights
+                took = 0
+                for i in range(len(keys)):
+                    reply = replies[at + i]
+                    if isinstance(reply, int):
+                        written.append(keys[i])
+                        took += weights[i]
+                        if index and reply == args[i] and not keys[i].startswith(_CLIENT):
+                            created.append(keys[i])
+                    elif isinstance(reply, redis.ResponseError) and not isinstance(
+                        reply, _TRANSIENT
+                    ):
+                        self._refused(_cause(str(reply), reply), weights[i], str(reply))
+                    else:
+                        self._unanswered(reply, slot, part.part([i]), unanswered)
+                self.stats.written_ops += took
+                at += len(keys)
+                continue
+            reply = replies[at]
+            at += 1
             if _no_script(reply):
-                continue
-            if isinstance(reply, redis.ResponseError):
-                self._refused(_cause(str(reply), reply), batch.ops, str(reply))
-                continue
-            assert isinstance(reply, list)
-            self._count_answer(batch, reply)
+                missing.append(call)
+            elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
+                self._refused(_cause(str(reply), reply), part.ops, str(reply))
+            elif isinstance(reply, list):
+                self._count_answer(part, reply)
+                created.extend(_text(k) for k in reply[2:])
+            else:
+                self._unanswered(reply, slot, part, unanswered)
+        return missing
+
+    def _unanswered(
+        self, reply: object, slot: int, part: Batch, unanswered: list[tuple[int, Batch]] | None
+    ) -> None:
+        self._last_error = str(reply) or type(reply).__name__
+        if unanswered is None:  # a plain server answers all or raises
+            raise redis.ConnectionError(f"unexpected reply {reply!r}")
+        unanswered.append((slot, part))
 
     def _count_answer(self, batch: Batch, reply: list[Any]) -> None:
         """The script's answer for `batch`: {refused entries' indexes, the
@@ -138,71 +241,208 @@ class BatchSender:
             self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
         self.stats.written_ops += batch.ops - refused
 
-    def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
-        """Script calls of one hash slot's entries each, at most `batch_ops`
-        of them (a slot's share of up to PIPELINE_CALLS joined batches can be
-        more), pipelined per node (`redis_conn.send_by_slot`, which follows
-        MOVED and ASK); counts what each call wrote or refused. Returns the
-        entries of the calls that got no answer (node down, failover, the
-        script not loaded), to be sent again, or None when every call was
-        answered; once a call's reply is counted it does not raise, so a
-        written call is never sent again."""
-        step = max(1, self.batch_ops)
-        calls = [
-            (slot, batch.part(at[i : i + step]))
-            for slot, at in group_by_slot(batch.keys).items()
-            for i in range(0, len(at), step)
+    def _follow_up_commands(
+        self, written: list[str], created: list[str]
+    ) -> list[tuple[str, tuple[str | int, ...]]]:
+        """(key, command): EXPIRE for each counter written (once per key),
+        and those left from a round trip that failed; the index's SADDs."""
+        expire = self._expires
+        expire.update(dict.fromkeys(written))
+        ttl = self.ttl
+        commands: list[tuple[str, tuple[str | int, ...]]] = [
+            (key, ("EXPIRE", key, ttl)) for key in expire
         ]
-        mode = 2 if self.index else 0
-        retry: list[Batch] = []
+        if created:
+            commands += index_commands(created, ttl)
+        return commands
+
+    def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
+        """The EXPIREs a failed round trip left; True once all are answered."""
+        if isinstance(client, RedisCluster):
+            self._follow_up_slots(client, [], [])
+        else:
+            self._follow_up(client, [], [])
+        return not self._expires
+
+    def _follow_up(self, client: redis.Redis, written: list[str], created: list[str]) -> None:
+        """The counters' EXPIREs and the index, in a second round trip. If it
+        gets no answer the EXPIREs are kept for the next one (the index is
+        best effort: the correlator falls back to SCAN without it)."""
+        expire = self._expires
+        expire.update(dict.fromkeys(written))
+        if not expire and not created:
+            return
+        packed = _pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
+        index = index_commands(created, self.ttl) if created else []
+        if index:
+            packed += b"".join([_pack_command(command) for _key, command in index])
+        try:
+            replies = _exchange(client, packed, len(expire) + len(index))
+        except (redis.RedisError, OSError) as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            self._bound_expires()
+            return
+        self._expires_refused([r for r in replies[: len(expire)] if isinstance(r, Exception)])
+        expire.clear()
+
+    def _expires_refused(self, errors: list[Exception]) -> None:
+        """EXPIREs Redis answered with an error (an ACL, a read-only
+        replica): the counters stand without their TTL; counted in
+        `expires_lost`, logged at most once per DROP_LOG_INTERVAL."""
+        if not errors:
+            return
+        self.stats.expires_lost += len(errors)
+        now = time.monotonic()
+        if now - self._expire_logged >= DROP_LOG_INTERVAL:
+            self._expire_logged = now
+            event(log, "redis_expires_refused", logging.ERROR, keys=len(errors),
+                  cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
+                  expires_lost=self.stats.expires_lost)  # fmt: skip
+
+    def _bound_expires(self) -> None:
+        """At most `max_queue_ops` EXPIREs wait (Redis away for long): past
+        that the oldest are given up, counted in `expires_lost`."""
+        over = len(self._expires) - self.max_queue_ops
+        if over > 0:
+            for key in list(itertools.islice(self._expires, over)):
+                del self._expires[key]
+            self.stats.expires_lost += over
+            event(log, "redis_expires_lost", logging.ERROR, keys=over,
+                  reason="more EXPIREs waiting for Redis than max_queue_ops")  # fmt: skip
+
+    def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
+        """Per hash slot, its counters as INCRBY commands and its appends in
+        script calls of at most `batch_ops` entries (a slot's share of up to
+        PIPELINE_CALLS joined batches can be more), in the order they came,
+        pipelined per node (`redis_conn.send_by_slot`, which follows MOVED
+        and ASK); counts what each wrote or refused. Returns the entries
+        that got no answer (node down, failover, the script not loaded), to
+        be sent again, or None when every one was answered; once a reply is
+        counted it does not raise, so a written entry is never sent again."""
+        calls = [
+            (slot, kind, part)
+            for slot, at in group_by_slot(batch.keys).items()
+            for kind, part in _calls(batch, at, self.batch_ops)
+        ]
+        retry: list[tuple[int, Batch]] = []
+        written: list[str] = []
         created: list[str] = []
-        unanswered: dict[int, str] = {}
-        for attempt in range(2):  # a second only to load the script where it is missing
-            commands = [
-                (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, mode, *part.args))
-                for slot, part in calls
-            ]
-            missing: list[tuple[int, Batch]] = []
-            for (slot, part), reply in zip(calls, send_by_slot(client, commands), strict=True):
-                if _no_script(reply) and attempt == 0:
-                    missing.append((slot, part))
-                elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
-                    self._refused(_cause(str(reply), reply), part.ops, str(reply))
-                elif isinstance(reply, Exception):
-                    self._last_error = str(reply) or type(reply).__name__
-                    unanswered[slot] = _owner(client, slot)
-                    retry.append(part)
-                else:
-                    self._count_answer(part, reply)
-                    created.extend(_text(k) for k in reply[2:])
-            if not missing:
-                break
+        missing = self._count_calls(calls, send_by_slot(client, self._commands(calls)),
+                                    written, created, retry)  # fmt: skip
+        if missing:
             try:
-                client.script_load(BATCH_SCRIPT)  # every primary: one restarted without it
+                client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
             except (redis.RedisError, RedisClusterException) as exc:
                 # Other slots were written and counted: only these are refused
                 # (Redis said no) or sent again (no answer), never the rest.
-                for slot, part in missing:
+                for slot, _kind, part in missing:
                     if isinstance(exc, redis.ResponseError) and not isinstance(exc, _TRANSIENT):
                         self._refused(_cause(str(exc), exc), part.ops, str(exc))
                     else:
                         self._last_error = str(exc) or type(exc).__name__
-                        unanswered[slot] = _owner(client, slot)
-                        retry.append(part)
-                break
-            calls = missing
-        self.unanswered = unanswered
-        if created:
-            with contextlib.suppress(redis.RedisError, RedisClusterException):
-                self._index(client, created)  # best effort, and the writes stand
-        return [Batch.joined(retry)] if retry else None
+                        retry.append((slot, part))
+            else:
+                self._count_calls(missing, send_by_slot(client, self._commands(missing)),
+                                  written, created, retry)  # fmt: skip
+        self.unanswered = {slot: _owner(client, slot) for slot, _part in retry}
+        self._follow_up_slots(client, written, created)
+        return [Batch.joined([part for _slot, part in retry])] if retry else None
 
-    def _index(self, client: RedisCluster, created: list[str]) -> None:
-        """SADD new keys to their clients' index sets (best effort: the index
-        only speeds the correlator up, which falls back to SCAN without it)."""
-        commands = [(key_slot(index.encode()), command)
-                    for index, command in index_commands(created, self.ttl)]  # fmt: skip
-        send_by_slot(client, commands)
+    def _follow_up_slots(
+        self, client: RedisCluster, written: list[str], created: list[str]
+    ) -> None:
+        """`_follow_up` on a cluster: each command to its key's slot; the
+        EXPIREs that got no answer are kept for the next round trip."""
+        commands = self._follow_up_commands(written, created)
+        if not commands:
+            return
+        try:
+            replies = send_by_slot(client, [(key_slot(k.encode()), c) for k, c in commands])
+        except (redis.RedisError, RedisClusterException) as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            self._bound_expires()
+            return
+        refused: list[Exception] = []
+        for (key, command), reply in zip(commands, replies, strict=True):
+            if command[0] != "EXPIRE" or key not in self._expires:
+                continue  # the index's: best effort
+            if isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
+                refused.append(reply)
+            elif isinstance(reply, Exception):
+                continue  # no answer: kept for the next round trip
+            del self._expires[key]
+        self._expires_refused(refused)
+        self._bound_expires()
+
+
+def _calls(batch: Batch, at: Sequence[int], step: int) -> list[tuple[str, Batch]]:
+    """The entries of `batch` at `at` (ascending) as calls: (COUNTERS, the
+    counters, one INCRBY each) and (APPENDS, at most `step` members, one
+    script call). A key may be counted and appended to among them
+    (unmerged writes; joined batches): the calls keep each key's order,
+    cutting where a key comes as the other kind."""
+    keys, args = batch.keys, batch.args
+    groups: list[tuple[list[int], list[int]]] = []
+    counters: list[int] = []
+    appends: list[int] = []
+    counted: set[str] = set()
+    appended: set[str] = set()
+    for i in at:
+        key = keys[i]
+        if isinstance(args[i], int):
+            if key in appended:
+                groups.append((counters, appends))
+                counters, appends, counted, appended = [], [], set(), set()
+            counters.append(i)
+            counted.add(key)
+        else:
+            if key in counted:
+                groups.append((counters, appends))
+                counters, appends, counted, appended = [], [], set(), set()
+            appends.append(i)
+            appended.add(key)
+    groups.append((counters, appends))
+    calls: list[tuple[str, Batch]] = []
+    step = max(1, step)
+    for counters, appends in groups:
+        if counters:
+            calls.append((COUNTERS, batch if len(counters) == len(keys) else batch.part(counters)))
+        calls += [
+            (APPENDS, batch.part(appends[a : a + step])) for a in range(0, len(appends), step)
+        ]
+    return calls
+
+
+def _pack_counters(part: Batch) -> bytes:
+    return _pack_pairs("INCRBY", part.keys, [str(n) for n in part.args])
+
+
+def _pack_pairs(command: str, keys: Sequence[str], values: Sequence[str]) -> bytes:
+    """`command key value` per key in RESP, built as text (0.3 us a command
+    here, against 0.8 through hiredis.pack_command); keys that are not
+    ASCII (where a length in characters is not one in bytes) take hiredis."""
+    head = f"*3\r\n${len(command)}\r\n{command}\r\n$"
+    text = "".join([f"{head}{len(k)}\r\n{k}\r\n${len(v)}\r\n{v}\r\n"
+                    for k, v in zip(keys, values, strict=True)])  # fmt: skip
+    if text.isascii():
+        return text.encode()
+    return b"".join([_pack_command((command, k, v)) for k, v in zip(keys, values, strict=True)])
+
+
+def _exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
+    """Write `packed` on one of the client's connections and read `count`
+    replies (error replies returned as redis-py's exceptions). Raises on a
+    connection failure; nothing is sent twice."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
+        return read_replies(conn, count)
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(conn)
 
 
 def _owner(client: RedisCluster, slot: int) -> str:
@@ -214,8 +454,12 @@ def _owner(client: RedisCluster, slot: int) -> str:
 
 
 def _cause(error: str, exc: Exception | None = None) -> str:
-    """A Redis error's code, its first word (`WRONGTYPE Operation against...`),
-    or redis-py's class for it where redis-py cut the code off (NOPERM)."""
+    """A Redis error's code: its first word (`WRONGTYPE Operation against...`),
+    or the code redis-py cut off its message and kept beside it (READONLY,
+    NOPERM, ERR), else redis-py's class for it."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
     code = error.split(" ", 1)[0]
     if code.isalpha() and code.isupper():
         return code

@@ -1,7 +1,8 @@
 """The batched writer every agent uses: INCR, INCRBY and append-if-absent
-operations, merged per window (agents/write_window.py) and sent in script
-calls of at most `batch_ops` entries (on a cluster, of one hash slot's
-entries each), `PIPELINE_CALLS` batches per round trip.
+operations, merged per window (agents/write_window.py; `write_combining`
+off: sent as queued), the counters sent as plain INCRBY commands and the
+appends in script calls of at most `batch_ops` entries (on a cluster, of
+one hash slot's entries each), `PIPELINE_CALLS` batches per round trip.
 
 The writer holds at most `max_queue_ops` entries (distinct INCR keys and
 distinct (key, member) appends) between the agents and Redis (worst case
@@ -15,7 +16,7 @@ retries are off (`_client`), so each attempt sends each call once, but a
 call whose reply was lost after Redis ran it (a timeout, a cut connection)
 is sent again, and its INCRs count twice (appends are idempotent). On a
 cluster only the slots that got no answer are sent again. What it writes,
-and the script that writes it, are spelled in agents/store.py; how one
+and the script that appends, are spelled in agents/store.py; how one
 round trip is sent and its replies counted, in agents/redis_send.py.
 """
 
@@ -28,7 +29,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from prometheus_client import Histogram
@@ -37,9 +38,10 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from agents.redis_send import BatchSender, WriterStats, _cause
-from agents.store import INCR, INCRBY
+from agents.store import INCR, Op
 from agents.write_window import Batch, Window
 from pcapd.core.backoff import Backoff, BackoffTracker
+from pcapd.core.configread import Table
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
 from pcapd.core.redis_conn import Client
@@ -61,19 +63,35 @@ MAX_BATCH_OPS = 100_000
 DEFAULT_FLUSH_INTERVAL = 0.05
 MIN_FLUSH_INTERVAL = 0.001
 MAX_FLUSH_INTERVAL = 10.0
-ROOM_POLL = 0.002  # s between looks at the queue in wait_for_room
 # s: an idle writer PINGs Redis this often, so `connected` (readiness) stays true
-PING_INTERVAL = 5.0
+DEFAULT_PING_INTERVAL = 5.0
+MIN_PING_INTERVAL = 0.05
+MAX_PING_INTERVAL = 3600.0
+DEFAULT_WRITE_COMBINING = True
 # Script calls (of at most batch_ops entries each) sent per round trip to one
 # server: Redis stays busy while the client packs and reads, and still runs
 # other clients' commands between two calls.
 PIPELINE_CALLS = 8
 
 
+def writer_switches(t: Table) -> dict[str, Any]:
+    """`write_combining` and `ping_interval`, read alike in every agent's
+    section (beside its other writer bounds)."""
+    return {
+        "write_combining": t.get_bool("write_combining", DEFAULT_WRITE_COMBINING),
+        "ping_interval": t.get_float(
+            "ping_interval",
+            DEFAULT_PING_INTERVAL,
+            minimum=MIN_PING_INTERVAL,
+            maximum=MAX_PING_INTERVAL,
+        ),
+    }
+
+
 class OpSink(Protocol):
     """Where agents.store queues operations: the RedisWriter, or an OpBuffer."""
 
-    def extend(self, keys: list[str], args: Sequence[str]) -> None: ...
+    def extend(self, keys: list[str], args: Sequence[Op]) -> None: ...
 
 
 class OpBuffer:
@@ -86,9 +104,9 @@ class OpBuffer:
     def __init__(self, writer: RedisWriter) -> None:
         self.writer = writer
         self.keys: list[str] = []
-        self.args: list[str] = []
+        self.args: list[Op] = []
 
-    def extend(self, keys: list[str], args: Sequence[str]) -> None:
+    def extend(self, keys: list[str], args: Sequence[Op]) -> None:
         self.keys += keys
         self.args += args
 
@@ -113,8 +131,12 @@ class RedisWriter(BatchSender):
         batch_ops: int = DEFAULT_BATCH_OPS,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         index: bool = False,
+        combine: bool = DEFAULT_WRITE_COMBINING,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
     ) -> None:
         self._connect = connect
+        self.combine = combine
+        self.ping_interval = ping_interval
         self.index = index
         self.ttl = ttl
         self.max_queue_ops = max_queue_ops
@@ -129,7 +151,11 @@ class RedisWriter(BatchSender):
             buckets=LATENCY_BUCKETS, registry=None,
         )  # fmt: skip
         self._lock = threading.Lock()
-        self._window = Window()
+        # Notified (under the lock) whenever sent batches leave the queue.
+        self._drained = threading.Condition(self._lock)
+        self._expires: dict[str, None] = {}
+        self._expire_logged = -math.inf
+        self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
         self._queued = 0  # entries in _batches
         # The window wakes the sender early once it holds this many entries.
@@ -146,20 +172,20 @@ class RedisWriter(BatchSender):
         self.unanswered: dict[int, str] | None = None
 
     # -- producers -------------------------------------------------------
-    def incr(self, key: str, amount: int = 1) -> None:
-        self.extend([key], [INCR if amount == 1 else f"{INCRBY}{amount}"])
+    def incr(self, key: str, amount: int = INCR) -> None:
+        self.extend([key], [amount])
 
     def append(self, key: str, member: str) -> None:
-        if not member or member[0] == INCRBY:
-            raise ValueError("append needs a non-empty member not starting with NUL")
+        if not member:
+            raise ValueError("append needs a non-empty member")
         self.extend([key], [member])
 
-    def extend(self, keys: list[str], args: Sequence[str]) -> None:
-        """Queue several operations under one lock: `args[i]` is `INCR`, `INCRBY`
-        + a number, or a member to append (non-empty, not starting with NUL;
-        not checked here: agents/store.py builds them). They are merged into
-        the current window (agents/write_window.py); past the bound, the ones
-        that would need a new entry are dropped and counted."""
+    def extend(self, keys: list[str], args: Sequence[Op]) -> None:
+        """Queue several operations under one lock: `args[i]` is an int to
+        INCRBY or a member to append (non-empty: agents/store.py builds
+        them). They are merged into the current window
+        (agents/write_window.py); past the bound, the ones that would need a
+        new entry are dropped and counted."""
         with self._lock:
             window = self._window
             at, n = 0, len(keys)
@@ -192,26 +218,30 @@ class RedisWriter(BatchSender):
         that can wait (a file read), where dropping would lose what waiting
         keeps. False once the queue has not shrunk for `patience` s (Redis
         down): the caller goes on, and what does not fit is dropped and
-        counted as ever."""
+        counted as ever. Woken by the sender each time it drains."""
         ops = min(ops, self.max_queue_ops)
-        last, since = self.queue_depth, time.monotonic()
-        while True:
-            depth = self.queue_depth
-            if depth + ops <= self.max_queue_ops:
-                return True
-            now = time.monotonic()
-            if depth < last:
-                last, since = depth, now
-            elif now - since >= patience:
-                return False
-            self._wake.set()  # seal what is pending and send it now
-            time.sleep(ROOM_POLL)
+        with self._drained:
+            last, since = self._depth_locked(), time.monotonic()
+            while True:
+                depth = self._depth_locked()
+                if depth + ops <= self.max_queue_ops:
+                    return True
+                now = time.monotonic()
+                if depth < last:
+                    last, since = depth, now
+                elif now - since >= patience:
+                    return False
+                self._wake.set()  # seal what is pending and send it now
+                self._drained.wait(since + patience - now)
+
+    def _depth_locked(self) -> int:
+        return self._queued + self._window.held
 
     @property
     def queue_depth(self) -> int:
         """Entries held (merged operations), sealed or not."""
         with self._lock:
-            return self._queued + self._window.held
+            return self._depth_locked()
 
     # -- sender ----------------------------------------------------------
     def start(self) -> None:
@@ -232,8 +262,14 @@ class RedisWriter(BatchSender):
         with self._lock:
             left = sum(batch.ops for batch in self._batches) + self._window.ops
             self._batches.clear()
-            self._window = Window()
+            self._window = Window(self.combine)
             self._queued = 0
+            self._drained.notify_all()
+        if self._expires:  # written, but their EXPIRE never answered
+            self.stats.expires_lost += len(self._expires)
+            event(log, "redis_expires_lost", logging.ERROR, keys=len(self._expires),
+                  reason="stopped before Redis answered")  # fmt: skip
+            self._expires.clear()
         if left:
             self.stats.dropped_ops += left
             event(
@@ -260,7 +296,8 @@ class RedisWriter(BatchSender):
             with self._lock:
                 self._seal_locked()
             sealed = time.monotonic()
-            if not self._batches and sealed - last_contact >= PING_INTERVAL:
+            idle = not self._batches
+            if idle and (self._expires or sealed - last_contact >= self.ping_interval):
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
             while self._batches and not self._stop.is_set():
@@ -300,6 +337,7 @@ class RedisWriter(BatchSender):
                         self._batches.extendleft(reversed(left))
                         self._queued -= sum(len(b.keys) for b in done)
                         self._queued += sum(len(b.keys) for b in left)
+                        self._drained.notify_all()
                     self.stats.redis_errors += 1
                     wait = backoff.failed()
                     event(
@@ -315,6 +353,7 @@ class RedisWriter(BatchSender):
                     for sent in done:
                         self._batches.popleft()
                         self._queued -= len(sent.keys)
+                    self._drained.notify_all()
 
     def _client(self) -> Client:
         """A new client with redis-py's own retries off (redis-py 8 resends a
@@ -325,12 +364,15 @@ class RedisWriter(BatchSender):
         return client
 
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
-        """PING while idle; the client to use next (None after a failure, which
-        waits out the backoff as a failed batch does)."""
+        """PING while idle, and send the EXPIREs a failed round trip left; the
+        client to use next (None after a failure, which waits out the
+        backoff as a failed batch does)."""
         try:
             if client is None:
                 client = self._client()
             client.ping()
+            if self._expires and not self._send_expires(client):  # left from a failed send
+                raise redis.ConnectionError(self._last_error)
         except Exception as exc:
             if self.connected:
                 event(log, "redis_unreachable", logging.WARNING, error=str(exc))

@@ -58,6 +58,7 @@ from benchlib import (
     wait_until,
 )
 
+from pcapd.client import fresh, seen_events
 from pcapd.core.config import load_config
 from pcapd.daemon import MEMORY_OVERHEAD, memory_bound
 from triggers.redis_stream import publish_stream
@@ -131,7 +132,8 @@ name = "lo"
 
 @dataclass
 class Results:
-    """Result events by request id, with the time each arrived."""
+    """Result events by request id, with the time each arrived; a resent one
+    (its event_id seen already) is not counted twice."""
 
     events: dict[str, list[tuple[float, dict[str, Any]]]] = field(
         default_factory=lambda: collections.defaultdict(list)
@@ -142,11 +144,14 @@ class Results:
         pubsub = client.pubsub()  # type: ignore[no-untyped-call]
         pubsub.subscribe(RESULTS)
         ready.set()
+        ids = seen_events()
         while not stop.is_set():
             message = pubsub.get_message(timeout=0.1)
             if not message or message.get("type") != "message":
                 continue
             event = json.loads(message["data"])
+            if not fresh(event, ids):
+                continue
             with self.lock:
                 self.events[str(event.get("id"))].append((time.monotonic(), event))
         pubsub.close()

@@ -6,15 +6,22 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import redis
 
 from pcapd.core.redis_conn import Client, node_for_channel, publish
+from pcapd.dedup import RecentIds
 
 POLL = 0.2
 MESSAGE_TYPES = ("message", "smessage")
+# A follower drops an event whose event_id it showed already (a resend after
+# a lost reply): it keeps at most this many ids (~300 B each), each for
+# SEEN_EVENTS_WINDOW s (a resend comes within the publisher's backoff, at
+# most 10 s, of Redis answering again).
+SEEN_EVENTS = 10_000
+SEEN_EVENTS_WINDOW = 3_600.0
 
 
 def new_request_id() -> str:
@@ -51,6 +58,18 @@ def is_message(message: dict[str, Any] | None) -> bool:
     return bool(message) and message is not None and message.get("type") in MESSAGE_TYPES
 
 
+def seen_events() -> RecentIds:
+    """The event ids a reader of results remembers, to drop resends (`fresh`)."""
+    return RecentIds(SEEN_EVENTS_WINDOW, max_ids=SEEN_EVENTS)
+
+
+def fresh(event: Mapping[str, Any], seen: RecentIds) -> bool:
+    """False for an event whose event_id is in `seen` (recorded there now);
+    an event without one (an older pcapd's) is always fresh."""
+    event_id = event.get("event_id")
+    return not (isinstance(event_id, str) and seen.seen(event_id))
+
+
 def print_events(
     pubsub: Any,
     *,
@@ -59,8 +78,10 @@ def print_events(
     accept: Callable[[dict[str, Any]], bool] = lambda _: True,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print matching events, one JSON per line, until `count` or `timeout`."""
+    """Print matching events, one JSON per line, until `count` or `timeout`;
+    an event resent (its event_id printed already) is not printed again."""
     seen = 0
+    ids = seen_events()
     deadline = None if timeout is None else time.monotonic() + timeout
     while count is None or seen < count:
         wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
@@ -74,7 +95,7 @@ def print_events(
             parsed = json.loads(data)
         except ValueError:
             continue
-        if isinstance(parsed, dict) and accept(parsed):
+        if isinstance(parsed, dict) and accept(parsed) and fresh(parsed, ids):
             print(json.dumps(parsed), file=out, flush=True)
             seen += 1
     return seen
@@ -91,6 +112,10 @@ def _last_id(client: Client, stream: str) -> str:
     return last.decode() if isinstance(last, bytes) else str(last)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def follow_stream(
     client: Client,
     stream: str,
@@ -101,8 +126,11 @@ def follow_stream(
     out: TextIO = sys.stdout,
 ) -> int:
     """Print the stream's events (from the oldest kept, or from now on) until
-    `count` events or `timeout` seconds; returns how many were printed."""
+    `count` events or `timeout` seconds; returns how many were printed. The
+    stream holds an event once (pcapd.core.results), unless it was resent
+    after its marker expired: an entry whose event_id was printed is skipped."""
     last = "0" if from_start else _last_id(client, stream)
+    ids = seen_events()
     seen = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     while count is None or seen < count:
@@ -116,8 +144,9 @@ def follow_stream(
             for entry_id, fields in items:
                 last = entry_id
                 body = fields.get(b"event") or fields.get("event")
-                if body is not None:
-                    text = body.decode() if isinstance(body, bytes) else str(body)
-                    print(text, file=out, flush=True)
-                    seen += 1
+                event_id = fields.get(b"event_id") or fields.get("event_id")
+                if body is None or (event_id is not None and ids.seen(_text(event_id))):
+                    continue
+                print(_text(body), file=out, flush=True)
+                seen += 1
     return seen

@@ -190,7 +190,7 @@ class Daemon:
             event(log, "interface_missing", logging.WARNING, interface=missing)
 
     def _node_state(self) -> NodeState:
-        """What the heartbeat says (pcapd/fleet.py): read in its own thread.
+        """What the heartbeat says (pcapd/fleet/): read in its own thread.
         A part that cannot be read (the device list, the spool directory)
         keeps its last value, logged once per reason: the node still beats."""
         spool = self.controller.deliverer.spool

@@ -10,7 +10,7 @@ at most `max_ids` ids at once: past that the oldest is forgotten early (and
 counted in `evicted`), so a storm costs bounded memory, never the process.
 
 Under a storm the Redis round trips are shared: claims made at once by many
-capture threads go out in one pipeline (`_ClaimBatcher`, one thread per set),
+capture threads go out in one pipeline (`pcapd.claim_batch`, one thread per set),
 and `served` marks are queued with the result events (`later`).
 
 Memory bound: `max_ids` entries of one id string each. Request ids are at most
@@ -28,20 +28,21 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
 
+from pcapd.claim_batch import CLAIM, Claim, ClaimBatcher
+from pcapd.claim_batch import SERVED as SERVED  # kept importable from here
 from pcapd.core.config import SecurityConfig
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client, is_cluster
+from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.dedup")
 
 DEFAULT_MAX_IDS = 100_000
 REDIS_RETRY_AFTER = 5.0  # seconds of memory only after a Redis error, so no request waits on it
-CLAIM_BATCH = 64  # claims sent in one pipeline at most
 # s a claim waits for its batch's reply: beyond the dedup client's socket
 # timeout, so its own error (then memory only) comes first.
 CLAIM_WAIT = 5.0
@@ -175,21 +176,6 @@ class RecentIds:
             del self._first_seen[oldest]
 
 
-SERVED = "served"
-# Claim KEYS[1] for instance ARGV[1] with expiry ARGV[2] s; 1 if already taken
-# (served, or claimed by this instance), 0 if new or left by a dead instance.
-_CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 0
-end
-if v == ARGV[3] or v == ARGV[1] then return 1 end
-redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-return 0
-"""
-
-
 def seen_key(prefix: str, kind: str, node: str, value: str) -> str:
     """The one spelling of a dedup key: `<prefix><kind>:<node>:<value>`."""
     return f"{prefix}{kind}:{node}:{value}"
@@ -235,8 +221,8 @@ class RedisSeen:
         self.prefix, self.kind, self.node = prefix, kind, node
         self._ttl = max(1, math.ceil(window_seconds))
         self.instance = uuid.uuid4().hex  # this process's claims
-        self._batcher = _ClaimBatcher(
-            client, client.register_script(_CLAIM), self.instance, self._ttl, f"dedup-{kind}"
+        self._batcher = ClaimBatcher(
+            client, client.register_script(CLAIM), self.instance, self._ttl, f"dedup-{kind}"
         )
         self._later = later
         self._clock = clock
@@ -276,7 +262,7 @@ class RedisSeen:
             return Answered(False)
         return _RedisTicket(self, self._batcher.send(self._key(key)))
 
-    def _answer(self, item: _Claim) -> bool:
+    def _answer(self, item: Claim) -> bool:
         """`item`'s answer, waited for; False (memory only) if Redis failed."""
         if not item.done.wait(CLAIM_WAIT):
             self._lost(TimeoutError(f"no answer from Redis to a claim within {CLAIM_WAIT} s"))
@@ -350,18 +336,10 @@ class _Served:
         pipe.set(self.key, SERVED, xx=True, keepttl=True)
 
 
-@dataclass(slots=True)
-class _Claim:
-    key: str
-    done: threading.Event = field(default_factory=threading.Event)
-    taken: bool = False
-    error: Exception | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class _RedisTicket:
     seen: RedisSeen
-    item: _Claim
+    item: Claim
 
     def taken_now(self) -> bool:
         item = self.item
@@ -369,74 +347,6 @@ class _RedisTicket:
 
     def wait(self) -> bool:
         return self.seen._answer(self.item)
-
-
-class _ClaimBatcher:
-    """Sends the claims of every waiting thread in one pipeline, from one thread
-    (`send`); or one claim from the caller's thread, which waits anyway (`now`).
-
-    A claim is the `_CLAIM` script (EVALSHA; loaded again if Redis lost it),
-    as it was before claims were batched, so any Redis that served them still
-    does. On a cluster each claim is sent alone (the keys' slots differ).
-    Memory: one small object per waiting claim, and each waiting thread has
-    one (at most the capture threads)."""
-
-    def __init__(self, client: Client, script: Any, instance: str, ttl: int, name: str) -> None:
-        self._client, self._script = client, script
-        self._args = (instance, ttl, SERVED)
-        self._name = name
-        self._pending: list[_Claim] = []
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def now(self, key: str) -> bool:
-        """One claim from the calling thread (a round trip, no hand-off)."""
-        return bool(self._script(keys=[key], args=list(self._args)) == 1)
-
-    def send(self, key: str) -> _Claim:
-        """Queue a claim of `key`: answered (`done`) once its batch is."""
-        item = _Claim(key)
-        with self._wake:
-            self._pending.append(item)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-            self._wake.notify()
-        return item
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._pending:
-                    self._wake.wait()
-                batch = self._pending[:CLAIM_BATCH]
-                del self._pending[:CLAIM_BATCH]
-            try:
-                for item, taken in zip(batch, self._send(batch), strict=True):
-                    item.taken = taken
-            except redis.RedisError as exc:
-                for item in batch:
-                    item.error = exc
-            except Exception as exc:  # a bug must not leave threads waiting
-                for item in batch:
-                    item.error = redis.RedisError(f"claim failed: {exc!r}")
-            for item in batch:
-                item.done.set()
-
-    def _send(self, batch: list[_Claim]) -> list[bool]:
-        if is_cluster(self._client):
-            return [self.now(item.key) for item in batch]
-        for attempt in (1, 2):
-            pipe = self._client.pipeline(transaction=False)
-            for item in batch:
-                pipe.evalsha(self._script.sha, 1, item.key, *self._args)
-            try:
-                return [answer == 1 for answer in pipe.execute()]
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                self._client.script_load(_CLAIM)  # a restarted or flushed Redis
-        raise AssertionError("unreachable")
 
 
 def seen_ids_and_sigs(

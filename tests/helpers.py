@@ -475,6 +475,88 @@ def silent_server() -> Iterator[SilentServer]:
         server.close()
 
 
+class ReplyCutter:
+    """A TCP proxy on loopback to a server's `port`. It passes every request
+    on; while `swallow` is set, a connection that sends `command` (after its
+    handshake, which passes) gets no more replies, and `cut()` then closes the
+    connections: the server ran the commands, the client lost the replies (a
+    connection broken at the worst moment)."""
+
+    def __init__(self, port: int, command: bytes = b"PUBLISH") -> None:
+        self._upstream = port
+        self._command = command
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.swallow = False
+        self.accepted = 0
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            with self._lock:
+                self.accepted += 1
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._serve, args=(client, upstream), daemon=True).start()
+
+    def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
+        held = threading.Event()  # this connection's replies are swallowed from now on
+        replies = threading.Thread(target=self._replies, args=(upstream, client, held),
+                                   daemon=True)  # fmt: skip
+        replies.start()
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.swallow and self._command in data:
+                    held.set()
+                upstream.sendall(data)
+        self._end(client, upstream)
+        replies.join()
+        client.close()
+        upstream.close()
+
+    def _replies(
+        self, upstream: socket.socket, client: socket.socket, held: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if not held.is_set():
+                    client.sendall(data)
+        self._end(client, upstream)
+
+    @staticmethod
+    def _end(*sockets: socket.socket) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Close every connection made so far, both ways."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            self._end(*pair)
+
+    def close(self) -> None:
+        self._end(self._listener)
+        self._listener.close()
+        self.cut()
+
+
+@contextlib.contextmanager
+def reply_cutter(port: int) -> Iterator[ReplyCutter]:
+    proxy = ReplyCutter(port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` (mount's syntax: "3m") at `path` for a full-disk test (root)."""

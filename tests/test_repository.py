@@ -93,7 +93,16 @@ def test_readme_two_commands_are_the_makefile_targets() -> None:
     test = make_dry_run("test")
     for step in (".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy"):
         assert step in test
-    assert test[-1] == ".venv/bin/python -m pytest -q", "the suite runs last, after the checks"
+    assert test[-1] == (
+        ".venv/bin/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder"
+    ), "the suite runs last, after the checks, its files side by side"
+
+
+def test_the_slow_files_handed_out_first_exist() -> None:
+    from tests.conftest import SLOW_FIRST
+
+    assert [path for path in SLOW_FIRST if not (ROOT / path).is_file()] == []
+    assert len(set(SLOW_FIRST)) == len(SLOW_FIRST)
 
 
 def test_ci_runs_make_test_from_the_repository_root(tmp_path: Path) -> None:

@@ -23,12 +23,15 @@ from agents.redis_writer import (
     DEFAULT_BATCH_OPS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,
+    DEFAULT_PING_INTERVAL,
     DEFAULT_TTL_GRACE,
+    DEFAULT_WRITE_COMBINING,
     MAX_BATCH_OPS,
     MAX_FLUSH_INTERVAL,
     MAX_QUEUE_OPS,
     MAX_TTL_GRACE,
     MIN_FLUSH_INTERVAL,
+    writer_switches,
 )
 from pcapd.core.config import REDIS_URL_SCHEMES, REDIS_URL_SCHEMES_TEXT
 from pcapd.core.configread import ConfigError, Table
@@ -91,6 +94,8 @@ class DnstapConfig:
     max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    write_combining: bool = DEFAULT_WRITE_COMBINING
+    ping_interval: float = DEFAULT_PING_INTERVAL
     max_frame_bytes: int = fstrm.DEFAULT_MAX_FRAME
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
@@ -174,6 +179,7 @@ def record_options(t: Table) -> dict[str, Any]:
             maximum=MAX_FLUSH_INTERVAL,
         ),
         "client_index": t.get_bool("client_index", False),
+        **writer_switches(t),
     }
 
 

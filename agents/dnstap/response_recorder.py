@@ -69,6 +69,10 @@ class RecordSettings(Protocol):
     def flush_interval(self) -> float: ...
     @property
     def client_index(self) -> bool: ...
+    @property
+    def write_combining(self) -> bool: ...
+    @property
+    def ping_interval(self) -> float: ...
 
 
 class ResponseRecorder:
@@ -179,4 +183,6 @@ def make_writer(config: RecordSettings, connect: Callable[[], Client]) -> RedisW
         batch_ops=config.batch_ops,
         flush_interval=config.flush_interval,
         index=config.client_index,
+        combine=config.write_combining,
+        ping_interval=config.ping_interval,
     )

@@ -30,7 +30,9 @@ from agents.redis_writer import (
     DEFAULT_BATCH_OPS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,
+    DEFAULT_PING_INTERVAL,
     DEFAULT_TTL_GRACE,
+    DEFAULT_WRITE_COMBINING,
     MAX_TTL_GRACE,
 )
 from pcapd.core.configread import MAX_PORT, ConfigError, Table
@@ -98,6 +100,8 @@ class DnswireConfig:
     max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    write_combining: bool = DEFAULT_WRITE_COMBINING
+    ping_interval: float = DEFAULT_PING_INTERVAL
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     stats_interval: float = DEFAULT_STATS_INTERVAL
     export_stats_interval: float = export.STATS_INTERVAL

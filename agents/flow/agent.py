@@ -209,6 +209,8 @@ def make_writer(connect: Callable[[], Any], config: FlowConfig) -> RedisWriter:
         max_queue_ops=config.max_queue_ops,
         batch_ops=config.batch_ops,
         index=config.client_index,
+        combine=config.write_combining,
+        ping_interval=config.ping_interval,
     )
 
 

@@ -33,10 +33,13 @@ from agents.flow.rules import (
 from agents.redis_writer import (
     DEFAULT_BATCH_OPS,
     DEFAULT_MAX_QUEUE_OPS,
+    DEFAULT_PING_INTERVAL,
     DEFAULT_TTL_GRACE,
+    DEFAULT_WRITE_COMBINING,
     MAX_BATCH_OPS,
     MAX_QUEUE_OPS,
     MAX_TTL_GRACE,
+    writer_switches,
 )
 from pcapd.core.configread import ConfigError, HostPort, Table
 from pcapd.core.logs import event
@@ -107,6 +110,8 @@ class FlowConfig:
     stats_interval: float = DEFAULT_STATS_INTERVAL
     max_queue_ops: int = DEFAULT_MAX_QUEUE_OPS
     batch_ops: int = DEFAULT_BATCH_OPS
+    write_combining: bool = DEFAULT_WRITE_COMBINING
+    ping_interval: float = DEFAULT_PING_INTERVAL
     max_tracked: int = DEFAULT_MAX_TRACKED
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     metrics_listen: HostPort | None = None  # /metrics, /healthz, /readyz (docs/operations.md)
@@ -313,6 +318,7 @@ def parse_flow_config(table: Any) -> FlowConfig:
             "max_tracked", DEFAULT_MAX_TRACKED, minimum=MIN_MAX_TRACKED, maximum=MAX_MAX_TRACKED
         ),
         client_index=t.get_bool("client_index", False),
+        **writer_switches(t),
     )
     if config.batch_ops > config.max_queue_ops:
         t.exceeds("batch_ops", config.batch_ops, "max_queue_ops", config.max_queue_ops)

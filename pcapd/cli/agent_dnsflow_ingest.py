@@ -11,8 +11,5 @@ check_section = parse_dnswire_config
 
 
 def register(subparsers: Subparsers) -> None:
-    p = add_command(
-        subparsers, "dnsflow-ingest", main, help="DNSFlow v4 records from sensors into Redis",
-        description=DESCRIPTION,
-    )  # fmt: skip
+    p = add_command(subparsers, "dnsflow-ingest", main, description=DESCRIPTION)
     add_arguments(p)

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     p = add_command(
-        subparsers, "dnstap", _run, help="dnstap from BIND/Unbound into Redis",
+        subparsers, "dnstap", _run,
         description="Read dnstap from BIND/Unbound (Frame Streams on a unix socket and/or "
         "TCP/TLS) and write ShoDoHFlo's per-client DNS keys to Redis. Options override "
         "[agents.dnstap] in the config file. The first SIGTERM/SIGINT sends what is queued "

@@ -13,8 +13,5 @@ check_section = parse_dnswire_config
 
 
 def register(subparsers: Subparsers) -> None:
-    p = add_command(
-        subparsers, "dnswire", agent_main, help="DNS answers sniffed off the wire into Redis",
-        description=AGENT_DESCRIPTION,
-    )  # fmt: skip
+    p = add_command(subparsers, "dnswire", agent_main, description=AGENT_DESCRIPTION)
     add_agent_arguments(p)

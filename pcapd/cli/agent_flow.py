@@ -93,7 +93,6 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Subparsers) -> None:
     parser = add_command(
         subparsers, "flow", _run, prefix="pcapd agent flow: ",
-        help="flows, TCP RST and ICMP unreachable into Redis",
         description="Record who talked to whom (flows, TCP RST, ICMP unreachable) into Redis, "
         "with ShoDoHFlo's keys. IFACE and OUR-NETS are ShoDoHFlo's arguments; both may "
         "instead come from [agents.flow] in the config file. The first SIGTERM/SIGINT sends "

@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     capture = add_command(
-        subparsers, "capture", _run, help="one bounded capture to a file, like tcpdump -w",
+        subparsers, "capture", _run,
         description="Capture on one interface until the first bound is reached, then write "
         "the file. Needs no Redis and no config. The first SIGTERM/SIGINT ends the capture "
         "and writes it; a second one exits at once, without it. Example: "

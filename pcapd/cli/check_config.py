@@ -26,9 +26,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
     """Errors and warnings in the [agents.*] sections, which each agent validates itself."""
-    from pcapd.cli import AGENTS
+    if not config.agents:
+        return [], []  # the agents' modules (and Redis clients) need not be imported
+    from pcapd.cli import load_agents
 
-    known = {agent.SECTION: agent for agent in AGENTS}
+    known = {agent.SECTION: agent for agent in load_agents()}
     problems: list[str] = []
     warnings: list[str] = []
     for name, agent in known.items():
@@ -46,7 +48,7 @@ def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
 
 def register(subparsers: Subparsers) -> None:
     check = add_command(
-        subparsers, "check-config", _run, help="validate a config file, printing every error",
+        subparsers, "check-config", _run,
         description="Validate a config file. Prints every error, each naming its field; "
         "exits 2 if there is any, as `pcapd serve` would with that file.",
     )  # fmt: skip

@@ -60,7 +60,8 @@ def add_command(
     takes_rest: bool = False,
     **kwargs: Any,
 ) -> argparse.ArgumentParser:
-    """A subparser whose parsed arguments go to `run`. `prefix` starts each
+    """A subparser whose parsed arguments go to `run` (its line in the parent's
+    --help is in pcapd.cli's list, not here). `prefix` starts each
     config error line; `takes_rest` hands arguments argparse does not know to
     `run` as `args.rest` (pcapdaemon's Go-style flags) instead of refusing them."""
     parser: argparse.ArgumentParser = subparsers.add_parser(name, **kwargs)

@@ -57,7 +57,6 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Subparsers) -> None:
     p = add_command(
         subparsers, "correlate", _run, prefix="pcapd correlate: ",
-        help="show clients, or one client's chains name → address → flow",
         description="`pcapd correlate --clients [--prefix P] [--search TEXT]` lists clients; "
         "`pcapd correlate CLIENT [--by address|fqdn]` prints its chains as a tree; "
         "`--resolved NAME` and `--talked ADDRESS [--port P]` are the pivots, one bounded "

@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     health = add_command(
-        subparsers, "health", _run, help="ask a running pcapd process whether it is ready",
+        subparsers, "health", _run,
         description="GET /readyz (or /healthz with --live) from the listener of a running "
         "`pcapd serve` ([metrics] listen) or agent ([agents.NAME] metrics_listen) and "
         "print the JSON answer; for systemd units and scripts without an HTTP probe.",

@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     nodes = add_command(
-        subparsers, "nodes", _run, help="list the capture nodes, or which would take a request",
+        subparsers, "nodes", _run,
         description="List the capture nodes whose heartbeat is in Redis (SCAN over "
         "[fleet] prefix). With --match REQUEST, say for each node whether that request "
         "would capture there and on which interfaces, or how the node would reject it, "

@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     results = add_command(
-        subparsers, "results", _run, help="follow result events",
+        subparsers, "results", _run,
         description="Print result events as JSON lines from the results channel, or from "
         "the capped results stream with --stream.",
     )  # fmt: skip

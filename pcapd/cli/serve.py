@@ -184,7 +184,7 @@ def register(subparsers: Subparsers) -> None:
     # Go-style flags (-upload=false) are not argparse's: they come as args.rest.
     add_command(
         subparsers, "serve", _run, takes_rest=True, add_help=False,
-        usage="pcapd serve -c FILE [-flag value ...]", help="run the capture daemon",
+        usage="pcapd serve -c FILE [-flag value ...]",
         description="Listen for capture requests and serve them until SIGTERM. The first "
         "SIGTERM/SIGINT ends running captures (stop=shutdown), delivers them and exits 0; "
         "a second one exits at once, status 1. Takes pcapdaemon's flags: `pcapd serve -help`.",

@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     parser = add_command(
-        subparsers, "spool", _run, help="show or retry captures waiting in the spool",
+        subparsers, "spool", _run,
         description="Show and drive the spool of captures waiting for S3 or CloudShark.",
     )  # fmt: skip
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

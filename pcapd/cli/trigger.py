@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     trigger = add_command(
-        subparsers, "trigger", _run, help="publish a capture request",
+        subparsers, "trigger", _run,
         description="Publish a request built from the options, or read from stdin with "
         "--stdin. With --wait, print the result events for it as JSON lines. Example: "
         "pcapd trigger --node any -i lo --packets 10 --wait 30 icmp",

@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     p = add_command(
-        subparsers, "web", _run, help="serve the correlator web page and JSON API",
+        subparsers, "web", _run,
         description="Serve the correlator with waitress on [correlator] host:port "
         "(127.0.0.1:3047 by default).",
     )  # fmt: skip

@@ -49,6 +49,9 @@ class ResultEvent:
     # Seconds of packets from before the request that the ring delivered, on
     # captures that asked for a lookback.
     lookback: float | None = None
+    # Made by the publisher (pcapd.core.results) for each event it is given,
+    # kept through its resends: a reader that gets one twice keys on it.
+    event_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -10,6 +10,8 @@ primary for SCAN.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias, TypeGuard
@@ -175,7 +177,7 @@ def send_by_slot(
             try:
                 if isinstance(conn, Exception):
                     raise conn
-                answers = iter(_read_replies(conn, len(indices) + len(asked & set(indices))))
+                answers = iter(read_replies(conn, len(indices) + len(asked & set(indices))))
                 for i in indices:
                     if i in asked:
                         next(answers)  # ASKING's OK
@@ -223,7 +225,7 @@ def _send_packed(client: RedisCluster, node: ClusterNode, packed: bytes) -> Any:
     return conn
 
 
-def _read_replies(conn: Any, count: int) -> list[Any]:
+def read_replies(conn: Any, count: int) -> list[Any]:
     """`count` replies straight off the socket into a hiredis reader (redis-py
     costs ~25 us a reply in its wrappers); error replies become redis-py's
     exceptions (MovedError, NoScriptError, ...), returned, not raised."""
@@ -266,3 +268,18 @@ def group_by_slot(keys: list[str]) -> dict[int, list[int]]:
     for at, key in enumerate(keys):
         slots.setdefault(key_slot(key.encode()), []).append(at)
     return slots
+
+
+@functools.lru_cache(maxsize=64)  # a few names, each asked once per event
+def same_slot_prefix(key: str) -> str:
+    """A prefix for keys that must share `key`'s hash slot (one script writes
+    both on a cluster): `key` itself when a hash tag (`{...}`) decides its
+    slot, else `{key}`; for a name with a stray `}`, the first `{n}` whose
+    slot is `key`'s (found among a few thousand numbers, once per name)."""
+    start = key.find("{")
+    if start >= 0 and key.find("}", start + 1) > start + 1:
+        return key
+    if "}" not in key:
+        return "{" + key + "}"
+    slot = key_slot(key.encode())
+    return next(f"{{{n}}}" for n in itertools.count() if key_slot(str(n).encode()) == slot)

@@ -179,7 +179,7 @@ def request_for(
     parsed with this node's bounds; None when it names another node.
 
     The one judgement of "is it for me, and is it sound" that both the
-    controller and `pcapd nodes --match` (pcapd/fleet.py) make; the second
+    controller and `pcapd nodes --match` (pcapd/fleet/) make; the second
     half is `resolve_interfaces`. Raises RequestError as `parse_fields` does.
     """
     folded, warnings = fold_keys(fields)  # once, for both halves

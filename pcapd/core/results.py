@@ -1,4 +1,14 @@
-"""Publishing result events: results channel, capped results stream, reply_to."""
+"""Publishing result events: results channel, capped results stream, reply_to.
+
+Each event the publisher is given gets its `event_id` (a uuid) before its
+first send, and keeps it through every resend. A connection that breaks after
+Redis ran a pipeline loses the reply, and the batch goes again: the stream
+entry is added by a script only if the id's marker (SET NX, for `[redis]
+results_dedup_window` s) was not there, so the stream holds it once; pub/sub
+cannot be taken back, so a subscriber may get a message twice, with the same
+`event_id` (pcapd's readers drop the second). redis-py's own retries are off
+on the publisher's client: a resend is always this module's, seen and logged.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +16,20 @@ import collections
 import itertools
 import logging
 import threading
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pcapd.core.backoff import Backoff
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client, is_cluster, publish
+from pcapd.core.redis_conn import Client, is_cluster, publish, same_slot_prefix
 
 log = logging.getLogger("pcapd.core.results")
 
@@ -27,6 +41,29 @@ SEND_BATCH = 200  # queued results sent in one pipeline: a flood's answers keep 
 # called with the pipeline (or, on a cluster, the client) to add them.
 Commands = Callable[[Any], None]
 _Pending = tuple[ResultEvent | Commands, str | None]
+
+# XADD the event ARGV[3] (its id ARGV[1]) to the stream KEYS[1], capped at
+# ~ARGV[2] entries, unless the id's marker KEYS[2] is there; the marker is
+# set for ARGV[4] s. 1 if added, 0 if it was already.
+_ADD_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'event', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def event_mark_key(stream: str, event_id: str) -> str:
+    """The one spelling of a result's marker: in the stream's hash slot, so
+    one script touches both on a cluster."""
+    return f"{same_slot_prefix(stream)}:event:{event_id}"
+
+
+def with_event_id(result: ResultEvent) -> ResultEvent:
+    """`result` as one new event: a fresh id, whatever it carried (events are
+    derived from others with `replace`, which would copy it)."""
+    return replace(result, event_id=uuid.uuid4().hex)
 
 
 class ResultPublisher:
@@ -58,6 +95,7 @@ class ResultPublisher:
 
     # -- synchronous -----------------------------------------------------
     def publish(self, result: ResultEvent, reply_to: str | None = None) -> bool:
+        result = with_event_id(result)
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             error = self._send(result, reply_to)
             if error is None:
@@ -77,25 +115,25 @@ class ResultPublisher:
         with self._lock:
             try:
                 if self._client is None:
-                    self._client = self._connect()
+                    self._client = self._new_client()
                 # redis-py's cluster pipeline refuses PUBLISH: one command at
                 # a time there (results are few; the single server keeps its pipeline).
                 pipe = self._client if is_cluster(self._client) else self._client.pipeline(
                     transaction=False)  # fmt: skip
-                sharded = self.config.sharded_pubsub
+                sharded, stream = self.config.sharded_pubsub, self.config.results_stream
                 for result, reply_to in batch:
                     if not isinstance(result, ResultEvent):
                         result(pipe)
                         continue
-                    body = result.to_json()
+                    body, event_id = result.to_json(), result.event_id
+                    assert event_id is not None, "given its id by publish() or submit()"
                     publish(pipe, self.config.results_channel, body, sharded=sharded)
-                    if self.config.results_stream:
-                        pipe.xadd(
-                            self.config.results_stream,
-                            {"event": body},
-                            maxlen=self.config.results_stream_maxlen,
-                            approximate=True,
-                        )
+                    if stream:
+                        pipe.eval(
+                            _ADD_ONCE, 2, stream, event_mark_key(stream, event_id), event_id,
+                            self.config.results_stream_maxlen, body,
+                            self.config.results_dedup_window,
+                        )  # fmt: skip
                     if reply_to:
                         publish(pipe, reply_to, body, sharded=sharded)
                 if isinstance(pipe, redis.client.Pipeline):
@@ -104,6 +142,14 @@ class ResultPublisher:
             except (redis.RedisError, OSError, AttributeError) as exc:
                 self._client = None
                 return str(exc) or type(exc).__name__
+
+    def _new_client(self) -> Client:
+        """A client with redis-py's own retries off (redis-py 8 resends a
+        command up to 10 times, and Redis runs each copy): `_send_all`'s
+        callers are the only resend, with the same event ids."""
+        client = self._connect()
+        client.set_retry(Retry(NoBackoff(), 0))
+        return client
 
     # -- queued, for the daemon -----------------------------------------
     @property
@@ -120,7 +166,7 @@ class ResultPublisher:
         if self._thread is None:
             self.publish(result, reply_to)
             return
-        self._queue((result, reply_to))
+        self._queue((with_event_id(result), reply_to))
 
     def later(self, commands: Commands) -> None:
         """Queue `commands` behind the results queued so far; never blocks.
@@ -129,7 +175,7 @@ class ResultPublisher:
         if self._thread is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._connect()
+                    self._client = self._new_client()
                 commands(self._client)
             return
         self._queue((commands, None))

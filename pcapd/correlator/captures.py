@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agents.reader_values import ReaderError, parse_address
-from pcapd.client import is_message, publish_request, subscribe
+from pcapd.client import fresh, is_message, publish_request, seen_events, subscribe
 from pcapd.core.config import Config
 from pcapd.core.redis_conn import Client
 from pcapd.signing import sign
@@ -141,7 +141,9 @@ def recent(
 ) -> list[dict[str, Any]]:
     """The newest result events (at most `count` read), matching every filter:
     client, address, node, alertid, id. Read newest first, `keys_per_command`
-    entries per XREVRANGE, so no one command copies much of the stream."""
+    entries per XREVRANGE, so no one command copies much of the stream. An
+    event the stream holds twice (resent after its marker expired) is listed
+    once."""
     stream = config.redis.results_stream
     if not stream:
         return []
@@ -156,13 +158,14 @@ def recent(
         last = part[-1][0]
         newest = "(" + (last.decode() if isinstance(last, bytes) else str(last))
     shown = []
+    ids = seen_events()
     for _entry, fields in entries:
         raw = fields.get(b"event") or fields.get("event")
         try:
             event = json.loads(raw) if raw else None
         except ValueError:
             continue
-        if isinstance(event, dict) and _matches(event, filters):
+        if isinstance(event, dict) and _matches(event, filters) and fresh(event, ids):
             shown.append(event)
     return shown
 
@@ -218,14 +221,18 @@ def live_events(
     stream, then what arrives on its reply channel, until `wait` seconds pass.
 
     Subscribing first and reading the stream second means no event can fall
-    between the two; an event seen both ways is sent once.
+    between the two; an event seen both ways, or twice (a resend), is sent
+    once: by its event_id (its links, S3's pre-signed URLs, differ each time),
+    by its text for an older pcapd's event without one.
     """
     pubsub = subscribe(client, reply_channel(request_id), sharded=config.redis.sharded_pubsub)
     sent: set[str] = set()
+    ids = seen_events()
     try:
         shown = config.correlator.captures_shown
         for event in reversed(recent(client, config, {"id": request_id}, shown)):
-            yield _sse(decorate(event), sent)
+            if fresh(event, ids):
+                yield _sse(decorate(event), sent)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=EVENT_POLL)
@@ -234,7 +241,7 @@ def live_events(
                     event = json.loads(message["data"])
                 except ValueError:
                     continue
-                if isinstance(event, dict) and event.get("id") == request_id:
+                if isinstance(event, dict) and event.get("id") == request_id and fresh(event, ids):
                     yield _sse(decorate(event), sent)
             else:
                 yield ": keep-alive\n\n"

@@ -59,12 +59,14 @@ socket = "{sock}"
 stats_interval = 0
 flush_interval = 0.01
 metrics_listen = "127.0.0.1:{tap_port}"
+ping_interval = 0.2
 
 [agents.dnswire]
 interface = "lo"
 ports = [{dns_port}]
 stats_interval = 0
 metrics_listen = "127.0.0.1:{wire_port}"
+ping_interval = 0.2
 """)
     tap, wire = f"http://127.0.0.1:{tap_port}", f"http://127.0.0.1:{wire_port}"
     pcapd = [sys.executable, "-m", "pcapd", "agent"]
@@ -96,7 +98,8 @@ metrics_listen = "127.0.0.1:{wire_port}"
             assert value(found, "pcapd_agent_packets_total", agent="dnswire") >= 3
             assert "pcapd_agent_kernel_dropped_total" in {name for name, _ in found}
             wait_for(lambda: value(samples(wire), "pcapd_agent_keys_written_total") > 0, 20)
-            # Redis goes away: both unready, naming Redis; back: ready again.
+            # Redis goes away: both unready, naming Redis, seen by the idle
+            # writer's next PING (every ping_interval); back: ready again.
             private_redis.stop()
             for base in (tap, wire):
                 wait_for(lambda b=base: ready(b)[0] == 503, timeout=30)

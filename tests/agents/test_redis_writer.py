@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 
 from agents.redis_writer import RedisWriter
-from agents.store import BATCH_SCRIPT
+from agents.store import APPEND_SCRIPT
 from tests.helpers import RedisServer, wait_for
 
 HUGE = 30_000_000  # bytes: appending to such a value outlasts the socket timeout
@@ -21,14 +21,14 @@ def calls(admin: redis.Redis, command: str) -> int:
 def test_a_timed_out_call_is_sent_once_per_attempt(private_redis: RedisServer) -> None:
     admin = redis.Redis(port=private_redis.port, decode_responses=True)
     admin.set("10.0.0.1;192.0.2.1;dns", "x" * HUGE)  # the script's find takes a while
-    admin.script_load(BATCH_SCRIPT)
+    admin.script_load(APPEND_SCRIPT)
     writer = RedisWriter(
         lambda: redis.Redis(port=private_redis.port, socket_timeout=TIMEOUT), flush_interval=0.02
     )
     writer.start()
     try:
         for _ in range(100):
-            writer.incr("client;10.0.0.1")  # one INCRBY 100, in the slow call
+            writer.incr("client;10.0.0.1")  # one INCRBY 100, in the slow round trip
         writer.append("10.0.0.1;192.0.2.1;dns", "new.example.")
         wait_for(lambda: writer.stats.redis_errors >= 3, timeout=30)
     finally:
@@ -56,7 +56,7 @@ def test_a_send_is_evalsha_alone_and_a_missing_script_is_loaded(
     try:
         for rounds in (1, 2):
             for send in range(10):
-                writer.extend([f"c;{rounds};{send};{i};nx" for i in range(300)], [""] * 300)
+                writer.extend([f"c;{rounds};{send};{i};dns" for i in range(300)], ["m."] * 300)
                 writer.flush()
                 want = 300 * (10 * rounds - 9 + send)
                 wait_for(lambda want=want: writer.stats.written_ops == want)
@@ -66,5 +66,5 @@ def test_a_send_is_evalsha_alone_and_a_missing_script_is_loaded(
     finally:
         writer.stop(5)
     assert writer.stats.written_ops == 6000 and writer.stats.dropped_ops == 0
-    assert int(admin.get("c;2;9;299;nx") or 0) == 1
+    assert admin.get("c;2;9;299;dns") == ";m.;"
     admin.close()

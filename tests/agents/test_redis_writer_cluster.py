@@ -17,7 +17,7 @@ import redis
 from redis.crc import key_slot
 
 from agents.redis_writer import RedisWriter
-from agents.store import BATCH_SCRIPT, INCR, client_key, record_answer, record_nxdomain
+from agents.store import APPEND_SCRIPT, client_key, record_answer, record_nxdomain
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
@@ -94,12 +94,13 @@ def test_a_key_of_another_type_costs_that_key_on_a_cluster(
     assert (line["cause"], line["ops"]) == ("WRONGTYPE", 1)
 
 
-def deny_scripts(cluster: RedisCluster) -> str:
-    """An ACL user on every node that may not run scripts; its seed URL."""
+def deny_writes(cluster: RedisCluster) -> str:
+    """An ACL user on every node that may neither run scripts nor INCRBY
+    (what the writer appends and counts with); its seed URL."""
     for port in cluster.ports:
         with cluster.node(port) as node:
             node.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                             commands=["+@all", "-evalsha", "-eval"])  # fmt: skip
+                             commands=["+@all", "-evalsha", "-eval", "-incrby"])  # fmt: skip
     return f"redis+cluster://agent:pw@127.0.0.1:{cluster.ports[0]}"
 
 
@@ -107,14 +108,14 @@ def test_a_write_the_cluster_refuses_is_counted_and_logged_once(
     redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
-    writer = cluster_writer(deny_scripts(redis_cluster))
+    writer = cluster_writer(deny_writes(redis_cluster))
     for index in range(30):
         writer.incr(client_key(f"10.0.0.{index}"))
     writer.stop(30)
     assert (writer.stats.dropped_ops, writer.stats.written_ops) == (30, 0)
     assert writer.stats.rejected_ops == 30
     lines = refusals(caplog)
-    assert {line["cause"] for line in lines} == {"NoPermissionError"}
+    assert {line["cause"] for line in lines} == {"NOPERM"}
     assert sum(line["ops"] for line in lines) == 30 and len(lines) <= 2  # first, then the rest
 
 
@@ -123,7 +124,7 @@ def test_flow_read_into_a_refusing_cluster_exits_1(
 ) -> None:
     """The issue's case: a file read into a cluster that wrote none of it
     must say so and exit non-zero."""
-    url = deny_scripts(redis_cluster)
+    url = deny_writes(redis_cluster)
     pcap = tmp_path / "one.pcap"
     packets = [f.ip4("192.0.2.7", f"10.200.71.{i}", 17, f.udp(53, 4000 + i)) for i in range(30)]
     f.write_pcap(pcap, [f.ether(frame) for frame in packets])
@@ -133,7 +134,7 @@ def test_flow_read_into_a_refusing_cluster_exits_1(
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
-    assert "event=redis_writes_refused cause=NoPermissionError" in result.stderr
+    assert "event=redis_writes_refused cause=NOPERM" in result.stderr
     assert "event=keys_dropped agent=flow keys=" in result.stderr
     assert "keys_written=0" in result.stderr
 
@@ -237,12 +238,12 @@ def test_a_slot_moved_or_migrating_is_followed(redis_cluster: RedisCluster) -> N
 def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
     redis_cluster: RedisCluster,
 ) -> None:
-    keys = [client_key(f"10.0.1.{index}") for index in range(30)]
+    keys = [f"10.0.1.{index};192.0.2.1;dns" for index in range(30)]
     loads_denied, flushed = redis_cluster.ports[1], redis_cluster.ports[0]
     writer = cluster_writer(redis_cluster.url)
     try:
         for key in keys:
-            writer.incr(key)
+            writer.append(key, "a.")
         wait_for(lambda: writer.stats.written_ops == 30, timeout=30)
         theirs = slots_of(redis_cluster, flushed)
         on_flushed = {key for key in keys if key_slot(key.encode()) in theirs}
@@ -251,15 +252,15 @@ def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
         with redis_cluster.node(loads_denied) as node:  # and the load is refused here
             node.execute_command("ACL", "SETUSER", "default", "-script|load")
         for key in keys:
-            writer.incr(key)
+            writer.append(key, "b.")
         wait_for(lambda: writer.stats.written_ops + writer.stats.rejected_ops >= 60, timeout=30)
     finally:
         writer.stop(10)
         with redis_cluster.node(loads_denied) as node:
             node.execute_command("ACL", "SETUSER", "default", "+script|load")
     # The other slots' writes stand, applied and counted once.
-    values = {key: int(redis_cluster.client().get(key) or 0) for key in keys}
-    assert values == {key: 1 if key in on_flushed else 2 for key in keys}
+    values = {key: redis_cluster.client().get(key) for key in keys}
+    assert values == {key: ";a.;" if key in on_flushed else ";a.;;b.;" for key in keys}
     assert writer.stats.rejected_ops == len(on_flushed) > 0
     assert writer.stats.written_ops == 60 - len(on_flushed)
 
@@ -277,14 +278,14 @@ def slots_of(cluster: RedisCluster, port: int) -> set[int]:
 def test_a_slots_call_carries_at_most_batch_ops_entries(redis_cluster: RedisCluster) -> None:
     """A round trip joins up to 8 batches; one slot's share of them still goes
     in calls of at most `batch_ops` entries, so none holds its node longer."""
-    keys = [f"{{10.0.2.1}};{index};nx" for index in range(80)]  # one hash slot
+    keys = [f"{{10.0.2.1}};192.0.2.{index};dns" for index in range(80)]  # one hash slot
     slot = key_slot(keys[0].encode())
     (port,) = [p for p in redis_cluster.ports if slot in slots_of(redis_cluster, p)]
     with redis_cluster.node(port) as node:
-        node.script_load(BATCH_SCRIPT)
+        node.script_load(APPEND_SCRIPT)
         node.config_resetstat()
         writer = cluster_writer(redis_cluster.url, batch_ops=10, flush_interval=30.0)
-        writer.extend(keys, [INCR] * 80)
+        writer.extend(keys, ["m."] * 80)
         writer.stop(30)
         assert writer.stats.written_ops == 80
         assert int(node.info("commandstats")["cmdstat_evalsha"]["calls"]) == 8

@@ -80,11 +80,13 @@ def test_incr_by_an_amount_is_one_operation(redis_srv: RedisServer) -> None:
     writer = writer_for(redis_srv.url)
     writer.incr("client;c", 3)
     writer.incr("client;c")
-    with pytest.raises(ValueError, match="not starting with NUL"):
-        writer.append("c;1.2.3.4;dns", "\0x")  # would read as INCRBY
+    with pytest.raises(ValueError, match="non-empty member"):
+        writer.append("c;1.2.3.4;dns", "")
+    writer.append("c;1.2.3.4;dns", "\0x")  # a member, whatever it holds: ops are typed
     writer.stop()
     assert redis_srv.client().get("client;c") == b"4"
-    assert writer.stats.written_ops == 2
+    assert redis_srv.client().get("c;1.2.3.4;dns") == b";\0x;"
+    assert writer.stats.written_ops == 3
 
 
 def test_a_key_of_another_type_costs_that_key_not_the_batch(
@@ -102,8 +104,12 @@ def test_a_key_of_another_type_costs_that_key_not_the_batch(
     assert client.get("client;c") == b"1"
     assert (writer.stats.rejected_ops, writer.stats.written_ops) == (2, 1)
     assert writer.stats.dropped_ops == 2  # refused is dropped: the agents' keys_dropped
-    (line,) = refusals(caplog)  # one line for the cause, however many keys
-    assert (line["cause"], line["ops"]) == ("WRONGTYPE", 2)
+    # One line per cause (Redis's own code for each), however many keys.
+    assert {(line["cause"], line["ops"]) for line in refusals(caplog)} == {
+        ("WRONGTYPE", 1), ("ERR", 1)}  # fmt: skip
+    # Another application's keys keep their TTL (none): no EXPIRE follows a refusal.
+    assert client.ttl("c;9.9.9.9;dns") == client.ttl("client;x") == -1
+    assert 0 < client.ttl("client;c") <= 900
     again = writer_for(redis_srv.url)  # the queue is not wedged behind them
     again.incr("client;c")
     again.stop()
@@ -143,14 +149,36 @@ def test_an_acl_denying_a_command_drops_the_keys(
     caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
     admin = private_redis.client()
     admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
-                      commands=["+@all", "-evalsha", "-eval"])  # fmt: skip
+                      commands=["+@all", "-evalsha", "-eval", "-incrby"])  # fmt: skip
+    port = admin.connection_pool.connection_kwargs["port"]
+    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
+    writer.incr("client;c")
+    writer.append("c;1.2.3.4;dns", "a.")
+    writer.stop()
+    assert writer.stats.dropped_ops == 2 and admin.get("client;c") is None
+    lines = refusals(caplog)  # the first, then what the rate limit held, at stop
+    assert {line["cause"] for line in lines} == {"NOPERM"}  # the code redis-py cut off
+    assert sum(line["ops"] for line in lines) == 2
+
+
+def test_a_refused_expire_is_counted_and_logged(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A counter Redis took but whose EXPIRE it refused stands without its
+    TTL: counted (expires_lost) and logged, never silent."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    admin = private_redis.client()
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-expire"])  # fmt: skip
     port = admin.connection_pool.connection_kwargs["port"]
     writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
     writer.incr("client;c")
     writer.stop()
-    assert writer.stats.dropped_ops == 1 and admin.get("client;c") is None
-    (line,) = refusals(caplog)
-    assert line["cause"] == "NoPermissionError"  # redis-py drops the NOPERM code
+    assert admin.get("client;c") == b"1" and admin.ttl("client;c") == -1
+    assert writer.stats.written_ops == 1 and writer.stats.expires_lost == 1
+    (line,) = [getattr(r, "pcapd_fields", {}) for r in caplog.records
+               if r.getMessage() == "redis_expires_refused"]  # fmt: skip
+    assert (line["cause"], line["keys"]) == ("NOPERM", 1)
 
 
 def test_full_queue_drops_and_counts_never_blocks() -> None:
@@ -170,9 +198,9 @@ def test_extend_queues_what_fits_and_counts_the_rest() -> None:
         lambda: redis.Redis(port=free_port(), socket_timeout=0.2),
         max_queue_ops=10, batch_ops=4,
     )  # fmt: skip
-    writer.extend(["a", "b", "c"], ["", "x", "\x002"])
+    writer.extend(["a", "b", "c"], [1, "x", 2])
     writer.extend([f"k{i}" for i in range(9)], ["y"] * 9)  # 7 fit
-    writer.extend(["z"], [""])  # full: all dropped
+    writer.extend(["z"], [1])  # full: all dropped
     writer.flush()
     assert writer.stats.dropped_ops == 3
     assert writer.queue_depth == 10 and writer.stats.queued_ops == 10
@@ -183,7 +211,7 @@ def test_waiting_for_room_gives_up_when_redis_is_down() -> None:
         lambda: redis.Redis(port=free_port(), socket_timeout=0.2),
         max_queue_ops=10, batch_ops=5,
     )  # fmt: skip
-    writer.extend([f"k{i}" for i in range(10)], [""] * 10)
+    writer.extend([f"k{i}" for i in range(10)], [1] * 10)
     assert writer.wait_for_room(0, patience=5.0)  # nothing more needed: at once
     started = time.monotonic()
     assert not writer.wait_for_room(5, patience=0.3)  # no writer thread: never shrinks
@@ -194,11 +222,11 @@ def test_waiting_for_room_returns_once_a_live_writer_has_sent(redis_srv: RedisSe
     """A full queue, a flush interval an hour long: the waiting producer is
     let go once the sender has drained the queue, and nothing is dropped."""
     writer = writer_for(redis_srv.url, max_queue_ops=10, batch_ops=5, flush_interval=3600)
-    writer.extend([f"room:k{i}" for i in range(10)], [""] * 10)
+    writer.extend([f"room:k{i}" for i in range(10)], [1] * 10)
     started = time.monotonic()
     assert writer.wait_for_room(5, patience=10.0)
     assert time.monotonic() - started < 5.0
-    writer.extend([f"room:k{i}" for i in range(5)], [""] * 5)
+    writer.extend([f"room:k{i}" for i in range(5)], [1] * 5)
     writer.stop()
     assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == 15
     client = redis_srv.client()
@@ -212,6 +240,20 @@ def test_what_is_queued_when_stopping_with_redis_down_is_counted_as_lost() -> No
     writer.stop(timeout=0.5)
     assert writer.stats.dropped_ops == 7 and writer.queue_depth == 0
     assert writer.stats.redis_errors >= 1
+
+
+def test_an_idle_writer_pings_every_ping_interval(private_redis: RedisServer) -> None:
+    """Readiness follows Redis within a ping_interval while nothing is
+    written (the default, 5 s, would outlast the 3 s allowed here)."""
+    writer = writer_for(private_redis.url, ping_interval=0.1)
+    try:
+        wait_for(lambda: writer.connected, timeout=10)
+        private_redis.stop()
+        wait_for(lambda: not writer.connected, timeout=3)
+        private_redis.start()
+        wait_for(lambda: writer.connected, timeout=15)
+    finally:
+        writer.stop()
 
 
 def test_writes_resume_after_redis_comes_back(private_redis: RedisServer) -> None:

@@ -1,6 +1,7 @@
 """Write-combining: what the merged writes leave in a real redis-server (and a
 real cluster) is what the same writes give one at a time, applied here by
-plain commands, independently of the writer's script."""
+plain commands, independently of the writer's script; and with combining
+off, the writes reach Redis as queued and leave the same."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ from typing import Any
 import pytest
 import redis
 
+from agents.redis_send import APPENDS, COUNTERS, _calls
 from agents.redis_writer import RedisWriter
-from agents.store import BATCH_SCRIPT, INCR, INCRBY
-from agents.write_window import Window
+from agents.store import INCR, Op
+from agents.write_window import Batch, Window
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster, RedisServer, keyspace
 
 TTL = 900
-Ops = list[tuple[str, str]]
+Ops = list[tuple[str, Op]]
 
 
 def workload(seed: int, n: int = 3000) -> Ops:
@@ -35,7 +37,7 @@ def workload(seed: int, n: int = 3000) -> Ops:
             ops.append(
                 (
                     f"client;{client}",
-                    INCR if rng.random() < 0.7 else f"{INCRBY}{rng.randrange(1, 4)}",
+                    INCR if rng.random() < 0.7 else rng.randrange(1, 4),
                 )
             )
         elif roll < 0.45:
@@ -61,8 +63,8 @@ def one_at_a_time(client: redis.Redis, ops: Ops) -> int:
     refused = 0
     for key, arg in ops:
         try:
-            if not arg or arg[0] == INCRBY:
-                client.incrby(key, int(arg[1:]) if arg else 1)
+            if isinstance(arg, int):
+                client.incrby(key, arg)
             else:
                 value = client.get(key) or ""
                 item = f";{arg};"
@@ -90,41 +92,59 @@ def ttls_set(client: redis.Redis) -> bool:
     )
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_merged_writes_leave_what_one_at_a_time_leaves(redis_srv: RedisServer, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "combine"), [(1, True), (2, True), (3, True), (5, False),
+                                               (6, False)])  # fmt: skip
+def test_merged_writes_leave_what_one_at_a_time_leaves(
+    redis_srv: RedisServer, seed: int, combine: bool
+) -> None:
+    """And `write_combining = false`: one INCRBY per counter write, the
+    appends as they came, a key of both kinds in the mix (in its order),
+    the same key space."""
     ops = workload(seed)
+    if not combine:
+        ops += [("client;both", INCR), ("client;both", "m."), ("client;both", 2)]
     with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
         seed_wrong_types(plain)
         refused = one_at_a_time(plain, ops)
         expected = keyspace(plain)
         plain.flushall()
         seed_wrong_types(plain)
+        plain.config_resetstat()
         writer = RedisWriter(
             lambda: redis.Redis(port=redis_srv.port, socket_timeout=5),
-            ttl=TTL, flush_interval=30.0, batch_ops=7,
+            ttl=TTL, flush_interval=30.0, batch_ops=7, combine=combine,
         )  # fmt: skip
         writer.start()
         merged(writer, ops, chunk=50)
         writer.stop(30)
         assert keyspace(plain) == expected
         assert ttls_set(plain)
+        counters = sum(isinstance(arg, int) for _key, arg in ops)
+        if combine:
+            assert commands(plain, "incrby") < counters
+        else:
+            assert commands(plain, "incrby") == counters
     # Counted per write, as if nothing had been merged.
     stats = writer.stats
     assert (stats.written_ops, stats.rejected_ops) == (len(ops) - refused, refused)
     assert stats.queued_ops == len(ops) and stats.dropped_ops == refused > 0
 
 
+def commands(client: redis.Redis, name: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
 def test_merging_sends_fewer_entries_than_writes() -> None:
     window = Window()
     keys = ["client;c", "c;k;dns", "client;c", "c;k;dns", "c;k;dns", "client;c"]
-    args = [INCR, "a.", f"{INCRBY}3", "b.", "a.", INCR]
+    args: list[Op] = [INCR, "a.", 3, "b.", "a.", INCR]
     assert window.add(keys, args, 0, 100) == (6, 0)
     assert (window.held, window.ops) == (3, 6)
     (batch,) = window.seal(10)
     # First-seen order; INCR + INCRBY 3 + INCR = INCRBY 5 for 3 writes; the
     # repeated append is one entry standing for 2.
     assert batch.keys == ["client;c", "c;k;dns", "c;k;dns"]
-    assert batch.args == [f"{INCRBY}5", "a.", "b."]
+    assert batch.args == [5, "a.", "b."]
     assert batch.weights == [3, 2, 1]
     assert window.held == window.ops == 0
 
@@ -143,11 +163,14 @@ def test_a_full_window_still_merges_repeats() -> None:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("combine", [True, False])
 def test_merged_writes_on_a_cluster_leave_what_one_server_does(
-    redis_cluster: RedisCluster, redis_srv: RedisServer
+    redis_cluster: RedisCluster, redis_srv: RedisServer, combine: bool
 ) -> None:
-    ops = workload(4, n=2000)
-    options: dict[str, Any] = {"ttl": TTL, "flush_interval": 30.0, "batch_ops": 11}
+    """And unmerged (write_combining off): the same key space."""
+    ops = workload(4 if combine else 7, n=2000)
+    options: dict[str, Any] = {"ttl": TTL, "flush_interval": 30.0, "batch_ops": 11,
+                               "combine": combine}  # fmt: skip
     with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
         seed_wrong_types(plain)
         refused = one_at_a_time(plain, ops)
@@ -166,35 +189,23 @@ def test_merged_writes_on_a_cluster_leave_what_one_server_does(
     redis_cluster.reset()
 
 
-def test_an_incr_after_a_keys_members_is_no_member(redis_cluster: RedisCluster) -> None:
-    """Joined batches (a cluster slot's call) can put an append entry and an
-    INCR entry of one key side by side: the script stops the key's members
-    at the INCR, which Redis refuses on the appended value, as one at a time."""
-    key = "k;a;dns"
-    client = redis_cluster.client()
-    reply = client.eval(BATCH_SCRIPT, 3, key, key, key, TTL, 0, "x.", INCR, f"{INCRBY}3")
-    assert client.get(key) == ";x.;"
-    assert reply[0] == [2, 3] and "not an integer" in reply[1]
+def test_a_key_of_both_kinds_keeps_its_order_across_calls() -> None:
+    """Unmerged writes (and a cluster slot's joined batches) can count and
+    append to one key: the calls cut where a key comes as the other kind,
+    so Redis sees its writes in their order; other keys ride along."""
+    batch = Batch(["k", "a", "k", "b", "k"], ["x.", 1, 2, "y.", 3], [1] * 5)
+    calls = [(kind, part.keys, part.args) for kind, part in _calls(batch, range(5), 10)]
+    assert calls == [
+        (COUNTERS, ["a"], [1]), (APPENDS, ["k"], ["x."]),
+        (COUNTERS, ["k", "k"], [2, 3]), (APPENDS, ["b"], ["y."]),
+    ]  # fmt: skip
 
 
-def test_an_incrby_without_a_number_is_refused_and_the_window_stays_whole(
-    redis_srv: RedisServer,
-) -> None:
+def test_a_merged_window_seals_its_counters_first() -> None:
+    """No key is of both kinds in one window: its batches lead with the
+    counters (`counters` of them), which go as INCRBYs, the rest to the script."""
     window = Window()
-    with pytest.raises(ValueError, match=r"INCRBY of 'c;k;nx' needs a whole number .* not ''"):
-        window.add(["client;c", "c;k;nx", "c;j;nx"], [INCR, INCRBY, INCR], 0, 10)
-    assert (window.held, window.ops) == (1, 1)  # what came before it, nothing of it
-    window.add(["c;k;nx"], [f"{INCRBY}2"], 0, 10)
-    assert [(b.keys, b.args) for b in window.seal(10)] == [
-        (["client;c", "c;k;nx"], [INCR, f"{INCRBY}2"])
-    ]
-    # The writer goes on serving after refusing it.
-    writer = RedisWriter(lambda: redis.Redis(port=redis_srv.port, socket_timeout=5))
-    writer.start()
-    with pytest.raises(ValueError, match="needs a whole number"):
-        writer.extend(["c;k;nx"], [f"{INCRBY}x"])
-    writer.incr("c;k;nx", 3)
-    writer.stop(10)
-    assert writer.stats.written_ops == 1 and writer.queue_depth == 0
-    with redis.Redis(port=redis_srv.port) as plain:
-        assert plain.get("c;k;nx") == b"3"
+    window.add(["c;a;dns", "client;c", "c;b;dns", "c;n;nx"], ["a.", 1, "b.", 1], 0, 100)
+    first, second = window.seal(3)
+    assert (first.keys, first.counters) == (["client;c", "c;n;nx", "c;a;dns"], 2)
+    assert (second.keys, second.counters) == (["c;b;dns"], 0)

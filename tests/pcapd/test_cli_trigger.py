@@ -1,15 +1,21 @@
-"""`pcapd trigger` refuses bad input in one line, before anything is published."""
+"""`pcapd trigger` refuses bad input in one line, before anything is published;
+`--wait` (and `pcapd results`) print a resent result once."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
-from tests.helpers import free_port
+from pcapd.client import is_message
+from pcapd.core.events import ResultEvent
+from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from tests.helpers import RedisServer, free_port, stop_process
+from tests.pcapd.core.test_results import resent
 
 
 def trigger(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -69,3 +75,48 @@ def test_results_stream_that_the_config_turns_off(tmp_path: Path) -> None:
         f'pcapd results: {config} sets results_stream = "": no stream is written; '
         "follow the channel instead\n"
     )
+
+
+def test_wait_prints_a_resent_result_once(redis_srv: RedisServer) -> None:
+    """The reply channel gets one event twice (a resend: same event_id) and
+    then another: `--count 2` prints both, the first once."""
+    listener = redis_srv.client().pubsub()  # type: ignore[no-untyped-call]
+    listener.subscribe("capture")
+    wait = subprocess.Popen(
+        [sys.executable, "-m", "pcapd", "trigger", "--redis-url", redis_srv.url, "--stdin",
+         "--wait", "60", "--count", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait.stdin is not None
+        wait.stdin.write(json.dumps({"id": "t1", "node": "any", "interface": ["lo"]}))
+        wait.stdin.close()
+        deadline = time.monotonic() + 30
+        while not is_message(listener.get_message(timeout=1)):
+            assert time.monotonic() < deadline, "no request published"
+        resent(redis_srv, ResultEvent("t1", "n1", "empty", interface="lo"), "pcapd-reply-t1")
+        resent(redis_srv, ResultEvent("t1", "n1", "empty", interface="eth0"), "pcapd-reply-t1")
+        wait.stdin = None  # closed: communicate() would flush it
+        out, err = wait.communicate(timeout=60)
+    finally:
+        if wait.poll() is None:
+            stop_process(wait)  # type: ignore[arg-type]
+            wait.communicate()
+        listener.close()
+    assert wait.returncode == EXIT_OK, err
+    assert [json.loads(line)["interface"] for line in out.splitlines()] == ["lo", "eth0"]
+
+
+def test_results_stream_prints_an_entry_held_twice_once(redis_srv: RedisServer) -> None:
+    first = resent(redis_srv, ResultEvent("s1", "n1", "empty"), expired=True)
+    resent(redis_srv, ResultEvent("s2", "n1", "empty"))
+    assert redis_srv.client().xlen("capture-results") == 3
+    done = subprocess.run(
+        [sys.executable, "-m", "pcapd", "results", "--redis-url", redis_srv.url, "--stream",
+         "--from-start", "--count", "3", "--timeout", "3"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["id"], e["event_id"]) for e in printed][:1] == [("s1", first.event_id)]
+    assert [e["id"] for e in printed] == ["s1", "s2"]

@@ -22,7 +22,7 @@ from pcapd.engine import HandlePool
 from pcapd.ring import Ring
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.pcapd.daemon_fixture import Results
-from tests.pcapd.test_engine import send_udp
+from tests.pcapd.engine.test_capture import send_udp
 from triggers.base import Delivery
 from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader

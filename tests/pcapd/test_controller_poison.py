@@ -11,8 +11,8 @@ import pytest
 
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.pcapd.daemon_fixture import Results
+from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, build, idle, request
-from tests.pcapd.test_engine import send_udp
 
 
 @pytest.mark.parametrize(

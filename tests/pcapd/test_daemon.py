@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import RedisServer, free_port, run, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
-from tests.pcapd.test_engine import send_udp
+from tests.pcapd.engine.test_capture import send_udp
 
 
 @pytest.fixture
@@ -72,7 +72,10 @@ def test_request_captures_to_local_disk_with_sidecar(
     data = path.read_bytes()
     assert len(data) == event["bytes"]
     assert hashlib.sha256(data).hexdigest() == event["sha256"]
-    assert json.loads(Path(f"{path}.json").read_text()) == event
+    # The sidecar is written before the event is sent, so before it has its event_id.
+    sidecar = json.loads(Path(f"{path}.json").read_text())
+    assert sidecar["event_id"] is None and isinstance(event["event_id"], str)
+    assert {**sidecar, "event_id": event["event_id"]} == event
     count = run("capinfos", "-c", "-T", "-m", str(path)).stdout.splitlines()[1].split(",")[1]
     assert count == "5"
     stream: Any = redis_srv.client().xrange("capture-results")

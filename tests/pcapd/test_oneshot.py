@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.helpers import free_port, run
-from tests.pcapd.test_engine import sender
+from tests.pcapd.engine.test_capture import sender
 
 
 def capture(*args: str) -> subprocess.CompletedProcess[str]:

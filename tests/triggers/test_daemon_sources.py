@@ -221,10 +221,12 @@ def test_storm_of_requests_gets_one_result_each_within_bounds(
     try:
         pipe = redis_srv.client().pipeline(transaction=False)
         streamed, published = 12, 2000
+        # A port nothing sends to (tests run side by side send to port 9).
+        bpf = f"udp port {free_port()}"
         for index in range(streamed + published):
             request = json.dumps(
                 {"node": "testnode", "interface": "lo", "id": f"storm-{index}", "timeout": 1,
-                 "bytes": 1_000_000, "bpf": "udp port 9"}
+                 "bytes": 1_000_000, "bpf": bpf}
             )  # fmt: skip
             if index < streamed:
                 pipe.xadd("capture-requests", {"body": request})

@@ -18,8 +18,8 @@ from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool
 from tests.helpers import RedisServer, fill, free_port, needs_root, tmpfs, wait_for
 from tests.pcapd.daemon_fixture import Results
+from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, request
-from tests.pcapd.test_engine import send_udp
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import cs_config, s3_config
 from uploaders.base import Uploader

@@ -58,6 +58,12 @@ DEFAULT_RESULTS_CHANNEL = "capture-results"
 DEFAULT_RESULTS_STREAM = "capture-results"
 DEFAULT_RESULTS_STREAM_MAXLEN = 10_000
 MAX_RESULTS_STREAM_MAXLEN = 100_000_000
+# Seconds a result's event_id is remembered beside the results stream, so a
+# resend after a lost reply is not added twice. It covers resends within it
+# (the publisher retries at least every 10 s while Redis answers again);
+# Redis holds one marker (~150 B) per result for it: rate x window.
+DEFAULT_RESULTS_DEDUP_WINDOW = 300
+MAX_RESULTS_DEDUP_WINDOW = 86_400
 DEFAULT_REQUEST_STREAM = "capture-requests"
 DEFAULT_HEALTH_CHECK_INTERVAL = 15
 MAX_HEALTH_CHECK_INTERVAL = 3_600
@@ -216,6 +222,7 @@ class RedisConfig:
     results_channel: str = DEFAULT_RESULTS_CHANNEL
     results_stream: str = DEFAULT_RESULTS_STREAM
     results_stream_maxlen: int = DEFAULT_RESULTS_STREAM_MAXLEN
+    results_dedup_window: int = DEFAULT_RESULTS_DEDUP_WINDOW
     health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL
     stream_listen: bool = False
     stream: str = DEFAULT_REQUEST_STREAM
@@ -340,7 +347,7 @@ class SecurityConfig:
 
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
-    """The node's heartbeat (pcapd/fleet.py): the hash `<prefix><node>`,
+    """The node's heartbeat (pcapd/fleet/): the hash `<prefix><node>`,
     rewritten every `heartbeat_interval` s and expiring after
     HEARTBEATS_MISSED missed beats. Read by `pcapd nodes`."""
 

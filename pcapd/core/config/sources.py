@@ -38,6 +38,11 @@ def _redis(s: Table) -> RedisConfig:
             DEFAULT_RESULTS_STREAM_MAXLEN,
             maximum=MAX_RESULTS_STREAM_MAXLEN,
         ),
+        results_dedup_window=s.get_int(
+            "results_dedup_window",
+            DEFAULT_RESULTS_DEDUP_WINDOW,
+            maximum=MAX_RESULTS_DEDUP_WINDOW,
+        ),
         health_check_interval=s.get_int(
             "health_check_interval",
             DEFAULT_HEALTH_CHECK_INTERVAL,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from redis.cluster import RedisCluster as ClusterClient
 
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect, node_for_channel, primaries, publish
+from pcapd.core.redis_conn import connect, node_for_channel, primaries, publish, same_slot_prefix
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster
 
@@ -78,3 +79,15 @@ def test_sharded_channel_lives_on_the_primary_owning_its_slot(
     assert plain.get_message(timeout=5)["type"] == "subscribe"
     publish(client, "capture-results", b"done", sharded=False)
     assert plain.get_message(timeout=5)["data"] == b"done"
+
+
+@pytest.mark.parametrize("key", ["capture-results", "a{tag}b", "a{b", "a{}b", "x}y", "}{", "{}"])
+def test_same_slot_prefix_keeps_the_keys_slot(redis_cluster: RedisCluster, key: str) -> None:
+    """As the servers count slots (CLUSTER KEYSLOT), not only as redis-py does."""
+    client = redis_cluster.client()
+    prefix = same_slot_prefix(key)
+    try:
+        for suffix in (":event:1", ":event:ffff"):
+            assert client.cluster_keyslot(prefix + suffix) == client.cluster_keyslot(key)
+    finally:
+        client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from typing import Any
 
@@ -12,8 +13,8 @@ from pcapd.core import results as results_module
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
-from pcapd.core.results import ResultPublisher
-from tests.helpers import RedisServer, wait_for
+from pcapd.core.results import ResultPublisher, event_mark_key, with_event_id
+from tests.helpers import RedisCluster, RedisServer, reply_cutter, wait_for
 from tests.pcapd.daemon_fixture import Results
 
 
@@ -100,3 +101,124 @@ def test_later_commands_go_in_order_with_the_results(redis_srv: RedisServer) -> 
     assert client.lrange("order", 1, -1) == [b"after r0", b"after r1", b"after r2"]
     stream: Any = client.xrange("capture-results")
     assert [json.loads(fields[b"event"])["id"] for _, fields in stream] == ["r0", "r1", "r2"]
+
+
+def stream_events(client: Any, stream: str = "capture-results") -> list[tuple[str, dict[str, Any]]]:
+    """(the entry's event_id field, its event) for each stream entry, from a
+    client that decodes replies or one that does not."""
+    found = []
+    for _, raw in client.xrange(stream):
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        found.append((fields["event_id"], json.loads(fields["event"])))
+    return found
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def test_a_lost_reply_puts_each_event_once_in_the_stream(redis_srv: RedisServer) -> None:
+    """Redis runs a batch, its replies are lost with the connection, the
+    publisher sends the batch again: the stream holds each event once, and a
+    subscriber that gets one twice sees the same event_id and body."""
+    channel = Results(redis_srv)
+    client = redis_srv.client()
+    with reply_cutter(redis_srv.port) as proxy:
+        config = RedisConfig(port=proxy.port)
+        pub = ResultPublisher(functools.partial(connect, config, socket_timeout=30), config)
+        proxy.swallow = True
+        pub.start()
+        try:
+            pub.submit(result(0))  # sent alone: the thread waits for its replies
+            wait_for(lambda: client.xlen("capture-results") == 1, timeout=20)
+            for n in range(1, 20):
+                pub.submit(result(n))  # queued behind it
+            proxy.cut()  # r0's replies lost; r0-r19 go as one batch, run, replies lost
+            wait_for(lambda: client.xlen("capture-results") == 20, timeout=20)
+            proxy.swallow = False
+            proxy.cut()  # that batch goes again, and its replies come back
+            got = [channel.next(timeout=20) for _ in range(3 + 19 * 2)]
+        finally:
+            assert pub.stop(10) == 0
+            channel.close()
+    assert proxy.accepted == 3
+    entries = stream_events(client)
+    assert [event["id"] for _, event in entries] == [f"r{n}" for n in range(20)]
+    ids = [event_id for event_id, _ in entries]
+    assert len(set(ids)) == 20 and ids == [event["event_id"] for _, event in entries]
+    copies: dict[str, list[dict[str, Any]]] = {}
+    for event in got + channel.unclaimed():
+        copies.setdefault(event["event_id"], []).append(event)
+    assert [len(copies[event_id]) for event_id in ids] == [3] + [2] * 19
+    for same in copies.values():
+        assert all(e == same[0] for e in same)
+
+
+def test_redis_py_does_not_resend_behind_the_publisher(redis_srv: RedisServer) -> None:
+    """Every reply lost: each of the publisher's attempts reaches Redis once
+    (redis-py resending inside one would show as more copies, and `publish`
+    would not give up), and the stream still holds the event once."""
+    channel = Results(redis_srv)
+    outcome: list[bool] = []
+    with reply_cutter(redis_srv.port) as proxy:
+        config = RedisConfig(port=proxy.port)
+        pub = ResultPublisher(functools.partial(connect, config, socket_timeout=30), config)
+        proxy.swallow = True
+        sender = threading.Thread(target=lambda: outcome.append(pub.publish(result(1))))
+        sender.start()
+        try:
+            for _ in range(results_module.PUBLISH_ATTEMPTS):
+                channel.next(timeout=20)
+                proxy.cut()
+            sender.join(20)
+            assert outcome == [False]
+        finally:
+            proxy.cut()
+            sender.join(20)
+            channel.close()
+    assert channel.unclaimed() == []
+    assert proxy.accepted == results_module.PUBLISH_ATTEMPTS
+    assert [event["id"] for _, event in stream_events(redis_srv.client())] == ["r1"]
+
+
+def test_a_resend_on_a_cluster_adds_the_event_once(redis_cluster: RedisCluster) -> None:
+    """The marker shares the stream's slot (no CROSSSLOT), also for a stream
+    name whose braces are no hash tag."""
+    clients: list[Any] = [redis_cluster.client()]
+    try:
+        for stream in ("capture-results", "res}ults"):
+            config = RedisConfig(
+                cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream
+            )
+            clients.append(connect(config))
+            pub = ResultPublisher(functools.partial(lambda c: c, clients[-1]), config)
+            event = with_event_id(result(1))
+            assert pub._send_all([(event, None)]) is None
+            assert pub._send_all([(event, None)]) is None  # the resend
+            assert pub.publish(result(2))
+            assert [e["id"] for _, e in stream_events(clients[0], stream)] == ["r1", "r2"]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def resent(
+    server: RedisServer, event: ResultEvent, reply_to: str | None = None, *, expired: bool = False
+) -> ResultEvent:
+    """`event` published, then sent again as after a lost reply (its marker
+    gone first when `expired`, so the stream holds it twice): what readers
+    of results must show once. Returns it with its event_id."""
+    config = RedisConfig(port=server.port)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    event = with_event_id(event)
+    assert pub._send_all([(event, reply_to)]) is None
+    if expired:
+        server.client().delete(event_mark_key(config.results_stream, str(event.event_id)))
+    assert pub._send_all([(event, reply_to)]) is None
+    return event
+
+
+def test_a_resend_after_the_marker_expired_is_in_the_stream_twice(redis_srv: RedisServer) -> None:
+    """What the window bounds (readers drop the second: tests of each reader)."""
+    event = resent(redis_srv, result(1), expired=True)
+    assert stream_events(redis_srv.client()) == [(event.event_id, event.as_dict())] * 2

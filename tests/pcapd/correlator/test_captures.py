@@ -5,6 +5,7 @@ CloudShark links, on the page of a real `pcapd web`."""
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import re
 import urllib.parse
@@ -20,6 +21,7 @@ from pcapd.core.results import ResultPublisher
 from pcapd.correlator import captures
 from pcapd.correlator.server import s3_client
 from tests.helpers import RedisServer, free_port
+from tests.pcapd.core.test_results import resent
 from tests.pcapd.correlator.site import web_server
 
 CLIENT, SERVICE = "10.1.2.3", "2001:db8::53"
@@ -116,3 +118,35 @@ def test_captures_page(redis_srv: RedisServer, tmp_path: Path) -> None:
     assert "<script>alert(1)</script>" not in everything and "<img src=x" not in everything
     assert "&lt;img src=x onerror=alert(1)&gt;" in everything
     assert [e["id"] for e in api["captures"]] == [HOSTILE_ID, "alert-run-7"]
+
+
+def test_an_event_held_twice_is_listed_once(redis_srv: RedisServer) -> None:
+    """The stream holds an event twice (resent after its marker expired): the
+    captures list shows it once."""
+    config = parse_config({"redis": {"port": redis_srv.port}})
+    resent(redis_srv, ResultEvent(OURS, "edge1", "ok", interface="eth0"), expired=True)
+    resent(redis_srv, ResultEvent("alert-run-7", "edge2", "failed", alertid=7))
+    assert redis_srv.client().xlen("capture-results") == 3
+    assert [e["id"] for e in captures.recent(redis_srv.client(), config, {}, 100)] == [
+        "alert-run-7", OURS,
+    ]  # fmt: skip
+
+
+def test_live_events_send_a_resent_event_once(redis_srv: RedisServer) -> None:
+    """An event in the stream, then twice on the reply channel: one `data:`,
+    though its links (here a counter) differ each time it is decorated."""
+    config = parse_config({"redis": {"port": redis_srv.port}})
+    reply = captures.reply_channel(OURS)
+    event = ResultEvent(OURS, "edge1", "ok", interface="eth0")
+    decorated = itertools.count()
+    live = captures.live_events(
+        redis_srv.client(), config, OURS, 3, lambda e: {**e, "n": next(decorated)}
+    )
+    resent(redis_srv, event)  # in the stream before the page is opened
+    first = next(live)
+    resent(redis_srv, event, reply)  # another event, twice on the reply channel
+    rest = list(live)
+    data = [json.loads(line[6:]) for line in [first, *rest] if line.startswith("data: ")]
+    assert [e["id"] for e in data] == [OURS, OURS]
+    assert len({e["event_id"] for e in data}) == 2
+    assert rest[-1] == "event: end\ndata: {}\n\n"

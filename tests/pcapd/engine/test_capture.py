@@ -19,7 +19,6 @@ from pcapd.engine import (
     CaptureError,
     CaptureLimits,
     CaptureOutcome,
-    HandlePool,
     capture,
     close_handle,
     open_handle,
@@ -213,29 +212,6 @@ def test_unknown_interface_never_opens_a_file(
     (tmp_path / "evil0").write_bytes(b"\xd4\xc3\xb2\xa1" + b"\0" * 20)
     with pytest.raises(CaptureError, match="interface 'evil0': no such device"):
         open_handle("evil0", 1 << 20)
-
-
-def test_pool_hands_out_a_ready_handle_then_replaces_it(port: int) -> None:
-    pool = HandlePool(("lo",), 1 << 20)
-    pool.start()
-    try:
-        deadline = time.monotonic() + 5
-        while pool._spares.get("lo") is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        spare = pool._spares["lo"]
-        handle = pool.take("lo")
-        assert handle is spare and pool._spares["lo"] is None
-        set_filter(handle, "lo", f"udp and dst port {port}")
-        sender(port, 2, 0.01, delay=0)
-        outcome = run_capture(handle, packets=2)
-        close_handle(handle)
-        assert outcome.packets == 2
-        pool.replenish()
-        while pool._spares.get("lo") is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert pool._spares.get("lo") is not None
-    finally:
-        pool.stop()
 
 
 def test_two_captures_at_once_on_one_interface(port: int) -> None:

@@ -2,8 +2,8 @@
 
 pypcap facts this relies on (DESIGN.md): a blocking dispatch() holds the GIL
 and may never return, so handles are non-blocking and waited on with poll();
-opening a handle costs ~10 ms, so `HandlePool` keeps one opened ahead per
-configured interface.
+opening a handle costs ~10 ms, so `HandlePool` (pcapd/engine/pool.py) keeps
+one opened ahead per configured interface.
 
 Handles are *not* in immediate mode: libpcap then falls back to TPACKET_V2,
 whose ring has one maximum-size slot per packet, so an 8 MiB buffer holds
@@ -21,9 +21,7 @@ while writing, and the file header carries that snap.
 from __future__ import annotations
 
 import contextlib
-import logging
 import select
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +32,6 @@ import pcap
 from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.core.errors import CaptureError as CaptureError  # what capture() raises
 from pcapd.core.fields import bpf_problem, show
-from pcapd.core.logs import event
 from pcapd.pcapfile import (
     EPB_HEAD,
     EPB_OVERHEAD,
@@ -44,13 +41,10 @@ from pcapd.pcapfile import (
     pcapng_header,
 )
 
-log = logging.getLogger("pcapd.engine")
-
 PROMISC = True  # as tcpdump and pcapdaemon
 BLOCK_TIMEOUT_MS = 10  # longest a packet waits in the kernel before it is readable
 NOTHING_FILTER = "len < 0"  # what a spare handle holds until a request takes it
 MAX_POLL_WAIT = 0.1  # how often a waiting capture looks at the stop flag (s)
-REFILL_RETRY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +114,7 @@ def dispatch(handle: pcap.pcap, count: int, callback: Callable[[int, bytes], Non
     return int(got)
 
 
-def _first_dispatch(handle: pcap.pcap) -> str | None:
+def first_dispatch(handle: pcap.pcap) -> str | None:
     """A spare's first read (it passes nothing yet): None, or why it failed."""
     try:
         dispatch(handle, -1, _discard)
@@ -160,7 +154,7 @@ def set_filter(handle: pcap.pcap, interface: str, bpf: str) -> None:
         handle.setfilter(bpf)
     except OSError as exc:
         raise bpf_compile_error(bpf, interface, handle.datalink(), exc) from exc
-    error = _first_dispatch(handle)  # e.g. the interface went down under a spare handle
+    error = first_dispatch(handle)  # e.g. the interface went down under a spare handle
     if error is not None:
         raise CaptureError(f"interface {interface!r}: cannot capture: {error}")
 
@@ -171,97 +165,6 @@ def close_handle(handle: pcap.pcap) -> None:
     closer = getattr(handle, "close", None)
     if closer is not None:
         closer()
-
-
-class HandlePool:
-    """One spare handle per configured interface, replaced in the background.
-
-    Worst case: one extra kernel ring (buffer_size bytes) per configured
-    interface, plus the rings of running captures.
-    """
-
-    def __init__(self, interfaces: tuple[str, ...], buffer_size: int) -> None:
-        self.buffer_size = buffer_size
-        self._spares: dict[str, pcap.pcap | None] = dict.fromkeys(interfaces)
-        self._linktypes: dict[str, int] = {}  # DLT of each interface, once opened
-        self._lock = threading.Lock()
-        self._wanted = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._refill, name="handle-pool", daemon=True)
-
-    def start(self) -> None:
-        self._wanted.set()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wanted.set()
-        with self._lock:
-            for name, handle in self._spares.items():
-                if handle is not None:
-                    close_handle(handle)
-                self._spares[name] = None
-
-    def take(self, interface: str) -> pcap.pcap:
-        """The spare for `interface` if one is ready, else a freshly opened one.
-
-        The spare is not replaced until `replenish()`: opening a handle holds
-        the GIL for 8-70 ms, which must not delay the capture that took it.
-        A spare opened before its interface was deleted and made again is
-        bound to the old one: its first dispatch fails (then libpcap's filter
-        change says "Network is down"), so it is closed and a handle opened
-        afresh, once.
-        """
-        with self._lock:
-            handle = self._spares.get(interface)
-            if handle is not None:
-                self._spares[interface] = None
-        if handle is not None:
-            error = _first_dispatch(handle)
-            if error is None:
-                return handle
-            event(log, "spare_handle_stale", logging.WARNING, interface=interface, error=error)
-            close_handle(handle)
-        return open_handle(interface, self.buffer_size)
-
-    def linktypes(self) -> dict[str, int]:
-        """The link type (DLT) of each configured interface a handle was opened on."""
-        with self._lock:
-            return dict(self._linktypes)
-
-    def spares(self) -> dict[str, bool]:
-        """interface -> whether a spare handle is ready for it now."""
-        with self._lock:
-            return {name: handle is not None for name, handle in self._spares.items()}
-
-    def replenish(self) -> None:
-        """Open replacements for the spares taken (in the background)."""
-        self._wanted.set()
-
-    def _refill(self) -> None:
-        failed = False
-        while not self._stop.is_set():
-            # After a failure, try again in REFILL_RETRY s even if nobody asks.
-            self._wanted.wait(REFILL_RETRY if failed else None)
-            self._wanted.clear()
-            failed = False
-            for name in list(self._spares):
-                if self._stop.is_set() or self._spares.get(name) is not None:
-                    continue
-                try:
-                    handle = open_handle(name, self.buffer_size)
-                except Exception as exc:  # the refill thread must outlive any failure
-                    event(
-                        log, "spare_handle_failed", logging.WARNING, interface=name, error=str(exc)
-                    )
-                    failed = True
-                    continue
-                with self._lock:
-                    if self._stop.is_set():
-                        close_handle(handle)
-                        return
-                    self._spares[name] = handle
-                    self._linktypes[name] = handle.datalink()
 
 
 @dataclass(slots=True)
