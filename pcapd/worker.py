@@ -34,6 +34,7 @@ from pcapd.engine import (
 )
 from pcapd.packetdebug import packet_logger
 from pcapd.ring import Ring, RingCapture
+from pcapd.ring.watch import Watcher
 from triggers.base import Delivery
 from uploaders.base import Artifact
 
@@ -104,7 +105,8 @@ class Worker:
         """Start the capture on `ring` now, in the caller's thread (it costs
         no socket, ~0.2 ms), so it is active before the claims. False
         when refused (already answered and settled). `capture_started` is
-        logged by the capture thread (`run`): a log write can wait."""
+        logged later, by `watch` or the capture thread (`run`): a log write
+        can wait."""
         request = self.request
         limits, comments = self._framing()
         debug = (
@@ -126,21 +128,61 @@ class Worker:
         self.controller.capture_started.set()
         return True
 
+    def watch(self, watcher: Watcher) -> None:
+        """Serve a ring capture with no lookback to copy without a thread of
+        its own: the ring's reader or `watcher` hands it over when it is
+        over, and a capture thread takes it from there (`_over`). The job
+        and the gate are set before."""
+        served = self.served
+        assert served is not None
+        self._log_started()
+        self._observe_active(self.registered)
+        gate = self.gate
+        watcher.watch(served, self.controller.capture_stop if gate is None else gate.stop,
+                      self._over)  # fmt: skip
+
+    def _over(self, reason: str) -> None:
+        """Handed over, on the reader's or the watcher's thread (it must not
+        block): the rest on a capture thread."""
+        self.controller.on_capture_thread(self._complete, reason)
+
+    def _complete(self, reason: str) -> None:
+        """A watched capture is over: take it, as `run` would; never raises."""
+        try:
+            assert self.served is not None
+            self._ring_done(self.served.outcome(reason))
+        except Exception as exc:
+            self._crashed(exc)
+
     def run(self) -> None:
         """The capture thread's body; never raises."""
         try:
             self._run()
         except Exception as exc:
-            event(
-                log, "capture_crashed", logging.ERROR, exc_info=True,
-                id=self.request.id, interface=self.interface,
+            self._crashed(exc)
+
+    def _crashed(self, exc: Exception) -> None:
+        event(
+            log, "capture_crashed", logging.ERROR, exc_info=True,
+            id=self.request.id, interface=self.interface,
+        )  # fmt: skip
+        if not self.reservation.released:
+            self.controller.tell(
+                self.request, "failed", interface=self.interface,
+                error=f"capture failed: {exc!r}", warnings=self.warnings,
             )  # fmt: skip
-            if not self.reservation.released:
-                self.controller.tell(
-                    self.request, "failed", interface=self.interface,
-                    error=f"capture failed: {exc!r}", warnings=self.warnings,
-                )  # fmt: skip
-            self.settle(durable=False)
+        self.settle(durable=False)
+
+    def _ring_done(self, outcome: CaptureOutcome) -> None:
+        """A ring capture's end: its result, unless its claims found it taken."""
+        gate = self.gate
+        if gate is not None and not gate.passed():
+            self.job = None  # a duplicate or a replay: the gate answered it
+            self.settle(durable=True)
+            return
+        assert self.served is not None
+        self.warnings = (*self.warnings, *self.served.warnings)
+        self._captured(outcome)
 
     def _run(self) -> None:
         ctl = self.controller
@@ -152,13 +194,7 @@ class Worker:
             self._log_started()
             self._observe_active(self.registered)
             gate = self.gate
-            outcome = served.finish(ctl.capture_stop if gate is None else gate.stop)
-            if gate is not None and not gate.passed():
-                self.job = None  # a duplicate or a replay: the gate answered it
-                self.settle(durable=True)
-                return
-            self.warnings = (*self.warnings, *served.warnings)
-            self._captured(outcome)
+            self._ring_done(served.finish(ctl.capture_stop if gate is None else gate.stop))
             return
         # Opening a handle (when no spare is ready) takes 8-16 ms: here, not in
         # the trigger thread, so requests keep being admitted or refused fast.
@@ -254,9 +290,9 @@ class Worker:
             sha256=hashlib.sha256(data).hexdigest() if packets else None,
             lookback=outcome.lookback,
         )  # fmt: skip
-        ctl.untrack(self)
         if not packets:
             # As pcapdaemon: nothing captured, nothing to upload.
+            ctl.untrack(self)
             self.reservation.free_slot()
             self.finish(result, {}, durable=True)
             return
@@ -268,6 +304,15 @@ class Worker:
             format=self.request.format, sha256=result.sha256 or "", request=self.request,
             node=ctl.node, interface=self.interface,
         )  # fmt: skip
+        if self.served is not None and not ctl.deliverer.has_remote:
+            # A ring capture bound for local disk only is stored by its own
+            # thread: no hand-off to an upload worker (a wake-up and a turn
+            # at the GIL each). Its thread is not needed to capture (the
+            # ring's reader does that), and shutdown waits for it, tracked
+            # until it settles.
+            self.store(artifact, result)
+            return
+        ctl.untrack(self)
         ctl.submit(self, artifact, result)
 
     def store(self, artifact: Artifact, result: ResultEvent) -> None:

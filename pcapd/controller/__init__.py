@@ -35,7 +35,7 @@ from typing import Any
 
 from pcapd.admission import Refused
 from pcapd.controller.answers import Answers, _reply_to
-from pcapd.controller.claims import ClaimGate
+from pcapd.controller.claims import ClaimGate, answer_claims, claims_verdict
 from pcapd.controller.uploads import Uploads
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
@@ -48,7 +48,7 @@ from pcapd.core.request import (
     resolve_interfaces,
 )
 from pcapd.ring import Ring
-from pcapd.signing import replayed, verify
+from pcapd.signing import verify
 from pcapd.worker import Job, Worker
 from triggers.base import Delivery
 
@@ -172,17 +172,13 @@ class Controller(Answers, Uploads):
         each, so requests refused earlier cost none): "admitted", or the
         request was answered here ("duplicate", "rejected") and its captures
         dropped before any result of theirs."""
-        if self.recent_ids.claim(request.id):
+        id_taken = self.recent_ids.claim(request.id)
+        # The signature is claimed only for a request not served already.
+        sig_taken = None if id_taken or sig is None else self.recent_sigs.claim(sig)
+        if claims_verdict(id_taken, sig_taken) != "admitted":
             for worker in workers:
                 worker.settle(durable=True)
-            self._duplicate(request, delivery)
-            return "duplicate"
-        if sig is not None and self.recent_sigs.claim(sig):
-            for worker in workers:
-                worker.settle(durable=True)
-            self._turn_away(request, delivery, replayed(self.recent_sigs.window), claimed=True)
-            return "rejected"
-        return "admitted"
+        return answer_claims(self, request, sig, delivery, id_taken, sig_taken)
 
     def _parse(self, delivery: Delivery) -> tuple[CaptureRequest, dict[str, Any]] | str:
         """The request and its raw fields, or "ignored" when it was for another
@@ -222,6 +218,9 @@ class Controller(Answers, Uploads):
         counts the request; else what became of it (no thread to be had)."""
         with self._lock:
             self._capturing.update(workers)
+        if not claimed and not any(w.served is None or w.served.copying for w in workers):
+            self._watch(request, sig, delivery, workers)
+            return None
         args = (request, sig, delivery, workers, claimed)
         try:
             self._capture_pool.submit(self._claim_and_run, *args)
@@ -234,16 +233,10 @@ class Controller(Answers, Uploads):
             return "refused"
         return None
 
-    def _claim_and_run(
-        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker],
-        claimed: bool,
-    ) -> None:  # fmt: skip
-        """A capture thread's first task: one capture here and each other
-        interface's on a thread of its own, all under one `Job`. Unless
-        `claimed` already (all on rings, registered), the claims go out now
-        and are answered while the captures run: each result waits for the
-        answer (`ClaimGate`), so a full capture leaves the ring at once, and
-        a duplicate or replay stops them all and is answered once. Never raises."""
+    def _job(
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, captures: int
+    ) -> Job:
+        """The `Job` of a request's captures, and what their end records."""
 
         def finished(durable: bool) -> None:
             # Served: a duplicate (or replay) for any later run of this node.
@@ -254,7 +247,33 @@ class Controller(Answers, Uploads):
             if sig is not None:
                 (self.recent_sigs.served if durable else self.recent_sigs.forget)(sig)
 
-        job = Job(delivery, len(workers), finished=finished)
+        return Job(delivery, captures, finished=finished)
+
+    def _watch(
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker]
+    ) -> None:
+        """Ring captures with no lookback to copy take no thread while they
+        run (`pcapd.ring.watch`): the claims go out now, and a capture thread
+        takes each capture once it is over, its result waiting for the
+        claims' answer (`ClaimGate`) as in `_claim_and_run`."""
+        job = self._job(request, sig, delivery, len(workers))
+        gate = ClaimGate(self, request, sig, delivery)
+        for worker in workers:
+            worker.job, worker.gate = job, gate
+        for worker in workers:
+            worker.watch(self.watcher)
+
+    def _claim_and_run(
+        self, request: CaptureRequest, sig: str | None, delivery: Delivery, workers: list[Worker],
+        claimed: bool,
+    ) -> None:  # fmt: skip
+        """A capture thread's first task: one capture here and each other
+        interface's on a thread of its own, all under one `Job`. Unless
+        `claimed` already (all on rings, registered), the claims go out now
+        and are answered while the captures run: each result waits for the
+        answer (`ClaimGate`), so a full capture leaves the ring at once, and
+        a duplicate or replay stops them all and is answered once. Never raises."""
+        job = self._job(request, sig, delivery, len(workers))
         gate = None if claimed else ClaimGate(self, request, sig, delivery)
         for worker in workers:
             worker.job, worker.gate = job, gate

@@ -60,22 +60,40 @@ class ClaimGate:
             return self._passed
 
     def _decide(self) -> bool:
-        ctl, request, delivery, sig = self._ctl, self._request, self._delivery, self._sig
         status = "failed"
         try:
             id_taken = self._ids.wait()
-            sig_taken = self._sigs is not None and self._sigs.wait()
-            if id_taken:
-                if sig is not None and not sig_taken:  # claimed for nothing
-                    ctl.recent_sigs.forget(sig)
-                ctl._duplicate(request, delivery)
-                status = "duplicate"
-            elif sig_taken:
-                ctl._turn_away(request, delivery, replayed(ctl.recent_sigs.window), claimed=True)
-                status = "rejected"
-            else:
-                status = "admitted"
+            sig_taken = None if self._sigs is None else self._sigs.wait()
+            status = answer_claims(
+                self._ctl, self._request, self._sig, self._delivery, id_taken, sig_taken
+            )
         finally:
-            with ctl._lock:
-                ctl._requests[delivery.source, status] += 1
+            with self._ctl._lock:
+                self._ctl._requests[self._delivery.source, status] += 1
         return status == "admitted"
+
+
+def claims_verdict(id_taken: bool, sig_taken: bool | None) -> str:
+    """What a request's claims make of it: "duplicate" when its id was served
+    (whatever its signature), else "rejected" when its signature was (a
+    replay), else "admitted". `sig_taken` None: no signature was claimed."""
+    if id_taken:
+        return "duplicate"
+    return "rejected" if sig_taken else "admitted"
+
+
+def answer_claims(
+    ctl: Controller, request: CaptureRequest, sig: str | None, delivery: Delivery,
+    id_taken: bool, sig_taken: bool | None,
+) -> str:  # fmt: skip
+    """Answer a request by its claims (`claims_verdict`, returned): a
+    duplicate or a replay is told and acked here; a signature claimed for a
+    duplicate is forgotten again, so it does not count as served."""
+    verdict = claims_verdict(id_taken, sig_taken)
+    if verdict == "duplicate":
+        if sig is not None and sig_taken is False:  # claimed for nothing
+            ctl.recent_sigs.forget(sig)
+        ctl._duplicate(request, delivery)
+    elif verdict == "rejected":
+        ctl._turn_away(request, delivery, replayed(ctl.recent_sigs.window), claimed=True)
+    return verdict

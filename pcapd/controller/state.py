@@ -21,6 +21,7 @@ from pcapd.daemon_metrics import CaptureMetrics
 from pcapd.dedup import seen_ids_and_sigs
 from pcapd.engine import HandlePool, available_devices
 from pcapd.ring import Ring
+from pcapd.ring.watch import Watcher
 from pcapd.worker import Worker
 from uploaders.base import Artifact, FileNamer
 from uploaders.deliver import Deliverer
@@ -81,6 +82,8 @@ class ControllerState:
             max_workers=config.general.max_concurrent + CAPTURE_THREADS_SPARE,
             thread_name_prefix="capture",
         )
+        # The timed bounds of ring captures that no thread waits for.
+        self.watcher = Watcher()
         self.capture_stop = threading.Event()  # set on shutdown: captures end now
         self.capture_started = threading.Event()  # for tests and benchmarks
 
@@ -94,6 +97,13 @@ class ControllerState:
         """Captures under way now (for the heartbeat)."""
         with self._lock:
             return len(self._capturing)
+
+    def on_capture_thread(self, task: Callable[[str], None], arg: str) -> None:
+        """`task(arg)` on a capture thread; on this one once they are shut down."""
+        try:
+            self._capture_pool.submit(task, arg)
+        except RuntimeError:
+            task(arg)
 
     def untrack(self, worker: Worker) -> None:
         """`worker`'s capture has ended (or never started)."""

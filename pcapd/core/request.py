@@ -125,7 +125,9 @@ def decode_body(body: bytes | str, max_bytes: int) -> dict[str, Any]:
             f"request is {size} bytes; the limit is {max_bytes} (general.max_request_bytes)"
         )
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        if not isinstance(body, str):  # as json.loads reads bytes
+            body = body.decode(json.detect_encoding(body), "surrogatepass")
+        data = _DECODER.decode(body)
     except (ValueError, RecursionError) as exc:
         raise RequestError(f"request is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -137,6 +139,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# Made once: json.loads with an option builds a decoder (and its scanner) per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def addressed_to(data: Mapping[str, Any], node: str) -> bool:
     """Whether a decoded request names `node`, judged from `node`/`nodere` alone,
     read as `parse_fields` reads them (keys folded, empty values absent).
@@ -145,7 +151,11 @@ def addressed_to(data: Mapping[str, Any], node: str) -> bool:
     node stays silent on this one. When the node fields themselves are
     malformed, no node can tell: every node parses and rejects it.
     """
-    fields, _ = fold_keys(data)
+    return _names(fold_keys(data)[0], node)
+
+
+def _names(fields: Mapping[str, Any], node: str) -> bool:
+    """`addressed_to` on fields already folded."""
     name, pattern = given(fields, "node"), given(fields, "nodere")
     if isinstance(name, str) and pattern is None:
         return name in ("any", node)
@@ -172,9 +182,10 @@ def request_for(
     controller and `pcapd nodes --match` (pcapd/fleet/) make; the second
     half is `resolve_interfaces`. Raises RequestError as `parse_fields` does.
     """
-    if not addressed_to(fields, config.general.node):
+    folded, warnings = fold_keys(fields)  # once, for both halves
+    if not _names(folded, config.general.node):
         return None
-    return parse_fields(fields, config, default_id)
+    return _parse(fields, folded, warnings, config, default_id)
 
 
 def parse_request(body: bytes | str, config: Config) -> CaptureRequest:
@@ -220,9 +231,19 @@ def parse_fields(
     their case; null, and a zero or empty value where pcapdaemon's code
     treats it so, mean "not given" and take the default.
     """
+    return _parse(data, *fold_keys(data), config, default_id)
+
+
+def _parse(
+    raw: Mapping[str, Any],
+    data: Mapping[str, Any],
+    warnings: list[str],
+    config: Config,
+    default_id: str | None,
+) -> CaptureRequest:
+    """`parse_fields` on `raw` folded into `data` (with `warnings`) already."""
     general = config.general
-    raw = data
-    data, warnings = fold_keys(raw)
+    warnings = list(warnings)
     request_id = _request_id(data, default_id)
     f = Fields(data, request_id)
     _check_keys(raw, f)

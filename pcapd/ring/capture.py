@@ -1,9 +1,16 @@
 """One capture registered with a ring: its lookback copied in its own
-thread, then its live packets until a bound, a timed stop or shutdown."""
+thread, then its live packets until a bound, a timed stop or shutdown.
+
+A capture with no lookback to copy needs no thread while it runs: the
+ring's reader ends it at its packets or bytes bound, and a `Watcher`
+(pcapd.ring.watch) at its timed bounds or its stop signal; either hands it
+over once (`watched`), and its `outcome` is taken then."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pcapd.core.fields import show
@@ -48,6 +55,14 @@ class RingCapture:
         self._begin = time.monotonic()
         self.done = False
         self.warnings = self._ring_warnings()  # for its result; more after `finish`
+        # Watched (no thread waits for it): its stop signal, what is called
+        # once when it is over, and the state of its timed bounds.
+        self._stop: StopSignal | None = None
+        self._over: Callable[[str], None] | None = None
+        self._handed = threading.Lock()  # taken once, by whoever ends it first
+        self._seen, self._last_packet = 0, self._begin
+        self._flush_until = 0.0  # a timed stop's wait for the open kernel block
+        self._reason = ""
 
     def _ring_warnings(self) -> tuple[str, ...]:
         ring = self._ring
@@ -76,15 +91,80 @@ class RingCapture:
             self.done = True
             self._ring.unregister(self._feed)
 
+    @property
+    def full(self) -> bool:
+        """A bound, or the ring's end, has ended it: no more packets for it."""
+        return self._feed.full
+
+    @property
+    def copying(self) -> bool:
+        """It has a lookback to copy: `finish` must run, in a thread of its own."""
+        return bool(self._spans)
+
     def finish(self, stop: StopSignal) -> CaptureOutcome:
-        feed = self._feed
+        """Copy the lookback, wait for the capture's end, and take it."""
         try:
             if self._spans:
                 self._copy_lookback()
             stop_reason = self._wait(stop)
-        finally:
-            self.done = True
-            drops = self._ring.unregister(feed)
+        except BaseException:
+            self.cancel()
+            raise
+        return self.outcome(stop_reason)
+
+    # -- watched: no thread waits -------------------------------------------
+    def watched(self, stop: StopSignal, over: Callable[[str], None]) -> bool:
+        """From now on `over(stop reason)` is called once, on the thread
+        that ends the capture (the ring's reader, or the watcher): then its
+        `outcome` is to be taken. True: over already, `over` called here."""
+        self._stop, self._over = stop, over
+        return self.full and self._hand_over("")
+
+    def filled(self) -> None:
+        """Its feed ended (a bound, the ring's stop or failure): the reader's
+        call, under the ring's lock, so the hand-over must not block."""
+        if self._over is not None and not self.done:
+            self._hand_over("")
+
+    def look(self, now: float) -> float | None:
+        """The watcher's look at its timed bounds: when to look again, or None
+        when it is over (handed over here if time ended it). After a timed
+        stop, packets stamped before it may still sit in the kernel's block:
+        it is over STOP_FLUSH later, or as soon as its feed is full."""
+        feed, limits = self._feed, self._limits
+        if feed.full or self.done:
+            return None  # the reader hands it over (`filled`), or it was dropped
+        if self._flush_until:
+            if now < self._flush_until:
+                return self._flush_until
+            self._hand_over(self._reason)
+            return None
+        if feed.count != self._seen:
+            self._seen, self._last_packet = feed.count, now
+        assert self._stop is not None
+        deadline = self._begin + limits.duration
+        reason = timed_stop(self._stop, now, deadline, self._last_packet, limits.timeout)
+        if reason:
+            self._reason = reason
+            feed.cutoff = time.time_ns()
+            self._flush_until = now + STOP_FLUSH
+            return self._flush_until
+        return min(deadline, self._last_packet + limits.timeout)
+
+    def _hand_over(self, reason: str) -> bool:
+        """Call `over` unless it was called already: True the first time."""
+        if not self._handed.acquire(blocking=False):
+            return False
+        assert self._over is not None
+        self._over(reason)
+        return True
+
+    def outcome(self, stop_reason: str = "") -> CaptureOutcome:
+        """The capture as it ended (`stop_reason`, unless its feed ended it),
+        unregistered from the ring."""
+        feed = self._feed
+        self.done = True
+        drops = self._ring.unregister(feed)
         return CaptureOutcome(
             data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
             kernel_dropped=max(0, drops - self._drops_before), started=self.started,
@@ -95,6 +175,9 @@ class RingCapture:
     def _wait(self, stop: StopSignal) -> str:
         """Until the capture is full, or a timed bound or shutdown ends it."""
         feed, limits = self._feed, self._limits
+        # Made before `full` is read: an end after that sets it, and one
+        # before it is seen as `full` (set before `end` looks at `done`).
+        done = feed.done = threading.Event()
         deadline = self._begin + limits.duration
         last_packet, seen = self._begin, feed.count
         while not feed.full:
@@ -105,8 +188,8 @@ class RingCapture:
             if reason:
                 # Packets stamped before now may still sit in the kernel's block.
                 feed.cutoff = time.time_ns()
-                feed.done.wait(STOP_FLUSH)
+                done.wait(STOP_FLUSH)
                 return reason
             wake = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT)
-            feed.done.wait(max(0.0, wake - now))
+            done.wait(max(0.0, wake - now))
         return feed.stop

@@ -91,7 +91,9 @@ class Feed:
         # Every record goes into the file as the ring holds it: a run of
         # them is one copy (the ring's records are pcap records, never cut).
         self.whole = not pcapng and match is None and debug is None and self.snap >= MAX_SNAPLENGTH
-        self.done = threading.Event()
+        # Set when it ends, for a thread that waits for that (`RingCapture.
+        # finish` makes it); a watched capture has none to make.
+        self.done: threading.Event | None = None
         self.holding = holding  # the lookback is being copied: live records go to the tail
         self.tail = bytearray()  # live records framed while the lookback is copied
         self.tail_count = 0
@@ -102,8 +104,11 @@ class Feed:
         self.lock = lock or threading.Lock()  # the ring's: `take` runs under it
 
     def end(self, reason: str, error: str | None = None) -> None:
-        self.stop, self.full, self.error = reason, True, error
-        self.done.set()
+        # `full` last: a thread that sees it set reads the others as set.
+        self.stop, self.error = reason, error
+        self.full = True
+        if self.done is not None:
+            self.done.set()
         if self.on_full is not None:
             self.on_full()
 

@@ -93,6 +93,13 @@ class Ring:
         self._feeds: tuple[Feed, ...] = ()  # handed each run of records the reader appends
         self._replaying: set[Feed] = set()  # copying their lookback, live records held
         self.lock = threading.Lock()
+        # Who may change _feeds and _replaying: the ring's lock is not needed
+        # to drop a full feed (the reader passes it by), only this one.
+        self._feeds_lock = threading.Lock()
+        # Kernel drops on the handle so far, read by the reader after each
+        # dispatch (under the ring's lock): a capture's are those reported
+        # by the reads that offered it packets, at no system call of its own.
+        self.dropped = 0
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
         self.linktype = 0
@@ -152,6 +159,9 @@ class Ring:
                         settle()
                         self._failed(exc)
                         return
+                    # Before the read's last records go out: a capture they
+                    # fill sees the drops reported with them.
+                    self.dropped = kernel_drops(handle)
                     settle()
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
@@ -190,16 +200,13 @@ class Ring:
                 feed.tail, feed.tail_count = bytearray(), 0
                 if over or feed.full or len(tail) <= TAIL_UNDER_LOCK:
                     feed.merge(tail, records, over)
-                    self._replaying.discard(feed)
+                    with self._feeds_lock:
+                        self._replaying.discard(feed)
                     feed.holding = False
                     return
                 # Counted here, copied below: `take` sees the room it leaves.
                 take = feed.count_tail(tail, records, over=False)
             feed.buf += memoryview(tail)[:take]
-
-    def _drops(self) -> int:
-        """Kernel drops on the handle so far; the reader is not in it (lock held)."""
-        return 0 if self._handle is None else kernel_drops(self._handle)
 
     def stats(self) -> RingStats:
         with self.lock:
@@ -210,7 +217,7 @@ class Ring:
                 interface=self.interface, packets=packets, bytes=held,
                 oldest=None if oldest is None else oldest / NS,
                 evicted_overflow=self.store.evicted_overflow,
-                evicted_age=self.store.evicted_age, kernel_dropped=self._drops(),
+                evicted_age=self.store.evicted_age, kernel_dropped=self.dropped,
                 captures=len(self._feeds), replaying=len(self._replaying),
             )  # fmt: skip
 
@@ -228,14 +235,23 @@ class Ring:
     ) -> RingCapture:
         """Start a capture, as `engine.capture` on a handle of its own would
         make it: from now on (and `lookback` seconds back) it gets
-        every packet that matches `bpf`, until `finish` or `cancel`. Bounds
-        count the whole file; `duration` runs from now. Raises CaptureError
-        (a bad filter, a failed ring) before anything is registered.
-        `on_full` is called (under the ring's lock, on the thread that ends
-        it) when a bound or shutdown ends the capture before `finish` does.
+        every packet that matches `bpf`, until `finish` or `cancel` (or,
+        watched, its `outcome`). Bounds count the whole file; `duration`
+        runs from now. Raises CaptureError (a bad filter, a failed ring)
+        before anything is registered. `on_full` is called (under the ring's
+        lock, on the thread that ends it) when a bound or shutdown ends the
+        capture before `finish` does; a watched capture is handed over then.
         Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
         match = self._compile(bpf)
+        made: list[RingCapture] = []  # the capture, once made: told when its feed ends
+
+        def ended() -> None:
+            if on_full is not None:
+                on_full()
+            if made:  # else it is not watched yet: `watched` sees the feed full
+                made[0].filled()
+
         with self.lock:
             if self.error is not None or self._handle is None:
                 why = self.error or f"lookback ring on {self.interface} is not running"
@@ -258,22 +274,33 @@ class Ring:
                 )
             feed = Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
-                trigger=trigger, debug=packet_debug, on_full=on_full, holding=bool(spans),
+                trigger=trigger, debug=packet_debug, on_full=ended, holding=bool(spans),
                 lock=self.lock,
             )  # fmt: skip
-            drops_before = self._drops()
-            if spans:
-                self._replaying.add(feed)
-            self._feeds = (*self._feeds, feed)
+            drops_before = self.dropped
+            with self._feeds_lock:
+                if spans:
+                    self._replaying.add(feed)
+                self._feeds = (*self._feeds, feed)
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
-        return RingCapture(self, feed, limits, drops_before, delivered, spans)
+        made.append(RingCapture(self, feed, limits, drops_before, delivered, spans))
+        return made[0]
 
     def unregister(self, feed: Feed) -> int:
-        """No more packets for `feed`: the kernel's drops so far."""
-        with self.lock:
+        """No more packets for `feed`: the kernel's drops so far. A full
+        feed takes nothing more (`Feed.take`), so it is dropped without
+        waiting for the reader's read to end; any other under the ring's lock."""
+        if feed.full:
+            self._forget(feed)
+        else:
+            with self.lock:
+                self._forget(feed)
+        return self.dropped
+
+    def _forget(self, feed: Feed) -> None:
+        with self._feeds_lock:
             self._replaying.discard(feed)
             self._feeds = tuple(f for f in self._feeds if f is not feed)
-            return self._drops()
 
     def _compile(self, bpf: str) -> Callable[[bytes | memoryview], bool] | None:
         """The request's filter for the ring's link type; None matches all.

@@ -1,5 +1,7 @@
 """pcapd/core/atomic.py: a published file is whole, never replaces one it
-must not, and leaves no temporary file behind when writing fails."""
+must not, and leaves no temporary file behind when writing fails; the same
+through a directory held open (`OpenDirectory`), with and without O_TMPFILE,
+which follows its path when the directory is replaced."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pcapd.core.atomic import FILE_MODE, write_atomic
+from pcapd.core.atomic import FILE_MODE, OpenDirectory, write_atomic
 
 
 def test_the_file_is_published_whole_with_its_mode(tmp_path: Path) -> None:
@@ -47,3 +49,71 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_atomic(blocked, b"data")  # rename onto a non-empty directory fails
     assert sorted(os.listdir(tmp_path)) == ["dir-in-the-way"]
+
+
+def _open_fds_on(directory: Path) -> int:
+    """This process's descriptors open on `directory` (or on it deleted)."""
+    names = (str(directory), f"{directory} (deleted)")
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") in names
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            continue
+    return found
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "temporary-name"])
+def test_through_an_open_directory_files_are_whole_with_their_mode_and_never_replaced(
+    tmp_path: Path, unnamed: bool
+) -> None:
+    old_umask = os.umask(0o077)  # the mode must not depend on the daemon's umask
+    try:
+        opened = OpenDirectory(tmp_path, unnamed=unnamed)
+        opened.write("a.pcap", memoryview(b"x" * 70_000), overwrite=False)
+        with pytest.raises(FileExistsError):
+            opened.write("a.pcap", b"ours", overwrite=False)
+        opened.write("a.pcap.json", b"old")
+        inode = (tmp_path / "a.pcap.json").stat().st_ino
+        opened.write("a.pcap.json", b"new", check=False)
+        assert opened.unnamed == unnamed  # O_TMPFILE was used where asked
+        opened.close()
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "a.pcap").read_bytes() == b"x" * 70_000
+    assert stat.S_IMODE((tmp_path / "a.pcap").stat().st_mode) == FILE_MODE
+    json_file = tmp_path / "a.pcap.json"
+    assert json_file.read_bytes() == b"new" and json_file.stat().st_ino != inode
+    assert stat.S_IMODE(json_file.stat().st_mode) == FILE_MODE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pcap", "a.pcap.json"]
+    assert _open_fds_on(tmp_path) == 0
+
+
+def test_an_open_directory_follows_its_path_when_the_directory_is_replaced(
+    tmp_path: Path,
+) -> None:
+    target, moved = tmp_path / "captures", tmp_path / "captures.old"
+    target.mkdir()
+    opened = OpenDirectory(target)
+    opened.write("one", b"1", overwrite=False)
+    target.rename(moved)  # rotated away by an operator: not written into any more
+    with pytest.raises(FileNotFoundError):
+        opened.write("two", b"2", overwrite=False)
+    target.mkdir()
+    with opened.held() as held:
+        opened.write("two", b"2", overwrite=False)  # while a writer holds the old one
+    assert sorted(os.listdir(moved)) == ["one"] and sorted(os.listdir(target)) == ["two"]
+    assert held != -1 and _open_fds_on(moved) == 0 and _open_fds_on(target) == 1
+    opened.close()
+    assert _open_fds_on(target) == 0
+
+
+def test_a_failed_write_through_an_open_directory_leaves_nothing(tmp_path: Path) -> None:
+    for unnamed in (True, False):
+        opened = OpenDirectory(tmp_path, unnamed=unnamed)
+        with pytest.raises(TypeError):
+            opened.write("x.pcap", object(), overwrite=False)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            opened.write("x.json", object())  # type: ignore[arg-type]
+        opened.close()
+    assert list(tmp_path.iterdir()) == []
