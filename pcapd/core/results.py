@@ -44,13 +44,14 @@ _Pending = tuple[ResultEvent | Commands, str | None]
 
 # XADD the event ARGV[3] (its id ARGV[1]) to the stream KEYS[1], capped at
 # ~ARGV[2] entries, unless the id's marker KEYS[2] is there; the marker is
-# set for ARGV[4] s. 1 if added, 0 if it was already.
+# set for ARGV[4] s once the entry is in (an XADD Redis refuses aborts the
+# script before it, so a resend is not taken for done). 1 if added, 0 if it
+# was already.
 _ADD_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'event', ARGV[3])
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'event', ARGV[3])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
+return 1
 """
 
 

@@ -222,3 +222,27 @@ def test_a_resend_after_the_marker_expired_is_in_the_stream_twice(redis_srv: Red
     """What the window bounds (readers drop the second: tests of each reader)."""
     event = resent(redis_srv, result(1), expired=True)
     assert stream_events(redis_srv.client()) == [(event.event_id, event.as_dict())] * 2
+
+
+def test_a_refused_xadd_leaves_no_marker(redis_srv: RedisServer) -> None:
+    """The stream key of the wrong type: XADD fails, and no marker is left to
+    make the resend (once the key is fixed) look done."""
+    client = redis_srv.client()
+    config = RedisConfig(port=redis_srv.port)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    event = with_event_id(result(1))
+    client.set(config.results_stream, "not a stream")
+    assert "WRONGTYPE" in str(pub._send_all([(event, None)]))
+    assert client.exists(event_mark_key(config.results_stream, str(event.event_id))) == 0
+    client.delete(config.results_stream)
+    assert pub._send_all([(event, None)]) is None
+    assert stream_events(client) == [(event.event_id, event.as_dict())]
+
+
+def test_the_marker_lives_results_dedup_window(redis_srv: RedisServer) -> None:
+    config = RedisConfig(port=redis_srv.port, results_dedup_window=1234)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    event = with_event_id(result(1))
+    assert pub._send_all([(event, None)]) is None
+    ttl = redis_srv.client().ttl(event_mark_key(config.results_stream, str(event.event_id)))
+    assert ttl == 1234
