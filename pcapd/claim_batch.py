@@ -39,6 +39,9 @@ class Claim:
     done: threading.Event = field(default_factory=threading.Event)
     taken: bool = False
     error: Exception | None = None
+    # The first error of any claim in the same batch: with one primary of a
+    # cluster away, its neighbours' answers do not mean Redis is back.
+    batch_error: Exception | None = None
 
 
 class ClaimBatcher:
@@ -94,7 +97,9 @@ class ClaimBatcher:
             except Exception as exc:  # a bug must not leave threads waiting
                 for item in batch:
                     item.error = redis.RedisError(f"claim failed: {exc!r}")
+            failed = next((item.error for item in batch if item.error is not None), None)
             for item in batch:
+                item.batch_error = failed
                 item.done.set()
 
     def _send(self, batch: list[Claim]) -> list[bool | Exception]:
