@@ -13,8 +13,9 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import Client, is_cluster, send_by_slot
+from pcapd.core.redis_conn import Client, is_cluster, send_by_slot, slot_owner
 
 CLAIM_BATCH = 64  # claims sent in one pipeline at most
 
@@ -120,24 +121,33 @@ class ClaimBatcher:
     def _send_by_slot(self, client: RedisCluster, batch: list[Claim]) -> list[bool | Exception]:
         """Each claim to its slot's primary, pipelined per primary; the claims a
         primary answered NOSCRIPT sent again once the script is loaded there
-        (there only: a primary that is down must fail its own claims alone).
-        A claim that got no answer has its error."""
+        (there only, and each node on its own: a primary that is down, or
+        dies before the load, fails its own claims alone). A claim that got
+        no answer has its error. (An ASK target that lost the script answers
+        NOSCRIPT again: that claim fails, memory only, until the slot moved.)"""
         commands = [
             (key_slot(item.key.encode()), ("EVALSHA", self._script.sha, 1, item.key, *self._args))
             for item in batch
         ]
-        replies = send_by_slot(client, commands)
-        again = [
-            i
-            for i, reply in enumerate(replies)
-            if isinstance(reply, redis.exceptions.NoScriptError)
-        ]
-        if again:
-            lost = {client.nodes_manager.get_node_from_slot(commands[i][0]).name for i in again}
-            nodes = [node for node in client.get_primaries() if node.name in lost]  # type: ignore[no-untyped-call]
-            # It was lost by a restart or SCRIPT FLUSH.
-            client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=nodes)  # type: ignore[no-untyped-call]
-            for i, reply in zip(again, send_by_slot(client, [commands[i] for i in again]),
-                                strict=True):  # fmt: skip
-                replies[i] = reply
+        replies: list[Any] = send_by_slot(client, commands)
+        lost: dict[str | None, list[int]] = {}  # node -> the claims it answered NOSCRIPT
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                lost.setdefault(slot_owner(client, commands[i][0]), []).append(i)
+        primaries = {node.name: node for node in client.get_primaries()}  # type: ignore[no-untyped-call]
+        again: list[int] = []
+        for name, claims in lost.items():
+            try:
+                if name not in primaries:
+                    raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
+                # It was lost by a restart or SCRIPT FLUSH.
+                client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=[primaries[name]])  # type: ignore[no-untyped-call]
+            except (redis.RedisError, RedisClusterException, OSError) as exc:
+                for i in claims:
+                    replies[i] = exc
+                continue
+            again.extend(claims)
+        for i, reply in zip(again, send_by_slot(client, [commands[i] for i in again]),
+                            strict=True):  # fmt: skip
+            replies[i] = reply
         return [reply if isinstance(reply, Exception) else reply == 1 for reply in replies]
