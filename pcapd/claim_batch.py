@@ -123,8 +123,9 @@ class ClaimBatcher:
         primary answered NOSCRIPT sent again once the script is loaded there
         (there only, and each node on its own: a primary that is down, or
         dies before the load, fails its own claims alone). A claim that got
-        no answer has its error. (An ASK target that lost the script answers
-        NOSCRIPT again: that claim fails, memory only, until the slot moved.)"""
+        no answer has its error. A claim NOSCRIPT again came from an ASK
+        target (a slot being migrated: the map names its old owner): the
+        script is loaded on the other primaries then, and it goes once more."""
         commands = [
             (key_slot(item.key.encode()), ("EVALSHA", self._script.sha, 1, item.key, *self._args))
             for item in batch
@@ -137,17 +138,35 @@ class ClaimBatcher:
         primaries = {node.name: node for node in client.get_primaries()}  # type: ignore[no-untyped-call]
         again: list[int] = []
         for name, claims in lost.items():
-            try:
-                if name not in primaries:
-                    raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
-                # It was lost by a restart or SCRIPT FLUSH.
-                client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=[primaries[name]])  # type: ignore[no-untyped-call]
-            except (redis.RedisError, RedisClusterException, OSError) as exc:
-                for i in claims:
-                    replies[i] = exc
-                continue
-            again.extend(claims)
-        for i, reply in zip(again, send_by_slot(client, [commands[i] for i in again]),
+            error = _load(client, primaries.get(name or ""), name)  # lost by a restart or FLUSH
+            for i in claims:
+                replies[i] = error or replies[i]
+            again.extend(claims if error is None else ())
+        self._resend(client, commands, replies, again)
+        asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
+        if asked:
+            for name, node in primaries.items():
+                if name not in lost:
+                    _load(client, node, name)  # a node that fails keeps its claims' NOSCRIPT
+            self._resend(client, commands, replies, asked)
+        return [reply if isinstance(reply, Exception) else reply == 1 for reply in replies]
+
+    @staticmethod
+    def _resend(
+        client: RedisCluster, commands: list[tuple[int, tuple[Any, ...]]], replies: list[Any],
+        which: list[int],
+    ) -> None:  # fmt: skip
+        for i, reply in zip(which, send_by_slot(client, [commands[i] for i in which]),
                             strict=True):  # fmt: skip
             replies[i] = reply
-        return [reply if isinstance(reply, Exception) else reply == 1 for reply in replies]
+
+
+def _load(client: RedisCluster, node: Any, name: str | None) -> Exception | None:
+    """SCRIPT LOAD of CLAIM on `node` (None: `name` is no primary now); the error, if any."""
+    try:
+        if node is None:
+            raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
+        client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=[node])  # type: ignore[no-untyped-call]
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        return exc
+    return None

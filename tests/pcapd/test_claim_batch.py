@@ -166,3 +166,29 @@ def test_a_failed_script_load_fails_only_that_node_s_claims(redis_cluster: Redis
     assert all("NOPERM" in str(c.error) or "permission" in str(c.error) for c in claims
                if c.error is not None)  # fmt: skip
     assert all(c.taken for c in claims if c.key not in refused)
+
+
+def test_an_ask_target_without_the_script_gets_it(redis_cluster: RedisCluster) -> None:
+    """A slot being migrated, the claim's key not on its old owner (which
+    answers ASK), the new owner without the script: loaded there too, the
+    claim is answered."""
+    key = "t:seen:id:n1:asked"
+    slot = key_slot(key.encode())
+    with redis_cluster.client() as client:
+        batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+        source = client.get_node_from_key(key).port
+        target = next(port for port in redis_cluster.ports if port != source)
+        ids = {port: str(redis_cluster.node(port).cluster("MYID")) for port in (source, target)}
+        for port in redis_cluster.ports:
+            redis_cluster.node(port).script_load(CLAIM)
+        redis_cluster.node(target).cluster("SETSLOT", slot, "IMPORTING", ids[source])
+        redis_cluster.node(source).cluster("SETSLOT", slot, "MIGRATING", ids[target])
+        try:
+            redis_cluster.node(target).script_flush()
+            claim = batcher.send(key)
+            assert claim.done.wait(30)
+        finally:  # end the migration: the shared cluster stays whole
+            for port in redis_cluster.ports:
+                redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[target])
+    assert claim.error is None and claim.taken is False
+    assert redis_cluster.node(target).get(key) == "me"
