@@ -3,11 +3,13 @@
 Each event the publisher is given gets its `event_id` (a uuid) before its
 first send, and keeps it through every resend. A connection that breaks after
 Redis ran a pipeline loses the reply, and the batch goes again: the stream
-entry is added by a script only if the id's marker (set once the entry is in, for `[redis]
-results_dedup_window` s) was not there, so the stream holds it once; pub/sub
-cannot be taken back, so a subscriber may get a message twice, with the same
-`event_id` (pcapd's readers drop the second). redis-py's own retries are off
-on the publisher's client: a resend is always this module's, seen and logged.
+entry is added by a script only if the id's marker (set once the entry is
+in, for `[redis] results_dedup_window` s) was not there, so the stream holds
+it once; pub/sub cannot be taken back, so a subscriber may get a message
+twice, with the same `event_id` (pcapd's readers drop the second).
+redis-py's own retries are off on the publisher's client: a resend is always
+this module's, seen and logged. What Redis refuses for good (NOPERM,
+WRONGTYPE) is not resent: that event is logged lost, the others go on.
 """
 
 from __future__ import annotations
