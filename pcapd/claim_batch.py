@@ -13,8 +13,9 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import Client, is_cluster, send_by_slot
+from pcapd.core.redis_conn import Client, is_cluster, send_by_slot, slot_owner
 
 CLAIM_BATCH = 64  # claims sent in one pipeline at most
 
@@ -39,6 +40,9 @@ class Claim:
     done: threading.Event = field(default_factory=threading.Event)
     taken: bool = False
     error: Exception | None = None
+    # The first error of any claim in the same batch: with one primary of a
+    # cluster away, its neighbours' answers do not mean Redis is back.
+    batch_error: Exception | None = None
 
 
 class ClaimBatcher:
@@ -94,7 +98,9 @@ class ClaimBatcher:
             except Exception as exc:  # a bug must not leave threads waiting
                 for item in batch:
                     item.error = redis.RedisError(f"claim failed: {exc!r}")
+            failed = next((item.error for item in batch if item.error is not None), None)
             for item in batch:
+                item.batch_error = failed
                 item.done.set()
 
     def _send(self, batch: list[Claim]) -> list[bool | Exception]:
@@ -115,24 +121,52 @@ class ClaimBatcher:
     def _send_by_slot(self, client: RedisCluster, batch: list[Claim]) -> list[bool | Exception]:
         """Each claim to its slot's primary, pipelined per primary; the claims a
         primary answered NOSCRIPT sent again once the script is loaded there
-        (there only: a primary that is down must fail its own claims alone).
-        A claim that got no answer has its error."""
+        (there only, and each node on its own: a primary that is down, or
+        dies before the load, fails its own claims alone). A claim that got
+        no answer has its error. A claim NOSCRIPT again came from an ASK
+        target (a slot being migrated: the map names its old owner): the
+        script is loaded on the other primaries then, and it goes once more."""
         commands = [
             (key_slot(item.key.encode()), ("EVALSHA", self._script.sha, 1, item.key, *self._args))
             for item in batch
         ]
-        replies = send_by_slot(client, commands)
-        again = [
-            i
-            for i, reply in enumerate(replies)
-            if isinstance(reply, redis.exceptions.NoScriptError)
-        ]
-        if again:
-            lost = {client.nodes_manager.get_node_from_slot(commands[i][0]).name for i in again}
-            nodes = [node for node in client.get_primaries() if node.name in lost]  # type: ignore[no-untyped-call]
-            # It was lost by a restart or SCRIPT FLUSH.
-            client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=nodes)  # type: ignore[no-untyped-call]
-            for i, reply in zip(again, send_by_slot(client, [commands[i] for i in again]),
-                                strict=True):  # fmt: skip
-                replies[i] = reply
+        replies: list[Any] = send_by_slot(client, commands)
+        lost: dict[str | None, list[int]] = {}  # node -> the claims it answered NOSCRIPT
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                lost.setdefault(slot_owner(client, commands[i][0]), []).append(i)
+        primaries = {node.name: node for node in client.get_primaries()}  # type: ignore[no-untyped-call]
+        again: list[int] = []
+        for name, claims in lost.items():
+            error = _load(client, primaries.get(name or ""), name)  # lost by a restart or FLUSH
+            for i in claims:
+                replies[i] = error or replies[i]
+            again.extend(claims if error is None else ())
+        self._resend(client, commands, replies, again)
+        asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
+        if asked:
+            for name, node in primaries.items():
+                if name not in lost:
+                    _load(client, node, name)  # a node that fails keeps its claims' NOSCRIPT
+            self._resend(client, commands, replies, asked)
         return [reply if isinstance(reply, Exception) else reply == 1 for reply in replies]
+
+    @staticmethod
+    def _resend(
+        client: RedisCluster, commands: list[tuple[int, tuple[Any, ...]]], replies: list[Any],
+        which: list[int],
+    ) -> None:  # fmt: skip
+        for i, reply in zip(which, send_by_slot(client, [commands[i] for i in which]),
+                            strict=True):  # fmt: skip
+            replies[i] = reply
+
+
+def _load(client: RedisCluster, node: Any, name: str | None) -> Exception | None:
+    """SCRIPT LOAD of CLAIM on `node` (None: `name` is no primary now); the error, if any."""
+    try:
+        if node is None:
+            raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
+        client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=[node])  # type: ignore[no-untyped-call]
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        return exc
+    return None

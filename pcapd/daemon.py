@@ -21,6 +21,7 @@ from redis.retry import Retry
 from pcapd.controller import Controller
 from pcapd.core import redis_conn
 from pcapd.core.config import Config
+from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.metrics import MetricsError, MetricsServer, serve_metrics
@@ -29,6 +30,7 @@ from pcapd.daemon_metrics import DaemonCollector, daemon_checks
 from pcapd.engine import CaptureError, HandlePool, available_devices
 from pcapd.fleet import Heartbeat, NodeState, node_state
 from pcapd.ring import Ring, RingFilterError
+from pcapd.spool_results import DeliveredResults
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
@@ -152,17 +154,16 @@ class Daemon:
             dedup_redis=dedup, rings=self.rings,
         )  # fmt: skip
         deliverer.observe = self.controller.metrics.uploaded
-        self.drainer = (
-            SpoolDrainer(
-                deliverer.spool,
-                [u for u in deliverer.uploaders if u.remote],
-                lambda result, _locations: self.publisher.submit(result),
-                config.delivery.drain_interval,
-            )
-            if deliverer.spool is not None
-            else None
-        )
-        if self.drainer is not None:
+        self.drainer = None
+        if deliverer.spool is not None:
+            # `delivered` to the request's reply_to too; queued, so it waits
+            # for Redis while the daemon runs (lost only past MAX_PENDING or
+            # at shutdown, logged with the result as the others).
+            delivered = DeliveredResults(deliverer.spool, self._queue_result)
+            self.drainer = SpoolDrainer(
+                delivered.drainer_spool, [u for u in deliverer.uploaders if u.remote],
+                delivered, config.delivery.drain_interval,
+            )  # fmt: skip
             self.drainer.observe = self.controller.metrics.uploaded
         self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
         # The first signal stops the sources; retries stop waiting and running
@@ -188,6 +189,10 @@ class Daemon:
         self.stop_sources = self.signals.stop
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
+
+    def _queue_result(self, result: ResultEvent, reply_to: str | None) -> bool:
+        self.publisher.submit(result, reply_to)
+        return True
 
     def _node_state(self) -> NodeState:
         """What the heartbeat says (pcapd/fleet/): read in its own thread.

@@ -46,6 +46,7 @@ REDIS_RETRY_AFTER = 5.0  # seconds of memory only after a Redis error, so no req
 # s a claim waits for its batch's reply: beyond the dedup client's socket
 # timeout, so its own error (then memory only) comes first.
 CLAIM_WAIT = 5.0
+MAX_CAUSES_LOGGED = 8  # distinct errors logged per outage; the rest are quiet
 
 
 class SeenSet(Protocol):
@@ -227,6 +228,7 @@ class RedisSeen:
         self._later = later
         self._clock = clock
         self._down_until: float | None = None  # set while Redis is taken as away
+        self._causes: set[str] = set()  # errors logged in this outage
         self._lock = threading.Lock()
 
     @property
@@ -270,7 +272,8 @@ class RedisSeen:
         if item.error is not None:
             self._lost(item.error)
             return False
-        self._back()
+        if item.batch_error is None:  # a failed claim of its batch wins: not back yet
+            self._back()
         return item.taken
 
     def served(self, key: str) -> None:
@@ -309,10 +312,15 @@ class RedisSeen:
             return self._down_until is None or self._clock() >= self._down_until
 
     def _lost(self, exc: Exception) -> None:
+        """Memory only for REDIS_RETRY_AFTER s; logged once per outage and
+        cause (a primary that stays away fails every batch, each time)."""
+        cause = f"{type(exc).__name__}: {exc}"
         with self._lock:
-            first = self._down_until is None
             self._down_until = self._clock() + REDIS_RETRY_AFTER
-        if first:
+            new = cause not in self._causes and len(self._causes) < MAX_CAUSES_LOGGED
+            if new:
+                self._causes.add(cause)
+        if new:
             event(
                 log, "dedup_redis_unavailable", logging.WARNING, kind=self.kind,
                 error=str(exc), fallback=f"memory only, window {self.window:.0f} s",
@@ -322,6 +330,7 @@ class RedisSeen:
         with self._lock:
             was_down = self._down_until is not None
             self._down_until = None
+            self._causes.clear()
         if was_down:
             event(log, "dedup_redis_back", kind=self.kind)
 

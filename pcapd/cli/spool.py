@@ -20,6 +20,7 @@ from pcapd.cli.common import Subparsers, UsageError, add_command
 from pcapd.core.config import Config, load_config
 from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
+from pcapd.spool_results import DeliveredResults
 from uploaders.deliver import build_remote_uploaders
 from uploaders.drain import SpoolDrainer
 from uploaders.spool import Spool, SpoolEntry, SpoolError
@@ -78,26 +79,31 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
         from pcapd.core.results import ResultPublisher
 
         publisher = ResultPublisher(lambda: connect(config.redis), config.redis)
-    reply_to = {e.id: e.capture_request().reply_to for e in entries.values()}
-    by_request = {e.capture_request().id: e for e in entries.values()}
+    by_request = {(e.capture_request().id, e.interface): e for e in entries.values()}
 
-    def delivered(event: ResultEvent, locations: dict[str, str]) -> None:
-        entry: SpoolEntry | None = by_request.get(event.id or "")
-        where = ", ".join(f"{kind}={url}" for kind, url in locations.items())
+    def published(event: ResultEvent, reply_to: str | None) -> bool:
+        entry: SpoolEntry | None = by_request.get((event.id or "", event.interface or ""))
+        where = ", ".join(f"{kind}={url}" for kind, url in event.locations.items())
         print(f"delivered {entry.id if entry else event.id}: {where}")
-        if publisher is not None and not publisher.publish(
-            event, reply_to.get(entry.id) if entry else None
-        ):
-            print(f"warning: could not publish the result to {config.redis.describe()}")
+        if publisher is None or publisher.publish(event, reply_to):
+            return True
+        print(f"warning: could not publish the result to {config.redis.describe()}; "
+              "kept in the spool, to be delivered again")  # fmt: skip
+        return False
 
-    drainer = SpoolDrainer(spool, uploaders, delivered, config.delivery.drain_interval)
+    results = DeliveredResults(spool, published)
+    drainer = SpoolDrainer(
+        results.drainer_spool, uploaders, results, config.delivery.drain_interval
+    )
     report = drainer.drain_once(ids)
-    for entry_id in report.remaining:
+    remaining = [*report.remaining, *results.kept]
+    for entry_id in remaining:
         left = spool.get(entry_id)
         why = left.last_error if left is not None else None
         print(f"still spooled {entry_id}: {why or 'in use by another process'}", file=sys.stderr)
-    print(f"{len(report.delivered)} delivered, {len(report.remaining)} still spooled")
-    return EXIT_PENDING if report.remaining else EXIT_OK
+    delivered = len(report.delivered) - len(results.kept)
+    print(f"{delivered} delivered, {len(remaining)} still spooled")
+    return EXIT_PENDING if remaining else EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -270,6 +270,15 @@ def group_by_slot(keys: list[str]) -> dict[int, list[int]]:
     return slots
 
 
+def slot_owner(client: RedisCluster, slot: int) -> str | None:
+    """The name (host:port) of the primary the slot map gives `slot` now;
+    None when it knows none."""
+    try:
+        return str(client.nodes_manager.get_node_from_slot(slot).name)
+    except (redis.RedisError, RedisClusterException):
+        return None
+
+
 @functools.lru_cache(maxsize=64)  # a few names, each asked once per event
 def same_slot_prefix(key: str) -> str:
     """A prefix for keys that must share `key`'s hash slot (one script writes

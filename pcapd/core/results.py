@@ -3,11 +3,13 @@
 Each event the publisher is given gets its `event_id` (a uuid) before its
 first send, and keeps it through every resend. A connection that breaks after
 Redis ran a pipeline loses the reply, and the batch goes again: the stream
-entry is added by a script only if the id's marker (SET NX, for `[redis]
-results_dedup_window` s) was not there, so the stream holds it once; pub/sub
-cannot be taken back, so a subscriber may get a message twice, with the same
-`event_id` (pcapd's readers drop the second). redis-py's own retries are off
-on the publisher's client: a resend is always this module's, seen and logged.
+entry is added by a script only if the id's marker (set once the entry is
+in, for `[redis] results_dedup_window` s) was not there, so the stream holds
+it once; pub/sub cannot be taken back, so a subscriber may get a message
+twice, with the same `event_id` (pcapd's readers drop the second).
+redis-py's own retries are off on the publisher's client: a resend is always
+this module's, seen and logged. What Redis refuses for good (NOPERM,
+WRONGTYPE) is not resent: that event is logged lost, the others go on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import collections
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,7 +36,10 @@ from pcapd.core.redis_conn import Client, is_cluster, publish, same_slot_prefix
 
 log = logging.getLogger("pcapd.core.results")
 
-PUBLISH_ATTEMPTS = 3
+PUBLISH_ATTEMPTS = 4
+# `publish`'s waits between attempts: ~1.5, 3, 6 s (half of each random), so
+# a Redis restart of up to ~5 s costs no result (10.5 s at most in all).
+PUBLISH_BACKOFF = Backoff(initial=1.5, maximum=6.0)
 MAX_PENDING = 10_000  # results held while Redis is away (~1 KB each)
 SEND_BATCH = 200  # queued results sent in one pipeline: a flood's answers keep up
 
@@ -44,13 +50,14 @@ _Pending = tuple[ResultEvent | Commands, str | None]
 
 # XADD the event ARGV[3] (its id ARGV[1]) to the stream KEYS[1], capped at
 # ~ARGV[2] entries, unless the id's marker KEYS[2] is there; the marker is
-# set for ARGV[4] s. 1 if added, 0 if it was already.
+# set for ARGV[4] s once the entry is in (an XADD Redis refuses aborts the
+# script before it, so a resend is not taken for done). 1 if added, 0 if it
+# was already.
 _ADD_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'event', ARGV[3])
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'event', ARGV[3])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
+return 1
 """
 
 
@@ -95,53 +102,90 @@ class ResultPublisher:
 
     # -- synchronous -----------------------------------------------------
     def publish(self, result: ResultEvent, reply_to: str | None = None) -> bool:
+        """Send now: up to PUBLISH_ATTEMPTS tries PUBLISH_BACKOFF apart while
+        Redis is unreachable; False (and `result_lost` logged) once they are
+        spent, or at once when Redis refuses it (NOPERM, WRONGTYPE: no resend
+        would do better)."""
         result = with_event_id(result)
+        backoff = PUBLISH_BACKOFF.tracker()
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            error = self._send(result, reply_to)
+            error, refused = self._send_all([(result, reply_to)])
+            if refused:
+                _log_lost(result, f"refused by Redis: {refused[0]}")
+                return False
             if error is None:
                 return True
+            wait = backoff.failed() if attempt < PUBLISH_ATTEMPTS else 0.0
             event(
                 log, "result_publish_failed", logging.WARNING,
-                id=result.id, attempt=attempt, error=error,
+                id=result.id, attempt=attempt, error=error, retry_in=round(wait, 2),
             )  # fmt: skip
-        event(log, "result_lost", logging.ERROR, id=result.id, result=result.to_json())
+            time.sleep(wait)
+        _log_lost(result, f"Redis unreachable after {PUBLISH_ATTEMPTS} attempts")
         return False
 
-    def _send(self, result: ResultEvent, reply_to: str | None) -> str | None:
-        """None when sent, else the error."""
-        return self._send_all([(result, reply_to)])
-
-    def _send_all(self, batch: list[_Pending]) -> str | None:
+    def _send_all(self, batch: list[_Pending]) -> tuple[str | None, dict[int, str]]:
+        """Send `batch` in one pipeline: (the connection error, when it must
+        all go again; None once Redis had it) and, by position, the items whose
+        commands Redis refused for good (`refusal`): sent again they would be
+        refused again, so they are not."""
         with self._lock:
             try:
                 if self._client is None:
                     self._client = self._new_client()
                 # redis-py's cluster pipeline refuses PUBLISH: one command at
                 # a time there (results are few; the single server keeps its pipeline).
-                pipe = self._client if is_cluster(self._client) else self._client.pipeline(
-                    transaction=False)  # fmt: skip
-                sharded, stream = self.config.sharded_pubsub, self.config.results_stream
-                for result, reply_to in batch:
-                    if not isinstance(result, ResultEvent):
-                        result(pipe)
-                        continue
-                    body, event_id = result.to_json(), result.event_id
-                    assert event_id is not None, "given its id by publish() or submit()"
-                    publish(pipe, self.config.results_channel, body, sharded=sharded)
-                    if stream:
-                        pipe.eval(
-                            _ADD_ONCE, 2, stream, event_mark_key(stream, event_id), event_id,
-                            self.config.results_stream_maxlen, body,
-                            self.config.results_dedup_window,
-                        )  # fmt: skip
-                    if reply_to:
-                        publish(pipe, reply_to, body, sharded=sharded)
-                if isinstance(pipe, redis.client.Pipeline):
-                    pipe.execute()
-                return None
+                client = self._client
+                if is_cluster(client):
+                    return None, self._send_each(client, batch)
+                pipe = client.pipeline(transaction=False)
+                ends = []  # where each item's commands end in the pipeline
+                for item, reply_to in batch:
+                    self._add(pipe, item, reply_to)
+                    ends.append(len(pipe.command_stack))
+                replies = pipe.execute(raise_on_error=False)
+                refused, start = {}, 0
+                for at, end in enumerate(ends):
+                    errors = [r for r in replies[start:end] if isinstance(r, redis.ResponseError)]
+                    start = end
+                    for error in errors:
+                        if not refusal(error):
+                            raise error  # READONLY after a failover: reconnect, resend
+                    if errors:
+                        refused[at] = _describe(errors[0])
+                return None, refused
             except (redis.RedisError, OSError, AttributeError) as exc:
                 self._client = None
-                return str(exc) or type(exc).__name__
+                return _describe(exc), {}
+
+    def _send_each(self, client: Any, batch: list[_Pending]) -> dict[int, str]:
+        """A cluster's way: one command at a time; each item's refusals noted,
+        its other commands still sent. Other errors raise (all goes again)."""
+        refused = {}
+        for at, (item, reply_to) in enumerate(batch):
+            noting = _Refusals(client)
+            self._add(noting, item, reply_to)
+            if noting.first is not None:
+                refused[at] = noting.first
+        return refused
+
+    def _add(self, pipe: Any, item: ResultEvent | Commands, reply_to: str | None) -> None:
+        """`item`'s commands onto `pipe` (a pipeline, or a cluster client)."""
+        if not isinstance(item, ResultEvent):
+            item(pipe)
+            return
+        sharded, stream = self.config.sharded_pubsub, self.config.results_stream
+        if item.event_id is None:  # publish() and submit() give it; else its own, never shared
+            item = with_event_id(item)
+        body, event_id = item.to_json(), str(item.event_id)
+        publish(pipe, self.config.results_channel, body, sharded=sharded)
+        if stream:
+            pipe.eval(
+                _ADD_ONCE, 2, stream, event_mark_key(stream, event_id), event_id,
+                self.config.results_stream_maxlen, body, self.config.results_dedup_window,
+            )  # fmt: skip
+        if reply_to:
+            publish(pipe, reply_to, body, sharded=sharded)
 
     def _new_client(self) -> Client:
         """A client with redis-py's own retries off (redis-py 8 resends a
@@ -189,6 +233,13 @@ class ResultPublisher:
             self._pending.append(item)
             self._wake.notify()
 
+    def _lost(self, item: ResultEvent | Commands, reason: str) -> None:
+        """`item` given up (logged; a result is counted in `dropped`)."""
+        if isinstance(item, ResultEvent):
+            with self._wake:
+                self.dropped += 1
+        _log_lost(item, reason)
+
     def stop(self, timeout: float) -> int:
         """Send what is queued for at most `timeout` s; returns how many
         results were left (queued commands left are logged, not counted)."""
@@ -215,7 +266,9 @@ class ResultPublisher:
                 if not self._pending:
                     return
                 batch = list(itertools.islice(self._pending, SEND_BATCH))
-            error = self._send_all(batch)
+            error, refused = self._send_all(batch)
+            for at, why in refused.items():
+                self._lost(batch[at][0], f"refused by Redis: {why}")
             if error is None:
                 backoff.succeeded()
                 with self._wake:
@@ -233,6 +286,49 @@ class ResultPublisher:
             )  # fmt: skip
             with self._wake:
                 self._wake.wait(wait)
+
+
+class _Refusals:
+    """A cluster client whose commands run at once, a refusal (`refusal`)
+    noted and returned instead of raised: the item's other commands still go."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.first: str | None = None
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except redis.ResponseError as exc:
+                if not refusal(exc):
+                    raise
+                self.first = self.first or _describe(exc)
+                return exc
+
+        return run
+
+
+def refusal(exc: redis.ResponseError) -> bool:
+    """Whether Redis refused a command for good (NOPERM, WRONGTYPE, ERR ...),
+    so sending it again is pointless; False for the replies of a node in
+    transition (READONLY after a failover, OOM, TRYAGAIN, CLUSTERDOWN,
+    NOSCRIPT), which a later resend may get past."""
+    transient = (
+        redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+        redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+        redis.exceptions.NoScriptError, redis.exceptions.AskError,
+    )  # fmt: skip
+    return not isinstance(exc, transient)
+
+
+def _describe(exc: Exception) -> str:
+    """The error as logged, with the code redis-py cut off its message (NOPERM)."""
+    text = str(exc) or type(exc).__name__
+    code = getattr(exc, "status_code", None)
+    return f"{code} {text}" if isinstance(code, str) and not text.startswith(code) else text
 
 
 def _log_lost(item: ResultEvent | Commands, reason: str) -> None:

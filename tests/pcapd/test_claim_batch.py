@@ -8,6 +8,7 @@ import contextlib
 import threading
 
 from redis.cluster import RedisCluster as ClusterClient
+from redis.crc import key_slot
 
 from pcapd.claim_batch import CLAIM, SERVED, ClaimBatcher
 from pcapd.dedup import RedisSeen
@@ -132,3 +133,62 @@ def test_a_primary_that_does_not_answer_fails_only_its_own_claims(
             assert claim.done.wait(30)
     assert {c.key for c in claims if c.error is not None} == lost
     assert all(c.taken for c in claims if c.key not in lost)
+
+
+def test_a_failed_script_load_fails_only_that_node_s_claims(redis_cluster: RedisCluster) -> None:
+    """The script flushed everywhere, and one primary refuses SCRIPT LOAD (an
+    ACL of that node alone; as a node that dies between NOSCRIPT and the
+    load): its claims get that error, the other primaries' claims their
+    answers."""
+    refusing = redis_cluster.ports[0]
+    for port in redis_cluster.ports:
+        denied = ["-script|load"] if port == refusing else []
+        redis_cluster.node(port).acl_setuser(
+            "claims", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+            commands=["+@all", *denied],
+        )  # fmt: skip
+    on_refusing = redis_cluster.slots_of(refusing)
+    keys = [f"t:seen:id:n1:k{n}" for n in range(30)]
+    admin = redis_cluster.client()
+    with ClusterClient(host="127.0.0.1", port=refusing, username="claims", password="pw") as client:
+        batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+        for key in keys:
+            admin.set(key, SERVED, ex=60)
+        for port in redis_cluster.ports:
+            redis_cluster.node(port).script_flush()
+        claims = [batcher.send(key) for key in keys]
+        for claim in claims:
+            assert claim.done.wait(30)
+    admin.close()
+    refused = {key for key in keys if key_slot(key.encode()) in on_refusing}
+    assert refused and len(refused) < len(keys)
+    assert {c.key for c in claims if c.error is not None} == refused
+    assert all("NOPERM" in str(c.error) or "permission" in str(c.error) for c in claims
+               if c.error is not None)  # fmt: skip
+    assert all(c.taken for c in claims if c.key not in refused)
+
+
+def test_an_ask_target_without_the_script_gets_it(redis_cluster: RedisCluster) -> None:
+    """A slot being migrated, the claim's key not on its old owner (which
+    answers ASK), the new owner without the script: loaded there too, the
+    claim is answered."""
+    key = "t:seen:id:n1:asked"
+    slot = key_slot(key.encode())
+    with redis_cluster.client() as client:
+        batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+        source = client.get_node_from_key(key).port
+        target = next(port for port in redis_cluster.ports if port != source)
+        ids = {port: str(redis_cluster.node(port).cluster("MYID")) for port in (source, target)}
+        for port in redis_cluster.ports:
+            redis_cluster.node(port).script_load(CLAIM)
+        redis_cluster.node(target).cluster("SETSLOT", slot, "IMPORTING", ids[source])
+        redis_cluster.node(source).cluster("SETSLOT", slot, "MIGRATING", ids[target])
+        try:
+            redis_cluster.node(target).script_flush()
+            claim = batcher.send(key)
+            assert claim.done.wait(30)
+        finally:  # end the migration: the shared cluster stays whole
+            for port in redis_cluster.ports:
+                redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[target])
+    assert claim.error is None and claim.taken is False
+    assert redis_cluster.node(target).get(key) == "me"

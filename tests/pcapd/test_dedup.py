@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from pcapd.dedup import DEFAULT_MAX_IDS, REDIS_RETRY_AFTER, RecentIds, RedisSeen
-from tests.helpers import RedisServer
+from tests.helpers import RedisCluster, RedisServer, wait_for
 
 
 class Clock:
@@ -185,3 +185,39 @@ def test_served_marks_can_wait_for_the_results_pipeline(redis_srv: RedisServer) 
     assert client.get("t:seen:id:n1:r1") == b"served"
     assert 0 < client.ttl("t:seen:id:n1:r1") <= 60
     assert redis_seen(redis_srv).seen("r1") is True
+
+
+def test_a_dead_primary_is_logged_once_not_flapping(
+    private_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """150 claims across a cluster with one primary killed: the claims of the
+    live primaries are answered in the same batches as the dead one's
+    errors, and do not make the set log Redis back and away by turns; once
+    the node is back, one line says so."""
+    clock = Clock()
+    dead = private_cluster.ports[2]
+    with private_cluster.client() as client:
+        seen = RedisSeen(
+            client, prefix="t:seen:", kind="id", node="n1", window_seconds=60, clock=clock
+        )
+        assert seen.claim("warm") is False  # the script is loaded, the slot map read
+        private_cluster.kill(dead)
+        with caplog.at_level(logging.WARNING, logger="pcapd.dedup"):
+            tickets = [seen.claim_soon(f"k{n}") for n in range(150)]
+            answers = [ticket.wait() for ticket in tickets]
+        assert answers == [False] * 150
+        lines = [r.getMessage() for r in caplog.records if r.name == "pcapd.dedup"]
+        assert lines == ["dedup_redis_unavailable"]
+        private_cluster.start_node(dead)
+        wait_for(private_cluster.ok, timeout=60)
+        caplog.clear()
+
+        def back() -> bool:
+            clock.now += REDIS_RETRY_AFTER
+            seen.claim_soon(f"again{clock.now}").wait()
+            return "dedup_redis_back" in caplog.text
+
+        with caplog.at_level(logging.INFO, logger="pcapd.dedup"):
+            wait_for(back, timeout=60)
+        lines = [r.getMessage() for r in caplog.records if r.name == "pcapd.dedup"]
+        assert lines.count("dedup_redis_back") == 1

@@ -247,3 +247,29 @@ def test_pcapdaemon_naming_keeps_its_names_on_disk_s3_and_cloudshark(
     body, _ = s3_object(moto_s3.endpoint, bucket, f"pcaps/{name}")
     assert body == Path(event["locations"]["local"]).read_bytes()
     assert [upload.filename for upload in cloudshark.uploads] == [name]
+
+
+def test_a_capture_delivered_from_the_spool_reaches_reply_to(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, moto_proc: MotoProcess
+) -> None:
+    """The drainer's `delivered` goes to the request's reply_to as well, so
+    `pcapd trigger --wait` sees it."""
+    config = sections(moto_proc, "caps", tmp_path / "spool", None)
+    moto_proc.kill()
+    replies = Results(redis_srv, channel="mine")
+    daemon = Daemon(redis_srv, tmp_path, extra_sections=config)
+    daemon.start()
+    try:
+        port = free_port()
+        daemon.publish(udp_request(port, id="replied", packets=3, reply_to="mine"))
+        traffic(port, 3, ready=lambda: daemon.started("replied"))
+        assert replies.for_id("replied", timeout=20)["status"] == "spooled"
+        moto_proc.start()
+        make_bucket(moto_proc.endpoint, "caps")
+        delivered = replies.for_id("replied", timeout=30)
+    finally:
+        daemon.stop()
+        replies.close()
+    assert delivered["status"] == "delivered", delivered
+    assert delivered["locations"]["s3"].startswith("s3://caps/pcaps/")
+    assert list((tmp_path / "spool").glob("*.cap")) == []

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from pcapd.cli import main as pcapd_main
+from pcapd.core import results as results_module
+from pcapd.core.backoff import Backoff
 from pcapd.core.events import ResultEvent
 from tests.helpers import RedisServer
 from tests.uploaders.conftest import S3_KEY_ID, S3_SECRET, MotoS3, make_artifact, make_request
@@ -123,3 +125,39 @@ def test_bad_invocations(
         main(["list"])
     assert info.value.code == 2
     assert "-c/--config" in capsys.readouterr().err
+
+
+def test_retry_keeps_an_entry_whose_result_could_not_be_published(
+    tmp_path: Path, moto_s3: MotoS3, private_redis: RedisServer,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Redis away past publish's attempts: the capture reached S3, but the
+    entry stays (with where it went) and the command exits 1; once Redis is
+    back, a retry delivers it again and its `delivered` reaches reply_to."""
+    monkeypatch.setattr(results_module, "PUBLISH_BACKOFF", Backoff(initial=0.05, maximum=0.1))
+    bucket = moto_s3.new_bucket()
+    config = write_config(tmp_path, moto_s3.endpoint, bucket, private_redis.port)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    entry = spool.put(make_artifact(request=make_request(reply_to="mine")), ["s3"])
+    private_redis.stop()
+    assert main(["retry", "-c", str(config)]) == 1
+    captured = capsys.readouterr()
+    assert "could not publish the result" in captured.out and "kept in the spool" in captured.out
+    assert "0 delivered, 1 still spooled" in captured.out
+    assert f"still spooled {entry.id}: delivered, but its result could not be published" in (
+        captured.err
+    )
+    left = spool.get(entry.id)
+    assert left is not None and left.pending == ("s3",) and "s3" in left.locations
+    private_redis.start()
+    client: Any = private_redis.client()  # redis-py's pubsub is untyped
+    listener = client.pubsub()
+    listener.subscribe("mine")
+    assert main(["retry", "-c", str(config)]) == 0
+    assert "1 delivered, 0 still spooled" in capsys.readouterr().out
+    messages = [m for m in iter(lambda: listener.get_message(timeout=1), None)]
+    assert [json.loads(m["data"])["status"] for m in messages if m["type"] == "message"] == [
+        "delivered"
+    ]
+    listener.close()
+    assert spool.list() == []

@@ -321,6 +321,14 @@ BAD_VALUES = [
     ({"redis": {"listen": "true"}}, "redis.listen: expected true or false, got 'true'"),
     ({"redis": {"db": -1}}, "redis.db: must be at least 0 and at most 2147483647, got -1"),
     ({"redis": {"auth": 1234}}, "redis.auth: expected a string, got an integer (value not shown)"),
+    (
+        {"redis": {"results_dedup_window": 0}},
+        "redis.results_dedup_window: must be at least 1 and at most 86400, got 0",
+    ),
+    (
+        {"redis": {"results_dedup_window": 86401}},
+        "redis.results_dedup_window: must be at least 1 and at most 86400, got 86401",
+    ),
     ({"syslog": {"priority": 192}}, "syslog.priority: must be at least 0 and at most 191, got 192"),
     ({"redis": "localhost"}, "redis: expected a table, got a string"),
     (

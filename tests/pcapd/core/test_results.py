@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 import time
 from typing import Any
+
+import pytest
 
 from pcapd.core import results as results_module
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
-from pcapd.core.results import ResultPublisher, event_mark_key, with_event_id
+from pcapd.core.results import PUBLISH_BACKOFF, ResultPublisher, event_mark_key, with_event_id
+from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster, RedisServer, reply_cutter, wait_for
 from tests.pcapd.daemon_fixture import Results
 
@@ -193,8 +197,8 @@ def test_a_resend_on_a_cluster_adds_the_event_once(redis_cluster: RedisCluster) 
             clients.append(connect(config))
             pub = ResultPublisher(functools.partial(lambda c: c, clients[-1]), config)
             event = with_event_id(result(1))
-            assert pub._send_all([(event, None)]) is None
-            assert pub._send_all([(event, None)]) is None  # the resend
+            assert pub._send_all([(event, None)]) == (None, {})
+            assert pub._send_all([(event, None)]) == (None, {})  # the resend
             assert pub.publish(result(2))
             assert [e["id"] for _, e in stream_events(clients[0], stream)] == ["r1", "r2"]
     finally:
@@ -211,10 +215,10 @@ def resent(
     config = RedisConfig(port=server.port)
     pub = ResultPublisher(functools.partial(connect, config), config)
     event = with_event_id(event)
-    assert pub._send_all([(event, reply_to)]) is None
+    assert pub._send_all([(event, reply_to)]) == (None, {})
     if expired:
         server.client().delete(event_mark_key(config.results_stream, str(event.event_id)))
-    assert pub._send_all([(event, reply_to)]) is None
+    assert pub._send_all([(event, reply_to)]) == (None, {})
     return event
 
 
@@ -222,3 +226,165 @@ def test_a_resend_after_the_marker_expired_is_in_the_stream_twice(redis_srv: Red
     """What the window bounds (readers drop the second: tests of each reader)."""
     event = resent(redis_srv, result(1), expired=True)
     assert stream_events(redis_srv.client()) == [(event.event_id, event.as_dict())] * 2
+
+
+def test_a_refused_xadd_leaves_no_marker(redis_srv: RedisServer) -> None:
+    """The stream key of the wrong type: XADD fails, and no marker is left to
+    make the resend (once the key is fixed) look done."""
+    client = redis_srv.client()
+    config = RedisConfig(port=redis_srv.port)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    event = with_event_id(result(1))
+    client.set(config.results_stream, "not a stream")
+    error, refused = pub._send_all([(event, None)])
+    assert error is None and "WRONGTYPE" in refused[0]
+    assert client.exists(event_mark_key(config.results_stream, str(event.event_id))) == 0
+    client.delete(config.results_stream)
+    assert pub._send_all([(event, None)]) == (None, {})
+    assert stream_events(client) == [(event.event_id, event.as_dict())]
+
+
+def test_the_marker_lives_results_dedup_window(redis_srv: RedisServer) -> None:
+    config = RedisConfig(port=redis_srv.port, results_dedup_window=1234)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    event = with_event_id(result(1))
+    assert pub._send_all([(event, None)]) == (None, {})
+    ttl = redis_srv.client().ttl(event_mark_key(config.results_stream, str(event.event_id)))
+    assert ttl == 1234
+
+
+def test_publish_waits_out_a_redis_restart(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`pcapd spool retry`'s one-shot publish backs off between attempts: a
+    Redis that is back within a few seconds gets the result."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    pub = publisher(private_redis)
+    private_redis.stop()
+    outcome: list[bool] = []
+    sender = threading.Thread(target=lambda: outcome.append(pub.publish(result(1))))
+    sender.start()
+    try:
+        wait_for(lambda: "result_publish_failed" in caplog.text, timeout=20)
+        private_redis.start()
+    finally:
+        sender.join(30)
+    assert outcome == [True]
+    assert [e["id"] for _, e in stream_events(private_redis.client())] == ["r1"]
+
+
+def test_publish_gives_up_after_its_attempts_spaced_out(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    pub = publisher(private_redis)
+    private_redis.stop()
+    began = time.monotonic()
+    assert not pub.publish(result(1))
+    waits = [PUBLISH_BACKOFF.cap(n) / 2 for n in range(1, results_module.PUBLISH_ATTEMPTS)]
+    assert time.monotonic() - began >= sum(waits)
+    assert caplog.text.count("result_publish_failed") == results_module.PUBLISH_ATTEMPTS
+    assert "result_lost" in caplog.text and "Redis unreachable after" in caplog.text
+
+
+def deny(server: RedisServer, *commands: str) -> RedisConfig:
+    """A user that may do all but `commands`; a config logging in as it."""
+    server.client().acl_setuser(
+        "pcapd", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", *(f"-{c}" for c in commands)],
+    )  # fmt: skip
+    return RedisConfig(port=server.port, username="pcapd", auth=Secret("pw"))
+
+
+@pytest.mark.parametrize("cause", ["NOPERM", "WRONGTYPE"])
+def test_a_refused_result_is_dropped_and_the_rest_flow(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture, cause: str
+) -> None:
+    """Redis refuses the stream's script for good (an ACL without EVAL, a
+    stream key of another type): each result is logged lost, naming the
+    cause, once; the queue does not resend it for ever; the channel and the
+    results after it still get through."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    client = redis_srv.client()
+    if cause == "NOPERM":
+        config = deny(redis_srv, "eval")
+    else:
+        config = RedisConfig(port=redis_srv.port)
+        client.set(config.results_stream, "not a stream")
+    channel = Results(redis_srv)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    pub.start()
+    try:
+        for n in range(3):
+            pub.submit(result(n))
+        assert [channel.next(timeout=20)["id"] for _ in range(3)] == ["r0", "r1", "r2"]
+        wait_for(lambda: caplog.text.count("result_lost") == 3, timeout=20)
+        if cause == "WRONGTYPE":
+            client.delete(config.results_stream)
+        else:
+            client.acl_setuser("pcapd", commands=["+eval"])
+        pub.submit(result(3))
+        wait_for(lambda: [e["id"] for _, e in stream_events(client)] == ["r3"], timeout=20)
+        assert channel.next(timeout=20)["id"] == "r3"
+    finally:
+        assert pub.stop(10) == 0
+        channel.close()
+    lost = [line for line in caplog.text.splitlines() if "result_lost" in line]
+    assert len(lost) == 3 and pub.dropped == 3
+    assert all(cause in line and "refused by Redis" in line for line in lost), lost
+    assert "result_publish_failed" not in caplog.text  # no resend round
+    assert channel.unclaimed() == []  # each went to the channel once
+
+
+def test_publish_refused_gives_up_at_once(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    config = deny(redis_srv, "eval")
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    assert not pub.publish(result(1))
+    assert "result_publish_failed" not in caplog.text
+    assert "result_lost" in caplog.text and "NOPERM" in caplog.text
+
+
+def test_the_acl_the_readme_names_is_enough_for_results(redis_srv: RedisServer) -> None:
+    """README, `[redis]`: the publisher's commands, and those its script runs."""
+    redis_srv.client().acl_setuser(
+        "pcapd", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["-@all", "+publish", "+eval", "+exists", "+xadd", "+set", "+ping",
+                  "+client|setname"],
+    )  # fmt: skip
+    config = RedisConfig(port=redis_srv.port, username="pcapd", auth=Secret("pw"))
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    assert pub.publish(result(1), reply_to="mine")
+    assert [e["id"] for _, e in stream_events(redis_srv.client())] == ["r1"]
+
+
+def test_a_refusal_on_a_cluster_is_the_event_s_alone(redis_cluster: RedisCluster) -> None:
+    """One command at a time there: the refused script is noted, the event's
+    reply_to still gets it, and what is queued behind it is sent."""
+    client = redis_cluster.client()
+    config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream="{s}x")
+    own = connect(config)
+    pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
+    messages: list[Any] = []
+
+    def message() -> bool:
+        messages.append(pubsub.get_message(timeout=0.1))
+        return messages[-1] is not None
+
+    try:
+        client.set("{s}x", "not a stream")
+        pub = ResultPublisher(functools.partial(lambda c: c, own), config)
+        pubsub.subscribe("mine")
+        wait_for(message, timeout=20)  # subscribed
+        batch = [(with_event_id(result(1)), "mine"), (functools.partial(push, "after"), None)]
+        error, refused = pub._send_all(batch)  # type: ignore[arg-type]
+        assert error is None and list(refused) == [0] and "WRONGTYPE" in refused[0]
+        wait_for(message, timeout=20)
+        assert json.loads(messages[-1]["data"])["id"] == "r1"
+        assert client.lrange("order", 0, -1) == ["after"]
+    finally:
+        pubsub.close()
+        own.close()
+        client.close()
