@@ -30,7 +30,6 @@ from pcapd.daemon_metrics import DaemonCollector, daemon_checks
 from pcapd.engine import CaptureError, HandlePool, available_devices
 from pcapd.fleet import Heartbeat, NodeState, node_state
 from pcapd.ring import Ring, RingFilterError
-from pcapd.spool_results import DeliveredResults
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
@@ -38,7 +37,7 @@ from uploaders.deliver import Deliverer, build_remote_uploaders
 from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
-from uploaders.spool import Spool
+from uploaders.spool import Spool, SpoolEntry
 
 log = logging.getLogger("pcapd.daemon")
 
@@ -159,10 +158,9 @@ class Daemon:
             # `delivered` to the request's reply_to too; queued, so it waits
             # for Redis while the daemon runs (lost only past MAX_PENDING or
             # at shutdown, logged with the result as the others).
-            delivered = DeliveredResults(deliverer.spool, self._queue_result)
             self.drainer = SpoolDrainer(
-                delivered.drainer_spool, [u for u in deliverer.uploaders if u.remote],
-                delivered, config.delivery.drain_interval,
+                deliverer.spool, [u for u in deliverer.uploaders if u.remote],
+                self._queue_delivered, config.delivery.drain_interval,
             )  # fmt: skip
             self.drainer.observe = self.controller.metrics.uploaded
         self.sources = build_sources(config, self.controller.free_slots, self.controller.refuse)
@@ -190,8 +188,8 @@ class Daemon:
         for missing in sorted({i.name for i in config.interfaces} - devices):
             event(log, "interface_missing", logging.WARNING, interface=missing)
 
-    def _queue_result(self, result: ResultEvent, reply_to: str | None) -> bool:
-        self.publisher.submit(result, reply_to)
+    def _queue_delivered(self, result: ResultEvent, entry: SpoolEntry) -> bool:
+        self.publisher.submit(result, entry.capture_request().reply_to)
         return True
 
     def _node_state(self) -> NodeState:

@@ -1,8 +1,9 @@
 """The spool's drainer: retries spooled captures until every sink has them.
 
 `SpoolDrainer` walks the spool (uploaders/spool.py) in a background thread,
-oldest first; once an entry has reached every sink it is removed and its
-`delivered` result event (`delivered_event`) is handed to `on_delivered`.
+oldest first; once an entry has reached every sink its `delivered` result
+event (`delivered_event`) is handed to `on_delivered`, and the entry is
+removed once that result was sent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from uploaders.spool import Spool, SpoolCorrupt, SpoolEntry, clip_error
 # The spool's logger: these lines were its own, and operators filter on it.
 log = logging.getLogger("pcapd.uploaders.spool")  # the drainer logs as the spool
 
-OnDelivered = Callable[[ResultEvent, dict[str, str]], object]
+# Sends an entry's `delivered` result (to its request's reply_to too); False
+# when it did not get there, and the entry is kept.
+OnDelivered = Callable[[ResultEvent, SpoolEntry], bool]
 DRAIN_JOIN_TIMEOUT = 30.0
 
 
@@ -51,9 +54,9 @@ class SpoolDrainer:
     One pass walks the entries oldest first and tries each pending sink once;
     a sink that fails is not tried again for the rest of that pass, so a dead
     S3 costs one timeout per pass, not one per entry. When an entry has
-    reached every sink it is removed and `on_delivered(event, locations)` is
-    called with a `delivered` ResultEvent. Memory: one entry's capture at a
-    time (at most `general.maxbytes`).
+    reached every sink, `on_delivered(event, entry)` is called with a
+    `delivered` ResultEvent, and the entry is removed once it returns True.
+    Memory: one entry's capture at a time (at most `general.maxbytes`).
     """
 
     def __init__(
@@ -126,49 +129,72 @@ class SpoolDrainer:
             entry = self.spool.get(entry_id) if held else None
             if entry is None:
                 return False  # busy in another process, or delivered meanwhile
-            if all(sink in down for sink in entry.pending):
-                return False
-            try:
-                artifact = self.spool.load(entry)
-            except SpoolCorrupt as exc:
-                errors.append(str(exc))
-                event(log, "spool_entry_corrupt", logging.ERROR, id=entry.id, error=str(exc))
+            if entry.pending and all(sink in down for sink in entry.pending):
                 return False
             locations = dict(entry.locations)
-            pending = list(entry.pending)
-            failures: list[str] = []
-            for sink in entry.pending:
-                if sink in down:
-                    continue
-                uploader = self.uploaders.get(sink)
-                if uploader is None:
-                    down[sink] = f"{sink}: no such uploader configured"
-                    failures.append(down[sink])
-                    continue
-                began = time.monotonic()
-                try:
-                    location = uploader.upload(artifact)
-                except Exception as exc:  # any failure keeps the entry; never the drainer
-                    self.observe(sink, "failed", time.monotonic() - began)
-                    down[sink] = f"{sink}: {exc}"
-                    failures.append(down[sink])
-                    continue
-                self.observe(sink, "ok", time.monotonic() - began)
-                locations[location.kind] = location.url
-                pending.remove(sink)
-            del artifact
-            if pending:
-                entry = dataclasses.replace(
-                    entry, pending=tuple(pending), locations=locations,
-                    attempts=entry.attempts + 1, last_error=clip_error("; ".join(failures)) or None,
-                )  # fmt: skip
-                self.spool.update(entry)
-                errors.extend(f"{entry.id}: {f}" for f in failures)
+            if entry.pending and not self._upload(entry, locations, down, errors):
                 return False
-            self.spool.remove(entry)
-        event(log, "spool_delivered", id=entry.id, file=entry.filename, locations=locations)
+            return self._deliver(entry, locations)
+
+    def _upload(
+        self, entry: SpoolEntry, locations: dict[str, str], down: dict[str, str], errors: list[str]
+    ) -> bool:
+        """Try each pending sink once, adding to `locations`; True once none is pending."""
         try:
-            self.on_delivered(delivered_event(entry, locations), locations)
+            artifact = self.spool.load(entry)
+        except SpoolCorrupt as exc:
+            errors.append(str(exc))
+            event(log, "spool_entry_corrupt", logging.ERROR, id=entry.id, error=str(exc))
+            return False
+        pending = list(entry.pending)
+        failures: list[str] = []
+        for sink in entry.pending:
+            if sink in down:
+                continue
+            uploader = self.uploaders.get(sink)
+            if uploader is None:
+                down[sink] = f"{sink}: no such uploader configured"
+                failures.append(down[sink])
+                continue
+            began = time.monotonic()
+            try:
+                location = uploader.upload(artifact)
+            except Exception as exc:  # any failure keeps the entry; never the drainer
+                self.observe(sink, "failed", time.monotonic() - began)
+                down[sink] = f"{sink}: {exc}"
+                failures.append(down[sink])
+                continue
+            self.observe(sink, "ok", time.monotonic() - began)
+            locations[location.kind] = location.url
+            pending.remove(sink)
+        del artifact
+        if not pending:
+            return True
+        entry = dataclasses.replace(
+            entry, pending=tuple(pending), locations=locations,
+            attempts=entry.attempts + 1, last_error=clip_error("; ".join(failures)) or None,
+        )  # fmt: skip
+        self.spool.update(entry)
+        errors.extend(f"{entry.id}: {f}" for f in failures)
+        return False
+
+    def _deliver(self, entry: SpoolEntry, locations: dict[str, str]) -> bool:
+        """Hand over the `delivered` result; the entry goes only once it was
+        sent. Still claimed, so no other drainer uploads it again meanwhile; a
+        kept entry has no sink pending, so the next pass only sends again."""
+        try:
+            sent = self.on_delivered(delivered_event(entry, locations), entry)
         except Exception:
             event(log, "spool_on_delivered_failed", logging.ERROR, exc_info=True, id=entry.id)
-        return True
+            sent = False
+        if sent:
+            self.spool.remove(entry)
+            event(log, "spool_delivered", id=entry.id, file=entry.filename, locations=locations)
+            return True
+        self.spool.update(
+            dataclasses.replace(
+                entry, pending=(), locations=locations, attempts=entry.attempts + 1,
+                last_error=clip_error("delivered, but its result could not be published"),
+            )
+        )  # fmt: skip
+        return False

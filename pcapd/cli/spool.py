@@ -20,7 +20,6 @@ from pcapd.cli.common import Subparsers, UsageError, add_command
 from pcapd.core.config import Config, load_config
 from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
-from pcapd.spool_results import DeliveredResults
 from uploaders.deliver import build_remote_uploaders
 from uploaders.drain import SpoolDrainer
 from uploaders.spool import Spool, SpoolEntry, SpoolError
@@ -79,30 +78,24 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
         from pcapd.core.results import ResultPublisher
 
         publisher = ResultPublisher(lambda: connect(config.redis), config.redis)
-    by_request = {(e.capture_request().id, e.interface): e for e in entries.values()}
 
-    def published(event: ResultEvent, reply_to: str | None) -> bool:
-        entry: SpoolEntry | None = by_request.get((event.id or "", event.interface or ""))
+    def published(event: ResultEvent, entry: SpoolEntry) -> bool:
         where = ", ".join(f"{kind}={url}" for kind, url in event.locations.items())
-        print(f"delivered {entry.id if entry else event.id}: {where}")
-        if publisher is None or publisher.publish(event, reply_to):
+        print(f"delivered {entry.id}: {where}")
+        if publisher is None or publisher.publish(event, entry.capture_request().reply_to):
             return True
         print(f"warning: could not publish the result to {config.redis.describe()}; "
-              "kept in the spool, to be delivered again")  # fmt: skip
+              "kept in the spool, to be published again")  # fmt: skip
         return False
 
-    results = DeliveredResults(spool, published)
-    drainer = SpoolDrainer(
-        results.drainer_spool, uploaders, results, config.delivery.drain_interval
-    )
+    drainer = SpoolDrainer(spool, uploaders, published, config.delivery.drain_interval)
     report = drainer.drain_once(ids)
-    remaining = [*report.remaining, *results.kept]
+    remaining = report.remaining
     for entry_id in remaining:
         left = spool.get(entry_id)
         why = left.last_error if left is not None else None
         print(f"still spooled {entry_id}: {why or 'in use by another process'}", file=sys.stderr)
-    delivered = len(report.delivered) - len(results.kept)
-    print(f"{delivered} delivered, {len(remaining)} still spooled")
+    print(f"{len(report.delivered)} delivered, {len(remaining)} still spooled")
     return EXIT_PENDING if remaining else EXIT_OK
 
 

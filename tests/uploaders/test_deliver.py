@@ -28,7 +28,7 @@ from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader, boto3_client_factory
-from uploaders.spool import Spool
+from uploaders.spool import Spool, SpoolEntry
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -239,7 +239,12 @@ def test_s3_killed_during_upload_is_spooled_then_delivered_identical(
     moto_proc.start()  # same port, fresh state
     make_client(moto_proc.endpoint, "us-east-1").create_bucket(Bucket="caps")
     delivered: list[tuple[ResultEvent, dict[str, str]]] = []
-    drainer = SpoolDrainer(spool, [uploader], lambda e, loc: delivered.append((e, loc)), 0.1)
+
+    def deliver(result: ResultEvent, entry: SpoolEntry) -> bool:
+        delivered.append((result, dict(result.locations)))
+        return True
+
+    drainer = SpoolDrainer(spool, [uploader], deliver, 0.1)
     drainer.start()
     try:
         wait_for(lambda: delivered, timeout=30)

@@ -23,6 +23,7 @@ from uploaders.s3 import S3Uploader
 from uploaders.spool import (
     Spool,
     SpoolCorrupt,
+    SpoolEntry,
     SpoolFull,
 )
 
@@ -105,7 +106,7 @@ def test_corrupt_entry_is_kept_and_reported(tmp_path: Path) -> None:
     with pytest.raises(SpoolCorrupt, match=f"spool entry {entry.id}: .* has sha256"):
         spool.load(entry)
     sink = Sink("s3", fail=False)
-    report = SpoolDrainer(spool, [sink], lambda e, loc: None, 60).drain_once()
+    report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
     assert report.remaining == (entry.id,) and "has sha256" in report.errors[0]
     assert sink.received == [] and spool.get(entry.id) is not None
 
@@ -129,7 +130,7 @@ def test_claim_is_exclusive(tmp_path: Path) -> None:
             assert not second
         # The drainer skips what someone else holds (e.g. `pcapd spool retry`).
         sink = Sink("s3", fail=False)
-        report = SpoolDrainer(spool, [sink], lambda e, loc: None, 60).drain_once()
+        report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
         assert report.remaining == (entry.id,) and sink.received == []
     with spool.claim("no-such-entry") as missing:
         assert not missing
@@ -144,7 +145,12 @@ def test_drainer_delivers_partially_then_fully(tmp_path: Path) -> None:
     )  # fmt: skip
     s3, cs = Sink("s3", fail=False), Sink("cloudshark")
     published: list[tuple[ResultEvent, dict[str, str]]] = []
-    drainer = SpoolDrainer(spool, [s3, cs], lambda e, loc: published.append((e, loc)), 60)
+
+    def publish(result: ResultEvent, entry: SpoolEntry) -> bool:
+        published.append((result, dict(result.locations)))
+        return True
+
+    drainer = SpoolDrainer(spool, [s3, cs], publish, 60)
 
     report = drainer.drain_once()
     assert report.remaining == (entry.id,) and report.errors == (
@@ -180,7 +186,7 @@ def test_a_down_sink_is_tried_once_per_pass(tmp_path: Path) -> None:
             calls.append(1)
             return super().upload(artifact)
 
-    report = SpoolDrainer(spool, [Counting("s3")], lambda e, loc: None, 60).drain_once()
+    report = SpoolDrainer(spool, [Counting("s3")], lambda e, entry: True, 60).drain_once()
     assert len(calls) == 1 and len(report.remaining) == 3
 
 
@@ -191,13 +197,19 @@ def test_unknown_sink_and_failing_callback_do_not_stop_the_drainer(
     orphaned = spool.put(make_artifact(), ["ftp"])
     fine = spool.put(make_artifact(), ["s3"])
 
-    def explode(event: ResultEvent, locations: dict[str, str]) -> None:
+    def explode(event: ResultEvent, entry: SpoolEntry) -> bool:
         raise RuntimeError("redis is down")
 
-    report = SpoolDrainer(spool, [Sink("s3", fail=False)], explode, 60).drain_once()
-    assert report.delivered == (fine.id,) and report.remaining == (orphaned.id,)
+    sink = Sink("s3", fail=False)
+    report = SpoolDrainer(spool, [sink], explode, 60).drain_once()
+    # Uploaded, but its result not sent: kept, with nothing left to upload.
+    assert report.delivered == () and report.remaining == (orphaned.id, fine.id)
     assert report.errors == (f"{orphaned.id}: ftp: no such uploader configured",)
     assert "spool_on_delivered_failed" in caplog.text
+    kept = spool.get(fine.id)
+    assert kept is not None and kept.pending == () and "s3" in kept.locations
+    assert kept.last_error == "delivered, but its result could not be published"
+    assert len(sink.received) == 1
 
 
 def test_delivered_event_without_a_stored_event(tmp_path: Path) -> None:
@@ -213,7 +225,12 @@ def test_background_thread_drains_and_stops(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 10 * MB)
     sink = Sink("s3")
     delivered: list[ResultEvent] = []
-    drainer = SpoolDrainer(spool, [sink], lambda e, loc: delivered.append(e), 0.05)
+
+    def deliver(result: ResultEvent, entry: SpoolEntry) -> bool:
+        delivered.append(result)
+        return True
+
+    drainer = SpoolDrainer(spool, [sink], deliver, 0.05)
     drainer.start()
     try:
         spool.put(make_artifact(), ["s3"])
@@ -250,7 +267,7 @@ CHILD = textwrap.dedent(
     spool = Spool(spool_dir, 64 << 20)
     outcome = Deliverer([s3], RetryPolicy(2, 0.01, 0.02), spool).deliver(make_artifact(300_000))
     print(outcome.status, outcome.spool_id, flush=True)
-    SpoolDrainer(spool, [s3], lambda e, l: None, 0.05).start()
+    SpoolDrainer(spool, [s3], lambda e, entry: True, 0.05).start()
     time.sleep(60)  # the parent kills us here, drainer running, file still spooled
     """
 )
@@ -285,7 +302,12 @@ def test_killed_daemon_leaves_a_spool_that_the_next_one_delivers(
     bucket = moto_s3.new_bucket()
     config = moto_s3.s3_config(bucket, folder="restarted")
     delivered: list[dict[str, str]] = []
-    drainer = SpoolDrainer(spool, [S3Uploader(config)], lambda e, loc: delivered.append(loc), 0.05)
+
+    def deliver(result: ResultEvent, entry: SpoolEntry) -> bool:
+        delivered.append(dict(result.locations))
+        return True
+
+    drainer = SpoolDrainer(spool, [S3Uploader(config)], deliver, 0.05)
     drainer.start()
     try:
         wait_for(lambda: delivered, timeout=20)

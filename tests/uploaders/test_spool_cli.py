@@ -132,8 +132,9 @@ def test_retry_keeps_an_entry_whose_result_could_not_be_published(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """Redis away past publish's attempts: the capture reached S3, but the
-    entry stays (with where it went) and the command exits 1; once Redis is
-    back, a retry delivers it again and its `delivered` reaches reply_to."""
+    entry stays (with where it went, nothing left to upload) and the command
+    exits 1; once Redis is back, a retry publishes its `delivered` to reply_to
+    without uploading it again."""
     monkeypatch.setattr(results_module, "PUBLISH_BACKOFF", Backoff(initial=0.05, maximum=0.1))
     bucket = moto_s3.new_bucket()
     config = write_config(tmp_path, moto_s3.endpoint, bucket, private_redis.port)
@@ -148,7 +149,7 @@ def test_retry_keeps_an_entry_whose_result_could_not_be_published(
         captured.err
     )
     left = spool.get(entry.id)
-    assert left is not None and left.pending == ("s3",) and "s3" in left.locations
+    assert left is not None and left.pending == () and "s3" in left.locations
     private_redis.start()
     client: Any = private_redis.client()  # redis-py's pubsub is untyped
     listener = client.pubsub()
