@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server libpcap-dev tcpdump tcpreplay bind9 bind9-dnsutils \
 	unbound fstrm-bin tshark iputils-ping iproute2 procps python3-venv gcc python3-dev \
-	jq openssl chromium chromium-driver systemd
+	jq openssl chromium chromium-driver systemd bindfs
 
 .PHONY: setup system-packages venv run test lint typecheck pytest bench clean
 

@@ -105,8 +105,8 @@ class Worker:
         """Start the capture on `ring` now, in the caller's thread (it costs
         no socket, ~0.2 ms), so it is active before the claims. False
         when refused (already answered and settled). `capture_started` is
-        logged later, by `watch` or the capture thread (`run`): a log write
-        can wait."""
+        logged later, by `watch` (on the trigger thread, once the claims are
+        out) or by the capture thread (`run`)."""
         request = self.request
         limits, comments = self._framing()
         debug = (
@@ -131,26 +131,25 @@ class Worker:
     def watch(self, watcher: Watcher) -> None:
         """Serve a ring capture with no lookback to copy without a thread of
         its own: the ring's reader or `watcher` hands it over when it is
-        over, and a capture thread takes it from there (`_over`). The job
+        over, and an upload thread takes it from there (`_over`). The job
         and the gate are set before."""
-        served = self.served
-        assert served is not None
+        served, gate = self.served, self.gate
+        assert served is not None and gate is not None
         self._log_started()
         self._observe_active(self.registered)
-        gate = self.gate
-        watcher.watch(served, self.controller.capture_stop if gate is None else gate.stop,
-                      self._over)  # fmt: skip
+        watcher.watch(served, gate.stop, self._over)
 
     def _over(self, reason: str) -> None:
         """Handed over, on the reader's or the watcher's thread (it must not
-        block): the rest on a capture thread."""
-        self.controller.on_capture_thread(self._complete, reason)
+        block): the rest (the claims' answer, the store) on an upload thread,
+        so a slow disk holds up stores, never capture threads."""
+        self.controller.on_upload_thread(self._complete, reason)
 
     def _complete(self, reason: str) -> None:
         """A watched capture is over: take it, as `run` would; never raises."""
         try:
             assert self.served is not None
-            self._ring_done(self.served.outcome(reason))
+            self._ring_done(self.served.outcome(reason), storing=True)
         except Exception as exc:
             self._crashed(exc)
 
@@ -173,8 +172,9 @@ class Worker:
             )  # fmt: skip
         self.settle(durable=False)
 
-    def _ring_done(self, outcome: CaptureOutcome) -> None:
-        """A ring capture's end: its result, unless its claims found it taken."""
+    def _ring_done(self, outcome: CaptureOutcome, *, storing: bool = False) -> None:
+        """A ring capture's end: its result, unless its claims found it
+        taken. `storing`: on an upload thread already (`_captured`)."""
         gate = self.gate
         if gate is not None and not gate.passed():
             self.job = None  # a duplicate or a replay: the gate answered it
@@ -182,7 +182,7 @@ class Worker:
             return
         assert self.served is not None
         self.warnings = (*self.warnings, *self.served.warnings)
-        self._captured(outcome)
+        self._captured(outcome, storing=storing)
 
     def _run(self) -> None:
         ctl = self.controller
@@ -272,9 +272,9 @@ class Worker:
         if self.job is not None:
             self.controller.metrics.active(at - self.job.delivery.received)
 
-    def _captured(self, outcome: CaptureOutcome) -> None:
+    def _captured(self, outcome: CaptureOutcome, *, storing: bool = False) -> None:
         """Free the slot at once; keep memory and disk for the file until it
-        is stored, by the upload pool."""
+        is stored, by the upload pool (`storing`: on one of its threads)."""
         ctl = self.controller
         ctl.metrics.captured(outcome)
         packets, data = outcome.packets, outcome.data
@@ -304,11 +304,10 @@ class Worker:
             format=self.request.format, sha256=result.sha256 or "", request=self.request,
             node=ctl.node, interface=self.interface,
         )  # fmt: skip
-        if self.served is not None and not ctl.deliverer.has_remote:
-            # A ring capture bound for local disk only is stored by its own
-            # thread: no hand-off to an upload worker (a wake-up and a turn
-            # at the GIL each). Its thread is not needed to capture (the
-            # ring's reader does that), and shutdown waits for it, tracked
+        if storing and not ctl.deliverer.has_remote:
+            # A watched ring capture bound for local disk only is stored by
+            # the upload thread that took it: no second hand-off (a wake-up
+            # and a turn at the GIL each). Shutdown waits for it, tracked
             # until it settles.
             self.store(artifact, result)
             return

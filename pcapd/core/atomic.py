@@ -10,12 +10,17 @@ import errno
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 FILE_MODE = 0o640
 TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
+# s without a write after which an `OpenDirectory` closes its descriptor, so
+# an idle directory does not pin its file system (umount: "target is busy").
+IDLE_CLOSE = 5.0
+PROC_FD = "/proc/self/fd"  # how an unnamed file is linked in (`_link_unnamed_at`)
 
 # The temporary name's random part: seeded once from the system, so a name
 # costs no system call (uuid4 reads urandom each time; a storm writes two
@@ -40,24 +45,10 @@ def write_atomic(
     """With overwrite=False an existing file is never replaced (FileExistsError),
     even by a concurrent writer of the same name: the file is published with
     link(), which fails if the name exists, instead of rename()."""
-    tmp = temporary_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            # On the descriptor, no file object: each system call lets go of
-            # the GIL, and under load every one costs a wait to get it back.
-            _filled(fd, data, mode)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.rename(tmp, path)
-        else:
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    if overwrite:
+        _replace_at(None, path, data, mode)
+    else:
+        _link_named_at(None, path, data, mode)
     fsync_dir(path.parent)
 
 
@@ -80,10 +71,14 @@ class OpenDirectory:
     `stat`): a directory removed or renamed away is opened anew, and one
     that is missing raises FileNotFoundError. A replaced descriptor is
     closed once no writer holds it. Thread-safe; one descriptor open, more
-    only while replaced ones are still being written through."""
+    only while replaced ones are still being written through, none after
+    `idle_close` seconds without a write (opened again by the next one)."""
 
-    def __init__(self, path: Path, *, unnamed: bool = True) -> None:
+    def __init__(self, path: Path, *, unnamed: bool = True, idle_close: float = IDLE_CLOSE) -> None:
         self.path = path
+        self.idle_close = idle_close
+        self._last_use = 0.0  # monotonic: when a writer last let go of it
+        self._closer: threading.Timer | None = None  # armed while a descriptor is open
         # O_TMPFILE for files that must not replace another; turned off for
         # good the first time the file system refuses it.
         self.unnamed = unnamed
@@ -105,8 +100,32 @@ class OpenDirectory:
                 if close:
                     del self._users[fd]
                     self._retired.discard(fd)
+                self._last_use = time.monotonic()
+                if self._closer is None and self._fd is not None:
+                    self._arm_locked(self.idle_close)
             if close:
                 os.close(fd)
+
+    def _arm_locked(self, delay: float) -> None:
+        # One timer at a time, re-armed for what is left: under a storm one
+        # timer thread per `idle_close`, not one per write.
+        self._closer = threading.Timer(delay, self._close_if_idle)
+        self._closer.daemon = True
+        self._closer.start()
+
+    def _close_if_idle(self) -> None:
+        with self._lock:
+            self._closer = None
+            fd = self._fd
+            if fd is None:
+                return
+            left = self._last_use + self.idle_close - time.monotonic()
+            if left > 0 or self._users.get(fd):
+                self._arm_locked(max(left, 0.0) or self.idle_close)
+                return
+            self._fd = None
+            self._users.pop(fd, None)
+        os.close(fd)
 
     def _take(self, check: bool) -> int:
         found = os.stat(self.path) if check or self._fd is None else None
@@ -158,6 +177,8 @@ class OpenDirectory:
 
 
 def _filled(fd: int, data: bytes | bytearray | memoryview, mode: int) -> None:
+    # On the descriptor, no file object: each system call lets go of the
+    # GIL, and under load every one costs a wait to get it back.
     _write_all(fd, data)
     os.fchmod(fd, mode)  # O_CREAT's mode is reduced by the umask
     os.fsync(fd)
@@ -167,7 +188,8 @@ def _link_unnamed_at(
     dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int
 ) -> bool:
     """Written unnamed, fsynced, then linked as `name` (FileExistsError if it
-    exists); False, nothing done, where the file system has no O_TMPFILE."""
+    exists); False, nothing named, where the file system has no O_TMPFILE
+    or there is no /proc to link it from."""
     try:
         fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, mode, dir_fd=dir_fd)
     except IsADirectoryError:  # a kernel without it: the flag holds O_DIRECTORY
@@ -180,16 +202,24 @@ def _link_unnamed_at(
         _filled(fd, data, mode)
         # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: how an unnamed file
         # gets a name without CAP_DAC_READ_SEARCH (AT_EMPTY_PATH needs it).
-        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        try:
+            os.link(f"{PROC_FD}/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        except FileNotFoundError:
+            if os.path.isdir(PROC_FD):
+                raise  # the directory itself is gone
+            return False  # no /proc here: unnamed files cannot be named
     finally:
         os.close(fd)
     return True
 
 
-def _link_named_at(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int) -> None:
+def _link_named_at(
+    dir_fd: int | None, name: str | Path, data: bytes | bytearray | memoryview, mode: int
+) -> None:
     """Written under a temporary name, fsynced, linked as `name`
-    (FileExistsError if it exists), the temporary name removed."""
-    tmp = temporary_name(Path(name)).name
+    (FileExistsError if it exists), the temporary name removed. `name` is
+    resolved from `dir_fd`, or as a path when it is None."""
+    tmp = temporary_name(Path(name))
     _named_at(dir_fd, tmp, data, mode)
     try:
         os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -197,9 +227,12 @@ def _link_named_at(dir_fd: int, name: str, data: bytes | bytearray | memoryview,
         os.unlink(tmp, dir_fd=dir_fd)
 
 
-def _replace_at(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int) -> None:
-    """Written under a temporary name, fsynced, renamed over `name`."""
-    tmp = temporary_name(Path(name)).name
+def _replace_at(
+    dir_fd: int | None, name: str | Path, data: bytes | bytearray | memoryview, mode: int
+) -> None:
+    """Written under a temporary name, fsynced, renamed over `name` (from
+    `dir_fd`, or a path when it is None)."""
+    tmp = temporary_name(Path(name))
     _named_at(dir_fd, tmp, data, mode)
     try:
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -209,7 +242,9 @@ def _replace_at(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mo
         raise
 
 
-def _named_at(dir_fd: int, tmp: str, data: bytes | bytearray | memoryview, mode: int) -> None:
+def _named_at(
+    dir_fd: int | None, tmp: Path, data: bytes | bytearray | memoryview, mode: int
+) -> None:
     """`tmp` created (never an existing one) and filled; removed on failure."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
     try:

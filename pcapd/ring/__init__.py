@@ -35,7 +35,8 @@ one `REPLAY_SLICE` copied from the ring and that slice framed.
 
 Modules: `store` (the chunks), `feed` (one capture's framing and filter),
 `reader` (`Ring`: the handle, the reader thread, registration), `capture`
-(`RingCapture`: one capture's lookback copy and wait).
+(`RingCapture`: one capture's lookback copy and wait), `watch` (`Watcher`:
+one thread for the timed bounds of the captures no thread waits for).
 """
 
 from pcapd.ring.capture import STOP_FLUSH, RingCapture

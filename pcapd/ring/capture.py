@@ -63,6 +63,7 @@ class RingCapture:
         self._seen, self._last_packet = 0, self._begin
         self._flush_until = 0.0  # a timed stop's wait for the open kernel block
         self._reason = ""
+        self._cut_drops: int | None = None  # the ring's kernel drops at a timed stop
 
     def _ring_warnings(self) -> tuple[str, ...]:
         ring = self._ring
@@ -90,6 +91,18 @@ class RingCapture:
         if not self.done:
             self.done = True
             self._ring.unregister(self._feed)
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Unregistered: drop what refers back to it (the ring's call on its
+        feed's end, the watched hand-over to its worker), so its file is
+        freed with its last reference, not when the cycle collector runs."""
+        self._feed.on_full = None
+        self._over = self._stop = None
+
+    @property
+    def interface(self) -> str:
+        return self._ring.interface
 
     @property
     def full(self) -> bool:
@@ -146,7 +159,7 @@ class RingCapture:
         reason = timed_stop(self._stop, now, deadline, self._last_packet, limits.timeout)
         if reason:
             self._reason = reason
-            feed.cutoff = time.time_ns()
+            self._cut(feed)
             self._flush_until = now + STOP_FLUSH
             return self._flush_until
         return min(deadline, self._last_packet + limits.timeout)
@@ -155,9 +168,15 @@ class RingCapture:
         """Call `over` unless it was called already: True the first time."""
         if not self._handed.acquire(blocking=False):
             return False
-        assert self._over is not None
-        self._over(reason)
+        over = self._over
+        if over is not None:  # else it was cancelled meanwhile: nothing to take
+            over(reason)
         return True
+
+    def hand_over(self, reason: str) -> None:
+        """End the watch now (`over(reason)`, unless called already): what
+        the watcher does with a capture it cannot look at."""
+        self._hand_over(reason)
 
     def outcome(self, stop_reason: str = "") -> CaptureOutcome:
         """The capture as it ended (`stop_reason`, unless its feed ended it),
@@ -165,12 +184,25 @@ class RingCapture:
         feed = self._feed
         self.done = True
         drops = self._ring.unregister(feed)
+        self._let_go()
+        # The drops of its own window: counted when it ended (a timed stop,
+        # else its feed's end), not when this runs, maybe much later.
+        if self._cut_drops is not None:
+            drops = self._cut_drops
+        elif feed.dropped is not None:
+            drops = feed.dropped
         return CaptureOutcome(
             data=feed.buf, packets=feed.count, stop=feed.stop or stop_reason,
             kernel_dropped=max(0, drops - self._drops_before), started=self.started,
             ended=time.time(), linktype=self._ring.linktype, error=feed.error,
             lookback=self.lookback, ring=True,
         )  # fmt: skip
+
+    def _cut(self, feed: Feed) -> None:
+        """A timed stop: packets stamped from now on are not kept, and the
+        kernel's drops so far are its window's."""
+        self._cut_drops = self._ring.dropped
+        feed.cutoff = time.time_ns()
 
     def _wait(self, stop: StopSignal) -> str:
         """Until the capture is full, or a timed bound or shutdown ends it."""
@@ -187,7 +219,7 @@ class RingCapture:
             reason = timed_stop(stop, now, deadline, last_packet, limits.timeout)
             if reason:
                 # Packets stamped before now may still sit in the kernel's block.
-                feed.cutoff = time.time_ns()
+                self._cut(feed)
                 done.wait(STOP_FLUSH)
                 return reason
             wake = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT)

@@ -54,9 +54,9 @@ class Feed:
     the file after the lookback part."""
 
     __slots__ = (
-        "buf", "count", "cutoff", "debug", "done", "error", "full", "holding", "lock", "match",
-        "max_bytes", "max_packets", "on_full", "over", "pcapng", "since", "size", "snap",
-        "stop", "tail", "tail_count", "trigger", "whole",
+        "__weakref__", "buf", "count", "cutoff", "debug", "done", "dropped", "drops", "error",
+        "full", "holding", "lock", "match", "max_bytes", "max_packets", "on_full", "over",
+        "pcapng", "since", "size", "snap", "stop", "tail", "tail_count", "trigger", "whole",
     )  # fmt: skip
 
     def __init__(
@@ -72,6 +72,7 @@ class Feed:
         on_full: Callable[[], None] | None = None,
         holding: bool = False,
         lock: threading.Lock | None = None,
+        drops: Callable[[], int] | None = None,
     ) -> None:
         self.buf = bytearray(header)
         self.size = len(header)
@@ -102,10 +103,16 @@ class Feed:
         # free at once, not when its thread next runs; it must not block).
         self.on_full = on_full
         self.lock = lock or threading.Lock()  # the ring's: `take` runs under it
+        # The ring's kernel drops so far, and their count when it ended: its
+        # own window's end, however late its outcome is taken.
+        self.drops = drops
+        self.dropped: int | None = None
 
     def end(self, reason: str, error: str | None = None) -> None:
         # `full` last: a thread that sees it set reads the others as set.
         self.stop, self.error = reason, error
+        if self.drops is not None:
+            self.dropped = self.drops()
         self.full = True
         if self.done is not None:
             self.done.set()

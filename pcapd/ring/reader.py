@@ -244,7 +244,10 @@ class Ring:
         Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
         match = self._compile(bpf)
-        made: list[RingCapture] = []  # the capture, once made: told when its feed ends
+        # The capture, once made: told when its feed ends. A cycle (feed,
+        # this closure, the capture) that `RingCapture` breaks when it is
+        # taken, so its file goes with its last reference, not the collector.
+        made: list[RingCapture] = []
 
         def ended() -> None:
             if on_full is not None:
@@ -275,7 +278,7 @@ class Ring:
             feed = Feed(
                 header, limits, pcapng=fmt == "pcapng", match=match, since=since,
                 trigger=trigger, debug=packet_debug, on_full=ended, holding=bool(spans),
-                lock=self.lock,
+                lock=self.lock, drops=self._drops_so_far,
             )  # fmt: skip
             drops_before = self.dropped
             with self._feeds_lock:
@@ -285,6 +288,11 @@ class Ring:
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
         made.append(RingCapture(self, feed, limits, drops_before, delivered, spans))
         return made[0]
+
+    def _drops_so_far(self) -> int:
+        """`dropped`, for a feed ending: the reader refreshed it with the read
+        that ends it (or it is the ring's end)."""
+        return self.dropped
 
     def unregister(self, feed: Feed) -> int:
         """No more packets for `feed`: the kernel's drops so far. A full

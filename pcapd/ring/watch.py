@@ -12,12 +12,20 @@ thread and an event per capture. Memory: one entry per capture running.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 
+from pcapd.core.logs import event
 from pcapd.engine import MAX_POLL_WAIT, StopSignal
 from pcapd.ring.capture import RingCapture
+
+log = logging.getLogger("pcapd.ring")
+
+# The stop reason of a capture the watcher could not look at: ended now, as
+# shutdown ends it (the result's stop is one of events.STOPS).
+WATCH_FAILED = "shutdown"
 
 
 class Watcher:
@@ -59,17 +67,38 @@ class Watcher:
                     self._idle = True
                     self._cond.wait()
                 self._idle = False
-                captures = list(self._watched)
-            now = time.monotonic()
-            wake = now + MAX_POLL_WAIT
-            over = []
-            for capture in captures:
-                due = capture.look(now)  # hands it over itself if time ended it
-                if due is None:
-                    over.append(capture)
-                elif due < wake:
-                    wake = due
+            wake = self._round()
             with self._cond:
-                for capture in over:
-                    self._watched.pop(capture, None)
                 self._cond.wait(max(0.0, wake - time.monotonic()))
+
+    def _round(self) -> float:
+        """Look at every capture watched: when to look again. A function of
+        its own, so no capture is held by this thread's locals while it
+        sleeps (its file would stay in memory)."""
+        with self._cond:
+            captures = list(self._watched)
+        now = time.monotonic()
+        wake = now + MAX_POLL_WAIT
+        over = []
+        for capture in captures:
+            due = self._look(capture, now)
+            if due is None:
+                over.append(capture)
+            elif due < wake:
+                wake = due
+        with self._cond:
+            for capture in over:
+                self._watched.pop(capture, None)
+        return wake
+
+    def _look(self, capture: RingCapture, now: float) -> float | None:
+        """`capture.look(now)` (it hands itself over if time ended it). A
+        capture that raises is logged and handed over as it is, and the
+        others are still watched: one bug ends one capture, not the thread."""
+        try:
+            return capture.look(now)
+        except Exception:
+            event(log, "ring_watch_failed", logging.ERROR, exc_info=True,
+                  interface=capture.interface)  # fmt: skip
+            capture.hand_over(WATCH_FAILED)
+            return None

@@ -56,6 +56,7 @@ def build(
     localdir: Path,
     dedup: redis.Redis | None = None,
     rings: dict[str, Ring] | None = None,
+    interfaces: list[dict[str, Any]] | None = None,
     **general: Any,
 ) -> Controller:
     config: Config = parse_config(
@@ -65,6 +66,7 @@ def build(
                         **general},
             "redis": {"port": redis_srv.port},
             "delivery": {"attempts": 1},
+            **({"interface": interfaces} if interfaces else {}),
         }
     )  # fmt: skip
     deliverer = Deliverer([LocalUploader(localdir)], RetryPolicy.from_config(config.delivery), None)

@@ -5,13 +5,19 @@ which follows its path when the directory is replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pcapd.core.atomic import FILE_MODE, OpenDirectory, write_atomic
+from tests.helpers import needs_root, run, wait_for
 
 
 def test_the_file_is_published_whole_with_its_mode(tmp_path: Path) -> None:
@@ -96,16 +102,88 @@ def test_an_open_directory_follows_its_path_when_the_directory_is_replaced(
     target.mkdir()
     opened = OpenDirectory(target)
     opened.write("one", b"1", overwrite=False)
-    target.rename(moved)  # rotated away by an operator: not written into any more
-    with pytest.raises(FileNotFoundError):
-        opened.write("two", b"2", overwrite=False)
-    target.mkdir()
-    with opened.held() as held:
+    with opened.held() as old:
+        target.rename(moved)  # rotated away by an operator: not written into any more
+        with pytest.raises(FileNotFoundError):
+            opened.write("two", b"2", overwrite=False)
+        target.mkdir()
         opened.write("two", b"2", overwrite=False)  # while a writer holds the old one
+        assert os.fstat(old).st_ino == moved.stat().st_ino  # still open: it is held
+        assert _open_fds_on(moved) == 1 and _open_fds_on(target) == 1
     assert sorted(os.listdir(moved)) == ["one"] and sorted(os.listdir(target)) == ["two"]
-    assert held != -1 and _open_fds_on(moved) == 0 and _open_fds_on(target) == 1
+    assert _open_fds_on(moved) == 0 and _open_fds_on(target) == 1  # its last writer closed it
     opened.close()
     assert _open_fds_on(target) == 0
+
+
+def test_an_idle_open_directory_lets_go_of_its_descriptor_and_opens_it_again(
+    tmp_path: Path,
+) -> None:
+    """Held open for good, it would keep its file system busy (no umount)."""
+    opened = OpenDirectory(tmp_path, idle_close=0.3)
+    opened.write("one", b"1", overwrite=False)
+    assert _open_fds_on(tmp_path) == 1
+    wait_for(lambda: _open_fds_on(tmp_path) == 0, timeout=10)
+    opened.write("two", b"2", overwrite=False)  # opened again by the next write
+    assert _open_fds_on(tmp_path) == 1
+    with opened.held():
+        time.sleep(0.6)  # idle twice over, but held by a writer: stays open
+        assert _open_fds_on(tmp_path) == 1
+    wait_for(lambda: _open_fds_on(tmp_path) == 0, timeout=10)
+    assert sorted(os.listdir(tmp_path)) == ["one", "two"]
+
+
+@contextlib.contextmanager
+def no_tmpfile(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a file system without O_TMPFILE (bindfs, FUSE): its
+    `open` says EOPNOTSUPP."""
+    source, mounted = tmp_path / "source", tmp_path / "mounted"
+    source.mkdir()
+    mounted.mkdir()
+    fuse = subprocess.Popen(["bindfs", "-f", str(source), str(mounted)])
+    try:
+        wait_for(lambda: os.path.ismount(mounted), timeout=20)
+        yield mounted
+    finally:
+        if os.path.ismount(mounted):
+            run("fusermount", "-u", str(mounted))
+        fuse.wait(10)
+
+
+@needs_root
+def test_without_o_tmpfile_an_open_directory_falls_back_to_a_temporary_name(
+    tmp_path: Path,
+) -> None:
+    with no_tmpfile(tmp_path) as mounted:
+        opened = OpenDirectory(mounted)
+        opened.write("a.pcap", b"x" * 1000, overwrite=False)
+        assert opened.unnamed is False  # turned off for good
+        with pytest.raises(FileExistsError):
+            opened.write("a.pcap", b"ours", overwrite=False)
+        opened.write("b.pcap", b"y", overwrite=False)
+        opened.close()
+        assert (mounted / "a.pcap").read_bytes() == b"x" * 1000
+        assert sorted(os.listdir(mounted)) == ["a.pcap", "b.pcap"]
+
+
+@needs_root
+def test_without_proc_an_open_directory_falls_back_to_a_temporary_name(tmp_path: Path) -> None:
+    """/proc hidden (a tmpfs over it, in a mount namespace of its own): the
+    unnamed file cannot be linked from /proc/self/fd, and that is not taken
+    for the directory missing."""
+    script = (
+        "import os, sys; from pathlib import Path; from pcapd.core.atomic import OpenDirectory\n"
+        "assert not os.path.isdir('/proc/self/fd')\n"
+        "d = OpenDirectory(Path(sys.argv[1])); d.write('a.pcap', b'x' * 1000, overwrite=False)\n"
+        "print(d.unnamed)\n"
+    )
+    done = run(
+        "unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /proc && exec "$0" -c "$1" "$2"',
+        sys.executable, script, str(tmp_path), check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
+    assert (tmp_path / "a.pcap").read_bytes() == b"x" * 1000
+    assert os.listdir(tmp_path) == ["a.pcap"]
 
 
 def test_a_failed_write_through_an_open_directory_leaves_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,110 @@
+"""Ring captures through the controller in-process (a ring on lo, a real
+redis-server, local disk only): a stored capture's file is freed with its
+last reference, not left to the cycle collector, and stores (and the taking
+of watched captures) run on the upload pool, never on a capture thread."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import threading
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pcapd.controller import Controller
+from pcapd.core.logs import _FIELDS
+from pcapd.ring import Ring
+from tests.helpers import RedisServer, free_port, needs_root, wait_for
+from tests.pcapd.daemon_fixture import Results
+from tests.pcapd.engine.test_capture import send_udp
+from tests.pcapd.test_controller import Recorded, build, idle, request
+
+pytestmark = needs_root
+
+
+@pytest.fixture
+def ring() -> Iterator[Ring]:
+    made = Ring("lo", 5, 2 * 1024 * 1024, "udp")
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """Only reference counts free objects: a cycle stays until the test ends."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_a_stored_ring_capture_and_its_file_are_freed_with_their_result(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, ring: Ring, no_collector: None
+) -> None:
+    ctl = build(redis_srv, tmp_path / "caps", rings={"lo": ring})
+    try:
+        port = free_port()
+        got = Recorded(request(port, id="freed", packets=2, timeout=10))
+        ctl.handle(got.delivery)
+        (worker,) = ctl._capturing
+        served = worker.served
+        assert served is not None and not served.copying  # watched: no thread of its own
+        feed = served._feed
+        buf = feed.buf  # the file: grows in place, the same object to the end
+        refs: list[weakref.ref[object]] = [weakref.ref(x) for x in (worker, served, feed)]
+        del worker, served, feed
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        event = results.for_id("freed")
+        assert (event["status"], event["packets"]) == ("ok", 2)
+        wait_for(lambda: got.acks == 1 and idle(ctl), timeout=20)
+        # Held by a cycle these stay alive for good: the collector is off.
+        wait_for(lambda: all(ref() is None for ref in refs), timeout=20)
+        assert sys.getrefcount(buf) == 2  # this test's name and the call's argument
+    finally:
+        ctl.shutdown(5)
+
+
+def test_stores_and_watched_captures_are_taken_on_upload_threads_not_capture_threads(
+    redis_srv: RedisServer,
+    results: Results,
+    tmp_path: Path,
+    ring: Ring,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ctl: Controller = build(
+        redis_srv, tmp_path / "caps", rings={"lo": ring},
+        interfaces=[{"name": "lo", "lookback": 5, "lookback_bytes": 2 * 1024 * 1024}],
+        max_memory=16_000_000,
+    )  # fmt: skip
+    caplog.set_level(logging.INFO, logger="pcapd.controller")
+    try:
+        port = free_port()
+        sent = {
+            "watched": Recorded(request(port, id="watched", packets=2, timeout=10)),
+            # A lookback to copy: captured on a capture thread, stored elsewhere.
+            "copied": Recorded(request(port, id="copied", packets=2, timeout=10, lookback=1)),
+        }
+        send_udp(port, 1, 0.0)  # something in the ring to look back at
+        for got in sent.values():
+            ctl.handle(got.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 3, 0.01)).start()
+        for request_id in sent:
+            assert results.for_id(request_id)["status"] == "ok"
+        wait_for(lambda: idle(ctl) and all(g.acks == 1 for g in sent.values()), timeout=20)
+    finally:
+        ctl.shutdown(5)
+    done = {
+        getattr(r, _FIELDS)["id"]: r.threadName for r in caplog.records if r.msg == "capture_done"
+    }
+    assert set(done) == set(sent), done
+    for request_id, thread in done.items():
+        assert (thread or "").startswith("upload"), (request_id, thread)
