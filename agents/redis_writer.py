@@ -1,8 +1,9 @@
 """The batched writer every agent uses: INCR, INCRBY and append-if-absent
 operations, merged per window (agents/write_window.py; `write_combining`
-off: sent as queued), the counters sent as plain INCRBY commands and the
-appends in script calls of at most `batch_ops` entries (on a cluster, of
-one hash slot's entries each), `PIPELINE_CALLS` batches per round trip.
+off: sent as queued), the counters sent as plain SET NX EX + INCRBY
+commands (agents/redis_send.py) and the appends in script calls of at most
+`batch_ops` entries (on a cluster, of one hash slot's entries each),
+`PIPELINE_CALLS` batches per round trip.
 
 The writer holds at most `max_queue_ops` entries (distinct INCR keys and
 distinct (key, member) appends) between the agents and Redis (worst case
