@@ -5,6 +5,11 @@ what Redis ran is never sent again, what it did not answer is."""
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +23,14 @@ from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
 from tests.agents.test_redis_writer_cluster import slots_of
 from tests.agents.test_store import refusals
-from tests.helpers import RedisCluster, RedisServer, ReplyCutter, wait_for
+from tests.helpers import (
+    RedisCluster,
+    RedisServer,
+    ReplyCutter,
+    free_cluster_port,
+    stop_process,
+    wait_for,
+)
 
 
 def started(connect: Any, **options: Any) -> RedisWriter:
@@ -58,6 +70,61 @@ def test_a_cluster_node_reached_through_redis_url_refuses_what_it_does_not_own(
     assert {line["cause"] for line in lines} == {"MOVED"}
     assert "a cluster node: use redis+cluster://" in lines[0]["error"]
     assert sum(line["ops"] for line in lines) == stats.rejected_ops
+
+
+@contextmanager
+def half_served_node(workdir: Path) -> Iterator[redis.Redis]:
+    """A one-node cluster serving slots 0-8191 only (full coverage not
+    required): the other slots answer CLUSTERDOWN until they are added."""
+    port = free_cluster_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(workdir / "nodes.conf"),
+         "--cluster-require-full-coverage", "no", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    node = redis.Redis(port=port, socket_timeout=5, decode_responses=True)
+    try:
+        wait_for(lambda: _answers(node))
+        node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 8191)
+        wait_for(lambda: node.cluster("info")["cluster_state"] == "ok")
+        yield node
+    finally:
+        node.close()
+        stop_process(proc)
+
+
+def _answers(node: redis.Redis) -> bool:
+    try:
+        return bool(node.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_clusterdown_on_a_plain_connection_resends_only_those_entries(tmp_path: Path) -> None:
+    """Entries answered CLUSTERDOWN are sent again after the backoff, alone:
+    the ones Redis ran beside them are counted once and never resent."""
+    with half_served_node(tmp_path) as node:
+        port = node.connection_pool.connection_kwargs["port"]
+        keys = [f"client;10.0.7.{index}" for index in range(40)]
+        served = [key for key in keys if key_slot(key.encode()) <= 8191]
+        assert 0 < len(served) < 40
+        writer = started(lambda: redis.Redis(port=port, socket_timeout=5))
+        try:
+            for key in keys:
+                writer.incr(key)
+            wait_for(lambda: writer.stats.written_ops == len(served), timeout=30)
+            wait_for(lambda: writer.stats.redis_errors >= 2, timeout=30)  # resent, refused again
+            assert [node.get(key) for key in served] == ["1"] * len(served)
+            node.execute_command("CLUSTER", "ADDSLOTSRANGE", 8192, 16383)
+            wait_for(lambda: writer.stats.written_ops == 40 and writer.queue_depth == 0,
+                     timeout=30)  # fmt: skip
+        finally:
+            writer.stop(5)
+        assert [node.get(key) for key in keys] == ["1"] * 40
+        assert writer.stats.rejected_ops == 0 and writer.stats.dropped_ops == 0
 
 
 def test_an_index_follow_up_that_got_no_answer_is_sent_again(redis_srv: RedisServer) -> None:
