@@ -1,17 +1,22 @@
 """What the agents' writer (agents/redis_writer.py) sends in one round trip,
 and how it counts the replies.
 
-Counters (INCR, INCRBY) go as plain INCRBY commands, appends through
+Counters (INCR, INCRBY) go as `SET key 0 NX EX ttl` then `INCRBY key n`
+(a new key has its TTL from the start, so a crash before the next round
+trip leaves nothing that never expires; the SET is a no-op on a key that
+exists, another application's included), appends through
 `store.APPEND_SCRIPT` in calls of at most `batch_ops` entries, pipelined
 over one connection on a plain server, per hash slot (`send_by_slot`) on a
 cluster. Once the counters are answered, a second, small round trip sends
-EXPIRE for the counters Redis took (not before: an EXPIRE beside a refused
-INCRBY would put a TTL on another application's key) and, with the client
-index, SADDs the keys created to their clients' index sets. A missing
-script is loaded and only those calls are sent again. Each write is counted
-once, as written or as refused by Redis (the cause logged at most once per
-DROP_LOG_INTERVAL); what got no answer is handed back to the writer, to be
-sent again after its backoff. Commands are packed and replies read here
+EXPIRE for the counters Redis took that existed before (not earlier: an
+EXPIRE beside a refused INCRBY would put a TTL on another application's
+key) and, with the client index, SADDs the keys created to their clients'
+index sets; what of it gets no answer is kept (bounded) and sent again. A
+missing script is loaded and only those calls are sent again. Each write is
+counted once, as written or as refused by Redis (the cause logged at most
+once per DROP_LOG_INTERVAL); what got no answer, or a "not now" (TRYAGAIN,
+CLUSTERDOWN, LOADING), is handed back to the writer, to be sent again after
+its backoff: only that, never what Redis already ran. Commands are packed and replies read here
 (hiredis), not through redis-py's pipeline, whose wrappers cost more per
 reply than Redis spends on the command; and nothing is retried unseen.
 """
@@ -52,12 +57,16 @@ COUNTERS = "counters"  # one INCRBY per entry
 APPENDS = "appends"  # one script call
 Call = tuple[int, str, Batch]
 
-# Cluster replies that say "not now" rather than "no": sent again after backoff.
+# Cluster replies that say "not now" rather than "no": sent again after
+# backoff. LOADING (BusyLoadingError) is no ResponseError: sent again too.
 _TRANSIENT = (
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN: a primary is away
     redis.exceptions.TryAgainError,  # a slot migrating
     redis.exceptions.AskError,  # and MOVED, once redis-py's own redirections ran out
 )
+# Said of a MOVED or ASK on a plain connection: no redirection is followed there.
+CLUSTER_HINT = "a cluster node: use redis+cluster://"
+_OK = b"OK"  # SET NX's reply when it made the key
 
 
 @dataclass(slots=True)
@@ -72,6 +81,9 @@ class WriterStats:
     # Counters written whose EXPIRE was refused or given up (Redis away
     # past the bound): they stand without their TTL.
     expires_lost: int = 0
+    # Keys created whose SADD to their client's index was refused or given
+    # up: the correlator, reading the index, does not see them.
+    index_lost: int = 0
 
 
 class BatchSender:
@@ -84,9 +96,11 @@ class BatchSender:
     batch_ops: int
     max_queue_ops: int
     combine: bool
-    # Counters written whose EXPIRE got no answer yet, sent with the next
-    # round trip (at most max_queue_ops).
+    # Counters written whose EXPIRE got no answer yet, and keys created
+    # whose index SADD got none, sent with the next round trip (at most
+    # max_queue_ops each).
     _expires: dict[str, None]
+    _indexes: dict[str, None]
     _expire_logged: float  # when an EXPIRE refusal was last logged
     _drop_log: dict[str, tuple[float, int]]
     _last_error: str
@@ -117,9 +131,11 @@ class BatchSender:
         lets other clients in between, so no one call holds it longer than
         `batch_ops` entries take. Counts what each wrote or refused. A call
         Redis lacks the script for (a restart, SCRIPT FLUSH) is sent again
-        after SCRIPT LOAD; the ones of those that then got no answer are
-        returned, to be sent again (None when all were). A connection
-        failure before the replies are read raises, and all are sent again."""
+        after SCRIPT LOAD. What got no answer or a "not now" is returned, to
+        be sent again (None when all were answered); a MOVED or ASK (a
+        cluster node reached through redis://) is refused. A connection
+        failure before the replies are read raises, and all are sent again;
+        once a reply is counted nothing raises."""
         step = max(1, self.batch_ops)
         calls: list[Call] = []
         for batch in batches:
@@ -133,8 +149,8 @@ class BatchSender:
         replies = _exchange(client, *self._pack(calls))
         written: list[str] = []
         created: list[str] = []
-        missing = self._count_calls(calls, replies, written, created, None)
-        left: list[Batch] | None = None
+        retry: list[tuple[int, Batch]] = []
+        missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
         if missing:
             try:
                 client.script_load(APPEND_SCRIPT)
@@ -142,22 +158,33 @@ class BatchSender:
             except redis.ResponseError as exc:  # refused (an ACL): those calls only
                 for _slot, _kind, part in missing:
                     self._refused(_cause(str(exc), exc), part.ops, str(exc))
-            except redis.RedisError as exc:
+            except (redis.RedisError, OSError) as exc:
                 self._last_error = str(exc) or type(exc).__name__
-                left = [part for _slot, _kind, part in missing]
+                retry += [(slot, part) for slot, _kind, part in missing]
             else:
-                self._count_calls(missing, replies, written, created, None)
+                self._again(
+                    self._count_calls(missing, replies, written, created, retry, cluster=False),
+                    retry,
+                )
         self._follow_up(client, written, created)
-        return left
+        return [Batch.joined([part for _slot, part in retry])] if retry else None
+
+    def _again(self, missing: list[Call], retry: list[tuple[int, Batch]]) -> None:
+        """Script calls that met NOSCRIPT right after SCRIPT LOAD (a flush in
+        between, a failover): sent again after the backoff, never lost."""
+        if missing:
+            self._last_error = "NOSCRIPT again after SCRIPT LOAD"
+            retry += [(slot, part) for slot, _kind, part in missing]
 
     def _pack(self, calls: list[Call]) -> tuple[bytes, int]:
         """The calls' commands packed for one pipeline, and how many: a
-        counter part is one INCRBY per entry, an append part one EVALSHA."""
+        counter part is SET NX EX and INCRBY per entry, an append part one
+        EVALSHA."""
         ttl, mode = self.ttl, int(self.index)
-        packed = [_pack_counters(part) if kind == COUNTERS else _pack_command(
+        packed = [_pack_counters(part, ttl) if kind == COUNTERS else _pack_command(
                       ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args))
                   for _slot, kind, part in calls]  # fmt: skip
-        count = sum(len(part.keys) if kind == COUNTERS else 1 for _slot, kind, part in calls)
+        count = sum(2 * len(part.keys) if kind == COUNTERS else 1 for _slot, kind, part in calls)
         return b"".join(packed), count
 
     def _commands(self, calls: list[Call]) -> list[tuple[int, tuple[Any, ...]]]:
@@ -166,9 +193,8 @@ class BatchSender:
         commands: list[tuple[int, tuple[Any, ...]]] = []
         for slot, kind, part in calls:
             if kind == COUNTERS:
-                commands += [
-                    (slot, ("INCRBY", k, n)) for k, n in zip(part.keys, part.args, strict=True)
-                ]
+                for k, n in zip(part.keys, part.args, strict=True):
+                    commands += [(slot, ("SET", k, 0, "NX", "EX", ttl)), (slot, ("INCRBY", k, n))]
             else:
                 commands.append(
                     (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args))
@@ -181,13 +207,16 @@ class BatchSender:
         replies: list[Any],
         written: list[str],
         created: list[str],
-        unanswered: list[tuple[int, Batch]] | None,
+        unanswered: list[tuple[int, Batch]],
+        *,
+        cluster: bool,
     ) -> list[Call]:
-        """Count each call's replies (in `replies`, a counter part's one per
-        entry); adds the counters Redis took to `written` and the keys made
-        to `created`, and each call that got no answer to `unanswered` (on a
-        plain server, None: a failure there raised before). Returns the
-        script calls that met NOSCRIPT."""
+        """Count each call's replies (in `replies`, a counter part's two per
+        entry: SET NX's, INCRBY's); adds the counters Redis took that existed
+        before (their TTL to refresh) to `written` and the keys made to
+        `created`, and each call that got no answer or a "not now" to
+        `unanswered`. Never raises: what Redis ran is counted once. Returns
+        the script calls that met NOSCRIPT."""
         missing: list[Call] = []
         at = 0
         index = self.index
@@ -197,27 +226,26 @@ class BatchSender:
                 keys, args, weights = part.keys, part.args, part.weights
                 took = 0
                 for i in range(len(keys)):
-                    reply = replies[at + i]
+                    reply = replies[at + 2 * i + 1]
                     if isinstance(reply, int):
-                        written.append(keys[i])
                         took += weights[i]
+                        if replies[at + 2 * i] != _OK:  # it existed: refresh its TTL
+                            written.append(keys[i])
                         if index and reply == args[i] and not keys[i].startswith(_CLIENT):
                             created.append(keys[i])
-                    elif isinstance(reply, redis.ResponseError) and not isinstance(
-                        reply, _TRANSIENT
-                    ):
-                        self._refused(_cause(str(reply), reply), weights[i], str(reply))
+                    elif (refusal := _refusal(reply, cluster)) is not None:
+                        self._refused(_cause(str(reply), reply), weights[i], refusal)
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
                 self.stats.written_ops += took
-                at += len(keys)
+                at += 2 * len(keys)
                 continue
             reply = replies[at]
             at += 1
             if _no_script(reply):
                 missing.append(call)
-            elif isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
-                self._refused(_cause(str(reply), reply), part.ops, str(reply))
+            elif (refusal := _refusal(reply, cluster)) is not None:
+                self._refused(_cause(str(reply), reply), part.ops, refusal)
             elif isinstance(reply, list):
                 self._count_answer(part, reply)
                 created.extend(_text(k) for k in reply[2:])
@@ -226,11 +254,9 @@ class BatchSender:
         return missing
 
     def _unanswered(
-        self, reply: object, slot: int, part: Batch, unanswered: list[tuple[int, Batch]] | None
+        self, reply: object, slot: int, part: Batch, unanswered: list[tuple[int, Batch]]
     ) -> None:
         self._last_error = str(reply) or type(reply).__name__
-        if unanswered is None:  # a plain server answers all or raises
-            raise redis.ConnectionError(f"unexpected reply {reply!r}")
         unanswered.append((slot, part))
 
     def _count_answer(self, batch: Batch, reply: list[Any]) -> None:
@@ -245,45 +271,49 @@ class BatchSender:
         self, written: list[str], created: list[str]
     ) -> list[tuple[str, tuple[str | int, ...]]]:
         """(key, command): EXPIRE for each counter written (once per key),
-        and those left from a round trip that failed; the index's SADDs."""
+        and those left from a round trip that failed; the index's SADDs,
+        with those left likewise."""
         expire = self._expires
         expire.update(dict.fromkeys(written))
+        self._indexes.update(dict.fromkeys(created))
         ttl = self.ttl
         commands: list[tuple[str, tuple[str | int, ...]]] = [
             (key, ("EXPIRE", key, ttl)) for key in expire
         ]
-        if created:
-            commands += index_commands(created, ttl)
+        if self._indexes:
+            commands += index_commands(list(self._indexes), ttl)
         return commands
 
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
-        """The EXPIREs a failed round trip left; True once all are answered."""
+        """The EXPIREs and SADDs a failed round trip left; True once all are answered."""
         if isinstance(client, RedisCluster):
             self._follow_up_slots(client, [], [])
         else:
             self._follow_up(client, [], [])
-        return not self._expires
+        return not self._expires and not self._indexes
 
     def _follow_up(self, client: redis.Redis, written: list[str], created: list[str]) -> None:
         """The counters' EXPIREs and the index, in a second round trip. If it
-        gets no answer the EXPIREs are kept for the next one (the index is
-        best effort: the correlator falls back to SCAN without it)."""
-        expire = self._expires
-        expire.update(dict.fromkeys(written))
-        if not expire and not created:
+        gets no answer it counts as a failed round trip (`redis_errors`) and
+        both are kept for the next one: the correlator reads only the index
+        once it exists, so a key left out of it is not seen."""
+        commands = self._follow_up_commands(written, created)
+        if not commands:
             return
+        expire = self._expires
         packed = _pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
-        index = index_commands(created, self.ttl) if created else []
-        if index:
-            packed += b"".join([_pack_command(command) for _key, command in index])
+        packed += b"".join([_pack_command(command) for _key, command in commands[len(expire) :]])
         try:
-            replies = _exchange(client, packed, len(expire) + len(index))
+            replies = _exchange(client, packed, len(commands))
         except (redis.RedisError, OSError) as exc:
+            self.stats.redis_errors += 1
             self._last_error = str(exc) or type(exc).__name__
-            self._bound_expires()
+            self._bound_pending()
             return
         self._expires_refused([r for r in replies[: len(expire)] if isinstance(r, Exception)])
+        self._index_refused([r for r in replies[len(expire) :: 2] if isinstance(r, Exception)])
         expire.clear()
+        self._indexes.clear()
 
     def _expires_refused(self, errors: list[Exception]) -> None:
         """EXPIREs Redis answered with an error (an ACL, a read-only
@@ -292,33 +322,52 @@ class BatchSender:
         if not errors:
             return
         self.stats.expires_lost += len(errors)
+        self._log_lost("redis_expires_refused", errors, expires_lost=self.stats.expires_lost)
+
+    def _index_refused(self, errors: list[Exception]) -> None:
+        """Index SADDs Redis answered with an error (an ACL, a read-only
+        replica): counted in `index_lost`, logged like refused EXPIREs."""
+        if not errors:
+            return
+        self.stats.index_lost += len(errors)
+        self._log_lost("redis_index_refused", errors, index_lost=self.stats.index_lost)
+
+    def _log_lost(self, name: str, errors: list[Exception], **counts: Any) -> None:
         now = time.monotonic()
         if now - self._expire_logged >= DROP_LOG_INTERVAL:
             self._expire_logged = now
-            event(log, "redis_expires_refused", logging.ERROR, keys=len(errors),
+            event(log, name, logging.ERROR, keys=len(errors),
                   cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
-                  expires_lost=self.stats.expires_lost)  # fmt: skip
+                  **counts)  # fmt: skip
 
-    def _bound_expires(self) -> None:
-        """At most `max_queue_ops` EXPIREs wait (Redis away for long): past
-        that the oldest are given up, counted in `expires_lost`."""
-        over = len(self._expires) - self.max_queue_ops
-        if over > 0:
-            for key in list(itertools.islice(self._expires, over)):
-                del self._expires[key]
-            self.stats.expires_lost += over
-            event(log, "redis_expires_lost", logging.ERROR, keys=over,
-                  reason="more EXPIREs waiting for Redis than max_queue_ops")  # fmt: skip
+    def _bound_pending(self) -> None:
+        """At most `max_queue_ops` EXPIREs, and as many index SADDs, wait
+        (Redis away for long): past that the oldest are given up, counted in
+        `expires_lost` / `index_lost`."""
+        for pending, what in ((self._expires, "EXPIREs"), (self._indexes, "index SADDs")):
+            over = len(pending) - self.max_queue_ops
+            if over <= 0:
+                continue
+            for key in list(itertools.islice(pending, over)):
+                del pending[key]
+            if pending is self._expires:
+                self.stats.expires_lost += over
+            else:
+                self.stats.index_lost += over
+            event(log, "redis_expires_lost" if pending is self._expires else "redis_index_lost",
+                  logging.ERROR, keys=over,
+                  reason=f"more {what} waiting for Redis than max_queue_ops")  # fmt: skip
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
-        """Per hash slot, its counters as INCRBY commands and its appends in
-        script calls of at most `batch_ops` entries (a slot's share of up to
-        PIPELINE_CALLS joined batches can be more), in the order they came,
-        pipelined per node (`redis_conn.send_by_slot`, which follows MOVED
-        and ASK); counts what each wrote or refused. Returns the entries
-        that got no answer (node down, failover, the script not loaded), to
-        be sent again, or None when every one was answered; once a reply is
-        counted it does not raise, so a written entry is never sent again."""
+        """Per hash slot, its counters as SET NX EX + INCRBY commands and its
+        appends in script calls of at most `batch_ops` entries (a slot's
+        share of up to PIPELINE_CALLS joined batches can be more), in the
+        order they came, pipelined per node (`redis_conn.send_by_slot`,
+        which follows MOVED and ASK); counts what each wrote or refused.
+        Returns the entries that got no answer (node down, failover, the
+        script not loaded), to be sent again, or None when every one was
+        answered; once a reply is counted it does not raise, so a written
+        entry is never sent again."""
         calls = [
             (slot, kind, part)
             for slot, at in group_by_slot(batch.keys).items()
@@ -328,7 +377,7 @@ class BatchSender:
         written: list[str] = []
         created: list[str] = []
         missing = self._count_calls(calls, send_by_slot(client, self._commands(calls)),
-                                    written, created, retry)  # fmt: skip
+                                    written, created, retry, cluster=True)  # fmt: skip
         if missing:
             try:
                 client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
@@ -342,8 +391,9 @@ class BatchSender:
                         self._last_error = str(exc) or type(exc).__name__
                         retry.append((slot, part))
             else:
-                self._count_calls(missing, send_by_slot(client, self._commands(missing)),
-                                  written, created, retry)  # fmt: skip
+                again = self._count_calls(missing, send_by_slot(client, self._commands(missing)),
+                                          written, created, retry, cluster=True)  # fmt: skip
+                self._again(again, retry)
         self.unanswered = {slot: _owner(client, slot) for slot, _part in retry}
         self._follow_up_slots(client, written, created)
         return [Batch.joined([part for _slot, part in retry])] if retry else None
@@ -352,27 +402,40 @@ class BatchSender:
         self, client: RedisCluster, written: list[str], created: list[str]
     ) -> None:
         """`_follow_up` on a cluster: each command to its key's slot; the
-        EXPIREs that got no answer are kept for the next round trip."""
+        EXPIREs and SADDs that got no answer are kept for the next round
+        trip (and count as a failed one)."""
         commands = self._follow_up_commands(written, created)
         if not commands:
             return
         try:
             replies = send_by_slot(client, [(key_slot(k.encode()), c) for k, c in commands])
         except (redis.RedisError, RedisClusterException) as exc:
+            self.stats.redis_errors += 1
             self._last_error = str(exc) or type(exc).__name__
-            self._bound_expires()
+            self._bound_pending()
             return
         refused: list[Exception] = []
+        unindexed: list[Exception] = []
+        failed = False
         for (key, command), reply in zip(commands, replies, strict=True):
-            if command[0] != "EXPIRE" or key not in self._expires:
-                continue  # the index's: best effort
-            if isinstance(reply, redis.ResponseError) and not isinstance(reply, _TRANSIENT):
-                refused.append(reply)
-            elif isinstance(reply, Exception):
-                continue  # no answer: kept for the next round trip
-            del self._expires[key]
+            if command[0] == "EXPIRE" and key in self._expires:
+                pending, lost, member = self._expires, refused, key
+            elif command[0] == "SADD":
+                pending, lost, member = self._indexes, unindexed, str(command[2])
+            else:
+                continue  # the index set's own EXPIRE: sent again with its SADD
+            if isinstance(reply, Exception) and _refusal(reply, cluster=True) is None:
+                failed = True  # no answer: kept for the next round trip
+                self._last_error = str(reply) or type(reply).__name__
+                continue
+            if isinstance(reply, Exception):
+                lost.append(reply)
+            pending.pop(member, None)
+        if failed:
+            self.stats.redis_errors += 1
         self._expires_refused(refused)
-        self._bound_expires()
+        self._index_refused(unindexed)
+        self._bound_pending()
 
 
 def _calls(batch: Batch, at: Sequence[int], step: int) -> list[tuple[str, Batch]]:
@@ -413,8 +476,19 @@ def _calls(batch: Batch, at: Sequence[int], step: int) -> list[tuple[str, Batch]
     return calls
 
 
-def _pack_counters(part: Batch) -> bytes:
-    return _pack_pairs("INCRBY", part.keys, [str(n) for n in part.args])
+def _pack_counters(part: Batch, ttl: int) -> bytes:
+    """`SET k 0 NX EX ttl` and `INCRBY k n` per counter, built as text like
+    `_pack_pairs` (hiredis for keys that are not ASCII)."""
+    t = str(ttl)
+    keys, amounts = part.keys, [str(n) for n in part.args]
+    middle = f"\r\n$1\r\n0\r\n$2\r\nNX\r\n$2\r\nEX\r\n${len(t)}\r\n{t}\r\n*3\r\n$6\r\nINCRBY\r\n$"
+    head = "*6\r\n$3\r\nSET\r\n$"
+    text = "".join([f"{head}{len(k)}\r\n{k}{middle}{len(k)}\r\n{k}\r\n${len(n)}\r\n{n}\r\n"
+                    for k, n in zip(keys, amounts, strict=True)])  # fmt: skip
+    if text.isascii():
+        return text.encode()
+    return b"".join([_pack_command(("SET", k, "0", "NX", "EX", t)) + _pack_command(("INCRBY", k, n))
+                     for k, n in zip(keys, amounts, strict=True)])  # fmt: skip
 
 
 def _pack_pairs(command: str, keys: Sequence[str], values: Sequence[str]) -> bytes:
@@ -457,6 +531,8 @@ def _cause(error: str, exc: Exception | None = None) -> str:
     """A Redis error's code: its first word (`WRONGTYPE Operation against...`),
     or the code redis-py cut off its message and kept beside it (READONLY,
     NOPERM, ERR), else redis-py's class for it."""
+    if isinstance(exc, redis.exceptions.AskError):
+        return _redirect(exc).split(" ", 1)[0]
     code = getattr(exc, "status_code", None)
     if isinstance(code, str) and code:
         return code
@@ -464,6 +540,24 @@ def _cause(error: str, exc: Exception | None = None) -> str:
     if code.isalpha() and code.isupper():
         return code
     return type(exc).__name__ if exc is not None else "unknown"
+
+
+def _refusal(reply: object, cluster: bool) -> str | None:
+    """What to log when `reply` is a lasting "no" (WRONGTYPE, NOPERM, ...),
+    counted as refused; None for a "not now" or no answer, sent again. A
+    MOVED or ASK is "not now" on a cluster (redis-py's redirections ran
+    out) but "no" on a plain connection, which follows none: a cluster
+    node reached through redis://."""
+    if not isinstance(reply, redis.ResponseError):
+        return None
+    if isinstance(reply, redis.exceptions.AskError):
+        return None if cluster else f"{_redirect(reply)}: {CLUSTER_HINT}"
+    return None if isinstance(reply, _TRANSIENT) else str(reply)
+
+
+def _redirect(reply: redis.exceptions.AskError) -> str:
+    """The redirection as Redis spelled it (redis-py cuts off its code)."""
+    return f"{'MOVED' if isinstance(reply, redis.exceptions.MovedError) else 'ASK'} {reply}"
 
 
 def _no_script(reply: object) -> bool:

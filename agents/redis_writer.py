@@ -1,8 +1,9 @@
 """The batched writer every agent uses: INCR, INCRBY and append-if-absent
 operations, merged per window (agents/write_window.py; `write_combining`
-off: sent as queued), the counters sent as plain INCRBY commands and the
-appends in script calls of at most `batch_ops` entries (on a cluster, of
-one hash slot's entries each), `PIPELINE_CALLS` batches per round trip.
+off: sent as queued), the counters sent as plain SET NX EX + INCRBY
+commands (agents/redis_send.py) and the appends in script calls of at most
+`batch_ops` entries (on a cluster, of one hash slot's entries each),
+`PIPELINE_CALLS` batches per round trip.
 
 The writer holds at most `max_queue_ops` entries (distinct INCR keys and
 distinct (key, member) appends) between the agents and Redis (worst case
@@ -10,6 +11,13 @@ memory ~ max_queue_ops x (key + member + ~350) bytes: ~245 B an entry
 beyond its text, measured, ~125 B more while a window is sealed); past
 that, writes that would need a new entry are dropped and counted, never
 blocking the producer, while a repeat still merges. Counts are per write, merged or not.
+Beside the queue, while a follow-up round trip (agents/redis_send.py) gets
+no answer, it keeps at most `max_queue_ops` counter keys whose EXPIRE and
+as many created keys whose index SADD are still to send: worst case
+~ 2 x max_queue_ops x (key + ~100) bytes more (a dict entry and the key's
+string each); past that the oldest are given up and counted.
+An entry whose key or member is not valid UTF-8 text (a lone surrogate)
+is refused and counted when it is sent, not retried.
 While Redis is unreachable it retries the oldest batches with capped
 backoff. Delivery is at least once, not exactly once: redis-py's own
 retries are off (`_client`), so each attempt sends each call once, but a
@@ -154,6 +162,7 @@ class RedisWriter(BatchSender):
         # Notified (under the lock) whenever sent batches leave the queue.
         self._drained = threading.Condition(self._lock)
         self._expires: dict[str, None] = {}
+        self._indexes: dict[str, None] = {}
         self._expire_logged = -math.inf
         self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
@@ -163,6 +172,13 @@ class RedisWriter(BatchSender):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Under the lock: batches at the queue's head the sender has in a
+        # round trip; set by stop() once it has counted what is left (then
+        # the sender counts what its round trip did not write, and leaves);
+        # set by the sender as it leaves.
+        self._in_flight = 0
+        self._closed = False
+        self._sender_done = False
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
         self._last_error = ""  # why a cluster slot's write was not answered
@@ -249,7 +265,11 @@ class RedisWriter(BatchSender):
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Send what is queued (for at most `timeout` s), then stop."""
+        """Send what is queued (for at most `timeout` s), then stop. A round
+        trip still under way then (Redis slower than `timeout`) is left to
+        the sender thread, which counts what it did not write as dropped
+        when its reply or socket timeout comes, and ends: no write is
+        counted twice, and nothing is sent after that."""
         self.flush()
         deadline = time.monotonic() + timeout
         while self.queue_depth and time.monotonic() < deadline and self._thread:
@@ -260,28 +280,105 @@ class RedisWriter(BatchSender):
         if self._thread:
             self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
         with self._lock:
-            left = sum(batch.ops for batch in self._batches) + self._window.ops
+            self._closed = True
+            sending = self._thread is not None and not self._sender_done
+            keep = self._in_flight if sending else 0
+            left = sum(batch.ops for batch in itertools.islice(self._batches, keep, None))
+            left += self._window.ops
+            kept = list(itertools.islice(self._batches, keep))
             self._batches.clear()
+            self._batches.extend(kept)
             self._window = Window(self.combine)
-            self._queued = 0
+            self._queued = sum(len(batch.keys) for batch in kept)
             self._drained.notify_all()
-        if self._expires:  # written, but their EXPIRE never answered
-            self.stats.expires_lost += len(self._expires)
-            event(log, "redis_expires_lost", logging.ERROR, keys=len(self._expires),
+        self._lost(left, "stopped before Redis took them")
+        if not sending:
+            self._finish()
+
+    def _lost(self, ops: int, reason: str) -> None:
+        if ops:
+            self.stats.dropped_ops += ops
+            event(log, "redis_writes_lost", logging.ERROR, ops=ops, reason=reason)
+
+    def _finish(self) -> None:
+        """Once the sender is done: what is still pending is given up, and
+        what the rate limit held back is logged."""
+        for pending, name in ((self._expires, "redis_expires_lost"),
+                              (self._indexes, "redis_index_lost")):  # fmt: skip
+            if not pending:
+                continue
+            if pending is self._expires:  # written, but their EXPIRE never answered
+                self.stats.expires_lost += len(pending)
+            else:  # created, but never added to their client's index
+                self.stats.index_lost += len(pending)
+            event(log, name, logging.ERROR, keys=len(pending),
                   reason="stopped before Redis answered")  # fmt: skip
-            self._expires.clear()
-        if left:
-            self.stats.dropped_ops += left
-            event(
-                log, "redis_writes_lost", logging.ERROR, ops=left,
-                reason="stopped before Redis took them",
-            )  # fmt: skip
+            pending.clear()
         for cause, (_, held) in self._drop_log.items():  # what the rate limit held back
             if held:
                 self._log_refused(cause, held, "")
         self._drop_log.clear()
 
+    def _take(self) -> list[Batch] | None:
+        """The batches of the next round trip (at most PIPELINE_CALLS from
+        the queue's head), entries that cannot be sent refused; None once
+        stop() has closed the writer."""
+        with self._lock:
+            if self._closed:
+                return None
+            done = list(itertools.islice(self._batches, PIPELINE_CALLS))
+            for at, batch in enumerate(done):
+                sendable = self._sendable(batch)
+                if sendable is not batch:
+                    self._batches[at] = done[at] = sendable
+                    self._queued -= len(batch.keys) - len(sendable.keys)
+            self._in_flight = len(done)
+            return done
+
+    def _sendable(self, batch: Batch) -> Batch:
+        """`batch` without the entries that are not valid text (a lone
+        surrogate: no UTF-8 for it), refused and counted; the check costs a
+        join when all is ASCII."""
+        members = batch.args[batch.counters :] if batch.counters >= 0 else batch.args
+        texts = [a for a in members if isinstance(a, str)]
+        if "".join(batch.keys).isascii() and "".join(texts).isascii():
+            return batch
+        good: list[int] = []
+        for i, (key, arg) in enumerate(zip(batch.keys, batch.args, strict=True)):
+            try:
+                key.encode()
+                if isinstance(arg, str):
+                    arg.encode()
+            except UnicodeEncodeError as exc:
+                self._refused("ENCODING", batch.weights[i], f"{key!r}: {exc}")
+                continue
+            good.append(i)
+        return batch if len(good) == len(batch.keys) else batch.part(good)
+
+    def _settled(self, lost: list[Batch] | None) -> bool:
+        """After a round trip: True (and `lost`, what it did not write,
+        counted as dropped) when stop() has closed the writer meanwhile, for
+        the sender to leave; else the round trip's batches stay its own."""
+        with self._lock:
+            self._in_flight = 0
+            if not self._closed:
+                return False
+            self._batches.clear()
+            self._queued = 0
+        self._lost(sum(b.ops for b in lost or ()), "stopped before Redis answered")
+        return True
+
     def _run(self) -> None:
+        try:
+            self._send_all()
+        finally:
+            with self._lock:
+                self._sender_done = True
+                closed = self._closed
+            if closed:  # stop() returned before this thread did
+                self._finish()
+
+    def _send_all(self) -> None:
         client: Client | None = None
         backoff = Backoff().tracker()
         last_contact = -math.inf
@@ -297,17 +394,18 @@ class RedisWriter(BatchSender):
                 self._seal_locked()
             sealed = time.monotonic()
             idle = not self._batches
-            if idle and (self._expires or sealed - last_contact >= self.ping_interval):
+            pending = self._expires or self._indexes
+            if idle and (pending or sealed - last_contact >= self.ping_interval):
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
             while self._batches and not self._stop.is_set():
-                batch = self._batches[0]
-                done = [batch]
+                done = self._take()
+                if done is None:
+                    return
                 left: list[Batch] | None = None
                 try:
                     client = client or self._client()
                     began = time.monotonic()
-                    done = list(itertools.islice(self._batches, PIPELINE_CALLS))
                     if isinstance(client, RedisCluster):
                         # Per slot, calls are small already: one round trip
                         # per primary for all of `done`.
@@ -320,6 +418,8 @@ class RedisWriter(BatchSender):
                     # A refusal no reply carried: refused as `_count` refuses a call.
                     self._refused(_cause(str(exc), exc), sum(b.ops for b in done), str(exc))
                 except Exception as exc:  # connection trouble, or a bug: back off, retry
+                    if self._settled(done):
+                        return
                     self.stats.redis_errors += 1
                     self.connected = False
                     wait = backoff.failed()
@@ -330,6 +430,8 @@ class RedisWriter(BatchSender):
                     client = None
                     self._stop.wait(wait)
                     continue
+                if self._settled(left):
+                    return
                 if left is not None:  # some calls got no answer: only those again
                     with self._lock:
                         for _ in done:
@@ -371,7 +473,8 @@ class RedisWriter(BatchSender):
             if client is None:
                 client = self._client()
             client.ping()
-            if self._expires and not self._send_expires(client):  # left from a failed send
+            # What a failed follow-up round trip left: EXPIREs, index SADDs.
+            if (self._expires or self._indexes) and not self._send_expires(client):
                 raise redis.ConnectionError(self._last_error)
         except Exception as exc:
             if self.connected:

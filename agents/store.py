@@ -10,8 +10,8 @@ of the keys it created for that client (SADD only when a key is new, so the
 cost is one command per new key, not per write). ShoDoHFlo's app ignores the
 suffix; ShoDoHFlo's own agents do not write it, so readers must work without.
 
-The writer (agents/redis_writer.py) sends the counters as plain INCRBY and
-EXPIRE commands and the appends through `APPEND_SCRIPT`, spelled here with
+The writer (agents/redis_writer.py) sends the counters as plain SET NX EX,
+INCRBY and EXPIRE commands and the appends through `APPEND_SCRIPT`, spelled here with
 the schema it writes.
 """
 

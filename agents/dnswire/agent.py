@@ -370,6 +370,8 @@ class WireAgent:
                 keys_written=w.written_ops,
                 keys_dropped=w.dropped_ops,
                 redis_errors=w.redis_errors,
+                expires_lost=w.expires_lost,
+                index_lost=w.index_lost,
                 queue_depth=self.writer.queue_depth,
             )
         if self.packer is not None:

@@ -239,9 +239,9 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         try:
             size = sock.recv_into(buffer)
         except TimeoutError:
-            raise redis.TimeoutError("no answer from the cluster node") from None
+            raise redis.TimeoutError("no answer from Redis") from None
         if size == 0:
-            raise redis.ConnectionError("connection closed by the cluster node")
+            raise redis.ConnectionError("connection closed by Redis")
         reader.feed(buffer, 0, size)  # type: ignore[arg-type]  # hiredis reads any buffer
         while len(found) < count and (reply := reader.gets()) is not False:
             if isinstance(reply, hiredis.ReplyError):

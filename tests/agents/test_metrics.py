@@ -94,6 +94,8 @@ ping_interval = 0.2
             wait_for(lambda: value(samples(tap), "pcapd_agent_keys_written_total") > 0, 20)
             assert value(samples(tap), "pcapd_agent_redis_write_seconds_count") > 0
             assert value(found, "pcapd_agent_keys_dropped_total") == 0
+            names = {name for name, _ in found}
+            assert {"pcapd_agent_expires_lost_total", "pcapd_agent_index_lost_total"} <= names
             found = samples(wire)
             assert value(found, "pcapd_agent_packets_total", agent="dnswire") >= 3
             assert "pcapd_agent_kernel_dropped_total" in {name for name, _ in found}

@@ -68,3 +68,30 @@ def test_a_send_is_evalsha_alone_and_a_missing_script_is_loaded(
     assert writer.stats.written_ops == 6000 and writer.stats.dropped_ops == 0
     assert admin.get("c;2;9;299;dns") == ";m.;"
     admin.close()
+
+
+def test_stop_during_a_round_trip_counts_each_write_once(private_redis: RedisServer) -> None:
+    """stop() returns while Redis holds the round trip (CLIENT PAUSE WRITE,
+    longer than stop's timeout, shorter than the socket timeout): the
+    sender counts the round trip when its replies come, once, and ends."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=30),
+                         flush_interval=0.01)  # fmt: skip
+    writer.start()
+    writer.incr("client;10.0.6.0")
+    wait_for(lambda: writer.stats.written_ops == 1)
+    admin.client_pause(8000, all=False)  # writes wait; this PING and the test's reads do not
+    keys = [f"client;10.0.6.{index}" for index in range(1, 51)]
+    for key in keys:
+        writer.incr(key)
+    writer.flush()
+    # The round trip is under way: Redis holds the writer's connection.
+    wait_for(lambda: int(admin.info("clients")["blocked_clients"]) >= 1)
+    writer.stop(0.2)
+    thread = writer._thread
+    assert thread is not None and thread.is_alive()  # stop() did not wait it out
+    wait_for(lambda: not thread.is_alive(), timeout=60)
+    assert (writer.stats.written_ops, writer.stats.dropped_ops) == (51, 0)
+    assert writer.stats.queued_ops == 51 and writer.queue_depth == 0
+    assert admin.mget(keys) == ["1"] * 50
+    admin.close()

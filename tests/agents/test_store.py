@@ -155,7 +155,9 @@ def test_an_acl_denying_a_command_drops_the_keys(
     writer.incr("client;c")
     writer.append("c;1.2.3.4;dns", "a.")
     writer.stop()
-    assert writer.stats.dropped_ops == 2 and admin.get("client;c") is None
+    # The counter's SET NX (allowed) made it, at 0 and with its TTL: it expires.
+    assert writer.stats.dropped_ops == 2 and admin.get("client;c") == b"0"
+    assert 0 < admin.ttl("client;c") <= 900
     lines = refusals(caplog)  # the first, then what the rate limit held, at stop
     assert {line["cause"] for line in lines} == {"NOPERM"}  # the code redis-py cut off
     assert sum(line["ops"] for line in lines) == 2
@@ -164,18 +166,27 @@ def test_an_acl_denying_a_command_drops_the_keys(
 def test_a_refused_expire_is_counted_and_logged(
     private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A counter Redis took but whose EXPIRE it refused stands without its
-    TTL: counted (expires_lost) and logged, never silent."""
+    """A counter that existed, Redis took, but whose EXPIRE it refused
+    stands without its TTL: counted (expires_lost) and logged, never
+    silent. A counter the write made has its TTL from the first round trip
+    (SET NX EX), the follow-up's EXPIRE refused or not."""
     caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
     admin = private_redis.client()
+    admin.set("client;c", 5)
+    admin.hset("client;h", "field", "another application's")
     admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
                       commands=["+@all", "-expire"])  # fmt: skip
     port = admin.connection_pool.connection_kwargs["port"]
     writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
     writer.incr("client;c")
+    writer.incr("client;new")
+    writer.incr("client;h")  # WRONGTYPE: its SET NX did nothing either
     writer.stop()
-    assert admin.get("client;c") == b"1" and admin.ttl("client;c") == -1
-    assert writer.stats.written_ops == 1 and writer.stats.expires_lost == 1
+    assert admin.hgetall("client;h") == {b"field": b"another application's"}
+    assert admin.ttl("client;h") == -1 and writer.stats.rejected_ops == 1
+    assert admin.get("client;c") == b"6" and admin.ttl("client;c") == -1
+    assert admin.get("client;new") == b"1" and 0 < admin.ttl("client;new") <= 900
+    assert writer.stats.written_ops == 2 and writer.stats.expires_lost == 1
     (line,) = [getattr(r, "pcapd_fields", {}) for r in caplog.records
                if r.getMessage() == "redis_expires_refused"]  # fmt: skip
     assert (line["cause"], line["keys"]) == ("NOPERM", 1)

@@ -1,0 +1,214 @@
+"""One round trip of the agents' writer and how its replies are counted
+(agents/redis_send.py), on a real redis-server and the cluster fixture:
+what Redis ran is never sent again, what it did not answer is."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from agents.redis_writer import RedisWriter
+from agents.store import index_of
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
+from tests.agents.test_redis_writer_cluster import slots_of
+from tests.agents.test_store import refusals
+from tests.helpers import (
+    RedisCluster,
+    RedisServer,
+    ReplyCutter,
+    free_cluster_port,
+    stop_process,
+    wait_for,
+)
+
+
+def started(connect: Any, **options: Any) -> RedisWriter:
+    writer = RedisWriter(connect, ttl=900, flush_interval=0.02, **options)
+    writer.start()
+    return writer
+
+
+def test_a_cluster_node_reached_through_redis_url_refuses_what_it_does_not_own(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MOVED on a plain connection is a refusal, counted and logged saying
+    what to do; the slots the node owns are written once, never resent.
+    (Appends go in script calls of many slots' keys: CROSSSLOT there.)"""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    port = redis_cluster.ports[0]
+    counters = [f"client;10.0.3.{index}" for index in range(60)]
+    writer = started(lambda: redis.Redis(port=port, socket_timeout=5))
+    try:
+        for key in counters:
+            writer.incr(key)
+        writer.append("10.0.3.1;192.0.2.1;dns", "a.")
+        wait_for(lambda: writer.stats.written_ops + writer.stats.rejected_ops == 61, timeout=30)
+        wait_for(lambda: writer.queue_depth == 0)
+    finally:
+        writer.stop(10)
+    owned = slots_of(redis_cluster, port)
+    mine = [key for key in counters if key_slot(key.encode()) in owned]
+    assert 0 < len(mine) < 60
+    stats = writer.stats
+    assert stats.written_ops + stats.rejected_ops == 61 and stats.redis_errors == 0
+    assert stats.written_ops - len(mine) in (0, 1)  # the append: its slot's or not
+    with redis_cluster.node(port) as node:
+        assert [node.get(key) for key in mine] == ["1"] * len(mine)  # once: not resent
+        assert all(0 < node.ttl(key) <= 900 for key in mine)
+    lines = refusals(caplog)
+    assert {line["cause"] for line in lines} == {"MOVED"}
+    assert "a cluster node: use redis+cluster://" in lines[0]["error"]
+    assert sum(line["ops"] for line in lines) == stats.rejected_ops
+
+
+@contextmanager
+def half_served_node(workdir: Path) -> Iterator[redis.Redis]:
+    """A one-node cluster serving slots 0-8191 only (full coverage not
+    required): the other slots answer CLUSTERDOWN until they are added."""
+    port = free_cluster_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(workdir / "nodes.conf"),
+         "--cluster-require-full-coverage", "no", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    node = redis.Redis(port=port, socket_timeout=5, decode_responses=True)
+    try:
+        wait_for(RedisServer(port=port, workdir=workdir).ready)  # its ping, not its process
+        _add_slots(node, 0, 8191)
+        wait_for(lambda: node.cluster("info")["cluster_state"] == "ok")
+        yield node
+    finally:
+        node.close()
+        stop_process(proc)
+
+
+def _add_slots(node: redis.Redis, first: int, last: int) -> None:
+    node.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)  # type: ignore[no-untyped-call]
+
+
+def test_clusterdown_on_a_plain_connection_resends_only_those_entries(tmp_path: Path) -> None:
+    """Entries answered CLUSTERDOWN are sent again after the backoff, alone:
+    the ones Redis ran beside them are counted once and never resent."""
+    with half_served_node(tmp_path) as node:
+        port = node.connection_pool.connection_kwargs["port"]
+        keys = [f"client;10.0.7.{index}" for index in range(40)]
+        served = [key for key in keys if key_slot(key.encode()) <= 8191]
+        assert 0 < len(served) < 40
+        writer = started(lambda: redis.Redis(port=port, socket_timeout=5))
+        try:
+            for key in keys:
+                writer.incr(key)
+            wait_for(lambda: writer.stats.written_ops == len(served), timeout=30)
+            wait_for(lambda: writer.stats.redis_errors >= 2, timeout=30)  # resent, refused again
+            assert [node.get(key) for key in served] == ["1"] * len(served)
+            _add_slots(node, 8192, 16383)
+            wait_for(lambda: writer.stats.written_ops == 40 and writer.queue_depth == 0,
+                     timeout=30)  # fmt: skip
+        finally:
+            writer.stop(5)
+        assert [node.get(key) for key in keys] == ["1"] * 40
+        assert writer.stats.rejected_ops == 0 and writer.stats.dropped_ops == 0
+
+
+def test_an_index_follow_up_that_got_no_answer_is_sent_again(redis_srv: RedisServer) -> None:
+    """The second round trip (the index's SADDs) lost: counted as a failed
+    round trip, and sent again once Redis answers, so the index the
+    correlator reads holds every key created."""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    proxy = ReplyCutter(redis_srv.port, b"SADD")
+    proxy.swallow = True  # the SADDs run, their replies never come
+    keys = [f"10.0.4.1;192.0.2.{index};dns" for index in range(5)]
+    writer = started(lambda: redis.Redis(port=proxy.port, socket_timeout=0.5), index=True)
+    try:
+        for key in keys:
+            writer.append(key, "a.")
+        wait_for(lambda: writer.stats.written_ops == 5 and writer.stats.redis_errors >= 1,
+                 timeout=30)  # fmt: skip
+        admin.delete(index_of(keys[0]))  # as if those SADDs had never run
+        proxy.swallow = False
+        proxy.cut()
+        wait_for(lambda: admin.smembers(index_of(keys[0])) == set(keys), timeout=30)
+    finally:
+        writer.stop(5)
+        proxy.close()
+    assert writer.stats.written_ops == 5 and writer.stats.index_lost == 0
+    assert 0 < admin.ttl(index_of(keys[0])) <= 900
+    admin.close()
+
+
+def test_a_noscript_right_after_script_load_leaves_the_appends_queued(
+    redis_srv: RedisServer,
+) -> None:
+    """A SCRIPT FLUSH between the writer's SCRIPT LOAD and its call: the
+    appends stay queued and are sent again after the backoff, never lost."""
+    flushing = [True]
+
+    class FlushedAfterLoad(redis.Redis):
+        def script_load(self, script: Any) -> Any:
+            sha = super().script_load(script)
+            if flushing[0]:
+                self.script_flush()  # another client's flush, at the worst moment
+            return sha
+
+    keys = [f"10.0.5.1;192.0.2.{index};dns" for index in range(3)]
+    writer = started(lambda: FlushedAfterLoad(port=redis_srv.port, socket_timeout=5))
+    try:
+        for key in keys:
+            writer.append(key, "a.")
+        writer.flush()
+        wait_for(lambda: writer.stats.redis_errors >= 2, timeout=30)
+        assert (writer.stats.written_ops, writer.stats.dropped_ops) == (0, 0)
+        assert writer.queue_depth == 3
+        flushing[0] = False
+        wait_for(lambda: writer.stats.written_ops == 3, timeout=30)
+    finally:
+        writer.stop(5)
+    assert writer.stats.dropped_ops == 0
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    assert admin.mget(keys) == [";a.;"] * 3
+    admin.close()
+
+
+@pytest.mark.parametrize("on_cluster", [False, True])
+def test_a_name_with_a_lone_surrogate_is_refused_and_the_rest_written(
+    on_cluster: bool,
+    redis_srv: RedisServer,
+    redis_cluster: RedisCluster,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    if on_cluster:
+        url = redis_cluster.url
+        writer = started(lambda: connect(RedisConfig(url=Secret(url))))
+    else:
+        writer = started(lambda: redis.Redis(port=redis_srv.port, socket_timeout=5))
+    try:
+        writer.append("10.0.5.2;\ud800.example.;dns", "a.")
+        writer.append("10.0.5.2;192.0.2.1;dns", "bad\udc00.")
+        writer.incr("client;\ud800")
+        writer.incr("client;10.0.5.2")
+        writer.append("10.0.5.2;192.0.2.2;dns", "good.")
+        wait_for(lambda: writer.stats.written_ops == 2 and writer.stats.rejected_ops == 3,
+                 timeout=30)  # fmt: skip
+        writer.incr("client;10.0.5.2")  # and the writer goes on
+        wait_for(lambda: writer.stats.written_ops == 3 and writer.queue_depth == 0, timeout=30)
+        assert writer.stats.redis_errors == 0
+    finally:
+        writer.stop(5)
+    lines = refusals(caplog)
+    assert {line["cause"] for line in lines} == {"ENCODING"}
+    assert "surrogates not allowed" in lines[0]["error"]
