@@ -21,14 +21,20 @@ class Uploads(ControllerState):
     # -- after the capture -------------------------------------------------
     def submit(self, worker: Worker, artifact: Artifact, result: ResultEvent) -> None:
         """Hand a captured file to the bounded upload pool, so a slow sink
-        never holds up capturing; tracked until stored, for shutdown."""
-        try:
-            future = self._upload_pool.submit(worker.store, artifact, result)
-        except RuntimeError:  # the pool is shut down: store from this thread
+        never holds up capturing; tracked until stored, for shutdown. It
+        leaves `_capturing` as it enters `_uploads`, under one lock, so
+        shutdown never sees it in neither (and never spools it)."""
+        with self._lock:
+            try:
+                future = self._upload_pool.submit(worker.store, artifact, result)
+            except RuntimeError:  # the pool is shut down: store from this thread
+                future = None
+            else:
+                self._uploads[future] = (worker, artifact, result)
+            self._capturing.discard(worker)
+        if future is None:
             worker.store(artifact, result)
             return
-        with self._lock:
-            self._uploads[future] = (worker, artifact, result)
         future.add_done_callback(self._upload_done)
 
     def _upload_done(self, future: Future[None]) -> None:

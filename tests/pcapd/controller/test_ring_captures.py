@@ -1,7 +1,8 @@
 """Ring captures through the controller in-process (a ring on lo, a real
-redis-server, local disk only): a stored capture's file is freed with its
-last reference, not left to the cycle collector, and stores (and the taking
-of watched captures) run on the upload pool, never on a capture thread."""
+redis-server): a stored capture's file is freed with its last reference,
+not left to the cycle collector; stores run on the upload pool, never on a
+capture thread; and a watched capture is taken on a capture thread, never
+queued behind the uploads in progress (nor lost by shutdown)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,22 @@ from pathlib import Path
 import pytest
 
 from pcapd.controller import Controller
+from pcapd.core.config import parse_config
 from pcapd.core.logs import _FIELDS
+from pcapd.core.redis_conn import connect
+from pcapd.core.results import ResultPublisher
+from pcapd.engine import HandlePool
 from pcapd.ring import Ring
 from tests.helpers import RedisServer, free_port, needs_root, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, build, idle, request
+from tests.uploaders.cloudshark_server import CloudsharkServer
+from tests.uploaders.conftest import CS_TOKEN, cs_config
+from uploaders.cloudshark import CloudsharkUploader
+from uploaders.deliver import Deliverer
+from uploaders.retry import RetryPolicy
+from uploaders.spool import Spool
 
 pytestmark = needs_root
 
@@ -73,7 +84,7 @@ def test_a_stored_ring_capture_and_its_file_are_freed_with_their_result(
         ctl.shutdown(5)
 
 
-def test_stores_and_watched_captures_are_taken_on_upload_threads_not_capture_threads(
+def test_stores_run_on_upload_threads_not_capture_threads(
     redis_srv: RedisServer,
     results: Results,
     tmp_path: Path,
@@ -108,3 +119,63 @@ def test_stores_and_watched_captures_are_taken_on_upload_threads_not_capture_thr
     assert set(done) == set(sent), done
     for request_id, thread in done.items():
         assert (thread or "").startswith("upload"), (request_id, thread)
+
+
+@pytest.fixture
+def cloudshark() -> Iterator[CloudsharkServer]:
+    """A remote sink whose uploads hang until released."""
+    server = CloudsharkServer(token=CS_TOKEN)
+    server.hang = threading.Event()
+    server.hang.set()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.stop()
+
+
+def test_a_watched_capture_is_answered_while_an_upload_hangs_and_shutdown_spools_the_upload(
+    redis_srv: RedisServer,
+    results: Results,
+    tmp_path: Path,
+    ring: Ring,
+    cloudshark: CloudsharkServer,
+) -> None:
+    """One upload thread, busy with a hanging upload: a watched capture that
+    ends meanwhile (empty) is answered and acked at once, not queued behind
+    it, and shutdown spools the hanging one within its timeout."""
+    config = parse_config(
+        {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 4_000_000},
+         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1, "upload_workers": 1}},
+    )  # fmt: skip
+    spool = Spool(tmp_path / "spool", 64 * 1024 * 1024)
+    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=30.0))
+    ctl = Controller(
+        config,
+        publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
+        deliverer=Deliverer([uploader], RetryPolicy.from_config(config.delivery), spool),
+        pool=HandlePool((), config.general.buffer_size),
+        rings={"lo": ring},
+    )
+    try:
+        port = free_port()
+        hung = Recorded(request(port, id="hung", packets=2, timeout=10))
+        ctl.handle(hung.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        wait_for(lambda: cloudshark.requests >= 1, timeout=20)  # the one upload thread hangs
+        empty = Recorded(request(free_port(), id="empty", duration=1))
+        ctl.handle(empty.delivery)
+        assert results.for_id("empty", timeout=15)["status"] == "empty"
+        wait_for(lambda: empty.acks == 1, timeout=10)
+        assert ctl.shutdown(3)
+        event = results.for_id("hung")
+        assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+        [entry] = spool.list()
+        assert entry.pending == ("cloudshark",) and entry.sha256 == event["sha256"]
+        assert hung.acks == 1
+    finally:
+        cloudshark.release.set()
+        ctl.shutdown(5)
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.publisher.stop(5)
