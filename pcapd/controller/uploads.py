@@ -3,6 +3,7 @@ uploads waited for, the ones still hanging spooled for the next run)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
@@ -23,13 +24,11 @@ class Uploads(ControllerState):
         """Hand a captured file to the bounded upload pool, so a slow sink
         never holds up capturing; tracked until stored, for shutdown. It
         leaves `_capturing` as it enters `_uploads`, under one lock, so
-        shutdown never sees it in neither (and never spools it)."""
+        shutdown always finds it in one of them (and spools it if it must)."""
+        future: Future[None] | None = None
         with self._lock:
-            try:
+            with contextlib.suppress(RuntimeError):  # shut down: stored from this thread
                 future = self._upload_pool.submit(worker.store, artifact, result)
-            except RuntimeError:  # the pool is shut down: store from this thread
-                future = None
-            else:
                 self._uploads[future] = (worker, artifact, result)
             self._capturing.discard(worker)
         if future is None:
