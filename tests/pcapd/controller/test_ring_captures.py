@@ -17,22 +17,15 @@ from pathlib import Path
 import pytest
 
 from pcapd.controller import Controller
-from pcapd.core.config import parse_config
 from pcapd.core.logs import _FIELDS
-from pcapd.core.redis_conn import connect
-from pcapd.core.results import ResultPublisher
-from pcapd.engine import HandlePool
 from pcapd.ring import Ring
 from tests.helpers import RedisServer, free_port, needs_root, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, build, idle, request
 from tests.uploaders.cloudshark_server import CloudsharkServer
-from tests.uploaders.conftest import CS_TOKEN, cs_config
-from uploaders.cloudshark import CloudsharkUploader
-from uploaders.deliver import Deliverer
-from uploaders.retry import RetryPolicy
-from uploaders.spool import Spool
+from tests.uploaders.conftest import cloudshark  # noqa: F401  (a fixture)
+from tests.uploaders.test_controller_spool import hanging_controller
 
 pytestmark = needs_root
 
@@ -125,42 +118,18 @@ def test_stores_run_on_upload_threads_not_capture_threads(
         assert (thread or "").startswith("upload"), (request_id, thread)
 
 
-@pytest.fixture
-def cloudshark() -> Iterator[CloudsharkServer]:
-    """A remote sink whose uploads hang until released."""
-    server = CloudsharkServer(token=CS_TOKEN)
-    server.hang = threading.Event()
-    server.hang.set()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.stop()
-
-
 def test_a_watched_capture_is_answered_while_an_upload_hangs_and_shutdown_spools_the_upload(
     redis_srv: RedisServer,
     results: Results,
     tmp_path: Path,
     ring: Ring,
-    cloudshark: CloudsharkServer,
+    cloudshark: CloudsharkServer,  # noqa: F811  (the fixture, imported)
 ) -> None:
     """One upload thread, busy with a hanging upload: a watched capture that
     ends meanwhile (empty) is answered and acked at once, not queued behind
     it, and shutdown spools the hanging one within its timeout."""
-    config = parse_config(
-        {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 4_000_000},
-         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1, "upload_workers": 1}},
-    )  # fmt: skip
-    spool = Spool(tmp_path / "spool", 64 * 1024 * 1024)
-    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=30.0))
-    ctl = Controller(
-        config,
-        publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
-        deliverer=Deliverer([uploader], RetryPolicy.from_config(config.delivery), spool),
-        pool=HandlePool((), config.general.buffer_size),
-        rings={"lo": ring},
+    ctl, spool = hanging_controller(
+        redis_srv, tmp_path / "spool", cloudshark, rings={"lo": ring}, upload_workers=1
     )
     try:
         port = free_port()
