@@ -131,7 +131,7 @@ class Worker:
     def watch(self, watcher: Watcher) -> None:
         """Serve a ring capture with no lookback to copy without a thread of
         its own: the ring's reader or `watcher` hands it over when it is
-        over, and an upload thread takes it from there (`_over`). The job
+        over, and a capture thread takes it from there (`_over`). The job
         and the gate are set before."""
         served, gate = self.served, self.gate
         assert served is not None and gate is not None
@@ -141,15 +141,16 @@ class Worker:
 
     def _over(self, reason: str) -> None:
         """Handed over, on the reader's or the watcher's thread (it must not
-        block): the rest (the claims' answer, the store) on an upload thread,
-        so a slow disk holds up stores, never capture threads."""
-        self.controller.on_upload_thread(self._complete, reason)
+        block): the rest (the claims' answer, then its result or its store
+        handed to the upload pool) on a capture thread, never behind the
+        uploads in progress."""
+        self.controller.on_capture_thread(self._complete, reason)
 
     def _complete(self, reason: str) -> None:
         """A watched capture is over: take it, as `run` would; never raises."""
         try:
             assert self.served is not None
-            self._ring_done(self.served.outcome(reason), storing=True)
+            self._ring_done(self.served.outcome(reason))
         except Exception as exc:
             self._crashed(exc)
 
@@ -172,9 +173,8 @@ class Worker:
             )  # fmt: skip
         self.settle(durable=False)
 
-    def _ring_done(self, outcome: CaptureOutcome, *, storing: bool = False) -> None:
-        """A ring capture's end: its result, unless its claims found it
-        taken. `storing`: on an upload thread already (`_captured`)."""
+    def _ring_done(self, outcome: CaptureOutcome) -> None:
+        """A ring capture's end: its result, unless its claims found it taken."""
         gate = self.gate
         if gate is not None and not gate.passed():
             self.job = None  # a duplicate or a replay: the gate answered it
@@ -182,7 +182,7 @@ class Worker:
             return
         assert self.served is not None
         self.warnings = (*self.warnings, *self.served.warnings)
-        self._captured(outcome, storing=storing)
+        self._captured(outcome)
 
     def _run(self) -> None:
         ctl = self.controller
@@ -272,9 +272,9 @@ class Worker:
         if self.job is not None:
             self.controller.metrics.active(at - self.job.delivery.received)
 
-    def _captured(self, outcome: CaptureOutcome, *, storing: bool = False) -> None:
+    def _captured(self, outcome: CaptureOutcome) -> None:
         """Free the slot at once; keep memory and disk for the file until it
-        is stored, by the upload pool (`storing`: on one of its threads)."""
+        is stored, by the upload pool."""
         ctl = self.controller
         ctl.metrics.captured(outcome)
         packets, data = outcome.packets, outcome.data
@@ -304,15 +304,7 @@ class Worker:
             format=self.request.format, sha256=result.sha256 or "", request=self.request,
             node=ctl.node, interface=self.interface,
         )  # fmt: skip
-        if storing and not ctl.deliverer.has_remote:
-            # A watched ring capture bound for local disk only is stored by
-            # the upload thread that took it: no second hand-off (a wake-up
-            # and a turn at the GIL each). Shutdown waits for it, tracked
-            # until it settles.
-            self.store(artifact, result)
-            return
-        ctl.untrack(self)
-        ctl.submit(self, artifact, result)
+        ctl.submit(self, artifact, result)  # no longer capturing: now an upload
 
     def store(self, artifact: Artifact, result: ResultEvent) -> None:
         """Deliver to every sink (an upload worker's job), then finish."""

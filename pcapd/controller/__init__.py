@@ -104,7 +104,7 @@ class Controller(Answers, Uploads):
         finally:
             with self._lock:
                 self._handling -= 1
-                if status is not None:  # None: the capture thread counts it
+                if status is not None:  # None: its `ClaimGate` counts it, on a capture thread
                     self._requests[delivery.source, status] += 1
 
     def request_counts(self) -> dict[tuple[str, str], int]:
@@ -118,7 +118,8 @@ class Controller(Answers, Uploads):
 
     def _handle(self, delivery: Delivery) -> str | None:
         """Serve `delivery`; what became of it (see `request_counts`), or None
-        when a capture thread decides it (`ClaimGate`)."""
+        when its claims' answer decides it (`ClaimGate`, on the capture thread
+        that first takes one of its captures)."""
         parsed = self._parse(delivery)  # steps 1-2
         if isinstance(parsed, str):
             return parsed

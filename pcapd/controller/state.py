@@ -77,10 +77,11 @@ class ControllerState:
         )
         # Captures run on reused threads: starting a thread costs the trigger
         # thread ~0.3-1 ms (it waits for the new thread to run), a submit ~20 us.
-        # These threads only capture (a file is stored, and a watched ring
-        # capture taken, on the upload pool): at most max_concurrent captures
-        # hold a slot, and one that frees its slot gives its thread back just
-        # after (the spares cover that), so an admitted one never waits.
+        # These threads capture, and take a watched ring capture once it is
+        # over (its claims' answer, bounded); files are stored on the upload
+        # pool. At most max_concurrent captures hold a slot, and one that
+        # frees its slot gives its thread back just after (the spares cover
+        # that), so an admitted one never waits.
         self._capture_pool = ThreadPoolExecutor(
             max_workers=config.general.max_concurrent + CAPTURE_THREADS_SPARE,
             thread_name_prefix="capture",
@@ -101,11 +102,11 @@ class ControllerState:
         with self._lock:
             return len(self._capturing)
 
-    def on_upload_thread(self, task: Callable[[str], None], arg: str) -> None:
-        """`task(arg)` on an upload thread (bounded by upload_workers, off the
-        capture threads); on this one once they are shut down."""
+    def on_capture_thread(self, task: Callable[[str], None], arg: str) -> None:
+        """`task(arg)` on a capture thread (never queued behind uploads); on
+        this one once they are shut down."""
         try:
-            self._upload_pool.submit(task, arg)
+            self._capture_pool.submit(task, arg)
         except RuntimeError:
             task(arg)
 

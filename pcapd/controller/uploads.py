@@ -3,6 +3,7 @@ uploads waited for, the ones still hanging spooled for the next run)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
@@ -21,14 +22,18 @@ class Uploads(ControllerState):
     # -- after the capture -------------------------------------------------
     def submit(self, worker: Worker, artifact: Artifact, result: ResultEvent) -> None:
         """Hand a captured file to the bounded upload pool, so a slow sink
-        never holds up capturing; tracked until stored, for shutdown."""
-        try:
-            future = self._upload_pool.submit(worker.store, artifact, result)
-        except RuntimeError:  # the pool is shut down: store from this thread
+        never holds up capturing; tracked until stored, for shutdown. It
+        leaves `_capturing` as it enters `_uploads`, under one lock, so
+        shutdown always finds it in one of them (and spools it if it must)."""
+        future: Future[None] | None = None
+        with self._lock:
+            with contextlib.suppress(RuntimeError):  # shut down: stored from this thread
+                future = self._upload_pool.submit(worker.store, artifact, result)
+                self._uploads[future] = (worker, artifact, result)
+            self._capturing.discard(worker)
+        if future is None:
             worker.store(artifact, result)
             return
-        with self._lock:
-            self._uploads[future] = (worker, artifact, result)
         future.add_done_callback(self._upload_done)
 
     def _upload_done(self, future: Future[None]) -> None:

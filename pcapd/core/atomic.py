@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import random
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from pcapd.core.logs import event
+
+log = logging.getLogger("pcapd.core.atomic")
 
 FILE_MODE = 0o640
 TMP_PREFIX = "."
@@ -94,6 +99,7 @@ class OpenDirectory:
         try:
             yield fd
         finally:
+            closer = None
             with self._lock:
                 self._users[fd] -= 1
                 close = not self._users[fd] and fd in self._retired
@@ -102,18 +108,35 @@ class OpenDirectory:
                     self._retired.discard(fd)
                 self._last_use = time.monotonic()
                 if self._closer is None and self._fd is not None:
-                    self._arm_locked(self.idle_close)
+                    closer = self._closer_locked(self.idle_close)
             if close:
                 os.close(fd)
+            self._start(closer)
 
-    def _arm_locked(self, delay: float) -> None:
+    def _closer_locked(self, delay: float) -> threading.Timer:
         # One timer at a time, re-armed for what is left: under a storm one
         # timer thread per `idle_close`, not one per write.
         self._closer = threading.Timer(delay, self._close_if_idle)
         self._closer.daemon = True
-        self._closer.start()
+        return self._closer
+
+    def _start(self, closer: threading.Timer | None) -> None:
+        """Start `closer` outside the lock. One that cannot start (no thread
+        to be had) fails no write, done already: the descriptor stays open
+        until a later write arms another."""
+        if closer is None:
+            return
+        try:
+            closer.start()
+        except RuntimeError as exc:
+            with self._lock:
+                if self._closer is closer:
+                    self._closer = None
+            event(log, "directory_closer_failed", logging.WARNING, path=str(self.path),
+                  error=repr(exc))  # fmt: skip
 
     def _close_if_idle(self) -> None:
+        closer = None
         with self._lock:
             self._closer = None
             fd = self._fd
@@ -121,11 +144,14 @@ class OpenDirectory:
                 return
             left = self._last_use + self.idle_close - time.monotonic()
             if left > 0 or self._users.get(fd):
-                self._arm_locked(max(left, 0.0) or self.idle_close)
-                return
-            self._fd = None
-            self._users.pop(fd, None)
-        os.close(fd)
+                closer = self._closer_locked(max(left, 0.0) or self.idle_close)
+            else:
+                self._fd = None
+                self._users.pop(fd, None)
+        if closer is not None:
+            self._start(closer)
+        else:
+            os.close(fd)
 
     def _take(self, check: bool) -> int:
         found = os.stat(self.path) if check or self._fd is None else None
@@ -224,7 +250,9 @@ def _link_named_at(
     try:
         os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     finally:
-        os.unlink(tmp, dir_fd=dir_fd)
+        # Gone already (removed by hand, say): the link's own error, if any, tells.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
 
 
 def _replace_at(

@@ -96,9 +96,11 @@ class RingCapture:
     def _let_go(self) -> None:
         """Unregistered: drop what refers back to it (the ring's call on its
         feed's end, the watched hand-over to its worker), so its file is
-        freed with its last reference, not when the cycle collector runs."""
+        freed with its last reference, not when the cycle collector runs.
+        `_stop` is kept: it is in no cycle, and a `look` under way may
+        still read it."""
         self._feed.on_full = None
-        self._over = self._stop = None
+        self._over = None
 
     @property
     def interface(self) -> str:
@@ -131,13 +133,13 @@ class RingCapture:
         that ends the capture (the ring's reader, or the watcher): then its
         `outcome` is to be taken. True: over already, `over` called here."""
         self._stop, self._over = stop, over
-        return self.full and self._hand_over("")
+        return self.full and self.hand_over("")
 
     def filled(self) -> None:
         """Its feed ended (a bound, the ring's stop or failure): the reader's
         call, under the ring's lock, so the hand-over must not block."""
         if self._over is not None and not self.done:
-            self._hand_over("")
+            self.hand_over("")
 
     def look(self, now: float) -> float | None:
         """The watcher's look at its timed bounds: when to look again, or None
@@ -150,7 +152,7 @@ class RingCapture:
         if self._flush_until:
             if now < self._flush_until:
                 return self._flush_until
-            self._hand_over(self._reason)
+            self.hand_over(self._reason)
             return None
         if feed.count != self._seen:
             self._seen, self._last_packet = feed.count, now
@@ -159,24 +161,20 @@ class RingCapture:
         reason = timed_stop(self._stop, now, deadline, self._last_packet, limits.timeout)
         if reason:
             self._reason = reason
-            self._cut(feed)
+            self.cut()
             self._flush_until = now + STOP_FLUSH
             return self._flush_until
         return min(deadline, self._last_packet + limits.timeout)
 
-    def _hand_over(self, reason: str) -> bool:
-        """Call `over` unless it was called already: True the first time."""
+    def hand_over(self, reason: str) -> bool:
+        """Call `over` unless it was called already: True the first time.
+        The watcher's, too, for a capture it cannot look at."""
         if not self._handed.acquire(blocking=False):
             return False
         over = self._over
         if over is not None:  # else it was cancelled meanwhile: nothing to take
             over(reason)
         return True
-
-    def hand_over(self, reason: str) -> None:
-        """End the watch now (`over(reason)`, unless called already): what
-        the watcher does with a capture it cannot look at."""
-        self._hand_over(reason)
 
     def outcome(self, stop_reason: str = "") -> CaptureOutcome:
         """The capture as it ended (`stop_reason`, unless its feed ended it),
@@ -198,11 +196,12 @@ class RingCapture:
             lookback=self.lookback, ring=True,
         )  # fmt: skip
 
-    def _cut(self, feed: Feed) -> None:
-        """A timed stop: packets stamped from now on are not kept, and the
-        kernel's drops so far are its window's."""
+    def cut(self) -> None:
+        """A timed stop (or the watcher's, for a capture it cannot look
+        at): packets stamped from now on are not kept, and the kernel's
+        drops so far are its window's."""
         self._cut_drops = self._ring.dropped
-        feed.cutoff = time.time_ns()
+        self._feed.cutoff = time.time_ns()
 
     def _wait(self, stop: StopSignal) -> str:
         """Until the capture is full, or a timed bound or shutdown ends it."""
@@ -219,7 +218,7 @@ class RingCapture:
             reason = timed_stop(stop, now, deadline, last_packet, limits.timeout)
             if reason:
                 # Packets stamped before now may still sit in the kernel's block.
-                self._cut(feed)
+                self.cut()
                 done.wait(STOP_FLUSH)
                 return reason
             wake = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT)

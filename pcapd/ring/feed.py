@@ -54,7 +54,7 @@ class Feed:
     the file after the lookback part."""
 
     __slots__ = (
-        "__weakref__", "buf", "count", "cutoff", "debug", "done", "dropped", "drops", "error",
+        "buf", "count", "cutoff", "debug", "done", "dropped", "drops", "error",
         "full", "holding", "lock", "match", "max_bytes", "max_packets", "on_full", "over",
         "pcapng", "since", "size", "snap", "stop", "tail", "tail_count", "trigger", "whole",
     )  # fmt: skip

@@ -24,7 +24,7 @@ from pcapd.ring.capture import RingCapture
 log = logging.getLogger("pcapd.ring")
 
 # The stop reason of a capture the watcher could not look at: ended now, as
-# shutdown ends it (the result's stop is one of events.STOPS).
+# shutdown ends it (the result's stop is one of events.STOPS), with a warning.
 WATCH_FAILED = "shutdown"
 
 
@@ -93,12 +93,16 @@ class Watcher:
 
     def _look(self, capture: RingCapture, now: float) -> float | None:
         """`capture.look(now)` (it hands itself over if time ended it). A
-        capture that raises is logged and handed over as it is, and the
-        others are still watched: one bug ends one capture, not the thread."""
+        capture that raises is logged, cut now and handed over with what it
+        has, its result saying why, and the others are still watched: one
+        bug ends one capture, not the thread."""
         try:
             return capture.look(now)
-        except Exception:
+        except Exception as exc:
             event(log, "ring_watch_failed", logging.ERROR, exc_info=True,
                   interface=capture.interface)  # fmt: skip
+            capture.warnings += (f"ended early: its bounds could not be checked ({exc!r}; "
+                                 f"log event=ring_watch_failed)",)  # fmt: skip
+            capture.cut()
             capture.hand_over(WATCH_FAILED)
             return None

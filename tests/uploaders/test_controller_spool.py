@@ -16,6 +16,7 @@ from pcapd.core.config import parse_config
 from pcapd.core.redis_conn import connect
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool
+from pcapd.ring import Ring
 from tests.helpers import RedisServer, fill, free_port, needs_root, tmpfs, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
@@ -31,23 +32,37 @@ from uploaders.s3 import S3Uploader
 from uploaders.spool import Spool
 
 
-def test_hanging_upload_is_spooled_at_shutdown(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
-) -> None:
+def hanging_controller(
+    redis_srv: RedisServer,
+    spool_dir: Path,
+    cloudshark: CloudsharkServer,
+    rings: dict[str, Ring] | None = None,
+    **delivery: Any,
+) -> tuple[Controller, Spool]:
+    """A controller with a spool whose one sink, CloudShark, hangs until
+    `cloudshark.release` is set."""
     cloudshark.hang = threading.Event()
     cloudshark.hang.set()
     config = parse_config(
         {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 4_000_000},
-         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1}},
+         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1, **delivery}},
     )  # fmt: skip
-    spool = Spool(tmp_path / "spool", 64 * 1024 * 1024)
-    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=10.0))
+    spool = Spool(spool_dir, 64 * 1024 * 1024)
+    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=30.0))
     ctl = Controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
         deliverer=Deliverer([uploader], RetryPolicy.from_config(config.delivery), spool),
         pool=HandlePool((), config.general.buffer_size),
+        rings=rings,
     )
+    return ctl, spool
+
+
+def test_hanging_upload_is_spooled_at_shutdown(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
     port = free_port()
     got = Recorded(request(port, id="hung", packets=2))
     ctl.handle(got.delivery)

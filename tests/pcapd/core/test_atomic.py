@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,27 @@ def test_an_idle_open_directory_lets_go_of_its_descriptor_and_opens_it_again(
     with opened.held():
         time.sleep(0.6)  # idle twice over, but held by a writer: stays open
         assert _open_fds_on(tmp_path) == 1
+    wait_for(lambda: _open_fds_on(tmp_path) == 0, timeout=10)
+    assert sorted(os.listdir(tmp_path)) == ["one", "two"]
+
+
+def test_a_closer_that_cannot_start_fails_no_write_and_the_next_write_arms_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread to be had for the idle closer (what the OS says when a
+    process has too many): the file is written all the same."""
+
+    def refused(self: threading.Timer) -> None:
+        raise RuntimeError("can't start new thread")
+
+    opened = OpenDirectory(tmp_path, idle_close=0.3)
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Timer, "start", refused)
+        opened.write("one", b"1", overwrite=False)
+    assert (tmp_path / "one").read_bytes() == b"1"
+    time.sleep(0.6)  # idle twice over, but no closer: still open
+    assert _open_fds_on(tmp_path) == 1
+    opened.write("two", b"2", overwrite=False)  # arms one, and it starts
     wait_for(lambda: _open_fds_on(tmp_path) == 0, timeout=10)
     assert sorted(os.listdir(tmp_path)) == ["one", "two"]
 

@@ -141,6 +141,12 @@ def test_a_capture_the_watcher_cannot_look_at_is_handed_over_and_the_rest_still_
         finally:
             ring.stop()
     assert handed.calls == {"broken": [WATCH_FAILED], "later": ["duration"]}
+    # Cut where it failed, and its result says why it ended early.
+    assert broken._feed.cutoff and broken._cut_drops is not None
+    assert broken.warnings[-1:] == (
+        "ended early: its bounds could not be checked (RuntimeError('broken stop signal'); "
+        "log event=ring_watch_failed)",
+    )
     failed = [r for r in caplog.records if r.msg == "ring_watch_failed"]
     assert len(failed) == 1 and failed[0].exc_info is not None
     assert getattr(failed[0], _FIELDS) == {"interface": link.pair.dev_a}
