@@ -9,12 +9,14 @@ it once; pub/sub cannot be taken back, so a subscriber may get a message
 twice, with the same `event_id` (pcapd's readers drop the second).
 redis-py's own retries are off on the publisher's client: a resend is always
 this module's, seen and logged. What Redis refuses for good (NOPERM,
-WRONGTYPE) is not resent: that event is logged lost, the others go on.
+WRONGTYPE: `redis_conn.refused_for_good`) is not resent: that event is logged
+lost, the others go on.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import itertools
 import logging
 import threading
@@ -26,13 +28,20 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from pcapd.core.backoff import Backoff
+from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client, is_cluster, publish, same_slot_prefix
+from pcapd.core.redis_conn import (
+    Client,
+    is_cluster,
+    publish,
+    refused_for_good,
+    same_slot_prefix,
+)
 
 log = logging.getLogger("pcapd.core.results")
 
@@ -65,6 +74,17 @@ def event_mark_key(stream: str, event_id: str) -> str:
     """The one spelling of a result's marker: in the stream's hash slot, so
     one script touches both on a cluster."""
     return f"{same_slot_prefix(stream)}:event:{event_id}"
+
+
+class Sent(enum.Enum):
+    """What became of a result `publish` was given. Truthy only when SENT."""
+
+    SENT = "sent"
+    REFUSED = "refused"  # refused for good: logged lost; a resend would be too
+    UNREACHABLE = "unreachable"  # Redis away past the attempts: logged lost; try later
+
+    def __bool__(self) -> bool:
+        return self is Sent.SENT
 
 
 def with_event_id(result: ResultEvent) -> ResultEvent:
@@ -101,20 +121,23 @@ class ResultPublisher:
         self._thread: threading.Thread | None = None
 
     # -- synchronous -----------------------------------------------------
-    def publish(self, result: ResultEvent, reply_to: str | None = None) -> bool:
+    def publish(self, result: ResultEvent, reply_to: str | None = None) -> Sent:
         """Send now: up to PUBLISH_ATTEMPTS tries PUBLISH_BACKOFF apart while
-        Redis is unreachable; False (and `result_lost` logged) once they are
-        spent, or at once when Redis refuses it (NOPERM, WRONGTYPE: no resend
-        would do better)."""
-        result = with_event_id(result)
+        Redis is unreachable (or busy, loading ...); UNREACHABLE (and
+        `result_lost` logged) once they are spent, REFUSED (logged) at once
+        when Redis refuses it for good (NOPERM, WRONGTYPE: no resend would do
+        better). An `event_id` the result carries is kept (a resend of the
+        same result is then in the stream once); else it gets a new one."""
+        if result.event_id is None:
+            result = with_event_id(result)
         backoff = PUBLISH_BACKOFF.tracker()
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             error, refused = self._send_all([(result, reply_to)])
             if refused:
                 _log_lost(result, f"refused by Redis: {refused[0]}")
-                return False
+                return Sent.REFUSED
             if error is None:
-                return True
+                return Sent.SENT
             wait = backoff.failed() if attempt < PUBLISH_ATTEMPTS else 0.0
             event(
                 log, "result_publish_failed", logging.WARNING,
@@ -122,7 +145,7 @@ class ResultPublisher:
             )  # fmt: skip
             time.sleep(wait)
         _log_lost(result, f"Redis unreachable after {PUBLISH_ATTEMPTS} attempts")
-        return False
+        return Sent.UNREACHABLE
 
     def _send_all(self, batch: list[_Pending]) -> tuple[str | None, dict[int, str]]:
         """Send `batch` in one pipeline: (the connection error, when it must
@@ -149,12 +172,12 @@ class ResultPublisher:
                     errors = [r for r in replies[start:end] if isinstance(r, redis.ResponseError)]
                     start = end
                     for error in errors:
-                        if not refusal(error):
-                            raise error  # READONLY after a failover: reconnect, resend
+                        if not refused_for_good(error, cluster=False):
+                            raise error  # READONLY after a failover, BUSY: reconnect, resend
                     if errors:
                         refused[at] = _describe(errors[0])
                 return None, refused
-            except (redis.RedisError, OSError, AttributeError) as exc:
+            except _TRANSIENT as exc:
                 self._client = None
                 return _describe(exc), {}
 
@@ -205,12 +228,20 @@ class ResultPublisher:
         self._thread = threading.Thread(target=self._run, name="results", daemon=True)
         self._thread.start()
 
-    def submit(self, result: ResultEvent, reply_to: str | None = None) -> None:
-        """Queue `result`; never blocks. Without a running thread, send now."""
+    def submit(self, result: ResultEvent, reply_to: str | None = None) -> bool:
+        """Queue `result` as a new event; never blocks. Without a running
+        thread, send now. False (`result_lost` logged) once `stop` was called,
+        or when sent now and Redis stayed unreachable: it will not be sent."""
+        result = with_event_id(result)
         if self._thread is None:
-            self.publish(result, reply_to)
-            return
-        self._queue((with_event_id(result), reply_to))
+            return self.publish(result, reply_to) is not Sent.UNREACHABLE
+        with self._wake:
+            stopping = self._stopping
+        if stopping:
+            self._lost(result, "submitted after the publisher stopped")
+            return False
+        self._queue((result, reply_to))
+        return True
 
     def later(self, commands: Commands) -> None:
         """Queue `commands` behind the results queued so far; never blocks.
@@ -254,7 +285,8 @@ class ResultPublisher:
         for item in left:
             _log_lost(item, "Redis unreachable at shutdown")
         lost = sum(isinstance(item, ResultEvent) for item in left)
-        self.dropped += lost
+        with self._wake:
+            self.dropped += lost
         return lost
 
     def _run(self) -> None:
@@ -266,31 +298,42 @@ class ResultPublisher:
                 if not self._pending:
                     return
                 batch = list(itertools.islice(self._pending, SEND_BATCH))
-            error, refused = self._send_all(batch)
-            for at, why in refused.items():
-                self._lost(batch[at][0], f"refused by Redis: {why}")
-            if error is None:
-                backoff.succeeded()
+            try:
+                self._send_batch(batch, backoff)
+            except Exception:  # a bug here must not stop every later result
+                event(log, "result_publisher_failed", logging.ERROR, exc_info=True)
                 with self._wake:
-                    # What submit() dropped meanwhile went from the front.
-                    for item in batch:
-                        if self._pending and self._pending[0] is item:
-                            self._pending.popleft()
-                continue
-            wait = backoff.failed()
-            first = batch[0][0]
-            event(
-                log, "result_publish_failed", logging.WARNING, error=error,
-                id=first.id if isinstance(first, ResultEvent) else None,
-                waiting=len(self._pending), retry_in=round(wait, 2),
-            )  # fmt: skip
+                    self._wake.wait(backoff.failed())
+
+    def _send_batch(self, batch: list[_Pending], backoff: BackoffTracker) -> None:
+        """One round of `_run`: `batch` sent and taken off the queue, or
+        (Redis away) a wait before the next round."""
+        error, refused = self._send_all(batch)
+        for at, why in refused.items():
+            self._lost(batch[at][0], f"refused by Redis: {why}")
+        if error is None:
+            backoff.succeeded()
             with self._wake:
-                self._wake.wait(wait)
+                # What submit() dropped meanwhile went from the front.
+                for item in batch:
+                    if self._pending and self._pending[0] is item:
+                        self._pending.popleft()
+            return
+        wait = backoff.failed()
+        first = batch[0][0]
+        event(
+            log, "result_publish_failed", logging.WARNING, error=error,
+            id=first.id if isinstance(first, ResultEvent) else None,
+            waiting=len(self._pending), retry_in=round(wait, 2),
+        )  # fmt: skip
+        with self._wake:
+            self._wake.wait(wait)
 
 
 class _Refusals:
-    """A cluster client whose commands run at once, a refusal (`refusal`)
-    noted and returned instead of raised: the item's other commands still go."""
+    """A cluster client whose commands run at once, a refusal for good
+    (`refused_for_good`) noted and returned instead of raised: the item's
+    other commands still go."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -303,7 +346,7 @@ class _Refusals:
             try:
                 return method(*args, **kwargs)
             except redis.ResponseError as exc:
-                if not refusal(exc):
+                if not refused_for_good(exc, cluster=True):
                     raise
                 self.first = self.first or _describe(exc)
                 return exc
@@ -311,17 +354,10 @@ class _Refusals:
         return run
 
 
-def refusal(exc: redis.ResponseError) -> bool:
-    """Whether Redis refused a command for good (NOPERM, WRONGTYPE, ERR ...),
-    so sending it again is pointless; False for the replies of a node in
-    transition (READONLY after a failover, OOM, TRYAGAIN, CLUSTERDOWN,
-    NOSCRIPT), which a later resend may get past."""
-    transient = (
-        redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-        redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
-        redis.exceptions.NoScriptError, redis.exceptions.AskError,
-    )  # fmt: skip
-    return not isinstance(exc, transient)
+# What `_send_all` takes for Redis unreachable (all goes again): redis-py's
+# errors, the socket's, a cluster's that are not RedisError (a slot no node
+# serves), and redis-py 8's AttributeError inside connect().
+_TRANSIENT = (redis.RedisError, RedisClusterException, OSError, AttributeError)
 
 
 def _describe(exc: Exception) -> str:

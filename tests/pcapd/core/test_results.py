@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -11,12 +12,19 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from pcapd.core import results as results_module
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
-from pcapd.core.results import PUBLISH_BACKOFF, ResultPublisher, event_mark_key, with_event_id
+from pcapd.core.results import (
+    PUBLISH_BACKOFF,
+    ResultPublisher,
+    Sent,
+    event_mark_key,
+    with_event_id,
+)
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster, RedisServer, reply_cutter, wait_for
 from tests.pcapd.daemon_fixture import Results
@@ -163,7 +171,7 @@ def test_redis_py_does_not_resend_behind_the_publisher(redis_srv: RedisServer) -
     (redis-py resending inside one would show as more copies, and `publish`
     would not give up), and the stream still holds the event once."""
     channel = Results(redis_srv)
-    outcome: list[bool] = []
+    outcome: list[Sent] = []
     with reply_cutter(redis_srv.port) as proxy:
         config = RedisConfig(port=proxy.port)
         pub = ResultPublisher(functools.partial(connect, config, socket_timeout=30), config)
@@ -175,7 +183,7 @@ def test_redis_py_does_not_resend_behind_the_publisher(redis_srv: RedisServer) -
                 channel.next(timeout=20)
                 proxy.cut()
             sender.join(20)
-            assert outcome == [False]
+            assert outcome == [Sent.UNREACHABLE]
         finally:
             proxy.cut()
             sender.join(20)
@@ -261,7 +269,7 @@ def test_publish_waits_out_a_redis_restart(
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
     pub = publisher(private_redis)
     private_redis.stop()
-    outcome: list[bool] = []
+    outcome: list[Sent] = []
     sender = threading.Thread(target=lambda: outcome.append(pub.publish(result(1))))
     sender.start()
     try:
@@ -269,7 +277,7 @@ def test_publish_waits_out_a_redis_restart(
         private_redis.start()
     finally:
         sender.join(30)
-    assert outcome == [True]
+    assert outcome == [Sent.SENT]
     assert [e["id"] for _, e in stream_events(private_redis.client())] == ["r1"]
 
 
@@ -342,7 +350,7 @@ def test_publish_refused_gives_up_at_once(
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
     config = deny(redis_srv, "eval")
     pub = ResultPublisher(functools.partial(connect, config), config)
-    assert not pub.publish(result(1))
+    assert pub.publish(result(1)) is Sent.REFUSED
     assert "result_publish_failed" not in caplog.text
     assert "result_lost" in caplog.text and "NOPERM" in caplog.text
 
@@ -388,3 +396,77 @@ def test_a_refusal_on_a_cluster_is_the_event_s_alone(redis_cluster: RedisCluster
         pubsub.close()
         own.close()
         client.close()
+
+
+def test_a_busy_redis_is_waited_out_not_taken_for_a_refusal(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long script elsewhere: Redis answers BUSY to every command (PUBLISH
+    too) until it is killed. The result is resent, not dropped, and arrives
+    once the script is gone."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    admin = private_redis.client()
+    admin.config_set("busy-reply-threshold", 100)  # ms before BUSY replies
+    channel = Results(private_redis)
+    looping = private_redis.client()
+    script = threading.Thread(target=_run_forever, args=(looping,), daemon=True)
+    script.start()
+    pub = publisher(private_redis)
+    pub.start()
+    try:
+        wait_for(lambda: _busy(admin), timeout=20)
+        pub.submit(result(1))
+        wait_for(lambda: "BUSY" in caplog.text, timeout=20)  # refused, resent later
+        admin.script_kill()
+        assert channel.next(timeout=30)["id"] == "r1"
+        wait_for(lambda: [e["id"] for _, e in stream_events(admin)] == ["r1"], timeout=30)
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            admin.script_kill()
+        script.join(10)
+        assert pub.stop(10) == 0
+        channel.close()
+    assert "result_lost" not in caplog.text and pub.dropped == 0
+
+
+def _run_forever(client: redis.Redis) -> None:
+    """A script that never ends by itself; SCRIPT KILL makes it an error reply."""
+    with contextlib.suppress(redis.RedisError):
+        client.eval("while true do end", 0)
+
+
+def _busy(client: redis.Redis) -> bool:
+    try:
+        client.get("x")
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY")
+    return False
+
+
+def test_submit_after_stop_is_refused_and_logged(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once stopping, a result is not queued where nothing would send it: the
+    caller hears so (the drainer keeps its entry) and the loss is logged."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    pub = publisher(redis_srv)
+    pub.start()
+    assert pub.submit(result(1))
+    assert pub.stop(10) == 0
+    assert not pub.submit(result(2))
+    assert pub.dropped == 1 and pub.queue_depth == 0
+    (lost,) = [line for line in caplog.text.splitlines() if "result_lost" in line]
+    assert "r2" in lost and "stopped" in lost
+    assert [e["id"] for _, e in stream_events(redis_srv.client())] == ["r1"]
+
+
+def test_publish_keeps_the_event_id_it_is_given(redis_srv: RedisServer) -> None:
+    """The same result published twice (a spool entry kept after its first
+    send): one stream entry; a result without an id gets a new one each time."""
+    pub = publisher(redis_srv)
+    again = with_event_id(result(1))
+    assert pub.publish(again) is Sent.SENT and pub.publish(again) is Sent.SENT
+    assert pub.publish(result(2)) and pub.publish(result(2))
+    found = stream_events(redis_srv.client())
+    assert [(event_id, e["id"]) for event_id, e in found][:1] == [(again.event_id, "r1")]
+    assert [e["id"] for _, e in found] == ["r1", "r2", "r2"]
