@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from pcapd.core import results as results_module
 from pcapd.core.config import RedisConfig
@@ -470,3 +471,40 @@ def test_publish_keeps_the_event_id_it_is_given(redis_srv: RedisServer) -> None:
     found = stream_events(redis_srv.client())
     assert [(event_id, e["id"]) for event_id, e in found][:1] == [(again.event_id, "r1")]
     assert [e["id"] for _, e in found] == ["r1", "r2", "r2"]
+
+
+def test_a_slot_no_node_serves_does_not_stop_the_publisher(
+    private_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's slot left unassigned (CLUSTER DELSLOTS on every node):
+    redis-py raises its own cluster errors there, which are not RedisError.
+    The publisher waits them out like Redis away, and once the slot is served
+    again the result is in the stream, and so are those after it."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    stream = "{s}x"
+    slot = key_slot(stream.encode())
+    owner = next(p for p in private_cluster.ports if slot in private_cluster.slots_of(p))
+    config = RedisConfig(cluster=True, nodes=tuple(private_cluster.nodes), results_stream=stream)
+    pub = ResultPublisher(functools.partial(connect, config, socket_timeout=2), config)
+    client = private_cluster.client()
+    pub.start()
+    try:
+        pub.submit(result(0))
+        wait_for(lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r0"], timeout=30)
+        for port in private_cluster.ports:
+            with private_cluster.node(port) as node:
+                node.execute_command("CLUSTER", "DELSLOTS", slot)
+        pub.submit(result(1))
+        wait_for(lambda: caplog.text.count("result_publish_failed") >= 2, timeout=60)
+        with private_cluster.node(owner) as node:
+            node.execute_command("CLUSTER", "ADDSLOTS", slot)
+        wait_for(private_cluster.ok, timeout=60)
+        pub.submit(result(2))
+        wait_for(
+            lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r0", "r1", "r2"],
+            timeout=60,
+        )
+    finally:
+        client.close()
+        assert pub.stop(10) == 0
+    assert "result_lost" not in caplog.text and "result_publisher_failed" not in caplog.text
