@@ -116,7 +116,7 @@ def test_error_replies_are_classed_by_their_code(redis_srv: RedisServer) -> None
     script_wrongtype = _reply_error(
         lambda: client.eval("return redis.call('LPUSH', KEYS[1], 1)", 1, "text")
     )
-    syntax = _reply_error(lambda: client.execute_command("XADD", "s", "bad-id", "a", "1"))
+    syntax = _reply_error(lambda: client.xadd("s", {"a": "1"}, id="bad-id"))
     client.acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"],
                        commands=["+@all", "-eval"])  # fmt: skip
     limited = redis.Redis(port=redis_srv.port, username="limited", password="pw")
