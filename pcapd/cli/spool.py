@@ -47,9 +47,11 @@ def _list(spool: Spool, as_json: bool) -> int:
             }  # fmt: skip
             print(json.dumps(row))
         else:
+            # No sink left: delivered everywhere, its `delivered` still to publish.
+            pending = ",".join(entry.pending) or "(result to publish)"
             print(
                 f"{entry.id}  age={_age(now - entry.spooled_at)}  bytes={entry.size}  "
-                f"pending={','.join(entry.pending)}  attempts={entry.attempts}  "
+                f"pending={pending}  attempts={entry.attempts}  "
                 f"file={entry.filename}  last_error={entry.last_error or '-'}"
             )
     for orphan in spool.orphans():

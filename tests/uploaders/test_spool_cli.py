@@ -145,12 +145,15 @@ def test_retry_keeps_an_entry_whose_result_could_not_be_published(
     assert main(["retry", "-c", str(config)]) == 1
     captured = capsys.readouterr()
     assert "could not publish the result" in captured.out and "kept in the spool" in captured.out
+    assert f"delivered {entry.id}" not in captured.out  # printed once the result is sent
     assert "0 delivered, 1 still spooled" in captured.out
     assert f"still spooled {entry.id}: delivered, but its result could not be published" in (
         captured.err
     )
     left = spool.get(entry.id)
     assert left is not None and left.pending == () and "s3" in left.locations
+    assert main(["list", "-c", str(config)]) == 0
+    assert "pending=(result to publish)  attempts=1" in capsys.readouterr().out
     private_redis.start()
     client: Any = private_redis.client()  # redis-py's pubsub is untyped
     listener = client.pubsub()
