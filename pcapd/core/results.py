@@ -10,7 +10,8 @@ twice, with the same `event_id` (pcapd's readers drop the second).
 redis-py's own retries are off on the publisher's client: a resend is always
 this module's, seen and logged. What Redis refuses for good (NOPERM,
 WRONGTYPE: `redis_conn.refused_for_good`) is not resent: that event is logged
-lost, the others go on.
+lost, the others go on. After a round Redis took in part (OOM or READONLY on
+the stream's script, its PUBLISH through), only the rest goes again (`_Rest`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -55,7 +56,21 @@ SEND_BATCH = 200  # queued results sent in one pipeline: a flood's answers keep 
 # Commands for the same pipeline, in order with the results (dedup marks):
 # called with the pipeline (or, on a cluster, the client) to add them.
 Commands = Callable[[Any], None]
-_Pending = tuple[ResultEvent | Commands, str | None]
+CHANNEL, STREAM, REPLY = "channel", "stream", "reply_to"  # a result's commands
+
+
+@dataclass(frozen=True, slots=True)
+class _Rest:
+    """What of a result is left to send after a round Redis failed in part
+    (its PUBLISH went, its stream script met OOM or READONLY): only that goes
+    again, so a long OOM does not repeat the event on the channel each round."""
+
+    result: ResultEvent
+    parts: frozenset[str]  # of CHANNEL, STREAM, REPLY
+
+
+_Item = ResultEvent | _Rest | Commands
+_Pending = tuple[_Item, str | None]
 
 # XADD the event ARGV[3] (its id ARGV[1]) to the stream KEYS[1], capped at
 # ~ARGV[2] entries, unless the id's marker KEYS[2] is there; the marker is
@@ -131,8 +146,11 @@ class ResultPublisher:
         if result.event_id is None:
             result = with_event_id(result)
         backoff = PUBLISH_BACKOFF.tracker()
+        pending: _Pending = (result, reply_to)
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            error, refused = self._send_all([(result, reply_to)])
+            rest: dict[int, _Pending | None] = {}
+            error, refused = self._send_all([pending], rest)
+            pending = rest.get(0) or pending
             if refused:
                 _log_lost(result, f"refused by Redis: {refused[0]}")
                 return Sent.REFUSED
@@ -147,11 +165,16 @@ class ResultPublisher:
         _log_lost(result, f"Redis unreachable after {PUBLISH_ATTEMPTS} attempts")
         return Sent.UNREACHABLE
 
-    def _send_all(self, batch: list[_Pending]) -> tuple[str | None, dict[int, str]]:
-        """Send `batch` in one pipeline: (the connection error, when it must
-        all go again; None once Redis had it) and, by position, the items whose
-        commands Redis refused for good (`refusal`): sent again they would be
-        refused again, so they are not."""
+    def _send_all(
+        self, batch: list[_Pending], rest: dict[int, _Pending | None] | None = None
+    ) -> tuple[str | None, dict[int, str]]:
+        """Send `batch` in one pipeline: (the error, when Redis did not take
+        it all and the batch must go again; None once it did) and, by
+        position, the items whose commands Redis refused for good
+        (`refused_for_good`): sent again they would be refused again, so they
+        are not. After an error, `rest` (when given) says by position what
+        needs no resend (None: sent, or refused) and what goes again in part
+        (`_Rest`); an item it does not name goes again whole."""
         with self._lock:
             try:
                 if self._client is None:
@@ -162,24 +185,41 @@ class ResultPublisher:
                 if is_cluster(client):
                     return None, self._send_each(client, batch)
                 pipe = client.pipeline(transaction=False)
-                ends = []  # where each item's commands end in the pipeline
+                plan = []  # each item's commands in the pipeline, and what they are
                 for item, reply_to in batch:
-                    self._add(pipe, item, reply_to)
-                    ends.append(len(pipe.command_stack))
+                    start = len(pipe.command_stack)
+                    parts = self._add(pipe, item, reply_to)
+                    plan.append((start, len(pipe.command_stack), parts))
                 replies = pipe.execute(raise_on_error=False)
-                refused, start = {}, 0
-                for at, end in enumerate(ends):
-                    errors = [r for r in replies[start:end] if isinstance(r, redis.ResponseError)]
-                    start = end
-                    for error in errors:
-                        if not refused_for_good(error, cluster=False):
-                            raise error  # READONLY after a failover, BUSY: reconnect, resend
-                    if errors:
-                        refused[at] = _describe(errors[0])
-                return None, refused
             except _TRANSIENT as exc:
                 self._client = None
                 return _describe(exc), {}
+            refused: dict[int, str] = {}
+            done: dict[int, _Pending | None] = {}
+            transient = None
+            for at, (start, end, parts) in enumerate(plan):
+                mine = replies[start:end]
+                errors = [r for r in mine if isinstance(r, redis.ResponseError)]
+                firm = [e for e in errors if refused_for_good(e, cluster=False)]
+                if firm:
+                    refused[at] = _describe(firm[0])
+                if firm or not errors:
+                    done[at] = None
+                    continue
+                transient = transient or errors[0]  # READONLY after a failover, BUSY, OOM
+                failed = frozenset(
+                    part for part, reply in zip(parts or (), mine, strict=True)
+                    if isinstance(reply, redis.ResponseError)
+                )  # fmt: skip
+                result = _result_of(batch[at][0])
+                if parts and result is not None and failed != frozenset(parts):
+                    done[at] = (_Rest(result, failed), batch[at][1])
+            if transient is None:
+                return None, refused
+            self._client = None  # reconnect: a failover may have moved the primary
+            if rest is not None:
+                rest.update(done)
+            return _describe(transient), refused
 
     def _send_each(self, client: Any, batch: list[_Pending]) -> dict[int, str]:
         """A cluster's way: one command at a time; each item's refusals noted,
@@ -192,23 +232,32 @@ class ResultPublisher:
                 refused[at] = noting.first
         return refused
 
-    def _add(self, pipe: Any, item: ResultEvent | Commands, reply_to: str | None) -> None:
-        """`item`'s commands onto `pipe` (a pipeline, or a cluster client)."""
-        if not isinstance(item, ResultEvent):
-            item(pipe)
-            return
+    def _add(self, pipe: Any, item: _Item, reply_to: str | None) -> list[str] | None:
+        """`item`'s commands onto `pipe` (a pipeline, or a cluster client):
+        for a result, what each command is (CHANNEL, STREAM, REPLY)."""
+        parts = item.parts if isinstance(item, _Rest) else None
+        result = _result_of(item)
+        if result is None:
+            item(pipe)  # type: ignore[operator]  # not a result: commands
+            return None
         sharded, stream = self.config.sharded_pubsub, self.config.results_stream
-        if item.event_id is None:  # publish() and submit() give it; else its own, never shared
-            item = with_event_id(item)
-        body, event_id = item.to_json(), str(item.event_id)
-        publish(pipe, self.config.results_channel, body, sharded=sharded)
-        if stream:
+        if result.event_id is None:  # publish() and submit() give it; else its own, never shared
+            result = with_event_id(result)
+        body, event_id = result.to_json(), str(result.event_id)
+        added = []
+        if parts is None or CHANNEL in parts:
+            publish(pipe, self.config.results_channel, body, sharded=sharded)
+            added.append(CHANNEL)
+        if stream and (parts is None or STREAM in parts):
             pipe.eval(
                 _ADD_ONCE, 2, stream, event_mark_key(stream, event_id), event_id,
                 self.config.results_stream_maxlen, body, self.config.results_dedup_window,
             )  # fmt: skip
-        if reply_to:
+            added.append(STREAM)
+        if reply_to and (parts is None or REPLY in parts):
             publish(pipe, reply_to, body, sharded=sharded)
+            added.append(REPLY)
+        return added
 
     def _new_client(self) -> Client:
         """A client with redis-py's own retries off (redis-py 8 resends a
@@ -264,9 +313,9 @@ class ResultPublisher:
             self._pending.append(item)
             self._wake.notify()
 
-    def _lost(self, item: ResultEvent | Commands, reason: str) -> None:
+    def _lost(self, item: _Item, reason: str) -> None:
         """`item` given up (logged; a result is counted in `dropped`)."""
-        if isinstance(item, ResultEvent):
+        if _result_of(item) is not None:
             with self._wake:
                 self.dropped += 1
         _log_lost(item, reason)
@@ -284,7 +333,7 @@ class ResultPublisher:
             self._pending.clear()
         for item in left:
             _log_lost(item, "Redis unreachable at shutdown")
-        lost = sum(isinstance(item, ResultEvent) for item in left)
+        lost = sum(_result_of(item) is not None for item in left)
         with self._wake:
             self.dropped += lost
         return lost
@@ -308,22 +357,31 @@ class ResultPublisher:
     def _send_batch(self, batch: list[_Pending], backoff: BackoffTracker) -> None:
         """One round of `_run`: `batch` sent and taken off the queue, or
         (Redis away) a wait before the next round."""
-        error, refused = self._send_all(batch)
+        rest: dict[int, _Pending | None] = {}
+        error, refused = self._send_all(batch, rest)
         for at, why in refused.items():
             self._lost(batch[at][0], f"refused by Redis: {why}")
         if error is None:
             backoff.succeeded()
-            with self._wake:
-                # What submit() dropped meanwhile went from the front.
-                for item in batch:
-                    if self._pending and self._pending[0] is item:
-                        self._pending.popleft()
+        with self._wake:
+            # Off the front: what was sent (all, without an error), with
+            # what is left of it put back; what submit() dropped meanwhile
+            # already went from the front.
+            again = []
+            for at, item in enumerate(batch):
+                if self._pending and self._pending[0] is item:
+                    self._pending.popleft()
+                    left = rest.get(at, item) if error is not None else None
+                    if left is not None:
+                        again.append(left)
+            self._pending.extendleft(reversed(again))
+        if error is None:
             return
         wait = backoff.failed()
-        first = batch[0][0]
+        first = _result_of(batch[0][0])
         event(
             log, "result_publish_failed", logging.WARNING, error=error,
-            id=first.id if isinstance(first, ResultEvent) else None,
+            id=first.id if first is not None else None,
             waiting=len(self._pending), retry_in=round(wait, 2),
         )  # fmt: skip
         with self._wake:
@@ -367,8 +425,18 @@ def _describe(exc: Exception) -> str:
     return f"{code} {text}" if isinstance(code, str) and not text.startswith(code) else text
 
 
-def _log_lost(item: ResultEvent | Commands, reason: str) -> None:
-    if isinstance(item, ResultEvent):
-        event(log, "result_lost", logging.ERROR, id=item.id, result=item.to_json(), reason=reason)
+def _result_of(item: _Item) -> ResultEvent | None:
+    """The result `item` is (or is what is left of); None for commands."""
+    if isinstance(item, _Rest):
+        return item.result
+    return item if isinstance(item, ResultEvent) else None
+
+
+def _log_lost(item: _Item, reason: str) -> None:
+    result = _result_of(item)
+    if result is not None:
+        event(
+            log, "result_lost", logging.ERROR, id=result.id, result=result.to_json(), reason=reason
+        )
     else:
         event(log, "redis_write_lost", logging.WARNING, what=repr(item), reason=reason)

@@ -508,3 +508,34 @@ def test_a_slot_no_node_serves_does_not_stop_the_publisher(
         client.close()
         assert pub.stop(10) == 0
     assert "result_lost" not in caplog.text and "result_publisher_failed" not in caplog.text
+
+
+def test_out_of_memory_resends_only_the_stream_script(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """maxmemory reached: PUBLISH still goes, the stream's XADD meets OOM.
+    Each backoff round sends the script alone, so the channel and reply_to
+    get the event once however long it lasts; the stream gets it once
+    memory is back."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    admin = private_redis.client()
+    channel, reply = Results(private_redis), Results(private_redis, channel="mine")
+    pub = publisher(private_redis)
+    pub.start()
+    try:
+        admin.config_set("maxmemory", 1)
+        pub.submit(result(1), reply_to="mine")
+        wait_for(lambda: caplog.text.count("OOM") >= 3, timeout=60)  # three rounds, at least
+        admin.config_set("maxmemory", 0)
+        wait_for(lambda: [e["id"] for _, e in stream_events(admin)] == ["r1"], timeout=60)
+        assert channel.next()["id"] == reply.next()["id"] == "r1"
+        assert pub.stop(10) == 0
+        for name, heard in (("capture-results", channel), ("mine", reply)):
+            admin.publish(name, json.dumps({"id": "end"}))  # behind every copy sent
+            assert heard.next()["id"] == "end", name
+    finally:
+        admin.config_set("maxmemory", 0)
+        pub.stop(1)
+        channel.close()
+        reply.close()
+    assert "result_lost" not in caplog.text and pub.dropped == 0
