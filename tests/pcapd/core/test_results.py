@@ -411,20 +411,23 @@ def test_a_busy_redis_is_waited_out_not_taken_for_a_refusal(
     channel = Results(private_redis)
     looping = private_redis.client()
     script = threading.Thread(target=_run_forever, args=(looping,), daemon=True)
-    script.start()
     pub = publisher(private_redis)
     pub.start()
     try:
+        pub.submit(result(0))  # connected before: BUSY then answers the pipeline itself
+        assert channel.next(timeout=30)["id"] == "r0"
+        script.start()
         wait_for(lambda: _busy(admin), timeout=20)
         pub.submit(result(1))
         wait_for(lambda: "BUSY" in caplog.text, timeout=20)  # refused, resent later
         admin.script_kill()
         assert channel.next(timeout=30)["id"] == "r1"
-        wait_for(lambda: [e["id"] for _, e in stream_events(admin)] == ["r1"], timeout=30)
+        wait_for(lambda: [e["id"] for _, e in stream_events(admin)] == ["r0", "r1"], timeout=30)
     finally:
         with contextlib.suppress(redis.RedisError):
             admin.script_kill()
-        script.join(10)
+        if script.ident is not None:
+            script.join(10)
         assert pub.stop(10) == 0
         channel.close()
     assert "result_lost" not in caplog.text and pub.dropped == 0
