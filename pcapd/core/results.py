@@ -182,38 +182,22 @@ class ResultPublisher:
                 # redis-py's cluster pipeline refuses PUBLISH: one command at
                 # a time there (results are few; the single server keeps its pipeline).
                 client = self._client
-                if is_cluster(client):
-                    return None, self._send_each(client, batch)
-                pipe = client.pipeline(transaction=False)
-                plan = []  # each item's commands in the pipeline, and what they are
-                for item, reply_to in batch:
-                    start = len(pipe.command_stack)
-                    parts = self._add(pipe, item, reply_to)
-                    plan.append((start, len(pipe.command_stack), parts))
-                replies = pipe.execute(raise_on_error=False)
+                cluster = is_cluster(client)
+                if cluster:
+                    outcomes = self._send_each(client, batch)
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    plan = []  # each item's commands in the pipeline, and what they are
+                    for item, reply_to in batch:
+                        start = len(pipe.command_stack)
+                        parts = self._add(pipe, item, reply_to)
+                        plan.append((start, len(pipe.command_stack), parts))
+                    replies = pipe.execute(raise_on_error=False)
+                    outcomes = [(parts, replies[start:end]) for start, end, parts in plan]
             except _TRANSIENT as exc:
                 self._client = None
                 return _describe(exc), {}
-            refused: dict[int, str] = {}
-            done: dict[int, _Pending | None] = {}
-            transient = None
-            for at, (start, end, parts) in enumerate(plan):
-                mine = replies[start:end]
-                errors = [r for r in mine if isinstance(r, redis.ResponseError)]
-                firm = [e for e in errors if refused_for_good(e, cluster=False)]
-                if firm:
-                    refused[at] = _describe(firm[0])
-                if firm or not errors:
-                    done[at] = None
-                    continue
-                transient = transient or errors[0]  # READONLY after a failover, BUSY, OOM
-                failed = frozenset(
-                    part for part, reply in zip(parts or (), mine, strict=True)
-                    if isinstance(reply, redis.ResponseError)
-                )  # fmt: skip
-                result = _result_of(batch[at][0])
-                if parts and result is not None and failed != frozenset(parts):
-                    done[at] = (_Rest(result, failed), batch[at][1])
+            refused, done, transient = _settle(batch, outcomes, cluster=cluster)
             if transient is None:
                 return None, refused
             self._client = None  # reconnect: a failover may have moved the primary
@@ -221,16 +205,21 @@ class ResultPublisher:
                 rest.update(done)
             return _describe(transient), refused
 
-    def _send_each(self, client: Any, batch: list[_Pending]) -> dict[int, str]:
-        """A cluster's way: one command at a time; each item's refusals noted,
-        its other commands still sent. Other errors raise (all goes again)."""
-        refused = {}
-        for at, (item, reply_to) in enumerate(batch):
-            noting = _Refusals(client)
-            self._add(noting, item, reply_to)
-            if noting.first is not None:
-                refused[at] = noting.first
-        return refused
+    def _send_each(self, client: Any, batch: list[_Pending]) -> list[_Outcome]:
+        """A cluster's way: one command at a time, each error reply noted and
+        the item's other commands still sent; the items up to the first that
+        met a transient reply (those after it go again whole). Other errors
+        raise (all goes again)."""
+        outcomes = []
+        for item, reply_to in batch:
+            noting = _Replies(client)
+            outcomes.append((self._add(noting, item, reply_to), noting.replies))
+            if any(
+                isinstance(r, redis.ResponseError) and not refused_for_good(r, cluster=True)
+                for r in noting.replies
+            ):
+                break
+        return outcomes
 
     def _add(self, pipe: Any, item: _Item, reply_to: str | None) -> list[str] | None:
         """`item`'s commands onto `pipe` (a pipeline, or a cluster client):
@@ -388,28 +377,60 @@ class ResultPublisher:
             self._wake.wait(wait)
 
 
-class _Refusals:
-    """A cluster client whose commands run at once, a refusal for good
-    (`refused_for_good`) noted and returned instead of raised: the item's
-    other commands still go."""
+class _Replies:
+    """A cluster client whose commands run at once, each reply noted, an
+    error reply too (returned instead of raised: the item's other commands
+    still go)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self.first: str | None = None
+        self.replies: list[Any] = []
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._client, name)
 
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
-                return method(*args, **kwargs)
+                reply = method(*args, **kwargs)
             except redis.ResponseError as exc:
-                if not refused_for_good(exc, cluster=True):
-                    raise
-                self.first = self.first or _describe(exc)
-                return exc
+                reply = exc
+            self.replies.append(reply)
+            return reply
 
         return run
+
+
+# An item's commands (what each is, for a result) and their replies, in order.
+_Outcome = tuple[list[str] | None, list[Any]]
+
+
+def _settle(
+    batch: list[_Pending], outcomes: list[_Outcome], *, cluster: bool
+) -> tuple[dict[int, str], dict[int, _Pending | None], redis.ResponseError | None]:
+    """From each item's replies: (by position, the refused for good; what
+    needs no resend (None) or only in part (`_Rest`); the first transient
+    error reply). An item without an outcome goes again whole."""
+    refused: dict[int, str] = {}
+    done: dict[int, _Pending | None] = {}
+    transient = None
+    for at, (parts, mine) in enumerate(outcomes):
+        errors = [r for r in mine if isinstance(r, redis.ResponseError)]
+        firm = [e for e in errors if refused_for_good(e, cluster=cluster)]
+        if firm:
+            refused[at] = _describe(firm[0])
+        if firm or not errors:
+            done[at] = None
+            continue
+        transient = transient or errors[0]  # READONLY after a failover, BUSY, OOM
+        result = _result_of(batch[at][0])
+        if parts and result is not None:
+            failed = frozenset(
+                part for part, reply in zip(parts, mine, strict=True)
+                if isinstance(reply, redis.ResponseError)
+            )  # fmt: skip
+            if failed != frozenset(parts):
+                done[at] = (_Rest(result, failed), batch[at][1])
+    return refused, done, transient
 
 
 # What `_send_all` takes for Redis unreachable (all goes again): redis-py's

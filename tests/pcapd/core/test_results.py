@@ -542,3 +542,50 @@ def test_out_of_memory_resends_only_the_stream_script(
         channel.close()
         reply.close()
     assert "result_lost" not in caplog.text and pub.dropped == 0
+
+
+def test_out_of_memory_on_a_cluster_resends_only_the_stream_script(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same on a cluster, where commands go one at a time: the stream's
+    primary out of memory, the event is on the channel once, and in the
+    stream once that primary has room again."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    stream = "{s}x"
+    owner = next(
+        p for p in redis_cluster.ports if key_slot(stream.encode()) in redis_cluster.slots_of(p)
+    )
+    config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream)
+    pub = ResultPublisher(functools.partial(connect, config, socket_timeout=2), config)
+    client = redis_cluster.client()
+    pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe("capture-results")
+    heard: list[Any] = []
+
+    def listen() -> bool:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            heard.append(json.loads(message["data"])["id"])
+        return message is not None
+
+    pub.start()
+    try:
+        wait_for(listen, timeout=20)  # subscribed
+        with redis_cluster.node(owner) as node:
+            node.config_set("maxmemory", 1)
+        pub.submit(result(1))
+        wait_for(lambda: caplog.text.count("OOM") >= 3, timeout=60)  # three rounds, at least
+        with redis_cluster.node(owner) as node:
+            node.config_set("maxmemory", 0)
+        wait_for(lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r1"], timeout=60)
+        assert pub.stop(10) == 0
+        client.publish("capture-results", json.dumps({"id": "end"}))  # behind every copy
+        wait_for(lambda: not listen() and heard[-1:] == ["end"], timeout=20)  # all read
+        assert heard == ["r1", "end"]
+    finally:
+        with redis_cluster.node(owner) as node:
+            node.config_set("maxmemory", 0)
+        pub.stop(1)
+        pubsub.close()
+        client.close()
+    assert "result_lost" not in caplog.text and pub.dropped == 0
