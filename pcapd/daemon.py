@@ -189,8 +189,9 @@ class Daemon:
             event(log, "interface_missing", logging.WARNING, interface=missing)
 
     def _queue_delivered(self, result: ResultEvent, entry: SpoolEntry) -> bool:
-        self.publisher.submit(result, entry.capture_request().reply_to)
-        return True
+        """The drainer's `on_delivered`: the entry goes once its result is
+        queued; not once the publisher is stopping (the entry is kept)."""
+        return self.publisher.submit(result, entry.capture_request().reply_to)
 
     def _node_state(self) -> NodeState:
         """What the heartbeat says (pcapd/fleet/): read in its own thread.

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -27,10 +28,15 @@ log = logging.getLogger("pcapd.uploaders.spool")  # the drainer logs as the spoo
 # when it did not get there, and the entry is kept.
 OnDelivered = Callable[[ResultEvent, SpoolEntry], bool]
 DRAIN_JOIN_TIMEOUT = 30.0
+# The namespace of `delivered` events' ids (uuid5 over the entry id); fixed.
+DELIVERED_NAMESPACE = uuid.UUID("6f1f2b4e-4c1d-5d0e-9a51-2f6c0e2d8a11")
 
 
 def delivered_event(entry: SpoolEntry, locations: Mapping[str, str]) -> ResultEvent:
-    """The `delivered` result for an entry: its spooled event, now with every location."""
+    """The `delivered` result for an entry: its spooled event, now with every
+    location. Its `event_id` comes from the entry's id, so each time a kept
+    entry's result is published again it is the same event (in the results
+    stream once)."""
     if entry.event:
         base = ResultEvent.from_dict(entry.event)
     else:
@@ -38,7 +44,10 @@ def delivered_event(entry: SpoolEntry, locations: Mapping[str, str]) -> ResultEv
             entry.capture_request(), entry.node, "spooled", interface=entry.interface,
             sha256=entry.sha256, bytes=entry.size,
         )  # fmt: skip
-    return dataclasses.replace(base, status="delivered", error=None, locations=dict(locations))
+    return dataclasses.replace(
+        base, status="delivered", error=None, locations=dict(locations),
+        event_id=uuid.uuid5(DELIVERED_NAMESPACE, entry.id).hex,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +99,15 @@ class SpoolDrainer:
         self._wake.set()
 
     def stop(self, timeout: float = DRAIN_JOIN_TIMEOUT) -> None:
+        """Stop the thread, waiting at most `timeout` s. A pass still running
+        then finishes the entry it holds and leaves the rest (`_stop` is
+        for good: this drainer drains no more, from any thread)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+            if self._thread.is_alive():
+                event(log, "spool_drain_still_running", logging.WARNING, waited=timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -117,7 +130,7 @@ class SpoolDrainer:
             for listed in self.spool.list():
                 if wanted is not None and listed.id not in wanted:
                     continue
-                if self._stop.is_set() and self._thread is not None:
+                if self._stop.is_set():
                     remaining.append(listed.id)
                     continue
                 done = self._drain_entry(listed.id, down, errors)

@@ -47,9 +47,11 @@ def _list(spool: Spool, as_json: bool) -> int:
             }  # fmt: skip
             print(json.dumps(row))
         else:
+            # No sink left: delivered everywhere, its `delivered` still to publish.
+            pending = ",".join(entry.pending) or "(result to publish)"
             print(
                 f"{entry.id}  age={_age(now - entry.spooled_at)}  bytes={entry.size}  "
-                f"pending={','.join(entry.pending)}  attempts={entry.attempts}  "
+                f"pending={pending}  attempts={entry.attempts}  "
                 f"file={entry.filename}  last_error={entry.last_error or '-'}"
             )
     for orphan in spool.orphans():
@@ -72,21 +74,31 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
         if unknown:
             raise UsageError("\n".join(f"error: {entry_id}: no such spool entry"
                                        for entry_id in unknown))  # fmt: skip
+    from pcapd.core.results import ResultPublisher, Sent  # Redis's modules: only for retry
+
     publisher = None
     if publish:
         from pcapd.core.redis_conn import connect
-        from pcapd.core.results import ResultPublisher
 
         publisher = ResultPublisher(lambda: connect(config.redis), config.redis)
 
     def published(event: ResultEvent, entry: SpoolEntry) -> bool:
+        """The entry goes once its result was sent, or refused for good (as
+        the daemon drops it: logged lost); kept while Redis is unreachable."""
         where = ", ".join(f"{kind}={url}" for kind, url in event.locations.items())
+        outcome = Sent.SENT
+        if publisher is not None:
+            outcome = publisher.publish(event, entry.capture_request().reply_to)
+        if outcome is Sent.UNREACHABLE:
+            print(f"warning: {entry.id}: could not publish the result to "
+                  f"{config.redis.describe()}; kept in the spool, to be published "
+                  "again")  # fmt: skip
+            return False
         print(f"delivered {entry.id}: {where}")
-        if publisher is None or publisher.publish(event, entry.capture_request().reply_to):
-            return True
-        print(f"warning: could not publish the result to {config.redis.describe()}; "
-              "kept in the spool, to be published again")  # fmt: skip
-        return False
+        if outcome is Sent.REFUSED:
+            print(f"warning: {entry.id}: Redis refused its result (logged as result_lost); "
+                  "not retried", file=sys.stderr)  # fmt: skip
+        return True
 
     drainer = SpoolDrainer(spool, uploaders, published, config.delivery.drain_interval)
     report = drainer.drain_once(ids)

@@ -292,3 +292,36 @@ def same_slot_prefix(key: str) -> str:
         return "{" + key + "}"
     slot = key_slot(key.encode())
     return next(f"{{{n}}}" for n in itertools.count() if key_slot(str(n).encode()) == slot)
+
+
+# Error replies a later resend may get past: a node busy, loading, in a
+# failover or short of memory or replicas, or a cluster redirect mid-move.
+# Any other reply (NOPERM, WRONGTYPE, ERR from an ACL or a script ...) would
+# come back the same: refused for good.
+TRANSIENT_CODES = frozenset({
+    "BUSY", "LOADING", "NOREPLICAS", "MISCONF", "READONLY", "OOM", "TRYAGAIN",
+    "CLUSTERDOWN", "ASK", "MASTERDOWN",
+})  # fmt: skip
+
+
+def error_code(exc: redis.ResponseError) -> str:
+    """The reply's error code (its first word): redis-py cuts the codes it
+    knows off the message into `status_code`, and leaves the rest in it."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    text = str(exc)
+    return text.split(" ", 1)[0] if text else ""
+
+
+def refused_for_good(exc: BaseException, *, cluster: bool) -> bool:
+    """Whether Redis refused a command so that sending it again is pointless,
+    by the reply's error code; False for connection trouble and the codes of
+    TRANSIENT_CODES. MOVED is for good on one server's client (it never
+    follows it), a redirect to follow on a cluster's."""
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    code = error_code(exc)
+    if code == "MOVED":
+        return not cluster
+    return code not in TRANSIENT_CODES

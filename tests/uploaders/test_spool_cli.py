@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +145,15 @@ def test_retry_keeps_an_entry_whose_result_could_not_be_published(
     assert main(["retry", "-c", str(config)]) == 1
     captured = capsys.readouterr()
     assert "could not publish the result" in captured.out and "kept in the spool" in captured.out
+    assert f"delivered {entry.id}" not in captured.out  # printed once the result is sent
     assert "0 delivered, 1 still spooled" in captured.out
     assert f"still spooled {entry.id}: delivered, but its result could not be published" in (
         captured.err
     )
     left = spool.get(entry.id)
     assert left is not None and left.pending == () and "s3" in left.locations
+    assert main(["list", "-c", str(config)]) == 0
+    assert "pending=(result to publish)  attempts=1" in capsys.readouterr().out
     private_redis.start()
     client: Any = private_redis.client()  # redis-py's pubsub is untyped
     listener = client.pubsub()
@@ -162,3 +166,40 @@ def test_retry_keeps_an_entry_whose_result_could_not_be_published(
     ]
     listener.close()
     assert spool.list() == []
+
+
+def test_retry_drops_an_entry_whose_result_redis_refuses(
+    tmp_path: Path, moto_s3: MotoS3, redis_srv: RedisServer,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The results stream key holds another type: Redis refuses the result
+    for good. The first retry removes the entry (result_lost logged once, as
+    the daemon does), says so, and exits 0; the second has nothing to send:
+    one copy reached the channel."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    bucket = moto_s3.new_bucket()
+    config = write_config(tmp_path, moto_s3.endpoint, bucket, redis_srv.port)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    entry = spool.put(make_artifact(), ["s3"])
+    client: Any = redis_srv.client()  # redis-py's pubsub is untyped
+    client.set("capture-results", "not a stream")
+    listener = client.pubsub()
+    listener.subscribe("capture-results")
+    try:
+        assert main(["retry", "-c", str(config)]) == 0
+        captured = capsys.readouterr()
+        assert f"delivered {entry.id}: s3=" in captured.out
+        assert "1 delivered, 0 still spooled" in captured.out
+        assert f"warning: {entry.id}: Redis refused its result" in captured.err
+        assert "not retried" in captured.err
+        assert spool.list() == []
+        assert main(["retry", "-c", str(config)]) == 0
+        assert "0 delivered, 0 still spooled" in capsys.readouterr().out
+        messages = [m for m in iter(lambda: listener.get_message(timeout=1), None)]
+        assert [json.loads(m["data"])["status"] for m in messages if m["type"] == "message"] == [
+            "delivered"
+        ]
+    finally:
+        listener.close()
+    lost = [r for r in caplog.records if r.getMessage() == "result_lost"]
+    assert len(lost) == 1 and "WRONGTYPE" in caplog.text

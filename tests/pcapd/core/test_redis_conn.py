@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect
+from pcapd.core.redis_conn import connect, error_code, refused_for_good
 from pcapd.core.secret import Secret
 from tests.helpers import RedisServer, free_port, redis_server, run, stop_process, wait_for
 
@@ -99,3 +99,40 @@ def test_tls_by_url_and_by_fields_verifies_the_server(tls_server: tuple[int, Pat
     # Without the CA the server's certificate is not trusted.
     with pytest.raises(redis.ConnectionError):
         connect(RedisConfig(port=port, tls=True)).ping()
+
+
+def _reply_error(call: Callable[[], object]) -> redis.ResponseError:
+    with pytest.raises(redis.ResponseError) as caught:
+        call()
+    return caught.value
+
+
+def test_error_replies_are_classed_by_their_code(redis_srv: RedisServer) -> None:
+    """Real replies: those that come back the same however often sent are
+    for good; a node loading or out of memory is not; connection errors never."""
+    client = redis_srv.client()
+    client.set("text", "x")
+    wrongtype = _reply_error(lambda: client.xadd("text", {"a": "1"}))
+    script_wrongtype = _reply_error(
+        lambda: client.eval("return redis.call('LPUSH', KEYS[1], 1)", 1, "text")
+    )
+    syntax = _reply_error(lambda: client.xadd("s", {"a": "1"}, id="bad-id"))
+    client.acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"],
+                       commands=["+@all", "-eval"])  # fmt: skip
+    limited = redis.Redis(port=redis_srv.port, username="limited", password="pw")
+    noperm = _reply_error(lambda: limited.eval("return 1", 0))
+    limited.close()
+    client.config_set("maxmemory", 1)
+    try:
+        oom = _reply_error(lambda: client.set("more", "x" * 1000))
+    finally:
+        client.config_set("maxmemory", 0)
+    assert [error_code(e) for e in (wrongtype, script_wrongtype, noperm, oom)] == [
+        "WRONGTYPE", "WRONGTYPE", "NOPERM", "OOM",
+    ]  # fmt: skip
+    for refused in (wrongtype, script_wrongtype, syntax, noperm):
+        assert refused_for_good(refused, cluster=False), refused
+    assert not refused_for_good(oom, cluster=False)
+    for code in ("BUSY", "LOADING", "NOREPLICAS", "MISCONF", "READONLY", "TRYAGAIN", "ASK"):
+        assert not refused_for_good(redis.ResponseError(f"{code} the server says"), cluster=False)
+    assert not refused_for_good(redis.ConnectionError("gone"), cluster=False)

@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 import redis
 from redis.cluster import RedisCluster as ClusterClient
+from redis.crc import key_slot
 
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect, node_for_channel, primaries, publish, same_slot_prefix
+from pcapd.core.redis_conn import (
+    connect,
+    error_code,
+    node_for_channel,
+    primaries,
+    publish,
+    refused_for_good,
+    same_slot_prefix,
+)
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster
 
@@ -91,3 +100,18 @@ def test_same_slot_prefix_keeps_the_keys_slot(redis_cluster: RedisCluster, key: 
             assert client.cluster_keyslot(prefix + suffix) == client.cluster_keyslot(key)
     finally:
         client.close()
+
+
+def test_moved_is_for_good_on_a_plain_client_only(redis_cluster: RedisCluster) -> None:
+    """One server's client never follows MOVED: resending is pointless; a
+    cluster client's MOVED is a slot on its way elsewhere."""
+    key = "k"
+    owner = next(
+        p for p in redis_cluster.ports if key_slot(key.encode()) in redis_cluster.slots_of(p)
+    )
+    other = next(p for p in redis_cluster.ports if p != owner)
+    with redis_cluster.node(other) as node, pytest.raises(redis.ResponseError) as caught:
+        node.get(key)
+    assert error_code(caught.value) == "MOVED"
+    assert refused_for_good(caught.value, cluster=False)
+    assert not refused_for_good(caught.value, cluster=True)

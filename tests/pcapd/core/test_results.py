@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -11,12 +12,20 @@ import time
 from typing import Any
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 from pcapd.core import results as results_module
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
-from pcapd.core.results import PUBLISH_BACKOFF, ResultPublisher, event_mark_key, with_event_id
+from pcapd.core.results import (
+    PUBLISH_BACKOFF,
+    ResultPublisher,
+    Sent,
+    event_mark_key,
+    with_event_id,
+)
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster, RedisServer, reply_cutter, wait_for
 from tests.pcapd.daemon_fixture import Results
@@ -163,7 +172,7 @@ def test_redis_py_does_not_resend_behind_the_publisher(redis_srv: RedisServer) -
     (redis-py resending inside one would show as more copies, and `publish`
     would not give up), and the stream still holds the event once."""
     channel = Results(redis_srv)
-    outcome: list[bool] = []
+    outcome: list[Sent] = []
     with reply_cutter(redis_srv.port) as proxy:
         config = RedisConfig(port=proxy.port)
         pub = ResultPublisher(functools.partial(connect, config, socket_timeout=30), config)
@@ -175,7 +184,7 @@ def test_redis_py_does_not_resend_behind_the_publisher(redis_srv: RedisServer) -
                 channel.next(timeout=20)
                 proxy.cut()
             sender.join(20)
-            assert outcome == [False]
+            assert outcome == [Sent.UNREACHABLE]
         finally:
             proxy.cut()
             sender.join(20)
@@ -261,7 +270,7 @@ def test_publish_waits_out_a_redis_restart(
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
     pub = publisher(private_redis)
     private_redis.stop()
-    outcome: list[bool] = []
+    outcome: list[Sent] = []
     sender = threading.Thread(target=lambda: outcome.append(pub.publish(result(1))))
     sender.start()
     try:
@@ -269,7 +278,7 @@ def test_publish_waits_out_a_redis_restart(
         private_redis.start()
     finally:
         sender.join(30)
-    assert outcome == [True]
+    assert outcome == [Sent.SENT]
     assert [e["id"] for _, e in stream_events(private_redis.client())] == ["r1"]
 
 
@@ -342,7 +351,7 @@ def test_publish_refused_gives_up_at_once(
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
     config = deny(redis_srv, "eval")
     pub = ResultPublisher(functools.partial(connect, config), config)
-    assert not pub.publish(result(1))
+    assert pub.publish(result(1)) is Sent.REFUSED
     assert "result_publish_failed" not in caplog.text
     assert "result_lost" in caplog.text and "NOPERM" in caplog.text
 
@@ -388,3 +397,195 @@ def test_a_refusal_on_a_cluster_is_the_event_s_alone(redis_cluster: RedisCluster
         pubsub.close()
         own.close()
         client.close()
+
+
+def test_a_busy_redis_is_waited_out_not_taken_for_a_refusal(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long script elsewhere: Redis answers BUSY to every command (PUBLISH
+    too) until it is killed. The result is resent, not dropped, and arrives
+    once the script is gone."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    admin = private_redis.client()
+    admin.config_set("busy-reply-threshold", 100)  # ms before BUSY replies
+    channel = Results(private_redis)
+    looping = private_redis.client()
+    script = threading.Thread(target=_run_forever, args=(looping,), daemon=True)
+    pub = publisher(private_redis)
+    pub.start()
+    try:
+        pub.submit(result(0))  # connected before: BUSY then answers the pipeline itself
+        assert channel.next(timeout=30)["id"] == "r0"
+        script.start()
+        wait_for(lambda: _busy(admin), timeout=20)
+        pub.submit(result(1))
+        wait_for(lambda: "BUSY" in caplog.text, timeout=20)  # refused, resent later
+        admin.script_kill()
+        assert channel.next(timeout=30)["id"] == "r1"
+        wait_for(lambda: [e["id"] for _, e in stream_events(admin)] == ["r0", "r1"], timeout=30)
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            admin.script_kill()
+        if script.ident is not None:
+            script.join(10)
+        assert pub.stop(10) == 0
+        channel.close()
+    assert "result_lost" not in caplog.text and pub.dropped == 0
+
+
+def _run_forever(client: redis.Redis) -> None:
+    """A script that never ends by itself; SCRIPT KILL makes it an error reply."""
+    with contextlib.suppress(redis.RedisError):
+        client.eval("while true do end", 0)
+
+
+def _busy(client: redis.Redis) -> bool:
+    try:
+        client.get("x")
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY")
+    return False
+
+
+def test_submit_after_stop_is_refused_and_logged(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once stopping, a result is not queued where nothing would send it: the
+    caller hears so (the drainer keeps its entry) and the loss is logged."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    pub = publisher(redis_srv)
+    pub.start()
+    assert pub.submit(result(1))
+    assert pub.stop(10) == 0
+    assert not pub.submit(result(2))
+    assert pub.dropped == 1 and pub.queue_depth == 0
+    (lost,) = [line for line in caplog.text.splitlines() if "result_lost" in line]
+    assert "r2" in lost and "stopped" in lost
+    assert [e["id"] for _, e in stream_events(redis_srv.client())] == ["r1"]
+
+
+def test_publish_keeps_the_event_id_it_is_given(redis_srv: RedisServer) -> None:
+    """The same result published twice (a spool entry kept after its first
+    send): one stream entry; a result without an id gets a new one each time."""
+    pub = publisher(redis_srv)
+    again = with_event_id(result(1))
+    assert pub.publish(again) is Sent.SENT and pub.publish(again) is Sent.SENT
+    assert pub.publish(result(2)) and pub.publish(result(2))
+    found = stream_events(redis_srv.client())
+    assert [(event_id, e["id"]) for event_id, e in found][:1] == [(again.event_id, "r1")]
+    assert [e["id"] for _, e in found] == ["r1", "r2", "r2"]
+
+
+def test_a_slot_no_node_serves_does_not_stop_the_publisher(
+    private_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's slot left unassigned (CLUSTER DELSLOTS on every node):
+    redis-py raises its own cluster errors there, which are not RedisError.
+    The publisher waits them out like Redis away, and once the slot is served
+    again the result is in the stream, and so are those after it."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    stream = "{s}x"
+    slot = key_slot(stream.encode())
+    owner = next(p for p in private_cluster.ports if slot in private_cluster.slots_of(p))
+    config = RedisConfig(cluster=True, nodes=tuple(private_cluster.nodes), results_stream=stream)
+    pub = ResultPublisher(functools.partial(connect, config, socket_timeout=2), config)
+    client = private_cluster.client()
+    pub.start()
+    try:
+        pub.submit(result(0))
+        wait_for(lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r0"], timeout=30)
+        for port in private_cluster.ports:
+            with private_cluster.node(port) as node:
+                node.execute_command("CLUSTER", "DELSLOTS", slot)
+        pub.submit(result(1))
+        wait_for(lambda: caplog.text.count("result_publish_failed") >= 2, timeout=60)
+        with private_cluster.node(owner) as node:
+            node.execute_command("CLUSTER", "ADDSLOTS", slot)
+        wait_for(private_cluster.ok, timeout=60)
+        pub.submit(result(2))
+        wait_for(
+            lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r0", "r1", "r2"],
+            timeout=60,
+        )
+    finally:
+        client.close()
+        assert pub.stop(10) == 0
+    assert "result_lost" not in caplog.text and "result_publisher_failed" not in caplog.text
+
+
+def test_out_of_memory_resends_only_the_stream_script(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """maxmemory reached: PUBLISH still goes, the stream's XADD meets OOM.
+    Each backoff round sends the script alone, so the channel and reply_to
+    get the event once however long it lasts; the stream gets it once
+    memory is back."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    admin = private_redis.client()
+    channel, reply = Results(private_redis), Results(private_redis, channel="mine")
+    pub = publisher(private_redis)
+    pub.start()
+    try:
+        admin.config_set("maxmemory", 1)
+        pub.submit(result(1), reply_to="mine")
+        wait_for(lambda: caplog.text.count("OOM") >= 3, timeout=60)  # three rounds, at least
+        admin.config_set("maxmemory", 0)
+        wait_for(lambda: [e["id"] for _, e in stream_events(admin)] == ["r1"], timeout=60)
+        assert channel.next()["id"] == reply.next()["id"] == "r1"
+        assert pub.stop(10) == 0
+        for name, heard in (("capture-results", channel), ("mine", reply)):
+            admin.publish(name, json.dumps({"id": "end"}))  # behind every copy sent
+            assert heard.next()["id"] == "end", name
+    finally:
+        admin.config_set("maxmemory", 0)
+        pub.stop(1)
+        channel.close()
+        reply.close()
+    assert "result_lost" not in caplog.text and pub.dropped == 0
+
+
+def test_out_of_memory_on_a_cluster_resends_only_the_stream_script(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same on a cluster, where commands go one at a time: the stream's
+    primary out of memory, the event is on the channel once, and in the
+    stream once that primary has room again."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    stream = "{s}x"
+    owner = next(
+        p for p in redis_cluster.ports if key_slot(stream.encode()) in redis_cluster.slots_of(p)
+    )
+    config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream)
+    pub = ResultPublisher(functools.partial(connect, config, socket_timeout=2), config)
+    client = redis_cluster.client()
+    pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe("capture-results")
+    heard: list[Any] = []
+
+    def listen() -> bool:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            heard.append(json.loads(message["data"])["id"])
+        return message is not None
+
+    pub.start()
+    try:
+        wait_for(listen, timeout=20)  # subscribed
+        with redis_cluster.node(owner) as node:
+            node.config_set("maxmemory", 1)
+        pub.submit(result(1))
+        wait_for(lambda: caplog.text.count("OOM") >= 3, timeout=60)  # three rounds, at least
+        with redis_cluster.node(owner) as node:
+            node.config_set("maxmemory", 0)
+        wait_for(lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r1"], timeout=60)
+        assert pub.stop(10) == 0
+        client.publish("capture-results", json.dumps({"id": "end"}))  # behind every copy
+        wait_for(lambda: not listen() and heard[-1:] == ["end"], timeout=20)  # all read
+        assert heard == ["r1", "end"]
+    finally:
+        with redis_cluster.node(owner) as node:
+            node.config_set("maxmemory", 0)
+        pub.stop(1)
+        pubsub.close()
+        client.close()
+    assert "result_lost" not in caplog.text and pub.dropped == 0
