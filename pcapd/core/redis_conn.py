@@ -153,6 +153,7 @@ def send_by_slot(
     for _ in range(REDIRECT_ROUNDS):
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
         for i in pending:
+            replies[i] = None  # (re)sent: an old MOVED must not stand for this send's reply
             try:
                 node = asking.get(i) or client.nodes_manager.get_node_from_slot(commands[i][0])
             except (redis.RedisError, RedisClusterException) as exc:
