@@ -15,7 +15,7 @@ index sets; what of it gets no answer is kept (bounded) and sent again. A
 missing script is loaded and only those calls are sent again. Each write is
 counted once, as written or as refused by Redis (the cause logged at most
 once per DROP_LOG_INTERVAL); what got no answer, or a "not now" (TRYAGAIN,
-CLUSTERDOWN, LOADING), is handed back to the writer, to be sent again after
+CLUSTERDOWN, LOADING, READONLY, OOM), is handed back to the writer, to be sent again after
 its backoff: only that, never what Redis already ran. Commands are packed and replies read here
 (hiredis), not through redis-py's pipeline, whose wrappers cost more per
 reply than Redis spends on the command; and nothing is retried unseen.
@@ -57,12 +57,15 @@ COUNTERS = "counters"  # one INCRBY per entry
 APPENDS = "appends"  # one script call
 Call = tuple[int, str, Batch]
 
-# Cluster replies that say "not now" rather than "no": sent again after
-# backoff. LOADING (BusyLoadingError) is no ResponseError: sent again too.
+# Replies that say "not now" rather than "no": sent again after backoff, as
+# pcapd/core/results.py does. LOADING (BusyLoadingError) is no ResponseError:
+# sent again too.
 _TRANSIENT = (
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN: a primary is away
     redis.exceptions.TryAgainError,  # a slot migrating
     redis.exceptions.AskError,  # and MOVED, once redis-py's own redirections ran out
+    redis.exceptions.ReadOnlyError,  # a primary demoted mid-failover, reached by address
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached: room may come back
 )
 # Said of a MOVED or ASK on a plain connection: no redirection is followed there.
 CLUSTER_HINT = "a cluster node: use redis+cluster://"
@@ -76,7 +79,7 @@ class WriterStats:
     # Never written: queue full, still queued when the writer stopped, or
     # refused by Redis (the agents' keys_dropped).
     dropped_ops: int = 0
-    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, READONLY, NOPERM, ...)
+    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, NOPERM, ...)
     redis_errors: int = 0
     # Counters written whose EXPIRE was refused or given up (Redis away
     # past the bound): they stand without their TTL.
@@ -108,7 +111,7 @@ class BatchSender:
 
     def _refused(self, cause: str, ops: int, error: str) -> None:
         """Count `ops` writes Redis refused; log each cause (the error's code,
-        e.g. WRONGTYPE, READONLY, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
+        e.g. WRONGTYPE, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
         with the ops refused since the last line."""
         self.stats.rejected_ops += ops
         self.stats.dropped_ops += ops
@@ -155,9 +158,13 @@ class BatchSender:
             try:
                 client.script_load(APPEND_SCRIPT)
                 replies = _exchange(client, *self._pack(missing))
-            except redis.ResponseError as exc:  # refused (an ACL): those calls only
-                for _slot, _kind, part in missing:
-                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
+            except redis.ResponseError as exc:
+                if _refusal(exc, cluster=False) is None:  # "not now" (READONLY, OOM)
+                    self._last_error = str(exc)
+                    retry += [(slot, part) for slot, _kind, part in missing]
+                else:  # refused (an ACL): those calls only
+                    for _slot, _kind, part in missing:
+                        self._refused(_cause(str(exc), exc), part.ops, str(exc))
             except (redis.RedisError, OSError) as exc:
                 self._last_error = str(exc) or type(exc).__name__
                 retry += [(slot, part) for slot, _kind, part in missing]
