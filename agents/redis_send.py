@@ -149,32 +149,52 @@ class BatchSender:
             if counted:
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
-        replies = _exchange(client, *self._pack(calls))
+        replies = _exchange(client, *self._pack(calls))  # raises: nothing counted yet
         written: list[str] = []
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
-        missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
-        if missing:
-            try:
-                client.script_load(APPEND_SCRIPT)
-                replies = _exchange(client, *self._pack(missing))
-            except redis.ResponseError as exc:
-                if _refusal(exc, cluster=False) is None:  # "not now" (READONLY, OOM)
-                    self._last_error = str(exc)
-                    retry += [(slot, part) for slot, _kind, part in missing]
-                else:  # refused (an ACL): those calls only
-                    for _slot, _kind, part in missing:
-                        self._refused(_cause(str(exc), exc), part.ops, str(exc))
-            except (redis.RedisError, OSError) as exc:
-                self._last_error = str(exc) or type(exc).__name__
-                retry += [(slot, part) for slot, _kind, part in missing]
-            else:
-                self._again(
-                    self._count_calls(missing, replies, written, created, retry, cluster=False),
-                    retry,
-                )
-        self._follow_up(client, written, created)
+        try:
+            missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
+            if missing:
+                self._resend_missing(client, missing, written, created, retry)
+            self._follow_up(client, written, created)
+        except Exception:  # a bug: what was counted must not go again (counted twice)
+            self._count_failed()
         return [Batch.joined([part for _slot, part in retry])] if retry else None
+
+    def _resend_missing(
+        self,
+        client: redis.Redis,
+        missing: list[Call],
+        written: list[str],
+        created: list[str],
+        retry: list[tuple[int, Batch]],
+    ) -> None:
+        """The script calls that met NOSCRIPT, after SCRIPT LOAD: counted,
+        refused (an ACL) or handed back to be sent again."""
+        try:
+            client.script_load(APPEND_SCRIPT)
+            replies = _exchange(client, *self._pack(missing))
+        except redis.ResponseError as exc:
+            if _refusal(exc, cluster=False) is None:  # "not now" (READONLY, OOM)
+                self._last_error = str(exc)
+                retry += [(slot, part) for slot, _kind, part in missing]
+            else:  # refused (an ACL): those calls only
+                for _slot, _kind, part in missing:
+                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
+        except Exception as exc:  # no answer (or a garbled one): nothing of these counted
+            self._last_error = str(exc) or type(exc).__name__
+            retry += [(slot, part) for slot, _kind, part in missing]
+        else:
+            self._again(
+                self._count_calls(missing, replies, written, created, retry, cluster=False),
+                retry,
+            )
+
+    def _count_failed(self) -> None:
+        """Logged, with the traceback, when counting answered replies raised
+        (a bug): those calls are not sent again, as Redis ran them."""
+        event(log, "redis_count_failed", logging.ERROR, exc_info=True)
 
     def _again(self, missing: list[Call], retry: list[tuple[int, Batch]]) -> None:
         """Script calls that met NOSCRIPT right after SCRIPT LOAD (a flush in
@@ -312,7 +332,7 @@ class BatchSender:
         packed += b"".join([_pack_command(command) for _key, command in commands[len(expire) :]])
         try:
             replies = _exchange(client, packed, len(commands))
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # no answer, or a garbled one: all kept
             self.stats.redis_errors += 1
             self._last_error = str(exc) or type(exc).__name__
             self._bound_pending()
@@ -383,27 +403,41 @@ class BatchSender:
         retry: list[tuple[int, Batch]] = []
         written: list[str] = []
         created: list[str] = []
-        missing = self._count_calls(calls, send_by_slot(client, self._commands(calls)),
-                                    written, created, retry, cluster=True)  # fmt: skip
-        if missing:
-            try:
-                client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
-            except (redis.RedisError, RedisClusterException) as exc:
-                # Other slots were written and counted: only these are refused
-                # (Redis said no) or sent again (no answer), never the rest.
-                for slot, _kind, part in missing:
-                    if isinstance(exc, redis.ResponseError) and not isinstance(exc, _TRANSIENT):
-                        self._refused(_cause(str(exc), exc), part.ops, str(exc))
-                    else:
-                        self._last_error = str(exc) or type(exc).__name__
-                        retry.append((slot, part))
-            else:
-                again = self._count_calls(missing, send_by_slot(client, self._commands(missing)),
-                                          written, created, retry, cluster=True)  # fmt: skip
-                self._again(again, retry)
-        self.unanswered = {slot: _owner(client, slot) for slot, _part in retry}
-        self._follow_up_slots(client, written, created)
+        replies = send_by_slot(client, self._commands(calls))  # raises: nothing counted yet
+        try:
+            missing = self._count_calls(calls, replies, written, created, retry, cluster=True)
+            if missing:
+                self._resend_missing_slots(client, missing, written, created, retry)
+            self.unanswered = {slot: _owner(client, slot) for slot, _part in retry}
+            self._follow_up_slots(client, written, created)
+        except Exception:  # a bug: what was counted must not go again (counted twice)
+            self._count_failed()
         return [Batch.joined([part for _slot, part in retry])] if retry else None
+
+    def _resend_missing_slots(
+        self,
+        client: RedisCluster,
+        missing: list[Call],
+        written: list[str],
+        created: list[str],
+        retry: list[tuple[int, Batch]],
+    ) -> None:
+        """`_resend_missing` on a cluster: SCRIPT LOAD on every primary."""
+        try:
+            client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
+        except (redis.RedisError, RedisClusterException) as exc:
+            # Other slots were written and counted: only these are refused
+            # (Redis said no) or sent again (no answer), never the rest.
+            for slot, _kind, part in missing:
+                if _refusal(exc, cluster=True) is not None:
+                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
+                else:
+                    self._last_error = str(exc) or type(exc).__name__
+                    retry.append((slot, part))
+        else:
+            again = self._count_calls(missing, send_by_slot(client, self._commands(missing)),
+                                      written, created, retry, cluster=True)  # fmt: skip
+            self._again(again, retry)
 
     def _follow_up_slots(
         self, client: RedisCluster, written: list[str], created: list[str]

@@ -45,7 +45,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from agents.redis_send import BatchSender, WriterStats, _cause
+from agents.redis_send import BatchSender, WriterStats
 from agents.store import INCR, Op
 from agents.write_window import Batch, Window
 from pcapd.core.backoff import Backoff, BackoffTracker
@@ -436,10 +436,7 @@ class RedisWriter(BatchSender):
                     else:
                         left = self._send_plain(client, done)  # counts per call
                     self.write_seconds.observe(time.monotonic() - began)
-                except redis.ResponseError as exc:
-                    # A refusal no reply carried: refused as `_count` refuses a call.
-                    self._refused(_cause(str(exc), exc), sum(b.ops for b in done), str(exc))
-                except Exception as exc:  # connection trouble, or a bug: back off, retry
+                except Exception as exc:  # before any reply was counted: back off, retry
                     if self._settled(done, done, answered=False):
                         return
                     self.stats.redis_errors += 1

@@ -183,7 +183,13 @@ def send_by_slot(
                     if i in asked:
                         next(answers)  # ASKING's OK
                     replies[i] = next(answers)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                OSError,
+                hiredis.ProtocolError,
+            ) as exc:
+                # A garbled reply stream too: the replies read so far are kept.
                 stale = True
                 for i in indices:
                     if replies[i] is None or i in asked:
