@@ -4,7 +4,9 @@ and how it counts the replies.
 Counters (INCR, INCRBY) go as `SET key 0 NX EX ttl` then `INCRBY key n`
 (a new key has its TTL from the start, so a crash before the next round
 trip leaves nothing that never expires; the SET is a no-op on a key that
-exists, another application's included), appends through
+exists, another application's included; one it made whose INCRBY was
+refused is deleted in the follow-up if it still holds "0", a value
+ShoDoHFlo never writes), appends through
 `store.APPEND_SCRIPT` in calls of at most `batch_ops` entries, pipelined
 over one connection on a plain server, per hash slot (`send_by_slot`) on a
 cluster. Once the counters are answered, a second, small round trip sends
@@ -38,7 +40,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from agents.store import APPEND_SCRIPT, client_key, index_commands
+from agents.store import APPEND_SCRIPT, UNSET_ZERO_SCRIPT, client_key, index_commands
 from agents.write_window import Batch
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import group_by_slot, read_replies, send_by_slot
@@ -104,6 +106,9 @@ class BatchSender:
     # max_queue_ops each).
     _expires: dict[str, None]
     _indexes: dict[str, None]
+    # Counters SET NX made at "0" whose INCRBY Redis refused: the "0" to
+    # take away again (UNSET_ZERO_SCRIPT), in the follow-up round trip.
+    _zeroes: dict[str, None]
     _expire_logged: float  # when an EXPIRE refusal was last logged
     _drop_log: dict[str, tuple[float, int]]
     _last_error: str
@@ -262,6 +267,8 @@ class BatchSender:
                             created.append(keys[i])
                     elif (refusal := _refusal(reply, cluster)) is not None:
                         self._refused(_cause(str(reply), reply), weights[i], refusal)
+                        if replies[at + 2 * i] == _OK:  # made at "0": take it away
+                            self._zeroes[keys[i]] = None
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
                 self.stats.written_ops += took
@@ -309,15 +316,17 @@ class BatchSender:
         ]
         if self._indexes:
             commands += index_commands(list(self._indexes), ttl)
+        commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
         return commands
 
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
-        """The EXPIREs and SADDs a failed round trip left; True once all are answered."""
+        """The EXPIREs, SADDs and zeroes a failed round trip left; True once
+        all are answered."""
         if isinstance(client, RedisCluster):
             self._follow_up_slots(client, [], [])
         else:
             self._follow_up(client, [], [])
-        return not self._expires and not self._indexes
+        return not (self._expires or self._indexes or self._zeroes)
 
     def _follow_up(self, client: redis.Redis, written: list[str], created: list[str]) -> None:
         """The counters' EXPIREs and the index, in a second round trip. If it
@@ -337,10 +346,7 @@ class BatchSender:
             self._last_error = str(exc) or type(exc).__name__
             self._bound_pending()
             return
-        self._expires_refused([r for r in replies[: len(expire)] if isinstance(r, Exception)])
-        self._index_refused([r for r in replies[len(expire) :: 2] if isinstance(r, Exception)])
-        expire.clear()
-        self._indexes.clear()
+        self._follow_up_replies(commands, replies, cluster=False)
 
     def _expires_refused(self, errors: list[Exception]) -> None:
         """EXPIREs Redis answered with an error (an ACL, a read-only
@@ -371,6 +377,8 @@ class BatchSender:
         """At most `max_queue_ops` EXPIREs, and as many index SADDs, wait
         (Redis away for long): past that the oldest are given up, counted in
         `expires_lost` / `index_lost`."""
+        if (over := len(self._zeroes) - self.max_queue_ops) > 0:  # left to their TTL
+            self._zeroes = dict.fromkeys(itertools.islice(self._zeroes, over, None))
         for pending, what in ((self._expires, "EXPIREs"), (self._indexes, "index SADDs")):
             over = len(pending) - self.max_queue_ops
             if over <= 0:
@@ -455,23 +463,43 @@ class BatchSender:
             self._last_error = str(exc) or type(exc).__name__
             self._bound_pending()
             return
+        self._follow_up_replies(commands, replies, cluster=True)
+
+    def _follow_up_replies(
+        self,
+        commands: list[tuple[str, tuple[str | int, ...]]],
+        replies: list[Any],
+        *,
+        cluster: bool,
+    ) -> None:
+        """What the follow-up's replies settle: each answered command leaves
+        its pending set (a refusal counted and logged); one that got no
+        answer or a "not now" stays for the next round trip, which counts
+        as a failed one (`redis_errors`). An index set's own EXPIRE is its
+        SADD's: unanswered, the SADD is kept with it."""
         refused: list[Exception] = []
         unindexed: list[Exception] = []
         failed = False
+        member = ""
         for (key, command), reply in zip(commands, replies, strict=True):
-            if command[0] == "EXPIRE" and key in self._expires:
-                pending, lost, member = self._expires, refused, key
-            elif command[0] == "SADD":
+            verb = command[0]
+            if verb == "SADD":
                 pending, lost, member = self._indexes, unindexed, str(command[2])
-            else:
-                continue  # the index set's own EXPIRE: sent again with its SADD
-            if isinstance(reply, Exception) and _refusal(reply, cluster=True) is None:
+            elif verb == "EXPIRE" and key in self._expires:
+                pending, lost, member = self._expires, refused, key
+            elif verb == "EXPIRE":  # the index set's own, after its SADD (`member`)
+                pending, lost = self._indexes, refused
+            else:  # EVAL: a counter's "0" taken away; refused, it expires with its TTL
+                pending, lost, member = self._zeroes, [], key
+            if isinstance(reply, Exception) and _refusal(reply, cluster) is None:
                 failed = True  # no answer: kept for the next round trip
                 self._last_error = str(reply) or type(reply).__name__
+                pending[member] = None
                 continue
             if isinstance(reply, Exception):
                 lost.append(reply)
-            pending.pop(member, None)
+            if verb != "EXPIRE" or pending is not self._indexes:
+                pending.pop(member, None)
         if failed:
             self.stats.redis_errors += 1
         self._expires_refused(refused)

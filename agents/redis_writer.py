@@ -167,6 +167,7 @@ class RedisWriter(BatchSender):
         self._drained = threading.Condition(self._lock)
         self._expires: dict[str, None] = {}
         self._indexes: dict[str, None] = {}
+        self._zeroes: dict[str, None] = {}
         self._expire_logged = -math.inf
         self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
@@ -416,7 +417,7 @@ class RedisWriter(BatchSender):
                 self._seal_locked()
             sealed = time.monotonic()
             idle = not self._batches
-            pending = self._expires or self._indexes
+            pending = self._expires or self._indexes or self._zeroes
             if idle and (pending or sealed - last_contact >= self.ping_interval):
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
@@ -484,7 +485,8 @@ class RedisWriter(BatchSender):
                 client = self._client()
             client.ping()
             # What a failed follow-up round trip left: EXPIREs, index SADDs.
-            if (self._expires or self._indexes) and not self._send_expires(client):
+            pending = self._expires or self._indexes or self._zeroes
+            if pending and not self._send_expires(client):
                 raise redis.ConnectionError(self._last_error)
         except Exception as exc:
             if self.connected:

@@ -254,3 +254,25 @@ def test_a_bug_in_counting_answered_replies_never_sends_them_again(
         writer.stop(5)
         admin.delete(key, "client;10.200.75.2", "10.200.75.1;192.0.2.1;dns")
         admin.close()
+
+
+def test_a_not_now_to_the_index_follow_up_keeps_it_for_the_next(tmp_path: Path) -> None:
+    """A plain connection's follow-up answered CLUSTERDOWN (the index set's
+    slot not served yet) is "not now", as on a cluster: kept and sent
+    again, never counted lost, so the index ends up whole."""
+    key = next(k for n in range(1000) if key_slot((k := f"10.0.9.{n};192.0.2.1;dns").encode())
+               <= 8191 < key_slot(index_of(k).encode()))  # fmt: skip
+    with half_served_node(tmp_path) as node:
+        port = node.connection_pool.connection_kwargs["port"]
+        writer = started(lambda: redis.Redis(port=port, socket_timeout=5), index=True)
+        try:
+            writer.append(key, "a.")
+            wait_for(lambda: writer.stats.written_ops == 1 and writer.stats.redis_errors >= 2,
+                     timeout=30)  # fmt: skip
+            assert writer.stats.index_lost == 0
+            _add_slots(node, 8192, 16383)
+            wait_for(lambda: node.smembers(index_of(key)) == {key}, timeout=30)
+        finally:
+            writer.stop(5)
+        assert writer.stats.index_lost == 0 and writer.stats.expires_lost == 0
+        assert 0 < node.ttl(index_of(key)) <= 900
