@@ -43,7 +43,7 @@ from redis.exceptions import RedisClusterException
 from agents.store import APPEND_SCRIPT, UNSET_ZERO_SCRIPT, client_key, index_commands
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import group_by_slot, read_replies, send_by_slot
+from pcapd.core.redis_conn import group_by_slot, read_replies, send_by_slot, slot_owner
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -109,7 +109,7 @@ class BatchSender:
     # Counters SET NX made at "0" whose INCRBY Redis refused: the "0" to
     # take away again (UNSET_ZERO_SCRIPT), in the follow-up round trip.
     _zeroes: dict[str, None]
-    _expire_logged: float  # when an EXPIRE refusal was last logged
+    _lost_logged: dict[str, float]  # event name -> when it was last logged
     _drop_log: dict[str, tuple[float, int]]
     _last_error: str
     unanswered: dict[int, str] | None
@@ -367,8 +367,8 @@ class BatchSender:
 
     def _log_lost(self, name: str, errors: list[Exception], **counts: Any) -> None:
         now = time.monotonic()
-        if now - self._expire_logged >= DROP_LOG_INTERVAL:
-            self._expire_logged = now
+        if now - self._lost_logged.get(name, -math.inf) >= DROP_LOG_INTERVAL:
+            self._lost_logged[name] = now
             event(log, name, logging.ERROR, keys=len(errors),
                   cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
                   **counts)  # fmt: skip
@@ -416,7 +416,9 @@ class BatchSender:
             missing = self._count_calls(calls, replies, written, created, retry, cluster=True)
             if missing:
                 self._resend_missing_slots(client, missing, written, created, retry)
-            self.unanswered = {slot: _owner(client, slot) for slot, _part in retry}
+            self.unanswered = {
+                slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
+            }
             self._follow_up_slots(client, written, created)
         except Exception:  # a bug: what was counted must not go again (counted twice)
             self._count_failed()
@@ -586,14 +588,6 @@ def _exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
         raise
     finally:
         pool.release(conn)
-
-
-def _owner(client: RedisCluster, slot: int) -> str:
-    """The primary the slot map names for `slot` now (refreshed after a failure)."""
-    try:
-        return str(client.nodes_manager.get_node_from_slot(slot).name)
-    except (redis.RedisError, RedisClusterException):
-        return "no primary known"
 
 
 def _cause(error: str, exc: Exception | None = None) -> str:

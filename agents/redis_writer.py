@@ -168,7 +168,7 @@ class RedisWriter(BatchSender):
         self._expires: dict[str, None] = {}
         self._indexes: dict[str, None] = {}
         self._zeroes: dict[str, None] = {}
-        self._expire_logged = -math.inf
+        self._lost_logged: dict[str, float] = {}
         self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
         self._queued = 0  # entries in _batches

@@ -131,7 +131,7 @@ class HeldAfterRoundTrip(RedisWriter):
 
     hold = False
 
-    @property  # type: ignore[override]
+    @property
     def connected(self) -> bool:
         return self._up
 

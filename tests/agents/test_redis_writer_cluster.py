@@ -19,7 +19,7 @@ from redis.crc import key_slot
 from agents.redis_writer import RedisWriter
 from agents.store import APPEND_SCRIPT, client_key, record_answer, record_nxdomain
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect, send_by_slot
+from pcapd.core.redis_conn import connect, is_cluster, send_by_slot
 from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals
@@ -300,6 +300,7 @@ def test_a_command_moved_to_a_node_that_then_times_out_is_sent_there_once(
     timeout, handed back to the caller, never the old MOVED, which would
     send it again within the same call (an INCR run twice or thrice)."""
     client = connect(RedisConfig(url=Secret(redis_cluster.url)), socket_timeout=0.5)
+    assert is_cluster(client)
     key = client_key("10.200.74.9")
     slot = key_slot(key.encode())
     source = client.get_node_from_key(key).port  # type: ignore[no-untyped-call]

@@ -203,6 +203,26 @@ def test_a_refused_expire_is_counted_and_logged(
     assert (line["cause"], line["keys"]) == ("NOPERM", 1)
 
 
+def test_refused_expires_and_index_sadds_are_each_logged(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rate limit is per event: a refused EXPIRE logged does not hide
+    the refused index SADDs of the same round trip."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    admin = private_redis.client()
+    admin.set("client;c", 5)
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-expire", "-sadd"])  # fmt: skip
+    port = admin.connection_pool.connection_kwargs["port"]
+    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0", index=True)
+    writer.incr("client;c")
+    writer.append("10.0.9.1;192.0.2.1;dns", "a.")
+    writer.stop()
+    assert writer.stats.written_ops == 2 and writer.stats.index_lost == 1
+    names = [r.getMessage() for r in caplog.records]
+    assert names.count("redis_expires_refused") == 1 and names.count("redis_index_refused") == 1
+
+
 def test_full_queue_drops_and_counts_never_blocks() -> None:
     writer = RedisWriter(
         lambda: redis.Redis(port=free_port(), socket_timeout=0.2),
