@@ -151,16 +151,21 @@ def test_a_read_only_replica_holds_the_writes_until_it_is_promoted(
     assert refusals(caplog) == []
 
 
+def refusing_url(server: RedisServer) -> str:
+    """A URL for `server` as an ACL user Redis refuses the writer's writes
+    (NOPERM: a lasting "no", counted as dropped)."""
+    server.client().acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                                commands=["+@all", "-evalsha", "-incrby"])  # fmt: skip
+    return f"redis://agent:pw@127.0.0.1:{server.port}/0"
+
+
 def test_an_acl_denying_a_command_drops_the_keys(
     private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
     admin = private_redis.client()
-    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
-                      commands=["+@all", "-evalsha", "-incrby"])  # fmt: skip
-    port = admin.connection_pool.connection_kwargs["port"]
     admin.set("client;d", 3)  # existed: the follow-up leaves it be
-    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
+    writer = writer_for(refusing_url(private_redis))
     writer.incr("client;c")
     writer.incr("client;d")
     writer.append("c;1.2.3.4;dns", "a.")
