@@ -4,7 +4,9 @@ and how it counts the replies.
 Counters (INCR, INCRBY) go as `SET key 0 NX EX ttl` then `INCRBY key n`
 (a new key has its TTL from the start, so a crash before the next round
 trip leaves nothing that never expires; the SET is a no-op on a key that
-exists, another application's included), appends through
+exists, another application's included; one it made whose INCRBY was
+refused is deleted in the follow-up if it still holds "0", a value
+ShoDoHFlo never writes), appends through
 `store.APPEND_SCRIPT` in calls of at most `batch_ops` entries, pipelined
 over one connection on a plain server, per hash slot (`send_by_slot`) on a
 cluster. Once the counters are answered, a second, small round trip sends
@@ -15,7 +17,7 @@ index sets; what of it gets no answer is kept (bounded) and sent again. A
 missing script is loaded and only those calls are sent again. Each write is
 counted once, as written or as refused by Redis (the cause logged at most
 once per DROP_LOG_INTERVAL); what got no answer, or a "not now" (TRYAGAIN,
-CLUSTERDOWN, LOADING), is handed back to the writer, to be sent again after
+CLUSTERDOWN, LOADING, READONLY, OOM), is handed back to the writer, to be sent again after
 its backoff: only that, never what Redis already ran. Commands are packed and replies read here
 (hiredis), not through redis-py's pipeline, whose wrappers cost more per
 reply than Redis spends on the command; and nothing is retried unseen.
@@ -38,10 +40,10 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from agents.store import APPEND_SCRIPT, client_key, index_commands
+from agents.store import APPEND_SCRIPT, UNSET_ZERO_SCRIPT, client_key, index_commands
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import group_by_slot, read_replies, send_by_slot
+from pcapd.core.redis_conn import group_by_slot, read_replies, send_by_slot, slot_owner
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -57,12 +59,15 @@ COUNTERS = "counters"  # one INCRBY per entry
 APPENDS = "appends"  # one script call
 Call = tuple[int, str, Batch]
 
-# Cluster replies that say "not now" rather than "no": sent again after
-# backoff. LOADING (BusyLoadingError) is no ResponseError: sent again too.
+# Replies that say "not now" rather than "no": sent again after backoff, as
+# pcapd/core/results.py does. LOADING (BusyLoadingError) is no ResponseError:
+# sent again too.
 _TRANSIENT = (
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN: a primary is away
     redis.exceptions.TryAgainError,  # a slot migrating
     redis.exceptions.AskError,  # and MOVED, once redis-py's own redirections ran out
+    redis.exceptions.ReadOnlyError,  # a primary demoted mid-failover, reached by address
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached: room may come back
 )
 # Said of a MOVED or ASK on a plain connection: no redirection is followed there.
 CLUSTER_HINT = "a cluster node: use redis+cluster://"
@@ -76,7 +81,7 @@ class WriterStats:
     # Never written: queue full, still queued when the writer stopped, or
     # refused by Redis (the agents' keys_dropped).
     dropped_ops: int = 0
-    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, READONLY, NOPERM, ...)
+    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, NOPERM, ...)
     redis_errors: int = 0
     # Counters written whose EXPIRE was refused or given up (Redis away
     # past the bound): they stand without their TTL.
@@ -101,14 +106,17 @@ class BatchSender:
     # max_queue_ops each).
     _expires: dict[str, None]
     _indexes: dict[str, None]
-    _expire_logged: float  # when an EXPIRE refusal was last logged
+    # Counters SET NX made at "0" whose INCRBY Redis refused: the "0" to
+    # take away again (UNSET_ZERO_SCRIPT), in the follow-up round trip.
+    _zeroes: dict[str, None]
+    _lost_logged: dict[str, float]  # event name -> when it was last logged
     _drop_log: dict[str, tuple[float, int]]
     _last_error: str
     unanswered: dict[int, str] | None
 
     def _refused(self, cause: str, ops: int, error: str) -> None:
         """Count `ops` writes Redis refused; log each cause (the error's code,
-        e.g. WRONGTYPE, READONLY, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
+        e.g. WRONGTYPE, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
         with the ops refused since the last line."""
         self.stats.rejected_ops += ops
         self.stats.dropped_ops += ops
@@ -146,28 +154,52 @@ class BatchSender:
             if counted:
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
-        replies = _exchange(client, *self._pack(calls))
+        replies = _exchange(client, *self._pack(calls))  # raises: nothing counted yet
         written: list[str] = []
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
-        missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
-        if missing:
-            try:
-                client.script_load(APPEND_SCRIPT)
-                replies = _exchange(client, *self._pack(missing))
-            except redis.ResponseError as exc:  # refused (an ACL): those calls only
+        try:
+            missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
+            if missing:
+                self._resend_missing(client, missing, written, created, retry)
+            self._follow_up(client, written, created)
+        except Exception:  # a bug: what was counted must not go again (counted twice)
+            self._count_failed()
+        return [Batch.joined([part for _slot, part in retry])] if retry else None
+
+    def _resend_missing(
+        self,
+        client: redis.Redis,
+        missing: list[Call],
+        written: list[str],
+        created: list[str],
+        retry: list[tuple[int, Batch]],
+    ) -> None:
+        """The script calls that met NOSCRIPT, after SCRIPT LOAD: counted,
+        refused (an ACL) or handed back to be sent again."""
+        try:
+            client.script_load(APPEND_SCRIPT)
+            replies = _exchange(client, *self._pack(missing))
+        except redis.ResponseError as exc:
+            if _refusal(exc, cluster=False) is None:  # "not now" (READONLY, OOM)
+                self._last_error = str(exc)
+                retry += [(slot, part) for slot, _kind, part in missing]
+            else:  # refused (an ACL): those calls only
                 for _slot, _kind, part in missing:
                     self._refused(_cause(str(exc), exc), part.ops, str(exc))
-            except (redis.RedisError, OSError) as exc:
-                self._last_error = str(exc) or type(exc).__name__
-                retry += [(slot, part) for slot, _kind, part in missing]
-            else:
-                self._again(
-                    self._count_calls(missing, replies, written, created, retry, cluster=False),
-                    retry,
-                )
-        self._follow_up(client, written, created)
-        return [Batch.joined([part for _slot, part in retry])] if retry else None
+        except Exception as exc:  # no answer (or a garbled one): nothing of these counted
+            self._last_error = str(exc) or type(exc).__name__
+            retry += [(slot, part) for slot, _kind, part in missing]
+        else:
+            self._again(
+                self._count_calls(missing, replies, written, created, retry, cluster=False),
+                retry,
+            )
+
+    def _count_failed(self) -> None:
+        """Logged, with the traceback, when counting answered replies raised
+        (a bug): those calls are not sent again, as Redis ran them."""
+        event(log, "redis_count_failed", logging.ERROR, exc_info=True)
 
     def _again(self, missing: list[Call], retry: list[tuple[int, Batch]]) -> None:
         """Script calls that met NOSCRIPT right after SCRIPT LOAD (a flush in
@@ -235,6 +267,8 @@ class BatchSender:
                             created.append(keys[i])
                     elif (refusal := _refusal(reply, cluster)) is not None:
                         self._refused(_cause(str(reply), reply), weights[i], refusal)
+                        if replies[at + 2 * i] == _OK:  # made at "0": take it away
+                            self._zeroes[keys[i]] = None
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
                 self.stats.written_ops += took
@@ -282,15 +316,17 @@ class BatchSender:
         ]
         if self._indexes:
             commands += index_commands(list(self._indexes), ttl)
+        commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
         return commands
 
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
-        """The EXPIREs and SADDs a failed round trip left; True once all are answered."""
+        """The EXPIREs, SADDs and zeroes a failed round trip left; True once
+        all are answered."""
         if isinstance(client, RedisCluster):
             self._follow_up_slots(client, [], [])
         else:
             self._follow_up(client, [], [])
-        return not self._expires and not self._indexes
+        return not (self._expires or self._indexes or self._zeroes)
 
     def _follow_up(self, client: redis.Redis, written: list[str], created: list[str]) -> None:
         """The counters' EXPIREs and the index, in a second round trip. If it
@@ -305,15 +341,12 @@ class BatchSender:
         packed += b"".join([_pack_command(command) for _key, command in commands[len(expire) :]])
         try:
             replies = _exchange(client, packed, len(commands))
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # no answer, or a garbled one: all kept
             self.stats.redis_errors += 1
             self._last_error = str(exc) or type(exc).__name__
             self._bound_pending()
             return
-        self._expires_refused([r for r in replies[: len(expire)] if isinstance(r, Exception)])
-        self._index_refused([r for r in replies[len(expire) :: 2] if isinstance(r, Exception)])
-        expire.clear()
-        self._indexes.clear()
+        self._follow_up_replies(commands, replies, cluster=False)
 
     def _expires_refused(self, errors: list[Exception]) -> None:
         """EXPIREs Redis answered with an error (an ACL, a read-only
@@ -334,8 +367,8 @@ class BatchSender:
 
     def _log_lost(self, name: str, errors: list[Exception], **counts: Any) -> None:
         now = time.monotonic()
-        if now - self._expire_logged >= DROP_LOG_INTERVAL:
-            self._expire_logged = now
+        if now - self._lost_logged.get(name, -math.inf) >= DROP_LOG_INTERVAL:
+            self._lost_logged[name] = now
             event(log, name, logging.ERROR, keys=len(errors),
                   cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
                   **counts)  # fmt: skip
@@ -344,6 +377,8 @@ class BatchSender:
         """At most `max_queue_ops` EXPIREs, and as many index SADDs, wait
         (Redis away for long): past that the oldest are given up, counted in
         `expires_lost` / `index_lost`."""
+        if (over := len(self._zeroes) - self.max_queue_ops) > 0:  # left to their TTL
+            self._zeroes = dict.fromkeys(itertools.islice(self._zeroes, over, None))
         for pending, what in ((self._expires, "EXPIREs"), (self._indexes, "index SADDs")):
             over = len(pending) - self.max_queue_ops
             if over <= 0:
@@ -376,27 +411,43 @@ class BatchSender:
         retry: list[tuple[int, Batch]] = []
         written: list[str] = []
         created: list[str] = []
-        missing = self._count_calls(calls, send_by_slot(client, self._commands(calls)),
-                                    written, created, retry, cluster=True)  # fmt: skip
-        if missing:
-            try:
-                client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
-            except (redis.RedisError, RedisClusterException) as exc:
-                # Other slots were written and counted: only these are refused
-                # (Redis said no) or sent again (no answer), never the rest.
-                for slot, _kind, part in missing:
-                    if isinstance(exc, redis.ResponseError) and not isinstance(exc, _TRANSIENT):
-                        self._refused(_cause(str(exc), exc), part.ops, str(exc))
-                    else:
-                        self._last_error = str(exc) or type(exc).__name__
-                        retry.append((slot, part))
-            else:
-                again = self._count_calls(missing, send_by_slot(client, self._commands(missing)),
-                                          written, created, retry, cluster=True)  # fmt: skip
-                self._again(again, retry)
-        self.unanswered = {slot: _owner(client, slot) for slot, _part in retry}
-        self._follow_up_slots(client, written, created)
+        replies = send_by_slot(client, self._commands(calls))  # raises: nothing counted yet
+        try:
+            missing = self._count_calls(calls, replies, written, created, retry, cluster=True)
+            if missing:
+                self._resend_missing_slots(client, missing, written, created, retry)
+            self.unanswered = {
+                slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
+            }
+            self._follow_up_slots(client, written, created)
+        except Exception:  # a bug: what was counted must not go again (counted twice)
+            self._count_failed()
         return [Batch.joined([part for _slot, part in retry])] if retry else None
+
+    def _resend_missing_slots(
+        self,
+        client: RedisCluster,
+        missing: list[Call],
+        written: list[str],
+        created: list[str],
+        retry: list[tuple[int, Batch]],
+    ) -> None:
+        """`_resend_missing` on a cluster: SCRIPT LOAD on every primary."""
+        try:
+            client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
+        except (redis.RedisError, RedisClusterException) as exc:
+            # Other slots were written and counted: only these are refused
+            # (Redis said no) or sent again (no answer), never the rest.
+            for slot, _kind, part in missing:
+                if _refusal(exc, cluster=True) is not None:
+                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
+                else:
+                    self._last_error = str(exc) or type(exc).__name__
+                    retry.append((slot, part))
+        else:
+            again = self._count_calls(missing, send_by_slot(client, self._commands(missing)),
+                                      written, created, retry, cluster=True)  # fmt: skip
+            self._again(again, retry)
 
     def _follow_up_slots(
         self, client: RedisCluster, written: list[str], created: list[str]
@@ -414,23 +465,43 @@ class BatchSender:
             self._last_error = str(exc) or type(exc).__name__
             self._bound_pending()
             return
+        self._follow_up_replies(commands, replies, cluster=True)
+
+    def _follow_up_replies(
+        self,
+        commands: list[tuple[str, tuple[str | int, ...]]],
+        replies: list[Any],
+        *,
+        cluster: bool,
+    ) -> None:
+        """What the follow-up's replies settle: each answered command leaves
+        its pending set (a refusal counted and logged); one that got no
+        answer or a "not now" stays for the next round trip, which counts
+        as a failed one (`redis_errors`). An index set's own EXPIRE is its
+        SADD's: unanswered, the SADD is kept with it."""
         refused: list[Exception] = []
         unindexed: list[Exception] = []
         failed = False
+        member = ""
         for (key, command), reply in zip(commands, replies, strict=True):
-            if command[0] == "EXPIRE" and key in self._expires:
-                pending, lost, member = self._expires, refused, key
-            elif command[0] == "SADD":
+            verb = command[0]
+            if verb == "SADD":
                 pending, lost, member = self._indexes, unindexed, str(command[2])
-            else:
-                continue  # the index set's own EXPIRE: sent again with its SADD
-            if isinstance(reply, Exception) and _refusal(reply, cluster=True) is None:
+            elif verb == "EXPIRE" and key in self._expires:
+                pending, lost, member = self._expires, refused, key
+            elif verb == "EXPIRE":  # the index set's own, after its SADD (`member`)
+                pending, lost = self._indexes, refused
+            else:  # EVAL: a counter's "0" taken away; refused, it expires with its TTL
+                pending, lost, member = self._zeroes, [], key
+            if isinstance(reply, Exception) and _refusal(reply, cluster) is None:
                 failed = True  # no answer: kept for the next round trip
                 self._last_error = str(reply) or type(reply).__name__
+                pending[member] = None
                 continue
             if isinstance(reply, Exception):
                 lost.append(reply)
-            pending.pop(member, None)
+            if verb != "EXPIRE" or pending is not self._indexes:
+                pending.pop(member, None)
         if failed:
             self.stats.redis_errors += 1
         self._expires_refused(refused)
@@ -517,14 +588,6 @@ def _exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
         raise
     finally:
         pool.release(conn)
-
-
-def _owner(client: RedisCluster, slot: int) -> str:
-    """The primary the slot map names for `slot` now (refreshed after a failure)."""
-    try:
-        return str(client.nodes_manager.get_node_from_slot(slot).name)
-    except (redis.RedisError, RedisClusterException):
-        return "no primary known"
 
 
 def _cause(error: str, exc: Exception | None = None) -> str:

@@ -45,14 +45,14 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from agents.redis_send import BatchSender, WriterStats, _cause
+from agents.redis_send import BatchSender, WriterStats
 from agents.store import INCR, Op
 from agents.write_window import Batch, Window
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.configread import Table
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
-from pcapd.core.redis_conn import Client
+from pcapd.core.redis_conn import SOCKET_TIMEOUT, Client
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -80,6 +80,10 @@ DEFAULT_WRITE_COMBINING = True
 # server: Redis stays busy while the client packs and reads, and still runs
 # other clients' commands between two calls.
 PIPELINE_CALLS = 8
+# Socket reads one round trip can wait on in turn (the calls, SCRIPT LOAD,
+# the calls again, the follow-up): stop() waits that many socket timeouts
+# for a round trip under way, so its counts are in when it returns.
+STOP_READS = 4
 
 
 def writer_switches(t: Table) -> dict[str, Any]:
@@ -163,7 +167,8 @@ class RedisWriter(BatchSender):
         self._drained = threading.Condition(self._lock)
         self._expires: dict[str, None] = {}
         self._indexes: dict[str, None] = {}
-        self._expire_logged = -math.inf
+        self._zeroes: dict[str, None] = {}
+        self._lost_logged: dict[str, float] = {}
         self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
         self._queued = 0  # entries in _batches
@@ -179,6 +184,8 @@ class RedisWriter(BatchSender):
         self._in_flight = 0
         self._closed = False
         self._sender_done = False
+        # s: the socket timeout of the sender's client (one read's longest wait)
+        self._read_timeout = SOCKET_TIMEOUT
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
         self._last_error = ""  # why a cluster slot's write was not answered
@@ -266,10 +273,11 @@ class RedisWriter(BatchSender):
 
     def stop(self, timeout: float = 5.0) -> None:
         """Send what is queued (for at most `timeout` s), then stop. A round
-        trip still under way then (Redis slower than `timeout`) is left to
-        the sender thread, which counts what it did not write as dropped
-        when its reply or socket timeout comes, and ends: no write is
-        counted twice, and nothing is sent after that."""
+        trip still under way then (Redis slower than `timeout`) is waited
+        for, at most until its socket timeouts run out (STOP_READS of
+        them): the sender counts what it did not write as dropped and ends,
+        so the counts are final when stop() returns; no write is counted
+        twice, and nothing is sent after that."""
         self.flush()
         deadline = time.monotonic() + timeout
         while self.queue_depth and time.monotonic() < deadline and self._thread:
@@ -294,6 +302,11 @@ class RedisWriter(BatchSender):
         self._lost(left, "stopped before Redis took them")
         if not sending:
             self._finish()
+        elif self._thread:  # its reply or its socket timeout ends it; then it counts
+            self._thread.join(STOP_READS * self._read_timeout + 1.0)
+            if self._thread.is_alive():
+                event(log, "redis_writer_stop_timed_out", logging.ERROR,
+                      waited=round(STOP_READS * self._read_timeout + 1.0, 2))  # fmt: skip
 
     def _lost(self, ops: int, reason: str) -> None:
         if ops:
@@ -355,17 +368,27 @@ class RedisWriter(BatchSender):
             good.append(i)
         return batch if len(good) == len(batch.keys) else batch.part(good)
 
-    def _settled(self, lost: list[Batch] | None) -> bool:
-        """After a round trip: True (and `lost`, what it did not write,
-        counted as dropped) when stop() has closed the writer meanwhile, for
-        the sender to leave; else the round trip's batches stay its own."""
+    def _settled(self, done: list[Batch], left: list[Batch] | None, answered: bool) -> bool:
+        """After a round trip, in one locked section (stop() cannot come in
+        between): True (and `left`, what it did not write, counted as
+        dropped) when stop() has closed the writer meanwhile, for the
+        sender to leave; else, when `answered`, `done` leaves the queue and
+        `left` takes its place at the head (a failed round trip keeps
+        `done` there whole, to send again)."""
         with self._lock:
             self._in_flight = 0
             if not self._closed:
+                if answered:
+                    for sent in done:
+                        self._batches.popleft()
+                        self._queued -= len(sent.keys)
+                    self._batches.extendleft(reversed(left or ()))
+                    self._queued += sum(len(b.keys) for b in left or ())
+                    self._drained.notify_all()
                 return False
             self._batches.clear()
             self._queued = 0
-        self._lost(sum(b.ops for b in lost or ()), "stopped before Redis answered")
+        self._lost(sum(b.ops for b in left or ()), "stopped before Redis answered")
         return True
 
     def _run(self) -> None:
@@ -394,7 +417,7 @@ class RedisWriter(BatchSender):
                 self._seal_locked()
             sealed = time.monotonic()
             idle = not self._batches
-            pending = self._expires or self._indexes
+            pending = self._expires or self._indexes or self._zeroes
             if idle and (pending or sealed - last_contact >= self.ping_interval):
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
@@ -414,11 +437,8 @@ class RedisWriter(BatchSender):
                     else:
                         left = self._send_plain(client, done)  # counts per call
                     self.write_seconds.observe(time.monotonic() - began)
-                except redis.ResponseError as exc:
-                    # A refusal no reply carried: refused as `_count` refuses a call.
-                    self._refused(_cause(str(exc), exc), sum(b.ops for b in done), str(exc))
-                except Exception as exc:  # connection trouble, or a bug: back off, retry
-                    if self._settled(done):
+                except Exception as exc:  # before any reply was counted: back off, retry
+                    if self._settled(done, done, answered=False):
                         return
                     self.stats.redis_errors += 1
                     self.connected = False
@@ -430,16 +450,9 @@ class RedisWriter(BatchSender):
                     client = None
                     self._stop.wait(wait)
                     continue
-                if self._settled(left):
+                if self._settled(done, left, answered=True):
                     return
                 if left is not None:  # some calls got no answer: only those again
-                    with self._lock:
-                        for _ in done:
-                            self._batches.popleft()
-                        self._batches.extendleft(reversed(left))
-                        self._queued -= sum(len(b.keys) for b in done)
-                        self._queued += sum(len(b.keys) for b in left)
-                        self._drained.notify_all()
                     self.stats.redis_errors += 1
                     wait = backoff.failed()
                     event(
@@ -451,11 +464,6 @@ class RedisWriter(BatchSender):
                 backoff.succeeded()
                 self.connected = True
                 last_contact = time.monotonic()
-                with self._lock:
-                    for sent in done:
-                        self._batches.popleft()
-                        self._queued -= len(sent.keys)
-                    self._drained.notify_all()
 
     def _client(self) -> Client:
         """A new client with redis-py's own retries off (redis-py 8 resends a
@@ -463,6 +471,9 @@ class RedisWriter(BatchSender):
         writer's backoff is the only retry, one call per attempt."""
         client = self._connect()
         client.set_retry(Retry(NoBackoff(), 0))
+        kwargs = (client.nodes_manager if isinstance(client, RedisCluster)
+                  else client.connection_pool).connection_kwargs  # fmt: skip
+        self._read_timeout = float(kwargs.get("socket_timeout") or SOCKET_TIMEOUT)
         return client
 
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
@@ -474,7 +485,8 @@ class RedisWriter(BatchSender):
                 client = self._client()
             client.ping()
             # What a failed follow-up round trip left: EXPIREs, index SADDs.
-            if (self._expires or self._indexes) and not self._send_expires(client):
+            pending = self._expires or self._indexes or self._zeroes
+            if pending and not self._send_expires(client):
                 raise redis.ConnectionError(self._last_error)
         except Exception as exc:
             if self.connected:

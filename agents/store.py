@@ -218,6 +218,13 @@ def record_nxdomain(writer: OpSink, client: str, qname: str) -> None:
     record_writes(writer, client, nxdomain_writes(qname))
 
 
+# A counter's SET NX EX made it at "0", then its INCRBY was refused: this
+# takes the "0" (a value ShoDoHFlo never writes) away again, unless a
+# writer counted it meanwhile.
+UNSET_ZERO_SCRIPT = (
+    "if redis.call('GET', KEYS[1]) == '0' then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
 # Append-if-absent for KEYS[i] the member ARGV[i+2]; ARGV[1] is the TTL,
 # ARGV[2] "1" to return the keys it created (for the writer to add to their
 # clients' index sets). A script, as GET + find + APPEND must be atomic; the

@@ -153,6 +153,7 @@ def send_by_slot(
     for _ in range(REDIRECT_ROUNDS):
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
         for i in pending:
+            replies[i] = None  # (re)sent: an old MOVED must not stand for this send's reply
             try:
                 node = asking.get(i) or client.nodes_manager.get_node_from_slot(commands[i][0])
             except (redis.RedisError, RedisClusterException) as exc:
@@ -182,7 +183,13 @@ def send_by_slot(
                     if i in asked:
                         next(answers)  # ASKING's OK
                     replies[i] = next(answers)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                OSError,
+                hiredis.ProtocolError,
+            ) as exc:
+                # A garbled reply stream too: the replies read so far are kept.
                 stale = True
                 for i in indices:
                     if replies[i] is None or i in asked:

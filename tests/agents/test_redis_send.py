@@ -212,3 +212,67 @@ def test_a_name_with_a_lone_surrogate_is_refused_and_the_rest_written(
     lines = refusals(caplog)
     assert {line["cause"] for line in lines} == {"ENCODING"}
     assert "surrogates not allowed" in lines[0]["error"]
+
+
+class MiscountingWriter(RedisWriter):
+    """A bug in counting an answered script call (a TypeError, as a reply
+    of an unexpected shape would raise)."""
+
+    def _count_answer(self, batch: Any, reply: list[Any]) -> None:
+        raise TypeError("a bug in counting")
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_bug_in_counting_answered_replies_never_sends_them_again(
+    redis_srv: RedisServer,
+    redis_cluster: RedisCluster,
+    caplog: pytest.LogCaptureFixture,
+    cluster: bool,
+) -> None:
+    """Once replies are counted nothing raises to the sender (which would
+    send the whole round trip again, and INCR each counter again): the bug
+    is logged with its traceback, and the writer goes on."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    url = redis_cluster.url if cluster else redis_srv.url
+    writer = MiscountingWriter(lambda: connect(RedisConfig(url=Secret(url))), ttl=900,
+                               flush_interval=0.02)  # fmt: skip
+    writer.start()
+    admin = redis.Redis.from_url(url) if not cluster else redis_cluster.client()
+    key = "client;10.200.75.1"
+    try:
+        writer.incr(key)
+        writer.append("10.200.75.1;192.0.2.1;dns", "a.example.")
+        writer.flush()
+        wait_for(lambda: any(r.getMessage() == "redis_count_failed" for r in caplog.records))
+        writer.incr("client;10.200.75.2")
+        writer.flush()
+        wait_for(lambda: admin.get("client;10.200.75.2") is not None)
+        assert admin.get(key) in (b"1", "1")  # sent once: never again
+        failed = next(r for r in caplog.records if r.getMessage() == "redis_count_failed")
+        assert failed.exc_info is not None and "a bug in counting" in str(failed.exc_info[1])
+    finally:
+        writer.stop(5)
+        admin.delete(key, "client;10.200.75.2", "10.200.75.1;192.0.2.1;dns")
+        admin.close()
+
+
+def test_a_not_now_to_the_index_follow_up_keeps_it_for_the_next(tmp_path: Path) -> None:
+    """A plain connection's follow-up answered CLUSTERDOWN (the index set's
+    slot not served yet) is "not now", as on a cluster: kept and sent
+    again, never counted lost, so the index ends up whole."""
+    key = next(k for n in range(1000) if key_slot((k := f"10.0.9.{n};192.0.2.1;dns").encode())
+               <= 8191 < key_slot(index_of(k).encode()))  # fmt: skip
+    with half_served_node(tmp_path) as node:
+        port = node.connection_pool.connection_kwargs["port"]
+        writer = started(lambda: redis.Redis(port=port, socket_timeout=5), index=True)
+        try:
+            writer.append(key, "a.")
+            wait_for(lambda: writer.stats.written_ops == 1 and writer.stats.redis_errors >= 2,
+                     timeout=30)  # fmt: skip
+            assert writer.stats.index_lost == 0
+            _add_slots(node, 8192, 16383)
+            wait_for(lambda: node.smembers(index_of(key)) == {key}, timeout=30)
+        finally:
+            writer.stop(5)
+        assert writer.stats.index_lost == 0 and writer.stats.expires_lost == 0
+        assert 0 < node.ttl(index_of(key)) <= 900

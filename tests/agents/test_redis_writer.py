@@ -3,9 +3,12 @@ attempt (no hidden retries), and no extra command per send."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import redis
 
-from agents.redis_writer import RedisWriter
+from agents.redis_writer import RedisWriter, dropped_status
 from agents.store import APPEND_SCRIPT
 from tests.helpers import RedisServer, wait_for
 
@@ -70,28 +73,100 @@ def test_a_send_is_evalsha_alone_and_a_missing_script_is_loaded(
     admin.close()
 
 
-def test_stop_during_a_round_trip_counts_each_write_once(private_redis: RedisServer) -> None:
-    """stop() returns while Redis holds the round trip (CLIENT PAUSE WRITE,
-    longer than stop's timeout, shorter than the socket timeout): the
-    sender counts the round trip when its replies come, once, and ends."""
-    admin = redis.Redis(port=private_redis.port, decode_responses=True)
-    writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=30),
+def stopped_mid_round_trip(
+    server: RedisServer, admin: redis.Redis, socket_timeout: float, net: int
+) -> tuple[RedisWriter, list[str]]:
+    """A writer stopped (stop(0.2)) while Redis holds its round trip of 50
+    new counters (CLIENT PAUSE WRITE, 8 s), after one written: the writer,
+    and the 50 keys."""
+    writer = RedisWriter(lambda: redis.Redis(port=server.port, socket_timeout=socket_timeout),
                          flush_interval=0.01)  # fmt: skip
     writer.start()
-    writer.incr("client;10.0.6.0")
+    writer.incr(f"client;10.0.{net}.0")
     wait_for(lambda: writer.stats.written_ops == 1)
     admin.client_pause(8000, all=False)  # writes wait; this PING and the test's reads do not
-    keys = [f"client;10.0.6.{index}" for index in range(1, 51)]
+    keys = [f"client;10.0.{net}.{index}" for index in range(1, 51)]
     for key in keys:
         writer.incr(key)
     writer.flush()
     # The round trip is under way: Redis holds the writer's connection.
     wait_for(lambda: int(admin.info("clients")["blocked_clients"]) >= 1)
     writer.stop(0.2)
-    thread = writer._thread
-    assert thread is not None and thread.is_alive()  # stop() did not wait it out
-    wait_for(lambda: not thread.is_alive(), timeout=60)
+    return writer, keys
+
+
+def test_stop_during_a_round_trip_counts_each_write_once(private_redis: RedisServer) -> None:
+    """stop() is called while Redis holds the round trip (longer than
+    stop's timeout, shorter than the socket timeout): it waits for the
+    replies, so the counts are final, each write counted once, when it
+    returns."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    writer, keys = stopped_mid_round_trip(private_redis, admin, 30, 6)
     assert (writer.stats.written_ops, writer.stats.dropped_ops) == (51, 0)
     assert writer.stats.queued_ops == 51 and writer.queue_depth == 0
+    assert writer._thread is not None and not writer._thread.is_alive()
+    assert dropped_status(writer, "test") == 0
     assert admin.mget(keys) == ["1"] * 50
     admin.close()
+
+
+def test_stop_past_the_socket_timeout_counts_the_round_trip_as_dropped(
+    private_redis: RedisServer,
+) -> None:
+    """Redis holds the round trip longer than the socket timeout: when
+    stop() returns, what it carried is counted as dropped, and a file
+    reader's exit status says keys were lost."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    writer, _keys = stopped_mid_round_trip(private_redis, admin, 3, 7)
+    assert (writer.stats.written_ops, writer.stats.dropped_ops) == (1, 50)
+    assert writer._thread is not None and not writer._thread.is_alive()
+    assert dropped_status(writer, "test") == 1
+    admin.client_unpause()
+    admin.close()
+
+
+class HeldAfterRoundTrip(RedisWriter):
+    """The sender held (2 s) right after a round trip Redis answered, as a
+    loaded machine may preempt it: there stop()'s join times out."""
+
+    hold = False
+
+    @property
+    def connected(self) -> bool:
+        return self._up
+
+    @connected.setter
+    def connected(self, up: bool) -> None:
+        self._up = up
+        if up and self.hold:
+            time.sleep(2.0)
+
+
+def test_stop_while_the_sender_settles_an_answered_round_trip(
+    private_redis: RedisServer,
+) -> None:
+    """What Redis answered is counted written once, never dropped too, and
+    the sender ends cleanly: stop() cannot clear the queue between the
+    round trip's settling and its batches leaving the queue."""
+    errors: list[BaseException | None] = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    writer = HeldAfterRoundTrip(lambda: redis.Redis(port=private_redis.port, socket_timeout=5),
+                                flush_interval=0.01)  # fmt: skip
+    try:
+        writer.start()
+        writer.incr("client;10.0.8.0")
+        wait_for(lambda: writer.stats.written_ops == 1)
+        writer.hold = True
+        for index in range(1, 11):
+            writer.incr(f"client;10.0.8.{index}")
+        writer.flush()
+        wait_for(lambda: writer.stats.written_ops == 11)
+        writer.stop(0.1)
+        assert writer._thread is not None
+        writer._thread.join(10)
+    finally:
+        threading.excepthook = hook
+    assert not writer._thread.is_alive() and errors == []
+    assert (writer.stats.queued_ops, writer.stats.written_ops) == (11, 11)
+    assert writer.stats.dropped_ops == 0 and writer.queue_depth == 0

@@ -19,7 +19,7 @@ from redis.crc import key_slot
 from agents.redis_writer import RedisWriter
 from agents.store import APPEND_SCRIPT, client_key, record_answer, record_nxdomain
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect
+from pcapd.core.redis_conn import connect, is_cluster, send_by_slot
 from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals
@@ -289,3 +289,36 @@ def test_a_slots_call_carries_at_most_batch_ops_entries(redis_cluster: RedisClus
         writer.stop(30)
         assert writer.stats.written_ops == 80
         assert int(node.info("commandstats")["cmdstat_evalsha"]["calls"]) == 8
+
+
+def test_a_command_moved_to_a_node_that_then_times_out_is_sent_there_once(
+    redis_cluster: RedisCluster,
+) -> None:
+    """`send_by_slot` (the writer's cluster transport): a command answered
+    MOVED goes to the new owner; when that node does not answer in time
+    (CLIENT PAUSE WRITE, longer than the socket timeout), its reply is the
+    timeout, handed back to the caller, never the old MOVED, which would
+    send it again within the same call (an INCR run twice or thrice)."""
+    client = connect(RedisConfig(url=Secret(redis_cluster.url)), socket_timeout=0.5)
+    assert is_cluster(client)
+    key = client_key("10.200.74.9")
+    slot = key_slot(key.encode())
+    source = client.get_node_from_key(key).port  # type: ignore[no-untyped-call]
+    target = next(p for p in redis_cluster.ports if p != source)
+    ids = {port: _node_id(redis_cluster, port) for port in (source, target)}
+    admin = redis_cluster.node(target)
+    try:
+        for port in redis_cluster.ports:  # the client's slot map still names the source
+            redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[target])
+        admin.client_pause(3000, all=False)
+        replies = send_by_slot(client, [(slot, ("INCR", key))])
+        assert isinstance(replies[0], redis.TimeoutError), replies
+        admin.client_unpause()
+        # Sent there once (Redis drops a paused command whose client left).
+        assert admin.get(key) in (None, "1")
+    finally:
+        admin.client_unpause()
+        admin.delete(key)
+        for port in redis_cluster.ports:
+            redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[source])
+        client.close()

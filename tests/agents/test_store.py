@@ -123,24 +123,40 @@ def refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def test_a_read_only_replica_refuses_every_batch_counted_logged_once(
+def test_a_read_only_replica_holds_the_writes_until_it_is_promoted(
     private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A Redis that refuses writes (here a read-only replica of nothing) costs
-    each batch, counted as dropped; the cause is logged once per interval and
-    what the rate limit held back is summed up at stop."""
-    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
-    private_redis.client().replicaof("127.0.0.1", free_port())
+    """READONLY is "not now" (a primary demoted mid-failover, reached by
+    address), as for the daemon's results: nothing is dropped while Redis
+    is a replica; promoted, it takes every write, each once."""
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.store")
+    admin = private_redis.client()
+    admin.replicaof("127.0.0.1", free_port())
     writer = writer_for(private_redis.url, batch_ops=2)
     for index in range(6):
         writer.incr(f"client;{index}")
-    wait_for(lambda: writer.stats.dropped_ops == 6)
-    assert len(refusals(caplog)) == 1
+    writer.incr("client;0")
+    writer.flush()
+    wait_for(lambda: writer.stats.redis_errors >= 2)
+    assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == 0
+    failures = [getattr(r, "pcapd_fields", {}) for r in caplog.records
+                if r.getMessage() == "redis_write_failed"]  # fmt: skip
+    assert failures and "read only replica" in failures[0]["error"]
+    admin.replicaof("NO", "ONE")
+    wait_for(lambda: writer.stats.written_ops == 7, timeout=30)
     writer.stop()
-    assert (writer.stats.rejected_ops, writer.stats.written_ops) == (6, 0)
-    first, held = refusals(caplog)
-    assert first["cause"] == held["cause"] == "READONLY" and "read only replica" in first["error"]
-    assert first["ops"] + held["ops"] == 6 and held["dropped_total"] == 6
+    assert (writer.stats.rejected_ops, writer.stats.dropped_ops) == (0, 0)
+    assert admin.mget([f"client;{index}" for index in range(6)]) == [b"2"] + [b"1"] * 5
+    assert 0 < admin.ttl("client;5") <= 900
+    assert refusals(caplog) == []
+
+
+def refusing_url(server: RedisServer) -> str:
+    """A URL for `server` as an ACL user Redis refuses the writer's writes
+    (NOPERM: a lasting "no", counted as dropped)."""
+    server.client().acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                                commands=["+@all", "-evalsha", "-incrby"])  # fmt: skip
+    return f"redis://agent:pw@127.0.0.1:{server.port}/0"
 
 
 def test_an_acl_denying_a_command_drops_the_keys(
@@ -148,19 +164,19 @@ def test_an_acl_denying_a_command_drops_the_keys(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
     admin = private_redis.client()
-    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
-                      commands=["+@all", "-evalsha", "-eval", "-incrby"])  # fmt: skip
-    port = admin.connection_pool.connection_kwargs["port"]
-    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
+    admin.set("client;d", 3)  # existed: the follow-up leaves it be
+    writer = writer_for(refusing_url(private_redis))
     writer.incr("client;c")
+    writer.incr("client;d")
     writer.append("c;1.2.3.4;dns", "a.")
     writer.stop()
-    # The counter's SET NX (allowed) made it, at 0 and with its TTL: it expires.
-    assert writer.stats.dropped_ops == 2 and admin.get("client;c") == b"0"
-    assert 0 < admin.ttl("client;c") <= 900
+    # The counter's SET NX (allowed) made it at "0", a value ShoDoHFlo never
+    # writes: the follow-up took it away again.
+    assert writer.stats.dropped_ops == 3 and admin.get("client;c") is None
+    assert admin.get("client;d") == b"3"
     lines = refusals(caplog)  # the first, then what the rate limit held, at stop
     assert {line["cause"] for line in lines} == {"NOPERM"}  # the code redis-py cut off
-    assert sum(line["ops"] for line in lines) == 2
+    assert sum(line["ops"] for line in lines) == 3
 
 
 def test_a_refused_expire_is_counted_and_logged(
@@ -190,6 +206,26 @@ def test_a_refused_expire_is_counted_and_logged(
     (line,) = [getattr(r, "pcapd_fields", {}) for r in caplog.records
                if r.getMessage() == "redis_expires_refused"]  # fmt: skip
     assert (line["cause"], line["keys"]) == ("NOPERM", 1)
+
+
+def test_refused_expires_and_index_sadds_are_each_logged(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rate limit is per event: a refused EXPIRE logged does not hide
+    the refused index SADDs of the same round trip."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    admin = private_redis.client()
+    admin.set("client;c", 5)
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-expire", "-sadd"])  # fmt: skip
+    port = admin.connection_pool.connection_kwargs["port"]
+    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0", index=True)
+    writer.incr("client;c")
+    writer.append("10.0.9.1;192.0.2.1;dns", "a.")
+    writer.stop()
+    assert writer.stats.written_ops == 2 and writer.stats.index_lost == 1
+    names = [r.getMessage() for r in caplog.records]
+    assert names.count("redis_expires_refused") == 1 and names.count("redis_index_refused") == 1
 
 
 def test_full_queue_drops_and_counts_never_blocks() -> None:

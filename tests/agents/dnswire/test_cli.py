@@ -15,7 +15,8 @@ import pytest
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 from tests.agents.dnswire import wire as w
 from tests.agents.flow import frames as f
-from tests.helpers import RedisServer, free_port
+from tests.agents.test_store import refusing_url
+from tests.helpers import RedisServer
 
 REPO = Path(__file__).resolve().parents[3]
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
@@ -130,12 +131,11 @@ def test_config_section_is_read_and_checked(tmp_path: Path, capture: Path) -> No
 def test_reading_a_file_exits_non_zero_when_keys_were_dropped(
     capture: Path, private_redis: RedisServer
 ) -> None:
-    """Keys a Redis refused (a read-only replica here) are lost with a file
-    read once: the exit status says so."""
-    private_redis.client().replicaof("127.0.0.1", free_port())
-    done = run(*AGENT, "--read", str(capture), "--redis-url", private_redis.url)
+    """Keys a Redis refused (an ACL here) are lost with a file read once: the
+    exit status says so."""
+    done = run(*AGENT, "--read", str(capture), "--redis-url", refusing_url(private_redis))
     assert done.returncode == 1, done.stderr
-    assert "event=redis_writes_refused cause=READONLY" in done.stderr
+    assert "event=redis_writes_refused cause=NOPERM" in done.stderr
     assert re.search(r"event=keys_dropped agent=dnswire keys=[1-9]", done.stderr), done.stderr
 
 

@@ -18,6 +18,7 @@ from agents.flow.agent import FLUSH_TIMEOUT, AgentError, FlowAgent, make_writer
 from agents.flow.config import parse_flow_config, parse_networks_arg, with_command_line
 from pcapd.core.lifecycle import EXIT_COLD
 from tests.agents.flow import frames as f
+from tests.agents.test_store import refusing_url
 from tests.helpers import RedisServer, free_port, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -189,17 +190,17 @@ def test_cli_read_counts_bad_packets_and_goes_on(tmp_path: Path, redis_srv: Redi
 def test_cli_read_exits_non_zero_when_keys_were_dropped(
     tmp_path: Path, private_redis: RedisServer
 ) -> None:
-    """A file is read once: keys a Redis refused (a read-only replica here) are
-    lost, and the exit status says so."""
-    private_redis.client().replicaof("127.0.0.1", free_port())
+    """A file is read once: keys a Redis refused (an ACL here) are lost, and
+    the exit status says so."""
+    url = refusing_url(private_redis)
     pcap = write(tmp_path / "one.pcap", [f.ip4(B4, A4, 17, f.udp(53, 4000))])
     result = subprocess.run(
         [sys.executable, "-m", "pcapd", "agent", "flow", "--read", str(pcap), OURS,
-         "--redis", private_redis.url],
+         "--redis", url],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
-    assert "event=redis_writes_refused cause=READONLY" in result.stderr
+    assert "event=redis_writes_refused cause=NOPERM" in result.stderr
     assert re.search(r"event=keys_dropped agent=flow keys=[1-9]", result.stderr), result.stderr
     assert re.search(r"event=flow_done .*keys_dropped=[1-9]", result.stderr), result.stderr
 
