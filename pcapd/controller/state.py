@@ -63,6 +63,11 @@ class ControllerState:
         self._lock = threading.Lock()
         self._capturing: set[Worker] = set()  # admitted, not yet captured: for shutdown
         self._handling = 0  # handle() calls in progress
+        # Set under `_lock` by shutdown before it shuts each pool down: work
+        # then runs in the caller's thread, chosen under that lock (never
+        # both queued and run inline).
+        self._captures_closed = False
+        self._uploads_closed = False
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.metrics = CaptureMetrics()
@@ -105,10 +110,11 @@ class ControllerState:
     def on_capture_thread(self, task: Callable[[str], None], arg: str) -> None:
         """`task(arg)` on a capture thread (never queued behind uploads); on
         this one once they are shut down."""
-        try:
-            self._capture_pool.submit(task, arg)
-        except RuntimeError:
-            task(arg)
+        with self._lock:
+            if not self._captures_closed:
+                self._capture_pool.submit(task, arg)
+                return
+        task(arg)
 
     def untrack(self, worker: Worker) -> None:
         """`worker`'s capture has ended (or never started)."""

@@ -62,21 +62,39 @@ def hanging_controller(
 def test_hanging_upload_is_spooled_at_shutdown(
     redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
-    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    # One upload worker: "hung" hangs in CloudShark, "queued" waits behind it.
+    ctl, spool = hanging_controller(
+        redis_srv, tmp_path / "spool", cloudshark, upload_workers=1
+    )
     port = free_port()
-    got = Recorded(request(port, id="hung", packets=2))
-    ctl.handle(got.delivery)
+    got = {name: Recorded(request(port, id=name, packets=2)) for name in ("hung", "queued")}
+    for recorded in got.values():
+        ctl.handle(recorded.delivery)
+    wait_for(lambda: ctl.admission.active == 2)
     threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
     wait_for(lambda: cloudshark.requests >= 1)  # the upload is in flight, and hangs
+    wait_for(lambda: len(ctl._uploads) == 2)  # the second is queued behind it
     assert ctl.shutdown(timeout=1.0)
-    event = results.for_id("hung")
-    assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
-    [entry] = spool.list()
-    assert entry.pending == ("cloudshark",) and entry.sha256 == event["sha256"]
-    assert got.acks == 1  # stored durably: the source may forget it
+    events = {name: results.for_id(name) for name in got}
+    for event in events.values():
+        assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+    # Exactly one entry per capture: the hanging one's write-ahead entry, and
+    # one for the queued one (cancelled, so never written ahead as well).
+    entries = spool.list()
+    assert sorted(e.filename.split("_")[-1].split(".")[0] for e in entries) == ["hung", "queued"]
+    assert all(e.pending == ("cloudshark",) for e in entries)
+    assert {e.sha256 for e in entries} == {events["hung"]["sha256"], events["queued"]["sha256"]}
+    assert [r.acks for r in got.values()] == [1, 1]  # stored durably: the source may forget them
     # End the hanging upload inside the test, so no thread of it outlives the test.
     cloudshark.release.set()
     ctl._upload_pool.shutdown(wait=True)
+    assert cloudshark.requests == 1  # the queued upload never ran
+    # Its store ended after its result was spooled: no second result. The
+    # refusal of a later request comes after anything published before it.
+    ctl.handle(Recorded(request(port, id="after")).delivery)
+    assert results.for_id("after")["status"] == "rejected"
+    assert results.unclaimed() == []
+    assert len(spool.list()) == 2
 
 
 def test_spool_space_is_promised_to_admitted_captures(
