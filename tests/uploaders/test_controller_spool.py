@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,7 @@ def test_hanging_upload_is_spooled_at_shutdown(
     redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
     # One upload worker: "hung" hangs in CloudShark, "queued" waits behind it.
-    ctl, spool = hanging_controller(
-        redis_srv, tmp_path / "spool", cloudshark, upload_workers=1
-    )
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, upload_workers=1)
     port = free_port()
     got = {name: Recorded(request(port, id=name, packets=2)) for name in ("hung", "queued")}
     for recorded in got.values():
@@ -217,3 +216,45 @@ def test_admission_checks_real_free_space_for_every_copy_and_what_was_promised(
     assert second["error"].endswith("(2000000 promised to captures not yet stored)")
     assert results.for_id("fits")["status"] == "empty"
     wait_for(lambda: ctl.admission.idle)
+
+
+class FirstThreadFails(ThreadPoolExecutor):
+    """An upload pool whose first thread cannot start (RuntimeError, as when
+    the process is out of threads): its submit raises with the task queued."""
+
+    failed = False
+
+    def _adjust_thread_count(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("can't start new thread")
+        super()._adjust_thread_count()
+
+
+def test_upload_whose_thread_cannot_start_fails_once_and_is_never_stored(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    ctl = disk_controller(redis_srv, tmp_path)
+    ctl._upload_pool = FirstThreadFails(max_workers=2, thread_name_prefix="upload")
+    port = free_port()
+    try:
+        first = Recorded(request(port, id="no-thread", packets=1))
+        ctl.handle(first.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 1)).start()
+        failed = results.for_id("no-thread")
+        assert failed["status"] == "failed", failed
+        assert failed["error"] == 'capture failed: RuntimeError("can\'t start new thread")'
+        wait_for(lambda: first.releases == 1)  # stored nowhere: the source sends it again
+        # The next upload starts a thread, which takes the queued task first:
+        # that one finds its result given and stores nothing.
+        ctl.handle(Recorded(request(port, id="next", packets=1)).delivery)
+        threading.Timer(0.3, send_udp, args=(port, 1)).start()
+        assert results.for_id("next")["status"] == "spooled"  # S3 refused
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.handle(Recorded(request(port, id="after", timeout=1)).delivery)
+        assert results.for_id("after")["status"] == "empty"
+        assert results.unclaimed() == []
+        stored = sorted(p.name for p in (tmp_path / "local").glob("*.pcap"))
+        assert len(stored) == 1 and "next" in stored[0], stored
+    finally:
+        ctl.shutdown(5)
