@@ -4,6 +4,7 @@ shutdown that cannot wait for a hanging upload spools the capture instead."""
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,17 +15,20 @@ import pytest
 
 from pcapd.controller import Controller
 from pcapd.core.config import parse_config
+from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
+from pcapd.core.request import parse_request
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool
 from pcapd.ring import Ring
+from pcapd.worker import Worker
 from tests.helpers import RedisServer, fill, free_port, needs_root, tmpfs, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, request
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import cs_config, s3_config
-from uploaders.base import Uploader
+from uploaders.base import Artifact, Uploader
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
@@ -258,3 +262,37 @@ def test_upload_whose_thread_cannot_start_fails_once_and_is_never_stored(
         assert len(stored) == 1 and "next" in stored[0], stored
     finally:
         ctl.shutdown(5)
+
+
+def test_a_store_after_shutdown_runs_inline_and_stays_tracked_until_settled(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """A capture that ends once shutdown has closed the upload pool (one that
+    would not stop in time) is stored on its own thread, and counted as
+    running until it is settled: a later shutdown does not report it finished."""
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    reservation = ctl.admission.reserve(1000)
+    assert ctl.shutdown(timeout=1.0)  # nothing running: both pools closed
+    late = parse_request(json.dumps(request(free_port(), id="late", packets=2)), ctl.config)
+    worker = Worker(ctl, late, "lo", (), reservation)
+    with ctl._lock:
+        ctl._capturing.add(worker)  # admitted before shutdown, as handle() does
+    data = b"late capture"
+    sha = hashlib.sha256(data).hexdigest()
+    artifact = Artifact(
+        data=data, filename="n1_lo_late.pcap", format="pcap", sha256=sha, request=late,
+        node="n1", interface="lo",
+    )  # fmt: skip
+    result = ResultEvent.for_request(late, "n1", "ok", interface="lo", packets=2, sha256=sha)
+    store = threading.Thread(target=ctl.submit, args=(worker, artifact, result))
+    store.start()
+    try:
+        wait_for(lambda: cloudshark.requests >= 1)  # stored inline, and hanging
+        assert ctl.running() == 1
+        assert not ctl.shutdown(timeout=0.2)  # not finished: it says so
+    finally:
+        cloudshark.release.set()
+        store.join(30)
+    assert results.for_id("late")["status"] == "spooled"
+    assert ctl.running() == 0 and reservation.released
+    assert [e.filename for e in spool.list()] == ["n1_lo_late.pcap"]
