@@ -100,6 +100,11 @@ class Worker:
         self.gate: ClaimGate | None = None  # claims still to be answered before a result
         self.served: RingCapture | None = None  # registered with the interface's ring
         self.registered = 0.0  # monotonic time it was, for the trigger latency
+        # Who publishes its final result, taken once: the store itself, a
+        # shutdown that spooled it, or a crash. A store that finds it taken
+        # does nothing (a copy run twice must not store or publish twice).
+        self._result_lock = threading.Lock()
+        self._result_taken = False
 
     def register(self, ring: Ring) -> bool:
         """Start the capture on `ring` now, in the caller's thread (it costs
@@ -161,12 +166,19 @@ class Worker:
         except Exception as exc:
             self._crashed(exc)
 
+    def take_result(self) -> bool:
+        """True for the first caller only: it, and nobody else, publishes the
+        final result (shutdown, spooling a store, takes it from the store)."""
+        with self._result_lock:
+            taken, self._result_taken = self._result_taken, True
+        return not taken
+
     def _crashed(self, exc: Exception) -> None:
         event(
             log, "capture_crashed", logging.ERROR, exc_info=True,
             id=self.request.id, interface=self.interface,
         )  # fmt: skip
-        if not self.reservation.released:
+        if not self.reservation.released and self.take_result():
             self.controller.tell(
                 self.request, "failed", interface=self.interface,
                 error=f"capture failed: {exc!r}", warnings=self.warnings,
@@ -307,7 +319,12 @@ class Worker:
         ctl.submit(self, artifact, result)  # no longer capturing: now an upload
 
     def store(self, artifact: Artifact, result: ResultEvent) -> None:
-        """Deliver to every sink (an upload worker's job), then finish."""
+        """Deliver to every sink (an upload worker's job), then finish;
+        nothing when its result is taken already (spooled by shutdown, or a
+        crash reported it)."""
+        with self._result_lock:
+            if self._result_taken:
+                return
         try:
             outcome = self.controller.deliverer.deliver(artifact, result)
         except Exception as exc:  # a bug or an OSError past the deliverer's own handling
@@ -318,7 +335,11 @@ class Worker:
         self.finish(outcome.apply(result), outcome.locations, durable=outcome.durable)
 
     def finish(self, result: ResultEvent, locations: Mapping[str, str], durable: bool) -> None:
-        """Log and publish the final result, then settle."""
+        """Log and publish the final result, then settle; only settle when
+        shutdown has published it already (spooled)."""
+        if not self.take_result():
+            self.settle(durable)
+            return
         try:
             event(
                 log, "capture_done", id=result.id, interface=result.interface,

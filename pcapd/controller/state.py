@@ -63,6 +63,11 @@ class ControllerState:
         self._lock = threading.Lock()
         self._capturing: set[Worker] = set()  # admitted, not yet captured: for shutdown
         self._handling = 0  # handle() calls in progress
+        # Set under `_lock` by shutdown before it shuts each pool down: work
+        # then runs in the caller's thread, chosen under that lock (never
+        # both queued and run inline).
+        self._captures_closed = False
+        self._uploads_closed = False
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.metrics = CaptureMetrics()
@@ -78,12 +83,19 @@ class ControllerState:
         # Captures run on reused threads: starting a thread costs the trigger
         # thread ~0.3-1 ms (it waits for the new thread to run), a submit ~20 us.
         # These threads capture, and take a watched ring capture once it is
-        # over (its claims' answer, bounded); files are stored on the upload
-        # pool. At most max_concurrent captures hold a slot, and one that
-        # frees its slot gives its thread back just after (the spares cover
-        # that), so an admitted one never waits.
+        # over (its claims' answer, then its result or store); files are
+        # stored on the upload pool. At most max_concurrent captures hold a
+        # slot, but a watched one ended by its packets/bytes bound frees its
+        # slot before its completion takes a thread, and that completion may
+        # wait for its claims (up to dedup.CLAIM_WAIT while Redis is away): so
+        # twice max_concurrent, one thread per slot capturing and one per slot
+        # completing, plus the spares for a slot freed just before its thread.
+        # Only slots turning over faster than claims are answered need more;
+        # their tasks queue, each ahead of them waiting at most CLAIM_WAIT.
+        # Threads start only when no idle one is there, so the bound costs
+        # nothing until it is used.
         self._capture_pool = ThreadPoolExecutor(
-            max_workers=config.general.max_concurrent + CAPTURE_THREADS_SPARE,
+            max_workers=2 * config.general.max_concurrent + CAPTURE_THREADS_SPARE,
             thread_name_prefix="capture",
         )
         # The timed bounds of ring captures that no thread waits for.
@@ -105,10 +117,11 @@ class ControllerState:
     def on_capture_thread(self, task: Callable[[str], None], arg: str) -> None:
         """`task(arg)` on a capture thread (never queued behind uploads); on
         this one once they are shut down."""
-        try:
-            self._capture_pool.submit(task, arg)
-        except RuntimeError:
-            task(arg)
+        with self._lock:
+            if not self._captures_closed:
+                self._capture_pool.submit(task, arg)
+                return
+        task(arg)
 
     def untrack(self, worker: Worker) -> None:
         """`worker`'s capture has ended (or never started)."""

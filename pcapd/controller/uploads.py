@@ -3,7 +3,6 @@ uploads waited for, the ones still hanging spooled for the next run)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
@@ -27,11 +26,16 @@ class Uploads(ControllerState):
         shutdown always finds it in one of them (and spools it if it must)."""
         future: Future[None] | None = None
         with self._lock:
-            with contextlib.suppress(RuntimeError):  # shut down: stored from this thread
+            # Chosen under the lock shutdown closes the pool under: a submit
+            # that raises (a thread that cannot start) has queued the task
+            # already, so it is never run here as well; it propagates.
+            if not self._uploads_closed:
                 future = self._upload_pool.submit(worker.store, artifact, result)
                 self._uploads[future] = (worker, artifact, result)
-            self._capturing.discard(worker)
+                self._capturing.discard(worker)
         if future is None:
+            # Shut down: stored from this thread, still in `_capturing` (so
+            # shutdown reports it unfinished) until settle() untracks it.
             worker.store(artifact, result)
             return
         future.add_done_callback(self._upload_done)
@@ -57,6 +61,8 @@ class Uploads(ControllerState):
             captured = not self._capturing
         # Idle capture threads end now; busy ones (a capture that would not
         # stop) are left to the process's exit.
+        with self._lock:
+            self._captures_closed = True
         self._capture_pool.shutdown(wait=captured)
         with self._lock:
             uploads = list(self._uploads)
@@ -65,23 +71,37 @@ class Uploads(ControllerState):
             # Remote attempts give up now; their captures are in the spool already.
             self.deliverer.abandon.set()
             wait_futures(hanging, ABANDON_WAIT)
+        with self._lock:
+            self._uploads_closed = True
         self._upload_pool.shutdown(wait=False)
         self._spool_unfinished()
         with self._lock:
             return not self._capturing and not self._uploads
 
     def _spool_unfinished(self) -> None:
-        """Uploads still hanging when shutdown can wait no longer: their captures
-        go to the spool (the drainer of the next run delivers them), not away
-        with the process."""
+        """Uploads still queued or hanging when shutdown can wait no longer:
+        their captures go to the spool (the drainer of the next run delivers
+        them), not away with the process. A queued one is cancelled first,
+        so the pool never runs it as well; a running one keeps its
+        write-ahead entry and leaves its result to this one."""
         with self._lock:
-            hanging = [item for item in self._uploads.items() if not item[0].done()]
+            unfinished = [item for item in self._uploads.items() if not item[0].done()]
         error = "shutdown: upload still running, spooled for the next run"
-        for future, (worker, artifact, result) in hanging:
+        for future, (worker, artifact, result) in unfinished:
+            queued = future.cancel()  # False once running (or done meanwhile)
+            if not queued and not future.running():
+                continue
             spooled = replace(result, status="spooled", error=error)
             if not self.deliverer.spool_unfinished(artifact, spooled):
+                if queued:  # never stored, and never will be: say so, and let it come again
+                    worker.take_result()
+                    lost = "shutdown: upload never started, and the spool cannot take it"
+                    self.publish(replace(result, status="failed", error=lost),
+                                 worker.request.reply_to)  # fmt: skip
+                    worker.settle(durable=False)
                 continue
-            self.publish(spooled, worker.request.reply_to)
+            if worker.take_result():  # else it finished meanwhile and published its own
+                self.publish(spooled, worker.request.reply_to)
             with self._lock:
                 self._uploads.pop(future, None)
             worker.settle(durable=True)

@@ -109,9 +109,11 @@ class OpenDirectory:
                 self._last_use = time.monotonic()
                 if self._closer is None and self._fd is not None:
                     closer = self._closer_locked(self.idle_close)
-            if close:
-                os.close(fd)
-            self._start(closer)
+            try:
+                if close:
+                    os.close(fd)
+            finally:  # else `_closer` stays set, never started, and none is armed again
+                self._start(closer)
 
     def _closer_locked(self, delay: float) -> threading.Timer:
         # One timer at a time, re-armed for what is left: under a storm one

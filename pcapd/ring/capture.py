@@ -171,10 +171,24 @@ class RingCapture:
         The watcher's, too, for a capture it cannot look at."""
         if not self._handed.acquire(blocking=False):
             return False
+        self._give(reason)
+        return True
+
+    def fail(self, reason: str, warning: str) -> bool:
+        """The watcher's, for a capture it cannot look at: unless it was
+        handed over already (its reader ended it on its own bound), cut it
+        now, say why in its result and hand it over. True if it did."""
+        if not self._handed.acquire(blocking=False):
+            return False
+        self.cut()
+        self.warnings += (warning,)
+        self._give(reason)
+        return True
+
+    def _give(self, reason: str) -> None:
         over = self._over
         if over is not None:  # else it was cancelled meanwhile: nothing to take
             over(reason)
-        return True
 
     def outcome(self, stop_reason: str = "") -> CaptureOutcome:
         """The capture as it ended (`stop_reason`, unless its feed ended it),

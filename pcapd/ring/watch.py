@@ -94,15 +94,14 @@ class Watcher:
     def _look(self, capture: RingCapture, now: float) -> float | None:
         """`capture.look(now)` (it hands itself over if time ended it). A
         capture that raises is logged, cut now and handed over with what it
-        has, its result saying why, and the others are still watched: one
-        bug ends one capture, not the thread."""
+        has, its result saying why (unless its reader handed it over
+        already), and the others are still watched: one bug ends one
+        capture, not the thread."""
         try:
             return capture.look(now)
         except Exception as exc:
             event(log, "ring_watch_failed", logging.ERROR, exc_info=True,
                   interface=capture.interface)  # fmt: skip
-            capture.warnings += (f"ended early: its bounds could not be checked ({exc!r}; "
-                                 f"log event=ring_watch_failed)",)  # fmt: skip
-            capture.cut()
-            capture.hand_over(WATCH_FAILED)
+            capture.fail(WATCH_FAILED, f"ended early: its bounds could not be checked "
+                                       f"({exc!r}; log event=ring_watch_failed)")  # fmt: skip
             return None

@@ -4,8 +4,10 @@ shutdown that cannot wait for a hanging upload spools the capture instead."""
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +15,20 @@ import pytest
 
 from pcapd.controller import Controller
 from pcapd.core.config import parse_config
+from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
+from pcapd.core.request import parse_request
 from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool
 from pcapd.ring import Ring
+from pcapd.worker import Worker
 from tests.helpers import RedisServer, fill, free_port, needs_root, tmpfs, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, request
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import cs_config, s3_config
-from uploaders.base import Uploader
+from uploaders.base import Artifact, Uploader
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
@@ -62,21 +67,37 @@ def hanging_controller(
 def test_hanging_upload_is_spooled_at_shutdown(
     redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
-    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    # One upload worker: "hung" hangs in CloudShark, "queued" waits behind it.
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, upload_workers=1)
     port = free_port()
-    got = Recorded(request(port, id="hung", packets=2))
-    ctl.handle(got.delivery)
+    got = {name: Recorded(request(port, id=name, packets=2)) for name in ("hung", "queued")}
+    for recorded in got.values():
+        ctl.handle(recorded.delivery)
+    wait_for(lambda: ctl.admission.active == 2)
     threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
     wait_for(lambda: cloudshark.requests >= 1)  # the upload is in flight, and hangs
+    wait_for(lambda: len(ctl._uploads) == 2)  # the second is queued behind it
     assert ctl.shutdown(timeout=1.0)
-    event = results.for_id("hung")
-    assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
-    [entry] = spool.list()
-    assert entry.pending == ("cloudshark",) and entry.sha256 == event["sha256"]
-    assert got.acks == 1  # stored durably: the source may forget it
+    events = {name: results.for_id(name) for name in got}
+    for event in events.values():
+        assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+    # Exactly one entry per capture: the hanging one's write-ahead entry, and
+    # one for the queued one (cancelled, so never written ahead as well).
+    entries = spool.list()
+    assert sorted(e.filename.split("_")[-1].split(".")[0] for e in entries) == ["hung", "queued"]
+    assert all(e.pending == ("cloudshark",) for e in entries)
+    assert {e.sha256 for e in entries} == {events["hung"]["sha256"], events["queued"]["sha256"]}
+    assert [r.acks for r in got.values()] == [1, 1]  # stored durably: the source may forget them
     # End the hanging upload inside the test, so no thread of it outlives the test.
     cloudshark.release.set()
     ctl._upload_pool.shutdown(wait=True)
+    assert cloudshark.requests == 1  # the queued upload never ran
+    # Its store ended after its result was spooled: no second result. The
+    # refusal of a later request comes after anything published before it.
+    ctl.handle(Recorded(request(port, id="after")).delivery)
+    assert results.for_id("after")["status"] == "rejected"
+    assert results.unclaimed() == []
+    assert len(spool.list()) == 2
 
 
 def test_spool_space_is_promised_to_admitted_captures(
@@ -199,3 +220,79 @@ def test_admission_checks_real_free_space_for_every_copy_and_what_was_promised(
     assert second["error"].endswith("(2000000 promised to captures not yet stored)")
     assert results.for_id("fits")["status"] == "empty"
     wait_for(lambda: ctl.admission.idle)
+
+
+class FirstThreadFails(ThreadPoolExecutor):
+    """An upload pool whose first thread cannot start (RuntimeError, as when
+    the process is out of threads): its submit raises with the task queued."""
+
+    failed = False
+
+    def _adjust_thread_count(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("can't start new thread")
+        super()._adjust_thread_count()
+
+
+def test_upload_whose_thread_cannot_start_fails_once_and_is_never_stored(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    ctl = disk_controller(redis_srv, tmp_path)
+    ctl._upload_pool = FirstThreadFails(max_workers=2, thread_name_prefix="upload")
+    port = free_port()
+    try:
+        first = Recorded(request(port, id="no-thread", packets=1))
+        ctl.handle(first.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 1)).start()
+        failed = results.for_id("no-thread")
+        assert failed["status"] == "failed", failed
+        assert failed["error"] == 'capture failed: RuntimeError("can\'t start new thread")'
+        wait_for(lambda: first.releases == 1)  # stored nowhere: the source sends it again
+        # The next upload starts a thread, which takes the queued task first:
+        # that one finds its result given and stores nothing.
+        ctl.handle(Recorded(request(port, id="next", packets=1)).delivery)
+        threading.Timer(0.3, send_udp, args=(port, 1)).start()
+        assert results.for_id("next")["status"] == "spooled"  # S3 refused
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.handle(Recorded(request(port, id="after", timeout=1)).delivery)
+        assert results.for_id("after")["status"] == "empty"
+        assert results.unclaimed() == []
+        stored = sorted(p.name for p in (tmp_path / "local").glob("*.pcap"))
+        assert len(stored) == 1 and "next" in stored[0], stored
+    finally:
+        ctl.shutdown(5)
+
+
+def test_a_store_after_shutdown_runs_inline_and_stays_tracked_until_settled(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """A capture that ends once shutdown has closed the upload pool (one that
+    would not stop in time) is stored on its own thread, and counted as
+    running until it is settled: a later shutdown does not report it finished."""
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    reservation = ctl.admission.reserve(1000)
+    assert ctl.shutdown(timeout=1.0)  # nothing running: both pools closed
+    late = parse_request(json.dumps(request(free_port(), id="late", packets=2)), ctl.config)
+    worker = Worker(ctl, late, "lo", (), reservation)
+    with ctl._lock:
+        ctl._capturing.add(worker)  # admitted before shutdown, as handle() does
+    data = b"late capture"
+    sha = hashlib.sha256(data).hexdigest()
+    artifact = Artifact(
+        data=data, filename="n1_lo_late.pcap", format="pcap", sha256=sha, request=late,
+        node="n1", interface="lo",
+    )  # fmt: skip
+    result = ResultEvent.for_request(late, "n1", "ok", interface="lo", packets=2, sha256=sha)
+    store = threading.Thread(target=ctl.submit, args=(worker, artifact, result))
+    store.start()
+    try:
+        wait_for(lambda: cloudshark.requests >= 1)  # stored inline, and hanging
+        assert ctl.running() == 1
+        assert not ctl.shutdown(timeout=0.2)  # not finished: it says so
+    finally:
+        cloudshark.release.set()
+        store.join(30)
+    assert results.for_id("late")["status"] == "spooled"
+    assert ctl.running() == 0 and reservation.released
+    assert [e.filename for e in spool.list()] == ["n1_lo_late.pcap"]

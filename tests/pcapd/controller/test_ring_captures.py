@@ -10,6 +10,7 @@ import gc
 import logging
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,13 @@ import pytest
 from pcapd.controller import Controller
 from pcapd.core.logs import _FIELDS
 from pcapd.ring import Ring
+from pcapd.ring.feed import NO_CUTOFF
+from pcapd.ring.watch import Watcher
 from tests.helpers import RedisServer, free_port, needs_root, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
+from tests.pcapd.ring.test_reader import limits
+from tests.pcapd.ring.test_watch import Broken
 from tests.pcapd.test_controller import Recorded, build, idle, request
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import cloudshark  # noqa: F401  (a fixture)
@@ -152,3 +157,23 @@ def test_a_watched_capture_is_answered_while_an_upload_hangs_and_shutdown_spools
         ctl.shutdown(5)
         ctl._upload_pool.shutdown(wait=True)
         ctl.publisher.stop(5)
+
+
+def test_a_watched_capture_the_reader_handed_over_is_not_cut_when_its_look_fails(
+    ring: Ring,
+) -> None:
+    """The reader hands a capture over at its bound while the watcher looks
+    at it and fails: the capture keeps its window and no "ended early" warning."""
+    served = ring.register(
+        limits(packets=2), fmt="pcap", bpf="", lookback=0, comments={"request_id": "t"}
+    )
+    calls: list[str] = []
+    try:
+        assert not served.watched(Broken(), calls.append)
+        served.filled()  # the reader: its bound reached, handed over
+        assert Watcher()._look(served, time.monotonic()) is None  # raises inside, logged
+        assert calls == [""]
+        assert served._cut_drops is None and served._feed.cutoff == NO_CUTOFF
+        assert not [w for w in served.warnings if w.startswith("ended early")]
+    finally:
+        served.cancel()

@@ -155,6 +155,27 @@ def test_a_closer_that_cannot_start_fails_no_write_and_the_next_write_arms_one(
     assert sorted(os.listdir(tmp_path)) == ["one", "two"]
 
 
+def test_a_replaced_descriptor_that_fails_to_close_still_starts_the_idle_closer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(self: threading.Timer) -> None:
+        raise RuntimeError("can't start new thread")
+
+    target = tmp_path / "captures"
+    target.mkdir()
+    opened = OpenDirectory(target, idle_close=0.3)
+    with pytest.raises(OSError), opened.held() as old:
+        target.rename(tmp_path / "captures.old")
+        target.mkdir()
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Timer, "start", refused)
+            opened.write("two", b"2", overwrite=False)  # the new one open, no closer
+        os.close(old)  # so closing it, once its writer lets go, fails (EBADF)
+    # The closer armed as it let go was started all the same.
+    wait_for(lambda: _open_fds_on(target) == 0, timeout=10)
+    assert sorted(os.listdir(target)) == ["two"]
+
+
 @contextlib.contextmanager
 def no_tmpfile(tmp_path: Path) -> Iterator[Path]:
     """A directory on a file system without O_TMPFILE (bindfs, FUSE): its
