@@ -56,8 +56,8 @@ class ClaimBatcher:
     Memory: one small object per waiting claim, and each waiting thread has
     one (at most the capture threads)."""
 
-    def __init__(self, client: Client, script: Any, instance: str, ttl: int, name: str) -> None:
-        self._client, self._script = client, script
+    def __init__(self, client: Client, instance: str, ttl: int, name: str) -> None:
+        self._client, self._script = client, client.register_script(CLAIM)
         self._args = (instance, ttl, SERVED)
         self._name = name
         self._pending: list[Claim] = []

@@ -33,8 +33,7 @@ from typing import Any, Protocol
 
 import redis
 
-from pcapd.claim_batch import CLAIM, Claim, ClaimBatcher
-from pcapd.claim_batch import SERVED as SERVED  # kept importable from here
+from pcapd.claim_batch import SERVED, Claim, ClaimBatcher
 from pcapd.core.config import SecurityConfig
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client
@@ -222,9 +221,7 @@ class RedisSeen:
         self.prefix, self.kind, self.node = prefix, kind, node
         self._ttl = max(1, math.ceil(window_seconds))
         self.instance = uuid.uuid4().hex  # this process's claims
-        self._batcher = ClaimBatcher(
-            client, client.register_script(CLAIM), self.instance, self._ttl, f"dedup-{kind}"
-        )
+        self._batcher = ClaimBatcher(client, self.instance, self._ttl, f"dedup-{kind}")
         self._later = later
         self._clock = clock
         self._down_until: float | None = None  # set while Redis is taken as away

@@ -71,15 +71,13 @@ class Answers(ControllerState):
             with contextlib.suppress(RequestError):
                 fields = decode_body(delivery.body, SALVAGE_MAX_BYTES)
                 if not addressed_to(fields, self.node):
-                    with self._lock:
-                        self._requests[delivery.source, "ignored"] += 1
+                    self.count_request(delivery.source, "ignored")
                     return
                 raw_id = fields.get("id")
                 if isinstance(raw_id, str) and ID_RE.fullmatch(raw_id):
                     request_id = raw_id
                 reply_to = _reply_to(fields)
-        with self._lock:
-            self._requests[delivery.source, "overloaded"] += 1
+        self.count_request(delivery.source, "overloaded")
         self._answer_unparsed(delivery.body, request_id, reply_to, reason)
         with contextlib.suppress(Exception):
             delivery.ack()

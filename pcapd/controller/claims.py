@@ -68,8 +68,7 @@ class ClaimGate:
                 self._ctl, self._request, self._sig, self._delivery, id_taken, sig_taken
             )
         finally:
-            with self._ctl._lock:
-                self._ctl._requests[self._delivery.source, status] += 1
+            self._ctl.count_request(self._delivery.source, status)
         return status == "admitted"
 
 

@@ -104,6 +104,11 @@ class ControllerState:
         self.capture_started = threading.Event()  # for tests and benchmarks
 
     # -- bounds and threads ------------------------------------------------
+    def count_request(self, source: str, status: str) -> None:
+        """One more request from `source` that ended `status` (request_counts)."""
+        with self._lock:
+            self._requests[source, status] += 1
+
     def free_slots(self) -> int:
         """Captures that would be admitted now (0 once shutting down): what
         durable sources take from their queue at most."""

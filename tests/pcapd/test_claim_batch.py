@@ -122,7 +122,7 @@ def test_a_primary_that_does_not_answer_fails_only_its_own_claims(
     on_dead = private_cluster.slots_of(dead)
     keys = [f"t:seen:id:n1:k{n}" for n in range(30)]
     with private_cluster.client() as client:
-        batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+        batcher = ClaimBatcher(client, "me", 60, "test-claims")
         for key in keys:
             client.set(key, SERVED, ex=60)
         lost = {key for key in keys if client.cluster_keyslot(key) in on_dead}
@@ -151,7 +151,7 @@ def test_a_failed_script_load_fails_only_that_node_s_claims(redis_cluster: Redis
     keys = [f"t:seen:id:n1:k{n}" for n in range(30)]
     admin = redis_cluster.client()
     with ClusterClient(host="127.0.0.1", port=refusing, username="claims", password="pw") as client:
-        batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+        batcher = ClaimBatcher(client, "me", 60, "test-claims")
         for key in keys:
             admin.set(key, SERVED, ex=60)
         for port in redis_cluster.ports:
@@ -175,7 +175,7 @@ def test_an_ask_target_without_the_script_gets_it(redis_cluster: RedisCluster) -
     key = "t:seen:id:n1:asked"
     slot = key_slot(key.encode())
     with redis_cluster.client() as client:
-        batcher = ClaimBatcher(client, client.register_script(CLAIM), "me", 60, "test-claims")
+        batcher = ClaimBatcher(client, "me", 60, "test-claims")
         source = client.get_node_from_key(key).port
         target = next(port for port in redis_cluster.ports if port != source)
         ids = {port: str(redis_cluster.node(port).cluster("MYID")) for port in (source, target)}

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import redis
 
+from pcapd.claim_batch import SERVED
 from pcapd.controller import Controller
 from pcapd.core.config import Config, parse_config
 from pcapd.core.redis_conn import connect
 from pcapd.core.results import ResultPublisher
-from pcapd.dedup import SERVED, seen_key
+from pcapd.dedup import seen_key
 from pcapd.engine import HandlePool
 from pcapd.ring import Ring
 from tests.helpers import RedisServer, free_port, wait_for

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pcapd.claim_batch import SERVED
 from pcapd.core.secret import Secret
-from pcapd.dedup import SERVED, seen_key
+from pcapd.dedup import seen_key
 from pcapd.signing import sign
 from tests.helpers import needs_root, wait_for
 from tests.pcapd.test_daemon_ring import Site, site
