@@ -23,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import pcap
@@ -32,8 +31,9 @@ from agents.dnstap.errors import DnsFormError
 from agents.dnstap.record import Prepared
 from agents.dnstap.response import Response, parse_response
 from agents.dnstap.response_recorder import RecordStats, ResponseRecorder
-from agents.dnswire import decode, export, filters, reassembly
+from agents.dnswire import decode, export, filters, reassembly, stats
 from agents.dnswire.config import DnswireConfig
+from agents.flow.agent import handle_error_text
 from agents.redis_writer import OpBuffer, RedisWriter
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check
@@ -65,29 +65,6 @@ MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are count
 # ~ 2 x 300 bytes typical.
 PARSE_CACHE_ENTRIES = 32_768
 PARSE_CACHE_MAX_MESSAGE = 512
-
-# What the shared parser's messages mean, for counting bad messages by reason.
-_REASONS = (
-    ("does not point back", "bad_pointer"),
-    ("pointer", "truncated"),
-    ("shorter than the DNS header", "short_header"),
-    ("QR=0", "query"),
-    ("qdcount", "question_count"),
-    ("label type", "bad_label"),
-    ("longer than", "long_name"),
-    ("rdata of", "bad_rdata"),
-    ("trailing bytes", "bad_rdata"),
-    ("truncated", "truncated"),
-    ("past the end", "truncated"),
-)
-
-
-def reason(exc: DnsFormError) -> str:
-    text = str(exc)
-    for needle, name in _REASONS:
-        if needle in text:
-            return name
-    return "other"
 
 
 class AgentError(Exception):
@@ -171,7 +148,7 @@ class WireAgent:
             try:
                 resp = parse_response(message)
             except DnsFormError as exc:
-                why = reason(exc)
+                why = stats.reason(exc)
                 self.dns_errors[why] += 1
                 if self._error_logs < MAX_ERROR_LOGS:
                     self._error_logs += 1
@@ -287,7 +264,7 @@ class WireAgent:
             if ops is not None:
                 ops.hand_off()
             if count < 0:  # pypcap returns libpcap's -1 instead of raising
-                raise CaptureError(f"capture failed: {_error_text(handle)}")
+                raise CaptureError(f"capture failed: {handle_error_text(handle)}")
             self.captured += count
             now = self.clock()
             if now >= next_tick:
@@ -322,7 +299,7 @@ class WireAgent:
             if self.ops is not None:
                 self.ops.hand_off()
             if count < 0:
-                raise CaptureError(f"reading failed: {_error_text(handle)}")
+                raise CaptureError(f"reading failed: {handle_error_text(handle)}")
             if count == 0:
                 break
             self.captured += count
@@ -353,31 +330,7 @@ class WireAgent:
         self.packer.send_stats(self.captured, received, dropped, ifdropped, rate if rate > 1 else 0)
 
     def snapshot(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"packets": self.captured}
-        data.update(zip(decode.COUNTER_NAMES, self.counts, strict=True))
-        data.update(zip(reassembly.COUNTER_NAMES, self.reassembly_counts, strict=True))
-        data["bad_messages"] = dict(self.dns_errors)
-        data["sample_rate"] = self.config.sample_rate
-        data["parse_cache_hits"] = self.parse_hits
-        data["sampled_out"] = self.sampled_out
-        data["other_slot"] = self.other_slot
-        data.update(asdict(self.record_stats))
-        received, dropped, ifdropped = self.kernel_stats()
-        data.update(kernel_received=received, kernel_dropped=dropped, if_dropped=ifdropped)
-        if self.writer is not None:
-            w = self.writer.stats
-            data.update(
-                keys_written=w.written_ops,
-                keys_dropped=w.dropped_ops,
-                redis_errors=w.redis_errors,
-                expires_lost=w.expires_lost,
-                index_lost=w.index_lost,
-                queue_depth=self.writer.queue_depth,
-            )
-        if self.packer is not None:
-            data.update({f"export_{k}": v for k, v in asdict(self.packer.stats).items()})
-            data["not_exported"] = self.not_exported
-        return data
+        return stats.snapshot(self)
 
     def input_check(self) -> Check:
         if self._handle is None:
@@ -393,10 +346,3 @@ def check_interface(interface: str) -> None:
     names = pcap.findalldevs()
     if interface not in names:
         raise AgentError(f"interface {interface!r} not found; capture devices: {', '.join(names)}")
-
-
-def _error_text(handle: Any) -> str:
-    error = handle.geterr()
-    if isinstance(error, bytes):
-        error = error.decode("utf-8", "replace")
-    return str(error) or "unknown libpcap error"

@@ -128,7 +128,7 @@ class FlowAgent:
         while not stop.is_set():
             count = dispatch(DISPATCH_BATCH, callback)
             if count < 0:  # pypcap returns libpcap's -1 instead of raising
-                raise CaptureError(f"capture failed: {_error_text(handle)}")
+                raise CaptureError(f"capture failed: {handle_error_text(handle)}")
             self.seen += count
             now = time.monotonic()
             if now >= next_stats:
@@ -148,7 +148,7 @@ class FlowAgent:
         while stop is None or not stop.is_set():
             count = handle.dispatch(DISPATCH_BATCH, callback)
             if count < 0:
-                raise CaptureError(f"reading failed: {_error_text(handle)}")
+                raise CaptureError(f"reading failed: {handle_error_text(handle)}")
             if count == 0:
                 break
             self.seen += count
@@ -197,7 +197,8 @@ class FlowAgent:
         event(log, name, **fields)
 
 
-def _error_text(handle: Any) -> str:
+def handle_error_text(handle: Any) -> str:
+    """libpcap's last error on `handle` (bytes or text from pypcap), as text."""
     error = handle.geterr()
     if isinstance(error, bytes):
         error = error.decode("utf-8", "replace")
