@@ -11,7 +11,7 @@ memory ~ max_queue_ops x (key + member + ~350) bytes: ~245 B an entry
 beyond its text, measured, ~125 B more while a window is sealed); past
 that, writes that would need a new entry are dropped and counted, never
 blocking the producer, while a repeat still merges. Counts are per write, merged or not.
-Beside the queue, while a follow-up round trip (agents/redis_send.py) gets
+Beside the queue, while a follow-up round trip (agents/redis_follow_up.py) gets
 no answer, it keeps at most `max_queue_ops` counter keys whose EXPIRE and
 as many created keys whose index SADD are still to send: worst case
 ~ 2 x max_queue_ops x (key + ~100) bytes more (a dict entry and the key's
