@@ -11,7 +11,7 @@ memory ~ max_queue_ops x (key + member + ~350) bytes: ~245 B an entry
 beyond its text, measured, ~125 B more while a window is sealed); past
 that, writes that would need a new entry are dropped and counted, never
 blocking the producer, while a repeat still merges. Counts are per write, merged or not.
-Beside the queue, while a follow-up round trip (agents/redis_send.py) gets
+Beside the queue, while a follow-up round trip (agents/redis_follow_up.py) gets
 no answer, it keeps at most `max_queue_ops` counter keys whose EXPIRE and
 as many created keys whose index SADD are still to send: worst case
 ~ 2 x max_queue_ops x (key + ~100) bytes more (a dict entry and the key's
@@ -25,7 +25,8 @@ call whose reply was lost after Redis ran it (a timeout, a cut connection)
 is sent again, and its INCRs count twice (appends are idempotent). On a
 cluster only the slots that got no answer are sent again. What it writes,
 and the script that appends, are spelled in agents/store.py; how one
-round trip is sent and its replies counted, in agents/redis_send.py.
+round trip is sent and its replies counted, in agents/redis_send.py; the
+queue and the round trip's share of it, in agents/write_queue.py.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from agents.redis_send import BatchSender, WriterStats
-from agents.store import INCR, Op
+from agents.redis_send import WriterStats
+from agents.store import Op
+from agents.write_queue import WriteQueue
 from agents.write_window import Batch, Window
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.configread import Table
@@ -76,10 +78,6 @@ DEFAULT_PING_INTERVAL = 5.0
 MIN_PING_INTERVAL = 0.05
 MAX_PING_INTERVAL = 3600.0
 DEFAULT_WRITE_COMBINING = True
-# Script calls (of at most batch_ops entries each) sent per round trip to one
-# server: Redis stays busy while the client packs and reads, and still runs
-# other clients' commands between two calls.
-PIPELINE_CALLS = 8
 # Socket reads one round trip can wait on in turn (the calls, SCRIPT LOAD,
 # the calls again, the follow-up): stop() waits that many socket timeouts
 # for a round trip under way, so its counts are in when it returns.
@@ -128,7 +126,7 @@ class OpBuffer:
             self.keys, self.args = [], []
 
 
-class RedisWriter(BatchSender):
+class RedisWriter(WriteQueue):
     """Buffers INCR / append-if-absent operations and writes them in batches.
 
     Thread-safe producers call `incr` / `append`; a background thread sends.
@@ -194,78 +192,6 @@ class RedisWriter(BatchSender):
         # failover); read by readiness while `connected` stays true.
         self.unanswered: dict[int, str] | None = None
 
-    # -- producers -------------------------------------------------------
-    def incr(self, key: str, amount: int = INCR) -> None:
-        self.extend([key], [amount])
-
-    def append(self, key: str, member: str) -> None:
-        if not member:
-            raise ValueError("append needs a non-empty member")
-        self.extend([key], [member])
-
-    def extend(self, keys: list[str], args: Sequence[Op]) -> None:
-        """Queue several operations under one lock: `args[i]` is an int to
-        INCRBY or a member to append (non-empty: agents/store.py builds
-        them). They are merged into the current window
-        (agents/write_window.py); past the bound, the ones that would need a
-        new entry are dropped and counted."""
-        with self._lock:
-            window = self._window
-            at, n = 0, len(keys)
-            while True:
-                # The bound counts the window too, so what is held never passes
-                # max_queue_ops entries, sealed or not.
-                at, dropped = window.add(keys, args, at, self.max_queue_ops - self._queued)
-                self.stats.dropped_ops += dropped
-                if at == n:
-                    break
-                self._seal_locked()  # a key of both kinds: keep its order
-            if window.held >= self._wake_at:
-                self._wake.set()
-
-    def _seal_locked(self) -> None:
-        window = self._window
-        if not window.held:
-            return
-        self.stats.queued_ops += window.ops
-        self._queued += window.held
-        self._batches.extend(window.seal(self.batch_ops))
-
-    def flush(self) -> None:
-        with self._lock:
-            self._seal_locked()
-        self._wake.set()
-
-    def wait_for_room(self, ops: int, patience: float) -> bool:
-        """Block until `ops` more operations fit in the queue: for a producer
-        that can wait (a file read), where dropping would lose what waiting
-        keeps. False once the queue has not shrunk for `patience` s (Redis
-        down): the caller goes on, and what does not fit is dropped and
-        counted as ever. Woken by the sender each time it drains."""
-        ops = min(ops, self.max_queue_ops)
-        with self._drained:
-            last, since = self._depth_locked(), time.monotonic()
-            while True:
-                depth = self._depth_locked()
-                if depth + ops <= self.max_queue_ops:
-                    return True
-                now = time.monotonic()
-                if depth < last:
-                    last, since = depth, now
-                elif now - since >= patience:
-                    return False
-                self._wake.set()  # seal what is pending and send it now
-                self._drained.wait(since + patience - now)
-
-    def _depth_locked(self) -> int:
-        return self._queued + self._window.held
-
-    @property
-    def queue_depth(self) -> int:
-        """Entries held (merged operations), sealed or not."""
-        with self._lock:
-            return self._depth_locked()
-
     # -- sender ----------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
@@ -308,11 +234,6 @@ class RedisWriter(BatchSender):
                 event(log, "redis_writer_stop_timed_out", logging.ERROR,
                       waited=round(STOP_READS * self._read_timeout + 1.0, 2))  # fmt: skip
 
-    def _lost(self, ops: int, reason: str) -> None:
-        if ops:
-            self.stats.dropped_ops += ops
-            event(log, "redis_writes_lost", logging.ERROR, ops=ops, reason=reason)
-
     def _finish(self) -> None:
         """Once the sender is done: what is still pending is given up, and
         what the rate limit held back is logged."""
@@ -331,65 +252,6 @@ class RedisWriter(BatchSender):
             if held:
                 self._log_refused(cause, held, "")
         self._drop_log.clear()
-
-    def _take(self) -> list[Batch] | None:
-        """The batches of the next round trip (at most PIPELINE_CALLS from
-        the queue's head), entries that cannot be sent refused; None once
-        stop() has closed the writer."""
-        with self._lock:
-            if self._closed:
-                return None
-            done = list(itertools.islice(self._batches, PIPELINE_CALLS))
-            for at, batch in enumerate(done):
-                sendable = self._sendable(batch)
-                if sendable is not batch:
-                    self._batches[at] = done[at] = sendable
-                    self._queued -= len(batch.keys) - len(sendable.keys)
-            self._in_flight = len(done)
-            return done
-
-    def _sendable(self, batch: Batch) -> Batch:
-        """`batch` without the entries that are not valid text (a lone
-        surrogate: no UTF-8 for it), refused and counted; the check costs a
-        join when all is ASCII."""
-        members = batch.args[batch.counters :] if batch.counters >= 0 else batch.args
-        texts = [a for a in members if isinstance(a, str)]
-        if "".join(batch.keys).isascii() and "".join(texts).isascii():
-            return batch
-        good: list[int] = []
-        for i, (key, arg) in enumerate(zip(batch.keys, batch.args, strict=True)):
-            try:
-                key.encode()
-                if isinstance(arg, str):
-                    arg.encode()
-            except UnicodeEncodeError as exc:
-                self._refused("ENCODING", batch.weights[i], f"{key!r}: {exc}")
-                continue
-            good.append(i)
-        return batch if len(good) == len(batch.keys) else batch.part(good)
-
-    def _settled(self, done: list[Batch], left: list[Batch] | None, answered: bool) -> bool:
-        """After a round trip, in one locked section (stop() cannot come in
-        between): True (and `left`, what it did not write, counted as
-        dropped) when stop() has closed the writer meanwhile, for the
-        sender to leave; else, when `answered`, `done` leaves the queue and
-        `left` takes its place at the head (a failed round trip keeps
-        `done` there whole, to send again)."""
-        with self._lock:
-            self._in_flight = 0
-            if not self._closed:
-                if answered:
-                    for sent in done:
-                        self._batches.popleft()
-                        self._queued -= len(sent.keys)
-                    self._batches.extendleft(reversed(left or ()))
-                    self._queued += sum(len(b.keys) for b in left or ())
-                    self._drained.notify_all()
-                return False
-            self._batches.clear()
-            self._queued = 0
-        self._lost(sum(b.ops for b in left or ()), "stopped before Redis answered")
-        return True
 
     def _run(self) -> None:
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from agents.redis_send import APPENDS, COUNTERS, _calls
+from agents.redis_wire import APPENDS, COUNTERS, _calls
 from agents.redis_writer import RedisWriter
 from agents.store import INCR, Op
 from agents.write_window import Batch, Window

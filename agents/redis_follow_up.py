@@ -1,0 +1,219 @@
+"""The follow-up round trip of the agents' writer (agents/redis_send.py):
+once the counters are answered, EXPIRE for the counters Redis took that
+existed before, the index's SADDs and the "0"s to take away; what gets no
+answer is kept (at most max_queue_ops each) for the next round trip."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+
+from agents.redis_wire import _cause, _exchange, _pack_command, _pack_pairs, _refusal
+from agents.store import UNSET_ZERO_SCRIPT, index_commands
+from pcapd.core.logs import event
+from pcapd.core.redis_conn import send_by_slot
+
+log = logging.getLogger("pcapd.agents.store")
+
+DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
+
+
+@dataclass(slots=True)
+class WriterStats:
+    queued_ops: int = 0
+    written_ops: int = 0
+    # Never written: queue full, still queued when the writer stopped, or
+    # refused by Redis (the agents' keys_dropped).
+    dropped_ops: int = 0
+    rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, NOPERM, ...)
+    redis_errors: int = 0
+    # Counters written whose EXPIRE was refused or given up (Redis away
+    # past the bound): they stand without their TTL.
+    expires_lost: int = 0
+    # Keys created whose SADD to their client's index was refused or given
+    # up: the correlator, reading the index, does not see them.
+    index_lost: int = 0
+
+
+class FollowUp:
+    """The follow-up half of `BatchSender` (agents/redis_send.py), whose
+    owner, `agents.redis_writer.RedisWriter`, sets these attributes."""
+
+    stats: WriterStats
+    ttl: int
+    index: bool
+    batch_ops: int
+    max_queue_ops: int
+    combine: bool
+    # Counters written whose EXPIRE got no answer yet, and keys created
+    # whose index SADD got none, sent with the next round trip (at most
+    # max_queue_ops each).
+    _expires: dict[str, None]
+    _indexes: dict[str, None]
+    # Counters SET NX made at "0" whose INCRBY Redis refused: the "0" to
+    # take away again (UNSET_ZERO_SCRIPT), in the follow-up round trip.
+    _zeroes: dict[str, None]
+    _lost_logged: dict[str, float]  # event name -> when it was last logged
+    _drop_log: dict[str, tuple[float, int]]
+    _last_error: str
+    unanswered: dict[int, str] | None
+
+    def _follow_up_commands(
+        self, written: list[str], created: list[str]
+    ) -> list[tuple[str, tuple[str | int, ...]]]:
+        """(key, command): EXPIRE for each counter written (once per key),
+        and those left from a round trip that failed; the index's SADDs,
+        with those left likewise."""
+        expire = self._expires
+        expire.update(dict.fromkeys(written))
+        self._indexes.update(dict.fromkeys(created))
+        ttl = self.ttl
+        commands: list[tuple[str, tuple[str | int, ...]]] = [
+            (key, ("EXPIRE", key, ttl)) for key in expire
+        ]
+        if self._indexes:
+            commands += index_commands(list(self._indexes), ttl)
+        commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
+        return commands
+
+    def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
+        """The EXPIREs, SADDs and zeroes a failed round trip left; True once
+        all are answered."""
+        if isinstance(client, RedisCluster):
+            self._follow_up_slots(client, [], [])
+        else:
+            self._follow_up(client, [], [])
+        return not (self._expires or self._indexes or self._zeroes)
+
+    def _follow_up(self, client: redis.Redis, written: list[str], created: list[str]) -> None:
+        """The counters' EXPIREs and the index, in a second round trip. If it
+        gets no answer it counts as a failed round trip (`redis_errors`) and
+        both are kept for the next one: the correlator reads only the index
+        once it exists, so a key left out of it is not seen."""
+        commands = self._follow_up_commands(written, created)
+        if not commands:
+            return
+        expire = self._expires
+        packed = _pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
+        packed += b"".join([_pack_command(command) for _key, command in commands[len(expire) :]])
+        try:
+            replies = _exchange(client, packed, len(commands))
+        except Exception as exc:  # no answer, or a garbled one: all kept
+            self.stats.redis_errors += 1
+            self._last_error = str(exc) or type(exc).__name__
+            self._bound_pending()
+            return
+        self._follow_up_replies(commands, replies, cluster=False)
+
+    def _follow_up_slots(
+        self, client: RedisCluster, written: list[str], created: list[str]
+    ) -> None:
+        """`_follow_up` on a cluster: each command to its key's slot; the
+        EXPIREs and SADDs that got no answer are kept for the next round
+        trip (and count as a failed one)."""
+        commands = self._follow_up_commands(written, created)
+        if not commands:
+            return
+        try:
+            replies = send_by_slot(client, [(key_slot(k.encode()), c) for k, c in commands])
+        except (redis.RedisError, RedisClusterException) as exc:
+            self.stats.redis_errors += 1
+            self._last_error = str(exc) or type(exc).__name__
+            self._bound_pending()
+            return
+        self._follow_up_replies(commands, replies, cluster=True)
+
+    def _follow_up_replies(
+        self,
+        commands: list[tuple[str, tuple[str | int, ...]]],
+        replies: list[Any],
+        *,
+        cluster: bool,
+    ) -> None:
+        """What the follow-up's replies settle: each answered command leaves
+        its pending set (a refusal counted and logged); one that got no
+        answer or a "not now" stays for the next round trip, which counts
+        as a failed one (`redis_errors`). An index set's own EXPIRE is its
+        SADD's: unanswered, the SADD is kept with it."""
+        refused: list[Exception] = []
+        unindexed: list[Exception] = []
+        failed = False
+        member = ""
+        for (key, command), reply in zip(commands, replies, strict=True):
+            verb = command[0]
+            if verb == "SADD":
+                pending, lost, member = self._indexes, unindexed, str(command[2])
+            elif verb == "EXPIRE" and key in self._expires:
+                pending, lost, member = self._expires, refused, key
+            elif verb == "EXPIRE":  # the index set's own, after its SADD (`member`)
+                pending, lost = self._indexes, refused
+            else:  # EVAL: a counter's "0" taken away; refused, it expires with its TTL
+                pending, lost, member = self._zeroes, [], key
+            if isinstance(reply, Exception) and _refusal(reply, cluster) is None:
+                failed = True  # no answer: kept for the next round trip
+                self._last_error = str(reply) or type(reply).__name__
+                pending[member] = None
+                continue
+            if isinstance(reply, Exception):
+                lost.append(reply)
+            if verb != "EXPIRE" or pending is not self._indexes:
+                pending.pop(member, None)
+        if failed:
+            self.stats.redis_errors += 1
+        self._expires_refused(refused)
+        self._index_refused(unindexed)
+        self._bound_pending()
+
+    def _expires_refused(self, errors: list[Exception]) -> None:
+        """EXPIREs Redis answered with an error (an ACL, a read-only
+        replica): the counters stand without their TTL; counted in
+        `expires_lost`, logged at most once per DROP_LOG_INTERVAL."""
+        if not errors:
+            return
+        self.stats.expires_lost += len(errors)
+        self._log_lost("redis_expires_refused", errors, expires_lost=self.stats.expires_lost)
+
+    def _index_refused(self, errors: list[Exception]) -> None:
+        """Index SADDs Redis answered with an error (an ACL, a read-only
+        replica): counted in `index_lost`, logged like refused EXPIREs."""
+        if not errors:
+            return
+        self.stats.index_lost += len(errors)
+        self._log_lost("redis_index_refused", errors, index_lost=self.stats.index_lost)
+
+    def _log_lost(self, name: str, errors: list[Exception], **counts: Any) -> None:
+        now = time.monotonic()
+        if now - self._lost_logged.get(name, -math.inf) >= DROP_LOG_INTERVAL:
+            self._lost_logged[name] = now
+            event(log, name, logging.ERROR, keys=len(errors),
+                  cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
+                  **counts)  # fmt: skip
+
+    def _bound_pending(self) -> None:
+        """At most `max_queue_ops` EXPIREs, and as many index SADDs, wait
+        (Redis away for long): past that the oldest are given up, counted in
+        `expires_lost` / `index_lost`."""
+        if (over := len(self._zeroes) - self.max_queue_ops) > 0:  # left to their TTL
+            self._zeroes = dict.fromkeys(itertools.islice(self._zeroes, over, None))
+        for pending, what in ((self._expires, "EXPIREs"), (self._indexes, "index SADDs")):
+            over = len(pending) - self.max_queue_ops
+            if over <= 0:
+                continue
+            for key in list(itertools.islice(pending, over)):
+                del pending[key]
+            if pending is self._expires:
+                self.stats.expires_lost += over
+            else:
+                self.stats.index_lost += over
+            event(log, "redis_expires_lost" if pending is self._expires else "redis_index_lost",
+                  logging.ERROR, keys=over,
+                  reason=f"more {what} waiting for Redis than max_queue_ops")  # fmt: skip
