@@ -1,4 +1,4 @@
-"""pcapd/core/request.py: pcapdaemon's message parses; every bad message is rejected
+"""pcapd/core/request/: pcapdaemon's message parses; every bad message is rejected
 with a message naming the field, the value and the rule."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""pcapd/core/request.py against poisonous input: lone surrogates, NULs and
+"""pcapd/core/request/ against poisonous input: lone surrogates, NULs and
 control characters in every field, wrong types, huge values; then fuzzing
 (Hypothesis, and a fast loop over 100k generated requests). Whatever comes in,
 the parser answers a CaptureRequest whose text is clean, or a RequestError
