@@ -137,7 +137,7 @@ def parse_key(text: str) -> Key | None:
         return Key(CLIENT, parts[1])
     kind = parts[-1]
     if kind == NX and len(parts) > 3 and parts[0]:
-        # record_nxdomain stores `;` in the name unescaped, as ShoDoHFlo does.
+        # nxdomain_writes stores `;` in the name unescaped, as ShoDoHFlo does.
         return Key(kind, parts[0], (";".join(parts[1:-1]),))
     if _ARITY.get(kind) != len(parts) - 2 or not parts[0]:
         return None
@@ -201,21 +201,6 @@ def record_writes(writer: OpSink, client: str, writes: AnswerWrites) -> None:
     response on the capture path."""
     keys = [*map(client.__add__, writes.suffixes), client_key(client)]  # no frame per call
     writer.extend(keys, writes.args)
-
-
-def record_answer(
-    writer: OpSink, client: str, chain: Sequence[str], addresses: Sequence[str]
-) -> int:
-    """`answer_writes` for `client`; returns the addresses recorded."""
-    writes = answer_writes(chain, addresses)
-    if writes is None:
-        return 0
-    record_writes(writer, client, writes)
-    return writes.count
-
-
-def record_nxdomain(writer: OpSink, client: str, qname: str) -> None:
-    record_writes(writer, client, nxdomain_writes(qname))
 
 
 # A counter's SET NX EX made it at "0", then its INCRBY was refused: this

@@ -6,7 +6,7 @@ answer with final addresses gives, per address, `client;<c>` INCR and
 `<c>;<address>;dns` += owner name, and per CNAME link `<c>;<target>;cname` +=
 alias; an answer without one writes nothing (`agents.dnstap.record`). Keys come
 from `agents.store` only; writes go through its bounded, batched `RedisWriter`.
-The filters and counters per response live in `agents.dnstap.response_recorder`,
+The filters and counters per response live in `agents.response_recorder`,
 shared with agents.dnswire.
 """
 
@@ -28,11 +28,11 @@ from agents.dnstap.message import MESSAGE_TYPE_NAMES, client_response
 from agents.dnstap.response import (
     parse_response,
 )
-from agents.dnstap.response_recorder import RecordStats, ResponseRecorder, make_writer
 from agents.dnstap.server import ConnectionStats, DnstapServer
 from agents.dnstap.udp import UdpOutput
 from agents.metrics import dnstap_families, serve_agent_metrics
 from agents.redis_writer import RedisWriter
+from agents.response_recorder import RecordStats, ResponseRecorder, make_writer
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check

@@ -61,11 +61,10 @@ class Recorder:
         writes = answer_writes(resp)
         return Prepared(NO_ADDRESS if writes is None else RECORDED, name, writes)
 
-    def record(self, client: str, resp: Response, prepared: Prepared | None = None) -> int:
-        """Write the keys for a NOERROR or NXDOMAIN `resp` asked by `client`
-        (its `str(ipaddress)`); returns one of the outcomes above.
-        `prepared`: `prepare(resp)` made earlier (agents.dnswire caches them)."""
-        prep = prepared or self.prepare(resp)
+    def record(self, client: str, prep: Prepared) -> int:
+        """Write the keys `prep` (`prepare` of a NOERROR or NXDOMAIN response)
+        holds for `client` (its `str(ipaddress)`); returns one of the
+        outcomes above."""
         writes = prep.writes
         if writes is None:
             return prep.outcome

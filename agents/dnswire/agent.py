@@ -30,11 +30,11 @@ import pcap
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.record import Prepared
 from agents.dnstap.response import Response, parse_response
-from agents.dnstap.response_recorder import RecordStats, ResponseRecorder
 from agents.dnswire import decode, export, filters, reassembly, stats
 from agents.dnswire.config import DnswireConfig
 from agents.flow.agent import handle_error_text
 from agents.redis_writer import OpBuffer, RedisWriter
+from agents.response_recorder import RecordStats, ResponseRecorder
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check
 

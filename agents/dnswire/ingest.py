@@ -29,10 +29,10 @@ from typing import Any
 
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
-from agents.dnstap.response_recorder import RecordStats, ResponseRecorder, make_writer
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
 from agents.redis_writer import RedisWriter
+from agents.response_recorder import RecordStats, ResponseRecorder, make_writer
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, StopSignals
 from pcapd.core.logs import event, setup_agent_logging

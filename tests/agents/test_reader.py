@@ -21,6 +21,7 @@ from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.harness import running_agent
+from tests.agents.writes import record_nxdomain
 from tests.helpers import RedisServer, wait_for
 
 C = "10.1.0.5"
@@ -191,7 +192,7 @@ def test_an_nx_name_holding_a_semicolon(redis_srv: RedisServer) -> None:
     """record_nxdomain stores `;` unescaped, as ShoDoHFlo does: still one name."""
     writer = RedisWriter(lambda: redis_srv.client(), flush_interval=0.01)
     writer.start()
-    store.record_nxdomain(writer, C, "a\\;b.example.test.")
+    record_nxdomain(writer, C, "a\\;b.example.test.")
     writer.stop()
     assert redis_srv.client().exists(f"{C};a;b.example.test.;nx") == 1
     assert StoreReader(redis_srv.client()).read_client(C).nx == {"a;b.example.test.": 1}

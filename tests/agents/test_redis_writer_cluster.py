@@ -17,12 +17,13 @@ import redis
 from redis.crc import key_slot
 
 from agents.redis_writer import RedisWriter
-from agents.store import APPEND_SCRIPT, client_key, record_answer, record_nxdomain
+from agents.store import APPEND_SCRIPT, client_key
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect, is_cluster, send_by_slot
 from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals
+from tests.agents.writes import record_answer, record_nxdomain
 from tests.helpers import RedisCluster, RedisServer, keyspace, wait_for
 
 REPO = Path(__file__).resolve().parents[2]

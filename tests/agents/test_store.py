@@ -18,10 +18,9 @@ from agents.store import (
     icmp_key,
     nx_key,
     peer_key,
-    record_answer,
-    record_nxdomain,
     rst_key,
 )
+from tests.agents.writes import record_answer, record_nxdomain
 from tests.helpers import RedisServer, free_port, wait_for
 
 

@@ -29,7 +29,7 @@ def _recorder(url: str, global_dedup: bool) -> tuple[record.Recorder, RedisWrite
 
 def test_outcomes_per_client(redis_srv: RedisServer) -> None:
     rec, writer = _recorder(redis_srv.url, global_dedup=False)
-    got = [rec.record(c, r) for c, r in
+    got = [rec.record(c, rec.prepare(r)) for c, r in
            [("10.0.0.1", WWW), ("10.0.0.2", WWW), ("10.0.0.1", WWW), ("10.0.0.1", NODATA),
             ("10.0.0.1", NX), ("10.0.0.1", NX)]]  # fmt: skip
     assert got == [record.RECORDED, record.RECORDED, record.DEDUPED, record.NO_ADDRESS,
@@ -46,7 +46,7 @@ def test_outcomes_per_client(redis_srv: RedisServer) -> None:
 
 def test_global_dedup_ignores_the_client(redis_srv: RedisServer) -> None:
     rec, writer = _recorder(redis_srv.url, global_dedup=True)
-    assert [rec.record(c, WWW) for c in ("10.0.0.1", "10.0.0.2")] == [
+    assert [rec.record(c, rec.prepare(WWW)) for c in ("10.0.0.1", "10.0.0.2")] == [
         record.RECORDED, record.DEDUPED,
     ]  # fmt: skip
     writer.stop()

@@ -28,6 +28,9 @@ OTHER_RCODE = 11
 IGNORED = 12
 # Distinct client addresses whose text form is kept; cleared when full.
 CLIENT_CACHE_ENTRIES = 65_536
+# The dedup key of a response the filters drop: never looked at, so one
+# constant rather than a tuple per filtered response.
+NOT_RECORDED = ("", 0)
 
 
 @dataclass(slots=True)
@@ -108,13 +111,13 @@ class ResponseRecorder:
         """What recording `resp` does for any client: the filters here (type,
         rcode, ignored names) and then `Recorder.prepare`."""
         if resp.qtype not in self._qtypes:
-            return Prepared(OTHER_QTYPE, (resp.qname, resp.qtype), None)
+            return Prepared(OTHER_QTYPE, NOT_RECORDED, None)
         rcode = resp.rcode
         if rcode != RCODE_NOERROR and rcode != RCODE_NXDOMAIN:
-            return Prepared(OTHER_RCODE, (resp.qname, resp.qtype), None)
+            return Prepared(OTHER_RCODE, NOT_RECORDED, None)
         qname = resp.qname
         if self._ignore and (qname in self._ignore or qname.endswith(self._ignore_dotted)):
-            return Prepared(IGNORED, (resp.qname, resp.qtype), None)
+            return Prepared(IGNORED, NOT_RECORDED, None)
         return Recorder.prepare(resp)
 
     def record(self, packed: bytes, resp: Response, prepared: Prepared | None = None) -> None:
@@ -137,7 +140,7 @@ class ResponseRecorder:
             if len(self._clients) >= CLIENT_CACHE_ENTRIES:
                 self._clients.clear()
             client = self._clients[packed] = address_text(packed)
-        outcome = self.recorder.record(client, resp, prep)
+        outcome = self.recorder.record(client, prep)
         if outcome == RECORDED:
             stats.responses += 1
             if self.udp is not None:
