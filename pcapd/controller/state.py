@@ -70,6 +70,7 @@ class ControllerState:
         self._uploads_closed = False
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._results_refused: collections.Counter[str] = collections.Counter()
         self.metrics = CaptureMetrics()
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
@@ -133,5 +134,18 @@ class ControllerState:
         with self._lock:
             self._capturing.discard(worker)
 
-    def publish(self, result: ResultEvent, reply_to: str | None = None) -> None:
-        self.publisher.submit(result, reply_to)
+    def publish(self, result: ResultEvent, reply_to: str | None = None) -> bool:
+        """Queue `result`; False when the publisher refuses it (stopped, or
+        Redis unreachable with no thread to wait for it): the publisher logs
+        it `result_lost` with the whole event, and it is counted here
+        (`results_refused`, by status) for /metrics."""
+        if self.publisher.submit(result, reply_to):
+            return True
+        with self._lock:
+            self._results_refused[result.status] += 1
+        return False
+
+    def results_refused(self) -> dict[str, int]:
+        """status -> results the publisher refused (`publish`)."""
+        with self._lock:
+            return dict(self._results_refused)

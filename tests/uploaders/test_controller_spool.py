@@ -28,13 +28,14 @@ from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, request
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import cs_config, s3_config
-from uploaders.base import Artifact, Uploader
+from uploaders.base import Artifact, Location, Uploader
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader
-from uploaders.spool import Spool
+from uploaders.drain import SpoolDrainer
+from uploaders.spool import Spool, SpoolEntry
 
 
 def hanging_controller(
@@ -42,10 +43,11 @@ def hanging_controller(
     spool_dir: Path,
     cloudshark: CloudsharkServer,
     rings: dict[str, Ring] | None = None,
+    local: Uploader | None = None,
     **delivery: Any,
 ) -> tuple[Controller, Spool]:
-    """A controller with a spool whose one sink, CloudShark, hangs until
-    `cloudshark.release` is set."""
+    """A controller with a spool whose one remote sink, CloudShark, hangs
+    until `cloudshark.release` is set (after `local`, if given)."""
     cloudshark.hang = threading.Event()
     cloudshark.hang.set()
     config = parse_config(
@@ -57,11 +59,28 @@ def hanging_controller(
     ctl = Controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
-        deliverer=Deliverer([uploader], RetryPolicy.from_config(config.delivery), spool),
+        deliverer=Deliverer(
+            [*([local] if local else []), uploader], RetryPolicy.from_config(config.delivery),
+            spool,
+        ),
         pool=HandlePool((), config.general.buffer_size),
         rings=rings,
     )
     return ctl, spool
+
+
+class GatedLocal(LocalUploader):
+    """Local disk that writes once `gate` is set: a store still on its local
+    sink, not yet written ahead, when shutdown can wait no longer."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def upload(self, artifact: Artifact) -> Location:
+        self.entered.set()
+        self.gate.wait(30)
+        return super().upload(artifact)
 
 
 def test_hanging_upload_is_spooled_at_shutdown(
@@ -98,6 +117,109 @@ def test_hanging_upload_is_spooled_at_shutdown(
     assert results.for_id("after")["status"] == "rejected"
     assert results.unclaimed() == []
     assert len(spool.list()) == 2
+
+
+def test_a_store_spooled_by_shutdown_before_it_wrote_ahead_leaves_one_entry(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """Shutdown spools a store still on its local sink (ahead of a hung
+    CloudShark): the store then writes its local copy and takes that entry
+    as its own, never a second one, and says nothing after `spooled`."""
+    local = GatedLocal(tmp_path / "local")
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, local=local)
+    port = free_port()
+    got = Recorded(request(port, id="slow-local", packets=2))
+    try:
+        ctl.handle(got.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        assert local.entered.wait(20)  # the store is on its local sink
+        assert ctl.shutdown(timeout=0.5)
+        event = results.for_id("slow-local")
+        assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+        [entry] = spool.list()
+        local.gate.set()  # the store goes on: local copy, then CloudShark (hung)
+        wait_for(lambda: cloudshark.requests >= 1)
+        cloudshark.release.set()  # hung up on: the upload fails, still spooled
+        ctl._upload_pool.shutdown(wait=True)
+        [kept] = spool.list()
+        assert kept.id == entry.id and kept.pending == ("cloudshark",)
+        assert kept.locations == {"local": str(tmp_path / "local" / kept.filename)}
+        assert got.acks == 1
+        ctl.handle(Recorded(request(port, id="after")).delivery)
+        assert results.for_id("after")["status"] == "rejected"
+        assert results.unclaimed() == []  # one result for it: `spooled`
+    finally:
+        local.gate.set()
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.publisher.stop(5)
+
+
+def test_a_store_spooled_by_shutdown_that_delivers_after_all_says_delivered(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """`spooled` at shutdown is not left as the final word: the hung upload
+    answered after all, its entry goes and `delivered` follows, with the
+    CloudShark location. Once the publisher has stopped, the entry stays
+    (no sink pending) for the next run's drainer to say it."""
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    cloudshark.answer_released = True
+    port = free_port()
+    try:
+        ctl.handle(Recorded(request(port, id="late", packets=2)).delivery)
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        wait_for(lambda: cloudshark.requests >= 1)
+        assert ctl.shutdown(timeout=0.5)
+        spooled = results.for_id("late")
+        assert spooled["status"] == "spooled" and spooled["error"].startswith("shutdown:")
+        cloudshark.release.set()
+        delivered = results.for_id("late", timeout=20)
+        assert delivered["status"] == "delivered" and delivered["error"] is None
+        assert delivered["locations"]["cloudshark"].startswith(
+            f"http://127.0.0.1:{cloudshark.port}/captures/"
+        )
+        assert delivered["sha256"] == spooled["sha256"]
+        ctl._upload_pool.shutdown(wait=True)
+        assert spool.list() == []
+    finally:
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.publisher.stop(5)
+
+
+def test_a_late_delivery_the_stopped_publisher_refuses_is_kept_for_the_next_run(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    cloudshark.answer_released = True
+    ctl.publisher.start()
+    port = free_port()
+    try:
+        ctl.handle(Recorded(request(port, id="unsaid", packets=2)).delivery)
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        wait_for(lambda: cloudshark.requests >= 1)
+        assert ctl.shutdown(timeout=0.5)
+        ctl.publisher.stop(5)  # as the daemon does, before the hung upload answers
+        assert results.for_id("unsaid")["status"] == "spooled"
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+        [kept] = spool.list()
+        assert kept.pending == () and kept.locations["cloudshark"].startswith("http://")
+        assert ctl.results_refused() == {"delivered": 1}
+    finally:
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.publisher.stop(5)
+    # The next run's drainer says it, and lets the entry go.
+    told: list[ResultEvent] = []
+
+    def on_delivered(result: ResultEvent, entry: SpoolEntry) -> bool:
+        told.append(result)
+        return True
+
+    report = SpoolDrainer(Spool(tmp_path / "spool", 64 << 20), {}, on_delivered, 1.0).drain_once()
+    assert report.delivered == (kept.id,) and [t.status for t in told] == ["delivered"]
+    assert told[0].locations == kept.locations
 
 
 def test_spool_space_is_promised_to_admitted_captures(
