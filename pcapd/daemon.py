@@ -310,6 +310,8 @@ class Daemon:
             self.pool.stop()
             for ring in self.rings.values():
                 ring.stop()
+            # Ring captures the stops ended, past the controller's wait: stored now.
+            self.controller.settle_late()
             left = max(0.1, deadline - time.monotonic())
             clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)

@@ -192,7 +192,7 @@ class Worker:
     def _ring_done(self, outcome: CaptureOutcome) -> None:
         """A ring capture's end: its result, unless its claims found it taken."""
         gate = self.gate
-        if gate is not None and not gate.passed():
+        if gate is not None and not gate.passed(wait=not self.controller.captures_closed):
             self.job = None  # a duplicate or a replay: the gate answered it
             self.settle(durable=True)
             return
@@ -307,8 +307,8 @@ class Worker:
             lookback=outcome.lookback,
         )  # fmt: skip
         if not packets:
-            # As pcapdaemon: nothing captured, nothing to upload.
-            ctl.untrack(self)
+            # As pcapdaemon: nothing captured, nothing to upload. Tracked
+            # until settled: shutdown waits for its answer and ack.
             self.reservation.free_slot()
             self.finish(result, {}, durable=True)
             return
@@ -382,13 +382,16 @@ class Worker:
 
     def settle(self, durable: bool) -> None:
         """Release everything this capture holds and tell its job, exactly
-        once; a capture stored nowhere has its id forgotten, so it may come again."""
-        if self.served is not None:
-            self.served.cancel()  # a ring capture dropped before it ran (a duplicate, say)
-        self.controller.untrack(self)
-        if not self.reservation.release():
-            return
-        if not durable:
-            self.controller.recent_ids.forget(self.request.id)
-        if self.job is not None:
-            self.job.done(durable)
+        once; a capture stored nowhere has its id forgotten, so it may come
+        again. Untracked last: shutdown waits until its delivery is settled."""
+        try:
+            if self.served is not None:
+                self.served.cancel()  # a ring capture dropped before it ran (a duplicate, say)
+            if not self.reservation.release():
+                return
+            if not durable:
+                self.controller.recent_ids.forget(self.request.id)
+            if self.job is not None:
+                self.job.done(durable)
+        finally:
+            self.controller.untrack(self)

@@ -78,6 +78,17 @@ class Uploads(ControllerState):
         with self._lock:
             return not self._capturing and not self._uploads
 
+    def settle_late(self) -> int:
+        """Ring captures handed over after shutdown closed the capture pool
+        (`Ring.stop` ends them): taken here, off the ring's lock, with no
+        wait for their claims, and stored (spooled: the remote sinks are
+        abandoned by now) or answered. How many there were."""
+        with self._lock:
+            late, self._late = self._late, []
+        for task in late:
+            task()  # `Worker._complete`: never raises
+        return len(late)
+
     def _spool_unfinished(self) -> None:
         """Uploads still queued or hanging when shutdown can wait no longer:
         their captures go to the spool (the drainer of the next run delivers
