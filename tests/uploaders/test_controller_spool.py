@@ -31,10 +31,10 @@ from tests.uploaders.conftest import cs_config, s3_config
 from uploaders.base import Artifact, Location, Uploader
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer
+from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader
-from uploaders.drain import SpoolDrainer
 from uploaders.spool import Spool, SpoolEntry
 
 
@@ -60,7 +60,8 @@ def hanging_controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
         deliverer=Deliverer(
-            [*([local] if local else []), uploader], RetryPolicy.from_config(config.delivery),
+            [*([local] if local else []), uploader],
+            RetryPolicy.from_config(config.delivery),
             spool,
         ),
         pool=HandlePool((), config.general.buffer_size),
