@@ -3,6 +3,7 @@ shutdown that cannot wait for a hanging upload spools the capture instead."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -120,6 +121,33 @@ def test_hanging_upload_is_spooled_at_shutdown(
     assert len(spool.list()) == 2
 
 
+@contextlib.contextmanager
+def shut_down_while_storing(
+    redis_srv: RedisServer, tmp_path: Path, cloudshark: CloudsharkServer, request_id: str,
+    local: GatedLocal | None = None, *, threaded: bool = False,
+) -> Iterator[tuple[Controller, Spool, Recorded]]:  # fmt: skip
+    """A controller whose capture `request_id` is being stored (on `local`
+    until its gate opens, or hanging in CloudShark) when shutdown gives up
+    on it; every thread it started ends with the block."""
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, local=local)
+    if threaded:
+        ctl.publisher.start()
+    port = free_port()
+    got = Recorded(request(port, id=request_id, packets=2))
+    try:
+        ctl.handle(got.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        wait_for(lambda: local.entered.is_set() if local else cloudshark.requests >= 1, timeout=20)
+        assert ctl.shutdown(timeout=0.5)
+        yield ctl, spool, got
+    finally:
+        if local is not None:
+            local.gate.set()
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.publisher.stop(5)
+
+
 def test_a_store_spooled_by_shutdown_before_it_wrote_ahead_leaves_one_entry(
     redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
@@ -127,14 +155,9 @@ def test_a_store_spooled_by_shutdown_before_it_wrote_ahead_leaves_one_entry(
     CloudShark): the store then writes its local copy and takes that entry
     as its own, never a second one, and says nothing after `spooled`."""
     local = GatedLocal(tmp_path / "local")
-    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, local=local)
-    port = free_port()
-    got = Recorded(request(port, id="slow-local", packets=2))
-    try:
-        ctl.handle(got.delivery)
-        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
-        assert local.entered.wait(20)  # the store is on its local sink
-        assert ctl.shutdown(timeout=0.5)
+    with shut_down_while_storing(redis_srv, tmp_path, cloudshark, "slow-local", local) as (
+        ctl, spool, got,
+    ):  # fmt: skip
         event = results.for_id("slow-local")
         assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
         [entry] = spool.list()
@@ -146,14 +169,9 @@ def test_a_store_spooled_by_shutdown_before_it_wrote_ahead_leaves_one_entry(
         assert kept.id == entry.id and kept.pending == ("cloudshark",)
         assert kept.locations == {"local": str(tmp_path / "local" / kept.filename)}
         assert got.acks == 1
-        ctl.handle(Recorded(request(port, id="after")).delivery)
+        ctl.handle(Recorded(request(free_port(), id="after")).delivery)
         assert results.for_id("after")["status"] == "rejected"
         assert results.unclaimed() == []  # one result for it: `spooled`
-    finally:
-        local.gate.set()
-        cloudshark.release.set()
-        ctl._upload_pool.shutdown(wait=True)
-        ctl.publisher.stop(5)
 
 
 def test_a_store_spooled_by_shutdown_that_delivers_after_all_says_delivered(
@@ -161,16 +179,9 @@ def test_a_store_spooled_by_shutdown_that_delivers_after_all_says_delivered(
 ) -> None:
     """`spooled` at shutdown is not left as the final word: the hung upload
     answered after all, its entry goes and `delivered` follows, with the
-    CloudShark location. Once the publisher has stopped, the entry stays
-    (no sink pending) for the next run's drainer to say it."""
-    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    CloudShark location."""
     cloudshark.answer_released = True
-    port = free_port()
-    try:
-        ctl.handle(Recorded(request(port, id="late", packets=2)).delivery)
-        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
-        wait_for(lambda: cloudshark.requests >= 1)
-        assert ctl.shutdown(timeout=0.5)
+    with shut_down_while_storing(redis_srv, tmp_path, cloudshark, "late") as (ctl, spool, _):
         spooled = results.for_id("late")
         assert spooled["status"] == "spooled" and spooled["error"].startswith("shutdown:")
         cloudshark.release.set()
@@ -182,35 +193,25 @@ def test_a_store_spooled_by_shutdown_that_delivers_after_all_says_delivered(
         assert delivered["sha256"] == spooled["sha256"]
         ctl._upload_pool.shutdown(wait=True)
         assert spool.list() == []
-    finally:
-        cloudshark.release.set()
-        ctl._upload_pool.shutdown(wait=True)
-        ctl.publisher.stop(5)
 
 
 def test_a_late_delivery_the_stopped_publisher_refuses_is_kept_for_the_next_run(
     redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
-    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    """Once the publisher has stopped (as the daemon's does before it
+    exits), the entry stays with no sink pending for the next run's drainer
+    to say `delivered`."""
     cloudshark.answer_released = True
-    ctl.publisher.start()
-    port = free_port()
-    try:
-        ctl.handle(Recorded(request(port, id="unsaid", packets=2)).delivery)
-        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
-        wait_for(lambda: cloudshark.requests >= 1)
-        assert ctl.shutdown(timeout=0.5)
-        ctl.publisher.stop(5)  # as the daemon does, before the hung upload answers
+    with shut_down_while_storing(
+        redis_srv, tmp_path, cloudshark, "unsaid", threaded=True
+    ) as (ctl, spool, _):  # fmt: skip
+        ctl.publisher.stop(5)
         assert results.for_id("unsaid")["status"] == "spooled"
         cloudshark.release.set()
         ctl._upload_pool.shutdown(wait=True)
         [kept] = spool.list()
         assert kept.pending == () and kept.locations["cloudshark"].startswith("http://")
         assert ctl.results_refused() == {"delivered": 1}
-    finally:
-        cloudshark.release.set()
-        ctl._upload_pool.shutdown(wait=True)
-        ctl.publisher.stop(5)
     # The next run's drainer says it, and lets the entry go.
     told: list[ResultEvent] = []
 
