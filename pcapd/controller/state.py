@@ -144,10 +144,11 @@ class ControllerState:
             self._capturing.discard(worker)
 
     def publish(self, result: ResultEvent, reply_to: str | None = None) -> bool:
-        """Queue `result`; False when the publisher refuses it (stopped, or
-        Redis unreachable with no thread to wait for it): the publisher logs
-        it `result_lost` with the whole event, and it is counted here
-        (`results_refused`, by status) for /metrics."""
+        """Queue `result`; False when the publisher refuses it (stopped, at
+        the end of a shutdown, or Redis unreachable with no thread to wait
+        for it): the publisher logs it `result_lost` with the whole event,
+        and it is counted here (`results_refused`, by status). A caller that
+        can keep what the result says for later does (`_delivered_late`)."""
         if self.publisher.submit(result, reply_to):
             return True
         with self._lock:
