@@ -8,6 +8,7 @@ exit 0. A second signal exits at once (status 1).
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import threading
@@ -309,6 +310,8 @@ class Daemon:
             self.pool.stop()
             for ring in self.rings.values():
                 ring.stop()
+            # Ring captures the stops ended, past the controller's wait: stored now.
+            self.controller.settle_late()
             left = max(0.1, deadline - time.monotonic())
             clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)
@@ -360,6 +363,10 @@ def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] 
     finally:
         if metrics is not None:
             metrics.stop()
+    # Everything durable is done: the interpreter's last collections walk
+    # every object boto3 and the rest left (~0.45 s idle, 2.5 s seen on a
+    # loaded 2-core machine, past shutdown_grace). Frozen, they are skipped.
+    gc.freeze()
     lingering = [
         t.name for t in threading.enumerate() if t.is_alive() and not t.daemon
         and t is not threading.current_thread()

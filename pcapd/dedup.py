@@ -85,6 +85,10 @@ class Ticket(Protocol):
         """The answer, as `claim` gives it."""
         ...
 
+    def answered(self) -> bool:
+        """`wait` would not wait."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Answered:
@@ -97,6 +101,9 @@ class Answered:
 
     def wait(self) -> bool:
         return self.taken
+
+    def answered(self) -> bool:
+        return True
 
 
 class RecentIds:
@@ -353,6 +360,9 @@ class _RedisTicket:
 
     def wait(self) -> bool:
         return self.seen._answer(self.item)
+
+    def answered(self) -> bool:
+        return self.item.done.is_set()
 
 
 def seen_ids_and_sigs(

@@ -37,6 +37,8 @@ from pcapd.ring import Ring, RingCapture
 from pcapd.ring.watch import Watcher
 from triggers.base import Delivery
 from uploaders.base import Artifact
+from uploaders.deliver import Flight, Unfinished
+from uploaders.spool import SpoolEntry
 
 if TYPE_CHECKING:
     from pcapd.controller import Controller
@@ -105,6 +107,8 @@ class Worker:
         # does nothing (a copy run twice must not store or publish twice).
         self._result_lock = threading.Lock()
         self._result_taken = False
+        self._spooled = False  # taken by shutdown, which spooled its store (still runs)
+        self.flight = Flight()  # its store, as shutdown sees it
 
     def register(self, ring: Ring) -> bool:
         """Start the capture on `ring` now, in the caller's thread (it costs
@@ -188,7 +192,7 @@ class Worker:
     def _ring_done(self, outcome: CaptureOutcome) -> None:
         """A ring capture's end: its result, unless its claims found it taken."""
         gate = self.gate
-        if gate is not None and not gate.passed():
+        if gate is not None and not gate.passed(wait=not self.controller.captures_closed):
             self.job = None  # a duplicate or a replay: the gate answered it
             self.settle(durable=True)
             return
@@ -303,8 +307,8 @@ class Worker:
             lookback=outcome.lookback,
         )  # fmt: skip
         if not packets:
-            # As pcapdaemon: nothing captured, nothing to upload.
-            ctl.untrack(self)
+            # As pcapdaemon: nothing captured, nothing to upload. Tracked
+            # until settled: shutdown waits for its answer and ack.
             self.reservation.free_slot()
             self.finish(result, {}, durable=True)
             return
@@ -320,19 +324,44 @@ class Worker:
 
     def store(self, artifact: Artifact, result: ResultEvent) -> None:
         """Deliver to every sink (an upload worker's job), then finish;
-        nothing when its result is taken already (spooled by shutdown, or a
-        crash reported it)."""
+        nothing when a crash has reported it. Spooled by shutdown meanwhile,
+        it still runs: the spool entry is its write-ahead one, and a
+        delivery after all is told as `delivered` (`spool_at_shutdown`)."""
         with self._result_lock:
-            if self._result_taken:
+            if self._result_taken and not self._spooled:
                 return
         try:
-            outcome = self.controller.deliverer.deliver(artifact, result)
+            outcome = self.controller.deliverer.deliver(artifact, result, self.flight)
         except Exception as exc:  # a bug or an OSError past the deliverer's own handling
             event(log, "store_crashed", logging.ERROR, exc_info=True, id=self.request.id)
             failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
             self.finish(failed, {}, durable=False)
             return
         self.finish(outcome.apply(result), outcome.locations, durable=outcome.durable)
+
+    def spool_at_shutdown(self, artifact: Artifact, spooled: ResultEvent) -> Unfinished:
+        """Shutdown cannot wait for this store, under way: "spooled" when the
+        capture is in the spool (once, whoever wrote it) and `spooled` is
+        published; a delivery the store makes after all is `delivered`
+        (`_delivered_late`). "finished": the store (or a crash) has its
+        result. "lost": logged."""
+        with self._result_lock:
+            if self._result_taken:
+                return "finished"
+            verdict = self.controller.deliverer.spool_unfinished(
+                artifact, spooled, self.flight, self._delivered_late
+            )
+            if verdict == "spooled":
+                self._result_taken = self._spooled = True
+                self.controller.publish(spooled, self.request.reply_to)
+            return verdict
+
+    def _delivered_late(self, result: ResultEvent, entry: SpoolEntry) -> bool:
+        """`delivered`, as the drainer says it, after the `spooled` shutdown
+        published (under the lock it holds meanwhile); False keeps the
+        entry for the next run's drainer."""
+        with self._result_lock:
+            return self.controller.publish(result, self.request.reply_to)
 
     def finish(self, result: ResultEvent, locations: Mapping[str, str], durable: bool) -> None:
         """Log and publish the final result, then settle; only settle when
@@ -353,13 +382,16 @@ class Worker:
 
     def settle(self, durable: bool) -> None:
         """Release everything this capture holds and tell its job, exactly
-        once; a capture stored nowhere has its id forgotten, so it may come again."""
-        if self.served is not None:
-            self.served.cancel()  # a ring capture dropped before it ran (a duplicate, say)
-        self.controller.untrack(self)
-        if not self.reservation.release():
-            return
-        if not durable:
-            self.controller.recent_ids.forget(self.request.id)
-        if self.job is not None:
-            self.job.done(durable)
+        once; a capture stored nowhere has its id forgotten, so it may come
+        again. Untracked last: shutdown waits until its delivery is settled."""
+        try:
+            if self.served is not None:
+                self.served.cancel()  # a ring capture dropped before it ran (a duplicate, say)
+            if not self.reservation.release():
+                return
+            if not durable:
+                self.controller.recent_ids.forget(self.request.id)
+            if self.job is not None:
+                self.job.done(durable)
+        finally:
+            self.controller.untrack(self)

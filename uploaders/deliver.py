@@ -3,7 +3,9 @@
 `Deliverer.deliver(artifact, event)` runs each uploader in the configured
 order under the retry policy. The capture is written ahead to the spool
 before the first remote attempt; if a remote sink still fails, it stays
-there with its `spooled` result for the drainer. Without a spool entry
+there with its `spooled` result for the drainer. A capture has one entry,
+whoever writes it first: the store, or shutdown that cannot wait for it
+(`spool_unfinished`, through the capture's `Flight`). Without a spool entry
 (spool full, disk full) the outcome is `partial` when some sink has the file
 (local disk, say) and `failed` when none has. A capture that was taken is
 never dropped silently: the outcome always says where it is, or why it is
@@ -19,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pcapd.core import logs
 from pcapd.core.config import Config
@@ -27,6 +29,7 @@ from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Location, Uploader, UploadObserver, ignore_upload
 from uploaders.deadline import Deadlined
+from uploaders.drain import OnDelivered, hand_over
 from uploaders.retry import RetryPolicy
 from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
 
@@ -36,6 +39,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("pcapd.uploaders.deliver")
 
 OUTCOMES = ("ok", "spooled", "partial", "failed")
+
+# What `spool_unfinished` made of a store shutdown cannot wait for.
+Unfinished = Literal["spooled", "finished", "lost"]
+
+
+@dataclass(slots=True, eq=False)
+class Flight:
+    """One capture's store, as `deliver` and shutdown (`spool_unfinished`)
+    share it: its one spool entry, written ahead by the store or first by
+    shutdown, whichever comes first; whether the store has its outcome; and
+    once shutdown has spooled it and published `spooled`, who is told of a
+    delivery that ends after all (`then`)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    entry: SpoolEntry | None = None  # held (flocked) until `deliver` ends
+    finished: bool = False  # the store's outcome is known: it publishes it
+    then: OnDelivered | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +113,6 @@ class Deliverer:
         self.spool = spool
         # Set when shutdown can wait no longer: Deadlined attempts give up at once.
         self.abandon = abandon if abandon is not None else threading.Event()
-        self._ahead: dict[str, SpoolEntry] = {}  # filename -> write-ahead entry, in flight
-        self._lock = threading.Lock()
         self.observe: UploadObserver = ignore_upload
 
     @property
@@ -122,7 +140,9 @@ class Deliverer:
         spool = (("spool", str(self.spool.directory)),) if self.spool and self.has_remote else ()
         return local + spool
 
-    def deliver(self, artifact: Artifact, event: ResultEvent | None = None) -> DeliveryOutcome:
+    def deliver(
+        self, artifact: Artifact, event: ResultEvent | None = None, flight: Flight | None = None
+    ) -> DeliveryOutcome:
         """Upload to every sink; spool for remote sinks that still fail.
 
         Before the first remote attempt the capture is written ahead to the
@@ -132,17 +152,22 @@ class Deliverer:
         still pending. `event` is the result the controller is about to
         publish; it is stored with the entry so the drainer can publish it as
         `delivered`, and, final, handed to each sink that has a copy (`stored`).
+        `flight`: the capture's, when shutdown may spool it meanwhile; its
+        entry is then this store's write-ahead one, and a delivery that ends
+        after shutdown published `spooled` is told to `flight.then`.
         """
+        flight = flight if flight is not None else Flight()
         locations: dict[str, str] = {}
         copies: list[tuple[Uploader, Location]] = []
         errors: list[str] = []
         failed_remote: list[str] = []
-        ahead: SpoolEntry | None = None
         spool_error: str | None = None
+        tried_ahead = False
         try:
             for uploader in self.uploaders:
-                if uploader.remote and ahead is None and spool_error is None:
-                    ahead, spool_error = self._write_ahead(artifact, locations, event)
+                if uploader.remote and not tried_ahead:
+                    tried_ahead = True
+                    spool_error = self._write_ahead(artifact, locations, event, flight)
                 began = time.monotonic()
                 try:
                     location = self.retry.run(
@@ -162,11 +187,11 @@ class Deliverer:
                 self.observe(uploader.name, "ok", time.monotonic() - began)
                 locations[location.kind] = location.url
                 copies.append((uploader, location))
-            spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event)
+            ahead, then = self._finished(flight)
+            spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event, then)
         finally:
+            ahead, _ = self._finished(flight)
             if ahead is not None:
-                with self._lock:
-                    self._ahead.pop(artifact.filename, None)
                 assert self.spool is not None
                 self.spool.release(ahead.id)
         if not errors:
@@ -186,6 +211,14 @@ class Deliverer:
         return outcome
 
     @staticmethod
+    def _finished(flight: Flight) -> tuple[SpoolEntry | None, OnDelivered | None]:
+        """The store's outcome is known: from now on shutdown leaves it to the
+        store. Its entry, and whom shutdown asked to tell of a delivery."""
+        with flight.lock:
+            flight.finished = True
+            return flight.entry, flight.then
+
+    @staticmethod
     def _stored(copies: Sequence[tuple[Uploader, Location]], result: ResultEvent) -> None:
         """Each sink that has a copy keeps what it keeps beside it (the local
         sidecar); a failure there costs a log line, not the capture."""
@@ -195,46 +228,78 @@ class Deliverer:
             except OSError as exc:
                 logs.event(log, "sidecar_failed", logging.ERROR, id=result.id, error=str(exc))
 
-    def spooled_ahead(self, artifact: Artifact) -> SpoolEntry | None:
-        """The write-ahead entry of an upload still under way, if it has one."""
-        with self._lock:
-            return self._ahead.get(artifact.filename)
-
-    def spool_unfinished(self, artifact: Artifact, event: ResultEvent) -> bool:
-        """An upload shutdown cannot wait for: True once the capture is in the
-        spool for every remote sink (written ahead already, or now, with
-        `event`, its `spooled` result); False, logged, when there is no spool
-        or it cannot take the capture."""
+    def spool_unfinished(
+        self,
+        artifact: Artifact,
+        event: ResultEvent,
+        flight: Flight | None = None,
+        then: OnDelivered | None = None,
+    ) -> Unfinished:
+        """A store shutdown cannot wait for, in the spool for every remote
+        sink with `event`, its `spooled` result: "spooled". `flight` None: no
+        store will run (cancelled before it started), the entry is the
+        drainer's at once. Else the store's one entry (written ahead already,
+        or now, held for the store to take as its own), and `then` is told
+        if the store delivers after all. "finished": the store has its
+        outcome and publishes it. "lost" (logged): no spool, or it cannot
+        take the capture."""
         if self.spool is None or not self.has_remote:
-            return False
-        if self.spooled_ahead(artifact) is not None:
-            return True
+            return "lost"
+        put = functools.partial(
+            self.spool.put, artifact, self.remote_names, event=event.as_dict(), error=event.error
+        )
         try:
-            self.spool.put(artifact, self.remote_names, event=event.as_dict(), error=event.error)
+            if flight is None:
+                put()
+                return "spooled"
+            with flight.lock:
+                if flight.finished:
+                    return "finished"
+                if flight.entry is None:
+                    flight.entry = put(hold=True)
+                flight.then = then
         except SpoolError as exc:
             logs.event(log, "capture_lost", logging.ERROR, id=event.id, error=str(exc))
-            return False
-        return True
+            return "lost"
+        return "spooled"
 
     def _write_ahead(
-        self, artifact: Artifact, locations: dict[str, str], event: ResultEvent | None
-    ) -> tuple[SpoolEntry | None, str | None]:
-        """(entry, None) or (None, why not): a full or failing spool does not stop
-        the upload, it only means nothing is left if the upload fails too."""
+        self,
+        artifact: Artifact,
+        locations: dict[str, str],
+        event: ResultEvent | None,
+        flight: Flight,
+    ) -> str | None:
+        """None once `flight` has its entry, or why not: a full or failing
+        spool does not stop the upload, it only means nothing is left if the
+        upload fails too. An entry shutdown wrote first is taken as it is,
+        with the locations so far."""
         if self.spool is None:
-            return None, "not configured"
-        error = "write-ahead: upload under way (the process stopped before it finished)"
-        try:
-            entry = self.spool.put(
-                artifact, self.remote_names, locations=locations, error=error, hold=True,
-                event=self._spooled(event, error, locations),
-            )  # fmt: skip
-        except SpoolError as exc:
-            logs.event(log, "spool_failed", logging.ERROR, file=artifact.filename, error=str(exc))
-            return None, str(exc)
-        with self._lock:
-            self._ahead[artifact.filename] = entry
-        return entry, None
+            return "not configured"
+        with flight.lock:
+            if flight.entry is not None:
+                entry = dataclasses.replace(flight.entry, locations=dict(locations))
+                try:
+                    self.spool.update(entry)
+                except OSError as exc:  # the entry stands, without them
+                    logs.event(
+                        log, "spool_update_failed", logging.ERROR, id=entry.id, error=str(exc)
+                    )
+                    return None
+                flight.entry = entry
+                return None
+            error = "write-ahead: upload under way (the process stopped before it finished)"
+            try:
+                flight.entry = self.spool.put(
+                    artifact, self.remote_names, locations=locations, error=error, hold=True,
+                    event=self._spooled(event, error, locations),
+                )  # fmt: skip
+            except SpoolError as exc:
+                logs.event(
+                    log, "spool_failed", logging.ERROR, file=artifact.filename, error=str(exc)
+                )
+                return str(exc)
+        return None
 
     def _settle_ahead(
         self,
@@ -243,14 +308,20 @@ class Deliverer:
         locations: dict[str, str],
         errors: list[str],
         event: ResultEvent | None,
+        then: OnDelivered | None,
     ) -> str | None:
         """Remove the write-ahead entry, or rewrite it with the sinks still pending;
-        the spool id of what is left, if anything."""
+        the spool id of what is left, if anything. Spooled by shutdown, which
+        published `spooled`, a delivery after all is told to `then` as the
+        drainer tells it (`delivered`), the entry kept until it was."""
         if ahead is None or self.spool is None:
             return None
         if not failed_remote:
             try:
-                self.spool.remove(ahead)
+                if then is None:
+                    self.spool.remove(ahead)
+                else:
+                    hand_over(self.spool, ahead, locations, then)
             except OSError as exc:  # delivered all the same; the drainer resends it
                 logs.event(log, "spool_remove_failed", logging.ERROR, id=ahead.id, error=str(exc))
             return None

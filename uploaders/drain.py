@@ -192,22 +192,31 @@ class SpoolDrainer:
         return False
 
     def _deliver(self, entry: SpoolEntry, locations: dict[str, str]) -> bool:
-        """Hand over the `delivered` result; the entry goes only once it was
-        sent. Still claimed, so no other drainer uploads it again meanwhile; a
-        kept entry has no sink pending, so the next pass only sends again."""
-        try:
-            sent = self.on_delivered(delivered_event(entry, locations), entry)
-        except Exception:
-            event(log, "spool_on_delivered_failed", logging.ERROR, exc_info=True, id=entry.id)
-            sent = False
-        if sent:
-            self.spool.remove(entry)
-            event(log, "spool_delivered", id=entry.id, file=entry.filename, locations=locations)
-            return True
-        self.spool.update(
-            dataclasses.replace(
-                entry, pending=(), locations=locations, attempts=entry.attempts + 1,
-                last_error=clip_error("delivered, but its result could not be published"),
-            )
-        )  # fmt: skip
-        return False
+        """Hand over the `delivered` result (`hand_over`). Still claimed, so no
+        other drainer uploads it again meanwhile."""
+        return hand_over(self.spool, entry, locations, self.on_delivered)
+
+
+def hand_over(
+    spool: Spool, entry: SpoolEntry, locations: Mapping[str, str], on_delivered: OnDelivered
+) -> bool:
+    """`entry` has reached every sink: its `delivered` result to
+    `on_delivered`, and the entry goes only once that was sent; else it is
+    kept with no sink pending, so the next pass (of this run or the next)
+    only sends again. The drainer's, and a store's that shutdown had spooled."""
+    try:
+        sent = on_delivered(delivered_event(entry, locations), entry)
+    except Exception:
+        event(log, "spool_on_delivered_failed", logging.ERROR, exc_info=True, id=entry.id)
+        sent = False
+    if sent:
+        spool.remove(entry)
+        event(log, "spool_delivered", id=entry.id, file=entry.filename, locations=locations)
+        return True
+    spool.update(
+        dataclasses.replace(
+            entry, pending=(), locations=dict(locations), attempts=entry.attempts + 1,
+            last_error=clip_error("delivered, but its result could not be published"),
+        )
+    )  # fmt: skip
+    return False

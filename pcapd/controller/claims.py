@@ -52,12 +52,21 @@ class ClaimGate:
     def _taken_now(self) -> bool:
         return self._ids.taken_now() or (self._sigs is not None and self._sigs.taken_now())
 
-    def passed(self) -> bool:
-        """Neither claim was taken (waits for their answers)."""
+    def passed(self, wait: bool = True) -> bool:
+        """Neither claim was taken (waits for their answers). Not `wait`ing
+        (shutdown has given up waiting), unanswered claims count as passed:
+        the capture is kept, stored once more at worst, never lost."""
         with self._lock:
             if self._passed is None:
-                self._passed = self._decide()
+                if not wait and not self._answered():
+                    self._ctl.count_request(self._delivery.source, "admitted")
+                    self._passed = True
+                else:
+                    self._passed = self._decide()
             return self._passed
+
+    def _answered(self) -> bool:
+        return self._ids.answered() and (self._sigs is None or self._sigs.answered())
 
     def _decide(self) -> bool:
         status = "failed"

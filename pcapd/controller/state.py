@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -67,9 +68,11 @@ class ControllerState:
         # then runs in the caller's thread, chosen under that lock (never
         # both queued and run inline).
         self._captures_closed = False
+        self._late: list[Callable[[], None]] = []  # handed over after that (`settle_late`)
         self._uploads_closed = False
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._results_refused: collections.Counter[str] = collections.Counter()
         self.metrics = CaptureMetrics()
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
@@ -120,18 +123,39 @@ class ControllerState:
             return len(self._capturing)
 
     def on_capture_thread(self, task: Callable[[str], None], arg: str) -> None:
-        """`task(arg)` on a capture thread (never queued behind uploads); on
-        this one once they are shut down."""
+        """`task(arg)` on a capture thread (never queued behind uploads).
+        Once they are shut down, kept for `settle_late`: the caller may hold
+        a ring's lock (`Ring.stop` ending its captures), and must not wait."""
         with self._lock:
             if not self._captures_closed:
                 self._capture_pool.submit(task, arg)
                 return
-        task(arg)
+            self._late.append(functools.partial(task, arg))
+
+    @property
+    def captures_closed(self) -> bool:
+        """Shutdown has given up waiting for captures: none waits for its claims."""
+        with self._lock:
+            return self._captures_closed
 
     def untrack(self, worker: Worker) -> None:
         """`worker`'s capture has ended (or never started)."""
         with self._lock:
             self._capturing.discard(worker)
 
-    def publish(self, result: ResultEvent, reply_to: str | None = None) -> None:
-        self.publisher.submit(result, reply_to)
+    def publish(self, result: ResultEvent, reply_to: str | None = None) -> bool:
+        """Queue `result`; False when the publisher refuses it (stopped, at
+        the end of a shutdown, or Redis unreachable with no thread to wait
+        for it): the publisher logs it `result_lost` with the whole event,
+        and it is counted here (`results_refused`, by status). A caller that
+        can keep what the result says for later does (`_delivered_late`)."""
+        if self.publisher.submit(result, reply_to):
+            return True
+        with self._lock:
+            self._results_refused[result.status] += 1
+        return False
+
+    def results_refused(self) -> dict[str, int]:
+        """status -> results the publisher refused (`publish`)."""
+        with self._lock:
+            return dict(self._results_refused)

@@ -78,12 +78,24 @@ class Uploads(ControllerState):
         with self._lock:
             return not self._capturing and not self._uploads
 
+    def settle_late(self) -> int:
+        """Ring captures handed over after shutdown closed the capture pool
+        (`Ring.stop` ends them): taken here, off the ring's lock, with no
+        wait for their claims, and stored (spooled: the remote sinks are
+        abandoned by now) or answered. How many there were."""
+        with self._lock:
+            late, self._late = self._late, []
+        for task in late:
+            task()  # `Worker._complete`: never raises
+        return len(late)
+
     def _spool_unfinished(self) -> None:
         """Uploads still queued or hanging when shutdown can wait no longer:
         their captures go to the spool (the drainer of the next run delivers
-        them), not away with the process. A queued one is cancelled first,
-        so the pool never runs it as well; a running one keeps its
-        write-ahead entry and leaves its result to this one."""
+        them), not away with the process, one entry each. A queued one is
+        cancelled first, so the pool never runs it as well; a running one
+        keeps (or takes) its one entry, and a delivery it still makes is
+        published as `delivered`, after the `spooled` published here."""
         with self._lock:
             unfinished = [item for item in self._uploads.items() if not item[0].done()]
         error = "shutdown: upload still running, spooled for the next run"
@@ -92,16 +104,19 @@ class Uploads(ControllerState):
             if not queued and not future.running():
                 continue
             spooled = replace(result, status="spooled", error=error)
-            if not self.deliverer.spool_unfinished(artifact, spooled):
-                if queued:  # never stored, and never will be: say so, and let it come again
+            if queued:
+                if self.deliverer.spool_unfinished(artifact, spooled) != "spooled":
+                    # Never stored, and never will be: say so, and let it come again.
                     worker.take_result()
                     lost = "shutdown: upload never started, and the spool cannot take it"
                     self.publish(replace(result, status="failed", error=lost),
                                  worker.request.reply_to)  # fmt: skip
                     worker.settle(durable=False)
-                continue
-            if worker.take_result():  # else it finished meanwhile and published its own
-                self.publish(spooled, worker.request.reply_to)
+                    continue
+                if worker.take_result():  # else a crash reported it already
+                    self.publish(spooled, worker.request.reply_to)
+            elif worker.spool_at_shutdown(artifact, spooled) != "spooled":
+                continue  # it has its outcome, or it is lost: the store says which
             with self._lock:
                 self._uploads.pop(future, None)
             worker.settle(durable=True)

@@ -45,6 +45,7 @@ class CloudsharkServer:
     raw_answers: list[tuple[int, bytes]] = field(default_factory=list)  # not JSON at all
     hang: threading.Event | None = None  # set: answers wait until it is cleared
     release: threading.Event = field(default_factory=threading.Event)
+    answer_released: bool = False  # released, a hung request is answered, not hung up on
     tls: ssl.SSLContext | None = None
     _server: http.server.ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -96,10 +97,11 @@ def _handler(state: CloudsharkServer) -> type[http.server.BaseHTTPRequestHandler
                 state.requests += 1
             if state.hang is not None and state.hang.is_set():
                 state.release.wait(30)
-                # Released: hang up, unanswered, so the client's read ends now
-                # (kept open, it would wait out its read_timeout).
-                self.close_connection = True
-                return
+                if not state.answer_released:
+                    # Released: hang up, unanswered, so the client's read ends now
+                    # (kept open, it would wait out its read_timeout).
+                    self.close_connection = True
+                    return
             parts = self.path.strip("/").split("/")
             if len(parts) != 4 or parts[:2] != ["api", "v1"] or parts[3] != "upload":
                 self._answer(404, {"status": 404, "exceptions": ["api_error_not_found"]})

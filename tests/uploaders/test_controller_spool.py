@@ -3,6 +3,7 @@ shutdown that cannot wait for a hanging upload spools the capture instead."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -28,13 +29,14 @@ from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, request
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import cs_config, s3_config
-from uploaders.base import Artifact, Uploader
+from uploaders.base import Artifact, Location, Uploader
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deliver import Deliverer
+from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader
-from uploaders.spool import Spool
+from uploaders.spool import Spool, SpoolEntry
 
 
 def hanging_controller(
@@ -42,10 +44,11 @@ def hanging_controller(
     spool_dir: Path,
     cloudshark: CloudsharkServer,
     rings: dict[str, Ring] | None = None,
+    local: Uploader | None = None,
     **delivery: Any,
 ) -> tuple[Controller, Spool]:
-    """A controller with a spool whose one sink, CloudShark, hangs until
-    `cloudshark.release` is set."""
+    """A controller with a spool whose one remote sink, CloudShark, hangs
+    until `cloudshark.release` is set (after `local`, if given)."""
     cloudshark.hang = threading.Event()
     cloudshark.hang.set()
     config = parse_config(
@@ -57,11 +60,29 @@ def hanging_controller(
     ctl = Controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
-        deliverer=Deliverer([uploader], RetryPolicy.from_config(config.delivery), spool),
+        deliverer=Deliverer(
+            [*([local] if local else []), uploader],
+            RetryPolicy.from_config(config.delivery),
+            spool,
+        ),
         pool=HandlePool((), config.general.buffer_size),
         rings=rings,
     )
     return ctl, spool
+
+
+class GatedLocal(LocalUploader):
+    """Local disk that writes once `gate` is set: a store still on its local
+    sink, not yet written ahead, when shutdown can wait no longer."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def upload(self, artifact: Artifact) -> Location:
+        self.entered.set()
+        self.gate.wait(30)
+        return super().upload(artifact)
 
 
 def test_hanging_upload_is_spooled_at_shutdown(
@@ -98,6 +119,109 @@ def test_hanging_upload_is_spooled_at_shutdown(
     assert results.for_id("after")["status"] == "rejected"
     assert results.unclaimed() == []
     assert len(spool.list()) == 2
+
+
+@contextlib.contextmanager
+def shut_down_while_storing(
+    redis_srv: RedisServer, tmp_path: Path, cloudshark: CloudsharkServer, request_id: str,
+    local: GatedLocal | None = None, *, threaded: bool = False,
+) -> Iterator[tuple[Controller, Spool, Recorded]]:  # fmt: skip
+    """A controller whose capture `request_id` is being stored (on `local`
+    until its gate opens, or hanging in CloudShark) when shutdown gives up
+    on it; every thread it started ends with the block."""
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, local=local)
+    if threaded:
+        ctl.publisher.start()
+    port = free_port()
+    got = Recorded(request(port, id=request_id, packets=2))
+    try:
+        ctl.handle(got.delivery)
+        threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
+        wait_for(lambda: local.entered.is_set() if local else cloudshark.requests >= 1, timeout=20)
+        assert ctl.shutdown(timeout=0.5)
+        yield ctl, spool, got
+    finally:
+        if local is not None:
+            local.gate.set()
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+        ctl.publisher.stop(5)
+
+
+def test_a_store_spooled_by_shutdown_before_it_wrote_ahead_leaves_one_entry(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """Shutdown spools a store still on its local sink (ahead of a hung
+    CloudShark): the store then writes its local copy and takes that entry
+    as its own, never a second one, and says nothing after `spooled`."""
+    local = GatedLocal(tmp_path / "local")
+    with shut_down_while_storing(redis_srv, tmp_path, cloudshark, "slow-local", local) as (
+        ctl, spool, got,
+    ):  # fmt: skip
+        event = results.for_id("slow-local")
+        assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+        [entry] = spool.list()
+        local.gate.set()  # the store goes on: local copy, then CloudShark (hung)
+        wait_for(lambda: cloudshark.requests >= 1)
+        cloudshark.release.set()  # hung up on: the upload fails, still spooled
+        ctl._upload_pool.shutdown(wait=True)
+        [kept] = spool.list()
+        assert kept.id == entry.id and kept.pending == ("cloudshark",)
+        assert kept.locations == {"local": str(tmp_path / "local" / kept.filename)}
+        assert got.acks == 1
+        ctl.handle(Recorded(request(free_port(), id="after")).delivery)
+        assert results.for_id("after")["status"] == "rejected"
+        assert results.unclaimed() == []  # one result for it: `spooled`
+
+
+def test_a_store_spooled_by_shutdown_that_delivers_after_all_says_delivered(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """`spooled` at shutdown is not left as the final word: the hung upload
+    answered after all, its entry goes and `delivered` follows, with the
+    CloudShark location."""
+    cloudshark.answer_released = True
+    with shut_down_while_storing(redis_srv, tmp_path, cloudshark, "late") as (ctl, spool, _):
+        spooled = results.for_id("late")
+        assert spooled["status"] == "spooled" and spooled["error"].startswith("shutdown:")
+        cloudshark.release.set()
+        delivered = results.for_id("late", timeout=20)
+        assert delivered["status"] == "delivered" and delivered["error"] is None
+        assert delivered["locations"]["cloudshark"].startswith(
+            f"http://127.0.0.1:{cloudshark.port}/captures/"
+        )
+        assert delivered["sha256"] == spooled["sha256"]
+        ctl._upload_pool.shutdown(wait=True)
+        assert spool.list() == []
+
+
+def test_a_late_delivery_the_stopped_publisher_refuses_is_kept_for_the_next_run(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """Once the publisher has stopped (as the daemon's does before it
+    exits), the entry stays with no sink pending for the next run's drainer
+    to say `delivered`."""
+    cloudshark.answer_released = True
+    with shut_down_while_storing(
+        redis_srv, tmp_path, cloudshark, "unsaid", threaded=True
+    ) as (ctl, spool, _):  # fmt: skip
+        ctl.publisher.stop(5)
+        assert results.for_id("unsaid")["status"] == "spooled"
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+        [kept] = spool.list()
+        assert kept.pending == () and kept.locations["cloudshark"].startswith("http://")
+        assert ctl.results_refused() == {"delivered": 1}
+    # The next run's drainer says it, and lets the entry go.
+    told: list[ResultEvent] = []
+
+    def on_delivered(result: ResultEvent, entry: SpoolEntry) -> bool:
+        told.append(result)
+        return True
+
+    report = SpoolDrainer(Spool(tmp_path / "spool", 64 << 20), {}, on_delivered, 1.0).drain_once()
+    assert report.delivered == (kept.id,) and [t.status for t in told] == ["delivered"]
+    assert told[0].locations == kept.locations
 
 
 def test_spool_space_is_promised_to_admitted_captures(

@@ -23,7 +23,7 @@ from tests.uploaders.conftest import (
 )
 from uploaders.base import Artifact, Location, Sink, Uploader, UploadError
 from uploaders.cloudshark import CloudsharkUploader
-from uploaders.deliver import Deliverer, DeliveryOutcome, build_remote_uploaders
+from uploaders.deliver import Deliverer, DeliveryOutcome, Flight, build_remote_uploaders
 from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
@@ -348,15 +348,45 @@ def test_check_asks_every_sink(moto_s3: MotoS3) -> None:
 def test_spool_unfinished_puts_what_was_not_written_ahead(tmp_path: Path) -> None:
     artifact = make_artifact()
     spooled = dataclasses.replace(base_event(artifact), status="spooled", error="shutdown: x")
-    assert not Deliverer([Failing("s3", True)], fast_retry(), None).spool_unfinished(
-        artifact, spooled
-    )
+    no_spool = Deliverer([Failing("s3", True)], fast_retry(), None)
+    assert no_spool.spool_unfinished(artifact, spooled) == "lost"
     spool = Spool(tmp_path, MB)
-    assert Deliverer([Failing("s3", True)], fast_retry(), spool).spool_unfinished(artifact, spooled)
+    deliverer = Deliverer([Failing("s3", True)], fast_retry(), spool)
+    assert deliverer.spool_unfinished(artifact, spooled) == "spooled"
     [entry] = spool.list()
     assert entry.pending == ("s3",) and entry.event == spooled.as_dict()
     assert entry.last_error == "shutdown: x"
     full = Spool(tmp_path / "full", 10)
-    assert not Deliverer([Failing("s3", True)], fast_retry(), full).spool_unfinished(
-        artifact, spooled
-    )
+    lost = Deliverer([Failing("s3", True)], fast_retry(), full).spool_unfinished(artifact, spooled)
+    assert lost == "lost"
+
+
+def test_a_store_shutdown_spooled_before_it_wrote_ahead_keeps_that_one_entry(
+    tmp_path: Path,
+) -> None:
+    """Shutdown spools a store still on its local sink: the store takes that
+    entry as its write-ahead one (with the local copy), never a second; a
+    store whose outcome is known is left to publish its own."""
+    artifact = make_artifact()
+    spooled = dataclasses.replace(base_event(artifact), status="spooled", error="shutdown: x")
+    spool = Spool(tmp_path / "spool", MB)
+    told: list[ResultEvent] = []
+    flight = Flight()
+    local = LocalUploader(tmp_path / "local")
+    deliverer = Deliverer([local, Failing("s3", True)], fast_retry(), spool)
+
+    def then(result: ResultEvent, entry: SpoolEntry) -> bool:
+        told.append(result)
+        return True
+
+    # As a store on its local sink would be: under way, nothing written ahead.
+    assert deliverer.spool_unfinished(artifact, spooled, flight, then) == "spooled"
+    outcome = deliverer.deliver(artifact, base_event(artifact), flight)
+    assert outcome.status == "spooled" and told == []
+    [entry] = spool.list()
+    assert entry.id == outcome.spool_id and entry.pending == ("s3",)
+    assert entry.locations == {"local": str(tmp_path / "local" / artifact.filename)}
+    with spool.claim(entry.id) as held:
+        assert held  # the store let go of it: the drainer's now
+    assert deliverer.spool_unfinished(artifact, spooled, flight, then) == "finished"
+    assert len(spool.list()) == 1
