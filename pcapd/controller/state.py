@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pcapd.admission import Admission
+from pcapd.controller.refusals import RefusalLog
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import Client
@@ -71,6 +72,7 @@ class ControllerState:
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.metrics = CaptureMetrics()
+        self.refusals = RefusalLog()  # the request_rejected warning, summarised under a burst
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
             deliverer.disk_targets(), rings=sum(r.memory for r in self.rings.values()),
