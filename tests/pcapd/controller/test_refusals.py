@@ -37,7 +37,8 @@ def test_a_burst_logs_its_first_refusal_then_one_summary_with_the_count(
         refusals.rejected("other", 7, "lo", "max_concurrent=16 captures already running")
         first = lines(caplog, "request_rejected")
         assert first == [
-            {"id": "r0", "alertid": None, "interface": "lo", "error": "bytes=0 does not fit: 0 held"},
+            {"id": "r0", "alertid": None, "interface": "lo",
+             "error": "bytes=0 does not fit: 0 held"},
             {"id": "other", "alertid": 7, "interface": "lo",
              "error": "max_concurrent=16 captures already running"},
         ]  # fmt: skip
