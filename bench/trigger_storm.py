@@ -13,7 +13,9 @@ requests wait in Redis or the queue and are all served, later.
 Printed per source: requests sent, accepted (a capture result), rejected (and
 why), duplicates, requests with no result or with more than one; accepted
 and rejected per second over the time from the first send to the last result;
-end-to-end latency p50/p99 from send to result event. Each other source is
+end-to-end latency p50/p99 from send to result event; the daemon's CPU per
+request sent (first send to last result). Each source's storm starts once
+the daemon's start-up is over (it idles). Each other source is
 also given as a ratio against the first (pub/sub by default: pcapdaemon's
 only Redis source), measured in the same run against the same daemon. At
 the end: the daemon's peak RSS and whether it survived the storm.
