@@ -99,7 +99,10 @@ class RefusalLog:
 
     def _summarise(self) -> None:
         """Log each reason whose interval is over, forget the quiet ones, and
-        arm the timer again for what is still counting."""
+        arm the timer again for what is still counting. A reason just summed
+        up counts on from zero: its next refusal within the interval arms
+        the timer again (no timer only to forget it, which would hold up
+        the process's exit)."""
         now = self._clock()
         due: list[tuple[int, float, str | None, str]] = []
         with self._lock:
@@ -116,7 +119,6 @@ class RefusalLog:
                     continue
                 due.append((reason.count, now - reason.since, reason.last_id, reason.error))
                 reason.since, reason.count = now, 0
-                wake = self.interval if wake is None else min(wake, self.interval)
             timer = None if wake is None else self._arm_locked(wake)
         for count, seconds, last_id, error in due:
             event(
