@@ -13,7 +13,9 @@ requests wait in Redis or the queue and are all served, later.
 Printed per source: requests sent, accepted (a capture result), rejected (and
 why), duplicates, requests with no result or with more than one; accepted
 and rejected per second over the time from the first send to the last result;
-end-to-end latency p50/p99 from send to result event. Each other source is
+end-to-end latency p50/p99 from send to result event; the daemon's CPU per
+request sent (first send to last result). Each source's storm starts once
+the daemon's start-up is over (it idles). Each other source is
 also given as a ratio against the first (pub/sub by default: pcapdaemon's
 only Redis source), measured in the same run against the same daemon. At
 the end: the daemon's peak RSS and whether it survived the storm.
@@ -47,6 +49,7 @@ import boto3
 import redis
 from benchlib import (
     BenchError,
+    cpu_seconds,
     free_port,
     http_ok,
     percentile,
@@ -75,6 +78,12 @@ REQUEST_BYTES = 65_536  # per capture: memory is not the bound here, slots are
 BLAST_PORT = 39_999
 BLAST_SLEEP = 200e-6  # s between packets of the sender thread (~ a few k pps)
 SETTLE = 3.0  # s after the storm before RSS is read again
+# Before the storm the daemon's start-up is over (the SQS source makes its
+# boto3 client, ~0.3 s of CPU, after pub/sub is subscribed): it uses less
+# than IDLE_CPU of a core over IDLE_WINDOW, within IDLE_TIMEOUT.
+IDLE_CPU = 0.15
+IDLE_WINDOW = 0.5
+IDLE_TIMEOUT = 30.0
 SQS_BATCH = 10  # SendMessageBatch's limit
 STREAM_MAXLEN = 100_000
 REGION = "us-east-1"
@@ -215,6 +224,12 @@ class Figures:
     span: float  # first send -> last result, s
     latencies: list[float]  # ms, accepted requests
     reasons: collections.Counter[str]
+    cpu: float = 0.0  # s of the daemon's CPU, first send -> last result
+
+    @property
+    def cpu_per_request(self) -> float:
+        """ms of the daemon's CPU per request sent (refused ones cost less)."""
+        return self.cpu * 1000 / self.sent if self.sent else 0.0
 
     @property
     def accepted_rate(self) -> float:
@@ -225,8 +240,22 @@ class Figures:
         return self.rejected / self.span if self.span else 0.0
 
 
+def wait_idle(pid: int) -> float:
+    """Until the daemon's start-up is over: the CPU it used over the last
+    IDLE_WINDOW, as a fraction of a core."""
+    deadline = time.monotonic() + IDLE_TIMEOUT
+    while True:
+        before = cpu_seconds(pid)
+        time.sleep(IDLE_WINDOW)
+        busy = (cpu_seconds(pid) - before) / IDLE_WINDOW
+        if busy < IDLE_CPU:
+            return busy
+        if time.monotonic() > deadline:
+            raise BenchError(f"the daemon still used {busy:.2f} of a core {IDLE_TIMEOUT} s in")
+
+
 def run_source(
-    name: str, send: Sender, group: int, count: int, results: Results, wait: float
+    name: str, send: Sender, group: int, count: int, results: Results, wait: float, pid: int
 ) -> Figures:
     tag = uuid.uuid4().hex[:8]
     warm = [f"{name}-warm-{tag}-{i}" for i in range(WARMUP)]
@@ -235,6 +264,7 @@ def run_source(
     wait_until(f"{name} warm-up results", lambda: all(results.first(i) for i in warm), wait)
     ids = [f"{name}-{tag}-{i}" for i in range(count)]
     sent_at: dict[str, float] = {}
+    cpu_begin = cpu_seconds(pid)
     begin = time.monotonic()
     for start in range(0, count, group):
         due = begin + SEND_SECONDS * start / count
@@ -246,8 +276,9 @@ def run_source(
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and not all(results.first(i) for i in ids):
         time.sleep(0.1)
+    cpu = cpu_seconds(pid) - cpu_begin
     time.sleep(0.5)  # let any second result for a request show itself
-    figures = Figures(name, count, 0, 0, 0, 0, 0, 0.0, [], collections.Counter())
+    figures = Figures(name, count, 0, 0, 0, 0, 0, 0.0, [], collections.Counter(), cpu)
     last = begin
     for request_id in ids:
         got = results.first(request_id)
@@ -273,12 +304,12 @@ def run_source(
 def report(all_figures: list[Figures]) -> bool:
     ok = True
     print(f"{'source':8} {'sent':>5} {'acc':>5} {'rej':>5} {'dup':>4} {'miss':>5} {'extra':>5} "
-          f"{'acc/s':>7} {'rej/s':>7} {'p50 ms':>8} {'p99 ms':>8}")  # fmt: skip
+          f"{'acc/s':>7} {'rej/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}")  # fmt: skip
     for f in all_figures:
         p50, p99 = percentile(f.latencies, 0.5), percentile(f.latencies, 0.99)
         print(f"{f.source:8} {f.sent:5} {f.accepted:5} {f.rejected:5} {f.duplicate:4} "
               f"{f.missing:5} {f.extra:5} {f.accepted_rate:7.0f} {f.rejected_rate:7.0f} "
-              f"{p50:8.1f} {p99:8.1f}")  # fmt: skip
+              f"{p50:8.1f} {p99:8.1f} {f.cpu_per_request:10.2f}")  # fmt: skip
         ok = ok and f.missing == 0 and f.extra == 0 and f.duplicate == 0
     base = all_figures[0]
     b50, b99 = percentile(base.latencies, 0.5), percentile(base.latencies, 0.99)
@@ -360,9 +391,10 @@ def main() -> int:
                 ) as pid:  # fmt: skip
                     idle = proc_status_kb(pid, "VmRSS") * 1024
                     bound = memory_bound(load_config(str(config)), idle)
+                    quiet = wait_idle(pid)
                     send = senders(client, sqs, queue_url)
                     figures = [
-                        run_source(name, *send[name], count, results, RESULT_WAIT)
+                        run_source(name, *send[name], count, results, RESULT_WAIT, pid)
                         for name in chosen
                     ]
                     alive = Path(f"/proc/{pid}").exists()
@@ -375,7 +407,9 @@ def main() -> int:
                     thread.join()
     print(f"{count} requests per source within {SEND_SECONDS:.0f} s; "
           f"max_concurrent={MAX_CONCURRENT}; {os.cpu_count()} CPUs; captures "
-          f"{'from a lookback ring on lo' if args.ring else 'each on its own handle'}")  # fmt: skip
+          f"{'from a lookback ring on lo' if args.ring else 'each on its own handle'}; "
+          f"daemon at {quiet:.2f} of a core before the storm; load average "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     ok = report(figures)
     mb = 2**20
     print(f"daemon alive after the storm: {'yes' if alive else 'NO'}; RSS idle {idle / mb:.0f} MB, "

@@ -96,10 +96,8 @@ class Answers(ControllerState):
         error: str,
         warnings: tuple[str, ...] = (),
     ) -> None:
-        event(
-            log, "request_rejected", logging.WARNING,
-            id=request.id, alertid=request.alertid, interface=interface, error=error,
-        )  # fmt: skip
+        # Logged at once, or counted into a summary under a burst (`refusals`).
+        self.refusals.rejected(request.id, request.alertid, interface, error)
         self.tell(request, "rejected", interface=interface, error=error, warnings=warnings)
 
     def tell(self, request: CaptureRequest, status: str, **rest: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pcapd.admission import Admission
+from pcapd.controller.refusals import RefusalLog
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import Client
@@ -74,6 +75,7 @@ class ControllerState:
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._results_refused: collections.Counter[str] = collections.Counter()
         self.metrics = CaptureMetrics()
+        self.refusals = RefusalLog()  # the request_rejected warning, summarised under a burst
         self.admission = Admission(
             config.general, deliverer.spool if deliverer.has_remote else None,
             deliverer.disk_targets(), rings=sum(r.memory for r in self.rings.values()),
