@@ -312,6 +312,7 @@ class Daemon:
                 ring.stop()
             # Ring captures the stops ended, past the controller's wait: stored now.
             self.controller.settle_late()
+            self.controller.refusals.flush()  # the last burst's summary, before `stopped`
             left = max(0.1, deadline - time.monotonic())
             clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)

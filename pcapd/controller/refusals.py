@@ -41,8 +41,9 @@ class _Reason:
 
 class RefusalLog:
     """Thread-safe: trigger and capture threads refuse. A summary due is
-    logged by a timer thread (one at a time, not a daemon thread, so the
-    last one is written even when the process exits meanwhile)."""
+    logged by a timer thread (one at a time, a daemon thread, so it never
+    holds up the process's exit); `flush`, at shutdown, logs what is still
+    counted."""
 
     def __init__(
         self,
@@ -95,7 +96,31 @@ class RefusalLog:
             return None
         self._timer = threading.Timer(max(0.0, delay), self._summarise)
         self._timer.name = "refusal-log"
+        self._timer.daemon = True
         return self._timer
+
+    def flush(self) -> None:
+        """Log every reason with refusals counted, due or not: the daemon's
+        last word before `stopped`, as its timer dies with the process."""
+        now = self._clock()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            due = [
+                (reason.count, now - reason.since, reason.last_id, reason.error)
+                for reason in self._reasons.values()
+                if reason.count
+            ]
+            self._reasons.clear()
+        self._log(due)
+
+    def _log(self, due: list[tuple[int, float, str | None, str]]) -> None:
+        for count, seconds, last_id, error in due:
+            event(
+                log, "requests_rejected", logging.WARNING, rejected=count,
+                seconds=round(seconds, 3), last_id=last_id, error=error,
+            )  # fmt: skip
 
     def _summarise(self) -> None:
         """Log each reason whose interval is over, forget the quiet ones, and
@@ -120,11 +145,7 @@ class RefusalLog:
                 due.append((reason.count, now - reason.since, reason.last_id, reason.error))
                 reason.since, reason.count = now, 0
             timer = None if wake is None else self._arm_locked(wake)
-        for count, seconds, last_id, error in due:
-            event(
-                log, "requests_rejected", logging.WARNING, rejected=count,
-                seconds=round(seconds, 3), last_id=last_id, error=error,
-            )  # fmt: skip
+        self._log(due)
         self._start(timer)
 
     def _start(self, timer: threading.Timer | None) -> None:

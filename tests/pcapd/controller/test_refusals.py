@@ -5,6 +5,8 @@ lone refusal at once; every result still carries its own reason."""
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,9 @@ import pytest
 
 from pcapd.controller.refusals import REFUSAL_LOG_INTERVAL, RefusalLog
 from tests.helpers import RedisServer, free_port, wait_for
-from tests.pcapd.daemon_fixture import Results
+from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.test_controller import Recorded, build, idle, request
+from tests.pcapd.test_daemon import udp_request
 
 # Long enough that a burst of in-process calls fits in one interval on a loaded machine.
 INTERVAL = 2.0
@@ -100,3 +103,50 @@ def test_a_refused_burst_is_answered_each_with_its_reason_and_logged_once_plus_a
     wait_for(lambda: idle(ctl))
     ctl.handle(Recorded(request(port, id="after", timeout=1)).delivery)
     assert results.for_id("after")["status"] == "empty"
+
+
+def test_flush_logs_what_is_counted_from_a_daemon_thread_and_arms_nothing_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusals = RefusalLog(INTERVAL * 10)  # no summary falls due during the test
+    with caplog.at_level(logging.WARNING, logger="pcapd.controller"):
+        # The trigger threads that refuse are daemon threads: so is the timer they arm.
+        burst = threading.Thread(
+            target=lambda: [refusals.rejected(f"d{i}", None, "lo", "max_concurrent=1 x")
+                            for i in range(5)],
+            daemon=True,
+        )  # fmt: skip
+        burst.start()
+        burst.join()
+        timers = [t for t in threading.enumerate() if t.name == "refusal-log"]
+        assert timers and all(t.daemon for t in timers)
+        refusals.flush()
+        (summary,) = lines(caplog, "requests_rejected")
+        assert (summary["rejected"], summary["last_id"]) == (4, "d4")
+        wait_for(lambda: not any(t.name == "refusal-log" for t in threading.enumerate()))
+        refusals.flush()  # nothing left: no second line
+    assert len(lines(caplog, "requests_rejected")) == 1
+
+
+def test_sigterm_right_after_a_refused_burst_logs_its_summary_before_stopped(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    daemon = Daemon(redis_srv, tmp_path, max_concurrent=1)
+    daemon.start()
+    try:
+        port = free_port()
+        daemon.publish(udp_request(port, id="holder", duration=30, timeout=30))
+        wait_for(lambda: daemon.started("holder"))
+        for i in range(12):
+            daemon.publish(udp_request(port, id=f"refused-{i}", timeout=1))
+        for i in range(12):
+            assert results.for_id(f"refused-{i}")["status"] == "rejected"
+        daemon.signal()  # within the summary's interval, on a machine of any speed
+        assert daemon.wait() == 0
+        log = daemon.log()
+        assert log.count("event=request_rejected ") == 1
+        summaries = re.findall(r"event=requests_rejected rejected=(\d+) ", log)
+        assert sum(map(int, summaries)) == 11
+        assert log.rindex("event=requests_rejected ") < log.index("event=stopped ")
+    finally:
+        daemon.stop()
