@@ -111,11 +111,11 @@ def test_flush_logs_what_is_counted_from_a_daemon_thread_and_arms_nothing_more(
     refusals = RefusalLog(INTERVAL * 10)  # no summary falls due during the test
     with caplog.at_level(logging.WARNING, logger="pcapd.controller"):
         # The trigger threads that refuse are daemon threads: so is the timer they arm.
-        burst = threading.Thread(
-            target=lambda: [refusals.rejected(f"d{i}", None, "lo", "max_concurrent=1 x")
-                            for i in range(5)],
-            daemon=True,
-        )  # fmt: skip
+        def refuse_five() -> None:
+            for i in range(5):
+                refusals.rejected(f"d{i}", None, "lo", "max_concurrent=1 x")
+
+        burst = threading.Thread(target=refuse_five, daemon=True)
         burst.start()
         burst.join()
         timers = [t for t in threading.enumerate() if t.name == "refusal-log"]
