@@ -46,6 +46,12 @@ RING_BUFFER_SIZE = 32 * 1024 * 1024  # kernel buffer of a ring's handle, at leas
 DISPATCH_BATCH = 4096  # packets read per turn under the lock, so registrations get it between
 READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at the clock
 EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
+# s: a capture registered within this long of its request's arrival starts
+# at the arrival (its head start: the packets that came while the request was
+# read, parsed and admitted are in the file); one that waited longer (a
+# queue's backlog) starts at its registration, as without. It bounds what
+# registering copies from the ring: at 300k pps, 1,500 packets at most.
+MAX_HEAD_START = 0.005
 # A tail this small is moved into the file under the ring's lock (one copy);
 # a larger one outside it, until what came meanwhile is this small.
 TAIL_UNDER_LOCK = 64 * 1024
@@ -232,14 +238,20 @@ class Ring:
         comments: Mapping[str, object],
         packet_debug: PacketDebug | None = None,
         on_full: Callable[[], None] | None = None,
+        arrived: float | None = None,
     ) -> RingCapture:
         """Start a capture, as `engine.capture` on a handle of its own would
-        make it: from now on (and `lookback` seconds back) it gets
+        make it: from its start (and `lookback` seconds before it) it gets
         every packet that matches `bpf`, until `finish` or `cancel` (or,
-        watched, its `outcome`). Bounds count the whole file; `duration`
-        runs from now. Raises CaptureError (a bad filter, a failed ring)
-        before anything is registered. `on_full` is called (under the ring's
-        lock, on the thread that ends it) when a bound or shutdown ends the
+        watched, its `outcome`). It starts when its request `arrived`
+        (monotonic), if that is at most MAX_HEAD_START ago, else now: the
+        packets that came while the request was read, parsed and admitted
+        are in the file too (the ring holds them; they are not marked as
+        lookback).
+        Bounds count the whole file; `duration` runs from the start. Raises
+        CaptureError (a bad filter, a failed ring) before anything is
+        registered. `on_full` is called (under the ring's lock, on the
+        thread that ends it) when a bound or shutdown ends the
         capture before `finish` does; a watched capture is handed over then.
         Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
@@ -262,6 +274,9 @@ class Ring:
             # Read under the lock: every record held now is older, and the
             # reader offers every later one; the lookback is those held.
             trigger = time.time_ns()
+            head_start = 0.0 if arrived is None else time.monotonic() - arrived
+            if 0.0 < head_start <= MAX_HEAD_START:
+                trigger -= int(head_start * NS)
             since = trigger - lookback * NS
             if lookback:
                 # Whole chunks only: lookback <= seconds, so since >= the
