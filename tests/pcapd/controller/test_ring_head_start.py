@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pcapd.ring import Ring, reader
 from tests.helpers import RedisServer, free_port, needs_root, wait_for
+from tests.pcapd.controller.test_ring_captures import ring  # noqa: F401  (a fixture)
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, build, idle, request
@@ -24,22 +24,12 @@ pytestmark = needs_root
 WAITED = 0.3  # s between the request's arrival and its handling here
 
 
-@pytest.fixture
-def ring() -> Iterator[Ring]:
-    made = Ring("lo", 5, 2 * 1024 * 1024, "udp")
-    made.start()
-    try:
-        yield made
-    finally:
-        made.stop()
-
-
 def handle_late(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, ring: Ring, request_id: str
+    redis_srv: RedisServer, results: Results, tmp_path: Path, lo_ring: Ring, request_id: str
 ) -> dict[str, object]:
     """3 packets to the request's port after it arrived and before it is
     handled, 2 after: its result event."""
-    ctl = build(redis_srv, tmp_path / "caps", rings={"lo": ring})
+    ctl = build(redis_srv, tmp_path / "caps", rings={"lo": lo_ring})
     try:
         port = free_port()
         got = Recorded(request(port, id=request_id, packets=5, timeout=1))
@@ -57,7 +47,8 @@ def handle_late(
 
 
 def test_packets_since_the_request_arrived_are_in_its_file(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, ring: Ring,
+    redis_srv: RedisServer, results: Results, tmp_path: Path,
+    ring: Ring,  # noqa: F811  (the fixture, imported)
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setattr(reader, "MAX_HEAD_START", WAITED * 10)
@@ -67,8 +58,9 @@ def test_packets_since_the_request_arrived_are_in_its_file(
 
 
 def test_a_request_that_waited_past_the_bound_starts_at_its_registration(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, ring: Ring
-) -> None:
+    redis_srv: RedisServer, results: Results, tmp_path: Path,
+    ring: Ring,  # noqa: F811  (the fixture, imported)
+) -> None:  # fmt: skip
     assert WAITED > reader.MAX_HEAD_START
     event = handle_late(redis_srv, results, tmp_path, ring, "late")
     assert (event["status"], event["packets"], event["stop"]) == ("ok", 2, "timeout")
