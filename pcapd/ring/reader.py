@@ -11,6 +11,7 @@ reader hands it each run of records it appends. So the seam is a record index.
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import threading
@@ -38,7 +39,7 @@ from pcapd.engine import (
 from pcapd.pcapfile import pcap_header, pcapng_header
 from pcapd.ring.capture import RingCapture
 from pcapd.ring.feed import Feed, compiled_filter
-from pcapd.ring.store import NS, ChunkStore, Span, record_ts
+from pcapd.ring.store import NS, ChunkStore, Mark, Span, record_ts
 
 log = logging.getLogger("pcapd.ring")
 
@@ -52,6 +53,10 @@ EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are drop
 # queue's backlog) starts at its registration, as without. It bounds what
 # registering copies from the ring: at 300k pps, 1,500 packets at most.
 MAX_HEAD_START = 0.005
+# Reads remembered with where the store stood after each: a head start's
+# copy begins at the last read that ended before it, so it walks what came
+# since, not its chunk (without one, back to the chunk's start).
+READ_MARKS = 32
 # A tail this small is moved into the file under the ring's lock (one copy);
 # a larger one outside it, until what came meanwhile is this small.
 TAIL_UNDER_LOCK = 64 * 1024
@@ -106,6 +111,8 @@ class Ring:
         # dispatch (under the ring's lock): a capture's are those reported
         # by the reads that offered it packets, at no system call of its own.
         self.dropped = 0
+        # (ns when a read ended, the store's mark after it), newest last; under the lock.
+        self._read_marks: collections.deque[tuple[int, Mark]] = collections.deque(maxlen=READ_MARKS)
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
         self.linktype = 0
@@ -169,6 +176,7 @@ class Ring:
                     # fill sees the drops reported with them.
                     self.dropped = kernel_drops(handle)
                     settle()
+                    self._read_marks.append((time.time_ns(), self.store.mark()))
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
@@ -282,7 +290,7 @@ class Ring:
                 # Whole chunks only: lookback <= seconds, so since >= the
                 # cutoff, and the replay skips older records by their stamps.
                 self.store.evict_old(self.store.cutoff(), walk=0)
-            spans = self.store.spans(since)
+            spans = self.store.spans(since, None if lookback else self._read_before(since))
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
             header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
@@ -303,6 +311,17 @@ class Ring:
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
         made.append(RingCapture(self, feed, limits, drops_before, delivered, spans))
         return made[0]
+
+    def _read_before(self, since: int) -> Mark | None:
+        """The store's mark after the last read that ended before `since`:
+        every record before it was read, so stamped, before `since`. None
+        when every read remembered ended later (or none did). Lock held."""
+        found = None
+        for ended, mark in self._read_marks:
+            if ended >= since:
+                break
+            found = mark
+        return found
 
     def _drops_so_far(self) -> int:
         """`dropped`, for a feed ending: the reader refreshed it with the read

@@ -304,3 +304,28 @@ def test_the_filter_cache_is_bounded_and_a_bad_filter_is_never_held() -> None:
         with pytest.raises(OSError, match="bad filter"):
             compiled_filter("udp and dst port", 1)
     assert compiled_filter.cache_info().currsize == BPF_CACHE_ENTRIES
+
+
+def test_spans_from_a_mark_start_at_it_and_a_reused_chunk_falls_back_to_its_start() -> None:
+    """A head start's replay begins at the store's mark after the last read
+    before it: it walks what came since, not the whole chunk; a mark whose
+    chunk was reused since is not trusted (the chunk's held records are)."""
+    store = ChunkStore(2 << 20)
+    append, settle = store.writer(lambda *_: None)
+    for index in range(100):
+        append(T0 + index * GAP, frame(index))
+    settle()
+    mark = store.mark()
+    for index in range(100, 110):
+        append(T0 + index * GAP, frame(index))
+    settle()
+    since = T0 + 100 * GAP
+    (whole,) = store.spans(since)
+    (marked,) = store.spans(since, mark)
+    assert (whole.chunk, whole.start) == (marked.chunk, 0) and marked.start == mark[1] > 0
+    body = bytes(store._views[marked.chunk][marked.start : marked.end])
+    assert [n for n, _ in read(bytearray(pcap_header(1, 262_144)) + body)] == list(range(100, 110))
+    for index in range(110, 3000):  # ~1 kB each: past every chunk, the marked one reused
+        append(T0 + index * GAP, frame(index, 1000))
+    settle()
+    assert store.spans(since, mark) == store.spans(since)
