@@ -110,12 +110,14 @@ class Worker:
         self._spooled = False  # taken by shutdown, which spooled its store (still runs)
         self.flight = Flight()  # its store, as shutdown sees it
 
-    def register(self, ring: Ring) -> bool:
+    def register(self, ring: Ring, arrived: float) -> bool:
         """Start the capture on `ring` now, in the caller's thread (it costs
-        no socket, ~0.2 ms), so it is active before the claims. False
-        when refused (already answered and settled). `capture_started` is
-        logged later, by `watch` (on the trigger thread, once the claims are
-        out) or by the capture thread (`run`)."""
+        no socket, ~0.2 ms), so it is active before the claims; it starts
+        when its request `arrived` (monotonic) if that was at most
+        MAX_HEAD_START ago, and the packets the ring took since are copied here.
+        False when refused (already answered and settled). `capture_started`
+        is logged later, by `watch` (on the trigger thread, once the claims
+        are out) or by the capture thread (`run`)."""
         request = self.request
         limits, comments = self._framing()
         debug = (
@@ -128,10 +130,15 @@ class Worker:
                 comments=comments, packet_debug=debug,
                 # Full: the slot goes to the next capture now (its file is
                 # still held against max_memory until stored).
-                on_full=self.reservation.free_slot,
+                on_full=self.reservation.free_slot, arrived=arrived,
             )  # fmt: skip
         except CaptureError as exc:
             self.refused(str(exc))
+            return False
+        try:
+            self.served.copy_head_start()
+        except Exception as exc:  # a bug costs this capture (cancelled), not the request
+            self._crashed(exc)
             return False
         self.registered = time.monotonic()
         self.controller.capture_started.set()

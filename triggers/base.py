@@ -35,7 +35,8 @@ class Delivery:
     message_id: str | None = None
     # What to do with a request for another node; None = ack (SQS may release).
     not_for_me: Callable[[], None] | None = None
-    # time.monotonic() when the source handed it over: trigger latency starts here.
+    # time.monotonic() when the source had it (pub/sub: off the socket):
+    # trigger latency starts here, and so does a capture on a ring interface.
     received: float = field(default_factory=time.monotonic)
 
 

@@ -223,7 +223,7 @@ class RedisPubSubSource:
                         event(log, "subscribed", channel=self.channel, redis=self.where,
                               deaf_seconds=deaf)  # fmt: skip
                     elif kind in (b"message", b"smessage"):
-                        refused += self._take(reply[2], queue)
+                        refused += self._take(reply[2], queue, now)
                     elif kind == b"sunsubscribe":  # the channel's slot moved to another shard
                         raise redis.ConnectionError("the shard gave up the channel's slot")
         finally:
@@ -232,11 +232,12 @@ class RedisPubSubSource:
             conn.disconnect()  # type: ignore[no-untyped-call]
             client.connection_pool.release(conn)
 
-    def _take(self, data: Any, queue: _Queue) -> int:
-        """Queue one message body, or refuse it; 1 if refused."""
+    def _take(self, data: Any, queue: _Queue, received: float) -> int:
+        """Queue one message body, read off the socket at `received`
+        (monotonic: a ring capture starts there), or refuse it; 1 if refused."""
         body = data if isinstance(data, bytes) else str(data).encode()
         self.received += 1
-        if queue.put(body, time.monotonic()):
+        if queue.put(body, received):
             return 0
         self.overloaded += 1
         self._refuse(

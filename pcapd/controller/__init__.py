@@ -148,7 +148,9 @@ class Controller(Answers, Uploads):
         started = [self._start(request, name, warnings) for name in interfaces]
         # A ring capture starts here, before the Redis claims: it costs no
         # socket, and a duplicate found by the claim just drops it.
-        workers = [w for w in started if isinstance(w, Worker) and self._ready(w)]
+        workers = [
+            w for w in started if isinstance(w, Worker) and self._ready(w, delivery.received)
+        ]
         if not workers:
             self._not_served(request.id, sig, claimed=False)
             delivery.ack()
@@ -307,8 +309,9 @@ class Controller(Answers, Uploads):
             return "refused"
         return Worker(self, request, interface, warnings, reservation)
 
-    def _ready(self, worker: Worker) -> bool:
-        """A capture on a ring interface is registered with the ring now
-        (False: refused, already answered); any other one is ready as it is."""
+    def _ready(self, worker: Worker, arrived: float) -> bool:
+        """A capture on a ring interface is registered with the ring now,
+        starting when its request `arrived` (False: refused, already
+        answered); any other one is ready as it is."""
         ring = self.rings.get(worker.interface)
-        return ring is None or worker.register(ring)
+        return ring is None or worker.register(ring, arrived)

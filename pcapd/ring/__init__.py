@@ -23,7 +23,10 @@ without the lock, while the reader keeps reading: live packets wait in the
 capture's tail meanwhile, and a chunk the writer reuses during the copy is
 detected by its generation number (its records are lost, and said so).
 Captures take no socket and no spare handle, so they start in well under a
-millisecond.
+millisecond; and one registered within MAX_HEAD_START of its request's
+arrival starts at the arrival (its `since` set back, the records the ring
+took meanwhile copied as a lookback's are, at registration): the packets
+that came while the request was parsed and admitted are in its file.
 
 Memory (said here only): `memory` bytes (the chunks, at most `max_bytes`),
 reserved from max_memory at start; the per-chunk bookkeeping is a few
@@ -44,6 +47,7 @@ from pcapd.ring.feed import BPF_CACHE_ENTRIES, compiled_filter
 from pcapd.ring.reader import (
     DISPATCH_BATCH,
     EVICT_EVERY,
+    MAX_HEAD_START,
     READ_WAIT,
     RING_BUFFER_SIZE,
     TAIL_UNDER_LOCK,
@@ -68,6 +72,7 @@ __all__ = [
     "DISPATCH_BATCH",
     "EVICT_EVERY",
     "EVICT_WALK",
+    "MAX_HEAD_START",
     "MIN_CHUNK",
     "MIN_CHUNKS",
     "READ_WAIT",

@@ -52,7 +52,8 @@ class RingCapture:
         self._spans = spans  # the lookback still to copy
         self.lookback = lookback  # seconds the ring gave; None without a lookback
         self.started = feed.trigger / NS
-        self._begin = time.monotonic()
+        # Its start may be before now (a head start): its duration runs from there.
+        self._begin = time.monotonic() - max(0, time.time_ns() - feed.trigger) / NS
         self.done = False
         self.warnings = self._ring_warnings()  # for its result; more after `finish`
         # Watched (no thread waits for it): its stop signal, what is called
@@ -86,6 +87,18 @@ class RingCapture:
                 f"overwritten by newer ones before they were copied "
                 f"({ring.origin}.lookback_bytes is too small for this traffic)",
             )
+
+    def copy_head_start(self) -> None:
+        """The records of its head start (no lookback asked: those that came
+        between its request's arrival and its registration, at most
+        MAX_HEAD_START) into the file now, in the caller's thread,
+        so that it needs no thread of its own (`copying` is False after)."""
+        if self._spans and self.lookback is None:
+            try:
+                self._copy_lookback()
+            except BaseException:
+                self.cancel()
+                raise
 
     def cancel(self) -> None:
         if not self.done:

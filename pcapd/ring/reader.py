@@ -11,6 +11,7 @@ reader hands it each run of records it appends. So the seam is a record index.
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import threading
@@ -38,7 +39,7 @@ from pcapd.engine import (
 from pcapd.pcapfile import pcap_header, pcapng_header
 from pcapd.ring.capture import RingCapture
 from pcapd.ring.feed import Feed, compiled_filter
-from pcapd.ring.store import NS, ChunkStore, Span, record_ts
+from pcapd.ring.store import NS, ChunkStore, Mark, Span, record_ts
 
 log = logging.getLogger("pcapd.ring")
 
@@ -46,6 +47,16 @@ RING_BUFFER_SIZE = 32 * 1024 * 1024  # kernel buffer of a ring's handle, at leas
 DISPATCH_BATCH = 4096  # packets read per turn under the lock, so registrations get it between
 READ_WAIT = 0.05  # s: longest the reader sleeps in poll() before it looks at the clock
 EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are dropped
+# s: a capture registered within this long of its request's arrival starts
+# at the arrival (its head start: the packets that came while the request was
+# read, parsed and admitted are in the file); one that waited longer (a
+# queue's backlog) starts at its registration, as without. It bounds what
+# registering copies from the ring: at 300k pps, 1,500 packets at most.
+MAX_HEAD_START = 0.005
+# Reads remembered with where the store stood after each: a head start's
+# copy begins at the last read that ended before it, so it walks what came
+# since, not its chunk (without one, back to the chunk's start).
+READ_MARKS = 32
 # A tail this small is moved into the file under the ring's lock (one copy);
 # a larger one outside it, until what came meanwhile is this small.
 TAIL_UNDER_LOCK = 64 * 1024
@@ -100,6 +111,8 @@ class Ring:
         # dispatch (under the ring's lock): a capture's are those reported
         # by the reads that offered it packets, at no system call of its own.
         self.dropped = 0
+        # (ns when a read ended, the store's mark after it), newest last; under the lock.
+        self._read_marks: collections.deque[tuple[int, Mark]] = collections.deque(maxlen=READ_MARKS)
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
         self.linktype = 0
@@ -163,6 +176,7 @@ class Ring:
                     # fill sees the drops reported with them.
                     self.dropped = kernel_drops(handle)
                     settle()
+                    self._read_marks.append((time.time_ns(), self.store.mark()))
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
@@ -232,14 +246,20 @@ class Ring:
         comments: Mapping[str, object],
         packet_debug: PacketDebug | None = None,
         on_full: Callable[[], None] | None = None,
+        arrived: float | None = None,
     ) -> RingCapture:
         """Start a capture, as `engine.capture` on a handle of its own would
-        make it: from now on (and `lookback` seconds back) it gets
+        make it: from its start (and `lookback` seconds before it) it gets
         every packet that matches `bpf`, until `finish` or `cancel` (or,
-        watched, its `outcome`). Bounds count the whole file; `duration`
-        runs from now. Raises CaptureError (a bad filter, a failed ring)
-        before anything is registered. `on_full` is called (under the ring's
-        lock, on the thread that ends it) when a bound or shutdown ends the
+        watched, its `outcome`). It starts when its request `arrived`
+        (monotonic), if that is at most MAX_HEAD_START ago, else now: the
+        packets that came while the request was read, parsed and admitted
+        are in the file too (the ring holds them; they are not marked as
+        lookback).
+        Bounds count the whole file; `duration` runs from the start. Raises
+        CaptureError (a bad filter, a failed ring) before anything is
+        registered. `on_full` is called (under the ring's lock, on the
+        thread that ends it) when a bound or shutdown ends the
         capture before `finish` does; a watched capture is handed over then.
         Memory: its file and tail never exceed `limits.bytes` (`pcapd.ring`).
         """
@@ -262,12 +282,15 @@ class Ring:
             # Read under the lock: every record held now is older, and the
             # reader offers every later one; the lookback is those held.
             trigger = time.time_ns()
+            head_start = 0.0 if arrived is None else time.monotonic() - arrived
+            if 0.0 < head_start <= MAX_HEAD_START:
+                trigger -= int(head_start * NS)
             since = trigger - lookback * NS
             if lookback:
                 # Whole chunks only: lookback <= seconds, so since >= the
                 # cutoff, and the replay skips older records by their stamps.
                 self.store.evict_old(self.store.cutoff(), walk=0)
-            spans = self.store.spans(since)
+            spans = self.store.spans(since, None if lookback else self._read_before(since))
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
             header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
@@ -288,6 +311,17 @@ class Ring:
         delivered = round((trigger - span_start) / NS, 3) if lookback else None
         made.append(RingCapture(self, feed, limits, drops_before, delivered, spans))
         return made[0]
+
+    def _read_before(self, since: int) -> Mark | None:
+        """The store's mark after the last read that ended before `since`:
+        every record before it was read, so stamped, before `since`. None
+        when every read remembered ended later (or none did). Lock held."""
+        found = None
+        for ended, mark in self._read_marks:
+            if ended >= since:
+                break
+            found = mark
+        return found
 
     def _drops_so_far(self) -> int:
         """`dropped`, for a feed ending: the reader refreshed it with the read

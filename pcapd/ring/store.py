@@ -55,6 +55,10 @@ def chunk_layout(max_bytes: int) -> tuple[int, int]:
     return count, max_bytes // count
 
 
+# A position in the store: (chunk, byte offset, the chunk's generation).
+Mark = tuple[int, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """The records of one chunk a lookback replay reads (noted under the lock)."""
@@ -215,14 +219,31 @@ class ChunkStore:
                 pos += HEAD + n
         return found
 
-    def spans(self, since: int) -> tuple[Span, ...]:
+    def mark(self) -> Mark:
+        """Where the next record goes (after the writer's `settle`)."""
+        return self._cur, self._pos, self._gens[self._cur]
+
+    def spans(self, since: int, after: Mark | None = None) -> tuple[Span, ...]:
         """The records held now that a replay from `since` reads, oldest
-        first; whole chunks older than `since` are skipped."""
+        first; whole chunks older than `since` are skipped, and with `after`
+        (a `mark` taken when every record before it was older than `since`)
+        everything before it: the replay then walks only what came since."""
+        order = self.order()
+        start_at = -1, 0
+        if after is not None:
+            chunk, pos, gen = after
+            if chunk in order and self._gens[chunk] == gen:
+                start_at = order.index(chunk), pos
         spans = []
-        for chunk in self.order():
+        for index, chunk in enumerate(order):
+            if index < start_at[0]:
+                continue
             tail = chunk == self._tail
             pos, end = (self._tail_pos if tail else 0), self._used[chunk]
+            if index == start_at[0]:
+                pos = max(pos, start_at[1])
             if pos < end and self._last_ts[chunk] >= since:
+                # From a mark, the chunk's count: an upper bound ("up to" lost).
                 records = self._counts[chunk] - (self._tail_skip if tail else 0)
                 spans.append(Span(chunk, pos, end, records, self._gens[chunk]))
         return tuple(spans)

@@ -9,11 +9,12 @@ import threading
 import time
 
 import dpkt
+import pytest
 
 from pcapd.engine import CaptureLimits
 from pcapd.pcapfile import pcap_header
 from pcapd.ring import Ring, RingCapture, chunk_layout
-from pcapd.ring.feed import SEAM_SLACK, Feed
+from pcapd.ring.feed import BPF_CACHE_ENTRIES, SEAM_SLACK, Feed, compiled_filter
 from pcapd.ring.store import EVICT_WALK, HEAD, NS, RECORD, ChunkStore
 
 T0 = 1_800_000_000 * NS  # ns: the stamp of the first record
@@ -285,3 +286,46 @@ def test_a_chunk_reused_when_all_its_records_are_too_old_counts_them_by_age() ->
         append(now + index * GAP, frame(index, 1000))
     settle()
     assert (store.evicted_age, store.evicted_overflow) == (per_chunk, per_chunk)
+
+
+def test_the_filter_cache_is_bounded_and_a_bad_filter_is_never_held() -> None:
+    """Every request of a trigger test has a filter of its own: the cache
+    keeps the newest BPF_CACHE_ENTRIES, and an expression that does not
+    compile is refused each time (the message a request gets is
+    test_reader's test_a_bad_request_filter_is_refused_and_the_ring_serves_on)."""
+    compiled_filter.cache_clear()
+    for port in range(BPF_CACHE_ENTRIES + 10):
+        compiled_filter(f"udp and dst port {port}", 1)
+    info = compiled_filter.cache_info()
+    assert (info.currsize, info.maxsize) == (BPF_CACHE_ENTRIES, BPF_CACHE_ENTRIES)
+    newest = compiled_filter(f"udp and dst port {BPF_CACHE_ENTRIES + 9}", 1)
+    assert compiled_filter.cache_info().hits == 1 and callable(newest)
+    for _ in range(2):
+        with pytest.raises(OSError, match="bad filter"):
+            compiled_filter("udp and dst port", 1)
+    assert compiled_filter.cache_info().currsize == BPF_CACHE_ENTRIES
+
+
+def test_spans_from_a_mark_start_at_it_and_a_reused_chunk_falls_back_to_its_start() -> None:
+    """A head start's replay begins at the store's mark after the last read
+    before it: it walks what came since, not the whole chunk; a mark whose
+    chunk was reused since is not trusted (the chunk's held records are)."""
+    store = ChunkStore(2 << 20)
+    append, settle = store.writer(lambda *_: None)
+    for index in range(100):
+        append(T0 + index * GAP, frame(index))
+    settle()
+    mark = store.mark()
+    for index in range(100, 110):
+        append(T0 + index * GAP, frame(index))
+    settle()
+    since = T0 + 100 * GAP
+    (whole,) = store.spans(since)
+    (marked,) = store.spans(since, mark)
+    assert (whole.chunk, whole.start) == (marked.chunk, 0) and marked.start == mark[1] > 0
+    body = bytes(store._views[marked.chunk][marked.start : marked.end])
+    assert [n for n, _ in read(bytearray(pcap_header(1, 262_144)) + body)] == list(range(100, 110))
+    for index in range(110, 3000):  # ~1 kB each: past every chunk, the marked one reused
+        append(T0 + index * GAP, frame(index, 1000))
+    settle()
+    assert store.spans(since, mark) == store.spans(since)
