@@ -201,10 +201,8 @@ class Controller(Answers, Uploads):
                 (delivery.not_for_me or delivery.ack)()
                 return "ignored"
         except RequestError as exc:
-            event(
-                log, "request_rejected", logging.WARNING,
-                source=delivery.source, id=exc.request_id, error=str(exc),
-            )  # fmt: skip
+            # Logged at once, or counted into a summary under a flood (`refusals`).
+            self.refusals.rejected(exc.request_id, str(exc), source=delivery.source)
             self._answer_unparsed(delivery.body, exc.request_id, _reply_to(fields), str(exc))
             delivery.ack()
             return "rejected"

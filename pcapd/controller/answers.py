@@ -97,7 +97,7 @@ class Answers(ControllerState):
         warnings: tuple[str, ...] = (),
     ) -> None:
         # Logged at once, or counted into a summary under a burst (`refusals`).
-        self.refusals.rejected(request.id, request.alertid, interface, error)
+        self.refusals.rejected(request.id, error, alertid=request.alertid, interface=interface)
         self.tell(request, "rejected", interface=interface, error=error, warnings=warnings)
 
     def tell(self, request: CaptureRequest, status: str, **rest: Any) -> None:

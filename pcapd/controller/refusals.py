@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pcapd.core.logs import event
 
@@ -56,11 +57,11 @@ class RefusalLog:
         self._reasons: dict[str, _Reason] = {}
         self._timer: threading.Timer | None = None
 
-    def rejected(
-        self, request_id: str, alertid: int | str | None, interface: str | None, error: str
-    ) -> None:
+    def rejected(self, request_id: str | None, error: str, **context: Any) -> None:
         """One refusal: logged now if it is the first of its reason within an
-        interval, else counted into that reason's next summary."""
+        interval (with `context`: the alert id and interface of a capture
+        refused, the source of a body that did not parse), else counted into
+        that reason's next summary."""
         key = _NUMBERS.sub("N", error)
         now = self._clock()
         with self._lock:
@@ -78,10 +79,7 @@ class RefusalLog:
                 timer, alone = None, True
         self._start(timer)
         if alone:
-            event(
-                log, "request_rejected", logging.WARNING,
-                id=request_id, alertid=alertid, interface=interface, error=error,
-            )  # fmt: skip
+            event(log, "request_rejected", logging.WARNING, id=request_id, **context, error=error)
 
     def _forget_quiet_locked(self, now: float) -> None:
         """Drop the reasons with nothing counted whose interval is over."""

@@ -36,8 +36,12 @@ def test_a_burst_logs_its_first_refusal_then_one_summary_with_the_count(
     refusals = RefusalLog(INTERVAL)
     with caplog.at_level(logging.WARNING, logger="pcapd.controller"):
         for i in range(50):  # the numbers in the reason vary: still one reason
-            refusals.rejected(f"r{i}", None, "lo", f"bytes={i} does not fit: {i} held")
-        refusals.rejected("other", 7, "lo", "max_concurrent=16 captures already running")
+            refusals.rejected(
+                f"r{i}", f"bytes={i} does not fit: {i} held", alertid=None, interface="lo"
+            )
+        refusals.rejected(
+            "other", "max_concurrent=16 captures already running", alertid=7, interface="lo"
+        )
         first = lines(caplog, "request_rejected")
         assert first == [
             {"id": "r0", "alertid": None, "interface": "lo",
@@ -54,7 +58,7 @@ def test_a_burst_logs_its_first_refusal_then_one_summary_with_the_count(
         assert summary["seconds"] >= INTERVAL * 0.9
         # Quiet for an interval: the next one is logged at once again.
         time.sleep(INTERVAL * 1.2)
-        refusals.rejected("late", None, "lo", "bytes=1 does not fit: 2 held")
+        refusals.rejected("late", "bytes=1 does not fit: 2 held")
         assert [line["id"] for line in lines(caplog, "request_rejected")] == ["r0", "other", "late"]
     assert len(lines(caplog, "requests_rejected")) == 1
 
@@ -64,10 +68,10 @@ def test_a_lone_refusal_is_logged_at_once_and_no_summary_follows(
 ) -> None:
     refusals = RefusalLog(0.2)
     with caplog.at_level(logging.WARNING, logger="pcapd.controller"):
-        refusals.rejected("alone", None, None, "shutting down: not taking new captures")
+        refusals.rejected("alone", "shutting down: not taking new captures")
         assert [line["id"] for line in lines(caplog, "request_rejected")] == ["alone"]
         time.sleep(0.6)  # three intervals: nothing was counted, so nothing to sum up
-        refusals.rejected("again", None, None, "shutting down: not taking new captures")
+        refusals.rejected("again", "shutting down: not taking new captures")
         assert [line["id"] for line in lines(caplog, "request_rejected")] == ["alone", "again"]
         time.sleep(0.6)
     assert lines(caplog, "requests_rejected") == []
@@ -113,7 +117,7 @@ def test_flush_logs_what_is_counted_from_a_daemon_thread_and_arms_nothing_more(
         # The trigger threads that refuse are daemon threads: so is the timer they arm.
         def refuse_five() -> None:
             for i in range(5):
-                refusals.rejected(f"d{i}", None, "lo", "max_concurrent=1 x")
+                refusals.rejected(f"d{i}", "max_concurrent=1 x")
 
         burst = threading.Thread(target=refuse_five, daemon=True)
         burst.start()
@@ -148,5 +152,32 @@ def test_sigterm_right_after_a_refused_burst_logs_its_summary_before_stopped(
         summaries = re.findall(r"event=requests_rejected rejected=(\d+) ", log)
         assert sum(map(int, summaries)) == 11
         assert log.rindex("event=requests_rejected ") < log.index("event=stopped ")
+    finally:
+        daemon.stop()
+
+
+def test_a_flood_of_one_malformed_body_logs_once_plus_a_summary_and_each_is_answered(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    daemon = Daemon(redis_srv, tmp_path)
+    daemon.start()
+    try:
+        for i in range(20):
+            daemon.publish(
+                {"id": f"bad-{i}", "node": "testnode", "interface": "lo", "packets": -1 - i}
+            )
+        for i in range(20):
+            event = results.for_id(f"bad-{i}")
+            assert event["status"] == "rejected"
+            assert event["error"].startswith(f"packets={-1 - i}: ")
+        daemon.publish(udp_request(free_port(), id="good", timeout=1))
+        assert results.for_id("good")["status"] == "empty"  # still serving
+        daemon.signal()
+        assert daemon.wait() == 0
+        log = daemon.log()
+        first = re.findall(r"event=request_rejected id=(\S+) source=(\S+) ", log)
+        assert len(first) == 1 and first[0][1].startswith("redis-pubsub")
+        summaries = re.findall(r"event=requests_rejected rejected=(\d+) ", log)
+        assert sum(map(int, summaries)) == 19
     finally:
         daemon.stop()
