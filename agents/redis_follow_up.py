@@ -17,10 +17,10 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from agents.redis_wire import _cause, _exchange, _pack_command, _pack_pairs, _refusal
 from agents.store import UNSET_ZERO_SCRIPT, index_commands
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import send_by_slot
+from pcapd.core.redis_conn import error_code, refusal, send_by_slot
+from pcapd.core.redis_wire import exchange, pack_command, pack_pairs
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -103,10 +103,10 @@ class FollowUp:
         if not commands:
             return
         expire = self._expires
-        packed = _pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
-        packed += b"".join([_pack_command(command) for _key, command in commands[len(expire) :]])
+        packed = pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
+        packed += b"".join([pack_command(command) for _key, command in commands[len(expire) :]])
         try:
-            replies = _exchange(client, packed, len(commands))
+            replies = exchange(client, packed, len(commands))
         except Exception as exc:  # no answer, or a garbled one: all kept
             self.stats.redis_errors += 1
             self._last_error = str(exc) or type(exc).__name__
@@ -158,7 +158,7 @@ class FollowUp:
                 pending, lost = self._indexes, refused
             else:  # EVAL: a counter's "0" taken away; refused, it expires with its TTL
                 pending, lost, member = self._zeroes, [], key
-            if isinstance(reply, Exception) and _refusal(reply, cluster) is None:
+            if isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None:
                 failed = True  # no answer: kept for the next round trip
                 self._last_error = str(reply) or type(reply).__name__
                 pending[member] = None
@@ -195,7 +195,7 @@ class FollowUp:
         if now - self._lost_logged.get(name, -math.inf) >= DROP_LOG_INTERVAL:
             self._lost_logged[name] = now
             event(log, name, logging.ERROR, keys=len(errors),
-                  cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
+                  cause=error_code(errors[0]), error=str(errors[0]),
                   **counts)  # fmt: skip
 
     def _bound_pending(self) -> None:

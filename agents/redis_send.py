@@ -35,7 +35,6 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
 
 from agents.redis_follow_up import DROP_LOG_INTERVAL, FollowUp, WriterStats
 from agents.redis_wire import (
@@ -46,18 +45,14 @@ from agents.redis_wire import (
     COUNTERS,
     Call,
     _calls,
-    _cause,
-    _exchange,
-    _no_script,
-    _pack_command,
     _pack_counters,
-    _refusal,
     _text,
 )
 from agents.store import APPEND_SCRIPT
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import group_by_slot, send_by_slot, slot_owner
+from pcapd.core.redis_conn import error_code, evalsha_by_slot, group_by_slot, refusal, slot_owner
+from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -108,47 +103,18 @@ class BatchSender(FollowUp):
             if counted:
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
-        replies = _exchange(client, *self._pack(calls))  # raises: nothing counted yet
+        # Raises before any reply is read: nothing counted yet.
+        replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT)
         written: list[str] = []
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
         try:
             missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
-            if missing:
-                self._resend_missing(client, missing, written, created, retry)
+            self._again(missing, retry)
             self._follow_up(client, written, created)
         except Exception:  # a bug: what was counted must not go again (counted twice)
             self._count_failed()
         return [Batch.joined([part for _slot, part in retry])] if retry else None
-
-    def _resend_missing(
-        self,
-        client: redis.Redis,
-        missing: list[Call],
-        written: list[str],
-        created: list[str],
-        retry: list[tuple[int, Batch]],
-    ) -> None:
-        """The script calls that met NOSCRIPT, after SCRIPT LOAD: counted,
-        refused (an ACL) or handed back to be sent again."""
-        try:
-            client.script_load(APPEND_SCRIPT)
-            replies = _exchange(client, *self._pack(missing))
-        except redis.ResponseError as exc:
-            if _refusal(exc, cluster=False) is None:  # "not now" (READONLY, OOM)
-                self._last_error = str(exc)
-                retry += [(slot, part) for slot, _kind, part in missing]
-            else:  # refused (an ACL): those calls only
-                for _slot, _kind, part in missing:
-                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
-        except Exception as exc:  # no answer (or a garbled one): nothing of these counted
-            self._last_error = str(exc) or type(exc).__name__
-            retry += [(slot, part) for slot, _kind, part in missing]
-        else:
-            self._again(
-                self._count_calls(missing, replies, written, created, retry, cluster=False),
-                retry,
-            )
 
     def _count_failed(self) -> None:
         """Logged, with the traceback, when counting answered replies raised
@@ -156,22 +122,31 @@ class BatchSender(FollowUp):
         event(log, "redis_count_failed", logging.ERROR, exc_info=True)
 
     def _again(self, missing: list[Call], retry: list[tuple[int, Batch]]) -> None:
-        """Script calls that met NOSCRIPT right after SCRIPT LOAD (a flush in
+        """Script calls that met NOSCRIPT after SCRIPT LOAD too (a flush in
         between, a failover): sent again after the backoff, never lost."""
         if missing:
             self._last_error = "NOSCRIPT again after SCRIPT LOAD"
             retry += [(slot, part) for slot, _kind, part in missing]
 
-    def _pack(self, calls: list[Call]) -> tuple[bytes, int]:
-        """The calls' commands packed for one pipeline, and how many: a
+    def _pack(self, calls: list[Call]) -> tuple[bytes, int, dict[int, tuple[Any, ...]]]:
+        """The calls' commands packed for one pipeline, how many, and by
+        reply index the script calls (to send again after a NOSCRIPT): a
         counter part is SET NX EX and INCRBY per entry, an append part one
         EVALSHA."""
         ttl, mode = self.ttl, int(self.index)
-        packed = [_pack_counters(part, ttl) if kind == COUNTERS else _pack_command(
-                      ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args))
-                  for _slot, kind, part in calls]  # fmt: skip
-        count = sum(2 * len(part.keys) if kind == COUNTERS else 1 for _slot, kind, part in calls)
-        return b"".join(packed), count
+        packed: list[bytes] = []
+        scripted: dict[int, tuple[Any, ...]] = {}
+        count = 0
+        for _slot, kind, part in calls:
+            if kind == COUNTERS:
+                packed.append(_pack_counters(part, ttl))
+                count += 2 * len(part.keys)
+                continue
+            command = ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args)
+            packed.append(pack_command(command))
+            scripted[count] = command
+            count += 1
+        return b"".join(packed), count, scripted
 
     def _commands(self, calls: list[Call]) -> list[tuple[int, tuple[Any, ...]]]:
         """The calls' commands with their slots, for `send_by_slot`."""
@@ -219,8 +194,8 @@ class BatchSender(FollowUp):
                             written.append(keys[i])
                         if index and reply == args[i] and not keys[i].startswith(_CLIENT):
                             created.append(keys[i])
-                    elif (refusal := _refusal(reply, cluster)) is not None:
-                        self._refused(_cause(str(reply), reply), weights[i], refusal)
+                    elif (refused := refusal(reply, cluster=cluster)) is not None:
+                        self._refused(error_code(reply), weights[i], refused)
                         if replies[at + 2 * i] == _OK:  # made at "0": take it away
                             self._zeroes[keys[i]] = None
                     else:
@@ -230,10 +205,10 @@ class BatchSender(FollowUp):
                 continue
             reply = replies[at]
             at += 1
-            if _no_script(reply):
+            if isinstance(reply, redis.exceptions.NoScriptError):
                 missing.append(call)
-            elif (refusal := _refusal(reply, cluster)) is not None:
-                self._refused(_cause(str(reply), reply), part.ops, refusal)
+            elif (refused := refusal(reply, cluster=cluster)) is not None:
+                self._refused(error_code(reply), part.ops, refused)
             elif isinstance(reply, list):
                 self._count_answer(part, reply)
                 created.extend(_text(k) for k in reply[2:])
@@ -252,7 +227,7 @@ class BatchSender(FollowUp):
         first refusal's message, ...}; each entry counts the writes it merged."""
         refused = sum(batch.weights[i - 1] for i in reply[0])
         if refused:
-            self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
+            self._refused(error_code(_text(reply[1])), refused, _text(reply[1]))
         self.stats.written_ops += batch.ops - refused
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
@@ -273,11 +248,10 @@ class BatchSender(FollowUp):
         retry: list[tuple[int, Batch]] = []
         written: list[str] = []
         created: list[str] = []
-        replies = send_by_slot(client, self._commands(calls))  # raises: nothing counted yet
+        replies = evalsha_by_slot(client, self._commands(calls), APPEND_SCRIPT)
         try:
             missing = self._count_calls(calls, replies, written, created, retry, cluster=True)
-            if missing:
-                self._resend_missing_slots(client, missing, written, created, retry)
+            self._again(missing, retry)
             self.unanswered = {
                 slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
             }
@@ -285,28 +259,3 @@ class BatchSender(FollowUp):
         except Exception:  # a bug: what was counted must not go again (counted twice)
             self._count_failed()
         return [Batch.joined([part for _slot, part in retry])] if retry else None
-
-    def _resend_missing_slots(
-        self,
-        client: RedisCluster,
-        missing: list[Call],
-        written: list[str],
-        created: list[str],
-        retry: list[tuple[int, Batch]],
-    ) -> None:
-        """`_resend_missing` on a cluster: SCRIPT LOAD on every primary."""
-        try:
-            client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
-        except (redis.RedisError, RedisClusterException) as exc:
-            # Other slots were written and counted: only these are refused
-            # (Redis said no) or sent again (no answer), never the rest.
-            for slot, _kind, part in missing:
-                if _refusal(exc, cluster=True) is not None:
-                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
-                else:
-                    self._last_error = str(exc) or type(exc).__name__
-                    retry.append((slot, part))
-        else:
-            again = self._count_calls(missing, send_by_slot(client, self._commands(missing)),
-                                      written, created, retry, cluster=True)  # fmt: skip
-            self._again(again, retry)

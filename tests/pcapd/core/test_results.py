@@ -21,6 +21,7 @@ from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
 from pcapd.core.results import (
     PUBLISH_BACKOFF,
+    Commands,
     ResultPublisher,
     Sent,
     event_mark_key,
@@ -89,14 +90,14 @@ def test_queue_is_bounded_and_losses_are_counted(
     assert pub.dropped == 12
 
 
-def push(value: str, pipe: Any) -> None:
-    pipe.rpush("order", value)
+def push(value: str) -> Commands:
+    return Commands((("order", ("RPUSH", "order", value)),))
 
 
 def test_later_commands_go_in_order_with_the_results(redis_srv: RedisServer) -> None:
     client = redis_srv.client()
     pub = publisher(redis_srv)
-    pub.later(functools.partial(push, "unthreaded"))  # no thread: sent now
+    pub.later(push("unthreaded"))  # no thread: sent now
     assert client.lrange("order", 0, -1) == [b"unthreaded"]
     pub.start()
     try:
@@ -104,7 +105,7 @@ def test_later_commands_go_in_order_with_the_results(redis_srv: RedisServer) -> 
         try:
             for n in range(3):
                 pub.submit(result(n))
-                pub.later(functools.partial(push, f"after r{n}"))
+                pub.later(push(f"after r{n}"))
             wait_for(lambda: client.llen("order") == 4, timeout=10)
             assert [channel.next()["id"] for _ in range(3)] == ["r0", "r1", "r2"]
         finally:
