@@ -57,14 +57,22 @@ def evalsha_exchange(
     count: int,
     scripted: Mapping[int, tuple[Any, ...]],
     script: str,
+    *,
+    load_first: bool = False,
 ) -> list[Any]:
     """`exchange`, where the EVALSHAs of `script` (`scripted`: by reply
     index, the command) that Redis answered NOSCRIPT (a restart, SCRIPT
     FLUSH) are sent again behind SCRIPT LOAD, in one more round trip; a load
     refused (an ACL) or unanswered is their reply then, and a NOSCRIPT again
     (a flush in between) stays theirs, for the caller to send again later.
+    `load_first` (a new connection, where the script is likely missing)
+    puts SCRIPT LOAD ahead of the commands, in the same round trip.
     Only the first exchange raises: once replies are read they are returned."""
-    replies = exchange(client, packed, count)
+    if load_first:
+        packed = pack_command(("SCRIPT", "LOAD", script)) + packed
+        replies = exchange(client, packed, count + 1)[1:]  # a refused load: NOSCRIPT below
+    else:
+        replies = exchange(client, packed, count)
     missing = [i for i in scripted if isinstance(replies[i], redis.exceptions.NoScriptError)]
     if not missing:
         return replies

@@ -124,11 +124,16 @@ def commands_of(
     return added, commands
 
 
-def send_batch(client: Client, batch: list[Pending], config: RedisConfig) -> list[Outcome]:
+def send_batch(
+    client: Client, batch: list[Pending], config: RedisConfig, *, fresh: bool = False
+) -> list[Outcome]:
     """Every item's commands in one round trip: packed RESP in one exchange
     on one server (which raises if Redis was not reached: all goes again),
     per hash slot on a cluster (a primary away leaves its commands'
-    ConnectionError as their reply); each item's replies."""
+    ConnectionError as their reply); each item's replies. `fresh` (a new
+    client: Redis may have restarted without the script) loads the script
+    in the same round trip on one server, so a reply lost then is no
+    NOSCRIPT that was never seen."""
     planned = [commands_of(item, reply_to, config) for item, reply_to in batch]
     commands = [command for _parts, mine in planned for command in mine]
     if isinstance(client, RedisCluster):
@@ -136,7 +141,9 @@ def send_batch(client: Client, batch: list[Pending], config: RedisConfig) -> lis
     else:
         packed = b"".join([pack_command(command) for _slot, command in commands])
         scripted = {i: c for i, (_slot, c) in enumerate(commands) if c[0] == "EVALSHA"}
-        replies = evalsha_exchange(client, packed, len(commands), scripted, ADD_ONCE)
+        replies = evalsha_exchange(
+            client, packed, len(commands), scripted, ADD_ONCE, load_first=fresh and bool(scripted)
+        )
     outcomes: list[Outcome] = []
     at = 0
     for parts, mine in planned:

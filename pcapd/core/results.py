@@ -144,11 +144,12 @@ class ResultPublisher:
         (`Rest`); an item it does not name goes again whole."""
         with self._lock:
             try:
+                fresh = self._client is None
                 if self._client is None:
                     self._client = self._new_client()
                 client = self._client
                 cluster = is_cluster(client)
-                outcomes = send_batch(client, batch, self.config)
+                outcomes = send_batch(client, batch, self.config, fresh=fresh)
             except TRANSIENT as exc:
                 self._client = None
                 return error_text(exc), {}

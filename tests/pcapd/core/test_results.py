@@ -310,14 +310,14 @@ def deny(server: RedisServer, *commands: str) -> RedisConfig:
 def test_a_refused_result_is_dropped_and_the_rest_flow(
     redis_srv: RedisServer, caplog: pytest.LogCaptureFixture, cause: str
 ) -> None:
-    """Redis refuses the stream's script for good (an ACL without EVAL, a
+    """Redis refuses the stream's script for good (an ACL without EVALSHA, a
     stream key of another type): each result is logged lost, naming the
     cause, once; the queue does not resend it for ever; the channel and the
     results after it still get through."""
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
     client = redis_srv.client()
     if cause == "NOPERM":
-        config = deny(redis_srv, "eval")
+        config = deny(redis_srv, "evalsha")
     else:
         config = RedisConfig(port=redis_srv.port)
         client.set(config.results_stream, "not a stream")
@@ -332,7 +332,7 @@ def test_a_refused_result_is_dropped_and_the_rest_flow(
         if cause == "WRONGTYPE":
             client.delete(config.results_stream)
         else:
-            client.acl_setuser("pcapd", commands=["+eval"])
+            client.acl_setuser("pcapd", commands=["+evalsha"])
         pub.submit(result(3))
         wait_for(lambda: [e["id"] for _, e in stream_events(client)] == ["r3"], timeout=20)
         assert channel.next(timeout=20)["id"] == "r3"
@@ -350,7 +350,7 @@ def test_publish_refused_gives_up_at_once(
     redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
-    config = deny(redis_srv, "eval")
+    config = deny(redis_srv, "evalsha")
     pub = ResultPublisher(functools.partial(connect, config), config)
     assert pub.publish(result(1)) is Sent.REFUSED
     assert "result_publish_failed" not in caplog.text
@@ -361,8 +361,8 @@ def test_the_acl_the_readme_names_is_enough_for_results(redis_srv: RedisServer) 
     """README, `[redis]`: the publisher's commands, and those its script runs."""
     redis_srv.client().acl_setuser(
         "pcapd", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-        commands=["-@all", "+publish", "+eval", "+exists", "+xadd", "+set", "+ping",
-                  "+client|setname"],
+        commands=["-@all", "+publish", "+evalsha", "+script|load", "+exists", "+xadd", "+set",
+                  "+ping", "+client|setname"],
     )  # fmt: skip
     config = RedisConfig(port=redis_srv.port, username="pcapd", auth=Secret("pw"))
     pub = ResultPublisher(functools.partial(connect, config), config)
@@ -371,8 +371,8 @@ def test_the_acl_the_readme_names_is_enough_for_results(redis_srv: RedisServer) 
 
 
 def test_a_refusal_on_a_cluster_is_the_event_s_alone(redis_cluster: RedisCluster) -> None:
-    """One command at a time there: the refused script is noted, the event's
-    reply_to still gets it, and what is queued behind it is sent."""
+    """Per slot there: the refused script is noted, the event's reply_to
+    still gets it, and what is queued behind it is sent."""
     client = redis_cluster.client()
     config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream="{s}x")
     own = connect(config)
@@ -388,7 +388,7 @@ def test_a_refusal_on_a_cluster_is_the_event_s_alone(redis_cluster: RedisCluster
         pub = ResultPublisher(functools.partial(lambda c: c, own), config)
         pubsub.subscribe("mine")
         wait_for(message, timeout=20)  # subscribed
-        batch = [(with_event_id(result(1)), "mine"), (functools.partial(push, "after"), None)]
+        batch = [(with_event_id(result(1)), "mine"), (push("after"), None)]
         error, refused = pub._send_all(batch)  # type: ignore[arg-type]
         assert error is None and list(refused) == [0] and "WRONGTYPE" in refused[0]
         wait_for(message, timeout=20)
