@@ -548,7 +548,7 @@ def test_out_of_memory_resends_only_the_stream_script(
 def test_out_of_memory_on_a_cluster_resends_only_the_stream_script(
     redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The same on a cluster, where commands go one at a time: the stream's
+    """The same on a cluster, where commands go per slot: the stream's
     primary out of memory, the event is on the channel once, and in the
     stream once that primary has room again."""
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")

@@ -1,0 +1,119 @@
+"""One batch of results on the wire (pcapd/core/result_send.py): packed
+RESP with the add-once script as EVALSHA, loaded again where Redis lost it;
+a read-only node waited out. Real redis-server and the cluster fixture."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.result_send import ADD_ONCE_SHA
+from pcapd.core.results import ResultPublisher
+from tests.helpers import RedisCluster, RedisServer, redis_server, wait_for
+from tests.pcapd.core.test_results import result, stream_events
+from tests.pcapd.daemon_fixture import Results
+
+
+def test_a_flushed_script_is_loaded_again_in_the_same_send(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SCRIPT FLUSH while the publisher is connected: the next batch meets
+    NOSCRIPT, loads the script and sends the script call again in one more
+    round trip; the event is in the stream once, on the channel once, and
+    nothing is logged failed or lost."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    client = redis_srv.client()
+    channel = Results(redis_srv)
+    config = RedisConfig(port=redis_srv.port)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    pub.start()
+    try:
+        pub.submit(result(0))
+        assert channel.next(timeout=20)["id"] == "r0"
+        client.script_flush()
+        pub.submit(result(1))
+        assert channel.next(timeout=20)["id"] == "r1"
+        wait_for(lambda: [e["id"] for _, e in stream_events(client)] == ["r0", "r1"], timeout=20)
+        assert client.script_exists(ADD_ONCE_SHA) == [True]
+    finally:
+        assert pub.stop(10) == 0
+        channel.close()
+    assert channel.unclaimed() == []
+    assert "result_publish_failed" not in caplog.text and "result_lost" not in caplog.text
+
+
+def test_a_flushed_script_on_a_cluster_is_loaded_on_that_primary_only(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every primary without the script: the one owning the stream's slot
+    says NOSCRIPT and is the only one it is loaded on; the events go on."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    stream = "{s}x"
+    owner = next(
+        p for p in redis_cluster.ports if key_slot(stream.encode()) in redis_cluster.slots_of(p)
+    )
+    config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream)
+    own = connect(config)
+    client = redis_cluster.client()
+    try:
+        pub = ResultPublisher(functools.partial(lambda c: c, own), config)
+        assert pub.publish(result(1))  # loads it first, where the stream is
+        for port in redis_cluster.ports:
+            with redis_cluster.node(port) as node:
+                node.script_flush()
+        assert pub.publish(result(2))
+        assert pub.publish(result(3))
+        assert [e["id"] for _, e in stream_events(client, stream)] == ["r1", "r2", "r3"]
+        for port in redis_cluster.ports:
+            with redis_cluster.node(port) as node:
+                assert node.script_exists(ADD_ONCE_SHA) == [port == owner], port
+    finally:
+        own.close()
+        client.close()
+    assert "result_publish_failed" not in caplog.text and "result_lost" not in caplog.text
+
+
+def test_a_read_only_replica_is_waited_out_and_the_event_added_once(
+    private_redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The publisher's server becomes a replica (a failover that demoted
+    it): PUBLISH still goes, the stream's script meets READONLY and is sent
+    again, alone, after a backoff, until the server is a primary again. The
+    user sees `result_publish_failed` naming READONLY; the event is on the
+    channel once and in the stream once; later results flow."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    channel = Results(private_redis)
+    config = RedisConfig(port=private_redis.port)
+    pub = ResultPublisher(functools.partial(connect, config, socket_timeout=2), config)
+    replica = private_redis.client()
+    (tmp_path / "primary").mkdir()
+    with redis_server(tmp_path / "primary") as primary:
+        pub.start()
+        try:
+            pub.submit(result(0))
+            assert channel.next(timeout=20)["id"] == "r0"
+            replica.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+            # r0's entry goes with the primary's (empty) data at the sync.
+            wait_for(lambda: replica.info("replication")["master_link_status"] == "up", timeout=30)
+            pub.submit(result(1))
+            assert channel.next(timeout=20)["id"] == "r1"
+            wait_for(lambda: caplog.text.count("READONLY") >= 2, timeout=60)  # two rounds
+            replica.execute_command("REPLICAOF", "NO", "ONE")
+            wait_for(lambda: [e["id"] for _, e in stream_events(replica)] == ["r1"], timeout=60)
+            pub.submit(result(2))
+            assert channel.next(timeout=20)["id"] == "r2"
+        finally:
+            replica.execute_command("REPLICAOF", "NO", "ONE")
+            assert pub.stop(10) == 0
+            channel.close()
+    assert [e["id"] for _, e in stream_events(replica)] == ["r1", "r2"]
+    assert channel.unclaimed() == []  # r1 was not published again each round
+    failed = [line for line in caplog.text.splitlines() if "result_publish_failed" in line]
+    assert failed and all("READONLY" in line for line in failed)
+    assert "result_lost" not in caplog.text and pub.dropped == 0
