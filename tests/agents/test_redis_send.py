@@ -169,11 +169,11 @@ def test_a_noscript_right_after_script_load_leaves_the_appends_queued(
             data = command if isinstance(command, bytes) else b"".join(command)
             at = data.find(load)
             if flushing[0] and at >= 0:
-                super().send_packed_command([data[: at + len(load)]], check_health)
+                super().send_packed_command([data[: at + len(load)]], check_health)  # type: ignore[no-untyped-call]
                 wait_for(lambda: admin.script_exists(_SHA)[0], timeout=10)
                 admin.script_flush()
                 data = data[at + len(load) :]
-            super().send_packed_command([data], check_health)
+            super().send_packed_command([data], check_health)  # type: ignore[no-untyped-call]
 
     admin.script_flush()  # the first call meets NOSCRIPT
     keys = [f"10.0.5.1;192.0.2.{index};dns" for index in range(3)]

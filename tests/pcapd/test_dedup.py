@@ -183,7 +183,7 @@ def test_served_marks_can_wait_for_the_results_pipeline(redis_srv: RedisServer) 
     [mark] = queued
     [(key, command)] = mark.writes
     assert key == "t:seen:id:n1:r1"
-    client.execute_command(*command)
+    client.execute_command(*command)  # type: ignore[no-untyped-call]
     assert client.get("t:seen:id:n1:r1") == b"served"
     assert 0 < client.ttl("t:seen:id:n1:r1") <= 60
     assert redis_seen(redis_srv).seen("r1") is True

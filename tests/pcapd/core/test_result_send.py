@@ -98,18 +98,18 @@ def test_a_read_only_replica_is_waited_out_and_the_event_added_once(
         try:
             pub.submit(result(0))
             assert channel.next(timeout=20)["id"] == "r0"
-            replica.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+            replica.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))  # type: ignore[no-untyped-call]
             # r0's entry goes with the primary's (empty) data at the sync.
             wait_for(lambda: replica.info("replication")["master_link_status"] == "up", timeout=30)
             pub.submit(result(1))
             assert channel.next(timeout=20)["id"] == "r1"
             wait_for(lambda: caplog.text.count("READONLY") >= 2, timeout=60)  # two rounds
-            replica.execute_command("REPLICAOF", "NO", "ONE")
+            replica.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
             wait_for(lambda: [e["id"] for _, e in stream_events(replica)] == ["r1"], timeout=60)
             pub.submit(result(2))
             assert channel.next(timeout=20)["id"] == "r2"
         finally:
-            replica.execute_command("REPLICAOF", "NO", "ONE")
+            replica.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
             assert pub.stop(10) == 0
             channel.close()
     assert [e["id"] for _, e in stream_events(replica)] == ["r1", "r2"]
