@@ -92,13 +92,18 @@ def with_event_id(result: ResultEvent) -> ResultEvent:
     return replace(result, event_id=uuid.uuid4().hex)
 
 
+def _no_slot(key: bytes) -> int:
+    return 0  # one server: no slot to find (crc16 in Python, ~0.6 us a key)
+
+
 def commands_of(
-    item: Item, reply_to: str | None, config: RedisConfig
+    item: Item, reply_to: str | None, config: RedisConfig, *, cluster: bool = True
 ) -> tuple[list[str] | None, list[tuple[int, tuple[Any, ...]]]]:
-    """`item`'s commands with their hash slots; for a result, what each is
-    (CHANNEL, STREAM, REPLY), None for `Commands`."""
+    """`item`'s commands with their hash slots (0 each unless `cluster`);
+    for a result, what each is (CHANNEL, STREAM, REPLY), None for `Commands`."""
+    slot = key_slot if cluster else _no_slot
     if isinstance(item, Commands):
-        return None, [(key_slot(key.encode()), command) for key, command in item.writes]
+        return None, [(slot(key.encode()), command) for key, command in item.writes]
     parts = item.parts if isinstance(item, Rest) else None
     result = item.result if isinstance(item, Rest) else item
     stream = config.results_stream
@@ -110,16 +115,16 @@ def commands_of(
     commands: list[tuple[int, tuple[Any, ...]]] = []
     if parts is None or CHANNEL in parts:
         channel = config.results_channel
-        commands.append((key_slot(channel.encode()), (publish, channel, body)))
+        commands.append((slot(channel.encode()), (publish, channel, body)))
         added.append(CHANNEL)
     if stream and (parts is None or STREAM in parts):
-        commands.append((key_slot(stream.encode()), (
+        commands.append((slot(stream.encode()), (
             "EVALSHA", ADD_ONCE_SHA, 2, stream, event_mark_key(stream, event_id), event_id,
             config.results_stream_maxlen, body, config.results_dedup_window,
         )))  # fmt: skip
         added.append(STREAM)
     if reply_to and (parts is None or REPLY in parts):
-        commands.append((key_slot(reply_to.encode()), (publish, reply_to, body)))
+        commands.append((slot(reply_to.encode()), (publish, reply_to, body)))
         added.append(REPLY)
     return added, commands
 
@@ -134,7 +139,8 @@ def send_batch(
     client: Redis may have restarted without the script) loads the script
     in the same round trip on one server, so a reply lost then is no
     NOSCRIPT that was never seen."""
-    planned = [commands_of(item, reply_to, config) for item, reply_to in batch]
+    cluster = isinstance(client, RedisCluster)
+    planned = [commands_of(item, reply_to, config, cluster=cluster) for item, reply_to in batch]
     commands = [command for _parts, mine in planned for command in mine]
     if isinstance(client, RedisCluster):
         replies = evalsha_by_slot(client, commands, ADD_ONCE)
