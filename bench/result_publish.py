@@ -12,25 +12,32 @@ Both run in a thread of their own and are timed by that thread's CPU
 results are queued before the thread starts, so every batch is full. Best
 of `--repeat` runs, taken in turn.
 
-Run: `.venv/bin/python bench/result_publish.py [--results N] [--repeat N]`.
+`--cluster`: a 3-primary Redis Cluster; pcapd sends per hash slot (one
+pipeline per primary, `redis_conn.evalsha_by_slot`), the peer one command
+at a time through redis-py's cluster client (its pipeline refuses PUBLISH),
+as the publisher did before.
+
+Run: `.venv/bin/python bench/result_publish.py [--results N] [--repeat N] [--cluster]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import benchlib
-import redis
 
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
 from pcapd.core.result_send import ADD_ONCE, Commands, event_mark_key, with_event_id
 from pcapd.core.results import MAX_PENDING, SEND_BATCH, ResultPublisher
+from pcapd.core.secret import Secret
 
 WAIT = 120.0  # s for one run's results to be in the stream
 
@@ -53,7 +60,7 @@ def served(n: int) -> tuple[str, tuple[str, ...]]:
     return key, ("SET", key, "served", "XX", "KEEPTTL")
 
 
-def run_pcapd(client: redis.Redis, config: RedisConfig, count: int) -> float:
+def run_pcapd(client: Any, config: RedisConfig, count: int) -> float:
     """The publisher's thread CPU for `count` results and their marks."""
     client.flushall()
     pub = ResultPublisher(lambda: connect(config), config)
@@ -73,17 +80,33 @@ def run_pcapd(client: redis.Redis, config: RedisConfig, count: int) -> float:
     return spent / count
 
 
-def run_pipeline(client: redis.Redis, config: RedisConfig, count: int) -> float:
-    """redis-py's pipeline: the same commands, in batches of SEND_BATCH."""
+def run_peer(client: Any, config: RedisConfig, count: int) -> float:
+    """redis-py: the same commands in a pipeline per SEND_BATCH results on
+    one server; on a cluster, whose pipeline refuses PUBLISH, one command
+    at a time (as the publisher sent them before)."""
     client.flushall()
     events = results(count)
     spent: list[float] = []
+    stream = config.results_stream
+
+    def one_at_a_time(own: Any) -> None:
+        for n, event in enumerate(events):
+            body, event_id = event.to_json(), str(event.event_id)
+            own.publish(config.results_channel, body)
+            mark = event_mark_key(stream, event_id)
+            own.eval(ADD_ONCE, 2, stream, mark, event_id, config.results_stream_maxlen,
+                     body, config.results_dedup_window)  # fmt: skip
+            own.set(served(n)[0], "served", xx=True, keepttl=True)
 
     def send() -> None:
         tid = threading.get_native_id()
         began = thread_cpu(tid)
-        own = redis.Redis(port=config.port)
-        stream = config.results_stream
+        own = connect(config)
+        if config.clustered:
+            one_at_a_time(own)
+            spent.append(thread_cpu(tid) - began)
+            own.close()
+            return
         for start in range(0, count, SEND_BATCH):
             pipe = own.pipeline(transaction=False)
             for n in range(start, min(count, start + SEND_BATCH)):
@@ -102,7 +125,7 @@ def run_pipeline(client: redis.Redis, config: RedisConfig, count: int) -> float:
     thread.start()
     thread.join(WAIT)
     if not spent or client.xlen(config.results_stream) != count:
-        raise benchlib.BenchError("redis-py's pipeline lost results")
+        raise benchlib.BenchError("redis-py lost results")
     return spent[0] / count
 
 
@@ -120,24 +143,33 @@ def main() -> None:
     # Each result queues two items (it and its mark): at most MAX_PENDING held.
     parser.add_argument("--results", type=int, default=MAX_PENDING // 2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cluster", action="store_true", help="a 3-primary Redis Cluster")
     args = parser.parse_args()
     if not 0 < args.results <= MAX_PENDING // 2:
         parser.error(f"--results={args.results} must be 1..{MAX_PENDING // 2} (MAX_PENDING / 2)")
     benchlib.require(["redis-server"])
-    with tempfile.TemporaryDirectory() as workdir, benchlib.redis_server(Path(workdir)) as client:
-        port = client.connection_pool.connection_kwargs["port"]
-        config = RedisConfig(port=port, results_stream_maxlen=args.results)
+    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+        if args.cluster:
+            url = stack.enter_context(benchlib.redis_cluster(Path(workdir)))
+            config = RedisConfig(url=Secret(url), results_stream_maxlen=args.results)
+        else:
+            server = stack.enter_context(benchlib.redis_server(Path(workdir)))
+            port = server.connection_pool.connection_kwargs["port"]
+            config = RedisConfig(port=port, results_stream_maxlen=args.results)
+        client = stack.enter_context(contextlib.closing(connect(config)))
         ours, peer, json = [], [], []
         for _ in range(args.repeat):
             ours.append(run_pcapd(client, config, args.results))
-            peer.append(run_pipeline(client, config, args.results))
+            peer.append(run_peer(client, config, args.results))
             json.append(json_cost(args.results))
             time.sleep(0.1)
     best, floor, encode = min(ours), min(peer), min(json)
-    print(f"results thread CPU per result (+ served mark), {args.results} results, "
-          f"best of {args.repeat}:")  # fmt: skip
+    where = "a 3-primary cluster" if args.cluster else "one server"
+    print(f"results thread CPU per result (+ served mark), {args.results} results on "
+          f"{where}, best of {args.repeat}:")  # fmt: skip
     print(f"  pcapd packed RESP   {best * 1e6:6.1f} us")
-    print(f"  redis-py pipeline   {floor * 1e6:6.1f} us")
+    peer_name = "redis-py, one by one" if args.cluster else "redis-py pipeline"
+    print(f"  {peer_name:20s}{floor * 1e6:6.1f} us")
     print(f"  ratio pcapd/redis-py {best / floor:.2f}")
     print(
         f"  of each, the event's JSON {encode * 1e6:.1f} us; without it: pcapd "
