@@ -14,16 +14,19 @@ EXPIRE for the counters Redis took that existed before (not earlier: an
 EXPIRE beside a refused INCRBY would put a TTL on another application's
 key) and, with the client index, SADDs the keys created to their clients'
 index sets; what of it gets no answer is kept (bounded) and sent again. A
-missing script is loaded and only those calls are sent again. Each write is
+missing script is loaded where Redis said NOSCRIPT (on a cluster, on those
+primaries only) and only those calls are sent again. Each write is
 counted once, as written or as refused by Redis (the cause logged at most
 once per DROP_LOG_INTERVAL); what got no answer, or a "not now" (TRYAGAIN,
-CLUSTERDOWN, LOADING, READONLY, OOM), is handed back to the writer, to be sent again after
+CLUSTERDOWN, LOADING, READONLY, OOM, BUSY ...: `redis_conn.refusal`, the
+daemon's results' classifier too), is handed back to the writer, to be sent again after
 its backoff: only that, never what Redis already ran. Commands are packed and replies read here
 (hiredis), not through redis-py's pipeline, whose wrappers cost more per
 reply than Redis spends on the command; and nothing is retried unseen.
 
-The packing, the exchange and what a reply says are in agents/redis_wire.py;
-the follow-up round trip and its pending sets in agents/redis_follow_up.py.
+The packing is in agents/redis_wire.py, the exchange in
+pcapd/core/redis_wire.py; the follow-up round trip and its pending sets in
+agents/redis_follow_up.py.
 """
 
 from __future__ import annotations
