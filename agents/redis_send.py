@@ -108,12 +108,27 @@ class BatchSender(FollowUp):
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
         # Raises before any reply is read: nothing counted yet.
         replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT)
+        return self._settle_calls(client, calls, replies)
+
+    def _settle_calls(
+        self, client: redis.Redis | RedisCluster, calls: list[Call], replies: list[Any]
+    ) -> list[Batch] | None:
+        """What one round trip's replies settle, on one server or a cluster:
+        each call counted (written or refused), the follow-up sent; what got
+        no answer, a "not now" or NOSCRIPT twice returned as one batch to
+        send again (None when all were answered). Never raises: a bug in
+        counting is logged, and what was counted is not sent again."""
         written: list[str] = []
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
+        cluster = isinstance(client, RedisCluster)
         try:
-            missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
+            missing = self._count_calls(calls, replies, written, created, retry, cluster=cluster)
             self._again(missing, retry)
+            if isinstance(client, RedisCluster):
+                self.unanswered = {
+                    slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
+                }
             self._follow_up(client, written, created)
         except Exception:  # a bug: what was counted must not go again (counted twice)
             self._count_failed()
@@ -248,17 +263,5 @@ class BatchSender(FollowUp):
             for slot, at in group_by_slot(batch.keys).items()
             for kind, part in _calls(batch, at, self.batch_ops)
         ]
-        retry: list[tuple[int, Batch]] = []
-        written: list[str] = []
-        created: list[str] = []
         replies = evalsha_by_slot(client, self._commands(calls), APPEND_SCRIPT)
-        try:
-            missing = self._count_calls(calls, replies, written, created, retry, cluster=True)
-            self._again(missing, retry)
-            self.unanswered = {
-                slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
-            }
-            self._follow_up_slots(client, written, created)
-        except Exception:  # a bug: what was counted must not go again (counted twice)
-            self._count_failed()
-        return [Batch.joined([part for _slot, part in retry])] if retry else None
+        return self._settle_calls(client, calls, replies)
