@@ -89,34 +89,28 @@ def run_peer(client: Any, config: RedisConfig, count: int) -> float:
     spent: list[float] = []
     stream = config.results_stream
 
-    def one_at_a_time(own: Any) -> None:
-        for n, event in enumerate(events):
-            body, event_id = event.to_json(), str(event.event_id)
-            own.publish(config.results_channel, body)
-            mark = event_mark_key(stream, event_id)
-            own.eval(ADD_ONCE, 2, stream, mark, event_id, config.results_stream_maxlen,
-                     body, config.results_dedup_window)  # fmt: skip
-            own.set(served(n)[0], "served", xx=True, keepttl=True)
+    def add(target: Any, n: int) -> None:
+        """Result `n`'s commands on a client (run at once) or a pipeline."""
+        event = events[n]
+        body, event_id = event.to_json(), str(event.event_id)
+        target.publish(config.results_channel, body)
+        mark = event_mark_key(stream, event_id)
+        target.eval(ADD_ONCE, 2, stream, mark, event_id, config.results_stream_maxlen,
+                    body, config.results_dedup_window)  # fmt: skip
+        target.set(served(n)[0], "served", xx=True, keepttl=True)
 
     def send() -> None:
         tid = threading.get_native_id()
         began = thread_cpu(tid)
         own = connect(config)
-        if config.clustered:
-            one_at_a_time(own)
-            spent.append(thread_cpu(tid) - began)
-            own.close()
-            return
         for start in range(0, count, SEND_BATCH):
+            if config.clustered:  # one command at a time
+                for n in range(start, min(count, start + SEND_BATCH)):
+                    add(own, n)
+                continue
             pipe = own.pipeline(transaction=False)
             for n in range(start, min(count, start + SEND_BATCH)):
-                event = events[n]
-                body, event_id = event.to_json(), str(event.event_id)
-                pipe.publish(config.results_channel, body)
-                mark = event_mark_key(stream, event_id)
-                pipe.eval(ADD_ONCE, 2, stream, mark, event_id, config.results_stream_maxlen,
-                          body, config.results_dedup_window)  # fmt: skip
-                pipe.set(served(n)[0], "served", xx=True, keepttl=True)
+                add(pipe, n)
             pipe.execute(raise_on_error=False)
         spent.append(thread_cpu(tid) - began)
         own.close()
