@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from pcapd.core.config import RedisConfig
@@ -117,3 +118,37 @@ def test_a_read_only_replica_is_waited_out_and_the_event_added_once(
     failed = [line for line in caplog.text.splitlines() if "result_publish_failed" in line]
     assert failed and all("READONLY" in line for line in failed)
     assert "result_lost" not in caplog.text and pub.dropped == 0
+
+
+def test_redis_py_crashing_inside_connect_is_a_connection_error(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py 8 was seen to raise AttributeError inside connect(): there
+    (and only there) it is Redis not reached, logged `result_publish_failed`
+    and sent again after the backoff; the result arrives once."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    crashes = [2]
+
+    class Crashing(redis.Connection):
+        def connect(self) -> None:
+            if crashes[0]:
+                crashes[0] -= 1
+                raise AttributeError("'NoneType' object has no attribute 'settimeout'")
+            super().connect()  # type: ignore[no-untyped-call]
+
+    config = RedisConfig(port=redis_srv.port)
+    pool = redis.ConnectionPool(port=redis_srv.port, connection_class=Crashing)
+    pub = ResultPublisher(lambda: redis.Redis(connection_pool=pool), config)
+    channel = Results(redis_srv)
+    pub.start()
+    try:
+        pub.submit(result(1))
+        assert channel.next(timeout=30)["id"] == "r1"
+    finally:
+        assert pub.stop(10) == 0
+        channel.close()
+        pool.disconnect()
+    failed = [line for line in caplog.text.splitlines() if "result_publish_failed" in line]
+    assert len(failed) == 2 and all("connect failed" in line for line in failed), failed
+    assert "result_publisher_failed" not in caplog.text  # not taken for a bug
+    assert [e["id"] for _, e in stream_events(redis_srv.client())] == ["r1"]
