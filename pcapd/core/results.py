@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -197,14 +198,20 @@ class ResultPublisher:
 
     def later(self, commands: Commands) -> None:
         """Queue `commands` behind the results queued so far; never blocks.
-        Without a running thread, send them now (once; a connection error or
-        the first error reply is raised, for the caller). Lost, like a
-        result, past MAX_PENDING."""
+        Without a running thread, send them now (once; Redis not reached, as
+        a redis.ConnectionError, or the first error reply is raised, for the
+        caller). Lost, like a result, past MAX_PENDING."""
         if self._thread is None:
             with self._lock:
-                if self._client is None:
-                    self._client = self._new_client()
-                [(_parts, replies)] = send_batch(self._client, [(commands, None)], self.config)
+                try:
+                    if self._client is None:
+                        self._client = self._new_client()
+                    [(_, replies)] = send_batch(self._client, [(commands, None)], self.config)
+                except TRANSIENT as exc:
+                    self._client = None
+                    if isinstance(exc, redis.RedisError):
+                        raise
+                    raise redis.ConnectionError(error_text(exc)) from exc
             if error := next((r for r in replies if isinstance(r, Exception)), None):
                 raise error
             return
