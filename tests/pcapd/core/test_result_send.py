@@ -5,8 +5,11 @@ a read-only node waited out. Real redis-server and the cluster fixture."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -152,3 +155,60 @@ def test_redis_py_crashing_inside_connect_is_a_connection_error(
     assert len(failed) == 2 and all("connect failed" in line for line in failed), failed
     assert "result_publisher_failed" not in caplog.text  # not taken for a bug
     assert [e["id"] for _, e in stream_events(redis_srv.client())] == ["r1"]
+
+
+def test_a_primary_silent_mid_batch_has_only_its_part_sent_again(
+    private_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's primary stops answering mid-batch (SIGSTOP: it has the
+    commands, the replies do not come, as a cut connection leaves them):
+    PUBLISH, on another primary, went; the script call times out and is
+    sent again alone after the backoff. Resumed, the primary runs the first
+    call too, and the marker keeps the stream at one entry; the channel got
+    the event once, and the publisher goes on."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    channel_owner = owner_of(private_cluster, "capture-results")
+    stream = next(
+        name for name in (f"{{s{n}}}x" for n in range(100))
+        if owner_of(private_cluster, name) != channel_owner
+    )  # fmt: skip
+    silent = private_cluster.procs[owner_of(private_cluster, stream)]
+    config = RedisConfig(cluster=True, nodes=tuple(private_cluster.nodes), results_stream=stream)
+    pub = ResultPublisher(functools.partial(connect, config, socket_timeout=1), config)
+    client = private_cluster.client()
+    pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe("capture-results")
+    heard: list[str] = []
+
+    def listen() -> bool:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            heard.append(json.loads(message["data"])["id"])
+        return message is not None
+
+    pub.start()
+    try:
+        wait_for(listen, timeout=20)  # subscribed
+        silent.send_signal(signal.SIGSTOP)
+        pub.submit(result(1))
+        # Resumed within the cluster's node timeout (2 s): no failover.
+        wait_for(lambda: "result_publish_failed" in caplog.text, timeout=20)
+        silent.send_signal(signal.SIGCONT)
+        wait_for(lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r1"], timeout=30)
+        pub.submit(result(2))
+        wait_for(lambda: len(stream_events(client, stream)) == 2, timeout=30)
+        assert pub.stop(10) == 0
+        client.publish("capture-results", json.dumps({"id": "end"}))  # behind every copy
+        wait_for(lambda: not listen() and heard[-1:] == ["end"], timeout=20)
+    finally:
+        silent.send_signal(signal.SIGCONT)
+        pub.stop(1)
+        pubsub.close()
+        client.close()
+    assert [e["id"] for _, e in stream_events(private_cluster.client(), stream)] == ["r1", "r2"]
+    assert heard == ["r1", "r2", "end"]
+    assert "result_lost" not in caplog.text and pub.dropped == 0
+
+
+def owner_of(cluster: RedisCluster, key: str) -> int:
+    return next(p for p in cluster.ports if key_slot(key.encode()) in cluster.slots_of(p))
