@@ -15,12 +15,11 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
 
-from agents.redis_wire import _cause, _exchange, _pack_command, _pack_pairs, _refusal
 from agents.store import UNSET_ZERO_SCRIPT, index_commands
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import send_by_slot
+from pcapd.core.redis_conn import error_code, refusal, send_by_slot
+from pcapd.core.redis_wire import exchange, pack_command, pack_pairs
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -88,49 +87,36 @@ class FollowUp:
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
         """The EXPIREs, SADDs and zeroes a failed round trip left; True once
         all are answered."""
-        if isinstance(client, RedisCluster):
-            self._follow_up_slots(client, [], [])
-        else:
-            self._follow_up(client, [], [])
+        self._follow_up(client, [], [])
         return not (self._expires or self._indexes or self._zeroes)
 
-    def _follow_up(self, client: redis.Redis, written: list[str], created: list[str]) -> None:
-        """The counters' EXPIREs and the index, in a second round trip. If it
+    def _follow_up(
+        self, client: redis.Redis | RedisCluster, written: list[str], created: list[str]
+    ) -> None:
+        """The counters' EXPIREs and the index, in a second round trip: packed
+        on one server, each command to its key's slot on a cluster. If it
         gets no answer it counts as a failed round trip (`redis_errors`) and
-        both are kept for the next one: the correlator reads only the index
+        all is kept for the next one: the correlator reads only the index
         once it exists, so a key left out of it is not seen."""
         commands = self._follow_up_commands(written, created)
         if not commands:
             return
-        expire = self._expires
-        packed = _pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
-        packed += b"".join([_pack_command(command) for _key, command in commands[len(expire) :]])
+        cluster = isinstance(client, RedisCluster)
         try:
-            replies = _exchange(client, packed, len(commands))
+            if isinstance(client, RedisCluster):
+                slotted = [(key_slot(k.encode()), c) for k, c in commands]
+                replies = send_by_slot(client, slotted)
+            else:
+                expire = self._expires
+                packed = pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
+                packed += b"".join([pack_command(c) for _key, c in commands[len(expire) :]])
+                replies = exchange(client, packed, len(commands))
         except Exception as exc:  # no answer, or a garbled one: all kept
             self.stats.redis_errors += 1
             self._last_error = str(exc) or type(exc).__name__
             self._bound_pending()
             return
-        self._follow_up_replies(commands, replies, cluster=False)
-
-    def _follow_up_slots(
-        self, client: RedisCluster, written: list[str], created: list[str]
-    ) -> None:
-        """`_follow_up` on a cluster: each command to its key's slot; the
-        EXPIREs and SADDs that got no answer are kept for the next round
-        trip (and count as a failed one)."""
-        commands = self._follow_up_commands(written, created)
-        if not commands:
-            return
-        try:
-            replies = send_by_slot(client, [(key_slot(k.encode()), c) for k, c in commands])
-        except (redis.RedisError, RedisClusterException) as exc:
-            self.stats.redis_errors += 1
-            self._last_error = str(exc) or type(exc).__name__
-            self._bound_pending()
-            return
-        self._follow_up_replies(commands, replies, cluster=True)
+        self._follow_up_replies(commands, replies, cluster=cluster)
 
     def _follow_up_replies(
         self,
@@ -158,7 +144,7 @@ class FollowUp:
                 pending, lost = self._indexes, refused
             else:  # EVAL: a counter's "0" taken away; refused, it expires with its TTL
                 pending, lost, member = self._zeroes, [], key
-            if isinstance(reply, Exception) and _refusal(reply, cluster) is None:
+            if isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None:
                 failed = True  # no answer: kept for the next round trip
                 self._last_error = str(reply) or type(reply).__name__
                 pending[member] = None
@@ -195,7 +181,7 @@ class FollowUp:
         if now - self._lost_logged.get(name, -math.inf) >= DROP_LOG_INTERVAL:
             self._lost_logged[name] = now
             event(log, name, logging.ERROR, keys=len(errors),
-                  cause=_cause(str(errors[0]), errors[0]), error=str(errors[0]),
+                  cause=error_code(errors[0]), error=str(errors[0]),
                   **counts)  # fmt: skip
 
     def _bound_pending(self) -> None:

@@ -14,16 +14,19 @@ EXPIRE for the counters Redis took that existed before (not earlier: an
 EXPIRE beside a refused INCRBY would put a TTL on another application's
 key) and, with the client index, SADDs the keys created to their clients'
 index sets; what of it gets no answer is kept (bounded) and sent again. A
-missing script is loaded and only those calls are sent again. Each write is
+missing script is loaded where Redis said NOSCRIPT (on a cluster, on those
+primaries only) and only those calls are sent again. Each write is
 counted once, as written or as refused by Redis (the cause logged at most
 once per DROP_LOG_INTERVAL); what got no answer, or a "not now" (TRYAGAIN,
-CLUSTERDOWN, LOADING, READONLY, OOM), is handed back to the writer, to be sent again after
+CLUSTERDOWN, LOADING, READONLY, OOM, BUSY ...: `redis_conn.refusal`, the
+daemon's results' classifier too), is handed back to the writer, to be sent again after
 its backoff: only that, never what Redis already ran. Commands are packed and replies read here
 (hiredis), not through redis-py's pipeline, whose wrappers cost more per
 reply than Redis spends on the command; and nothing is retried unseen.
 
-The packing, the exchange and what a reply says are in agents/redis_wire.py;
-the follow-up round trip and its pending sets in agents/redis_follow_up.py.
+The packing is in agents/redis_wire.py, the exchange in
+pcapd/core/redis_wire.py; the follow-up round trip and its pending sets in
+agents/redis_follow_up.py.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
 
 from agents.redis_follow_up import DROP_LOG_INTERVAL, FollowUp, WriterStats
 from agents.redis_wire import (
@@ -46,18 +48,14 @@ from agents.redis_wire import (
     COUNTERS,
     Call,
     _calls,
-    _cause,
-    _exchange,
-    _no_script,
-    _pack_command,
     _pack_counters,
-    _refusal,
     _text,
 )
 from agents.store import APPEND_SCRIPT
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import group_by_slot, send_by_slot, slot_owner
+from pcapd.core.redis_conn import error_code, evalsha_by_slot, group_by_slot, refusal, slot_owner
+from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -108,47 +106,33 @@ class BatchSender(FollowUp):
             if counted:
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
-        replies = _exchange(client, *self._pack(calls))  # raises: nothing counted yet
+        # Raises before any reply is read: nothing counted yet.
+        replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT)
+        return self._settle_calls(client, calls, replies)
+
+    def _settle_calls(
+        self, client: redis.Redis | RedisCluster, calls: list[Call], replies: list[Any]
+    ) -> list[Batch] | None:
+        """What one round trip's replies settle, on one server or a cluster:
+        each call counted (written or refused), the follow-up sent; what got
+        no answer, a "not now" or NOSCRIPT twice returned as one batch to
+        send again (None when all were answered). Never raises: a bug in
+        counting is logged, and what was counted is not sent again."""
         written: list[str] = []
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
+        cluster = isinstance(client, RedisCluster)
         try:
-            missing = self._count_calls(calls, replies, written, created, retry, cluster=False)
-            if missing:
-                self._resend_missing(client, missing, written, created, retry)
+            missing = self._count_calls(calls, replies, written, created, retry, cluster=cluster)
+            self._again(missing, retry)
+            if isinstance(client, RedisCluster):
+                self.unanswered = {
+                    slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
+                }
             self._follow_up(client, written, created)
         except Exception:  # a bug: what was counted must not go again (counted twice)
             self._count_failed()
         return [Batch.joined([part for _slot, part in retry])] if retry else None
-
-    def _resend_missing(
-        self,
-        client: redis.Redis,
-        missing: list[Call],
-        written: list[str],
-        created: list[str],
-        retry: list[tuple[int, Batch]],
-    ) -> None:
-        """The script calls that met NOSCRIPT, after SCRIPT LOAD: counted,
-        refused (an ACL) or handed back to be sent again."""
-        try:
-            client.script_load(APPEND_SCRIPT)
-            replies = _exchange(client, *self._pack(missing))
-        except redis.ResponseError as exc:
-            if _refusal(exc, cluster=False) is None:  # "not now" (READONLY, OOM)
-                self._last_error = str(exc)
-                retry += [(slot, part) for slot, _kind, part in missing]
-            else:  # refused (an ACL): those calls only
-                for _slot, _kind, part in missing:
-                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
-        except Exception as exc:  # no answer (or a garbled one): nothing of these counted
-            self._last_error = str(exc) or type(exc).__name__
-            retry += [(slot, part) for slot, _kind, part in missing]
-        else:
-            self._again(
-                self._count_calls(missing, replies, written, created, retry, cluster=False),
-                retry,
-            )
 
     def _count_failed(self) -> None:
         """Logged, with the traceback, when counting answered replies raised
@@ -156,22 +140,31 @@ class BatchSender(FollowUp):
         event(log, "redis_count_failed", logging.ERROR, exc_info=True)
 
     def _again(self, missing: list[Call], retry: list[tuple[int, Batch]]) -> None:
-        """Script calls that met NOSCRIPT right after SCRIPT LOAD (a flush in
+        """Script calls that met NOSCRIPT after SCRIPT LOAD too (a flush in
         between, a failover): sent again after the backoff, never lost."""
         if missing:
             self._last_error = "NOSCRIPT again after SCRIPT LOAD"
             retry += [(slot, part) for slot, _kind, part in missing]
 
-    def _pack(self, calls: list[Call]) -> tuple[bytes, int]:
-        """The calls' commands packed for one pipeline, and how many: a
+    def _pack(self, calls: list[Call]) -> tuple[bytes, int, dict[int, tuple[Any, ...]]]:
+        """The calls' commands packed for one pipeline, how many, and by
+        reply index the script calls (to send again after a NOSCRIPT): a
         counter part is SET NX EX and INCRBY per entry, an append part one
         EVALSHA."""
         ttl, mode = self.ttl, int(self.index)
-        packed = [_pack_counters(part, ttl) if kind == COUNTERS else _pack_command(
-                      ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args))
-                  for _slot, kind, part in calls]  # fmt: skip
-        count = sum(2 * len(part.keys) if kind == COUNTERS else 1 for _slot, kind, part in calls)
-        return b"".join(packed), count
+        packed: list[bytes] = []
+        scripted: dict[int, tuple[Any, ...]] = {}
+        count = 0
+        for _slot, kind, part in calls:
+            if kind == COUNTERS:
+                packed.append(_pack_counters(part, ttl))
+                count += 2 * len(part.keys)
+                continue
+            command = ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args)
+            packed.append(pack_command(command))
+            scripted[count] = command
+            count += 1
+        return b"".join(packed), count, scripted
 
     def _commands(self, calls: list[Call]) -> list[tuple[int, tuple[Any, ...]]]:
         """The calls' commands with their slots, for `send_by_slot`."""
@@ -219,8 +212,8 @@ class BatchSender(FollowUp):
                             written.append(keys[i])
                         if index and reply == args[i] and not keys[i].startswith(_CLIENT):
                             created.append(keys[i])
-                    elif (refusal := _refusal(reply, cluster)) is not None:
-                        self._refused(_cause(str(reply), reply), weights[i], refusal)
+                    elif (refused := refusal(reply, cluster=cluster)) is not None:
+                        self._refused(error_code(reply), weights[i], refused)
                         if replies[at + 2 * i] == _OK:  # made at "0": take it away
                             self._zeroes[keys[i]] = None
                     else:
@@ -230,10 +223,10 @@ class BatchSender(FollowUp):
                 continue
             reply = replies[at]
             at += 1
-            if _no_script(reply):
+            if isinstance(reply, redis.exceptions.NoScriptError):
                 missing.append(call)
-            elif (refusal := _refusal(reply, cluster)) is not None:
-                self._refused(_cause(str(reply), reply), part.ops, refusal)
+            elif (refused := refusal(reply, cluster=cluster)) is not None:
+                self._refused(error_code(reply), part.ops, refused)
             elif isinstance(reply, list):
                 self._count_answer(part, reply)
                 created.extend(_text(k) for k in reply[2:])
@@ -252,7 +245,7 @@ class BatchSender(FollowUp):
         first refusal's message, ...}; each entry counts the writes it merged."""
         refused = sum(batch.weights[i - 1] for i in reply[0])
         if refused:
-            self._refused(_cause(_text(reply[1])), refused, _text(reply[1]))
+            self._refused(error_code(_text(reply[1])), refused, _text(reply[1]))
         self.stats.written_ops += batch.ops - refused
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
@@ -270,43 +263,5 @@ class BatchSender(FollowUp):
             for slot, at in group_by_slot(batch.keys).items()
             for kind, part in _calls(batch, at, self.batch_ops)
         ]
-        retry: list[tuple[int, Batch]] = []
-        written: list[str] = []
-        created: list[str] = []
-        replies = send_by_slot(client, self._commands(calls))  # raises: nothing counted yet
-        try:
-            missing = self._count_calls(calls, replies, written, created, retry, cluster=True)
-            if missing:
-                self._resend_missing_slots(client, missing, written, created, retry)
-            self.unanswered = {
-                slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
-            }
-            self._follow_up_slots(client, written, created)
-        except Exception:  # a bug: what was counted must not go again (counted twice)
-            self._count_failed()
-        return [Batch.joined([part for _slot, part in retry])] if retry else None
-
-    def _resend_missing_slots(
-        self,
-        client: RedisCluster,
-        missing: list[Call],
-        written: list[str],
-        created: list[str],
-        retry: list[tuple[int, Batch]],
-    ) -> None:
-        """`_resend_missing` on a cluster: SCRIPT LOAD on every primary."""
-        try:
-            client.script_load(APPEND_SCRIPT)  # every primary: one restarted without it
-        except (redis.RedisError, RedisClusterException) as exc:
-            # Other slots were written and counted: only these are refused
-            # (Redis said no) or sent again (no answer), never the rest.
-            for slot, _kind, part in missing:
-                if _refusal(exc, cluster=True) is not None:
-                    self._refused(_cause(str(exc), exc), part.ops, str(exc))
-                else:
-                    self._last_error = str(exc) or type(exc).__name__
-                    retry.append((slot, part))
-        else:
-            again = self._count_calls(missing, send_by_slot(client, self._commands(missing)),
-                                      written, created, retry, cluster=True)  # fmt: skip
-            self._again(again, retry)
+        replies = evalsha_by_slot(client, self._commands(calls), APPEND_SCRIPT)
+        return self._settle_calls(client, calls, replies)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import Client, is_cluster, send_by_slot, slot_owner
+from pcapd.core.redis_conn import Client, evalsha_by_slot
+from pcapd.core.redis_wire import UNANSWERED, evalsha_exchange, pack_command
 
 CLAIM_BATCH = 64  # claims sent in one pipeline at most
 
@@ -92,7 +91,7 @@ class ClaimBatcher:
                         item.error = answer
                     else:
                         item.taken = answer
-            except redis.RedisError as exc:
+            except UNANSWERED as exc:  # one server, not reached: each claim's error
                 for item in batch:
                     item.error = exc
             except Exception as exc:  # a bug must not leave threads waiting
@@ -104,69 +103,15 @@ class ClaimBatcher:
                 item.done.set()
 
     def _send(self, batch: list[Claim]) -> list[bool | Exception]:
-        if is_cluster(self._client):
-            return self._send_by_slot(self._client, batch)
-        for attempt in (1, 2):
-            pipe = self._client.pipeline(transaction=False)
-            for item in batch:
-                pipe.evalsha(self._script.sha, 1, item.key, *self._args)
-            try:
-                return [answer == 1 for answer in pipe.execute()]
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                self._client.script_load(CLAIM)  # a restarted or flushed Redis
-        raise AssertionError("unreachable")
-
-    def _send_by_slot(self, client: RedisCluster, batch: list[Claim]) -> list[bool | Exception]:
-        """Each claim to its slot's primary, pipelined per primary; the claims a
-        primary answered NOSCRIPT sent again once the script is loaded there
-        (there only, and each node on its own: a primary that is down, or
-        dies before the load, fails its own claims alone). A claim that got
-        no answer has its error. A claim NOSCRIPT again came from an ASK
-        target (a slot being migrated: the map names its old owner): the
-        script is loaded on the other primaries then, and it goes once more."""
-        commands = [
-            (key_slot(item.key.encode()), ("EVALSHA", self._script.sha, 1, item.key, *self._args))
-            for item in batch
-        ]
-        replies: list[Any] = send_by_slot(client, commands)
-        lost: dict[str | None, list[int]] = {}  # node -> the claims it answered NOSCRIPT
-        for i, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                lost.setdefault(slot_owner(client, commands[i][0]), []).append(i)
-        primaries = {node.name: node for node in client.get_primaries()}  # type: ignore[no-untyped-call]
-        again: list[int] = []
-        for name, claims in lost.items():
-            error = _load(client, primaries.get(name or ""), name)  # lost by a restart or FLUSH
-            for i in claims:
-                replies[i] = error or replies[i]
-            again.extend(claims if error is None else ())
-        self._resend(client, commands, replies, again)
-        asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
-        if asked:
-            for name, node in primaries.items():
-                if name not in lost:
-                    _load(client, node, name)  # a node that fails keeps its claims' NOSCRIPT
-            self._resend(client, commands, replies, asked)
+        """Each claim's answer, or its error (NOSCRIPT: loaded and sent again
+        where Redis lost the script, `evalsha_by_slot` / `evalsha_exchange`)."""
+        client = self._client
+        commands = [("EVALSHA", self._script.sha, 1, item.key, *self._args) for item in batch]
+        if isinstance(client, RedisCluster):
+            slots = [key_slot(item.key.encode()) for item in batch]
+            replies = evalsha_by_slot(client, list(zip(slots, commands, strict=True)), CLAIM)
+        else:
+            packed = b"".join([pack_command(c) for c in commands])
+            replies = evalsha_exchange(client, packed, len(commands), dict(enumerate(commands)),
+                                       CLAIM)  # fmt: skip
         return [reply if isinstance(reply, Exception) else reply == 1 for reply in replies]
-
-    @staticmethod
-    def _resend(
-        client: RedisCluster, commands: list[tuple[int, tuple[Any, ...]]], replies: list[Any],
-        which: list[int],
-    ) -> None:  # fmt: skip
-        for i, reply in zip(which, send_by_slot(client, [commands[i] for i in which]),
-                            strict=True):  # fmt: skip
-            replies[i] = reply
-
-
-def _load(client: RedisCluster, node: Any, name: str | None) -> Exception | None:
-    """SCRIPT LOAD of CLAIM on `node` (None: `name` is no primary now); the error, if any."""
-    try:
-        if node is None:
-            raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
-        client.execute_command("SCRIPT LOAD", CLAIM, target_nodes=[node])  # type: ignore[no-untyped-call]
-    except (redis.RedisError, RedisClusterException, OSError) as exc:
-        return exc
-    return None

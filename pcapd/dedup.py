@@ -29,7 +29,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis
 
@@ -37,6 +37,7 @@ from pcapd.claim_batch import SERVED, Claim, ClaimBatcher
 from pcapd.core.config import SecurityConfig
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client
+from pcapd.core.result_send import Commands
 
 log = logging.getLogger("pcapd.dedup")
 
@@ -220,7 +221,7 @@ class RedisSeen:
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         max_ids: int = DEFAULT_MAX_IDS,
-        later: Callable[[Callable[[Any], None]], None] | None = None,
+        later: Callable[[Commands], None] | None = None,
     ) -> None:
         """`later`: queues a write for the results' pipeline (`ResultPublisher.later`)."""
         self.local = RecentIds(window_seconds, clock, max_ids)
@@ -286,12 +287,12 @@ class RedisSeen:
         when `later` was given (this thread does not wait for Redis)."""
         if not self._try_redis():
             return
-        mark = _Served(self._key(key))
+        key = self._key(key)
         try:
-            if self._later is not None:
-                self._later(mark)
+            if self._later is not None:  # a claim becomes `served`, keeping its expiry
+                self._later(Commands(((key, ("SET", key, SERVED, "XX", "KEEPTTL")),)))
                 return
-            mark(self.client)
+            self.client.set(key, SERVED, xx=True, keepttl=True)
         except (redis.RedisError, OSError) as exc:
             self._lost(exc)
             return
@@ -340,16 +341,6 @@ class RedisSeen:
 
 
 @dataclass(frozen=True, slots=True)
-class _Served:
-    """A claim becomes `served`, keeping its expiry (a pipeline's command)."""
-
-    key: str
-
-    def __call__(self, pipe: Any) -> None:
-        pipe.set(self.key, SERVED, xx=True, keepttl=True)
-
-
-@dataclass(frozen=True, slots=True)
 class _RedisTicket:
     seen: RedisSeen
     item: Claim
@@ -369,7 +360,7 @@ def seen_ids_and_sigs(
     security: SecurityConfig,
     node: str,
     client: Client | None,
-    later: Callable[[Callable[[Any], None]], None] | None = None,
+    later: Callable[[Commands], None] | None = None,
 ) -> tuple[SharedSeen, SharedSeen]:
     """The controller's two sets: request ids for `dedup_window`, signatures
     for at least 2 x `max_skew` (a ts that far ahead is accepted, so a

@@ -152,10 +152,14 @@ def send_by_slot(
     asking: dict[int, ClusterNode] = {}
     for _ in range(REDIRECT_ROUNDS):
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        owners: dict[int, ClusterNode] = {}  # per round: redis-py's lookup costs ~10 us a call
         for i in pending:
             replies[i] = None  # (re)sent: an old MOVED must not stand for this send's reply
+            slot = commands[i][0]
             try:
-                node = asking.get(i) or client.nodes_manager.get_node_from_slot(commands[i][0])
+                node = asking.get(i) or owners.get(slot)
+                if node is None:
+                    node = owners[slot] = client.nodes_manager.get_node_from_slot(slot)
             except (redis.RedisError, RedisClusterException) as exc:
                 # No primary known for the slot (a map read mid-failover):
                 # its error stands, and the replies already read are kept.
@@ -216,17 +220,90 @@ def send_by_slot(
     return replies
 
 
+def evalsha_by_slot(
+    client: RedisCluster, commands: Sequence[tuple[int, tuple[Any, ...]]], script: str
+) -> list[Any]:
+    """`send_by_slot`, where the EVALSHAs of `script` among `commands` that a
+    primary answered NOSCRIPT (a restart, SCRIPT FLUSH) are sent again once
+    the script is loaded there: on those primaries only, each on its own (a
+    primary that is down, or refuses the load, fails its own commands alone,
+    with the load's error as their reply). A command NOSCRIPT again came from
+    an ASK target (a slot being migrated: the map names its old owner): the
+    script is loaded on the other primaries then, and it goes once more; a
+    NOSCRIPT after that is its reply, for the caller to send again later."""
+    replies = send_by_slot(client, commands)
+    lost: dict[str | None, list[int]] = {}  # node -> its commands answered NOSCRIPT
+    for i, reply in enumerate(replies):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            lost.setdefault(slot_owner(client, commands[i][0]), []).append(i)
+    if not lost:
+        return replies
+    primaries = {node.name: node for node in client.get_primaries()}  # type: ignore[no-untyped-call]
+    again: list[int] = []
+    for name, which in lost.items():
+        error = _load(client, primaries.get(name or ""), name, script)
+        for i in which:
+            replies[i] = error or replies[i]
+        again.extend(which if error is None else ())
+    _resend(client, commands, replies, again)
+    asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
+    if asked:
+        for name, node in primaries.items():
+            if name not in lost:
+                _load(client, node, name, script)  # a node that fails keeps its NOSCRIPT
+        _resend(client, commands, replies, asked)
+    return replies
+
+
+def _resend(
+    client: RedisCluster, commands: Sequence[tuple[int, tuple[Any, ...]]], replies: list[Any],
+    which: list[int],
+) -> None:  # fmt: skip
+    for i, reply in zip(which, send_by_slot(client, [commands[i] for i in which]), strict=True):
+        replies[i] = reply
+
+
+def _load(client: RedisCluster, node: Any, name: str | None, script: str) -> Exception | None:
+    """SCRIPT LOAD of `script` on `node` (None: `name` is no primary now); the error, if any."""
+    try:
+        if node is None:
+            raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
+        client.execute_command("SCRIPT LOAD", script, target_nodes=[node])  # type: ignore[no-untyped-call]
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        return exc
+    return None
+
+
+@contextlib.contextmanager
+def connecting() -> Iterator[None]:
+    """Around what opens connections (a pool's `get_connection`, a cluster
+    client reading its slot map). redis-py 8 was seen to crash with
+    AttributeError inside connect() (two threads opening pooled connections
+    at once): taken here for what it is, Redis not reached, so callers catch
+    connection errors alone and an AttributeError anywhere else stays a bug."""
+    try:
+        yield
+    except AttributeError as exc:
+        raise redis.ConnectionError(f"connect failed: {exc!r}") from exc
+
+
+def get_connection(pool: Any) -> Any:
+    """A connection from `pool`, opened if need be (`connecting`)."""
+    with connecting():
+        return pool.get_connection()
+
+
 def _send_packed(client: RedisCluster, node: ClusterNode, packed: bytes) -> Any:
     """A connection of `node` with `packed` written to it, or the exception."""
     pool = client.get_redis_connection(node).connection_pool
     try:
-        conn = pool.get_connection()
+        conn = get_connection(pool)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         return exc
     try:
-        conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
+        conn.send_packed_command([packed], check_health=False)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        conn.disconnect()  # type: ignore[no-untyped-call]
+        conn.disconnect()
         pool.release(conn)
         return exc
     return conn
@@ -305,30 +382,50 @@ def same_slot_prefix(key: str) -> str:
 # failover or short of memory or replicas, or a cluster redirect mid-move.
 # Any other reply (NOPERM, WRONGTYPE, ERR from an ACL or a script ...) would
 # come back the same: refused for good.
+# NOSCRIPT too: every sender of EVALSHA loads the script where it was lost
+# and sends again (`evalsha_by_slot`, `redis_wire.evalsha_exchange`).
 TRANSIENT_CODES = frozenset({
     "BUSY", "LOADING", "NOREPLICAS", "MISCONF", "READONLY", "OOM", "TRYAGAIN",
-    "CLUSTERDOWN", "ASK", "MASTERDOWN",
+    "CLUSTERDOWN", "ASK", "MASTERDOWN", "NOSCRIPT",
 })  # fmt: skip
+REDIRECTS = frozenset({"MOVED", "ASK"})
+# Said of a MOVED or ASK on a plain connection: no redirection is followed there.
+CLUSTER_HINT = "a cluster node: use redis+cluster://"
 
 
-def error_code(exc: redis.ResponseError) -> str:
-    """The reply's error code (its first word): redis-py cuts the codes it
-    knows off the message into `status_code`, and leaves the rest in it."""
-    code = getattr(exc, "status_code", None)
+def error_code(error: BaseException | str) -> str:
+    """An error reply's code (its first word): redis-py cuts the codes it
+    knows off the message into `status_code` and leaves the rest in it; for
+    a reply given as text (a script's answer), its first word when that is
+    a code; else the exception's class (ConnectionError, ...)."""
+    code = getattr(error, "status_code", None)
     if isinstance(code, str) and code:
         return code
-    text = str(exc)
-    return text.split(" ", 1)[0] if text else ""
+    word = str(error).split(" ", 1)[0]
+    if word.isalpha() and word.isupper():
+        return word
+    return type(error).__name__ if isinstance(error, BaseException) else "unknown"
 
 
-def refused_for_good(exc: BaseException, *, cluster: bool) -> bool:
-    """Whether Redis refused a command so that sending it again is pointless,
-    by the reply's error code; False for connection trouble and the codes of
-    TRANSIENT_CODES. MOVED is for good on one server's client (it never
-    follows it), a redirect to follow on a cluster's."""
-    if not isinstance(exc, redis.ResponseError):
-        return False
-    code = error_code(exc)
-    if code == "MOVED":
-        return not cluster
-    return code not in TRANSIENT_CODES
+def error_text(error: BaseException) -> str:
+    """The error as Redis spelled it, its code put back before the message
+    redis-py cut it from (`NOPERM ...`, `MOVED 1234 host:port`)."""
+    text = str(error) or type(error).__name__
+    code = getattr(error, "status_code", None)
+    return f"{code} {text}" if isinstance(code, str) and not text.startswith(code) else text
+
+
+def refusal(reply: object, *, cluster: bool) -> str | None:
+    """What to log when `reply` says Redis refused a command for good, so
+    that sending it again is pointless (WRONGTYPE, NOPERM, ...); None for
+    anything else: a value, no answer (a connection error) or a "not now"
+    (TRANSIENT_CODES), to be sent again. The one classifier of the daemon's
+    and the agents' writes. A MOVED or ASK is "not now" on a cluster (the
+    redirections ran out mid-move) but "no" on one server's client, which
+    follows none: a cluster node reached through redis://."""
+    if not isinstance(reply, redis.ResponseError):
+        return None
+    code = error_code(reply)
+    if code in REDIRECTS:
+        return None if cluster else f"{error_text(reply)}: {CLUSTER_HINT}"
+    return None if code in TRANSIENT_CODES else error_text(reply)

@@ -4,34 +4,53 @@ A result's commands (`add_commands`): PUBLISH to the results channel, the
 add-once stream script and PUBLISH to its reply_to. The stream entry is added
 only if the event id's marker (`event_mark_key`, set once the entry is in, for
 `[redis] results_dedup_window` s) was not there, so a resend is in the stream
-once. From the replies (`settle`): what Redis refused for good (NOPERM,
-WRONGTYPE: `redis_conn.refused_for_good`) is not resent; after a round Redis
-took in part (OOM or READONLY on the stream's script, its PUBLISH through),
-only the rest goes again (`Rest`). `pcapd.core.results` queues and resends.
+once. A batch goes as packed RESP in one
+exchange on one server (`redis_wire.evalsha_exchange`), per hash slot on a
+cluster (`redis_conn.evalsha_by_slot`), the script as EVALSHA, loaded where
+Redis answered NOSCRIPT. From the replies (`settle`): what Redis refused for
+good (NOPERM, WRONGTYPE: `redis_conn.refusal`) is not resent; after a round
+Redis took in part (OOM or READONLY on the stream's script, its PUBLISH
+through; on a cluster, one primary away), only the rest goes again (`Rest`).
+`pcapd.core.results` queues and resends.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import hiredis
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import publish, refused_for_good, same_slot_prefix
+from pcapd.core.redis_conn import (
+    Client,
+    evalsha_by_slot,
+    refusal,
+    same_slot_prefix,
+)
+from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.core.results")  # the publisher's: one logger for results
 
-# Commands for the same pipeline, in order with the results (dedup marks):
-# called with the pipeline (or, on a cluster, the client) to add them.
-Commands = Callable[[Any], None]
 CHANNEL, STREAM, REPLY = "channel", "stream", "reply_to"  # a result's commands
+
+
+@dataclass(frozen=True, slots=True)
+class Commands:
+    """Writes that go with the results, in order with those queued before
+    them (dedup's `served` marks): each `(key, command)`, the key naming
+    the hash slot the command goes to on a cluster."""
+
+    writes: tuple[tuple[str, tuple[Any, ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +77,7 @@ redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'e
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
 return 1
 """
+ADD_ONCE_SHA = hashlib.sha1(ADD_ONCE.encode()).hexdigest()
 
 
 def event_mark_key(stream: str, event_id: str) -> str:
@@ -72,74 +92,70 @@ def with_event_id(result: ResultEvent) -> ResultEvent:
     return replace(result, event_id=uuid.uuid4().hex)
 
 
-def add_commands(
-    pipe: Any, item: Item, reply_to: str | None, config: RedisConfig
-) -> list[str] | None:
-    """`item`'s commands onto `pipe` (a pipeline, or a cluster client):
-    for a result, what each command is (CHANNEL, STREAM, REPLY)."""
+def _no_slot(key: bytes) -> int:
+    return 0  # one server: no slot to find (crc16 in Python, ~0.6 us a key)
+
+
+def commands_of(
+    item: Item, reply_to: str | None, config: RedisConfig, *, cluster: bool = True
+) -> tuple[list[str] | None, list[tuple[int, tuple[Any, ...]]]]:
+    """`item`'s commands with their hash slots (0 each unless `cluster`);
+    for a result, what each is (CHANNEL, STREAM, REPLY), None for `Commands`."""
+    slot = key_slot if cluster else _no_slot
+    if isinstance(item, Commands):
+        return None, [(slot(key.encode()), command) for key, command in item.writes]
     parts = item.parts if isinstance(item, Rest) else None
-    result = result_of(item)
-    if result is None:
-        item(pipe)  # type: ignore[operator]  # not a result: commands
-        return None
-    sharded, stream = config.sharded_pubsub, config.results_stream
+    result = item.result if isinstance(item, Rest) else item
+    stream = config.results_stream
+    publish = "SPUBLISH" if config.sharded_pubsub else "PUBLISH"
     if result.event_id is None:  # publish() and submit() give it; else its own, never shared
         result = with_event_id(result)
     body, event_id = result.to_json(), str(result.event_id)
-    added = []
+    added: list[str] = []
+    commands: list[tuple[int, tuple[Any, ...]]] = []
     if parts is None or CHANNEL in parts:
-        publish(pipe, config.results_channel, body, sharded=sharded)
+        channel = config.results_channel
+        commands.append((slot(channel.encode()), (publish, channel, body)))
         added.append(CHANNEL)
     if stream and (parts is None or STREAM in parts):
-        pipe.eval(
-            ADD_ONCE, 2, stream, event_mark_key(stream, event_id), event_id,
+        commands.append((slot(stream.encode()), (
+            "EVALSHA", ADD_ONCE_SHA, 2, stream, event_mark_key(stream, event_id), event_id,
             config.results_stream_maxlen, body, config.results_dedup_window,
-        )  # fmt: skip
+        )))  # fmt: skip
         added.append(STREAM)
     if reply_to and (parts is None or REPLY in parts):
-        publish(pipe, reply_to, body, sharded=sharded)
+        commands.append((slot(reply_to.encode()), (publish, reply_to, body)))
         added.append(REPLY)
-    return added
+    return added, commands
 
 
-def send_each(client: Any, batch: list[Pending], config: RedisConfig) -> list[Outcome]:
-    """A cluster's way: one command at a time, each error reply noted and
-    the item's other commands still sent; the items up to the first that
-    met a transient reply (those after it go again whole). Other errors
-    raise (all goes again)."""
-    outcomes = []
-    for item, reply_to in batch:
-        noting = Replies(client)
-        outcomes.append((add_commands(noting, item, reply_to, config), noting.replies))
-        if any(
-            isinstance(r, redis.ResponseError) and not refused_for_good(r, cluster=True)
-            for r in noting.replies
-        ):
-            break
+def send_batch(
+    client: Client, batch: list[Pending], config: RedisConfig, *, fresh: bool = False
+) -> list[Outcome]:
+    """Every item's commands in one round trip: packed RESP in one exchange
+    on one server (which raises if Redis was not reached: all goes again),
+    per hash slot on a cluster (a primary away leaves its commands'
+    ConnectionError as their reply); each item's replies. `fresh` (a new
+    client: Redis may have restarted without the script) loads the script
+    in the same round trip on one server, so a reply lost then is no
+    NOSCRIPT that was never seen."""
+    cluster = isinstance(client, RedisCluster)
+    planned = [commands_of(item, reply_to, config, cluster=cluster) for item, reply_to in batch]
+    commands = [command for _parts, mine in planned for command in mine]
+    if isinstance(client, RedisCluster):
+        replies = evalsha_by_slot(client, commands, ADD_ONCE)
+    else:
+        packed = b"".join([pack_command(command) for _slot, command in commands])
+        scripted = {i: c for i, (_slot, c) in enumerate(commands) if c[0] == "EVALSHA"}
+        replies = evalsha_exchange(
+            client, packed, len(commands), scripted, ADD_ONCE, load_first=fresh and bool(scripted)
+        )
+    outcomes: list[Outcome] = []
+    at = 0
+    for parts, mine in planned:
+        outcomes.append((parts, replies[at : at + len(mine)]))
+        at += len(mine)
     return outcomes
-
-
-class Replies:
-    """A cluster client whose commands run at once, each reply noted, an
-    error reply too (returned instead of raised: the item's other commands
-    still go)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.replies: list[Any] = []
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._client, name)
-
-        def run(*args: Any, **kwargs: Any) -> Any:
-            try:
-                reply = method(*args, **kwargs)
-            except redis.ResponseError as exc:
-                reply = exc
-            self.replies.append(reply)
-            return reply
-
-        return run
 
 
 # An item's commands (what each is, for a result) and their replies, in order.
@@ -148,27 +164,28 @@ Outcome = tuple[list[str] | None, list[Any]]
 
 def settle(
     batch: list[Pending], outcomes: list[Outcome], *, cluster: bool
-) -> tuple[dict[int, str], dict[int, Pending | None], redis.ResponseError | None]:
+) -> tuple[dict[int, str], dict[int, Pending | None], Exception | None]:
     """From each item's replies: (by position, the refused for good; what
     needs no resend (None) or only in part (`Rest`); the first transient
-    error reply). An item without an outcome goes again whole."""
+    error: a "not now" reply, or on a cluster a node that did not answer).
+    An item without an outcome goes again whole."""
     refused: dict[int, str] = {}
     done: dict[int, Pending | None] = {}
-    transient = None
+    transient: Exception | None = None
     for at, (parts, mine) in enumerate(outcomes):
-        errors = [r for r in mine if isinstance(r, redis.ResponseError)]
-        firm = [e for e in errors if refused_for_good(e, cluster=cluster)]
+        errors = [r for r in mine if isinstance(r, Exception)]
+        firm = [why for e in errors if (why := refusal(e, cluster=cluster)) is not None]
         if firm:
-            refused[at] = describe(firm[0])
+            refused[at] = firm[0]
         if firm or not errors:
             done[at] = None
             continue
-        transient = transient or errors[0]  # READONLY after a failover, BUSY, OOM
+        transient = transient or errors[0]  # READONLY after a failover, BUSY, OOM, no answer
         result = result_of(batch[at][0])
         if parts and result is not None:
             failed = frozenset(
                 part for part, reply in zip(parts, mine, strict=True)
-                if isinstance(reply, redis.ResponseError)
+                if isinstance(reply, Exception)
             )  # fmt: skip
             if failed != frozenset(parts):
                 done[at] = (Rest(result, failed), batch[at][1])
@@ -176,16 +193,10 @@ def settle(
 
 
 # What `_send_all` takes for Redis unreachable (all goes again): redis-py's
-# errors, the socket's, a cluster's that are not RedisError (a slot no node
-# serves), and redis-py 8's AttributeError inside connect().
-TRANSIENT = (redis.RedisError, RedisClusterException, OSError, AttributeError)
-
-
-def describe(exc: Exception) -> str:
-    """The error as logged, with the code redis-py cut off its message (NOPERM)."""
-    text = str(exc) or type(exc).__name__
-    code = getattr(exc, "status_code", None)
-    return f"{code} {text}" if isinstance(code, str) and not text.startswith(code) else text
+# errors (redis-py 8's AttributeError inside connect() made one by
+# `redis_conn.connecting`), the socket's, a garbled reply stream, a
+# cluster's that are not RedisError (a slot no node serves).
+TRANSIENT = (redis.RedisError, RedisClusterException, OSError, hiredis.ProtocolError)
 
 
 def result_of(item: Item) -> ResultEvent | None:

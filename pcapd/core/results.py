@@ -2,14 +2,14 @@
 
 Each event the publisher is given gets its `event_id` (a uuid) before its
 first send, and keeps it through every resend. A connection that breaks after
-Redis ran a pipeline loses the reply, and the batch goes again: the stream
+Redis ran a batch loses the reply, and the batch goes again: the stream
 entry is added by a script only if the id's marker (set once the entry is
 in, for `[redis] results_dedup_window` s) was not there, so the stream holds
 it once; pub/sub cannot be taken back, so a subscriber may get a message
 twice, with the same `event_id` (pcapd's readers drop the second).
 redis-py's own retries are off on the publisher's client: a resend is always
 this module's, seen and logged. What Redis refuses for good (NOPERM,
-WRONGTYPE: `redis_conn.refused_for_good`) is not resent: that event is logged
+WRONGTYPE: `redis_conn.refusal`) is not resent: that event is logged
 lost, the others go on. After a round Redis took in part (OOM or READONLY on
 the stream's script, its PUBLISH through), only the rest goes again. What
 one batch sends and what it makes of the replies is `pcapd.core.result_send`.
@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -32,7 +33,7 @@ from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client, is_cluster
+from pcapd.core.redis_conn import Client, connecting, error_text, is_cluster
 from pcapd.core.result_send import (
     CHANNEL,
     REPLY,
@@ -41,12 +42,10 @@ from pcapd.core.result_send import (
     Commands,
     Item,
     Pending,
-    add_commands,
-    describe,
     event_mark_key,
     log_lost,
     result_of,
-    send_each,
+    send_batch,
     settle,
     with_event_id,
 )
@@ -63,7 +62,7 @@ PUBLISH_ATTEMPTS = 4
 # a Redis restart of up to ~5 s costs no result (10.5 s at most in all).
 PUBLISH_BACKOFF = Backoff(initial=1.5, maximum=6.0)
 MAX_PENDING = 10_000  # results held while Redis is away (~1 KB each)
-SEND_BATCH = 200  # queued results sent in one pipeline: a flood's answers keep up
+SEND_BATCH = 200  # queued results sent in one round trip: a flood's answers keep up
 
 
 class Sent(enum.Enum):
@@ -87,7 +86,7 @@ class ResultPublisher:
     thread ever waits on Redis to report.
 
     `later` queues other writes that must not hold up a thread either (a
-    request's `served` mark): they go in the same pipelines, in order.
+    request's `served` mark): they go in the same round trips, in order.
 
     Sending is serialised: redis-py 8 was seen to crash with AttributeError
     inside `connect()` when two threads opened pooled connections at once.
@@ -137,7 +136,7 @@ class ResultPublisher:
     def _send_all(
         self, batch: list[Pending], rest: dict[int, Pending | None] | None = None
     ) -> tuple[str | None, dict[int, str]]:
-        """Send `batch` in one pipeline: (the error, when Redis did not take
+        """Send `batch` in one round trip: (the error, when Redis did not take
         it all and the batch must go again; None once it did) and, by
         position, the items whose commands Redis refused for good
         (`refused_for_good`): sent again they would be refused again, so they
@@ -146,39 +145,29 @@ class ResultPublisher:
         (`Rest`); an item it does not name goes again whole."""
         with self._lock:
             try:
+                fresh = self._client is None
                 if self._client is None:
                     self._client = self._new_client()
-                # redis-py's cluster pipeline refuses PUBLISH: one command at
-                # a time there (results are few; the single server keeps its pipeline).
                 client = self._client
                 cluster = is_cluster(client)
-                if cluster:
-                    outcomes = send_each(client, batch, self.config)
-                else:
-                    pipe = client.pipeline(transaction=False)
-                    plan = []  # each item's commands in the pipeline, and what they are
-                    for item, reply_to in batch:
-                        start = len(pipe.command_stack)
-                        parts = add_commands(pipe, item, reply_to, self.config)
-                        plan.append((start, len(pipe.command_stack), parts))
-                    replies = pipe.execute(raise_on_error=False)
-                    outcomes = [(parts, replies[start:end]) for start, end, parts in plan]
+                outcomes = send_batch(client, batch, self.config, fresh=fresh)
             except TRANSIENT as exc:
                 self._client = None
-                return describe(exc), {}
+                return error_text(exc), {}
             refused, done, transient = settle(batch, outcomes, cluster=cluster)
             if transient is None:
                 return None, refused
             self._client = None  # reconnect: a failover may have moved the primary
             if rest is not None:
                 rest.update(done)
-            return describe(transient), refused
+            return error_text(transient), refused
 
     def _new_client(self) -> Client:
         """A client with redis-py's own retries off (redis-py 8 resends a
         command up to 10 times, and Redis runs each copy): `_send_all`'s
         callers are the only resend, with the same event ids."""
-        client = self._connect()
+        with connecting():  # a cluster's client reads its slot map now
+            client = self._connect()
         client.set_retry(Retry(NoBackoff(), 0))
         return client
 
@@ -209,13 +198,22 @@ class ResultPublisher:
 
     def later(self, commands: Commands) -> None:
         """Queue `commands` behind the results queued so far; never blocks.
-        Without a running thread, run them now (once; Redis errors are the
-        caller's). Lost, like a result, past MAX_PENDING."""
+        Without a running thread, send them now (once; Redis not reached, as
+        a redis.ConnectionError, or the first error reply is raised, for the
+        caller). Lost, like a result, past MAX_PENDING."""
         if self._thread is None:
             with self._lock:
-                if self._client is None:
-                    self._client = self._new_client()
-                commands(self._client)
+                try:
+                    if self._client is None:
+                        self._client = self._new_client()
+                    [(_, replies)] = send_batch(self._client, [(commands, None)], self.config)
+                except TRANSIENT as exc:
+                    self._client = None
+                    if isinstance(exc, redis.RedisError):
+                        raise
+                    raise redis.ConnectionError(error_text(exc)) from exc
+            if error := next((r for r in replies if isinstance(r, Exception)), None):
+                raise error
             return
         self._queue((commands, None))
 

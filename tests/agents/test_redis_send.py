@@ -16,10 +16,12 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from agents.redis_wire import _SHA
 from agents.redis_writer import RedisWriter
-from agents.store import index_of
+from agents.store import APPEND_SCRIPT, index_of
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
+from pcapd.core.redis_wire import pack_command
 from pcapd.core.secret import Secret
 from tests.agents.test_redis_writer_cluster import slots_of
 from tests.agents.test_store import refusals
@@ -154,18 +156,29 @@ def test_a_noscript_right_after_script_load_leaves_the_appends_queued(
     redis_srv: RedisServer,
 ) -> None:
     """A SCRIPT FLUSH between the writer's SCRIPT LOAD and its call: the
-    appends stay queued and are sent again after the backoff, never lost."""
+    appends stay queued and are sent again after the backoff, never lost.
+    The connection sends the SCRIPT LOAD (pipelined ahead of the calls
+    again), waits until Redis ran it, has another client flush the
+    scripts, then sends the calls: the flush at the worst moment."""
     flushing = [True]
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    load = pack_command(("SCRIPT", "LOAD", APPEND_SCRIPT))
 
-    class FlushedAfterLoad(redis.Redis):
-        def script_load(self, script: Any) -> Any:
-            sha = super().script_load(script)
-            if flushing[0]:
-                self.script_flush()  # another client's flush, at the worst moment
-            return sha
+    class FlushedAfterLoad(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            data = command if isinstance(command, bytes) else b"".join(command)
+            at = data.find(load)
+            if flushing[0] and at >= 0:
+                super().send_packed_command([data[: at + len(load)]], check_health)  # type: ignore[no-untyped-call]
+                wait_for(lambda: admin.script_exists(_SHA)[0], timeout=10)
+                admin.script_flush()
+                data = data[at + len(load) :]
+            super().send_packed_command([data], check_health)  # type: ignore[no-untyped-call]
 
+    admin.script_flush()  # the first call meets NOSCRIPT
     keys = [f"10.0.5.1;192.0.2.{index};dns" for index in range(3)]
-    writer = started(lambda: FlushedAfterLoad(port=redis_srv.port, socket_timeout=5))
+    writer = started(lambda: redis.Redis(connection_pool=redis.ConnectionPool(
+        port=redis_srv.port, socket_timeout=5, connection_class=FlushedAfterLoad)))  # fmt: skip
     try:
         for key in keys:
             writer.append(key, "a.")
@@ -178,7 +191,6 @@ def test_a_noscript_right_after_script_load_leaves_the_appends_queued(
     finally:
         writer.stop(5)
     assert writer.stats.dropped_ops == 0
-    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
     assert admin.mget(keys) == [";a.;"] * 3
     admin.close()
 

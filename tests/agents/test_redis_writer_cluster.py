@@ -239,8 +239,13 @@ def test_a_slot_moved_or_migrating_is_followed(redis_cluster: RedisCluster) -> N
 def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
     redis_cluster: RedisCluster,
 ) -> None:
+    """A primary flushed its scripts and refuses SCRIPT LOAD: its slots'
+    appends are refused (NOPERM), the other primaries' written. The script
+    is loaded only where Redis said NOSCRIPT: another primary refusing
+    SCRIPT LOAD too costs nothing."""
     keys = [f"10.0.1.{index};192.0.2.1;dns" for index in range(30)]
-    loads_denied, flushed = redis_cluster.ports[1], redis_cluster.ports[0]
+    flushed, also_denied = redis_cluster.ports[0], redis_cluster.ports[1]
+    denied = (flushed, also_denied)
     writer = cluster_writer(redis_cluster.url)
     try:
         for key in keys:
@@ -250,15 +255,17 @@ def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
         on_flushed = {key for key in keys if key_slot(key.encode()) in theirs}
         with redis_cluster.node(flushed) as node:
             node.script_flush()  # its slots answer NOSCRIPT: the writer loads the script
-        with redis_cluster.node(loads_denied) as node:  # and the load is refused here
-            node.execute_command("ACL", "SETUSER", "default", "-script|load")
+        for port in denied:  # and the load is refused there
+            with redis_cluster.node(port) as node:
+                node.execute_command("ACL", "SETUSER", "default", "-script|load")
         for key in keys:
             writer.append(key, "b.")
         wait_for(lambda: writer.stats.written_ops + writer.stats.rejected_ops >= 60, timeout=30)
     finally:
         writer.stop(10)
-        with redis_cluster.node(loads_denied) as node:
-            node.execute_command("ACL", "SETUSER", "default", "+script|load")
+        for port in denied:
+            with redis_cluster.node(port) as node:
+                node.execute_command("ACL", "SETUSER", "default", "+script|load")
     # The other slots' writes stand, applied and counted once.
     values = {key: redis_cluster.client().get(key) for key in keys}
     assert values == {key: ";a.;" if key in on_flushed else ";a.;;b.;" for key in keys}

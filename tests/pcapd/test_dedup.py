@@ -181,7 +181,9 @@ def test_served_marks_can_wait_for_the_results_pipeline(redis_srv: RedisServer) 
     seen.served("r1")
     assert client.get("t:seen:id:n1:r1") == seen.instance.encode()  # not yet
     [mark] = queued
-    mark(client)
+    [(key, command)] = mark.writes
+    assert key == "t:seen:id:n1:r1"
+    client.execute_command(*command)  # type: ignore[no-untyped-call]
     assert client.get("t:seen:id:n1:r1") == b"served"
     assert 0 < client.ttl("t:seen:id:n1:r1") <= 60
     assert redis_seen(redis_srv).seen("r1") is True

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect, error_code, refused_for_good
+from pcapd.core.redis_conn import CLUSTER_HINT, connect, error_code, refusal
 from pcapd.core.secret import Secret
 from tests.helpers import RedisServer, free_port, redis_server, run, stop_process, wait_for
 
@@ -131,8 +131,19 @@ def test_error_replies_are_classed_by_their_code(redis_srv: RedisServer) -> None
         "WRONGTYPE", "WRONGTYPE", "NOPERM", "OOM",
     ]  # fmt: skip
     for refused in (wrongtype, script_wrongtype, syntax, noperm):
-        assert refused_for_good(refused, cluster=False), refused
-    assert not refused_for_good(oom, cluster=False)
-    for code in ("BUSY", "LOADING", "NOREPLICAS", "MISCONF", "READONLY", "TRYAGAIN", "ASK"):
-        assert not refused_for_good(redis.ResponseError(f"{code} the server says"), cluster=False)
-    assert not refused_for_good(redis.ConnectionError("gone"), cluster=False)
+        for cluster in (False, True):
+            assert refusal(refused, cluster=cluster) is not None, refused
+    # What is logged is the error as Redis spelled it, its code put back.
+    assert refusal(noperm, cluster=False) == f"NOPERM {noperm}"
+    assert refusal(oom, cluster=False) is None
+    not_now = ("BUSY", "LOADING", "NOREPLICAS", "MISCONF", "READONLY", "TRYAGAIN", "NOSCRIPT",
+               "CLUSTERDOWN", "MASTERDOWN")  # fmt: skip
+    for code in not_now:
+        assert refusal(redis.ResponseError(f"{code} the server says"), cluster=False) is None
+    ask = redis.ResponseError("ASK 3999 127.0.0.1:6381")
+    assert refusal(ask, cluster=True) is None
+    assert refusal(ask, cluster=False) == f"ASK 3999 127.0.0.1:6381: {CLUSTER_HINT}"
+    assert refusal(redis.ConnectionError("gone"), cluster=False) is None
+    assert refusal(42, cluster=False) is None  # a reply, not an error
+    assert error_code(redis.ConnectionError("gone")) == "ConnectionError"
+    assert error_code("WRONGTYPE Operation against a key") == "WRONGTYPE"  # a script's text

@@ -14,7 +14,7 @@ from pcapd.core.redis_conn import (
     node_for_channel,
     primaries,
     publish,
-    refused_for_good,
+    refusal,
     same_slot_prefix,
 )
 from pcapd.core.secret import Secret
@@ -113,5 +113,7 @@ def test_moved_is_for_good_on_a_plain_client_only(redis_cluster: RedisCluster) -
     with redis_cluster.node(other) as node, pytest.raises(redis.ResponseError) as caught:
         node.get(key)
     assert error_code(caught.value) == "MOVED"
-    assert refused_for_good(caught.value, cluster=False)
-    assert not refused_for_good(caught.value, cluster=True)
+    assert refusal(caught.value, cluster=False) == (
+        f"MOVED {caught.value}: a cluster node: use redis+cluster://"
+    )
+    assert refusal(caught.value, cluster=True) is None

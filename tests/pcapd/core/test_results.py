@@ -21,6 +21,7 @@ from pcapd.core.events import ResultEvent
 from pcapd.core.redis_conn import connect
 from pcapd.core.results import (
     PUBLISH_BACKOFF,
+    Commands,
     ResultPublisher,
     Sent,
     event_mark_key,
@@ -89,14 +90,14 @@ def test_queue_is_bounded_and_losses_are_counted(
     assert pub.dropped == 12
 
 
-def push(value: str, pipe: Any) -> None:
-    pipe.rpush("order", value)
+def push(value: str) -> Commands:
+    return Commands((("order", ("RPUSH", "order", value)),))
 
 
 def test_later_commands_go_in_order_with_the_results(redis_srv: RedisServer) -> None:
     client = redis_srv.client()
     pub = publisher(redis_srv)
-    pub.later(functools.partial(push, "unthreaded"))  # no thread: sent now
+    pub.later(push("unthreaded"))  # no thread: sent now
     assert client.lrange("order", 0, -1) == [b"unthreaded"]
     pub.start()
     try:
@@ -104,7 +105,7 @@ def test_later_commands_go_in_order_with_the_results(redis_srv: RedisServer) -> 
         try:
             for n in range(3):
                 pub.submit(result(n))
-                pub.later(functools.partial(push, f"after r{n}"))
+                pub.later(push(f"after r{n}"))
             wait_for(lambda: client.llen("order") == 4, timeout=10)
             assert [channel.next()["id"] for _ in range(3)] == ["r0", "r1", "r2"]
         finally:
@@ -309,14 +310,14 @@ def deny(server: RedisServer, *commands: str) -> RedisConfig:
 def test_a_refused_result_is_dropped_and_the_rest_flow(
     redis_srv: RedisServer, caplog: pytest.LogCaptureFixture, cause: str
 ) -> None:
-    """Redis refuses the stream's script for good (an ACL without EVAL, a
+    """Redis refuses the stream's script for good (an ACL without EVALSHA, a
     stream key of another type): each result is logged lost, naming the
     cause, once; the queue does not resend it for ever; the channel and the
     results after it still get through."""
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
     client = redis_srv.client()
     if cause == "NOPERM":
-        config = deny(redis_srv, "eval")
+        config = deny(redis_srv, "evalsha")
     else:
         config = RedisConfig(port=redis_srv.port)
         client.set(config.results_stream, "not a stream")
@@ -331,7 +332,7 @@ def test_a_refused_result_is_dropped_and_the_rest_flow(
         if cause == "WRONGTYPE":
             client.delete(config.results_stream)
         else:
-            client.acl_setuser("pcapd", commands=["+eval"])
+            client.acl_setuser("pcapd", commands=["+evalsha"])
         pub.submit(result(3))
         wait_for(lambda: [e["id"] for _, e in stream_events(client)] == ["r3"], timeout=20)
         assert channel.next(timeout=20)["id"] == "r3"
@@ -349,7 +350,7 @@ def test_publish_refused_gives_up_at_once(
     redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")
-    config = deny(redis_srv, "eval")
+    config = deny(redis_srv, "evalsha")
     pub = ResultPublisher(functools.partial(connect, config), config)
     assert pub.publish(result(1)) is Sent.REFUSED
     assert "result_publish_failed" not in caplog.text
@@ -360,8 +361,8 @@ def test_the_acl_the_readme_names_is_enough_for_results(redis_srv: RedisServer) 
     """README, `[redis]`: the publisher's commands, and those its script runs."""
     redis_srv.client().acl_setuser(
         "pcapd", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-        commands=["-@all", "+publish", "+eval", "+exists", "+xadd", "+set", "+ping",
-                  "+client|setname"],
+        commands=["-@all", "+publish", "+evalsha", "+script|load", "+exists", "+xadd", "+set",
+                  "+ping", "+client|setname"],
     )  # fmt: skip
     config = RedisConfig(port=redis_srv.port, username="pcapd", auth=Secret("pw"))
     pub = ResultPublisher(functools.partial(connect, config), config)
@@ -370,8 +371,8 @@ def test_the_acl_the_readme_names_is_enough_for_results(redis_srv: RedisServer) 
 
 
 def test_a_refusal_on_a_cluster_is_the_event_s_alone(redis_cluster: RedisCluster) -> None:
-    """One command at a time there: the refused script is noted, the event's
-    reply_to still gets it, and what is queued behind it is sent."""
+    """Per slot there: the refused script is noted, the event's reply_to
+    still gets it, and what is queued behind it is sent."""
     client = redis_cluster.client()
     config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream="{s}x")
     own = connect(config)
@@ -387,7 +388,7 @@ def test_a_refusal_on_a_cluster_is_the_event_s_alone(redis_cluster: RedisCluster
         pub = ResultPublisher(functools.partial(lambda c: c, own), config)
         pubsub.subscribe("mine")
         wait_for(message, timeout=20)  # subscribed
-        batch = [(with_event_id(result(1)), "mine"), (functools.partial(push, "after"), None)]
+        batch = [(with_event_id(result(1)), "mine"), (push("after"), None)]
         error, refused = pub._send_all(batch)  # type: ignore[arg-type]
         assert error is None and list(refused) == [0] and "WRONGTYPE" in refused[0]
         wait_for(message, timeout=20)
@@ -547,7 +548,7 @@ def test_out_of_memory_resends_only_the_stream_script(
 def test_out_of_memory_on_a_cluster_resends_only_the_stream_script(
     redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The same on a cluster, where commands go one at a time: the stream's
+    """The same on a cluster, where commands go per slot: the stream's
     primary out of memory, the event is on the channel once, and in the
     stream once that primary has room again."""
     caplog.set_level(logging.WARNING, logger="pcapd.core.results")

@@ -1,0 +1,87 @@
+"""Commands to one Redis server as packed RESP, one pipelined exchange,
+replies read with hiredis: the daemon's results and the agents' writer send
+this way, not through redis-py's pipeline, whose wrappers cost more per
+reply than Redis spends on the command (measured: docs/performance.md).
+A cluster's counterpart, per hash slot, is `redis_conn.send_by_slot`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import hiredis
+import redis
+
+from pcapd.core.redis_conn import get_connection, read_replies
+
+# hiredis's stub takes one-element tuples only; it packs any command.
+pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+
+
+def pack_pairs(command: str, keys: Sequence[str], values: Sequence[str]) -> bytes:
+    """`command key value` per key in RESP, built as text (0.3 us a command
+    here, against 0.8 through hiredis.pack_command); keys that are not
+    ASCII (where a length in characters is not one in bytes) take hiredis."""
+    head = f"*3\r\n${len(command)}\r\n{command}\r\n$"
+    text = "".join([f"{head}{len(k)}\r\n{k}\r\n${len(v)}\r\n{v}\r\n"
+                    for k, v in zip(keys, values, strict=True)])  # fmt: skip
+    if text.isascii():
+        return text.encode()
+    return b"".join([pack_command((command, k, v)) for k, v in zip(keys, values, strict=True)])
+
+
+def exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
+    """Write `packed` on one of the client's connections and read `count`
+    replies (error replies returned as redis-py's exceptions). Raises on a
+    connection failure (redis.ConnectionError, TimeoutError, OSError,
+    hiredis.ProtocolError); nothing is sent twice."""
+    pool = client.connection_pool
+    conn = get_connection(pool)
+    try:
+        conn.send_packed_command([packed], check_health=False)
+        return read_replies(conn, count)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
+# What an exchange raises when Redis was not reached or its replies not read.
+UNANSWERED = (redis.RedisError, OSError, hiredis.ProtocolError)
+
+
+def evalsha_exchange(
+    client: redis.Redis,
+    packed: bytes,
+    count: int,
+    scripted: Mapping[int, tuple[Any, ...]],
+    script: str,
+    *,
+    load_first: bool = False,
+) -> list[Any]:
+    """`exchange`, where the EVALSHAs of `script` (`scripted`: by reply
+    index, the command) that Redis answered NOSCRIPT (a restart, SCRIPT
+    FLUSH) are sent again behind SCRIPT LOAD, in one more round trip; a load
+    refused (an ACL) or unanswered is their reply then, and a NOSCRIPT again
+    (a flush in between) stays theirs, for the caller to send again later.
+    `load_first` (a new connection, where the script is likely missing)
+    puts SCRIPT LOAD ahead of the commands, in the same round trip.
+    Only the first exchange raises: once replies are read they are returned."""
+    if load_first:
+        packed = pack_command(("SCRIPT", "LOAD", script)) + packed
+        replies = exchange(client, packed, count + 1)[1:]  # a refused load: NOSCRIPT below
+    else:
+        replies = exchange(client, packed, count)
+    missing = [i for i in scripted if isinstance(replies[i], redis.exceptions.NoScriptError)]
+    if not missing:
+        return replies
+    again = pack_command(("SCRIPT", "LOAD", script))
+    again += b"".join([pack_command(scripted[i]) for i in missing])
+    try:
+        load, *answers = exchange(client, again, 1 + len(missing))
+    except UNANSWERED as exc:
+        load, answers = exc, []
+    for n, i in enumerate(missing):
+        replies[i] = load if isinstance(load, Exception) else answers[n]
+    return replies
