@@ -277,8 +277,9 @@ def test_chunksize_caps_each_receive(moto_sqs: MotoServer) -> None:
 def backoff_run(
     server: MotoServer, config: SqsConfig, seconds: float
 ) -> tuple[list[dict[str, Any]], SqsSource]:
-    """A source receiving for `seconds`: the HTTP requests whose answers came
-    back, and the source."""
+    """A source receiving for `seconds`, and on until two receives came back
+    (a loaded machine can take seconds over the first): the HTTP requests
+    whose answers came back, and the source."""
     sent: list[dict[str, Any]] = []  # HTTP requests, botocore retries included
     answered: list[dict[str, Any]] = []  # receive calls that came back
     counted = counting_factory("before-send", sent)
@@ -293,6 +294,7 @@ def backoff_run(
     source = SqsSource(config, factory, backoff_initial=0.2, backoff_max=0.8)
     consumer = Consumer(source)
     time.sleep(seconds)
+    wait_for(lambda: len(answered) >= 2, timeout=30)
     consumer.close()
     # The stop abandons a call in flight (on a loaded machine one often is):
     # it has no outcome to count. Every other request came back.
