@@ -23,6 +23,11 @@ from uploaders.base import Artifact, Location, Uploader, UploadError
 POLL = 0.1  # seconds between looks at `abandon` while an attempt runs
 
 
+def not_attempted(name: str) -> UploadError:
+    """Why remote sink `name` was not tried: shutdown can wait no longer."""
+    return UploadError(f"{name}: not attempted, shutting down", retryable=False)
+
+
 class Deadlined:
     """An `Uploader` that wraps a remote one; same name, same `remote`."""
 
@@ -51,7 +56,7 @@ class Deadlined:
 
     def upload(self, artifact: Artifact) -> Location:
         if self.abandon.is_set():
-            raise UploadError(f"{self.name}: not attempted, shutting down", retryable=False)
+            raise not_attempted(self.name)
         done = threading.Event()
         outcome: list[Location | BaseException] = []
 
