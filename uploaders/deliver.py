@@ -178,7 +178,7 @@ class Deliverer:
                 began = time.monotonic()
                 try:
                     if uploader.remote and self.abandon.is_set():
-                        raise not_attempted(uploader.name)  # any sink, Deadlined or not
+                        raise not_attempted()  # any sink, Deadlined or not
                     location = self.retry.run(
                         functools.partial(uploader.upload, artifact),
                         f"{uploader.name}:{artifact.filename}",

@@ -109,7 +109,7 @@ def test_hanging_upload_is_spooled_at_shutdown(
         assert event["status"] == "spooled"
     assert events["hung"]["error"] == "shutdown: upload still running, spooled for the next run"
     # The queued one is cancelled and stored by shutdown: CloudShark not tried.
-    assert events["queued"]["error"] == "cloudshark: cloudshark: not attempted, shutting down"
+    assert events["queued"]["error"] == "cloudshark: not attempted, shutting down"
     # Exactly one entry per capture: the hanging one's write-ahead entry, and
     # the queued one's (cancelled, so the pool never writes one as well).
     entries = spool.list()
@@ -169,7 +169,7 @@ def test_a_queued_upload_cancelled_at_shutdown_is_written_to_local_disk_then_spo
         hung, queued = results.for_id("hung"), results.for_id("queued")
         assert hung["status"] == "spooled" and hung["error"].startswith("shutdown: upload still")
         assert queued["status"] == "spooled"
-        assert queued["error"] == "cloudshark: cloudshark: not attempted, shutting down"
+        assert queued["error"] == "cloudshark: not attempted, shutting down"
         for event in (hung, queued):
             stored = Path(event["locations"]["local"])
             assert hashlib.sha256(stored.read_bytes()).hexdigest() == event["sha256"]
@@ -268,7 +268,7 @@ def test_a_store_spooled_by_shutdown_before_it_wrote_ahead_leaves_one_entry(
         assert cloudshark.requests == 0
         [kept] = spool.list()
         assert kept.id == entry.id and kept.pending == ("cloudshark",)
-        assert kept.last_error == "cloudshark: cloudshark: not attempted, shutting down"
+        assert kept.last_error == "cloudshark: not attempted, shutting down"
         assert kept.locations == {"local": str(tmp_path / "local" / kept.filename)}
         assert got.acks == 1
         ctl.handle(Recorded(request(free_port(), id="after")).delivery)

@@ -431,7 +431,7 @@ def test_once_abandoned_a_store_tries_no_remote_sink_local_then_spool(tmp_path: 
     deliverer.abandon.set()
     outcome = deliverer.deliver(artifact, base_event(artifact))
     assert remote.calls == 0
-    assert outcome.status == "spooled" and outcome.error == "s3: s3: not attempted, shutting down"
+    assert outcome.status == "spooled" and outcome.error == "s3: not attempted, shutting down"
     local = tmp_path / "local" / artifact.filename
     assert outcome.locations == {"local": str(local)} and local.exists()
     [entry] = spool.list()
