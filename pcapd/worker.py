@@ -341,16 +341,13 @@ class Worker:
                 return
         deliverer = self.controller.deliverer
         try:
-            outcome = deliverer.deliver(artifact, result, self.flight)
-        except Exception as exc:  # a bug or an OSError past the deliverer's own handling
-            event(log, "store_crashed", logging.ERROR, exc_info=True, id=self.request.id)
-            failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
             try:
+                outcome = deliverer.deliver(artifact, result, self.flight)
+            except Exception as exc:  # a bug or an OSError past the deliverer's own handling
+                event(log, "store_crashed", logging.ERROR, exc_info=True, id=self.request.id)
+                failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
                 self.finish(failed, {}, durable=False)
-            finally:
-                deliverer.release(self.flight)
-            return
-        try:
+                return
             self.finish(outcome.apply(result), outcome.locations, durable=outcome.durable)
         finally:
             deliverer.release(self.flight)
