@@ -307,16 +307,30 @@ class Daemon:
             if self.drainer is not None:
                 self.controller.deliverer.abandon.set()  # the drainer's attempt, too
                 self.drainer.stop(timeout=max(0.1, min(reserve / 2, deadline - time.monotonic())))
-            self.pool.stop()
-            for ring in self.rings.values():
-                ring.stop()
-            # Ring captures the stops ended, past the controller's wait: stored now.
-            self.controller.settle_late()
-            self.controller.refusals.flush()  # the last burst's summary, before `stopped`
-            left = max(0.1, deadline - time.monotonic())
-            clean = self.publisher.stop(left) == 0 and clean
+            try:
+                self.pool.stop()
+                for ring in self.rings.values():
+                    clean = self._stop_ring(ring) and clean
+            finally:
+                try:
+                    # Ring captures the stops ended, past the controller's wait: stored now.
+                    self.controller.settle_late()
+                    self.controller.refusals.flush()  # the last burst's summary, before `stopped`
+                finally:
+                    left = max(0.1, deadline - time.monotonic())
+                    clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)
         return EXIT_OK if clean else EXIT_FAILURE
+
+    @staticmethod
+    def _stop_ring(ring: Ring) -> bool:
+        """Stop `ring`; one that fails is logged, and the others still stop."""
+        try:
+            ring.stop()
+        except Exception:
+            event(log, "ring_stop_failed", logging.ERROR, exc_info=True, interface=ring.interface)
+            return False
+        return True
 
 
 def memory_bound(config: Config, idle_rss: int) -> int:

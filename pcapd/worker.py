@@ -333,29 +333,35 @@ class Worker:
         """Deliver to every sink (an upload worker's job), then finish;
         nothing when a crash has reported it. Spooled by shutdown meanwhile,
         it still runs: the spool entry is its write-ahead one, and a
-        delivery after all is told as `delivered` (`spool_at_shutdown`)."""
+        delivery after all is told as `delivered` (`spool_at_shutdown`).
+        The entry is held until the result is published, so a drainer's
+        `delivered` never comes before this `spooled`."""
         with self._result_lock:
             if self._result_taken and not self._spooled:
                 return
+        deliverer = self.controller.deliverer
         try:
-            outcome = self.controller.deliverer.deliver(artifact, result, self.flight)
-        except Exception as exc:  # a bug or an OSError past the deliverer's own handling
-            event(log, "store_crashed", logging.ERROR, exc_info=True, id=self.request.id)
-            failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
-            self.finish(failed, {}, durable=False)
-            return
-        self.finish(outcome.apply(result), outcome.locations, durable=outcome.durable)
+            try:
+                outcome = deliverer.deliver(artifact, result, self.flight)
+            except Exception as exc:  # a bug or an OSError past the deliverer's own handling
+                event(log, "store_crashed", logging.ERROR, exc_info=True, id=self.request.id)
+                failed = replace(result, status="failed", error=f"storing failed: {exc!r}")
+                self.finish(failed, {}, durable=False)
+                return
+            self.finish(outcome.apply(result), outcome.locations, durable=outcome.durable)
+        finally:
+            deliverer.release(self.flight)
 
     def spool_at_shutdown(self, artifact: Artifact, spooled: ResultEvent) -> Unfinished:
         """Shutdown cannot wait for this store, under way: "spooled" when the
         capture is in the spool (once, whoever wrote it) and `spooled` is
-        published; a delivery the store makes after all is `delivered`
-        (`_delivered_late`). "finished": the store (or a crash) has its
-        result. "lost": logged."""
+        published, with the locations stored so far; a delivery the store
+        makes after all is `delivered` (`_delivered_late`). "finished": the
+        store (or a crash) has its result. "lost": logged."""
         with self._result_lock:
             if self._result_taken:
                 return "finished"
-            verdict = self.controller.deliverer.spool_unfinished(
+            verdict, spooled = self.controller.deliverer.spool_unfinished(
                 artifact, spooled, self.flight, self._delivered_late
             )
             if verdict == "spooled":
@@ -365,8 +371,8 @@ class Worker:
 
     def _delivered_late(self, result: ResultEvent, entry: SpoolEntry) -> bool:
         """`delivered`, as the drainer says it, after the `spooled` shutdown
-        published (under the lock it holds meanwhile); False keeps the
-        entry for the next run's drainer."""
+        published (under the lock it holds meanwhile). The entry is kept
+        either way (`hand_over`'s keep): the next run's drainer says it again."""
         with self._result_lock:
             return self.controller.publish(result, self.request.reply_to)
 

@@ -23,6 +23,12 @@ from uploaders.base import Artifact, Location, Uploader, UploadError
 POLL = 0.1  # seconds between looks at `abandon` while an attempt runs
 
 
+def not_attempted() -> UploadError:
+    """Why a remote sink was not tried: shutdown can wait no longer. Its
+    callers name the sink (`sink: reason`), as for every upload error."""
+    return UploadError("not attempted, shutting down", retryable=False)
+
+
 class Deadlined:
     """An `Uploader` that wraps a remote one; same name, same `remote`."""
 
@@ -51,7 +57,7 @@ class Deadlined:
 
     def upload(self, artifact: Artifact) -> Location:
         if self.abandon.is_set():
-            raise UploadError(f"{self.name}: not attempted, shutting down", retryable=False)
+            raise not_attempted()
         done = threading.Event()
         outcome: list[Location | BaseException] = []
 
@@ -69,13 +75,9 @@ class Deadlined:
         while not done.wait(POLL):
             waited = time.monotonic() - start
             if self.abandon.is_set():
-                raise UploadError(
-                    f"{self.name}: abandoned after {waited:.1f} s, shutting down", retryable=False
-                )
+                raise UploadError(f"abandoned after {waited:.1f} s, shutting down", retryable=False)
             if waited >= self.timeout:
-                raise UploadError(
-                    f"{self.name}: no answer within delivery.attempt_timeout={self.timeout:g} s"
-                )
+                raise UploadError(f"no answer within delivery.attempt_timeout={self.timeout:g} s")
         result = outcome[0]
         if isinstance(result, BaseException):
             raise result

@@ -5,7 +5,9 @@ order under the retry policy. The capture is written ahead to the spool
 before the first remote attempt; if a remote sink still fails, it stays
 there with its `spooled` result for the drainer. A capture has one entry,
 whoever writes it first: the store, or shutdown that cannot wait for it
-(`spool_unfinished`, through the capture's `Flight`). Without a spool entry
+(`spool_unfinished`, through the capture's `Flight`). Once shutdown has given
+up waiting (`abandon`), a store tries no remote sink: local disk, then the
+spool, is all it does. Without a spool entry
 (spool full, disk full) the outcome is `partial` when some sink has the file
 (local disk, say) and `failed` when none has. A capture that was taken is
 never dropped silently: the outcome always says where it is, or why it is
@@ -28,7 +30,7 @@ from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Location, Uploader, UploadObserver, ignore_upload
-from uploaders.deadline import Deadlined
+from uploaders.deadline import Deadlined, not_attempted
 from uploaders.drain import OnDelivered, hand_over
 from uploaders.retry import RetryPolicy
 from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
@@ -48,12 +50,14 @@ Unfinished = Literal["spooled", "finished", "lost"]
 class Flight:
     """One capture's store, as `deliver` and shutdown (`spool_unfinished`)
     share it: its one spool entry, written ahead by the store or first by
-    shutdown, whichever comes first; whether the store has its outcome; and
-    once shutdown has spooled it and published `spooled`, who is told of a
-    delivery that ends after all (`then`)."""
+    shutdown, whichever comes first; the sinks that have it so far; whether
+    the store has its outcome; and once shutdown has spooled it and
+    published `spooled`, who is told of a delivery that ends after all
+    (`then`)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    entry: SpoolEntry | None = None  # held (flocked) until `deliver` ends
+    entry: SpoolEntry | None = None  # held (flocked) until `Deliverer.release`
+    locations: dict[str, str] = field(default_factory=dict)  # kind -> where, stored so far
     finished: bool = False  # the store's outcome is known: it publishes it
     then: OnDelivered | None = None
 
@@ -154,8 +158,11 @@ class Deliverer:
         `delivered`, and, final, handed to each sink that has a copy (`stored`).
         `flight`: the capture's, when shutdown may spool it meanwhile; its
         entry is then this store's write-ahead one, and a delivery that ends
-        after shutdown published `spooled` is told to `flight.then`.
+        after shutdown published `spooled` is told to `flight.then`. Given a
+        flight, the entry stays held until the caller has published the
+        outcome (`release`): no drainer says `delivered` before it.
         """
+        own = flight is None
         flight = flight if flight is not None else Flight()
         locations: dict[str, str] = {}
         copies: list[tuple[Uploader, Location]] = []
@@ -170,6 +177,8 @@ class Deliverer:
                     spool_error = self._write_ahead(artifact, locations, event, flight)
                 began = time.monotonic()
                 try:
+                    if uploader.remote and self.abandon.is_set():
+                        raise not_attempted()  # any sink, Deadlined or not
                     location = self.retry.run(
                         functools.partial(uploader.upload, artifact),
                         f"{uploader.name}:{artifact.filename}",
@@ -186,14 +195,15 @@ class Deliverer:
                     continue
                 self.observe(uploader.name, "ok", time.monotonic() - began)
                 locations[location.kind] = location.url
+                with flight.lock:
+                    flight.locations[location.kind] = location.url
                 copies.append((uploader, location))
             ahead, then = self._finished(flight)
             spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event, then)
         finally:
-            ahead, _ = self._finished(flight)
-            if ahead is not None:
-                assert self.spool is not None
-                self.spool.release(ahead.id)
+            self._finished(flight)
+            if own:
+                self.release(flight)
         if not errors:
             outcome = DeliveryOutcome("ok", locations)
         else:
@@ -218,6 +228,15 @@ class Deliverer:
             flight.finished = True
             return flight.entry, flight.then
 
+    def release(self, flight: Flight) -> None:
+        """Let the drainer have `flight`'s entry, if it has one: once the
+        store's outcome is published (`deliver` given a flight)."""
+        with flight.lock:
+            entry = flight.entry
+        if entry is not None:
+            assert self.spool is not None
+            self.spool.release(entry.id)
+
     @staticmethod
     def _stored(copies: Sequence[tuple[Uploader, Location]], result: ResultEvent) -> None:
         """Each sink that has a copy keeps what it keeps beside it (the local
@@ -229,39 +248,32 @@ class Deliverer:
                 logs.event(log, "sidecar_failed", logging.ERROR, id=result.id, error=str(exc))
 
     def spool_unfinished(
-        self,
-        artifact: Artifact,
-        event: ResultEvent,
-        flight: Flight | None = None,
-        then: OnDelivered | None = None,
-    ) -> Unfinished:
-        """A store shutdown cannot wait for, in the spool for every remote
-        sink with `event`, its `spooled` result: "spooled". `flight` None: no
-        store will run (cancelled before it started), the entry is the
-        drainer's at once. Else the store's one entry (written ahead already,
-        or now, held for the store to take as its own), and `then` is told
-        if the store delivers after all. "finished": the store has its
-        outcome and publishes it. "lost" (logged): no spool, or it cannot
-        take the capture."""
+        self, artifact: Artifact, event: ResultEvent, flight: Flight, then: OnDelivered
+    ) -> tuple[Unfinished, ResultEvent]:
+        """A store under way that shutdown cannot wait for, in the spool for
+        every remote sink: "spooled", with `event` as its `spooled` result,
+        now with the locations the store has so far. Its one entry: written
+        ahead already, or now (held, for the store to take as its own);
+        `then` is told if the store delivers after all. "finished": the
+        store has its outcome and publishes it. "lost" (logged): no spool,
+        or it cannot take the capture."""
         if self.spool is None or not self.has_remote:
-            return "lost"
-        put = functools.partial(
-            self.spool.put, artifact, self.remote_names, event=event.as_dict(), error=event.error
-        )
-        try:
-            if flight is None:
-                put()
-                return "spooled"
-            with flight.lock:
-                if flight.finished:
-                    return "finished"
-                if flight.entry is None:
-                    flight.entry = put(hold=True)
-                flight.then = then
-        except SpoolError as exc:
-            logs.event(log, "capture_lost", logging.ERROR, id=event.id, error=str(exc))
-            return "lost"
-        return "spooled"
+            return "lost", event
+        with flight.lock:
+            if flight.finished:
+                return "finished", event
+            event = dataclasses.replace(event, locations=dict(flight.locations))
+            if flight.entry is None:
+                try:
+                    flight.entry = self.spool.put(
+                        artifact, self.remote_names, locations=flight.locations,
+                        event=event.as_dict(), error=event.error, hold=True,
+                    )  # fmt: skip
+                except SpoolError as exc:
+                    logs.event(log, "capture_lost", logging.ERROR, id=event.id, error=str(exc))
+                    return "lost", event
+            flight.then = then
+        return "spooled", event
 
     def _write_ahead(
         self,
@@ -313,15 +325,17 @@ class Deliverer:
         """Remove the write-ahead entry, or rewrite it with the sinks still pending;
         the spool id of what is left, if anything. Spooled by shutdown, which
         published `spooled`, a delivery after all is told to `then` as the
-        drainer tells it (`delivered`), the entry kept until it was."""
+        drainer tells it (`delivered`), and the entry kept with no sink
+        pending: the publisher may yet drop it at the exit, and the next
+        run's drainer sends the same event again (readers dedupe by event_id)."""
         if ahead is None or self.spool is None:
             return None
         if not failed_remote:
             try:
                 if then is None:
                     self.spool.remove(ahead)
-                else:
-                    hand_over(self.spool, ahead, locations, then)
+                else:  # kept: the result sent now may be lost at the process's exit
+                    hand_over(self.spool, ahead, locations, then, keep=True)
             except OSError as exc:  # delivered all the same; the drainer resends it
                 logs.event(log, "spool_remove_failed", logging.ERROR, id=ahead.id, error=str(exc))
             return None

@@ -198,25 +198,37 @@ class SpoolDrainer:
 
 
 def hand_over(
-    spool: Spool, entry: SpoolEntry, locations: Mapping[str, str], on_delivered: OnDelivered
+    spool: Spool,
+    entry: SpoolEntry,
+    locations: Mapping[str, str],
+    on_delivered: OnDelivered,
+    *,
+    keep: bool = False,
 ) -> bool:
     """`entry` has reached every sink: its `delivered` result to
     `on_delivered`, and the entry goes only once that was sent; else it is
     kept with no sink pending, so the next pass (of this run or the next)
-    only sends again. The drainer's, and a store's that shutdown had spooled."""
+    only sends again. The drainer's, and a store's that shutdown had spooled:
+    that one `keep`s the entry even once sent, as a result queued at shutdown
+    may still be dropped at the exit (the next run sends it again, the same
+    event_id)."""
     try:
         sent = on_delivered(delivered_event(entry, locations), entry)
     except Exception:
         event(log, "spool_on_delivered_failed", logging.ERROR, exc_info=True, id=entry.id)
         sent = False
-    if sent:
+    if sent and not keep:
         spool.remove(entry)
         event(log, "spool_delivered", id=entry.id, file=entry.filename, locations=locations)
         return True
+    why = (
+        "delivered at shutdown, its result sent; said again by the next run" if sent
+        else "delivered, but its result could not be published"
+    )  # fmt: skip
     spool.update(
         dataclasses.replace(
             entry, pending=(), locations=dict(locations), attempts=entry.attempts + 1,
-            last_error=clip_error("delivered, but its result could not be published"),
+            last_error=clip_error(why),
         )
     )  # fmt: skip
-    return False
+    return sent

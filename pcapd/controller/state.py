@@ -70,10 +70,10 @@ class ControllerState:
         # both queued and run inline).
         self._captures_closed = False
         self._late: list[Callable[[], None]] = []  # handed over after that (`settle_late`)
+        self._late_settled = False  # `settle_late` has run: later ones run at once
         self._uploads_closed = False
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._results_refused: collections.Counter[str] = collections.Counter()
         self.metrics = CaptureMetrics()
         self.refusals = RefusalLog()  # the request_rejected warning, summarised under a burst
         self.admission = Admission(
@@ -127,12 +127,16 @@ class ControllerState:
     def on_capture_thread(self, task: Callable[[str], None], arg: str) -> None:
         """`task(arg)` on a capture thread (never queued behind uploads).
         Once they are shut down, kept for `settle_late`: the caller may hold
-        a ring's lock (`Ring.stop` ending its captures), and must not wait."""
+        a ring's lock (`Ring.stop` ending its captures), and must not wait.
+        After `settle_late`, nobody else would run it: run here."""
         with self._lock:
             if not self._captures_closed:
                 self._capture_pool.submit(task, arg)
                 return
-            self._late.append(functools.partial(task, arg))
+            if not self._late_settled:
+                self._late.append(functools.partial(task, arg))
+                return
+        task(arg)
 
     @property
     def captures_closed(self) -> bool:
@@ -149,15 +153,5 @@ class ControllerState:
         """Queue `result`; False when the publisher refuses it (stopped, at
         the end of a shutdown, or Redis unreachable with no thread to wait
         for it): the publisher logs it `result_lost` with the whole event,
-        and it is counted here (`results_refused`, by status). A caller that
-        can keep what the result says for later does (`_delivered_late`)."""
-        if self.publisher.submit(result, reply_to):
-            return True
-        with self._lock:
-            self._results_refused[result.status] += 1
-        return False
-
-    def results_refused(self) -> dict[str, int]:
-        """status -> results the publisher refused (`publish`)."""
-        with self._lock:
-            return dict(self._results_refused)
+        and counts it (`dropped`, exported as results_dropped)."""
+        return self.publisher.submit(result, reply_to)

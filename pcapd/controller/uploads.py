@@ -82,41 +82,41 @@ class Uploads(ControllerState):
         """Ring captures handed over after shutdown closed the capture pool
         (`Ring.stop` ends them): taken here, off the ring's lock, with no
         wait for their claims, and stored (spooled: the remote sinks are
-        abandoned by now) or answered. How many there were."""
+        abandoned by now) or answered. How many there were; one handed over
+        later runs at once, in its caller's thread (`on_capture_thread`)."""
         with self._lock:
             late, self._late = self._late, []
+            self._late_settled = True
         for task in late:
             task()  # `Worker._complete`: never raises
         return len(late)
 
     def _spool_unfinished(self) -> None:
         """Uploads still queued or hanging when shutdown can wait no longer:
-        their captures go to the spool (the drainer of the next run delivers
-        them), not away with the process, one entry each. A queued one is
-        cancelled first, so the pool never runs it as well; a running one
-        keeps (or takes) its one entry, and a delivery it still makes is
-        published as `delivered`, after the `spooled` published here."""
+        their captures are kept (the drainer of the next run delivers what
+        is spooled), not taken away with the process. A running one keeps
+        (or takes) its one spool entry, `spooled` is published, and a
+        delivery it still makes follows as `delivered`. A queued one is
+        cancelled, so the pool never runs it, and stored here as any store
+        at shutdown is: local disk, then the spool for the remote sinks,
+        which are not tried (`abandon`)."""
         with self._lock:
             unfinished = [item for item in self._uploads.items() if not item[0].done()]
+        queued: list[tuple[Worker, Artifact, ResultEvent]] = []
         error = "shutdown: upload still running, spooled for the next run"
         for future, (worker, artifact, result) in unfinished:
-            queued = future.cancel()  # False once running (or done meanwhile)
-            if not queued and not future.running():
+            if future.cancel():  # False once running (or done meanwhile)
+                queued.append((worker, artifact, result))
+                continue
+            if not future.running():
                 continue
             spooled = replace(result, status="spooled", error=error)
-            if queued:
-                if self.deliverer.spool_unfinished(artifact, spooled) != "spooled":
-                    # Never stored, and never will be: say so, and let it come again.
-                    worker.take_result()
-                    lost = "shutdown: upload never started, and the spool cannot take it"
-                    self.publish(replace(result, status="failed", error=lost),
-                                 worker.request.reply_to)  # fmt: skip
-                    worker.settle(durable=False)
-                    continue
-                if worker.take_result():  # else a crash reported it already
-                    self.publish(spooled, worker.request.reply_to)
-            elif worker.spool_at_shutdown(artifact, spooled) != "spooled":
+            if worker.spool_at_shutdown(artifact, spooled) != "spooled":
                 continue  # it has its outcome, or it is lost: the store says which
             with self._lock:
                 self._uploads.pop(future, None)
             worker.settle(durable=True)
+        # After the running ones, which only need their entry: these write
+        # files. Done before shutdown returns, so nothing else tracks them.
+        for worker, artifact, result in queued:
+            worker.store(artifact, result)

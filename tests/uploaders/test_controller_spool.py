@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import cs_config, s3_config
 from uploaders.base import Artifact, Location, Uploader
 from uploaders.cloudshark import CloudsharkUploader
+from uploaders.deadline import Deadlined
 from uploaders.deliver import Deliverer
 from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
@@ -45,10 +46,14 @@ def hanging_controller(
     cloudshark: CloudsharkServer,
     rings: dict[str, Ring] | None = None,
     local: Uploader | None = None,
+    *,
+    deadlined: bool = False,
     **delivery: Any,
 ) -> tuple[Controller, Spool]:
     """A controller with a spool whose one remote sink, CloudShark, hangs
-    until `cloudshark.release` is set (after `local`, if given)."""
+    until `cloudshark.release` is set (after `local`, if given). Bare, it
+    does not give up when shutdown abandons it; `deadlined`, it is wrapped
+    as the daemon wraps it (`Deadlined`), and does."""
     cloudshark.hang = threading.Event()
     cloudshark.hang.set()
     config = parse_config(
@@ -56,7 +61,10 @@ def hanging_controller(
          "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1, **delivery}},
     )  # fmt: skip
     spool = Spool(spool_dir, 64 * 1024 * 1024)
-    uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=30.0))
+    abandon = threading.Event()
+    uploader: Uploader = CloudsharkUploader(cs_config(cloudshark, read_timeout=30.0))
+    if deadlined:
+        uploader = Deadlined(uploader, config.delivery.attempt_timeout, abandon)
     ctl = Controller(
         config,
         publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
@@ -64,6 +72,7 @@ def hanging_controller(
             [*([local] if local else []), uploader],
             RetryPolicy.from_config(config.delivery),
             spool,
+            abandon,
         ),
         pool=HandlePool((), config.general.buffer_size),
         rings=rings,
@@ -72,16 +81,19 @@ def hanging_controller(
 
 
 class GatedLocal(LocalUploader):
-    """Local disk that writes once `gate` is set: a store still on its local
-    sink, not yet written ahead, when shutdown can wait no longer."""
+    """Local disk that writes once `gate` is set (only request `only`'s
+    capture, when given): a store still on its local sink, not yet written
+    ahead, when shutdown can wait no longer."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, only: str | None = None) -> None:
         super().__init__(directory)
         self.gate, self.entered = threading.Event(), threading.Event()
+        self.only = only
 
     def upload(self, artifact: Artifact) -> Location:
-        self.entered.set()
-        self.gate.wait(30)
+        if self.only in (None, artifact.request.id):
+            self.entered.set()
+            self.gate.wait(30)
         return super().upload(artifact)
 
 
@@ -90,20 +102,16 @@ def test_hanging_upload_is_spooled_at_shutdown(
 ) -> None:
     # One upload worker: "hung" hangs in CloudShark, "queued" waits behind it.
     ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, upload_workers=1)
-    port = free_port()
-    got = {name: Recorded(request(port, id=name, packets=2)) for name in ("hung", "queued")}
-    for recorded in got.values():
-        ctl.handle(recorded.delivery)
-    wait_for(lambda: ctl.admission.active == 2)
-    threading.Timer(0.3, send_udp, args=(port, 2, 0.01)).start()
-    wait_for(lambda: cloudshark.requests >= 1)  # the upload is in flight, and hangs
-    wait_for(lambda: len(ctl._uploads) == 2)  # the second is queued behind it
+    got = one_upload_then_another(ctl, ("hung", "queued"), lambda: cloudshark.requests >= 1)
     assert ctl.shutdown(timeout=1.0)
     events = {name: results.for_id(name) for name in got}
     for event in events.values():
-        assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+        assert event["status"] == "spooled"
+    assert events["hung"]["error"] == "shutdown: upload still running, spooled for the next run"
+    # The queued one is cancelled and stored by shutdown: CloudShark not tried.
+    assert events["queued"]["error"] == "cloudshark: not attempted, shutting down"
     # Exactly one entry per capture: the hanging one's write-ahead entry, and
-    # one for the queued one (cancelled, so never written ahead as well).
+    # the queued one's (cancelled, so the pool never writes one as well).
     entries = spool.list()
     assert sorted(e.filename.split("_")[-1].split(".")[0] for e in entries) == ["hung", "queued"]
     assert all(e.pending == ("cloudshark",) for e in entries)
@@ -115,21 +123,113 @@ def test_hanging_upload_is_spooled_at_shutdown(
     assert cloudshark.requests == 1  # the queued upload never ran
     # Its store ended after its result was spooled: no second result. The
     # refusal of a later request comes after anything published before it.
-    ctl.handle(Recorded(request(port, id="after")).delivery)
+    ctl.handle(Recorded(request(free_port(), id="after")).delivery)
     assert results.for_id("after")["status"] == "rejected"
     assert results.unclaimed() == []
     assert len(spool.list()) == 2
 
 
+def one_upload_then_another(
+    ctl: Controller, names: tuple[str, str], under_way: Callable[[], bool]
+) -> dict[str, Recorded]:
+    """Two captures of 2 packets: the first one's upload is `under_way`
+    before the second ends, so the second queues behind it."""
+    first, second = free_port(), free_port()
+    got = {name: Recorded(request(port, id=name, packets=2))
+           for name, port in zip(names, (first, second), strict=True)}  # fmt: skip
+    for recorded in got.values():
+        ctl.handle(recorded.delivery)
+    wait_for(lambda: ctl.admission.active == 2)
+    threading.Timer(0.3, send_udp, args=(first, 2, 0.01)).start()
+    wait_for(under_way)
+    send_udp(second, 2, 0.01)
+    wait_for(lambda: len(ctl._uploads) == 2)  # the second is queued behind it
+    return got
+
+
+def by_request(spool: Spool) -> dict[str, SpoolEntry]:
+    """Spool entries by the request id in their file's name."""
+    return {e.filename.split("_")[-1].split(".")[0]: e for e in spool.list()}
+
+
+def test_a_queued_upload_cancelled_at_shutdown_is_written_to_local_disk_then_spooled(
+    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+) -> None:
+    """Local disk and CloudShark, one upload worker: "hung" hangs in
+    CloudShark, "queued" waits behind it. Shutdown stores the queued one as
+    any store at shutdown: its local copy, then the spool for CloudShark
+    (not tried); and the hung one's `spooled` says where its local copy is."""
+    local = LocalUploader(tmp_path / "local")
+    ctl, spool = hanging_controller(
+        redis_srv, tmp_path / "spool", cloudshark, local=local, upload_workers=1
+    )
+    got = one_upload_then_another(ctl, ("hung", "queued"), lambda: cloudshark.requests >= 1)
+    try:
+        assert ctl.shutdown(timeout=1.0)
+        hung, queued = results.for_id("hung"), results.for_id("queued")
+        assert hung["status"] == "spooled" and hung["error"].startswith("shutdown: upload still")
+        assert queued["status"] == "spooled"
+        assert queued["error"] == "cloudshark: not attempted, shutting down"
+        for event in (hung, queued):
+            stored = Path(event["locations"]["local"])
+            assert hashlib.sha256(stored.read_bytes()).hexdigest() == event["sha256"]
+        entries = by_request(spool)
+        assert sorted(entries) == ["hung", "queued"]
+        for name, event in (("hung", hung), ("queued", queued)):
+            assert entries[name].pending == ("cloudshark",)
+            assert entries[name].locations == event["locations"]
+        assert [r.acks for r in got.values()] == [1, 1]
+        assert results.unclaimed() == []
+    finally:
+        cloudshark.release.set()
+        ctl._upload_pool.shutdown(wait=True)
+    assert cloudshark.requests == 1  # the queued one never tried it
+
+
+def test_with_local_disk_only_a_queued_upload_cancelled_at_shutdown_is_still_written(
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
+    """No remote sink, so no spool: "slow" is still writing to local disk
+    when shutdown can wait no longer, "queued" waits behind it (one upload
+    worker). Shutdown writes the queued one itself: `ok`, acked, on disk."""
+    local = GatedLocal(tmp_path / "local", only="slow")
+    config = parse_config(
+        {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 4_000_000},
+         "redis": {"port": redis_srv.port}, "delivery": {"attempts": 1, "upload_workers": 1}},
+    )  # fmt: skip
+    ctl = Controller(
+        config,
+        publisher=ResultPublisher(lambda: connect(config.redis), config.redis),
+        deliverer=Deliverer([local], RetryPolicy.from_config(config.delivery), None),
+        pool=HandlePool((), config.general.buffer_size),
+    )
+    got = one_upload_then_another(ctl, ("slow", "queued"), local.entered.is_set)
+    try:
+        assert not ctl.shutdown(timeout=0.5)  # "slow" is still writing: not finished
+        queued = results.for_id("queued")
+        assert (queued["status"], queued["error"]) == ("ok", None)
+        stored = Path(queued["locations"]["local"])
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == queued["sha256"]
+        assert got["queued"].acks == 1
+    finally:
+        local.gate.set()
+        ctl._upload_pool.shutdown(wait=True)
+    assert results.for_id("slow")["status"] == "ok"  # its own store, finished after all
+    assert got["slow"].acks == 1
+    assert results.unclaimed() == []
+
+
 @contextlib.contextmanager
 def shut_down_while_storing(
     redis_srv: RedisServer, tmp_path: Path, cloudshark: CloudsharkServer, request_id: str,
-    local: GatedLocal | None = None, *, threaded: bool = False,
+    local: GatedLocal | None = None, *, threaded: bool = False, deadlined: bool = False,
 ) -> Iterator[tuple[Controller, Spool, Recorded]]:  # fmt: skip
     """A controller whose capture `request_id` is being stored (on `local`
     until its gate opens, or hanging in CloudShark) when shutdown gives up
     on it; every thread it started ends with the block."""
-    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, local=local)
+    ctl, spool = hanging_controller(
+        redis_srv, tmp_path / "spool", cloudshark, local=local, deadlined=deadlined
+    )
     if threaded:
         ctl.publisher.start()
     port = free_port()
@@ -151,22 +251,24 @@ def shut_down_while_storing(
 def test_a_store_spooled_by_shutdown_before_it_wrote_ahead_leaves_one_entry(
     redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
-    """Shutdown spools a store still on its local sink (ahead of a hung
-    CloudShark): the store then writes its local copy and takes that entry
-    as its own, never a second one, and says nothing after `spooled`."""
+    """Shutdown spools a store still on its local sink (ahead of CloudShark,
+    wrapped as the daemon wraps it): the store then writes its local copy
+    and takes that entry as its own, never a second one, tries CloudShark
+    no more (abandoned), and says nothing after `spooled`."""
     local = GatedLocal(tmp_path / "local")
-    with shut_down_while_storing(redis_srv, tmp_path, cloudshark, "slow-local", local) as (
-        ctl, spool, got,
-    ):  # fmt: skip
+    with shut_down_while_storing(
+        redis_srv, tmp_path, cloudshark, "slow-local", local, deadlined=True
+    ) as (ctl, spool, got):  # fmt: skip
         event = results.for_id("slow-local")
         assert event["status"] == "spooled" and event["error"].startswith("shutdown:")
+        assert event["locations"] == {}  # nothing stored yet
         [entry] = spool.list()
-        local.gate.set()  # the store goes on: local copy, then CloudShark (hung)
-        wait_for(lambda: cloudshark.requests >= 1)
-        cloudshark.release.set()  # hung up on: the upload fails, still spooled
+        local.gate.set()  # the store goes on: local copy, CloudShark not tried
         ctl._upload_pool.shutdown(wait=True)
+        assert cloudshark.requests == 0
         [kept] = spool.list()
         assert kept.id == entry.id and kept.pending == ("cloudshark",)
+        assert kept.last_error == "cloudshark: not attempted, shutting down"
         assert kept.locations == {"local": str(tmp_path / "local" / kept.filename)}
         assert got.acks == 1
         ctl.handle(Recorded(request(free_port(), id="after")).delivery)
@@ -178,8 +280,9 @@ def test_a_store_spooled_by_shutdown_that_delivers_after_all_says_delivered(
     redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
 ) -> None:
     """`spooled` at shutdown is not left as the final word: the hung upload
-    answered after all, its entry goes and `delivered` follows, with the
-    CloudShark location."""
+    answered after all, and `delivered` follows, with the CloudShark
+    location. The entry stays, with no sink pending: the publisher may yet
+    lose that result at the exit, so the next run's drainer says it again."""
     cloudshark.answer_released = True
     with shut_down_while_storing(redis_srv, tmp_path, cloudshark, "late") as (ctl, spool, _):
         spooled = results.for_id("late")
@@ -192,7 +295,27 @@ def test_a_store_spooled_by_shutdown_that_delivers_after_all_says_delivered(
         )
         assert delivered["sha256"] == spooled["sha256"]
         ctl._upload_pool.shutdown(wait=True)
-        assert spool.list() == []
+        [kept] = spool.list()
+        assert kept.pending == () and kept.locations == delivered["locations"]
+    # The next run's drainer says it again: the same result (a new event id,
+    # as the publisher gives every event it queues).
+    told = drain_next_run(tmp_path / "spool")
+    assert [t.status for t in told] == ["delivered"]
+    again = {**told[0].as_dict(), "event_id": delivered["event_id"]}
+    assert again == delivered
+    assert Spool(tmp_path / "spool", 64 << 20).list() == []
+
+
+def drain_next_run(spool_dir: Path) -> list[ResultEvent]:
+    """What the next run's drainer says of `spool_dir` (a pass, with no sink)."""
+    told: list[ResultEvent] = []
+
+    def on_delivered(result: ResultEvent, entry: SpoolEntry) -> bool:
+        told.append(result)
+        return True
+
+    SpoolDrainer(Spool(spool_dir, 64 << 20), {}, on_delivered, 1.0).drain_once()
+    return told
 
 
 def test_a_late_delivery_the_stopped_publisher_refuses_is_kept_for_the_next_run(
@@ -211,17 +334,11 @@ def test_a_late_delivery_the_stopped_publisher_refuses_is_kept_for_the_next_run(
         ctl._upload_pool.shutdown(wait=True)
         [kept] = spool.list()
         assert kept.pending == () and kept.locations["cloudshark"].startswith("http://")
-        assert ctl.results_refused() == {"delivered": 1}
+        assert ctl.publisher.dropped == 1  # the `delivered`, refused (results_dropped)
     # The next run's drainer says it, and lets the entry go.
-    told: list[ResultEvent] = []
-
-    def on_delivered(result: ResultEvent, entry: SpoolEntry) -> bool:
-        told.append(result)
-        return True
-
-    report = SpoolDrainer(Spool(tmp_path / "spool", 64 << 20), {}, on_delivered, 1.0).drain_once()
-    assert report.delivered == (kept.id,) and [t.status for t in told] == ["delivered"]
-    assert told[0].locations == kept.locations
+    told = drain_next_run(tmp_path / "spool")
+    assert [t.status for t in told] == ["delivered"] and told[0].locations == kept.locations
+    assert Spool(tmp_path / "spool", 64 << 20).list() == []
 
 
 def test_spool_space_is_promised_to_admitted_captures(

@@ -346,26 +346,41 @@ def test_check_asks_every_sink(moto_s3: MotoS3) -> None:
 
 
 def test_spool_unfinished_puts_what_was_not_written_ahead(tmp_path: Path) -> None:
+    """With the locations the store has so far, in the entry and in the
+    `spooled` result published; held for the store to take."""
     artifact = make_artifact()
     spooled = dataclasses.replace(base_event(artifact), status="spooled", error="shutdown: x")
     no_spool = Deliverer([Failing("s3", True)], fast_retry(), None)
-    assert no_spool.spool_unfinished(artifact, spooled) == "lost"
+    assert no_spool.spool_unfinished(artifact, spooled, Flight(), told_nothing)[0] == "lost"
     spool = Spool(tmp_path, MB)
     deliverer = Deliverer([Failing("s3", True)], fast_retry(), spool)
-    assert deliverer.spool_unfinished(artifact, spooled) == "spooled"
+    flight = Flight(locations={"local": "/var/caps/x.pcap"})
+    verdict, said = deliverer.spool_unfinished(artifact, spooled, flight, told_nothing)
+    assert verdict == "spooled" and said.locations == {"local": "/var/caps/x.pcap"}
     [entry] = spool.list()
-    assert entry.pending == ("s3",) and entry.event == spooled.as_dict()
+    assert entry.pending == ("s3",) and entry.event == said.as_dict()
+    assert entry.locations == {"local": "/var/caps/x.pcap"}
     assert entry.last_error == "shutdown: x"
+    with spool.claim(entry.id) as held:
+        assert not held  # the store's, until it is released
+    deliverer.release(flight)
+    with spool.claim(entry.id) as held:
+        assert held
     full = Spool(tmp_path / "full", 10)
-    lost = Deliverer([Failing("s3", True)], fast_retry(), full).spool_unfinished(artifact, spooled)
-    assert lost == "lost"
+    lost = Deliverer([Failing("s3", True)], fast_retry(), full)
+    assert lost.spool_unfinished(artifact, spooled, Flight(), told_nothing)[0] == "lost"
+
+
+def told_nothing(result: ResultEvent, entry: SpoolEntry) -> bool:
+    raise AssertionError(f"told of {result.status} for {entry.id}")
 
 
 def test_a_store_shutdown_spooled_before_it_wrote_ahead_keeps_that_one_entry(
     tmp_path: Path,
 ) -> None:
     """Shutdown spools a store still on its local sink: the store takes that
-    entry as its write-ahead one (with the local copy), never a second; a
+    entry as its write-ahead one (with the local copy), never a second,
+    and holds it until the caller has published its result (`release`); a
     store whose outcome is known is left to publish its own."""
     artifact = make_artifact()
     spooled = dataclasses.replace(base_event(artifact), status="spooled", error="shutdown: x")
@@ -380,13 +395,44 @@ def test_a_store_shutdown_spooled_before_it_wrote_ahead_keeps_that_one_entry(
         return True
 
     # As a store on its local sink would be: under way, nothing written ahead.
-    assert deliverer.spool_unfinished(artifact, spooled, flight, then) == "spooled"
+    assert deliverer.spool_unfinished(artifact, spooled, flight, then)[0] == "spooled"
     outcome = deliverer.deliver(artifact, base_event(artifact), flight)
     assert outcome.status == "spooled" and told == []
     [entry] = spool.list()
     assert entry.id == outcome.spool_id and entry.pending == ("s3",)
     assert entry.locations == {"local": str(tmp_path / "local" / artifact.filename)}
     with spool.claim(entry.id) as held:
+        assert not held  # still the store's: its result is not published yet
+    deliverer.release(flight)
+    with spool.claim(entry.id) as held:
         assert held  # the store let go of it: the drainer's now
-    assert deliverer.spool_unfinished(artifact, spooled, flight, then) == "finished"
+    assert deliverer.spool_unfinished(artifact, spooled, flight, then)[0] == "finished"
     assert len(spool.list()) == 1
+
+
+class Counting(Sink):
+    """A remote sink that counts its attempts, and takes every upload."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.remote, self.calls = name, True, 0
+
+    def upload(self, artifact: Artifact) -> Location:
+        self.calls += 1
+        return Location(self.name, f"{self.name}://{artifact.filename}")
+
+
+def test_once_abandoned_a_store_tries_no_remote_sink_local_then_spool(tmp_path: Path) -> None:
+    """Shutdown's one way of storing (a queued upload, a late ring capture):
+    local disk, the spool for the remote sinks, none of them tried."""
+    artifact = make_artifact()
+    remote = Counting("s3")
+    spool = Spool(tmp_path / "spool", MB)
+    deliverer = Deliverer([LocalUploader(tmp_path / "local"), remote], fast_retry(), spool)
+    deliverer.abandon.set()
+    outcome = deliverer.deliver(artifact, base_event(artifact))
+    assert remote.calls == 0
+    assert outcome.status == "spooled" and outcome.error == "s3: not attempted, shutting down"
+    local = tmp_path / "local" / artifact.filename
+    assert outcome.locations == {"local": str(local)} and local.exists()
+    [entry] = spool.list()
+    assert entry.pending == ("s3",) and entry.locations == {"local": str(local)}
