@@ -182,10 +182,14 @@ class ResultPublisher:
         self._thread.start()
 
     def submit(self, result: ResultEvent, reply_to: str | None = None) -> bool:
-        """Queue `result` as a new event; never blocks. Without a running
-        thread, send now. False (`result_lost` logged) once `stop` was called,
-        or when sent now and Redis stayed unreachable: it will not be sent."""
-        result = with_event_id(result)
+        """Queue `result`; never blocks. Without a running thread, send now.
+        False (`result_lost` logged) once `stop` was called, or when sent now
+        and Redis stayed unreachable: it will not be sent. An `event_id` the
+        result carries is kept, as `publish` keeps it (a spool entry's
+        `delivered`, said again by each run, is in the stream once); else it
+        gets a new one."""
+        if result.event_id is None:
+            result = with_event_id(result)
         if self._thread is None:
             return self.publish(result, reply_to) is not Sent.UNREACHABLE
         with self._wake:
