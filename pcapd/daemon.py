@@ -59,6 +59,7 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # from glibc's malloc.h
 MEMORY_OVERHEAD = 64 * 1024 * 1024
 
 RESULTS_GRACE = 10.0  # of delivery.shutdown_grace, at most, kept to send queued results
+RESULTS_FLOOR = 1.0  # s the queued results get at the end, even past the grace
 SOURCE_JOIN = 2.0  # seconds for all trigger sources to stop together
 DEDUP_TIMEOUT = 1.0  # a request waits at most this on Redis for its dedup check
 
@@ -285,9 +286,11 @@ class Daemon:
             while not self.stop_sources.wait(0.5):
                 pass
         finally:
-            # Everything below fits in shutdown_grace: a hung sink cannot keep
-            # the process past it (systemd would SIGKILL it; nothing would be lost
-            # even then, since uploads are written ahead to the spool).
+            # Everything below fits in shutdown_grace, except writing the
+            # captures still queued for upload (local disk, the spool), which
+            # is done rather than lose them (`shutdown_past_grace`); a hung
+            # sink cannot keep the process past it (systemd would SIGKILL it;
+            # nothing would be lost even then: uploads are written ahead).
             grace = self.config.delivery.shutdown_grace
             deadline = time.monotonic() + grace
             self.stop_sources.set()
@@ -297,28 +300,34 @@ class Daemon:
             for thread in threads:
                 thread.join(timeout=max(0.0, min(SOURCE_JOIN, deadline - time.monotonic())))
             reserve = min(RESULTS_GRACE, grace / 4)
-            clean = self.controller.shutdown(
-                timeout=max(0.0, deadline - reserve - time.monotonic())
-            )
-            for source in self.sources:
-                close = getattr(source, "close", None)
-                if close is not None:
-                    close()
-            if self.drainer is not None:
-                self.controller.deliverer.abandon.set()  # the drainer's attempt, too
-                self.drainer.stop(timeout=max(0.1, min(reserve / 2, deadline - time.monotonic())))
+            clean = False
             try:
-                self.pool.stop()
-                for ring in self.rings.values():
-                    clean = self._stop_ring(ring) and clean
+                clean = self.controller.shutdown(
+                    timeout=max(0.0, deadline - reserve - time.monotonic())
+                )
+                for source in self.sources:
+                    close = getattr(source, "close", None)
+                    if close is not None:
+                        close()
+                if self.drainer is not None:
+                    self.controller.deliverer.abandon.set()  # the drainer's attempt, too
+                    self.drainer.stop(
+                        timeout=max(0.1, min(reserve / 2, deadline - time.monotonic()))
+                    )
             finally:
                 try:
-                    # Ring captures the stops ended, past the controller's wait: stored now.
-                    self.controller.settle_late()
-                    self.controller.refusals.flush()  # the last burst's summary, before `stopped`
+                    self.pool.stop()
+                    for ring in self.rings.values():
+                        clean = self._stop_ring(ring) and clean
                 finally:
-                    left = max(0.1, deadline - time.monotonic())
-                    clean = self.publisher.stop(left) == 0 and clean
+                    try:
+                        # Ring captures the stops ended, past the controller's wait: stored now.
+                        self.controller.settle_late()
+                        self.controller.refusals.flush()  # the last burst's summary
+                    finally:
+                        # Past the grace (stores above), the results still get a moment.
+                        left = max(min(RESULTS_FLOOR, reserve), deadline - time.monotonic())
+                        clean = self.publisher.stop(left) == 0 and clean
         event(log, "stopped", clean=clean)
         return EXIT_OK if clean else EXIT_FAILURE
 

@@ -3,6 +3,7 @@ uploads waited for, the ones still hanging spooled for the next run)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
@@ -10,8 +11,11 @@ from dataclasses import replace
 
 from pcapd.controller.state import ControllerState
 from pcapd.core.events import ResultEvent
+from pcapd.core.logs import event
 from pcapd.worker import Worker
 from uploaders.base import Artifact
+
+log = logging.getLogger("pcapd.controller")
 
 ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
 SHUTDOWN_POLL = 0.01  # s between looks at the captures still running, on shutdown
@@ -74,7 +78,7 @@ class Uploads(ControllerState):
         with self._lock:
             self._uploads_closed = True
         self._upload_pool.shutdown(wait=False)
-        self._spool_unfinished()
+        self._spool_unfinished(deadline)
         with self._lock:
             return not self._capturing and not self._uploads
 
@@ -91,7 +95,7 @@ class Uploads(ControllerState):
             task()  # `Worker._complete`: never raises
         return len(late)
 
-    def _spool_unfinished(self) -> None:
+    def _spool_unfinished(self, deadline: float) -> None:
         """Uploads still queued or hanging when shutdown can wait no longer:
         their captures are kept (the drainer of the next run delivers what
         is spooled), not taken away with the process. A running one keeps
@@ -118,5 +122,16 @@ class Uploads(ControllerState):
             worker.settle(durable=True)
         # After the running ones, which only need their entry: these write
         # files. Done before shutdown returns, so nothing else tracks them.
-        for worker, artifact, result in queued:
+        # No remote sink is tried, whether or not one hung.
+        self.deliverer.abandon.set()
+        late = False
+        for index, (worker, artifact, result) in enumerate(queued):
+            if not late and time.monotonic() >= deadline:
+                # Stored past the grace rather than lost with the process:
+                # said once, so an operator knows why the stop took longer.
+                late = True
+                event(
+                    log, "shutdown_past_grace", logging.WARNING,
+                    captures=len(queued) - index, storing="local disk, then the spool",
+                )  # fmt: skip
             worker.store(artifact, result)

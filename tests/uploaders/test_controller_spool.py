@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -187,11 +188,12 @@ def test_a_queued_upload_cancelled_at_shutdown_is_written_to_local_disk_then_spo
 
 
 def test_with_local_disk_only_a_queued_upload_cancelled_at_shutdown_is_still_written(
-    redis_srv: RedisServer, results: Results, tmp_path: Path
+    redis_srv: RedisServer, results: Results, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No remote sink, so no spool: "slow" is still writing to local disk
     when shutdown can wait no longer, "queued" waits behind it (one upload
-    worker). Shutdown writes the queued one itself: `ok`, acked, on disk."""
+    worker). Shutdown writes the queued one itself, past the grace, and
+    says so: `ok`, acked, on disk."""
     local = GatedLocal(tmp_path / "local", only="slow")
     config = parse_config(
         {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 4_000_000},
@@ -205,7 +207,10 @@ def test_with_local_disk_only_a_queued_upload_cancelled_at_shutdown_is_still_wri
     )
     got = one_upload_then_another(ctl, ("slow", "queued"), local.entered.is_set)
     try:
-        assert not ctl.shutdown(timeout=0.5)  # "slow" is still writing: not finished
+        with caplog.at_level(logging.WARNING, logger="pcapd.controller"):
+            assert not ctl.shutdown(timeout=0.5)  # "slow" is still writing: not finished
+        [past] = [r for r in caplog.records if r.getMessage() == "shutdown_past_grace"]
+        assert getattr(past, "pcapd_fields", {})["captures"] == 1
         queued = results.for_id("queued")
         assert (queued["status"], queued["error"]) == ("ok", None)
         stored = Path(queued["locations"]["local"])
@@ -508,8 +513,10 @@ def test_a_store_after_shutdown_runs_inline_and_stays_tracked_until_settled(
 ) -> None:
     """A capture that ends once shutdown has closed the upload pool (one that
     would not stop in time) is stored on its own thread, and counted as
-    running until it is settled: a later shutdown does not report it finished."""
-    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark)
+    running until it is settled: a later shutdown does not report it finished.
+    (Its local copy is held up: the remote sink is not tried after shutdown.)"""
+    local = GatedLocal(tmp_path / "local", only="late")
+    ctl, spool = hanging_controller(redis_srv, tmp_path / "spool", cloudshark, local=local)
     reservation = ctl.admission.reserve(1000)
     assert ctl.shutdown(timeout=1.0)  # nothing running: both pools closed
     late = parse_request(json.dumps(request(free_port(), id="late", packets=2)), ctl.config)
@@ -526,12 +533,14 @@ def test_a_store_after_shutdown_runs_inline_and_stays_tracked_until_settled(
     store = threading.Thread(target=ctl.submit, args=(worker, artifact, result))
     store.start()
     try:
-        wait_for(lambda: cloudshark.requests >= 1)  # stored inline, and hanging
+        wait_for(local.entered.is_set)  # stored inline, and held up
         assert ctl.running() == 1
         assert not ctl.shutdown(timeout=0.2)  # not finished: it says so
     finally:
+        local.gate.set()
         cloudshark.release.set()
         store.join(30)
+    assert cloudshark.requests == 0
     assert results.for_id("late")["status"] == "spooled"
     assert ctl.running() == 0 and reservation.released
     assert [e.filename for e in spool.list()] == ["n1_lo_late.pcap"]
