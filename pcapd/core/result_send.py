@@ -87,8 +87,10 @@ def event_mark_key(stream: str, event_id: str) -> str:
 
 
 def with_event_id(result: ResultEvent) -> ResultEvent:
-    """`result` as one new event: a fresh id, whatever it carried (events are
-    derived from others with `replace`, which would copy it)."""
+    """`result` as one new event: a fresh id, whatever it carried. The
+    publisher gives one only to a result without (a result derived with
+    `replace` from one that has an id keeps it: clear it there, or it is
+    taken for a resend of the first)."""
     return replace(result, event_id=uuid.uuid4().hex)
 
 
