@@ -56,9 +56,9 @@ MAX_HEAD_START = 0.005
 # thread; more (a high packet rate), and the capture starts at its
 # registration instead. The copy walks from the last read before the
 # arrival, up to a kernel block (BLOCK_TIMEOUT_MS) earlier than it, so its
-# bytes, not MAX_HEAD_START, bound its cost: ~0.7 us per record, so at most
-# ~1.2 ms for 128 KiB of the smallest packets (80-byte records), ~0.1 ms of
-# 1,500-byte ones.
+# bytes, not MAX_HEAD_START, bound its cost: 0.7-1.4 us per record (idle to
+# load 7 here), so 1.2-2.2 ms for 128 KiB of the smallest packets (1,638
+# 80-byte records), 0.3-0.4 ms of 1,500-byte ones.
 HEAD_START_BYTES = 128 * 1024
 # Reads remembered with where the store stood after each and the kernel's
 # drops then: a head start's copy begins at the last read that ended before
