@@ -33,8 +33,9 @@ priority.
 Peak RSS: see bench/capture_rss.py (1.1 x file size + 40 MB).
 
 `--ring`: `lo` keeps a lookback ring (pcapd/ring/) and every request is
-served from its handle: PUBLISH -> registered with the ring, no socket opened
-(issue 14's target: p50 <= 1 ms). The 200 MB capture is skipped then.
+served from its handle, no socket opened: PUBLISH -> the first packet in
+the file (issue 14's target: p50 <= 1 ms), the daemon's arrival ->
+registered beside it. The 200 MB capture is skipped then.
 
 Run as root (capturing on lo): `.venv/bin/python bench/trigger_latency.py [--quick] [--ring]`.
 """
