@@ -4,9 +4,10 @@ numbered by a counter in their UDP payload."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,6 +28,24 @@ from tests.pcapd.ring.test_reader import (
 pytestmark = needs_root
 
 GAP = 0.3  # s between the packets before the request's arrival and those after
+
+
+@contextlib.contextmanager
+def sending(send: Callable[[], None]) -> Iterator[None]:
+    """`send` over and over, from a thread of this process, while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            send()
+
+    sender = threading.Thread(target=loop, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(10)
 
 
 @pytest.fixture
@@ -181,25 +200,16 @@ def test_a_lookback_with_a_head_start_delivers_the_seconds_asked(
     seconds less the head start."""
     monkeypatch.setattr(reader, "MAX_HEAD_START", 1.0)
     ring = link.ring(seconds=1)
-    stop = threading.Event()
-
-    def steady() -> None:
-        while not stop.is_set():
-            link.send(10, interval=0.001)
-
-    sender = threading.Thread(target=steady, daemon=True)
-    sender.start()
     try:
-        wait_for(lambda: ring.stats().evicted_age > 100, timeout=20)  # a full second held
-        begin = time.time_ns()
-        served = ring.register(
-            limits(duration=0.2), fmt="pcap", bpf="", lookback=1, comments={},
-            arrived=time.monotonic() - 0.3,
-        )  # fmt: skip
-        outcome = served.finish(threading.Event())
+        with sending(lambda: link.send(10, interval=0.001)):
+            wait_for(lambda: ring.stats().evicted_age > 100, timeout=20)  # a full second held
+            begin = time.time_ns()
+            served = ring.register(
+                limits(duration=0.2), fmt="pcap", bpf="", lookback=1, comments={},
+                arrived=time.monotonic() - 0.3,
+            )  # fmt: skip
+            outcome = served.finish(threading.Event())
     finally:
-        stop.set()
-        sender.join(10)
         ring.stop()
     assert outcome.started * NS >= begin - 1000, "no head start past the ring's seconds"
     # The oldest record held is within a packet gap (~1 ms) of the ring's
@@ -220,37 +230,28 @@ def test_no_gap_and_no_duplicate_when_traffic_flows_through_a_head_start(
     monkeypatch.setattr(reader, "MAX_HEAD_START", 0.1)  # the lock's wait under the flood
     monkeypatch.setattr(reader, "HEAD_START_BYTES", 4 << 20)
     ring = link.ring(max_bytes=8 << 20)
-    stop = threading.Event()
-
-    def flood() -> None:
-        while not stop.is_set():
-            link.send(100, size=64)
-
-    sender = threading.Thread(target=flood, daemon=True)
-    sender.start()
     problems: list[str] = []
     applied = 0
     try:
-        held(ring, 10_000)
-        for trial in range(20):
-            arrived = time.monotonic() - 0.003
-            begin = time.time_ns()
-            served = ring.register(
-                limits(packets=300, duration=10), fmt="pcap", bpf="", lookback=0,
-                comments={}, arrived=arrived,
-            )  # fmt: skip
-            applied += served.started * NS < begin - 1_000_000
-            served.copy_head_start()
-            outcome = served.finish(threading.Event())
-            got = [n for n, _ in numbers(outcome)]
-            if got != list(range(got[0], got[0] + 300)):
-                problems.append(f"{trial}: not consecutive, dropped {outcome.kernel_dropped}")
-            before = [ts for n, ts in held_records(ring) if n == got[0] - 1]
-            if before and before[0] >= int(outcome.started * NS) + 2000:
-                problems.append(f"{trial}: {got[0] - 1} stamped after its start, not in it")
+        with sending(lambda: link.send(100, size=64)):
+            held(ring, 10_000)
+            for trial in range(20):
+                arrived = time.monotonic() - 0.003
+                begin = time.time_ns()
+                served = ring.register(
+                    limits(packets=300, duration=10), fmt="pcap", bpf="", lookback=0,
+                    comments={}, arrived=arrived,
+                )  # fmt: skip
+                applied += served.started * NS < begin - 1_000_000
+                served.copy_head_start()
+                outcome = served.finish(threading.Event())
+                got = [n for n, _ in numbers(outcome)]
+                if got != list(range(got[0], got[0] + 300)):
+                    problems.append(f"{trial}: not consecutive, dropped {outcome.kernel_dropped}")
+                before = [ts for n, ts in held_records(ring) if n == got[0] - 1]
+                if before and before[0] >= int(outcome.started * NS) + 2000:
+                    problems.append(f"{trial}: {got[0] - 1} stamped after its start, not in it")
     finally:
-        stop.set()
-        sender.join(10)
         ring.stop()
     assert not problems, problems
     assert applied >= 15, "most registrations had their head start"
