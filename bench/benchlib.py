@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -250,6 +251,17 @@ def cpu_seconds(pid: int) -> float:
     """user + system time of a live process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def metric_value(url: str, name: str) -> float:
+    """The value of one unlabelled series (`name`, e.g. a histogram's
+    `..._sum`) on a Prometheus text page at `url`."""
+    with urllib.request.urlopen(url, timeout=10) as page:
+        text = page.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise BenchError(f"{url}: no {name}")
 
 
 def summary(name: str, values: list[float]) -> str:

@@ -1,15 +1,21 @@
-"""PUBLISH -> capture active latency of `pcapd serve`, against tcpdump's start-up;
-and the daemon's peak RSS while it holds a 200 MB capture (bench/capture_rss.py).
+"""PUBLISH -> first packet in the file, for `pcapd serve`, against tcpdump's
+start-up; the daemon's own arrival -> registered (or active) beside it; and
+the daemon's peak RSS while it holds a 200 MB capture (bench/capture_rss.py).
 
-"Active" is observed from outside: each request captures on `lo` with a BPF
-matching a UDP port of its own and packets=1. Right after PUBLISH the bench
-sends UDP probes to that port, each carrying its send time (CLOCK_REALTIME
-ns), until the result event arrives; it then reads the one captured packet
-from the written file. Latency = send time of that first captured probe -
-time just before PUBLISH. The probe before it was sent earlier and not
-captured, so the handle became active between the two: both bounds are
-printed, the target is on the upper one. The peer is tcpdump measured the
-same way: exec -> first probe it captured.
+Observed from outside: each request captures on `lo` with a BPF matching a
+UDP port of its own and packets=1. Right after PUBLISH the bench sends UDP
+probes to that port, each carrying its send time (CLOCK_REALTIME ns), until
+the result event arrives; it then reads the one captured packet from the
+written file. Latency = send time of that first captured probe - time just
+before PUBLISH. The probe before it was sent earlier and not captured: both
+bounds are printed, the target is on the upper one. Without a ring that is
+when the capture's handle became active. On a ring interface it is when the
+capture's file starts, which is its request's arrival when it registers
+within MAX_HEAD_START (pcapd/ring/reader.py), not when it registered: so
+the daemon's `pcapd_trigger_latency_seconds` (arrival -> registered, read
+from /metrics after each request, the histogram's sum grown by one) is
+printed beside it. The peer is tcpdump measured the same way: exec -> first
+probe it captured.
 
 "Just before PUBLISH" is just before the command's bytes are written: the
 PUBLISH is packed beforehand and sent on a plain socket, its reply read
@@ -17,14 +23,19 @@ once the probes have started. redis-py's `publish` spends ~0.5 ms of
 Python on this machine before its bytes leave (measured here, a cold call
 20 ms after the last), which no daemon can shorten; that figure is printed
 beside the result. The probe loop looks at the result subscription every
-DONE_EVERY, not after every probe, so the probes are PROBE_SLEEP apart (with a 1 us timer slack: the
-kernel's default 50 us stretched each sleep to ~140 us here).
+DONE_EVERY, not after every probe, so the probes are PROBE_SLEEP apart.
+While probing (and only then: Redis, the daemon and tcpdump are started
+before and run as in production) the bench runs under SCHED_FIFO with a 1 us
+timer slack (the kernel's default 50 us stretched each sleep to ~140 us
+here); without CAP_SYS_NICE or an RT budget it says so and probes at normal
+priority.
 
 Peak RSS: see bench/capture_rss.py (1.1 x file size + 40 MB).
 
 `--ring`: `lo` keeps a lookback ring (pcapd/ring/) and every request is
-served from its handle: PUBLISH -> registered with the ring, no socket opened
-(issue 14's target: p50 <= 1 ms). The 200 MB capture is skipped then.
+served from its handle, no socket opened: PUBLISH -> the first packet in
+the file (issue 14's target: p50 <= 1 ms), the daemon's arrival ->
+registered beside it. The 200 MB capture is skipped then.
 
 Run as root (capturing on lo): `.venv/bin/python bench/trigger_latency.py [--quick] [--ring]`.
 """
@@ -51,6 +62,8 @@ from typing import Any
 import redis
 from benchlib import (
     BenchError,
+    free_port,
+    metric_value,
     percentile,
     redis_server,
     require,
@@ -75,6 +88,7 @@ REQUEST_GAP = 0.02  # s between requests: the pool reopens its spare handle (~10
 PROBE_SLEEP = 50e-6  # s between probes; the real gap is printed
 # The kernel's default timer slack (50 us) made each 50 us sleep ~140 us here.
 PR_SET_TIMERSLACK = 29
+PR_GET_TIMERSLACK = 30
 TIMER_SLACK_NS = 1000
 PROBE_PRIORITY = 1  # SCHED_FIFO: the bench's probes are sent on time on a loaded machine
 DONE_EVERY = 0.5e-3  # s between looks at the result subscription while probing
@@ -96,8 +110,9 @@ LO_HEADERS = 14 + 20 + 8  # Ethernet (lo) + IPv4 + UDP before the probe payload
 
 # -- servers ------------------------------------------------------------------
 def write_config(
-    path: Path, redis_port: int, localdir: Path, buffer_size: int | None, ring: bool
-) -> None:
+    path: Path, redis_port: int, localdir: Path, buffer_size: int | None, ring: bool,
+    metrics_port: int,
+) -> None:  # fmt: skip
     # Without --buffer-size the daemon runs with its default general.buffer_size.
     buffer = "" if buffer_size is None else f"buffer_size = {buffer_size}\n"
     # The ring keeps only the probes: lo carries everyone's traffic.
@@ -125,20 +140,30 @@ port = {redis_port}
 channel = "{CHANNEL}"
 results_channel = "{RESULTS}"
 
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
 [[interface]]
 name = "lo"
 {ring_fields}"""
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    metrics: str  # its /metrics URL
+
+
 @contextmanager
 def daemon(
     client: redis.Redis, workdir: Path, buffer_size: int | None, ring: bool = False
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> Iterator[Daemon]:
     config = workdir / "pcapd.toml"
     localdir = workdir / "captures"
     port = client.connection_pool.connection_kwargs["port"]
-    write_config(config, port, localdir, buffer_size, ring)
+    metrics_port = free_port()
+    write_config(config, port, localdir, buffer_size, ring, metrics_port)
     log = (workdir / "pcapd.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
@@ -153,7 +178,7 @@ def daemon(
 
     try:
         wait_until("pcapd serve", subscribed, READY_TIMEOUT)
-        yield proc
+        yield Daemon(proc, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         stop(proc)
         log.close()
@@ -168,6 +193,40 @@ def first_probe(path: Path) -> tuple[bytes, int]:
         raise BenchError(f"{path}: no probe in the file ({len(data)} bytes)")
     tag, sent = PROBE.unpack_from(data, start)
     return tag, sent
+
+
+class ProbePriority:
+    """`with` it around sending probes (and only there): SCHED_FIFO and a
+    1 us timer slack for this process, so the probes go out on time on a
+    loaded machine; SCHED_OTHER and the timer slack it had are restored
+    after. Without the right to (no CAP_SYS_NICE, no RT budget) it says so,
+    once, and the probes run at normal priority."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._slack = 0
+        self._fifo = False
+        self.refused: str | None = None
+
+    def __enter__(self) -> None:
+        self._slack = self._libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+        self._libc.prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
+        try:
+            os.sched_setscheduler(
+                0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(PROBE_PRIORITY)
+            )
+            self._fifo = True
+        except OSError as exc:
+            if self.refused is None:
+                self.refused = exc.strerror or str(exc)
+                print(f"trigger_latency: SCHED_FIFO refused ({self.refused}): "
+                      "the probes run at normal priority", file=sys.stderr)  # fmt: skip
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._fifo:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            self._fifo = False
+        self._libc.prctl(PR_SET_TIMERSLACK, self._slack, 0, 0, 0)
 
 
 @dataclass(slots=True)
@@ -266,18 +325,38 @@ def redis_py_overhead(client: redis.Redis, publisher: Publisher) -> tuple[float,
     return percentile(timed["redis-py"], 0.5), percentile(timed["plain"], 0.5)
 
 
+@dataclass(slots=True)
+class Timed:
+    """Per request, in ms: PUBLISH -> the first probe in the file (upper
+    bound) and the probe before it (lower bound); the daemon's own arrival
+    -> registered (or active); and failures."""
+
+    upper: list[float] = field(default_factory=list)
+    lower: list[float] = field(default_factory=list)
+    registered: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+LATENCY_SUM = "pcapd_trigger_latency_seconds_sum"
+LATENCY_COUNT = "pcapd_trigger_latency_seconds_count"
+
+
 def measure_pcapd(
-    client: redis.Redis, publisher: Publisher, count: int, prober: Prober, gap: float
-) -> tuple[list[float], list[float], list[str]]:
-    """Latencies in ms for `count` requests after WARMUP ones: the upper
-    bounds (first probe captured), the lower ones (the probe before it);
-    and failures."""
+    client: redis.Redis,
+    publisher: Publisher,
+    count: int,
+    prober: Prober,
+    gap: float,
+    metrics: str,
+    priority: ProbePriority,
+) -> Timed:
+    """`count` requests after WARMUP ones, one at a time."""
     pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(RESULTS)
     wait_until("results subscription", lambda: pubsub.get_message(timeout=0.1), READY_TIMEOUT)
-    latencies: list[float] = []
-    lower: list[float] = []
-    failures: list[str] = []
+    timed = Timed()
+    failures = timed.failures
+    seen = metric_value(metrics, LATENCY_SUM), metric_value(metrics, LATENCY_COUNT)
     for index in range(WARMUP + count):
         tag = uuid.uuid4().bytes
         request_id = tag.hex()
@@ -288,10 +367,16 @@ def measure_pcapd(
         )  # fmt: skip
         command = publisher.pack(CHANNEL, body)
         done, got = result_waiter(pubsub, request_id, RESULT_TIMEOUT)
-        published = publisher.send(command)
-        prober.run(tag, port, done)
+        with priority:
+            published = publisher.send(command)
+            prober.run(tag, port, done)
         if publisher.settle() != 1:
             failures.append(f"{request_id}: PUBLISH reached no subscriber")
+        # The daemon observes it before the capture can end, so before its result.
+        before, seen = (
+            seen,
+            (metric_value(metrics, LATENCY_SUM), metric_value(metrics, LATENCY_COUNT)),
+        )
         time.sleep(gap)
         if index < WARMUP:
             continue
@@ -305,14 +390,20 @@ def measure_pcapd(
         if probe_tag != tag:
             failures.append(f"{request_id}: captured another request's probe")
             continue
-        latencies.append((sent - published) / 1e6)
+        timed.upper.append((sent - published) / 1e6)
         missed = prober.before(sent)
-        lower.append(((missed if missed is not None else published) - published) / 1e6)
+        timed.lower.append(((missed if missed is not None else published) - published) / 1e6)
+        if seen[1] - before[1] == 1:
+            timed.registered.append((seen[0] - before[0]) * 1000)
+        else:
+            failures.append(f"{request_id}: {seen[1] - before[1]:.0f} trigger latencies observed")
     pubsub.close()
-    return latencies, lower, failures
+    return timed
 
 
-def measure_tcpdump(runs: int, workdir: Path, prober: Prober) -> list[float]:
+def measure_tcpdump(
+    runs: int, workdir: Path, prober: Prober, priority: ProbePriority
+) -> list[float]:
     """exec -> first probe captured by `tcpdump -c 1 --immediate-mode`, in ms."""
     latencies: list[float] = []
     for index in range(runs):
@@ -330,7 +421,8 @@ def measure_tcpdump(runs: int, workdir: Path, prober: Prober) -> list[float]:
         def exited(proc: subprocess.Popen[bytes] = proc, deadline: float = deadline) -> bool:
             return proc.poll() is not None or time.monotonic() > deadline
 
-        prober.run(tag, port, exited)
+        with priority:  # tcpdump started at normal priority
+            prober.run(tag, port, exited)
         stop(proc)
         probe_tag, sent = first_probe(path)
         path.unlink()
@@ -365,7 +457,6 @@ def main() -> int:
         print(f"trigger_latency: {exc}", file=sys.stderr)
         return 2
     stop_on_sigterm("trigger_latency")
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
     count = args.requests or (QUICK_REQUESTS if args.quick else REQUESTS)
     peer_runs = QUICK_PEER_RUNS if args.quick else PEER_RUNS
     # tmpfs, if there is one: the daemon fsyncs every file; that is not what is timed.
@@ -377,37 +468,43 @@ def main() -> int:
         with (
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
             redis_server(workdir) as client,
-            daemon(client, workdir, args.buffer_size, args.ring) as proc,
+            daemon(client, workdir, args.buffer_size, args.ring) as served,
         ):
             prober = Prober(sock)
             publisher = Publisher(client)
-            # The probes on time whatever else runs (the children started
-            # from here, tcpdump, keep the normal policy).
-            os.sched_setscheduler(
-                0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(PROBE_PRIORITY)
-            )
+            priority = ProbePriority()
             try:
-                latencies, lower, failures = measure_pcapd(
-                    client, publisher, count, prober, args.gap
+                timed = measure_pcapd(
+                    client, publisher, count, prober, args.gap, served.metrics, priority
                 )
-                via_redis_py, plain = redis_py_overhead(client, publisher)
+                with priority:
+                    via_redis_py, plain = redis_py_overhead(client, publisher)
             finally:
                 publisher.close()
-            peer = measure_tcpdump(peer_runs, workdir, prober)
+            peer = measure_tcpdump(peer_runs, workdir, prober, priority)
             rss = (
                 None
                 if args.no_rss or args.ring
-                else measure_rss(client, proc.pid, node=NODE, channel=CHANNEL, results=RESULTS)
+                else measure_rss(
+                    client, served.proc.pid, node=NODE, channel=CHANNEL, results=RESULTS
+                )
             )
+    latencies, failures = timed.upper, timed.failures
     print(f"{count} requests after {WARMUP} warm-up, {args.gap * 1000:.0f} ms apart; "
-          f"probe gap (resolution) {prober.gap_us:.0f} us; {os.cpu_count()} CPUs")  # fmt: skip
+          f"probe gap (resolution) {prober.gap_us:.0f} us; {os.cpu_count()} CPUs; "
+          f"probes {'at normal priority' if priority.refused else 'under SCHED_FIFO'}; "
+          f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
     if failures:
         ok = False
         print(f"FAILED requests: {len(failures)}; first: {failures[0]}")
     if latencies:
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-        print(summary(f"pcapd   PUBLISH -> active{' (ring)' if args.ring else ''}", latencies))
-        print(summary("  lower bound (the probe before)   ", lower))
+        what = "first packet in the file (ring)" if args.ring else "active"
+        print(summary(f"pcapd   PUBLISH -> {what}", latencies))
+        print(summary("  lower bound (the probe before)   ", timed.lower))
+        if timed.registered:
+            started = "registered" if args.ring else "active"
+            print(summary(f"  daemon: arrival -> {started} (its own figure)", timed.registered))
         target = TARGET_RING_P50_MS if args.ring else TARGET_P50_MS
         met = p50 <= target and p99 <= TARGET_P99_MS
         ok = ok and met

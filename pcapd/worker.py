@@ -112,9 +112,11 @@ class Worker:
 
     def register(self, ring: Ring, arrived: float) -> bool:
         """Start the capture on `ring` now, in the caller's thread (it costs
-        no socket, ~0.2 ms), so it is active before the claims; it starts
-        when its request `arrived` (monotonic) if that was at most
-        MAX_HEAD_START ago, and the packets the ring took since are copied here.
+        no socket: ~0.3 ms cold, its filter compiled and its feed made), so
+        it is active before the claims; it starts when its request `arrived`
+        (monotonic) if that was at most MAX_HEAD_START ago, and the packets
+        the ring took since are copied here (at most HEAD_START_BYTES, 1.2-2.2
+        ms at worst; more, and it starts now).
         False when refused (already answered and settled). `capture_started`
         is logged later, by `watch` (on the trigger thread, once the claims
         are out) or by the capture thread (`run`)."""

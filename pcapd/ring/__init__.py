@@ -22,11 +22,14 @@ lookback) are copied and filtered later, in the capture's own thread and
 without the lock, while the reader keeps reading: live packets wait in the
 capture's tail meanwhile, and a chunk the writer reuses during the copy is
 detected by its generation number (its records are lost, and said so).
-Captures take no socket and no spare handle, so they start in well under a
-millisecond; and one registered within MAX_HEAD_START of its request's
-arrival starts at the arrival (its `since` set back, the records the ring
-took meanwhile copied as a lookback's are, at registration): the packets
-that came while the request was parsed and admitted are in its file.
+Captures take no socket and no spare handle: registering costs ~0.3 ms of
+the caller's thread for a request 20 ms after the last (its filter compiled,
+~0.17 ms, and its feed made; docs/performance.md, "Fifth round"). One
+registered within MAX_HEAD_START of its request's arrival starts at the
+arrival (its `since` set back, the records the ring took meanwhile copied
+as a lookback's are, at registration: at most HEAD_START_BYTES, 1.2-2.2 ms
+at worst, else it starts at its registration): the packets that came while the
+request was parsed and admitted are in its file.
 
 Memory (said here only): `memory` bytes (the chunks, at most `max_bytes`),
 reserved from max_memory at start; the per-chunk bookkeeping is a few
@@ -47,6 +50,7 @@ from pcapd.ring.feed import BPF_CACHE_ENTRIES, compiled_filter
 from pcapd.ring.reader import (
     DISPATCH_BATCH,
     EVICT_EVERY,
+    HEAD_START_BYTES,
     MAX_HEAD_START,
     READ_WAIT,
     RING_BUFFER_SIZE,
@@ -72,6 +76,7 @@ __all__ = [
     "DISPATCH_BATCH",
     "EVICT_EVERY",
     "EVICT_WALK",
+    "HEAD_START_BYTES",
     "MAX_HEAD_START",
     "MIN_CHUNK",
     "MIN_CHUNKS",

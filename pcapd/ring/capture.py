@@ -81,7 +81,15 @@ class RingCapture:
         lost = ring.replay(self._spans, feed)
         self._spans = ()
         ring.go_live(feed)
-        if lost:
+        if lost and self.lookback is None:
+            # A head start's: the packets between its request's arrival and its registration.
+            self.warnings += (
+                f"up to {lost} packets of the ring on {ring.interface} that came after the "
+                f"request arrived and before its capture started were overwritten by newer "
+                f"ones before they were copied ({ring.origin}.lookback_bytes is too small "
+                f"for this traffic)",
+            )
+        elif lost:
             self.warnings += (
                 f"lookback: up to {lost} packets of the ring on {ring.interface} were "
                 f"overwritten by newer ones before they were copied "
@@ -91,8 +99,9 @@ class RingCapture:
     def copy_head_start(self) -> None:
         """The records of its head start (no lookback asked: those that came
         between its request's arrival and its registration, at most
-        MAX_HEAD_START) into the file now, in the caller's thread,
-        so that it needs no thread of its own (`copying` is False after)."""
+        MAX_HEAD_START, from the last read before it: at most
+        HEAD_START_BYTES) into the file now, in the caller's thread, so
+        that it needs no thread of its own (`copying` is False after)."""
         if self._spans and self.lookback is None:
             try:
                 self._copy_lookback()

@@ -50,12 +50,20 @@ EVICT_EVERY = 0.1  # s: how often records older than the ring's seconds are drop
 # s: a capture registered within this long of its request's arrival starts
 # at the arrival (its head start: the packets that came while the request was
 # read, parsed and admitted are in the file); one that waited longer (a
-# queue's backlog) starts at its registration, as without. It bounds what
-# registering copies from the ring: at 300k pps, 1,500 packets at most.
+# queue's backlog) starts at its registration, as without.
 MAX_HEAD_START = 0.005
-# Reads remembered with where the store stood after each: a head start's
-# copy begins at the last read that ended before it, so it walks what came
-# since, not its chunk (without one, back to the chunk's start).
+# Bytes of ring records a head start may copy at registration, on the trigger
+# thread; more (a high packet rate), and the capture starts at its
+# registration instead. The copy walks from the last read before the
+# arrival, up to a kernel block (BLOCK_TIMEOUT_MS) earlier than it, so its
+# bytes, not MAX_HEAD_START, bound its cost: 0.7-1.4 us per record (idle to
+# load 7 here), so 1.2-2.2 ms for 128 KiB of the smallest packets (1,638
+# 80-byte records), 0.3-0.4 ms of 1,500-byte ones.
+HEAD_START_BYTES = 128 * 1024
+# Reads remembered with where the store stood after each and the kernel's
+# drops then: a head start's copy begins at the last read that ended before
+# it, so it walks what came since, not its chunk, and its drops count from
+# there. None found (a clock stepped back, a ring just started): no head start.
 READ_MARKS = 32
 # A tail this small is moved into the file under the ring's lock (one copy);
 # a larger one outside it, until what came meanwhile is this small.
@@ -111,8 +119,11 @@ class Ring:
         # dispatch (under the ring's lock): a capture's are those reported
         # by the reads that offered it packets, at no system call of its own.
         self.dropped = 0
-        # (ns when a read ended, the store's mark after it), newest last; under the lock.
-        self._read_marks: collections.deque[tuple[int, Mark]] = collections.deque(maxlen=READ_MARKS)
+        # (ns when a read ended, the store's mark and `dropped` after it),
+        # newest last; under the lock.
+        self._read_marks: collections.deque[tuple[int, Mark, int]] = collections.deque(
+            maxlen=READ_MARKS
+        )
         self._stop = threading.Event()
         self._handle: pcap.pcap | None = None
         self.linktype = 0
@@ -176,7 +187,7 @@ class Ring:
                     # fill sees the drops reported with them.
                     self.dropped = kernel_drops(handle)
                     settle()
-                    self._read_marks.append((time.time_ns(), self.store.mark()))
+                    self._read_marks.append((time.time_ns(), self.store.mark(), self.dropped))
                     now = time.monotonic()
                     if now - evicted_at >= EVICT_EVERY:
                         evicted_at = now
@@ -255,7 +266,10 @@ class Ring:
         (monotonic), if that is at most MAX_HEAD_START ago, else now: the
         packets that came while the request was read, parsed and admitted
         are in the file too (the ring holds them; they are not marked as
-        lookback).
+        lookback). Without a lookback that head start is copied by the
+        caller (`copy_head_start`), so it is taken only from a read mark and
+        within HEAD_START_BYTES; with one it never reaches past the ring's
+        seconds.
         Bounds count the whole file; `duration` runs from the start. Raises
         CaptureError (a bad filter, a failed ring) before anything is
         registered. `on_full` is called (under the ring's lock, on the
@@ -279,18 +293,7 @@ class Ring:
             if self.error is not None or self._handle is None:
                 why = self.error or f"lookback ring on {self.interface} is not running"
                 raise CaptureError(why)
-            # Read under the lock: every record held now is older, and the
-            # reader offers every later one; the lookback is those held.
-            trigger = time.time_ns()
-            head_start = 0.0 if arrived is None else time.monotonic() - arrived
-            if 0.0 < head_start <= MAX_HEAD_START:
-                trigger -= int(head_start * NS)
-            since = trigger - lookback * NS
-            if lookback:
-                # Whole chunks only: lookback <= seconds, so since >= the
-                # cutoff, and the replay skips older records by their stamps.
-                self.store.evict_old(self.store.cutoff(), walk=0)
-            spans = self.store.spans(since, None if lookback else self._read_before(since))
+            trigger, since, spans, drops_before = self._window(lookback, arrived)
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
             header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
@@ -303,7 +306,6 @@ class Ring:
                 trigger=trigger, debug=packet_debug, on_full=ended, holding=bool(spans),
                 lock=self.lock, drops=self._drops_so_far,
             )  # fmt: skip
-            drops_before = self.dropped
             with self._feeds_lock:
                 if spans:
                     self._replaying.add(feed)
@@ -312,15 +314,51 @@ class Ring:
         made.append(RingCapture(self, feed, limits, drops_before, delivered, spans))
         return made[0]
 
-    def _read_before(self, since: int) -> Mark | None:
-        """The store's mark after the last read that ended before `since`:
-        every record before it was read, so stamped, before `since`. None
-        when every read remembered ended later (or none did). Lock held."""
+    def _window(
+        self, lookback: int, arrived: float | None
+    ) -> tuple[int, int, tuple[Span, ...], int]:
+        """(trigger, since, the spans to copy, the kernel's drops before it)
+        of a capture registering now; its request `arrived` (monotonic).
+        Read under the lock: every record held now is older than now, and
+        the reader offers every later one. Lock held."""
+        now = time.time_ns()
+        head = 0 if arrived is None else int((time.monotonic() - arrived) * NS)
+        if not 0 < head <= MAX_HEAD_START * NS:
+            head = 0
+        if lookback:
+            # since >= the cutoff, so a ring that has run `lookback` seconds
+            # holds them all (the result's `lookback` is what was asked):
+            # the head start gives way where the ring's seconds end.
+            head = min(head, (self.seconds - lookback) * NS)
+            trigger = now - head
+            since = trigger - lookback * NS
+            # Whole chunks only: the replay skips older records by their stamps.
+            self.store.evict_old(min(self.store.cutoff(), since), walk=0)
+            read = self._read_before(trigger) if head else None
+            drops = self.dropped if read is None else read[1]
+            return trigger, since, self.store.spans(since), drops
+        if head:
+            # Copied at registration, on the caller's thread: only from a
+            # read mark (else its walk could be every chunk: a clock stepped
+            # back) and within HEAD_START_BYTES; else it starts now.
+            read = self._read_before(now - head)
+            if read is not None:
+                spans = self.store.spans(now - head, read[0])
+                if sum(span.end - span.start for span in spans) <= HEAD_START_BYTES:
+                    return now - head, now - head, spans, read[1]
+        # From now: every record held is older (the reader offers the rest).
+        return now, now, (), self.dropped
+
+    def _read_before(self, since: int) -> tuple[Mark, int] | None:
+        """The store's mark and the kernel's drops after the last read that
+        ended before `since`: every record before the mark was read, so
+        stamped, before `since`. None when every read remembered ended later
+        (or none did). Lock held."""
         found = None
-        for ended, mark in self._read_marks:
+        for ended, mark, dropped in self._read_marks:
             if ended >= since:
                 break
-            found = mark
+            found = mark, dropped
         return found
 
     def _drops_so_far(self) -> int:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from benchlib import BenchError, internet_checksum, require  # noqa: E402
+from benchlib import BenchError, internet_checksum, metric_value, require  # noqa: E402
 
 
 def test_require_finds_tools_and_python_peers() -> None:
@@ -65,3 +68,41 @@ def test_internet_checksum_of_a_known_ipv4_header() -> None:
     assert internet_checksum(header) == 0xB861
     # An odd length is padded with a zero byte, as RFC 1071 says.
     assert internet_checksum(b"\x01") == internet_checksum(b"\x01\x00")
+
+
+PAGE = b"""# HELP pcapd_trigger_latency_seconds From a request leaving its source
+# TYPE pcapd_trigger_latency_seconds histogram
+pcapd_trigger_latency_seconds_bucket{le="0.001"} 1.0
+pcapd_trigger_latency_seconds_count 3.0
+pcapd_trigger_latency_seconds_sum 0.0061
+"""
+
+
+@pytest.fixture
+def metrics_page() -> Iterator[str]:
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(PAGE)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_metric_value_reads_one_series_and_names_a_missing_one(metrics_page: str) -> None:
+    assert metric_value(metrics_page, "pcapd_trigger_latency_seconds_sum") == 0.0061
+    assert metric_value(metrics_page, "pcapd_trigger_latency_seconds_count") == 3.0
+    with pytest.raises(BenchError, match=r"no pcapd_trigger_latency_seconds$"):
+        metric_value(metrics_page, "pcapd_trigger_latency_seconds")

@@ -14,7 +14,6 @@ import pytest
 
 from pcapd.ring import Ring, reader
 from tests.helpers import RedisServer, free_port, needs_root, wait_for
-from tests.pcapd.controller.test_ring_captures import ring  # noqa: F401  (a fixture)
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, build, idle, request
@@ -25,42 +24,48 @@ WAITED = 0.3  # s between the request's arrival and its handling here
 
 
 def handle_late(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, lo_ring: Ring, request_id: str
+    redis_srv: RedisServer, results: Results, tmp_path: Path, request_id: str
 ) -> dict[str, object]:
     """3 packets to the request's port after it arrived and before it is
-    handled, 2 after: its result event."""
-    ctl = build(redis_srv, tmp_path / "caps", rings={"lo": lo_ring})
+    handled, 2 after: its result event. The ring keeps only that port: a
+    head start begins at a read mark from before the arrival, and on a busy
+    lo (everyone's traffic) the ring's last READ_MARKS reads would not reach
+    WAITED back."""
+    port = free_port()
+    lo_ring = Ring("lo", 5, 2 * 1024 * 1024, f"udp and dst port {port}")
+    lo_ring.start()
     try:
-        port = free_port()
-        got = Recorded(request(port, id=request_id, packets=5, timeout=1))
-        delivery = dataclasses.replace(got.delivery, received=time.monotonic())
-        send_udp(port, 3)
-        time.sleep(WAITED)
-        ctl.handle(delivery)
-        send_udp(port, 2)
-        event = results.for_id(request_id)
-        wait_for(lambda: got.acks == 1 and idle(ctl), timeout=20)
-        return event
+        wait_for(lambda: lo_ring._read_marks, timeout=10)  # a read before the arrival
+        ctl = build(redis_srv, tmp_path / "caps", rings={"lo": lo_ring})
+        try:
+            got = Recorded(request(port, id=request_id, packets=5, timeout=1))
+            delivery = dataclasses.replace(got.delivery, received=time.monotonic())
+            send_udp(port, 3)
+            time.sleep(WAITED)
+            ctl.handle(delivery)
+            send_udp(port, 2)
+            event = results.for_id(request_id)
+            wait_for(lambda: got.acks == 1 and idle(ctl), timeout=20)
+            return event
+        finally:
+            ctl.shutdown(5)
+            ctl.publisher.stop(5)
     finally:
-        ctl.shutdown(5)
-        ctl.publisher.stop(5)
+        lo_ring.stop()
 
 
 def test_packets_since_the_request_arrived_are_in_its_file(
-    redis_srv: RedisServer, results: Results, tmp_path: Path,
-    ring: Ring,  # noqa: F811  (the fixture, imported)
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    redis_srv: RedisServer, results: Results, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(reader, "MAX_HEAD_START", WAITED * 10)
-    event = handle_late(redis_srv, results, tmp_path, ring, "early")
+    event = handle_late(redis_srv, results, tmp_path, "early")
     assert (event["status"], event["packets"], event["stop"]) == ("ok", 5, "packets")
     assert event["lookback"] is None
 
 
 def test_a_request_that_waited_past_the_bound_starts_at_its_registration(
-    redis_srv: RedisServer, results: Results, tmp_path: Path,
-    ring: Ring,  # noqa: F811  (the fixture, imported)
-) -> None:  # fmt: skip
+    redis_srv: RedisServer, results: Results, tmp_path: Path
+) -> None:
     assert WAITED > reader.MAX_HEAD_START
-    event = handle_late(redis_srv, results, tmp_path, ring, "late")
+    event = handle_late(redis_srv, results, tmp_path, "late")
     assert (event["status"], event["packets"], event["stop"]) == ("ok", 2, "timeout")

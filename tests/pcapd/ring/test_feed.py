@@ -9,12 +9,11 @@ import threading
 import time
 
 import dpkt
-import pytest
 
 from pcapd.engine import CaptureLimits
 from pcapd.pcapfile import pcap_header
 from pcapd.ring import Ring, RingCapture, chunk_layout
-from pcapd.ring.feed import BPF_CACHE_ENTRIES, SEAM_SLACK, Feed, compiled_filter
+from pcapd.ring.feed import SEAM_SLACK, Feed
 from pcapd.ring.store import EVICT_WALK, HEAD, NS, RECORD, ChunkStore
 
 T0 = 1_800_000_000 * NS  # ns: the stamp of the first record
@@ -286,24 +285,6 @@ def test_a_chunk_reused_when_all_its_records_are_too_old_counts_them_by_age() ->
         append(now + index * GAP, frame(index, 1000))
     settle()
     assert (store.evicted_age, store.evicted_overflow) == (per_chunk, per_chunk)
-
-
-def test_the_filter_cache_is_bounded_and_a_bad_filter_is_never_held() -> None:
-    """Every request of a trigger test has a filter of its own: the cache
-    keeps the newest BPF_CACHE_ENTRIES, and an expression that does not
-    compile is refused each time (the message a request gets is
-    test_reader's test_a_bad_request_filter_is_refused_and_the_ring_serves_on)."""
-    compiled_filter.cache_clear()
-    for port in range(BPF_CACHE_ENTRIES + 10):
-        compiled_filter(f"udp and dst port {port}", 1)
-    info = compiled_filter.cache_info()
-    assert (info.currsize, info.maxsize) == (BPF_CACHE_ENTRIES, BPF_CACHE_ENTRIES)
-    newest = compiled_filter(f"udp and dst port {BPF_CACHE_ENTRIES + 9}", 1)
-    assert compiled_filter.cache_info().hits == 1 and callable(newest)
-    for _ in range(2):
-        with pytest.raises(OSError, match="bad filter"):
-            compiled_filter("udp and dst port", 1)
-    assert compiled_filter.cache_info().currsize == BPF_CACHE_ENTRIES
 
 
 def test_spans_from_a_mark_start_at_it_and_a_reused_chunk_falls_back_to_its_start() -> None:
