@@ -18,7 +18,7 @@ from redis.crc import key_slot
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.result_send import ADD_ONCE_SHA
-from pcapd.core.results import ResultPublisher
+from pcapd.core.results import ResultPublisher, Sent
 from tests.helpers import RedisCluster, RedisServer, redis_server, wait_for
 from tests.pcapd.core.test_results import result, stream_events
 from tests.pcapd.daemon_fixture import Results
@@ -212,3 +212,50 @@ def test_a_primary_silent_mid_batch_has_only_its_part_sent_again(
 
 def owner_of(cluster: RedisCluster, key: str) -> int:
     return next(p for p in cluster.ports if key_slot(key.encode()) in cluster.slots_of(p))
+
+
+UNENCODABLE: list[Any] = ["\ud800", 5]  # a lone surrogate, a non-string
+
+
+def _unencodable_given_up_alone(
+    pub: ResultPublisher, client: Any, stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Results whose reply_to cannot be encoded, queued ahead of one that
+    can: each is logged lost once ("cannot encode"), not resent; the one
+    behind is in the stream (no traceback, no backoff round)."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    pub.start()
+    try:
+        for n, bad in enumerate(UNENCODABLE):
+            pub.submit(result(n), reply_to=bad)
+        pub.submit(result(9))
+        wait_for(lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r9"], timeout=20)
+        assert pub.publish(result(8), reply_to="\udfff") is Sent.REFUSED
+    finally:
+        assert pub.stop(10) == 0
+    lost = [line for line in caplog.text.splitlines() if "result_lost" in line]
+    assert len(lost) == 3 and all("cannot encode its commands" in line for line in lost), lost
+    assert "UnicodeEncodeError" in lost[0] and "AttributeError" in lost[1]
+    assert pub.dropped == 2  # the queued ones; publish() says REFUSED
+    assert "result_publisher_failed" not in caplog.text
+    assert "result_publish_failed" not in caplog.text
+
+
+def test_a_result_that_cannot_be_encoded_does_not_hold_up_the_rest(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = RedisConfig(port=redis_srv.port)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    _unencodable_given_up_alone(pub, redis_srv.client(), config.results_stream, caplog)
+
+
+def test_a_result_that_cannot_be_encoded_on_a_cluster_is_given_up_alone(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream="{s}x")
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    client = redis_cluster.client()
+    try:
+        _unencodable_given_up_alone(pub, client, config.results_stream, caplog)
+    finally:
+        client.close()
