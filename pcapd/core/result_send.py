@@ -16,17 +16,13 @@ through; on a cluster, one primary away), only the rest goes again (`Rest`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-import hiredis
-import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
 
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
@@ -36,6 +32,7 @@ from pcapd.core.redis_conn import (
     evalsha_by_slot,
     refusal,
     same_slot_prefix,
+    script_sha,
 )
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
@@ -77,7 +74,7 @@ redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'e
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
 return 1
 """
-ADD_ONCE_SHA = hashlib.sha1(ADD_ONCE.encode()).hexdigest()
+ADD_ONCE_SHA = script_sha(ADD_ONCE)
 ADD_ONCE_CALL = ("EVALSHA", ADD_ONCE_SHA)  # how its calls start: picked out by the sha
 
 
@@ -218,13 +215,6 @@ def settle(
             if failed != frozenset(parts):
                 done[at] = (Rest(result, failed), batch[at][1])
     return refused, done, transient
-
-
-# What `_send_all` takes for Redis unreachable (all goes again): redis-py's
-# errors (redis-py 8's AttributeError inside connect() made one by
-# `redis_conn.connecting`), the socket's, a garbled reply stream, a
-# cluster's that are not RedisError (a slot no node serves).
-TRANSIENT = (redis.RedisError, RedisClusterException, OSError, hiredis.ProtocolError)
 
 
 def given_up(error: Exception, *, cluster: bool) -> str | None:

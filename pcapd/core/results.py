@@ -34,11 +34,11 @@ from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client, connecting, error_text, is_cluster
+from pcapd.core.redis_wire import UNANSWERED
 from pcapd.core.result_send import (
     CHANNEL,
     REPLY,
     STREAM,
-    TRANSIENT,
     Commands,
     Item,
     Pending,
@@ -151,7 +151,7 @@ class ResultPublisher:
                 client = self._client
                 cluster = is_cluster(client)
                 outcomes = send_batch(client, batch, self.config, fresh=fresh)
-            except TRANSIENT as exc:
+            except UNANSWERED as exc:
                 self._client = None
                 return error_text(exc), {}
             refused, done, transient = settle(batch, outcomes, cluster=cluster)
@@ -207,7 +207,7 @@ class ResultPublisher:
                     if self._client is None:
                         self._client = self._new_client()
                     [(_, replies)] = send_batch(self._client, [(commands, None)], self.config)
-                except TRANSIENT as exc:
+                except UNANSWERED as exc:
                     self._client = None
                     if isinstance(exc, redis.RedisError):
                         raise

@@ -12,6 +12,7 @@ import redis
 
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import CLUSTER_HINT, connect, error_code, refusal
+from pcapd.core.redis_wire import exchange, pack_command
 from pcapd.core.secret import Secret
 from tests.helpers import RedisServer, free_port, redis_server, run, stop_process, wait_for
 
@@ -147,3 +148,18 @@ def test_error_replies_are_classed_by_their_code(redis_srv: RedisServer) -> None
     assert refusal(42, cluster=False) is None  # a reply, not an error
     assert error_code(redis.ConnectionError("gone")) == "ConnectionError"
     assert error_code("WRONGTYPE Operation against a key") == "WRONGTYPE"  # a script's text
+
+
+def test_bytes_past_the_replies_asked_for_close_the_connection(redis_srv: RedisServer) -> None:
+    """Two commands sent, one reply asked for (a caller's count out of step):
+    the reply read stands, and the connection holding the rest of the
+    other (a 300 KB one, more than one read) is closed, so the next
+    exchange on the pool reads its own reply, not that rest."""
+    client = redis.Redis(port=redis_srv.port, socket_timeout=5)
+    try:
+        big = "x" * 300_000
+        packed = pack_command(("PING",)) + pack_command(("ECHO", big))
+        assert exchange(client, packed, 1) == [b"PONG"]
+        assert exchange(client, pack_command(("ECHO", "mine")), 1) == [b"mine"]
+    finally:
+        client.close()
