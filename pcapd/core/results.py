@@ -140,9 +140,10 @@ class ResultPublisher:
         it all and the batch must go again; None once it did) and, by
         position, why each item given up is (`result_send.given_up`: its
         commands refused for good, or not encodable): sent again they would
-        fail again, so they are not. After an error, `rest` (when given) says by position what
-        needs no resend (None: sent, or refused) and what goes again in part
-        (`Rest`); an item it does not name goes again whole."""
+        fail again, so they are not. After an error, `rest` (when given)
+        says by position what needs no resend (None: sent, or given up) and
+        what goes again in part (`Rest`); an item it does not name goes
+        again whole."""
         with self._lock:
             try:
                 fresh = self._client is None
