@@ -159,7 +159,7 @@ def test_bytes_past_the_replies_asked_for_close_the_connection(redis_srv: RedisS
     try:
         packed = pack_command(("PING",)) + pack_command(("ECHO", "not yours"))
         assert exchange(client, packed, 1) == [b"PONG"]
-        [conn] = client.connection_pool._available_connections  # type: ignore[attr-defined]
+        [conn] = client.connection_pool._available_connections
         assert conn._sock is None  # closed, not kept with a reply in flight
         assert exchange(client, pack_command(("ECHO", "mine")), 1) == [b"mine"]
     finally:
