@@ -18,8 +18,8 @@ from redis.crc import key_slot
 
 from agents.store import UNSET_ZERO_SCRIPT, index_commands
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import error_code, refusal, send_by_slot
-from pcapd.core.redis_wire import exchange, pack_command, pack_pairs
+from pcapd.core.redis_conn import error_code, error_text, refusal, send_by_slot
+from pcapd.core.redis_wire import UNANSWERED, exchange, pack_command, pack_pairs
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -84,9 +84,20 @@ class FollowUp:
         commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
         return commands
 
+    def _note_error(self, error: object) -> None:
+        """Keep the round's first error (its code too, as Redis spelled it):
+        what the writer's retry line names, not a later one's consequence."""
+        if self._last_error:
+            return
+        if isinstance(error, BaseException):
+            self._last_error = error_text(error)
+        else:
+            self._last_error = error if isinstance(error, str) else f"unexpected reply {error!r}"
+
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
         """The EXPIREs, SADDs and zeroes a failed round trip left; True once
         all are answered."""
+        self._last_error = ""  # a round of its own
         self._follow_up(client, [], [])
         return not (self._expires or self._indexes or self._zeroes)
 
@@ -111,9 +122,9 @@ class FollowUp:
                 packed = pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
                 packed += b"".join([pack_command(c) for _key, c in commands[len(expire) :]])
                 replies = exchange(client, packed, len(commands))
-        except Exception as exc:  # no answer, or a garbled one: all kept
+        except UNANSWERED as exc:  # no answer, or a garbled one: all kept
             self.stats.redis_errors += 1
-            self._last_error = str(exc) or type(exc).__name__
+            self._note_error(exc)
             self._bound_pending()
             return
         self._follow_up_replies(commands, replies, cluster=cluster)
@@ -146,7 +157,7 @@ class FollowUp:
                 pending, lost, member = self._zeroes, [], key
             if isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None:
                 failed = True  # no answer: kept for the next round trip
-                self._last_error = str(reply) or type(reply).__name__
+                self._note_error(reply)
                 pending[member] = None
                 continue
             if isinstance(reply, Exception):
@@ -181,7 +192,7 @@ class FollowUp:
         if now - self._lost_logged.get(name, -math.inf) >= DROP_LOG_INTERVAL:
             self._lost_logged[name] = now
             event(log, name, logging.ERROR, keys=len(errors),
-                  cause=error_code(errors[0]), error=str(errors[0]),
+                  cause=error_code(errors[0]), error=error_text(errors[0]),
                   **counts)  # fmt: skip
 
     def _bound_pending(self) -> None:

@@ -122,6 +122,7 @@ class BatchSender(FollowUp):
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
         cluster = isinstance(client, RedisCluster)
+        self._last_error = ""  # this round's first error is the one logged
         try:
             missing = self._count_calls(calls, replies, written, created, retry, cluster=cluster)
             self._again(missing, retry)
@@ -143,7 +144,7 @@ class BatchSender(FollowUp):
         """Script calls that met NOSCRIPT after SCRIPT LOAD too (a flush in
         between, a failover): sent again after the backoff, never lost."""
         if missing:
-            self._last_error = "NOSCRIPT again after SCRIPT LOAD"
+            self._note_error("NOSCRIPT again after SCRIPT LOAD")
             retry += [(slot, part) for slot, _kind, part in missing]
 
     def _pack(self, calls: list[Call]) -> tuple[bytes, int, dict[int, tuple[Any, ...]]]:
@@ -151,7 +152,7 @@ class BatchSender(FollowUp):
         reply index the script calls (to send again after a NOSCRIPT): a
         counter part is SET NX EX and INCRBY per entry, an append part one
         EVALSHA."""
-        ttl, mode = self.ttl, int(self.index)
+        ttl = self.ttl
         packed: list[bytes] = []
         scripted: dict[int, tuple[Any, ...]] = {}
         count = 0
@@ -160,7 +161,7 @@ class BatchSender(FollowUp):
                 packed.append(_pack_counters(part, ttl))
                 count += 2 * len(part.keys)
                 continue
-            command = ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args)
+            command = self._script_call(part)
             packed.append(pack_command(command))
             scripted[count] = command
             count += 1
@@ -168,17 +169,19 @@ class BatchSender(FollowUp):
 
     def _commands(self, calls: list[Call]) -> list[tuple[int, tuple[Any, ...]]]:
         """The calls' commands with their slots, for `send_by_slot`."""
-        ttl, mode = self.ttl, int(self.index)
+        ttl = self.ttl
         commands: list[tuple[int, tuple[Any, ...]]] = []
         for slot, kind, part in calls:
             if kind == COUNTERS:
                 for k, n in zip(part.keys, part.args, strict=True):
                     commands += [(slot, ("SET", k, 0, "NX", "EX", ttl)), (slot, ("INCRBY", k, n))]
             else:
-                commands.append(
-                    (slot, ("EVALSHA", _SHA, len(part.keys), *part.keys, ttl, mode, *part.args))
-                )
+                commands.append((slot, self._script_call(part)))
         return commands
+
+    def _script_call(self, part: Batch) -> tuple[Any, ...]:
+        """An append part's one call of `store.APPEND_SCRIPT`."""
+        return ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, int(self.index), *part.args)
 
     def _count_calls(
         self,
@@ -237,7 +240,7 @@ class BatchSender(FollowUp):
     def _unanswered(
         self, reply: object, slot: int, part: Batch, unanswered: list[tuple[int, Batch]]
     ) -> None:
-        self._last_error = str(reply) or type(reply).__name__
+        self._note_error(reply)
         unanswered.append((slot, part))
 
     def _count_answer(self, batch: Batch, reply: list[Any]) -> None:

@@ -5,14 +5,14 @@ what a reply says (refused, "not now") `redis_conn.refusal`."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from agents.store import APPEND_SCRIPT, client_key
 from agents.write_window import Batch
+from pcapd.core.redis_conn import script_sha
 from pcapd.core.redis_wire import pack_command
 
-_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()  # what EVALSHA names
+_SHA = script_sha(APPEND_SCRIPT)  # what EVALSHA names
 _CLIENT = client_key("")  # counters that go in no client's index
 
 # What a call is: (slot, kind, its entries).

@@ -10,7 +10,7 @@ from typing import Any
 
 from pcapd.controller.state import ControllerState
 from pcapd.core.events import ResultEvent
-from pcapd.core.fields import CHANNEL_RE, ID_RE
+from pcapd.core.fields import ID_RE, channel_problem
 from pcapd.core.logs import event
 from pcapd.core.request import CaptureRequest, RequestError, addressed_to, decode_body
 from triggers.base import Delivery
@@ -26,7 +26,7 @@ SALVAGE_MAX_BYTES = 4096
 def _reply_to(fields: Mapping[str, Any] | None) -> str | None:
     """The body's reply_to, when it is a valid channel name, whatever else is wrong."""
     value = fields.get("reply_to") if fields else None
-    return value if isinstance(value, str) and CHANNEL_RE.fullmatch(value) else None
+    return value if isinstance(value, str) and channel_problem(value) is None else None
 
 
 class Answers(ControllerState):

@@ -88,6 +88,17 @@ def text_problem(value: str) -> str | None:
     return f"holds {kind} U+{ord(char):04X} at character {found.start()}"
 
 
+def channel_problem(value: object) -> str | None:
+    """Why `value` is no channel name a request may give as `reply_to`, or
+    None: the one rule for the parser, a spooled request read back and a
+    refused body's answer (a lone surrogate or a non-string cannot be sent)."""
+    if not isinstance(value, str):
+        return f"expected a string, got {show(value)}"
+    if CHANNEL_RE.fullmatch(value) is None:
+        return "expected 1-256 printable characters without spaces"
+    return None
+
+
 def bpf_problem(bpf: str) -> str | None:
     """Why libpcap must not be handed `bpf`, or None: filters are printable ASCII.
     Checked by the parser and again by the engine, the one place that calls

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+import select
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
@@ -179,30 +181,31 @@ def send_by_slot(
         asking, pending, stale = {}, [], False
         for node, indices, conn in sent:
             pool = client.get_redis_connection(node).connection_pool
+            answers: list[Any] = []  # what was read, kept if the rest is not
+            failure: Exception | None = None
             try:
                 if isinstance(conn, Exception):
                     raise conn
-                answers = iter(read_replies(conn, len(indices) + len(asked & set(indices))))
-                for i in indices:
-                    if i in asked:
-                        next(answers)  # ASKING's OK
-                    replies[i] = next(answers)
+                read_replies(conn, len(indices) + len(asked & set(indices)), answers)
             except (
                 redis.ConnectionError,
                 redis.TimeoutError,
                 OSError,
                 hiredis.ProtocolError,
             ) as exc:
-                # A garbled reply stream too: the replies read so far are kept.
-                stale = True
-                for i in indices:
-                    if replies[i] is None or i in asked:
-                        replies[i] = exc
+                # A garbled reply stream too: the replies read so far stand
+                # (Redis ran those commands); the others get the error.
+                stale, failure = True, exc
                 if not isinstance(conn, Exception):
                     conn.disconnect()
             finally:
                 if not isinstance(conn, Exception):
                     pool.release(conn)
+            read = iter(answers)
+            for i in indices:
+                if i in asked:
+                    next(read, None)  # ASKING's OK
+                replies[i] = next(read, failure)
             for i in indices:
                 reply = replies[i]
                 if isinstance(reply, redis.exceptions.MovedError):
@@ -212,12 +215,30 @@ def send_by_slot(
                     known = client.nodes_manager.get_node(reply.host, reply.port)
                     asking[i] = known or ClusterNode(reply.host, reply.port)  # type: ignore[no-untyped-call]
                     pending.append(i)
-        if stale:
-            with contextlib.suppress(redis.RedisError, RedisClusterException):
+        if stale:  # reading the slot map opens connections (`connecting`)
+            with contextlib.suppress(redis.RedisError, RedisClusterException), connecting():
                 client.nodes_manager.initialize()
         if not pending:
             break
     return replies
+
+
+def script_sha(script: str) -> str:
+    """The SHA1 Redis names `script` by (EVALSHA, SCRIPT LOAD's answer)."""
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+def as_eval(command: tuple[Any, ...], script: str) -> tuple[Any, ...]:
+    """`command`, an EVALSHA of `script`, as the EVAL that carries it: where
+    SCRIPT LOAD is refused (an ACL, rename-command, a proxy) but EVAL is
+    not, the script still runs (and Redis keeps it for the next EVALSHA)."""
+    return ("EVAL", script, *command[2:])
+
+
+def load_refused(error: object) -> bool:
+    """Whether a SCRIPT LOAD's `error` says it will never be taken (NOPERM,
+    an unknown command), so that only EVAL can bring the script."""
+    return isinstance(error, redis.ResponseError) and refusal(error, cluster=True) is not None
 
 
 def evalsha_by_slot(
@@ -226,26 +247,32 @@ def evalsha_by_slot(
     """`send_by_slot`, where the EVALSHAs of `script` among `commands` that a
     primary answered NOSCRIPT (a restart, SCRIPT FLUSH) are sent again once
     the script is loaded there: on those primaries only, each on its own (a
-    primary that is down, or refuses the load, fails its own commands alone,
-    with the load's error as their reply). A command NOSCRIPT again came from
-    an ASK target (a slot being migrated: the map names its old owner): the
-    script is loaded on the other primaries then, and it goes once more; a
-    NOSCRIPT after that is its reply, for the caller to send again later."""
+    primary that is down fails its own commands alone, with the load's
+    error as their reply; one that refuses SCRIPT LOAD for good gets them
+    as EVAL). A command NOSCRIPT again came from an ASK target (a slot being
+    migrated: the map names its old owner): the script is loaded on the
+    other primaries then, and it goes once more; a NOSCRIPT after that is
+    its reply, for the caller to send again later."""
     replies = send_by_slot(client, commands)
+    call = ("EVALSHA", script_sha(script))
     lost: dict[str | None, list[int]] = {}  # node -> its commands answered NOSCRIPT
     for i, reply in enumerate(replies):
-        if isinstance(reply, redis.exceptions.NoScriptError):
+        if isinstance(reply, redis.exceptions.NoScriptError) and commands[i][1][:2] == call:
             lost.setdefault(slot_owner(client, commands[i][0]), []).append(i)
     if not lost:
         return replies
     primaries = {node.name: node for node in client.get_primaries()}  # type: ignore[no-untyped-call]
-    again: list[int] = []
+    again: dict[int, tuple[int, tuple[Any, ...]]] = {}
     for name, which in lost.items():
         error = _load(client, primaries.get(name or ""), name, script)
         for i in which:
-            replies[i] = error or replies[i]
-        again.extend(which if error is None else ())
-    _resend(client, commands, replies, again)
+            if error is None:
+                again[i] = commands[i]
+            elif load_refused(error):
+                again[i] = (commands[i][0], as_eval(commands[i][1], script))
+            else:
+                replies[i] = error
+    _resend(client, again, replies, list(again))
     asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
     if asked:
         for name, node in primaries.items():
@@ -256,9 +283,11 @@ def evalsha_by_slot(
 
 
 def _resend(
-    client: RedisCluster, commands: Sequence[tuple[int, tuple[Any, ...]]], replies: list[Any],
+    client: RedisCluster,
+    commands: Sequence[tuple[int, tuple[Any, ...]]] | Mapping[int, tuple[int, tuple[Any, ...]]],
+    replies: list[Any],
     which: list[int],
-) -> None:  # fmt: skip
+) -> None:
     for i, reply in zip(which, send_by_slot(client, [commands[i] for i in which]), strict=True):
         replies[i] = reply
 
@@ -268,7 +297,8 @@ def _load(client: RedisCluster, node: Any, name: str | None, script: str) -> Exc
     try:
         if node is None:
             raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
-        client.execute_command("SCRIPT LOAD", script, target_nodes=[node])  # type: ignore[no-untyped-call]
+        with connecting():  # may open the node's first connection
+            client.execute_command("SCRIPT LOAD", script, target_nodes=[node])  # type: ignore[no-untyped-call]
     except (redis.RedisError, RedisClusterException, OSError) as exc:
         return exc
     return None
@@ -309,17 +339,20 @@ def _send_packed(client: RedisCluster, node: ClusterNode, packed: bytes) -> Any:
     return conn
 
 
-def read_replies(conn: Any, count: int) -> list[Any]:
+def read_replies(conn: Any, count: int, found: list[Any] | None = None) -> list[Any]:
     """`count` replies straight off the socket into a hiredis reader (redis-py
-    costs ~25 us a reply in its wrappers); error replies become redis-py's
-    exceptions (MovedError, NoScriptError, ...), returned, not raised."""
+    costs ~25 us a reply in its wrappers), appended to `found` (which holds
+    those read when this raises: a caller keeps what Redis answered); error
+    replies become redis-py's exceptions (MovedError, NoScriptError, ...),
+    returned, not raised. A connection with bytes left after them is closed."""
+    found = [] if found is None else found
     sock = conn._sock
     if sock is None:
         raise redis.ConnectionError("no socket after sending")
     reader = hiredis.Reader()
     buffer = bytearray(READ_SIZE)
-    found: list[Any] = []
-    while len(found) < count:
+    wanted = len(found) + count
+    while len(found) < wanted:
         try:
             size = sock.recv_into(buffer)
         except TimeoutError:
@@ -327,11 +360,25 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         if size == 0:
             raise redis.ConnectionError("connection closed by Redis")
         reader.feed(buffer, 0, size)  # type: ignore[arg-type]  # hiredis reads any buffer
-        while len(found) < count and (reply := reader.gets()) is not False:
+        while len(found) < wanted and (reply := reader.gets()) is not False:
             if isinstance(reply, hiredis.ReplyError):
                 reply = conn._parser.parse_error(str(reply))
             found.append(reply)
+    if reader.has_data() or _readable(sock):
+        # Bytes past the last reply asked for (a count out of step): the
+        # next user of the connection would read them as its own. The
+        # replies read stand (Redis ran those commands); the connection
+        # does not. What arrives later than this look is not seen.
+        conn.disconnect()
     return found
+
+
+def _readable(sock: Any) -> bool:
+    """Whether `sock` holds bytes not read yet (decrypted ones in TLS's buffer too)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def primaries(client: Client) -> Iterator[redis.Redis]:

@@ -11,8 +11,9 @@ from typing import Any, cast
 
 import hiredis
 import redis
+from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import get_connection, read_replies
+from pcapd.core.redis_conn import as_eval, get_connection, load_refused, read_replies
 
 # hiredis's stub takes one-element tuples only; it packs any command.
 pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
@@ -47,8 +48,11 @@ def exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
         pool.release(conn)
 
 
-# What an exchange raises when Redis was not reached or its replies not read.
-UNANSWERED = (redis.RedisError, OSError, hiredis.ProtocolError)
+# What a send raises when Redis was not reached or its replies not read:
+# redis-py's errors (redis-py 8's AttributeError inside connect() made one by
+# `redis_conn.connecting`), the socket's, a garbled reply stream, a cluster's
+# that are not RedisError (a slot no node serves).
+UNANSWERED = (redis.RedisError, RedisClusterException, OSError, hiredis.ProtocolError)
 
 
 def evalsha_exchange(
@@ -62,9 +66,11 @@ def evalsha_exchange(
 ) -> list[Any]:
     """`exchange`, where the EVALSHAs of `script` (`scripted`: by reply
     index, the command) that Redis answered NOSCRIPT (a restart, SCRIPT
-    FLUSH) are sent again behind SCRIPT LOAD, in one more round trip; a load
-    refused (an ACL) or unanswered is their reply then, and a NOSCRIPT again
-    (a flush in between) stays theirs, for the caller to send again later.
+    FLUSH) are sent again behind SCRIPT LOAD, in one more round trip; where
+    the load is refused for good (an ACL, rename-command, a proxy) they go
+    as EVAL in one more; a load unanswered or refused for now is their
+    reply, and a NOSCRIPT again (a flush in between) stays theirs, for the
+    caller to send again later.
     `load_first` (a new connection, where the script is likely missing)
     puts SCRIPT LOAD ahead of the commands, in the same round trip.
     Only the first exchange raises: once replies are read they are returned."""
@@ -80,6 +86,10 @@ def evalsha_exchange(
     again += b"".join([pack_command(scripted[i]) for i in missing])
     try:
         load, *answers = exchange(client, again, 1 + len(missing))
+        if load_refused(load):  # never loaded here: EVAL carries it
+            answers = exchange(client, b"".join([pack_command(as_eval(scripted[i], script))
+                                                 for i in missing]), len(missing))  # fmt: skip
+            load = None
     except UNANSWERED as exc:
         load, answers = exc, []
     for n, i in enumerate(missing):

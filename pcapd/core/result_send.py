@@ -1,6 +1,6 @@
 """What one batch of results sends, and what it makes of Redis's replies.
 
-A result's commands (`add_commands`): PUBLISH to the results channel, the
+A result's commands (`commands_of`): PUBLISH to the results channel, the
 add-once stream script and PUBLISH to its reply_to. The stream entry is added
 only if the event id's marker (`event_mark_key`, set once the entry is in, for
 `[redis] results_dedup_window` s) was not there, so a resend is in the stream
@@ -16,17 +16,13 @@ through; on a cluster, one primary away), only the rest goes again (`Rest`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-import hiredis
-import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
 
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
@@ -36,6 +32,7 @@ from pcapd.core.redis_conn import (
     evalsha_by_slot,
     refusal,
     same_slot_prefix,
+    script_sha,
 )
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
@@ -77,7 +74,8 @@ redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event_id', ARGV[1], 'e
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
 return 1
 """
-ADD_ONCE_SHA = hashlib.sha1(ADD_ONCE.encode()).hexdigest()
+ADD_ONCE_SHA = script_sha(ADD_ONCE)
+ADD_ONCE_CALL = ("EVALSHA", ADD_ONCE_SHA)  # how its calls start: picked out by the sha
 
 
 def event_mark_key(stream: str, event_id: str) -> str:
@@ -121,7 +119,7 @@ def commands_of(
         added.append(CHANNEL)
     if stream and (parts is None or STREAM in parts):
         commands.append((slot(stream.encode()), (
-            "EVALSHA", ADD_ONCE_SHA, 2, stream, event_mark_key(stream, event_id), event_id,
+            *ADD_ONCE_CALL, 2, stream, event_mark_key(stream, event_id), event_id,
             config.results_stream_maxlen, body, config.results_dedup_window,
         )))  # fmt: skip
         added.append(STREAM)
@@ -131,31 +129,58 @@ def commands_of(
     return added, commands
 
 
+class CannotEncode(ValueError):
+    """An item's commands could not be packed (a `reply_to` that is no
+    text: a lone surrogate, a number): given up alone, never sent."""
+
+
+def _planned(
+    item: Item, reply_to: str | None, config: RedisConfig, *, cluster: bool
+) -> tuple[list[str] | None, list[tuple[int, tuple[Any, ...]]], bytes]:
+    """`commands_of`, and on one server the commands packed; CannotEncode
+    when they cannot be (on a cluster the slot's key is encoded already,
+    and what encodes packs)."""
+    try:
+        parts, mine = commands_of(item, reply_to, config, cluster=cluster)
+        packed = b"" if cluster else b"".join([pack_command(command) for _slot, command in mine])
+    except (UnicodeError, AttributeError, TypeError, ValueError) as exc:
+        raise CannotEncode(f"cannot encode its commands: {exc!r}") from exc
+    return parts, mine, packed
+
+
 def send_batch(
     client: Client, batch: list[Pending], config: RedisConfig, *, fresh: bool = False
 ) -> list[Outcome]:
     """Every item's commands in one round trip: packed RESP in one exchange
     on one server (which raises if Redis was not reached: all goes again),
     per hash slot on a cluster (a primary away leaves its commands'
-    ConnectionError as their reply); each item's replies. `fresh` (a new
-    client: Redis may have restarted without the script) loads the script
-    in the same round trip on one server, so a reply lost then is no
-    NOSCRIPT that was never seen."""
+    ConnectionError as their reply); each item's replies. An item that
+    cannot be packed is not sent: its outcome is its CannotEncode alone,
+    and the others go. `fresh` (a new client: Redis may have restarted
+    without the script) loads the script in the same round trip on one
+    server, so a reply lost then is no NOSCRIPT that was never seen."""
     cluster = isinstance(client, RedisCluster)
-    planned = [commands_of(item, reply_to, config, cluster=cluster) for item, reply_to in batch]
-    commands = [command for _parts, mine in planned for command in mine]
+    planned: list[tuple[list[str] | None, list[tuple[int, tuple[Any, ...]]], bytes]] = []
+    unsent: dict[int, CannotEncode] = {}
+    for at, (item, reply_to) in enumerate(batch):
+        try:
+            planned.append(_planned(item, reply_to, config, cluster=cluster))
+        except CannotEncode as exc:
+            unsent[at] = exc
+            planned.append((None, [], b""))
+    commands = [command for _parts, mine, _packed in planned for command in mine]
     if isinstance(client, RedisCluster):
         replies = evalsha_by_slot(client, commands, ADD_ONCE)
     else:
-        packed = b"".join([pack_command(command) for _slot, command in commands])
-        scripted = {i: c for i, (_slot, c) in enumerate(commands) if c[0] == "EVALSHA"}
+        packed = b"".join([packed for _parts, _mine, packed in planned])
+        scripted = {i: c for i, (_slot, c) in enumerate(commands) if c[:2] == ADD_ONCE_CALL}
         replies = evalsha_exchange(
             client, packed, len(commands), scripted, ADD_ONCE, load_first=fresh and bool(scripted)
         )
     outcomes: list[Outcome] = []
     at = 0
-    for parts, mine in planned:
-        outcomes.append((parts, replies[at : at + len(mine)]))
+    for n, (parts, mine, _packed) in enumerate(planned):
+        outcomes.append((parts, [unsent[n]] if n in unsent else replies[at : at + len(mine)]))
         at += len(mine)
     return outcomes
 
@@ -167,16 +192,16 @@ Outcome = tuple[list[str] | None, list[Any]]
 def settle(
     batch: list[Pending], outcomes: list[Outcome], *, cluster: bool
 ) -> tuple[dict[int, str], dict[int, Pending | None], Exception | None]:
-    """From each item's replies: (by position, the refused for good; what
-    needs no resend (None) or only in part (`Rest`); the first transient
-    error: a "not now" reply, or on a cluster a node that did not answer).
-    An item without an outcome goes again whole."""
+    """From each item's replies: (by position, why each given up is: refused
+    for good, or not encodable; what needs no resend (None) or only in part
+    (`Rest`); the first transient error: a "not now" reply, or on a cluster
+    a node that did not answer). An item without an outcome goes again whole."""
     refused: dict[int, str] = {}
     done: dict[int, Pending | None] = {}
     transient: Exception | None = None
     for at, (parts, mine) in enumerate(outcomes):
         errors = [r for r in mine if isinstance(r, Exception)]
-        firm = [why for e in errors if (why := refusal(e, cluster=cluster)) is not None]
+        firm = [why for e in errors if (why := given_up(e, cluster=cluster)) is not None]
         if firm:
             refused[at] = firm[0]
         if firm or not errors:
@@ -194,11 +219,12 @@ def settle(
     return refused, done, transient
 
 
-# What `_send_all` takes for Redis unreachable (all goes again): redis-py's
-# errors (redis-py 8's AttributeError inside connect() made one by
-# `redis_conn.connecting`), the socket's, a garbled reply stream, a
-# cluster's that are not RedisError (a slot no node serves).
-TRANSIENT = (redis.RedisError, RedisClusterException, OSError, hiredis.ProtocolError)
+def given_up(error: Exception, *, cluster: bool) -> str | None:
+    """Why an item whose reply is `error` is not sent again, or None (it goes again)."""
+    if isinstance(error, CannotEncode):
+        return str(error)
+    why = refusal(error, cluster=cluster)
+    return None if why is None else f"refused by Redis: {why}"
 
 
 def result_of(item: Item) -> ResultEvent | None:

@@ -34,11 +34,11 @@ from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client, connecting, error_text, is_cluster
+from pcapd.core.redis_wire import UNANSWERED
 from pcapd.core.result_send import (
     CHANNEL,
     REPLY,
     STREAM,
-    TRANSIENT,
     Commands,
     Item,
     Pending,
@@ -120,7 +120,7 @@ class ResultPublisher:
             error, refused = self._send_all([pending], rest)
             pending = rest.get(0) or pending
             if refused:
-                log_lost(result, f"refused by Redis: {refused[0]}")
+                log_lost(result, refused[0])
                 return Sent.REFUSED
             if error is None:
                 return Sent.SENT
@@ -138,11 +138,12 @@ class ResultPublisher:
     ) -> tuple[str | None, dict[int, str]]:
         """Send `batch` in one round trip: (the error, when Redis did not take
         it all and the batch must go again; None once it did) and, by
-        position, the items whose commands Redis refused for good
-        (`refused_for_good`): sent again they would be refused again, so they
-        are not. After an error, `rest` (when given) says by position what
-        needs no resend (None: sent, or refused) and what goes again in part
-        (`Rest`); an item it does not name goes again whole."""
+        position, why each item given up is (`result_send.given_up`: its
+        commands refused for good, or not encodable): sent again they would
+        fail again, so they are not. After an error, `rest` (when given)
+        says by position what needs no resend (None: sent, or given up) and
+        what goes again in part (`Rest`); an item it does not name goes
+        again whole."""
         with self._lock:
             try:
                 fresh = self._client is None
@@ -151,7 +152,7 @@ class ResultPublisher:
                 client = self._client
                 cluster = is_cluster(client)
                 outcomes = send_batch(client, batch, self.config, fresh=fresh)
-            except TRANSIENT as exc:
+            except UNANSWERED as exc:
                 self._client = None
                 return error_text(exc), {}
             refused, done, transient = settle(batch, outcomes, cluster=cluster)
@@ -211,7 +212,7 @@ class ResultPublisher:
                     if self._client is None:
                         self._client = self._new_client()
                     [(_, replies)] = send_batch(self._client, [(commands, None)], self.config)
-                except TRANSIENT as exc:
+                except UNANSWERED as exc:
                     self._client = None
                     if isinstance(exc, redis.RedisError):
                         raise
@@ -277,7 +278,7 @@ class ResultPublisher:
         rest: dict[int, Pending | None] = {}
         error, refused = self._send_all(batch, rest)
         for at, why in refused.items():
-            self._lost(batch[at][0], f"refused by Redis: {why}")
+            self._lost(batch[at][0], why)
         if error is None:
             backoff.succeeded()
         with self._wake:

@@ -288,3 +288,27 @@ def test_a_not_now_to_the_index_follow_up_keeps_it_for_the_next(tmp_path: Path) 
             writer.stop(5)
         assert writer.stats.index_lost == 0 and writer.stats.expires_lost == 0
         assert 0 < node.ttl(index_of(key)) <= 900
+
+
+def test_the_retry_line_names_redis_s_error_with_its_code(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A "not now" (OOM: Redis at maxmemory) is sent again after the
+    backoff; the line that says so quotes Redis's error as Redis spelled
+    it, its code first (redis-py cuts it off the message)."""
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.store")
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    admin.config_set("maxmemory", 1)
+    writer = started(lambda: redis.Redis(port=redis_srv.port, socket_timeout=5))
+    try:
+        writer.incr("client;10.0.11.1")
+        wait_for(lambda: "redis_write_failed" in caplog.text, timeout=30)
+        admin.config_set("maxmemory", 0)
+        wait_for(lambda: writer.stats.written_ops == 1, timeout=30)
+    finally:
+        writer.stop(5)
+        admin.config_set("maxmemory", 0)
+    failed = [line for line in caplog.text.splitlines() if "redis_write_failed" in line]
+    assert all('error="OOM command not allowed' in line for line in failed), failed
+    assert admin.get("client;10.0.11.1") == "1" and writer.stats.dropped_ops == 0
+    admin.close()

@@ -239,10 +239,11 @@ def test_a_slot_moved_or_migrating_is_followed(redis_cluster: RedisCluster) -> N
 def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
     redis_cluster: RedisCluster,
 ) -> None:
-    """A primary flushed its scripts and refuses SCRIPT LOAD: its slots'
-    appends are refused (NOPERM), the other primaries' written. The script
-    is loaded only where Redis said NOSCRIPT: another primary refusing
-    SCRIPT LOAD too costs nothing."""
+    """A primary flushed its scripts and refuses SCRIPT LOAD and EVAL: its
+    slots' appends are refused (NOPERM), the other primaries' written. The
+    script is loaded only where Redis said NOSCRIPT: another primary
+    refusing SCRIPT LOAD too costs nothing. (With EVAL allowed, EVAL
+    carries the script: tests/pcapd/core/test_result_send.py.)"""
     keys = [f"10.0.1.{index};192.0.2.1;dns" for index in range(30)]
     flushed, also_denied = redis_cluster.ports[0], redis_cluster.ports[1]
     denied = (flushed, also_denied)
@@ -257,7 +258,7 @@ def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
             node.script_flush()  # its slots answer NOSCRIPT: the writer loads the script
         for port in denied:  # and the load is refused there
             with redis_cluster.node(port) as node:
-                node.execute_command("ACL", "SETUSER", "default", "-script|load")
+                node.execute_command("ACL", "SETUSER", "default", "-script|load", "-eval")
         for key in keys:
             writer.append(key, "b.")
         wait_for(lambda: writer.stats.written_ops + writer.stats.rejected_ops >= 60, timeout=30)
@@ -265,7 +266,7 @@ def test_a_failed_script_load_costs_only_the_slots_that_needed_it(
         writer.stop(10)
         for port in denied:
             with redis_cluster.node(port) as node:
-                node.execute_command("ACL", "SETUSER", "default", "+script|load")
+                node.execute_command("ACL", "SETUSER", "default", "+script|load", "+eval")
     # The other slots' writes stand, applied and counted once.
     values = {key: redis_cluster.client().get(key) for key in keys}
     assert values == {key: ";a.;" if key in on_flushed else ";a.;;b.;" for key in keys}

@@ -136,13 +136,13 @@ def test_a_primary_that_does_not_answer_fails_only_its_own_claims(
 
 
 def test_a_failed_script_load_fails_only_that_node_s_claims(redis_cluster: RedisCluster) -> None:
-    """The script flushed everywhere, and one primary refuses SCRIPT LOAD (an
-    ACL of that node alone; as a node that dies between NOSCRIPT and the
-    load): its claims get that error, the other primaries' claims their
-    answers."""
+    """The script flushed everywhere, and one primary refuses SCRIPT LOAD and
+    EVAL (an ACL of that node alone; as a node that dies between NOSCRIPT
+    and the load): its claims get that error, the other primaries' claims
+    their answers. (With EVAL allowed there, EVAL carries the script.)"""
     refusing = redis_cluster.ports[0]
     for port in redis_cluster.ports:
-        denied = ["-script|load"] if port == refusing else []
+        denied = ["-script|load", "-eval"] if port == refusing else []
         redis_cluster.node(port).acl_setuser(
             "claims", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
             commands=["+@all", *denied],

@@ -17,7 +17,6 @@ import re2
 from pcapd.core.config import FORMATS, MAX_SNAPLENGTH, Config
 from pcapd.core.errors import RequestError
 from pcapd.core.fields import (
-    CHANNEL_RE,
     ID_RE,
     KNOWN_FIELDS,
     MAX_BPF_LEN,
@@ -27,6 +26,7 @@ from pcapd.core.fields import (
     PCAP_HEADER_LEN,
     Fields,
     bpf_problem,
+    channel_problem,
     endpoint_problem,
     fold_keys,
     holds_surrogate,
@@ -133,8 +133,8 @@ def parse_folded(
     # Seconds from the interface's ring; whether it has one is asked per interface.
     lookback = f.integer("lookback", 0, general.maxlookback, "maxlookback")
     reply_to = f.text("reply_to")
-    if reply_to is not None and not CHANNEL_RE.fullmatch(reply_to):
-        raise f.fail("reply_to: expected 1-256 printable characters without spaces")
+    if reply_to is not None and (problem := channel_problem(reply_to)) is not None:
+        raise f.fail(f"reply_to: {problem}")
 
     tags_value = f.value("tags")
     if isinstance(tags_value, list) and all(isinstance(t, str) for t in tags_value):

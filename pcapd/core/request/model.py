@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pcapd.core.fields import channel_problem, show
+
 
 @dataclass(frozen=True, slots=True)
 class CaptureRequest:
@@ -50,6 +52,8 @@ class CaptureRequest:
                 raise ValueError(f"{name} must be positive")
         if self.lookback < 0:
             raise ValueError("lookback must not be negative")
+        if self.reply_to is not None and (problem := channel_problem(self.reply_to)) is not None:
+            raise ValueError(f"reply_to: {show(self.reply_to)}: {problem}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples as lists): how the spool keeps a request."""
@@ -62,10 +66,17 @@ class CaptureRequest:
     def from_dict(cls, data: Mapping[str, Any]) -> CaptureRequest:
         """The inverse of `to_dict`. Fields a newer or older pcapd wrote that
         this one does not know are dropped, not fatal: spool entries outlive
-        upgrades."""
+        upgrades. A `reply_to` the parser would refuse (an entry written
+        before it was checked, or edited) is dropped, said in `warnings`: the
+        capture is still delivered and its result still published."""
         values = {k: v for k, v in data.items() if k in _REQUEST_FIELDS}
         for name in _TUPLE_FIELDS & values.keys():
             values[name] = tuple(values[name] or ())
+        reply_to = values.get("reply_to")
+        if reply_to is not None and (problem := channel_problem(reply_to)) is not None:
+            values["reply_to"] = None
+            dropped = f"reply_to: {show(reply_to)} dropped: {problem}"
+            values["warnings"] = (*values.get("warnings", ()), dropped)
         return cls(**values)
 
 

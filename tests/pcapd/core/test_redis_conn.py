@@ -12,6 +12,7 @@ import redis
 
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import CLUSTER_HINT, connect, error_code, refusal
+from pcapd.core.redis_wire import exchange, pack_command
 from pcapd.core.secret import Secret
 from tests.helpers import RedisServer, free_port, redis_server, run, stop_process, wait_for
 
@@ -147,3 +148,19 @@ def test_error_replies_are_classed_by_their_code(redis_srv: RedisServer) -> None
     assert refusal(42, cluster=False) is None  # a reply, not an error
     assert error_code(redis.ConnectionError("gone")) == "ConnectionError"
     assert error_code("WRONGTYPE Operation against a key") == "WRONGTYPE"  # a script's text
+
+
+def test_bytes_past_the_replies_asked_for_close_the_connection(redis_srv: RedisServer) -> None:
+    """Two commands sent, one reply asked for (a caller's count out of step):
+    the reply read stands, and the connection, whose stream holds the other
+    (read with it: Redis answers a pipeline in one write), is closed rather
+    than handed to the next exchange, which reads its own reply."""
+    client = redis.Redis(port=redis_srv.port, socket_timeout=5)
+    try:
+        packed = pack_command(("PING",)) + pack_command(("ECHO", "not yours"))
+        assert exchange(client, packed, 1) == [b"PONG"]
+        [conn] = client.connection_pool._available_connections
+        assert conn._sock is None  # closed, not kept with a reply in flight
+        assert exchange(client, pack_command(("ECHO", "mine")), 1) == [b"mine"]
+    finally:
+        client.close()

@@ -16,6 +16,7 @@ from pcapd.core.redis_conn import (
     publish,
     refusal,
     same_slot_prefix,
+    send_by_slot,
 )
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster
@@ -117,3 +118,36 @@ def test_moved_is_for_good_on_a_plain_client_only(redis_cluster: RedisCluster) -
         f"MOVED {caught.value}: a cluster node: use redis+cluster://"
     )
     assert refusal(caught.value, cluster=True) is None
+
+
+def test_an_asked_command_s_reply_read_stands_when_the_connection_then_fails(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A slot being migrated (MIGRATING on its owner, IMPORTING on another
+    primary): its owner answers ASK for keys it does not hold, and
+    `send_by_slot` sends them to the importing node after ASKING. There an
+    INCRBY is answered, then a BLPOP blocks past the socket timeout: the
+    INCRBY's reply is kept (never sent again: counted twice), the BLPOP's
+    is the timeout, for its caller to send again."""
+    key = "{ask}n"
+    slot = key_slot(key.encode())
+    owner = next(p for p in redis_cluster.ports if slot in redis_cluster.slots_of(p))
+    target = next(p for p in redis_cluster.ports if p != owner)
+    source, importing = redis_cluster.node(owner), redis_cluster.node(target)
+    client = connect(RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes)),
+                     socket_timeout=1)  # fmt: skip
+    try:
+        importing.cluster("SETSLOT", slot, "IMPORTING", source.cluster("MYID"))
+        source.cluster("SETSLOT", slot, "MIGRATING", importing.cluster("MYID"))
+        assert isinstance(client, ClusterClient)
+        replies = send_by_slot(client, [(slot, ("INCRBY", key, 5)), (slot, ("BLPOP", "{ask}l", 0))])
+        assert replies[0] == 5 and isinstance(replies[1], redis.TimeoutError), replies
+        asked = importing.pipeline(transaction=False)  # one connection: ASKING, then GET
+        asked.execute_command("ASKING")  # type: ignore[no-untyped-call]
+        asked.get(key)
+        assert asked.execute() == [True, "5"]  # the INCRBY ran there, once
+    finally:
+        for node in (source, importing):
+            node.cluster("SETSLOT", slot, "STABLE")
+            node.close()
+        client.close()

@@ -799,3 +799,24 @@ def test_request_round_trips_through_plain_json_and_drops_unknown_fields(config:
     assert stored["interfaces"] == ["lo", "eth0"] and stored["tags"] == ["a", "b"]
     assert CaptureRequest.from_dict(stored) == request
     assert CaptureRequest.from_dict({**stored, "added_later": 1}) == request
+
+
+@pytest.mark.parametrize(("bad", "shown"), [("\ud800", '"\\ud800"'), (5, "5"), (["a"], '["a"]')])
+def test_a_spooled_reply_to_the_parser_would_refuse_is_dropped_and_said(
+    config: Config, bad: object, shown: str
+) -> None:
+    """A spool entry from before reply_to was checked, or edited by hand:
+    read back, its request has no reply_to (a result could not be sent to
+    it) and says why in `warnings`; the rest of it is kept, so its capture
+    is still delivered."""
+    request = parse_request(json.dumps({"node": HOST, "interface": "lo"}), config)
+    stored = {**json.loads(json.dumps(request.to_dict())), "reply_to": bad}
+    back = CaptureRequest.from_dict(stored)
+    assert back.reply_to is None and back.interfaces == ("lo",)
+    assert back.warnings == (
+        f"reply_to: {shown} dropped: "
+        + ("expected 1-256 printable characters without spaces" if isinstance(bad, str)
+           else f"expected a string, got {shown}"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="reply_to"):
+        dataclasses.replace(request, reply_to=bad)  # type: ignore[arg-type]

@@ -18,7 +18,8 @@ from redis.crc import key_slot
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.result_send import ADD_ONCE_SHA
-from pcapd.core.results import ResultPublisher
+from pcapd.core.results import ResultPublisher, Sent
+from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster, RedisServer, redis_server, wait_for
 from tests.pcapd.core.test_results import result, stream_events
 from tests.pcapd.daemon_fixture import Results
@@ -212,3 +213,101 @@ def test_a_primary_silent_mid_batch_has_only_its_part_sent_again(
 
 def owner_of(cluster: RedisCluster, key: str) -> int:
     return next(p for p in cluster.ports if key_slot(key.encode()) in cluster.slots_of(p))
+
+
+UNENCODABLE: list[Any] = ["\ud800", 5]  # a lone surrogate, a non-string
+
+
+def _unencodable_given_up_alone(
+    pub: ResultPublisher, client: Any, stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Results whose reply_to cannot be encoded, queued ahead of one that
+    can: each is logged lost once ("cannot encode"), not resent; the one
+    behind is in the stream (no traceback, no backoff round)."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    pub.start()
+    try:
+        for n, bad in enumerate(UNENCODABLE):
+            pub.submit(result(n), reply_to=bad)
+        pub.submit(result(9))
+        wait_for(lambda: [e["id"] for _, e in stream_events(client, stream)] == ["r9"], timeout=20)
+        assert pub.publish(result(8), reply_to="\udfff") is Sent.REFUSED
+    finally:
+        assert pub.stop(10) == 0
+    lost = [line for line in caplog.text.splitlines() if "result_lost" in line]
+    assert len(lost) == 3 and all("cannot encode its commands" in line for line in lost), lost
+    assert "UnicodeEncodeError" in lost[0] and "AttributeError" in lost[1]
+    assert pub.dropped == 2  # the queued ones; publish() says REFUSED
+    assert "result_publisher_failed" not in caplog.text
+    assert "result_publish_failed" not in caplog.text
+
+
+def test_a_result_that_cannot_be_encoded_does_not_hold_up_the_rest(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = RedisConfig(port=redis_srv.port)
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    _unencodable_given_up_alone(pub, redis_srv.client(), config.results_stream, caplog)
+
+
+def test_a_result_that_cannot_be_encoded_on_a_cluster_is_given_up_alone(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream="{s}x")
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    client = redis_cluster.client()
+    try:
+        _unencodable_given_up_alone(pub, client, config.results_stream, caplog)
+    finally:
+        client.close()
+
+
+# An ACL that runs scripts by EVAL and EVALSHA but may not SCRIPT LOAD (as
+# behind a proxy or rename-command that refuses it).
+NO_SCRIPT_LOAD = ["-@all", "+publish", "+eval", "+evalsha", "+exists", "+xadd", "+set", "+ping",
+                  "+client|setname", "+cluster|slots", "+cluster|shards", "+command"]  # fmt: skip
+
+
+def no_script_load(node: redis.Redis) -> None:
+    node.acl_setuser("pcapd", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                     commands=NO_SCRIPT_LOAD)  # fmt: skip
+
+
+def test_where_script_load_is_refused_eval_carries_the_script(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SCRIPT LOAD refused (NOPERM) where EVAL is allowed: the calls Redis
+    answered NOSCRIPT go as EVAL, so a site whose results went by EVAL
+    keeps them; after a flush too. Nothing lost, nothing logged failed."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    client = redis_srv.client()
+    no_script_load(client)
+    config = RedisConfig(port=redis_srv.port, username="pcapd", auth=Secret("pw"))
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    assert pub.publish(result(1))
+    client.script_flush()
+    assert pub.publish(result(2))
+    assert pub.publish(result(3))
+    assert [e["id"] for _, e in stream_events(client)] == ["r1", "r2", "r3"]
+    assert "result_publish_failed" not in caplog.text and "result_lost" not in caplog.text
+
+
+def test_where_script_load_is_refused_on_a_cluster_eval_carries_the_script(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    stream = "{s}x"
+    for port in redis_cluster.ports:
+        with redis_cluster.node(port) as node:
+            no_script_load(node)
+    config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream,
+                         username="pcapd", auth=Secret("pw"))  # fmt: skip
+    pub = ResultPublisher(functools.partial(connect, config), config)
+    client = redis_cluster.client()
+    try:
+        assert pub.publish(result(1))
+        assert pub.publish(result(2))
+        assert [e["id"] for _, e in stream_events(client, stream)] == ["r1", "r2"]
+    finally:
+        client.close()
+    assert "result_publish_failed" not in caplog.text and "result_lost" not in caplog.text
