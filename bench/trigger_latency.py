@@ -198,7 +198,7 @@ def first_probe(path: Path) -> tuple[bytes, int]:
 class ProbePriority:
     """`with` it around sending probes (and only there): SCHED_FIFO and a
     1 us timer slack for this process, so the probes go out on time on a
-    loaded machine; SCHED_OTHER and the timer slack it had are restored
+    loaded machine; the policy and the timer slack it had are restored
     after. Without the right to (no CAP_SYS_NICE, no RT budget) it says so,
     once, and the probes run at normal priority."""
 
@@ -206,11 +206,13 @@ class ProbePriority:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._slack = 0
         self._fifo = False
+        self._policy = (os.SCHED_OTHER, os.sched_param(0))
         self.refused: str | None = None
 
     def __enter__(self) -> None:
         self._slack = self._libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
         self._libc.prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
+        self._policy = (os.sched_getscheduler(0), os.sched_getparam(0))
         try:
             os.sched_setscheduler(
                 0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(PROBE_PRIORITY)
@@ -224,7 +226,7 @@ class ProbePriority:
 
     def __exit__(self, *_exc: object) -> None:
         if self._fifo:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            os.sched_setscheduler(0, *self._policy)
             self._fifo = False
         self._libc.prctl(PR_SET_TIMERSLACK, self._slack, 0, 0, 0)
 

@@ -115,8 +115,9 @@ class Worker:
         no socket: ~0.3 ms cold, its filter compiled and its feed made), so
         it is active before the claims; it starts when its request `arrived`
         (monotonic) if that was at most MAX_HEAD_START ago, and the packets
-        the ring took since are copied here (at most HEAD_START_BYTES, 1.2-2.2
-        ms at worst; more, and it starts now).
+        the ring took since are copied here (within HEAD_START_BYTES, a
+        quarter for pcapng, none with packet debug: ~1 ms at worst; more,
+        and it starts now).
         False when refused (already answered and settled). `capture_started`
         is logged later, by `watch` (on the trigger thread, once the claims
         are out) or by the capture thread (`run`)."""

@@ -27,8 +27,9 @@ the caller's thread for a request 20 ms after the last (its filter compiled,
 ~0.17 ms, and its feed made; docs/performance.md, "Fifth round"). One
 registered within MAX_HEAD_START of its request's arrival starts at the
 arrival (its `since` set back, the records the ring took meanwhile copied
-as a lookback's are, at registration: at most HEAD_START_BYTES, 1.2-2.2 ms
-at worst, else it starts at its registration): the packets that came while the
+as a lookback's are, at registration: within HEAD_START_BYTES, a quarter
+of it for pcapng, none with packet debug, ~1 ms at worst; else it starts
+at its registration): the packets that came while the
 request was parsed and admitted are in its file.
 
 Memory (said here only): `memory` bytes (the chunks, at most `max_bytes`),

@@ -99,8 +99,8 @@ class RingCapture:
     def copy_head_start(self) -> None:
         """The records of its head start (no lookback asked: those that came
         between its request's arrival and its registration, at most
-        MAX_HEAD_START, from the last read before it: at most
-        HEAD_START_BYTES) into the file now, in the caller's thread, so
+        MAX_HEAD_START, from the last read before it: within its budget,
+        reader.HEAD_START_BYTES) into the file now, in the caller's thread, so
         that it needs no thread of its own (`copying` is False after)."""
         if self._spans and self.lookback is None:
             try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pcap
 
+from pcapd.core.config import MAX_SNAPLENGTH
 from pcapd.core.events import iso_utc
 from pcapd.core.logs import event
 from pcapd.engine import (
@@ -56,10 +57,13 @@ MAX_HEAD_START = 0.005
 # thread; more (a high packet rate), and the capture starts at its
 # registration instead. The copy walks from the last read before the
 # arrival, up to a kernel block (BLOCK_TIMEOUT_MS) earlier than it, so its
-# bytes, not MAX_HEAD_START, bound its cost: 0.7-1.4 us per record (idle to
-# load 7 here), so 1.2-2.2 ms for 128 KiB of the smallest packets (1,638
-# 80-byte records), 0.3-0.4 ms of 1,500-byte ones.
-HEAD_START_BYTES = 128 * 1024
+# bytes, not MAX_HEAD_START, bound its cost: per record of the smallest
+# packets (58 bytes) ~1.2 us passed through as pcap, ~1.8 us through a BPF
+# that matches, ~4 us framed as pcapng (measured at load 3-4), so ~1 ms for
+# 32 KiB (565 such records) through a BPF. A feed that frames each record
+# anew (pcapng, a shorter snap) gets a quarter of it; one with packet debug
+# (~100 us a record) none.
+HEAD_START_BYTES = 32 * 1024
 # Reads remembered with where the store stood after each and the kernel's
 # drops then: a head start's copy begins at the last read that ended before
 # it, so it walks what came since, not its chunk, and its drops count from
@@ -268,8 +272,8 @@ class Ring:
         are in the file too (the ring holds them; they are not marked as
         lookback). Without a lookback that head start is copied by the
         caller (`copy_head_start`), so it is taken only from a read mark and
-        within HEAD_START_BYTES; with one it never reaches past the ring's
-        seconds.
+        within its budget (`_head_start_budget`); with one it never reaches
+        past the ring's seconds.
         Bounds count the whole file; `duration` runs from the start. Raises
         CaptureError (a bad filter, a failed ring) before anything is
         registered. `on_full` is called (under the ring's lock, on the
@@ -293,7 +297,8 @@ class Ring:
             if self.error is not None or self._handle is None:
                 why = self.error or f"lookback ring on {self.interface} is not running"
                 raise CaptureError(why)
-            trigger, since, spans, drops_before = self._window(lookback, arrived)
+            budget = _head_start_budget(fmt, limits.snap, packet_debug)
+            trigger, since, spans, drops_before = self._window(lookback, arrived, budget)
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
             header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
@@ -315,21 +320,22 @@ class Ring:
         return made[0]
 
     def _window(
-        self, lookback: int, arrived: float | None
+        self, lookback: int, arrived: float | None, budget: int
     ) -> tuple[int, int, tuple[Span, ...], int]:
         """(trigger, since, the spans to copy, the kernel's drops before it)
-        of a capture registering now; its request `arrived` (monotonic).
+        of a capture registering now; its request `arrived` (monotonic), its
+        head start may copy `budget` bytes (lookback or not).
         Read under the lock: every record held now is older than now, and
         the reader offers every later one. Lock held."""
         now = time.time_ns()
         head = 0 if arrived is None else int((time.monotonic() - arrived) * NS)
-        if not 0 < head <= MAX_HEAD_START * NS:
+        if not 0 < head <= MAX_HEAD_START * NS or not budget:
             head = 0
         if lookback:
             # since >= the cutoff, so a ring that has run `lookback` seconds
             # holds them all (the result's `lookback` is what was asked):
             # the head start gives way where the ring's seconds end.
-            head = min(head, (self.seconds - lookback) * NS)
+            head = max(0, min(head, (self.seconds - lookback) * NS))
             trigger = now - head
             since = trigger - lookback * NS
             # Whole chunks only: the replay skips older records by their stamps.
@@ -340,11 +346,11 @@ class Ring:
         if head:
             # Copied at registration, on the caller's thread: only from a
             # read mark (else its walk could be every chunk: a clock stepped
-            # back) and within HEAD_START_BYTES; else it starts now.
+            # back) and within its budget; else it starts now.
             read = self._read_before(now - head)
             if read is not None:
                 spans = self.store.spans(now - head, read[0])
-                if sum(span.end - span.start for span in spans) <= HEAD_START_BYTES:
+                if sum(span.end - span.start for span in spans) <= budget:
                     return now - head, now - head, spans, read[1]
         # From now: every record held is older (the reader offers the rest).
         return now, now, (), self.dropped
@@ -411,3 +417,13 @@ class Ring:
                 f"to {iso_utc(trigger / NS)} (each marked with the comment 'lookback')",
             }
         return pcapng_header(self.linktype, snap, self.interface, comments)
+
+
+def _head_start_budget(fmt: str, snap: int, packet_debug: PacketDebug | None) -> int:
+    """Bytes of ring records a capture's head start may copy on the caller's
+    thread (HEAD_START_BYTES): by what framing each record costs."""
+    if packet_debug is not None:
+        return 0
+    if fmt == "pcapng" or snap < MAX_SNAPLENGTH:
+        return HEAD_START_BYTES // 4
+    return HEAD_START_BYTES
