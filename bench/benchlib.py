@@ -7,6 +7,7 @@ own directory first on sys.path, so `import benchlib` finds this file.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -202,9 +203,13 @@ def redis_cluster(workdir: Path, size: int = 3) -> Iterator[str]:
 def process(
     args: list[str], ready: Callable[[], bool], what: str, log: Path, timeout: float = READY_TIMEOUT
 ) -> Iterator[int]:
-    """Start `args` (output to `log`), wait until `ready()`, yield its pid, stop it."""
+    """Start `args` (output to `log`), wait until `ready()`, yield its pid, stop it.
+    It runs in the tree of the `pcapd` this bench imports (`PYTHONPATH`
+    honoured): `python -m pcapd` takes the package from its working
+    directory first, so a bench run from one tree against another's code
+    would otherwise start this tree's daemon."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=code_tree())
         try:
 
             def up() -> bool:
@@ -217,6 +222,14 @@ def process(
             yield proc.pid
         finally:
             stop(proc)
+
+
+def code_tree() -> Path:
+    """The directory holding the `pcapd` package this process would import."""
+    spec = importlib.util.find_spec("pcapd")
+    if spec is None or spec.origin is None:
+        raise BenchError("pcapd is not importable: run from the repository or set PYTHONPATH")
+    return Path(spec.origin).resolve().parent.parent
 
 
 def redis_ok(client: redis.Redis) -> bool:

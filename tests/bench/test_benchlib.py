@@ -106,3 +106,34 @@ def test_metric_value_reads_one_series_and_names_a_missing_one(metrics_page: str
     assert metric_value(metrics_page, "pcapd_trigger_latency_seconds_count") == 3.0
     with pytest.raises(BenchError, match=r"no pcapd_trigger_latency_seconds$"):
         metric_value(metrics_page, "pcapd_trigger_latency_seconds")
+
+
+def test_a_daemon_started_by_a_bench_runs_the_code_the_bench_imports(tmp_path: Path) -> None:
+    """A bench run from this tree with PYTHONPATH at another tree (to measure
+    the code before a change) starts `python -m pcapd` from that tree, not
+    from this working directory."""
+    other = tmp_path / "other"
+    (other / "pcapd").mkdir(parents=True)
+    (other / "pcapd" / "__init__.py").write_text("")
+    marker = tmp_path / "ran"
+    (other / "pcapd" / "__main__.py").write_text(
+        "import pathlib, time\n"
+        f"pathlib.Path({str(marker)!r}).write_text(__file__)\n"
+        "time.sleep(30)\n"
+    )
+    script = (
+        "import sys, pathlib\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        "from benchlib import process\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        f"with process([sys.executable, '-m', 'pcapd'], marker.exists, 'fake pcapd', "
+        f"pathlib.Path({str(tmp_path / 'log')!r})):\n"
+        "    pass\n"
+    )
+    bench = tmp_path / "bench.py"  # a script, as a bench is: no cwd on its path
+    bench.write_text(script)
+    subprocess.run(
+        [sys.executable, str(bench)], cwd=BENCH.parent, check=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(other)},
+    )  # fmt: skip
+    assert Path(marker.read_text()).resolve() == (other / "pcapd" / "__main__.py").resolve()
