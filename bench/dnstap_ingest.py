@@ -38,9 +38,9 @@ import dns.rcode
 import dns.rrset
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH: another tree's code may be measured
 
-from benchlib import BenchError, redis_cluster, require  # noqa: E402
+from benchlib import BenchError, code_tree, redis_cluster, require  # noqa: E402
 
 from agents.dnstap import dnstap_pb2, fstrm  # noqa: E402
 from agents.dnstap.client import FrameWriter  # noqa: E402
@@ -174,7 +174,7 @@ def _run_agent(workdir: Path, payloads: list[bytes], url: str) -> dict[str, floa
         agent = subprocess.Popen(
             [sys.executable, "-m", "pcapd", "agent", "dnstap", "--socket", sock,
              "--redis-url", url, "--stats-interval", str(STATS_INTERVAL)],
-            cwd=ROOT, stdout=out, stderr=out,
+            cwd=code_tree(), stdout=out, stderr=out,
         )  # fmt: skip
     try:
         start = time.time()

@@ -50,6 +50,7 @@ from pathlib import Path
 import dns.message
 from benchlib import (
     BenchError,
+    code_tree,
     cpu_seconds,
     peer_figures,
     require,
@@ -59,7 +60,6 @@ from benchlib import (
 )
 from dnsmix import BENCH_SUBNET, generate
 
-REPO = Path(__file__).resolve().parents[1]
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
 QUICK_RESPONSES = 200_000
 FULL_RESPONSES = 1_000_000
@@ -155,7 +155,7 @@ def timed_dnsflow(redis_pid: int, *args: str) -> Run:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     redis_before = cpu_seconds(redis_pid)
     started = time.perf_counter()
-    result = subprocess.run([DNSFLOW, *args], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([DNSFLOW, *args], capture_output=True, text=True, cwd=code_tree())
     took = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -274,7 +274,7 @@ def live_step(
         agent = subprocess.Popen(
             ["ip", "netns", "exec", ns_a, PY, "-m", "pcapd", "agent", "dnswire", "--interface",
              dev_a, "--redis-url", f"unix://{sock}", "--stats-interval", str(STATS_S)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+            cwd=code_tree(), stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
     tcpdump = subprocess.Popen(
         ["ip", "netns", "exec", ns_a, "tcpdump", "-i", dev_a, "-s", "0", "-B", "65536",

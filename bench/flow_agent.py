@@ -32,6 +32,7 @@ from pathlib import Path
 
 from benchlib import (
     BenchError,
+    code_tree,
     peer_figures,
     redis_cluster,
     require,
@@ -40,7 +41,6 @@ from benchlib import (
     veth_namespaces,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 PACKETS = 1_000_000
 FLOWS = 20_000
@@ -134,7 +134,7 @@ def read_into(pcap: Path, url: str) -> tuple[dict[str, int], float]:
     started = time.perf_counter()
     result = subprocess.run(
         [PY, "-m", "pcapd", "agent", "flow", "--read", str(pcap), OUR_NETS, "--redis", url],
-        capture_output=True, text=True, cwd=REPO, check=False,
+        capture_output=True, text=True, cwd=code_tree(), check=False,
     )  # fmt: skip
     return stats_of(result.stderr), time.perf_counter() - started
 
@@ -234,7 +234,7 @@ def live_step(
         agent = subprocess.Popen(
             ["ip", "netns", "exec", ns_a, PY, "-m", "pcapd", "agent", "flow", dev_a, OUR_NETS,
              "--redis", f"unix://{sock}", "--stats-interval", "3600"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+            cwd=code_tree(), stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
     tcpdump = subprocess.Popen(
         ["ip", "netns", "exec", ns_a, "tcpdump", "-i", dev_a, "-Q", "in", "-s", "256",

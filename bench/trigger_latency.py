@@ -62,6 +62,7 @@ from typing import Any
 import redis
 from benchlib import (
     BenchError,
+    code_tree,
     free_port,
     metric_value,
     percentile,
@@ -167,7 +168,7 @@ def daemon(
     log = (workdir / "pcapd.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, cwd=code_tree(),
     )  # fmt: skip
 
     def subscribed() -> bool:

@@ -302,34 +302,51 @@ class Daemon:
             reserve = min(RESULTS_GRACE, grace / 4)
             clean = False
             try:
-                clean = self.controller.shutdown(
-                    timeout=max(0.0, deadline - reserve - time.monotonic())
-                )
-                for source in self.sources:
-                    close = getattr(source, "close", None)
-                    if close is not None:
-                        close()
-                if self.drainer is not None:
-                    self.controller.deliverer.abandon.set()  # the drainer's attempt, too
-                    self.drainer.stop(
-                        timeout=max(0.1, min(reserve / 2, deadline - time.monotonic()))
-                    )
-            finally:
                 try:
-                    self.pool.stop()
-                    for ring in self.rings.values():
-                        clean = self._stop_ring(ring) and clean
+                    now = time.monotonic()
+                    clean = self.controller.shutdown(
+                        timeout=max(0.0, deadline - reserve - now), grace=deadline - now
+                    )
+                    for source in self.sources:
+                        self._close_source(source)
+                    if self.drainer is not None:
+                        self.controller.deliverer.abandon.set()  # the drainer's attempt, too
+                        self.drainer.stop(
+                            timeout=max(0.1, min(reserve / 2, deadline - time.monotonic()))
+                        )
                 finally:
                     try:
-                        # Ring captures the stops ended, past the controller's wait: stored now.
-                        self.controller.settle_late()
-                        self.controller.refusals.flush()  # the last burst's summary
+                        self.pool.stop()
+                        for ring in self.rings.values():
+                            clean = self._stop_ring(ring) and clean
                     finally:
-                        # Past the grace (stores above), the results still get a moment.
-                        left = max(min(RESULTS_FLOOR, reserve), deadline - time.monotonic())
-                        clean = self.publisher.stop(left) == 0 and clean
+                        try:
+                            # Ring captures the stops ended, past the controller's wait: stored now.
+                            self.controller.settle_late()
+                            self.controller.refusals.flush()  # the last burst's summary
+                        finally:
+                            # Past the grace (stores above), the results still get a moment.
+                            left = max(min(RESULTS_FLOOR, reserve), deadline - time.monotonic())
+                            clean = self.publisher.stop(left) == 0 and clean
+            except Exception:
+                # Whatever failed, the rest of the tail ran (finally) and
+                # `stopped` is still said, so serve() exits as it should.
+                event(log, "shutdown_failed", logging.ERROR, exc_info=True)
+                clean = False
         event(log, "stopped", clean=clean)
         return EXIT_OK if clean else EXIT_FAILURE
+
+    @staticmethod
+    def _close_source(source: object) -> None:
+        """Close `source` if it has a close; one that fails is logged, and
+        the others are still closed."""
+        close = getattr(source, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception:
+            event(log, "source_close_failed", logging.ERROR, exc_info=True, source=repr(source))
 
     @staticmethod
     def _stop_ring(ring: Ring) -> bool:

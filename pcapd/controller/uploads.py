@@ -49,10 +49,14 @@ class Uploads(ControllerState):
             self._uploads.pop(future, None)
 
     # -- lifecycle -------------------------------------------------------
-    def shutdown(self, timeout: float) -> bool:
+    def shutdown(self, timeout: float, grace: float | None = None) -> bool:
         """Stop taking requests, end running captures (stop=shutdown), wait for
-        them to be stored. True if everything finished within `timeout`."""
+        them to be stored. True if everything finished within `timeout`.
+        `grace`: what is left of the whole stop's (`shutdown_grace`, which
+        also covers sending the results), past which storing is logged as
+        late; `timeout` if not given."""
         deadline = time.monotonic() + timeout
+        grace_end = deadline if grace is None else time.monotonic() + grace
         self.admission.close()
         self.capture_stop.set()
         while time.monotonic() < deadline:
@@ -78,7 +82,7 @@ class Uploads(ControllerState):
         with self._lock:
             self._uploads_closed = True
         self._upload_pool.shutdown(wait=False)
-        self._spool_unfinished(deadline)
+        self._spool_unfinished(grace_end)
         with self._lock:
             return not self._capturing and not self._uploads
 
@@ -95,7 +99,7 @@ class Uploads(ControllerState):
             task()  # `Worker._complete`: never raises
         return len(late)
 
-    def _spool_unfinished(self, deadline: float) -> None:
+    def _spool_unfinished(self, grace_end: float) -> None:
         """Uploads still queued or hanging when shutdown can wait no longer:
         their captures are kept (the drainer of the next run delivers what
         is spooled), not taken away with the process. A running one keeps
@@ -126,7 +130,7 @@ class Uploads(ControllerState):
         self.deliverer.abandon.set()
         late = False
         for index, (worker, artifact, result) in enumerate(queued):
-            if not late and time.monotonic() >= deadline:
+            if not late and time.monotonic() >= grace_end:
                 # Stored past the grace rather than lost with the process:
                 # said once, so an operator knows why the stop took longer.
                 late = True

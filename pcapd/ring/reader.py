@@ -324,7 +324,8 @@ class Ring:
     ) -> tuple[int, int, tuple[Span, ...], int]:
         """(trigger, since, the spans to copy, the kernel's drops before it)
         of a capture registering now; its request `arrived` (monotonic), its
-        head start may copy `budget` bytes (lookback or not).
+        head start may copy `budget` bytes (with a lookback, copied on the
+        capture's own thread, the budget only says whether it has one).
         Read under the lock: every record held now is older than now, and
         the reader offers every later one. Lock held."""
         now = time.time_ns()

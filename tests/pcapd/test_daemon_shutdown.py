@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -71,3 +72,48 @@ def test_a_ring_whose_stop_raises_skips_nothing_after_it(
     assert (event["status"], event["stop"]) == ("empty", "shutdown")
     failed = [r for r in caplog.records if r.getMessage() == "ring_stop_failed"]
     assert [getattr(r, "pcapd_fields", {}).get("interface") for r in failed] == ["lo"]
+
+
+class CloseFails:
+    """A trigger source whose close raises (its own thread is the daemon's:
+    it only has to give no deliveries)."""
+
+    name = "broken-source"
+
+    def deliveries(self, stop: object) -> Iterator[object]:
+        return iter(())
+
+    def close(self) -> None:
+        raise OSError("the connection would not close")
+
+
+class Closes:
+    name = "other-source"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def deliveries(self, stop: object) -> Iterator[object]:
+        return iter(())
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_source_whose_close_raises_skips_nothing_and_stopped_is_said(
+    redis_srv: RedisServer, results: Results, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = parse_config({"general": {"node": "n1"}, "redis": {"port": redis_srv.port}})
+    daemon = Daemon(config)
+    other = Closes()
+    daemon.sources[:] = [CloseFails(), other]
+    late = EndsACaptureThenFails(daemon.controller, "late-after-source")
+    late.stop = lambda: daemon.controller.on_capture_thread(late._ended, late.request_id)  # type: ignore[method-assign]
+    daemon.rings.update(late=late)
+    daemon.stop_sources.set()
+    with caplog.at_level(logging.INFO, logger="pcapd"):
+        daemon.run()
+    assert other.closed
+    assert results.for_id("late-after-source")["status"] == "empty"  # the tail still ran
+    names = [r.getMessage() for r in caplog.records]
+    assert "source_close_failed" in names and names[-1] == "stopped"
