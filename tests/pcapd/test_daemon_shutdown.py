@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,7 @@ from pcapd.ring import Ring
 from tests.helpers import RedisServer, free_port
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.test_controller import request
+from triggers.base import Delivery
 
 
 class EndsACaptureThenFails(Ring):
@@ -74,30 +76,27 @@ def test_a_ring_whose_stop_raises_skips_nothing_after_it(
     assert [getattr(r, "pcapd_fields", {}).get("interface") for r in failed] == ["lo"]
 
 
-class CloseFails:
-    """A trigger source whose close raises (its own thread is the daemon's:
-    it only has to give no deliveries)."""
+class Idle:
+    """A trigger source that gives no deliveries (its thread is the daemon's)
+    and records its close."""
 
-    name = "broken-source"
+    connected = True
+    reconnects = 0
 
-    def deliveries(self, stop: object) -> Iterator[object]:
-        return iter(())
-
-    def close(self) -> None:
-        raise OSError("the connection would not close")
-
-
-class Closes:
-    name = "other-source"
-
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.closed = False
 
-    def deliveries(self, stop: object) -> Iterator[object]:
+    def deliveries(self, stop: threading.Event) -> Iterator[Delivery]:
         return iter(())
 
     def close(self) -> None:
         self.closed = True
+
+
+class CloseFails(Idle):
+    def close(self) -> None:
+        raise OSError("the connection would not close")
 
 
 def test_a_source_whose_close_raises_skips_nothing_and_stopped_is_said(
@@ -105,8 +104,8 @@ def test_a_source_whose_close_raises_skips_nothing_and_stopped_is_said(
 ) -> None:
     config = parse_config({"general": {"node": "n1"}, "redis": {"port": redis_srv.port}})
     daemon = Daemon(config)
-    other = Closes()
-    daemon.sources[:] = [CloseFails(), other]
+    other = Idle("other-source")
+    daemon.sources[:] = [CloseFails("broken-source"), other]
     late = EndsACaptureThenFails(daemon.controller, "late-after-source")
     late.stop = lambda: daemon.controller.on_capture_thread(late._ended, late.request_id)  # type: ignore[method-assign]
     daemon.rings.update(late=late)
