@@ -82,7 +82,11 @@ class RedisServer:
         if self.unixsocket:
             args += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.ready, timeout=10)
+        try:
+            wait_for(self.ready, timeout=10)
+        except BaseException:
+            self.stop()  # not left running behind a failed start (a ResourceWarning later)
+            raise
 
     def ready(self) -> bool:
         try:
@@ -180,7 +184,10 @@ class RedisCluster:
         wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
 
     def start_node(self, port: int) -> None:
-        """Start (or start again) the node on `port`, with its config file."""
+        """Start (or start again) the node on `port`, with its config file;
+        a process still running there is stopped first, not dropped."""
+        if port in self.procs:
+            stop_process(self.procs.pop(port))
         workdir = self.workdir / str(port)
         workdir.mkdir(parents=True, exist_ok=True)
         persist = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
@@ -194,7 +201,11 @@ class RedisCluster:
              "--dir", str(workdir), "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for(lambda: self._ping(port), timeout=10)
+        try:
+            wait_for(lambda: self._ping(port), timeout=10)
+        except BaseException:
+            stop_process(self.procs.pop(port))
+            raise
 
     @property
     def node_timeout_ms(self) -> int:
