@@ -94,8 +94,9 @@ class BatchSender(FollowUp):
         after SCRIPT LOAD. What got no answer or a "not now" is returned, to
         be sent again (None when all were answered); a MOVED or ASK (a
         cluster node reached through redis://) is refused. A connection
-        failure before the replies are read raises, and all are sent again;
-        once a reply is counted nothing raises."""
+        failure before any reply is read raises, and all are sent again; one
+        after some were read counts those and sends the rest again (Redis
+        ran the first ones); once a reply is counted nothing raises."""
         step = max(1, self.batch_ops)
         calls: list[Call] = []
         for batch in batches:
@@ -107,7 +108,7 @@ class BatchSender(FollowUp):
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
         # Raises before any reply is read: nothing counted yet.
-        replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT)
+        replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT, keep_read=True)
         return self._settle_calls(client, calls, replies)
 
     def _settle_calls(

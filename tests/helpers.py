@@ -489,13 +489,15 @@ def silent_server() -> Iterator[SilentServer]:
 class ReplyCutter:
     """A TCP proxy on loopback to a server's `port`. It passes every request
     on; while `swallow` is set, a connection that sends `command` (after its
-    handshake, which passes) gets no more replies, and `cut()` then closes the
-    connections: the server ran the commands, the client lost the replies (a
-    connection broken at the worst moment)."""
+    handshake, which passes) gets no more replies (past the first
+    `pass_bytes` of them), and `cut()` then closes the connections: the
+    server ran the commands, the client lost the replies (a connection
+    broken at the worst moment)."""
 
-    def __init__(self, port: int, command: bytes = b"PUBLISH") -> None:
+    def __init__(self, port: int, command: bytes = b"PUBLISH", pass_bytes: int = 0) -> None:
         self._upstream = port
         self._command = command
+        self._pass_bytes = pass_bytes
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.swallow = False
@@ -534,9 +536,12 @@ class ReplyCutter:
     def _replies(
         self, upstream: socket.socket, client: socket.socket, held: threading.Event
     ) -> None:
+        allowance = self._pass_bytes  # of the replies once held
         with contextlib.suppress(OSError):
             while data := upstream.recv(65536):
-                if not held.is_set():
+                if held.is_set():
+                    data, allowance = data[:allowance], max(0, allowance - len(data))
+                if data:
                     client.sendall(data)
         self._end(client, upstream)
 

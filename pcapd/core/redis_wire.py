@@ -31,28 +31,39 @@ def pack_pairs(command: str, keys: Sequence[str], values: Sequence[str]) -> byte
     return b"".join([pack_command((command, k, v)) for k, v in zip(keys, values, strict=True)])
 
 
-def exchange(client: redis.Redis, packed: bytes, count: int) -> list[Any]:
-    """Write `packed` on one of the client's connections and read `count`
-    replies (error replies returned as redis-py's exceptions). Raises on a
-    connection failure (redis.ConnectionError, TimeoutError, OSError,
-    hiredis.ProtocolError); nothing is sent twice."""
-    pool = client.connection_pool
-    conn = get_connection(pool)
-    try:
-        conn.send_packed_command([packed], check_health=False)
-        return read_replies(conn, count)
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-
-
 # What a send raises when Redis was not reached or its replies not read:
 # redis-py's errors (redis-py 8's AttributeError inside connect() made one by
 # `redis_conn.connecting`), the socket's, a garbled reply stream, a cluster's
 # that are not RedisError (a slot no node serves).
 UNANSWERED = (redis.RedisError, RedisClusterException, OSError, hiredis.ProtocolError)
+
+
+def exchange(
+    client: redis.Redis, packed: bytes, count: int, *, keep_read: bool = False
+) -> list[Any]:
+    """Write `packed` on one of the client's connections and read `count`
+    replies (error replies returned as redis-py's exceptions). Raises on a
+    connection failure (redis.ConnectionError, TimeoutError, OSError,
+    hiredis.ProtocolError); nothing is sent twice. `keep_read`: a failure
+    after some replies were read returns those, and the failure as the
+    reply of each command after them (Redis ran the first ones: sent again,
+    a counter would count twice); only one before any reply raises."""
+    pool = client.connection_pool
+    conn = get_connection(pool)
+    found: list[Any] = []
+    try:
+        conn.send_packed_command([packed], check_health=False)
+        return read_replies(conn, count, found)
+    except UNANSWERED as exc:
+        conn.disconnect()
+        if keep_read and found:
+            return found + [exc] * (count - len(found))
+        raise
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 def evalsha_exchange(
@@ -63,6 +74,7 @@ def evalsha_exchange(
     script: str,
     *,
     load_first: bool = False,
+    keep_read: bool = False,
 ) -> list[Any]:
     """`exchange`, where the EVALSHAs of `script` (`scripted`: by reply
     index, the command) that Redis answered NOSCRIPT (a restart, SCRIPT
@@ -73,12 +85,13 @@ def evalsha_exchange(
     caller to send again later.
     `load_first` (a new connection, where the script is likely missing)
     puts SCRIPT LOAD ahead of the commands, in the same round trip.
-    Only the first exchange raises: once replies are read they are returned."""
+    Only the first exchange raises: once replies are read they are returned
+    (with `keep_read`, also those read before it failed: `exchange`)."""
     if load_first:
         packed = pack_command(("SCRIPT", "LOAD", script)) + packed
-        replies = exchange(client, packed, count + 1)[1:]  # a refused load: NOSCRIPT below
+        replies = exchange(client, packed, count + 1, keep_read=keep_read)[1:]  # refused: NOSCRIPT
     else:
-        replies = exchange(client, packed, count)
+        replies = exchange(client, packed, count, keep_read=keep_read)
     missing = [i for i in scripted if isinstance(replies[i], redis.exceptions.NoScriptError)]
     if not missing:
         return replies

@@ -152,6 +152,34 @@ def test_an_index_follow_up_that_got_no_answer_is_sent_again(redis_srv: RedisSer
     admin.close()
 
 
+def test_replies_read_before_a_connection_fails_are_counted_once(redis_srv: RedisServer) -> None:
+    """One server stops answering partway through a round trip's replies:
+    each round, only the first two counters' replies come (SET NX's and
+    INCRBY's, 9 bytes each). Those two are counted, once, and only the rest
+    go again, so each round makes progress and the writes all end counted.
+    Sending the whole batch again (as before) never got past the first
+    round, and counted the first counters again on every one. The ones whose
+    replies were lost had run: sent again, they count twice (at least once:
+    Redis's reply is the only word on what it ran)."""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    proxy = ReplyCutter(redis_srv.port, b"INCRBY", pass_bytes=18)
+    proxy.swallow = True
+    keys = [f"client;10.0.9.{index}" for index in range(6)]
+    writer = started(lambda: redis.Redis(port=proxy.port, socket_timeout=0.5))
+    try:
+        for key in keys:
+            writer.incr(key)
+        wait_for(lambda: writer.stats.written_ops == len(keys), timeout=60)
+        assert writer.stats.redis_errors >= 2  # rounds that left some unanswered
+    finally:
+        writer.stop(5)
+        proxy.close()
+    values = [int(admin.get(key) or 0) for key in keys]
+    assert values[:2] == [1, 1]  # answered in the first round: counted once
+    assert all(value >= 1 for value in values)
+    admin.close()
+
+
 def test_a_noscript_right_after_script_load_leaves_the_appends_queued(
     redis_srv: RedisServer,
 ) -> None:
