@@ -222,6 +222,10 @@ class BatchSender(FollowUp):
                             self._zeroes[keys[i]] = None
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
+                        if index and replies[at + 2 * i] == _OK and not keys[i].startswith(_CLIENT):
+                            # Made here (its INCRBY's reply lost): the resend
+                            # finds it existing, so it is indexed now.
+                            created.append(keys[i])
                 self.stats.written_ops += took
                 at += 2 * len(keys)
                 continue

@@ -180,6 +180,28 @@ def test_replies_read_before_a_connection_fails_are_counted_once(redis_srv: Redi
     admin.close()
 
 
+def test_a_counter_made_before_the_link_broke_is_still_indexed(redis_srv: RedisServer) -> None:
+    """Only the SET NX's reply comes (5 bytes), then the link breaks: the
+    counter was made here, so it goes into its client's index, though the
+    resend finds it existing; and it counts its write."""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    proxy = ReplyCutter(redis_srv.port, b"INCRBY", pass_bytes=5)
+    proxy.swallow = True
+    key = "10.0.9.77;example.test.;nx"
+    writer = started(lambda: redis.Redis(port=proxy.port, socket_timeout=0.5), index=True)
+    try:
+        writer.incr(key)
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        proxy.swallow = False
+        proxy.cut()
+        wait_for(lambda: writer.stats.written_ops == 1 and writer.queue_depth == 0, timeout=30)
+        wait_for(lambda: admin.smembers(index_of(key)) == {key}, timeout=30)
+    finally:
+        writer.stop(5)
+        proxy.close()
+    admin.close()
+
+
 def test_a_noscript_right_after_script_load_leaves_the_appends_queued(
     redis_srv: RedisServer,
 ) -> None:
