@@ -41,6 +41,9 @@ def handle_late(
             got = Recorded(request(port, id=request_id, packets=5, timeout=1))
             delivery = dataclasses.replace(got.delivery, received=time.monotonic())
             send_udp(port, 3)
+            # Read by the ring, so stamped: a loaded machine's loopback can
+            # deliver (and stamp) them late, after the registration.
+            wait_for(lambda: lo_ring.stats().packets >= 3, timeout=10)
             time.sleep(WAITED)
             ctl.handle(delivery)
             send_udp(port, 2)
