@@ -18,7 +18,8 @@ from redis.crc import key_slot
 
 from agents.store import UNSET_ZERO_SCRIPT, index_commands
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import error_code, error_text, refusal, send_by_slot
+from pcapd.core.redis_conn import send_by_slot
+from pcapd.core.redis_errors import error_code, error_text, refusal
 from pcapd.core.redis_wire import UNANSWERED, exchange, pack_command, pack_pairs
 
 log = logging.getLogger("pcapd.agents.store")

@@ -18,7 +18,7 @@ missing script is loaded where Redis said NOSCRIPT (on a cluster, on those
 primaries only) and only those calls are sent again. Each write is
 counted once, as written or as refused by Redis (the cause logged at most
 once per DROP_LOG_INTERVAL); what got no answer, or a "not now" (TRYAGAIN,
-CLUSTERDOWN, LOADING, READONLY, OOM, BUSY ...: `redis_conn.refusal`, the
+CLUSTERDOWN, LOADING, READONLY, OOM, BUSY ...: `redis_errors.refusal`, the
 daemon's results' classifier too), is handed back to the writer, to be sent again after
 its backoff: only that, never what Redis already ran. Commands are packed and replies read here
 (hiredis), not through redis-py's pipeline, whose wrappers cost more per
@@ -54,7 +54,9 @@ from agents.redis_wire import (
 from agents.store import APPEND_SCRIPT
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import error_code, evalsha_by_slot, group_by_slot, refusal, slot_owner
+from pcapd.core.redis_conn import group_by_slot, slot_owner
+from pcapd.core.redis_errors import error_code, refusal
+from pcapd.core.redis_scripts import evalsha_by_slot
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.agents.store")

@@ -1,7 +1,7 @@
 """The RESP side of the agents' writer (agents/redis_send.py): a batch cut
 into calls, the calls packed as Redis commands (built as text, hiredis for
 keys that are not ASCII). The exchange itself is pcapd/core/redis_wire.py's,
-what a reply says (refused, "not now") `redis_conn.refusal`."""
+what a reply says (refused, "not now") `redis_errors.refusal`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from agents.store import APPEND_SCRIPT, client_key
 from agents.write_window import Batch
-from pcapd.core.redis_conn import script_sha
+from pcapd.core.redis_scripts import script_sha
 from pcapd.core.redis_wire import pack_command
 
 _SHA = script_sha(APPEND_SCRIPT)  # what EVALSHA names

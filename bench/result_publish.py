@@ -13,7 +13,7 @@ results are queued before the thread starts, so every batch is full. Best
 of `--repeat` runs, taken in turn.
 
 `--cluster`: a 3-primary Redis Cluster; pcapd sends per hash slot (one
-pipeline per primary, `redis_conn.evalsha_by_slot`), the peer one command
+pipeline per primary, `redis_scripts.evalsha_by_slot`), the peer one command
 at a time through redis-py's cluster client (its pipeline refuses PUBLISH),
 as the publisher did before.
 

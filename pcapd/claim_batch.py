@@ -13,7 +13,8 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from pcapd.core.redis_conn import Client, evalsha_by_slot
+from pcapd.core.redis_conn import Client
+from pcapd.core.redis_scripts import evalsha_by_slot
 from pcapd.core.redis_wire import UNANSWERED, evalsha_exchange, pack_command
 
 CLAIM_BATCH = 64  # claims sent in one pipeline at most

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import itertools
 import random
 import select
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
@@ -223,87 +222,6 @@ def send_by_slot(
     return replies
 
 
-def script_sha(script: str) -> str:
-    """The SHA1 Redis names `script` by (EVALSHA, SCRIPT LOAD's answer)."""
-    return hashlib.sha1(script.encode()).hexdigest()
-
-
-def as_eval(command: tuple[Any, ...], script: str) -> tuple[Any, ...]:
-    """`command`, an EVALSHA of `script`, as the EVAL that carries it: where
-    SCRIPT LOAD is refused (an ACL, rename-command, a proxy) but EVAL is
-    not, the script still runs (and Redis keeps it for the next EVALSHA)."""
-    return ("EVAL", script, *command[2:])
-
-
-def load_refused(error: object) -> bool:
-    """Whether a SCRIPT LOAD's `error` says it will never be taken (NOPERM,
-    an unknown command), so that only EVAL can bring the script."""
-    return isinstance(error, redis.ResponseError) and refusal(error, cluster=True) is not None
-
-
-def evalsha_by_slot(
-    client: RedisCluster, commands: Sequence[tuple[int, tuple[Any, ...]]], script: str
-) -> list[Any]:
-    """`send_by_slot`, where the EVALSHAs of `script` among `commands` that a
-    primary answered NOSCRIPT (a restart, SCRIPT FLUSH) are sent again once
-    the script is loaded there: on those primaries only, each on its own (a
-    primary that is down fails its own commands alone, with the load's
-    error as their reply; one that refuses SCRIPT LOAD for good gets them
-    as EVAL). A command NOSCRIPT again came from an ASK target (a slot being
-    migrated: the map names its old owner): the script is loaded on the
-    other primaries then, and it goes once more; a NOSCRIPT after that is
-    its reply, for the caller to send again later."""
-    replies = send_by_slot(client, commands)
-    call = ("EVALSHA", script_sha(script))
-    lost: dict[str | None, list[int]] = {}  # node -> its commands answered NOSCRIPT
-    for i, reply in enumerate(replies):
-        if isinstance(reply, redis.exceptions.NoScriptError) and commands[i][1][:2] == call:
-            lost.setdefault(slot_owner(client, commands[i][0]), []).append(i)
-    if not lost:
-        return replies
-    primaries = {node.name: node for node in client.get_primaries()}  # type: ignore[no-untyped-call]
-    again: dict[int, tuple[int, tuple[Any, ...]]] = {}
-    for name, which in lost.items():
-        error = _load(client, primaries.get(name or ""), name, script)
-        for i in which:
-            if error is None:
-                again[i] = commands[i]
-            elif load_refused(error):
-                again[i] = (commands[i][0], as_eval(commands[i][1], script))
-            else:
-                replies[i] = error
-    _resend(client, again, replies, list(again))
-    asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
-    if asked:
-        for name, node in primaries.items():
-            if name not in lost:
-                _load(client, node, name, script)  # a node that fails keeps its NOSCRIPT
-        _resend(client, commands, replies, asked)
-    return replies
-
-
-def _resend(
-    client: RedisCluster,
-    commands: Sequence[tuple[int, tuple[Any, ...]]] | Mapping[int, tuple[int, tuple[Any, ...]]],
-    replies: list[Any],
-    which: list[int],
-) -> None:
-    for i, reply in zip(which, send_by_slot(client, [commands[i] for i in which]), strict=True):
-        replies[i] = reply
-
-
-def _load(client: RedisCluster, node: Any, name: str | None, script: str) -> Exception | None:
-    """SCRIPT LOAD of `script` on `node` (None: `name` is no primary now); the error, if any."""
-    try:
-        if node is None:
-            raise redis.ConnectionError(f"{name or 'no node'}: not a primary now")
-        with connecting():  # may open the node's first connection
-            client.execute_command("SCRIPT LOAD", script, target_nodes=[node])  # type: ignore[no-untyped-call]
-    except (redis.RedisError, RedisClusterException, OSError) as exc:
-        return exc
-    return None
-
-
 @contextlib.contextmanager
 def connecting() -> Iterator[None]:
     """Around what opens connections (a pool's `get_connection`, a cluster
@@ -423,56 +341,3 @@ def same_slot_prefix(key: str) -> str:
         return "{" + key + "}"
     slot = key_slot(key.encode())
     return next(f"{{{n}}}" for n in itertools.count() if key_slot(str(n).encode()) == slot)
-
-
-# Error replies a later resend may get past: a node busy, loading, in a
-# failover or short of memory or replicas, or a cluster redirect mid-move.
-# Any other reply (NOPERM, WRONGTYPE, ERR from an ACL or a script ...) would
-# come back the same: refused for good.
-# NOSCRIPT too: every sender of EVALSHA loads the script where it was lost
-# and sends again (`evalsha_by_slot`, `redis_wire.evalsha_exchange`).
-TRANSIENT_CODES = frozenset({
-    "BUSY", "LOADING", "NOREPLICAS", "MISCONF", "READONLY", "OOM", "TRYAGAIN",
-    "CLUSTERDOWN", "ASK", "MASTERDOWN", "NOSCRIPT",
-})  # fmt: skip
-REDIRECTS = frozenset({"MOVED", "ASK"})
-# Said of a MOVED or ASK on a plain connection: no redirection is followed there.
-CLUSTER_HINT = "a cluster node: use redis+cluster://"
-
-
-def error_code(error: BaseException | str) -> str:
-    """An error reply's code (its first word): redis-py cuts the codes it
-    knows off the message into `status_code` and leaves the rest in it; for
-    a reply given as text (a script's answer), its first word when that is
-    a code; else the exception's class (ConnectionError, ...)."""
-    code = getattr(error, "status_code", None)
-    if isinstance(code, str) and code:
-        return code
-    word = str(error).split(" ", 1)[0]
-    if word.isalpha() and word.isupper():
-        return word
-    return type(error).__name__ if isinstance(error, BaseException) else "unknown"
-
-
-def error_text(error: BaseException) -> str:
-    """The error as Redis spelled it, its code put back before the message
-    redis-py cut it from (`NOPERM ...`, `MOVED 1234 host:port`)."""
-    text = str(error) or type(error).__name__
-    code = getattr(error, "status_code", None)
-    return f"{code} {text}" if isinstance(code, str) and not text.startswith(code) else text
-
-
-def refusal(reply: object, *, cluster: bool) -> str | None:
-    """What to log when `reply` says Redis refused a command for good, so
-    that sending it again is pointless (WRONGTYPE, NOPERM, ...); None for
-    anything else: a value, no answer (a connection error) or a "not now"
-    (TRANSIENT_CODES), to be sent again. The one classifier of the daemon's
-    and the agents' writes. A MOVED or ASK is "not now" on a cluster (the
-    redirections ran out mid-move) but "no" on one server's client, which
-    follows none: a cluster node reached through redis://."""
-    if not isinstance(reply, redis.ResponseError):
-        return None
-    code = error_code(reply)
-    if code in REDIRECTS:
-        return None if cluster else f"{error_text(reply)}: {CLUSTER_HINT}"
-    return None if code in TRANSIENT_CODES else error_text(reply)

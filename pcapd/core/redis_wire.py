@@ -13,7 +13,8 @@ import hiredis
 import redis
 from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import as_eval, get_connection, load_refused, read_replies
+from pcapd.core.redis_conn import get_connection, read_replies
+from pcapd.core.redis_scripts import as_eval, load_refused
 
 # hiredis's stub takes one-element tuples only; it packs any command.
 pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)

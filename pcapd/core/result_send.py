@@ -6,9 +6,9 @@ only if the event id's marker (`event_mark_key`, set once the entry is in, for
 `[redis] results_dedup_window` s) was not there, so a resend is in the stream
 once. A batch goes as packed RESP in one
 exchange on one server (`redis_wire.evalsha_exchange`), per hash slot on a
-cluster (`redis_conn.evalsha_by_slot`), the script as EVALSHA, loaded where
+cluster (`redis_scripts.evalsha_by_slot`), the script as EVALSHA, loaded where
 Redis answered NOSCRIPT. From the replies (`settle`): what Redis refused for
-good (NOPERM, WRONGTYPE: `redis_conn.refusal`) is not resent; after a round
+good (NOPERM, WRONGTYPE: `redis_errors.refusal`) is not resent; after a round
 Redis took in part (OOM or READONLY on the stream's script, its PUBLISH
 through; on a cluster, one primary away), only the rest goes again (`Rest`).
 `pcapd.core.results` queues and resends.
@@ -27,13 +27,9 @@ from redis.crc import key_slot
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import (
-    Client,
-    evalsha_by_slot,
-    refusal,
-    same_slot_prefix,
-    script_sha,
-)
+from pcapd.core.redis_conn import Client, same_slot_prefix
+from pcapd.core.redis_errors import refusal
+from pcapd.core.redis_scripts import evalsha_by_slot, script_sha
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.core.results")  # the publisher's: one logger for results

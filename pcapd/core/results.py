@@ -9,7 +9,7 @@ it once; pub/sub cannot be taken back, so a subscriber may get a message
 twice, with the same `event_id` (pcapd's readers drop the second).
 redis-py's own retries are off on the publisher's client: a resend is always
 this module's, seen and logged. What Redis refuses for good (NOPERM,
-WRONGTYPE: `redis_conn.refusal`) is not resent: that event is logged
+WRONGTYPE: `redis_errors.refusal`) is not resent: that event is logged
 lost, the others go on. After a round Redis took in part (OOM or READONLY on
 the stream's script, its PUBLISH through), only the rest goes again. What
 one batch sends and what it makes of the replies is `pcapd.core.result_send`.
@@ -33,7 +33,8 @@ from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client, connecting, error_text, is_cluster
+from pcapd.core.redis_conn import Client, connecting, is_cluster
+from pcapd.core.redis_errors import error_text
 from pcapd.core.redis_wire import UNANSWERED
 from pcapd.core.result_send import (
     CHANNEL,

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import CLUSTER_HINT, connect, error_code, refusal
+from pcapd.core.redis_conn import connect
+from pcapd.core.redis_errors import CLUSTER_HINT, error_code, refusal
 from pcapd.core.redis_wire import exchange, pack_command
 from pcapd.core.secret import Secret
 from tests.helpers import RedisServer, free_port, redis_server, run, stop_process, wait_for

@@ -10,14 +10,13 @@ from redis.crc import key_slot
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import (
     connect,
-    error_code,
     node_for_channel,
     primaries,
     publish,
-    refusal,
     same_slot_prefix,
     send_by_slot,
 )
+from pcapd.core.redis_errors import error_code, refusal
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster
 
