@@ -13,9 +13,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -27,18 +26,14 @@ from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.metrics import MetricsError, MetricsServer, serve_metrics
 from pcapd.core.results import ResultPublisher
+from pcapd.daemon_build import build_deliverer, build_sources
 from pcapd.daemon_metrics import DaemonCollector, daemon_checks
 from pcapd.engine import CaptureError, HandlePool, available_devices
 from pcapd.fleet import Heartbeat, NodeState, node_state
 from pcapd.ring import Ring, RingFilterError
-from triggers.base import Delivery, TriggerSource
-from triggers.redis_pubsub import RedisPubSubSource
-from uploaders.base import Uploader
-from uploaders.deliver import Deliverer, build_remote_uploaders
+from triggers.base import TriggerSource
 from uploaders.drain import SpoolDrainer
-from uploaders.local import LocalUploader
-from uploaders.retry import RetryPolicy
-from uploaders.spool import Spool, SpoolEntry
+from uploaders.spool import SpoolEntry
 
 log = logging.getLogger("pcapd.daemon")
 
@@ -62,62 +57,6 @@ RESULTS_GRACE = 10.0  # of delivery.shutdown_grace, at most, kept to send queued
 RESULTS_FLOOR = 1.0  # s the queued results get at the end, even past the grace
 SOURCE_JOIN = 2.0  # seconds for all trigger sources to stop together
 DEDUP_TIMEOUT = 1.0  # a request waits at most this on Redis for its dedup check
-
-
-def build_deliverer(config: Config, stop: threading.Event) -> Deliverer:
-    """Local disk first (fast, durable), then S3 and CloudShark in the order
-    of their sections in the config file; a spool for the remote ones."""
-    uploaders: list[Uploader] = []
-    if config.general.writelocal:
-        uploaders.append(LocalUploader(config.general.localdir))
-    abandon = threading.Event()
-    remote = build_remote_uploaders(config, abandon=abandon)
-    uploaders.extend(remote)
-    spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes) if remote else None
-    retry = RetryPolicy.from_config(config.delivery, stop=stop)
-    return Deliverer(uploaders, retry, spool, abandon)
-
-
-def build_sources(
-    config: Config, free_slots: Callable[[], int], refuse: Callable[[Delivery, str], None]
-) -> list[TriggerSource]:
-    sources: list[TriggerSource] = []
-    if config.redis.listen:
-
-        def connect_once() -> redis.Redis:
-            # No silent retries inside redis-py: the source's own loop logs the
-            # outage and backs off, so an operator sees Redis is down. On a
-            # cluster: the node the subscription belongs on.
-            client = redis_conn.connect(config.redis, retry=Retry(NoBackoff(), 0))
-            return redis_conn.node_for_channel(
-                client, config.redis.channel, sharded=config.redis.sharded_pubsub
-            )
-
-        sources.append(
-            RedisPubSubSource(
-                connect_once,
-                config.redis.channel,
-                config.redis.describe(),
-                queue_bytes=config.redis.pubsub_queue_bytes,
-                refuse=refuse,
-                sharded=config.redis.sharded_pubsub,
-            )
-        )
-    if config.redis.stream_listen:
-        from triggers.redis_stream import RedisStreamSource
-
-        sources.append(RedisStreamSource(config.redis, config.general.node, free_slots=free_slots))
-    if config.sqs.listen:
-        from triggers.sqs import SqsSource
-
-        sources.append(
-            SqsSource(
-                config.sqs,
-                free_slots=free_slots,
-                max_request_bytes=config.general.max_request_bytes,
-            )
-        )
-    return sources
 
 
 class Daemon:
