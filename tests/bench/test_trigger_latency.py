@@ -17,7 +17,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 CHILD = """
 import ctypes, os, sys
 sys.path.insert(0, sys.argv[1])
-from trigger_latency import PR_GET_TIMERSLACK, ProbePriority
+from probes import PR_GET_TIMERSLACK, ProbePriority
 if sys.argv[2] == "nobody":  # imported first: the interpreter's files may be root's
     os.setgid(65534); os.setuid(65534)
 libc = ctypes.CDLL(None, use_errno=True)
