@@ -58,8 +58,8 @@ from pcapd.ring.reader import (
     TAIL_UNDER_LOCK,
     Ring,
     RingFilterError,
-    RingStats,
 )
+from pcapd.ring.stats import RingStats
 from pcapd.ring.store import (
     CHUNK_TARGET,
     EVICT_WALK,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from pcapd.core.events import iso_utc
 from pcapd.core.fields import show
 from pcapd.engine import (
     BLOCK_TIMEOUT_MS,
@@ -22,6 +23,7 @@ from pcapd.engine import (
     StopSignal,
     timed_stop,
 )
+from pcapd.pcapfile import pcap_header, pcapng_header
 from pcapd.ring.feed import Feed
 from pcapd.ring.store import NS, Span
 
@@ -260,3 +262,27 @@ class RingCapture:
             wake = min(deadline, last_packet + limits.timeout, now + MAX_POLL_WAIT)
             done.wait(max(0.0, wake - now))
         return feed.stop
+
+
+def file_header(
+    fmt: str,
+    linktype: int,
+    interface: str,
+    snap: int,
+    comments: Mapping[str, object],
+    lookback: int,
+    span_start: int,
+    trigger: int,
+) -> bytes:
+    """What a ring capture's file begins with: a pcap header, or a pcapng
+    section with the request's comments and, for a lookback, the span the
+    ring gave."""
+    if fmt != "pcapng":
+        return pcap_header(linktype, snap)
+    if lookback:
+        comments = {
+            **comments,
+            "lookback": f"{lookback}s asked; ring packets from {iso_utc(span_start / NS)} "
+            f"to {iso_utc(trigger / NS)} (each marked with the comment 'lookback')",
+        }
+    return pcapng_header(linktype, snap, interface, comments)

@@ -17,12 +17,10 @@ import select
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import pcap
 
 from pcapd.core.config import MAX_SNAPLENGTH
-from pcapd.core.events import iso_utc
 from pcapd.core.logs import event
 from pcapd.engine import (
     CaptureError,
@@ -37,9 +35,9 @@ from pcapd.engine import (
     open_handle,
     set_filter,
 )
-from pcapd.pcapfile import pcap_header, pcapng_header
-from pcapd.ring.capture import RingCapture
+from pcapd.ring.capture import RingCapture, file_header
 from pcapd.ring.feed import Feed, compiled_filter
+from pcapd.ring.stats import RingStats
 from pcapd.ring.store import NS, ChunkStore, Mark, Span, record_ts
 
 log = logging.getLogger("pcapd.ring")
@@ -76,19 +74,6 @@ TAIL_UNDER_LOCK = 64 * 1024
 
 class RingFilterError(CaptureError):
     """lookback_bpf does not compile for the ring's link type: a config error."""
-
-
-@dataclass(frozen=True, slots=True)
-class RingStats:
-    interface: str
-    packets: int  # held now
-    bytes: int  # of packets held now (record heads included)
-    oldest: float | None  # Unix time of the oldest packet held
-    evicted_overflow: int  # packets dropped to make room (lookback_bytes reached)
-    evicted_age: int  # packets dropped for being older than lookback seconds
-    kernel_dropped: int  # by the kernel on the ring's handle, since it opened
-    captures: int  # being served now
-    replaying: int  # of those, still copying their lookback from the ring
 
 
 class Ring:
@@ -301,7 +286,10 @@ class Ring:
             trigger, since, spans, drops_before = self._window(lookback, arrived, budget)
             oldest = self.store.oldest() if lookback else None
             span_start = trigger if oldest is None else max(since, oldest)
-            header = self._header(fmt, limits.snap, comments, lookback, span_start, trigger)
+            header = file_header(
+                fmt, self.linktype, self.interface, limits.snap, comments, lookback,
+                span_start, trigger,
+            )  # fmt: skip
             if len(header) > limits.bytes:
                 raise CaptureError(
                     f"bytes={limits.bytes} cannot hold even the {len(header)}-byte file header"
@@ -399,25 +387,6 @@ class Ring:
             return compiled_filter(bpf, self.linktype)
         except OSError as exc:
             raise bpf_compile_error(bpf, self.interface, self.linktype, exc) from None
-
-    def _header(
-        self,
-        fmt: str,
-        snap: int,
-        comments: Mapping[str, object],
-        lookback: int,
-        span_start: int,
-        trigger: int,
-    ) -> bytes:
-        if fmt != "pcapng":
-            return pcap_header(self.linktype, snap)
-        if lookback:
-            comments = {
-                **comments,
-                "lookback": f"{lookback}s asked; ring packets from {iso_utc(span_start / NS)} "
-                f"to {iso_utc(trigger / NS)} (each marked with the comment 'lookback')",
-            }
-        return pcapng_header(self.linktype, snap, self.interface, comments)
 
 
 def _head_start_budget(fmt: str, snap: int, packet_debug: PacketDebug | None) -> int:
