@@ -52,7 +52,6 @@ from benchlib import (
     cpu_seconds,
     free_port,
     http_ok,
-    percentile,
     proc_status_kb,
     process,
     redis_ok,
@@ -60,6 +59,7 @@ from benchlib import (
     stop_on_sigterm,
     wait_until,
 )
+from storm_report import Figures, report
 
 from pcapd.client import fresh, seen_events
 from pcapd.core.config import load_config
@@ -212,34 +212,6 @@ def senders(client: redis.Redis, sqs: Any, queue_url: str) -> dict[str, tuple[Se
     return {"pubsub": (pubsub, 1), "stream": (stream, 1), "sqs": (sqs_send, SQS_BATCH)}
 
 
-@dataclass
-class Figures:
-    source: str
-    sent: int
-    accepted: int
-    rejected: int
-    duplicate: int
-    missing: int
-    extra: int  # requests with more than one result (one interface: one is right)
-    span: float  # first send -> last result, s
-    latencies: list[float]  # ms, accepted requests
-    reasons: collections.Counter[str]
-    cpu: float = 0.0  # s of the daemon's CPU, first send -> last result
-
-    @property
-    def cpu_per_request(self) -> float:
-        """ms of the daemon's CPU per request sent (refused ones cost less)."""
-        return self.cpu * 1000 / self.sent if self.sent else 0.0
-
-    @property
-    def accepted_rate(self) -> float:
-        return self.accepted / self.span if self.span else 0.0
-
-    @property
-    def rejected_rate(self) -> float:
-        return self.rejected / self.span if self.span else 0.0
-
-
 def wait_idle(pid: int) -> float:
     """Until the daemon's start-up is over: the CPU it used over the last
     IDLE_WINDOW, as a fraction of a core."""
@@ -299,29 +271,6 @@ def run_source(
             figures.reasons[f"{status}: {event.get('error')}"] += 1
     figures.span = last - begin
     return figures
-
-
-def report(all_figures: list[Figures]) -> bool:
-    ok = True
-    print(f"{'source':8} {'sent':>5} {'acc':>5} {'rej':>5} {'dup':>4} {'miss':>5} {'extra':>5} "
-          f"{'acc/s':>7} {'rej/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}")  # fmt: skip
-    for f in all_figures:
-        p50, p99 = percentile(f.latencies, 0.5), percentile(f.latencies, 0.99)
-        print(f"{f.source:8} {f.sent:5} {f.accepted:5} {f.rejected:5} {f.duplicate:4} "
-              f"{f.missing:5} {f.extra:5} {f.accepted_rate:7.0f} {f.rejected_rate:7.0f} "
-              f"{p50:8.1f} {p99:8.1f} {f.cpu_per_request:10.2f}")  # fmt: skip
-        ok = ok and f.missing == 0 and f.extra == 0 and f.duplicate == 0
-    base = all_figures[0]
-    b50, b99 = percentile(base.latencies, 0.5), percentile(base.latencies, 0.99)
-    for f in all_figures[1:]:
-        if base.accepted and b50 and b99 and f.latencies:
-            p50, p99 = percentile(f.latencies, 0.5), percentile(f.latencies, 0.99)
-            print(f"  {f.source}/{base.source}: accepted {f.accepted / base.accepted:.2f}x, "
-                  f"p50 latency {p50 / b50:.2f}x, p99 latency {p99 / b99:.2f}x")  # fmt: skip
-    for f in all_figures:
-        for reason, n in f.reasons.most_common(3):
-            print(f"  {f.source} rejected {n}: {reason}")
-    return ok
 
 
 def main() -> int:
