@@ -21,7 +21,7 @@ from pcapd.core.result_send import ADD_ONCE_SHA
 from pcapd.core.results import ResultPublisher, Sent
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster, RedisServer, redis_server, wait_for
-from tests.pcapd.core.test_results import result, stream_events
+from tests.pcapd.core.test_results import ChannelIds, result, stream_events
 from tests.pcapd.daemon_fixture import Results
 
 
@@ -177,15 +177,8 @@ def test_a_primary_silent_mid_batch_has_only_its_part_sent_again(
     config = RedisConfig(cluster=True, nodes=tuple(private_cluster.nodes), results_stream=stream)
     pub = ResultPublisher(functools.partial(connect, config, socket_timeout=1), config)
     client = private_cluster.client()
-    pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe("capture-results")
-    heard: list[str] = []
-
-    def listen() -> bool:
-        message = pubsub.get_message(timeout=0.1)
-        if message is not None and message["type"] == "message":
-            heard.append(json.loads(message["data"])["id"])
-        return message is not None
+    channel_ids = ChannelIds(client)
+    heard, listen = channel_ids.ids, channel_ids.listen
 
     pub.start()
     try:
@@ -204,7 +197,7 @@ def test_a_primary_silent_mid_batch_has_only_its_part_sent_again(
     finally:
         silent.send_signal(signal.SIGCONT)
         pub.stop(1)
-        pubsub.close()
+        channel_ids.pubsub.close()
         client.close()
     assert [e["id"] for _, e in stream_events(private_cluster.client(), stream)] == ["r1", "r2"]
     assert heard == ["r1", "r2", "end"]

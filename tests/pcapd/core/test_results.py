@@ -117,6 +117,22 @@ def test_later_commands_go_in_order_with_the_results(redis_srv: RedisServer) -> 
     assert [json.loads(fields[b"event"])["id"] for _, fields in stream] == ["r0", "r1", "r2"]
 
 
+class ChannelIds:
+    """The ids of the results heard on a cluster client's `channel`, read a
+    message at a time (`listen`: True if one came, of any type)."""
+
+    def __init__(self, client: Any, channel: str = "capture-results") -> None:
+        self.pubsub: Any = client.pubsub()
+        self.pubsub.subscribe(channel)
+        self.ids: list[str] = []
+
+    def listen(self) -> bool:
+        message = self.pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            self.ids.append(json.loads(message["data"])["id"])
+        return message is not None
+
+
 def stream_events(client: Any, stream: str = "capture-results") -> list[tuple[str, dict[str, Any]]]:
     """(the entry's event_id field, its event) for each stream entry, from a
     client that decodes replies or one that does not."""
@@ -559,15 +575,8 @@ def test_out_of_memory_on_a_cluster_resends_only_the_stream_script(
     config = RedisConfig(cluster=True, nodes=tuple(redis_cluster.nodes), results_stream=stream)
     pub = ResultPublisher(functools.partial(connect, config, socket_timeout=2), config)
     client = redis_cluster.client()
-    pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe("capture-results")
-    heard: list[Any] = []
-
-    def listen() -> bool:
-        message = pubsub.get_message(timeout=0.1)
-        if message is not None and message["type"] == "message":
-            heard.append(json.loads(message["data"])["id"])
-        return message is not None
+    channel_ids = ChannelIds(client)
+    heard, listen = channel_ids.ids, channel_ids.listen
 
     pub.start()
     try:
@@ -587,6 +596,6 @@ def test_out_of_memory_on_a_cluster_resends_only_the_stream_script(
         with redis_cluster.node(owner) as node:
             node.config_set("maxmemory", 0)
         pub.stop(1)
-        pubsub.close()
+        channel_ids.pubsub.close()
         client.close()
     assert "result_lost" not in caplog.text and pub.dropped == 0
