@@ -31,27 +31,38 @@ log = logging.getLogger("pcapd.lifecycle")
 class StopSignals:
     """Installs the handlers; `stop` is the event every loop watches.
 
-    `on_warm` callbacks run in the signal handler (the main thread, between
-    bytecodes), so each must only set events or schedule work, never block.
+    The handler only writes the signal's number to a pipe: it runs in the
+    main thread between bytecodes, possibly while that thread holds `stop`'s
+    own lock (inside `stop.wait`), so setting the event there could deadlock.
+    A thread reading the pipe sets `stop`, runs each `on_warm` callback (each
+    must only set events or schedule work, never block) and, on a second
+    signal, leaves the process at once.
     """
 
     def __init__(self, process: str, on_warm: tuple[Callable[[], object], ...] = ()) -> None:
         self.process = process
         self.stop = threading.Event()
         self._on_warm = on_warm
-        self._count = 0
+        self._signalled, self._notify = os.pipe()
 
     def install(self) -> None:
+        threading.Thread(target=self._serve, name="pcapd-signals", daemon=True).start()
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self._count += 1
-        name = signal.Signals(signum).name
-        if self._count > 1:
-            event(log, "exit_now", logging.WARNING, process=self.process, signal=name)
-            os._exit(EXIT_COLD)
-        event(log, "shutdown_requested", process=self.process, signal=name)
-        self.stop.set()
-        for callback in self._on_warm:
-            callback()
+        os.write(self._notify, bytes((signum,)))
+
+    def _serve(self) -> None:
+        warm = False
+        while signums := os.read(self._signalled, 16):
+            for signum in signums:
+                name = signal.Signals(signum).name
+                if warm:
+                    event(log, "exit_now", logging.WARNING, process=self.process, signal=name)
+                    os._exit(EXIT_COLD)
+                warm = True
+                event(log, "shutdown_requested", process=self.process, signal=name)
+                self.stop.set()
+                for callback in self._on_warm:
+                    callback()

@@ -7,6 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+
+import pytest
 
 from pcapd.core.lifecycle import EXIT_COLD, EXIT_OK
 
@@ -27,19 +30,50 @@ time.sleep(float(sys.argv[1]))  # the flush a cold stop skips
 print("flushed", flush=True)
 """
 
+# The signal lands while the main thread holds the stop event's own lock, as
+# it does for an instant inside every `stop.wait(timeout)` of a serving loop.
+SIGNALLED_INSIDE_WAIT = """
+import os, signal, sys, time
+from pcapd.core.lifecycle import StopSignals
+signals = StopSignals("test")
+signals.install()
+with getattr(signals.stop, "_cond"):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+print("stopped", signals.stop.wait(10), flush=True)
+"""
 
-def start(flush_seconds: float) -> subprocess.Popen[str]:
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:  # a test that failed leaves none running
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def start(started: list[subprocess.Popen[str]], program: str, *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", PROGRAM, str(flush_seconds)],
+        [sys.executable, "-c", program, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    started.append(proc)
+    return proc
+
+
+def start_ready(
+    started: list[subprocess.Popen[str]], flush_seconds: float
+) -> subprocess.Popen[str]:
+    proc = start(started, PROGRAM, str(flush_seconds))
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     return proc
 
 
-def test_first_signal_stops_warm() -> None:
-    proc = start(0.2)
+def test_first_signal_stops_warm(processes: list[subprocess.Popen[str]]) -> None:
+    proc = start_ready(processes, 0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == EXIT_OK
@@ -47,8 +81,8 @@ def test_first_signal_stops_warm() -> None:
     assert "shutdown_requested" in err and "signal=SIGTERM" in err
 
 
-def test_second_signal_leaves_at_once() -> None:
-    proc = start(60.0)
+def test_second_signal_leaves_at_once(processes: list[subprocess.Popen[str]]) -> None:
+    proc = start_ready(processes, 60.0)
     proc.send_signal(signal.SIGINT)
     assert proc.stdout is not None and proc.stdout.readline() == "warm 1\n"
     began = time.monotonic()
@@ -57,3 +91,13 @@ def test_second_signal_leaves_at_once() -> None:
     assert proc.returncode == EXIT_COLD
     assert "flushed" not in out and time.monotonic() - began < 20
     assert "exit_now" in err
+
+
+def test_a_signal_while_the_main_thread_holds_the_stop_lock_still_stops_warm(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    # Setting the event in the handler itself deadlocked here: the handler ran
+    # in the thread holding the lock it needed.
+    proc = start(processes, SIGNALLED_INSIDE_WAIT)
+    out, err = proc.communicate(timeout=20)
+    assert (proc.returncode, out) == (EXIT_OK, "stopped True\n"), err
