@@ -189,12 +189,14 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
             ),
         )  # fmt: skip
         proc = ctx.Process(target=_child, args=(child_cfg, connect), name=f"dnswire-{i}/{n}")
+        # Blocked until the child is in `children`, so a stop signal's
+        # handler reaches it too.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             proc.start()
+            children[i] = proc
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        children[i] = proc
         started[i] = time.monotonic()
         event(log, "dnswire_child_started", slot=f"{i}/{n}", pid=proc.pid)
 
