@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pcapd.admission import DISK_LOOK_INTERVAL
 from pcapd.controller import Controller
 from pcapd.core.config import parse_config
 from pcapd.core.events import ResultEvent
@@ -432,7 +434,9 @@ def test_disk_filling_after_admission_reports_the_local_copy_and_why_nothing_was
     assert error.startswith("s3: s3://caps/") and "; spool: cannot spool " in error
     assert "No space left on device" in error
     wait_for(lambda: got.acks == 1)  # stored durably on local disk
-    # Still serving: what it cannot keep now it refuses, saying why...
+    # Still serving: what it cannot keep now it refuses, saying why, once it
+    # looks at the disk again (a fill by someone else is not seen before).
+    time.sleep(DISK_LOOK_INTERVAL)
     ctl.handle(Recorded(request(port, id="no-room", bytes=100_000)).delivery)
     refused = results.for_id("no-room")
     assert refused["status"] == "rejected" and refused["error"].startswith("disk full: ")
