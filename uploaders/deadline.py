@@ -21,12 +21,16 @@ from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Location, Uploader, UploadError
 
 POLL = 0.1  # seconds between looks at `abandon` while an attempt runs
+NOT_ATTEMPTED = "not attempted, shutting down"
 
 
-def not_attempted() -> UploadError:
-    """Why a remote sink was not tried: shutdown can wait no longer. Its
-    callers name the sink (`sink: reason`), as for every upload error."""
-    return UploadError("not attempted, shutting down", retryable=False)
+class NotAttempted(UploadError):
+    """A remote sink was not tried: shutdown can wait no longer. No upload
+    failed, so none is logged as failed. Its callers name the sink (`sink:
+    reason`), as for every upload error."""
+
+    def __init__(self) -> None:
+        super().__init__(NOT_ATTEMPTED, retryable=False)
 
 
 class Deadlined:
@@ -57,7 +61,7 @@ class Deadlined:
 
     def upload(self, artifact: Artifact) -> Location:
         if self.abandon.is_set():
-            raise not_attempted()
+            raise NotAttempted()
         done = threading.Event()
         outcome: list[Location | BaseException] = []
 

@@ -30,7 +30,7 @@ from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Location, Uploader, UploadObserver, ignore_upload
-from uploaders.deadline import Deadlined, not_attempted
+from uploaders.deadline import NOT_ATTEMPTED, Deadlined, NotAttempted
 from uploaders.drain import OnDelivered, hand_over
 from uploaders.retry import RetryPolicy
 from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
@@ -164,25 +164,32 @@ class Deliverer:
         """
         own = flight is None
         flight = flight if flight is not None else Flight()
-        locations: dict[str, str] = {}
+        # The one list of where it is so far; shutdown reads it (under the lock).
+        locations = flight.locations
         copies: list[tuple[Uploader, Location]] = []
         errors: list[str] = []
         failed_remote: list[str] = []
+        skipped: list[str] = []  # remote sinks not tried at all: shutdown
         spool_error: str | None = None
         tried_ahead = False
         try:
             for uploader in self.uploaders:
                 if uploader.remote and not tried_ahead:
                     tried_ahead = True
-                    spool_error = self._write_ahead(artifact, locations, event, flight)
+                    spool_error = self._write_ahead(artifact, event, flight)
                 began = time.monotonic()
                 try:
                     if uploader.remote and self.abandon.is_set():
-                        raise not_attempted()  # any sink, Deadlined or not
+                        raise NotAttempted()  # any sink, Deadlined or not
                     location = self.retry.run(
                         functools.partial(uploader.upload, artifact),
                         f"{uploader.name}:{artifact.filename}",
                     )
+                except NotAttempted as exc:  # no upload, so no failed one: said once, below
+                    errors.append(f"{uploader.name}: {exc}")
+                    failed_remote.append(uploader.name)
+                    skipped.append(uploader.name)
+                    continue
                 except Exception as exc:  # any failure: spool it, never lose the capture
                     self.observe(uploader.name, "failed", time.monotonic() - began)
                     errors.append(f"{uploader.name}: {exc}")
@@ -194,9 +201,8 @@ class Deliverer:
                         failed_remote.append(uploader.name)
                     continue
                 self.observe(uploader.name, "ok", time.monotonic() - began)
-                locations[location.kind] = location.url
                 with flight.lock:
-                    flight.locations[location.kind] = location.url
+                    locations[location.kind] = location.url
                 copies.append((uploader, location))
             ahead, then = self._finished(flight)
             spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event, then)
@@ -205,17 +211,23 @@ class Deliverer:
             if own:
                 self.release(flight)
         if not errors:
-            outcome = DeliveryOutcome("ok", locations)
+            outcome = DeliveryOutcome("ok", dict(locations))
         else:
-            if failed_remote and spool_error is not None:
-                errors.append(f"spool: {spool_error}")
             if spool_id is not None:
+                # In the spool (its `spooled` line names the sinks pending):
+                # written ahead, or by shutdown after a write-ahead found no room.
                 status = "spooled"
-            elif locations:
-                status = "partial"  # stored somewhere, not everywhere, and not spooled
             else:
-                status = "failed"
-            outcome = DeliveryOutcome(status, locations, "; ".join(errors), spool_id)
+                if failed_remote and spool_error is not None:
+                    errors.append(f"not spooled: {spool_error}")
+                if skipped:
+                    logs.event(
+                        log, "upload_skipped", logging.WARNING, file=artifact.filename,
+                        sinks=",".join(skipped), error=NOT_ATTEMPTED,
+                    )  # fmt: skip
+                # Stored somewhere, not everywhere, and not spooled: or nowhere.
+                status = "partial" if locations else "failed"
+            outcome = DeliveryOutcome(status, dict(locations), "; ".join(errors), spool_id)
         if event is not None:
             self._stored(copies, outcome.apply(event))
         return outcome
@@ -257,12 +269,13 @@ class Deliverer:
         `then` is told if the store delivers after all. "finished": the
         store has its outcome and publishes it. "lost" (logged): no spool,
         or it cannot take the capture."""
-        if self.spool is None or not self.has_remote:
-            return "lost", event
         with flight.lock:
             if flight.finished:
                 return "finished", event
             event = dataclasses.replace(event, locations=dict(flight.locations))
+            if self.spool is None or not self.has_remote:
+                why = "no spool configured" if self.has_remote else "no remote sink, so no spool"
+                return self._lost(artifact, event, why), event
             if flight.entry is None:
                 try:
                     flight.entry = self.spool.put(
@@ -270,27 +283,35 @@ class Deliverer:
                         event=event.as_dict(), error=event.error, hold=True,
                     )  # fmt: skip
                 except SpoolError as exc:
-                    logs.event(log, "capture_lost", logging.ERROR, id=event.id, error=str(exc))
-                    return "lost", event
+                    return self._lost(artifact, event, str(exc)), event
             flight.then = then
         return "spooled", event
 
+    @staticmethod
+    def _lost(artifact: Artifact, event: ResultEvent, why: str) -> Unfinished:
+        """Shutdown cannot keep a store still under way: said, with where the
+        capture is so far, since no result may follow (the process exits)."""
+        logs.event(
+            log, "capture_lost", logging.ERROR, id=event.id, interface=event.interface,
+            file=artifact.filename, locations=dict(event.locations),
+            error=f"not spooled at shutdown ({why}) while its store still runs: "
+            "what that store has not stored when the process exits is lost",
+        )  # fmt: skip
+        return "lost"
+
     def _write_ahead(
-        self,
-        artifact: Artifact,
-        locations: dict[str, str],
-        event: ResultEvent | None,
-        flight: Flight,
+        self, artifact: Artifact, event: ResultEvent | None, flight: Flight
     ) -> str | None:
         """None once `flight` has its entry, or why not: a full or failing
         spool does not stop the upload, it only means nothing is left if the
         upload fails too. An entry shutdown wrote first is taken as it is,
         with the locations so far."""
         if self.spool is None:
-            return "not configured"
+            return "no spool configured"
         with flight.lock:
+            locations = dict(flight.locations)
             if flight.entry is not None:
-                entry = dataclasses.replace(flight.entry, locations=dict(locations))
+                entry = dataclasses.replace(flight.entry, locations=locations)
                 try:
                     self.spool.update(entry)
                 except OSError as exc:  # the entry stands, without them

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -72,6 +73,8 @@ class ControllerState:
         self._late: list[Callable[[], None]] = []  # handed over after that (`settle_late`)
         self._late_settled = False  # `settle_late` has run: later ones run at once
         self._uploads_closed = False
+        # Monotonic end of shutdown's grace: what is stored after it says so.
+        self._grace_end = math.inf
         # (source, status) -> requests: what became of each delivery (/metrics).
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.metrics = CaptureMetrics()

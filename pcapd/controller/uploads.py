@@ -8,6 +8,7 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import replace
+from typing import Any
 
 from pcapd.controller.state import ControllerState
 from pcapd.core.events import ResultEvent
@@ -19,6 +20,7 @@ log = logging.getLogger("pcapd.controller")
 
 ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
 SHUTDOWN_POLL = 0.01  # s between looks at the captures still running, on shutdown
+PAST_GRACE_STORING = "local disk, then the spool"  # a store once the remote sinks are abandoned
 
 
 class Uploads(ControllerState):
@@ -39,7 +41,11 @@ class Uploads(ControllerState):
                 self._capturing.discard(worker)
         if future is None:
             # Shut down: stored from this thread, still in `_capturing` (so
-            # shutdown reports it unfinished) until settle() untracks it.
+            # shutdown reports it unfinished) until settle() untracks it: a
+            # ring capture its ring's stop ended (`settle_late`), or one that
+            # would not stop in time. Past the grace, said as queued ones are.
+            if time.monotonic() >= self._grace_end:
+                self._past_grace(1, id=result.id, interface=result.interface)
             worker.store(artifact, result)
             return
         future.add_done_callback(self._upload_done)
@@ -57,6 +63,7 @@ class Uploads(ControllerState):
         late; `timeout` if not given."""
         deadline = time.monotonic() + timeout
         grace_end = deadline if grace is None else time.monotonic() + grace
+        self._grace_end = grace_end
         self.admission.close()
         self.capture_stop.set()
         while time.monotonic() < deadline:
@@ -76,7 +83,9 @@ class Uploads(ControllerState):
             uploads = list(self._uploads)
         _, hanging = wait_futures(uploads, max(0.0, deadline - time.monotonic()))
         if hanging:
-            # Remote attempts give up now; their captures are in the spool already.
+            # Remote attempts give up now; their captures are in the spool
+            # already, unless it had no room for the write-ahead (the store
+            # then says `partial` or `failed`, and why).
             self.deliverer.abandon.set()
             wait_futures(hanging, ABANDON_WAIT)
         with self._lock:
@@ -120,7 +129,7 @@ class Uploads(ControllerState):
                 continue
             spooled = replace(result, status="spooled", error=error)
             if worker.spool_at_shutdown(artifact, spooled) != "spooled":
-                continue  # it has its outcome, or it is lost: the store says which
+                continue  # it has its outcome, or it is lost (logged `capture_lost`)
             with self._lock:
                 self._uploads.pop(future, None)
             worker.settle(durable=True)
@@ -131,11 +140,15 @@ class Uploads(ControllerState):
         late = False
         for index, (worker, artifact, result) in enumerate(queued):
             if not late and time.monotonic() >= grace_end:
-                # Stored past the grace rather than lost with the process:
-                # said once, so an operator knows why the stop took longer.
-                late = True
-                event(
-                    log, "shutdown_past_grace", logging.WARNING,
-                    captures=len(queued) - index, storing="local disk, then the spool",
-                )  # fmt: skip
+                late = True  # said once for all those left
+                self._past_grace(len(queued) - index)
             worker.store(artifact, result)
+
+    @staticmethod
+    def _past_grace(captures: int, **which: Any) -> None:
+        """`captures` are stored past the grace rather than lost with the
+        process: said, so an operator knows why the stop took longer."""
+        event(
+            log, "shutdown_past_grace", logging.WARNING,
+            captures=captures, storing=PAST_GRACE_STORING, **which,
+        )  # fmt: skip

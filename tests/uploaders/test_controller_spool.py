@@ -156,19 +156,31 @@ def by_request(spool: Spool) -> dict[str, SpoolEntry]:
 
 
 def test_a_queued_upload_cancelled_at_shutdown_is_written_to_local_disk_then_spooled(
-    redis_srv: RedisServer, results: Results, tmp_path: Path, cloudshark: CloudsharkServer
+    redis_srv: RedisServer,
+    results: Results,
+    tmp_path: Path,
+    cloudshark: CloudsharkServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Local disk and CloudShark, one upload worker: "hung" hangs in
     CloudShark, "queued" waits behind it. Shutdown stores the queued one as
     any store at shutdown: its local copy, then the spool for CloudShark
-    (not tried); and the hung one's `spooled` says where its local copy is."""
+    (not tried, so no failed upload: the `spooled` line says it is pending);
+    and the hung one's `spooled` says where its local copy is."""
     local = LocalUploader(tmp_path / "local")
     ctl, spool = hanging_controller(
         redis_srv, tmp_path / "spool", cloudshark, local=local, upload_workers=1
     )
     got = one_upload_then_another(ctl, ("hung", "queued"), lambda: cloudshark.requests >= 1)
     try:
-        assert ctl.shutdown(timeout=1.0)
+        with caplog.at_level(logging.INFO, logger="pcapd"):
+            assert ctl.shutdown(timeout=1.0)
+        said = {(r.getMessage(), fields["file"].split("_")[-1]): fields for r in caplog.records
+                if "file" in (fields := getattr(r, "pcapd_fields", {}))}  # fmt: skip
+        assert ("upload_failed", "queued.pcap") not in said
+        spooled = said["spooled", "queued.pcap"]
+        assert spooled["pending"] == "cloudshark"
+        assert spooled["error"] == "cloudshark: not attempted, shutting down"
         hung, queued = results.for_id("hung"), results.for_id("queued")
         assert hung["status"] == "spooled" and hung["error"].startswith("shutdown: upload still")
         assert queued["status"] == "spooled"
@@ -195,7 +207,8 @@ def test_with_local_disk_only_a_queued_upload_cancelled_at_shutdown_is_still_wri
     """No remote sink, so no spool: "slow" is still writing to local disk
     when shutdown can wait no longer, "queued" waits behind it (one upload
     worker). Shutdown writes the queued one itself, past the grace, and
-    says so: `ok`, acked, on disk."""
+    says so: `ok`, acked, on disk. "slow" it cannot keep, and says that:
+    lost unless its store ends before the process exits (here it does)."""
     local = GatedLocal(tmp_path / "local", only="slow")
     config = parse_config(
         {"general": {"node": "n1", "maxbytes": 1_000_000, "max_memory": 4_000_000},
@@ -209,10 +222,14 @@ def test_with_local_disk_only_a_queued_upload_cancelled_at_shutdown_is_still_wri
     )
     got = one_upload_then_another(ctl, ("slow", "queued"), local.entered.is_set)
     try:
-        with caplog.at_level(logging.WARNING, logger="pcapd.controller"):
+        with caplog.at_level(logging.WARNING, logger="pcapd"):
             assert not ctl.shutdown(timeout=0.5)  # "slow" is still writing: not finished
         [past] = [r for r in caplog.records if r.getMessage() == "shutdown_past_grace"]
         assert getattr(past, "pcapd_fields", {})["captures"] == 1
+        [lost] = [r for r in caplog.records if r.getMessage() == "capture_lost"]
+        fields = getattr(lost, "pcapd_fields", {})
+        assert (fields["id"], fields["interface"], fields["locations"]) == ("slow", "lo", {})
+        assert fields["error"].startswith("not spooled at shutdown (no remote sink, so no spool)")
         queued = results.for_id("queued")
         assert (queued["status"], queued["error"]) == ("ok", None)
         stored = Path(queued["locations"]["local"])
@@ -431,7 +448,7 @@ def test_disk_filling_after_admission_reports_the_local_copy_and_why_nothing_was
     local = Path(event["locations"]["local"])
     assert hashlib.sha256(local.read_bytes()).hexdigest() == event["sha256"]
     error = event["error"]
-    assert error.startswith("s3: s3://caps/") and "; spool: cannot spool " in error
+    assert error.startswith("s3: s3://caps/") and "; not spooled: cannot spool " in error
     assert "No space left on device" in error
     wait_for(lambda: got.acks == 1)  # stored durably on local disk
     # Still serving: what it cannot keep now it refuses, saying why, once it

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import logging
 import random
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from tests.uploaders.conftest import (
 )
 from uploaders.base import Artifact, Location, Sink, Uploader, UploadError
 from uploaders.cloudshark import CloudsharkUploader
+from uploaders.deadline import NOT_ATTEMPTED
 from uploaders.deliver import Deliverer, DeliveryOutcome, Flight, build_remote_uploaders
 from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
@@ -134,7 +136,7 @@ def test_spool_full_means_failed_with_both_reasons(tmp_path: Path) -> None:
     outcome = Deliverer([Failing("s3", True)], fast_retry(), spool).deliver(make_artifact(200_000))
     assert outcome.status == "failed" and not outcome.durable
     assert outcome.error is not None
-    assert outcome.error.startswith("s3: s3 refused; spool: spool full: ")
+    assert outcome.error.startswith("s3: s3 refused; not spooled: spool full: ")
     assert len(spool.list()) == 1  # the older capture is still there
 
 
@@ -155,7 +157,8 @@ def test_a_failed_capture_keeps_its_error_before_the_sinks(tmp_path: Path) -> No
 
 def test_no_spool_means_failed() -> None:
     outcome = Deliverer([Failing("s3", True)], fast_retry(), None).deliver(make_artifact())
-    assert (outcome.status, outcome.error) == ("failed", "s3: s3 refused; spool: not configured")
+    assert outcome.error == "s3: s3 refused; not spooled: no spool configured"
+    assert outcome.status == "failed"
 
 
 def test_local_failure_is_partial_and_remote_copies_are_listed(
@@ -317,7 +320,7 @@ def test_full_spool_still_uploads_and_a_failure_then_is_partial(tmp_path: Path) 
     outcome = Deliverer(uploaders, fast_retry(), spool).deliver(make_artifact(200_000))
     assert outcome.status == "partial" and outcome.durable and list(outcome.locations) == ["local"]
     assert outcome.error is not None
-    assert outcome.error.startswith("s3: s3 refused; spool: spool full: ")
+    assert outcome.error.startswith("s3: s3 refused; not spooled: spool full: ")
     ok = Deliverer([Watching(spool)], fast_retry(), spool).deliver(make_artifact(200_000))
     assert ok.status == "ok"  # no room to write ahead costs the safety net, not the upload
 
@@ -436,3 +439,127 @@ def test_once_abandoned_a_store_tries_no_remote_sink_local_then_spool(tmp_path: 
     assert outcome.locations == {"local": str(local)} and local.exists()
     [entry] = spool.list()
     assert entry.pending == ("s3",) and entry.locations == {"local": str(local)}
+
+
+def fields_of(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of every `name` event logged."""
+    return [getattr(r, "pcapd_fields", {}) for r in caplog.records if r.getMessage() == name]
+
+
+def test_sinks_shutdown_left_untried_are_no_failed_uploads_and_are_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once abandoned, no remote sink is tried: none is logged `upload_failed`
+    nor counted as a failed upload. Spooled, the `spooled` line names them
+    (pending); not spooled (no room), one `upload_skipped` line does."""
+    caplog.set_level(logging.INFO, logger="pcapd")
+    observed: list[tuple[str, str]] = []
+    s3, cloudshark = Counting("s3"), Counting("cloudshark")
+    spool = Spool(tmp_path / "spool", MB)
+    deliverer = Deliverer([LocalUploader(tmp_path / "local"), s3, cloudshark], fast_retry(), spool)
+    deliverer.observe = lambda sink, outcome, seconds: observed.append((sink, outcome))
+    deliverer.abandon.set()
+    skipped = "s3: not attempted, shutting down; cloudshark: not attempted, shutting down"
+    artifact = make_artifact()
+    outcome = deliverer.deliver(artifact, base_event(artifact))
+    assert (outcome.status, outcome.error) == ("spooled", skipped)
+    assert fields_of(caplog, "upload_failed") == fields_of(caplog, "upload_skipped") == []
+    [spooled] = fields_of(caplog, "spooled")[-1:]
+    assert (spooled["pending"], spooled["error"]) == ("s3,cloudshark", skipped)
+    assert observed == [("local", "ok")] and s3.calls == cloudshark.calls == 0
+
+    caplog.clear()
+    spool.put(make_artifact(MB - spool.used_bytes() - 3_000), ["s3"])  # no room to write ahead
+    artifact = make_artifact()
+    outcome = deliverer.deliver(artifact, base_event(artifact))
+    assert outcome.status == "partial" and outcome.error is not None
+    assert outcome.error.startswith(f"{skipped}; not spooled: spool full: ")
+    assert fields_of(caplog, "upload_failed") == []
+    [said] = fields_of(caplog, "upload_skipped")
+    assert said == {"file": artifact.filename, "sinks": "s3,cloudshark", "error": NOT_ATTEMPTED}
+
+
+class Held(Sink):
+    """A remote sink whose upload waits for `release`, then refuses."""
+
+    name = "s3"
+    remote = True
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def upload(self, artifact: Artifact) -> Location:
+        self.entered.set()
+        self.release.wait(30)
+        raise UploadError("s3 refused", retryable=False)
+
+
+def test_a_store_spooled_by_shutdown_after_a_failed_write_ahead_does_not_say_not_spooled(
+    tmp_path: Path,
+) -> None:
+    """The write-ahead found no room; by shutdown there is room and shutdown
+    spools the store still under way. When its upload then fails, it is in
+    the spool: the outcome says `spooled`, and no word of the spool failing."""
+    spool = Spool(tmp_path / "spool", MB)
+    filler = spool.put(make_artifact(MB - 3_000), ["s3"])  # no room to write ahead
+    sink = Held()
+    deliverer = Deliverer([sink], fast_retry(), spool)
+    artifact = make_artifact()
+    event = base_event(artifact)
+    flight = Flight()
+    outcomes: list[DeliveryOutcome] = []
+
+    def store_it() -> None:
+        outcomes.append(deliverer.deliver(artifact, event, flight))
+
+    store = threading.Thread(target=store_it)
+    store.start()
+    try:
+        assert sink.entered.wait(30)
+        assert flight.entry is None  # the write-ahead failed: no room
+        spool.remove(filler)
+        spooled = dataclasses.replace(event, status="spooled", error="shutdown: x")
+        verdict, _ = deliverer.spool_unfinished(artifact, spooled, flight, told_nothing)
+        assert verdict == "spooled"
+    finally:
+        sink.release.set()
+        store.join(30)
+    [outcome] = outcomes
+    assert (outcome.status, outcome.error) == ("spooled", "s3: s3 refused")
+    [entry] = spool.list()
+    assert entry.id == outcome.spool_id and entry.pending == ("s3",)
+    deliverer.release(flight)
+
+
+def test_every_capture_shutdown_cannot_keep_is_logged_lost_with_where_it_is_and_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "lost" is never silent: local disk only (no spool to keep it), no
+    spool configured, a spool with no room. A store that has its outcome
+    is left to say it, without a word of loss."""
+    caplog.set_level(logging.ERROR, logger="pcapd")
+    artifact = make_artifact()
+    spooled = dataclasses.replace(base_event(artifact), status="spooled", error="shutdown: x")
+    full = Spool(tmp_path / "full", 10)
+    cases = [
+        (Deliverer([LocalUploader(tmp_path / "local")], fast_retry(), None),
+         "no remote sink, so no spool"),
+        (Deliverer([Failing("s3", True)], fast_retry(), None), "no spool configured"),
+        (Deliverer([Failing("s3", True)], fast_retry(), full), "spool full: "),
+    ]  # fmt: skip
+    for deliverer, why in cases:
+        caplog.clear()
+        flight = Flight(locations={"local": "/var/caps/x.pcap"})
+        assert deliverer.spool_unfinished(artifact, spooled, flight, told_nothing)[0] == "lost"
+        [lost] = fields_of(caplog, "capture_lost")
+        assert (lost["id"], lost["interface"], lost["file"]) == (
+            artifact.request.id, "lo", artifact.filename,
+        )  # fmt: skip
+        assert lost["locations"] == {"local": "/var/caps/x.pcap"}
+        assert lost["error"].startswith(f"not spooled at shutdown ({why}")
+        assert lost["error"].endswith("when the process exits is lost")
+    caplog.clear()
+    local_only = cases[0][0]
+    assert local_only.deliver(artifact, base_event(artifact), (done := Flight())).ok
+    assert local_only.spool_unfinished(artifact, spooled, done, told_nothing)[0] == "finished"
+    assert fields_of(caplog, "capture_lost") == []

@@ -6,6 +6,7 @@ without waiting for their claims, off the ring's lock."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import time
 from pathlib import Path
@@ -75,14 +76,19 @@ def test_ring_captures_ended_after_shutdown_gave_up_are_stored_without_waiting_f
     assert results.unclaimed() == []
 
 
-def late_ring_capture(ctl: Controller, ring: Ring, results: Results) -> None:
+def late_ring_capture(
+    ctl: Controller, ring: Ring, results: Results, grace: float | None = None
+) -> None:
+    """A watched capture on `ring` still running when shutdown gives up at
+    once (with `grace` left of the stop), ended by the ring's stop and stored
+    by `settle_late`."""
     port = free_port()
     got = Recorded(request(port, id="late-ring", packets=100, duration=30, timeout=30))
     ctl.handle(got.delivery)
     wait_for(lambda: len(ctl.watcher) == 1)  # watched: no thread of its own
     send_udp(port, 2, 0.01)
     wait_for(lambda: ring.stats().packets >= 2)
-    assert not ctl.shutdown(timeout=0.0)  # it runs still: not finished
+    assert not ctl.shutdown(timeout=0.0, grace=grace)  # it runs still: not finished
     began = time.monotonic()
     ring.stop()
     stopped = time.monotonic() - began
@@ -94,6 +100,34 @@ def late_ring_capture(ctl: Controller, ring: Ring, results: Results) -> None:
     assert (event["status"], event["packets"], event["stop"]) == ("ok", 2, "shutdown")
     assert Path(event["locations"]["local"]).exists()
     wait_for(lambda: got.acks == 1 and idle(ctl))
+
+
+@needs_root
+@pytest.mark.parametrize("grace", [None, 60.0])
+def test_a_ring_capture_stored_past_the_grace_says_so(
+    redis_srv: RedisServer,
+    results: Results,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    grace: float | None,
+) -> None:
+    """Stored by `settle_late` once the grace is over (None: none was left
+    past shutdown's wait), it is logged `shutdown_past_grace` as the queued
+    uploads are, naming the capture; stored within it, it is not."""
+    ring = Ring("lo", 5, 2 * 1024 * 1024, "udp")
+    ring.start()
+    ctl = build(redis_srv, tmp_path / "caps", rings={"lo": ring})
+    try:
+        with caplog.at_level(logging.WARNING, logger="pcapd"):
+            late_ring_capture(ctl, ring, results, grace)
+    finally:
+        ring.stop()
+        ctl.publisher.stop(5)
+    said = [getattr(r, "pcapd_fields", {}) for r in caplog.records
+            if r.getMessage() == "shutdown_past_grace"]  # fmt: skip
+    late = {"captures": 1, "storing": "local disk, then the spool", "id": "late-ring",
+            "interface": "lo"}  # fmt: skip
+    assert said == ([late] if grace is None else [])
 
 
 def test_a_capture_handed_over_after_settle_late_runs_at_once(
