@@ -35,6 +35,8 @@ class WriterStats:
     # refused by Redis (the agents' keys_dropped).
     dropped_ops: int = 0
     rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, NOPERM, ...)
+    # Round trips (calls and their follow-up, or an idle one's follow-up)
+    # that left something to send again: each counted once.
     redis_errors: int = 0
     # Counters written whose EXPIRE was refused or given up (Redis away
     # past the bound): they stand without their TTL.
@@ -60,11 +62,14 @@ class FollowUp:
     _expires: dict[str, None]
     _indexes: dict[str, None]
     # Counters SET NX made at "0" whose INCRBY Redis refused: the "0" to
-    # take away again (UNSET_ZERO_SCRIPT), in the follow-up round trip.
-    _zeroes: dict[str, None]
+    # take away again (UNSET_ZERO_SCRIPT), in the follow-up round trip;
+    # key -> until when (monotonic) its TTL surely runs, after which the "0"
+    # has expired and the key may be another writer's.
+    _zeroes: dict[str, float]
     _lost_logged: dict[str, float]  # event name -> when it was last logged
     _drop_log: dict[str, tuple[float, int]]
-    _last_error: str
+    # The round trip's first error; None while nothing in it failed.
+    _last_error: str | None
     unanswered: dict[int, str] | None
 
     def _follow_up_commands(
@@ -82,13 +87,17 @@ class FollowUp:
         ]
         if self._indexes:
             commands += index_commands(list(self._indexes), ttl)
-        commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
+        if self._zeroes:
+            now = time.monotonic()
+            self._zeroes = {k: until for k, until in self._zeroes.items() if until > now}
+            commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
         return commands
 
     def _note_error(self, error: object) -> None:
         """Keep the round's first error (its code too, as Redis spelled it):
-        what the writer's retry line names, not a later one's consequence."""
-        if self._last_error:
+        what the writer's retry line names, not a later one's consequence;
+        and that the round failed."""
+        if self._last_error is not None:
             return
         if isinstance(error, BaseException):
             self._last_error = error_text(error)
@@ -96,20 +105,23 @@ class FollowUp:
             self._last_error = error if isinstance(error, str) else f"unexpected reply {error!r}"
 
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
-        """The EXPIREs, SADDs and zeroes a failed round trip left; True once
+        """The EXPIREs, SADDs and zeroes a failed round trip left, in a round
+        trip of their own (a failure counted in `redis_errors`); True once
         all are answered."""
-        self._last_error = ""  # a round of its own
+        self._last_error = None
         self._follow_up(client, [], [])
+        if self._last_error is not None:
+            self.stats.redis_errors += 1
         return not (self._expires or self._indexes or self._zeroes)
 
     def _follow_up(
         self, client: redis.Redis | RedisCluster, written: list[str], created: list[str]
     ) -> None:
         """The counters' EXPIREs and the index, in a second round trip: packed
-        on one server, each command to its key's slot on a cluster. If it
-        gets no answer it counts as a failed round trip (`redis_errors`) and
-        all is kept for the next one: the correlator reads only the index
-        once it exists, so a key left out of it is not seen."""
+        on one server, each command to its key's slot on a cluster. What
+        gets no answer fails the round trip (`_note_error`; the caller counts
+        it) and is kept for the next one: the correlator reads only the
+        index once it exists, so a key left out of it is not seen."""
         commands = self._follow_up_commands(written, created)
         if not commands:
             return
@@ -124,7 +136,6 @@ class FollowUp:
                 packed += b"".join([pack_command(c) for _key, c in commands[len(expire) :]])
                 replies = exchange(client, packed, len(commands))
         except UNANSWERED as exc:  # no answer, or a garbled one: all kept
-            self.stats.redis_errors += 1
             self._note_error(exc)
             self._bound_pending()
             return
@@ -139,34 +150,34 @@ class FollowUp:
     ) -> None:
         """What the follow-up's replies settle: each answered command leaves
         its pending set (a refusal counted and logged); one that got no
-        answer or a "not now" stays for the next round trip, which counts
-        as a failed one (`redis_errors`). An index set's own EXPIRE is its
-        SADD's: unanswered, the SADD is kept with it."""
+        answer or a "not now" stays for the next round trip and fails this
+        one (`_note_error`). An index set's own EXPIRE is its SADD's:
+        unanswered, the SADD is kept with it."""
         refused: list[Exception] = []
         unindexed: list[Exception] = []
-        failed = False
         member = ""
         for (key, command), reply in zip(commands, replies, strict=True):
+            unanswered = isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None
+            if unanswered:
+                self._note_error(reply)  # no answer: kept for the next round trip
             verb = command[0]
+            if verb == "EVAL":  # a counter's "0" taken away; refused, it expires with its TTL
+                if not unanswered:
+                    self._zeroes.pop(key, None)
+                continue
             if verb == "SADD":
                 pending, lost, member = self._indexes, unindexed, str(command[2])
-            elif verb == "EXPIRE" and key in self._expires:
+            elif key in self._expires:
                 pending, lost, member = self._expires, refused, key
-            elif verb == "EXPIRE":  # the index set's own, after its SADD (`member`)
+            else:  # the index set's own EXPIRE, after its SADD (`member`)
                 pending, lost = self._indexes, refused
-            else:  # EVAL: a counter's "0" taken away; refused, it expires with its TTL
-                pending, lost, member = self._zeroes, [], key
-            if isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None:
-                failed = True  # no answer: kept for the next round trip
-                self._note_error(reply)
+            if unanswered:
                 pending[member] = None
                 continue
             if isinstance(reply, Exception):
                 lost.append(reply)
             if verb != "EXPIRE" or pending is not self._indexes:
                 pending.pop(member, None)
-        if failed:
-            self.stats.redis_errors += 1
         self._expires_refused(refused)
         self._index_refused(unindexed)
         self._bound_pending()
@@ -201,7 +212,7 @@ class FollowUp:
         (Redis away for long): past that the oldest are given up, counted in
         `expires_lost` / `index_lost`."""
         if (over := len(self._zeroes) - self.max_queue_ops) > 0:  # left to their TTL
-            self._zeroes = dict.fromkeys(itertools.islice(self._zeroes, over, None))
+            self._zeroes = dict(itertools.islice(self._zeroes.items(), over, None))
         for pending, what in ((self._expires, "EXPIREs"), (self._indexes, "index SADDs")):
             over = len(pending) - self.max_queue_ops
             if over <= 0:

@@ -5,17 +5,22 @@ Counters (INCR, INCRBY) go as `SET key 0 NX EX ttl` then `INCRBY key n`
 (a new key has its TTL from the start, so a crash before the next round
 trip leaves nothing that never expires; the SET is a no-op on a key that
 exists, another application's included; one it made whose INCRBY was
-refused is deleted in the follow-up if it still holds "0", a value
-ShoDoHFlo never writes), appends through
+refused, at once or when sent again after its reply was lost, is deleted
+in the follow-up if it still holds "0", a value ShoDoHFlo never writes,
+and while its TTL surely runs), appends through
 `store.APPEND_SCRIPT` in calls of at most `batch_ops` entries, pipelined
 over one connection on a plain server, per hash slot (`send_by_slot`) on a
 cluster. Once the counters are answered, a second, small round trip sends
 EXPIRE for the counters Redis took that existed before (not earlier: an
 EXPIRE beside a refused INCRBY would put a TTL on another application's
 key) and, with the client index, SADDs the keys created to their clients'
-index sets; what of it gets no answer is kept (bounded) and sent again. A
-missing script is loaded where Redis said NOSCRIPT (on a cluster, on those
-primaries only) and only those calls are sent again. Each write is
+index sets; what of it gets no answer is kept (bounded) and sent again.
+A script call whose reply was lost (Redis may have run it, and the reply
+named the keys it made) is sent again asking the script also for the keys
+it finds as such a call left them, so they are indexed as in a clean run.
+A round trip that leaves anything to send again counts once in
+`redis_errors`. A missing script is loaded where Redis said NOSCRIPT (on
+a cluster, on those primaries only) and only those calls are sent again. Each write is
 counted once, as written or as refused by Redis (the cause logged at most
 once per DROP_LOG_INTERVAL); what got no answer, or a "not now" (TRYAGAIN,
 CLUSTERDOWN, LOADING, READONLY, OOM, BUSY ...: `redis_errors.refusal`, the
@@ -34,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -66,7 +72,17 @@ __all__ = ["BatchSender", "WriterStats"]  # WriterStats: the writer imports it f
 
 class BatchSender(FollowUp):
     """The sending half of `agents.redis_writer.RedisWriter`, which sets the
-    attributes `FollowUp` declares: its `_run` loop calls `_send_plain` / `_send_slots`."""
+    attributes `FollowUp` declares and these: its `_run` loop calls
+    `_send_plain` / `_send_slots`."""
+
+    # Counters SET NX made here whose INCRBY is not taken yet (its reply
+    # lost, or a "not now"): key -> until when its TTL surely runs. Refused
+    # when sent again, the "0" made here is taken away (`_zeroes`). Each is
+    # a key queued to go again, so max_queue_ops bounds them.
+    _made: dict[str, float]
+    # With the index: append keys whose script call got no answer (Redis may
+    # have run it), until one of their calls is answered; bounded likewise.
+    _lost_replies: dict[str, None]
 
     def _refused(self, cause: str, ops: int, error: str) -> None:
         """Count `ops` writes Redis refused; log each cause (the error's code,
@@ -109,25 +125,33 @@ class BatchSender(FollowUp):
             if counted:
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
+        sent = time.monotonic()
         # Raises before any reply is read: nothing counted yet.
         replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT, keep_read=True)
-        return self._settle_calls(client, calls, replies)
+        return self._settle_calls(client, calls, replies, sent)
 
     def _settle_calls(
-        self, client: redis.Redis | RedisCluster, calls: list[Call], replies: list[Any]
+        self,
+        client: redis.Redis | RedisCluster,
+        calls: list[Call],
+        replies: list[Any],
+        sent: float,
     ) -> list[Batch] | None:
-        """What one round trip's replies settle, on one server or a cluster:
-        each call counted (written or refused), the follow-up sent; what got
-        no answer, a "not now" or NOSCRIPT twice returned as one batch to
-        send again (None when all were answered). Never raises: a bug in
+        """What one round trip's replies settle, on one server or a cluster
+        (`sent`: when it was sent): each call counted (written or refused),
+        the follow-up sent; what got no answer, a "not now" or NOSCRIPT
+        twice returned as one batch to send again (None when all were
+        answered), and the round's first error in `_last_error` (None: the
+        round, follow-up too, was answered whole). Never raises: a bug in
         counting is logged, and what was counted is not sent again."""
         written: list[str] = []
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
         cluster = isinstance(client, RedisCluster)
-        self._last_error = ""  # this round's first error is the one logged
+        self._last_error = None  # this round's first error is the one logged
         try:
-            missing = self._count_calls(calls, replies, written, created, retry, cluster=cluster)
+            missing = self._count_calls(calls, replies, written, created, retry,
+                                        cluster=cluster, until=sent + self.ttl)  # fmt: skip
             self._again(missing, retry)
             if isinstance(client, RedisCluster):
                 self.unanswered = {
@@ -183,8 +207,24 @@ class BatchSender(FollowUp):
         return commands
 
     def _script_call(self, part: Batch) -> tuple[Any, ...]:
-        """An append part's one call of `store.APPEND_SCRIPT`."""
-        return ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, int(self.index), *part.args)
+        """An append part's one call of `store.APPEND_SCRIPT`: with the
+        index, asking for the keys it made ("1"), and for those it finds as
+        a call that made them left them ("2") when a call of one of its keys
+        got no answer."""
+        report = int(self.index)
+        if report and self._lost_replies and not self._lost_replies.keys().isdisjoint(part.keys):
+            report = 2
+        return ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, report, *part.args)
+
+    def _replies_lost(self, batches: Iterable[Batch]) -> None:
+        """With the index: the append keys of `batches`, sent and not
+        answered, into `_lost_replies` (their next call asks for what the
+        lost one may have made)."""
+        if not self.index:
+            return
+        for batch in batches:
+            pairs = zip(batch.keys, batch.args, strict=True)
+            self._lost_replies.update(dict.fromkeys([k for k, a in pairs if isinstance(a, str)]))
 
     def _count_calls(
         self,
@@ -195,16 +235,19 @@ class BatchSender(FollowUp):
         unanswered: list[tuple[int, Batch]],
         *,
         cluster: bool,
+        until: float,
     ) -> list[Call]:
         """Count each call's replies (in `replies`, a counter part's two per
         entry: SET NX's, INCRBY's); adds the counters Redis took that existed
         before (their TTL to refresh) to `written` and the keys made to
         `created`, and each call that got no answer or a "not now" to
-        `unanswered`. Never raises: what Redis ran is counted once. Returns
+        `unanswered`; `until`: when the TTL of a key this round made surely
+        still runs. Never raises: what Redis ran is counted once. Returns
         the script calls that met NOSCRIPT."""
         missing: list[Call] = []
         at = 0
         index = self.index
+        made, lost = self._made, self._lost_replies
         for call in calls:
             slot, kind, part = call
             if kind == COUNTERS:
@@ -218,16 +261,24 @@ class BatchSender(FollowUp):
                             written.append(keys[i])
                         if index and reply == args[i] and not keys[i].startswith(_CLIENT):
                             created.append(keys[i])
+                        if made:
+                            made.pop(keys[i], None)
                     elif (refused := refusal(reply, cluster=cluster)) is not None:
                         self._refused(error_code(reply), weights[i], refused)
-                        if replies[at + 2 * i] == _OK:  # made at "0": take it away
-                            self._zeroes[keys[i]] = None
+                        # Made at "0", now or by a send whose INCRBY went unheard: take it away.
+                        mine = made.pop(keys[i], None) if made else None
+                        if replies[at + 2 * i] == _OK:
+                            self._zeroes[keys[i]] = until
+                        elif mine is not None:
+                            self._zeroes[keys[i]] = mine
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
-                        if index and replies[at + 2 * i] == _OK and not keys[i].startswith(_CLIENT):
-                            # Made here (its INCRBY's reply lost): the resend
-                            # finds it existing, so it is indexed now.
-                            created.append(keys[i])
+                        if replies[at + 2 * i] == _OK:
+                            made[keys[i]] = until  # at "0" until its INCRBY is heard
+                            if index and not keys[i].startswith(_CLIENT):
+                                # Made here: the resend finds it existing,
+                                # so it is indexed now.
+                                created.append(keys[i])
                 self.stats.written_ops += took
                 at += 2 * len(keys)
                 continue
@@ -235,13 +286,19 @@ class BatchSender(FollowUp):
             at += 1
             if isinstance(reply, redis.exceptions.NoScriptError):
                 missing.append(call)
-            elif (refused := refusal(reply, cluster=cluster)) is not None:
+                continue
+            if (refused := refusal(reply, cluster=cluster)) is not None:
                 self._refused(error_code(reply), part.ops, refused)
             elif isinstance(reply, list):
                 self._count_answer(part, reply)
                 created.extend(_text(k) for k in reply[2:])
             else:
                 self._unanswered(reply, slot, part, unanswered)
+                self._replies_lost([part])
+                continue
+            if lost:  # answered: what a lost call of its keys made is in this reply
+                for key in part.keys:
+                    lost.pop(key, None)
         return missing
 
     def _unanswered(
@@ -273,5 +330,6 @@ class BatchSender(FollowUp):
             for slot, at in group_by_slot(batch.keys).items()
             for kind, part in _calls(batch, at, self.batch_ops)
         ]
+        sent = time.monotonic()
         replies = evalsha_by_slot(client, self._commands(calls), APPEND_SCRIPT)
-        return self._settle_calls(client, calls, replies)
+        return self._settle_calls(client, calls, replies, sent)

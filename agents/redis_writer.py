@@ -153,7 +153,9 @@ class RedisWriter(WriteQueue):
         self.batch_ops = batch_ops
         self.flush_interval = flush_interval
         self.stats = WriterStats()
-        # True while the last round trip to Redis (a batch or an idle PING) worked.
+        # True while the last round trip to Redis (a batch and its follow-up,
+        # or an idle PING) was answered whole; on a cluster, while some
+        # slots answer (`unanswered` names the others).
         self.connected = False
         # One script call, sent to answered; registered by the agent's metrics, if on.
         self.write_seconds = Histogram(
@@ -165,7 +167,9 @@ class RedisWriter(WriteQueue):
         self._drained = threading.Condition(self._lock)
         self._expires: dict[str, None] = {}
         self._indexes: dict[str, None] = {}
-        self._zeroes: dict[str, None] = {}
+        self._zeroes: dict[str, float] = {}
+        self._made: dict[str, float] = {}
+        self._lost_replies: dict[str, None] = {}
         self._lost_logged: dict[str, float] = {}
         self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
@@ -186,7 +190,7 @@ class RedisWriter(WriteQueue):
         self._read_timeout = SOCKET_TIMEOUT
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
-        self._last_error = ""  # why a cluster slot's write was not answered
+        self._last_error: str | None = None  # a round trip's first error
         # Cluster only (None otherwise): hash slot -> the primary owning it now,
         # for each slot whose last write got no answer (a node down, a
         # failover); read by readiness while `connected` stays true.
@@ -248,6 +252,8 @@ class RedisWriter(WriteQueue):
             event(log, name, logging.ERROR, keys=len(pending),
                   reason="stopped before Redis answered")  # fmt: skip
             pending.clear()
+        self._made.clear()  # their resend given up: a "0" left expires with its TTL
+        self._lost_replies.clear()
         for cause, (_, held) in self._drop_log.items():  # what the rate limit held back
             if held:
                 self._log_refused(cause, held, "")
@@ -302,6 +308,7 @@ class RedisWriter(WriteQueue):
                 except Exception as exc:  # before any reply was counted: back off, retry
                     if self._settled(done, done, answered=False):
                         return
+                    self._replies_lost(done)  # Redis may have run them
                     self.stats.redis_errors += 1
                     self.connected = False
                     wait = backoff.failed()
@@ -314,8 +321,13 @@ class RedisWriter(WriteQueue):
                     continue
                 if self._settled(done, left, answered=True):
                     return
+                cluster = isinstance(client, RedisCluster)
+                failed = self._last_error is not None  # calls or follow-up left to send again
+                if failed:
+                    self.stats.redis_errors += 1  # one round trip failed: one count
+                    if not cluster:  # (a cluster's slots that answered still take writes)
+                        self.connected = False
                 if left is not None:  # some calls got no answer: only those again
-                    self.stats.redis_errors += 1
                     wait = backoff.failed()
                     event(
                         log, "redis_write_failed", logging.WARNING, error=self._last_error,
@@ -324,7 +336,8 @@ class RedisWriter(WriteQueue):
                     self._stop.wait(wait)
                     continue
                 backoff.succeeded()
-                self.connected = True
+                if cluster or not failed:
+                    self.connected = True
                 last_contact = time.monotonic()
 
     def _client(self) -> Client:
@@ -349,7 +362,7 @@ class RedisWriter(WriteQueue):
             # What a failed follow-up round trip left: EXPIREs, index SADDs.
             pending = self._expires or self._indexes or self._zeroes
             if pending and not self._send_expires(client):
-                raise redis.ConnectionError(self._last_error)
+                raise redis.ConnectionError(self._last_error or "no answer")
         except Exception as exc:
             if self.connected:
                 event(log, "redis_unreachable", logging.WARNING, error=str(exc))

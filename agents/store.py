@@ -212,14 +212,19 @@ UNSET_ZERO_SCRIPT = (
 
 # Append-if-absent for KEYS[i] the member ARGV[i+2]; ARGV[1] is the TTL,
 # ARGV[2] "1" to return the keys it created (for the writer to add to their
-# clients' index sets). A script, as GET + find + APPEND must be atomic; the
-# counters go as plain INCRBY commands beside it (through a script an INCR
-# and its EXPIRE cost Redis ~6.9 us here, as commands ~5.4). The writer
-# merges a window's writes first (agents/write_window.py): a key's members
-# are adjacent, so the script GETs it once, APPENDs what is absent in one
-# call and EXPIREs once (`SET ... EX` for a new key costs Redis more here
-# than APPEND + EXPIRE); each member is still looked for in the value as the
-# ones before it left it, so the result is what one append at a time gives.
+# clients' index sets), "2" to return also each key whose value begins with
+# the key's members found in it, in their order: what a call of them that
+# created the key left (sent again after its reply was lost, the call finds
+# what it made the first time; a key that held something else before is
+# not returned, as a clean run would not return it). A script, as GET +
+# find + APPEND must be atomic; the counters go as plain INCRBY commands
+# beside it (through a script an INCR and its EXPIRE cost Redis ~6.9 us
+# here, as commands ~5.4). The writer merges a window's writes first
+# (agents/write_window.py): a key's members are adjacent, so the script
+# GETs it once, APPENDs what is absent in one call and EXPIREs once
+# (`SET ... EX` for a new key costs Redis more here than APPEND + EXPIRE);
+# each member is still looked for in the value as the ones before it left
+# it, so the result is what one append at a time gives.
 # pcall: a key holding another type (WRONGTYPE) costs that key's entries,
 # counted, never the rest of the call, and its TTL is left alone. Returns
 # {the refused entries' indexes, the first refusal's message, the created
@@ -227,7 +232,8 @@ UNSET_ZERO_SCRIPT = (
 # that slot's keys only.
 APPEND_SCRIPT = """
 local ttl = tonumber(ARGV[1])
-local report = ARGV[2] == '1'
+local report = ARGV[2] ~= '0'
+local again = ARGV[2] == '2'
 local failed = {}
 local first = ''
 local result = {failed, ''}
@@ -242,15 +248,22 @@ while i <= n do
   if type(reply) ~= 'table' then
     local value = reply or ''
     local added = {}
+    local found = ''
     for k = i + 2, last + 2 do
       local item = ';' .. ARGV[k] .. ';'
       if not string.find(value, item, 1, true) then
         value = value .. item
         added[#added + 1] = item
+      elseif again and reply and string.find(reply, item, 1, true)
+          and not string.find(found, item, 1, true) then
+        found = found .. item
       end
     end
+    if found ~= '' then
+      created = string.sub(reply, 1, #found) == found
+    end
     if #added > 0 then
-      created = not reply
+      created = created or not reply
       reply = redis.pcall('APPEND', key, table.concat(added))
     end
   end

@@ -362,3 +362,120 @@ def test_the_retry_line_names_redis_s_error_with_its_code(
     assert all('error="OOM command not allowed' in line for line in failed), failed
     assert admin.get("client;10.0.11.1") == "1" and writer.stats.dropped_ops == 0
     admin.close()
+
+
+def test_a_counter_made_here_whose_resent_incrby_is_refused_leaves_no_zero(
+    redis_srv: RedisServer,
+) -> None:
+    """An ACL denies INCRBY. Only the first SET NX's reply comes (5 bytes),
+    then the link breaks: that counter was made here, at "0", and its
+    INCRBY's refusal went unheard. Sent again, the SET NX finds the key and
+    the INCRBY is refused: the "0" made here is taken away all the same, as
+    when the refusal is heard at once. A "0" another writer made is left be."""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-incrby"])  # fmt: skip
+    mine, theirs = "client;10.0.14.1", "client;10.0.14.2"
+    admin.set(theirs, 0)
+    proxy = ReplyCutter(redis_srv.port, b"INCRBY", pass_bytes=5)
+    proxy.swallow = True
+    writer = started(lambda: redis.Redis(port=proxy.port, username="agent", password="pw",
+                                         socket_timeout=0.5))  # fmt: skip
+    try:
+        writer.incr(mine)
+        writer.incr(theirs)
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        assert admin.get(mine) == "0"  # made by the SET NX whose reply came
+        proxy.swallow = False
+        proxy.cut()
+        wait_for(lambda: writer.stats.rejected_ops == 2 and writer.queue_depth == 0, timeout=30)
+        wait_for(lambda: not admin.exists(mine), timeout=30)
+    finally:
+        writer.stop(5)
+        proxy.close()
+    assert admin.get(theirs) == "0"  # not made here: never touched
+    stats = writer.stats
+    assert (stats.written_ops, stats.dropped_ops, stats.rejected_ops) == (0, 2, 2)
+    admin.close()
+
+
+@pytest.mark.parametrize("pass_bytes", [0, 9], ids=["nothing-read", "counter-read"])
+def test_a_key_made_by_a_script_call_whose_reply_was_lost_is_indexed(
+    redis_srv: RedisServer, pass_bytes: int
+) -> None:
+    """The append script ran (it made the key) and its reply, which names
+    the keys it made, was lost: with no reply read (the round trip raises)
+    or after a counter's two (9 bytes: only the script call goes again).
+    Sent again, the call finds the key as it left it, so the key still goes
+    into its client's index; one that existed before (another writer's) is
+    not indexed, as in a clean run."""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    admin.script_load(APPEND_SCRIPT)  # no NOSCRIPT: the call runs in the first exchange
+    mine, theirs = "10.0.15.1;192.0.2.1;dns", "10.0.15.1;192.0.2.9;dns"
+    admin.set(theirs, ";other.example.;")
+    proxy = ReplyCutter(redis_srv.port, b"EVALSHA", pass_bytes=pass_bytes)
+    proxy.swallow = True
+    writer = started(lambda: redis.Redis(port=proxy.port, socket_timeout=0.5), index=True)
+    try:
+        writer.incr("client;10.0.15.1")
+        writer.append(mine, "a.example.")
+        writer.append(theirs, "a.example.")
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        assert admin.get(mine) == ";a.example.;"  # Redis ran the call
+        proxy.swallow = False
+        proxy.cut()
+        wait_for(lambda: writer.stats.written_ops >= 3 and writer.queue_depth == 0, timeout=30)
+        wait_for(lambda: admin.smembers(index_of(mine)) == {mine}, timeout=30)
+    finally:
+        writer.stop(5)
+        proxy.close()
+    assert admin.mget(mine, theirs) == [";a.example.;", ";other.example.;;a.example.;"]
+    assert 0 < admin.ttl(index_of(mine)) <= 900
+    assert writer.stats.index_lost == 0 and writer.stats.dropped_ops == 0
+    admin.close()
+
+
+def test_a_round_trip_cut_partway_is_one_failure_and_not_ready(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two counters' replies come (18 bytes), then the link breaks under
+    the writer's read (Redis ran all six), and the follow-up's connection is
+    refused too: that is one failed round trip, counted once as it is
+    logged once, and the writer is not ready from then until a round trip
+    is answered whole."""
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.store")
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    keys = [f"client;10.0.16.{index}" for index in range(6)]
+    admin.mset(dict.fromkeys(keys, 5))  # they exist: the follow-up refreshes their TTL
+    proxy = ReplyCutter(redis_srv.port, b"INCRBY", pass_bytes=18)
+    port = [proxy.port]
+    writer = started(lambda: redis.Redis(port=port[0], socket_timeout=5))
+    ready_as_failed: list[bool] = []  # `connected` as each failure is logged
+
+    class Readiness(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "redis_write_failed":
+                ready_as_failed.append(writer.connected)
+
+    handler = Readiness()
+    logging.getLogger("pcapd.agents.store").addHandler(handler)
+    try:
+        writer.incr("client;10.0.16.99")
+        wait_for(lambda: writer.connected and writer.stats.written_ops == 1, timeout=30)
+        proxy.swallow = True
+        for key in keys:
+            writer.incr(key)
+        wait_for(lambda: admin.mget(keys) == ["6"] * 6, timeout=30)
+        port[0] = redis_srv.port  # where the writer's next client connects
+        proxy.close()
+        wait_for(lambda: writer.stats.written_ops == 7 and writer.queue_depth == 0, timeout=30)
+        wait_for(lambda: writer.connected, timeout=30)
+    finally:
+        writer.stop(5)
+        logging.getLogger("pcapd.agents.store").removeHandler(handler)
+    assert ready_as_failed and not any(ready_as_failed)
+    assert writer.stats.redis_errors == len(ready_as_failed)  # one count per failure
+    # Answered before the break: once; the rest ran, their replies lost: sent again.
+    assert admin.mget(keys) == ["6", "6", "7", "7", "7", "7"]
+    assert all(0 < admin.ttl(key) <= 900 for key in keys)
+    admin.close()
