@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pcapd.core.lifecycle import EXIT_CONFIG
 
 DATA = Path(__file__).parent / "data"
@@ -277,3 +279,40 @@ def test_a_cluster_config_is_ok(tmp_path: Path) -> None:
     )
     done = check_config(path)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+NOT_IFACE = "is not an interface name (1-32 of A-Z a-z 0-9 _ . : @ -)"
+HOSTILE = [
+    # (file, its error lines): the daemon's sections, then the agents' (which
+    # are checked once the rest of the file is sound)
+    ('[general]\nwritelocal = true\nnode = "web\\u0000"\n'
+     '[redis]\ncluster = true\nnodes = ["127.0.0.1:\u00b2"]\n'
+     '[[interface]]\nname = "../capture.pcap"\n'
+     f'[[interface]]\nname = "{"e" * 300}"\n'
+     "[agents]\nflow = 7\n",
+     ["agents.flow: expected a table ([agents.flow])",
+      "general.node: holds a NUL (U+0000) at character 3",
+      "redis.nodes: each node must be HOST:PORT with a port in 1..65535, got '127.0.0.1:\u00b2'",
+      f"interface[0].name: '../capture.pcap' {NOT_IFACE}",
+      f"interface[1].name: '{'e' * 40}' {NOT_IFACE}"]),
+    ('[general]\nwritelocal = true\n'
+     '[agents.dnstap]\nsocket_group = "wheel\\u0000"\n'
+     '[agents.dnswire]\ninterface = "eth0/1"\nslot = "1/\u00b2"\n'
+     '[agents.flow]\ninterface = ".."\n',
+     ["agents.dnstap.socket_group: holds a NUL (U+0000) at character 5",
+      f"agents.flow.interface: '..' {NOT_IFACE}",
+      f"agents.dnswire.interface: 'eth0/1' {NOT_IFACE}",
+      "agents.dnswire.slot: '1/\u00b2' is not I/N with 1 <= I <= N <= 64"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "errors"), HOSTILE, ids=["daemon", "agents"])
+def test_hostile_values_exit_2_each_naming_its_field(
+    tmp_path: Path, text: str, errors: list[str]
+) -> None:
+    """NULs, digits int() refuses, a section that is not a table, interface
+    names libpcap could take for a path: each an error line, never a traceback."""
+    path = write(tmp_path, text)
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"{path}: error: {line}" for line in errors]
