@@ -22,18 +22,26 @@ class ReaderError(ValueError):
 
 
 def parse_address(text: str, what: str = "client") -> str:
-    """The canonical `str(ipaddress)` spelling, as the agents write it."""
+    """The canonical `str(ipaddress)` spelling, as the agents write it. A zone
+    (`fe80::1%eth0`) is refused: ipaddress takes any text after the `%`,
+    which would then reach a key, a request id and a capture's BPF."""
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         raise ReaderError(f"{what}: {text[:80]!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ReaderError(f"{what}: {text[:80]!r} has a zone (%...); give the address alone")
+    return str(address)
 
 
 def parse_network(text: str) -> Network:
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        network = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         raise ReaderError(f"prefix: {text[:80]!r} is not an IPv4 or IPv6 network") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.scope_id is not None:
+        raise ReaderError(f"prefix: {text[:80]!r} has a zone (%...); give the network alone")
+    return network
 
 
 def in_network(address: str, network: Network | None) -> bool:

@@ -60,6 +60,9 @@ MAX_CONNECTIONS = 10_000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 MIN_HANDSHAKE_TIMEOUT = 0.1
 MAX_HANDSHAKE_TIMEOUT = 3600.0
+# A frame begun must be whole within this: resolvers write whole frames, so one
+# held longer is a stalled or hostile writer keeping a slot and a buffer.
+DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_STATS_INTERVAL = 60.0  # 0: only at exit
 MAX_STATS_INTERVAL = 86_400.0
 MIN_FRAME_BYTES = 1024
@@ -99,6 +102,7 @@ class DnstapConfig:
     max_frame_bytes: int = fstrm.DEFAULT_MAX_FRAME
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     stats_interval: float = DEFAULT_STATS_INTERVAL
     udp_output: HostPort | None = None
     udp_interface: str | None = None
@@ -208,6 +212,12 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         handshake_timeout=t.get_float(
             "handshake_timeout",
             DEFAULT_HANDSHAKE_TIMEOUT,
+            minimum=MIN_HANDSHAKE_TIMEOUT,
+            maximum=MAX_HANDSHAKE_TIMEOUT,
+        ),
+        frame_timeout=t.get_float(
+            "frame_timeout",
+            DEFAULT_FRAME_TIMEOUT,
             minimum=MIN_HANDSHAKE_TIMEOUT,
             maximum=MAX_HANDSHAKE_TIMEOUT,
         ),

@@ -70,6 +70,7 @@ class FstrmProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: ConnectionStats | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._frame_timer: asyncio.TimerHandle | None = None  # while a frame is part-read
         self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,9 +130,10 @@ class FstrmProtocol(asyncio.Protocol):
 
     def _release(self) -> ConnectionStats | None:
         """Give the connection slot back, once: the stats if it was held."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._frame_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._frame_timer = None
         conn = self.conn
         if conn is None or self.server.connections.pop(conn.id, None) is None:
             return None
@@ -142,6 +144,27 @@ class FstrmProtocol(asyncio.Protocol):
         if self.decoder.phase in (fstrm.Phase.OPENING, fstrm.Phase.READY):
             self._fail(
                 "handshake_timeout", f"no START within {self.server.config.handshake_timeout}s"
+            )
+
+    def _frame_timeout(self) -> None:
+        self._fail(
+            "frame_timeout",
+            f"a frame was begun and not finished within {self.server.config.frame_timeout}s "
+            f"({self.decoder.pending} bytes held)",
+        )
+
+    def _watch_frame(self, completed: bool) -> None:
+        """Time the frame being read: from its first byte, until it is whole."""
+        if not self.decoder.pending:
+            if self._frame_timer is not None:
+                self._frame_timer.cancel()
+                self._frame_timer = None
+        elif completed or self._frame_timer is None:
+            if self._frame_timer is not None:
+                self._frame_timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._frame_timer = loop.call_later(
+                self.server.config.frame_timeout, self._frame_timeout
             )
 
     def data_received(self, data: bytes) -> None:
@@ -167,6 +190,8 @@ class FstrmProtocol(asyncio.Protocol):
                 sink(item, conn)
             else:
                 self._control(item)
+        if not self._closing:
+            self._watch_frame(bool(frames))
 
     def _control(self, control: fstrm.Control) -> None:
         assert self.transport is not None

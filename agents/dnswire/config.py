@@ -36,6 +36,7 @@ from agents.redis_writer import (
     MAX_TTL_GRACE,
 )
 from pcapd.core.configread import MAX_PORT, ConfigError, Table
+from pcapd.core.fields import is_decimal
 from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnswire"
@@ -156,7 +157,7 @@ def _slot(t: Table) -> tuple[int, int]:
         return (1, 1)
     text = str(value)
     i, sep, n = text.partition("/")
-    if not (sep and i.isdigit() and n.isdigit()) or not 1 <= int(i) <= int(n) <= MAX_PROCESSES:
+    if not (sep and is_decimal(i) and is_decimal(n)) or not 1 <= int(i) <= int(n) <= MAX_PROCESSES:
         t.error("slot", f"{text!r} is not I/N with 1 <= I <= N <= {MAX_PROCESSES}")
         return (1, 1)
     return int(i), int(n)
@@ -196,7 +197,7 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
     if t.get("processes") is not None:
         processes = t.get_int("processes", 1, minimum=0, maximum=MAX_PROCESSES)
     cfg = DnswireConfig(
-        interface=t.optional_str("interface"),
+        interface=t.interface("interface"),
         read=t.optional_str("read"),
         bpf=t.optional_str("bpf"),
         slot=_slot(t),

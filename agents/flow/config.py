@@ -288,7 +288,7 @@ def parse_flow_config(table: Any) -> FlowConfig:
     names = {spec.name for spec in networks}
     rules = _rules(t, names) if t.get("rules") is not None else defaults.rules
     config = FlowConfig(
-        interface=t.optional_str("interface"),
+        interface=t.interface("interface"),
         metrics_listen=t.listen("metrics_listen"),
         our_nets=tuple(our_nets),
         networks=networks,

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcapd.core.errors import PcapdError
+from pcapd.core.fields import IFACE_RE
 from pcapd.core.secret import Secret, resolve_secret
 
 # The cap on an integer read without its own maximum: what TOML itself allows.
@@ -176,6 +177,9 @@ class Table:
         if not isinstance(value, str):
             self.bad(key, value, "expected a string")
             return default
+        if "\0" in value:  # no path, name or pattern holds one; os and libpcap stop at it
+            self.error(key, f"holds a NUL (U+0000) at character {value.index(chr(0))}")
+            return default
         if choices and value not in choices:
             self.bad(key, value, "expected one of " + ", ".join(choices))
             return default
@@ -185,6 +189,17 @@ class Table:
         """A string, None when absent or "" (TOML has no null)."""
         value = self.get_str(key, "", choices=choices)
         return value or None
+
+    def interface(self, key: str) -> str | None:
+        """An interface name, None when absent or "": the rule a request's names
+        follow (fields.IFACE_RE), so none can be taken for a path by libpcap."""
+        value = self.optional_str(key)
+        if value is not None and IFACE_RE.fullmatch(value) is None:
+            self.error(
+                key, f"{value[:40]!r} is not an interface name (1-32 of A-Z a-z 0-9 _ . : @ -)"
+            )
+            return None
+        return value
 
     def str_list(self, key: str) -> tuple[str, ...]:
         """A list of strings; a single string is a list of one."""

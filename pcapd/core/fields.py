@@ -112,6 +112,12 @@ def bpf_problem(bpf: str) -> str | None:
     return f"holds U+{char:04X} at character {found.start()}; a filter is printable ASCII"
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes '²' (which int() refuses)
+    and other scripts' digits (which int() reads)."""
+    return text.isascii() and text.isdigit()
+
+
 def go_fold(key: str) -> str:
     """The key as Go's encoding/json compares it to a field name; ASCII field
     names fold only with their case pair, K with U+212A and s with U+017F."""

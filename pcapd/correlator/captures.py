@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from agents.reader_values import ReaderError, parse_address
 from pcapd.client import fresh, is_message, publish_request, seen_events, subscribe
 from pcapd.core.config import Config
+from pcapd.core.fields import bpf_problem, is_decimal
 from pcapd.core.redis_conn import Client
 from pcapd.signing import sign
 
@@ -92,6 +93,9 @@ def parse_form(fields: Mapping[str, str], config: Config) -> CaptureForm:
     bpf = " ".join((fields.get("bpf") or default_bpf(client, service, port)).split())
     if len(bpf) > 1024:
         raise CaptureFormError(f"bpf: {len(bpf)} characters; the limit is 1024")
+    problem = bpf_problem(bpf)  # the nodes refuse it too, but only once it is sent
+    if problem is not None:
+        raise CaptureFormError(f"bpf: {problem}")
     assert packets is not None and duration is not None
     return CaptureForm(client, service, port, node, alias, packets, duration, bpf)
 
@@ -109,7 +113,7 @@ def _number(
     text = (fields.get(name) or "").strip()
     if not text:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not is_decimal(text) or not low <= int(text) <= high:
         raise CaptureFormError(f"{name}: {text[:20]!r} is not a whole number from {low} to {high}")
     return int(text)
 

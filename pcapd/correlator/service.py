@@ -11,6 +11,7 @@ from typing import Any
 from agents.reader import StoreReader
 from agents.reader_values import Network, Page, ReaderError, parse_address, parse_network
 from pcapd.core.config import MAX_PAGE_SIZE, Config
+from pcapd.core.fields import is_decimal
 from pcapd.core.redis_conn import Client
 from pcapd.correlator.chains import BY, ClientView, build_view
 
@@ -33,7 +34,7 @@ MAX_CURSOR_DIGITS = 24
 
 def _cursor(text: str | None) -> int:
     text = (text or "0").strip()
-    if not text.isdigit() or len(text) > MAX_CURSOR_DIGITS:
+    if not is_decimal(text) or len(text) > MAX_CURSOR_DIGITS:
         raise ReaderError(f"cursor: {text[:24]!r} is not a SCAN cursor (a whole number)")
     return int(text)
 
@@ -45,7 +46,7 @@ def clients_query(args: Mapping[str, str], config: Config) -> ClientsQuery:
     if search is not None and len(search) > MAX_SEARCH:
         raise ReaderError(f"q: {len(search)} characters; the limit is {MAX_SEARCH}")
     limit_text = (args.get("limit") or str(config.correlator.page_size)).strip()
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+    if not is_decimal(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
         raise ReaderError(
             f"limit: {limit_text[:20]!r} is not a whole number from 1 to {MAX_PAGE_SIZE}"
         )
@@ -112,7 +113,7 @@ class Correlator:
         address = parse_address(address, "address")
         number = None
         if port and port.strip():
-            if not port.strip().isdigit() or not 0 <= int(port) <= 65535:
+            if not is_decimal(port.strip()) or not 0 <= int(port) <= 65535:
                 raise ReaderError(f"port: {port[:20]!r} is not a port number (0-65535)")
             number = int(port)
         page = self.reader.talkers_to(address, number, _cursor(cursor))

@@ -175,7 +175,10 @@ def create_app(config: Config, redis_client: Client, s3: Any | None = None) -> F
     @app.post("/api/captures")
     def api_capture() -> Any:
         security.require_change(c)
-        fields = request.get_json(silent=True)
+        try:
+            fields = request.get_json(silent=True)
+        except RecursionError:  # json.loads raises it, not a ValueError, past ~1000 levels
+            fields = None
         if not isinstance(fields, dict):
             abort(400, "send the capture form fields as a JSON object")
         body = _publish(captures.parse_form({k: str(v) for k, v in fields.items()}, config))

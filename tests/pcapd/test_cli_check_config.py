@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pcapd.cli import load_agents
+from pcapd.core.config import ConfigError, parse_config
 from pcapd.core.lifecycle import EXIT_CONFIG
 
 DATA = Path(__file__).parent / "data"
@@ -277,3 +285,95 @@ def test_a_cluster_config_is_ok(tmp_path: Path) -> None:
     )
     done = check_config(path)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+NOT_IFACE = "is not an interface name (1-32 of A-Z a-z 0-9 _ . : @ -)"
+HOSTILE = [
+    # (file, its error lines): the daemon's sections, then the agents' (which
+    # are checked once the rest of the file is sound)
+    ('[general]\nwritelocal = true\nnode = "web\\u0000"\n'
+     '[redis]\ncluster = true\nnodes = ["127.0.0.1:\u00b2"]\n'
+     '[[interface]]\nname = "../capture.pcap"\n'
+     f'[[interface]]\nname = "{"e" * 300}"\n'
+     "[agents]\nflow = 7\n",
+     ["agents.flow: expected a table ([agents.flow])",
+      "general.node: holds a NUL (U+0000) at character 3",
+      "redis.nodes: each node must be HOST:PORT with a port in 1..65535, got '127.0.0.1:\u00b2'",
+      f"interface[0].name: '../capture.pcap' {NOT_IFACE}",
+      f"interface[1].name: '{'e' * 40}' {NOT_IFACE}"]),
+    ('[general]\nwritelocal = true\n'
+     '[agents.dnstap]\nsocket_group = "wheel\\u0000"\n'
+     '[agents.dnswire]\ninterface = "eth0/1"\nslot = "1/\u00b2"\n'
+     '[agents.flow]\ninterface = ".."\n',
+     ["agents.dnstap.socket_group: holds a NUL (U+0000) at character 5",
+      f"agents.flow.interface: '..' {NOT_IFACE}",
+      f"agents.dnswire.interface: 'eth0/1' {NOT_IFACE}",
+      "agents.dnswire.slot: '1/\u00b2' is not I/N with 1 <= I <= N <= 64"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "errors"), HOSTILE, ids=["daemon", "agents"])
+def test_hostile_values_exit_2_each_naming_its_field(
+    tmp_path: Path, text: str, errors: list[str]
+) -> None:
+    """NULs, digits int() refuses, a section that is not a table, interface
+    names libpcap could take for a path: each an error line, never a traceback."""
+    path = write(tmp_path, text)
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"{path}: error: {line}" for line in errors]
+
+
+def _example_keys() -> list[tuple[str, str]]:
+    """(section, key) for every option config.toml.example shows, set or commented."""
+    found, section = [], ""
+    example = Path(__file__).parents[2] / "config.toml.example"
+    for line in example.read_text().splitlines():
+        if heading := re.match(r"#?\s*\[+([\w.]+)\]+\s*$", line):
+            section = heading[1]
+        elif (option := re.match(r"#?\s*([a-z_0-9]+) = ", line)) and section:
+            found.append((section, option[1]))
+    return sorted(set(found))
+
+
+TEXT = st.text(alphabet=st.characters(codec=None, categories=None), max_size=20)
+# Values that once raised past the checks: drawn as often as all the rest.
+SHARP = st.sampled_from(["h:\u00b2", ["h:\u00b2"], "1/\u00b2", "a/b", "x" * 300, "a\x00"])
+HOSTILE_VALUE = SHARP | st.recursive(
+    st.booleans() | st.integers() | st.floats() | TEXT | st.sampled_from([10**30, -(2**63)]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(
+    changes=st.lists(st.tuples(st.sampled_from(_example_keys()), HOSTILE_VALUE), max_size=4),
+    whole=st.none() | st.tuples(st.sampled_from(["general", "redis", "agents", "agents.flow",
+                                                 "agents.dnstap", "agents.dnswire", "interface"]),
+                                HOSTILE_VALUE),
+)  # fmt: skip
+def test_any_value_at_any_level_is_an_error_naming_its_field(
+    changes: list[tuple[tuple[str, str], Any]], whole: tuple[str, Any] | None
+) -> None:
+    """What check-config runs (the file's sections, then each agent's), on
+    values TOML can hold and command-line overrides can (lone surrogates):
+    a ConfigError whose lines name a field, or a config; never another error."""
+    data: dict[str, Any] = {"general": {"writelocal": True}}
+    for (section, key), value in changes:
+        table = data
+        for part in section.split("."):
+            table = table.setdefault(part, {})
+        table[key] = value
+    if whole is not None:
+        section, value = whole
+        parent = data.setdefault("agents", {}) if section.startswith("agents.") else data
+        parent[section.removeprefix("agents.")] = value
+    try:
+        config = parse_config(data, "node1")
+        config.serve_problems()
+        for agent in load_agents():
+            if agent.SECTION in config.agents:  # as check-config reads them
+                agent.check_section(dict(config.agents[agent.SECTION]))
+    except ConfigError as exc:
+        assert exc.errors and all(": " in line for line in exc.errors)  # field: rule

@@ -108,6 +108,9 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
     if not isinstance(agents, dict):
         errors.append("agents: expected a table of [agents.<name>] tables")
         agents = {}
+    errors.extend(f"agents.{name}: expected a table ([agents.{name}])"
+                  for name, table in agents.items() if not isinstance(table, dict))  # fmt: skip
+    agents = {name: table for name, table in agents.items() if isinstance(table, dict)}
     config = Config(
         general=_general(sections["general"], host),
         redis=_redis(sections["redis"]),

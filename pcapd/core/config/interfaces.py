@@ -22,12 +22,13 @@ def _interfaces(raw: Any, errors: list[str], warnings: list[str]) -> tuple[Inter
     names: set[str] = set()
     for index, table in enumerate(raw):
         s = Table(table, f"interface[{index}]", errors, warnings)
-        name = s.get_str("name", "")
-        if not name:
+        name = s.interface("name") or ""
+        if s.get("name") in (None, ""):
             errors.append(f"interface[{index}].name: required")
         elif name in names:
             errors.append(f"interface[{index}].name: {name!r} is defined twice")
-        names.add(name)
+        if name:  # a bad name was reported by s.interface
+            names.add(name)
         found.append(_interface(s, name))
         s.finish()
     return tuple(found)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pcapd.core.config.sections import *
 from pcapd.core.configread import MAX_PORT, Table
+from pcapd.core.fields import is_decimal
 
 
 def _redis(s: Table) -> RedisConfig:
@@ -72,7 +73,12 @@ def _cluster_nodes(s: Table) -> tuple[str, ...]:
         return ()
     for node in nodes:
         host, sep, port = node.rpartition(":")
-        if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        if (
+            not sep
+            or not host.strip("[]")
+            or not is_decimal(port)
+            or not 1 <= int(port) <= MAX_PORT
+        ):
             s.bad("nodes", node, f"each node must be HOST:PORT with a port in 1..{MAX_PORT}")
             return ()
     return nodes

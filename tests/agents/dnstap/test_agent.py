@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,35 @@ def test_handshake_timeout_closes_a_silent_client(
         assert "no START within 0.3s" in caplog.text
         ra.send([GOOD])
         wait_for(lambda: ra.snapshot()["keys_written"] == 2)
+
+
+def test_a_connection_stalled_inside_a_frame_is_closed_and_frees_its_slot(
+    redis_srv: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tap.sock"
+    frame = fstrm.encode_data(GOOD)
+    with running_agent(redis_srv.url, path, max_connections=1, frame_timeout=1.0,
+                       dedup_window=0) as ra:  # fmt: skip
+        with ra.connect() as stalled:
+            FrameWriter(stalled).start()
+            stalled.sendall(frame[:10])  # half a frame after START, then nothing
+            assert stalled.recv(10) == b""  # closed, though it is past the handshake
+        wait_for(lambda: ra.snapshot()["connections_open"] == 0)
+        assert ra.snapshot()["frame_errors"] == {"frame_timeout": 1}
+        assert "not finished within 1.0s (10 bytes held)" in caplog.text
+        # Its slot serves the next writer; one whose every write ends inside a
+        # frame, for longer than frame_timeout in all, is not cut: each of its
+        # frames is whole within it.
+        with ra.connect() as slow:
+            FrameWriter(slow).start()
+            stream = frame * 6
+            for start in range(0, len(stream), len(frame) - 3):
+                slow.sendall(stream[start : start + len(frame) - 3])
+                time.sleep(0.25)
+            FrameWriter(slow).stop()
+        wait_for(lambda: ra.snapshot()["keys_written"] == 12)
+        assert ra.snapshot()["frame_errors"] == {"frame_timeout": 1}
+        assert redis_dump(redis_srv.client()) == {**GOOD_KEYS, "client;10.9.9.9": "6"}
 
 
 def test_tls_listener(
