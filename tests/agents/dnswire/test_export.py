@@ -22,7 +22,7 @@ from agents.response_recorder import make_writer
 from tests.agents.dnswire import dnsflow_reader as reader
 from tests.agents.dnswire import wire as w
 from tests.agents.flow import frames as f
-from tests.helpers import RedisServer, free_port, stop_process, wait_for
+from tests.helpers import RedisServer, wait_for
 
 DNSFLOW = str(Path(sys.executable).parent / "dnsflow")
 
@@ -216,16 +216,8 @@ def test_dnsflow_ingest_process_records_what_a_sensor_sends(
     with w.file_agent(redis_srv.url, path):
         direct = w.keys(redis_srv.client())
     redis_srv.client().flushall()
-    port = free_port()
     log = tmp_path / "ingest.log"
-    with log.open("wb") as err:
-        ingest = subprocess.Popen(
-            [sys.executable, "-m", "pcapd", "agent", "dnsflow-ingest", "--listen",
-             f"127.0.0.1:{port}", "--redis-url", redis_srv.url, "--stats-interval", "0.2"],
-            stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: b"event=dnsflow_ingest_started" in log.read_bytes(), timeout=20)
+    with w.ingest_process(redis_srv.url, log, stats_interval=0.2) as (ingest, port):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
             junk.sendto(b"\x03\x00\x00\x00\x00\x00\x00\x01", ("127.0.0.1", port))  # version 3
         done = run_dnsflow("-r", str(path), "-u", f"127.0.0.1:{port}")
@@ -233,8 +225,6 @@ def test_dnsflow_ingest_process_records_what_a_sensor_sends(
         wait_for(lambda: w.keys(redis_srv.client()) == direct, timeout=10)
         ingest.send_signal(signal.SIGTERM)
         assert ingest.wait(15) == 0
-    finally:
-        stop_process(ingest)
     text = log.read_text()
     assert 'reason=version error="version 3, expected 4"' in text
     assert 'bad={"version":1}' in text and "sets=4" in text

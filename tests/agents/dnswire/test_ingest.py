@@ -8,8 +8,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -18,7 +16,7 @@ from hypothesis import strategies as st
 from agents.dnswire import export
 from agents.dnswire.ingest import MAX_ERROR_LOGS
 from tests.agents.dnswire import wire as w
-from tests.helpers import RedisServer, free_port, stop_process, wait_for
+from tests.helpers import RedisServer, wait_for
 
 WWW = b"\x03www\x07example\x04test\x00"
 
@@ -47,23 +45,14 @@ def lookalike(draw: st.DrawFn) -> bytes:
 def test_lying_datagrams_are_counted_and_a_sound_one_after_them_recorded(
     redis_srv: RedisServer, tmp_path: Path
 ) -> None:
-    port, log = free_port(), tmp_path / "ingest.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pcapd", "agent", "dnsflow-ingest", "--listen",
-             f"127.0.0.1:{port}", "--redis-url", redis_srv.url, "--stats-interval", "0"],
-            stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: b"event=dnsflow_ingest_started" in log.read_bytes(), timeout=20)
+    log = tmp_path / "ingest.log"
+    with w.ingest_process(redis_srv.url, log, stats_interval=0) as (proc, port):
         sent = _send_hostile(port)
         wait_for(lambda: w.keys(redis_srv.client()).get("10.0.0.9;192.0.2.10;dns")
                  == ";www.example.test.;")  # fmt: skip
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-    finally:
-        stop_process(proc)
     text = log.read_text()
     assert "Traceback" not in text
     assert 0 < text.count("event=dnsflow_bad_packet") <= MAX_ERROR_LOGS

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from agents.dnswire.config import parse_dnswire_config
 from agents.response_recorder import make_writer
 from tests.agents.dnstap.builders import tap_payload
 from tests.agents.flow import frames as f
+from tests.helpers import free_port, stop_process, wait_for
 
 RESOLVER4, CLIENT4 = "10.200.9.53", "10.200.9.7"
 RESOLVER6, CLIENT6 = "fd00:200:9::53", "fd00:200:9::7"
@@ -130,6 +133,27 @@ def file_agent(redis_url: str | None, path: Path, **options: Any) -> Iterator[Wi
         if writer is not None:
             writer.stop(10)
     yield agent
+
+
+@contextmanager
+def ingest_process(
+    redis_url: str, log: Path, *, stats_interval: float
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`pcapd agent dnsflow-ingest` on a free loopback port, its log in `log`,
+    once it said it started; stopped after, if the test did not."""
+    port = free_port()
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pcapd", "agent", "dnsflow-ingest", "--listen",
+             f"127.0.0.1:{port}", "--redis-url", redis_url,
+             "--stats-interval", str(stats_interval)],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: b"event=dnsflow_ingest_started" in log.read_bytes(), timeout=20)
+        yield proc, port
+    finally:
+        stop_process(proc)
 
 
 def keys(client: redis.Redis) -> dict[str, str]:
