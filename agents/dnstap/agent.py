@@ -197,9 +197,11 @@ def run(config: DnstapConfig, connect: Callable[[], Client]) -> int:
         loop = asyncio.get_running_loop()
 
         def on_warm() -> None:
-            # In the signal handler: only schedule the stop on the loop.
+            # On the signal thread: only schedule the stop on the loop, unless
+            # the loop has already ended (serve failed) and is flushing.
             event(log, "dnstap_stopping")
-            loop.call_soon_threadsafe(stop.set)
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(stop.set)
 
         # Replaces the SIGINT handler asyncio.run adds, and stays in place
         # while the queue is flushed, so a second signal there leaves at once.

@@ -44,8 +44,13 @@ class StopSignals:
         self.stop = threading.Event()
         self._on_warm = on_warm
         self._signalled, self._notify = os.pipe()
+        self._installed = False
 
     def install(self) -> None:
+        """Idempotent: a second reader would take the second signal for a first."""
+        if self._installed:
+            return
+        self._installed = True
         threading.Thread(target=self._serve, name="pcapd-signals", daemon=True).start()
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
@@ -65,4 +70,8 @@ class StopSignals:
                 event(log, "shutdown_requested", process=self.process, signal=name)
                 self.stop.set()
                 for callback in self._on_warm:
-                    callback()
+                    try:
+                        callback()
+                    except Exception:  # the others still run; a second signal still exits
+                        event(log, "warm_callback_failed", logging.ERROR, exc_info=True,
+                              process=self.process)  # fmt: skip

@@ -101,3 +101,39 @@ def test_a_signal_while_the_main_thread_holds_the_stop_lock_still_stops_warm(
     proc = start(processes, SIGNALLED_INSIDE_WAIT)
     out, err = proc.communicate(timeout=20)
     assert (proc.returncode, out) == (EXIT_OK, "stopped True\n"), err
+
+
+# One callback raises; the next still runs, and a second signal still exits.
+RAISING_CALLBACK = """
+import logging, time
+from pcapd.core.lifecycle import StopSignals
+from pcapd.core.logs import KeyValueFormatter
+handler = logging.StreamHandler()
+handler.setFormatter(KeyValueFormatter())
+logging.basicConfig(level=logging.INFO, handlers=[handler])
+def boom():
+    raise RuntimeError("loop closed")
+after = []
+signals = StopSignals("test", on_warm=(boom, lambda: after.append(1)))
+signals.install()
+signals.install()  # a second install adds no second reader
+print("ready", flush=True)
+signals.stop.wait()
+time.sleep(0.2)
+print("after", len(after), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_raising_warm_callback_is_logged_and_the_next_signal_still_leaves_at_once(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    proc = start(processes, RAISING_CALLBACK)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline() == "after 1\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == EXIT_COLD
+    assert err.count("shutdown_requested") == 1 and "exit_now" in err
+    assert "warm_callback_failed" in err and "RuntimeError: loop closed" in err
