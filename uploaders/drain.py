@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
 from uploaders.base import Uploader, UploadObserver, ignore_upload
+from uploaders.deadline import NotAttempted
 from uploaders.spool import Spool, SpoolCorrupt, SpoolEntry, clip_error
 
 # The spool's logger: these lines were its own, and operators filter on it.
@@ -161,6 +162,7 @@ class SpoolDrainer:
             return False
         pending = list(entry.pending)
         failures: list[str] = []
+        uploaded = False
         for sink in entry.pending:
             if sink in down:
                 continue
@@ -172,20 +174,29 @@ class SpoolDrainer:
             began = time.monotonic()
             try:
                 location = uploader.upload(artifact)
+            except NotAttempted as exc:
+                # Shutdown came first: no upload, so no failed one (as in
+                # deliver), and the entry keeps its last real error.
+                down[sink] = f"{sink}: {exc}"
+                continue
             except Exception as exc:  # any failure keeps the entry; never the drainer
                 self.observe(sink, "failed", time.monotonic() - began)
                 down[sink] = f"{sink}: {exc}"
                 failures.append(down[sink])
                 continue
             self.observe(sink, "ok", time.monotonic() - began)
+            uploaded = True
             locations[location.kind] = location.url
             pending.remove(sink)
         del artifact
         if not pending:
             return True
+        if not uploaded and not failures:
+            return False  # nothing tried (shutdown): the entry is as it was
         entry = dataclasses.replace(
             entry, pending=tuple(pending), locations=locations,
-            attempts=entry.attempts + 1, last_error=clip_error("; ".join(failures)) or None,
+            attempts=entry.attempts + 1,
+            last_error=clip_error("; ".join(failures)) or entry.last_error,
         )  # fmt: skip
         self.spool.update(entry)
         errors.extend(f"{entry.id}: {f}" for f in failures)
