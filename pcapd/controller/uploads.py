@@ -20,7 +20,6 @@ log = logging.getLogger("pcapd.controller")
 
 ABANDON_WAIT = 2.0  # seconds for abandoned uploads to record what is pending
 SHUTDOWN_POLL = 0.01  # s between looks at the captures still running, on shutdown
-PAST_GRACE_STORING = "local disk, then the spool"  # a store once the remote sinks are abandoned
 
 
 class Uploads(ControllerState):
@@ -144,11 +143,16 @@ class Uploads(ControllerState):
                 self._past_grace(len(queued) - index)
             worker.store(artifact, result)
 
-    @staticmethod
-    def _past_grace(captures: int, **which: Any) -> None:
+    def _past_grace(self, captures: int, **which: Any) -> None:
         """`captures` are stored past the grace rather than lost with the
-        process: said, so an operator knows why the stop took longer."""
+        process: said, so an operator knows why the stop took longer, with
+        where this node writes them once the remote sinks are abandoned."""
+        places = dict.fromkeys(
+            "the spool" if label == "spool" else "local disk"
+            for label, _ in self.deliverer.disk_targets()
+        )
+        storing = ", then ".join(places) or "nowhere: no local disk, no spool"
         event(
             log, "shutdown_past_grace", logging.WARNING,
-            captures=captures, storing=PAST_GRACE_STORING, **which,
+            captures=captures, storing=storing, **which,
         )  # fmt: skip

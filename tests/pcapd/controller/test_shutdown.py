@@ -125,7 +125,7 @@ def test_a_ring_capture_stored_past_the_grace_says_so(
         ctl.publisher.stop(5)
     said = [getattr(r, "pcapd_fields", {}) for r in caplog.records
             if r.getMessage() == "shutdown_past_grace"]  # fmt: skip
-    late = {"captures": 1, "storing": "local disk, then the spool", "id": "late-ring",
+    late = {"captures": 1, "storing": "local disk", "id": "late-ring",
             "interface": "lo"}  # fmt: skip
     assert said == ([late] if grace is None else [])
 
