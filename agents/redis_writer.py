@@ -126,6 +126,40 @@ class OpBuffer:
             self.keys, self.args = [], []
 
 
+class WriterSettings(Protocol):
+    """An agent's writer bounds, as its config gives them to `make_writer`
+    (FlowConfig, DnstapConfig, agents.dnswire's DnswireConfig)."""
+
+    @property
+    def ttl_grace(self) -> int: ...
+    @property
+    def max_queue_ops(self) -> int: ...
+    @property
+    def batch_ops(self) -> int: ...
+    @property
+    def flush_interval(self) -> float: ...
+    @property
+    def client_index(self) -> bool: ...
+    @property
+    def write_combining(self) -> bool: ...
+    @property
+    def ping_interval(self) -> float: ...
+
+
+def make_writer(config: WriterSettings, connect: Callable[[], Client]) -> RedisWriter:
+    """The agent's RedisWriter, built from its config."""
+    return RedisWriter(
+        connect,
+        ttl=config.ttl_grace,
+        max_queue_ops=config.max_queue_ops,
+        batch_ops=config.batch_ops,
+        flush_interval=config.flush_interval,
+        index=config.client_index,
+        combine=config.write_combining,
+        ping_interval=config.ping_interval,
+    )
+
+
 class RedisWriter(WriteQueue):
     """Buffers INCR / append-if-absent operations and writes them in batches.
 

@@ -1,6 +1,5 @@
-"""What a recording agent does with one parsed response (`ResponseRecorder`)
-and the writer it builds for that (`make_writer`): shared by the dnstap agent
-(agents/dnstap/agent.py) and agents.dnswire."""
+"""What a recording agent does with one parsed response (`ResponseRecorder`):
+shared by the dnstap agent (agents/dnstap/agent.py) and agents.dnswire."""
 
 from __future__ import annotations
 
@@ -15,9 +14,8 @@ from agents.dnstap.dedup import Deduper
 from agents.dnstap.record import DEDUPED, NO_ADDRESS, RECORDED, Prepared, Recorder
 from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, Response, address_text
 from agents.dnstap.udp import UdpOutput
-from agents.redis_writer import OpSink, RedisWriter
+from agents.redis_writer import OpSink
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
@@ -49,8 +47,8 @@ class RecordStats:
 
 
 class RecordSettings(Protocol):
-    """What a recording agent's config gives `ResponseRecorder` and
-    `make_writer` (DnstapConfig, agents.dnswire's DnswireConfig)."""
+    """What a recording agent's config gives `ResponseRecorder` (DnstapConfig,
+    agents.dnswire's DnswireConfig)."""
 
     @property
     def record_type_numbers(self) -> frozenset[int]: ...
@@ -62,20 +60,6 @@ class RecordSettings(Protocol):
     def dedup_scope(self) -> str: ...
     @property
     def dedup_max_entries(self) -> int: ...
-    @property
-    def ttl_grace(self) -> int: ...
-    @property
-    def max_queue_ops(self) -> int: ...
-    @property
-    def batch_ops(self) -> int: ...
-    @property
-    def flush_interval(self) -> float: ...
-    @property
-    def client_index(self) -> bool: ...
-    @property
-    def write_combining(self) -> bool: ...
-    @property
-    def ping_interval(self) -> float: ...
 
 
 class ResponseRecorder:
@@ -176,16 +160,3 @@ class ResponseRecorder:
                     target=self.udp.address,
                     error=str(exc),
                 )
-
-
-def make_writer(config: RecordSettings, connect: Callable[[], Client]) -> RedisWriter:
-    return RedisWriter(
-        connect,
-        ttl=config.ttl_grace,
-        max_queue_ops=config.max_queue_ops,
-        batch_ops=config.batch_ops,
-        flush_interval=config.flush_interval,
-        index=config.client_index,
-        combine=config.write_combining,
-        ping_interval=config.ping_interval,
-    )

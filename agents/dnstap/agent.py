@@ -31,8 +31,8 @@ from agents.dnstap.response import (
 from agents.dnstap.server import ConnectionStats, DnstapServer
 from agents.dnstap.udp import UdpOutput
 from agents.metrics import dnstap_families, serve_agent_metrics
-from agents.redis_writer import RedisWriter
-from agents.response_recorder import RecordStats, ResponseRecorder, make_writer
+from agents.redis_writer import RedisWriter, make_writer
+from agents.response_recorder import RecordStats, ResponseRecorder
 from pcapd.core.lifecycle import EXIT_OK, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check

@@ -31,8 +31,8 @@ from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
-from agents.redis_writer import RedisWriter
-from agents.response_recorder import RecordStats, ResponseRecorder, make_writer
+from agents.redis_writer import RedisWriter, make_writer
+from agents.response_recorder import RecordStats, ResponseRecorder
 from pcapd.core.config import ConfigError, RedisConfig, load_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, StopSignals
 from pcapd.core.logs import event, setup_agent_logging

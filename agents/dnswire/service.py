@@ -39,8 +39,7 @@ from agents.dnswire.agent import (
 )
 from agents.dnswire.config import DnswireConfig
 from agents.metrics import dnswire_families, serve_agent_metrics
-from agents.redis_writer import dropped_status
-from agents.response_recorder import make_writer
+from agents.redis_writer import dropped_status, make_writer
 from pcapd.core.lifecycle import EXIT_COLD, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client

@@ -24,7 +24,7 @@ import pcap
 from agents.flow import packets, tracker
 from agents.flow.config import FlowConfig
 from agents.metrics import flow_families, serve_agent_metrics
-from agents.redis_writer import RedisWriter, dropped_status
+from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
 from pcapd.core.errors import PcapdError
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK, StopSignals
@@ -205,22 +205,10 @@ def handle_error_text(handle: Any) -> str:
     return str(error) or "unknown libpcap error"
 
 
-def make_writer(connect: Callable[[], Any], config: FlowConfig) -> RedisWriter:
-    return RedisWriter(
-        connect,
-        ttl=config.ttl,
-        max_queue_ops=config.max_queue_ops,
-        batch_ops=config.batch_ops,
-        index=config.client_index,
-        combine=config.write_combining,
-        ping_interval=config.ping_interval,
-    )
-
-
 def run(config: FlowConfig, connect: Callable[[], Any], read: str | None = None) -> int:
     """Capture (or read `read`) until done or signalled, then send what is
     queued (at most `FLUSH_TIMEOUT` s). A second signal leaves at once."""
-    writer = make_writer(connect, config)
+    writer = make_writer(config, connect)
     agent = FlowAgent(config, writer)
     try:
         if read:

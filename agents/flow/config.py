@@ -32,6 +32,7 @@ from agents.flow.rules import (
 )
 from agents.redis_writer import (
     DEFAULT_BATCH_OPS,
+    DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,
     DEFAULT_PING_INTERVAL,
     DEFAULT_TTL_GRACE,
@@ -116,6 +117,16 @@ class FlowConfig:
     client_index: bool = False  # keep <client>;index for the correlator (agents/store.py)
     metrics_listen: HostPort | None = None  # /metrics, /healthz, /readyz (docs/operations.md)
     warnings: tuple[str, ...] = ()
+
+    @property
+    def ttl_grace(self) -> int:
+        """`ttl` under the name the agents' writer settings share (WriterSettings)."""
+        return self.ttl
+
+    @property
+    def flush_interval(self) -> float:
+        """Not a flow option: the writer's default."""
+        return DEFAULT_FLUSH_INTERVAL
 
     def ruleset(self) -> RuleSet:
         """Networks with `our_nets` filled in, compiled with the rules."""

@@ -11,11 +11,10 @@ import pytest
 import redis
 
 from agents import store
-from agents.flow.agent import make_writer as make_flow_writer
 from agents.flow.config import parse_flow_config
 from agents.reader import StoreReader
 from agents.reader_values import ReaderError, parse_address, parse_network
-from agents.redis_writer import RedisWriter
+from agents.redis_writer import RedisWriter, make_writer
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
@@ -184,8 +183,8 @@ def test_agents_keep_the_index_when_configured(redis_srv: RedisServer, tmp_path:
     data = StoreReader(r, budget=1).read_client(C)  # a budget too small to scan: the index it is
     assert data.complete and data.dns == {"198.51.100.7": ["target.example.test."]}
     flow = parse_flow_config({"client_index": True})
-    assert make_flow_writer(lambda: r, flow).index is True
-    assert make_flow_writer(lambda: r, parse_flow_config({})).index is False
+    assert make_writer(flow, lambda: r).index is True
+    assert make_writer(parse_flow_config({}), lambda: r).index is False
 
 
 def test_an_nx_name_holding_a_semicolon(redis_srv: RedisServer) -> None:

@@ -8,7 +8,9 @@ import time
 
 import redis
 
-from agents.redis_writer import RedisWriter, dropped_status
+from agents.dnstap.config import parse_dnstap_config
+from agents.flow.config import parse_flow_config
+from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT
 from tests.helpers import RedisServer, wait_for
 
@@ -170,3 +172,17 @@ def test_stop_while_the_sender_settles_an_answered_round_trip(
     assert not writer._thread.is_alive() and errors == []
     assert (writer.stats.queued_ops, writer.stats.written_ops) == (11, 11)
     assert writer.stats.dropped_ops == 0 and writer.queue_depth == 0
+
+
+def test_make_writer_takes_every_agent_s_settings_by_one_name() -> None:
+    """The flow agent's `ttl` and the dnstap agent's `ttl_grace` (their TOML
+    names) are the same bound; each agent's writer gets what its config says."""
+    table = {"max_queue_ops": 5000, "batch_ops": 100, "client_index": True,
+             "write_combining": False, "ping_interval": 7.0}  # fmt: skip
+    flow = make_writer(parse_flow_config({**table, "ttl": 60}), redis.Redis)
+    dnstap = make_writer(parse_dnstap_config({**table, "ttl_grace": 60}), redis.Redis)
+    for writer in (flow, dnstap):
+        assert (writer.ttl, writer.max_queue_ops, writer.batch_ops, writer.index) == (
+            60, 5000, 100, True,
+        )  # fmt: skip
+        assert (writer.combine, writer.ping_interval) == (False, 7.0)

@@ -11,7 +11,8 @@ import redis
 
 from agents.dnstap.config import parse_dnstap_config
 from agents.dnstap.response import parse_response
-from agents.response_recorder import ResponseRecorder, make_writer
+from agents.redis_writer import make_writer
+from agents.response_recorder import ResponseRecorder
 from tests.agents.dnstap.builders import response_wire
 from tests.agents.dnstap.harness import redis_dump
 from tests.helpers import RedisServer

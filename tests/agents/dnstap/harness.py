@@ -18,7 +18,7 @@ from agents.dnstap.agent import DnstapAgent
 from agents.dnstap.client import FrameWriter
 from agents.dnstap.config import DnstapConfig, parse_dnstap_config
 from agents.dnstap.server import ConnectionStats
-from agents.response_recorder import make_writer
+from agents.redis_writer import make_writer
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret

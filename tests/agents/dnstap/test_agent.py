@@ -24,7 +24,7 @@ from agents.dnstap.agent import ERROR_LOG_WINDOW, MAX_ERROR_LOGS, DnstapAgent
 from agents.dnstap.client import FrameWriter, read_control
 from agents.dnstap.config import parse_dnstap_config
 from agents.dnstap.server import ConnectionStats
-from agents.response_recorder import make_writer
+from agents.redis_writer import make_writer
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.harness import redis_dump, running_agent
 from tests.helpers import RedisServer, wait_for

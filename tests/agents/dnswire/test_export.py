@@ -18,7 +18,7 @@ import pytest
 from agents.dnswire import export
 from agents.dnswire.config import parse_dnswire_config
 from agents.dnswire.ingest import Ingest
-from agents.response_recorder import make_writer
+from agents.redis_writer import make_writer
 from tests.agents.dnswire import dnsflow_reader as reader
 from tests.agents.dnswire import wire as w
 from tests.agents.flow import frames as f

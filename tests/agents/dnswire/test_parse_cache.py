@@ -16,7 +16,7 @@ import redis
 from agents.dnswire import agent as wire_agent
 from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import parse_dnswire_config
-from agents.response_recorder import make_writer
+from agents.redis_writer import make_writer
 from tests.agents.dnstap.builders import reference
 from tests.agents.dnstap.harness import redis_dump
 from tests.agents.dnswire import wire as w

@@ -23,7 +23,7 @@ from agents.dnstap.config import parse_dnstap_config
 from agents.dnstap.server import ConnectionStats
 from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import parse_dnswire_config
-from agents.response_recorder import make_writer
+from agents.redis_writer import make_writer
 from tests.agents.dnstap.builders import tap_payload
 from tests.agents.flow import frames as f
 from tests.helpers import free_port, stop_process, wait_for

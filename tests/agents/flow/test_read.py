@@ -14,8 +14,9 @@ import dpkt
 import pytest
 import redis
 
-from agents.flow.agent import FLUSH_TIMEOUT, AgentError, FlowAgent, make_writer
+from agents.flow.agent import FLUSH_TIMEOUT, AgentError, FlowAgent
 from agents.flow.config import parse_flow_config, parse_networks_arg, with_command_line
+from agents.redis_writer import make_writer
 from pcapd.core.lifecycle import EXIT_COLD
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusing_url
@@ -39,7 +40,7 @@ def read_in_process(
     path: Path, server: RedisServer, table: dict[str, object] | None = None
 ) -> dict[str, int]:
     config = with_command_line(parse_flow_config(table or {}), None, parse_networks_arg(OURS))
-    writer = make_writer(server.client, config)
+    writer = make_writer(config, server.client)
     agent = FlowAgent(config, writer)
     agent.open_file(str(path))
     writer.start()
@@ -228,7 +229,7 @@ def test_read_rejects_non_capture_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("not a pcap\n" * 10)
     config = with_command_line(parse_flow_config({}), None, parse_networks_arg(OURS))
-    agent = FlowAgent(config, make_writer(lambda: redis.Redis(), config))
+    agent = FlowAgent(config, make_writer(config, lambda: redis.Redis()))
     with pytest.raises(AgentError, match="not a capture file"):
         agent.open_file(str(path))
 
@@ -281,7 +282,7 @@ def test_redis_outage_is_retried_and_counted(tmp_path: Path, private_redis: Redi
         tmp_path / "outage.pcap", [f.ip4(B4, A4, 17, f.udp(53, 4000 + i)) for i in range(3)]
     )
     config = with_command_line(parse_flow_config({}), None, parse_networks_arg(OURS))
-    writer = make_writer(private_redis.client, config)
+    writer = make_writer(config, private_redis.client)
     agent = FlowAgent(config, writer)
     agent.open_file(str(pcap))
     private_redis.stop()
