@@ -49,6 +49,7 @@ log = logging.getLogger("pcapd.agents.dnswire")
 FLUSH_TIMEOUT = 10.0  # s: how long a stopping agent keeps sending what is queued
 RESTART_DELAY = 1.0  # s: a slot whose child keeps dying restarts at most this often
 CHILD_EXIT_TIMEOUT = 15.0  # s: after SIGTERM, then SIGKILL
+JOIN_POLL = 0.1  # s: the supervisor's loop wakes this often (a signal waits at most this)
 # Redis writer thread vs capture loop: see agents.dnstap.agent.GIL_SWITCH_INTERVAL.
 GIL_SWITCH_INTERVAL = 0.0005
 # The cyclic GC's generation thresholds (Python's are 700, 10, 10). The
@@ -178,7 +179,11 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
     ctx = multiprocessing.get_context("fork")
     children: dict[int, BaseProcess] = {}
     started: dict[int, float] = {}
-    stopping = False
+    # The stop signals taken, in order: all the handler does, as a line it
+    # logged while the loop was inside a write to stderr was lost (logging's
+    # "reentrant call"). The loop, awake every JOIN_POLL s, logs and forwards.
+    received: list[int] = []
+    forwarded = False
 
     def start(i: int) -> None:
         child_cfg = replace(
@@ -188,8 +193,8 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
             ),
         )  # fmt: skip
         proc = ctx.Process(target=_child, args=(child_cfg, connect), name=f"dnswire-{i}/{n}")
-        # Blocked until the child is in `children`, so a stop signal's
-        # handler reaches it too.
+        # Blocked until the child is in `children`, so a second signal's
+        # SIGKILL reaches it too.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             proc.start()
@@ -200,14 +205,21 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
         event(log, "dnswire_child_started", slot=f"{i}/{n}", pid=proc.pid)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if stopping:
+        if received:  # the second: cold, at once, whatever the loop is doing
             for proc in children.values():
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, signal.SIGKILL)
             os._exit(EXIT_COLD)
-        stopping = True
-        event(log, "dnswire_stopping", signal=signum, children=len(children))
+        received.append(signum)
+
+    def forward_stop() -> None:
+        """The first signal, once: said, and sent on to every child (one
+        started since is among them: `start` runs only before it)."""
+        nonlocal forwarded
+        if forwarded or not received:
+            return
+        forwarded = True
+        event(log, "dnswire_stopping", signal=received[0], children=len(children))
         for proc in children.values():
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
@@ -215,17 +227,19 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for i in range(1, n + 1):
-        start(i)
+        if not received:
+            start(i)
     status = 0
     while children:
         for i, proc in list(children.items()):
-            proc.join(0.1)
+            forward_stop()
+            proc.join(JOIN_POLL)
             if proc.exitcode is None:
                 continue
             del children[i]
             code = proc.exitcode
             status = max(status, 1 if code else 0)
-            if stopping or (config.read and code == 0):
+            if received or (config.read and code == 0):
                 event(log, "dnswire_child_done", slot=f"{i}/{n}", status=code)
                 continue
             restart = not config.read  # a file is not read twice
@@ -233,10 +247,13 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
                   restarting=restart)  # fmt: skip
             if not restart:
                 continue
-            time.sleep(max(0.0, started[i] + RESTART_DELAY - time.monotonic()))
-            if not stopping:
+            # In steps, so a signal meanwhile is forwarded within JOIN_POLL.
+            while not received and time.monotonic() < started[i] + RESTART_DELAY:
+                time.sleep(JOIN_POLL)
+            if not received:
                 start(i)
+    forward_stop()  # a signal after the last child ended: said all the same
     deadline = time.monotonic() + CHILD_EXIT_TIMEOUT
     for proc in children.values():
         proc.join(max(0.0, deadline - time.monotonic()))
-    return 0 if stopping else status
+    return 0 if received else status
