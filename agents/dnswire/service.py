@@ -9,8 +9,9 @@ second leaves at once.
 slot i/N (its BPF keeps 1/N of the responses, see `filters`). A child that
 dies is logged and started again (at most once per `RESTART_DELAY` s per
 slot); SIGTERM to the parent is passed to every child, which flush and
-exit, then the parent exits. Children get SIGTERM if the parent dies
-(Linux's PR_SET_PDEATHSIG, as dnsflow.c does).
+exit, then the parent exits (one still running `CHILD_EXIT_TIMEOUT` s after
+is killed, logged, and the parent exits 1). Children get SIGTERM if the
+parent dies (Linux's PR_SET_PDEATHSIG, as dnsflow.c does).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from agents.dnswire.agent import (
 from agents.dnswire.config import DnswireConfig
 from agents.metrics import dnswire_families, serve_agent_metrics
 from agents.redis_writer import dropped_status, make_writer
-from pcapd.core.lifecycle import EXIT_COLD, StopSignals
+from pcapd.core.lifecycle import EXIT_COLD, EXIT_FAILURE, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client
 
@@ -48,7 +49,7 @@ log = logging.getLogger("pcapd.agents.dnswire")
 
 FLUSH_TIMEOUT = 10.0  # s: how long a stopping agent keeps sending what is queued
 RESTART_DELAY = 1.0  # s: a slot whose child keeps dying restarts at most this often
-CHILD_EXIT_TIMEOUT = 15.0  # s: after SIGTERM, then SIGKILL
+CHILD_EXIT_TIMEOUT = 15.0  # s: a child still running this long after SIGTERM is killed
 JOIN_POLL = 0.1  # s: the supervisor's loop wakes this often (a signal waits at most this)
 # Redis writer thread vs capture loop: see agents.dnstap.agent.GIL_SWITCH_INTERVAL.
 GIL_SWITCH_INTERVAL = 0.0005
@@ -183,7 +184,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
     # logged while the loop was inside a write to stderr was lost (logging's
     # "reentrant call"). The loop, awake every JOIN_POLL s, logs and forwards.
     received: list[int] = []
-    forwarded = False
+    forwarded_at: float | None = None  # when the first signal was sent on
 
     def start(i: int) -> None:
         child_cfg = replace(
@@ -215,10 +216,10 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
     def forward_stop() -> None:
         """The first signal, once: said, and sent on to every child (one
         started since is among them: `start` runs only before it)."""
-        nonlocal forwarded
-        if forwarded or not received:
+        nonlocal forwarded_at
+        if forwarded_at is not None or not received:
             return
-        forwarded = True
+        forwarded_at = time.monotonic()
         event(log, "dnswire_stopping", signal=received[0], children=len(children))
         for proc in children.values():
             if proc.pid is not None and proc.is_alive():
@@ -231,6 +232,14 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
             start(i)
     status = 0
     while children:
+        if forwarded_at is not None and time.monotonic() > forwarded_at + CHILD_EXIT_TIMEOUT:
+            # Deaf to SIGTERM (stopped, or stuck in its flush): what it held is lost.
+            for i, proc in children.items():
+                event(log, "dnswire_child_killed", logging.ERROR, slot=f"{i}/{n}", pid=proc.pid,
+                      after=CHILD_EXIT_TIMEOUT)  # fmt: skip
+                proc.kill()
+                proc.join()
+            return EXIT_FAILURE
         for i, proc in list(children.items()):
             forward_stop()
             proc.join(JOIN_POLL)
@@ -253,7 +262,4 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
             if not received:
                 start(i)
     forward_stop()  # a signal after the last child ended: said all the same
-    deadline = time.monotonic() + CHILD_EXIT_TIMEOUT
-    for proc in children.values():
-        proc.join(max(0.0, deadline - time.monotonic()))
     return 0 if received else status

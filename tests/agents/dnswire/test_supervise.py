@@ -10,10 +10,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pcapd.core.lifecycle import EXIT_COLD
+from agents.dnswire.service import CHILD_EXIT_TIMEOUT
+from pcapd.core.lifecycle import EXIT_COLD, EXIT_FAILURE
 from tests.helpers import needs_root, stop_process, unix_redis_server, veth_pair, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -115,6 +117,25 @@ def test_a_second_signal_kills_the_children_and_exits_cold(tmp_path: Path) -> No
     text = run.read()
     assert "event=dnswire_done" not in text  # killed, not flushed
     assert "Traceback" not in text and "Logging error" not in text
+
+
+@needs_root
+def test_children_deaf_to_sigterm_are_killed_after_the_exit_timeout(tmp_path: Path) -> None:
+    """Stopped children cannot act on the forwarded SIGTERM: after
+    CHILD_EXIT_TIMEOUT the parent kills them, says so, and exits 1."""
+    with supervisor(tmp_path) as run:
+        children = [pid for _slot, pid in run.started()]
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        run.parent.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        assert run.parent.wait(CHILD_EXIT_TIMEOUT + 10) == EXIT_FAILURE
+        assert time.monotonic() - began >= CHILD_EXIT_TIMEOUT - 1
+        for pid in children:
+            wait_for(lambda pid=pid: not alive(pid), timeout=2)
+    text = run.read()
+    assert text.count("event=dnswire_child_killed") == 2
+    assert f"after={CHILD_EXIT_TIMEOUT}" in text and "event=dnswire_done" not in text
 
 
 def in_write_to_stderr(pid: int) -> bool:
