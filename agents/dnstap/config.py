@@ -36,11 +36,13 @@ from agents.redis_writer import (
 from pcapd.core.config import REDIS_URL_SCHEMES, REDIS_URL_SCHEMES_TEXT
 from pcapd.core.configread import ConfigError, Table
 from pcapd.core.configread import HostPort as HostPort  # agent.py and tests import it here
+from pcapd.core.fields import whole_number
 from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnstap"
 DEFAULT_SOCKET = "/run/pcapd/dnstap.sock"
 DEFAULT_SOCKET_MODE = 0o660
+MAX_SOCKET_MODE = 0o777
 DEFAULT_MESSAGE_TYPES = ("CLIENT_RESPONSE",)
 DEFAULT_RECORD_TYPES = ("A", "AAAA")
 RECORD_TYPES = {"A": TYPE_A, "AAAA": TYPE_AAAA}
@@ -125,12 +127,12 @@ def _mode(t: Table) -> int:
     if value is None:
         return DEFAULT_SOCKET_MODE
     if isinstance(value, str):
-        try:
-            value = int(value, 8)
-        except ValueError:
-            t.error("socket_mode", f'{value!r} is not an octal mode such as "0660"')
+        mode = whole_number(value, 0, MAX_SOCKET_MODE, base=8)
+        if mode is None:
+            t.error("socket_mode", f'{value[:20]!r} is not an octal mode such as "0660"')
             return DEFAULT_SOCKET_MODE
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        value = mode
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SOCKET_MODE:
         t.error("socket_mode", f"{value!r} is not a mode within 0..0777")
         return DEFAULT_SOCKET_MODE
     return value

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcapd.core.errors import PcapdError
-from pcapd.core.fields import IFACE_RE
+from pcapd.core.fields import IFACE_RE, whole_number
 from pcapd.core.secret import Secret, resolve_secret
 
 # The cap on an integer read without its own maximum: what TOML itself allows.
@@ -237,12 +237,12 @@ class Table:
         host = host.strip("[]")
         try:
             ipaddress.ip_address(host)
-            number = int(port)
         except ValueError:
-            self.error(key, f"{text!r} is not ADDRESS:PORT with a literal IP address")
+            self.error(key, f"{text[:80]!r} is not ADDRESS:PORT with a literal IP address")
             return None
-        if not sep or not 0 <= number <= MAX_PORT:
-            self.error(key, f"{text!r}: port {port} is outside 0..{MAX_PORT}")
+        number = whole_number(port, 0, MAX_PORT)
+        if not sep or number is None:
+            self.error(key, f"{text[:80]!r}: port {port[:20]!r} is not a port in 0..{MAX_PORT}")
             return None
         return HostPort(host, number)
 

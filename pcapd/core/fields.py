@@ -28,6 +28,10 @@ ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Linux interface names (IFNAMSIZ 16) plus the `any` pseudo-device; no `/`, so
 # a name can never be mistaken for a path by pcap_open.
 IFACE_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,32}")
+# More digits than any bound read here (2**64 has 20): int() of a longer text
+# is refused before it runs (Python refuses over 4300 digits, a ValueError).
+MAX_DIGITS = 40
+_DIGITS = "0123456789"
 CHANNEL_RE = re.compile(r"[\x21-\x7e]{1,256}")
 _ENDPOINT_RE = re.compile(r"[\x21-\x7e]+")
 # What no field's text may hold: C0 and C1 controls, DEL, and lone surrogates
@@ -112,10 +116,16 @@ def bpf_problem(bpf: str) -> str | None:
     return f"holds U+{char:04X} at character {found.start()}; a filter is printable ASCII"
 
 
-def is_decimal(text: str) -> bool:
-    """ASCII digits only: `str.isdigit` also takes '²' (which int() refuses)
-    and other scripts' digits (which int() reads)."""
-    return text.isascii() and text.isdigit()
+def whole_number(text: str, low: int, high: int, *, base: int = 10) -> int | None:
+    """`text` as an integer within low..high, or None. ASCII digits only:
+    int() also reads "+53", "5_300", " 53" and other scripts' digits, and
+    `str.isdigit` takes '²', which int() refuses. Bounded in length before
+    int() runs, which raises past 4300 digits."""
+    digits = _DIGITS[:base]
+    if not text or len(text.lstrip("0")) > MAX_DIGITS or text.strip(digits):
+        return None
+    number = int(text, base)
+    return number if low <= number <= high else None
 
 
 def go_fold(key: str) -> str:

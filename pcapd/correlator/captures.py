@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from agents.reader_values import ReaderError, parse_address
 from pcapd.client import fresh, is_message, publish_request, seen_events, subscribe
 from pcapd.core.config import Config
-from pcapd.core.fields import bpf_problem, is_decimal
+from pcapd.core.fields import bpf_problem, whole_number
 from pcapd.core.redis_conn import Client
 from pcapd.signing import sign
 
@@ -113,9 +113,10 @@ def _number(
     text = (fields.get(name) or "").strip()
     if not text:
         return default
-    if not is_decimal(text) or not low <= int(text) <= high:
+    number = whole_number(text, low, high)
+    if number is None:
         raise CaptureFormError(f"{name}: {text[:20]!r} is not a whole number from {low} to {high}")
-    return int(text)
+    return number
 
 
 def publish(client: Client, config: Config, body: dict[str, Any]) -> dict[str, Any]:

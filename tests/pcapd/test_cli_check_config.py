@@ -324,6 +324,43 @@ def test_hostile_values_exit_2_each_naming_its_field(
     assert done.stderr.splitlines() == [f"{path}: error: {line}" for line in errors]
 
 
+LONG = "9" * 5000  # past int()'s 4300 digits: a ValueError, not a number
+
+
+def test_numbers_int_cannot_convert_or_would_misread_name_their_field(tmp_path: Path) -> None:
+    """Digits past int()'s limit, and text int() reads but a port is not
+    ("5_300", "+53", other scripts' digits): each an error line, exit 2."""
+    path = write(
+        tmp_path, f'[general]\nwritelocal = true\n[redis]\ncluster = true\nnodes = ["h:{LONG}"]\n'
+    )
+    done = check_config(path, "--agent-only")
+    assert (done.returncode, done.stderr) == (EXIT_CONFIG, (
+        f"{path}: error: redis.nodes: each node must be HOST:PORT with a port in 1..65535, got "
+        f"'h:{LONG[:78]}'\n"
+    ))  # fmt: skip
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        f'[agents.dnstap]\nsocket_mode = "+660"\nlisten = "127.0.0.1:{LONG}"\n'
+        'metrics_listen = "127.0.0.1:5_300"\n'
+        f'[agents.dnswire]\nslot = "{LONG}/2"\nudp_dst = ["127.0.0.1:+53"]\n'
+        'listen = "127.0.0.1:\u0665\u0663"\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    digits = "9" * 20
+    assert done.stderr.splitlines() == [f"{path}: error: {line}" for line in [
+        "agents.dnstap.socket_mode: '+660' is not an octal mode such as \"0660\"",
+        f"agents.dnstap.listen: '127.0.0.1:{'9' * 70}': port '{digits}' is not a port in "
+        "0..65535",
+        "agents.dnstap.metrics_listen: '127.0.0.1:5_300': port '5_300' is not a port in 0..65535",
+        f"agents.dnswire.slot: '{'9' * 40}' is not I/N with 1 <= I <= N <= 64",
+        "agents.dnswire.udp_dst: '127.0.0.1:+53': port '+53' is not a port in 1..65535",
+        "agents.dnswire.listen: '127.0.0.1:\u0665\u0663': port '\u0665\u0663' is not a port in "
+        "0..65535",
+    ]]  # fmt: skip
+
+
 def _example_keys() -> list[tuple[str, str]]:
     """(section, key) for every option config.toml.example shows, set or commented."""
     found, section = [], ""

@@ -74,7 +74,7 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
         "agents.dnstap.dedup_scope: expected one of client, global, got 'everyone'",
         "agents.dnstap.write_combining: expected true or false, got 'yes'",
         "agents.dnstap.ping_interval: must be at least 0.05 and at most 3600.0, got 0",
-        "agents.dnstap.udp_output: '127.0.0.1:99999': port 99999 is outside 0..65535",
+        "agents.dnstap.udp_output: '127.0.0.1:99999': port '99999' is not a port in 0..65535",
         "agents.dnstap.batch_ops: 2000 exceeds max_queue_ops=1000",
         "agents.dnstap.tls_cert: tls_cert and tls_key go together",
         "agents.dnstap.tls_cert: TLS needs a TCP listener: set agents.dnstap.listen",
