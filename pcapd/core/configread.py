@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcapd.core.errors import PcapdError
-from pcapd.core.fields import IFACE_RE, whole_number
+from pcapd.core.fields import IFACE_RULE, is_interface_name, whole_number
 from pcapd.core.secret import Secret, resolve_secret
 
 # The cap on an integer read without its own maximum: what TOML itself allows.
@@ -192,12 +192,10 @@ class Table:
 
     def interface(self, key: str) -> str | None:
         """An interface name, None when absent or "": the rule a request's names
-        follow (fields.IFACE_RE), so none can be taken for a path by libpcap."""
+        follow (fields.is_interface_name), so none can be taken for a path by libpcap."""
         value = self.optional_str(key)
-        if value is not None and IFACE_RE.fullmatch(value) is None:
-            self.error(
-                key, f"{value[:40]!r} is not an interface name (1-32 of A-Z a-z 0-9 _ . : @ -)"
-            )
+        if value is not None and not is_interface_name(value):
+            self.error(key, f"{value[:40]!r} is not an interface name ({IFACE_RULE})")
             return None
         return value
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pcapd.cli import load_agents
 from pcapd.core.config import ConfigError, parse_config
+from pcapd.core.fields import IFACE_RULE
 from pcapd.core.lifecycle import EXIT_CONFIG
 
 DATA = Path(__file__).parent / "data"
@@ -287,7 +288,7 @@ def test_a_cluster_config_is_ok(tmp_path: Path) -> None:
     assert (done.returncode, done.stderr) == (0, "")
 
 
-NOT_IFACE = "is not an interface name (1-32 of A-Z a-z 0-9 _ . : @ -)"
+NOT_IFACE = f"is not an interface name ({IFACE_RULE})"
 HOSTILE = [
     # (file, its error lines): the daemon's sections, then the agents' (which
     # are checked once the rest of the file is sound)
@@ -310,6 +311,40 @@ HOSTILE = [
       f"agents.dnswire.interface: 'eth0/1' {NOT_IFACE}",
       "agents.dnswire.slot: '1/\u00b2' is not I/N with 1 <= I <= N <= 64"]),
 ]  # fmt: skip
+
+
+def test_interface_names_linux_allows_are_accepted_and_others_named(tmp_path: Path) -> None:
+    """Linux's rule (dev_valid_name: 1-15 bytes, no '/', whitespace, '.' or
+    '..') in [[interface]], [agents.flow] and [agents.dnswire]: names such as
+    tap#1 and wg+home are real devices."""
+    path = write(
+        tmp_path,
+        '[general]\nwritelocal = true\n[[interface]]\nname = "tap#1"\nalias = ["vpn"]\n'
+        '[[interface]]\nname = "\u00e90"\n[[interface]]\nname = "bluetooth-monitor"\n'
+        '[agents.flow]\ninterface = "wg+home"\n[agents.dnswire]\ninterface = "v=100"\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert (done.returncode, done.stderr) == (0, "")
+    names = ["a/b", "..", "x" * 16, "\u00e9" * 8, "eth 0", "eth0\t"]
+    path = write(tmp_path, "[general]\nwritelocal = true\n" + "".join(
+        f'[[interface]]\nname = "{name}"\n' for name in names
+    ) + '[[interface]]\nname = "lo\\u0000"\n')  # fmt: skip
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        *(
+            f"{path}: error: interface[{i}].name: {name!r} {NOT_IFACE}"
+            for i, name in enumerate(names)
+        ),
+        f"{path}: error: interface[{len(names)}].name: holds a NUL (U+0000) at character 2",
+    ]
+    path = write(tmp_path, '[general]\nwritelocal = true\n[agents.flow]\ninterface = "a b"\n'
+                 '[agents.dnswire]\ninterface = "tap/1"\n')  # fmt: skip
+    done = check_config(path, "--agent-only")
+    assert done.stderr.splitlines() == [
+        f"{path}: error: agents.flow.interface: 'a b' {NOT_IFACE}",
+        f"{path}: error: agents.dnswire.interface: 'tap/1' {NOT_IFACE}",
+    ]
 
 
 @pytest.mark.parametrize(("text", "errors"), HOSTILE, ids=["daemon", "agents"])

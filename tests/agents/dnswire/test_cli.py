@@ -65,6 +65,12 @@ def test_help_lists_dnsflows_flags() -> None:
         (["-i", "lo", "-r", "x.pcap", "-u", "127.0.0.1"],
          "dnsflow: error: -r: interface and read exclude each other"),
         (["-i", "nosuchif0", "-u", "127.0.0.1"], "dnsflow: error: interface 'nosuchif0' not found"),
+        # names Linux allows pass the config's check and reach findalldevs()
+        (["-i", "tap#1", "-u", "127.0.0.1"], "dnsflow: error: interface 'tap#1' not found"),
+        (["-i", "wg+home", "-u", "127.0.0.1"], "dnsflow: error: interface 'wg+home' not found"),
+        (["-i", "a/b", "-u", "127.0.0.1"], "dnsflow: error: -i: 'a/b' is not an interface name"),
+        (["-i", "eth 0", "-u", "127.0.0.1"], "dnsflow: error: -i: 'eth 0' is not an interface"),
+        (["-i", "x" * 16, "-u", "127.0.0.1"], "dnsflow: error: -i: 'xxxxxxxxxxxxxxxx' is not an"),
         (["-r", "/nonexistent.pcap", "-u", "127.0.0.1"],
          "dnsflow: error: -r '/nonexistent.pcap': no such file"),
         (["-i", "lo", "-w", "x.pcap", "-m", "1/" + "9" * 5000],
