@@ -170,6 +170,14 @@ class Table:
             return default
         return value
 
+    def holds_nul(self, key: str, value: str) -> bool:
+        """Records an error if `value` holds a NUL: no path, name, pattern or
+        address holds one, and os and libpcap stop at it."""
+        if "\0" not in value:
+            return False
+        self.error(key, f"holds a NUL (U+0000) at character {value.index(chr(0))}")
+        return True
+
     def get_str(self, key: str, default: str, *, choices: tuple[str, ...] = ()) -> str:
         value = self.get(key)
         if value is None:
@@ -177,8 +185,7 @@ class Table:
         if not isinstance(value, str):
             self.bad(key, value, "expected a string")
             return default
-        if "\0" in value:  # no path, name or pattern holds one; os and libpcap stop at it
-            self.error(key, f"holds a NUL (U+0000) at character {value.index(chr(0))}")
+        if self.holds_nul(key, value):
             return default
         if choices and value not in choices:
             self.bad(key, value, "expected one of " + ", ".join(choices))
@@ -208,6 +215,8 @@ class Table:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.bad(key, value, "expected a list of strings")
+            return ()
+        if any(self.holds_nul(f"{key}[{i}]", v) for i, v in enumerate(value)):
             return ()
         return tuple(value)
 

@@ -347,6 +347,21 @@ def test_interface_names_linux_allows_are_accepted_and_others_named(tmp_path: Pa
     ]
 
 
+def test_a_nul_in_a_list_of_strings_names_the_entry(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        '[redis]\ncluster = true\nnodes = ["127.0.0.1:7000", "127.0.0.1\\u0000:6379"]\n'
+        '[[interface]]\nname = "lo"\nalias = ["pub\\u0000"]\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}: error: redis.nodes[1]: holds a NUL (U+0000) at character 9",
+        f"{path}: error: interface[0].alias[0]: holds a NUL (U+0000) at character 3",
+    ]
+
+
 @pytest.mark.parametrize(("text", "errors"), HOSTILE, ids=["daemon", "agents"])
 def test_hostile_values_exit_2_each_naming_its_field(
     tmp_path: Path, text: str, errors: list[str]
