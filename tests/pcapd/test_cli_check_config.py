@@ -423,6 +423,22 @@ def _example_keys() -> list[tuple[str, str]]:
     return sorted(set(found))
 
 
+def _field_line() -> re.Pattern[str]:
+    """What every error line starts with: the fields it is about, as the
+    messages name them (`redis.port`, `interface[0].name`, `agents.flow.rules[1].src`,
+    `sqs.accessid, sqs.accesskey`, `interface[0].lookback_bytes=2097152`), then
+    ": ". A whole section is named alone (`agents.flow: expected a table`);
+    a key below the example's (a [security] keys name, an unknown agent's
+    name, a rule's field) may be any text."""
+    sections = sorted({s for s, _ in _example_keys()} | {"agents"}, key=len, reverse=True)
+    keys = sorted({k for _, k in _example_keys()}, key=len, reverse=True)
+    section = "(?:" + "|".join(map(re.escape, sections)) + r")(?:\[\d+\])?"
+    key = "(?:" + "|".join(map(re.escape, keys)) + r")(?:\[\d+\])?"
+    field = rf"(?:{section}(?:\.{key}(?:\..*)?)?|agents\..*)(?:=[^,:]*)?"
+    return re.compile(rf"{field}(?:, {field})*: \S", re.DOTALL)
+
+
+FIELD_LINE = _field_line()
 TEXT = st.text(alphabet=st.characters(codec=None, categories=None), max_size=20)
 # Values that once raised past the checks: drawn as often as all the rest.
 SHARP = st.sampled_from(["h:\u00b2", ["h:\u00b2"], "1/\u00b2", "a/b", "x" * 300, "a\x00"])
@@ -448,9 +464,12 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
     a ConfigError whose lines name a field, or a config; never another error."""
     data: dict[str, Any] = {"general": {"writelocal": True}}
     for (section, key), value in changes:
-        table = data
-        for part in section.split("."):
-            table = table.setdefault(part, {})
+        if section == "interface":  # [[interface]]: an array of tables
+            table = data.setdefault("interface", [{"name": "lo"}])[0]
+        else:
+            table = data
+            for part in section.split("."):
+                table = table.setdefault(part, {})
         table[key] = value
     if whole is not None:
         section, value = whole
@@ -463,4 +482,6 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
             if agent.SECTION in config.agents:  # as check-config reads them
                 agent.check_section(dict(config.agents[agent.SECTION]))
     except ConfigError as exc:
-        assert exc.errors and all(": " in line for line in exc.errors)  # field: rule
+        assert exc.errors
+        for line in exc.errors:
+            assert FIELD_LINE.match(line), line
