@@ -36,11 +36,13 @@ from agents.redis_writer import (
 from pcapd.core.config import REDIS_URL_SCHEMES, REDIS_URL_SCHEMES_TEXT
 from pcapd.core.configread import ConfigError, Table
 from pcapd.core.configread import HostPort as HostPort  # agent.py and tests import it here
+from pcapd.core.fields import whole_number
 from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnstap"
 DEFAULT_SOCKET = "/run/pcapd/dnstap.sock"
 DEFAULT_SOCKET_MODE = 0o660
+MAX_SOCKET_MODE = 0o777
 DEFAULT_MESSAGE_TYPES = ("CLIENT_RESPONSE",)
 DEFAULT_RECORD_TYPES = ("A", "AAAA")
 RECORD_TYPES = {"A": TYPE_A, "AAAA": TYPE_AAAA}
@@ -63,6 +65,11 @@ MAX_HANDSHAKE_TIMEOUT = 3600.0
 # A frame begun must be whole within this: resolvers write whole frames, so one
 # held longer is a stalled or hostile writer keeping a slot and a buffer.
 DEFAULT_FRAME_TIMEOUT = 30.0
+# Below a second a sound resolver's large frame over a slow or lossy link
+# (retransmits take 200 ms and more) would be cut; past an hour the bound
+# no longer frees a slot in any useful time.
+MIN_FRAME_TIMEOUT = 1.0
+MAX_FRAME_TIMEOUT = 3600.0
 DEFAULT_STATS_INTERVAL = 60.0  # 0: only at exit
 MAX_STATS_INTERVAL = 86_400.0
 MIN_FRAME_BYTES = 1024
@@ -125,12 +132,12 @@ def _mode(t: Table) -> int:
     if value is None:
         return DEFAULT_SOCKET_MODE
     if isinstance(value, str):
-        try:
-            value = int(value, 8)
-        except ValueError:
-            t.error("socket_mode", f'{value!r} is not an octal mode such as "0660"')
+        mode = whole_number(value, 0, MAX_SOCKET_MODE, base=8)
+        if mode is None:
+            t.error("socket_mode", f'{value[:20]!r} is not an octal mode such as "0660"')
             return DEFAULT_SOCKET_MODE
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        value = mode
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SOCKET_MODE:
         t.error("socket_mode", f"{value!r} is not a mode within 0..0777")
         return DEFAULT_SOCKET_MODE
     return value
@@ -218,8 +225,8 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
         frame_timeout=t.get_float(
             "frame_timeout",
             DEFAULT_FRAME_TIMEOUT,
-            minimum=MIN_HANDSHAKE_TIMEOUT,
-            maximum=MAX_HANDSHAKE_TIMEOUT,
+            minimum=MIN_FRAME_TIMEOUT,
+            maximum=MAX_FRAME_TIMEOUT,
         ),
         stats_interval=t.get_float(
             "stats_interval", DEFAULT_STATS_INTERVAL, minimum=0.0, maximum=MAX_STATS_INTERVAL

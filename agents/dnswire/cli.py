@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pcapd.core.config import ConfigError, RedisConfig, load_config
+from pcapd.core.configread import MAX_PORT
+from pcapd.core.fields import whole_number
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 from pcapd.core.logs import event, setup_agent_logging
 
@@ -39,10 +41,10 @@ LONG_FLAGS.update(bpf="--filter", promisc="--no-promisc", udp_dst="--udp-dst", p
 
 
 def _port(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    number = whole_number(text, 0, MAX_PORT)
+    if number is None:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a port number (0-{MAX_PORT})")
+    return number
 
 
 def dnsflow_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from agents.redis_writer import (
     MAX_TTL_GRACE,
 )
 from pcapd.core.configread import MAX_PORT, ConfigError, Table
-from pcapd.core.fields import is_decimal
+from pcapd.core.fields import whole_number
 from pcapd.core.secret import Secret
 
 PREFIX = "agents.dnswire"
@@ -156,11 +156,12 @@ def _slot(t: Table) -> tuple[int, int]:
     if value is None:
         return (1, 1)
     text = str(value)
-    i, sep, n = text.partition("/")
-    if not (sep and is_decimal(i) and is_decimal(n)) or not 1 <= int(i) <= int(n) <= MAX_PROCESSES:
-        t.error("slot", f"{text!r} is not I/N with 1 <= I <= N <= {MAX_PROCESSES}")
+    i, _, n = text.partition("/")
+    slot, count = whole_number(i, 1, MAX_PROCESSES), whole_number(n, 1, MAX_PROCESSES)
+    if slot is None or count is None or slot > count:
+        t.error("slot", f"{text[:40]!r} is not I/N with 1 <= I <= N <= {MAX_PROCESSES}")
         return (1, 1)
-    return int(i), int(n)
+    return slot, count
 
 
 def _destinations(t: Table) -> tuple[HostPort, ...]:
@@ -180,12 +181,12 @@ def _destinations(t: Table) -> tuple[HostPort, ...]:
         host, sep, port = text.partition(":")
         try:
             ipaddress.IPv4Address(host)
-            number = int(port) if sep else export.PORT
         except ValueError:
-            t.error("udp_dst", f"{text!r} is not an IPv4 ADDRESS[:PORT]")
+            t.error("udp_dst", f"{text[:80]!r} is not an IPv4 ADDRESS[:PORT]")
             continue
-        if not 1 <= number <= MAX_PORT:
-            t.error("udp_dst", f"{text!r}: port {number} is outside 1..{MAX_PORT}")
+        number = whole_number(port, 1, MAX_PORT) if sep else export.PORT
+        if number is None:
+            t.error("udp_dst", f"{text[:80]!r}: port {port[:20]!r} is not a port in 1..{MAX_PORT}")
             continue
         out.append(HostPort(host, number))
     return tuple(out)

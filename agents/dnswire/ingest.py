@@ -70,8 +70,11 @@ class Sensor:
 
 @dataclass(slots=True)
 class IngestStats:
+    # datagrams = data_packets + stats_packets + bad (less short_stats: a
+    # stats packet that is short is counted in both)
     datagrams: int = 0
     sets: int = 0
+    data_packets: int = 0
     stats_packets: int = 0
     bad: Counter[str] = field(default_factory=Counter)
     lost: int = 0  # by sequence gaps
@@ -173,6 +176,7 @@ class Ingest:
             else:  # DNSFlow before sample_rate sent four counters
                 stats.bad["short_stats"] += 1
             return
+        stats.data_packets += 1
         for _vers, client, _resolver, names, addresses in sets:
             stats.sets += 1
             typed = tuple(

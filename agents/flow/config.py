@@ -43,6 +43,7 @@ from agents.redis_writer import (
     writer_switches,
 )
 from pcapd.core.configread import ConfigError, HostPort, Table
+from pcapd.core.fields import IFACE_RULE, is_interface_name
 from pcapd.core.logs import event
 
 SECTION = "agents.flow"
@@ -342,8 +343,13 @@ def parse_flow_config(table: Any) -> FlowConfig:
 def with_command_line(
     config: FlowConfig, interface: str | None, our_nets: tuple[Network, ...] | None
 ) -> FlowConfig:
-    """The command line's IFACE and OUR-NETS win over the file's."""
+    """The command line's IFACE and OUR-NETS win over the file's; IFACE
+    follows the rule `[agents.flow] interface` does."""
     if interface:
+        if not is_interface_name(interface):
+            raise ConfigError(
+                [f"IFACE: {interface[:40]!r} is not an interface name ({IFACE_RULE})"]
+            )
         config = replace(config, interface=interface)
     if our_nets:
         config = replace(config, our_nets=our_nets)

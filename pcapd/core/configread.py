@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcapd.core.errors import PcapdError
-from pcapd.core.fields import IFACE_RE
+from pcapd.core.fields import IFACE_RULE, is_interface_name, whole_number
 from pcapd.core.secret import Secret, resolve_secret
 
 # The cap on an integer read without its own maximum: what TOML itself allows.
@@ -170,6 +170,14 @@ class Table:
             return default
         return value
 
+    def holds_nul(self, key: str, value: str) -> bool:
+        """Records an error if `value` holds a NUL: no path, name, pattern or
+        address holds one, and os and libpcap stop at it."""
+        if "\0" not in value:
+            return False
+        self.error(key, f"holds a NUL (U+0000) at character {value.index(chr(0))}")
+        return True
+
     def get_str(self, key: str, default: str, *, choices: tuple[str, ...] = ()) -> str:
         value = self.get(key)
         if value is None:
@@ -177,8 +185,7 @@ class Table:
         if not isinstance(value, str):
             self.bad(key, value, "expected a string")
             return default
-        if "\0" in value:  # no path, name or pattern holds one; os and libpcap stop at it
-            self.error(key, f"holds a NUL (U+0000) at character {value.index(chr(0))}")
+        if self.holds_nul(key, value):
             return default
         if choices and value not in choices:
             self.bad(key, value, "expected one of " + ", ".join(choices))
@@ -192,12 +199,10 @@ class Table:
 
     def interface(self, key: str) -> str | None:
         """An interface name, None when absent or "": the rule a request's names
-        follow (fields.IFACE_RE), so none can be taken for a path by libpcap."""
+        follow (fields.is_interface_name), so none can be taken for a path by libpcap."""
         value = self.optional_str(key)
-        if value is not None and IFACE_RE.fullmatch(value) is None:
-            self.error(
-                key, f"{value[:40]!r} is not an interface name (1-32 of A-Z a-z 0-9 _ . : @ -)"
-            )
+        if value is not None and not is_interface_name(value):
+            self.error(key, f"{value[:40]!r} is not an interface name ({IFACE_RULE})")
             return None
         return value
 
@@ -210,6 +215,8 @@ class Table:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.bad(key, value, "expected a list of strings")
+            return ()
+        if any(self.holds_nul(f"{key}[{i}]", v) for i, v in enumerate(value)):
             return ()
         return tuple(value)
 
@@ -237,12 +244,12 @@ class Table:
         host = host.strip("[]")
         try:
             ipaddress.ip_address(host)
-            number = int(port)
         except ValueError:
-            self.error(key, f"{text!r} is not ADDRESS:PORT with a literal IP address")
+            self.error(key, f"{text[:80]!r} is not ADDRESS:PORT with a literal IP address")
             return None
-        if not sep or not 0 <= number <= MAX_PORT:
-            self.error(key, f"{text!r}: port {port} is outside 0..{MAX_PORT}")
+        number = whole_number(port, 0, MAX_PORT)
+        if not sep or number is None:
+            self.error(key, f"{text[:80]!r}: port {port[:20]!r} is not a port in 0..{MAX_PORT}")
             return None
         return HostPort(host, number)
 

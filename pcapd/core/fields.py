@@ -25,9 +25,24 @@ PCAP_HEADER_LEN = 24  # the smallest file pcapd writes: a pcap header alone
 MAX_SHOWN = 80  # characters of a bad value quoted back to the sender
 
 ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Linux interface names (IFNAMSIZ 16) plus the `any` pseudo-device; no `/`, so
-# a name can never be mistaken for a path by pcap_open.
-IFACE_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,32}")
+# An interface name, as Linux's dev_valid_name allows them: 1-15 bytes
+# (IFNAMSIZ 16 less the NUL), not "." or "..", no "/" (so pcap_open can never
+# take one for a path) and no whitespace. Control characters and lone
+# surrogates are refused as in every field. ":" stays allowed, as it always
+# was here: libpcap's own devices use it (nflog:5), and an alias label
+# (eth0:1) is skipped like any name findalldevs() does not list.
+MAX_IFACE_BYTES = 15
+IFACE_RULE = "1-15 bytes, not . or .., without /, whitespace or control characters"
+_IFACE_RE = re.compile(r"(?!\.{1,2}$)[^/\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,15}")
+# libpcap's pseudo-devices that findalldevs() lists past that rule (17 bytes).
+_PCAP_DEVICES = frozenset({"bluetooth-monitor"})
+# What a request may name as an alias ([[interface]] alias): unchanged.
+ALIAS_RULE = "1-32 of A-Z a-z 0-9 _ . : @ -"
+_ALIAS_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,32}")
+# More digits than any bound read here (2**64 has 20): int() of a longer text
+# is refused before it runs (Python refuses over 4300 digits, a ValueError).
+MAX_DIGITS = 40
+_DIGITS = "0123456789"
 CHANNEL_RE = re.compile(r"[\x21-\x7e]{1,256}")
 _ENDPOINT_RE = re.compile(r"[\x21-\x7e]+")
 # What no field's text may hold: C0 and C1 controls, DEL, and lone surrogates
@@ -112,10 +127,31 @@ def bpf_problem(bpf: str) -> str | None:
     return f"holds U+{char:04X} at character {found.start()}; a filter is printable ASCII"
 
 
-def is_decimal(text: str) -> bool:
-    """ASCII digits only: `str.isdigit` also takes '²' (which int() refuses)
-    and other scripts' digits (which int() reads)."""
-    return text.isascii() and text.isdigit()
+def is_interface_name(name: object) -> bool:
+    """Whether `name` follows IFACE_RULE (or is a pseudo-device libpcap lists):
+    the one rule for config, command lines and requests."""
+    if not isinstance(name, str):
+        return False
+    if name in _PCAP_DEVICES:
+        return True
+    return _IFACE_RE.fullmatch(name) is not None and len(name.encode()) <= MAX_IFACE_BYTES
+
+
+def is_alias(name: object) -> bool:
+    """Whether `name` follows ALIAS_RULE."""
+    return isinstance(name, str) and _ALIAS_RE.fullmatch(name) is not None
+
+
+def whole_number(text: str, low: int, high: int, *, base: int = 10) -> int | None:
+    """`text` as an integer within low..high, or None. ASCII digits only:
+    int() also reads "+53", "5_300", " 53" and other scripts' digits, and
+    `str.isdigit` takes '²', which int() refuses. Bounded in length before
+    int() runs, which raises past 4300 digits."""
+    digits = _DIGITS[:base]
+    if not text or len(text.lstrip("0")) > MAX_DIGITS or text.strip(digits):
+        return None
+    number = int(text, base)
+    return number if low <= number <= high else None
 
 
 def go_fold(key: str) -> str:
@@ -211,8 +247,8 @@ class Fields:
             raise self.fail(f"{name}: expected true or false, got {show(value)}")
         return value
 
-    def names(self, name: str) -> tuple[str, ...]:
-        """A list of names; a single string is accepted as a list of one."""
+    def names(self, name: str, valid: Callable[[object], bool], rule: str) -> tuple[str, ...]:
+        """A list of names, each `valid`; a single string is accepted as a list of one."""
         value = self.value(name)
         if isinstance(value, str):
             value = [value]
@@ -221,11 +257,8 @@ class Fields:
         if len(value) > MAX_INTERFACES:
             raise self.fail(f"{name}: {len(value)} names; the limit is {MAX_INTERFACES}")
         for item in value:
-            # ASCII only: no surrogate or control character passes this.
-            if not isinstance(item, str) or not IFACE_RE.fullmatch(item):
-                raise self.fail(
-                    f"{name}: {show(item)} is not a valid name (1-32 of A-Z a-z 0-9 _ . : @ -)"
-                )
+            if not valid(item):
+                raise self.fail(f"{name}: {show(item)} is not a valid name ({rule})")
         return tuple(dict.fromkeys(value))
 
 

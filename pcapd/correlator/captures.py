@@ -20,13 +20,12 @@ from urllib.parse import urlsplit
 from agents.reader_values import ReaderError, parse_address
 from pcapd.client import fresh, is_message, publish_request, seen_events, subscribe
 from pcapd.core.config import Config
-from pcapd.core.fields import bpf_problem, is_decimal
+from pcapd.core.fields import bpf_problem, is_alias, whole_number
 from pcapd.core.redis_conn import Client
 from pcapd.signing import sign
 
 ID_PREFIX = "c"
 ID_RE = re.compile(r"c_([0-9a-fA-F.:]+)_([0-9a-fA-F.:]+)_(\d+|any)_[0-9a-f]{12}")
-_ALIAS_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 EVENT_POLL = 1.0  # seconds between keep-alives on a live results stream
 
 
@@ -86,7 +85,7 @@ def parse_form(fields: Mapping[str, str], config: Config) -> CaptureForm:
     if node != "any" and node not in c.nodere:
         raise CaptureFormError(f"node: {node[:80]!r} is not 'any' or one of [correlator] nodere")
     alias = fields.get("alias", "") or None
-    if alias is not None and (not _ALIAS_RE.fullmatch(alias) or alias not in aliases(config)):
+    if alias is not None and (not is_alias(alias) or alias not in aliases(config)):
         raise CaptureFormError(f"alias: {alias[:80]!r} is not a configured interface alias")
     packets = _number(fields, "packets", c.default_packets, 1, c.max_packets)
     duration = _number(fields, "duration", c.default_duration, 1, c.max_duration)
@@ -113,9 +112,10 @@ def _number(
     text = (fields.get(name) or "").strip()
     if not text:
         return default
-    if not is_decimal(text) or not low <= int(text) <= high:
+    number = whole_number(text, low, high)
+    if number is None:
         raise CaptureFormError(f"{name}: {text[:20]!r} is not a whole number from {low} to {high}")
-    return int(text)
+    return number
 
 
 def publish(client: Client, config: Config, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import Any
 from agents.reader import StoreReader
 from agents.reader_values import Network, Page, ReaderError, parse_address, parse_network
 from pcapd.core.config import MAX_PAGE_SIZE, Config
-from pcapd.core.fields import is_decimal
+from pcapd.core.configread import MAX_PORT
+from pcapd.core.fields import whole_number
 from pcapd.core.redis_conn import Client
 from pcapd.correlator.chains import BY, ClientView, build_view
 
@@ -34,9 +35,10 @@ MAX_CURSOR_DIGITS = 24
 
 def _cursor(text: str | None) -> int:
     text = (text or "0").strip()
-    if not is_decimal(text) or len(text) > MAX_CURSOR_DIGITS:
+    cursor = whole_number(text, 0, 10**MAX_CURSOR_DIGITS - 1)
+    if cursor is None:
         raise ReaderError(f"cursor: {text[:24]!r} is not a SCAN cursor (a whole number)")
-    return int(text)
+    return cursor
 
 
 def clients_query(args: Mapping[str, str], config: Config) -> ClientsQuery:
@@ -46,11 +48,12 @@ def clients_query(args: Mapping[str, str], config: Config) -> ClientsQuery:
     if search is not None and len(search) > MAX_SEARCH:
         raise ReaderError(f"q: {len(search)} characters; the limit is {MAX_SEARCH}")
     limit_text = (args.get("limit") or str(config.correlator.page_size)).strip()
-    if not is_decimal(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+    limit = whole_number(limit_text, 1, MAX_PAGE_SIZE)
+    if limit is None:
         raise ReaderError(
             f"limit: {limit_text[:20]!r} is not a whole number from 1 to {MAX_PAGE_SIZE}"
         )
-    return ClientsQuery(prefix, search, _cursor(args.get("cursor")), int(limit_text))
+    return ClientsQuery(prefix, search, _cursor(args.get("cursor")), limit)
 
 
 class Correlator:
@@ -113,9 +116,9 @@ class Correlator:
         address = parse_address(address, "address")
         number = None
         if port and port.strip():
-            if not is_decimal(port.strip()) or not 0 <= int(port) <= 65535:
-                raise ReaderError(f"port: {port[:20]!r} is not a port number (0-65535)")
-            number = int(port)
+            number = whole_number(port.strip(), 0, MAX_PORT)
+            if number is None:
+                raise ReaderError(f"port: {port[:20]!r} is not a port number (0-{MAX_PORT})")
         page = self.reader.talkers_to(address, number, _cursor(cursor))
         flows = [{"client": c, "port": p, "count": n} for c, p, n in page.items]
         return {"address": address, "port": number, "flows": flows, **_paging(page)}

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pcapd.cli import load_agents
 from pcapd.core.config import ConfigError, parse_config
+from pcapd.core.fields import IFACE_RULE
 from pcapd.core.lifecycle import EXIT_CONFIG
 
 DATA = Path(__file__).parent / "data"
@@ -287,7 +288,7 @@ def test_a_cluster_config_is_ok(tmp_path: Path) -> None:
     assert (done.returncode, done.stderr) == (0, "")
 
 
-NOT_IFACE = "is not an interface name (1-32 of A-Z a-z 0-9 _ . : @ -)"
+NOT_IFACE = f"is not an interface name ({IFACE_RULE})"
 HOSTILE = [
     # (file, its error lines): the daemon's sections, then the agents' (which
     # are checked once the rest of the file is sound)
@@ -312,6 +313,55 @@ HOSTILE = [
 ]  # fmt: skip
 
 
+def test_interface_names_linux_allows_are_accepted_and_others_named(tmp_path: Path) -> None:
+    """Linux's rule (dev_valid_name: 1-15 bytes, no '/', whitespace, '.' or
+    '..') in [[interface]], [agents.flow] and [agents.dnswire]: names such as
+    tap#1 and wg+home are real devices."""
+    path = write(
+        tmp_path,
+        '[general]\nwritelocal = true\n[[interface]]\nname = "tap#1"\nalias = ["vpn"]\n'
+        '[[interface]]\nname = "\u00e90"\n[[interface]]\nname = "bluetooth-monitor"\n'
+        '[agents.flow]\ninterface = "wg+home"\n[agents.dnswire]\ninterface = "v=100"\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert (done.returncode, done.stderr) == (0, "")
+    names = ["a/b", "..", "x" * 16, "\u00e9" * 8, "eth 0", "eth0\t"]
+    path = write(tmp_path, "[general]\nwritelocal = true\n" + "".join(
+        f'[[interface]]\nname = "{name}"\n' for name in names
+    ) + '[[interface]]\nname = "lo\\u0000"\n')  # fmt: skip
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        *(
+            f"{path}: error: interface[{i}].name: {name!r} {NOT_IFACE}"
+            for i, name in enumerate(names)
+        ),
+        f"{path}: error: interface[{len(names)}].name: holds a NUL (U+0000) at character 2",
+    ]
+    path = write(tmp_path, '[general]\nwritelocal = true\n[agents.flow]\ninterface = "a b"\n'
+                 '[agents.dnswire]\ninterface = "tap/1"\n')  # fmt: skip
+    done = check_config(path, "--agent-only")
+    assert done.stderr.splitlines() == [
+        f"{path}: error: agents.flow.interface: 'a b' {NOT_IFACE}",
+        f"{path}: error: agents.dnswire.interface: 'tap/1' {NOT_IFACE}",
+    ]
+
+
+def test_a_nul_in_a_list_of_strings_names_the_entry(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        '[redis]\ncluster = true\nnodes = ["127.0.0.1:7000", "127.0.0.1\\u0000:6379"]\n'
+        '[[interface]]\nname = "lo"\nalias = ["pub\\u0000"]\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}: error: redis.nodes[1]: holds a NUL (U+0000) at character 9",
+        f"{path}: error: interface[0].alias[0]: holds a NUL (U+0000) at character 3",
+    ]
+
+
 @pytest.mark.parametrize(("text", "errors"), HOSTILE, ids=["daemon", "agents"])
 def test_hostile_values_exit_2_each_naming_its_field(
     tmp_path: Path, text: str, errors: list[str]
@@ -322,6 +372,43 @@ def test_hostile_values_exit_2_each_naming_its_field(
     done = check_config(path, "--agent-only")
     assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
     assert done.stderr.splitlines() == [f"{path}: error: {line}" for line in errors]
+
+
+LONG = "9" * 5000  # past int()'s 4300 digits: a ValueError, not a number
+
+
+def test_numbers_int_cannot_convert_or_would_misread_name_their_field(tmp_path: Path) -> None:
+    """Digits past int()'s limit, and text int() reads but a port is not
+    ("5_300", "+53", other scripts' digits): each an error line, exit 2."""
+    path = write(
+        tmp_path, f'[general]\nwritelocal = true\n[redis]\ncluster = true\nnodes = ["h:{LONG}"]\n'
+    )
+    done = check_config(path, "--agent-only")
+    assert (done.returncode, done.stderr) == (EXIT_CONFIG, (
+        f"{path}: error: redis.nodes: each node must be HOST:PORT with a port in 1..65535, got "
+        f"'h:{LONG[:78]}'\n"
+    ))  # fmt: skip
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        f'[agents.dnstap]\nsocket_mode = "+660"\nlisten = "127.0.0.1:{LONG}"\n'
+        'metrics_listen = "127.0.0.1:5_300"\n'
+        f'[agents.dnswire]\nslot = "{LONG}/2"\nudp_dst = ["127.0.0.1:+53"]\n'
+        'listen = "127.0.0.1:\u0665\u0663"\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    digits = "9" * 20
+    assert done.stderr.splitlines() == [f"{path}: error: {line}" for line in [
+        "agents.dnstap.socket_mode: '+660' is not an octal mode such as \"0660\"",
+        f"agents.dnstap.listen: '127.0.0.1:{'9' * 70}': port '{digits}' is not a port in "
+        "0..65535",
+        "agents.dnstap.metrics_listen: '127.0.0.1:5_300': port '5_300' is not a port in 0..65535",
+        f"agents.dnswire.slot: '{'9' * 40}' is not I/N with 1 <= I <= N <= 64",
+        "agents.dnswire.udp_dst: '127.0.0.1:+53': port '+53' is not a port in 1..65535",
+        "agents.dnswire.listen: '127.0.0.1:\u0665\u0663': port '\u0665\u0663' is not a port in "
+        "0..65535",
+    ]]  # fmt: skip
 
 
 def _example_keys() -> list[tuple[str, str]]:
@@ -336,6 +423,22 @@ def _example_keys() -> list[tuple[str, str]]:
     return sorted(set(found))
 
 
+def _field_line() -> re.Pattern[str]:
+    """What every error line starts with: the fields it is about, as the
+    messages name them (`redis.port`, `interface[0].name`, `agents.flow.rules[1].src`,
+    `sqs.accessid, sqs.accesskey`, `interface[0].lookback_bytes=2097152`), then
+    ": ". A whole section is named alone (`agents.flow: expected a table`);
+    a key below the example's (a [security] keys name, an unknown agent's
+    name, a rule's field) may be any text."""
+    sections = sorted({s for s, _ in _example_keys()} | {"agents"}, key=len, reverse=True)
+    keys = sorted({k for _, k in _example_keys()}, key=len, reverse=True)
+    section = "(?:" + "|".join(map(re.escape, sections)) + r")(?:\[\d+\])?"
+    key = "(?:" + "|".join(map(re.escape, keys)) + r")(?:\[\d+\])?"
+    field = rf"(?:{section}(?:\.{key}(?:\..*)?)?|agents\..*)(?:=[^,:]*)?"
+    return re.compile(rf"{field}(?:, {field})*: \S", re.DOTALL)
+
+
+FIELD_LINE = _field_line()
 TEXT = st.text(alphabet=st.characters(codec=None, categories=None), max_size=20)
 # Values that once raised past the checks: drawn as often as all the rest.
 SHARP = st.sampled_from(["h:\u00b2", ["h:\u00b2"], "1/\u00b2", "a/b", "x" * 300, "a\x00"])
@@ -361,9 +464,12 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
     a ConfigError whose lines name a field, or a config; never another error."""
     data: dict[str, Any] = {"general": {"writelocal": True}}
     for (section, key), value in changes:
-        table = data
-        for part in section.split("."):
-            table = table.setdefault(part, {})
+        if section == "interface":  # [[interface]]: an array of tables
+            table = data.setdefault("interface", [{"name": "lo"}])[0]
+        else:
+            table = data
+            for part in section.split("."):
+                table = table.setdefault(part, {})
         table[key] = value
     if whole is not None:
         section, value = whole
@@ -376,4 +482,6 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
             if agent.SECTION in config.agents:  # as check-config reads them
                 agent.check_section(dict(config.agents[agent.SECTION]))
     except ConfigError as exc:
-        assert exc.errors and all(": " in line for line in exc.errors)  # field: rule
+        assert exc.errors
+        for line in exc.errors:
+            assert FIELD_LINE.match(line), line

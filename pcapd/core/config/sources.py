@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pcapd.core.config.sections import *
 from pcapd.core.configread import MAX_PORT, Table
-from pcapd.core.fields import is_decimal
+from pcapd.core.fields import whole_number
 
 
 def _redis(s: Table) -> RedisConfig:
@@ -73,13 +73,8 @@ def _cluster_nodes(s: Table) -> tuple[str, ...]:
         return ()
     for node in nodes:
         host, sep, port = node.rpartition(":")
-        if (
-            not sep
-            or not host.strip("[]")
-            or not is_decimal(port)
-            or not 1 <= int(port) <= MAX_PORT
-        ):
-            s.bad("nodes", node, f"each node must be HOST:PORT with a port in 1..{MAX_PORT}")
+        if not sep or not host.strip("[]") or whole_number(port, 1, MAX_PORT) is None:
+            s.bad("nodes", node[:80], f"each node must be HOST:PORT with a port in 1..{MAX_PORT}")
             return ()
     return nodes
 

@@ -17,7 +17,9 @@ import re2
 from pcapd.core.config import FORMATS, MAX_SNAPLENGTH, Config
 from pcapd.core.errors import RequestError
 from pcapd.core.fields import (
+    ALIAS_RULE,
     ID_RE,
+    IFACE_RULE,
     KNOWN_FIELDS,
     MAX_BPF_LEN,
     MAX_NODE_LEN,
@@ -30,6 +32,8 @@ from pcapd.core.fields import (
     endpoint_problem,
     fold_keys,
     holds_surrogate,
+    is_alias,
+    is_interface_name,
     show,
     text_problem,
 )
@@ -122,8 +126,8 @@ def parse_folded(
             if not has_iface
             else "interface and alias are exclusive: send one of them"
         )
-    interfaces = f.names("interface") if has_iface else ()
-    aliases = f.names("alias") if has_alias else ()
+    interfaces = f.names("interface", is_interface_name, IFACE_RULE) if has_iface else ()
+    aliases = f.names("alias", is_alias, ALIAS_RULE) if has_alias else ()
 
     bpf = f.text("bpf", MAX_BPF_LEN, bpf_problem) or ""
 

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from agents.dnstap.config import DnstapConfig, HostPort, parse_dnstap_config
+from agents.dnstap.config import (
+    MAX_FRAME_TIMEOUT,
+    MIN_FRAME_TIMEOUT,
+    DnstapConfig,
+    HostPort,
+    parse_dnstap_config,
+)
 from pcapd.core.config import ConfigError, load_config
 
 
@@ -74,13 +80,31 @@ def test_every_error_names_its_field(tmp_path: Path) -> None:
         "agents.dnstap.dedup_scope: expected one of client, global, got 'everyone'",
         "agents.dnstap.write_combining: expected true or false, got 'yes'",
         "agents.dnstap.ping_interval: must be at least 0.05 and at most 3600.0, got 0",
-        "agents.dnstap.udp_output: '127.0.0.1:99999': port 99999 is outside 0..65535",
+        "agents.dnstap.udp_output: '127.0.0.1:99999': port '99999' is not a port in 0..65535",
         "agents.dnstap.batch_ops: 2000 exceeds max_queue_ops=1000",
         "agents.dnstap.tls_cert: tls_cert and tls_key go together",
         "agents.dnstap.tls_cert: TLS needs a TCP listener: set agents.dnstap.listen",
         f"agents.dnstap.tls_cert: '{tmp_path / 'missing.pem'}' is not a readable file",
         "agents.dnstap.socket_group: no group named 'no-such-group-here'",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [(0, "must be at least 1.0 and at most 3600.0, got 0"),
+     (-1, "must be at least 1.0 and at most 3600.0, got -1"),
+     (0.5, "must be at least 1.0 and at most 3600.0, got 0.5"),
+     (1e9, "must be at least 1.0 and at most 3600.0, got 1000000000.0"),
+     (math.nan, "must be a finite number, got nan"),
+     (math.inf, "must be a finite number, got inf"),
+     ("x", "expected a number, got 'x'")],
+)  # fmt: skip
+def test_frame_timeout_has_its_own_bounds(value: object, rule: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({"frame_timeout": value})
+    assert info.value.errors == [f"agents.dnstap.frame_timeout: {rule}"]
+    for bound in (MIN_FRAME_TIMEOUT, MAX_FRAME_TIMEOUT):
+        assert parse_dnstap_config({"frame_timeout": bound}).frame_timeout == bound
 
 
 def test_no_listener_and_bad_modes() -> None:

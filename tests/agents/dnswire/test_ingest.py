@@ -8,13 +8,14 @@ import json
 import re
 import signal
 import socket
+from collections import Counter
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.dnswire import export
-from agents.dnswire.ingest import MAX_ERROR_LOGS
+from agents.dnswire.ingest import MAX_ERROR_LOGS, BadPacket, parse_sets
 from tests.agents.dnswire import wire as w
 from tests.helpers import RedisServer, wait_for
 
@@ -58,34 +59,60 @@ def test_lying_datagrams_are_counted_and_a_sound_one_after_them_recorded(
     assert 0 < text.count("event=dnsflow_bad_packet") <= MAX_ERROR_LOGS
     done = next(line for line in text.splitlines() if "event=dnsflow_ingest_done" in line)
     fields = dict(re.findall(r"(\w+)=(\{[^}]*\}|\S+)", done))
-    assert int(fields["datagrams"]) == sent  # every one arrived and was looked at
+    assert int(fields["datagrams"]) == len(sent)  # every one arrived and was looked at
     assert int(fields["restarts"]) >= 2  # 5 -> 2 and 2 -> 1 went back
-    assert set(json.loads(fields["bad"])) <= BAD_REASONS
+    bad = json.loads(fields["bad"])
+    assert set(bad) <= BAD_REASONS
+    # Each datagram counted once: by its reason, or as a data or stats packet.
+    short_stats = bad.pop("short_stats", 0)
+    counted = sum(bad.values()) + int(fields["data_packets"]) + int(fields["stats_packets"])
+    assert counted == len(sent)
+    assert bad == _reasons(sent)
+    assert short_stats == sum(_short_stats(p) for p in sent)
 
 
 BAD_REASONS = {"short", "version", "truncated", "ip_vers", "counts", "names", "short_stats"}
 
 
-def _send_hostile(port: int) -> int:
+def _reasons(sent: list[bytes]) -> dict[str, int]:
+    """Why parse_sets refuses each datagram (the reference is run here, in the
+    test's process, on what was sent): the counts the agent must report."""
+    found: Counter[str] = Counter()
+    for packet in sent:
+        try:
+            parse_sets(packet)
+        except BadPacket as exc:
+            found[exc.reason] += 1
+    return dict(found)
+
+
+def _short_stats(packet: bytes) -> bool:
+    """A sound header flagged as stats, without the five counters."""
+    if len(packet) < export.HEADER.size:
+        return False
+    version, _, flags, _ = export.HEADER.unpack_from(packet)
+    short = len(packet) < export.HEADER.size + export.STATS.size
+    return version == export.VERSION and bool(flags & export.FLAG_STATS) and short
+
+
+def _send_hostile(port: int) -> list[bytes]:
     """Lookalikes, a sequence that wraps and goes back, then one sound data
-    packet; returns how many datagrams were sent."""
-    sent = 0
+    packet; returns the datagrams sent."""
+    sent: list[bytes] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
 
         @settings(max_examples=300, database=None)
         @given(packet=lookalike())
         def send(packet: bytes) -> None:
-            nonlocal sent
             sock.sendto(packet, ("127.0.0.1", port))
-            sent += 1
+            sent.append(packet)
 
         send()
         for sequence in (0xFFFFFFFE, 0xFFFFFFFF, 0, 5, 2, 1):
-            sock.sendto(export.HEADER.pack(4, 0, 0, sequence), ("127.0.0.1", port))
-            sent += 1
-        packets: list[bytes] = []
-        packer = export.Packer(packets.append)
+            sent.append(export.HEADER.pack(4, 0, 0, sequence))
+            sock.sendto(sent[-1], ("127.0.0.1", port))
+        packer = export.Packer(sent.append)
         packer.add_set(bytes([10, 0, 0, 9]), bytes(4), [WWW], [bytes([192, 0, 2, 10])], [])
         packer.flush()
-        sock.sendto(packets[0], ("127.0.0.1", port))
-        return sent + 1
+        sock.sendto(sent[-1], ("127.0.0.1", port))
+        return sent

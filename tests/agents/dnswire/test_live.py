@@ -16,9 +16,11 @@ import ipaddress
 import itertools
 import json
 import re
+import select
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,3 +273,64 @@ def test_sigterm_flushes_and_exits_cleanly(site: Site) -> None:
     assert site.agent.wait(EXIT_TIMEOUT) == 0
     text = site.log.read_text()
     assert "event=dnswire_done" in text and "Traceback" not in text
+
+
+SENDER = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 53))
+sock.sendto(bytes.fromhex(sys.argv[3]), (sys.argv[2], 40000))
+"""
+
+
+def test_an_interface_named_as_linux_allows_is_captured(tmp_path: Path) -> None:
+    """`tap#1` and `wg+home`, names Linux allows (and the config's rule refused
+    for a while): `dnsflow -i 'tap#1'` captures there and exports the answer
+    `wg+home`'s side sent."""
+    tag = uuid.uuid4().hex[:6]
+    ns_a, ns_b = f"hfx-a-{tag}", f"hfx-b-{tag}"
+    addr_a, addr_b = "10.226.0.1", "10.226.0.2"
+    run("ip", "netns", "add", ns_a)
+    run("ip", "netns", "add", ns_b)
+    receiver = None
+    try:
+        run("ip", "link", "add", "tap#1", "netns", ns_a, "type", "veth",
+            "peer", "name", "wg+home", "netns", ns_b)  # fmt: skip
+        for ns, dev, addr in ((ns_a, "tap#1", addr_a), (ns_b, "wg+home", addr_b)):
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        run("ip", "-n", ns_a, "link", "set", "lo", "up")
+        receiver = subprocess.Popen(["ip", "netns", "exec", ns_a, sys.executable, "-c", RECEIVER,
+                                     "127.0.0.1"], stdout=subprocess.PIPE)  # fmt: skip
+        assert receiver.stdout is not None
+        port = int(receiver.stdout.readline())
+        conf = tmp_path / "pcapd.toml"
+        conf.write_text("[agents.dnswire]\nrecord = false\n")
+        log = tmp_path / "dnsflow.log"
+        with log.open("wb") as err:
+            dnsflow = subprocess.Popen(
+                ["ip", "netns", "exec", ns_a, str(Path(sys.executable).parent / "dnsflow"),
+                 "-i", "tap#1", "-u", f"127.0.0.1:{port}", "--config", str(conf)],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        try:
+            wait_for(lambda: b"event=dnswire_started" in log.read_bytes(), timeout=20)
+            answer = w.response("www.example.test", "A", [("www.example.test", "A", "192.0.2.10")])
+            run("ip", "netns", "exec", ns_b, sys.executable, "-c", SENDER, addr_b, addr_a,
+                answer.hex())  # fmt: skip
+            ready, _, _ = select.select([receiver.stdout], [], [], 20)
+            assert ready, log.read_text()
+            packet = reader.read(bytes.fromhex(receiver.stdout.readline().decode()))
+        finally:
+            stop_process(dnsflow)
+        assert [(s.client, s.resolver, s.ips) for s in packet.sets] == [
+            (addr_a, addr_b, ["192.0.2.10"])
+        ]
+        assert "Traceback" not in log.read_text()
+    finally:
+        if receiver is not None:
+            stop_process(receiver)
+            assert receiver.stdout is not None
+            receiver.stdout.close()
+        run("ip", "netns", "del", ns_a, check=False)
+        run("ip", "netns", "del", ns_b, check=False)

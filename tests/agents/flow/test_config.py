@@ -20,6 +20,7 @@ from agents.flow.config import (
     with_command_line,
 )
 from pcapd.core.config import ConfigError, load_config
+from pcapd.core.fields import IFACE_RULE
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 
 REPO = Path(__file__).resolve().parents[3]
@@ -267,3 +268,26 @@ def test_floats_are_finite_and_bounded(key: str, low: float, high: float, value:
     rule = f"agents.flow.{key}: must be at least {low} and at most {high}"
     assert errors_of({key: high * 2}) == [f"{rule}, got {high * 2!r}"]
     assert getattr(parse_flow_config({key: high}), key) == high
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "eth 0", "x" * 16, "lo\x00"])
+def test_iface_argument_follows_the_interface_rule(name: str) -> None:
+    """The positional IFACE is checked as `[agents.flow] interface` is."""
+    with pytest.raises(ConfigError) as caught:
+        with_command_line(parse_flow_config({}), name, None)
+    assert caught.value.errors == [f"IFACE: {name!r} is not an interface name ({IFACE_RULE})"]
+
+
+def test_iface_argument_linux_allows_reaches_the_device_check() -> None:
+    """`tap#1` is a Linux name: refused only because this host has no such device."""
+    assert with_command_line(parse_flow_config({}), "tap#1", None).interface == "tap#1"
+    for name, code, message in [
+        ("tap#1", EXIT_FAILURE, "pcapd agent flow: error: interface 'tap#1' not found"),
+        ("a/b", EXIT_CONFIG, "pcapd agent flow: error: IFACE: 'a/b' is not an interface name"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pcapd", "agent", "flow", name, "10.0.0.0/8"],
+            capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        )  # fmt: skip
+        assert done.returncode == code and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

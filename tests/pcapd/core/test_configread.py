@@ -57,7 +57,7 @@ def read(table: Any, call: str, *args: Any, **kwargs: Any) -> tuple[Any, list[st
         ({"h": "localhost:6000"}, "host_port", ("h",), {},
          "agents.x.h: 'localhost:6000' is not ADDRESS:PORT with a literal IP address"),
         ({"h": "[::1]:70000"}, "host_port", ("h",), {},
-         "agents.x.h: '[::1]:70000': port 70000 is outside 0..65535"),
+         "agents.x.h: '[::1]:70000': port '70000' is not a port in 0..65535"),
         ({"t": "x"}, "tables", ("t",), {}, "agents.x.t: expected a list of tables, got 'x'"),
     ],
 )  # fmt: skip

@@ -54,7 +54,10 @@ def test_listen_is_off_by_default_and_reads_an_address() -> None:
             "localhost:9310",
             "metrics.listen: 'localhost:9310' is not ADDRESS:PORT with a literal IP",
         ),
-        ("127.0.0.1:70000", "metrics.listen: '127.0.0.1:70000': port 70000 is outside 0..65535"),
+        (
+            "127.0.0.1:70000",
+            "metrics.listen: '127.0.0.1:70000': port '70000' is not a port in 0..65535",
+        ),
         ("127.0.0.1:0", "metrics.listen: 127.0.0.1:0: port 0 is not a fixed port to connect to"),
         (9310, "metrics.listen: expected a string"),
     ],

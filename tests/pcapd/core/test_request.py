@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from pcapd.core.config import MAX_SNAPLENGTH, Config, load_config, parse_config
-from pcapd.core.fields import MAX_INTERFACES, MAX_NODERE_LEN, MAX_TEXT_LEN
+from pcapd.core.fields import (
+    ALIAS_RULE,
+    IFACE_RULE,
+    MAX_INTERFACES,
+    MAX_NODERE_LEN,
+    MAX_TEXT_LEN,
+)
 from pcapd.core.request import (
     CaptureRequest,
     RequestError,
@@ -175,7 +181,7 @@ def test_defaults_come_from_config(config: Config) -> None:
         ({"interface": {"lo": 1}}, 'interface: expected a non-empty list of names, got {"lo": 1}'),
         (
             {"interface": ["lo", 3]},
-            "interface: 3 is not a valid name (1-32 of A-Z a-z 0-9 _ . : @ -)",
+            f"interface: 3 is not a valid name ({IFACE_RULE})",
         ),
         (
             {"interface": [f"e{i}" for i in range(MAX_INTERFACES + 1)]},
@@ -203,22 +209,53 @@ def test_single_string_is_a_list_of_one_and_duplicates_collapse(config: Config) 
         "a/b",
         "lo\x00",
         "eth 0",
+        "eth0\t",
+        "eth\u20000",  # EN QUAD: whitespace too
+        ".",
+        "..",
         "x" * 33,
         "",
     ],
 )
 def test_interface_names_that_could_be_paths_are_rejected(config: Config, name: str) -> None:
     """pypcap opens a *file* named like the interface if one exists."""
-    for field in ("interface", "alias"):
+    for field, rule in (("interface", IFACE_RULE), ("alias", ALIAS_RULE)):
         fields: dict[str, Any] = {"interface": None, field: [name]}
         assert rejected(body(**fields), config) == (
-            f"{field}: {json.dumps(name)} is not a valid name (1-32 of A-Z a-z 0-9 _ . : @ -)"
+            f"{field}: {json.dumps(name)} is not a valid name ({rule})"
         )
 
 
-@pytest.mark.parametrize("name", ["eth0", "eth0.100", "enp0s25", "bond0:1", "veth-a@if3", "any"])
+@pytest.mark.parametrize("name", ["x" * 16, "\u00e9" * 8, "eth0\u00e90123456789"])
+def test_interface_names_over_15_bytes_are_rejected(config: Config, name: str) -> None:
+    """Linux's IFNAMSIZ is 16 with the NUL: no device has a longer name."""
+    assert rejected(body(interface=[name]), config) == (
+        f"interface: {json.dumps(name)} is not a valid name ({IFACE_RULE})"
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["eth0", "eth0.100", "enp0s25", "bond0:1", "veth-a@if3", "any", "x" * 15,
+     # Linux allows them (dev_valid_name), findalldevs() lists them
+     "tap#1", "wg+home", "v=100", "\u00e90", "br-lan[2]", "\u00e9" * 7,
+     # libpcap's pseudo-devices, bluetooth-monitor past 15 bytes
+     "nflog", "dbus-system", "usbmon0", "bluetooth-monitor"],
+)  # fmt: skip
 def test_real_interface_names_are_accepted(config: Config, name: str) -> None:
     assert parse_request(body(interface=[name]), config).interfaces == (name,)
+
+
+@pytest.mark.parametrize("alias", ["local", "public", "vpn-2", "a" * 32])
+def test_aliases_keep_their_rule(alias: str) -> None:
+    """Aliases are config's words, not Linux names: 1-32 characters, as before."""
+    interfaces = [{"name": "tap#1", "alias": [alias]}]
+    config = parse_config({"general": {"writelocal": True}, "interface": interfaces}, "node1")
+    request = parse_request(body(interface=None, alias=[alias]), config)
+    assert resolve_interfaces(request, config, {"tap#1"}) == (("tap#1",), ())
+    assert rejected(body(interface=None, alias=["tap#1"]), config) == (
+        f'alias: "tap#1" is not a valid name ({ALIAS_RULE})'
+    )
 
 
 # --- numbers: strict JSON integers, positive, capped ----------------------------------

@@ -105,6 +105,32 @@ def test_refused_capture_requests_name_the_field_and_publish_nothing(
     assert [body["id"] for body in published(client, pubsub)] == [answer["id"]]
 
 
+LONG = "9" * 5000  # past int()'s 4300 digits: int() raises ValueError
+
+
+def test_numbers_past_ints_digit_limit_are_400_naming_the_field(
+    web: str, redis_srv: RedisServer
+) -> None:
+    client = redis_srv.client()  # held: a dropped client closes the subscription's pool
+    pubsub = subscribe(client, DEFAULT_CHANNEL)
+    for field, message in [("packets", "is not a whole number from 1 to"),
+                           ("duration", "is not a whole number from 1 to"),
+                           ("port", "is not a whole number from 1 to 65535")]:  # fmt: skip
+        status, answer = call(web, "/api/captures", json.dumps({**FLOW, field: LONG}).encode())
+        assert status == 400 and answer["error"].startswith(f"{field}: '{LONG[:20]}' {message}")
+    for path, message in [
+        (f"/api/clients?limit={LONG}", f"limit: '{LONG[:20]}' is not a whole number from 1 to"),
+        (f"/api/clients?cursor={LONG}", f"cursor: '{LONG[:24]}' is not a SCAN cursor"),
+        (f"/api/pivot/address?address=10.0.0.1&port={LONG}",
+         f"port: '{LONG[:20]}' is not a port number (0-65535)"),
+        ("/api/pivot/address?address=10.0.0.1&port=5_300", "port: '5_300' is not a port number"),
+        ("/api/clients?limit=%2B5", "limit: '+5' is not a whole number"),
+    ]:  # fmt: skip
+        status, answer = call(web, path)
+        assert status == 400 and answer["error"].startswith(message), (path, answer)
+    assert published(client, pubsub) == []
+
+
 def _canonical(text: str) -> bool:
     return str(ipaddress.ip_address(text)) == text and "%" not in text
 
