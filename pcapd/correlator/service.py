@@ -30,12 +30,12 @@ class ClientsQuery:
 
 
 # A Redis cursor is 64 bits (20 digits); a cluster's also counts the primaries.
-MAX_CURSOR_DIGITS = 24
+MAX_CURSOR = 10**24 - 1
 
 
 def _cursor(text: str | None) -> int:
     text = (text or "0").strip()
-    cursor = whole_number(text, 0, 10**MAX_CURSOR_DIGITS - 1)
+    cursor = whole_number(text, 0, MAX_CURSOR)
     if cursor is None:
         raise ReaderError(f"cursor: {text[:24]!r} is not a SCAN cursor (a whole number)")
     return cursor
