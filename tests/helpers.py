@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -33,6 +34,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def logged(
+    caplog: pytest.LogCaptureFixture, name: str, logger: str | None = None
+) -> list[dict[str, Any]]:
+    """The fields of every `name` event caught (pcapd.core.logs.event), from
+    `logger` alone if given."""
+    return [
+        getattr(r, "pcapd_fields", {}) for r in caplog.records
+        if r.getMessage() == name and logger in (None, r.name)
+    ]  # fmt: skip
 
 
 def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> None:

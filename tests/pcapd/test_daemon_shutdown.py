@@ -18,7 +18,7 @@ from pcapd.core.lifecycle import EXIT_FAILURE
 from pcapd.core.request import parse_request
 from pcapd.daemon import Daemon
 from pcapd.ring import Ring
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisServer, free_port, logged
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.test_controller import request
 from triggers.base import Delivery
@@ -72,8 +72,7 @@ def test_a_ring_whose_stop_raises_skips_nothing_after_it(
     # publisher's stop before the process would exit.
     event = results.for_id("late-ring")
     assert (event["status"], event["stop"]) == ("empty", "shutdown")
-    failed = [r for r in caplog.records if r.getMessage() == "ring_stop_failed"]
-    assert [getattr(r, "pcapd_fields", {}).get("interface") for r in failed] == ["lo"]
+    assert [f.get("interface") for f in logged(caplog, "ring_stop_failed")] == ["lo"]
 
 
 class Idle:

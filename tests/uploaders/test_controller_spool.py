@@ -26,7 +26,7 @@ from pcapd.core.results import ResultPublisher
 from pcapd.engine import HandlePool
 from pcapd.ring import Ring
 from pcapd.worker import Worker
-from tests.helpers import RedisServer, fill, free_port, needs_root, tmpfs, wait_for
+from tests.helpers import RedisServer, fill, free_port, logged, needs_root, tmpfs, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, request
@@ -224,13 +224,11 @@ def test_with_local_disk_only_a_queued_upload_cancelled_at_shutdown_is_still_wri
     try:
         with caplog.at_level(logging.WARNING, logger="pcapd"):
             assert not ctl.shutdown(timeout=0.5)  # "slow" is still writing: not finished
-        [past] = [r for r in caplog.records if r.getMessage() == "shutdown_past_grace"]
         # A node with local disk only: no spool to name.
-        assert getattr(past, "pcapd_fields", {}) == {"captures": 1, "storing": "local disk"}
-        [lost] = [r for r in caplog.records if r.getMessage() == "capture_lost"]
-        fields = getattr(lost, "pcapd_fields", {})
-        assert (fields["id"], fields["interface"], fields["locations"]) == ("slow", "lo", {})
-        assert fields["error"].startswith("not spooled at shutdown (no remote sink, so no spool)")
+        assert logged(caplog, "shutdown_past_grace") == [{"captures": 1, "storing": "local disk"}]
+        [lost] = logged(caplog, "capture_lost")
+        assert (lost["id"], lost["interface"], lost["locations"]) == ("slow", "lo", {})
+        assert lost["error"].startswith("not spooled at shutdown (no remote sink, so no spool)")
         queued = results.for_id("queued")
         assert (queued["status"], queued["error"]) == ("ok", None)
         stored = Path(queued["locations"]["local"])

@@ -12,7 +12,7 @@ import pytest
 
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import RequestError
-from tests.helpers import wait_for
+from tests.helpers import logged, wait_for
 from tests.uploaders.cloudshark_server import CloudsharkServer
 from tests.uploaders.conftest import (
     MotoProcess,
@@ -441,11 +441,6 @@ def test_once_abandoned_a_store_tries_no_remote_sink_local_then_spool(tmp_path: 
     assert entry.pending == ("s3",) and entry.locations == {"local": str(local)}
 
 
-def fields_of(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    """The fields of every `name` event logged."""
-    return [getattr(r, "pcapd_fields", {}) for r in caplog.records if r.getMessage() == name]
-
-
 def test_sinks_shutdown_left_untried_are_no_failed_uploads_and_are_said_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -463,8 +458,8 @@ def test_sinks_shutdown_left_untried_are_no_failed_uploads_and_are_said_once(
     artifact = make_artifact()
     outcome = deliverer.deliver(artifact, base_event(artifact))
     assert (outcome.status, outcome.error) == ("spooled", skipped)
-    assert fields_of(caplog, "upload_failed") == fields_of(caplog, "upload_skipped") == []
-    [spooled] = fields_of(caplog, "spooled")[-1:]
+    assert logged(caplog, "upload_failed") == logged(caplog, "upload_skipped") == []
+    [spooled] = logged(caplog, "spooled")[-1:]
     assert (spooled["pending"], spooled["error"]) == ("s3,cloudshark", skipped)
     assert observed == [("local", "ok")] and s3.calls == cloudshark.calls == 0
 
@@ -474,8 +469,8 @@ def test_sinks_shutdown_left_untried_are_no_failed_uploads_and_are_said_once(
     outcome = deliverer.deliver(artifact, base_event(artifact))
     assert outcome.status == "partial" and outcome.error is not None
     assert outcome.error.startswith(f"{skipped}; not spooled: spool full: ")
-    assert fields_of(caplog, "upload_failed") == []
-    [said] = fields_of(caplog, "upload_skipped")
+    assert logged(caplog, "upload_failed") == []
+    [said] = logged(caplog, "upload_skipped")
     assert said == {"file": artifact.filename, "sinks": "s3,cloudshark", "error": NOT_ATTEMPTED}
 
 
@@ -551,7 +546,7 @@ def test_every_capture_shutdown_cannot_keep_is_logged_lost_with_where_it_is_and_
         caplog.clear()
         flight = Flight(locations={"local": "/var/caps/x.pcap"})
         assert deliverer.spool_unfinished(artifact, spooled, flight, told_nothing)[0] == "lost"
-        [lost] = fields_of(caplog, "capture_lost")
+        [lost] = logged(caplog, "capture_lost")
         assert (lost["id"], lost["interface"], lost["file"]) == (
             artifact.request.id, "lo", artifact.filename,
         )  # fmt: skip
@@ -562,4 +557,4 @@ def test_every_capture_shutdown_cannot_keep_is_logged_lost_with_where_it_is_and_
     local_only = cases[0][0]
     assert local_only.deliver(artifact, base_event(artifact), (done := Flight())).ok
     assert local_only.spool_unfinished(artifact, spooled, done, told_nothing)[0] == "finished"
-    assert fields_of(caplog, "capture_lost") == []
+    assert logged(caplog, "capture_lost") == []

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pcapd.controller.refusals import REFUSAL_LOG_INTERVAL, RefusalLog
-from tests.helpers import RedisServer, free_port, wait_for
+from tests.helpers import RedisServer, free_port, logged, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.test_controller import Recorded, build, idle, request
 from tests.pcapd.test_daemon import udp_request
@@ -24,10 +24,7 @@ INTERVAL = 2.0
 
 
 def lines(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    return [
-        getattr(r, "pcapd_fields", {}) for r in caplog.records
-        if r.name == "pcapd.controller" and r.getMessage() == name
-    ]  # fmt: skip
+    return logged(caplog, name, "pcapd.controller")
 
 
 def test_a_burst_logs_its_first_refusal_then_one_summary_with_the_count(

@@ -17,7 +17,7 @@ import redis
 import pcapd.dedup
 from pcapd.controller import Controller
 from pcapd.ring import Ring
-from tests.helpers import RedisServer, free_port, needs_root, redis_server, wait_for
+from tests.helpers import RedisServer, free_port, logged, needs_root, redis_server, wait_for
 from tests.pcapd.daemon_fixture import Results
 from tests.pcapd.engine.test_capture import send_udp
 from tests.pcapd.test_controller import Recorded, build, idle, request
@@ -123,8 +123,7 @@ def test_a_ring_capture_stored_past_the_grace_says_so(
     finally:
         ring.stop()
         ctl.publisher.stop(5)
-    said = [getattr(r, "pcapd_fields", {}) for r in caplog.records
-            if r.getMessage() == "shutdown_past_grace"]  # fmt: skip
+    said = logged(caplog, "shutdown_past_grace")
     late = {"captures": 1, "storing": "local disk", "id": "late-ring",
             "interface": "lo"}  # fmt: skip
     assert said == ([late] if grace is None else [])
