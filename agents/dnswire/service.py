@@ -8,7 +8,9 @@ second leaves at once.
 -M N: the parent holds the PID file and forks N children, child i taking
 slot i/N (its BPF keeps 1/N of the responses, see `filters`). A child that
 dies is logged and started again (at most once per `RESTART_DELAY` s per
-slot); SIGTERM to the parent is passed to every child, which flush and
+slot); SIGTERM to the parent is passed on to every child (as SIGUSR1, which
+asks for a warm stop but never counts as the cold one's second signal: a
+child may already have had SIGTERM from its process group), which flush and
 exit, then the parent exits (one still running `CHILD_EXIT_TIMEOUT` s after
 is killed, logged, and the parent exits 1). Children get SIGTERM if the
 parent dies (Linux's PR_SET_PDEATHSIG, as dnsflow.c does).
@@ -62,6 +64,7 @@ GIL_SWITCH_INTERVAL = 0.0005
 GC_THRESHOLDS = (50_000, 20, 100)
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARDED_STOP = signal.SIGUSR1  # the parent's stop, passed on to its children
 
 
 class PidFileBusy(AgentError):
@@ -96,8 +99,13 @@ def _senders(config: DnswireConfig, stats: export.ExportStats) -> list[Any]:
     return out
 
 
-def run_one(config: DnswireConfig, connect: Callable[[], Client] | None) -> int:
-    """Capture until the file ends or SIGTERM/SIGINT; 0, or 1 on a capture failure."""
+def run_one(
+    config: DnswireConfig,
+    connect: Callable[[], Client] | None,
+    warm_only: tuple[signal.Signals, ...] = (),
+) -> int:
+    """Capture until the file ends or SIGTERM/SIGINT (or a `warm_only`
+    signal); 0, or 1 on a capture failure."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     gc.set_threshold(*GC_THRESHOLDS)
     writer = make_writer(config, connect) if config.record and connect is not None else None
@@ -109,6 +117,10 @@ def run_one(config: DnswireConfig, connect: Callable[[], Client] | None) -> int:
             sender(packet)
 
     agent = WireAgent(config, writer, send if senders else None, export_stats=export_stats)
+    # Before the source opens, so a stop from dnswire_started on is warm.
+    signals = StopSignals("dnswire", warm_only=warm_only)
+    signals.install()
+    stop = signals.stop
     if config.read:
         agent.open_file(config.read)
     else:
@@ -118,9 +130,6 @@ def run_one(config: DnswireConfig, connect: Callable[[], Client] | None) -> int:
         "dnswire", config.metrics_listen, agent.snapshot, dnswire_families, writer,
         agent.input_check,
     )  # fmt: skip
-    signals = StopSignals("dnswire")
-    signals.install()
-    stop = signals.stop
     if writer is not None:
         writer.start()
     status = 0
@@ -157,11 +166,11 @@ def _child(config: DnswireConfig, connect: Callable[[], Client] | None) -> None:
     # Until run_one installs its own handlers there is nothing to flush: a
     # stop request ends the child at once. Signals were blocked across the
     # fork (see supervise) so none hits the parent's handler in here.
-    for sig in STOP_SIGNALS:
+    for sig in (*STOP_SIGNALS, FORWARDED_STOP):
         signal.signal(sig, lambda signum, _frame: os._exit(0))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
-        code = run_one(config, connect)
+        code = run_one(config, connect, warm_only=(FORWARDED_STOP,))
     except AgentError as exc:
         event(log, "dnswire_child_failed", logging.ERROR, slot=f"{config.slot[0]}/{config.slot[1]}",
               error=str(exc))  # fmt: skip
@@ -223,14 +232,14 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
         event(log, "dnswire_stopping", signal=received[0], children=len(children))
         for proc in children.values():
             if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, FORWARDED_STOP)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for i in range(1, n + 1):
         if not received:
             start(i)
-    status = 0
+    last_status: dict[int, int] = {}  # slot -> how its latest child ended
     while children:
         if forwarded_at is not None and time.monotonic() > forwarded_at + CHILD_EXIT_TIMEOUT:
             # Deaf to SIGTERM (stopped, or stuck in its flush): what it held is lost.
@@ -246,8 +255,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
             if proc.exitcode is None:
                 continue
             del children[i]
-            code = proc.exitcode
-            status = max(status, 1 if code else 0)
+            code = last_status[i] = proc.exitcode
             if received or (config.read and code == 0):
                 event(log, "dnswire_child_done", slot=f"{i}/{n}", status=code)
                 continue
@@ -262,4 +270,6 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
             if not received:
                 start(i)
     forward_stop()  # a signal after the last child ended: said all the same
-    return 0 if received else status
+    # A child that did not end well (a capture failure, writes dropped, killed)
+    # fails the run, stopped or not; one restarted since does not.
+    return EXIT_FAILURE if any(last_status.values()) else 0

@@ -36,13 +36,24 @@ class StopSignals:
     own lock (inside `stop.wait`), so setting the event there could deadlock.
     A thread reading the pipe sets `stop`, runs each `on_warm` callback (each
     must only set events or schedule work, never block) and, on a second
-    signal, leaves the process at once.
+    SIGTERM/SIGINT, leaves the process at once.
+
+    `warm_only` signals (a supervisor's forwarded stop) ask for the warm stop
+    too but never count toward the cold one: a worker signalled by its whole
+    process group (Ctrl-C, systemd's control-group kill) and then by its
+    supervisor still flushes.
     """
 
-    def __init__(self, process: str, on_warm: tuple[Callable[[], object], ...] = ()) -> None:
+    def __init__(
+        self,
+        process: str,
+        on_warm: tuple[Callable[[], object], ...] = (),
+        warm_only: tuple[signal.Signals, ...] = (),
+    ) -> None:
         self.process = process
         self.stop = threading.Event()
         self._on_warm = on_warm
+        self._warm_only = frozenset(warm_only)
         self._signalled, self._notify = os.pipe()
         self._installed = False
 
@@ -52,20 +63,24 @@ class StopSignals:
             return
         self._installed = True
         threading.Thread(target=self._serve, name="pcapd-signals", daemon=True).start()
-        for signum in STOP_SIGNALS:
+        for signum in (*STOP_SIGNALS, *self._warm_only):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         os.write(self._notify, bytes((signum,)))
 
     def _serve(self) -> None:
-        warm = False
+        warm, stops = False, 0
         while signums := os.read(self._signalled, 16):
             for signum in signums:
                 name = signal.Signals(signum).name
+                if signum not in self._warm_only:
+                    stops += 1
+                    if stops > 1:
+                        event(log, "exit_now", logging.WARNING, process=self.process, signal=name)
+                        os._exit(EXIT_COLD)
                 if warm:
-                    event(log, "exit_now", logging.WARNING, process=self.process, signal=name)
-                    os._exit(EXIT_COLD)
+                    continue
                 warm = True
                 event(log, "shutdown_requested", process=self.process, signal=name)
                 self.stop.set()

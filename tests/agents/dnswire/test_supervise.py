@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from agents.dnswire.service import CHILD_EXIT_TIMEOUT
+from agents.dnswire.service import CHILD_EXIT_TIMEOUT, FORWARDED_STOP
 from pcapd.core.lifecycle import EXIT_COLD, EXIT_FAILURE
 from tests.helpers import needs_root, stop_process, unix_redis_server, veth_pair, wait_for
 
@@ -99,15 +99,15 @@ def test_children_restarted_and_stopped(tmp_path: Path) -> None:
 @needs_root
 def test_a_second_signal_kills_the_children_and_exits_cold(tmp_path: Path) -> None:
     """The children are stopped (SIGSTOP), so they cannot act on the first
-    SIGTERM: it is forwarded (pending in each) and the parent waits; the
+    SIGTERM: it is passed on (FORWARDED_STOP pending in each) and the parent waits; the
     second kills them and the parent exits EXIT_COLD at once."""
     with supervisor(tmp_path) as run:
         children = [pid for _slot, pid in run.started()]
         for pid in children:
             os.kill(pid, signal.SIGSTOP)
         run.parent.send_signal(signal.SIGTERM)
-        sigterm = 1 << (signal.SIGTERM - 1)
-        wait_for(lambda: all(pending_signals(pid) & sigterm for pid in children), timeout=5)
+        passed_on = 1 << (FORWARDED_STOP - 1)
+        wait_for(lambda: all(pending_signals(pid) & passed_on for pid in children), timeout=5)
         assert "event=dnswire_stopping signal=15 children=2" in run.read()
         assert run.parent.poll() is None  # warm: still waiting for its children
         run.parent.send_signal(signal.SIGTERM)
@@ -117,6 +117,21 @@ def test_a_second_signal_kills_the_children_and_exits_cold(tmp_path: Path) -> No
     text = run.read()
     assert "event=dnswire_done" not in text  # killed, not flushed
     assert "Traceback" not in text and "Logging error" not in text
+
+
+@needs_root
+def test_a_stop_signalled_to_the_whole_group_is_warm_in_every_child(tmp_path: Path) -> None:
+    """Ctrl-C or systemd's control-group kill signals the children too, then
+    the parent passes its own on: each child still flushes (the passed-on
+    signal is no second one), and the parent exits 0."""
+    with supervisor(tmp_path) as run:
+        children = [pid for _slot, pid in run.started()]
+        for pid in (run.parent.pid, *children):
+            os.kill(pid, signal.SIGTERM)
+        assert run.parent.wait(20) == 0
+    text = run.read()
+    assert text.count("event=dnswire_done") == 2 and "exit_now" not in text
+    assert "Traceback" not in text
 
 
 @needs_root
@@ -178,7 +193,9 @@ def test_a_signal_during_a_write_to_stderr_is_logged_and_forwarded(tmp_path: Pat
                 return run.parent.poll() is not None
 
             wait_for(exited, timeout=20)
-            assert run.parent.returncode == 0
+            # Slot 1's child was killed and, the stop come, not started again:
+            # what it held is lost, so the run failed.
+            assert run.parent.returncode == EXIT_FAILURE
             text = read()
     finally:
         os.close(read_end)

@@ -119,7 +119,8 @@ signals.install()
 signals.install()  # a second install adds no second reader
 print("ready", flush=True)
 signals.stop.wait()
-time.sleep(0.2)
+while not after:  # the callbacks run after stop is set
+    time.sleep(0.01)
 print("after", len(after), flush=True)
 time.sleep(60)
 """
