@@ -287,17 +287,22 @@ class BatchSender(FollowUp):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 missing.append(call)
                 continue
+            answered = part.keys
             if (refused := refusal(reply, cluster=cluster)) is not None:
                 self._refused(error_code(reply), part.ops, refused)
             elif isinstance(reply, list):
-                self._count_answer(part, reply)
                 created.extend(_text(k) for k in reply[2:])
+                if again := self._count_answer(part, reply, cluster=cluster):
+                    resent, error = again  # a "not now" (OOM, READONLY): sent again
+                    self._unanswered(error, slot, resent, unanswered)
+                    kept = set(resent.keys)  # a lost call's keys among them: still to find
+                    answered = [k for k in answered if k not in kept]
             else:
                 self._unanswered(reply, slot, part, unanswered)
                 self._replies_lost([part])
                 continue
             if lost:  # answered: what a lost call of its keys made is in this reply
-                for key in part.keys:
+                for key in answered:
                     lost.pop(key, None)
         return missing
 
@@ -307,13 +312,33 @@ class BatchSender(FollowUp):
         self._note_error(reply)
         unanswered.append((slot, part))
 
-    def _count_answer(self, batch: Batch, reply: list[Any]) -> None:
-        """The script's answer for `batch`: {refused entries' indexes, the
-        first refusal's message, ...}; each entry counts the writes it merged."""
-        refused = sum(batch.weights[i - 1] for i in reply[0])
-        if refused:
-            self._refused(error_code(_text(reply[1])), refused, _text(reply[1]))
-        self.stats.written_ops += batch.ops - refused
+    def _count_answer(
+        self, batch: Batch, reply: list[Any], *, cluster: bool
+    ) -> tuple[Batch, str] | None:
+        """The script's answer for `batch`: {failed entries' indexes, each
+        one's error, ...}; each entry counts the writes it merged. An error
+        `refusal` calls "not now" (OOM, READONLY: the APPEND did not run) is
+        no refusal: those entries and the first such error are returned, to
+        be sent again, as a counter's would be."""
+        weights = batch.weights
+        refused: dict[str, tuple[int, str]] = {}  # code -> (ops, first error)
+        again: list[int] = []
+        first = ""
+        for i, text in zip(reply[0], reply[1], strict=True):
+            error = redis.ResponseError(_text(text))
+            if (why := refusal(error, cluster=cluster)) is None:
+                again.append(i - 1)
+                first = first or str(error)
+                continue
+            code = error_code(error)
+            ops, why = refused.get(code, (0, why))
+            refused[code] = (ops + weights[i - 1], why)
+        for code, (ops, why) in refused.items():
+            self._refused(code, ops, why)
+        resent = batch.part(again) if again else None
+        not_written = sum(ops for ops, _why in refused.values())
+        self.stats.written_ops += batch.ops - not_written - (resent.ops if resent else 0)
+        return (resent, first) if resent else None
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
         """Per hash slot, its counters as SET NX EX + INCRBY commands and its

@@ -225,18 +225,20 @@ UNSET_ZERO_SCRIPT = (
 # (`SET ... EX` for a new key costs Redis more here than APPEND + EXPIRE);
 # each member is still looked for in the value as the ones before it left
 # it, so the result is what one append at a time gives.
-# pcall: a key holding another type (WRONGTYPE) costs that key's entries,
-# counted, never the rest of the call, and its TTL is left alone. Returns
-# {the refused entries' indexes, the first refusal's message, the created
-# keys...}. On a Redis Cluster the writer calls it once per hash slot with
-# that slot's keys only.
+# pcall: an error (a key holding another type: WRONGTYPE; Redis at
+# maxmemory: OOM; a replica: READONLY) costs that key's entries, never the
+# rest of the call, and its TTL is left alone; the writer tells a refusal
+# (counted) from a "not now" (sent again) by each entry's error. Returns
+# {the failed entries' indexes, each one's error, the created keys...}.
+# On a Redis Cluster the writer calls it once per hash slot with that
+# slot's keys only.
 APPEND_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local report = ARGV[2] ~= '0'
 local again = ARGV[2] == '2'
 local failed = {}
-local first = ''
-local result = {failed, ''}
+local errors = {}
+local result = {failed, errors}
 local n = #KEYS
 local i = 1
 while i <= n do
@@ -268,15 +270,16 @@ while i <= n do
     end
   end
   if type(reply) == 'table' and reply.err then
-    if #failed == 0 then first = reply.err end
-    for k = i, last do failed[#failed + 1] = k end
+    for k = i, last do
+      failed[#failed + 1] = k
+      errors[#errors + 1] = reply.err
+    end
   else
     redis.pcall('EXPIRE', key, ttl)
     if created and report then result[#result + 1] = key end
   end
   i = last + 1
 end
-result[2] = first
 return result
 """
 

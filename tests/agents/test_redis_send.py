@@ -30,6 +30,7 @@ from tests.helpers import (
     RedisServer,
     ReplyCutter,
     free_cluster_port,
+    redis_server,
     stop_process,
     wait_for,
 )
@@ -280,7 +281,7 @@ class MiscountingWriter(RedisWriter):
     """A bug in counting an answered script call (a TypeError, as a reply
     of an unexpected shape would raise)."""
 
-    def _count_answer(self, batch: Any, reply: list[Any]) -> None:
+    def _count_answer(self, batch: Any, reply: list[Any], *, cluster: bool) -> None:
         raise TypeError("a bug in counting")
 
 
@@ -479,3 +480,52 @@ def test_a_round_trip_cut_partway_is_one_failure_and_not_ready(
     assert admin.mget(keys) == ["6", "6", "7", "7", "7", "7"]
     assert all(0 < admin.ttl(key) <= 900 for key in keys)
     admin.close()
+
+
+def _written_once_taken(writer: RedisWriter, admin: redis.Redis, let_in: Any) -> None:
+    """Appends and a counter the server answers "not now" (inside the
+    script for the append) are sent again, never refused, until `let_in()`
+    lets them in: then each is written once."""
+    dns, counter = "10.0.17.1;192.0.2.1;dns", "client;10.0.17.1"
+    try:
+        writer.append(dns, "a.example.")
+        writer.incr(counter)
+        wait_for(lambda: writer.stats.redis_errors >= 2, timeout=30)  # sent again, not now again
+        assert (writer.stats.written_ops, writer.stats.dropped_ops) == (0, 0)
+        assert writer.queue_depth == 2
+        let_in()
+        wait_for(lambda: writer.stats.written_ops == 2 and writer.queue_depth == 0, timeout=30)
+    finally:
+        writer.stop(5)
+    assert admin.mget(dns, counter) == [";a.example.;", "1"]
+    assert (writer.stats.rejected_ops, writer.stats.dropped_ops) == (0, 0)
+
+
+def test_an_append_redis_has_no_memory_for_is_sent_again(redis_srv: RedisServer) -> None:
+    """At maxmemory (noeviction) the script's APPEND is answered OOM, an
+    error inside the call's reply: "not now", as for the counter beside it.
+    (Before, the append was counted refused and lost.)"""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    writer = started(lambda: redis.Redis(port=redis_srv.port, socket_timeout=5))
+    try:
+        _written_once_taken(writer, admin, lambda: admin.config_set("maxmemory", 0))
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+
+
+def test_an_append_sent_to_a_replica_is_written_once_it_is_promoted(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    """A replica answers the script's APPEND READONLY: "not now" (a failover
+    promotes it), kept and sent again until it takes writes."""
+    with redis_server(tmp_path) as replica_srv:
+        replica = redis.Redis(port=replica_srv.port, decode_responses=True)
+        replica.replicaof("127.0.0.1", redis_srv.port)
+        writer = started(lambda: redis.Redis(port=replica_srv.port, socket_timeout=5))
+        try:
+            _written_once_taken(writer, replica, lambda: replica.replicaof("NO", "ONE"))
+        finally:
+            replica.close()
