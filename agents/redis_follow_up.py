@@ -68,8 +68,10 @@ class FollowUp:
     _zeroes: dict[str, float]
     _lost_logged: dict[str, float]  # event name -> when it was last logged
     _drop_log: dict[str, tuple[float, int]]
-    # The round trip's first error; None while nothing in it failed.
+    # The round trip's first error; None while nothing in it failed. And
+    # whether some command of it got no answer (not only a "not now").
     _last_error: str | None
+    _no_answer: bool
     unanswered: dict[int, str] | None
 
     def _follow_up_commands(
@@ -93,10 +95,18 @@ class FollowUp:
             commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
         return commands
 
+    def _begin_round(self) -> None:
+        """A round trip starts: nothing in it failed yet."""
+        self._last_error = None
+        self._no_answer = False
+
     def _note_error(self, error: object) -> None:
         """Keep the round's first error (its code too, as Redis spelled it):
         what the writer's retry line names, not a later one's consequence;
-        and that the round failed."""
+        that the round failed; and whether Redis was heard (an error reply,
+        or a script's error text) or not (a connection error, a timeout)."""
+        heard = isinstance(error, str | redis.ResponseError)
+        self._no_answer = self._no_answer or not heard
         if self._last_error is not None:
             return
         if isinstance(error, BaseException):
@@ -108,7 +118,7 @@ class FollowUp:
         """The EXPIREs, SADDs and zeroes a failed round trip left, in a round
         trip of their own (a failure counted in `redis_errors`); True once
         all are answered."""
-        self._last_error = None
+        self._begin_round()
         self._follow_up(client, [], [])
         if self._last_error is not None:
             self.stats.redis_errors += 1

@@ -148,7 +148,7 @@ class BatchSender(FollowUp):
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
         cluster = isinstance(client, RedisCluster)
-        self._last_error = None  # this round's first error is the one logged
+        self._begin_round()  # this round's first error is the one logged
         try:
             missing = self._count_calls(calls, replies, written, created, retry,
                                         cluster=cluster, until=sent + self.ttl)  # fmt: skip

@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import redis
 from prometheus_client import Histogram
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -187,10 +186,16 @@ class RedisWriter(WriteQueue):
         self.batch_ops = batch_ops
         self.flush_interval = flush_interval
         self.stats = WriterStats()
-        # True while the last round trip to Redis (a batch and its follow-up,
-        # or an idle PING) was answered whole; on a cluster, while some
-        # slots answer (`unanswered` names the others).
+        # True while Redis answers: the last round trip (a batch and its
+        # follow-up, or an idle PING) got a reply to every command, a "not
+        # now" too; on a cluster, while the last one did not fail whole
+        # (`unanswered` names the slots not written).
         self.connected = False
+        # While Redis answers but takes no writes now (at maxmemory, a
+        # replica, loading ...: the last round trip's first "not now"), that
+        # error: readiness fails naming it. None otherwise, and on a cluster
+        # (its readiness is per slot).
+        self.not_now: str | None = None
         # One script call, sent to answered; registered by the agent's metrics, if on.
         self.write_seconds = Histogram(
             "pcapd_agent_redis_write_seconds", "Time of one batched write to Redis",
@@ -225,6 +230,7 @@ class RedisWriter(WriteQueue):
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
         self._last_error: str | None = None  # a round trip's first error
+        self._no_answer = False  # some command of that round trip got no answer
         # Cluster only (None otherwise): hash slot -> the primary owning it now,
         # for each slot whose last write got no answer (a node down, a
         # failover); read by readiness while `connected` stays true.
@@ -344,7 +350,9 @@ class RedisWriter(WriteQueue):
                         return
                     self._replies_lost(done)  # Redis may have run them
                     self.stats.redis_errors += 1
-                    self.connected = False
+                    self._begin_round()
+                    self._note_error(exc)
+                    self._heard(cluster=False)
                     wait = backoff.failed()
                     event(
                         log, "redis_write_failed", logging.WARNING, error=str(exc),
@@ -359,8 +367,7 @@ class RedisWriter(WriteQueue):
                 failed = self._last_error is not None  # calls or follow-up left to send again
                 if failed:
                     self.stats.redis_errors += 1  # one round trip failed: one count
-                    if not cluster:  # (a cluster's slots that answered still take writes)
-                        self.connected = False
+                    self._heard(cluster=cluster)
                 if left is not None:  # some calls got no answer: only those again
                     wait = backoff.failed()
                     event(
@@ -370,8 +377,8 @@ class RedisWriter(WriteQueue):
                     self._stop.wait(wait)
                     continue
                 backoff.succeeded()
-                if cluster or not failed:
-                    self.connected = True
+                if not failed:
+                    self.connected, self.not_now = True, None
                 last_contact = time.monotonic()
 
     def _client(self) -> Client:
@@ -385,6 +392,16 @@ class RedisWriter(WriteQueue):
         self._read_timeout = float(kwargs.get("socket_timeout") or SOCKET_TIMEOUT)
         return client
 
+    def _heard(self, *, cluster: bool) -> None:
+        """After a failed round trip: on one server, `connected` while Redis
+        answered every command of it, and `not_now` its first error then (a
+        "not now"); a cluster's slots that answered still take writes."""
+        if cluster:
+            self.connected, self.not_now = True, None
+            return
+        self.connected = not self._no_answer
+        self.not_now = None if self._no_answer else self._last_error
+
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
         """PING while idle, and send the EXPIREs a failed round trip left; the
         client to use next (None after a failure, which waits out the
@@ -393,18 +410,23 @@ class RedisWriter(WriteQueue):
             if client is None:
                 client = self._client()
             client.ping()
-            # What a failed follow-up round trip left: EXPIREs, index SADDs.
-            pending = self._expires or self._indexes or self._zeroes
-            if pending and not self._send_expires(client):
-                raise redis.ConnectionError(self._last_error or "no answer")
         except Exception as exc:
             if self.connected:
                 event(log, "redis_unreachable", logging.WARNING, error=str(exc))
             self.connected = False
             self._stop.wait(backoff.failed())
             return None
+        # What a failed follow-up round trip left: EXPIREs, index SADDs.
+        pending = self._expires or self._indexes or self._zeroes
+        if pending and not self._send_expires(client):
+            was = self.connected
+            self._heard(cluster=isinstance(client, RedisCluster))
+            if was and not self.connected:
+                event(log, "redis_unreachable", logging.WARNING, error=self._last_error)
+            self._stop.wait(backoff.failed())
+            return client if self.connected else None
         backoff.succeeded()
-        self.connected = True
+        self.connected, self.not_now = True, None
         return client
 
 
