@@ -116,13 +116,10 @@ class FollowUp:
 
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
         """The EXPIREs, SADDs and zeroes a failed round trip left, in a round
-        trip of their own (a failure counted in `redis_errors`); True once
-        all are answered."""
+        trip of their own; False when it failed (the writer counts it)."""
         self._begin_round()
         self._follow_up(client, [], [])
-        if self._last_error is not None:
-            self.stats.redis_errors += 1
-        return not (self._expires or self._indexes or self._zeroes)
+        return self._last_error is None
 
     def _follow_up(
         self, client: redis.Redis | RedisCluster, written: list[str], created: list[str]

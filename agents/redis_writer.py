@@ -349,36 +349,20 @@ class RedisWriter(WriteQueue):
                     if self._settled(done, done, answered=False):
                         return
                     self._replies_lost(done)  # Redis may have run them
-                    self.stats.redis_errors += 1
                     self._begin_round()
                     self._note_error(exc)
-                    self._heard(cluster=False)
-                    wait = backoff.failed()
-                    event(
-                        log, "redis_write_failed", logging.WARNING, error=str(exc),
-                        queued_ops=self.queue_depth, retry_in=round(wait, 2),
-                    )  # fmt: skip
+                    self._failed(backoff, cluster=False)
                     client = None
-                    self._stop.wait(wait)
                     continue
                 if self._settled(done, left, answered=True):
                     return
-                cluster = isinstance(client, RedisCluster)
-                failed = self._last_error is not None  # calls or follow-up left to send again
-                if failed:
-                    self.stats.redis_errors += 1  # one round trip failed: one count
-                    self._heard(cluster=cluster)
-                if left is not None:  # some calls got no answer: only those again
-                    wait = backoff.failed()
-                    event(
-                        log, "redis_write_failed", logging.WARNING, error=self._last_error,
-                        queued_ops=self.queue_depth, retry_in=round(wait, 2),
-                    )  # fmt: skip
-                    self._stop.wait(wait)
+                # Calls (only those go again: `left`) or their follow-up
+                # (kept for the next round trip) failed.
+                if self._last_error is not None:
+                    self._failed(backoff, cluster=isinstance(client, RedisCluster))
                     continue
                 backoff.succeeded()
-                if not failed:
-                    self.connected, self.not_now = True, None
+                self.connected, self.not_now = True, None
                 last_contact = time.monotonic()
 
     def _client(self) -> Client:
@@ -391,6 +375,20 @@ class RedisWriter(WriteQueue):
                   else client.connection_pool).connection_kwargs  # fmt: skip
         self._read_timeout = float(kwargs.get("socket_timeout") or SOCKET_TIMEOUT)
         return client
+
+    def _failed(self, backoff: BackoffTracker, *, cluster: bool) -> None:
+        """A round trip that left something to send again (calls, their
+        follow-up, or an idle one's follow-up): one count in `redis_errors`
+        and one line naming its first error, however much of it failed;
+        readiness set from it (`_heard`); then the backoff waited out."""
+        self.stats.redis_errors += 1
+        self._heard(cluster=cluster)
+        wait = backoff.failed()
+        event(
+            log, "redis_write_failed", logging.WARNING, error=self._last_error,
+            queued_ops=self.queue_depth, retry_in=round(wait, 2),
+        )  # fmt: skip
+        self._stop.wait(wait)
 
     def _heard(self, *, cluster: bool) -> None:
         """After a failed round trip: on one server, `connected` while Redis
@@ -419,11 +417,7 @@ class RedisWriter(WriteQueue):
         # What a failed follow-up round trip left: EXPIREs, index SADDs.
         pending = self._expires or self._indexes or self._zeroes
         if pending and not self._send_expires(client):
-            was = self.connected
-            self._heard(cluster=isinstance(client, RedisCluster))
-            if was and not self.connected:
-                event(log, "redis_unreachable", logging.WARNING, error=self._last_error)
-            self._stop.wait(backoff.failed())
+            self._failed(backoff, cluster=isinstance(client, RedisCluster))
             return client if self.connected else None
         backoff.succeeded()
         self.connected, self.not_now = True, None

@@ -529,3 +529,37 @@ def test_an_append_sent_to_a_replica_is_written_once_it_is_promoted(
             _written_once_taken(writer, replica, lambda: replica.replicaof("NO", "ONE"))
         finally:
             replica.close()
+
+
+def test_a_round_trip_whose_follow_up_alone_fails_is_logged_once(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The counter is written, and only the follow-up (its EXPIRE: the key
+    existed) gets no answer: that round trip failed, so it is counted once,
+    logged once naming the error, and readiness fails; the EXPIRE goes again
+    until it is answered. (Before, nothing was logged: not ready, and no
+    line said why.)"""
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.store")
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    key = "client;10.0.19.1"
+    admin.set(key, 5)  # exists: the follow-up EXPIREs it
+    proxy = ReplyCutter(redis_srv.port, b"EXPIRE")
+    proxy.swallow = True
+    writer = started(lambda: redis.Redis(port=proxy.port, socket_timeout=0.5))
+    try:
+        writer.incr(key)
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        assert writer.stats.written_ops == 1 and not writer.connected
+        proxy.swallow = False
+        proxy.cut()
+        wait_for(lambda: writer.connected, timeout=30)  # the EXPIRE answered, sent again
+    finally:
+        writer.stop(5)
+        proxy.close()
+    failed = [getattr(r, "pcapd_fields", {}) for r in caplog.records
+              if r.getMessage() == "redis_write_failed"]  # fmt: skip
+    assert len(failed) == writer.stats.redis_errors >= 1
+    assert [line["error"] for line in failed] == ["no answer from Redis"] * len(failed)
+    assert writer.stats.expires_lost == 0 and admin.get(key) == "6"
+    assert 0 < admin.ttl(key) <= 900
+    admin.close()
