@@ -39,9 +39,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
 from typing import Any
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 
@@ -60,7 +60,7 @@ from agents.redis_wire import (
 from agents.store import APPEND_SCRIPT
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import group_by_slot, slot_owner
+from pcapd.core.redis_conn import NotSent, group_by_slot, slot_owner
 from pcapd.core.redis_errors import error_code, refusal
 from pcapd.core.redis_scripts import evalsha_by_slot
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
@@ -68,6 +68,16 @@ from pcapd.core.redis_wire import evalsha_exchange, pack_command
 log = logging.getLogger("pcapd.agents.store")
 
 __all__ = ["BatchSender", "WriterStats"]  # WriterStats: the writer imports it from here
+
+# A call's reply that says it was written and its reply not read.
+_LOST_IN_FLIGHT = (redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError)
+
+
+def _lost_in_flight(reply: object) -> bool:
+    """Whether Redis may have run the call `reply` answers, its reply lost
+    (the link cut, a timeout): not a "not now" (LOADING, BUSY, CLUSTERDOWN,
+    TRYAGAIN ...: Redis did not run it) nor a call never written (`NotSent`)."""
+    return isinstance(reply, _LOST_IN_FLIGHT) and not isinstance(reply, NotSent)
 
 
 class BatchSender(FollowUp):
@@ -111,10 +121,11 @@ class BatchSender(FollowUp):
         Redis lacks the script for (a restart, SCRIPT FLUSH) is sent again
         after SCRIPT LOAD. What got no answer or a "not now" is returned, to
         be sent again (None when all were answered); a MOVED or ASK (a
-        cluster node reached through redis://) is refused. A connection
-        failure before any reply is read raises, and all are sent again; one
-        after some were read counts those and sends the rest again (Redis
-        ran the first ones); once a reply is counted nothing raises."""
+        cluster node reached through redis://) is refused. No connection to
+        be had raises (nothing was sent), and all are sent again; a failure
+        once they were written counts the replies read and sends the rest
+        again (Redis ran the first ones, and may have run the others); once
+        a reply is counted nothing raises."""
         step = max(1, self.batch_ops)
         calls: list[Call] = []
         for batch in batches:
@@ -126,7 +137,7 @@ class BatchSender(FollowUp):
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
         sent = time.monotonic()
-        # Raises before any reply is read: nothing counted yet.
+        # Raises before anything is sent: nothing counted yet.
         replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT, keep_read=True)
         return self._settle_calls(client, calls, replies, sent)
 
@@ -216,15 +227,16 @@ class BatchSender(FollowUp):
             report = 2
         return ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, report, *part.args)
 
-    def _replies_lost(self, batches: Iterable[Batch]) -> None:
-        """With the index: the append keys of `batches`, sent and not
-        answered, into `_lost_replies` (their next call asks for what the
-        lost one may have made)."""
-        if not self.index:
-            return
-        for batch in batches:
-            pairs = zip(batch.keys, batch.args, strict=True)
-            self._lost_replies.update(dict.fromkeys([k for k, a in pairs if isinstance(a, str)]))
+    def _replies_lost(self, part: Batch) -> None:
+        """With the index: the keys of a script call written and not
+        answered (`_lost_in_flight`) into `_lost_replies` (their next call
+        asks for what the lost one may have made). Never for a call not
+        sent or answered "not now": the script's "2" finds any key whose
+        value begins with the call's members, so a key another writer made
+        with the same first member(s) is reported, and indexed, as made
+        here; that case stays, narrowed to replies really lost."""
+        if self.index:
+            self._lost_replies.update(dict.fromkeys(part.keys))
 
     def _count_calls(
         self,
@@ -299,7 +311,8 @@ class BatchSender(FollowUp):
                     answered = [k for k in answered if k not in kept]
             else:
                 self._unanswered(reply, slot, part, unanswered)
-                self._replies_lost([part])
+                if _lost_in_flight(reply):
+                    self._replies_lost(part)
                 continue
             if lost:  # answered: what a lost call of its keys made is in this reply
                 for key in answered:

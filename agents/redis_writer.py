@@ -345,10 +345,9 @@ class RedisWriter(WriteQueue):
                     else:
                         left = self._send_plain(client, done)  # counts per call
                     self.write_seconds.observe(time.monotonic() - began)
-                except Exception as exc:  # before any reply was counted: back off, retry
+                except Exception as exc:  # nothing was sent (no connection): back off, retry
                     if self._settled(done, done, answered=False):
                         return
-                    self._replies_lost(done)  # Redis may have run them
                     self._begin_round()
                     self._note_error(exc)
                     self._failed(backoff, cluster=False)

@@ -216,10 +216,13 @@ UNSET_ZERO_SCRIPT = (
 # the key's members found in it, in their order: what a call of them that
 # created the key left (sent again after its reply was lost, the call finds
 # what it made the first time; a key that held something else before is
-# not returned, as a clean run would not return it). A script, as GET +
-# find + APPEND must be atomic; the counters go as plain INCRBY commands
-# beside it (through a script an INCR and its EXPIRE cost Redis ~6.9 us
-# here, as commands ~5.4). The writer merges a window's writes first
+# not returned, as a clean run would not return it; one another writer
+# made with the same first member(s) is, and indexed as made here: the
+# writer asks "2" only after a call was written and its reply lost,
+# `redis_send._lost_in_flight`, never after a "not now" or no send). A
+# script, as GET + find + APPEND must be atomic; the counters go as plain
+# INCRBY commands beside it (through a script an INCR and its EXPIRE cost
+# Redis ~6.9 us here, as commands ~5.4). The writer merges a window's writes first
 # (agents/write_window.py): a key's members are adjacent, so the script
 # GETs it once, APPENDs what is absent in one call and EXPIREs once
 # (`SET ... EX` for a new key costs Redis more here than APPEND + EXPIRE);

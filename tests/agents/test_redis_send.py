@@ -4,9 +4,11 @@ what Redis ran is never sent again, what it did not answer is."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ from tests.helpers import (
     RedisServer,
     ReplyCutter,
     free_cluster_port,
+    free_port,
     redis_server,
     stop_process,
     wait_for,
@@ -563,3 +566,57 @@ def test_a_round_trip_whose_follow_up_alone_fails_is_logged_once(
     assert writer.stats.expires_lost == 0 and admin.get(key) == "6"
     assert 0 < admin.ttl(key) <= 900
     admin.close()
+
+
+@pytest.mark.parametrize("first", ["refused", "busy"])
+def test_a_call_redis_never_ran_leaves_another_writers_key_unindexed(
+    redis_srv: RedisServer, first: str
+) -> None:
+    """Another writer made the key with the same member. The writer's first
+    attempt is never sent (connection refused) or answered BUSY (another
+    client's script runs): Redis ran nothing, so the call that goes again
+    asks for the keys it makes, as in a clean run, and the key, not made
+    here, is not indexed. (Before, both marked the call's reply lost, and
+    the resend reported the key as one it had made.)"""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    admin.script_load(APPEND_SCRIPT)
+    theirs = "10.0.20.1;192.0.2.9;dns"
+    admin.set(theirs, ";a.example.;")
+    port = [free_port() if first == "refused" else redis_srv.port]
+    busy = threading.Thread(target=_run_until_killed, args=(redis_srv.port,))
+    if first == "busy":
+        admin.config_set("busy-reply-threshold", 10)  # ms: BUSY after that
+        busy.start()
+        wait_for(lambda: _busy(admin), timeout=10)
+    writer = started(lambda: redis.Redis(port=port[0], socket_timeout=5), index=True)
+    try:
+        writer.append(theirs, "a.example.")
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        port[0] = redis_srv.port
+        if first == "busy":
+            admin.script_kill()
+            busy.join(10)
+        wait_for(lambda: writer.stats.written_ops == 1 and writer.queue_depth == 0, timeout=30)
+        wait_for(lambda: writer.connected, timeout=30)
+    finally:
+        writer.stop(5)
+        admin.config_set("busy-reply-threshold", 5000)
+    assert admin.get(theirs) == ";a.example.;"
+    assert admin.smembers(index_of(theirs)) == set()
+    admin.close()
+
+
+def _run_until_killed(port: int) -> None:
+    """A script that runs until SCRIPT KILL: Redis answers others BUSY."""
+    with redis.Redis(port=port) as spinner, contextlib.suppress(redis.ResponseError):  # killed
+        spinner.eval("while true do end", 0)
+
+
+def _busy(admin: redis.Redis) -> bool:
+    try:
+        admin.ping()
+    except redis.exceptions.BusyLoadingError:
+        return True
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY") or "busy" in str(exc)
+    return False
