@@ -100,6 +100,11 @@ class FollowUp:
         self._last_error = None
         self._no_answer = False
 
+    @property
+    def _follow_up_left(self) -> bool:
+        """Whether a failed follow-up left EXPIREs, index SADDs or "0"s to send."""
+        return bool(self._expires or self._indexes or self._zeroes)
+
     def _note_error(self, error: object) -> None:
         """Keep the round's first error (its code too, as Redis spelled it):
         what the writer's retry line names, not a later one's consequence;
@@ -215,9 +220,10 @@ class FollowUp:
                   **counts)  # fmt: skip
 
     def _bound_pending(self) -> None:
-        """At most `max_queue_ops` EXPIREs, and as many index SADDs, wait
-        (Redis away for long): past that the oldest are given up, counted in
-        `expires_lost` / `index_lost`."""
+        """At most `max_queue_ops` EXPIREs, as many index SADDs and as many
+        "0"s to take away wait (Redis away for long): past that the oldest
+        are given up, counted in `expires_lost` / `index_lost` (a "0" given
+        up is left to its TTL, uncounted: nothing was written there)."""
         if (over := len(self._zeroes) - self.max_queue_ops) > 0:  # left to their TTL
             self._zeroes = dict(itertools.islice(self._zeroes.items(), over, None))
         for pending, what in ((self._expires, "EXPIREs"), (self._indexes, "index SADDs")):

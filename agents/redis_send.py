@@ -88,7 +88,10 @@ class BatchSender(FollowUp):
     # Counters SET NX made here whose INCRBY is not taken yet (its reply
     # lost, or a "not now"): key -> until when its TTL surely runs. Refused
     # when sent again, the "0" made here is taken away (`_zeroes`). Each is
-    # a key queued to go again, so max_queue_ops bounds them.
+    # a key queued to go again, so max_queue_ops bounds them. Only a SET
+    # NX whose OK was read counts as made here: a round with nothing read
+    # leaves a "0" it may have made to its TTL, deliberately, as it may as
+    # well be another writer's.
     _made: dict[str, float]
     # With the index: append keys whose script call got no answer (Redis may
     # have run it), until one of their calls is answered; bounded likewise.

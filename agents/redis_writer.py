@@ -12,10 +12,15 @@ beyond its text, measured, ~125 B more while a window is sealed); past
 that, writes that would need a new entry are dropped and counted, never
 blocking the producer, while a repeat still merges. Counts are per write, merged or not.
 Beside the queue, while a follow-up round trip (agents/redis_follow_up.py) gets
-no answer, it keeps at most `max_queue_ops` counter keys whose EXPIRE and
-as many created keys whose index SADD are still to send: worst case
-~ 2 x max_queue_ops x (key + ~100) bytes more (a dict entry and the key's
-string each); past that the oldest are given up and counted.
+no answer, it keeps at most `max_queue_ops` counter keys whose EXPIRE, as
+many created keys whose index SADD and as many "0"s to take away
+(`_zeroes`) are still to send: worst case ~ 3 x max_queue_ops x (key +
+~100) bytes more (a dict entry and the key's string each); past that the
+oldest are given up (counted; a "0" is left to its TTL). And it marks
+queued entries' keys (strings shared with the queue): counters made at
+"0" whose INCRBY is not heard yet (`_made`) and append keys whose script
+reply was lost (`_lost_replies`), each at most the queued entries: ~ 2 x
+max_queue_ops x ~100 bytes more.
 An entry whose key or member is not valid UTF-8 text (a lone surrogate)
 is refused and counted when it is sent, not retried.
 While Redis is unreachable it retries the oldest batches with capped
@@ -325,8 +330,7 @@ class RedisWriter(WriteQueue):
                 self._seal_locked()
             sealed = time.monotonic()
             idle = not self._batches
-            pending = self._expires or self._indexes or self._zeroes
-            if idle and (pending or sealed - last_contact >= self.ping_interval):
+            if idle and (self._follow_up_left or sealed - last_contact >= self.ping_interval):
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
             while self._batches and not self._stop.is_set():
@@ -413,9 +417,7 @@ class RedisWriter(WriteQueue):
             self.connected = False
             self._stop.wait(backoff.failed())
             return None
-        # What a failed follow-up round trip left: EXPIREs, index SADDs.
-        pending = self._expires or self._indexes or self._zeroes
-        if pending and not self._send_expires(client):
+        if self._follow_up_left and not self._send_expires(client):
             self._failed(backoff, cluster=isinstance(client, RedisCluster))
             return client if self.connected else None
         backoff.succeeded()
