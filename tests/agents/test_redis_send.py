@@ -33,6 +33,7 @@ from tests.helpers import (
     ReplyCutter,
     free_cluster_port,
     free_port,
+    logged,
     redis_server,
     stop_process,
     wait_for,
@@ -559,8 +560,7 @@ def test_a_round_trip_whose_follow_up_alone_fails_is_logged_once(
     finally:
         writer.stop(5)
         proxy.close()
-    failed = [getattr(r, "pcapd_fields", {}) for r in caplog.records
-              if r.getMessage() == "redis_write_failed"]  # fmt: skip
+    failed = logged(caplog, "redis_write_failed")
     assert len(failed) == writer.stats.redis_errors >= 1
     assert [line["error"] for line in failed] == ["no answer from Redis"] * len(failed)
     assert writer.stats.expires_lost == 0 and admin.get(key) == "6"
