@@ -70,11 +70,12 @@ def writer_families(agent: str, writer: RedisWriter | None) -> list[Metric]:
         (gauge, "agent_queue_limit", "Most Redis operations the writer holds (max_queue_ops)",
          writer.max_queue_ops),
         (counter, "agent_redis_errors",
-         "Failed round trips to Redis (each retried after a backoff)", w.redis_errors),
-        (gauge, "agent_redis_connected", "1 while the last round trip to Redis worked",
-         int(writer.connected)),
+         "Failed round trips to Redis: no answer or a \"not now\" (each retried after a backoff)",
+         w.redis_errors),
+        (gauge, "agent_redis_connected",
+         "1 while Redis answers (a \"not now\" too: /readyz names it)", int(writer.connected)),
         (gauge, "agent_redis_slots_unanswered",
-         "Cluster hash slots whose last write got no answer (a node down, a failover)",
+         'Cluster hash slots whose last write got no answer or a "not now" (a failover)',
          len(writer.unanswered or ())),
     ])  # fmt: skip
 
@@ -162,11 +163,14 @@ def writer_check(writer: RedisWriter | None) -> Iterable[Check]:
     if writer is None:
         return ()
     checks = []
-    if writer.connected:
-        checks.append(Check("redis", True, "reachable"))
-    else:
+    if not writer.connected:
         detail = f"unreachable ({writer.stats.redis_errors} failed round trips); writes are queued"
         checks.append(Check("redis", False, detail))
+    elif (not_now := writer.not_now) is not None:
+        detail = f"answering, not taking writes now: {not_now}; writes are queued"
+        checks.append(Check("redis", False, detail))
+    else:
+        checks.append(Check("redis", True, "reachable"))
     unanswered = writer.unanswered
     if unanswered is not None:
         checks.append(_slots_check(unanswered))
@@ -180,7 +184,8 @@ def _slots_check(unanswered: Mapping[int, str]) -> Check:
     nodes = ", ".join(f"{n} slot(s) on {node}" for node, n in sorted(per_node.items()))
     return Check(
         "redis_slots", False,
-        f"degraded: no answer for writes to {nodes}; they wait in the queue and are retried",
+        f'degraded: no answer or a "not now" for writes to {nodes}; '
+        "they wait in the queue and are retried",
     )  # fmt: skip
 
 

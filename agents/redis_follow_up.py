@@ -68,8 +68,10 @@ class FollowUp:
     _zeroes: dict[str, float]
     _lost_logged: dict[str, float]  # event name -> when it was last logged
     _drop_log: dict[str, tuple[float, int]]
-    # The round trip's first error; None while nothing in it failed.
+    # The round trip's first error; None while nothing in it failed. And
+    # whether some command of it got no answer (not only a "not now").
     _last_error: str | None
+    _no_answer: bool
     unanswered: dict[int, str] | None
 
     def _follow_up_commands(
@@ -93,10 +95,23 @@ class FollowUp:
             commands += [(key, ("EVAL", UNSET_ZERO_SCRIPT, 1, key)) for key in self._zeroes]
         return commands
 
+    def _begin_round(self) -> None:
+        """A round trip starts: nothing in it failed yet."""
+        self._last_error = None
+        self._no_answer = False
+
+    @property
+    def _follow_up_left(self) -> bool:
+        """Whether a failed follow-up left EXPIREs, index SADDs or "0"s to send."""
+        return bool(self._expires or self._indexes or self._zeroes)
+
     def _note_error(self, error: object) -> None:
         """Keep the round's first error (its code too, as Redis spelled it):
         what the writer's retry line names, not a later one's consequence;
-        and that the round failed."""
+        that the round failed; and whether Redis was heard (an error reply,
+        or a script's error text) or not (a connection error, a timeout)."""
+        heard = isinstance(error, str | redis.ResponseError)
+        self._no_answer = self._no_answer or not heard
         if self._last_error is not None:
             return
         if isinstance(error, BaseException):
@@ -106,13 +121,10 @@ class FollowUp:
 
     def _send_expires(self, client: redis.Redis | RedisCluster) -> bool:
         """The EXPIREs, SADDs and zeroes a failed round trip left, in a round
-        trip of their own (a failure counted in `redis_errors`); True once
-        all are answered."""
-        self._last_error = None
+        trip of their own; False when it failed (the writer counts it)."""
+        self._begin_round()
         self._follow_up(client, [], [])
-        if self._last_error is not None:
-            self.stats.redis_errors += 1
-        return not (self._expires or self._indexes or self._zeroes)
+        return self._last_error is None
 
     def _follow_up(
         self, client: redis.Redis | RedisCluster, written: list[str], created: list[str]
@@ -208,9 +220,10 @@ class FollowUp:
                   **counts)  # fmt: skip
 
     def _bound_pending(self) -> None:
-        """At most `max_queue_ops` EXPIREs, and as many index SADDs, wait
-        (Redis away for long): past that the oldest are given up, counted in
-        `expires_lost` / `index_lost`."""
+        """At most `max_queue_ops` EXPIREs, as many index SADDs and as many
+        "0"s to take away wait (Redis away for long): past that the oldest
+        are given up, counted in `expires_lost` / `index_lost` (a "0" given
+        up is left to its TTL, uncounted: nothing was written there)."""
         if (over := len(self._zeroes) - self.max_queue_ops) > 0:  # left to their TTL
             self._zeroes = dict(itertools.islice(self._zeroes.items(), over, None))
         for pending, what in ((self._expires, "EXPIREs"), (self._indexes, "index SADDs")):

@@ -39,9 +39,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
 from typing import Any
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 
@@ -60,7 +60,7 @@ from agents.redis_wire import (
 from agents.store import APPEND_SCRIPT
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import group_by_slot, slot_owner
+from pcapd.core.redis_conn import NotSent, group_by_slot, slot_owner
 from pcapd.core.redis_errors import error_code, refusal
 from pcapd.core.redis_scripts import evalsha_by_slot
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
@@ -68,6 +68,16 @@ from pcapd.core.redis_wire import evalsha_exchange, pack_command
 log = logging.getLogger("pcapd.agents.store")
 
 __all__ = ["BatchSender", "WriterStats"]  # WriterStats: the writer imports it from here
+
+# A call's reply that says it was written and its reply not read.
+_LOST_IN_FLIGHT = (redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError)
+
+
+def _lost_in_flight(reply: object) -> bool:
+    """Whether Redis may have run the call `reply` answers, its reply lost
+    (the link cut, a timeout): not a "not now" (LOADING, BUSY, CLUSTERDOWN,
+    TRYAGAIN ...: Redis did not run it) nor a call never written (`NotSent`)."""
+    return isinstance(reply, _LOST_IN_FLIGHT) and not isinstance(reply, NotSent)
 
 
 class BatchSender(FollowUp):
@@ -78,7 +88,10 @@ class BatchSender(FollowUp):
     # Counters SET NX made here whose INCRBY is not taken yet (its reply
     # lost, or a "not now"): key -> until when its TTL surely runs. Refused
     # when sent again, the "0" made here is taken away (`_zeroes`). Each is
-    # a key queued to go again, so max_queue_ops bounds them.
+    # a key queued to go again, so max_queue_ops bounds them. Only a SET
+    # NX whose OK was read counts as made here: a round with nothing read
+    # leaves a "0" it may have made to its TTL, deliberately, as it may as
+    # well be another writer's.
     _made: dict[str, float]
     # With the index: append keys whose script call got no answer (Redis may
     # have run it), until one of their calls is answered; bounded likewise.
@@ -111,10 +124,11 @@ class BatchSender(FollowUp):
         Redis lacks the script for (a restart, SCRIPT FLUSH) is sent again
         after SCRIPT LOAD. What got no answer or a "not now" is returned, to
         be sent again (None when all were answered); a MOVED or ASK (a
-        cluster node reached through redis://) is refused. A connection
-        failure before any reply is read raises, and all are sent again; one
-        after some were read counts those and sends the rest again (Redis
-        ran the first ones); once a reply is counted nothing raises."""
+        cluster node reached through redis://) is refused. No connection to
+        be had raises (nothing was sent), and all are sent again; a failure
+        once they were written counts the replies read and sends the rest
+        again (Redis ran the first ones, and may have run the others); once
+        a reply is counted nothing raises."""
         step = max(1, self.batch_ops)
         calls: list[Call] = []
         for batch in batches:
@@ -126,7 +140,7 @@ class BatchSender(FollowUp):
                 calls.append((0, COUNTERS, batch if counted == n else batch.slice(0, counted)))
             calls += [(0, APPENDS, batch.slice(a, a + step)) for a in range(counted, n, step)]
         sent = time.monotonic()
-        # Raises before any reply is read: nothing counted yet.
+        # Raises before anything is sent: nothing counted yet.
         replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT, keep_read=True)
         return self._settle_calls(client, calls, replies, sent)
 
@@ -148,7 +162,7 @@ class BatchSender(FollowUp):
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
         cluster = isinstance(client, RedisCluster)
-        self._last_error = None  # this round's first error is the one logged
+        self._begin_round()  # this round's first error is the one logged
         try:
             missing = self._count_calls(calls, replies, written, created, retry,
                                         cluster=cluster, until=sent + self.ttl)  # fmt: skip
@@ -216,15 +230,16 @@ class BatchSender(FollowUp):
             report = 2
         return ("EVALSHA", _SHA, len(part.keys), *part.keys, self.ttl, report, *part.args)
 
-    def _replies_lost(self, batches: Iterable[Batch]) -> None:
-        """With the index: the append keys of `batches`, sent and not
-        answered, into `_lost_replies` (their next call asks for what the
-        lost one may have made)."""
-        if not self.index:
-            return
-        for batch in batches:
-            pairs = zip(batch.keys, batch.args, strict=True)
-            self._lost_replies.update(dict.fromkeys([k for k, a in pairs if isinstance(a, str)]))
+    def _replies_lost(self, part: Batch) -> None:
+        """With the index: the keys of a script call written and not
+        answered (`_lost_in_flight`) into `_lost_replies` (their next call
+        asks for what the lost one may have made). Never for a call not
+        sent or answered "not now": the script's "2" finds any key whose
+        value begins with the call's members, so a key another writer made
+        with the same first member(s) is reported, and indexed, as made
+        here; that case stays, narrowed to replies really lost."""
+        if self.index:
+            self._lost_replies.update(dict.fromkeys(part.keys))
 
     def _count_calls(
         self,
@@ -287,17 +302,23 @@ class BatchSender(FollowUp):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 missing.append(call)
                 continue
+            answered = part.keys
             if (refused := refusal(reply, cluster=cluster)) is not None:
                 self._refused(error_code(reply), part.ops, refused)
             elif isinstance(reply, list):
-                self._count_answer(part, reply)
                 created.extend(_text(k) for k in reply[2:])
+                if again := self._count_answer(part, reply, cluster=cluster):
+                    resent, error = again  # a "not now" (OOM, READONLY): sent again
+                    self._unanswered(error, slot, resent, unanswered)
+                    kept = set(resent.keys)  # a lost call's keys among them: still to find
+                    answered = [k for k in answered if k not in kept]
             else:
                 self._unanswered(reply, slot, part, unanswered)
-                self._replies_lost([part])
+                if _lost_in_flight(reply):
+                    self._replies_lost(part)
                 continue
             if lost:  # answered: what a lost call of its keys made is in this reply
-                for key in part.keys:
+                for key in answered:
                     lost.pop(key, None)
         return missing
 
@@ -307,13 +328,33 @@ class BatchSender(FollowUp):
         self._note_error(reply)
         unanswered.append((slot, part))
 
-    def _count_answer(self, batch: Batch, reply: list[Any]) -> None:
-        """The script's answer for `batch`: {refused entries' indexes, the
-        first refusal's message, ...}; each entry counts the writes it merged."""
-        refused = sum(batch.weights[i - 1] for i in reply[0])
-        if refused:
-            self._refused(error_code(_text(reply[1])), refused, _text(reply[1]))
-        self.stats.written_ops += batch.ops - refused
+    def _count_answer(
+        self, batch: Batch, reply: list[Any], *, cluster: bool
+    ) -> tuple[Batch, str] | None:
+        """The script's answer for `batch`: {failed entries' indexes, each
+        one's error, ...}; each entry counts the writes it merged. An error
+        `refusal` calls "not now" (OOM, READONLY: the APPEND did not run) is
+        no refusal: those entries and the first such error are returned, to
+        be sent again, as a counter's would be."""
+        weights = batch.weights
+        refused: dict[str, tuple[int, str]] = {}  # code -> (ops, first error)
+        again: list[int] = []
+        first = ""
+        for i, text in zip(reply[0], reply[1], strict=True):
+            error = redis.ResponseError(_text(text))
+            if (why := refusal(error, cluster=cluster)) is None:
+                again.append(i - 1)
+                first = first or str(error)
+                continue
+            code = error_code(error)
+            ops, why = refused.get(code, (0, why))
+            refused[code] = (ops + weights[i - 1], why)
+        for code, (ops, why) in refused.items():
+            self._refused(code, ops, why)
+        resent = batch.part(again) if again else None
+        not_written = sum(ops for ops, _why in refused.values())
+        self.stats.written_ops += batch.ops - not_written - (resent.ops if resent else 0)
+        return (resent, first) if resent else None
 
     def _send_slots(self, client: RedisCluster, batch: Batch) -> list[Batch] | None:
         """Per hash slot, its counters as SET NX EX + INCRBY commands and its

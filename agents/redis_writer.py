@@ -12,10 +12,15 @@ beyond its text, measured, ~125 B more while a window is sealed); past
 that, writes that would need a new entry are dropped and counted, never
 blocking the producer, while a repeat still merges. Counts are per write, merged or not.
 Beside the queue, while a follow-up round trip (agents/redis_follow_up.py) gets
-no answer, it keeps at most `max_queue_ops` counter keys whose EXPIRE and
-as many created keys whose index SADD are still to send: worst case
-~ 2 x max_queue_ops x (key + ~100) bytes more (a dict entry and the key's
-string each); past that the oldest are given up and counted.
+no answer, it keeps at most `max_queue_ops` counter keys whose EXPIRE, as
+many created keys whose index SADD and as many "0"s to take away
+(`_zeroes`) are still to send: worst case ~ 3 x max_queue_ops x (key +
+~100) bytes more (a dict entry and the key's string each); past that the
+oldest are given up (counted; a "0" is left to its TTL). And it marks
+queued entries' keys (strings shared with the queue): counters made at
+"0" whose INCRBY is not heard yet (`_made`) and append keys whose script
+reply was lost (`_lost_replies`), each at most the queued entries: ~ 2 x
+max_queue_ops x ~100 bytes more.
 An entry whose key or member is not valid UTF-8 text (a lone surrogate)
 is refused and counted when it is sent, not retried.
 While Redis is unreachable it retries the oldest batches with capped
@@ -40,7 +45,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import redis
 from prometheus_client import Histogram
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -187,10 +191,16 @@ class RedisWriter(WriteQueue):
         self.batch_ops = batch_ops
         self.flush_interval = flush_interval
         self.stats = WriterStats()
-        # True while the last round trip to Redis (a batch and its follow-up,
-        # or an idle PING) was answered whole; on a cluster, while some
-        # slots answer (`unanswered` names the others).
+        # True while Redis answers: the last round trip (a batch and its
+        # follow-up, or an idle PING) got a reply to every command, a "not
+        # now" too; on a cluster, while the last one did not fail whole
+        # (`unanswered` names the slots not written).
         self.connected = False
+        # While Redis answers but takes no writes now (at maxmemory, a
+        # replica, loading ...: the last round trip's first "not now"), that
+        # error: readiness fails naming it. None otherwise, and on a cluster
+        # (its readiness is per slot).
+        self.not_now: str | None = None
         # One script call, sent to answered; registered by the agent's metrics, if on.
         self.write_seconds = Histogram(
             "pcapd_agent_redis_write_seconds", "Time of one batched write to Redis",
@@ -225,6 +235,7 @@ class RedisWriter(WriteQueue):
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
         self._last_error: str | None = None  # a round trip's first error
+        self._no_answer = False  # some command of that round trip got no answer
         # Cluster only (None otherwise): hash slot -> the primary owning it now,
         # for each slot whose last write got no answer (a node down, a
         # failover); read by readiness while `connected` stays true.
@@ -319,8 +330,7 @@ class RedisWriter(WriteQueue):
                 self._seal_locked()
             sealed = time.monotonic()
             idle = not self._batches
-            pending = self._expires or self._indexes or self._zeroes
-            if idle and (pending or sealed - last_contact >= self.ping_interval):
+            if idle and (self._follow_up_left or sealed - last_contact >= self.ping_interval):
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
             while self._batches and not self._stop.is_set():
@@ -339,39 +349,23 @@ class RedisWriter(WriteQueue):
                     else:
                         left = self._send_plain(client, done)  # counts per call
                     self.write_seconds.observe(time.monotonic() - began)
-                except Exception as exc:  # before any reply was counted: back off, retry
+                except Exception as exc:  # nothing was sent (no connection): back off, retry
                     if self._settled(done, done, answered=False):
                         return
-                    self._replies_lost(done)  # Redis may have run them
-                    self.stats.redis_errors += 1
-                    self.connected = False
-                    wait = backoff.failed()
-                    event(
-                        log, "redis_write_failed", logging.WARNING, error=str(exc),
-                        queued_ops=self.queue_depth, retry_in=round(wait, 2),
-                    )  # fmt: skip
+                    self._begin_round()
+                    self._note_error(exc)
+                    self._failed(backoff, cluster=False)
                     client = None
-                    self._stop.wait(wait)
                     continue
                 if self._settled(done, left, answered=True):
                     return
-                cluster = isinstance(client, RedisCluster)
-                failed = self._last_error is not None  # calls or follow-up left to send again
-                if failed:
-                    self.stats.redis_errors += 1  # one round trip failed: one count
-                    if not cluster:  # (a cluster's slots that answered still take writes)
-                        self.connected = False
-                if left is not None:  # some calls got no answer: only those again
-                    wait = backoff.failed()
-                    event(
-                        log, "redis_write_failed", logging.WARNING, error=self._last_error,
-                        queued_ops=self.queue_depth, retry_in=round(wait, 2),
-                    )  # fmt: skip
-                    self._stop.wait(wait)
+                # Calls (only those go again: `left`) or their follow-up
+                # (kept for the next round trip) failed.
+                if self._last_error is not None:
+                    self._failed(backoff, cluster=isinstance(client, RedisCluster))
                     continue
                 backoff.succeeded()
-                if cluster or not failed:
-                    self.connected = True
+                self.connected, self.not_now = True, None
                 last_contact = time.monotonic()
 
     def _client(self) -> Client:
@@ -385,6 +379,30 @@ class RedisWriter(WriteQueue):
         self._read_timeout = float(kwargs.get("socket_timeout") or SOCKET_TIMEOUT)
         return client
 
+    def _failed(self, backoff: BackoffTracker, *, cluster: bool) -> None:
+        """A round trip that left something to send again (calls, their
+        follow-up, or an idle one's follow-up): one count in `redis_errors`
+        and one line naming its first error, however much of it failed;
+        readiness set from it (`_heard`); then the backoff waited out."""
+        self.stats.redis_errors += 1
+        self._heard(cluster=cluster)
+        wait = backoff.failed()
+        event(
+            log, "redis_write_failed", logging.WARNING, error=self._last_error,
+            queued_ops=self.queue_depth, retry_in=round(wait, 2),
+        )  # fmt: skip
+        self._stop.wait(wait)
+
+    def _heard(self, *, cluster: bool) -> None:
+        """After a failed round trip: on one server, `connected` while Redis
+        answered every command of it, and `not_now` its first error then (a
+        "not now"); a cluster's slots that answered still take writes."""
+        if cluster:
+            self.connected, self.not_now = True, None
+            return
+        self.connected = not self._no_answer
+        self.not_now = None if self._no_answer else self._last_error
+
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
         """PING while idle, and send the EXPIREs a failed round trip left; the
         client to use next (None after a failure, which waits out the
@@ -393,18 +411,17 @@ class RedisWriter(WriteQueue):
             if client is None:
                 client = self._client()
             client.ping()
-            # What a failed follow-up round trip left: EXPIREs, index SADDs.
-            pending = self._expires or self._indexes or self._zeroes
-            if pending and not self._send_expires(client):
-                raise redis.ConnectionError(self._last_error or "no answer")
         except Exception as exc:
             if self.connected:
                 event(log, "redis_unreachable", logging.WARNING, error=str(exc))
             self.connected = False
             self._stop.wait(backoff.failed())
             return None
+        if self._follow_up_left and not self._send_expires(client):
+            self._failed(backoff, cluster=isinstance(client, RedisCluster))
+            return client if self.connected else None
         backoff.succeeded()
-        self.connected = True
+        self.connected, self.not_now = True, None
         return client
 
 

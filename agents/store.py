@@ -216,27 +216,32 @@ UNSET_ZERO_SCRIPT = (
 # the key's members found in it, in their order: what a call of them that
 # created the key left (sent again after its reply was lost, the call finds
 # what it made the first time; a key that held something else before is
-# not returned, as a clean run would not return it). A script, as GET +
-# find + APPEND must be atomic; the counters go as plain INCRBY commands
-# beside it (through a script an INCR and its EXPIRE cost Redis ~6.9 us
-# here, as commands ~5.4). The writer merges a window's writes first
+# not returned, as a clean run would not return it; one another writer
+# made with the same first member(s) is, and indexed as made here: the
+# writer asks "2" only after a call was written and its reply lost,
+# `redis_send._lost_in_flight`, never after a "not now" or no send). A
+# script, as GET + find + APPEND must be atomic; the counters go as plain
+# INCRBY commands beside it (through a script an INCR and its EXPIRE cost
+# Redis ~6.9 us here, as commands ~5.4). The writer merges a window's writes first
 # (agents/write_window.py): a key's members are adjacent, so the script
 # GETs it once, APPENDs what is absent in one call and EXPIREs once
 # (`SET ... EX` for a new key costs Redis more here than APPEND + EXPIRE);
 # each member is still looked for in the value as the ones before it left
 # it, so the result is what one append at a time gives.
-# pcall: a key holding another type (WRONGTYPE) costs that key's entries,
-# counted, never the rest of the call, and its TTL is left alone. Returns
-# {the refused entries' indexes, the first refusal's message, the created
-# keys...}. On a Redis Cluster the writer calls it once per hash slot with
-# that slot's keys only.
+# pcall: an error (a key holding another type: WRONGTYPE; Redis at
+# maxmemory: OOM; a replica: READONLY) costs that key's entries, never the
+# rest of the call, and its TTL is left alone; the writer tells a refusal
+# (counted) from a "not now" (sent again) by each entry's error. Returns
+# {the failed entries' indexes, each one's error, the created keys...}.
+# On a Redis Cluster the writer calls it once per hash slot with that
+# slot's keys only.
 APPEND_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local report = ARGV[2] ~= '0'
 local again = ARGV[2] == '2'
 local failed = {}
-local first = ''
-local result = {failed, ''}
+local errors = {}
+local result = {failed, errors}
 local n = #KEYS
 local i = 1
 while i <= n do
@@ -268,15 +273,16 @@ while i <= n do
     end
   end
   if type(reply) == 'table' and reply.err then
-    if #failed == 0 then first = reply.err end
-    for k = i, last do failed[#failed + 1] = k end
+    for k = i, last do
+      failed[#failed + 1] = k
+      errors[#errors + 1] = reply.err
+    end
   else
     redis.pcall('EXPIRE', key, ttl)
     if created and report then result[#result + 1] = key end
   end
   i = last + 1
 end
-result[2] = first
 return result
 """
 

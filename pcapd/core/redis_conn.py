@@ -129,6 +129,14 @@ def publish(client: Any, channel: str, body: bytes | str, *, sharded: bool) -> A
 
 
 READ_SIZE = 1 << 16  # bytes per recv of a node's replies
+
+
+class NotSent(redis.ConnectionError):
+    """The reply of a command never written (no connection to be had, its
+    script not loaded): Redis did not run it, unlike a command whose reply
+    was lost after it was written, which it may have."""
+
+
 REDIRECT_ROUNDS = 3  # MOVED/ASK followed this many times per command, then its error stands
 
 
@@ -247,7 +255,7 @@ def _send_packed(client: RedisCluster, node: ClusterNode, packed: bytes) -> Any:
     try:
         conn = get_connection(pool)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        return exc
+        return NotSent(str(exc))
     try:
         conn.send_packed_command([packed], check_health=False)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

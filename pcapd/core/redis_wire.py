@@ -13,7 +13,7 @@ import hiredis
 import redis
 from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import get_connection, read_replies
+from pcapd.core.redis_conn import NotSent, get_connection, read_replies
 from pcapd.core.redis_scripts import as_eval, load_refused
 
 # hiredis's stub takes one-element tuples only; it packs any command.
@@ -46,9 +46,10 @@ def exchange(
     replies (error replies returned as redis-py's exceptions). Raises on a
     connection failure (redis.ConnectionError, TimeoutError, OSError,
     hiredis.ProtocolError); nothing is sent twice. `keep_read`: a failure
-    after some replies were read returns those, and the failure as the
-    reply of each command after them (Redis ran the first ones: sent again,
-    a counter would count twice); only one before any reply raises."""
+    once `packed` was written returns the replies read, and the failure as
+    the reply of each command after them (Redis ran the first ones: sent
+    again, a counter would count twice; and may have run the others); only
+    one before anything was sent (no connection) raises."""
     pool = client.connection_pool
     conn = get_connection(pool)
     found: list[Any] = []
@@ -57,7 +58,7 @@ def exchange(
         return read_replies(conn, count, found)
     except UNANSWERED as exc:
         conn.disconnect()
-        if keep_read and found:
+        if keep_read:
             return found + [exc] * (count - len(found))
         raise
     except BaseException:
@@ -87,7 +88,8 @@ def evalsha_exchange(
     `load_first` (a new connection, where the script is likely missing)
     puts SCRIPT LOAD ahead of the commands, in the same round trip.
     Only the first exchange raises: once replies are read they are returned
-    (with `keep_read`, also those read before it failed: `exchange`)."""
+    (with `keep_read`, also those of an exchange that failed once written:
+    `exchange`; the calls of a reload never sent get `NotSent`)."""
     if load_first:
         packed = pack_command(("SCRIPT", "LOAD", script)) + packed
         replies = exchange(client, packed, count + 1, keep_read=keep_read)[1:]  # refused: NOSCRIPT
@@ -99,13 +101,14 @@ def evalsha_exchange(
     again = pack_command(("SCRIPT", "LOAD", script))
     again += b"".join([pack_command(scripted[i]) for i in missing])
     try:
-        load, *answers = exchange(client, again, 1 + len(missing))
+        load, *answers = exchange(client, again, 1 + len(missing), keep_read=keep_read)
         if load_refused(load):  # never loaded here: EVAL carries it
             answers = exchange(client, b"".join([pack_command(as_eval(scripted[i], script))
-                                                 for i in missing]), len(missing))  # fmt: skip
+                                                 for i in missing]), len(missing),
+                               keep_read=keep_read)  # fmt: skip
             load = None
-    except UNANSWERED as exc:
-        load, answers = exc, []
+    except UNANSWERED as exc:  # with keep_read: nothing of it was sent
+        load, answers = (NotSent(str(exc)) if keep_read else exc), []
     for n, i in enumerate(missing):
         replies[i] = load if isinstance(load, Exception) else answers[n]
     return replies

@@ -10,6 +10,7 @@ import redis
 
 from agents.dnstap.config import parse_dnstap_config
 from agents.flow.config import parse_flow_config
+from agents.metrics import writer_check
 from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT
 from tests.helpers import RedisServer, wait_for
@@ -186,3 +187,34 @@ def test_make_writer_takes_every_agent_s_settings_by_one_name() -> None:
             60, 5000, 100, True,
         )  # fmt: skip
         assert (writer.combine, writer.ping_interval) == (False, 7.0)
+
+
+def test_redis_answering_not_now_is_not_ready_and_not_unreachable(
+    private_redis: RedisServer,
+) -> None:
+    """At maxmemory Redis answers every command OOM: the writer is connected
+    (Redis answers) and not ready, readiness naming Redis's error, not
+    "unreachable"; once Redis takes writes again it is ready by itself."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=5),
+                         flush_interval=0.02)  # fmt: skip
+    writer.start()
+    try:
+        writer.incr("client;10.0.18.1")
+        wait_for(lambda: writer.connected and writer.stats.written_ops == 1, timeout=30)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        writer.incr("client;10.0.18.2")
+        writer.append("10.0.18.2;192.0.2.1;dns", "a.example.")
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        [check] = writer_check(writer)
+        assert writer.connected and not check.ok
+        assert check.detail.startswith("answering, not taking writes now: OOM command not allowed")
+        admin.config_set("maxmemory", 0)
+        wait_for(lambda: writer.stats.written_ops == 3, timeout=30)
+        wait_for(lambda: [c.ok for c in writer_check(writer)] == [True], timeout=30)
+        assert [c.detail for c in writer_check(writer)] == ["reachable"]
+    finally:
+        admin.config_set("maxmemory", 0)
+        writer.stop(5)
+        admin.close()
