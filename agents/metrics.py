@@ -164,8 +164,9 @@ def writer_check(writer: RedisWriter | None) -> Iterable[Check]:
         return ()
     checks = []
     if not writer.connected:
-        detail = f"unreachable ({writer.stats.redis_errors} failed round trips); writes are queued"
-        checks.append(Check("redis", False, detail))
+        errors = writer.stats.redis_errors
+        reached = f"unreachable ({errors} failed round trips)" if errors else "not reached yet"
+        checks.append(Check("redis", False, f"{reached}; writes are queued"))
     elif (not_now := writer.not_now) is not None:
         detail = f"answering, not taking writes now: {not_now}; writes are queued"
         checks.append(Check("redis", False, detail))

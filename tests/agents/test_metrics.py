@@ -145,8 +145,9 @@ metrics_listen = "127.0.0.1:{port}"
                 assert server.stdout is not None
                 assert server.stdout.readline() == b"ready\n"
                 wait_for(lambda: _answers_in(base, inside), timeout=20)
-                code, report = ready(base, inside)
-                assert code == 200, report
+                # Not ready until the writer's first round trip (or PING) is answered.
+                wait_for(lambda: ready(base, inside)[0] == 200, timeout=10)
+                _, report = ready(base, inside)
                 assert report["checks"]["input"]["ok"] is True
                 before = value(samples(base, inside), "pcapd_agent_packets_total")
                 done = subprocess.run(
