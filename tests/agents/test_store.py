@@ -11,6 +11,7 @@ import redis
 
 from agents.redis_writer import RedisWriter
 from agents.store import (
+    APPEND_SCRIPT,
     client_key,
     cname_key,
     dns_key,
@@ -312,3 +313,30 @@ def test_writes_resume_after_redis_comes_back(private_redis: RedisServer) -> Non
     wait_for(lambda: writer.stats.written_ops == 1, timeout=15)
     writer.stop()
     assert private_redis.client().get("client;late") == b"1"
+
+
+@pytest.mark.parametrize("report", ["0", "1", "2"])
+def test_the_append_script_per_key_state(redis_srv: RedisServer, report: str) -> None:
+    """Each state a key can be in when the script meets it, in one call: absent
+    with one member (appended at once) or two, holding the member already or
+    another one, of another type. Values, TTLs and the reply are what one
+    append at a time gives, for each thing the index asks (`report`)."""
+    client = redis_srv.client()
+    client.flushall()
+    client.set("held;dns", ";a.;")
+    client.set("other;dns", ";x.;")
+    client.rpush("list;dns", "v")
+    keys = ["new;dns", "pair;dns", "pair;dns", "held;dns", "other;dns", "list;dns"]
+    members = ["a.", "a.", "b.", "a.", "a.", "a."]
+    reply = client.eval(APPEND_SCRIPT, len(keys), *keys, 900, report, *members)
+    assert client.get("new;dns") == b";a.;"
+    assert client.get("pair;dns") == b";a.;;b.;"
+    assert client.get("held;dns") == b";a.;"
+    assert client.get("other;dns") == b";x.;;a.;"
+    for key in ("new;dns", "pair;dns", "held;dns", "other;dns"):
+        assert 890 <= client.ttl(key) <= 900
+    assert client.ttl("list;dns") == -1  # refused: its TTL left alone
+    assert reply[0] == [6] and len(reply[1]) == 1 and b"WRONGTYPE" in reply[1][0]
+    # "2" (a lost reply's resend) also names a key its members begin.
+    created = {"0": [], "1": [b"new;dns", b"pair;dns"], "2": [b"new;dns", b"pair;dns", b"held;dns"]}
+    assert reply[2:] == created[report]
