@@ -22,7 +22,7 @@ from agents.store import (
     rst_key,
 )
 from tests.agents.writes import record_answer, record_nxdomain
-from tests.helpers import RedisServer, free_port, wait_for
+from tests.helpers import RedisServer, free_port, logged, wait_for
 
 
 def writer_for(url: str, **options: Any) -> RedisWriter:
@@ -117,10 +117,7 @@ def test_a_key_of_another_type_costs_that_key_not_the_batch(
 
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [
-        getattr(r, "pcapd_fields", {}) for r in caplog.records
-        if r.getMessage() == "redis_writes_refused"
-    ]  # fmt: skip
+    return logged(caplog, "redis_writes_refused")
 
 
 def test_a_read_only_replica_holds_the_writes_until_it_is_promoted(
@@ -139,8 +136,7 @@ def test_a_read_only_replica_holds_the_writes_until_it_is_promoted(
     writer.flush()
     wait_for(lambda: writer.stats.redis_errors >= 2)
     assert writer.stats.dropped_ops == 0 and writer.stats.written_ops == 0
-    failures = [getattr(r, "pcapd_fields", {}) for r in caplog.records
-                if r.getMessage() == "redis_write_failed"]  # fmt: skip
+    failures = logged(caplog, "redis_write_failed")
     assert failures and "read only replica" in failures[0]["error"]
     admin.replicaof("NO", "ONE")
     wait_for(lambda: writer.stats.written_ops == 7, timeout=30)
@@ -203,8 +199,7 @@ def test_a_refused_expire_is_counted_and_logged(
     assert admin.get("client;c") == b"6" and admin.ttl("client;c") == -1
     assert admin.get("client;new") == b"1" and 0 < admin.ttl("client;new") <= 900
     assert writer.stats.written_ops == 2 and writer.stats.expires_lost == 1
-    (line,) = [getattr(r, "pcapd_fields", {}) for r in caplog.records
-               if r.getMessage() == "redis_expires_refused"]  # fmt: skip
+    (line,) = logged(caplog, "redis_expires_refused")
     assert (line["cause"], line["keys"]) == ("NOPERM", 1)
 
 
