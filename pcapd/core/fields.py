@@ -146,11 +146,12 @@ def whole_number(text: str, low: int, high: int, *, base: int = 10) -> int | Non
     """`text` as an integer within low..high, or None. ASCII digits only:
     int() also reads "+53", "5_300", " 53" and other scripts' digits, and
     `str.isdigit` takes '²', which int() refuses. Bounded in length before
-    int() runs, which raises past 4300 digits."""
+    int() runs, which raises past 4300 digits, leading zeros included."""
     digits = _DIGITS[:base]
-    if not text or len(text.lstrip("0")) > MAX_DIGITS or text.strip(digits):
+    significant = text.lstrip("0")
+    if not text or len(significant) > MAX_DIGITS or text.strip(digits):
         return None
-    number = int(text, base)
+    number = int(significant or "0", base)
     return number if low <= number <= high else None
 
 

@@ -441,7 +441,9 @@ def _field_line() -> re.Pattern[str]:
 FIELD_LINE = _field_line()
 TEXT = st.text(alphabet=st.characters(codec=None, categories=None), max_size=20)
 # Values that once raised past the checks: drawn as often as all the rest.
-SHARP = st.sampled_from(["h:\u00b2", ["h:\u00b2"], "1/\u00b2", "a/b", "x" * 300, "a\x00"])
+PADDED = "0" * 5000 + "1"  # past int()'s 4300 digits until the zeros are stripped
+SHARP = st.sampled_from(["h:\u00b2", ["h:\u00b2"], "1/\u00b2", "a/b", "x" * 300, "a\x00",
+                         PADDED, "h:" + PADDED, ["h:" + PADDED], "1/" + PADDED])  # fmt: skip
 HOSTILE_VALUE = SHARP | st.recursive(
     st.booleans() | st.integers() | st.floats() | TEXT | st.sampled_from([10**30, -(2**63)]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
