@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pcapd.cli import load_agents
 from pcapd.core.config import ConfigError, parse_config
-from pcapd.core.fields import IFACE_RULE
+from pcapd.core.fields import ALIAS_RULE, IFACE_RULE
 from pcapd.core.lifecycle import EXIT_CONFIG
 
 DATA = Path(__file__).parent / "data"
@@ -344,6 +344,22 @@ def test_interface_names_linux_allows_are_accepted_and_others_named(tmp_path: Pa
     assert done.stderr.splitlines() == [
         f"{path}: error: agents.flow.interface: 'a b' {NOT_IFACE}",
         f"{path}: error: agents.dnswire.interface: 'tap/1' {NOT_IFACE}",
+    ]
+
+
+def test_aliases_no_request_could_name_are_errors_naming_the_entry(tmp_path: Path) -> None:
+    """The request's alias rule (ALIAS_RULE) at load: else the correlator's
+    capture form offers an alias that every request naming it is refused for."""
+    path = write(
+        tmp_path,
+        '[general]\nwritelocal = true\n[[interface]]\nname = "lo"\nalias = ["local"]\n'
+        f'[[interface]]\nname = "eth0"\nalias = ["public", "public facing", "{"a" * 40}"]\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}: error: interface[1].alias[1]: 'public facing' is not an alias ({ALIAS_RULE})",
+        f"{path}: error: interface[1].alias[2]: '{'a' * 40}' is not an alias ({ALIAS_RULE})",
     ]
 
 
