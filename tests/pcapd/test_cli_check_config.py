@@ -347,6 +347,18 @@ def test_interface_names_linux_allows_are_accepted_and_others_named(tmp_path: Pa
     ]
 
 
+def test_zero_padded_numbers_are_read_as_their_value(tmp_path: Path) -> None:
+    """Leading zeros past int()'s 4300 digits: the number, not a traceback."""
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        f'[redis]\ncluster = true\nnodes = ["127.0.0.1:{"0" * 5000}7000"]\n'
+        f'[agents.dnswire]\ninterface = "lo"\nslot = "{PADDED}/2"\n',
+    )
+    done = check_config(path)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_aliases_no_request_could_name_are_errors_naming_the_entry(tmp_path: Path) -> None:
     """The request's alias rule (ALIAS_RULE) at load: else the correlator's
     capture form offers an alias that every request naming it is refused for."""
