@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pcapd.core.events import ResultEvent
@@ -161,15 +162,14 @@ class SpoolDrainer:
             event(log, "spool_entry_corrupt", logging.ERROR, id=entry.id, error=str(exc))
             return False
         pending = list(entry.pending)
-        failures: list[str] = []
+        failures: dict[str, str] = {}  # by sink, this pass's
         uploaded = False
         for sink in entry.pending:
             if sink in down:
                 continue
             uploader = self.uploaders.get(sink)
             if uploader is None:
-                down[sink] = f"{sink}: no such uploader configured"
-                failures.append(down[sink])
+                down[sink] = failures[sink] = f"{sink}: no such uploader configured"
                 continue
             began = time.monotonic()
             try:
@@ -181,8 +181,7 @@ class SpoolDrainer:
                 continue
             except Exception as exc:  # any failure keeps the entry; never the drainer
                 self.observe(sink, "failed", time.monotonic() - began)
-                down[sink] = f"{sink}: {exc}"
-                failures.append(down[sink])
+                down[sink] = failures[sink] = f"{sink}: {exc}"
                 continue
             self.observe(sink, "ok", time.monotonic() - began)
             uploaded = True
@@ -193,19 +192,34 @@ class SpoolDrainer:
             return True
         if not uploaded and not failures:
             return False  # nothing tried (shutdown): the entry is as it was
+        # A pending sink not tried (shutdown, down) keeps its old error; one
+        # just delivered loses it, and only a failure is an attempt.
+        by_sink = {**_sink_errors(entry.last_error, entry.pending), **failures}
+        last_error = "; ".join(by_sink[sink] for sink in pending if sink in by_sink)
         entry = dataclasses.replace(
             entry, pending=tuple(pending), locations=locations,
-            attempts=entry.attempts + 1,
-            last_error=clip_error("; ".join(failures)) or entry.last_error,
+            attempts=entry.attempts + (1 if failures else 0),
+            last_error=clip_error(last_error) or None,
         )  # fmt: skip
         self.spool.update(entry)
-        errors.extend(f"{entry.id}: {f}" for f in failures)
+        errors.extend(f"{entry.id}: {f}" for f in failures.values())
         return False
 
     def _deliver(self, entry: SpoolEntry, locations: dict[str, str]) -> bool:
         """Hand over the `delivered` result (`hand_over`). Still claimed, so no
         other drainer uploads it again meanwhile."""
         return hand_over(self.spool, entry, locations, self.on_delivered)
+
+
+def _sink_errors(error: str | None, sinks: Sequence[str]) -> dict[str, str]:
+    """`error` ("s3: refused; cloudshark: timed out", as the drainer and the
+    store join them) split by the sink each part names, among `sinks`; a part
+    naming none stays with the one before it, or is dropped if first."""
+    if not error or not sinks:
+        return {}
+    names = "|".join(map(re.escape, sinks))
+    parts = re.split(rf"; (?=(?:{names}): )", error)
+    return {part.partition(":")[0]: part for part in parts if part.partition(":")[0] in sinks}
 
 
 def hand_over(

@@ -132,7 +132,9 @@ def _mode(t: Table) -> int:
     if value is None:
         return DEFAULT_SOCKET_MODE
     if isinstance(value, str):
-        mode = whole_number(value, 0, MAX_SOCKET_MODE, base=8)
+        # "0o660" as Python (and ShoDoHFlo's int(x, 8)) writes it; still no sign, "_" or space
+        digits = value[2:] if value[:2] in ("0o", "0O") else value
+        mode = whole_number(digits, 0, MAX_SOCKET_MODE, base=8)
         if mode is None:
             t.error("socket_mode", f'{value[:20]!r} is not an octal mode such as "0660"')
             return DEFAULT_SOCKET_MODE

@@ -33,7 +33,14 @@ ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # (eth0:1) is skipped like any name findalldevs() does not list.
 MAX_IFACE_BYTES = 15
 IFACE_RULE = "1-15 bytes, not . or .., without /, whitespace or control characters"
-_IFACE_RE = re.compile(r"(?!\.{1,2}$)[^/\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,15}")
+_IFACE_CHARS = r"(?!\.{1,2}$)[^/\s\x00-\x1f\x7f-\x9f\ud800-\udfff]"
+_IFACE_RE = re.compile(_IFACE_CHARS + "{1,15}")
+# A request's names, sent to a whole fleet: the same characters, up to 32 as
+# before, so a name too long for Linux is skipped like any this node lacks
+# (resolve_interfaces keeps only what findalldevs() lists) and the other
+# nodes still capture.
+REQUEST_IFACE_RULE = "1-32 characters, not . or .., without /, whitespace or control characters"
+_REQUEST_IFACE_RE = re.compile(_IFACE_CHARS + "{1,32}")
 # libpcap's pseudo-devices that findalldevs() lists past that rule (17 bytes).
 _PCAP_DEVICES = frozenset({"bluetooth-monitor"})
 # What a request may name as an alias ([[interface]] alias): unchanged.
@@ -129,12 +136,17 @@ def bpf_problem(bpf: str) -> str | None:
 
 def is_interface_name(name: object) -> bool:
     """Whether `name` follows IFACE_RULE (or is a pseudo-device libpcap lists):
-    the one rule for config, command lines and requests."""
+    the one rule for config and command lines."""
     if not isinstance(name, str):
         return False
     if name in _PCAP_DEVICES:
         return True
     return _IFACE_RE.fullmatch(name) is not None and len(name.encode()) <= MAX_IFACE_BYTES
+
+
+def is_requested_interface(name: object) -> bool:
+    """Whether a request may name `name` as an interface (REQUEST_IFACE_RULE)."""
+    return isinstance(name, str) and _REQUEST_IFACE_RE.fullmatch(name) is not None
 
 
 def is_alias(name: object) -> bool:
@@ -146,11 +158,12 @@ def whole_number(text: str, low: int, high: int, *, base: int = 10) -> int | Non
     """`text` as an integer within low..high, or None. ASCII digits only:
     int() also reads "+53", "5_300", " 53" and other scripts' digits, and
     `str.isdigit` takes '²', which int() refuses. Bounded in length before
-    int() runs, which raises past 4300 digits."""
+    int() runs, which raises past 4300 digits, leading zeros included."""
     digits = _DIGITS[:base]
-    if not text or len(text.lstrip("0")) > MAX_DIGITS or text.strip(digits):
+    significant = text.lstrip("0")
+    if not text or len(significant) > MAX_DIGITS or text.strip(digits):
         return None
-    number = int(text, base)
+    number = int(significant or "0", base)
     return number if low <= number <= high else None
 
 

@@ -9,9 +9,10 @@ import time
 import redis
 
 from agents.dnstap.config import parse_dnstap_config
+from agents.dnswire.config import parse_dnswire_config
 from agents.flow.config import parse_flow_config
 from agents.metrics import writer_check
-from agents.redis_writer import RedisWriter, dropped_status, make_writer
+from agents.redis_writer import DEFAULT_FLUSH_INTERVAL, RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT
 from tests.helpers import RedisServer, wait_for
 
@@ -176,17 +177,23 @@ def test_stop_while_the_sender_settles_an_answered_round_trip(
 
 
 def test_make_writer_takes_every_agent_s_settings_by_one_name() -> None:
-    """The flow agent's `ttl` and the dnstap agent's `ttl_grace` (their TOML
-    names) are the same bound; each agent's writer gets what its config says."""
+    """The flow agent's `ttl` and the DNS agents' `ttl_grace` (their TOML
+    names) are the same bound; each agent's writer gets what its config says,
+    `flush_interval` too (the flow agent has none: the writer's default)."""
     table = {"max_queue_ops": 5000, "batch_ops": 100, "client_index": True,
              "write_combining": False, "ping_interval": 7.0}  # fmt: skip
-    flow = make_writer(parse_flow_config({**table, "ttl": 60}), redis.Redis)
-    dnstap = make_writer(parse_dnstap_config({**table, "ttl_grace": 60}), redis.Redis)
-    for writer in (flow, dnstap):
+    dns = {**table, "ttl_grace": 60, "flush_interval": 0.25}
+    writers = [
+        (make_writer(parse_flow_config({**table, "ttl": 60}), redis.Redis), DEFAULT_FLUSH_INTERVAL),
+        (make_writer(parse_dnstap_config(dns), redis.Redis), 0.25),
+        (make_writer(parse_dnswire_config(dns), redis.Redis), 0.25),
+    ]
+    for writer, flush_interval in writers:
         assert (writer.ttl, writer.max_queue_ops, writer.batch_ops, writer.index) == (
             60, 5000, 100, True,
         )  # fmt: skip
         assert (writer.combine, writer.ping_interval) == (False, 7.0)
+        assert writer.flush_interval == flush_interval
 
 
 def test_redis_answering_not_now_is_not_ready_and_not_unreachable(

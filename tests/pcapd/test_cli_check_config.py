@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pcapd.cli import load_agents
 from pcapd.core.config import ConfigError, parse_config
-from pcapd.core.fields import IFACE_RULE
+from pcapd.core.fields import ALIAS_RULE, IFACE_RULE
 from pcapd.core.lifecycle import EXIT_CONFIG
 
 DATA = Path(__file__).parent / "data"
@@ -347,6 +347,34 @@ def test_interface_names_linux_allows_are_accepted_and_others_named(tmp_path: Pa
     ]
 
 
+def test_zero_padded_numbers_are_read_as_their_value(tmp_path: Path) -> None:
+    """Leading zeros past int()'s 4300 digits: the number, not a traceback."""
+    path = write(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        f'[redis]\ncluster = true\nnodes = ["127.0.0.1:{"0" * 5000}7000"]\n'
+        f'[agents.dnswire]\ninterface = "lo"\nslot = "{PADDED}/2"\n',
+    )
+    done = check_config(path)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_aliases_no_request_could_name_are_errors_naming_the_entry(tmp_path: Path) -> None:
+    """The request's alias rule (ALIAS_RULE) at load: else the correlator's
+    capture form offers an alias that every request naming it is refused for."""
+    path = write(
+        tmp_path,
+        '[general]\nwritelocal = true\n[[interface]]\nname = "lo"\nalias = ["local"]\n'
+        f'[[interface]]\nname = "eth0"\nalias = ["public", "public facing", "{"a" * 40}"]\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}: error: interface[1].alias[1]: 'public facing' is not an alias ({ALIAS_RULE})",
+        f"{path}: error: interface[1].alias[2]: '{'a' * 40}' is not an alias ({ALIAS_RULE})",
+    ]
+
+
 def test_a_nul_in_a_list_of_strings_names_the_entry(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -441,7 +469,9 @@ def _field_line() -> re.Pattern[str]:
 FIELD_LINE = _field_line()
 TEXT = st.text(alphabet=st.characters(codec=None, categories=None), max_size=20)
 # Values that once raised past the checks: drawn as often as all the rest.
-SHARP = st.sampled_from(["h:\u00b2", ["h:\u00b2"], "1/\u00b2", "a/b", "x" * 300, "a\x00"])
+PADDED = "0" * 5000 + "1"  # past int()'s 4300 digits until the zeros are stripped
+SHARP = st.sampled_from(["h:\u00b2", ["h:\u00b2"], "1/\u00b2", "a/b", "x" * 300, "a\x00",
+                         PADDED, "h:" + PADDED, ["h:" + PADDED], "1/" + PADDED])  # fmt: skip
 HOSTILE_VALUE = SHARP | st.recursive(
     st.booleans() | st.integers() | st.floats() | TEXT | st.sampled_from([10**30, -(2**63)]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),

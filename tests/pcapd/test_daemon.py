@@ -105,6 +105,9 @@ BAD_MESSAGES: list[tuple[bytes | dict[str, Any], str]] = [
     ({"node": "testnode", "interface": ["nosuch0"]},
      "interface: none of ['nosuch0'] exists on this node"),
     ({"node": "testnode", "interface": ["../../etc/passwd"]}, "is not a valid name"),
+    ({"node": "testnode", "interface": ["lo", "a/b"]}, 'interface: "a/b" is not a valid name'),
+    ({"node": "testnode", "interface": ["lo", "lo\x07"]},
+     'interface: "lo\\u0007" is not a valid name'),
     ({"node": "testnode", "alias": ["ghost"]},
      "alias: none of ['ghost'] exists on this node (interface 'ghost0': no such device"),
     ({"node": "testnode", "alias": ["nope"]}, "alias 'nope': not configured on this node"),
@@ -165,12 +168,15 @@ def test_missing_interfaces_are_skipped_with_warnings_and_unknown_fields_listed(
     daemon: Daemon, results: Results
 ) -> None:
     daemon.publish(
-        {"node": "any", "interface": ["eth9", "lo"], "id": "skip", "timeout": 1,
+        # a name too long for Linux is lacking here like eth9, not a refusal
+        {"node": "any", "interface": ["eth9", "enp0s31f6-longname20", "lo"], "id": "skip",
+         "timeout": 1,
          "color": "blue", "bpf": f"udp and dst port {free_port()}"}
     )  # fmt: skip
     event = results.for_id("skip")
     assert event["interface"] == "lo" and event["status"] == "empty"
     assert "interface 'eth9': no such device on this node" in event["warnings"]
+    assert "interface 'enp0s31f6-longname20': no such device on this node" in event["warnings"]
     assert "color: unknown field, ignored" in event["warnings"]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pcapd.core.config.sections import *
 from pcapd.core.configread import Table
-from pcapd.core.fields import bpf_problem
+from pcapd.core.fields import ALIAS_RULE, bpf_problem, is_alias
 
 DLT_EN10MB = 1  # Ethernet: the link type a lookback_bpf is checked against at load
 
@@ -53,8 +53,12 @@ def _interface(s: Table, name: str) -> InterfaceConfig:
         for key in ("lookback_bytes", "lookback_bpf"):
             if key in s.table:
                 s.error(key, "only used with lookback > 0 (seconds the ring keeps)")
+    aliases = s.str_list("alias")
+    for index, alias in enumerate(aliases):
+        if not is_alias(alias):  # no request could name it (fields.is_alias)
+            s.error(f"alias[{index}]", f"{alias[:40]!r} is not an alias ({ALIAS_RULE})")
     return InterfaceConfig(
-        name=name, aliases=s.str_list("alias"),
+        name=name, aliases=tuple(filter(is_alias, aliases)),
         lookback=lookback, lookback_bytes=lookback_bytes, lookback_bpf=bpf,
     )  # fmt: skip
 

@@ -19,13 +19,13 @@ from pcapd.core.errors import RequestError
 from pcapd.core.fields import (
     ALIAS_RULE,
     ID_RE,
-    IFACE_RULE,
     KNOWN_FIELDS,
     MAX_BPF_LEN,
     MAX_NODE_LEN,
     MAX_NODERE_LEN,
     MAX_TEXT_LEN,
     PCAP_HEADER_LEN,
+    REQUEST_IFACE_RULE,
     Fields,
     bpf_problem,
     channel_problem,
@@ -33,7 +33,7 @@ from pcapd.core.fields import (
     fold_keys,
     holds_surrogate,
     is_alias,
-    is_interface_name,
+    is_requested_interface,
     show,
     text_problem,
 )
@@ -126,7 +126,11 @@ def parse_folded(
             if not has_iface
             else "interface and alias are exclusive: send one of them"
         )
-    interfaces = f.names("interface", is_interface_name, IFACE_RULE) if has_iface else ()
+    # Not Linux's rule: a name too long for it is skipped on resolving, like any
+    # this node lacks, so one such name does not refuse the request fleet-wide.
+    interfaces = (
+        f.names("interface", is_requested_interface, REQUEST_IFACE_RULE) if has_iface else ()
+    )
     aliases = f.names("alias", is_alias, ALIAS_RULE) if has_alias else ()
 
     bpf = f.text("bpf", MAX_BPF_LEN, bpf_problem) or ""

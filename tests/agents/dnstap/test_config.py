@@ -118,6 +118,21 @@ def test_no_listener_and_bad_modes() -> None:
     assert parse_dnstap_config({"socket_mode": 0o640}).socket_mode == 0o640
 
 
+@pytest.mark.parametrize("text", ["0660", "660", "0o660", "0O660"])
+def test_socket_mode_takes_octal_text_with_or_without_0o(text: str) -> None:
+    """int(x, 8) as ShoDoHFlo read it takes a 0o prefix; Python users write one."""
+    assert parse_dnstap_config({"socket_mode": text}).socket_mode == 0o660
+
+
+@pytest.mark.parametrize("text", ["+660", "0_660", " 660", "0o 660", "0o", "0o0o660", "0x1b0"])
+def test_socket_mode_refuses_what_int_alone_would_read(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_dnstap_config({"socket_mode": text})
+    assert info.value.errors == [
+        f'agents.dnstap.socket_mode: {text!r} is not an octal mode such as "0660"'
+    ]
+
+
 @pytest.mark.parametrize(
     ("output", "interface", "error"),
     [

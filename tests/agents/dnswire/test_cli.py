@@ -75,6 +75,11 @@ def test_help_lists_dnsflows_flags() -> None:
          "dnsflow: error: -r '/nonexistent.pcap': no such file"),
         (["-i", "lo", "-w", "x.pcap", "-m", "1/" + "9" * 5000],
          "dnsflow: error: -m: '1/99999999999999999999999999999999999999' is not I/N"),
+        # zero-padded past int()'s 4300 digits: read as the number, then its rule
+        (["-i", "lo", "-u", "127.0.0.1", "-M", "2", "-m", "0" * 5000 + "1/2"],
+         "dnsflow: error: -m: slot (-m) and processes (-M) exclude each other"),
+        (["-i", "lo", "-u", "127.0.0.1:" + "0" * 5000 + "1", "-M", "65"],
+         "dnsflow: error: -M: must be at least 0 and at most 64, got 65"),
         (["-i", "lo", "-u", "127.0.0.1:5_300"],
          "dnsflow: error: -u: '127.0.0.1:5_300': port '5_300' is not a port in 1..65535"),
         (["-i", "lo", "-u", "127.0.0.1:\u0665\u0663"],

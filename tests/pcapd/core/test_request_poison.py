@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcapd.core.config import MAX_SNAPLENGTH, Config, load_config
-from pcapd.core.fields import ALIAS_RULE, IFACE_RULE, KNOWN_FIELDS, text_problem
+from pcapd.core.fields import ALIAS_RULE, KNOWN_FIELDS, REQUEST_IFACE_RULE, text_problem
 from pcapd.core.request import (
     CaptureRequest,
     RequestError,
@@ -115,7 +115,7 @@ def test_the_issue_request_exactly(config: Config) -> None:
 @pytest.mark.parametrize("field", ["interface", "alias"])
 def test_poison_in_names(config: Config, field: str, char: str) -> None:
     value = f"lo{char}"
-    rule = IFACE_RULE if field == "interface" else ALIAS_RULE
+    rule = REQUEST_IFACE_RULE if field == "interface" else ALIAS_RULE
     assert rejected(body(**{"interface": None, field: ["lo", value]}), config) == (
         f"{field}: {json.dumps(value)} is not a valid name ({rule})"
     )

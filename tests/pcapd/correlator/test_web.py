@@ -131,6 +131,21 @@ def test_numbers_past_ints_digit_limit_are_400_naming_the_field(
     assert published(client, pubsub) == []
 
 
+PADDED = "0" * 5000 + "1"  # few digits once the zeros go, but past 4300 for int()
+
+
+def test_zero_padded_numbers_are_read_as_their_value(web: str, redis_srv: RedisServer) -> None:
+    client = redis_srv.client()  # held: a dropped client closes the subscription's pool
+    pubsub = subscribe(client, DEFAULT_CHANNEL)
+    status, answer = call(web, "/api/captures", json.dumps({**FLOW, "packets": PADDED}).encode())
+    assert status == 202, answer
+    assert [body["packets"] for body in published(client, pubsub)] == [1]
+    for path in [f"/api/clients?limit={PADDED}", f"/api/clients?cursor={PADDED[:-1]}",
+                 f"/api/pivot/address?address=10.0.0.1&port={PADDED}"]:  # fmt: skip
+        status, answer = call(web, path)
+        assert status == 200, (path, answer)
+
+
 def _canonical(text: str) -> bool:
     return str(ipaddress.ip_address(text)) == text and "%" not in text
 
