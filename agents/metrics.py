@@ -165,7 +165,8 @@ def writer_check(writer: RedisWriter | None) -> Iterable[Check]:
     checks = []
     if not writer.connected:
         errors = writer.stats.redis_errors
-        reached = f"unreachable ({errors} failed round trips)" if errors else "not reached yet"
+        tried = errors or writer.failed_pings
+        reached = f"unreachable ({errors} failed round trips)" if tried else "not reached yet"
         checks.append(Check("redis", False, f"{reached}; writes are queued"))
     elif (not_now := writer.not_now) is not None:
         detail = f"answering, not taking writes now: {not_now}; writes are queued"

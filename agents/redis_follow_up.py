@@ -110,7 +110,8 @@ class FollowUp:
         what the writer's retry line names, not a later one's consequence;
         that the round failed; and whether Redis was heard (an error reply,
         or a script's error text) or not (a connection error, a timeout)."""
-        heard = isinstance(error, str | redis.ResponseError)
+        # LOADING comes as a ConnectionError (redis-py's BusyLoadingError).
+        heard = isinstance(error, str | redis.ResponseError | redis.exceptions.BusyLoadingError)
         self._no_answer = self._no_answer or not heard
         if self._last_error is not None:
             return

@@ -77,7 +77,9 @@ def _lost_in_flight(reply: object) -> bool:
     """Whether Redis may have run the call `reply` answers, its reply lost
     (the link cut, a timeout): not a "not now" (LOADING, BUSY, CLUSTERDOWN,
     TRYAGAIN ...: Redis did not run it) nor a call never written (`NotSent`)."""
-    return isinstance(reply, _LOST_IN_FLIGHT) and not isinstance(reply, NotSent)
+    # redis-py raises LOADING as a ConnectionError (BusyLoadingError).
+    not_run = (NotSent, redis.exceptions.BusyLoadingError)
+    return isinstance(reply, _LOST_IN_FLIGHT) and not isinstance(reply, not_run)
 
 
 class BatchSender(FollowUp):

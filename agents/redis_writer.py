@@ -196,6 +196,7 @@ class RedisWriter(WriteQueue):
         # now" too; on a cluster, while the last one did not fail whole
         # (`unanswered` names the slots not written).
         self.connected = False
+        self.failed_pings = 0  # idle PINGs unanswered (no write failed with them)
         # While Redis answers but takes no writes now (at maxmemory, a
         # replica, loading ...: the last round trip's first "not now"), that
         # error: readiness fails naming it. None otherwise, and on a cluster
@@ -415,6 +416,7 @@ class RedisWriter(WriteQueue):
             if self.connected:
                 event(log, "redis_unreachable", logging.WARNING, error=str(exc))
             self.connected = False
+            self.failed_pings += 1
             self._stop.wait(backoff.failed())
             return None
         if self._follow_up_left and not self._send_expires(client):

@@ -168,7 +168,7 @@ def _child(config: DnswireConfig, connect: Callable[[], Client] | None) -> None:
     # fork (see supervise) so none hits the parent's handler in here.
     for sig in (*STOP_SIGNALS, FORWARDED_STOP):
         signal.signal(sig, lambda signum, _frame: os._exit(0))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*STOP_SIGNALS, FORWARDED_STOP))
     try:
         code = run_one(config, connect, warm_only=(FORWARDED_STOP,))
     except AgentError as exc:
@@ -205,12 +205,14 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
         proc = ctx.Process(target=_child, args=(child_cfg, connect), name=f"dnswire-{i}/{n}")
         # Blocked until the child is in `children`, so a second signal's
         # SIGKILL reaches it too.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        # FORWARDED_STOP too: its default action would end a child not yet
+        # past the handlers above.
+        signal.pthread_sigmask(signal.SIG_BLOCK, (*STOP_SIGNALS, FORWARDED_STOP))
         try:
             proc.start()
             children[i] = proc
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (*STOP_SIGNALS, FORWARDED_STOP))
         started[i] = time.monotonic()
         event(log, "dnswire_child_started", slot=f"{i}/{n}", pid=proc.pid)
 

@@ -12,6 +12,7 @@ from agents.dnstap.config import parse_dnstap_config
 from agents.dnswire.config import parse_dnswire_config
 from agents.flow.config import parse_flow_config
 from agents.metrics import writer_check
+from agents.redis_send import _lost_in_flight
 from agents.redis_writer import DEFAULT_FLUSH_INTERVAL, RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT
 from tests.helpers import RedisServer, wait_for
@@ -225,3 +226,31 @@ def test_redis_answering_not_now_is_not_ready_and_not_unreachable(
         admin.config_set("maxmemory", 0)
         writer.stop(5)
         admin.close()
+
+
+def test_readiness_says_not_reached_yet_only_before_a_first_try(private_redis: RedisServer) -> None:
+    """Before any contact: "not reached yet"; once an idle PING went
+    unanswered (Redis stopped), "unreachable", though no write failed."""
+    writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=1),
+                         ping_interval=0.2)  # fmt: skip
+    assert [c.detail for c in writer_check(writer)] == ["not reached yet; writes are queued"]
+    writer.start()
+    try:
+        wait_for(lambda: writer.connected, timeout=30)
+        private_redis.stop()
+        wait_for(lambda: not writer.connected, timeout=30)
+        [check] = writer_check(writer)
+        assert not check.ok and writer.stats.redis_errors == 0
+        assert check.detail == "unreachable (0 failed round trips); writes are queued"
+    finally:
+        writer.stop(5)
+
+
+def test_loading_is_redis_answering_not_a_lost_reply() -> None:
+    """redis-py raises LOADING as a ConnectionError: Redis did not run the
+    call (no lost-reply resend in mode "2") and it answered (not_now)."""
+    parser = redis.connection.Connection()._parser  # type: ignore[no-untyped-call]
+    loading = parser.parse_error("LOADING Redis is loading the dataset in memory")
+    assert isinstance(loading, redis.ConnectionError)
+    assert not _lost_in_flight(loading)
+    assert _lost_in_flight(redis.ConnectionError("Connection reset by peer"))
