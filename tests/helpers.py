@@ -140,6 +140,13 @@ CLUSTER_NODE_TIMEOUT_MS = 2000
 CLUSTER_FAILOVER_NODE_TIMEOUT_MS = 1000
 
 
+CLUSTER_PORT_TRIES = 5
+
+
+class NodeExited(AssertionError):
+    """A cluster node's redis-server ended at start (its port or bus port taken)."""
+
+
 def free_cluster_port() -> int:
     """A free loopback port whose cluster bus port (port + 10000) is free too."""
     while True:
@@ -187,13 +194,31 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def start(self) -> None:
-        self.ports = [free_cluster_port() for _ in range(self.size * (1 + self.replicas))]
-        for port in self.ports:
-            self.start_node(port)
+        self.ports = []
+        for _ in range(self.size * (1 + self.replicas)):
+            self.ports.append(self._start_on_a_free_port())
         run(*self._wrap, shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster",
             "create", *self.nodes, "--cluster-replicas", str(self.replicas),
             "--cluster-yes")  # fmt: skip
         wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
+
+    def _start_on_a_free_port(self) -> int:
+        """A new node's port: free with its bus port, apart from the other
+        nodes' ports and bus ports, and tried again when a process elsewhere
+        (another test's server) took one of the two before the node bound it."""
+        taken = {p for port in self.ports for p in (port, port + CLUSTER_BUS_OFFSET)}
+        for attempt in range(CLUSTER_PORT_TRIES):
+            port = free_cluster_port()
+            if {port, port + CLUSTER_BUS_OFFSET} & taken:
+                continue
+            try:
+                self.start_node(port)
+            except NodeExited:
+                if attempt == CLUSTER_PORT_TRIES - 1:
+                    raise
+                continue
+            return port
+        raise AssertionError(f"no free cluster port in {CLUSTER_PORT_TRIES} tries")
 
     def start_node(self, port: int) -> None:
         """Start (or start again) the node on `port`, with its config file;
@@ -213,8 +238,11 @@ class RedisCluster:
              "--dir", str(workdir), "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        proc = self.procs[port]
         try:
-            wait_for(lambda: self._ping(port), timeout=10)
+            wait_for(lambda: self._ping(port) or proc.poll() is not None, timeout=10)
+            if proc.poll() is not None:
+                raise NodeExited(f"redis-server on port {port} exited {proc.returncode}")
         except BaseException:
             stop_process(self.procs.pop(port))
             raise

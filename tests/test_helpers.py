@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from pathlib import Path
+
 import pytest
 
-from tests.helpers import RedisCluster, wait_for
+from tests.helpers import (
+    CLUSTER_BUS_OFFSET,
+    NodeExited,
+    RedisCluster,
+    free_cluster_port,
+    wait_for,
+)
 
 
 @pytest.mark.timeout(120)
@@ -33,3 +43,18 @@ def test_a_cluster_with_replicas_resets_to_empty(replicated_cluster: RedisCluste
 def _keys(cluster: RedisCluster, port: int) -> int:
     with cluster.node(port) as node:
         return int(node.dbsize())
+
+
+def test_a_node_whose_bus_port_is_taken_is_said_at_once_not_after_the_ping_wait(
+    tmp_path: Path,
+) -> None:
+    """Another process on a node's cluster bus port: its redis-server exits,
+    which is said within a moment (so the cluster picks another port), not
+    after the 10 s a slow start may take."""
+    cluster = RedisCluster(tmp_path / "cluster")
+    port = free_cluster_port()
+    with socket.create_server(("127.0.0.1", port + CLUSTER_BUS_OFFSET)):
+        began = time.monotonic()
+        with pytest.raises(NodeExited, match=f"port {port} exited"):
+            cluster.start_node(port)
+    assert time.monotonic() - began < 8 and port not in cluster.procs
