@@ -361,8 +361,9 @@ def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
             assert ring.stats().replaying == 3, "registered before their lookback is copied"
             link.send(20)
             live_t.join(30)
-            # The live capture had its 20 while the lookbacks were still being copied.
-            assert live and ring.stats().replaying == 3
+            # The live capture had its 20 while a lookback was still being
+            # copied (the one ending at its 1 s timeout may be done by then).
+            assert live and ring.stats().replaying >= 1
             for thread in copying:
                 thread.join(60)
         finally:
