@@ -138,3 +138,35 @@ def test_a_raising_warm_callback_is_logged_and_the_next_signal_still_leaves_at_o
     assert proc.returncode == EXIT_COLD
     assert err.count("shutdown_requested") == 1 and "exit_now" in err
     assert "warm_callback_failed" in err and "RuntimeError: loop closed" in err
+
+
+# A supervisor's passed-on stop (SIGUSR1, warm_only) after the process had
+# its own SIGTERM: still warm; a second SIGTERM is the cold one.
+WARM_ONLY = """
+import logging, signal, time
+from pcapd.core.lifecycle import StopSignals
+logging.basicConfig(level=logging.INFO)
+signals = StopSignals("test", warm_only=(signal.SIGUSR1,))
+signals.install()
+print("ready", flush=True)
+signals.stop.wait()
+print("warm", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_warm_only_signal_never_counts_toward_the_cold_exit(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    proc = start(processes, WARM_ONLY)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline() == "warm\n"
+    for _ in range(3):  # the supervisor's, as often as it may come
+        proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.3)
+    assert proc.poll() is None  # still flushing
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == EXIT_COLD
+    assert err.count("shutdown_requested") == 1 and "exit_now" in err
