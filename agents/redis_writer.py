@@ -43,7 +43,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import Histogram
 from redis.backoff import NoBackoff
@@ -54,52 +54,26 @@ from agents.redis_send import WriterStats
 from agents.store import Op
 from agents.write_queue import WriteQueue
 from agents.write_window import Batch, Window
+from agents.writer_settings import (
+    DEFAULT_BATCH_OPS,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_QUEUE_OPS,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_TTL_GRACE,
+    DEFAULT_WRITE_COMBINING,
+    WriterSettings,
+)
 from pcapd.core.backoff import Backoff, BackoffTracker
-from pcapd.core.configread import Table
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
 from pcapd.core.redis_conn import SOCKET_TIMEOUT, Client
 
 log = logging.getLogger("pcapd.agents.store")
 
-# Each agent's config reads these with the bounds beside them.
-DEFAULT_TTL_GRACE = 900
-MAX_TTL_GRACE = 2**31 - 1  # Redis EXPIRE seconds
-DEFAULT_MAX_QUEUE_OPS = 200_000
-MAX_QUEUE_OPS = 100_000_000
-# Entries (merged operations) per script call. Redis runs a script whole,
-# blocking every other client meanwhile: at ~9 us of Redis per entry here
-# (20 us on a loaded machine) 250 entries keep a call under ~5 ms;
-# PIPELINE_CALLS of them go per round trip, so the throughput is that of
-# 2,000-entry calls.
-DEFAULT_BATCH_OPS = 250
-MAX_BATCH_OPS = 100_000
-DEFAULT_FLUSH_INTERVAL = 0.05
-MIN_FLUSH_INTERVAL = 0.001
-MAX_FLUSH_INTERVAL = 10.0
-# s: an idle writer PINGs Redis this often, so `connected` (readiness) stays true
-DEFAULT_PING_INTERVAL = 5.0
-MIN_PING_INTERVAL = 0.05
-MAX_PING_INTERVAL = 3600.0
-DEFAULT_WRITE_COMBINING = True
 # Socket reads one round trip can wait on in turn (the calls, SCRIPT LOAD,
 # the calls again, the follow-up): stop() waits that many socket timeouts
 # for a round trip under way, so its counts are in when it returns.
 STOP_READS = 4
-
-
-def writer_switches(t: Table) -> dict[str, Any]:
-    """`write_combining` and `ping_interval`, read alike in every agent's
-    section (beside its other writer bounds)."""
-    return {
-        "write_combining": t.get_bool("write_combining", DEFAULT_WRITE_COMBINING),
-        "ping_interval": t.get_float(
-            "ping_interval",
-            DEFAULT_PING_INTERVAL,
-            minimum=MIN_PING_INTERVAL,
-            maximum=MAX_PING_INTERVAL,
-        ),
-    }
 
 
 class OpSink(Protocol):
@@ -128,26 +102,6 @@ class OpBuffer:
         if self.keys:
             self.writer.extend(self.keys, self.args)
             self.keys, self.args = [], []
-
-
-class WriterSettings(Protocol):
-    """An agent's writer bounds, as its config gives them to `make_writer`
-    (FlowConfig, DnstapConfig, agents.dnswire's DnswireConfig)."""
-
-    @property
-    def ttl_grace(self) -> int: ...
-    @property
-    def max_queue_ops(self) -> int: ...
-    @property
-    def batch_ops(self) -> int: ...
-    @property
-    def flush_interval(self) -> float: ...
-    @property
-    def client_index(self) -> bool: ...
-    @property
-    def write_combining(self) -> bool: ...
-    @property
-    def ping_interval(self) -> float: ...
 
 
 def make_writer(config: WriterSettings, connect: Callable[[], Client]) -> RedisWriter:

@@ -15,8 +15,9 @@ from pcapd.core.config import Config
 from triggers.base import Delivery, TriggerSource
 from triggers.redis_pubsub import RedisPubSubSource
 from uploaders.base import Uploader
-from uploaders.deliver import Deliverer, build_remote_uploaders
+from uploaders.deliver import Deliverer
 from uploaders.local import LocalUploader
+from uploaders.remote import build_remote_uploaders
 from uploaders.retry import RetryPolicy
 from uploaders.spool import Spool
 

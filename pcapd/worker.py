@@ -14,8 +14,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pcap
@@ -32,10 +32,10 @@ from pcapd.engine import (
     close_handle,
     set_filter,
 )
+from pcapd.job import Job
 from pcapd.packetdebug import packet_logger
 from pcapd.ring import Ring, RingCapture
 from pcapd.ring.watch import Watcher
-from triggers.base import Delivery
 from uploaders.base import Artifact
 from uploaders.deliver import Flight, Unfinished
 from uploaders.spool import SpoolEntry
@@ -46,40 +46,6 @@ if TYPE_CHECKING:
 
 # The controller's logger: these lines were its own, and operators filter on it.
 log = logging.getLogger("pcapd.controller")
-
-
-@dataclass(slots=True)
-class Job:
-    """The captures one delivery started. The delivery is acked when every one
-    is stored (uploaded or spooled) or reported; if one was captured and then
-    stored nowhere, it is released instead, so a durable source delivers the
-    request again."""
-
-    delivery: Delivery
-    remaining: int
-    durable: bool = True
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    finished: Callable[[bool], None] | None = None  # called once, with `durable`
-
-    def done(self, durable: bool) -> None:
-        with self.lock:
-            self.remaining -= 1
-            self.durable = self.durable and durable
-            finished = self.remaining == 0
-        if not finished:
-            return
-        try:
-            (self.delivery.ack if self.durable else self.delivery.release)()
-        except Exception:  # the source logs its own trouble; a worker must not die
-            event(
-                log,
-                "delivery_settle_failed",
-                logging.ERROR,
-                exc_info=True,
-                source=self.delivery.source,
-            )
-        if self.finished is not None:
-            self.finished(self.durable)
 
 
 class Worker:

@@ -26,17 +26,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pcapd.core import logs
-from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact, Location, Uploader, UploadObserver, ignore_upload
-from uploaders.deadline import NOT_ATTEMPTED, Deadlined, NotAttempted
+from uploaders.deadline import NOT_ATTEMPTED, NotAttempted
 from uploaders.drain import OnDelivered, hand_over
 from uploaders.retry import RetryPolicy
 from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
 
 if TYPE_CHECKING:
-    from uploaders.s3 import ClientFactory
+    pass
 
 log = logging.getLogger("pcapd.uploaders.deliver")
 
@@ -386,26 +385,3 @@ class Deliverer:
         return dataclasses.replace(
             event, status="spooled", error=_after(event, error), locations=dict(locations)
         ).as_dict()
-
-
-def build_remote_uploaders(
-    config: Config,
-    s3_client_factory: ClientFactory | None = None,
-    abandon: threading.Event | None = None,
-) -> list[Uploader]:
-    """The remote sinks `config` enables, in the order their sections appear in
-    the config file, each attempt bounded by `delivery.attempt_timeout` (and
-    given up when `abandon` is set). Imports stay lazy: boto3 costs ~0.3 s to
-    import and a CloudShark-only site need not pay it."""
-    found: list[Uploader] = []
-    for sink in config.remote_order:
-        if sink == "s3" and config.s3.upload:
-            from uploaders.s3 import S3Uploader
-
-            found.append(S3Uploader(config.s3, s3_client_factory, naming=config.general.naming))
-        elif sink == "cloudshark" and config.cloudshark.upload:
-            from uploaders.cloudshark import CloudsharkUploader
-
-            found.append(CloudsharkUploader(config.cloudshark))
-    stop = abandon if abandon is not None else threading.Event()
-    return [Deadlined(u, config.delivery.attempt_timeout, stop) for u in found]

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from agents.dnstap import fstrm
 from agents.dnstap.message import MESSAGE_TYPES
 from agents.dnstap.response import TYPE_A, TYPE_AAAA
-from agents.redis_writer import (
+from agents.writer_settings import (
     DEFAULT_BATCH_OPS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,

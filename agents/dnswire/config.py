@@ -26,7 +26,7 @@ from agents.dnstap.config import (
     record_options,
 )
 from agents.dnswire import export, reassembly
-from agents.redis_writer import (
+from agents.writer_settings import (
     DEFAULT_BATCH_OPS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,

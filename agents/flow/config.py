@@ -30,7 +30,7 @@ from agents.flow.rules import (
     default_networks,
     default_rules,
 )
-from agents.redis_writer import (
+from agents.writer_settings import (
     DEFAULT_BATCH_OPS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_QUEUE_OPS,

@@ -20,8 +20,8 @@ from pcapd.cli.common import Subparsers, UsageError, add_command
 from pcapd.core.config import Config, load_config
 from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
-from uploaders.deliver import build_remote_uploaders
 from uploaders.drain import SpoolDrainer
+from uploaders.remote import build_remote_uploaders
 from uploaders.spool import Spool, SpoolEntry, SpoolError
 
 EXIT_PENDING = EXIT_FAILURE  # something is still spooled

@@ -47,9 +47,10 @@ from pcapd.core.request import (
     request_for,
     resolve_interfaces,
 )
+from pcapd.job import Job
 from pcapd.ring import Ring
 from pcapd.signing import verify
-from pcapd.worker import Job, Worker
+from pcapd.worker import Worker
 from triggers.base import Delivery
 
 log = logging.getLogger("pcapd.controller")

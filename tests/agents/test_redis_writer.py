@@ -13,8 +13,9 @@ from agents.dnswire.config import parse_dnswire_config
 from agents.flow.config import parse_flow_config
 from agents.metrics import writer_check
 from agents.redis_send import _lost_in_flight
-from agents.redis_writer import DEFAULT_FLUSH_INTERVAL, RedisWriter, dropped_status, make_writer
+from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT
+from agents.writer_settings import DEFAULT_FLUSH_INTERVAL
 from tests.helpers import RedisServer, wait_for
 
 HUGE = 30_000_000  # bytes: appending to such a value outlasts the socket timeout

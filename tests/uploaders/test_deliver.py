@@ -25,7 +25,7 @@ from tests.uploaders.conftest import (
 from uploaders.base import Artifact, Location, Sink, Uploader, UploadError
 from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deadline import NOT_ATTEMPTED
-from uploaders.deliver import Deliverer, DeliveryOutcome, Flight, build_remote_uploaders
+from uploaders.deliver import Deliverer, DeliveryOutcome, Flight
 from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
@@ -193,18 +193,6 @@ def test_outcome_and_deliverer_validation() -> None:
         Deliverer([Failing("s3", True), Failing("s3", True)], fast_retry(), None)
 
 
-def test_build_remote_uploaders(moto_s3: MotoS3, cloudshark: CloudsharkServer) -> None:
-    from pcapd.core.config import Config, GeneralConfig
-
-    config = Config(
-        general=GeneralConfig(node="n"),
-        s3=moto_s3.s3_config("b"),
-        cloudshark=cs_config(cloudshark),
-    )
-    assert [u.name for u in build_remote_uploaders(config)] == ["s3", "cloudshark"]
-    assert build_remote_uploaders(Config(general=GeneralConfig(node="n"))) == []
-
-
 def test_s3_killed_during_upload_is_spooled_then_delivered_identical(
     tmp_path: Path, moto_proc: MotoProcess
 ) -> None:
@@ -263,25 +251,6 @@ def test_s3_killed_during_upload_is_spooled_then_delivered_identical(
     assert got["ETag"].strip('"').endswith("-4")
     assert hashlib.sha256(got["Body"].read()).hexdigest() == artifact.sha256
     assert spool.list() == [] and not any((tmp_path / "spool").iterdir())
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('[s3]\nupload = true\nbucket = "b"\n[cloudshark]\nupload = true\ntoken = "t"\n',
-         ["s3", "cloudshark"]),
-        ('[cloudshark]\nupload = true\ntoken = "t"\n[s3]\nupload = true\nbucket = "b"\n',
-         ["cloudshark", "s3"]),
-        ('[cloudshark]\nupload = true\ntoken = "t"\n', ["cloudshark"]),
-    ],
-)  # fmt: skip
-def test_remote_sinks_run_in_the_order_of_their_sections(text: str, expected: list[str]) -> None:
-    import tomllib
-
-    from pcapd.core.config import parse_config
-
-    config = parse_config(tomllib.loads(text), hostname="n")
-    assert [u.name for u in build_remote_uploaders(config)] == expected
 
 
 class Watching(Sink):
