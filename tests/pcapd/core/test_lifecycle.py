@@ -13,13 +13,19 @@ import pytest
 
 from pcapd.core.lifecycle import EXIT_COLD, EXIT_OK
 
-PROGRAM = """
-import logging, sys, time
+# Each program's start: StopSignals, its lines logged as the daemon logs them.
+LOGGED = """
+import logging, signal, sys, time
 from pcapd.core.lifecycle import StopSignals
 from pcapd.core.logs import KeyValueFormatter
 handler = logging.StreamHandler()
 handler.setFormatter(KeyValueFormatter())
 logging.basicConfig(level=logging.INFO, handlers=[handler])
+"""
+
+PROGRAM = (
+    LOGGED
+    + """
 warm = []
 signals = StopSignals("test", on_warm=(lambda: warm.append(1),))
 signals.install()
@@ -29,6 +35,7 @@ print("warm", len(warm), flush=True)
 time.sleep(float(sys.argv[1]))  # the flush a cold stop skips
 print("flushed", flush=True)
 """
+)
 
 # The signal lands while the main thread holds the stop event's own lock, as
 # it does for an instant inside every `stop.wait(timeout)` of a serving loop.
@@ -104,13 +111,9 @@ def test_a_signal_while_the_main_thread_holds_the_stop_lock_still_stops_warm(
 
 
 # One callback raises; the next still runs, and a second signal still exits.
-RAISING_CALLBACK = """
-import logging, time
-from pcapd.core.lifecycle import StopSignals
-from pcapd.core.logs import KeyValueFormatter
-handler = logging.StreamHandler()
-handler.setFormatter(KeyValueFormatter())
-logging.basicConfig(level=logging.INFO, handlers=[handler])
+RAISING_CALLBACK = (
+    LOGGED
+    + """
 def boom():
     raise RuntimeError("loop closed")
 after = []
@@ -124,6 +127,7 @@ while not after:  # the callbacks run after stop is set
 print("after", len(after), flush=True)
 time.sleep(60)
 """
+)
 
 
 def test_a_raising_warm_callback_is_logged_and_the_next_signal_still_leaves_at_once(
@@ -142,10 +146,9 @@ def test_a_raising_warm_callback_is_logged_and_the_next_signal_still_leaves_at_o
 
 # A supervisor's passed-on stop (SIGUSR1, warm_only) after the process had
 # its own SIGTERM: still warm; a second SIGTERM is the cold one.
-WARM_ONLY = """
-import logging, signal, time
-from pcapd.core.lifecycle import StopSignals
-logging.basicConfig(level=logging.INFO)
+WARM_ONLY = (
+    LOGGED
+    + """
 signals = StopSignals("test", warm_only=(signal.SIGUSR1,))
 signals.install()
 print("ready", flush=True)
@@ -153,6 +156,7 @@ signals.stop.wait()
 print("warm", flush=True)
 time.sleep(60)
 """
+)
 
 
 def test_a_warm_only_signal_never_counts_toward_the_cold_exit(
