@@ -189,10 +189,10 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
     ctx = multiprocessing.get_context("fork")
     children: dict[int, BaseProcess] = {}
     started: dict[int, float] = {}
-    # The stop signals taken, in order: all the handler does, as a line it
-    # logged while the loop was inside a write to stderr was lost (logging's
+    # The first stop signal: all the handler records, as a line it logged
+    # while the loop was inside a write to stderr was lost (logging's
     # "reentrant call"). The loop, awake every JOIN_POLL s, logs and forwards.
-    received: list[int] = []
+    stop_signal: int | None = None
     forwarded_at: float | None = None  # when the first signal was sent on
 
     def start(i: int) -> None:
@@ -217,21 +217,22 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
         event(log, "dnswire_child_started", slot=f"{i}/{n}", pid=proc.pid)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if received:  # the second: cold, at once, whatever the loop is doing
+        nonlocal stop_signal
+        if stop_signal is not None:  # the second: cold, at once
             for proc in children.values():
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, signal.SIGKILL)
             os._exit(EXIT_COLD)
-        received.append(signum)
+        stop_signal = signum
 
     def forward_stop() -> None:
         """The first signal, once: said, and sent on to every child (one
         started since is among them: `start` runs only before it)."""
         nonlocal forwarded_at
-        if forwarded_at is not None or not received:
+        if forwarded_at is not None or stop_signal is None:
             return
         forwarded_at = time.monotonic()
-        event(log, "dnswire_stopping", signal=received[0], children=len(children))
+        event(log, "dnswire_stopping", signal=stop_signal, children=len(children))
         for proc in children.values():
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, FORWARDED_STOP)
@@ -239,7 +240,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for i in range(1, n + 1):
-        if not received:
+        if stop_signal is None:
             start(i)
     last_status: dict[int, int] = {}  # slot -> how its latest child ended
     while children:
@@ -258,7 +259,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
                 continue
             del children[i]
             code = last_status[i] = proc.exitcode
-            if received or (config.read and code == 0):
+            if stop_signal is not None or (config.read and code == 0):
                 event(log, "dnswire_child_done", slot=f"{i}/{n}", status=code)
                 continue
             restart = not config.read  # a file is not read twice
@@ -267,9 +268,9 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
             if not restart:
                 continue
             # In steps, so a signal meanwhile is forwarded within JOIN_POLL.
-            while not received and time.monotonic() < started[i] + RESTART_DELAY:
+            while stop_signal is None and time.monotonic() < started[i] + RESTART_DELAY:
                 time.sleep(JOIN_POLL)
-            if not received:
+            if stop_signal is None:
                 start(i)
     forward_stop()  # a signal after the last child ended: said all the same
     # A child that did not end well (a capture failure, writes dropped, killed)
