@@ -120,6 +120,9 @@ class Table:
     def error(self, key: str, message: str) -> None:
         self.errors.append(f"{self.name}.{key}: {message}")
 
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"{self.name}.{key}: {message}")
+
     def bad(self, key: str, value: Any, rule: str) -> None:
         self.error(key, f"{rule}, got {value!r}")
 
@@ -307,4 +310,4 @@ class Table:
     def finish(self) -> None:
         """Warn about every key no read asked for: one policy for daemon and agents."""
         for key in sorted(set(self.table) - self.seen):
-            self.warnings.append(f"{self.name}.{key}: unknown option, ignored")
+            self.warn(key, "unknown option, ignored")

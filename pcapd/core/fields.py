@@ -43,9 +43,11 @@ REQUEST_IFACE_RULE = "1-32 characters, not . or .., without /, whitespace or con
 _REQUEST_IFACE_RE = re.compile(_IFACE_CHARS + "{1,32}")
 # libpcap's pseudo-devices that findalldevs() lists past that rule (17 bytes).
 _PCAP_DEVICES = frozenset({"bluetooth-monitor"})
-# What a request may name as an alias ([[interface]] alias): unchanged.
-ALIAS_RULE = "1-32 of A-Z a-z 0-9 _ . : @ -"
-_ALIAS_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,32}")
+# What a request may name as an alias ([[interface]] alias): what its
+# interface names may be. pcapdaemon matched any string exactly; none of these
+# characters is less safe in an alias than in an interface name, as both reach
+# only logs, results, CloudShark tags and the heartbeat, never a BPF or a path.
+ALIAS_RULE = REQUEST_IFACE_RULE
 # More digits than any bound read here (2**64 has 20): int() of a longer text
 # is refused before it runs (Python refuses over 4300 digits, a ValueError).
 MAX_DIGITS = 40
@@ -150,8 +152,8 @@ def is_requested_interface(name: object) -> bool:
 
 
 def is_alias(name: object) -> bool:
-    """Whether `name` follows ALIAS_RULE."""
-    return isinstance(name, str) and _ALIAS_RE.fullmatch(name) is not None
+    """Whether a request may name `name` as an alias (ALIAS_RULE)."""
+    return is_requested_interface(name)
 
 
 def whole_number(text: str, low: int, high: int, *, base: int = 10) -> int | None:

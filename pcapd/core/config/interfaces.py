@@ -7,7 +7,7 @@ from typing import Any
 
 from pcapd.core.config.sections import *
 from pcapd.core.configread import Table
-from pcapd.core.fields import ALIAS_RULE, bpf_problem, is_alias
+from pcapd.core.fields import ALIAS_RULE, bpf_problem, is_alias, text_problem
 
 DLT_EN10MB = 1  # Ethernet: the link type a lookback_bpf is checked against at load
 
@@ -53,14 +53,43 @@ def _interface(s: Table, name: str) -> InterfaceConfig:
         for key in ("lookback_bytes", "lookback_bpf"):
             if key in s.table:
                 s.error(key, "only used with lookback > 0 (seconds the ring keeps)")
-    aliases = s.str_list("alias")
-    for index, alias in enumerate(aliases):
-        if not is_alias(alias):  # no request could name it (fields.is_alias)
-            s.error(f"alias[{index}]", f"{alias[:40]!r} is not an alias ({ALIAS_RULE})")
     return InterfaceConfig(
-        name=name, aliases=tuple(filter(is_alias, aliases)),
+        name=name, aliases=_aliases(s, name),
         lookback=lookback, lookback_bytes=lookback_bytes, lookback_bpf=bpf,
     )  # fmt: skip
+
+
+def _aliases(s: Table, name: str) -> tuple[str, ...]:
+    """The aliases a request can select `name` by, each once. pcapdaemon
+    loaded any string and matched a request's to it exactly, so its configs
+    load: an alias no request may name (ALIAS_RULE: "", "public facing") is a
+    warning and left out, so nothing offers it (the correlator's form, the
+    heartbeat); one given twice is kept once (pcapdaemon captured twice).
+    Control characters stay errors, as a NUL is in every config string: no
+    alias holds one on purpose, and a terminal or log acts on them."""
+    kept: dict[str, int] = {}
+    for index, alias in enumerate(s.str_list("alias")):
+        key, shown = f"alias[{index}]", repr(alias[:40])
+        problem = text_problem(alias)
+        if problem is not None:
+            s.error(key, f"{shown} {problem}")
+        elif alias in kept:
+            first = f"alias[{kept[alias]}]"
+            s.warn(
+                key,
+                f"{shown} is already an alias of {name!r} ({first}); a request naming "
+                "it captures there once",
+            )
+        elif not is_alias(alias):
+            why = f"a request's alias is {ALIAS_RULE}"
+            s.warn(
+                key,
+                f"no request can select {name!r} by {shown} ({why}); ignored, "
+                f"{name!r} is still selected by its name",
+            )
+        else:
+            kept[alias] = index
+    return tuple(kept)
 
 
 def bpf_compile_problem(bpf: str) -> str | None:
