@@ -42,7 +42,8 @@ def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
             problems.extend(exc.errors)
     unknown = sorted(set(config.agents) - known.keys())
     names = ", ".join(known)
-    problems.extend(f"agents.{name}: unknown agent ({names})" for name in unknown)
+    # Quoted: a TOML key may hold any text, a newline too.
+    problems.extend(f"agents: unknown agent {name!r} ({names})" for name in unknown)
     return problems, warnings
 
 

@@ -193,7 +193,19 @@ def test_agent_sections_are_checked_by_their_agents(tmp_path: Path) -> None:
         f"{path}: error: agents.dnstap.ttl_grace: must be at least 1 and at most 2147483647, "
         "got -1",
         f"{path}: error: agents.flow.rules[0].src: unknown network 'nope'",
-        f"{path}: error: agents.foo: unknown agent (dnstap, flow, dnswire)",
+        f"{path}: error: agents: unknown agent 'foo' (dnstap, flow, dnswire)",
+    ]
+
+
+def test_an_unknown_agent_is_named_quoted_on_its_one_line(tmp_path: Path) -> None:
+    """A TOML key may hold any text: printed bare, a newline in it would
+    start a line of its own that reads as another message."""
+    assert refused(
+        tmp_path,
+        '[general]\nwritelocal = true\n[agents."x\\nerror: forged"]\n[agents." "]\n',
+    ) == [
+        r"agents: unknown agent ' ' (dnstap, flow, dnswire)",
+        r"agents: unknown agent 'x\nerror: forged' (dnstap, flow, dnswire)",
     ]
 
 
