@@ -32,7 +32,7 @@ from uploaders.base import Artifact, Location, Uploader, UploadObserver, ignore_
 from uploaders.deadline import NOT_ATTEMPTED, NotAttempted
 from uploaders.drain import OnDelivered, hand_over
 from uploaders.retry import RetryPolicy
-from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry, SpoolError
+from uploaders.spool import Spool, SpoolEntry, SpoolError, join_errors
 
 if TYPE_CHECKING:
     pass
@@ -166,7 +166,7 @@ class Deliverer:
         # The one list of where it is so far; shutdown reads it (under the lock).
         locations = flight.locations
         copies: list[tuple[Uploader, Location]] = []
-        errors: list[str] = []
+        failures: dict[str, str] = {}  # sink -> why it failed (or was not tried)
         failed_remote: list[str] = []
         skipped: list[str] = []  # remote sinks not tried at all: shutdown
         spool_error: str | None = None
@@ -185,13 +185,13 @@ class Deliverer:
                         f"{uploader.name}:{artifact.filename}",
                     )
                 except NotAttempted as exc:  # no upload, so no failed one: said once, below
-                    errors.append(f"{uploader.name}: {exc}")
+                    failures[uploader.name] = str(exc)
                     failed_remote.append(uploader.name)
                     skipped.append(uploader.name)
                     continue
                 except Exception as exc:  # any failure: spool it, never lose the capture
                     self.observe(uploader.name, "failed", time.monotonic() - began)
-                    errors.append(f"{uploader.name}: {exc}")
+                    failures[uploader.name] = str(exc)
                     logs.event(
                         log, "upload_failed", logging.WARNING, sink=uploader.name,
                         file=artifact.filename, error=str(exc),
@@ -204,21 +204,22 @@ class Deliverer:
                     locations[location.kind] = location.url
                 copies.append((uploader, location))
             ahead, then = self._finished(flight)
-            spool_id = self._settle_ahead(ahead, failed_remote, locations, errors, event, then)
+            spool_id = self._settle_ahead(ahead, failed_remote, locations, failures, event, then)
         finally:
             self._finished(flight)
             if own:
                 self.release(flight)
-        if not errors:
+        if not failures:
             outcome = DeliveryOutcome("ok", dict(locations))
         else:
+            error = join_errors(failures)
             if spool_id is not None:
                 # In the spool (its `spooled` line names the sinks pending):
                 # written ahead, or by shutdown after a write-ahead found no room.
                 status = "spooled"
             else:
                 if failed_remote and spool_error is not None:
-                    errors.append(f"not spooled: {spool_error}")
+                    error += f"; not spooled: {spool_error}"
                 if skipped:
                     logs.event(
                         log, "upload_skipped", logging.WARNING, file=artifact.filename,
@@ -226,7 +227,7 @@ class Deliverer:
                     )  # fmt: skip
                 # Stored somewhere, not everywhere, and not spooled: or nowhere.
                 status = "partial" if locations else "failed"
-            outcome = DeliveryOutcome(status, dict(locations), "; ".join(errors), spool_id)
+            outcome = DeliveryOutcome(status, dict(locations), error, spool_id)
         if event is not None:
             self._stored(copies, outcome.apply(event))
         return outcome
@@ -279,7 +280,7 @@ class Deliverer:
                 try:
                     flight.entry = self.spool.put(
                         artifact, self.remote_names, locations=flight.locations,
-                        event=event.as_dict(), error=event.error, hold=True,
+                        event=event.as_dict(), note=event.error, hold=True,
                     )  # fmt: skip
                 except SpoolError as exc:
                     return self._lost(artifact, event, str(exc)), event
@@ -323,7 +324,7 @@ class Deliverer:
             error = "write-ahead: upload under way (the process stopped before it finished)"
             try:
                 flight.entry = self.spool.put(
-                    artifact, self.remote_names, locations=locations, error=error, hold=True,
+                    artifact, self.remote_names, locations=locations, note=error, hold=True,
                     event=self._spooled(event, error, locations),
                 )  # fmt: skip
             except SpoolError as exc:
@@ -338,7 +339,7 @@ class Deliverer:
         ahead: SpoolEntry | None,
         failed_remote: list[str],
         locations: dict[str, str],
-        errors: list[str],
+        failures: Mapping[str, str],
         event: ResultEvent | None,
         then: OnDelivered | None,
     ) -> str | None:
@@ -359,10 +360,10 @@ class Deliverer:
             except OSError as exc:  # delivered all the same; the drainer resends it
                 logs.event(log, "spool_remove_failed", logging.ERROR, id=ahead.id, error=str(exc))
             return None
-        error = "; ".join(errors)
+        error = join_errors(failures)
         entry = dataclasses.replace(
             ahead, pending=tuple(failed_remote), locations=dict(locations),
-            event=self._spooled(event, error, locations), last_error=error[:MAX_ERROR_LEN],
+            event=self._spooled(event, error, locations), errors=failures, note=None,
         )  # fmt: skip
         try:
             self.spool.update(entry)

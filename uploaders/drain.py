@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
 from uploaders.base import Uploader, UploadObserver, ignore_upload
 from uploaders.deadline import NotAttempted
-from uploaders.spool import Spool, SpoolCorrupt, SpoolEntry, clip_error
+from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolCorrupt, SpoolEntry
 
 # The spool's logger: these lines were its own, and operators filter on it.
 log = logging.getLogger("pcapd.uploaders.spool")  # the drainer logs as the spool
@@ -32,6 +31,9 @@ OnDelivered = Callable[[ResultEvent, SpoolEntry], bool]
 DRAIN_JOIN_TIMEOUT = 30.0
 # The namespace of `delivered` events' ids (uuid5 over the entry id); fixed.
 DELIVERED_NAMESPACE = uuid.UUID("6f1f2b4e-4c1d-5d0e-9a51-2f6c0e2d8a11")
+# After the error of a pending sink that a counted attempt did not try (down
+# in that pass): the error is older than the entry's last attempt.
+EARLIER = " (from an earlier attempt)"
 
 
 def delivered_event(entry: SpoolEntry, locations: Mapping[str, str]) -> ResultEvent:
@@ -162,14 +164,14 @@ class SpoolDrainer:
             event(log, "spool_entry_corrupt", logging.ERROR, id=entry.id, error=str(exc))
             return False
         pending = list(entry.pending)
-        failures: dict[str, str] = {}  # by sink, this pass's
+        failures: dict[str, str] = {}  # sink -> why, this pass's
         uploaded = False
         for sink in entry.pending:
             if sink in down:
                 continue
             uploader = self.uploaders.get(sink)
             if uploader is None:
-                down[sink] = failures[sink] = f"{sink}: no such uploader configured"
+                down[sink] = failures[sink] = "no such uploader configured"
                 continue
             began = time.monotonic()
             try:
@@ -181,7 +183,7 @@ class SpoolDrainer:
                 continue
             except Exception as exc:  # any failure keeps the entry; never the drainer
                 self.observe(sink, "failed", time.monotonic() - began)
-                down[sink] = failures[sink] = f"{sink}: {exc}"
+                down[sink] = failures[sink] = str(exc)
                 continue
             self.observe(sink, "ok", time.monotonic() - began)
             uploaded = True
@@ -192,17 +194,17 @@ class SpoolDrainer:
             return True
         if not uploaded and not failures:
             return False  # nothing tried (shutdown): the entry is as it was
-        # A pending sink not tried (shutdown, down) keeps its old error; one
-        # just delivered loses it, and only a failure is an attempt.
-        by_sink = {**_sink_errors(entry.last_error, entry.pending), **failures}
-        last_error = "; ".join(by_sink[sink] for sink in pending if sink in by_sink)
+        # A pending sink not tried (shutdown, down) keeps its old error, said
+        # to be older when this pass is an attempt (a failure); one just
+        # delivered loses it (the entry keeps pending sinks' only).
+        old = {s: _earlier(why) if failures else why for s, why in entry.errors.items()}
         entry = dataclasses.replace(
             entry, pending=tuple(pending), locations=locations,
             attempts=entry.attempts + (1 if failures else 0),
-            last_error=clip_error(last_error) or None,
+            errors={**old, **failures}, note=None,
         )  # fmt: skip
         self.spool.update(entry)
-        errors.extend(f"{entry.id}: {f}" for f in failures.values())
+        errors.extend(f"{entry.id}: {sink}: {why}" for sink, why in failures.items())
         return False
 
     def _deliver(self, entry: SpoolEntry, locations: dict[str, str]) -> bool:
@@ -211,15 +213,11 @@ class SpoolDrainer:
         return hand_over(self.spool, entry, locations, self.on_delivered)
 
 
-def _sink_errors(error: str | None, sinks: Sequence[str]) -> dict[str, str]:
-    """`error` ("s3: refused; cloudshark: timed out", as the drainer and the
-    store join them) split by the sink each part names, among `sinks`; a part
-    naming none stays with the one before it, or is dropped if first."""
-    if not error or not sinks:
-        return {}
-    names = "|".join(map(re.escape, sinks))
-    parts = re.split(rf"; (?=(?:{names}): )", error)
-    return {part.partition(":")[0]: part for part in parts if part.partition(":")[0] in sinks}
+def _earlier(error: str) -> str:
+    """`error` marked EARLIER (once), the mark kept within MAX_ERROR_LEN."""
+    if error.endswith(EARLIER):
+        return error
+    return error[: MAX_ERROR_LEN - len(EARLIER)] + EARLIER
 
 
 def hand_over(
@@ -250,10 +248,8 @@ def hand_over(
         "delivered at shutdown, its result sent; said again by the next run" if sent
         else "delivered, but its result could not be published"
     )  # fmt: skip
-    spool.update(
-        dataclasses.replace(
-            entry, pending=(), locations=dict(locations), attempts=entry.attempts + 1,
-            last_error=clip_error(why),
-        )
-    )  # fmt: skip
+    kept = dataclasses.replace(
+        entry, pending=(), locations=dict(locations), attempts=entry.attempts + 1, note=why
+    )
+    spool.update(kept)
     return sent

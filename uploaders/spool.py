@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -48,7 +49,7 @@ from uploaders.base import Artifact
 
 log = logging.getLogger("pcapd.uploaders.spool")
 
-SPOOL_VERSION = 1
+SPOOL_VERSION = 2  # 1: one joined `last_error`, read as `errors` and `note`
 DATA_SUFFIX = ".cap"
 SIDECAR_SUFFIX = ".json"
 TMP_PREFIX = ".tmp-"
@@ -88,7 +89,24 @@ class SpoolEntry:
     event: Mapping[str, Any] | None = None  # the result event as published (`spooled`)
     spooled_at: float = 0.0
     attempts: int = 0
-    last_error: str | None = None
+    # Each pending sink's last error, without the "sink: " (a sink no longer
+    # pending has none); each clipped to MAX_ERROR_LEN on its own.
+    errors: Mapping[str, str] = field(default_factory=dict)
+    note: str | None = None  # the entry's own last error, no sink's (write-ahead, ...)
+
+    def __post_init__(self) -> None:
+        errors = {sink: clip(why) for sink, why in self.errors.items() if sink in self.pending}
+        object.__setattr__(self, "errors", errors)
+        object.__setattr__(self, "note", clip(self.note) if self.note else None)
+
+    @property
+    def last_error(self) -> str | None:
+        """What `pcapd spool` and the logs show: the note, then each pending
+        sink's error in order, `s3: why; cloudshark: why`; at most
+        MAX_ERROR_LEN characters a part."""
+        parts = [self.note] if self.note else []
+        parts.append(join_errors({s: self.errors[s] for s in self.pending if s in self.errors}))
+        return "; ".join(p for p in parts if p) or None
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -104,6 +122,11 @@ class SpoolEntry:
             raise ValueError("sidecar is not a JSON object")
         data.pop("version", None)
         data["pending"] = tuple(data.get("pending") or ())
+        if "errors" not in data:  # version 1: one `last_error` for them all
+            data["errors"], data["note"] = _split_v1(data.get("last_error"), data["pending"])
+        errors = data["errors"]
+        if not isinstance(errors, dict) or not all(isinstance(e, str) for e in errors.values()):
+            raise ValueError(f"sidecar: errors={errors!r} is not an object of strings")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -180,10 +203,12 @@ class Spool:
         *,
         locations: Mapping[str, str] | None = None,
         event: Mapping[str, Any] | None = None,
-        error: str | None = None,
+        errors: Mapping[str, str] | None = None,
+        note: str | None = None,
         hold: bool = False,
     ) -> SpoolEntry:
         """Store `artifact` for the sinks in `pending`; SpoolFull if it does not fit.
+        `errors`: why each sink failed (by name); `note`: the entry's own error.
 
         With `hold`, the entry is claimed (its flock taken) before its sidecar
         makes it visible, so no drainer works on it until `release(entry.id)`:
@@ -205,7 +230,8 @@ class Spool:
                 locations=dict(locations or {}),
                 event=dict(event) if event is not None else None,
                 spooled_at=time.time(),
-                last_error=clip_error(error),
+                errors=dict(errors or {}),
+                note=note,
             )
             try:
                 self._write_atomic(self.data_path(entry.id), artifact.data)
@@ -372,6 +398,28 @@ class Spool:
             os.close(fd)
 
 
-def clip_error(error: str | None) -> str | None:
+def clip(error: str) -> str:
     """An error as a sidecar keeps it: at most MAX_ERROR_LEN characters."""
-    return error[:MAX_ERROR_LEN] if error else error
+    return error[:MAX_ERROR_LEN]
+
+
+def join_errors(errors: Mapping[str, str]) -> str:
+    """Errors by sink as one line, `s3: refused; cloudshark: timed out`."""
+    return "; ".join(f"{sink}: {why}" for sink, why in errors.items())
+
+
+def _split_v1(error: str | None, sinks: Sequence[str]) -> tuple[dict[str, str], str | None]:
+    """A version 1 sidecar's `last_error` (joined, then clipped, by the
+    previous version) as (errors by sink, note): split where "; " is followed
+    by a pending sink's "name: ", as that version read it back. A part
+    before the first sink's is the note (a write-ahead entry's); a sink's
+    part cut off by the clip is lost."""
+    if not error:
+        return {}, None
+    names = "|".join(map(re.escape, sinks)) or "(?!)"
+    note, *parts = re.split(rf"(?:^|; )(?=(?:{names}): )", error)
+    errors = {}
+    for part in parts:
+        sink, _, why = part.partition(": ")
+        errors[sink] = why
+    return errors, note or None

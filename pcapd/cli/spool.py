@@ -43,7 +43,7 @@ def _list(spool: Spool, as_json: bool) -> int:
                 "id": entry.id, "file": entry.filename, "bytes": entry.size,
                 "pending": list(entry.pending), "locations": dict(entry.locations),
                 "attempts": entry.attempts, "spooled_at": entry.spooled_at,
-                "last_error": entry.last_error,
+                "last_error": entry.last_error, "errors": dict(entry.errors),
             }  # fmt: skip
             print(json.dumps(row))
         else:

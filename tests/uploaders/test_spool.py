@@ -62,7 +62,7 @@ def test_put_writes_an_entry_that_a_new_spool_reads_back(tmp_path: Path) -> None
     spool = Spool(tmp_path / "spool", 10 * MB)
     entry = spool.put(
         artifact, ["s3", "cloudshark"], locations={"local": "/cap/x.pcap"},
-        event=spooled_event(artifact.request.id), error="s3: down",
+        event=spooled_event(artifact.request.id), errors={"s3": "down"},
     )  # fmt: skip
 
     names = sorted(p.name for p in (tmp_path / "spool").iterdir())
@@ -116,8 +116,11 @@ def test_unreadable_sidecar_and_orphans(tmp_path: Path, caplog: pytest.LogCaptur
     good = spool.put(make_artifact(), ["s3"])
     (tmp_path / "00000000000000000001-bad.json").write_text("{not json")
     (tmp_path / "00000000000000000002-lost.cap").write_bytes(b"abc")
+    odd = json.loads(spool.sidecar_path(good.id).read_text()) | {"errors": {"s3": 5}}
+    (tmp_path / "00000000000000000003-odd.json").write_text(json.dumps(odd))
     assert [e.id for e in spool.list()] == [good.id]
     assert "spool_entry_unreadable id=00000000000000000001-bad" in caplog.text
+    assert "id=00000000000000000003-odd error=\"sidecar: errors={'s3': 5} is not" in caplog.text
     assert [p.name for p in spool.orphans()] == ["00000000000000000002-lost.cap"]
 
 
@@ -325,7 +328,7 @@ def test_logging_of_spooling_names_the_file(
 ) -> None:
     caplog.set_level(logging.INFO)
     artifact = make_artifact()
-    Spool(tmp_path, MB).put(artifact, ["s3"], error="s3: refused")
+    Spool(tmp_path, MB).put(artifact, ["s3"], errors={"s3": "refused"})
     assert f"file={artifact.filename}" in caplog.text and 'error="s3: refused"' in caplog.text
 
 

@@ -58,8 +58,8 @@ def test_list_and_retry(
     spool = Spool(tmp_path / "spool", 8 * MB)
     artifact = make_artifact(3000, request=make_request(reply_to="mine"))
     event = ResultEvent(id=artifact.request.id, node="node1", status="spooled", interface="lo")
-    entry = spool.put(artifact, ["s3"], event=event.as_dict(), error="s3: refused")
-    other = spool.put(make_artifact(1000), ["s3"], error="s3: refused")
+    entry = spool.put(artifact, ["s3"], event=event.as_dict(), errors={"s3": "refused"})
+    other = spool.put(make_artifact(1000), ["s3"], errors={"s3": "refused"})
 
     assert main(["list", "-c", str(config)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -71,6 +71,7 @@ def test_list_and_retry(
     assert main(["list", "--json", "-c", str(config)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["id"] for r in rows] == [entry.id, other.id] and rows[0]["bytes"] == 3000
+    assert (rows[0]["last_error"], rows[0]["errors"]) == ("s3: refused", {"s3": "refused"})
 
     client: Any = redis_srv.client()  # redis-py's pubsub/xrange are untyped
     listener = client.pubsub()
