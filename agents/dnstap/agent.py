@@ -30,6 +30,7 @@ from agents.dnstap.response import (
 )
 from agents.dnstap.server import ConnectionStats, DnstapServer
 from agents.dnstap.udp import UdpOutput
+from agents.log_limit import LogLimit
 from agents.metrics import dnstap_families, serve_agent_metrics
 from agents.redis_writer import RedisWriter, make_writer
 from agents.response_recorder import RecordStats, ResponseRecorder
@@ -41,7 +42,7 @@ from pcapd.core.redis_conn import Client
 log = logging.getLogger("pcapd.agents.dnstap")
 
 # Bad-input log lines per ERROR_LOG_WINDOW seconds before they are only
-# counted; a window of its own, so it holds with stats_interval = 0 too.
+# counted (`agents.log_limit`).
 MAX_ERROR_LOGS = 100
 ERROR_LOG_WINDOW = 60.0
 # GIL hand-over interval for the agent process. With Python's 5 ms default the
@@ -83,9 +84,7 @@ class DnstapAgent:
         self.dedup = self.responses.dedup
         self.recorder = self.responses.recorder
         self._wanted = config.message_type_numbers
-        self._clock = clock
-        self._error_logs = 0
-        self._error_window_end = clock() + ERROR_LOG_WINDOW
+        self._log_limit = LogLimit(MAX_ERROR_LOGS, ERROR_LOG_WINDOW, clock)
 
     def handle(self, payload: bytes, conn: ConnectionStats) -> None:
         stats = self.stats
@@ -109,12 +108,7 @@ class DnstapAgent:
         kind = type(exc).__name__
         self.stats.decode_errors[kind] += 1
         conn.errors += 1
-        now = self._clock()
-        if now >= self._error_window_end:
-            self._error_logs = 0
-            self._error_window_end = now + ERROR_LOG_WINDOW
-        if self._error_logs < MAX_ERROR_LOGS:
-            self._error_logs += 1
+        if self._log_limit.allow():
             event(
                 log, "dnstap_bad_message", logging.WARNING, conn=conn.id, peer=conn.peer,
                 error=kind, reason=str(exc),

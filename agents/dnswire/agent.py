@@ -33,6 +33,7 @@ from agents.dnstap.response import Response, parse_response
 from agents.dnswire import decode, export, filters, reassembly, stats
 from agents.dnswire.config import DnswireConfig
 from agents.flow.agent import handle_error_text
+from agents.log_limit import LogLimit
 from agents.redis_writer import OpBuffer, RedisWriter
 from agents.response_recorder import RecordStats, ResponseRecorder
 from pcapd.core.logs import event
@@ -52,7 +53,9 @@ BLOCK_TIMEOUT_MS = 50  # longest a captured packet waits in the kernel's ring
 FILE_OPS_PER_RESPONSE = 16
 WRITER_PATIENCE = 10.0
 TICK = 0.5  # s between checks of the export's push and stats timers
-MAX_ERROR_LOGS = 20  # bad DNS messages logged per stats interval; all are counted
+# Bad DNS messages logged per stats interval (`LogLimit.per_stats_interval`);
+# all are counted, the lines over it in `bad_logs_suppressed`.
+MAX_ERROR_LOGS = 20
 # Parsed responses kept by their bytes after the ID: a popular name's answer
 # repeats byte for byte (the resolver's cache gives the same TTLs within a
 # second) and a hit skips the parse, the recorder's filters and the key
@@ -121,7 +124,7 @@ class WireAgent:
         rate = config.sample_rate
         self._keep = 1.0 / rate if rate > 1 else 1.0
         self._random = random.random
-        self._error_logs = 0
+        self.log_limit = LogLimit.per_stats_interval(MAX_ERROR_LOGS, config.stats_interval, clock)
         self._parsed: dict[bytes, tuple[Response, Prepared | None]] = {}
         self._parsed_old: dict[bytes, tuple[Response, Prepared | None]] = {}
         self.parse_hits = 0
@@ -150,8 +153,7 @@ class WireAgent:
             except DnsFormError as exc:
                 why = stats.reason(exc)
                 self.dns_errors[why] += 1
-                if self._error_logs < MAX_ERROR_LOGS:
-                    self._error_logs += 1
+                if self.log_limit.allow():
                     event(log, "dnswire_bad_message", logging.WARNING, reason=why, error=str(exc))
                 return
             prepared = self.recorder.prepare(resp) if self.recorder is not None else None
@@ -338,7 +340,6 @@ class WireAgent:
         return Check("input", True, f"capturing, {self.captured} packets read")
 
     def log_stats(self, name: str = "dnswire_stats") -> None:
-        self._error_logs = 0
         event(log, name, **self.snapshot())
 
 

@@ -8,10 +8,16 @@ owned by the last name; the question type is not in the format, so it is
 taken as A when the set holds IPv4 addresses, else AAAA. Stats packets keep
 each sensor's `sample_rate` (DNSFlow's own reader drops it) and counters;
 sequence numbers are followed per sensor (address and port: each dnsflow
-process numbers its own packets), and a gap is counted as lost packets.
+process numbers its own packets) by `agents.dnswire.sequence`.
+
+A bad set costs only itself and the sets after it: each set's header gives
+its length, so the sets before it were read whole, but the sets after it
+start where its lengths say, and those may be what is wrong. (DNSFlow's own
+reader drops the whole packet.)
 
 Memory: one datagram at a time, plus one small entry per sensor (at most
-`MAX_SENSORS`; past that the table is cleared and counted).
+`MAX_SENSORS`, each with REORDER_WINDOW bits; past that the table is
+cleared and counted).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
+from agents.dnswire.sequence import Seen, Sequence
+from agents.log_limit import LogLimit
 from agents.redis_writer import RedisWriter, make_writer
 from agents.response_recorder import RecordStats, ResponseRecorder
 from pcapd.core.config import ConfigError, RedisConfig, load_config
@@ -40,16 +48,17 @@ from pcapd.core.logs import event, setup_agent_logging
 log = logging.getLogger("pcapd.agents.dnswire.ingest")
 
 MAX_SENSORS = 4_096
-MAX_ERROR_LOGS = 100  # bad packets logged; all are counted
+# Bad packet and bad set lines per stats interval (`LogLimit.per_stats_interval`);
+# the rest are counted in `bad_logs_suppressed`.
+MAX_ERROR_LOGS = 100
 RECV_BUFFER = 4 * 1024 * 1024  # kernel socket buffer: bursts of a busy sensor
 POLL = 0.2  # s: longest wait in recv, so a stop request is seen quickly
 FLUSH_TIMEOUT = 10.0
-_SEQ_WINDOW = 1 << 20  # a jump forward further than this is a restart, not a loss
 
 
 class BadPacket(Exception):
-    """A datagram that is not a DNSFlow v4 packet, or lies about its sizes;
-    `reason` is the counter it goes to."""
+    """A datagram that is not a DNSFlow v4 packet, or a set in one that lies
+    about its sizes; `reason` is the counter it goes to."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -58,106 +67,140 @@ class BadPacket(Exception):
 
 @dataclass(slots=True)
 class Sensor:
-    next_sequence: int = -1
+    sequence: Sequence = field(default_factory=Sequence)
     sample_rate: int = 0
     captured: int = 0
     received: int = 0
     dropped: int = 0
     ifdropped: int = 0
     packets: int = 0
-    lost: int = 0
+    reordered: int = 0
+    duplicates: int = 0
+    restarts: int = 0
+
+    @property
+    def lost(self) -> int:
+        return self.sequence.lost
 
 
 @dataclass(slots=True)
 class IngestStats:
     # datagrams = data_packets + stats_packets + bad (less short_stats: a
-    # stats packet that is short is counted in both)
+    # stats packet that is short is counted in both). The sets data packets
+    # announce = sets + bad_sets + sets_unread.
     datagrams: int = 0
     sets: int = 0
     data_packets: int = 0
     stats_packets: int = 0
     bad: Counter[str] = field(default_factory=Counter)
-    lost: int = 0  # by sequence gaps
-    restarts: int = 0  # sequence went back: a sensor restarted (or reordered)
+    bad_sets: Counter[str] = field(default_factory=Counter)
+    sets_unread: int = 0  # announced after a bad set, not read
+    lost: int = 0  # numbers skipped, less those that came late (agents.dnswire.sequence)
+    reordered: int = 0  # came late, after a higher number
+    duplicates: int = 0  # a number that had come already
+    restarts: int = 0  # a far jump: the sensor restarted its count
     sensors_cleared: int = 0
 
 
-def parse_sets(
-    packet: bytes,
-) -> tuple[int, int, list[tuple[int, bytes, bytes, list[str], list[bytes]]]]:
-    """(flags, sequence, sets) of a data packet; each set is (ip_vers,
-    client, resolver, names, addresses). Raises BadPacket."""
+@dataclass(frozen=True, slots=True)
+class DataSet:
+    ip_vers: int
+    client: bytes
+    resolver: bytes
+    names: tuple[str, ...]
+    addresses: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    flags: int
+    sequence: int
+    count: int  # sets the header announces
+    sets: tuple[DataSet, ...]  # of a data packet: those read before `bad`
+    bad: BadPacket | None = None  # why set len(sets) was refused; later ones are unread
+
+
+def parse_packet(packet: bytes) -> Packet:
+    """Raises BadPacket if the header is not DNSFlow v4's; a bad set ends the
+    sets read instead (`Packet.bad`)."""
     if len(packet) < export.HEADER.size:
         raise BadPacket("short", f"{len(packet)} bytes, shorter than the 8-byte header")
     version, count, flags, sequence = export.HEADER.unpack_from(packet, 0)
     if version != export.VERSION:
         raise BadPacket("version", f"version {version}, expected {export.VERSION}")
-    sets: list[tuple[int, bytes, bytes, list[str], list[bytes]]] = []
+    sets: list[DataSet] = []
     pos = export.HEADER.size
-    if flags & export.FLAG_STATS:
-        return flags, sequence, sets
-    for index in range(count):
-        if pos + export.SET_HEADER.size > len(packet):
-            raise BadPacket("truncated", f"set {index} header runs past the end")
-        vers, names_count, ips, ip6s, names_len, client, resolver = export.SET_HEADER.unpack_from(
-            packet, pos
-        )
-        if vers not in (4, 6):
-            raise BadPacket("ip_vers", f"set {index}: ip_vers {vers}, expected 4 or 6")
-        pos += export.SET_HEADER.size
-        names_end = pos + names_len
-        addr_end = names_end + 4 * ips + 16 * ip6s
-        if names_len % 4 or addr_end > len(packet):
-            raise BadPacket(
-                "counts", f"set {index}: names_len {names_len} and counts run past the end"
-            )
-        names: list[str] = []
-        at = pos
-        # Names end within names_len; read_name follows pointers only backwards,
-        # and sets carry none, so one is refused where it starts.
-        blob = packet[:names_end]
-        try:
-            for _ in range(names_count):
-                if at >= names_end or blob[at] >= 0xC0:
-                    raise BadPacket(
-                        "names", f"set {index}: name {len(names)} missing or compressed"
-                    )
-                name, at = read_name(blob, at)
-                names.append(name)
-        except DnsFormError as exc:
-            raise BadPacket("names", f"set {index}: names: {exc}") from None
-        if not names:
-            raise BadPacket("names", f"set {index}: no names")
-        addresses = [packet[i : i + 4] for i in range(names_end, names_end + 4 * ips, 4)]
-        base = names_end + 4 * ips
-        addresses += [packet[i : i + 16] for i in range(base, base + 16 * ip6s, 16)]
-        width = 4 if vers == 4 else 16
-        sets.append((vers, client[:width], resolver[:width], names, addresses))
-        pos = addr_end
-    return flags, sequence, sets
+    if not flags & export.FLAG_STATS:
+        for index in range(count):
+            try:
+                one, pos = _parse_set(packet, pos, index)
+            except BadPacket as exc:
+                return Packet(flags, sequence, count, tuple(sets), exc)
+            sets.append(one)
+    return Packet(flags, sequence, count, tuple(sets))
+
+
+def _parse_set(packet: bytes, pos: int, index: int) -> tuple[DataSet, int]:
+    """The set at `pos` and where the next one starts."""
+    if pos + export.SET_HEADER.size > len(packet):
+        raise BadPacket("truncated", f"set {index} header runs past the end")
+    vers, names_count, ips, ip6s, names_len, client, resolver = export.SET_HEADER.unpack_from(
+        packet, pos
+    )
+    if vers not in (4, 6):
+        raise BadPacket("ip_vers", f"set {index}: ip_vers {vers}, expected 4 or 6")
+    pos += export.SET_HEADER.size
+    names_end = pos + names_len
+    addr_end = names_end + 4 * ips + 16 * ip6s
+    if names_len % 4 or addr_end > len(packet):
+        raise BadPacket("counts", f"set {index}: names_len {names_len} and counts run past the end")
+    names: list[str] = []
+    at = pos
+    # Names end within names_len; read_name follows pointers only backwards,
+    # and sets carry none, so one is refused where it starts.
+    blob = packet[:names_end]
+    try:
+        for _ in range(names_count):
+            if at >= names_end or blob[at] >= 0xC0:
+                raise BadPacket("names", f"set {index}: name {len(names)} missing or compressed")
+            name, at = read_name(blob, at)
+            names.append(name)
+    except DnsFormError as exc:
+        raise BadPacket("names", f"set {index}: names: {exc}") from None
+    if not names:
+        raise BadPacket("names", f"set {index}: no names")
+    addresses = [packet[i : i + 4] for i in range(names_end, names_end + 4 * ips, 4)]
+    base = names_end + 4 * ips
+    addresses += [packet[i : i + 16] for i in range(base, base + 16 * ip6s, 16)]
+    width = 4 if vers == 4 else 16
+    return DataSet(vers, client[:width], resolver[:width], tuple(names), tuple(addresses)), addr_end
 
 
 class Ingest:
     """Datagrams -> ResponseRecorder. Not thread-safe."""
 
-    def __init__(self, config: DnswireConfig, writer: RedisWriter) -> None:
+    def __init__(
+        self,
+        config: DnswireConfig,
+        writer: RedisWriter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.writer = writer
         self.stats = IngestStats()
         self.record_stats = RecordStats()
         self.sensors: dict[tuple[str, int], Sensor] = {}
         self.recorder = ResponseRecorder(writer, config, stats=self.record_stats)
+        self._log_limit = LogLimit.per_stats_interval(MAX_ERROR_LOGS, config.stats_interval, clock)
 
     def handle(self, packet: bytes, peer: tuple[str, int]) -> None:
         stats = self.stats
         stats.datagrams += 1
         try:
-            flags, sequence, sets = parse_sets(packet)
+            parsed = parse_packet(packet)
         except BadPacket as exc:
             stats.bad[exc.reason] += 1
-            if sum(stats.bad.values()) <= MAX_ERROR_LOGS:
-                event(log, "dnsflow_bad_packet", logging.WARNING, peer=f"{peer[0]}:{peer[1]}",
-                      reason=exc.reason, error=str(exc))  # fmt: skip
+            self._warn("dnsflow_bad_packet", peer, reason=exc.reason, error=str(exc))
             return
         sensor = self.sensors.get(peer)
         if sensor is None:
@@ -165,9 +208,9 @@ class Ingest:
                 self.sensors.clear()
                 stats.sensors_cleared += 1
             sensor = self.sensors[peer] = Sensor()
-        self._sequence(sensor, sequence)
+        self._sequence(sensor, parsed.sequence)
         sensor.packets += 1
-        if flags & export.FLAG_STATS:
+        if parsed.flags & export.FLAG_STATS:
             stats.stats_packets += 1
             if len(packet) >= export.HEADER.size + export.STATS.size:
                 counters = export.STATS.unpack_from(packet, export.HEADER.size)
@@ -177,30 +220,46 @@ class Ingest:
                 stats.bad["short_stats"] += 1
             return
         stats.data_packets += 1
-        for _vers, client, _resolver, names, addresses in sets:
+        for one in parsed.sets:
             stats.sets += 1
+            addresses = one.addresses
             typed = tuple(
                 (TYPE_A if len(a) == 4 else TYPE_AAAA, address_text(a)) for a in addresses
             )
             qtype = TYPE_A if any(len(a) == 4 for a in addresses) or not addresses else TYPE_AAAA
-            resp = Response(names[0], qtype, 0, tuple(names), typed)
-            self.recorder.record(client, resp)
+            self.recorder.record(one.client, Response(one.names[0], qtype, 0, one.names, typed))
+        if parsed.bad is not None:
+            unread = parsed.count - len(parsed.sets) - 1
+            stats.bad_sets[parsed.bad.reason] += 1
+            stats.sets_unread += unread
+            self._warn("dnsflow_bad_set", peer, sequence=parsed.sequence, set=len(parsed.sets),
+                       reason=parsed.bad.reason, error=str(parsed.bad), kept=len(parsed.sets),
+                       unread=unread)  # fmt: skip
 
-    def _sequence(self, sensor: Sensor, sequence: int) -> None:
-        expected = sensor.next_sequence
-        sensor.next_sequence = (sequence + 1) & 0xFFFFFFFF
-        if expected < 0 or sequence == expected:
-            return
-        gap = (sequence - expected) & 0xFFFFFFFF
-        if gap < _SEQ_WINDOW:
-            sensor.lost += gap
-            self.stats.lost += gap
-        else:
-            self.stats.restarts += 1
+    def _warn(self, name: str, peer: tuple[str, int], **fields: Any) -> None:
+        if self._log_limit.allow():
+            event(log, name, logging.WARNING, peer=f"{peer[0]}:{peer[1]}", **fields)
+
+    def _sequence(self, sensor: Sensor, number: int) -> None:
+        stats = self.stats
+        lost = sensor.sequence.lost
+        seen = sensor.sequence.see(number)
+        stats.lost += sensor.sequence.lost - lost
+        if seen is Seen.LATE:
+            sensor.reordered += 1
+            stats.reordered += 1
+        elif seen is Seen.DUPLICATE:
+            sensor.duplicates += 1
+            stats.duplicates += 1
+        elif seen is Seen.RESTART:
+            sensor.restarts += 1
+            stats.restarts += 1
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = dataclasses.asdict(self.stats)
         data["bad"] = dict(self.stats.bad)
+        data["bad_sets"] = dict(self.stats.bad_sets)
+        data["bad_logs_suppressed"] = self._log_limit.suppressed  # over MAX_ERROR_LOGS a window
         data.update(dataclasses.asdict(self.record_stats))
         w = self.writer.stats
         data.update(keys_written=w.written_ops, keys_dropped=w.dropped_ops,
@@ -213,6 +272,7 @@ class Ingest:
         for (host, port), s in self.sensors.items():
             event(
                 log, "dnsflow_sensor", sensor=f"{host}:{port}", packets=s.packets, lost=s.lost,
+                reordered=s.reordered, duplicates=s.duplicates, restarts=s.restarts,
                 sample_rate=s.sample_rate, captured=s.captured, received=s.received,
                 dropped=s.dropped, ifdropped=s.ifdropped,
             )  # fmt: skip

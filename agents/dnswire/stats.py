@@ -41,6 +41,7 @@ def snapshot(agent: WireAgent) -> dict[str, Any]:
     data.update(zip(decode.COUNTER_NAMES, agent.counts, strict=True))
     data.update(zip(reassembly.COUNTER_NAMES, agent.reassembly_counts, strict=True))
     data["bad_messages"] = dict(agent.dns_errors)
+    data["bad_logs_suppressed"] = agent.log_limit.suppressed
     data["sample_rate"] = agent.config.sample_rate
     data["parse_cache_hits"] = agent.parse_hits
     data["sampled_out"] = agent.sampled_out

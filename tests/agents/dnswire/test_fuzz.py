@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 import subprocess
@@ -9,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents.dnswire import agent as wire_agent
 from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import parse_dnswire_config
 from agents.flow.packets import LINK_TYPES
+from agents.log_limit import WINDOW
 from tests.agents.dnswire import wire as w
 from tests.agents.flow import frames as f
 
@@ -61,6 +65,29 @@ def test_each_bad_message_is_counted_by_reason_and_logged(tmp_path: Path) -> Non
     assert f"bad_messages={{{expected}}}" in stats
     assert "export_sets=1" in stats  # the good one after them all
     assert "Traceback" not in done.stderr
+
+
+def test_bad_message_lines_renew_each_window_without_stats_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """stats_interval = 0 logs no stats line: the budget still renews."""
+    config = parse_dnswire_config({"read": "-", "record": False, "stats_interval": 0})
+    now = [50.0]
+    wire = WireAgent(config, None, lambda packet: None, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.dnswire")
+
+    def lines() -> int:
+        return sum("event=dnswire_bad_message" in caplog.handler.format(r) for r in caplog.records)
+
+    for _ in range(wire_agent.MAX_ERROR_LOGS + 5):
+        wire.on_message(bytes(4), bytes(4), BAD_MESSAGES["short_header"])
+    now[0] += WINDOW - 0.1
+    wire.on_message(bytes(4), bytes(4), BAD_MESSAGES["short_header"])
+    assert lines() == wire_agent.MAX_ERROR_LOGS
+    assert wire.snapshot()["bad_logs_suppressed"] == 6
+    now[0] += 0.1
+    wire.on_message(bytes(4), bytes(4), BAD_MESSAGES["short_header"])
+    assert lines() == wire_agent.MAX_ERROR_LOGS + 1
 
 
 _TAIL_RNG = random.Random(3)

@@ -1,21 +1,29 @@
 """`pcapd agent dnsflow-ingest` (a subprocess, with a real redis-server)
 against datagrams that look like DNSFlow v4 and lie: each is counted, at
-most MAX_ERROR_LOGS are logged, and a sound packet after them is recorded."""
+most MAX_ERROR_LOGS are logged per window, and a sound packet after them is
+recorded; a bad set costs only itself and the sets after it; reordered
+packets are told from lost ones and from restarts."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import re
 import signal
 import socket
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.dnswire import export
-from agents.dnswire.ingest import MAX_ERROR_LOGS, BadPacket, parse_sets
+from agents.dnswire.config import parse_dnswire_config
+from agents.dnswire.ingest import MAX_ERROR_LOGS, BadPacket, Ingest, parse_packet
+from agents.log_limit import WINDOW
+from agents.redis_writer import make_writer
 from tests.agents.dnswire import wire as w
 from tests.helpers import RedisServer, wait_for
 
@@ -57,33 +65,51 @@ def test_lying_datagrams_are_counted_and_a_sound_one_after_them_recorded(
     text = log.read_text()
     assert "Traceback" not in text
     assert 0 < text.count("event=dnsflow_bad_packet") <= MAX_ERROR_LOGS
-    done = next(line for line in text.splitlines() if "event=dnsflow_ingest_done" in line)
-    fields = dict(re.findall(r"(\w+)=(\{[^}]*\}|\S+)", done))
+    fields = _fields(text, "dnsflow_ingest_done")
     assert int(fields["datagrams"]) == len(sent)  # every one arrived and was looked at
-    assert int(fields["restarts"]) >= 2  # 5 -> 2 and 2 -> 1 went back
     bad = json.loads(fields["bad"])
     assert set(bad) <= BAD_REASONS
     # Each datagram counted once: by its reason, or as a data or stats packet.
     short_stats = bad.pop("short_stats", 0)
     counted = sum(bad.values()) + int(fields["data_packets"]) + int(fields["stats_packets"])
     assert counted == len(sent)
-    assert bad == _reasons(sent)
+    reasons, set_reasons, announced = _reference(sent)
+    assert bad == reasons
     assert short_stats == sum(_short_stats(p) for p in sent)
+    # Each set a data packet announced: recorded, refused by reason, or unread after one.
+    bad_sets = json.loads(fields["bad_sets"])
+    assert bad_sets == set_reasons and set(bad_sets) <= BAD_SET_REASONS
+    assert int(fields["sets"]) + sum(bad_sets.values()) + int(fields["sets_unread"]) == announced
 
 
-BAD_REASONS = {"short", "version", "truncated", "ip_vers", "counts", "names", "short_stats"}
+BAD_REASONS = {"short", "version", "short_stats"}
+BAD_SET_REASONS = {"truncated", "ip_vers", "counts", "names"}
 
 
-def _reasons(sent: list[bytes]) -> dict[str, int]:
-    """Why parse_sets refuses each datagram (the reference is run here, in the
-    test's process, on what was sent): the counts the agent must report."""
+def _fields(text: str, name: str) -> dict[str, str]:
+    """The key=value fields of the last `event=name` line."""
+    line = [line for line in text.splitlines() if f"event={name} " in line][-1]
+    return dict(re.findall(r"(\w+)=(\{[^}]*\}|\S+)", line))
+
+
+def _reference(sent: list[bytes]) -> tuple[dict[str, int], dict[str, int], int]:
+    """Why parse_packet refuses each datagram or one of its sets (the
+    reference is run here, in the test's process, on what was sent), and how
+    many sets the data packets announce: the counts the agent must report."""
     found: Counter[str] = Counter()
+    sets: Counter[str] = Counter()
+    announced = 0
     for packet in sent:
         try:
-            parse_sets(packet)
+            parsed = parse_packet(packet)
         except BadPacket as exc:
             found[exc.reason] += 1
-    return dict(found)
+            continue
+        if not parsed.flags & export.FLAG_STATS:
+            announced += parsed.count
+        if parsed.bad is not None:
+            sets[parsed.bad.reason] += 1
+    return dict(found), dict(sets), announced
 
 
 def _short_stats(packet: bytes) -> bool:
@@ -96,8 +122,8 @@ def _short_stats(packet: bytes) -> bool:
 
 
 def _send_hostile(port: int) -> list[bytes]:
-    """Lookalikes, a sequence that wraps and goes back, then one sound data
-    packet; returns the datagrams sent."""
+    """Lookalikes, a few sequence numbers, then one sound data packet;
+    returns the datagrams sent."""
     sent: list[bytes] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
 
@@ -116,3 +142,107 @@ def _send_hostile(port: int) -> list[bytes]:
         packer.flush()
         sock.sendto(sent[-1], ("127.0.0.1", port))
         return sent
+
+
+def _set(client: str, names: bytes, address: str) -> bytes:
+    """One IPv4 data set: `names` in wire format, padded here to a multiple of 4."""
+    names += bytes(-len(names) % 4)
+    header = export.SET_HEADER.pack(4, 1, 1, 0, len(names), ipaddress.IPv4Address(client).packed,
+                                    bytes(4))  # fmt: skip
+    return header + names + ipaddress.IPv4Address(address).packed
+
+
+def _data(sequence: int, *sets: bytes) -> bytes:
+    return export.HEADER.pack(export.VERSION, len(sets), 0, sequence) + b"".join(sets)
+
+
+def test_a_bad_set_keeps_the_sets_before_it_and_records_none_after(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    """Each set says its own length, so the sets before a bad one were read
+    whole; after it nothing can be trusted, as its lengths may be what lies."""
+    log = tmp_path / "ingest.log"
+    packet = _data(
+        7,
+        _set("10.0.0.1", WWW, "192.0.2.1"),
+        _set("10.0.0.2", WWW, "192.0.2.2"),
+        _set("10.0.0.3", b"\xc0\x0c", "192.0.2.3"),  # a compressed name: refused
+        _set("10.0.0.4", WWW, "192.0.2.4"),
+    )
+    with w.ingest_process(redis_srv.url, log, stats_interval=0) as (proc, port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(packet, ("127.0.0.1", port))
+            sock.sendto(_data(8, _set("10.0.0.5", WWW, "192.0.2.5")), ("127.0.0.1", port))
+            peer = sock.getsockname()[1]
+        wait_for(lambda: "10.0.0.5;192.0.2.5;dns" in w.keys(redis_srv.client()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    keys = w.keys(redis_srv.client())
+    assert keys["10.0.0.1;192.0.2.1;dns"] == keys["10.0.0.2;192.0.2.2;dns"] == ";www.example.test.;"
+    assert not [k for k in keys if "10.0.0.3" in k or "10.0.0.4" in k]
+    text = log.read_text()
+    assert (
+        f"event=dnsflow_bad_set peer=127.0.0.1:{peer} sequence=7 set=2 reason=names "
+        'error="set 2: name 0 missing or compressed" kept=2 unread=1'
+    ) in text
+    fields = _fields(text, "dnsflow_ingest_done")
+    assert (fields["data_packets"], fields["sets"], fields["sets_unread"]) == ("2", "3", "1")
+    assert fields["bad_sets"] == '{"names":1}' and fields["bad"] == "{}"
+
+
+def test_reordered_packets_are_neither_lost_nor_a_restart(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    top = 0xFFFFFFFF
+    order = [top - 2, top - 1, 0, top, top, 1, 2, 4, 3, 100_000, 5_000, 5_001]
+    log = tmp_path / "ingest.log"
+    with w.ingest_process(redis_srv.url, log, stats_interval=0) as (proc, port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for sequence in order:  # loopback keeps the order they are sent in
+                sock.sendto(_data(sequence), ("127.0.0.1", port))
+            sock.sendto(_data(5_002, _set("10.0.0.5", WWW, "192.0.2.5")), ("127.0.0.1", port))
+            peer = sock.getsockname()[1]
+        wait_for(lambda: "10.0.0.5;192.0.2.5;dns" in w.keys(redis_srv.client()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    text = log.read_text()
+    # top -> 0 wraps; 0 skipped `top`, which came next (late), then again (a
+    # duplicate); 3 came after 4; 99,995 numbers before 100,000 never came;
+    # 5,000 is far back: a restart, followed from there.
+    done = _fields(text, "dnsflow_ingest_done")
+    counts = {k: int(done[k]) for k in ("lost", "reordered", "duplicates", "restarts")}
+    assert counts == {"lost": 99_995, "reordered": 2, "duplicates": 1, "restarts": 1}
+    assert (
+        f"event=dnsflow_sensor sensor=127.0.0.1:{peer} packets={len(order) + 1} lost=99995 "
+        "reordered=2 duplicates=1 restarts=1 "
+    ) in text
+
+
+def test_bad_packet_lines_renew_each_window_and_the_rest_are_counted(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With stats_interval = 0 as well: the budget has a window of its own."""
+    config = parse_dnswire_config({"stats_interval": 0})
+    now = [1000.0]
+    writer = make_writer(config, redis_srv.client)
+    ingest = Ingest(config, writer, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="pcapd.agents.dnswire.ingest")
+
+    def lines(name: str) -> list[str]:
+        return [m for r in caplog.records if f"event={name} " in (m := caplog.handler.format(r))]
+
+    for _ in range(MAX_ERROR_LOGS + 30):
+        ingest.handle(b"\x03" + bytes(7), ("192.0.2.1", 5300))
+    ingest.handle(_data(1, _set("10.0.0.3", b"\xc0\x0c", "192.0.2.3")), ("192.0.2.1", 5300))
+    assert len(lines("dnsflow_bad_packet")) == MAX_ERROR_LOGS and not lines("dnsflow_bad_set")
+    now[0] += WINDOW - 0.1
+    ingest.handle(b"\x03" + bytes(7), ("192.0.2.1", 5300))
+    assert len(lines("dnsflow_bad_packet")) == MAX_ERROR_LOGS
+    now[0] += 0.1  # WINDOW after the first
+    ingest.handle(b"\x03" + bytes(7), ("192.0.2.1", 5300))
+    assert len(lines("dnsflow_bad_packet")) == MAX_ERROR_LOGS + 1
+    ingest.log_stats()
+    stats = lines("dnsflow_ingest_stats")[-1]
+    assert 'bad={"version":132}' in stats and 'bad_sets={"names":1}' in stats
+    assert " bad_logs_suppressed=32 " in stats
+    writer.stop(0)
