@@ -33,10 +33,11 @@ import json
 import logging
 import os
 import re
+import reprlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,19 +117,28 @@ class SpoolEntry:
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> SpoolEntry:
+    def from_sidecar(cls, text: str | bytes) -> tuple[SpoolEntry, dict[str, str]]:
+        """The entry a sidecar holds, and each diagnostic field dropped as
+        malformed (field -> why, DIAGNOSTICS); ValueError or TypeError when
+        what delivers it (pending, request, ...) is unreadable."""
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("sidecar is not a JSON object")
         data.pop("version", None)
-        data["pending"] = tuple(data.get("pending") or ())
-        if "errors" not in data:  # version 1: one `last_error` for them all
+        pending = data.get("pending") or []
+        if not isinstance(pending, list) or not all(isinstance(s, str) for s in pending):
+            raise ValueError(
+                f"sidecar: pending={reprlib.repr(pending)} is not a list of sink names"
+            )
+        data["pending"] = tuple(pending)
+        v1 = "errors" not in data  # version 1: one `last_error` for them all
+        if not v1:
+            data.pop("last_error", None)  # derived from `errors` and `note`
+        dropped = _drop_malformed(data)
+        if v1:
             data["errors"], data["note"] = _split_v1(data.get("last_error"), data["pending"])
-        errors = data["errors"]
-        if not isinstance(errors, dict) or not all(isinstance(e, str) for e in errors.values()):
-            raise ValueError(f"sidecar: errors={errors!r} is not an object of strings")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in known}), dropped
 
     def capture_request(self) -> CaptureRequest:
         return CaptureRequest.from_dict(self.request)
@@ -148,6 +158,8 @@ class Spool:
         self._count_lock = threading.Lock()
         self._used = 0
         self._held: dict[str, int] = {}  # entry id -> fd holding its flock (`hold=True`)
+        # (entry id, field) logged malformed: one per bad field seen, few.
+        self._dropped: set[tuple[str, str]] = set()
         self._remove_stale_tmp()
         self.refresh()
 
@@ -316,12 +328,22 @@ class Spool:
 
     def _read(self, entry_id: str) -> SpoolEntry | None:
         try:
-            return SpoolEntry.from_json(self.sidecar_path(entry_id).read_bytes())
+            entry, dropped = SpoolEntry.from_sidecar(self.sidecar_path(entry_id).read_bytes())
         except FileNotFoundError:
             return None  # delivered meanwhile by another process
         except (OSError, ValueError, TypeError) as exc:
             logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=str(exc))
             return None
+        for name, why in dropped.items():
+            # Once per entry and field: each pass reads an entry twice, and one
+            # whose sinks are all down is not rewritten (without the field).
+            if (entry_id, name) not in self._dropped:
+                self._dropped.add((entry_id, name))
+                logs.event(
+                    log, "spool_entry_field_dropped", logging.WARNING, id=entry_id,
+                    field=name, error=f"{why}; dropped, the entry drains without it",
+                )  # fmt: skip
+        return entry
 
     def depth(self) -> tuple[int, float | None]:
         """(entries waiting, when the oldest was captured: its file's mtime, or
@@ -406,6 +428,35 @@ def clip(error: str) -> str:
 def join_errors(errors: Mapping[str, str]) -> str:
     """Errors by sink as one line, `s3: refused; cloudshark: timed out`."""
     return "; ".join(f"{sink}: {why}" for sink, why in errors.items())
+
+
+def _is_text(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# The fields that only tell what befell an entry, and what each must hold.
+# One malformed (a bug's, a hand edit's) is dropped, never the entry: its
+# capture and request are intact, and a capture that was taken is never lost.
+DIAGNOSTICS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "errors": (
+        lambda v: isinstance(v, dict) and all(isinstance(why, str) for why in v.values()),
+        "an object of strings",
+    ),
+    "note": (_is_text, "a string or null"),
+    "last_error": (_is_text, "a string or null"),
+    "attempts": (lambda v: isinstance(v, int), "an integer"),
+    "spooled_at": (lambda v: isinstance(v, int | float), "a number"),
+}
+
+
+def _drop_malformed(data: dict[str, Any]) -> dict[str, str]:
+    """Remove from `data` each field DIAGNOSTICS rejects; field -> what it
+    held, `note=['x'] is not a string or null`."""
+    dropped = {}
+    for name, (valid, what) in DIAGNOSTICS.items():
+        if name in data and not valid(data[name]):
+            dropped[name] = f"{name}={reprlib.repr(data.pop(name))} is not {what}"
+    return dropped
 
 
 def _split_v1(error: str | None, sinks: Sequence[str]) -> tuple[dict[str, str], str | None]:

@@ -20,6 +20,7 @@ from pcapd.cli.common import Subparsers, UsageError, add_command
 from pcapd.core.config import Config, load_config
 from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
+from pcapd.core.logs import warnings_to_stderr
 from uploaders.drain import SpoolDrainer
 from uploaders.remote import build_remote_uploaders
 from uploaders.spool import Spool, SpoolEntry, SpoolError
@@ -114,10 +115,12 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
-        spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes)
-        if args.action == "list":
-            return _list(spool, args.json)
-        return _retry(config, spool, args.ids, not args.no_publish)
+        # An entry's lines (a sidecar field dropped, ...) name it: shown whole.
+        with warnings_to_stderr(config.general):
+            spool = Spool(config.delivery.spool_dir, config.delivery.spool_max_bytes)
+            if args.action == "list":
+                return _list(spool, args.json)
+            return _retry(config, spool, args.ids, not args.no_publish)
     except (SpoolError, ValueError) as exc:
         raise UsageError(f"error: {exc}") from None
 

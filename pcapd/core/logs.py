@@ -6,12 +6,14 @@ formatter renders the fields in the configured style.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -102,11 +104,8 @@ def setup_logging(general: GeneralConfig, syslog: SyslogConfig) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(general.log_level.upper())
-    formatter: logging.Formatter = (
-        JsonFormatter() if general.log_format == "json" else KeyValueFormatter()
-    )
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(formatter)
+    stderr.setFormatter(_formatter(general))
     root.addHandler(stderr)
     if syslog.enabled:
         if syslog.address.startswith("/") and not os.path.exists(syslog.address):
@@ -125,6 +124,26 @@ def setup_logging(general: GeneralConfig, syslog: SyslogConfig) -> None:
             JsonFormatter() if general.log_format == "json" else KeyValueFormatter(False)
         )
         root.addHandler(handler)
+
+
+def _formatter(general: GeneralConfig, with_time: bool = True) -> logging.Formatter:
+    return JsonFormatter() if general.log_format == "json" else KeyValueFormatter(with_time)
+
+
+@contextlib.contextmanager
+def warnings_to_stderr(general: GeneralConfig) -> Iterator[None]:
+    """While a command runs (`pcapd spool`), its warnings and errors on
+    stderr with their fields, in [general] log_format; without it Python
+    shows the event's name alone."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_formatter(general, with_time=False))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def setup_agent_logging(config: Config | None, level: str) -> None:

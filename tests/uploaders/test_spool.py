@@ -98,6 +98,52 @@ def test_full_spool_refuses_new_captures_and_keeps_old_ones(tmp_path: Path) -> N
     spool.check_room(100_000)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [  # shown: the entry's last error once the field is dropped
+        ("note", ["x"], "s3: refused"),
+        ("note", 5, "s3: refused"),
+        ("errors", None, "earlier"),
+        ("errors", {"s3": 5}, "earlier"),
+        ("errors", ["s3"], "earlier"),
+        ("last_error", 5, None),  # a version 1 sidecar's
+        ("attempts", "3", "earlier; s3: refused"),
+        ("spooled_at", "yesterday", "earlier; s3: refused"),
+    ],
+)
+def test_a_malformed_diagnostic_field_is_dropped_and_the_entry_drains(
+    tmp_path: Path,
+    moto_s3: MotoS3,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+    value: object,
+    shown: str | None,
+) -> None:
+    """Only what befell the entry is bad, its capture and request are whole:
+    the field is dropped with one warning, the entry listed and delivered."""
+    spool = Spool(tmp_path / "spool", MB)
+    entry = spool.put(make_artifact(), ["s3"], errors={"s3": "refused"}, note="earlier")
+    path = spool.sidecar_path(entry.id)
+    sidecar = json.loads(path.read_text())
+    if field == "last_error":  # as the previous version wrote it
+        del sidecar["errors"], sidecar["note"]
+    path.write_text(json.dumps(sidecar | {field: value}))
+    [listed] = spool.list()
+    assert (listed.id, listed.last_error, listed.attempts) == (entry.id, shown, 0)
+    assert listed.spooled_at == (0.0 if field == "spooled_at" else entry.spooled_at)
+    bucket = "caps-" + entry.id[-8:]
+    drainer = SpoolDrainer(spool, [S3Uploader(moto_s3.s3_config(bucket))], lambda e, h: True, 60)
+    assert drainer.drain_once().remaining == (entry.id,)  # no bucket yet: an attempt
+    kept = spool.get(entry.id)
+    assert kept is not None and kept.attempts == 1 and field not in kept.errors
+    assert kept.last_error is not None and kept.last_error.startswith("s3: s3://caps-")
+    moto_s3.client().create_bucket(Bucket=bucket)
+    assert drainer.drain_once().delivered == (entry.id,) and spool.list() == []
+    warned = f"spool_entry_field_dropped id={entry.id} field={field} error="
+    assert caplog.text.count(warned) == 1, caplog.text  # read thrice before it was rewritten
+    assert f"{field}={value!r} is not " in caplog.text
+
+
 def test_corrupt_entry_is_kept_and_reported(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 10 * MB)
     entry = spool.put(make_artifact(5000), ["s3"])
@@ -116,11 +162,11 @@ def test_unreadable_sidecar_and_orphans(tmp_path: Path, caplog: pytest.LogCaptur
     good = spool.put(make_artifact(), ["s3"])
     (tmp_path / "00000000000000000001-bad.json").write_text("{not json")
     (tmp_path / "00000000000000000002-lost.cap").write_bytes(b"abc")
-    odd = json.loads(spool.sidecar_path(good.id).read_text()) | {"errors": {"s3": 5}}
+    odd = json.loads(spool.sidecar_path(good.id).read_text()) | {"pending": [1, 2]}
     (tmp_path / "00000000000000000003-odd.json").write_text(json.dumps(odd))
     assert [e.id for e in spool.list()] == [good.id]
     assert "spool_entry_unreadable id=00000000000000000001-bad" in caplog.text
-    assert "id=00000000000000000003-odd error=\"sidecar: errors={'s3': 5} is not" in caplog.text
+    assert 'id=00000000000000000003-odd error="sidecar: pending=[1, 2] is not a list' in caplog.text
     assert [p.name for p in spool.orphans()] == ["00000000000000000002-lost.cap"]
 
 

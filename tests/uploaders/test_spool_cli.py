@@ -108,6 +108,26 @@ def test_retry_that_fails_keeps_the_entry_and_says_why(
     assert left is not None and left.attempts == 1
 
 
+def test_list_shows_an_entry_whose_note_is_malformed_and_says_why(
+    tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A note that is no string (a hand edit) is dropped: the entry is
+    listed, with one warning on stderr naming it and the field."""
+    config = write_config(tmp_path, moto_s3.endpoint, "b", 1)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    entry = spool.put(make_artifact(), ["s3"], errors={"s3": "refused"})
+    path = spool.sidecar_path(entry.id)
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"note": ["x"]}))
+    assert main(["list", "-c", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert f"{entry.id}  age=" in captured.out and "last_error=s3: refused" in captured.out
+    warning = (
+        f"level=warning event=spool_entry_field_dropped id={entry.id} field=note "
+        "error=\"note=['x'] is not a string or null; dropped, the entry drains without it\""
+    )
+    assert captured.err.splitlines() == [warning]
+
+
 def test_bad_invocations(
     tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
 ) -> None:
