@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -160,3 +161,28 @@ def test_a_sink_skipped_as_down_says_its_error_is_from_an_earlier_attempt(
     again = spool.get(newer.id)
     assert again is not None and again.last_error is not None
     assert again.last_error.startswith(earlier + "; cloudshark: ") and again.attempts == 3
+
+
+def test_a_failed_pass_clears_the_write_ahead_note(tmp_path: Path) -> None:
+    """A write-ahead entry's note is no error once a sink has failed on it:
+    the last error then is the sink's only."""
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    entry = spool.put(make_artifact(), ["s3"], note="write-ahead: upload under way")
+    assert drainer_for(spool).drain_once().remaining == (entry.id,)  # no s3 configured
+    kept = spool.get(entry.id)
+    assert kept is not None and kept.last_error == "s3: no such uploader configured"
+    assert json.loads(spool.sidecar_path(entry.id).read_text())["note"] is None
+
+
+def test_an_error_marked_as_earlier_keeps_the_mark_within_the_bound(tmp_path: Path) -> None:
+    """S3 fails on the older entry, so the newer one's S3 is down in that
+    pass while its CloudShark fails: S3's old error, as long as allowed,
+    loses its tail to the mark, not the mark."""
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    older = spool.put(make_artifact(), ["s3"])
+    newer = spool.put(make_artifact(), ["s3", "cloudshark"], errors={"s3": "x" * MAX_ERROR_LEN})
+    assert drainer_for(spool).drain_once().remaining == (older.id, newer.id)  # none configured
+    kept = spool.get(newer.id)
+    assert kept is not None and kept.attempts == 1
+    assert kept.errors["s3"].endswith("x (from an earlier attempt)")
+    assert len(kept.errors["s3"]) == MAX_ERROR_LEN
