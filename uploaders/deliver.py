@@ -204,7 +204,10 @@ class Deliverer:
                     locations[location.kind] = location.url
                 copies.append((uploader, location))
             ahead, then = self._finished(flight)
-            spool_id = self._settle_ahead(ahead, failed_remote, locations, failures, event, then)
+            error = join_errors(failures)
+            spool_id = self._settle_ahead(
+                ahead, failed_remote, locations, failures, error, event, then
+            )
         finally:
             self._finished(flight)
             if own:
@@ -212,7 +215,6 @@ class Deliverer:
         if not failures:
             outcome = DeliveryOutcome("ok", dict(locations))
         else:
-            error = join_errors(failures)
             if spool_id is not None:
                 # In the spool (its `spooled` line names the sinks pending):
                 # written ahead, or by shutdown after a write-ahead found no room.
@@ -340,6 +342,7 @@ class Deliverer:
         failed_remote: list[str],
         locations: dict[str, str],
         failures: Mapping[str, str],
+        error: str,
         event: ResultEvent | None,
         then: OnDelivered | None,
     ) -> str | None:
@@ -360,10 +363,12 @@ class Deliverer:
             except OSError as exc:  # delivered all the same; the drainer resends it
                 logs.event(log, "spool_remove_failed", logging.ERROR, id=ahead.id, error=str(exc))
             return None
-        error = join_errors(failures)
+        # A failed local sink is never pending: its error is the note, so the
+        # entry's last error reads as `error`, the result's, until the drainer's.
+        local = join_errors({s: why for s, why in failures.items() if s not in failed_remote})
         entry = dataclasses.replace(
             ahead, pending=tuple(failed_remote), locations=dict(locations),
-            event=self._spooled(event, error, locations), errors=failures, note=None,
+            event=self._spooled(event, error, locations), errors=failures, note=local or None,
         )  # fmt: skip
         try:
             self.spool.update(entry)

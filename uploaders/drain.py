@@ -128,7 +128,7 @@ class SpoolDrainer:
         delivered: list[str] = []
         remaining: list[str] = []
         errors: list[str] = []
-        down: dict[str, str] = {}  # sink -> why it failed in this pass
+        down: set[str] = set()  # sinks that failed (or were not tried) in this pass
         with self._pass_lock:
             self.spool.refresh()  # here, off any caller's lock
             for listed in self.spool.list():
@@ -141,7 +141,7 @@ class SpoolDrainer:
                 (delivered if done else remaining).append(listed.id)
         return DrainReport(tuple(delivered), tuple(remaining), tuple(errors))
 
-    def _drain_entry(self, entry_id: str, down: dict[str, str], errors: list[str]) -> bool:
+    def _drain_entry(self, entry_id: str, down: set[str], errors: list[str]) -> bool:
         with self.spool.claim(entry_id) as held:
             entry = self.spool.get(entry_id) if held else None
             if entry is None:
@@ -154,7 +154,7 @@ class SpoolDrainer:
             return self._deliver(entry, locations)
 
     def _upload(
-        self, entry: SpoolEntry, locations: dict[str, str], down: dict[str, str], errors: list[str]
+        self, entry: SpoolEntry, locations: dict[str, str], down: set[str], errors: list[str]
     ) -> bool:
         """Try each pending sink once, adding to `locations`; True once none is pending."""
         try:
@@ -171,19 +171,21 @@ class SpoolDrainer:
                 continue
             uploader = self.uploaders.get(sink)
             if uploader is None:
-                down[sink] = failures[sink] = "no such uploader configured"
+                down.add(sink)
+                failures[sink] = "no such uploader configured"
                 continue
             began = time.monotonic()
             try:
                 location = uploader.upload(artifact)
-            except NotAttempted as exc:
+            except NotAttempted:
                 # Shutdown came first: no upload, so no failed one (as in
                 # deliver), and the entry keeps its last real error.
-                down[sink] = f"{sink}: {exc}"
+                down.add(sink)
                 continue
             except Exception as exc:  # any failure keeps the entry; never the drainer
                 self.observe(sink, "failed", time.monotonic() - began)
-                down[sink] = failures[sink] = str(exc)
+                down.add(sink)
+                failures[sink] = str(exc)
                 continue
             self.observe(sink, "ok", time.monotonic() - began)
             uploaded = True

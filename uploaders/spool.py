@@ -114,6 +114,7 @@ class SpoolEntry:
         data["pending"] = list(self.pending)
         data["locations"] = dict(self.locations)
         data["version"] = SPOOL_VERSION
+        data["last_error"] = self.last_error  # what version 1 reads, after a rollback
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
@@ -461,10 +462,12 @@ def _drop_malformed(data: dict[str, Any]) -> dict[str, str]:
 
 def _split_v1(error: str | None, sinks: Sequence[str]) -> tuple[dict[str, str], str | None]:
     """A version 1 sidecar's `last_error` (joined, then clipped, by the
-    previous version) as (errors by sink, note): split where "; " is followed
-    by a pending sink's "name: ", as that version read it back. A part
-    before the first sink's is the note (a write-ahead entry's); a sink's
-    part cut off by the clip is lost."""
+    previous version) as (errors by sink, note): cut at the start and at each
+    "; " that a pending sink's "name: " follows (where that version cut it
+    too), each part keyed by that name. The text before the first sink's part
+    is the note (a write-ahead entry's, or a local sink's error): also a first
+    part like "s3:x", which that version took for S3's. A sink's part cut off
+    by the clip is lost."""
     if not error:
         return {}, None
     names = "|".join(map(re.escape, sinks)) or "(?!)"

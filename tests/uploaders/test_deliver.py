@@ -173,6 +173,17 @@ def test_local_failure_is_partial_and_remote_copies_are_listed(
     assert outcome.error == "local: local refused"
 
 
+def test_a_spooled_entry_names_a_failed_local_sink_as_the_result_does(tmp_path: Path) -> None:
+    """The local sink is never pending, but its failure stays in the entry's
+    last error (`pcapd spool list`) beside S3's, as in the result."""
+    spool = Spool(tmp_path, MB)
+    sinks: list[Uploader] = [Failing("local", False), Failing("s3", True)]
+    outcome = Deliverer(sinks, fast_retry(1), spool).deliver(make_artifact())
+    [entry] = spool.list()
+    assert outcome.status == "spooled" and entry.pending == ("s3",)
+    assert entry.last_error == outcome.error == "local: local refused; s3: s3 refused"
+
+
 def test_unexpected_exceptions_still_spool(tmp_path: Path) -> None:
     class Buggy(Sink):
         name = "s3"

@@ -149,7 +149,9 @@ def test_a_v1_entry_drains_each_sink_keeping_its_own_error(
         ("cloudshark",), "cloudshark: HTTP 503: busy", 0,
     )  # fmt: skip
     sidecar = json.loads(spool.sidecar_path(ENTRY_ID).read_text())
-    assert sidecar["errors"] == {"cloudshark": "HTTP 503: busy"} and "last_error" not in sidecar
+    # `last_error` as well, for a previous version run after this one.
+    assert sidecar["errors"] == {"cloudshark": "HTTP 503: busy"}
+    assert (sidecar["version"], sidecar["last_error"]) == (2, "cloudshark: HTTP 503: busy")
     abandon.clear()
     assert drainer.drain_once().delivered == (ENTRY_ID,)
     [result] = delivered
