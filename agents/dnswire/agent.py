@@ -59,15 +59,21 @@ MAX_ERROR_LOGS = 20
 # Parsed responses kept by their bytes after the ID: a popular name's answer
 # repeats byte for byte (the resolver's cache gives the same TTLs within a
 # second) and a hit skips the parse, the recorder's filters and the key
-# building (`ResponseRecorder.prepare`, kept beside the parse), half of a
-# response's cost (see docs/performance.md). Two generations of at most
+# building (`ResponseRecorder.prepare`, kept beside the parse) and the export
+# set's names and addresses (`export.SetBody`), half of a response's cost
+# (see docs/performance.md). Two generations of at most
 # PARSE_CACHE_ENTRIES each: when the new one fills it becomes the old one,
 # and a hit there moves back, so the popular answers survive the turnover.
 # Messages over PARSE_CACHE_MAX_MESSAGE bytes are not kept. Worst case
-# ~ 2 x PARSE_CACHE_ENTRIES x 2 KiB (message, names as text, key suffixes);
-# ~ 2 x 300 bytes typical.
+# ~ 2 x PARSE_CACHE_ENTRIES x 2.5 KiB (message, names as text, key suffixes,
+# the export set); ~ 2 x 350 bytes typical.
 PARSE_CACHE_ENTRIES = 32_768
 PARSE_CACHE_MAX_MESSAGE = 512
+
+
+# A message's parse, the recorder's verdict on it (None: not recording) and
+# the export set it makes (None: not exported, or not exporting).
+Parsed = tuple[Response, Prepared | None, export.SetBody | None]
 
 
 class AgentError(Exception):
@@ -125,8 +131,8 @@ class WireAgent:
         self._keep = 1.0 / rate if rate > 1 else 1.0
         self._random = random.random
         self.log_limit = LogLimit.per_stats_interval(MAX_ERROR_LOGS, config.stats_interval, clock)
-        self._parsed: dict[bytes, tuple[Response, Prepared | None]] = {}
-        self._parsed_old: dict[bytes, tuple[Response, Prepared | None]] = {}
+        self._parsed: dict[bytes, Parsed] = {}
+        self._parsed_old: dict[bytes, Parsed] = {}
         self.parse_hits = 0
         self._handle: Any = None
         self._callback: decode.Handler | None = None
@@ -146,7 +152,7 @@ class WireAgent:
                 self._remember(key, parsed)
         if parsed is not None:
             self.parse_hits += 1
-            resp, prepared = parsed
+            resp, prepared, body = parsed
         else:
             try:
                 resp = parse_response(message)
@@ -157,17 +163,22 @@ class WireAgent:
                     event(log, "dnswire_bad_message", logging.WARNING, reason=why, error=str(exc))
                 return
             prepared = self.recorder.prepare(resp) if self.recorder is not None else None
+            body = (
+                export.body_of(resp)
+                if self.packer is not None and export.exportable(message, resp)
+                else None
+            )
             if len(message) <= PARSE_CACHE_MAX_MESSAGE:
-                self._remember(key, (resp, prepared))
+                self._remember(key, (resp, prepared, body))
         if self.recorder is not None:
             self.recorder.record(client, resp, prepared)
         if self.packer is not None:
-            if export.exportable(message, resp):
-                self.packer.add(client, resolver, resp)
+            if body is not None:
+                self.packer.add_body(client, resolver, body)
             else:
                 self.not_exported += 1
 
-    def _remember(self, key: bytes, parsed: tuple[Response, Prepared | None]) -> None:
+    def _remember(self, key: bytes, parsed: Parsed) -> None:
         if len(self._parsed) >= PARSE_CACHE_ENTRIES:
             self._parsed_old = self._parsed
             self._parsed = {}

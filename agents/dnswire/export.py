@@ -107,6 +107,41 @@ class ExportStats:
 Send = Callable[[bytes], None]
 
 
+@dataclass(frozen=True, slots=True)
+class SetBody:
+    """What a data set carries for any client: its counts and every byte
+    after its header (names, padding, addresses). agents.dnswire keeps one
+    beside each cached parse, so a repeated answer is packed without
+    building its names and addresses again."""
+
+    names: int
+    ip4: int
+    ip6: int
+    names_len: int  # the names with their padding
+    tail: bytes
+
+
+def set_body(names: Sequence[bytes], ip4: Sequence[bytes], ip6: Sequence[bytes]) -> SetBody:
+    blob = b"".join(names)
+    pad = _PAD[len(blob) % 4]
+    return SetBody(len(names), len(ip4), len(ip6), len(blob) + len(pad),
+                   b"".join((blob, pad, *ip4, *ip6)))  # fmt: skip
+
+
+def body_of(resp: Response) -> SetBody:
+    """The set `resp` exports: its chain and the addresses owned by its end,
+    at most `MAX_COUNT` of each."""
+    names = [name_wire(n) for n in resp.chain[:MAX_COUNT]]
+    ip4 = []
+    ip6 = []
+    for rtype, address in resp.addresses:
+        if rtype == TYPE_A:
+            ip4.append(socket.inet_aton(address))
+        else:
+            ip6.append(socket.inet_pton(socket.AF_INET6, address))
+    return set_body(names, ip4[:MAX_COUNT], ip6[:MAX_COUNT])
+
+
 class Packer:
     """Builds v4 packets and hands each finished one to `send`."""
 
@@ -124,17 +159,6 @@ class Packer:
         self._sets = 0
         self.last_send = clock()
 
-    def add(self, client: bytes, resolver: bytes, resp: Response) -> None:
-        names = [name_wire(n) for n in resp.chain[:MAX_COUNT]]
-        ip4 = []
-        ip6 = []
-        for rtype, address in resp.addresses:
-            if rtype == TYPE_A:
-                ip4.append(socket.inet_aton(address))
-            else:
-                ip6.append(socket.inet_pton(socket.AF_INET6, address))
-        self.add_set(client, resolver, names, ip4[:MAX_COUNT], ip6[:MAX_COUNT])
-
     def add_set(
         self,
         client: bytes,
@@ -143,29 +167,27 @@ class Packer:
         ip4: Sequence[bytes],
         ip6: Sequence[bytes],
     ) -> None:
-        blob = b"".join(names)
-        names_len = len(blob) + len(_PAD[len(blob) % 4])
-        size = SET_HEADER.size + names_len + 4 * len(ip4) + 16 * len(ip6)
+        self.add_body(client, resolver, set_body(names, ip4, ip6))
+
+    def add_body(self, client: bytes, resolver: bytes, body: SetBody) -> None:
+        """One set: `body` for this client and resolver."""
+        size = SET_HEADER.size + len(body.tail)
         if HEADER.size + size > MAX_SIZE:
             self.stats.too_large += 1
             return
-        if self._buf and len(self._buf) + size > MAX_SIZE:
+        buf = self._buf
+        if buf and len(buf) + size > MAX_SIZE:
             self.flush()
-        if not self._buf:
-            self._buf += bytes(HEADER.size)
-        self._buf += SET_HEADER.pack(
-            4 if len(client) == 4 else 6, len(names), len(ip4), len(ip6), names_len,
+        if not buf:
+            buf += bytes(HEADER.size)
+        buf += SET_HEADER.pack(
+            4 if len(client) == 4 else 6, body.names, body.ip4, body.ip6, body.names_len,
             client, resolver,
         )  # fmt: skip
-        self._buf += blob
-        self._buf += _PAD[len(blob) % 4]
-        for address in ip4:
-            self._buf += address
-        for address in ip6:
-            self._buf += address
+        buf += body.tail
         self._sets += 1
         self.stats.sets += 1
-        if len(self._buf) >= TARGET_SIZE or self._sets == MAX_SETS:
+        if len(buf) >= TARGET_SIZE or self._sets == MAX_SETS:
             self.flush()
 
     def flush(self) -> None:

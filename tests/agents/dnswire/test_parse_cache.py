@@ -75,23 +75,27 @@ def traffic(seed: int, n: int = 3000) -> Traffic:
     return out
 
 
-def run(url: str, packets: Traffic) -> tuple[dict[str, str], dict[str, Any], WireAgent]:
+def run(
+    url: str, packets: Traffic
+) -> tuple[dict[str, str], dict[str, Any], WireAgent, list[bytes]]:
+    """The key space, the counters, the agent and the export packets sent."""
     redis.Redis.from_url(url).flushall()
     config = parse_dnswire_config({"read": "-", "dedup_window": 0.5})
     writer = make_writer(config, lambda: redis.Redis.from_url(url, socket_timeout=5))
     steps = itertools.count()
     clock: Callable[[], float] = lambda: next(steps) * 0.01  # noqa: E731 (same in both runs)
-    agent = WireAgent(config, writer, None, clock=clock)
+    exported: list[bytes] = []
+    agent = WireAgent(config, writer, exported.append, clock=clock)
     writer.start()
     for client, message in packets:
         agent.on_message(client, b"\x0a\x00\x00\x35", message)
-    agent.finish()  # hands what the recorder gathered to the writer
+    agent.finish()  # hands what the recorder gathered to the writer, sends the last packet
     writer.stop(30)
     stats = agent.snapshot()
     for volatile in ("parse_cache_hits", "queue_depth"):
         stats.pop(volatile)
     assert stats["keys_dropped"] == 0
-    return redis_dump(redis.Redis.from_url(url)), stats, agent
+    return redis_dump(redis.Redis.from_url(url)), stats, agent, exported
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -99,22 +103,23 @@ def test_cached_parses_record_what_parsing_each_records(
     redis_srv: RedisServer, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     packets = traffic(seed)
-    cached_keys, cached_stats, agent = run(redis_srv.url, packets)
+    cached_keys, cached_stats, agent, cached_export = run(redis_srv.url, packets)
     assert agent.parse_hits > 1500  # most answers repeat
     assert sum(agent.dns_errors.values()) > 100 and "truncated" in agent.dns_errors
     monkeypatch.setattr(wire_agent, "PARSE_CACHE_MAX_MESSAGE", -1)  # keep nothing
-    plain_keys, plain_stats, plain = run(redis_srv.url, packets)
+    plain_keys, plain_stats, plain, plain_export = run(redis_srv.url, packets)
     assert plain.parse_hits == 0
     assert cached_keys == plain_keys and len(cached_keys) > 100
+    assert cached_export == plain_export and len(cached_export) > 10  # the cached export sets
     assert cached_stats == plain_stats  # bad messages counted by reason each time
 
 
 def test_what_the_cache_holds_is_what_dnspython_reads(redis_srv: RedisServer) -> None:
-    _keys, _stats, agent = run(redis_srv.url, traffic(3))
+    _keys, _stats, agent, _exported = run(redis_srv.url, traffic(3))
     held = {**agent._parsed_old, **agent._parsed}
     good = {t[2:] for t in templates()}
     checked = 0
-    for key, (resp, _prepared) in held.items():
+    for key, (resp, _prepared, _body) in held.items():
         message = b"\x00\x00" + key
         if key not in good:
             continue  # a mutation the narrow parser accepts: dnspython may read more
@@ -129,5 +134,5 @@ def test_what_the_cache_holds_is_what_dnspython_reads(redis_srv: RedisServer) ->
 
 def test_the_cache_is_bounded(redis_srv: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wire_agent, "PARSE_CACHE_ENTRIES", 8)
-    _keys, _stats, agent = run(redis_srv.url, traffic(4, n=500))
+    _keys, _stats, agent, _exported = run(redis_srv.url, traffic(4, n=500))
     assert len(agent._parsed) <= 8 and len(agent._parsed_old) <= 8
