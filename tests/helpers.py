@@ -542,6 +542,9 @@ class ReplyCutter:
         self.port: int = self._listener.getsockname()[1]
         self.swallow = False
         self.accepted = 0
+        # Reply bytes passed on once held (at most `pass_bytes` a
+        # connection), each counted after it is written to the client.
+        self.passed = 0
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -579,10 +582,14 @@ class ReplyCutter:
         allowance = self._pass_bytes  # of the replies once held
         with contextlib.suppress(OSError):
             while data := upstream.recv(65536):
-                if held.is_set():
+                passing = held.is_set()
+                if passing:
                     data, allowance = data[:allowance], max(0, allowance - len(data))
                 if data:
                     client.sendall(data)
+                    if passing:
+                        with self._lock:
+                            self.passed += len(data)
         self._end(client, upstream)
 
     @staticmethod

@@ -20,7 +20,7 @@ from redis.crc import key_slot
 
 from agents.redis_wire import _SHA
 from agents.redis_writer import RedisWriter
-from agents.store import APPEND_SCRIPT, index_of
+from agents.store import APPEND_SCRIPT, INCR, index_of
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.redis_wire import pack_command
@@ -468,9 +468,14 @@ def test_a_round_trip_cut_partway_is_one_failure_and_not_ready(
         writer.incr("client;10.0.16.99")
         wait_for(lambda: writer.connected and writer.stats.written_ops == 1, timeout=30)
         proxy.swallow = True
-        for key in keys:
-            writer.incr(key)
+        # One extend: one window, so the six go in one round trip (six incr
+        # calls could be sealed in two windows, the second sent only after
+        # the first's socket timeout).
+        writer.extend(keys, [INCR] * len(keys))
         wait_for(lambda: admin.mget(keys) == ["6"] * 6, timeout=30)
+        # The two replies are in the writer's socket before the link breaks,
+        # not still in the proxy (then none would come, and all six go again).
+        wait_for(lambda: proxy.passed == 18, timeout=30)
         port[0] = redis_srv.port  # where the writer's next client connects
         proxy.close()
         wait_for(lambda: writer.stats.written_ops == 7 and writer.queue_depth == 0, timeout=30)
