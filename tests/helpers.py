@@ -256,6 +256,20 @@ class RedisCluster:
         proc.send_signal(sig)
         proc.wait(30)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every node stopped (SIGSTOP: its sockets accept, nothing answers)
+        for the block; then continued, and the cluster waited for whole."""
+        procs = list(self.procs.values())
+        try:
+            for proc in procs:
+                proc.send_signal(signal.SIGSTOP)
+            yield
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGCONT)
+            wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
+
     def node(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=5, decode_responses=True)
 
