@@ -26,6 +26,16 @@ log = logging.getLogger("pcapd.agents.store")
 
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 
+# Errors that are Redis's answer, not its silence (LOADING comes as redis-py's
+# BusyLoadingError, a ConnectionError).
+HEARD_ERRORS = (redis.ResponseError, redis.exceptions.BusyLoadingError)
+
+
+def answered(reply: object) -> bool:
+    """Whether `reply` came from Redis (a value or an error reply), not from
+    its silence (a connection error, a timeout, a command never sent)."""
+    return not isinstance(reply, BaseException) or isinstance(reply, HEARD_ERRORS)
+
 
 @dataclass(slots=True)
 class WriterStats:
@@ -38,6 +48,9 @@ class WriterStats:
     # Round trips (calls and their follow-up, or an idle one's follow-up)
     # that left something to send again: each counted once.
     redis_errors: int = 0
+    # Of those, the ones in which Redis answered some command "not now"
+    # (OOM, READONLY, LOADING, BUSY, CLUSTERDOWN ...), not only silence.
+    redis_not_now: int = 0
     # Counters written whose EXPIRE was refused or given up (Redis away
     # past the bound): they stand without their TTL.
     expires_lost: int = 0
@@ -68,10 +81,13 @@ class FollowUp:
     _zeroes: dict[str, float]
     _lost_logged: dict[str, float]  # event name -> when it was last logged
     _drop_log: dict[str, tuple[float, int]]
-    # The round trip's first error; None while nothing in it failed. And
-    # whether some command of it got no answer (not only a "not now").
+    # The round trip's first error (None while nothing in it failed), and
+    # whether some command of it got no answer, some got one (on a cluster:
+    # some primary answered) and some got a "not now".
     _last_error: str | None
     _no_answer: bool
+    _heard_some: bool
+    _heard_not_now: bool
     unanswered: dict[int, str] | None
 
     def _follow_up_commands(
@@ -99,6 +115,8 @@ class FollowUp:
         """A round trip starts: nothing in it failed yet."""
         self._last_error = None
         self._no_answer = False
+        self._heard_some = False
+        self._heard_not_now = False
 
     @property
     def _follow_up_left(self) -> bool:
@@ -110,9 +128,11 @@ class FollowUp:
         what the writer's retry line names, not a later one's consequence;
         that the round failed; and whether Redis was heard (an error reply,
         or a script's error text) or not (a connection error, a timeout)."""
-        # LOADING comes as a ConnectionError (redis-py's BusyLoadingError).
-        heard = isinstance(error, str | redis.ResponseError | redis.exceptions.BusyLoadingError)
+        # An error Redis answered that fails the round is a "not now": a
+        # refusal is counted by `_refused`, never noted here.
+        heard = isinstance(error, (str, *HEARD_ERRORS))
         self._no_answer = self._no_answer or not heard
+        self._heard_not_now = self._heard_not_now or heard
         if self._last_error is not None:
             return
         if isinstance(error, BaseException):
@@ -166,6 +186,7 @@ class FollowUp:
         answer or a "not now" stays for the next round trip and fails this
         one (`_note_error`). An index set's own EXPIRE is its SADD's:
         unanswered, the SADD is kept with it."""
+        self._heard_some = self._heard_some or any(map(answered, replies))
         refused: list[Exception] = []
         unindexed: list[Exception] = []
         member = ""

@@ -45,7 +45,7 @@ import hiredis
 import redis
 from redis.cluster import RedisCluster
 
-from agents.redis_follow_up import DROP_LOG_INTERVAL, FollowUp, WriterStats
+from agents.redis_follow_up import DROP_LOG_INTERVAL, FollowUp, WriterStats, answered
 from agents.redis_wire import (
     _CLIENT,
     _OK,
@@ -165,6 +165,7 @@ class BatchSender(FollowUp):
         retry: list[tuple[int, Batch]] = []
         cluster = isinstance(client, RedisCluster)
         self._begin_round()  # this round's first error is the one logged
+        self._heard_some = any(map(answered, replies))
         try:
             missing = self._count_calls(calls, replies, written, created, retry,
                                         cluster=cluster, until=sent + self.ttl)  # fmt: skip

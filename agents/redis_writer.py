@@ -147,7 +147,7 @@ class RedisWriter(WriteQueue):
         self.stats = WriterStats()
         # True while Redis answers: the last round trip (a batch and its
         # follow-up, or an idle PING) got a reply to every command, a "not
-        # now" too; on a cluster, while the last one did not fail whole
+        # now" too; on a cluster, some primary answered some command of it
         # (`unanswered` names the slots not written).
         self.connected = False
         self.failed_pings = 0  # idle PINGs unanswered (no write failed with them)
@@ -191,6 +191,8 @@ class RedisWriter(WriteQueue):
         self._drop_log: dict[str, tuple[float, int]] = {}
         self._last_error: str | None = None  # a round trip's first error
         self._no_answer = False  # some command of that round trip got no answer
+        self._heard_some = False  # and some got an answer
+        self._heard_not_now = False  # and some got a "not now"
         # Cluster only (None otherwise): hash slot -> the primary owning it now,
         # for each slot whose last write got no answer (a node down, a
         # failover); read by readiness while `connected` stays true.
@@ -337,9 +339,11 @@ class RedisWriter(WriteQueue):
     def _failed(self, backoff: BackoffTracker, *, cluster: bool) -> None:
         """A round trip that left something to send again (calls, their
         follow-up, or an idle one's follow-up): one count in `redis_errors`
-        and one line naming its first error, however much of it failed;
+        (and in `redis_not_now` if Redis answered some of it "not now") and
+        one line naming its first error, however much of it failed;
         readiness set from it (`_heard`); then the backoff waited out."""
         self.stats.redis_errors += 1
+        self.stats.redis_not_now += self._heard_not_now
         self._heard(cluster=cluster)
         wait = backoff.failed()
         event(
@@ -351,9 +355,11 @@ class RedisWriter(WriteQueue):
     def _heard(self, *, cluster: bool) -> None:
         """After a failed round trip: on one server, `connected` while Redis
         answered every command of it, and `not_now` its first error then (a
-        "not now"); a cluster's slots that answered still take writes."""
+        "not now"); on a cluster, while some primary answered (its slots
+        still take writes; readiness names the others), and not once none
+        did (every node down or deaf)."""
         if cluster:
-            self.connected, self.not_now = True, None
+            self.connected, self.not_now = self._heard_some, None
             return
         self.connected = not self._no_answer
         self.not_now = None if self._no_answer else self._last_error

@@ -256,6 +256,20 @@ class RedisCluster:
         proc.send_signal(sig)
         proc.wait(30)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every node stopped (SIGSTOP: its sockets accept, nothing answers)
+        for the block; then continued, and the cluster waited for whole."""
+        procs = list(self.procs.values())
+        try:
+            for proc in procs:
+                proc.send_signal(signal.SIGSTOP)
+            yield
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGCONT)
+            wait_for(self.ok, timeout=CLUSTER_READY_TIMEOUT, interval=0.1)
+
     def node(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=5, decode_responses=True)
 
@@ -542,6 +556,9 @@ class ReplyCutter:
         self.port: int = self._listener.getsockname()[1]
         self.swallow = False
         self.accepted = 0
+        # Reply bytes passed on once held (at most `pass_bytes` a
+        # connection), each counted after it is written to the client.
+        self.passed = 0
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -579,10 +596,14 @@ class ReplyCutter:
         allowance = self._pass_bytes  # of the replies once held
         with contextlib.suppress(OSError):
             while data := upstream.recv(65536):
-                if held.is_set():
+                passing = held.is_set()
+                if passing:
                     data, allowance = data[:allowance], max(0, allowance - len(data))
                 if data:
                     client.sendall(data)
+                    if passing:
+                        with self._lock:
+                            self.passed += len(data)
         self._end(client, upstream)
 
     @staticmethod

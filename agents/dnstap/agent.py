@@ -131,6 +131,7 @@ class DnstapAgent:
         data["queue_depth"] = self.writer.queue_depth
         data["dropped"] = w.dropped_ops
         data["redis_errors"] = w.redis_errors
+        data["redis_not_now"] = w.redis_not_now
         data["expires_lost"] = w.expires_lost
         data["index_lost"] = w.index_lost
         data["dedup_entries"] = len(self.dedup)

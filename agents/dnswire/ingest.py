@@ -263,7 +263,8 @@ class Ingest:
         data.update(dataclasses.asdict(self.record_stats))
         w = self.writer.stats
         data.update(keys_written=w.written_ops, keys_dropped=w.dropped_ops,
-                    redis_errors=w.redis_errors, expires_lost=w.expires_lost,
+                    redis_errors=w.redis_errors, redis_not_now=w.redis_not_now,
+                    expires_lost=w.expires_lost,
                     index_lost=w.index_lost, queue_depth=self.writer.queue_depth)  # fmt: skip
         return data
 

@@ -55,6 +55,7 @@ def snapshot(agent: WireAgent) -> dict[str, Any]:
             keys_written=w.written_ops,
             keys_dropped=w.dropped_ops,
             redis_errors=w.redis_errors,
+            redis_not_now=w.redis_not_now,
             expires_lost=w.expires_lost,
             index_lost=w.index_lost,
             queue_depth=agent.writer.queue_depth,

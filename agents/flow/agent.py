@@ -181,6 +181,7 @@ class FlowAgent:
             keys_written=wstats.written_ops,
             keys_dropped=wstats.dropped_ops,
             redis_errors=wstats.redis_errors,
+            redis_not_now=wstats.redis_not_now,
             expires_lost=wstats.expires_lost,
             index_lost=wstats.index_lost,
             queue_depth=self.writer.queue_depth,

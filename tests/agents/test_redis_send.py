@@ -20,13 +20,14 @@ from redis.crc import key_slot
 
 from agents.redis_wire import _SHA
 from agents.redis_writer import RedisWriter
-from agents.store import APPEND_SCRIPT, index_of
+from agents.store import APPEND_SCRIPT, INCR, index_of
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.redis_wire import pack_command
 from pcapd.core.secret import Secret
 from tests.agents.test_redis_writer_cluster import slots_of
 from tests.agents.test_store import refusals
+from tests.agents.writes import writer_metric
 from tests.helpers import (
     RedisCluster,
     RedisServer,
@@ -468,9 +469,14 @@ def test_a_round_trip_cut_partway_is_one_failure_and_not_ready(
         writer.incr("client;10.0.16.99")
         wait_for(lambda: writer.connected and writer.stats.written_ops == 1, timeout=30)
         proxy.swallow = True
-        for key in keys:
-            writer.incr(key)
+        # One extend: one window, so the six go in one round trip (six incr
+        # calls could be sealed in two windows, the second sent only after
+        # the first's socket timeout).
+        writer.extend(keys, [INCR] * len(keys))
         wait_for(lambda: admin.mget(keys) == ["6"] * 6, timeout=30)
+        # The two replies are in the writer's socket before the link breaks,
+        # not still in the proxy (then none would come, and all six go again).
+        wait_for(lambda: proxy.passed == 18, timeout=30)
         port[0] = redis_srv.port  # where the writer's next client connects
         proxy.close()
         wait_for(lambda: writer.stats.written_ops == 7 and writer.queue_depth == 0, timeout=30)
@@ -480,10 +486,14 @@ def test_a_round_trip_cut_partway_is_one_failure_and_not_ready(
         logging.getLogger("pcapd.agents.store").removeHandler(handler)
     assert ready_as_failed and not any(ready_as_failed)
     assert writer.stats.redis_errors == len(ready_as_failed)  # one count per failure
+    assert writer.stats.redis_not_now == 0  # no answer is no "not now"
     # Answered before the break: once; the rest ran, their replies lost: sent again.
     assert admin.mget(keys) == ["6", "6", "7", "7", "7", "7"]
     assert all(0 < admin.ttl(key) <= 900 for key in keys)
     admin.close()
+
+
+NOT_NOW = "pcapd_agent_redis_not_now_total"
 
 
 def _written_once_taken(writer: RedisWriter, admin: redis.Redis, let_in: Any) -> None:
@@ -494,7 +504,8 @@ def _written_once_taken(writer: RedisWriter, admin: redis.Redis, let_in: Any) ->
     try:
         writer.append(dns, "a.example.")
         writer.incr(counter)
-        wait_for(lambda: writer.stats.redis_errors >= 2, timeout=30)  # sent again, not now again
+        # Sent again, not now again: each such round trip counted once.
+        wait_for(lambda: writer_metric(writer, NOT_NOW) >= 2, timeout=30)
         assert (writer.stats.written_ops, writer.stats.dropped_ops) == (0, 0)
         assert writer.queue_depth == 2
         let_in()
@@ -502,7 +513,9 @@ def _written_once_taken(writer: RedisWriter, admin: redis.Redis, let_in: Any) ->
     finally:
         writer.stop(5)
     assert admin.mget(dns, counter) == [";a.example.;", "1"]
-    assert (writer.stats.rejected_ops, writer.stats.dropped_ops) == (0, 0)
+    stats = writer.stats
+    assert (stats.rejected_ops, stats.dropped_ops) == (0, 0)
+    assert writer_metric(writer, NOT_NOW) == stats.redis_not_now == stats.redis_errors
 
 
 def test_an_append_redis_has_no_memory_for_is_sent_again(redis_srv: RedisServer) -> None:
@@ -563,6 +576,7 @@ def test_a_round_trip_whose_follow_up_alone_fails_is_logged_once(
     failed = logged(caplog, "redis_write_failed")
     assert len(failed) == writer.stats.redis_errors >= 1
     assert [line["error"] for line in failed] == ["no answer from Redis"] * len(failed)
+    assert writer.stats.redis_not_now == 0
     assert writer.stats.expires_lost == 0 and admin.get(key) == "6"
     assert 0 < admin.ttl(key) <= 900
     admin.close()

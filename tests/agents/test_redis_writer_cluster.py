@@ -23,7 +23,7 @@ from pcapd.core.redis_conn import connect, is_cluster, send_by_slot
 from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals
-from tests.agents.writes import record_answer, record_nxdomain
+from tests.agents.writes import record_answer, record_nxdomain, writer_metric
 from tests.helpers import RedisCluster, RedisServer, keyspace, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -331,3 +331,45 @@ def test_a_command_moved_to_a_node_that_then_times_out_is_sent_there_once(
         for port in redis_cluster.ports:
             redis_cluster.node(port).cluster("SETSLOT", slot, "NODE", ids[source])
         client.close()
+
+
+CONNECTED = "pcapd_agent_redis_connected"
+
+
+@pytest.mark.timeout(120)
+def test_a_cluster_none_of_whose_nodes_answers_is_not_connected(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Every node stopped (SIGSTOP) while writes come: each round trip gets
+    no answer from any primary, so agent_redis_connected goes 0 with the
+    first failure and stays 0 however many follow, then is 1 again once the
+    nodes answer, and every write lands. (Before, a cluster round trip that
+    failed whole still set it to 1: it flapped.)"""
+    keys = [client_key(f"10.200.75.{i}") for i in range(60)]  # over the three primaries
+    writer = RedisWriter(
+        lambda: connect(RedisConfig(url=Secret(redis_cluster.url)), socket_timeout=0.3),
+        ttl=900, flush_interval=0.02,
+    )  # fmt: skip
+    writer.start()
+    seen: list[float] = []  # the gauge, sampled after the first failure while paused
+    try:
+        writer.extend(keys, [1] * len(keys))
+        wait_for(lambda: writer.stats.written_ops == 60 and writer.connected, timeout=30)
+        assert writer_metric(writer, CONNECTED) == 1
+        with redis_cluster.paused():
+            writer.extend(keys, [1] * len(keys))
+            wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+            while writer.stats.redis_errors < 3:  # failures after the first, each retried
+                seen.append(writer_metric(writer, CONNECTED))
+                time.sleep(0.01)
+            seen.append(writer_metric(writer, CONNECTED))
+        wait_for(lambda: writer.stats.written_ops == 120 and writer.queue_depth == 0, timeout=60)
+        wait_for(lambda: writer.connected, timeout=30)
+        assert writer_metric(writer, CONNECTED) == 1
+    finally:
+        writer.stop(10)
+    assert seen and set(seen) == {0}
+    assert writer.stats.dropped_ops == 0
+    with redis_cluster.client() as admin:
+        # Sent as the nodes stopped, a write may have run with its reply lost: sent again.
+        assert all(int(admin.get(key) or 0) >= 2 for key in keys)

@@ -1,11 +1,13 @@
 """Recording one answer or NXDOMAIN straight through agents.store, as the
-agents do through their recorders: for tests of the key schema and writer."""
+agents do through their recorders, and reading a writer's metrics: for
+tests of the key schema and writer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.redis_writer import OpSink
+from agents.metrics import writer_families
+from agents.redis_writer import OpSink, RedisWriter
 from agents.store import answer_writes, nxdomain_writes, record_writes
 
 
@@ -22,3 +24,11 @@ def record_answer(
 
 def record_nxdomain(writer: OpSink, client: str, qname: str) -> None:
     record_writes(writer, client, nxdomain_writes(qname))
+
+
+def writer_metric(writer: RedisWriter, name: str) -> float:
+    """The writer's sample `name` (e.g. "pcapd_agent_redis_errors_total") as
+    an agent's /metrics would say it."""
+    (value,) = [s.value for f in writer_families("dnstap", writer) for s in f.samples
+                if s.name == name]  # fmt: skip
+    return float(value)
