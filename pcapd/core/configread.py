@@ -76,6 +76,12 @@ class ConfigError(PcapdError):
         return [f"{where}error: {error}" for error in self.errors]
 
 
+def quoted(text: str, limit: int = 40) -> str:
+    """`text` quoted for a message, cut to `limit` characters with an ellipsis
+    after the quote when it is longer: never taken for the whole of it."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}\u2026"
+
+
 def toml_type(value: Any) -> str:
     """The TOML name of a value's type, for errors that must not show the value."""
     names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
@@ -205,7 +211,7 @@ class Table:
         follow (fields.is_interface_name), so none can be taken for a path by libpcap."""
         value = self.optional_str(key)
         if value is not None and not is_interface_name(value):
-            self.error(key, f"{value[:40]!r} is not an interface name ({IFACE_RULE})")
+            self.error(key, f"{quoted(value)} is not an interface name ({IFACE_RULE})")
             return None
         return value
 

@@ -322,7 +322,7 @@ HOSTILE = [
       "general.node: holds a NUL (U+0000) at character 3",
       "redis.nodes: each node must be HOST:PORT with a port in 1..65535, got '127.0.0.1:\u00b2'",
       f"interface[0].name: '../capture.pcap' {NOT_IFACE}",
-      f"interface[1].name: '{'e' * 40}' {NOT_IFACE}"]),
+      f"interface[1].name: '{'e' * 40}'\u2026 {NOT_IFACE}"]),
     ('[general]\nwritelocal = true\n'
      '[agents.dnstap]\nsocket_group = "wheel\\u0000"\n'
      '[agents.dnswire]\ninterface = "eth0/1"\nslot = "1/\u00b2"\n'

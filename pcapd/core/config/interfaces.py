@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pcapd.core.config.sections import *
-from pcapd.core.configread import Table
+from pcapd.core.configread import Table, quoted
 from pcapd.core.fields import alias_problem, bpf_problem
 
 DLT_EN10MB = 1  # Ethernet: the link type a lookback_bpf is checked against at load
@@ -66,7 +66,7 @@ def _aliases(s: Table, name: str) -> tuple[str, ...]:
     once with a warning (pcapdaemon captured twice)."""
     kept: dict[str, int] = {}
     for index, alias in enumerate(s.str_list("alias")):
-        key, shown = f"alias[{index}]", repr(alias[:40])
+        key, shown = f"alias[{index}]", quoted(alias)
         problem = alias_problem(alias)
         if problem is not None:
             s.error(key, f"{shown} {problem}")
