@@ -72,7 +72,9 @@ def default_bpf(client: str, service: str, port: int | None) -> str:
 
 
 def aliases(config: Config) -> tuple[str, ...]:
-    return config.correlator.aliases or tuple(config.aliases())
+    """What the form offers: [correlator] aliases, else the interfaces' but
+    "" (the form's blank choice is "any interface")."""
+    return config.correlator.aliases or tuple(filter(None, config.aliases()))
 
 
 def parse_form(fields: Mapping[str, str], config: Config) -> CaptureForm:
