@@ -209,6 +209,38 @@ def test_an_unknown_agent_is_named_quoted_on_its_one_line(tmp_path: Path) -> Non
     ]
 
 
+def test_keys_that_toml_quotes_are_quoted_on_their_one_line(tmp_path: Path) -> None:
+    """Unknown options and sections, [agents.*] that are no table, [security]
+    keys names: each key printed bare where TOML writes it bare, else quoted,
+    so a newline in one cannot forge a line of its own."""
+    path = write(
+        tmp_path,
+        '[general]\nwritelocal = true\n"x\\nerror: forged" = 1\n"a.b" = 2\nplain-key_1 = 3\n'
+        '["y\\nerror: sect"]\na = 1\n'
+        '[[interface]]\nname = "lo"\n"z\\nerror: k" = 2\n'
+        '[agents.dnstap]\n"v\\nerror: dnstap" = 1\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [f"{path}: warning: {line}" for line in [
+        r"interface[0].'z\nerror: k': unknown option, ignored",
+        r"general.'a.b': unknown option, ignored",
+        "general.plain-key_1: unknown option, ignored",
+        r"general.'x\nerror: forged': unknown option, ignored",
+        r"'y\nerror: sect': unknown section, ignored",
+        r"agents.dnstap.'v\nerror: dnstap': unknown option, ignored",
+    ]]  # fmt: skip
+    assert refused(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        '[security]\nkeys = {"k\\nerror: key" = "env:PCAPD_TEST_UNSET"}\n'
+        '[agents]\n"w\\nerror: agent" = 1\n',
+    ) == [
+        r"agents.'w\nerror: agent': expected a table ([agents.'w\nerror: agent'])",
+        r"security.keys.'k\nerror: key': environment variable PCAPD_TEST_UNSET is not set",
+    ]
+
+
 def test_a_secret_of_any_type_never_prints(tmp_path: Path) -> None:
     """A password written as a bare integer (or any non-string) is still a password."""
     path = write(
@@ -499,14 +531,14 @@ def _field_line() -> re.Pattern[str]:
     messages name them (`redis.port`, `interface[0].name`, `agents.flow.rules[1].src`,
     `sqs.accessid, sqs.accesskey`, `interface[0].lookback_bytes=2097152`), then
     ": ". A whole section is named alone (`agents.flow: expected a table`);
-    a key below the example's (a [security] keys name, an unknown agent's
-    name, a rule's field) may be any text."""
+    a key below the example's (a [security] keys name, an [agents.*] name, a
+    rule's field) may be any text on the line: one TOML would quote is quoted."""
     sections = sorted({s for s, _ in _example_keys()} | {"agents"}, key=len, reverse=True)
     keys = sorted({k for _, k in _example_keys()}, key=len, reverse=True)
     section = "(?:" + "|".join(map(re.escape, sections)) + r")(?:\[\d+\])?"
     key = "(?:" + "|".join(map(re.escape, keys)) + r")(?:\[\d+\])?"
     field = rf"(?:{section}(?:\.{key}(?:\..*)?)?|agents\..*)(?:=[^,:]*)?"
-    return re.compile(rf"{field}(?:, {field})*: \S", re.DOTALL)
+    return re.compile(rf"{field}(?:, {field})*: \S")
 
 
 FIELD_LINE = _field_line()
@@ -534,7 +566,9 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
 ) -> None:
     """What check-config runs (the file's sections, then each agent's), on
     values TOML can hold and command-line overrides can (lone surrogates):
-    a ConfigError whose lines name a field, or a config; never another error."""
+    a ConfigError whose lines name a field, or a config; never another error.
+    Every error and warning is one line with nothing a terminal acts on:
+    values and keys (any text) are quoted."""
     data: dict[str, Any] = {"general": {"writelocal": True}}
     for (section, key), value in changes:
         if section == "interface":  # [[interface]]: an array of tables
@@ -548,13 +582,17 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
         section, value = whole
         parent = data.setdefault("agents", {}) if section.startswith("agents.") else data
         parent[section.removeprefix("agents.")] = value
+    lines: list[str] = []
     try:
         config = parse_config(data, "node1")
-        config.serve_problems()
+        lines += [*config.warnings, *config.serve_problems()]
         for agent in load_agents():
             if agent.SECTION in config.agents:  # as check-config reads them
-                agent.check_section(dict(config.agents[agent.SECTION]))
+                lines += agent.check_section(dict(config.agents[agent.SECTION])).warnings
     except ConfigError as exc:
         assert exc.errors
         for line in exc.errors:
             assert FIELD_LINE.match(line), line
+        lines += exc.errors
+    for line in lines:
+        assert line.isprintable(), line
