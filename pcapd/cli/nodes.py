@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from pcapd.fleet import NodeState
 
 EXIT_NO_MATCH = EXIT_FAILURE
+# What the INTERFACES column is written with (, [ ] ( ) and spaces), quotes
+# and backslashes (a quoted alias is told from a bare one), or nothing at all.
+_COLUMN_CHARS = re.compile(r"[,\[\]()'\"\\\s]|^$")
 
 EPILOG = """\
 exit status: 0 listed (with --match: at least one node would capture);
@@ -40,12 +44,20 @@ def _age(seconds: float) -> str:
     return f"{max(0.0, seconds):.0f}s ago"
 
 
+def _alias_text(alias: str) -> str:
+    """`alias` as the INTERFACES column shows it: quoted (repr) when it holds
+    what the column is written with, or is empty or not printable, so that
+    "a,b" does not read as two aliases nor "a](missing)" as a status."""
+    plain = alias.isprintable() and not _COLUMN_CHARS.search(alias)
+    return alias if plain else repr(alias)
+
+
 def _interfaces_text(node: NodeState) -> str:
     parts = []
     for iface in node.interfaces:
         text = iface.name
         if iface.aliases:
-            text += f"[{','.join(iface.aliases)}]"
+            text += f"[{','.join(map(_alias_text, iface.aliases))}]"
         if iface.linktype is not None:
             text += f"/dlt{iface.linktype}"
         if iface.lookback:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ from pcapd.core.secret import Secret, resolve_secret
 # The cap on an integer read without its own maximum: what TOML itself allows.
 MAX_INT = 2**63 - 1
 MAX_PORT = 65_535
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,19 @@ class ConfigError(PcapdError):
         """One `FILE: error: ...` line per problem, as every command prints them."""
         where = f"{self.path}: " if self.path else ""
         return [f"{where}error: {error}" for error in self.errors]
+
+
+def key_name(key: str) -> str:
+    """A TOML key as a message names it: bare where TOML allows it bare, else
+    quoted. A key may hold any text, and one printed bare with a newline in
+    it would start a line of its own that reads as another message."""
+    return key if _BARE_KEY.fullmatch(key) else repr(key)
+
+
+def quoted(text: str, limit: int = 40) -> str:
+    """`text` quoted for a message, cut to `limit` characters with an ellipsis
+    after the quote when it is longer: never taken for the whole of it."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}\u2026"
 
 
 def toml_type(value: Any) -> str:
@@ -205,7 +220,7 @@ class Table:
         follow (fields.is_interface_name), so none can be taken for a path by libpcap."""
         value = self.optional_str(key)
         if value is not None and not is_interface_name(value):
-            self.error(key, f"{value[:40]!r} is not an interface name ({IFACE_RULE})")
+            self.error(key, f"{quoted(value)} is not an interface name ({IFACE_RULE})")
             return None
         return value
 
@@ -293,7 +308,9 @@ class Table:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             self.error(key, 'expected a table of name = "secret"')
             return {}
-        resolved = {name: self._resolve_secret(f"{key}.{name}", v) for name, v in value.items()}
+        resolved = {
+            name: self._resolve_secret(f"{key}.{key_name(name)}", v) for name, v in value.items()
+        }
         return {name: s for name, s in resolved.items() if s is not None}
 
     def tables(self, key: str) -> list[Table]:
@@ -310,4 +327,4 @@ class Table:
     def finish(self) -> None:
         """Warn about every key no read asked for: one policy for daemon and agents."""
         for key in sorted(set(self.table) - self.seen):
-            self.warn(key, "unknown option, ignored")
+            self.warn(key_name(key), "unknown option, ignored")

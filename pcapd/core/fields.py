@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,11 +44,16 @@ REQUEST_IFACE_RULE = "1-32 characters, not . or .., without /, whitespace or con
 _REQUEST_IFACE_RE = re.compile(_IFACE_CHARS + "{1,32}")
 # libpcap's pseudo-devices that findalldevs() lists past that rule (17 bytes).
 _PCAP_DEVICES = frozenset({"bluetooth-monitor"})
-# What a request may name as an alias ([[interface]] alias): what its
-# interface names may be. pcapdaemon matched any string exactly; none of these
-# characters is less safe in an alias than in an interface name, as both reach
-# only logs, results, CloudShark tags and the heartbeat, never a BPF or a path.
-ALIAS_RULE = REQUEST_IFACE_RULE
+# What an alias may be ([[interface]] alias, [correlator] aliases, a request's
+# alias). pcapdaemon matched any string exactly, and an alias reaches only
+# logs, results, CloudShark tags and the heartbeat, never a BPF or a path: so
+# any text, bounded, without what a terminal or log acts on or hides (control
+# and format characters: bidi overrides, zero-width; line breaks).
+ALIAS_RULE = (
+    f"text of at most {MAX_TEXT_LEN} characters, without control or format characters "
+    "or line or paragraph separators"
+)
+_HIDDEN = {"Cf": "a format character", "Zl": "a line separator", "Zp": "a paragraph separator"}
 # More digits than any bound read here (2**64 has 20): int() of a longer text
 # is refused before it runs (Python refuses over 4300 digits, a ValueError).
 MAX_DIGITS = 40
@@ -146,14 +152,28 @@ def is_interface_name(name: object) -> bool:
     return _IFACE_RE.fullmatch(name) is not None and len(name.encode()) <= MAX_IFACE_BYTES
 
 
-def is_requested_interface(name: object) -> bool:
-    """Whether a request may name `name` as an interface (REQUEST_IFACE_RULE)."""
-    return isinstance(name, str) and _REQUEST_IFACE_RE.fullmatch(name) is not None
+def requested_interface_problem(name: object) -> str | None:
+    """Why a request may not name `name` as an interface (REQUEST_IFACE_RULE), or None."""
+    if isinstance(name, str) and _REQUEST_IFACE_RE.fullmatch(name) is not None:
+        return None
+    return f"is not a valid name ({REQUEST_IFACE_RULE})"
 
 
-def is_alias(name: object) -> bool:
-    """Whether a request may name `name` as an alias (ALIAS_RULE)."""
-    return is_requested_interface(name)
+def alias_problem(alias: object) -> str | None:
+    """Why `alias` is not an alias (ALIAS_RULE), or None: the one rule for the
+    config and requests."""
+    if not isinstance(alias, str):
+        return f"is not a string ({ALIAS_RULE})"
+    if len(alias) > MAX_TEXT_LEN:
+        return f"is {len(alias)} characters; the limit is {MAX_TEXT_LEN}"
+    problem = text_problem(alias)
+    if problem is not None or alias.isprintable():  # in C; true for nearly every alias
+        return problem
+    for index, char in enumerate(alias):
+        kind = _HIDDEN.get(unicodedata.category(char))
+        if kind is not None:
+            return f"holds {kind} U+{ord(char):04X} at character {index}"
+    return None  # not printable for a space other than " " or an unassigned code point
 
 
 def whole_number(text: str, low: int, high: int, *, base: int = 10) -> int | None:
@@ -262,8 +282,9 @@ class Fields:
             raise self.fail(f"{name}: expected true or false, got {show(value)}")
         return value
 
-    def names(self, name: str, valid: Callable[[object], bool], rule: str) -> tuple[str, ...]:
-        """A list of names, each `valid`; a single string is accepted as a list of one."""
+    def names(self, name: str, problem: Callable[[object], str | None]) -> tuple[str, ...]:
+        """A list of names, each without a `problem`; a single string is
+        accepted as a list of one."""
         value = self.value(name)
         if isinstance(value, str):
             value = [value]
@@ -272,8 +293,9 @@ class Fields:
         if len(value) > MAX_INTERFACES:
             raise self.fail(f"{name}: {len(value)} names; the limit is {MAX_INTERFACES}")
         for item in value:
-            if not valid(item):
-                raise self.fail(f"{name}: {show(item)} is not a valid name ({rule})")
+            why = problem(item)
+            if why is not None:
+                raise self.fail(f"{name}: {show(item)} {why}")
         return tuple(dict.fromkeys(value))
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from agents.reader_values import ReaderError, parse_address
 from pcapd.client import fresh, is_message, publish_request, seen_events, subscribe
 from pcapd.core.config import Config
-from pcapd.core.fields import bpf_problem, is_alias, whole_number
+from pcapd.core.fields import bpf_problem, whole_number
 from pcapd.core.redis_conn import Client
 from pcapd.signing import sign
 
@@ -72,7 +72,9 @@ def default_bpf(client: str, service: str, port: int | None) -> str:
 
 
 def aliases(config: Config) -> tuple[str, ...]:
-    return config.correlator.aliases or tuple(config.aliases())
+    """What the form offers: [correlator] aliases, else the interfaces' but
+    "" (the form's blank choice is "any interface")."""
+    return config.correlator.aliases or tuple(filter(None, config.aliases()))
 
 
 def parse_form(fields: Mapping[str, str], config: Config) -> CaptureForm:
@@ -85,7 +87,7 @@ def parse_form(fields: Mapping[str, str], config: Config) -> CaptureForm:
     if node != "any" and node not in c.nodere:
         raise CaptureFormError(f"node: {node[:80]!r} is not 'any' or one of [correlator] nodere")
     alias = fields.get("alias", "") or None
-    if alias is not None and (not is_alias(alias) or alias not in aliases(config)):
+    if alias is not None and alias not in aliases(config):
         raise CaptureFormError(f"alias: {alias[:80]!r} is not a configured interface alias")
     packets = _number(fields, "packets", c.default_packets, 1, c.max_packets)
     duration = _number(fields, "duration", c.default_duration, 1, c.max_duration)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pcapd.cli import load_agents
 from pcapd.core.config import ConfigError, load_config, parse_config
-from pcapd.core.fields import ALIAS_RULE, IFACE_RULE
+from pcapd.core.fields import IFACE_RULE
 from pcapd.core.lifecycle import EXIT_CONFIG
 
 DATA = Path(__file__).parent / "data"
@@ -209,6 +209,38 @@ def test_an_unknown_agent_is_named_quoted_on_its_one_line(tmp_path: Path) -> Non
     ]
 
 
+def test_keys_that_toml_quotes_are_quoted_on_their_one_line(tmp_path: Path) -> None:
+    """Unknown options and sections, [agents.*] that are no table, [security]
+    keys names: each key printed bare where TOML writes it bare, else quoted,
+    so a newline in one cannot forge a line of its own."""
+    path = write(
+        tmp_path,
+        '[general]\nwritelocal = true\n"x\\nerror: forged" = 1\n"a.b" = 2\nplain-key_1 = 3\n'
+        '["y\\nerror: sect"]\na = 1\n'
+        '[[interface]]\nname = "lo"\n"z\\nerror: k" = 2\n'
+        '[agents.dnstap]\n"v\\nerror: dnstap" = 1\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [f"{path}: warning: {line}" for line in [
+        r"interface[0].'z\nerror: k': unknown option, ignored",
+        r"general.'a.b': unknown option, ignored",
+        "general.plain-key_1: unknown option, ignored",
+        r"general.'x\nerror: forged': unknown option, ignored",
+        r"'y\nerror: sect': unknown section, ignored",
+        r"agents.dnstap.'v\nerror: dnstap': unknown option, ignored",
+    ]]  # fmt: skip
+    assert refused(
+        tmp_path,
+        "[general]\nwritelocal = true\n"
+        '[security]\nkeys = {"k\\nerror: key" = "env:PCAPD_TEST_UNSET"}\n'
+        '[agents]\n"w\\nerror: agent" = 1\n',
+    ) == [
+        r"agents.'w\nerror: agent': expected a table ([agents.'w\nerror: agent'])",
+        r"security.keys.'k\nerror: key': environment variable PCAPD_TEST_UNSET is not set",
+    ]
+
+
 def test_a_secret_of_any_type_never_prints(tmp_path: Path) -> None:
     """A password written as a bare integer (or any non-string) is still a password."""
     path = write(
@@ -322,7 +354,7 @@ HOSTILE = [
       "general.node: holds a NUL (U+0000) at character 3",
       "redis.nodes: each node must be HOST:PORT with a port in 1..65535, got '127.0.0.1:\u00b2'",
       f"interface[0].name: '../capture.pcap' {NOT_IFACE}",
-      f"interface[1].name: '{'e' * 40}' {NOT_IFACE}"]),
+      f"interface[1].name: '{'e' * 40}'\u2026 {NOT_IFACE}"]),
     ('[general]\nwritelocal = true\n'
      '[agents.dnstap]\nsocket_group = "wheel\\u0000"\n'
      '[agents.dnswire]\ninterface = "eth0/1"\nslot = "1/\u00b2"\n'
@@ -380,32 +412,14 @@ def test_zero_padded_numbers_are_read_as_their_value(tmp_path: Path) -> None:
     assert (done.returncode, done.stderr) == (0, "")
 
 
-def unselectable(entry: str, alias: str, name: str) -> str:
-    """The warning for an [[interface]] alias that no request may name."""
-    return (
-        f"{entry}: no request can select {name!r} by {alias!r} (a request's alias is "
-        f"{ALIAS_RULE}); ignored, {name!r} is still selected by its name"
-    )
-
-
 # pcapdaemon loads any string as an alias and matches a request's exactly.
 LONG_ALIAS = "a" * 40
 ODD_ALIASES = f'["public", "public facing", "", "uplink/1", "..", "public", "{LONG_ALIAS}"]'
-ODD_WARNINGS = [
-    unselectable("interface[1].alias[1]", "public facing", "eth0"),
-    unselectable("interface[1].alias[2]", "", "eth0"),
-    unselectable("interface[1].alias[3]", "uplink/1", "eth0"),
-    unselectable("interface[1].alias[4]", "..", "eth0"),
-    "interface[1].alias[5]: 'public' is already an alias of 'eth0' (alias[0]); "
-    "a request naming it captures there once",
-    unselectable("interface[1].alias[6]", LONG_ALIAS, "eth0"),
-]
 
 
-def test_aliases_no_request_could_name_load_with_a_warning_each(tmp_path: Path) -> None:
-    """pcapdaemon loaded any alias, so its configs must too: one no request may
-    name (ALIAS_RULE) is a warning naming the entry, the interface and why; the
-    interface loads with the aliases a request can name, each once."""
+def test_any_clean_alias_loads_and_one_given_twice_is_a_warning(tmp_path: Path) -> None:
+    """pcapdaemon loaded any alias, so its configs load: each clean alias as it
+    is, without a warning; one given twice for an interface is kept once."""
     path = write(
         tmp_path,
         '[general]\nwritelocal = true\n[[interface]]\nname = "lo"\nalias = ["local"]\n'
@@ -413,19 +427,29 @@ def test_aliases_no_request_could_name_load_with_a_warning_each(tmp_path: Path) 
     )
     done = check_config(path, "--agent-only")
     assert (done.returncode, done.stdout) == (0, f"{path}: ok (node {socket.gethostname()})\n")
-    assert done.stderr.splitlines() == [f"{path}: warning: {line}" for line in ODD_WARNINGS]
+    assert done.stderr.splitlines() == [
+        f"{path}: warning: interface[1].alias[5]: 'public' is already an alias of 'eth0' "
+        "(alias[0]); a request naming it captures there once",
+    ]
     config = load_config(path)
-    assert config.aliases() == {"local": ("lo",), "public": ("eth0",)}
+    assert list(config.aliases()) == [
+        "local", "public", "public facing", "", "uplink/1", "..", LONG_ALIAS,
+    ]  # fmt: skip
 
 
-def test_control_characters_in_an_alias_stay_errors(tmp_path: Path) -> None:
+def test_an_alias_that_is_not_clean_text_is_an_error(tmp_path: Path) -> None:
+    """What a request may not name either (ALIAS_RULE): a terminal or log acts
+    on control characters and hides or reorders text on format characters."""
     assert refused(
         tmp_path,
         '[general]\nwritelocal = true\n[[interface]]\nname = "lo"\n'
-        'alias = ["local", "pub\\tlic", "x\\u001b[2J"]\n',
+        'alias = ["local", "pub\\tlic", "x\\u001b[2J", "\\u202eevil", "a\\u200b", "a\\u2028"]\n',
     ) == [
         r"interface[0].alias[1]: 'pub\tlic' holds a control character U+0009 at character 3",
         r"interface[0].alias[2]: 'x\x1b[2J' holds a control character U+001B at character 1",
+        r"interface[0].alias[3]: '\u202eevil' holds a format character U+202E at character 0",
+        r"interface[0].alias[4]: 'a\u200b' holds a format character U+200B at character 1",
+        r"interface[0].alias[5]: 'a\u2028' holds a line separator U+2028 at character 1",
     ]
 
 
@@ -507,14 +531,14 @@ def _field_line() -> re.Pattern[str]:
     messages name them (`redis.port`, `interface[0].name`, `agents.flow.rules[1].src`,
     `sqs.accessid, sqs.accesskey`, `interface[0].lookback_bytes=2097152`), then
     ": ". A whole section is named alone (`agents.flow: expected a table`);
-    a key below the example's (a [security] keys name, an unknown agent's
-    name, a rule's field) may be any text."""
+    a key below the example's (a [security] keys name, an [agents.*] name, a
+    rule's field) may be any text on the line: one TOML would quote is quoted."""
     sections = sorted({s for s, _ in _example_keys()} | {"agents"}, key=len, reverse=True)
     keys = sorted({k for _, k in _example_keys()}, key=len, reverse=True)
     section = "(?:" + "|".join(map(re.escape, sections)) + r")(?:\[\d+\])?"
     key = "(?:" + "|".join(map(re.escape, keys)) + r")(?:\[\d+\])?"
     field = rf"(?:{section}(?:\.{key}(?:\..*)?)?|agents\..*)(?:=[^,:]*)?"
-    return re.compile(rf"{field}(?:, {field})*: \S", re.DOTALL)
+    return re.compile(rf"{field}(?:, {field})*: \S")
 
 
 FIELD_LINE = _field_line()
@@ -542,7 +566,9 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
 ) -> None:
     """What check-config runs (the file's sections, then each agent's), on
     values TOML can hold and command-line overrides can (lone surrogates):
-    a ConfigError whose lines name a field, or a config; never another error."""
+    a ConfigError whose lines name a field, or a config; never another error.
+    Every error and warning is one line with nothing a terminal acts on:
+    values and keys (any text) are quoted."""
     data: dict[str, Any] = {"general": {"writelocal": True}}
     for (section, key), value in changes:
         if section == "interface":  # [[interface]]: an array of tables
@@ -556,13 +582,17 @@ def test_any_value_at_any_level_is_an_error_naming_its_field(
         section, value = whole
         parent = data.setdefault("agents", {}) if section.startswith("agents.") else data
         parent[section.removeprefix("agents.")] = value
+    lines: list[str] = []
     try:
         config = parse_config(data, "node1")
-        config.serve_problems()
+        lines += [*config.warnings, *config.serve_problems()]
         for agent in load_agents():
             if agent.SECTION in config.agents:  # as check-config reads them
-                agent.check_section(dict(config.agents[agent.SECTION]))
+                lines += agent.check_section(dict(config.agents[agent.SECTION])).warnings
     except ConfigError as exc:
         assert exc.errors
         for line in exc.errors:
             assert FIELD_LINE.match(line), line
+        lines += exc.errors
+    for line in lines:
+        assert line.isprintable(), line

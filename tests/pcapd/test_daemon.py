@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from pcapd.core.fields import ALIAS_RULE
 from tests.helpers import RedisServer, free_port, run, wait_for
 from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.engine.test_capture import send_udp
@@ -336,38 +335,31 @@ def test_config_errors_stop_serve_with_every_field(tmp_path: Path) -> None:
     ]
 
 
-ODD_ALIAS_WARNING = (
-    "interface[0].alias[1]: no request can select 'lo' by 'public facing' (a request's alias "
-    f"is {ALIAS_RULE}); ignored, 'lo' is still selected by its name"
-)
-
-
-def test_an_alias_no_request_can_name_warns_and_its_interface_serves(
+def test_any_clean_alias_selects_its_interface_and_a_mixed_list_captures_once(
     redis_srv: RedisServer, results: Results, tmp_path: Path
 ) -> None:
-    """A pcapdaemon config's alias outside ALIAS_RULE: a config_warning at
-    start, then the interface serves by its name and its other aliases; a
-    request naming that alias is refused as any naming it is, on any node."""
+    """A pcapdaemon config's alias "public facing" loads with no warning; a
+    request naming it beside "local" (both on lo) captures on lo once, as
+    pcapdaemon did; one naming an alias no interface has is refused."""
     interfaces = '[[interface]]\nname = "lo"\nalias = ["local", "public facing"]\n'
     proc = Daemon(redis_srv, tmp_path, interfaces=interfaces)
     proc.start()
     try:
-        assert (
-            f"level=warning event=config_warning path={proc.config_path} "
-            f"warning={json.dumps(ODD_ALIAS_WARNING)}\n"
-        ) in proc.log()
-        proc.publish({"node": "testnode", "alias": ["public facing"], "id": "odd"})
+        assert "config_warning" not in proc.log()
+        port = free_port()
+        request = udp_request(port, id="mixed", packets=2, interface=None)
+        proc.publish({**request, "node": "any", "alias": ["local", "public facing"]})
+        traffic(port, 5, ready=functools.partial(proc.started, "mixed"))
+        event = results.for_id("mixed")
+        assert (event["status"], event["interface"], event["warnings"]) == ("ok", "lo", []), event
+        proc.publish({"node": "testnode", "alias": ["public  facing"], "id": "odd"})
         event = results.for_id("odd")
-        assert (event["status"], event["error"]) == (
-            "rejected", f'alias: "public facing" is not a valid name ({ALIAS_RULE})',
-        )  # fmt: skip
-        for request_id, where in (("by-name", "interface"), ("by-alias", "alias")):
-            port = free_port()
-            request = udp_request(port, id=request_id, packets=2, interface=None)
-            proc.publish({**request, where: "lo" if where == "interface" else "local"})
-            traffic(port, 5, ready=functools.partial(proc.started, request_id))
-            event = results.for_id(request_id)
-            assert (event["status"], event["interface"]) == ("ok", "lo"), event
+        assert (event["status"], event["error"]) == ("rejected", (
+            "alias: none of ['public  facing'] exists on this node (alias 'public  facing': "
+            "not configured on this node)"
+        ))  # fmt: skip
+        # One event per (request, interface): lo was not captured twice.
+        assert [e for e in results.unclaimed() if e.get("id") == "mixed"] == []
     finally:
         proc.stop()
 

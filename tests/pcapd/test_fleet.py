@@ -385,6 +385,26 @@ def test_nodes_takes_redis_and_prefix_from_the_config(
     assert json.loads(done.stdout)[0]["error"] == "packets=11 exceeds maxpackets=10"
 
 
+def test_nodes_quotes_an_alias_that_would_read_as_the_listing_itself(
+    redis_srv: RedisServer,
+) -> None:
+    """An alias may hold what the INTERFACES column is written with (, [ ] ( )
+    and spaces): such an alias is quoted, so "a,b" is not two aliases and
+    "a](missing)" no device status. (One with a format character, a bidi
+    override, does not load, nor does a heartbeat holding it.)"""
+    aliases = ["local", "a,b", "a](missing)", "public facing", "", "it's"]
+    table = {"general": {"node": "n1"}, "interface": [{"name": "lo", "alias": aliases}]}
+    state = node_state(
+        parse_config(table, "n1"), instance="i1", started=1.0, devices={"lo"},
+        linktypes={"lo": 1}, sources=["sqs"], captures=0,
+    )  # fmt: skip
+    redis_srv.client().hset(node_key(PREFIX, "n1"), mapping=state.to_hash())  # type: ignore[arg-type]
+    done = nodes_cli(redis_srv)
+    assert done.returncode == 0, done.stderr
+    shown = "lo[local,'a,b','a](missing)','public facing','',\"it's\"]/dlt1"
+    assert done.stdout.splitlines()[1].endswith(f" sqs      {shown}"), done.stdout
+
+
 def test_nodes_help_states_the_exit_statuses() -> None:
     done = subprocess.run([sys.executable, "-m", "pcapd", "nodes", "--help"],
                           capture_output=True, text=True, timeout=30)  # fmt: skip

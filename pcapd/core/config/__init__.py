@@ -27,7 +27,7 @@ from pcapd.core.config.interfaces import _interfaces, check_rings
 from pcapd.core.config.sections import *
 from pcapd.core.config.sources import _redis, _security, _sqs
 from pcapd.core.configread import ConfigError as ConfigError  # every command imports it here
-from pcapd.core.configread import Table
+from pcapd.core.configread import Table, key_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
     if not isinstance(agents, dict):
         errors.append("agents: expected a table of [agents.<name>] tables")
         agents = {}
-    errors.extend(f"agents.{name}: expected a table ([agents.{name}])"
+    errors.extend(f"agents.{key_name(name)}: expected a table ([agents.{key_name(name)}])"
                   for name, table in agents.items() if not isinstance(table, dict))  # fmt: skip
     agents = {name: table for name, table in agents.items() if isinstance(table, dict)}
     config = Config(
@@ -143,7 +143,9 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
             "[redis] stream_listen or [sqs] listen)"
         )
     known = set(sections) | {"interface", "agents", "kafka"}
-    warnings.extend(f"{name}: unknown section, ignored" for name in sorted(set(data) - known))
+    warnings.extend(
+        f"{key_name(name)}: unknown section, ignored" for name in sorted(set(data) - known)
+    )
     if errors:
         raise ConfigError(errors)
     return replace(config, warnings=tuple(warnings))

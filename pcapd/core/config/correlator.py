@@ -4,7 +4,8 @@ captures it may ask for, checked against the [security] keys it signs with."""
 from __future__ import annotations
 
 from pcapd.core.config.sections import *
-from pcapd.core.configread import Table
+from pcapd.core.configread import Table, quoted
+from pcapd.core.fields import alias_problem
 
 
 def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
@@ -30,7 +31,7 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
         max_client_keys=s.get_int("max_client_keys", DEFAULT_MAX_CLIENT_KEYS, minimum=10),
         max_prefix_clients=s.get_int("max_prefix_clients", DEFAULT_MAX_PREFIX_CLIENTS),
         nodere=s.str_list("nodere"),
-        aliases=s.str_list("aliases"),
+        aliases=_aliases(s),
         default_packets=s.get_int("default_packets", min(DEFAULT_CAPTURE_PACKETS, max_packets)),
         max_packets=max_packets,
         default_duration=s.get_int("default_duration", min(DEFAULT_CAPTURE_DURATION, max_duration)),
@@ -52,3 +53,21 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
         s.errors.append(f"correlator.default_duration: {config.default_duration} exceeds "
                         f"max_duration={config.max_duration}")  # fmt: skip
     return config
+
+
+_EMPTY = "is empty, which the form sends as any interface"
+
+
+def _aliases(s: Table) -> tuple[str, ...]:
+    """What the capture form offers, each once: the alias rule (ALIAS_RULE,
+    as for [[interface]] alias), and not "", which the form sends as "any
+    interface". One out of it is left out with a warning: every request the
+    form sent with it would be refused."""
+    kept = []
+    for index, alias in enumerate(s.str_list("aliases")):
+        problem = alias_problem(alias) if alias else _EMPTY
+        if problem is None:
+            kept.append(alias)
+        else:
+            s.warn(f"aliases[{index}]", f"{quoted(alias)} {problem}; ignored")
+    return tuple(dict.fromkeys(kept))

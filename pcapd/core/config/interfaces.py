@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from pcapd.core.config.sections import *
-from pcapd.core.configread import Table
-from pcapd.core.fields import ALIAS_RULE, bpf_problem, is_alias, text_problem
+from pcapd.core.configread import Table, quoted
+from pcapd.core.fields import alias_problem, bpf_problem
 
 DLT_EN10MB = 1  # Ethernet: the link type a lookback_bpf is checked against at load
 
@@ -61,16 +61,13 @@ def _interface(s: Table, name: str) -> InterfaceConfig:
 
 def _aliases(s: Table, name: str) -> tuple[str, ...]:
     """The aliases a request can select `name` by, each once. pcapdaemon
-    loaded any string and matched a request's to it exactly, so its configs
-    load: an alias no request may name (ALIAS_RULE: "", "public facing") is a
-    warning and left out, so nothing offers it (the correlator's form, the
-    heartbeat); one given twice is kept once (pcapdaemon captured twice).
-    Control characters stay errors, as a NUL is in every config string: no
-    alias holds one on purpose, and a terminal or log acts on them."""
+    loaded any string and matched a request's to it exactly; so does pcapd,
+    within ALIAS_RULE (what a request may hold too). One given twice is kept
+    once with a warning (pcapdaemon captured twice)."""
     kept: dict[str, int] = {}
     for index, alias in enumerate(s.str_list("alias")):
-        key, shown = f"alias[{index}]", repr(alias[:40])
-        problem = text_problem(alias)
+        key, shown = f"alias[{index}]", quoted(alias)
+        problem = alias_problem(alias)
         if problem is not None:
             s.error(key, f"{shown} {problem}")
         elif alias in kept:
@@ -79,13 +76,6 @@ def _aliases(s: Table, name: str) -> tuple[str, ...]:
                 key,
                 f"{shown} is already an alias of {name!r} ({first}); a request naming "
                 "it captures there once",
-            )
-        elif not is_alias(alias):
-            why = f"a request's alias is {ALIAS_RULE}"
-            s.warn(
-                key,
-                f"no request can select {name!r} by {shown} ({why}); ignored, "
-                f"{name!r} is still selected by its name",
             )
         else:
             kept[alias] = index

@@ -17,7 +17,6 @@ import re2
 from pcapd.core.config import FORMATS, MAX_SNAPLENGTH, Config
 from pcapd.core.errors import RequestError
 from pcapd.core.fields import (
-    ALIAS_RULE,
     ID_RE,
     KNOWN_FIELDS,
     MAX_BPF_LEN,
@@ -25,15 +24,14 @@ from pcapd.core.fields import (
     MAX_NODERE_LEN,
     MAX_TEXT_LEN,
     PCAP_HEADER_LEN,
-    REQUEST_IFACE_RULE,
     Fields,
+    alias_problem,
     bpf_problem,
     channel_problem,
     endpoint_problem,
     fold_keys,
     holds_surrogate,
-    is_alias,
-    is_requested_interface,
+    requested_interface_problem,
     show,
     text_problem,
 )
@@ -128,10 +126,9 @@ def parse_folded(
         )
     # Not Linux's rule: a name too long for it is skipped on resolving, like any
     # this node lacks, so one such name does not refuse the request fleet-wide.
-    interfaces = (
-        f.names("interface", is_requested_interface, REQUEST_IFACE_RULE) if has_iface else ()
-    )
-    aliases = f.names("alias", is_alias, ALIAS_RULE) if has_alias else ()
+    interfaces = f.names("interface", requested_interface_problem) if has_iface else ()
+    # Matched exactly against the config's; one this node lacks is skipped on resolving.
+    aliases = f.names("alias", alias_problem) if has_alias else ()
 
     bpf = f.text("bpf", MAX_BPF_LEN, bpf_problem) or ""
 

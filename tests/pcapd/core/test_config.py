@@ -37,6 +37,7 @@ from pcapd.core.config import (
     load_config,
     parse_config,
 )
+from pcapd.core.fields import IFACE_RULE
 from pcapd.core.secret import Secret
 
 DATA = Path(__file__).parent.parent / "data"
@@ -266,6 +267,29 @@ def test_alias_may_be_a_single_string_and_aliases_span_interfaces() -> None:
     assert config.interfaces[0] == InterfaceConfig("eth0", ("uplink",))
     assert config.interfaces[2] == InterfaceConfig("lo", ())
     assert config.aliases() == {"uplink": ("eth0", "eth1"), "backup": ("eth1",)}
+
+
+def test_a_long_alias_is_quoted_cut_with_a_marker() -> None:
+    """40 characters of it, and "\u2026" after the quote when there are more:
+    a position past them is then no surprise, and a cut one is not taken for
+    the whole."""
+    cut = f"{'a' * 40!r}\u2026"
+    long, bad = "a" * 5000, "a" * 57 + "\t" + "a" * 42
+    assert errors_of({"interface": [{"name": "lo", "alias": [long, bad, "a" * 40]}]}) == [
+        f"interface[0].alias[0]: {cut} is 5000 characters; the limit is 1024",
+        f"interface[0].alias[1]: {cut} holds a control character U+0009 at character 57",
+    ]
+    twice = {
+        "general": {"writelocal": True},
+        "interface": [{"name": "lo", "alias": ["b" * 41] * 2}],
+    }
+    assert parse_config(twice, HOST).warnings == (
+        f"interface[0].alias[1]: {'b' * 40!r}\u2026 is already an alias of 'lo' (alias[0]); "
+        "a request naming it captures there once",
+    )
+    assert errors_of({"interface": [{"name": "x" * 41}]}) == [
+        f"interface[0].name: {'x' * 40!r}\u2026 is not an interface name ({IFACE_RULE})"
+    ]
 
 
 # --- errors: field, value, rule ------------------------------------------------

@@ -19,6 +19,7 @@ from pcapd.core.fields import (
     MAX_NODERE_LEN,
     MAX_TEXT_LEN,
     REQUEST_IFACE_RULE,
+    show,
 )
 from pcapd.core.request import (
     CaptureRequest,
@@ -218,12 +219,11 @@ def test_single_string_is_a_list_of_one_and_duplicates_collapse(config: Config) 
     ],
 )
 def test_interface_names_that_could_be_paths_are_rejected(config: Config, name: str) -> None:
-    """pypcap opens a *file* named like the interface if one exists."""
-    for field, rule in (("interface", REQUEST_IFACE_RULE), ("alias", ALIAS_RULE)):
-        fields: dict[str, Any] = {"interface": None, field: [name]}
-        assert rejected(body(**fields), config) == (
-            f"{field}: {json.dumps(name)} is not a valid name ({rule})"
-        )
+    """pypcap opens a *file* named like the interface if one exists. (An alias
+    is only matched against the config's, so it is no path: its own rule.)"""
+    assert rejected(body(interface=[name]), config) == (
+        f"interface: {json.dumps(name)} is not a valid name ({REQUEST_IFACE_RULE})"
+    )
 
 
 @pytest.mark.parametrize("name", ["x" * 16, "\u00e9" * 8, "enp0s31f6-longname20", "x" * 32])
@@ -249,19 +249,68 @@ def test_real_interface_names_are_accepted(config: Config, name: str) -> None:
     assert parse_request(body(interface=[name]), config).interfaces == (name,)
 
 
-@pytest.mark.parametrize(
-    "alias", ["local", "public", "vpn-2", "a" * 32, "tap#1", "wg+home", "v=100", "\u00e9-edge"]
-)
-def test_aliases_follow_the_rule_of_a_requests_interface_names(alias: str) -> None:
-    """pcapdaemon matched any alias exactly; a request's may hold whatever its
-    interface names may (no character of them is less safe in an alias: both
-    reach only logs, results, tags and the heartbeat), so such an alias in a
-    pcapdaemon config still selects its interface."""
-    interfaces = [{"name": "tap#1", "alias": [alias]}]
-    config = parse_config({"general": {"writelocal": True}, "interface": interfaces}, "node1")
+# pcapdaemon put any string in its alias map and matched a request's exactly.
+ODD_ALIASES = ["local", "public facing", "", "uplink/1", "..", "a,b", "a](missing)",
+               "tap#1", "\u00e9-edge", "\u00a0x", "a" * MAX_TEXT_LEN]  # fmt: skip
+
+
+def alias_config(*aliases: str) -> Config:
+    interfaces = [{"name": "lo", "alias": list(aliases)}]
+    return parse_config({"general": {"writelocal": True}, "interface": interfaces}, "node1")
+
+
+@pytest.mark.parametrize("alias", ODD_ALIASES)
+def test_any_clean_alias_selects_its_interface_exactly(alias: str) -> None:
+    """An alias reaches only logs, results, tags and the heartbeat (never a BPF
+    or a path), so a pcapdaemon config's alias loads as it is, with no
+    warning, and a request naming it captures there."""
+    config = alias_config(alias)
     assert config.warnings == ()
     request = parse_request(body(interface=None, alias=[alias]), config)
-    assert resolve_interfaces(request, config, {"tap#1"}) == (("tap#1",), ())
+    assert resolve_interfaces(request, config, {"lo"}) == (("lo",), ())
+    unknown = (alias + "x")[-MAX_TEXT_LEN:]  # differs by its last character
+    other = parse_request(body(interface=None, alias=[unknown]), config)
+    with pytest.raises(RequestError, match=r"^alias: none of .* exists on this node"):
+        resolve_interfaces(other, config, {"lo"})
+
+
+def test_a_mixed_alias_list_captures_once_on_the_interface() -> None:
+    """The review's case: pcapdaemon captured on lo for both aliases, once."""
+    config = alias_config("local", "public facing")
+    request = parse_request(body(interface=None, alias=["local", "public facing"]), config)
+    assert resolve_interfaces(request, config, {"lo"}) == (("lo",), ())
+
+
+@pytest.mark.parametrize("alias", ["x" * 33, "public facing", ".."])
+def test_an_alias_this_node_lacks_is_skipped(alias: str) -> None:
+    config = alias_config("local")
+    request = parse_request(body(interface=None, alias=["local", alias]), config)
+    assert resolve_interfaces(request, config, {"lo"}) == (
+        ("lo",), (f"alias {alias!r}: not configured on this node",),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("alias", "why"),
+    [
+        ("pub\tlic", "holds a control character U+0009 at character 3"),
+        ("x\u202eevil", "holds a format character U+202E at character 1"),
+        ("\u200b", "holds a format character U+200B at character 0"),
+        ("a\u2028b", "holds a line separator U+2028 at character 1"),
+        ("a\u2029b", "holds a paragraph separator U+2029 at character 1"),
+        ("lo\ud800", "holds a lone surrogate (not UTF-8 text) U+D800 at character 2"),
+        ("a" * (MAX_TEXT_LEN + 1),
+         f"is {MAX_TEXT_LEN + 1} characters; the limit is {MAX_TEXT_LEN}"),
+    ],
+)  # fmt: skip
+def test_an_alias_that_is_not_clean_text_is_rejected(config: Config, alias: str, why: str) -> None:
+    """What a terminal or log acts on or hides, and more than MAX_TEXT_LEN."""
+    assert rejected(body(interface=None, alias=["local", alias]), config) == (
+        f"alias: {show(alias)} {why}"
+    )
+    assert rejected(body(interface=None, alias=["local", 7]), config) == (
+        f"alias: 7 is not a string ({ALIAS_RULE})"
+    )
 
 
 # --- numbers: strict JSON integers, positive, capped ----------------------------------
@@ -798,10 +847,9 @@ def test_a_file_named_like_an_interface_is_never_used(
 
 @pytest.mark.parametrize("name", ["..", "."])
 def test_dot_names_are_rejected(config: Config, name: str) -> None:
-    """ "." and ".." are directories, never interfaces (Linux forbids both names)."""
-    for field in ("interface", "alias"):
-        fields = {"interface": None, field: [name]}
-        assert rejected(body(**fields), config).startswith(f"{field}: {json.dumps(name)} ")
+    """ "." and ".." are directories, never interfaces (Linux forbids both
+    names). As aliases they are only matched against the config's."""
+    assert rejected(body(interface=[name]), config).startswith(f"interface: {json.dumps(name)} ")
 
 
 def test_size_limit_counts_bytes_not_characters(config: Config) -> None:

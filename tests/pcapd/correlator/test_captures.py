@@ -150,3 +150,27 @@ def test_live_events_send_a_resent_event_once(redis_srv: RedisServer) -> None:
     assert [e["id"] for e in data] == [OURS, OURS]
     assert len({e["event_id"] for e in data}) == 2
     assert rest[-1] == "event: end\ndata: {}\n\n"
+
+
+def test_the_form_offers_and_sends_each_alias_the_rule_allows() -> None:
+    """[correlator] aliases follow the alias rule: one out of it, or "" (the
+    form's blank choice is "any interface"), is a warning and not offered;
+    the rest are offered and sent as they are, "public facing" too."""
+    table = {
+        "general": {"writelocal": True},
+        "interface": [{"name": "lo", "alias": ["local", ""]}],
+        "correlator": {"aliases": ["public facing", "", "x\u202e", "a" * 1025, "local"]},
+    }
+    config = parse_config(table, "node1")
+    assert config.warnings == (
+        "correlator.aliases[1]: '' is empty, which the form sends as any interface; ignored",
+        "correlator.aliases[2]: 'x\\u202e' holds a format character U+202E at character 1; ignored",
+        f"correlator.aliases[3]: {'a' * 40!r}\u2026 is 1025 characters; the limit is 1024; ignored",
+    )
+    assert captures.aliases(config) == ("public facing", "local")
+    fields = {"client": CLIENT, "service": SERVICE, "alias": "public facing"}
+    form = captures.parse_form(fields, config)
+    assert form.request()["alias"] == ["public facing"]
+    # Without [correlator] aliases, the interfaces' aliases but "".
+    del table["correlator"]
+    assert captures.aliases(parse_config(table, "node1")) == ("local",)
