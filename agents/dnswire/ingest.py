@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import operator
 import socket
 import struct
 import sys
@@ -40,7 +41,7 @@ from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
-from agents.dnswire.sequence import Seen, Sequence
+from agents.dnswire.sequence import Sequence
 from agents.log_limit import LogLimit
 from agents.redis_writer import RedisWriter, make_writer
 from agents.response_recorder import RecordStats, ResponseRecorder
@@ -57,6 +58,9 @@ MAX_ERROR_LOGS = 100
 RECV_BUFFER = 4 * 1024 * 1024  # kernel socket buffer: bursts of a busy sensor
 POLL = 0.2  # s: longest wait in recv, so a stop request is seen quickly
 FLUSH_TIMEOUT = 10.0
+# Sequence's counters, per sensor and (same names) totalled in IngestStats.
+SEQUENCE_COUNTS = ("lost", "reordered", "duplicates", "restarts", "strays")
+_SEQUENCE_COUNTS = operator.attrgetter(*SEQUENCE_COUNTS)
 _NUL12 = bytes(12)  # an IPv4 address's 16-byte field after the address
 _NULS = (b"", b"\0", b"\0\0", b"\0\0\0")  # names padding, by its length
 
@@ -79,13 +83,6 @@ class Sensor:
     dropped: int = 0
     ifdropped: int = 0
     packets: int = 0
-    reordered: int = 0
-    duplicates: int = 0
-    restarts: int = 0
-
-    @property
-    def lost(self) -> int:
-        return self.sequence.lost
 
 
 @dataclass(slots=True)
@@ -100,7 +97,8 @@ class IngestStats:
     lost: int = 0  # numbers skipped, less those that came late (agents.dnswire.sequence)
     reordered: int = 0  # came late, after a higher number
     duplicates: int = 0  # a number that had come already
-    restarts: int = 0  # a far jump: the sensor restarted its count
+    restarts: int = 0  # a far number the next one followed: the sensor restarted its count
+    strays: int = 0  # a far number the next one did not follow
     sensors_cleared: int = 0
 
 
@@ -245,19 +243,13 @@ class Ingest:
                   **fields, reason=exc.reason, error=str(exc))  # fmt: skip
 
     def _sequence(self, sensor: Sensor, number: int) -> None:
-        stats = self.stats
-        lost = sensor.sequence.lost
-        seen = sensor.sequence.see(number)
-        stats.lost += sensor.sequence.lost - lost
-        if seen is Seen.LATE:
-            sensor.reordered += 1
-            stats.reordered += 1
-        elif seen is Seen.DUPLICATE:
-            sensor.duplicates += 1
-            stats.duplicates += 1
-        elif seen is Seen.RESTART:
-            sensor.restarts += 1
-            stats.restarts += 1
+        """Follow `number` in the sensor's sequence, and its counts in the totals."""
+        sequence, stats = sensor.sequence, self.stats
+        before = _SEQUENCE_COUNTS(sequence)
+        sequence.see(number)
+        for name, old, new in zip(SEQUENCE_COUNTS, before, _SEQUENCE_COUNTS(sequence), strict=True):
+            if new != old:
+                setattr(stats, name, getattr(stats, name) + new - old)
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = dataclasses.asdict(self.stats)
@@ -273,9 +265,9 @@ class Ingest:
     def log_stats(self, name: str = "dnsflow_ingest_stats") -> None:
         event(log, name, **self.snapshot())
         for (host, port), s in self.sensors.items():
+            counts = zip(SEQUENCE_COUNTS, _SEQUENCE_COUNTS(s.sequence), strict=True)
             event(
-                log, "dnsflow_sensor", sensor=f"{host}:{port}", packets=s.packets, lost=s.lost,
-                reordered=s.reordered, duplicates=s.duplicates, restarts=s.restarts,
+                log, "dnsflow_sensor", sensor=f"{host}:{port}", packets=s.packets, **dict(counts),
                 sample_rate=s.sample_rate, captured=s.captured, received=s.received,
                 dropped=s.dropped, ifdropped=s.ifdropped,
             )  # fmt: skip

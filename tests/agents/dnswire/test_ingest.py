@@ -199,11 +199,11 @@ def test_a_packet_with_a_bad_set_is_dropped_whole_as_dnsflows_reader_drops_it(
     assert fields["bad"] == '{"ip_vers":1,"names":2,"trailing":1}'
 
 
-def test_reordered_packets_are_neither_lost_nor_a_restart(
+def test_reordered_packets_are_neither_lost_nor_a_restart_nor_a_stray(
     redis_srv: RedisServer, tmp_path: Path
 ) -> None:
     top = 0xFFFFFFFF
-    order = [top - 2, top - 1, 0, top, top, 1, 2, 4, 3, 100_000, 5_000, 5_001]
+    order = [top - 2, top - 1, 0, top, top, 1, 2, 3 << 30, 4, 3, 100_000, 5_000, 5_001]
     log = tmp_path / "ingest.log"
     with w.ingest_process(redis_srv.url, log, stats_interval=0) as (proc, port):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -216,14 +216,15 @@ def test_reordered_packets_are_neither_lost_nor_a_restart(
         assert proc.wait(15) == 0
     text = log.read_text()
     # top -> 0 wraps; 0 skipped `top`, which came next (late), then again (a
-    # duplicate); 3 came after 4; 99,995 numbers before 100,000 never came;
-    # 5,000 is far back: a restart, followed from there.
+    # duplicate); 3 << 30 is far, and 4 follows 2, not it: a stray; 3 came
+    # after 4; 99,995 numbers before 100,000 never came; 5,000 is far back
+    # and 5,001 follows it: a restart, followed from there.
     done = _fields(text, "dnsflow_ingest_done")
-    counts = {k: int(done[k]) for k in ("lost", "reordered", "duplicates", "restarts")}
-    assert counts == {"lost": 99_995, "reordered": 2, "duplicates": 1, "restarts": 1}
+    counts = {k: int(done[k]) for k in ("lost", "reordered", "duplicates", "restarts", "strays")}
+    assert counts == {"lost": 99_995, "reordered": 2, "duplicates": 1, "restarts": 1, "strays": 1}
     assert (
         f"event=dnsflow_sensor sensor=127.0.0.1:{peer} packets={len(order) + 1} lost=99995 "
-        "reordered=2 duplicates=1 restarts=1 "
+        "reordered=2 duplicates=1 restarts=1 strays=1 "
     ) in text
 
 
