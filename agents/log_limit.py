@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 
 WINDOW = 60.0  # s: the window of `per_stats_interval` when stats_interval = 0
+# s: its shortest window, whatever stats_interval: at 0.001 s the budget
+# would renew ~1,000 times a second.
+MIN_WINDOW = 1.0
 
 
 class LogLimit:
@@ -32,9 +35,9 @@ class LogLimit:
     def per_stats_interval(
         cls, lines: int, stats_interval: float, clock: Callable[[], float] = time.monotonic
     ) -> LogLimit:
-        """A budget renewed about as often as stats lines are logged, and
-        every WINDOW s when none are."""
-        return cls(lines, stats_interval or WINDOW, clock)
+        """A budget renewed about as often as stats lines are logged (at most
+        once per MIN_WINDOW s), and every WINDOW s when none are."""
+        return cls(lines, max(stats_interval, MIN_WINDOW) if stats_interval else WINDOW, clock)
 
     def allow(self) -> bool:
         """True if this line may be logged; else it is counted as suppressed."""

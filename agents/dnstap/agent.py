@@ -30,7 +30,7 @@ from agents.dnstap.response import (
 )
 from agents.dnstap.server import ConnectionStats, DnstapServer
 from agents.dnstap.udp import UdpOutput
-from agents.log_limit import LogLimit
+from agents.log_limit import WINDOW, LogLimit
 from agents.metrics import dnstap_families, serve_agent_metrics
 from agents.redis_writer import RedisWriter, make_writer
 from agents.response_recorder import RecordStats, ResponseRecorder
@@ -41,10 +41,9 @@ from pcapd.core.redis_conn import Client
 
 log = logging.getLogger("pcapd.agents.dnstap")
 
-# Bad-input log lines per ERROR_LOG_WINDOW seconds before they are only
-# counted (`agents.log_limit`).
+# Bad-input log lines per log_limit.WINDOW seconds, whatever stats_interval
+# is, before they are only counted (in `bad_logs_suppressed`).
 MAX_ERROR_LOGS = 100
-ERROR_LOG_WINDOW = 60.0
 # GIL hand-over interval for the agent process. With Python's 5 ms default the
 # Redis writer thread, woken by a reply, waits up to 5 ms for the decoding
 # thread: that alone capped writes near 140k operations/s here.
@@ -84,7 +83,7 @@ class DnstapAgent:
         self.dedup = self.responses.dedup
         self.recorder = self.responses.recorder
         self._wanted = config.message_type_numbers
-        self._log_limit = LogLimit(MAX_ERROR_LOGS, ERROR_LOG_WINDOW, clock)
+        self._log_limit = LogLimit(MAX_ERROR_LOGS, WINDOW, clock)
 
     def handle(self, payload: bytes, conn: ConnectionStats) -> None:
         stats = self.stats
@@ -120,6 +119,7 @@ class DnstapAgent:
         data = asdict(self.stats)
         data["messages"] = dict(self.stats.messages)
         data["decode_errors"] = dict(self.stats.decode_errors)
+        data["bad_logs_suppressed"] = self._log_limit.suppressed
         srv = self.server.stats
         data["frame_errors"] = dict(srv.frame_errors)
         data["connections_open"] = len(self.server.connections)

@@ -10,10 +10,12 @@ each sensor's `sample_rate` (DNSFlow's own reader drops it) and counters;
 sequence numbers are followed per sensor (address and port: each dnsflow
 process numbers its own packets) by `agents.dnswire.sequence`.
 
-A bad set costs only itself and the sets after it: each set's header gives
-its length, so the sets before it were read whole, but the sets after it
-start where its lengths say, and those may be what is wrong. (DNSFlow's own
-reader drops the whole packet.)
+A packet with a bad set is dropped whole, as DNSFlow's own reader drops it.
+A set's address counts are checked only by where the next set starts, and
+what lies there may be a DNS answer's bytes (chosen by whoever answered), so
+the set read from the wrong place can look sound and the one that lied can
+be any set before the bad one: no set of such a packet is certainly what the
+sensor sent.
 
 Memory: one datagram at a time, plus one small entry per sensor (at most
 `MAX_SENSORS`, each with REORDER_WINDOW bits; past that the table is
@@ -25,7 +27,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import operator
 import socket
+import struct
 import sys
 import time
 from collections import Counter
@@ -37,7 +41,7 @@ from agents.dnstap.errors import DnsFormError
 from agents.dnstap.response import TYPE_A, TYPE_AAAA, Response, address_text, read_name
 from agents.dnswire import export
 from agents.dnswire.config import DnswireConfig, parse_dnswire_config
-from agents.dnswire.sequence import Seen, Sequence
+from agents.dnswire.sequence import Sequence
 from agents.log_limit import LogLimit
 from agents.redis_writer import RedisWriter, make_writer
 from agents.response_recorder import RecordStats, ResponseRecorder
@@ -54,11 +58,16 @@ MAX_ERROR_LOGS = 100
 RECV_BUFFER = 4 * 1024 * 1024  # kernel socket buffer: bursts of a busy sensor
 POLL = 0.2  # s: longest wait in recv, so a stop request is seen quickly
 FLUSH_TIMEOUT = 10.0
+# Sequence's counters, per sensor and (same names) totalled in IngestStats.
+SEQUENCE_COUNTS = ("lost", "reordered", "duplicates", "restarts", "strays")
+_SEQUENCE_COUNTS = operator.attrgetter(*SEQUENCE_COUNTS)
+_NUL12 = bytes(12)  # an IPv4 address's 16-byte field after the address
+_NULS = (b"", b"\0", b"\0\0", b"\0\0\0")  # names padding, by its length
 
 
 class BadPacket(Exception):
-    """A datagram that is not a DNSFlow v4 packet, or a set in one that lies
-    about its sizes; `reason` is the counter it goes to."""
+    """A datagram that is not a DNSFlow v4 packet, or one with a set unlike
+    what dnsflow.c sends; `reason` is the counter it goes to."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -74,106 +83,100 @@ class Sensor:
     dropped: int = 0
     ifdropped: int = 0
     packets: int = 0
-    reordered: int = 0
-    duplicates: int = 0
-    restarts: int = 0
-
-    @property
-    def lost(self) -> int:
-        return self.sequence.lost
 
 
 @dataclass(slots=True)
 class IngestStats:
     # datagrams = data_packets + stats_packets + bad (less short_stats: a
-    # stats packet that is short is counted in both). The sets data packets
-    # announce = sets + bad_sets + sets_unread.
+    # stats packet that is short is counted in both).
     datagrams: int = 0
     sets: int = 0
     data_packets: int = 0
     stats_packets: int = 0
     bad: Counter[str] = field(default_factory=Counter)
-    bad_sets: Counter[str] = field(default_factory=Counter)
-    sets_unread: int = 0  # announced after a bad set, not read
     lost: int = 0  # numbers skipped, less those that came late (agents.dnswire.sequence)
     reordered: int = 0  # came late, after a higher number
     duplicates: int = 0  # a number that had come already
-    restarts: int = 0  # a far jump: the sensor restarted its count
+    restarts: int = 0  # a far number the next one followed: the sensor restarted its count
+    strays: int = 0  # a far number the next one did not follow
     sensors_cleared: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class DataSet:
-    ip_vers: int
-    client: bytes
-    resolver: bytes
-    names: tuple[str, ...]
-    addresses: tuple[bytes, ...]
+# (client, names: the question then each CNAME target, addresses of 4 or 16
+# bytes): a plain tuple, as a packet holds up to 255 of them.
+DataSet = tuple[bytes, list[str], list[bytes]]
+# export.SET_HEADER with the 2 pad bytes and each address's last 12 bytes
+# apart: dnsflow.c zeroes the header, so an IPv4 set's are NUL.
+_SET_HEADER = struct.Struct(">BBBBHH4s12s4s12s")
+assert _SET_HEADER.size == export.SET_HEADER.size
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    flags: int
-    sequence: int
-    count: int  # sets the header announces
-    sets: tuple[DataSet, ...]  # of a data packet: those read before `bad`
-    bad: BadPacket | None = None  # why set len(sets) was refused; later ones are unread
-
-
-def parse_packet(packet: bytes) -> Packet:
-    """Raises BadPacket if the header is not DNSFlow v4's; a bad set ends the
-    sets read instead (`Packet.bad`)."""
+def read_header(packet: bytes) -> tuple[int, int, int]:
+    """(flags, sequence, sets_count); raises BadPacket if the datagram is not
+    DNSFlow v4."""
     if len(packet) < export.HEADER.size:
         raise BadPacket("short", f"{len(packet)} bytes, shorter than the 8-byte header")
     version, count, flags, sequence = export.HEADER.unpack_from(packet, 0)
     if version != export.VERSION:
         raise BadPacket("version", f"version {version}, expected {export.VERSION}")
+    return flags, sequence, count
+
+
+def read_sets(packet: bytes, count: int) -> list[DataSet]:
+    """The `count` sets of a data packet, all of them or none: raises
+    BadPacket for the first that breaks what dnsflow.c always sends, or if
+    they do not end where the datagram does."""
     sets: list[DataSet] = []
     pos = export.HEADER.size
-    if not flags & export.FLAG_STATS:
-        for index in range(count):
-            try:
-                one, pos = _parse_set(packet, pos, index)
-            except BadPacket as exc:
-                return Packet(flags, sequence, count, tuple(sets), exc)
-            sets.append(one)
-    return Packet(flags, sequence, count, tuple(sets))
+    for index in range(count):
+        one, pos = _read_set(packet, pos, index)
+        sets.append(one)
+    if pos != len(packet):
+        raise BadPacket("trailing", f"{len(packet) - pos} bytes after the last of {count} sets")
+    return sets
 
 
-def _parse_set(packet: bytes, pos: int, index: int) -> tuple[DataSet, int]:
+def _read_set(packet: bytes, pos: int, index: int) -> tuple[DataSet, int]:
     """The set at `pos` and where the next one starts."""
     if pos + export.SET_HEADER.size > len(packet):
         raise BadPacket("truncated", f"set {index} header runs past the end")
-    vers, names_count, ips, ip6s, names_len, client, resolver = export.SET_HEADER.unpack_from(
-        packet, pos
+    vers, names_count, ips, ip6s, names_len, pad, client, client_rest, _, resolver_rest = (
+        _SET_HEADER.unpack_from(packet, pos)
     )
-    if vers not in (4, 6):
+    if vers == 6:
+        client += client_rest
+    elif vers != 4:
         raise BadPacket("ip_vers", f"set {index}: ip_vers {vers}, expected 4 or 6")
+    elif client_rest != _NUL12 or resolver_rest != _NUL12:
+        raise BadPacket("padding", f"set {index}: IPv4 addresses with bytes after the 4th")
+    if pad:
+        raise BadPacket("padding", f"set {index}: header pad bytes are not NUL")
     pos += export.SET_HEADER.size
     names_end = pos + names_len
     addr_end = names_end + 4 * ips + 16 * ip6s
     if names_len % 4 or addr_end > len(packet):
         raise BadPacket("counts", f"set {index}: names_len {names_len} and counts run past the end")
-    names: list[str] = []
+    if not names_count:
+        raise BadPacket("names", f"set {index}: no names")
+    names = []
     at = pos
-    # Names end within names_len; read_name follows pointers only backwards,
-    # and sets carry none, so one is refused where it starts.
-    blob = packet[:names_end]
     try:
         for _ in range(names_count):
-            if at >= names_end or blob[at] >= 0xC0:
-                raise BadPacket("names", f"set {index}: name {len(names)} missing or compressed")
-            name, at = read_name(blob, at)
+            # Each name read from its own start: sets carry no compression,
+            # and a pointer cannot point before offset 0.
+            name, length = read_name(packet[at:names_end], 0)
             names.append(name)
+            at += length
     except DnsFormError as exc:
-        raise BadPacket("names", f"set {index}: names: {exc}") from None
-    if not names:
-        raise BadPacket("names", f"set {index}: no names")
+        raise BadPacket("names", f"set {index}: name {len(names)}: {exc}") from None
+    if names_end - at > 3:
+        raise BadPacket("names", f"set {index}: names end {names_end - at} bytes before names_len")
+    if packet[at:names_end] != _NULS[names_end - at]:
+        raise BadPacket("padding", f"set {index}: names padding is not NUL")
     addresses = [packet[i : i + 4] for i in range(names_end, names_end + 4 * ips, 4)]
     base = names_end + 4 * ips
-    addresses += [packet[i : i + 16] for i in range(base, base + 16 * ip6s, 16)]
-    width = 4 if vers == 4 else 16
-    return DataSet(vers, client[:width], resolver[:width], tuple(names), tuple(addresses)), addr_end
+    addresses += [packet[i : i + 16] for i in range(base, addr_end, 16)]
+    return (client, names, addresses), addr_end
 
 
 class Ingest:
@@ -197,10 +200,9 @@ class Ingest:
         stats = self.stats
         stats.datagrams += 1
         try:
-            parsed = parse_packet(packet)
+            flags, sequence, count = read_header(packet)
         except BadPacket as exc:
-            stats.bad[exc.reason] += 1
-            self._warn("dnsflow_bad_packet", peer, reason=exc.reason, error=str(exc))
+            self._bad(exc, peer)
             return
         sensor = self.sensors.get(peer)
         if sensor is None:
@@ -208,9 +210,10 @@ class Ingest:
                 self.sensors.clear()
                 stats.sensors_cleared += 1
             sensor = self.sensors[peer] = Sensor()
-        self._sequence(sensor, parsed.sequence)
+        # A packet refused for its sets still arrived: its number is followed.
+        self._sequence(sensor, sequence)
         sensor.packets += 1
-        if parsed.flags & export.FLAG_STATS:
+        if flags & export.FLAG_STATS:
             stats.stats_packets += 1
             if len(packet) >= export.HEADER.size + export.STATS.size:
                 counters = export.STATS.unpack_from(packet, export.HEADER.size)
@@ -219,46 +222,38 @@ class Ingest:
             else:  # DNSFlow before sample_rate sent four counters
                 stats.bad["short_stats"] += 1
             return
+        try:
+            sets = read_sets(packet, count)
+        except BadPacket as exc:
+            self._bad(exc, peer, sequence=sequence)
+            return
         stats.data_packets += 1
-        for one in parsed.sets:
-            stats.sets += 1
-            addresses = one.addresses
+        stats.sets += len(sets)
+        for client, names, addresses in sets:
             typed = tuple(
                 (TYPE_A if len(a) == 4 else TYPE_AAAA, address_text(a)) for a in addresses
             )
             qtype = TYPE_A if any(len(a) == 4 for a in addresses) or not addresses else TYPE_AAAA
-            self.recorder.record(one.client, Response(one.names[0], qtype, 0, one.names, typed))
-        if parsed.bad is not None:
-            unread = parsed.count - len(parsed.sets) - 1
-            stats.bad_sets[parsed.bad.reason] += 1
-            stats.sets_unread += unread
-            self._warn("dnsflow_bad_set", peer, sequence=parsed.sequence, set=len(parsed.sets),
-                       reason=parsed.bad.reason, error=str(parsed.bad), kept=len(parsed.sets),
-                       unread=unread)  # fmt: skip
+            self.recorder.record(client, Response(names[0], qtype, 0, tuple(names), typed))
 
-    def _warn(self, name: str, peer: tuple[str, int], **fields: Any) -> None:
+    def _bad(self, exc: BadPacket, peer: tuple[str, int], **fields: Any) -> None:
+        self.stats.bad[exc.reason] += 1
         if self._log_limit.allow():
-            event(log, name, logging.WARNING, peer=f"{peer[0]}:{peer[1]}", **fields)
+            event(log, "dnsflow_bad_packet", logging.WARNING, peer=f"{peer[0]}:{peer[1]}",
+                  **fields, reason=exc.reason, error=str(exc))  # fmt: skip
 
     def _sequence(self, sensor: Sensor, number: int) -> None:
-        stats = self.stats
-        lost = sensor.sequence.lost
-        seen = sensor.sequence.see(number)
-        stats.lost += sensor.sequence.lost - lost
-        if seen is Seen.LATE:
-            sensor.reordered += 1
-            stats.reordered += 1
-        elif seen is Seen.DUPLICATE:
-            sensor.duplicates += 1
-            stats.duplicates += 1
-        elif seen is Seen.RESTART:
-            sensor.restarts += 1
-            stats.restarts += 1
+        """Follow `number` in the sensor's sequence, and its counts in the totals."""
+        sequence, stats = sensor.sequence, self.stats
+        before = _SEQUENCE_COUNTS(sequence)
+        sequence.see(number)
+        for name, old, new in zip(SEQUENCE_COUNTS, before, _SEQUENCE_COUNTS(sequence), strict=True):
+            if new != old:
+                setattr(stats, name, getattr(stats, name) + new - old)
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = dataclasses.asdict(self.stats)
         data["bad"] = dict(self.stats.bad)
-        data["bad_sets"] = dict(self.stats.bad_sets)
         data["bad_logs_suppressed"] = self._log_limit.suppressed  # over MAX_ERROR_LOGS a window
         data.update(dataclasses.asdict(self.record_stats))
         w = self.writer.stats
@@ -271,9 +266,9 @@ class Ingest:
     def log_stats(self, name: str = "dnsflow_ingest_stats") -> None:
         event(log, name, **self.snapshot())
         for (host, port), s in self.sensors.items():
+            counts = zip(SEQUENCE_COUNTS, _SEQUENCE_COUNTS(s.sequence), strict=True)
             event(
-                log, "dnsflow_sensor", sensor=f"{host}:{port}", packets=s.packets, lost=s.lost,
-                reordered=s.reordered, duplicates=s.duplicates, restarts=s.restarts,
+                log, "dnsflow_sensor", sensor=f"{host}:{port}", packets=s.packets, **dict(counts),
                 sample_rate=s.sample_rate, captured=s.captured, received=s.received,
                 dropped=s.dropped, ifdropped=s.ifdropped,
             )  # fmt: skip

@@ -20,10 +20,11 @@ import pytest
 import redis
 
 from agents.dnstap import fstrm
-from agents.dnstap.agent import ERROR_LOG_WINDOW, MAX_ERROR_LOGS, DnstapAgent
+from agents.dnstap.agent import MAX_ERROR_LOGS, DnstapAgent
 from agents.dnstap.client import FrameWriter, read_control
 from agents.dnstap.config import parse_dnstap_config
 from agents.dnstap.server import ConnectionStats
+from agents.log_limit import WINDOW
 from agents.redis_writer import make_writer
 from tests.agents.dnstap.builders import response_wire, tap_payload
 from tests.agents.dnstap.harness import redis_dump, running_agent
@@ -437,10 +438,13 @@ def test_bad_message_lines_are_rate_limited_without_stats(
     for _ in range(MAX_ERROR_LOGS + 50):
         agent.handle(b"\xff\xfe\xfd", conn)
     assert bad_lines() == MAX_ERROR_LOGS
-    assert agent.snapshot()["decode_errors"] == {"BadProtobuf": MAX_ERROR_LOGS + 50}
-    now[0] += ERROR_LOG_WINDOW
+    snapshot = agent.snapshot()
+    assert snapshot["decode_errors"] == {"BadProtobuf": MAX_ERROR_LOGS + 50}
+    assert snapshot["bad_logs_suppressed"] == 50
+    now[0] += WINDOW
     agent.handle(b"\xff\xfe\xfd", conn)
     assert bad_lines() == MAX_ERROR_LOGS + 1
+    assert agent.snapshot()["bad_logs_suppressed"] == 50
 
 
 # ShoDoHFlo's values for the same input. Its dnstap_agent (`MyMapper.map_fields`)

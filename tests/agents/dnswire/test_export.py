@@ -202,7 +202,7 @@ def test_ingest_counts_sequence_gaps_and_keeps_sample_rate(
         ingest.handle(packet, ("192.0.2.1", 5300))
     sensor = ingest.sensors[("192.0.2.1", 5300)]
     assert sensor.sample_rate == 8 and sensor.captured == 1 and sensor.ifdropped == 4
-    assert ingest.stats.lost == sensor.lost == gap
+    assert ingest.stats.lost == sensor.sequence.lost == gap
     writer.stop(0)
 
 
