@@ -61,19 +61,36 @@ MAX_ERROR_LOGS = 20
 # second) and a hit skips the parse, the recorder's filters and the key
 # building (`ResponseRecorder.prepare`, kept beside the parse) and the export
 # set's names and addresses (`export.SetBody`), half of a response's cost
-# (see docs/performance.md). Two generations of at most
-# PARSE_CACHE_ENTRIES each: when the new one fills it becomes the old one,
-# and a hit there moves back, so the popular answers survive the turnover.
-# Messages over PARSE_CACHE_MAX_MESSAGE bytes are not kept. Worst case
-# ~ 2 x PARSE_CACHE_ENTRIES x 2.5 KiB (message, names as text, key suffixes,
-# the export set); ~ 2 x 350 bytes typical.
+# (see docs/performance.md). Two generations, each of at most
+# PARSE_CACHE_ENTRIES entries and PARSE_CACHE_BYTES of their estimated size
+# (`_entry_cost`): when the new one fills it becomes the old one, and a hit
+# there moves back, so the popular answers survive the turnover. Messages
+# over PARSE_CACHE_MAX_MESSAGE bytes are not kept. A typical answer's entry
+# holds ~1.05 KB (tracemalloc), so 32,768 of them fit the byte budget; one
+# crafted to hold long CNAME chains holds up to ~29 KB (names as escaped
+# text are 4x their wire form, and the keys repeat them), and the budget
+# holds ~750 of those: at most ~2 x 40 MiB whatever arrives.
 PARSE_CACHE_ENTRIES = 32_768
+PARSE_CACHE_BYTES = 40 << 20
 PARSE_CACHE_MAX_MESSAGE = 512
+# `_entry_cost`, an upper bound of what an entry holds (the tests measure
+# it): the objects of an entry with short names, then per character of the
+# names and address texts (the parse, the key suffixes and members each
+# hold them; measured 2.1-2.6 bytes per character).
+ENTRY_BASE_COST = 1_000
+ENTRY_COST_PER_CHAR = 4
 
 
-# A message's parse, the recorder's verdict on it (None: not recording) and
-# the export set it makes (None: not exported, or not exporting).
-Parsed = tuple[Response, Prepared | None, export.SetBody | None]
+# A message's parse, the recorder's verdict on it (None: not recording), the
+# export set it makes (None: not exported, or not exporting) and the entry's
+# estimated size in bytes.
+Parsed = tuple[Response, Prepared | None, export.SetBody | None, int]
+
+
+def _entry_cost(key: bytes, resp: Response, body: export.SetBody | None) -> int:
+    chars = sum(map(len, resp.chain)) + sum(len(address) for _rtype, address in resp.addresses)
+    tail = 0 if body is None else len(body.tail)
+    return ENTRY_BASE_COST + len(key) + ENTRY_COST_PER_CHAR * chars + tail
 
 
 class AgentError(Exception):
@@ -133,6 +150,7 @@ class WireAgent:
         self.log_limit = LogLimit.per_stats_interval(MAX_ERROR_LOGS, config.stats_interval, clock)
         self._parsed: dict[bytes, Parsed] = {}
         self._parsed_old: dict[bytes, Parsed] = {}
+        self._parsed_bytes = 0  # the new generation's estimated size
         self.parse_hits = 0
         self._handle: Any = None
         self._callback: decode.Handler | None = None
@@ -152,7 +170,7 @@ class WireAgent:
                 self._remember(key, parsed)
         if parsed is not None:
             self.parse_hits += 1
-            resp, prepared, body = parsed
+            resp, prepared, body, _cost = parsed
         else:
             try:
                 resp = parse_response(message)
@@ -169,7 +187,7 @@ class WireAgent:
                 else None
             )
             if len(message) <= PARSE_CACHE_MAX_MESSAGE:
-                self._remember(key, (resp, prepared, body))
+                self._remember(key, (resp, prepared, body, _entry_cost(key, resp, body)))
         if self.recorder is not None:
             self.recorder.record(client, resp, prepared)
         if self.packer is not None:
@@ -179,10 +197,16 @@ class WireAgent:
                 self.not_exported += 1
 
     def _remember(self, key: bytes, parsed: Parsed) -> None:
-        if len(self._parsed) >= PARSE_CACHE_ENTRIES:
+        cost = parsed[3]
+        if (
+            len(self._parsed) >= PARSE_CACHE_ENTRIES
+            or self._parsed_bytes + cost > PARSE_CACHE_BYTES
+        ):
             self._parsed_old = self._parsed
             self._parsed = {}
+            self._parsed_bytes = 0
         self._parsed[key] = parsed
+        self._parsed_bytes += cost
 
     def _inner_message(self, client: bytes, resolver: bytes, message: bytes) -> None:
         i, n = self.config.slot

@@ -28,6 +28,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import dns.name
 
@@ -107,25 +108,28 @@ class ExportStats:
 Send = Callable[[bytes], None]
 
 
-@dataclass(frozen=True, slots=True)
-class SetBody:
-    """What a data set carries for any client: its counts and every byte
-    after its header (names, padding, addresses). agents.dnswire keeps one
-    beside each cached parse, so a repeated answer is packed without
-    building its names and addresses again."""
+class SetBody(NamedTuple):
+    """What a data set carries for any client: its counts, its size with its
+    header, and every byte after that header (names, padding, addresses).
+    agents.dnswire keeps one beside each cached parse, so a repeated answer
+    is packed without building its names and addresses again. A tuple of
+    ints and bytes, which the cyclic GC stops tracking."""
 
     names: int
     ip4: int
     ip6: int
     names_len: int  # the names with their padding
-    tail: bytes
+    size: int  # SET_HEADER.size + len(the tail), kept when the tail is not
+    tail: bytes  # empty for a set too large for any packet: it is never sent
 
 
 def set_body(names: Sequence[bytes], ip4: Sequence[bytes], ip6: Sequence[bytes]) -> SetBody:
     blob = b"".join(names)
     pad = _PAD[len(blob) % 4]
-    return SetBody(len(names), len(ip4), len(ip6), len(blob) + len(pad),
-                   b"".join((blob, pad, *ip4, *ip6)))  # fmt: skip
+    names_len = len(blob) + len(pad)
+    size = SET_HEADER.size + names_len + 4 * len(ip4) + 16 * len(ip6)
+    tail = b"".join((blob, pad, *ip4, *ip6)) if HEADER.size + size <= MAX_SIZE else b""
+    return SetBody(len(names), len(ip4), len(ip6), names_len, size, tail)
 
 
 def body_of(resp: Response) -> SetBody:
@@ -159,23 +163,13 @@ class Packer:
         self._sets = 0
         self.last_send = clock()
 
-    def add_set(
-        self,
-        client: bytes,
-        resolver: bytes,
-        names: Sequence[bytes],
-        ip4: Sequence[bytes],
-        ip6: Sequence[bytes],
-    ) -> None:
-        self.add_body(client, resolver, set_body(names, ip4, ip6))
-
     def add_body(self, client: bytes, resolver: bytes, body: SetBody) -> None:
         """One set: `body` for this client and resolver."""
-        size = SET_HEADER.size + len(body.tail)
+        size = body.size
         if HEADER.size + size > MAX_SIZE:
             self.stats.too_large += 1
             return
-        buf = self._buf
+        buf = self._buf  # flush() empties it in place: `buf` stays the packet being built
         if buf and len(buf) + size > MAX_SIZE:
             self.flush()
         if not buf:

@@ -123,9 +123,11 @@ def test_write_file_holds_the_packets_as_dnsflow_writes_them(tmp_path: Path) -> 
 def test_a_set_too_large_for_any_packet_is_dropped_and_counted() -> None:
     sent: list[bytes] = []
     packer = export.Packer(sent.append)
-    packer.add_set(bytes(4), bytes(4), [b"\x01a\x00"], [bytes(4)] * 255, [bytes(16)] * 40)
+    packer.add_body(
+        bytes(4), bytes(4), export.set_body([b"\x01a\x00"], [bytes(4)] * 255, [bytes(16)] * 40)
+    )
     assert packer.stats.too_large == 1
-    packer.add_set(bytes(4), bytes(4), [b"\x01a\x00"], [bytes(4)] * 10, [])
+    packer.add_body(bytes(4), bytes(4), export.set_body([b"\x01a\x00"], [bytes(4)] * 10, []))
     packer.flush()
     assert len(sent) == 1 and len(reader.read(sent[0]).sets) == 1
     assert reader.read(sent[0]).sequence == 1
@@ -135,7 +137,7 @@ def test_sets_never_take_a_packet_past_1500_bytes() -> None:
     sent: list[bytes] = []
     packer = export.Packer(sent.append)
     for i in range(200):  # sets of 40 + 4 + 4*(i % 70) bytes
-        packer.add_set(bytes(4), bytes(4), [b"\x00"], [bytes(4)] * (i % 70), [])
+        packer.add_body(bytes(4), bytes(4), export.set_body([b"\x00"], [bytes(4)] * (i % 70), []))
     packer.flush()
     packets = [reader.read(p) for p in sent]
     assert sum(len(p.sets) for p in packets) == 200
@@ -151,7 +153,7 @@ def test_stats_packet_carries_the_counters_and_sample_rate(redis_srv: RedisServe
     agent = WireAgent(config, None, sent.append)
     agent.open_live("lo")
     agent.captured = 17
-    agent.packer.add_set(bytes(4), bytes(4), [b"\x00"], [bytes(4)], [])  # type: ignore[union-attr]
+    agent.packer.add_body(bytes(4), bytes(4), export.set_body([b"\x00"], [bytes(4)], []))  # type: ignore[union-attr]
     agent.packer.flush()  # type: ignore[union-attr]
     agent.send_export_stats()
     data, stats = (reader.read(p) for p in sent)
@@ -196,7 +198,7 @@ def test_ingest_counts_sequence_gaps_and_keeps_sample_rate(
     packer = export.Packer(sent.append)
     packer.send_stats(1, 2, 3, 4, 8)
     for _ in range(gap + 1):
-        packer.add_set(bytes(4), bytes(4), [b"\x00"], [bytes(4)], [])
+        packer.add_body(bytes(4), bytes(4), export.set_body([b"\x00"], [bytes(4)], []))
         packer.flush()
     for packet in [sent[0], sent[-1]]:
         ingest.handle(packet, ("192.0.2.1", 5300))

@@ -128,7 +128,9 @@ def _send_hostile(port: int) -> list[bytes]:
 
         send()
         packer = export.Packer(sent.append)
-        packer.add_set(bytes([10, 0, 0, 9]), bytes(4), [WWW], [bytes([192, 0, 2, 10])], [])
+        packer.add_body(
+            bytes([10, 0, 0, 9]), bytes(4), export.set_body([WWW], [bytes([192, 0, 2, 10])], [])
+        )
         packer.flush()
         sock.sendto(sent[-1], ("127.0.0.1", port))
         return sent
