@@ -112,6 +112,20 @@ class WriteQueue(BatchSender):
         with self._lock:
             return self._depth_locked()
 
+    def stats_fields(self) -> dict[str, int]:
+        """The writer's part of every agent's stats line."""
+        s = self.stats
+        return {
+            "keys_queued": s.queued_ops,
+            "keys_written": s.written_ops,
+            "keys_dropped": s.dropped_ops,
+            "redis_errors": s.redis_errors,
+            "redis_not_now": s.redis_not_now,
+            "expires_lost": s.expires_lost,
+            "index_lost": s.index_lost,
+            "queue_depth": self.queue_depth,
+        }
+
     def _lost(self, ops: int, reason: str) -> None:
         if ops:
             self.stats.dropped_ops += ops

@@ -193,7 +193,7 @@ def _run_agent(workdir: Path, payloads: list[bytes], url: str) -> dict[str, floa
                     return {
                         "decoded_s": decoded, "written_s": max(when - start, decoded),
                         "deduped": found["deduped"], "keys_written": found["keys_written"],
-                        "dropped": found["dropped"],
+                        "dropped": found["keys_dropped"],
                     }  # fmt: skip
             time.sleep(STATS_INTERVAL)
         last = [line for line in log.read_bytes().splitlines() if b"dnstap_stats" in line][-1:]

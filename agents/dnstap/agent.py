@@ -126,14 +126,7 @@ class DnstapAgent:
         data["connections_opened"] = srv.connections_opened
         data["connections_refused"] = srv.connections_refused
         data["connections_closed"] = srv.connections_closed
-        w = self.writer.stats
-        data["keys_written"] = w.written_ops
-        data["queue_depth"] = self.writer.queue_depth
-        data["dropped"] = w.dropped_ops
-        data["redis_errors"] = w.redis_errors
-        data["redis_not_now"] = w.redis_not_now
-        data["expires_lost"] = w.expires_lost
-        data["index_lost"] = w.index_lost
+        data.update(self.writer.stats_fields())
         data["dedup_entries"] = len(self.dedup)
         data["per_connection"] = [
             {"conn": c.conn.id, "listener": c.conn.listener, "peer": c.conn.peer,

@@ -256,11 +256,7 @@ class Ingest:
         data["bad"] = dict(self.stats.bad)
         data["bad_logs_suppressed"] = self._log_limit.suppressed  # over MAX_ERROR_LOGS a window
         data.update(dataclasses.asdict(self.record_stats))
-        w = self.writer.stats
-        data.update(keys_written=w.written_ops, keys_dropped=w.dropped_ops,
-                    redis_errors=w.redis_errors, redis_not_now=w.redis_not_now,
-                    expires_lost=w.expires_lost,
-                    index_lost=w.index_lost, queue_depth=self.writer.queue_depth)  # fmt: skip
+        data.update(self.writer.stats_fields())
         return data
 
     def log_stats(self, name: str = "dnsflow_ingest_stats") -> None:

@@ -50,16 +50,7 @@ def snapshot(agent: WireAgent) -> dict[str, Any]:
     received, dropped, ifdropped = agent.kernel_stats()
     data.update(kernel_received=received, kernel_dropped=dropped, if_dropped=ifdropped)
     if agent.writer is not None:
-        w = agent.writer.stats
-        data.update(
-            keys_written=w.written_ops,
-            keys_dropped=w.dropped_ops,
-            redis_errors=w.redis_errors,
-            redis_not_now=w.redis_not_now,
-            expires_lost=w.expires_lost,
-            index_lost=w.index_lost,
-            queue_depth=agent.writer.queue_depth,
-        )
+        data.update(agent.writer.stats_fields())
     if agent.packer is not None:
         data.update({f"export_{k}": v for k, v in asdict(agent.packer.stats).items()})
         data["not_exported"] = agent.not_exported

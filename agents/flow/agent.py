@@ -174,18 +174,8 @@ class FlowAgent:
             for i in (tracker.DROP_NO_NETWORK, tracker.DROP_NO_RULE, tracker.DROP_RULE)
         )
         _received, dropped = self.kernel_stats()
-        wstats = self.writer.stats
-        result.update(
-            kernel_dropped=dropped,
-            keys_queued=wstats.queued_ops,
-            keys_written=wstats.written_ops,
-            keys_dropped=wstats.dropped_ops,
-            redis_errors=wstats.redis_errors,
-            redis_not_now=wstats.redis_not_now,
-            expires_lost=wstats.expires_lost,
-            index_lost=wstats.index_lost,
-            queue_depth=self.writer.queue_depth,
-        )
+        result["kernel_dropped"] = dropped
+        result.update(self.writer.stats_fields())
         return result
 
     def input_check(self) -> Check:

@@ -303,7 +303,7 @@ def test_redis_outage_drops_are_counted_and_writes_resume(
         # 300 lookups x 2 operations while Redis is down: the queue keeps 100.
         ra.send([tap_payload(AAAA, client=f"10.2.1.{i}") for i in range(150)])
         ra.send([tap_payload(AAAA, client=f"10.2.2.{i}") for i in range(150)])
-        wait_for(lambda: ra.snapshot()["dropped"] >= 200)
+        wait_for(lambda: ra.snapshot()["keys_dropped"] >= 200)
         # A failed idle PING is no failed write: the count comes with the
         # first write round trip after its backoff.
         wait_for(lambda: ra.snapshot()["redis_errors"] >= 1, timeout=15)
@@ -313,7 +313,7 @@ def test_redis_outage_drops_are_counted_and_writes_resume(
         ra.send([GOOD])
         wait_for(lambda: private_redis.client().get("client;10.9.9.9") == b"1", timeout=15)
         snap = ra.snapshot()
-        assert snap["keys_written"] + snap["dropped"] == 2 + 600 + 2
+        assert snap["keys_written"] + snap["keys_dropped"] == 2 + 600 + 2
         assert private_redis.client().get("10.9.9.9;192.0.2.10;dns") == b";www.example.test.;"
 
 
