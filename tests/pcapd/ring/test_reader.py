@@ -11,7 +11,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import pytest
 
 from pcapd.engine import CaptureError, CaptureLimits, CaptureOutcome
 from pcapd.ring import MIN_CHUNK, Ring, chunk_layout, compiled_filter
+from pcapd.ring.store import Span
 from tests.helpers import VethPair, free_port, needs_root, netns, run, veth_pair, wait_for
 
 pytestmark = needs_root
@@ -316,13 +317,41 @@ def history_file(path: Path, pair: VethPair) -> None:
             writer.writepkt(bytes(eth))
 
 
-def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
+def test_a_long_lookback_copy_leaves_the_reader_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 64 MiB ring of ~500k packets: lookback captures register at once, and
     while they copy the ring a live capture on the same ring gets its
     packets. A lookback file is its matches from the ring, then exactly the
     live packets that came meanwhile, up to its bounds."""
     with linked(100) as link:
         ring = link.ring(max_bytes=64 << 20)
+        # One copy stops after its first slice until the live capture is done:
+        # "while a copy runs" then holds on a machine that copies faster than
+        # 20 packets cross the veth.
+        live_done, first_copy, held = threading.Event(), threading.Lock(), threading.Event()
+        replay = ring.store.replay
+
+        def replay_held(
+            spans: tuple[Span, ...],
+            take: Callable[[memoryview], tuple[int, int]],
+            full: Callable[[], bool],
+        ) -> int:
+            if not first_copy.acquire(blocking=False):
+                return replay(spans, take, full)
+            slices = 0
+
+            def take_then_wait(piece: memoryview) -> tuple[int, int]:
+                nonlocal slices
+                slices += 1
+                if slices == 2:
+                    held.set()
+                    live_done.wait(30)
+                return take(piece)
+
+            return replay(spans, take_then_wait, full)
+
+        monkeypatch.setattr(ring.store, "replay", replay_held)
         try:
             path = tmp_path / "history.pcap"
             history_file(path, link.pair)
@@ -359,11 +388,12 @@ def test_a_long_lookback_copy_leaves_the_reader_reading(tmp_path: Path) -> None:
                 thread.start()
             wait_for(lambda: all(e.is_set() for e in registered), timeout=30)
             assert ring.stats().replaying == 3, "registered before their lookback is copied"
+            wait_for(held.is_set, timeout=30)
             link.send(20)
             live_t.join(30)
-            # The live capture had its 20 while a lookback was still being
-            # copied (the one ending at its 1 s timeout may be done by then).
+            # The live capture had its 20 while the held copy was midway.
             assert live and ring.stats().replaying >= 1
+            live_done.set()
             for thread in copying:
                 thread.join(60)
         finally:
