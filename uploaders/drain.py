@@ -137,7 +137,13 @@ class SpoolDrainer:
                 if self._stop.is_set():
                     remaining.append(listed.id)
                     continue
-                done = self._drain_entry(listed.id, down, errors)
+                try:
+                    done = self._drain_entry(listed.id, down, errors)
+                except Exception as exc:  # that entry's, never the ones after it
+                    why = f"{listed.id}: cannot drain: {type(exc).__name__}: {exc}"
+                    event(log, "spool_entry_failed", logging.ERROR, exc_info=True, id=listed.id)
+                    errors.append(why)
+                    done = False
                 (delivered if done else remaining).append(listed.id)
         return DrainReport(tuple(delivered), tuple(remaining), tuple(errors))
 

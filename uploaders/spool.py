@@ -45,6 +45,7 @@ from typing import Any
 from pcapd.core import logs
 from pcapd.core.atomic import write_atomic
 from pcapd.core.errors import PcapdError
+from pcapd.core.fields import text_problem
 from pcapd.core.request import CaptureRequest
 from uploaders.base import Artifact
 
@@ -118,24 +119,36 @@ class SpoolEntry:
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
-    def from_sidecar(cls, text: str | bytes) -> tuple[SpoolEntry, dict[str, str]]:
-        """The entry a sidecar holds, and each diagnostic field dropped as
-        malformed (field -> why, DIAGNOSTICS); ValueError or TypeError when
-        what delivers it (pending, request, ...) is unreadable."""
+    def from_sidecar(
+        cls, text: str | bytes, entry_id: str | None = None
+    ) -> tuple[SpoolEntry, dict[str, str]]:
+        """The entry a sidecar holds (that of the files named `entry_id`), and
+        each diagnostic field dropped as malformed (field -> why, DIAGNOSTICS);
+        ValueError when what delivers it (DELIVERY) is missing or malformed:
+        such an entry is kept, never uploaded wrongly or removed."""
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("sidecar is not a JSON object")
         data.pop("version", None)
-        pending = data.get("pending") or []
-        if not isinstance(pending, list) or not all(isinstance(s, str) for s in pending):
-            raise ValueError(
-                f"sidecar: pending={reprlib.repr(pending)} is not a list of sink names"
-            )
-        data["pending"] = tuple(pending)
+        for name, (valid, what) in DELIVERY.items():
+            if name not in data:
+                if name in _REQUIRED:
+                    raise ValueError(f"sidecar: no {name}")
+                continue
+            if not valid(data[name]):
+                raise ValueError(f"sidecar: {name}={reprlib.repr(data[name])} is not {what}")
+        if entry_id is not None and data["id"] != entry_id:
+            raise ValueError(f"sidecar: id={reprlib.repr(data['id'])} is not its files' {entry_id}")
+        if not data["pending"] and not data.get("locations"):
+            # Nothing left to upload but nowhere it went: never delivered.
+            raise ValueError("sidecar: pending=[] and no locations: delivered nowhere")
+        data["pending"] = tuple(data["pending"])
         v1 = "errors" not in data  # version 1: one `last_error` for them all
         if not v1:
             data.pop("last_error", None)  # derived from `errors` and `note`
         dropped = _drop_malformed(data)
+        if "spooled_at" not in data:
+            data["spooled_at"] = spooled_at_of(data["id"])
         if v1:
             data["errors"], data["note"] = _split_v1(data.get("last_error"), data["pending"])
         known = {f.name for f in dataclasses.fields(cls)}
@@ -329,9 +342,14 @@ class Spool:
 
     def _read(self, entry_id: str) -> SpoolEntry | None:
         try:
-            entry, dropped = SpoolEntry.from_sidecar(self.sidecar_path(entry_id).read_bytes())
+            text = self.sidecar_path(entry_id).read_bytes()
+            entry, dropped = SpoolEntry.from_sidecar(text, entry_id)
         except FileNotFoundError:
             return None  # delivered meanwhile by another process
+        except RecursionError:
+            why = "sidecar: JSON nested too deep"
+            logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=why)
+            return None
         except (OSError, ValueError, TypeError) as exc:
             logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=str(exc))
             return None
@@ -435,18 +453,73 @@ def _is_text(value: object) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_file_name(value: object) -> bool:
+    return isinstance(value, str) and value != "" and "/" not in value and not text_problem(value)
+
+
+def _is_str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+_REQUIRED = frozenset(
+    f.name
+    for f in dataclasses.fields(SpoolEntry)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+ENTRY_ID = re.compile(r"(\d{20})-[0-9a-f]{8}")
+
+
+def spooled_at_of(entry_id: str) -> float:
+    """When an entry was spooled, from its id (`put` names it by time_ns):
+    for a sidecar whose own `spooled_at` is gone; 0.0 for an id not `put`'s."""
+    found = ENTRY_ID.fullmatch(entry_id)
+    return int(found.group(1)) / 1e9 if found else 0.0
+
+
+# The fields that deliver an entry, and what each must hold: one missing or
+# malformed makes the entry unreadable (logged, kept on disk), as uploading
+# the wrong file or deleting one never uploaded would lose a capture.
+DELIVERY: dict[str, tuple[Callable[[object], bool], str]] = {
+    "id": (_is_name, "a spool entry id"),
+    "filename": (_is_file_name, "a file name (text, no '/')"),
+    "format": (_is_name, "a capture format"),
+    "sha256": (
+        lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+        "a sha256 in hex",
+    ),
+    "size": (_is_count, "a byte count"),
+    "node": (lambda v: isinstance(v, str), "a string"),
+    "interface": (lambda v: isinstance(v, str), "a string"),
+    "request": (lambda v: isinstance(v, dict), "a request object"),
+    "pending": (
+        lambda v: isinstance(v, list) and all(_is_name(s) for s in v),
+        "a list of sink names",
+    ),
+    "locations": (_is_str_map, "an object of strings"),
+    "event": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+}
+
+
 # The fields that only tell what befell an entry, and what each must hold.
 # One malformed (a bug's, a hand edit's) is dropped, never the entry: its
 # capture and request are intact, and a capture that was taken is never lost.
 DIAGNOSTICS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "errors": (
-        lambda v: isinstance(v, dict) and all(isinstance(why, str) for why in v.values()),
-        "an object of strings",
-    ),
+    "errors": (_is_str_map, "an object of strings"),
     "note": (_is_text, "a string or null"),
     "last_error": (_is_text, "a string or null"),
-    "attempts": (lambda v: isinstance(v, int), "an integer"),
-    "spooled_at": (lambda v: isinstance(v, int | float), "a number"),
+    "attempts": (_is_count, "a count"),
+    "spooled_at": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e12,
+        "a time in seconds",
+    ),
 }
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pcapd.cli.common import Subparsers, UsageError, add_command, add_redis_options, redis_config
 from pcapd.core.config import DEFAULT_FLEET_PREFIX, MAX_MAX_REQUEST_BYTES, load_config
+from pcapd.core.fields import printable
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from pcapd.core.request import RequestError, decode_body
 
@@ -73,6 +74,7 @@ def _interfaces_text(node: NodeState) -> str:
 
 
 def _table(rows: list[list[str]]) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]  # heartbeats: anyone's text
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]

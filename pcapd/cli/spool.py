@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pcapd.cli.common import Subparsers, UsageError, add_command
 from pcapd.core.config import Config, load_config
 from pcapd.core.events import ResultEvent
+from pcapd.core.fields import printable
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
 from pcapd.core.logs import warnings_to_stderr
 from uploaders.drain import SpoolDrainer
@@ -49,11 +50,12 @@ def _list(spool: Spool, as_json: bool) -> int:
             print(json.dumps(row))
         else:
             # No sink left: delivered everywhere, its `delivered` still to publish.
-            pending = ",".join(entry.pending) or "(result to publish)"
+            pending = printable(",".join(entry.pending)) or "(result to publish)"
             print(
                 f"{entry.id}  age={_age(now - entry.spooled_at)}  bytes={entry.size}  "
                 f"pending={pending}  attempts={entry.attempts}  "
-                f"file={entry.filename}  last_error={entry.last_error or '-'}"
+                f"file={printable(entry.filename)}  "
+                f"last_error={printable(entry.last_error or '-')}"
             )
     for orphan in spool.orphans():
         print(f"warning: {orphan}: capture without its sidecar (kept)", file=sys.stderr)
@@ -86,7 +88,7 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
     def published(event: ResultEvent, entry: SpoolEntry) -> bool:
         """The entry goes once its result was sent, or refused for good (as
         the daemon drops it: logged lost); kept while Redis is unreachable."""
-        where = ", ".join(f"{kind}={url}" for kind, url in event.locations.items())
+        where = printable(", ".join(f"{kind}={url}" for kind, url in event.locations.items()))
         outcome = Sent.SENT
         if publisher is not None:
             outcome = publisher.publish(event, entry.capture_request().reply_to)
@@ -107,7 +109,8 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
     for entry_id in remaining:
         left = spool.get(entry_id)
         why = left.last_error if left is not None else None
-        print(f"still spooled {entry_id}: {why or 'in use by another process'}", file=sys.stderr)
+        why = printable(why or "in use by another process")
+        print(f"still spooled {entry_id}: {why}", file=sys.stderr)
     print(f"{len(report.delivered)} delivered, {len(remaining)} still spooled")
     return EXIT_PENDING if remaining else EXIT_OK
 

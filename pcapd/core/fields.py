@@ -107,6 +107,13 @@ def show(value: Any) -> str:
     return text[:MAX_SHOWN]
 
 
+def printable(text: str) -> str:
+    """`text` for a line on a terminal: as it is when printable, else quoted
+    with its escapes (repr), so a control character, a lone surrogate or a
+    newline from a heartbeat, a sidecar or a sink's error is never written raw."""
+    return text if text.isprintable() else repr(text)
+
+
 def text_problem(value: str) -> str | None:
     """Why `value` is not clean text (a lone surrogate, a control character), or None."""
     found = _BAD_CHAR_RE.search(value)

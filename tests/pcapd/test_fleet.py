@@ -405,6 +405,23 @@ def test_nodes_quotes_an_alias_that_would_read_as_the_listing_itself(
     assert done.stdout.splitlines()[1].endswith(f" sqs      {shown}"), done.stdout
 
 
+def test_nodes_writes_a_heartbeat_s_control_characters_escaped(redis_srv: RedisServer) -> None:
+    """Any Redis client may write a heartbeat: a hostname or version holding
+    an escape sequence or a newline is shown quoted with its escapes."""
+    table = {"general": {"node": "n1"}, "interface": [{"name": "lo"}]}
+    state = node_state(
+        parse_config(table, "n1"), instance="i1", started=1.0, devices={"lo"},
+        linktypes={"lo": 1}, sources=["sqs"], captures=0,
+    )  # fmt: skip
+    beat = state.to_hash() | {"hostname": "h\x1b]0;pwned\x07", "version": "1\nn2"}
+    redis_srv.client().hset(node_key(PREFIX, "n1"), mapping=beat)  # type: ignore[arg-type]
+    done = nodes_cli(redis_srv)
+    assert done.returncode == 0, done.stderr
+    [_header, row] = done.stdout.splitlines()
+    assert row.split()[:3] == ["n1", "'1\\nn2'", "'h\\x1b]0;pwned\\x07'"], row
+    assert "\x1b" not in done.stdout
+
+
 def test_nodes_help_states_the_exit_statuses() -> None:
     done = subprocess.run([sys.executable, "-m", "pcapd", "nodes", "--help"],
                           capture_output=True, text=True, timeout=30)  # fmt: skip

@@ -130,7 +130,8 @@ def test_a_malformed_diagnostic_field_is_dropped_and_the_entry_drains(
     path.write_text(json.dumps(sidecar | {field: value}))
     [listed] = spool.list()
     assert (listed.id, listed.last_error, listed.attempts) == (entry.id, shown, 0)
-    assert listed.spooled_at == (0.0 if field == "spooled_at" else entry.spooled_at)
+    # A dropped spooled_at is read from the id, which put named by the time.
+    assert abs(listed.spooled_at - entry.spooled_at) < 0.01
     bucket = "caps-" + entry.id[-8:]
     drainer = SpoolDrainer(spool, [S3Uploader(moto_s3.s3_config(bucket))], lambda e, h: True, 60)
     assert drainer.drain_once().remaining == (entry.id,)  # no bucket yet: an attempt
@@ -168,6 +169,139 @@ def test_unreadable_sidecar_and_orphans(tmp_path: Path, caplog: pytest.LogCaptur
     assert "spool_entry_unreadable id=00000000000000000001-bad" in caplog.text
     assert 'id=00000000000000000003-odd error="sidecar: pending=[1, 2] is not a list' in caplog.text
     assert [p.name for p in spool.orphans()] == ["00000000000000000002-lost.cap"]
+
+
+REMOVED = object()  # the field taken out of the sidecar
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("pending", {}, "pending={} is not a list of sink names"),
+        ("pending", None, "pending=None is not a list of sink names"),
+        ("pending", "s3", "pending='s3' is not a list of sink names"),
+        ("pending", [""], "pending=[''] is not a list of sink names"),
+        ("pending", REMOVED, "no pending"),
+        ("pending", [], "pending=[] and no locations: delivered nowhere"),
+        ("id", "00000000000000000009-0ther123", "is not its files' "),
+        ("id", 7, "id=7 is not a spool entry id"),
+        ("sha256", "ab" * 31, "is not a sha256 in hex"),
+        ("size", -1, "size=-1 is not a byte count"),
+        ("size", True, "size=True is not a byte count"),
+        ("size", 10**20, "is not a byte count"),  # passes the check, fails the load
+        ("filename", "", "filename='' is not a file name"),
+        ("filename", "x\ud800.pcap", "is not a file name"),  # S3 cannot take it
+        ("filename", "../../etc/cron.d/x", "is not a file name"),
+        ("request", [], "request=[] is not a request object"),
+        ("locations", {"s3": 5}, "locations={'s3': 5} is not an object of strings"),
+        ("event", "spooled", "event='spooled' is not an object or null"),
+        ("format", REMOVED, "no format"),
+    ],
+)
+def test_an_entry_that_cannot_say_how_to_deliver_it_is_kept_and_never_uploaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, value: object, said: str
+) -> None:
+    """A sidecar whose delivery fields are missing or wrong (a bug's, a hand
+    edit's): nothing is uploaded from it and neither file is removed (an
+    empty `pending` read as "delivered" would delete a capture that never
+    left); the error names the field; the entries after it still drain."""
+    spool = Spool(tmp_path, 10 * MB)
+    bad, good = spool.put(make_artifact(), ["s3"]), spool.put(make_artifact(), ["s3"])
+    path = spool.sidecar_path(bad.id)
+    sidecar = json.loads(path.read_text())
+    if value is REMOVED:
+        del sidecar[field]
+    else:
+        sidecar[field] = value
+    path.write_text(json.dumps(sidecar))
+    sink = Sink("s3", fail=False)
+    report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
+    assert report.delivered == (good.id,) and sink.received == [good.sha256]
+    assert spool.data_path(bad.id).read_bytes() == bytes(make_artifact_data(spool, bad))
+    assert spool.sidecar_path(bad.id).exists()
+    if field == "size" and value == 10**20:  # well-formed, but not the file's
+        [error] = report.errors
+        assert error.startswith(f"spool entry {bad.id}: ") and "has sha256" in error
+    else:
+        assert f"spool_entry_unreadable id={bad.id} error=" in caplog.text
+        assert said in caplog.text, caplog.text
+
+
+def make_artifact_data(spool: Spool, entry: SpoolEntry) -> bytes:
+    """The entry's capture as put, checked by its sha256 (the sidecar may lie now)."""
+    data = spool.data_path(entry.id).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry.sha256
+    return data
+
+
+def test_a_delivered_entry_whose_result_was_not_sent_still_reads_back(tmp_path: Path) -> None:
+    """`pending: []` with locations is what hand_over keeps: read, then sent."""
+    spool = Spool(tmp_path, 10 * MB)
+    entry = spool.put(make_artifact(), ["s3"])
+    path = spool.sidecar_path(entry.id)
+    path.write_text(
+        json.dumps(json.loads(path.read_text()) | {"pending": [], "locations": {"s3": "s3://b/k"}})
+    )
+    sent: list[ResultEvent] = []
+
+    def publish(event: ResultEvent, _entry: SpoolEntry) -> bool:
+        sent.append(event)
+        return True
+
+    report = SpoolDrainer(spool, [], publish, 60).drain_once()
+    assert report.delivered == (entry.id,)
+    assert [(e.id, e.status, e.locations) for e in sent] == [
+        (entry.request["id"], "delivered", {"s3": "s3://b/k"})
+    ]
+    assert spool.list() == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, '{"attempts": ' + "9" * 5000 + "}", "\ud800", "\x00"],
+    ids=["nested", "huge-int", "surrogate", "nul"],
+)
+def test_a_sidecar_json_cannot_parse_is_logged_and_the_pass_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    good = spool.put(make_artifact(), ["s3"])
+    bad_id = "00000000000000000001-0bad0bad"
+    spool.sidecar_path(bad_id).write_text(text, errors="surrogatepass")
+    spool.data_path(bad_id).write_bytes(b"kept")
+    sink = Sink("s3", fail=False)
+    report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
+    assert report.delivered == (good.id,)
+    assert f"spool_entry_unreadable id={bad_id} error=" in caplog.text
+    assert spool.data_path(bad_id).read_bytes() == b"kept"
+
+
+def test_an_entry_whose_request_breaks_the_upload_is_kept_and_the_next_drains(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request object that reads but cannot be rebuilt (`warnings: 5`): the
+    pass logs that entry's failure and goes on to the next."""
+    spool = Spool(tmp_path, 10 * MB)
+    bad, good = spool.put(make_artifact(), ["s3"]), spool.put(make_artifact(), ["s3"])
+    path = spool.sidecar_path(bad.id)
+    sidecar = json.loads(path.read_text())
+    sidecar["request"]["warnings"] = 5
+    path.write_text(json.dumps(sidecar))
+    sink = Sink("s3", fail=False)
+    report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
+    assert report.delivered == (good.id,) and report.remaining == (bad.id,)
+    assert report.errors == (f"{bad.id}: cannot drain: TypeError: 'int' object is not iterable",)
+    assert f"spool_entry_failed id={bad.id}" in caplog.text
+    assert spool.data_path(bad.id).exists() and spool.sidecar_path(bad.id).exists()
+
+
+def test_a_lost_spooled_at_is_read_from_the_entry_id(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10 * MB)
+    entry = spool.put(make_artifact(), ["s3"])
+    path = spool.sidecar_path(entry.id)
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"spooled_at": float("nan")}))
+    [listed] = spool.list()
+    assert abs(listed.spooled_at - entry.spooled_at) < 0.01
 
 
 def test_claim_is_exclusive(tmp_path: Path) -> None:

@@ -128,6 +128,26 @@ def test_list_shows_an_entry_whose_note_is_malformed_and_says_why(
     assert captured.err.splitlines() == [warning]
 
 
+def test_list_writes_a_sidecar_s_control_characters_escaped(
+    tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error holding an escape sequence, a newline or a lone surrogate (a
+    sink's reply, a hand edit) prints quoted with its escapes: one line per
+    entry, nothing the terminal would act on."""
+    config = write_config(tmp_path, moto_s3.endpoint, "b", 1)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    spool.put(
+        make_artifact(), ["s3"], errors={"s3": "refused\nlevel=info forged"},
+        note="x\x1b[2J\ud800",
+    )  # fmt: skip
+    assert main(["list", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    [line, _summary] = out.splitlines()
+    shown = repr("x\x1b[2J\ud800; s3: refused\nlevel=info forged")
+    assert line.endswith(f"  last_error={shown}"), line
+    assert "\x1b" not in out
+
+
 def test_bad_invocations(
     tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
 ) -> None:
