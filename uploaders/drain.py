@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
@@ -57,8 +57,9 @@ def delivered_event(entry: SpoolEntry, locations: Mapping[str, str]) -> ResultEv
 @dataclass(frozen=True, slots=True)
 class DrainReport:
     delivered: tuple[str, ...] = ()  # entry ids delivered and removed
-    remaining: tuple[str, ...] = ()  # entry ids still pending (failed, busy or skipped)
+    remaining: tuple[str, ...] = ()  # entry ids still pending (failed, busy, skipped, unreadable)
     errors: tuple[str, ...] = ()
+    unreadable: Mapping[str, str] = field(default_factory=dict)  # entry id -> why, kept
 
 
 class SpoolDrainer:
@@ -131,7 +132,12 @@ class SpoolDrainer:
         down: set[str] = set()  # sinks that failed (or were not tried) in this pass
         with self._pass_lock:
             self.spool.refresh()  # here, off any caller's lock
-            for listed in self.spool.list():
+            listing, unreadable = self.spool.scan()
+            if wanted is not None:
+                unreadable = {i: why for i, why in unreadable.items() if i in wanted}
+            remaining += unreadable
+            errors += (f"{entry_id}: unreadable: {why}" for entry_id, why in unreadable.items())
+            for listed in listing:
                 if wanted is not None and listed.id not in wanted:
                     continue
                 if self._stop.is_set():
@@ -145,7 +151,7 @@ class SpoolDrainer:
                     errors.append(why)
                     done = False
                 (delivered if done else remaining).append(listed.id)
-        return DrainReport(tuple(delivered), tuple(remaining), tuple(errors))
+        return DrainReport(tuple(delivered), tuple(remaining), tuple(errors), unreadable)
 
     def _drain_entry(self, entry_id: str, down: set[str], errors: list[str]) -> bool:
         with self.spool.claim(entry_id) as held:

@@ -328,30 +328,41 @@ class Spool:
     # -- reading -----------------------------------------------------------
     def list(self) -> list[SpoolEntry]:
         """Every readable entry, oldest first; unreadable sidecars are logged."""
-        entries = []
+        return self.scan()[0]
+
+    def scan(self) -> tuple[builtins.list[SpoolEntry], dict[str, str]]:
+        """Every readable entry, oldest first, and each unreadable one's id ->
+        why (logged too): kept on disk, so still spooled for whoever counts."""
+        entries: builtins.list[SpoolEntry] = []
+        unreadable: dict[str, str] = {}
         for path in sorted(self.directory.glob("*" + SIDECAR_SUFFIX)):
             if path.name.startswith(TMP_PREFIX):
                 continue
-            entry = self._read(path.name[: -len(SIDECAR_SUFFIX)])
+            entry_id = path.name[: -len(SIDECAR_SUFFIX)]
+            entry = self._read(entry_id, unreadable)
             if entry is not None:
                 entries.append(entry)
-        return entries
+        return entries, unreadable
+
+    def holds(self, entry_id: str) -> bool:
+        """An entry of that id is here (readable or not)."""
+        return ENTRY_ID.fullmatch(entry_id) is not None and self.sidecar_path(entry_id).exists()
 
     def get(self, entry_id: str) -> SpoolEntry | None:
-        return self._read(entry_id)
+        return self._read(entry_id, {})
 
-    def _read(self, entry_id: str) -> SpoolEntry | None:
+    def _read(self, entry_id: str, unreadable: dict[str, str]) -> SpoolEntry | None:
+        """The entry, or None: gone (delivered meanwhile by another process),
+        or unreadable (logged, and why in `unreadable`)."""
         try:
             text = self.sidecar_path(entry_id).read_bytes()
             entry, dropped = SpoolEntry.from_sidecar(text, entry_id)
         except FileNotFoundError:
-            return None  # delivered meanwhile by another process
-        except RecursionError:
-            why = "sidecar: JSON nested too deep"
-            logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=why)
             return None
-        except (OSError, ValueError, TypeError) as exc:
-            logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=str(exc))
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
+            why = "sidecar: JSON nested too deep" if isinstance(exc, RecursionError) else str(exc)
+            unreadable[entry_id] = why
+            logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=why)
             return None
         for name, why in dropped.items():
             # Once per entry and field: each pass reads an entry twice, and one

@@ -37,7 +37,7 @@ def _age(seconds: float) -> str:
 
 
 def _list(spool: Spool, as_json: bool) -> int:
-    entries = spool.list()
+    entries, unreadable = spool.scan()
     now = time.time()
     for entry in entries:
         if as_json:
@@ -61,8 +61,9 @@ def _list(spool: Spool, as_json: bool) -> int:
         print(f"warning: {orphan}: capture without its sidecar (kept)", file=sys.stderr)
     used = spool.used_bytes()
     percent = 100 * used / spool.max_bytes
+    kept = f" and {len(unreadable)} unreadable (kept; see the errors above)" if unreadable else ""
     print(
-        f"{len(entries)} spooled, {used} of {spool.max_bytes} bytes ({percent:.1f}%) "
+        f"{len(entries)} spooled{kept}, {used} of {spool.max_bytes} bytes ({percent:.1f}%) "
         f"in {spool.directory}",
         file=sys.stderr if as_json else sys.stdout,
     )
@@ -71,9 +72,8 @@ def _list(spool: Spool, as_json: bool) -> int:
 
 def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: bool) -> int:
     uploaders = build_remote_uploaders(config)
-    entries = {e.id: e for e in spool.list()}
     if ids:
-        unknown = sorted(set(ids) - entries.keys())
+        unknown = sorted(i for i in set(ids) if not spool.holds(i))
         if unknown:
             raise UsageError("\n".join(f"error: {entry_id}: no such spool entry"
                                        for entry_id in unknown))  # fmt: skip
@@ -107,8 +107,11 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
     report = drainer.drain_once(ids)
     remaining = report.remaining
     for entry_id in remaining:
-        left = spool.get(entry_id)
-        why = left.last_error if left is not None else None
+        if entry_id in report.unreadable:
+            why: str | None = f"unreadable: {report.unreadable[entry_id]}"
+        else:
+            left = spool.get(entry_id)
+            why = left.last_error if left is not None else None
         why = printable(why or "in use by another process")
         print(f"still spooled {entry_id}: {why}", file=sys.stderr)
     print(f"{len(report.delivered)} delivered, {len(remaining)} still spooled")

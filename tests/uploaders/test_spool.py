@@ -271,7 +271,9 @@ def test_a_sidecar_json_cannot_parse_is_logged_and_the_pass_goes_on(
     spool.data_path(bad_id).write_bytes(b"kept")
     sink = Sink("s3", fail=False)
     report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
-    assert report.delivered == (good.id,)
+    assert report.delivered == (good.id,) and report.remaining == (bad_id,)
+    assert list(report.unreadable) == [bad_id]
+    assert report.errors == (f"{bad_id}: unreadable: {report.unreadable[bad_id]}",)
     assert f"spool_entry_unreadable id={bad_id} error=" in caplog.text
     assert spool.data_path(bad_id).read_bytes() == b"kept"
 

@@ -148,6 +148,29 @@ def test_list_writes_a_sidecar_s_control_characters_escaped(
     assert "\x1b" not in out
 
 
+def test_an_unreadable_entry_is_counted_as_still_spooled(
+    tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry kept because its sidecar is unreadable is no "0 still
+    spooled, exit 0": list counts it, retry (all, or its --id) names it
+    with why and exits 1."""
+    config = write_config(tmp_path, moto_s3.endpoint, "b", 1)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    entry = spool.put(make_artifact(), ["s3"])
+    path = spool.sidecar_path(entry.id)
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"pending": {}}))
+    assert main(["list", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 spooled and 1 unreadable (kept; see the errors above), "), out
+    for ids in ([], ["--id", entry.id]):
+        assert main(["retry", "--no-publish", "-c", str(config), *ids]) == 1
+        captured = capsys.readouterr()
+        why = "unreadable: sidecar: pending={} is not a list of sink names"
+        assert f"still spooled {entry.id}: {why}" in captured.err.splitlines()
+        assert captured.out.splitlines()[-1] == "0 delivered, 1 still spooled"
+    assert spool.data_path(entry.id).exists()
+
+
 def test_bad_invocations(
     tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
 ) -> None:
