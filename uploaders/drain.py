@@ -145,6 +145,10 @@ class SpoolDrainer:
                     continue
                 try:
                     done = self._drain_entry(listed.id, down, errors)
+                except SpoolCorrupt as exc:  # its data file is no capture put wrote
+                    errors.append(str(exc))
+                    event(log, "spool_entry_corrupt", logging.ERROR, id=listed.id, error=str(exc))
+                    done = False
                 except Exception as exc:  # that entry's, never the ones after it
                     why = f"{listed.id}: cannot drain: {type(exc).__name__}: {exc}"
                     event(log, "spool_entry_failed", logging.ERROR, exc_info=True, id=listed.id)

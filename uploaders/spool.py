@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import reprlib
+import stat
 import threading
 import time
 import uuid
@@ -434,12 +435,18 @@ class Spool:
     def claim(self, entry_id: str) -> Iterator[bool]:
         """Exclusive hold on one entry across threads and processes; yields False
         when someone else holds it (or it is gone), without waiting."""
+        path = self.data_path(entry_id)
         try:
-            fd = os.open(self.data_path(entry_id), os.O_RDONLY)
+            # Not blocking on a FIFO, nor following a link: only put's own files.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             yield False
             return
+        except OSError as exc:
+            raise SpoolCorrupt(f"spool entry {entry_id}: cannot open {path}: {exc}") from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SpoolCorrupt(f"spool entry {entry_id}: {path} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

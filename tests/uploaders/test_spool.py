@@ -306,6 +306,32 @@ def test_a_lost_spooled_at_is_read_from_the_entry_id(tmp_path: Path) -> None:
     assert abs(listed.spooled_at - entry.spooled_at) < 0.01
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_data_file_that_is_no_regular_file_is_reported_not_waited_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A FIFO in place of a capture (opening it would wait for a writer
+    forever) or a link to a file elsewhere: reported corrupt, kept, and
+    the entries after it drain."""
+    spool = Spool(tmp_path / "spool", 10 * MB)
+    bad, good = spool.put(make_artifact(), ["s3"]), spool.put(make_artifact(), ["s3"])
+    data = spool.data_path(bad.id)
+    data.unlink()
+    if kind == "fifo":
+        os.mkfifo(data)
+    else:
+        (tmp_path / "elsewhere.pcap").write_bytes(b"not spooled here")
+        data.symlink_to(tmp_path / "elsewhere.pcap")
+    sink = Sink("s3", fail=False)
+    report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
+    assert report.delivered == (good.id,) and report.remaining == (bad.id,)
+    [error] = report.errors
+    said = "is not a regular file" if kind == "fifo" else "cannot open"
+    assert error.startswith(f"spool entry {bad.id}: ") and said in error, error
+    assert f"spool_entry_corrupt id={bad.id}" in caplog.text
+    assert spool.sidecar_path(bad.id).exists() and sink.received == [good.sha256]
+
+
 def test_claim_is_exclusive(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 10 * MB)
     entry = spool.put(make_artifact(), ["s3"])
