@@ -106,6 +106,9 @@ class FollowUp:
     _round_tried: set[str]
     _round_heard: set[str]
     _round_failed: set[str]
+    # Cluster only: the slots of what the round trip left to send again, and
+    # their primaries (`unanswered` is made of these, once the round is settled).
+    _left_slots: dict[int, str]
     # Cluster only: primary -> its backoff and when it may be tried again;
     # held for each primary whose last contact failed, until one succeeds.
     _node_backoff: dict[str, tuple[BackoffTracker, float]]
@@ -137,6 +140,7 @@ class FollowUp:
         self._no_answer = False
         self._heard_not_now = False
         self._round_tried, self._round_heard, self._round_failed = set(), set(), set()
+        self._left_slots = {}
 
     def _resting(self, node: str, now: float) -> bool:
         """Whether `node` waits out its backoff (a cluster primary that failed)."""

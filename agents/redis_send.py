@@ -176,7 +176,7 @@ class BatchSender(FollowUp):
             if owners is not None:
                 self._round_failed.update(owners.get(slot, NO_PRIMARY) for slot, _part in retry)
                 retry += [(slot, part) for slot, _kind, part in held or ()]
-                self.unanswered = {slot: owners.get(slot, NO_PRIMARY) for slot, _part in retry}
+                self._left_slots = {slot: owners.get(slot, NO_PRIMARY) for slot, _part in retry}
             self._follow_up(client, written, created)
         except Exception:  # a bug: what was counted must not go again (counted twice)
             self._count_failed()

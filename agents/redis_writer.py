@@ -204,6 +204,7 @@ class RedisWriter(WriteQueue):
         self._round_tried: set[str] = set()
         self._round_heard: set[str] = set()
         self._round_failed: set[str] = set()
+        self._left_slots: dict[int, str] = {}
         # Cluster only (None otherwise): hash slot -> the primary owning it,
         # for each slot whose last write got no answer or a "not now", and
         # each slot of a primary whose last contact failed (a node down, a
@@ -400,9 +401,9 @@ class RedisWriter(WriteQueue):
         it went to (the others keep what they last said), `connected` while
         one answered (its slots still take writes; readiness names the
         others) and not once none did; each primary that failed rests its
-        own backoff, one that answered whole no more; `unanswered` gains
-        every slot of a primary resting; `left` is held until the first of
-        its primaries may be tried."""
+        own backoff, one that answered whole no more; `unanswered` the slots
+        of `left` and every slot of a primary resting; `left` is held until
+        the first of its primaries may be tried."""
         now = time.monotonic()
         self.heard_nodes = (self.heard_nodes - self._round_tried) | self._round_heard
         rests = self._node_backoff
@@ -418,12 +419,11 @@ class RedisWriter(WriteQueue):
             rests.pop(NO_PRIMARY, None)
         for node in [n for n in rests if n not in primaries and n != NO_PRIMARY]:
             del rests[node]  # no primary now (a failover): nothing waits for it
-        unanswered = self.unanswered if self.unanswered is not None else {}
-        held = set(unanswered.values()) if left else set()  # the primaries of `left`'s slots
-        unanswered.update((slot, node) for slot, node in owners.items() if node in rests)
-        self.unanswered = unanswered
+        # A new dict, whole at once: readiness reads it from another thread.
+        self.unanswered = self._left_slots | {s: n for s, n in owners.items() if n in rests}
         self.connected, self.not_now = bool(self.heard_nodes), None
         self._held = left
+        held = set(self._left_slots.values()) if left else set()  # `left`'s primaries
         self._held_until = min((rests[n][1] for n in held if n in rests), default=-math.inf)
 
     def _resting_only(self) -> bool:
@@ -479,8 +479,7 @@ class RedisWriter(WriteQueue):
         self._node_replies(list(replies), list(replies.values()))
         if self._follow_up_left and not self._round_failed:  # not to a primary just silent
             self._follow_up(client, [], [])
-        self.unanswered = {}  # idle: every write was settled; what rests is named below
-        self._nodes_settled(client, None)
+        self._nodes_settled(client, None)  # idle: no write waits; what rests is named
         if replies and not self.heard_nodes:
             self._unreachable(next(iter(replies.values())))
         if self._last_error is not None:

@@ -20,7 +20,7 @@ from agents.writer_settings import DEFAULT_FLUSH_INTERVAL
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import RedisServer, run_until_killed, wait_for
 
 HUGE = 30_000_000  # bytes: appending to such a value outlasts the socket timeout
 TIMEOUT = 0.005  # s, the writer's socket timeout
@@ -311,8 +311,7 @@ def test_a_ping_answered_busy_is_redis_there_not_now(private_redis: RedisServer)
     writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=5),
                          ping_interval=0.05)  # fmt: skip
     writer.start()
-    spinner = redis.Redis(port=private_redis.port, socket_timeout=30)
-    spin = threading.Thread(target=_spin, args=(spinner,), daemon=True)
+    spin = threading.Thread(target=run_until_killed, args=(private_redis.port,), daemon=True)
     try:
         wait_for(lambda: writer.connected, timeout=30)
         spin.start()
@@ -320,24 +319,12 @@ def test_a_ping_answered_busy_is_redis_there_not_now(private_redis: RedisServer)
         [check] = writer_check(writer)
         assert writer.connected and writer.failed_pings == 0
         assert check.detail.startswith("answering, not taking writes now: BUSY ")
-    finally:
-        wait_for(lambda: _killed(admin), timeout=30)
-        spin.join(30)
-        spinner.close()
-        admin.close()
-    wait_for(lambda: writer.not_now is None, timeout=30)
-    writer.stop(5)
-    assert writer.failed_pings == 0 and writer.connected
-
-
-def _spin(client: redis.Redis) -> None:
-    with contextlib.suppress(redis.ResponseError):  # ended by SCRIPT KILL
-        client.eval("while true do end", 0)
-
-
-def _killed(admin: redis.Redis) -> bool:
-    try:
         admin.script_kill()
-    except redis.ResponseError as exc:  # NOTBUSY: nothing to kill
-        return "NOTBUSY" in str(exc)
-    return True
+        wait_for(lambda: writer.not_now is None, timeout=30)
+        assert writer.failed_pings == 0 and writer.connected
+    finally:
+        with contextlib.suppress(redis.RedisError):  # NOTBUSY: no script to kill
+            admin.script_kill()
+        spin.join(30)
+        writer.stop(5)
+        admin.close()

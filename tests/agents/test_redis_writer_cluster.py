@@ -3,6 +3,7 @@ server, refusals counted, a primary killed and started again mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals
 from tests.agents.writes import record_answer, record_nxdomain, writer_metric
-from tests.helpers import RedisCluster, RedisServer, keyspace, wait_for
+from tests.helpers import RedisCluster, RedisServer, keyspace, run_until_killed, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -467,3 +468,32 @@ def test_an_idle_writer_pings_every_primary(private_cluster: RedisCluster) -> No
         assert writer.heard_nodes == names
     finally:
         writer.stop(0)
+
+
+def test_a_primary_answering_ping_busy_is_there_its_slots_named(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A script running past busy-reply-threshold on one primary: its PING
+    is answered BUSY, so it is heard (no unanswered PING) and readiness
+    names its slots; once the script is killed they are fine again."""
+    busy = redis_cluster.ports[2]
+    name = f"127.0.0.1:{busy}"
+    writer = cluster_writer(redis_cluster.url, ping_interval=0.05)
+    admin = redis_cluster.node(busy)
+    spin = threading.Thread(target=run_until_killed, args=(busy,), daemon=True)
+    try:
+        wait_for(lambda: writer.unanswered == {}, timeout=30)
+        admin.config_set("busy-reply-threshold", 50)
+        spin.start()
+        wait_for(lambda: writer.unanswered, timeout=30)
+        assert writer.unanswered == dict.fromkeys(redis_cluster.slots_of(busy), name)
+        assert name in writer.heard_nodes and writer.connected and writer.failed_pings == 0
+        admin.script_kill()
+        wait_for(lambda: writer.unanswered == {}, timeout=30)
+    finally:
+        with contextlib.suppress(redis.RedisError):  # NOTBUSY: no script to kill
+            admin.script_kill()
+        spin.join(30)
+        admin.config_set("busy-reply-threshold", 5000)
+        writer.stop(0)
+        admin.close()
