@@ -17,8 +17,9 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from agents.store import UNSET_ZERO_SCRIPT, index_commands
+from pcapd.core.backoff import BackoffTracker
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import send_by_slot
+from pcapd.core.redis_conn import NO_PRIMARY, send_by_slot, slot_owners
 from pcapd.core.redis_errors import error_code, error_text, refusal
 from pcapd.core.redis_wire import UNANSWERED, exchange, pack_command, pack_pairs
 
@@ -35,6 +36,18 @@ def answered(reply: object) -> bool:
     """Whether `reply` came from Redis (a value or an error reply), not from
     its silence (a connection error, a timeout, a command never sent)."""
     return not isinstance(reply, BaseException) or isinstance(reply, HEARD_ERRORS)
+
+
+def not_now(reply: object) -> bool:
+    """Whether `reply` is Redis there but not taking it now (LOADING, BUSY,
+    OOM, READONLY ...): an answer, and no refusal for good."""
+    return isinstance(reply, HEARD_ERRORS) and refusal(reply, cluster=False) is None
+
+
+def to_resend(reply: object, *, cluster: bool) -> bool:
+    """Whether the command `reply` answers is to be sent again: no answer,
+    or a "not now"; not a value, nor a refusal for good."""
+    return isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None
 
 
 @dataclass(slots=True)
@@ -82,13 +95,23 @@ class FollowUp:
     _lost_logged: dict[str, float]  # event name -> when it was last logged
     _drop_log: dict[str, tuple[float, int]]
     # The round trip's first error (None while nothing in it failed), and
-    # whether some command of it got no answer, some got one (on a cluster:
-    # some primary answered) and some got a "not now".
+    # whether some command of it got no answer and some got a "not now".
     _last_error: str | None
     _no_answer: bool
-    _heard_some: bool
     _heard_not_now: bool
     unanswered: dict[int, str] | None
+    # Cluster only: the primaries (host:port) this round trip sent to, those
+    # that answered something, and those that left something to send again
+    # (no answer, a "not now").
+    _round_tried: set[str]
+    _round_heard: set[str]
+    _round_failed: set[str]
+    # Cluster only: the slots of what the round trip left to send again, and
+    # their primaries (`unanswered` is made of these, once the round is settled).
+    _left_slots: dict[int, str]
+    # Cluster only: primary -> its backoff and when it may be tried again;
+    # held for each primary whose last contact failed, until one succeeds.
+    _node_backoff: dict[str, tuple[BackoffTracker, float]]
 
     def _follow_up_commands(
         self, written: list[str], created: list[str]
@@ -115,22 +138,40 @@ class FollowUp:
         """A round trip starts: nothing in it failed yet."""
         self._last_error = None
         self._no_answer = False
-        self._heard_some = False
         self._heard_not_now = False
+        self._round_tried, self._round_heard, self._round_failed = set(), set(), set()
+        self._left_slots = {}
+
+    def _resting(self, node: str, now: float) -> bool:
+        """Whether `node` waits out its backoff (a cluster primary that failed)."""
+        rest = self._node_backoff.get(node)
+        return rest is not None and rest[1] > now
+
+    def _node_replies(self, nodes: list[str], replies: list[Any]) -> None:
+        """Which primaries this round trip sent to (`nodes[i]` got the command
+        `replies[i]` answers), answered, and left something to send again."""
+        self._round_tried.update(nodes)
+        for node, reply in zip(nodes, replies, strict=True):
+            if answered(reply):
+                self._round_heard.add(node)
+            if to_resend(reply, cluster=True):
+                self._round_failed.add(node)
 
     @property
     def _follow_up_left(self) -> bool:
         """Whether a failed follow-up left EXPIREs, index SADDs or "0"s to send."""
         return bool(self._expires or self._indexes or self._zeroes)
 
-    def _note_error(self, error: object) -> None:
+    def _note_error(self, error: object, *, heard: bool | None = None) -> None:
         """Keep the round's first error (its code too, as Redis spelled it):
         what the writer's retry line names, not a later one's consequence;
         that the round failed; and whether Redis was heard (an error reply,
-        or a script's error text) or not (a connection error, a timeout)."""
+        or a script's error text; `heard` says so where the error alone
+        does not) or not (a connection error, a timeout)."""
         # An error Redis answered that fails the round is a "not now": a
         # refusal is counted by `_refused`, never noted here.
-        heard = isinstance(error, (str, *HEARD_ERRORS))
+        if heard is None:
+            heard = isinstance(error, (str, *HEARD_ERRORS))
         self._no_answer = self._no_answer or not heard
         self._heard_not_now = self._heard_not_now or heard
         if self._last_error is not None:
@@ -161,8 +202,16 @@ class FollowUp:
         cluster = isinstance(client, RedisCluster)
         try:
             if isinstance(client, RedisCluster):
-                slotted = [(key_slot(k.encode()), c) for k, c in commands]
-                replies = send_by_slot(client, slotted)
+                # A resting primary's commands stay pending, unsent.
+                owners, now = slot_owners(client), time.monotonic()
+                slotted = [(key_slot(key.encode()), key, c) for key, c in commands]
+                slotted = [
+                    s for s in slotted if not self._resting(owners.get(s[0], NO_PRIMARY), now)
+                ]
+                commands = [(key, c) for _slot, key, c in slotted]
+                replies = send_by_slot(client, [(slot, c) for slot, _key, c in slotted])
+                nodes = [owners.get(slot, NO_PRIMARY) for slot, _key, _c in slotted]
+                self._node_replies(nodes, replies)
             else:
                 expire = self._expires
                 packed = pack_pairs("EXPIRE", list(expire), [str(self.ttl)] * len(expire))
@@ -186,12 +235,11 @@ class FollowUp:
         answer or a "not now" stays for the next round trip and fails this
         one (`_note_error`). An index set's own EXPIRE is its SADD's:
         unanswered, the SADD is kept with it."""
-        self._heard_some = self._heard_some or any(map(answered, replies))
         refused: list[Exception] = []
         unindexed: list[Exception] = []
         member = ""
         for (key, command), reply in zip(commands, replies, strict=True):
-            unanswered = isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None
+            unanswered = to_resend(reply, cluster=cluster)
             if unanswered:
                 self._note_error(reply)  # no answer: kept for the next round trip
             verb = command[0]

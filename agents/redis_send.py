@@ -45,7 +45,7 @@ import hiredis
 import redis
 from redis.cluster import RedisCluster
 
-from agents.redis_follow_up import DROP_LOG_INTERVAL, FollowUp, WriterStats, answered
+from agents.redis_follow_up import DROP_LOG_INTERVAL, FollowUp, WriterStats
 from agents.redis_wire import (
     _CLIENT,
     _OK,
@@ -60,7 +60,7 @@ from agents.redis_wire import (
 from agents.store import APPEND_SCRIPT
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import NotSent, group_by_slot, slot_owner
+from pcapd.core.redis_conn import NO_PRIMARY, NotSent, group_by_slot, slot_owners
 from pcapd.core.redis_errors import error_code, refusal
 from pcapd.core.redis_scripts import evalsha_by_slot
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
@@ -144,6 +144,7 @@ class BatchSender(FollowUp):
         sent = time.monotonic()
         # Raises before anything is sent: nothing counted yet.
         replies = evalsha_exchange(client, *self._pack(calls), APPEND_SCRIPT, keep_read=True)
+        self._begin_round()  # this round's first error is the one logged
         return self._settle_calls(client, calls, replies, sent)
 
     def _settle_calls(
@@ -152,11 +153,15 @@ class BatchSender(FollowUp):
         calls: list[Call],
         replies: list[Any],
         sent: float,
+        owners: dict[int, str] | None = None,
+        held: list[Call] | None = None,
     ) -> list[Batch] | None:
         """What one round trip's replies settle, on one server or a cluster
-        (`sent`: when it was sent): each call counted (written or refused),
-        the follow-up sent; what got no answer, a "not now" or NOSCRIPT
-        twice returned as one batch to send again (None when all were
+        (`sent`: when it was sent; on a cluster, `owners`: each slot's
+        primary it went to, and `held`: the calls not sent, their primary
+        resting): each call counted (written or refused), the follow-up
+        sent; what got no answer, a "not now" or NOSCRIPT twice, and what
+        was held, returned as one batch to send again (None when all were
         answered), and the round's first error in `_last_error` (None: the
         round, follow-up too, was answered whole). Never raises: a bug in
         counting is logged, and what was counted is not sent again."""
@@ -164,16 +169,14 @@ class BatchSender(FollowUp):
         created: list[str] = []
         retry: list[tuple[int, Batch]] = []
         cluster = isinstance(client, RedisCluster)
-        self._begin_round()  # this round's first error is the one logged
-        self._heard_some = any(map(answered, replies))
         try:
             missing = self._count_calls(calls, replies, written, created, retry,
                                         cluster=cluster, until=sent + self.ttl)  # fmt: skip
             self._again(missing, retry)
-            if isinstance(client, RedisCluster):
-                self.unanswered = {
-                    slot: slot_owner(client, slot) or "no primary known" for slot, _part in retry
-                }
+            if owners is not None:
+                self._round_failed.update(owners.get(slot, NO_PRIMARY) for slot, _part in retry)
+                retry += [(slot, part) for slot, _kind, part in held or ()]
+                self._left_slots = {slot: owners.get(slot, NO_PRIMARY) for slot, _part in retry}
             self._follow_up(client, written, created)
         except Exception:  # a bug: what was counted must not go again (counted twice)
             self._count_failed()
@@ -365,15 +368,20 @@ class BatchSender(FollowUp):
         share of up to PIPELINE_CALLS joined batches can be more), in the
         order they came, pipelined per node (`redis_conn.send_by_slot`,
         which follows MOVED and ASK); counts what each wrote or refused.
-        Returns the entries that got no answer (node down, failover, the
-        script not loaded), to be sent again, or None when every one was
+        A resting primary's slots (its backoff after a failure) are held,
+        not sent. Returns the entries that got no answer (node down,
+        failover, the script not loaded) and those held, to be sent again,
+        or None when every one was
         answered; once a reply is counted it does not raise, so a written
         entry is never sent again."""
-        calls = [
-            (slot, kind, part)
-            for slot, at in group_by_slot(batch.keys).items()
-            for kind, part in _calls(batch, at, self.batch_ops)
-        ]
-        sent = time.monotonic()
-        replies = evalsha_by_slot(client, self._commands(calls), APPEND_SCRIPT)
-        return self._settle_calls(client, calls, replies, sent)
+        calls: list[Call] = []
+        held: list[Call] = []  # a resting primary's: not sent, kept
+        owners, sent = slot_owners(client), time.monotonic()
+        for slot, at in group_by_slot(batch.keys).items():
+            going = held if self._resting(owners.get(slot, NO_PRIMARY), sent) else calls
+            going += [(slot, kind, part) for kind, part in _calls(batch, at, self.batch_ops)]
+        commands = self._commands(calls)
+        self._begin_round()  # this round's first error is the one logged
+        replies = evalsha_by_slot(client, commands, APPEND_SCRIPT) if commands else []
+        self._node_replies([owners.get(slot, NO_PRIMARY) for slot, _c in commands], replies)
+        return self._settle_calls(client, calls, replies, sent, owners, held)

@@ -24,7 +24,9 @@ max_queue_ops x ~100 bytes more.
 An entry whose key or member is not valid UTF-8 text (a lone surrogate)
 is refused and counted when it is sent, not retried.
 While Redis is unreachable it retries the oldest batches with capped
-backoff. Delivery is at least once, not exactly once: redis-py's own
+backoff; on a cluster each primary that failed waits out its own backoff
+(its slots' entries held at the queue's head, unsent), while the other
+primaries' slots are written on. Delivery is at least once, not exactly once: redis-py's own
 retries are off (`_client`), so each attempt sends each call once, but a
 call whose reply was lost after Redis ran it (a timeout, a cut connection)
 is sent again, and its INCRs count twice (appends are idempotent). On a
@@ -48,8 +50,10 @@ from typing import Protocol
 from prometheus_client import Histogram
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 from redis.retry import Retry
 
+from agents.redis_follow_up import not_now
 from agents.redis_send import WriterStats
 from agents.store import Op
 from agents.write_queue import WriteQueue
@@ -66,7 +70,8 @@ from agents.writer_settings import (
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
-from pcapd.core.redis_conn import SOCKET_TIMEOUT, Client
+from pcapd.core.redis_conn import NO_PRIMARY, SOCKET_TIMEOUT, Client, ping_primaries, slot_owners
+from pcapd.core.redis_errors import error_text
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -147,15 +152,19 @@ class RedisWriter(WriteQueue):
         self.stats = WriterStats()
         # True while Redis answers: the last round trip (a batch and its
         # follow-up, or an idle PING) got a reply to every command, a "not
-        # now" too; on a cluster, some primary answered some command of it
-        # (`unanswered` names the slots not written).
+        # now" too; on a cluster, while some primary answered its last
+        # contact (`heard_nodes`; `unanswered` names the slots of the others).
         self.connected = False
         self.failed_pings = 0  # idle PINGs unanswered (no write failed with them)
         # While Redis answers but takes no writes now (at maxmemory, a
-        # replica, loading ...: the last round trip's first "not now"), that
-        # error: readiness fails naming it. None otherwise, and on a cluster
-        # (its readiness is per slot).
+        # replica, loading, a PING answered BUSY ...: the last round trip's
+        # first "not now"), that error: readiness fails naming it. None
+        # otherwise, and on a cluster (its readiness is per slot).
         self.not_now: str | None = None
+        # Cluster only: the primaries (host:port) that answered the last
+        # round trip that went to them, a "not now" too.
+        self.heard_nodes: set[str] = set()
+        self._backoff = Backoff()
         # One script call, sent to answered; registered by the agent's metrics, if on.
         self.write_seconds = Histogram(
             "pcapd_agent_redis_write_seconds", "Time of one batched write to Redis",
@@ -191,12 +200,21 @@ class RedisWriter(WriteQueue):
         self._drop_log: dict[str, tuple[float, int]] = {}
         self._last_error: str | None = None  # a round trip's first error
         self._no_answer = False  # some command of that round trip got no answer
-        self._heard_some = False  # and some got an answer
         self._heard_not_now = False  # and some got a "not now"
-        # Cluster only (None otherwise): hash slot -> the primary owning it now,
-        # for each slot whose last write got no answer (a node down, a
+        self._round_tried: set[str] = set()
+        self._round_heard: set[str] = set()
+        self._round_failed: set[str] = set()
+        self._left_slots: dict[int, str] = {}
+        # Cluster only (None otherwise): hash slot -> the primary owning it,
+        # for each slot whose last write got no answer or a "not now", and
+        # each slot of a primary whose last contact failed (a node down, a
         # failover); read by readiness while `connected` stays true.
         self.unanswered: dict[int, str] | None = None
+        self._node_backoff: dict[str, tuple[BackoffTracker, float]] = {}
+        # Cluster only: what the last round trip left to send again (its
+        # primaries resting), and when the first of those may be tried.
+        self._held: Batch | None = None
+        self._held_until = -math.inf
 
     # -- sender ----------------------------------------------------------
     def start(self) -> None:
@@ -273,7 +291,7 @@ class RedisWriter(WriteQueue):
 
     def _send_all(self) -> None:
         client: Client | None = None
-        backoff = Backoff().tracker()
+        backoff = self._backoff.tracker()
         last_contact = -math.inf
         sealed = time.monotonic()
         while not self._stop.is_set():
@@ -287,10 +305,12 @@ class RedisWriter(WriteQueue):
                 self._seal_locked()
             sealed = time.monotonic()
             idle = not self._batches
-            if idle and (self._follow_up_left or sealed - last_contact >= self.ping_interval):
+            # With a primary resting, what its follow-up left waits for the next PING.
+            follow_up = self._follow_up_left and not self._node_backoff
+            if idle and (follow_up or sealed - last_contact >= self.ping_interval):
                 client = self._ping(client, backoff)
                 last_contact = time.monotonic()
-            while self._batches and not self._stop.is_set():
+            while self._batches and not self._stop.is_set() and not self._resting_only():
                 done = self._take()
                 if done is None:
                     return
@@ -310,19 +330,26 @@ class RedisWriter(WriteQueue):
                     if self._settled(done, done, answered=False):
                         return
                     self._begin_round()
-                    self._note_error(exc)
-                    self._failed(backoff, cluster=False)
+                    # Refused while connecting (NOPERM, a bad password): no
+                    # write was answered, so no "not now"; LOADING, BUSY are.
+                    self._note_error(exc, heard=not_now(exc))
+                    self.heard_nodes.clear()
+                    self._failed(backoff)
                     client = None
                     continue
                 if self._settled(done, left, answered=True):
                     return
+                cluster = isinstance(client, RedisCluster)
+                if isinstance(client, RedisCluster):  # `left`: one batch, at the head now
+                    self._nodes_settled(client, left[0] if left else None)
                 # Calls (only those go again: `left`) or their follow-up
                 # (kept for the next round trip) failed.
                 if self._last_error is not None:
-                    self._failed(backoff, cluster=isinstance(client, RedisCluster))
+                    self._failed(None if cluster else backoff)
                     continue
                 backoff.succeeded()
-                self.connected, self.not_now = True, None
+                if not cluster:
+                    self.connected, self.not_now = True, None
                 last_contact = time.monotonic()
 
     def _client(self) -> Client:
@@ -336,55 +363,127 @@ class RedisWriter(WriteQueue):
         self._read_timeout = float(kwargs.get("socket_timeout") or SOCKET_TIMEOUT)
         return client
 
-    def _failed(self, backoff: BackoffTracker, *, cluster: bool) -> None:
+    def _failed(self, backoff: BackoffTracker | None) -> None:
         """A round trip that left something to send again (calls, their
         follow-up, or an idle one's follow-up): one count in `redis_errors`
         (and in `redis_not_now` if Redis answered some of it "not now") and
-        one line naming its first error, however much of it failed;
-        readiness set from it (`_heard`); then the backoff waited out."""
-        self.stats.redis_errors += 1
+        one line naming its first error, however much of it failed. With
+        `backoff` (one server, or no connection to be had), readiness set
+        from it (`_heard`), then the backoff waited out; on a cluster
+        (None), `_nodes_settled` set readiness and each primary that failed
+        rests alone, the others' slots sent on. Counted after readiness is
+        set: a reader who sees the count sees the readiness that goes with it."""
+        if backoff is not None:
+            self._heard()
+            wait = backoff.failed()
+        else:  # until the first primary that failed may be tried again
+            rests = self._node_backoff
+            wait = min((rests[n][1] for n in self._round_failed if n in rests), default=0.0)
+            wait = max(0.0, wait - time.monotonic())
         self.stats.redis_not_now += self._heard_not_now
-        self._heard(cluster=cluster)
-        wait = backoff.failed()
+        self.stats.redis_errors += 1
         event(
             log, "redis_write_failed", logging.WARNING, error=self._last_error,
             queued_ops=self.queue_depth, retry_in=round(wait, 2),
         )  # fmt: skip
-        self._stop.wait(wait)
+        if backoff is not None:
+            self._stop.wait(wait)
 
-    def _heard(self, *, cluster: bool) -> None:
-        """After a failed round trip: on one server, `connected` while Redis
+    def _heard(self) -> None:
+        """After a failed round trip on one server: `connected` while Redis
         answered every command of it, and `not_now` its first error then (a
-        "not now"); on a cluster, while some primary answered (its slots
-        still take writes; readiness names the others), and not once none
-        did (every node down or deaf)."""
-        if cluster:
-            self.connected, self.not_now = self._heard_some, None
-            return
+        "not now")."""
         self.connected = not self._no_answer
         self.not_now = None if self._no_answer else self._last_error
 
+    def _nodes_settled(self, client: RedisCluster, left: Batch | None) -> None:
+        """After a round trip on a cluster: `heard_nodes` from the primaries
+        it went to (the others keep what they last said), `connected` while
+        one answered (its slots still take writes; readiness names the
+        others) and not once none did; each primary that failed rests its
+        own backoff, one that answered whole no more; `unanswered` the slots
+        of `left` and every slot of a primary resting; `left` is held until
+        the first of its primaries may be tried."""
+        now = time.monotonic()
+        self.heard_nodes = (self.heard_nodes - self._round_tried) | self._round_heard
+        rests = self._node_backoff
+        for node in self._round_tried:
+            if node in self._round_failed:
+                tracker = rests[node][0] if node in rests else self._backoff.tracker()
+                rests[node] = (tracker, now + tracker.failed())
+            else:
+                rests.pop(node, None)
+        owners = slot_owners(client)
+        primaries = set(owners.values())
+        if len(owners) == SLOTS:  # every slot has a primary again
+            rests.pop(NO_PRIMARY, None)
+        for node in [n for n in rests if n not in primaries and n != NO_PRIMARY]:
+            del rests[node]  # no primary now (a failover): nothing waits for it
+        # A new dict, whole at once: readiness reads it from another thread.
+        self.unanswered = self._left_slots | {s: n for s, n in owners.items() if n in rests}
+        self.connected, self.not_now = bool(self.heard_nodes), None
+        self._held = left
+        held = set(self._left_slots.values()) if left else set()  # `left`'s primaries
+        self._held_until = min((rests[n][1] for n in held if n in rests), default=-math.inf)
+
+    def _resting_only(self) -> bool:
+        """Whether all that is queued is what the last round trip left for
+        primaries that rest still (cluster): nothing to send until one may
+        be tried, or new writes are sealed."""
+        with self._lock:
+            only_held = len(self._batches) == 1 and self._batches[0] is self._held
+        return only_held and time.monotonic() < self._held_until
+
     def _ping(self, client: Client | None, backoff: BackoffTracker) -> Client | None:
-        """PING while idle, and send the EXPIREs a failed round trip left; the
-        client to use next (None after a failure, which waits out the
-        backoff as a failed batch does)."""
+        """PING while idle (each primary of a cluster), and send the EXPIREs a
+        failed round trip left; the client to use next (None after a
+        failure, which waits out the backoff as a failed batch does). A
+        PING answered BUSY or LOADING is Redis there, busy: `not_now`."""
         try:
             if client is None:
                 client = self._client()
+            if isinstance(client, RedisCluster):
+                self._ping_primaries(client)
+                return client
             client.ping()
         except Exception as exc:
-            if self.connected:
-                event(log, "redis_unreachable", logging.WARNING, error=str(exc))
-            self.connected = False
-            self.failed_pings += 1
+            if not_now(exc):
+                self.connected, self.not_now = True, error_text(exc)
+            else:
+                self._unreachable(exc)
+                client = None
             self._stop.wait(backoff.failed())
-            return None
+            return client
         if self._follow_up_left and not self._send_expires(client):
-            self._failed(backoff, cluster=isinstance(client, RedisCluster))
+            self._failed(backoff)
             return client if self.connected else None
         backoff.succeeded()
         self.connected, self.not_now = True, None
         return client
+
+    def _unreachable(self, error: object) -> None:
+        """An idle PING no primary answered."""
+        if self.connected:
+            event(log, "redis_unreachable", logging.WARNING, error=str(error))
+        self.connected = False
+        self.failed_pings += 1
+
+    def _ping_primaries(self, client: RedisCluster) -> None:
+        """An idle round trip on a cluster: PING each primary not resting,
+        then the follow-up a failed round trip left for those. A primary
+        silent or answering "not now" (BUSY, LOADING) rests, and readiness
+        names its slots (`_nodes_settled`); one that answers is heard."""
+        now = time.monotonic()
+        self._begin_round()
+        replies = ping_primaries(client, [n for n in self._node_backoff if self._resting(n, now)])
+        self._node_replies(list(replies), list(replies.values()))
+        if self._follow_up_left and not self._round_failed:  # not to a primary just silent
+            self._follow_up(client, [], [])
+        self._nodes_settled(client, None)  # idle: no write waits; what rests is named
+        if replies and not self.heard_nodes:
+            self._unreachable(next(iter(replies.values())))
+        if self._last_error is not None:
+            self._failed(None)
 
 
 def dropped_status(writer: RedisWriter, agent: str) -> int:

@@ -58,6 +58,12 @@ def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.02) -
     raise AssertionError(f"condition not met within {timeout}s: {predicate}")
 
 
+def run_until_killed(port: int) -> None:
+    """A script that runs until SCRIPT KILL: Redis answers others BUSY."""
+    with redis.Redis(port=port) as spinner, contextlib.suppress(redis.ResponseError):  # killed
+        spinner.eval("while true do end", 0)
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if proc.poll() is None:
         proc.terminate()

@@ -14,7 +14,7 @@ import functools
 import itertools
 import random
 import select
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
@@ -325,6 +325,45 @@ def group_by_slot(keys: list[str]) -> dict[int, list[int]]:
     for at, key in enumerate(keys):
         slots.setdefault(key_slot(key.encode()), []).append(at)
     return slots
+
+
+NO_PRIMARY = "no primary known"  # the owner named for a slot the map gives to none
+
+
+def slot_owners(client: RedisCluster) -> dict[int, str]:
+    """Each slot's primary (host:port) in the client's slot map now; a slot
+    the map gives to none is left out. Read once per round trip: ~1 ms,
+    where a `get_node_from_slot` per slot costs ~10 us each."""
+    cache = client.nodes_manager.slots_cache
+    return {slot: nodes[0].name for slot, nodes in cache.items() if nodes}
+
+
+def ping_primaries(client: RedisCluster, skip: Container[str]) -> dict[str, Any]:
+    """PING each primary but those named in `skip`, written to all before
+    any is read (one slow node costs one socket timeout, not one each):
+    by name, each one's reply, an error Redis answered (BUSY, LOADING) or
+    the error of its silence."""
+    sent = [
+        (node, _send_packed(client, node, _PING))
+        for node in client.get_primaries()  # type: ignore[no-untyped-call]
+        if node.name not in skip
+    ]
+    replies: dict[str, Any] = {}
+    for node, conn in sent:
+        if isinstance(conn, Exception):
+            replies[node.name] = conn
+            continue
+        try:
+            replies[node.name] = read_replies(conn, 1)[0]
+        except (redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError) as exc:
+            conn.disconnect()
+            replies[node.name] = exc
+        finally:
+            client.get_redis_connection(node).connection_pool.release(conn)
+    return replies
+
+
+_PING = hiredis.pack_command(("PING",))
 
 
 def slot_owner(client: RedisCluster, slot: int) -> str | None:

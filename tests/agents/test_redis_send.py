@@ -4,7 +4,6 @@ what Redis ran is never sent again, what it did not answer is."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from tests.helpers import (
     free_port,
     logged,
     redis_server,
+    run_until_killed,
     stop_process,
     wait_for,
 )
@@ -597,7 +597,7 @@ def test_a_call_redis_never_ran_leaves_another_writers_key_unindexed(
     theirs = "10.0.20.1;192.0.2.9;dns"
     admin.set(theirs, ";a.example.;")
     port = [free_port() if first == "refused" else redis_srv.port]
-    busy = threading.Thread(target=_run_until_killed, args=(redis_srv.port,))
+    busy = threading.Thread(target=run_until_killed, args=(redis_srv.port,))
     if first == "busy":
         admin.config_set("busy-reply-threshold", 10)  # ms: BUSY after that
         busy.start()
@@ -618,12 +618,6 @@ def test_a_call_redis_never_ran_leaves_another_writers_key_unindexed(
     assert admin.get(theirs) == ";a.example.;"
     assert admin.smembers(index_of(theirs)) == set()
     admin.close()
-
-
-def _run_until_killed(port: int) -> None:
-    """A script that runs until SCRIPT KILL: Redis answers others BUSY."""
-    with redis.Redis(port=port) as spinner, contextlib.suppress(redis.ResponseError):  # killed
-        spinner.eval("while true do end", 0)
 
 
 def _busy(admin: redis.Redis) -> bool:

@@ -3,6 +3,7 @@ attempt (no hidden retries), and no extra command per send."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -12,11 +13,14 @@ from agents.dnstap.config import parse_dnstap_config
 from agents.dnswire.config import parse_dnswire_config
 from agents.flow.config import parse_flow_config
 from agents.metrics import writer_check
-from agents.redis_send import _lost_in_flight
+from agents.redis_send import WriterStats, _lost_in_flight
 from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT
 from agents.writer_settings import DEFAULT_FLUSH_INTERVAL
-from tests.helpers import RedisServer, wait_for
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect
+from pcapd.core.secret import Secret
+from tests.helpers import RedisServer, run_until_killed, wait_for
 
 HUGE = 30_000_000  # bytes: appending to such a value outlasts the socket timeout
 TIMEOUT = 0.005  # s, the writer's socket timeout
@@ -198,15 +202,32 @@ def test_make_writer_takes_every_agent_s_settings_by_one_name() -> None:
         assert writer.flush_interval == flush_interval
 
 
+class SeenAtError(WriterStats):
+    """The writer's stats, noting what readiness said as each failed round
+    trip was counted: a reader that sees the count sees that readiness."""
+
+    def __init__(self, writer: RedisWriter) -> None:
+        super().__init__()
+        self.writer = writer
+        self.seen: list[tuple[bool, str | None]] = []
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "redis_errors" and value:
+            self.seen.append((self.writer.connected, self.writer.not_now))
+        super().__setattr__(name, value)
+
+
 def test_redis_answering_not_now_is_not_ready_and_not_unreachable(
     private_redis: RedisServer,
 ) -> None:
     """At maxmemory Redis answers every command OOM: the writer is connected
     (Redis answers) and not ready, readiness naming Redis's error, not
-    "unreachable"; once Redis takes writes again it is ready by itself."""
+    "unreachable", already as the failed round trip is counted; once Redis
+    takes writes again it is ready by itself."""
     admin = redis.Redis(port=private_redis.port, decode_responses=True)
     writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=5),
                          flush_interval=0.02)  # fmt: skip
+    stats = writer.stats = SeenAtError(writer)
     writer.start()
     try:
         writer.incr("client;10.0.18.1")
@@ -219,6 +240,8 @@ def test_redis_answering_not_now_is_not_ready_and_not_unreachable(
         [check] = writer_check(writer)
         assert writer.connected and not check.ok
         assert check.detail.startswith("answering, not taking writes now: OOM command not allowed")
+        connected, not_now = stats.seen[0]
+        assert connected and not_now is not None and not_now.startswith("OOM ")
         admin.config_set("maxmemory", 0)
         wait_for(lambda: writer.stats.written_ops == 3, timeout=30)
         wait_for(lambda: [c.ok for c in writer_check(writer)] == [True], timeout=30)
@@ -255,3 +278,53 @@ def test_loading_is_redis_answering_not_a_lost_reply() -> None:
     assert isinstance(loading, redis.ConnectionError)
     assert not _lost_in_flight(loading)
     assert _lost_in_flight(redis.ConnectionError("Connection reset by peer"))
+
+
+def test_a_refusal_while_connecting_is_not_a_not_now(redis_srv: RedisServer) -> None:
+    """An ACL user that may not CLIENT SETNAME (what connecting sends):
+    Redis refuses the connection itself, for good; that is no "not now" (a
+    write answered OOM, READONLY ...), and the writer is not connected."""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-client"])  # fmt: skip
+    url = f"redis://agent:pw@127.0.0.1:{redis_srv.port}"
+    writer = RedisWriter(lambda: connect(RedisConfig(url=Secret(url))), flush_interval=0.02)
+    writer.start()
+    try:
+        writer.incr("client;10.0.20.1")
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        [check] = writer_check(writer)
+    finally:
+        writer.stop(0)
+        admin.close()
+    assert writer.stats.redis_not_now == 0
+    assert (writer.connected, writer.not_now) == (False, None)
+    assert not check.ok and check.detail.startswith("unreachable (")
+
+
+def test_a_ping_answered_busy_is_redis_there_not_now(private_redis: RedisServer) -> None:
+    """While a script runs past busy-reply-threshold Redis answers PING with
+    BUSY: it is there, busy; not an unanswered PING, and readiness names
+    the error; ready again once the script is killed."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    admin.config_set("busy-reply-threshold", 50)
+    writer = RedisWriter(lambda: redis.Redis(port=private_redis.port, socket_timeout=5),
+                         ping_interval=0.05)  # fmt: skip
+    writer.start()
+    spin = threading.Thread(target=run_until_killed, args=(private_redis.port,), daemon=True)
+    try:
+        wait_for(lambda: writer.connected, timeout=30)
+        spin.start()
+        wait_for(lambda: writer.not_now is not None, timeout=30)
+        [check] = writer_check(writer)
+        assert writer.connected and writer.failed_pings == 0
+        assert check.detail.startswith("answering, not taking writes now: BUSY ")
+        admin.script_kill()
+        wait_for(lambda: writer.not_now is None, timeout=30)
+        assert writer.failed_pings == 0 and writer.connected
+    finally:
+        with contextlib.suppress(redis.RedisError):  # NOTBUSY: no script to kill
+            admin.script_kill()
+        spin.join(30)
+        writer.stop(5)
+        admin.close()

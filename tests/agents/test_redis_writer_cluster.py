@@ -3,6 +3,7 @@ server, refusals counted, a primary killed and started again mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from agents.metrics import writer_check
 from agents.redis_writer import RedisWriter
 from agents.store import APPEND_SCRIPT, client_key
 from pcapd.core.config import RedisConfig
@@ -24,7 +26,7 @@ from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals
 from tests.agents.writes import record_answer, record_nxdomain, writer_metric
-from tests.helpers import RedisCluster, RedisServer, keyspace, wait_for
+from tests.helpers import RedisCluster, RedisServer, keyspace, run_until_killed, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -373,3 +375,125 @@ def test_a_cluster_none_of_whose_nodes_answers_is_not_connected(
     with redis_cluster.client() as admin:
         # Sent as the nodes stopped, a write may have run with its reply lost: sent again.
         assert all(int(admin.get(key) or 0) >= 2 for key in keys)
+
+
+def lose_a_primary(cluster: RedisCluster) -> str:
+    """The others keep serving their own slots (no full coverage needed)
+    when one primary, killed, is gone: its name."""
+    for port in cluster.ports:
+        with cluster.node(port) as node:
+            node.config_set("cluster-require-full-coverage", "no")
+    victim = cluster.ports[1]  # not the URL's seed
+    cluster.kill(victim)
+    return f"127.0.0.1:{victim}"
+
+
+@pytest.mark.timeout(60)
+def test_readiness_names_a_dead_primary_s_slots_while_the_others_answer(
+    private_cluster: RedisCluster,
+) -> None:
+    """Writes go on to three primaries, one dies: the writer stays connected
+    (two answer) through its retries of the dead one's slots alone, and
+    readiness names that primary's slots."""
+    keys = [client_key(f"10.200.77.{i}") for i in range(60)]
+    writer = cluster_writer(private_cluster.url, flush_interval=0.01)
+    try:
+        writer.extend(keys, [1] * len(keys))
+        wait_for(lambda: writer.stats.written_ops == 60, timeout=30)
+        names = {f"127.0.0.1:{port}" for port in private_cluster.ports}
+        assert writer.heard_nodes == names
+        dead = lose_a_primary(private_cluster)
+        theirs = private_cluster.slots_of(int(dead.rpartition(":")[2]))
+        lost = [key for key in keys if key_slot(key.encode()) in theirs]
+        writer.extend(keys, [1] * len(keys))
+        wait_for(lambda: writer.stats.written_ops == 120 - len(lost), timeout=30)
+        seen = []
+        while writer.stats.redis_errors < 3:  # the dead one's slots, retried alone
+            seen.append(writer.connected)
+            time.sleep(0.01)
+        assert set(seen) == {True} and writer.connected
+        assert writer.heard_nodes == names - {dead}
+        assert writer.unanswered == dict.fromkeys(theirs, dead)
+        redis_check, slots_check = writer_check(writer)
+        assert redis_check.ok and not slots_check.ok
+        assert f"{len(theirs)} slot(s) on {dead}" in slots_check.detail
+    finally:
+        writer.stop(0)
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_primary_s_backoff_does_not_hold_the_others_writes(
+    private_cluster: RedisCluster,
+) -> None:
+    """Once the dead primary's retries wait ~2 s or more (its fifth
+    failure), a write to another primary's slot is still sent at once:
+    it lands before that primary is tried again."""
+    writer = cluster_writer(private_cluster.url, flush_interval=0.01)
+    try:
+        dead = lose_a_primary(private_cluster)
+        theirs = private_cluster.slots_of(int(dead.rpartition(":")[2]))
+        keys = [client_key(f"10.200.78.{i}") for i in range(40)]
+        lost = next(key for key in keys if key_slot(key.encode()) in theirs)
+        healthy = next(key for key in keys if key_slot(key.encode()) not in theirs)
+        writer.incr(lost)
+        wait_for(lambda: writer.stats.redis_errors >= 5, timeout=30)
+        errors = writer.stats.redis_errors
+        writer.incr(healthy)
+        wait_for(lambda: writer.stats.written_ops == 1, timeout=30)
+        assert writer.stats.redis_errors == errors
+    finally:
+        writer.stop(0)
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_writer_pings_every_primary(private_cluster: RedisCluster) -> None:
+    """Nothing written: the idle PING goes to each primary, so one that dies
+    is noticed and readiness names its slots, the others answering; once
+    it is back, every slot is fine again."""
+    writer = cluster_writer(private_cluster.url, ping_interval=0.05)
+    try:
+        names = {f"127.0.0.1:{port}" for port in private_cluster.ports}
+        wait_for(lambda: writer.heard_nodes == names and writer.unanswered == {}, timeout=30)
+        dead = lose_a_primary(private_cluster)
+        port = int(dead.rpartition(":")[2])
+        theirs = private_cluster.slots_of(port)
+        wait_for(lambda: writer.unanswered, timeout=30)
+        assert writer.unanswered == dict.fromkeys(theirs, dead)
+        assert writer.connected and writer.heard_nodes == names - {dead}
+        redis_check, slots_check = writer_check(writer)
+        assert redis_check.ok and not slots_check.ok
+        assert f"{len(theirs)} slot(s) on {dead}" in slots_check.detail
+        private_cluster.start_node(port)
+        wait_for(lambda: writer.unanswered == {}, timeout=30)
+        assert writer.heard_nodes == names
+    finally:
+        writer.stop(0)
+
+
+def test_a_primary_answering_ping_busy_is_there_its_slots_named(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A script running past busy-reply-threshold on one primary: its PING
+    is answered BUSY, so it is heard (no unanswered PING) and readiness
+    names its slots; once the script is killed they are fine again."""
+    busy = redis_cluster.ports[2]
+    name = f"127.0.0.1:{busy}"
+    writer = cluster_writer(redis_cluster.url, ping_interval=0.05)
+    admin = redis_cluster.node(busy)
+    spin = threading.Thread(target=run_until_killed, args=(busy,), daemon=True)
+    try:
+        wait_for(lambda: writer.unanswered == {}, timeout=30)
+        admin.config_set("busy-reply-threshold", 50)
+        spin.start()
+        wait_for(lambda: writer.unanswered, timeout=30)
+        assert writer.unanswered == dict.fromkeys(redis_cluster.slots_of(busy), name)
+        assert name in writer.heard_nodes and writer.connected and writer.failed_pings == 0
+        admin.script_kill()
+        wait_for(lambda: writer.unanswered == {}, timeout=30)
+    finally:
+        with contextlib.suppress(redis.RedisError):  # NOTBUSY: no script to kill
+            admin.script_kill()
+        spin.join(30)
+        admin.config_set("busy-reply-threshold", 5000)
+        writer.stop(0)
+        admin.close()
