@@ -20,7 +20,7 @@ from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
 from uploaders.base import Uploader, UploadObserver, ignore_upload
 from uploaders.deadline import NotAttempted
-from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolCorrupt, SpoolEntry
+from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolCorrupt, SpoolEntry, SpoolError
 
 # The spool's logger: these lines were its own, and operators filter on it.
 log = logging.getLogger("pcapd.uploaders.spool")  # the drainer logs as the spool
@@ -59,7 +59,9 @@ class DrainReport:
     delivered: tuple[str, ...] = ()  # entry ids delivered and removed
     remaining: tuple[str, ...] = ()  # entry ids still pending (failed, busy, skipped, unreadable)
     errors: tuple[str, ...] = ()
-    unreadable: Mapping[str, str] = field(default_factory=dict)  # entry id -> why, kept
+    # Entry id -> why, for each one this pass could not work on (unreadable,
+    # corrupt, failed): kept on disk; also in `errors`, led by the id.
+    failed: Mapping[str, str] = field(default_factory=dict)
 
 
 class SpoolDrainer:
@@ -133,10 +135,12 @@ class SpoolDrainer:
         with self._pass_lock:
             self.spool.refresh()  # here, off any caller's lock
             listing, unreadable = self.spool.scan()
-            if wanted is not None:
-                unreadable = {i: why for i, why in unreadable.items() if i in wanted}
-            remaining += unreadable
-            errors += (f"{entry_id}: unreadable: {why}" for entry_id, why in unreadable.items())
+            # Why each entry this pass could not work on stays (unreadable,
+            # corrupt, failed): said again by `pcapd spool retry`.
+            failed = {i: f"unreadable: {why}" for i, why in unreadable.items()
+                      if wanted is None or i in wanted}  # fmt: skip
+            remaining += failed
+            errors += (f"{i}: {why}" for i, why in failed.items())
             for listed in listing:
                 if wanted is not None and listed.id not in wanted:
                     continue
@@ -145,17 +149,19 @@ class SpoolDrainer:
                     continue
                 try:
                     done = self._drain_entry(listed.id, down, errors)
-                except SpoolCorrupt as exc:  # its data file is no capture put wrote
+                except SpoolError as exc:  # its file is no capture put wrote, or unopenable
+                    kind = "corrupt" if isinstance(exc, SpoolCorrupt) else "failed"
+                    event(log, f"spool_entry_{kind}", logging.ERROR, id=listed.id, error=str(exc))
+                    failed[listed.id] = str(exc)  # "spool entry ID: ..."
                     errors.append(str(exc))
-                    event(log, "spool_entry_corrupt", logging.ERROR, id=listed.id, error=str(exc))
                     done = False
                 except Exception as exc:  # that entry's, never the ones after it
-                    why = f"{listed.id}: cannot drain: {type(exc).__name__}: {exc}"
                     event(log, "spool_entry_failed", logging.ERROR, exc_info=True, id=listed.id)
-                    errors.append(why)
+                    failed[listed.id] = f"cannot drain: {type(exc).__name__}: {exc}"
+                    errors.append(f"{listed.id}: {failed[listed.id]}")
                     done = False
                 (delivered if done else remaining).append(listed.id)
-        return DrainReport(tuple(delivered), tuple(remaining), tuple(errors), unreadable)
+        return DrainReport(tuple(delivered), tuple(remaining), tuple(errors), failed)
 
     def _drain_entry(self, entry_id: str, down: set[str], errors: list[str]) -> bool:
         with self.spool.claim(entry_id) as held:
@@ -173,12 +179,7 @@ class SpoolDrainer:
         self, entry: SpoolEntry, locations: dict[str, str], down: set[str], errors: list[str]
     ) -> bool:
         """Try each pending sink once, adding to `locations`; True once none is pending."""
-        try:
-            artifact = self.spool.load(entry)
-        except SpoolCorrupt as exc:
-            errors.append(str(exc))
-            event(log, "spool_entry_corrupt", logging.ERROR, id=entry.id, error=str(exc))
-            return False
+        artifact = self.spool.load(entry)  # SpoolCorrupt: drain_once says it
         pending = list(entry.pending)
         failures: dict[str, str] = {}  # sink -> why, this pass's
         uploaded = False

@@ -27,6 +27,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -61,6 +62,9 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 READ_CHUNK = 4 * 1024 * 1024
 MAX_ERROR_LEN = 2000
+# A sidecar put writes is a few KB (the request, the event, errors of at
+# most MAX_ERROR_LEN each); one larger is no sidecar of ours.
+MAX_SIDECAR_BYTES = 1 << 20
 
 
 class SpoolError(PcapdError):
@@ -120,14 +124,15 @@ class SpoolEntry:
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
-    def from_sidecar(
-        cls, text: str | bytes, entry_id: str | None = None
-    ) -> tuple[SpoolEntry, dict[str, str]]:
+    def from_sidecar(cls, text: str | bytes, entry_id: str) -> tuple[SpoolEntry, dict[str, str]]:
         """The entry a sidecar holds (that of the files named `entry_id`), and
         each diagnostic field dropped as malformed (field -> why, DIAGNOSTICS);
         ValueError when what delivers it (DELIVERY) is missing or malformed:
         such an entry is kept, never uploaded wrongly or removed."""
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:  # bad UTF-8 or JSON, a number of 4,300+ digits
+            raise ValueError(f"sidecar: not JSON this version reads: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError("sidecar is not a JSON object")
         data.pop("version", None)
@@ -138,7 +143,7 @@ class SpoolEntry:
                 continue
             if not valid(data[name]):
                 raise ValueError(f"sidecar: {name}={reprlib.repr(data[name])} is not {what}")
-        if entry_id is not None and data["id"] != entry_id:
+        if data["id"] != entry_id:
             raise ValueError(f"sidecar: id={reprlib.repr(data['id'])} is not its files' {entry_id}")
         if not data["pending"] and not data.get("locations"):
             # Nothing left to upload but nowhere it went: never delivered.
@@ -356,11 +361,11 @@ class Spool:
         """The entry, or None: gone (delivered meanwhile by another process),
         or unreadable (logged, and why in `unreadable`)."""
         try:
-            text = self.sidecar_path(entry_id).read_bytes()
+            text = read_regular(self.sidecar_path(entry_id), MAX_SIDECAR_BYTES)
             entry, dropped = SpoolEntry.from_sidecar(text, entry_id)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, RecursionError) as exc:
+        except (OSError, ValueError, RecursionError, SpoolError) as exc:
             why = "sidecar: JSON nested too deep" if isinstance(exc, RecursionError) else str(exc)
             unreadable[entry_id] = why
             logs.event(log, "spool_entry_unreadable", logging.ERROR, id=entry_id, error=why)
@@ -437,16 +442,15 @@ class Spool:
         when someone else holds it (or it is gone), without waiting."""
         path = self.data_path(entry_id)
         try:
-            # Not blocking on a FIFO, nor following a link: only put's own files.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            fd = open_regular(path)
         except FileNotFoundError:
             yield False
             return
-        except OSError as exc:
-            raise SpoolCorrupt(f"spool entry {entry_id}: cannot open {path}: {exc}") from exc
+        except SpoolCorrupt as exc:
+            raise SpoolCorrupt(f"spool entry {entry_id}: {exc}") from None
+        except OSError as exc:  # EACCES, EMFILE ...: the file may be fine
+            raise SpoolError(f"spool entry {entry_id}: cannot open {path}: {exc}") from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SpoolCorrupt(f"spool entry {entry_id}: {path} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -455,6 +459,32 @@ class Spool:
             yield True
         finally:
             os.close(fd)
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, a regular file: never waiting on a
+    FIFO nor following a link (only put's own files are spool files);
+    SpoolCorrupt for anything else, OSError as os.open raises it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpoolCorrupt(f"{path} is a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpoolCorrupt(f"{path} is not a regular file")
+    return fd
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of `path` (a regular file, `open_regular`), ValueError past `limit`."""
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"sidecar: more than {limit} bytes, no sidecar pcapd writes")
+    return data
 
 
 def clip(error: str) -> str:
@@ -480,7 +510,9 @@ def _is_name(value: object) -> bool:
 
 
 def _is_file_name(value: object) -> bool:
-    return isinstance(value, str) and value != "" and "/" not in value and not text_problem(value)
+    if not isinstance(value, str) or value in ("", ".", ".."):
+        return False
+    return "/" not in value and not text_problem(value)
 
 
 def _is_str_map(value: object) -> bool:
@@ -506,8 +538,8 @@ def spooled_at_of(entry_id: str) -> float:
 # malformed makes the entry unreadable (logged, kept on disk), as uploading
 # the wrong file or deleting one never uploaded would lose a capture.
 DELIVERY: dict[str, tuple[Callable[[object], bool], str]] = {
-    "id": (_is_name, "a spool entry id"),
-    "filename": (_is_file_name, "a file name (text, no '/')"),
+    "id": (lambda v: isinstance(v, str) and ENTRY_ID.fullmatch(v) is not None, "a spool entry id"),
+    "filename": (_is_file_name, "a file name (text, no '/', not . or ..)"),
     "format": (_is_name, "a capture format"),
     "sha256": (
         lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,

@@ -151,8 +151,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pcapd nodes: Redis at {config.describe()}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     for bad in unreadable:
-        print(f"pcapd nodes: warning: {bad.key}: not a heartbeat this version reads: "
-              f"{bad.error}", file=sys.stderr)  # fmt: skip
+        print(f"pcapd nodes: warning: {printable(bad.key)}: not a heartbeat this version "
+              f"reads: {printable(bad.error)}", file=sys.stderr)  # fmt: skip
     if body is None:
         return _list(nodes, args.json)
     return _match(body, nodes, args.json)

@@ -58,7 +58,8 @@ def _list(spool: Spool, as_json: bool) -> int:
                 f"last_error={printable(entry.last_error or '-')}"
             )
     for orphan in spool.orphans():
-        print(f"warning: {orphan}: capture without its sidecar (kept)", file=sys.stderr)
+        print(f"warning: {printable(str(orphan))}: capture without its sidecar (kept)",
+              file=sys.stderr)  # fmt: skip
     used = spool.used_bytes()
     percent = 100 * used / spool.max_bytes
     kept = f" and {len(unreadable)} unreadable (kept; see the errors above)" if unreadable else ""
@@ -107,13 +108,13 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
     report = drainer.drain_once(ids)
     remaining = report.remaining
     for entry_id in remaining:
-        if entry_id in report.unreadable:
-            why: str | None = f"unreadable: {report.unreadable[entry_id]}"
+        if entry_id in report.failed:
+            why: str | None = report.failed[entry_id]
         else:
             left = spool.get(entry_id)
             why = left.last_error if left is not None else None
         why = printable(why or "in use by another process")
-        print(f"still spooled {entry_id}: {why}", file=sys.stderr)
+        print(f"still spooled {printable(entry_id)}: {why}", file=sys.stderr)
     print(f"{len(report.delivered)} delivered, {len(remaining)} still spooled")
     return EXIT_PENDING if remaining else EXIT_OK
 

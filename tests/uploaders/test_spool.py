@@ -21,6 +21,7 @@ from uploaders.base import Sink as SinkDefaults
 from uploaders.drain import SpoolDrainer, delivered_event
 from uploaders.s3 import S3Uploader
 from uploaders.spool import (
+    MAX_SIDECAR_BYTES,
     Spool,
     SpoolCorrupt,
     SpoolEntry,
@@ -183,7 +184,7 @@ REMOVED = object()  # the field taken out of the sidecar
         ("pending", [""], "pending=[''] is not a list of sink names"),
         ("pending", REMOVED, "no pending"),
         ("pending", [], "pending=[] and no locations: delivered nowhere"),
-        ("id", "00000000000000000009-0ther123", "is not its files' "),
+        ("id", "00000000000000000009-0abc1234", "is not its files' "),
         ("id", 7, "id=7 is not a spool entry id"),
         ("sha256", "ab" * 31, "is not a sha256 in hex"),
         ("size", -1, "size=-1 is not a byte count"),
@@ -191,7 +192,9 @@ REMOVED = object()  # the field taken out of the sidecar
         ("size", 10**20, "is not a byte count"),  # passes the check, fails the load
         ("filename", "", "filename='' is not a file name"),
         ("filename", "x\ud800.pcap", "is not a file name"),  # S3 cannot take it
-        ("filename", "../../etc/cron.d/x", "is not a file name"),
+        ("filename", "pcaps/x.pcap", "is not a file name"),
+        ("filename", "..", "is not a file name"),
+        ("id", "", "id='' is not a spool entry id"),
         ("request", [], "request=[] is not a request object"),
         ("locations", {"s3": 5}, "locations={'s3': 5} is not an object of strings"),
         ("event", "spooled", "event='spooled' is not an object or null"),
@@ -206,7 +209,8 @@ def test_an_entry_that_cannot_say_how_to_deliver_it_is_kept_and_never_uploaded(
     empty `pending` read as "delivered" would delete a capture that never
     left); the error names the field; the entries after it still drain."""
     spool = Spool(tmp_path, 10 * MB)
-    bad, good = spool.put(make_artifact(), ["s3"]), spool.put(make_artifact(), ["s3"])
+    artifact = make_artifact()
+    bad, good = spool.put(artifact, ["s3"]), spool.put(make_artifact(), ["s3"])
     path = spool.sidecar_path(bad.id)
     sidecar = json.loads(path.read_text())
     if value is REMOVED:
@@ -217,7 +221,7 @@ def test_an_entry_that_cannot_say_how_to_deliver_it_is_kept_and_never_uploaded(
     sink = Sink("s3", fail=False)
     report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
     assert report.delivered == (good.id,) and sink.received == [good.sha256]
-    assert spool.data_path(bad.id).read_bytes() == bytes(make_artifact_data(spool, bad))
+    assert spool.data_path(bad.id).read_bytes() == bytes(artifact.data)
     assert spool.sidecar_path(bad.id).exists()
     if field == "size" and value == 10**20:  # well-formed, but not the file's
         [error] = report.errors
@@ -225,13 +229,6 @@ def test_an_entry_that_cannot_say_how_to_deliver_it_is_kept_and_never_uploaded(
     else:
         assert f"spool_entry_unreadable id={bad.id} error=" in caplog.text
         assert said in caplog.text, caplog.text
-
-
-def make_artifact_data(spool: Spool, entry: SpoolEntry) -> bytes:
-    """The entry's capture as put, checked by its sha256 (the sidecar may lie now)."""
-    data = spool.data_path(entry.id).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == entry.sha256
-    return data
 
 
 def test_a_delivered_entry_whose_result_was_not_sent_still_reads_back(tmp_path: Path) -> None:
@@ -272,8 +269,9 @@ def test_a_sidecar_json_cannot_parse_is_logged_and_the_pass_goes_on(
     sink = Sink("s3", fail=False)
     report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
     assert report.delivered == (good.id,) and report.remaining == (bad_id,)
-    assert list(report.unreadable) == [bad_id]
-    assert report.errors == (f"{bad_id}: unreadable: {report.unreadable[bad_id]}",)
+    [(failed, why)] = report.failed.items()
+    assert failed == bad_id and why.startswith("unreadable: sidecar")
+    assert report.errors == (f"{bad_id}: {why}",)
     assert f"spool_entry_unreadable id={bad_id} error=" in caplog.text
     assert spool.data_path(bad_id).read_bytes() == b"kept"
 
@@ -326,10 +324,37 @@ def test_a_data_file_that_is_no_regular_file_is_reported_not_waited_on(
     report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
     assert report.delivered == (good.id,) and report.remaining == (bad.id,)
     [error] = report.errors
-    said = "is not a regular file" if kind == "fifo" else "cannot open"
+    said = "is not a regular file" if kind == "fifo" else "is a symbolic link"
     assert error.startswith(f"spool entry {bad.id}: ") and said in error, error
     assert f"spool_entry_corrupt id={bad.id}" in caplog.text
     assert spool.sidecar_path(bad.id).exists() and sink.received == [good.sha256]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "huge"])
+def test_a_sidecar_that_is_no_sidecar_file_is_unreadable_not_waited_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A FIFO as a sidecar (reading it waits for a writer forever), a link
+    (to /dev/zero: read without end) or a file past MAX_SIDECAR_BYTES:
+    unreadable, kept, and the rest drains; `spool list` returns too."""
+    spool = Spool(tmp_path / "spool", 10 * MB)
+    bad, good = spool.put(make_artifact(), ["s3"]), spool.put(make_artifact(), ["s3"])
+    path = spool.sidecar_path(bad.id)
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_bytes(b" " * (MAX_SIDECAR_BYTES + 1))
+    said = {"fifo": "is not a regular file", "symlink": "is a symbolic link",
+            "huge": f"more than {MAX_SIDECAR_BYTES} bytes"}[kind]  # fmt: skip
+    assert [e.id for e in spool.list()] == [good.id]
+    report = SpoolDrainer(spool, [Sink("s3", fail=False)], lambda e, en: True, 60).drain_once()
+    assert report.delivered == (good.id,) and report.remaining == (bad.id,)
+    assert said in report.failed[bad.id], report.failed
+    assert f"spool_entry_unreadable id={bad.id}" in caplog.text
+    assert spool.data_path(bad.id).exists()
 
 
 def test_claim_is_exclusive(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,21 @@ def test_an_unreadable_entry_is_counted_as_still_spooled(
         assert f"still spooled {entry.id}: {why}" in captured.err.splitlines()
         assert captured.out.splitlines()[-1] == "0 delivered, 1 still spooled"
     assert spool.data_path(entry.id).exists()
+
+
+def test_retry_says_why_a_corrupt_entry_stays(
+    tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its data file replaced by a FIFO: retry names that, not "in use"."""
+    config = write_config(tmp_path, moto_s3.endpoint, "b", 1)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    entry = spool.put(make_artifact(), ["s3"])
+    spool.data_path(entry.id).unlink()
+    os.mkfifo(spool.data_path(entry.id))
+    assert main(["retry", "--no-publish", "-c", str(config)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    shown = f"still spooled {entry.id}: spool entry {entry.id}: {spool.data_path(entry.id)} "
+    assert shown + "is not a regular file" in err, err
 
 
 def test_bad_invocations(
