@@ -33,7 +33,7 @@ from pcapd.fleet import Heartbeat, NodeState, node_state
 from pcapd.ring import Ring, RingFilterError
 from triggers.base import TriggerSource
 from uploaders.drain import SpoolDrainer
-from uploaders.spool import SpoolEntry
+from uploaders.spool_entry import SpoolEntry
 
 log = logging.getLogger("pcapd.daemon")
 

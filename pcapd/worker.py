@@ -38,7 +38,7 @@ from pcapd.ring import Ring, RingCapture
 from pcapd.ring.watch import Watcher
 from uploaders.base import Artifact
 from uploaders.deliver import Flight, Unfinished
-from uploaders.spool import SpoolEntry
+from uploaders.spool_entry import SpoolEntry
 
 if TYPE_CHECKING:
     from pcapd.controller import Controller

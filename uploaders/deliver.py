@@ -32,7 +32,8 @@ from uploaders.base import Artifact, Location, Uploader, UploadObserver, ignore_
 from uploaders.deadline import NOT_ATTEMPTED, NotAttempted
 from uploaders.drain import OnDelivered, hand_over
 from uploaders.retry import RetryPolicy
-from uploaders.spool import Spool, SpoolEntry, SpoolError, join_errors
+from uploaders.spool import Spool, SpoolError
+from uploaders.spool_entry import SpoolEntry, join_errors
 
 if TYPE_CHECKING:
     pass

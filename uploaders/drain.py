@@ -20,7 +20,8 @@ from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
 from uploaders.base import Uploader, UploadObserver, ignore_upload
 from uploaders.deadline import NotAttempted
-from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolCorrupt, SpoolEntry, SpoolError
+from uploaders.spool import Spool, SpoolCorrupt, SpoolError
+from uploaders.spool_entry import MAX_ERROR_LEN, SpoolEntry
 
 # The spool's logger: these lines were its own, and operators filter on it.
 log = logging.getLogger("pcapd.uploaders.spool")  # the drainer logs as the spool

@@ -24,7 +24,8 @@ from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
 from pcapd.core.logs import warnings_to_stderr
 from uploaders.drain import SpoolDrainer
 from uploaders.remote import build_remote_uploaders
-from uploaders.spool import Spool, SpoolEntry, SpoolError
+from uploaders.spool import Spool, SpoolError
+from uploaders.spool_entry import SpoolEntry
 
 EXIT_PENDING = EXIT_FAILURE  # something is still spooled
 

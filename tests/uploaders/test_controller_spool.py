@@ -40,7 +40,8 @@ from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader
-from uploaders.spool import Spool, SpoolEntry
+from uploaders.spool import Spool
+from uploaders.spool_entry import SpoolEntry
 
 
 def hanging_controller(

@@ -30,7 +30,8 @@ from uploaders.drain import SpoolDrainer
 from uploaders.local import LocalUploader
 from uploaders.retry import RetryPolicy
 from uploaders.s3 import S3Uploader, boto3_client_factory
-from uploaders.spool import Spool, SpoolEntry
+from uploaders.spool import Spool
+from uploaders.spool_entry import SpoolEntry
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

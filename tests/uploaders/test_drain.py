@@ -17,7 +17,8 @@ from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deadline import Deadlined
 from uploaders.drain import SpoolDrainer
 from uploaders.s3 import S3Uploader
-from uploaders.spool import MAX_ERROR_LEN, Spool, SpoolEntry
+from uploaders.spool import Spool
+from uploaders.spool_entry import MAX_ERROR_LEN, SpoolEntry
 
 
 def test_a_sink_shutdown_left_untried_is_no_failed_upload(tmp_path: Path, moto_s3: MotoS3) -> None:

@@ -16,7 +16,8 @@ from tests.uploaders.conftest import make_artifact, make_request
 from uploaders.base import Artifact, Location, Sink
 from uploaders.drain import SpoolDrainer, delivered_event
 from uploaders.local import LocalUploader
-from uploaders.spool import Spool, SpoolEntry
+from uploaders.spool import Spool
+from uploaders.spool_entry import SpoolEntry
 
 
 def test_the_entry_goes_once_its_result_was_sent(tmp_path: Path) -> None:

@@ -20,13 +20,8 @@ from uploaders.base import Location, UploadError
 from uploaders.base import Sink as SinkDefaults
 from uploaders.drain import SpoolDrainer, delivered_event
 from uploaders.s3 import S3Uploader
-from uploaders.spool import (
-    MAX_SIDECAR_BYTES,
-    Spool,
-    SpoolCorrupt,
-    SpoolEntry,
-    SpoolFull,
-)
+from uploaders.spool import MAX_SIDECAR_BYTES, Spool, SpoolCorrupt, SpoolFull
+from uploaders.spool_entry import SpoolEntry
 
 MB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]

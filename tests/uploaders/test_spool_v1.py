@@ -16,7 +16,8 @@ from uploaders.cloudshark import CloudsharkUploader
 from uploaders.deadline import Deadlined
 from uploaders.drain import SpoolDrainer
 from uploaders.s3 import S3Uploader
-from uploaders.spool import Spool, SpoolEntry
+from uploaders.spool import Spool
+from uploaders.spool_entry import SpoolEntry
 
 ENTRY_ID = "01796197216537554101-e602ce5a"
 DATA = bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000")  # its sha256 below

@@ -1,0 +1,137 @@
+"""What a round trip's outcome makes of the agents' writer: its readiness
+(`connected`, `not_now`, on a cluster `heard_nodes` and `unanswered`), the
+counts and line of a failed round trip, and its backoff: one server's as a
+whole, a cluster's per primary (a failed primary rests alone, its slots'
+entries held at the queue's head, while the others' are written on). The
+readiness half of `agents.redis_writer.RedisWriter`, which sets these
+attributes and runs the round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from redis.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+
+from agents.write_queue import WriteQueue
+from agents.write_window import Batch
+from pcapd.core.backoff import Backoff, BackoffTracker
+from pcapd.core.logs import event
+from pcapd.core.redis_conn import NO_PRIMARY, ping_primaries, slot_owners
+
+log = logging.getLogger("pcapd.agents.store")
+
+
+class Readiness(WriteQueue):
+    """The readiness half of `agents.redis_writer.RedisWriter` (see there
+    what each attribute means)."""
+
+    connected: bool
+    failed_pings: int
+    not_now: str | None
+    heard_nodes: set[str]
+    _backoff: Backoff
+    _stop: threading.Event
+    # Cluster only: what the last round trip left to send again (its
+    # primaries resting), and when the first of those may be tried.
+    _held: Batch | None
+    _held_until: float
+
+    def _failed(self, backoff: BackoffTracker | None) -> None:
+        """A round trip that left something to send again (calls, their
+        follow-up, or an idle one's follow-up): one count in `redis_errors`
+        (and in `redis_not_now` if Redis answered some of it "not now") and
+        one line naming its first error, however much of it failed. With
+        `backoff` (one server, or no connection to be had), readiness set
+        from it (`_heard`), then the backoff waited out; on a cluster
+        (None), `_nodes_settled` set readiness and each primary that failed
+        rests alone, the others' slots sent on. Counted after readiness is
+        set: a reader who sees the count sees the readiness that goes with it."""
+        if backoff is not None:
+            self._heard()
+            wait = backoff.failed()
+        else:  # until the first primary that failed may be tried again
+            rests = self._node_backoff
+            wait = min((rests[n][1] for n in self._round_failed if n in rests), default=0.0)
+            wait = max(0.0, wait - time.monotonic())
+        self.stats.redis_not_now += self._heard_not_now
+        self.stats.redis_errors += 1
+        event(
+            log, "redis_write_failed", logging.WARNING, error=self._last_error,
+            queued_ops=self.queue_depth, retry_in=round(wait, 2),
+        )  # fmt: skip
+        if backoff is not None:
+            self._stop.wait(wait)
+
+    def _heard(self) -> None:
+        """After a failed round trip on one server: `connected` while Redis
+        answered every command of it, and `not_now` its first error then (a
+        "not now")."""
+        self.connected = not self._no_answer
+        self.not_now = None if self._no_answer else self._last_error
+
+    def _nodes_settled(self, client: RedisCluster, left: Batch | None) -> None:
+        """After a round trip on a cluster: `heard_nodes` from the primaries
+        it went to (the others keep what they last said), `connected` while
+        one answered (its slots still take writes; readiness names the
+        others) and not once none did; each primary that failed rests its
+        own backoff, one that answered whole no more; `unanswered` the slots
+        of `left` and every slot of a primary resting; `left` is held until
+        the first of its primaries may be tried."""
+        now = time.monotonic()
+        self.heard_nodes = (self.heard_nodes - self._round_tried) | self._round_heard
+        rests = self._node_backoff
+        for node in self._round_tried:
+            if node in self._round_failed:
+                tracker = rests[node][0] if node in rests else self._backoff.tracker()
+                rests[node] = (tracker, now + tracker.failed())
+            else:
+                rests.pop(node, None)
+        owners = slot_owners(client)
+        primaries = set(owners.values())
+        if len(owners) == SLOTS:  # every slot has a primary again
+            rests.pop(NO_PRIMARY, None)
+        for node in [n for n in rests if n not in primaries and n != NO_PRIMARY]:
+            del rests[node]  # no primary now (a failover): nothing waits for it
+        # A new dict, whole at once: readiness reads it from another thread.
+        self.unanswered = self._left_slots | {s: n for s, n in owners.items() if n in rests}
+        self.connected, self.not_now = bool(self.heard_nodes), None
+        self._held = left
+        held = set(self._left_slots.values()) if left else set()  # `left`'s primaries
+        self._held_until = min((rests[n][1] for n in held if n in rests), default=-math.inf)
+
+    def _resting_only(self) -> bool:
+        """Whether all that is queued is what the last round trip left for
+        primaries that rest still (cluster): nothing to send until one may
+        be tried, or new writes are sealed."""
+        with self._lock:
+            only_held = len(self._batches) == 1 and self._batches[0] is self._held
+        return only_held and time.monotonic() < self._held_until
+
+    def _unreachable(self, error: object) -> None:
+        """An idle PING no primary answered."""
+        if self.connected:
+            event(log, "redis_unreachable", logging.WARNING, error=str(error))
+        self.connected = False
+        self.failed_pings += 1
+
+    def _ping_primaries(self, client: RedisCluster) -> None:
+        """An idle round trip on a cluster: PING each primary not resting,
+        then the follow-up a failed round trip left for those. A primary
+        silent or answering "not now" (BUSY, LOADING) rests, and readiness
+        names its slots (`_nodes_settled`); one that answers is heard."""
+        now = time.monotonic()
+        self._begin_round()
+        replies = ping_primaries(client, [n for n in self._node_backoff if self._resting(n, now)])
+        self._node_replies(list(replies), list(replies.values()))
+        if self._follow_up_left and not self._round_failed:  # not to a primary just silent
+            self._follow_up(client, [], [])
+        self._nodes_settled(client, None)  # idle: no write waits; what rests is named
+        if replies and not self.heard_nodes:
+            self._unreachable(next(iter(replies.values())))
+        if self._last_error is not None:
+            self._failed(None)
