@@ -299,7 +299,20 @@ def test_a_lost_spooled_at_is_read_from_the_entry_id(tmp_path: Path) -> None:
     assert abs(listed.spooled_at - entry.spooled_at) < 0.01
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+NOT_A_FILE = {"fifo": "is not a regular file", "symlink": "is a symbolic link"}
+
+
+def make_not_a_file(path: Path, kind: str) -> None:
+    """`path` made a FIFO (opened, it waits for a writer forever) or a link
+    to /dev/zero (read, it never ends)."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("kind", NOT_A_FILE)
 def test_a_data_file_that_is_no_regular_file_is_reported_not_waited_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
@@ -308,19 +321,12 @@ def test_a_data_file_that_is_no_regular_file_is_reported_not_waited_on(
     the entries after it drain."""
     spool = Spool(tmp_path / "spool", 10 * MB)
     bad, good = spool.put(make_artifact(), ["s3"]), spool.put(make_artifact(), ["s3"])
-    data = spool.data_path(bad.id)
-    data.unlink()
-    if kind == "fifo":
-        os.mkfifo(data)
-    else:
-        (tmp_path / "elsewhere.pcap").write_bytes(b"not spooled here")
-        data.symlink_to(tmp_path / "elsewhere.pcap")
+    make_not_a_file(spool.data_path(bad.id), kind)
     sink = Sink("s3", fail=False)
     report = SpoolDrainer(spool, [sink], lambda e, entry: True, 60).drain_once()
     assert report.delivered == (good.id,) and report.remaining == (bad.id,)
     [error] = report.errors
-    said = "is not a regular file" if kind == "fifo" else "is a symbolic link"
-    assert error.startswith(f"spool entry {bad.id}: ") and said in error, error
+    assert error.startswith(f"spool entry {bad.id}: ") and NOT_A_FILE[kind] in error, error
     assert f"spool_entry_corrupt id={bad.id}" in caplog.text
     assert spool.sidecar_path(bad.id).exists() and sink.received == [good.sha256]
 
@@ -335,15 +341,12 @@ def test_a_sidecar_that_is_no_sidecar_file_is_unreadable_not_waited_on(
     spool = Spool(tmp_path / "spool", 10 * MB)
     bad, good = spool.put(make_artifact(), ["s3"]), spool.put(make_artifact(), ["s3"])
     path = spool.sidecar_path(bad.id)
-    path.unlink()
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "symlink":
-        path.symlink_to("/dev/zero")
-    else:
+    if kind == "huge":
         path.write_bytes(b" " * (MAX_SIDECAR_BYTES + 1))
-    said = {"fifo": "is not a regular file", "symlink": "is a symbolic link",
-            "huge": f"more than {MAX_SIDECAR_BYTES} bytes"}[kind]  # fmt: skip
+        said = f"more than {MAX_SIDECAR_BYTES} bytes"
+    else:
+        make_not_a_file(path, kind)
+        said = NOT_A_FILE[kind]
     assert [e.id for e in spool.list()] == [good.id]
     report = SpoolDrainer(spool, [Sink("s3", fail=False)], lambda e, en: True, 60).drain_once()
     assert report.delivered == (good.id,) and report.remaining == (bad.id,)
