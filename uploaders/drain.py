@@ -162,7 +162,9 @@ class SpoolDrainer:
                     errors.append(f"{listed.id}: {failed[listed.id]}")
                     done = False
                 (delivered if done else remaining).append(listed.id)
-        return DrainReport(tuple(delivered), tuple(remaining), tuple(errors), failed)
+        # Ids begin with the spooling time: sorted is oldest first, the
+        # unreadable ones in their place.
+        return DrainReport(tuple(delivered), tuple(sorted(remaining)), tuple(errors), failed)
 
     def _drain_entry(self, entry_id: str, down: set[str], errors: list[str]) -> bool:
         with self.spool.claim(entry_id) as held:

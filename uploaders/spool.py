@@ -316,7 +316,8 @@ class Spool:
         """The entry's capture as an Artifact, its bytes checked against sha256."""
         path = self.data_path(entry.id)
         try:
-            with open(path, "rb") as handle:
+            # As claim() opened it: the file may have been swapped since.
+            with os.fdopen(open_regular(path), "rb") as handle:
                 data = bytearray(os.fstat(handle.fileno()).st_size)
                 view = memoryview(data)
                 offset = 0
@@ -326,6 +327,8 @@ class Spool:
                         break
                     offset += got
                 view.release()
+        except SpoolCorrupt as exc:
+            raise SpoolCorrupt(f"spool entry {entry.id}: {exc}") from None
         except OSError as exc:
             raise SpoolCorrupt(f"spool entry {entry.id}: cannot read {path}: {exc}") from exc
         digest = hashlib.sha256(data).hexdigest()

@@ -58,6 +58,9 @@ def _list(spool: Spool, as_json: bool) -> int:
                 f"file={printable(entry.filename)}  "
                 f"last_error={printable(entry.last_error or '-')}"
             )
+    if as_json:  # counted below too; a reader of the rows sees them
+        for entry_id, why in sorted(unreadable.items()):
+            print(json.dumps({"id": entry_id, "unreadable": why}))
     for orphan in spool.orphans():
         print(f"warning: {printable(str(orphan))}: capture without its sidecar (kept)",
               file=sys.stderr)  # fmt: skip

@@ -331,6 +331,36 @@ def test_a_data_file_that_is_no_regular_file_is_reported_not_waited_on(
     assert spool.sidecar_path(bad.id).exists() and sink.received == [good.sha256]
 
 
+@pytest.mark.parametrize("kind", NOT_A_FILE)
+def test_a_data_file_swapped_after_the_claim_is_corrupt_not_waited_on(
+    tmp_path: Path, kind: str
+) -> None:
+    """Between claim() (which checked the file it opened) and load(), the
+    file is replaced: load opens it as claim did, and never waits on it."""
+    spool = Spool(tmp_path / "spool", 10 * MB)
+    entry = spool.put(make_artifact(), ["s3"])
+    with spool.claim(entry.id) as held:
+        assert held
+        make_not_a_file(spool.data_path(entry.id), kind)
+        with pytest.raises(SpoolCorrupt) as caught:
+            spool.load(entry)
+    assert str(caught.value) == (
+        f"spool entry {entry.id}: {spool.data_path(entry.id)} {NOT_A_FILE[kind]}"
+    )
+
+
+def test_what_stays_is_reported_oldest_first_unreadable_ones_in_their_place(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool", 10 * MB)
+    entries = [spool.put(make_artifact(), ["s3"]) for _ in range(3)]
+    middle = spool.sidecar_path(entries[1].id)
+    middle.write_text(json.dumps(json.loads(middle.read_text()) | {"pending": None}))
+    report = SpoolDrainer(spool, [Sink("s3", fail=True)], lambda e, en: True, 60).drain_once()
+    assert report.remaining == tuple(e.id for e in entries)
+    assert set(report.failed) == {entries[1].id}
+
+
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "huge"])
 def test_a_sidecar_that_is_no_sidecar_file_is_unreadable_not_waited_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str

@@ -163,6 +163,13 @@ def test_an_unreadable_entry_is_counted_as_still_spooled(
     assert main(["list", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("0 spooled and 1 unreadable (kept; see the errors above), "), out
+    assert main(["list", "--json", "-c", str(config)]) == 0
+    listed = capsys.readouterr()
+    why = "sidecar: pending={} is not a list of sink names"
+    assert [json.loads(line) for line in listed.out.splitlines()] == [
+        {"id": entry.id, "unreadable": why}
+    ]
+    assert listed.err.splitlines()[-1].startswith("0 spooled and 1 unreadable"), listed.err
     for ids in ([], ["--id", entry.id]):
         assert main(["retry", "--no-publish", "-c", str(config), *ids]) == 1
         captured = capsys.readouterr()
