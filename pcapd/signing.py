@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pcapd.core.config import SecurityConfig
+from pcapd.core.fields import show
 from pcapd.core.request import RequestError
 from pcapd.core.secret import Secret
 from pcapd.dedup import SeenSet
@@ -28,7 +29,6 @@ SIG_FIELD = "sig"
 TS_FIELD = "ts"
 KID_FIELD = "kid"
 _SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
-_MAX_SHOWN = 80  # characters of a bad value quoted back to the sender
 
 
 def canonical(fields: Mapping[str, Any]) -> bytes:
@@ -77,19 +77,19 @@ def verify(
             raise fail("sig: missing; this node accepts only signed requests (require_signed)")
         return
     if not isinstance(sig, str) or not _SIG_RE.fullmatch(sig):
-        raise fail(f"sig: expected 64 hex digits (HMAC-SHA256), got {_show(sig)}")
+        raise fail(f"sig: expected 64 hex digits (HMAC-SHA256), got {show(sig)}")
 
     kid = fields.get(KID_FIELD)
     if kid is None:
         raise fail("kid: missing; a signed request names its key in kid")
     if not isinstance(kid, str) or kid not in security.keys:
-        raise fail(f"kid={_show(kid)}: not a key in this node's [security] keys")
+        raise fail(f"kid={show(kid)}: not a key in this node's [security] keys")
 
     ts = fields.get(TS_FIELD)
     if ts is None:
         raise fail("ts: missing; a signed request carries ts (Unix seconds)")
     if isinstance(ts, bool) or not isinstance(ts, int):
-        raise fail(f"ts: expected a JSON integer (Unix seconds), got {_show(ts)}")
+        raise fail(f"ts: expected a JSON integer (Unix seconds), got {show(ts)}")
     age = now - ts
     if age > security.max_skew:
         raise fail(f"ts={ts}: {age:.0f} s old; the limit is max_skew={security.max_skew} s")
@@ -107,7 +107,3 @@ def verify(
 
 def replayed(window: float) -> str:
     return f"sig: replayed; this signature was already accepted within {window:.0f} s"
-
-
-def _show(value: object) -> str:
-    return json.dumps(value)[:_MAX_SHOWN]

@@ -98,13 +98,14 @@ EMPTY_IS_ABSENT = frozenset(
 
 
 def show(value: Any) -> str:
-    """`value` as JSON, cut to MAX_SHOWN characters: what an error quotes back.
-    ASCII only, so a surrogate or control character prints as its escape."""
+    """`value` as JSON, cut to MAX_SHOWN characters and "..." when longer:
+    what an error quotes back. ASCII only, so a surrogate or control
+    character prints as its escape."""
     try:
         text = json.dumps(value)
     except (ValueError, RecursionError):  # nested deeper than json can write back
         text = f"<{type(value).__name__}>"
-    return text[:MAX_SHOWN]
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 def printable(text: str) -> str:

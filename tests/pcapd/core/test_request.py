@@ -533,7 +533,7 @@ def test_node_is_exact_or_any(node: str, host: str, matches: bool) -> None:
         ("", '""'),
         ("has space", '"has space"'),
         ("slash/id", '"slash/id"'),
-        ("x" * 129, '"' + "x" * 79),  # cut at 80 characters
+        ("x" * 129, '"' + "x" * 79 + "..."),  # cut at 80 characters, said so
         ("line\n", '"line\\n"'),
         (5, "5"),
         (True, "true"),
@@ -649,7 +649,7 @@ def test_alertid_zero_is_none_as_pcapdaemon_omits_it(config: Config) -> None:
         (1.5, "1.5"),
         (["a"], '["a"]'),
         ({"a": 1}, '{"a": 1}'),
-        ("x" * 129, '"' + "x" * 79),
+        ("x" * 129, '"' + "x" * 79 + "..."),
     ],
 )
 def test_bad_alertid(config: Config, alertid: Any, shown: str) -> None:
