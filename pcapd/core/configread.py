@@ -43,13 +43,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcapd.core.errors import PcapdError
-from pcapd.core.fields import IFACE_RULE, is_interface_name, whole_number
+from pcapd.core.fields import IFACE_RULE, is_interface_name, text_problem, whole_number
 from pcapd.core.secret import Secret, resolve_secret
 
 # The cap on an integer read without its own maximum: what TOML itself allows.
 MAX_INT = 2**63 - 1
 MAX_PORT = 65_535
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# Whitespace a config string may hold where a request's may not (a filter
+# over several lines): read as spaces by the control-character check.
+_LINE_SPACE = str.maketrans("\t\n\r", "   ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +191,14 @@ class Table:
             return default
         return value
 
-    def holds_nul(self, key: str, value: str) -> bool:
-        """Records an error if `value` holds a NUL: no path, name, pattern or
-        address holds one, and os and libpcap stop at it."""
-        if "\0" not in value:
-            return False
-        self.error(key, f"holds a NUL (U+0000) at character {value.index(chr(0))}")
-        return True
+    def holds_control(self, key: str, value: str) -> bool:
+        """Records an error if `value` holds a control character: os and
+        libpcap stop at a NUL, and the others reach logs, heartbeats and
+        terminals. Tab, newline and carriage return pass."""
+        problem = text_problem(value.translate(_LINE_SPACE))
+        if problem is not None:
+            self.error(key, problem)
+        return problem is not None
 
     def get_str(self, key: str, default: str, *, choices: tuple[str, ...] = ()) -> str:
         value = self.get(key)
@@ -203,7 +207,7 @@ class Table:
         if not isinstance(value, str):
             self.bad(key, value, "expected a string")
             return default
-        if self.holds_nul(key, value):
+        if self.holds_control(key, value):
             return default
         if choices and value not in choices:
             self.bad(key, value, "expected one of " + ", ".join(choices))
@@ -224,8 +228,9 @@ class Table:
             return None
         return value
 
-    def str_list(self, key: str) -> tuple[str, ...]:
-        """A list of strings; a single string is a list of one."""
+    def str_list(self, key: str, *, checked: bool = True) -> tuple[str, ...]:
+        """A list of strings; a single string is a list of one. Unless `checked`
+        is false (the caller's rule is stricter), none holds a control character."""
         value = self.get(key)
         if value is None:
             return ()
@@ -234,7 +239,7 @@ class Table:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.bad(key, value, "expected a list of strings")
             return ()
-        if any(self.holds_nul(f"{key}[{i}]", v) for i, v in enumerate(value)):
+        if checked and any(self.holds_control(f"{key}[{i}]", v) for i, v in enumerate(value)):
             return ()
         return tuple(value)
 

@@ -351,7 +351,7 @@ HOSTILE = [
      f'[[interface]]\nname = "{"e" * 300}"\n'
      "[agents]\nflow = 7\n",
      ["agents.flow: expected a table ([agents.flow])",
-      "general.node: holds a NUL (U+0000) at character 3",
+      "general.node: holds a control character U+0000 at character 3",
       "redis.nodes: each node must be HOST:PORT with a port in 1..65535, got '127.0.0.1:\u00b2'",
       f"interface[0].name: '../capture.pcap' {NOT_IFACE}",
       f"interface[1].name: '{'e' * 40}'\u2026 {NOT_IFACE}"]),
@@ -359,7 +359,7 @@ HOSTILE = [
      '[agents.dnstap]\nsocket_group = "wheel\\u0000"\n'
      '[agents.dnswire]\ninterface = "eth0/1"\nslot = "1/\u00b2"\n'
      '[agents.flow]\ninterface = ".."\n',
-     ["agents.dnstap.socket_group: holds a NUL (U+0000) at character 5",
+     ["agents.dnstap.socket_group: holds a control character U+0000 at character 5",
       f"agents.flow.interface: '..' {NOT_IFACE}",
       f"agents.dnswire.interface: 'eth0/1' {NOT_IFACE}",
       "agents.dnswire.slot: '1/\u00b2' is not I/N with 1 <= I <= N <= 64"]),
@@ -389,7 +389,8 @@ def test_interface_names_linux_allows_are_accepted_and_others_named(tmp_path: Pa
             f"{path}: error: interface[{i}].name: {name!r} {NOT_IFACE}"
             for i, name in enumerate(names)
         ),
-        f"{path}: error: interface[{len(names)}].name: holds a NUL (U+0000) at character 2",
+        f"{path}: error: interface[{len(names)}].name: "
+        "holds a control character U+0000 at character 2",
     ]
     path = write(tmp_path, '[general]\nwritelocal = true\n[agents.flow]\ninterface = "a b"\n'
                  '[agents.dnswire]\ninterface = "tap/1"\n')  # fmt: skip
@@ -460,9 +461,30 @@ def test_a_nul_in_a_list_of_strings_names_the_entry(tmp_path: Path) -> None:
         '[redis]\ncluster = true\nnodes = ["127.0.0.1:7000", "127.0.0.1\\u0000:6379"]\n'
         '[[interface]]\nname = "lo"\nalias = ["pub\\u0000"]\n',
     ) == [
-        "redis.nodes[1]: holds a NUL (U+0000) at character 9",
-        "interface[0].alias[0]: holds a NUL (U+0000) at character 3",
+        "redis.nodes[1]: holds a control character U+0000 at character 9",
+        r"interface[0].alias[0]: 'pub\x00' holds a control character U+0000 at character 3",
     ]
+
+
+def test_a_control_character_in_a_string_names_its_field_and_code(tmp_path: Path) -> None:
+    """ESC, DEL and C1 controls would reach logs, heartbeats and terminals
+    raw; tab and newline pass (a BPF filter over several lines)."""
+    assert refused(
+        tmp_path,
+        '[general]\nwritelocal = true\nnode = "web\\u001b[2J"\n'
+        '[redis]\ncluster = true\nnodes = ["127.0.0.1:7000", "b\\u0085:7001"]\n'
+        '[delivery]\nspool_dir = "/var/spool/\\u007f"\n',
+    ) == [
+        "general.node: holds a control character U+001B at character 3",
+        "redis.nodes[1]: holds a control character U+0085 at character 1",
+        "delivery.spool_dir: holds a control character U+007F at character 11",
+    ]
+    path = write(
+        tmp_path,
+        '[general]\nwritelocal = true\n[agents.flow]\nbpf = """udp\n\tand port 53"""\n',
+    )
+    done = check_config(path, "--agent-only")
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 @pytest.mark.parametrize(("text", "errors"), HOSTILE, ids=["daemon", "agents"])

@@ -64,7 +64,7 @@ def _aliases(s: Table) -> tuple[str, ...]:
     interface". One out of it is left out with a warning: every request the
     form sent with it would be refused."""
     kept = []
-    for index, alias in enumerate(s.str_list("aliases")):
+    for index, alias in enumerate(s.str_list("aliases", checked=False)):
         problem = alias_problem(alias) if alias else _EMPTY
         if problem is None:
             kept.append(alias)

@@ -65,7 +65,7 @@ def _aliases(s: Table, name: str) -> tuple[str, ...]:
     within ALIAS_RULE (what a request may hold too). One given twice is kept
     once with a warning (pcapdaemon captured twice)."""
     kept: dict[str, int] = {}
-    for index, alias in enumerate(s.str_list("alias")):
+    for index, alias in enumerate(s.str_list("alias", checked=False)):
         key, shown = f"alias[{index}]", quoted(alias)
         problem = alias_problem(alias)
         if problem is not None:
