@@ -98,6 +98,11 @@ class BatchSender(FollowUp):
     # With the index: append keys whose script call got no answer (Redis may
     # have run it), until one of their calls is answered; bounded likewise.
     _lost_replies: dict[str, None]
+    # With the index: counters whose SET NX and INCRBY both went unheard
+    # (Redis may have run them, making the key): key -> the amounts sent so.
+    # Sent again, the key holds that much more than the resend's amount if
+    # the lost sends made it, and is indexed as made here; bounded likewise.
+    _lost_counters: dict[str, int]
 
     def _refused(self, cause: str, ops: int, error: str) -> None:
         """Count `ops` writes Redis refused; log each cause (the error's code,
@@ -268,7 +273,7 @@ class BatchSender(FollowUp):
         missing: list[Call] = []
         at = 0
         index = self.index
-        made, lost = self._made, self._lost_replies
+        made, lost, lost_counters = self._made, self._lost_replies, self._lost_counters
         for call in calls:
             slot, kind, part = call
             if kind == COUNTERS:
@@ -280,7 +285,9 @@ class BatchSender(FollowUp):
                         took += weights[i]
                         if replies[at + 2 * i] != _OK:  # it existed: refresh its TTL
                             written.append(keys[i])
-                        if index and reply == args[i] and not keys[i].startswith(_CLIENT):
+                        earlier = lost_counters.pop(keys[i], 0) if lost_counters else 0
+                        if (index and args[i] in (reply, reply - earlier)
+                                and not keys[i].startswith(_CLIENT)):  # fmt: skip
                             created.append(keys[i])
                         if made:
                             made.pop(keys[i], None)
@@ -288,12 +295,16 @@ class BatchSender(FollowUp):
                         self._refused(error_code(reply), weights[i], refused)
                         # Made at "0", now or by a send whose INCRBY went unheard: take it away.
                         mine = made.pop(keys[i], None) if made else None
+                        if lost_counters:
+                            lost_counters.pop(keys[i], None)
                         if replies[at + 2 * i] == _OK:
                             self._zeroes[keys[i]] = until
                         elif mine is not None:
                             self._zeroes[keys[i]] = mine
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
+                        if index and _lost_in_flight(replies[at + 2 * i]):
+                            lost_counters[keys[i]] = lost_counters.get(keys[i], 0) + int(args[i])
                         if replies[at + 2 * i] == _OK:
                             made[keys[i]] = until  # at "0" until its INCRBY is heard
                             if index and not keys[i].startswith(_CLIENT):

@@ -18,9 +18,10 @@ many created keys whose index SADD and as many "0"s to take away
 ~100) bytes more (a dict entry and the key's string each); past that the
 oldest are given up (counted; a "0" is left to its TTL). And it marks
 queued entries' keys (strings shared with the queue): counters made at
-"0" whose INCRBY is not heard yet (`_made`) and append keys whose script
-reply was lost (`_lost_replies`), each at most the queued entries: ~ 2 x
-max_queue_ops x ~100 bytes more.
+"0" whose INCRBY is not heard yet (`_made`), append keys whose script
+reply was lost (`_lost_replies`) and counters whose SET NX and INCRBY
+replies both were (`_lost_counters`), each at most the queued entries: ~ 3
+x max_queue_ops x ~100 bytes more.
 An entry whose key or member is not valid UTF-8 text (a lone surrogate)
 is refused and counted when it is sent, not retried.
 While Redis is unreachable it retries the oldest batches with capped
@@ -179,6 +180,7 @@ class RedisWriter(Readiness):
         self._zeroes: dict[str, float] = {}
         self._made: dict[str, float] = {}
         self._lost_replies: dict[str, None] = {}
+        self._lost_counters: dict[str, int] = {}
         self._lost_logged: dict[str, float] = {}
         self._window = Window(combine)
         self._batches: collections.deque[Batch] = collections.deque()
@@ -273,6 +275,7 @@ class RedisWriter(Readiness):
             pending.clear()
         self._made.clear()  # their resend given up: a "0" left expires with its TTL
         self._lost_replies.clear()
+        self._lost_counters.clear()
         for cause, (_, held) in self._drop_log.items():  # what the rate limit held back
             if held:
                 self._log_refused(cause, held, "")

@@ -208,6 +208,35 @@ def test_a_counter_made_before_the_link_broke_is_still_indexed(redis_srv: RedisS
     admin.close()
 
 
+def test_a_counter_made_by_a_round_trip_whose_replies_were_all_lost_is_indexed(
+    redis_srv: RedisServer,
+) -> None:
+    """Redis ran SET NX and INCRBY (it made the key) and not one reply was
+    read: sent again, the key holds what the lost pair left, so it goes
+    into its client's index as in a clean run; a key that held something
+    else (another writer's) does not."""
+    admin = redis.Redis(port=redis_srv.port, decode_responses=True)
+    proxy = ReplyCutter(redis_srv.port, b"INCRBY", pass_bytes=0)
+    proxy.swallow = True
+    mine, theirs = "10.0.9.78;example.test.;nx", "10.0.9.78;other.test.;nx"
+    admin.set(theirs, 41)
+    writer = started(lambda: redis.Redis(port=proxy.port, socket_timeout=0.5), index=True)
+    try:
+        writer.extend([mine, theirs], [INCR, INCR])
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        assert admin.mget(mine, theirs) == ["1", "42"]  # Redis ran both pairs
+        proxy.swallow = False
+        proxy.cut()
+        wait_for(lambda: writer.stats.written_ops == 2 and writer.queue_depth == 0, timeout=30)
+        wait_for(lambda: admin.smembers(index_of(mine)) == {mine}, timeout=30)
+    finally:
+        writer.stop(5)
+        proxy.close()
+    assert admin.mget(mine, theirs) == ["2", "43"]  # at least once: counted twice
+    assert writer.stats.index_lost == 0
+    admin.close()
+
+
 def test_a_noscript_right_after_script_load_leaves_the_appends_queued(
     redis_srv: RedisServer,
 ) -> None:
