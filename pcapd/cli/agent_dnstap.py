@@ -1,4 +1,6 @@
-"""`pcapd agent dnstap -c FILE [overrides]`; the agent itself is agents.dnstap.agent.run."""
+"""`pcapd agent dnstap [-c FILE] [overrides] [SOCKET [ADDRESS:PORT [INTERFACE-ADDRESS]]]`;
+the positional arguments are ShoDoHFlo's `dnstap_agent.py` command line. The
+agent itself is agents.dnstap.agent.run."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 from agents.dnstap.config import parse_dnstap_config
 from pcapd.cli.common import Subparsers, add_command, add_log_level, agent_config, in_file
-from pcapd.core.config import RedisConfig
+from pcapd.core.config import ConfigError, RedisConfig
 from pcapd.core.lifecycle import EXIT_FAILURE
 from pcapd.core.logs import event
 
@@ -20,21 +22,45 @@ check_section = parse_dnstap_config
 _OVERRIDES = (
     "socket", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "redis_url",
     "ttl_grace", "message_types", "record_types", "ignore", "dedup_window", "dedup_scope",
-    "max_queue_ops", "batch_ops", "stats_interval", "udp_output",
+    "max_queue_ops", "batch_ops", "stats_interval", "udp_output", "udp_interface",
 )  # fmt: skip
+
+# ShoDoHFlo's `dnstap_agent.py <unix-socket> {<dest-host>:<port> {<interface-address>}}`:
+# each positional argument and the [agents.dnstap] key it sets.
+_POSITIONAL = ("socket", "udp_output", "udp_interface")
+_POSITIONAL_NAMES = ("SOCKET", "ADDRESS:PORT", "INTERFACE-ADDRESS")
 
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's keys: the options, then ShoDoHFlo's positional
+    arguments (an option and the argument for the same key is an error)."""
+    overrides: dict[str, Any] = {
+        key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None
+    }
+    if len(args.positional) > len(_POSITIONAL):
+        raise ConfigError(
+            [f"too many arguments {args.positional!r}: expected "
+             "SOCKET [ADDRESS:PORT [INTERFACE-ADDRESS]]"]
+        )  # fmt: skip
+    errors = []
+    for key, name, value in zip(_POSITIONAL, _POSITIONAL_NAMES, args.positional, strict=False):
+        if key in overrides:
+            errors.append(f"{name} {value!r} and --{key.replace('_', '-')} both given")
+        overrides[key] = value
+    if errors:
+        raise ConfigError(errors)
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     from agents.dnstap.agent import run
     from pcapd.core.redis_conn import connect
 
-    overrides: dict[str, Any] = {
-        key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None
-    }
+    overrides = _overrides(args)
     config, table = agent_config(args.config, SECTION, args.log_level, overrides)
     cfg = in_file(args.config, parse_dnstap_config, table)
     for warning in cfg.warnings:
@@ -57,8 +83,15 @@ def register(subparsers: Subparsers) -> None:
         subparsers, "dnstap", _run,
         description="Read dnstap from BIND/Unbound (Frame Streams on a unix socket and/or "
         "TCP/TLS) and write ShoDoHFlo's per-client DNS keys to Redis. Options override "
-        "[agents.dnstap] in the config file. The first SIGTERM/SIGINT sends what is queued "
-        "and exits 0; a second one exits at once, status 1.",
+        "[agents.dnstap] in the config file; SOCKET, ADDRESS:PORT and INTERFACE-ADDRESS are "
+        "ShoDoHFlo's dnstap_agent.py arguments (--socket, --udp-output, --udp-interface). "
+        "The first SIGTERM/SIGINT sends what is queued and exits 0; a second one exits at "
+        "once, status 1.",
+    )  # fmt: skip
+    p.add_argument(
+        "positional", nargs="*", metavar="SOCKET [ADDRESS:PORT [INTERFACE-ADDRESS]]",
+        help="ShoDoHFlo's dnstap_agent.py command line: the unix socket, then where to send "
+        "its JSON datagrams, then the local address of the interface for multicast",
     )  # fmt: skip
     p.add_argument("-c", "--config", metavar="FILE", help="TOML with [redis], [agents.dnstap]")
     p.add_argument("--socket", help="unix socket path; '' disables it")
@@ -83,4 +116,5 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--batch-ops", type=int, help="Redis operations per script call")
     p.add_argument("--stats-interval", type=float, help="seconds between stats lines (60)")
     p.add_argument("--udp-output", help="ADDRESS:PORT for ShoDoHFlo JSON datagrams")
+    p.add_argument("--udp-interface", help="local address of the interface for multicast output")
     add_log_level(p)

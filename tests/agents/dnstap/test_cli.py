@@ -3,6 +3,7 @@ started before it (they reconnect), a restart, SIGTERM, config errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from agents.dnstap.agent import FLUSH_TIMEOUT
 from agents.dnstap.client import FrameWriter
@@ -132,3 +135,68 @@ def test_second_sigterm_exits_at_once_while_redis_is_down(tmp_path: Path) -> Non
         assert time.monotonic() - started < COLD_EXIT_WITHIN
     finally:
         stop_process(agent)
+
+
+def test_shodohflos_dnstap_agent_command_line(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """`dnstap_agent.py /tmp/dnstap 10.0.0.42:3047`, ShoDoHFlo's documented
+    invocation, as `pcapd agent dnstap SOCKET ADDRESS:PORT`: the socket is
+    the one named, the JSON datagrams go where named, and Redis gets the keys
+    its dns_agent wrote from them (refused as unknown arguments before)."""
+    sock = tmp_path / "dnstap"
+    log = tmp_path / "agent.log"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        target = f"127.0.0.1:{rx.getsockname()[1]}"
+        with log.open("ab") as out:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "pcapd", "agent", "dnstap", str(sock), target,
+                 "--redis-url", redis_srv.url],
+                cwd=ROOT, stdout=out, stderr=out,
+            )  # fmt: skip
+        try:
+            wait_for(lambda: "event=dnstap_listening" in log.read_text(), timeout=20)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                writer = FrameWriter(s)
+                writer.start()
+                writer.write([tap_payload(WIRE, client="10.3.0.1")])
+                writer.stop()
+            datagram = json.loads(rx.recv(65535))
+            r = redis_srv.client()
+            wait_for(lambda: r.get("10.3.0.1;192.0.2.10;dns") is not None)
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
+        finally:
+            stop_process(agent)
+    assert datagram == {
+        "chain": ["www.example.test."], "client": "10.3.0.1", "qtype": "A",
+        "status": "NOERROR", "address": "192.0.2.10", "id": 1,
+    }  # fmt: skip
+    assert r.get("10.3.0.1;192.0.2.10;dns") == b";www.example.test.;"
+    assert r.get("client;10.3.0.1") == b"1"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/tmp/a", "127.0.0.1:3047", "10.0.0.1", "extra"],
+         "error: too many arguments ['/tmp/a', '127.0.0.1:3047', '10.0.0.1', 'extra']: "
+         "expected SOCKET [ADDRESS:PORT [INTERFACE-ADDRESS]]"),
+        (["/tmp/a", "--socket", "/tmp/b"], "error: SOCKET '/tmp/a' and --socket both given"),
+        (["/tmp/a", "nowhere"],
+         "error: agents.dnstap.udp_output: 'nowhere' is not ADDRESS:PORT "
+         "with a literal IP address"),
+        # the third is the multicast interface's address: --udp-interface
+        (["/tmp/a", "239.1.2.3:3047", "::1"],
+         "error: agents.dnstap.udp_interface: '::1' is IPv6 but udp_output "
+         "239.1.2.3:3047 is IPv4"),
+    ],
+)  # fmt: skip
+def test_shodohflos_arguments_are_checked(args: list[str], message: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pcapd", "agent", "dnstap", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == EXIT_CONFIG
+    assert message in out.stderr.splitlines()
