@@ -17,6 +17,7 @@ import time
 from redis.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 
+from agents.redis_follow_up import DROP_LOG_INTERVAL
 from agents.write_queue import WriteQueue
 from agents.write_window import Batch
 from pcapd.core.backoff import Backoff, BackoffTracker
@@ -24,6 +25,11 @@ from pcapd.core.logs import event
 from pcapd.core.redis_conn import NO_PRIMARY, ping_primaries, slot_owners
 
 log = logging.getLogger("pcapd.agents.store")
+
+# On a cluster, the share of max_queue_ops that what waits for primaries not
+# answering may hold while others answer: past it the rest are given up,
+# so a dead primary's slots never fill the queue and stop the others' writes.
+HELD_SHARE = 0.5
 
 
 class Readiness(WriteQueue):
@@ -40,6 +46,9 @@ class Readiness(WriteQueue):
     # primaries resting), and when the first of those may be tried.
     _held: Batch | None
     _held_until: float
+    # Writes given up as held past HELD_SHARE since the last line saying so.
+    _given_up: int
+    _given_up_logged: float
 
     def _failed(self, backoff: BackoffTracker | None) -> None:
         """A round trip that left something to send again (calls, their
@@ -103,6 +112,39 @@ class Readiness(WriteQueue):
         self._held = left
         held = set(self._left_slots.values()) if left else set()  # `left`'s primaries
         self._held_until = min((rests[n][1] for n in held if n in rests), default=-math.inf)
+
+    def _capped(self, left: list[Batch] | None) -> list[Batch] | None:
+        """`left` (a cluster round trip's: one batch, the entries it could
+        not write) within HELD_SHARE of the queue while some primary
+        answers; the entries past that given up, counted and logged."""
+        if not left:
+            return left
+        answering = (self.heard_nodes - self._round_tried) | self._round_heard
+        if not answering:  # none answers: what waits is all there is to keep
+            return left
+        [batch] = left
+        excess = len(batch.keys) - int(self.max_queue_ops * HELD_SHARE)
+        if excess <= 0:
+            return left
+        gone = batch.slice(0, excess)
+        for key in gone.keys:  # no resend comes for them now
+            self._made.pop(key, None)
+            self._lost_counters.pop(key, None)
+            self._lost_replies.pop(key, None)
+        # Counted at once, logged at most once per DROP_LOG_INTERVAL: an
+        # outage trims on every round trip.
+        self.stats.dropped_ops += gone.ops
+        self._given_up += gone.ops
+        now = time.monotonic()
+        if now - self._given_up_logged >= DROP_LOG_INTERVAL:
+            waiting = ", ".join(sorted(set(self._left_slots.values())))
+            event(
+                log, "redis_writes_lost", logging.ERROR, ops=self._given_up,
+                reason=f"more than {HELD_SHARE:.0%} of max_queue_ops waiting for {waiting}; "
+                "given up so that the primaries that answer keep getting writes",
+            )  # fmt: skip
+            self._given_up, self._given_up_logged = 0, now
+        return [batch.slice(excess, len(batch.keys))]
 
     def _resting_only(self) -> bool:
         """Whether all that is queued is what the last round trip left for

@@ -422,6 +422,42 @@ def test_readiness_names_a_dead_primary_s_slots_while_the_others_answer(
 
 
 @pytest.mark.timeout(60)
+def test_a_dead_primary_s_writes_never_fill_the_queue_for_the_others(
+    private_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A primary dies (the others serve their slots) while writes keep
+    coming for its slots: what waits for it may fill half the queue; past
+    that it is given up, counted and logged once, so writes to the primaries
+    that answer still find room. Before, its slots' entries filled the
+    whole queue and every later write was dropped."""
+    limit = 200
+    writer = cluster_writer(private_cluster.url, flush_interval=0.01, max_queue_ops=limit)
+    try:
+        keys = [client_key(f"10.200.79.{i // 250}.{i % 250}") for i in range(2000)]
+        writer.extend(keys[:60], [1] * 60)  # every primary heard from
+        wait_for(lambda: len(writer.heard_nodes) == 3, timeout=30)
+        dead = lose_a_primary(private_cluster)
+        theirs = private_cluster.slots_of(int(dead.rpartition(":")[2]))
+        keys = keys[60:]
+        doomed = [key for key in keys if key_slot(key.encode()) in theirs][: 2 * limit]
+        healthy = [key for key in keys if key_slot(key.encode()) not in theirs][:50]
+        writer.extend(doomed[:limit], [1] * limit)
+        wait_for(lambda: writer.stats.redis_errors >= 2, timeout=30)  # tried, and held
+        for key in doomed[limit:]:  # as a capture goes on: arriving over rounds
+            writer.incr(key)
+        wait_for(lambda: writer.queue_depth <= limit // 2, timeout=30)
+        writer.extend(healthy, [1] * len(healthy))
+        wait_for(lambda: writer.stats.written_ops == 60 + len(healthy), timeout=30)
+    finally:
+        writer.stop(0)
+    with private_cluster.client() as admin:
+        assert admin.mget_nonatomic(healthy) == ["1"] * len(healthy)
+    assert writer.stats.dropped_ops >= limit  # the dead primary's, given up
+    said = f"more than 50% of max_queue_ops waiting for {dead}; given up so that the primaries"
+    assert caplog.text.count(said) == 1, caplog.text  # once per DROP_LOG_INTERVAL
+
+
+@pytest.mark.timeout(60)
 def test_a_dead_primary_s_backoff_does_not_hold_the_others_writes(
     private_cluster: RedisCluster,
 ) -> None:
