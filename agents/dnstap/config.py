@@ -269,7 +269,7 @@ def parse_dnstap_config(raw: Mapping[str, Any]) -> DnstapConfig:
                     f"{cfg.udp_interface!r} is IPv{interface.version} but udp_output "
                     f"{output} is IPv{family}",
                 )
-    if t.errors:
-        raise ConfigError(t.errors)
     t.finish()
+    if t.errors:
+        raise ConfigError(t.errors, warnings=t.warnings)
     return replace(cfg, warnings=tuple(t.warnings))

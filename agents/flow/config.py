@@ -334,9 +334,9 @@ def parse_flow_config(table: Any) -> FlowConfig:
     )
     if config.batch_ops > config.max_queue_ops:
         t.exceeds("batch_ops", config.batch_ops, "max_queue_ops", config.max_queue_ops)
-    if t.errors:
-        raise ConfigError(t.errors)
     t.finish()
+    if t.errors:
+        raise ConfigError(t.errors, warnings=t.warnings)
     return replace(config, warnings=tuple(t.warnings))
 
 

@@ -40,6 +40,7 @@ def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
             warnings.extend(agent.check_section(dict(config.agents[name])).warnings)
         except ConfigError as exc:
             problems.extend(exc.errors)
+            warnings.extend(exc.warnings)
     unknown = sorted(set(config.agents) - known.keys())
     names = ", ".join(known)
     # Quoted: a TOML key may hold any text, a newline too.

@@ -99,7 +99,7 @@ def in_file(path: str | None, parse: Callable[[dict[str, Any]], Any], table: dic
     try:
         return parse(table)
     except ConfigError as exc:
-        raise ConfigError(exc.errors, path) from None
+        raise ConfigError(exc.errors, path, exc.warnings) from None
 
 
 def add_redis_options(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,18 +67,26 @@ class HostPort:
 
 
 class ConfigError(PcapdError):
-    """Every problem found in one config; each line names its field."""
+    """Every problem found in one config; each line names its field. The
+    warnings found beside the errors go with them, so that a typo's "unknown
+    option" is printed with the error it may have caused."""
 
-    def __init__(self, errors: list[str], path: str | None = None) -> None:
+    def __init__(
+        self, errors: list[str], path: str | None = None, warnings: Sequence[str] = ()
+    ) -> None:
         self.errors = errors
         self.path = path
+        self.warnings = tuple(warnings)
         where = f"{path}: " if path else ""
         super().__init__(where + "; ".join(errors))
 
     def lines(self) -> list[str]:
-        """One `FILE: error: ...` line per problem, as every command prints them."""
+        """One `FILE: error: ...` line per problem, then one `FILE: warning: ...`
+        per warning, as every command prints them."""
         where = f"{self.path}: " if self.path else ""
-        return [f"{where}error: {error}" for error in self.errors]
+        return [f"{where}error: {error}" for error in self.errors] + [
+            f"{where}warning: {warning}" for warning in self.warnings
+        ]
 
 
 def key_name(key: str) -> str:

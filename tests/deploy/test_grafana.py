@@ -23,6 +23,8 @@ from tests.pcapd.daemon_fixture import Daemon
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "pcapd.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
+# The users' documentation: every metric it names must be exported.
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BUILTIN = {"up"}  # series Prometheus itself makes for every target
 
 # PromQL's functions and aggregations the dashboard may call.
@@ -111,6 +113,14 @@ def rule_expressions() -> list[str]:
     return found
 
 
+def documented_metrics() -> set[str]:
+    """Every `pcapd_...` name the README and docs/*.md write in backquotes."""
+    found: set[str] = set()
+    for path in DOCS:
+        found.update(re.findall(r"`(pcapd_[a-z0-9_]+)", path.read_text()))
+    return found
+
+
 def series_names(text: str) -> set[str]:
     """Every series name the exposition can carry, samples or not: counters
     as `<name>_total`, histograms with their bucket, sum and count."""
@@ -123,6 +133,7 @@ def series_names(text: str) -> set[str]:
             found.add(family.name + "_total")
         elif family.type in ("histogram", "summary"):
             found.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
+            found.add(family.name)  # as the docs name a histogram
         else:
             found.add(family.name)
     return found
@@ -137,12 +148,14 @@ def test_the_parser_finds_names_and_refuses_what_is_not_promql() -> None:
             metric_names(bad)
 
 
-def test_every_dashboard_and_alert_metric_is_exported(
+def test_every_dashboard_alert_and_documented_metric_is_exported(
     redis_srv: RedisServer, tmp_path: Path
 ) -> None:
     exprs, rules = list(expressions()), rule_expressions()
     assert len(exprs) >= 20 and len(rules) >= 8
     wanted = set().union(*(metric_names(e) for e in exprs + rules)) - BUILTIN
+    documented = documented_metrics()
+    assert len(documented) >= 40
     ports = {name: free_port() for name in ("serve", "dnstap", "flow", "dnswire")}
     daemon = Daemon(
         redis_srv, tmp_path / "serve",
@@ -190,6 +203,8 @@ metrics_listen = "127.0.0.1:{ports["dnswire"]}"
         daemon.stop()
     missing = sorted(wanted - exported)
     assert not missing, f"the dashboard or the alerts name metrics no process exports: {missing}"
+    undefined = sorted(documented - exported)
+    assert not undefined, f"the docs name metrics no process exports: {undefined}"
 
 
 def _up(base: str) -> bool:

@@ -76,3 +76,12 @@ def test_unit_waits_for_liveness_on_the_config_it_starts_with(unit: Path) -> Non
     assert post.endswith(" --live --wait 30 --optional")
     agent = start.split(" agent ", 1)[1].split()[0] if " agent " in start else None
     assert (f" --agent {agent} " in post) if agent else ("--agent" not in post)
+
+
+@pytest.mark.parametrize("unit", units(), ids=lambda p: p.name)
+def test_unit_restarts_on_failure_but_not_on_a_bad_config(unit: Path) -> None:
+    """README "Exit status" and docs/operations.md: every unit restarts on 1
+    and not on 2 (a bad config or command line: restarting cannot help)."""
+    lines = unit.read_text().splitlines()
+    assert "Restart=on-failure" in lines
+    assert "RestartPreventExitStatus=2" in lines

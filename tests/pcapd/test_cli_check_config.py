@@ -146,6 +146,32 @@ def test_warnings_are_printed_and_do_not_fail(tmp_path: Path) -> None:
     ]
 
 
+def test_warnings_are_printed_beside_the_errors(tmp_path: Path) -> None:
+    """The README's example: a typo's "unknown option" comes with the errors,
+    as it may be their cause; the agents' sections likewise."""
+    path = write(tmp_path, "[general]\nmaxpackets = 'lots'\nmaxpacket = 3\n[redis]\nport = 70000\n")
+    done = check_config(path)
+    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
+    assert done.stderr.splitlines() == [
+        f"{path}: error: general.maxpackets: expected an integer, got 'lots'",
+        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
+        f"{path}: warning: general.maxpacket: unknown option, ignored",
+    ]
+    path = write(
+        tmp_path,
+        "[agents.dnstap]\nsocket_mode = 'xyz'\nsoket = '/run/x.sock'\n"
+        "[agents.flow]\nbatch_ops = 0\nsnaplength = 128\n",
+    )
+    done = check_config(path, "--agent-only")
+    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
+    assert sorted(done.stderr.splitlines()) == [
+        f"{path}: error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
+        f"{path}: error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
+        f"{path}: warning: agents.dnstap.soket: unknown option, ignored",
+        f"{path}: warning: agents.flow.snaplength: unknown option, ignored",
+    ]
+
+
 def test_kafka_as_the_only_source_is_an_error_naming_the_alternatives(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -147,7 +147,7 @@ def parse_config(data: Mapping[str, Any], hostname: str | None = None) -> Config
         f"{key_name(name)}: unknown section, ignored" for name in sorted(set(data) - known)
     )
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, warnings=warnings)
     return replace(config, warnings=tuple(warnings))
 
 
@@ -191,4 +191,4 @@ def load_config(
     try:
         return parse_config(merge_overrides(data, overrides or {}), hostname)
     except ConfigError as exc:
-        raise ConfigError(exc.errors, where) from None
+        raise ConfigError(exc.errors, where, exc.warnings) from None
