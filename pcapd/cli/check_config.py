@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from pcapd.cli.common import Subparsers, add_command
-from pcapd.core.config import Config, ConfigError, load_config
+from pcapd.core.config import ConfigError, parse_config, read_toml
 from pcapd.core.lifecycle import EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    data = read_toml(args.config)
+    try:
+        config = parse_config(data)
+    except ConfigError as exc:
+        # The agents' sections are checked all the same: every problem at once.
+        agents = data.get("agents")
+        tables = agents if isinstance(agents, dict) else {}
+        problems, warnings = _agent_checks({k: v for k, v in tables.items() if isinstance(v, dict)})
+        raise ConfigError([*exc.errors, *problems], args.config,
+                          [*exc.warnings, *warnings]) from None  # fmt: skip
     problems = [] if args.agent_only else config.serve_problems()
-    agent_problems, agent_warnings = _agent_checks(config)
+    agent_problems, agent_warnings = _agent_checks(config.agents)
     problems += agent_problems
     for warning in [*config.warnings, *agent_warnings]:
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
@@ -24,9 +35,10 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
-    """Errors and warnings in the [agents.*] sections, which each agent validates itself."""
-    if not config.agents:
+def _agent_checks(agents: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Errors and warnings in the [agents.*] sections (`agents`: name ->
+    table), which each agent validates itself."""
+    if not agents:
         return [], []  # the agents' modules (and Redis clients) need not be imported
     from pcapd.cli import load_agents
 
@@ -34,14 +46,14 @@ def _agent_checks(config: Config) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     warnings: list[str] = []
     for name, agent in known.items():
-        if name not in config.agents:
+        if name not in agents:
             continue
         try:
-            warnings.extend(agent.check_section(dict(config.agents[name])).warnings)
+            warnings.extend(agent.check_section(dict(agents[name])).warnings)
         except ConfigError as exc:
             problems.extend(exc.errors)
             warnings.extend(exc.warnings)
-    unknown = sorted(set(config.agents) - known.keys())
+    unknown = sorted(set(agents) - known.keys())
     names = ", ".join(known)
     # Quoted: a TOML key may hold any text, a newline too.
     problems.extend(f"agents: unknown agent {name!r} ({names})" for name in unknown)

@@ -172,6 +172,25 @@ def test_warnings_are_printed_beside_the_errors(tmp_path: Path) -> None:
     ]
 
 
+def test_the_agents_sections_are_checked_when_the_daemon_s_are_wrong(tmp_path: Path) -> None:
+    """Every problem at once: an error in [redis] does not hide the agents'
+    sections' errors and warnings (before, they were checked only once the
+    daemon's sections were sound)."""
+    path = write(
+        tmp_path,
+        "[redis]\nport = 70000\n[agents.flow]\nbatch_ops = 0\nsnaplength = 128\n"
+        "[agents.nope]\nx = 1\n",
+    )
+    done = check_config(path)
+    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
+    assert done.stderr.splitlines() == [
+        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
+        f"{path}: error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
+        f"{path}: error: agents: unknown agent 'nope' (dnstap, flow, dnswire)",
+        f"{path}: warning: agents.flow.snaplength: unknown option, ignored",
+    ]
+
+
 def test_kafka_as_the_only_source_is_an_error_naming_the_alternatives(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -369,8 +388,7 @@ def test_a_cluster_config_is_ok(tmp_path: Path) -> None:
 
 NOT_IFACE = f"is not an interface name ({IFACE_RULE})"
 HOSTILE = [
-    # (file, its error lines): the daemon's sections, then the agents' (which
-    # are checked once the rest of the file is sound)
+    # (file, its error lines): the daemon's sections, then the agents'
     ('[general]\nwritelocal = true\nnode = "web\\u0000"\n'
      '[redis]\ncluster = true\nnodes = ["127.0.0.1:\u00b2"]\n'
      '[[interface]]\nname = "../capture.pcap"\n'

@@ -177,9 +177,19 @@ def load_config(
     if path is None:
         return parse_config(merge_overrides({}, overrides or {}), hostname)
     where = os.fspath(path)
+    data = read_toml(where)
+    try:
+        return parse_config(merge_overrides(data, overrides or {}), hostname)
+    except ConfigError as exc:
+        raise ConfigError(exc.errors, where, exc.warnings) from None
+
+
+def read_toml(where: str) -> dict[str, Any]:
+    """The file's TOML, not yet validated; a ConfigError naming the file when
+    it cannot be read or is no TOML."""
     try:
         with open(where, "rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except OSError as exc:
         raise ConfigError([f"cannot read config: {exc.strerror}"], where) from exc
     except tomllib.TOMLDecodeError as exc:
@@ -188,7 +198,3 @@ def load_config(
         raise ConfigError(
             [f"not UTF-8 text (TOML must be UTF-8): {exc.reason} at byte {exc.start}"], where
         ) from exc
-    try:
-        return parse_config(merge_overrides(data, overrides or {}), hostname)
-    except ConfigError as exc:
-        raise ConfigError(exc.errors, where, exc.warnings) from None
