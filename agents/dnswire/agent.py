@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import select
+import stat
 import threading
 import time
 from collections import Counter
@@ -248,16 +250,30 @@ class WireAgent:
             handle.setdirection(pcap.PCAP_D_INOUT)
             handle.setnonblock(True)
         except OSError as exc:
-            raise AgentError(f"cannot capture on {interface!r}: {exc}") from exc
+            raise AgentError(f"cannot capture on {interface!r}: {pcap_error_text(exc)}") from exc
         self._prepare(handle, interface)
 
     def open_file(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise AgentError(f"-r {path!r}: no such file")
+        """`path` "-" is standard input, as libpcap's pcap_open_offline takes
+        it (`tcpdump -w - | dnsflow -r -`); a FIFO or a character device
+        (/dev/stdin, a shell's <(...)) is read too, as dnsflow.c reads them.
+        What is not a file is refused before pypcap sees it: it opens a live
+        device of that name when no file opens."""
+        if path != "-":
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                raise AgentError(f"-r {path!r}: no such file") from None
+            except OSError as exc:
+                raise AgentError(f"-r {path!r}: {exc.strerror}") from exc
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+                raise AgentError(f"-r {path!r}: not a file")
+            if stat.S_ISREG(mode) and not os.access(path, os.R_OK):
+                raise AgentError(f"-r {path!r}: permission denied")
         try:
             handle = pcap.pcap(name=path)
-        except OSError as exc:
-            raise AgentError(f"-r {path!r}: not a capture file: {exc}") from exc
+        except OSError as exc:  # what pypcap says is its live fallback's error
+            raise AgentError(f"-r {path!r}: not a pcap or pcapng capture file") from exc
         self._prepare(handle, path)
 
     def _prepare(self, handle: Any, source: str) -> None:
@@ -278,7 +294,7 @@ class WireAgent:
         try:
             handle.setfilter(self.filter)
         except OSError as exc:
-            raise AgentError(f"-f {self.filter!r}: {exc}") from exc
+            raise AgentError(f"-f {self.filter!r}: {pcap_error_text(exc)}") from exc
         self._handle = handle
         event(
             log, "dnswire_started", source=source, linktype=linktype,
@@ -376,6 +392,35 @@ class WireAgent:
 
     def log_stats(self, name: str = "dnswire_stats") -> None:
         event(log, name, **self.snapshot())
+
+
+# How pypcap words libpcap's error when a handle does not open.
+_PYPCAP_WRAPPED = re.compile(r"Error returned by packet capture library was b(['\"])(.*)\1$")
+
+
+def pcap_error_text(exc: OSError) -> str:
+    """libpcap's words in a pypcap OSError, as text: its bytes decoded, and
+    without pypcap's "Activateing packet capture failed..." around them."""
+    text = " ".join(
+        arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg) for arg in exc.args
+    )
+    wrapped = _PYPCAP_WRAPPED.search(text)
+    return (wrapped.group(2) if wrapped else text) or "unknown libpcap error"
+
+
+def default_interface() -> str:
+    """libpcap's default device, what dnsflow.c captures on without -i
+    (pcap_lookupdev: the first device findalldevs() lists, unless that is a
+    loopback, which means there is no other)."""
+    try:
+        name = pcap.lookupdev()
+    except OSError as exc:
+        raise AgentError(f"no -i given and no default device: {pcap_error_text(exc)}") from exc
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if not name:
+        raise AgentError("no -i given and no default device: no suitable device found")
+    return str(name)
 
 
 def check_interface(interface: str) -> None:

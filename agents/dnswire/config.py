@@ -43,6 +43,10 @@ PREFIX = "agents.dnswire"
 DNS_PORT = 53
 MDNS_PORT = 5353
 MAX_PROCESSES = 64  # dnsflow.c's MAX_MPROC_CHILDREN
+# -m I/N forks nothing, only splits the filter, so dnsflow.c bounds it by
+# nothing but its unsigned 32 bits (BPF's arithmetic is 32-bit too): a site
+# that splits one SPAN over many sensors may take slot 70 of 128.
+MAX_SLOTS = 2**32 - 1
 MAX_SAMPLE_RATE = 65_535  # dnsflow.c keeps it in 16 bits
 DEFAULT_SNAPLEN = 65_535  # whole answers: the DNS message is the point
 # dnsflow.c asks for 125 MB ("1 s of GigE"); 64 MiB absorbs the bursts seen
@@ -81,7 +85,7 @@ class DnswireConfig:
     slot: tuple[int, int] = (1, 1)
     processes: int | None = None  # None: one process; 0: half the CPUs
     promisc: bool = True
-    pidfile: str | None = None
+    pidfile: tuple[str, ...] = ()  # each locked (dnsflow.c takes -P more than once)
     sample_rate: int = 0
     udp_dst: tuple[HostPort, ...] = ()
     write: str | None = None
@@ -157,11 +161,26 @@ def _slot(t: Table) -> tuple[int, int]:
         return (1, 1)
     text = str(value)
     i, _, n = text.partition("/")
-    slot, count = whole_number(i, 1, MAX_PROCESSES), whole_number(n, 1, MAX_PROCESSES)
+    slot, count = whole_number(i, 1, MAX_SLOTS), whole_number(n, 1, MAX_SLOTS)
     if slot is None or count is None or slot > count:
-        t.error("slot", f"{text[:40]!r} is not I/N with 1 <= I <= N <= {MAX_PROCESSES}")
+        t.error("slot", f"{text[:40]!r} is not I/N with 1 <= I <= N <= {MAX_SLOTS}")
         return (1, 1)
     return slot, count
+
+
+def _pidfiles(t: Table) -> tuple[str, ...]:
+    """A path or a list of paths ("" is none, as TOML has no null)."""
+    value = t.get("pidfile")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        t.bad("pidfile", value, "expected a path or a list of paths")
+        return ()
+    if any(t.holds_control("pidfile", v) for v in value):
+        return ()
+    return tuple(dict.fromkeys(v for v in value if v))
 
 
 def _destinations(t: Table) -> tuple[HostPort, ...]:
@@ -204,7 +223,7 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         slot=_slot(t),
         processes=processes,
         promisc=t.get_bool("promisc", True),
-        pidfile=t.optional_str("pidfile"),
+        pidfile=_pidfiles(t),
         sample_rate=t.get_int("sample_rate", 0, minimum=0, maximum=MAX_SAMPLE_RATE),
         udp_dst=_destinations(t),
         write=t.optional_str("write"),
@@ -261,6 +280,8 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
         t.error("read", "interface and read exclude each other: capture live or read a file")
     if cfg.write is not None and cfg.process_count > 1:
         t.error("write", "cannot write one file from several processes (processes/-M)")
+    if cfg.read == "-" and cfg.process_count > 1:
+        t.error("read", "'-' (standard input) cannot be read by several processes (processes/-M)")
     if cfg.processes is not None and cfg.slot != (1, 1):
         t.error("slot", "slot (-m) and processes (-M) exclude each other")
     metrics = cfg.metrics_listen

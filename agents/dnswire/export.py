@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import dns.name
 
@@ -54,6 +55,7 @@ TYPE_ANY = 255
 EXPORT_QTYPES = frozenset((TYPE_A, TYPE_AAAA, TYPE_ANY))
 _RD_RA = 0x0180
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+STDOUT = "-"  # -w -
 NAME_CACHE_ENTRIES = 65_536  # ~150 bytes each: ~10 MB at most
 _wire_names: dict[str, bytes] = {}
 
@@ -252,8 +254,14 @@ class PcapWriter:
     _LOCAL = socket.inet_aton("127.0.0.1")
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        """`path` "-" is standard output, as libpcap's pcap_dump_open takes it
+        (`dnsflow -i eth0 -w - | ...`); nothing else of pcapd's goes there."""
         self.clock = clock
-        self.file = open(path, "wb")  # noqa: SIM115 - held open for the agent's life
+        self.file: BinaryIO
+        if path == STDOUT:
+            self.file = sys.stdout.buffer
+        else:
+            self.file = open(path, "wb")  # noqa: SIM115 - held open for the agent's life
         self.file.write(self._FILE_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 65535, self.LINKTYPE_NULL))
 
     def __call__(self, packet: bytes) -> None:
@@ -269,4 +277,7 @@ class PcapWriter:
         )
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is sys.stdout.buffer:
+            self.file.flush()
+        else:
+            self.file.close()

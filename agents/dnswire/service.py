@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -43,6 +43,7 @@ from agents.dnswire.agent import (
 from agents.dnswire.config import DnswireConfig
 from agents.metrics import dnswire_families, serve_agent_metrics
 from agents.redis_writer import dropped_status, make_writer
+from pcapd.core.fields import printable
 from pcapd.core.lifecycle import EXIT_COLD, EXIT_FAILURE, StopSignals
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client
@@ -71,23 +72,44 @@ class PidFileBusy(AgentError):
     pass
 
 
-def hold_pidfile(path: str) -> int:
-    """Lock `path` (flock, as dnsflow.c) and write our PID; the descriptor is
-    kept open for the life of the process, children included."""
+def hold_pidfiles(paths: Sequence[str]) -> list[int]:
+    """Lock each of `paths` (flock, as dnsflow.c) and write our PID in it; the
+    descriptors are kept open for the life of the process, children included.
+    dnsflow.c locks every -P it is given (its init script passes its own
+    before the user's options). All are locked before any is written, so a
+    refusal leaves each file as it was; one file named twice (or by two
+    paths) is held once."""
+    fds: list[int] = []
+    held: set[tuple[int, int]] = set()
     try:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    except OSError as exc:
-        raise AgentError(f"-P {path!r}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise PidFileBusy(f"dnsflow already running: {path} is locked by PID {holder}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    os.fsync(fd)
-    return fd
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as exc:
+                raise AgentError(f"-P {path!r}: {exc.strerror}") from exc
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) in held:
+                os.close(fd)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = printable(os.pread(fd, 32, 0).decode(errors="replace").strip() or "?")
+                os.close(fd)
+                raise PidFileBusy(
+                    f"dnsflow already running: {path} is locked by PID {holder}"
+                ) from None
+            held.add((info.st_dev, info.st_ino))
+            fds.append(fd)
+    except AgentError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in fds:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
+    return fds
 
 
 def _senders(config: DnswireConfig, stats: export.ExportStats) -> list[Any]:
@@ -95,7 +117,12 @@ def _senders(config: DnswireConfig, stats: export.ExportStats) -> list[Any]:
     if config.udp_dst:
         out.append(export.UdpSender([(d.host, d.port) for d in config.udp_dst], stats))
     if config.write:
-        out.append(export.PcapWriter(config.write))
+        try:
+            out.append(export.PcapWriter(config.write))
+        except OSError as exc:
+            for sender in out:
+                sender.close()
+            raise AgentError(f"-w {config.write!r}: {exc.strerror or exc}") from exc
     return out
 
 
@@ -197,7 +224,7 @@ def supervise(config: DnswireConfig, connect: Callable[[], Client] | None) -> in
 
     def start(i: int) -> None:
         child_cfg = replace(
-            config, slot=(i, n), processes=None, pidfile=None,
+            config, slot=(i, n), processes=None, pidfile=(),
             metrics_listen=config.metrics_listen and replace(
                 config.metrics_listen, port=config.metrics_listen.port + i - 1
             ),

@@ -406,7 +406,7 @@ HOSTILE = [
      ["agents.dnstap.socket_group: holds a control character U+0000 at character 5",
       f"agents.flow.interface: '..' {NOT_IFACE}",
       f"agents.dnswire.interface: 'eth0/1' {NOT_IFACE}",
-      "agents.dnswire.slot: '1/\u00b2' is not I/N with 1 <= I <= N <= 64"]),
+      "agents.dnswire.slot: '1/\u00b2' is not I/N with 1 <= I <= N <= 4294967295"]),
 ]  # fmt: skip
 
 
@@ -573,7 +573,7 @@ def test_numbers_int_cannot_convert_or_would_misread_name_their_field(tmp_path: 
         f"agents.dnstap.listen: '127.0.0.1:{'9' * 70}': port '{digits}' is not a port in "
         "0..65535",
         "agents.dnstap.metrics_listen: '127.0.0.1:5_300': port '5_300' is not a port in 0..65535",
-        f"agents.dnswire.slot: '{'9' * 40}' is not I/N with 1 <= I <= N <= 64",
+        f"agents.dnswire.slot: '{'9' * 40}' is not I/N with 1 <= I <= N <= 4294967295",
         "agents.dnswire.udp_dst: '127.0.0.1:+53': port '+53' is not a port in 1..65535",
         "agents.dnswire.listen: '127.0.0.1:\u0665\u0663': port '\u0665\u0663' is not a port in "
         "0..65535",

@@ -198,3 +198,5 @@ def read_toml(where: str) -> dict[str, Any]:
         raise ConfigError(
             [f"not UTF-8 text (TOML must be UTF-8): {exc.reason} at byte {exc.start}"], where
         ) from exc
+    except ValueError as exc:  # open(): a NUL in the path (no command line holds one)
+        raise ConfigError([f"cannot read config: {exc}"], repr(where)) from exc
