@@ -16,6 +16,7 @@ import time
 
 from redis.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.crc import key_slot
 
 from agents.redis_follow_up import DROP_LOG_INTERVAL
 from agents.write_queue import WriteQueue
@@ -46,6 +47,8 @@ class Readiness(WriteQueue):
     # primaries resting), and when the first of those may be tried.
     _held: Batch | None
     _held_until: float
+    # Cluster only: each primary's last word on writes (`_write_states`).
+    _node_states: dict[str, bool | None]
     # Writes given up as held past HELD_SHARE since the last line saying so.
     _given_up: int
     _given_up_logged: float
@@ -93,6 +96,7 @@ class Readiness(WriteQueue):
         the first of its primaries may be tried."""
         now = time.monotonic()
         self.heard_nodes = (self.heard_nodes - self._round_tried) | self._round_heard
+        self._node_states = self._write_states()
         rests = self._node_backoff
         for node in self._round_tried:
             if node in self._round_failed:
@@ -106,6 +110,8 @@ class Readiness(WriteQueue):
             rests.pop(NO_PRIMARY, None)
         for node in [n for n in rests if n not in primaries and n != NO_PRIMARY]:
             del rests[node]  # no primary now (a failover): nothing waits for it
+        for node in [n for n in self._node_states if n not in primaries]:
+            del self._node_states[node]
         # A new dict, whole at once: readiness reads it from another thread.
         self.unanswered = self._left_slots | {s: n for s, n in owners.items() if n in rests}
         self.connected, self.not_now = bool(self.heard_nodes), None
@@ -113,38 +119,60 @@ class Readiness(WriteQueue):
         held = set(self._left_slots.values()) if left else set()  # `left`'s primaries
         self._held_until = min((rests[n][1] for n in held if n in rests), default=-math.inf)
 
+    def _write_states(self) -> dict[str, bool | None]:
+        """Each primary's last word on writes, this round trip's over the
+        earlier ones': True it took them, False it answered "not now"
+        (CLUSTERDOWN, TRYAGAIN, LOADING ...), None it did not answer."""
+        states = dict(self._node_states)
+        for node in self._round_tried:
+            states[node] = node not in self._round_failed if node in self._round_heard else None
+        return states
+
     def _capped(self, left: list[Batch] | None) -> list[Batch] | None:
         """`left` (a cluster round trip's: one batch, the entries it could
-        not write) within HELD_SHARE of the queue while some primary
-        answers; the entries past that given up, counted and logged."""
+        not write) within HELD_SHARE of the queue while some primary takes
+        writes: past that, entries for primaries that did not answer (down,
+        silent) or have none are given up, the first ones first, counted
+        and logged. What a primary answered "not now" is kept: it goes once
+        the cluster settles, and a cluster that refuses every slot
+        (CLUSTERDOWN) takes no writes, so nothing is given up for it."""
         if not left:
-            return left
-        answering = (self.heard_nodes - self._round_tried) | self._round_heard
-        if not answering:  # none answers: what waits is all there is to keep
             return left
         [batch] = left
         excess = len(batch.keys) - int(self.max_queue_ops * HELD_SHARE)
         if excess <= 0:
             return left
-        gone = batch.slice(0, excess)
-        for key in gone.keys:  # no resend comes for them now
+        states = self._write_states()
+        owners = self._left_slots
+        silent = {node for node in set(owners.values()) if states.get(node) is None}
+        if not silent or True not in states.values():
+            return left
+        gone: list[int] = []
+        for i, key in enumerate(batch.keys):
+            if owners.get(key_slot(key.encode())) in silent:
+                gone.append(i)
+                if len(gone) == excess:
+                    break
+        dropped = batch.part(gone)
+        for key in dropped.keys:  # no resend comes for them now
             self._made.pop(key, None)
             self._lost_counters.pop(key, None)
             self._lost_replies.pop(key, None)
         # Counted at once, logged at most once per DROP_LOG_INTERVAL: an
         # outage trims on every round trip.
-        self.stats.dropped_ops += gone.ops
-        self._given_up += gone.ops
+        self.stats.dropped_ops += dropped.ops
+        self._given_up += dropped.ops
         now = time.monotonic()
         if now - self._given_up_logged >= DROP_LOG_INTERVAL:
-            waiting = ", ".join(sorted(set(self._left_slots.values())))
             event(
                 log, "redis_writes_lost", logging.ERROR, ops=self._given_up,
-                reason=f"more than {HELD_SHARE:.0%} of max_queue_ops waiting for {waiting}; "
-                "given up so that the primaries that answer keep getting writes",
+                reason=f"more than {HELD_SHARE:.0%} of max_queue_ops waiting for "
+                f"{', '.join(sorted(silent))}, which did not answer; given up so that the "
+                "primaries that answer keep getting writes",
             )  # fmt: skip
             self._given_up, self._given_up_logged = 0, now
-        return [batch.slice(excess, len(batch.keys))]
+        kept = set(gone)
+        return [batch.part([i for i in range(len(batch.keys)) if i not in kept])]
 
     def _resting_only(self) -> bool:
         """Whether all that is queued is what the last round trip left for

@@ -26,10 +26,10 @@ An entry whose key or member is not valid UTF-8 text (a lone surrogate)
 is refused and counted when it is sent, not retried.
 While Redis is unreachable it retries the oldest batches with capped
 backoff; on a cluster each primary that failed waits out its own backoff
-(its slots' entries held at the queue's head, unsent, at most HELD_SHARE
-of max_queue_ops while another primary answers: past that given up, so
-they never crowd out the others' writes), while the other primaries'
-slots are written on. Delivery is at least once, not exactly once: redis-py's own
+(its slots' entries held at the queue's head, unsent; those for a
+primary that does not answer at most HELD_SHARE of max_queue_ops while
+another primary takes writes: past that given up, so they never crowd out
+the others' writes), while the other primaries' slots are written on. Delivery is at least once, not exactly once: redis-py's own
 retries are off (`_client`), so each attempt sends each call once, but a
 call whose reply was lost after Redis ran it (a timeout, a cut connection)
 is sent again, and its INCRs count twice (appends are idempotent). On a
@@ -211,6 +211,7 @@ class RedisWriter(Readiness):
         self._round_failed: set[str] = set()
         self._left_slots: dict[int, str] = {}
         self._given_up, self._given_up_logged = 0, -math.inf
+        self._node_states: dict[str, bool | None] = {}
         # Cluster only (None otherwise): hash slot -> the primary owning it,
         # for each slot whose last write got no answer or a "not now", and
         # each slot of a primary whose last contact failed (a node down, a
