@@ -29,11 +29,12 @@ backoff; on a cluster each primary that failed waits out its own backoff
 (its slots' entries held at the queue's head, unsent; those for a
 primary that does not answer at most HELD_SHARE of max_queue_ops while
 another primary takes writes: past that given up, so they never crowd out
-the others' writes), while the other primaries' slots are written on. Delivery is at least once, not exactly once: redis-py's own
-retries are off (`_client`), so each attempt sends each call once, but a
-call whose reply was lost after Redis ran it (a timeout, a cut connection)
-is sent again, and its INCRs count twice (appends are idempotent). On a
-cluster only the slots that got no answer are sent again. What it writes,
+the others' writes), while the other primaries' slots are written on.
+Delivery is at least once, not exactly once: redis-py's own retries are
+off (`_client`), so each attempt sends each call once, but a call whose
+reply was lost after Redis ran it (a timeout, a cut connection) is sent
+again, and its INCRs count twice (appends are idempotent). On a cluster
+only the slots that got no answer are sent again. What it writes,
 and the script that appends, are spelled in agents/store.py; how one
 round trip is sent and its replies counted, in agents/redis_send.py; the
 queue and the round trip's share of it, in agents/write_queue.py; what a
@@ -74,7 +75,7 @@ from agents.writer_settings import (
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.metrics import LATENCY_BUCKETS
-from pcapd.core.redis_conn import SOCKET_TIMEOUT, Client
+from pcapd.core.redis_conn import SOCKET_TIMEOUT, Client, close_client
 from pcapd.core.redis_errors import error_text
 
 log = logging.getLogger("pcapd.agents.store")
@@ -300,63 +301,70 @@ class RedisWriter(Readiness):
         backoff = self._backoff.tracker()
         last_contact = -math.inf
         sealed = time.monotonic()
-        while not self._stop.is_set():
-            # A window lasts flush_interval, or as long as the last send took
-            # when Redis is the slower side: then it merges more, on its own.
-            wait = sealed + self.flush_interval - time.monotonic()
-            if wait > 0:
-                self._wake.wait(wait)
-            self._wake.clear()
-            with self._lock:
-                self._seal_locked()
-            sealed = time.monotonic()
-            idle = not self._batches
-            # With a primary resting, what its follow-up left waits for the next PING.
-            follow_up = self._follow_up_left and not self._node_backoff
-            if idle and (follow_up or sealed - last_contact >= self.ping_interval):
-                client = self._ping(client, backoff)
-                last_contact = time.monotonic()
-            while self._batches and not self._stop.is_set() and not self._resting_only():
-                done = self._take()
-                if done is None:
-                    return
-                left: list[Batch] | None = None
-                try:
-                    client = client or self._client()
-                    began = time.monotonic()
-                    if isinstance(client, RedisCluster):
-                        # Per slot, calls are small already: one round trip
-                        # per primary for all of `done`.
-                        batch = Batch.joined(done)
-                        left = self._capped(self._send_slots(client, batch))  # counts per slot
-                    else:
-                        left = self._send_plain(client, done)  # counts per call
-                    self.write_seconds.observe(time.monotonic() - began)
-                except Exception as exc:  # nothing was sent (no connection): back off, retry
-                    if self._settled(done, done, answered=False):
+        try:
+            while not self._stop.is_set():
+                # A window lasts flush_interval, or as long as the last send took
+                # when Redis is the slower side: then it merges more, on its own.
+                wait = sealed + self.flush_interval - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                self._wake.clear()
+                with self._lock:
+                    self._seal_locked()
+                sealed = time.monotonic()
+                idle = not self._batches
+                # With a primary resting, what its follow-up left waits for the next PING.
+                follow_up = self._follow_up_left and not self._node_backoff
+                if idle and (follow_up or sealed - last_contact >= self.ping_interval):
+                    pinged = self._ping(client, backoff)
+                    if pinged is not client:
+                        close_client(client)
+                    client = pinged
+                    last_contact = time.monotonic()
+                while self._batches and not self._stop.is_set() and not self._resting_only():
+                    done = self._take()
+                    if done is None:
                         return
-                    self._begin_round()
-                    # Refused while connecting (NOPERM, a bad password): no
-                    # write was answered, so no "not now"; LOADING, BUSY are.
-                    self._note_error(exc, heard=not_now(exc))
-                    self.heard_nodes.clear()
-                    self._failed(backoff)
-                    client = None
-                    continue
-                if self._settled(done, left, answered=True):
-                    return
-                cluster = isinstance(client, RedisCluster)
-                if isinstance(client, RedisCluster):  # `left`: one batch, at the head now
-                    self._nodes_settled(client, left[0] if left else None)
-                # Calls (only those go again: `left`) or their follow-up
-                # (kept for the next round trip) failed.
-                if self._last_error is not None:
-                    self._failed(None if cluster else backoff)
-                    continue
-                backoff.succeeded()
-                if not cluster:
-                    self.connected, self.not_now = True, None
-                last_contact = time.monotonic()
+                    left: list[Batch] | None = None
+                    try:
+                        client = client or self._client()
+                        began = time.monotonic()
+                        if isinstance(client, RedisCluster):
+                            # Per slot, calls are small already: one round trip
+                            # per primary for all of `done`.
+                            batch = Batch.joined(done)
+                            left = self._capped(self._send_slots(client, batch))  # counts per slot
+                        else:
+                            left = self._send_plain(client, done)  # counts per call
+                        self.write_seconds.observe(time.monotonic() - began)
+                    except Exception as exc:  # nothing was sent (no connection): back off, retry
+                        if self._settled(done, done, answered=False):
+                            return
+                        self._begin_round()
+                        # Refused while connecting (NOPERM, a bad password): no
+                        # write was answered, so no "not now"; LOADING, BUSY are.
+                        self._note_error(exc, heard=not_now(exc))
+                        self.heard_nodes.clear()
+                        self._failed(backoff)
+                        close_client(client)
+                        client = None
+                        continue
+                    if self._settled(done, left, answered=True):
+                        return
+                    cluster = isinstance(client, RedisCluster)
+                    if isinstance(client, RedisCluster):  # `left`: one batch, at the head now
+                        self._nodes_settled(client, left[0] if left else None)
+                    # Calls (only those go again: `left`) or their follow-up
+                    # (kept for the next round trip) failed.
+                    if self._last_error is not None:
+                        self._failed(None if cluster else backoff)
+                        continue
+                    backoff.succeeded()
+                    if not cluster:
+                        self.connected, self.not_now = True, None
+                    last_contact = time.monotonic()
+        finally:
+            close_client(client)  # its sockets now, not whenever the GC comes
 
     def _client(self) -> Client:
         """A new client with redis-py's own retries off (redis-py 8 resends a

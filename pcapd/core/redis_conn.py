@@ -243,6 +243,21 @@ def connecting() -> Iterator[None]:
         raise redis.ConnectionError(f"connect failed: {exc!r}") from exc
 
 
+def close_client(client: Client | None) -> None:
+    """A client given up (broken, replaced, or its user done): every socket
+    it holds closed now, not when the garbage collector comes (a cluster
+    client's nodes have pools their close() leaves open). Closing a broken
+    connection may raise, and is moot."""
+    if client is None:
+        return
+    with contextlib.suppress(Exception):
+        if isinstance(client, RedisCluster):
+            for node in list(client.nodes_manager.nodes_cache.values()):
+                if node.redis_connection is not None:
+                    node.redis_connection.connection_pool.disconnect()
+        client.close()
+
+
 def get_connection(pool: Any) -> Any:
     """A connection from `pool`, opened if need be (`connecting`)."""
     with connecting():

@@ -4,6 +4,7 @@ server, refusals counted, a primary killed and started again mid-run."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import subprocess
@@ -375,6 +376,34 @@ def test_a_cluster_none_of_whose_nodes_answers_is_not_connected(
     with redis_cluster.client() as admin:
         # Sent as the nodes stopped, a write may have run with its reply lost: sent again.
         assert all(int(admin.get(key) or 0) >= 2 for key in keys)
+
+
+def test_a_stopped_cluster_writer_leaves_no_connection_open(
+    private_cluster: RedisCluster,
+) -> None:
+    """The cluster client's connections (to each primary, the idle PINGs'
+    included) are closed as the writer stops, not left to the garbage
+    collector: a ResourceWarning, and connections each node keeps open."""
+
+    def writers_connections() -> int:
+        count = 0
+        for port in private_cluster.ports:
+            with private_cluster.node(port) as node:
+                count += sum(c["name"] == "pcapd" for c in node.client_list())
+        return count
+
+    gc.disable()  # what the writer does not close stays open
+    try:
+        writer = cluster_writer(private_cluster.url, flush_interval=0.01, ping_interval=0.05)
+        keys = [client_key(f"10.200.82.{i}") for i in range(30)]
+        writer.extend(keys, [1] * len(keys))
+        wait_for(lambda: writer.stats.written_ops == 30 and len(writer.heard_nodes) == 3)
+        time.sleep(0.2)  # idle PINGs
+        assert writers_connections() >= 3
+        writer.stop(5)
+        wait_for(lambda: writers_connections() == 0, timeout=5)
+    finally:
+        gc.enable()
 
 
 def lose_a_primary(cluster: RedisCluster) -> str:
