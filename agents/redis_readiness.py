@@ -16,14 +16,13 @@ import time
 
 from redis.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
-from redis.crc import key_slot
 
 from agents.redis_follow_up import DROP_LOG_INTERVAL
 from agents.write_queue import WriteQueue
 from agents.write_window import Batch
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import NO_PRIMARY, ping_primaries, slot_owners
+from pcapd.core.redis_conn import NO_PRIMARY, group_by_slot, ping_primaries, slot_owners
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -49,9 +48,11 @@ class Readiness(WriteQueue):
     _held_until: float
     # Cluster only: each primary's last word on writes (`_write_states`).
     _node_states: dict[str, bool | None]
-    # Writes given up as held past HELD_SHARE since the last line saying so.
+    # Writes given up as held past HELD_SHARE since the last line saying so,
+    # and the primaries they waited for.
     _given_up: int
     _given_up_logged: float
+    _given_up_from: set[str]
 
     def _failed(self, backoff: BackoffTracker | None) -> None:
         """A round trip that left something to send again (calls, their
@@ -130,49 +131,61 @@ class Readiness(WriteQueue):
 
     def _capped(self, left: list[Batch] | None) -> list[Batch] | None:
         """`left` (a cluster round trip's: one batch, the entries it could
-        not write) within HELD_SHARE of the queue while some primary takes
-        writes: past that, entries for primaries that did not answer (down,
-        silent) or have none are given up, the first ones first, counted
-        and logged. What a primary answered "not now" is kept: it goes once
-        the cluster settles, and a cluster that refuses every slot
-        (CLUSTERDOWN) takes no writes, so nothing is given up for it."""
+        not write) with what waits for primaries that did not answer (down,
+        silent) or have none within HELD_SHARE of the queue while some
+        primary takes writes: past that, those entries are given up, the
+        first ones first, counted and logged. What a primary answered "not
+        now" is kept, and is no part of the share: it goes once the cluster
+        settles, and a cluster that refuses every slot (CLUSTERDOWN) takes
+        no writes, so nothing is given up for it."""
         if not left:
             return left
         [batch] = left
-        excess = len(batch.keys) - int(self.max_queue_ops * HELD_SHARE)
-        if excess <= 0:
+        cap = int(self.max_queue_ops * HELD_SHARE)
+        if len(batch.keys) <= cap:
             return left
         states = self._write_states()
         owners = self._left_slots
         silent = {node for node in set(owners.values()) if states.get(node) is None}
         if not silent or True not in states.values():
             return left
-        gone: list[int] = []
-        for i, key in enumerate(batch.keys):
-            if owners.get(key_slot(key.encode())) in silent:
-                gone.append(i)
-                if len(gone) == excess:
-                    break
+        waiting: dict[int, str] = {}  # entry -> its primary, a silent one
+        for slot, at in group_by_slot(batch.keys).items():
+            if (node := owners.get(slot, NO_PRIMARY)) in silent:
+                waiting.update(dict.fromkeys(at, node))
+        excess = len(waiting) - cap
+        if excess <= 0:
+            return left
+        gone = sorted(waiting)[:excess]  # the first ones first
         dropped = batch.part(gone)
+        given_up = set(gone)
+        kept = batch.part([i for i in range(len(batch.keys)) if i not in given_up])
+        still = set(kept.keys)  # a key with an entry kept keeps its marks
         for key in dropped.keys:  # no resend comes for them now
-            self._made.pop(key, None)
-            self._lost_counters.pop(key, None)
-            self._lost_replies.pop(key, None)
+            if key not in still:
+                self._made.pop(key, None)
+                self._lost_counters.pop(key, None)
+                self._lost_replies.pop(key, None)
         # Counted at once, logged at most once per DROP_LOG_INTERVAL: an
         # outage trims on every round trip.
         self.stats.dropped_ops += dropped.ops
         self._given_up += dropped.ops
+        self._given_up_from.update(waiting[i] for i in gone)
         now = time.monotonic()
         if now - self._given_up_logged >= DROP_LOG_INTERVAL:
-            event(
-                log, "redis_writes_lost", logging.ERROR, ops=self._given_up,
-                reason=f"more than {HELD_SHARE:.0%} of max_queue_ops waiting for "
-                f"{', '.join(sorted(silent))}, which did not answer; given up so that the "
-                "primaries that answer keep getting writes",
-            )  # fmt: skip
-            self._given_up, self._given_up_logged = 0, now
-        kept = set(gone)
-        return [batch.part([i for i in range(len(batch.keys)) if i not in kept])]
+            self._log_given_up()
+            self._given_up_logged = now
+        return [kept]
+
+    def _log_given_up(self) -> None:
+        """The line for the writes `_capped` gave up since the last one."""
+        event(
+            log, "redis_writes_lost", logging.ERROR, ops=self._given_up,
+            reason=f"more than {HELD_SHARE:.0%} of max_queue_ops waiting for "
+            f"{', '.join(sorted(self._given_up_from))}, which did not answer; given up so "
+            "that the primaries that answer keep getting writes",
+        )  # fmt: skip
+        self._given_up, self._given_up_from = 0, set()
 
     def _resting_only(self) -> bool:
         """Whether all that is queued is what the last round trip left for

@@ -212,6 +212,7 @@ class RedisWriter(Readiness):
         self._round_failed: set[str] = set()
         self._left_slots: dict[int, str] = {}
         self._given_up, self._given_up_logged = 0, -math.inf
+        self._given_up_from: set[str] = set()
         self._node_states: dict[str, bool | None] = {}
         # Cluster only (None otherwise): hash slot -> the primary owning it,
         # for each slot whose last write got no answer or a "not now", and

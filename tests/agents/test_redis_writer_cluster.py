@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from redis.crc import key_slot
 from agents.metrics import writer_check
 from agents.redis_writer import RedisWriter
 from agents.store import APPEND_SCRIPT, client_key
+from agents.write_window import Batch
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect, is_cluster, send_by_slot
 from pcapd.core.secret import Secret
@@ -600,3 +602,110 @@ def test_a_primary_answering_ping_busy_is_there_its_slots_named(
         admin.config_set("busy-reply-threshold", 5000)
         writer.stop(0)
         admin.close()
+
+
+def _held_round(writer: RedisWriter, left: dict[str, list[str]]) -> Batch:
+    """As a round trip on a cluster leaves it: `left` (primary -> the keys
+    it did not write, in that order) as one batch; "a" took writes (an
+    earlier round), "p" answered "not now" this round, "d" did not answer."""
+    writer.heard_nodes = {"a", "p"}
+    writer._node_states = {"a": True}
+    writer._round_tried, writer._round_heard = {"p", "d"}, {"p"}
+    writer._round_failed = {"p", "d"}
+    writer._left_slots = {key_slot(k.encode()): node for node, ks in left.items() for k in ks}
+    keys = [k for ks in left.values() for k in ks]
+    return Batch(keys, [1] * len(keys), [2] * len(keys))
+
+
+def _slot_keys(prefix: str, count: int, taken: set[int]) -> list[str]:
+    """`count` keys of slots none of `taken` (added to it)."""
+    found: list[str] = []
+    for i in itertools.count():
+        key = f"{prefix}{i}"
+        if (slot := key_slot(key.encode())) not in taken:
+            taken.add(slot)
+            found.append(key)
+            if len(found) == count:
+                return found
+    raise AssertionError
+
+
+def test_only_what_waits_for_a_silent_primary_is_given_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """HELD_SHARE bounds what waits for primaries that do not answer (dead,
+    or no primary), as docs/operations.md says: past it their oldest
+    entries are given up, each counting its merged writes; what a primary
+    answered "not now" is kept and takes no part of the share. Before, the
+    whole of what was left was measured against the share, so "p"'s
+    entries got "d"'s given up below it: all 9 of them, not 4, and all 5
+    in the second round, not none."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    writer = RedisWriter(lambda: redis.Redis(), max_queue_ops=10)
+    taken: set[int] = set()
+    not_now, dead = _slot_keys("p", 6, taken), _slot_keys("d", 9, taken)
+    left = writer._capped([_held_round(writer, {"p": not_now, "d": dead})])
+    assert left is not None
+    assert left[0].keys == not_now + dead[4:]  # "d"'s newest 5: HELD_SHARE of 10
+    assert writer.stats.dropped_ops == 2 * 4
+    assert len(caplog.records) == 1
+    assert "ops=8 " in caplog.text and "waiting for d, which did not answer" in caplog.text
+    # What "p" holds is no part of the share: nothing of it goes, however much.
+    caplog.clear()
+    many = _slot_keys("q", 20, taken)
+    kept = [_held_round(writer, {"p": many, "d": dead[:5]})]
+    assert writer._capped(kept) == kept
+    assert writer.stats.dropped_ops == 2 * 4
+
+
+def test_a_key_given_up_keeps_its_marks_while_an_entry_of_it_is_kept() -> None:
+    """An append key with two members: the older one given up, the other
+    still to go. Its "a lost call may have made it" mark stays, so its resend
+    still asks the script for what a lost call made (the index); a key
+    given up whole loses its marks."""
+    writer = RedisWriter(lambda: redis.Redis(), max_queue_ops=2)
+    taken: set[int] = set()
+    (twice,), (once,) = _slot_keys("t", 1, taken), _slot_keys("o", 1, taken)
+    batch = _held_round(writer, {"d": [once, twice, twice]})
+    batch = Batch(batch.keys, ["m1", "m1", "m2"], [1, 1, 1])
+    writer._lost_replies = dict.fromkeys([once, twice])
+    left = writer._capped([batch])
+    assert left is not None
+    assert (left[0].keys, left[0].args) == ([twice], ["m2"])
+    assert writer._lost_replies == {twice: None}
+
+
+@pytest.mark.timeout(90)
+def test_what_waits_for_a_primary_answering_not_now_is_kept(
+    private_cluster: RedisCluster,
+) -> None:
+    """A primary at maxmemory answers every write OOM ("not now"): it
+    answers, so what waits for it is no dead primary's and is not given up
+    past HELD_SHARE while the others take writes; once it takes writes again
+    every one is written. (HELD_SHARE's first version dropped all but half
+    of max_queue_ops of it.)"""
+    limit = 200
+    writer = cluster_writer(private_cluster.url, flush_interval=0.01, max_queue_ops=limit)
+    port = private_cluster.ports[1]
+    try:
+        keys = [client_key(f"10.200.80.{i // 250}.{i % 250}") for i in range(2000)]
+        writer.extend(keys[:60], [1] * 60)  # every primary heard from
+        wait_for(lambda: len(writer.heard_nodes) == 3, timeout=30)
+        wait_for(lambda: writer.stats.written_ops == 60, timeout=30)
+        theirs = private_cluster.slots_of(port)
+        full = [key for key in keys[60:] if key_slot(key.encode()) in theirs][:150]
+        with private_cluster.node(port) as node:
+            node.config_set("maxmemory-policy", "noeviction")
+            node.config_set("maxmemory", 1)
+            writer.extend(full, [1] * len(full))
+            wait_for(lambda: writer.stats.redis_not_now >= 3, timeout=30)
+            assert writer.stats.dropped_ops == 0
+            node.config_set("maxmemory", 0)
+        total = 60 + len(full)
+        wait_for(lambda: writer.stats.written_ops + writer.stats.dropped_ops == total,
+                 timeout=30)  # fmt: skip
+    finally:
+        writer.stop(0)
+    assert writer.stats.dropped_ops == 0
+    with private_cluster.client() as admin:
+        assert admin.mget_nonatomic(full) == ["1"] * len(full)
