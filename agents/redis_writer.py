@@ -286,6 +286,8 @@ class RedisWriter(Readiness):
             if held:
                 self._log_refused(cause, held, "")
         self._drop_log.clear()
+        if self._given_up:  # given up as held after the last line saying so
+            self._log_given_up()
 
     def _run(self) -> None:
         try:

@@ -479,13 +479,20 @@ def test_a_dead_primary_s_writes_never_fill_the_queue_for_the_others(
         wait_for(lambda: writer.queue_depth <= limit // 2, timeout=30)
         writer.extend(healthy, [1] * len(healthy))
         wait_for(lambda: writer.stats.written_ops == 60 + len(healthy), timeout=30)
+        said = f"max_queue_ops waiting for {dead}, which did not answer; given up so that the"
+        assert caplog.text.count(said) == 1, caplog.text  # once per DROP_LOG_INTERVAL
     finally:
         writer.stop(0)
     with private_cluster.client() as admin:
         assert admin.mget_nonatomic(healthy) == ["1"] * len(healthy)
     assert writer.stats.dropped_ops >= limit  # the dead primary's, given up
-    said = f"max_queue_ops waiting for {dead}, which did not answer; given up so that the"
-    assert caplog.text.count(said) == 1, caplog.text  # once per DROP_LOG_INTERVAL
+    # What was given up after that line is said as the writer stops: the
+    # lines add up to what was dropped, less what found the queue full
+    # (never queued: counted, in the stats line only).
+    lost = [line for line in caplog.text.splitlines() if "event=redis_writes_lost" in line]
+    ops = [int(part[4:]) for line in lost for part in line.split() if part.startswith("ops=")]
+    never_queued = 60 + len(doomed) + len(healthy) - writer.stats.queued_ops
+    assert sum(ops) == writer.stats.dropped_ops - never_queued, caplog.text
 
 
 @pytest.mark.timeout(90)
@@ -709,3 +716,21 @@ def test_what_waits_for_a_primary_answering_not_now_is_kept(
     assert writer.stats.dropped_ops == 0
     with private_cluster.client() as admin:
         assert admin.mget_nonatomic(full) == ["1"] * len(full)
+
+
+def test_writes_given_up_after_the_last_line_are_logged_as_the_writer_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The line is at most once per DROP_LOG_INTERVAL: what is given up
+    after it is said when the writer stops, as held-back refusals are, so
+    the lines add up to what was given up. Before, it was never logged."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    writer = RedisWriter(lambda: redis.Redis(), max_queue_ops=10)
+    taken: set[int] = set()
+    for prefix in ("d", "e"):
+        writer._capped([_held_round(writer, {"d": _slot_keys(prefix, 8, taken)})])
+    writer.stop(0)
+    said = [int(part[4:]) for part in caplog.text.split() if part.startswith("ops=")]
+    assert writer.stats.dropped_ops == 2 * 2 * 3  # 3 of 8 entries past 5, twice
+    assert said == [6, 6], caplog.text
+    assert caplog.text.count("waiting for d, which did not answer; given up") == 2, caplog.text
