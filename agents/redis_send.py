@@ -100,8 +100,9 @@ class BatchSender(FollowUp):
     _lost_replies: dict[str, None]
     # With the index: counters whose SET NX and INCRBY both went unheard
     # (Redis may have run them, making the key): key -> the amounts sent so.
-    # Sent again, the key holds that much more than the resend's amount if
-    # the lost sends made it, and is indexed as made here; bounded likewise.
+    # Sent again, the key holds more than the resend's amount, and at most
+    # that much more, if lost sends made it (one that ran, another that
+    # never reached Redis), and is indexed as made here; bounded likewise.
     _lost_counters: dict[str, int]
 
     def _refused(self, cause: str, ops: int, error: str) -> None:
@@ -285,8 +286,11 @@ class BatchSender(FollowUp):
                         took += weights[i]
                         if replies[at + 2 * i] != _OK:  # it existed: refresh its TTL
                             written.append(keys[i])
+                        # Beside the resend's amount, the key holds what
+                        # lost sends of it left: up to all of them (each
+                        # may or may not have run), none if it made it now.
                         earlier = lost_counters.pop(keys[i], 0) if lost_counters else 0
-                        if (index and args[i] in (reply, reply - earlier)
+                        if (index and 0 <= reply - int(args[i]) <= earlier
                                 and not keys[i].startswith(_CLIENT)):  # fmt: skip
                             created.append(keys[i])
                         if made:

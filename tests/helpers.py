@@ -552,7 +552,9 @@ class ReplyCutter:
     handshake, which passes) gets no more replies (past the first
     `pass_bytes` of them), and `cut()` then closes the connections: the
     server ran the commands, the client lost the replies (a connection
-    broken at the worst moment)."""
+    broken at the worst moment). While `drop` is set, what a connection
+    sends from its first `command` on is not passed on at all (lost on the
+    way: the server never runs it, the client waits for its replies)."""
 
     def __init__(self, port: int, command: bytes = b"PUBLISH", pass_bytes: int = 0) -> None:
         self._upstream = port
@@ -561,6 +563,7 @@ class ReplyCutter:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.swallow = False
+        self.drop = False
         self.accepted = 0
         # Reply bytes passed on once held (at most `pass_bytes` a
         # connection), each counted after it is written to the client.
@@ -586,11 +589,14 @@ class ReplyCutter:
         replies = threading.Thread(target=self._replies, args=(upstream, client, held),
                                    daemon=True)  # fmt: skip
         replies.start()
+        dropping = False
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
                 if self.swallow and self._command in data:
                     held.set()
-                upstream.sendall(data)
+                dropping = dropping or (self.drop and self._command in data)
+                if not dropping:
+                    upstream.sendall(data)
         self._end(client, upstream)
         replies.join()
         client.close()
