@@ -26,11 +26,13 @@ def _run(args: argparse.Namespace) -> int:
     problems = [] if args.agent_only else config.serve_problems()
     agent_problems, agent_warnings = _agent_checks(config.agents)
     problems += agent_problems
-    for warning in [*config.warnings, *agent_warnings]:
-        print(f"{args.config}: warning: {warning}", file=sys.stderr)
+    warnings = [*config.warnings, *agent_warnings]
     if problems:
-        # The status `serve` would exit with at start-up, through the same path.
-        raise ConfigError(problems, args.config)
+        # The status `serve` would exit with at start-up, through the same
+        # path: the warnings after the errors, as every command prints them.
+        raise ConfigError(problems, args.config, warnings)
+    for warning in warnings:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: ok (node {config.general.node})")
     return EXIT_OK
 

@@ -164,11 +164,20 @@ def test_warnings_are_printed_beside_the_errors(tmp_path: Path) -> None:
     )
     done = check_config(path, "--agent-only")
     assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
-    assert sorted(done.stderr.splitlines()) == [
+    # In that order (the errors, then the warnings), as when the daemon's
+    # sections are wrong too: before, these warnings came first.
+    assert done.stderr.splitlines() == [
         f"{path}: error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
         f"{path}: error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
         f"{path}: warning: agents.dnstap.soket: unknown option, ignored",
         f"{path}: warning: agents.flow.snaplength: unknown option, ignored",
+    ]
+    path = write(tmp_path, "[general]\nwritelocal = true\nmaxpacket = 3\n"
+                 "[agents.flow]\nbatch_ops = 0\n")  # fmt: skip
+    done = check_config(path)
+    assert done.stderr.splitlines() == [
+        f"{path}: error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
+        f"{path}: warning: general.maxpacket: unknown option, ignored",
     ]
 
 
@@ -199,12 +208,14 @@ def test_kafka_as_the_only_source_is_an_error_naming_the_alternatives(tmp_path: 
     )
     done = check_config(path)
     assert done.returncode == EXIT_CONFIG
-    assert done.stderr.splitlines()[1:] == [
+    lines = done.stderr.splitlines()
+    assert lines[:2] == [
         f"{path}: error: kafka.listen: pcapd does not read Kafka, and no other request source "
         "is enabled: use [redis] listen (pub/sub), [redis] stream_listen (a stream) or "
         "[sqs] listen instead",
         f"{path}: error: {NO_SOURCE}",
     ]
+    assert len(lines) == 3 and lines[2].startswith(f"{path}: warning: kafka: "), lines
     # Beside another source, [kafka] is only a warning.
     path.write_text(path.read_text().replace("listen = false", "listen = true", 1))
     done = check_config(path)
