@@ -300,7 +300,7 @@ def parse_dnswire_config(raw: Mapping[str, Any]) -> DnswireConfig:
             f"{cfg.process_count} processes on {cpus} CPUs: more than the CPUs only slows "
             "every process (dnsflow.c refuses it too)",
         )
-    if t.errors:
-        raise ConfigError(t.errors)
     t.finish()
+    if t.errors:
+        raise ConfigError(t.errors, warnings=t.warnings)
     return replace(cfg, warnings=tuple(t.warnings))
