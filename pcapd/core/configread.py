@@ -202,7 +202,9 @@ class Table:
     def holds_control(self, key: str, value: str) -> bool:
         """Records an error if `value` holds a control character: os and
         libpcap stop at a NUL, and the others reach logs, heartbeats and
-        terminals. Tab, newline and carriage return pass."""
+        terminals. Tab, newline and carriage return pass. A lone surrogate
+        (a command-line value's bytes that are not UTF-8; TOML is UTF-8) is
+        refused too: libpcap, Redis and JSON text cannot take one."""
         problem = text_problem(value.translate(_LINE_SPACE))
         if problem is not None:
             self.error(key, problem)

@@ -135,6 +135,21 @@ def test_long_options_of_pcapd_agent_dnswire(capture: Path) -> None:
     )
 
 
+def test_a_path_that_is_not_utf8_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    """A command-line value's bytes that are not UTF-8 reach Python as lone
+    surrogates, which libpcap's binding cannot encode (a traceback, exit 1,
+    before the config refused them): an error naming the flag, as README
+    says, like a control character."""
+    name = os.fsdecode(b"caf\xe9.pcap")
+    done = run(*AGENT, "--read", str(tmp_path / name), "--no-redis", "--write", "out.pcap")
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    at = len(str(tmp_path)) + 4
+    assert done.stderr.splitlines() == [
+        f"pcapd agent dnswire: error: --read: holds a lone surrogate (not UTF-8 text) "
+        f"U+DCE9 at character {at}"
+    ]
+
+
 def test_config_section_is_read_and_checked(tmp_path: Path, capture: Path) -> None:
     conf = tmp_path / "pcapd.toml"
     conf.write_text('[agents.dnswire]\nsample_rate = "often"\nbogus = 1\n')
