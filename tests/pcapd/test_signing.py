@@ -31,6 +31,14 @@ REQUEST: dict[str, Any] = {
 }
 
 
+def _nested(depth: int) -> list[Any]:
+    """A list `depth` lists deep: deeper than json.dumps can write."""
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def replay_cache(security: SecurityConfig = SECURITY) -> RecentIds:
     return RecentIds(2 * security.max_skew + 1, clock=lambda: NOW)
 
@@ -119,6 +127,10 @@ def test_missing_kid_and_missing_ts() -> None:
         ("ts", "1700000000", 'ts: expected a JSON integer (Unix seconds), got "1700000000"'),
         ("ts", 1.7e9, "ts: expected a JSON integer (Unix seconds), got 1700000000.0"),
         ("kid", ["ops"], 'kid=["ops"]: not a key in this node\'s [security] keys'),
+        # Quoted as every request field is (fields.show): cut, and said so...
+        ("sig", "f" * 100, 'sig: expected 64 hex digits (HMAC-SHA256), got "' + "f" * 79 + "..."),
+        # ... and named by its type where json cannot write it back.
+        ("kid", _nested(100_000), "kid=<list>: not a key in this node's [security] keys"),
     ],
 )
 def test_malformed_signing_fields(field: str, value: Any, expected: str) -> None:
