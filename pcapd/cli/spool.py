@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from pcapd.cli.common import Subparsers, UsageError, add_command
 from pcapd.core.config import Config, load_config
@@ -40,16 +41,19 @@ def _age(seconds: float) -> str:
 def _list(spool: Spool, as_json: bool) -> int:
     entries, unreadable = spool.scan()
     now = time.time()
-    for entry in entries:
-        if as_json:
-            row = {
+    if as_json:  # an unreadable entry is a row too, in its place (ids sort oldest first)
+        rows: list[dict[str, Any]] = [{"id": i, "unreadable": why} for i, why in unreadable.items()]
+        for entry in entries:
+            rows.append({
                 "id": entry.id, "file": entry.filename, "bytes": entry.size,
                 "pending": list(entry.pending), "locations": dict(entry.locations),
                 "attempts": entry.attempts, "spooled_at": entry.spooled_at,
                 "last_error": entry.last_error, "errors": dict(entry.errors),
-            }  # fmt: skip
+            })  # fmt: skip
+        for row in sorted(rows, key=lambda row: str(row["id"])):
             print(json.dumps(row))
-        else:
+    else:
+        for entry in entries:
             # No sink left: delivered everywhere, its `delivered` still to publish.
             pending = printable(",".join(entry.pending)) or "(result to publish)"
             print(
@@ -58,9 +62,6 @@ def _list(spool: Spool, as_json: bool) -> int:
                 f"file={printable(entry.filename)}  "
                 f"last_error={printable(entry.last_error or '-')}"
             )
-    if as_json:  # counted below too; a reader of the rows sees them
-        for entry_id, why in sorted(unreadable.items()):
-            print(json.dumps({"id": entry_id, "unreadable": why}))
     for orphan in spool.orphans():
         print(f"warning: {printable(str(orphan))}: capture without its sidecar (kept)",
               file=sys.stderr)  # fmt: skip

@@ -179,6 +179,23 @@ def test_an_unreadable_entry_is_counted_as_still_spooled(
     assert spool.data_path(entry.id).exists()
 
 
+def test_list_json_gives_an_unreadable_entry_its_row_in_its_place(
+    tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`list` is oldest first, and so are its --json rows, an unreadable
+    entry's among them, as `retry` names what stays; before, those rows
+    came after every readable one."""
+    config = write_config(tmp_path, moto_s3.endpoint, "b", 1)
+    spool = Spool(tmp_path / "spool", 8 * MB)
+    entries = [spool.put(make_artifact(), ["s3"]) for _ in range(3)]
+    path = spool.sidecar_path(entries[1].id)
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"pending": {}}))
+    assert main(["list", "--json", "-c", str(config)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["id"] for row in rows] == [entry.id for entry in entries]
+    assert "unreadable" in rows[1] and "bytes" in rows[0] and "bytes" in rows[2]
+
+
 def test_retry_says_why_a_corrupt_entry_stays(
     tmp_path: Path, moto_s3: MotoS3, capsys: pytest.CaptureFixture[str]
 ) -> None:
