@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -19,8 +20,9 @@ from redis.crc import key_slot
 from agents.store import UNSET_ZERO_SCRIPT, index_commands
 from pcapd.core.backoff import BackoffTracker
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import NO_PRIMARY, send_by_slot, slot_owners
+from pcapd.core.redis_conn import NotSent
 from pcapd.core.redis_errors import error_code, error_text, refusal
+from pcapd.core.redis_slots import NO_PRIMARY, send_by_slot, slot_owners
 from pcapd.core.redis_wire import UNANSWERED, exchange, pack_command, pack_pairs
 
 log = logging.getLogger("pcapd.agents.store")
@@ -48,6 +50,19 @@ def to_resend(reply: object, *, cluster: bool) -> bool:
     """Whether the command `reply` answers is to be sent again: no answer,
     or a "not now"; not a value, nor a refusal for good."""
     return isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None
+
+
+# A call's reply that says it was written and its reply not read.
+_UNHEARD = (redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError)
+
+
+def lost_in_flight(reply: object) -> bool:
+    """Whether Redis may have run the call `reply` answers, its reply lost
+    (the link cut, a timeout): not a "not now" (LOADING, BUSY, CLUSTERDOWN,
+    TRYAGAIN ...: Redis did not run it) nor a call never written (`NotSent`)."""
+    # redis-py raises LOADING as a ConnectionError (BusyLoadingError).
+    not_run = (NotSent, redis.exceptions.BusyLoadingError)
+    return isinstance(reply, _UNHEARD) and not isinstance(reply, not_run)
 
 
 @dataclass(slots=True)
@@ -112,6 +127,26 @@ class FollowUp:
     # Cluster only: primary -> its backoff and when it may be tried again;
     # held for each primary whose last contact failed, until one succeeds.
     _node_backoff: dict[str, tuple[BackoffTracker, float]]
+
+    def _refused(self, cause: str, ops: int, error: str) -> None:
+        """Count `ops` writes Redis refused; log each cause (the error's code,
+        e.g. WRONGTYPE, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
+        with the ops refused since the last line."""
+        self.stats.rejected_ops += ops
+        self.stats.dropped_ops += ops
+        now = time.monotonic()
+        last, held = self._drop_log.get(cause, (-math.inf, 0))
+        if now - last >= DROP_LOG_INTERVAL:
+            self._log_refused(cause, held + ops, error)
+            self._drop_log[cause] = (now, 0)
+        else:
+            self._drop_log[cause] = (last, held + ops)
+
+    def _log_refused(self, cause: str, ops: int, error: str) -> None:
+        event(
+            log, "redis_writes_refused", logging.ERROR, cause=cause, ops=ops, error=error,
+            dropped_total=self.stats.dropped_ops,
+        )  # fmt: skip
 
     def _follow_up_commands(
         self, written: list[str], created: list[str]

@@ -22,7 +22,7 @@ from agents.write_queue import WriteQueue
 from agents.write_window import Batch
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import NO_PRIMARY, group_by_slot, ping_primaries, slot_owners
+from pcapd.core.redis_slots import NO_PRIMARY, group_by_slot, ping_primaries, slot_owners
 
 log = logging.getLogger("pcapd.agents.store")
 

@@ -37,15 +37,13 @@ agents/redis_follow_up.py.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
-import hiredis
 import redis
 from redis.cluster import RedisCluster
 
-from agents.redis_follow_up import DROP_LOG_INTERVAL, FollowUp, WriterStats
+from agents.redis_follow_up import FollowUp, WriterStats, lost_in_flight
 from agents.redis_wire import (
     _CLIENT,
     _OK,
@@ -60,26 +58,14 @@ from agents.redis_wire import (
 from agents.store import APPEND_SCRIPT
 from agents.write_window import Batch
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import NO_PRIMARY, NotSent, group_by_slot, slot_owners
 from pcapd.core.redis_errors import error_code, refusal
 from pcapd.core.redis_scripts import evalsha_by_slot
+from pcapd.core.redis_slots import NO_PRIMARY, group_by_slot, slot_owners
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.agents.store")
 
 __all__ = ["BatchSender", "WriterStats"]  # WriterStats: the writer imports it from here
-
-# A call's reply that says it was written and its reply not read.
-_LOST_IN_FLIGHT = (redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError)
-
-
-def _lost_in_flight(reply: object) -> bool:
-    """Whether Redis may have run the call `reply` answers, its reply lost
-    (the link cut, a timeout): not a "not now" (LOADING, BUSY, CLUSTERDOWN,
-    TRYAGAIN ...: Redis did not run it) nor a call never written (`NotSent`)."""
-    # redis-py raises LOADING as a ConnectionError (BusyLoadingError).
-    not_run = (NotSent, redis.exceptions.BusyLoadingError)
-    return isinstance(reply, _LOST_IN_FLIGHT) and not isinstance(reply, not_run)
 
 
 class BatchSender(FollowUp):
@@ -104,26 +90,6 @@ class BatchSender(FollowUp):
     # that much more, if lost sends made it (one that ran, another that
     # never reached Redis), and is indexed as made here; bounded likewise.
     _lost_counters: dict[str, int]
-
-    def _refused(self, cause: str, ops: int, error: str) -> None:
-        """Count `ops` writes Redis refused; log each cause (the error's code,
-        e.g. WRONGTYPE, NOPERM, CROSSSLOT) once per DROP_LOG_INTERVAL,
-        with the ops refused since the last line."""
-        self.stats.rejected_ops += ops
-        self.stats.dropped_ops += ops
-        now = time.monotonic()
-        last, held = self._drop_log.get(cause, (-math.inf, 0))
-        if now - last >= DROP_LOG_INTERVAL:
-            self._log_refused(cause, held + ops, error)
-            self._drop_log[cause] = (now, 0)
-        else:
-            self._drop_log[cause] = (last, held + ops)
-
-    def _log_refused(self, cause: str, ops: int, error: str) -> None:
-        event(
-            log, "redis_writes_refused", logging.ERROR, cause=cause, ops=ops, error=error,
-            dropped_total=self.stats.dropped_ops,
-        )  # fmt: skip
 
     def _send_plain(self, client: redis.Redis, batches: list[Batch]) -> list[Batch] | None:
         """`batches` in one round trip: Redis runs each script call whole but
@@ -244,7 +210,7 @@ class BatchSender(FollowUp):
 
     def _replies_lost(self, part: Batch) -> None:
         """With the index: the keys of a script call written and not
-        answered (`_lost_in_flight`) into `_lost_replies` (their next call
+        answered (`lost_in_flight`) into `_lost_replies` (their next call
         asks for what the lost one may have made). Never for a call not
         sent or answered "not now": the script's "2" finds any key whose
         value begins with the call's members, so a key another writer made
@@ -307,7 +273,7 @@ class BatchSender(FollowUp):
                             self._zeroes[keys[i]] = mine
                     else:
                         self._unanswered(reply, slot, part.part([i]), unanswered)
-                        if index and _lost_in_flight(replies[at + 2 * i]):
+                        if index and lost_in_flight(replies[at + 2 * i]):
                             lost_counters[keys[i]] = lost_counters.get(keys[i], 0) + int(args[i])
                         if replies[at + 2 * i] == _OK:
                             made[keys[i]] = until  # at "0" until its INCRBY is heard
@@ -335,7 +301,7 @@ class BatchSender(FollowUp):
                     answered = [k for k in answered if k not in kept]
             else:
                 self._unanswered(reply, slot, part, unanswered)
-                if _lost_in_flight(reply):
+                if lost_in_flight(reply):
                     self._replies_lost(part)
                 continue
             if lost:  # answered: what a lost call of its keys made is in this reply
@@ -381,7 +347,7 @@ class BatchSender(FollowUp):
         """Per hash slot, its counters as SET NX EX + INCRBY commands and its
         appends in script calls of at most `batch_ops` entries (a slot's
         share of up to PIPELINE_CALLS joined batches can be more), in the
-        order they came, pipelined per node (`redis_conn.send_by_slot`,
+        order they came, pipelined per node (`redis_slots.send_by_slot`,
         which follows MOVED and ASK); counts what each wrote or refused.
         A resting primary's slots (its backoff after a failure) are held,
         not sent. Returns the entries that got no answer (node down,

@@ -50,8 +50,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
 
 from prometheus_client import Histogram
 from redis.backoff import NoBackoff
@@ -61,7 +60,6 @@ from redis.retry import Retry
 from agents.redis_follow_up import not_now
 from agents.redis_readiness import Readiness
 from agents.redis_send import WriterStats
-from agents.store import Op
 from agents.write_window import Batch, Window
 from agents.writer_settings import (
     DEFAULT_BATCH_OPS,
@@ -84,34 +82,6 @@ log = logging.getLogger("pcapd.agents.store")
 # the calls again, the follow-up): stop() waits that many socket timeouts
 # for a round trip under way, so its counts are in when it returns.
 STOP_READS = 4
-
-
-class OpSink(Protocol):
-    """Where agents.store queues operations: the RedisWriter, or an OpBuffer."""
-
-    def extend(self, keys: list[str], args: Sequence[Op]) -> None: ...
-
-
-class OpBuffer:
-    """Operations gathered by one capture loop without a lock, handed to the
-    writer in one `extend` per batch of packets (`hand_off`): one lock per
-    dispatch, not per response. Holds at most one batch's operations."""
-
-    __slots__ = ("args", "keys", "writer")
-
-    def __init__(self, writer: RedisWriter) -> None:
-        self.writer = writer
-        self.keys: list[str] = []
-        self.args: list[Op] = []
-
-    def extend(self, keys: list[str], args: Sequence[Op]) -> None:
-        self.keys += keys
-        self.args += args
-
-    def hand_off(self) -> None:
-        if self.keys:
-            self.writer.extend(self.keys, self.args)
-            self.keys, self.args = [], []
 
 
 def make_writer(config: WriterSettings, connect: Callable[[], Client]) -> RedisWriter:

@@ -14,7 +14,7 @@ from agents.dnstap.dedup import Deduper
 from agents.dnstap.record import DEDUPED, NO_ADDRESS, RECORDED, Prepared, Recorder
 from agents.dnstap.response import RCODE_NOERROR, RCODE_NXDOMAIN, Response, address_text
 from agents.dnstap.udp import UdpOutput
-from agents.redis_writer import OpSink
+from agents.write_queue import OpSink
 from pcapd.core.logs import event
 
 log = logging.getLogger("pcapd.agents.dnstap")

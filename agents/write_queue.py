@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from agents.redis_send import BatchSender
 from agents.store import INCR, Op
@@ -23,6 +24,34 @@ log = logging.getLogger("pcapd.agents.store")
 # server: Redis stays busy while the client packs and reads, and still runs
 # other clients' commands between two calls.
 PIPELINE_CALLS = 8
+
+
+class OpSink(Protocol):
+    """Where agents.store queues operations: the RedisWriter, or an OpBuffer."""
+
+    def extend(self, keys: list[str], args: Sequence[Op]) -> None: ...
+
+
+class OpBuffer:
+    """Operations gathered by one capture loop without a lock, handed to the
+    writer in one `extend` per batch of packets (`hand_off`): one lock per
+    dispatch, not per response. Holds at most one batch's operations."""
+
+    __slots__ = ("args", "keys", "writer")
+
+    def __init__(self, writer: OpSink) -> None:
+        self.writer = writer
+        self.keys: list[str] = []
+        self.args: list[Op] = []
+
+    def extend(self, keys: list[str], args: Sequence[Op]) -> None:
+        self.keys += keys
+        self.args += args
+
+    def hand_off(self) -> None:
+        if self.keys:
+            self.writer.extend(self.keys, self.args)
+            self.keys, self.args = [], []
 
 
 class WriteQueue(BatchSender):

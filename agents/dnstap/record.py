@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from agents import store
 from agents.dnstap.dedup import Deduper
 from agents.dnstap.response import RCODE_NXDOMAIN, Response
-from agents.redis_writer import OpSink
+from agents.write_queue import OpSink
 
 # What `record` did, for the caller's counters.
 RECORDED = 0

@@ -8,36 +8,32 @@ fed from the same parse.
 
 Live capture follows the engine facts in DESIGN.md: non-blocking handle,
 waits in `select` on its fd, never pypcap's iterator or `loop()`; but not
-`immediate=True` (see `open_live`): telemetry can wait 50 ms, a full ring
-cannot. Interface names are checked against `findalldevs()` first (pypcap
-would open a *file* of that name).
+`immediate=True` (see `source.open_live`, which opens the handles):
+telemetry can wait 50 ms, a full ring cannot.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import re
 import select
-import stat
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import pcap
-
 from agents.dnstap.errors import DnsFormError
 from agents.dnstap.record import Prepared
 from agents.dnstap.response import Response, parse_response
-from agents.dnswire import decode, export, filters, reassembly, stats
+from agents.dnswire import decode, export, filters, reassembly, source, stats
 from agents.dnswire.config import DnswireConfig
-from agents.flow.agent import handle_error_text
+from agents.dnswire.source import AgentError, CaptureError
 from agents.log_limit import LogLimit
-from agents.redis_writer import OpBuffer, RedisWriter
+from agents.pcap_errors import handle_error_text, pcap_error_text
+from agents.redis_writer import RedisWriter
 from agents.response_recorder import RecordStats, ResponseRecorder
+from agents.write_queue import OpBuffer
 from pcapd.core.logs import event
 from pcapd.core.metrics import Check
 
@@ -48,7 +44,6 @@ POLL_MAX = 0.2  # s: longest wait in select, so a stop request is seen quickly
 # s: after a short batch, let packets gather before the next dispatch: with
 # immediate mode every packet would otherwise wake select (see agents.flow).
 COALESCE = 0.002
-BLOCK_TIMEOUT_MS = 50  # longest a captured packet waits in the kernel's ring
 # Reading a file: packets per batch are chosen so that this many operations
 # per response fit in half the writer's queue, and a batch waits at most
 # WRITER_PATIENCE s for the queue to shrink (Redis down: then drop and count).
@@ -93,14 +88,6 @@ def _entry_cost(key: bytes, resp: Response, body: export.SetBody | None) -> int:
     chars = sum(map(len, resp.chain)) + sum(len(address) for _rtype, address in resp.addresses)
     tail = 0 if body is None else len(body.tail)
     return ENTRY_BASE_COST + len(key) + ENTRY_COST_PER_CHAR * chars + tail
-
-
-class AgentError(Exception):
-    """The agent cannot start: bad interface, unreadable file, bad filter."""
-
-
-class CaptureError(AgentError):
-    """libpcap failed while capturing (e.g. the interface went away)."""
 
 
 class WireAgent:
@@ -234,55 +221,18 @@ class WireAgent:
 
     # -- sources -------------------------------------------------------------
     def open_live(self, interface: str) -> None:
-        check_interface(interface)
-        try:
-            # Not immediate mode: there libpcap uses fixed ring slots of the
-            # snaplen (64 KiB for whole answers), so a 64 MiB ring held ~1,000
-            # packets and dropped under bursts. Without it, packets pack into
-            # blocks by their real size and arrive within BLOCK_TIMEOUT_MS.
-            handle = pcap.pcap(
-                name=interface,
-                snaplen=self.config.snaplen,
-                promisc=self.config.promisc,
-                timeout_ms=BLOCK_TIMEOUT_MS,
-                buffer_size=self.config.buffer_size,
-            )
-            handle.setdirection(pcap.PCAP_D_INOUT)
-            handle.setnonblock(True)
-        except OSError as exc:
-            raise AgentError(f"cannot capture on {interface!r}: {pcap_error_text(exc)}") from exc
-        self._prepare(handle, interface)
+        self._prepare(source.open_live(self.config, interface), interface)
 
     def open_file(self, path: str) -> None:
-        """`path` "-" is standard input, as libpcap's pcap_open_offline takes
-        it (`tcpdump -w - | dnsflow -r -`); a FIFO or a character device
-        (/dev/stdin, a shell's <(...)) is read too, as dnsflow.c reads them.
-        What is not a file is refused before pypcap sees it: it opens a live
-        device of that name when no file opens."""
-        if path != "-":
-            try:
-                mode = os.stat(path).st_mode
-            except FileNotFoundError:
-                raise AgentError(f"-r {path!r}: no such file") from None
-            except OSError as exc:
-                raise AgentError(f"-r {path!r}: {exc.strerror}") from exc
-            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
-                raise AgentError(f"-r {path!r}: not a file")
-            if stat.S_ISREG(mode) and not os.access(path, os.R_OK):
-                raise AgentError(f"-r {path!r}: permission denied")
-        try:
-            handle = pcap.pcap(name=path)
-        except OSError as exc:  # what pypcap says is its live fallback's error
-            raise AgentError(f"-r {path!r}: not a pcap or pcapng capture file") from exc
-        self._prepare(handle, path)
+        self._prepare(source.open_file(path), path)
 
-    def _prepare(self, handle: Any, source: str) -> None:
+    def _prepare(self, handle: Any, name: str) -> None:
         cfg = self.config
         linktype = handle.datalink()
         try:
             self._callback = self.handler(linktype)
         except ValueError as exc:
-            raise AgentError(f"{source}: {exc}") from exc
+            raise AgentError(f"{name}: {exc}") from exc
         self.filter = cfg.bpf or filters.build_filter(
             linktype=linktype,
             ports=cfg.port_set,
@@ -297,7 +247,7 @@ class WireAgent:
             raise AgentError(f"-f {self.filter!r}: {pcap_error_text(exc)}") from exc
         self._handle = handle
         event(
-            log, "dnswire_started", source=source, linktype=linktype,
+            log, "dnswire_started", source=name, linktype=linktype,
             slot=f"{cfg.slot[0]}/{cfg.slot[1]}", sample_rate=cfg.sample_rate, filter=self.filter,
         )  # fmt: skip
 
@@ -392,38 +342,3 @@ class WireAgent:
 
     def log_stats(self, name: str = "dnswire_stats") -> None:
         event(log, name, **self.snapshot())
-
-
-# How pypcap words libpcap's error when a handle does not open.
-_PYPCAP_WRAPPED = re.compile(r"Error returned by packet capture library was b(['\"])(.*)\1$")
-
-
-def pcap_error_text(exc: OSError) -> str:
-    """libpcap's words in a pypcap OSError, as text: its bytes decoded, and
-    without pypcap's "Activateing packet capture failed..." around them."""
-    text = " ".join(
-        arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg) for arg in exc.args
-    )
-    wrapped = _PYPCAP_WRAPPED.search(text)
-    return (wrapped.group(2) if wrapped else text) or "unknown libpcap error"
-
-
-def default_interface() -> str:
-    """libpcap's default device, what dnsflow.c captures on without -i
-    (pcap_lookupdev: the first device findalldevs() lists, unless that is a
-    loopback, which means there is no other)."""
-    try:
-        name = pcap.lookupdev()
-    except OSError as exc:
-        raise AgentError(f"no -i given and no default device: {pcap_error_text(exc)}") from exc
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "replace")
-    if not name:
-        raise AgentError("no -i given and no default device: no suitable device found")
-    return str(name)
-
-
-def check_interface(interface: str) -> None:
-    names = pcap.findalldevs()
-    if interface not in names:
-        raise AgentError(f"interface {interface!r} not found; capture devices: {', '.join(names)}")

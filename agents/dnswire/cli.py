@@ -29,7 +29,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NoReturn
 
 from pcapd.core.config import ConfigError, RedisConfig, load_config
@@ -52,6 +52,21 @@ DNSFLOW_FLAGS = {
 }  # fmt: skip
 LONG_FLAGS = {key: "--" + key.replace("_", "-") for key in DNSFLOW_FLAGS}
 LONG_FLAGS.update(bpf="--filter", promisc="--no-promisc", udp_dst="--udp-dst", ports="--port")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Which command runs the agent: the name its lines begin with, the flag
+    each config key is typed as, and whether no -i/-r means libpcap's
+    default device (dnsflow.c's) or an error."""
+
+    prog: str
+    flags: dict[str, str]
+    default_device: bool
+
+
+DNSFLOW = Command("dnsflow", DNSFLOW_FLAGS, default_device=True)
+AGENT = Command("pcapd agent dnswire", LONG_FLAGS, default_device=False)
 
 
 MAX_LINE = 400  # characters of one error line; a longer one is cut with "..."
@@ -225,21 +240,17 @@ def _empty_values(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
 
 
 def prepare(
-    prog: str,
-    args: argparse.Namespace,
-    record_default: bool,
-    flags: dict[str, str],
-    *,
-    default_device: bool,
+    command: Command, args: argparse.Namespace, record_default: bool
 ) -> tuple[DnswireConfig, RedisConfig] | int:
     """The config the command line and the file make, checked; or, each
     problem printed as one line naming the flag typed, `EXIT_CONFIG`."""
+    prog, flags = command.prog, command.flags
     try:
         problems = _empty_values(args, flags)
         if problems:
             raise ConfigError(problems)
         cfg, redis_cfg = _settings(args, args.config, record_default)
-        if cfg.interface is None and cfg.read is None and not default_device:
+        if cfg.interface is None and cfg.read is None and not command.default_device:
             problems.append(f"{flags['interface']} or {flags['read']}: give an interface or a file")
         if not cfg.record and not cfg.udp_dst and not cfg.write:
             problems.append(f"output dst missing: give {flags['udp_dst']}, {flags['write']} "
@@ -272,21 +283,14 @@ def _runtime_message(text: str, flags: dict[str, str]) -> str:
     return text
 
 
-def _run(
-    prog: str,
-    args: argparse.Namespace,
-    record_default: bool,
-    flags: dict[str, str],
-    *,
-    default_device: bool = False,
-) -> int:
-    prepared = prepare(prog, args, record_default, flags, default_device=default_device)
+def _run(command: Command, args: argparse.Namespace, record_default: bool) -> int:
+    prepared = prepare(command, args, record_default)
     if isinstance(prepared, int):
         return prepared
     cfg, redis_cfg = prepared
 
-    from agents.dnswire.agent import AgentError, default_interface
     from agents.dnswire.service import hold_pidfiles, run_one, supervise
+    from agents.dnswire.source import AgentError, default_interface
     from pcapd.core.redis_conn import Client, connect
 
     connector: Callable[[], Client] | None = (lambda: connect(redis_cfg)) if cfg.record else None
@@ -301,7 +305,8 @@ def _run(
             return supervise(cfg, connector)
         return run_one(cfg, connector)
     except AgentError as exc:
-        print(f"{prog}: error: {one_line(_runtime_message(str(exc), flags))}", file=sys.stderr)
+        why = one_line(_runtime_message(str(exc), command.flags))
+        print(f"{command.prog}: error: {why}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -321,12 +326,12 @@ def dnsflow_main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     record = args.redis_url is not None or args.config is not None
-    return _run("dnsflow", args, record, DNSFLOW_FLAGS, default_device=True)
+    return _run(DNSFLOW, args, record)
 
 
 def agent_main(args: argparse.Namespace) -> int:
     """`pcapd agent dnswire`, its arguments parsed by pcapd/cli/agent_dnswire.py."""
-    return _run("pcapd agent dnswire", args, True, LONG_FLAGS)
+    return _run(AGENT, args, True)
 
 
 def console() -> None:

@@ -170,28 +170,12 @@ def _slot(t: Table) -> tuple[int, int]:
 
 def _pidfiles(t: Table) -> tuple[str, ...]:
     """A path or a list of paths ("" is none, as TOML has no null)."""
-    value = t.get("pidfile")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        t.bad("pidfile", value, "expected a path or a list of paths")
-        return ()
-    if any(t.holds_control("pidfile", v) for v in value):
-        return ()
-    return tuple(dict.fromkeys(v for v in value if v))
+    paths = t.str_list("pidfile", what="a path or a list of paths")
+    return tuple(dict.fromkeys(path for path in paths if path))
 
 
 def _destinations(t: Table) -> tuple[HostPort, ...]:
-    value = t.get("udp_dst")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        t.bad("udp_dst", value, "expected a list of IPv4 ADDRESS[:PORT]")
-        return ()
+    value = t.str_list("udp_dst", what="a list of IPv4 ADDRESS[:PORT]")
     if len(value) > export.MAX_DESTINATIONS:
         t.error("udp_dst", f"{len(value)} destinations, at most {export.MAX_DESTINATIONS}")
         return ()

@@ -34,13 +34,9 @@ from types import FrameType
 from typing import Any
 
 from agents.dnswire import export
-from agents.dnswire.agent import (
-    AgentError,
-    CaptureError,
-    WireAgent,
-    check_interface,
-)
+from agents.dnswire.agent import WireAgent
 from agents.dnswire.config import DnswireConfig
+from agents.dnswire.source import AgentError, CaptureError, check_interface
 from agents.metrics import dnswire_families, serve_agent_metrics
 from agents.redis_writer import dropped_status, make_writer
 from pcapd.core.fields import printable
@@ -79,8 +75,7 @@ def hold_pidfiles(paths: Sequence[str]) -> list[int]:
     before the user's options). All are locked before any is written, so a
     refusal leaves each file as it was; one file named twice (or by two
     paths) is held once."""
-    fds: list[int] = []
-    held: set[tuple[int, int]] = set()
+    held: dict[tuple[int, int], int] = {}  # (device, inode) -> its descriptor
     try:
         for path in paths:
             try:
@@ -88,7 +83,8 @@ def hold_pidfiles(paths: Sequence[str]) -> list[int]:
             except OSError as exc:
                 raise AgentError(f"-P {path!r}: {exc.strerror}") from exc
             info = os.fstat(fd)
-            if (info.st_dev, info.st_ino) in held:
+            file = (info.st_dev, info.st_ino)
+            if file in held:
                 os.close(fd)
                 continue
             try:
@@ -99,17 +95,16 @@ def hold_pidfiles(paths: Sequence[str]) -> list[int]:
                 raise PidFileBusy(
                     f"dnsflow already running: {path} is locked by PID {holder}"
                 ) from None
-            held.add((info.st_dev, info.st_ino))
-            fds.append(fd)
+            held[file] = fd
     except AgentError:
-        for fd in fds:
+        for fd in held.values():
             os.close(fd)
         raise
-    for fd in fds:
+    for fd in held.values():
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)
-    return fds
+    return list(held.values())
 
 
 def _senders(config: DnswireConfig, stats: export.ExportStats) -> list[Any]:

@@ -24,6 +24,7 @@ import pcap
 from agents.flow import packets, tracker
 from agents.flow.config import FlowConfig
 from agents.metrics import flow_families, serve_agent_metrics
+from agents.pcap_errors import handle_error_text
 from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from pcapd.core.errors import CaptureError as CaptureError  # what run_live/run_file raise
 from pcapd.core.errors import PcapdError
@@ -186,14 +187,6 @@ class FlowAgent:
     def log_stats(self, name: str = "flow_stats") -> None:
         fields: dict[str, Any] = self.stats()
         event(log, name, **fields)
-
-
-def handle_error_text(handle: Any) -> str:
-    """libpcap's last error on `handle` (bytes or text from pypcap), as text."""
-    error = handle.geterr()
-    if isinstance(error, bytes):
-        error = error.decode("utf-8", "replace")
-    return str(error) or "unknown libpcap error"
 
 
 def run(config: FlowConfig, connect: Callable[[], Any], read: str | None = None) -> int:

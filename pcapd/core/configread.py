@@ -238,16 +238,19 @@ class Table:
             return None
         return value
 
-    def str_list(self, key: str, *, checked: bool = True) -> tuple[str, ...]:
-        """A list of strings; a single string is a list of one. Unless `checked`
-        is false (the caller's rule is stricter), none holds a control character."""
+    def str_list(
+        self, key: str, *, checked: bool = True, what: str = "a list of strings"
+    ) -> tuple[str, ...]:
+        """A list of strings (`what` the error calls it); a single string is a
+        list of one. Unless `checked` is false (the caller's rule is
+        stricter), none holds a control character."""
         value = self.get(key)
         if value is None:
             return ()
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.bad(key, value, "expected a list of strings")
+            self.bad(key, value, f"expected {what}")
             return ()
         if checked and any(self.holds_control(f"{key}[{i}]", v) for i, v in enumerate(value)):
             return ()

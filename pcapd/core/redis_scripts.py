@@ -13,8 +13,9 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import NotSent, connecting, send_by_slot, slot_owner
+from pcapd.core.redis_conn import NotSent, connecting
 from pcapd.core.redis_errors import refusal
+from pcapd.core.redis_slots import send_by_slot, slot_owner
 
 
 def script_sha(script: str) -> str:

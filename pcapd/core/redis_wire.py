@@ -2,7 +2,7 @@
 replies read with hiredis: the daemon's results and the agents' writer send
 this way, not through redis-py's pipeline, whose wrappers cost more per
 reply than Redis spends on the command (measured: docs/performance.md).
-A cluster's counterpart, per hash slot, is `redis_conn.send_by_slot`."""
+A cluster's counterpart, per hash slot, is `redis_slots.send_by_slot`."""
 
 from __future__ import annotations
 

@@ -27,9 +27,10 @@ from redis.crc import key_slot
 from pcapd.core.config import RedisConfig
 from pcapd.core.events import ResultEvent
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import Client, same_slot_prefix
+from pcapd.core.redis_conn import Client
 from pcapd.core.redis_errors import refusal
 from pcapd.core.redis_scripts import evalsha_by_slot, script_sha
+from pcapd.core.redis_slots import same_slot_prefix
 from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.core.results")  # the publisher's: one logger for results

@@ -13,7 +13,8 @@ from agents.dnstap.config import parse_dnstap_config
 from agents.dnswire.config import parse_dnswire_config
 from agents.flow.config import parse_flow_config
 from agents.metrics import writer_check
-from agents.redis_send import WriterStats, _lost_in_flight
+from agents.redis_follow_up import lost_in_flight
+from agents.redis_send import WriterStats
 from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT
 from agents.writer_settings import DEFAULT_FLUSH_INTERVAL
@@ -276,8 +277,8 @@ def test_loading_is_redis_answering_not_a_lost_reply() -> None:
     parser = redis.connection.Connection()._parser  # type: ignore[no-untyped-call]
     loading = parser.parse_error("LOADING Redis is loading the dataset in memory")
     assert isinstance(loading, redis.ConnectionError)
-    assert not _lost_in_flight(loading)
-    assert _lost_in_flight(redis.ConnectionError("Connection reset by peer"))
+    assert not lost_in_flight(loading)
+    assert lost_in_flight(redis.ConnectionError("Connection reset by peer"))
 
 
 def test_a_refusal_while_connecting_is_not_a_not_now(redis_srv: RedisServer) -> None:

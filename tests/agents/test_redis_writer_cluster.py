@@ -24,7 +24,8 @@ from agents.redis_writer import RedisWriter
 from agents.store import APPEND_SCRIPT, client_key
 from agents.write_window import Batch
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect, is_cluster, send_by_slot
+from pcapd.core.redis_conn import connect, is_cluster
+from pcapd.core.redis_slots import send_by_slot
 from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agents.metrics import writer_families
-from agents.redis_writer import OpSink, RedisWriter
+from agents.redis_writer import RedisWriter
 from agents.store import answer_writes, nxdomain_writes, record_writes
+from agents.write_queue import OpSink
 
 
 def record_answer(

@@ -48,13 +48,19 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def refused(tmp_path: Path, text: str) -> list[str]:
-    """`check-config --agent-only` on `text`: exit 2, no traceback; its error
-    lines without the file's name."""
+def problems(tmp_path: Path, text: str, *extra: str) -> list[str]:
+    """`check-config` on `text`: exit 2, nothing on stdout, no traceback; its
+    lines (`error: ...`, `warning: ...`) without the file's name."""
     path = write(tmp_path, text)
-    done = check_config(path, "--agent-only")
-    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
-    return [line.removeprefix(f"{path}: error: ") for line in done.stderr.splitlines()]
+    done = check_config(path, *extra)
+    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
+    assert "Traceback" not in done.stderr
+    return [line.removeprefix(f"{path}: ") for line in done.stderr.splitlines()]
+
+
+def refused(tmp_path: Path, text: str) -> list[str]:
+    """`check-config --agent-only` on `text`, its error lines without "error: "."""
+    return [line.removeprefix("error: ") for line in problems(tmp_path, text, "--agent-only")]
 
 
 def test_pcapdaemon_sample_is_ok() -> None:
@@ -148,36 +154,31 @@ def test_warnings_are_printed_and_do_not_fail(tmp_path: Path) -> None:
 
 def test_warnings_are_printed_beside_the_errors(tmp_path: Path) -> None:
     """The README's example: a typo's "unknown option" comes with the errors,
-    as it may be their cause; the agents' sections likewise."""
-    path = write(tmp_path, "[general]\nmaxpackets = 'lots'\nmaxpacket = 3\n[redis]\nport = 70000\n")
-    done = check_config(path)
-    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
-    assert done.stderr.splitlines() == [
-        f"{path}: error: general.maxpackets: expected an integer, got 'lots'",
-        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
-        f"{path}: warning: general.maxpacket: unknown option, ignored",
+    as it may be their cause; the agents' sections likewise, the errors
+    first whichever section failed (before, these warnings came first)."""
+    assert problems(
+        tmp_path, "[general]\nmaxpackets = 'lots'\nmaxpacket = 3\n[redis]\nport = 70000\n"
+    ) == [
+        "error: general.maxpackets: expected an integer, got 'lots'",
+        "error: redis.port: must be at least 1 and at most 65535, got 70000",
+        "warning: general.maxpacket: unknown option, ignored",
     ]
-    path = write(
+    assert problems(
         tmp_path,
         "[agents.dnstap]\nsocket_mode = 'xyz'\nsoket = '/run/x.sock'\n"
         "[agents.flow]\nbatch_ops = 0\nsnaplength = 128\n",
-    )
-    done = check_config(path, "--agent-only")
-    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
-    # In that order (the errors, then the warnings), as when the daemon's
-    # sections are wrong too: before, these warnings came first.
-    assert done.stderr.splitlines() == [
-        f"{path}: error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
-        f"{path}: error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
-        f"{path}: warning: agents.dnstap.soket: unknown option, ignored",
-        f"{path}: warning: agents.flow.snaplength: unknown option, ignored",
+        "--agent-only",
+    ) == [
+        "error: agents.dnstap.socket_mode: 'xyz' is not an octal mode such as \"0660\"",
+        "error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
+        "warning: agents.dnstap.soket: unknown option, ignored",
+        "warning: agents.flow.snaplength: unknown option, ignored",
     ]
-    path = write(tmp_path, "[general]\nwritelocal = true\nmaxpacket = 3\n"
-                 "[agents.flow]\nbatch_ops = 0\n")  # fmt: skip
-    done = check_config(path)
-    assert done.stderr.splitlines() == [
-        f"{path}: error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
-        f"{path}: warning: general.maxpacket: unknown option, ignored",
+    assert problems(
+        tmp_path, "[general]\nwritelocal = true\nmaxpacket = 3\n[agents.flow]\nbatch_ops = 0\n"
+    ) == [
+        "error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
+        "warning: general.maxpacket: unknown option, ignored",
     ]
 
 
@@ -185,18 +186,15 @@ def test_the_agents_sections_are_checked_when_the_daemon_s_are_wrong(tmp_path: P
     """Every problem at once: an error in [redis] does not hide the agents'
     sections' errors and warnings (before, they were checked only once the
     daemon's sections were sound)."""
-    path = write(
+    assert problems(
         tmp_path,
         "[redis]\nport = 70000\n[agents.flow]\nbatch_ops = 0\nsnaplength = 128\n"
         "[agents.nope]\nx = 1\n",
-    )
-    done = check_config(path)
-    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
-    assert done.stderr.splitlines() == [
-        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
-        f"{path}: error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
-        f"{path}: error: agents: unknown agent 'nope' (dnstap, flow, dnswire)",
-        f"{path}: warning: agents.flow.snaplength: unknown option, ignored",
+    ) == [
+        "error: redis.port: must be at least 1 and at most 65535, got 70000",
+        "error: agents.flow.batch_ops: must be at least 1 and at most 100000, got 0",
+        "error: agents: unknown agent 'nope' (dnstap, flow, dnswire)",
+        "warning: agents.flow.snaplength: unknown option, ignored",
     ]
 
 

@@ -52,8 +52,10 @@ def test_three_nodes_on_one_stream_nodere_matches_two(
         after = results.for_id("db1-after")
         assert (after["node"], after["status"]) == ("db1", "rejected"), after
         assert results.unclaimed() == [], "db1 must stay silent"
-        pending = redis_srv.client().xpending("capture-requests", "web1")
-        assert pending["pending"] == 0  # acked once stored
+        # Acked once stored: as the job settles, beside (not before) the
+        # result the results thread publishes.
+        client = redis_srv.client()
+        wait_for(lambda: client.xpending("capture-requests", "web1")["pending"] == 0, timeout=10)
     finally:
         for daemon in fleet:
             daemon.stop()

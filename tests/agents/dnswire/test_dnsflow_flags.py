@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agents.dnswire import cli
-from agents.dnswire.agent import AgentError, pcap_error_text
 from agents.dnswire.config import MAX_SLOTS
 from agents.dnswire.service import PidFileBusy, hold_pidfiles
+from agents.dnswire.source import AgentError
+from agents.pcap_errors import pcap_error_text
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE
 from tests.agents.dnswire import dnsflow_reader as reader
 from tests.agents.dnswire import wire as w
@@ -308,7 +309,7 @@ def test_no_command_line_raises_or_prints_more_than_lines_of_errors(argv: list[s
             return
         if isinstance(args, argparse.Namespace):
             record = args.redis_url is not None or args.config is not None
-            result = cli.prepare("dnsflow", args, record, cli.DNSFLOW_FLAGS, default_device=True)
+            result = cli.prepare(cli.DNSFLOW, args, record)
         else:
             result = args
     finally:

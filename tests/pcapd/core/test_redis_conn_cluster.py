@@ -8,15 +8,9 @@ from redis.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import (
-    connect,
-    node_for_channel,
-    primaries,
-    publish,
-    same_slot_prefix,
-    send_by_slot,
-)
+from pcapd.core.redis_conn import connect, node_for_channel, primaries, publish
 from pcapd.core.redis_errors import error_code, refusal
+from pcapd.core.redis_slots import same_slot_prefix, send_by_slot
 from pcapd.core.secret import Secret
 from tests.helpers import RedisCluster
 
