@@ -241,7 +241,8 @@ class RedisCluster:
              "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(workdir / "nodes.conf"),
              "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", *persist,
-             "--dir", str(workdir), "--daemonize", "no"],
+             "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
+             "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         proc = self.procs[port]
@@ -358,6 +359,31 @@ class RedisCluster:
             return None
         new = set(primaries) & set(replicas)
         return new.pop() if dead not in primaries and len(new) == 1 else None
+
+    def wait_promoted(self, dead: int, replicas: list[int], timeout: float) -> int:
+        """Wait for `promoted`; on a timeout, fail with the tail of each of
+        `replicas`' logs, which say why none took over (its data too old,
+        votes not granted ...)."""
+        found: list[int | None] = [None]
+
+        def promoted_yet() -> bool:
+            found[0] = self.promoted(dead, replicas)
+            return found[0] is not None
+
+        try:
+            wait_for(promoted_yet, timeout=timeout, interval=0.1)
+        except AssertionError:
+            logs = {port: self.log_tail(port) for port in replicas}
+            raise AssertionError(f"no replica of {dead} took over in {timeout} s: {logs}") from None
+        assert found[0] is not None
+        return found[0]
+
+    def log_tail(self, port: int, lines: int = 15) -> list[str]:
+        try:
+            text = (self.workdir / str(port) / "redis.log").read_text(errors="replace")
+        except OSError as exc:
+            return [f"no log: {exc}"]
+        return text.splitlines()[-lines:]
 
     def client(self) -> RedisClusterClient:
         seed = (self.live() or self.ports)[0]  # a node that is up, after a failover

@@ -65,15 +65,7 @@ def test_a_replica_promoted_mid_run_keeps_the_writer_going(
     cluster.kill(victim)
     producer.start()
     try:
-        found: list[int | None] = [None]
-
-        def promoted_yet() -> bool:
-            found[0] = cluster.promoted(victim, heirs)
-            return found[0] is not None
-
-        wait_for(promoted_yet, timeout=FAILOVER_TIMEOUT, interval=0.1)
-        promoted = found[0]
-        assert promoted is not None
+        promoted = cluster.wait_promoted(victim, heirs, FAILOVER_TIMEOUT)
         after = submitted
         # Connected again, and writes made after the promotion are taken.
         wait_for(lambda: writer.connected and writer.stats.written_ops > after, timeout=20)
@@ -193,8 +185,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
             assert value(found, "pcapd_agent_redis_connected", agent="dnswire") == 1
             assert value(found, "pcapd_agent_redis_slots_unanswered", agent="dnswire") > 0
 
-            wait_for(lambda: cluster.promoted(victim, heirs) is not None,
-                     timeout=FAILOVER_TIMEOUT, interval=0.1)  # fmt: skip
+            cluster.wait_promoted(victim, heirs, FAILOVER_TIMEOUT)
             wait_for(slots_ok, timeout=40, interval=0.1)
             assert value(samples(base), "pcapd_agent_redis_slots_unanswered") == 0
         finally:
