@@ -328,15 +328,18 @@ class RedisCluster:
         return [int(info[f"slave{i}"]["port"]) for i in range(int(info["connected_slaves"]))]
 
     def replicated(self, port: int) -> bool:
-        """Every replica of the primary on `port` has applied all it was sent
-        (its slave_repl_offset is the primary's master_repl_offset)."""
+        """Every replica of the primary on `port` is in sync with it (its link
+        up, not still in its first sync: a replica that never synced may not
+        take over) and has applied all it was sent (its slave_repl_offset is
+        the primary's master_repl_offset)."""
         replicas = self.replicas_of(port)
         with self.node(port) as client:
             offset = client.info("replication")["master_repl_offset"]
         for replica in replicas:
             with self.node(replica) as client:
-                if client.info("replication").get("slave_repl_offset") != offset:
-                    return False
+                info = client.info("replication")
+            if info.get("master_link_status") != "up" or info.get("slave_repl_offset") != offset:
+                return False
         return bool(replicas)
 
     def primaries(self) -> list[int]:
