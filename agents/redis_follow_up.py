@@ -46,6 +46,18 @@ def not_now(reply: object) -> bool:
     return isinstance(reply, HEARD_ERRORS) and refusal(reply, cluster=False) is None
 
 
+# What a server that accepts and never answers (paused, a partition) gives.
+_TIMEOUTS = (redis.TimeoutError, TimeoutError)
+
+
+def silent(reply: object) -> bool:
+    """Whether `reply` is a timeout: of its read, or of the connection that
+    was to write it (`NotSent`, its cause kept)."""
+    return isinstance(reply, _TIMEOUTS) or (
+        isinstance(reply, NotSent) and isinstance(reply.__cause__, _TIMEOUTS)
+    )
+
+
 def to_resend(reply: object, *, cluster: bool) -> bool:
     """Whether the command `reply` answers is to be sent again: no answer,
     or a "not now"; not a value, nor a refusal for good."""
@@ -127,6 +139,10 @@ class FollowUp:
     # Cluster only: primary -> its backoff and when it may be tried again;
     # held for each primary whose last contact failed, until one succeeds.
     _node_backoff: dict[str, tuple[BackoffTracker, float]]
+    # Cluster only: the primaries whose last contact timed out; they rest
+    # until a PING of their own is answered (agents.redis_readiness).
+    _silent: set[str]
+    _round_silent: set[str]
 
     def _refused(self, cause: str, ops: int, error: str) -> None:
         """Count `ops` writes Redis refused; log each cause (the error's code,
@@ -175,12 +191,14 @@ class FollowUp:
         self._no_answer = False
         self._heard_not_now = False
         self._round_tried, self._round_heard, self._round_failed = set(), set(), set()
+        self._round_silent = set()
         self._left_slots = {}
 
     def _resting(self, node: str, now: float) -> bool:
-        """Whether `node` waits out its backoff (a cluster primary that failed)."""
+        """Whether `node` waits out its backoff (a cluster primary that
+        failed), or, silent, for its PING to be answered."""
         rest = self._node_backoff.get(node)
-        return rest is not None and rest[1] > now
+        return node in self._silent or (rest is not None and rest[1] > now)
 
     def _node_replies(self, nodes: list[str], replies: list[Any]) -> None:
         """Which primaries this round trip sent to (`nodes[i]` got the command
@@ -191,6 +209,8 @@ class FollowUp:
                 self._round_heard.add(node)
             if to_resend(reply, cluster=True):
                 self._round_failed.add(node)
+            if silent(reply):
+                self._round_silent.add(node)
 
     @property
     def _follow_up_left(self) -> bool:

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
+from typing import Any
 
+import redis
 from redis.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 
-from agents.redis_follow_up import DROP_LOG_INTERVAL
+from agents.redis_follow_up import DROP_LOG_INTERVAL, answered
 from agents.write_queue import WriteQueue
 from agents.write_window import Batch
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
+from pcapd.core.redis_conn import connecting
 from pcapd.core.redis_slots import NO_PRIMARY, group_by_slot, ping_primaries, slot_owners
 
 log = logging.getLogger("pcapd.agents.store")
@@ -53,6 +57,11 @@ class Readiness(WriteQueue):
     _given_up: int
     _given_up_logged: float
     _given_up_from: set[str]
+    _wake: threading.Event
+    # Silent primaries PINGed now, each on a thread of its own, and the
+    # answers those threads leave (`_tend_silent`).
+    _pinging: set[str]
+    _pinged: queue.SimpleQueue[tuple[str, object]]
 
     def _failed(self, backoff: BackoffTracker | None) -> None:
         """A round trip that left something to send again (calls, their
@@ -103,6 +112,8 @@ class Readiness(WriteQueue):
             if node in self._round_failed:
                 tracker = rests[node][0] if node in rests else self._backoff.tracker()
                 rests[node] = (tracker, now + tracker.failed())
+                if node in self._round_silent:
+                    self._silent.add(node)
             else:
                 rests.pop(node, None)
         owners = slot_owners(client)
@@ -111,6 +122,7 @@ class Readiness(WriteQueue):
             rests.pop(NO_PRIMARY, None)
         for node in [n for n in rests if n not in primaries and n != NO_PRIMARY]:
             del rests[node]  # no primary now (a failover): nothing waits for it
+        self._silent &= primaries
         for node in [n for n in self._node_states if n not in primaries]:
             del self._node_states[node]
         # A new dict, whole at once: readiness reads it from another thread.
@@ -118,7 +130,54 @@ class Readiness(WriteQueue):
         self.connected, self.not_now = bool(self.heard_nodes), None
         self._held = left
         held = set(self._left_slots.values()) if left else set()  # `left`'s primaries
-        self._held_until = min((rests[n][1] for n in held if n in rests), default=-math.inf)
+        self._held_until = min((self._rest_end(n) for n in held if n in rests), default=-math.inf)
+
+    def _rest_end(self, node: str) -> float:
+        """When resting `node` may be sent writes: never while it is silent
+        (its PING's answer sends what it holds)."""
+        return math.inf if node in self._silent else self._node_backoff[node][1]
+
+    def _tend_silent(self, client: RedisCluster) -> None:
+        """The answers of the PINGs sent to silent primaries taken, and each
+        silent primary whose rest is over PINGed on a thread of its own: one
+        that answers (PONG, or a "not now": it is there) may be sent writes
+        again, one still silent rests again. So a primary that accepts and
+        never answers costs the others' round trips its first socket timeout
+        alone, not one per retry."""
+        now = time.monotonic()
+        rests = self._node_backoff
+        while not self._pinged.empty():
+            node, reply = self._pinged.get()
+            self._pinging.discard(node)
+            if node not in self._silent:
+                continue
+            tracker = rests[node][0] if node in rests else self._backoff.tracker()
+            if answered(reply):
+                self._silent.discard(node)
+                rests[node] = (tracker, now)  # the answer to its writes ends the rest
+                self._held_until = -math.inf
+                event(log, "redis_primary_answers", node=node)
+            else:
+                wait = tracker.failed()
+                rests[node] = (tracker, now + wait)
+                self.stats.redis_errors += 1
+                event(
+                    log, "redis_probe_failed", logging.WARNING, node=node, error=str(reply),
+                    retry_in=round(wait, 2),
+                )  # fmt: skip
+        for node in self._silent - self._pinging:
+            if node in rests and rests[node][1] > now:
+                continue
+            found = client.get_node(node_name=node)  # type: ignore[no-untyped-call]
+            if found is None:  # gone from the slot map: nothing waits for it
+                self._silent.discard(node)
+                continue
+            conn = client.get_redis_connection(found).connection_pool.make_connection()
+            self._pinging.add(node)
+            threading.Thread(
+                target=_ping_alone, args=(node, conn, self._pinged, self._wake),
+                name=f"redis-ping-{node}", daemon=True,
+            ).start()  # fmt: skip
 
     def _write_states(self) -> dict[str, bool | None]:
         """Each primary's last word on writes, this round trip's over the
@@ -218,3 +277,22 @@ class Readiness(WriteQueue):
             self._unreachable(next(iter(replies.values())))
         if self._last_error is not None:
             self._failed(None)
+
+
+def _ping_alone(
+    node: str, conn: Any, answers: queue.SimpleQueue[tuple[str, object]], wake: threading.Event
+) -> None:
+    """PING `node` on `conn`, a connection of its own: its reply, or the
+    error of its silence, left in `answers`, and the writer woken."""
+    reply: object
+    try:
+        with connecting():
+            conn.connect()
+        conn.send_command("PING", check_health=False)
+        reply = conn.read_response()
+    except (redis.RedisError, OSError) as exc:
+        reply = exc
+    finally:
+        conn.disconnect()
+    answers.put((node, reply))
+    wake.set()

@@ -48,6 +48,7 @@ import collections
 import itertools
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -190,6 +191,10 @@ class RedisWriter(Readiness):
         # failover); read by readiness while `connected` stays true.
         self.unanswered: dict[int, str] | None = None
         self._node_backoff: dict[str, tuple[BackoffTracker, float]] = {}
+        self._silent: set[str] = set()
+        self._round_silent: set[str] = set()
+        self._pinging: set[str] = set()
+        self._pinged: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._held: Batch | None = None
         self._held_until = -math.inf
 
@@ -285,6 +290,8 @@ class RedisWriter(Readiness):
                 with self._lock:
                     self._seal_locked()
                 sealed = time.monotonic()
+                if isinstance(client, RedisCluster) and (self._silent or self._pinging):
+                    self._tend_silent(client)
                 idle = not self._batches
                 # With a primary resting, what its follow-up left waits for the next PING.
                 follow_up = self._follow_up_left and not self._node_backoff

@@ -135,6 +135,14 @@ class NotSent(redis.ConnectionError):
     was lost after it was written, which it may have."""
 
 
+def not_sent(cause: BaseException) -> NotSent:
+    """The NotSent of a command `cause` kept from being written; the cause
+    kept, so a timeout (a server that is silent) is told from a refusal."""
+    error = NotSent(str(cause))
+    error.__cause__ = cause
+    return error
+
+
 @contextlib.contextmanager
 def connecting() -> Iterator[None]:
     """Around what opens connections (a pool's `get_connection`, a cluster

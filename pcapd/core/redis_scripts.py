@@ -13,7 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import NotSent, connecting
+from pcapd.core.redis_conn import connecting, not_sent
 from pcapd.core.redis_errors import refusal
 from pcapd.core.redis_slots import send_by_slot, slot_owner
 
@@ -67,7 +67,7 @@ def evalsha_by_slot(
                 again[i] = (commands[i][0], as_eval(commands[i][1], script))
             else:  # not sent again: the load's "not now", or no answer to it
                 answered = isinstance(error, redis.ResponseError)
-                replies[i] = error if answered else NotSent(str(error))
+                replies[i] = error if answered else not_sent(error)
     _resend(client, again, replies, list(again))
     asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
     if asked:

@@ -18,7 +18,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import NotSent, connecting, get_connection, read_replies
+from pcapd.core.redis_conn import connecting, get_connection, not_sent, read_replies
 
 REDIRECT_ROUNDS = 3  # MOVED/ASK followed this many times per command, then its error stands
 
@@ -119,7 +119,7 @@ def _send_packed(client: RedisCluster, node: ClusterNode, packed: bytes) -> Any:
     try:
         conn = get_connection(pool)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        return NotSent(str(exc))
+        return not_sent(exc)
     try:
         conn.send_packed_command([packed], check_health=False)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

@@ -13,7 +13,7 @@ import hiredis
 import redis
 from redis.exceptions import RedisClusterException
 
-from pcapd.core.redis_conn import NotSent, get_connection, read_replies
+from pcapd.core.redis_conn import get_connection, not_sent, read_replies
 from pcapd.core.redis_scripts import as_eval, load_refused
 
 # hiredis's stub takes one-element tuples only; it packs any command.
@@ -108,7 +108,7 @@ def evalsha_exchange(
                                keep_read=keep_read)  # fmt: skip
             load = None
     except UNANSWERED as exc:  # with keep_read: nothing of it was sent
-        load, answers = (NotSent(str(exc)) if keep_read else exc), []
+        load, answers = (not_sent(exc) if keep_read else exc), []
     for n, i in enumerate(missing):
         replies[i] = load if isinstance(load, Exception) else answers[n]
     return replies

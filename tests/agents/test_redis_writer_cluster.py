@@ -24,7 +24,7 @@ from agents.redis_writer import RedisWriter
 from agents.store import APPEND_SCRIPT, client_key
 from agents.write_window import Batch
 from pcapd.core.config import RedisConfig
-from pcapd.core.redis_conn import connect, is_cluster
+from pcapd.core.redis_conn import SOCKET_TIMEOUT, connect, is_cluster
 from pcapd.core.redis_slots import send_by_slot
 from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
@@ -735,3 +735,65 @@ def test_writes_given_up_after_the_last_line_are_logged_as_the_writer_stops(
     assert writer.stats.dropped_ops == 2 * 2 * 3  # 3 of 8 entries past 5, twice
     assert said == [6, 6], caplog.text
     assert caplog.text.count("waiting for d, which did not answer; given up") == 2, caplog.text
+
+
+def pause_a_primary(cluster: RedisCluster) -> int:
+    """One primary stopped (SIGSTOP: its socket accepts, nothing answers),
+    the others serving their own slots meanwhile: its port."""
+    for port in cluster.ports:
+        with cluster.node(port) as node:
+            node.config_set("cluster-require-full-coverage", "no")
+    victim = cluster.ports[1]  # not the URL's seed
+    cluster.procs[victim].send_signal(signal.SIGSTOP)
+    return victim
+
+
+@pytest.mark.timeout(120)
+def test_a_silent_primary_costs_the_others_one_socket_timeout_not_one_per_retry(
+    private_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A primary that stops answering (paused, or a partition) costs a round
+    trip one socket timeout; after that it is PINGed on its own until it
+    answers, so the other primaries' writes keep going meanwhile, and its
+    held writes land once it is back. Before, each retry of its slots sent
+    its writes in the same round trip as the others' and waited the whole
+    timeout (10 s) again: the others' writes stalled 10 s every retry.
+    The INCRs of the first round trip were written before the primary fell
+    silent, their replies lost: it runs them once it continues, and their
+    resend runs again (at least once, docs/architecture.md): 2 or 3 each."""
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.store")
+    writer = cluster_writer(private_cluster.url, flush_interval=0.01)
+    victim = 0
+    try:
+        keys = [client_key(f"10.200.81.{i}") for i in range(60)]
+        writer.extend(keys, [1] * len(keys))
+        wait_for(lambda: writer.stats.written_ops == 60, timeout=30)
+        victim = pause_a_primary(private_cluster)
+        theirs = private_cluster.slots_of(victim)
+        silent = [key for key in keys if key_slot(key.encode()) in theirs]
+        healthy = [key for key in keys if key_slot(key.encode()) not in theirs]
+        writer.extend(silent, [1] * len(silent))
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)  # the first timeout
+        landed: list[float] = []
+        written = writer.stats.written_ops
+        end = time.monotonic() + 2.5 * SOCKET_TIMEOUT
+        while time.monotonic() < end:
+            writer.extend(healthy, [1] * len(healthy))
+            time.sleep(0.1)
+            if writer.stats.written_ops > written:
+                written = writer.stats.written_ops
+                landed.append(time.monotonic())
+        gaps = [b - a for a, b in itertools.pairwise(landed)]
+        assert landed and max(gaps) < SOCKET_TIMEOUT / 4, gaps
+        assert writer.unanswered and set(writer.unanswered.values()) == {f"127.0.0.1:{victim}"}
+        assert "event=redis_probe_failed" in caplog.text
+    finally:
+        if victim:
+            private_cluster.procs[victim].send_signal(signal.SIGCONT)
+    try:
+        wait_for(lambda: writer.queue_depth == 0 and not writer.unanswered, timeout=30)
+    finally:
+        writer.stop(30)
+    assert writer.stats.dropped_ops == 0
+    with private_cluster.client() as admin:
+        assert set(admin.mget_nonatomic(silent)) <= {"2", "3"}
