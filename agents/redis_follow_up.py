@@ -86,7 +86,8 @@ class WriterStats:
     dropped_ops: int = 0
     rejected_ops: int = 0  # of dropped_ops, refused by Redis (WRONGTYPE, NOPERM, ...)
     # Round trips (calls and their follow-up, or an idle one's follow-up)
-    # that left something to send again: each counted once.
+    # that left something to send again, each counted once; and on a
+    # cluster each PING a silent primary left unanswered.
     redis_errors: int = 0
     # Of those, the ones in which Redis answered some command "not now"
     # (OOM, READONLY, LOADING, BUSY, CLUSTERDOWN ...), not only silence.

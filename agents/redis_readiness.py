@@ -9,6 +9,7 @@ attributes and runs the round trips.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -19,6 +20,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.exceptions import RedisClusterException
 
 from agents.redis_follow_up import DROP_LOG_INTERVAL, answered
 from agents.write_queue import WriteQueue
@@ -132,6 +134,25 @@ class Readiness(WriteQueue):
         held = set(self._left_slots.values()) if left else set()  # `left`'s primaries
         self._held_until = min((self._rest_end(n) for n in held if n in rests), default=-math.inf)
 
+    def _replaced(self, client: RedisCluster, node: str) -> bool:
+        """After a PING `node` did not answer: the slot map read again (from
+        the other nodes first), and whether `node` owns no slot in it now (a
+        replica took over): then its held writes go to their new owners. A
+        silent primary is sent no writes, so nothing else would read the map."""
+        with contextlib.suppress(redis.RedisError, RedisClusterException), connecting():
+            client.nodes_manager.initialize(last_failed_node_name=node)
+        if node in slot_owners(client).values():
+            return False
+        self._no_longer_silent(node)
+        return True
+
+    def _no_longer_silent(self, node: str) -> None:
+        """`node` waits for no PING: what it held is sent (to its slots'
+        owners now) in the next round trip."""
+        self._silent.discard(node)
+        self._node_backoff.pop(node, None)
+        self._held_until = -math.inf
+
     def _rest_end(self, node: str) -> float:
         """When resting `node` may be sent writes: never while it is silent
         (its PING's answer sends what it holds)."""
@@ -157,6 +178,8 @@ class Readiness(WriteQueue):
                 rests[node] = (tracker, now)  # the answer to its writes ends the rest
                 self._held_until = -math.inf
                 event(log, "redis_primary_answers", node=node)
+            elif self._replaced(client, node):
+                event(log, "redis_primary_replaced", logging.WARNING, node=node)
             else:
                 wait = tracker.failed()
                 rests[node] = (tracker, now + wait)
@@ -170,9 +193,10 @@ class Readiness(WriteQueue):
                 continue
             found = client.get_node(node_name=node)  # type: ignore[no-untyped-call]
             if found is None:  # gone from the slot map: nothing waits for it
-                self._silent.discard(node)
+                self._no_longer_silent(node)
                 continue
-            conn = client.get_redis_connection(found).connection_pool.make_connection()
+            pool = client.get_redis_connection(found).connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)  # the pool's own, uncounted
             self._pinging.add(node)
             threading.Thread(
                 target=_ping_alone, args=(node, conn, self._pinged, self._wake),
@@ -284,15 +308,15 @@ def _ping_alone(
 ) -> None:
     """PING `node` on `conn`, a connection of its own: its reply, or the
     error of its silence, left in `answers`, and the writer woken."""
-    reply: object
+    reply: object = None
     try:
         with connecting():
             conn.connect()
         conn.send_command("PING", check_health=False)
         reply = conn.read_response()
-    except (redis.RedisError, OSError) as exc:
+    except Exception as exc:  # whatever it is, the writer hears of it: else it waits for ever
         reply = exc
     finally:
         conn.disconnect()
-    answers.put((node, reply))
-    wake.set()
+        answers.put((node, reply))
+        wake.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import sys
 import threading
@@ -191,3 +192,51 @@ metrics_listen = "127.0.0.1:{metrics_port}"
         finally:
             stop.set()
             sender.join(10)
+
+
+@pytest.mark.timeout(120)
+def test_a_silent_primary_s_replica_taking_over_gets_its_held_writes(
+    replicated_cluster: RedisCluster,
+) -> None:
+    """A primary stops answering (SIGSTOP) and its replica takes over while
+    it is still silent: the writer, which sends it no writes and only PINGs
+    it, reads the slot map again after each unanswered PING, so what its
+    slots held goes to the new primary and readiness is whole again, the
+    old one still paused. Without that nothing read the map (the other
+    primaries answered): its slots' writes waited for the paused node."""
+    cluster = replicated_cluster
+    writer = cluster_writer(cluster.url, flush_interval=0.01)
+    primaries = cluster.primaries()
+    victim = next(port for port in primaries if port != cluster.ports[0])
+    try:
+        first = [_key(n) for n in range(300)]
+        writer.extend(first, [1] * len(first))
+        wait_for(lambda: writer.stats.written_ops == len(first), timeout=30)
+        wait_for(lambda: cluster.replicated(victim), timeout=30, interval=0.05)
+        theirs = cluster.slots_of(victim)
+        held = [key for key in first if key_slot(key.encode()) in theirs]
+        heirs = cluster.replicas_of(victim)
+        # Its replica takes over only after the writer's first timeout, which
+        # reads the map again: from then on only the PINGs could see it.
+        _replica_failover(cluster, heirs, allowed=False)
+        cluster.procs[victim].send_signal(signal.SIGSTOP)
+        writer.extend(held, [1] * len(held))
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)  # it fell silent
+        _replica_failover(cluster, heirs, allowed=True)
+
+        def taken_over() -> bool:  # asked of a primary that answers, not the paused one
+            return victim not in cluster.primaries()
+
+        wait_for(taken_over, timeout=FAILOVER_TIMEOUT, interval=0.2)
+        wait_for(lambda: writer.stats.written_ops == len(first) + len(held), timeout=40)
+        wait_for(lambda: not writer.unanswered, timeout=20)
+        assert writer.stats.dropped_ops == 0
+    finally:
+        cluster.procs[victim].send_signal(signal.SIGCONT)
+        writer.stop(30)
+
+
+def _replica_failover(cluster: RedisCluster, replicas: list[int], *, allowed: bool) -> None:
+    for port in replicas:
+        with cluster.node(port) as node:
+            node.config_set("cluster-replica-no-failover", "no" if allowed else "yes")
