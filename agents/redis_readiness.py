@@ -28,7 +28,13 @@ from agents.write_window import Batch
 from pcapd.core.backoff import Backoff, BackoffTracker
 from pcapd.core.logs import event
 from pcapd.core.redis_conn import connecting
-from pcapd.core.redis_slots import NO_PRIMARY, group_by_slot, ping_primaries, slot_owners
+from pcapd.core.redis_slots import (
+    NO_PRIMARY,
+    group_by_slot,
+    ping_alone,
+    ping_primaries,
+    slot_owners,
+)
 
 log = logging.getLogger("pcapd.agents.store")
 
@@ -174,9 +180,8 @@ class Readiness(WriteQueue):
                 continue
             tracker = rests[node][0] if node in rests else self._backoff.tracker()
             if answered(reply):
-                self._silent.discard(node)
+                self._no_longer_silent(node)
                 rests[node] = (tracker, now)  # the answer to its writes ends the rest
-                self._held_until = -math.inf
                 event(log, "redis_primary_answers", node=node)
             elif self._replaced(client, node):
                 event(log, "redis_primary_replaced", logging.WARNING, node=node)
@@ -196,12 +201,17 @@ class Readiness(WriteQueue):
                 self._no_longer_silent(node)
                 continue
             pool = client.get_redis_connection(found).connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)  # the pool's own, uncounted
             self._pinging.add(node)
             threading.Thread(
-                target=_ping_alone, args=(node, conn, self._pinged, self._wake),
-                name=f"redis-ping-{node}", daemon=True,
+                target=self._ping_silent, args=(node, pool), name=f"redis-ping-{node}",
+                daemon=True,
             ).start()  # fmt: skip
+
+    def _ping_silent(self, node: str, pool: Any) -> None:
+        """On its own thread: `node`'s PING answer (`ping_alone`) left for
+        `_tend_silent`, and the writer woken. It touches nothing else."""
+        self._pinged.put((node, ping_alone(pool)))
+        self._wake.set()
 
     def _write_states(self) -> dict[str, bool | None]:
         """Each primary's last word on writes, this round trip's over the
@@ -301,22 +311,3 @@ class Readiness(WriteQueue):
             self._unreachable(next(iter(replies.values())))
         if self._last_error is not None:
             self._failed(None)
-
-
-def _ping_alone(
-    node: str, conn: Any, answers: queue.SimpleQueue[tuple[str, object]], wake: threading.Event
-) -> None:
-    """PING `node` on `conn`, a connection of its own: its reply, or the
-    error of its silence, left in `answers`, and the writer woken."""
-    reply: object = None
-    try:
-        with connecting():
-            conn.connect()
-        conn.send_command("PING", check_health=False)
-        reply = conn.read_response()
-    except Exception as exc:  # whatever it is, the writer hears of it: else it waits for ever
-        reply = exc
-    finally:
-        conn.disconnect()
-        answers.put((node, reply))
-        wake.set()

@@ -174,6 +174,23 @@ def ping_primaries(client: RedisCluster, skip: Container[str]) -> dict[str, Any]
     return replies
 
 
+def ping_alone(pool: Any) -> Any:
+    """PING the node of `pool` on a connection of its own, outside the pool's
+    count (made for a thread of its own: it may wait a socket timeout, and
+    the pool's user goes on meanwhile): its reply, an error Redis answered
+    (BUSY, LOADING), or the error of its silence; never raises."""
+    conn = pool.connection_class(**pool.connection_kwargs)
+    try:
+        with connecting():
+            conn.connect()
+        conn.send_packed_command([_PING], check_health=False)
+        return read_replies(conn, 1)[0]
+    except Exception as exc:  # whatever it is, the caller hears of it
+        return exc
+    finally:
+        conn.disconnect()
+
+
 _PING = hiredis.pack_command(("PING",))
 
 
