@@ -25,8 +25,10 @@ generated UDP checksums are real, as -M slots IPv6 by them.
 
 A missing peer (tcpdump, tcpreplay; `make setup` installs them) fails the
 run rather than print half a comparison. Exit status
-1 when a target is missed (>= 150k responses/s recorded per process,
->= 1.6x with -M 2).
+1 when a target is missed, into Redis or into the export (>= 150k
+responses/s per process, >= 1.6x with -M 2). The export goes to a counting
+socket in this process, read the way a busy collector reads (see
+`Counter`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ STATS_S = 0.5  # the live agent's stats interval, to see it catch up
 DRAIN_MAX_S = 60.0
 PY = sys.executable
 SENDER_SHORTFALL = 0.95
+SO_RCVBUFFORCE = 33  # Linux's, which Python's socket module does not name
 PEERS = ("tcpdump", "tcpreplay", "redis-server", "redis-cli")
 
 
@@ -103,13 +106,26 @@ def done_stats(text: str) -> list[dict[str, int]]:
 
 
 class Counter:
-    """Counts datagrams arriving on a UDP socket, in a thread."""
+    """Counts the export's datagrams arriving on a UDP socket, like a busy
+    collector: a thread empties the socket every POLL_S, never blocked in
+    recv. A receiver asleep in recv is woken by each datagram, and on this
+    VM the wake-up is charged to the sender's sendto (18.7 us of its CPU
+    per spaced datagram against 2.2 us with no one waiting, measured
+    2026-12-03): a cost of a collector on the same host, not of the sender.
+    The buffer holds what arrives between two polls (SO_RCVBUFFORCE as
+    root); a datagram lost there fails the run's count check."""
+
+    POLL_S = 0.01
+    BUFFER = 64 << 20
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.BUFFER)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.BUFFER)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.3)
+        self.sock.setblocking(False)
         self.packets = 0
         self.sets = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -121,17 +137,21 @@ class Counter:
         host, port = self.sock.getsockname()
         return f"{host}:{port}"
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _drain(self) -> None:
+        while True:
             try:
                 data = self.sock.recv(65535)
-            except TimeoutError:
-                continue
+            except BlockingIOError:
+                return
             self.packets += 1
             self.sets += data[1]
 
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            self._drain()
+        self._drain()
+
     def close(self) -> None:
-        time.sleep(0.5)
         self._stop.set()
         self._thread.join()
         self.sock.close()
@@ -235,13 +255,17 @@ def offline(pcap: Path, workdir: Path, sample: list[bytes], responses: int, runs
     redis_per = 1e6 * rows[0][1].redis_cpu / rows[0][1].total("messages")
     print(f"  CPU per response: dnsflow {per_response[0]:.1f} us + redis {redis_per:.1f} us"
           f" (Redis, one process); dnsflow {per_response[2]:.1f} us (export)")  # fmt: skip
-    rate_ok, scaling_ok = one >= TARGET_RATE, two / one >= TARGET_SCALING
-    print(
-        f"  target >= {TARGET_RATE:,} responses/s recorded per process: "
-        f"{'meets' if rate_ok else 'MISSES'}; "
-        f">= {TARGET_SCALING}x with -M 2: {'meets' if scaling_ok else 'MISSES'}"
-    )
-    return rate_ok and scaling_ok
+    met = True
+    for path, single, multi in (("into Redis", one, two), ("UDP export", rates[2], rates[3])):
+        rate_ok, scaling_ok = single >= TARGET_RATE, multi / single >= TARGET_SCALING
+        met = met and rate_ok and scaling_ok
+        print(
+            f"  target, {path}: >= {TARGET_RATE:,} responses/s per process"
+            f" {'meets' if rate_ok else 'MISSES'} ({single:,.0f});"
+            f" >= {TARGET_SCALING}x with -M 2 {'meets' if scaling_ok else 'MISSES'}"
+            f" ({multi / single:.2f}x)"
+        )
+    return met
 
 
 def live(pcap: Path, workdir: Path, rates: tuple[int, ...]) -> None:
