@@ -35,19 +35,32 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _positionals(args: argparse.Namespace) -> list[str]:
+    """The positional arguments wherever they stand among the options
+    (`SOCKET --ttl-grace 60 ADDRESS:PORT`): argparse takes the first run of
+    them and leaves the rest to `args.rest`, beside the options it does not
+    know, which are refused as argparse refuses them."""
+    rest: list[str] = getattr(args, "rest", [])
+    unknown = [arg for arg in rest if arg.startswith("-") and arg != "-"]
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return [*args.positional, *rest]
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The command line's keys: the options, then ShoDoHFlo's positional
     arguments (an option and the argument for the same key is an error)."""
     overrides: dict[str, Any] = {
         key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None
     }
-    if len(args.positional) > len(_POSITIONAL):
+    positional = _positionals(args)
+    if len(positional) > len(_POSITIONAL):
         raise ConfigError(
-            [f"too many arguments {args.positional!r}: expected "
+            [f"too many arguments {positional!r}: expected "
              "SOCKET [ADDRESS:PORT [INTERFACE-ADDRESS]]"]
         )  # fmt: skip
     errors = []
-    for key, name, value in zip(_POSITIONAL, _POSITIONAL_NAMES, args.positional, strict=False):
+    for key, name, value in zip(_POSITIONAL, _POSITIONAL_NAMES, positional, strict=False):
         if key in overrides:
             errors.append(f"{name} {value!r} and --{key.replace('_', '-')} both given")
         overrides[key] = value
@@ -80,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     p = add_command(
-        subparsers, "dnstap", _run,
+        subparsers, "dnstap", _run, takes_rest=True,
         description="Read dnstap from BIND/Unbound (Frame Streams on a unix socket and/or "
         "TCP/TLS) and write ShoDoHFlo's per-client DNS keys to Redis. Options override "
         "[agents.dnstap] in the config file; SOCKET, ADDRESS:PORT and INTERFACE-ADDRESS are "

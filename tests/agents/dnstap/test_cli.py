@@ -184,6 +184,17 @@ def test_shodohflos_dnstap_agent_command_line(redis_srv: RedisServer, tmp_path: 
          "error: too many arguments ['/tmp/a', '127.0.0.1:3047', '10.0.0.1', 'extra']: "
          "expected SOCKET [ADDRESS:PORT [INTERFACE-ADDRESS]]"),
         (["/tmp/a", "--socket", "/tmp/b"], "error: SOCKET '/tmp/a' and --socket both given"),
+        # after an option, the next positional argument is still ADDRESS:PORT
+        (["/tmp/a", "--ttl-grace", "60", "nowhere"],
+         "error: agents.dnstap.udp_output: 'nowhere' is not ADDRESS:PORT "
+         "with a literal IP address"),
+        (["--ttl-grace", "60", "/tmp/a", "--dedup-window", "2", "127.0.0.1:3047", "10.0.0.1",
+          "extra"],
+         "error: too many arguments ['/tmp/a', '127.0.0.1:3047', '10.0.0.1', 'extra']: "
+         "expected SOCKET [ADDRESS:PORT [INTERFACE-ADDRESS]]"),
+        # an unknown option among them is refused as argparse refuses it
+        (["/tmp/a", "--no-such-option", "127.0.0.1:3047"],
+         "pcapd agent dnstap: error: unrecognized arguments: --no-such-option"),
         (["/tmp/a", "nowhere"],
          "error: agents.dnstap.udp_output: 'nowhere' is not ADDRESS:PORT "
          "with a literal IP address"),
