@@ -10,7 +10,14 @@ import sys
 from typing import Any
 
 from agents.dnstap.config import parse_dnstap_config
-from pcapd.cli.common import Subparsers, add_command, add_log_level, agent_config, in_file
+from pcapd.cli.common import (
+    Subparsers,
+    add_command,
+    add_log_level,
+    agent_config,
+    in_file,
+    positionals,
+)
 from pcapd.core.config import ConfigError, RedisConfig
 from pcapd.core.lifecycle import EXIT_FAILURE
 from pcapd.core.logs import event
@@ -35,25 +42,13 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _positionals(args: argparse.Namespace) -> list[str]:
-    """The positional arguments wherever they stand among the options
-    (`SOCKET --ttl-grace 60 ADDRESS:PORT`): argparse takes the first run of
-    them and leaves the rest to `args.rest`, beside the options it does not
-    know, which are refused as argparse refuses them."""
-    rest: list[str] = getattr(args, "rest", [])
-    unknown = [arg for arg in rest if arg.startswith("-") and arg != "-"]
-    if unknown:
-        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return [*args.positional, *rest]
-
-
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The command line's keys: the options, then ShoDoHFlo's positional
     arguments (an option and the argument for the same key is an error)."""
     overrides: dict[str, Any] = {
         key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None
     }
-    positional = _positionals(args)
+    positional = positionals(args)
     if len(positional) > len(_POSITIONAL):
         raise ConfigError(
             [f"too many arguments {positional!r}: expected "

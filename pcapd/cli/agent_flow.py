@@ -19,7 +19,14 @@ from agents.flow.config import (
     parse_networks_arg,
     with_command_line,
 )
-from pcapd.cli.common import Subparsers, add_command, add_log_level, agent_config, in_file
+from pcapd.cli.common import (
+    Subparsers,
+    add_command,
+    add_log_level,
+    agent_config,
+    in_file,
+    positionals,
+)
 from pcapd.core.config import REDIS_URL_SCHEMES, REDIS_URL_SCHEMES_TEXT, ConfigError, RedisConfig
 from pcapd.core.logs import event
 from pcapd.core.secret import Secret
@@ -45,7 +52,7 @@ def _settings(args: argparse.Namespace) -> tuple[FlowConfig, RedisConfig]:
             raise ConfigError([f"--redis: bad port: {exc}"]) from None
         redis_config = RedisConfig(url=Secret(args.redis))
     flow: FlowConfig = in_file(args.config, parse_flow_config, table)
-    positional = list(args.positional)
+    positional = positionals(args)
     limit = 1 if args.read else 2
     if len(positional) > limit:
         usage = "OUR-NETS with --read" if args.read else "IFACE OUR-NETS"
@@ -92,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     parser = add_command(
-        subparsers, "flow", _run, prefix="pcapd agent flow: ",
+        subparsers, "flow", _run, prefix="pcapd agent flow: ", takes_rest=True,
         description="Record who talked to whom (flows, TCP RST, ICMP unreachable) into Redis, "
         "with ShoDoHFlo's keys. IFACE and OUR-NETS are ShoDoHFlo's arguments; both may "
         "instead come from [agents.flow] in the config file. The first SIGTERM/SIGINT sends "

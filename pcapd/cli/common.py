@@ -69,6 +69,19 @@ def add_command(
     return parser
 
 
+def positionals(args: argparse.Namespace) -> list[str]:
+    """`args.positional` (a `nargs="*"` argument) wherever its values stand
+    among the options (`SOCKET --ttl-grace 60 ADDRESS:PORT`), for a command
+    added with `takes_rest`: argparse takes the first run of them and leaves
+    the rest to `args.rest`, beside the options it does not know, which are
+    refused as argparse refuses them."""
+    rest: list[str] = getattr(args, "rest", [])
+    unknown = [arg for arg in rest if arg.startswith("-") and arg != "-"]
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return [*args.positional, *rest]
+
+
 def guarded(run: Callable[[], int], prefix: str = "") -> int:
     """Run a command: the one place a config or usage error is printed, every
     line of it, and turned into `EXIT_CONFIG`."""

@@ -235,6 +235,22 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
         ),
         (["lo", "10.0.0.0/8", "extra"], EXIT_CONFIG, "too many arguments"),
         (["--nosuch", "lo"], EXIT_CONFIG, "pcapd agent flow: error: unrecognized arguments"),
+        # options between IFACE and OUR-NETS: both are still read
+        (
+            ["lo", "--stats-interval", "nan", "10.0.0.0/8"],
+            EXIT_CONFIG,
+            "error: --stats-interval: must be a finite number, got nan",
+        ),
+        (
+            ["lo", "--direction", "in", "10.0.0.0/8", "extra"],
+            EXIT_CONFIG,
+            "too many arguments ['lo', '10.0.0.0/8', 'extra']",
+        ),
+        (
+            ["lo", "--nosuch", "10.0.0.0/8"],
+            EXIT_CONFIG,
+            "pcapd agent flow: error: unrecognized arguments: --nosuch\n",
+        ),
     ],
 )
 def test_cli_usage_errors(args: list[str], status: int, message: str) -> None:
