@@ -63,7 +63,8 @@ def add_command(
     """A subparser whose parsed arguments go to `run` (its line in the parent's
     --help is in pcapd.cli's list, not here). `prefix` starts each
     config error line; `takes_rest` hands arguments argparse does not know to
-    `run` as `args.rest` (pcapdaemon's Go-style flags) instead of refusing them."""
+    `run` as `args.rest` (pcapdaemon's Go-style flags; ShoDoHFlo's positional
+    arguments after an option, `positionals`) instead of refusing them."""
     parser: argparse.ArgumentParser = subparsers.add_parser(name, **kwargs)
     parser.set_defaults(run=run, parser=parser, prefix=prefix, takes_rest=takes_rest)
     return parser
