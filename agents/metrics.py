@@ -9,6 +9,7 @@ sums them across sensors. Names and meanings: docs/operations.md.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,6 +27,10 @@ from pcapd.core.metrics import (
     serve_metrics,
 )
 
+# s: readiness fails this long after Redis last refused a write as not
+# permitted (an ACL): long enough to be seen between a live agent's round
+# trips, short enough to clear soon after the user's ACL is mended.
+ACCESS_REFUSED_S = 60.0
 SNAPSHOT_TRIES = 3  # a counter dict resized mid-copy by the agent's thread: copy again
 
 Snapshot = Callable[[], Mapping[str, Any]]
@@ -162,8 +167,10 @@ def agent_collector(
 
 
 def writer_check(writer: RedisWriter | None) -> Iterable[Check]:
-    """`redis`; with a cluster also `redis_slots`, failing while some slots'
-    primaries do not answer (a failover under way) though the rest do."""
+    """`redis`; `redis_access`, failing, for ACCESS_REFUSED_S after Redis
+    refused a write as not permitted (an ACL: no resend helps); with a
+    cluster also `redis_slots`, failing while some slots' primaries do not
+    answer (a failover under way) though the rest do."""
     if writer is None:
         return ()
     checks = []
@@ -177,6 +184,11 @@ def writer_check(writer: RedisWriter | None) -> Iterable[Check]:
         checks.append(Check("redis", False, detail))
     else:
         checks.append(Check("redis", True, "reachable"))
+    refused = writer.access_refused
+    if refused is not None and (ago := time.monotonic() - refused[0]) < ACCESS_REFUSED_S:
+        detail = (f"Redis refused writes as not permitted {ago:.0f} s ago: {refused[1]}; "
+                  "give the agent's Redis user the commands docs/operations.md lists")  # fmt: skip
+        checks.append(Check("redis_access", False, detail))
     unanswered = writer.unanswered
     if unanswered is not None:
         checks.append(_slots_check(unanswered))

@@ -28,6 +28,7 @@ from pcapd.core.redis_wire import UNANSWERED, exchange, pack_command, pack_pairs
 log = logging.getLogger("pcapd.agents.store")
 
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
+NOT_PERMITTED = "NOPERM"  # Redis's code for what the user's ACL denies
 
 # Errors that are Redis's answer, not its silence (LOADING comes as redis-py's
 # BusyLoadingError, a ConnectionError).
@@ -144,6 +145,10 @@ class FollowUp:
     # until a PING of their own is answered (agents.redis_readiness).
     _silent: set[str]
     _round_silent: set[str]
+    # The last write, EXPIRE or index SADD Redis refused as not permitted
+    # (NOPERM: the user's ACL): when (monotonic) and Redis's error. One
+    # tuple, replaced whole: readiness reads it from another thread.
+    access_refused: tuple[float, str] | None
 
     def _refused(self, cause: str, ops: int, error: str) -> None:
         """Count `ops` writes Redis refused; log each cause (the error's code,
@@ -152,6 +157,8 @@ class FollowUp:
         self.stats.rejected_ops += ops
         self.stats.dropped_ops += ops
         now = time.monotonic()
+        if cause == NOT_PERMITTED:
+            self.access_refused = (now, error)
         last, held = self._drop_log.get(cause, (-math.inf, 0))
         if now - last >= DROP_LOG_INTERVAL:
             self._log_refused(cause, held + ops, error)
@@ -339,6 +346,10 @@ class FollowUp:
 
     def _log_lost(self, name: str, errors: list[Exception], **counts: Any) -> None:
         now = time.monotonic()
+        # An ACL's NOPERM fails readiness too (agents.metrics.writer_check).
+        denied = [e for e in errors if error_code(e) == NOT_PERMITTED]
+        if denied:
+            self.access_refused = (now, error_text(denied[0]))
         if now - self._lost_logged.get(name, -math.inf) >= DROP_LOG_INTERVAL:
             self._lost_logged[name] = now
             event(log, name, logging.ERROR, keys=len(errors),

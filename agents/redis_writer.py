@@ -175,6 +175,7 @@ class RedisWriter(Readiness):
         self._read_timeout = SOCKET_TIMEOUT
         # cause -> (when last logged, ops dropped since): the writer thread's own.
         self._drop_log: dict[str, tuple[float, int]] = {}
+        self.access_refused: tuple[float, str] | None = None
         self._last_error: str | None = None  # a round trip's first error
         self._no_answer = False  # some command of that round trip got no answer
         self._heard_not_now = False  # and some got a "not now"

@@ -7,12 +7,13 @@ import contextlib
 import threading
 import time
 
+import pytest
 import redis
 
 from agents.dnstap.config import parse_dnstap_config
 from agents.dnswire.config import parse_dnswire_config
 from agents.flow.config import parse_flow_config
-from agents.metrics import writer_check
+from agents.metrics import ACCESS_REFUSED_S, writer_check
 from agents.redis_follow_up import lost_in_flight
 from agents.redis_send import WriterStats
 from agents.redis_writer import RedisWriter, dropped_status, make_writer
@@ -21,6 +22,14 @@ from agents.writer_settings import DEFAULT_FLUSH_INTERVAL
 from pcapd.core.config import RedisConfig
 from pcapd.core.redis_conn import connect
 from pcapd.core.secret import Secret
+from tests.agents.writes import (
+    ACL_PASSWORD,
+    ACL_USER,
+    documented_acl,
+    record_answer,
+    record_nxdomain,
+    set_acl_user,
+)
 from tests.helpers import RedisServer, run_until_killed, wait_for
 
 HUGE = 30_000_000  # bytes: appending to such a value outlasts the socket timeout
@@ -301,6 +310,89 @@ def test_a_refusal_while_connecting_is_not_a_not_now(redis_srv: RedisServer) -> 
     assert writer.stats.redis_not_now == 0
     assert (writer.connected, writer.not_now) == (False, None)
     assert not check.ok and check.detail.startswith("unreachable (")
+
+
+def acl_writer(port: int) -> RedisWriter:
+    url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}"
+    return RedisWriter(lambda: connect(RedisConfig(url=Secret(url))), flush_interval=0.02,
+                       index=True)  # fmt: skip
+
+
+def write_an_answer_twice(writer: RedisWriter) -> None:
+    """A CNAME chain, two addresses, an NXDOMAIN; then the same again, so the
+    counters exist and take the follow-up's EXPIRE."""
+    for _ in range(2):
+        record_answer(writer, "10.0.30.1", ["www.example.", "edge.cdn.example."],
+                      ["192.0.2.1", "192.0.2.2"])  # fmt: skip
+        record_nxdomain(writer, "10.0.30.1", "nx.example.")
+        writer.flush()
+        wait_for(lambda: writer.stats.written_ops + writer.stats.dropped_ops
+                 == writer.stats.queued_ops and writer.queue_depth == 0)  # fmt: skip
+
+
+@pytest.mark.parametrize("withheld", [(), ("-script|load",)])
+def test_the_documented_acl_lets_the_writer_write_everything(
+    private_redis: RedisServer, withheld: tuple[str, ...]
+) -> None:
+    """docs/operations.md's ACL line, as written there, is all the writer
+    needs: every write lands with its TTL and index, nothing is refused, and
+    Redis's ACL log holds nothing else. Without `script|load` the script
+    goes as EVAL."""
+    one_server, _cluster = documented_acl()
+    set_acl_user(private_redis.port, [*one_server, *withheld])
+    writer = acl_writer(private_redis.port)
+    writer.start()
+    try:
+        write_an_answer_twice(writer)
+        checks = {c.name: c for c in writer_check(writer)}
+    finally:
+        writer.stop(5)
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    refused = {entry["object"] for entry in admin.acl_log()}
+    assert refused == {rule.removeprefix("-") for rule in withheld}
+    assert (writer.stats.written_ops, writer.stats.dropped_ops) == (writer.stats.queued_ops, 0)
+    assert (writer.stats.expires_lost, writer.stats.index_lost) == (0, 0)
+    assert set(checks) == {"redis"} and checks["redis"].ok
+    assert admin.get("10.0.30.1;192.0.2.2;dns") == ";edge.cdn.example.;"
+    assert admin.get("client;10.0.30.1") == "6"  # 2 addresses and 1 NXDOMAIN, twice
+    keys = admin.keys("10.0.30.1;*")
+    assert len(keys) == 5 and all(0 < admin.ttl(k) <= writer.ttl for k in keys)
+    assert admin.smembers("10.0.30.1;index") >= {"10.0.30.1;nx.example.;nx"}
+    admin.close()
+
+
+def test_an_acl_denying_the_script_fails_readiness_naming_the_command(
+    private_redis: RedisServer,
+) -> None:
+    """Without `evalsha` and `eval` every append is refused for good:
+    counted, dropped, and readiness says why and what to do; the counters
+    still land, and the writer goes on."""
+    one_server, _cluster = documented_acl()
+    set_acl_user(private_redis.port, [*one_server, "-evalsha", "-eval"])
+    writer = acl_writer(private_redis.port)
+    writer.start()
+    try:
+        write_an_answer_twice(writer)
+        checks = {c.name: c for c in writer_check(writer)}
+        assert writer.access_refused is not None
+        # The window is over: the check is gone (the ACL mended meanwhile).
+        writer.access_refused = (time.monotonic() - ACCESS_REFUSED_S - 1, writer.access_refused[1])
+        after = [c.name for c in writer_check(writer)]
+    finally:
+        writer.stop(5)
+    assert checks["redis"].ok
+    access = checks["redis_access"]
+    assert not access.ok
+    assert access.detail.startswith("Redis refused writes as not permitted ")
+    assert access.detail.endswith(
+        " s ago: NOPERM this user has no permissions to run the 'evalsha' command; give the"
+        " agent's Redis user the commands docs/operations.md lists"
+    )
+    assert after == ["redis"]
+    assert writer.stats.rejected_ops == 6  # two rounds of 2 dns and 1 cname appends
+    with redis.Redis(port=private_redis.port, decode_responses=True) as admin:
+        assert admin.get("client;10.0.30.1") == "6"  # 2 addresses and 1 NXDOMAIN, twice
+        assert admin.get("10.0.30.1;192.0.2.1;dns") is None
 
 
 def test_a_ping_answered_busy_is_redis_there_not_now(private_redis: RedisServer) -> None:

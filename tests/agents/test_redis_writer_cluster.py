@@ -29,7 +29,15 @@ from pcapd.core.redis_slots import send_by_slot
 from pcapd.core.secret import Secret
 from tests.agents.flow import frames as f
 from tests.agents.test_store import refusals
-from tests.agents.writes import record_answer, record_nxdomain, writer_metric
+from tests.agents.writes import (
+    ACL_PASSWORD,
+    ACL_USER,
+    documented_acl,
+    record_answer,
+    record_nxdomain,
+    set_acl_user,
+    writer_metric,
+)
 from tests.helpers import RedisCluster, RedisServer, keyspace, run_until_killed, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +90,38 @@ def test_the_cluster_holds_the_same_keys_and_values_as_one_server(
         redis_cluster.reset()
         with redis_srv.client() as plain:
             plain.flushall()
+
+
+def test_the_documented_cluster_acl_lets_the_writer_write_everything(
+    redis_cluster: RedisCluster, redis_srv: RedisServer
+) -> None:
+    """docs/operations.md's ACL lines for a cluster, as written there: every
+    write lands on every primary, nothing is refused, the key space is one
+    server's with the same writes."""
+    one_server, cluster_extra = documented_acl()
+    try:
+        for port in redis_cluster.ports:
+            set_acl_user(port, [*one_server, *cluster_extra])
+        url = redis_cluster.url.replace("//", f"//{ACL_USER}:{ACL_PASSWORD}@", 1)
+        writer = cluster_writer(url, index=True, batch_ops=50)
+        fill(writer, 40)
+        writer.stop(30)
+        single = RedisWriter(lambda: connect(RedisConfig(port=redis_srv.port)), index=True)
+        single.start()
+        fill(single, 40)
+        single.stop(30)
+        with redis.Redis(port=redis_srv.port, decode_responses=True) as plain:
+            assert redis_cluster.keyspace() == keyspace(plain)
+        assert (writer.stats.written_ops, writer.stats.dropped_ops) == (40 * 8, 0)
+        assert writer.access_refused is None
+        for port in redis_cluster.ports:
+            with redis_cluster.node(port) as node:
+                assert node.execute_command("ACL", "LOG") == []
+    finally:
+        for port in redis_cluster.ports:
+            with redis_cluster.node(port) as node:
+                node.execute_command("ACL", "DELUSER", ACL_USER)
+                node.execute_command("ACL", "LOG", "RESET")
 
 
 def test_a_key_of_another_type_costs_that_key_on_a_cluster(
