@@ -65,7 +65,7 @@ def writer_families(agent: str, writer: RedisWriter | None) -> list[Metric]:
         (counter, "agent_keys_rejected", "Of the dropped operations, those Redis refused",
          w.rejected_ops),
         (counter, "agent_expires_lost",
-         "Counters written whose EXPIRE Redis refused or never answered: they have no TTL",
+         "Keys written whose EXPIRE Redis refused or never answered: they have no TTL",
          w.expires_lost),
         (counter, "agent_index_lost",
          "Keys created that never reached their client's index (refused, or given up)",

@@ -93,7 +93,7 @@ class WriterStats:
     # Of those, the ones in which Redis answered some command "not now"
     # (OOM, READONLY, LOADING, BUSY, CLUSTERDOWN ...), not only silence.
     redis_not_now: int = 0
-    # Counters written whose EXPIRE was refused or given up (Redis away
+    # Keys written whose EXPIRE was refused or given up (Redis away
     # past the bound): they stand without their TTL.
     expires_lost: int = 0
     # Keys created whose SADD to their client's index was refused or given
@@ -329,7 +329,8 @@ class FollowUp:
 
     def _expires_refused(self, errors: list[Exception]) -> None:
         """EXPIREs Redis answered with an error (an ACL, a read-only
-        replica): the counters stand without their TTL; counted in
+        replica): the counters, or the keys the script appended to, stand
+        without their TTL; counted in
         `expires_lost`, logged at most once per DROP_LOG_INTERVAL."""
         if not errors:
             return

@@ -65,6 +65,9 @@ from pcapd.core.redis_wire import evalsha_exchange, pack_command
 
 log = logging.getLogger("pcapd.agents.store")
 
+# Said of an error the script's EXPIRE met: Redis 7.0's text does not name it.
+_SCRIPT_EXPIRE = "the append script's EXPIRE"
+
 __all__ = ["BatchSender", "WriterStats"]  # WriterStats: the writer imports it from here
 
 
@@ -293,7 +296,10 @@ class BatchSender(FollowUp):
             if (refused := refusal(reply, cluster=cluster)) is not None:
                 self._refused(error_code(reply), part.ops, refused)
             elif isinstance(reply, list):
-                created.extend(_text(k) for k in reply[2:])
+                created.extend(_text(k) for k in reply[3:])
+                if reply[2]:  # appended, but left without a TTL
+                    self._expires_refused([redis.ResponseError(f"{_text(e)} ({_SCRIPT_EXPIRE})")
+                                           for e in reply[2]])  # fmt: skip
                 if again := self._count_answer(part, reply, cluster=cluster):
                     resent, error = again  # a "not now" (OOM, READONLY): sent again
                     self._unanswered(error, slot, resent, unanswered)

@@ -233,8 +233,12 @@ UNSET_ZERO_SCRIPT = (
 # pcall: an error (a key holding another type: WRONGTYPE; Redis at
 # maxmemory: OOM; a replica: READONLY) costs that key's entries, never the
 # rest of the call, and its TTL is left alone; the writer tells a refusal
-# (counted) from a "not now" (sent again) by each entry's error. Returns
-# {the failed entries' indexes, each one's error, the created keys...}.
+# (counted) from a "not now" (sent again) by each entry's error. An EXPIRE
+# refused after its APPEND ran (an ACL allowing one and not the other)
+# leaves the key without a TTL: its error is returned, for the writer to
+# count and log as the counters' refused EXPIREs. Returns {the failed
+# entries' indexes, each one's error, each refused EXPIRE's error, the
+# created keys...}.
 # On a Redis Cluster the writer calls it once per hash slot with that
 # slot's keys only.
 APPEND_SCRIPT = """
@@ -245,7 +249,8 @@ local call = redis.pcall
 local find = string.find
 local failed = {}
 local errors = {}
-local result = {failed, errors}
+local untimed = {}
+local result = {failed, errors, untimed}
 local n = #KEYS
 local i = 1
 while i <= n do
@@ -285,7 +290,8 @@ while i <= n do
       errors[#errors + 1] = reply.err
     end
   else
-    call('EXPIRE', key, ttl)
+    local timed = call('EXPIRE', key, ttl)
+    if type(timed) == 'table' and timed.err then untimed[#untimed + 1] = timed.err end
     if created and report then result[#result + 1] = key end
   end
   i = last + 1

@@ -50,7 +50,7 @@ def measure_rss(
 ) -> RssFigures:
     """One 200 MB request to the daemon `pid` (subscribed to `channel`, as
     `node`, its results on `results`), fed until it stops."""
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()
     pubsub.subscribe(results)
     wait_until("results subscription", lambda: pubsub.get_message(timeout=0.1), READY_TIMEOUT)
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS

@@ -220,7 +220,7 @@ def measure_pcapd(
     priority: ProbePriority,
 ) -> Timed:
     """`count` requests after WARMUP ones, one at a time."""
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()
     pubsub.subscribe(RESULTS)
     wait_until("results subscription", lambda: pubsub.get_message(timeout=0.1), READY_TIMEOUT)
     timed = Timed()

@@ -150,7 +150,7 @@ class Results:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def listen(self, client: redis.Redis, stop: threading.Event, ready: threading.Event) -> None:
-        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub()
         pubsub.subscribe(RESULTS)
         ready.set()
         ids = seen_events()

@@ -38,7 +38,7 @@ def publish_request(client: Client, channel: str, body: bytes, *, sharded: bool 
 def subscribe(client: Client, channel: str, *, sharded: bool = False) -> Any:
     """A subscription to `channel`, on the node it belongs on (a cluster's
     shard for a sharded channel), confirmed before returning."""
-    pubsub = node_for_channel(client, channel, sharded=sharded).pubsub()  # type: ignore[no-untyped-call]
+    pubsub = node_for_channel(client, channel, sharded=sharded).pubsub()
     if sharded:
         pubsub.ssubscribe(channel)
     else:

@@ -20,13 +20,19 @@ TRANSIENT_CODES = frozenset({
 REDIRECTS = frozenset({"MOVED", "ASK"})
 # Said of a MOVED or ASK on a plain connection: no redirection is followed there.
 CLUSTER_HINT = "a cluster node: use redis+cluster://"
+# What Redis 7.0 answers a script's call that the user's ACL denies (7.2
+# says NOPERM there too): the same refusal, so it gets the same code.
+SCRIPT_CALL_DENIED = "ERR The user executing the script can't run this command"
 
 
 def error_code(error: BaseException | str) -> str:
     """An error reply's code (its first word): redis-py cuts the codes it
     knows off the message into `status_code` and leaves the rest in it; for
     a reply given as text (a script's answer), its first word when that is
-    a code; else the exception's class (ConnectionError, ...)."""
+    a code; else the exception's class (ConnectionError, ...). A script's
+    call denied by an ACL is NOPERM, as outside a script."""
+    if str(error).startswith(SCRIPT_CALL_DENIED):
+        return "NOPERM"
     code = getattr(error, "status_code", None)
     if isinstance(code, str) and code:
         return code

@@ -203,6 +203,35 @@ def test_a_refused_expire_is_counted_and_logged(
     assert (line["cause"], line["keys"]) == ("NOPERM", 1)
 
 
+def test_an_append_whose_expire_is_refused_is_counted_logged_and_fails_access(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL allowing APPEND but not EXPIRE: the script's keys are written
+    without their TTL, which the writer counts, logs and keeps for
+    readiness (redis_access), as for a counter's refused EXPIRE."""
+    caplog.set_level(logging.ERROR, logger="pcapd.agents.store")
+    admin = private_redis.client()
+    admin.set("10.0.9.2;192.0.2.2;dns", ";old.;")
+    admin.acl_setuser("agent", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-expire"])  # fmt: skip
+    port = admin.connection_pool.connection_kwargs["port"]
+    writer = writer_for(f"redis://agent:pw@127.0.0.1:{port}/0")
+    writer.append("10.0.9.1;192.0.2.1;dns", "a.")
+    writer.append("10.0.9.2;192.0.2.2;dns", "b.")
+    writer.stop()
+    assert admin.get("10.0.9.1;192.0.2.1;dns") == b";a.;"
+    assert admin.get("10.0.9.2;192.0.2.2;dns") == b";old.;;b.;"
+    assert admin.ttl("10.0.9.1;192.0.2.1;dns") == -1
+    assert writer.stats.written_ops == 2 and writer.stats.expires_lost == 2
+    (line,) = logged(caplog, "redis_expires_refused")
+    assert (line["cause"], line["keys"]) == ("NOPERM", 2)
+    assert writer.access_refused is not None
+    assert writer.access_refused[1] == (
+        "ERR The user executing the script can't run this command or subcommand"
+        " (the append script's EXPIRE)"
+    )
+
+
 def test_refused_expires_and_index_sadds_are_each_logged(
     private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -334,4 +363,5 @@ def test_the_append_script_per_key_state(redis_srv: RedisServer, report: str) ->
     assert reply[0] == [6] and len(reply[1]) == 1 and b"WRONGTYPE" in reply[1][0]
     # "2" (a lost reply's resend) also names a key its members begin.
     created = {"0": [], "1": [b"new;dns", b"pair;dns"], "2": [b"new;dns", b"pair;dns", b"held;dns"]}
-    assert reply[2:] == created[report]
+    assert reply[2] == []  # no EXPIRE refused
+    assert reply[3:] == created[report]

@@ -73,7 +73,7 @@ class Results:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                pubsub = self._server.client().pubsub()  # type: ignore[no-untyped-call]
+                pubsub = self._server.client().pubsub()
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.1)

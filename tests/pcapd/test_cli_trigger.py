@@ -80,7 +80,7 @@ def test_results_stream_that_the_config_turns_off(tmp_path: Path) -> None:
 def test_wait_prints_a_resent_result_once(redis_srv: RedisServer) -> None:
     """The reply channel gets one event twice (a resend: same event_id) and
     then another: `--count 2` prints both, the first once."""
-    listener = redis_srv.client().pubsub()  # type: ignore[no-untyped-call]
+    listener = redis_srv.client().pubsub()
     listener.subscribe("capture")
     wait = subprocess.Popen(
         [sys.executable, "-m", "pcapd", "trigger", "--redis-url", redis_srv.url, "--stdin",

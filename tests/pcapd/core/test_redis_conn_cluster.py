@@ -70,14 +70,14 @@ def test_sharded_channel_lives_on_the_primary_owning_its_slot(
     owner = client.get_node_from_key("capture")  # type: ignore[no-untyped-call]
     node = node_for_channel(client, "capture", sharded=True)
     assert node.connection_pool.connection_kwargs["port"] == owner.port
-    pubsub = node.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = node.pubsub()
     pubsub.ssubscribe("capture")
     assert pubsub.get_message(timeout=5)["type"] == "ssubscribe"
     assert publish(client, "capture", b"hello", sharded=True) == 1
     message = pubsub.get_message(timeout=5)
     assert message["type"] == "smessage" and message["data"] == b"hello"
     # A plain channel reaches a subscriber on any node, from any node.
-    plain = node_for_channel(client, "capture-results", sharded=False).pubsub()  # type: ignore[no-untyped-call]
+    plain = node_for_channel(client, "capture-results", sharded=False).pubsub()
     plain.subscribe("capture-results")
     assert plain.get_message(timeout=5)["type"] == "subscribe"
     publish(client, "capture-results", b"done", sharded=False)
