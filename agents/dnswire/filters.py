@@ -42,10 +42,10 @@ def _slot(n: int, i: int, checksum4: bool) -> str:
     client4 = _mod("ip[16:4]", n, i)
     client6 = _mod("ip6[36:4]", n, i)
     if checksum4:
-        v4 = (
-            f"(ip and ((udp and udp[6:2] != 0 and {_mod('udp[6:2]', n, i)})"
-            f" or (not (udp and udp[6:2] != 0) and {client4})))"
-        )
+        # Not a fragment: only the first holds the UDP header, and BPF's
+        # udp[6:2] in the others reads the answer's bytes.
+        by_sum = "udp and ip[6:2] & 0x3fff = 0 and udp[6:2] != 0"
+        v4 = f"(ip and (({by_sum} and {_mod('udp[6:2]', n, i)}) or (not ({by_sum}) and {client4})))"
     else:
         v4 = f"(ip and {client4})"
     v6 = f"(ip6 and ((ip6[6] = 17 and {_mod('ip6[46:2]', n, i)}) or (ip6[6] != 17 and {client6})))"

@@ -93,3 +93,23 @@ def test_two_processes_record_what_one_does(tmp_path: Path, redis_srv: RedisServ
     assert "event=dnswire_child_started slot=2/2" in done.stderr
     assert done.stderr.count("event=dnswire_done") == 2
     assert len(single) > 2 * CLIENTS and w.keys(redis_srv.client()) == single
+
+
+def test_c_keeps_a_checksummed_fragmented_answer_whole(tmp_path: Path) -> None:
+    """With -c, IPv4 UDP goes by its checksum, but only the first fragment
+    holds the UDP header (what BPF reads as `udp[6:2]` in the others is the
+    answer's bytes): fragments must go by the client address, or the pieces
+    split over two workers and neither reassembles the answer."""
+    records = [("big.example.test", "A", f"192.0.2.{i}") for i in range(1, 120)]
+    big = w.response("big.example.test", "A", records)
+    frames, split = [], 0
+    for i in range(1, 9):  # one client (slot 2/2 by address), a checksum per resolver
+        packet = checksummed(f"10.0.0.{i}", "10.1.0.1", big)
+        split += int.from_bytes(packet[26:28], "big") % 2 == 0  # slot 1/2 by checksum
+        frames += [f.ether(p) for p in w.ip4_fragments(packet, 512)]
+    assert split > 0
+    path = tmp_path / "fragments.pcap"
+    f.write_pcap(path, frames)
+    one = exported(path, "-m", "1/2", "-c")
+    two = exported(path, "-m", "2/2", "-c")
+    assert one + two == Counter({("10.1.0.1", "big.example.test."): 8})
