@@ -51,8 +51,7 @@ SET_HEADER = struct.Struct(">BBBBH2x16s16s")
 STATS = struct.Struct(">IIIII")
 PUSH_INTERVAL = 1.0  # s: a part-filled packet waits at most this long
 STATS_INTERVAL = 10.0  # s: DNSFlow's stats period
-TYPE_ANY = 255
-EXPORT_QTYPES = frozenset((TYPE_A, TYPE_AAAA, TYPE_ANY))
+EXPORT_QTYPES = frozenset((TYPE_A, TYPE_AAAA))  # dnsflow_dns_check's: not ANY
 _RD_RA = 0x0180
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 STDOUT = "-"  # -w -
@@ -88,7 +87,7 @@ def _name_wire(text: str) -> bytes:
 
 def exportable(message: bytes, resp: Response) -> bool:
     """DNSFlow's choice: a recursive reply (RD and RA), NOERROR, one question
-    of type A, AAAA or ANY, with at least one address. QR and the single
+    of type A or AAAA, with at least one address. QR and the single
     question are already checked by the parser."""
     return (
         (message[2] << 8 | message[3]) & _RD_RA == _RD_RA
