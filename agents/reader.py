@@ -126,9 +126,10 @@ class StoreReader:
             chunks = list(_chunks(part, self.keys_per_command))
             for chunk in chunks:
                 pipe.mget(chunk)
-            for chunk, reply in zip(chunks, pipe.execute(raise_on_error=False), strict=True):
-                if isinstance(reply, Exception):  # another type under a schema name
-                    reply = [None] * len(chunk)
+            # MGET answers nil for a key of another type, so an error reply is
+            # Redis refusing (NOPERM, LOADING, ...): raised, never read as
+            # "no value", which would show a client emptier than it is.
+            for reply in pipe.execute():
                 values.extend(None if v is None else _text(v) for v in reply)
         return values
 

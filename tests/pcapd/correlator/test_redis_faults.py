@@ -1,0 +1,75 @@
+"""`pcapd web` when its Redis refuses, hangs or goes away: a page and the
+JSON API answer 503 with what went wrong, soon, and the server keeps
+serving and recovers when Redis does.
+
+Each test has a redis-server of its own (`private_redis`), stopped,
+SIGSTOPped or reconfigured by its PID or over its own port, and `pcapd web`
+as a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from agents import store
+from tests.helpers import RedisServer, free_port
+from tests.pcapd.correlator.site import web_server
+
+CLIENT = "10.0.0.1"
+SERVICE = "10.0.0.2"
+
+
+@contextlib.contextmanager
+def web(server: RedisServer, tmp_path: Path, extra: str = "") -> Iterator[str]:
+    """`pcapd web` on `server` with one client and its flow stored; yields its URL."""
+    r = server.client()
+    r.set(store.client_key(CLIENT), 1)
+    r.set(store.flow_key(CLIENT, SERVICE, 443), 3)
+    config = tmp_path / "web.toml"
+    config.write_text(
+        f"[redis]\nport = {server.port}\n\n[correlator]\nport = {free_port()}\nthreads = 4\n{extra}"
+    )
+    with web_server(config, tmp_path / "web.log") as url:
+        yield url
+
+
+def fetch(url: str) -> tuple[int, str, float]:
+    """(status, body, seconds taken)."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=120) as answer:
+            status, body = answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        status, body = refused.code, refused.read().decode()
+    return status, body, time.monotonic() - started
+
+
+def api(url: str) -> tuple[int, Any]:
+    status, body, _ = fetch(url)
+    return status, json.loads(body)
+
+
+def test_a_refused_read_is_an_error_not_an_empty_client(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """ACL NOPERM on MGET: the values are not there to show, so the client
+    view says why (503) instead of a client with no flows, marked complete."""
+    with web(private_redis, tmp_path) as url:
+        r = private_redis.client()
+        r.acl_setuser("default", enabled=True, nopass=True, commands=["-mget"])
+        status, body = api(f"{url}/api/clients/{CLIENT}")
+        assert status == 503, body
+        assert "no permissions to run the 'mget' command" in body["error"]
+        assert body["error"].startswith(f"Redis at redis://127.0.0.1:{private_redis.port}/0: ")
+        status, page, _ = fetch(f"{url}/")
+        assert status == 503 and "no permissions to run the &#39;mget&#39; command" in page
+        r.acl_setuser("default", enabled=True, nopass=True, commands=["+mget"])
+        status, body = api(f"{url}/api/clients/{CLIENT}")
+        assert status == 200 and body["summary"]["flows"] == 1, body
