@@ -16,8 +16,7 @@ from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pcapd.core.redis_conn import connect
-    from pcapd.correlator.service import Correlator, clients_query
+    from pcapd.correlator.service import Correlator, clients_query, redis_client
     from pcapd.correlator.text import render_clients, render_pivot, render_view
 
     asked = [bool(args.clients), bool(args.client), args.resolved is not None,
@@ -27,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
                          "--talked ADDRESS")  # fmt: skip
     base = load_config(args.config) if args.config else parse_config({})
     config = replace(base, redis=redis_config(args))
-    correlator = Correlator(connect(config.redis), config)
+    correlator = Correlator(redis_client(config), config)
     try:
         if args.clients:
             fields = {"prefix": args.cidr or "", "q": args.search or "", "cursor": args.cursor,

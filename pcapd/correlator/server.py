@@ -17,7 +17,7 @@ import waitress
 from pcapd.core.config import Config, ConfigError, load_config
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
 from pcapd.core.logs import event, setup_logging
-from pcapd.core.redis_conn import connect
+from pcapd.correlator.service import redis_client
 from pcapd.correlator.web import create_app
 
 log = logging.getLogger("pcapd.correlator")
@@ -53,7 +53,7 @@ def serve(path: str) -> int:
             ["correlator.kid: this site requires signed requests (security.require_signed); "
              "name the correlator's key"], path,
         )  # fmt: skip
-    app = create_app(config, connect(config.redis), s3_client(config))
+    app = create_app(config, redis_client(config), s3_client(config))
     event(log, "correlator_listening", host=c.host, port=c.port, read_only=c.read_only,
           changes=c.token is not None and not c.read_only)  # fmt: skip
     try:

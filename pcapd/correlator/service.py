@@ -8,15 +8,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from agents.reader import StoreReader
 from agents.reader_values import Network, Page, ReaderError, parse_address, parse_network
 from pcapd.core.config import MAX_PAGE_SIZE, Config
 from pcapd.core.configread import MAX_PORT
 from pcapd.core.fields import whole_number
-from pcapd.core.redis_conn import Client
+from pcapd.core.redis_conn import Client, connect
 from pcapd.correlator.chains import BY, ClientView, build_view
 
 MAX_SEARCH = 253  # the longest DNS name
+# A command that failed is sent once more, at once: a pooled connection Redis
+# closed meanwhile (a restart) is opened afresh. redis-py's default, 10
+# retries with backoff, kept a request on a hung Redis for 113 s.
+REDIS_RETRIES = 1
+# Redis connections a server thread may hold at once: a live page's
+# subscription and one for its commands.
+CONNECTIONS_PER_THREAD = 2
 # Without a prefix, "other clients" are those in the client's /24 or /64.
 OTHERS_PREFIX = {4: 24, 6: 64}
 
@@ -54,6 +64,19 @@ def clients_query(args: Mapping[str, str], config: Config) -> ClientsQuery:
             f"limit: {limit_text[:20]!r} is not a whole number from 1 to {MAX_PAGE_SIZE}"
         )
     return ClientsQuery(prefix, search, _cursor(args.get("cursor")), limit)
+
+
+def redis_client(config: Config) -> Client:
+    """The correlator's Redis client: `[correlator] redis_timeout` to connect
+    and per command, REDIS_RETRIES, and a pool sized for `threads` (redis-py's
+    default of 100 refused connections once threads passed 50 with live
+    pages open)."""
+    c = config.correlator
+    return connect(
+        config.redis, socket_timeout=c.redis_timeout, socket_connect_timeout=c.redis_timeout,
+        retry=Retry(NoBackoff(), REDIS_RETRIES),
+        max_connections=CONNECTIONS_PER_THREAD * c.threads,
+    )  # fmt: skip
 
 
 class Correlator:

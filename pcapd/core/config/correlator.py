@@ -40,6 +40,12 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
         threads=s.get_int("threads", DEFAULT_WEB_THREADS, maximum=256),
         captures_shown=s.get_int("captures_shown", DEFAULT_CAPTURES_SHOWN, maximum=10_000),
         result_wait=s.get_int("result_wait", DEFAULT_RESULT_WAIT, maximum=MAX_RESULT_WAIT),
+        redis_timeout=s.get_float(
+            "redis_timeout",
+            DEFAULT_CORRELATOR_REDIS_TIMEOUT,
+            minimum=0.1,
+            maximum=MAX_CORRELATOR_REDIS_TIMEOUT,
+        ),
     )
     if config.kid and config.kid not in security.keys:
         s.errors.append(f"correlator.kid: {config.kid!r} is not a key in [security] keys")

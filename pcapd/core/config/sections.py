@@ -154,6 +154,12 @@ DEFAULT_CAPTURE_MAX_PACKETS = 10_000
 DEFAULT_CAPTURE_MAX_DURATION = 300
 DEFAULT_S3_URL_EXPIRY = 3600
 DEFAULT_WEB_THREADS = 8
+# Seconds the correlator waits for Redis to connect or answer one command. Its
+# commands take milliseconds (a stalled Redis was seen at 86 ms), so a Redis
+# that says nothing for this long is hung: the request answers 503 rather
+# than holding a server thread for the 10 s timeout and retries of the rest.
+DEFAULT_CORRELATOR_REDIS_TIMEOUT = 2.0
+MAX_CORRELATOR_REDIS_TIMEOUT = 60.0
 DEFAULT_CAPTURES_SHOWN = 100
 # Seconds a live results page waits past the capture's max_duration (uploads,
 # retries, a spool) before it ends.
@@ -361,7 +367,10 @@ class CorrelatorConfig:
     `scan_budget` keys for at most `scan_seconds`, `scan_count` per SCAN,
     reads values `keys_per_command` per MGET and `keys_per_pipeline` per round
     trip, and at most `max_client_keys` per client; each open live-results
-    page holds one of `threads` server threads."""
+    page holds one of `threads` server threads. Redis gets `redis_timeout`
+    seconds per command (and to connect), once more after a failure, so a
+    request Redis cannot serve answers 503 after 2 x redis_timeout (4 x when
+    a pooled connection was due its health check, a PING retried too)."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_CORRELATOR_PORT
@@ -387,6 +396,7 @@ class CorrelatorConfig:
     threads: int = DEFAULT_WEB_THREADS
     captures_shown: int = DEFAULT_CAPTURES_SHOWN
     result_wait: int = DEFAULT_RESULT_WAIT
+    redis_timeout: float = DEFAULT_CORRELATOR_REDIS_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)

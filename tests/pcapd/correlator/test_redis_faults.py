@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +30,26 @@ SERVICE = "10.0.0.2"
 
 
 @contextlib.contextmanager
-def web(server: RedisServer, tmp_path: Path, extra: str = "") -> Iterator[str]:
-    """`pcapd web` on `server` with one client and its flow stored; yields its URL."""
+def web(
+    server: RedisServer, tmp_path: Path, extra: str = "", redis_extra: str = ""
+) -> Iterator[str]:
+    """`pcapd web` on `server` with one client and its flow stored; yields its
+    URL. `extra`: more [correlator] lines, `redis_extra` more [redis] lines."""
     r = server.client()
     r.set(store.client_key(CLIENT), 1)
     r.set(store.flow_key(CLIENT, SERVICE, 443), 3)
     config = tmp_path / "web.toml"
-    config.write_text(
-        f"[redis]\nport = {server.port}\n\n[correlator]\nport = {free_port()}\nthreads = 4\n{extra}"
-    )
+    redis_section = f"[redis]\nport = {server.port}\n{redis_extra}"
+    config.write_text(f"{redis_section}\n[correlator]\nport = {free_port()}\nthreads = 4\n{extra}")
     with web_server(config, tmp_path / "web.log") as url:
         yield url
 
 
-def fetch(url: str) -> tuple[int, str, float]:
+def fetch(url: str, timeout: float = 30) -> tuple[int, str, float]:
     """(status, body, seconds taken)."""
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=120) as answer:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
             status, body = answer.status, answer.read().decode()
     except urllib.error.HTTPError as refused:
         status, body = refused.code, refused.read().decode()
@@ -73,3 +78,34 @@ def test_a_refused_read_is_an_error_not_an_empty_client(
         r.acl_setuser("default", enabled=True, nopass=True, commands=["+mget"])
         status, body = api(f"{url}/api/clients/{CLIENT}")
         assert status == 200 and body["summary"]["flows"] == 1, body
+
+
+def test_a_hung_redis_answers_503_soon_and_the_server_recovers(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """SIGSTOP: Redis accepts connections (the kernel does) and answers
+    nothing. Each request answers 503 after about 2 x redis_timeout (one
+    retry), a burst of twice `threads` requests too, instead of redis-py's
+    default 10 retries (113 s a request with the 10 s socket timeout). After
+    SIGCONT no connection left in the pool holds a stale reply. The pooled
+    connections are due a health check (a PING, retried on its own) too."""
+    assert private_redis.proc is not None
+    pid = private_redis.proc.pid
+    with web(
+        private_redis, tmp_path, "redis_timeout = 1.0\n", "health_check_interval = 1\n"
+    ) as url:
+        assert api(f"{url}/api/clients/{CLIENT}")[0] == 200
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            paths = [f"/api/clients/{CLIENT}", "/", f"/client/{CLIENT}", "/api/clients"] * 2
+            with ThreadPoolExecutor(len(paths)) as pool:
+                answers = list(pool.map(lambda path: fetch(url + path, timeout=60), paths))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for status, body, seconds in answers:
+            assert status == 503 and "Timeout reading from 127.0.0.1" in body, body
+            assert seconds < 30  # 2 s each, 4 threads for 8 requests: ~4 s
+        for _ in range(3):
+            status, body = api(f"{url}/api/clients/{CLIENT}")
+            assert status == 200 and body["summary"]["flows"] == 1, body
