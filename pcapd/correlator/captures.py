@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -229,14 +229,34 @@ def live_events(
     Subscribing first and reading the stream second means no event can fall
     between the two; an event seen both ways, or twice (a resend), is sent
     once: by its event_id (its links, S3's pre-signed URLs, differ each time),
-    by its text for an older pcapd's event without one.
+    by its text for an older pcapd's event without one. Both happen in this
+    call, not in the stream it returns: a Redis that cannot serve them raises
+    here, before a response has started (a 503 with the reason, where an
+    error inside the stream is only a bare 500).
     """
     pubsub = subscribe(client, reply_channel(request_id), sharded=config.redis.sharded_pubsub)
+    try:
+        earlier = recent(client, config, {"id": request_id}, config.correlator.captures_shown)
+    except BaseException:
+        pubsub.close()
+        raise
+    return _stream(client, pubsub, reversed(earlier), request_id, wait, decorate)
+
+
+def _stream(
+    client: Client,
+    pubsub: Any,
+    earlier: Iterable[dict[str, Any]],
+    request_id: str,
+    wait: float,
+    decorate: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Iterator[str]:
+    """`client` is held while the stream lives: a client dropped closes its
+    pool, and with it the connection `pubsub` listens on."""
     sent: set[str] = set()
     ids = seen_events()
     try:
-        shown = config.correlator.captures_shown
-        for event in reversed(recent(client, config, {"id": request_id}, shown)):
+        for event in earlier:
             if fresh(event, ids):
                 yield _sse(decorate(event), sent)
         deadline = time.monotonic() + wait

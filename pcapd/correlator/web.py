@@ -193,10 +193,15 @@ def create_app(config: Config, redis_client: Client, s3: Any | None = None) -> F
             abort(503, f"{c.threads - LIVE_RESERVE} live result pages are open already; "
                   "close one or raise [correlator] threads")  # fmt: skip
         wait = c.max_duration + c.result_wait
+        try:  # subscribes and reads the stream now: Redis failing is a 503 here
+            events = captures.live_events(redis_client, config, request_id, wait, decorate)
+        except BaseException:
+            live_slots.release()
+            raise
 
         def stream() -> Iterator[str]:
             try:
-                yield from captures.live_events(redis_client, config, request_id, wait, decorate)
+                yield from events
             finally:
                 live_slots.release()
 

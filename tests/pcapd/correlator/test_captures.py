@@ -139,10 +139,10 @@ def test_live_events_send_a_resent_event_once(redis_srv: RedisServer) -> None:
     reply = captures.reply_channel(OURS)
     event = ResultEvent(OURS, "edge1", "ok", interface="eth0")
     decorated = itertools.count()
+    resent(redis_srv, event)  # in the stream before the page is opened
     live = captures.live_events(
         redis_srv.client(), config, OURS, 3, lambda e: {**e, "n": next(decorated)}
     )
-    resent(redis_srv, event)  # in the stream before the page is opened
     first = next(live)
     resent(redis_srv, event, reply)  # another event, twice on the reply channel
     rest = list(live)

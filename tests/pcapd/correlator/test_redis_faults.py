@@ -109,3 +109,26 @@ def test_a_hung_redis_answers_503_soon_and_the_server_recovers(
         for _ in range(3):
             status, body = api(f"{url}/api/clients/{CLIENT}")
             assert status == 200 and body["summary"]["flows"] == 1, body
+
+
+def test_a_live_page_opened_while_redis_is_down_is_a_503(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The subscription and the first read of the results stream happen
+    before the response starts, so Redis down answers 503 with the reason
+    (not waitress's bare 500 from inside the stream); the live slot comes
+    back each time (threads = 4: two slots, three tries), and a stream opens
+    once Redis is back."""
+    events = f"/api/captures/c_{CLIENT}_{SERVICE}_443_0123456789ab/events"
+    with web(private_redis, tmp_path, "max_duration = 1\nresult_wait = 1\n") as url:
+        private_redis.stop()
+        for _ in range(3):
+            status, body, _ = fetch(url + events)
+            assert status == 503, body
+            assert json.loads(body)["error"] == (
+                f"Redis at redis://127.0.0.1:{private_redis.port}/0: Error 111 connecting to "
+                f"127.0.0.1:{private_redis.port}. Connection refused."
+            )
+        private_redis.start()
+        status, body, _ = fetch(url + events)
+        assert status == 200 and body.endswith("event: end\ndata: {}\n\n"), body
