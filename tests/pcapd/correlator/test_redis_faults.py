@@ -31,7 +31,7 @@ SERVICE = "10.0.0.2"
 
 @contextlib.contextmanager
 def web(
-    server: RedisServer, tmp_path: Path, extra: str = "", redis_extra: str = ""
+    server: RedisServer, tmp_path: Path, extra: str = "", redis_extra: str = "", threads: int = 4
 ) -> Iterator[str]:
     """`pcapd web` on `server` with one client and its flow stored; yields its
     URL. `extra`: more [correlator] lines, `redis_extra` more [redis] lines."""
@@ -40,7 +40,9 @@ def web(
     r.set(store.flow_key(CLIENT, SERVICE, 443), 3)
     config = tmp_path / "web.toml"
     redis_section = f"[redis]\nport = {server.port}\n{redis_extra}"
-    config.write_text(f"{redis_section}\n[correlator]\nport = {free_port()}\nthreads = 4\n{extra}")
+    config.write_text(
+        f"{redis_section}\n[correlator]\nport = {free_port()}\nthreads = {threads}\n{extra}"
+    )
     with web_server(config, tmp_path / "web.log") as url:
         yield url
 
@@ -132,3 +134,30 @@ def test_a_live_page_opened_while_redis_is_down_is_a_503(
         private_redis.start()
         status, body, _ = fetch(url + events)
         assert status == 200 and body.endswith("event: end\ndata: {}\n\n"), body
+
+
+LIVE_PAGES = 100  # waitress's connection_limit: HTTP connections served at once
+
+
+def test_the_redis_pool_is_sized_for_the_threads(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """threads = 110 allows 108 live pages; each holds a subscription and reads
+    the stream with another connection. redis-py's default pool of 100
+    refused the 101st connection (503 'Too many connections'); a pool of
+    2 x threads serves all 100 pages waitress lets in at once."""
+    events = f"/api/captures/c_{CLIENT}_{SERVICE}_443_0123456789ab/events"
+
+    def opened(_: int) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url + events, timeout=60) as answer:
+                return answer.status, answer.headers["Content-Type"]
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+
+    with web(private_redis, tmp_path, "max_duration = 10\nresult_wait = 1\n", threads=110) as url:
+        with ThreadPoolExecutor(LIVE_PAGES) as pool:
+            answers = list(pool.map(opened, range(LIVE_PAGES)))
+        assert [a for a in answers if a[0] != 200] == []
+        status, body, _ = fetch(f"{url}/api/clients/{CLIENT}", timeout=60)
+        assert status == 200, body
