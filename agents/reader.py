@@ -14,7 +14,9 @@ long nor outlives its HTTP request:
 - values by MGET of `keys_per_command` keys (per slot on a cluster),
   pipelined `keys_per_pipeline` keys a round trip (Redis serves a pipeline
   without serving others between);
-- at most `max_client_keys` keys per client; no HGETALL/LRANGE/KEYS at all.
+- at most `max_client_keys` keys per client, and `max_request_keys` in all
+  for the clients one request reads (a page of 500 busy clients would
+  otherwise read 500 x max_client_keys); no HGETALL/LRANGE/KEYS at all.
 
 A client's keys come from its `<client>;index` set when pcapd's writer keeps
 one and `read_index` is on; otherwise (ShoDoHFlo's agents) from a SCAN of the
@@ -45,6 +47,7 @@ from pcapd.core.config import (
     DEFAULT_KEYS_PER_COMMAND,
     DEFAULT_KEYS_PER_PIPELINE,
     DEFAULT_MAX_CLIENT_KEYS,
+    DEFAULT_MAX_REQUEST_KEYS,
     DEFAULT_SCAN_BUDGET,
     DEFAULT_SCAN_COUNT,
     DEFAULT_SCAN_SECONDS,
@@ -66,6 +69,7 @@ class StoreReader:
         keys_per_command: int = DEFAULT_KEYS_PER_COMMAND,
         keys_per_pipeline: int = DEFAULT_KEYS_PER_PIPELINE,
         max_client_keys: int = DEFAULT_MAX_CLIENT_KEYS,
+        max_request_keys: int = DEFAULT_MAX_REQUEST_KEYS,
         read_index: bool = True,
     ) -> None:
         self.redis = redis_client
@@ -75,6 +79,7 @@ class StoreReader:
         self.keys_per_command = keys_per_command
         self.keys_per_pipeline = max(keys_per_pipeline, keys_per_command)
         self.max_client_keys = max_client_keys
+        self.max_request_keys = max_request_keys
         self.read_index = read_index
 
     # -- raw ---------------------------------------------------------------
@@ -136,11 +141,13 @@ class StoreReader:
     # -- clients -----------------------------------------------------------
     def keys_of(self, clients: Collection[str]) -> tuple[dict[str, list[str]], bool]:
         """Each client's keys (index, else one shared SCAN), and whether the
-        answer is complete."""
+        answer is complete. Each client gets at most `max_client_keys`, and
+        an equal share of `max_request_keys` when there are many."""
         found: dict[str, list[str]] = {}
         unindexed, complete = set(clients), True
+        cap = min(self.max_client_keys, max(1, self.max_request_keys // max(1, len(clients))))
         if self.read_index:
-            found, unindexed, complete = self._indexed(clients)
+            found, unindexed, complete = self._indexed(clients, cap)
         if unindexed:
             match = (
                 store.client_keys_pattern(next(iter(unindexed))) if len(unindexed) == 1 else None
@@ -154,15 +161,17 @@ class StoreReader:
                 done = cursor == 0
             complete &= done
         for client, keys in found.items():
-            if len(keys) > self.max_client_keys:
-                found[client] = keys[: self.max_client_keys]
+            if len(keys) > cap:
+                found[client] = keys[:cap]
                 complete = False
         return found, complete
 
-    def _indexed(self, clients: Collection[str]) -> tuple[dict[str, list[str]], set[str], bool]:
+    def _indexed(
+        self, clients: Collection[str], cap: int
+    ) -> tuple[dict[str, list[str]], set[str], bool]:
         """Members of each client's index: one pipelined SSCAN call per client
         (small sets answer whole), then further calls for a big set until
-        `max_client_keys`. Clients without an index come back in the set."""
+        `cap` members. Clients without an index come back in the set."""
         found: dict[str, list[str]] = {}
         unindexed: set[str] = set()
         going: dict[str, int] = {}
@@ -178,7 +187,7 @@ class StoreReader:
                 if int(reply[0]):
                     going[client] = int(reply[0])
         for client, cursor in going.items():
-            while cursor and len(found[client]) < self.max_client_keys:
+            while cursor and len(found[client]) < cap:
                 next_cursor, members = self.redis.sscan(
                     store.index_key(client), cursor, count=self.scan_count
                 )

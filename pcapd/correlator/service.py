@@ -88,7 +88,7 @@ class Correlator:
             redis_client, scan_count=c.scan_count, budget=c.scan_budget,
             seconds=c.scan_seconds, keys_per_command=c.keys_per_command,
             keys_per_pipeline=c.keys_per_pipeline, max_client_keys=c.max_client_keys,
-            read_index=c.read_index,
+            max_request_keys=c.max_request_keys, read_index=c.read_index,
         )  # fmt: skip
 
     def clients(self, query: ClientsQuery) -> dict[str, Any]:

@@ -314,3 +314,29 @@ def test_read_index_off_finds_keys_an_unindexed_writer_added(redis_srv: RedisSer
     data = StoreReader(r, read_index=False).read_client(C)
     assert data.complete and data.flows[("192.0.2.50", 8080)] == 4
     assert len(data.flows) == 3
+
+
+def test_a_page_of_busy_clients_reads_at_most_max_request_keys(redis_srv: RedisServer) -> None:
+    """20 clients of 300 indexed keys each, max_request_keys 1,000: the page
+    reads at most 1,000 of their keys in all (each client its share, 50, not
+    max_client_keys), says it is partial, and stops each index's SSCAN at the
+    share. One client alone is read whole (300 < 1,000)."""
+    r = redis_srv.client()
+    clients = [f"10.6.0.{n}" for n in range(20)]
+    pipe = r.pipeline(transaction=False)
+    for client in clients:
+        pipe.set(store.client_key(client), 1)
+        for port in range(300):
+            pipe.set(store.flow_key(client, "192.0.2.1", port), 1)
+            pipe.sadd(store.index_key(client), store.flow_key(client, "192.0.2.1", port))
+    pipe.execute()
+    r.config_resetstat()
+    reader = StoreReader(r, scan_count=10, max_request_keys=1_000)
+    page = reader.clients_page(limit=20)
+    assert sorted(c.client for c in page.items) == sorted(clients, key=parse_address)
+    assert sum(len(c.flows) for c in page.items) <= 1_000
+    assert all(0 < len(c.flows) <= 50 and not c.complete for c in page.items)
+    stats: Any = r.info("commandstats")
+    assert stats["cmdstat_sscan"]["calls"] < 20 * 300 // 10
+    alone = reader.read_client(clients[0])
+    assert alone.complete and len(alone.flows) == 300

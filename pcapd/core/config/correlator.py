@@ -29,6 +29,7 @@ def _correlator(s: Table, security: SecurityConfig) -> CorrelatorConfig:
         keys_per_pipeline=s.get_int("keys_per_pipeline", DEFAULT_KEYS_PER_PIPELINE),
         read_index=s.get_bool("read_index", True),
         max_client_keys=s.get_int("max_client_keys", DEFAULT_MAX_CLIENT_KEYS, minimum=10),
+        max_request_keys=s.get_int("max_request_keys", DEFAULT_MAX_REQUEST_KEYS, minimum=10),
         max_prefix_clients=s.get_int("max_prefix_clients", DEFAULT_MAX_PREFIX_CLIENTS),
         nodere=s.str_list("nodere"),
         aliases=_aliases(s),

@@ -147,6 +147,9 @@ DEFAULT_KEYS_PER_COMMAND = 100  # keys per MGET or UNLINK
 MAX_KEYS_PER_COMMAND = 1000
 DEFAULT_KEYS_PER_PIPELINE = 1000  # Redis serves one pipeline without serving others
 DEFAULT_MAX_CLIENT_KEYS = 20_000
+# Keys of the clients one request reads, in all: a page of 500 clients of
+# max_client_keys each would be 10M keys (~20 s and ~1 GB in the web process).
+DEFAULT_MAX_REQUEST_KEYS = 200_000
 DEFAULT_MAX_PREFIX_CLIENTS = 64
 DEFAULT_CAPTURE_PACKETS = 100
 DEFAULT_CAPTURE_DURATION = 30
@@ -366,7 +369,9 @@ class CorrelatorConfig:
     """`pcapd web` and `pcapd correlate`. Each request examines at most
     `scan_budget` keys for at most `scan_seconds`, `scan_count` per SCAN,
     reads values `keys_per_command` per MGET and `keys_per_pipeline` per round
-    trip, and at most `max_client_keys` per client; each open live-results
+    trip, at most `max_client_keys` per client and `max_request_keys` for all
+    the clients it shows (worst case in the web process: ~max_request_keys x
+    (key + value) bytes per busy thread); each open live-results
     page holds one of `threads` server threads. Redis gets `redis_timeout`
     seconds per command (and to connect), once more after a failure, so a
     request Redis cannot serve answers 503 after 2 x redis_timeout (4 x when
@@ -385,6 +390,7 @@ class CorrelatorConfig:
     keys_per_pipeline: int = DEFAULT_KEYS_PER_PIPELINE
     read_index: bool = True  # false: find a client's keys by SCAN even if it has an index
     max_client_keys: int = DEFAULT_MAX_CLIENT_KEYS
+    max_request_keys: int = DEFAULT_MAX_REQUEST_KEYS
     max_prefix_clients: int = DEFAULT_MAX_PREFIX_CLIENTS
     nodere: tuple[str, ...] = ()  # offered besides "any" in the capture form
     aliases: tuple[str, ...] = ()  # offered interface aliases; default: [[interface]]'s
