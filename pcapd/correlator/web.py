@@ -9,6 +9,7 @@ the escaping. Bad input answers 400 with the rule broken, on the page or as
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,10 +20,12 @@ from werkzeug.exceptions import HTTPException
 
 from agents.reader_values import ReaderError
 from pcapd.core.config import Config
+from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client
 from pcapd.correlator import captures, security, svg
 from pcapd.correlator.service import Correlator, clients_query
 
+log = logging.getLogger("pcapd.correlator")
 LIVE_RESERVE = 2  # server threads never taken by live result streams
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -67,6 +70,9 @@ def create_app(config: Config, redis_client: Client, s3: Any | None = None) -> F
 
     @app.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError) -> tuple[Any, int]:
+        # The operator's one sign of it: the user sees the page, not the log.
+        event(log, "correlator_redis_error", logging.WARNING, path=request.path,
+              redis=config.redis.describe(), error=str(exc))  # fmt: skip
         return _error(503, f"Redis at {config.redis.describe()}: {exc}")
 
     # -- pages -------------------------------------------------------------

@@ -108,6 +108,8 @@ def test_a_hung_redis_answers_503_soon_and_the_server_recovers(
         for status, body, seconds in answers:
             assert status == 503 and "Timeout reading from 127.0.0.1" in body, body
             assert seconds < 30  # 2 s each, 4 threads for 8 requests: ~4 s
+        logged = (tmp_path / "web.log").read_text()
+        assert logged.count("event=correlator_redis_error") == len(paths), logged
         for _ in range(3):
             status, body = api(f"{url}/api/clients/{CLIENT}")
             assert status == 200 and body["summary"]["flows"] == 1, body
