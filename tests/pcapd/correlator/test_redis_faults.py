@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agents import store
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisCluster, RedisServer, free_port, wait_for
 from tests.pcapd.correlator.site import web_server
 
 CLIENT = "10.0.0.1"
@@ -31,7 +31,11 @@ SERVICE = "10.0.0.2"
 
 @contextlib.contextmanager
 def web(
-    server: RedisServer, tmp_path: Path, extra: str = "", redis_extra: str = "", threads: int = 4
+    server: RedisServer | RedisCluster,
+    tmp_path: Path,
+    extra: str = "",
+    redis_extra: str = "",
+    threads: int = 4,
 ) -> Iterator[str]:
     """`pcapd web` on `server` with one client and its flow stored; yields its
     URL. `extra`: more [correlator] lines, `redis_extra` more [redis] lines."""
@@ -39,7 +43,8 @@ def web(
     r.set(store.client_key(CLIENT), 1)
     r.set(store.flow_key(CLIENT, SERVICE, 443), 3)
     config = tmp_path / "web.toml"
-    redis_section = f"[redis]\nport = {server.port}\n{redis_extra}"
+    where = f'url = "{server.url}"' if isinstance(server, RedisCluster) else f"port = {server.port}"
+    redis_section = f"[redis]\n{where}\n{redis_extra}"
     config.write_text(
         f"{redis_section}\n[correlator]\nport = {free_port()}\nthreads = {threads}\n{extra}"
     )
@@ -163,3 +168,29 @@ def test_the_redis_pool_is_sized_for_the_threads(
         assert [a for a in answers if a[0] != 200] == []
         status, body, _ = fetch(f"{url}/api/clients/{CLIENT}", timeout=60)
         assert status == 200, body
+
+
+def test_a_hung_cluster_primary_answers_503_soon(
+    private_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """One of three primaries SIGSTOPped: every view walks or reads it, so
+    each answers 503 after about redis_timeout (a cluster node's own client
+    does not retry; the cluster's retry does not resend a timed-out read),
+    not connect()'s 10 s; after SIGCONT, once the cluster is up again, the
+    views are whole again."""
+    port = private_cluster.ports[0]
+    pid = private_cluster.procs[port].pid
+    with web(private_cluster, tmp_path, "redis_timeout = 1.0\n") as url:
+        assert api(f"{url}/api/clients/{CLIENT}")[0] == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            answers = [fetch(url + p) for p in ("/api/clients", f"/api/clients/{CLIENT}")]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for status, body, seconds in answers:
+            assert status == 503 and f"Timeout reading from 127.0.0.1:{port}" in body, body
+            assert seconds < 6, seconds
+        # The other nodes may have marked it failing (CLUSTERDOWN) for a moment.
+        wait_for(lambda: api(f"{url}/api/clients/{CLIENT}")[0] == 200, timeout=30)
+        status, body = api(f"{url}/api/clients/{CLIENT}")
+        assert status == 200 and body["summary"]["flows"] == 1, body
