@@ -22,6 +22,11 @@ from pcapd.correlator.web import create_app
 
 log = logging.getLogger("pcapd.correlator")
 
+# HTTP connections served beside one per server thread (waitress's default
+# limit, 100 in all, made live pages past the 100th, and every request after
+# them, wait unanswered for one to end).
+CONNECTIONS_BESIDE_THREADS = 100
+
 
 def s3_client(config: Config) -> Any | None:
     """A boto3 client for pre-signed links, when [s3] is configured. Not the
@@ -58,7 +63,8 @@ def serve(path: str) -> int:
           changes=c.token is not None and not c.read_only)  # fmt: skip
     try:
         waitress.serve(app, host=c.host, port=c.port, threads=c.threads, ident="pcapd",
-                       channel_timeout=c.max_duration + 60)  # fmt: skip
+                       channel_timeout=c.max_duration + 60,
+                       connection_limit=c.threads + CONNECTIONS_BESIDE_THREADS)  # fmt: skip
     except OSError as exc:
         print(f"pcapd web: cannot listen on {c.host}:{c.port}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,35 @@ def test_live_result_pages_are_bounded(redis_srv: RedisServer, tmp_path: Path) -
         # The slot came back with the first stream's end.
         with urllib.request.urlopen(url + events, timeout=60) as again:
             assert again.status == 200
+
+
+def test_every_live_page_the_threads_allow_is_served_beside_other_requests(
+    redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    """waitress serves 100 HTTP connections at once unless told otherwise:
+    with threads = 110 the 101st live page, and every request after it,
+    waited unanswered until a live page ended."""
+    port = free_port()
+    config = tmp_path / "web.toml"
+    config.write_text(f"[redis]\nport = {redis_srv.port}\n\n[correlator]\nport = {port}\n"
+                      "threads = 110\nmax_duration = 60\nresult_wait = 5\n")  # fmt: skip
+    events = "/api/captures/c_10.0.0.1_10.0.0.2_443_0123456789ab/events"
+
+    def live_page(stream: socket.socket) -> bytes:
+        stream.sendall(f"GET {events} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := stream.recv(4096)):
+            head += chunk
+        return head
+
+    with web_server(config, tmp_path / "web.log") as url:
+        streams = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(105)]
+        try:  # 105 of the 108 live slots, open at once
+            with ThreadPoolExecutor(len(streams)) as pool:
+                heads = list(pool.map(live_page, streams))
+            assert [h[:40] for h in heads if not h.startswith(b"HTTP/1.1 200")] == []
+            with urllib.request.urlopen(f"{url}/api/clients/10.0.0.1", timeout=10) as answer:
+                assert answer.status == 200
+        finally:
+            for stream in streams:
+                stream.close()
