@@ -55,6 +55,18 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+def _wait_seconds(text: str) -> float:
+    """--wait's optional SECONDS. argparse hands it the word after --wait
+    whatever it is, so a filter written there ends up here: say where it goes."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds; put the filter after another option "
+            "(--wait --packets 10 host 10.1.2.3) or give the seconds (--wait 60 host 10.1.2.3)"
+        ) from None
+
+
 def _signing_key(args: argparse.Namespace) -> Secret:
     """--key (a secret, env:NAME or file:/path), else [security] keys[--kid] of -c."""
     if args.key:
@@ -144,7 +156,7 @@ def register(subparsers: Subparsers) -> None:
                          help="the key for --kid: env:NAME, file:/path or the secret itself "
                          "(default: [security] keys of -c FILE)")  # fmt: skip
     trigger.add_argument(
-        "--wait", type=float, nargs="?", const=0.0, metavar="SECONDS",
+        "--wait", type=_wait_seconds, nargs="?", const=0.0, metavar="SECONDS",
         help="print this request's results; stop after SECONDS (default: its bounds + 15 s)",
     )  # fmt: skip
     trigger.add_argument("--count", type=int, metavar="N", help="with --wait: stop after N results")

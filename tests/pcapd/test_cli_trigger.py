@@ -63,6 +63,21 @@ def test_unknown_option_is_refused_by_the_command_s_parser() -> None:
     assert done.stderr.splitlines()[-1] == "pcapd trigger: error: unrecognized arguments: --nosuch"
 
 
+def test_a_filter_right_after_wait_is_refused_saying_where_it_goes() -> None:
+    """--wait takes an optional SECONDS, so a filter word right after it is
+    read as the seconds: the error says so, and the README's form parses."""
+    done = trigger("-i", "lo", "--wait", "host", "10.1.2.3")
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.splitlines()[-1] == (
+        "pcapd trigger: error: argument --wait: 'host' is not a number of seconds; "
+        "put the filter after another option (--wait --packets 10 host 10.1.2.3) "
+        "or give the seconds (--wait 60 host 10.1.2.3)"
+    )
+    parsed = trigger("-i", "lo", "--wait", "--packets", "10", "host", "10.1.2.3")
+    assert parsed.returncode == EXIT_FAILURE  # parsed, then no Redis on that port
+    assert parsed.stderr.startswith("pcapd trigger: Redis at redis://127.0.0.1:"), parsed.stderr
+
+
 def test_results_stream_that_the_config_turns_off(tmp_path: Path) -> None:
     config = tmp_path / "pcapd.toml"
     config.write_text('[redis]\nresults_stream = ""\n')
