@@ -66,7 +66,8 @@ def register(subparsers: Subparsers) -> None:
     check = add_command(
         subparsers, "check-config", _run,
         description="Validate a config file. Prints every error, each naming its field; "
-        "exits 2 if there is any, as `pcapd serve` would with that file.",
+        "exits 2 if there is any, as `pcapd serve` would with that file (or, for an "
+        "[agents.*] section, which serve does not read, that agent).",
     )  # fmt: skip
     check.add_argument("config", metavar="FILE")
     check.add_argument(
