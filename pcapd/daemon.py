@@ -326,8 +326,10 @@ def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] 
         event(log, "config_warning", logging.WARNING, path=config_path, warning=warning)
     problems = config.serve_problems()
     if problems:
+        # Without a file the defaults enable no destination: say the file is what is missing.
+        hint = "" if config_path is not None else "; no config file was given (-c FILE)"
         for problem in problems:
-            event(log, "config_error", logging.ERROR, path=config_path, error=problem)
+            event(log, "config_error", logging.ERROR, path=config_path, error=problem + hint)
         return EXIT_CONFIG
     bound_malloc()
     daemon = Daemon(config)

@@ -335,6 +335,20 @@ def test_config_errors_stop_serve_with_every_field(tmp_path: Path) -> None:
     ]
 
 
+def test_serve_without_a_config_file_says_none_was_given() -> None:
+    """`pcapd serve` with no -c runs on the defaults, which enable no
+    destination: the error says that no file was given, not only what is off."""
+    done = subprocess.run([sys.executable, "-m", "pcapd", "serve"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+    [line] = done.stderr.splitlines()
+    assert line.endswith(
+        ' level=error event=config_error path=null error="general.writelocal, s3.upload, '
+        "cloudshark.upload: at least one destination must be enabled; no config file was "
+        'given (-c FILE)"'
+    ), line
+
+
 def test_any_clean_alias_selects_its_interface_and_a_mixed_list_captures_once(
     redis_srv: RedisServer, results: Results, tmp_path: Path
 ) -> None:
