@@ -69,6 +69,7 @@ def send_by_slot(
             sent.append((node, indices, _send_packed(client, node, packed)))
         asked = set(asking)
         asking, pending, stale = {}, [], False
+        failed: str | None = None  # a node that did not answer: asked last for the map
         for node, indices, conn in sent:
             pool = client.get_redis_connection(node).connection_pool
             answers: list[Any] = []  # what was read, kept if the rest is not
@@ -86,6 +87,7 @@ def send_by_slot(
                 # A garbled reply stream too: the replies read so far stand
                 # (Redis ran those commands); the others get the error.
                 stale, failure = True, exc
+                failed = failed or node.name
                 if not isinstance(conn, Exception):
                     conn.disconnect()
             finally:
@@ -106,8 +108,10 @@ def send_by_slot(
                     asking[i] = known or ClusterNode(reply.host, reply.port)  # type: ignore[no-untyped-call]
                     pending.append(i)
         if stale:  # reading the slot map opens connections (`connecting`)
+            # Not from the node that just failed first: the map is read from
+            # a random node, and a silent one would cost a second timeout.
             with contextlib.suppress(redis.RedisError, RedisClusterException), connecting():
-                client.nodes_manager.initialize()
+                client.nodes_manager.initialize(last_failed_node_name=failed)
         if not pending:
             break
     return replies

@@ -1,0 +1,132 @@
+"""The batched writer on a real 3-primary Redis Cluster one primary of which
+falls silent (SIGSTOP: its socket accepts, nothing answers) at awkward
+moments: between the writes and their follow-up, and over and over (a
+primary that flaps). Each costs the writer one socket timeout, and no
+write is lost."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from agents.metrics import writer_check
+from agents.redis_follow_up import silent
+from agents.redis_writer import RedisWriter
+from agents.store import dns_key, flow_key, index_key
+from pcapd.core.config import RedisConfig
+from pcapd.core.redis_conn import connect, is_cluster
+from pcapd.core.redis_slots import send_by_slot
+from pcapd.core.secret import Secret
+from tests.agents.test_redis_writer_cluster import pause_a_primary
+from tests.helpers import RedisCluster, wait_for
+
+TIMEOUT = 1.5  # s: the writers' socket timeout here, what one silent read costs
+# One socket timeout and some: what a round trip may take on a busy 2-core
+# machine when one primary is silent. Two timeouts are well past it.
+ONE_TIMEOUT = 1.6 * TIMEOUT
+
+
+def silent_writer(cluster: RedisCluster, **options: Any) -> RedisWriter:
+    writer = RedisWriter(
+        lambda: connect(RedisConfig(url=Secret(cluster.url)), socket_timeout=TIMEOUT),
+        ttl=900, flush_interval=0.01, ping_interval=0.05, **options,
+    )  # fmt: skip
+    writer.start()
+    return writer
+
+
+def warmed(writer: RedisWriter) -> None:
+    """Every primary heard from and the append script loaded on each."""
+    keys = [f"10.200.90.{i};192.0.2.1;dns" for i in range(30)]
+    writer.extend(keys, ["w."] * len(keys))
+    wait_for(lambda: writer.stats.written_ops == 30 and len(writer.heard_nodes) == 3, timeout=30)
+
+
+def off(slots: set[int], keys: list[str], count: int) -> list[str]:
+    """The first `count` of `keys` in none of `slots`."""
+    found = [key for key in keys if key_slot(key.encode()) not in slots][:count]
+    assert len(found) == count
+    return found
+
+
+@pytest.mark.timeout(90)
+def test_a_follow_up_a_silent_primary_misses_is_kept_and_sent_once_it_answers(
+    private_cluster: RedisCluster,
+) -> None:
+    """The writes go to two primaries and are answered; their follow-up
+    goes there too (the counters' EXPIREs) and to the third primary, silent
+    (the index SADDs and the index set's EXPIRE). The answered part counts,
+    the silent primary's slots are named in readiness, its part is kept and
+    sent once it answers: the index holds each key made, once, with its
+    TTL; no counter is incremented twice. The round trip costs one socket
+    timeout (before, the slot map read after it was asked of the silent
+    node as often as not: two)."""
+    writer = silent_writer(private_cluster, index=True)
+    victim = private_cluster.ports[1]
+    name = f"127.0.0.1:{victim}"
+    theirs = private_cluster.slots_of(victim)
+    client = next(c for c in (f"10.200.91.{i}" for i in range(256))
+                  if key_slot(index_key(c).encode()) in theirs)  # fmt: skip
+    appends = off(theirs, [dns_key(client, f"192.0.2.{i}") for i in range(100)], 20)
+    counters = off(theirs, [flow_key(client, "192.0.2.1", p) for p in range(100)], 10)
+    admin = private_cluster.client()
+    try:
+        warmed(writer)
+        for key in counters:  # existing, without a TTL: the writer's EXPIRE gives one
+            admin.set(key, 5)
+        pause_a_primary(private_cluster)
+        began = time.monotonic()
+        writer.extend(appends, ["a."] * len(appends))
+        writer.extend(counters, [1] * len(counters))
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30, interval=0.01)
+        took = time.monotonic() - began
+        assert writer.stats.written_ops == 30 + len(appends) + len(counters)
+        assert took < ONE_TIMEOUT, took
+        assert writer.unanswered == dict.fromkeys(theirs, name)
+        redis_check, slots_check = writer_check(writer)
+        assert redis_check.ok and not slots_check.ok
+        assert f"{len(theirs)} slot(s) on {name}" in slots_check.detail
+        assert all(0 < admin.ttl(key) <= 900 for key in counters)  # answered: not kept
+        assert set(writer._indexes) == set(appends)  # the silent primary's part, kept
+    finally:
+        private_cluster.procs[victim].send_signal(signal.SIGCONT)
+    try:
+        wait_for(lambda: writer.unanswered == {} and not writer._follow_up_left, timeout=30)
+    finally:
+        writer.stop(10)
+    assert admin.smembers(index_key(client)) == set(appends)
+    assert 0 < admin.ttl(index_key(client)) <= 900
+    assert admin.mget_nonatomic(appends) == [";a.;"] * len(appends)
+    assert admin.mget_nonatomic(counters) == ["6"] * len(counters)
+    stats = writer.stats
+    assert (stats.dropped_ops, stats.expires_lost, stats.index_lost) == (0, 0, 0)
+    admin.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_silent_node_is_asked_for_the_slot_map_last(private_cluster: RedisCluster) -> None:
+    """`send_by_slot` reads the slot map again after a node did not answer
+    (a failover may have moved its slots): from the other nodes first, so a
+    silent node costs a call one socket timeout. Before, redis-py asked a
+    node picked at random, the silent one as well: of 8 calls, some all but
+    surely took two timeouts."""
+    client = connect(RedisConfig(url=Secret(private_cluster.url)), socket_timeout=0.5)
+    assert is_cluster(client)
+    victim = private_cluster.ports[1]
+    slot = min(private_cluster.slots_of(victim))
+    took = []
+    try:
+        pause_a_primary(private_cluster)
+        for _ in range(8):
+            began = time.monotonic()
+            (reply,) = send_by_slot(client, [(slot, ("PING",))])
+            took.append(time.monotonic() - began)
+            assert silent(reply), reply  # a timeout: of its read, or of its connection's
+    finally:
+        private_cluster.procs[victim].send_signal(signal.SIGCONT)
+        client.close()
+    assert max(took) < 1.6 * 0.5, took
