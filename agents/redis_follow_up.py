@@ -208,6 +208,11 @@ class FollowUp:
         rest = self._node_backoff.get(node)
         return node in self._silent or (rest is not None and rest[1] > now)
 
+    def _held_back(self, node: str, now: float) -> bool:
+        """Whether the follow-up holds `node`'s commands: resting, or silent
+        to this round's writes."""
+        return node in self._round_silent or self._resting(node, now)
+
     def _node_replies(self, nodes: list[str], replies: list[Any]) -> None:
         """Which primaries this round trip sent to (`nodes[i]` got the command
         `replies[i]` answers), answered, and left something to send again."""
@@ -265,11 +270,13 @@ class FollowUp:
         cluster = isinstance(client, RedisCluster)
         try:
             if isinstance(client, RedisCluster):
-                # A resting primary's commands stay pending, unsent.
+                # A resting primary's commands stay pending, unsent; so do
+                # those of one this round's writes found silent: sent now,
+                # they would wait out a second socket timeout in one round.
                 owners, now = slot_owners(client), time.monotonic()
                 slotted = [(key_slot(key.encode()), key, c) for key, c in commands]
                 slotted = [
-                    s for s in slotted if not self._resting(owners.get(s[0], NO_PRIMARY), now)
+                    s for s in slotted if not self._held_back(owners.get(s[0], NO_PRIMARY), now)
                 ]
                 commands = [(key, c) for _slot, key, c in slotted]
                 replies = send_by_slot(client, [(slot, c) for slot, _key, c in slotted])
