@@ -141,6 +141,13 @@ class FollowUp:
     # Cluster only: primary -> its backoff and when it may be tried again;
     # held for each primary whose last contact failed, until one succeeds.
     _node_backoff: dict[str, tuple[BackoffTracker, float]]
+    # Cluster only: slot -> the primary a command of it last went to that
+    # the slot map does not give it to (an ASK: the slot is being migrated
+    # there), until its commands all go to the map's owner again. A slot
+    # is held, sent and named as that primary's: one silent, its ASKs are
+    # not sent into its silence again, nor is the owner, which answered,
+    # taken for silent.
+    _redirected: dict[int, str]
     # Cluster only: the primaries whose last contact timed out; they rest
     # until a PING of their own is answered (agents.redis_readiness).
     _silent: set[str]
@@ -213,6 +220,22 @@ class FollowUp:
         to this round's writes."""
         return node in self._round_silent or self._resting(node, now)
 
+    def _routed(self, owners: dict[int, str]) -> dict[int, str]:
+        """`owners` (slot -> primary), `_redirected` over it: where each
+        slot's commands go (not copied without redirects: 16384 slots)."""
+        return owners | self._redirected if self._redirected else owners
+
+    def _note_redirects(self, owners: dict[int, str], slots: list[int], nodes: list[str]) -> None:
+        """`_redirected` after a round trip: `nodes[i]`, where a command of
+        slot `slots[i]` went, for each slot one went elsewhere than its
+        owner in the map read before (`owners`)."""
+        redirected = self._redirected
+        for slot in set(slots):
+            redirected.pop(slot, None)
+        for slot, node in zip(slots, nodes, strict=True):
+            if node != owners.get(slot, NO_PRIMARY) and node != NO_PRIMARY:
+                redirected[slot] = node
+
     def _node_replies(self, nodes: list[str], replies: list[Any]) -> None:
         """Which primaries this round trip sent to (`nodes[i]` got the command
         `replies[i]` answers), answered, and left something to send again."""
@@ -273,14 +296,14 @@ class FollowUp:
                 # A resting primary's commands stay pending, unsent; so do
                 # those of one this round's writes found silent: sent now,
                 # they would wait out a second socket timeout in one round.
-                owners, now = slot_owners(client), time.monotonic()
+                owners, now = self._routed(slot_owners(client)), time.monotonic()
                 slotted = [(key_slot(key.encode()), key, c) for key, c in commands]
                 slotted = [
                     s for s in slotted if not self._held_back(owners.get(s[0], NO_PRIMARY), now)
                 ]
                 commands = [(key, c) for _slot, key, c in slotted]
-                replies = send_by_slot(client, [(slot, c) for slot, _key, c in slotted])
-                nodes = [owners.get(slot, NO_PRIMARY) for slot, _key, _c in slotted]
+                nodes: list[str] = []
+                replies = send_by_slot(client, [(slot, c) for slot, _key, c in slotted], nodes)
                 self._node_replies(nodes, replies)
             else:
                 expire = self._expires

@@ -131,10 +131,12 @@ class Readiness(WriteQueue):
         for node in [n for n in rests if n not in primaries and n != NO_PRIMARY]:
             del rests[node]  # no primary now (a failover): nothing waits for it
         self._silent &= primaries
+        self._redirected = {s: n for s, n in self._redirected.items() if n in primaries}
+        routes = self._routed(owners)
         for node in [n for n in self._node_states if n not in primaries]:
             del self._node_states[node]
         # A new dict, whole at once: readiness reads it from another thread.
-        self.unanswered = self._left_slots | {s: n for s, n in owners.items() if n in rests}
+        self.unanswered = self._left_slots | {s: n for s, n in routes.items() if n in rests}
         self.connected, self.not_now = bool(self.heard_nodes), None
         self._held = left
         held = set(self._left_slots.values()) if left else set()  # `left`'s primaries

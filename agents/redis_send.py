@@ -356,19 +356,22 @@ class BatchSender(FollowUp):
         order they came, pipelined per node (`redis_slots.send_by_slot`,
         which follows MOVED and ASK); counts what each wrote or refused.
         A resting primary's slots (its backoff after a failure) are held,
-        not sent. Returns the entries that got no answer (node down,
-        failover, the script not loaded) and those held, to be sent again,
-        or None when every one was
-        answered; once a reply is counted it does not raise, so a written
-        entry is never sent again."""
+        not sent, and so are those last redirected to it (`_redirected`).
+        Returns the entries that got no answer (node down, failover, the
+        script not loaded) and those held, to be sent again, or None when
+        every one was answered; once a reply is counted it does not raise,
+        so a written entry is never sent again."""
         calls: list[Call] = []
         held: list[Call] = []  # a resting primary's: not sent, kept
         owners, sent = slot_owners(client), time.monotonic()
+        routes = self._routed(owners)
         for slot, at in group_by_slot(batch.keys).items():
-            going = held if self._resting(owners.get(slot, NO_PRIMARY), sent) else calls
+            going = held if self._resting(routes.get(slot, NO_PRIMARY), sent) else calls
             going += [(slot, kind, part) for kind, part in _calls(batch, at, self.batch_ops)]
         commands = self._commands(calls)
         self._begin_round()  # this round's first error is the one logged
-        replies = evalsha_by_slot(client, commands, APPEND_SCRIPT) if commands else []
-        self._node_replies([owners.get(slot, NO_PRIMARY) for slot, _c in commands], replies)
-        return self._settle_calls(client, calls, replies, sent, owners, held)
+        nodes: list[str] = []  # where each command went: its reply's (or silence's) node
+        replies = evalsha_by_slot(client, commands, APPEND_SCRIPT, nodes) if commands else []
+        self._node_replies(nodes, replies)
+        self._note_redirects(owners, [slot for slot, _c in commands], nodes)
+        return self._settle_calls(client, calls, replies, sent, self._routed(owners), held)

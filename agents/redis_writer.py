@@ -192,6 +192,7 @@ class RedisWriter(Readiness):
         # failover); read by readiness while `connected` stays true.
         self.unanswered: dict[int, str] | None = None
         self._node_backoff: dict[str, tuple[BackoffTracker, float]] = {}
+        self._redirected: dict[int, str] = {}
         self._silent: set[str] = set()
         self._round_silent: set[str] = set()
         self._pinging: set[str] = set()

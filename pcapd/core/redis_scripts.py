@@ -37,7 +37,10 @@ def load_refused(error: object) -> bool:
 
 
 def evalsha_by_slot(
-    client: RedisCluster, commands: Sequence[tuple[int, tuple[Any, ...]]], script: str
+    client: RedisCluster,
+    commands: Sequence[tuple[int, tuple[Any, ...]]],
+    script: str,
+    nodes: list[str] | None = None,
 ) -> list[Any]:
     """`send_by_slot`, where the EVALSHAs of `script` among `commands` that a
     primary answered NOSCRIPT (a restart, SCRIPT FLUSH) are sent again once
@@ -47,8 +50,9 @@ def evalsha_by_slot(
     as EVAL). A command NOSCRIPT again came from an ASK target (a slot being
     migrated: the map names its old owner): the script is loaded on the
     other primaries then, and it goes once more; a NOSCRIPT after that is
-    its reply, for the caller to send again later."""
-    replies = send_by_slot(client, commands)
+    its reply, for the caller to send again later. With `nodes`, each
+    command's node is added to it, as `send_by_slot` does."""
+    replies = send_by_slot(client, commands, nodes)
     call = ("EVALSHA", script_sha(script))
     lost: dict[str | None, list[int]] = {}  # node -> its commands answered NOSCRIPT
     for i, reply in enumerate(replies):
@@ -68,13 +72,13 @@ def evalsha_by_slot(
             else:  # not sent again: the load's "not now", or no answer to it
                 answered = isinstance(error, redis.ResponseError)
                 replies[i] = error if answered else not_sent(error)
-    _resend(client, again, replies, list(again))
+    _resend(client, again, replies, list(again), nodes)
     asked = [i for i in again if isinstance(replies[i], redis.exceptions.NoScriptError)]
     if asked:
         for name, node in primaries.items():
             if name not in lost:
                 _load(client, node, name, script)  # a node that fails keeps its NOSCRIPT
-        _resend(client, commands, replies, asked)
+        _resend(client, commands, replies, asked, nodes)
     return replies
 
 
@@ -83,9 +87,14 @@ def _resend(
     commands: Sequence[tuple[int, tuple[Any, ...]]] | Mapping[int, tuple[int, tuple[Any, ...]]],
     replies: list[Any],
     which: list[int],
+    nodes: list[str] | None,
 ) -> None:
-    for i, reply in zip(which, send_by_slot(client, [commands[i] for i in which]), strict=True):
+    went: list[str] = []
+    again = send_by_slot(client, [commands[i] for i in which], went)
+    for i, reply, node in zip(which, again, went, strict=True):
         replies[i] = reply
+        if nodes is not None:
+            nodes[i] = node
 
 
 def _load(client: RedisCluster, node: Any, name: str | None, script: str) -> Exception | None:

@@ -24,7 +24,9 @@ REDIRECT_ROUNDS = 3  # MOVED/ASK followed this many times per command, then its 
 
 
 def send_by_slot(
-    client: RedisCluster, commands: Sequence[tuple[int, tuple[Any, ...]]]
+    client: RedisCluster,
+    commands: Sequence[tuple[int, tuple[Any, ...]]],
+    nodes: list[str] | None = None,
 ) -> list[Any]:
     """Send each `(slot, command)` to the primary owning the slot: one pipeline
     per node, written to every node before any is read; the replies, or the
@@ -38,8 +40,12 @@ def send_by_slot(
     answer leaves ConnectionError as the reply, for the caller to send again
     later (and the slot map is read afresh then), as does a slot no primary
     is known for: the replies read are returned, never lost to a raise.
+    With `nodes`, each command's node is added to it: the one it went to
+    last (an ASK's target, a MOVED's new owner), whose reply or silence it
+    has; NO_PRIMARY for a slot no primary is known for.
     """
     replies: list[Any] = [None] * len(commands)  # None: not answered yet
+    went = [NO_PRIMARY] * len(commands)
     pending = list(range(len(commands)))
     asking: dict[int, ClusterNode] = {}
     for _ in range(REDIRECT_ROUNDS):
@@ -55,9 +61,10 @@ def send_by_slot(
             except (redis.RedisError, RedisClusterException) as exc:
                 # No primary known for the slot (a map read mid-failover):
                 # its error stands, and the replies already read are kept.
-                replies[i] = exc
+                replies[i], went[i] = exc, NO_PRIMARY
                 continue
             by_node.setdefault(node.name, (node, []))[1].append(i)
+            went[i] = node.name
         sent = []
         for node, indices in by_node.values():
             packed = b"".join(
@@ -114,6 +121,8 @@ def send_by_slot(
                 client.nodes_manager.initialize(last_failed_node_name=failed)
         if not pending:
             break
+    if nodes is not None:
+        nodes += went
     return replies
 
 
