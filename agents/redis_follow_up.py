@@ -230,11 +230,15 @@ class FollowUp:
         slot `slots[i]` went, for each slot one went elsewhere than its
         owner in the map read before (`owners`)."""
         redirected = self._redirected
-        for slot in set(slots):
-            redirected.pop(slot, None)
-        for slot, node in zip(slots, nodes, strict=True):
-            if node != owners.get(slot, NO_PRIMARY) and node != NO_PRIMARY:
-                redirected[slot] = node
+        expected = [owners.get(slot, NO_PRIMARY) for slot in slots]
+        if redirected:
+            sent = set(slots)
+            for slot in [s for s in redirected if s in sent]:
+                del redirected[slot]
+        if nodes != expected:  # some went elsewhere: rare, so only then looked for
+            for slot, node, owner in zip(slots, nodes, expected, strict=True):
+                if node != owner and node != NO_PRIMARY:
+                    redirected[slot] = node
 
     def _node_replies(self, nodes: list[str], replies: list[Any]) -> None:
         """Which primaries this round trip sent to (`nodes[i]` got the command
