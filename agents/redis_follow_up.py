@@ -362,9 +362,9 @@ class FollowUp:
         self._bound_pending()
 
     def _expires_refused(self, errors: list[Exception]) -> None:
-        """EXPIREs Redis answered with an error (an ACL, a read-only
-        replica): the counters, or the keys the script appended to, stand
-        without their TTL; counted in
+        """EXPIREs Redis refused for good (an ACL's NOPERM; a "not now" such
+        as READONLY is kept and sent again): the counters, or the keys the
+        script appended to, stand without their TTL; counted in
         `expires_lost`, logged at most once per DROP_LOG_INTERVAL."""
         if not errors:
             return
@@ -372,8 +372,8 @@ class FollowUp:
         self._log_lost("redis_expires_refused", errors, expires_lost=self.stats.expires_lost)
 
     def _index_refused(self, errors: list[Exception]) -> None:
-        """Index SADDs Redis answered with an error (an ACL, a read-only
-        replica): counted in `index_lost`, logged like refused EXPIREs."""
+        """Index SADDs Redis refused for good (an ACL's NOPERM): counted in
+        `index_lost`, logged like refused EXPIREs."""
         if not errors:
             return
         self.stats.index_lost += len(errors)

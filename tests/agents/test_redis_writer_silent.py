@@ -246,3 +246,41 @@ def test_an_ask_to_a_silent_primary_costs_one_socket_timeout(
         sent, rest = divmod(stats.queued_ops - 31, len(healthy))
         assert rest == 0
         assert admin.mget_nonatomic(healthy) == [str(sent)] * len(healthy)
+
+
+def test_an_expire_one_primary_refuses_is_lost_there_alone(redis_cluster: RedisCluster) -> None:
+    """Not silence but a refusal: one primary's ACL denies EXPIRE (NOPERM).
+    Its counters' EXPIREs are given up, counted in `expires_lost`, and
+    readiness fails on `redis_access`; the other primaries' land. None is
+    kept to be sent again (no resend helps an ACL): once the ACL allows
+    EXPIRE again, only the next writes' EXPIREs go."""
+    victim = redis_cluster.ports[1]
+    theirs = redis_cluster.slots_of(victim)
+    counters = [client_key(f"10.200.95.{i}") for i in range(60)]
+    denied = [key for key in counters if key_slot(key.encode()) in theirs]
+    admin = redis_cluster.client()
+    for key in counters:  # existing, without a TTL: the writer's EXPIRE gives one
+        admin.set(key, 5)
+    writer = silent_writer(redis_cluster)
+    try:
+        with redis_cluster.node(victim) as node:
+            node.execute_command("ACL", "SETUSER", "default", "-expire")
+        writer.extend(counters, [1] * len(counters))
+        wait_for(lambda: writer.stats.expires_lost == len(denied), timeout=30)
+        assert writer.stats.written_ops == len(counters) and not writer._expires
+        assert {key: admin.ttl(key) > 0 for key in counters} == {
+            key: key not in denied for key in counters
+        }
+        assert not next(c for c in writer_check(writer) if c.name == "redis_access").ok
+        with redis_cluster.node(victim) as node:
+            node.execute_command("ACL", "SETUSER", "default", "+expire")
+        writer.extend(denied, [1] * len(denied))
+        wait_for(lambda: writer.stats.written_ops == len(counters) + len(denied), timeout=30)
+        wait_for(lambda: all(admin.ttl(key) > 0 for key in denied), timeout=30)
+    finally:
+        with redis_cluster.node(victim) as node:
+            node.execute_command("ACL", "SETUSER", "default", "+expire")
+        writer.stop(10)
+    assert writer.stats.expires_lost == len(denied) and writer.stats.dropped_ops == 0
+    assert admin.mget_nonatomic(denied) == ["7"] * len(denied)
+    admin.close()
