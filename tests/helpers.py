@@ -394,7 +394,7 @@ class RedisCluster:
                                   socket_timeout=5)  # fmt: skip
 
     def reset(self) -> None:
-        """Empty, as new: keys, scripts, other clients, ACL users; a node that
+        """Empty, as new: keys, scripts, other clients, ACL users and log; a node that
         is down is started again. Keys are flushed on the primaries only (a
         replica refuses FLUSHALL: READONLY), and their replicas waited for."""
         for port in self.ports:
@@ -414,6 +414,7 @@ class RedisCluster:
                 for user in client.acl_users():
                     if user != "default":
                         client.acl_deluser(user)
+                client.acl_log_reset()  # what a test's ACL denied is not the next one's
         if self.replicas:
             for port in flushed:
                 wait_for(lambda p=port: self.replicated(p), timeout=CLUSTER_READY_TIMEOUT)
