@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,24 @@ def redis_server(
         yield server
     finally:
         server.stop()
+
+
+OPERATIONS_DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
+
+
+def documented_acl(user: str, password: str) -> list[list[str]]:
+    """The `ACL SETUSER <user> ...` lines of docs/operations.md, each as its
+    rules, `password` put in: the one server's, then a cluster's extra."""
+    lines = [line.split()[3:] for line in OPERATIONS_DOC.read_text().splitlines()
+             if line.startswith(f"ACL SETUSER {user} ")]  # fmt: skip
+    return [[f">{password}" if rule == ">PASSWORD" else rule for rule in rules]
+            for rules in lines]  # fmt: skip
+
+
+def set_acl_user(port: int, user: str, rules: Sequence[str]) -> None:
+    """`ACL SETUSER user` on the node at `port` with `rules`."""
+    with redis.Redis(port=port) as admin:
+        admin.execute_command("ACL", "SETUSER", user, *rules)
 
 
 CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster's bus listens on port + 10000

@@ -25,12 +25,10 @@ from pcapd.core.secret import Secret
 from tests.agents.writes import (
     ACL_PASSWORD,
     ACL_USER,
-    documented_acl,
     record_answer,
     record_nxdomain,
-    set_acl_user,
 )
-from tests.helpers import RedisServer, run_until_killed, wait_for
+from tests.helpers import RedisServer, documented_acl, run_until_killed, set_acl_user, wait_for
 
 HUGE = 30_000_000  # bytes: appending to such a value outlasts the socket timeout
 TIMEOUT = 0.005  # s, the writer's socket timeout
@@ -338,8 +336,8 @@ def test_the_documented_acl_lets_the_writer_write_everything(
     needs: every write lands with its TTL and index, nothing is refused, and
     Redis's ACL log holds nothing else. Without `script|load` the script
     goes as EVAL."""
-    one_server, _cluster = documented_acl()
-    set_acl_user(private_redis.port, [*one_server, *withheld])
+    one_server, _cluster = documented_acl(ACL_USER, ACL_PASSWORD)
+    set_acl_user(private_redis.port, ACL_USER, [*one_server, *withheld])
     writer = acl_writer(private_redis.port)
     writer.start()
     try:
@@ -367,8 +365,8 @@ def test_an_acl_denying_the_script_fails_readiness_naming_the_command(
     """Without `evalsha` and `eval` every append is refused for good:
     counted, dropped, and readiness says why and what to do; the counters
     still land, and the writer goes on."""
-    one_server, _cluster = documented_acl()
-    set_acl_user(private_redis.port, [*one_server, "-evalsha", "-eval"])
+    one_server, _cluster = documented_acl(ACL_USER, ACL_PASSWORD)
+    set_acl_user(private_redis.port, ACL_USER, [*one_server, "-evalsha", "-eval"])
     writer = acl_writer(private_redis.port)
     writer.start()
     try:

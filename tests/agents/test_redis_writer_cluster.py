@@ -32,13 +32,19 @@ from tests.agents.test_store import refusals
 from tests.agents.writes import (
     ACL_PASSWORD,
     ACL_USER,
-    documented_acl,
     record_answer,
     record_nxdomain,
-    set_acl_user,
     writer_metric,
 )
-from tests.helpers import RedisCluster, RedisServer, keyspace, run_until_killed, wait_for
+from tests.helpers import (
+    RedisCluster,
+    RedisServer,
+    documented_acl,
+    keyspace,
+    run_until_killed,
+    set_acl_user,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,10 +104,10 @@ def test_the_documented_cluster_acl_lets_the_writer_write_everything(
     """docs/operations.md's ACL lines for a cluster, as written there: every
     write lands on every primary, nothing is refused, the key space is one
     server's with the same writes."""
-    one_server, cluster_extra = documented_acl()
+    one_server, cluster_extra = documented_acl(ACL_USER, ACL_PASSWORD)
     try:
         for port in redis_cluster.ports:
-            set_acl_user(port, [*one_server, *cluster_extra])
+            set_acl_user(port, ACL_USER, [*one_server, *cluster_extra])
         url = redis_cluster.url.replace("//", f"//{ACL_USER}:{ACL_PASSWORD}@", 1)
         writer = cluster_writer(url, index=True, batch_ops=50)
         fill(writer, 40)

@@ -1,14 +1,10 @@
 """Recording one answer or NXDOMAIN straight through agents.store, as the
 agents do through their recorders, reading a writer's metrics, and the
-agents' Redis ACL as docs/operations.md gives it: for tests of the key
-schema and writer."""
+agents' Redis user and password: for tests of the key schema and writer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-
-import redis
 
 from agents.metrics import writer_families
 from agents.redis_writer import RedisWriter
@@ -39,21 +35,5 @@ def writer_metric(writer: RedisWriter, name: str) -> float:
     return float(value)
 
 
-OPERATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 ACL_USER = "pcapd-agent"
 ACL_PASSWORD = "agent-secret"
-
-
-def documented_acl() -> list[list[str]]:
-    """The `ACL SETUSER pcapd-agent ...` lines of docs/operations.md, each as
-    its rules, the password put in: the one server's, then a cluster's extra."""
-    lines = [line.split()[3:] for line in OPERATIONS_DOC.read_text().splitlines()
-             if line.startswith(f"ACL SETUSER {ACL_USER} ")]  # fmt: skip
-    return [[f">{ACL_PASSWORD}" if rule == ">PASSWORD" else rule for rule in rules]
-            for rules in lines]  # fmt: skip
-
-
-def set_acl_user(port: int, rules: Sequence[str]) -> None:
-    """`ACL SETUSER` the agents' user on the node at `port` with `rules`."""
-    with redis.Redis(port=port) as admin:
-        admin.execute_command("ACL", "SETUSER", ACL_USER, *rules)
