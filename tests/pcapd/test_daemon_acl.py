@@ -24,6 +24,21 @@ ACL_PASSWORD = "daemon-secret"
 # refused (and logged by Redis), and the daemon goes on without it.
 OPTIONAL = {"info", "config|get"}
 REQUEST_STREAM = "capture-requests"
+# The daemon's [redis] as that user, reading the stream too; its idle
+# subscription PINGs after 1 s (the default, 15 s, is past this test).
+AS_THE_USER = f"""username = "{ACL_USER}"
+auth = "{ACL_PASSWORD}"
+stream_listen = true
+health_check_interval = 1
+"""
+
+
+def pings(admin: redis.Redis) -> int:
+    """PINGs Redis took or refused since the stats were reset: only the
+    daemon's pub/sub source sends them here, after `health_check_interval`
+    (1 s) of silence."""
+    stats = admin.info("commandstats").get("cmdstat_ping", {})
+    return int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))
 
 
 def test_the_documented_acl_serves_every_request_source_dedup_and_heartbeat(
@@ -32,10 +47,11 @@ def test_the_documented_acl_serves_every_request_source_dedup_and_heartbeat(
     one_server, _cluster = documented_acl(ACL_USER, ACL_PASSWORD)
     set_acl_user(private_redis.port, ACL_USER, one_server)
     with redis.Redis(port=private_redis.port, decode_responses=True) as admin:
+        admin.config_resetstat()  # the fixture's PING, at start, is not the daemon's
         results = Results(private_redis)
         daemon = Daemon(
             private_redis, tmp_path,
-            extra_redis=f'username = "{ACL_USER}"\nauth = "{ACL_PASSWORD}"\nstream_listen = true',
+            extra_redis=AS_THE_USER,
             extra_sections="[fleet]\nheartbeat_interval = 1\n",
         )  # fmt: skip
         try:
@@ -43,6 +59,7 @@ def test_the_documented_acl_serves_every_request_source_dedup_and_heartbeat(
             wait_for(lambda: "event=stream_group_created" in daemon.log(), timeout=15)
             heartbeat = node_key(DEFAULT_FLEET_PREFIX, "testnode")
             wait_for(lambda: admin.hget(heartbeat, "instance") is not None, timeout=15)
+            wait_for(lambda: pings(admin) > 0)  # the idle subscription's, allowed or refused
             port = free_port()
             by_pubsub = udp_request(port, id="acl-pubsub", packets=2)
             daemon.publish(by_pubsub)
