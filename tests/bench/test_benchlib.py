@@ -117,8 +117,9 @@ def test_a_daemon_started_by_a_bench_runs_the_code_the_bench_imports(tmp_path: P
     (other / "pcapd" / "__init__.py").write_text("")
     marker = tmp_path / "ran"
     (other / "pcapd" / "__main__.py").write_text(
-        "import pathlib, time\n"
-        f"pathlib.Path({str(marker)!r}).write_text(__file__)\n"
+        "import os, pathlib, time\n"  # written whole, then named: the bench waits for the name
+        f"pathlib.Path({str(marker)!r} + '.part').write_text(__file__)\n"
+        f"os.replace({str(marker)!r} + '.part', {str(marker)!r})\n"
         "time.sleep(30)\n"
     )
     script = (
