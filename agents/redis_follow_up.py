@@ -12,16 +12,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import hiredis
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from agents.redis_replies import HEARD_ERRORS, answered, silent, to_resend
 from agents.store import UNSET_ZERO_SCRIPT, index_commands
 from pcapd.core.backoff import BackoffTracker
 from pcapd.core.logs import event
-from pcapd.core.redis_conn import NotSent
-from pcapd.core.redis_errors import error_code, error_text, refusal
+from pcapd.core.redis_errors import error_code, error_text
 from pcapd.core.redis_slots import NO_PRIMARY, send_by_slot, slot_owners
 from pcapd.core.redis_wire import UNANSWERED, exchange, pack_command, pack_pairs
 
@@ -29,53 +28,6 @@ log = logging.getLogger("pcapd.agents.store")
 
 DROP_LOG_INTERVAL = 10.0  # s; each cause of dropped writes is logged at most this often
 NOT_PERMITTED = "NOPERM"  # Redis's code for what the user's ACL denies
-
-# Errors that are Redis's answer, not its silence (LOADING comes as redis-py's
-# BusyLoadingError, a ConnectionError).
-HEARD_ERRORS = (redis.ResponseError, redis.exceptions.BusyLoadingError)
-
-
-def answered(reply: object) -> bool:
-    """Whether `reply` came from Redis (a value or an error reply), not from
-    its silence (a connection error, a timeout, a command never sent)."""
-    return not isinstance(reply, BaseException) or isinstance(reply, HEARD_ERRORS)
-
-
-def not_now(reply: object) -> bool:
-    """Whether `reply` is Redis there but not taking it now (LOADING, BUSY,
-    OOM, READONLY ...): an answer, and no refusal for good."""
-    return isinstance(reply, HEARD_ERRORS) and refusal(reply, cluster=False) is None
-
-
-# What a server that accepts and never answers (paused, a partition) gives.
-_TIMEOUTS = (redis.TimeoutError, TimeoutError)
-
-
-def silent(reply: object) -> bool:
-    """Whether `reply` is a timeout: of its read, or of the connection that
-    was to write it (`NotSent`, its cause kept)."""
-    return isinstance(reply, _TIMEOUTS) or (
-        isinstance(reply, NotSent) and isinstance(reply.__cause__, _TIMEOUTS)
-    )
-
-
-def to_resend(reply: object, *, cluster: bool) -> bool:
-    """Whether the command `reply` answers is to be sent again: no answer,
-    or a "not now"; not a value, nor a refusal for good."""
-    return isinstance(reply, Exception) and refusal(reply, cluster=cluster) is None
-
-
-# A call's reply that says it was written and its reply not read.
-_UNHEARD = (redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError)
-
-
-def lost_in_flight(reply: object) -> bool:
-    """Whether Redis may have run the call `reply` answers, its reply lost
-    (the link cut, a timeout): not a "not now" (LOADING, BUSY, CLUSTERDOWN,
-    TRYAGAIN ...: Redis did not run it) nor a call never written (`NotSent`)."""
-    # redis-py raises LOADING as a ConnectionError (BusyLoadingError).
-    not_run = (NotSent, redis.exceptions.BusyLoadingError)
-    return isinstance(reply, _UNHEARD) and not isinstance(reply, not_run)
 
 
 @dataclass(slots=True)

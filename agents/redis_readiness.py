@@ -22,7 +22,8 @@ from redis.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 from redis.exceptions import RedisClusterException
 
-from agents.redis_follow_up import DROP_LOG_INTERVAL, answered
+from agents.redis_follow_up import DROP_LOG_INTERVAL
+from agents.redis_replies import answered
 from agents.write_queue import WriteQueue
 from agents.write_window import Batch
 from pcapd.core.backoff import Backoff, BackoffTracker

@@ -43,7 +43,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from agents.redis_follow_up import FollowUp, WriterStats, lost_in_flight
+from agents.redis_follow_up import FollowUp, WriterStats
+from agents.redis_replies import lost_in_flight
 from agents.redis_wire import (
     _CLIENT,
     _OK,

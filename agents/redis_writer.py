@@ -58,8 +58,8 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from agents.redis_follow_up import not_now
 from agents.redis_readiness import Readiness
+from agents.redis_replies import not_now
 from agents.redis_send import WriterStats
 from agents.write_window import Batch, Window
 from agents.writer_settings import (

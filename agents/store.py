@@ -219,7 +219,7 @@ UNSET_ZERO_SCRIPT = (
 # not returned, as a clean run would not return it; one another writer
 # made with the same first member(s) is, and indexed as made here: the
 # writer asks "2" only after a call was written and its reply lost,
-# `redis_follow_up.lost_in_flight`, never after a "not now" or no send). A
+# `redis_replies.lost_in_flight`, never after a "not now" or no send). A
 # script, as GET + find + APPEND must be atomic; the counters go as plain
 # INCRBY commands beside it (through a script an INCR and its EXPIRE cost
 # Redis ~6.9 us here, as commands ~5.4). The writer merges a window's writes first

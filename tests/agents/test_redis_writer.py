@@ -14,7 +14,7 @@ from agents.dnstap.config import parse_dnstap_config
 from agents.dnswire.config import parse_dnswire_config
 from agents.flow.config import parse_flow_config
 from agents.metrics import ACCESS_REFUSED_S, writer_check
-from agents.redis_follow_up import lost_in_flight
+from agents.redis_replies import lost_in_flight
 from agents.redis_send import WriterStats
 from agents.redis_writer import RedisWriter, dropped_status, make_writer
 from agents.store import APPEND_SCRIPT

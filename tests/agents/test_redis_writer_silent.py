@@ -14,7 +14,7 @@ import pytest
 from redis.crc import key_slot
 
 from agents.metrics import writer_check
-from agents.redis_follow_up import silent
+from agents.redis_replies import silent
 from agents.redis_writer import RedisWriter
 from agents.store import client_key, dns_key, flow_key, index_key
 from pcapd.core.config import RedisConfig

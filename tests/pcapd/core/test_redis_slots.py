@@ -9,7 +9,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agents.redis_follow_up import answered, silent
+from agents.redis_replies import answered, silent
 from pcapd.core.redis_slots import ping_alone
 from tests.helpers import RedisServer, free_port
 

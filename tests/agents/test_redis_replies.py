@@ -1,4 +1,4 @@
-"""What the writer's follow-up half makes of a reply: a silent server (a
+"""What `agents.redis_replies` makes of a reply: a silent server (a
 timeout, reading or connecting) told from one that refuses or answers."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agents.redis_follow_up import answered, silent
+from agents.redis_replies import answered, silent
 from pcapd.core.redis_conn import not_sent
 from tests.helpers import RedisServer, free_port
 
