@@ -15,7 +15,7 @@ from pcapd.cli.common import (
     add_redis_options,
     redis_config,
 )
-from pcapd.core.config import DEFAULT_CHANNEL, load_config
+from pcapd.core.config import DEFAULT_CHANNEL, MAX_SECONDS, load_config
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
 from pcapd.core.secret import Secret, resolve_secret
 
@@ -59,12 +59,15 @@ def _wait_seconds(text: str) -> float:
     """--wait's optional SECONDS. argparse hands it the word after --wait
     whatever it is, so a filter written there ends up here: say where it goes."""
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a number of seconds; put the filter after another option "
             "(--wait --packets 10 host 10.1.2.3) or give the seconds (--wait 60 host 10.1.2.3)"
         ) from None
+    if not 0 <= seconds <= MAX_SECONDS:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text}: seconds must be 0..{MAX_SECONDS}")
+    return seconds
 
 
 def _signing_key(args: argparse.Namespace) -> Secret:

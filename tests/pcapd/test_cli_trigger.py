@@ -73,6 +73,12 @@ def test_a_filter_right_after_wait_is_refused_saying_where_it_goes() -> None:
         "put the filter after another option (--wait --packets 10 host 10.1.2.3) "
         "or give the seconds (--wait 60 host 10.1.2.3)"
     )
+    for seconds in ("nan", "-5", "inf", "1e9"):
+        refused = trigger("-i", "lo", "--wait", seconds, "host", "10.1.2.3")
+        assert refused.returncode == EXIT_CONFIG
+        assert refused.stderr.splitlines()[-1] == (
+            f"pcapd trigger: error: argument --wait: {seconds}: seconds must be 0..604800"
+        )
     parsed = trigger("-i", "lo", "--wait", "--packets", "10", "host", "10.1.2.3")
     assert parsed.returncode == EXIT_FAILURE  # parsed, then no Redis on that port
     assert parsed.stderr.startswith("pcapd trigger: Redis at redis://127.0.0.1:"), parsed.stderr
