@@ -61,6 +61,10 @@ def test_packets_since_the_request_arrived_are_in_its_file(
     redis_srv: RedisServer, results: Results, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reader, "MAX_HEAD_START", WAITED * 10)
+    # Reads are remembered READ_MARKS at a time, one per READ_WAIT on an idle
+    # ring (1.6 s): a loaded machine's wait for the 3 packets outlasted them,
+    # leaving no read from before the arrival to start at.
+    monkeypatch.setattr(reader, "READ_MARKS", 1000)
     event = handle_late(redis_srv, results, tmp_path, "early")
     assert (event["status"], event["packets"], event["stop"]) == ("ok", 5, "packets")
     assert event["lookback"] is None
