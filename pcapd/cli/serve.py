@@ -21,6 +21,7 @@ from typing import Any
 
 from pcapd.cli.common import Subparsers, add_command, guarded
 from pcapd.core.config import load_config
+from pcapd.core.configread import ConfigError
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_OK
 
 HELP = ("h", "help")
@@ -65,6 +66,8 @@ class ServeArgs:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     help: bool = False
+    # "section.key" -> the flag that set it, so an error names what was typed.
+    flags_of: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def _go_int(text: str) -> int:
@@ -134,14 +137,27 @@ def _to_overrides(given: dict[str, str | int | bool], rest: list[str]) -> ServeA
         warnings.append("-destdir: used only with -writelocal, as in pcapdaemon; ignored")
         del given["destdir"]
     overrides: dict[str, dict[str, Any]] = {}
+    flags_of: dict[str, str] = {}
     for name, value in given.items():
         target = FLAGS[name].target
         if target is None or value in ("", 0, False):  # a zero value overrides nothing
             continue
         section, key = target
         overrides.setdefault(section, {})[key] = value
+        flags_of[f"{section}.{key}"] = name
     config = given.get("config") or given.get("c") or None
-    return ServeArgs(str(config) if config else None, overrides, tuple(warnings))
+    return ServeArgs(str(config) if config else None, overrides, tuple(warnings),
+                     flags_of=flags_of)  # fmt: skip
+
+
+def _naming_flags(exc: ConfigError, flags_of: dict[str, str]) -> ConfigError:
+    """`exc` with each error about a value a flag gave saying so: the file
+    it names does not hold that value."""
+    errors = []
+    for error in exc.errors:
+        name = flags_of.get(error.partition(":")[0])
+        errors.append(f"{error} (given as -{name})" if name else error)
+    return ConfigError(errors, exc.path, exc.warnings)
 
 
 def usage(prog: str) -> str:
@@ -172,7 +188,10 @@ def serve_main(argv: Sequence[str], prog: str) -> int:
         return EXIT_OK
     from pcapd.daemon import serve
 
-    config = load_config(args.config, overrides=args.overrides)
+    try:
+        config = load_config(args.config, overrides=args.overrides)
+    except ConfigError as exc:
+        raise _naming_flags(exc, args.flags_of) from None
     return serve(config, args.config, args.warnings)
 
 

@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pcapd.cli.common import Subparsers, UsageError, add_command
@@ -126,6 +127,17 @@ def _retry(config: Config, spool: Spool, ids: Sequence[str] | None, publish: boo
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    directory = Path(config.delivery.spool_dir)
+    if not directory.exists():
+        # Looking must not make it: a mistyped spool_dir would look like an
+        # empty spool from then on, beside the daemon's real one.
+        absent = (f"{directory} does not exist (a daemon with S3 or CloudShark uploads makes "
+                  "it when it starts: is this its config?)")  # fmt: skip
+        if args.action == "retry" and args.ids:
+            raise UsageError("\n".join(f"error: {entry_id}: no such spool entry: {absent}"
+                                       for entry_id in sorted(set(args.ids))))  # fmt: skip
+        print(f"0 spooled: {absent}")
+        return EXIT_OK
     try:
         # An entry's lines (a sidecar field dropped, ...) name it: shown whole.
         with warnings_to_stderr(config.general):

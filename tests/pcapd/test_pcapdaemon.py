@@ -97,14 +97,22 @@ def test_the_script_prints_what_the_user_sees(tmp_path: Path) -> None:
     assert missing.stderr == (
         f"{tmp_path / 'absent.toml'}: error: cannot read config: No such file or directory\n"
     )
-    # A flag's value is validated as the file's would be, under its config name.
+    # A flag's value is validated as the file's would be, under its config name,
+    # and the error says which flag gave it (the file does not hold it).
     path = tmp_path / "p.toml"
     path.write_text("[general]\nwritelocal = true\n")
     out_of_range = pcapdaemon("-config", str(path), "-redisport", "70000", "-csscheme", "ftp")
     assert out_of_range.returncode == 2
     assert out_of_range.stderr.splitlines() == [
-        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000",
-        f"{path}: error: cloudshark.scheme: expected one of http, https, got 'ftp'",
+        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 70000"
+        " (given as -redisport)",
+        f"{path}: error: cloudshark.scheme: expected one of http, https, got 'ftp'"
+        " (given as -csscheme)",
+    ]
+    path.write_text("[general]\nwritelocal = true\n[redis]\nport = 0\n")
+    from_file = pcapdaemon("-config", str(path), "-redisnode", "r1")
+    assert from_file.stderr.splitlines() == [
+        f"{path}: error: redis.port: must be at least 1 and at most 65535, got 0"
     ]
     served = subprocess.run(
         [sys.executable, "-m", "pcapd", "serve", "-c", str(path), "-nosuch"],

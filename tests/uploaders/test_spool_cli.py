@@ -307,3 +307,18 @@ def test_retry_drops_an_entry_whose_result_redis_refuses(
         listener.close()
     lost = [r for r in caplog.records if r.getMessage() == "result_lost"]
     assert len(lost) == 1 and "WRONGTYPE" in caplog.text
+
+
+def test_a_spool_directory_that_does_not_exist_is_said_not_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:9", "b", 6379)
+    spool_dir = tmp_path / "spool"
+    absent = (f"{spool_dir} does not exist (a daemon with S3 or CloudShark uploads makes it "
+              "when it starts: is this its config?)")  # fmt: skip
+    for action in (["list"], ["list", "--json"], ["retry"]):
+        assert main([*action, "-c", str(config)]) == 0
+        assert capsys.readouterr().out == f"0 spooled: {absent}\n"
+    assert main(["retry", "-c", str(config), "--id", "x"]) == 2
+    assert capsys.readouterr().err == f"error: x: no such spool entry: {absent}\n"
+    assert not spool_dir.exists()
