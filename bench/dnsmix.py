@@ -124,5 +124,14 @@ def generate(path: Path, responses: int, seed: int = 7) -> list[bytes]:
     return sample
 
 
+def main(argv: list[str]) -> int:
+    count_ok = len(argv) == 1 or (len(argv) == 2 and argv[1].isdigit())
+    if not count_ok or argv[0].startswith("-"):
+        print(f"usage: {__doc__.strip().splitlines()[-1].strip()}", file=sys.stderr)
+        return 2
+    generate(Path(argv[0]), int(argv[1]) if len(argv) > 1 else 200_000)
+    return 0
+
+
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 200_000)
+    sys.exit(main(sys.argv[1:]))
