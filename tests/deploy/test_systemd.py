@@ -85,3 +85,20 @@ def test_unit_restarts_on_failure_but_not_on_a_bad_config(unit: Path) -> None:
     lines = unit.read_text().splitlines()
     assert "Restart=on-failure" in lines
     assert "RestartPreventExitStatus=2" in lines
+
+
+def test_each_unit_s_documentation_is_a_file_the_readme_installs() -> None:
+    """`systemctl help UNIT` opens Documentation=; the README's install step
+    copies README.md and docs/*.md to /usr/share/doc/pcapd (pip installs
+    no docs)."""
+    readme = (ROOT / "README.md").read_text()
+    installs = "install -m 0644 -D -t /usr/share/doc/pcapd README.md docs/*.md"
+    assert installs in readme
+    shipped = {"README.md", *(doc.name for doc in (ROOT / "docs").glob("*.md"))}
+    for unit in units():
+        docs = [line.split("=", 1)[1] for line in unit.read_text().splitlines()
+                if line.startswith("Documentation=")]  # fmt: skip
+        assert docs, unit.name
+        for url in docs:
+            assert url.startswith("file:///usr/share/doc/pcapd/"), (unit.name, url)
+            assert url.rsplit("/", 1)[1] in shipped, (unit.name, url)
