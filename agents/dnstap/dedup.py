@@ -6,8 +6,8 @@ same name within the second was lost; here the client is part of the key.
 Keys are kept in two generations, swapped once per window: a key last seen
 before the previous swap is older than the window, so dropping the old
 generation at a swap drops only expired keys, and nothing walks the keys
-(a walk of up to `max_entries` keys per window was ~7% of the wire agent's
-time, docs/performance.md). Holds at most `max_entries` keys: if a burst
+(a walk of up to `max_entries` keys once per window paused the capture
+loop for its length; docs/performance.md). Holds at most `max_entries` keys: if a burst
 fills both generations with live keys, they are cleared (and counted)
 rather than grown.
 """

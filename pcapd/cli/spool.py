@@ -136,7 +136,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.action == "retry" and args.ids:
             raise UsageError("\n".join(f"error: {entry_id}: no such spool entry: {absent}"
                                        for entry_id in sorted(set(args.ids))))  # fmt: skip
-        print(f"0 spooled: {absent}")
+        # As the summary line below: JSON lines alone on stdout with --json.
+        as_json = args.action == "list" and args.json
+        print(f"0 spooled: {absent}", file=sys.stderr if as_json else sys.stdout)
         return EXIT_OK
     try:
         # An entry's lines (a sidecar field dropped, ...) name it: shown whole.
