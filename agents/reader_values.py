@@ -98,8 +98,10 @@ class ClientKeys:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One bounded page: `cursor` 0 means the scan is over; `scanned` keys
-    were examined for this page."""
+    """One bounded page: `cursor` 0 means the scan is over; SCAN returned
+    `scanned` keys for this page, those matching its MATCH pattern: Redis
+    does not say how many it walked past to find them (`progress` tells how
+    far the walk got)."""
 
     items: tuple[Any, ...]
     cursor: int

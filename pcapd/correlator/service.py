@@ -152,7 +152,8 @@ class Correlator:
 
 
 def _paging(page: Page) -> dict[str, Any]:
-    """`cursor` to go on from (0: done), keys examined for this page, and the
-    share of the keyspace the walk has covered so far."""
+    """`cursor` to go on from (0: done), keys SCAN returned for this page (those
+    matching its pattern, not all it walked past), and the share of the
+    keyspace the walk has covered so far."""
     return {"cursor": page.cursor, "scanned": page.scanned, "complete": page.complete,
             "progress": round(page.progress, 4)}  # fmt: skip

@@ -78,6 +78,6 @@ def render_pivot(found: dict[str, Any]) -> str:
 def _more(page: dict[str, Any]) -> str:
     """An unfinished walk: how far it got (as the page says) and how to go on."""
     return (
-        f"(examined {page['scanned']} keys; the scan has covered about "
+        f"(SCAN returned {page['scanned']} matching keys; the scan has covered about "
         f"{page['progress'] * 100:.1f} % of the keyspace; more: --cursor {page['cursor']})"
     )

@@ -139,6 +139,24 @@ def test_clients_page_says_how_far_it_got(paged_site: tuple[str, Path, set[str]]
     assert f'<a id="next" href="{more}">Next page</a>' in html
 
 
+def test_scanned_is_said_to_be_what_scan_returned(paged_site: tuple[str, Path, set[str]]) -> None:
+    """The first page of flows to port 443 spends the budget of 100 keys
+    walking a keyspace where one key in three matches: `scanned` is the ~33
+    keys SCAN returned, so the page and the CLI say that, not that they
+    examined that many."""
+    url, config, _ = paged_site
+    query = urllib.parse.urlencode({"address": SERVICE, "port": "443"})
+    status, page = get_json(f"{url}/api/pivot/address?{query}")
+    assert status == 200 and not page["complete"], page
+    assert page["scanned"] == len(page["flows"]) < 100
+    said = f"SCAN returned {page['scanned']} matching keys"
+    text = cli(config, "--talked", SERVICE, "--port", "443").stdout
+    assert f"({said}; the scan has covered about" in text and "examined" not in text, text
+    with urllib.request.urlopen(f"{url}/pivot/address?{query}", timeout=30) as answer:
+        html = answer.read().decode()
+    assert f"{said} for this page;" in html and "Examined" not in html
+
+
 RANGE = "must be at least {} and at most {}, got {}"
 
 
