@@ -19,8 +19,10 @@ long nor outlives its HTTP request:
   otherwise read 500 x max_client_keys); no HGETALL/LRANGE/KEYS at all.
 
 A client's keys come from its `<client>;index` set when pcapd's writer keeps
-one and `read_index` is on; otherwise (ShoDoHFlo's agents) from a SCAN of the
-keyspace. Worst-case memory per request: ~budget x key length, plus values.
+one and `read_index` is on; otherwise (ShoDoHFlo's agents), or when Redis
+refuses the SSCAN (an ACL, a key of another type: `IndexRefused` says which),
+from a SCAN of the keyspace. Worst-case memory per request: ~budget x key
+length, plus values.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import redis
 from agents import store
 from agents.reader_values import (
     ClientKeys,
+    IndexRefused,
     Network,
     Page,
     _add,
@@ -139,15 +142,19 @@ class StoreReader:
         return values
 
     # -- clients -----------------------------------------------------------
-    def keys_of(self, clients: Collection[str]) -> tuple[dict[str, list[str]], bool]:
-        """Each client's keys (index, else one shared SCAN), and whether the
-        answer is complete. Each client gets at most `max_client_keys`, and
-        an equal share of `max_request_keys` when there are many."""
+    def keys_of(
+        self, clients: Collection[str]
+    ) -> tuple[dict[str, list[str]], bool, dict[str, IndexRefused]]:
+        """Each client's keys (index, else one shared SCAN), whether the answer
+        is complete, and the clients whose index Redis refused to read (found
+        by the SCAN). Each client gets at most `max_client_keys`, and an equal
+        share of `max_request_keys` when there are many."""
         found: dict[str, list[str]] = {}
         unindexed, complete = set(clients), True
+        refused: dict[str, IndexRefused] = {}
         cap = min(self.max_client_keys, max(1, self.max_request_keys // max(1, len(clients))))
         if self.read_index:
-            found, unindexed, complete = self._indexed(clients, cap)
+            found, unindexed, complete, refused = self._indexed(clients, cap)
         if unindexed:
             match = (
                 store.client_keys_pattern(next(iter(unindexed))) if len(unindexed) == 1 else None
@@ -164,22 +171,26 @@ class StoreReader:
             if len(keys) > cap:
                 found[client] = keys[:cap]
                 complete = False
-        return found, complete
+        return found, complete, refused
 
     def _indexed(
         self, clients: Collection[str], cap: int
-    ) -> tuple[dict[str, list[str]], set[str], bool]:
+    ) -> tuple[dict[str, list[str]], set[str], bool, dict[str, IndexRefused]]:
         """Members of each client's index: one pipelined SSCAN call per client
         (small sets answer whole), then further calls for a big set until
-        `cap` members. Clients without an index come back in the set."""
+        `cap` members. Clients without an index come back in the set, and
+        those whose SSCAN Redis refused in the dict too."""
         found: dict[str, list[str]] = {}
         unindexed: set[str] = set()
+        refused: dict[str, IndexRefused] = {}
         going: dict[str, int] = {}
         for chunk in _chunks(list(clients), self.keys_per_pipeline // self.scan_count or 1):
             pipe = self.redis.pipeline(transaction=False)
             for client in chunk:
                 pipe.sscan(store.index_key(client), 0, count=self.scan_count)
             for client, reply in zip(chunk, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, Exception):  # NOPERM, WRONGTYPE: SCAN finds its keys
+                    refused[client] = IndexRefused("SSCAN", store.index_key(client), str(reply))
                 if isinstance(reply, Exception) or not reply[1]:
                     unindexed.add(client)
                     continue
@@ -194,17 +205,19 @@ class StoreReader:
                 found[client].extend(_text(m) for m in members)
                 cursor = int(next_cursor)
             going[client] = cursor
-        return found, unindexed, not any(going.values())
+        return found, unindexed, not any(going.values()), refused
 
     def read_clients(self, clients: Sequence[str]) -> list[ClientKeys]:
         """Every client's artifacts, read with one key listing and pipelined MGETs."""
-        keys_by_client, complete = self.keys_of(clients)
+        keys_by_client, complete, refused = self.keys_of(clients)
         flat = [store.client_key(c) for c in clients]
         for client in clients:
             flat.extend(keys_by_client.get(client, ()))
         flat = list(dict.fromkeys(flat))  # SCAN may return a key twice
         values = self.mget(flat)
-        result = {c: ClientKeys(c, complete=complete) for c in clients}
+        result = {
+            c: ClientKeys(c, complete=complete, index_refused=refused.get(c)) for c in clients
+        }
         for key, value in zip(flat, values, strict=True):
             if value is not None:
                 _add(result, key, value)
@@ -333,7 +346,7 @@ class StoreReader:
     def clear_client(self, client: str) -> tuple[int, bool]:
         """UNLINK every key of `client` (its counter and index too); returns
         how many went and whether every key was found."""
-        keys_by_client, complete = self.keys_of([client])
+        keys_by_client, complete, _ = self.keys_of([client])
         keys = [store.client_key(client), store.index_key(client)]
         keys += keys_by_client.get(client, [])
         removed = 0

@@ -7,6 +7,7 @@ into a `ClientKeys` (spelling and parsing are agents/store.py's)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,35 @@ class Recon:
     code: int | None = None  # ICMP code
 
 
+@dataclass(frozen=True, slots=True)
+class IndexRefused:
+    """Redis refused reading a client's `<client>;index` set (an ACL without
+    SSCAN, a key of another type under that name), so the client's keys were
+    found by SCAN instead: the same keys, but a walk of the keyspace, slower
+    and more likely to end "Partial"."""
+
+    command: str  # as sent: "SSCAN"
+    key: str
+    error: str  # Redis's reply
+
+    @property
+    def cause(self) -> tuple[str, str]:
+        """What an operator would change: the same for every client an ACL refuses."""
+        return (self.command, self.error)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"command": self.command, "key": self.key, "error": self.error}
+
+
+def distinct_refusals(found: Iterable[IndexRefused | None]) -> list[IndexRefused]:
+    """One refusal per cause, the first met (its key an example of the others)."""
+    causes: dict[tuple[str, str], IndexRefused] = {}
+    for refused in found:
+        if refused is not None:
+            causes.setdefault(refused.cause, refused)
+    return list(causes.values())
+
+
 @dataclass(slots=True)
 class ClientKeys:
     """Everything the keys say about one client."""
@@ -78,6 +108,7 @@ class ClientKeys:
     peers: dict[str, int] = field(default_factory=dict)
     recon: list[Recon] = field(default_factory=list)
     complete: bool = True
+    index_refused: IndexRefused | None = None  # its keys were found by SCAN instead
 
     def names(self) -> set[str]:
         found = set(self.nx) | set(self.cname)

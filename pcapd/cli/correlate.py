@@ -6,18 +6,22 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import redis
 
 from agents.reader_values import ReaderError
 from pcapd.cli.common import Subparsers, UsageError, add_command, add_redis_options, redis_config
-from pcapd.core.config import load_config, parse_config
+from pcapd.core.config import Config, load_config, parse_config
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from pcapd.core.logs import warnings_to_stderr
+
+if TYPE_CHECKING:
+    from pcapd.correlator.service import Correlator
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pcapd.correlator.service import Correlator, clients_query, redis_client
-    from pcapd.correlator.text import render_clients, render_pivot, render_view
+    from pcapd.correlator.service import Correlator, redis_client
 
     asked = [bool(args.clients), bool(args.client), args.resolved is not None,
              args.talked is not None]  # fmt: skip
@@ -27,6 +31,15 @@ def _run(args: argparse.Namespace) -> int:
     base = load_config(args.config) if args.config else parse_config({})
     config = replace(base, redis=redis_config(args))
     correlator = Correlator(redis_client(config), config)
+    # With its fields, not Python's bare event name: an index read refused.
+    with warnings_to_stderr(config.general):
+        return _show(args, config, correlator)
+
+
+def _show(args: argparse.Namespace, config: Config, correlator: Correlator) -> int:
+    from pcapd.correlator.service import clients_query
+    from pcapd.correlator.text import render_clients, render_pivot, render_view
+
     try:
         if args.clients:
             fields = {"prefix": args.cidr or "", "q": args.search or "", "cursor": args.cursor,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.reader_values import ClientKeys, Recon
+from agents.reader_values import ClientKeys, IndexRefused, Recon, distinct_refusals
 
 MAX_DEPTH = 12
 BY = ("fqdn", "address")
@@ -62,11 +62,13 @@ class ClientView:
     nxdomain: list[Node]
     summary: dict[str, Any]
     complete: bool
+    index_refused: list[IndexRefused]  # one a cause: keys found by SCAN instead
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "client": self.client, "by": self.by, "others": self.others,
             "summary": self.summary, "complete": self.complete,
+            "index_refused": [r.as_dict() for r in self.index_refused],
             "chains": [n.as_dict() for n in self.chains],
             "no_dns": [n.as_dict() for n in self.no_dns],
             "nxdomain": [n.as_dict() for n in self.nxdomain],
@@ -195,8 +197,9 @@ def build_view(
         Node(NXDOMAIN, name, count, marks=["nx"]) for name, count in sorted(own.nx.items())
     ]  # fmt: skip
     complete = own.complete and all(o.complete for o in others or ())
+    refused = distinct_refusals(c.index_refused for c in (own, *(others or ())))
     return ClientView(own.client, by, others is not None, chains, no_dns, nxdomain, own.summary(),
-                      complete)  # fmt: skip
+                      complete, refused)  # fmt: skip
 
 
 def _reverse_chain(name: str, address: str, maps: _Maps, address_node: Any) -> Node:

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,13 +14,23 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from agents.reader import StoreReader
-from agents.reader_values import Network, Page, ReaderError, parse_address, parse_network
+from agents.reader_values import (
+    IndexRefused,
+    Network,
+    Page,
+    ReaderError,
+    distinct_refusals,
+    parse_address,
+    parse_network,
+)
 from pcapd.core.config import MAX_PAGE_SIZE, Config
 from pcapd.core.configread import MAX_PORT
 from pcapd.core.fields import whole_number
+from pcapd.core.logs import event
 from pcapd.core.redis_conn import Client, connect
 from pcapd.correlator.chains import BY, ClientView, build_view
 
+log = logging.getLogger("pcapd.correlator")
 MAX_SEARCH = 253  # the longest DNS name
 # A command that failed is sent once more, at once: a pooled connection Redis
 # closed meanwhile (a restart) is opened afresh. redis-py's default, 10
@@ -90,14 +102,31 @@ class Correlator:
             keys_per_pipeline=c.keys_per_pipeline, max_client_keys=c.max_client_keys,
             max_request_keys=c.max_request_keys, read_index=c.read_index,
         )  # fmt: skip
+        self._told: set[tuple[str, str]] = set()  # index refusals logged already
+        self._told_lock = threading.Lock()
+
+    def _tell(self, refused: Iterable[IndexRefused]) -> None:
+        """Log each cause of reading by SCAN the first time this process meets
+        it: the page says it on every request, the log once (a page of 50
+        refused clients, refreshed, is one line, not one per client per load)."""
+        with self._told_lock:
+            new = [r for r in refused if r.cause not in self._told]
+            self._told.update(r.cause for r in new)
+        for r in new:
+            event(log, "correlator_index_refused", logging.WARNING, command=r.command, key=r.key,
+                  error=r.error, redis=self.config.redis.describe(),
+                  fallback="SCAN")  # fmt: skip
 
     def clients(self, query: ClientsQuery) -> dict[str, Any]:
         page = self.reader.clients_page(
             query.cursor, limit=query.limit, prefix=query.prefix, search=query.search
         )
+        refused = distinct_refusals(c.index_refused for c in page.items)
+        self._tell(refused)
         return {
             "clients": [c.summary() for c in page.items], **_paging(page),
             "prefix": str(query.prefix) if query.prefix else None, "q": query.search,
+            "index_refused": [r.as_dict() for r in refused],
         }  # fmt: skip
 
     def client_view(
@@ -114,7 +143,9 @@ class Correlator:
                 0, limit=self.config.correlator.max_prefix_clients, prefix=network
             )
             neighbours = [c for c in page.items if c.client != client]
-        return build_view(own, by, neighbours)
+        view = build_view(own, by, neighbours)
+        self._tell(view.index_refused)
+        return view
 
     @staticmethod
     def _others_prefix(client: str, prefix: str | None) -> Network:

@@ -6,6 +6,7 @@ hostile name cannot carry terminal control bytes: those are `\\DDD` already.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pcapd.correlator.chains import FLOW, ClientView, Node
@@ -42,6 +43,7 @@ def render_view(view: ClientView) -> str:
     ]
     if not view.complete:
         out.append("(partial: the scan budget ran out; raise [correlator] scan_budget)")
+    out += _refused(r.as_dict() for r in view.index_refused)
     for title, nodes in (("chains", view.chains), ("flows with no DNS behind them", view.no_dns),
                          ("NXDOMAIN", view.nxdomain)):  # fmt: skip
         if nodes:
@@ -57,9 +59,16 @@ def render_clients(page: dict[str, Any]) -> str:
     for c in page["clients"]:
         out.append(f"{c['client']:<40} {c['activity']:>8} {c['names']:>6} {c['addresses']:>6} "
                    f"{c['flows']:>6} {c['nx']:>4} {c['recon']:>5}")  # fmt: skip
+    out += _refused(page["index_refused"])
     if not page["complete"]:
         out.append(_more(page))
     return "\n".join(out)
+
+
+def _refused(refusals: Iterable[Mapping[str, str]]) -> list[str]:
+    """As the page says it (templates/refused.html)."""
+    return [f"(keys found by SCAN, which is slower: Redis refused {r['command']} of {r['key']} "
+            f"({r['error']}))" for r in refusals]  # fmt: skip
 
 
 def render_pivot(found: dict[str, Any]) -> str:

@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +22,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from markupsafe import escape
 
 from agents import store
 from tests.helpers import RedisCluster, RedisServer, free_port, wait_for
@@ -85,6 +89,58 @@ def test_a_refused_read_is_an_error_not_an_empty_client(
         r.acl_setuser("default", enabled=True, nopass=True, commands=["+mget"])
         status, body = api(f"{url}/api/clients/{CLIENT}")
         assert status == 200 and body["summary"]["flows"] == 1, body
+
+
+def test_a_refused_index_read_falls_back_to_scan_and_says_so(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """ACL -sscan, then an index key holding a string (WRONGTYPE): the client
+    is read by SCAN, whole, and the client view, the clients page (JSON, HTML)
+    and the CLI say which command Redis refused and why; the log says it once
+    per cause, however many requests meet it."""
+    other = "10.0.0.3"
+    with web(private_redis, tmp_path) as url:
+        r = private_redis.client()
+        r.sadd(store.index_key(CLIENT), store.flow_key(CLIENT, SERVICE, 443))
+        status, body = api(f"{url}/api/clients/{CLIENT}")
+        assert status == 200 and body["index_refused"] == [], body
+        r.acl_setuser("default", enabled=True, nopass=True, commands=["-sscan"])
+        refusal = "this user has no permissions to run the 'sscan' command"
+        nopass = {"command": "SSCAN", "key": store.index_key(CLIENT), "error": refusal}
+        for _ in range(2):
+            status, body = api(f"{url}/api/clients/{CLIENT}")
+            assert status == 200 and body["summary"]["flows"] == 1 and body["complete"], body
+            assert body["index_refused"] == [nopass]
+        status, page = api(f"{url}/api/clients")
+        assert status == 200 and page["index_refused"] == [nopass], page
+        said = f"found by SCAN, which is slower: Redis refused SSCAN of {CLIENT};index ({refusal})"
+        for path in (f"/client/{CLIENT}", "/"):
+            status, html, _ = fetch(url + path)
+            assert status == 200 and f"Keys {escape(said)}." in html, html
+        shown = subprocess.run(
+            [sys.executable, "-m", "pcapd", "correlate", "--redis-url", private_redis.url, CLIENT],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 0 and f"(keys {said})" in shown.stdout, shown.stdout
+        assert "event=correlator_index_refused command=SSCAN" in shown.stderr, shown.stderr
+        r.acl_setuser("default", enabled=True, nopass=True, commands=["+sscan"])
+        r.set(store.client_key(other), 1)
+        r.set(store.flow_key(other, SERVICE, 80), 2)
+        r.set(store.index_key(other), "not a set")
+        status, body = api(f"{url}/api/clients/{other}")
+        assert status == 200 and body["summary"]["flows"] == 1, body
+        wrongtype = "WRONGTYPE Operation against a key holding the wrong kind of value"
+        assert body["index_refused"] == [
+            {"command": "SSCAN", "key": store.index_key(other), "error": wrongtype}
+        ]
+    logged = [line for line in (tmp_path / "web.log").read_text().splitlines()
+              if "event=correlator_index_refused" in line]  # fmt: skip
+    assert len(logged) == 2, logged
+    assert logged[0].endswith(
+        f'command=SSCAN key={CLIENT};index error="{refusal}" '
+        f"redis=redis://127.0.0.1:{private_redis.port}/0 fallback=SCAN"
+    ), logged
+    assert f'error="{wrongtype}"' in logged[1], logged
 
 
 def test_a_hung_redis_answers_503_soon_and_the_server_recovers(
