@@ -276,6 +276,13 @@ def _stream(
         pubsub.close()
 
 
+def failed_event(reason: str) -> str:
+    """The last event of a stream that failed once under way (Redis gone):
+    `failed`, with the reason a 503 would have given. Without it the stream
+    just ends, short of its `end`, and EventSource reconnects without a word."""
+    return f"event: failed\ndata: {json.dumps({'error': reason})}\n\n"
+
+
 def _sse(event: dict[str, Any], sent: set[str]) -> str:
     text = json.dumps(event, sort_keys=True)
     if text in sent:

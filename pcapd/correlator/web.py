@@ -68,12 +68,16 @@ def create_app(config: Config, redis_client: Client, s3: Any | None = None) -> F
     def http_error(exc: HTTPException) -> tuple[Any, int]:
         return _error(exc.code or 500, exc.description or exc.name)
 
+    def redis_failed(path: str, exc: redis.RedisError) -> str:
+        """Logged, the operator's one sign of it (the user sees the page, not
+        the log); returns the reason the user is shown."""
+        event(log, "correlator_redis_error", logging.WARNING, path=path,
+              redis=config.redis.describe(), error=str(exc))  # fmt: skip
+        return f"Redis at {config.redis.describe()}: {exc}"
+
     @app.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError) -> tuple[Any, int]:
-        # The operator's one sign of it: the user sees the page, not the log.
-        event(log, "correlator_redis_error", logging.WARNING, path=request.path,
-              redis=config.redis.describe(), error=str(exc))  # fmt: skip
-        return _error(503, f"Redis at {config.redis.describe()}: {exc}")
+        return _error(503, redis_failed(request.path, exc))
 
     # -- pages -------------------------------------------------------------
     @app.get("/")
@@ -204,10 +208,13 @@ def create_app(config: Config, redis_client: Client, s3: Any | None = None) -> F
         except BaseException:
             live_slots.release()
             raise
+        path = request.path  # the stream runs after the request context has gone
 
         def stream() -> Iterator[str]:
             try:
                 yield from events
+            except redis.RedisError as exc:  # too late for a 503: the reason as the last event
+                yield captures.failed_event(redis_failed(path, exc))
             finally:
                 live_slots.release()
 

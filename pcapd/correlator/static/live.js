@@ -43,4 +43,10 @@
     source.close();
     if (!body.rows.length) { state.textContent = "No result event arrived."; }
   });
+  // Redis failed once the stream was under way: say why, and do not reconnect.
+  source.addEventListener("failed", function (message) {
+    source.close();
+    state.className = "error";
+    state.textContent = "The results stream stopped: " + JSON.parse(message.data).error;
+  });
 })();

@@ -26,7 +26,9 @@ from typing import Any
 from markupsafe import escape
 
 from agents import store
+from pcapd.correlator import captures
 from tests.helpers import RedisCluster, RedisServer, free_port, wait_for
+from tests.pcapd.correlator.browser import chromium
 from tests.pcapd.correlator.site import web_server
 
 CLIENT = "10.0.0.1"
@@ -197,6 +199,62 @@ def test_a_live_page_opened_while_redis_is_down_is_a_503(
         private_redis.start()
         status, body, _ = fetch(url + events)
         assert status == 200 and body.endswith("event: end\ndata: {}\n\n"), body
+
+
+def test_a_live_page_whose_redis_fails_mid_stream_ends_saying_why(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """redis-server stopped by its PID while a live stream is open: the
+    stream's last event is `failed`, with the reason the 503 of a page
+    opened then gives, not a bare end of stream (which EventSource answers by
+    reconnecting, without a word); the log says it as for a 503."""
+    events = f"/api/captures/c_{CLIENT}_{SERVICE}_443_0123456789ab/events"
+    with web(private_redis, tmp_path, "max_duration = 60\nresult_wait = 1\n") as url:
+        with urllib.request.urlopen(url + events, timeout=30) as answer:
+            assert answer.status == 200
+            assert answer.readline() == b": keep-alive\n"  # the stream is under way
+            private_redis.stop()
+            started = time.monotonic()
+            rest = answer.read().decode()
+        assert time.monotonic() - started < 10
+        status, body, _ = fetch(url + events)
+        assert status == 503, body
+        reason = json.loads(body)["error"]
+        assert reason.startswith(f"Redis at redis://127.0.0.1:{private_redis.port}/0: ")
+        assert rest.endswith(f"event: failed\ndata: {json.dumps({'error': reason})}\n\n"), rest
+        assert "event: end" not in rest
+    logged = (tmp_path / "web.log").read_text()
+    assert logged.count(f"event=correlator_redis_error path={events}") == 2, logged
+
+
+def test_the_live_page_shows_why_its_stream_stopped(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """In Chromium: the capture page's stream is open (its reply channel has
+    a subscriber), redis-server is stopped by its PID, and the page says the
+    reason and stops: no reconnect after EventSource's 3 s retry."""
+    request_id = f"c_{CLIENT}_{SERVICE}_443_0123456789ab"
+    events = f"/api/captures/{request_id}/events"
+    r = private_redis.client()
+    channel = captures.reply_channel(request_id)
+    with (
+        web(private_redis, tmp_path, "max_duration = 60\nresult_wait = 1\n") as url,
+        chromium() as browser,
+    ):
+        page = browser.new_page()
+        opened: list[str] = []
+        page.on("request", lambda sent: opened.append(sent.url) if events in sent.url else None)
+        page.goto(f"{url}/capture/{request_id}")
+        wait_for(lambda: dict(r.pubsub_numsub(channel)).get(channel.encode()) == 1, timeout=10)
+        private_redis.stop()
+        state = page.locator("#state.error")
+        state.wait_for(timeout=10_000)
+        assert state.inner_text() == (
+            f"The results stream stopped: Redis at redis://127.0.0.1:{private_redis.port}/0: "
+            f"Error 111 connecting to 127.0.0.1:{private_redis.port}. Connection refused."
+        )
+        page.wait_for_timeout(4_000)
+        assert opened == [url + events]
 
 
 LIVE_PAGES = 100  # waitress's connection_limit: HTTP connections served at once
