@@ -43,10 +43,31 @@
     source.close();
     if (!body.rows.length) { state.textContent = "No result event arrived."; }
   });
-  // Redis failed once the stream was under way: say why, and do not reconnect.
-  source.addEventListener("failed", function (message) {
+  function stopped(why) {
     source.close();
     state.className = "error";
-    state.textContent = "The results stream stopped: " + JSON.parse(message.data).error;
+    state.textContent = why;
+  }
+  // Redis failed once the stream was under way: say why, and do not reconnect.
+  source.addEventListener("failed", function (message) {
+    stopped("The results stream stopped: " + JSON.parse(message.data).error);
   });
+  // Refused before it began (Redis down, every live slot taken): EventSource
+  // gives up on a non-200 answer without showing its reason, so ask for it.
+  source.onerror = function () {
+    if (source.readyState !== EventSource.CLOSED) { return; }  // reconnecting
+    var asking = new AbortController();
+    fetch(table.dataset.source, { signal: asking.signal }).then(function (answer) {
+      if (answer.ok) {  // open again by now: this is a stream, not a reason
+        asking.abort();
+        stopped("The results stream was refused, and is open again: reload the page.");
+        return;
+      }
+      return answer.json().then(function (body) {
+        stopped("The results stream could not be opened: " + body.error);
+      });
+    }).catch(function () {
+      stopped("The results stream could not be opened, and pcapd web does not answer.");
+    });
+  };
 })();

@@ -257,6 +257,29 @@ def test_the_live_page_shows_why_its_stream_stopped(
         assert opened == [url + events]
 
 
+
+def test_a_live_page_opened_while_redis_is_down_says_why(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The stream's 503 comes before any event, and EventSource closes on it
+    without the reason: the page asks for it and shows it, instead of
+    "Waiting for result events" for good."""
+    request_id = f"c_{CLIENT}_{SERVICE}_443_0123456789ab"
+    with (
+        web(private_redis, tmp_path, "max_duration = 60\nresult_wait = 1\n") as url,
+        chromium() as browser,
+    ):
+        private_redis.stop()
+        page = browser.new_page()
+        page.goto(f"{url}/capture/{request_id}")
+        state = page.locator("#state.error")
+        state.wait_for(timeout=10_000)
+        assert state.inner_text() == (
+            f"The results stream could not be opened: Redis at "
+            f"redis://127.0.0.1:{private_redis.port}/0: "
+            f"Error 111 connecting to 127.0.0.1:{private_redis.port}. Connection refused."
+        )
+
 LIVE_PAGES = 100  # waitress's connection_limit: HTTP connections served at once
 
 
