@@ -76,10 +76,12 @@ def print_events(
     timeout: float | None,
     count: int | None,
     accept: Callable[[dict[str, Any]], bool] = lambda _: True,
+    until: Callable[[dict[str, Any]], bool] = lambda _: False,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print matching events, one JSON per line, until `count` or `timeout`;
-    an event resent (its event_id printed already) is not printed again."""
+    """Print matching events, one JSON per line, until `count`, `timeout`, or
+    `until` is true of the one just printed; an event resent (its event_id
+    printed already) is not printed again."""
     seen = 0
     ids = seen_events()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -98,6 +100,8 @@ def print_events(
         if isinstance(parsed, dict) and accept(parsed) and fresh(parsed, ids):
             print(json.dumps(parsed), file=out, flush=True)
             seen += 1
+            if until(parsed):
+                break
     return seen
 
 

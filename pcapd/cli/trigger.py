@@ -90,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     import redis
 
     from pcapd.client import new_request_id, print_events, publish_request, subscribe
+    from pcapd.complete import Answers, expected
     from pcapd.signing import sign
     from triggers.redis_stream import publish_stream
 
@@ -123,12 +124,28 @@ def _run(args: argparse.Namespace) -> int:
     wait = args.wait or (
         int(request.get("duration", 60)) + int(request.get("timeout", 10)) + WAIT_MARGIN
     )
+    named = expected(body)
+    answers = None if named is None else Answers(named)
+
+    def answered(event: dict[str, Any]) -> bool:
+        if answers is None:
+            return False
+        answers.add(event)
+        return answers.complete()
+
     got = print_events(
-        pubsub, timeout=wait, count=args.count, accept=lambda e: e.get("id") == request["id"]
-    )
-    if got == 0:
+        pubsub, timeout=wait, count=args.count, accept=lambda e: e.get("id") == request["id"],
+        until=answered,
+    )  # fmt: skip
+    if answers is not None and answers.complete():
+        nodes = ", ".join(sorted(answers.expected.nodes))
+        print(f"every node named has answered: {nodes}", file=sys.stderr)
+    elif got == 0:
         print(f"pcapd trigger: no result within {wait:.0f}s", file=sys.stderr)
         return EXIT_FAILURE
+    elif answers is not None and (args.count is None or got < args.count):
+        print(f"pcapd trigger: within {wait:.0f}s no final answer from "
+              f"{', '.join(answers.missing())}", file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
 
@@ -160,7 +177,11 @@ def register(subparsers: Subparsers) -> None:
                          "(default: [security] keys of -c FILE)")  # fmt: skip
     trigger.add_argument(
         "--wait", type=_wait_seconds, nargs="?", const=0.0, metavar="SECONDS",
-        help="print this request's results; stop after SECONDS (default: its bounds + 15 s)",
+        help="print this request's results; stop after SECONDS (default: its bounds + 15 s), "
+        "or once every node the request names has answered for good: --node NAME, or a "
+        "--nodere naming each node, ^(web1|web2)$, and a final result (not spooled or "
+        "duplicate) on each -i interface or one rejecting the whole request. With --node "
+        "any, another --nodere or --alias it waits out SECONDS: a node not named says nothing",
     )  # fmt: skip
     trigger.add_argument("--count", type=int, metavar="N", help="with --wait: stop after N results")
     trigger.add_argument("--lookback", type=int, metavar="S",

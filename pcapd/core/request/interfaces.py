@@ -44,6 +44,12 @@ def interface_problem(
     return problem
 
 
+def skipped_device(name: str) -> str:
+    """The warning a result carries for an asked interface `name` that does
+    not exist on the node (so no result of its own comes for it)."""
+    return f"interface {name!r}: no such device on this node"
+
+
 def resolve_interfaces(
     request: CaptureRequest, config: Config, available: Collection[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -68,7 +74,7 @@ def resolve_interfaces(
         if name in available:
             found.append(name)
         else:
-            skipped.append(f"interface {name!r}: no such device on this node")
+            skipped.append(skipped_device(name))
     if not found:
         asked = request.aliases or request.interfaces
         kind = "alias" if request.aliases else "interface"
