@@ -14,11 +14,13 @@ answered for good:
   in a result's warnings as missing on that node (`skipped_device`).
 
 Not final, so the wait goes on: `spooled` (a `delivered` follows once the
-spool drains), `duplicate` (another daemon under the same name may still be
-capturing it), a status this version does not know, and any interface of an
-`alias` (how many the alias stands for is the node's config). Nor is a body
-that some node might refuse unread (over the smallest `max_request_bytes`,
-or not JSON): every node answers that one, named or not.
+spool drains), `failed` when the request came by the stream (a durable
+source gets it back, to be captured again), `duplicate` (another daemon
+under the same name may still be capturing it), a status this version does
+not know, and any interface of an `alias` (how many the alias stands for
+is the node's config). Nor is a body that some node might refuse unread
+(over the smallest `max_request_bytes`, or not JSON): every node answers
+that one, named or not.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pcapd.core.fields import fold_keys, given
 from pcapd.core.request import RequestError, decode_body, named_nodes, skipped_device
 
 FINAL = frozenset({"ok", "empty", "rejected", "failed", "partial", "delivered"})
+FINAL_DURABLE = FINAL - {"failed"}  # a stream's request comes back after `failed`
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +70,15 @@ class Answers:
     by its nodes and interfaces."""
 
     expected: Expected
+    durable: bool = False  # sent by the stream: `failed` is not final
     _whole: set[str] = field(default_factory=set)  # nodes that answered as a whole
     _covered: dict[str, set[str]] = field(default_factory=dict)  # node -> interfaces done
 
     def add(self, event: Mapping[str, Any]) -> None:
         node, status, interface = event.get("node"), event.get("status"), event.get("interface")
-        if node not in self.expected.nodes or status not in FINAL:
+        if node not in self.expected.nodes or status not in (
+            FINAL_DURABLE if self.durable else FINAL
+        ):
             return
         if interface is None:
             self._whole.add(node)

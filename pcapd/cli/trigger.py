@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         int(request.get("duration", 60)) + int(request.get("timeout", 10)) + WAIT_MARGIN
     )
     named = expected(body)
-    answers = None if named is None else Answers(named)
+    answers = None if named is None else Answers(named, durable=args.stream)
 
     def answered(event: dict[str, Any]) -> bool:
         if answers is None:
@@ -180,8 +180,9 @@ def register(subparsers: Subparsers) -> None:
         help="print this request's results; stop after SECONDS (default: its bounds + 15 s), "
         "or once every node the request names has answered for good: --node NAME, or a "
         "--nodere naming each node, ^(web1|web2)$, and a final result (not spooled or "
-        "duplicate) on each -i interface or one rejecting the whole request. With --node "
-        "any, another --nodere or --alias it waits out SECONDS: a node not named says nothing",
+        "duplicate, nor failed with --stream) on each -i interface or one rejecting the "
+        "whole request. With --node any, another --nodere or --alias it waits out SECONDS: "
+        "a node not named says nothing",
     )  # fmt: skip
     trigger.add_argument("--count", type=int, metavar="N", help="with --wait: stop after N results")
     trigger.add_argument("--lookback", type=int, metavar="S",

@@ -73,3 +73,15 @@ def test_an_alias_completes_only_by_a_whole_rejection() -> None:
     assert not answers.complete()
     answers.add(event("a", "rejected", None))
     assert answers.complete()
+
+
+def test_failed_is_final_only_when_the_request_cannot_come_back() -> None:
+    """Sent by the stream, a `failed` capture's request is given back and
+    captured again, so its next result is still to come."""
+    named = Expected(frozenset({"a"}), ("lo",))
+    by_pubsub, by_stream = Answers(named), Answers(named, durable=True)
+    for answers in (by_pubsub, by_stream):
+        answers.add(event("a", "failed", "lo"))
+    assert by_pubsub.complete() and not by_stream.complete()
+    by_stream.add(event("a", "ok", "lo"))
+    assert by_stream.complete()
