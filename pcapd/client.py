@@ -110,8 +110,11 @@ def _last_id(client: Client, stream: str) -> str:
     ("$" on every XREAD would skip entries added between two reads)."""
     try:
         info: Any = client.xinfo_stream(stream)
-    except redis.ResponseError:  # no such stream yet
-        return "0"
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():  # no stream yet: follow it from its start
+            return "0"
+        # NOPERM, WRONGTYPE: "0" would replay the whole stream as if it were new.
+        raise
     last = info["last-generated-id"]
     return last.decode() if isinstance(last, bytes) else str(last)
 

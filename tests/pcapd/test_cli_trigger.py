@@ -14,7 +14,7 @@ import pytest
 from pcapd.client import is_message
 from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from tests.helpers import RedisServer, free_port, stop_process
+from tests.helpers import RedisServer, free_port, set_acl_user, stop_process
 from tests.pcapd.core.test_results import resent
 
 
@@ -141,3 +141,29 @@ def test_results_stream_prints_an_entry_held_twice_once(redis_srv: RedisServer) 
     printed = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(e["id"], e["event_id"]) for e in printed][:1] == [("s1", first.event_id)]
     assert [e["id"] for e in printed] == ["s1", "s2"]
+
+
+def test_results_stream_refused_its_newest_id_says_so_rather_than_replaying(
+    redis_srv: RedisServer,
+) -> None:
+    """Following from now needs XINFO STREAM; a user denied it once got the
+    whole stream replayed as new events."""
+    resent(redis_srv, ResultEvent("old", "n1", "empty"))
+    set_acl_user(redis_srv.port, "follower", ["on", ">pw", "~*", "&*", "+@all", "-xinfo|stream"])
+    url = redis_srv.url.replace("redis://", "redis://follower:pw@")
+    done = subprocess.run(
+        [sys.executable, "-m", "pcapd", "results", "--redis-url", url, "--stream",
+         "--count", "1", "--timeout", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (EXIT_FAILURE, "")
+    assert done.stderr.startswith("pcapd results: Redis at ") and (
+        "no permissions to run the 'xinfo|stream' command" in done.stderr
+    ), done.stderr
+    redis_srv.client().delete("capture-results")
+    started = subprocess.run(  # no stream yet: followed from its start, nothing to print
+        [sys.executable, "-m", "pcapd", "results", "--redis-url", redis_srv.url, "--stream",
+         "--count", "1", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (started.returncode, started.stdout) == (EXIT_OK, ""), started.stderr
