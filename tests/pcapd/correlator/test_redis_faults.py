@@ -257,7 +257,6 @@ def test_the_live_page_shows_why_its_stream_stopped(
         assert opened == [url + events]
 
 
-
 def test_a_live_page_opened_while_redis_is_down_says_why(
     private_redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -279,6 +278,7 @@ def test_a_live_page_opened_while_redis_is_down_says_why(
             f"redis://127.0.0.1:{private_redis.port}/0: "
             f"Error 111 connecting to 127.0.0.1:{private_redis.port}. Connection refused."
         )
+
 
 LIVE_PAGES = 100  # waitress's connection_limit: HTTP connections served at once
 
