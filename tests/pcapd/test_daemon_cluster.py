@@ -5,6 +5,7 @@ and the fleet-wide dedup keys kept in the cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -34,21 +35,37 @@ sharded_pubsub = {sharded}
 channel = "capture"
 results_channel = "capture-results"
 results_stream = "capture-results"
+{extra_redis}
 
 [[interface]]
 name = "lo"
+
+{extra_sections}
 """
 
 
-@pytest.fixture(params=[False, True], ids=["pubsub", "sharded"])
-def serving(
-    request: pytest.FixtureRequest, redis_cluster: RedisCluster, tmp_path: Path
-) -> Iterator[Path]:
-    """`pcapd serve` on the cluster; yields its config file."""
-    config = tmp_path / "pcapd.toml"
-    config.write_text(CONFIG.format(localdir=tmp_path / "captures", nodes=json.dumps(
-        redis_cluster.nodes), sharded=str(request.param).lower()))  # fmt: skip
-    log = tmp_path / "pcapd.log"
+def cluster_config(
+    path: Path,
+    cluster: RedisCluster,
+    *,
+    sharded: bool,
+    extra_redis: str = "",
+    extra_sections: str = "",
+) -> Path:
+    """A config at `path` for `cluster`, its captures in a folder beside it."""
+    path.write_text(CONFIG.format(
+        localdir=path.parent / "captures", nodes=json.dumps(cluster.nodes),
+        sharded=str(sharded).lower(), extra_redis=extra_redis, extra_sections=extra_sections,
+    ))  # fmt: skip
+    return path
+
+
+@contextlib.contextmanager
+def serve(config: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`pcapd serve -c config`, once subscribed and reading the request
+    stream, logging to `config` with the suffix .log; stopped on exit (if
+    still running), and its log must hold no traceback."""
+    log = config.with_suffix(".log")
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pcapd", "serve", "-c", str(config)], cwd=REPO,
@@ -62,10 +79,20 @@ def serving(
             return "event=subscribed" in text and "event=stream_group_created" in text
 
         wait_for(ready, timeout=30)
-        yield config
+        yield proc
     finally:
         stop_process(proc)
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture(params=[False, True], ids=["pubsub", "sharded"])
+def serving(
+    request: pytest.FixtureRequest, redis_cluster: RedisCluster, tmp_path: Path
+) -> Iterator[Path]:
+    """`pcapd serve` on the cluster; yields its config file."""
+    config = cluster_config(tmp_path / "pcapd.toml", redis_cluster, sharded=request.param)
+    with serve(config):
+        yield config
 
 
 def pcapd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
