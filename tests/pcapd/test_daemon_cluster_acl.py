@@ -1,0 +1,96 @@
+"""`pcapd serve` on a real 3-primary Redis Cluster as the Redis user
+docs/operations.md gives it ("The daemon's Redis user"), its lines applied as
+written there on every node (ACLs are per node): the one server's, the
+cluster's and, with `sharded_pubsub = true`, the sharded one. Requests by
+pub/sub and by the request stream from `pcapd trigger --wait`, results on
+reply_to, the results channel and the stream, a duplicate, the heartbeat
+written and removed at shutdown, and nothing in any node's `ACL LOG` but
+what the doc calls optional."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcapd.core.config import DEFAULT_FLEET_PREFIX
+from pcapd.fleet import node_key
+from tests.helpers import RedisCluster, documented_acl, free_port, set_acl_user, wait_for
+from tests.pcapd.test_daemon import traffic, udp_request
+from tests.pcapd.test_daemon_acl import ACL_PASSWORD, ACL_USER, OPTIONAL, THE_USER
+from tests.pcapd.test_daemon_cluster import REPO, cluster_config, serve
+
+NODE = "clusternode"  # as test_daemon_cluster's config names it
+HEARTBEAT = "[fleet]\nheartbeat_interval = 1\n"
+
+
+def trigger(config: Path, request: dict[str, Any], *how: str) -> dict[str, Any]:
+    """`pcapd trigger --wait` as the admin (`config` names no user): the one
+    result it printed, read from the request's reply_to."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pcapd", "trigger", "-c", str(config), "--stdin", "--wait", "20",
+         "--count", "1", *how],
+        input=json.dumps(request), cwd=REPO, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    event: dict[str, Any] = json.loads(line)
+    return event
+
+
+def started(config: Path, request_id: str) -> Callable[[], bool]:
+    """Whether the capture for `request_id` has started, in the log `serve` writes."""
+    return lambda: (
+        f"event=capture_started id={request_id} " in config.with_suffix(".log").read_text()
+    )
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["pubsub", "sharded"])
+def test_the_documented_acl_on_every_node_serves_the_daemon_on_a_cluster(
+    redis_cluster: RedisCluster, tmp_path: Path, sharded: bool
+) -> None:
+    one_server, sharded_line, _narrowed, cluster_extra = documented_acl(ACL_USER, ACL_PASSWORD)
+    rules = [*one_server, *(sharded_line if sharded else []), *cluster_extra]
+    for port in redis_cluster.ports:
+        set_acl_user(port, ACL_USER, rules)
+    admin = cluster_config(tmp_path / "admin.toml", redis_cluster, sharded=sharded)
+    config = cluster_config(tmp_path / "pcapd.toml", redis_cluster, sharded=sharded,
+                            extra_redis=THE_USER, extra_sections=HEARTBEAT)  # fmt: skip
+    heartbeat = node_key(DEFAULT_FLEET_PREFIX, NODE)
+    client = redis_cluster.client()
+    try:
+        with serve(config) as daemon:
+            wait_for(lambda: client.hget(heartbeat, "instance") is not None, timeout=15)
+            port = free_port()
+            done = {}
+            for request_id, how in (("acl-pubsub", ()), ("acl-stream", ("--stream",))):
+                traffic(port, 10, ready=started(config, request_id))
+                request = udp_request(port, id=request_id, node=NODE, packets=2)
+                done[request_id] = trigger(admin, request, *how)
+            again = trigger(admin, udp_request(port, id="acl-pubsub", node=NODE, packets=2))
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(30) == 0
+        log = config.with_suffix(".log").read_text()
+        stream: Any = client.xrange("capture-results")
+        gone = not client.exists(heartbeat)
+    finally:
+        client.close()
+    for event in done.values():
+        assert (event["status"], event["packets"], event["node"]) == ("ok", 2, NODE), event
+    assert again["status"] == "duplicate", again
+    streamed = sorted((json.loads(fields["event"])["id"], json.loads(fields["event"])["status"])
+                      for _, fields in stream)  # fmt: skip
+    assert streamed == [("acl-pubsub", "duplicate"), ("acl-pubsub", "ok"), ("acl-stream", "ok")]
+    assert gone  # removed at shutdown, by its own instance
+    assert not [word for word in ("result_lost", "NOPERM", "Traceback") if word in log], log
+    for port in redis_cluster.ports:
+        with redis_cluster.node(port) as node:
+            refused = {(entry["reason"], entry["object"]) for entry in node.acl_log()}
+        assert refused <= {("command", name) for name in OPTIONAL}, (port, refused)
