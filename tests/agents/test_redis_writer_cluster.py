@@ -130,6 +130,40 @@ def test_the_documented_cluster_acl_lets_the_writer_write_everything(
                 node.execute_command("ACL", "LOG", "RESET")
 
 
+# What the writer logs when the cluster line lacks each rule: redis-py says
+# NOPERM for COMMAND, and takes the refused CLUSTER SLOTS for a node that is
+# no cluster's.
+WITHOUT_CLUSTER_RULE = {
+    "+cluster|slots": "Cluster mode is not enabled on this node",
+    "+command": "NOPERM this user has no permissions to run the 'command' command",
+}
+
+
+@pytest.mark.parametrize("withheld", list(WITHOUT_CLUSTER_RULE))
+def test_without_a_rule_of_the_documented_cluster_line_the_writer_is_unreachable(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture, withheld: str
+) -> None:
+    """docs/operations.md: on a cluster, without `cluster|slots` or `command`
+    the connection itself is refused: `redis` is `unreachable`, and the log
+    says why, as WITHOUT_CLUSTER_RULE has it."""
+    caplog.set_level(logging.WARNING, logger="pcapd.agents.store")
+    one_server, cluster_extra = documented_acl(ACL_USER, ACL_PASSWORD)
+    assert withheld in cluster_extra
+    for port in redis_cluster.ports:
+        set_acl_user(port, ACL_USER, [*one_server, *(r for r in cluster_extra if r != withheld)])
+    url = redis_cluster.url.replace("//", f"//{ACL_USER}:{ACL_PASSWORD}@", 1)
+    writer = cluster_writer(url, flush_interval=0.02)
+    try:
+        writer.incr(client_key("10.200.70.1"))
+        wait_for(lambda: writer.stats.redis_errors >= 1, timeout=30)
+        [check] = writer_check(writer)
+    finally:
+        writer.stop(0)
+    assert not check.ok and check.detail.startswith("unreachable ("), check
+    assert "event=redis_write_failed" in caplog.text
+    assert WITHOUT_CLUSTER_RULE[withheld] in caplog.text, caplog.text
+
+
 def test_a_key_of_another_type_costs_that_key_on_a_cluster(
     redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
