@@ -144,7 +144,8 @@ OPERATIONS_DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 
 def documented_acl(user: str, password: str) -> list[list[str]]:
     """The `ACL SETUSER <user> ...` lines of docs/operations.md, each as its
-    rules, `password` put in: the one server's, then a cluster's extra."""
+    rules, `password` put in, in the doc's order: the one server's first,
+    then the variants and extras the user's section gives."""
     lines = [line.split()[3:] for line in OPERATIONS_DOC.read_text().splitlines()
              if line.startswith(f"ACL SETUSER {user} ")]  # fmt: skip
     return [[f">{password}" if rule == ">PASSWORD" else rule for rule in rules]

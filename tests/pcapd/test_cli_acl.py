@@ -122,7 +122,7 @@ def operator_problems(
 def test_the_documented_operator_acl_serves_trigger_results_and_nodes(
     private_redis: RedisServer, tmp_path: Path
 ) -> None:
-    daemon_rules, _cluster = documented_acl(ACL_USER, ACL_PASSWORD)
+    daemon_rules, _sharded, _narrowed, _cluster = documented_acl(ACL_USER, ACL_PASSWORD)
     set_acl_user(private_redis.port, ACL_USER, daemon_rules)
     [operator_rules] = documented_acl(OPERATOR, OPERATOR_PASSWORD)
     set_acl_user(private_redis.port, OPERATOR, operator_rules)
