@@ -15,11 +15,14 @@ import threading
 import time
 from collections.abc import Sequence
 
+import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from pcapd.controller import Controller
 from pcapd.core import redis_conn
+from pcapd.core.backoff import Backoff
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
@@ -59,6 +62,34 @@ SOURCE_JOIN = 2.0  # seconds for all trigger sources to stop together
 DEDUP_TIMEOUT = 1.0  # a request waits at most this on Redis for its dedup check
 
 
+# What redis-py says when no seed answered CLUSTER SLOTS: none reachable, or
+# each refusing it (an ACL without it, a server not in cluster mode).
+CLUSTER_HINT = ("every seed ([redis] nodes, url or host) must be a cluster node that answers "
+                "CLUSTER SLOTS: with an ACL the daemon's user needs +cluster|slots +command "
+                "on every node (docs/operations.md)")  # fmt: skip
+
+
+def _dedup_client(config: Config) -> redis_conn.Client:
+    """The seen ids' client: short timeouts and no retries, since a request
+    waits on it. A cluster's client reads its slot map as it is made, and
+    the daemon cannot start without one: until a seed answers, this says why
+    and tries again (the other clients connect when first used)."""
+    tracker = Backoff().tracker()
+    while True:
+        try:
+            with redis_conn.connecting():
+                return redis_conn.connect(
+                    config.redis, socket_timeout=DEDUP_TIMEOUT,
+                    socket_connect_timeout=DEDUP_TIMEOUT, retry=Retry(NoBackoff(), 0),
+                )  # fmt: skip
+        except (RedisClusterException, redis.ConnectionError) as exc:
+            wait = tracker.failed()
+            event(log, "redis_cluster_unreachable", logging.ERROR,
+                  redis=config.redis.describe(), error=str(exc), retry_in=f"{wait:.1f}s",
+                  hint=CLUSTER_HINT)  # fmt: skip
+            time.sleep(wait)
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -84,10 +115,7 @@ class Daemon:
         deliverer = build_deliverer(config, self.retry_stop)
         # Seen ids and signatures outlive this process; short timeouts and no
         # retries, since a request waits on it (memory only while it is away).
-        dedup = redis_conn.connect(
-            config.redis, socket_timeout=DEDUP_TIMEOUT, socket_connect_timeout=DEDUP_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )  # fmt: skip
+        dedup = _dedup_client(config)
         self.dedup = dedup
         self.controller = Controller(
             config, publisher=self.publisher, deliverer=deliverer, pool=self.pool,

@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,38 @@ def test_the_documented_acl_on_every_node_serves_the_daemon_on_a_cluster(
         with redis_cluster.node(port) as node:
             refused = {(entry["reason"], entry["object"]) for entry in node.acl_log()}
         assert refused <= {("command", name) for name in OPTIONAL}, (port, refused)
+
+
+def test_a_user_that_cannot_read_the_slot_map_is_said_and_waited_for(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """Without the cluster line the daemon's client cannot read the slot map:
+    it said so with a traceback and died; now it logs why, with what to grant,
+    and serves once the rules are there."""
+    one_server, _sharded, _narrowed, cluster_extra = documented_acl(ACL_USER, ACL_PASSWORD)
+    for port in redis_cluster.ports:
+        set_acl_user(port, ACL_USER, one_server)
+    config = cluster_config(tmp_path / "pcapd.toml", redis_cluster, sharded=False,
+                            extra_redis=THE_USER)  # fmt: skip
+    log = config.with_suffix(".log")
+
+    def refused() -> list[str]:
+        text = log.read_text() if log.exists() else ""
+        return [line for line in text.splitlines() if "event=redis_cluster_unreachable" in line]
+
+    def grant_once_refused() -> None:
+        wait_for(lambda: bool(refused()), timeout=20)
+        for port in redis_cluster.ports:
+            set_acl_user(port, ACL_USER, cluster_extra)
+
+    granting = threading.Thread(target=grant_once_refused)
+    granting.start()
+    try:
+        with serve(config) as daemon:  # ready: subscribed and reading the stream
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(30) == 0
+    finally:
+        granting.join(30)
+    line = refused()[0]
+    assert "level=error" in line and "Cluster mode is not enabled on this node" in line, line
+    assert "+cluster|slots +command on every node" in line, line
