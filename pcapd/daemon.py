@@ -360,7 +360,11 @@ def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] 
             event(log, "config_error", logging.ERROR, path=config_path, error=problem + hint)
         return EXIT_CONFIG
     bound_malloc()
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except KeyboardInterrupt:  # Ctrl-C while waiting for a cluster: nothing was served
+        event(log, "stopped", logging.WARNING, clean=False, reason="interrupted before serving")
+        return EXIT_FAILURE
     try:
         metrics = daemon.start_metrics()
     except MetricsError as exc:

@@ -130,3 +130,30 @@ def test_a_user_that_cannot_read_the_slot_map_is_said_and_waited_for(
     line = refused()[0]
     assert "level=error" in line and "Cluster mode is not enabled on this node" in line, line
     assert "+cluster|slots +command on every node" in line, line
+
+
+def test_a_cluster_down_at_start_is_said_and_ctrl_c_leaves_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """No seed listening: the wait above, then SIGINT (Ctrl-C by hand) ends it
+    with a line, not a KeyboardInterrupt traceback."""
+    config = tmp_path / "down.toml"
+    config.write_text(
+        f'[general]\nnode = "{NODE}"\nwritelocal = true\nlocaldir = "{tmp_path}"\n'
+        f'[redis]\ncluster = true\nnodes = ["127.0.0.1:{free_port()}"]\n'
+    )
+    log = tmp_path / "down.log"
+    with log.open("wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
+                                  cwd=REPO, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for(lambda: log.read_text().count("event=redis_cluster_unreachable") >= 2, timeout=20)
+        daemon.send_signal(signal.SIGINT)
+        assert daemon.wait(10) == 1
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    text = log.read_text()
+    assert "Connection refused" in text and "Traceback" not in text, text
+    assert "event=stopped clean=false" in text and "interrupted before serving" in text, text
