@@ -21,6 +21,8 @@ def test_make_bench_runs_every_script_with_a_main_but_the_generator() -> None:
     scripts = {path for path in (ROOT / "bench").glob("*.py") if MAIN in path.read_text()}
     assert run == scripts - {ROOT / "bench" / "dnsmix.py"}
     assert len(run) >= 10
+    # The peers go in under the constraints: no version the tests use moves.
+    assert "pip install -q -c constraints.txt -e '.[bench]'" in dry
 
 
 def test_the_generator_says_how_it_is_run(tmp_path: Path) -> None:
