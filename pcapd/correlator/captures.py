@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
+
 from agents.reader_values import ReaderError, parse_address
 from pcapd.client import fresh, is_message, publish_request, seen_events, subscribe
 from pcapd.core.config import Config
@@ -27,6 +29,11 @@ from pcapd.signing import sign
 ID_PREFIX = "c"
 ID_RE = re.compile(r"c_([0-9a-fA-F.:]+)_([0-9a-fA-F.:]+)_(\d+|any)_[0-9a-f]{12}")
 EVENT_POLL = 1.0  # seconds between keep-alives on a live results stream
+# s of silence on a live stream's subscription before it PINGs Redis: a
+# Redis that hangs (SIGSTOP, a partition) sends nothing, as an idle one does,
+# so only an unanswered PING tells them apart.
+SILENCE_PING = 5.0
+SILENCE_PING_TEXT = "pcapd-correlator-live"
 
 
 class CaptureFormError(ValueError):
@@ -240,7 +247,8 @@ def live_events(
     except BaseException:
         pubsub.close()
         raise
-    return _stream(client, pubsub, reversed(earlier), request_id, wait, decorate)
+    return _stream(client, pubsub, reversed(earlier), request_id, wait, decorate,
+                   answer_within=config.correlator.redis_timeout)  # fmt: skip
 
 
 def _stream(
@@ -250,18 +258,34 @@ def _stream(
     request_id: str,
     wait: float,
     decorate: Callable[[dict[str, Any]], dict[str, Any]],
+    answer_within: float,
 ) -> Iterator[str]:
     """`client` is held while the stream lives: a client dropped closes its
-    pool, and with it the connection `pubsub` listens on."""
+    pool, and with it the connection `pubsub` listens on. After
+    SILENCE_PING s without a word from Redis it PINGs; no answer within
+    `answer_within` s raises redis.TimeoutError, which the caller sends as
+    the stream's `failed` event."""
     sent: set[str] = set()
     ids = seen_events()
     try:
         for event in earlier:
             if fresh(event, ids):
                 yield _sse(decorate(event), sent)
-        deadline = time.monotonic() + wait
+        heard = time.monotonic()
+        deadline = heard + wait
+        pinged: float | None = None
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=EVENT_POLL)
+            now = time.monotonic()
+            if message is not None:  # an event, a notice or the PING's answer
+                heard, pinged = now, None
+            elif pinged is not None and now - pinged >= answer_within:
+                raise redis.TimeoutError(
+                    f"no answer to a PING on the subscription within {answer_within:g} s"
+                )
+            elif pinged is None and now - heard >= SILENCE_PING and pubsub.connection:
+                pubsub.ping(SILENCE_PING_TEXT)
+                pinged = now
             if is_message(message):
                 try:
                     event = json.loads(message["data"])

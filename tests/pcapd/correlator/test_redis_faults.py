@@ -227,6 +227,37 @@ def test_a_live_page_whose_redis_fails_mid_stream_ends_saying_why(
     assert logged.count(f"event=correlator_redis_error path={events}") == 2, logged
 
 
+def test_a_live_stream_whose_redis_hangs_ends_saying_so(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """SIGSTOP: a hung Redis sends nothing, as an idle one does. The stream
+    PINGs after SILENCE_PING s of silence: answered, it goes on (here past
+    two of them); unanswered within redis_timeout, it ends with `failed`
+    (it used to wait out max_duration, then say no result came)."""
+    assert private_redis.proc is not None
+    pid = private_redis.proc.pid
+    events = f"/api/captures/c_{CLIENT}_{SERVICE}_443_0123456789ab/events"
+    with (
+        web(private_redis, tmp_path, "max_duration = 120\nredis_timeout = 1.0\n") as url,
+        urllib.request.urlopen(url + events, timeout=60) as answer,
+    ):
+        assert answer.status == 200
+        alive_until = time.monotonic() + 2.5 * captures.SILENCE_PING
+        while time.monotonic() < alive_until:
+            assert answer.readline() in (b": keep-alive\n", b"\n")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            rest = answer.read().decode()
+            took = time.monotonic() - stopped
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert took < captures.SILENCE_PING + 1.0 + 3 * captures.EVENT_POLL, took
+    reason = (f"Redis at redis://127.0.0.1:{private_redis.port}/0: no answer to a PING on the "
+              "subscription within 1 s")  # fmt: skip
+    assert rest.endswith(f"event: failed\ndata: {json.dumps({'error': reason})}\n\n"), rest
+
+
 def test_the_live_page_shows_why_its_stream_stopped(
     private_redis: RedisServer, tmp_path: Path
 ) -> None:
