@@ -200,7 +200,7 @@ def settle(
         errors = [r for r in mine if isinstance(r, Exception)]
         firm = [why for e in errors if (why := given_up(e, cluster=cluster)) is not None]
         if firm:
-            refused[at] = firm[0]
+            refused[at] = firm[0] + _where(parts, mine)
         if firm or not errors:
             done[at] = None
             continue
@@ -214,6 +214,17 @@ def settle(
             if failed != frozenset(parts):
                 done[at] = (Rest(result, failed), batch[at][1])
     return refused, done, transient
+
+
+def _where(parts: list[str] | None, replies: list[Any]) -> str:
+    """Which of a result's commands were refused and which went: a result
+    whose reply_to alone is refused did reach the channel and the stream."""
+    if not parts:
+        return ""
+    went = [part for part, reply in zip(parts, replies, strict=True)
+            if not isinstance(reply, Exception)]  # fmt: skip
+    failed = [part for part in parts if part not in went]
+    return f" (not sent: {', '.join(failed)}; sent: {', '.join(went) or 'nothing'})"
 
 
 def given_up(error: Exception, *, cluster: bool) -> str | None:

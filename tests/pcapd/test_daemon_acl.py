@@ -144,6 +144,7 @@ def test_narrowed_channels_serve_pcapd_trigger_and_refuse_another_reply_to(
     assert streamed == {"acl-trigger", "acl-outside"}
     (lost,) = [line for line in daemon.log().splitlines() if "event=result_lost" in line]
     assert "id=acl-outside " in lost and "NOPERM" in lost, lost
+    assert "(not sent: reply_to; sent: channel, stream)" in lost, lost  # it reached those
     refused = {(entry["reason"], entry["object"]) for entry in admin.acl_log()}
     admin.close()
     assert refused <= {("channel", OUTSIDE)} | {("command", name) for name in OPTIONAL}, refused

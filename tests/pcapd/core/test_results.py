@@ -358,6 +358,7 @@ def test_a_refused_result_is_dropped_and_the_rest_flow(
     lost = [line for line in caplog.text.splitlines() if "result_lost" in line]
     assert len(lost) == 3 and pub.dropped == 3
     assert all(cause in line and "refused by Redis" in line for line in lost), lost
+    assert all("(not sent: stream; sent: channel)" in line for line in lost), lost
     assert "result_publish_failed" not in caplog.text  # no resend round
     assert channel.unclaimed() == []  # each went to the channel once
 
