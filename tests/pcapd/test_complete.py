@@ -7,10 +7,13 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pcapd.complete import Answers, Expected, expected
 from pcapd.core.config import MIN_MAX_REQUEST_BYTES
-from pcapd.core.request import skipped_device
+from pcapd.core.fields import text_problem
+from pcapd.core.request import compile_nodere, skipped_device
 
 
 def body(**fields: Any) -> bytes:
@@ -85,3 +88,45 @@ def test_failed_is_final_only_when_the_request_cannot_come_back() -> None:
     assert by_pubsub.complete() and not by_stream.complete()
     by_stream.add(event("a", "ok", "lo"))
     assert by_stream.complete()
+
+
+NAME = st.text(alphabet="abcXY09_-.", min_size=1, max_size=8)
+# Any code point, lone surrogates, NULs and controls included.
+ANY_TEXT = st.text(alphabet=st.characters(codec=None, categories=None), max_size=30)
+
+
+def _spelled(name: str, escape_dot: bool, escape_dash: bool) -> str:
+    """`name` in a pattern; a dot left bare matches any character."""
+    dot, dash = r"\." if escape_dot else ".", r"\-" if escape_dash else "-"
+    return name.replace(".", dot).replace("-", dash)
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> str:
+    """`nodere`s that name their nodes, as operators write them, and others."""
+    names = draw(st.lists(NAME, min_size=1, max_size=4))
+    dot, dash = draw(st.booleans()), draw(st.booleans())
+    spelled = "|".join(_spelled(n, dot, dash) for n in names)
+    shape = draw(st.sampled_from(["^{}$", "^({})$", "^(?:{})$", "{}", "^({})", "({})$", "^{}"]))
+    if len(names) > 1 and shape in ("^{}$", "{}", "^{}"):
+        shape = "^({})$"
+    return shape.format(spelled) if draw(st.booleans()) else draw(ANY_TEXT)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pattern=patterns(), others=st.lists(NAME | ANY_TEXT, max_size=6))
+def test_a_named_set_is_exactly_the_nodes_the_daemons_would_match(
+    pattern: str, others: list[str]
+) -> None:
+    """Ending the wait early rests on this: when `expected` names nodes, a
+    daemon of any name matches the request if and only if it is one of them."""
+    found = expected(body(nodere=pattern))
+    if found is None:
+        return
+    regex = compile_nodere(pattern)
+    near = [v for n in found.nodes for v in (n + "x", "x" + n, n[:-1], n.replace(".", "x"),
+                                             n.upper(), n + "\n")]  # fmt: skip
+    for node in [*found.nodes, *near, *others]:
+        if text_problem(node) is not None:
+            continue  # no daemon has such a name
+        assert (regex.search(node) is not None) == (node in found.nodes), (pattern, node)
