@@ -76,6 +76,8 @@ class Answers:
 
     def add(self, event: Mapping[str, Any]) -> None:
         node, status, interface = event.get("node"), event.get("status"), event.get("interface")
+        if not isinstance(node, str) or not isinstance(status, str):
+            return  # a daemon sends text; anything else on the channel is not an answer
         if node not in self.expected.nodes or status not in (
             FINAL_DURABLE if self.durable else FINAL
         ):

@@ -130,3 +130,11 @@ def test_a_named_set_is_exactly_the_nodes_the_daemons_would_match(
         if text_problem(node) is not None:
             continue  # no daemon has such a name
         assert (regex.search(node) is not None) == (node in found.nodes), (pattern, node)
+
+
+def test_an_event_whose_node_or_status_is_no_text_is_no_answer() -> None:
+    """Anyone allowed on the reply channel can send these: once a TypeError."""
+    answers = Answers(Expected(frozenset({"a"}), ("lo",)))
+    answers.add({"node": ["a"], "status": "ok", "interface": "lo"})
+    answers.add({"node": "a", "status": {"x": 1}, "interface": "lo"})
+    assert answers.missing() == ["a"]
