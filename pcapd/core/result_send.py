@@ -55,6 +55,7 @@ class Rest:
 
     result: ResultEvent
     parts: frozenset[str]  # of CHANNEL, STREAM, REPLY
+    sent: frozenset[str] = frozenset()  # what earlier rounds sent, for the loss's reason
 
 
 Item = ResultEvent | Rest | Commands
@@ -197,33 +198,38 @@ def settle(
     done: dict[int, Pending | None] = {}
     transient: Exception | None = None
     for at, (parts, mine) in enumerate(outcomes):
+        item = batch[at][0]
+        earlier = item.sent if isinstance(item, Rest) else frozenset()
         errors = [r for r in mine if isinstance(r, Exception)]
         firm = [why for e in errors if (why := given_up(e, cluster=cluster)) is not None]
         if firm:
-            refused[at] = firm[0] + _where(parts, mine)
+            refused[at] = firm[0] + _where(parts, mine, earlier)
         if firm or not errors:
             done[at] = None
             continue
         transient = transient or errors[0]  # READONLY after a failover, BUSY, OOM, no answer
-        result = result_of(batch[at][0])
+        result = result_of(item)
         if parts and result is not None:
             failed = frozenset(
                 part for part, reply in zip(parts, mine, strict=True)
                 if isinstance(reply, Exception)
             )  # fmt: skip
             if failed != frozenset(parts):
-                done[at] = (Rest(result, failed), batch[at][1])
+                rest = Rest(result, failed, earlier | (frozenset(parts) - failed))
+                done[at] = (rest, batch[at][1])
     return refused, done, transient
 
 
-def _where(parts: list[str] | None, replies: list[Any]) -> str:
-    """Which of a result's commands were refused and which went: a result
-    whose reply_to alone is refused did reach the channel and the stream."""
+def _where(parts: list[str] | None, replies: list[Any], earlier: frozenset[str]) -> str:
+    """Which of a result's commands were refused and which went, in this
+    round or (`earlier`) a round before it: a result whose reply_to alone
+    is refused did reach the channel and the stream."""
     if not parts:
         return ""
-    went = [part for part, reply in zip(parts, replies, strict=True)
-            if not isinstance(reply, Exception)]  # fmt: skip
-    failed = [part for part in parts if part not in went]
+    now = [part for part, reply in zip(parts, replies, strict=True)
+           if not isinstance(reply, Exception)]  # fmt: skip
+    went = [part for part in (CHANNEL, STREAM, REPLY) if part in earlier or part in now]
+    failed = [part for part in parts if part not in now]
     return f" (not sent: {', '.join(failed)}; sent: {', '.join(went) or 'nothing'})"
 
 

@@ -600,3 +600,34 @@ def test_out_of_memory_on_a_cluster_resends_only_the_stream_script(
         channel_ids.pubsub.close()
         client.close()
     assert "result_lost" not in caplog.text and pub.dropped == 0
+
+
+def test_a_resend_refused_for_good_names_what_went_in_earlier_rounds(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's script meets OOM (the channel and reply_to got the
+    event), then, resent alone, is refused for good: the loss says the
+    channel and reply_to did get it, not that nothing was sent."""
+    caplog.set_level(logging.WARNING, logger="pcapd.core.results")
+    admin = private_redis.client()
+    config = deny(private_redis)  # may do all, for now
+    channel, reply = Results(private_redis), Results(private_redis, channel="mine")
+    pub = ResultPublisher(
+        lambda: connect(config, socket_timeout=1, socket_connect_timeout=1), config
+    )
+    pub.start()
+    try:
+        admin.config_set("maxmemory", 1)
+        pub.submit(result(1), reply_to="mine")
+        wait_for(lambda: caplog.text.count("OOM") >= 2, timeout=60)  # resent alone, at least once
+        assert channel.next()["id"] == reply.next()["id"] == "r1"
+        admin.acl_setuser("pcapd", enabled=True, commands=["-evalsha"])
+        wait_for(lambda: "result_lost" in caplog.text, timeout=60)
+    finally:
+        admin.config_set("maxmemory", 0)
+        assert pub.stop(10) == 0
+        channel.close()
+        reply.close()
+    lost = [line for line in caplog.text.splitlines() if "result_lost" in line]
+    assert len(lost) == 1 and pub.dropped == 1, lost
+    assert "NOPERM" in lost[0] and "(not sent: stream; sent: channel, reply_to)" in lost[0], lost
