@@ -125,7 +125,7 @@ def generate(path: Path, responses: int, seed: int = 7) -> list[bytes]:
 
 
 def main(argv: list[str]) -> int:
-    count_ok = len(argv) == 1 or (len(argv) == 2 and argv[1].isdigit())
+    count_ok = len(argv) == 1 or (len(argv) == 2 and argv[1].isascii() and argv[1].isdecimal())
     if not count_ok or argv[0].startswith("-"):
         print(f"usage: {__doc__.strip().splitlines()[-1].strip()}", file=sys.stderr)
         return 2

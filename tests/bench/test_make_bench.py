@@ -26,7 +26,12 @@ def test_make_bench_runs_every_script_with_a_main_but_the_generator() -> None:
 
 
 def test_the_generator_says_how_it_is_run(tmp_path: Path) -> None:
-    for argv in ([], ["--help"], [str(tmp_path / "x.pcap"), "ten"]):
+    for argv in (
+        [],
+        ["--help"],
+        [str(tmp_path / "x.pcap"), "ten"],
+        [str(tmp_path / "x.pcap"), "²"],
+    ):
         done = subprocess.run([sys.executable, str(ROOT / "bench" / "dnsmix.py"), *argv],
                               capture_output=True, text=True, timeout=60, check=False,
                               cwd=tmp_path)  # fmt: skip
