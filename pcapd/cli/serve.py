@@ -66,8 +66,6 @@ class ServeArgs:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     help: bool = False
-    # "section.key" -> the flag that set it, so an error names what was typed.
-    flags_of: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def _go_int(text: str) -> int:
@@ -137,22 +135,24 @@ def _to_overrides(given: dict[str, str | int | bool], rest: list[str]) -> ServeA
         warnings.append("-destdir: used only with -writelocal, as in pcapdaemon; ignored")
         del given["destdir"]
     overrides: dict[str, dict[str, Any]] = {}
-    flags_of: dict[str, str] = {}
     for name, value in given.items():
         target = FLAGS[name].target
         if target is None or value in ("", 0, False):  # a zero value overrides nothing
             continue
         section, key = target
         overrides.setdefault(section, {})[key] = value
-        flags_of[f"{section}.{key}"] = name
     config = given.get("config") or given.get("c") or None
-    return ServeArgs(str(config) if config else None, overrides, tuple(warnings),
-                     flags_of=flags_of)  # fmt: skip
+    return ServeArgs(str(config) if config else None, overrides, tuple(warnings))
 
 
-def _naming_flags(exc: ConfigError, flags_of: dict[str, str]) -> ConfigError:
-    """`exc` with each error about a value a flag gave saying so: the file
-    it names does not hold that value."""
+def _naming_flags(exc: ConfigError, overrides: dict[str, dict[str, Any]]) -> ConfigError:
+    """`exc` with each error about a value a flag gave (in `overrides`)
+    saying so: the file it names does not hold that value."""
+    flags_of = {
+        f"{flag.target[0]}.{flag.target[1]}": name
+        for name, flag in FLAGS.items()
+        if flag.target and flag.target[1] in overrides.get(flag.target[0], {})
+    }  # each target is one flag's
     errors = []
     for error in exc.errors:
         name = flags_of.get(error.partition(":")[0])
@@ -191,7 +191,7 @@ def serve_main(argv: Sequence[str], prog: str) -> int:
     try:
         config = load_config(args.config, overrides=args.overrides)
     except ConfigError as exc:
-        raise _naming_flags(exc, args.flags_of) from None
+        raise _naming_flags(exc, args.overrides) from None
     return serve(config, args.config, args.warnings)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pcapd.cli.serve import FlagError, ServeArgs, parse_flags
+from pcapd.cli.serve import FLAGS, FlagError, ServeArgs, parse_flags
 from tests.helpers import RedisServer, free_port, stop_process
 from tests.pcapd.daemon_fixture import Daemon, Results
 from tests.pcapd.test_daemon import traffic, udp_request
@@ -81,6 +81,12 @@ def pcapdaemon(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(PCAPDAEMON), *argv], capture_output=True, text=True, timeout=30, check=False
     )
+
+
+def test_each_flag_overrides_a_config_key_of_its_own() -> None:
+    """An error about a key a flag set names that flag: one flag per key."""
+    targets = [flag.target for flag in FLAGS.values() if flag.target is not None]
+    assert len(targets) == len(set(targets)), targets
 
 
 def test_the_script_prints_what_the_user_sees(tmp_path: Path) -> None:
