@@ -58,6 +58,19 @@ def is_message(message: dict[str, Any] | None) -> bool:
     return bool(message) and message is not None and message.get("type") in MESSAGE_TYPES
 
 
+def event_of(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON object a published message carries; None for a notice or
+    anything else anyone published (json raises RecursionError, not a
+    ValueError, on nesting past ~1,000 levels)."""
+    if not is_message(message) or message is None:
+        return None
+    try:
+        parsed = json.loads(message["data"])
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
 def seen_events() -> RecentIds:
     """The event ids a reader of results remembers, to drop resends (`fresh`)."""
     return RecentIds(SEEN_EVENTS_WINDOW, max_ids=SEEN_EVENTS)
@@ -89,15 +102,8 @@ def print_events(
         wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
         if wait <= 0:
             break
-        message = pubsub.get_message(timeout=wait)
-        if not is_message(message):
-            continue
-        data = message["data"]
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict) and accept(parsed) and fresh(parsed, ids):
+        parsed = event_of(pubsub.get_message(timeout=wait))
+        if parsed is not None and accept(parsed) and fresh(parsed, ids):
             print(json.dumps(parsed), file=out, flush=True)
             seen += 1
             if until(parsed):

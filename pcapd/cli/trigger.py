@@ -28,7 +28,7 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         text = sys.stdin.read()
         try:
             given = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UsageError(f"pcapd trigger: standard input is not JSON: {exc}") from None
         if not isinstance(given, dict):
             raise UsageError("pcapd trigger: standard input must hold a JSON object")

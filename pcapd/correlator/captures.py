@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import redis
 
 from agents.reader_values import ReaderError, parse_address
-from pcapd.client import fresh, is_message, publish_request, seen_events, subscribe
+from pcapd.client import event_of, fresh, is_message, publish_request, seen_events, subscribe
 from pcapd.core.config import Config
 from pcapd.core.fields import bpf_problem, whole_number
 from pcapd.core.redis_conn import Client
@@ -176,7 +176,7 @@ def recent(
         raw = fields.get(b"event") or fields.get("event")
         try:
             event = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # anyone may XADD; json nests ~1,000 deep
             continue
         if isinstance(event, dict) and _matches(event, filters) and fresh(event, ids):
             shown.append(event)
@@ -287,12 +287,9 @@ def _stream(
                 pubsub.ping(SILENCE_PING_TEXT)
                 pinged = now
             if is_message(message):
-                try:
-                    event = json.loads(message["data"])
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("id") == request_id and fresh(event, ids):
-                    yield _sse(decorate(event), sent)
+                published = event_of(message)
+                if published and published.get("id") == request_id and fresh(published, ids):
+                    yield _sse(decorate(published), sent)
             else:
                 yield ": keep-alive\n\n"
         yield "event: end\ndata: {}\n\n"

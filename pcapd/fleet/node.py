@@ -138,7 +138,7 @@ class NodeState:
             raise ValueError(
                 f"[general] or interfaces unreadable: {'; '.join(exc.errors)}"
             ) from None
-        except (TypeError, AttributeError, json.JSONDecodeError) as exc:
+        except (TypeError, AttributeError, json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(str(exc)) from None
 
     def to_json(self) -> dict[str, Any]:

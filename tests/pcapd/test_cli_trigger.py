@@ -14,7 +14,7 @@ import pytest
 from pcapd.client import is_message
 from pcapd.core.events import ResultEvent
 from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from tests.helpers import RedisServer, free_port, set_acl_user, stop_process
+from tests.helpers import RedisServer, free_port, set_acl_user, stop_process, wait_for
 from tests.pcapd.core.test_results import resent
 
 
@@ -31,6 +31,7 @@ def trigger(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     [
         ("not json", "pcapd trigger: standard input is not JSON: Expecting value"),
         ("[1, 2]", "pcapd trigger: standard input must hold a JSON object"),
+        ("[" * 100_000, "pcapd trigger: standard input is not JSON: maximum recursion depth"),
     ],
 )
 def test_bad_stdin_is_refused(stdin: str, message: str) -> None:
@@ -126,6 +127,25 @@ def test_wait_prints_a_resent_result_once(redis_srv: RedisServer) -> None:
         listener.close()
     assert wait.returncode == EXIT_OK, err
     assert [json.loads(line)["interface"] for line in out.splitlines()] == ["lo", "eth0"]
+
+
+def test_results_skips_what_is_no_result_object_and_goes_on(redis_srv: RedisServer) -> None:
+    """Anyone may publish on the results channel: nesting json cannot
+    read (RecursionError, not ValueError), text that is not JSON and a
+    list are skipped, and the result after them is printed."""
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "pcapd", "results", "--redis-url", redis_srv.url,
+         "--count", "1", "--timeout", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = redis_srv.client()
+    wait_for(lambda: client.pubsub_numsub("capture-results")[0][1] >= 1)
+    for junk in ("[" * 100_000, '{"id": ' * 100_000, "not json", "[1, 2]"):
+        client.publish("capture-results", junk)
+    client.publish("capture-results", json.dumps({"id": "after", "node": "n1"}))
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == EXIT_OK, err
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["after"]
 
 
 def test_results_stream_prints_an_entry_held_twice_once(redis_srv: RedisServer) -> None:

@@ -343,6 +343,14 @@ def test_an_unreadable_heartbeat_is_reported_and_the_rest_listed(redis_srv: Redi
     )
     done = nodes_cli(redis_srv, "--match", '{"node": "any", "interface": "lo"}')
     assert done.returncode == 1 and "no node has a heartbeat" in done.stderr
+    # Nested past what json reads: RecursionError, not a ValueError.
+    client.hset(node_key(PREFIX, "broken"), "interfaces", "[" * 100_000)
+    done = nodes_cli(redis_srv, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout) == [], done.stderr
+    assert done.stderr.startswith(
+        "pcapd nodes: warning: pcapd:node:broken: not a heartbeat this version reads: "
+        "maximum recursion depth exceeded"
+    ), done.stderr
 
 
 def test_nodes_takes_redis_and_prefix_from_the_config(

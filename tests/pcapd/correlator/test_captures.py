@@ -152,6 +152,31 @@ def test_live_events_send_a_resent_event_once(redis_srv: RedisServer) -> None:
     assert rest[-1] == "event: end\ndata: {}\n\n"
 
 
+def test_what_is_no_event_object_is_skipped_in_the_list_and_the_live_stream(
+    redis_srv: RedisServer,
+) -> None:
+    """Anyone with XADD or PUBLISH may put there what json cannot read
+    (nesting past ~1,000 levels raises RecursionError), text and lists: the
+    list and the live stream skip them and show the event after them."""
+    config = parse_config({"redis": {"port": redis_srv.port}})
+    client = redis_srv.client()
+    junk = ["[" * 100_000, '{"id": ' * 100_000, "not json", "[1, 2]"]
+    for text in junk:
+        client.xadd("capture-results", {"event_id": "x", "event": text})
+    resent(redis_srv, ResultEvent("run-1", "edge1", "ok"))
+    assert [e["id"] for e in captures.recent(client, config, {}, 100)] == ["run-1"]
+    reply = captures.reply_channel(OURS)
+    live = captures.live_events(client, config, OURS, 3, lambda e: e)
+    first = next(live)  # subscribed
+    for text in junk:
+        client.publish(reply, text)
+    resent(redis_srv, ResultEvent(OURS, "edge1", "ok"), reply)
+    sent = [first, *live]
+    data = [json.loads(line[6:]) for line in sent if line.startswith("data: ")]
+    assert [e["id"] for e in data] == [OURS]  # sent twice, one event id
+    assert sent[-1] == "event: end\ndata: {}\n\n"
+
+
 def test_the_form_offers_and_sends_each_alias_the_rule_allows() -> None:
     """[correlator] aliases follow the alias rule: one out of it, or "" (the
     form's blank choice is "any interface"), is a warning and not offered;
