@@ -70,6 +70,16 @@ def _wait_seconds(text: str) -> float:
     return seconds
 
 
+def _own_seconds(request: dict[str, Any], name: str, default: int) -> int:
+    """A request's own bound for --wait's default; `default` for one the
+    daemon will not take (not a JSON integer from 1 to MAX_SECONDS: it
+    answers `rejected`, which ends the wait), as for one not given."""
+    value = request.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SECONDS:
+        return default
+    return value
+
+
 def _signing_key(args: argparse.Namespace) -> Secret:
     """--key (a secret, env:NAME or file:/path), else [security] keys[--kid] of -c."""
     if args.key:
@@ -122,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     if pubsub is None:
         return EXIT_OK
     wait = args.wait or (
-        int(request.get("duration", 60)) + int(request.get("timeout", 10)) + WAIT_MARGIN
+        _own_seconds(request, "duration", 60) + _own_seconds(request, "timeout", 10) + WAIT_MARGIN
     )
     named = expected(body)
     answers = None if named is None else Answers(named, durable=args.stream)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,42 @@ def test_wait_prints_a_resent_result_once(redis_srv: RedisServer) -> None:
         listener.close()
     assert wait.returncode == EXIT_OK, err
     assert [json.loads(line)["interface"] for line in out.splitlines()] == ["lo", "eth0"]
+
+
+@pytest.mark.parametrize("duration", ["x", None, 10**400, True, -5])
+def test_wait_for_a_body_whose_bounds_the_daemon_refuses(
+    redis_srv: RedisServer, duration: Any
+) -> None:
+    """--stdin's duration is no JSON integer in range: --wait waits the
+    default bounds (the daemon's `rejected` ends it), no traceback."""
+    listener = redis_srv.client().pubsub()
+    listener.subscribe("capture")
+    body = {"id": "t2", "node": "n1", "interface": ["lo"], "duration": duration}
+    wait = subprocess.Popen(
+        [sys.executable, "-m", "pcapd", "trigger", "--redis-url", redis_srv.url, "--stdin",
+         "--wait"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait.stdin is not None
+        wait.stdin.write(json.dumps(body))
+        wait.stdin.close()
+        wait.stdin = None
+        deadline = time.monotonic() + 30
+        while not is_message(listener.get_message(timeout=1)):
+            assert time.monotonic() < deadline, "no request published"
+        time.sleep(0.5)  # past the wait's start: a bound it could not read ended it there
+        assert wait.poll() is None, wait.communicate()[1]
+        rejected = ResultEvent("t2", "n1", "rejected", error="duration: expected a JSON integer")
+        resent(redis_srv, rejected, "pcapd-reply-t2")
+        out, err = wait.communicate(timeout=60)
+    finally:
+        if wait.poll() is None:
+            stop_process(wait)  # type: ignore[arg-type]
+            wait.communicate()
+        listener.close()
+    assert "Traceback" not in err, err
+    assert [json.loads(line)["status"] for line in out.splitlines()] == ["rejected"]
 
 
 def test_results_skips_what_is_no_result_object_and_goes_on(redis_srv: RedisServer) -> None:
