@@ -18,7 +18,7 @@ import redis
 from pcapd.core.config import DEFAULT_FLEET_PREFIX
 from pcapd.fleet import node_key
 from tests.helpers import RedisServer, documented_acl, free_port, set_acl_user, wait_for
-from tests.pcapd.daemon_fixture import Daemon, Results
+from tests.pcapd.daemon_fixture import Daemon
 from tests.pcapd.test_daemon import traffic, udp_request
 from tests.pcapd.test_daemon_acl import ACL_PASSWORD, ACL_USER, AS_THE_USER, OPTIONAL
 
@@ -130,7 +130,6 @@ def test_the_documented_operator_acl_serves_trigger_results_and_nodes(
     config.write_text(
         OPERATOR_CONFIG.format(port=private_redis.port, user=OPERATOR, password=OPERATOR_PASSWORD)
     )
-    results = Results(private_redis)
     daemon = Daemon(
         private_redis, tmp_path / "daemon", extra_redis=AS_THE_USER,
         extra_sections="[fleet]\nheartbeat_interval = 1\n",
@@ -144,7 +143,6 @@ def test_the_documented_operator_acl_serves_trigger_results_and_nodes(
         assert operator_problems(private_redis, daemon, config) == []
     finally:
         daemon.stop()
-        results.close()
     assert "NOPERM" not in daemon.log()
     refused = {(entry["reason"], entry["object"]) for entry in admin.acl_log()}
     assert refused <= {("command", name) for name in OPTIONAL}, refused

@@ -85,6 +85,7 @@ def test_wait_ends_once_every_named_node_has_answered(
     done, took = waited(redis_srv, daemons, {"id": "w-one", "node": "wait-b"}, ["wait-b"])
     assert (done.returncode, answers(done)) == (EXIT_OK, [("wait-b", "ok")]), done.stderr
     assert took < SOON, (took, done.stderr)
+    assert "every node named has answered: wait-b\n" in done.stderr
 
 
 def test_wait_goes_on_while_a_live_named_node_has_not_answered(

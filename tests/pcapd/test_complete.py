@@ -125,7 +125,7 @@ def test_a_named_set_is_exactly_the_nodes_the_daemons_would_match(
         return
     regex = compile_nodere(pattern)
     near = [v for n in found.nodes for v in (n + "x", "x" + n, n[:-1], n.replace(".", "x"),
-                                             n.upper(), n + "\n")]  # fmt: skip
+                                             n.upper())]  # fmt: skip
     for node in [*found.nodes, *near, *others]:
         if text_problem(node) is not None:
             continue  # no daemon has such a name
