@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,32 +102,42 @@ def test_results_stream_that_the_config_turns_off(tmp_path: Path) -> None:
     )
 
 
-def test_wait_prints_a_resent_result_once(redis_srv: RedisServer) -> None:
-    """The reply channel gets one event twice (a resend: same event_id) and
-    then another: `--count 2` prints both, the first once."""
-    listener = redis_srv.client().pubsub()
+@contextlib.contextmanager
+def published_from_stdin(
+    server: RedisServer, body: dict[str, Any], *flags: str
+) -> Iterator[subprocess.Popen[str]]:
+    """`pcapd trigger --stdin FLAGS` given `body`, once its request is on
+    the channel; stopped on the way out if it has not ended."""
+    listener = server.client().pubsub()
     listener.subscribe("capture")
     wait = subprocess.Popen(
-        [sys.executable, "-m", "pcapd", "trigger", "--redis-url", redis_srv.url, "--stdin",
-         "--wait", "60", "--count", "2"],
+        [sys.executable, "-m", "pcapd", "trigger", "--redis-url", server.url, "--stdin", *flags],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert wait.stdin is not None
-        wait.stdin.write(json.dumps({"id": "t1", "node": "any", "interface": ["lo"]}))
+        wait.stdin.write(json.dumps(body))
         wait.stdin.close()
+        wait.stdin = None  # closed: communicate() would flush it
         deadline = time.monotonic() + 30
         while not is_message(listener.get_message(timeout=1)):
             assert time.monotonic() < deadline, "no request published"
-        resent(redis_srv, ResultEvent("t1", "n1", "empty", interface="lo"), "pcapd-reply-t1")
-        resent(redis_srv, ResultEvent("t1", "n1", "empty", interface="eth0"), "pcapd-reply-t1")
-        wait.stdin = None  # closed: communicate() would flush it
-        out, err = wait.communicate(timeout=60)
+        yield wait
     finally:
         if wait.poll() is None:
             stop_process(wait)  # type: ignore[arg-type]
             wait.communicate()
         listener.close()
+
+
+def test_wait_prints_a_resent_result_once(redis_srv: RedisServer) -> None:
+    """The reply channel gets one event twice (a resend: same event_id) and
+    then another: `--count 2` prints both, the first once."""
+    body = {"id": "t1", "node": "any", "interface": ["lo"]}
+    with published_from_stdin(redis_srv, body, "--wait", "60", "--count", "2") as wait:
+        resent(redis_srv, ResultEvent("t1", "n1", "empty", interface="lo"), "pcapd-reply-t1")
+        resent(redis_srv, ResultEvent("t1", "n1", "empty", interface="eth0"), "pcapd-reply-t1")
+        out, err = wait.communicate(timeout=60)
     assert wait.returncode == EXIT_OK, err
     assert [json.loads(line)["interface"] for line in out.splitlines()] == ["lo", "eth0"]
 
@@ -136,32 +148,13 @@ def test_wait_for_a_body_whose_bounds_the_daemon_refuses(
 ) -> None:
     """--stdin's duration is no JSON integer in range: --wait waits the
     default bounds (the daemon's `rejected` ends it), no traceback."""
-    listener = redis_srv.client().pubsub()
-    listener.subscribe("capture")
     body = {"id": "t2", "node": "n1", "interface": ["lo"], "duration": duration}
-    wait = subprocess.Popen(
-        [sys.executable, "-m", "pcapd", "trigger", "--redis-url", redis_srv.url, "--stdin",
-         "--wait"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert wait.stdin is not None
-        wait.stdin.write(json.dumps(body))
-        wait.stdin.close()
-        wait.stdin = None
-        deadline = time.monotonic() + 30
-        while not is_message(listener.get_message(timeout=1)):
-            assert time.monotonic() < deadline, "no request published"
+    with published_from_stdin(redis_srv, body, "--wait") as wait:
         time.sleep(0.5)  # past the wait's start: a bound it could not read ended it there
         assert wait.poll() is None, wait.communicate()[1]
         rejected = ResultEvent("t2", "n1", "rejected", error="duration: expected a JSON integer")
         resent(redis_srv, rejected, "pcapd-reply-t2")
         out, err = wait.communicate(timeout=60)
-    finally:
-        if wait.poll() is None:
-            stop_process(wait)  # type: ignore[arg-type]
-            wait.communicate()
-        listener.close()
     assert "Traceback" not in err, err
     assert [json.loads(line)["status"] for line in out.splitlines()] == ["rejected"]
 
