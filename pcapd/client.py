@@ -58,17 +58,25 @@ def is_message(message: dict[str, Any] | None) -> bool:
     return bool(message) and message is not None and message.get("type") in MESSAGE_TYPES
 
 
-def event_of(message: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The JSON object a published message carries; None for a notice or
-    anything else anyone published (json raises RecursionError, not a
-    ValueError, on nesting past ~1,000 levels)."""
-    if not is_message(message) or message is None:
+def event_json(data: str | bytes | None) -> dict[str, Any] | None:
+    """The JSON object `data` (a result's text on a channel or in the stream)
+    holds; None for anything else anyone published there (json raises
+    RecursionError, not a ValueError, on nesting past ~1,000 levels)."""
+    if not data:
         return None
     try:
-        parsed = json.loads(message["data"])
+        parsed = json.loads(data)
     except (ValueError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def event_of(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON object a published message carries; None for a notice or
+    anything else (`event_json`)."""
+    if not is_message(message) or message is None:
+        return None
+    return event_json(message["data"])
 
 
 def seen_events() -> RecentIds:

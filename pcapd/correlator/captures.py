@@ -20,7 +20,15 @@ from urllib.parse import urlsplit
 import redis
 
 from agents.reader_values import ReaderError, parse_address
-from pcapd.client import event_of, fresh, is_message, publish_request, seen_events, subscribe
+from pcapd.client import (
+    event_json,
+    event_of,
+    fresh,
+    is_message,
+    publish_request,
+    seen_events,
+    subscribe,
+)
 from pcapd.core.config import Config
 from pcapd.core.fields import bpf_problem, whole_number
 from pcapd.core.redis_conn import Client
@@ -173,12 +181,8 @@ def recent(
     shown = []
     ids = seen_events()
     for _entry, fields in entries:
-        raw = fields.get(b"event") or fields.get("event")
-        try:
-            event = json.loads(raw) if raw else None
-        except (ValueError, RecursionError):  # anyone may XADD; json nests ~1,000 deep
-            continue
-        if isinstance(event, dict) and _matches(event, filters) and fresh(event, ids):
+        event = event_json(fields.get(b"event") or fields.get("event"))
+        if event is not None and _matches(event, filters) and fresh(event, ids):
             shown.append(event)
     return shown
 
