@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
+from redis.exceptions import AuthenticationError, RedisClusterException
 from redis.retry import Retry
 
 from pcapd.controller import Controller
@@ -25,7 +25,14 @@ from pcapd.core import redis_conn
 from pcapd.core.backoff import Backoff
 from pcapd.core.config import Config
 from pcapd.core.events import ResultEvent
-from pcapd.core.lifecycle import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, StopSignals
+from pcapd.core.lifecycle import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    StopRequested,
+    StopSignals,
+    stops_interrupt,
+)
 from pcapd.core.logs import event, setup_logging
 from pcapd.core.metrics import MetricsError, MetricsServer, serve_metrics
 from pcapd.core.results import ResultPublisher
@@ -67,6 +74,10 @@ DEDUP_TIMEOUT = 1.0  # a request waits at most this on Redis for its dedup check
 CLUSTER_HINT = ("every seed ([redis] nodes, url or host) must be a cluster node that answers "
                 "CLUSTER SLOTS: with an ACL the daemon's user needs +cluster|slots +command "
                 "on every node (docs/operations.md)")  # fmt: skip
+# What it says instead when the last seed tried refused the credentials: no
+# ACL rule is missing, the [redis] username/auth do not match a user there.
+AUTH_HINT = ("the seeds refuse [redis] username and auth: check them against the user on "
+             "every node (ACL GETUSER; requirepass: auth alone; docs/operations.md)")  # fmt: skip
 
 
 def _dedup_client(config: Config) -> redis_conn.Client:
@@ -86,8 +97,14 @@ def _dedup_client(config: Config) -> redis_conn.Client:
             wait = tracker.failed()
             event(log, "redis_cluster_unreachable", logging.ERROR,
                   redis=config.redis.describe(), error=str(exc), retry_in=f"{wait:.1f}s",
-                  hint=CLUSTER_HINT)  # fmt: skip
+                  hint=_unreachable_hint(exc))  # fmt: skip
             time.sleep(wait)
+
+
+def _unreachable_hint(exc: Exception) -> str:
+    # redis-py's RedisClusterException carries the last seed's error as its cause.
+    refused = isinstance(exc.__cause__ or exc, AuthenticationError)
+    return AUTH_HINT if refused else CLUSTER_HINT
 
 
 class Daemon:
@@ -361,17 +378,18 @@ def serve(config: Config, config_path: str | None, flag_warnings: Sequence[str] 
         return EXIT_CONFIG
     bound_malloc()
     try:
-        daemon = Daemon(config)
-    except KeyboardInterrupt:  # Ctrl-C while waiting for a cluster: nothing was served
-        event(log, "stopped", logging.WARNING, clean=False, reason="interrupted before serving")
-        return EXIT_FAILURE
+        with stops_interrupt():  # waiting for a cluster: nothing taken yet, nothing to finish
+            daemon = Daemon(config)
+    except StopRequested as stop:
+        event(log, "stopped", clean=True, reason="stopped before serving", signal=stop.signal)
+        return EXIT_OK
+    daemon.signals.install()
     try:
         metrics = daemon.start_metrics()
     except MetricsError as exc:
         for problem in exc.errors:
             event(log, "config_error", logging.ERROR, path=config_path, error=problem)
         return EXIT_CONFIG
-    daemon.signals.install()
     try:
         code = daemon.run()
     finally:

@@ -14,7 +14,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from pcapd.core.logs import event
@@ -26,6 +27,32 @@ EXIT_CONFIG = 2  # the config or command line cannot be run; nothing was started
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("pcapd.lifecycle")
+
+
+class StopRequested(BaseException):
+    """A stop signal inside `stops_interrupt`: a BaseException, as
+    KeyboardInterrupt is, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        super().__init__(self.signal)
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise StopRequested(signum)
+
+
+@contextmanager
+def stops_interrupt() -> Iterator[None]:
+    """For the block, SIGTERM and SIGINT raise `StopRequested` in the main
+    thread: for a wait before `StopSignals` has anything to stop (the daemon
+    waiting for a cluster's slot map), which the two must end alike."""
+    before = {signum: signal.signal(signum, _raise_stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 class StopSignals:

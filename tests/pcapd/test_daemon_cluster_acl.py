@@ -132,28 +132,70 @@ def test_a_user_that_cannot_read_the_slot_map_is_said_and_waited_for(
     assert "+cluster|slots +command on every node" in line, line
 
 
-def test_a_cluster_down_at_start_is_said_and_ctrl_c_leaves_without_a_traceback(
-    tmp_path: Path,
+def waiting_for_the_slot_map(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`pcapd serve -c config`, logging to `log`, once it has said twice
+    that no seed gave it the slot map."""
+    with log.open("wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
+                                  cwd=REPO, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for(lambda: log.read_text().count("event=redis_cluster_unreachable") >= 2, timeout=20)
+    except BaseException:
+        daemon.kill()
+        daemon.wait()
+        raise
+    return daemon
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_cluster_down_at_start_is_said_and_a_stop_leaves_cleanly(
+    tmp_path: Path, stop: signal.Signals
 ) -> None:
-    """No seed listening: the wait above, then SIGINT (Ctrl-C by hand) ends it
-    with a line, not a KeyboardInterrupt traceback."""
+    """No seed listening: the wait above, then SIGTERM (systemctl stop) or
+    SIGINT (Ctrl-C) ends it with a line and exit 0, as a stop while serving
+    does: SIGTERM killed it silently (status -15), Ctrl-C exited 1, which
+    systemd records as a failed stop."""
     config = tmp_path / "down.toml"
     config.write_text(
         f'[general]\nnode = "{NODE}"\nwritelocal = true\nlocaldir = "{tmp_path}"\n'
         f'[redis]\ncluster = true\nnodes = ["127.0.0.1:{free_port()}"]\n'
     )
     log = tmp_path / "down.log"
-    with log.open("wb") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "pcapd", "serve", "-c", str(config)],
-                                  cwd=REPO, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    daemon = waiting_for_the_slot_map(config, log)
     try:
-        wait_for(lambda: log.read_text().count("event=redis_cluster_unreachable") >= 2, timeout=20)
-        daemon.send_signal(signal.SIGINT)
-        assert daemon.wait(10) == 1
+        daemon.send_signal(stop)
+        assert daemon.wait(10) == 0
     finally:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
     text = log.read_text()
     assert "Connection refused" in text and "Traceback" not in text, text
-    assert "event=stopped clean=false" in text and "interrupted before serving" in text, text
+    stopped = f'event=stopped clean=true reason="stopped before serving" signal={stop.name}'
+    assert stopped in text, text
+
+
+def test_a_wrong_password_on_a_cluster_is_said_as_one(
+    redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """The user exists with every rule, the config's auth is wrong: the wait
+    said the ACL lacked +cluster|slots; now its hint names the credentials."""
+    one_server, _sharded, _narrowed, cluster_extra = documented_acl(ACL_USER, ACL_PASSWORD)
+    for port in redis_cluster.ports:
+        set_acl_user(port, ACL_USER, [*one_server, *cluster_extra])
+    wrong = f'username = "{ACL_USER}"\nauth = "not-{ACL_PASSWORD}"\n'
+    config = cluster_config(tmp_path / "pcapd.toml", redis_cluster, sharded=False,
+                            extra_redis=wrong)  # fmt: skip
+    log = config.with_suffix(".log")
+    daemon = waiting_for_the_slot_map(config, log)
+    try:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    line = next(line for line in log.read_text().splitlines()
+                if "event=redis_cluster_unreachable" in line)  # fmt: skip
+    assert "invalid username-password pair" in line, line
+    assert "refuse [redis] username and auth" in line and "+cluster|slots" not in line, line
