@@ -17,6 +17,7 @@ from pcapd.cli.common import (
 )
 from pcapd.core.config import DEFAULT_CHANNEL, MAX_SECONDS, load_config
 from pcapd.core.lifecycle import EXIT_FAILURE, EXIT_OK
+from pcapd.core.request.body import strict_json
 from pcapd.core.secret import Secret, resolve_secret
 
 STREAM_MAXLEN = 100_000  # requests kept in the request stream
@@ -27,7 +28,7 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.stdin:
         text = sys.stdin.read()
         try:
-            given = json.loads(text)
+            given = strict_json(text)  # what the daemon will read: NaN would be published
         except (ValueError, RecursionError) as exc:
             raise UsageError(f"pcapd trigger: standard input is not JSON: {exc}") from None
         if not isinstance(given, dict):

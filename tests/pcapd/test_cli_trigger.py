@@ -35,6 +35,16 @@ def trigger(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         ("not json", "pcapd trigger: standard input is not JSON: Expecting value"),
         ("[1, 2]", "pcapd trigger: standard input must hold a JSON object"),
         ("[" * 100_000, "pcapd trigger: standard input is not JSON: maximum recursion depth"),
+        # json.loads takes them and the daemon does not: refused before publishing.
+        (
+            '{"node": "n", "duration": Infinity}',
+            "pcapd trigger: standard input is not JSON: Infinity is not a JSON number",
+        ),
+        (
+            '{"node": "n", "packets": -Infinity}',
+            "pcapd trigger: standard input is not JSON: -Infinity is not a JSON number",
+        ),
+        ('{"node": "n", "id": NaN}', "pcapd trigger: standard input is not JSON: NaN is not"),
     ],
 )
 def test_bad_stdin_is_refused(stdin: str, message: str) -> None:

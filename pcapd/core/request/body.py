@@ -22,7 +22,7 @@ def decode_body(body: bytes | str, max_bytes: int) -> dict[str, Any]:
     try:
         if not isinstance(body, str):  # as json.loads reads bytes
             body = body.decode(json.detect_encoding(body), "surrogatepass")
-        data = _DECODER.decode(body)
+        data = strict_json(body)
     except (ValueError, RecursionError) as exc:
         raise RequestError(f"request is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -36,6 +36,12 @@ def _reject_constant(name: str) -> Any:
 
 # Made once: json.loads with an option builds a decoder (and its scanner) per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def strict_json(text: str) -> Any:
+    """`text` as JSON, NaN and Infinity refused (json.loads takes them, and
+    no other JSON reader does): ValueError or RecursionError, as json.loads."""
+    return _DECODER.decode(text)
 
 
 def parse_request(body: bytes | str, config: Config) -> CaptureRequest:
